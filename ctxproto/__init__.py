@@ -1,0 +1,58 @@
+"""ctxproto: lean, prefix-stable prompts inside a token budget.
+
+request -> stages -> assembler (budget, stable prefix first) -> backend -> answer.
+"""
+
+from ctxproto.assembler import Assembler
+from ctxproto.budget import Budget
+from ctxproto.context import ChatRequest, Context
+from ctxproto.documents import Document
+from ctxproto.errors import (
+    BackendError,
+    BudgetError,
+    ConfigError,
+    CtxprotoError,
+    DatasetError,
+    ModelNotAvailableError,
+    StoreError,
+)
+from ctxproto.messages import FunctionCall, Message, ToolCall
+from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.prompt import AssembledPrompt, Section, Stability
+from ctxproto.stages import RecencyWindow, Stage, StageReport, StageResult, register_stage
+from ctxproto.tokens import HuggingFaceCounter, TiktokenCounter, TokenCounter, get_counter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssembledPrompt",
+    "Assembler",
+    "BackendError",
+    "Budget",
+    "BudgetError",
+    "ChatRequest",
+    "ConfigError",
+    "Context",
+    "CtxprotoError",
+    "DatasetError",
+    "Document",
+    "FunctionCall",
+    "HuggingFaceCounter",
+    "Message",
+    "ModelNotAvailableError",
+    "Pipeline",
+    "PipelineResult",
+    "RecencyWindow",
+    "Section",
+    "Stability",
+    "Stage",
+    "StageReport",
+    "StageResult",
+    "StoreError",
+    "TiktokenCounter",
+    "TokenCounter",
+    "ToolCall",
+    "__version__",
+    "get_counter",
+    "register_stage",
+]

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ctxproto bench``: one module each, printing JSON."""

@@ -1,0 +1,69 @@
+"""``ctxproto run PIPELINE.yaml --request REQUEST.json [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ctxproto.context import ChatRequest
+from ctxproto.pipeline import Pipeline, PipelineResult
+
+__all__ = ["print_result", "register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a pipeline on a chat request and show the assembled prompt",
+        description="Run PIPELINE (a YAML config) on REQUEST (an OpenAI-style chat JSON).",
+    )
+    parser.add_argument("pipeline", help="pipeline config file (YAML)")
+    parser.add_argument("--request", required=True, help="chat request JSON file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.from_yaml(args.pipeline)
+    request = ChatRequest.from_json_file(args.request)
+    result = pipeline.run(request)
+    if args.json:
+        print(json.dumps(result.summary(), ensure_ascii=False))
+    else:
+        print_result(Console(), pipeline, result)
+    return 0
+
+
+def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -> None:
+    """The assembled prompt, a per-stage table and the token totals, for people."""
+    if result.prompt is not None:
+        for message in result.prompt.messages:
+            text = message.get("content") or json.dumps(message.get("tool_calls"))
+            console.rule(f"[bold]{message['role']}[/]", align="left")
+            console.print(text, markup=False, highlight=False)
+    else:
+        console.print(f"[bold green]answered without the model:[/] {result.answer}")
+    table = Table(title=f"pipeline '{pipeline.name}'")
+    table.add_column("stage")
+    table.add_column("tokens in", justify="right")
+    table.add_column("tokens out", justify="right")
+    table.add_column("ms", justify="right")
+    table.add_column("counters")
+    for report in result.reports:
+        counters = ", ".join(f"{k}={v:g}" for k, v in report.counters.items())
+        table.add_row(
+            report.name, str(report.tokens_in), str(report.tokens_out), f"{report.ms:.1f}", counters
+        )
+    console.print(table)
+    summary = result.summary()
+    ratio = summary["compression_ratio"]
+    console.print(
+        f"original [bold]{result.original_tokens}[/] tokens -> prompt "
+        f"[bold]{result.prompt_tokens}[/] tokens (budget {summary['budget']}"
+        + (f", {ratio:.2f}x smaller" if ratio else "")
+        + f") in {result.ms:.1f} ms"
+    )

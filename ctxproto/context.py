@@ -1,0 +1,108 @@
+"""The context that flows through the stages, and the chat request it comes from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
+from ctxproto.messages import Message
+
+__all__ = ["ChatRequest", "Context"]
+
+
+class Context(BaseModel):
+    """Everything a prompt may be built from, split by how long it lives.
+
+    Stages return a new ``Context`` (``model_copy(update=...)``) rather than
+    mutating this one, so a pipeline run is reproducible and each stage's report
+    compares a before and an after.
+
+    - ``system_prompt``: instructions; always pinned, most stable.
+    - ``summary``: long-lived memory of turns that left the recency window.
+    - ``documents``: retrieved or supplied documents.
+    - ``history``: earlier turns, oldest first, without the system prompt.
+    - ``query``: the current user message; always pinned, rendered last.
+    - ``answer``: set by a stage that answers without the model (a cache hit);
+      the pipeline stops there.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str = ""
+    summary: str | None = None
+    documents: list[Document] = Field(default_factory=list)
+    history: list[Message] = Field(default_factory=list)
+    query: Message | None = None
+    session_id: str | None = None
+    tenant_id: str = "default"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    answer: str | None = None
+
+    @property
+    def query_text(self) -> str:
+        """The current query's text, or an empty string when there is none."""
+        return self.query.content or "" if self.query is not None else ""
+
+
+class ChatRequest(BaseModel):
+    """An OpenAI-style chat request: ``{"messages": [...]}`` plus optional ``documents``.
+
+    Unknown top-level keys (``model``, ``temperature``...) are kept in
+    ``extra`` and ignored by the stages, so a real chat-completions body can be
+    passed as it is.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[Message]
+    documents: list[Document] = Field(default_factory=list)
+    session_id: str | None = None
+    tenant_id: str = "default"
+
+    @model_validator(mode="after")
+    def _has_messages(self) -> ChatRequest:
+        if not self.messages:
+            raise ValueError("a chat request needs at least one message")
+        return self
+
+    def to_context(self) -> Context:
+        """Split the flat message list into system prompt, history and current query.
+
+        Leading system/developer messages form the system prompt. The last user
+        message is the query when it is the final message; otherwise (a request
+        ending on a tool result, say) there is no separate query and everything
+        stays in the history.
+        """
+        messages = list(self.messages)
+        system_parts: list[str] = []
+        while messages and messages[0].role in ("system", "developer"):
+            system_parts.append(messages.pop(0).content or "")
+        query = None
+        if messages and messages[-1].role == "user":
+            query = messages.pop()
+        return Context(
+            system_prompt="\n\n".join(system_parts),
+            history=messages,
+            query=query,
+            documents=list(self.documents),
+            session_id=self.session_id,
+            tenant_id=self.tenant_id,
+        )
+
+    @classmethod
+    def from_json_file(cls, path: str) -> ChatRequest:
+        """Read a request file; an unreadable or invalid one is a ``ConfigError`` naming it."""
+        from ctxproto.config import validation_error_to_config_error
+
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read request: {exc.strerror}", file=path) from exc
+        try:
+            return cls.model_validate_json(raw)
+        except ValueError as exc:
+            raise validation_error_to_config_error(exc, file=path) from exc

@@ -1,0 +1,107 @@
+"""Text embeddings, computed once per text.
+
+Every stage that compares texts (relevance filtering, dedup, extractive
+summaries, retrieval, the semantic cache) embeds through here, so a chat turn
+seen on an earlier request is never embedded again: vectors are memoized by a
+hash of the text. Vectors are L2-normalized float32, so a dot product is the
+cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ctxproto._extras import require
+from ctxproto.model_resolver import resolve_embedder
+
+__all__ = ["Embedder", "get_embedder"]
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder:
+    """A sentence-transformers model with a per-text memo (LRU, ``memo_size`` entries)."""
+
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        device: str | None = None,
+        batch_size: int = 64,
+        memo_size: int = 200_000,
+    ) -> None:
+        self.model_name = model
+        self.batch_size = batch_size
+        self.memo_size = memo_size
+        resolved = resolve_embedder(model)
+        sentence_transformers = require("sentence_transformers", extra="embed")
+        self._model: Any = sentence_transformers.SentenceTransformer(
+            resolved.location, device=device, local_files_only=True
+        )
+        self.name = resolved.name
+        self.dimension: int = int(self._model.get_sentence_embedding_dimension())
+        self._memo: OrderedDict[bytes, Vectors] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Normalized embeddings of ``texts``, shape ``(len(texts), dimension)``."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        keys = [self._key(t) for t in texts]
+        missing: dict[bytes, list[int]] = {}
+        with self._lock:
+            for i, key in enumerate(keys):
+                vector = self._memo.get(key)
+                if vector is None:
+                    missing.setdefault(key, []).append(i)
+                else:
+                    self._memo.move_to_end(key)
+                    out[i] = vector
+        if missing:
+            todo = [texts[positions[0]] for positions in missing.values()]
+            vectors = self.encode_uncached(todo)
+            with self._lock:
+                for (key, positions), vector in zip(missing.items(), vectors, strict=True):
+                    out[positions] = vector
+                    self._memo[key] = vector
+                while len(self._memo) > self.memo_size:
+                    self._memo.popitem(last=False)
+        return out
+
+    def embed_one(self, text: str) -> Vectors:
+        """The embedding of a single text, shape ``(dimension,)``."""
+        vector: Vectors = self.embed([text])[0]
+        return vector
+
+    def encode_uncached(self, texts: Sequence[str]) -> Vectors:
+        """Run the model on ``texts`` (batched), bypassing the memo."""
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        result: Vectors = np.asarray(vectors, dtype=np.float32)
+        return result
+
+    @property
+    def memo_entries(self) -> int:
+        return len(self._memo)
+
+
+@lru_cache(maxsize=4)
+def get_embedder(model: str = "default") -> Embedder:
+    """A process-wide shared embedder, so its model loads once and its memo is shared."""
+    return Embedder(model)

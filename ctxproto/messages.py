@@ -1,0 +1,78 @@
+"""Chat messages in the OpenAI chat-completions shape, tool calls included."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["FunctionCall", "Message", "Role", "ToolCall"]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class FunctionCall(BaseModel):
+    """A function an assistant asks to call; ``arguments`` is a JSON string, as OpenAI sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(BaseModel):
+    """One tool call inside an assistant message; its result comes back as a ``tool`` message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One chat message.
+
+    ``pinned`` marks content that no stage and no budget may drop (the assembler
+    always pins the system prompt and the current query as well).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    pinned: bool = Field(default=False, description="Never dropped by stages or the budget.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: Any) -> Any:
+        """Accept OpenAI content-part lists by joining their text parts."""
+        if isinstance(value, list):
+            texts = []
+            for part in value:
+                if isinstance(part, dict) and part.get("type") == "text":
+                    texts.append(str(part.get("text", "")))
+                elif isinstance(part, str):
+                    texts.append(part)
+            return "\n".join(texts)
+        return value
+
+    @property
+    def text(self) -> str:
+        """The text a token counter sees: content plus any serialized tool calls."""
+        text = self.content or ""
+        if self.tool_calls:
+            calls = json.dumps(
+                [call.model_dump(exclude_none=True) for call in self.tool_calls],
+                separators=(",", ":"),
+            )
+            text = f"{text}\n{calls}" if text else calls
+        return text
+
+    def to_openai(self) -> dict[str, Any]:
+        """The wire form: OpenAI chat message fields only (no ``pinned``)."""
+        return self.model_dump(exclude_none=True, exclude={"pinned"})

