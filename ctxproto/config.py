@@ -66,7 +66,10 @@ def validation_error_to_config_error(
     """Turn pydantic's first error into a ``ConfigError`` naming the key and what it expected."""
     if not isinstance(exc, ValidationError):
         return ConfigError(str(exc), file=file)
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelled key shows up twice: as unknown, and the intended key as missing.
+    # The unknown one is what the user typed, so it is the one to name.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = _dotted(first["loc"])
     if prefix:
         key = f"{prefix}.{key}" if key else prefix

@@ -171,12 +171,11 @@ class Pipeline:
             config = PipelineConfig.model_validate(data)
         except ValidationError as exc:
             error = validation_error_to_config_error(exc, file=source)
-            if error.detail == "unknown key" and error.key and "." not in error.key:
+            if error.detail == "unknown key" and error.key:
+                nested_in_budget = error.key.startswith("budget.")
+                model = Budget if nested_in_budget else PipelineConfig
                 error = ConfigError(
-                    "unknown key",
-                    file=source,
-                    key=error.key,
-                    expected=allowed_keys_hint(PipelineConfig),
+                    "unknown key", file=source, key=error.key, expected=allowed_keys_hint(model)
                 )
             raise error from exc
         stages = [

@@ -33,7 +33,7 @@ class StageReport(BaseModel):
     tokens_in: int
     tokens_out: int
     ms: float
-    counters: dict[str, float] = {}
+    counters: dict[str, int | float] = {}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Transformed:
     """What ``transform`` returns: the new context and stage-specific counters."""
 
     context: Context
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int | float] = field(default_factory=dict)
 
 
 class Stage(BaseModel, ABC):

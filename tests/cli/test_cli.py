@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxproto.cli.main import main
+
+ROOT = Path(__file__).parents[2]
+MINIMAL = str(ROOT / "examples" / "pipelines" / "minimal.yaml")
+REQUEST = str(ROOT / "examples" / "requests" / "support_chat.json")
+
+
+def test_run_json_reports_tokens_stages_and_messages(capsys):
+    assert main(["run", MINIMAL, "--request", REQUEST, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt_tokens"] <= out["budget"]
+    assert out["prompt_tokens"] < out["original_tokens"]
+    assert [s["name"] for s in out["stages"]] == ["recency_window"]
+    assert {"tokens_in", "tokens_out", "ms"} <= set(out["stages"][0])
+    assert out["messages"][0]["role"] == "system"
+
+
+def test_run_prints_prompt_and_stage_table(capsys):
+    assert main(["run", MINIMAL, "--request", REQUEST]) == 0
+    out = capsys.readouterr().out
+    assert "recency_window" in out
+    assert "remind me of my order number" in out
+
+
+def test_demo_runs(capsys):
+    assert main(["demo"]) == 0
+    assert "saved" in capsys.readouterr().out
+
+
+def test_misspelled_key_exits_2_naming_the_key_without_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "budget:\n  max_prompt_tokens: 100\nstages:\n"
+        "  - type: recency_window\n    init_parameters:\n      max_turnz: 3\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxproto.cli", "run", str(config), "--request", REQUEST],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "max_turnz" in proc.stderr
+    assert str(config) in proc.stderr.replace("\n", "")
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_bad_request_exits_2(tmp_path, capsys):
+    request = tmp_path / "r.json"
+    request.write_text("{not json")
+    assert main(["run", MINIMAL, "--request", str(request)]) == 2
+    assert str(request) in capsys.readouterr().err.replace("\n", "")
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 2
+    assert "run" in capsys.readouterr().out

@@ -1,0 +1,221 @@
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctxproto import Assembler, Budget, BudgetError, ChatRequest, Context, Document, Message
+
+SYSTEM = "You are a support assistant. Follow the refund policy exactly. " * 5
+
+
+def chat(turns: int, *, words: int = 20) -> Context:
+    history = []
+    for i in range(turns):
+        history.append(Message(role="user", content=f"question {i} " + "word " * words))
+        history.append(Message(role="assistant", content=f"answer {i} " + "text " * words))
+    return Context(
+        system_prompt=SYSTEM,
+        history=history,
+        query=Message(role="user", content="What is my order number?"),
+    )
+
+
+def test_sections_follow_stability_order(counter):
+    context = chat(2).model_copy(
+        update={"summary": "Earlier: order LH-1.", "documents": [Document(id="d", text="Policy")]}
+    )
+    sections = Assembler(counter=counter).sections(context)
+    kinds = [s.kind for s in sections]
+    assert kinds == [
+        "system",
+        "memory",
+        "documents",
+        "history",
+        "history",
+        "history",
+        "history",
+        "query",
+    ]
+    assert [s.stability for s in sections] == sorted(s.stability for s in sections)
+
+
+def test_chat_rendering_merges_leading_context_into_one_system_message(counter):
+    context = chat(1).model_copy(
+        update={"summary": "Earlier: order LH-1.", "documents": [Document(id="d", text="Policy")]}
+    )
+    prompt = Assembler(counter=counter).assemble(context)
+    assert [m["role"] for m in prompt.messages] == ["system", "user", "assistant", "user"]
+    system = prompt.messages[0]["content"]
+    assert system.startswith(SYSTEM)
+    assert system.index("LH-1") < system.index("[d] Policy")
+
+
+def test_budget_drops_oldest_turns_first_and_keeps_pinned(counter):
+    budget = Budget(max_prompt_tokens=250)
+    prompt = Assembler(budget, counter=counter).assemble(chat(10))
+    assert prompt.prompt_tokens <= 250
+    assert prompt.messages[0]["content"] == SYSTEM
+    assert prompt.messages[-1]["content"] == "What is my order number?"
+    kept = [m["content"] for m in prompt.messages[1:-1]]
+    assert kept and kept[-1].startswith("answer 9")
+    assert prompt.dropped["history"] > 0
+
+
+def test_pinned_content_over_budget_says_by_how_much(counter):
+    with pytest.raises(BudgetError) as info:
+        Assembler(Budget(max_prompt_tokens=20), counter=counter).assemble(chat(1))
+    assert info.value.overflow_tokens > 0
+    assert f"{info.value.overflow_tokens} more than the budget of 20" in str(info.value)
+
+
+def test_pinned_history_message_survives(counter):
+    context = chat(10)
+    history = list(context.history)
+    history[0] = history[0].model_copy(update={"pinned": True})
+    prompt = Assembler(Budget(max_prompt_tokens=250), counter=counter).assemble(
+        context.model_copy(update={"history": history})
+    )
+    assert any(m["content"].startswith("question 0") for m in prompt.messages)
+
+
+def test_tool_call_is_dropped_together_with_its_result(counter):
+    request = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "weather? " + "pad " * 50},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "function": {"name": "weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "4 degrees " + "x " * 40},
+                {"role": "assistant", "content": "It is 4 degrees."},
+                {"role": "user", "content": "thanks"},
+            ]
+        }
+    )
+    context = request.to_context()
+    full = Assembler(counter=counter).assemble(context).prompt_tokens
+    for limit in range(20, full + 1, 7):
+        try:
+            prompt = Assembler(Budget(max_prompt_tokens=limit), counter=counter).assemble(context)
+        except BudgetError:
+            continue
+        roles = [m["role"] for m in prompt.messages]
+        assert ("tool" in roles) == any(m.get("tool_calls") for m in prompt.messages)
+        assert prompt.prompt_tokens <= limit
+
+
+def test_section_caps_limit_documents(counter):
+    docs = [Document(id=str(i), text="policy text " * 30) for i in range(5)]
+    context = chat(1).model_copy(update={"documents": docs})
+    budget = Budget(max_prompt_tokens=5000, section_caps={"documents": 130})
+    prompt = Assembler(budget, counter=counter).assemble(context)
+    kept = [s for s in prompt.sections if s.kind == "documents"]
+    assert sum(s.tokens for s in kept) <= 130
+    assert [s.text[:3] for s in kept] == ["[0]", "[1]"]
+
+
+def test_plain_text_rendering_is_counted_exactly(counter):
+    prompt = Assembler(Budget(max_prompt_tokens=300), counter=counter, render="text").assemble(
+        chat(6)
+    )
+    assert prompt.text.startswith("System: " + SYSTEM)
+    assert prompt.text.endswith("User: What is my order number?\n\nAssistant:")
+    assert prompt.prompt_tokens == counter.count(prompt.text) <= 300
+
+
+@pytest.mark.parametrize("render", ["chat", "text"])
+def test_prefix_is_byte_identical_across_turns(counter, render):
+    """Turn 2's prompt starts with turn 1's whole prompt: only new bytes are appended."""
+    assembler = Assembler(Budget(max_prompt_tokens=100_000), counter=counter, render=render)
+    turn_1 = chat(3).model_copy(update={"summary": "User is Priya, order LH-48213-QX."})
+    answer = Message(role="assistant", content="Your order is LH-48213-QX.")
+    turn_2 = turn_1.model_copy(
+        update={
+            "history": [*turn_1.history, turn_1.query, answer],
+            "query": Message(role="user", content="Thanks! When will it ship?"),
+        }
+    )
+    first = assembler.assemble(turn_1)
+    second = assembler.assemble(turn_2)
+    assert second.text.startswith(first.text)
+    assert second.messages[: len(first.messages)] == first.messages
+    # Content that changed earlier in the prompt does break the prefix, where it changed.
+    changed = assembler.assemble(turn_2.model_copy(update={"summary": "User is Priya."}))
+    assert not changed.text.startswith(first.text)
+
+
+@pytest.mark.models
+def test_chat_template_renders_and_counts_with_the_model_tokenizer(lm_tokenizer):
+    from ctxproto.tokens import HuggingFaceCounter
+
+    def template(messages):
+        return lm_tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    counter = HuggingFaceCounter(lm_tokenizer)
+    assembler = Assembler(Budget(max_prompt_tokens=200), counter=counter, chat_template=template)
+    prompt = assembler.assemble(chat(8))
+    assert prompt.text.startswith("<|im_start|>system\n" + SYSTEM)
+    assert prompt.text.endswith("<|im_start|>assistant\n")
+    assert prompt.prompt_tokens == counter.count(prompt.text) <= 200
+    answer = Message(role="assistant", content="Sure.")
+    context = chat(2)
+    follow_up = context.model_copy(
+        update={
+            "history": [*context.history, context.query, answer],
+            "query": Message(role="user", content="Next?"),
+        }
+    )
+    unbounded = Assembler(counter=counter, chat_template=template)
+    assert unbounded.assemble(follow_up).text.startswith(unbounded.assemble(context).text)
+
+
+roles = st.sampled_from(["user", "assistant"])
+texts = st.text(min_size=0, max_size=200)
+messages = st.builds(
+    lambda r, t, p: Message(role=r, content=t, pinned=p), roles, texts, st.booleans()
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(messages, max_size=25),
+    system=st.text(max_size=300),
+    query=st.text(max_size=200),
+    documents=st.lists(st.text(max_size=300), max_size=5),
+    limit=st.integers(min_value=1, max_value=1500),
+    render=st.sampled_from(["chat", "text"]),
+)
+def test_property_budget_holds_and_pinned_survives(
+    counter, history, system, query, documents, limit, render
+):
+    context = Context(
+        system_prompt=system,
+        history=history,
+        query=Message(role="user", content=query),
+        documents=[Document(id=str(i), text=t) for i, t in enumerate(documents)],
+    )
+    assembler = Assembler(Budget(max_prompt_tokens=limit), counter=counter, render=render)
+    try:
+        prompt = assembler.assemble(context)
+    except BudgetError as exc:
+        pinned = Assembler(counter=counter, render=render).assemble(
+            context.model_copy(
+                update={"history": [m for m in history if m.pinned], "documents": []}
+            )
+        )
+        assert pinned.prompt_tokens > limit
+        assert exc.overflow_tokens == pinned.prompt_tokens - limit
+        return
+    assert prompt.prompt_tokens <= limit
+    rendered = [s.message for s in prompt.sections if s.message is not None]
+    for message in history:
+        if message.pinned:
+            assert any(m is message or m == message for m in rendered)
+    assert prompt.sections[-1].kind == "query"
+    if system:
+        assert prompt.sections[0].text == system

