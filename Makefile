@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.ctxproto-installed
+PY_PATHS := ctxproto runtime stores tests examples
 # Everything runs offline: models and data come from installed packages only.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -27,8 +28,8 @@ demo: install
 	$(OFFLINE) $(VENV)/bin/ctxproto demo
 
 lint: install
-	$(VENV)/bin/ruff check . runtime stores
-	$(VENV)/bin/ruff format --check . runtime stores
+	$(VENV)/bin/ruff check $(PY_PATHS)
+	$(VENV)/bin/ruff format --check $(PY_PATHS)
 
 typecheck: install
 	$(VENV)/bin/mypy
