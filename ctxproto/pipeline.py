@@ -29,7 +29,7 @@ from ctxproto.errors import ConfigError
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
-from ctxproto.tokens import TokenCounter, get_counter
+from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
 __all__ = ["Pipeline", "PipelineResult"]
 
@@ -106,6 +106,8 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.render = render
         self.counter = counter or get_counter(tokenizer)
+        if chat_template is None and isinstance(self.counter, HuggingFaceCounter):
+            chat_template = self.counter.chat_template()
         self.assembler = Assembler(
             budget, counter=self.counter, render=render, chat_template=chat_template
         )
@@ -138,6 +140,13 @@ class Pipeline:
             original_tokens=original_tokens,
             ms=(time.perf_counter() - start) * 1000.0,
         )
+
+    def run_messages(
+        self, messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None = None
+    ) -> PipelineResult:
+        """Run on plain OpenAI-style message dicts (and optional document dicts)."""
+        request = ChatRequest.model_validate({"messages": messages, "documents": documents or []})
+        return self.run(request)
 
     def original_tokens(self, context: Context) -> int:
         """Tokens of the request with no stages and no budget: the uncompressed baseline."""

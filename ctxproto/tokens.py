@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ctxproto.errors import ConfigError, ModelNotAvailableError
@@ -119,6 +119,19 @@ class HuggingFaceCounter(TokenCounter):
         from ctxproto.runtime.loader import load_tokenizer
 
         return cls(load_tokenizer(model), name=f"hf:{model}")
+
+    def chat_template(self) -> Callable[[list[dict[str, Any]]], str] | None:
+        """The model's chat template as a renderer, or ``None`` when it has none."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+
+        def render(messages: list[dict[str, Any]]) -> str:
+            text: str = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return text
+
+        return render
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)

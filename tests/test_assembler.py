@@ -174,6 +174,19 @@ def test_chat_template_renders_and_counts_with_the_model_tokenizer(lm_tokenizer)
     assert unbounded.assemble(follow_up).text.startswith(unbounded.assemble(context).text)
 
 
+@pytest.mark.models
+def test_pipeline_with_a_model_tokenizer_uses_its_chat_template(lm_tokenizer):
+    from ctxproto import Pipeline
+
+    pipeline = Pipeline.from_dict(
+        {"tokenizer": "hf:default", "budget": {"max_prompt_tokens": 300}, "stages": []}
+    )
+    result = pipeline.run(chat(10))
+    assert result.prompt is not None
+    assert result.prompt.text.startswith("<|im_start|>system\n")
+    assert result.prompt_tokens == len(lm_tokenizer.encode(result.prompt.text)) <= 300
+
+
 roles = st.sampled_from(["user", "assistant"])
 texts = st.text(min_size=0, max_size=200)
 messages = st.builds(
