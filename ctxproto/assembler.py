@@ -25,13 +25,15 @@ from ctxproto.prompt import AssembledPrompt, Section, Stability
 from ctxproto.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS, TokenCounter, get_counter
 from ctxproto.turns import group_blocks
 
-__all__ = ["Assembler", "RenderMode"]
+__all__ = ["Assembler", "DocumentsPosition", "RenderMode"]
 
 RenderMode = Literal["chat", "text"]
 ChatTemplate = Callable[[list[dict[str, Any]]], str]
 
 MEMORY_HEADING = "## Summary of the earlier conversation\n"
 DOCUMENTS_HEADING = "## Reference documents\n"
+QUESTION_HEADING = "\n\n## Question\n"
+DocumentsPosition = Literal["system", "query"]
 
 
 class Assembler:
@@ -42,6 +44,13 @@ class Assembler:
     one); ``render="text"`` a plain transcript. ``chat_template`` (for example a
     tokenizer's ``apply_chat_template``) renders ``text`` the way the target model
     sees it, and budgets are then counted on that exact text.
+
+    ``documents_position="system"`` puts documents in the system message, after
+    the memory: right for documents that stay the same across turns.
+    ``"query"`` puts them in the current user message instead: right for
+    documents retrieved anew for every question, which would otherwise change
+    the prompt before the history and make a prefix-KV cache recompute the
+    whole conversation each turn.
     """
 
     def __init__(
@@ -51,8 +60,10 @@ class Assembler:
         counter: TokenCounter | None = None,
         render: RenderMode = "chat",
         chat_template: ChatTemplate | None = None,
+        documents_position: DocumentsPosition = "system",
     ) -> None:
         self.budget = budget
+        self.documents_position = documents_position
         self.counter = counter or get_counter()
         self.render = render
         self.chat_template = chat_template
@@ -85,20 +96,25 @@ class Assembler:
                     stability=Stability.MEMORY,
                 )
             )
-        for document in context.documents:
-            text = f"[{document.id}] {document.text}"
-            sections.append(
-                Section(
-                    kind="documents",
-                    role="system",
-                    text=text,
-                    tokens=count(text) + 1,
-                    pinned=document.pinned,
-                    stability=Stability.DOCUMENTS,
-                )
+        documents = [
+            Section(
+                kind="documents",
+                role="system" if self.documents_position == "system" else "user",
+                text=(text := f"[{document.id}] {document.text}"),
+                tokens=count(text) + 1,
+                pinned=document.pinned,
+                stability=(
+                    Stability.DOCUMENTS if self.documents_position == "system" else Stability.QUERY
+                ),
             )
+            for document in context.documents
+        ]
+        if self.documents_position == "system":
+            sections += documents
         for message in context.history:
             sections.append(_message_section(message, "history", Stability.HISTORY, self.counter))
+        if self.documents_position == "query":
+            sections += documents
         if context.query is not None:
             query = context.query.model_copy(update={"pinned": True})
             sections.append(_message_section(query, "query", Stability.QUERY, self.counter))
@@ -117,13 +133,21 @@ class Assembler:
                     documents.append(section.text)
                 else:
                     system_parts.append(section.text)
-        if documents:
+        with_query = (
+            self.documents_position == "query" and bool(sections) and sections[-1].kind == "query"
+        )
+        if documents and not with_query:
             system_parts.append(DOCUMENTS_HEADING + "\n\n".join(documents))
         if system_parts:
             messages.append({"role": "system", "content": "\n\n".join(system_parts)})
         for section in sections:
             if section.message is not None:
                 messages.append(section.message.to_openai())
+        if documents and with_query:
+            query = messages[-1]
+            query["content"] = (
+                DOCUMENTS_HEADING + "\n\n".join(documents) + QUESTION_HEADING + query["content"]
+            )
         return messages
 
     def render_text(self, messages: list[dict[str, Any]]) -> str:

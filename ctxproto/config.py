@@ -38,6 +38,10 @@ class PipelineConfig(BaseModel):
         description="A tiktoken offline encoding, or 'hf:<model>' for a model's tokenizer.",
     )
     render: Literal["chat", "text"] = "chat"
+    documents_position: Literal["system", "query"] = Field(
+        default="system",
+        description="'query' for documents retrieved anew each turn (keeps the history prefix).",
+    )
     budget: Budget | None = None
     stages: list[StageSpec] = Field(default_factory=list)
 

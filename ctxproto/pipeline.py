@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ctxproto.assembler import Assembler, ChatTemplate, RenderMode
+from ctxproto.assembler import Assembler, ChatTemplate, DocumentsPosition, RenderMode
 from ctxproto.budget import Budget
 from ctxproto.config import (
     PipelineConfig,
@@ -99,8 +99,10 @@ class Pipeline:
         render: RenderMode = "chat",
         counter: TokenCounter | None = None,
         chat_template: ChatTemplate | None = None,
+        documents_position: DocumentsPosition = "system",
     ) -> None:
         self.stages = list(stages)
+        self.documents_position = documents_position
         self.budget = budget
         self.name = name
         self.tokenizer = tokenizer
@@ -108,12 +110,14 @@ class Pipeline:
         self.counter = counter or get_counter(tokenizer)
         if chat_template is None and isinstance(self.counter, HuggingFaceCounter):
             chat_template = self.counter.chat_template()
-        self.assembler = Assembler(
-            budget, counter=self.counter, render=render, chat_template=chat_template
-        )
-        self._baseline = Assembler(
-            None, counter=self.counter, render=render, chat_template=chat_template
-        )
+        layout: dict[str, Any] = {
+            "counter": self.counter,
+            "render": render,
+            "chat_template": chat_template,
+            "documents_position": documents_position,
+        }
+        self.assembler = Assembler(budget, **layout)
+        self._baseline = Assembler(None, **layout)
 
     def warm_up(self) -> None:
         """Load every stage's heavy resources now rather than on the first request."""
@@ -160,6 +164,7 @@ class Pipeline:
             "name": self.name,
             "tokenizer": self.tokenizer,
             "render": self.render,
+            "documents_position": self.documents_position,
             "budget": self.budget.model_dump(exclude_defaults=True) if self.budget else None,
             "stages": [stage.to_dict() for stage in self.stages],
         }
@@ -197,6 +202,7 @@ class Pipeline:
             name=config.name,
             tokenizer=config.tokenizer,
             render=config.render,
+            documents_position=config.documents_position,
         )
 
     @classmethod

@@ -117,6 +117,30 @@ def test_section_caps_limit_documents(counter):
     assert [s.text[:3] for s in kept] == ["[0]", "[1]"]
 
 
+def test_documents_with_the_query_keep_the_history_prefix(counter):
+    assembler = Assembler(counter=counter, documents_position="query")
+    turn_1 = chat(2).model_copy(update={"documents": [Document(id="kb1", text="Reset: hold 10 s")]})
+    prompt_1 = assembler.assemble(turn_1)
+    assert prompt_1.messages[0]["content"] == SYSTEM
+    last = prompt_1.messages[-1]["content"]
+    assert last.startswith("## Reference documents\n[kb1] Reset: hold 10 s")
+    assert last.endswith("## Question\nWhat is my order number?")
+    turn_2 = turn_1.model_copy(
+        update={
+            "history": [*turn_1.history, turn_1.query, Message(role="assistant", content="LH-1")],
+            "query": Message(role="user", content="How do I reset?"),
+            "documents": [Document(id="kb2", text="Other text")],
+        }
+    )
+    prompt_2 = assembler.assemble(turn_2)
+    # Everything before turn 1's question is unchanged, although the documents changed.
+    assert prompt_2.messages[:-3] == prompt_1.messages[:-1]
+    budgeted = Assembler(Budget(max_prompt_tokens=140), counter=counter, documents_position="query")
+    cut = budgeted.assemble(turn_2)
+    assert cut.prompt_tokens <= 140
+    assert cut.messages[-1]["content"].endswith("How do I reset?")
+
+
 def test_plain_text_rendering_is_counted_exactly(counter):
     prompt = Assembler(Budget(max_prompt_tokens=300), counter=counter, render="text").assemble(
         chat(6)
