@@ -1,8 +1,34 @@
 """The bundled LLM runtime, imported as ``ctxproto.runtime``.
 
+``Engine`` runs a transformers causal LM with a radix-tree prefix-KV cache
+(``RadixKVCache``) and batched decoding; ``LocalBackend`` and ``OpenAIBackend``
+put it and any OpenAI-compatible server behind one ``Backend`` interface;
+``OpenAIServer`` serves the engine over HTTP.
+
 Importing this package is cheap; torch and transformers load on first use.
 """
 
+from ctxproto.runtime.backends import Backend, LocalBackend, OpenAIBackend
+from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.loader import cache_dir, load_causal_lm, load_tokenizer
+from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
+from ctxproto.runtime.radix_cache import CacheStats, RadixKVCache
+from ctxproto.runtime.request import RequestHandle
+from ctxproto.runtime.server import OpenAIServer
 
-__all__ = ["cache_dir", "load_causal_lm", "load_tokenizer"]
+__all__ = [
+    "Backend",
+    "CacheStats",
+    "Completion",
+    "Engine",
+    "GenerationParams",
+    "LocalBackend",
+    "OpenAIBackend",
+    "OpenAIServer",
+    "RadixKVCache",
+    "RequestHandle",
+    "RequestMetrics",
+    "cache_dir",
+    "load_causal_lm",
+    "load_tokenizer",
+]

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ctxproto._extras import require
+from ctxproto._extras import quiet_transformers, require
 from ctxproto.model_resolver import ResolvedModel, resolve_lm
 
 __all__ = ["cache_dir", "converted_model_dir", "load_causal_lm", "load_tokenizer"]
@@ -48,6 +48,7 @@ def converted_model_dir(resolved: ResolvedModel) -> Path:
 def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
     transformers = require("transformers", extra="runtime")
     require("gguf", extra="runtime")
+    quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         resolved.location, gguf_file=resolved.gguf_file
@@ -81,6 +82,7 @@ def _model_location(name: str) -> str:
 def load_tokenizer(name: str = "default") -> Any:
     """The tokenizer of a causal LM (shared per process)."""
     transformers = require("transformers", extra="runtime")
+    quiet_transformers()
     return transformers.AutoTokenizer.from_pretrained(_model_location(name), local_files_only=True)
 
 
@@ -92,6 +94,7 @@ def load_causal_lm(name: str = "default", device: str = "cpu", dtype: str = "aut
     """
     torch = require("torch", extra="runtime")
     transformers = require("transformers", extra="runtime")
+    quiet_transformers()
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     model = transformers.AutoModelForCausalLM.from_pretrained(

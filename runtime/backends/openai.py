@@ -1,0 +1,188 @@
+"""The backend for any OpenAI-compatible server: vLLM, SGLang, or ctxproto's own.
+
+That is how ctxproto goes past one machine: those engines do tensor and pipeline
+parallelism and their own automatic prefix caching, which the SDK's prefix-stable
+prompts feed. Only the standard library is used (``urllib``), so the backend
+adds no dependency. Every call streams (``stream_options.include_usage``), so
+TTFT is measured on the client, where a user feels it.
+
+Failures: a refused connection or an unknown host fails at once with a
+``BackendError`` saying so; 429 and 5xx answers are retried with exponential
+backoff (honouring ``Retry-After``) up to ``max_retries`` times; a 400 is the
+caller's mistake and raises ``ConfigError`` with the server's message, like the
+local engine would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from ctxproto.errors import BackendError, ConfigError
+from ctxproto.runtime.backends.base import Backend
+from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
+
+__all__ = ["OpenAIBackend"]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.25
+BACKOFF_MAX_S = 8.0
+
+
+class OpenAIBackend(Backend):
+    """Chat completions over HTTP against ``base_url`` (for example ``http://host:8000/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = "default",
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        cache_salt: str | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError("must start with http:// or https://", key="base_url")
+        if timeout <= 0 or max_retries < 0:
+            raise ConfigError("timeout must be > 0 and max_retries >= 0", key="timeout")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.cache_salt = cache_salt
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def generate(
+        self, messages: list[dict[str, Any]], params: GenerationParams | None = None
+    ) -> Completion:
+        parts: list[str] = []
+        stream = _Stream(self._open(messages, params or GenerationParams()))
+        for delta in stream:
+            parts.append(delta)
+        return stream.completion("".join(parts))
+
+    def stream(
+        self, messages: list[dict[str, Any]], params: GenerationParams | None = None
+    ) -> Iterator[str]:
+        return iter(_Stream(self._open(messages, params or GenerationParams())))
+
+    def _open(self, messages: list[dict[str, Any]], params: GenerationParams) -> Any:
+        """POST the request, retrying 429/5xx with backoff; returns the open response."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.stop:
+            body["stop"] = params.stop
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if self.cache_salt:
+            body["cache_salt"] = self.cache_salt  # vLLM: no prefix sharing across salts
+        data = json.dumps(body).encode()
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(url, data=data, headers=self._headers, method="POST")
+            try:
+                return urllib.request.urlopen(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                message = _error_message(exc)
+                if exc.code in RETRY_STATUSES and attempt < self.max_retries:
+                    time.sleep(_backoff(attempt, exc.headers.get("Retry-After")))
+                    continue
+                if exc.code in (400, 422):
+                    raise ConfigError(f"the server rejected the request: {message}") from None
+                raise BackendError(f"{url} answered HTTP {exc.code}: {message}") from None
+            except urllib.error.URLError as exc:
+                raise BackendError(_connection_message(url, exc.reason)) from None
+            except TimeoutError:
+                raise BackendError(f"{url} did not answer within {self.timeout} s") from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class _Stream:
+    """Reads server-sent chat-completion chunks: text deltas, then finish reason and usage."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._start = time.perf_counter()
+        self._first: float | None = None
+        self._finish_reason = "stop"
+        self._usage: dict[str, Any] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for raw in self._response:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[len("data:") :].strip()
+                if payload == "[DONE]":
+                    return
+                chunk = json.loads(payload)
+                if chunk.get("usage"):
+                    self._usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        self._finish_reason = choice["finish_reason"]
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if self._first is None:
+                            self._first = time.perf_counter()
+                        yield text
+        except TimeoutError:
+            raise BackendError("the server stopped sending within the timeout") from None
+        except (ValueError, OSError) as exc:
+            raise BackendError(f"broken response stream: {exc}") from None
+        finally:
+            self._response.close()
+
+    def completion(self, text: str) -> Completion:
+        finished = time.perf_counter()
+        usage = self._usage
+        details = usage.get("prompt_tokens_details") or {}
+        metrics = RequestMetrics.from_times(
+            arrival=self._start,
+            first_token=self._first or finished,
+            finished=finished,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+        )
+        return Completion(text=text, finish_reason=self._finish_reason, metrics=metrics)
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    if retry_after is not None:
+        try:
+            return min(float(retry_after), BACKOFF_MAX_S)
+        except ValueError:
+            pass
+    return float(min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S))
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read().decode("utf-8"))
+        return str(body.get("error", {}).get("message") or body)
+    except (ValueError, AttributeError, OSError):
+        return exc.reason if isinstance(exc.reason, str) else str(exc)
+
+
+def _connection_message(url: str, reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused by {url}: is the server running and listening there?"
+    if isinstance(reason, TimeoutError):
+        return f"{url} did not answer within the timeout"
+    return f"cannot reach {url}: {reason}"

@@ -1,0 +1,36 @@
+"""Rendering chat messages into the prompt token ids the model was trained on.
+
+Messages are validated as ctxproto ``Message`` objects first (OpenAI roles, tool
+calls), so a malformed message fails with a ``ConfigError`` naming the problem
+before any model work. The model's own chat template renders them; a tokenizer
+without one gets a plain ``role: content`` transcript.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ctxproto.errors import ConfigError
+from ctxproto.messages import Message
+
+__all__ = ["render_chat"]
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of ``messages`` followed by the opening of the assistant's reply."""
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError("a request needs at least one message", key="messages")
+    try:
+        wire = [Message.model_validate(m).to_openai() for m in messages]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"invalid message: {first['msg']}", key="messages") from None
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(wire, add_generation_prompt=True, tokenize=False)
+    else:
+        lines = [f"{m['role']}: {Message.model_validate(m).text}" for m in wire]
+        text = "\n".join([*lines, "assistant: "])
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

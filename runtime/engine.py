@@ -1,0 +1,277 @@
+"""The local engine: a transformers causal LM behind a scheduler with prefix-KV reuse.
+
+One scheduler thread owns the model, the radix cache and the running batch. Each
+loop it admits waiting requests — longest cached prefix first, SGLang's
+"longest prefix match" policy — prefilling only the tokens the cache does not
+hold, inserts each prompt's KV right after its prefill (so requests admitted in
+the same round already share it), then decodes every running request by one
+token. A finished request inserts prompt + answer, so the next chat turn reuses
+the previous answer too. Callers on any thread submit requests and read text
+deltas or the final completion from their handle.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ctxproto._extras import require
+from ctxproto.errors import BackendError, ConfigError, CtxprotoError
+from ctxproto.runtime.batch import DecodeBatch
+from ctxproto.runtime.chat_template import render_chat
+from ctxproto.runtime.detokenizer import IncrementalDetokenizer
+from ctxproto.runtime.kv_layout import cache_from_spans, new_cache, row_kv_slice
+from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+from ctxproto.runtime.params import Completion, GenerationParams
+from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
+from ctxproto.runtime.request import Request, RequestHandle
+from ctxproto.runtime.sampling import request_generator, sample_next
+
+__all__ = ["Engine"]
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+class Engine:
+    """Runs chat requests on one causal LM, reusing cached prefixes across requests.
+
+    ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
+    is what the equality tests and the benchmark compare against.
+    """
+
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_batch_size: int = 8,
+        prefix_cache: bool = True,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        offload_bytes: int = 0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ConfigError("must be at least 1", key="max_batch_size")
+        self.model = load_causal_lm(model, device, dtype)
+        self.tokenizer = load_tokenizer(model)
+        self.max_batch_size = max_batch_size
+        self.prefix_cache = prefix_cache
+        self.cache = RadixKVCache(
+            cache_bytes if prefix_cache else 0,
+            offload_max_bytes=offload_bytes if prefix_cache else 0,
+            device=self.model.device,
+        )
+        self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._batch = DecodeBatch(self.model)
+        self._waiting: list[Request] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ----- entry points -------------------------------------------------------------------
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return render_chat(self.tokenizer, messages)
+
+    def submit(
+        self,
+        prompt: list[int],
+        params: GenerationParams | None = None,
+        *,
+        cache_namespace: str = "",
+    ) -> RequestHandle:
+        """Queue one request on prompt token ids; returns at once.
+
+        Requests share cached prefixes only within one ``cache_namespace`` (a tenant).
+        """
+        params = params or GenerationParams()
+        if not prompt:
+            raise ConfigError("the prompt is empty", key="messages")
+        if len(prompt) >= self.context_window:
+            raise ConfigError(
+                f"the prompt has {len(prompt)} tokens; the model's context window is "
+                f"{self.context_window} tokens, including the answer",
+                key="messages",
+            )
+        request = Request(
+            prompt=list(prompt),
+            params=params,
+            max_new_tokens=min(params.max_new_tokens, self.context_window - len(prompt)),
+            text=IncrementalDetokenizer(self.tokenizer, params.stop),
+            eos_ids=self._eos_ids,
+            generator=request_generator(params, self.model.device),
+            namespace=cache_namespace,
+        )
+        with self._wake:
+            if self._closed:
+                raise BackendError("the engine is closed")
+            self._waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ctxproto-engine")
+                self._thread.daemon = True
+                self._thread.start()
+            self._wake.notify()
+        return RequestHandle(request)
+
+    def generate(
+        self, messages: list[dict[str, Any]], params: GenerationParams | None = None
+    ) -> Completion:
+        return self.submit(self.encode_chat(messages), params).result()
+
+    def stream(
+        self, messages: list[dict[str, Any]], params: GenerationParams | None = None
+    ) -> Iterator[str]:
+        return self.submit(self.encode_chat(messages), params).deltas()
+
+    async def agenerate(
+        self, messages: list[dict[str, Any]], params: GenerationParams | None = None
+    ) -> Completion:
+        return await self.submit(self.encode_chat(messages), params).aresult()
+
+    def stats(self) -> CacheStats:
+        return self.cache.stats()
+
+    def close(self) -> None:
+        """Stop the scheduler; requests still queued or running fail with ``BackendError``."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- scheduler thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch = require("torch", extra="runtime")
+        with torch.inference_mode():
+            while self._next_round():
+                self._admit()
+                if len(self._batch):
+                    try:
+                        self._decode()
+                    except Exception as exc:  # a model failure must not hang the callers
+                        self._abort(self._batch.requests, exc)
+                        self._batch.keep([])
+        with self._wake:
+            pending, self._waiting = self._waiting, []
+        closed = BackendError("the engine was closed before the request finished")
+        self._abort([*pending, *self._batch.requests], closed)
+        self._batch.keep([])
+
+    def _next_round(self) -> bool:
+        with self._wake:
+            while not self._closed and not self._waiting and not len(self._batch):
+                self._wake.wait()
+            return not self._closed
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into the batch, longest cached prefix first."""
+        joining: list[tuple[Request, Any]] = []
+        while len(self._batch) + len(joining) < self.max_batch_size:
+            with self._wake:
+                if not self._waiting:
+                    break
+                best = max(self._waiting, key=self._cached_length)
+                self._waiting.remove(best)
+            if best.cancelled.is_set():
+                self._finish(best, None, 0)
+                continue
+            try:
+                cache = self._prefill(best)
+            except Exception as exc:
+                self._abort([best], exc)
+                continue
+            if best.finish_reason is None:
+                joining.append((best, cache))
+            else:
+                self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
+        try:
+            self._batch.add(joining)
+        except Exception as exc:
+            self._abort([request for request, _ in joining], exc)
+
+    def _cached_length(self, request: Request) -> int:
+        return self.cache.match_length(request.prompt[:-1], request.namespace)
+
+    def _prefill(self, request: Request) -> Any:
+        torch = require("torch", extra="runtime")
+        prompt = request.prompt
+        past, reused = new_cache(), 0
+        if self.prefix_cache:
+            # The last prompt token is always computed: its logits give the first token.
+            match = self.cache.match_prefix(prompt[:-1], request.namespace)
+            self.cache.lock(match.node)
+            request.locked_node = match.node
+            if match.length:
+                past, reused = cache_from_spans(match.kv), match.length
+        request.cached_tokens = reused
+        self.cache.count_request(cached=reused, computed=len(prompt) - reused)
+        device = self.model.device
+        out = self.model(
+            input_ids=torch.tensor([prompt[reused:]], device=device),
+            position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.prefix_cache:
+            kv = row_kv_slice(past, 0, 0)
+            self._relock(request, self.cache.insert(prompt, kv, request.namespace))
+        request.add_token(sample_next(out.logits[0, -1], request.params, request.generator))
+        return past
+
+    def _decode(self) -> None:
+        logits = self._batch.step()
+        keep = []
+        for row, request in enumerate(self._batch.requests):
+            if request.cancelled.is_set():
+                request.finish_reason = "cancelled"
+            else:
+                request.add_token(sample_next(logits[row], request.params, request.generator))
+            if request.finish_reason is None:
+                keep.append(row)
+            else:
+                self._finish(request, self._batch.kv_of(row), self._batch.lengths[row])
+        self._batch.keep(keep)
+
+    def _finish(self, request: Request, kv: KVSlice | None, kv_length: int) -> None:
+        """Cache prompt + answer (the tokens whose KV exists), release, and reply."""
+        if self.prefix_cache and kv is not None and kv_length:
+            tokens = (request.prompt + request.output)[:kv_length]
+            self._relock(request, self.cache.insert(tokens, kv, request.namespace))
+        if request.locked_node is not None:
+            self.cache.unlock(request.locked_node)
+            request.locked_node = None
+        request.finish()
+
+    def _relock(self, request: Request, node: Any) -> None:
+        self.cache.lock(node)
+        if request.locked_node is not None:
+            self.cache.unlock(request.locked_node)
+        request.locked_node = node
+
+    def _abort(self, requests: list[Request], exc: Exception) -> None:
+        if isinstance(exc, CtxprotoError):
+            error: CtxprotoError = exc
+        else:
+            error = BackendError(f"generation failed: {exc!r}")
+        for request in requests:
+            if request.locked_node is not None:
+                self.cache.unlock(request.locked_node)
+                request.locked_node = None
+            request.fail(error)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(i for i in ids if i is not None)

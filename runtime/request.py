@@ -1,0 +1,142 @@
+"""One request's life in the engine, and the handle its caller holds.
+
+The scheduler thread owns ``Request``; the caller's thread only reads events from
+the handle's queue (text deltas, then one final ``Completion`` or error) and may
+set the cancel flag. Nothing else is shared, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctxproto.errors import BackendError, CtxprotoError
+from ctxproto.runtime.detokenizer import IncrementalDetokenizer
+from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
+from ctxproto.runtime.radix_cache import TreeNode
+
+__all__ = ["Request", "RequestHandle"]
+
+_Event = str | Completion | CtxprotoError
+
+
+@dataclass(eq=False)
+class Request:
+    """State of one in-flight generation (scheduler thread only)."""
+
+    prompt: list[int]
+    params: GenerationParams
+    max_new_tokens: int
+    text: IncrementalDetokenizer
+    eos_ids: frozenset[int]
+    generator: Any = None
+    namespace: str = ""
+    events: queue.Queue[_Event] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_time: float = 0.0
+    output: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
+    locked_node: TreeNode | None = None
+    finish_reason: str | None = None
+
+    def add_token(self, token: int) -> None:
+        """Record one sampled token and decide whether the request is done."""
+        if not self.output:
+            self.first_token_time = time.perf_counter()
+        self.output.append(token)
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+            return
+        delta = self.text.push(token)
+        if delta:
+            self.events.put(delta)
+        if self.text.stopped:
+            self.finish_reason = "stop"
+        elif len(self.output) >= self.max_new_tokens:
+            self.finish_reason = "length"
+
+    def finish(self) -> None:
+        """Send the held-back text and the final completion to the caller."""
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
+        tail = self.text.flush()
+        if tail:
+            self.events.put(tail)
+        metrics = RequestMetrics.from_times(
+            arrival=self.arrival,
+            first_token=self.first_token_time or time.perf_counter(),
+            finished=time.perf_counter(),
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached_tokens,
+            output_tokens=len(self.output),
+        )
+        self.events.put(
+            Completion(text=self.text.text, finish_reason=self.finish_reason, metrics=metrics)
+        )
+
+    def fail(self, error: CtxprotoError) -> None:
+        self.events.put(error)
+
+
+class RequestHandle:
+    """What ``Engine.submit`` returns: stream the text, wait for the result, or cancel."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._completion: Completion | None = None
+
+    def deltas(self) -> Iterator[str]:
+        """Text as it is generated; closing the iterator early cancels the request."""
+        finished = False
+        try:
+            while True:
+                event = self._request.events.get()
+                if isinstance(event, str):
+                    yield event
+                    continue
+                finished = True
+                if isinstance(event, CtxprotoError):
+                    raise event
+                self._completion = event
+                return
+        finally:
+            if not finished:
+                self.cancel()
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Block until the request is finished; the text deltas are skipped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._completion is None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                event = self._request.events.get(timeout=left)
+            except queue.Empty:
+                raise BackendError(f"no answer within {timeout} s") from None
+            if isinstance(event, CtxprotoError):
+                raise event
+            if isinstance(event, Completion):
+                self._completion = event
+        return self._completion
+
+    async def aresult(self) -> Completion:
+        """``result()`` for asyncio callers, waiting in a worker thread."""
+        try:
+            return await asyncio.to_thread(self.result)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Output token ids so far (complete once ``result()`` returned)."""
+        return list(self._request.output)
+
+    def cancel(self) -> None:
+        """Stop generating at the next step; the tokens so far are kept and cached."""
+        self._request.cancelled.set()

@@ -1,0 +1,181 @@
+import asyncio
+
+import pytest
+
+from ctxproto.errors import ConfigError
+from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
+from tests.runtime.conftest import SYSTEM, chat
+
+pytestmark = pytest.mark.models
+
+GREEDY = GenerationParams(max_new_tokens=12)
+QUESTIONS = [
+    "How long is the warranty on the R7 router?",
+    "How long do I have to return a product?",
+    "Which products does Acme sell?",
+    "Hi!",
+]
+
+
+def run(
+    engine: Engine, messages: list[dict[str, str]], params: GenerationParams = GREEDY
+) -> tuple[list[int], Completion]:
+    handle = engine.submit(engine.encode_chat(messages), params)
+    completion = handle.result()
+    return handle.token_ids, completion
+
+
+def test_greedy_with_cache_equals_without_token_for_token(engine, plain_engine):
+    for question in QUESTIONS[:2]:
+        cached_ids, cached = run(engine, chat(question))
+        plain_ids, plain = run(plain_engine, chat(question))
+        assert cached_ids == plain_ids
+        assert cached.text == plain.text
+    # The second question shares the system prompt but diverges inside a cached span:
+    # it was split, and only the rest computed.
+    assert 0 < cached.metrics.cached_tokens < cached.metrics.prompt_tokens
+    assert plain.metrics.cached_tokens == 0
+
+
+def test_same_prompt_again_reuses_all_but_the_last_token(engine):
+    messages = chat("What does the S1 switch do?")
+    first_ids, _ = run(engine, messages)
+    again_ids, again = run(engine, messages)
+    assert again_ids == first_ids
+    assert again.metrics.cached_tokens == again.metrics.prompt_tokens - 1
+
+
+def test_equal_after_evictions_and_cap_holds(lm, plain_engine):
+    prompts = [
+        chat(q, system=f"Rule {i}: answer in one sentence.") for i, q in enumerate(QUESTIONS)
+    ]
+    token_bytes = 30 * 2 * 3 * 64 * 4  # SmolLM2-135M in float32
+    cap = 60 * token_bytes  # about one prompt and its answer
+    with Engine(cache_bytes=cap) as small:
+        results = [run(small, p) for p in [*prompts, prompts[0], prompts[1]]]
+        stats = small.stats()
+    assert stats.evictions > 0
+    assert stats.bytes_in_use <= cap
+    for messages, (ids, _) in zip([*prompts, prompts[0], prompts[1]], results, strict=True):
+        assert ids == run(plain_engine, messages)[0]
+
+
+def test_equal_under_batching(engine, plain_engine):
+    params = [GenerationParams(max_new_tokens=n) for n in (4, 12, 8, 12)]
+    handles = [
+        engine.submit(engine.encode_chat(chat(q)), p)
+        for q, p in zip(QUESTIONS, params, strict=True)
+    ]
+    for handle in handles:
+        handle.result()
+    for question, p, handle in zip(QUESTIONS, params, handles, strict=True):
+        assert handle.token_ids == run(plain_engine, chat(question), p)[0]
+
+
+def test_next_turn_reuses_the_previous_answer(engine):
+    first_turn = chat("Tell me about the M2 mesh extender.")
+    _, answer = run(engine, first_turn)
+    prompt_one = len(engine.encode_chat(first_turn))
+    second_turn = [
+        *first_turn,
+        {"role": "assistant", "content": answer.text},
+        {"role": "user", "content": "And its price?"},
+    ]
+    _, follow_up = run(engine, second_turn)
+    assert follow_up.metrics.cached_tokens > prompt_one
+
+
+def test_stream_deltas_join_to_the_completion(engine):
+    messages = chat("Say hello to the customer.")
+    deltas = list(engine.stream(messages, GREEDY))
+    assert len(deltas) > 1
+    assert "".join(deltas) == engine.generate(messages, GREEDY).text
+
+
+def test_cancel_stops_generation_and_engine_keeps_serving(engine):
+    handle = engine.submit(engine.encode_chat(chat("Write a long story.")), GenerationParams())
+    stream = handle.deltas()
+    next(stream)
+    stream.close()  # leaving the stream cancels the request
+    completion = handle.result()
+    assert completion.finish_reason == "cancelled"
+    assert completion.metrics.output_tokens < 256
+    assert engine.generate(chat("Hi!"), GenerationParams(max_new_tokens=2)).text
+
+
+def test_stop_string_ends_the_answer(engine):
+    messages = chat(QUESTIONS[2])
+    full = engine.generate(messages, GREEDY).text
+    words = full.split()
+    assert len(words) > 3
+    stop = " " + words[2]
+    stopped = engine.generate(messages, GenerationParams(max_new_tokens=12, stop=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full[: full.index(stop)]
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    params = GenerationParams(max_new_tokens=10, temperature=0.9, top_p=0.9, seed=7)
+    messages = chat("Invent a name for a router.")
+    first = engine.generate(messages, params).text
+    assert engine.generate(messages, params).text == first
+
+
+def test_async_entry_point_matches_sync(engine):
+    messages = chat(QUESTIONS[0])
+
+    async def both() -> list[Completion]:
+        calls = [engine.agenerate(messages, GREEDY) for _ in range(2)]
+        return list(await asyncio.gather(*calls))
+
+    first, second = asyncio.run(both())
+    assert first.text == second.text == engine.generate(messages, GREEDY).text
+
+
+def test_metrics_follow_the_definitions(engine):
+    ids = engine.encode_chat(chat(QUESTIONS[3]))
+    completion = engine.submit(ids, GenerationParams(max_new_tokens=6)).result()
+    metrics = completion.metrics
+    assert metrics.prompt_tokens == len(ids)
+    assert 0 < metrics.ttft_ms <= metrics.latency_ms
+    assert metrics.output_tokens <= 6
+    if metrics.output_tokens > 1:
+        expected_tpot = (metrics.latency_ms - metrics.ttft_ms) / (metrics.output_tokens - 1)
+        assert metrics.tpot_ms == pytest.approx(expected_tpot)
+    assert metrics.output_tokens_per_s == pytest.approx(
+        metrics.output_tokens / (metrics.latency_ms / 1000)
+    )
+    stats = engine.stats()
+    assert stats.cached_tokens + stats.computed_tokens > 0
+    assert 0.0 <= stats.hit_rate <= 1.0
+
+
+def test_bad_inputs_fail_clearly(engine):
+    with pytest.raises(ConfigError, match="at least one message"):
+        engine.generate([])
+    with pytest.raises(ConfigError, match="empty"):
+        engine.submit([])
+    with pytest.raises(ConfigError, match="context window"):
+        engine.submit([1] * (engine.context_window + 5))
+    with pytest.raises(ConfigError, match="invalid message"):
+        engine.generate([{"role": "robot", "content": "hi"}])
+
+
+def test_local_backend_serves_the_interface(engine):
+    backend = LocalBackend(engine)
+    messages = chat(QUESTIONS[1], system=SYSTEM)
+    completion = backend.generate(messages, GREEDY)
+    assert "".join(backend.stream(messages, GREEDY)) == completion.text
+    assert asyncio.run(backend.agenerate(messages, GREEDY)).text == completion.text
+    backend.close()  # the engine was passed in: it stays open
+    assert engine.generate(messages, GREEDY).text == completion.text
+
+
+def test_tenants_do_not_share_cached_prefixes(engine):
+    params = GenerationParams(max_new_tokens=2)
+    messages = chat("Do you ship to Norway?")
+    tenant_a = LocalBackend(engine, cache_namespace="tenant-a")
+    tenant_b = LocalBackend(engine, cache_namespace="tenant-b")
+    tenant_a.generate(messages, params)
+    assert tenant_b.generate(messages, params).metrics.cached_tokens == 0
+    assert tenant_a.generate(messages, params).metrics.cached_tokens > 0
