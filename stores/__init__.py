@@ -1,5 +1,16 @@
 """Persistence backends (vector index, caches, session state), imported as ``ctxproto.stores``."""
 
 from ctxproto.stores.atomic import atomic_write_bytes, atomic_write_text
+from ctxproto.stores.semantic_cache import CacheHit, SemanticCache
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.vector_store import StoreManifest, VectorStore
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "CacheHit",
+    "SemanticCache",
+    "SessionStateStore",
+    "StoreManifest",
+    "VectorStore",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]

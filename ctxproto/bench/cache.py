@@ -1,0 +1,160 @@
+"""``ctxproto bench cache [--json]``: semantic-cache accuracy on hard negatives, and speed.
+
+- ``accuracy``: the labeled pairs of ``tests/fixtures/semantic_cache_pairs.jsonl``
+  (paraphrases and hard negatives by category, split train/test). For each pair
+  the first question is cached and the second asked, through the real
+  ``SemanticCache``. Side by side: plain cosine at 0.8 (GPTCache's default
+  similarity threshold), plain cosine at our threshold, and ours with the guard.
+  Per category: hit rate (recall for paraphrases, false-hit rate for negatives)
+  and precision over the paraphrases plus that category's negatives.
+- ``speed``: lookup latency with ``--entries`` entries in one namespace (the
+  worst case: one scope holds them all). Filler entries carry random normalized
+  vectors (stated as such) so filling does not embed 100k texts; real questions
+  are then cached and looked up by paraphrase (hits) and by unrelated questions
+  (misses). Query embeddings are computed beforehand (memoized), so the figures
+  exclude embedding the query, as the retrieval benchmark does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctxproto.errors import DatasetError
+
+__all__ = ["register", "run"]
+
+GPTCACHE_DEFAULT_THRESHOLD = 0.8
+FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "semantic_cache_pairs.jsonl"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("cache", help="semantic cache hard-negative accuracy and speed")
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--pairs", default=str(FIXTURE), help="labeled pairs (JSONL)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    result = run(entries=args.entries, pairs=Path(args.pairs))
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def run(*, entries: int, pairs: Path) -> dict[str, Any]:
+    from ctxproto.embedder import get_embedder
+
+    if not pairs.exists():
+        raise DatasetError(f"labeled pairs not found: {pairs}")
+    rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line]
+    embedder = get_embedder()
+    embedder.embed([r["a"] for r in rows] + [r["b"] for r in rows])
+    return {"accuracy": _accuracy(rows), "speed": _speed(rows, entries)}
+
+
+def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from ctxproto.stores.semantic_cache import SemanticCache
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        ours = SemanticCache(Path(folder) / "ours")
+        variants = {
+            "cosine_0.8_gptcache_default": SemanticCache(
+                Path(folder) / "plain08", threshold=GPTCACHE_DEFAULT_THRESHOLD, guard=False
+            ),
+            f"cosine_{ours.threshold}": SemanticCache(
+                Path(folder) / "plain", threshold=ours.threshold, guard=False
+            ),
+            f"ours_cosine_{ours.threshold}_with_guard": ours,
+        }
+        for name, cache in variants.items():
+            out[name] = {
+                split: _score(cache, [r for r in rows if split in (r["split"], "all")], split)
+                for split in ("train", "test", "all")
+            }
+    return out
+
+
+def _score(cache: Any, rows: list[dict[str, Any]], tag: str) -> dict[str, Any]:
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for n, row in enumerate(rows):
+        namespace = f"{tag}-{n}"
+        cache.put(row["a"], "cached", namespace=namespace)
+        hits[row["category"]] += cache.get(row["b"], namespace=namespace) is not None
+        totals[row["category"]] += 1
+    true_hits = hits["paraphrase"]
+    negatives = [c for c in totals if c != "paraphrase"]
+    false_hits = sum(hits[c] for c in negatives)
+    per_category: dict[str, Any] = {}
+    for category in totals:
+        rate = hits[category] / totals[category]
+        entry: dict[str, Any] = {"pairs": totals[category], "hits": hits[category]}
+        if category == "paraphrase":
+            entry["recall"] = round(rate, 4)
+        else:
+            entry["false_hit_rate"] = round(rate, 4)
+            entry["precision"] = round(true_hits / max(1, true_hits + hits[category]), 4)
+        per_category[category] = entry
+    return {
+        "paraphrase_recall": round(true_hits / max(1, totals["paraphrase"]), 4),
+        "hard_negative_false_hit_rate": round(
+            false_hits / max(1, sum(totals[c] for c in negatives)), 4
+        ),
+        "precision": round(true_hits / max(1, true_hits + false_hits), 4),
+        "by_category": per_category,
+    }
+
+
+def _speed(rows: list[dict[str, Any]], entries: int) -> dict[str, Any]:
+    from ctxproto.stores.semantic_cache import SemanticCache
+
+    rng = np.random.default_rng(0)
+    paraphrases = [r for r in rows if r["category"] == "paraphrase"]
+    misses = [r["b"] for r in rows if r["category"] != "paraphrase"]
+    with tempfile.TemporaryDirectory() as folder:
+        cache = SemanticCache(folder)
+        dimension = cache.embedder.dimension
+        start = time.perf_counter()
+        for i in range(entries):
+            vector = rng.standard_normal(dimension).astype(np.float32)
+            cache.put_embedded(f"filler question {i}", vector / np.linalg.norm(vector), f"a{i}")
+        fill = time.perf_counter() - start
+        for row in paraphrases:
+            cache.put(row["a"], "cached")
+        start = time.perf_counter()
+        fresh = SemanticCache(folder)
+        fresh.get("warm-up question")
+        load = time.perf_counter() - start
+        hit_ms = _timings(fresh.get, [r["b"] for r in paraphrases])
+        miss_ms = _timings(fresh.get, misses)
+        hits = sum(fresh.get(r["b"]) is not None for r in paraphrases)
+        return {
+            "entries": len(fresh),
+            "filler": "random normalized vectors (not embedded text)",
+            "fill_puts_per_second": round(entries / fill),
+            "open_and_mirror_seconds": round(load, 2),
+            "lookup_p50_ms_hit": round(float(np.percentile(hit_ms, 50)), 3),
+            "lookup_p50_ms_miss": round(float(np.percentile(miss_ms, 50)), 3),
+            "lookup_p50_ms": round(float(np.percentile(np.concatenate([hit_ms, miss_ms]), 50)), 3),
+            "lookup_p95_ms": round(float(np.percentile(np.concatenate([hit_ms, miss_ms]), 95)), 3),
+            "paraphrase_hits_among_100k": hits,
+            "paraphrases_asked": len(paraphrases),
+        }
+
+
+def _timings(call: Any, items: list[str]) -> Any:
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        call(item)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return np.asarray(times)

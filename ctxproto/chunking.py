@@ -1,0 +1,161 @@
+"""Token-sized chunks with overlap that end on paragraph or sentence boundaries.
+
+A chunk never cuts a sentence unless that sentence alone is longer than the chunk
+size, and never spans two markdown sections: the heading path of its section
+(``["Install", "On Linux"]``) is kept as metadata, since a chunk torn from its
+heading loses what it is about. The overlap repeats whole trailing sentences of
+the previous chunk, so a fact on a boundary is whole in at least one chunk.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from ctxproto.documents import Document
+from ctxproto.errors import StoreError
+from ctxproto.sentences import split_sentences
+from ctxproto.tokens import TokenCounter
+
+__all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text"]
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """One chunk's text and the markdown heading path it sits under."""
+
+    text: str
+    headings: tuple[str, ...]
+
+
+@dataclass
+class _Unit:
+    text: str
+    tokens: int
+    headings: tuple[str, ...]
+    starts_paragraph: bool
+
+
+def check_text(text: str, name: str) -> None:
+    """Raise ``StoreError`` for empty, binary or garbled text, before it reaches a store."""
+    if not text.strip():
+        raise StoreError(f"'{name}' is empty")
+    if "\x00" in text:
+        raise StoreError(f"'{name}' looks binary (it contains NUL bytes)")
+    bad = sum(
+        1
+        for ch in text
+        if ch == "\ufffd" or (unicodedata.category(ch) in ("Cc", "Cs", "Co") and ch not in "\t\n\r")
+    )
+    if bad > max(3, len(text) // 100):
+        raise StoreError(f"'{name}' looks garbled: {bad} control or undecodable characters")
+
+
+def chunk_text(
+    text: str, counter: TokenCounter, *, max_tokens: int = 256, overlap_tokens: int = 32
+) -> list[TextChunk]:
+    """Split ``text`` into chunks of at most ``max_tokens`` tokens (see module docstring)."""
+    if max_tokens <= 0 or not 0 <= overlap_tokens < max_tokens:
+        raise StoreError("chunking needs max_tokens > 0 and 0 <= overlap_tokens < max_tokens")
+    chunks: list[TextChunk] = []
+    current: list[_Unit] = []
+    used = 0
+    for unit in _units(text, counter, max_tokens):
+        if current and (unit.headings != current[0].headings or used + unit.tokens > max_tokens):
+            chunks.append(_render(current))
+            same_section = unit.headings == current[0].headings
+            current = (
+                _overlap(current, overlap_tokens, max_tokens - unit.tokens) if same_section else []
+            )
+            used = sum(u.tokens for u in current)
+        current.append(unit)
+        used += unit.tokens
+    if current:
+        chunks.append(_render(current))
+    return chunks
+
+
+def chunk_document(
+    document: Document, counter: TokenCounter, *, max_tokens: int = 256, overlap_tokens: int = 32
+) -> list[Document]:
+    """Chunks of ``document`` as documents ``<id>#<n>`` that carry its metadata and source."""
+    check_text(document.text, document.id)
+    pieces = chunk_text(
+        document.text, counter, max_tokens=max_tokens, overlap_tokens=overlap_tokens
+    )
+    return [
+        Document(
+            id=f"{document.id}#{n}",
+            text=piece.text,
+            metadata={**document.metadata, "doc_id": document.id, "headings": list(piece.headings)},
+            source=document.source or document.id,
+        )
+        for n, piece in enumerate(pieces)
+    ]
+
+
+def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
+    """Sentences (or token windows of over-long ones) with their heading path."""
+    units: list[_Unit] = []
+    stack: list[tuple[int, str]] = []
+    for block in _PARAGRAPH_BREAK.split(text):
+        lines: list[str] = []
+        for line in block.splitlines():
+            match = _HEADING.match(line.strip())
+            if match is None:
+                lines.append(line)
+                continue
+            if lines:
+                units += _sentences(" ".join(lines), counter, max_tokens, stack)
+                lines = []
+            level = len(match.group(1))
+            stack = [(lvl, title) for lvl, title in stack if lvl < level] + [
+                (level, match.group(2))
+            ]
+        units += _sentences(" ".join(lines), counter, max_tokens, stack)
+    return units
+
+
+def _sentences(
+    paragraph: str, counter: TokenCounter, max_tokens: int, stack: list[tuple[int, str]]
+) -> list[_Unit]:
+    headings = tuple(title for _, title in stack)
+    units: list[_Unit] = []
+    for raw in split_sentences(paragraph.strip()):
+        sentence = raw.strip()
+        if not sentence:
+            continue
+        ids = counter.encode(sentence)
+        for start in range(0, len(ids), max_tokens):
+            piece = (
+                counter.decode(ids[start : start + max_tokens])
+                if len(ids) > max_tokens
+                else sentence
+            )
+            units.append(_Unit(piece, min(len(ids) - start, max_tokens), headings, not units))
+    return units
+
+
+def _overlap(units: list[_Unit], overlap_tokens: int, room: int) -> list[_Unit]:
+    """Trailing whole units of the last chunk, within the overlap and the room left."""
+    kept: list[_Unit] = []
+    total = 0
+    for unit in reversed(units):
+        if total + unit.tokens > min(overlap_tokens, room):
+            break
+        kept.insert(0, unit)
+        total += unit.tokens
+    return kept
+
+
+def _render(units: list[_Unit]) -> TextChunk:
+    parts: list[str] = []
+    for i, unit in enumerate(units):
+        if i:
+            parts.append("\n\n" if unit.starts_paragraph else " ")
+        parts.append(unit.text)
+    return TextChunk("".join(parts), units[0].headings)

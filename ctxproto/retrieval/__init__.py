@@ -1,0 +1,7 @@
+"""RAG retrieval: a knowledge base on a vector store, MMR, budget packing, reordering."""
+
+from ctxproto.retrieval.knowledge_base import KnowledgeBase
+from ctxproto.retrieval.mmr import mmr_select
+from ctxproto.retrieval.packing import long_context_reorder, pack_to_budget
+
+__all__ = ["KnowledgeBase", "long_context_reorder", "mmr_select", "pack_to_budget"]

@@ -1,0 +1,77 @@
+"""Bring the relevant chunks of a knowledge base into the context, within a token budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PrivateAttr
+
+from ctxproto.context import Context
+from ctxproto.retrieval import KnowledgeBase, long_context_reorder, pack_to_budget
+from ctxproto.stages.base import Stage, Transformed
+from ctxproto.stages.registry import register_stage
+from ctxproto.tokens import TokenCounter
+
+__all__ = ["Retriever"]
+
+
+@register_stage("retriever")
+class Retriever(Stage):
+    """Queries the store at ``store`` with the current user query.
+
+    Top ``fetch_k`` by cosine, then MMR down to ``k`` (``diversity`` 0 turns it
+    off), dropped below ``min_score``, restricted by metadata ``filters``; then
+    packed into ``max_tokens`` (most relevant per token first) and, with
+    ``reorder``, laid out best-at-both-ends for long contexts. Retrieved chunks
+    are appended after documents the request already carried.
+    """
+
+    store: str = Field(description="Folder of a store built by `ctxproto index`.")
+    k: int = Field(default=5, ge=1)
+    fetch_k: int = Field(default=20, ge=1)
+    diversity: float = Field(default=0.3, ge=0.0, le=1.0)
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    filters: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: int | None = Field(default=None, ge=0, description="Token budget for chunks.")
+    reorder: bool = False
+    embedder: str = "default"
+
+    _knowledge_base: KnowledgeBase | None = PrivateAttr(default=None)
+
+    def warm_up(self) -> None:
+        if self._knowledge_base is None:
+            from ctxproto.embedder import get_embedder
+
+            self._knowledge_base = KnowledgeBase(self.store, embedder=get_embedder(self.embedder))
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        self.warm_up()
+        assert self._knowledge_base is not None
+        query = context.query_text.strip()
+        if not query:
+            return Transformed(context=context, counters={"retrieved": 0, "kept": 0})
+        found = self._knowledge_base.query(
+            query,
+            k=self.k,
+            fetch_k=max(self.k, self.fetch_k),
+            diversity=self.diversity,
+            min_score=self.min_score,
+            filters=self.filters or None,
+        )
+        present = {d.id for d in context.documents}
+        fresh = [d for d in found if d.id not in present]
+        kept = (
+            pack_to_budget(fresh, counter, self.max_tokens)
+            if self.max_tokens is not None
+            else fresh
+        )
+        if self.reorder:
+            kept = long_context_reorder(kept)
+        return Transformed(
+            context=context.model_copy(update={"documents": [*context.documents, *kept]}),
+            counters={
+                "retrieved": len(found),
+                "kept": len(kept),
+                "retrieved_tokens": sum(counter.count(d.text) for d in kept),
+            },
+        )

@@ -1,0 +1,280 @@
+"""A semantic cache of answers that does not answer a different question.
+
+Three rules keep it honest, each from a known failure of embedding caches:
+
+- **Context-aware keys.** An entry carries a fingerprint of the context its
+  answer depended on (a conversation summary, the retrieved document ids), and a
+  lookup only sees entries with the same fingerprint: "how old is he?" asked in
+  two conversations about different people does not hit (GPTCache issue #8).
+- **A hard-negative guard.** Cosine similarity finds candidates; a candidate
+  hits only if its slots (numbers, dates, entities, polarity, scope; see
+  ``query_slots``) equal the query's, so "turn on" never answers "turn off".
+- **Namespaces never cross.** Each tenant has its own namespace; a lookup only
+  ever searches and returns its own namespace's entries.
+
+Entries live in diskcache (SQLite, process-safe) as JSON, never pickled: TTL,
+a byte limit and an entry limit with oldest-first eviction, invalidation by key
+and by source document. Each process keeps an in-memory FAISS mirror of the
+entry vectors, brought up to date from a shared sequence counter before every
+lookup; a candidate is re-read from disk before it is returned, so an entry
+that expired, was evicted or invalidated by another process is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import numpy as np
+import numpy.typing as npt
+
+from ctxproto.embedder import Embedder, get_embedder
+from ctxproto.errors import StoreError
+from ctxproto.stores.cache_mirror import CacheMirror, MirrorEntry, decode_vector, encode_vector
+from ctxproto.stores.query_slots import QuerySlots, slot_conflict
+
+__all__ = ["CacheContext", "CacheHit", "SemanticCache", "context_fingerprint"]
+
+CacheContext = str | Sequence[str] | None
+"""What an answer depended on besides the query: a text (a conversation summary) or a
+set of ids (retrieved documents). ``None`` means the query alone."""
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A cached answer, how similar its question was, and that question."""
+
+    answer: str
+    similarity: float
+    query: str
+    key: str
+
+
+def context_fingerprint(context: CacheContext) -> str:
+    """A short stable digest of ``context``; ids are order-insensitive."""
+    if context is None:
+        return ""
+    text = context if isinstance(context, str) else "\x1f".join(sorted(set(context)))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+class SemanticCache:
+    """Answers keyed by question meaning, context fingerprint and namespace."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threshold: float = 0.7,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int = 1 << 30,
+        guard: bool = True,
+        candidates: int = 8,
+        embedder: Embedder | None = None,
+    ) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise StoreError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+        if ttl is not None and ttl <= 0:
+            raise StoreError(f"ttl must be positive seconds or None, got {ttl}")
+        if max_entries is not None and max_entries <= 0:
+            raise StoreError(f"max_entries must be positive or None, got {max_entries}")
+        self.path = Path(path)
+        self.threshold = threshold
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.guard = guard
+        self.candidates = candidates
+        self.embedder = embedder or get_embedder()
+        self._entries: Any = diskcache.Cache(
+            str(self.path / "entries"),
+            disk=JSONOnlyDisk,
+            size_limit=max_bytes,
+            eviction_policy="least-recently-stored",
+        )
+        self._meta: Any = diskcache.Cache(str(self.path / "meta"), disk=PlainDisk)
+        self._mirror = CacheMirror(self.embedder.dimension)
+        self._check_embedder()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(
+        self,
+        query: str,
+        answer: str,
+        *,
+        context: CacheContext = None,
+        namespace: str = "default",
+        sources: Iterable[str] = (),
+    ) -> str:
+        """Store ``answer`` for ``query``; returns the entry key (for ``invalidate(key=...)``)."""
+        _check_text(query, "query")
+        return self.put_embedded(
+            query,
+            self.embedder.embed_one(query),
+            answer,
+            context=context,
+            namespace=namespace,
+            sources=sources,
+        )
+
+    def put_embedded(
+        self,
+        query: str,
+        vector: npt.NDArray[np.float32],
+        answer: str,
+        *,
+        context: CacheContext = None,
+        namespace: str = "default",
+        sources: Iterable[str] = (),
+    ) -> str:
+        """``put`` for a caller that already holds the query's normalized embedding."""
+        _check_text(query, "query")
+        if not isinstance(answer, str):
+            raise StoreError(f"a cached answer must be a string, got {type(answer).__name__}")
+        _check_text(namespace, "namespace")
+        if np.shape(vector) != (self.embedder.dimension,):
+            raise StoreError(
+                f"a query vector of shape {np.shape(vector)} does not fit this cache's "
+                f"embedder (dimension {self.embedder.dimension})"
+            )
+        sources = sorted(set(sources))
+        key = str(self._meta.incr("seq"))
+        for source in sources:
+            with self._meta.transact():
+                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
+                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
+        entry = {
+            "namespace": namespace,
+            "context": context_fingerprint(context),
+            "query": query,
+            "answer": answer,
+            "vector": encode_vector(vector),
+            "sources": sources,
+            "created": time.time(),
+        }
+        self._entries.set(key, entry, expire=self.ttl)
+        self._evict_over_limit()
+        return key
+
+    def get(
+        self, query: str, *, context: CacheContext = None, namespace: str = "default"
+    ) -> CacheHit | None:
+        """The cached answer to a question that means the same in the same context, or ``None``."""
+        _check_text(query, "query")
+        self._sync()
+        fingerprint = context_fingerprint(context)
+        vector = self.embedder.embed_one(query)
+        slots = QuerySlots.of(query) if self.guard else None
+        for candidate in self._mirror.search(namespace, fingerprint, vector, self.candidates):
+            if candidate.similarity < self.threshold:
+                break
+            if slots is not None and slot_conflict(slots, candidate.slots) is not None:
+                continue
+            entry = self._entries.get(candidate.key)
+            if entry is None or entry["namespace"] != namespace or entry["context"] != fingerprint:
+                self._mirror.forget(candidate.key)
+                continue
+            return CacheHit(entry["answer"], candidate.similarity, entry["query"], candidate.key)
+        return None
+
+    def invalidate(self, *, source: str | None = None, key: str | None = None) -> int:
+        """Drop the entries built on ``source`` and/or the entry ``key``; returns how many."""
+        if source is None and key is None:
+            raise StoreError("invalidate needs a source or a key")
+        keys = [key] if key is not None else []
+        if source is not None:
+            keys += json.loads(self._meta.pop(f"src:{source}", default="[]"))
+        dropped = 0
+        for entry_key in keys:
+            dropped += bool(self._entries.delete(entry_key))
+            self._mirror.forget(entry_key)
+        return dropped
+
+    def clear(self) -> None:
+        """Drop every entry of every namespace."""
+        self._entries.clear()
+        self._meta.clear()
+        self._mirror = CacheMirror(self.embedder.dimension)
+
+    def close(self) -> None:
+        self._entries.close()
+        self._meta.close()
+
+    def _check_embedder(self) -> None:
+        """Vectors of two embedders are not comparable: a cache is bound to the first one."""
+        signature = f"{self.embedder.name}:{self.embedder.dimension}"
+        stored = self._meta.get("embedder")
+        if stored is None:
+            self._meta.add("embedder", signature)
+            stored = self._meta.get("embedder")
+        if stored != signature:
+            raise StoreError(
+                f"the cache at {self.path} was filled with embedder '{stored}'; it cannot be "
+                f"used with '{signature}': use another path or clear it"
+            )
+
+    def _sync(self) -> None:
+        """Bring the in-memory mirror up to the shared sequence counter."""
+        latest = int(self._meta.get("seq", 0))
+        found = []
+        for key in self._mirror.pending(latest):
+            entry = self._entries.get(key)
+            if entry is not None:
+                vector = decode_vector(entry["vector"], self.embedder.dimension)
+                slots = QuerySlots.of(entry["query"])
+                found.append(MirrorEntry(key, entry["namespace"], entry["context"], vector, slots))
+        if found:
+            self._mirror.add(found)
+
+    def _evict_over_limit(self) -> None:
+        """Oldest-first eviction down to ``max_entries`` (diskcache itself enforces bytes)."""
+        if self.max_entries is None:
+            return
+        while len(self._entries) > self.max_entries:
+            try:
+                oldest, _ = self._entries.peekitem(last=False)
+            except KeyError:
+                return
+            self._entries.delete(oldest)
+            self._mirror.forget(oldest)
+
+
+def _check_text(text: object, what: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise StoreError(f"the {what} must be a non-empty string, got {text!r}")
+
+
+class JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
+    """diskcache's JSON disk, refusing rows that would need unpickling (a tampered store)."""
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise StoreError("the cache holds a pickled key; refusing to load it")
+        return super().get(key, raw)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise StoreError("the cache holds a pickled value; refusing to load it")
+        return super().fetch(mode, filename, value, read)
+
+
+class PlainDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's disk for the counter and source index: ints and strings, never pickles."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not (read or isinstance(value, int | float | str | bytes)):
+            raise StoreError(f"refusing to pickle a {type(value).__name__} into the cache")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise StoreError("the cache holds a pickled value; refusing to load it")
+        return super().fetch(mode, filename, value, read)

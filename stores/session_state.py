@@ -1,0 +1,87 @@
+"""Per-session state (rolling summaries and their checkpoints), persisted in diskcache.
+
+A chat server restarts, runs several worker processes, and serves many tenants.
+The state a stage keeps between turns of one conversation therefore lives on
+disk in diskcache (SQLite transactions: a write is atomic and safe across
+processes), keyed by tenant id and session id, so a lookup can never reach
+another tenant's session. Values are JSON text, never pickles: a store file
+that someone else wrote cannot run code when it is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from ctxproto.errors import StoreError
+
+__all__ = ["SessionStateStore"]
+
+
+class SessionStateStore:
+    """JSON state per ``(tenant_id, session_id)`` in a diskcache folder.
+
+    ``path=None`` makes a store in a fresh temporary folder: state then lasts as
+    long as the process, which is what a pipeline without configured
+    persistence gets.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        try:
+            self._cache = diskcache.Cache(None if path is None else str(path))
+        except (OSError, diskcache.Timeout) as exc:
+            raise StoreError(f"cannot open session-state store at {path}: {exc}") from exc
+        self.path = Path(self._cache.directory)
+
+    @staticmethod
+    def _key(tenant_id: str, session_id: str) -> str:
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise StoreError("tenant_id must be a non-empty string")
+        if not isinstance(session_id, str) or not session_id:
+            raise StoreError("session_id must be a non-empty string")
+        return json.dumps(["session", tenant_id, session_id])
+
+    def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+        """The state stored for this tenant's session, or ``None``."""
+        raw = self._cache.get(self._key(tenant_id, session_id))
+        if raw is None:
+            return None
+        try:
+            state = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            state = None
+        if not isinstance(state, dict):
+            raise StoreError(
+                f"session state of tenant '{tenant_id}' session '{session_id}' "
+                f"in {self.path} is not a JSON object"
+            )
+        return state
+
+    def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
+        """Replace this session's state, atomically; ``state`` must be JSON-serializable."""
+        key = self._key(tenant_id, session_id)
+        try:
+            text = json.dumps(state, allow_nan=False, ensure_ascii=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"session state must be JSON-serializable: {exc}") from exc
+        self._cache.set(key, text)
+
+    def delete(self, tenant_id: str, session_id: str) -> bool:
+        """Forget a session; ``True`` when it existed."""
+        return bool(self._cache.delete(self._key(tenant_id, session_id)))
+
+    def sessions(self, tenant_id: str) -> list[str]:
+        """The session ids this tenant has state for."""
+        ids = []
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith('["session"'):
+                _, tenant, session = json.loads(key)
+                if tenant == tenant_id:
+                    ids.append(session)
+        return sorted(ids)
+
+    def close(self) -> None:
+        self._cache.close()

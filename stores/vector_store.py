@@ -1,0 +1,252 @@
+"""A persistent vector store: FAISS index + docstore + manifest in one folder.
+
+Crash safety comes from generations. A save writes ``index.<g>.faiss``,
+``vectors.<g>.npy``, ``alive.<g>.npy`` and ``docstore.<g>.jsonl`` for a new
+generation ``g``, each atomically (temp file + rename), then atomically replaces
+``manifest.json``, which names the generation, and only then deletes older
+generations. A writer killed at any point leaves the previous manifest pointing
+at complete files, so the previous index stays loadable.
+
+The manifest records the embedder name and dimension: opening a store with
+another embedder is a ``StoreError``, since mixing vector spaces silently returns
+nonsense. Nothing is pickled (npy with ``allow_pickle=False``, JSON, FAISS's own
+serialization).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ctxproto.documents import Document
+from ctxproto.errors import StoreError
+from ctxproto.stores.atomic import atomic_write_bytes, atomic_write_text
+from ctxproto.stores.docstore import DocStore, MetadataFilter
+from ctxproto.stores.vector_index import IndexKind, VectorIndex
+
+__all__ = ["FORMAT_VERSION", "StoreHit", "StoreManifest", "VectorStore"]
+
+FORMAT_VERSION = 1
+COMPACT_DEAD_FRACTION = 0.25
+
+
+class StoreManifest(BaseModel):
+    """What a store folder holds; written last on every save."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    embedder: str
+    dimension: int
+    count: int
+    chunks: int
+    index_kind: str
+    requested_kind: IndexKind = "auto"
+    hnsw_threshold: int = 20_000
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class StoreHit:
+    """One search result: the chunk, its cosine score and its slot."""
+
+    document: Document
+    score: float
+    slot: int
+
+
+class VectorStore:
+    """Chunks and their vectors, searchable by FAISS and saved atomically to ``path``.
+
+    Opening a folder that holds a store loads it and checks ``embedder`` and
+    ``dimension`` against its manifest; an empty or missing folder starts a new store.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        embedder: str,
+        dimension: int,
+        kind: IndexKind = "auto",
+        hnsw_threshold: int = 20_000,
+    ) -> None:
+        self.path = Path(path)
+        self.embedder = embedder
+        self.generation = 0
+        manifest = self.read_manifest(self.path)
+        if manifest is None:
+            self.index = VectorIndex(dimension, kind=kind, hnsw_threshold=hnsw_threshold)
+            self.docstore = DocStore()
+            return
+        if manifest.embedder != embedder or manifest.dimension != dimension:
+            raise StoreError(
+                f"the store at {self.path} was built with embedder '{manifest.embedder}' "
+                f"(dimension {manifest.dimension}); it cannot be used with '{embedder}' "
+                f"(dimension {dimension}): rebuild it with `ctxproto index`"
+            )
+        self._load(manifest)
+
+    @staticmethod
+    def read_manifest(path: Path) -> StoreManifest | None:
+        """The manifest at ``path``, ``None`` when there is no store, ``StoreError`` if corrupt."""
+        file = path / "manifest.json"
+        if not file.exists():
+            return None
+        try:
+            manifest = StoreManifest.model_validate_json(file.read_bytes())
+        except ValidationError as exc:
+            raise StoreError(f"{file} is not a ctxproto store manifest: {exc}") from exc
+        if manifest.format_version != FORMAT_VERSION:
+            raise StoreError(
+                f"{file} has format version {manifest.format_version}; "
+                f"this ctxproto reads version {FORMAT_VERSION}"
+            )
+        return manifest
+
+    @property
+    def count(self) -> int:
+        """Documents in the store."""
+        return len(self.docstore)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.index)
+
+    def add(
+        self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Add (or replace) document ``doc_id`` with its chunks and their normalized vectors."""
+        if not chunks:
+            raise StoreError(f"document '{doc_id}' has no chunks to add")
+        if len(chunks) != len(vectors):
+            raise StoreError(f"{len(chunks)} chunks but {len(vectors)} vectors for '{doc_id}'")
+        self.delete([doc_id])
+        self.index.add(vectors)
+        self.docstore.append(doc_id, chunks)
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents by id; returns how many chunks were removed."""
+        removed = 0
+        for doc_id in doc_ids:
+            slots = self.docstore.pop_document(doc_id)
+            self.index.remove(np.asarray(slots, dtype=np.int64))
+            removed += len(slots)
+        return removed
+
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        *,
+        min_score: float | None = None,
+        filters: MetadataFilter | None = None,
+    ) -> list[StoreHit]:
+        """The ``k`` most similar chunks above ``min_score`` that match ``filters``, best first."""
+        allowed = self.docstore.filter_mask(filters) if filters else None
+        hits = self.index.search(vector, k, allowed=allowed)
+        out = []
+        for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True):
+            record = self.docstore.records[slot]
+            if record is None or (min_score is not None and score < min_score):
+                continue
+            out.append(StoreHit(record, score, slot))
+        return out
+
+    def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
+        return self.index.vectors[np.asarray(slots, dtype=np.int64)]
+
+    def save(self) -> None:
+        """Write a new generation atomically, then the manifest, then drop old generations."""
+        with self._writer_lock():
+            if self.index.slot_count - len(self.index) > COMPACT_DEAD_FRACTION * max(
+                1, self.index.slot_count
+            ):
+                self.docstore.remap(self.index.compact())
+            generation = self._latest_generation() + 1
+            files = self._files(generation)
+            atomic_write_bytes(files["index"], self.index.to_bytes())
+            atomic_write_bytes(files["vectors"], _npy(self.index.vectors))
+            atomic_write_bytes(files["alive"], _npy(self.index.alive))
+            atomic_write_bytes(files["docstore"], self.docstore.to_jsonl())
+            manifest = StoreManifest(
+                embedder=self.embedder,
+                dimension=self.index.dimension,
+                count=self.count,
+                chunks=self.chunk_count,
+                index_kind=self.index.kind,
+                requested_kind=self.index.requested_kind,
+                hnsw_threshold=self.index.hnsw_threshold,
+                generation=generation,
+            )
+            atomic_write_text(self.path / "manifest.json", manifest.model_dump_json(indent=2))
+            self.generation = generation
+            self._drop_other_generations(generation)
+
+    def _load(self, manifest: StoreManifest) -> None:
+        files = self._files(manifest.generation)
+        try:
+            vectors = np.load(files["vectors"], allow_pickle=False)
+            alive = np.load(files["alive"], allow_pickle=False)
+            index_bytes = files["index"].read_bytes()
+            with files["docstore"].open(encoding="utf-8") as handle:
+                docstore = DocStore.from_jsonl(handle)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"the store at {self.path} is incomplete or corrupt: {exc}") from exc
+        if len(docstore.records) != len(vectors):
+            raise StoreError(f"the store at {self.path} is corrupt: docstore and vectors differ")
+        self.index = VectorIndex.restore(
+            vectors.astype(np.float32, copy=False),
+            alive.astype(bool, copy=False),
+            index_bytes,
+            kind=manifest.requested_kind,
+            hnsw_threshold=manifest.hnsw_threshold,
+        )
+        self.docstore = docstore
+        self.generation = manifest.generation
+
+    def _files(self, generation: int) -> dict[str, Path]:
+        return {
+            "index": self.path / f"index.{generation}.faiss",
+            "vectors": self.path / f"vectors.{generation}.npy",
+            "alive": self.path / f"alive.{generation}.npy",
+            "docstore": self.path / f"docstore.{generation}.jsonl",
+        }
+
+    def _latest_generation(self) -> int:
+        manifest = self.read_manifest(self.path)
+        return max(self.generation, manifest.generation if manifest else 0)
+
+    def _drop_other_generations(self, keep: int) -> None:
+        """Older generations, and temp files a killed writer left behind."""
+        current = set(self._files(keep).values())
+        patterns = ("index.*.faiss", "vectors.*.npy", "alive.*.npy", "docstore.*.jsonl", ".*.tmp")
+        for pattern in patterns:
+            for file in self.path.glob(pattern):
+                if file not in current:
+                    file.unlink(missing_ok=True)
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """One writer at a time per folder (an advisory ``flock``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _npy(array: npt.NDArray[np.generic]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,135 @@
+"""The knowledge base and the `retriever` stage on a real store and the real embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.cli.main import main
+from ctxproto.context import Context
+from ctxproto.documents import Document
+from ctxproto.errors import StoreError
+from ctxproto.messages import Message
+from ctxproto.pipeline import Pipeline
+from ctxproto.retrieval import KnowledgeBase
+from ctxproto.stages.retriever import Retriever
+
+DOCS = [
+    Document(
+        id="returns",
+        text="# Returns\n\nItems can be returned within 30 days for a full refund.",
+        metadata={"team": "support"},
+    ),
+    Document(
+        id="shipping",
+        text="# Shipping\n\nOrders ship within two business days from Berlin.",
+        metadata={"team": "logistics"},
+    ),
+    Document(
+        id="security",
+        text="# Security\n\nEnable two-factor authentication in account settings.",
+        metadata={"team": "support"},
+    ),
+    Document(
+        id="pets",
+        text="Our office allows dogs on Fridays. Cats stay at home.",
+        metadata={"team": "hr"},
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
+    path = tmp_path_factory.mktemp("kb")
+    knowledge_base = KnowledgeBase(path, embedder=embedder)
+    assert knowledge_base.add_documents(DOCS) == 4
+    knowledge_base.save()
+    return path
+
+
+def test_query_finds_the_relevant_chunk_with_filters_and_threshold(
+    store_path: Path, embedder: Any
+) -> None:
+    knowledge_base = KnowledgeBase(store_path, embedder=embedder)
+    found = knowledge_base.query("How many days do I have to send an item back?", k=2)
+    assert found[0].metadata["doc_id"] == "returns"
+    assert found[0].metadata["headings"] == ["Returns"]
+    assert found[0].score is not None and found[0].score >= (found[1].score or 0)
+    only_logistics = knowledge_base.query("send an item back", k=3, filters={"team": "logistics"})
+    assert [d.metadata["doc_id"] for d in only_logistics] == ["shipping"]
+    assert knowledge_base.query("quantum chromodynamics lattice", k=3, min_score=0.6) == []
+
+
+def test_bad_documents_raise_and_leave_the_store_unchanged(store_path: Path, embedder: Any) -> None:
+    knowledge_base = KnowledgeBase(store_path, embedder=embedder)
+    before = knowledge_base.store.chunk_count
+    for bad in ("", "\x00\x01binary", "\ufffd" * 50):
+        with pytest.raises(StoreError):
+            knowledge_base.add_documents(
+                [Document(id="ok", text="fine text."), Document(id="bad", text=bad)]
+            )
+    assert knowledge_base.store.chunk_count == before
+
+
+def test_retriever_stage_adds_packed_chunks_after_request_documents(
+    store_path: Path, counter: Any
+) -> None:
+    stage = Retriever(store=str(store_path), k=3, max_tokens=40, reorder=True)
+    context = Context(
+        query=Message(role="user", content="How do I turn on two-factor authentication?"),
+        documents=[Document(id="given", text="A document the request carried.")],
+    )
+    result = stage.run(context, counter)
+    ids = [d.id for d in result.context.documents]
+    assert ids[0] == "given"
+    assert "security#0" in ids
+    assert sum(counter.count(d.text) for d in result.context.documents[1:]) <= 40
+    assert result.report.counters["kept"] == len(ids) - 1
+    empty = stage.run(Context(), counter)
+    assert empty.context.documents == []
+
+
+def test_retriever_in_a_yaml_pipeline(store_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "rag.yaml"
+    config.write_text(
+        f"name: rag\nbudget:\n  max_prompt_tokens: 400\nstages:\n"
+        f"  - type: retriever\n    init_parameters:\n      store: {store_path}\n      k: 2\n"
+    )
+    pipeline = Pipeline.from_yaml(config)
+    result = pipeline.run(
+        Context(query=Message(role="user", content="Can I bring my dog to work?"))
+    )
+    assert any(d.id.startswith("pets#") for d in result.context.documents)
+
+
+def test_store_of_another_embedder_is_refused(store_path: Path, embedder: Any) -> None:
+    class OtherName:
+        name = "someone-elses-model"
+        dimension = embedder.dimension
+
+    with pytest.raises(StoreError, match="someone-elses-model"):
+        KnowledgeBase(store_path, embedder=OtherName())  # type: ignore[arg-type]
+
+
+def test_index_command_builds_a_store_from_a_folder_and_jsonl(tmp_path: Path, capsys: Any) -> None:
+    folder = tmp_path / "kb"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.md").write_text("# A\n\nApples are red.")
+    (folder / "sub" / "b.txt").write_text("Bananas are yellow.")
+    (folder / "skip.bin").write_bytes(b"\x00\x01")
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    assert '"store_documents": 2' in capsys.readouterr().out
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"id": "c", "text": "Cherries are dark red."}\n')
+    assert main(["index", str(jsonl), "--store", str(store), "--json"]) == 0
+    assert '"store_documents": 3' in capsys.readouterr().out
+    jsonl.write_text('{"id": "d"}\n')
+    assert main(["index", str(jsonl), "--store", str(store)]) == 2
+    assert "text" in capsys.readouterr().err
+    (folder / "c.md").write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["index", str(folder), "--store", str(store)]) == 1
+    assert "UTF-8" in capsys.readouterr().err
+    assert KnowledgeBase(store).store.count == 3

@@ -1,0 +1,182 @@
+"""The FAISS vector store: index kinds, filters, persistence, crash safety, mismatches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctxproto.documents import Document
+from ctxproto.errors import StoreError
+from ctxproto.stores.vector_index import VectorIndex
+from ctxproto.stores.vector_store import VectorStore
+
+DIM = 16
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    normalized: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return normalized
+
+
+def _store(path: Path, **kwargs: object) -> VectorStore:
+    return VectorStore(path, embedder="test-embedder", dimension=DIM, **kwargs)  # type: ignore[arg-type]
+
+
+def _fill(store: VectorStore, docs: int, chunks: int = 2, seed: int = 0) -> np.ndarray:
+    vectors = _vectors(docs * chunks, seed)
+    for d in range(docs):
+        parts = [
+            Document(
+                id=f"d{d}#{c}",
+                text=f"doc {d} chunk {c}",
+                metadata={"lang": "en" if d % 2 else "de"},
+            )
+            for c in range(chunks)
+        ]
+        store.add(f"d{d}", parts, vectors[d * chunks : (d + 1) * chunks])
+    return vectors
+
+
+def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vectors = _fill(store, 20)
+    hits = store.search(vectors[7], 3)
+    assert hits[0].document.id == "d3#1"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    filtered = store.search(vectors[7], 5, filters={"lang": "de"})
+    assert filtered and all(h.document.metadata["lang"] == "de" for h in filtered)
+    assert all(h.score >= 0.5 for h in store.search(vectors[7], 40, min_score=0.5))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_every_index_kind_recalls_and_skips_deleted(kind: str) -> None:
+    index = VectorIndex(DIM, kind=kind)  # type: ignore[arg-type]
+    vectors = _vectors(600)
+    index.add(vectors)
+    assert index.kind == kind
+    found = sum(int(index.search(vectors[i], 1).slots[0]) == i for i in range(0, 600, 10))
+    assert found >= 55
+    index.remove(np.asarray([10, 20]))
+    assert 10 not in index.search(vectors[10], 5).slots.tolist()
+    assert len(index) == 598
+
+
+def test_auto_kind_switches_to_hnsw_as_the_collection_grows() -> None:
+    index = VectorIndex(DIM, kind="auto", hnsw_threshold=300)
+    index.add(_vectors(200))
+    assert index.kind == "flat"
+    index.add(_vectors(200, seed=1))
+    assert index.kind == "hnsw"
+    assert int(index.search(_vectors(200, seed=1)[5], 1).slots[0]) == 205
+
+
+def test_save_load_round_trip_with_incremental_add_and_delete(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vectors = _fill(store, 10)
+    store.save()
+    again = _store(tmp_path)
+    assert again.count == 10 and again.chunk_count == 20
+    assert again.search(vectors[4], 1)[0].document.id == "d2#0"
+    assert again.delete(["d2"]) == 2
+    again.add("d2", [Document(id="d2#new", text="replaced")], _vectors(1, seed=9))
+    again.add("d3", [Document(id="d3#new", text="replaced too")], _vectors(1, seed=8))
+    again.save()
+    third = _store(tmp_path)
+    assert third.count == 10 and third.chunk_count == 18
+    assert third.search(_vectors(1, seed=9)[0], 1)[0].document.id == "d2#new"
+    assert all(h.document.id not in ("d2#0", "d3#0") for h in third.search(vectors[4], 20))
+    manifest = VectorStore.read_manifest(tmp_path)
+    assert manifest is not None and manifest.embedder == "test-embedder"
+    assert manifest.dimension == DIM and manifest.count == 10 and manifest.format_version == 1
+    assert len(list(tmp_path.glob("index.*.faiss"))) == 1
+
+
+def test_another_embedder_or_dimension_is_a_clear_error(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 3)
+    store.save()
+    with pytest.raises(StoreError, match=r"embedder 'test-embedder'.*'other'"):
+        VectorStore(tmp_path, embedder="other", dimension=DIM)
+    with pytest.raises(StoreError, match="dimension 16"):
+        VectorStore(tmp_path, embedder="test-embedder", dimension=384)
+
+
+def test_bad_vectors_are_rejected_and_change_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 3)
+    with pytest.raises(StoreError, match="dimension"):
+        store.add("bad", [Document(id="b", text="x")], np.ones((1, DIM + 1), dtype=np.float32))
+    nan = np.full((1, DIM), np.nan, dtype=np.float32)
+    with pytest.raises(StoreError, match="NaN"):
+        store.add("bad", [Document(id="b", text="x")], nan)
+    with pytest.raises(StoreError, match="no chunks"):
+        store.add("empty", [], np.empty((0, DIM), dtype=np.float32))
+    assert store.count == 3 and store.chunk_count == 6
+
+
+def test_a_corrupt_manifest_or_index_is_a_store_error(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 2)
+    store.save()
+    index_file = next(tmp_path.glob("index.*.faiss"))
+    index_file.write_bytes(b"garbage")
+    with pytest.raises(StoreError):
+        _store(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="manifest"):
+        _store(tmp_path)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from ctxproto.documents import Document
+    from ctxproto.stores import vector_store
+    from ctxproto.stores.vector_store import VectorStore
+
+    real = vector_store.atomic_write_bytes
+    def slow(path, data):
+        real(path, data)
+        print("wrote", path.name, flush=True)
+        import time; time.sleep(0.4)
+    vector_store.atomic_write_bytes = slow
+    store = VectorStore(sys.argv[1], embedder="test-embedder", dimension=16)
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((50, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for i in range(50):
+        store.add(f"new{i}", [Document(id=f"new{i}#0", text="new")], v[i : i + 1])
+    store.save()
+    """
+)
+
+
+def test_killing_a_writer_mid_save_leaves_the_previous_index_loadable(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vectors = _fill(store, 5)
+    store.save()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(lines) < 2 and time.monotonic() < deadline:
+        lines.append(writer.stdout.readline())
+    writer.kill()
+    writer.wait()
+    assert any("wrote" in line for line in lines), lines
+    survivor = _store(tmp_path)
+    assert survivor.count == 5
+    assert survivor.search(vectors[0], 1)[0].document.id == "d0#0"
+    survivor.save()
+    assert _store(tmp_path).count == 5

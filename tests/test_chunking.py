@@ -1,0 +1,80 @@
+"""Token chunking: sizes, boundaries, overlap, headings, bad text."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from ctxproto.chunking import check_text, chunk_document, chunk_text
+from ctxproto.documents import Document
+from ctxproto.errors import StoreError
+
+MARKDOWN = """# Guide
+
+Install the package first. Then run the setup command. It asks three questions.
+
+## On Linux
+
+Use the system package manager. The service starts at boot. Logs go to journald.
+
+## On macOS
+
+Use Homebrew. The service starts at login.
+"""
+
+
+def test_chunks_fit_the_size_end_on_sentences_and_keep_headings(counter: Any) -> None:
+    chunks = chunk_text(MARKDOWN, counter, max_tokens=16, overlap_tokens=0)
+    assert all(counter.count(c.text) <= 16 for c in chunks)
+    assert all(c.text.rstrip().endswith(".") for c in chunks)
+    assert chunks[0].headings == ("Guide",)
+    linux = [c for c in chunks if c.headings == ("Guide", "On Linux")]
+    assert linux and "journald" in linux[-1].text
+    assert all("Homebrew" not in c.text for c in linux), "a chunk never spans two sections"
+    assert any(c.headings == ("Guide", "On macOS") for c in chunks)
+    assert all("#" not in c.text for c in chunks)
+
+
+def test_overlap_repeats_whole_trailing_sentences(counter: Any) -> None:
+    text = " ".join(f"Sentence number {i} is here." for i in range(12))
+    chunks = chunk_text(text, counter, max_tokens=24, overlap_tokens=8)
+    assert len(chunks) > 2
+    for previous, current in itertools.pairwise(chunks):
+        last_sentence = previous.text.split(". ")[-1].rstrip(".")
+        assert current.text.startswith(last_sentence)
+
+
+def test_an_overlong_sentence_is_cut_by_tokens(counter: Any) -> None:
+    text = "word " * 300
+    chunks = chunk_text(text, counter, max_tokens=50, overlap_tokens=0)
+    assert len(chunks) >= 6 and all(counter.count(c.text) <= 50 for c in chunks)
+
+
+def test_documents_get_ids_source_and_metadata(counter: Any) -> None:
+    doc = Document(id="guide.md", text=MARKDOWN, metadata={"lang": "en"})
+    chunks = chunk_document(doc, counter, max_tokens=20, overlap_tokens=4)
+    assert [c.id for c in chunks] == [f"guide.md#{i}" for i in range(len(chunks))]
+    assert all(c.source == "guide.md" and c.metadata["lang"] == "en" for c in chunks)
+    assert all(c.metadata["doc_id"] == "guide.md" for c in chunks)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("  \n\t ", "empty"),
+        ("abc\x00def", "binary"),
+        ("\ufffd\x01\x02" * 20, "garbled"),
+    ],
+)
+def test_bad_text_is_refused(text: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        check_text(text, "doc")
+
+
+def test_unicode_text_passes(counter: Any) -> None:
+    text = "Größe und Maße. 東京は大きい。 Ça va? Да, конечно."
+    check_text(text, "doc")
+    assert "".join(c.text for c in chunk_text(text, counter, max_tokens=200)).startswith("Größe")
