@@ -1,0 +1,162 @@
+"""``ctxproto eval PIPELINE.yaml [...] --dataset NAME_OR_PATH --out DIR [--json]``.
+
+Evaluates each pipeline next to the uncompressed baseline on the same items and
+writes report.json, report.md and PNG plots to ``--out``. Progress goes to
+stderr, so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ctxproto.config import validation_error_to_config_error
+from ctxproto.errors import ConfigError, ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from ctxproto.eval.report import EvalReport
+
+__all__ = ["register"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'"
+        ) from None
+
+
+def register(subparsers: Any) -> None:
+    from ctxproto.eval.logprob import DEFAULT_LOGPROB_MAX_TOKENS
+    from ctxproto.eval.runner import DEFAULT_LOGPROB_TOLERANCE
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure tokens saved, answer quality and latency of pipelines against the baseline",
+        description="Evaluate PIPELINE configs next to the uncompressed baseline on a dataset: "
+        "'needle', 'chat-needle' or a JSONL file (schema in docs/eval.md).",
+    )
+    parser.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="pipeline YAML files")
+    parser.add_argument("--dataset", required=True, help="needle, chat-needle or a .jsonl path")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the reports")
+    parser.add_argument("--limit", type=int, help="evaluate at most N items")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument(
+        "--reader", default="none", help="none (default), bundled, or openai:URL of a server"
+    )
+    parser.add_argument(
+        "--logprob",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the gold answer's log-probability with the bundled LM (default: on)",
+    )
+    parser.add_argument(
+        "--logprob-max-tokens",
+        type=int,
+        default=DEFAULT_LOGPROB_MAX_TOKENS,
+        help="skip log-prob scoring of prompts longer than this many model tokens "
+        f"(default {DEFAULT_LOGPROB_MAX_TOKENS}: an 8k-token pass takes ~30 s on 2 CPU cores)",
+    )
+    parser.add_argument(
+        "--logprob-tolerance",
+        type=float,
+        default=DEFAULT_LOGPROB_TOLERANCE,
+        help="nats the answer's log-prob may drop and still count as retained (default ln 2)",
+    )
+    parser.add_argument(
+        "--context-lengths",
+        type=_int_list,
+        help="needle: context lengths, e.g. 1000,2000,4000,8000",
+    )
+    parser.add_argument("--depths", type=_int_list, help="needle: depths in percent, e.g. 0,50,100")
+    parser.add_argument(
+        "--turns", type=int, help="chat-needle: turns per conversation (default 30)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the aggregate JSON to stdout")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ctxproto.eval.dataset import DatasetOptions, load_dataset
+    from ctxproto.eval.evaluate import evaluate
+    from ctxproto.eval.logprob import AnswerLogprobScorer
+    from ctxproto.eval.readers import reader_from_spec
+    from ctxproto.pipeline import Pipeline
+
+    err = Console(stderr=True, highlight=False)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("must be at least 1", key="--limit")
+    pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
+    overrides = {
+        key: getattr(args, key)
+        for key in ("context_lengths", "depths", "turns")
+        if getattr(args, key) is not None
+    }
+    try:
+        options = DatasetOptions(seed=args.seed, **overrides)
+    except ValidationError as exc:
+        error = validation_error_to_config_error(exc)
+        option = "--" + (error.key or "").split(".")[0].replace("_", "-")
+        raise ConfigError(error.detail, key=option) from None
+    dataset = load_dataset(args.dataset, options)
+    for problem in dataset.problems:
+        err.print(f"[yellow]skipped[/] {problem}", markup=True, soft_wrap=True)
+    scorer = None
+    if args.logprob:
+        try:
+            scorer = AnswerLogprobScorer(max_tokens=args.logprob_max_tokens)
+        except ModelNotAvailableError as exc:
+            err.print(f"[yellow]log-prob retention off:[/] {exc}", markup=True, soft_wrap=True)
+    reader = reader_from_spec(args.reader)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, TimeElapsedColumn(), console=err, transient=args.json) as bar:
+            task = bar.add_task(f"eval {dataset.name}", total=None)
+            report = evaluate(
+                pipelines,
+                dataset,
+                limit=args.limit,
+                scorer=scorer,
+                reader=reader,
+                logprob_tolerance=args.logprob_tolerance,
+                settings={"seed": args.seed, "logprob": scorer is not None},
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    finally:
+        if reader is not None:
+            reader.close()
+    written = report.write(args.out)
+    if args.json:
+        print(json.dumps(report.summary(), ensure_ascii=False))
+    else:
+        _print_summary(Console(), report)
+        err.print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _print_summary(console: Console, report: EvalReport) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"ctxproto eval: {report.dataset.get('name')}")
+    columns = {
+        "compression_ratio": "ratio",
+        "answer_retention": "answer ret.",
+        "logprob_retention": "logprob ret.",
+        "reader_em": "reader EM",
+        "p50_ms": "p50 ms",
+    }
+    table.add_column("system")
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    for system, values in report.aggregates().items():
+        cells = ["–" if values.get(k) is None else f"{values[k]:.3g}" for k in columns]
+        table.add_row(system, *cells)
+    console.print(table)

@@ -1,0 +1,120 @@
+"""A user's own evaluation set: one JSON item per line (schema in docs/eval.md).
+
+A bad line — invalid JSON, a missing field, a wrong type, neither documents nor
+messages — is recorded with its line number and skipped; the rest of the file is
+still evaluated, and the CLI prints every problem. A file with no valid line at
+all is a ``DatasetError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ctxproto.context import ChatRequest
+from ctxproto.documents import Document
+from ctxproto.errors import DatasetError
+from ctxproto.eval.dataset import Dataset, DatasetProblem, EvalItem
+from ctxproto.messages import Message
+
+__all__ = ["JsonlDataset", "JsonlDocument", "JsonlItem"]
+
+
+class JsonlDocument(BaseModel):
+    """A document of a JSONL item."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+
+
+class JsonlItem(BaseModel):
+    """One line of a user's evaluation file.
+
+    ``messages`` is the conversation before the question (OpenAI chat format; a
+    leading system message becomes the system prompt); ``question`` is asked last.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str = Field(min_length=1)
+    answers: list[str] = Field(min_length=1)
+    documents: list[JsonlDocument] | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _has_context(self) -> JsonlItem:
+        if not self.documents and not self.messages:
+            raise ValueError("an item needs 'documents' or 'messages' (or both)")
+        if any(not answer.strip() for answer in self.answers):
+            raise ValueError("'answers' must not contain empty strings")
+        return self
+
+    def to_item(self) -> EvalItem:
+        messages = [*(self.messages or []), Message(role="user", content=self.question)]
+        documents = [Document(id=d.id, text=d.text) for d in self.documents or []]
+        request = ChatRequest(messages=messages, documents=documents)
+        return EvalItem(id=self.id, context=request.to_context(), answers=list(self.answers))
+
+
+class JsonlDataset(Dataset):
+    """Items read from a JSONL file; bad lines are kept in ``problems`` by line number."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.name = path.name
+        self._items = self._read()
+
+    def _read(self) -> list[EvalItem]:
+        items: list[EvalItem] = []
+        seen: set[str] = set()
+        try:
+            with open(self.path, encoding="utf-8", errors="strict") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    item = self._parse(number, line)
+                    if item is None:
+                        continue
+                    if item.id in seen:
+                        self._problem(number, f"duplicate id '{item.id}'")
+                        continue
+                    seen.add(item.id)
+                    items.append(item)
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.path}: not UTF-8 text ({exc.reason})") from exc
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: cannot read: {exc.strerror}") from exc
+        if not items:
+            detail = "; ".join(str(p) for p in self.problems[:5])
+            raise DatasetError(
+                f"{self.path}: no valid item" + (f" ({detail})" if detail else " (empty file)")
+            )
+        return items
+
+    def _parse(self, number: int, line: str) -> EvalItem | None:
+        try:
+            raw: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            self._problem(number, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return None
+        try:
+            return JsonlItem.model_validate(raw).to_item()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            self._problem(number, f"{where + ': ' if where else ''}{first['msg']}")
+            return None
+
+    def _problem(self, number: int, message: str) -> None:
+        self.problems.append(DatasetProblem(f"{self.path.name}:{number}", message))
+
+    def items(self, limit: int | None = None) -> Iterator[EvalItem]:
+        yield from self._items[:limit] if limit is not None else self._items

@@ -1,0 +1,137 @@
+"""The evaluation report: ``report.json``, ``report.md`` and the plots, in one folder.
+
+``report.json`` holds ``dataset``, ``settings``, ``baseline`` (aggregates),
+``pipelines`` (name -> aggregates) and ``items`` (one row per item and system);
+``summary()`` is the same without the rows, which ``ctxproto eval --json``
+prints. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ctxproto.eval.aggregate import aggregate, grid
+from ctxproto.eval.runner import BASELINE
+from ctxproto.stores.atomic import atomic_write_text
+
+__all__ = ["EvalReport"]
+
+Row = dict[str, Any]
+
+_COLUMNS = (
+    ("compression_ratio", "ratio", "{:.2f}x"),
+    ("prompt_tokens", "prompt tok", "{:.0f}"),
+    ("original_tokens", "original tok", "{:.0f}"),
+    ("answer_retention", "answer ret.", "{:.1%}"),
+    ("logprob_retention", "logprob ret.", "{:.1%}"),
+    ("logprob_delta_mean", "logprob Δ", "{:+.2f}"),
+    ("reader_em", "reader EM", "{:.1%}"),
+    ("reader_f1", "reader F1", "{:.2f}"),
+    ("p50_ms", "p50 ms", "{:.1f}"),
+    ("p95_ms", "p95 ms", "{:.1f}"),
+    ("tokens_per_s", "tok/s", "{:,.0f}"),
+    ("errors", "errors", "{}"),
+)
+
+
+class EvalReport:
+    """Rows of one evaluation run, with their aggregates per system."""
+
+    def __init__(
+        self, rows: Sequence[Row], *, dataset: dict[str, Any], settings: dict[str, Any]
+    ) -> None:
+        self.rows = list(rows)
+        self.dataset = dataset
+        self.settings = settings
+        self.systems: list[str] = list(dict.fromkeys(row["system"] for row in self.rows))
+
+    def rows_of(self, system: str) -> list[Row]:
+        return [row for row in self.rows if row["system"] == system]
+
+    def aggregates(self) -> dict[str, dict[str, Any]]:
+        """Aggregates per system, the baseline first."""
+        return {system: aggregate(self.rows_of(system)) for system in self.systems}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--json`` prints: dataset, settings, baseline and pipelines."""
+        aggregates = self.aggregates()
+        return {
+            "dataset": self.dataset,
+            "settings": self.settings,
+            "baseline": aggregates.get(BASELINE),
+            "pipelines": {k: v for k, v in aggregates.items() if k != BASELINE},
+        }
+
+    def write(self, folder: Path) -> list[Path]:
+        """Write report.json, report.md and the plots; the paths written."""
+        from ctxproto.eval.plots import plot_quality_vs_compression, plot_retention_heatmap
+
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [folder / "report.json", folder / "report.md"]
+        atomic_write_text(
+            written[0],
+            json.dumps({**self.summary(), "items": self.rows}, indent=2, ensure_ascii=False),
+        )
+        plots = [plot_quality_vs_compression(self, folder / "quality_vs_compression.png")]
+        heatmap = plot_retention_heatmap(self, folder / "retention_heatmap.png")
+        if heatmap is not None:
+            plots.append(heatmap)
+        atomic_write_text(written[1], self.markdown([p.name for p in plots]))
+        return written + plots
+
+    def markdown(self, plots: Sequence[str] = ()) -> str:
+        """The aggregate table, the retention grid per system, the dataset's problems."""
+        aggregates = self.aggregates()
+        lines = [
+            f"# ctxproto eval: {self.dataset.get('name')}",
+            "",
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
+            "",
+            "| system | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+            "|---|" + "---:|" * len(_COLUMNS),
+        ]
+        for system, values in aggregates.items():
+            cells = [_cell(values.get(key), fmt) for key, _, fmt in _COLUMNS]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        logprob_items = aggregates.get(BASELINE, {}).get("logprob_items", 0)
+        lines += [
+            "",
+            f"Items: {len(self.rows_of(BASELINE))}; log-probability scored on {logprob_items} "
+            "(prompts within the scoring limit). Compression ratio = total original tokens "
+            "/ total prompt tokens.",
+        ]
+        for system in self.systems:
+            lines += _grid_table(system, self.rows_of(system))
+        problems = self.dataset.get("problems") or []
+        if problems:
+            lines += ["", "## Dataset problems (skipped)", ""]
+            lines += [f"- {problem}" for problem in problems]
+        if plots:
+            lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+        return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _grid_table(system: str, rows: Sequence[Row]) -> list[str]:
+    cells = grid(rows)
+    if not cells:
+        return []
+    depths = sorted({depth for depth, _ in cells})
+    lengths = sorted({length for _, length in cells})
+    lines = [
+        "",
+        f"### Answer retention by needle depth x context length: {system}",
+        "",
+        "| depth \\ length | " + " | ".join(str(n) for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for depth in depths:
+        values = [_cell(cells.get((depth, n)), "{:.0%}") for n in lengths]
+        lines.append(f"| {depth}% | " + " | ".join(values) + " |")
+    return lines

@@ -1,0 +1,122 @@
+"""End to end: ``ctxproto eval`` on small needle and JSONL sets, reports on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.cli.main import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_pipeline(path: Path, budget: dict[str, Any], name: str = "windowed") -> Path:
+    config = {
+        "name": name,
+        "budget": budget,
+        "stages": [{"type": "recency_window", "init_parameters": {"max_turns": 4}}],
+    }
+    path.write_text(json.dumps(config), "utf-8")  # JSON is YAML
+    return path
+
+
+def run_eval(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
+    code = main(["eval", *args])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out) if code == 0 and "--json" in args else {}
+    return code, summary, captured.err
+
+
+def test_needle_eval_writes_json_markdown_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    out = tmp_path / "out"
+    code, summary, _ = run_eval(
+        capsys, str(pipeline), "--dataset", "needle", "--context-lengths", "600,1200",
+        "--depths", "0,50,100", "--out", str(out), "--json", "--no-logprob",
+    )  # fmt: skip
+    assert code == 0
+    baseline, windowed = summary["baseline"], summary["pipelines"]["windowed"]
+    assert baseline["items"] == windowed["items"] == 6
+    assert baseline["compression_ratio"] == 1.0 and baseline["answer_retention"] == 1.0
+    assert windowed["compression_ratio"] > 1.5
+    assert 0.0 < windowed["answer_retention"] < 1.0
+    assert windowed["logprob_retention"] is None and windowed["p50_ms"] > 0
+    report = json.loads((out / "report.json").read_text("utf-8"))
+    assert report["pipelines"] == summary["pipelines"]
+    rows = {(r["system"], r["context_length"], r["depth_percent"]): r for r in report["items"]}
+    # The budget drops the last-listed documents first: the needle at depth 0 survives,
+    # the one at the end of a 1200-token haystack does not.
+    assert rows[("windowed", 1200, 0)]["answer_retained"] == 1.0
+    assert rows[("windowed", 1200, 100)]["answer_retained"] == 0.0
+    assert rows[("windowed", 1200, 100)]["prompt_tokens"] <= 450
+    markdown = (out / "report.md").read_text("utf-8")
+    assert "| windowed |" in markdown and "depth \\ length" in markdown
+    for name in ("quality_vs_compression.png", "retention_heatmap.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_jsonl_eval_reports_bad_lines_and_scores_logprob(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lm: Any
+) -> None:
+    items = tmp_path / "items.jsonl"
+    facts = [("Dana", "4417302"), ("Omar", "9052816")]
+    lines = [
+        json.dumps(
+            {
+                "id": f"item-{i}",
+                "question": f"What is {who}'s locker number? Reply with the number only.",
+                "answers": [number],
+                "documents": [{"id": "memo", "text": f"{who}'s locker number is {number}."}],
+            }
+        )
+        for i, (who, number) in enumerate(facts)
+    ]
+    lines.insert(1, '{"id": "broken", "question": ')
+    items.write_text("\n".join(lines) + "\n", "utf-8")
+    pipeline = write_pipeline(
+        tmp_path / "drop.yaml",
+        {"max_prompt_tokens": 500, "section_caps": {"documents": 0}},
+        name="no-documents",
+    )
+    code, summary, err = run_eval(
+        capsys, str(pipeline), "--dataset", str(items), "--out", str(tmp_path / "out"), "--json"
+    )
+    assert code == 0
+    assert "items.jsonl:2" in err and "invalid JSON" in err
+    assert summary["dataset"]["problems"][0].startswith("items.jsonl:2")
+    baseline, dropped = summary["baseline"], summary["pipelines"]["no-documents"]
+    assert baseline["items"] == 2 and baseline["answer_retention"] == 1.0
+    assert dropped["answer_retention"] == 0.0
+    assert baseline["logprob_items"] == dropped["logprob_items"] == 2
+    assert baseline["logprob_retention"] == 1.0 and baseline["logprob_delta_mean"] == 0.0
+    # Without the memo the model cannot know the number: its log-probability falls.
+    assert dropped["logprob_delta_mean"] < -1.0
+    assert dropped["logprob_retention"] < 1.0
+    assert not (tmp_path / "out" / "retention_heatmap.png").exists()  # no depths in a JSONL
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "nope"], "neither"),
+        (["--dataset", "needle", "--reader", "gpt"], "unknown reader"),
+        (["--dataset", "needle", "--limit", "0"], "--limit"),
+        (["--dataset", "needle", "--depths", "0,150"], "percentages"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    code, _, err = run_eval(
+        capsys, str(pipeline), *args, "--out", str(tmp_path / "o"), "--no-logprob"
+    )
+    assert code == 2
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,47 @@
+"""The evaluation loop: baseline next to pipelines, failures counted, names unique."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxproto.budget import Budget
+from ctxproto.eval import BASELINE, DatasetOptions, evaluate, load_dataset
+from ctxproto.eval.aggregate import aggregate
+from ctxproto.eval.runner import unique_names
+from ctxproto.pipeline import Pipeline
+from ctxproto.stages.recency_window import RecencyWindow
+
+
+def test_a_failing_pipeline_is_counted_not_fatal() -> None:
+    dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[0, 100]))
+    too_small = Pipeline([], Budget(max_prompt_tokens=10), name="tiny")
+    roomy = Pipeline([RecencyWindow(max_turns=2)], Budget(max_prompt_tokens=5000), name="roomy")
+    report = evaluate([too_small, roomy], dataset)
+    summary = report.summary()
+    tiny = summary["pipelines"]["tiny"]
+    assert tiny["items"] == 2 and tiny["errors"] == 2 and tiny["answer_retention"] == 0.0
+    assert tiny["compression_ratio"] is None and tiny["p50_ms"] is None
+    assert all("BudgetError" in row["error"] for row in report.rows_of("tiny"))
+    # A budget larger than the item changes nothing: same tokens as the baseline.
+    assert summary["pipelines"]["roomy"]["prompt_tokens"] == summary["baseline"]["prompt_tokens"]
+    assert summary["pipelines"]["roomy"]["answer_retention"] == 1.0
+    assert report.systems == [BASELINE, "tiny", "roomy"]
+
+
+def test_names_are_unique_and_never_the_baseline() -> None:
+    pipelines = [Pipeline([], name="p"), Pipeline([], name="p"), Pipeline([], name=BASELINE)]
+    assert unique_names(pipelines) == ["p", "p-2", "baseline-pipeline"]
+
+
+def test_aggregate_known_rows() -> None:
+    rows: list[dict[str, Any]] = [
+        {"original_tokens": 100, "prompt_tokens": 25, "ms": 2.0, "answer_retained": 1.0},
+        {"original_tokens": 300, "prompt_tokens": 75, "ms": 6.0, "answer_retained": 0.0},
+        {"error": "BudgetError: too big", "answer_retained": 0.0},
+    ]
+    values = aggregate(rows)
+    assert values["compression_ratio"] == 4.0
+    assert values["answer_retention"] == 1 / 3
+    assert values["errors"] == 1 and values["items"] == 3
+    assert values["p50_ms"] == 4.0 and values["tokens_per_s"] == 400 / 0.008
+    assert values["logprob_retention"] is None and values["reader_em"] is None
