@@ -1,0 +1,104 @@
+"""Drop exact and near-duplicate turns or documents, keeping the first occurrence."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from pydantic import Field, PrivateAttr
+
+from ctxproto.context import Context
+from ctxproto.embedder import Embedder, get_embedder
+from ctxproto.protected_spans import fact_strings
+from ctxproto.stages.base import Stage, Transformed
+from ctxproto.stages.registry import register_stage
+from ctxproto.tokens import TokenCounter
+from ctxproto.units import Target, context_units, rebuild_context
+
+__all__ = ["Dedup"]
+
+_SPACES = re.compile(r"\s+")
+
+
+@register_stage("dedup")
+class Dedup(Stage):
+    """Removes repeated content: the same chunk retrieved twice, a question asked again.
+
+    Exact duplicates are found by their normalized text (Unicode NFKC, case and
+    whitespace folded); near duplicates by the cosine similarity of their
+    embeddings reaching ``threshold`` (the SemDeDup rule, Abbas et al., 2023) —
+    unless the later one states a fact the earlier one does not ("locker 1042"
+    vs "locker 1043" embed almost alike but are not duplicates).
+    The first occurrence wins, so the oldest turn and the best-ranked document
+    stay. Documents and history are deduplicated separately. A pinned piece is
+    never dropped, but a later copy of it is. With ``near: false`` no model is
+    loaded.
+    """
+
+    threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine for near duplicates.")
+    near: bool = True
+    targets: tuple[Target, ...] = ("history", "documents")
+    embedder: str = "default"
+
+    _embedder: Embedder | None = PrivateAttr(default=None)
+
+    def warm_up(self) -> None:
+        if self.near and self._embedder is None:
+            self._embedder = get_embedder(self.embedder)
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        units = context_units(context, self.targets)
+        texts: list[str | None] = [u.text for u in units]
+        exact = near = 0
+        for kind in ("documents", "history"):
+            members = [i for i, u in enumerate(units) if u.kind == kind and u.text.strip()]
+            seen: set[str] = set()
+            survivors: list[int] = []
+            for i in members:
+                key = _normalized(units[i].text)
+                if key in seen and not units[i].pinned:
+                    texts[i] = None
+                    exact += 1
+                else:
+                    seen.add(key)
+                    survivors.append(i)
+            if self.near and len(survivors) > 1:
+                near += self._drop_near(
+                    survivors,
+                    units_text=[units[i].text for i in survivors],
+                    pinned=[units[i].pinned for i in survivors],
+                    texts=texts,
+                )
+        return Transformed(
+            rebuild_context(context, units, texts),
+            {"exact_duplicates": exact, "near_duplicates": near},
+        )
+
+    def _drop_near(
+        self,
+        survivors: list[int],
+        *,
+        units_text: list[str],
+        pinned: list[bool],
+        texts: list[str | None],
+    ) -> int:
+        """Drop each survivor too close to an earlier kept one; returns how many went."""
+        self.warm_up()
+        assert self._embedder is not None
+        vectors = self._embedder.embed(units_text)
+        similarity = vectors @ vectors.T
+        facts = [fact_strings(text) for text in units_text]
+        kept: list[int] = []
+        dropped = 0
+        for j in range(len(survivors)):
+            twins = [k for k in kept if similarity[j, k] >= self.threshold and facts[j] <= facts[k]]
+            if twins and not pinned[j]:
+                texts[survivors[j]] = None
+                dropped += 1
+            else:
+                kept.append(j)
+        return dropped
+
+
+def _normalized(text: str) -> str:
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()

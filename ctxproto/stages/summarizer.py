@@ -1,0 +1,243 @@
+"""Fold turns that leave the recency window into a rolling, checkpointed summary."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from pydantic import Field, PrivateAttr
+
+from ctxproto.context import Context
+from ctxproto.embedder import Embedder, get_embedder
+from ctxproto.messages import Message
+from ctxproto.protected_spans import fact_strings
+from ctxproto.selection import centrality, select_within_budget
+from ctxproto.sentences import split_sentences
+from ctxproto.stages.base import Stage, Transformed
+from ctxproto.stages.registry import register_stage
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import TokenCounter
+from ctxproto.turns import flatten, group_blocks
+
+__all__ = ["Summarizer"]
+
+_STATE_VERSION = 1
+_INSTRUCTION = (
+    "Rewrite the summary so that it also covers the new messages. Keep every name, "
+    "number and date exactly as written. Reply with the summary only.\n\n"
+    "Summary so far:\n{summary}\n\nNew messages:\n{transcript}"
+)
+
+
+@register_stage("summarizer")
+class Summarizer(Stage):
+    """A rolling summary of the conversation outside the newest ``keep_turns`` blocks.
+
+    Incremental and checkpointed: turns leaving the window are folded in groups
+    of ``checkpoint_every``; until a group is complete they stay in the history
+    verbatim and the summary does not change. Between checkpoints the rendered
+    prompt therefore only grows at its end, so its prefix stays byte-identical
+    and a prefix-KV cache (``ctxproto.runtime``, SGLang RadixAttention, vLLM
+    APC) keeps hitting; a summary rewritten every turn (LangChain's
+    ``ConversationSummaryBufferMemory``) would invalidate it every turn.
+
+    Folding is abstractive with ``model`` (the bundled LM by default), or
+    extractive — the most central sentences by embedding similarity, with every
+    user sentence stating a fact (number, date, name, ID) ranked first, kept
+    verbatim — when ``model`` is null, or as the fallback when the LM's summary
+    is empty, longer than its input, an echo of the prompt, or drops a fact the
+    user stated.
+
+    The summary and how many turns it covers live per tenant and session in a
+    ``SessionStateStore`` at ``state_path`` (a temporary store when null), so
+    they survive a restart; a history that no longer matches what was folded
+    (edited, or another conversation) is re-summarized from the start.
+    """
+
+    keep_turns: int = Field(default=6, ge=0, description="Newest blocks kept verbatim.")
+    checkpoint_every: int = Field(default=4, ge=1, description="Blocks folded per rewrite.")
+    max_summary_tokens: int = Field(default=256, ge=8)
+    model: str | None = "default"
+    embedder: str = "default"
+    device: str = "auto"
+    state_path: str | None = None
+
+    _store: SessionStateStore | None = PrivateAttr(default=None)
+    _embedder: Embedder | None = PrivateAttr(default=None)
+    _lm: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+
+    def warm_up(self) -> None:
+        if self._store is None:
+            self._store = SessionStateStore(self.state_path)
+        if self._embedder is None:
+            self._embedder = get_embedder(self.embedder)
+        if self.model is not None and self._lm is None:
+            from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+            from ctxproto.self_information import resolve_device
+
+            self._tokenizer = load_tokenizer(self.model)
+            self._lm = load_causal_lm(self.model, resolve_device(self.device))
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        blocks = group_blocks(context.history)
+        outside = max(len(blocks) - self.keep_turns, 0)
+        foldable = [i for i in range(outside) if not any(m.pinned for m in blocks[i])]
+        ready = len(foldable) // self.checkpoint_every * self.checkpoint_every
+        if ready == 0:
+            return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
+        self.warm_up()
+        assert self._store is not None
+        session = context.session_id or "anonymous-" + _fingerprint(blocks[:1])
+        state = self._store.get(context.tenant_id, session)
+        folded, summary = _resume(state, [blocks[i] for i in foldable[:ready]])
+        counters: dict[str, int | float] = {"checkpoints": 0, "abstractive": 0, "fallbacks": 0}
+        while folded < ready:
+            chunk = [blocks[i] for i in foldable[folded : folded + self.checkpoint_every]]
+            summary = self._fold(summary, flatten(chunk), counter, counters)
+            folded += self.checkpoint_every
+            counters["checkpoints"] += 1
+            self._store.put(
+                context.tenant_id,
+                session,
+                {
+                    "version": _STATE_VERSION,
+                    "folded": folded,
+                    "fingerprint": _fingerprint([blocks[i] for i in foldable[:folded]]),
+                    "summary": summary,
+                },
+            )
+        gone = set(foldable[:ready])
+        history = flatten([b for i, b in enumerate(blocks) if i not in gone])
+        merged = "\n".join(s for s in (context.summary, summary) if s) or None
+        counters["folded_turns"] = ready
+        counters["summary_tokens"] = counter.count(summary)
+        return Transformed(
+            context.model_copy(update={"history": history, "summary": merged}), counters
+        )
+
+    def _fold(
+        self,
+        summary: str,
+        messages: list[Message],
+        counter: TokenCounter,
+        counters: dict[str, int | float],
+    ) -> str:
+        if self._lm is not None:
+            candidate = self._abstractive(summary, messages)
+            source = summary + "\n" + _transcript(messages)
+            facts = fact_strings(summary) | {
+                f for m in messages if m.role == "user" for f in fact_strings(m.text)
+            }
+            if (
+                candidate
+                and not _echoes_prompt(candidate)
+                and counter.count(candidate) < counter.count(source)
+                and counter.count(candidate) <= self.max_summary_tokens
+                and all(fact in candidate for fact in facts)
+            ):
+                counters["abstractive"] += 1
+                return candidate
+            counters["fallbacks"] += 1
+        return self._extractive(summary, messages, counter)
+
+    def _extractive(self, summary: str, messages: list[Message], counter: TokenCounter) -> str:
+        """Central sentences within the budget, user-stated facts first, all verbatim.
+
+        Priority: what users say about themselves (``_tier``), then other
+        sentences stating facts, then the rest; by embedding centrality within
+        each tier. Lines already in the summary
+        keep their tier, so a fact once kept is not displaced by chatter.
+        """
+        assert self._embedder is not None
+        lines: list[str] = []
+        tiers: list[float] = []
+        for line in summary.splitlines():
+            if line.strip():
+                lines.append(line.strip())
+                tiers.append(_tier(line, user=line.startswith("User: ")))
+        for message in messages:
+            for sentence in split_sentences(message.text):
+                if sentence.strip():
+                    lines.append(f"{message.role.capitalize()}: {sentence.strip()}")
+                    tiers.append(_tier(sentence, user=message.role == "user"))
+        if not lines:
+            return ""
+        scores = centrality(self._embedder.embed(lines))
+        keep = select_within_budget(
+            [score + tier for score, tier in zip(scores, tiers, strict=True)],
+            [counter.count(line) + 1 for line in lines],
+            self.max_summary_tokens,
+        )
+        return "\n".join(line for line, k in zip(lines, keep, strict=True) if k)
+
+    def _abstractive(self, summary: str, messages: list[Message]) -> str:
+        prompt = _INSTRUCTION.format(summary=summary or "(empty)", transcript=_transcript(messages))
+        ids = self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+        )
+        if not hasattr(ids, "shape"):  # newer tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        output = self._lm.generate(
+            ids.to(self._lm.device),
+            attention_mask=ids.new_ones(ids.shape).to(self._lm.device),
+            max_new_tokens=self.max_summary_tokens,
+            do_sample=False,
+            pad_token_id=self._tokenizer.eos_token_id,
+        )
+        text: str = self._tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+        return text.strip()
+
+
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|my|mine|me|we|our|us)\b", re.IGNORECASE)
+_SELF_DISCLOSURE = re.compile(
+    r"\b(?:my|our)\s+(?:[\w'’-]+\s+){0,3}(?:is|are|was|were)\b", re.IGNORECASE
+)
+
+
+def _tier(sentence: str, *, user: bool) -> float:
+    """How much a sentence must be remembered, from 3 down to 0.
+
+    3: a user states a fact (number, date, name, ID) about themselves;
+    2: a user says "my X is Y" (a preference, a relation) without such a fact;
+    1: any other sentence stating a fact; 0: the rest. What users disclose about
+    themselves is what a chat memory is asked about later (LoCoMo; our
+    ``chat-needle`` dataset).
+    """
+    facts = bool(fact_strings(sentence))
+    if user and facts and _FIRST_PERSON.search(sentence):
+        return 3.0
+    if user and _SELF_DISCLOSURE.search(sentence):
+        return 2.0
+    return 1.0 if facts else 0.0
+
+
+def _echoes_prompt(candidate: str) -> bool:
+    """Small LMs often repeat the instruction's scaffolding instead of summarizing."""
+    return "New messages:" in candidate or "Summary so far:" in candidate
+
+
+def _transcript(messages: list[Message]) -> str:
+    return "\n".join(f"{m.role.capitalize()}: {m.text}" for m in messages if m.text.strip())
+
+
+def _fingerprint(blocks: list[list[Message]]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for message in flatten(blocks):
+        digest.update(message.model_dump_json().encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _resume(state: dict[str, Any] | None, ready_blocks: list[list[Message]]) -> tuple[int, str]:
+    """Blocks already folded and the summary, if ``state`` matches this history; else none."""
+    if not state or state.get("version") != _STATE_VERSION:
+        return 0, ""
+    folded = state.get("folded")
+    summary = state.get("summary")
+    if not isinstance(folded, int) or not isinstance(summary, str) or folded > len(ready_blocks):
+        return 0, ""
+    if state.get("fingerprint") != _fingerprint(ready_blocks[:folded]):
+        return 0, ""
+    return folded, summary
