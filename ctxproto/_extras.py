@@ -7,7 +7,7 @@ from types import ModuleType
 
 from ctxproto.errors import ModelNotAvailableError
 
-__all__ = ["require"]
+__all__ = ["quiet_transformers", "require"]
 
 
 def require(module: str, *, extra: str) -> ModuleType:
@@ -23,3 +23,10 @@ def require(module: str, *, extra: str) -> ModuleType:
             f"'{module}' is not installed; it comes with the '{extra}' extra: "
             f"pip install 'ctxproto[{extra}]'"
         ) from exc
+
+
+def quiet_transformers() -> None:
+    """No per-tensor progress bars or load chatter from transformers: we show our own progress."""
+    transformers = require("transformers", extra="runtime")
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

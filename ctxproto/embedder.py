@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ctxproto._extras import require
+from ctxproto._extras import quiet_transformers, require
 from ctxproto.model_resolver import resolve_embedder
 
 __all__ = ["Embedder", "get_embedder"]
@@ -43,11 +43,15 @@ class Embedder:
         self.memo_size = memo_size
         resolved = resolve_embedder(model)
         sentence_transformers = require("sentence_transformers", extra="embed")
+        quiet_transformers()
         self._model: Any = sentence_transformers.SentenceTransformer(
             resolved.location, device=device, local_files_only=True
         )
         self.name = resolved.name
-        self.dimension: int = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension  # sentence-transformers < 5
+        )
+        self.dimension: int = int(dimension())
         self._memo: OrderedDict[bytes, Vectors] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -101,7 +105,11 @@ class Embedder:
         return len(self._memo)
 
 
-@lru_cache(maxsize=4)
 def get_embedder(model: str = "default") -> Embedder:
     """A process-wide shared embedder, so its model loads once and its memo is shared."""
+    return _shared_embedder(model)
+
+
+@lru_cache(maxsize=4)
+def _shared_embedder(model: str) -> Embedder:
     return Embedder(model)

@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["register"]
 
-BENCHMARKS: tuple[str, ...] = ()
+BENCHMARKS: tuple[str, ...] = ("stages", "prefix", "chat", "retrieval", "cache")
 
 
 def register(subparsers: Any) -> None:

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctxproto.cli.main import main
 
 ROOT = Path(__file__).parents[2]
@@ -27,9 +29,13 @@ def test_run_prints_prompt_and_stage_table(capsys):
     assert "remind me of my order number" in out
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
-    assert "saved" in capsys.readouterr().out
+@pytest.mark.models
+@pytest.mark.slow
+def test_demo_serves_a_short_chat_both_ways(capsys):
+    assert main(["demo", "--turns", "6", "--max-new-tokens", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "effective TPS" in out
+    assert "saved; prefix reuse" in out
 
 
 def test_misspelled_key_exits_2_naming_the_key_without_traceback(tmp_path):

@@ -1,0 +1,327 @@
+"""The chat-session API: one call per user turn.
+
+Each turn runs the pipeline (semantic cache -> retrieval -> window / summary /
+compression -> assemble), then the backend unless a stage already answered,
+stores the answer in the semantic cache, appends the turn to the session's
+history, and returns the answer with a per-turn report: tokens sent, tokens
+saved, cache hits, prefix tokens served from the KV cache, TTFT, latency.
+
+History lives in a ``SessionStateStore`` keyed by tenant and session id, so a
+session survives a restart and tenants never see each other's conversations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
+from ctxproto.context import Context
+from ctxproto.documents import Document
+from ctxproto.messages import Message
+from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.prompt import AssembledPrompt
+from ctxproto.stages.base import StageReport
+from ctxproto.stores.session_state import SessionStateStore
+
+__all__ = [
+    "BackendConfig",
+    "ChatSession",
+    "TurnReport",
+    "TurnResult",
+    "build_backend",
+    "load_chatbot_config",
+]
+
+_HISTORY_VERSION = 1
+
+
+class BackendConfig(BaseModel):
+    """The ``backend:`` section of a chatbot config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["local", "openai"] = "local"
+    model: str = Field(default="default", description="Local model name/path, or remote model.")
+    device: str = "cpu"
+    prefix_cache: bool = True
+    cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible server URL.")
+    api_key: str | None = None
+    timeout: float = Field(default=60.0, gt=0)
+
+
+def build_backend(config: BackendConfig) -> Any:
+    """A ``Backend`` from its config: the local engine or an OpenAI-compatible client."""
+    from ctxproto.errors import ConfigError
+    from ctxproto.runtime import Engine, LocalBackend, OpenAIBackend
+
+    if config.type == "openai":
+        if not config.base_url:
+            raise ConfigError("an openai backend needs base_url", key="backend.base_url")
+        return OpenAIBackend(
+            config.base_url, model=config.model, api_key=config.api_key, timeout=config.timeout
+        )
+    options: dict[str, Any] = {"device": config.device, "prefix_cache": config.prefix_cache}
+    if config.cache_bytes is not None:
+        options["cache_bytes"] = config.cache_bytes
+    return LocalBackend(Engine(config.model, **options))
+
+
+class TurnReport(BaseModel):
+    """What one turn cost and saved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn: int
+    original_tokens: int = Field(description="Prompt tokens with no stages and no budget.")
+    prompt_tokens: int = Field(description="Prompt tokens actually sent (0 on a cache hit).")
+    tokens_saved: int
+    semantic_cache_hit: bool
+    cached_prefix_tokens: int = Field(description="Prompt tokens whose KV was reused.")
+    output_tokens: int
+    ttft_ms: float
+    latency_ms: float
+    pipeline_ms: float
+    stages: list[StageReport]
+
+
+class TurnResult(BaseModel):
+    """The answer to one turn, its report, and the prompt sent (``None`` on a cache hit)."""
+
+    answer: str
+    report: TurnReport
+    prompt: AssembledPrompt | None = None
+
+
+class ChatSession:
+    """A conversation: a pipeline in front of a backend, with persistent history.
+
+    ``ask`` answers one user turn; ``stream`` yields the answer as it is
+    generated (its report is in ``last_turn`` once the stream ends); ``aask``
+    is the async form. Build one from Python objects or from a chatbot YAML
+    (``ChatSession.from_yaml``), which holds the pipeline and a ``backend:``
+    and ``generation:`` section.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        backend: Any,
+        *,
+        system_prompt: str = "",
+        session_id: str | None = None,
+        tenant_id: str = "default",
+        generation: Any = None,
+        history_store: SessionStateStore | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.backend = backend
+        self.system_prompt = system_prompt
+        self.session_id = session_id or uuid.uuid4().hex
+        self.tenant_id = tenant_id
+        self.generation = generation
+        self.history_store = history_store
+        self.last_turn: TurnResult | None = None
+        self.history: list[Message] = self._load_history()
+        pipeline.warm_up()
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | Path,
+        *,
+        session_id: str | None = None,
+        tenant_id: str = "default",
+        backend: Any = None,
+    ) -> ChatSession:
+        """A session from a chatbot config; ``backend`` overrides the file's ``backend:``."""
+        from ctxproto.runtime import GenerationParams
+
+        source = str(path)
+        pipeline_data, settings = load_chatbot_config(path)
+        pipeline = Pipeline.from_dict(pipeline_data, source=source)
+        try:
+            generation = GenerationParams(**settings.generation)
+        except Exception as exc:  # ConfigError from the runtime's own validation
+            from ctxproto.errors import ConfigError
+
+            raise ConfigError(str(exc), file=source, key="generation") from exc
+        system_prompt = settings.system_prompt
+        if settings.system_prompt_file:
+            prompt_path = Path(source).parent / settings.system_prompt_file
+            system_prompt = _read_text(prompt_path, source, "system_prompt_file")
+        store = SessionStateStore(settings.history_path) if settings.history_path else None
+        return cls(
+            pipeline,
+            backend if backend is not None else build_backend(settings.backend),
+            system_prompt=system_prompt,
+            session_id=session_id,
+            tenant_id=tenant_id,
+            generation=generation,
+            history_store=store,
+        )
+
+    # -- turns --------------------------------------------------------------
+
+    def ask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
+        """Answer one user turn."""
+        start = time.perf_counter()
+        result = self.pipeline.run(self._context(question, documents))
+        if result.answer is not None:
+            return self._finish(question, result.answer, result, start, first_token=None)
+        completion = self.backend.generate(self._messages(result), self.generation)
+        metrics = completion.metrics
+        return self._finish(
+            question,
+            completion.text,
+            result,
+            start,
+            first_token=start + (result.ms + metrics.ttft_ms) / 1000.0,
+            cached=metrics.cached_tokens,
+            output_tokens=metrics.output_tokens,
+        )
+
+    def stream(self, question: str, *, documents: list[Document] | None = None) -> Iterator[str]:
+        """Yield the answer as text deltas; the turn's report is ``last_turn`` afterwards."""
+        start = time.perf_counter()
+        result = self.pipeline.run(self._context(question, documents))
+        if result.answer is not None:
+            yield result.answer
+            self._finish(question, result.answer, result, start, first_token=None)
+            return
+        first_token: float | None = None
+        parts: list[str] = []
+        for delta in self.backend.stream(self._messages(result), self.generation):
+            if first_token is None:
+                first_token = time.perf_counter()
+            parts.append(delta)
+            yield delta
+        self._finish(question, "".join(parts), result, start, first_token=first_token)
+
+    async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
+        """``ask`` without blocking the event loop."""
+        return await asyncio.to_thread(self.ask, question, documents=documents)
+
+    def reset(self) -> None:
+        """Forget this session's history (and its stored copy)."""
+        self.history = []
+        if self.history_store is not None:
+            self.history_store.delete(self.tenant_id, self.session_id)
+
+    # -- internals ----------------------------------------------------------
+
+    def _context(self, question: str, documents: list[Document] | None) -> Context:
+        return Context(
+            system_prompt=self.system_prompt,
+            history=list(self.history),
+            query=Message(role="user", content=question),
+            documents=list(documents or []),
+            session_id=self.session_id,
+            tenant_id=self.tenant_id,
+        )
+
+    @staticmethod
+    def _messages(result: PipelineResult) -> list[dict[str, Any]]:
+        assert result.prompt is not None
+        return result.prompt.messages
+
+    def _finish(
+        self,
+        question: str,
+        answer: str,
+        result: PipelineResult,
+        start: float,
+        *,
+        first_token: float | None,
+        cached: int = 0,
+        output_tokens: int | None = None,
+    ) -> TurnResult:
+        hit = result.prompt is None
+        if not hit:
+            self._remember_answer(result, answer)
+        self.history += [
+            Message(role="user", content=question),
+            Message(role="assistant", content=answer),
+        ]
+        self._save_history()
+        end = time.perf_counter()
+        counter = self.pipeline.counter
+        report = TurnReport(
+            turn=len(self.history) // 2,
+            original_tokens=result.original_tokens,
+            prompt_tokens=result.prompt_tokens,
+            tokens_saved=result.original_tokens - result.prompt_tokens,
+            semantic_cache_hit=hit,
+            cached_prefix_tokens=cached,
+            output_tokens=output_tokens if output_tokens is not None else counter.count(answer),
+            ttft_ms=((first_token or end) - start) * 1000.0,
+            latency_ms=(end - start) * 1000.0,
+            pipeline_ms=result.ms,
+            stages=result.reports,
+        )
+        self.last_turn = TurnResult(answer=answer, report=report, prompt=result.prompt)
+        return self.last_turn
+
+    def _remember_answer(self, result: PipelineResult, answer: str) -> None:
+        from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+        if not answer.strip():
+            return
+        for stage in self.pipeline.stages:
+            if isinstance(stage, SemanticCacheLookup):
+                stage.store(result.context, answer)
+
+    def _load_history(self) -> list[Message]:
+        if self.history_store is None:
+            return []
+        state = self.history_store.get(self.tenant_id, self.session_id) or {}
+        return [Message.model_validate(m) for m in state.get("history", [])]
+
+    def _save_history(self) -> None:
+        if self.history_store is not None:
+            self.history_store.put(
+                self.tenant_id,
+                self.session_id,
+                {
+                    "version": _HISTORY_VERSION,
+                    "history": [m.model_dump(exclude_none=True) for m in self.history],
+                },
+            )
+
+
+class _SessionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    generation: dict[str, Any] = Field(default_factory=dict)
+    system_prompt: str = ""
+    system_prompt_file: str | None = None
+    history_path: str | None = None
+
+
+def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSettings]:
+    """Split a chatbot YAML into its pipeline mapping and its validated session settings."""
+    data = load_yaml_mapping(path)
+    session = {key: data.pop(key) for key in _SessionSettings.model_fields if key in data}
+    try:
+        return data, _SessionSettings.model_validate(session)
+    except ValidationError as exc:
+        raise validation_error_to_config_error(exc, file=str(path)) from exc
+
+
+def _read_text(path: Path, source: str, key: str) -> str:
+    from ctxproto.errors import ConfigError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", file=source, key=key) from exc

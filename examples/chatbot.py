@@ -1,0 +1,66 @@
+"""A small terminal chatbot over the bundled knowledge base, showing what each turn saved.
+
+    python examples/chatbot.py            # from the repository root, after `make install`
+
+It loads examples/pipelines/chatbot.yaml (retrieval, semantic cache, checkpointed
+summary, the bundled prefix-KV runtime), builds the knowledge-base index on first
+use, and prints a one-line report after every answer. Type /quit to leave.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rich.console import Console
+
+from ctxproto.cli.index import read_documents
+from ctxproto.retrieval import KnowledgeBase
+from ctxproto.session import ChatSession
+
+EXAMPLES = Path(__file__).resolve().parent
+INDEX = Path(".ctxproto/knowledge-index")
+
+
+def main() -> int:
+    console = Console()
+    if not (INDEX / "manifest.json").exists():
+        with console.status("indexing examples/knowledge ..."):
+            base = KnowledgeBase(INDEX)
+            base.add_documents(read_documents(EXAMPLES / "knowledge"))
+            base.save()
+    with console.status("loading the models ..."):
+        session = ChatSession.from_yaml(
+            EXAMPLES / "pipelines" / "chatbot.yaml", session_id="terminal"
+        )
+    console.print("[bold]Lumen Home support[/] (ctxproto demo bot). /quit to leave.")
+    while True:
+        try:
+            question = console.input("[bold cyan]you>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if question in ("/quit", "/exit"):
+            break
+        if not question:
+            continue
+        console.print("[bold green]bot>[/] ", end="")
+        for delta in session.stream(question):
+            console.print(delta, end="", markup=False, highlight=False)
+        console.print()
+        turn = session.last_turn
+        assert turn is not None
+        r = turn.report
+        console.print(
+            f"[dim]sent {r.prompt_tokens} of {r.original_tokens} tokens"
+            f" (saved {r.tokens_saved}), prefix reused {r.cached_prefix_tokens},"
+            f" cache {'hit' if r.semantic_cache_hit else 'miss'},"
+            f" TTFT {r.ttft_ms:.0f} ms, {r.latency_ms:.0f} ms total[/]"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
