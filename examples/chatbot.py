@@ -17,8 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rich.console import Console
 
-from ctxproto.cli.index import read_documents
-from ctxproto.retrieval import KnowledgeBase
+from ctxproto.retrieval import KnowledgeBase, read_documents
 from ctxproto.session import ChatSession
 
 EXAMPLES = Path(__file__).resolve().parent

@@ -119,8 +119,7 @@ _STATE_PARAMETERS = {"retriever": "store", "semantic_cache": "path", "summarizer
 
 def build_chat_pipeline(workdir: Path, examples: Path) -> Pipeline:
     """``examples/pipelines/chatbot.yaml`` with its stores in ``workdir``, the index built."""
-    from ctxproto.cli.index import read_documents
-    from ctxproto.retrieval import KnowledgeBase
+    from ctxproto.retrieval import KnowledgeBase, read_documents
     from ctxproto.session import load_chatbot_config
 
     config = examples / "pipelines" / "chatbot.yaml"

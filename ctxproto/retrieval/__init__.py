@@ -3,5 +3,12 @@
 from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.retrieval.mmr import mmr_select
 from ctxproto.retrieval.packing import long_context_reorder, pack_to_budget
+from ctxproto.retrieval.sources import read_documents
 
-__all__ = ["KnowledgeBase", "long_context_reorder", "mmr_select", "pack_to_budget"]
+__all__ = [
+    "KnowledgeBase",
+    "long_context_reorder",
+    "mmr_select",
+    "pack_to_budget",
+    "read_documents",
+]
