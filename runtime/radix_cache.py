@@ -121,8 +121,14 @@ class RadixKVCache:
             node = child
         return matched
 
-    def match_prefix(self, tokens: Sequence[int], namespace: str = "") -> PrefixMatch:
-        """Longest cached prefix with its KV; splits the last node if the match ends inside it."""
+    def _descend(
+        self, tokens: Sequence[int], namespace: str
+    ) -> tuple[TreeNode, int, list[TreeNode]]:
+        """Walk down the longest cached prefix of ``tokens``, splitting a node where it ends
+        inside one (as SGLang's ``_match_prefix_helper``) and touching each node for LRU.
+
+        Returns the deepest node, the matched length and the nodes on the path.
+        """
         node, matched, path = self.root(namespace), 0, []
         now = time.monotonic()
         while matched < len(tokens) and tokens[matched] in node.children:
@@ -134,6 +140,11 @@ class RadixKVCache:
             path.append(child)
             matched += common
             node = child
+        return node, matched, path
+
+    def match_prefix(self, tokens: Sequence[int], namespace: str = "") -> PrefixMatch:
+        """Longest cached prefix with its KV; splits the last node if the match ends inside it."""
+        node, matched, path = self._descend(tokens, namespace)
         if not path:
             return PrefixMatch(0, node)
         self.lock(node)  # keeps the path resident while host spans come back
@@ -178,16 +189,7 @@ class RadixKVCache:
         (possibly to nothing), so a caller must lock the returned node, not assume
         that all of ``tokens`` is cached.
         """
-        node, matched = self.root(namespace), 0
-        now = time.monotonic()
-        while matched < len(tokens) and tokens[matched] in node.children:
-            child = node.children[tokens[matched]]
-            common = _common_length(child.key, tokens, matched)
-            if common < len(child.key):
-                child = self._split(child, common)
-            child.last_access = now
-            matched += common
-            node = child
+        node, matched, _ = self._descend(tokens, namespace)
         if matched == len(tokens):
             return node
         first = kv(matched, matched + 1)

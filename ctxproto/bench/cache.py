@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxproto.bench.timing import call_times_ms
 from ctxproto.errors import DatasetError
 
 __all__ = ["register", "run"]
@@ -134,8 +135,8 @@ def _speed(rows: list[dict[str, Any]], entries: int) -> dict[str, Any]:
         fresh = SemanticCache(folder)
         fresh.get("warm-up question")
         load = time.perf_counter() - start
-        hit_ms = _timings(fresh.get, [r["b"] for r in paraphrases])
-        miss_ms = _timings(fresh.get, misses)
+        hit_ms = call_times_ms(fresh.get, [r["b"] for r in paraphrases])
+        miss_ms = call_times_ms(fresh.get, misses)
         hits = sum(fresh.get(r["b"]) is not None for r in paraphrases)
         return {
             "entries": len(fresh),
@@ -149,12 +150,3 @@ def _speed(rows: list[dict[str, Any]], entries: int) -> dict[str, Any]:
             "paraphrase_hits_among_100k": hits,
             "paraphrases_asked": len(paraphrases),
         }
-
-
-def _timings(call: Any, items: list[str]) -> Any:
-    times = []
-    for item in items:
-        start = time.perf_counter()
-        call(item)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return np.asarray(times)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ctxproto.bench.timing import call_times_ms
 from ctxproto.documents import Document
 from ctxproto.errors import DatasetError
 
@@ -176,20 +177,9 @@ def _normalized(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return result
 
 
-def _timings(call: Any, items: Any) -> npt.NDArray[np.float64]:
-    for item in items[:5]:
-        call(item)
-    times = []
-    for item in items:
-        start = time.perf_counter()
-        call(item)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return np.asarray(times)
-
-
 def _p50(call: Any, items: Any) -> float:
-    return round(float(np.percentile(_timings(call, items), 50)), 3)
+    return round(float(np.percentile(call_times_ms(call, items, warm_up=5), 50)), 3)
 
 
 def _p95(call: Any, items: Any) -> float:
-    return round(float(np.percentile(_timings(call, items), 95)), 3)
+    return round(float(np.percentile(call_times_ms(call, items, warm_up=5), 95)), 3)
