@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
+from ctxproto.core_split import split_over_cores
 from ctxproto.model_resolver import resolve_embedder
 
 __all__ = ["Embedder", "get_embedder"]
@@ -47,6 +48,7 @@ class Embedder:
         self._model: Any = sentence_transformers.SentenceTransformer(
             resolved.location, device=device, local_files_only=True
         )
+        split_over_cores(self._model, in_place=True)  # small batches on every CPU core
         self.name = resolved.name
         dimension = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension  # sentence-transformers < 5

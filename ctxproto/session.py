@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,6 +29,9 @@ from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import StageReport
 from ctxproto.stores.session_state import SessionStateStore
+
+if TYPE_CHECKING:
+    from ctxproto.runtime.params import Completion
 
 __all__ = [
     "BackendConfig",
@@ -200,12 +203,24 @@ class ChatSession:
             return
         first_token: float | None = None
         parts: list[str] = []
-        for delta in self.backend.stream(self._messages(result), self.generation):
+        deltas = self.backend.stream(self._messages(result), self.generation)
+        for delta in deltas:
             if first_token is None:
                 first_token = time.perf_counter()
             parts.append(delta)
             yield delta
-        self._finish(question, "".join(parts), result, start, first_token=first_token)
+        # Backends may return any iterator of text; ours carry the completion's metrics.
+        completion: Completion | None = getattr(deltas, "completion", None)
+        metrics = completion.metrics if completion is not None else None
+        self._finish(
+            question,
+            "".join(parts),
+            result,
+            start,
+            first_token=first_token,
+            cached=metrics.cached_tokens if metrics is not None else 0,
+            output_tokens=metrics.output_tokens if metrics is not None else None,
+        )
 
     async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
         """``ask`` without blocking the event loop."""

@@ -1,8 +1,8 @@
 """The running batch: requests decoded together, one token each per model call.
 
-On 2 CPU cores a decode step of SmolLM2-135M costs about 80 ms for one row and
-130 ms for eight (docs/runtime.md): the weights are read once per step whatever
-the batch size, so decoding concurrent requests together multiplies throughput.
+A decode step is bound by reading the weights, which happens once per step whatever
+the batch size (measured step times: docs/runtime.md, ``ctxproto bench decode``),
+so decoding concurrent requests together multiplies throughput.
 Rows have different lengths, so the KV is left-padded to a common length and the
 padding is masked out; positions are passed per row, so a row's numbers do not
 depend on its neighbours (the usual transformers batched-generation layout).

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.core_split import split_over_cores
 from ctxproto.errors import BackendError, ConfigError, CtxprotoError
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
@@ -53,7 +54,7 @@ class Engine:
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
-        self.model = load_causal_lm(model, device, dtype)
+        self.model = split_over_cores(load_causal_lm(model, device, dtype))
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache

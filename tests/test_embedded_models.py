@@ -60,3 +60,18 @@ def test_unknown_model_fails_at_once_naming_the_fix(tmp_path):
         resolve_lm("some-org/some-model-that-is-not-here")
     with pytest.raises(ModelNotAvailableError):
         resolve_embedder(str(tmp_path / "missing"))
+
+
+def test_core_split_embedder_matches_the_plain_model(embedder):
+    """The shared embedder's linear layers are split over the cores; the vectors are not."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["How do I reset my password?", "Order 88-1234 ships on May 2.", "ok"] * 3
+    plain = SentenceTransformer(resolve_embedder().location, device="cpu", local_files_only=True)
+    expected = plain.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    got = embedder.encode_uncached(texts)
+    if torch.get_num_threads() > 1:
+        split = [m for m in embedder._model.modules() if type(m).__name__ == "SplitLinear"]
+        assert split, "the CPU embedder should run its matmuls split over the cores"
+    assert np.min(np.sum(got * expected, axis=1)) > 0.9999

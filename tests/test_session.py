@@ -98,9 +98,16 @@ def test_stream_and_async(backend, params):
     deltas = list(session.stream("Name one Lumen device."))
     assert session.last_turn is not None
     assert "".join(deltas) == session.last_turn.answer
+    # A streamed turn reports the engine's metrics, like a blocking one: the second
+    # turn starts with the first turn's prompt and answer, which the cache holds.
+    again = list(session.stream("Name one more, please."))
+    report = session.last_turn.report
+    assert "".join(again) == session.last_turn.answer
+    assert 0 < report.cached_prefix_tokens < report.prompt_tokens
+    assert 1 <= report.output_tokens <= params.max_new_tokens  # the model's own tokens
     result = asyncio.run(session.aask("Name another one."))
-    assert result.report.turn == 2
-    assert len(session.history) == 4
+    assert result.report.turn == 3
+    assert len(session.history) == 6
 
 
 def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch, backend):

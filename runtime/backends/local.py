@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from ctxproto.runtime.backends.base import Backend
+from ctxproto.runtime.backends.base import Backend, CompletionStream
 from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.request import RequestHandle
@@ -33,8 +32,9 @@ class LocalBackend(Backend):
 
     def stream(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        return self._submit(messages, params).deltas()
+    ) -> CompletionStream:
+        handle = self._submit(messages, params)
+        return CompletionStream(handle.deltas(), lambda _text: handle.result())
 
     async def agenerate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ctxproto.errors import BackendError, ConfigError
-from ctxproto.runtime.backends.base import Backend
+from ctxproto.runtime.backends.base import Backend, CompletionStream
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 
 __all__ = ["OpenAIBackend"]
@@ -70,8 +70,9 @@ class OpenAIBackend(Backend):
 
     def stream(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        return iter(_Stream(self._open(messages, params or GenerationParams())))
+    ) -> CompletionStream:
+        stream = _Stream(self._open(messages, params or GenerationParams()))
+        return CompletionStream(iter(stream), stream.completion)
 
     def _open(self, messages: list[dict[str, Any]], params: GenerationParams) -> Any:
         """POST the request, retrying 429/5xx with backoff; returns the open response."""

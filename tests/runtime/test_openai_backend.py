@@ -158,3 +158,14 @@ def test_cache_salt_keeps_prefixes_apart(server, engine):
     engine.generate(MESSAGES, GREEDY)
     salted = OpenAIBackend(server.url, cache_salt="tenant-z")
     assert salted.generate(MESSAGES, GenerationParams(max_new_tokens=1)).metrics.cached_tokens == 0
+
+
+def test_stream_ends_with_the_completion_and_its_metrics(server, engine):
+    backend = OpenAIBackend(server.url)
+    stream = backend.stream(MESSAGES, GREEDY)
+    assert stream.completion is None
+    text = "".join(stream)
+    assert stream.completion is not None
+    assert stream.completion.text == text
+    assert stream.completion.metrics.prompt_tokens == len(engine.encode_chat(MESSAGES))
+    assert stream.completion.metrics.output_tokens > 0
