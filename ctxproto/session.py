@@ -204,11 +204,16 @@ class ChatSession:
         first_token: float | None = None
         parts: list[str] = []
         deltas = self.backend.stream(self._messages(result), self.generation)
-        for delta in deltas:
-            if first_token is None:
-                first_token = time.perf_counter()
-            parts.append(delta)
-            yield delta
+        try:
+            for delta in deltas:
+                if first_token is None:
+                    first_token = time.perf_counter()
+                parts.append(delta)
+                yield delta
+        finally:  # the caller left early: stop the generation now, not at garbage collection
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()
         # Backends may return any iterator of text; ours carry the completion's metrics.
         completion: Completion | None = getattr(deltas, "completion", None)
         metrics = completion.metrics if completion is not None else None
