@@ -6,9 +6,10 @@ a matrix-vector product, bound by how fast the weights stream from memory. On CP
 it ran as fast with one thread as with two), so the weights stream at one core's
 speed. Splitting each weight by output rows into one block per core and multiplying
 the blocks as one ``bmm`` batch puts every core on its own block: the SmolLM2-135M
-decode step at a 1.8k-token context drops from 67 ms to 51 ms (``ctxproto bench
+decode step at a 1.8k-token context drops from about 66 ms to about 52 ms (``ctxproto bench
 decode``, docs/runtime.md). Every output element is still the same dot product over
-the same weights, so greedy answers do not change.
+the same weights; only the kernel's summation order may differ in the last bits, and
+greedy tokens matched transformers' in every test and benchmark run.
 
 The runtime's engine gets a shallow copy that shares every weight tensor with the
 loaded model, so code holding the original (the benchmarks' plain ``generate``
@@ -36,7 +37,8 @@ def split_over_cores(model: Any, parts: int | None = None, *, in_place: bool = F
     """
     torch = require("torch", extra="runtime")
     parts = parts or torch.get_num_threads()
-    if parts < 2 or next(model.parameters()).device.type != "cpu":
+    first = next(model.parameters(), None)
+    if parts < 2 or first is None or first.device.type != "cpu":
         return model
     layer_class = _split_linear()
     twin = model
@@ -58,22 +60,33 @@ def _split_linear() -> type[Any]:
     module: Any = torch.nn.Module
 
     class SplitLinear(module):  # type: ignore[misc]
-        """``linear`` as a ``bmm`` over ``parts`` row blocks of the same weight tensor."""
+        """``linear`` as a ``baddbmm`` over ``parts`` row blocks of the same weight tensor.
+
+        The blocks are views taken at each call, so the layer follows its weight
+        through ``.to()`` and ``.data`` swaps. The bias goes into the same
+        multiply-add, as in ``linear``, rather than being rounded in a second add.
+        """
 
         def __init__(self, linear: Any, parts: int) -> None:
             super().__init__()
             self.weight = linear.weight
             self.bias = linear.bias
             self.parts = parts
-            out_features, in_features = linear.weight.shape
-            # [parts, in, out/parts]: a view, no copy of the weights.
-            self._blocks = linear.weight.view(parts, out_features // parts, in_features).mT
+            self.in_features = linear.in_features
+            self.out_features = linear.out_features
 
         def forward(self, x: Any) -> Any:
-            in_features = x.shape[-1]
-            rows = x.reshape(1, -1, in_features).expand(self.parts, -1, in_features)
-            out = torch.bmm(rows, self._blocks).transpose(0, 1)
-            out = out.reshape(*x.shape[:-1], self.weight.shape[0])
-            return out if self.bias is None else out + self.bias
+            rows = x.reshape(1, -1, self.in_features).expand(self.parts, -1, self.in_features)
+            # [parts, in, out/parts]: views of the weight, no copy.
+            blocks = self.weight.view(self.parts, -1, self.in_features).mT
+            if self.bias is None:
+                out = torch.bmm(rows, blocks)
+            else:
+                out = torch.baddbmm(self.bias.view(self.parts, 1, -1), rows, blocks)
+            return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+
+        def extra_repr(self) -> str:
+            sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+            return f"{sizes}, parts={self.parts}"
 
     return SplitLinear

@@ -61,6 +61,11 @@ def _reserved_layer() -> type[Any]:
             self.values = self._value_store[..., :end, :]
             return self.keys, self.values
 
+        def crop(self, tokens_to_remove: int) -> None:
+            """Crop, and give up the store: tensors returned earlier must keep their values."""
+            super().crop(tokens_to_remove)
+            self._key_store = self._value_store = None
+
         def _owns_room_for(self, key_states: Any, end: int) -> bool:
             store = self._key_store
             return bool(

@@ -28,6 +28,7 @@ from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.core_split import split_over_cores
+from ctxproto.errors import ConfigError
 from ctxproto.runtime import load_causal_lm
 from ctxproto.runtime.kv_layout import new_cache
 
@@ -58,6 +59,11 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
+    for key, value in (("--context", context), ("--steps", steps), ("--rounds", rounds)):
+        if value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", key=key)
+    if rows < 1:
+        raise ConfigError(f"must be at least 1, got {rows}", key="--rows")
     torch = require("torch", extra="runtime")
     transformers = require("transformers", extra="runtime")
     model = load_causal_lm()

@@ -23,30 +23,49 @@ __all__ = ["Backend", "CompletionStream"]
 class CompletionStream(Iterator[str]):
     """Text deltas of one answer; ``completion`` is set once they are exhausted.
 
-    Closing it early (``close()``, or leaving a ``for`` loop over a generator that
-    wraps it) closes the underlying delta iterator, which stops the generation.
+    ``close()`` (or the caller leaving early, in ``ChatSession.stream``) closes the
+    source and calls ``on_close``, which stops the generation even if no delta was
+    read yet. After an error or a close the stream stays ended and ``completion``
+    stays ``None``: a partial answer is never reported as a finished one.
     """
 
-    def __init__(self, deltas: Iterator[str], finish: Callable[[str], Completion]) -> None:
+    def __init__(
+        self,
+        deltas: Iterator[str],
+        finish: Callable[[str], Completion],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._deltas = deltas
         self._finish = finish
+        self._on_close = on_close
         self._parts: list[str] = []
+        self._ended = False
         self.completion: Completion | None = None
 
     def __next__(self) -> str:
+        if self._ended:
+            raise StopIteration
         try:
             delta = next(self._deltas)
         except StopIteration:
-            if self.completion is None:
-                self.completion = self._finish("".join(self._parts))
+            self._ended = True
+            self.completion = self._finish("".join(self._parts))
+            raise
+        except BaseException:
+            self._ended = True
             raise
         self._parts.append(delta)
         return delta
 
     def close(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
         close = getattr(self._deltas, "close", None)
         if close is not None:
             close()
+        if self._on_close is not None:
+            self._on_close()
 
 
 class Backend(ABC):
@@ -61,8 +80,12 @@ class Backend(ABC):
     @abstractmethod
     def stream(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
-    ) -> CompletionStream:
-        """The answer as text deltas; closing the stream early stops the generation."""
+    ) -> Iterator[str]:
+        """The answer as text deltas; closing the stream early stops the generation.
+
+        The bundled backends return a ``CompletionStream``, which also carries the
+        final ``Completion`` with its metrics.
+        """
 
     async def agenerate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None

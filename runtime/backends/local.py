@@ -34,7 +34,7 @@ class LocalBackend(Backend):
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> CompletionStream:
         handle = self._submit(messages, params)
-        return CompletionStream(handle.deltas(), lambda _text: handle.result())
+        return CompletionStream(handle.deltas(), lambda _text: handle.result(), handle.cancel)
 
     async def agenerate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None

@@ -13,3 +13,10 @@ def test_decode_bench_reports_every_variant_with_the_same_tokens(lm):
     assert all(ms > 0 for ms in figures["step_ms"].values())
     assert figures["speedup_vs_transformers"]["transformers"] == 1.0
     assert figures["same_tokens"] is True
+
+
+def test_decode_bench_refuses_zero_steps():
+    from ctxproto.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--steps"):
+        run(context=8, steps=0, rounds=1)

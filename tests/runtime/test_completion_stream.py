@@ -2,6 +2,8 @@
 
 from collections.abc import Iterator
 
+import pytest
+
 from ctxproto.runtime import Completion, RequestMetrics
 from ctxproto.runtime.backends import CompletionStream
 
@@ -37,8 +39,30 @@ def test_closing_early_closes_the_source_and_leaves_no_completion() -> None:
         finally:
             closed.append(True)
 
-    stream = CompletionStream(source(), _completion)
+    cancelled: list[bool] = []
+    stream = CompletionStream(source(), _completion, lambda: cancelled.append(True))
     assert next(stream) == "a"
     stream.close()
-    assert closed == [True]
+    assert closed == [True] and cancelled == [True]
+    assert list(stream) == []  # stays ended: no made-up completion from the partial text
+    assert stream.completion is None
+
+
+def test_close_before_the_first_delta_still_cancels() -> None:
+    cancelled: list[bool] = []
+    stream = CompletionStream(iter(["a"]), _completion, lambda: cancelled.append(True))
+    stream.close()
+    assert cancelled == [True]
+
+
+def test_an_error_ends_the_stream_without_a_completion() -> None:
+    def source() -> Iterator[str]:
+        yield "a"
+        raise RuntimeError("connection lost")
+
+    stream = CompletionStream(source(), _completion)
+    assert next(stream) == "a"
+    with pytest.raises(RuntimeError):
+        next(stream)
+    assert list(stream) == []
     assert stream.completion is None

@@ -1,5 +1,7 @@
 """The core-split twin computes what the loaded model computes, on the same weights."""
 
+import copy
+
 import pytest
 import torch
 
@@ -37,3 +39,20 @@ def test_twin_logits_equal_the_originals(lm, twin, rows):
 def test_one_part_or_no_divisible_layer_keeps_the_model(lm):
     assert split_over_cores(lm, parts=1) is lm
     assert split_over_cores(lm, parts=49_153) is lm
+
+
+def test_a_layer_with_bias_matches_linear_and_follows_its_weight():
+    linear = torch.nn.Linear(12, 8)
+    model = torch.nn.Sequential(linear)
+    split = split_over_cores(model, parts=2)
+    x = torch.randn(1, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), model(x), rtol=0, atol=1e-6)
+        split64 = split_over_cores(torch.nn.Sequential(torch.nn.Linear(12, 8)), parts=2).double()
+        assert split64(x.double()).dtype == torch.float64
+
+
+def test_a_split_model_copies_and_splitting_it_again_changes_nothing(twin):
+    assert split_over_cores(twin, parts=2) is twin  # no nn.Linear left to split
+    copied = copy.deepcopy(twin.lm_head)
+    assert copied.weight.data_ptr() != twin.lm_head.weight.data_ptr()
