@@ -41,6 +41,11 @@ class DecodeBatch:
         """Join prefilled requests (each with its batch-1 ``DynamicCache``) in one copy."""
         if not entries:
             return
+        if not self.requests and len(entries) == 1:  # nothing to merge: keep its spare room
+            request, cache = entries[0]
+            self._cache = cache
+            self.requests, self.lengths = [request], [cache.get_seq_length()]
+            return
         torch = require("torch", extra="runtime")
         caches = ([self._cache] if self.requests else []) + [cache for _, cache in entries]
         width = max([self.width] + [c.get_seq_length() for _, c in entries])

@@ -23,14 +23,15 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     if not isinstance(messages, list) or not messages:
         raise ConfigError("a request needs at least one message", key="messages")
     try:
-        wire = [Message.model_validate(m).to_openai() for m in messages]
+        validated = [Message.model_validate(m) for m in messages]
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"invalid message: {first['msg']}", key="messages") from None
     if getattr(tokenizer, "chat_template", None):
+        wire = [m.to_openai() for m in validated]
         text = tokenizer.apply_chat_template(wire, add_generation_prompt=True, tokenize=False)
     else:
-        lines = [f"{m['role']}: {Message.model_validate(m).text}" for m in wire]
+        lines = [f"{m.role}: {m.text}" for m in validated]
         text = "\n".join([*lines, "assistant: "])
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids

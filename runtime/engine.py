@@ -248,9 +248,7 @@ class Engine:
         if self.prefix_cache and kv is not None and kv_length:
             tokens = (request.prompt + request.output)[:kv_length]
             self._relock(request, self.cache.insert(tokens, kv, request.namespace))
-        if request.locked_node is not None:
-            self.cache.unlock(request.locked_node)
-            request.locked_node = None
+        self._release(request)
         request.finish()
 
     def _relock(self, request: Request, node: Any) -> None:
@@ -259,15 +257,18 @@ class Engine:
             self.cache.unlock(request.locked_node)
         request.locked_node = node
 
+    def _release(self, request: Request) -> None:
+        if request.locked_node is not None:
+            self.cache.unlock(request.locked_node)
+            request.locked_node = None
+
     def _abort(self, requests: list[Request], exc: Exception) -> None:
         if isinstance(exc, CtxprotoError):
             error: CtxprotoError = exc
         else:
             error = BackendError(f"generation failed: {exc!r}")
         for request in requests:
-            if request.locked_node is not None:
-                self.cache.unlock(request.locked_node)
-                request.locked_node = None
+            self._release(request)
             request.fail(error)
 
 

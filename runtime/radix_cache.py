@@ -324,6 +324,8 @@ class RadixKVCache:
 
 def _common_length(key: Sequence[int], tokens: Sequence[int], offset: int) -> int:
     limit = min(len(key), len(tokens) - offset)
+    if list(key[:limit]) == list(tokens[offset : offset + limit]):  # the usual, whole-span match
+        return limit
     i = 0
     while i < limit and key[i] == tokens[offset + i]:
         i += 1

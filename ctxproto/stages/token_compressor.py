@@ -135,7 +135,6 @@ class TokenCompressor(Stage):
             target = min(target, self.max_tokens)
         if total <= target:
             return Transformed(context, {"target_tokens": target, "kept_tokens": total})
-        self.warm_up()
         plan = self._plan(units, counter)
         query = context.query_text.strip()
         if query:
@@ -172,6 +171,7 @@ class TokenCompressor(Stage):
             protected = protected_spans(text, patterns)
             hard = protected_spans(text, patterns, kinds=())
             protected_starts = [p.start for p in protected]
+            hard_starts = [h.start for h in hard]
             plan.parseable.append(_parseable(text))
             for span in sentence_spans(text, protected):
                 words = [
@@ -186,7 +186,7 @@ class TokenCompressor(Stage):
                         start=span.start,
                         end=span.end,
                         cost=counter.count(text[span.start : span.end]),
-                        hard=_overlaps(span.start, span.end, hard, [h.start for h in hard]),
+                        hard=_overlaps(span.start, span.end, hard, hard_starts),
                         words=words,
                     )
                 )
