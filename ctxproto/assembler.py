@@ -22,8 +22,8 @@ from ctxproto.context import Context
 from ctxproto.errors import BudgetError
 from ctxproto.messages import Message
 from ctxproto.prompt import AssembledPrompt, Section, Stability
+from ctxproto.text.turns import group_blocks
 from ctxproto.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS, TokenCounter, get_counter
-from ctxproto.turns import group_blocks
 
 __all__ = ["Assembler", "DocumentsPosition", "RenderMode"]
 

@@ -116,7 +116,7 @@ class HuggingFaceCounter(TokenCounter):
     @classmethod
     def for_model(cls, model: str = "default") -> HuggingFaceCounter:
         """Load the tokenizer of ``model`` (a default name, HF id or local path), offline."""
-        from ctxproto.runtime.loader import load_tokenizer
+        from ctxproto.models.loader import load_tokenizer
 
         return cls(load_tokenizer(model), name=f"hf:{model}")
 

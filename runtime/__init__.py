@@ -8,9 +8,9 @@ put it and any OpenAI-compatible server behind one ``Backend`` interface;
 Importing this package is cheap; torch and transformers load on first use.
 """
 
+from ctxproto.models.loader import cache_dir, load_causal_lm, load_tokenizer
 from ctxproto.runtime.backends import Backend, LocalBackend, OpenAIBackend
 from ctxproto.runtime.engine import Engine
-from ctxproto.runtime.loader import cache_dir, load_causal_lm, load_tokenizer
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 from ctxproto.runtime.radix_cache import CacheStats, RadixKVCache
 from ctxproto.runtime.request import RequestHandle

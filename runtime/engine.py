@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.core_split import split_over_cores
 from ctxproto.errors import BackendError, ConfigError, CtxprotoError
+from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.loader import load_causal_lm, load_tokenizer
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
 from ctxproto.runtime.kv_layout import cache_from_spans, new_cache, row_kv_slice
-from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
 from ctxproto.runtime.request import Request, RequestHandle

@@ -22,7 +22,7 @@ def counter() -> Any:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """The embedded all-MiniLM-L6-v2, shared by every test."""
-    from ctxproto.embedder import get_embedder
+    from ctxproto.models.embedder import get_embedder
 
     return get_embedder()
 
@@ -30,13 +30,13 @@ def embedder() -> Any:
 @pytest.fixture(scope="session")
 def lm() -> Any:
     """The embedded SmolLM2-135M-Instruct on CPU (float32), shared by every test."""
-    from ctxproto.runtime.loader import load_causal_lm
+    from ctxproto.models.loader import load_causal_lm
 
     return load_causal_lm()
 
 
 @pytest.fixture(scope="session")
 def lm_tokenizer() -> Any:
-    from ctxproto.runtime.loader import load_tokenizer
+    from ctxproto.models.loader import load_tokenizer
 
     return load_tokenizer()

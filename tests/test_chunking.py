@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ctxproto.chunking import check_text, chunk_document, chunk_text
 from ctxproto.documents import Document
 from ctxproto.errors import StoreError
+from ctxproto.retrieval.chunking import check_text, chunk_document, chunk_text
 
 MARKDOWN = """# Guide
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctxproto.errors import ModelNotAvailableError
-from ctxproto.model_resolver import resolve_embedder, resolve_lm
+from ctxproto.models.resolver import resolve_embedder, resolve_lm
 
 pytestmark = pytest.mark.models
 
@@ -35,7 +35,7 @@ def test_embedded_lm_generates(lm, lm_tokenizer):
 
 
 def test_converted_weights_are_cached(lm):
-    from ctxproto.runtime.loader import converted_model_dir
+    from ctxproto.models.loader import converted_model_dir
 
     folder = converted_model_dir(resolve_lm())
     assert (folder / "config.json").exists()

@@ -51,7 +51,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def run(*, entries: int, pairs: Path) -> dict[str, Any]:
-    from ctxproto.embedder import get_embedder
+    from ctxproto.models.embedder import get_embedder
 
     if not pairs.exists():
         raise DatasetError(f"labeled pairs not found: {pairs}")

@@ -194,8 +194,8 @@ def plot_by_turns(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _warm_up() -> None:
     """Load the models before any clock starts, so neither path pays for loading."""
-    from ctxproto.embedder import get_embedder
-    from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+    from ctxproto.models.embedder import get_embedder
+    from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
     load_causal_lm()
     load_tokenizer()

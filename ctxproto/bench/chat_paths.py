@@ -66,7 +66,7 @@ def baseline_turns(
     """Full history, plain ``generate``, greedy: one record per turn as it is served."""
     import torch
 
-    from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+    from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(), load_tokenizer()
     for script in scripts:

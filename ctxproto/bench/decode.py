@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.core_split import split_over_cores
 from ctxproto.errors import ConfigError
+from ctxproto.models.core_split import split_over_cores
 from ctxproto.runtime import load_causal_lm
 from ctxproto.runtime.kv_layout import new_cache
 

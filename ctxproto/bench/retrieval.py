@@ -119,7 +119,7 @@ def _synthetic(count: int, queries: int) -> dict[str, Any]:
 
 
 def _real_text(essays: int, queries: int) -> dict[str, Any]:
-    from ctxproto.embedder import get_embedder
+    from ctxproto.models.embedder import get_embedder
     from ctxproto.retrieval import KnowledgeBase
     from ctxproto.tokens import get_counter
 

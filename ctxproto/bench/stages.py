@@ -22,13 +22,13 @@ from typing import Any
 
 from ctxproto.context import Context
 from ctxproto.documents import Document
-from ctxproto.embedder import get_embedder
 from ctxproto.eval.facts import needle_fact
 from ctxproto.eval.needle import essays_dir
 from ctxproto.messages import Message
-from ctxproto.protected_spans import protected_spans
-from ctxproto.sentences import split_sentences
+from ctxproto.models.embedder import get_embedder
 from ctxproto.stages import RelevanceFilter, TokenCompressor
+from ctxproto.text.protected_spans import protected_spans
+from ctxproto.text.sentences import split_sentences
 from ctxproto.tokens import get_counter
 
 __all__ = ["register", "run"]

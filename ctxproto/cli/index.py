@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ctxproto.embedder import get_embedder
+    from ctxproto.models.embedder import get_embedder
     from ctxproto.retrieval import KnowledgeBase
 
     documents = list(read_documents(Path(args.source)))

@@ -28,7 +28,7 @@ DEFAULT_LOGPROB_MAX_TOKENS = 2048
 class AnswerLogprobScorer:
     """``score(messages, answer)``: summed log-probability (nats) of ``answer`` after the chat.
 
-    Loads the model through ``ctxproto.runtime.loader`` (shared per process) on
+    Loads the model through ``ctxproto.models.loader`` (shared per process) on
     ``device`` (CUDA when present, else CPU);
     raises ``ModelNotAvailableError`` naming the ``runtime`` extra when torch or
     transformers are missing.
@@ -41,11 +41,12 @@ class AnswerLogprobScorer:
         max_tokens: int = DEFAULT_LOGPROB_MAX_TOKENS,
         device: str | None = None,
     ) -> None:
-        torch = require("torch", extra="runtime")
+        require("torch", extra="runtime")
         require("transformers", extra="runtime")
-        from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+        from ctxproto.models.device import resolve_device
+        from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device or "auto")
         self.model: Any = load_causal_lm(model, self.device)
         self.tokenizer: Any = load_tokenizer(model)
         self.max_tokens = min(max_tokens, self._window_of(self.model))

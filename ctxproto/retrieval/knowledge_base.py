@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxproto.chunking import chunk_document
 from ctxproto.documents import Document
-from ctxproto.embedder import Embedder, get_embedder
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.retrieval.chunking import chunk_document
 from ctxproto.retrieval.mmr import mmr_select
 from ctxproto.stores.docstore import MetadataFilter
 from ctxproto.stores.vector_index import IndexKind

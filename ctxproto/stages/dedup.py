@@ -8,12 +8,12 @@ import unicodedata
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.embedder import Embedder, get_embedder
-from ctxproto.protected_spans import fact_strings
+from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
+from ctxproto.text.protected_spans import fact_strings
+from ctxproto.text.units import Target, context_units, rebuild_context
 from ctxproto.tokens import TokenCounter
-from ctxproto.units import Target, context_units, rebuild_context
 
 __all__ = ["Dedup"]
 

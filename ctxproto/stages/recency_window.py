@@ -8,8 +8,8 @@ from ctxproto.context import Context
 from ctxproto.messages import Message
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
+from ctxproto.text.turns import flatten, group_blocks
 from ctxproto.tokens import TokenCounter
-from ctxproto.turns import flatten, group_blocks
 
 __all__ = ["RecencyWindow"]
 

@@ -9,13 +9,13 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.embedder import Embedder, get_embedder
-from ctxproto.selection import select_within_budget
-from ctxproto.sentences import sentence_spans
+from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
+from ctxproto.text.selection import select_within_budget
+from ctxproto.text.sentences import sentence_spans
+from ctxproto.text.units import Target, Unit, context_units, rebuild_context
 from ctxproto.tokens import TokenCounter
-from ctxproto.units import Target, Unit, context_units, rebuild_context
 
 __all__ = ["RelevanceFilter"]
 

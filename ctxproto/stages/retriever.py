@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.embedder import get_embedder
+from ctxproto.models.embedder import get_embedder
 from ctxproto.retrieval import KnowledgeBase, long_context_reorder, pack_to_budget
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage

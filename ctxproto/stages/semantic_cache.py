@@ -8,11 +8,11 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.embedder import get_embedder
 from ctxproto.errors import StoreError
+from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
-from ctxproto.stores.semantic_cache import CacheContext, SemanticCache
+from ctxproto.stores.semantic_cache.cache import CacheContext, SemanticCache
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["SemanticCacheLookup"]

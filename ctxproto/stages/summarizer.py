@@ -9,16 +9,16 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.embedder import Embedder, get_embedder
 from ctxproto.messages import Message
-from ctxproto.protected_spans import fact_strings
-from ctxproto.selection import centrality, select_within_budget
-from ctxproto.sentences import split_sentences
+from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.text.protected_spans import fact_strings
+from ctxproto.text.selection import centrality, select_within_budget
+from ctxproto.text.sentences import split_sentences
+from ctxproto.text.turns import flatten, group_blocks
 from ctxproto.tokens import TokenCounter
-from ctxproto.turns import flatten, group_blocks
 
 __all__ = ["Summarizer"]
 
@@ -74,8 +74,8 @@ class Summarizer(Stage):
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:
-            from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
-            from ctxproto.self_information import resolve_device
+            from ctxproto.models.device import resolve_device
+            from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model)
             self._lm = load_causal_lm(self.model, resolve_device(self.device))

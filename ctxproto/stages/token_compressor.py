@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pydantic import Field, PrivateAttr, field_validator
 
 from ctxproto.context import Context
-from ctxproto.embedder import Embedder, get_embedder
 from ctxproto.errors import BudgetError
-from ctxproto.protected_spans import Span, compile_patterns, protected_spans
-from ctxproto.selection import centrality, select_within_budget
-from ctxproto.self_information import SelfInformationScorer
-from ctxproto.sentences import sentence_spans
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.models.self_information import SelfInformationScorer
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
+from ctxproto.text.protected_spans import Span, compile_patterns, protected_spans
+from ctxproto.text.selection import centrality, select_within_budget
+from ctxproto.text.sentences import sentence_spans
+from ctxproto.text.units import Target, Unit, context_units, rebuild_context
 from ctxproto.tokens import TokenCounter
-from ctxproto.units import Target, Unit, context_units, rebuild_context
 
 __all__ = ["TokenCompressor"]
 
@@ -82,7 +82,7 @@ class TokenCompressor(Stage):
        conditioned on the query, and the least informative words go until the
        target (``rate`` of the tokens, and at most ``max_tokens``) is met.
 
-    Protected spans (``ctxproto.protected_spans``: digits, identifiers, URLs,
+    Protected spans (``ctxproto.text.protected_spans``: digits, identifiers, URLs,
     e-mails, code, quotes, capitalized names, and ``force_keep`` regexes) are
     never cut: words are dropped whole, and a word touching a protected span is
     kept, so those spans survive byte-exact (LLMLingua issues #93, #213).

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from ctxproto.core_split import split_over_cores
+from ctxproto.models.core_split import split_over_cores
 
 pytestmark = pytest.mark.models
 

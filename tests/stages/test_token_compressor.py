@@ -10,8 +10,8 @@ from ctxproto import Context, Message
 from ctxproto.documents import Document
 from ctxproto.errors import BudgetError, ConfigError
 from ctxproto.pipeline import Pipeline
-from ctxproto.protected_spans import protected_spans
 from ctxproto.stages import TokenCompressor
+from ctxproto.text.protected_spans import protected_spans
 
 pytestmark = pytest.mark.models
 

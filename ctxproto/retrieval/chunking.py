@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ctxproto.documents import Document
 from ctxproto.errors import StoreError
-from ctxproto.sentences import split_sentences
+from ctxproto.text.sentences import split_sentences
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text"]

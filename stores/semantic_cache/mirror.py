@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto.errors import StoreError
-from ctxproto.stores.query_slots import QuerySlots
+from ctxproto.stores.semantic_cache.query_slots import QuerySlots
 from ctxproto.stores.vector_index import VectorIndex
 
 __all__ = ["CacheMirror", "Candidate", "MirrorEntry", "decode_vector", "encode_vector"]

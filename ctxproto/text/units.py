@@ -2,7 +2,7 @@
 
 ``relevance_filter``, ``dedup`` and ``token_compressor`` all treat a context as a
 list of pieces — a history block (a message, or a tool call with its results,
-never separated: the ``trim_messages`` rule in ``ctxproto.turns``) or a document —
+never separated: the ``trim_messages`` rule in ``ctxproto.text.turns``) or a document —
 and return a context with some pieces dropped or their text replaced. Pinned
 pieces are listed too, so stages can see them, but are never dropped or edited.
 """
@@ -16,7 +16,7 @@ from typing import Literal
 from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.messages import Message
-from ctxproto.turns import flatten, group_blocks
+from ctxproto.text.turns import flatten, group_blocks
 
 __all__ = ["Target", "Unit", "context_units", "rebuild_context"]
 

@@ -4,7 +4,7 @@ Selective Context (Li et al., 2023) and LLMLingua (Jiang et al., 2023) drop the
 tokens a small LM finds least surprising: ``-log p(x_i | x_<i)`` measures how
 much a token adds. LongLLMLingua conditions that on the question, so tokens the
 question makes predictable are not mistaken for filler. We score with the
-bundled LM (loaded once per process through ``ctxproto.runtime.loader``), split
+bundled LM (loaded once per process through ``ctxproto.models.loader``), split
 long texts into windows of ``window_tokens`` and run them as padded batches —
 on the GPU when there is one.
 """
@@ -17,16 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.device import resolve_device
 
-__all__ = ["SelfInformationScorer", "TokenScore", "resolve_device"]
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` means the GPU when torch sees one, else the CPU."""
-    if device != "auto":
-        return device
-    torch = require("torch", extra="runtime")
-    return "cuda" if torch.cuda.is_available() else "cpu"
+__all__ = ["SelfInformationScorer", "TokenScore"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +43,7 @@ class SelfInformationScorer:
         batch_size: int = 4,
         condition_tokens: int = 64,
     ) -> None:
-        from ctxproto.runtime.loader import load_causal_lm, load_tokenizer
+        from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
         self._torch: Any = require("torch", extra="runtime")
         self.device = resolve_device(device)

@@ -34,10 +34,16 @@ import diskcache
 import numpy as np
 import numpy.typing as npt
 
-from ctxproto.embedder import Embedder, get_embedder
 from ctxproto.errors import StoreError
-from ctxproto.stores.cache_mirror import CacheMirror, MirrorEntry, decode_vector, encode_vector
-from ctxproto.stores.query_slots import QuerySlots, slot_conflict
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
+from ctxproto.stores.semantic_cache.mirror import (
+    CacheMirror,
+    MirrorEntry,
+    decode_vector,
+    encode_vector,
+)
+from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
 
 __all__ = ["CacheContext", "CacheHit", "SemanticCache", "context_fingerprint"]
 
@@ -250,30 +256,3 @@ class SemanticCache:
 def _check_text(text: object, what: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise StoreError(f"the {what} must be a non-empty string, got {text!r}")
-
-
-class _NoPickledValues(diskcache.Disk):  # type: ignore[misc]
-    """Refuses to load a value stored pickled: a tampered store must not run code."""
-
-    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError("the cache holds a pickled value; refusing to load it")
-        return super().fetch(mode, filename, value, read)
-
-
-class JSONOnlyDisk(_NoPickledValues, diskcache.JSONDisk):  # type: ignore[misc]
-    """diskcache's JSON disk, refusing rows that would need unpickling (a tampered store)."""
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            raise StoreError("the cache holds a pickled key; refusing to load it")
-        return super().get(key, raw)
-
-
-class PlainDisk(_NoPickledValues):
-    """diskcache's disk for the counter and source index: ints and strings, never pickles."""
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if not (read or isinstance(value, int | float | str | bytes)):
-            raise StoreError(f"refusing to pickle a {type(value).__name__} into the cache")
-        return super().store(value, read, key=key)

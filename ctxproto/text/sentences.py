@@ -15,7 +15,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from ctxproto.protected_spans import Span
+from ctxproto.text.protected_spans import Span
 
 __all__ = ["sentence_spans", "split_sentences"]
 

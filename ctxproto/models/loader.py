@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxproto._extras import quiet_transformers, require
-from ctxproto.model_resolver import ResolvedModel, resolve_lm
+from ctxproto.models.resolver import ResolvedModel, resolve_lm
 
 __all__ = ["cache_dir", "converted_model_dir", "load_causal_lm", "load_tokenizer"]
 

@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
-from ctxproto.core_split import split_over_cores
-from ctxproto.model_resolver import resolve_embedder
+from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.resolver import resolve_embedder
 
 __all__ = ["Embedder", "get_embedder"]
 
