@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.vector_index import VectorIndex
 from ctxproto.stores.vector_store import VectorStore
 
@@ -55,6 +55,29 @@ def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(tmp_pa
     filtered = store.search(vectors[7], 5, filters={"lang": "de"})
     assert filtered and all(h.document.metadata["lang"] == "de" for h in filtered)
     assert all(h.score >= 0.5 for h in store.search(vectors[7], 40, min_score=0.5))
+
+
+def test_filters_that_print_alike_do_not_share_results(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vectors = _vectors(2)
+    store.add("a", [Document(id="a#0", text="acme", metadata={"tenant": "acme"})], vectors[:1])
+    store.add("b", [Document(id="b#0", text="odd", metadata={"tenant": "1"})], vectors[1:])
+    assert [h.document.id for h in store.search(vectors[0], 5, filters={"tenant": {"acme"}})] == [
+        "a#0"
+    ]
+    assert store.search(vectors[0], 5, filters={"tenant": "{'acme'}"}) == []
+    assert [h.document.id for h in store.search(vectors[0], 5, filters={"tenant": "1"})] == ["b#0"]
+    assert store.search(vectors[0], 5, filters={"tenant": 1}) == []
+
+
+@pytest.mark.parametrize("value", [{"nested": "dict"}, object(), [["acme"]], b"acme"])
+def test_a_filter_value_of_an_unsupported_type_is_a_config_error(
+    tmp_path: Path, value: object
+) -> None:
+    store = _store(tmp_path)
+    _fill(store, 2)
+    with pytest.raises(ConfigError, match=r"filters\.lang"):
+        store.search(_vectors(1)[0], 3, filters={"lang": value})
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
