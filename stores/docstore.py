@@ -100,8 +100,9 @@ class DocStore:
     @classmethod
     def from_jsonl(cls, lines: Iterable[str]) -> DocStore:
         store = cls()
+        number = 0
         try:
-            for line in lines:
+            for number, line in enumerate(lines, start=1):
                 raw = json.loads(line)
                 if raw is None:
                     store.records.append(None)
@@ -109,8 +110,9 @@ class DocStore:
                     continue
                 doc_id = str(raw.pop("doc_id"))
                 store.append(doc_id, [Document.model_validate(raw)])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"the docstore is corrupt: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # the line number, never the contents: a store file may be a link to any file
+            raise StoreError(f"the docstore is corrupt at line {number}") from exc
         return store
 
 

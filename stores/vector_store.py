@@ -120,6 +120,20 @@ class VectorStore:
             )
 
     @staticmethod
+    def ensure_writable(path: Path) -> None:
+        """Create the folder if needed and check that a save could write there.
+
+        Callers about to do minutes of embedding call this first, so a store path
+        that is a file or a read-only folder fails before the work, not after it.
+        """
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with (path / ".lock").open("a"):
+                pass
+        except OSError as exc:
+            raise StoreError(f"cannot write the store folder {path}: {exc.strerror}") from exc
+
+    @staticmethod
     def read_manifest(path: Path) -> StoreManifest | None:
         """The manifest at ``path``, ``None`` when there is no store, ``StoreError`` if corrupt."""
         file = path / "manifest.json"
@@ -127,8 +141,9 @@ class VectorStore:
             return None
         try:
             manifest = StoreManifest.model_validate_json(file.read_bytes())
-        except ValidationError as exc:
-            raise StoreError(f"{file} is not a ctxproto store manifest: {exc}") from exc
+        except (ValidationError, OSError) as exc:
+            # the path, never the contents: a manifest may be a link to any file
+            raise StoreError(f"{file} is not a readable ctxproto store manifest") from exc
         if manifest.format_version != FORMAT_VERSION:
             raise StoreError(
                 f"{file} has format version {manifest.format_version}; "
@@ -262,8 +277,18 @@ class VectorStore:
             raise StoreError(
                 f"the store at {self.path} is incomplete: {Path(str(exc.filename)).name} is missing"
             ) from exc
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"the store at {self.path} is incomplete or corrupt: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(
+                f"the store at {self.path} is unreadable: {Path(str(exc.filename)).name}: "
+                f"{exc.strerror}"
+            ) from exc
+        except StoreError as exc:
+            raise StoreError(f"the store at {self.path}: {exc}") from exc
+        except ValueError as exc:  # the file names, never the contents (see read_manifest)
+            raise StoreError(
+                f"the store at {self.path} is corrupt: generation {manifest.generation} "
+                "does not hold valid vectors and chunk records"
+            ) from exc
         if len(docstore.records) != len(vectors):
             raise StoreError(f"the store at {self.path} is corrupt: docstore and vectors differ")
         self.index = VectorIndex.restore(

@@ -304,3 +304,19 @@ def test_opening_while_another_process_saves_always_gets_a_complete_generation(
         saves = saver.stdout.readline()
         assert saver.wait(timeout=120) == 0
     assert int(saves.split()[1]) > 10, saves
+
+
+@pytest.mark.parametrize("part", ["manifest.json", "docstore.1.jsonl"])
+def test_a_store_error_names_files_but_never_quotes_them(tmp_path: Path, part: str) -> None:
+    store = _store(tmp_path / "store")
+    _fill(store, 2)
+    store.save()
+    secret = tmp_path / "passwd"
+    secret.write_text('{"root": "x:0:0:SECRET-LINE"}\nroot:x:0:0:SECRET-LINE\n')
+    linked = tmp_path / "store" / part
+    linked.unlink()
+    linked.symlink_to(secret)
+    with pytest.raises(StoreError) as raised:
+        _store(tmp_path / "store")
+    assert "SECRET" not in str(raised.value)
+    assert str(tmp_path / "store") in str(raised.value)
