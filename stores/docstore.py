@@ -102,7 +102,7 @@ class DocStore:
         store = cls()
         number = 0
         try:
-            for number, line in enumerate(lines, start=1):
+            for number, line in enumerate(lines, start=1):  # noqa: B007 (read in the except)
                 raw = json.loads(line)
                 if raw is None:
                     store.records.append(None)
