@@ -15,13 +15,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 
-__all__ = ["DocStore", "MetadataFilter"]
+__all__ = ["DocStore", "MetadataFilter", "filter_key"]
 
 MetadataFilter = Mapping[str, Any]
 """``{key: value}`` or ``{key: [v1, v2]}``: a chunk matches when each key's metadata value
-equals the value (or is one of the listed values)."""
+equals the value (or is one of the listed values). Values are strings, numbers, booleans
+or ``None``; a list, tuple or set of them means "any of"."""
+
+_SCALARS = (str, int, float, bool, type(None))
+_COLLECTIONS = (list, tuple, set, frozenset)
+FilterKey = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
 
 
 class DocStore:
@@ -31,7 +36,7 @@ class DocStore:
         self.records: list[Document | None] = []
         self.doc_ids: list[str | None] = []
         self.slots_by_doc: dict[str, list[int]] = {}
-        self._filter_masks: dict[str, npt.NDArray[np.bool_]] = {}
+        self._filter_masks: dict[FilterKey, npt.NDArray[np.bool_]] = {}
 
     def __len__(self) -> int:
         return len(self.slots_by_doc)
@@ -67,12 +72,10 @@ class DocStore:
 
     def filter_mask(self, filters: MetadataFilter) -> npt.NDArray[np.bool_]:
         """Slots whose metadata matches ``filters`` (memoized until the store changes)."""
-        key = json.dumps(filters, sort_keys=True, default=str)
+        key = filter_key(filters)
         mask = self._filter_masks.get(key)
         if mask is None:
-            wanted = {
-                k: v if isinstance(v, list | tuple | set) else [v] for k, v in filters.items()
-            }
+            wanted = {k: [value for _, value in values] for k, values in key}
             mask = np.fromiter(
                 (
                     record is not None
@@ -97,8 +100,9 @@ class DocStore:
     @classmethod
     def from_jsonl(cls, lines: Iterable[str]) -> DocStore:
         store = cls()
+        number = 0
         try:
-            for line in lines:
+            for number, line in enumerate(lines, start=1):  # noqa: B007 (read in the except)
                 raw = json.loads(line)
                 if raw is None:
                     store.records.append(None)
@@ -106,6 +110,34 @@ class DocStore:
                     continue
                 doc_id = str(raw.pop("doc_id"))
                 store.append(doc_id, [Document.model_validate(raw)])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"the docstore is corrupt: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # the line number, never the contents: a store file may be a link to any file
+            raise StoreError(f"the docstore is corrupt at line {number}") from exc
         return store
+
+
+def filter_key(filters: MetadataFilter) -> FilterKey:
+    """``filters`` as a hashable key that keeps each value's type.
+
+    Memoized masks are looked up by this key, so two filters share a mask only
+    when they select the same chunks: ``{"tenant": {"acme"}}`` and
+    ``{"tenant": "{'acme'}"}`` are different keys (a text encoding with
+    ``default=str`` made them one, and one tenant's search returned another's
+    documents). A value of any other type is a ``ConfigError``, not a guess.
+    """
+    if not isinstance(filters, Mapping):
+        raise ConfigError("filters must be a mapping", key="filters", expected="{key: value}")
+    encoded = []
+    for name, value in filters.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"filter key {name!r} is not a string", key="filters")
+        values = sorted(value, key=repr) if isinstance(value, _COLLECTIONS) else [value]
+        for item in values:
+            if not isinstance(item, _SCALARS):
+                raise ConfigError(
+                    f"unsupported filter value of type {type(item).__name__}",
+                    key=f"filters.{name}",
+                    expected="a string, number, boolean or null, or a list of them",
+                )
+        encoded.append((name, tuple(dict.fromkeys((type(v).__name__, v) for v in values))))
+    return tuple(sorted(encoded))

@@ -4,19 +4,28 @@ A chat server restarts, runs several worker processes, and serves many tenants.
 The state a stage keeps between turns of one conversation therefore lives on
 disk in diskcache (SQLite transactions: a write is atomic and safe across
 processes), keyed by tenant id and session id, so a lookup can never reach
-another tenant's session. Values are JSON text, never pickles: a store file
+another tenant's session. Values are JSON text, never pickles: the cache is
+opened with ``PlainDisk``, which refuses to load a pickled row, so a store file
 that someone else wrote cannot run code when it is read.
+
+A folder this process cannot write to (a read-only mount, another user's
+folder) is opened read-only: reads work, writes raise ``StoreError``.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from ctxproto.errors import StoreError
+from ctxproto.stores.json_disk import PlainDisk
+from ctxproto.stores.read_only_cache import ReadOnlyCache
 
 __all__ = ["SessionStateStore"]
 
@@ -30,11 +39,18 @@ class SessionStateStore:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
+        self.read_only = False
+        self._cache: Any
         try:
-            self._cache = diskcache.Cache(None if path is None else str(path))
-        except (OSError, diskcache.Timeout) as exc:
-            raise StoreError(f"cannot open session-state store at {path}: {exc}") from exc
-        self.path = Path(self._cache.directory)
+            self._cache = diskcache.Cache(None if path is None else str(path), disk=PlainDisk)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            if path is None or not Path(path).is_dir():
+                raise StoreError(f"cannot open session-state store at {path}: {exc}") from exc
+            self._cache = ReadOnlyCache(Path(path), PlainDisk)
+            self.read_only = True
+            self.path = Path(path)
+        else:
+            self.path = Path(self._cache.directory)
 
     @staticmethod
     def _key(tenant_id: str, session_id: str) -> str:
@@ -46,7 +62,10 @@ class SessionStateStore:
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         """The state stored for this tenant's session, or ``None``."""
-        raw = self._cache.get(self._key(tenant_id, session_id))
+        key = self._key(tenant_id, session_id)
+        where = f"session state of tenant '{tenant_id}' session '{session_id}' in {self.path}"
+        with self._reporting(where):
+            raw = self._cache.get(key)
         if raw is None:
             return None
         try:
@@ -54,10 +73,7 @@ class SessionStateStore:
         except json.JSONDecodeError:
             state = None
         if not isinstance(state, dict):
-            raise StoreError(
-                f"session state of tenant '{tenant_id}' session '{session_id}' "
-                f"in {self.path} is not a JSON object"
-            )
+            raise StoreError(f"{where} is not a JSON object")
         return state
 
     def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
@@ -65,18 +81,27 @@ class SessionStateStore:
         key = self._key(tenant_id, session_id)
         try:
             text = json.dumps(state, allow_nan=False, ensure_ascii=False, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"session state must be JSON-serializable: {exc}") from exc
-        self._cache.set(key, text)
+            text.encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            raise StoreError(
+                f"session state of tenant '{tenant_id}' session '{session_id}' must be "
+                f"JSON-serializable Unicode text: {exc}"
+            ) from exc
+        with self._writing():
+            self._cache.set(key, text)
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""
-        return bool(self._cache.delete(self._key(tenant_id, session_id)))
+        key = self._key(tenant_id, session_id)
+        with self._writing():
+            return bool(self._cache.delete(key))
 
     def sessions(self, tenant_id: str) -> list[str]:
         """The session ids this tenant has state for."""
         ids = []
-        for key in self._cache.iterkeys():
+        with self._reporting(f"the session-state store at {self.path}"):
+            keys = list(self._cache.iterkeys())
+        for key in keys:
             if isinstance(key, str) and key.startswith('["session"'):
                 _, tenant, session = json.loads(key)
                 if tenant == tenant_id:
@@ -85,3 +110,21 @@ class SessionStateStore:
 
     def close(self) -> None:
         self._cache.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self.read_only:
+            raise StoreError(f"the session-state store at {self.path} is read-only")
+        with self._reporting(f"the session-state store at {self.path}"):
+            yield
+
+    @staticmethod
+    @contextmanager
+    def _reporting(where: str) -> Iterator[None]:
+        """SQLite and file errors as a ``StoreError`` that names the store."""
+        try:
+            yield
+        except StoreError as exc:
+            raise StoreError(f"{where}: {exc}") from exc
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise StoreError(f"{where}: {exc}") from exc

@@ -160,8 +160,8 @@ class VectorIndex:
         index = cls(vectors.shape[1], kind=kind, hnsw_threshold=hnsw_threshold)
         try:
             raw = index.faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise StoreError(f"the FAISS index file is corrupt: {exc}") from exc
+        except RuntimeError as exc:  # FAISS quotes the bytes it did not expect: not shown
+            raise StoreError("the FAISS index file is corrupt") from exc
         if raw.ntotal != len(vectors) or raw.d != vectors.shape[1] or len(alive) != len(vectors):
             raise StoreError("the FAISS index does not match the stored vectors")
         index._vectors, index._alive, index._index = vectors, alive.copy(), raw

@@ -3,9 +3,20 @@
 Crash safety comes from generations. A save writes ``index.<g>.faiss``,
 ``vectors.<g>.npy``, ``alive.<g>.npy`` and ``docstore.<g>.jsonl`` for a new
 generation ``g``, each atomically (temp file + rename), then atomically replaces
-``manifest.json``, which names the generation, and only then deletes older
-generations. A writer killed at any point leaves the previous manifest pointing
-at complete files, so the previous index stays loadable.
+``manifest.json``, which names the generation, and only then deletes the
+generations before the one it replaced. A writer killed at any point leaves the
+previous manifest pointing at complete files, so the previous index stays
+loadable (``docs/durability.md``).
+
+Readers take no lock: they read the manifest once and load exactly the
+generation it names. The generation a save replaces is kept until the next
+save, and a reader that still finds a file gone (two saves while it loaded)
+re-reads the manifest and loads the newer generation.
+
+Writers serialise on an ``flock`` of ``.lock`` in the folder, held across a
+read-modify-write: a save first reloads a generation another writer saved since
+this store was opened and replays its own unsaved adds and deletes on top, so
+two processes indexing into one store both keep their documents.
 
 The manifest records the embedder name and dimension: opening a store with
 another embedder is a ``StoreError``, since mixing vector spaces silently returns
@@ -17,9 +28,10 @@ from __future__ import annotations
 
 import fcntl
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +48,7 @@ __all__ = ["FORMAT_VERSION", "StoreHit", "StoreManifest", "VectorStore"]
 
 FORMAT_VERSION = 1
 COMPACT_DEAD_FRACTION = 0.25
+LOAD_ATTEMPTS = 5  # a reader retries when saves keep replacing the generation it read
 
 
 class StoreManifest(BaseModel):
@@ -82,18 +95,43 @@ class VectorStore:
         self.path = Path(path)
         self.embedder = embedder
         self.generation = 0
-        manifest = self.read_manifest(self.path)
-        if manifest is None:
-            self.index = VectorIndex(dimension, kind=kind, hnsw_threshold=hnsw_threshold)
-            self.docstore = DocStore()
-            return
-        if manifest.embedder != embedder or manifest.dimension != dimension:
+        self._unsaved: list[Callable[[], object]] = []
+        for _ in range(LOAD_ATTEMPTS):
+            manifest = self.read_manifest(self.path)
+            if manifest is None:
+                self.index = VectorIndex(dimension, kind=kind, hnsw_threshold=hnsw_threshold)
+                self.docstore = DocStore()
+                return
+            self._check_embedder(manifest, dimension)
+            if self._load(manifest):
+                return
+        raise StoreError(
+            f"the store at {self.path} changed {LOAD_ATTEMPTS} times while it was being "
+            "opened; try again when its writers are done"
+        )
+
+    def _check_embedder(self, manifest: StoreManifest, dimension: int | None = None) -> None:
+        dimension = self.index.dimension if dimension is None else dimension
+        if manifest.embedder != self.embedder or manifest.dimension != dimension:
             raise StoreError(
                 f"the store at {self.path} was built with embedder '{manifest.embedder}' "
-                f"(dimension {manifest.dimension}); it cannot be used with '{embedder}' "
+                f"(dimension {manifest.dimension}); it cannot be used with '{self.embedder}' "
                 f"(dimension {dimension}): rebuild it with `ctxproto index`"
             )
-        self._load(manifest)
+
+    @staticmethod
+    def ensure_writable(path: Path) -> None:
+        """Create the folder if needed and check that a save could write there.
+
+        Callers about to do minutes of embedding call this first, so a store path
+        that is a file or a read-only folder fails before the work, not after it.
+        """
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with (path / ".lock").open("a"):
+                pass
+        except OSError as exc:
+            raise StoreError(f"cannot write the store folder {path}: {exc.strerror}") from exc
 
     @staticmethod
     def read_manifest(path: Path) -> StoreManifest | None:
@@ -103,8 +141,9 @@ class VectorStore:
             return None
         try:
             manifest = StoreManifest.model_validate_json(file.read_bytes())
-        except ValidationError as exc:
-            raise StoreError(f"{file} is not a ctxproto store manifest: {exc}") from exc
+        except (ValidationError, OSError) as exc:
+            # the path, never the contents: a manifest may be a link to any file
+            raise StoreError(f"{file} is not a readable ctxproto store manifest") from exc
         if manifest.format_version != FORMAT_VERSION:
             raise StoreError(
                 f"{file} has format version {manifest.format_version}; "
@@ -129,12 +168,23 @@ class VectorStore:
             raise StoreError(f"document '{doc_id}' has no chunks to add")
         if len(chunks) != len(vectors):
             raise StoreError(f"{len(chunks)} chunks but {len(vectors)} vectors for '{doc_id}'")
-        self.delete([doc_id])
-        self.index.add(vectors)
-        self.docstore.append(doc_id, chunks)
+        self._add(doc_id, chunks, vectors)
+        self._unsaved.append(partial(self._add, doc_id, chunks, vectors))
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents by id; returns how many chunks were removed."""
+        removed = self._delete(doc_ids)
+        self._unsaved.append(partial(self._delete, list(doc_ids)))
+        return removed
+
+    def _add(
+        self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        self._delete([doc_id])
+        self.index.add(vectors)
+        self.docstore.append(doc_id, chunks)
+
+    def _delete(self, doc_ids: Sequence[str]) -> int:
         removed = 0
         for doc_id in doc_ids:
             slots = self.docstore.pop_document(doc_id)
@@ -167,11 +217,13 @@ class VectorStore:
     def save(self) -> None:
         """Write a new generation atomically, then the manifest, then drop old generations."""
         with self._writer_lock():
+            self._catch_up()
             if self.index.slot_count - len(self.index) > COMPACT_DEAD_FRACTION * max(
                 1, self.index.slot_count
             ):
                 self.docstore.remap(self.index.compact())
-            generation = self._latest_generation() + 1
+            previous = self._latest_generation()
+            generation = previous + 1
             files = self._files(generation)
             atomic_write_bytes(files["index"], self.index.to_bytes())
             atomic_write_bytes(files["vectors"], _npy(self.index.vectors))
@@ -189,9 +241,28 @@ class VectorStore:
             )
             atomic_write_text(self.path / "manifest.json", manifest.model_dump_json(indent=2))
             self.generation = generation
-            self._drop_other_generations(generation)
+            self._unsaved.clear()
+            self._drop_generations_except(generation, previous)
 
-    def _load(self, manifest: StoreManifest) -> None:
+    def _catch_up(self) -> None:
+        """Rebase this store's unsaved changes onto a generation another writer saved.
+
+        Two writers that opened the same generation would otherwise each save
+        their own changes over it, and the second save would silently drop the
+        first one's documents. Called under the writer lock, so the reload,
+        the replay and the save are one read-modify-write.
+        """
+        manifest = self.read_manifest(self.path)
+        if manifest is None or manifest.generation == self.generation:
+            return
+        self._check_embedder(manifest)
+        if not self._load(manifest):
+            raise StoreError(f"the store at {self.path} changed while its writer lock was held")
+        for change in self._unsaved:
+            change()
+
+    def _load(self, manifest: StoreManifest) -> bool:
+        """Load the generation ``manifest`` names; ``False`` when a newer save removed it."""
         files = self._files(manifest.generation)
         try:
             vectors = np.load(files["vectors"], allow_pickle=False)
@@ -199,8 +270,25 @@ class VectorStore:
             index_bytes = files["index"].read_bytes()
             with files["docstore"].open(encoding="utf-8") as handle:
                 docstore = DocStore.from_jsonl(handle)
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"the store at {self.path} is incomplete or corrupt: {exc}") from exc
+        except FileNotFoundError as exc:
+            current = self.read_manifest(self.path)
+            if current is not None and current.generation != manifest.generation:
+                return False
+            raise StoreError(
+                f"the store at {self.path} is incomplete: {Path(str(exc.filename)).name} is missing"
+            ) from exc
+        except OSError as exc:
+            raise StoreError(
+                f"the store at {self.path} is unreadable: {Path(str(exc.filename)).name}: "
+                f"{exc.strerror}"
+            ) from exc
+        except StoreError as exc:
+            raise StoreError(f"the store at {self.path}: {exc}") from exc
+        except ValueError as exc:  # the file names, never the contents (see read_manifest)
+            raise StoreError(
+                f"the store at {self.path} is corrupt: generation {manifest.generation} "
+                "does not hold valid vectors and chunk records"
+            ) from exc
         if len(docstore.records) != len(vectors):
             raise StoreError(f"the store at {self.path} is corrupt: docstore and vectors differ")
         self.index = VectorIndex.restore(
@@ -212,6 +300,7 @@ class VectorStore:
         )
         self.docstore = docstore
         self.generation = manifest.generation
+        return True
 
     def _files(self, generation: int) -> dict[str, Path]:
         return {
@@ -225,9 +314,14 @@ class VectorStore:
         manifest = self.read_manifest(self.path)
         return max(self.generation, manifest.generation if manifest else 0)
 
-    def _drop_other_generations(self, keep: int) -> None:
-        """Older generations, and temp files a killed writer left behind."""
-        current = set(self._files(keep).values())
+    def _drop_generations_except(self, *keep: int) -> None:
+        """Older generations, and temp files a killed writer left behind.
+
+        The generation just replaced is kept: a reader that read the previous
+        manifest a moment ago is still loading its files. A reader that loses
+        even that race finds a file gone and a newer manifest, and loads that.
+        """
+        current = {file for generation in keep for file in self._files(generation).values()}
         patterns = ("index.*.faiss", "vectors.*.npy", "alive.*.npy", "docstore.*.jsonl", ".*.tmp")
         for pattern in patterns:
             for file in self.path.glob(pattern):

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +46,40 @@ def lm_tokenizer() -> Any:
     from ctxproto.models.loader import load_tokenizer
 
     return load_tokenizer()
+
+
+class Unprivileged:
+    """Runs Python as a user that file permissions bind: root ignores them, so a test
+    of a read-only folder runs its check as ``nobody`` (through ``setpriv``) when the
+    suite runs as root. ``folder`` is a fresh folder that user can read."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def run(self, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", code, *args]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+        environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=300, env=environment, check=False
+        )
+
+    @staticmethod
+    def make_read_only(path: Path) -> None:
+        for child in [path, *path.rglob("*")]:
+            child.chmod(0o555 if child.is_dir() else 0o444)
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[Unprivileged]:
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a folder read-only to us")
+    folder = Path(tempfile.mkdtemp(prefix="ctxproto-ro-"))
+    folder.chmod(0o755)
+    try:
+        yield Unprivileged(folder)
+    finally:
+        for child in [folder, *folder.rglob("*")]:
+            child.chmod(0o755 if child.is_dir() else 0o644)
+        shutil.rmtree(folder)

@@ -5,7 +5,12 @@ path relative to the folder); a JSONL file contributes one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``). Documents with
 an id already in the store replace it. Every input is read and checked before
 the store changes, and the store is saved atomically at the end, so a bad file
-or an interrupted run leaves the previous store as it was.
+or an interrupted run leaves the previous store as it was. The store folder is
+checked for writing before any embedding starts. Runs into one store at the
+same time all keep their documents (the store's writers serialise).
+
+Links that lead out of the source folder are skipped and listed unless
+``--follow-symlinks`` is given.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import read_documents
+from ctxproto.stores.vector_store import VectorStore
 
 __all__ = ["register"]
 
@@ -39,6 +45,11 @@ def register(subparsers: Any) -> None:
         "--index", choices=("auto", "flat", "hnsw", "ivf"), default="auto", help="FAISS index kind"
     )
     parser.add_argument("--embedder", default="default", help="embedding model (name or path)")
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read linked files that point outside the source folder (skipped by default)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
     parser.set_defaults(handler=handle)
 
@@ -47,11 +58,29 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.models.embedder import get_embedder
     from ctxproto.retrieval import KnowledgeBase
 
-    documents = list(read_documents(Path(args.source)))
+    skipped_links: list[str] = []
+    documents = list(
+        read_documents(
+            Path(args.source),
+            follow_symlinks=args.follow_symlinks,
+            on_skipped_link=lambda path: skipped_links.append(str(path)),
+        )
+    )
+    console = Console(stderr=True, highlight=False)
+    for link in skipped_links:
+        console.print(
+            f"skipped link {link}: it leads out of the folder, is broken or names a folder "
+            "(--follow-symlinks reads linked files)",
+            markup=False,
+        )
     if not documents:
         raise ConfigError(
             "no documents found", file=args.source, expected="a .txt/.md file or JSONL"
         )
+    try:
+        VectorStore.ensure_writable(Path(args.store))
+    except StoreError as exc:
+        raise ConfigError(str(exc), key="--store", expected="a folder this user can write") from exc
     knowledge_base = KnowledgeBase(
         args.store,
         embedder=get_embedder(args.embedder),
@@ -60,7 +89,6 @@ def handle(args: argparse.Namespace) -> int:
         kind=args.index,
     )
     start = time.perf_counter()
-    console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]indexing"),
         BarColumn(),
@@ -84,6 +112,7 @@ def handle(args: argparse.Namespace) -> int:
         "index_kind": knowledge_base.store.index.kind,
         "seconds": round(seconds, 3),
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
+        "skipped_links": skipped_links,
     }
     if args.json:
         print(json.dumps(summary))

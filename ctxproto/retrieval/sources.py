@@ -3,11 +3,17 @@
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
 path relative to the folder); a JSONL file contributes one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``).
+
+Symbolic links never take the reader out of the folder unless asked: a link
+``leak.md -> /etc/passwd`` in a shared folder would otherwise put that file
+into a store that others query. A link whose target lies outside the folder,
+a broken link and a link to a folder (never descended into) are skipped and
+reported; ``follow_symlinks=True`` reads linked files wherever they point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,10 +26,18 @@ __all__ = ["TEXT_SUFFIXES", "read_documents"]
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 
 
-def read_documents(source: Path) -> Iterator[Document]:
-    """Documents of a folder or a JSONL file; an unreadable one is a ``ConfigError`` naming it."""
+def read_documents(
+    source: Path,
+    *,
+    follow_symlinks: bool = False,
+    on_skipped_link: Callable[[Path], None] | None = None,
+) -> Iterator[Document]:
+    """Documents of a folder or a JSONL file; an unreadable one is a ``ConfigError`` naming it.
+
+    ``on_skipped_link`` is called with each link the folder reader did not follow.
+    """
     if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES):
+        for path in _folder_files(source, follow_symlinks, on_skipped_link):
             relative = path.relative_to(source).as_posix()
             yield Document(id=relative, text=_read_text(path), source=relative)
     elif source.is_file():
@@ -33,6 +47,27 @@ def read_documents(source: Path) -> Iterator[Document]:
                     yield _jsonl_document(line, source, number)
     else:
         raise ConfigError("no such file or folder", file=str(source))
+
+
+def _folder_files(
+    source: Path, follow_symlinks: bool, on_skipped_link: Callable[[Path], None] | None
+) -> Iterator[Path]:
+    root = source.resolve()
+    for path in sorted(source.rglob("*")):
+        if not path.is_symlink():
+            if path.suffix.lower() in TEXT_SUFFIXES and path.is_file():
+                yield path
+            continue
+        target = path.resolve()
+        if path.is_dir() or not path.is_file():
+            followed = False  # a folder link (never descended into) or a broken link
+        else:
+            followed = follow_symlinks or target.is_relative_to(root)
+        if followed:
+            if path.suffix.lower() in TEXT_SUFFIXES:
+                yield path
+        elif on_skipped_link is not None:
+            on_skipped_link(path)
 
 
 def _read_text(path: Path) -> str:

@@ -1,4 +1,6 @@
 import multiprocessing
+import pathlib
+import textwrap
 from pathlib import Path
 
 import diskcache
@@ -6,6 +8,7 @@ import pytest
 
 from ctxproto.errors import StoreError
 from ctxproto.stores import SessionStateStore
+from tests.conftest import Unprivileged
 
 
 def test_round_trip_and_restart(tmp_path: Path):
@@ -58,6 +61,82 @@ def test_corrupt_value_is_reported_not_unpickled(tmp_path: Path):
     raw.close()
     with pytest.raises(StoreError, match="not a JSON object"):
         store.get("t", "s")
+
+
+class _TouchOnUnpickle:
+    """Unpickling this creates ``marker``: planted in a store, it shows whether code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[pathlib.Path]]:
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_a_pickled_value_is_refused_without_running_it(tmp_path: Path):
+    folder, marker = tmp_path / "state", tmp_path / "ran"
+    SessionStateStore(folder).close()
+    planted = diskcache.Cache(str(folder))  # the default disk pickles objects
+    planted.set('["session", "t", "s"]', _TouchOnUnpickle(marker))
+    planted.close()
+    store = SessionStateStore(folder)
+    with pytest.raises(StoreError, match=r"pickled.*|.*session 's'.*pickled") as raised:
+        store.get("t", "s")
+    assert "session 's'" in str(raised.value) and str(folder) in str(raised.value)
+    assert not marker.exists()
+
+
+def test_a_pickled_key_is_refused_without_running_it(tmp_path: Path):
+    folder, marker = tmp_path / "state", tmp_path / "ran"
+    store = SessionStateStore(folder)
+    store.put("t", "s", {"ok": True})
+    planted = diskcache.Cache(str(folder))
+    planted.set(_TouchOnUnpickle(marker), "{}")
+    planted.close()
+    with pytest.raises(StoreError, match="pickled key"):
+        store.sessions("t")
+    assert not marker.exists()
+    assert store.get("t", "s") == {"ok": True}
+
+
+def test_a_lone_surrogate_is_a_store_error_naming_the_session(tmp_path: Path):
+    store = SessionStateStore(tmp_path)
+    store.put("t", "s", {"ok": True})
+    with pytest.raises(StoreError, match="session 's'"):
+        store.put("t", "s", {"summary": "broken \ud800 text"})
+    assert store.get("t", "s") == {"ok": True}
+
+
+READ_ONLY_CHECK = textwrap.dedent(
+    """
+    import sys
+    from ctxproto.errors import StoreError
+    from ctxproto.stores import SessionStateStore
+
+    store = SessionStateStore(sys.argv[1])
+    print("read", store.get("t", "s"), store.sessions("t"))
+    for write in (lambda: store.put("t", "s", {"v": 2}), lambda: store.delete("t", "s")):
+        try:
+            write()
+        except StoreError as exc:
+            print("refused", exc)
+    """
+)
+
+
+def test_a_read_only_folder_reads_and_refuses_writes_naming_it(unprivileged: Unprivileged):
+    folder = unprivileged.folder / "state"
+    store = SessionStateStore(folder)
+    store.put("t", "s", {"v": 1})
+    store.close()
+    unprivileged.make_read_only(folder)
+    result = unprivileged.run(READ_ONLY_CHECK, str(folder))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "read {'v': 1} ['s']"
+    assert len(lines) == 3
+    assert all(line.startswith("refused") and str(folder) in line for line in lines[1:])
+    assert "read-only" in lines[1]
 
 
 def _writer(path: str, worker: int, count: int) -> None:

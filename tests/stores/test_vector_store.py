@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.vector_index import VectorIndex
 from ctxproto.stores.vector_store import VectorStore
 
@@ -57,6 +57,29 @@ def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(tmp_pa
     assert all(h.score >= 0.5 for h in store.search(vectors[7], 40, min_score=0.5))
 
 
+def test_filters_that_print_alike_do_not_share_results(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vectors = _vectors(2)
+    store.add("a", [Document(id="a#0", text="acme", metadata={"tenant": "acme"})], vectors[:1])
+    store.add("b", [Document(id="b#0", text="odd", metadata={"tenant": "1"})], vectors[1:])
+    assert [h.document.id for h in store.search(vectors[0], 5, filters={"tenant": {"acme"}})] == [
+        "a#0"
+    ]
+    assert store.search(vectors[0], 5, filters={"tenant": "{'acme'}"}) == []
+    assert [h.document.id for h in store.search(vectors[0], 5, filters={"tenant": "1"})] == ["b#0"]
+    assert store.search(vectors[0], 5, filters={"tenant": 1}) == []
+
+
+@pytest.mark.parametrize("value", [{"nested": "dict"}, object(), [["acme"]], b"acme"])
+def test_a_filter_value_of_an_unsupported_type_is_a_config_error(
+    tmp_path: Path, value: object
+) -> None:
+    store = _store(tmp_path)
+    _fill(store, 2)
+    with pytest.raises(ConfigError, match=r"filters\.lang"):
+        store.search(_vectors(1)[0], 3, filters={"lang": value})
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_every_index_kind_recalls_and_skips_deleted(kind: str) -> None:
     index = VectorIndex(DIM, kind=kind)  # type: ignore[arg-type]
@@ -97,7 +120,11 @@ def test_save_load_round_trip_with_incremental_add_and_delete(tmp_path: Path) ->
     manifest = VectorStore.read_manifest(tmp_path)
     assert manifest is not None and manifest.embedder == "test-embedder"
     assert manifest.dimension == DIM and manifest.count == 10 and manifest.format_version == 1
-    assert len(list(tmp_path.glob("index.*.faiss"))) == 1
+    # the current generation and the one it replaced, which a reader may still be loading
+    assert sorted(p.name for p in tmp_path.glob("index.*.faiss")) == [
+        "index.1.faiss",
+        "index.2.faiss",
+    ]
 
 
 def test_another_embedder_or_dimension_is_a_clear_error(tmp_path: Path) -> None:
@@ -180,3 +207,116 @@ def test_killing_a_writer_mid_save_leaves_the_previous_index_loadable(tmp_path: 
     assert survivor.search(vectors[0], 1)[0].document.id == "d0#0"
     survivor.save()
     assert _store(tmp_path).count == 5
+
+
+OPEN_THEN_WRITE = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from ctxproto.documents import Document
+    from ctxproto.stores.vector_store import VectorStore
+
+    folder, prefix = sys.argv[1], sys.argv[2]
+    store = VectorStore(folder, embedder="test-embedder", dimension=16)
+    print("opened", flush=True)
+    sys.stdin.readline()
+    rng = np.random.default_rng(len(prefix))
+    v = rng.standard_normal((5, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for i in range(5):
+        store.add(f"{prefix}{i}", [Document(id=f"{prefix}{i}#0", text=prefix)], v[i : i + 1])
+    store.save()
+    print("saved", store.count, flush=True)
+    """
+)
+
+
+def test_two_writers_that_opened_the_same_generation_keep_both_sets(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 1)
+    store.save()
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_THEN_WRITE, str(tmp_path), prefix],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for prefix in ("a", "bb")
+    ]
+    for writer in writers:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "opened\n"
+    saved = []
+    for writer in writers:  # the second saves over the generation it did not open
+        assert writer.stdin is not None and writer.stdout is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        saved.append(writer.stdout.readline())
+        assert writer.wait(timeout=120) == 0
+    assert saved == ["saved 6\n", "saved 11\n"]
+    reopened = _store(tmp_path)
+    assert reopened.count == 11
+    assert {f"a{i}" for i in range(5)} | {f"bb{i}" for i in range(5)} <= set(
+        reopened.docstore.slots_by_doc
+    )
+
+
+SAVE_IN_A_LOOP = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from pathlib import Path
+    from ctxproto.documents import Document
+    from ctxproto.stores.vector_store import VectorStore
+
+    folder = sys.argv[1]
+    store = VectorStore(folder, embedder="test-embedder", dimension=16)
+    rng = np.random.default_rng(2)
+    i = 0
+    while not Path(folder, "stop").exists():
+        v = rng.standard_normal((1, 16)).astype(np.float32)
+        v /= np.linalg.norm(v)
+        store.add(f"loop{i % 50}", [Document(id=f"loop{i % 50}#0", text="loop")], v)
+        store.save()
+        i += 1
+        if i == 1:
+            print("saving", flush=True)
+    print("saves", i, flush=True)
+    """
+)
+
+
+def test_opening_while_another_process_saves_always_gets_a_complete_generation(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    _fill(store, 200)
+    store.save()
+    saver = subprocess.Popen(
+        [sys.executable, "-c", SAVE_IN_A_LOOP, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert saver.stdout is not None
+    assert saver.stdout.readline() == "saving\n"
+    try:
+        for _ in range(400):
+            assert _store(tmp_path).count >= 200
+    finally:
+        (tmp_path / "stop").touch()
+        saves = saver.stdout.readline()
+        assert saver.wait(timeout=120) == 0
+    assert int(saves.split()[1]) > 10, saves
+
+
+@pytest.mark.parametrize("part", ["manifest.json", "docstore.1.jsonl"])
+def test_a_store_error_names_files_but_never_quotes_them(tmp_path: Path, part: str) -> None:
+    store = _store(tmp_path / "store")
+    _fill(store, 2)
+    store.save()
+    secret = tmp_path / "passwd"
+    secret.write_text('{"root": "x:0:0:SECRET-LINE"}\nroot:x:0:0:SECRET-LINE\n')
+    linked = tmp_path / "store" / part
+    linked.unlink()
+    linked.symlink_to(secret)
+    with pytest.raises(StoreError) as raised:
+        _store(tmp_path / "store")
+    assert "SECRET" not in str(raised.value)
+    assert str(tmp_path / "store") in str(raised.value)

@@ -1,0 +1,97 @@
+"""``ctxproto index``: the store is checked before the work, links stay in the folder,
+and concurrent runs into one store keep every document."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.cli.main import main
+from ctxproto.retrieval import KnowledgeBase
+from tests.conftest import Unprivileged
+
+ROOT = Path(__file__).resolve().parents[2]
+MISSING_EMBEDDER = "/no/such/embedder"  # loading it would fail: shows the check came first
+
+
+def _folder(path: Path, names: list[str]) -> Path:
+    path.mkdir(parents=True)
+    for name in names:
+        (path / f"{name}.md").write_text(f"# {name}\n\nNotes about {name} and nothing else.")
+    return path
+
+
+def test_a_link_out_of_the_folder_is_skipped_and_reported(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    folder = _folder(tmp_path / "kb", ["apples"])
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:SECRET-LINE")
+    (folder / "leak.md").symlink_to(secret)
+    (folder / "inside.md").symlink_to(folder / "apples.md")
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["store_documents"] == 2  # apples.md and the link that stays inside
+    assert summary["skipped_links"] == [str(folder / "leak.md")]
+    assert "leak.md" in captured.err
+    texts = [d.text for d in KnowledgeBase(store, embedder=embedder).query("root", k=5)]
+    assert not any("SECRET" in text for text in texts)
+    assert main(["index", str(folder), "--store", str(store), "--follow-symlinks", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["store_documents"] == 3
+
+
+def test_a_store_path_that_is_a_file_fails_before_any_work(tmp_path: Path, capsys: Any) -> None:
+    folder = _folder(tmp_path / "kb", ["apples"])
+    not_a_folder = tmp_path / "store"
+    not_a_folder.write_text("a file")
+    code = main(
+        ["index", str(folder), "--store", str(not_a_folder), "--embedder", MISSING_EMBEDDER]
+    )
+    assert code == 2
+    assert "--store" in capsys.readouterr().err
+    assert not_a_folder.read_text() == "a file"
+
+
+READ_ONLY_INDEX = "import sys; from ctxproto.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_a_read_only_store_folder_fails_before_any_work(unprivileged: Unprivileged) -> None:
+    folder = _folder(unprivileged.folder / "kb", ["apples"])
+    store = unprivileged.folder / "store"
+    store.mkdir()
+    unprivileged.make_read_only(unprivileged.folder)
+    result = unprivileged.run(
+        READ_ONLY_INDEX, "index", str(folder), "--store", str(store), "--embedder", MISSING_EMBEDDER
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--store" in result.stderr and str(store) in result.stderr
+
+
+@pytest.mark.models
+def test_two_runs_into_one_store_at_once_keep_every_document(tmp_path: Path) -> None:
+    first = _folder(tmp_path / "a", [f"alpha{i}" for i in range(5)])
+    second = _folder(tmp_path / "b", [f"beta{i}" for i in range(5)])
+    store = tmp_path / "store"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ctxproto.cli", "index", str(source), "--store", str(store)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        for source in (first, second)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert KnowledgeBase(store).store.count == 10
