@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError
+from ctxproto.limits import MAX_REQUEST_BYTES, read_text_capped
 from ctxproto.messages import Message
 
 __all__ = ["ChatRequest", "Context"]
@@ -94,14 +94,13 @@ class ChatRequest(BaseModel):
 
     @classmethod
     def from_json_file(cls, path: str) -> ChatRequest:
-        """Read a request file; an unreadable or invalid one is a ``ConfigError`` naming it."""
+        """Read a request file; an unreadable, oversized or invalid one is a ``ConfigError``.
+
+        The file is read with the ``MAX_REQUEST_BYTES`` cap and must be UTF-8.
+        """
         from ctxproto.config import validation_error_to_config_error
 
-        try:
-            with open(path, encoding="utf-8") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read request: {exc.strerror}", file=path) from exc
+        raw = read_text_capped(path, limit=MAX_REQUEST_BYTES, what="request")
         try:
             return cls.model_validate_json(raw)
         except ValueError as exc:
