@@ -92,7 +92,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     file = str(path)
     text = read_text_capped(path, limit=MAX_CONFIG_BYTES, what="config")
     try:
-        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {_yaml_problem(exc)}", file=file) from exc
     if data is None:
@@ -129,11 +129,15 @@ def validation_error_to_config_error(
         message = "unknown key"
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "value_error":  # our validators' own text, without pydantic's "Value error, "
+        message = str(first.get("ctx", {}).get("error", first["msg"]))
     else:
         message = first["msg"]
-        # Invalid JSON is located by line and column already; its input is the whole file.
-        if "input" in first and kind not in ("model_type", "dict_type", "json_invalid"):
-            message += f", got {excerpt(first['input'])}"
+    # A whole mapping (a model-level check) or a whole file (invalid JSON, located by
+    # line and column already) is not worth quoting; anything else is, in short.
+    quoted = "input" in first and not isinstance(first["input"], dict)
+    if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
+        message += f", got {excerpt(first['input'])}"
     return ConfigError(message, file=file, key=key or None)
 
 
