@@ -77,6 +77,7 @@ class PipelineResult(BaseModel):
                 for r in self.reports
             ],
             "dropped": self.prompt.dropped if self.prompt is not None else {},
+            "repairs": self.context.repairs,
             "messages": self.prompt.messages if self.prompt is not None else [],
         }
 
