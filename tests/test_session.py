@@ -111,7 +111,13 @@ def test_stream_and_async(backend, params):
 
 
 def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch, backend):
+    from ctxproto import Document
+    from ctxproto.retrieval import KnowledgeBase
+
     monkeypatch.chdir(tmp_path)
+    index = KnowledgeBase(".ctxproto/knowledge-index")  # the retriever needs a store to open
+    index.add_documents([Document(id="hub", text="The Hub 2 light is green when online.")])
+    index.save()
     session = ChatSession.from_yaml(EXAMPLES / "pipelines" / "chatbot.yaml", backend=backend)
     assert [s.type_name for s in session.pipeline.stages] == [
         "retriever",

@@ -46,3 +46,19 @@ def test_huggingface_counter_uses_the_model_tokenizer(lm_tokenizer):
     ids = counter.encode("The capital of France is Paris.")
     assert counter.count("The capital of France is Paris.") == len(ids) > 3
     assert counter.decode(ids) == "The capital of France is Paris."
+
+
+@pytest.mark.parametrize("config_json", [None, '{"model_type": "llama"}'])
+def test_a_tokenizer_folder_without_a_tokenizer_is_a_config_error(tmp_path, config_json):
+    from ctxproto import Pipeline
+
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    if config_json is not None:
+        (folder / "config.json").write_text(config_json)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_dict({"tokenizer": f"hf:{folder}"}, source="pipe.yaml")
+    message = str(info.value)
+    assert message.startswith("pipe.yaml: key 'tokenizer'")
+    assert str(folder) in message

@@ -59,6 +59,8 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
             report.name, str(report.tokens_in), str(report.tokens_out), f"{report.ms:.1f}", counters
         )
     console.print(table)
+    for repair in result.context.repairs:
+        console.print(f"[yellow]request repaired:[/] {repair}", highlight=False)
     summary = result.summary()
     ratio = summary["compression_ratio"]
     console.print(

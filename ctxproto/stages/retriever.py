@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
+from ctxproto.errors import ConfigError
 from ctxproto.models.embedder import get_embedder
 from ctxproto.retrieval import KnowledgeBase, long_context_reorder, pack_to_budget
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
+from ctxproto.stores.vector_store import VectorStore
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["Retriever"]
@@ -41,6 +44,7 @@ class Retriever(Stage):
 
     def warm_up(self) -> None:
         if self._knowledge_base is None:
+            _require_store(self.store)
             self._knowledge_base = KnowledgeBase(self.store, embedder=get_embedder(self.embedder))
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
@@ -73,3 +77,27 @@ class Retriever(Stage):
                 "retrieved_tokens": sum(counter.count(d.text) for d in kept),
             },
         )
+
+
+def _require_store(path: str) -> None:
+    """Refuse a ``store`` that holds no store, rather than searching an empty one.
+
+    ``KnowledgeBase`` starts a new, empty store in a missing folder, which is
+    right for ``ctxproto index`` but turned a mistyped path into a pipeline that
+    silently retrieved nothing. The check is made when the stage warms up, so a
+    pipeline may be built before its index (the chat benchmark does so).
+    """
+    folder = Path(path)
+    if VectorStore.read_manifest(folder) is not None:
+        return
+    if not folder.exists():
+        found = "nothing is there"
+    elif not folder.is_dir():
+        found = "it is a file"
+    else:
+        found = "the folder holds no store"
+    raise ConfigError(
+        f"no store at {path} ({found})",
+        key="store",
+        expected=f"a folder built by `ctxproto index SOURCES --store {path}`",
+    )

@@ -11,6 +11,7 @@ from ctxproto.context import Context
 from ctxproto.errors import StoreError
 from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
+from ctxproto.stages.folders import WritableFolder
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.semantic_cache.cache import CacheContext, SemanticCache
 from ctxproto.tokens import TokenCounter
@@ -53,7 +54,7 @@ class SemanticCacheLookup(Stage):
     with the documents' sources, so ``invalidate(source=...)`` drops it.
     """
 
-    path: str = Field(description="Folder of the cache (created if missing).")
+    path: WritableFolder = Field(description="Folder of the cache (created if missing).")
     threshold: float = Field(default=0.7, ge=-1.0, le=1.0)
     ttl: float | None = Field(default=None, gt=0, description="Seconds an answer stays valid.")
     scope: Scope = "conversation"

@@ -12,6 +12,7 @@ from ctxproto.context import Context
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
+from ctxproto.stages.folders import WritableFolder
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.text.protected_spans import fact_strings
@@ -61,7 +62,7 @@ class Summarizer(Stage):
     model: str | None = "default"
     embedder: str = "default"
     device: str = "auto"
-    state_path: str | None = None
+    state_path: WritableFolder | None = None
 
     _store: SessionStateStore | None = PrivateAttr(default=None)
     _embedder: Embedder | None = PrivateAttr(default=None)

@@ -67,3 +67,58 @@ def test_bad_request_exits_2(tmp_path, capsys):
 def test_help_lists_commands(capsys):
     assert main([]) == 2
     assert "run" in capsys.readouterr().out
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctxproto.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_bad_input_files_exit_2_naming_file_and_key_without_traceback(tmp_path):
+    """One subprocess per case: each used to end in a traceback or run on silently."""
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"messages": [{"role": "user", "content": "caf\xe9"}]}')
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    no_store = tmp_path / "rag.yaml"
+    no_store.write_text(
+        "stages:\n  - type: retriever\n    init_parameters:\n"
+        f"      store: {tmp_path / 'missing-store'}\n"
+    )
+    state_is_file = tmp_path / "summary.yaml"
+    state_is_file.write_text(
+        f"stages:\n  - type: summarizer\n    init_parameters:\n      state_path: {latin1}\n"
+    )
+    cases = [
+        (MINIMAL, str(latin1), str(latin1), "not UTF-8"),
+        (str(deep), REQUEST, str(deep), "nested more than"),
+        (str(no_store), REQUEST, "stages[0].init_parameters.store", "no store at"),
+        (str(state_is_file), REQUEST, "stages[0].init_parameters.state_path", "is a file"),
+        (MINIMAL, "/dev/zero", "/dev/zero", "larger than the 16 MiB limit"),
+    ]
+    for config, request, named, problem in cases:
+        proc = _run_cli("run", config, "--request", request, "--json")
+        stderr = proc.stderr.replace("\n", "")
+        assert proc.returncode == 2, (config, request, proc.stderr[-500:])
+        assert named in stderr and problem in stderr
+        assert "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+
+
+def test_run_json_lists_the_repairs_made_to_the_request(tmp_path, capsys):
+    request = tmp_path / "orphan.json"
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "tool", "tool_call_id": "call_9", "content": "stray"},
+        {"role": "user", "content": "still there?"},
+    ]
+    request.write_text(json.dumps({"messages": messages}))
+    assert main(["run", MINIMAL, "--request", str(request), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["repairs"] == ["dropped 1 tool result that answered no call"]
+    assert [m["role"] for m in out["messages"]] == ["user", "user"]

@@ -10,7 +10,7 @@ import pytest
 from ctxproto.cli.main import main
 from ctxproto.context import Context
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline
 from ctxproto.retrieval import KnowledgeBase
@@ -133,3 +133,27 @@ def test_index_command_builds_a_store_from_a_folder_and_jsonl(tmp_path: Path, ca
     assert main(["index", str(folder), "--store", str(store)]) == 1
     assert "UTF-8" in capsys.readouterr().err
     assert KnowledgeBase(store).store.count == 3
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty folder"])
+def test_a_store_that_is_not_there_fails_before_any_stage_runs(tmp_path: Path, kind: str) -> None:
+    store = tmp_path / "kb"
+    if kind == "file":
+        store.write_text("not a store")
+    elif kind == "empty folder":
+        store.mkdir()
+    pipeline = Pipeline.from_dict(
+        {
+            "stages": [
+                {"type": "recency_window", "init_parameters": {"max_turns": 4}},
+                {"type": "retriever", "init_parameters": {"store": str(store)}},
+            ]
+        },
+        source="rag.yaml",
+    )
+    with pytest.raises(ConfigError) as info:
+        pipeline.run(Context(query=Message(role="user", content="Can I bring my dog?")))
+    message = str(info.value)
+    assert message.startswith("rag.yaml")
+    assert "stages[1].init_parameters.store" in message and "no store at" in message
+    assert store.is_file() if kind == "file" else not (store / "manifest.json").exists()

@@ -1,0 +1,105 @@
+"""Config files: hostile YAML is refused quickly with a ConfigError naming the file."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ctxproto import ConfigError, Pipeline
+from ctxproto.config import load_yaml_mapping
+from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
+
+
+def _alias_bomb(levels: int) -> str:
+    """Each level lists the one before nine times: 9**levels strings from a few lines.
+
+    Every level sits under ``name:``, a key whose type is checked, so that
+    without the fix the whole expansion reached validation and its message.
+    """
+    lines = ["name:", '  - &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, levels):
+        previous = ",".join([f"*l{level - 1}"] * 9)
+        lines.append(f"  - &l{level} [{previous}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    config = tmp_path / "bomb.yaml"
+    # Six levels (9**6 strings) is enough to show the difference and still finish
+    # before the fix, which validated the expansion and quoted all of it.
+    config.write_text(_alias_bomb(6))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    assert time.perf_counter() - start < 2.0
+    message = str(info.value)
+    assert str(config) in message
+    assert "aliases" in message and "line 3" in message
+    assert len(message) < 300
+
+
+def test_the_full_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb(9))
+    assert len(config.read_bytes()) < 500
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        load_yaml_mapping(config)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_anchors_without_aliases_still_load(tmp_path: Path) -> None:
+    config = tmp_path / "anchored.yaml"
+    config.write_text("name: &n anchored\nrender: text\n")
+    assert Pipeline.from_yaml(config).name == "anchored"
+
+
+def test_deep_nesting_is_a_config_error_not_a_recursion_error(tmp_path: Path) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text("name: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match=f"nested more than {MAX_YAML_DEPTH}") as info:
+        load_yaml_mapping(config)
+    assert str(config) in str(info.value)
+
+
+def test_nesting_up_to_the_limit_loads(tmp_path: Path) -> None:
+    config = tmp_path / "nested.yaml"
+    depth = MAX_YAML_DEPTH - 1  # the top-level mapping is the first level
+    config.write_text("a: " + "[" * depth + "]" * depth + "\n")
+    assert "a" in load_yaml_mapping(config)
+
+
+def test_invalid_utf8_names_the_file_and_the_byte(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml_mapping(config)
+    assert str(config) in str(info.value)
+    assert "not UTF-8" in str(info.value) and "0xe9" in str(info.value)
+
+
+def test_an_oversized_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "huge.yaml"
+    config.write_text("name: big\n" + "#" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError, match="larger than the 1 MiB limit"):
+        load_yaml_mapping(config)
+
+
+def test_a_long_bad_value_is_quoted_as_a_short_excerpt(tmp_path: Path) -> None:
+    config = tmp_path / "long.yaml"
+    config.write_text("render: " + "x" * 200_000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    message = str(info.value)
+    assert "key 'render'" in message
+    assert "(200000 chars)" in message
+    assert len(message) < 300
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text("name: [a\nb: {\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml_mapping(config)
+    assert "\n" not in str(info.value)
+    assert "line 2" in str(info.value)
