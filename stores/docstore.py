@@ -95,7 +95,8 @@ class DocStore:
             else json.dumps({"doc_id": doc_id, **record.model_dump(mode="json")})
             for record, doc_id in zip(self.records, self.doc_ids, strict=True)
         )
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        # One terminated line per record: an empty store is an empty file, not a blank line.
+        return "".join(line + "\n" for line in lines).encode("utf-8")
 
     @classmethod
     def from_jsonl(cls, lines: Iterable[str]) -> DocStore:

@@ -127,6 +127,12 @@ def test_save_load_round_trip_with_incremental_add_and_delete(tmp_path: Path) ->
     ]
 
 
+def test_an_empty_store_saves_and_opens_again(tmp_path: Path) -> None:
+    _store(tmp_path).save()
+    again = _store(tmp_path)
+    assert again.count == 0 and again.search(_vectors(1)[0], 3) == []
+
+
 def test_another_embedder_or_dimension_is_a_clear_error(tmp_path: Path) -> None:
     store = _store(tmp_path)
     _fill(store, 3)
