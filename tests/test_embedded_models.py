@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from ctxproto.errors import ModelNotAvailableError
+from ctxproto.errors import ConfigError, ModelNotAvailableError
 from ctxproto.models.resolver import resolve_embedder, resolve_lm
 
 pytestmark = pytest.mark.models
@@ -60,6 +60,14 @@ def test_unknown_model_fails_at_once_naming_the_fix(tmp_path):
         resolve_lm("some-org/some-model-that-is-not-here")
     with pytest.raises(ModelNotAvailableError):
         resolve_embedder(str(tmp_path / "missing"))
+
+
+def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
+    not_a_model = tmp_path / "passwd"
+    not_a_model.write_text("root:x:0:0")
+    for resolve in (resolve_lm, resolve_embedder):
+        with pytest.raises(ConfigError, match="not a .gguf model"):
+            resolve(str(not_a_model))
 
 
 def test_core_split_embedder_matches_the_plain_model(embedder):

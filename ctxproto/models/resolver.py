@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxproto.errors import ModelNotAvailableError
+from ctxproto.errors import ConfigError, ModelNotAvailableError
 
 __all__ = [
     "DEFAULT_EMBEDDER",
@@ -88,6 +88,12 @@ def _resolve_path_or_hub(name: str) -> ResolvedModel:
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(name, str(path.parent), path.name)
+    if path.exists() and not path.is_dir():
+        # An existing path the caller named: a mistake to fix, not a model to install.
+        raise ConfigError(
+            f"model '{name}' is a file but not a .gguf model",
+            expected="a model folder or a .gguf file",
+        )
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").exists() and ggufs:
