@@ -66,7 +66,7 @@ def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
     not_a_model = tmp_path / "passwd"
     not_a_model.write_text("root:x:0:0")
     for resolve in (resolve_lm, resolve_embedder):
-        with pytest.raises(ConfigError, match="not a .gguf model"):
+        with pytest.raises(ConfigError, match=r"not a \.gguf model"):
             resolve(str(not_a_model))
 
 
