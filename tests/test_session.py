@@ -74,7 +74,7 @@ def test_turns_report_savings_and_reuse_the_prefix(backend, params, tmp_path):
 
 
 def test_repeated_question_is_answered_from_the_semantic_cache(backend, params, tmp_path):
-    from ctxproto.stages import SemanticCacheLookup
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
 
     pipeline = Pipeline(
         [SemanticCacheLookup(path=str(tmp_path / "answers"), scope="query")],
