@@ -50,8 +50,8 @@ def register_stage(name: str) -> Callable[[S], S]:
         existing = _registered.get(name)
         if existing is not None and existing is not cls:
             raise ConfigError(
-                f"stage name '{name}' is already registered by {_qualified(existing)}",
-                key=_qualified(cls),
+                f"{_qualified(cls)} cannot register the stage name '{name}': "
+                f"{_qualified(existing)} already has it"
             )
         cls.type_name = name
         _registered[name] = cls

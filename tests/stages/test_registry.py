@@ -13,8 +13,16 @@ import pytest
 import yaml
 
 import ctxproto.stages
-from ctxproto import ConfigError, Pipeline
-from ctxproto.stages import Stage, available_stages, builtin_stages, get_stage_class
+from ctxproto import ConfigError, Context, Pipeline
+from ctxproto.stages import (
+    Stage,
+    Transformed,
+    available_stages,
+    builtin_stages,
+    get_stage_class,
+    register_stage,
+)
+from ctxproto.tokens import TokenCounter
 
 
 def install_distribution(
@@ -145,3 +153,18 @@ def test_every_stage_round_trips_through_yaml(name, tmp_path):
     assert type(loaded.stages[0]) is stage_class
     assert loaded.to_dict() == pipeline.to_dict()
     assert yaml.safe_dump(loaded.to_dict(), sort_keys=False) == text
+
+
+def test_two_classes_cannot_register_one_name():
+    @register_stage("test_registry_once")
+    class First(Stage):
+        def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+            return Transformed(context)
+
+    with pytest.raises(ConfigError, match="First already has it"):
+
+        @register_stage("test_registry_once")
+        class Second(First):
+            pass
+
+    assert get_stage_class("test_registry_once") is First
