@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["header_lines", "register", "summary", "turn_lines"]
 
-_LEAD = 8
+_KIND = 6
+_LEAD = 3 + _KIND + 1
 """Cells before the question: the turn number and its kind."""
+_KIND_LABELS = {"kb_repeat": "repeat"}
+"""Shorter names for the workload's turn kinds that would not fit."""
 _TOKENS = 6
 _SECONDS = 7
 _FIGURES = 2 + (_TOKENS + 3 + _TOKENS) + 2 + (_SECONDS + 3 + _SECONDS)
@@ -106,7 +109,9 @@ def header_lines(width: int) -> list[Text]:
 def turn_lines(base: TurnRecord, ours: TurnRecord, width: int) -> list[Text]:
     """One turn at ``width`` cells: a line of figures, then ctxproto's answer in one or two."""
     line = Text(f"{ours.turn:>2} ", style="bold")
-    line.append(f"{ours.kind:<4} ", style="cyan")
+    kind = _fit(_KIND_LABELS.get(ours.kind, ours.kind), _KIND)
+    kind.stylize("cyan")
+    line.append(kind + " ")
     line.append(_fit(ours.question, _question_width(width)))
     line.append(f"  {base.prefill_tokens:>{_TOKENS},} → ")
     line.append(f"{ours.prefill_tokens:>{_TOKENS},}", style="bold green")

@@ -59,6 +59,8 @@ TURNS = [
         ),
     ),
     (record(4, answer=""), record(4, answer="")),
+    (record(5, kind="kb_repeat"), record(5, kind="kb_repeat", ttft_ms=12.0)),
+    (record(6, kind="a_kind_nobody_planned"), record(6, kind="a_kind_nobody_planned")),
 ]
 
 RESULT = {
@@ -102,11 +104,17 @@ def test_every_line_fits_the_terminal(width):
 def test_turn_line_holds_the_question_and_the_figures(width):
     per_turn, _ = render(width)
     first = per_turn[0][0]
-    assert first.startswith(" 1 fact Hi! By the way, my order number")
+    assert first.startswith(" 1 fact   Hi! By the way, my order number")
     assert "…" in first  # the long question is cut, not wrapped
     assert "14,617 →  1,168" in first
     assert "32.5 s →  593 ms" in first
     assert per_turn[1][0].count("What did I say my name is?") == 1
+    # Every kind, however long, leaves the figures whole and in their columns.
+    columns = {line[0].index("→") for line in per_turn}
+    assert len(columns) == 1
+    assert per_turn[4][0].startswith(" 5 repeat Hi!")
+    assert per_turn[4][0].endswith("32.5 s →   12 ms")
+    assert per_turn[5][0].startswith(" 6 a_kin… Hi!")
 
 
 @pytest.mark.parametrize("width", [80, 120])
