@@ -19,7 +19,8 @@ from ctxproto.errors import (
 from ctxproto.messages import FunctionCall, Message, ToolCall
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt, Section, Stability
-from ctxproto.stages import RecencyWindow, Stage, StageReport, StageResult, register_stage
+from ctxproto.stages import Stage, StageReport, StageResult, register_stage
+from ctxproto.stages.recency_window import RecencyWindow
 from ctxproto.tokens import HuggingFaceCounter, TiktokenCounter, TokenCounter, get_counter
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from ctxproto.assembler import Assembler, ChatTemplate, DocumentsPosition, Rende
 from ctxproto.budget import Budget
 from ctxproto.config import (
     PipelineConfig,
+    StageSpec,
     allowed_keys_hint,
     load_yaml_mapping,
     validation_error_to_config_error,
@@ -174,15 +175,14 @@ class Pipeline:
     # -- serialization --------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The config-file form of this pipeline."""
-        return {
-            "name": self.name,
-            "tokenizer": self.tokenizer,
-            "render": self.render,
-            "documents_position": self.documents_position,
-            "budget": self.budget.model_dump(exclude_defaults=True) if self.budget else None,
-            "stages": [stage.to_dict() for stage in self.stages],
-        }
+        """The config-file form of this pipeline: a ``PipelineConfig``, dumped as JSON types."""
+        config = PipelineConfig.model_validate(
+            {
+                **_settings(self),
+                "stages": [StageSpec.model_validate(stage.to_dict()) for stage in self.stages],
+            }
+        )
+        return config.model_dump(mode="json")
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text of ``to_dict``; written atomically to ``path`` when given."""
@@ -212,14 +212,7 @@ class Pipeline:
             for index, spec in enumerate(config.stages)
         ]
         try:
-            pipeline = cls(
-                stages,
-                config.budget,
-                name=config.name,
-                tokenizer=config.tokenizer,
-                render=config.render,
-                documents_position=config.documents_position,
-            )
+            pipeline = cls(stages, **_settings(config))
         except ConfigError as exc:  # the tokenizer
             raise _located(exc, source) from exc
         pipeline.source = source
@@ -229,6 +222,15 @@ class Pipeline:
     def from_yaml(cls, path: str | Path) -> Pipeline:
         """Load a pipeline from a YAML config file (safe loader only)."""
         return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+
+def _settings(source: Pipeline | PipelineConfig) -> dict[str, Any]:
+    """Every setting of the config schema but the stages, read from ``source``.
+
+    ``Pipeline`` keeps each setting under its schema name, so a new field of
+    ``PipelineConfig`` is serialized and loaded without an edit here.
+    """
+    return {name: getattr(source, name) for name in PipelineConfig.model_fields if name != "stages"}
 
 
 def _build_stage(

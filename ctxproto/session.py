@@ -2,7 +2,8 @@
 
 Each turn runs the pipeline (semantic cache -> retrieval -> window / summary /
 compression -> assemble), then the backend unless a stage already answered,
-stores the answer in the semantic cache, appends the turn to the session's
+hands the backend's answer to every stage's ``after_answer`` (where the
+semantic cache files it), appends the turn to the session's
 history, and returns the answer with a per-turn report: tokens sent, tokens
 saved, cache hits, prefix tokens served from the KV cache, TTFT, latency.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,7 +32,8 @@ from ctxproto.stages.base import StageReport
 from ctxproto.stores.session_state import SessionStateStore
 
 if TYPE_CHECKING:
-    from ctxproto.runtime.params import Completion
+    from ctxproto.runtime.backends.base import Backend
+    from ctxproto.runtime.params import GenerationParams
 
 __all__ = [
     "BackendConfig",
@@ -60,7 +62,7 @@ class BackendConfig(BaseModel):
     timeout: float = Field(default=60.0, gt=0)
 
 
-def build_backend(config: BackendConfig) -> Any:
+def build_backend(config: BackendConfig) -> Backend:
     """A ``Backend`` from its config: the local engine or an OpenAI-compatible client."""
     from ctxproto.errors import ConfigError
     from ctxproto.runtime import Engine, LocalBackend, OpenAIBackend
@@ -116,12 +118,12 @@ class ChatSession:
     def __init__(
         self,
         pipeline: Pipeline,
-        backend: Any,
+        backend: Backend,
         *,
         system_prompt: str = "",
         session_id: str | None = None,
         tenant_id: str = "default",
-        generation: Any = None,
+        generation: GenerationParams | None = None,
         history_store: SessionStateStore | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -144,7 +146,7 @@ class ChatSession:
         *,
         session_id: str | None = None,
         tenant_id: str = "default",
-        backend: Any = None,
+        backend: Backend | None = None,
     ) -> ChatSession:
         """A session from a chatbot config; ``backend`` overrides the file's ``backend:``."""
         from ctxproto.runtime import GenerationParams
@@ -193,7 +195,9 @@ class ChatSession:
             output_tokens=metrics.output_tokens,
         )
 
-    def stream(self, question: str, *, documents: list[Document] | None = None) -> Iterator[str]:
+    def stream(
+        self, question: str, *, documents: list[Document] | None = None
+    ) -> Generator[str, None, None]:
         """Yield the answer as text deltas; the turn's report is ``last_turn`` afterwards."""
         start = time.perf_counter()
         result = self.pipeline.run(self._context(question, documents))
@@ -211,12 +215,8 @@ class ChatSession:
                 parts.append(delta)
                 yield delta
         finally:  # the caller left early: stop the generation now, not at garbage collection
-            close = getattr(deltas, "close", None)
-            if close is not None:
-                close()
-        # Backends may return any iterator of text; ours carry the completion's metrics.
-        completion: Completion | None = getattr(deltas, "completion", None)
-        metrics = completion.metrics if completion is not None else None
+            deltas.close()
+        metrics = deltas.completion.metrics if deltas.completion is not None else None
         self._finish(
             question,
             "".join(parts),
@@ -267,7 +267,8 @@ class ChatSession:
     ) -> TurnResult:
         hit = result.prompt is None
         if not hit:
-            self._remember_answer(result, answer)
+            for stage in self.pipeline.stages:
+                stage.after_answer(result.context, answer)
         self.history += [
             Message(role="user", content=question),
             Message(role="assistant", content=answer),
@@ -290,15 +291,6 @@ class ChatSession:
         )
         self.last_turn = TurnResult(answer=answer, report=report, prompt=result.prompt)
         return self.last_turn
-
-    def _remember_answer(self, result: PipelineResult, answer: str) -> None:
-        from ctxproto.stages.semantic_cache import SemanticCacheLookup
-
-        if not answer.strip():
-            return
-        for stage in self.pipeline.stages:
-            if isinstance(stage, SemanticCacheLookup):
-                stage.store(result.context, answer)
 
     def _load_history(self) -> list[Message]:
         if self.history_store is None:

@@ -2,14 +2,21 @@
 
 ``Engine`` runs a transformers causal LM with a radix-tree prefix-KV cache
 (``RadixKVCache``) and batched decoding; ``LocalBackend`` and ``OpenAIBackend``
-put it and any OpenAI-compatible server behind one ``Backend`` interface;
+put it and any OpenAI-compatible server behind one ``Backend`` interface, and
+``ScriptedBackend`` answers from a script, for tests;
 ``OpenAIServer`` serves the engine over HTTP.
 
 Importing this package is cheap; torch and transformers load on first use.
 """
 
 from ctxproto.models.loader import cache_dir, load_causal_lm, load_tokenizer
-from ctxproto.runtime.backends import Backend, LocalBackend, OpenAIBackend
+from ctxproto.runtime.backends import (
+    Backend,
+    CompletionStream,
+    LocalBackend,
+    OpenAIBackend,
+    ScriptedBackend,
+)
 from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 from ctxproto.runtime.radix_cache import CacheStats, RadixKVCache
@@ -20,6 +27,7 @@ __all__ = [
     "Backend",
     "CacheStats",
     "Completion",
+    "CompletionStream",
     "Engine",
     "GenerationParams",
     "LocalBackend",
@@ -28,6 +36,7 @@ __all__ = [
     "RadixKVCache",
     "RequestHandle",
     "RequestMetrics",
+    "ScriptedBackend",
     "cache_dir",
     "load_causal_lm",
     "load_tokenizer",

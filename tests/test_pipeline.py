@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ctxproto import Budget, ChatRequest, ConfigError, Pipeline, RecencyWindow
+from ctxproto.config import PipelineConfig
 from ctxproto.stages import Stage, Transformed, available_stages, register_stage
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -40,6 +42,25 @@ def test_yaml_round_trip(tmp_path):
     assert loaded.stages == pipeline.stages
     request = support_request()
     assert loaded.run(request).prompt == pipeline.run(request).prompt
+
+
+def test_serialization_is_the_config_schema():
+    """``to_dict`` is a dumped ``PipelineConfig``: every setting, each non-default here."""
+    pipeline = Pipeline(
+        [RecencyWindow(max_turns=3)],
+        Budget(max_prompt_tokens=900, context_window=2048, reserve_answer_tokens=64),
+        name="schema",
+        render="text",
+        documents_position="query",
+    )
+    data = pipeline.to_dict()
+    assert set(data) == set(PipelineConfig.model_fields)
+    assert PipelineConfig.model_validate(data).model_dump(mode="json") == data
+    loaded = Pipeline.from_dict(yaml.safe_load(yaml.safe_dump(data)))
+    assert loaded.to_dict() == data
+    assert (loaded.name, loaded.render, loaded.documents_position) == ("schema", "text", "query")
+    assert loaded.budget == pipeline.budget
+    assert loaded.stages == pipeline.stages
 
 
 def write(tmp_path: Path, text: str) -> Path:

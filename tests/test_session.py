@@ -1,15 +1,20 @@
-"""The chat-session API end to end: real engine, real stores, short prompts."""
+"""The chat-session API: its logic over the scripted backend, end to end over the engine."""
+
+from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from pydantic import PrivateAttr
 
-from ctxproto import Budget, ConfigError, Pipeline, RecencyWindow
+from ctxproto import Budget, ConfigError, Context, Pipeline, RecencyWindow, Stage
+from ctxproto.runtime import GenerationParams, ScriptedBackend
 from ctxproto.session import ChatSession
+from ctxproto.stages import Transformed
 from ctxproto.stores.session_state import SessionStateStore
-
-pytestmark = pytest.mark.models
+from ctxproto.tokens import TokenCounter
 
 SYSTEM = "You are a helpful assistant for Lumen Home smart devices. Answer briefly."
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -36,6 +41,7 @@ def window_pipeline() -> Pipeline:
     return Pipeline([RecencyWindow(max_turns=20)], Budget(max_prompt_tokens=1024))
 
 
+@pytest.mark.models
 def test_turns_report_savings_and_reuse_the_prefix(backend, params, tmp_path):
     store = SessionStateStore(tmp_path / "history")
     session = ChatSession(
@@ -73,26 +79,120 @@ def test_turns_report_savings_and_reuse_the_prefix(backend, params, tmp_path):
     assert other_tenant.history == []
 
 
-def test_repeated_question_is_answered_from_the_semantic_cache(backend, params, tmp_path):
-    from ctxproto.stages import SemanticCacheLookup
+@pytest.mark.models
+def test_repeated_question_is_answered_from_the_semantic_cache(tmp_path):
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
 
     pipeline = Pipeline(
         [SemanticCacheLookup(path=str(tmp_path / "answers"), scope="query")],
         Budget(max_prompt_tokens=1024),
     )
-    session = ChatSession(pipeline, backend, system_prompt=SYSTEM, generation=params)
+    backend = ScriptedBackend(["Hold the button for 10 s.", "   ", "Unplug it twice."])
+    session = ChatSession(pipeline, backend, system_prompt=SYSTEM)
     miss = session.ask("How do I factory-reset a Lumen bulb?")
-    computed_before = backend.engine.stats().computed_tokens
     hit = session.ask("How do I factory-reset a Lumen bulb?")
     assert not miss.report.semantic_cache_hit
     assert hit.report.semantic_cache_hit
-    assert hit.answer == miss.answer
+    assert hit.answer == miss.answer == "Hold the button for 10 s."
     assert hit.report.prompt_tokens == 0 and hit.prompt is None
-    assert backend.engine.stats().computed_tokens == computed_before
-    other_question = session.ask("How do I factory-reset a Lumen plug?")
-    assert not other_question.report.semantic_cache_hit
+    assert backend.calls == 1  # the hit never reached the model
+    # An empty answer is not cached: the same question goes to the model again.
+    assert session.ask("How do I set up a Lumen plug?").answer == "   "
+    again = session.ask("How do I set up a Lumen plug?")
+    assert not again.report.semantic_cache_hit and again.answer == "Unplug it twice."
+    assert backend.calls == 3
 
 
+class AnswerRecorder(Stage):
+    """A cache-like stage from outside ctxproto: it keeps every answer it is given."""
+
+    type_name: ClassVar[str] = "answer_recorder"
+
+    _answers: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @property
+    def answers(self) -> list[tuple[str, str]]:
+        return self._answers
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        return Transformed(context)
+
+    def after_answer(self, context: Context, answer: str) -> None:
+        self._answers.append((context.query_text, answer))
+
+
+class CannedAnswer(Stage):
+    """Answers one question itself, as a cache hit does."""
+
+    type_name: ClassVar[str] = "canned_answer"
+
+    question: str
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        if context.query_text != self.question:
+            return Transformed(context)
+        return Transformed(context.model_copy(update={"answer": "canned"}))
+
+
+def test_every_stage_is_given_the_models_answer():
+    recorder = AnswerRecorder()
+    pipeline = Pipeline([recorder, CannedAnswer(question="Hours?")], name="hooks")
+    backend = ScriptedBackend(["First answer.", "Second answer."])
+    session = ChatSession(pipeline, backend, system_prompt=SYSTEM)
+
+    session.ask("Is the Hub 2 waterproof?")
+    assert "".join(session.stream("Does it need Wi-Fi?")) == "Second answer."
+    assert recorder.answers == [
+        ("Is the Hub 2 waterproof?", "First answer."),
+        ("Does it need Wi-Fi?", "Second answer."),
+    ]
+    # A stage answered: the model was not asked, so there is no answer to hand on.
+    assert session.ask("Hours?").answer == "canned"
+    assert len(recorder.answers) == 2 and backend.calls == 2
+
+
+def test_scripted_turns_report_the_backends_figures(tmp_path):
+    store = SessionStateStore(tmp_path / "history")
+    backend = ScriptedBackend(["one two three four", "five six"])
+    params = GenerationParams(max_new_tokens=3)
+    session = ChatSession(
+        window_pipeline(),
+        backend,
+        system_prompt=SYSTEM,
+        session_id="s1",
+        generation=params,
+        history_store=store,
+    )
+    first = session.ask("First question?")
+    second = session.ask("Second question?")
+    assert first.answer == "one two three"  # cut at max_new_tokens
+    assert backend.requests[0].params == params
+    assert backend.requests[1].messages[-2:] == [
+        {"role": "assistant", "content": "one two three"},
+        {"role": "user", "content": "Second question?"},
+    ]
+    assert first.report.output_tokens == 3
+    assert second.report.cached_prefix_tokens > 0
+    assert ChatSession(window_pipeline(), backend, session_id="s1", history_store=store).history
+    assert (
+        ChatSession(
+            window_pipeline(), backend, session_id="s1", tenant_id="acme", history_store=store
+        ).history
+        == []
+    )
+
+
+def test_leaving_a_stream_early_cancels_it_and_keeps_no_half_turn():
+    backend = ScriptedBackend(["a long answer that nobody reads"])
+    session = ChatSession(window_pipeline(), backend, system_prompt=SYSTEM)
+    deltas = session.stream("Tell me everything.")
+    assert next(deltas) == "a "
+    deltas.close()
+    assert backend.cancelled == 1
+    assert session.history == [] and session.last_turn is None
+
+
+@pytest.mark.models
 def test_stream_and_async(backend, params):
     session = ChatSession(window_pipeline(), backend, system_prompt=SYSTEM, generation=params)
     deltas = list(session.stream("Name one Lumen device."))
@@ -110,7 +210,8 @@ def test_stream_and_async(backend, params):
     assert len(session.history) == 6
 
 
-def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch, backend):
+@pytest.mark.models
+def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch):
     from ctxproto import Document
     from ctxproto.retrieval import KnowledgeBase
 
@@ -118,6 +219,7 @@ def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch, back
     index = KnowledgeBase(".ctxproto/knowledge-index")  # the retriever needs a store to open
     index.add_documents([Document(id="hub", text="The Hub 2 light is green when online.")])
     index.save()
+    backend = ScriptedBackend(["Hello from the script."])
     session = ChatSession.from_yaml(EXAMPLES / "pipelines" / "chatbot.yaml", backend=backend)
     assert [s.type_name for s in session.pipeline.stages] == [
         "retriever",
@@ -125,7 +227,9 @@ def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch, back
         "summarizer",
     ]
     assert session.system_prompt.startswith("You are Nova")
+    assert session.generation is not None
     assert session.generation.max_new_tokens == 128
+    assert session.backend is backend
 
 
 def test_bad_session_settings_name_the_key(tmp_path):

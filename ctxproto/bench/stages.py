@@ -26,7 +26,8 @@ from ctxproto.eval.facts import needle_fact
 from ctxproto.eval.needle import essays_dir
 from ctxproto.messages import Message
 from ctxproto.models.embedder import get_embedder
-from ctxproto.stages import RelevanceFilter, TokenCompressor
+from ctxproto.stages.relevance_filter import RelevanceFilter
+from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.text.protected_spans import protected_spans
 from ctxproto.text.sentences import split_sentences
 from ctxproto.tokens import get_counter

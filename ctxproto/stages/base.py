@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ctxproto.config import StageSpec
 from ctxproto.context import Context
 from ctxproto.tokens import TokenCounter, get_counter
 
@@ -85,9 +86,19 @@ class Stage(BaseModel, ABC):
         )
         return StageResult(context=out.context, report=report)
 
+    def after_answer(self, context: Context, answer: str) -> None:
+        """Called once the backend has answered the prompt this context became.
+
+        ``context`` is the pipeline's final context (``PipelineResult.context``),
+        as every stage saw it. A stage that keeps answers (a cache) files
+        ``answer`` here; the default does nothing. Not called when a stage
+        answered the turn itself, since the model was never asked.
+        """
+
     def to_dict(self) -> dict[str, Any]:
-        """``{"type": ..., "init_parameters": {...}}``, the form config files use."""
-        return {"type": self.type_name, "init_parameters": self.model_dump(mode="json")}
+        """``{"type": ..., "init_parameters": {...}}``: a config file's ``StageSpec``."""
+        spec = StageSpec(type=self.type_name, init_parameters=self.model_dump(mode="json"))
+        return spec.model_dump()
 
 
 def context_tokens(context: Context, counter: TokenCounter) -> int:

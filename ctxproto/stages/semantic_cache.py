@@ -49,9 +49,10 @@ class SemanticCacheLookup(Stage):
     object pronouns; "how do I reset it?" stays shareable).
 
     The tenant id is the namespace: tenants never see each other's answers. On
-    a miss the context's metadata records the lookup key; after generating,
-    call ``store(result.context, answer)`` to cache the answer under that key,
-    with the documents' sources, so ``invalidate(source=...)`` drops it.
+    a miss the context's metadata records the lookup key; once the model has
+    answered, ``after_answer`` (called by ``ChatSession``, or ``store`` when
+    driving the pipeline by hand) caches the answer under that key, with the
+    documents' sources, so ``invalidate(source=...)`` drops it.
     """
 
     path: WritableFolder = Field(description="Folder of the cache (created if missing).")
@@ -124,6 +125,11 @@ class SemanticCacheLookup(Stage):
         if hit is not None:
             counters["similarity"] = hit.similarity
         return Transformed(context=context.model_copy(update=update), counters=counters)
+
+    def after_answer(self, context: Context, answer: str) -> None:
+        """Cache the model's answer to the query looked up in ``context``; empty ones are not."""
+        if answer.strip():
+            self.store(context, answer)
 
     def store(self, context: Context, answer: str) -> str | None:
         """Cache ``answer`` for the query this stage looked up in ``context``; returns its key.

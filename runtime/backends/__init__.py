@@ -1,8 +1,12 @@
-"""LLM backends behind one interface: the local engine and any OpenAI-compatible server."""
+"""LLM backends behind one interface.
+
+The local engine, any OpenAI-compatible server, and a scripted backend for tests.
+"""
 
 from ctxproto.runtime.backends.base import Backend, CompletionStream
 from ctxproto.runtime.backends.local import LocalBackend
 from ctxproto.runtime.backends.openai import OpenAIBackend
+from ctxproto.runtime.backends.scripted import Responder, ScriptedBackend, ScriptedRequest
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 
 __all__ = [
@@ -13,4 +17,7 @@ __all__ = [
     "LocalBackend",
     "OpenAIBackend",
     "RequestMetrics",
+    "Responder",
+    "ScriptedBackend",
+    "ScriptedRequest",
 ]

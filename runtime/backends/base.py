@@ -2,18 +2,22 @@
 
 Kept as small as httpx's ``BaseTransport``: ``generate`` and ``stream`` are the
 two things a chatbot does; ``agenerate`` defaults to running ``generate`` in a
-worker thread, which backends with native async may override. ``stream`` returns a
-``CompletionStream``: text deltas while the answer is generated, then the same
-``Completion`` (metrics included) that ``generate`` would have returned, so a
-streaming chat turn reports cached prefix tokens and TTFT like a blocking one.
+worker thread, which backends with native async may override. ``stream``
+returns a ``CompletionStream``: text deltas while the answer is generated, then
+the same ``Completion`` (metrics included) that ``generate`` would have
+returned, so a streaming chat turn reports cached prefix tokens and TTFT like a
+blocking one.
+
+``Backend`` is a ``typing.Protocol``: callers (``ChatSession``) are typed
+against it and a backend need not inherit from it, though subclassing gives the
+defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, Self
 
 from ctxproto.runtime.params import Completion, GenerationParams
 
@@ -68,34 +72,43 @@ class CompletionStream(Iterator[str]):
             self._on_close()
 
 
-class Backend(ABC):
-    """Answers chat requests; implementations: ``LocalBackend`` and ``OpenAIBackend``."""
+class Backend(Protocol):
+    """Answers chat requests: ``LocalBackend``, ``OpenAIBackend``, ``ScriptedBackend``.
 
-    @abstractmethod
+    A protocol, so anything with these methods is a backend. Subclass it to
+    inherit ``agenerate`` (``generate`` in a worker thread), a ``close`` that
+    does nothing and the context manager; then only ``generate`` and ``stream``
+    are yours to write.
+    """
+
     def generate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> Completion:
         """The whole answer to ``messages`` (OpenAI chat format)."""
+        ...
 
-    @abstractmethod
     def stream(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        """The answer as text deltas; closing the stream early stops the generation.
+    ) -> CompletionStream:
+        """The answer as text deltas, then its ``Completion``; closing it stops the generation.
 
-        The bundled backends return a ``CompletionStream``, which also carries the
-        final ``Completion`` with its metrics.
+        Wrap any iterator of text in ``CompletionStream`` with a function that
+        builds the final ``Completion``, so that a streamed turn reports the same
+        metrics as a blocking one.
         """
+        ...
 
     async def agenerate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> Completion:
+        """``generate`` without blocking the event loop."""
         return await asyncio.to_thread(self.generate, messages, params)
 
-    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+    def close(self) -> None:
         """Release what the backend holds (threads, connections); idempotent."""
+        return None  # most backends hold nothing to release
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,7 +3,7 @@ from hypothesis import strategies as st
 
 from ctxproto import Context, Message
 from ctxproto.documents import Document
-from ctxproto.stages import Dedup
+from ctxproto.stages.dedup import Dedup
 
 
 def docs(*texts: str, pinned: int | None = None) -> Context:

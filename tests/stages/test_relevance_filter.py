@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 from ctxproto import Context, Message
 from ctxproto.documents import Document
 from ctxproto.pipeline import Pipeline
-from ctxproto.stages import RelevanceFilter
+from ctxproto.stages.relevance_filter import RelevanceFilter
 
 DOCS = [
     "Bananas are rich in potassium and grow in tropical climates.",

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ctxproto import Context, Message
 from ctxproto.pipeline import Pipeline
-from ctxproto.stages import Summarizer
+from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores import SessionStateStore
 
 FACT = "By the way, my order number is ORD-551203."

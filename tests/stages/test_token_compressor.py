@@ -10,7 +10,7 @@ from ctxproto import Context, Message
 from ctxproto.documents import Document
 from ctxproto.errors import BudgetError, ConfigError
 from ctxproto.pipeline import Pipeline
-from ctxproto.stages import TokenCompressor
+from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.text.protected_spans import protected_spans
 
 pytestmark = pytest.mark.models
