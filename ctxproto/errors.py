@@ -23,6 +23,12 @@ Catch ``UsageError`` to report bad input to the person who gave it, and
 ``DatasetError`` is a usage error because the dataset is named by the caller:
 the fix is to point at a readable file, not to retry.
 
+Validators inside pydantic models raise ``ValueError``, as pydantic requires;
+the readers of config files, requests and datasets turn the resulting
+``ValidationError`` into a ``ConfigError`` or ``DatasetError`` naming the file and
+the key. ``UsageError`` itself is raised for misuse of the Python API that no
+config or argument causes (unlocking a cache node that was never locked).
+
 Compatibility: ``ConfigError`` and ``BudgetError`` are also ``ValueError`` and
 ``ModelNotAvailableError`` is an ``ImportError``, so code written against the
 built-in types before this tree existed keeps catching them.

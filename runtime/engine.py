@@ -188,7 +188,7 @@ class Engine:
                 continue
             try:
                 cache = self._prefill(best)
-            except Exception as exc:
+            except Exception as exc:  # fail this request only; the others keep running
                 self._abort([best], exc)
                 continue
             if best.finish_reason is None:
@@ -197,7 +197,7 @@ class Engine:
                 self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
         try:
             self._batch.add(joining)
-        except Exception as exc:
+        except Exception as exc:  # fail the joiners (e.g. out of memory), keep the batch
             self._abort([request for request, _ in joining], exc)
 
     def _cached_length(self, request: Request) -> int:

@@ -29,7 +29,7 @@ def register_stage(name: str) -> Callable[[S], S]:
     def decorate(cls: S) -> S:
         existing = _registry.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(f"stage name '{name}' is already registered by {existing!r}")
+            raise ConfigError(f"already registered by {existing!r}", key=name)
         cls.type_name = name
         _registry[name] = cls
         return cls

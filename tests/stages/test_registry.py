@@ -44,3 +44,13 @@ def test_unknown_stage_lists_known_ones():
     with pytest.raises(ConfigError) as info:
         registry.get_stage_class("no_such_stage")
     assert "recency_window" in str(info.value)
+
+
+def test_a_second_class_under_a_taken_name_is_a_config_error():
+    class Clash(registry.get_stage_class("recency_window")):  # type: ignore[misc]
+        pass
+
+    with pytest.raises(ConfigError) as info:
+        registry.register_stage("recency_window")(Clash)
+    assert info.value.key == "recency_window"
+    assert registry.get_stage_class("recency_window") is not Clash
