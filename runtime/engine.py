@@ -220,7 +220,7 @@ class Engine:
         out = self.model(
             input_ids=torch.tensor([prompt[reused:]], device=device),
             position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),
-            past_key_values=past,
+            cache=past,
             use_cache=True,
             logits_to_keep=1,
         )

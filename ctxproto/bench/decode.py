@@ -109,7 +109,7 @@ def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
 def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[float, list[int]]:
     """Prefill ``prompt``, then time ``steps`` greedy steps; ms per step and the tokens."""
     rows, length = prompt.shape
-    out = lm(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     produced = [token[:, 0].tolist()]
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[f
         out = lm(
             input_ids=token,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
