@@ -9,12 +9,17 @@ from ctxproto.context import ChatRequest, Context
 from ctxproto.documents import Document
 from ctxproto.errors import (
     BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
     BudgetError,
     ConfigError,
     CtxprotoError,
     DatasetError,
     ModelNotAvailableError,
+    OperationalError,
     StoreError,
+    UpstreamStatusError,
+    UsageError,
 )
 from ctxproto.messages import FunctionCall, Message, ToolCall
 from ctxproto.pipeline import Pipeline, PipelineResult
@@ -29,6 +34,8 @@ __all__ = [
     "AssembledPrompt",
     "Assembler",
     "BackendError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
     "Budget",
     "BudgetError",
     "ChatRequest",
@@ -41,6 +48,7 @@ __all__ = [
     "HuggingFaceCounter",
     "Message",
     "ModelNotAvailableError",
+    "OperationalError",
     "Pipeline",
     "PipelineResult",
     "RecencyWindow",
@@ -53,6 +61,8 @@ __all__ = [
     "TiktokenCounter",
     "TokenCounter",
     "ToolCall",
+    "UpstreamStatusError",
+    "UsageError",
     "__version__",
     "get_counter",
     "register_stage",

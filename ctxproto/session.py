@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt
@@ -156,10 +157,9 @@ class ChatSession:
         pipeline = Pipeline.from_dict(pipeline_data, source=source)
         try:
             generation = GenerationParams(**settings.generation)
-        except Exception as exc:  # ConfigError from the runtime's own validation
-            from ctxproto.errors import ConfigError
-
-            raise ConfigError(str(exc), file=source, key="generation") from exc
+        except ConfigError as exc:
+            key = f"generation.{exc.key}" if exc.key else "generation"
+            raise ConfigError(exc.detail, file=source, key=key) from exc
         system_prompt = settings.system_prompt
         if settings.system_prompt_file:
             prompt_path = Path(source).parent / settings.system_prompt_file

@@ -75,7 +75,7 @@ class DecodeBatch:
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
             logits_to_keep=1,
         )

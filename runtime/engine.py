@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.errors import BackendError, ConfigError, CtxprotoError
+from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, CtxprotoError
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
 from ctxproto.runtime.batch import DecodeBatch
@@ -107,7 +107,7 @@ class Engine:
         )
         with self._wake:
             if self._closed:
-                raise BackendError("the engine is closed")
+                raise BackendUnavailableError("the engine is closed")
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ctxproto-engine")
@@ -135,7 +135,8 @@ class Engine:
         return self.cache.stats()
 
     def close(self) -> None:
-        """Stop the scheduler; requests still queued or running fail with ``BackendError``."""
+        """Stop the scheduler; requests still queued or running fail with
+        ``BackendUnavailableError``."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -163,7 +164,7 @@ class Engine:
                         self._batch.keep([])
         with self._wake:
             pending, self._waiting = self._waiting, []
-        closed = BackendError("the engine was closed before the request finished")
+        closed = BackendUnavailableError("the engine was closed before the request finished")
         self._abort([*pending, *self._batch.requests], closed)
         self._batch.keep([])
 
@@ -187,7 +188,7 @@ class Engine:
                 continue
             try:
                 cache = self._prefill(best)
-            except Exception as exc:
+            except Exception as exc:  # fail this request only; the others keep running
                 self._abort([best], exc)
                 continue
             if best.finish_reason is None:
@@ -196,7 +197,7 @@ class Engine:
                 self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
         try:
             self._batch.add(joining)
-        except Exception as exc:
+        except Exception as exc:  # fail the joiners (e.g. out of memory), keep the batch
             self._abort([request for request, _ in joining], exc)
 
     def _cached_length(self, request: Request) -> int:
@@ -219,7 +220,7 @@ class Engine:
         out = self.model(
             input_ids=torch.tensor([prompt[reused:]], device=device),
             position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),
-            past_key_values=past,
+            cache=past,
             use_cache=True,
             logits_to_keep=1,
         )

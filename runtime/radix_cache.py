@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import ConfigError, UsageError
 
 __all__ = ["CacheStats", "PrefixMatch", "RadixKVCache", "TreeNode"]
 
@@ -175,7 +175,7 @@ class RadixKVCache:
         current: TreeNode | None = node
         while current is not None:
             if current.lock_ref <= 0:
-                raise RuntimeError("radix cache reference count below zero")
+                raise UsageError("unlock without a matching lock: reference count below zero")
             current.lock_ref -= 1
             current = current.parent
 

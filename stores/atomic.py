@@ -27,7 +27,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # whatever stopped the write, leave no temp file; re-raised
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)

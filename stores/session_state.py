@@ -23,7 +23,7 @@ from typing import Any
 
 import diskcache
 
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
 from ctxproto.stores.read_only_cache import ReadOnlyCache
 
@@ -55,9 +55,9 @@ class SessionStateStore:
     @staticmethod
     def _key(tenant_id: str, session_id: str) -> str:
         if not isinstance(tenant_id, str) or not tenant_id:
-            raise StoreError("tenant_id must be a non-empty string")
+            raise ConfigError("must be a non-empty string", key="tenant_id")
         if not isinstance(session_id, str) or not session_id:
-            raise StoreError("session_id must be a non-empty string")
+            raise ConfigError("must be a non-empty string", key="session_id")
         return json.dumps(["session", tenant_id, session_id])
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:

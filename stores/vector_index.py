@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto._extras import require
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 
 __all__ = ["IndexKind", "SearchHits", "VectorIndex"]
 
@@ -58,7 +58,7 @@ class VectorIndex:
         self, dimension: int, *, kind: IndexKind = "auto", hnsw_threshold: int = 20_000
     ) -> None:
         if dimension <= 0:
-            raise StoreError(f"vector dimension must be positive, got {dimension}")
+            raise ConfigError(f"must be positive, got {dimension}", key="dimension")
         self.faiss: Any = require("faiss", extra="embed")
         self.dimension = dimension
         self.requested_kind: IndexKind = kind
@@ -200,7 +200,7 @@ class VectorIndex:
             index = faiss.IndexIVFFlat(quantizer, self.dimension, lists, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = IVF_PROBES
             return index
-        raise StoreError(f"unknown index kind '{kind}'")
+        raise ConfigError(f"unknown index kind '{kind}'", key="kind")
 
     def _rebuild(self, kind: str) -> None:
         index = self._new_index(kind, self.slot_count)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval.chunking import check_text, chunk_document, chunk_text
 
 MARKDOWN = """# Guide
@@ -78,3 +78,13 @@ def test_unicode_text_passes(counter: Any) -> None:
     text = "Größe und Maße. 東京は大きい。 Ça va? Да, конечно."
     check_text(text, "doc")
     assert "".join(c.text for c in chunk_text(text, counter, max_tokens=200)).startswith("Größe")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "key"),
+    [({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 8, "overlap_tokens": 8}, "overlap_tokens")],
+)
+def test_bad_chunk_sizes_are_config_errors(counter: Any, sizes: dict[str, int], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        chunk_text("One sentence.", counter, **sizes)
+    assert info.value.key == key

@@ -238,3 +238,12 @@ def test_bad_session_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         ChatSession.from_yaml(config)
     assert "backend.devise" in str(info.value) and str(config) in str(info.value)
+
+
+def test_bad_generation_setting_names_file_and_key(tmp_path):
+    config = tmp_path / "bot.yaml"
+    config.write_text("budget:\n  max_prompt_tokens: 100\ngeneration:\n  max_new_tokens: -3\n")
+    with pytest.raises(ConfigError) as info:
+        ChatSession.from_yaml(config)
+    assert info.value.file == str(config)
+    assert info.value.key == "generation.max_new_tokens"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ctxproto.bench.timing import call_times_ms
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import DatasetError
 
 __all__ = ["register", "run"]
@@ -38,7 +39,7 @@ FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "semantic
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("cache", help="semantic cache hard-negative accuracy and speed")
-    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--entries", type=int_at_least(1), default=100_000)
     parser.add_argument("--pairs", default=str(FIXTURE), help="labeled pairs (JSONL)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)

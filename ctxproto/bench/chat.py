@@ -18,6 +18,8 @@ from typing import Any
 
 from ctxproto.bench.chat_paths import TurnRecord, baseline_turns, ctxproto_turns
 from ctxproto.bench.chat_workload import build_workload, examples_dir
+from ctxproto.cli.arguments import int_at_least
+from ctxproto.errors import ConfigError
 from ctxproto.eval.metrics import percentile
 from ctxproto.tokens import get_counter
 
@@ -28,9 +30,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "chat", help="effective TPS of a multi-session chat: baseline vs ctxproto"
     )
-    parser.add_argument("--turns", type=int, default=30, help="user turns per session")
-    parser.add_argument("--sessions", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--turns", type=int_at_least(1), default=30, help="user turns per session")
+    parser.add_argument("--sessions", type=int_at_least(1), default=2)
+    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, help="write the by-turns plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -61,6 +63,13 @@ def run_chat_benchmark(
     on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Run both paths on the same workload in this process; returns the figures."""
+    for key, value in (
+        ("turns", turns),
+        ("sessions", sessions),
+        ("max_new_tokens", max_new_tokens),
+    ):
+        if value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", key=key)
     examples = examples_dir()
     system_prompt = (examples / "system_prompt.md").read_text(encoding="utf-8")
     scripts = build_workload(sessions, turns, get_counter(), seed=seed)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.runtime import load_causal_lm
@@ -40,10 +41,16 @@ def register(subparsers: Any) -> None:
         "decode", help="decode step: transformers vs our KV layers and core-split matmuls"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--context", type=int, default=1800, help="prompt tokens before decoding")
-    parser.add_argument("--steps", type=int, default=32, help="tokens decoded per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=1, help="sequences decoded together")
+    parser.add_argument(
+        "--context", type=int_at_least(1), default=1800, help="prompt tokens before decoding"
+    )
+    parser.add_argument(
+        "--steps", type=int_at_least(1), default=32, help="tokens decoded per round"
+    )
+    parser.add_argument("--rounds", type=int_at_least(1), default=3)
+    parser.add_argument(
+        "--rows", type=int_at_least(1), default=1, help="sequences decoded together"
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -102,7 +109,7 @@ def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
 def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[float, list[int]]:
     """Prefill ``prompt``, then time ``steps`` greedy steps; ms per step and the tokens."""
     rows, length = prompt.shape
-    out = lm(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     produced = [token[:, 0].tolist()]
     start = time.perf_counter()
@@ -111,7 +118,7 @@ def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[f
         out = lm(
             input_ids=token,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxproto._extras import require
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.eval.needle import essays_dir
 from ctxproto.runtime import Engine, GenerationParams, load_causal_lm, load_tokenizer
 
@@ -48,11 +49,13 @@ def register(subparsers: Any) -> None:
         "prefix", help="prefix-KV cache: our engine vs transformers generate / generate_batch"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--prefix-tokens", type=int, default=2048)
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--distinct-prompts", type=int, default=4, help="zero-hit workload size")
-    parser.add_argument("--distinct-tokens", type=int, default=256)
+    parser.add_argument("--prefix-tokens", type=int_at_least(1), default=2048)
+    parser.add_argument("--requests", type=int_at_least(1), default=8)
+    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=16)
+    parser.add_argument(
+        "--distinct-prompts", type=int_at_least(1), default=4, help="zero-hit workload size"
+    )
+    parser.add_argument("--distinct-tokens", type=int_at_least(1), default=256)
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")

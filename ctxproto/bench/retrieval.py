@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto.bench.timing import call_times_ms
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.documents import Document
 from ctxproto.eval.needle import essays_dir
 
@@ -37,9 +38,11 @@ DIMENSION = 384
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("retrieval", help="vector store build and query speed")
-    parser.add_argument("--chunks", type=int, default=100_000, help="synthetic vectors")
-    parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--essays", type=int, default=20, help="real essays to embed (0 skips)")
+    parser.add_argument("--chunks", type=int_at_least(1), default=100_000, help="synthetic vectors")
+    parser.add_argument("--queries", type=int_at_least(1), default=300)
+    parser.add_argument(
+        "--essays", type=int_at_least(0), default=20, help="real essays to embed (0 skips)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
 

@@ -20,6 +20,7 @@ import random
 import time
 from typing import Any
 
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.eval.facts import needle_fact
@@ -38,10 +39,18 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("stages", help="throughput of the context stages")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--turns", type=int, default=30, help="chat turns for relevance_filter")
-    parser.add_argument("--compress-tokens", type=int, default=1000, help="token_compressor input")
-    parser.add_argument("--samples", type=int, default=4, help="texts for the retention check")
-    parser.add_argument("--repeats", type=int, default=20, help="timed re-scoring repeats")
+    parser.add_argument(
+        "--turns", type=int_at_least(1), default=30, help="chat turns for relevance_filter"
+    )
+    parser.add_argument(
+        "--compress-tokens", type=int_at_least(1), default=1000, help="token_compressor input"
+    )
+    parser.add_argument(
+        "--samples", type=int_at_least(1), default=4, help="texts for the retention check"
+    )
+    parser.add_argument(
+        "--repeats", type=int_at_least(1), default=20, help="timed re-scoring repeats"
+    )
     parser.set_defaults(handler=_handle)
 
 

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.errors import ConfigError, ModelNotAvailableError
 
@@ -23,15 +25,6 @@ if TYPE_CHECKING:
     from ctxproto.eval.report import EvalReport
 
 __all__ = ["register"]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got '{text}'"
-        ) from None
 
 
 def register(subparsers: Any) -> None:
@@ -47,7 +40,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="pipeline YAML files")
     parser.add_argument("--dataset", required=True, help="needle, chat-needle or a .jsonl path")
     parser.add_argument("--out", required=True, type=Path, help="folder for the reports")
-    parser.add_argument("--limit", type=int, help="evaluate at most N items")
+    parser.add_argument("--limit", type=int_at_least(1), help="evaluate at most N items")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument(
         "--reader", default="none", help="none (default), bundled, or openai:URL of a server"
@@ -60,23 +53,23 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--logprob-max-tokens",
-        type=int,
+        type=int_at_least(1),
         default=DEFAULT_LOGPROB_MAX_TOKENS,
         help="skip log-prob scoring of prompts longer than this many model tokens "
         f"(default {DEFAULT_LOGPROB_MAX_TOKENS}: an 8k-token pass takes ~30 s on 2 CPU cores)",
     )
     parser.add_argument(
         "--logprob-tolerance",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_LOGPROB_TOLERANCE,
         help="nats the answer's log-prob may drop and still count as retained (default ln 2)",
     )
     parser.add_argument(
         "--context-lengths",
-        type=_int_list,
+        type=int_list,
         help="needle: context lengths, e.g. 1000,2000,4000,8000",
     )
-    parser.add_argument("--depths", type=_int_list, help="needle: depths in percent, e.g. 0,50,100")
+    parser.add_argument("--depths", type=int_list, help="needle: depths in percent, e.g. 0,50,100")
     parser.add_argument(
         "--turns", type=int, help="chat-needle: turns per conversation (default 30)"
     )
@@ -92,8 +85,6 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.pipeline import Pipeline
 
     err = Console(stderr=True, highlight=False)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("must be at least 1", key="--limit")
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
     overrides = {
         key: getattr(args, key)
@@ -108,18 +99,18 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(error.detail, key=option) from None
     dataset = load_dataset(args.dataset, options)
     for problem in dataset.problems:
-        err.print(f"[yellow]skipped[/] {problem}", markup=True, soft_wrap=True)
+        err.print(f"[yellow]skipped[/] {escape(str(problem))}", soft_wrap=True)
     scorer = None
     if args.logprob:
         try:
             scorer = AnswerLogprobScorer(max_tokens=args.logprob_max_tokens)
         except ModelNotAvailableError as exc:
-            err.print(f"[yellow]log-prob retention off:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[yellow]log-prob retention off:[/] {escape(str(exc))}", soft_wrap=True)
     reader = reader_from_spec(args.reader)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=args.json) as bar:
-            task = bar.add_task(f"eval {dataset.name}", total=None)
+            task = bar.add_task(f"eval {escape(dataset.name)}", total=None)
             report = evaluate(
                 pipelines,
                 dataset,
@@ -138,14 +129,14 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(report.summary(), ensure_ascii=False))
     else:
         _print_summary(Console(), report)
-        err.print("wrote " + ", ".join(str(p) for p in written))
+        err.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return 0
 
 
 def _print_summary(console: Console, report: EvalReport) -> None:
     from rich.table import Table
 
-    table = Table(title=f"ctxproto eval: {report.dataset.get('name')}")
+    table = Table(title=f"ctxproto eval: {escape(str(report.dataset.get('name')))}")
     columns = {
         "compression_ratio": "ratio",
         "answer_retention": "answer ret.",
@@ -158,5 +149,5 @@ def _print_summary(console: Console, report: EvalReport) -> None:
         table.add_column(title, justify="right")
     for system, values in report.aggregates().items():
         cells = ["–" if values.get(k) is None else f"{values[k]:.3g}" for k in columns]
-        table.add_row(system, *cells)
+        table.add_row(escape(system), *cells)
     console.print(table)

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import read_documents
 from ctxproto.stores.vector_store import VectorStore
@@ -39,8 +41,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("source", help="folder of .txt/.md files, or a .jsonl of documents")
     parser.add_argument("--store", required=True, help="store folder (created or updated)")
-    parser.add_argument("--chunk-tokens", type=int, default=256)
-    parser.add_argument("--overlap-tokens", type=int, default=32)
+    parser.add_argument("--chunk-tokens", type=int_at_least(1), default=256)
+    parser.add_argument("--overlap-tokens", type=int_at_least(0), default=32)
     parser.add_argument(
         "--index", choices=("auto", "flat", "hnsw", "ivf"), default="auto", help="FAISS index kind"
     )
@@ -58,6 +60,10 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.models.embedder import get_embedder
     from ctxproto.retrieval import KnowledgeBase
 
+    if args.overlap_tokens >= args.chunk_tokens:
+        raise ConfigError(
+            f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
+        )
     skipped_links: list[str] = []
     documents = list(
         read_documents(
@@ -118,7 +124,7 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         Console().print(
-            f"indexed {len(documents)} documents ({chunks} chunks) into {args.store} "
+            f"indexed {len(documents)} documents ({chunks} chunks) into {escape(args.store)} "
             f"in {seconds:.1f} s; the store holds {summary['store_documents']} documents, "
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"
         )

@@ -1,7 +1,10 @@
 """The ``ctxproto`` command: one module per sub-command, each with ``register(subparsers)``.
 
-Errors the user can fix (bad config, bad request, bad dataset) exit with code 2
-and one line on stderr, never a traceback; other ctxproto errors exit 1.
+Usage errors (bad config, argument, request or dataset: ``UsageError``) exit
+with code 2 and one line on stderr, never a traceback; operational failures
+(``OperationalError``: a missing extra, a corrupt store, a backend down) exit 1.
+Messages are printed as plain text, never as Rich markup: an install hint such as
+``pip install 'ctxproto[embed]'`` must reach the user with its brackets.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
-from ctxproto.errors import ConfigError, CtxprotoError, DatasetError
+from ctxproto.errors import CtxprotoError, UsageError
 
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules under ctxproto.cli; each defines register(subparsers).
 COMMANDS = ("run", "demo", "bench", "eval", "index")
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -40,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse has printed --help, --version or the bad argument (exit code 2);
+        # return the code so that ``main`` is a function callers and tests can use.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
@@ -48,12 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (ConfigError, DatasetError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+    except UsageError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     except CtxprotoError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-        return 1
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ctxproto.context import ChatRequest
@@ -43,11 +44,11 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
     if result.prompt is not None:
         for message in result.prompt.messages:
             text = message.get("content") or json.dumps(message.get("tool_calls"))
-            console.rule(f"[bold]{message['role']}[/]", align="left")
+            console.rule(f"[bold]{escape(message['role'])}[/]", align="left")
             console.print(text, markup=False, highlight=False)
     else:
-        console.print(f"[bold green]answered without the model:[/] {result.answer}")
-    table = Table(title=f"pipeline '{pipeline.name}'")
+        console.print(f"[bold green]answered without the model:[/] {escape(result.answer or '')}")
+    table = Table(title=f"pipeline '{escape(pipeline.name)}'")
     table.add_column("stage")
     table.add_column("tokens in", justify="right")
     table.add_column("tokens out", justify="right")
@@ -56,7 +57,11 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
     for report in result.reports:
         counters = ", ".join(f"{k}={v:g}" for k, v in report.counters.items())
         table.add_row(
-            report.name, str(report.tokens_in), str(report.tokens_out), f"{report.ms:.1f}", counters
+            escape(report.name),
+            str(report.tokens_in),
+            str(report.tokens_out),
+            f"{report.ms:.1f}",
+            counters,
         )
     console.print(table)
     for repair in result.context.repairs:

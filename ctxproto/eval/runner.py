@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ctxproto.errors import CtxprotoError
+from ctxproto.errors import ConfigError, CtxprotoError
 from ctxproto.eval.dataset import EvalItem
 from ctxproto.eval.logprob import AnswerLogprobScorer
 from ctxproto.eval.metrics import best_subspan_em, token_f1
@@ -61,7 +61,7 @@ class Evaluator:
         logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,
     ) -> None:
         if not pipelines:
-            raise ValueError("evaluate at least one pipeline")
+            raise ConfigError("evaluate at least one pipeline", key="pipelines")
         first = pipelines[0]
         self.baseline = Pipeline(
             [], None, name=BASELINE, tokenizer=first.tokenizer, render=first.render

@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.text.sentences import split_sentences
 from ctxproto.tokens import TokenCounter
 
@@ -59,8 +59,13 @@ def chunk_text(
     text: str, counter: TokenCounter, *, max_tokens: int = 256, overlap_tokens: int = 32
 ) -> list[TextChunk]:
     """Split ``text`` into chunks of at most ``max_tokens`` tokens (see module docstring)."""
-    if max_tokens <= 0 or not 0 <= overlap_tokens < max_tokens:
-        raise StoreError("chunking needs max_tokens > 0 and 0 <= overlap_tokens < max_tokens")
+    if max_tokens <= 0:
+        raise ConfigError(f"must be at least 1, got {max_tokens}", key="max_tokens")
+    if not 0 <= overlap_tokens < max_tokens:
+        raise ConfigError(
+            f"must be >= 0 and smaller than max_tokens ({max_tokens}), got {overlap_tokens}",
+            key="overlap_tokens",
+        )
     chunks: list[TextChunk] = []
     current: list[_Unit] = []
     used = 0

@@ -55,7 +55,7 @@ class CompletionStream(Iterator[str]):
             self._ended = True
             self.completion = self._finish("".join(self._parts))
             raise
-        except BaseException:
+        except BaseException:  # any failure, Ctrl-C included, ends the stream; re-raised
             self._ended = True
             raise
         self._parts.append(delta)

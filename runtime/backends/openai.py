@@ -6,11 +6,14 @@ prompts feed. Only the standard library is used (``urllib``), so the backend
 adds no dependency. Every call streams (``stream_options.include_usage``), so
 TTFT is measured on the client, where a user feels it.
 
-Failures: a refused connection or an unknown host fails at once with a
-``BackendError`` saying so; 429 and 5xx answers are retried with exponential
-backoff (honouring ``Retry-After``) up to ``max_retries`` times; a 400 is the
-caller's mistake and raises ``ConfigError`` with the server's message, like the
-local engine would.
+Failures are typed so that callers can choose what to retry: a refused
+connection or an unknown host fails at once with ``BackendUnavailableError``; no
+answer (or a stalled stream) within ``timeout`` seconds is a
+``BackendTimeoutError``; 429 and 5xx answers are retried with exponential backoff
+(honouring ``Retry-After``) up to ``max_retries`` times, and a status that
+remains is an ``UpstreamStatusError`` carrying the status code and the server's
+message. A 400 or 422 is the caller's mistake and raises ``ConfigError`` with the
+server's message, like the local engine would.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from ctxproto.errors import BackendError, ConfigError
+from ctxproto.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigError,
+    UpstreamStatusError,
+)
 from ctxproto.runtime.backends.base import Backend, CompletionStream
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 
@@ -93,7 +102,8 @@ class OpenAIBackend(Backend):
             body["cache_salt"] = self.cache_salt  # vLLM: no prefix sharing across salts
         data = json.dumps(body).encode()
         url = f"{self.base_url}/chat/completions"
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             request = urllib.request.Request(url, data=data, headers=self._headers, method="POST")
             try:
                 return urllib.request.urlopen(request, timeout=self.timeout)
@@ -101,15 +111,23 @@ class OpenAIBackend(Backend):
                 message = _error_message(exc)
                 if exc.code in RETRY_STATUSES and attempt < self.max_retries:
                     time.sleep(_backoff(attempt, exc.headers.get("Retry-After")))
+                    attempt += 1
                     continue
                 if exc.code in (400, 422):
                     raise ConfigError(f"the server rejected the request: {message}") from None
-                raise BackendError(f"{url} answered HTTP {exc.code}: {message}") from None
+                raise UpstreamStatusError(
+                    f"{url} answered HTTP {exc.code}: {message}",
+                    status_code=exc.code,
+                    upstream_message=message,
+                ) from None
             except urllib.error.URLError as exc:
-                raise BackendError(_connection_message(url, exc.reason)) from None
+                raise _connection_error(url, exc.reason, self.timeout) from None
             except TimeoutError:
-                raise BackendError(f"{url} did not answer within {self.timeout} s") from None
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                # Connected, but no status line in time: urllib does not wrap this one.
+                raise BackendTimeoutError(f"{url} did not answer within {self.timeout} s") from None
+            except OSError as exc:
+                # The server closed or reset the connection before answering.
+                raise BackendUnavailableError(f"{url} dropped the connection: {exc}") from None
 
 
 class _Stream:
@@ -143,8 +161,10 @@ class _Stream:
                             self._first = time.perf_counter()
                         yield text
         except TimeoutError:
-            raise BackendError("the server stopped sending within the timeout") from None
-        except (ValueError, OSError) as exc:
+            raise BackendTimeoutError("the server stopped sending within the timeout") from None
+        except OSError as exc:
+            raise BackendUnavailableError(f"the connection broke mid-answer: {exc}") from None
+        except ValueError as exc:
             raise BackendError(f"broken response stream: {exc}") from None
         finally:
             self._response.close()
@@ -181,9 +201,11 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
         return exc.reason if isinstance(exc.reason, str) else str(exc)
 
 
-def _connection_message(url: str, reason: object) -> str:
-    if isinstance(reason, ConnectionRefusedError):
-        return f"connection refused by {url}: is the server running and listening there?"
+def _connection_error(url: str, reason: object, timeout: float) -> BackendError:
     if isinstance(reason, TimeoutError):
-        return f"{url} did not answer within the timeout"
-    return f"cannot reach {url}: {reason}"
+        return BackendTimeoutError(f"{url} did not answer within {timeout} s")
+    if isinstance(reason, ConnectionRefusedError):
+        return BackendUnavailableError(
+            f"connection refused by {url}: is the server running and listening there?"
+        )
+    return BackendUnavailableError(f"cannot reach {url}: {reason}")

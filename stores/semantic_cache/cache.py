@@ -34,7 +34,7 @@ import diskcache
 import numpy as np
 import numpy.typing as npt
 
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
 from ctxproto.stores.semantic_cache.mirror import (
@@ -86,11 +86,11 @@ class SemanticCache:
         embedder: Embedder | None = None,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
-            raise StoreError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+            raise ConfigError(f"must be a cosine in [-1, 1], got {threshold}", key="threshold")
         if ttl is not None and ttl <= 0:
-            raise StoreError(f"ttl must be positive seconds or None, got {ttl}")
+            raise ConfigError(f"must be positive seconds or None, got {ttl}", key="ttl")
         if max_entries is not None and max_entries <= 0:
-            raise StoreError(f"max_entries must be positive or None, got {max_entries}")
+            raise ConfigError(f"must be positive or None, got {max_entries}", key="max_entries")
         self.path = Path(path)
         self.threshold = threshold
         self.ttl = ttl

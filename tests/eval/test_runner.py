@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ctxproto.budget import Budget
+from ctxproto.errors import ConfigError
 from ctxproto.eval import BASELINE, DatasetOptions, evaluate, load_dataset
 from ctxproto.eval.aggregate import aggregate
-from ctxproto.eval.runner import unique_names
+from ctxproto.eval.runner import Evaluator, unique_names
 from ctxproto.pipeline import Pipeline
 from ctxproto.stages.recency_window import RecencyWindow
 
@@ -45,3 +48,8 @@ def test_aggregate_known_rows() -> None:
     assert values["errors"] == 1 and values["items"] == 3
     assert values["p50_ms"] == 4.0 and values["tokens_per_s"] == 400 / 0.008
     assert values["logprob_retention"] is None and values["reader_em"] is None
+
+
+def test_no_pipeline_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="at least one pipeline"):
+        Evaluator([])

@@ -15,13 +15,13 @@ def _decode(lm: Any, cache: Any, ids: Any, steps: int) -> tuple[list[int], Any, 
     """Prefill ``ids`` after the cache's tokens, then greedy-decode ``steps`` tokens."""
     start = cache.get_seq_length()
     positions = torch.arange(start, start + ids.shape[1]).unsqueeze(0)
-    out = lm(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = lm(input_ids=ids, position_ids=positions, cache=cache, use_cache=True)
     tokens, pointers = [], []
     for _ in range(steps):
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(token))
         position = torch.tensor([[cache.get_seq_length()]])
-        out = lm(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
+        out = lm(input_ids=token, position_ids=position, cache=cache, use_cache=True)
         pointers.append(cache.layers[0].keys.data_ptr())
     return tokens, out.logits[:, -1], pointers
 
@@ -40,7 +40,7 @@ def test_a_prefix_view_is_copied_before_it_grows(lm):
     ids = torch.randint(100, 40_000, (1, 48), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         first = new_cache()
-        lm(input_ids=ids[:, :32], past_key_values=first, use_cache=True)
+        lm(input_ids=ids[:, :32], cache=first, use_cache=True)
         spans = row_kv_slice(first, 0, 0)(0, 32)  # what the radix cache would hold
         kept = spans.clone()
         resumed = cache_from_spans(spans)

@@ -3,7 +3,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import ConfigError, UsageError
 from ctxproto.runtime import RadixKVCache
 from ctxproto.runtime.radix_cache import PrefixMatch, TreeNode
 
@@ -108,7 +108,7 @@ def test_interior_nodes_are_evicted_only_after_their_children():
 def test_unlock_below_zero_is_an_error():
     cache = RadixKVCache(1 << 20)
     node = insert(cache, [1, 2])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UsageError, match="without a matching lock"):
         cache.unlock(node)
 
 

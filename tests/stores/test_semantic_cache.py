@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.semantic_cache import SemanticCache
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
@@ -142,7 +142,7 @@ def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embed
         cache.invalidate()
     with pytest.raises(StoreError, match="dimension"):
         cache.put_embedded("question?", np.ones(7, dtype=np.float32), "a")
-    with pytest.raises(StoreError, match="threshold"):
+    with pytest.raises(ConfigError, match="threshold"):
         SemanticCache(tmp_path / "x", threshold=2.0, embedder=embedder)
     assert len(cache) == 0
 

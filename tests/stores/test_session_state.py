@@ -6,7 +6,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores import SessionStateStore
 from tests.conftest import Unprivileged
 
@@ -48,7 +48,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path: Path):
         store.put("t", "s", {"bad": object()})
     with pytest.raises(StoreError, match="JSON-serializable"):
         store.put("t", "s", {"nan": float("nan")})
-    with pytest.raises(StoreError, match="non-empty"):
+    with pytest.raises(ConfigError, match="tenant_id"):
         store.get("", "s")
     assert store.get("t", "s") == {"ok": True}
 

@@ -1,0 +1,98 @@
+"""Exit codes and error text of the ``ctxproto`` command, run as a user runs it.
+
+Usage errors (a bad argument of any sub-command) exit 2 and name the argument;
+operational failures exit 1; either way one readable message, no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxproto.cli.main import main
+
+ROOT = Path(__file__).parents[2]
+MINIMAL = str(ROOT / "examples" / "pipelines" / "minimal.yaml")
+
+# Runs the CLI with `faiss` and `sentence_transformers` made unimportable, the way
+# they are on a machine without the `embed` extra: the import system refuses them.
+WITHOUT_EMBED_EXTRA = """
+import sys
+
+class RefuseEmbedExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"faiss", "sentence_transformers"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, RefuseEmbedExtra())
+from ctxproto.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def ctxproto(*args: str, program: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, *(["-c", program] if program else ["-m", "ctxproto.cli"])]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_missing_extra_prints_the_install_hint_with_its_brackets(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "faq.md").write_text("Returns are accepted within 30 days.\n", "utf-8")
+    proc = ctxproto(
+        "index", str(docs), "--store", str(tmp_path / "store"), program=WITHOUT_EMBED_EXTRA
+    )
+    assert proc.returncode == 1
+    assert "pip install 'ctxproto[embed]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["index", "docs", "--store", "s", "--chunk-tokens", "0"], "--chunk-tokens"),
+        (["index", "docs", "--store", "s", "--overlap-tokens", "-1"], "--overlap-tokens"),
+        (
+            ["index", "docs", "--store", "s", "--chunk-tokens", "64", "--overlap-tokens", "64"],
+            "--overlap-tokens",
+        ),
+        (["eval", MINIMAL, "--dataset", "needle", "--out", "o", "--limit", "0"], "--limit"),
+        (
+            ["eval", MINIMAL, "--dataset", "needle", "--out", "o", "--logprob-tolerance", "-1"],
+            "--logprob-tolerance",
+        ),
+        (["run", MINIMAL, "--request", "missing.json"], "missing.json"),
+        (["bench", "decode", "--rounds", "0"], "--rounds"),
+        (["bench", "chat", "--turns", "0"], "--turns"),
+        (["bench", "stages", "--samples", "x"], "--samples"),
+        (["bench", "prefix", "--requests", "-2"], "--requests"),
+        (["bench", "retrieval", "--queries", "0"], "--queries"),
+        (["bench", "cache", "--entries", "0"], "--entries"),
+        (["demo", "--turns", "0"], "turns"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("Some text.\n", "utf-8")
+    proc = ctxproto(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr.replace("\n", "")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
+
+
+def test_main_returns_the_exit_code_of_an_argument_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["index", "docs", "--store", "s", "--chunk-tokens", "0"]) == 2
+    assert "argument --chunk-tokens: must be at least 1, got 0" in capsys.readouterr().err
