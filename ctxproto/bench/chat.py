@@ -1,39 +1,73 @@
-"""``ctxproto bench chat``: effective tokens per second of a chatbot, with and without ctxproto.
+"""``ctxproto bench chat``: effective tokens per second of a chatbot, ctxproto and its peers.
 
-**Effective TPS** is the number of tokens the baseline must process for the
-workload — its prompt tokens plus its generated tokens, summed over every turn —
-divided by wall-clock seconds. Both paths serve the same conversations, so they
-are credited with the same logical tokens, and the ratio of their effective TPS
-is the end-to-end speedup: fewer tokens sent, prefixes not recomputed, repeated
-questions answered from the cache.
+**Effective TPS** is the number of tokens the plain full-history chatbot must
+process for the workload — its prompt tokens plus its generated tokens, summed
+over every turn — divided by wall-clock seconds. Every path serves the same
+conversations, so each is credited with the same logical tokens, and the ratio
+of two paths' effective TPS is the end-to-end speedup of one over the other.
+
+The paths (``PATHS``), served turn by turn in turns so that whatever else the
+machine does slows all alike:
+
+- ``generate``: full history, ``transformers`` ``generate``, no KV reuse;
+- ``engine``: full history on the bundled engine with its prefix-KV cache;
+- ``llama_cpp``: full history on llama.cpp's server, prompt cache on;
+- ``ctxproto``: the ``examples/pipelines/chatbot.yaml`` session -> bundled engine;
+- ``ctxproto_llama_cpp``: the same session -> llama.cpp's server (OpenAI backend).
+
+The headline is ctxproto's ratio against the **best** full-history peer, the
+one users would otherwise run; every ratio is reported. A peer that cannot run
+(no llama.cpp binary, a CPU it was not built for) is named with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ctxproto.bench.chat_paths import TurnRecord, baseline_turns, ctxproto_turns
-from ctxproto.bench.chat_workload import build_workload, examples_dir
+from ctxproto.bench.chat_paths import (
+    TurnRecord,
+    ctxproto_turns,
+    full_history_turns,
+    generate_turns,
+)
+from ctxproto.bench.chat_workload import SessionScript, build_workload, examples_dir
 from ctxproto.cli.arguments import int_at_least
-from ctxproto.errors import ConfigError
+from ctxproto.errors import BackendError, ConfigError
 from ctxproto.eval.metrics import percentile
-from ctxproto.tokens import get_counter
+from ctxproto.tokens import TokenCounter, get_counter
 
-__all__ = ["register", "run_chat_benchmark", "summarize"]
+__all__ = [
+    "FULL_HISTORY_PATHS",
+    "PATHS",
+    "compare_paths",
+    "print_comparison",
+    "register",
+    "run_chat_benchmark",
+    "run_paths",
+    "summarize",
+]
+
+FULL_HISTORY_PATHS = ("generate", "engine", "llama_cpp")
+CTXPROTO_PATHS = ("ctxproto", "ctxproto_llama_cpp")
+PATHS = FULL_HISTORY_PATHS + CTXPROTO_PATHS
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "chat", help="effective TPS of a multi-session chat: baseline vs ctxproto"
+        "chat", help="effective TPS of a multi-session chat: ctxproto vs full-history peers"
     )
     parser.add_argument("--turns", type=int_at_least(1), default=30, help="user turns per session")
     parser.add_argument("--sessions", type=int_at_least(1), default=2)
     parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}"
+    )
     parser.add_argument("--plot", type=Path, help="write the by-turns plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
@@ -42,14 +76,32 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    from ctxproto.errors import ConfigError
+
+    paths = tuple(p for p in args.paths.split(",") if p)
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or "generate" not in paths or "ctxproto" not in paths:
+        raise ConfigError(
+            f"--paths must name generate, ctxproto and any of {', '.join(PATHS)}; "
+            f"unknown: {', '.join(unknown) or 'none'}",
+            key="paths",
+        )
     with Progress(transient=True, disable=args.json) as progress:
         result = run_chat_benchmark(
-            args.turns, args.sessions, args.max_new_tokens, args.seed, progress=progress
+            args.turns,
+            args.sessions,
+            args.max_new_tokens,
+            args.seed,
+            progress=progress,
+            paths=paths,
         )
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
     summary = {k: v for k, v in result.items() if k != "turns"}
-    print(json.dumps(summary, indent=None if args.json else 2))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_comparison(summary)
     return 0
 
 
@@ -61,8 +113,9 @@ def run_chat_benchmark(
     *,
     progress: Any = None,
     on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
+    paths: Sequence[str] = ("generate", "ctxproto"),
 ) -> dict[str, Any]:
-    """Run both paths on the same workload in this process; returns the figures."""
+    """The support-chat workload on ``paths``; ``on_turn(generate, ctxproto)`` per turn."""
     for key, value in (
         ("turns", turns),
         ("sessions", sessions),
@@ -70,37 +123,184 @@ def run_chat_benchmark(
     ):
         if value < 1:
             raise ConfigError(f"must be at least 1, got {value}", key=key)
+    counter = get_counter()
+    scripts = build_workload(sessions, turns, counter, seed=seed)
+    result = run_paths(scripts, max_new_tokens, paths=paths, progress=progress, on_turn=on_turn)
+    result["workload"] = {"sessions": sessions, "turns": turns, "max_new_tokens": max_new_tokens}
+    return result
+
+
+def run_paths(
+    scripts: list[SessionScript],
+    max_new_tokens: int,
+    *,
+    paths: Sequence[str] = PATHS,
+    window_tokens: int | None = None,
+    progress: Any = None,
+    on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Serve ``scripts`` on every path in ``paths``, interleaved turn by turn; the figures."""
     examples = examples_dir()
     system_prompt = (examples / "system_prompt.md").read_text(encoding="utf-8")
-    scripts = build_workload(sessions, turns, get_counter(), seed=seed)
+    counter = get_counter("hf:default")
     total = sum(len(s.turns) for s in scripts)
-
-    task = progress.add_task("serving turns, both ways", total=total) if progress else None
+    task = progress.add_task(f"serving turns, {len(paths)} ways", total=total) if progress else None
     _warm_up()
-    # The two paths take turns, one user turn each, so that whatever else the machine
-    # is doing slows both alike and the ratio stays fair.
-    cache_stats: dict[str, Any] = {}
-    baseline: list[TurnRecord] = []
-    ours: list[TurnRecord] = []
-    for base, mine in zip(
-        baseline_turns(scripts, system_prompt, max_new_tokens),
-        ctxproto_turns(scripts, system_prompt, max_new_tokens, examples, cache_stats),
-        strict=True,
-    ):
-        baseline.append(base)
-        ours.append(mine)
-        if on_turn is not None:
-            on_turn(base, mine)
-        if task is not None:
-            progress.advance(task)
-    result = summarize(baseline, ours)
+    with ExitStack() as stack:
+        engines: dict[str, Any] = {}
+        unavailable: dict[str, str] = {}
+        served: dict[str, Iterator[TurnRecord]] = {}
+        for path in paths:
+            try:
+                backend = _backend(path, stack, engines, window_tokens)
+            except BackendError as exc:
+                unavailable[path] = str(exc)
+                continue
+            served[path] = _turns(
+                path,
+                scripts,
+                system_prompt,
+                max_new_tokens,
+                backend,
+                counter,
+                window_tokens,
+                examples,
+            )
+        records: dict[str, list[TurnRecord]] = {path: [] for path in served}
+        for row in zip(*served.values(), strict=True):
+            for path, record in zip(served, row, strict=True):
+                records[path].append(record)
+            if on_turn is not None:
+                on_turn(records["generate"][-1], records["ctxproto"][-1])
+            if task is not None:
+                progress.advance(task)
+        cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
+    result = summarize(records["generate"], records["ctxproto"])
+    result.update(compare_paths(records))
     result.update(
-        workload={"sessions": sessions, "turns": turns, "max_new_tokens": max_new_tokens},
-        prefix_cache=cache_stats,
+        unavailable=unavailable,
+        prefix_cache=cache_stats.get("ctxproto", {}),
+        prefix_cache_by_path=cache_stats,
+        window_tokens=window_tokens,
         device="cpu",
-        turns=[vars(r) for r in ours],
+        turns=[vars(r) for r in records["ctxproto"]],
     )
     return result
+
+
+def _backend(
+    path: str, stack: ExitStack, engines: dict[str, Any], window_tokens: int | None
+) -> Any:
+    """The backend ``path`` runs on: its own engine or its own llama.cpp server."""
+    if path == "generate":
+        return None
+    if path in ("engine", "ctxproto"):
+        from ctxproto.runtime import Engine, LocalBackend
+
+        engine = stack.enter_context(Engine())
+        engines[path] = engine
+        return stack.enter_context(LocalBackend(engine))
+    from ctxproto.bench.llama_server import LlamaServer
+    from ctxproto.models.resolver import resolve_lm
+    from ctxproto.runtime import OpenAIBackend
+
+    model = resolve_lm()
+    assert model.gguf_file is not None  # the bundled default is a GGUF file
+    server = LlamaServer(Path(model.location) / model.gguf_file, context_tokens=8192)
+    stack.enter_context(server)
+    return stack.enter_context(OpenAIBackend(server.base_url, timeout=600.0))
+
+
+def _turns(
+    path: str,
+    scripts: list[SessionScript],
+    system_prompt: str,
+    max_new_tokens: int,
+    backend: Any,
+    counter: TokenCounter,
+    window_tokens: int | None,
+    examples: Path,
+) -> Iterator[TurnRecord]:
+    if path == "generate":
+        return generate_turns(
+            scripts, system_prompt, max_new_tokens, counter, window_tokens=window_tokens
+        )
+    if path in FULL_HISTORY_PATHS:
+        return full_history_turns(
+            scripts, system_prompt, max_new_tokens, backend, counter, window_tokens=window_tokens
+        )
+    return ctxproto_turns(scripts, system_prompt, max_new_tokens, examples, backend)
+
+
+def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
+    """Per-path figures, every ctxproto/full-history ratio, and the headline.
+
+    Every path is credited with the ``generate`` path's logical tokens; a
+    ratio is the peer's seconds over ctxproto's. The headline compares the
+    ``ctxproto`` path with the fastest full-history peer.
+    """
+    logical = sum(r.prompt_tokens + r.output_tokens for r in records["generate"])
+    figures = {path: _path_figures(rows, logical) for path, rows in records.items()}
+    peers = [p for p in FULL_HISTORY_PATHS if p in records]
+    ratios = {
+        f"{ours}/{peer}": round(figures[peer]["seconds"] / figures[ours]["seconds"], 3)
+        for ours in CTXPROTO_PATHS
+        if ours in records
+        for peer in peers
+    }
+    best = min(peers, key=lambda p: figures[p]["seconds"])
+    return {
+        "paths": figures,
+        "ratios": ratios,
+        "headline": {"best_full_history_peer": best, "ratio": ratios[f"ctxproto/{best}"]},
+    }
+
+
+def _path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
+    seconds = sum(r.seconds for r in rows)
+    asks = [r for r in rows if r.fact_in_prompt is not None]
+    return {
+        "seconds": round(seconds, 3),
+        "effective_tps": round(logical / seconds, 2) if seconds else None,
+        "prompt_tokens": sum(r.prompt_tokens for r in rows),
+        "prefill_tokens": sum(r.prefill_tokens for r in rows),
+        "output_tokens": sum(r.output_tokens for r in rows),
+        "ttft_p50_ms": _p(rows, 50),
+        "ttft_p95_ms": _p(rows, 95),
+        "fact_retention": _share([r.fact_in_prompt for r in asks]),
+        "fact_accuracy_reader": _share([r.fact_answered for r in asks]),
+    }
+
+
+def print_comparison(result: dict[str, Any]) -> None:
+    """The per-path table and the ratios, in 80 columns."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=80)
+    table = Table(title="paths (same turns, same model, greedy)")
+    for name in ("path", "seconds", "eff. TPS", "prefilled", "TTFT p50", "facts"):
+        table.add_column(name, justify="left" if name == "path" else "right")
+    for path, row in result["paths"].items():
+        retention = row["fact_retention"]
+        table.add_row(
+            path,
+            f"{row['seconds']:,.1f}",
+            f"{row['effective_tps'] or 0:,.1f}",
+            f"{row['prefill_tokens']:,}",
+            f"{row['ttft_p50_ms'] or 0:,.0f} ms",
+            "-" if retention is None else f"{retention:.0%}",
+        )
+    console.print(table)
+    for pair, ratio in result["ratios"].items():
+        console.print(f"  {pair:<32} {ratio:6.2f}x")
+    headline = result["headline"]
+    console.print(
+        f"[bold]ctxproto vs the best full-history peer ({headline['best_full_history_peer']})"
+        f": {headline['ratio']:.2f}x[/]"
+    )
+    for path, reason in result.get("unavailable", {}).items():
+        console.print(f"[yellow]{path} not run[/]: {reason}")
 
 
 def summarize(baseline: Sequence[TurnRecord], ours: Sequence[TurnRecord]) -> dict[str, Any]:

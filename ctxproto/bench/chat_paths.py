@@ -1,11 +1,19 @@
-"""The two ways ``ctxproto bench chat`` serves the same workload, turn by turn.
+"""The ways ``ctxproto bench chat`` serves the same workload, turn by turn.
 
-- **baseline**: the full history every turn, no caches, plain ``transformers``
-  ``generate`` — what a chatbot without context management does.
-- **ctxproto**: a ``ChatSession`` — retrieval, semantic cache and a
-  checkpointed summary in front of the prefix-KV-caching engine.
+Full history every turn, as a chatbot without context management sends it:
 
-Both record the same per-turn fields, so the benchmark compares them line by line.
+- ``generate_turns``: plain ``transformers`` ``generate``, no KV reuse — the
+  first baseline this benchmark had, kept for continuity;
+- ``full_history_turns``: any ``Backend`` — the bundled engine with its
+  prefix-KV cache, or llama.cpp's server with ``cache_prompt`` — which reuse
+  the unchanged prefix of the conversation from one turn to the next.
+
+And ``ctxproto_turns``: a ``ChatSession`` (retrieval, semantic cache,
+checkpointed summary) in front of any ``Backend``.
+
+With ``window_tokens`` the full-history paths drop the oldest turns until the
+conversation fits, as chat apps do when it outgrows the model's context.
+All record the same per-turn fields, so the benchmark compares them line by line.
 """
 
 from __future__ import annotations
@@ -17,12 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxproto.bench.chat_workload import SessionScript
+from ctxproto.bench.chat_workload import ChatTurn, SessionScript
 from ctxproto.eval.metrics import best_subspan_em
+from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline
 from ctxproto.session import ChatSession
+from ctxproto.tokens import TokenCounter
 
-__all__ = ["TurnRecord", "baseline_turns", "build_chat_pipeline", "ctxproto_turns"]
+__all__ = [
+    "TurnRecord",
+    "build_chat_pipeline",
+    "ctxproto_turns",
+    "full_history_turns",
+    "generate_turns",
+]
 
 
 @dataclass
@@ -60,8 +76,47 @@ class _FirstTokenClock:
         pass
 
 
-def baseline_turns(
-    scripts: list[SessionScript], system_prompt: str, max_new_tokens: int
+class _History:
+    """The full conversation so far, cut from the oldest turn to fit a token window."""
+
+    def __init__(
+        self, system_prompt: str, counter: TokenCounter, window_tokens: int | None
+    ) -> None:
+        self.system = {"role": "system", "content": system_prompt}
+        self.counter = counter
+        self.window_tokens = window_tokens
+        self.turns: list[tuple[dict[str, str], dict[str, str], int]] = []
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """System prompt, the newest turns that fit, the question."""
+        kept = self.turns
+        if self.window_tokens is not None:
+            used = self._count("system", self.system["content"]) + self._count("user", question)
+            start = len(kept)
+            while start > 0 and used + kept[start - 1][2] <= self.window_tokens:
+                start -= 1
+                used += kept[start][2]
+            kept = kept[start:]
+        pairs = [m for user, answer, _ in kept for m in (user, answer)]
+        return [self.system, *pairs, {"role": "user", "content": question}]
+
+    def add(self, question: str, answer: str) -> None:
+        cost = self._count("user", question) + self._count("assistant", answer)
+        self.turns.append(
+            ({"role": "user", "content": question}, {"role": "assistant", "content": answer}, cost)
+        )
+
+    def _count(self, role: str, text: str) -> int:
+        return self.counter.count_message(Message(role=role, content=text))
+
+
+def generate_turns(
+    scripts: list[SessionScript],
+    system_prompt: str,
+    max_new_tokens: int,
+    counter: TokenCounter,
+    *,
+    window_tokens: int | None = None,
 ) -> Iterator[TurnRecord]:
     """Full history, plain ``generate``, greedy: one record per turn as it is served."""
     import torch
@@ -70,10 +125,9 @@ def baseline_turns(
 
     model, tokenizer = load_causal_lm(), load_tokenizer()
     for script in scripts:
-        history: list[dict[str, str]] = []
+        history = _History(system_prompt, counter, window_tokens)
         for index, turn in enumerate(script.turns):
-            messages = [{"role": "system", "content": system_prompt}, *history]
-            messages.append({"role": "user", "content": turn.text})
+            messages = history.messages(turn.text)
             start = time.perf_counter()
             ids = tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -91,26 +145,79 @@ def baseline_turns(
             answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
             end = time.perf_counter()
             prompt = int(ids.shape[1])
-            yield (
-                TurnRecord(
-                    session=script.id,
-                    turn=index + 1,
-                    kind=turn.kind,
-                    prompt_tokens=prompt,
-                    prefill_tokens=prompt,
-                    output_tokens=int(out.shape[1]) - prompt,
-                    ttft_ms=((clock.first or end) - start) * 1000.0,
-                    seconds=end - start,
-                    fact_in_prompt=True if turn.asks else None,
-                    fact_answered=_answered(answer, turn.asks),
-                    question=turn.text,
-                    answer=answer,
-                )
+            yield _record(
+                script,
+                index,
+                turn,
+                messages,
+                answer,
+                prompt_tokens=prompt,
+                prefill_tokens=prompt,
+                output_tokens=int(out.shape[1]) - prompt,
+                ttft_ms=((clock.first or end) - start) * 1000.0,
+                seconds=end - start,
             )
-            history += [
-                {"role": "user", "content": turn.text},
-                {"role": "assistant", "content": answer},
-            ]
+            history.add(turn.text, answer)
+
+
+def full_history_turns(
+    scripts: list[SessionScript],
+    system_prompt: str,
+    max_new_tokens: int,
+    backend: Any,
+    counter: TokenCounter,
+    *,
+    window_tokens: int | None = None,
+) -> Iterator[TurnRecord]:
+    """Full history through ``backend`` (its own prefix cache decides what is recomputed)."""
+    from ctxproto.runtime import GenerationParams
+
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    for script in scripts:
+        history = _History(system_prompt, counter, window_tokens)
+        for index, turn in enumerate(script.turns):
+            messages = history.messages(turn.text)
+            start = time.perf_counter()
+            completion = backend.generate(messages, params)
+            seconds = time.perf_counter() - start
+            metrics = completion.metrics
+            answer = completion.text.strip()
+            yield _record(
+                script,
+                index,
+                turn,
+                messages,
+                answer,
+                prompt_tokens=metrics.prompt_tokens,
+                prefill_tokens=metrics.prompt_tokens - metrics.cached_tokens,
+                output_tokens=metrics.output_tokens,
+                ttft_ms=metrics.ttft_ms,
+                seconds=seconds,
+            )
+            history.add(turn.text, answer)
+
+
+def _record(
+    script: SessionScript,
+    index: int,
+    turn: ChatTurn,
+    messages: list[dict[str, str]],
+    answer: str,
+    **measured: Any,
+) -> TurnRecord:
+    fact_in_prompt = None
+    if turn.asks is not None:
+        fact_in_prompt = any(turn.asks.answer in m["content"] for m in messages)
+    return TurnRecord(
+        session=script.id,
+        turn=index + 1,
+        kind=turn.kind,
+        fact_in_prompt=fact_in_prompt,
+        fact_answered=_answered(answer, turn.asks),
+        question=turn.text,
+        answer=answer,
+        **measured,
+    )
 
 
 # Where each stage of examples/pipelines/chatbot.yaml keeps its state.
@@ -140,18 +247,13 @@ def ctxproto_turns(
     system_prompt: str,
     max_new_tokens: int,
     examples: Path,
-    stats: dict[str, Any],
+    backend: Any,
 ) -> Iterator[TurnRecord]:
-    """Every session through one ``ChatSession`` pipeline and one engine, a record per turn.
-
-    The engine's prefix-cache statistics are written into ``stats`` at the end.
-    """
-    from ctxproto.runtime import Engine, GenerationParams, LocalBackend
+    """Every session through one ``ChatSession`` pipeline in front of ``backend``."""
+    from ctxproto.runtime import GenerationParams
 
     with tempfile.TemporaryDirectory(prefix="ctxproto-bench-") as tmp:
         pipeline = build_chat_pipeline(Path(tmp), examples)
-        engine = Engine()
-        backend = LocalBackend(engine)
         params = GenerationParams(max_new_tokens=max_new_tokens)
         for script in scripts:
             session = ChatSession(
@@ -170,7 +272,7 @@ def ctxproto_turns(
                 if turn.asks is not None:
                     seen = result.prompt.text if result.prompt is not None else result.answer
                     fact_in_prompt = turn.asks.answer in seen
-                record = TurnRecord(
+                yield TurnRecord(
                     session=script.id,
                     turn=index + 1,
                     kind=turn.kind,
@@ -185,10 +287,6 @@ def ctxproto_turns(
                     question=turn.text,
                     answer=result.answer,
                 )
-                yield record
-        stats.update(engine.stats().model_dump())
-        backend.close()
-        engine.close()
 
 
 def _answered(answer: str, fact: Any) -> bool | None:

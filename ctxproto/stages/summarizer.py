@@ -44,11 +44,19 @@ class Summarizer(Stage):
     ``ConversationSummaryBufferMemory``) would invalidate it every turn.
 
     Folding is abstractive with ``model`` (the bundled LM by default), or
-    extractive — the most central sentences by embedding similarity, with every
-    user sentence stating a fact (number, date, name, ID) ranked first, kept
+    extractive — the most central sentences by embedding similarity, kept
     verbatim — when ``model`` is null, or as the fallback when the LM's summary
     is empty, longer than its input, an echo of the prompt, or drops a fact the
     user stated.
+
+    What users state about themselves ("I live in Halifax", "my order number
+    is ORD-551203") is pinned in the extractive summary: such a sentence is
+    kept ahead of everything else and, once kept, stays through every later
+    rewrite, oldest first. Which sentences qualify is decided by their form
+    (a first-person statement carrying a fact, not a question or a request),
+    never by centrality — ranked by similarity to the rest of the chat, a fact
+    survives or not depending on its words (a city that happens to sit closer
+    to the chatter), and a long chat of first-person requests pushes it out.
 
     The summary and how many turns it covers live per tenant and session in a
     ``SessionStateStore`` at ``state_path`` (a temporary store when null), so
@@ -143,32 +151,45 @@ class Summarizer(Stage):
         return self._extractive(summary, messages, counter)
 
     def _extractive(self, summary: str, messages: list[Message], counter: TokenCounter) -> str:
-        """Central sentences within the budget, user-stated facts first, all verbatim.
+        """User-stated facts pinned, then central sentences within the budget, all verbatim.
 
-        Priority: what users say about themselves (``_tier``), then other
-        sentences stating facts, then the rest; by embedding centrality within
-        each tier. Lines already in the summary
-        keep their tier, so a fact once kept is not displaced by chatter.
+        Lines already in the summary are re-read with the same rules, so a fact
+        once kept is forced again on every rewrite. Facts are forced oldest
+        first while they fit ``max_summary_tokens``; the rest of the budget goes
+        by tier (``_tier``), then embedding centrality within each tier.
         """
         assert self._embedder is not None
         lines: list[str] = []
         tiers: list[float] = []
+        pinned: list[bool] = []
         for line in summary.splitlines():
             if line.strip():
+                user = line.startswith("User: ")
                 lines.append(line.strip())
-                tiers.append(_tier(line, user=line.startswith("User: ")))
+                tiers.append(_tier(line, user=user))
+                pinned.append(user and _states_user_fact(line.removeprefix("User: ")))
         for message in messages:
             for sentence in split_sentences(message.text):
                 if sentence.strip():
+                    user = message.role == "user"
                     lines.append(f"{message.role.capitalize()}: {sentence.strip()}")
-                    tiers.append(_tier(sentence, user=message.role == "user"))
+                    tiers.append(_tier(sentence, user=user))
+                    pinned.append(user and _states_user_fact(sentence))
         if not lines:
             return ""
+        costs = [counter.count(line) + 1 for line in lines]
+        forced = [False] * len(lines)
+        room = self.max_summary_tokens
+        for i in (i for i, is_fact in enumerate(pinned) if is_fact):
+            if costs[i] <= room:
+                forced[i] = True
+                room -= costs[i]
         scores = centrality(self._embedder.embed(lines))
         keep = select_within_budget(
             [score + tier for score, tier in zip(scores, tiers, strict=True)],
-            [counter.count(line) + 1 for line in lines],
+            costs,
             self.max_summary_tokens,
+            forced,
         )
         return "\n".join(line for line, k in zip(lines, keep, strict=True) if k)
 
@@ -211,6 +232,33 @@ def _tier(sentence: str, *, user: bool) -> float:
     if user and _SELF_DISCLOSURE.search(sentence):
         return 2.0
     return 1.0 if facts else 0.0
+
+
+_FIRST_PERSON_SUBJECT = re.compile(
+    r"\b(?:I|I'm|I've|I'd|I'll|we|we're|we've|my|our)\b", re.IGNORECASE
+)
+_REQUEST = re.compile(
+    r"\b(?:please|can you|could you|would you|will you|help me|tell me|give me|show me)\b"
+    r"|\?\s*$",
+    re.IGNORECASE,
+)
+_MAX_FACT_WORDS = 40
+
+
+def _states_user_fact(sentence: str) -> bool:
+    """Whether a user's sentence states a fact about the user, judged by its form alone.
+
+    A short first-person statement (I, we, my, our as in "I live in Halifax",
+    "my order number is ...") carrying a fact (number, date, name, ID) or of the
+    form "my X is Y"; not a question or a request ("can you ...", "please
+    ..."), which mention the user without telling anything about them. No
+    word of the fact itself is looked at beyond its being one.
+    """
+    if len(sentence.split()) > _MAX_FACT_WORDS or _REQUEST.search(sentence):
+        return False
+    if not _FIRST_PERSON_SUBJECT.search(sentence):
+        return False
+    return bool(fact_strings(sentence)) or bool(_SELF_DISCLOSURE.search(sentence))
 
 
 def _echoes_prompt(candidate: str) -> bool:

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ctxproto import Context, Message
 from ctxproto.pipeline import Pipeline
-from ctxproto.stages.summarizer import Summarizer
+from ctxproto.stages.summarizer import Summarizer, _states_user_fact
 from ctxproto.stores import SessionStateStore
 
 FACT = "By the way, my order number is ORD-551203."
@@ -171,3 +171,61 @@ def test_chat_example_pipeline_keeps_the_fact_and_compresses(counter):
     assert result.prompt is not None
     assert "ORD-551203" in result.prompt.text
     assert result.original_tokens >= 3 * result.prompt_tokens
+
+
+# First-person requests that mention names and numbers: they look like facts
+# the user states (the old ranking put them in the top tier) but tell nothing
+# about the user, and in a long chat they outnumber the one real statement.
+REQUESTS = [
+    "I need 10 more headlines for my Day Sculpting course, please.",
+    "Can you rewrite my Python script so it reads the CSV from S3?",
+    "I don't like #8, please give me one more.",
+    "Could you make my React component render 3 columns?",
+    "Write me a cover letter for my interview at Weekend Health, please.",
+    "Can you explain what my SQL query with 2 JOINs does?",
+    "I want a poem about my trip to the Alps in 2019, please.",
+]
+ANSWERS = [
+    "Sure, here are some options you might like.",
+    "Here is a version that does that, with comments.",
+    "Of course. Let me know if you want a different tone.",
+]
+
+
+@pytest.mark.parametrize("city", ["Halifax", "Toronto", "Quebec City"])
+def test_a_fact_the_user_stated_early_survives_a_long_chat_of_requests(tmp_path, counter, city):
+    """The city from turn 3 is still in memory at turn 29, whatever the city.
+
+    Ranked by centrality among first-person requests that also carry names and
+    numbers, the statement used to lose its place to them at a later rewrite.
+    """
+    statement = f"I live in {city}, if that matters for delivery."
+    history = []
+    for turn in range(28):
+        user = statement if turn == 2 else REQUESTS[turn % len(REQUESTS)] + f" (turn {turn})"
+        history += [
+            Message(role="user", content=user),
+            Message(role="assistant", content=ANSWERS[turn % len(ANSWERS)]),
+        ]
+    stage = extractive(tmp_path, keep_turns=6, checkpoint_every=6, max_summary_tokens=192)
+    result = stage.run(ctx(history), counter)
+    assert result.report.counters["folded_turns"] >= 48
+    assert statement in (result.context.summary or "")
+    assert counter.count(result.context.summary or "") <= 192
+
+
+@pytest.mark.parametrize(
+    ("sentence", "pinned"),
+    [
+        ("I live in Halifax, if that matters for delivery.", True),
+        ("My sister's wedding is on June 3, 2027.", True),
+        ("For the record, my favourite dinner is shakshuka.", True),
+        ("i moved to Oslo last year.", True),
+        ("I don't like #8, please give me one more.", False),
+        ("Can I use the Plug Mini with a space heater?", False),
+        ("Give me an example of a question about Weekend Health.", False),
+        ("The Hub 2 has a solid amber light.", False),
+    ],
+)
+def test_user_facts_are_recognised_by_form(sentence, pinned):
+    assert _states_user_fact(sentence) is pinned

@@ -1,0 +1,74 @@
+"""The peers of ``ctxproto bench chat``: ratios, the history window, llama.cpp's server."""
+
+from typing import Any
+
+import pytest
+
+from ctxproto.bench.chat import compare_paths, run_paths
+from ctxproto.bench.chat_paths import TurnRecord
+from ctxproto.bench.chat_workload import ChatTurn, SessionScript
+from ctxproto.bench.llama_server import LlamaServer
+from ctxproto.errors import BackendError
+from ctxproto.eval.facts import Fact
+
+
+def rows(seconds: list[float], prompt: int = 100) -> list[TurnRecord]:
+    return [
+        TurnRecord("s", i + 1, "chat", prompt, prompt, 10, 1.0, s) for i, s in enumerate(seconds)
+    ]
+
+
+def test_headline_is_against_the_fastest_full_history_peer():
+    records = {
+        "generate": rows([4.0, 4.0]),
+        "engine": rows([1.0, 1.0]),
+        "llama_cpp": rows([0.5, 0.5]),
+        "ctxproto": rows([0.5, 0.25]),
+        "ctxproto_llama_cpp": rows([0.25, 0.25]),
+    }
+    result = compare_paths(records)
+    assert result["headline"] == {
+        "best_full_history_peer": "llama_cpp",
+        "ratio": round(1 / 0.75, 3),
+    }
+    assert result["ratios"]["ctxproto/generate"] == round(8 / 0.75, 3)
+    assert result["ratios"]["ctxproto_llama_cpp/llama_cpp"] == 2.0
+    assert len(result["ratios"]) == 6
+    # Every path is credited with the generate path's logical tokens.
+    assert result["paths"]["engine"]["effective_tps"] == round(220 / 2.0, 2)
+
+
+def test_a_server_that_cannot_start_is_a_backend_error_and_leaves_no_process(tmp_path):
+    missing = tmp_path / "not-a-model.gguf"
+    missing.write_bytes(b"not a gguf file")
+    server = LlamaServer(missing, startup_timeout_s=60)
+    with pytest.raises(BackendError, match="llama-server"):
+        server.start()
+    assert server._process is None
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_full_history_peers_drop_the_oldest_turns_to_fit_the_window():
+    """With a small window the early fact leaves the full-history prompt; ctxproto keeps it."""
+    fact = Fact(
+        "city", "I live in Halifax, if that matters for delivery.", "Where do I live?", "Halifax"
+    )
+    chatter = "Tell me something interesting about the history of tea in a few sentences."
+    turns = (
+        ChatTurn(fact.statement, "fact"),
+        *(ChatTurn(f"{chatter} ({i})", "chat") for i in range(8)),
+        ChatTurn(fact.question, "ask", fact),
+    )
+    result: dict[str, Any] = run_paths(
+        [SessionScript("s", turns, (fact,))],
+        max_new_tokens=4,
+        paths=("generate", "engine", "ctxproto"),
+        window_tokens=600,
+    )
+    figures = result["paths"]
+    assert figures["generate"]["fact_retention"] == 0.0
+    assert figures["engine"]["fact_retention"] == 0.0
+    assert figures["ctxproto"]["fact_retention"] == 1.0
+    assert figures["engine"]["prefill_tokens"] < figures["generate"]["prefill_tokens"]
+    assert set(result["ratios"]) == {"ctxproto/generate", "ctxproto/engine"}
