@@ -18,6 +18,18 @@ and by source document. Each process keeps an in-memory FAISS mirror of the
 entry vectors, brought up to date from a shared sequence counter before every
 lookup; a candidate is re-read from disk before it is returned, so an entry
 that expired, was evicted or invalidated by another process is never served.
+
+Two rules make that re-read sufficient while other processes write:
+
+- **Keys are never reused.** They come from a counter that ``clear()`` keeps,
+  so a key a process mirrored can only ever name the entry it mirrored: after
+  another process clears and refills the cache, an old question cannot be
+  answered with a new entry that took its number.
+- **Sources carry generations.** ``invalidate(source=...)`` first bumps the
+  source's generation, then deletes the entries listed under it. An entry
+  records each source's generation as ``put`` read it, and ``get`` serves it
+  only while every one is still current, so an entry written while an
+  invalidation ran (and missed by its list) is never answered.
 """
 
 from __future__ import annotations
@@ -63,11 +75,17 @@ class CacheHit:
 
 
 def context_fingerprint(context: CacheContext) -> str:
-    """A short stable digest of ``context``; ids are order-insensitive."""
+    """A short stable digest of ``context``; ids are order-insensitive.
+
+    The digest is taken over JSON of a typed value (``["text", ...]`` or
+    ``["ids", [...]]``), never over joined strings, so no text equals a set of ids
+    and no id list equals another split differently ("a\x1fb" vs "a", "b").
+    """
     if context is None:
         return ""
-    text = context if isinstance(context, str) else "\x1f".join(sorted(set(context)))
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    typed = ["text", context] if isinstance(context, str) else ["ids", sorted(set(context))]
+    encoded = json.dumps(typed, ensure_ascii=True).encode("ascii")
+    return hashlib.blake2b(encoded, digest_size=12).hexdigest()
 
 
 class SemanticCache:
@@ -151,22 +169,22 @@ class SemanticCache:
                 f"a query vector of shape {np.shape(vector)} does not fit this cache's "
                 f"embedder (dimension {self.embedder.dimension})"
             )
-        sources = sorted(set(sources))
+        generations = {source: self._generation(source) for source in sorted(set(sources))}
         key = str(self._meta.incr("seq"))
-        for source in sources:
-            with self._meta.transact():
-                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
-                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
         entry = {
             "namespace": namespace,
             "context": context_fingerprint(context),
             "query": query,
             "answer": answer,
             "vector": encode_vector(vector),
-            "sources": sources,
+            "sources": generations,
             "created": time.time(),
         }
         self._entries.set(key, entry, expire=self.ttl)
+        for source in generations:
+            with self._meta.transact():
+                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
+                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
         self._evict_over_limit()
         return key
 
@@ -185,6 +203,9 @@ class SemanticCache:
             if slots is not None and slot_conflict(slots, candidate.slots) is not None:
                 continue
             entry = self._entries.get(candidate.key)
+            if entry is not None and not self._sources_current(entry):
+                self._entries.delete(candidate.key)
+                entry = None
             if entry is None or entry["namespace"] != namespace or entry["context"] != fingerprint:
                 self._mirror.forget(candidate.key)
                 continue
@@ -197,6 +218,7 @@ class SemanticCache:
             raise StoreError("invalidate needs a source or a key")
         keys = [key] if key is not None else []
         if source is not None:
+            self._meta.incr(f"gen:{source}")  # before reading the list: see the module docstring
             keys += json.loads(self._meta.pop(f"src:{source}", default="[]"))
         dropped = 0
         for entry_key in keys:
@@ -205,9 +227,16 @@ class SemanticCache:
         return dropped
 
     def clear(self) -> None:
-        """Drop every entry of every namespace."""
+        """Drop every entry of every namespace.
+
+        The key counter and source generations stay: a key is never reused (see
+        the module docstring), and other processes' mirrors drop the cleared keys
+        when their entries are found gone.
+        """
         self._entries.clear()
-        self._meta.clear()
+        for name in list(self._meta.iterkeys()):
+            if name.startswith("src:"):
+                self._meta.delete(name)
         self._mirror = CacheMirror(self.embedder.dimension)
 
     def close(self) -> None:
@@ -227,9 +256,21 @@ class SemanticCache:
                 f"used with '{signature}': use another path or clear it"
             )
 
+    def _generation(self, source: str) -> int:
+        return int(self._meta.get(f"gen:{source}", 0))
+
+    def _sources_current(self, entry: dict[str, Any]) -> bool:
+        """False when a source the entry was built on was invalidated after it was read."""
+        sources = entry.get("sources") or {}
+        if isinstance(sources, list):  # written before generations: no generation to compare
+            sources = dict.fromkeys(sources, 0)
+        return all(self._generation(s) == g for s, g in sources.items())
+
     def _sync(self) -> None:
         """Bring the in-memory mirror up to the shared sequence counter."""
         latest = int(self._meta.get("seq", 0))
+        if latest < self._mirror.synced:  # the folder was deleted and recreated under us
+            self._mirror = CacheMirror(self.embedder.dimension)
         found = []
         for key in self._mirror.pending(latest):
             entry = self._entries.get(key)

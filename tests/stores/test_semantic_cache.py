@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.semantic_cache import SemanticCache
+from ctxproto.stores.semantic_cache.cache import context_fingerprint
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
 
@@ -64,6 +66,15 @@ def test_context_fingerprint_separates_conversations(cache: SemanticCache) -> No
     cache.put("Summarize these", "Summary of A and B.", context=["doc-b", "doc-a"])
     assert cache.get("Summarize these", context=["doc-a", "doc-b"]) is not None
     assert cache.get("Summarize these", context=["doc-a", "doc-c"]) is None
+
+
+def test_context_fingerprints_do_not_collide() -> None:
+    """Regression: parts were joined with a separator, so differently split contexts matched."""
+    assert context_fingerprint("docA\x1fdocB") != context_fingerprint(["docA", "docB"])
+    assert context_fingerprint(["a\x1fb"]) != context_fingerprint(["a", "b"])
+    assert context_fingerprint("") != context_fingerprint([])
+    assert context_fingerprint("") != context_fingerprint(None)
+    assert context_fingerprint(["b", "a", "a"]) == context_fingerprint(["a", "b"])
 
 
 def test_tenants_never_see_each_other(cache: SemanticCache) -> None:
@@ -126,6 +137,94 @@ def test_a_second_instance_sees_entries_and_deletions_of_the_first(
     assert reader.get("What's the way to export my contact list?") is not None
     writer.invalidate(key="1")
     assert reader.get("What's the way to export my contact list?") is None
+
+
+def test_a_clear_elsewhere_never_makes_an_old_question_hit_a_new_entry(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Regression: ``clear()`` reset the key counter, so the first entry put after a
+    clear took key 1, and another process whose mirror still held key 1 for its old
+    question served the new entry's answer."""
+    long_lived = SemanticCache(tmp_path, embedder=embedder)
+    other = SemanticCache(tmp_path, embedder=embedder)
+    long_lived.put("How do I reset my password?", "Use the 'Forgot password' link.")
+    assert long_lived.get("How do I reset my password?") is not None
+    other.clear()
+    other.put("What is the CEO's home address?", "12 Private Lane")
+    assert long_lived.get("How do I reset my password?") is None
+    hit = long_lived.get("What is the CEO's home address?")
+    assert hit is not None and hit.answer == "12 Private Lane"
+
+
+def _clear_and_put(path: str) -> None:
+    """A second process (forked: it reuses the parent's embedder and its memo)."""
+    cache = SemanticCache(path)
+    cache.clear()
+    cache.put("What is the CEO's home address?", "12 Private Lane")
+
+
+def test_a_clear_in_another_process_never_makes_an_old_question_hit(
+    tmp_path: Path, embedder: Any
+) -> None:
+    long_lived = SemanticCache(tmp_path, embedder=embedder)
+    embedder.embed(["What is the CEO's home address?"])
+    long_lived.put("How do I reset my password?", "Use the 'Forgot password' link.")
+    assert long_lived.get("How do I reset my password?") is not None
+    process = multiprocessing.get_context("fork").Process(
+        target=_clear_and_put, args=(str(tmp_path),)
+    )
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == 0
+    assert len(long_lived) == 1
+    assert long_lived.get("How do I reset my password?") is None
+
+
+def _put_many(path: str, worker: int, vectors: Any, questions: list[str]) -> None:
+    cache = SemanticCache(path)
+    for question, vector in zip(questions, vectors, strict=True):
+        cache.put_embedded(question, vector, f"answer {worker}", sources=["policy.md"])
+
+
+def _invalidate_until(path: str, stop: Any) -> None:
+    cache = SemanticCache(path)
+    while not stop.is_set():
+        cache.invalidate(source="policy.md")
+
+
+def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Regression: ``put`` listed the key under its source before writing the entry, so
+    an invalidation between the two dropped nothing and the entry was served forever.
+    Two writer processes race an invalidating one; after a last ``invalidate`` no entry
+    of that source answers."""
+    questions = [
+        [f"What does section {w}.{i} of the policy say about refunds?" for i in range(60)]
+        for w in range(2)
+    ]
+    vectors = [embedder.embed(q) for q in questions]
+    fork = multiprocessing.get_context("fork")
+    stop = fork.Event()
+    invalidator = fork.Process(target=_invalidate_until, args=(str(tmp_path), stop))
+    writers = [
+        fork.Process(target=_put_many, args=(str(tmp_path), w, vectors[w], questions[w]))
+        for w in range(2)
+    ]
+    invalidator.start()
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    stop.set()
+    invalidator.join(timeout=60)
+    assert [p.exitcode for p in (*writers, invalidator)] == [0, 0, 0]
+    cache = SemanticCache(tmp_path, embedder=embedder)
+    cache.invalidate(source="policy.md")
+    served = [q for w in range(2) for q in questions[w] if cache.get(q) is not None]
+    assert served == []
+    cache.put("What does the new policy say about refunds?", "60 days", sources=["policy.md"])
+    assert cache.get("What does the new policy say about refunds?") is not None
 
 
 def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embedder: Any) -> None:
