@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import read_documents
@@ -64,6 +65,9 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
         )
+    # A missing extra is found before anything is written, the store folder included.
+    for module in ("faiss", "sentence_transformers"):
+        require(module, extra="embed")
     skipped_links: list[str] = []
     documents = list(
         read_documents(

@@ -74,12 +74,15 @@ def pair_tool_calls(messages: Sequence[Message]) -> PairedMessages:
         if message.role != "assistant" or not message.tool_calls:
             kept.append(message)
             continue
-        waiting = {call.id for call in message.tool_calls}
+        call_ids = {call.id for call in message.tool_calls}
+        waiting = set(call_ids)
         results = []
         while index < len(messages) and messages[index].role == "tool":
             result = messages[index]
             index += 1
-            if result.tool_call_id in waiting:
+            # A second result for the same call is kept too: it answers that call, and
+            # dropping it would lose what the tool said.
+            if result.tool_call_id in call_ids:
                 waiting.discard(result.tool_call_id)
                 results.append(result)
             else:

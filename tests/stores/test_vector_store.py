@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -197,16 +198,15 @@ def test_killing_a_writer_mid_save_leaves_the_previous_index_loadable(tmp_path: 
     store = _store(tmp_path)
     vectors = _fill(store, 5)
     store.save()
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    assert writer.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while len(lines) < 2 and time.monotonic() < deadline:
-        lines.append(writer.stdout.readline())
-    writer.kill()
-    writer.wait()
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout is not None
+        deadline = time.monotonic() + 60
+        while len(lines) < 2 and time.monotonic() < deadline:
+            lines.append(writer.stdout.readline())
+        writer.kill()
     assert any("wrote" in line for line in lines), lines
     survivor = _store(tmp_path)
     assert survivor.count == 5
@@ -249,16 +249,18 @@ def test_two_writers_that_opened_the_same_generation_keep_both_sets(tmp_path: Pa
         )
         for prefix in ("a", "bb")
     ]
-    for writer in writers:
-        assert writer.stdout is not None
-        assert writer.stdout.readline() == "opened\n"
     saved = []
-    for writer in writers:  # the second saves over the generation it did not open
-        assert writer.stdin is not None and writer.stdout is not None
-        writer.stdin.write("go\n")
-        writer.stdin.flush()
-        saved.append(writer.stdout.readline())
-        assert writer.wait(timeout=120) == 0
+    with contextlib.ExitStack() as running:
+        for writer in writers:
+            running.enter_context(writer)
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == "opened\n"
+        for writer in writers:  # the second saves over the generation it did not open
+            assert writer.stdin is not None and writer.stdout is not None
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            saved.append(writer.stdout.readline())
+            assert writer.wait(timeout=120) == 0
     assert saved == ["saved 6\n", "saved 11\n"]
     reopened = _store(tmp_path)
     assert reopened.count == 11
@@ -297,18 +299,18 @@ def test_opening_while_another_process_saves_always_gets_a_complete_generation(
     store = _store(tmp_path)
     _fill(store, 200)
     store.save()
-    saver = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", SAVE_IN_A_LOOP, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    assert saver.stdout is not None
-    assert saver.stdout.readline() == "saving\n"
-    try:
-        for _ in range(400):
-            assert _store(tmp_path).count >= 200
-    finally:
-        (tmp_path / "stop").touch()
-        saves = saver.stdout.readline()
-        assert saver.wait(timeout=120) == 0
+    ) as saver:
+        assert saver.stdout is not None
+        assert saver.stdout.readline() == "saving\n"
+        try:
+            for _ in range(400):
+                assert _store(tmp_path).count >= 200
+        finally:
+            (tmp_path / "stop").touch()
+            saves = saver.stdout.readline()
+            assert saver.wait(timeout=120) == 0
     assert int(saves.split()[1]) > 10, saves
 
 
