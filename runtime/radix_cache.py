@@ -436,9 +436,3 @@ def _common_length(key: Sequence[int], tokens: Sequence[int], offset: int) -> in
     while i < limit and key[i] == tokens[offset + i]:
         i += 1
     return i
-
-
-def _torch() -> Any:
-    from ctxproto._extras import require
-
-    return require("torch", extra="runtime")
