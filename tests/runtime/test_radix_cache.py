@@ -343,3 +343,26 @@ def offload_calls(host_spans: int) -> int:
 
 def test_offloading_into_a_full_host_tier_does_not_depend_on_its_size():
     assert offload_calls(1000) == offload_calls(100)
+
+
+def test_many_lookups_keep_the_lru_order_and_a_bounded_heap():
+    """Every lookup of an evictable leaf pushes a heap entry; the stale ones must neither
+    change the order nor pile up while nothing is evicted."""
+    cache = RadixKVCache(1 << 20)
+    leaves = spans(10)
+    for tokens in leaves:
+        insert(cache, tokens)
+    rng = random.Random(5)
+    last_use = {i: i for i in range(10)}
+    for step in range(10, 1000):
+        chosen = rng.randrange(10)
+        cache.match_prefix(leaves[chosen])
+        last_use[chosen] = step
+    assert len(cache._device_leaves._heap) <= 2 * 10 + 65  # rebuilt, not grown by 990
+    evicted = []
+    for _ in range(10):
+        cache.evict(1)
+        gone = [i for i in range(10) if i not in evicted and cache.match_length(leaves[i]) == 0]
+        assert len(gone) == 1
+        evicted += gone
+    assert evicted == sorted(range(10), key=last_use.__getitem__)
