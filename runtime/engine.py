@@ -213,7 +213,9 @@ class Engine:
             self.cache.lock(match.node)
             request.locked_node = match.node
             if match.length:
-                past, reused = cache_from_spans(match.kv), match.length
+                rest = len(prompt) - match.length
+                past = cache_from_spans(match.spans, device=self.model.device, append=rest)
+                reused = match.length
         request.cached_tokens = reused
         self.cache.count_request(cached=reused, computed=len(prompt) - reused)
         device = self.model.device

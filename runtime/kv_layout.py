@@ -15,10 +15,11 @@ the same values through a view.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.runtime.radix_cache import KVSlice
+from ctxproto.runtime.radix_cache import SEQ_DIM, KVSlice
 
 __all__ = ["cache_from_spans", "new_cache", "row_kv_slice"]
 
@@ -36,9 +37,8 @@ def _reserved_layer() -> type[Any]:
         """``keys``/``values`` are views of a larger store that owns the spare room.
 
         Anything may assign ``keys``/``values`` directly (the batch does, to merge
-        rows; a prefix hit does, with views of the radix cache's tensors). Such a
-        tensor is not our store, so the next ``update`` copies it into a new store
-        first: we only ever write into memory this layer allocated.
+        rows). Such a tensor is not our store, so the next ``update`` copies it into
+        a new store first: we only ever write into memory allocated for this layer.
         """
 
         def __init__(self) -> None:
@@ -60,6 +60,13 @@ def _reserved_layer() -> type[Any]:
             self.keys = self._key_store[..., :end, :]
             self.values = self._value_store[..., :end, :]
             return self.keys, self.values
+
+        def hold(self, key_store: Any, value_store: Any, length: int) -> None:
+            """Start from stores that already hold ``length`` tokens, with room after them."""
+            self.lazy_initialization(key_store, value_store)
+            self._key_store, self._value_store = key_store, value_store
+            self.keys = key_store[..., :length, :]
+            self.values = value_store[..., :length, :]
 
         def crop(self, tokens_to_remove: int) -> None:
             """Crop, and give up the store: tensors returned earlier must keep their values."""
@@ -100,22 +107,32 @@ def new_cache() -> Any:
     return cache_object
 
 
-def cache_from_spans(spans: Any) -> Any:
-    """A batch-1 cache viewing a ``[layers, 2, heads, seq, dim]`` tensor, no copy.
+def cache_from_spans(spans: Sequence[Any], *, device: Any, append: int) -> Any:
+    """A batch-1 cache holding the prefix KV ``spans`` (radix-cache node tensors
+    ``[layers, 2, heads, span, dim]``, root first), with room for ``append`` more tokens.
 
-    The first ``update`` copies the view into the layer's own store, so the radix
-    cache's tensors are never written.
+    This is the one copy a prefix hit makes: one store for all layers is allocated at
+    its final size and each span is copied into it once, straight from the node (a
+    host span too, so it is not staged on the device first). The prefill of the rest
+    of the prompt then writes into the spare room, so the radix cache's tensors are
+    never written, never aliased, and not copied a second time.
     """
-    layer_class = _reserved_layer()
-    layers = []
-    for layer_kv in spans.unbind(0):
-        layer = layer_class()
-        keys, values = layer_kv[0].unsqueeze(0), layer_kv[1].unsqueeze(0)
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        layers.append(layer)
+    torch = require("torch", extra="runtime")
+    layers, _, heads, _, dim = spans[0].shape
+    length = sum(span.size(SEQ_DIM) for span in spans)
+    shape = (layers, 2, 1, heads, length + append + _RESERVE, dim)
+    store = torch.empty(shape, dtype=spans[0].dtype, device=device)
+    start = 0
+    for span in spans:
+        end = start + span.size(SEQ_DIM)
+        store[:, :, 0, :, start:end].copy_(span)
+        start = end
     cache_object = new_cache()
-    cache_object.layers = layers
+    cache_object.layers = []
+    for layer_store in store.unbind(0):
+        layer = _reserved_layer()()
+        layer.hold(layer_store[0], layer_store[1], length)
+        cache_object.layers.append(layer)
     return cache_object
 
 

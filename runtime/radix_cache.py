@@ -13,6 +13,13 @@ eviction is truncated, so the cap is never exceeded. With ``offload_max_bytes`` 
 node evicted from the device moves to host memory first (SGLang's HiCache idea) and
 is brought back when a lookup reaches it.
 
+Eviction never walks the tree. As in SGLang, the nodes that may be evicted now
+(unreferenced leaves of each tier) are kept in a set updated wherever a reference
+count, a residency or a child changes, and victims come off a heap keyed by last
+access, whose stale entries are skipped when they reach the top (lazy deletion):
+evicting ``k`` spans from a tree of ``n`` nodes costs O(k log n), and ``stats()``
+reads counters kept up to date the same way.
+
 Each ``namespace`` (a tenant, say) has its own tree: requests never share KV
 across namespaces, so the time to first token cannot reveal whether another
 tenant sent the same prefix (the prompt-leakage channel that vLLM's ``cache_salt``
@@ -21,7 +28,8 @@ closes). All namespaces share one byte cap and one LRU order.
 
 from __future__ import annotations
 
-import time
+import heapq
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +57,11 @@ class TreeNode:
     children: dict[int, TreeNode] = field(default_factory=dict)
     lock_ref: int = 0
     on_host: bool = False
-    last_access: float = field(default_factory=time.monotonic)
+    last_access: int = 0
+    """The cache's access count when a lookup last passed here: a count, not a clock,
+    so two accesses never tie and the LRU order does not depend on timer resolution."""
+    device_children: int = 0
+    """Children on the device; a device node with none is a leaf of the device tier."""
 
     @property
     def nbytes(self) -> int:
@@ -63,8 +75,9 @@ class PrefixMatch:
     length: int
     node: TreeNode
     """The deepest matched node: lock it while the request runs."""
-    kv: Any = None
-    """The prefix KV on the cache device, ``None`` when ``length == 0``."""
+    spans: list[Any] = field(default_factory=list)
+    """The KV of the matched nodes, root first: the tree's own tensors, not copies
+    (copy them before writing; a span the device had no room for is on the host)."""
 
 
 class CacheStats(BaseModel):
@@ -77,8 +90,54 @@ class CacheStats(BaseModel):
     offloads: int
     bytes_in_use: int
     host_bytes_in_use: int
+    evictable_bytes: int
+    """Device bytes no running request references: what eviction could free now."""
     max_bytes: int
     nodes: int
+
+
+class _LeafQueue:
+    """The evictable leaves of one tier, least recently used first.
+
+    A set holds the nodes evictable now; a heap of ``(last_access, push order, node)``
+    orders them. An entry goes stale when its node leaves the set or is accessed
+    again (a fresh entry is pushed then); stale entries are dropped when they reach
+    the top, so every change costs O(log n) and no eviction scans the tree.
+    """
+
+    def __init__(self) -> None:
+        self._members: set[TreeNode] = set()
+        self._heap: list[tuple[int, int, TreeNode]] = []
+        self._order = itertools.count()
+
+    def file(self, node: TreeNode, evictable: bool) -> None:
+        """Record whether ``node`` is evictable now."""
+        if not evictable:
+            self._members.discard(node)
+        elif node not in self._members:
+            self._members.add(node)
+            self._push(node)
+
+    def touched(self, node: TreeNode) -> None:
+        """``node.last_access`` changed: its old heap entry is stale now."""
+        if node in self._members:
+            self._push(node)
+
+    def pop_lru(self) -> TreeNode | None:
+        """Remove and return the least recently used evictable node, if any."""
+        while self._heap:
+            access, _, node = heapq.heappop(self._heap)
+            if node in self._members and node.last_access == access:
+                self._members.discard(node)
+                return node
+        return None
+
+    def _push(self, node: TreeNode) -> None:
+        if len(self._heap) > 2 * len(self._members) + 64:  # mostly stale: rebuild, amortized O(1)
+            self._heap = [(n.last_access, next(self._order), n) for n in self._members]
+            heapq.heapify(self._heap)
+            return  # the rebuild holds node's current entry
+        heapq.heappush(self._heap, (node.last_access, next(self._order), node))
 
 
 class RadixKVCache:
@@ -94,8 +153,15 @@ class RadixKVCache:
 
     def reset(self) -> None:
         self._roots: dict[str, TreeNode] = {}
+        self._device_leaves = _LeafQueue()
+        """Device nodes with no device child and no reference: offloaded or dropped first."""
+        self._host_leaves = _LeafQueue()
+        """Host nodes with no child and no reference: dropped when the host tier is full."""
+        self._accesses = 0
+        self.node_count = 0
         self.device_bytes = 0
         self.host_bytes = 0
+        self.evictable_bytes = 0
         self.evictions = 0
         self.offloads = 0
         self.cached_tokens = 0
@@ -130,20 +196,23 @@ class RadixKVCache:
         Returns the deepest node, the matched length and the nodes on the path.
         """
         node, matched, path = self.root(namespace), 0, []
-        now = time.monotonic()
         while matched < len(tokens) and tokens[matched] in node.children:
             child = node.children[tokens[matched]]
             common = _common_length(child.key, tokens, matched)
             if common < len(child.key):
                 child = self._split(child, common)
-            child.last_access = now
+            self._touch(child)
             path.append(child)
             matched += common
             node = child
         return node, matched, path
 
     def match_prefix(self, tokens: Sequence[int], namespace: str = "") -> PrefixMatch:
-        """Longest cached prefix with its KV; splits the last node if the match ends inside it."""
+        """Longest cached prefix with its KV; splits the last node if the match ends inside it.
+
+        The spans are handed over uncopied: the one copy a request needs is made by
+        whoever writes after them (``kv_layout.cache_from_spans``), not here as well.
+        """
         node, matched, path = self._descend(tokens, namespace)
         if not path:
             return PrefixMatch(0, node)
@@ -152,10 +221,9 @@ class RadixKVCache:
             for visited in path:
                 if visited.on_host:
                     self._promote(visited)
-            kv = _torch().cat([n.value.to(self.device) for n in path], dim=SEQ_DIM)
         finally:
             self.unlock(node)
-        return PrefixMatch(matched, node, kv)
+        return PrefixMatch(matched, node, [visited.value for visited in path])
 
     def count_request(self, *, cached: int, computed: int) -> None:
         """Record how many prompt tokens a request reused and how many it computed."""
@@ -169,6 +237,8 @@ class RadixKVCache:
         current: TreeNode | None = node
         while current is not None:
             current.lock_ref += 1
+            if current.lock_ref == 1:
+                self._account_reference(current, -1)
             current = current.parent
 
     def unlock(self, node: TreeNode) -> None:
@@ -177,7 +247,15 @@ class RadixKVCache:
             if current.lock_ref <= 0:
                 raise UsageError("unlock without a matching lock: reference count below zero")
             current.lock_ref -= 1
+            if current.lock_ref == 0:
+                self._account_reference(current, +1)
             current = current.parent
+
+    def _account_reference(self, node: TreeNode, sign: int) -> None:
+        """``node`` just became referenced (``sign=-1``) or unreferenced (``+1``)."""
+        if not node.on_host:
+            self.evictable_bytes += sign * node.nbytes
+        self._refile(node)
 
     # ----- insertion ----------------------------------------------------------------------
 
@@ -205,7 +283,13 @@ class RadixKVCache:
         value = kv(matched, matched + take).to(self.device).contiguous()
         child = TreeNode(key=list(tokens[matched : matched + take]), value=value, parent=node)
         node.children[child.key[0]] = child
+        node.device_children += 1
+        self._touch(child)
+        self.node_count += 1
         self.device_bytes += child.nbytes
+        self.evictable_bytes += child.nbytes
+        self._refile(node)
+        self._refile(child)
         return child
 
     # ----- eviction -----------------------------------------------------------------------
@@ -214,7 +298,7 @@ class RadixKVCache:
         """Free at least ``num_bytes`` of device memory if unreferenced spans allow it."""
         freed = 0
         while freed < num_bytes:
-            victim = self._lru_device_leaf()
+            victim = self._device_leaves.pop_lru()
             if victim is None:
                 break
             freed += victim.nbytes
@@ -232,8 +316,9 @@ class RadixKVCache:
             offloads=self.offloads,
             bytes_in_use=self.device_bytes,
             host_bytes_in_use=self.host_bytes,
+            evictable_bytes=self.evictable_bytes,
             max_bytes=self.max_bytes,
-            nodes=len(self._nodes()) - len(self._roots),
+            nodes=self.node_count,
         )
 
     def _make_room(self, wanted: int) -> int:
@@ -243,43 +328,43 @@ class RadixKVCache:
             self.evict(shortfall)
         return max(self.max_bytes - self.device_bytes, 0)
 
-    def _lru_device_leaf(self) -> TreeNode | None:
-        candidates = [
-            n
-            for n in self._nodes()
-            if n.parent is not None
-            and not n.on_host
-            and n.lock_ref == 0
-            and not any(not c.on_host for c in n.children.values())
-        ]
-        return min(candidates, key=lambda n: n.last_access, default=None)
-
     def _offload(self, node: TreeNode) -> bool:
         """Move an evicted span to host memory if the host tier has (or can make) room."""
+        assert node.parent is not None and node.lock_ref == 0
         if node.nbytes > self.offload_max_bytes:
             return False
         while self.host_bytes + node.nbytes > self.offload_max_bytes:
-            leaves = [n for n in self._nodes() if n.on_host and not n.children and n.lock_ref == 0]
-            if not leaves:
+            victim = self._host_leaves.pop_lru()
+            if victim is None:
                 return False
-            self._delete(min(leaves, key=lambda n: n.last_access))
+            self._delete(victim)
         size = node.nbytes
         node.value = node.value.to("cpu")
         node.on_host = True
+        node.parent.device_children -= 1
         self.device_bytes -= size
+        self.evictable_bytes -= size
         self.host_bytes += size
         self.offloads += 1
+        self._refile(node)
+        self._refile(node.parent)
         return True
 
     def _promote(self, node: TreeNode) -> None:
         """Bring a host span back to the device when the cap allows; else it is read from host."""
+        assert node.parent is not None
         size = node.nbytes
         if self._make_room(size) < size:
             return
         node.value = node.value.to(self.device)
         node.on_host = False
+        node.parent.device_children += 1
         self.host_bytes -= size
         self.device_bytes += size
+        if node.lock_ref == 0:
+            self.evictable_bytes += size
+        self._refile(node)
+        self._refile(node.parent)
 
     def _delete(self, node: TreeNode) -> None:
         """Drop ``node`` and its (unreferenced, host-resident) subtree."""
@@ -290,12 +375,22 @@ class RadixKVCache:
             self.host_bytes -= node.nbytes
         else:
             self.device_bytes -= node.nbytes
+            self.evictable_bytes -= node.nbytes
+            node.parent.device_children -= 1
         del node.parent.children[node.key[0]]
         node.value = None
+        self.node_count -= 1
         self.evictions += 1
+        self._device_leaves.file(node, False)
+        self._host_leaves.file(node, False)
+        self._refile(node.parent)
 
     def _split(self, child: TreeNode, length: int) -> TreeNode:
-        """Cut ``child`` after ``length`` tokens; returns the upper part (SGLang _split_node)."""
+        """Cut ``child`` after ``length`` tokens; returns the upper part (SGLang _split_node).
+
+        Byte counts and the parent's device children stay as they were; the upper part
+        has a child, so it is no leaf, and the lower part keeps its place in the queues.
+        """
         assert child.parent is not None and 0 < length < len(child.key)
         upper = TreeNode(
             key=child.key[:length],
@@ -304,6 +399,7 @@ class RadixKVCache:
             lock_ref=child.lock_ref,
             on_host=child.on_host,
             last_access=child.last_access,
+            device_children=0 if child.on_host else 1,
         )
         rest = child.value.size(SEQ_DIM) - length
         child.value = child.value.narrow(SEQ_DIM, length, rest).clone()
@@ -311,15 +407,25 @@ class RadixKVCache:
         child.parent.children[upper.key[0]] = upper
         child.parent = upper
         upper.children[child.key[0]] = child
+        self.node_count += 1
         return upper
 
-    def _nodes(self) -> list[TreeNode]:
-        found, stack = [], list(self._roots.values())
-        while stack:
-            node = stack.pop()
-            found.append(node)
-            stack.extend(node.children.values())
-        return found
+    def _touch(self, node: TreeNode) -> None:
+        """Mark ``node`` as the most recently used; nodes along one lookup get increasing
+        counts, so of two leaves on one path the ancestor is older."""
+        self._accesses += 1
+        node.last_access = self._accesses
+        self._device_leaves.touched(node)
+        self._host_leaves.touched(node)
+
+    def _refile(self, node: TreeNode) -> None:
+        """Re-file ``node`` in the eviction queues after its references, residency or
+        children changed (every such change calls this, for each node it affects)."""
+        if node.parent is None:  # a root is never evicted
+            return
+        free = node.lock_ref == 0
+        self._device_leaves.file(node, free and not node.on_host and node.device_children == 0)
+        self._host_leaves.file(node, free and node.on_host and not node.children)
 
 
 def _common_length(key: Sequence[int], tokens: Sequence[int], offset: int) -> int:
@@ -330,9 +436,3 @@ def _common_length(key: Sequence[int], tokens: Sequence[int], offset: int) -> in
     while i < limit and key[i] == tokens[offset + i]:
         i += 1
     return i
-
-
-def _torch() -> Any:
-    from ctxproto._extras import require
-
-    return require("torch", extra="runtime")

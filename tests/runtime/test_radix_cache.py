@@ -1,3 +1,5 @@
+import random
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -26,7 +28,7 @@ def insert(cache: RadixKVCache, tokens: list[int]) -> TreeNode:
 
 
 def held_tokens(match: PrefixMatch) -> list[int]:
-    return [int(v) for v in match.kv[0, 0, 0, :, 0]]
+    return [int(v) for v in torch.cat(match.spans, dim=3)[0, 0, 0, :, 0]]
 
 
 def test_match_returns_longest_prefix_with_its_kv():
@@ -36,7 +38,7 @@ def test_match_returns_longest_prefix_with_its_kv():
     assert match.length == 4
     assert held_tokens(match) == [1, 2, 3, 4]
     assert cache.match_prefix([9, 1]).length == 0
-    assert cache.match_prefix([9, 1]).kv is None
+    assert cache.match_prefix([9, 1]).spans == []
 
 
 def test_partial_match_splits_the_node_and_keeps_both_halves():
@@ -159,3 +161,208 @@ def test_namespaces_never_share_prefixes():
     assert cache.match_length([1, 2, 3], namespace="tenant-b") == 0
     assert cache.match_prefix([1, 2, 3]).length == 0
     assert cache.stats().nodes == 1
+
+
+# ----- eviction without walking the tree --------------------------------------------------
+
+Op = tuple[str, str, list[int]]
+
+
+def walk(cache: RadixKVCache, namespaces: list[str]) -> list[TreeNode]:
+    """Every node under the given namespaces' roots (test-only: the cache never walks)."""
+    found, stack = [], [cache.root(ns) for ns in namespaces]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.children.values())
+    return found
+
+
+class ScanningLeaves:
+    """Reference victim choice: scan the whole tree for the least recently used leaf of a
+    tier, as the cache did before it kept its leaves in a heap."""
+
+    def __init__(self, cache: RadixKVCache, namespaces: list[str], host: bool) -> None:
+        self.cache, self.namespaces, self.host = cache, namespaces, host
+
+    def file(self, node: TreeNode, evictable: bool) -> None:
+        pass
+
+    def touched(self, node: TreeNode) -> None:
+        pass
+
+    def pop_lru(self) -> TreeNode | None:
+        nodes = walk(self.cache, self.namespaces)
+        if self.host:
+            leaves = [n for n in nodes if n.on_host and not n.children and n.lock_ref == 0]
+        else:
+            leaves = [
+                n
+                for n in nodes
+                if n.parent is not None
+                and not n.on_host
+                and n.lock_ref == 0
+                and all(c.on_host for c in n.children.values())
+            ]
+        return min(leaves, key=lambda n: n.last_access, default=None)
+
+
+def random_ops(seed: int, count: int) -> list[Op]:
+    """Inserts and lookups over shared prefixes (so nodes split), requests that hold
+    their node for a while, and explicit evictions, in two namespaces."""
+    rng = random.Random(seed)
+    stems = [[rng.randrange(6) for _ in range(8)] for _ in range(4)]
+    ops: list[Op] = []
+    for _ in range(count):
+        kind = rng.choice(["insert", "insert", "match", "match", "release", "evict"])
+        stem = rng.choice(stems)
+        tokens = stem[: rng.randrange(1, 9)] + [rng.randrange(6) for _ in range(rng.randrange(4))]
+        ops.append((kind, rng.choice(["", "b"]), tokens))
+    return ops
+
+
+def apply(cache: RadixKVCache, held: list[TreeNode], op: Op) -> None:
+    kind, namespace, tokens = op
+    if kind == "insert":
+        cache.insert(tokens, kv_of(tokens), namespace)
+    elif kind == "match":
+        match = cache.match_prefix(tokens, namespace)
+        cache.lock(match.node)  # a request running on this prefix
+        held.append(match.node)
+    elif kind == "release" and held:
+        cache.unlock(held.pop(len(tokens) % len(held)))
+    elif kind == "evict":
+        cache.evict(len(tokens) * TOKEN_BYTES)
+
+
+Row = tuple[tuple[int, ...], bool, int, int]
+
+
+def snapshot(cache: RadixKVCache) -> list[Row]:
+    """Each node as (tokens from the root, on host, references, last access)."""
+    rows: list[Row] = []
+    for node in walk(cache, ["", "b"]):
+        path: list[int] = []
+        current: TreeNode | None = node
+        while current is not None:
+            path[:0] = current.key
+            current = current.parent
+        rows.append((tuple(path), node.on_host, node.lock_ref, node.last_access))
+    return sorted(rows)
+
+
+def small_cache() -> RadixKVCache:
+    return RadixKVCache(24 * TOKEN_BYTES, offload_max_bytes=16 * TOKEN_BYTES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heap_eviction_picks_the_same_victims_as_a_full_scan(seed):
+    cache, reference = small_cache(), small_cache()
+    reference._device_leaves = ScanningLeaves(reference, ["", "b"], host=False)  # type: ignore[assignment]
+    reference._host_leaves = ScanningLeaves(reference, ["", "b"], host=True)  # type: ignore[assignment]
+    held: list[TreeNode] = []
+    reference_held: list[TreeNode] = []
+    for op in random_ops(seed, 400):
+        apply(cache, held, op)
+        apply(reference, reference_held, op)
+        assert snapshot(cache) == snapshot(reference), op
+        assert cache.stats() == reference.stats()
+    stats = cache.stats()
+    assert stats.evictions > 20 and stats.offloads > 20  # both tiers were exercised
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_stats_counters_equal_a_full_walk(seed):
+    cache = small_cache()
+    held: list[TreeNode] = []
+    for op in random_ops(seed, 400):
+        apply(cache, held, op)
+        nodes = [n for n in walk(cache, ["", "b"]) if n.parent is not None]
+        device = [n for n in nodes if not n.on_host]
+        stats = cache.stats()
+        assert stats.nodes == len(nodes)
+        assert stats.bytes_in_use == sum(n.nbytes for n in device)
+        assert stats.host_bytes_in_use == sum(n.nbytes for n in nodes if n.on_host)
+        assert stats.evictable_bytes == sum(n.nbytes for n in device if n.lock_ref == 0)
+        for node in walk(cache, ["", "b"]):
+            assert node.device_children == sum(not c.on_host for c in node.children.values())
+    for node in held:
+        cache.unlock(node)
+    assert cache.stats().evictable_bytes == cache.stats().bytes_in_use
+
+
+def calls_during(action: Callable[[], object]) -> int:
+    """Python and C function calls made by ``action``: a count of the work done that does
+    not depend on the machine's speed."""
+    calls = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def spans(count: int) -> list[list[int]]:
+    """``count`` two-token spans that share no first token, so each is its own leaf."""
+    return [[1000 + i, 7] for i in range(count)]
+
+
+def evict_calls(leaves: int) -> int:
+    cache = RadixKVCache(1 << 24)
+    for tokens in spans(leaves):
+        insert(cache, tokens)
+        cache.match_prefix(tokens)  # a lookup between inserts, as requests do
+    calls = calls_during(lambda: cache.evict(10 * 2 * TOKEN_BYTES))
+    assert cache.stats().evictions == 10 and cache.stats().nodes == leaves - 10
+    assert cache.match_length(spans(11)[9]) == 0 and cache.match_length(spans(11)[10]) == 2
+    return calls
+
+
+def test_evicting_k_leaves_does_not_depend_on_the_tree_size():
+    assert evict_calls(1000) == evict_calls(100)
+
+
+def offload_calls(host_spans: int) -> int:
+    cache = RadixKVCache(2 * TOKEN_BYTES, offload_max_bytes=host_spans * 2 * TOKEN_BYTES)
+    for tokens in spans(host_spans + 1):  # every insert pushes the previous span to the host
+        insert(cache, tokens)
+    assert cache.stats().host_bytes_in_use == host_spans * 2 * TOKEN_BYTES
+    # The next insert offloads the device span and so drops the oldest host span.
+    calls = calls_during(lambda: insert(cache, [5, 5]))
+    assert cache.match_length(spans(1)[0]) == 0 and cache.match_length(spans(2)[1]) == 2
+    assert cache.stats().evictions == 1
+    return calls
+
+
+def test_offloading_into_a_full_host_tier_does_not_depend_on_its_size():
+    assert offload_calls(1000) == offload_calls(100)
+
+
+def test_many_lookups_keep_the_lru_order_and_a_bounded_heap():
+    """Every lookup of an evictable leaf pushes a heap entry; the stale ones must neither
+    change the order nor pile up while nothing is evicted."""
+    cache = RadixKVCache(1 << 20)
+    leaves = spans(10)
+    for tokens in leaves:
+        insert(cache, tokens)
+    rng = random.Random(5)
+    last_use = {i: i for i in range(10)}
+    for step in range(10, 1000):
+        chosen = rng.randrange(10)
+        cache.match_prefix(leaves[chosen])
+        last_use[chosen] = step
+    assert len(cache._device_leaves._heap) <= 2 * 10 + 65  # rebuilt, not grown by 990
+    evicted = []
+    for _ in range(10):
+        cache.evict(1)
+        gone = [i for i in range(10) if i not in evicted and cache.match_length(leaves[i]) == 0]
+        assert len(gone) == 1
+        evicted += gone
+    assert evicted == sorted(range(10), key=last_use.__getitem__)
