@@ -18,7 +18,7 @@ from ctxproto.errors import ConfigError, CtxprotoError, DatasetError
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules under ctxproto.cli; each defines register(subparsers).
-COMMANDS = ("run", "demo", "bench", "eval", "index")
+COMMANDS = ("run", "demo", "bench", "eval", "index", "serve")
 
 EXIT_USAGE = 2
 

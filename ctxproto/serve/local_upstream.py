@@ -100,7 +100,7 @@ class LocalUpstream(Upstream):
                 key="messages",
             )
         prompt = await anyio.to_thread.run_sync(self.engine.encode_chat, messages)
-        return self.engine.submit(prompt, params, cache_namespace=tenant)
+        return self.engine.submit(prompt, params, cache_namespace=_namespace(tenant, body))
 
 
 def generation_params(body: dict[str, Any]) -> GenerationParams:
@@ -115,6 +115,16 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
         "seed": body.get("seed"),
     }
     return GenerationParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _namespace(tenant: str, body: dict[str, Any]) -> str:
+    """The prefix-cache namespace: the tenant's, narrowed by a client's ``cache_salt`` (vLLM's).
+
+    A salt never leaves its tenant's namespace; the ``default`` tenant with no salt
+    shares the engine's own namespace, as in-process callers do.
+    """
+    parts = ["" if tenant == "default" else tenant, str(body.get("cache_salt") or "")]
+    return "\x1f".join(parts) if any(parts) else ""
 
 
 def _finish_reason(completion: Completion) -> str:

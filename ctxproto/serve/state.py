@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ctxproto.errors import ConfigError
 from ctxproto.pipeline import Pipeline
 from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, ServeConfig
 from ctxproto.serve.flow import ContextFlow, Turn
@@ -46,7 +47,10 @@ class ProxyState:
             pipeline = Pipeline.from_dict(config.pipeline, source=source)
         store = SessionStateStore(config.sessions.store) if config.sessions.store else None
         tenants = Tenants(config.tenant_keys(source))
-        upstream = _build_upstream(config)
+        try:
+            upstream = _build_upstream(config)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, file=source, key=exc.key, expected=exc.expected) from None
         models = list(dict.fromkeys([config.served_model, upstream.model]))
         return cls(
             flow=ContextFlow(pipeline, store=store),

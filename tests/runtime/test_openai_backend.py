@@ -104,7 +104,7 @@ def test_plain_json_response_and_routes(server):
 
 
 def test_bad_request_is_a_config_error(server):
-    with pytest.raises(ConfigError, match="at least one message"):
+    with pytest.raises(ConfigError, match="messages"):
         OpenAIBackend(server.url).generate([], GREEDY)
 
 
