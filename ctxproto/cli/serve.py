@@ -50,7 +50,9 @@ def handle(args: argparse.Namespace) -> int:
         )
     state = ProxyState.from_config(config, source=args.config)
     state.flow.warm_up()
-    server = uvicorn.Server(uvicorn_config(create_app(state), args.host, args.port, log_level="info"))
+    server = uvicorn.Server(
+        uvicorn_config(create_app(state), args.host, args.port, log_level="info")
+    )
     try:
         server.run()
     finally:

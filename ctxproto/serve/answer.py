@@ -58,7 +58,9 @@ class AnswerAccumulator:
 
 async def replay_chunks(text: str, usage: Usage) -> AsyncIterator[ChatCompletionChunk]:
     """A cached answer as the chunks a generation would have sent, a word at a time."""
-    yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+    yield ChatCompletionChunk(
+        choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))]
+    )
     for piece in _PIECES.findall(text):
         yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content=piece))])
     yield ChatCompletionChunk(choices=[ChunkChoice(finish_reason="stop")])

@@ -27,14 +27,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ctxproto.errors import CtxprotoError
+from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
 from ctxproto.serve.body import parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
+from ctxproto.serve.flow import Turn
 from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     Choice,
-    ChunkChoice,
-    DeltaMessage,
     ModelCard,
     ModelList,
     ResponseMessage,
@@ -42,8 +42,6 @@ from ctxproto.serve.protocol import (
     completion_id,
 )
 from ctxproto.serve.state import ProxyState
-from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
-from ctxproto.serve.flow import Turn
 from ctxproto.serve.tenancy import session_id
 
 __all__ = ["create_app"]
@@ -156,6 +154,7 @@ async def _answer(
     request: Request, state: ProxyState, turn: Turn, forward: dict[str, Any], model: str
 ) -> ChatCompletionResponse | None:
     """The whole answer, cancelled (upstream included) if the client disconnects."""
+    response: ChatCompletionResponse | None
     if turn.answer is not None:
         response = _cached_response(state, turn, model)
     else:

@@ -29,7 +29,9 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if media_type.lower() not in ("application/json", ""):
         raise APIError(
-            415, f"the body must be application/json, not {media_type}", code="unsupported_media_type"
+            415,
+            f"the body must be application/json, not {media_type}",
+            code="unsupported_media_type",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
@@ -43,7 +45,9 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
                     raise _too_large(limits)
     except TimeoutError:
         raise APIError(
-            408, f"the body did not arrive within {limits.read_timeout_s:g} s", code="request_timeout"
+            408,
+            f"the body did not arrive within {limits.read_timeout_s:g} s",
+            code="request_timeout",
         ) from None
     try:
         body = json.loads(raw)

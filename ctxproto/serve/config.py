@@ -71,9 +71,7 @@ class RemoteUpstreamConfig(_Section):
         return value
 
 
-UpstreamConfig = Annotated[
-    LocalUpstreamConfig | RemoteUpstreamConfig, Field(discriminator="type")
-]
+UpstreamConfig = Annotated[LocalUpstreamConfig | RemoteUpstreamConfig, Field(discriminator="type")]
 
 
 class TenantConfig(_Section):

@@ -55,7 +55,9 @@ class APIError(BackendError):
 
     @property
     def type(self) -> str:
-        return _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return _TYPES.get(
+            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+        )
 
 
 def to_api_error(exc: CtxprotoError) -> APIError:

@@ -123,12 +123,14 @@ class ContextFlow:
             if answer is None:
                 return
             text = answer.get("content")
-            cacheable = turn.cache == "miss" and text and not answer.get("tool_calls")
-            if turn.result is not None and cacheable:
+            cacheable = turn.cache == "miss" and not answer.get("tool_calls")
+            if turn.result is not None and cacheable and isinstance(text, str) and text:
                 await anyio.to_thread.run_sync(self._remember, turn.result, text)
             if turn.stateful_history is not None:
                 history = [*turn.stateful_history, answer]
-                await anyio.to_thread.run_sync(self._save_history, turn.tenant, turn.session, history)
+                await anyio.to_thread.run_sync(
+                    self._save_history, turn.tenant, turn.session, history
+                )
         finally:
             self.release(turn)
 

@@ -78,7 +78,9 @@ class LocalUpstream(Upstream):
     async def _chunks(self, handle: RequestHandle) -> AsyncIterator[ChatCompletionChunk]:
         deltas: Iterator[str] = handle.deltas()
         try:
-            yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+            yield ChatCompletionChunk(
+                choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))]
+            )
             while (text := await anyio.to_thread.run_sync(next, deltas, None)) is not None:
                 yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content=text))])
             completion = handle.result()

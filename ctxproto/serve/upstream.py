@@ -88,7 +88,9 @@ class RemoteUpstream(Upstream):
             data = json.loads(await response.aread())
             return ChatCompletionResponse.model_validate(data)
         except ValueError as exc:
-            raise APIError(502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response") from None
+            raise APIError(
+                502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response"
+            ) from None
         finally:
             await response.aclose()
 
@@ -127,11 +129,15 @@ class RemoteUpstream(Upstream):
                 request = self._client.build_request("POST", url, json=body)
                 response = await self._client.send(request, stream=True)
             except httpx.TimeoutException:
-                raise APIError(504, f"the upstream did not answer in time ({url})", code="upstream_timeout") from None
+                raise APIError(
+                    504, f"the upstream did not answer in time ({url})", code="upstream_timeout"
+                ) from None
             except httpx.TransportError as exc:
                 if last:
                     raise APIError(
-                        502, f"cannot reach the upstream {url}: {type(exc).__name__}", code="upstream_unavailable"
+                        502,
+                        f"cannot reach the upstream {url}: {type(exc).__name__}",
+                        code="upstream_unavailable",
                     ) from None
                 await asyncio.sleep(_backoff(attempt, None))
                 continue
@@ -159,7 +165,9 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletion
                 raise _normalise(502, data, None)
             yield ChatCompletionChunk.model_validate(data)
     except httpx.TimeoutException:
-        raise APIError(504, "the upstream stopped sending in time", code="upstream_timeout") from None
+        raise APIError(
+            504, "the upstream stopped sending in time", code="upstream_timeout"
+        ) from None
     except (httpx.HTTPError, ValueError) as exc:
         raise APIError(502, f"broken upstream stream: {exc}", code="upstream_error") from None
     finally:

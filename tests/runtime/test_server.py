@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -25,7 +26,9 @@ HELLO = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 @pytest.fixture(scope="module")
 def server(engine):
-    with OpenAIServer(engine, limits=LimitsConfig(max_body_bytes=LIMIT, read_timeout_s=1.0)) as running:
+    with OpenAIServer(
+        engine, limits=LimitsConfig(max_body_bytes=LIMIT, read_timeout_s=1.0)
+    ) as running:
         yield running
 
 
@@ -52,7 +55,9 @@ def _incomplete(answer: bytes) -> bool:
 
 def post(server, content: bytes, **headers: str) -> httpx.Response:
     headers.setdefault("content-type", "application/json")
-    return httpx.post(f"{server.url}/chat/completions", content=content, headers=headers, timeout=60)
+    return httpx.post(
+        f"{server.url}/chat/completions", content=content, headers=headers, timeout=60
+    )
 
 
 def assert_envelope(answer: httpx.Response, status: int, param: str | None = None) -> None:
@@ -98,7 +103,10 @@ def test_deeply_nested_body_is_400(server):
 
 def test_negative_content_length_is_refused_at_once(server):
     started = time.monotonic()
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n"
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: -1\r\n\r\n"
+    )
     answer = raw_request(server, head, b"x" * 1000)
     assert answer.startswith(b"HTTP/1.1 400")
     assert time.monotonic() - started < 2
@@ -148,7 +156,7 @@ def test_stalled_body_is_408_and_others_are_served_meanwhile(server):
 
 
 def test_chunked_body_is_accepted(server):
-    def pieces():
+    def pieces() -> Iterator[bytes]:
         data = json.dumps(HELLO).encode()
         yield data[:10]
         yield data[10:]
@@ -164,7 +172,7 @@ def test_chunked_body_is_accepted(server):
 
 
 def test_chunked_body_over_the_limit_is_413(server):
-    def pieces():
+    def pieces() -> Iterator[bytes]:
         for _ in range(17):
             yield b" " * (1 << 20)
 

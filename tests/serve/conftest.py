@@ -34,7 +34,7 @@ KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c"}
 def scripted() -> Iterator[Any]:
     upstream = ScriptedUpstream()
     with ServerThread(upstream.app) as server:
-        upstream.url = server.url
+        upstream.url = server.url  # type: ignore[attr-defined]
         yield upstream
 
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -48,7 +49,12 @@ class ScriptedUpstream:
             status, times, tag = int(command[1]), int(command[2]), command[3]
             if self.failures[tag] < times:
                 self.failures[tag] += 1
-                error = {"object": "error", "message": f"scripted {status}", "type": "x", "code": status}
+                error = {
+                    "object": "error",
+                    "message": f"scripted {status}",
+                    "type": "x",
+                    "code": status,
+                }
                 return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
         message: dict[str, Any] = {"role": "assistant", "content": f"{users[0]} | {users[-1]}"}
         finish = "stop"
@@ -56,28 +62,74 @@ class ScriptedUpstream:
             message["content"] = f"tool said: {last['content']}"
         elif body.get("tools"):
             name = body["tools"][0]["function"]["name"]
-            call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps({"q": users[-1]})}}
+            call = {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"q": users[-1]})},
+            }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls"
-        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
-                 "prompt_tokens_details": {"cached_tokens": 2}}
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "total_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 2},
+        }
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             choice = {"index": 0, "message": message, "finish_reason": finish}
-            return JSONResponse({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return JSONResponse(
+                {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
-        return StreamingResponse(self._events(base, message, finish, usage, body, delay, command[:1] == ["MIDFAIL"]),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            self._events(base, message, finish, usage, body, delay, command[:1] == ["MIDFAIL"]),
+            media_type="text/event-stream",
+        )
 
-    async def _events(self, base, message, finish, usage, body, delay, midfail):
-        def chunk(delta, reason=None):
-            return {**base, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+    async def _events(
+        self,
+        base: dict[str, Any],
+        message: dict[str, Any],
+        finish: str,
+        usage: dict[str, Any],
+        body: dict[str, Any],
+        delay: float,
+        midfail: bool,
+    ) -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
+
         yield _sse(chunk({"role": "assistant", "content": ""}))
         if message.get("tool_calls"):
             call = message["tool_calls"][0]
-            yield _sse(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]}))
-            yield _sse(chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]}))
+            yield _sse(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            yield _sse(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+                        ]
+                    }
+                )
+            )
         else:
             for index, word in enumerate(message["content"].split(" ")):
                 if midfail and index == 2:

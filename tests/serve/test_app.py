@@ -1,9 +1,12 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
 """Wire compatibility, through the real ``openai`` client, against the scripted upstream."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -72,7 +75,7 @@ def test_stream_without_include_usage_has_no_usage_chunk(proxy):
 
 def test_tool_call_round_trip(proxy, scripted):
     tools = [{"type": "function", "function": {"name": "track", "parameters": {"type": "object"}}}]
-    messages: list = [{"role": "user", "content": "track 4711"}]
+    messages: list[Any] = [{"role": "user", "content": "track 4711"}]
     first = client(proxy).chat.completions.create(
         model="ctxproto", messages=messages, tools=tools, tool_choice="auto", temperature=0.2
     )
@@ -81,7 +84,10 @@ def test_tool_call_round_trip(proxy, scripted):
     assert json.loads(call.function.arguments) == {"q": "track 4711"}
     assert scripted.bodies[-1]["tools"] == tools and scripted.bodies[-1]["tool_choice"] == "auto"
     assert scripted.bodies[-1]["temperature"] == 0.2
-    messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "in Berlin"}]
+    messages += [
+        first.choices[0].message,
+        {"role": "tool", "tool_call_id": call.id, "content": "in Berlin"},
+    ]
     second = client(proxy).chat.completions.create(model="ctxproto", messages=messages, tools=tools)
     assert second.choices[0].message.content == "tool said: in Berlin"
     forwarded = scripted.bodies[-1]["messages"]
@@ -92,7 +98,10 @@ def test_tool_call_round_trip(proxy, scripted):
 def test_streamed_tool_call_is_merged(proxy):
     tools = [{"type": "function", "function": {"name": "track", "parameters": {"type": "object"}}}]
     stream = client(proxy).chat.completions.create(
-        model="ctxproto", messages=[{"role": "user", "content": "where 9"}], tools=tools, stream=True
+        model="ctxproto",
+        messages=[{"role": "user", "content": "where 9"}],
+        tools=tools,
+        stream=True,
     )
     chunks = list(stream)
     arguments = "".join(
@@ -105,8 +114,11 @@ def test_streamed_tool_call_is_merged(proxy):
 
 def test_unknown_fields_are_forwarded_untouched(proxy, scripted):
     client(proxy).chat.completions.create(
-        model="ctxproto", messages=[{"role": "user", "content": "x1"}],
-        extra_body={"top_k": 5, "chat_template_kwargs": {"a": 1}}, seed=3, stop=["END"],
+        model="ctxproto",
+        messages=[{"role": "user", "content": "x1"}],
+        extra_body={"top_k": 5, "chat_template_kwargs": {"a": 1}},
+        seed=3,
+        stop=["END"],
     )
     body = scripted.bodies[-1]
     assert body["top_k"] == 5 and body["chat_template_kwargs"] == {"a": 1}
@@ -115,7 +127,9 @@ def test_unknown_fields_are_forwarded_untouched(proxy, scripted):
 
 def test_cache_hit_is_replayed_as_a_stream(proxy, scripted):
     question = [{"role": "user", "content": "What is the warranty period of the R7 router?"}]
-    first = client(proxy).chat.completions.with_raw_response.create(model="ctxproto", messages=question)
+    first = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
     assert first.headers["x-ctxproto-cache"] == "miss"
     posts = len(scripted.bodies)
     raw = client(proxy).chat.completions.with_raw_response.create(
@@ -135,7 +149,10 @@ def test_cache_hit_is_replayed_as_a_stream(proxy, scripted):
 
 
 def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
-    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 40} for i in range(30)]
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 40}
+        for i in range(30)
+    ]
     raw = client(proxy).chat.completions.with_raw_response.create(
         model="ctxproto", messages=history, extra_headers={"x-ctxproto-pipeline": "off"}
     )
@@ -154,9 +171,17 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
         (b"{not json", 400, None),
         (b'{"messages": "hi"}', 400, "messages"),
         (b'{"model": "ctxproto"}', 400, "messages"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400, "temperature"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            400,
+            "temperature",
+        ),
         (b'{"messages": [{"role": "user"}]}', 400, "messages[0]"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "stream_options": 3}', 400, "stream_options"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stream_options": 3}',
+            400,
+            "stream_options",
+        ),
         (b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}', 404, "model"),
     ],
 )

@@ -1,3 +1,5 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
 """The proxy over the bundled runtime: in-process, and through the runtime's own server."""
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ def test_chat_and_stream_equal_the_engine(any_proxy, engine):
     )
     assert plain.choices[0].message.content == expected
     stream = client.chat.completions.create(
-        model="ctxproto", messages=messages, max_tokens=4, temperature=0, stream=True,
+        model="ctxproto",
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -44,7 +50,9 @@ def test_chat_and_stream_equal_the_engine(any_proxy, engine):
 def test_cached_tokens_zero_is_sent(local_proxy):
     # A fresh cache_salt: a namespace of its own, where nothing is cached yet.
     body = {"messages": question(), "max_tokens": 1, "cache_salt": uuid.uuid4().hex}
-    usage = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120).json()["usage"]
+    usage = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120).json()[
+        "usage"
+    ]
     assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
@@ -60,8 +68,13 @@ def _idle(engine, within_s: float) -> bool:
 def test_stream_disconnect_stops_decoding(local_proxy, engine):
     client = openai.OpenAI(base_url=local_proxy.url, api_key="none", max_retries=0)
     stream = client.chat.completions.create(
-        model="ctxproto", messages=question(), max_tokens=400, temperature=0.8, seed=1,
-        stop=None, stream=True,
+        model="ctxproto",
+        messages=question(),
+        max_tokens=400,
+        temperature=0.8,
+        seed=1,
+        stop=None,
+        stream=True,
     )
     for index, _ in enumerate(stream):
         if index == 2:
