@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["register"]
 
-BENCHMARKS: tuple[str, ...] = ("stages", "prefix", "decode", "chat", "retrieval", "cache")
+BENCHMARKS: tuple[str, ...] = ("stages", "prefix", "decode", "chat", "retrieval", "cache", "proxy")
 
 
 def register(subparsers: Any) -> None:
