@@ -53,6 +53,7 @@ class Turn:
     result: PipelineResult | None = None
     stateful_history: list[dict[str, Any]] | None = None
     lock: asyncio.Lock | None = field(default=None, repr=False)
+    """The session's lock while this turn holds it (stateful mode)."""
 
     @property
     def saved_tokens(self) -> int:
@@ -97,15 +98,27 @@ class ContextFlow:
         """
         turn = Turn(tenant=tenant, session=session, messages=messages, cache="bypass")
         if stateful:
-            turn.lock = self._session_lock(tenant, session)
-            await turn.lock.acquire()
-            history = await anyio.to_thread.run_sync(self._load_history, tenant, session)
-            turn.stateful_history = _merge(history, messages)
+            lock = self._session_lock(tenant, session)
+            await lock.acquire()
+            turn.lock = lock
+        try:
+            await self._prepare(turn, stateful, use_cache, use_pipeline)
+        except BaseException:
+            self.release(turn)
+            raise
+        return turn
+
+    async def _prepare(
+        self, turn: Turn, stateful: bool, use_cache: bool, use_pipeline: bool
+    ) -> None:
+        if stateful:
+            history = await anyio.to_thread.run_sync(self._load_history, turn.tenant, turn.session)
+            turn.stateful_history = _merge(history, turn.messages)
             turn.messages = turn.stateful_history
         pipeline = self.pipeline if use_cache else self._uncached
         if pipeline is None or not use_pipeline:
-            return turn
-        context = _context(turn.messages, tenant, session)
+            return
+        context = _context(turn.messages, turn.tenant, turn.session)
         result = await anyio.to_thread.run_sync(self._run, pipeline, context)
         turn.result = result
         turn.original_tokens = result.original_tokens
@@ -115,7 +128,6 @@ class ContextFlow:
             turn.cache, turn.answer = "hit", result.answer
         elif result.prompt is not None:
             turn.messages = result.prompt.messages
-        return turn
 
     async def finish(self, turn: Turn, answer: dict[str, Any] | None) -> None:
         """File the upstream's answer (an assistant message) and release the session."""
@@ -135,8 +147,10 @@ class ContextFlow:
             self.release(turn)
 
     def release(self, turn: Turn) -> None:
-        if turn.lock is not None and turn.lock.locked():
-            turn.lock.release()
+        """Let the session's next turn in; idempotent (never releases another turn's hold)."""
+        lock, turn.lock = turn.lock, None
+        if lock is not None:
+            lock.release()
 
     def history(self, tenant: str, session: str) -> list[dict[str, Any]]:
         """The stored conversation of a stateful session."""
