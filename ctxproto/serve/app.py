@@ -120,6 +120,7 @@ async def _chat_completions(request: Request) -> Response:
     use_cache = not no_cache and headers.get("x-ctxproto-cache", "").lower() != "bypass"
     state.tenants.enter(tenant)
     turn: Turn | None = None
+    streaming = False
     try:
         turn = await state.flow.prepare(
             body["messages"],
@@ -138,15 +139,16 @@ async def _chat_completions(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={**_turn_headers(turn), "cache-control": "no-cache"},
             )
-            turn = None  # the stream releases the session and the tenant slot
+            streaming = True  # the stream releases the session and the tenant slot
             return response
         answer = await _answer(request, state, turn, forward, model)
         if answer is None:  # the client left; nobody reads this
             return Response(status_code=499)
         return JSONResponse(answer.model_dump(exclude_none=False), headers=_turn_headers(turn))
     finally:
-        if turn is not None:
-            state.flow.release(turn)
+        if not streaming:
+            if turn is not None:
+                state.flow.release(turn)
             state.tenants.leave(tenant)
 
 

@@ -103,6 +103,21 @@ def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
     )
 
 
+def test_a_refused_request_frees_its_tenant_slot(proxy):
+    # Valid on the wire, refused by the pipeline (a tool call without its function).
+    broken = [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "user", "content": "next"},
+    ]
+    for _ in range(2):  # a leaked slot would make the second one a 429
+        with pytest.raises(openai.BadRequestError):
+            client(proxy, "key-c").chat.completions.create(model="ctxproto", messages=broken)
+    answer = client(proxy, "key-c").chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": "fine"}]
+    )
+    assert answer.choices[0].message.content == "fine | fine"
+
+
 def test_session_id_sources_in_order():
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "first"}]
     later = [*messages, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
