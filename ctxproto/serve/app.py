@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from ctxproto.errors import CtxprotoError
 from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
@@ -134,8 +135,15 @@ async def _chat_completions(request: Request) -> Response:
         forward = {**body, "messages": turn.messages}
         if chat.stream:
             chunks = await _open_stream(state, turn, forward, model, chat.include_usage)
-            response: Response = StreamingResponse(
-                _guarded(state, turn, tenant, chunks),
+            streamed = turn
+
+            def release() -> None:
+                state.flow.release(streamed)
+                state.tenants.leave(tenant)
+
+            response: Response = _ReleasingStream(
+                _guarded(state, chunks),
+                release=release,
                 media_type="text/event-stream",
                 headers={**_turn_headers(turn), "cache-control": "no-cache"},
             )
@@ -257,8 +265,28 @@ async def _restamped(
     await state.flow.finish(turn, answer.message())
 
 
+class _ReleasingStream(StreamingResponse):
+    """A stream that frees its turn's session and tenant slot however it ends.
+
+    Done here rather than in the body generator: a client that disconnects before
+    the first chunk leaves the generator unstarted, and its ``finally`` never runs.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, release: Callable[[], None], **options: Any
+    ) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 async def _guarded(
-    state: ProxyState, turn: Turn, tenant: Any, chunks: AsyncIterator[ChatCompletionChunk]
+    state: ProxyState, chunks: AsyncIterator[ChatCompletionChunk]
 ) -> AsyncIterator[bytes]:
     """SSE bytes; a failure mid-stream is sent as an error event and ends the stream."""
     try:
@@ -269,9 +297,6 @@ async def _guarded(
         error = to_api_error(exc)
         state.metrics.errors.labels(code=error.code).inc()
         yield b"data: " + error_payload(error).model_dump_json().encode() + b"\n\n"
-    finally:
-        state.flow.release(turn)
-        state.tenants.leave(tenant)
 
 
 async def _count(state: ProxyState, turn: Turn) -> None:

@@ -118,6 +118,33 @@ def test_a_refused_request_frees_its_tenant_slot(proxy):
     assert answer.choices[0].message.content == "fine | fine"
 
 
+def test_a_stream_left_at_once_frees_its_tenant_slot(proxy):
+    import json
+    import socket
+    import time
+
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "SLOW 0.2 a b c"}], "stream": True}
+    ).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-c\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+        raw.sendall(head + body)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            answer = client(proxy, "key-c").chat.completions.create(
+                model="ctxproto", messages=[{"role": "user", "content": "again"}]
+            )
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the left stream kept its tenant slot"
+            time.sleep(0.1)
+    assert answer.choices[0].message.content == "again | again"
+
+
 def test_session_id_sources_in_order():
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "first"}]
     later = [*messages, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
