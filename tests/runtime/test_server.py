@@ -148,6 +148,11 @@ def test_stalled_body_is_408_and_others_are_served_meanwhile(server):
         stalled.sendall(head + b'{"messages"')
         assert_still_serving(server)
         answer = stalled.recv(65536)
+        while b"\r\n\r\n" not in answer or _incomplete(answer):
+            more = stalled.recv(65536)
+            if not more:
+                break
+            answer += more
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
 
