@@ -8,6 +8,8 @@
   ``examples/pipelines/chatbot.yaml`` (retrieval, semantic cache, summary).
 - **Cache-hit throughput.** Concurrent clients asking a question the semantic
   cache holds: answered requests per second, the upstream never called.
+- **Chat workload** (``proxy_chat.py``): ``bench chat``'s sessions sent by an
+  OpenAI client through the proxy versus straight to the same upstream.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent cache-hit clients")
     parser.add_argument("--seconds", type=float, default=5.0, help="cache-hit run length")
     parser.add_argument("--skip-chatbot", action="store_true", help="no chatbot.yaml overhead")
+    parser.add_argument(
+        "--chat-turns", type=int, default=10, help="turns of the chat workload (0: skip it)"
+    )
+    parser.add_argument("--chat-sessions", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
@@ -51,6 +58,12 @@ def handle(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         chatbot=not args.skip_chatbot,
     )
+    if args.chat_turns > 0:
+        from ctxproto.bench.proxy_chat import run_chat_through_proxy
+
+        result["chat"] = run_chat_through_proxy(
+            args.chat_turns, args.chat_sessions, args.max_new_tokens
+        )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

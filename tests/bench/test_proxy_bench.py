@@ -14,3 +14,13 @@ def test_proxy_bench_reports_overhead_and_hits():
     assert overhead["proxy_p50_ms"] > 0 and overhead["direct_p50_ms"] > 0
     assert result["cache_hits"]["answered_per_s"] > 0
     assert result["cache_hits"]["hit_share"] == 1.0
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_chat_workload_through_the_proxy_reports_ratio_and_retention():
+    from ctxproto.bench.proxy_chat import run_chat_through_proxy
+
+    result = run_chat_through_proxy(turns=6, sessions=1, max_new_tokens=2)
+    assert result["logical_tokens"] > 0 and result["effective_tps_ratio"] > 0
+    assert result["fact_retention"] == 1.0  # the chatbot pipeline keeps stated facts
