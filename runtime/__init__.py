@@ -3,8 +3,8 @@
 ``Engine`` runs a transformers causal LM with a radix-tree prefix-KV cache
 (``RadixKVCache``) and batched decoding; ``LocalBackend`` and ``OpenAIBackend``
 put it and any OpenAI-compatible server behind one ``Backend`` interface, and
-``ScriptedBackend`` answers from a script, for tests;
-``OpenAIServer`` serves the engine over HTTP.
+``ScriptedBackend`` answers from a script, for tests. The engine's HTTP
+server (``ctxproto.serve.OpenAIServer``) lives with the proxy it shares a stack with.
 
 Importing this package is cheap; torch and transformers load on first use.
 """
@@ -21,7 +21,6 @@ from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 from ctxproto.runtime.radix_cache import CacheStats, RadixKVCache
 from ctxproto.runtime.request import RequestHandle
-from ctxproto.runtime.server import OpenAIServer
 
 __all__ = [
     "Backend",
@@ -32,7 +31,6 @@ __all__ = [
     "GenerationParams",
     "LocalBackend",
     "OpenAIBackend",
-    "OpenAIServer",
     "RadixKVCache",
     "RequestHandle",
     "RequestMetrics",

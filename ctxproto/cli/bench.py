@@ -13,7 +13,16 @@ from typing import Any
 
 __all__ = ["register"]
 
-BENCHMARKS: tuple[str, ...] = ("stages", "prefix", "decode", "chat", "suite", "retrieval", "cache")
+BENCHMARKS: tuple[str, ...] = (
+    "stages",
+    "prefix",
+    "decode",
+    "chat",
+    "suite",
+    "retrieval",
+    "cache",
+    "proxy",
+)
 
 
 def register(subparsers: Any) -> None:

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ctxproto.errors import BackendError, ConfigError
-from ctxproto.runtime import GenerationParams, OpenAIBackend, OpenAIServer
+from ctxproto.runtime import GenerationParams, OpenAIBackend
+from ctxproto.serve import OpenAIServer
 from tests.runtime.conftest import chat
 
 pytestmark = pytest.mark.models
@@ -104,7 +105,7 @@ def test_plain_json_response_and_routes(server):
 
 
 def test_bad_request_is_a_config_error(server):
-    with pytest.raises(ConfigError, match="at least one message"):
+    with pytest.raises(ConfigError, match="messages"):
         OpenAIBackend(server.url).generate([], GREEDY)
 
 

@@ -1,0 +1,69 @@
+"""``ctxproto serve CONFIG.yaml [--host 127.0.0.1] [--port 8080] [--allow-unauthenticated]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+from typing import Any
+
+from ctxproto.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible proxy that runs the pipeline on every request",
+        description="Serve CONFIG (a serve YAML: pipeline, upstream, tenants, sessions) as "
+        "POST /v1/chat/completions, GET /v1/models, /health and /metrics.",
+    )
+    parser.add_argument("config", help="serve config file (YAML)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback although no tenants (API keys) are configured",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ctxproto._extras import require
+
+    for module in ("starlette", "uvicorn", "httpx", "prometheus_client"):
+        require(module, extra="serve")
+    import uvicorn
+
+    from ctxproto.serve import ProxyState, create_app, load_serve_config
+    from ctxproto.serve.runner import uvicorn_config
+
+    config = load_serve_config(args.config)
+    if not config.tenants and not _loopback(args.host) and not args.allow_unauthenticated:
+        raise ConfigError(
+            f"no tenants are configured, so the proxy listens on loopback only, not {args.host}",
+            file=args.config,
+            key="tenants",
+            expected="API keys under tenants, or --allow-unauthenticated",
+        )
+    state = ProxyState.from_config(config, source=args.config)
+    state.flow.warm_up()
+    server = uvicorn.Server(
+        uvicorn_config(create_app(state), args.host, args.port, log_level="info")
+    )
+    try:
+        server.run()
+    finally:
+        asyncio.run(state.aclose())
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

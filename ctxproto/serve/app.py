@@ -1,0 +1,343 @@
+"""The ASGI app: routes only. The flow is ``ContextFlow``'s, errors are ``envelope``'s.
+
+``create_app(state)`` is a factory over shared ``ProxyState``, so other surfaces
+(an MCP endpoint at ``/mcp``, say) mount beside these routes in one process and
+use the same pipeline, stores and upstream::
+
+    POST /v1/chat/completions   the proxy (plain JSON or server-sent events)
+    GET  /v1/models             the served model name
+    GET  /health                readiness: the upstream answers, the stores open
+    GET  /metrics               Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from ctxproto.errors import CtxprotoError
+from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
+from ctxproto.serve.body import parse_chat_request, read_json_body
+from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
+from ctxproto.serve.flow import Turn
+from ctxproto.serve.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    Choice,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+    completion_id,
+)
+from ctxproto.serve.state import ProxyState
+from ctxproto.serve.tenancy import session_id
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ctxproto.serve")
+
+
+def create_app(state: ProxyState, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones."""
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/v1/models", _models, methods=["GET"]),
+            Route("/health", _health, methods=["GET"]),
+            Route("/metrics", _metrics, methods=["GET"]),
+            *routes,
+        ],
+        exception_handlers={
+            HTTPException: _http_error,
+            CtxprotoError: _ctxproto_error,
+            Exception: _unexpected_error,
+        },
+    )
+    app.state.proxy = state
+    return app
+
+
+def _state(request: Request) -> ProxyState:
+    state: ProxyState = request.app.state.proxy
+    return state
+
+
+async def _models(request: Request) -> JSONResponse:
+    state = _state(request)
+    state.tenants.authenticate(request.headers.get("authorization"))
+    cards = [ModelCard(id=name) for name in state.models]
+    return JSONResponse(ModelList(data=cards).model_dump())
+
+
+async def _health(request: Request) -> JSONResponse:
+    state = _state(request)
+    problem = await state.upstream.ready()
+    if problem is None:
+        try:
+            await anyio.to_thread.run_sync(state.flow.store.sessions, "health")
+        except CtxprotoError as exc:
+            problem = f"session store: {exc}"
+    if problem is not None:
+        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(
+        _state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+async def _chat_completions(request: Request) -> Response:
+    state = _state(request)
+    tenant = state.tenants.authenticate(request.headers.get("authorization"))
+    body = await read_json_body(request, state.limits)
+    chat = parse_chat_request(body)
+    if chat.model is not None and chat.model not in state.models:
+        raise APIError(
+            404, f"the model '{chat.model}' does not exist", code="model_not_found", param="model"
+        )
+    headers = request.headers
+    stateful = headers.get("x-ctxproto-session-mode", state.session_mode) == "stateful"
+    session = session_id(headers, chat.user, [] if stateful else body["messages"])
+    if stateful and session.startswith("conv-"):
+        raise APIError(
+            400, "stateful mode needs an x-session-id header or a 'user'", code="missing_session"
+        )
+    no_cache = "no-cache" in headers.get("cache-control", "").lower()
+    use_cache = not no_cache and headers.get("x-ctxproto-cache", "").lower() != "bypass"
+    state.tenants.enter(tenant)
+    turn: Turn | None = None
+    streaming = False
+    try:
+        turn = await state.flow.prepare(
+            body["messages"],
+            tenant=tenant.id,
+            session=session,
+            stateful=stateful,
+            use_cache=use_cache,
+            use_pipeline=headers.get("x-ctxproto-pipeline", "on").lower() != "off",
+        )
+        model = chat.model or state.models[0]
+        forward = {**body, "messages": turn.messages}
+        if chat.stream:
+            chunks = await _open_stream(state, turn, forward, model, chat.include_usage)
+            streamed = turn
+
+            def release() -> None:
+                state.flow.release(streamed)
+                state.tenants.leave(tenant)
+
+            response: Response = _ReleasingStream(
+                _guarded(state, chunks),
+                release=release,
+                media_type="text/event-stream",
+                headers={**_turn_headers(turn), "cache-control": "no-cache"},
+            )
+            streaming = True  # the stream releases the session and the tenant slot
+            return response
+        answer = await _answer(request, state, turn, forward, model)
+        if answer is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(answer.model_dump(exclude_none=False), headers=_turn_headers(turn))
+    finally:
+        if not streaming:
+            if turn is not None:
+                state.flow.release(turn)
+            state.tenants.leave(tenant)
+
+
+async def _answer(
+    request: Request, state: ProxyState, turn: Turn, forward: dict[str, Any], model: str
+) -> ChatCompletionResponse | None:
+    """The whole answer, cancelled (upstream included) if the client disconnects."""
+    response: ChatCompletionResponse | None
+    if turn.answer is not None:
+        response = _cached_response(state, turn, model)
+    else:
+        started = time.perf_counter()
+        response = await _unless_disconnected(
+            request, state.upstream.complete(forward, tenant=turn.tenant)
+        )
+        if response is None:
+            return None
+        state.metrics.upstream_latency.labels(stream="false").observe(time.perf_counter() - started)
+        response.model = model
+        await _count(state, turn)
+    state.record(turn, response.usage)
+    message = response.choices[0].message if response.choices else None
+    await state.flow.finish(turn, message.model_dump(exclude_none=True) if message else None)
+    return response
+
+
+async def _unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, ChatCompletionResponse]
+) -> ChatCompletionResponse | None:
+    """``work``'s result, or ``None`` once the client has gone (``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+    if watcher.done() and not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    return task.result() if not task.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _cached_response(state: ProxyState, turn: Turn, model: str) -> ChatCompletionResponse:
+    answer = turn.answer or ""
+    counter = state.flow.counter
+    tokens = counter.count(answer) if counter is not None else 0
+    return ChatCompletionResponse(
+        model=model,
+        choices=[Choice(message=ResponseMessage(content=answer), finish_reason="stop")],
+        usage=Usage.of(0, tokens),
+    )
+
+
+async def _open_stream(
+    state: ProxyState, turn: Turn, forward: dict[str, Any], model: str, include_usage: bool
+) -> AsyncIterator[ChatCompletionChunk]:
+    """Upstream chunks (or a replayed hit) restamped with one id, created time and model."""
+    if turn.answer is not None:
+        response = _cached_response(state, turn, model)
+        source = replay_chunks(response.choices[0].message.content or "", response.usage)
+    else:
+        source = await state.upstream.stream(forward, tenant=turn.tenant)
+        await _count(state, turn)
+    return _restamped(state, turn, source, model, include_usage)
+
+
+async def _restamped(
+    state: ProxyState,
+    turn: Turn,
+    source: AsyncIterator[ChatCompletionChunk],
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[ChatCompletionChunk]:
+    chunk_id, created = completion_id(), int(time.time())
+    answer = AnswerAccumulator()
+    started = time.perf_counter()
+    usage = Usage()
+    try:
+        async for chunk in source:
+            chunk.id, chunk.created, chunk.model = chunk_id, created, model
+            answer.add(chunk)
+            if chunk.usage is not None:
+                usage = chunk.usage
+                if not include_usage:
+                    if not chunk.choices:
+                        continue
+                    chunk.usage = None
+            yield chunk
+    finally:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if turn.answer is None:
+        state.metrics.upstream_latency.labels(stream="true").observe(time.perf_counter() - started)
+    state.record(turn, usage)
+    await state.flow.finish(turn, answer.message())
+
+
+class _ReleasingStream(StreamingResponse):
+    """A stream that frees its turn's session and tenant slot however it ends.
+
+    Done here rather than in the body generator: a client that disconnects before
+    the first chunk leaves the generator unstarted, and its ``finally`` never runs.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, release: Callable[[], None], **options: Any
+    ) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _guarded(
+    state: ProxyState, chunks: AsyncIterator[ChatCompletionChunk]
+) -> AsyncIterator[bytes]:
+    """SSE bytes; a failure mid-stream is sent as an error event and ends the stream."""
+    try:
+        async for chunk in chunks:
+            yield chunk.sse()
+        yield b"data: [DONE]\n\n"
+    except CtxprotoError as exc:
+        error = to_api_error(exc)
+        state.metrics.errors.labels(code=error.code).inc()
+        yield b"data: " + error_payload(error).model_dump_json().encode() + b"\n\n"
+
+
+async def _count(state: ProxyState, turn: Turn) -> None:
+    """Token counts for a turn the pipeline did not run on (off, or none configured)."""
+    if turn.result is None:
+        tokens = await anyio.to_thread.run_sync(state.count_messages, turn.messages)
+        turn.original_tokens = turn.prompt_tokens = tokens
+
+
+def _turn_headers(turn: Turn) -> dict[str, str]:
+    return {
+        "x-ctxproto-cache": turn.cache,
+        "x-ctxproto-original-tokens": str(turn.original_tokens),
+        "x-ctxproto-prompt-tokens": str(turn.prompt_tokens),
+        "x-ctxproto-saved-tokens": str(turn.saved_tokens),
+        "x-ctxproto-session": turn.session,
+    }
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    error = APIError(
+        exc.status_code,
+        f"{request.method} {request.url.path}: {exc.detail}",
+        code=codes.get(exc.status_code, "http_error"),
+    )
+    return _answer_error(request, error)
+
+
+async def _ctxproto_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CtxprotoError)
+    return _answer_error(request, exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error answering %s %s", request.method, request.url.path)
+    return _answer_error(request, APIError(500, "internal error", code="internal_error"))
+
+
+def _answer_error(request: Request, exc: CtxprotoError) -> Response:
+    error = to_api_error(exc)
+    _state(request).metrics.errors.labels(code=error.code).inc()
+    return error_response(error)

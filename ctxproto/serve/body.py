@@ -1,0 +1,79 @@
+"""Reading a request body safely: JSON only, bounded in size and in time, then validated.
+
+Everything that can be refused is refused before any model or tokenizer runs:
+a non-JSON content type (415), a declared or actual size over the limit (413,
+counted while reading, so a chunked or lying body never gets past it), a client
+that stalls (408), malformed or absurdly nested JSON and wrong field types
+(400 naming the field).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from ctxproto.config import validation_error_to_config_error
+from ctxproto.serve.config import LimitsConfig
+from ctxproto.serve.envelope import APIError
+from ctxproto.serve.protocol import ChatCompletionRequest
+
+__all__ = ["parse_chat_request", "read_json_body"]
+
+
+async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, Any]:
+    """The body as a JSON object, or an ``APIError`` with the status to answer."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if media_type.lower() not in ("application/json", ""):
+        raise APIError(
+            415,
+            f"the body must be application/json, not {media_type}",
+            code="unsupported_media_type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise _too_large(limits)
+    raw = bytearray()
+    try:
+        with anyio.fail_after(limits.read_timeout_s):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limits.max_body_bytes:
+                    raise _too_large(limits)
+    except TimeoutError:
+        raise APIError(
+            408,
+            f"the body did not arrive within {limits.read_timeout_s:g} s",
+            code="request_timeout",
+        ) from None
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:
+        raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    """Validate a chat-completions body; the first wrong field names the 400."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        error = validation_error_to_config_error(exc)
+        raise APIError(
+            400, f"invalid request: {error}", code="invalid_value", param=error.key
+        ) from None
+    except RecursionError:
+        raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
+
+
+def _too_large(limits: LimitsConfig) -> APIError:
+    return APIError(
+        413, f"the body exceeds {limits.max_body_bytes} bytes", code="request_too_large"
+    )

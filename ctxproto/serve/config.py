@@ -1,0 +1,161 @@
+"""The serve config file: the pipeline, the upstream, the tenants and session settings.
+
+Validated by pydantic before anything starts; every failure is a
+``ConfigError`` naming the file and the key (the CLI exits 2). API keys may sit
+in the file, in an environment variable (``key_env``) or in a file of their
+own (``key_file``); they are ``SecretStr`` so they never show in a log line or
+an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
+from ctxproto.errors import ConfigError
+
+__all__ = [
+    "LimitsConfig",
+    "LocalUpstreamConfig",
+    "RemoteUpstreamConfig",
+    "ServeConfig",
+    "SessionConfig",
+    "TenantConfig",
+    "load_serve_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalUpstreamConfig(_Section):
+    """The bundled runtime, in this process."""
+
+    type: Literal["local"] = "local"
+    model: str = "default"
+    device: str = "cpu"
+    prefix_cache: bool = True
+    cache_bytes: int | None = Field(default=None, gt=0)
+    max_batch_size: int = Field(default=8, ge=1)
+
+
+class RemoteUpstreamConfig(_Section):
+    """Any OpenAI-compatible server: vLLM, SGLang, llama.cpp, OpenAI itself."""
+
+    type: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://", description="e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(description="The model name the upstream serves.")
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    timeout: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    cache_salt: bool = Field(
+        default=False, description="Send a per-tenant cache_salt (vLLM) to isolate prefix caches."
+    )
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env is None:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"environment variable {self.api_key_env} is not set", key="upstream.api_key_env"
+            )
+        return value
+
+
+UpstreamConfig = Annotated[LocalUpstreamConfig | RemoteUpstreamConfig, Field(discriminator="type")]
+
+
+class TenantConfig(_Section):
+    """One API key and the tenant it stands for; exactly one of the key fields."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: SecretStr | None = None
+    key_env: str | None = None
+    key_file: str | None = None
+    max_concurrent_requests: int | None = Field(
+        default=None, ge=1, description="More at once are answered 429."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TenantConfig:
+        given = [k for k in ("key", "key_env", "key_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key, key_env, key_file")
+        return self
+
+
+class SessionConfig(_Section):
+    mode: Literal["stateless", "stateful"] = Field(
+        default="stateless",
+        description="stateful: clients send only the new message; the proxy keeps the history.",
+    )
+    store: str | None = Field(
+        default=None, description="Folder of the session store (history in stateful mode)."
+    )
+
+
+class LimitsConfig(_Section):
+    max_body_bytes: int = Field(default=16 << 20, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0, description="To receive a whole body.")
+
+
+class ServeConfig(_Section):
+    """The whole serve config file."""
+
+    pipeline: dict[str, Any] | None = Field(
+        default=None, description="A pipeline (same schema as pipeline files); null: forward as is."
+    )
+    upstream: UpstreamConfig = Field(default_factory=LocalUpstreamConfig)
+    served_model: str = Field(default="ctxproto", description="The model name clients use.")
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    sessions: SessionConfig = Field(default_factory=SessionConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    def tenant_keys(self, source: str | None = None) -> dict[str, TenantConfig]:
+        """API key -> tenant; a missing env var or key file is a ``ConfigError``."""
+        keys: dict[str, TenantConfig] = {}
+        base = Path(source).parent if source else Path(".")
+        for index, tenant in enumerate(self.tenants):
+            where = f"tenants[{index}]"
+            if tenant.key is not None:
+                key = tenant.key.get_secret_value()
+            elif tenant.key_env is not None:
+                key = os.environ.get(tenant.key_env, "")
+                if not key:
+                    raise ConfigError(
+                        f"environment variable {tenant.key_env} is not set",
+                        file=source,
+                        key=f"{where}.key_env",
+                    )
+            else:
+                assert tenant.key_file is not None
+                try:
+                    key = (base / tenant.key_file).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot read the key file: {exc.strerror}",
+                        file=source,
+                        key=f"{where}.key_file",
+                    ) from None
+            if not key or key in keys:
+                raise ConfigError("empty or repeated API key", file=source, key=where)
+            keys[key] = tenant
+        return keys
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read and validate a serve config (YAML, safe loader)."""
+    data = load_yaml_mapping(path)
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error_to_config_error(exc, file=str(path)) from exc

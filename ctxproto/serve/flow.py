@@ -1,0 +1,233 @@
+"""One proxied turn through the SDK's own flow: pipeline -> upstream -> state.
+
+The proxy adds no stage, budget or cache of its own: ``prepare`` runs the
+configured ``Pipeline`` over the request's messages (in a worker thread, one
+run at a time, as the stages keep state), and a semantic-cache hit answers
+there; ``finish`` files the answer in the semantic cache and, in stateful mode,
+appends the turn to the session's history.
+
+Stateless mode (the default) is a drop-in: the client sends the whole
+conversation and it is what the pipeline sees. In stateful mode the client
+sends only the new messages; the history lives in the ``SessionStateStore``,
+and turns of one session are answered one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio.to_thread
+from pydantic import ValidationError
+
+from ctxproto.config import validation_error_to_config_error
+from ctxproto.context import ChatRequest, Context
+from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.stages.semantic_cache import SemanticCacheLookup
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import TokenCounter
+
+__all__ = ["CacheStatus", "ContextFlow", "Turn"]
+
+CacheStatus = Literal["hit", "miss", "bypass"]
+_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+_HISTORY_VERSION = 1
+
+
+@dataclass
+class Turn:
+    """What the pipeline made of one request."""
+
+    tenant: str
+    session: str
+    messages: list[dict[str, Any]]
+    """The messages to forward: assembled by the pipeline, or as received."""
+    cache: CacheStatus
+    original_tokens: int = 0
+    prompt_tokens: int = 0
+    answer: str | None = None
+    """Set on a semantic-cache hit: no upstream call is needed."""
+    result: PipelineResult | None = None
+    stateful_history: list[dict[str, Any]] | None = None
+    lock: asyncio.Lock | None = field(default=None, repr=False)
+    """The session's lock while this turn holds it (stateful mode)."""
+
+    @property
+    def saved_tokens(self) -> int:
+        return max(self.original_tokens - self.prompt_tokens, 0)
+
+
+class ContextFlow:
+    """The pipeline and session state behind the proxy."""
+
+    def __init__(
+        self, pipeline: Pipeline | None, *, store: SessionStateStore | None = None
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store if store is not None else SessionStateStore()
+        self._uncached = _without_cache(pipeline) if pipeline is not None else None
+        self._run_lock = threading.Lock()
+        self._session_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def counter(self) -> TokenCounter | None:
+        return self.pipeline.counter if self.pipeline is not None else None
+
+    def warm_up(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.warm_up()
+
+    async def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tenant: str,
+        session: str,
+        stateful: bool,
+        use_cache: bool,
+        use_pipeline: bool,
+    ) -> Turn:
+        """Run the pipeline on a request's messages (with the stored history if stateful).
+
+        In stateful mode the session stays locked until ``finish`` or ``release``.
+        """
+        turn = Turn(tenant=tenant, session=session, messages=messages, cache="bypass")
+        if stateful:
+            lock = self._session_lock(tenant, session)
+            await lock.acquire()
+            turn.lock = lock
+        try:
+            await self._prepare(turn, stateful, use_cache, use_pipeline)
+        except BaseException:
+            self.release(turn)
+            raise
+        return turn
+
+    async def _prepare(
+        self, turn: Turn, stateful: bool, use_cache: bool, use_pipeline: bool
+    ) -> None:
+        if stateful:
+            history = await anyio.to_thread.run_sync(self._load_history, turn.tenant, turn.session)
+            turn.stateful_history = _merge(history, turn.messages)
+            turn.messages = turn.stateful_history
+        pipeline = self.pipeline if use_cache else self._uncached
+        if pipeline is None or not use_pipeline:
+            return
+        context = _context(turn.messages, turn.tenant, turn.session)
+        result = await anyio.to_thread.run_sync(self._run, pipeline, context)
+        turn.result = result
+        turn.original_tokens = result.original_tokens
+        turn.prompt_tokens = result.prompt_tokens
+        turn.cache = "bypass" if not use_cache or not _has_cache(pipeline) else "miss"
+        if result.answer is not None:
+            turn.cache, turn.answer = "hit", result.answer
+        elif result.prompt is not None:
+            turn.messages = result.prompt.messages
+
+    async def finish(self, turn: Turn, answer: dict[str, Any] | None) -> None:
+        """File the upstream's answer (an assistant message) and release the session."""
+        try:
+            if answer is None:
+                return
+            text = answer.get("content")
+            cacheable = turn.cache == "miss" and not answer.get("tool_calls")
+            if turn.result is not None and cacheable and isinstance(text, str) and text:
+                await anyio.to_thread.run_sync(self._remember, turn.result, text)
+            if turn.stateful_history is not None:
+                history = [*turn.stateful_history, answer]
+                await anyio.to_thread.run_sync(
+                    self._save_history, turn.tenant, turn.session, history
+                )
+        finally:
+            self.release(turn)
+
+    def release(self, turn: Turn) -> None:
+        """Let the session's next turn in; idempotent (never releases another turn's hold)."""
+        lock, turn.lock = turn.lock, None
+        if lock is not None:
+            lock.release()
+
+    def history(self, tenant: str, session: str) -> list[dict[str, Any]]:
+        """The stored conversation of a stateful session."""
+        return self._load_history(tenant, session)
+
+    # -- internals -----------------------------------------------------------
+
+    def _run(self, pipeline: Pipeline, context: Context) -> PipelineResult:
+        with self._run_lock:
+            return pipeline.run(context)
+
+    def _remember(self, result: PipelineResult, answer: str) -> None:
+        with self._run_lock:
+            for stage in self.pipeline.stages if self.pipeline is not None else []:
+                if isinstance(stage, SemanticCacheLookup):
+                    stage.store(result.context, answer)
+
+    def _session_lock(self, tenant: str, session: str) -> asyncio.Lock:
+        key = (tenant, session)
+        lock = self._session_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._session_locks[key] = lock
+        return lock
+
+    def _load_history(self, tenant: str, session: str) -> list[dict[str, Any]]:
+        state = self.store.get(tenant, f"proxy:{session}") or {}
+        history = state.get("messages", [])
+        return list(history) if isinstance(history, list) else []
+
+    def _save_history(self, tenant: str, session: str, history: list[dict[str, Any]]) -> None:
+        state = {"version": _HISTORY_VERSION, "messages": history}
+        self.store.put(tenant, f"proxy:{session}", state)
+
+
+def _context(messages: list[dict[str, Any]], tenant: str, session: str) -> Context:
+    """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
+    plain = [{k: m[k] for k in _MESSAGE_FIELDS if m.get(k) is not None} for m in messages]
+    for message in plain:
+        if message.get("tool_calls"):
+            message["tool_calls"] = [
+                {k: call[k] for k in ("id", "type", "function") if k in call}
+                for call in message["tool_calls"]
+            ]
+    try:
+        request = ChatRequest.model_validate(
+            {"messages": plain, "session_id": session, "tenant_id": tenant}
+        )
+    except ValidationError as exc:
+        raise validation_error_to_config_error(exc) from None
+    return request.to_context()
+
+
+def _merge(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored history with the new messages; new system messages replace the stored ones."""
+    if new and new[0].get("role") in ("system", "developer"):
+        history = [m for m in history if m.get("role") not in ("system", "developer")]
+        count = 0
+        while count < len(new) and new[count].get("role") in ("system", "developer"):
+            count += 1
+        return [*new[:count], *history, *new[count:]]
+    return [*history, *new]
+
+
+def _has_cache(pipeline: Pipeline) -> bool:
+    return any(isinstance(stage, SemanticCacheLookup) for stage in pipeline.stages)
+
+
+def _without_cache(pipeline: Pipeline) -> Pipeline:
+    """The same stage objects minus the semantic cache, for requests that bypass it."""
+    return Pipeline(
+        [s for s in pipeline.stages if not isinstance(s, SemanticCacheLookup)],
+        pipeline.budget,
+        name=pipeline.name,
+        tokenizer=pipeline.tokenizer,
+        render=pipeline.render,
+        counter=pipeline.counter,
+        chat_template=pipeline.assembler.chat_template,
+        documents_position=pipeline.documents_position,
+    )

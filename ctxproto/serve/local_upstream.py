@@ -1,0 +1,139 @@
+"""The bundled runtime as an upstream, in this process (``upstream: {type: local}``).
+
+Requests are validated and bounded before the engine sees them: a prompt whose
+UTF-8 size alone proves it cannot fit the context window is refused without
+tokenizing it (a token never covers more bytes than the longest vocabulary
+entry), so a 14 MB body costs microseconds, not seconds. Tokenizing runs in a
+worker thread, never on the event loop. Closing a stream, or cancelling a
+non-streaming request (its client left), cancels the engine request: decoding
+stops at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio.to_thread
+
+from ctxproto.errors import ConfigError
+from ctxproto.runtime.engine import Engine
+from ctxproto.runtime.params import Completion, GenerationParams
+from ctxproto.runtime.request import RequestHandle
+from ctxproto.serve.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    ResponseMessage,
+    Usage,
+)
+from ctxproto.serve.upstream import Upstream
+
+__all__ = ["LocalUpstream", "generation_params"]
+
+
+class LocalUpstream(Upstream):
+    """Answers with an ``Engine``; tenants get separate prefix-cache namespaces."""
+
+    def __init__(self, engine: Engine, *, model: str = "default", owned: bool = False) -> None:
+        self.engine = engine
+        self.model = model
+        self._owned = owned
+        vocabulary = engine.tokenizer.get_vocab()
+        self._max_token_bytes = max((len(token) for token in vocabulary), default=1) or 1
+
+    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
+        handle = await self._submit(body, tenant)
+        try:
+            completion = await anyio.to_thread.run_sync(handle.result, abandon_on_cancel=True)
+        finally:
+            handle.cancel()  # a no-op once finished; stops decoding if the caller left
+        return ChatCompletionResponse(
+            model=self.model,
+            choices=[
+                Choice(
+                    message=ResponseMessage(content=completion.text),
+                    finish_reason=_finish_reason(completion),
+                )
+            ],
+            usage=_usage(completion),
+        )
+
+    async def stream(
+        self, body: dict[str, Any], *, tenant: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        handle = await self._submit(body, tenant)
+        return self._chunks(handle)
+
+    async def ready(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await anyio.to_thread.run_sync(self.engine.close)
+
+    async def _chunks(self, handle: RequestHandle) -> AsyncIterator[ChatCompletionChunk]:
+        deltas: Iterator[str] = handle.deltas()
+        try:
+            yield ChatCompletionChunk(
+                choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))]
+            )
+            while (text := await anyio.to_thread.run_sync(next, deltas, None)) is not None:
+                yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content=text))])
+            completion = handle.result()
+            yield ChatCompletionChunk(
+                choices=[ChunkChoice(finish_reason=_finish_reason(completion))]
+            )
+            yield ChatCompletionChunk(usage=_usage(completion))
+        finally:
+            handle.cancel()
+
+    async def _submit(self, body: dict[str, Any], tenant: str) -> RequestHandle:
+        messages = body["messages"]
+        params = generation_params(body)
+        size = len(json.dumps(messages, ensure_ascii=False).encode("utf-8"))
+        if size > self.engine.context_window * self._max_token_bytes:
+            raise ConfigError(
+                f"the messages ({size} bytes) cannot fit the model's context window of "
+                f"{self.engine.context_window} tokens",
+                key="messages",
+            )
+        prompt = await anyio.to_thread.run_sync(self.engine.encode_chat, messages)
+        return self.engine.submit(prompt, params, cache_namespace=_namespace(tenant, body))
+
+
+def generation_params(body: dict[str, Any]) -> GenerationParams:
+    """The engine's parameters from a validated chat-completions body."""
+    stop = body.get("stop") or []
+    fields: dict[str, Any] = {
+        "max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
+        # OpenAI's default is 1.0, not the SDK's greedy 0.0.
+        "temperature": body.get("temperature", 1.0),
+        "top_p": body.get("top_p"),
+        "stop": [stop] if isinstance(stop, str) else stop,
+        "seed": body.get("seed"),
+    }
+    return GenerationParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _namespace(tenant: str, body: dict[str, Any]) -> str:
+    """The prefix-cache namespace: the tenant's, narrowed by a client's ``cache_salt`` (vLLM's).
+
+    A salt never leaves its tenant's namespace; the ``default`` tenant with no salt
+    shares the engine's own namespace, as in-process callers do.
+    """
+    parts = ["" if tenant == "default" else tenant, str(body.get("cache_salt") or "")]
+    return "\x1f".join(parts) if any(parts) else ""
+
+
+def _finish_reason(completion: Completion) -> str:
+    # "cancelled" is ours; a client that is still listening never sees it.
+    return completion.finish_reason if completion.finish_reason != "cancelled" else "stop"
+
+
+def _usage(completion: Completion) -> Usage:
+    metrics = completion.metrics
+    return Usage.of(metrics.prompt_tokens, metrics.output_tokens, metrics.cached_tokens)

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one proxy: what it answered, saved and how the upstream did.
+
+Each app has its own registry (not the process-global one), so several apps in
+one process (tests, the runtime's server next to a proxy) never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["ProxyMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ProxyMetrics:
+    """The counters and histograms ``GET /metrics`` exposes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ctxproto_requests", "Chat requests answered.", ["tenant", "cache"], registry=r
+        )
+        self.cache_hits = Counter(
+            "ctxproto_cache_hits", "Requests answered from the semantic cache.", registry=r
+        )
+        self.tokens_original = Counter(
+            "ctxproto_tokens_original", "Prompt tokens as received.", registry=r
+        )
+        self.tokens_sent = Counter("ctxproto_tokens_sent", "Prompt tokens forwarded.", registry=r)
+        self.tokens_saved = Counter(
+            "ctxproto_tokens_saved", "Prompt tokens the pipeline removed.", registry=r
+        )
+        self.cached_prefix_tokens = Counter(
+            "ctxproto_cached_prefix_tokens",
+            "Prompt tokens the upstream served from its prefix cache.",
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "ctxproto_upstream_latency_seconds",
+            "Time from forwarding a request to its last byte.",
+            ["stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("ctxproto_errors", "Errors answered, by code.", ["code"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

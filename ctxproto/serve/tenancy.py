@@ -1,0 +1,83 @@
+"""Who is asking (API key -> tenant) and which conversation it belongs to (session id).
+
+Keys are looked up by their SHA-256 digest, so the table never holds a key in a
+form a log line or a traceback could show, and the lookup takes the same time
+whichever key matches. The session id comes from a header (``x-session-id``,
+or the names LiteLLM and Helicone use), else the body's ``user``, else a hash of
+the conversation's opening messages: a client that sends nothing special still
+keeps one session turn after turn, so its summary checkpoints are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ctxproto.serve.config import TenantConfig
+from ctxproto.serve.envelope import APIError
+
+__all__ = ["SESSION_HEADERS", "Tenants", "session_id"]
+
+SESSION_HEADERS = ("x-session-id", "x-litellm-session-id", "helicone-session-id")
+DEFAULT_TENANT = TenantConfig(id="default", key="unused")
+
+
+class Tenants:
+    """API key -> tenant; with no tenants configured every request is tenant ``default``."""
+
+    def __init__(self, keys: Mapping[str, TenantConfig]) -> None:
+        self._by_digest = {_digest(key): tenant for key, tenant in keys.items()}
+        self._in_flight: dict[str, int] = {}
+
+    @property
+    def open(self) -> bool:
+        """True when no key is needed."""
+        return not self._by_digest
+
+    def authenticate(self, authorization: str | None) -> TenantConfig:
+        if self.open:
+            return DEFAULT_TENANT
+        scheme, _, key = (authorization or "").partition(" ")
+        tenant = self._by_digest.get(_digest(key.strip())) if scheme.lower() == "bearer" else None
+        if tenant is None:
+            raise APIError(401, "invalid or missing API key", code="invalid_api_key")
+        return tenant
+
+    def enter(self, tenant: TenantConfig) -> None:
+        """Count one request in flight; over the tenant's limit is a 429."""
+        running = self._in_flight.get(tenant.id, 0)
+        limit = tenant.max_concurrent_requests
+        if limit is not None and running >= limit:
+            raise APIError(
+                429,
+                f"tenant '{tenant.id}' has {running} requests running (limit {limit})",
+                code="rate_limit_exceeded",
+                retry_after=1.0,
+            )
+        self._in_flight[tenant.id] = running + 1
+
+    def leave(self, tenant: TenantConfig) -> None:
+        self._in_flight[tenant.id] -= 1
+
+
+def session_id(headers: Mapping[str, str], user: str | None, messages: list[Any]) -> str:
+    """The session a stateless request belongs to (see the module docstring)."""
+    for name in SESSION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value[:200]
+    if user:
+        return f"user-{user[:200]}"
+    opening: list[Any] = []
+    for message in messages:
+        opening.append(message)
+        if message.get("role") == "user":
+            break
+    text = json.dumps(opening, sort_keys=True, ensure_ascii=False)
+    return "conv-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()

@@ -1,0 +1,215 @@
+"""Where the proxy sends assembled requests: the bundled runtime or a remote server.
+
+An ``Upstream`` speaks the chat-completions wire format, not the SDK's
+``Backend`` interface, because a proxy must pass through what a backend never
+sees (``tools``, ``response_format``, unknown fields) and return tool calls.
+``complete`` answers a body; ``stream`` returns the chunks once the upstream
+has accepted the request (so a refusal is still a plain JSON error), and
+closing that iterator cancels the upstream request.
+
+``RemoteUpstream`` retries 429, 5xx and refused connections before the first
+byte (exponential backoff, honouring ``Retry-After``) and normalises error
+bodies of other shapes (older vLLM's ``{"object": "error", ...}``, FastAPI's
+``{"detail": ...}``, plain text) into an ``APIError`` with the status to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ctxproto.serve.envelope import APIError
+from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
+
+__all__ = ["RemoteUpstream", "Upstream"]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.1
+BACKOFF_MAX_S = 8.0
+
+
+class Upstream(ABC):
+    """A chat-completions server the proxy forwards to."""
+
+    model: str
+
+    @abstractmethod
+    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
+        """The whole answer to ``body`` (``stream`` is false)."""
+
+    @abstractmethod
+    async def stream(
+        self, body: dict[str, Any], *, tenant: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks of the answer, usage last; raises before returning if refused."""
+
+    @abstractmethod
+    async def ready(self) -> str | None:
+        """``None`` when requests can be served, else why not."""
+
+    async def aclose(self) -> None:  # noqa: B027 - not every upstream holds anything
+        """Release connections and threads."""
+
+
+class RemoteUpstream(Upstream):
+    """An OpenAI-compatible server over ``httpx``'s async client."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 2,
+        cache_salt: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.retries = retries
+        self.cache_salt = cache_salt
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers=headers,
+            transport=transport,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+
+    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
+        response = await self._send(self._body(body, tenant, stream=False))
+        try:
+            data = json.loads(await response.aread())
+            return ChatCompletionResponse.model_validate(data)
+        except ValueError as exc:
+            raise APIError(
+                502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response"
+            ) from None
+        finally:
+            await response.aclose()
+
+    async def stream(
+        self, body: dict[str, Any], *, tenant: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        response = await self._send(self._body(body, tenant, stream=True))
+        return _read_events(response)
+
+    async def ready(self) -> str | None:
+        try:
+            response = await self._client.get(f"{self.base_url}/models", timeout=5.0)
+        except httpx.HTTPError as exc:
+            return f"upstream unreachable: {type(exc).__name__}"
+        return None if response.status_code < 500 else f"upstream answered {response.status_code}"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _body(self, body: dict[str, Any], tenant: str, *, stream: bool) -> dict[str, Any]:
+        out = {**body, "model": self.model, "stream": stream}
+        if stream:
+            out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            out.pop("stream_options", None)
+        if self.cache_salt:
+            out["cache_salt"] = f"ctxproto-tenant-{tenant}"  # vLLM: no prefix shared across salts
+        return out
+
+    async def _send(self, body: dict[str, Any]) -> httpx.Response:
+        """POST with retries; returns a response with a 2xx status, its body unread."""
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                request = self._client.build_request("POST", url, json=body)
+                response = await self._client.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise APIError(
+                    504, f"the upstream did not answer in time ({url})", code="upstream_timeout"
+                ) from None
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIError(
+                        502,
+                        f"cannot reach the upstream {url}: {type(exc).__name__}",
+                        code="upstream_unavailable",
+                    ) from None
+                await asyncio.sleep(_backoff(attempt, None))
+                continue
+            if response.status_code < 300:
+                return response
+            error = await _upstream_error(response)
+            if response.status_code in RETRY_STATUSES and not last:
+                await asyncio.sleep(_backoff(attempt, error.retry_after))
+                continue
+            raise error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:
+    """Chunks from a server-sent-events body; an error event becomes an ``APIError``."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[len("data:") :].strip()
+            if payload == "[DONE]":
+                return
+            data = json.loads(payload)
+            if isinstance(data, dict) and "error" in data:
+                raise _normalise(502, data, None)
+            yield ChatCompletionChunk.model_validate(data)
+    except httpx.TimeoutException:
+        raise APIError(
+            504, "the upstream stopped sending in time", code="upstream_timeout"
+        ) from None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise APIError(502, f"broken upstream stream: {exc}", code="upstream_error") from None
+    finally:
+        await response.aclose()
+
+
+async def _upstream_error(response: httpx.Response) -> APIError:
+    raw = await response.aread()
+    await response.aclose()
+    try:
+        data: Any = json.loads(raw)
+    except ValueError:
+        data = raw.decode("utf-8", "replace")[:500]
+    return _normalise(response.status_code, data, response.headers.get("retry-after"))
+
+
+def _normalise(status: int, data: Any, retry_after: str | None) -> APIError:
+    """Any upstream error shape as an ``APIError``; 5xx become 502 (the upstream failed)."""
+    info = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(info, dict):
+        info = data if isinstance(data, dict) else {"message": str(data)}
+    message = info.get("message") or info.get("detail") or json.dumps(info)[:500]
+    code = info.get("code")
+    param = info.get("param")
+    answered = status if status < 500 else 502
+    return APIError(
+        answered,
+        f"upstream: {message}" if status >= 500 else str(message),
+        code=str(code) if code is not None else f"upstream_{status}",
+        param=str(param) if param is not None else None,
+        retry_after=_seconds(retry_after),
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, BACKOFF_MAX_S)
+    return float(min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S))

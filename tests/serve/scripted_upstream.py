@@ -1,0 +1,148 @@
+"""A tiny OpenAI-compatible upstream whose answers are scripted by the request.
+
+A real ASGI app on a real socket (no patched clients): it answers
+``"<first user message> | <last user message>"``, calls the first tool when
+``tools`` are given and the last message is the user's, and obeys commands in
+the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
+in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
+``SLOW <seconds>`` (wait between chunks). Every body it gets is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+class ScriptedUpstream:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.failures: Counter[str] = Counter()
+        self.chunks_sent = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.bodies.append(body)
+        messages = body["messages"]
+        users = [m.get("content") or "" for m in messages if m["role"] == "user"]
+        last = messages[-1]
+        command = (last.get("content") or "").split() if last["role"] == "user" else []
+        if command[:1] == ["FAIL"]:
+            status, times, tag = int(command[1]), int(command[2]), command[3]
+            if self.failures[tag] < times:
+                self.failures[tag] += 1
+                error = {
+                    "object": "error",
+                    "message": f"scripted {status}",
+                    "type": "x",
+                    "code": status,
+                }
+                return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
+        message: dict[str, Any] = {"role": "assistant", "content": f"{users[0]} | {users[-1]}"}
+        finish = "stop"
+        if last["role"] == "tool":
+            message["content"] = f"tool said: {last['content']}"
+        elif body.get("tools"):
+            name = body["tools"][0]["function"]["name"]
+            call = {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"q": users[-1]})},
+            }
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish = "tool_calls"
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "total_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 2},
+        }
+        base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            return JSONResponse(
+                {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
+        delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
+        return StreamingResponse(
+            self._events(base, message, finish, usage, body, delay, command[:1] == ["MIDFAIL"]),
+            media_type="text/event-stream",
+        )
+
+    async def _events(
+        self,
+        base: dict[str, Any],
+        message: dict[str, Any],
+        finish: str,
+        usage: dict[str, Any],
+        body: dict[str, Any],
+        delay: float,
+        midfail: bool,
+    ) -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
+
+        yield _sse(chunk({"role": "assistant", "content": ""}))
+        if message.get("tool_calls"):
+            call = message["tool_calls"][0]
+            yield _sse(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            yield _sse(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+                        ]
+                    }
+                )
+            )
+        else:
+            for index, word in enumerate(message["content"].split(" ")):
+                if midfail and index == 2:
+                    yield _sse({"error": {"message": "scripted failure", "type": "server_error"}})
+                    return
+                await asyncio.sleep(delay)
+                self.chunks_sent += 1
+                yield _sse(chunk({"content": word if index == 0 else " " + word}))
+        yield _sse(chunk({}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"

@@ -1,0 +1,237 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
+"""Wire compatibility, through the real ``openai`` client, against the scripted upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.models  # the semantic cache's embedder
+
+USER = [{"role": "user", "content": "Where is my parcel number 4711?"}]
+
+
+def client(proxy, key: str = "key-a") -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+
+
+def test_sync_chat_is_a_complete_chat_completion(proxy, scripted):
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=USER, extra_headers={"x-ctxproto-cache": "bypass"}
+    )
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    assert answer.model == "ctxproto"
+    assert answer.choices[0].message.content == f"{USER[0]['content']} | {USER[0]['content']}"
+    assert answer.usage.prompt_tokens_details.cached_tokens == 2
+    assert raw.headers["x-ctxproto-cache"] == "bypass"
+    assert int(raw.headers["x-ctxproto-original-tokens"]) > 0
+    assert raw.headers["x-ctxproto-session"].startswith("conv-")
+    assert scripted.bodies[-1]["model"] == "scripted"
+    assert scripted.bodies[-1]["cache_salt"] == "ctxproto-tenant-tenant-a"
+
+
+def test_async_chat(proxy):
+    async def ask() -> str:
+        async with openai.AsyncOpenAI(base_url=proxy.url, api_key="key-a") as aclient:
+            answer = await aclient.chat.completions.create(
+                model="ctxproto", messages=[{"role": "user", "content": "async hello"}]
+            )
+            return answer.choices[0].message.content or ""
+
+    assert asyncio.run(ask()) == "async hello | async hello"
+
+
+def test_stream_with_usage_is_an_openai_stream(proxy):
+    stream = client(proxy).chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "stream these words"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-ctxproto-cache": "bypass"},
+    )
+    chunks = list(stream)
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "stream these words | stream these words"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 10
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(proxy):
+    stream = client(proxy).chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": "no usage"}], stream=True
+    )
+    chunks = list(stream)
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+
+
+def test_tool_call_round_trip(proxy, scripted):
+    tools = [{"type": "function", "function": {"name": "track", "parameters": {"type": "object"}}}]
+    messages: list[Any] = [{"role": "user", "content": "track 4711"}]
+    first = client(proxy).chat.completions.create(
+        model="ctxproto", messages=messages, tools=tools, tool_choice="auto", temperature=0.2
+    )
+    call = first.choices[0].message.tool_calls[0]
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert json.loads(call.function.arguments) == {"q": "track 4711"}
+    assert scripted.bodies[-1]["tools"] == tools and scripted.bodies[-1]["tool_choice"] == "auto"
+    assert scripted.bodies[-1]["temperature"] == 0.2
+    messages += [
+        first.choices[0].message,
+        {"role": "tool", "tool_call_id": call.id, "content": "in Berlin"},
+    ]
+    second = client(proxy).chat.completions.create(model="ctxproto", messages=messages, tools=tools)
+    assert second.choices[0].message.content == "tool said: in Berlin"
+    forwarded = scripted.bodies[-1]["messages"]
+    assistant = next(i for i, m in enumerate(forwarded) if m.get("tool_calls"))
+    assert forwarded[assistant + 1]["role"] == "tool"  # never separated from its result
+
+
+def test_streamed_tool_call_is_merged(proxy):
+    tools = [{"type": "function", "function": {"name": "track", "parameters": {"type": "object"}}}]
+    stream = client(proxy).chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "where 9"}],
+        tools=tools,
+        stream=True,
+    )
+    chunks = list(stream)
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert json.loads(arguments) == {"q": "where 9"}
+
+
+def test_unknown_fields_are_forwarded_untouched(proxy, scripted):
+    client(proxy).chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "x1"}],
+        extra_body={"top_k": 5, "chat_template_kwargs": {"a": 1}},
+        seed=3,
+        stop=["END"],
+    )
+    body = scripted.bodies[-1]
+    assert body["top_k"] == 5 and body["chat_template_kwargs"] == {"a": 1}
+    assert body["seed"] == 3 and body["stop"] == ["END"]
+
+
+def test_cache_hit_is_replayed_as_a_stream(proxy, scripted):
+    question = [{"role": "user", "content": "What is the warranty period of the R7 router?"}]
+    first = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
+    assert first.headers["x-ctxproto-cache"] == "miss"
+    posts = len(scripted.bodies)
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["x-ctxproto-cache"] == "hit"
+    chunks = list(raw.parse())
+    assert len(scripted.bodies) == posts  # answered without the upstream
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == first.parse().choices[0].message.content
+    assert chunks[-1].usage.prompt_tokens == 0
+    bypass = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, extra_headers={"cache-control": "no-cache"}
+    )
+    assert bypass.headers["x-ctxproto-cache"] == "bypass" and len(scripted.bodies) == posts + 1
+
+
+def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 40}
+        for i in range(30)
+    ]
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=history, extra_headers={"x-ctxproto-pipeline": "off"}
+    )
+    assert scripted.bodies[-1]["messages"] == history
+    assert raw.headers["x-ctxproto-saved-tokens"] == "0"
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=history, extra_headers={"x-ctxproto-cache": "bypass"}
+    )
+    assert len(scripted.bodies[-1]["messages"]) < len(history)
+    assert int(raw.headers["x-ctxproto-saved-tokens"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b'{"messages": "hi"}', 400, "messages"),
+        (b'{"model": "ctxproto"}', 400, "messages"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            400,
+            "temperature",
+        ),
+        (b'{"messages": [{"role": "user"}]}', 400, "messages[0]"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stream_options": 3}',
+            400,
+            "stream_options",
+        ),
+        (b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}', 404, "model"),
+    ],
+)
+def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body, status, param):
+    answer = httpx.post(
+        f"{proxy.url}/chat/completions",
+        content=body,
+        headers={"authorization": "Bearer key-a", "content-type": "application/json"},
+    )
+    assert answer.status_code == status
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["code"], str)
+    assert error["param"] == param
+    assert answer.headers["x-should-retry"] == "false"
+    assert client(proxy).chat.completions.create(model="ctxproto", messages=USER).choices
+
+
+def test_oversized_and_non_json_bodies(proxy, proxy_state):
+    limit = proxy_state.limits.max_body_bytes
+    headers = {"authorization": "Bearer key-a", "content-type": "application/json"}
+    big = httpx.post(f"{proxy.url}/chat/completions", content=b" " * (limit + 1), headers=headers)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    text = httpx.post(
+        f"{proxy.url}/chat/completions",
+        content=b"{}",
+        headers={**headers, "content-type": "text/plain"},
+    )
+    assert text.status_code == 415 and text.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_key_is_401_in_the_envelope(proxy):
+    with pytest.raises(openai.AuthenticationError) as raised:
+        client(proxy, key="wrong").chat.completions.create(model="ctxproto", messages=USER)
+    assert raised.value.status_code == 401
+    assert raised.value.body["code"] == "invalid_api_key"
+
+
+def test_models_health_and_metrics(proxy):
+    assert [m.id for m in client(proxy).models.list()] == ["ctxproto", "scripted"]
+    assert httpx.get(f"{proxy.base_url}/health").json() == {"status": "ok"}
+    metrics = httpx.get(f"{proxy.base_url}/metrics").text
+    for name in (
+        "ctxproto_requests_total",
+        "ctxproto_cache_hits_total",
+        "ctxproto_tokens_saved_total",
+        "ctxproto_cached_prefix_tokens_total",
+        "ctxproto_upstream_latency_seconds_bucket",
+        "ctxproto_errors_total",
+    ):
+        assert name in metrics
+    missing = httpx.get(f"{proxy.base_url}/nowhere")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -1,0 +1,121 @@
+"""Serve configs: examples load, mistakes exit 2 naming file and key, the CLI serves."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ctxproto.cli.main import main
+from ctxproto.errors import ConfigError
+from ctxproto.serve import load_serve_config
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "serve"
+
+
+@pytest.mark.parametrize("name", ["proxy.yaml", "proxy-remote.yaml"])
+def test_examples_validate(name):
+    config = load_serve_config(EXAMPLES / name)
+    assert config.pipeline is not None and config.pipeline["stages"]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("upstream: {type: openai, base_url: 'ftp://x', model: m}\n", "base_url"),
+        ("upstream: {type: openai, base_url: 'http://x/v1'}\n", "model"),
+        ("tenants: [{id: a}]\n", "tenants[0]"),
+        ("sessions: {mode: sometimes}\n", "sessions.mode"),
+        ("limits: {max_body_bytes: 0}\n", "limits.max_body_bytes"),
+        ("pipeline: {stages: [{type: nope}]}\n", "stages[0].type"),
+        ("tenants: [{id: a, key_env: CTXPROTO_TEST_UNSET_KEY}]\n", "tenants[0].key_env"),
+        ("tenants: [{id: a, key_file: missing.key}]\n", "tenants[0].key_file"),
+    ],
+)
+def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
+    path = write(tmp_path, text)
+    assert main(["serve", path]) == 2
+    err = capsys.readouterr().err
+    assert path in err.replace("\n", "") and key in err
+
+
+def test_keys_never_appear_in_errors(tmp_path):
+    path = write(tmp_path, "tenants: [{id: a, key: s3cret-key}, {id: b, key: s3cret-key}]\n")
+    config = load_serve_config(path)
+    with pytest.raises(ConfigError) as raised:
+        config.tenant_keys(path)
+    assert "s3cret" not in str(raised.value) and "s3cret" not in repr(config)
+
+
+def test_key_file_and_env(tmp_path, monkeypatch):
+    (tmp_path / "b.key").write_text("key-from-file\n")
+    monkeypatch.setenv("CTXPROTO_TEST_KEY", "key-from-env")
+    path = write(
+        tmp_path, "tenants: [{id: a, key_env: CTXPROTO_TEST_KEY}, {id: b, key_file: b.key}]\n"
+    )
+    keys = load_serve_config(path).tenant_keys(path)
+    assert {k: t.id for k, t in keys.items()} == {"key-from-env": "a", "key-from-file": "b"}
+
+
+def test_no_tenants_means_loopback_only(tmp_path, capsys):
+    path = write(
+        tmp_path, "upstream: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+    )
+    assert main(["serve", path, "--host", "0.0.0.0"]) == 2
+    assert "--allow-unauthenticated" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_cli_serves_a_config(tmp_path, scripted: Any):
+    port = _free_port()
+    path = write(
+        tmp_path,
+        f"upstream: {{type: openai, base_url: '{scripted.url}', model: scripted}}\n"
+        "tenants: [{id: a, key_env: CTXPROTO_TEST_KEY}]\n"
+        "pipeline: {stages: [{type: recency_window, init_parameters: {max_turns: 4}}]}\n",
+    )
+    env = {**os.environ, "CTXPROTO_TEST_KEY": "k-1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxproto.cli", "serve", path, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        body = {"model": "ctxproto", "messages": [{"role": "user", "content": "via cli"}]}
+        answer = httpx.post(
+            f"{url}/v1/chat/completions", json=body, headers={"authorization": "Bearer k-1"}
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "via cli | via cli"
+        denied = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert denied.status_code == 401
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert b"k-1" not in err  # keys are never logged

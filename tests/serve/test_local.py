@@ -1,0 +1,101 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
+"""The proxy over the bundled runtime: in-process, and through the runtime's own server."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.models
+
+
+def question() -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Name a colour. ({uuid.uuid4().hex[:8]})"}]
+
+
+@pytest.fixture(params=["local", "remote"])
+def any_proxy(request, local_proxy, remote_runtime_proxy):
+    return local_proxy if request.param == "local" else remote_runtime_proxy
+
+
+def test_chat_and_stream_equal_the_engine(any_proxy, engine):
+    from ctxproto.runtime import GenerationParams
+
+    messages = question()
+    expected = engine.generate(messages, GenerationParams(max_new_tokens=4)).text
+    client = openai.OpenAI(base_url=any_proxy.url, api_key="none", max_retries=0)
+    plain = client.chat.completions.create(
+        model="default", messages=messages, max_tokens=4, temperature=0
+    )
+    assert plain.choices[0].message.content == expected
+    stream = client.chat.completions.create(
+        model="ctxproto",
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_cached_tokens_zero_is_sent(local_proxy):
+    # A fresh cache_salt: a namespace of its own, where nothing is cached yet.
+    body = {"messages": question(), "max_tokens": 1, "cache_salt": uuid.uuid4().hex}
+    usage = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120).json()[
+        "usage"
+    ]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+def _idle(engine, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not len(engine._batch) and not engine._waiting:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stream_disconnect_stops_decoding(local_proxy, engine):
+    client = openai.OpenAI(base_url=local_proxy.url, api_key="none", max_retries=0)
+    stream = client.chat.completions.create(
+        model="ctxproto",
+        messages=question(),
+        max_tokens=400,
+        temperature=0.8,
+        seed=1,
+        stop=None,
+        stream=True,
+    )
+    for index, _ in enumerate(stream):
+        if index == 2:
+            break
+    stream.close()
+    assert _idle(engine, within_s=5.0)  # 400 tokens would take far longer on CPU
+
+
+def test_non_streaming_disconnect_stops_decoding(local_proxy, engine):
+    body = (
+        b'{"messages": [{"role": "user", "content": "Write a long story."}],'
+        b' "max_tokens": 400, "temperature": 0.8, "seed": 2}'
+    )
+    with socket.create_connection(("127.0.0.1", local_proxy.port)) as raw:
+        raw.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 30
+        while not len(engine._batch) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(engine._batch)  # decoding started
+    assert _idle(engine, within_s=5.0)

@@ -1,0 +1,158 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
+"""Tenants never share cache entries, summaries or sessions; keys and limits hold."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from ctxproto.serve.tenancy import session_id
+from ctxproto.stores.session_state import SessionStateStore
+
+pytestmark = pytest.mark.models
+
+
+def client(proxy, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
+
+
+def test_same_question_never_hits_another_tenants_cache(proxy, scripted):
+    question = [
+        {"role": "user", "content": f"What does plan {uuid.uuid4().hex[:6]} cost per month?"}
+    ]
+    a = client(proxy, "key-a").chat.completions.with_raw_response
+    b = client(proxy, "key-b").chat.completions.with_raw_response
+    assert a.create(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "miss"
+    assert a.create(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "hit"
+    posts = len(scripted.bodies)
+    assert b.create(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "miss"
+    assert len(scripted.bodies) == posts + 1
+    assert scripted.bodies[-1]["cache_salt"] == "ctxproto-tenant-tenant-b"
+
+
+def test_summaries_stay_with_their_tenant(proxy, scripted, state_dir):
+    session = f"shared-{uuid.uuid4().hex[:8]}"
+    secret = "my locker code is 918273"
+    turns = [secret] + [f"tell me about topic {i} please" for i in range(8)]
+    messages: list[Any] = []
+    for text in turns:
+        messages.append({"role": "user", "content": text})
+        answer = client(proxy, "key-a").chat.completions.create(
+            model="ctxproto", messages=messages, extra_headers={"x-session-id": session}
+        )
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    assert any(secret in m["content"] for m in scripted.bodies[-1]["messages"])  # summary kept it
+    summaries = SessionStateStore(state_dir / "summaries")
+    assert summaries.get("tenant-a", session) is not None
+    other = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}] * 4
+    client(proxy, "key-b").chat.completions.create(
+        model="ctxproto",
+        messages=[*other, {"role": "user", "content": "what is my code?"}],
+        extra_headers={"x-session-id": session},
+    )
+    assert not any("918273" in (m.get("content") or "") for m in scripted.bodies[-1]["messages"])
+    assert summaries.get("tenant-b", session) is None or "918273" not in str(
+        summaries.get("tenant-b", session)
+    )
+
+
+def test_stateful_sessions_are_per_tenant(proxy):
+    session = f"s-{uuid.uuid4().hex[:8]}"
+    headers = {"x-session-id": session, "x-ctxproto-session-mode": "stateful"}
+    client(proxy, "key-a").chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": "alpha"}], extra_headers=headers
+    )
+    answer = client(proxy, "key-b").chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": "beta"}], extra_headers=headers
+    )
+    assert answer.choices[0].message.content == "beta | beta"  # nothing of tenant a's "alpha"
+
+
+def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
+    results: list[object] = []
+
+    def slow() -> None:
+        stream = client(proxy, "key-c").chat.completions.create(
+            model="ctxproto",
+            messages=[{"role": "user", "content": "SLOW 0.2 a b c d e"}],
+            stream=True,
+        )
+        results.append(list(stream))
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    import time
+
+    time.sleep(0.4)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client(proxy, "key-c").chat.completions.create(
+            model="ctxproto", messages=[{"role": "user", "content": "second"}]
+        )
+    assert raised.value.response.headers["retry-after"] == "1"
+    worker.join()
+    assert (
+        results
+        and client(proxy, "key-c")
+        .chat.completions.create(model="ctxproto", messages=[{"role": "user", "content": "after"}])
+        .choices
+    )
+
+
+def test_a_refused_request_frees_its_tenant_slot(proxy):
+    # Valid on the wire, refused by the pipeline (a tool call without its function).
+    broken = [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "user", "content": "next"},
+    ]
+    for _ in range(2):  # a leaked slot would make the second one a 429
+        with pytest.raises(openai.BadRequestError):
+            client(proxy, "key-c").chat.completions.create(model="ctxproto", messages=broken)
+    answer = client(proxy, "key-c").chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": "fine"}]
+    )
+    assert answer.choices[0].message.content == "fine | fine"
+
+
+def test_a_stream_left_at_once_frees_its_tenant_slot(proxy):
+    import json
+    import socket
+    import time
+
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "SLOW 0.2 a b c"}], "stream": True}
+    ).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-c\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+        raw.sendall(head + body)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            answer = client(proxy, "key-c").chat.completions.create(
+                model="ctxproto", messages=[{"role": "user", "content": "again"}]
+            )
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the left stream kept its tenant slot"
+            time.sleep(0.1)
+    assert answer.choices[0].message.content == "again | again"
+
+
+def test_session_id_sources_in_order():
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "first"}]
+    later = [*messages, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    assert session_id({"x-session-id": "h1", "helicone-session-id": "h2"}, "u", messages) == "h1"
+    assert session_id({"x-litellm-session-id": "l"}, "u", messages) == "l"
+    assert session_id({"helicone-session-id": "h"}, None, messages) == "h"
+    assert session_id({}, "u7", messages) == "user-u7"
+    assert session_id({}, None, messages) == session_id({}, None, later)  # stable over turns
+    assert session_id({}, None, messages) != session_id(
+        {}, None, [{"role": "user", "content": "x"}]
+    )

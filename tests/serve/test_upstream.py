@@ -1,0 +1,112 @@
+# The openai client types messages as TypedDicts; plain dicts, as users write them, are fine.
+# mypy: disable-error-code="arg-type,call-overload,union-attr,index,misc,list-item,attr-defined"
+"""The remote path: retries, error normalisation, failures mid-stream, dead upstreams."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import openai
+import pytest
+
+from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
+
+pytestmark = pytest.mark.models
+
+
+def client(proxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url, api_key="key-a", max_retries=0)
+
+
+def ask(proxy, text: str, **options):
+    return client(proxy).chat.completions.create(
+        model="ctxproto", messages=[{"role": "user", "content": text}], **options
+    )
+
+
+def test_503s_are_retried_then_answered(proxy, scripted):
+    tag = uuid.uuid4().hex
+    answer = ask(proxy, f"FAIL 503 2 {tag}")
+    assert scripted.failures[tag] == 2
+    assert answer.choices[0].message.content.endswith(f"FAIL 503 2 {tag}")
+
+
+def test_retries_run_out_as_a_502_in_the_envelope(proxy, scripted):
+    tag = uuid.uuid4().hex
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f"FAIL 503 9 {tag}")
+    assert raised.value.status_code == 502
+    assert raised.value.body["message"] == "upstream: scripted 503"  # old vLLM shape, normalised
+    assert raised.value.response.headers["x-should-retry"] == "true"
+    assert scripted.failures[tag] == 3  # one try and two retries
+
+
+def test_upstream_429_is_passed_on_with_retry_after(proxy):
+    with pytest.raises(openai.RateLimitError) as raised:
+        ask(proxy, f"FAIL 429 9 {uuid.uuid4().hex}")
+    assert raised.value.response.headers["retry-after"] == "0"
+    assert raised.value.body["type"] == "rate_limit_error"
+
+
+def test_upstream_400_keeps_its_status_and_message(proxy):
+    with pytest.raises(openai.BadRequestError) as raised:
+        ask(proxy, f"FAIL 400 9 {uuid.uuid4().hex}")
+    assert raised.value.body["message"] == "scripted 400"
+    assert raised.value.body["code"] == "400"
+
+
+def test_failure_mid_stream_ends_the_stream_with_an_error_event(proxy):
+    stream = ask(proxy, "MIDFAIL one two three four", stream=True)
+    with pytest.raises(openai.APIError, match="scripted failure"):
+        for _ in stream:
+            pass
+    assert ask(proxy, "still serving").choices
+
+
+def _dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+
+def test_unreachable_upstream_is_502_and_unready(scripted):
+    state = ProxyState(
+        flow=ContextFlow(None), upstream=RemoteUpstream(_dead_url(), model="m", retries=1)
+    )
+    with ServerThread(create_app(state)) as server:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as raised:
+            ask(server, "hello")
+        assert raised.value.status_code == 502
+        assert raised.value.body["code"] == "upstream_unavailable"
+        assert time.monotonic() - started < 5
+        import httpx
+
+        assert httpx.get(f"{server.base_url}/health").status_code == 503
+
+
+def test_slow_upstream_is_504(scripted):
+    state = ProxyState(
+        flow=ContextFlow(None),
+        upstream=RemoteUpstream(scripted.url, model="m", retries=0, timeout=0.3),
+    )
+    with ServerThread(create_app(state)) as server:
+        stream = ask(server, "SLOW 1 a b", stream=True)
+        with pytest.raises(openai.APIError, match="in time"):
+            list(stream)
+
+
+def test_disconnect_closes_the_upstream_request(proxy, scripted):
+    before = scripted.chunks_sent
+    stream = ask(proxy, "SLOW 0.1 " + "w " * 40, stream=True)
+    for index, _ in enumerate(stream):
+        if index == 3:
+            break
+    stream.close()
+    time.sleep(1.0)
+    sent = scripted.chunks_sent
+    time.sleep(0.5)
+    assert scripted.chunks_sent == sent  # the upstream stopped sending
+    assert sent - before < 30
