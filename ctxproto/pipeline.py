@@ -161,6 +161,16 @@ class Pipeline:
             ms=(time.perf_counter() - start) * 1000.0,
         )
 
+    def after_answer(self, result: PipelineResult, answer: str) -> None:
+        """Hand the model's answer to every stage (a cache files it); see ``Stage.after_answer``.
+
+        Nothing happens when a stage answered the turn itself: the model was never asked.
+        """
+        if result.prompt is None:
+            return
+        for stage in self.stages:
+            stage.after_answer(result.context, answer)
+
     def run_messages(
         self, messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None = None
     ) -> PipelineResult:

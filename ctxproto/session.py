@@ -266,9 +266,7 @@ class ChatSession:
         output_tokens: int | None = None,
     ) -> TurnResult:
         hit = result.prompt is None
-        if not hit:
-            for stage in self.pipeline.stages:
-                stage.after_answer(result.context, answer)
+        self.pipeline.after_answer(result, answer)
         self.history += [
             Message(role="user", content=question),
             Message(role="assistant", content=answer),

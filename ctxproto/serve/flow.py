@@ -163,10 +163,10 @@ class ContextFlow:
             return pipeline.run(context)
 
     def _remember(self, result: PipelineResult, answer: str) -> None:
+        if self.pipeline is None:
+            return
         with self._run_lock:
-            for stage in self.pipeline.stages if self.pipeline is not None else []:
-                if isinstance(stage, SemanticCacheLookup):
-                    stage.store(result.context, answer)
+            self.pipeline.after_answer(result, answer)
 
     def _session_lock(self, tenant: str, session: str) -> asyncio.Lock:
         key = (tenant, session)
