@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 from typing import Any
 
@@ -53,10 +52,7 @@ def handle(args: argparse.Namespace) -> int:
     server = uvicorn.Server(
         uvicorn_config(create_app(state), args.host, args.port, log_level="info")
     )
-    try:
-        server.run()
-    finally:
-        asyncio.run(state.aclose())
+    server.run()  # the app closes the upstream on shutdown
     return 0
 
 

@@ -52,7 +52,18 @@ log = logging.getLogger("ctxproto.serve")
 
 def create_app(state: ProxyState, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The upstream's connections belong to the server's event loop: close them
+        # there, when the server stops, not from another loop afterwards.
+        try:
+            yield
+        finally:
+            await state.aclose()
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
             Route("/v1/models", _models, methods=["GET"]),
