@@ -54,6 +54,9 @@ FEATURE_NAMES = (
     "reordered",
     "no_difference",
     "content_overlap",
+    "qualifier_added",
+    "similarity_if_addition",
+    "similarity_if_no_conflict",
 )
 _FILLER = frozenset(
     [
@@ -84,6 +87,12 @@ _FILLER = frozenset(
     ]
 )
 """Openers, closers and politeness that chatty questions add without changing them."""
+_RELATIONS = frozenset(["to", "from", "into", "than", "vs", "versus", "before", "after"])
+"""Words whose two sides a reordering swaps: the order of the rest then matters."""
+_QUALIFIER_LEADS = frozenset(
+    ["as", "for", "with", "without", "during", "under", "over", "per", "while", "abroad"]
+)
+"""Words that open a phrase narrowing a question's scope."""
 
 
 def align(query: QuerySlots, cached: QuerySlots) -> QuerySlots:
@@ -120,10 +129,40 @@ def pair_features(
             *_buckets(len(only_cached)),
             float(bool(only_query) != bool(only_cached)),
             float(_content_swap(query_sequence, cached_sequence)),
-            float(query_content == cached_content and query_sequence != cached_sequence),
+            float(_reordered(aligned, cached, query_sequence, cached_sequence)),
             float(not (conflicts or only_query or only_cached)),
             len(query_content & cached_content) / len(union) if union else 1.0,
+            float(_qualifies(aligned.tokens, only_query) or _qualifies(cached.tokens, only_cached)),
+            similarity * (bool(only_query) != bool(only_cached)),
+            similarity * (not conflicts),
         ]
+    )
+
+
+def _reordered(
+    query: QuerySlots,
+    cached: QuerySlots,
+    query_sequence: tuple[str, ...],
+    cached_sequence: tuple[str, ...],
+) -> bool:
+    """The same content words in another order around a relation ("list to string").
+
+    Without a relation word a new order is only rewording ("price match Amazon" /
+    "match Amazon's price"), so it does not count.
+    """
+    if set(query_sequence) != set(cached_sequence) or query_sequence == cached_sequence:
+        return False
+    return bool(query.words & cached.words & _RELATIONS)
+
+
+def _qualifies(tokens: tuple[str, ...], unmatched: list[str]) -> bool:
+    """An unmatched word sits in a phrase led by a preposition: an added qualifier
+    narrows the question ("as a part-time student", "for my business"), where an
+    added clause ("I forgot my password, ...") or a word ("date") only rewords it."""
+    extra = set(unmatched)
+    return any(
+        token in extra and _QUALIFIER_LEADS & set(tokens[max(0, i - 3) : i])
+        for i, token in enumerate(tokens)
     )
 
 

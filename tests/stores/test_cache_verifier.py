@@ -52,3 +52,19 @@ def test_the_shipped_weights_load_and_unreadable_ones_are_a_store_error(
     broken.write_text('{"weights": {}}')
     with pytest.raises(StoreError, match="weights"):
         HitVerifier.load(broken)
+
+
+def test_a_new_word_order_counts_only_around_a_relation() -> None:
+    assert not _features("Do you price match Amazon?", "Will you match Amazon's price?")[
+        "reordered"
+    ]
+    assert _features("convert a string to a list", "convert a list to a string")["reordered"]
+
+
+def test_an_added_qualifier_is_told_from_an_added_clause() -> None:
+    qualified = _features(
+        "how do i apply for a student loan as a part-time student",
+        "How do I apply for a student loan?",
+    )
+    clause = _features("I forgot my password, how can I reset it?", "How do I reset my password?")
+    assert qualified["qualifier_added"] and not clause["qualifier_added"]
