@@ -4,10 +4,11 @@ Fits the logistic regression of ``stores/semantic_cache/verifier.py`` on the
 dev split of the labelled pairs (``ctxproto.bench.cache_pairs``) plus the
 train split of the older hand-written pairs (their categories prefixed
 ``old_``), the cached question ``a`` against the asked question ``b``, and
-chooses the operating point on those rows alone: the cosine floor and probability with the highest recall
-(paraphrases and near-repeats) whose false hits stay within
-``MAX_FALSE_HITS`` overall (a margin under the 2% target, for what dev does
-not show) and ``MAX_CATEGORY_FALSE_HITS`` in every negative category.
+chooses the operating point on those rows alone: the cosine floor and
+probability with the highest recall (paraphrases and near-repeats) whose
+false hits stay within ``MAX_FALSE_HITS`` overall (a margin under the 2%
+target, for what these rows do not show) and ``MAX_CATEGORY_FALSE_HITS`` in
+every negative category.
 Writes the weights as JSON beside the verifier and the precision/recall curve
 to ``docs/img/cache-pr-curve.png``. Neither test split is
 ever read here.
