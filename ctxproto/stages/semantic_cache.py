@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from ctxproto.context import Context
 from ctxproto.errors import StoreError
@@ -13,7 +13,7 @@ from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.folders import WritableFolder
 from ctxproto.stages.registry import register_stage
-from ctxproto.stores.semantic_cache.cache import CacheContext, SemanticCache
+from ctxproto.stores.semantic_cache.cache import CacheContext, Guard, SemanticCache
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["SemanticCacheLookup"]
@@ -56,17 +56,36 @@ class SemanticCacheLookup(Stage):
     """
 
     path: WritableFolder = Field(description="Folder of the cache (created if missing).")
-    threshold: float = Field(default=0.7, ge=-1.0, le=1.0)
+    threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine a candidate needs; by default 0.7, or the learned guard's own floor.",
+    )
     ttl: float | None = Field(default=None, gt=0, description="Seconds an answer stays valid.")
     scope: Scope = "conversation"
     context_turns: int = Field(default=2, ge=0)
     max_entries: int | None = Field(default=None, gt=0)
     max_bytes: int = Field(default=1 << 30, gt=0)
-    guard: bool = True
+    guard: Guard = Field(
+        default="rules",
+        description="How a near question is judged the same: 'rules' (exact slots), "
+        "'learned' (the fitted verifier) or 'off' (cosine only); true/false mean rules/off.",
+    )
     personal_in_session: bool = True
     embedder: str = "default"
 
     _cache: SemanticCache | None = PrivateAttr(default=None)
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _guard_switch(cls, value: object) -> object:
+        """Configs written when the guard was an on/off switch keep their meaning."""
+        if value is True:
+            return "rules"
+        if value is False:
+            return "off"
+        return value
 
     @property
     def cache(self) -> SemanticCache:

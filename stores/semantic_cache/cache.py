@@ -7,8 +7,12 @@ Three rules keep it honest, each from a known failure of embedding caches:
   lookup only sees entries with the same fingerprint: "how old is he?" asked in
   two conversations about different people does not hit (GPTCache issue #8).
 - **A hard-negative guard.** Cosine similarity finds candidates; a candidate
-  hits only if its slots (numbers, dates, entities, polarity, scope; see
-  ``query_slots``) equal the query's, so "turn on" never answers "turn off".
+  hits only if the guard judges that it asks the same question, so "turn on"
+  never answers "turn off". ``guard="rules"`` (the default) demands that its
+  slots (numbers, dates, entities, polarity, scope; see ``query_slots``) equal
+  the query's; ``guard="learned"`` asks the ``verifier``, a logistic
+  regression over slot conflicts, content-word alignment and the similarity,
+  tolerant of typos; ``guard="off"`` trusts the cosine alone.
 - **Namespaces never cross.** Each tenant has its own namespace; a lookup only
   ever searches and returns its own namespace's entries.
 
@@ -40,7 +44,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import diskcache
 import numpy as np
@@ -56,8 +60,16 @@ from ctxproto.stores.semantic_cache.mirror import (
     encode_vector,
 )
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
+from ctxproto.stores.semantic_cache.verifier import HitVerifier
 
-__all__ = ["CacheContext", "CacheHit", "SemanticCache", "context_fingerprint"]
+__all__ = ["GUARDS", "CacheContext", "CacheHit", "Guard", "SemanticCache", "context_fingerprint"]
+
+Guard = Literal["rules", "learned", "off"]
+"""How a candidate above the threshold is judged: see the module docstring."""
+GUARDS: tuple[Guard, ...] = ("rules", "learned", "off")
+RULES_THRESHOLD = 0.7
+"""The cosine a candidate needs under ``rules`` or ``off`` unless told otherwise; the
+learned guard brings its own floor (fitted with it), as it also weighs the cosine."""
 
 CacheContext = str | Sequence[str] | None
 """What an answer depended on besides the query: a text (a conversation summary) or a
@@ -95,14 +107,18 @@ class SemanticCache:
         self,
         path: str | Path,
         *,
-        threshold: float = 0.7,
+        threshold: float | None = None,
         ttl: float | None = None,
         max_entries: int | None = None,
         max_bytes: int = 1 << 30,
-        guard: bool = True,
+        guard: Guard | bool = "rules",
         candidates: int = 8,
         embedder: Embedder | None = None,
     ) -> None:
+        guard = resolve_guard(guard)
+        self._verifier = HitVerifier.load() if guard == "learned" else None
+        if threshold is None:
+            threshold = RULES_THRESHOLD if self._verifier is None else self._verifier.min_similarity
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"must be a cosine in [-1, 1], got {threshold}", key="threshold")
         if ttl is not None and ttl <= 0:
@@ -113,7 +129,7 @@ class SemanticCache:
         self.threshold = threshold
         self.ttl = ttl
         self.max_entries = max_entries
-        self.guard = guard
+        self.guard: Guard = guard
         self.candidates = candidates
         self.embedder = embedder or get_embedder()
         self._entries: Any = diskcache.Cache(
@@ -196,11 +212,11 @@ class SemanticCache:
         self._sync()
         fingerprint = context_fingerprint(context)
         vector = self.embedder.embed_one(query)
-        slots = QuerySlots.of(query) if self.guard else None
+        slots = QuerySlots.of(query)
         for candidate in self._mirror.search(namespace, fingerprint, vector, self.candidates):
             if candidate.similarity < self.threshold:
                 break
-            if slots is not None and slot_conflict(slots, candidate.slots) is not None:
+            if not self._guard_accepts(slots, candidate.slots, candidate.similarity):
                 continue
             entry = self._entries.get(candidate.key)
             if entry is not None and not self._sources_current(entry):
@@ -242,6 +258,11 @@ class SemanticCache:
     def close(self) -> None:
         self._entries.close()
         self._meta.close()
+
+    def _guard_accepts(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> bool:
+        if self._verifier is not None:
+            return self._verifier.accepts(query, cached, similarity)
+        return self.guard == "off" or slot_conflict(query, cached) is None
 
     def _check_embedder(self) -> None:
         """Vectors of two embedders are not comparable: a cache is bound to the first one."""
@@ -292,6 +313,17 @@ class SemanticCache:
                 return
             self._entries.delete(oldest)
             self._mirror.forget(oldest)
+
+
+def resolve_guard(guard: Guard | bool) -> Guard:
+    """``guard`` as a name; ``True`` / ``False`` (the former switch) are ``rules`` / ``off``."""
+    if guard is True:
+        return "rules"
+    if guard is False:
+        return "off"
+    if guard not in GUARDS:
+        raise ConfigError(f"must be one of {', '.join(GUARDS)}, got {guard!r}", key="guard")
+    return guard
 
 
 def _check_text(text: object, what: str) -> None:

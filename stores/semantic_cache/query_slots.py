@@ -20,7 +20,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-__all__ = ["QuerySlots", "slot_conflict"]
+__all__ = ["FUNCTION_WORDS", "SLOT_NAMES", "QuerySlots", "slot_conflict", "slot_conflicts"]
 
 _TOKEN = re.compile(
     r"\$?\d[\d,]*(?:\.\d+)?%?(?:st|nd|rd|th|am|pm|k)?|[\w][\w.+#-]*(?:'\w+)?|'[^']+'"
@@ -157,7 +157,7 @@ _SCOPE_WORDS = {
     "several",
 }
 _PARTICLES = {"on", "off", "in", "out"}
-_FUNCTION_WORDS = frozenset(
+FUNCTION_WORDS = frozenset(
     " ".join(
         (
             "a an the of to in on for at by with from into about as and or but if then so",
@@ -170,6 +170,18 @@ _FUNCTION_WORDS = frozenset(
         )
     ).split()
 )
+SLOT_NAMES = (
+    "number",
+    "date",
+    "entity",
+    "direction",
+    "negation",
+    "polarity",
+    "prefix",
+    "scope",
+    "substitution",
+)
+"""What ``slot_conflicts`` can name, in the order ``slot_conflict`` checks them."""
 MAX_SWAP_TOKENS = 3
 """A one-span edit of at most this many tokens per side, everything else identical, is a slot
 swap ("refund policy for digital / physical products"), not a rewording."""
@@ -234,28 +246,47 @@ class QuerySlots:
 
 
 def slot_conflict(a: QuerySlots, b: QuerySlots) -> str | None:
-    """The first slot on which two questions differ (its name), or ``None`` when they agree."""
+    """The first slot (in ``SLOT_NAMES`` order) on which two questions differ, or ``None``."""
+    conflicts = slot_conflicts(a, b)
+    return next((name for name in SLOT_NAMES if name in conflicts), None)
+
+
+def slot_conflicts(
+    a: QuerySlots, b: QuerySlots, *, names_in_any_case: bool = False
+) -> frozenset[str]:
+    """The names of every slot on which two questions differ (empty when they agree).
+
+    With ``names_in_any_case`` an entity counts as present in the other question
+    when its word is there in any case ("netflix" / "Netflix"): typed casually,
+    names lose their capitals. The rule guard keeps exact entities; the learned
+    verifier, which weighs the conflict against everything else, does not.
+    """
+    found: set[str] = set()
     if a.numbers != b.numbers:
-        return "number"
+        found.add("number")
     if a.dates != b.dates:
-        return "date"
-    if set(a.entities) != set(b.entities):
-        return "entity"
+        found.add("date")
+    if names_in_any_case:
+        entity_differs = bool(set(a.entities) - b.words or set(b.entities) - a.words)
+    else:
+        entity_differs = set(a.entities) != set(b.entities)
+    if entity_differs:
+        found.add("entity")
     a_directions, b_directions = _directions(a), _directions(b)
     if any(a_directions[p] != b_directions[p] for p in a_directions.keys() & b_directions.keys()):
-        return "direction"
+        found.add("direction")
     if a.negated != b.negated:
-        return "negation"
+        found.add("negation")
     for axis in {axis for axis, _ in a.polarity} & {axis for axis, _ in b.polarity}:
         if {s for x, s in a.polarity if x == axis} != {s for x, s in b.polarity if x == axis}:
-            return "polarity"
+            found.add("polarity")
     if _prefix_negated(a.words, b.words) or _prefix_negated(b.words, a.words):
-        return "polarity"
+        found.add("prefix")
     if a.scope != b.scope:
-        return "scope"
+        found.add("scope")
     if _single_swap(a.tokens, b.tokens):
-        return "substitution"
-    return None
+        found.add("substitution")
+    return frozenset(found)
 
 
 def _directions(slots: QuerySlots) -> dict[str, str]:
@@ -286,8 +317,8 @@ def _single_swap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     _, a_start, a_end, b_start, b_end = edits[0]
     if a_end - a_start > MAX_SWAP_TOKENS or b_end - b_start > MAX_SWAP_TOKENS:
         return False
-    a_content = [t for t in a[a_start:a_end] if t not in _FUNCTION_WORDS]
-    b_content = [t for t in b[b_start:b_end] if t not in _FUNCTION_WORDS]
+    a_content = [t for t in a[a_start:a_end] if t not in FUNCTION_WORDS]
+    b_content = [t for t in b[b_start:b_end] if t not in FUNCTION_WORDS]
     if not a_content or not b_content:
         return False
     return not any(_same_stem(x, y) for x in a_content for y in b_content)

@@ -9,7 +9,7 @@ import pytest
 
 from ctxproto.context import ChatRequest, Context
 from ctxproto.documents import Document
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline
 from ctxproto.stages.recency_window import RecencyWindow
@@ -127,3 +127,33 @@ def test_yaml_round_trip(tmp_path: Path, counter: Any) -> None:
     stage = pipeline.stages[0]
     assert isinstance(stage, SemanticCacheLookup) and stage.threshold == 0.75 and stage.ttl == 3600
     assert Pipeline.from_dict(pipeline.to_dict()).to_dict() == pipeline.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("true", "rules"), ("false", "off"), ("learned", "learned"), ("rules", "rules")],
+)
+def test_guard_in_yaml_and_the_old_boolean_switch(
+    tmp_path: Path, counter: Any, written: str, meant: str
+) -> None:
+    config = tmp_path / "cached.yaml"
+    config.write_text(
+        "name: cached\nstages:\n  - type: semantic_cache\n    init_parameters:\n"
+        f"      path: {tmp_path / 'cache'}\n      guard: {written}\n"
+    )
+    pipeline = Pipeline.from_yaml(config)
+    stage = pipeline.stages[0]
+    assert isinstance(stage, SemanticCacheLookup) and stage.guard == meant
+    assert stage.cache.guard == meant
+    assert Pipeline.from_dict(pipeline.to_dict()).to_dict() == pipeline.to_dict()
+
+
+def test_an_unknown_guard_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "cached.yaml"
+    config.write_text(
+        "name: cached\nstages:\n  - type: semantic_cache\n    init_parameters:\n"
+        f"      path: {tmp_path / 'cache'}\n      guard: strict\n"
+    )
+    with pytest.raises(ConfigError, match="guard") as raised:
+        Pipeline.from_yaml(config)
+    assert str(config) in str(raised.value)

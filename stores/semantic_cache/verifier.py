@@ -1,0 +1,277 @@
+"""Whether a near neighbour in the cache asks the same question as the query.
+
+Cosine similarity alone cannot decide: MiniLM places "turn on dark mode" and
+"turn off dark mode" closer than many true paraphrases. The verifier scores a
+(query, cached question) pair with a logistic regression over features that
+generalise beyond word lists:
+
+- the cosine similarity;
+- each slot conflict of ``query_slots`` (number, date, entity, direction,
+  negation, polarity, prefixed antonym, scope, one-span substitution), computed
+  after **spelling-tolerant alignment**: a query word within one or two edits
+  of a word of the cached question is read as that word, so a typo neither
+  breaks a slot's equality nor counts as a substitution;
+- **alignment of content words**: how many content words of each question have
+  no counterpart (same word, same stem, or a typo of it) in the other. A
+  paraphrase rewords broadly; a near miss keeps everything but adds or swaps
+  one thing ("my password" / "my colleague's password").
+
+The weights are fitted on the dev split of the labelled pairs by
+``python -m ctxproto.bench.cache_verifier`` and shipped as JSON (never
+pickled), with the operating point chosen on dev's precision/recall curve: a
+false hit answers the wrong question, a miss only costs a model call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ctxproto.errors import StoreError
+from ctxproto.stores.semantic_cache.query_slots import (
+    FUNCTION_WORDS,
+    SLOT_NAMES,
+    QuerySlots,
+    slot_conflicts,
+)
+
+__all__ = ["FEATURE_NAMES", "WEIGHTS", "HitVerifier", "align", "pair_features"]
+
+WEIGHTS = Path(__file__).with_name("verifier_weights.json")
+FEATURE_NAMES = (
+    "similarity",
+    *(f"conflict_{name}" for name in SLOT_NAMES),
+    *(f"unmatched_in_query_{n}" for n in ("1", "2", "3+")),
+    *(f"unmatched_in_cached_{n}" for n in ("1", "2", "3+")),
+    "addition_only",
+    "content_swap",
+    "reordered",
+    "no_difference",
+    "content_overlap",
+    "qualifier_added",
+    "similarity_if_addition",
+    "similarity_if_no_conflict",
+)
+_FILLER = frozenset(
+    [
+        "hi",
+        "hey",
+        "hello",
+        "hiya",
+        "thanks",
+        "thank",
+        "thx",
+        "cheers",
+        "pls",
+        "plz",
+        "quick",
+        "question",
+        "sorry",
+        "bother",
+        "um",
+        "uh",
+        "ok",
+        "okay",
+        "guys",
+        "folks",
+        "asap",
+        "urgent",
+        "wondering",
+        "anyone",
+    ]
+)
+"""Openers, closers and politeness that chatty questions add without changing them."""
+_RELATIONS = frozenset(["to", "from", "into", "than", "vs", "versus", "before", "after"])
+"""Words whose two sides a reordering swaps: the order of the rest then matters."""
+_QUALIFIER_LEADS = frozenset(
+    ["as", "for", "with", "without", "during", "under", "over", "per", "while", "abroad"]
+)
+"""Words that open a phrase narrowing a question's scope."""
+
+
+def align(query: QuerySlots, cached: QuerySlots) -> QuerySlots:
+    """``query`` with each misspelt word replaced by the cached word it is a typo of."""
+    known = set(cached.tokens)
+    spelled = {t: _counterpart(t, known) for t in query.tokens if t not in known}
+    if not any(spelled.values()):
+        return query
+    return replace(
+        query,
+        tokens=tuple(spelled.get(t) or t for t in query.tokens),
+        entities=tuple(spelled.get(t) or t for t in query.entities),
+    )
+
+
+def pair_features(
+    query: QuerySlots, cached: QuerySlots, similarity: float
+) -> npt.NDArray[np.float64]:
+    """The features of a (query, cached question) pair, in ``FEATURE_NAMES`` order."""
+    aligned = align(query, cached)
+    conflicts = slot_conflicts(aligned, cached, names_in_any_case=True)
+    query_content = _content(aligned.tokens)
+    cached_content = _content(cached.tokens)
+    only_query = [w for w in query_content if not _has_stem_in(w, cached_content)]
+    only_cached = [w for w in cached_content if not _has_stem_in(w, query_content)]
+    union = query_content | cached_content
+    query_sequence = _content_sequence(aligned.tokens)
+    cached_sequence = _content_sequence(cached.tokens)
+    return np.array(
+        [
+            similarity,
+            *(float(name in conflicts) for name in SLOT_NAMES),
+            *_buckets(len(only_query)),
+            *_buckets(len(only_cached)),
+            float(bool(only_query) != bool(only_cached)),
+            float(_content_swap(query_sequence, cached_sequence)),
+            float(_reordered(aligned, cached, query_sequence, cached_sequence)),
+            float(not (conflicts or only_query or only_cached)),
+            len(query_content & cached_content) / len(union) if union else 1.0,
+            float(_qualifies(aligned.tokens, only_query) or _qualifies(cached.tokens, only_cached)),
+            similarity * (bool(only_query) != bool(only_cached)),
+            similarity * (not conflicts),
+        ]
+    )
+
+
+def _reordered(
+    query: QuerySlots,
+    cached: QuerySlots,
+    query_sequence: tuple[str, ...],
+    cached_sequence: tuple[str, ...],
+) -> bool:
+    """The same content words in another order around a relation ("list to string").
+
+    Without a relation word a new order is only rewording ("price match Amazon" /
+    "match Amazon's price"), so it does not count.
+    """
+    if set(query_sequence) != set(cached_sequence) or query_sequence == cached_sequence:
+        return False
+    return bool(query.words & cached.words & _RELATIONS)
+
+
+def _qualifies(tokens: tuple[str, ...], unmatched: list[str]) -> bool:
+    """An unmatched word sits in a phrase led by a preposition: an added qualifier
+    narrows the question ("as a part-time student", "for my business"), where an
+    added clause ("I forgot my password, ...") or a word ("date") only rewords it."""
+    extra = set(unmatched)
+    return any(
+        token in extra and _QUALIFIER_LEADS & set(tokens[max(0, i - 3) : i])
+        for i, token in enumerate(tokens)
+    )
+
+
+def _buckets(count: int) -> tuple[float, float, float]:
+    """One-hot 1 / 2 / 3+ (0 is all zeros): one extra word is not half of two."""
+    return float(count == 1), float(count == 2), float(count >= 3)
+
+
+@dataclass(frozen=True)
+class HitVerifier:
+    """A logistic regression over ``pair_features`` and the probability it must reach."""
+
+    weights: tuple[float, ...]
+    bias: float
+    min_probability: float
+    min_similarity: float
+
+    @classmethod
+    def load(cls, path: Path = WEIGHTS) -> HitVerifier:
+        return _load(path)
+
+    def probability(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> float:
+        features = pair_features(query, cached, similarity)
+        score = float(features @ np.asarray(self.weights)) + self.bias
+        return 1.0 / (1.0 + float(np.exp(-score)))
+
+    def accepts(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> bool:
+        if similarity < self.min_similarity:
+            return False
+        return self.probability(query, cached, similarity) >= self.min_probability
+
+
+@cache
+def _load(path: Path) -> HitVerifier:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        weights = tuple(float(data["weights"][name]) for name in FEATURE_NAMES)
+        return HitVerifier(
+            weights,
+            float(data["bias"]),
+            float(data["min_probability"]),
+            float(data["min_similarity"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"cannot read the cache verifier's weights at {path}: {error}") from error
+
+
+def _content_sequence(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The content words in order: no function words, fillers, numbers or punctuation."""
+    return tuple(
+        t
+        for t in tokens
+        if t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalpha() for c in t)
+    )
+
+
+def _content(tokens: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_content_sequence(tokens))
+
+
+def _content_swap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """One short run of content words replaced by unrelated ones, the rest in place.
+
+    Compared over content words only, so a dropped article or an added "please"
+    does not hide the swap ("so slow in the evening" / "so fast in evening").
+    """
+    edits = [
+        op
+        for op in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+        if op[0] != "equal"
+    ]
+    if len(edits) != 1 or edits[0][0] != "replace":
+        return False
+    _, a_start, a_end, b_start, b_end = edits[0]
+    if max(a_end - a_start, b_end - b_start) > 2:
+        return False
+    return not any(_has_stem_in(x, frozenset(b[b_start:b_end])) for x in a[a_start:a_end])
+
+
+def _has_stem_in(word: str, others: frozenset[str]) -> bool:
+    """An inflection of ``word`` is among ``others`` (refund, refunds, refunded)."""
+    stem = word[: max(4, len(word) - 3)]
+    return any(o.startswith(stem) or word.startswith(o[: max(4, len(o) - 3)]) for o in others)
+
+
+def _counterpart(word: str, known: set[str]) -> str | None:
+    """The known word ``word`` is a typo of: one edit from 4 letters, two from 8."""
+    if len(word) < 4 or not word.isalpha():
+        return None
+    limit = 1 if len(word) < 8 else 2
+    for other in known:
+        near = abs(len(other) - len(word)) <= limit and len(other) >= 4 and other[0] == word[0]
+        if near and _edits(word, other, limit) <= limit:
+            return other
+    return None
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Damerau-Levenshtein distance (adjacent swaps count one), stopping past ``limit``."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[-1]
