@@ -18,7 +18,6 @@ with ``content=None``, as OpenAI sends it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -46,7 +45,9 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 
 from ctxproto.context import ChatRequest
-from ctxproto.errors import ConfigError, StoreError, UsageError
+from ctxproto.errors import ConfigError, UsageError
+from ctxproto.integrations._arguments import arguments_string, parse_arguments
+from ctxproto.integrations._history import load_history, save_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
 from ctxproto.runtime.params import GenerationParams
@@ -73,7 +74,6 @@ _CHAT_ROLES: dict[str, Role] = {
     "ai": "assistant",
     "tool": "tool",
 }
-_HISTORY_VERSION = 1  # the history state ``ChatSession`` writes
 
 
 def to_message(message: BaseMessage) -> Message:
@@ -131,7 +131,7 @@ def from_message(message: Message) -> BaseMessage:
     valid: list[LangChainToolCall] = []
     invalid: list[InvalidToolCall] = []
     for call in message.tool_calls or []:
-        args = _parse_arguments(call.function.arguments)
+        args = parse_arguments(call.function.arguments)
         if args is None:
             invalid.append(
                 InvalidToolCall(
@@ -181,14 +181,6 @@ def _text(message: BaseMessage) -> str:
     return "\n".join(parts)
 
 
-def _parse_arguments(arguments: str) -> dict[str, Any] | None:
-    try:
-        args = json.loads(arguments)
-    except json.JSONDecodeError:
-        return None
-    return args if isinstance(args, dict) else None
-
-
 def _tool_calls(message: AIMessage) -> list[ToolCall]:
     raw = {
         call.get("id"): call.get("function", {}).get("arguments")
@@ -201,9 +193,7 @@ def _tool_calls(message: AIMessage) -> list[ToolCall]:
             raise ConfigError(
                 f"tool call '{call['name']}' has no id", key="messages", expected="a tool-call id"
             )
-        arguments = raw.get(call["id"])
-        if not isinstance(arguments, str) or _parse_arguments(arguments) != call["args"]:
-            arguments = json.dumps(call["args"], ensure_ascii=False)
+        arguments = arguments_string(call["args"], raw.get(call["id"]))
         calls.append(
             ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=arguments))
         )
@@ -290,36 +280,14 @@ class SessionMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        return from_messages(self._load())
+        return from_messages(load_history(self.store, self.tenant_id, self.session_id))
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        history = self._load() + to_messages(messages)
-        self.store.put(
-            self.tenant_id,
-            self.session_id,
-            {
-                "version": _HISTORY_VERSION,
-                "history": [m.model_dump(exclude_none=True) for m in history],
-            },
-        )
+        history = load_history(self.store, self.tenant_id, self.session_id)
+        save_history(self.store, self.tenant_id, self.session_id, history + to_messages(messages))
 
     def clear(self) -> None:
         self.store.delete(self.tenant_id, self.session_id)
-
-    def _load(self) -> list[Message]:
-        state = self.store.get(self.tenant_id, self.session_id) or {}
-        if state and state.get("version") != _HISTORY_VERSION:
-            raise StoreError(
-                f"session '{self.session_id}' of tenant '{self.tenant_id}' in {self.store.path} "
-                f"holds no chat history of version {_HISTORY_VERSION}"
-            )
-        try:
-            return [Message.model_validate(m) for m in state.get("history", [])]
-        except ValueError as exc:
-            raise StoreError(
-                f"session '{self.session_id}' of tenant '{self.tenant_id}' in {self.store.path} "
-                f"holds an invalid message: {exc}"
-            ) from exc
 
 
 class CtxprotoChatModel(BaseChatModel):
