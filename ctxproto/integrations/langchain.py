@@ -18,6 +18,7 @@ with ``content=None``, as OpenAI sends it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -218,7 +219,10 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
 
     Leading system messages become the system prompt, the last human message
     the query, the rest the history; the stages and the budget then apply as
-    in any pipeline run (a tool call is never split from its result). Stages
+    in any pipeline run (a tool call is never split from its result). A
+    message the pipeline passed through unchanged comes back as the very
+    object that went in (its ``id`` and metadata kept, as ``trim_messages``
+    does); a merged or compressed one is a new message. Stages
     that keep state per session (the summarizer) use ``session_id`` and
     ``tenant_id``, which ``config["configurable"]`` may override per call, as
     ``RunnableWithMessageHistory`` passes them. A stage that answers by itself
@@ -248,8 +252,9 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
         self, input: Sequence[BaseMessage] | PromptValue, configurable: dict[str, Any]
     ) -> list[BaseMessage]:
         messages = convert_to_messages(input)
+        converted = to_messages(messages)
         request = ChatRequest(
-            messages=to_messages(messages),
+            messages=converted,
             session_id=configurable.get("session_id", self.session_id),
             tenant_id=configurable.get("tenant_id", self.tenant_id),
         )
@@ -259,7 +264,18 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
                 "a stage answered the request by itself (a semantic cache); "
                 "a PipelineRunnable only trims messages, use ChatSession to serve cached answers"
             )
-        return from_messages([Message.model_validate(m) for m in result.prompt.messages])
+        originals: dict[str, list[BaseMessage]] = {}
+        for message, original in zip(converted, messages, strict=True):
+            originals.setdefault(_wire_key(message.to_openai()), []).append(original)
+        lean: list[BaseMessage] = []
+        for wire in result.prompt.messages:
+            same = originals.get(_wire_key(wire))
+            lean.append(same.pop(0) if same else from_message(Message.model_validate(wire)))
+        return lean
+
+
+def _wire_key(wire: dict[str, Any]) -> str:
+    return json.dumps(wire, sort_keys=True)
 
 
 class SessionMessageHistory(BaseChatMessageHistory):

@@ -142,6 +142,17 @@ def test_runnable_keeps_a_tool_call_with_its_results():
     assert [to_message(m) for m in lean[1:5]] == MESSAGES[3:7]
 
 
+def test_runnable_returns_the_messages_it_kept_as_they_came():
+    messages = _conversation(3)
+    for i, message in enumerate(messages):
+        message.id = f"m{i}"
+    lean = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2)])).invoke(
+        [*messages, HumanMessage("Next?", id="q")]
+    )
+    assert [m.id for m in lean] == ["m0", "m5", "m6", "q"]
+    assert lean[1] is messages[5]
+
+
 def test_chat_model_streams_and_counts_tokens_offline():
     model = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
     chunks = list(model.stream([HumanMessage("count")]))
