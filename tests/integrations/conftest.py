@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 
 
+class NetworkAccess(BaseException):
+    """Not an ``Exception``, so that no library's ``except Exception`` swallows it
+    (NLTK's downloader reports failures and carries on)."""
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     connect = socket.socket.connect
@@ -25,7 +30,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             "::1",
             "localhost",
         ):
-            raise AssertionError(f"network access to {address} during an offline test")
+            raise NetworkAccess(f"network access to {address} during an offline test")
         connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", local_only)
