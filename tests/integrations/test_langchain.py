@@ -158,6 +158,8 @@ def test_chat_model_streams_and_counts_tokens_offline():
     chunks = list(model.stream([HumanMessage("count")]))
     assert "".join(str(c.content) for c in chunks) == "one two three"
     assert model.get_num_tokens("hello world") == 2
+    stopped = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
+    assert stopped.invoke("count", stop=[" two"]).content == "one"
 
 
 def test_history_is_shared_with_chat_session_per_tenant(tmp_path):

@@ -195,6 +195,30 @@ def test_memory_folds_old_turns_into_a_summary_per_tenant(tmp_path, embedder):
     assert memory.get_all() == []
 
 
+@pytest.mark.models
+def test_memory_serves_a_chat_engine(tmp_path, embedder):
+    from llama_index.core.chat_engine import SimpleChatEngine
+
+    backend = ScriptedBackend(lambda messages: f"reply to {messages[-1]['content']}")
+    memory = SummaryChatMemory(
+        store=SessionStateStore(tmp_path / "history"),
+        session_id="s1",
+        summarizer=Summarizer(model=None, state_path=str(tmp_path / "summaries")),
+    )
+    engine = SimpleChatEngine.from_defaults(llm=CtxprotoLLM(backend=backend), memory=memory)
+
+    engine.chat("My name is Ada.")
+    answer = engine.chat("What is my name?")
+
+    assert str(answer) == "reply to What is my name?"
+    assert [m["content"] for m in backend.requests[1].messages] == [
+        "My name is Ada.",
+        "reply to My name is Ada.",
+        "What is my name?",
+    ]
+    assert len(memory.get_all()) == 4
+
+
 def test_memory_refuses_a_summarizer_sharing_the_history_folder(tmp_path):
     store = SessionStateStore(tmp_path)
     with pytest.raises(ConfigError, match=r"summarizer\.state_path"):
