@@ -47,7 +47,12 @@ from pydantic import ConfigDict, Field
 
 from ctxproto.context import ChatRequest
 from ctxproto.errors import ConfigError, UsageError
-from ctxproto.integrations._arguments import arguments_string, parse_arguments
+from ctxproto.integrations._carried import (
+    PINNED_KEY,
+    arguments_string,
+    parse_arguments,
+    raw_arguments,
+)
 from ctxproto.integrations._history import load_history, save_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
@@ -60,11 +65,11 @@ __all__ = [
     "PipelineRunnable",
     "SessionMessageHistory",
     "from_message",
+    "from_messages",
     "to_message",
+    "to_messages",
 ]
 
-PINNED_KEY = "ctxproto_pinned"
-"""``additional_kwargs`` key that carries ``Message.pinned`` through LangChain."""
 _OPENAI_ROLE_KEY = "__openai_role__"  # how langchain-openai marks a developer message
 _CHAT_ROLES: dict[str, Role] = {
     "system": "system",
@@ -183,11 +188,7 @@ def _text(message: BaseMessage) -> str:
 
 
 def _tool_calls(message: AIMessage) -> list[ToolCall]:
-    raw = {
-        call.get("id"): call.get("function", {}).get("arguments")
-        for call in message.additional_kwargs.get("tool_calls", [])
-        if isinstance(call, dict)
-    }
+    raw = raw_arguments(message.additional_kwargs)
     calls = []
     for call in message.tool_calls:
         if not call.get("id"):

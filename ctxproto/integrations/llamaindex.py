@@ -61,7 +61,12 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
-from ctxproto.integrations._arguments import arguments_string, parse_arguments
+from ctxproto.integrations._carried import (
+    PINNED_KEY,
+    arguments_string,
+    parse_arguments,
+    raw_arguments,
+)
 from ctxproto.integrations._history import load_history, save_history
 from ctxproto.messages import FunctionCall, Message, ToolCall
 from ctxproto.models.embedder import Embedder, get_embedder
@@ -84,9 +89,6 @@ __all__ = [
     "to_message",
 ]
 
-PINNED_KEY = "ctxproto_pinned"
-"""Where ``pinned`` travels: a message's ``additional_kwargs``, a node's metadata."""
-
 if llama_index.core.global_tokenizer is None:
     llama_index.core.set_global_tokenizer(get_counter().encode)
 
@@ -96,18 +98,12 @@ def to_message(message: ChatMessage) -> Message:
     extra = message.additional_kwargs
     texts: list[str] = []
     calls: list[ToolCall] = []
-    raw = {
-        call.get("id"): call.get("function", {})
-        for call in extra.get("tool_calls", [])
-        if isinstance(call, dict)
-    }
+    raw = raw_arguments(extra)
     for block in message.blocks:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolCallBlock):
-            arguments = arguments_string(
-                block.tool_kwargs, raw.get(block.tool_call_id, {}).get("arguments")
-            )
+            arguments = arguments_string(block.tool_kwargs, raw.get(block.tool_call_id or ""))
             calls.append(
                 ToolCall(
                     id=block.tool_call_id or "",
@@ -120,7 +116,7 @@ def to_message(message: ChatMessage) -> Message:
                 key="messages",
                 expected="text and tool-call blocks only",
             )
-    if not calls and raw:  # the older form: tool calls in additional_kwargs only
+    if not calls and extra.get("tool_calls"):  # the older form: in additional_kwargs only
         calls = [ToolCall.model_validate(call) for call in extra["tool_calls"]]
     role = message.role.value
     if role not in ("system", "developer", "user", "assistant", "tool"):
