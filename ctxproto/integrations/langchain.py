@@ -191,13 +191,14 @@ def _tool_calls(message: AIMessage) -> list[ToolCall]:
     raw = raw_arguments(message.additional_kwargs)
     calls = []
     for call in message.tool_calls:
-        if not call.get("id"):
+        call_id = call.get("id")
+        if not call_id:  # a result could never be matched to it
             raise ConfigError(
                 f"tool call '{call['name']}' has no id", key="messages", expected="a tool-call id"
             )
-        arguments = arguments_string(call["args"], raw.get(call["id"]))
+        arguments = arguments_string(call["args"], raw.get(call_id))
         calls.append(
-            ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=arguments))
+            ToolCall(id=call_id, function=FunctionCall(name=call["name"], arguments=arguments))
         )
     for invalid in message.invalid_tool_calls:
         calls.append(

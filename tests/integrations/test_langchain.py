@@ -99,6 +99,9 @@ def test_non_text_content_is_refused_by_name():
     image = HumanMessage([{"type": "image_url", "image_url": {"url": "data:,"}}])
     with pytest.raises(ConfigError, match="'image_url' content block"):
         to_message(image)
+    anonymous = AIMessage("", tool_calls=[{"id": None, "name": "lookup", "args": {}}])
+    with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+        to_message(anonymous)
 
 
 def _conversation(turns: int) -> list[BaseMessage]:
