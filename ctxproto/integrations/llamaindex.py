@@ -199,11 +199,12 @@ def from_document(document: Document) -> NodeWithScore:
 class CtxprotoNodePostprocessor(BaseNodePostprocessor):
     """Relevance filter, then token compression, then packing into ``max_tokens``.
 
-    Each step is optional. The nodes that come out are the retrieved nodes,
-    in the order ``pack_to_budget`` gives (best relevance per token first)
-    or, without a budget, their order in; a compressed node is a copy with the
-    compressed text. Pinned nodes (metadata ``ctxproto_pinned``) pass the stages
-    untouched.
+    Each step is optional. The nodes that come out are the retrieved nodes
+    with their scores; a compressed node is a copy with the compressed text.
+    Pinned nodes (metadata ``ctxproto_pinned``) pass every step untouched and
+    come first; their tokens count against ``max_tokens``, and the rest follow
+    as ``pack_to_budget`` orders them (best relevance first) or, without a
+    budget, in their order in.
     """
 
     relevance_filter: RelevanceFilter | None = None
@@ -229,7 +230,10 @@ class CtxprotoNodePostprocessor(BaseNodePostprocessor):
                 context = stage.run(context, counter).context
         kept = context.documents
         if self.max_tokens is not None:
-            kept = pack_to_budget(kept, counter, self.max_tokens)
+            pinned = [d for d in kept if d.pinned]
+            room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
+            rest = [d for d in kept if not d.pinned]
+            kept = pinned + pack_to_budget(rest, counter, max(room, 0))
         by_id = {node.node.node_id: node for node in nodes}
         out = []
         for document in kept:

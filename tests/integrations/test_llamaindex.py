@@ -141,6 +141,20 @@ def test_postprocessor_in_a_query_engine_over_a_vector_index(embedder):
     assert FACTS[3] not in prompt
 
 
+def test_packing_keeps_pinned_nodes_and_fills_the_rest_by_relevance(counter):
+    pinned = from_document(Document(id="p", text=FACTS[1], pinned=True, score=0.0))
+    nodes = [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=fact), score=score)
+        for i, (fact, score) in enumerate([(FACTS[2], 0.2), (FACTS[0], 0.9), (FACTS[3], 0.5)])
+    ]
+    budget = counter.count(FACTS[1]) + counter.count(FACTS[0]) + 1
+    out = CtxprotoNodePostprocessor(max_tokens=budget).postprocess_nodes(
+        [*nodes, pinned], QueryBundle("ferry")
+    )
+    assert [n.node.node_id for n in out] == ["p", "n1"]
+    assert out[1] is not nodes[1] and out[1].node is nodes[1].node  # unchanged text: same node
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_postprocessor_compresses_nodes_and_keeps_their_facts(embedder):
