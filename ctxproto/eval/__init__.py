@@ -1,4 +1,4 @@
-"""Offline context-compression evaluation (issue 3): what a pipeline saves and what it costs.
+"""Offline context-compression evaluation: what a pipeline saves and what it costs.
 
 ``evaluate(pipelines, load_dataset("needle"))`` runs every item through the
 uncompressed baseline and each pipeline and returns an ``EvalReport`` (tokens,
