@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -92,10 +92,11 @@ class PgVectorStore:
         """Whether ``url`` names a store that ``save`` has written."""
         psycopg = require("psycopg", extra="postgres")
         table = _table_of(url)
-        with _errors_named(redact_url(url)):
-            conninfo = _conninfo(url)
-            with psycopg.connect(conninfo, connect_timeout=max(1, round(connect_timeout))) as conn:
-                return _manifest_row(conn, table) is not None
+        with (
+            _errors_named(redact_url(url)),
+            psycopg.connect(_conninfo(url), connect_timeout=max(1, round(connect_timeout))) as conn,
+        ):
+            return _manifest_row(conn, table) is not None
 
     def close(self) -> None:
         """Drop unsaved changes and close the connection pool."""
@@ -320,13 +321,21 @@ class PgVectorStore:
 
 
 def _open_pool(url: str, shown: str, *, connect_timeout: float, size: int) -> Any:
+    """A pool of checked connections, opened after one direct connection succeeded.
+
+    The direct connection is there for its error: a pool that cannot connect
+    only says it timed out, while the server's refusal names the cause.
+    """
+    psycopg = require("psycopg", extra="postgres")
     pool_module = require("psycopg_pool", extra="postgres")
+    timeout_seconds = max(1, round(connect_timeout))
     with _errors_named(shown):
+        psycopg.connect(_conninfo(url), connect_timeout=timeout_seconds).close()
         pool = pool_module.ConnectionPool(
             _conninfo(url),
             min_size=1,
             max_size=max(1, size),
-            kwargs={"connect_timeout": max(1, round(connect_timeout))},
+            kwargs={"connect_timeout": timeout_seconds},
             timeout=connect_timeout,
             check=pool_module.ConnectionPool.check_connection,
             open=False,
@@ -371,7 +380,7 @@ def _errors_named(shown: str, *, losing_changes: bool = False) -> Iterator[None]
 
 def _table_of(url: str) -> str:
     """The ``table`` query parameter of ``url`` (checked: it is spliced into SQL)."""
-    table = dict(parse_qsl(urlsplit(url).query)).get("table", DEFAULT_TABLE)
+    table = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get("table", DEFAULT_TABLE)
     if not _TABLE_NAME.fullmatch(table) or table == MANIFEST_TABLE:
         raise ConfigError(
             f"invalid table name {table!r} in the store URL",
@@ -385,7 +394,7 @@ def _conninfo(url: str) -> str:
     """``url`` without ``table``, which is ours, not libpq's."""
     parts = urlsplit(url)
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "table"]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def _vector_literal(vector: npt.NDArray[np.float32]) -> str:
