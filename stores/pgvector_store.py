@@ -141,10 +141,13 @@ class PgVectorStore:
         jsonb = require("psycopg.types.json", extra="postgres").Jsonb
         with self._writing() as conn:
             self._delete_locked(conn, [doc_id])
-            with conn.cursor() as cursor, cursor.copy(
-                f"COPY {self.table} (doc_id, chunk_id, text, metadata, source, fields, embedding)"
-                " FROM STDIN"
-            ) as copy:
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(
+                    f"COPY {self.table} (doc_id, chunk_id, text, metadata, source, fields,"
+                    " embedding) FROM STDIN"
+                ) as copy,
+            ):
                 for chunk, vector in zip(chunks, matrix, strict=True):
                     fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
                     copy.write_row(
@@ -255,7 +258,8 @@ class PgVectorStore:
             return _manifest_row(conn, self.table)
 
     def _table_exists(self, conn: Any) -> bool:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()[0]
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
+        return bool(row[0])
 
     def _scalar(self, sql: str, parameters: Sequence[object] = ()) -> int:
         with self._reading() as conn:
@@ -312,7 +316,8 @@ class PgVectorStore:
         )
         conn.execute(f"CREATE INDEX {self.table}_doc_id ON {self.table} (doc_id)")
         conn.execute(
-            f"CREATE INDEX {self.table}_metadata ON {self.table} USING gin (metadata jsonb_path_ops)"
+            f"CREATE INDEX {self.table}_metadata ON {self.table}"
+            " USING gin (metadata jsonb_path_ops)"
         )
         conn.execute(
             f"INSERT INTO {MANIFEST_TABLE} VALUES (%s, %s, %s, %s)",

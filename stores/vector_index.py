@@ -237,6 +237,7 @@ def _kind_of(faiss: Any, index: Any) -> str:
         return "ivf"
     return "flat"
 
+
 def checked_vectors(vectors: Vectors, dimension: int) -> Vectors:
     """``vectors`` as a contiguous float32 matrix, or ``StoreError`` before anything changes.
 

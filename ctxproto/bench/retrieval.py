@@ -160,7 +160,7 @@ def _real_text(essays: int, queries: int) -> dict[str, Any]:
                 lambda text: knowledge_base.query(text, k=5, fetch_k=20),
                 [f"{q} (asked {i} times)" for i, q in enumerate(questions)],
             ),
-            "index_kind": store.index.kind,
+            "index_kind": store.index_kind,
         }
 
 

@@ -131,7 +131,7 @@ def _python(code: str, *args: str) -> subprocess.Popen[str]:
 def test_concurrent_writer_processes_lose_nothing(pg_url: str) -> None:
     writers = [_python(WRITER, pg_url, prefix, "60") for prefix in ("a", "b", "c", "d")]
     for writer in writers:
-        out, err = writer.communicate(timeout=300)
+        _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err
     with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as store:
         # 4 x 60 own documents, and "shared" replaced 240 times ends as exactly one chunk
@@ -184,7 +184,7 @@ def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
             store.add(f"d{i}", [Document(id=f"d{i}#0", text=str(i))], vectors[i : i + 1])
         store.save()
         postgres.crash()
-        with pytest.raises(StoreError, match="127.0.0.1"):
+        with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
             store.search(vectors[0], 1)
         postgres.start()
         assert store.search(vectors[7], 1)[0].document.id == "d7#0"

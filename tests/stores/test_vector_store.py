@@ -29,9 +29,7 @@ Opener = Callable[..., VectorBackend]
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens one store location (a folder, or a table on the test PostgreSQL) each call."""
     location = (
-        str(tmp_path / "store")
-        if request.param == "faiss"
-        else request.getfixturevalue("pg_url")
+        str(tmp_path / "store") if request.param == "faiss" else request.getfixturevalue("pg_url")
     )
     opened: list[VectorBackend] = []
 
