@@ -54,6 +54,7 @@ __all__ = ["DEFAULT_TABLE", "MANIFEST_TABLE", "PgVectorStore"]
 DEFAULT_TABLE = "ctxproto_chunks"
 MANIFEST_TABLE = "ctxproto_vector_manifest"
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
+HNSW_BUILD_MEMORY = "512MB"
 _VECTOR_CACHE_LIMIT = 10_000  # slots -> vectors of recent hits, for MMR after a search
 _DOCUMENT_COLUMNS = ("id", "text", "metadata", "source")
 
@@ -78,6 +79,7 @@ class PgVectorStore:
         self.table = _table_of(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
+        self._table_seen = False
         self._pool = _open_pool(url, self.url, connect_timeout=connect_timeout, size=pool_size)
         try:
             manifest = self._read_manifest()
@@ -105,6 +107,17 @@ class PgVectorStore:
             self._pool.putconn(self._writer)
             self._writer = None
         self._pool.close()
+
+    def drop(self) -> None:
+        """Delete the store: its table and its manifest row, at once."""
+        with self._writing() as conn:
+            conn.execute(f"DROP TABLE {self.table}")
+            conn.execute(f"DELETE FROM {MANIFEST_TABLE} WHERE table_name = %s", (self.table,))
+            conn.commit()
+        self._pool.putconn(self._writer)
+        self._writer = None
+        self._vectors.clear()
+        self._table_seen = False
 
     def __enter__(self) -> PgVectorStore:
         return self
@@ -197,8 +210,8 @@ class PgVectorStore:
         with self._reading() as conn:
             if not self._table_exists(conn):
                 return []
-            conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-            conn.execute(f"SET LOCAL hnsw.ef_search = {max(HNSW_EF_SEARCH, min(k, 1000))}")
+            if k > HNSW_EF_SEARCH:  # the session default (see _open_pool) would cap k
+                conn.execute(f"SET LOCAL hnsw.ef_search = {min(k, 1000)}")
             rows = conn.execute(sql, (query, *parameters, query, k)).fetchall()
         if len(self._vectors) > _VECTOR_CACHE_LIMIT:
             self._vectors.clear()
@@ -236,6 +249,8 @@ class PgVectorStore:
         with self._writing() as conn:
             chunks = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
             if chunks >= self.hnsw_threshold:
+                # pgvector builds the graph far faster when it fits in memory
+                conn.execute(f"SET LOCAL maintenance_work_mem = '{HNSW_BUILD_MEMORY}'")
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table}"
                     f" USING hnsw (embedding vector_ip_ops)"
@@ -258,8 +273,11 @@ class PgVectorStore:
             return _manifest_row(conn, self.table)
 
     def _table_exists(self, conn: Any) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
-        return bool(row[0])
+        """Asked until the table is there; a table dropped later fails its query instead."""
+        if not self._table_seen:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
+            self._table_seen = bool(row[0])
+        return self._table_seen
 
     def _scalar(self, sql: str, parameters: Sequence[object] = ()) -> int:
         with self._reading() as conn:
@@ -336,11 +354,14 @@ def _open_pool(url: str, shown: str, *, connect_timeout: float, size: int) -> An
     timeout_seconds = max(1, round(connect_timeout))
     with _errors_named(shown):
         psycopg.connect(_conninfo(url), connect_timeout=timeout_seconds).close()
+        # session defaults, so a search needs no SET of its own; after the URL's options
+        given = psycopg.conninfo.conninfo_to_dict(_conninfo(url)).get("options", "")
+        options = f"{given} -c hnsw.iterative_scan=strict_order -c hnsw.ef_search={HNSW_EF_SEARCH}"
         pool = pool_module.ConnectionPool(
             _conninfo(url),
             min_size=1,
             max_size=max(1, size),
-            kwargs={"connect_timeout": timeout_seconds},
+            kwargs={"connect_timeout": timeout_seconds, "options": options.strip()},
             timeout=connect_timeout,
             check=pool_module.ConnectionPool.check_connection,
             open=False,

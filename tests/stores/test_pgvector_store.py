@@ -15,10 +15,10 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
+from ctxproto.bench.embedded_postgres import EmbeddedPostgres, free_port
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.pgvector_store import PgVectorStore
-from tests.servers_postgres import PostgresServer, free_port
 
 DIM = 16
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def test_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeou
 
 @pytest.mark.parametrize("table", ["Robert'); DROP TABLE x;--", "ctxproto_vector_manifest", ""])
 def test_a_table_name_that_is_not_a_plain_identifier_is_a_config_error(
-    postgres: PostgresServer, table: str
+    postgres: EmbeddedPostgres, table: str
 ) -> None:
     with pytest.raises(ConfigError, match="table"):
         PgVectorStore(f"{postgres.url}?table={table}", embedder="e", dimension=DIM)
@@ -176,7 +176,7 @@ def test_a_writer_killed_before_save_leaves_the_saved_store(pg_url: str) -> None
 
 
 def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
-    postgres: PostgresServer, pg_url: str
+    postgres: EmbeddedPostgres, pg_url: str
 ) -> None:
     vectors = _vectors(50)
     with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as store:
