@@ -76,14 +76,18 @@ def test_a_read_only_store_folder_fails_before_any_work(unprivileged: Unprivileg
 
 
 @pytest.mark.models
-def test_two_runs_into_one_store_at_once_keep_every_document(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "pgvector"])
+def test_two_runs_into_one_store_at_once_keep_every_document(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """On PostgreSQL both runs also race to create the new store's table."""
     first = _folder(tmp_path / "a", [f"alpha{i}" for i in range(5)])
     second = _folder(tmp_path / "b", [f"beta{i}" for i in range(5)])
-    store = tmp_path / "store"
+    store = str(tmp_path / "store") if backend == "faiss" else request.getfixturevalue("pg_url")
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ctxproto.cli", "index", str(source), "--store", str(store)],
+            [sys.executable, "-m", "ctxproto.cli", "index", str(source), "--store", store],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
