@@ -83,11 +83,11 @@ class PgVectorStore:
         self._pool = _open_pool(url, self.url, connect_timeout=connect_timeout, size=pool_size)
         try:
             manifest = self._read_manifest()
+            if manifest is not None:
+                self._check_embedder(*manifest)
         except BaseException:
             self._pool.close()
             raise
-        if manifest is not None:
-            self._check_embedder(*manifest)
 
     @classmethod
     def exists(cls, url: str, *, connect_timeout: float = 5.0) -> bool:
@@ -309,6 +309,7 @@ class PgVectorStore:
                     writer, self._writer = self._writer, None
                     writer.rollback()
                     self._pool.putconn(writer)
+                    self._table_seen = False  # it may have been created by what rolled back
                 raise
 
     def _create_schema(self, conn: Any) -> None:

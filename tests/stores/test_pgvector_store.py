@@ -183,9 +183,16 @@ def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
         for i in range(50):
             store.add(f"d{i}", [Document(id=f"d{i}#0", text=str(i))], vectors[i : i + 1])
         store.save()
+        store.add("unsaved", [Document(id="unsaved#0", text="u")], vectors[:1])
         postgres.crash()
+        with pytest.raises(StoreError, match=r"127\.0\.0\.1.*rolled back"):
+            store.search(vectors[0], 1)
         with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
             store.search(vectors[0], 1)
         postgres.start()
         assert store.search(vectors[7], 1)[0].document.id == "d7#0"
         assert store.count == 50
+        fresh = _vectors(1, seed=5)
+        store.add("after", [Document(id="after#0", text="a")], fresh)
+        store.save()
+        assert store.count == 51 and store.search(fresh[0], 1)[0].document.id == "after#0"
