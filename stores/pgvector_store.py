@@ -22,7 +22,11 @@ selective filter (pgvector 0.8 added iterative scans for this).
 
 A server that is down is a ``StoreError`` naming the URL without its password
 after ``connect_timeout`` seconds; the pool checks a connection before lending
-it, so a restarted server is reconnected to rather than reported broken.
+it, so a restarted server is reconnected to rather than reported broken. A
+search or count that the server does not finish within ``query_timeout``
+seconds (a table locked by a migration, an overloaded server) is a
+``StoreError`` too: the proxy answers without waiting forever. Writes have no
+such limit, since a writer may wait for another writer's documents.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PgVectorStore:
         dimension: int,
         hnsw_threshold: int = 20_000,
         connect_timeout: float = 5.0,
+        query_timeout: float = 10.0,
         pool_size: int = 4,
     ) -> None:
         self.embedder = embedder
@@ -80,7 +85,13 @@ class PgVectorStore:
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
         self._table_seen = False
-        self._pool = _open_pool(url, self.url, connect_timeout=connect_timeout, size=pool_size)
+        self._pool = _open_pool(
+            url,
+            self.url,
+            connect_timeout=connect_timeout,
+            query_timeout=query_timeout,
+            size=pool_size,
+        )
         try:
             manifest = self._read_manifest()
             if manifest is not None:
@@ -302,6 +313,7 @@ class PgVectorStore:
             try:
                 if self._writer is None:
                     self._writer = self._pool.getconn()
+                    self._writer.execute("SET LOCAL statement_timeout = 0")
                     self._create_schema(self._writer)
                 yield self._writer
             except BaseException:
@@ -344,7 +356,9 @@ class PgVectorStore:
         )
 
 
-def _open_pool(url: str, shown: str, *, connect_timeout: float, size: int) -> Any:
+def _open_pool(
+    url: str, shown: str, *, connect_timeout: float, query_timeout: float, size: int
+) -> Any:
     """A pool of checked connections, opened after one direct connection succeeded.
 
     The direct connection is there for its error: a pool that cannot connect
@@ -357,7 +371,10 @@ def _open_pool(url: str, shown: str, *, connect_timeout: float, size: int) -> An
         psycopg.connect(_conninfo(url), connect_timeout=timeout_seconds).close()
         # session defaults, so a search needs no SET of its own; after the URL's options
         given = psycopg.conninfo.conninfo_to_dict(_conninfo(url)).get("options", "")
-        options = f"{given} -c hnsw.iterative_scan=strict_order -c hnsw.ef_search={HNSW_EF_SEARCH}"
+        options = (
+            f"{given} -c hnsw.iterative_scan=strict_order -c hnsw.ef_search={HNSW_EF_SEARCH}"
+            f" -c statement_timeout={max(1, round(query_timeout * 1000))}"
+        )
         pool = pool_module.ConnectionPool(
             _conninfo(url),
             min_size=1,

@@ -196,3 +196,19 @@ def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
         store.add("after", [Document(id="after#0", text="a")], fresh)
         store.save()
         assert store.count == 51 and store.search(fresh[0], 1)[0].document.id == "after#0"
+
+
+def test_a_search_the_server_does_not_answer_in_time_is_a_store_error(pg_url: str) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    vectors = _vectors(3)
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM, query_timeout=1) as store:
+        store.add("d", [Document(id="d#0", text="d")], vectors[:1])
+        store.save()
+        table = pg_url.rpartition("table=")[2]
+        with psycopg.connect(pg_url.partition("?")[0]) as migration:
+            migration.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="statement timeout"):
+                store.search(vectors[0], 1)
+            assert time.monotonic() - start < 5
+        assert store.search(vectors[0], 1)[0].document.id == "d#0"  # the lock is gone
