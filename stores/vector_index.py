@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 
-__all__ = ["IndexKind", "SearchHits", "VectorIndex"]
+__all__ = ["IndexKind", "SearchHits", "VectorIndex", "checked_vectors"]
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 Vectors = npt.NDArray[np.float32]
@@ -170,15 +170,7 @@ class VectorIndex:
         return index
 
     def _checked(self, vectors: Vectors) -> Vectors:
-        array = np.asarray(vectors)
-        if array.ndim != 2 or array.shape[1] != self.dimension:
-            raise StoreError(
-                f"vectors of shape {array.shape} do not fit an index of dimension {self.dimension}"
-            )
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise StoreError("vectors contain NaN or infinite values")
-        return array
+        return checked_vectors(vectors, self.dimension)
 
     def _wanted_kind(self) -> str:
         if self.requested_kind != "auto":
@@ -244,3 +236,19 @@ def _kind_of(faiss: Any, index: Any) -> str:
     if isinstance(index, faiss.IndexIVFFlat):
         return "ivf"
     return "flat"
+
+
+def checked_vectors(vectors: Vectors, dimension: int) -> Vectors:
+    """``vectors`` as a contiguous float32 matrix, or ``StoreError`` before anything changes.
+
+    Every vector store checks here, so a bad batch is refused the same way by each.
+    """
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.shape[1] != dimension:
+        raise StoreError(
+            f"vectors of shape {array.shape} do not fit an index of dimension {dimension}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise StoreError("vectors contain NaN or infinite values")
+    return array

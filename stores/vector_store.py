@@ -160,6 +160,10 @@ class VectorStore:
     def chunk_count(self) -> int:
         return len(self.index)
 
+    @property
+    def index_kind(self) -> str:
+        return self.index.kind
+
     def add(
         self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
     ) -> None:

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+# The server fixtures (``postgres``, ``pg_url``) live in their own module.
+pytest_plugins = ["tests.servers_postgres"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

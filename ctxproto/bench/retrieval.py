@@ -31,7 +31,7 @@ from ctxproto.cli.arguments import int_at_least
 from ctxproto.documents import Document
 from ctxproto.eval.needle import essays_dir
 
-__all__ = ["register", "run"]
+__all__ = ["clustered_vectors", "register", "run"]
 
 DIMENSION = 384
 
@@ -60,12 +60,15 @@ def run(*, chunks: int, queries: int, essays: int) -> dict[str, Any]:
     return result
 
 
-def _synthetic(count: int, queries: int) -> dict[str, Any]:
-    from ctxproto.stores.vector_store import VectorStore
+def clustered_vectors(
+    count: int, queries: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``count`` normalized vectors and ``queries`` probes near some of them (seeded).
 
+    Clustered like real embeddings (topics), not uniform on the sphere, where every
+    point is nearly equidistant from every other and nearest neighbours mean little.
+    """
     rng = np.random.default_rng(0)
-    # Clustered like real embeddings (topics), not uniform on the sphere, where every
-    # point is nearly equidistant from every other and nearest neighbours mean little.
     centroids = rng.standard_normal((max(1, count // 50), DIMENSION)).astype(np.float32)
     members = rng.integers(0, len(centroids), count)
     noise = rng.standard_normal((count, DIMENSION)).astype(np.float32)
@@ -74,6 +77,13 @@ def _synthetic(count: int, queries: int) -> dict[str, Any]:
     probes = _normalized(
         vectors[picks] + 0.03 * rng.standard_normal((queries, DIMENSION)).astype(np.float32)
     )
+    return vectors, probes
+
+
+def _synthetic(count: int, queries: int) -> dict[str, Any]:
+    from ctxproto.stores.vector_store import VectorStore
+
+    vectors, probes = clustered_vectors(count, queries)
     records = [Document(id=f"c{i}", text="", metadata={"shard": i % 10}) for i in range(count)]
     out: dict[str, Any] = {
         "vectors": count,
@@ -160,7 +170,7 @@ def _real_text(essays: int, queries: int) -> dict[str, Any]:
                 lambda text: knowledge_base.query(text, k=5, fetch_k=20),
                 [f"{q} (asked {i} times)" for i, q in enumerate(questions)],
             ),
-            "index_kind": store.index.kind,
+            "index_kind": store.index_kind,
         }
 
 

@@ -1,4 +1,4 @@
-"""``ctxproto index DIR_OR_JSONL --store PATH``: build or update a retrieval store.
+"""``ctxproto index DIR_OR_JSONL --store PATH|URL``: build or update a retrieval store.
 
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
 path relative to the folder); a JSONL file contributes one document per line
@@ -7,7 +7,9 @@ an id already in the store replace it. Every input is read and checked before
 the store changes, and the store is saved atomically at the end, so a bad file
 or an interrupted run leaves the previous store as it was. The store folder is
 checked for writing before any embedding starts. Runs into one store at the
-same time all keep their documents (the store's writers serialise).
+same time all keep their documents (the store's writers serialise). A
+``postgresql://…`` store is a pgvector table shared by every replica; its URL
+is shown without its password.
 
 Links that lead out of the source folder are skipped and listed unless
 ``--follow-symlinks`` is given.
@@ -29,6 +31,7 @@ from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import read_documents
+from ctxproto.stores.store_url import redact_url, store_location
 from ctxproto.stores.vector_store import VectorStore
 
 __all__ = ["register"]
@@ -41,11 +44,18 @@ def register(subparsers: Any) -> None:
         description="Chunk, embed and store documents for the `retriever` stage.",
     )
     parser.add_argument("source", help="folder of .txt/.md files, or a .jsonl of documents")
-    parser.add_argument("--store", required=True, help="store folder (created or updated)")
+    parser.add_argument(
+        "--store",
+        required=True,
+        help="store folder or postgresql://USER@HOST/DB?table=NAME (created or updated)",
+    )
     parser.add_argument("--chunk-tokens", type=int_at_least(1), default=256)
     parser.add_argument("--overlap-tokens", type=int_at_least(0), default=32)
     parser.add_argument(
-        "--index", choices=("auto", "flat", "hnsw", "ivf"), default="auto", help="FAISS index kind"
+        "--index",
+        choices=("auto", "flat", "hnsw", "ivf"),
+        default="auto",
+        help="FAISS index kind (a PostgreSQL store builds HNSW past 20k chunks)",
     )
     parser.add_argument("--embedder", default="default", help="embedding model (name or path)")
     parser.add_argument(
@@ -66,8 +76,13 @@ def handle(args: argparse.Namespace) -> int:
             f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
         )
     # A missing extra is found before anything is written, the store folder included.
-    for module in ("faiss", "sentence_transformers"):
-        require(module, extra="embed")
+    on_server = store_location(args.store) == "postgresql"
+    require("sentence_transformers", extra="embed")
+    if on_server:
+        for module in ("psycopg", "psycopg_pool"):
+            require(module, extra="postgres")
+    else:
+        require("faiss", extra="embed")
     skipped_links: list[str] = []
     documents = list(
         read_documents(
@@ -87,10 +102,13 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no documents found", file=args.source, expected="a .txt/.md file or JSONL"
         )
-    try:
-        VectorStore.ensure_writable(Path(args.store))
-    except StoreError as exc:
-        raise ConfigError(str(exc), key="--store", expected="a folder this user can write") from exc
+    if not on_server:
+        try:
+            VectorStore.ensure_writable(Path(args.store))
+        except StoreError as exc:
+            raise ConfigError(
+                str(exc), key="--store", expected="a folder this user can write"
+            ) from exc
     knowledge_base = KnowledgeBase(
         args.store,
         embedder=get_embedder(args.embedder),
@@ -113,13 +131,14 @@ def handle(args: argparse.Namespace) -> int:
         )
     knowledge_base.save()
     seconds = time.perf_counter() - start
+    shown = redact_url(args.store)
     summary = {
-        "store": args.store,
+        "store": shown,
         "documents": len(documents),
         "chunks": chunks,
         "store_documents": knowledge_base.store.count,
         "store_chunks": knowledge_base.store.chunk_count,
-        "index_kind": knowledge_base.store.index.kind,
+        "index_kind": knowledge_base.store.index_kind,
         "seconds": round(seconds, 3),
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
         "skipped_links": skipped_links,
@@ -128,7 +147,7 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         Console().print(
-            f"indexed {len(documents)} documents ({chunks} chunks) into {escape(args.store)} "
+            f"indexed {len(documents)} documents ({chunks} chunks) into {escape(shown)} "
             f"in {seconds:.1f} s; the store holds {summary['store_documents']} documents, "
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"
         )

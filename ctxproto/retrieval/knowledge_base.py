@@ -1,8 +1,10 @@
 """A knowledge base: documents chunked, embedded and kept in a persistent vector store.
 
-This is where chunking, the shared embedder and the FAISS store meet; the
+This is where chunking, the shared embedder and the vector store meet; the
 ``retriever`` stage and ``ctxproto index`` both go through it, so a store built
 on the command line is read by a pipeline with the same chunking and embedder.
+The store is a FAISS folder or, for ``postgresql://…``, a pgvector table that
+every replica shares (``ctxproto.stores.vector_backend``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.retrieval.chunking import chunk_document
 from ctxproto.retrieval.mmr import mmr_select
 from ctxproto.stores.docstore import MetadataFilter
+from ctxproto.stores.vector_backend import VectorBackend, open_vector_store
 from ctxproto.stores.vector_index import IndexKind
-from ctxproto.stores.vector_store import VectorStore
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["KnowledgeBase"]
 
 
 class KnowledgeBase:
-    """Add, delete and query documents of one store folder."""
+    """Add, delete and query documents of one store (a folder or a PostgreSQL URL)."""
 
     def __init__(
         self,
@@ -41,7 +43,7 @@ class KnowledgeBase:
         self.counter = counter or get_counter()
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
-        self.store = VectorStore(
+        self.store: VectorBackend = open_vector_store(
             path, embedder=self.embedder.name, dimension=self.embedder.dimension, kind=kind
         )
 

@@ -13,7 +13,8 @@ from ctxproto.models.embedder import get_embedder
 from ctxproto.retrieval import KnowledgeBase, long_context_reorder, pack_to_budget
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
-from ctxproto.stores.vector_store import VectorStore
+from ctxproto.stores.store_url import redact_url, store_location
+from ctxproto.stores.vector_backend import vector_store_exists
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["Retriever"]
@@ -30,7 +31,9 @@ class Retriever(Stage):
     are appended after documents the request already carried.
     """
 
-    store: str = Field(description="Folder of a store built by `ctxproto index`.")
+    store: str = Field(
+        description="Store built by `ctxproto index`: a folder or a postgresql:// URL."
+    )
     k: int = Field(default=5, ge=1)
     fetch_k: int = Field(default=20, ge=1)
     diversity: float = Field(default=0.3, ge=0.0, le=1.0)
@@ -79,25 +82,28 @@ class Retriever(Stage):
         )
 
 
-def _require_store(path: str) -> None:
+def _require_store(location: str) -> None:
     """Refuse a ``store`` that holds no store, rather than searching an empty one.
 
-    ``KnowledgeBase`` starts a new, empty store in a missing folder, which is
-    right for ``ctxproto index`` but turned a mistyped path into a pipeline that
-    silently retrieved nothing. The check is made when the stage warms up, so a
-    pipeline may be built before its index (the chat benchmark does so).
+    ``KnowledgeBase`` starts a new, empty store in a missing folder or table,
+    which is right for ``ctxproto index`` but turned a mistyped path into a
+    pipeline that silently retrieved nothing. The check is made when the stage
+    warms up, so a pipeline may be built before its index (the chat benchmark
+    does so).
     """
-    folder = Path(path)
-    if VectorStore.read_manifest(folder) is not None:
+    if vector_store_exists(location):
         return
-    if not folder.exists():
+    if store_location(location) == "postgresql":
+        found = "the database holds no such store table"
+    elif not (folder := Path(location)).exists():
         found = "nothing is there"
     elif not folder.is_dir():
         found = "it is a file"
     else:
         found = "the folder holds no store"
+    shown = redact_url(location)
     raise ConfigError(
-        f"no store at {path} ({found})",
+        f"no store at {shown} ({found})",
         key="store",
-        expected=f"a folder built by `ctxproto index SOURCES --store {path}`",
+        expected=f"a store built by `ctxproto index SOURCES --store {shown}`",
     )

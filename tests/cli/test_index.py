@@ -76,14 +76,18 @@ def test_a_read_only_store_folder_fails_before_any_work(unprivileged: Unprivileg
 
 
 @pytest.mark.models
-def test_two_runs_into_one_store_at_once_keep_every_document(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "pgvector"])
+def test_two_runs_into_one_store_at_once_keep_every_document(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """On PostgreSQL both runs also race to create the new store's table."""
     first = _folder(tmp_path / "a", [f"alpha{i}" for i in range(5)])
     second = _folder(tmp_path / "b", [f"beta{i}" for i in range(5)])
-    store = tmp_path / "store"
+    store = str(tmp_path / "store") if backend == "faiss" else request.getfixturevalue("pg_url")
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ctxproto.cli", "index", str(source), "--store", str(store)],
+            [sys.executable, "-m", "ctxproto.cli", "index", str(source), "--store", store],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -95,3 +99,47 @@ def test_two_runs_into_one_store_at_once_keep_every_document(tmp_path: Path) -> 
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
     assert KnowledgeBase(store).store.count == 10
+
+
+def test_an_index_on_postgresql_is_retrieved_by_a_pipeline_naming_its_url(
+    tmp_path: Path, capsys: Any, embedder: Any, postgres: Any
+) -> None:
+    from ctxproto.context import Context
+    from ctxproto.messages import Message
+    from ctxproto.pipeline import Pipeline
+
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes", "violins"])
+    url = f"postgresql://postgres:pw-not-shown@127.0.0.1:{postgres.port}/postgres?table=cli_kb"
+    assert main(["index", str(folder), "--store", url, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "pw-not-shown" not in out
+    summary = json.loads(out)
+    assert summary["store_documents"] == 3 and summary["store"].startswith(
+        "postgresql://postgres:***@"
+    )
+    config = tmp_path / "rag.yaml"
+    config.write_text(
+        "stages:\n  - type: retriever\n    init_parameters:\n"
+        f"      store: {url}\n      k: 1\n      diversity: 0\n"
+    )
+    result = Pipeline.from_yaml(config).run(
+        Context(query=Message(role="user", content="Tell me about volcanoes"))
+    )
+    assert [d.metadata["doc_id"] for d in result.context.documents] == ["volcanoes.md"]
+
+
+def test_a_pipeline_naming_a_postgresql_store_that_was_never_built_is_a_config_error(
+    tmp_path: Path, postgres: Any
+) -> None:
+    from ctxproto.context import Context
+    from ctxproto.errors import ConfigError
+    from ctxproto.messages import Message
+    from ctxproto.pipeline import Pipeline
+
+    url = f"postgresql://postgres:pw-not-shown@127.0.0.1:{postgres.port}/postgres?table=never"
+    pipeline = Pipeline.from_dict(
+        {"stages": [{"type": "retriever", "init_parameters": {"store": url}}]}, source="rag.yaml"
+    )
+    with pytest.raises(ConfigError, match="no store at postgresql://postgres:\\*\\*\\*@") as info:
+        pipeline.run(Context(query=Message(role="user", content="anything")))
+    assert "pw-not-shown" not in str(info.value)

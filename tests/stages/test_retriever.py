@@ -1,4 +1,5 @@
-"""The knowledge base and the `retriever` stage on a real store and the real embedder."""
+"""The knowledge base and the `retriever` stage on a real store and the real embedder,
+a FAISS folder and a PostgreSQL table alike."""
 
 from __future__ import annotations
 
@@ -40,9 +41,15 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
-    path = tmp_path_factory.mktemp("kb")
+@pytest.fixture(scope="module", params=["faiss", "pgvector"])
+def store_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: Any
+) -> str:
+    path = (
+        str(tmp_path_factory.mktemp("kb"))
+        if request.param == "faiss"
+        else f"{request.getfixturevalue('postgres').url}?table=retriever_kb"
+    )
     knowledge_base = KnowledgeBase(path, embedder=embedder)
     assert knowledge_base.add_documents(DOCS) == 4
     knowledge_base.save()
@@ -50,7 +57,7 @@ def store_path(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
 
 
 def test_query_finds_the_relevant_chunk_with_filters_and_threshold(
-    store_path: Path, embedder: Any
+    store_path: str, embedder: Any
 ) -> None:
     knowledge_base = KnowledgeBase(store_path, embedder=embedder)
     found = knowledge_base.query("How many days do I have to send an item back?", k=2)
@@ -62,7 +69,7 @@ def test_query_finds_the_relevant_chunk_with_filters_and_threshold(
     assert knowledge_base.query("quantum chromodynamics lattice", k=3, min_score=0.6) == []
 
 
-def test_bad_documents_raise_and_leave_the_store_unchanged(store_path: Path, embedder: Any) -> None:
+def test_bad_documents_raise_and_leave_the_store_unchanged(store_path: str, embedder: Any) -> None:
     knowledge_base = KnowledgeBase(store_path, embedder=embedder)
     before = knowledge_base.store.chunk_count
     for bad in ("", "\x00\x01binary", "\ufffd" * 50):
@@ -74,7 +81,7 @@ def test_bad_documents_raise_and_leave_the_store_unchanged(store_path: Path, emb
 
 
 def test_retriever_stage_adds_packed_chunks_after_request_documents(
-    store_path: Path, counter: Any
+    store_path: str, counter: Any
 ) -> None:
     stage = Retriever(store=str(store_path), k=3, max_tokens=40, reorder=True)
     context = Context(
@@ -91,7 +98,7 @@ def test_retriever_stage_adds_packed_chunks_after_request_documents(
     assert empty.context.documents == []
 
 
-def test_retriever_in_a_yaml_pipeline(store_path: Path, tmp_path: Path) -> None:
+def test_retriever_in_a_yaml_pipeline(store_path: str, tmp_path: Path) -> None:
     config = tmp_path / "rag.yaml"
     config.write_text(
         f"name: rag\nbudget:\n  max_prompt_tokens: 400\nstages:\n"
@@ -104,7 +111,7 @@ def test_retriever_in_a_yaml_pipeline(store_path: Path, tmp_path: Path) -> None:
     assert any(d.id.startswith("pets#") for d in result.context.documents)
 
 
-def test_store_of_another_embedder_is_refused(store_path: Path, embedder: Any) -> None:
+def test_store_of_another_embedder_is_refused(store_path: str, embedder: Any) -> None:
     class OtherName:
         name = "someone-elses-model"
         dimension = embedder.dimension

@@ -1,4 +1,5 @@
-"""The FAISS vector store: index kinds, filters, persistence, crash safety, mismatches."""
+"""The vector stores: filters, persistence and mismatches on FAISS and on pgvector;
+index kinds, crash safety and generations of the FAISS folder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,33 @@ import pytest
 
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.vector_backend import VectorBackend, open_vector_store
 from ctxproto.stores.vector_index import VectorIndex
 from ctxproto.stores.vector_store import VectorStore
 
 DIM = 16
+
+Opener = Callable[..., VectorBackend]
+
+
+@pytest.fixture(params=["faiss", "pgvector"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens one store location (a folder, or a table on the test PostgreSQL) each call."""
+    location = (
+        str(tmp_path / "store") if request.param == "faiss" else request.getfixturevalue("pg_url")
+    )
+    opened: list[VectorBackend] = []
+
+    def opener(embedder: str = "test-embedder", dimension: int = DIM) -> VectorBackend:
+        store = open_vector_store(location, embedder=embedder, dimension=dimension)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -31,7 +56,7 @@ def _store(path: Path, **kwargs: object) -> VectorStore:
     return VectorStore(path, embedder="test-embedder", dimension=DIM, **kwargs)  # type: ignore[arg-type]
 
 
-def _fill(store: VectorStore, docs: int, chunks: int = 2, seed: int = 0) -> np.ndarray:
+def _fill(store: VectorBackend, docs: int, chunks: int = 2, seed: int = 0) -> np.ndarray:
     vectors = _vectors(docs * chunks, seed)
     for d in range(docs):
         parts = [
@@ -46,8 +71,10 @@ def _fill(store: VectorStore, docs: int, chunks: int = 2, seed: int = 0) -> np.n
     return vectors
 
 
-def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(
+    open_store: Opener,
+) -> None:
+    store = open_store()
     vectors = _fill(store, 20)
     hits = store.search(vectors[7], 3)
     assert hits[0].document.id == "d3#1"
@@ -58,8 +85,8 @@ def test_search_finds_the_exact_vector_and_respects_filters_and_threshold(tmp_pa
     assert all(h.score >= 0.5 for h in store.search(vectors[7], 40, min_score=0.5))
 
 
-def test_filters_that_print_alike_do_not_share_results(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_filters_that_print_alike_do_not_share_results(open_store: Opener) -> None:
+    store = open_store()
     vectors = _vectors(2)
     store.add("a", [Document(id="a#0", text="acme", metadata={"tenant": "acme"})], vectors[:1])
     store.add("b", [Document(id="b#0", text="odd", metadata={"tenant": "1"})], vectors[1:])
@@ -73,9 +100,9 @@ def test_filters_that_print_alike_do_not_share_results(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [{"nested": "dict"}, object(), [["acme"]], b"acme"])
 def test_a_filter_value_of_an_unsupported_type_is_a_config_error(
-    tmp_path: Path, value: object
+    open_store: Opener, value: object
 ) -> None:
-    store = _store(tmp_path)
+    store = open_store()
     _fill(store, 2)
     with pytest.raises(ConfigError, match=r"filters\.lang"):
         store.search(_vectors(1)[0], 3, filters={"lang": value})
@@ -103,24 +130,43 @@ def test_auto_kind_switches_to_hnsw_as_the_collection_grows() -> None:
     assert int(index.search(_vectors(200, seed=1)[5], 1).slots[0]) == 205
 
 
-def test_save_load_round_trip_with_incremental_add_and_delete(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_save_load_round_trip_with_incremental_add_and_delete(open_store: Opener) -> None:
+    store = open_store()
     vectors = _fill(store, 10)
     store.save()
-    again = _store(tmp_path)
+    again = open_store()
     assert again.count == 10 and again.chunk_count == 20
     assert again.search(vectors[4], 1)[0].document.id == "d2#0"
     assert again.delete(["d2"]) == 2
     again.add("d2", [Document(id="d2#new", text="replaced")], _vectors(1, seed=9))
     again.add("d3", [Document(id="d3#new", text="replaced too")], _vectors(1, seed=8))
     again.save()
-    third = _store(tmp_path)
+    third = open_store()
     assert third.count == 10 and third.chunk_count == 18
     assert third.search(_vectors(1, seed=9)[0], 1)[0].document.id == "d2#new"
     assert all(h.document.id not in ("d2#0", "d3#0") for h in third.search(vectors[4], 20))
+
+
+def test_changes_are_seen_by_other_readers_only_after_save(open_store: Opener) -> None:
+    writer = open_store()
+    vectors = _fill(writer, 3)
+    assert writer.count == 3
+    assert open_store().count == 0
+    writer.save()
+    assert open_store().count == 3
+    writer.delete(["d0"])
+    assert open_store().search(vectors[0], 1)[0].document.id == "d0#0"
+
+
+def test_a_save_writes_a_manifest_and_keeps_the_replaced_generation(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 10)
+    store.save()
+    store.delete(["d2"])
+    store.save()
     manifest = VectorStore.read_manifest(tmp_path)
     assert manifest is not None and manifest.embedder == "test-embedder"
-    assert manifest.dimension == DIM and manifest.count == 10 and manifest.format_version == 1
+    assert manifest.dimension == DIM and manifest.count == 9 and manifest.format_version == 1
     # the current generation and the one it replaced, which a reader may still be loading
     assert sorted(p.name for p in tmp_path.glob("index.*.faiss")) == [
         "index.1.faiss",
@@ -128,24 +174,24 @@ def test_save_load_round_trip_with_incremental_add_and_delete(tmp_path: Path) ->
     ]
 
 
-def test_an_empty_store_saves_and_opens_again(tmp_path: Path) -> None:
-    _store(tmp_path).save()
-    again = _store(tmp_path)
+def test_an_empty_store_saves_and_opens_again(open_store: Opener) -> None:
+    open_store().save()
+    again = open_store()
     assert again.count == 0 and again.search(_vectors(1)[0], 3) == []
 
 
-def test_another_embedder_or_dimension_is_a_clear_error(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_another_embedder_or_dimension_is_a_clear_error(open_store: Opener) -> None:
+    store = open_store()
     _fill(store, 3)
     store.save()
     with pytest.raises(StoreError, match=r"embedder 'test-embedder'.*'other'"):
-        VectorStore(tmp_path, embedder="other", dimension=DIM)
+        open_store(embedder="other")
     with pytest.raises(StoreError, match="dimension 16"):
-        VectorStore(tmp_path, embedder="test-embedder", dimension=384)
+        open_store(dimension=384)
 
 
-def test_bad_vectors_are_rejected_and_change_nothing(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_bad_vectors_are_rejected_and_change_nothing(open_store: Opener) -> None:
+    store = open_store()
     _fill(store, 3)
     with pytest.raises(StoreError, match="dimension"):
         store.add("bad", [Document(id="b", text="x")], np.ones((1, DIM + 1), dtype=np.float32))

@@ -1,0 +1,466 @@
+"""The retrieval store on PostgreSQL with pgvector, shared by every replica.
+
+One table per store (``?table=NAME`` in the URL, ``ctxproto_chunks`` by
+default): a row per chunk with its document id, text, JSONB metadata, source
+and ``vector(d)``. A row of ``ctxproto_vector_manifest`` names the embedder and
+dimension, and opening a store with another embedder is a ``StoreError``, as
+for the FAISS store.
+
+The semantics follow ``VectorStore``: ``add`` replaces a document, ``delete``
+removes documents, and neither is seen by other readers until ``save``, which
+commits them all at once. The changes are one open transaction on one pooled
+connection, so this store's own searches see them and a writer killed before
+``save`` leaves the table as it was. Replacing a document takes a transaction
+advisory lock on its id, so two writers of the same document serialise instead
+of both inserting it.
+
+Past ``hnsw_threshold`` chunks ``save`` builds an HNSW index (inner product,
+the FAISS parameters). A filtered HNSW search runs with
+``hnsw.iterative_scan = strict_order``: without it pgvector stops after
+``ef_search`` candidates and silently returns fewer than ``k`` rows under a
+selective filter (pgvector 0.8 added iterative scans for this).
+
+A server that is down is a ``StoreError`` naming the URL without its password
+after ``connect_timeout`` seconds; the pool checks a connection before lending
+it, so a restarted server is reconnected to rather than reported broken. A
+search or count that the server does not finish within ``query_timeout``
+seconds (a table locked by a migration, an overloaded server) is a
+``StoreError`` too: the proxy answers without waiting forever. Writes have no
+such limit, since a writer may wait for another writer's documents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from ctxproto._extras import require
+from ctxproto.documents import Document
+from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.docstore import MetadataFilter, filter_key
+from ctxproto.stores.store_url import redact_url
+from ctxproto.stores.vector_index import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_NEIGHBOURS,
+    checked_vectors,
+)
+from ctxproto.stores.vector_store import FORMAT_VERSION, StoreHit
+
+__all__ = ["DEFAULT_TABLE", "MANIFEST_TABLE", "PgVectorStore"]
+
+DEFAULT_TABLE = "ctxproto_chunks"
+MANIFEST_TABLE = "ctxproto_vector_manifest"
+_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
+HNSW_BUILD_MEMORY = "512MB"
+_VECTOR_CACHE_LIMIT = 10_000  # slots -> vectors of recent hits, for MMR after a search
+_DOCUMENT_COLUMNS = ("id", "text", "metadata", "source")
+
+
+class PgVectorStore:
+    """Chunks and their vectors in a PostgreSQL table, searched by pgvector."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        embedder: str,
+        dimension: int,
+        hnsw_threshold: int = 20_000,
+        connect_timeout: float = 5.0,
+        query_timeout: float = 10.0,
+        pool_size: int = 4,
+    ) -> None:
+        self.embedder = embedder
+        self.dimension = dimension
+        self.hnsw_threshold = hnsw_threshold
+        self.url = redact_url(url)
+        self.table = _table_of(url)
+        self._vectors: dict[int, npt.NDArray[np.float32]] = {}
+        self._writer: Any = None
+        self._table_seen = False
+        self._pool = _open_pool(
+            url,
+            self.url,
+            connect_timeout=connect_timeout,
+            query_timeout=query_timeout,
+            size=pool_size,
+        )
+        try:
+            manifest = self._read_manifest()
+            if manifest is not None:
+                self._check_embedder(*manifest)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @classmethod
+    def exists(cls, url: str, *, connect_timeout: float = 5.0) -> bool:
+        """Whether ``url`` names a store that ``save`` has written."""
+        psycopg = require("psycopg", extra="postgres")
+        table = _table_of(url)
+        with (
+            _errors_named(redact_url(url)),
+            psycopg.connect(_conninfo(url), connect_timeout=max(1, round(connect_timeout))) as conn,
+        ):
+            return _manifest_row(conn, table) is not None
+
+    def close(self) -> None:
+        """Drop unsaved changes and close the connection pool."""
+        if self._writer is not None:
+            self._writer.rollback()
+            self._pool.putconn(self._writer)
+            self._writer = None
+        self._pool.close()
+
+    def drop(self) -> None:
+        """Delete the store: its table and its manifest row, at once."""
+        with self._writing() as conn:
+            conn.execute(f"DROP TABLE {self.table}")
+            conn.execute(f"DELETE FROM {MANIFEST_TABLE} WHERE table_name = %s", (self.table,))
+            conn.commit()
+        self._pool.putconn(self._writer)
+        self._writer = None
+        self._vectors.clear()
+        self._table_seen = False
+
+    def __enter__(self) -> PgVectorStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def count(self) -> int:
+        """Documents in the store."""
+        return self._scalar(f"SELECT count(DISTINCT doc_id) FROM {self.table}")
+
+    @property
+    def chunk_count(self) -> int:
+        return self._scalar(f"SELECT count(*) FROM {self.table}")
+
+    @property
+    def index_kind(self) -> str:
+        found = self._scalar(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+            (self.table, "%USING hnsw%"),
+        )
+        return "hnsw" if found else "flat"
+
+    def add(
+        self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Add (or replace) document ``doc_id`` with its chunks and their normalized vectors."""
+        if not chunks:
+            raise StoreError(f"document '{doc_id}' has no chunks to add")
+        if len(chunks) != len(vectors):
+            raise StoreError(f"{len(chunks)} chunks but {len(vectors)} vectors for '{doc_id}'")
+        matrix = checked_vectors(vectors, self.dimension)
+        jsonb = require("psycopg.types.json", extra="postgres").Jsonb
+        with self._writing() as conn:
+            self._delete_locked(conn, [doc_id])
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(
+                    f"COPY {self.table} (doc_id, chunk_id, text, metadata, source, fields,"
+                    " embedding) FROM STDIN"
+                ) as copy,
+            ):
+                for chunk, vector in zip(chunks, matrix, strict=True):
+                    fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
+                    copy.write_row(
+                        (
+                            doc_id,
+                            chunk.id,
+                            chunk.text,
+                            jsonb(chunk.metadata),
+                            chunk.source,
+                            jsonb(fields),
+                            _vector_literal(vector),
+                        )
+                    )
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents by id; returns how many chunks were removed."""
+        with self._writing() as conn:
+            return self._delete_locked(conn, doc_ids)
+
+    def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
+        removed = 0
+        for doc_id in sorted(set(doc_ids)):  # one order for every writer: no lock cycles
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"ctxproto-doc:{self.table}:{doc_id}",),
+            )
+            cursor = conn.execute(f"DELETE FROM {self.table} WHERE doc_id = %s", (doc_id,))
+            removed += cursor.rowcount
+        return removed
+
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        *,
+        min_score: float | None = None,
+        filters: MetadataFilter | None = None,
+    ) -> list[StoreHit]:
+        """The ``k`` most similar chunks above ``min_score`` that match ``filters``, best first."""
+        query = _vector_literal(checked_vectors(vector.reshape(1, -1), self.dimension)[0])
+        where, parameters = _filter_sql(filters) if filters else ("TRUE", [])
+        sql = (
+            f"SELECT id, chunk_id, text, metadata, source, fields, embedding::real[],"
+            f" -(embedding <#> %s::vector) FROM {self.table} WHERE {where}"
+            " ORDER BY embedding <#> %s::vector LIMIT %s"
+        )
+        with self._reading() as conn:
+            if not self._table_exists(conn):
+                return []
+            if k > HNSW_EF_SEARCH:  # the session default (see _open_pool) would cap k
+                conn.execute(f"SET LOCAL hnsw.ef_search = {min(k, 1000)}")
+            rows = conn.execute(sql, (query, *parameters, query, k)).fetchall()
+        if len(self._vectors) > _VECTOR_CACHE_LIMIT:
+            self._vectors.clear()
+        hits = []
+        for slot, chunk_id, text, metadata, source, fields, embedding, score in rows:
+            self._vectors[slot] = np.asarray(embedding, dtype=np.float32)
+            if min_score is not None and score < min_score:
+                continue
+            document = Document.model_validate(
+                {**fields, "id": chunk_id, "text": text, "metadata": metadata, "source": source}
+            )
+            hits.append(StoreHit(document, float(score), slot))
+        return hits
+
+    def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
+        """The vectors of ``slots``; a slot's vector never changes, so recent hits are cached."""
+        missing = [slot for slot in slots if slot not in self._vectors]
+        if missing:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    f"SELECT id, embedding::real[] FROM {self.table} WHERE id = ANY(%s)",
+                    (missing,),
+                ).fetchall()
+            for slot, embedding in rows:
+                self._vectors[slot] = np.asarray(embedding, dtype=np.float32)
+        if not slots:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        try:
+            return np.stack([self._vectors[slot] for slot in slots])
+        except KeyError as exc:
+            raise StoreError(f"chunk {exc.args[0]} is no longer in {self.url}") from exc
+
+    def save(self) -> None:
+        """Commit every change since the last save; build the HNSW index once it pays."""
+        with self._writing() as conn:
+            chunks = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+            if chunks >= self.hnsw_threshold:
+                # pgvector builds the graph far faster when it fits in memory
+                conn.execute(f"SET LOCAL maintenance_work_mem = '{HNSW_BUILD_MEMORY}'")
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table}"
+                    f" USING hnsw (embedding vector_ip_ops)"
+                    f" WITH (m = {HNSW_NEIGHBOURS}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+                )
+            conn.commit()
+        self._pool.putconn(self._writer)
+        self._writer = None
+
+    def _check_embedder(self, embedder: str, dimension: int) -> None:
+        if embedder != self.embedder or dimension != self.dimension:
+            raise StoreError(
+                f"the store {self.table} at {self.url} was built with embedder '{embedder}' "
+                f"(dimension {dimension}); it cannot be used with '{self.embedder}' "
+                f"(dimension {self.dimension}): rebuild it with `ctxproto index`"
+            )
+
+    def _read_manifest(self) -> tuple[str, int] | None:
+        with self._reading() as conn:
+            return _manifest_row(conn, self.table)
+
+    def _table_exists(self, conn: Any) -> bool:
+        """Asked until the table is there; a table dropped later fails its query instead."""
+        if not self._table_seen:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
+            self._table_seen = bool(row[0])
+        return self._table_seen
+
+    def _scalar(self, sql: str, parameters: Sequence[object] = ()) -> int:
+        with self._reading() as conn:
+            if not self._table_exists(conn):
+                return 0
+            return int(conn.execute(sql, parameters).fetchone()[0])
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """The open write transaction (to see unsaved changes) or a pooled connection."""
+        if self._writer is not None:
+            with self._writing() as conn:
+                yield conn
+            return
+        with _errors_named(self.url), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """The write transaction, begun on first use; a failure rolls it all back."""
+        with _errors_named(self.url, losing_changes=self._writer is not None):
+            try:
+                if self._writer is None:
+                    self._writer = self._pool.getconn()
+                    self._writer.execute("SET LOCAL statement_timeout = 0")
+                    self._create_schema(self._writer)
+                yield self._writer
+            except BaseException:
+                if self._writer is not None:
+                    writer, self._writer = self._writer, None
+                    writer.rollback()
+                    self._pool.putconn(writer)
+                    self._table_seen = False  # it may have been created by what rolled back
+                raise
+
+    def _create_schema(self, conn: Any) -> None:
+        """Table, index and manifest row, created by the first writer (others wait for it)."""
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"ctxproto-schema:{self.table}",),
+        )
+        manifest = _manifest_row(conn, self.table)
+        if manifest is not None:
+            self._check_embedder(*manifest)
+            return
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {MANIFEST_TABLE} (table_name text PRIMARY KEY,"
+            " format_version integer NOT NULL, embedder text NOT NULL,"
+            " dimension integer NOT NULL)"
+        )
+        conn.execute(
+            f"CREATE TABLE {self.table} (id bigserial PRIMARY KEY, doc_id text NOT NULL,"
+            " chunk_id text NOT NULL, text text NOT NULL, metadata jsonb NOT NULL,"
+            f" source text, fields jsonb NOT NULL, embedding vector({self.dimension}) NOT NULL)"
+        )
+        conn.execute(f"CREATE INDEX {self.table}_doc_id ON {self.table} (doc_id)")
+        conn.execute(
+            f"CREATE INDEX {self.table}_metadata ON {self.table}"
+            " USING gin (metadata jsonb_path_ops)"
+        )
+        conn.execute(
+            f"INSERT INTO {MANIFEST_TABLE} VALUES (%s, %s, %s, %s)",
+            (self.table, FORMAT_VERSION, self.embedder, self.dimension),
+        )
+
+
+def _open_pool(
+    url: str, shown: str, *, connect_timeout: float, query_timeout: float, size: int
+) -> Any:
+    """A pool of checked connections, opened after one direct connection succeeded.
+
+    The direct connection is there for its error: a pool that cannot connect
+    only says it timed out, while the server's refusal names the cause.
+    """
+    psycopg = require("psycopg", extra="postgres")
+    pool_module = require("psycopg_pool", extra="postgres")
+    timeout_seconds = max(1, round(connect_timeout))
+    with _errors_named(shown):
+        psycopg.connect(_conninfo(url), connect_timeout=timeout_seconds).close()
+        # session defaults, so a search needs no SET of its own; after the URL's options
+        given = psycopg.conninfo.conninfo_to_dict(_conninfo(url)).get("options", "")
+        options = (
+            f"{given} -c hnsw.iterative_scan=strict_order -c hnsw.ef_search={HNSW_EF_SEARCH}"
+            f" -c statement_timeout={max(1, round(query_timeout * 1000))}"
+        )
+        pool = pool_module.ConnectionPool(
+            _conninfo(url),
+            min_size=1,
+            max_size=max(1, size),
+            kwargs={"connect_timeout": timeout_seconds, "options": options.strip()},
+            timeout=connect_timeout,
+            check=pool_module.ConnectionPool.check_connection,
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=connect_timeout)
+        except BaseException:
+            pool.close()
+            raise
+    return pool
+
+
+def _manifest_row(conn: Any, table: str) -> tuple[str, int] | None:
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MANIFEST_TABLE,)).fetchone()[0]:
+        return None
+    row = conn.execute(
+        f"SELECT format_version, embedder, dimension FROM {MANIFEST_TABLE} WHERE table_name = %s",
+        (table,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] != FORMAT_VERSION:
+        raise StoreError(
+            f"the store {table} has format version {row[0]}; "
+            f"this ctxproto reads version {FORMAT_VERSION}"
+        )
+    return str(row[1]), int(row[2])
+
+
+@contextmanager
+def _errors_named(shown: str, *, losing_changes: bool = False) -> Iterator[None]:
+    """Driver and pool failures as a ``StoreError`` naming the redacted URL."""
+    psycopg = require("psycopg", extra="postgres")
+    pool_module = require("psycopg_pool", extra="postgres")
+    try:
+        yield
+    except (psycopg.Error, pool_module.PoolTimeout) as exc:
+        lost = "; the changes since the last save were rolled back" if losing_changes else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
+
+
+def _table_of(url: str) -> str:
+    """The ``table`` query parameter of ``url`` (checked: it is spliced into SQL)."""
+    table = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get("table", DEFAULT_TABLE)
+    if not _TABLE_NAME.fullmatch(table) or table == MANIFEST_TABLE:
+        raise ConfigError(
+            f"invalid table name {table!r} in the store URL",
+            key="store",
+            expected="postgresql://…?table=NAME with NAME of lowercase letters, digits and _",
+        )
+    return table
+
+
+def _conninfo(url: str) -> str:
+    """``url`` without ``table``, which is ours, not libpq's."""
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "table"]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def _vector_literal(vector: npt.NDArray[np.float32]) -> str:
+    return "[" + ",".join(map(repr, vector.tolist())) + "]"
+
+
+def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
+    """``filters`` as JSONB containment, which keeps types apart as the FAISS filter does.
+
+    ``{"k": "1"}`` and ``{"k": 1}`` are different documents to ``@>``; a ``None``
+    value also matches chunks without the key, as ``dict.get`` does.
+    """
+    jsonb = require("psycopg.types.json", extra="postgres").Jsonb
+    clauses: list[str] = []
+    parameters: list[object] = []
+    for name, values in filter_key(filters):
+        alternatives = []
+        for _, value in values:
+            alternatives.append("metadata @> %s")
+            parameters.append(jsonb({name: value}))
+            if value is None:
+                alternatives.append("NOT metadata ? %s")
+                parameters.append(name)
+        clauses.append("(" + " OR ".join(alternatives) + ")")
+    return " AND ".join(clauses) or "TRUE", parameters

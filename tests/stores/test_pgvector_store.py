@@ -1,0 +1,214 @@
+"""What only the PostgreSQL store has: HNSW with iterative scans, a server that is
+down or hangs, concurrent writer processes, and a server that crashes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+from ctxproto.bench.embedded_postgres import EmbeddedPostgres, free_port
+from ctxproto.documents import Document
+from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.pgvector_store import PgVectorStore
+
+DIM = 16
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    normalized: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return normalized
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[PgVectorStore]:
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as opened:
+        yield opened
+
+
+def test_a_selective_filter_on_an_hnsw_index_still_returns_k_rows(pg_url: str) -> None:
+    """Without iterative scans pgvector filters the ef_search candidates it found: 4 of 30.
+
+    The table is small enough for the planner to prefer an exact sort, so the
+    URL's libpq ``options`` (spaces and all) turn the other plans off for this
+    connection, as the planner does on its own for a large table.
+    """
+    url = pg_url + "&options=" + quote("-c enable_seqscan=off -c enable_bitmapscan=off", safe="")
+    with PgVectorStore(url, embedder="e", dimension=DIM, hnsw_threshold=1000) as store:
+        vectors = _vectors(3000)
+        for start in range(0, 3000, 500):
+            store.add(
+                f"batch{start}",
+                [
+                    Document(id=f"c{i}", text="", metadata={"tenant": "x" if i % 50 == 0 else "y"})
+                    for i in range(start, start + 500)
+                ],
+                vectors[start : start + 500],
+            )
+        store.save()  # tenant "x" is every 50th chunk: 2% of the table
+        assert store.index_kind == "hnsw"
+        hits = store.search(vectors[0], 30, filters={"tenant": "x"})
+        assert len(hits) == 30
+        assert all(h.document.metadata["tenant"] == "x" for h in hits)
+        assert hits[0].document.id == "c0"
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_an_unreachable_server_is_a_store_error_naming_the_url_without_its_password() -> None:
+    url = f"postgresql://reader:s3cret-pw@127.0.0.1:{free_port()}/kb?table=docs"
+    with pytest.raises(StoreError) as raised:
+        PgVectorStore(url, embedder="e", dimension=DIM, connect_timeout=1)
+    message = str(raised.value)
+    assert "s3cret-pw" not in message
+    assert f"postgresql://reader:***@127.0.0.1:{url.split(':')[3]}" in message
+
+
+def test_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeout() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+            PgVectorStore(
+                f"postgresql://u:pw@127.0.0.1:{port}/db", embedder="e", dimension=4,
+                connect_timeout=1,
+            )  # fmt: skip
+        assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("table", ["Robert'); DROP TABLE x;--", "ctxproto_vector_manifest", ""])
+def test_a_table_name_that_is_not_a_plain_identifier_is_a_config_error(
+    postgres: EmbeddedPostgres, table: str
+) -> None:
+    with pytest.raises(ConfigError, match="table"):
+        PgVectorStore(f"{postgres.url}?table={table}", embedder="e", dimension=DIM)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from ctxproto.documents import Document
+    from ctxproto.stores.pgvector_store import PgVectorStore
+
+    url, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = np.random.default_rng(abs(hash(prefix)) % 1000)
+    v = rng.standard_normal((count, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    with PgVectorStore(url, embedder="test-embedder", dimension=16) as store:
+        for i in range(count):
+            store.add(f"{prefix}{i}", [Document(id=f"{prefix}{i}#0", text=prefix)], v[i : i + 1])
+            store.add("shared", [Document(id=f"shared#{prefix}{i}", text=prefix)], v[i : i + 1])
+            if i % 10 == 9:
+                store.save()
+        store.save()
+    print("done", flush=True)
+    """
+)
+
+
+def _python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_concurrent_writer_processes_lose_nothing(pg_url: str) -> None:
+    writers = [_python(WRITER, pg_url, prefix, "60") for prefix in ("a", "b", "c", "d")]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as store:
+        # 4 x 60 own documents, and "shared" replaced 240 times ends as exactly one chunk
+        assert store.count == 241
+        assert store.chunk_count == 241
+
+
+KILLED_MID_TRANSACTION = textwrap.dedent(
+    """
+    import sys, time, numpy as np
+    from ctxproto.documents import Document
+    from ctxproto.stores.pgvector_store import PgVectorStore
+
+    store = PgVectorStore(sys.argv[1], embedder="test-embedder", dimension=16)
+    v = np.eye(16, dtype=np.float32)
+    store.add("saved", [Document(id="saved#0", text="kept")], v[:1])
+    store.save()
+    store.delete(["saved"])
+    store.add("unsaved", [Document(id="unsaved#0", text="lost")], v[1:2])
+    print("changed", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_writer_killed_before_save_leaves_the_saved_store(pg_url: str) -> None:
+    writer = _python(KILLED_MID_TRANSACTION, pg_url)
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "changed\n"
+    finally:
+        writer.kill()
+        writer.communicate(timeout=60)
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as store:
+        assert [h.document.id for h in store.search(np.eye(16, dtype=np.float32)[0], 5)] == [
+            "saved#0"
+        ]
+        # the killed writer's lock on "saved" went with its connection
+        store.delete(["saved"])
+        store.save()
+        assert store.count == 0
+
+
+def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
+    postgres: EmbeddedPostgres, pg_url: str
+) -> None:
+    vectors = _vectors(50)
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM) as store:
+        for i in range(50):
+            store.add(f"d{i}", [Document(id=f"d{i}#0", text=str(i))], vectors[i : i + 1])
+        store.save()
+        store.add("unsaved", [Document(id="unsaved#0", text="u")], vectors[:1])
+        postgres.crash()
+        with pytest.raises(StoreError, match=r"127\.0\.0\.1.*rolled back"):
+            store.search(vectors[0], 1)
+        with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
+            store.search(vectors[0], 1)
+        postgres.start()
+        assert store.search(vectors[7], 1)[0].document.id == "d7#0"
+        assert store.count == 50
+        fresh = _vectors(1, seed=5)
+        store.add("after", [Document(id="after#0", text="a")], fresh)
+        store.save()
+        assert store.count == 51 and store.search(fresh[0], 1)[0].document.id == "after#0"
+
+
+def test_a_search_the_server_does_not_answer_in_time_is_a_store_error(pg_url: str) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    vectors = _vectors(3)
+    with PgVectorStore(pg_url, embedder="test-embedder", dimension=DIM, query_timeout=1) as store:
+        store.add("d", [Document(id="d#0", text="d")], vectors[:1])
+        store.save()
+        table = pg_url.rpartition("table=")[2]
+        with psycopg.connect(pg_url.partition("?")[0]) as migration:
+            migration.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="statement timeout"):
+                store.search(vectors[0], 1)
+            assert time.monotonic() - start < 5
+        assert store.search(vectors[0], 1)[0].document.id == "d#0"  # the lock is gone

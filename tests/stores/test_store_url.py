@@ -1,0 +1,37 @@
+"""Store locations: a path or a server URL, and URLs shown without their password."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctxproto.stores.store_url import redact_url, store_location
+
+
+@pytest.mark.parametrize(
+    ("location", "kind"),
+    [
+        ("kb/", "path"),
+        ("/var/lib/ctxproto/kb", "path"),
+        ("postgresql://u@db/ctx?table=kb", "postgresql"),
+        ("POSTGRES://db/ctx", "postgresql"),
+        ("redis://cache:6379/0", "redis"),
+        ("rediss://cache", "redis"),
+        ("file://kb", "path"),
+    ],
+)
+def test_a_location_is_a_path_unless_it_names_a_server_scheme(location: str, kind: str) -> None:
+    assert store_location(location) == kind
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@db:5432/ctx?table=kb", "postgresql://u:***@db:5432/ctx?table=kb"),
+        ("postgresql://u:p@ss@db/ctx", "postgresql://u:***@db/ctx"),
+        ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgresql://u@db/ctx", "postgresql://u@db/ctx"),
+        ("postgresql://u:secret@[::1", "<unparsable store URL>"),
+    ],
+)
+def test_a_password_never_survives_redaction(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
