@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -132,13 +133,20 @@ class SemanticCache:
         self.guard: Guard = guard
         self.candidates = candidates
         self.embedder = embedder or get_embedder()
-        self._entries: Any = diskcache.Cache(
-            str(self.path / "entries"),
-            disk=JSONOnlyDisk,
-            size_limit=max_bytes,
-            eviction_policy="least-recently-stored",
-        )
-        self._meta: Any = diskcache.Cache(str(self.path / "meta"), disk=PlainDisk)
+        try:
+            self._entries: Any = diskcache.Cache(
+                str(self.path / "entries"),
+                disk=JSONOnlyDisk,
+                size_limit=max_bytes,
+                eviction_policy="least-recently-stored",
+            )
+            self._meta: Any = diskcache.Cache(str(self.path / "meta"), disk=PlainDisk)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            # diskcache writes its settings on open, so even a reader needs write access.
+            raise StoreError(
+                f"cannot open the semantic cache at {self.path}: it must be a folder this "
+                f"process can write ({exc})"
+            ) from exc
         self._mirror = CacheMirror(self.embedder.dimension)
         self._check_embedder()
 

@@ -376,3 +376,23 @@ def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedde
     assert totals[False] >= 60 and totals[True] >= 60
     assert hits[False] / totals[False] <= 0.07, hits
     assert hits[True] / totals[True] >= 0.60, hits
+
+
+READ_ONLY_OPEN = """
+import sys
+from ctxproto.errors import StoreError
+from ctxproto.stores.semantic_cache import SemanticCache
+try:
+    SemanticCache(sys.argv[1])
+except StoreError as exc:
+    print("refused", exc)
+"""
+
+
+def test_a_read_only_cache_folder_is_a_store_error_naming_it(unprivileged: Any) -> None:
+    folder = unprivileged.folder / "cache"
+    SemanticCache(folder).close()
+    unprivileged.make_read_only(folder)
+    result = unprivileged.run(READ_ONLY_OPEN, str(folder))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("refused") and str(folder) in result.stdout
