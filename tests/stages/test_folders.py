@@ -1,6 +1,5 @@
 """Folder parameters of stages: a file or an unwritable place is refused when configured."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,28 @@ def test_a_missing_folder_under_a_writable_one_is_accepted(tmp_path: Path) -> No
     assert not wanted.exists()  # nothing is created by the check
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
-def test_an_unwritable_folder_is_refused(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+UNWRITABLE_CHECK = """
+import sys
+from ctxproto import ConfigError, Pipeline
+for stage, key in (("summarizer", "state_path"), ("semantic_cache", "path")):
     try:
-        with pytest.raises(ValueError, match="not writable"):
-            check_writable_folder(str(locked / "cache"))
-    finally:
-        locked.chmod(0o700)
+        Pipeline.from_dict(
+            {"stages": [{"type": stage, "init_parameters": {key: sys.argv[1]}}]},
+            source="bot.yaml",
+        )
+    except ConfigError as exc:
+        print("refused", exc)
+"""
+
+
+def test_an_unwritable_folder_is_refused_naming_the_key(unprivileged) -> None:
+    locked = unprivileged.folder / "locked"
+    locked.mkdir()
+    unprivileged.make_read_only(locked)
+    result = unprivileged.run(UNWRITABLE_CHECK, str(locked / "cache"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    for line, key in zip(lines, ("state_path", "path"), strict=True):
+        assert line.startswith("refused bot.yaml")
+        assert f"init_parameters.{key}" in line and "not writable" in line
