@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from ctxproto.errors import ConfigError
 from ctxproto.pipeline import Pipeline
-from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, ServeConfig
+from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, McpConfig, ServeConfig
 from ctxproto.serve.flow import ContextFlow, Turn
 from ctxproto.serve.metrics import ProxyMetrics
 from ctxproto.serve.protocol import Usage
@@ -37,6 +37,8 @@ class ProxyState:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     session_mode: Literal["stateless", "stateful"] = "stateless"
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    mcp: McpConfig = field(default_factory=McpConfig)
+    """The caps and stores of the MCP endpoint mounted at ``/mcp``."""
     _counter: TokenCounter | None = None
 
     @classmethod
@@ -59,6 +61,7 @@ class ProxyState:
             models=models,
             limits=config.limits,
             session_mode=config.sessions.mode,
+            mcp=config.mcp,
         )
 
     def record(self, turn: Turn, usage: Usage) -> None:

@@ -1,0 +1,223 @@
+"""Session memory for MCP clients: turns, notes and summaries, recalled within a token cap.
+
+Each entry is its own row of the ``SessionStateStore`` (one atomic diskcache
+write under a fresh, time-ordered id), never a list read, extended and written
+back: two clients, or two server processes sharing the store folder, writing
+to one session at once cannot overwrite each other's entries. This is what the
+reference ``memory`` MCP server gets wrong (a whole-file rewrite per change).
+
+A write returns as soon as the row is on disk. Embedding the entry for
+relevance recall runs on a background thread (mem0's ``add_memories`` blocks
+the client for the whole extraction); ``recall`` waits for this process's
+pending work on the session, so a write is always visible to the next recall,
+and embeds on the spot any entry another process has not embedded yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Literal
+
+import numpy as np
+
+from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import TokenCounter
+
+__all__ = ["EntryKind", "SessionMemory"]
+
+EntryKind = Literal["turn", "note", "summary"]
+_ROW_PREFIX = "mcp-memory"
+_ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
+_VERSION = 1
+
+log = logging.getLogger("ctxproto.mcp")
+
+
+class SessionMemory:
+    """Remember and recall entries per ``(tenant, session)``."""
+
+    def __init__(self, store: SessionStateStore, *, embedder: str = "default") -> None:
+        self.store = store
+        self._embedder_name = embedder
+        self._embedder: Embedder | None = None
+        self._embedder_missing = False
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
+        self._pending: dict[tuple[str, str], set[Future[None]]] = {}
+        self._lock = threading.Lock()
+
+    def add(
+        self, tenant: str, session: str, kind: EntryKind, text: str, role: str | None = None
+    ) -> MemoryEntry:
+        """Store one entry now; its embedding follows in the background."""
+        entry_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        entry = MemoryEntry(id=entry_id, kind=kind, role=role, text=text, created=time.time())
+        row = {"version": _VERSION, **entry.model_dump()}
+        self.store.put(tenant, _row(session, entry_id), row)
+        future = self._background.submit(self._embed_row, tenant, session, row)
+        key = (tenant, session)
+        with self._lock:
+            self._pending.setdefault(key, set()).add(future)
+        future.add_done_callback(lambda done: self._settle(key, done))
+        return entry
+
+    def exists(self, tenant: str, session: str) -> bool:
+        return bool(self._ids(tenant, session))
+
+    def summary(self, tenant: str, session: str) -> str | None:
+        """The latest summary entry of the session, if any."""
+        self._require(tenant, session)
+        summaries = [e for e, _ in self._entries(tenant, session) if e.kind == "summary"]
+        return summaries[-1].text if summaries else None
+
+    def recall(
+        self, tenant: str, session: str, query: str | None, cap: int, counter: TokenCounter
+    ) -> Recalled:
+        """The summary, then the entries most relevant to ``query`` (the latest without
+        one) that fit ``cap`` tokens, returned oldest first."""
+        self._require(tenant, session)
+        self._wait(tenant, session)
+        rows = self._entries(tenant, session)
+        summaries = [e for e, _ in rows if e.kind == "summary"]
+        summary = summaries[-1].text if summaries else None
+        used = counter.count(summary) if summary else 0
+        if used > cap:
+            summary, used = None, 0
+        candidates = [(e, v) for e, v in rows if e.kind != "summary"]
+        order = list(reversed(range(len(candidates))))
+        if query and candidates:
+            scores = self._relevance(query, candidates)
+            if scores is not None:
+                order = sorted(order, key=lambda i: scores[i], reverse=True)
+        picked: list[int] = []
+        for i in order:
+            cost = counter.count(candidates[i][0].text)
+            if used + cost <= cap:
+                picked.append(i)
+                used += cost
+        entries = [candidates[i][0] for i in sorted(picked)]
+        return Recalled(
+            session_id=session,
+            summary=summary,
+            entries=entries,
+            tokens=used,
+            total_entries=len(rows),
+        )
+
+    def page(
+        self,
+        tenant: str,
+        session: str,
+        cursor: str | None,
+        size: int,
+        cap: int,
+        counter: TokenCounter,
+    ) -> HistoryPage:
+        """Up to ``size`` entries after ``cursor`` (and within ``cap`` tokens), oldest first."""
+        if cursor is not None and not _ENTRY_ID.match(cursor):
+            raise ConfigError("is not a cursor this server returned", key="cursor")
+        self._require(tenant, session)
+        ids = [i for i in self._ids(tenant, session) if cursor is None or i > cursor]
+        entries: list[MemoryEntry] = []
+        used = 0
+        for entry_id in ids[:size]:
+            loaded = self._load(tenant, session, entry_id)
+            if loaded is None:
+                continue
+            cost = counter.count(loaded[0].text)
+            if entries and used + cost > cap:
+                break
+            entries.append(loaded[0])
+            used += cost
+        more = bool(entries) and entries[-1].id != ids[-1]
+        return HistoryPage(entries=entries, next_cursor=entries[-1].id if more else None)
+
+    def close(self) -> None:
+        self._background.shutdown(wait=True)
+
+    # -- internals -----------------------------------------------------------
+
+    def _require(self, tenant: str, session: str) -> None:
+        if not self.exists(tenant, session):
+            raise ConfigError(f"no session '{session}' has memory for this tenant", key="session_id")
+
+    def _ids(self, tenant: str, session: str) -> list[str]:
+        prefix = f"{_ROW_PREFIX}/{session}/"
+        return sorted(s[len(prefix) :] for s in self.store.sessions(tenant) if s.startswith(prefix))
+
+    def _entries(
+        self, tenant: str, session: str
+    ) -> list[tuple[MemoryEntry, list[float] | None]]:
+        loaded = (self._load(tenant, session, i) for i in self._ids(tenant, session))
+        return [row for row in loaded if row is not None]
+
+    def _load(
+        self, tenant: str, session: str, entry_id: str
+    ) -> tuple[MemoryEntry, list[float] | None] | None:
+        row = self.store.get(tenant, _row(session, entry_id))
+        if row is None:
+            return None
+        vector = row.pop("vector", None)
+        row.pop("version", None)
+        return MemoryEntry.model_validate(row), vector
+
+    def _relevance(
+        self, query: str, rows: list[tuple[MemoryEntry, list[float] | None]]
+    ) -> list[float] | None:
+        embedder = self._embedder_or_none()
+        if embedder is None:
+            return None
+        missing = [i for i, (_, v) in enumerate(rows) if v is None]
+        fresh = embedder.embed([rows[i][0].text for i in missing]) if missing else None
+        vectors = np.asarray(
+            [v if v is not None else [0.0] * embedder.dimension for _, v in rows], dtype=np.float32
+        )
+        if fresh is not None:
+            vectors[missing] = fresh
+        scores = vectors @ np.asarray(embedder.embed_one(query), dtype=np.float32)
+        return [float(s) for s in scores]
+
+    def _embed_row(self, tenant: str, session: str, row: dict[str, Any]) -> None:
+        embedder = self._embedder_or_none()
+        if embedder is None:
+            return
+        vector = embedder.embed_one(row["text"])
+        self.store.put(tenant, _row(session, row["id"]), {**row, "vector": vector.tolist()})
+
+    def _embedder_or_none(self) -> Embedder | None:
+        """The embedder; without the ``embed`` extra recall falls back to recency."""
+        with self._lock:
+            if self._embedder is None and not self._embedder_missing:
+                try:
+                    self._embedder = get_embedder(self._embedder_name)
+                except ModelNotAvailableError:
+                    self._embedder_missing = True
+            return self._embedder
+
+    def _wait(self, tenant: str, session: str) -> None:
+        with self._lock:
+            pending = list(self._pending.get((tenant, session), ()))
+        wait(pending)
+
+    def _settle(self, key: tuple[str, str], future: Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            # The entry itself is stored; recall embeds it on the spot instead.
+            log.warning("embedding a memory entry failed: %s", error)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None:
+                pending.discard(future)
+                if not pending:
+                    del self._pending[key]
+
+
+def _row(session: str, entry_id: str) -> str:
+    return f"{_ROW_PREFIX}/{session}/{entry_id}"
