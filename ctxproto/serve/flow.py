@@ -27,6 +27,7 @@ from ctxproto.budget import Budget
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
 from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.serve.config import ServeConfig
 from ctxproto.stages.base import Stage
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stores.session_state import SessionStateStore
@@ -75,6 +76,15 @@ class ContextFlow:
         self._session_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+
+    @classmethod
+    def from_config(cls, config: ServeConfig, *, source: str | None = None) -> ContextFlow:
+        """The pipeline and the session store a serve config describes."""
+        pipeline = None
+        if config.pipeline is not None:
+            pipeline = Pipeline.from_dict(config.pipeline, source=source)
+        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        return cls(pipeline, store=store)
 
     @property
     def counter(self) -> TokenCounter | None:

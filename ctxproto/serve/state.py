@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ctxproto.errors import ConfigError
-from ctxproto.pipeline import Pipeline
 from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, McpConfig, ServeConfig
 from ctxproto.serve.flow import ContextFlow, Turn
 from ctxproto.serve.metrics import ProxyMetrics
 from ctxproto.serve.protocol import Usage
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.serve.upstream import RemoteUpstream, Upstream
-from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["ProxyState"]
@@ -44,10 +42,7 @@ class ProxyState:
     @classmethod
     def from_config(cls, config: ServeConfig, *, source: str | None = None) -> ProxyState:
         """Build the pipeline, the stores and the upstream a config describes."""
-        pipeline = None
-        if config.pipeline is not None:
-            pipeline = Pipeline.from_dict(config.pipeline, source=source)
-        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        flow = ContextFlow.from_config(config, source=source)
         tenants = Tenants(config.tenant_keys(source))
         try:
             upstream = _build_upstream(config)
@@ -55,7 +50,7 @@ class ProxyState:
             raise ConfigError(exc.detail, file=source, key=exc.key, expected=exc.expected) from None
         models = list(dict.fromkeys([config.served_model, upstream.model]))
         return cls(
-            flow=ContextFlow(pipeline, store=store),
+            flow=flow,
             upstream=upstream,
             tenants=tenants,
             models=models,
