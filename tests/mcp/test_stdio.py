@@ -1,0 +1,77 @@
+"""``ctxproto mcp CONFIG.yaml``: the real client over stdio to a subprocess, and config errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import yaml
+from mcp import Client, StdioServerParameters
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def server_parameters(config: Path) -> StdioServerParameters:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "ctxproto.cli", "mcp", str(config)], env=env
+    )
+
+
+def test_stdio_server_serves_the_configured_tenant(tmp_path: Path) -> None:
+    config = tmp_path / "mcp.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": {
+                    "stages": [{"type": "recency_window", "init_parameters": {"max_turns": 4}}]
+                },
+                "sessions": {"store": str(tmp_path / "sessions")},
+                "mcp": {"tenant": "desk", "output_tokens": 500},
+            }
+        )
+    )
+
+    async def run() -> None:
+        async with Client(server_parameters(config)) as client:
+            assert len((await client.list_tools()).tools) == 8
+            wrote = await client.call_tool(
+                "remember", {"session_id": "s1", "text": "Deadline is 2026-12-01."}
+            )
+            assert not wrote.is_error
+            got = await client.call_tool("recall", {"session_id": "s1"})
+            assert got.structured_content["entries"][0]["text"] == "Deadline is 2026-12-01."
+            bad = await client.call_tool("recall", {"session_id": 7})
+            assert bad.is_error
+            messages = [{"role": "user", "content": "word " * 2000}]
+            capped = await client.call_tool(
+                "assemble_context", {"session_id": "s1", "messages": messages}
+            )
+            assert capped.is_error and "token" in capped.content[0].text  # pinned > cap 500
+
+    anyio.run(run)
+
+    from ctxproto.stores.session_state import SessionStateStore
+
+    store = SessionStateStore(tmp_path / "sessions")
+    assert any(s.startswith("mcp-memory/s1/") for s in store.sessions("desk"))
+    store.close()
+
+
+def test_invalid_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"mcp": {"tool_output_tokens": {"recall": 0}}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "ctxproto.cli", "mcp", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert str(config) in done.stderr and "mcp.tool_output_tokens.recall" in done.stderr
