@@ -146,15 +146,15 @@ class SessionMemory:
 
     def _require(self, tenant: str, session: str) -> None:
         if not self.exists(tenant, session):
-            raise ConfigError(f"no session '{session}' has memory for this tenant", key="session_id")
+            raise ConfigError(
+                f"no session '{session}' has memory for this tenant", key="session_id"
+            )
 
     def _ids(self, tenant: str, session: str) -> list[str]:
         prefix = f"{_ROW_PREFIX}/{session}/"
         return sorted(s[len(prefix) :] for s in self.store.sessions(tenant) if s.startswith(prefix))
 
-    def _entries(
-        self, tenant: str, session: str
-    ) -> list[tuple[MemoryEntry, list[float] | None]]:
+    def _entries(self, tenant: str, session: str) -> list[tuple[MemoryEntry, list[float] | None]]:
         loaded = (self._load(tenant, session, i) for i in self._ids(tenant, session))
         return [row for row in loaded if row is not None]
 

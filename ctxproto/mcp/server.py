@@ -213,8 +213,10 @@ async def remember(
     ctx: Context[McpRuntime, Any],
     kind: Annotated[
         Literal["turn", "note", "summary"],
-        Field(description="turn: a conversation message; note: a fact; summary: replaces "
-        "the session's summary."),
+        Field(
+            description="turn: a conversation message; note: a fact; summary: replaces "
+            "the session's summary."
+        ),
     ] = "note",
     role: Annotated[
         Literal["user", "assistant", "system", "tool"] | None,
@@ -264,8 +266,10 @@ async def cached_answer(
     ctx: Context[McpRuntime, Any],
     context: Annotated[
         str | None,
-        Field(description="What the answer depends on besides the question (a document "
-        "id, a version); answers stored with another context never match."),
+        Field(
+            description="What the answer depends on besides the question (a document "
+            "id, a version); answers stored with another context never match."
+        ),
     ] = None,
 ) -> CacheLookup:
     """Look up an answer given before to a question that means the same thing. The
@@ -281,16 +285,12 @@ async def store_answer(
     question: Annotated[str, Field(min_length=1, max_length=10_000)],
     answer: LongText,
     ctx: Context[McpRuntime, Any],
-    context: Annotated[
-        str | None, Field(description="As in cached_answer.")
-    ] = None,
+    context: Annotated[str | None, Field(description="As in cached_answer.")] = None,
 ) -> StoredAnswer:
     """Store an answer for cached_answer to find next time the question is asked."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(
-        runtime.service.store_answer, tenant, session_id, question, answer, context
-    )
+    return await _tool(runtime.service.store_answer, tenant, session_id, question, answer, context)
 
 
 async def context_stats(

@@ -177,7 +177,9 @@ class ContextService:
         entry = self.memory.add(tenant, session, kind, text, role)
         return Remembered(session_id=session, id=entry.id)
 
-    def recall(self, tenant: str, session: str, query: str | None, max_tokens: int | None) -> Recalled:
+    def recall(
+        self, tenant: str, session: str, query: str | None, max_tokens: int | None
+    ) -> Recalled:
         cap = self.config.cap("recall")
         limit = min(max_tokens, cap) if max_tokens is not None else cap
         return self.memory.recall(tenant, session, query, limit, self.counter)
@@ -222,7 +224,9 @@ class ContextService:
             knowledge = self._knowledge.get(str(path))
             if knowledge is None:
                 if not path.is_dir():
-                    raise StoreError("this tenant has no knowledge store (build one: ctxproto index)")
+                    raise StoreError(
+                        "this tenant has no knowledge store (build one: ctxproto index)"
+                    )
                 knowledge = KnowledgeBase(path, counter=self.counter)
                 self._knowledge[str(path)] = knowledge
             return knowledge

@@ -8,18 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp.types import TextContent
 
 from ctxproto.documents import Document
+from ctxproto.mcp import ContextService
 from ctxproto.pipeline import Pipeline
 from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.serve.config import McpConfig
 from ctxproto.serve.flow import ContextFlow
 from ctxproto.stages.recency_window import RecencyWindow
 from ctxproto.stores.session_state import SessionStateStore
-
-pytest.importorskip("mcp.server.mcpserver")
-
-from ctxproto.mcp import ContextService  # noqa: E402
 
 KNOWLEDGE = {
     "default": [
@@ -62,3 +60,10 @@ def service(mcp_folder: Path) -> Iterator[ContextService]:
     service = make_service(mcp_folder, tool_output_tokens={"recall": 200}, page_size=25)
     yield service
     service.close()
+
+
+def text_of(result: Any) -> str:
+    """The text of a tool result's first content block (where a tool error says why)."""
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return block.text

@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ctxproto.serve import ProxyState, ServerThread, create_app, load_serve_config
-from tests.mcp.conftest import build_knowledge
+from tests.mcp.conftest import build_knowledge, text_of
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerT
             assert mine.structured_content["entries"][0]["text"] == "A's secret 1234"
 
             theirs = await b.call_tool("recall", {"session_id": "shared-name"})
-            assert theirs.is_error and "no session 'shared-name'" in theirs.content[0].text
+            assert theirs.is_error and "no session 'shared-name'" in text_of(theirs)
             cached = await b.call_tool(
                 "cached_answer", {"session_id": "x", "question": "What is the code name?"}
             )
@@ -105,7 +105,7 @@ def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerT
             no_store = await b.call_tool(
                 "search_knowledge", {"session_id": "x", "query": "launch code name"}
             )
-            assert no_store.is_error and "no knowledge store" in no_store.content[0].text
+            assert no_store.is_error and "no knowledge store" in text_of(no_store)
             with pytest.raises(Exception, match="no session"):
                 await b.read_resource("ctxproto://sessions/shared-name/history")
             stats_b = await b.call_tool("context_stats", {"session_id": "x"})
@@ -118,7 +118,9 @@ def test_two_http_clients_writing_one_session_lose_nothing(server: ServerThread)
     async def writer(name: str) -> None:
         async with connect(server, "key-a") as client:
             for i in range(25):
-                got = await client.call_tool("remember", {"session_id": "busy", "text": f"{name}{i}"})
+                got = await client.call_tool(
+                    "remember", {"session_id": "busy", "text": f"{name}{i}"}
+                )
                 assert not got.is_error
 
     async def run() -> None:
@@ -134,8 +136,8 @@ def test_two_http_clients_writing_one_session_lose_nothing(server: ServerThread)
                 texts.extend(e["text"] for e in data["entries"])
                 cursor = data["next_cursor"]
                 uri = f"ctxproto://sessions/busy/history?cursor={cursor}" if cursor else ""
-            assert sorted(texts) == sorted([f"x{i}" for i in range(25)] + [f"y{i}" for i in range(25)])
+            assert sorted(texts) == sorted(
+                [f"x{i}" for i in range(25)] + [f"y{i}" for i in range(25)]
+            )
 
     anyio.run(run)
-
-

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 
 from ctxproto.mcp import ContextService, create_mcp_server
-from tests.mcp.conftest import make_service
+from tests.mcp.conftest import make_service, text_of
 
 TOOLS = {
     "assemble_context",
@@ -93,7 +93,7 @@ def test_assemble_context_output_stays_within_the_budget_and_the_cap(mcp_folder:
             "assemble_context",
             {"session_id": "a-2", "messages": messages, "budget": 5},
         )
-        assert too_small.is_error and "token" in too_small.content[0].text
+        assert too_small.is_error and "token" in text_of(too_small)
     finally:
         service.close()
 
@@ -194,7 +194,9 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
             question = "How long do refunds take?"
-            miss = await client.call_tool("cached_answer", {"session_id": "c-1", "question": question})
+            miss = await client.call_tool(
+                "cached_answer", {"session_id": "c-1", "question": question}
+            )
             assert miss.structured_content == {
                 "hit": False,
                 "answer": None,
@@ -241,7 +243,7 @@ def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
             bad = await client.call_tool(name, arguments)
-            assert bad.is_error and message in bad.content[0].text  # type: ignore[union-attr]
+            assert bad.is_error and message in text_of(bad)
             fine = await client.call_tool("context_stats", {"session_id": "x"})
             assert not fine.is_error
 
@@ -264,7 +266,9 @@ def test_two_clients_writing_one_session_lose_nothing(mcp_folder: Path) -> None:
     async def writer(service: ContextService, name: str) -> None:
         async with Client(create_mcp_server(service)) as client:
             for i in range(40):
-                got = await client.call_tool("remember", {"session_id": "w-1", "text": f"{name}{i}"})
+                got = await client.call_tool(
+                    "remember", {"session_id": "w-1", "text": f"{name}{i}"}
+                )
                 assert not got.is_error
 
     async def run() -> None:

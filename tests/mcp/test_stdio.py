@@ -11,6 +11,8 @@ import anyio
 import yaml
 from mcp import Client, StdioServerParameters
 
+from tests.mcp.conftest import text_of
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -50,7 +52,7 @@ def test_stdio_server_serves_the_configured_tenant(tmp_path: Path) -> None:
             capped = await client.call_tool(
                 "assemble_context", {"session_id": "s1", "messages": messages}
             )
-            assert capped.is_error and "token" in capped.content[0].text  # pinned > cap 500
+            assert capped.is_error and "token" in text_of(capped)  # pinned > cap 500
 
     anyio.run(run)
 
