@@ -131,10 +131,15 @@ class SessionMemory:
             loaded = self._load(tenant, session, entry_id)
             if loaded is None:
                 continue
-            cost = counter.count(loaded[0].text)
+            entry = loaded[0]
+            cost = counter.count(entry.text)
             if entries and used + cost > cap:
                 break
-            entries.append(loaded[0])
+            if cost > cap:  # alone over the cap: its start, marked as cut
+                text = counter.decode(counter.encode(entry.text)[:cap])
+                entry = entry.model_copy(update={"text": text, "truncated": True})
+                cost = counter.count(text)
+            entries.append(entry)
             used += cost
         more = bool(entries) and entries[-1].id != ids[-1]
         return HistoryPage(entries=entries, next_cursor=entries[-1].id if more else None)

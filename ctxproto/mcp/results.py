@@ -73,6 +73,9 @@ class MemoryEntry(BaseModel):
     role: str | None = None
     text: str
     created: float = Field(description="Unix time of the write.")
+    truncated: bool = Field(
+        default=False, description="Only its start is shown: it alone is over the cap."
+    )
 
 
 class Remembered(BaseModel):

@@ -285,3 +285,21 @@ def test_two_clients_writing_one_session_lose_nothing(mcp_folder: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_history_entry_over_the_cap_comes_back_cut_and_marked(
+    service: ContextService, counter: Any
+) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            await client.call_tool("remember", {"session_id": "big", "text": "word " * 1000})
+            await client.call_tool("remember", {"session_id": "big", "text": "small"})
+            read = await client.read_resource("ctxproto://sessions/big/history")
+            page = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+            first = page["entries"][0]
+            assert first["truncated"] is True and counter.count(first["text"]) <= 200
+            assert len(page["entries"]) == 1 and page["next_cursor"] == first["id"]
+            got = await client.call_tool("recall", {"session_id": "big"})
+            assert [e["text"] for e in got.structured_content["entries"]] == ["small"]
+
+    anyio.run(run)

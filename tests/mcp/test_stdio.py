@@ -77,3 +77,12 @@ def test_invalid_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert str(config) in done.stderr and "mcp.tool_output_tokens.recall" in done.stderr
+
+
+def test_the_example_config_is_valid() -> None:
+    from ctxproto.serve.config import load_serve_config
+
+    config = load_serve_config(REPO / "examples" / "mcp" / "desktop.yaml")
+    assert config.mcp.tenant == "desktop"
+    assert config.mcp.cap("recall") == 1500 and config.mcp.cap("compress_text") == 4000
+    assert config.pipeline is not None and config.pipeline["budget"]["max_prompt_tokens"] == 4000
