@@ -68,6 +68,7 @@ class ContextService:
         self._knowledge: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
         self._compress_lock = threading.Lock()
+        self._search_lock = threading.Lock()
 
     # -- assemble_context ----------------------------------------------------
 
@@ -200,7 +201,7 @@ class ContextService:
         cap = self.config.cap("search_knowledge")
         limit = min(max_tokens, cap) if max_tokens is not None else cap
         knowledge = self._knowledge_base(tenant)
-        with self._lock:
+        with self._search_lock:
             found = knowledge.query(query, k=k, fetch_k=max(20, k))
         packed = pack_to_budget(found, self.counter, limit)
         self._record(tenant, session, 0, 0, None)

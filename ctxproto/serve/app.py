@@ -55,9 +55,14 @@ __all__ = ["create_app"]
 log = logging.getLogger("ctxproto.serve")
 
 
-def create_app(state: ProxyState, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones."""
-    mcp = _mcp_endpoint(state)
+def create_app(
+    state: ProxyState, *, routes: Sequence[BaseRoute] = (), mcp_server: bool = True
+) -> Starlette:
+    """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones.
+
+    ``mcp_server=False`` leaves out ``/mcp`` (the runtime's plain model server).
+    """
+    mcp = _mcp_endpoint(state) if mcp_server else None
     app = Starlette(
         routes=[
             *([mcp.route] if mcp is not None else []),

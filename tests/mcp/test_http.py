@@ -141,3 +141,14 @@ def test_two_http_clients_writing_one_session_lose_nothing(server: ServerThread)
             )
 
     anyio.run(run)
+
+
+def test_the_runtime_model_server_has_no_mcp_endpoint() -> None:
+    from ctxproto.serve import ContextFlow, RemoteUpstream
+
+    state = ProxyState(
+        flow=ContextFlow(None), upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m")
+    )
+    with_mcp = {getattr(r, "path", None) for r in create_app(state).routes}
+    without = {getattr(r, "path", None) for r in create_app(state, mcp_server=False).routes}
+    assert "/mcp" in with_mcp and "/mcp" not in without

@@ -63,6 +63,30 @@ def test_stdio_server_serves_the_configured_tenant(tmp_path: Path) -> None:
     store.close()
 
 
+def test_two_server_processes_on_one_store_lose_no_write(tmp_path: Path) -> None:
+    # The reference memory server rewrites one file per change, so two processes
+    # sharing it lose writes; here every entry is its own atomic row.
+    config = tmp_path / "mcp.yaml"
+    config.write_text(yaml.safe_dump({"sessions": {"store": str(tmp_path / "sessions")}}))
+
+    async def writer(name: str) -> None:
+        async with Client(server_parameters(config)) as client:
+            for i in range(30):
+                got = await client.call_tool("remember", {"session_id": "s", "text": f"{name}{i}"})
+                assert not got.is_error
+
+    async def run() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer, "p")
+            group.start_soon(writer, "q")
+        async with Client(server_parameters(config)) as client:
+            got = await client.call_tool("recall", {"session_id": "s", "max_tokens": 100_000})
+            texts = sorted(e["text"] for e in got.structured_content["entries"])
+            assert texts == sorted([f"p{i}" for i in range(30)] + [f"q{i}" for i in range(30)])
+
+    anyio.run(run)
+
+
 def test_invalid_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"mcp": {"tool_output_tokens": {"recall": 0}}}))
