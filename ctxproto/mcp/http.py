@@ -38,11 +38,12 @@ class McpEndpoint:
 
     route: Route
     service: ContextService
-    _app: StreamableHTTPASGIApp
+    app: StreamableHTTPASGIApp
+    """The streamable HTTP transport, behind the key check of ``route``."""
 
     @asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
-        async with self._app.session_manager.run():
+        async with self.app.session_manager.run():
             try:
                 yield
             finally:
@@ -63,7 +64,7 @@ def mcp_endpoint(state: ProxyState) -> McpEndpoint:
     server.streamable_http_app(transport_security=security)  # builds the session manager
     app = StreamableHTTPASGIApp(server.session_manager)
     route = Route(MCP_PATH, _Authenticated(app, state.tenants))
-    return McpEndpoint(route=route, service=service, _app=app)
+    return McpEndpoint(route=route, service=service, app=app)
 
 
 class _Authenticated:

@@ -15,6 +15,7 @@ context7's ``tokens`` parameter and unlike a whole-graph ``read_graph``.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
 from ctxproto.documents import Document
 from ctxproto.errors import BudgetError, ConfigError, StoreError
+from ctxproto.limits import MAX_REQUEST_BYTES
 from ctxproto.mcp.memory import EntryKind, SessionMemory
 from ctxproto.mcp.results import (
     AssembledContext,
@@ -85,6 +87,13 @@ class ContextService:
         """The configured pipeline over ``messages``, fitted to the budget and the cap."""
         if query:
             messages = [*messages, {"role": "user", "content": query}]
+        size = len(json.dumps([messages, documents], ensure_ascii=False, default=str))
+        if size > MAX_REQUEST_BYTES:
+            raise ConfigError(
+                f"messages and documents hold {size:,} characters, over the "
+                f"{MAX_REQUEST_BYTES:,} a request may have",
+                key="messages",
+            )
         try:
             request = ChatRequest.model_validate(
                 {
@@ -152,12 +161,10 @@ class ContextService:
             result = stage.run(context, self.counter)
         kept = result.context.documents
         out = kept[0].text if kept else ""
-        self._record(tenant, session, self.counter.count(text), self.counter.count(out), None)
+        original, tokens = self.counter.count(text), self.counter.count(out)
+        self._record(tenant, session, original, tokens, None)
         return CompressedText(
-            text=out,
-            original_tokens=self.counter.count(text),
-            tokens=self.counter.count(out),
-            counters=result.report.counters,
+            text=out, original_tokens=original, tokens=tokens, counters=result.report.counters
         )
 
     def _token_compressor(self) -> TokenCompressor:

@@ -234,6 +234,11 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
         ("assemble_context", {"session_id": "x", "messages": [{"role": "wizard"}]}, "role"),
         ("assemble_context", {"session_id": "x", "messages": "hello"}, "messages"),
         ("compress_text", {"session_id": "x", "text": "abc", "rate": 3}, "rate"),
+        (
+            "assemble_context",
+            {"session_id": "x", "messages": [{"role": "user", "content": "w" * 9_000_000}] * 2},
+            "over the 16,777,216",
+        ),
         ("nonexistent_tool", {"session_id": "x"}, "nonexistent_tool"),
     ],
 )
