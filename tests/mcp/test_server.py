@@ -143,6 +143,8 @@ def test_remember_then_recall_the_most_relevant_within_the_cap(
             assert out["tokens"] == spent <= 200
             ids = [e["id"] for e in out["entries"]]
             assert ids == sorted(ids)  # oldest first
+            read = await client.read_resource("ctxproto://sessions/m-1/summary")
+            assert read.contents[0].text == "User is migrating staging."  # type: ignore[union-attr]
 
     anyio.run(run)
 
