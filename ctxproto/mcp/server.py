@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from ctxproto.errors import CtxprotoError
@@ -101,17 +102,19 @@ def create_mcp_server(
     server: MCPServer[McpRuntime] = MCPServer(
         "ctxproto", instructions=INSTRUCTIONS, lifespan=lifespan
     )
-    for tool in (
-        assemble_context,
-        compress_text,
-        remember,
-        recall,
-        search_knowledge,
-        cached_answer,
-        store_answer,
-        context_stats,
+    reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    for tool, hints in (
+        (assemble_context, reads),
+        (compress_text, reads),
+        (remember, writes),
+        (recall, reads),
+        (search_knowledge, reads),
+        (cached_answer, reads),
+        (store_answer, writes),
+        (context_stats, reads),
     ):
-        server.add_tool(tool)
+        server.add_tool(tool, annotations=hints)
     server.resource(
         "ctxproto://sessions/{session_id}/summary",
         mime_type="text/plain",

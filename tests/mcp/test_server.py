@@ -49,6 +49,9 @@ def test_lists_tools_with_output_schemas_resources_and_prompts(service: ContextS
             assert {t.name for t in tools} == TOOLS
             for tool in tools:
                 assert tool.description and tool.output_schema is not None
+                assert tool.annotations is not None
+                writes = tool.name in ("remember", "store_answer")
+                assert tool.annotations.read_only_hint is not writes
                 assert "session_id" in tool.input_schema["required"]
             templates = (await client.list_resource_templates()).resource_templates
             assert {t.uri_template for t in templates} == {
