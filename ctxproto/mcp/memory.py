@@ -11,6 +11,12 @@ relevance recall runs on a background thread (mem0's ``add_memories`` blocks
 the client for the whole extraction); ``recall`` waits for this process's
 pending work on the session, so a write is always visible to the next recall,
 and embeds on the spot any entry another process has not embedded yet.
+
+Turns are also folded into a rolling summary in the background, by the
+``summarizer`` stage (extractive: the most central sentences, and every fact a
+user stated about themselves, kept verbatim), once enough have gathered beyond
+the newest ``SUMMARY_KEEP_TURNS``. ``recall`` returns the latest summary an agent
+stored (``kind="summary"``), else that one.
 """
 
 from __future__ import annotations
@@ -20,21 +26,29 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 import numpy as np
 
+from ctxproto.context import Context
 from ctxproto.errors import ConfigError, ModelNotAvailableError
 from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
+from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import TokenCounter
 
-__all__ = ["EntryKind", "SessionMemory"]
+__all__ = ["SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
 
 EntryKind = Literal["turn", "note", "summary"]
 _ROW_PREFIX = "mcp-memory"
+_SUMMARY_ROW = "mcp-summary"
+_SUMMARIZER_STATE = "mcp-summarizer"
+SUMMARY_KEEP_TURNS = 8
+"""Newest turns never folded into the automatic summary."""
 _ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
 _VERSION = 1
 
@@ -49,8 +63,17 @@ class SessionMemory:
         self._embedder_name = embedder
         self._embedder: Embedder | None = None
         self._embedder_missing = False
+        self._summarizer = Summarizer(
+            model=None,
+            embedder=embedder,
+            keep_turns=SUMMARY_KEEP_TURNS,
+            checkpoint_every=4,
+            max_summary_tokens=300,
+            state_path=str(store.path),
+        )
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
         self._pending: dict[tuple[str, str], set[Future[None]]] = {}
+        self._summary_queued: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def add(
@@ -61,21 +84,31 @@ class SessionMemory:
         entry = MemoryEntry(id=entry_id, kind=kind, role=role, text=text, created=time.time())
         row = {"version": _VERSION, **entry.model_dump()}
         self.store.put(tenant, _row(session, entry_id), row)
-        future = self._background.submit(self._embed_row, tenant, session, row)
-        key = (tenant, session)
-        with self._lock:
-            self._pending.setdefault(key, set()).add(future)
-        future.add_done_callback(lambda done: self._settle(key, done))
+        self._in_background(tenant, session, self._embed_row, row)
+        if kind == "turn":
+            with self._lock:
+                queued = (tenant, session) in self._summary_queued
+                self._summary_queued.add((tenant, session))
+            if not queued:  # one queued fold per session covers every turn before it starts
+                self._in_background(tenant, session, self._summarize)
         return entry
 
     def exists(self, tenant: str, session: str) -> bool:
         return bool(self._ids(tenant, session))
 
     def summary(self, tenant: str, session: str) -> str | None:
-        """The latest summary entry of the session, if any."""
+        """The latest summary an agent stored, else the automatic one, if any."""
         self._require(tenant, session)
-        summaries = [e for e, _ in self._entries(tenant, session) if e.kind == "summary"]
-        return summaries[-1].text if summaries else None
+        self._wait(tenant, session)
+        return self._summary(tenant, session, [e for e, _ in self._entries(tenant, session)])
+
+    def _summary(self, tenant: str, session: str, entries: list[MemoryEntry]) -> str | None:
+        stored = [e.text for e in entries if e.kind == "summary"]
+        if stored:
+            return stored[-1]
+        row = self.store.get(tenant, f"{_SUMMARY_ROW}/{session}") or {}
+        text = row.get("summary")
+        return text if isinstance(text, str) and text else None
 
     def recall(
         self, tenant: str, session: str, query: str | None, cap: int, counter: TokenCounter
@@ -85,11 +118,12 @@ class SessionMemory:
         self._require(tenant, session)
         self._wait(tenant, session)
         rows = self._entries(tenant, session)
-        summaries = [e for e, _ in rows if e.kind == "summary"]
-        summary = summaries[-1].text if summaries else None
+        summary = self._summary(tenant, session, [e for e, _ in rows])
         used = counter.count(summary) if summary else 0
-        if used > cap:
-            summary, used = None, 0
+        summary_truncated = used > cap
+        if summary and summary_truncated:  # the summary comes first: its start, marked as cut
+            summary = counter.decode(counter.encode(summary)[:cap])
+            used = counter.count(summary)
         candidates = [(e, v) for e, v in rows if e.kind != "summary"]
         order = list(reversed(range(len(candidates))))
         if query and candidates:
@@ -106,6 +140,7 @@ class SessionMemory:
         return Recalled(
             session_id=session,
             summary=summary,
+            summary_truncated=summary_truncated,
             entries=entries,
             tokens=used,
             total_entries=len(rows),
@@ -188,6 +223,34 @@ class SessionMemory:
             vectors[missing] = fresh
         scores = vectors @ np.asarray(embedder.embed_one(query), dtype=np.float32)
         return [float(s) for s in scores]
+
+    def _in_background(
+        self, tenant: str, session: str, work: Callable[..., None], *args: Any
+    ) -> None:
+        future = self._background.submit(work, tenant, session, *args)
+        key = (tenant, session)
+        with self._lock:
+            self._pending.setdefault(key, set()).add(future)
+        future.add_done_callback(lambda done: self._settle(key, done))
+
+    def _summarize(self, tenant: str, session: str) -> None:
+        """Fold the session's older turns into its rolling summary (a no-op until enough)."""
+        with self._lock:
+            self._summary_queued.discard((tenant, session))
+        if self._embedder_or_none() is None:
+            return
+        turns = [e for e, _ in self._entries(tenant, session) if e.kind == "turn"]
+        history = [
+            Message(role=e.role if e.role in ("user", "assistant") else "user", content=e.text)
+            for e in turns
+        ]
+        context = Context(
+            history=history, session_id=f"{_SUMMARIZER_STATE}/{session}", tenant_id=tenant
+        )
+        summary = self._summarizer.run(context).context.summary
+        if summary:
+            row = {"version": _VERSION, "summary": summary, "turns": len(turns)}
+            self.store.put(tenant, f"{_SUMMARY_ROW}/{session}", row)
 
     def _embed_row(self, tenant: str, session: str, row: dict[str, Any]) -> None:
         embedder = self._embedder_or_none()

@@ -89,7 +89,12 @@ class Recalled(BaseModel):
     """A session's summary and its entries most relevant to the query, oldest first."""
 
     session_id: str
-    summary: str | None
+    summary: str | None = Field(
+        description="What you stored as kind=summary, else the older turns folded together."
+    )
+    summary_truncated: bool = Field(
+        default=False, description="Only the summary's start fits the cap."
+    )
     entries: list[MemoryEntry]
     tokens: int = Field(description="Tokens of the summary and the entries returned.")
     total_entries: int = Field(description="Entries the session holds in all.")

@@ -313,3 +313,27 @@ def test_a_history_entry_over_the_cap_comes_back_cut_and_marked(
             assert [e["text"] for e in got.structured_content["entries"]] == ["small"]
 
     anyio.run(run)
+
+
+def test_older_turns_fold_into_a_summary_in_the_background(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            turns = [("user", "Hi, my order number is ORD-551203 and it never arrived.")]
+            for i in range(15):
+                turns.append(("assistant", f"Checking the carrier records, step {i}."))
+                turns.append(("user", f"Still waiting on update number {i}, thanks."))
+            for role, text in turns:
+                got = await client.call_tool(
+                    "remember", {"session_id": "fold", "kind": "turn", "role": role, "text": text}
+                )
+                assert not got.is_error
+            read = await client.read_resource("ctxproto://sessions/fold/summary")
+            summary = read.contents[0].text  # type: ignore[union-attr]
+            assert "ORD-551203" in summary  # a stated fact survives folding
+            assert "update number 14" not in summary  # the newest turns stay out
+            recalled = await client.call_tool("recall", {"session_id": "fold", "max_tokens": 30})
+            out = recalled.structured_content
+            assert out["summary_truncated"] is True and out["tokens"] <= 30
+            assert out["summary"] == summary[: len(out["summary"])]
+
+    anyio.run(run)
