@@ -61,7 +61,10 @@ def mcp_endpoint(state: ProxyState) -> McpEndpoint:
         allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
         allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
     )
-    server.streamable_http_app(transport_security=security)  # builds the session manager
+    # Builds the session manager; bodies are bounded as the proxy's are.
+    server.streamable_http_app(
+        transport_security=security, max_request_body_size=state.limits.max_body_bytes
+    )
     app = StreamableHTTPASGIApp(server.session_manager)
     route = Route(MCP_PATH, _Authenticated(app, state.tenants))
     return McpEndpoint(route=route, service=service, app=app)

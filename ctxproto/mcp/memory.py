@@ -122,7 +122,7 @@ class SessionMemory:
         used = counter.count(summary) if summary else 0
         summary_truncated = used > cap
         if summary and summary_truncated:  # the summary comes first: its start, marked as cut
-            summary = counter.decode(counter.encode(summary)[:cap])
+            summary = _cut(summary, cap, counter)
             used = counter.count(summary)
         candidates = [(e, v) for e, v in rows if e.kind != "summary"]
         order = list(reversed(range(len(candidates))))
@@ -171,7 +171,7 @@ class SessionMemory:
             if entries and used + cost > cap:
                 break
             if cost > cap:  # alone over the cap: its start, marked as cut
-                text = counter.decode(counter.encode(entry.text)[:cap])
+                text = _cut(entry.text, cap, counter)
                 entry = entry.model_copy(update={"text": text, "truncated": True})
                 cost = counter.count(text)
             entries.append(entry)
@@ -289,3 +289,8 @@ class SessionMemory:
 
 def _row(session: str, entry_id: str) -> str:
     return f"{_ROW_PREFIX}/{session}/{entry_id}"
+
+
+def _cut(text: str, tokens: int, counter: TokenCounter) -> str:
+    """The start of ``text`` that fits ``tokens``."""
+    return counter.decode(counter.encode(text)[:tokens])
