@@ -71,16 +71,26 @@ def mcp_endpoint(state: ProxyState) -> McpEndpoint:
 
 
 class _Authenticated:
-    """401 for a missing or unknown bearer key, in the proxy's error envelope."""
+    """401 for a missing or unknown bearer key, 429 over the tenant's limit, in the
+    proxy's error envelope."""
 
     def __init__(self, app: StreamableHTTPASGIApp, tenants: Tenants) -> None:
         self.app = app
         self.tenants = tenants
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Calls (POSTs) count against the tenant's max_concurrent_requests as proxy
+        # requests do; the long-lived GET event stream and DELETE do not.
+        counted = scope.get("method") == "POST"
         try:
-            self.tenants.authenticate(Headers(scope=scope).get("authorization"))
+            tenant = self.tenants.authenticate(Headers(scope=scope).get("authorization"))
+            if counted:
+                self.tenants.enter(tenant)
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if counted:
+                self.tenants.leave(tenant)

@@ -27,7 +27,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[
         "pipeline": {"stages": [{"type": "recency_window", "init_parameters": {"max_turns": 2}}]},
         # Never called: MCP clients bring their own model.
         "upstream": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
-        "tenants": [{"id": "tenant-a", "key": "key-a"}, {"id": "tenant-b", "key": "key-b"}],
+        "tenants": [
+            {"id": "tenant-a", "key": "key-a"},
+            {"id": "tenant-b", "key": "key-b"},
+            {"id": "tenant-c", "key": "key-c", "max_concurrent_requests": 1},
+        ],
         "sessions": {"store": str(root / "sessions")},
         "mcp": {
             "knowledge": build_knowledge(root / "knowledge", embedder),
@@ -39,6 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[
     path.write_text(yaml.safe_dump(config))
     state = ProxyState.from_config(load_serve_config(path), source=str(path))
     with ServerThread(create_app(state)) as running:
+        running.state = state  # type: ignore[attr-defined]
         yield running
 
 
@@ -79,6 +84,27 @@ def test_a_missing_or_unknown_key_is_refused_before_mcp(server: ServerThread) ->
         answer = httpx.post(f"{server.base_url}/mcp", json=body, headers=headers)
         assert answer.status_code == 401
         assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_calls_count_against_the_tenants_concurrency_limit(server: ServerThread) -> None:
+    tenants = server.state.tenants  # type: ignore[attr-defined]
+    tenant_c = tenants.authenticate("Bearer key-c")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"Authorization": "Bearer key-c"}
+    tenants.enter(tenant_c)  # one call of tenant-c in flight: the limit
+    try:
+        busy = httpx.post(f"{server.base_url}/mcp", json=body, headers=headers)
+        assert busy.status_code == 429 and busy.headers["retry-after"]
+    finally:
+        tenants.leave(tenant_c)
+
+    async def run() -> None:
+        async with connect(server, "key-c") as client:
+            assert (await client.list_tools()).tools
+
+    anyio.run(run)
+    tenants.enter(tenant_c)  # the slot is free again: every call left
+    tenants.leave(tenant_c)
 
 
 def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerThread) -> None:
