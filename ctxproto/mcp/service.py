@@ -38,11 +38,11 @@ from ctxproto.mcp.results import (
     KnowledgeResults,
     Recalled,
     Remembered,
-    SessionStats,
     StageSummary,
     Stats,
     StoredAnswer,
 )
+from ctxproto.mcp.stats import UsageStats
 from ctxproto.messages import Message
 from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.retrieval.packing import pack_to_budget
@@ -64,7 +64,7 @@ class ContextService:
         self.config = config or McpConfig()
         self.counter: TokenCounter = flow.counter or get_counter()
         self.memory = SessionMemory(flow.store)
-        self._stats: dict[str, dict[str, SessionStats]] = {}
+        self.usage = UsageStats(flow.store)
         self._compressor: TokenCompressor | None = None
         self._cache: SemanticCache | None = None
         self._knowledge: dict[str, KnowledgeBase] = {}
@@ -285,14 +285,7 @@ class ContextService:
     # -- context_stats -------------------------------------------------------
 
     def stats(self, tenant: str, session: str | None) -> Stats:
-        with self._lock:
-            sessions = {k: v.model_copy() for k, v in self._stats.get(tenant, {}).items()}
-        overall = SessionStats()
-        for one in sessions.values():
-            for field in SessionStats.model_fields:
-                setattr(overall, field, getattr(overall, field) + getattr(one, field))
-        chosen = sessions.get(session, SessionStats()) if session is not None else None
-        return Stats(overall=overall, session=chosen, sessions=len(sessions))
+        return self.usage.summary(tenant, session)
 
     def _record(
         self,
@@ -304,16 +297,8 @@ class ContextService:
         *,
         lookup: bool = False,
     ) -> None:
-        with self._lock:
-            one = self._stats.setdefault(tenant, {}).setdefault(session, SessionStats())
-            one.calls += 1
-            one.original_tokens += original
-            one.prompt_tokens += prompt
-            one.saved_tokens += max(original - prompt, 0)
-            if answer is not None:
-                one.cache_hits += 1
-            elif lookup:
-                one.cache_misses += 1
+        hit = answer is not None
+        self.usage.record(tenant, session, original, prompt, hit=hit, miss=lookup and not hit)
 
     def close(self) -> None:
         self.memory.close()

@@ -337,3 +337,22 @@ def test_older_turns_fold_into_a_summary_in_the_background(service: ContextServi
             assert out["summary"] == summary[: len(out["summary"])]
 
     anyio.run(run)
+
+
+def test_stats_add_up_across_processes_and_survive_a_restart(tmp_path: Path) -> None:
+    messages = conversation(9)
+    first, second = make_service(tmp_path), make_service(tmp_path)  # two processes
+    try:
+        for service in (first, second):
+            call(service, "assemble_context", {"session_id": "st", "messages": messages})
+        one = first.stats("default", "st").session
+        assert one is not None and one.calls == 2 and one.saved_tokens > 0
+    finally:
+        first.close()
+        second.close()
+    restarted = make_service(tmp_path)
+    try:
+        again = call(restarted, "context_stats", {"session_id": "st"}).structured_content
+        assert again["session"] == one.model_dump() and again["sessions"] == 1
+    finally:
+        restarted.close()
