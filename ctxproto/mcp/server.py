@@ -15,6 +15,7 @@ become tool errors the model can read; the server keeps serving.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,12 +49,11 @@ T = TypeVar("T")
 MAX_TEXT_CHARS = 2_000_000
 """Longer inputs are refused before any work (about 500k tokens)."""
 
+SESSION_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
 SessionId = Annotated[
     str,
     Field(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9_.:@-]+$",
+        pattern=SESSION_PATTERN.pattern,
         description="Your conversation's id: letters, digits and _.:@- only.",
     ),
 ]
@@ -310,7 +310,7 @@ async def context_stats(
 
 async def session_summary(session_id: str, ctx: Context[McpRuntime, Any]) -> str:
     runtime = _runtime(ctx)
-    tenant = _resource_tenant(runtime, ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
     summary = await _resource(runtime.service.summary, tenant, session_id)
     return summary or ""
 
@@ -319,14 +319,14 @@ async def session_history(
     session_id: str, ctx: Context[McpRuntime, Any], cursor: str | None = None
 ) -> str:
     runtime = _runtime(ctx)
-    tenant = _resource_tenant(runtime, ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
     page = await _resource(runtime.service.history, tenant, session_id, cursor)
     return page.model_dump_json()
 
 
 async def tenant_stats(ctx: Context[McpRuntime, Any], session_id: str | None = None) -> str:
     runtime = _runtime(ctx)
-    tenant = _resource_tenant(runtime, ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
     stats = await _resource(runtime.service.stats, tenant, session_id)
     return stats.model_dump_json()
 
@@ -357,7 +357,12 @@ def _runtime(ctx: Context[McpRuntime, Any]) -> McpRuntime:
     return ctx.request_context.lifespan_context
 
 
-def _resource_tenant(runtime: McpRuntime, ctx: Context[McpRuntime, Any]) -> str:
+def _resource_tenant(
+    runtime: McpRuntime, ctx: Context[McpRuntime, Any], session_id: str | None = None
+) -> str:
+    """The caller's tenant; a resource URI's session id is checked as a tool argument is."""
+    if session_id is not None and not SESSION_PATTERN.fullmatch(session_id):
+        raise ResourceError("session_id: letters, digits and _.:@- only, at most 200")
     try:
         return runtime.tenant_of(ctx)
     except ToolError as exc:

@@ -265,6 +265,9 @@ def test_unknown_session_resource_is_a_resource_error(service: ContextService) -
         async with Client(create_mcp_server(service)) as client:
             with pytest.raises(Exception, match="no session 'ghost'"):
                 await client.read_resource("ctxproto://sessions/ghost/summary")
+            with pytest.raises(Exception, match="session_id"):
+                await client.read_resource("ctxproto://sessions/a%2Fb/history")
+            assert (await client.call_tool("context_stats", {"session_id": "x"})).structured_content
 
     anyio.run(run)
 
