@@ -22,7 +22,7 @@ from ctxproto.errors import CtxprotoError, UsageError
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules under ctxproto.cli; each defines register(subparsers).
-COMMANDS = ("run", "demo", "bench", "eval", "index", "serve")
+COMMANDS = ("run", "demo", "bench", "eval", "index", "serve", "mcp")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -8,16 +8,18 @@ use the same pipeline, stores and upstream::
     GET  /v1/models             the served model name
     GET  /health                readiness: the upstream answers, the stores open
     GET  /metrics               Prometheus text
+    /mcp                        the MCP server (streamable HTTP), with the mcp extra
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.applications import Starlette
@@ -45,26 +47,40 @@ from ctxproto.serve.protocol import (
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import session_id
 
+if TYPE_CHECKING:
+    from ctxproto.mcp.http import McpEndpoint
+
 __all__ = ["create_app"]
 
 log = logging.getLogger("ctxproto.serve")
 
 
-def create_app(state: ProxyState, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones."""
+def create_app(
+    state: ProxyState, *, routes: Sequence[BaseRoute] = (), mcp_server: bool = True
+) -> Starlette:
+    """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones.
+
+    ``mcp_server=False`` leaves out ``/mcp`` (the runtime's plain model server).
+    """
+    mcp = _mcp_endpoint(state) if mcp_server else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The upstream's connections belong to the server's event loop: close them
         # there, when the server stops, not from another loop afterwards.
         try:
-            yield
+            if mcp is None:
+                yield
+            else:
+                async with mcp.lifespan(app):
+                    yield
         finally:
             await state.aclose()
 
     app = Starlette(
         lifespan=lifespan,
         routes=[
+            *([mcp.route] if mcp is not None else []),
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
             Route("/v1/models", _models, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
@@ -79,6 +95,15 @@ def create_app(state: ProxyState, *, routes: Sequence[BaseRoute] = ()) -> Starle
     )
     app.state.proxy = state
     return app
+
+
+def _mcp_endpoint(state: ProxyState) -> McpEndpoint | None:
+    """The MCP server at /mcp over the same state, when the mcp extra is installed."""
+    if importlib.util.find_spec("mcp") is None:
+        return None
+    from ctxproto.mcp.http import mcp_endpoint
+
+    return mcp_endpoint(state)
 
 
 def _state(request: Request) -> ProxyState:

@@ -21,6 +21,7 @@ from ctxproto.errors import ConfigError
 __all__ = [
     "LimitsConfig",
     "LocalUpstreamConfig",
+    "McpConfig",
     "RemoteUpstreamConfig",
     "ServeConfig",
     "SessionConfig",
@@ -108,6 +109,44 @@ class LimitsConfig(_Section):
     read_timeout_s: float = Field(default=30.0, gt=0, description="To receive a whole body.")
 
 
+McpToolName = Literal[
+    "assemble_context",
+    "compress_text",
+    "recall",
+    "search_knowledge",
+    "cached_answer",
+]
+"""The MCP tools whose output can grow with the data: each has a token cap."""
+
+
+class McpConfig(_Section):
+    """The MCP server (``ctxproto mcp``, and ``/mcp`` inside ``ctxproto serve``)."""
+
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The tenant of a stdio server; over HTTP the bearer key decides.",
+    )
+    output_tokens: int = Field(default=4000, gt=0, description="Default cap on a tool's output.")
+    tool_output_tokens: dict[McpToolName, Annotated[int, Field(gt=0)]] = Field(
+        default_factory=dict, description="Per-tool caps over output_tokens."
+    )
+    page_size: int = Field(default=50, ge=1, le=1000, description="History entries per page.")
+    knowledge: str | None = Field(
+        default=None,
+        description="Store folder built with `ctxproto index`; {tenant} is the tenant id.",
+    )
+    cache: str | None = Field(
+        default=None,
+        description="Semantic-cache folder, when the pipeline has no semantic_cache stage.",
+    )
+    cache_threshold: float = Field(default=0.85, ge=-1.0, le=1.0)
+
+    def cap(self, tool: McpToolName) -> int:
+        """The output cap of ``tool`` in tokens."""
+        return self.tool_output_tokens.get(tool, self.output_tokens)
+
+
 class ServeConfig(_Section):
     """The whole serve config file."""
 
@@ -119,6 +158,7 @@ class ServeConfig(_Section):
     tenants: list[TenantConfig] = Field(default_factory=list)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
     def tenant_keys(self, source: str | None = None) -> dict[str, TenantConfig]:
         """API key -> tenant; a missing env var or key file is a ``ConfigError``."""

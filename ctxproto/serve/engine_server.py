@@ -46,7 +46,7 @@ class OpenAIServer(ServerThread):
             models=[model],
             limits=limits or LimitsConfig(),
         )
-        super().__init__(create_app(self.state), host=host, port=port)
+        super().__init__(create_app(self.state, mcp_server=False), host=host, port=port)
 
     def __enter__(self) -> OpenAIServer:
         self.start()

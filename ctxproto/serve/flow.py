@@ -23,9 +23,12 @@ from typing import Any, Literal
 import anyio.to_thread
 from pydantic import ValidationError
 
+from ctxproto.budget import Budget
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
 from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.serve.config import ServeConfig
+from ctxproto.stages.base import Stage
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import TokenCounter
@@ -73,6 +76,15 @@ class ContextFlow:
         self._session_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+
+    @classmethod
+    def from_config(cls, config: ServeConfig, *, source: str | None = None) -> ContextFlow:
+        """The pipeline and the session store a serve config describes."""
+        pipeline = None
+        if config.pipeline is not None:
+            pipeline = Pipeline.from_dict(config.pipeline, source=source)
+        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        return cls(pipeline, store=store)
 
     @property
     def counter(self) -> TokenCounter | None:
@@ -152,6 +164,19 @@ class ContextFlow:
         if lock is not None:
             lock.release()
 
+    def run(self, context: Context, *, budget: Budget | None = None) -> PipelineResult:
+        """Run the pipeline (or, with no pipeline, the assembler alone) on a built context.
+
+        For other surfaces in the process (the MCP server): they share this
+        flow's one-run-at-a-time lock, as the stages keep state. ``budget``
+        replaces the pipeline's own for this run; the stage objects are the same.
+        Blocking: call it from a worker thread.
+        """
+        pipeline = self.pipeline or Pipeline()
+        if budget is not None:
+            pipeline = _derived(pipeline, pipeline.stages, budget)
+        return self._run(pipeline, context)
+
     def history(self, tenant: str, session: str) -> list[dict[str, Any]]:
         """The stored conversation of a stateful session."""
         return self._load_history(tenant, session)
@@ -221,9 +246,15 @@ def _has_cache(pipeline: Pipeline) -> bool:
 
 def _without_cache(pipeline: Pipeline) -> Pipeline:
     """The same stage objects minus the semantic cache, for requests that bypass it."""
+    stages = [s for s in pipeline.stages if not isinstance(s, SemanticCacheLookup)]
+    return _derived(pipeline, stages, pipeline.budget)
+
+
+def _derived(pipeline: Pipeline, stages: list[Stage], budget: Budget | None) -> Pipeline:
+    """A pipeline over ``stages`` (the same objects) with ``pipeline``'s settings."""
     return Pipeline(
-        [s for s in pipeline.stages if not isinstance(s, SemanticCacheLookup)],
-        pipeline.budget,
+        stages,
+        budget,
         name=pipeline.name,
         tokenizer=pipeline.tokenizer,
         render=pipeline.render,

@@ -29,7 +29,7 @@ def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Co
         port=port,
         log_level=options.pop("log_level", "warning"),
         timeout_keep_alive=KEEP_ALIVE_S,
-        lifespan="on",  # the app closes its upstream when the server stops
+        lifespan="on",  # the app closes its upstream and runs the /mcp sessions there
         **options,
     )
 

@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ctxproto.errors import ConfigError
-from ctxproto.pipeline import Pipeline
-from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, ServeConfig
+from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, McpConfig, ServeConfig
 from ctxproto.serve.flow import ContextFlow, Turn
 from ctxproto.serve.metrics import ProxyMetrics
 from ctxproto.serve.protocol import Usage
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.serve.upstream import RemoteUpstream, Upstream
-from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["ProxyState"]
@@ -37,15 +35,14 @@ class ProxyState:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     session_mode: Literal["stateless", "stateful"] = "stateless"
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    mcp: McpConfig = field(default_factory=McpConfig)
+    """The caps and stores of the MCP endpoint mounted at ``/mcp``."""
     _counter: TokenCounter | None = None
 
     @classmethod
     def from_config(cls, config: ServeConfig, *, source: str | None = None) -> ProxyState:
         """Build the pipeline, the stores and the upstream a config describes."""
-        pipeline = None
-        if config.pipeline is not None:
-            pipeline = Pipeline.from_dict(config.pipeline, source=source)
-        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        flow = ContextFlow.from_config(config, source=source)
         tenants = Tenants(config.tenant_keys(source))
         try:
             upstream = _build_upstream(config)
@@ -53,12 +50,13 @@ class ProxyState:
             raise ConfigError(exc.detail, file=source, key=exc.key, expected=exc.expected) from None
         models = list(dict.fromkeys([config.served_model, upstream.model]))
         return cls(
-            flow=ContextFlow(pipeline, store=store),
+            flow=flow,
             upstream=upstream,
             tenants=tenants,
             models=models,
             limits=config.limits,
             session_mode=config.sessions.mode,
+            mcp=config.mcp,
         )
 
     def record(self, turn: Turn, usage: Usage) -> None:

@@ -1,0 +1,96 @@
+"""The MCP server over streamable HTTP, at ``/mcp`` inside ``ctxproto serve``.
+
+It shares the proxy's ``ProxyState``: the same pipeline and stores (through its
+``ContextFlow``) and the same tenants. A request without a valid bearer key is
+answered 401 before it reaches the MCP session layer, and each tool call
+resolves its tenant from the key again, so a session can never act for
+another tenant. The session manager needs a running task group, which the
+app's lifespan provides (``McpEndpoint.lifespan``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ctxproto.mcp.server import create_mcp_server
+from ctxproto.mcp.service import ContextService
+from ctxproto.serve.envelope import APIError, error_response
+from ctxproto.serve.state import ProxyState
+from ctxproto.serve.tenancy import Tenants
+
+__all__ = ["MCP_PATH", "McpEndpoint", "mcp_endpoint"]
+
+MCP_PATH = "/mcp"
+
+
+@dataclass
+class McpEndpoint:
+    """The route to mount and the lifespan to run in the host app."""
+
+    route: Route
+    service: ContextService
+    app: StreamableHTTPASGIApp
+    """The streamable HTTP transport, behind the key check of ``route``."""
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        async with self.app.session_manager.run():
+            try:
+                yield
+            finally:
+                self.service.close()
+
+
+def mcp_endpoint(state: ProxyState) -> McpEndpoint:
+    """The MCP endpoint over ``state``'s flow, tenants and ``mcp`` settings."""
+    service = ContextService(state.flow, state.mcp)
+    server = create_mcp_server(service, tenants=state.tenants)
+    # With no keys the proxy listens on loopback only (unless told otherwise), and a
+    # browser page must not reach it through DNS rebinding; with keys, the key decides.
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=state.tenants.open,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+    # Builds the session manager; bodies are bounded as the proxy's are.
+    server.streamable_http_app(
+        transport_security=security, max_request_body_size=state.limits.max_body_bytes
+    )
+    app = StreamableHTTPASGIApp(server.session_manager)
+    route = Route(MCP_PATH, _Authenticated(app, state.tenants))
+    return McpEndpoint(route=route, service=service, app=app)
+
+
+class _Authenticated:
+    """401 for a missing or unknown bearer key, 429 over the tenant's limit, in the
+    proxy's error envelope."""
+
+    def __init__(self, app: StreamableHTTPASGIApp, tenants: Tenants) -> None:
+        self.app = app
+        self.tenants = tenants
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Calls (POSTs) count against the tenant's max_concurrent_requests as proxy
+        # requests do; the long-lived GET event stream and DELETE do not.
+        counted = scope.get("method") == "POST"
+        try:
+            tenant = self.tenants.authenticate(Headers(scope=scope).get("authorization"))
+            if counted:
+                self.tenants.enter(tenant)
+        except APIError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if counted:
+                self.tenants.leave(tenant)

@@ -1,0 +1,296 @@
+"""Session memory for MCP clients: turns, notes and summaries, recalled within a token cap.
+
+Each entry is its own row of the ``SessionStateStore`` (one atomic diskcache
+write under a fresh, time-ordered id), never a list read, extended and written
+back: two clients, or two server processes sharing the store folder, writing
+to one session at once cannot overwrite each other's entries. This is what the
+reference ``memory`` MCP server gets wrong (a whole-file rewrite per change).
+
+A write returns as soon as the row is on disk. Embedding the entry for
+relevance recall runs on a background thread (mem0's ``add_memories`` blocks
+the client for the whole extraction); ``recall`` waits for this process's
+pending work on the session, so a write is always visible to the next recall,
+and embeds on the spot any entry another process has not embedded yet.
+
+Turns are also folded into a rolling summary in the background, by the
+``summarizer`` stage (extractive: the most central sentences, and every fact a
+user stated about themselves, kept verbatim), once enough have gathered beyond
+the newest ``SUMMARY_KEEP_TURNS``. ``recall`` returns the latest summary an agent
+stored (``kind="summary"``), else that one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Literal
+
+import numpy as np
+
+from ctxproto.context import Context
+from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
+from ctxproto.messages import Message
+from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.stages.summarizer import Summarizer
+from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import TokenCounter
+
+__all__ = ["SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
+
+EntryKind = Literal["turn", "note", "summary"]
+_ROW_PREFIX = "mcp-memory"
+_SUMMARY_ROW = "mcp-summary"
+_SUMMARIZER_STATE = "mcp-summarizer"
+SUMMARY_KEEP_TURNS = 8
+"""Newest turns never folded into the automatic summary."""
+_ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
+_VERSION = 1
+
+log = logging.getLogger("ctxproto.mcp")
+
+
+class SessionMemory:
+    """Remember and recall entries per ``(tenant, session)``."""
+
+    def __init__(self, store: SessionStateStore, *, embedder: str = "default") -> None:
+        self.store = store
+        self._embedder_name = embedder
+        self._embedder: Embedder | None = None
+        self._embedder_missing = False
+        self._summarizer = Summarizer(
+            model=None,
+            embedder=embedder,
+            keep_turns=SUMMARY_KEEP_TURNS,
+            checkpoint_every=4,
+            max_summary_tokens=300,
+            state_path=str(store.path),
+        )
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
+        self._pending: dict[tuple[str, str], set[Future[None]]] = {}
+        self._summary_queued: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def add(
+        self, tenant: str, session: str, kind: EntryKind, text: str, role: str | None = None
+    ) -> MemoryEntry:
+        """Store one entry now; its embedding follows in the background."""
+        entry_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        entry = MemoryEntry(id=entry_id, kind=kind, role=role, text=text, created=time.time())
+        row = {"version": _VERSION, **entry.model_dump()}
+        self.store.put(tenant, _row(session, entry_id), row)
+        self._in_background(tenant, session, self._embed_row, row)
+        if kind == "turn":
+            with self._lock:
+                queued = (tenant, session) in self._summary_queued
+                self._summary_queued.add((tenant, session))
+            if not queued:  # one queued fold per session covers every turn before it starts
+                self._in_background(tenant, session, self._summarize)
+        return entry
+
+    def exists(self, tenant: str, session: str) -> bool:
+        return bool(self._ids(tenant, session))
+
+    def summary(self, tenant: str, session: str) -> str | None:
+        """The latest summary an agent stored, else the automatic one, if any."""
+        self._require(tenant, session)
+        self._wait(tenant, session)
+        return self._summary(tenant, session, [e for e, _ in self._entries(tenant, session)])
+
+    def _summary(self, tenant: str, session: str, entries: list[MemoryEntry]) -> str | None:
+        stored = [e.text for e in entries if e.kind == "summary"]
+        if stored:
+            return stored[-1]
+        row = self.store.get(tenant, f"{_SUMMARY_ROW}/{session}") or {}
+        text = row.get("summary")
+        return text if isinstance(text, str) and text else None
+
+    def recall(
+        self, tenant: str, session: str, query: str | None, cap: int, counter: TokenCounter
+    ) -> Recalled:
+        """The summary, then the entries most relevant to ``query`` (the latest without
+        one) that fit ``cap`` tokens, returned oldest first."""
+        self._require(tenant, session)
+        self._wait(tenant, session)
+        rows = self._entries(tenant, session)
+        summary = self._summary(tenant, session, [e for e, _ in rows])
+        used = counter.count(summary) if summary else 0
+        summary_truncated = used > cap
+        if summary and summary_truncated:  # the summary comes first: its start, marked as cut
+            summary = _cut(summary, cap, counter)
+            used = counter.count(summary)
+        candidates = [(e, v) for e, v in rows if e.kind != "summary"]
+        order = list(reversed(range(len(candidates))))
+        if query and candidates:
+            scores = self._relevance(query, candidates)
+            if scores is not None:
+                order = sorted(order, key=lambda i: scores[i], reverse=True)
+        picked: list[int] = []
+        for i in order:
+            cost = counter.count(candidates[i][0].text)
+            if used + cost <= cap:
+                picked.append(i)
+                used += cost
+        entries = [candidates[i][0] for i in sorted(picked)]
+        return Recalled(
+            session_id=session,
+            summary=summary,
+            summary_truncated=summary_truncated,
+            entries=entries,
+            tokens=used,
+            total_entries=len(rows),
+        )
+
+    def page(
+        self,
+        tenant: str,
+        session: str,
+        cursor: str | None,
+        size: int,
+        cap: int,
+        counter: TokenCounter,
+    ) -> HistoryPage:
+        """Up to ``size`` entries after ``cursor`` (and within ``cap`` tokens), oldest first."""
+        if cursor is not None and not _ENTRY_ID.match(cursor):
+            raise ConfigError("is not a cursor this server returned", key="cursor")
+        self._require(tenant, session)
+        ids = [i for i in self._ids(tenant, session) if cursor is None or i > cursor]
+        entries: list[MemoryEntry] = []
+        used = 0
+        for entry_id in ids[:size]:
+            loaded = self._load(tenant, session, entry_id)
+            if loaded is None:
+                continue
+            entry = loaded[0]
+            cost = counter.count(entry.text)
+            if entries and used + cost > cap:
+                break
+            if cost > cap:  # alone over the cap: its start, marked as cut
+                text = _cut(entry.text, cap, counter)
+                entry = entry.model_copy(update={"text": text, "truncated": True})
+                cost = counter.count(text)
+            entries.append(entry)
+            used += cost
+        more = bool(entries) and entries[-1].id != ids[-1]
+        return HistoryPage(entries=entries, next_cursor=entries[-1].id if more else None)
+
+    def close(self) -> None:
+        self._background.shutdown(wait=True)
+
+    # -- internals -----------------------------------------------------------
+
+    def _require(self, tenant: str, session: str) -> None:
+        if not self.exists(tenant, session):
+            raise ConfigError(
+                f"no session '{session}' has memory for this tenant", key="session_id"
+            )
+
+    def _ids(self, tenant: str, session: str) -> list[str]:
+        prefix = f"{_ROW_PREFIX}/{session}/"
+        return sorted(s[len(prefix) :] for s in self.store.sessions(tenant) if s.startswith(prefix))
+
+    def _entries(self, tenant: str, session: str) -> list[tuple[MemoryEntry, list[float] | None]]:
+        loaded = (self._load(tenant, session, i) for i in self._ids(tenant, session))
+        return [row for row in loaded if row is not None]
+
+    def _load(
+        self, tenant: str, session: str, entry_id: str
+    ) -> tuple[MemoryEntry, list[float] | None] | None:
+        row = self.store.get(tenant, _row(session, entry_id))
+        if row is None:
+            return None
+        vector = row.pop("vector", None)
+        row.pop("version", None)
+        return MemoryEntry.model_validate(row), vector
+
+    def _relevance(
+        self, query: str, rows: list[tuple[MemoryEntry, list[float] | None]]
+    ) -> list[float] | None:
+        embedder = self._embedder_or_none()
+        if embedder is None:
+            return None
+        missing = [i for i, (_, v) in enumerate(rows) if v is None]
+        fresh = embedder.embed([rows[i][0].text for i in missing]) if missing else None
+        vectors = np.asarray(
+            [v if v is not None else [0.0] * embedder.dimension for _, v in rows], dtype=np.float32
+        )
+        if fresh is not None:
+            vectors[missing] = fresh
+        scores = vectors @ np.asarray(embedder.embed_one(query), dtype=np.float32)
+        return [float(s) for s in scores]
+
+    def _in_background(
+        self, tenant: str, session: str, work: Callable[..., None], *args: Any
+    ) -> None:
+        future = self._background.submit(work, tenant, session, *args)
+        key = (tenant, session)
+        with self._lock:
+            self._pending.setdefault(key, set()).add(future)
+        future.add_done_callback(lambda done: self._settle(key, done))
+
+    def _summarize(self, tenant: str, session: str) -> None:
+        """Fold the session's older turns into its rolling summary (a no-op until enough)."""
+        with self._lock:
+            self._summary_queued.discard((tenant, session))
+        if self._embedder_or_none() is None:
+            return
+        turns = [e for e, _ in self._entries(tenant, session) if e.kind == "turn"]
+        history = [
+            Message(role=e.role if e.role in ("user", "assistant") else "user", content=e.text)
+            for e in turns
+        ]
+        context = Context(
+            history=history, session_id=f"{_SUMMARIZER_STATE}/{session}", tenant_id=tenant
+        )
+        summary = self._summarizer.run(context).context.summary
+        if summary:
+            row = {"version": _VERSION, "summary": summary, "turns": len(turns)}
+            self.store.put(tenant, f"{_SUMMARY_ROW}/{session}", row)
+
+    def _embed_row(self, tenant: str, session: str, row: dict[str, Any]) -> None:
+        embedder = self._embedder_or_none()
+        if embedder is None:
+            return
+        vector = embedder.embed_one(row["text"])
+        self.store.put(tenant, _row(session, row["id"]), {**row, "vector": vector.tolist()})
+
+    def _embedder_or_none(self) -> Embedder | None:
+        """The embedder; without the ``embed`` extra recall falls back to recency."""
+        with self._lock:
+            if self._embedder is None and not self._embedder_missing:
+                try:
+                    self._embedder = get_embedder(self._embedder_name)
+                except ModelNotAvailableError:
+                    self._embedder_missing = True
+            return self._embedder
+
+    def _wait(self, tenant: str, session: str) -> None:
+        with self._lock:
+            pending = list(self._pending.get((tenant, session), ()))
+        wait(pending)
+
+    def _settle(self, key: tuple[str, str], future: Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            # The entry itself is stored; recall embeds it on the spot instead.
+            log.warning("embedding a memory entry failed: %s", error)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None:
+                pending.discard(future)
+                if not pending:
+                    del self._pending[key]
+
+
+def _row(session: str, entry_id: str) -> str:
+    return f"{_ROW_PREFIX}/{session}/{entry_id}"
+
+
+def _cut(text: str, tokens: int, counter: TokenCounter) -> str:
+    """The start of ``text`` that fits ``tokens``."""
+    return counter.decode(counter.encode(text)[:tokens])

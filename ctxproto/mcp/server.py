@@ -1,0 +1,384 @@
+"""The MCP server: typed tools, resources and prompts over one ``ContextService``.
+
+Each tool is a typed function whose return model is its output schema, as the
+MCP SDK's own examples; the docstrings and field descriptions are what the
+calling model reads. The service is lifespan state, not a global: one server
+object serves stdio, memory (tests) and streamable HTTP the same way.
+
+The tenant comes from the transport, never from an argument: over HTTP from
+the bearer key (the same ``Tenants`` as the proxy), over stdio from the
+config. The session is an explicit argument of every tool, so an agent keeps
+its conversations apart on purpose. Misuse and failures (``CtxprotoError``)
+become tool errors the model can read; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from ctxproto.errors import CtxprotoError
+from ctxproto.mcp.results import (
+    AssembledContext,
+    CacheLookup,
+    CompressedText,
+    KnowledgeResults,
+    Recalled,
+    Remembered,
+    Stats,
+    StoredAnswer,
+)
+from ctxproto.mcp.service import ContextService
+from ctxproto.serve.envelope import APIError
+from ctxproto.serve.tenancy import Tenants
+
+__all__ = ["McpRuntime", "create_mcp_server"]
+
+T = TypeVar("T")
+
+MAX_TEXT_CHARS = 2_000_000
+"""Longer inputs are refused before any work (about 500k tokens)."""
+
+SESSION_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
+SessionId = Annotated[
+    str,
+    Field(
+        pattern=SESSION_PATTERN.pattern,
+        description="Your conversation's id: letters, digits and _.:@- only.",
+    ),
+]
+LongText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+Tokens = Annotated[int, Field(gt=0, le=1_000_000)]
+
+INSTRUCTIONS = (
+    "ctxproto keeps prompts lean. Call assemble_context with the conversation before "
+    "sending it to a model and send the messages it returns; recall and remember keep "
+    "session memory; search_knowledge finds document chunks; cached_answer may already "
+    "know the answer. Outputs are capped in tokens; every tool takes your session_id."
+)
+
+
+@dataclass(frozen=True)
+class McpRuntime:
+    """The lifespan state: the service, and who the tenant is on this transport."""
+
+    service: ContextService
+    tenants: Tenants | None
+    """The bearer keys over HTTP; ``None`` on stdio, where ``tenant`` is fixed."""
+    tenant: str
+
+    def tenant_of(self, ctx: Context[Any, Any]) -> str:
+        if self.tenants is None:
+            return self.tenant
+        headers = ctx.headers or {}
+        try:
+            return self.tenants.authenticate(headers.get("authorization")).id
+        except APIError as exc:
+            raise ToolError(exc.message) from None
+
+
+def create_mcp_server(
+    service: ContextService, *, tenants: Tenants | None = None, tenant: str | None = None
+) -> MCPServer[McpRuntime]:
+    """An MCP server over ``service``: with ``tenants`` (HTTP) the bearer key names the
+    tenant; without, every call is ``tenant`` (default: the config's ``mcp.tenant``)."""
+    runtime = McpRuntime(service, tenants, tenant or service.config.tenant)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[McpRuntime]) -> AsyncIterator[McpRuntime]:
+        # Per connection; the service outlives them all and its owner closes it.
+        yield runtime
+
+    server: MCPServer[McpRuntime] = MCPServer(
+        "ctxproto", instructions=INSTRUCTIONS, lifespan=lifespan
+    )
+    reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    for tool, hints in (
+        (assemble_context, reads),
+        (compress_text, reads),
+        (remember, writes),
+        (recall, reads),
+        (search_knowledge, reads),
+        (cached_answer, reads),
+        (store_answer, writes),
+        (context_stats, reads),
+    ):
+        server.add_tool(tool, annotations=hints)
+    server.resource(
+        "ctxproto://sessions/{session_id}/summary",
+        mime_type="text/plain",
+        description="The latest summary remembered for a session (empty if none).",
+    )(session_summary)
+    server.resource(
+        "ctxproto://sessions/{session_id}/history{?cursor}",
+        mime_type="application/json",
+        description="A session's remembered entries, a page at a time: pass next_cursor back.",
+    )(session_history)
+    server.resource(
+        "ctxproto://stats{?session_id}",
+        mime_type="application/json",
+        description="Tokens saved and cache hits of this tenant (and of one session).",
+    )(tenant_stats)
+    server.prompt(description="Summarize a session for handover to another agent or person.")(
+        handover
+    )
+    server.prompt(description="Answer a question from the knowledge base, lean and cited.")(
+        answer_from_knowledge
+    )
+    return server
+
+
+# -- tools -------------------------------------------------------------------
+
+
+async def assemble_context(
+    session_id: SessionId,
+    messages: Annotated[
+        list[dict[str, Any]],
+        Field(
+            min_length=1,
+            max_length=10_000,
+            description="OpenAI-style chat messages ({role, content, ...}), oldest first.",
+        ),
+    ],
+    ctx: Context[McpRuntime, Any],
+    documents: Annotated[
+        list[dict[str, Any]] | None,
+        Field(description="Extra documents ({id, text, ...}) the answer may draw on."),
+    ] = None,
+    query: Annotated[
+        str | None,
+        Field(max_length=MAX_TEXT_CHARS, description="The new user message, if not in messages."),
+    ] = None,
+    budget: Annotated[
+        Tokens | None, Field(description="Most tokens the returned messages may take.")
+    ] = None,
+) -> AssembledContext:
+    """Fit a conversation into a token budget: send the returned messages to the model
+    instead of the originals. System prompt and latest message are kept; older turns are
+    trimmed, summarized or compressed by the configured pipeline; the prefix stays stable
+    turn after turn so the model's prompt cache keeps working. Reports tokens saved.
+    If cached_answer is set, that answer is already known and no model call is needed."""
+    runtime = _runtime(ctx)
+    return await _tool(
+        runtime.service.assemble,
+        runtime.tenant_of(ctx),
+        session_id,
+        messages,
+        documents=documents,
+        query=query,
+        budget=budget,
+    )
+
+
+async def compress_text(
+    session_id: SessionId,
+    text: LongText,
+    ctx: Context[McpRuntime, Any],
+    question: Annotated[
+        str | None,
+        Field(max_length=MAX_TEXT_CHARS, description="Keep what answers this question."),
+    ] = None,
+    rate: Annotated[
+        float | None, Field(gt=0, le=1, description="Share of tokens to keep, e.g. 0.3.")
+    ] = None,
+    target_tokens: Annotated[Tokens | None, Field(description="Most tokens to keep.")] = None,
+) -> CompressedText:
+    """Shorten a long text (a log, a page, a tool result) to a share of its tokens or a
+    token count. Numbers, identifiers, URLs, e-mails, code and quotes are kept
+    byte-exact; with a question, the sentences that answer it are kept first."""
+    runtime = _runtime(ctx)
+    return await _tool(
+        runtime.service.compress,
+        runtime.tenant_of(ctx),
+        session_id,
+        text,
+        question=question,
+        rate=rate,
+        target_tokens=target_tokens,
+    )
+
+
+async def remember(
+    session_id: SessionId,
+    text: LongText,
+    ctx: Context[McpRuntime, Any],
+    kind: Annotated[
+        Literal["turn", "note", "summary"],
+        Field(
+            description="turn: a conversation message; note: a fact; summary: replaces "
+            "the session's summary."
+        ),
+    ] = "note",
+    role: Annotated[
+        Literal["user", "assistant", "system", "tool"] | None,
+        Field(description="Who said it, for kind=turn."),
+    ] = None,
+) -> Remembered:
+    """Store a turn, a note or a summary in the session's memory. Returns at once; the
+    entry is visible to the next recall."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.remember, tenant, session_id, text, kind, role)
+
+
+async def recall(
+    session_id: SessionId,
+    ctx: Context[McpRuntime, Any],
+    query: Annotated[
+        str | None,
+        Field(max_length=MAX_TEXT_CHARS, description="What you need; without it, the latest."),
+    ] = None,
+    max_tokens: Annotated[Tokens | None, Field(description="Most tokens to return.")] = None,
+) -> Recalled:
+    """The session's summary plus its remembered turns and notes most relevant to the
+    query, within a token cap, oldest first. Unknown sessions are an error."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.recall, tenant, session_id, query, max_tokens)
+
+
+async def search_knowledge(
+    session_id: SessionId,
+    query: Annotated[str, Field(min_length=1, max_length=10_000)],
+    ctx: Context[McpRuntime, Any],
+    k: Annotated[int, Field(ge=1, le=100, description="Most chunks to return.")] = 5,
+    max_tokens: Annotated[Tokens | None, Field(description="Most tokens to return.")] = None,
+) -> KnowledgeResults:
+    """Search the knowledge base (documents indexed with `ctxproto index`) and return
+    the best chunks that fit the token cap, best first, with their sources."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.search, tenant, session_id, query, k, max_tokens)
+
+
+async def cached_answer(
+    session_id: SessionId,
+    question: Annotated[str, Field(min_length=1, max_length=10_000)],
+    ctx: Context[McpRuntime, Any],
+    context: Annotated[
+        str | None,
+        Field(
+            description="What the answer depends on besides the question (a document "
+            "id, a version); answers stored with another context never match."
+        ),
+    ] = None,
+) -> CacheLookup:
+    """Look up an answer given before to a question that means the same thing. The
+    cache refuses near matches that ask something else (other numbers, names, or
+    negation). On a hit, use the answer instead of calling a model."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.cached_answer, tenant, session_id, question, context)
+
+
+async def store_answer(
+    session_id: SessionId,
+    question: Annotated[str, Field(min_length=1, max_length=10_000)],
+    answer: LongText,
+    ctx: Context[McpRuntime, Any],
+    context: Annotated[str | None, Field(description="As in cached_answer.")] = None,
+) -> StoredAnswer:
+    """Store an answer for cached_answer to find next time the question is asked."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.store_answer, tenant, session_id, question, answer, context)
+
+
+async def context_stats(
+    session_id: SessionId,
+    ctx: Context[McpRuntime, Any],
+) -> Stats:
+    """Tokens saved and cache hits and misses: for this session and for all of yours."""
+    runtime = _runtime(ctx)
+    return await _tool(runtime.service.stats, runtime.tenant_of(ctx), session_id)
+
+
+# -- resources and prompts ---------------------------------------------------
+
+
+async def session_summary(session_id: str, ctx: Context[McpRuntime, Any]) -> str:
+    runtime = _runtime(ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
+    summary = await _resource(runtime.service.summary, tenant, session_id)
+    return summary or ""
+
+
+async def session_history(
+    session_id: str, ctx: Context[McpRuntime, Any], cursor: str | None = None
+) -> str:
+    runtime = _runtime(ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
+    page = await _resource(runtime.service.history, tenant, session_id, cursor)
+    return page.model_dump_json()
+
+
+async def tenant_stats(ctx: Context[McpRuntime, Any], session_id: str | None = None) -> str:
+    runtime = _runtime(ctx)
+    tenant = _resource_tenant(runtime, ctx, session_id)
+    stats = await _resource(runtime.service.stats, tenant, session_id)
+    return stats.model_dump_json()
+
+
+def handover(session_id: str) -> str:
+    return (
+        f"Call recall with session_id '{session_id}' (no query) to read the session's "
+        "summary and latest entries. Then write a handover summary for someone taking the "
+        "conversation over: the goal, decisions made, open questions, and every number, "
+        "identifier, path and URL that matters, copied exactly. Finally store it with "
+        f"remember(session_id='{session_id}', kind='summary', text=<your summary>)."
+    )
+
+
+def answer_from_knowledge(question: str, session_id: str) -> str:
+    return (
+        f"First call cached_answer with session_id '{session_id}' and the question; on a "
+        "hit, reply with that answer. Otherwise call search_knowledge with the question, "
+        "answer only from the chunks it returns, cite their sources, and call store_answer "
+        f"with your answer.\n\nQuestion: {question}"
+    )
+
+
+# -- plumbing ------------------------------------------------------------------
+
+
+def _runtime(ctx: Context[McpRuntime, Any]) -> McpRuntime:
+    return ctx.request_context.lifespan_context
+
+
+def _resource_tenant(
+    runtime: McpRuntime, ctx: Context[McpRuntime, Any], session_id: str | None = None
+) -> str:
+    """The caller's tenant; a resource URI's session id is checked as a tool argument is."""
+    if session_id is not None and not SESSION_PATTERN.fullmatch(session_id):
+        raise ResourceError("session_id: letters, digits and _.:@- only, at most 200")
+    try:
+        return runtime.tenant_of(ctx)
+    except ToolError as exc:
+        raise ResourceError(str(exc)) from None
+
+
+async def _tool(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking service work in a thread; our errors reach the model as tool errors."""
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+    except CtxprotoError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+async def _resource(function: Callable[..., T], *args: Any) -> T:
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(function, *args))
+    except CtxprotoError as exc:
+        raise ResourceError(str(exc)) from exc

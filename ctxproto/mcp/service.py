@@ -1,0 +1,304 @@
+"""The work behind the MCP tools, over the process's own flow, stores and caps.
+
+Nothing here speaks MCP: ``ContextService`` takes a tenant id (decided by the
+transport) and plain arguments, returns the result models, and raises the
+SDK's errors (``ConfigError`` for bad input, ``BudgetError``, ``StoreError``),
+which the server turns into tool errors. It adds no stage, budget or cache of
+its own: ``assemble`` runs the configured pipeline through ``ContextFlow.run``,
+``compress`` runs the ``token_compressor`` stage, ``search`` the knowledge base
+``ctxproto index`` built, and the cache tools the guarded ``SemanticCache``.
+
+Every result is capped in tokens (``McpConfig.cap``): the text a tool returns
+(messages, the compressed text, entries, chunks, an answer) fits the cap, as
+context7's ``tokens`` parameter and unlike a whole-graph ``read_graph``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ctxproto.budget import Budget
+from ctxproto.config import validation_error_to_config_error
+from ctxproto.context import ChatRequest, Context
+from ctxproto.documents import Document
+from ctxproto.errors import BudgetError, ConfigError, StoreError
+from ctxproto.limits import MAX_REQUEST_BYTES
+from ctxproto.mcp.memory import EntryKind, SessionMemory
+from ctxproto.mcp.results import (
+    AssembledContext,
+    CacheLookup,
+    CompressedText,
+    HistoryPage,
+    KnowledgeChunk,
+    KnowledgeResults,
+    Recalled,
+    Remembered,
+    StageSummary,
+    Stats,
+    StoredAnswer,
+)
+from ctxproto.mcp.stats import UsageStats
+from ctxproto.messages import Message
+from ctxproto.retrieval.knowledge_base import KnowledgeBase
+from ctxproto.retrieval.packing import pack_to_budget
+from ctxproto.serve.config import McpConfig
+from ctxproto.serve.flow import ContextFlow
+from ctxproto.stages.semantic_cache import SemanticCacheLookup
+from ctxproto.stages.token_compressor import TokenCompressor
+from ctxproto.stores.semantic_cache import SemanticCache
+from ctxproto.tokens import TokenCounter, get_counter
+
+__all__ = ["ContextService"]
+
+
+class ContextService:
+    """Assemble, compress, remember, recall, search and cache for one process."""
+
+    def __init__(self, flow: ContextFlow, config: McpConfig | None = None) -> None:
+        self.flow = flow
+        self.config = config or McpConfig()
+        self.counter: TokenCounter = flow.counter or get_counter()
+        self.memory = SessionMemory(flow.store)
+        self.usage = UsageStats(flow.store)
+        self._compressor: TokenCompressor | None = None
+        self._cache: SemanticCache | None = None
+        self._knowledge: dict[str, KnowledgeBase] = {}
+        self._lock = threading.Lock()
+        self._compress_lock = threading.Lock()
+        self._search_lock = threading.Lock()
+
+    # -- assemble_context ----------------------------------------------------
+
+    def assemble(
+        self,
+        tenant: str,
+        session: str,
+        messages: list[dict[str, Any]],
+        *,
+        documents: list[dict[str, Any]] | None = None,
+        query: str | None = None,
+        budget: int | None = None,
+    ) -> AssembledContext:
+        """The configured pipeline over ``messages``, fitted to the budget and the cap."""
+        if query:
+            messages = [*messages, {"role": "user", "content": query}]
+        size = len(json.dumps([messages, documents], ensure_ascii=False, default=str))
+        if size > MAX_REQUEST_BYTES:
+            raise ConfigError(
+                f"messages and documents hold {size:,} characters, over the "
+                f"{MAX_REQUEST_BYTES:,} a request may have",
+                key="messages",
+            )
+        try:
+            request = ChatRequest.model_validate(
+                {
+                    "messages": messages,
+                    "documents": documents or [],
+                    "session_id": session,
+                    "tenant_id": tenant,
+                }
+            )
+        except ValidationError as exc:
+            raise validation_error_to_config_error(exc) from None
+        result = self.flow.run(request.to_context(), budget=self._budget(budget))
+        prompt = result.prompt
+        answer = result.answer
+        prompt_tokens = prompt.prompt_tokens if prompt is not None else 0
+        self._record(tenant, session, result.original_tokens, prompt_tokens, answer)
+        return AssembledContext(
+            messages=prompt.messages if prompt is not None else [],
+            original_tokens=result.original_tokens,
+            prompt_tokens=prompt_tokens,
+            saved_tokens=max(result.original_tokens - prompt_tokens, 0),
+            budget=prompt.budget if prompt is not None else None,
+            dropped=prompt.dropped if prompt is not None else {},
+            cached_answer=answer,
+            stages=[StageSummary(**r.model_dump()) for r in result.reports],
+        )
+
+    def _budget(self, requested: int | None) -> Budget | None:
+        """The pipeline's budget, lowered to the request's and to the tool's cap."""
+        cap = self.config.cap("assemble_context")
+        limit = min(requested, cap) if requested is not None else cap
+        own = self.flow.pipeline.budget if self.flow.pipeline is not None else None
+        if own is None:
+            return Budget(max_prompt_tokens=limit)
+        if requested is None and own.max_prompt_tokens <= limit:
+            return None
+        reserve = min(own.reserve_answer_tokens, limit)
+        return own.model_copy(update={"max_prompt_tokens": limit, "reserve_answer_tokens": reserve})
+
+    # -- compress_text -------------------------------------------------------
+
+    def compress(
+        self,
+        tenant: str,
+        session: str,
+        text: str,
+        *,
+        question: str | None = None,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+    ) -> CompressedText:
+        """``text`` cut to ``rate`` of its tokens and at most ``target_tokens`` (and the cap)."""
+        cap = self.config.cap("compress_text")
+        limit = min(target_tokens, cap) if target_tokens is not None else cap
+        base = self._token_compressor()
+        update: dict[str, Any] = {"max_tokens": limit, "targets": ("documents",)}
+        if rate is not None:
+            update["rate"] = rate
+        elif target_tokens is not None:
+            update["rate"] = 1.0  # the token target alone decides
+        stage = base.model_copy(update=update)
+        query = Message(role="user", content=question) if question else None
+        context = Context(documents=[Document(id="text", text=text)], query=query)
+        with self._compress_lock:
+            result = stage.run(context, self.counter)
+        kept = result.context.documents
+        out = kept[0].text if kept else ""
+        original, tokens = self.counter.count(text), self.counter.count(out)
+        self._record(tenant, session, original, tokens, None)
+        return CompressedText(
+            text=out, original_tokens=original, tokens=tokens, counters=result.report.counters
+        )
+
+    def _token_compressor(self) -> TokenCompressor:
+        """A compressor with the pipeline's settings, if it has one; its own model instance."""
+        with self._lock:
+            if self._compressor is None:
+                stages = self.flow.pipeline.stages if self.flow.pipeline is not None else []
+                configured = [s for s in stages if isinstance(s, TokenCompressor)]
+                params = configured[0].model_dump() if configured else {}
+                self._compressor = TokenCompressor.model_validate(params)
+            return self._compressor
+
+    # -- remember / recall ---------------------------------------------------
+
+    def remember(
+        self, tenant: str, session: str, text: str, kind: EntryKind, role: str | None
+    ) -> Remembered:
+        entry = self.memory.add(tenant, session, kind, text, role)
+        return Remembered(session_id=session, id=entry.id)
+
+    def recall(
+        self, tenant: str, session: str, query: str | None, max_tokens: int | None
+    ) -> Recalled:
+        cap = self.config.cap("recall")
+        limit = min(max_tokens, cap) if max_tokens is not None else cap
+        return self.memory.recall(tenant, session, query, limit, self.counter)
+
+    def history(self, tenant: str, session: str, cursor: str | None) -> HistoryPage:
+        cap = self.config.cap("recall")
+        size = self.config.page_size
+        return self.memory.page(tenant, session, cursor, size, cap, self.counter)
+
+    def summary(self, tenant: str, session: str) -> str | None:
+        return self.memory.summary(tenant, session)
+
+    # -- search_knowledge ----------------------------------------------------
+
+    def search(
+        self, tenant: str, session: str, query: str, k: int, max_tokens: int | None
+    ) -> KnowledgeResults:
+        cap = self.config.cap("search_knowledge")
+        limit = min(max_tokens, cap) if max_tokens is not None else cap
+        knowledge = self._knowledge_base(tenant)
+        with self._search_lock:
+            found = knowledge.query(query, k=k, fetch_k=max(20, k))
+        packed = pack_to_budget(found, self.counter, limit)
+        self._record(tenant, session, 0, 0, None)
+        return KnowledgeResults(
+            chunks=[
+                KnowledgeChunk(
+                    id=d.id, text=d.text, score=d.score, source=d.source, metadata=d.metadata
+                )
+                for d in packed
+            ],
+            tokens=sum(self.counter.count(d.text) for d in packed),
+            candidates=len(found),
+        )
+
+    def _knowledge_base(self, tenant: str) -> KnowledgeBase:
+        """The tenant's store: ``{tenant}`` in the configured folder keeps tenants apart."""
+        if self.config.knowledge is None:
+            raise ConfigError("no knowledge store is configured", key="mcp.knowledge")
+        path = Path(self.config.knowledge.replace("{tenant}", tenant))
+        with self._lock:
+            knowledge = self._knowledge.get(str(path))
+            if knowledge is None:
+                if not path.is_dir():
+                    raise StoreError(
+                        "this tenant has no knowledge store (build one: ctxproto index)"
+                    )
+                knowledge = KnowledgeBase(path, counter=self.counter)
+                self._knowledge[str(path)] = knowledge
+            return knowledge
+
+    # -- cached_answer / store_answer ----------------------------------------
+
+    def cached_answer(
+        self, tenant: str, session: str, question: str, context: str | None
+    ) -> CacheLookup:
+        hit = self._semantic_cache().get(question, context=context, namespace=tenant)
+        self._record(tenant, session, 0, 0, hit.answer if hit else None, lookup=True)
+        if hit is None:
+            return CacheLookup(hit=False)
+        tokens = self.counter.count(hit.answer)
+        if tokens > self.config.cap("cached_answer"):
+            raise BudgetError(
+                f"the cached answer has {tokens} tokens, over this tool's cap of "
+                f"{self.config.cap('cached_answer')}",
+                overflow_tokens=tokens - self.config.cap("cached_answer"),
+            )
+        return CacheLookup(
+            hit=True, answer=hit.answer, similarity=hit.similarity, cached_question=hit.query
+        )
+
+    def store_answer(
+        self, tenant: str, session: str, question: str, answer: str, context: str | None
+    ) -> StoredAnswer:
+        key = self._semantic_cache().put(question, answer, context=context, namespace=tenant)
+        return StoredAnswer(key=key)
+
+    def _semantic_cache(self) -> SemanticCache:
+        """The pipeline's semantic cache, so MCP and proxy answers are one cache; else mcp.cache."""
+        with self._lock:
+            if self._cache is None:
+                stages = self.flow.pipeline.stages if self.flow.pipeline is not None else []
+                lookups = [s for s in stages if isinstance(s, SemanticCacheLookup)]
+                if lookups:
+                    lookups[0].warm_up()
+                    self._cache = lookups[0].cache
+                elif self.config.cache is not None:
+                    self._cache = SemanticCache(
+                        self.config.cache, threshold=self.config.cache_threshold
+                    )
+                else:
+                    raise ConfigError("no semantic cache is configured", key="mcp.cache")
+            return self._cache
+
+    # -- context_stats -------------------------------------------------------
+
+    def stats(self, tenant: str, session: str | None) -> Stats:
+        return self.usage.summary(tenant, session)
+
+    def _record(
+        self,
+        tenant: str,
+        session: str,
+        original: int,
+        prompt: int,
+        answer: str | None,
+        *,
+        lookup: bool = False,
+    ) -> None:
+        hit = answer is not None
+        self.usage.record(tenant, session, original, prompt, hit=hit, miss=lookup and not hit)
+
+    def close(self) -> None:
+        self.memory.close()

@@ -1,0 +1,180 @@
+"""The MCP server over streamable HTTP at /mcp inside ``ctxproto serve``: the real
+client, bearer-key tenants, and the same stores as the proxy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from ctxproto.serve import ProxyState, ServerThread, create_app, load_serve_config
+from tests.mcp.conftest import build_knowledge, text_of
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[ServerThread]:
+    root = tmp_path_factory.mktemp("mcp-http")
+    config = {
+        "pipeline": {"stages": [{"type": "recency_window", "init_parameters": {"max_turns": 2}}]},
+        # Never called: MCP clients bring their own model.
+        "upstream": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
+        "tenants": [
+            {"id": "tenant-a", "key": "key-a"},
+            {"id": "tenant-b", "key": "key-b"},
+            {"id": "tenant-c", "key": "key-c", "max_concurrent_requests": 1},
+        ],
+        "sessions": {"store": str(root / "sessions")},
+        "mcp": {
+            "knowledge": build_knowledge(root / "knowledge", embedder),
+            "cache": str(root / "cache"),
+            "tool_output_tokens": {"search_knowledge": 40},
+        },
+    }
+    path = root / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    state = ProxyState.from_config(load_serve_config(path), source=str(path))
+    with ServerThread(create_app(state)) as running:
+        running.state = state  # type: ignore[attr-defined]
+        yield running
+
+
+@asynccontextmanager
+async def connect(server: ServerThread, key: str) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {key}"}
+    # A long read timeout, as the SDK's own client: a response stream may stay open.
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+        transport = streamable_http_client(f"{server.base_url}/mcp", http_client=http)
+        async with Client(transport) as client:
+            yield client
+
+
+def test_tools_over_http_and_the_proxy_routes_still_answer(server: ServerThread) -> None:
+    async def run() -> None:
+        async with connect(server, "key-a") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"assemble_context", "recall", "search_knowledge"} <= names
+            messages = [{"role": "user", "content": f"turn {i} " * 30} for i in range(5)]
+            got = await client.call_tool(
+                "assemble_context", {"session_id": "s", "messages": messages}
+            )
+            assert got.structured_content["saved_tokens"] > 0
+            capped = await client.call_tool(
+                "search_knowledge", {"session_id": "s", "query": "deploy", "k": 5}
+            )
+            assert capped.structured_content["tokens"] <= 40  # the configured per-tool cap
+
+    anyio.run(run)
+    models = httpx.get(f"{server.url}/models", headers={"Authorization": "Bearer key-a"})
+    assert models.status_code == 200
+
+
+def test_a_missing_or_unknown_key_is_refused_before_mcp(server: ServerThread) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        answer = httpx.post(f"{server.base_url}/mcp", json=body, headers=headers)
+        assert answer.status_code == 401
+        assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_calls_count_against_the_tenants_concurrency_limit(server: ServerThread) -> None:
+    tenants = server.state.tenants  # type: ignore[attr-defined]
+    tenant_c = tenants.authenticate("Bearer key-c")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"Authorization": "Bearer key-c"}
+    tenants.enter(tenant_c)  # one call of tenant-c in flight: the limit
+    try:
+        busy = httpx.post(f"{server.base_url}/mcp", json=body, headers=headers)
+        assert busy.status_code == 429 and busy.headers["retry-after"]
+    finally:
+        tenants.leave(tenant_c)
+
+    async def run() -> None:
+        async with connect(server, "key-c") as client:
+            assert (await client.list_tools()).tools
+
+    anyio.run(run)
+    tenants.enter(tenant_c)  # the slot is free again: every call left
+    tenants.leave(tenant_c)
+
+
+def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerThread) -> None:
+    async def run() -> None:
+        async with connect(server, "key-a") as a, connect(server, "key-b") as b:
+            await a.call_tool("remember", {"session_id": "shared-name", "text": "A's secret 1234"})
+            await a.call_tool(
+                "store_answer",
+                {"session_id": "x", "question": "What is the code name?", "answer": "Bluefin"},
+            )
+            mine = await a.call_tool("recall", {"session_id": "shared-name"})
+            assert mine.structured_content["entries"][0]["text"] == "A's secret 1234"
+
+            theirs = await b.call_tool("recall", {"session_id": "shared-name"})
+            assert theirs.is_error and "no session 'shared-name'" in text_of(theirs)
+            cached = await b.call_tool(
+                "cached_answer", {"session_id": "x", "question": "What is the code name?"}
+            )
+            assert cached.structured_content["hit"] is False
+            found = await a.call_tool(
+                "search_knowledge", {"session_id": "x", "query": "launch code name"}
+            )
+            assert "Bluefin" in found.structured_content["chunks"][0]["text"]
+            no_store = await b.call_tool(
+                "search_knowledge", {"session_id": "x", "query": "launch code name"}
+            )
+            assert no_store.is_error and "no knowledge store" in text_of(no_store)
+            with pytest.raises(Exception, match="no session"):
+                await b.read_resource("ctxproto://sessions/shared-name/history")
+            stats_b = await b.call_tool("context_stats", {"session_id": "x"})
+            assert stats_b.structured_content["overall"]["cache_hits"] == 0
+
+    anyio.run(run)
+
+
+def test_two_http_clients_writing_one_session_lose_nothing(server: ServerThread) -> None:
+    async def writer(name: str) -> None:
+        async with connect(server, "key-a") as client:
+            for i in range(25):
+                got = await client.call_tool(
+                    "remember", {"session_id": "busy", "text": f"{name}{i}"}
+                )
+                assert not got.is_error
+
+    async def run() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer, "x")
+            group.start_soon(writer, "y")
+        async with connect(server, "key-a") as client:
+            texts: list[str] = []
+            uri = "ctxproto://sessions/busy/history"
+            while uri:
+                page = (await client.read_resource(uri)).contents[0]
+                data = json.loads(page.text)  # type: ignore[union-attr]
+                texts.extend(e["text"] for e in data["entries"])
+                cursor = data["next_cursor"]
+                uri = f"ctxproto://sessions/busy/history?cursor={cursor}" if cursor else ""
+            assert sorted(texts) == sorted(
+                [f"x{i}" for i in range(25)] + [f"y{i}" for i in range(25)]
+            )
+
+    anyio.run(run)
+
+
+def test_the_runtime_model_server_has_no_mcp_endpoint() -> None:
+    from ctxproto.serve import ContextFlow, RemoteUpstream
+
+    state = ProxyState(
+        flow=ContextFlow(None), upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m")
+    )
+    with_mcp = {getattr(r, "path", None) for r in create_app(state).routes}
+    without = {getattr(r, "path", None) for r in create_app(state, mcp_server=False).routes}
+    assert "/mcp" in with_mcp and "/mcp" not in without

@@ -1,0 +1,361 @@
+"""The MCP server through the real in-memory ``Client``: every tool, resource and prompt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from ctxproto.mcp import ContextService, create_mcp_server
+from tests.mcp.conftest import make_service, text_of
+
+TOOLS = {
+    "assemble_context",
+    "compress_text",
+    "remember",
+    "recall",
+    "search_knowledge",
+    "cached_answer",
+    "store_answer",
+    "context_stats",
+}
+
+
+def conversation(turns: int, words: int = 60) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are terse."}]
+    for i in range(turns):
+        role = "user" if i % 2 == 0 else "assistant"
+        messages.append({"role": role, "content": f"turn {i} " + "lorem ipsum " * words})
+    messages.append({"role": "user", "content": "What did we decide?"})
+    return messages
+
+
+def call(service: ContextService, name: str, arguments: dict[str, Any]) -> Any:
+    async def run() -> Any:
+        async with Client(create_mcp_server(service)) as client:
+            return await client.call_tool(name, arguments)
+
+    return anyio.run(run)
+
+
+def test_lists_tools_with_output_schemas_resources_and_prompts(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            tools = (await client.list_tools()).tools
+            assert {t.name for t in tools} == TOOLS
+            for tool in tools:
+                assert tool.description and tool.output_schema is not None
+                assert tool.annotations is not None
+                writes = tool.name in ("remember", "store_answer")
+                assert tool.annotations.read_only_hint is not writes
+                assert "session_id" in tool.input_schema["required"]
+            templates = (await client.list_resource_templates()).resource_templates
+            assert {t.uri_template for t in templates} == {
+                "ctxproto://sessions/{session_id}/summary",
+                "ctxproto://sessions/{session_id}/history{?cursor}",
+                "ctxproto://stats{?session_id}",
+            }
+            prompts = (await client.list_prompts()).prompts
+            assert {p.name for p in prompts} == {"handover", "answer_from_knowledge"}
+            got = await client.get_prompt("handover", {"session_id": "s-1"})
+            assert "remember(session_id='s-1', kind='summary'" in str(got.messages[0].content)
+
+    anyio.run(run)
+
+
+def test_assemble_context_runs_the_pipeline_and_reports_savings(service: ContextService) -> None:
+    result = call(service, "assemble_context", {"session_id": "a-1", "messages": conversation(9)})
+    assert not result.is_error
+    out = result.structured_content
+    assert out["stages"][0]["name"] == "recency_window"
+    assert out["stages"][0]["counters"]["dropped_messages"] > 0
+    assert out["saved_tokens"] == out["original_tokens"] - out["prompt_tokens"] > 0
+    assert out["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert out["messages"][-1] == {"role": "user", "content": "What did we decide?"}
+
+
+def test_assemble_context_output_stays_within_the_budget_and_the_cap(mcp_folder: Path) -> None:
+    service = make_service(mcp_folder, tool_output_tokens={"assemble_context": 150})
+    try:
+        messages = [{"role": "user", "content": "lorem ipsum " * 40}] * 1 + conversation(1, 5)
+        asked = call(service, "assemble_context", {"session_id": "a-2", "messages": messages})
+        assert asked.structured_content["budget"] == 150  # the cap, not the default 4000
+        assert asked.structured_content["prompt_tokens"] <= 150
+        smaller = call(
+            service,
+            "assemble_context",
+            {"session_id": "a-2", "messages": messages, "budget": 60},
+        )
+        assert smaller.structured_content["prompt_tokens"] <= 60
+        too_small = call(
+            service,
+            "assemble_context",
+            {"session_id": "a-2", "messages": messages, "budget": 5},
+        )
+        assert too_small.is_error and "token" in text_of(too_small)
+    finally:
+        service.close()
+
+
+def test_documents_and_query_reach_the_pipeline(service: ContextService) -> None:
+    result = call(
+        service,
+        "assemble_context",
+        {
+            "session_id": "a-3",
+            "messages": [{"role": "system", "content": "Answer from the documents."}],
+            "documents": [{"id": "d1", "text": "The build id is B-7781."}],
+            "query": "Which build id?",
+        },
+    )
+    text = json.dumps(result.structured_content["messages"])
+    assert "B-7781" in text and "Which build id?" in text
+
+
+def test_remember_then_recall_the_most_relevant_within_the_cap(
+    service: ContextService, counter: Any
+) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            for i in range(30):
+                await client.call_tool(
+                    "remember",
+                    {"session_id": "m-1", "text": f"filler note {i}: " + "the weather " * 10},
+                )
+            await client.call_tool(
+                "remember", {"session_id": "m-1", "text": "The staging database port is 6543."}
+            )
+            await client.call_tool(
+                "remember",
+                {"session_id": "m-1", "kind": "summary", "text": "User is migrating staging."},
+            )
+            got = await client.call_tool(
+                "recall", {"session_id": "m-1", "query": "which port does staging db use"}
+            )
+            out = got.structured_content
+            assert out["summary"] == "User is migrating staging."
+            assert out["total_entries"] == 32
+            texts = [e["text"] for e in out["entries"]]
+            assert "The staging database port is 6543." in texts
+            assert len(texts) < 31  # the configured cap of 200 tokens left filler out
+            spent = counter.count(out["summary"]) + sum(counter.count(t) for t in texts)
+            assert out["tokens"] == spent <= 200
+            ids = [e["id"] for e in out["entries"]]
+            assert ids == sorted(ids)  # oldest first
+            read = await client.read_resource("ctxproto://sessions/m-1/summary")
+            assert read.contents[0].text == "User is migrating staging."  # type: ignore[union-attr]
+
+    anyio.run(run)
+
+
+def test_history_pages_walk_every_entry_once(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            for i in range(60):
+                await client.call_tool(
+                    "remember",
+                    {"session_id": "h-1", "kind": "turn", "role": "user", "text": f"msg {i}"},
+                )
+            seen: list[str] = []
+            pages = 0
+            uri = "ctxproto://sessions/h-1/history"
+            while True:
+                read = await client.read_resource(uri)
+                page = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+                pages += 1
+                seen.extend(e["text"] for e in page["entries"])
+                if page["next_cursor"] is None:
+                    break
+                uri = f"ctxproto://sessions/h-1/history?cursor={page['next_cursor']}"
+            assert seen == [f"msg {i}" for i in range(60)]
+            assert pages == 3  # page_size 25
+
+    anyio.run(run)
+
+
+def test_search_knowledge_packs_chunks_into_the_cap(service: ContextService) -> None:
+    result = call(
+        service,
+        "search_knowledge",
+        {"session_id": "k-1", "query": "how do I deploy a release?", "k": 3},
+    )
+    chunks = result.structured_content["chunks"]
+    assert chunks[0]["id"].startswith("deploy") and "B-7781" in chunks[0]["text"]
+    assert all("Bluefin" not in c["text"] for c in chunks)  # tenant-a's store
+    capped = call(
+        service,
+        "search_knowledge",
+        {"session_id": "k-1", "query": "deploy", "k": 3, "max_tokens": 25},
+    )
+    assert capped.structured_content["tokens"] <= 25
+    assert len(capped.structured_content["chunks"]) < len(chunks)
+
+
+def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            question = "How long do refunds take?"
+            miss = await client.call_tool(
+                "cached_answer", {"session_id": "c-1", "question": question}
+            )
+            assert miss.structured_content == {
+                "hit": False,
+                "answer": None,
+                "similarity": None,
+                "cached_question": None,
+            }
+            await client.call_tool(
+                "store_answer",
+                {"session_id": "c-1", "question": question, "answer": "Five days."},
+            )
+            hit = await client.call_tool(
+                "cached_answer", {"session_id": "c-1", "question": "how long does a refund take"}
+            )
+            assert hit.structured_content["answer"] == "Five days."
+            other = await client.call_tool(
+                "cached_answer", {"session_id": "c-1", "question": "How long do invoices take?"}
+            )
+            assert other.structured_content["hit"] is False
+            stats = await client.call_tool("context_stats", {"session_id": "c-1"})
+            session = stats.structured_content["session"]
+            assert (session["cache_hits"], session["cache_misses"]) == (1, 2)
+            read = await client.read_resource("ctxproto://stats?session_id=c-1")
+            assert json.loads(read.contents[0].text)["session"] == session  # type: ignore[union-attr]
+
+    anyio.run(run)
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "message"),
+    [
+        ("recall", {"session_id": "never-seen"}, "no session 'never-seen'"),
+        ("remember", {"session_id": "x", "text": 42}, "text"),
+        ("remember", {"session_id": "a/b", "text": "hi"}, "session_id"),
+        ("remember", {"session_id": "x", "text": "y" * 2_000_001}, "text"),
+        ("assemble_context", {"session_id": "x", "messages": [{"role": "wizard"}]}, "role"),
+        ("assemble_context", {"session_id": "x", "messages": "hello"}, "messages"),
+        ("compress_text", {"session_id": "x", "text": "abc", "rate": 3}, "rate"),
+        (
+            "assemble_context",
+            {"session_id": "x", "messages": [{"role": "user", "content": "w" * 9_000_000}] * 2},
+            "over the 16,777,216",
+        ),
+        ("nonexistent_tool", {"session_id": "x"}, "nonexistent_tool"),
+    ],
+)
+def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(
+    service: ContextService, name: str, arguments: dict[str, Any], message: str
+) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            bad = await client.call_tool(name, arguments)
+            assert bad.is_error and message in text_of(bad)
+            fine = await client.call_tool("context_stats", {"session_id": "x"})
+            assert not fine.is_error
+
+    anyio.run(run)
+
+
+def test_unknown_session_resource_is_a_resource_error(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            with pytest.raises(Exception, match="no session 'ghost'"):
+                await client.read_resource("ctxproto://sessions/ghost/summary")
+            with pytest.raises(Exception, match="session_id"):
+                await client.read_resource("ctxproto://sessions/a%2Fb/history")
+            assert (await client.call_tool("context_stats", {"session_id": "x"})).structured_content
+
+    anyio.run(run)
+
+
+def test_two_clients_writing_one_session_lose_nothing(mcp_folder: Path) -> None:
+    # Two services on one store folder stand for two server processes.
+    first, second = make_service(mcp_folder), make_service(mcp_folder)
+
+    async def writer(service: ContextService, name: str) -> None:
+        async with Client(create_mcp_server(service)) as client:
+            for i in range(40):
+                got = await client.call_tool(
+                    "remember", {"session_id": "w-1", "text": f"{name}{i}"}
+                )
+                assert not got.is_error
+
+    async def run() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer, first, "a")
+            group.start_soon(writer, second, "b")
+
+    try:
+        anyio.run(run)
+        page = first.memory.page("default", "w-1", None, 1000, 10_000, first.counter)
+        assert sorted(e.text for e in page.entries) == sorted(
+            [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)]
+        )
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_history_entry_over_the_cap_comes_back_cut_and_marked(
+    service: ContextService, counter: Any
+) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            await client.call_tool("remember", {"session_id": "big", "text": "word " * 1000})
+            await client.call_tool("remember", {"session_id": "big", "text": "small"})
+            read = await client.read_resource("ctxproto://sessions/big/history")
+            page = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+            first = page["entries"][0]
+            assert first["truncated"] is True and counter.count(first["text"]) <= 200
+            assert len(page["entries"]) == 1 and page["next_cursor"] == first["id"]
+            got = await client.call_tool("recall", {"session_id": "big"})
+            assert [e["text"] for e in got.structured_content["entries"]] == ["small"]
+
+    anyio.run(run)
+
+
+def test_older_turns_fold_into_a_summary_in_the_background(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            turns = [("user", "Hi, my order number is ORD-551203 and it never arrived.")]
+            for i in range(15):
+                turns.append(("assistant", f"Checking the carrier records, step {i}."))
+                turns.append(("user", f"Still waiting on update number {i}, thanks."))
+            for role, text in turns:
+                got = await client.call_tool(
+                    "remember", {"session_id": "fold", "kind": "turn", "role": role, "text": text}
+                )
+                assert not got.is_error
+            read = await client.read_resource("ctxproto://sessions/fold/summary")
+            summary = read.contents[0].text  # type: ignore[union-attr]
+            assert "ORD-551203" in summary  # a stated fact survives folding
+            assert "update number 14" not in summary  # the newest turns stay out
+            recalled = await client.call_tool("recall", {"session_id": "fold", "max_tokens": 30})
+            out = recalled.structured_content
+            assert out["summary_truncated"] is True and out["tokens"] <= 30
+            assert out["summary"] == summary[: len(out["summary"])]
+
+    anyio.run(run)
+
+
+def test_stats_add_up_across_processes_and_survive_a_restart(tmp_path: Path) -> None:
+    messages = conversation(9)
+    first, second = make_service(tmp_path), make_service(tmp_path)  # two processes
+    try:
+        for service in (first, second):
+            call(service, "assemble_context", {"session_id": "st", "messages": messages})
+        one = first.stats("default", "st").session
+        assert one is not None and one.calls == 2 and one.saved_tokens > 0
+    finally:
+        first.close()
+        second.close()
+    restarted = make_service(tmp_path)
+    try:
+        again = call(restarted, "context_stats", {"session_id": "st"}).structured_content
+        assert again["session"] == one.model_dump() and again["sessions"] == 1
+    finally:
+        restarted.close()
