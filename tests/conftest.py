@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers_redis import redis_server  # noqa: F401  (a shared fixture)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
