@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.errors import ConfigError
+from ctxproto.stages.folders import StoreLocation
 
 __all__ = [
     "LimitsConfig",
@@ -98,8 +99,10 @@ class SessionConfig(_Section):
         default="stateless",
         description="stateful: clients send only the new message; the proxy keeps the history.",
     )
-    store: str | None = Field(
-        default=None, description="Folder of the session store (history in stateful mode)."
+    store: StoreLocation | None = Field(
+        default=None,
+        description="Session store (history in stateful mode): a folder, or a redis:// URL "
+        "that replicas share.",
     )
 
 

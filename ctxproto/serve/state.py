@@ -19,7 +19,7 @@ from ctxproto.serve.metrics import ProxyMetrics
 from ctxproto.serve.protocol import Usage
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.serve.upstream import RemoteUpstream, Upstream
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import open_session_store
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["ProxyState"]
@@ -45,7 +45,9 @@ class ProxyState:
         pipeline = None
         if config.pipeline is not None:
             pipeline = Pipeline.from_dict(config.pipeline, source=source)
-        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        store = None
+        if config.sessions.store:
+            store = open_session_store(config.sessions.store, namespace="sessions")
         tenants = Tenants(config.tenant_keys(source))
         try:
             upstream = _build_upstream(config)
