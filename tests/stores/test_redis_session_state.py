@@ -39,7 +39,7 @@ def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server:
     redis_server.process.send_signal(signal.SIGSTOP)
     try:
         start = time.monotonic()
-        with pytest.raises(StoreError, match="session 's'.*127.0.0.1"):
+        with pytest.raises(StoreError, match=r"session 's'.*127\.0\.0\.1"):
             store.get("t", "s")
         assert time.monotonic() - start < 5
     finally:
