@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -22,7 +22,7 @@ from redis.retry import Retry
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.location import redacted
 
-__all__ = ["RedisConnection"]
+__all__ = ["RedisConnection", "key_part"]
 
 DEFAULT_TIMEOUT_S = 5.0
 """Connect and read timeout; a ``socket_timeout=`` query in the URL overrides it."""
@@ -69,3 +69,8 @@ def _password(url: str) -> str | None:
     except ValueError:
         return None
     return unquote(password) if password else None
+
+
+def key_part(identifier: str) -> str:
+    """``identifier`` percent-encoded for a key: no ``:`` survives, distinct ids stay distinct."""
+    return quote(identifier, safe="")

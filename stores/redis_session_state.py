@@ -20,10 +20,9 @@ always`` loses nothing acknowledged; see docs/deploy.md).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from ctxproto.stores.location import redacted
-from ctxproto.stores.redis_connection import RedisConnection
+from ctxproto.stores.redis_connection import RedisConnection, key_part
 from ctxproto.stores.session_state import check_ids, decode_state, encode_state
 
 __all__ = ["RedisSessionStateStore"]
@@ -35,17 +34,17 @@ class RedisSessionStateStore:
     def __init__(self, url: str, *, namespace: str = "sessions") -> None:
         self.url = redacted(url)
         self.namespace = namespace
-        self._prefix = f"ctxproto:{_part(namespace)}"
+        self._prefix = f"ctxproto:{key_part(namespace)}"
         self._connection = RedisConnection(url)
         self._redis = self._connection.client
 
     def key(self, tenant_id: str, session_id: str) -> str:
         """Where this session's state lives on the server."""
         check_ids(tenant_id, session_id)
-        return f"{self._prefix}:state:{_part(tenant_id)}:{_part(session_id)}"
+        return f"{self._prefix}:state:{key_part(tenant_id)}:{key_part(session_id)}"
 
     def _index(self, tenant_id: str) -> str:
-        return f"{self._prefix}:sessions:{_part(tenant_id)}"
+        return f"{self._prefix}:sessions:{key_part(tenant_id)}"
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         """The state stored for this tenant's session, or ``None``."""
@@ -85,8 +84,3 @@ class RedisSessionStateStore:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def _part(identifier: str) -> str:
-    """``identifier`` percent-encoded: no ``:`` survives, and distinct ids stay distinct."""
-    return quote(identifier, safe="")
