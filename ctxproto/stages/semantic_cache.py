@@ -11,7 +11,7 @@ from ctxproto.context import Context
 from ctxproto.errors import StoreError
 from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
-from ctxproto.stages.folders import WritableFolder
+from ctxproto.stages.folders import StoreLocation
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.semantic_cache.cache import CacheContext, SemanticCache
 from ctxproto.tokens import TokenCounter
@@ -55,7 +55,10 @@ class SemanticCacheLookup(Stage):
     documents' sources, so ``invalidate(source=...)`` drops it.
     """
 
-    path: WritableFolder = Field(description="Folder of the cache (created if missing).")
+    path: StoreLocation = Field(
+        description="Folder of the cache (created if missing), or a redis:// URL "
+        "(#name picks the cache on the server) that replicas share."
+    )
     threshold: float = Field(default=0.7, ge=-1.0, le=1.0)
     ttl: float | None = Field(default=None, gt=0, description="Seconds an answer stays valid.")
     scope: Scope = "conversation"

@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.pipeline import Pipeline
@@ -29,6 +32,10 @@ def _config(url: str, namespace: str, upstream: str) -> ServeConfig:
             "pipeline": {
                 "stages": [
                     {
+                        "type": "semantic_cache",
+                        "init_parameters": {"path": f"{url}#{namespace}", "scope": "query"},
+                    },
+                    {
                         "type": "summarizer",
                         "init_parameters": {
                             "keep_turns": 2,
@@ -36,7 +43,7 @@ def _config(url: str, namespace: str, upstream: str) -> ServeConfig:
                             "model": None,
                             "state_path": url,
                         },
-                    }
+                    },
                 ],
                 "budget": {"max_prompt_tokens": 1500},
             },
@@ -49,21 +56,29 @@ def _config(url: str, namespace: str, upstream: str) -> ServeConfig:
 
 @pytest.fixture(scope="session")
 def replicas(redis_server: RedisServer, scripted: Any, embedder: Any) -> Iterator[list[Any]]:
-    """Two proxies built from one config: summaries and histories on the shared server.
-
-    Session-scoped like the other proxies of these tests: their upstream clients
-    belong to the servers' event loops and are released when the session ends.
-    """
+    """Two proxies built from one config: answers, summaries and histories on the shared server."""
     tenant = redis_server.namespace()  # a tenant no other test uses on the shared server
     servers = []
     for _ in range(2):
         state = ProxyState.from_config(_config(redis_server.url, tenant, scripted.url))
         state.flow.warm_up()
-        servers.append((ServerThread(create_app(state)).start(), state, tenant))
+        app = create_app(state, routes=[Route("/test/close", _closer(state), methods=["POST"])])
+        servers.append((ServerThread(app).start(), state, tenant))
     yield servers
     for server, state, _ in servers:
+        httpx.post(f"{server.base_url}/test/close")
         server.close()
         state.flow.store.close()
+
+
+def _closer(state: ProxyState) -> Any:
+    """A route that closes the upstream client in the event loop that owns its connections."""
+
+    async def close(request: Request) -> Response:
+        await state.aclose()
+        return Response(status_code=204)
+
+    return close
 
 
 def test_turns_alternating_between_replicas_keep_history_and_summary(replicas, redis_server):
@@ -94,6 +109,26 @@ def test_turns_alternating_between_replicas_keep_history_and_summary(replicas, r
     summaries.close()
     assert state is not None and state["folded"] == 8
     assert "turn 0" in state["summary"] and "turn 3" in state["summary"]
+
+
+def test_an_answer_cached_through_one_replica_is_served_by_the_other(replicas, scripted):
+    (first, _, _), (second, _, _) = replicas[0], replicas[1]
+    question = [{"role": "user", "content": "What are the opening hours of the Oslo shop?"}]
+    with (
+        openai.OpenAI(base_url=first.url, api_key="key-shared") as a,
+        openai.OpenAI(base_url=second.url, api_key="key-shared") as b,
+    ):
+        answered = a.chat.completions.with_raw_response.create(
+            model="ctxproto", messages=question, extra_headers={"x-session-id": "cache-a"}
+        )
+        asked_upstream = len(scripted.bodies)
+        again = b.chat.completions.with_raw_response.create(
+            model="ctxproto", messages=question, extra_headers={"x-session-id": "cache-b"}
+        )
+    assert answered.headers["x-ctxproto-cache"] == "miss"
+    assert again.headers["x-ctxproto-cache"] == "hit"
+    assert again.parse().choices[0].message.content == answered.parse().choices[0].message.content
+    assert len(scripted.bodies) == asked_upstream
 
 
 def test_a_bad_store_url_is_a_config_error_naming_the_key_but_not_the_password(tmp_path):
