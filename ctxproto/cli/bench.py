@@ -22,6 +22,7 @@ BENCHMARKS: tuple[str, ...] = (
     "retrieval",
     "cache",
     "proxy",
+    "stores",
 )
 
 
