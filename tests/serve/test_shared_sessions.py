@@ -170,9 +170,16 @@ def test_health_reports_a_store_that_went_down(replicas, redis_server: RedisServ
     try:
         start = time.monotonic()
         answer = httpx.get(f"{server.base_url}/health", timeout=30)
+        chat = httpx.post(
+            f"{server.url}/chat/completions",
+            json={"model": "ctxproto", "messages": [{"role": "user", "content": "Still there?"}]},
+            headers={"authorization": "Bearer key-shared", "x-session-id": "down"},
+            timeout=30,
+        )
         assert time.monotonic() - start < 20
     finally:
         redis_server.start()
+    assert chat.status_code == 500 and chat.json()["error"]["code"] == "store_error"
     assert answer.status_code == 503, answer.text
     assert redis_server.url.rsplit("/", 1)[0] in answer.json()["reason"]
     assert httpx.get(f"{server.base_url}/health").status_code == 200
