@@ -31,7 +31,7 @@ from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import StageReport
-from ctxproto.stages.folders import StoreLocation
+from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.session_state import SessionStore, open_session_store
 
 if TYPE_CHECKING:
@@ -321,7 +321,7 @@ class _SessionSettings(BaseModel):
     generation: dict[str, Any] = Field(default_factory=dict)
     system_prompt: str = ""
     system_prompt_file: str | None = None
-    history_path: StoreLocation | None = None
+    history_path: FolderOrRedisURL | None = None
 
 
 def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSettings]:

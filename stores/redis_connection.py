@@ -20,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.location import redacted
+from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RedisConnection", "key_part"]
 
@@ -32,7 +32,7 @@ class RedisConnection:
     """A client for ``url`` whose failures are ``StoreError`` naming the redacted URL."""
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.name = redacted(url)
+        self.name = redact_url(url)
         self._secret = _password(url)
         try:
             self.client: redis.Redis = redis.Redis.from_url(

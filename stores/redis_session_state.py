@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxproto.stores.location import redacted
 from ctxproto.stores.redis_connection import RedisConnection, key_part
 from ctxproto.stores.session_state import check_ids, decode_state, encode_state
+from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RedisSessionStateStore"]
 
@@ -32,7 +32,7 @@ class RedisSessionStateStore:
     """JSON state per ``(tenant_id, session_id)`` on the server at ``url``."""
 
     def __init__(self, url: str, *, namespace: str = "sessions") -> None:
-        self.url = redacted(url)
+        self.url = redact_url(url)
         self.namespace = namespace
         self._prefix = f"ctxproto:{key_part(namespace)}"
         self._connection = RedisConnection(url)

@@ -33,8 +33,8 @@ import diskcache
 from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
-from ctxproto.stores.location import is_redis_url
 from ctxproto.stores.read_only_cache import ReadOnlyCache
+from ctxproto.stores.store_url import store_location
 
 __all__ = [
     "SessionStateStore",
@@ -67,7 +67,7 @@ def open_session_store(location: str | Path | None, *, namespace: str) -> Sessio
     the summarizer's summaries may name the same session); a folder is already
     private to its user, so it ignores it.
     """
-    if is_redis_url(location):
+    if isinstance(location, str) and store_location(location) == "redis":
         require("redis", extra="redis")
         from ctxproto.stores.redis_session_state import RedisSessionStateStore
 

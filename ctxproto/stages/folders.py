@@ -7,7 +7,7 @@ check runs when the stage is built, so a config file names the key and the CLI
 exits 2 before any work. Nothing is created here: the store makes its folder
 on first use.
 
-``StoreLocation`` also takes a ``redis://`` URL: the stores behind it then
+``FolderOrRedisURL`` also takes a ``redis://`` URL: the stores behind it then
 live on a server that several proxy replicas share (``ctxproto.stores.location``).
 """
 
@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
-from ctxproto.stores.location import is_redis_url, redacted
+from ctxproto.stores.store_url import redact_url, store_location
 
-__all__ = ["StoreLocation", "WritableFolder", "check_store_location", "check_writable_folder"]
+__all__ = ["FolderOrRedisURL", "WritableFolder", "check_store_location", "check_writable_folder"]
 
 
 def check_writable_folder(value: str) -> str:
@@ -57,17 +57,23 @@ def check_store_location(value: str) -> str:
     when the store opens, so a config can be validated on a machine that cannot
     reach it.
     """
-    if not is_redis_url(value):
+    kind = store_location(value)
+    if kind == "postgresql":
+        raise ValueError(
+            f"{redact_url(value)}: PostgreSQL holds retrieval stores only; "
+            "give a folder or a redis:// URL"
+        )
+    if kind == "path":
         return check_writable_folder(value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (parsing the port is the check)
     except ValueError as exc:
-        raise ValueError(f"{redacted(value)} is not a valid URL: {exc}") from None
-    if parts.scheme.lower() != "unix" and not parts.hostname:
-        raise ValueError(f"{redacted(value)} names no host")
+        raise ValueError(f"{redact_url(value)} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"{redact_url(value)} names no host")
     return value
 
 
-StoreLocation = Annotated[str, AfterValidator(check_store_location)]
+FolderOrRedisURL = Annotated[str, AfterValidator(check_store_location)]
 """A folder as for ``WritableFolder``, or a ``redis://`` URL of a server replicas share."""

@@ -12,7 +12,7 @@ from ctxproto.context import Context
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
-from ctxproto.stages.folders import StoreLocation
+from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.session_state import SessionStore, open_session_store
 from ctxproto.text.protected_spans import fact_strings
@@ -71,7 +71,7 @@ class Summarizer(Stage):
     model: str | None = "default"
     embedder: str = "default"
     device: str = "auto"
-    state_path: StoreLocation | None = None
+    state_path: FolderOrRedisURL | None = None
 
     _store: SessionStore | None = PrivateAttr(default=None)
     _embedder: Embedder | None = PrivateAttr(default=None)

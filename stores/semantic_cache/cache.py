@@ -48,7 +48,6 @@ import numpy.typing as npt
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.models.embedder import Embedder, get_embedder
-from ctxproto.stores.location import is_redis_url
 from ctxproto.stores.semantic_cache.mirror import (
     CacheMirror,
     MirrorEntry,
@@ -57,6 +56,7 @@ from ctxproto.stores.semantic_cache.mirror import (
 )
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
 from ctxproto.stores.semantic_cache.storage import open_cache_storage
+from ctxproto.stores.store_url import store_location
 
 __all__ = ["CacheContext", "CacheHit", "SemanticCache", "context_fingerprint"]
 
@@ -110,7 +110,8 @@ class SemanticCache:
             raise ConfigError(f"must be positive seconds or None, got {ttl}", key="ttl")
         if max_entries is not None and max_entries <= 0:
             raise ConfigError(f"must be positive or None, got {max_entries}", key="max_entries")
-        self.path = path if is_redis_url(path) else Path(path)
+        on_server = isinstance(path, str) and store_location(path) == "redis"
+        self.path = path if on_server else Path(path)
         """The folder, or the ``redis://`` URL (as given) of a server replicas share."""
         self.threshold = threshold
         self.ttl = ttl

@@ -19,7 +19,7 @@ import diskcache
 
 from ctxproto._extras import require
 from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
-from ctxproto.stores.location import is_redis_url
+from ctxproto.stores.store_url import store_location
 
 __all__ = ["CacheStorage", "DiskCacheStorage", "open_cache_storage"]
 
@@ -62,7 +62,7 @@ class CacheStorage(Protocol):
 
 def open_cache_storage(location: str | Path, *, max_bytes: int) -> CacheStorage:
     """The storage at ``location``: a ``redis://`` URL or a folder (created if missing)."""
-    if is_redis_url(location):
+    if isinstance(location, str) and store_location(location) == "redis":
         require("redis", extra="redis")
         from ctxproto.stores.semantic_cache.redis_storage import RedisCacheStorage
 

@@ -140,6 +140,13 @@ def test_a_bad_store_url_is_a_config_error_naming_the_key_but_not_the_password(t
     with pytest.raises(ConfigError, match=r"redis://:\*\*\*@/0 names no host") as raised:
         load_serve_config(config)
     assert raised.value.key == "sessions.store" and "hunter2" not in str(raised.value)
+    config.write_text(
+        "upstream: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+        "sessions: {store: 'postgresql://app:hunter2@db/ctx'}\n"
+    )
+    with pytest.raises(ConfigError, match="retrieval stores only") as raised:
+        load_serve_config(config)
+    assert "hunter2" not in str(raised.value)
     stages = [{"type": "summarizer", "init_parameters": {"state_path": "redis://h:port/0"}}]
     with pytest.raises(ConfigError, match="not a valid URL") as raised:
         Pipeline.from_dict({"stages": stages}, source="chat.yaml")
