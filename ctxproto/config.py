@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ctxproto.budget import Budget
 from ctxproto.errors import ConfigError
 from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, excerpt, read_text_capped
+from ctxproto.stores.store_url import redact_url
 
 __all__ = [
     "ConfigLoader",
@@ -137,7 +138,10 @@ def validation_error_to_config_error(
     # line and column already) is not worth quoting; anything else is, in short.
     quoted = "input" in first and not isinstance(first["input"], dict)
     if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
-        message += f", got {excerpt(first['input'])}"
+        given = first["input"]
+        if isinstance(given, str) and "://" in given:
+            given = redact_url(given)  # a store URL may carry a password
+        message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
 
 

@@ -7,8 +7,9 @@ semantic cache files it), appends the turn to the session's
 history, and returns the answer with a per-turn report: tokens sent, tokens
 saved, cache hits, prefix tokens served from the KV cache, TTFT, latency.
 
-History lives in a ``SessionStateStore`` keyed by tenant and session id, so a
-session survives a restart and tenants never see each other's conversations.
+History lives in a session store (a folder, or a ``redis://`` server that
+replicas share) keyed by tenant and session id, so a session survives a
+restart and tenants never see each other's conversations.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import StageReport
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stages.folders import FolderOrRedisURL
+from ctxproto.stores.session_state import SessionStore, open_session_store
 
 if TYPE_CHECKING:
     from ctxproto.runtime.backends.base import Backend
@@ -125,7 +127,7 @@ class ChatSession:
         session_id: str | None = None,
         tenant_id: str = "default",
         generation: GenerationParams | None = None,
-        history_store: SessionStateStore | None = None,
+        history_store: SessionStore | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
@@ -164,7 +166,9 @@ class ChatSession:
         if settings.system_prompt_file:
             prompt_path = Path(source).parent / settings.system_prompt_file
             system_prompt = _read_text(prompt_path, source, "system_prompt_file")
-        store = SessionStateStore(settings.history_path) if settings.history_path else None
+        store = None
+        if settings.history_path:
+            store = open_session_store(settings.history_path, namespace="history")
         return cls(
             pipeline,
             backend if backend is not None else build_backend(settings.backend),
@@ -315,7 +319,7 @@ class _SessionSettings(BaseModel):
     generation: dict[str, Any] = Field(default_factory=dict)
     system_prompt: str = ""
     system_prompt_file: str | None = None
-    history_path: str | None = None
+    history_path: FolderOrRedisURL | None = None
 
 
 def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSettings]:

@@ -10,6 +10,13 @@ that someone else wrote cannot run code when it is read.
 
 A folder this process cannot write to (a read-only mount, another user's
 folder) is opened read-only: reads work, writes raise ``StoreError``.
+
+Replicas of one proxy share state through a server instead:
+``open_session_store`` picks the store from its location, a folder for this
+class or a ``redis://`` URL for ``RedisSessionStateStore``. Both satisfy the
+``SessionStore`` protocol that the proxy, ``ChatSession`` and the summarizer
+use, and share the id checks and the JSON encoding below, so their semantics
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,15 +26,101 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import diskcache
 
+from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
 from ctxproto.stores.read_only_cache import ReadOnlyCache
+from ctxproto.stores.store_url import store_location
 
-__all__ = ["SessionStateStore"]
+__all__ = [
+    "SessionStateStore",
+    "SessionStore",
+    "check_ids",
+    "decode_state",
+    "encode_state",
+    "open_session_store",
+]
+
+
+class SessionStore(Protocol):
+    """JSON state per ``(tenant_id, session_id)``; no call ever reaches another tenant's state."""
+
+    read_only: bool
+    """Reads work; ``put`` and ``delete`` raise ``StoreError``."""
+
+    @property
+    def location(self) -> str:
+        """What opens this store again (a folder, or the URL with its password): never print it."""
+        ...
+
+    def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None: ...
+
+    def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None: ...
+
+    def delete(self, tenant_id: str, session_id: str) -> bool: ...
+
+    def sessions(self, tenant_id: str) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+def open_session_store(location: str | Path | None, *, namespace: str) -> SessionStore:
+    """The store at ``location``: a ``redis://`` URL, a folder, or ``None`` for a temporary one.
+
+    ``namespace`` keeps the users of one server apart (the proxy's histories and
+    the summarizer's summaries may name the same session); a folder is already
+    private to its user, so it ignores it.
+    """
+    if isinstance(location, str) and store_location(location) == "redis":
+        require("redis", extra="redis")
+        from ctxproto.stores.redis_session_state import RedisSessionStateStore
+
+        return RedisSessionStateStore(str(location), namespace=namespace)
+    return SessionStateStore(location)
+
+
+def check_ids(tenant_id: str, session_id: str) -> None:
+    """Both ids non-empty strings of valid Unicode, or a ``ConfigError`` naming the bad one."""
+    for key, value in (("tenant_id", tenant_id), ("session_id", session_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigError("must be a non-empty string", key=key)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError("must be valid Unicode text", key=key) from None
+
+
+def encode_state(tenant_id: str, session_id: str, state: dict[str, Any]) -> str:
+    """``state`` as JSON text, or a ``StoreError`` when it is not JSON or not valid Unicode."""
+    try:
+        text = json.dumps(state, allow_nan=False, ensure_ascii=False, sort_keys=True)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise StoreError(
+            f"session state of tenant '{tenant_id}' session '{session_id}' must be "
+            f"JSON-serializable Unicode text: {exc}"
+        ) from exc
+    return text
+
+
+def decode_state(raw: object, where: str) -> dict[str, Any]:
+    """A stored value back as a dict, or a ``StoreError`` naming ``where`` when it is not one."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = None
+    try:
+        state = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict):
+        raise StoreError(f"{where} is not a JSON object")
+    return state
 
 
 class SessionStateStore:
@@ -52,12 +145,13 @@ class SessionStateStore:
         else:
             self.path = Path(self._cache.directory)
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     @staticmethod
     def _key(tenant_id: str, session_id: str) -> str:
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise ConfigError("must be a non-empty string", key="tenant_id")
-        if not isinstance(session_id, str) or not session_id:
-            raise ConfigError("must be a non-empty string", key="session_id")
+        check_ids(tenant_id, session_id)
         return json.dumps(["session", tenant_id, session_id])
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
@@ -66,27 +160,12 @@ class SessionStateStore:
         where = f"session state of tenant '{tenant_id}' session '{session_id}' in {self.path}"
         with self._reporting(where):
             raw = self._cache.get(key)
-        if raw is None:
-            return None
-        try:
-            state = json.loads(raw) if isinstance(raw, str) else None
-        except json.JSONDecodeError:
-            state = None
-        if not isinstance(state, dict):
-            raise StoreError(f"{where} is not a JSON object")
-        return state
+        return None if raw is None else decode_state(raw, where)
 
     def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
         """Replace this session's state, atomically; ``state`` must be JSON-serializable."""
         key = self._key(tenant_id, session_id)
-        try:
-            text = json.dumps(state, allow_nan=False, ensure_ascii=False, sort_keys=True)
-            text.encode("utf-8")
-        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-            raise StoreError(
-                f"session state of tenant '{tenant_id}' session '{session_id}' must be "
-                f"JSON-serializable Unicode text: {exc}"
-            ) from exc
+        text = encode_state(tenant_id, session_id, state)
         with self._writing():
             self._cache.set(key, text)
 

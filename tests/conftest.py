@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-# The server fixtures (``postgres``, ``pg_url``) live in their own module.
-pytest_plugins = ["tests.servers_postgres"]
+# The server fixtures (``postgres``, ``pg_url``, ``redis_server``) live in their own modules.
+pytest_plugins = ["tests.servers_postgres", "tests.servers_redis"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,7 +1,7 @@
 """``ctxproto bench stores [--json]``: the embedded stores against the shared servers.
 
 One function per part, each timing the embedded store and its server peer on
-the same data in the same run:
+the same data in the same run (``--parts`` picks some; all by default):
 
 - ``retrieval``: ``--chunks`` clustered 384-d vectors (as ``bench retrieval``)
   in the FAISS ``VectorStore`` and in ``PgVectorStore``, added through the
@@ -9,10 +9,22 @@ the same data in the same run:
   filtered query (one shard in ten) and recall@10 against the exact answer.
   Both build HNSW past 20k chunks. The pgvector time includes the round trip
   to a server on 127.0.0.1.
+- ``sessions``: ``put`` and ``get`` of one session's state (a 20-message
+  history, about 4 KB of JSON) over ``--sessions`` sessions, in a diskcache
+  folder and on Redis.
+- ``cache``: semantic-cache lookups with ``--entries`` entries (100k by
+  default), as ``ctxproto bench cache`` measures them (random filler vectors,
+  query embeddings computed beforehand), in a diskcache folder and on Redis.
 
 Without ``--postgres URL`` the benchmark starts its own PostgreSQL from the
 ``postgres`` extra and removes it afterwards; with it, it writes a table named
-``ctxproto_bench_<pid>`` there and drops it at the end.
+``ctxproto_bench_<pid>`` there and drops it at the end. Redis is the server at
+``--redis`` (a URL), or a ``valkey-server`` from the ``redis`` extra started on
+a free 127.0.0.1 port for the run and stopped after it, with ``appendfsync
+everysec`` (the usual production setting; ``always`` costs a disk flush per
+write). What the run writes on a server goes under fresh names and is deleted
+at the end. The target for the server backend, a cache lookup p50 of at most
+5 ms, is reported next to the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,41 +43,83 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ctxproto.bench.cache import FIXTURES, speed
 from ctxproto.bench.retrieval import DIMENSION, clustered_vectors
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
 from ctxproto.stores.store_url import redact_url
 from ctxproto.stores.vector_backend import VectorBackend
 
-__all__ = ["register", "retrieval", "run"]
+__all__ = ["PARTS", "cache_stores", "register", "retrieval", "run", "session_stores"]
 
 BATCH = 1_000
 K = 10
+CACHE_LOOKUP_P50_TARGET_MS = 5.0
+BENCH_FSYNC = "appendfsync everysec"
+PARTS = ("retrieval", "sessions", "cache")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "stores", help="embedded stores against PostgreSQL (and Redis), side by side"
+        "stores", help="embedded stores against PostgreSQL and Redis, side by side"
     )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
     parser.add_argument("--chunks", type=int_at_least(1), default=100_000)
     parser.add_argument("--queries", type=int_at_least(1), default=300)
     parser.add_argument(
         "--postgres", default=None, help="postgresql:// URL (default: start an embedded one)"
     )
+    parser.add_argument("--entries", type=int_at_least(1), default=100_000)
+    parser.add_argument("--sessions", type=int_at_least(1), default=2_000)
+    parser.add_argument("--redis", default=None, help="redis:// URL (default: start one)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    result = run(chunks=args.chunks, queries=args.queries, postgres=args.postgres)
+    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ConfigError(f"unknown part(s) {unknown}", key="--parts", expected=", ".join(PARTS))
+    result = run(
+        parts=parts,
+        chunks=args.chunks,
+        queries=args.queries,
+        postgres=args.postgres,
+        entries=args.entries,
+        sessions=args.sessions,
+        redis_url=args.redis,
+    )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
 
-def run(*, chunks: int, queries: int, postgres: str | None) -> dict[str, Any]:
-    with _postgres(postgres) as url:
-        return {"retrieval": retrieval(chunks=chunks, queries=queries, postgres=url)}
+def run(
+    *,
+    parts: tuple[str, ...] = PARTS,
+    chunks: int = 100_000,
+    queries: int = 300,
+    postgres: str | None = None,
+    entries: int = 100_000,
+    sessions: int = 2_000,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if "retrieval" in parts:
+        with _postgres(postgres) as url:
+            result["retrieval"] = retrieval(chunks=chunks, queries=queries, postgres=url)
+    if "sessions" in parts or "cache" in parts:
+        with _redis(redis_url) as url:
+            result["redis_server"] = (
+                redact_url(redis_url) if redis_url else f"valkey-server, {BENCH_FSYNC}"
+            )
+            if "sessions" in parts:
+                result["sessions"] = session_stores(count=sessions, redis=url)
+            if "cache" in parts:
+                result["cache"] = cache_stores(entries=entries, redis=url)
+    return result
 
 
 @contextlib.contextmanager
@@ -142,3 +197,83 @@ def _percentiles(
 ) -> dict[str, float]:
     times = call_times_ms(call, list(items), warm_up=5)
     return {f"{name}_p{q}_ms": round(float(np.percentile(times, q)), 3) for q in (50, 95)}
+
+
+def session_stores(*, count: int, redis: str) -> dict[str, Any]:
+    """Session ``put``/``get`` p50 in a diskcache folder and on the server at ``redis``."""
+    namespace = f"bench-{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory() as folder:
+        return {
+            "diskcache": _sessions(folder, namespace, count),
+            "redis": _sessions(redis, namespace, count),
+        }
+
+
+def cache_stores(*, entries: int, redis: str) -> dict[str, Any]:
+    """Semantic-cache lookup p50 with ``entries`` entries, diskcache and Redis."""
+    from ctxproto.models.embedder import get_embedder
+
+    pairs = FIXTURES / "cache_pairs" / "test.jsonl"
+    rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line]
+    get_embedder().embed([r["a"] for r in rows] + [r["b"] for r in rows])
+    result = {
+        "diskcache": speed(rows, entries),
+        "redis": _cache_on_server(rows, entries, f"{redis}#bench-{uuid.uuid4().hex[:12]}"),
+    }
+    lookup = result["redis"]["lookup_p50_ms"]
+    return {
+        **result,
+        "target_redis_lookup_p50_ms": CACHE_LOOKUP_P50_TARGET_MS,
+        "target_met": lookup <= CACHE_LOOKUP_P50_TARGET_MS,
+    }
+
+
+def _sessions(location: str, namespace: str, count: int) -> dict[str, Any]:
+    from ctxproto.stores.session_state import open_session_store
+
+    store = open_session_store(location, namespace=namespace)
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "x" * 180}
+        for i in range(20)
+    ]
+    ids = [f"session-{i}" for i in range(count)]
+    put_ms = call_times_ms(lambda s: store.put("bench", s, {"messages": history}), ids)
+    get_ms = call_times_ms(lambda s: store.get("bench", s), ids)
+    for session in ids:
+        store.delete("bench", session)
+    store.close()
+    return {
+        "sessions": count,
+        "state_bytes": len(json.dumps({"messages": history})),
+        "put_p50_ms": round(float(np.percentile(put_ms, 50)), 3),
+        "get_p50_ms": round(float(np.percentile(get_ms, 50)), 3),
+        "put_p95_ms": round(float(np.percentile(put_ms, 95)), 3),
+        "get_p95_ms": round(float(np.percentile(get_ms, 95)), 3),
+    }
+
+
+def _cache_on_server(rows: list[dict[str, Any]], entries: int, location: str) -> dict[str, Any]:
+    from ctxproto.stores.semantic_cache import SemanticCache
+
+    try:
+        return speed(rows, entries, location)
+    finally:
+        cache = SemanticCache(location)
+        cache.clear()
+        cache.close()
+
+
+@contextlib.contextmanager
+def _redis(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    from ctxproto.bench.redis_server import RedisServer
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = RedisServer(Path(folder), fsync=BENCH_FSYNC.split()[1])
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()

@@ -1,6 +1,6 @@
 """Session memory for MCP clients: turns, notes and summaries, recalled within a token cap.
 
-Each entry is its own row of the ``SessionStateStore`` (one atomic diskcache
+Each entry is its own row of the session store (one atomic diskcache
 write under a fresh, time-ordered id), never a list read, extended and written
 back: two clients, or two server processes sharing the store folder, writing
 to one session at once cannot overwrite each other's entries. This is what the
@@ -38,7 +38,7 @@ from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.summarizer import Summarizer
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStore
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
@@ -58,7 +58,7 @@ log = logging.getLogger("ctxproto.mcp")
 class SessionMemory:
     """Remember and recall entries per ``(tenant, session)``."""
 
-    def __init__(self, store: SessionStateStore, *, embedder: str = "default") -> None:
+    def __init__(self, store: SessionStore, *, embedder: str = "default") -> None:
         self.store = store
         self._embedder_name = embedder
         self._embedder: Embedder | None = None
@@ -69,7 +69,7 @@ class SessionMemory:
             keep_turns=SUMMARY_KEEP_TURNS,
             checkpoint_every=4,
             max_summary_tokens=300,
-            state_path=str(store.path),
+            state_path=store.location,
         )
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
         self._pending: dict[tuple[str, str], set[Future[None]]] = {}

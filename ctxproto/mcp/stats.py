@@ -13,7 +13,7 @@ import threading
 import uuid
 
 from ctxproto.mcp.results import SessionStats, Stats
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStore
 
 __all__ = ["UsageStats"]
 
@@ -23,7 +23,7 @@ _ROW_PREFIX = "mcp-stats"
 class UsageStats:
     """Count tool calls into ``store``; sum them per tenant and session."""
 
-    def __init__(self, store: SessionStateStore) -> None:
+    def __init__(self, store: SessionStore) -> None:
         self.store = store
         self._process = uuid.uuid4().hex[:12]
         self._mine: dict[tuple[str, str], SessionStats] = {}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.errors import ConfigError
+from ctxproto.stages.folders import FolderOrRedisURL
 
 __all__ = [
     "LimitsConfig",
@@ -99,8 +100,10 @@ class SessionConfig(_Section):
         default="stateless",
         description="stateful: clients send only the new message; the proxy keeps the history.",
     )
-    store: str | None = Field(
-        default=None, description="Folder of the session store (history in stateful mode)."
+    store: FolderOrRedisURL | None = Field(
+        default=None,
+        description="Session store (history in stateful mode): a folder, or a redis:// URL "
+        "that replicas share.",
     )
 
 

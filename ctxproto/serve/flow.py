@@ -8,8 +8,9 @@ appends the turn to the session's history.
 
 Stateless mode (the default) is a drop-in: the client sends the whole
 conversation and it is what the pipeline sees. In stateful mode the client
-sends only the new messages; the history lives in the ``SessionStateStore``,
-and turns of one session are answered one after the other.
+sends only the new messages; the history lives in the session store (on a
+``redis://`` server, every replica sees it), and turns of one session are
+answered one after the other by this process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.serve.config import ServeConfig
 from ctxproto.stages.base import Stage
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStateStore, SessionStore, open_session_store
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["CacheStatus", "ContextFlow", "Turn"]
@@ -66,11 +67,9 @@ class Turn:
 class ContextFlow:
     """The pipeline and session state behind the proxy."""
 
-    def __init__(
-        self, pipeline: Pipeline | None, *, store: SessionStateStore | None = None
-    ) -> None:
+    def __init__(self, pipeline: Pipeline | None, *, store: SessionStore | None = None) -> None:
         self.pipeline = pipeline
-        self.store = store if store is not None else SessionStateStore()
+        self.store: SessionStore = store if store is not None else SessionStateStore()
         self._uncached = _without_cache(pipeline) if pipeline is not None else None
         self._run_lock = threading.Lock()
         self._session_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
@@ -83,7 +82,9 @@ class ContextFlow:
         pipeline = None
         if config.pipeline is not None:
             pipeline = Pipeline.from_dict(config.pipeline, source=source)
-        store = SessionStateStore(config.sessions.store) if config.sessions.store else None
+        store = None
+        if config.sessions.store:
+            store = open_session_store(config.sessions.store, namespace="sessions")
         return cls(pipeline, store=store)
 
     @property

@@ -11,7 +11,7 @@ from ctxproto.context import Context
 from ctxproto.errors import StoreError
 from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
-from ctxproto.stages.folders import WritableFolder
+from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.semantic_cache.cache import CacheContext, Guard, SemanticCache
 from ctxproto.tokens import TokenCounter
@@ -55,7 +55,10 @@ class SemanticCacheLookup(Stage):
     documents' sources, so ``invalidate(source=...)`` drops it.
     """
 
-    path: WritableFolder = Field(description="Folder of the cache (created if missing).")
+    path: FolderOrRedisURL = Field(
+        description="Folder of the cache (created if missing), or a redis:// URL "
+        "(#name picks the cache on the server) that replicas share."
+    )
     threshold: float | None = Field(
         default=None,
         ge=-1.0,

@@ -12,9 +12,9 @@ from ctxproto.context import Context
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
-from ctxproto.stages.folders import WritableFolder
+from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStore, open_session_store
 from ctxproto.text.protected_spans import fact_strings
 from ctxproto.text.selection import centrality, select_within_budget
 from ctxproto.text.sentences import split_sentences
@@ -59,9 +59,10 @@ class Summarizer(Stage):
     to the chatter), and a long chat of first-person requests pushes it out.
 
     The summary and how many turns it covers live per tenant and session in a
-    ``SessionStateStore`` at ``state_path`` (a temporary store when null), so
-    they survive a restart; a history that no longer matches what was folded
-    (edited, or another conversation) is re-summarized from the start.
+    session store at ``state_path`` (a folder, a ``redis://`` URL that replicas
+    share, or a temporary store when null), so they survive a restart; a
+    history that no longer matches what was folded (edited, or another
+    conversation) is re-summarized from the start.
     """
 
     keep_turns: int = Field(default=6, ge=0, description="Newest blocks kept verbatim.")
@@ -70,16 +71,16 @@ class Summarizer(Stage):
     model: str | None = "default"
     embedder: str = "default"
     device: str = "auto"
-    state_path: WritableFolder | None = None
+    state_path: FolderOrRedisURL | None = None
 
-    _store: SessionStateStore | None = PrivateAttr(default=None)
+    _store: SessionStore | None = PrivateAttr(default=None)
     _embedder: Embedder | None = PrivateAttr(default=None)
     _lm: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
 
     def warm_up(self) -> None:
         if self._store is None:
-            self._store = SessionStateStore(self.state_path)
+            self._store = open_session_store(self.state_path, namespace="summaries")
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:

@@ -16,9 +16,10 @@ Three rules keep it honest, each from a known failure of embedding caches:
 - **Namespaces never cross.** Each tenant has its own namespace; a lookup only
   ever searches and returns its own namespace's entries.
 
-Entries live in diskcache (SQLite, process-safe) as JSON, never pickled: TTL,
-a byte limit and an entry limit with oldest-first eviction, invalidation by key
-and by source document. Each process keeps an in-memory FAISS mirror of the
+Entries live in diskcache (SQLite, process-safe) or on a Redis server that
+proxy replicas share (``storage.py``), as JSON, never pickled: TTL, a byte
+limit and an entry limit with oldest-first eviction, invalidation by key and
+by source document. Each process keeps an in-memory FAISS mirror of the
 entry vectors, brought up to date from a shared sequence counter before every
 lookup; a candidate is re-read from disk before it is returned, so an entry
 that expired, was evicted or invalidated by another process is never served.
@@ -40,20 +41,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import diskcache
 import numpy as np
 import numpy.typing as npt
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.models.embedder import Embedder, get_embedder
-from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
 from ctxproto.stores.semantic_cache.mirror import (
     CacheMirror,
     MirrorEntry,
@@ -61,7 +59,9 @@ from ctxproto.stores.semantic_cache.mirror import (
     encode_vector,
 )
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
+from ctxproto.stores.semantic_cache.storage import open_cache_storage
 from ctxproto.stores.semantic_cache.verifier import HitVerifier
+from ctxproto.stores.store_url import store_location
 
 __all__ = ["GUARDS", "CacheContext", "CacheHit", "Guard", "SemanticCache", "context_fingerprint"]
 
@@ -126,27 +126,16 @@ class SemanticCache:
             raise ConfigError(f"must be positive seconds or None, got {ttl}", key="ttl")
         if max_entries is not None and max_entries <= 0:
             raise ConfigError(f"must be positive or None, got {max_entries}", key="max_entries")
-        self.path = Path(path)
+        on_server = isinstance(path, str) and store_location(path) == "redis"
+        self.path = path if on_server else Path(path)
+        """The folder, or the ``redis://`` URL (as given) of a server replicas share."""
         self.threshold = threshold
         self.ttl = ttl
         self.max_entries = max_entries
         self.guard: Guard = guard
         self.candidates = candidates
         self.embedder = embedder or get_embedder()
-        try:
-            self._entries: Any = diskcache.Cache(
-                str(self.path / "entries"),
-                disk=JSONOnlyDisk,
-                size_limit=max_bytes,
-                eviction_policy="least-recently-stored",
-            )
-            self._meta: Any = diskcache.Cache(str(self.path / "meta"), disk=PlainDisk)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            # diskcache writes its settings on open, so even a reader needs write access.
-            raise StoreError(
-                f"cannot open the semantic cache at {self.path}: it must be a folder this "
-                f"process can write ({exc})"
-            ) from exc
+        self._entries = open_cache_storage(path, max_bytes=max_bytes)
         self._mirror = CacheMirror(self.embedder.dimension)
         self._check_embedder()
 
@@ -194,7 +183,6 @@ class SemanticCache:
                 f"embedder (dimension {self.embedder.dimension})"
             )
         generations = {source: self._generation(source) for source in sorted(set(sources))}
-        key = str(self._meta.incr("seq"))
         entry = {
             "namespace": namespace,
             "context": context_fingerprint(context),
@@ -204,11 +192,7 @@ class SemanticCache:
             "sources": generations,
             "created": time.time(),
         }
-        self._entries.set(key, entry, expire=self.ttl)
-        for source in generations:
-            with self._meta.transact():
-                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
-                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
+        key = self._entries.add(entry, self.ttl, list(generations))
         self._evict_over_limit()
         return key
 
@@ -242,8 +226,8 @@ class SemanticCache:
             raise StoreError("invalidate needs a source or a key")
         keys = [key] if key is not None else []
         if source is not None:
-            self._meta.incr(f"gen:{source}")  # before reading the list: see the module docstring
-            keys += json.loads(self._meta.pop(f"src:{source}", default="[]"))
+            # The generation moves before the list is read: see the module docstring.
+            keys += self._entries.drop_source(source)
         dropped = 0
         for entry_key in keys:
             dropped += bool(self._entries.delete(entry_key))
@@ -258,14 +242,10 @@ class SemanticCache:
         when their entries are found gone.
         """
         self._entries.clear()
-        for name in list(self._meta.iterkeys()):
-            if name.startswith("src:"):
-                self._meta.delete(name)
         self._mirror = CacheMirror(self.embedder.dimension)
 
     def close(self) -> None:
         self._entries.close()
-        self._meta.close()
 
     def _guard_accepts(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> bool:
         if self._verifier is not None:
@@ -275,18 +255,15 @@ class SemanticCache:
     def _check_embedder(self) -> None:
         """Vectors of two embedders are not comparable: a cache is bound to the first one."""
         signature = f"{self.embedder.name}:{self.embedder.dimension}"
-        stored = self._meta.get("embedder")
-        if stored is None:
-            self._meta.add("embedder", signature)
-            stored = self._meta.get("embedder")
+        stored = self._entries.bind_embedder(signature)
         if stored != signature:
             raise StoreError(
-                f"the cache at {self.path} was filled with embedder '{stored}'; it cannot be "
-                f"used with '{signature}': use another path or clear it"
+                f"the cache at {self._entries.where} was filled with embedder '{stored}'; "
+                f"it cannot be used with '{signature}': use another path or clear it"
             )
 
     def _generation(self, source: str) -> int:
-        return int(self._meta.get(f"gen:{source}", 0))
+        return self._entries.generation(source)
 
     def _sources_current(self, entry: dict[str, Any]) -> bool:
         """False when a source the entry was built on was invalidated after it was read."""
@@ -297,7 +274,7 @@ class SemanticCache:
 
     def _sync(self) -> None:
         """Bring the in-memory mirror up to the shared sequence counter."""
-        latest = int(self._meta.get("seq", 0))
+        latest = self._entries.latest_key()
         if latest < self._mirror.synced:  # the folder was deleted and recreated under us
             self._mirror = CacheMirror(self.embedder.dimension)
         found = []
@@ -314,12 +291,7 @@ class SemanticCache:
         """Oldest-first eviction down to ``max_entries`` (diskcache itself enforces bytes)."""
         if self.max_entries is None:
             return
-        while len(self._entries) > self.max_entries:
-            try:
-                oldest, _ = self._entries.peekitem(last=False)
-            except KeyError:
-                return
-            self._entries.delete(oldest)
+        for oldest in self._entries.evict_over(self.max_entries):
             self._mirror.forget(oldest)
 
 

@@ -1,19 +1,40 @@
-"""``ctxproto bench stores``: FAISS and pgvector measured side by side on the same data."""
+"""``ctxproto bench stores`` runs end to end on small numbers and cleans up after itself."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+import redis
+
 from ctxproto.bench.embedded_postgres import EmbeddedPostgres
+from ctxproto.bench.stores import run
 from ctxproto.cli.main import main
+from tests.servers_redis import RedisServer
 
 
 def test_the_retrieval_part_times_both_backends_and_leaves_no_table(
     postgres: EmbeddedPostgres, capsys: Any
 ) -> None:
     url = f"postgresql://postgres:pw-not-shown@127.0.0.1:{postgres.port}/postgres"
-    assert main(["bench", "stores", "--chunks", "1500", "--queries", "20", "--postgres", url]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "stores",
+                "--parts",
+                "retrieval",
+                "--chunks",
+                "1500",
+                "--queries",
+                "20",
+                "--postgres",
+                url,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "pw-not-shown" not in out
     retrieval = json.loads(out)["retrieval"]
@@ -28,3 +49,34 @@ def test_the_retrieval_part_times_both_backends_and_leaves_no_table(
     with psycopg.connect(postgres.url) as conn:
         left = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ctxproto_bench%'")
         assert left.fetchone() == (0,)
+
+
+@pytest.mark.models  # the semantic cache's embedder
+def test_stores_bench_reports_both_backends_and_leaves_the_server_clean(
+    redis_server: RedisServer,
+):
+    client = redis.Redis.from_url(redis_server.url)
+    before = set(client.scan_iter(match="ctxproto:*bench-*"))
+    result = run(entries=200, sessions=30, redis_url=redis_server.url)
+    for backend in ("diskcache", "redis"):
+        assert result["sessions"][backend]["put_p50_ms"] > 0
+        assert result["sessions"][backend]["get_p50_ms"] > 0
+        cache = result["cache"][backend]
+        assert cache["entries"] == 200 + cache["paraphrases_asked"]
+        assert cache["paraphrase_hits"] >= 0.8 * cache["paraphrases_asked"]
+    assert (
+        result["cache"]["redis"]["paraphrase_hits"]
+        == result["cache"]["diskcache"]["paraphrase_hits"]
+    )
+    assert isinstance(result["cache"]["target_met"], bool)
+    after = set(client.scan_iter(match="ctxproto:*bench-*"))
+    leftovers = {k for k in after - before if not k.endswith((b":seq", b":embedder"))}
+    assert leftovers == set()
+    client.close()
+
+
+@pytest.mark.models
+def test_stores_bench_starts_and_stops_its_own_server():
+    result = run(entries=20, sessions=5)
+    assert result["redis_server"].startswith("valkey-server")
+    assert result["cache"]["redis"]["entries"] > 20

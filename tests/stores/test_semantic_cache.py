@@ -1,4 +1,4 @@
-"""The semantic cache on real diskcache and the real embedder."""
+"""The semantic cache on real diskcache, on a real Redis-protocol server, and the real embedder."""
 
 from __future__ import annotations
 
@@ -20,13 +20,28 @@ import pytest
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.semantic_cache.cache import context_fingerprint
+from tests.servers_redis import RedisServer
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
 
 
+@pytest.fixture(params=["diskcache", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where this test's cache lives: a folder, or a cache name no other test uses."""
+    if request.param == "diskcache":
+        return str(tmp_path)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}#{server.namespace()}"
+
+
+def beside(location: str, name: str) -> str:
+    """Another cache next to the one at ``location``."""
+    return f"{location}-{name}" if "://" in location else str(Path(location) / name)
+
+
 @pytest.fixture
-def cache(tmp_path: Path, embedder: Any) -> SemanticCache:
-    return SemanticCache(tmp_path / "cache", embedder=embedder)
+def cache(location: str, embedder: Any) -> SemanticCache:
+    return SemanticCache(beside(location, "cache"), embedder=embedder)
 
 
 def test_a_paraphrase_hits_and_reports_the_matched_question(cache: SemanticCache) -> None:
@@ -101,16 +116,16 @@ def test_invalidation_by_source_and_by_key(cache: SemanticCache) -> None:
     assert cache.invalidate(source="never-used.md") == 0
 
 
-def test_ttl_expires_entries(tmp_path: Path, embedder: Any) -> None:
-    cache = SemanticCache(tmp_path, ttl=0.5, embedder=embedder)
+def test_ttl_expires_entries(location: str, embedder: Any) -> None:
+    cache = SemanticCache(location, ttl=0.5, embedder=embedder)
     cache.put("What time do you open?", "9am")
     assert cache.get("What time do you open?") is not None
     time.sleep(0.7)
     assert cache.get("What time do you open?") is None
 
 
-def test_entry_and_byte_limits_evict_oldest_first(tmp_path: Path, embedder: Any) -> None:
-    cache = SemanticCache(tmp_path / "n", max_entries=5, embedder=embedder)
+def test_entry_limit_evicts_oldest_first(location: str, embedder: Any) -> None:
+    cache = SemanticCache(beside(location, "n"), max_entries=5, embedder=embedder)
     embedder.embed([f"What is item {i} made of?" for i in range(8)])
     for i in range(8):
         cache.put(f"What is item {i} made of?", f"material {i}")
@@ -118,6 +133,10 @@ def test_entry_and_byte_limits_evict_oldest_first(tmp_path: Path, embedder: Any)
     assert cache.get("What is item 0 made of?") is None
     hit = cache.get("What is item 7 made of?")
     assert hit is not None and hit.answer == "material 7"
+
+
+def test_byte_limit_evicts_oldest_first(tmp_path: Path, embedder: Any) -> None:
+    """diskcache only: on a server the byte limit is its ``maxmemory``."""
     sized = SemanticCache(tmp_path / "b", max_bytes=300_000, embedder=embedder)
     questions = [f"Give me report number {i}" for i in range(25)]
     embedder.embed(questions)
@@ -128,10 +147,10 @@ def test_entry_and_byte_limits_evict_oldest_first(tmp_path: Path, embedder: Any)
 
 
 def test_a_second_instance_sees_entries_and_deletions_of_the_first(
-    tmp_path: Path, embedder: Any
+    location: str, embedder: Any
 ) -> None:
-    writer = SemanticCache(tmp_path, embedder=embedder)
-    reader = SemanticCache(tmp_path, embedder=embedder)
+    writer = SemanticCache(location, embedder=embedder)
+    reader = SemanticCache(location, embedder=embedder)
     assert reader.get("How do I export my contacts?") is None
     writer.put("How do I export my contacts?", "Settings > Export")
     assert reader.get("What's the way to export my contact list?") is not None
@@ -140,13 +159,13 @@ def test_a_second_instance_sees_entries_and_deletions_of_the_first(
 
 
 def test_a_clear_elsewhere_never_makes_an_old_question_hit_a_new_entry(
-    tmp_path: Path, embedder: Any
+    location: str, embedder: Any
 ) -> None:
     """Regression: ``clear()`` reset the key counter, so the first entry put after a
     clear took key 1, and another process whose mirror still held key 1 for its old
     question served the new entry's answer."""
-    long_lived = SemanticCache(tmp_path, embedder=embedder)
-    other = SemanticCache(tmp_path, embedder=embedder)
+    long_lived = SemanticCache(location, embedder=embedder)
+    other = SemanticCache(location, embedder=embedder)
     long_lived.put("How do I reset my password?", "Use the 'Forgot password' link.")
     assert long_lived.get("How do I reset my password?") is not None
     other.clear()
@@ -164,15 +183,13 @@ def _clear_and_put(path: str) -> None:
 
 
 def test_a_clear_in_another_process_never_makes_an_old_question_hit(
-    tmp_path: Path, embedder: Any
+    location: str, embedder: Any
 ) -> None:
-    long_lived = SemanticCache(tmp_path, embedder=embedder)
+    long_lived = SemanticCache(location, embedder=embedder)
     embedder.embed(["What is the CEO's home address?"])
     long_lived.put("How do I reset my password?", "Use the 'Forgot password' link.")
     assert long_lived.get("How do I reset my password?") is not None
-    process = multiprocessing.get_context("fork").Process(
-        target=_clear_and_put, args=(str(tmp_path),)
-    )
+    process = multiprocessing.get_context("fork").Process(target=_clear_and_put, args=(location,))
     process.start()
     process.join(timeout=60)
     assert process.exitcode == 0
@@ -193,7 +210,7 @@ def _invalidate_until(path: str, stop: Any) -> None:
 
 
 def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
-    tmp_path: Path, embedder: Any
+    location: str, embedder: Any
 ) -> None:
     """Regression: ``put`` listed the key under its source before writing the entry, so
     an invalidation between the two dropped nothing and the entry was served forever.
@@ -206,9 +223,9 @@ def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
     vectors = [embedder.embed(q) for q in questions]
     fork = multiprocessing.get_context("fork")
     stop = fork.Event()
-    invalidator = fork.Process(target=_invalidate_until, args=(str(tmp_path), stop))
+    invalidator = fork.Process(target=_invalidate_until, args=(location, stop))
     writers = [
-        fork.Process(target=_put_many, args=(str(tmp_path), w, vectors[w], questions[w]))
+        fork.Process(target=_put_many, args=(location, w, vectors[w], questions[w]))
         for w in range(2)
     ]
     invalidator.start()
@@ -219,7 +236,7 @@ def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
     stop.set()
     invalidator.join(timeout=60)
     assert [p.exitcode for p in (*writers, invalidator)] == [0, 0, 0]
-    cache = SemanticCache(tmp_path, embedder=embedder)
+    cache = SemanticCache(location, embedder=embedder)
     cache.invalidate(source="policy.md")
     served = [q for w in range(2) for q in questions[w] if cache.get(q) is not None]
     assert served == []
@@ -246,15 +263,15 @@ def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embed
     assert len(cache) == 0
 
 
-def test_a_cache_of_another_embedder_is_refused(tmp_path: Path, embedder: Any) -> None:
-    SemanticCache(tmp_path, embedder=embedder).put("What is the plan?", "plan")
+def test_a_cache_of_another_embedder_is_refused(location: str, embedder: Any) -> None:
+    SemanticCache(location, embedder=embedder).put("What is the plan?", "plan")
 
     class OtherEmbedder:
         name = "another-model"
         dimension = 768
 
     with pytest.raises(StoreError, match="another-model"):
-        SemanticCache(tmp_path, embedder=OtherEmbedder())  # type: ignore[arg-type]
+        SemanticCache(location, embedder=OtherEmbedder())  # type: ignore[arg-type]
 
 
 def test_a_pickled_row_is_refused_not_loaded(tmp_path: Path, embedder: Any) -> None:
@@ -283,17 +300,15 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_concurrent_writer_processes_lose_no_entry(tmp_path: Path, embedder: Any) -> None:
+def test_concurrent_writer_processes_lose_no_entry(location: str, embedder: Any) -> None:
     per_worker = 20
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(tmp_path), str(w), str(per_worker)], env=env
-        )
+        subprocess.Popen([sys.executable, "-c", WRITER, location, str(w), str(per_worker)], env=env)
         for w in range(3)
     ]
     assert [w.wait(timeout=240) for w in workers] == [0, 0, 0]
-    cache = SemanticCache(tmp_path, embedder=embedder)
+    cache = SemanticCache(location, embedder=embedder)
     assert len(cache) == 3 * per_worker
     for w in range(3):
         for i in range(per_worker):

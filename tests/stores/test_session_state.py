@@ -1,27 +1,61 @@
 import multiprocessing
 import pathlib
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import diskcache
 import pytest
+import redis
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores import SessionStateStore
+from ctxproto.stores import SessionStateStore, SessionStore, open_session_store
+from ctxproto.stores.redis_session_state import RedisSessionStateStore
 from tests.conftest import Unprivileged
+from tests.servers_redis import RedisServer
+
+Opener = Callable[[str], SessionStore]
+"""Opens the store called ``name``: the same name reopens the same state."""
 
 
-def test_round_trip_and_restart(tmp_path: Path):
-    store = SessionStateStore(tmp_path / "state")
+@pytest.fixture(params=["diskcache", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where this test's stores live: a folder, or a namespace-private part of the server."""
+    if request.param == "diskcache":
+        return str(tmp_path)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}#{server.namespace()}"
+
+
+@pytest.fixture
+def open_store(backend: str) -> Iterator[Opener]:
+    opened: list[SessionStore] = []
+
+    def open_named(name: str) -> SessionStore:
+        if backend.startswith("redis://"):
+            url, namespace = backend.split("#")
+            store = open_session_store(url, namespace=f"{namespace}-{name}")
+        else:
+            store = open_session_store(Path(backend) / name, namespace="unused")
+        opened.append(store)
+        return store
+
+    yield open_named
+    for store in opened:
+        store.close()
+
+
+def test_round_trip_and_restart(open_store: Opener):
+    store = open_store("state")
     store.put("acme", "s1", {"summary": "User: my code is 42", "folded": 4})
     store.close()
-    reopened = SessionStateStore(tmp_path / "state")
+    reopened = open_store("state")
     assert reopened.get("acme", "s1") == {"summary": "User: my code is 42", "folded": 4}
     assert reopened.get("acme", "s2") is None
 
 
-def test_tenants_never_see_each_other(tmp_path: Path):
-    store = SessionStateStore(tmp_path)
+def test_tenants_never_see_each_other(open_store: Opener):
+    store = open_store("state")
     store.put("acme", "shared-id", {"owner": "acme"})
     store.put("globex", "shared-id", {"owner": "globex"})
     assert store.get("acme", "shared-id") == {"owner": "acme"}
@@ -33,16 +67,23 @@ def test_tenants_never_see_each_other(tmp_path: Path):
     assert not store.delete("acme", "shared-id")
 
 
-def test_ids_that_could_collide_stay_apart(tmp_path: Path):
-    store = SessionStateStore(tmp_path)
+def test_ids_that_could_collide_stay_apart(open_store: Opener):
+    store = open_store("state")
     store.put("a:b", "c", {"v": 1})
     store.put("a", "b:c", {"v": 2})
+    store.put("a%3Ab", "c", {"v": 3})
+    store.put("a*", "[x]", {"v": 4})
     assert store.get("a:b", "c") == {"v": 1}
     assert store.get("a", "b:c") == {"v": 2}
+    assert store.get("a%3Ab", "c") == {"v": 3}
+    assert store.sessions("a") == ["b:c"]
+    assert store.sessions("a:b") == ["c"]
+    assert store.sessions("a*") == ["[x]"]
+    assert store.sessions("a?") == []
 
 
-def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path: Path):
-    store = SessionStateStore(tmp_path)
+def test_bad_input_is_a_clear_error_and_changes_nothing(open_store: Opener):
+    store = open_store("state")
     store.put("t", "s", {"ok": True})
     with pytest.raises(StoreError, match="JSON-serializable"):
         store.put("t", "s", {"bad": object()})
@@ -50,7 +91,10 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path: Path):
         store.put("t", "s", {"nan": float("nan")})
     with pytest.raises(ConfigError, match="tenant_id"):
         store.get("", "s")
+    with pytest.raises(ConfigError, match="session_id"):
+        store.put("t", "bad \udc80 id", {"ok": False})
     assert store.get("t", "s") == {"ok": True}
+    assert store.sessions("t") == ["s"]
 
 
 def test_corrupt_value_is_reported_not_unpickled(tmp_path: Path):
@@ -99,8 +143,8 @@ def test_a_pickled_key_is_refused_without_running_it(tmp_path: Path):
     assert store.get("t", "s") == {"ok": True}
 
 
-def test_a_lone_surrogate_is_a_store_error_naming_the_session(tmp_path: Path):
-    store = SessionStateStore(tmp_path)
+def test_a_lone_surrogate_is_a_store_error_naming_the_session(open_store: Opener):
+    store = open_store("state")
     store.put("t", "s", {"ok": True})
     with pytest.raises(StoreError, match="session 's'"):
         store.put("t", "s", {"summary": "broken \ud800 text"})
@@ -139,24 +183,38 @@ def test_a_read_only_folder_reads_and_refuses_writes_naming_it(unprivileged: Unp
     assert "read-only" in lines[1]
 
 
-def _writer(path: str, worker: int, count: int) -> None:
-    store = SessionStateStore(path)
+def _writer(location: str, namespace: str, worker: int, count: int) -> None:
+    store = open_session_store(location, namespace=namespace)
     for i in range(count):
         store.put("tenant", f"w{worker}-s{i}", {"worker": worker, "i": i})
+        store.put("tenant", "shared", {"last": [worker, i]})
     store.close()
 
 
-def test_concurrent_processes_lose_nothing(tmp_path: Path):
+@pytest.mark.parametrize(("kind", "per_worker"), [("diskcache", 25), ("redis", 100)])
+def test_concurrent_processes_lose_nothing(
+    kind: str, per_worker: int, tmp_path: Path, request: pytest.FixtureRequest
+):
+    location, namespace = str(tmp_path), "unused"
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        location, namespace = server.url, server.namespace()
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(str(tmp_path), w, 25)) for w in range(3)]
+    workers = [
+        context.Process(target=_writer, args=(location, namespace, w, per_worker)) for w in range(3)
+    ]
     for process in workers:
         process.start()
     for process in workers:
         process.join(timeout=120)
         assert process.exitcode == 0
-    store = SessionStateStore(tmp_path)
-    assert len(store.sessions("tenant")) == 75
-    assert store.get("tenant", "w2-s24") == {"worker": 2, "i": 24}
+    store = open_session_store(location, namespace=namespace)
+    assert len(store.sessions("tenant")) == 3 * per_worker + 1
+    last = per_worker - 1
+    assert store.get("tenant", f"w2-s{last}") == {"worker": 2, "i": last}
+    final = store.get("tenant", "shared")
+    assert final is not None and final["last"][1] == last
+    store.close()
 
 
 def test_default_store_is_a_private_temporary_folder():
@@ -164,3 +222,26 @@ def test_default_store_is_a_private_temporary_folder():
     first.put("t", "s", {"v": 1})
     assert second.get("t", "s") is None
     assert first.path != second.path
+
+
+def test_open_session_store_picks_the_backend_from_the_location(
+    tmp_path: Path, redis_server: RedisServer
+):
+    on_disk = open_session_store(tmp_path / "state", namespace="history")
+    on_server = open_session_store(redis_server.url, namespace=redis_server.namespace())
+    assert isinstance(on_disk, SessionStateStore)
+    assert isinstance(on_server, RedisSessionStateStore)
+    on_disk.close()
+    on_server.close()
+
+
+def test_a_corrupt_value_on_the_server_is_reported(redis_server: RedisServer):
+    store = RedisSessionStateStore(redis_server.url, namespace=redis_server.namespace())
+    store.put("t", "s", {"ok": True})
+    raw = redis.Redis.from_url(redis_server.url)
+    for planted in (b"not json {", b"[1, 2]", b"\xff\xfe"):
+        raw.set(store.key("t", "s"), planted)
+        with pytest.raises(StoreError, match=r"session 's'.*not a JSON object"):
+            store.get("t", "s")
+    raw.close()
+    store.close()

@@ -1,0 +1,76 @@
+"""One pooled, time-bounded connection to a Redis-protocol server, shared by the Redis stores.
+
+A proxy must never hang on a store: every socket operation has a timeout, a
+dropped connection is retried twice with a short backoff (the pool reconnects),
+and whatever still fails becomes a ``StoreError`` that names the server by its
+URL with the password redacted. The first ``PING`` happens when the store is
+opened, so a wrong URL or a server that is down fails at start-up, not on the
+first request. Works with Redis and with Valkey and other servers that speak
+its protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote, unquote, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.store_url import redact_url
+
+__all__ = ["RedisConnection", "key_part"]
+
+DEFAULT_TIMEOUT_S = 5.0
+"""Connect and read timeout; a ``socket_timeout=`` query in the URL overrides it."""
+
+
+class RedisConnection:
+    """A client for ``url`` whose failures are ``StoreError`` naming the redacted URL."""
+
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.name = redact_url(url)
+        self._secret = _password(url)
+        try:
+            self.client: redis.Redis = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"not a usable Redis URL {self.name}: {self._scrub(exc)}") from None
+        with self.reporting("cannot reach the store"):
+            self.client.ping()
+
+    @contextmanager
+    def reporting(self, what: str) -> Iterator[None]:
+        """Redis and socket errors inside the block as a ``StoreError``: ``{what} at {url}``."""
+        try:
+            yield
+        except (redis.RedisError, OSError) as exc:
+            raise StoreError(f"{what} at {self.name}: {self._scrub(exc)}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def key_part(identifier: str) -> str:
+    """``identifier`` percent-encoded for a key: no ``:`` survives, distinct ids stay distinct."""
+    return quote(identifier, safe="")

@@ -1,0 +1,92 @@
+"""Per-session state on a Redis-protocol server, shared by every replica of a proxy.
+
+Same semantics as the diskcache ``SessionStateStore`` (the ids are checked and
+the state encoded by the same functions): JSON text only, never a pickle; one
+value per tenant and session; a write replaces it whole. Keys are
+``ctxproto:{namespace}:state:{tenant}:{session}`` with both ids
+percent-encoded, so an id holding ``:`` (or any other byte) can never make two
+tenants' keys meet: ``("a:b", "c")`` and ``("a", "b:c")`` encode to different
+keys. Each tenant has a set of its session ids beside them, so listing a
+tenant's sessions reads one key instead of scanning the server, and never
+matches another tenant's ids by pattern.
+
+A ``put`` or ``delete`` changes the value and the set in one ``MULTI``/``EXEC``
+transaction: a reader sees both or neither, and a replica killed mid-write
+leaves the previous state. What ``EXEC`` acknowledged is as durable as the
+server is configured to make it (``appendonly yes`` with ``appendfsync
+always`` loses nothing acknowledged; see docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxproto.stores.redis_connection import RedisConnection, key_part
+from ctxproto.stores.session_state import check_ids, decode_state, encode_state
+from ctxproto.stores.store_url import redact_url
+
+__all__ = ["RedisSessionStateStore"]
+
+
+class RedisSessionStateStore:
+    """JSON state per ``(tenant_id, session_id)`` on the server at ``url``."""
+
+    def __init__(self, url: str, *, namespace: str = "sessions") -> None:
+        self.url = redact_url(url)
+        self.read_only = False
+        self._location = url
+        self.namespace = namespace
+        self._prefix = f"ctxproto:{key_part(namespace)}"
+        self._connection = RedisConnection(url)
+        self._redis = self._connection.client
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def key(self, tenant_id: str, session_id: str) -> str:
+        """Where this session's state lives on the server."""
+        check_ids(tenant_id, session_id)
+        return f"{self._prefix}:state:{key_part(tenant_id)}:{key_part(session_id)}"
+
+    def _index(self, tenant_id: str) -> str:
+        return f"{self._prefix}:sessions:{key_part(tenant_id)}"
+
+    def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+        """The state stored for this tenant's session, or ``None``."""
+        key = self.key(tenant_id, session_id)
+        where = f"session state of tenant '{tenant_id}' session '{session_id}'"
+        with self._connection.reporting(f"cannot read {where}"):
+            raw = self._redis.get(key)
+        return None if raw is None else decode_state(raw, f"{where} at {self.url}")
+
+    def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
+        """Replace this session's state, atomically; ``state`` must be JSON-serializable."""
+        key = self.key(tenant_id, session_id)
+        text = encode_state(tenant_id, session_id, state)
+        where = f"session state of tenant '{tenant_id}' session '{session_id}'"
+        with self._connection.reporting(f"cannot write {where}"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, text.encode("utf-8"))
+            pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+            pipe.execute()
+
+    def delete(self, tenant_id: str, session_id: str) -> bool:
+        """Forget a session; ``True`` when it existed."""
+        key = self.key(tenant_id, session_id)
+        with self._connection.reporting(f"cannot delete session '{session_id}'"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.srem(self._index(tenant_id), session_id.encode("utf-8"))
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def sessions(self, tenant_id: str) -> list[str]:
+        """The session ids this tenant has state for."""
+        check_ids(tenant_id, "listing")
+        with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
+            members = self._redis.smembers(self._index(tenant_id))
+        return sorted(m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members)
+
+    def close(self) -> None:
+        self._connection.close()

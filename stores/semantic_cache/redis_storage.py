@@ -1,0 +1,171 @@
+"""Semantic-cache entries on a Redis-protocol server, shared by every replica of a proxy.
+
+The layout follows the diskcache storage rule for rule, in Redis types (all
+keys under ``ctxproto:cache:{name}``, ``name`` from the URL's fragment,
+``redis://host/0#answers``, default ``semantic-cache``):
+
+- ``seq``: the key counter (``INCR``), never reset, so a key is never reused
+  and each process's in-memory mirror catches up by reading the numbers above
+  the last one it saw (``mirror.py``);
+- ``entry:{key}``: the entry as JSON text, with a ``PX`` expiry when the cache
+  has a TTL, so the server itself drops expired answers;
+- ``order``: a sorted set of live keys scored by key number, oldest first, for
+  the entry limit (``ZPOPMIN``);
+- ``src:{source}``: a set of the keys built on a source, ``gen:{source}`` its
+  generation counter, for invalidation.
+
+An entry, its place in ``order`` and its source sets are written in one
+``MULTI``/``EXEC``, so no reader sees an entry that is half written. The byte
+limit is the server's ``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``),
+not ours: see docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ctxproto.errors import StoreError
+from ctxproto.stores.redis_connection import RedisConnection, key_part
+
+__all__ = ["RedisCacheStorage"]
+
+DEFAULT_NAME = "semantic-cache"
+
+
+class RedisCacheStorage:
+    """The ``CacheStorage`` of one semantic cache on the server at ``url``."""
+
+    def __init__(self, url: str) -> None:
+        url, _, name = url.partition("#")
+        self._connection = RedisConnection(url)
+        # redis-py types every reply as a union of all reply shapes; ours are known.
+        self._redis: Any = self._connection.client
+        self.where = f"{self._connection.name}#{name or DEFAULT_NAME}"
+        self._prefix = f"ctxproto:cache:{key_part(name or DEFAULT_NAME)}"
+
+    def __len__(self) -> int:
+        with self._reporting("cannot count entries"):
+            self._drop_expired_from_order()
+            return int(self._redis.zcard(self._order))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._reporting(f"cannot read entry {key}"):
+            raw = self._redis.get(self._entry(key))
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            entry = None
+        if not isinstance(entry, dict):
+            raise StoreError(f"entry {key} of the cache at {self.where} is not a JSON object")
+        return entry
+
+    def delete(self, key: str) -> bool:
+        with self._reporting(f"cannot delete entry {key}"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(self._entry(key))
+            pipe.zrem(self._order, key)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
+        text = json.dumps(entry, ensure_ascii=False, allow_nan=False)
+        with self._reporting("cannot store an entry"):
+            key = str(self._redis.incr(self._seq))
+            pipe = self._redis.pipeline(transaction=True)
+            expiry = None if ttl is None else max(int(ttl * 1000), 1)
+            pipe.set(self._entry(key), text.encode("utf-8"), px=expiry)
+            pipe.zadd(self._order, {key: int(key)})
+            for source in sources:
+                pipe.sadd(self._source(source), key)
+            pipe.execute()
+        return key
+
+    def latest_key(self) -> int:
+        with self._reporting("cannot read the key counter"):
+            return int(self._redis.get(self._seq) or 0)
+
+    def generation(self, source: str) -> int:
+        with self._reporting(f"cannot read the generation of source '{source}'"):
+            return int(self._redis.get(f"{self._prefix}:gen:{key_part(source)}") or 0)
+
+    def drop_source(self, source: str) -> list[str]:
+        with self._reporting(f"cannot invalidate source '{source}'"):
+            self._redis.incr(f"{self._prefix}:gen:{key_part(source)}")
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.smembers(self._source(source))
+            pipe.delete(self._source(source))
+            members, _ = pipe.execute()
+        return sorted((m.decode() for m in members), key=int)
+
+    def evict_over(self, max_entries: int) -> list[str]:
+        with self._reporting("cannot evict entries"):
+            self._drop_expired_from_order()
+            excess = int(self._redis.zcard(self._order)) - max_entries
+            if excess <= 0:
+                return []
+            popped = self._redis.zpopmin(self._order, excess)
+            keys = [member.decode() for member, _ in popped]
+            if keys:
+                self._redis.delete(*(self._entry(k) for k in keys))
+        return keys
+
+    def clear(self) -> None:
+        with self._reporting("cannot clear the cache"):
+            for pattern in (f"{self._prefix}:entry:*", f"{self._prefix}:src:*"):
+                batch = list(self._redis.scan_iter(match=_glob_escaped(pattern), count=1000))
+                for start in range(0, len(batch), 1000):
+                    self._redis.delete(*batch[start : start + 1000])
+            self._redis.delete(self._order)
+
+    def bind_embedder(self, signature: str) -> str:
+        with self._reporting("cannot read the cache's embedder"):
+            self._redis.set(f"{self._prefix}:embedder", signature, nx=True)
+            stored = self._redis.get(f"{self._prefix}:embedder")
+        return stored.decode("utf-8") if isinstance(stored, bytes) else str(stored)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    @property
+    def _seq(self) -> str:
+        return f"{self._prefix}:seq"
+
+    @property
+    def _order(self) -> str:
+        return f"{self._prefix}:order"
+
+    def _entry(self, key: str) -> str:
+        return f"{self._prefix}:entry:{key}"
+
+    def _source(self, source: str) -> str:
+        return f"{self._prefix}:src:{key_part(source)}"
+
+    def _drop_expired_from_order(self) -> None:
+        """Forget keys whose entries the server expired, oldest first, as far as they go."""
+        while True:
+            oldest = self._redis.zrange(self._order, 0, 63)
+            if not oldest:
+                return
+            alive = self._redis.exists(*(self._entry(k.decode()) for k in oldest))
+            if alive == len(oldest):
+                return
+            gone = [k for k in oldest if not self._redis.exists(self._entry(k.decode()))]
+            self._redis.zrem(self._order, *gone)
+            if len(gone) < len(oldest):
+                return
+
+    def _reporting(self, what: str) -> AbstractContextManager[None]:
+        return self._connection.reporting(f"{what} of the semantic cache")
+
+
+def _glob_escaped(pattern: str) -> str:
+    """``pattern`` with glob characters escaped, except a final ``*``."""
+    head = pattern[:-1] if pattern.endswith("*") else pattern
+    escaped = re.sub(r"([\\*?\[\]])", r"\\\1", head)
+    return escaped + ("*" if pattern.endswith("*") else "")

@@ -1,0 +1,149 @@
+"""Where a semantic cache keeps its entries: a diskcache folder, or a Redis server.
+
+``SemanticCache`` searches an in-memory mirror and reads entries through this
+small interface, so the rules that keep it correct while other processes
+write (keys never reused, source generations; see ``cache.py``) hold on every
+backend. ``open_cache_storage`` picks the backend from the location: a folder
+for ``DiskCacheStorage``, a ``redis://`` URL for ``RedisCacheStorage``, which
+replicas of a proxy share.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import diskcache
+
+from ctxproto._extras import require
+from ctxproto.errors import StoreError
+from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
+from ctxproto.stores.store_url import store_location
+
+__all__ = ["CacheStorage", "DiskCacheStorage", "open_cache_storage"]
+
+
+class CacheStorage(Protocol):
+    """JSON entries under keys that are never reused, with per-source invalidation."""
+
+    where: str
+    """The folder or the (password-redacted) URL, for messages."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The entry, or ``None`` when it expired, was evicted or never existed."""
+
+    def delete(self, key: str) -> bool: ...
+
+    def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
+        """Store ``entry`` under a fresh key, listed under each source; returns the key."""
+
+    def latest_key(self) -> int:
+        """The highest key handed out so far (keys are ``1, 2, ...`` as strings)."""
+
+    def generation(self, source: str) -> int: ...
+
+    def drop_source(self, source: str) -> list[str]:
+        """Bump the source's generation, then take (and forget) the keys listed under it."""
+
+    def evict_over(self, max_entries: int) -> list[str]:
+        """Delete the oldest entries beyond ``max_entries``; returns their keys."""
+
+    def clear(self) -> None:
+        """Drop every entry and source list; the key counter and generations stay."""
+
+    def bind_embedder(self, signature: str) -> str:
+        """Record ``signature`` if none is recorded yet; returns the recorded one."""
+
+    def close(self) -> None: ...
+
+
+def open_cache_storage(location: str | Path, *, max_bytes: int) -> CacheStorage:
+    """The storage at ``location``: a ``redis://`` URL or a folder (created if missing)."""
+    if isinstance(location, str) and store_location(location) == "redis":
+        require("redis", extra="redis")
+        from ctxproto.stores.semantic_cache.redis_storage import RedisCacheStorage
+
+        storage: CacheStorage = RedisCacheStorage(str(location))
+        return storage
+    return DiskCacheStorage(Path(location), max_bytes=max_bytes)
+
+
+class DiskCacheStorage:
+    """Entries in one diskcache (JSON only, byte limit), counters and source lists in another."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.where = str(path)
+        try:
+            self._entries: Any = diskcache.Cache(
+                str(path / "entries"),
+                disk=JSONOnlyDisk,
+                size_limit=max_bytes,
+                eviction_policy="least-recently-stored",
+            )
+            self._meta: Any = diskcache.Cache(str(path / "meta"), disk=PlainDisk)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            # diskcache writes its settings on open, so even a reader needs write access.
+            raise StoreError(
+                f"cannot open the semantic cache at {path}: it must be a folder this "
+                f"process can write ({exc})"
+            ) from exc
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry: dict[str, Any] | None = self._entries.get(key)
+        return entry
+
+    def delete(self, key: str) -> bool:
+        return bool(self._entries.delete(key))
+
+    def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
+        key = str(self._meta.incr("seq"))
+        self._entries.set(key, entry, expire=ttl)
+        for source in sources:
+            with self._meta.transact():
+                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
+                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
+        return key
+
+    def latest_key(self) -> int:
+        return int(self._meta.get("seq", 0))
+
+    def generation(self, source: str) -> int:
+        return int(self._meta.get(f"gen:{source}", 0))
+
+    def drop_source(self, source: str) -> list[str]:
+        self._meta.incr(f"gen:{source}")
+        keys: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
+        return keys
+
+    def evict_over(self, max_entries: int) -> list[str]:
+        evicted = []
+        while len(self._entries) > max_entries:
+            try:
+                oldest, _ = self._entries.peekitem(last=False)
+            except KeyError:
+                break
+            self._entries.delete(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    def clear(self) -> None:
+        self._entries.clear()
+        for name in list(self._meta.iterkeys()):
+            if name.startswith("src:"):
+                self._meta.delete(name)
+
+    def bind_embedder(self, signature: str) -> str:
+        self._meta.add("embedder", signature)
+        return str(self._meta.get("embedder"))
+
+    def close(self) -> None:
+        self._entries.close()
+        self._meta.close()

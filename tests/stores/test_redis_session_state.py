@@ -1,0 +1,101 @@
+"""What only the Redis session store has to prove: a server that fails, restarts or hangs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctxproto.errors import StoreError
+from ctxproto.stores.redis_session_state import RedisSessionStateStore
+from tests.servers_redis import RedisServer, free_port
+
+
+def test_a_server_that_is_down_is_a_quick_store_error_without_the_password():
+    url = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"
+    start = time.monotonic()
+    with pytest.raises(StoreError, match=r"redis://admin:\*\*\*@127\.0\.0\.1") as raised:
+        RedisSessionStateStore(url)
+    assert time.monotonic() - start < 5
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_refused_password_is_reported_without_it(redis_server: RedisServer):
+    url = redis_server.url.replace("redis://", "redis://nobody:hunter2@")
+    with pytest.raises(StoreError, match=r"redis://nobody:\*\*\*@") as raised:
+        RedisSessionStateStore(url)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server: RedisServer):
+    store = RedisSessionStateStore(
+        f"{redis_server.url}?socket_timeout=0.5", namespace=redis_server.namespace()
+    )
+    store.put("t", "s", {"v": 1})
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreError, match=r"session 's'.*127\.0\.0\.1"):
+            store.get("t", "s")
+        assert time.monotonic() - start < 5
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert store.get("t", "s") == {"v": 1}
+    store.close()
+
+
+def test_a_killed_and_restarted_server_loses_nothing_acknowledged(redis_server: RedisServer):
+    namespace = redis_server.namespace()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    for i in range(300):
+        store.put("tenant", f"s{i}", {"turn": i})
+    store.delete("tenant", "s7")
+    redis_server.restart(signal.SIGKILL)  # no shutdown save: only the append-only file
+    reopened = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    assert len(reopened.sessions("tenant")) == 299
+    assert reopened.get("tenant", "s299") == {"turn": 299}
+    assert reopened.get("tenant", "s7") is None
+    # The first store's pool reconnects by itself after the restart.
+    assert store.get("tenant", "s0") == {"turn": 0}
+    store.close()
+    reopened.close()
+
+
+WRITER = """
+import sys
+from ctxproto.stores.redis_session_state import RedisSessionStateStore
+
+store = RedisSessionStateStore(sys.argv[1], namespace=sys.argv[2])
+turn = 0
+while True:
+    turn += 1
+    store.put("tenant", "s", {"turn": turn, "history": ["turn %d" % turn] * (turn % 40 + 1)})
+    print(turn, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_whole_acknowledged_state(
+    redis_server: RedisServer,
+):
+    namespace = redis_server.namespace()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, redis_server.url, namespace],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acknowledged = 0
+    while acknowledged < 200:
+        acknowledged = int(writer.stdout.readline())
+    writer.kill()
+    writer.wait()
+    writer.stdout.close()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    state = store.get("tenant", "s")
+    assert state is not None and state["turn"] >= acknowledged
+    assert state["history"] == [f"turn {state['turn']}"] * (state["turn"] % 40 + 1)
+    store.close()
