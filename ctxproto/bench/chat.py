@@ -140,6 +140,8 @@ def run_paths(
     on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Serve ``scripts`` on every path in ``paths``, interleaved turn by turn; the figures."""
+    if "ctxproto" not in paths:
+        raise ConfigError("the ctxproto path must be among them", key="--paths")
     examples = examples_dir()
     system_prompt = (examples / "system_prompt.md").read_text(encoding="utf-8")
     counter = get_counter("hf:default")
@@ -171,11 +173,11 @@ def run_paths(
             for path, record in zip(served, row, strict=True):
                 records[path].append(record)
             if on_turn is not None:
-                on_turn(records["generate"][-1], records["ctxproto"][-1])
+                on_turn(records[_baseline(records)][-1], records["ctxproto"][-1])
             if task is not None:
                 progress.advance(task)
         cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
-    result = summarize(records["generate"], records["ctxproto"])
+    result = summarize(records[_baseline(records)], records["ctxproto"])
     result.update(compare_paths(records))
     result.update(
         unavailable=unavailable,
@@ -186,6 +188,14 @@ def run_paths(
         turns=[vars(r) for r in records["ctxproto"]],
     )
     return result
+
+
+def _baseline(records: dict[str, list[TurnRecord]]) -> str:
+    """The full-history path the classic figures compare against: `generate` when it ran."""
+    for path in FULL_HISTORY_PATHS:
+        if path in records:
+            return path
+    raise ConfigError("no full-history path ran", key="--paths", expected="generate or engine")
 
 
 def _backend(
@@ -235,11 +245,11 @@ def _turns(
 def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
     """Per-path figures, every ctxproto/full-history ratio, and the headline.
 
-    Every path is credited with the ``generate`` path's logical tokens; a
+    Every path is credited with the full-history baseline's logical tokens; a
     ratio is the peer's seconds over ctxproto's. The headline compares the
     ``ctxproto`` path with the fastest full-history peer.
     """
-    logical = sum(r.prompt_tokens + r.output_tokens for r in records["generate"])
+    logical = sum(r.prompt_tokens + r.output_tokens for r in records[_baseline(records)])
     figures = {path: _path_figures(rows, logical) for path, rows in records.items()}
     peers = [p for p in FULL_HISTORY_PATHS if p in records]
     ratios = {
