@@ -271,6 +271,11 @@ class PgVectorStore:
         self._pool.putconn(self._writer)
         self._writer = None
 
+    def ping(self) -> None:
+        """One ``SELECT 1`` on a pooled connection (``/health``)."""
+        with self._reading() as conn:
+            conn.execute("SELECT 1")
+
     def _check_embedder(self, embedder: str, dimension: int) -> None:
         if embedder != self.embedder or dimension != self.dimension:
             raise StoreError(
