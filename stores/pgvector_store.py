@@ -59,6 +59,7 @@ DEFAULT_TABLE = "ctxproto_chunks"
 MANIFEST_TABLE = "ctxproto_vector_manifest"
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
 HNSW_BUILD_MEMORY = "512MB"
+PING_TIMEOUT_S = 1.0
 _VECTOR_CACHE_LIMIT = 10_000  # slots -> vectors of recent hits, for MMR after a search
 _DOCUMENT_COLUMNS = ("id", "text", "metadata", "source")
 
@@ -272,8 +273,13 @@ class PgVectorStore:
         self._writer = None
 
     def ping(self) -> None:
-        """One ``SELECT 1`` on a pooled connection (``/health``)."""
-        with self._reading() as conn:
+        """One ``SELECT 1`` on a pooled connection (``/health``).
+
+        The pool is given ``PING_TIMEOUT_S`` rather than the connect timeout to
+        lend one, so a server that is down is reported by name within the time
+        ``/health`` allows a check.
+        """
+        with _errors_named(self.url), self._pool.connection(timeout=PING_TIMEOUT_S) as conn:
             conn.execute("SELECT 1")
 
     def _check_embedder(self, embedder: str, dimension: int) -> None:
