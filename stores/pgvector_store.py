@@ -15,7 +15,9 @@ advisory lock on its id, so two writers of the same document serialise instead
 of both inserting it.
 
 Past ``hnsw_threshold`` chunks ``save`` builds an HNSW index (inner product,
-the FAISS parameters). A filtered HNSW search runs with
+the FAISS parameters) over the rows already loaded, which is far faster than
+growing the graph row by row: with ``maintenance_work_mem`` large enough for
+the graph, and ``build_workers`` parallel workers when given. A filtered HNSW search runs with
 ``hnsw.iterative_scan = strict_order``: without it pgvector stops after
 ``ef_search`` candidates and silently returns fewer than ``k`` rows under a
 selective filter (pgvector 0.8 added iterative scans for this).
@@ -31,6 +33,7 @@ such limit, since a writer may wait for another writer's documents.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,10 +80,14 @@ class PgVectorStore:
         connect_timeout: float = 5.0,
         query_timeout: float = 10.0,
         pool_size: int = 4,
+        build_workers: int | None = None,
     ) -> None:
         self.embedder = embedder
         self.dimension = dimension
         self.hnsw_threshold = hnsw_threshold
+        self.build_workers = build_workers
+        """Parallel workers for the HNSW build; ``None`` keeps the server's
+        ``max_parallel_maintenance_workers`` (2 by default)."""
         self.url = redact_url(url)
         self.table = _table_of(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
@@ -263,6 +270,9 @@ class PgVectorStore:
             if chunks >= self.hnsw_threshold:
                 # pgvector builds the graph far faster when it fits in memory
                 conn.execute(f"SET LOCAL maintenance_work_mem = '{HNSW_BUILD_MEMORY}'")
+                if self.build_workers is not None:
+                    workers = max(0, int(self.build_workers))
+                    conn.execute(f"SET LOCAL max_parallel_maintenance_workers = {workers}")
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table}"
                     f" USING hnsw (embedding vector_ip_ops)"
@@ -453,7 +463,19 @@ def _conninfo(url: str) -> str:
 
 
 def _vector_literal(vector: npt.NDArray[np.float32]) -> str:
-    return "[" + ",".join(map(repr, vector.tolist())) + "]"
+    """pgvector's text form of ``vector``.
+
+    Nine significant digits give every float32 back exactly; one ``%`` over the
+    row formats it about three times faster than ``repr`` of each number, in
+    two thirds of the text, which is most of the time ``COPY`` of 100k chunks
+    takes on the client.
+    """
+    return "[" + _row_format(len(vector)) % tuple(vector.tolist()) + "]"
+
+
+@functools.cache
+def _row_format(dimension: int) -> str:
+    return ",".join(["%.9g"] * dimension)
 
 
 def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
