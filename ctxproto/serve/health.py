@@ -6,9 +6,9 @@ answers at once (connection refused), but one that hangs would hold a check
 for its whole socket timeout and retries. Each store's check (one cheap round
 trip, ``Stage.store_checks``) runs in a worker thread, all at once; one that
 has not answered within ``STORE_TIMEOUT_S`` is reported as not answering and
-its thread is left to end on its own timeout. The checks have a thread
-limiter of their own, so they never queue behind requests that are
-themselves stuck on a store.
+its thread is left to end on its own timeout. The bound holds even when
+every worker thread is taken by requests stuck on that store: the check then
+waits for a thread, and is reported as not answering when the time is up.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ctxproto.errors import CtxprotoError
 __all__ = ["OK", "STORE_TIMEOUT_S", "store_health"]
 
 STORE_TIMEOUT_S = 2.0
-_CHECK_THREADS = anyio.CapacityLimiter(4)
 
 OK = "ok"
 
@@ -36,7 +35,7 @@ async def store_health(
 
     async def check(name: str, probe: Callable[[], None]) -> None:
         try:
-            await anyio.to_thread.run_sync(probe, abandon_on_cancel=True, limiter=_CHECK_THREADS)
+            await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
         except CtxprotoError as exc:
             states[name] = str(exc)
         else:
