@@ -7,6 +7,8 @@ Each replica is a real ``python -m ctxproto.cli serve CONFIG`` process on a free
 sessions, summaries and semantic cache are on the test session's valkey
 server, their retrieval store on its PostgreSQL, and their upstream is the
 scripted one (``scripted_upstream.py``), so no language model is loaded.
+The tests run in file order: the restart test restarts both servers under
+the running replicas, and the last test kills one replica.
 
 There is no HTTP or MCP route that invalidates a cached answer by source:
 invalidation is an SDK call (``SemanticCache.invalidate``), so the test makes
@@ -23,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +248,55 @@ def test_an_answer_cached_through_one_process_is_a_hit_on_the_other_until_invali
     assert after.headers["x-ctxproto-cache"] == "miss"
     assert len(scripted.bodies) == asked + 1
     assert _say(first, "cache-d", question, cache=True).headers["x-ctxproto-cache"] == "hit"
+
+
+def test_concurrent_conversations_through_both_processes_lose_no_turn(
+    deployment: Deployment,
+) -> None:
+    """Eight clients, each its own session, send 25 turns alternating replicas: 200 writes
+    from two processes at once, and every session ends with all of its turns, in order."""
+    sessions, turns = 8, 25
+
+    def converse(client: int) -> None:
+        for turn in range(turns):
+            replica = deployment.replicas[(client + turn) % 2]
+            _say(replica, f"busy-{client}", f"client {client} turn {turn}", pipeline=False)
+
+    with ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(converse, range(sessions)))
+    for client in range(sessions):
+        stored = _stored(deployment, f"busy-{client}")
+        assert [text for role, text in stored if role == "user"] == [
+            f"client {client} turn {turn}" for turn in range(turns)
+        ]
+        assert [role for role, _ in stored] == ["user", "assistant"] * turns
+
+
+def test_restarted_servers_lose_nothing_acknowledged(
+    deployment: Deployment, redis_server: RedisServer, postgres: EmbeddedPostgres, scripted: Any
+) -> None:
+    """Redis killed (only its append-only file is left) and PostgreSQL crashed, under
+    running replicas: history and cached answers are all there once they reconnect."""
+    first, second = deployment.replicas
+    acknowledged = []
+    for turn in range(3):
+        reply = _say(deployment.replicas[turn % 2], "durable", f"durable {turn}", pipeline=False)
+        acknowledged += [
+            ("user", f"durable {turn}"),
+            ("assistant", reply.parse().choices[0].message.content),
+        ]
+    question = "How long do I have to return an order?"
+    assert _say(first, "durable-cache", question, cache=True).headers["x-ctxproto-cache"] == "miss"
+    redis_server.restart(signal.SIGKILL)
+    postgres.crash()
+    postgres.start()
+    for replica in deployment.replicas:
+        _wait_ready(replica, time.monotonic() + 60)  # the pools reconnect by themselves
+    assert _stored(deployment, "durable") == acknowledged
+    _say(second, "durable", "after the restart", pipeline=False)
+    assert _forwarded(scripted) == [*acknowledged, ("user", "after the restart")]
+    hit = _say(second, "durable-cache-b", question, cache=True)  # retrieval and cache both
+    assert hit.headers["x-ctxproto-cache"] == "hit"
 
 
 def test_a_replica_killed_mid_turn_loses_no_acknowledged_turn(
