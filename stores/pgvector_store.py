@@ -15,7 +15,9 @@ advisory lock on its id, so two writers of the same document serialise instead
 of both inserting it.
 
 Past ``hnsw_threshold`` chunks ``save`` builds an HNSW index (inner product,
-the FAISS parameters). A filtered HNSW search runs with
+the FAISS parameters) over the rows already loaded, which is far faster than
+growing the graph row by row: with ``maintenance_work_mem`` large enough for
+the graph, and ``build_workers`` parallel workers when given. A filtered HNSW search runs with
 ``hnsw.iterative_scan = strict_order``: without it pgvector stops after
 ``ef_search`` candidates and silently returns fewer than ``k`` rows under a
 selective filter (pgvector 0.8 added iterative scans for this).
@@ -31,6 +33,7 @@ such limit, since a writer may wait for another writer's documents.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +62,7 @@ DEFAULT_TABLE = "ctxproto_chunks"
 MANIFEST_TABLE = "ctxproto_vector_manifest"
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
 HNSW_BUILD_MEMORY = "512MB"
+PING_TIMEOUT_S = 1.0
 _VECTOR_CACHE_LIMIT = 10_000  # slots -> vectors of recent hits, for MMR after a search
 _DOCUMENT_COLUMNS = ("id", "text", "metadata", "source")
 
@@ -76,10 +80,14 @@ class PgVectorStore:
         connect_timeout: float = 5.0,
         query_timeout: float = 10.0,
         pool_size: int = 4,
+        build_workers: int | None = None,
     ) -> None:
         self.embedder = embedder
         self.dimension = dimension
         self.hnsw_threshold = hnsw_threshold
+        self.build_workers = build_workers
+        """Parallel workers for the HNSW build; ``None`` keeps the server's
+        ``max_parallel_maintenance_workers`` (2 by default)."""
         self.url = redact_url(url)
         self.table = _table_of(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
@@ -262,6 +270,9 @@ class PgVectorStore:
             if chunks >= self.hnsw_threshold:
                 # pgvector builds the graph far faster when it fits in memory
                 conn.execute(f"SET LOCAL maintenance_work_mem = '{HNSW_BUILD_MEMORY}'")
+                if self.build_workers is not None:
+                    workers = max(0, int(self.build_workers))
+                    conn.execute(f"SET LOCAL max_parallel_maintenance_workers = {workers}")
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table}"
                     f" USING hnsw (embedding vector_ip_ops)"
@@ -270,6 +281,16 @@ class PgVectorStore:
             conn.commit()
         self._pool.putconn(self._writer)
         self._writer = None
+
+    def ping(self) -> None:
+        """One ``SELECT 1`` on a pooled connection (``/health``).
+
+        The pool is given ``PING_TIMEOUT_S`` rather than the connect timeout to
+        lend one, so a server that is down is reported by name within the time
+        ``/health`` allows a check.
+        """
+        with _errors_named(self.url), self._pool.connection(timeout=PING_TIMEOUT_S) as conn:
+            conn.execute("SELECT 1")
 
     def _check_embedder(self, embedder: str, dimension: int) -> None:
         if embedder != self.embedder or dimension != self.dimension:
@@ -442,7 +463,19 @@ def _conninfo(url: str) -> str:
 
 
 def _vector_literal(vector: npt.NDArray[np.float32]) -> str:
-    return "[" + ",".join(map(repr, vector.tolist())) + "]"
+    """pgvector's text form of ``vector``.
+
+    Nine significant digits give every float32 back exactly; one ``%`` over the
+    row formats it about three times faster than ``repr`` of each number, in
+    two thirds of the text, which is most of the time ``COPY`` of 100k chunks
+    takes on the client.
+    """
+    return "[" + _row_format(len(vector)) % tuple(vector.tolist()) + "]"
+
+
+@functools.cache
+def _row_format(dimension: int) -> str:
+    return ",".join(["%.9g"] * dimension)
 
 
 def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:

@@ -44,6 +44,10 @@ class RedisConnection:
             )
         except ValueError as exc:
             raise ConfigError(f"not a usable Redis URL {self.name}: {self._scrub(exc)}") from None
+        self.ping()
+
+    def ping(self) -> None:
+        """One round trip; a ``StoreError`` naming the URL when the server does not answer."""
         with self.reporting("cannot reach the store"):
             self.client.ping()
 

@@ -88,5 +88,8 @@ class RedisSessionStateStore:
             members = self._redis.smembers(self._index(tenant_id))
         return sorted(m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members)
 
+    def ping(self) -> None:
+        self._connection.ping()
+
     def close(self) -> None:
         self._connection.close()

@@ -65,6 +65,10 @@ class SessionStore(Protocol):
 
     def sessions(self, tenant_id: str) -> list[str]: ...
 
+    def ping(self) -> None:
+        """A ``StoreError`` when the store cannot answer now; one cheap read (``/health``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -186,6 +190,10 @@ class SessionStateStore:
                 if tenant == tenant_id:
                     ids.append(session)
         return sorted(ids)
+
+    def ping(self) -> None:
+        with self._reporting(f"the session-state store at {self.path}"):
+            self._cache.get("ping")
 
     def close(self) -> None:
         self._cache.close()

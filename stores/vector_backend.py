@@ -64,6 +64,10 @@ class VectorBackend(Protocol):
         """Make every change since the last save visible to other readers, atomically."""
         ...
 
+    def ping(self) -> None:
+        """A ``StoreError`` when the store cannot answer now; one cheap round trip."""
+        ...
+
 
 def open_vector_store(
     location: str | Path,

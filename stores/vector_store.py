@@ -218,6 +218,9 @@ class VectorStore:
     def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
         return self.index.vectors[np.asarray(slots, dtype=np.int64)]
 
+    def ping(self) -> None:
+        """Searches run on the index in memory: there is no server to reach."""
+
     def save(self) -> None:
         """Write a new generation atomically, then the manifest, then drop old generations."""
         with self._writer_lock():

@@ -8,7 +8,10 @@ the same data in the same run (``--parts`` picks some; all by default):
   public ``add`` in documents of 1,000 chunks; query p50/p95 at k=10, a
   filtered query (one shard in ten) and recall@10 against the exact answer.
   Both build HNSW past 20k chunks. The pgvector time includes the round trip
-  to a server on 127.0.0.1.
+  to a server on 127.0.0.1. Rows go in by ``COPY`` in one transaction and the
+  HNSW index is built once, after they are all in, with as many parallel
+  workers as this machine has cores when the benchmark started the server
+  itself (for ``--postgres URL``, the server's own setting).
 - ``sessions``: ``put`` and ``get`` of one session's state (a 20-message
   history, about 4 KB of JSON) over ``--sessions`` sessions, in a diskcache
   folder and on Redis.
@@ -24,7 +27,9 @@ a free 127.0.0.1 port for the run and stopped after it, with ``appendfsync
 everysec`` (the usual production setting; ``always`` costs a disk flush per
 write). What the run writes on a server goes under fresh names and is deleted
 at the end. The target for the server backend, a cache lookup p50 of at most
-5 ms, is reported next to the figures.
+5 ms, is reported next to the figures. Progress goes to stderr, so a run at
+the defaults (100k chunks, 100k cache entries: several minutes) shows where
+it is.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -108,18 +114,30 @@ def run(
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if "retrieval" in parts:
+        _progress("starting PostgreSQL" if postgres is None else "PostgreSQL: given by --postgres")
         with _postgres(postgres) as url:
-            result["retrieval"] = retrieval(chunks=chunks, queries=queries, postgres=url)
+            workers = None if postgres is not None else os.cpu_count()
+            result["retrieval"] = retrieval(
+                chunks=chunks, queries=queries, postgres=url, build_workers=workers
+            )
     if "sessions" in parts or "cache" in parts:
         with _redis(redis_url) as url:
             result["redis_server"] = (
                 redact_url(redis_url) if redis_url else f"valkey-server, {BENCH_FSYNC}"
             )
             if "sessions" in parts:
+                _progress(f"sessions: {sessions} puts and gets, diskcache then Redis")
                 result["sessions"] = session_stores(count=sessions, redis=url)
             if "cache" in parts:
+                _progress(f"cache: filling {entries} entries, diskcache then Redis")
                 result["cache"] = cache_stores(entries=entries, redis=url)
+    _progress("done")
     return result
+
+
+def _progress(message: str) -> None:
+    """One line on stderr, with the time of day."""
+    print(f"[bench stores {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -133,8 +151,14 @@ def _postgres(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-def retrieval(*, chunks: int, queries: int, postgres: str) -> dict[str, Any]:
-    """Retrieval p50/p95 on the FAISS folder and on pgvector, same vectors and probes."""
+def retrieval(
+    *, chunks: int, queries: int, postgres: str, build_workers: int | None = None
+) -> dict[str, Any]:
+    """Retrieval p50/p95 on the FAISS folder and on pgvector, same vectors and probes.
+
+    ``build_workers`` is the pgvector store's parallel HNSW build (``None``:
+    the server's setting).
+    """
     from ctxproto.stores.pgvector_store import PgVectorStore
     from ctxproto.stores.vector_store import VectorStore
 
@@ -149,31 +173,40 @@ def retrieval(*, chunks: int, queries: int, postgres: str) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory() as folder:
         faiss_store = VectorStore(Path(folder), embedder="synthetic", dimension=DIMENSION)
-        out["faiss"] = _measure(faiss_store, vectors, probes, truth)
+        out["faiss"] = _measure("faiss", faiss_store, vectors, probes, truth)
     separator = "&" if "?" in postgres else "?"
     with PgVectorStore(
-        f"{postgres}{separator}table={table}", embedder="synthetic", dimension=DIMENSION
+        f"{postgres}{separator}table={table}",
+        embedder="synthetic",
+        dimension=DIMENSION,
+        build_workers=build_workers,
     ) as pg_store:
         try:
-            out["pgvector"] = _measure(pg_store, vectors, probes, truth)
+            out["pgvector"] = _measure("pgvector", pg_store, vectors, probes, truth)
         finally:
             pg_store.drop()
     return out
 
 
 def _measure(
+    name: str,
     store: VectorBackend,
     vectors: npt.NDArray[np.float32],
     probes: npt.NDArray[np.float32],
     truth: npt.NDArray[np.int64],
 ) -> dict[str, Any]:
     start = time.perf_counter()
+    report_every = max(BATCH, len(vectors) // 10 // BATCH * BATCH)
     for first in range(0, len(vectors), BATCH):
         batch = range(first, min(first + BATCH, len(vectors)))
         records = [Document(id=f"c{i}", text="", metadata={"shard": i % 10}) for i in batch]
         store.add(f"batch{first}", records, vectors[batch.start : batch.stop])
+        if batch.stop % report_every == 0 or batch.stop == len(vectors):
+            _progress(f"{name}: added {batch.stop}/{len(vectors)} chunks")
+    _progress(f"{name}: saving (the HNSW index is built past 20k chunks)")
     store.save()
     build = time.perf_counter() - start
+    _progress(f"{name}: saved in {build:.1f} s; {len(probes)} queries, plain and filtered")
     found = [store.search(q, K) for q in probes]
     recall = np.mean(
         [

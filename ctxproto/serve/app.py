@@ -6,7 +6,7 @@ use the same pipeline, stores and upstream::
 
     POST /v1/chat/completions   the proxy (plain JSON or server-sent events)
     GET  /v1/models             the served model name
-    GET  /health                readiness: the upstream answers, the stores open
+    GET  /health                readiness: the upstream and every store answer
     GET  /metrics               Prometheus text
     /mcp                        the MCP server (streamable HTTP), with the mcp extra
 """
@@ -34,6 +34,7 @@ from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
 from ctxproto.serve.body import parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
 from ctxproto.serve.flow import Turn
+from ctxproto.serve.health import OK, store_health
 from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -119,16 +120,21 @@ async def _models(request: Request) -> JSONResponse:
 
 
 async def _health(request: Request) -> JSONResponse:
+    """200 when the upstream and every store answer; else 503 with each reason."""
     state = _state(request)
-    problem = await state.upstream.ready()
-    if problem is None:
-        try:
-            await anyio.to_thread.run_sync(state.flow.store.sessions, "health")
-        except CtxprotoError as exc:
-            problem = f"session store: {exc}"
-    if problem is not None:
-        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    upstream, stores = await asyncio.gather(
+        state.upstream.ready(), store_health(state.flow.store_checks())
+    )
+    problems = [upstream] if upstream is not None else []
+    problems += [f"{name}: {why}" for name, why in stores.items() if why != OK]
+    body: dict[str, Any] = {
+        "status": "unavailable" if problems else "ok",
+        "upstream": upstream or OK,
+        "stores": stores,
+    }
+    if problems:
+        body["reason"] = "; ".join(problems)
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 async def _metrics(request: Request) -> Response:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from ctxproto.serve.config import ServeConfig
 from ctxproto.stages.base import Stage
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stores.session_state import SessionStateStore, SessionStore, open_session_store
+from ctxproto.stores.store_url import redact_url
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["CacheStatus", "ContextFlow", "Turn"]
@@ -177,6 +179,13 @@ class ContextFlow:
         if budget is not None:
             pipeline = _derived(pipeline, pipeline.stages, budget)
         return self._run(pipeline, context)
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        """The session store and every store the pipeline's stages opened, by name."""
+        checks = {f"sessions {redact_url(self.store.location)}": self.store.ping}
+        for stage in self.pipeline.stages if self.pipeline is not None else []:
+            checks.update(stage.store_checks())
+        return checks
 
     def history(self, tenant: str, session: str) -> list[dict[str, Any]]:
         """The stored conversation of a stateful session."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -94,6 +95,15 @@ class Stage(BaseModel, ABC):
         ``answer`` here; the default does nothing. Not called when a stage
         answered the turn itself, since the model was never asked.
         """
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        """The stores this stage has opened, each named by its stage and redacted location.
+
+        Each check is one cheap round trip that raises ``StoreError`` when the
+        store cannot answer, so a replica's ``/health`` can report every store
+        it depends on. A stage that keeps no store, or was not warmed up, has none.
+        """
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": ..., "init_parameters": {...}}``: a config file's ``StageSpec``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ class Retriever(Stage):
         if self._knowledge_base is None:
             _require_store(self.store)
             self._knowledge_base = KnowledgeBase(self.store, embedder=get_embedder(self.embedder))
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        if self._knowledge_base is None:
+            return {}
+        return {f"{self.type_name} {redact_url(self.store)}": self._knowledge_base.store.ping}
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         assert self._knowledge_base is not None  # Stage.run warmed it up

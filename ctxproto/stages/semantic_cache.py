@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
@@ -14,6 +15,7 @@ from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.semantic_cache.cache import CacheContext, Guard, SemanticCache
+from ctxproto.stores.store_url import redact_url
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["SemanticCacheLookup"]
@@ -107,6 +109,11 @@ class SemanticCacheLookup(Stage):
                 guard=self.guard,
                 embedder=get_embedder(self.embedder),
             )
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        if self._cache is None:
+            return {}
+        return {f"{self.type_name} {redact_url(self.path)}": self._cache.ping}
 
     def context_key(self, context: Context) -> CacheContext:
         """What the answer to ``context.query`` depends on besides the query, per ``scope``."""

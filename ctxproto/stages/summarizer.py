@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, PrivateAttr
@@ -15,6 +16,7 @@ from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
 from ctxproto.stores.session_state import SessionStore, open_session_store
+from ctxproto.stores.store_url import redact_url
 from ctxproto.text.protected_spans import fact_strings
 from ctxproto.text.selection import centrality, select_within_budget
 from ctxproto.text.sentences import split_sentences
@@ -89,6 +91,11 @@ class Summarizer(Stage):
 
             self._tokenizer = load_tokenizer(self.model)
             self._lm = load_causal_lm(self.model, resolve_device(self.device))
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        if self._store is None:
+            return {}
+        return {f"{self.type_name} {redact_url(self._store.location)}": self._store.ping}
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         blocks = group_blocks(context.history)

@@ -244,6 +244,10 @@ class SemanticCache:
         self._entries.clear()
         self._mirror = CacheMirror(self.embedder.dimension)
 
+    def ping(self) -> None:
+        """A ``StoreError`` when the entries' storage cannot answer now (``/health``)."""
+        self._entries.ping()
+
     def close(self) -> None:
         self._entries.close()
 

@@ -129,6 +129,9 @@ class RedisCacheStorage:
             stored = self._redis.get(f"{self._prefix}:embedder")
         return stored.decode("utf-8") if isinstance(stored, bytes) else str(stored)
 
+    def ping(self) -> None:
+        self._connection.ping()
+
     def close(self) -> None:
         self._connection.close()
 

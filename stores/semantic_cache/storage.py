@@ -59,6 +59,10 @@ class CacheStorage(Protocol):
     def bind_embedder(self, signature: str) -> str:
         """Record ``signature`` if none is recorded yet; returns the recorded one."""
 
+    def ping(self) -> None:
+        """A ``StoreError`` when the storage cannot answer now; one cheap read (``/health``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -143,6 +147,12 @@ class DiskCacheStorage:
     def bind_embedder(self, signature: str) -> str:
         self._meta.add("embedder", signature)
         return str(self._meta.get("embedder"))
+
+    def ping(self) -> None:
+        try:
+            self._meta.get("seq")
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise StoreError(f"cannot read the semantic cache at {self.where}: {exc}") from exc
 
     def close(self) -> None:
         self._entries.close()

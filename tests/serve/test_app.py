@@ -222,7 +222,15 @@ def test_unknown_key_is_401_in_the_envelope(proxy):
 
 def test_models_health_and_metrics(proxy):
     assert [m.id for m in client(proxy).models.list()] == ["ctxproto", "scripted"]
-    assert httpx.get(f"{proxy.base_url}/health").json() == {"status": "ok"}
+    health = httpx.get(f"{proxy.base_url}/health").json()
+    assert health["status"] == "ok" and health["upstream"] == "ok"
+    # the session store, the cache's and the summarizer's: every store the proxy opened
+    assert [name.split()[0] for name in health["stores"]] == [
+        "sessions",
+        "semantic_cache",
+        "summarizer",
+    ]
+    assert set(health["stores"].values()) == {"ok"}
     metrics = httpx.get(f"{proxy.base_url}/metrics").text
     for name in (
         "ctxproto_requests_total",

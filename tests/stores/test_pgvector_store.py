@@ -212,3 +212,20 @@ def test_a_search_the_server_does_not_answer_in_time_is_a_store_error(pg_url: st
                 store.search(vectors[0], 1)
             assert time.monotonic() - start < 5
         assert store.search(vectors[0], 1)[0].document.id == "d#0"  # the lock is gone
+
+
+def test_vectors_come_back_exactly_and_a_parallel_hnsw_build_serves_them(pg_url: str) -> None:
+    """The text ``COPY`` sends keeps every float32 bit, and ``build_workers`` builds the index."""
+    vectors = _vectors(1200, seed=3)
+    with PgVectorStore(
+        pg_url, embedder="e", dimension=DIM, hnsw_threshold=1000, build_workers=2
+    ) as store:
+        store.add("all", [Document(id=f"c{i}", text="") for i in range(1200)], vectors)
+        store.save()
+        assert store.index_kind == "hnsw"
+    with PgVectorStore(pg_url, embedder="e", dimension=DIM) as reader:
+        hits = reader.search(vectors[7], 3)
+        assert hits[0].document.id == "c7"
+        found = reader.vectors_of([hit.slot for hit in hits])
+    ids = [int(hit.document.id[1:]) for hit in hits]
+    assert np.array_equal(found, vectors[ids])

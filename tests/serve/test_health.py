@@ -1,0 +1,147 @@
+"""``GET /health`` names every store a replica uses and answers in bounded time.
+
+A proxy with its sessions, summaries and semantic cache on a Redis server of
+this module's own (so it can be stopped and frozen without disturbing other
+tests) and its retrieval store on the session's PostgreSQL. Both URLs carry a
+password, which no answer may show.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ctxproto.bench.embedded_postgres import EmbeddedPostgres
+from ctxproto.bench.redis_server import RedisServer
+from ctxproto.documents import Document
+from ctxproto.retrieval import KnowledgeBase
+from ctxproto.serve import ProxyState, ServerThread, create_app
+from ctxproto.serve.config import ServeConfig
+from ctxproto.serve.health import STORE_TIMEOUT_S
+
+pytestmark = pytest.mark.models
+
+PASSWORD = "hunter2"
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("valkey-health"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def with_password(url: str, user: str) -> str:
+    """``url`` with a user and password; these servers accept any password for it."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}:{PASSWORD}@{rest.split('@')[-1]}"
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    redis: RedisServer, postgres: EmbeddedPostgres, scripted: Any, embedder: Any
+) -> Iterator[ServerThread]:
+    store_url = with_password(redis.url, "default")
+    knowledge = f"{with_password(postgres.url, 'postgres')}?table=t_{uuid.uuid4().hex[:12]}"
+    base = KnowledgeBase(knowledge, embedder=embedder)
+    base.add_documents([Document(id="hours", text="The shop opens at nine.", source="h.md")])
+    base.save()
+    config = ServeConfig.model_validate(
+        {
+            "pipeline": {
+                "stages": [
+                    {"type": "retriever", "init_parameters": {"store": knowledge}},
+                    {"type": "semantic_cache", "init_parameters": {"path": f"{store_url}#h"}},
+                    {
+                        "type": "summarizer",
+                        "init_parameters": {"model": None, "state_path": store_url},
+                    },
+                ]
+            },
+            "upstream": {"type": "openai", "base_url": scripted.url, "model": "scripted"},
+            "sessions": {"store": store_url},
+        }
+    )
+    state = ProxyState.from_config(config)
+    state.flow.warm_up()
+    with ServerThread(create_app(state)) as server:
+        yield server
+
+
+def health(server: ServerThread) -> tuple[httpx.Response, float]:
+    start = time.monotonic()
+    answer = httpx.get(f"{server.base_url}/health", timeout=60)
+    return answer, time.monotonic() - start
+
+
+def recovers(server: ServerThread) -> None:
+    deadline = time.monotonic() + 30
+    while health(server)[0].status_code != 200:
+        assert time.monotonic() < deadline, "the stores never answered again"
+        time.sleep(0.2)
+
+
+def test_every_store_is_listed_by_its_url_without_the_password(proxy):
+    answer, _ = health(proxy)
+    assert answer.status_code == 200, answer.text
+    stores = answer.json()["stores"]
+    assert [name.split()[0] for name in stores] == [
+        "sessions",
+        "retriever",
+        "semantic_cache",
+        "summarizer",
+    ]
+    assert set(stores.values()) == {"ok"}
+    assert "default:***@127.0.0.1" in answer.text and "postgres:***@127.0.0.1" in answer.text
+    assert PASSWORD not in answer.text
+
+
+def test_a_stopped_redis_is_a_503_naming_it_at_once(proxy, redis: RedisServer):
+    redis.stop()  # nothing listens on its port now
+    try:
+        answer, took = health(proxy)
+    finally:
+        redis.start()
+    assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
+    body = answer.json()
+    down = {name.split()[0] for name, state in body["stores"].items() if state != "ok"}
+    assert down == {"sessions", "semantic_cache", "summarizer"}
+    assert f"redis://default:***@127.0.0.1:{redis.port}/0" in body["reason"]
+    assert "Connection refused" in body["reason"] and PASSWORD not in answer.text
+    assert health(proxy)[0].status_code == 200  # the pools reconnect by themselves
+
+
+def test_a_frozen_redis_is_reported_within_the_bound_not_waited_for(proxy, redis: RedisServer):
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        answer, took = health(proxy)
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
+    assert f"no answer within {STORE_TIMEOUT_S:g} s" in answer.json()["reason"]
+    assert answer.json()["stores"][next(iter(answer.json()["stores"]))] != "ok"
+    recovers(proxy)
+
+
+def test_a_stopped_postgres_is_a_503_naming_it(proxy, postgres: EmbeddedPostgres, tmp_path: Path):
+    postgres.stop()
+    try:
+        answer, took = health(proxy)
+    finally:
+        postgres.start()
+    assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
+    retriever = next(v for k, v in answer.json()["stores"].items() if k.startswith("retriever"))
+    assert retriever.startswith("PostgreSQL at postgresql://postgres:***@127.0.0.1")
+    assert PASSWORD not in answer.text
+    recovers(proxy)  # the pool reconnects in the background, with a backoff
