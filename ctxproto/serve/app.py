@@ -8,6 +8,7 @@ use the same pipeline, stores and upstream::
     GET  /v1/models             the served model name
     GET  /health                readiness: the upstream and every store answer
     GET  /metrics               Prometheus text
+    POST /v1/ctxproto/invalidate drop the cached answers built on a source (admin keys)
     /mcp                        the MCP server (streamable HTTP), with the mcp extra
 """
 
@@ -31,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from ctxproto.errors import CtxprotoError
 from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
-from ctxproto.serve.body import parse_chat_request, read_json_body
+from ctxproto.serve.body import parse_body, parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
 from ctxproto.serve.flow import Turn
 from ctxproto.serve.health import OK, store_health
@@ -39,6 +40,8 @@ from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     Choice,
+    InvalidationRequest,
+    InvalidationResponse,
     ModelCard,
     ModelList,
     ResponseMessage,
@@ -86,6 +89,7 @@ def create_app(
             Route("/v1/models", _models, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
+            Route("/v1/ctxproto/invalidate", _invalidate, methods=["POST"]),
             *routes,
         ],
         exception_handlers={
@@ -135,6 +139,21 @@ async def _health(request: Request) -> JSONResponse:
     if problems:
         body["reason"] = "; ".join(problems)
     return JSONResponse(body, status_code=503 if problems else 200)
+
+
+async def _invalidate(request: Request) -> JSONResponse:
+    """Drop the cached answers built on a source (a document that changed); admin keys only."""
+    state = _state(request)
+    tenant = state.tenants.authenticate(request.headers.get("authorization"))
+    if not state.tenants.open and not tenant.admin:
+        raise APIError(
+            403,
+            f"tenant '{tenant.id}' may not invalidate cached answers (needs admin: true)",
+            code="permission_denied",
+        )
+    body = parse_body(InvalidationRequest, await read_json_body(request, state.limits))
+    dropped = await anyio.to_thread.run_sync(state.flow.invalidate, body.source)
+    return JSONResponse(InvalidationResponse(source=body.source, dropped=dropped).model_dump())
 
 
 async def _metrics(request: Request) -> Response:

@@ -10,10 +10,10 @@ that stalls (408), malformed or absurdly nested JSON and wrong field types
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from ctxproto.config import validation_error_to_config_error
@@ -21,7 +21,9 @@ from ctxproto.serve.config import LimitsConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionRequest
 
-__all__ = ["parse_chat_request", "read_json_body"]
+__all__ = ["parse_body", "parse_chat_request", "read_json_body"]
+
+WireModel = TypeVar("WireModel", bound=BaseModel)
 
 
 async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, Any]:
@@ -62,8 +64,13 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
 
 def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
     """Validate a chat-completions body; the first wrong field names the 400."""
+    return parse_body(ChatCompletionRequest, body)
+
+
+def parse_body(model: type[WireModel], body: dict[str, Any]) -> WireModel:
+    """Validate a JSON body as ``model``; the first wrong field names the 400."""
     try:
-        return ChatCompletionRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         error = validation_error_to_config_error(exc)
         raise APIError(

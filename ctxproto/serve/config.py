@@ -86,6 +86,11 @@ class TenantConfig(_Section):
     max_concurrent_requests: int | None = Field(
         default=None, ge=1, description="More at once are answered 429."
     )
+    admin: bool = Field(
+        default=False,
+        description="May drop cached answers by source (POST /v1/ctxproto/invalidate): "
+        "sources are the deployment's documents, shared by every tenant.",
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> TenantConfig:

@@ -187,6 +187,20 @@ class ContextFlow:
             checks.update(stage.store_checks())
         return checks
 
+    def invalidate(self, source: str) -> int:
+        """Drop every cached answer built on ``source``, in every semantic cache of the pipeline.
+
+        Sources are the documents the deployment indexes, shared by its tenants, so
+        this is a deployment-wide operation. On a shared store (``redis://``) every
+        replica's next lookup sees it. Blocking: call it from a worker thread.
+        """
+        stages = self.pipeline.stages if self.pipeline is not None else []
+        return sum(
+            stage.cache.invalidate(source=source)
+            for stage in stages
+            if isinstance(stage, SemanticCacheLookup)
+        )
+
     def history(self, tenant: str, session: str) -> list[dict[str, Any]]:
         """The stored conversation of a stateful session."""
         return self._load_history(tenant, session)

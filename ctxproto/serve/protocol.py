@@ -25,6 +25,8 @@ __all__ = [
     "DeltaMessage",
     "ErrorInfo",
     "ErrorResponse",
+    "InvalidationRequest",
+    "InvalidationResponse",
     "ModelCard",
     "ModelList",
     "PromptTokensDetails",
@@ -191,6 +193,21 @@ class ErrorResponse(BaseModel):
     """The OpenAI error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
 
     error: ErrorInfo
+
+
+class InvalidationRequest(BaseModel):
+    """``POST /v1/ctxproto/invalidate``: drop the cached answers built on a source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=1000)
+
+
+class InvalidationResponse(BaseModel):
+    object: Literal["ctxproto.invalidation"] = "ctxproto.invalidation"
+    source: str
+    dropped: int
+    """How many cached answers were dropped, over every semantic cache of the pipeline."""
 
 
 class ModelCard(BaseModel):

@@ -3,7 +3,7 @@
 - ``scripted``: a tiny scripted upstream (``scripted_upstream.py``);
 - ``proxy``: the proxy over it, with a semantic cache, a summarizer and a
   recency window, two tenants (keys ``key-a``, ``key-b``) and a third limited to
-  one request at a time (``key-c``);
+  one request at a time (``key-c``), and an admin key (``key-ops``);
 - ``engine`` / ``runtime_server`` / ``local_proxy``: the bundled runtime, its own
   OpenAI-compatible server, and a proxy with the runtime in-process.
 """
@@ -27,7 +27,7 @@ from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStateStore
 from tests.serve.scripted_upstream import ScriptedUpstream
 
-KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c"}
+KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c", "key-ops": "ops"}
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,12 @@ def proxy_state(scripted: Any, state_dir: Path, embedder: Any) -> ProxyState:
         Budget(max_prompt_tokens=1500),
     )
     tenants = {
-        key: TenantConfig(id=tenant, key=key, max_concurrent_requests=1 if key == "key-c" else None)
+        key: TenantConfig(
+            id=tenant,
+            key=key,
+            max_concurrent_requests=1 if key == "key-c" else None,
+            admin=key == "key-ops",
+        )
         for key, tenant in KEYS.items()
     }
     flow = ContextFlow(pipeline, store=SessionStateStore(state_dir / "sessions"))

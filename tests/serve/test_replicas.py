@@ -10,10 +10,9 @@ scripted one (``scripted_upstream.py``), so no language model is loaded.
 The tests run in file order: the restart test restarts both servers under
 the running replicas, and the last test kills one replica.
 
-There is no HTTP or MCP route that invalidates a cached answer by source:
-invalidation is an SDK call (``SemanticCache.invalidate``), so the test makes
-it from this process against the replicas' Redis URL and cache name, as an
-indexing job would after changing a document.
+A source is invalidated through one replica's ``POST /v1/ctxproto/invalidate``
+(the tenant's key is an admin key), as an indexing job would after changing a
+document; the other replica's next lookup must not serve what was built on it.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from ctxproto.bench.embedded_postgres import EmbeddedPostgres
 from ctxproto.documents import Document
 from ctxproto.retrieval import KnowledgeBase
 from ctxproto.stores import open_session_store
-from ctxproto.stores.semantic_cache import SemanticCache
 from tests.servers_redis import RedisServer, free_port
 
 pytestmark = pytest.mark.models
@@ -103,7 +101,7 @@ def _config(redis: str, cache: str, knowledge: str, upstream: str, tenant: str) 
             "budget": {"max_prompt_tokens": 1500},
         },
         "upstream": {"type": "openai", "base_url": upstream, "model": "scripted"},
-        "tenants": [{"id": tenant, "key": KEY}],
+        "tenants": [{"id": tenant, "key": KEY, "admin": True}],
         "sessions": {"mode": "stateful", "store": redis},
     }
 
@@ -229,7 +227,7 @@ def _stored(deployment: Deployment, session: str) -> list[tuple[str, str]]:
 
 
 def test_an_answer_cached_through_one_process_is_a_hit_on_the_other_until_invalidated(
-    deployment: Deployment, scripted: Any, embedder: Any
+    deployment: Deployment, scripted: Any
 ) -> None:
     first, second = deployment.replicas
     question = "When does the Oslo shop open?"
@@ -240,10 +238,16 @@ def test_an_answer_cached_through_one_process_is_a_hit_on_the_other_until_invali
     assert again.headers["x-ctxproto-cache"] == "hit"
     assert again.parse().choices[0].message.content == answered.parse().choices[0].message.content
     assert len(scripted.bodies) == asked  # the upstream was not asked again
-    # The shop's hours change: the indexing job invalidates what was built on them.
-    cache = SemanticCache(deployment.cache, embedder=embedder)
-    assert cache.invalidate(source="hours.md") >= 1
-    cache.close()
+    # The shop's hours change: the indexing job invalidates, through the first replica,
+    # what was built on them.
+    dropped = httpx.post(
+        f"{first.base_url}/v1/ctxproto/invalidate",
+        json={"source": "hours.md"},
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert dropped.status_code == 200, dropped.text
+    assert dropped.json()["dropped"] >= 1
     after = _say(second, "cache-c", question, cache=True)
     assert after.headers["x-ctxproto-cache"] == "miss"
     assert len(scripted.bodies) == asked + 1

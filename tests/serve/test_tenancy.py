@@ -8,6 +8,7 @@ import threading
 import uuid
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -156,3 +157,28 @@ def test_session_id_sources_in_order():
     assert session_id({}, None, messages) != session_id(
         {}, None, [{"role": "user", "content": "x"}]
     )
+
+
+def _invalidate(proxy, key: str, body: Any) -> httpx.Response:
+    url = f"{proxy.base_url}/v1/ctxproto/invalidate"
+    return httpx.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+def test_only_admin_keys_may_invalidate_sources(proxy):
+    """Sources are shared by every tenant: dropping answers built on one is an admin act."""
+    refused = _invalidate(proxy, "key-a", {"source": "faq.md"})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert _invalidate(proxy, "no-such-key", {"source": "faq.md"}).status_code == 401
+    done = _invalidate(proxy, "key-ops", {"source": "faq.md"})
+    assert done.status_code == 200
+    assert done.json() == {"object": "ctxproto.invalidation", "source": "faq.md", "dropped": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"), [({}, "source"), ({"source": ""}, "source"), ({"source": "a", "x": 1}, "x")]
+)
+def test_a_bad_invalidation_is_400_naming_the_field(proxy, body, param):
+    answer = _invalidate(proxy, "key-ops", body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == param
