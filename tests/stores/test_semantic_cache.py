@@ -263,6 +263,18 @@ def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embed
     assert len(cache) == 0
 
 
+def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> None:
+    """Every check of an entry runs before its question is embedded or anything written."""
+    before = embedder.memo_entries
+    question = "Is this question embedded when its entry is refused?"
+    with pytest.raises(StoreError, match="answer"):
+        cache.put(question, None)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="namespace"):
+        cache.put(question, "answer", namespace=" ")
+    assert embedder.memo_entries == before
+    assert len(cache) == 0
+
+
 def test_a_cache_of_another_embedder_is_refused(location: str, embedder: Any) -> None:
     SemanticCache(location, embedder=embedder).put("What is the plan?", "plan")
 
