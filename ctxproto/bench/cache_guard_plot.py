@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ctxproto.bench.cache_pairs import load_pairs
 from ctxproto.bench.cache_verifier import (
     CUTS,
-    Matrix,
     dev_rows,
     out_of_fold,
     pair_table,
@@ -65,7 +65,7 @@ def main() -> None:
         panel.axvline(0.02, color="grey", linestyle=":", linewidth=1)
         panel.set_title(f"{split} split" + (" (out-of-fold)" if split == "dev" else ""))
         panel.set_xlabel("false-hit rate on near misses")
-        panel.set_xlim(0, 0.4)
+        panel.set_xlim(0, 0.7)
         panel.set_ylim(0, 1)
         panel.grid(alpha=0.3)
     panels[0].set_ylabel("recall on paraphrases + near-repeats")
@@ -85,7 +85,7 @@ def _curve(
     )
 
 
-def _no_rule_conflict(rows: list[dict[str, Any]]) -> Matrix:
+def _no_rule_conflict(rows: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
     from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
 
     return np.array(

@@ -14,12 +14,18 @@ generalise beyond word lists:
 - **alignment of content words**: how many content words of each question have
   no counterpart (same word, same stem, or a typo of it) in the other. A
   paraphrase rewords broadly; a near miss keeps everything but adds or swaps
-  one thing ("my password" / "my colleague's password").
+  one thing ("my password" / "my colleague's password");
+- **the shape of the edit** between the two sequences of content words: how
+  many edits, the share of words changed, whether a single edit did it all
+  (and the cosine when it did), with character-trigram overlap and the length
+  ratio. A near miss is one edit in an otherwise identical question; a
+  paraphrase is several.
 
 The weights are fitted on the dev split of the labelled pairs by
 ``python -m ctxproto.bench.cache_verifier`` and shipped as JSON (never
-pickled), with the operating point chosen on dev's precision/recall curve: a
-false hit answers the wrong question, a miss only costs a model call.
+pickled), with the operating point chosen on dev's out-of-fold
+precision/recall curve: a false hit answers the wrong question, a miss only
+costs a model call.
 """
 
 from __future__ import annotations

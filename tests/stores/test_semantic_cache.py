@@ -386,8 +386,9 @@ def test_guard_names_the_old_switch_and_its_thresholds(tmp_path: Path, embedder:
 def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedder: Any) -> None:
     """A smoke test on every sixth test-split pair (the full figures: ``bench cache``).
 
-    On this sample it measures 51/71 hits and 2/63 false hits; the bounds leave
-    margin for embedder noise, not for a verifier that stopped telling pairs apart.
+    On this sample it measures 45/71 hits and 1/63 false hits (its operating
+    point is chosen out-of-fold at <= 1.5% false hits); the bounds leave margin
+    for embedder noise, not for a verifier that stopped telling pairs apart.
     """
     from ctxproto.bench.cache_pairs import load_pairs
 
@@ -401,8 +402,8 @@ def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedde
         hits[bool(row["hit"])] += cache.get(str(row["b"]), namespace=f"pair-{n}") is not None
         totals[bool(row["hit"])] += 1
     assert totals[False] >= 60 and totals[True] >= 60
-    assert hits[False] / totals[False] <= 0.07, hits
-    assert hits[True] / totals[True] >= 0.60, hits
+    assert hits[False] / totals[False] <= 0.05, hits
+    assert hits[True] / totals[True] >= 0.55, hits
 
 
 READ_ONLY_OPEN = """
