@@ -24,6 +24,7 @@ __all__ = [
     "FUNCTION_WORDS",
     "SLOT_NAMES",
     "QuerySlots",
+    "edits",
     "one_span_swap",
     "same_stem",
     "slot_conflict",
@@ -313,20 +314,22 @@ def _directions(slots: QuerySlots) -> dict[str, str]:
     return out
 
 
+def edits(a: tuple[str, ...], b: tuple[str, ...]) -> list[tuple[str, int, int, int, int]]:
+    """The spans that differ between two token sequences (difflib opcodes, no ``equal``)."""
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    return [op for op in matcher.get_opcodes() if op[0] != "equal"]
+
+
 def one_span_swap(
     a: tuple[str, ...], b: tuple[str, ...], *, max_tokens: int = MAX_SWAP_TOKENS
 ) -> bool:
     """One span of at most ``max_tokens`` per side replaced by unrelated content words,
     everything else in place: a slot swap ("refund policy for digital / physical
     products"), not a rewording. Function words in the span do not count as content."""
-    edits = [
-        op
-        for op in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
-        if op[0] != "equal"
-    ]
-    if len(edits) != 1 or edits[0][0] != "replace":
+    changes = edits(a, b)
+    if len(changes) != 1 or changes[0][0] != "replace":
         return False
-    _, a_start, a_end, b_start, b_end = edits[0]
+    _, a_start, a_end, b_start, b_end = changes[0]
     if a_end - a_start > max_tokens or b_end - b_start > max_tokens:
         return False
     a_content = [t for t in a[a_start:a_end] if t not in FUNCTION_WORDS]

@@ -30,7 +30,6 @@ costs a model call.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, replace
 from functools import cache
@@ -44,6 +43,7 @@ from ctxproto.stores.semantic_cache.query_slots import (
     FUNCTION_WORDS,
     SLOT_NAMES,
     QuerySlots,
+    edits,
     one_span_swap,
     same_stem,
     slot_conflicts,
@@ -145,6 +145,7 @@ def pair_features(
             *_buckets(len(only_query)),
             *_buckets(len(only_cached)),
             float(bool(only_query) != bool(only_cached)),
+            # over content words: a dropped article or an added "please" hides no swap
             float(one_span_swap(query_sequence, cached_sequence, max_tokens=2)),
             float(reordered),
             float(not (conflicts or only_query or only_cached or reordered)),
@@ -172,17 +173,13 @@ def _edit_shape(
     share); a paraphrase rewords in several places. The similarity of a
     one-edit pair says whether that edit moved the meaning.
     """
-    edits = [
-        op
-        for op in difflib.SequenceMatcher(a=query, b=cached, autojunk=False).get_opcodes()
-        if op[0] != "equal"
-    ]
+    changes = edits(query, cached)
     changed = sum(
-        max(a_end - a_start, b_end - b_start) for _, a_start, a_end, b_start, b_end in edits
+        max(a_end - a_start, b_end - b_start) for _, a_start, a_end, b_start, b_end in changes
     )
-    single = float(len(edits) == 1)
+    single = float(len(changes) == 1)
     return (
-        min(len(edits), 3),
+        min(len(changes), 3),
         changed / max(1, len(query), len(cached)),
         single,
         single * similarity,
