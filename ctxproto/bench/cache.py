@@ -32,6 +32,7 @@ import numpy as np
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import DatasetError
+from ctxproto.stores.semantic_cache.cache import GUARDS, Guard
 
 __all__ = ["register", "run"]
 
@@ -46,17 +47,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--pairs", default=str(FIXTURES), help="folder holding cache_pairs/ and the older pairs"
     )
+    parser.add_argument(
+        "--guard", choices=GUARDS, default="rules", help="the guard the speed figures run with"
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    result = run(entries=args.entries, pairs=Path(args.pairs))
+    result = run(entries=args.entries, pairs=Path(args.pairs), guard=args.guard)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
 
-def run(*, entries: int, pairs: Path) -> dict[str, Any]:
+def run(*, entries: int, pairs: Path, guard: Guard = "rules") -> dict[str, Any]:
     from ctxproto.models.embedder import get_embedder
 
     splits = {
@@ -67,7 +71,7 @@ def run(*, entries: int, pairs: Path) -> dict[str, Any]:
     }
     rows = [r for split in splits.values() for r in split]
     get_embedder().embed([r["a"] for r in rows] + [r["b"] for r in rows])
-    return {"accuracy": _accuracy(splits), "speed": speed(splits["test"], entries)}
+    return {"accuracy": _accuracy(splits), "speed": speed(splits["test"], entries, guard=guard)}
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -116,11 +120,18 @@ def _score(cache: Any, rows: list[dict[str, Any]], tag: str) -> dict[str, Any]:
     }
 
 
-def speed(rows: list[dict[str, Any]], entries: int, location: str | None = None) -> dict[str, Any]:
-    """Lookup latency with ``entries`` entries in a cache at ``location`` (a temporary folder)."""
+def speed(
+    rows: list[dict[str, Any]],
+    entries: int,
+    location: str | None = None,
+    *,
+    guard: Guard = "rules",
+) -> dict[str, Any]:
+    """Lookup latency with ``entries`` entries in a cache at ``location`` (a temporary
+    folder), verification by ``guard`` included."""
     if location is None:
         with tempfile.TemporaryDirectory() as folder:
-            return speed(rows, entries, folder)
+            return speed(rows, entries, folder, guard=guard)
     from ctxproto.stores.semantic_cache import SemanticCache
 
     rng = np.random.default_rng(0)
@@ -136,7 +147,7 @@ def speed(rows: list[dict[str, Any]], entries: int, location: str | None = None)
     for row in paraphrases:
         cache.put(row["a"], "cached")
     start = time.perf_counter()
-    fresh = SemanticCache(location)
+    fresh = SemanticCache(location, guard=guard)
     fresh.get("warm-up question")
     load = time.perf_counter() - start
     hit_ms = call_times_ms(fresh.get, [r["b"] for r in paraphrases])

@@ -152,15 +152,9 @@ class SemanticCache:
         sources: Iterable[str] = (),
     ) -> str:
         """Store ``answer`` for ``query``; returns the entry key (for ``invalidate(key=...)``)."""
-        _check_text(query, "query")
-        return self.put_embedded(
-            query,
-            self.embedder.embed_one(query),
-            answer,
-            context=context,
-            namespace=namespace,
-            sources=sources,
-        )
+        _check_entry(query, answer, namespace)
+        vector = self.embedder.embed_one(query)
+        return self._store(query, vector, answer, context, namespace, sources)
 
     def put_embedded(
         self,
@@ -173,15 +167,24 @@ class SemanticCache:
         sources: Iterable[str] = (),
     ) -> str:
         """``put`` for a caller that already holds the query's normalized embedding."""
-        _check_text(query, "query")
-        if not isinstance(answer, str):
-            raise StoreError(f"a cached answer must be a string, got {type(answer).__name__}")
-        _check_text(namespace, "namespace")
+        _check_entry(query, answer, namespace)
         if np.shape(vector) != (self.embedder.dimension,):
             raise StoreError(
                 f"a query vector of shape {np.shape(vector)} does not fit this cache's "
                 f"embedder (dimension {self.embedder.dimension})"
             )
+        return self._store(query, vector, answer, context, namespace, sources)
+
+    def _store(
+        self,
+        query: str,
+        vector: npt.NDArray[np.float32],
+        answer: str,
+        context: CacheContext,
+        namespace: str,
+        sources: Iterable[str],
+    ) -> str:
+        """Write a checked entry and evict down to the limits."""
         generations = {source: self._generation(source) for source in sorted(set(sources))}
         entry = {
             "namespace": namespace,
@@ -308,6 +311,14 @@ def resolve_guard(guard: Guard | bool) -> Guard:
     if guard not in GUARDS:
         raise ConfigError(f"must be one of {', '.join(GUARDS)}, got {guard!r}", key="guard")
     return guard
+
+
+def _check_entry(query: object, answer: object, namespace: object) -> None:
+    """The checks of ``put`` and ``put_embedded``, before anything is embedded or written."""
+    _check_text(query, "query")
+    if not isinstance(answer, str):
+        raise StoreError(f"a cached answer must be a string, got {type(answer).__name__}")
+    _check_text(namespace, "namespace")
 
 
 def _check_text(text: object, what: str) -> None:

@@ -20,7 +20,16 @@ import difflib
 import re
 from dataclasses import dataclass
 
-__all__ = ["FUNCTION_WORDS", "SLOT_NAMES", "QuerySlots", "slot_conflict", "slot_conflicts"]
+__all__ = [
+    "FUNCTION_WORDS",
+    "SLOT_NAMES",
+    "QuerySlots",
+    "edits",
+    "one_span_swap",
+    "same_stem",
+    "slot_conflict",
+    "slot_conflicts",
+]
 
 _TOKEN = re.compile(
     r"\$?\d[\d,]*(?:\.\d+)?%?(?:st|nd|rd|th|am|pm|k)?|[\w][\w.+#-]*(?:'\w+)?|'[^']+'"
@@ -284,7 +293,7 @@ def slot_conflicts(
         found.add("prefix")
     if a.scope != b.scope:
         found.add("scope")
-    if _single_swap(a.tokens, b.tokens):
+    if one_span_swap(a.tokens, b.tokens):
         found.add("substitution")
     return frozenset(found)
 
@@ -305,33 +314,37 @@ def _directions(slots: QuerySlots) -> dict[str, str]:
     return out
 
 
-def _single_swap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """True when one short span of content words was replaced and nothing else changed."""
-    edits = [
-        op
-        for op in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
-        if op[0] != "equal"
-    ]
-    if len(edits) != 1 or edits[0][0] != "replace":
+def edits(a: tuple[str, ...], b: tuple[str, ...]) -> list[tuple[str, int, int, int, int]]:
+    """The spans that differ between two token sequences (difflib opcodes, no ``equal``)."""
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    return [op for op in matcher.get_opcodes() if op[0] != "equal"]
+
+
+def one_span_swap(
+    a: tuple[str, ...], b: tuple[str, ...], *, max_tokens: int = MAX_SWAP_TOKENS
+) -> bool:
+    """One span of at most ``max_tokens`` per side replaced by unrelated content words,
+    everything else in place: a slot swap ("refund policy for digital / physical
+    products"), not a rewording. Function words in the span do not count as content."""
+    changes = edits(a, b)
+    if len(changes) != 1 or changes[0][0] != "replace":
         return False
-    _, a_start, a_end, b_start, b_end = edits[0]
-    if a_end - a_start > MAX_SWAP_TOKENS or b_end - b_start > MAX_SWAP_TOKENS:
+    _, a_start, a_end, b_start, b_end = changes[0]
+    if a_end - a_start > max_tokens or b_end - b_start > max_tokens:
         return False
     a_content = [t for t in a[a_start:a_end] if t not in FUNCTION_WORDS]
     b_content = [t for t in b[b_start:b_end] if t not in FUNCTION_WORDS]
     if not a_content or not b_content:
         return False
-    return not any(_same_stem(x, y) for x in a_content for y in b_content)
+    return not any(same_stem(x, y) for x in a_content for y in b_content)
 
 
-def _same_stem(x: str, y: str) -> bool:
+def same_stem(x: str, y: str) -> bool:
     """Inflections of one word (share, sharing; virus, viruses), not different words."""
-    common = (
-        len(x)
-        if x == y
-        else next(
-            (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y))
-        )
+    if x == y:
+        return True
+    common = next(
+        (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y))
     )
     return common >= 4 and common >= min(len(x), len(y)) - 1
 

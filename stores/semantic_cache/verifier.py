@@ -14,17 +14,22 @@ generalise beyond word lists:
 - **alignment of content words**: how many content words of each question have
   no counterpart (same word, same stem, or a typo of it) in the other. A
   paraphrase rewords broadly; a near miss keeps everything but adds or swaps
-  one thing ("my password" / "my colleague's password").
+  one thing ("my password" / "my colleague's password");
+- **the shape of the edit** between the two sequences of content words: how
+  many edits, the share of words changed, whether a single edit did it all
+  (and the cosine when it did), with character-trigram overlap and the length
+  ratio. A near miss is one edit in an otherwise identical question; a
+  paraphrase is several.
 
 The weights are fitted on the dev split of the labelled pairs by
 ``python -m ctxproto.bench.cache_verifier`` and shipped as JSON (never
-pickled), with the operating point chosen on dev's precision/recall curve: a
-false hit answers the wrong question, a miss only costs a model call.
+pickled), with the operating point chosen on dev's out-of-fold
+precision/recall curve: a false hit answers the wrong question, a miss only
+costs a model call.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, replace
 from functools import cache
@@ -38,6 +43,9 @@ from ctxproto.stores.semantic_cache.query_slots import (
     FUNCTION_WORDS,
     SLOT_NAMES,
     QuerySlots,
+    edits,
+    one_span_swap,
+    same_stem,
     slot_conflicts,
 )
 
@@ -57,6 +65,14 @@ FEATURE_NAMES = (
     "qualifier_added",
     "similarity_if_addition",
     "similarity_if_no_conflict",
+    "char_overlap",
+    "length_ratio",
+    "edits",
+    "changed_fraction",
+    "single_edit",
+    "similarity_if_single_edit",
+    "conflicts",
+    "similarity_times_conflicts",
 )
 _FILLER = frozenset(
     [
@@ -121,6 +137,7 @@ def pair_features(
     union = query_content | cached_content
     query_sequence = _content_sequence(aligned.tokens)
     cached_sequence = _content_sequence(cached.tokens)
+    reordered = _reordered(aligned, cached, query_sequence, cached_sequence)
     return np.array(
         [
             similarity,
@@ -128,15 +145,58 @@ def pair_features(
             *_buckets(len(only_query)),
             *_buckets(len(only_cached)),
             float(bool(only_query) != bool(only_cached)),
-            float(_content_swap(query_sequence, cached_sequence)),
-            float(_reordered(aligned, cached, query_sequence, cached_sequence)),
-            float(not (conflicts or only_query or only_cached)),
+            # over content words: a dropped article or an added "please" hides no swap
+            float(one_span_swap(query_sequence, cached_sequence, max_tokens=2)),
+            float(reordered),
+            float(not (conflicts or only_query or only_cached or reordered)),
             len(query_content & cached_content) / len(union) if union else 1.0,
             float(_qualifies(aligned.tokens, only_query) or _qualifies(cached.tokens, only_cached)),
             similarity * (bool(only_query) != bool(only_cached)),
             similarity * (not conflicts),
+            _char_overlap(query_content, cached_content),
+            min(len(query_content), len(cached_content))
+            / max(1, len(query_content), len(cached_content)),
+            *_edit_shape(query_sequence, cached_sequence, similarity),
+            len(conflicts),
+            similarity * len(conflicts),
         ]
     )
+
+
+def _edit_shape(
+    query: tuple[str, ...], cached: tuple[str, ...], similarity: float
+) -> tuple[float, float, float, float]:
+    """How the content words changed: edit count (capped at 3), the share of words
+    changed, whether one edit did it all, and the similarity when it did.
+
+    A near miss changes one slot and keeps the rest in place (one edit, a small
+    share); a paraphrase rewords in several places. The similarity of a
+    one-edit pair says whether that edit moved the meaning.
+    """
+    changes = edits(query, cached)
+    changed = sum(
+        max(a_end - a_start, b_end - b_start) for _, a_start, a_end, b_start, b_end in changes
+    )
+    single = float(len(changes) == 1)
+    return (
+        min(len(changes), 3),
+        changed / max(1, len(query), len(cached)),
+        single,
+        single * similarity,
+    )
+
+
+def _char_overlap(query: frozenset[str], cached: frozenset[str]) -> float:
+    """Jaccard overlap of the character trigrams of two sets of content words:
+    inflections and compounds ("rootless" / "root") overlap where words do not."""
+    query_grams, cached_grams = _trigrams(query), _trigrams(cached)
+    union = query_grams | cached_grams
+    return len(query_grams & cached_grams) / len(union) if union else 1.0
+
+
+def _trigrams(words: frozenset[str]) -> set[str]:
+    padded = [f" {word} " for word in words]
+    return {word[i : i + 3] for word in padded for i in range(len(word) - 2)}
 
 
 def _reordered(
@@ -223,29 +283,9 @@ def _content(tokens: tuple[str, ...]) -> frozenset[str]:
     return frozenset(_content_sequence(tokens))
 
 
-def _content_swap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One short run of content words replaced by unrelated ones, the rest in place.
-
-    Compared over content words only, so a dropped article or an added "please"
-    does not hide the swap ("so slow in the evening" / "so fast in evening").
-    """
-    edits = [
-        op
-        for op in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
-        if op[0] != "equal"
-    ]
-    if len(edits) != 1 or edits[0][0] != "replace":
-        return False
-    _, a_start, a_end, b_start, b_end = edits[0]
-    if max(a_end - a_start, b_end - b_start) > 2:
-        return False
-    return not any(_has_stem_in(x, frozenset(b[b_start:b_end])) for x in a[a_start:a_end])
-
-
 def _has_stem_in(word: str, others: frozenset[str]) -> bool:
     """An inflection of ``word`` is among ``others`` (refund, refunds, refunded)."""
-    stem = word[: max(4, len(word) - 3)]
-    return any(o.startswith(stem) or word.startswith(o[: max(4, len(o) - 3)]) for o in others)
+    return any(same_stem(word, other) for other in others)
 
 
 def _counterpart(word: str, known: set[str]) -> str | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,6 +13,7 @@ from ctxproto.errors import StoreError
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots
 from ctxproto.stores.semantic_cache.verifier import (
     FEATURE_NAMES,
+    WEIGHTS,
     HitVerifier,
     align,
     pair_features,
@@ -68,3 +72,82 @@ def test_an_added_qualifier_is_told_from_an_added_clause() -> None:
     )
     clause = _features("I forgot my password, how can I reset it?", "How do I reset my password?")
     assert qualified["qualifier_added"] and not clause["qualifier_added"]
+
+
+def test_a_reordering_around_a_relation_is_not_no_difference() -> None:
+    """The same words around "to" in the other order are a different question."""
+    features = _features("convert a string to a list", "convert a list to a string")
+    assert features["reordered"] and not features["no_difference"]
+
+
+def test_edit_shape_tells_one_swapped_slot_from_a_rewording() -> None:
+    swapped = _features(
+        "How much water should a toddler drink?", "How much water should an adult drink?"
+    )
+    reworded = _features(
+        "What's the command to merge two git branches?", "How do I merge two branches in git?"
+    )
+    assert swapped["single_edit"] and swapped["edits"] == 1
+    assert reworded["edits"] >= 2 and not reworded["single_edit"]
+    assert swapped["changed_fraction"] < reworded["changed_fraction"]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    ("cached", "asked", "hits"),
+    [
+        ("How do I reset my password?", "hello, how do i reset my password thx!", True),
+        ("How do I reset my password?", "How do I reset my pasword", True),
+        (
+            "How do I merge two branches in git?",
+            "What's the command to merge two git branches?",
+            True,
+        ),
+        ("How do I reset my password?", "How do I stop my password from being reset?", False),
+        ("How do I reset my password?", "How do I reset my colleague's password?", False),
+        (
+            "How do I convert a list to a string in Python?",
+            "How do I convert a string to a list in Python?",
+            False,
+        ),
+        ("What are your opening hours?", "What are your opening hours on Sunday?", False),
+        ("Where can I download my invoice?", "Where can I download my invoice from 2019?", False),
+        (
+            "How much water should an adult drink per day?",
+            "How much water should a toddler drink per day?",
+            False,
+        ),
+        ("How do I turn on dark mode?", "How do I turn off dark mode?", False),
+    ],
+)
+def test_the_shipped_verifier_on_dev_pairs(
+    embedder: Any, cached: str, asked: str, hits: bool
+) -> None:
+    """Pairs of the dev split it was fitted on, one per kind: a near-repeat, a typo, a
+    rewording, and a near miss of each category (negation, scope, reordering, date,
+    number, entity, polarity), each with a cosine above the floor."""
+    similarity = float(embedder.embed_one(cached) @ embedder.embed_one(asked))
+    verifier = HitVerifier.load()
+    assert similarity >= verifier.min_similarity
+    assert verifier.accepts(QuerySlots.of(asked), QuerySlots.of(cached), similarity) is hits
+
+
+class _Payload:
+    """Unpickling this would write ``marker``: proof that a loader unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "unpickled"))
+
+
+def test_weights_are_read_as_json_and_a_pickle_is_never_loaded(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    weights = tmp_path / "weights.pkl"
+    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(StoreError, match="weights"):
+        HitVerifier.load(weights)
+    assert not marker.exists()
+    shipped = json.loads(WEIGHTS.read_text(encoding="utf-8"))
+    assert set(shipped["weights"]) == set(FEATURE_NAMES)

@@ -263,6 +263,18 @@ def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embed
     assert len(cache) == 0
 
 
+def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> None:
+    """Every check of an entry runs before its question is embedded or anything written."""
+    before = embedder.memo_entries
+    question = "Is this question embedded when its entry is refused?"
+    with pytest.raises(StoreError, match="answer"):
+        cache.put(question, None)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="namespace"):
+        cache.put(question, "answer", namespace=" ")
+    assert embedder.memo_entries == before
+    assert len(cache) == 0
+
+
 def test_a_cache_of_another_embedder_is_refused(location: str, embedder: Any) -> None:
     SemanticCache(location, embedder=embedder).put("What is the plan?", "plan")
 
@@ -374,8 +386,9 @@ def test_guard_names_the_old_switch_and_its_thresholds(tmp_path: Path, embedder:
 def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedder: Any) -> None:
     """A smoke test on every sixth test-split pair (the full figures: ``bench cache``).
 
-    On this sample it measures 51/71 hits and 2/63 false hits; the bounds leave
-    margin for embedder noise, not for a verifier that stopped telling pairs apart.
+    On this sample it measures 45/71 hits and 1/63 false hits (its operating
+    point is chosen out-of-fold at <= 1.5% false hits); the bounds leave margin
+    for embedder noise, not for a verifier that stopped telling pairs apart.
     """
     from ctxproto.bench.cache_pairs import load_pairs
 
@@ -389,8 +402,8 @@ def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedde
         hits[bool(row["hit"])] += cache.get(str(row["b"]), namespace=f"pair-{n}") is not None
         totals[bool(row["hit"])] += 1
     assert totals[False] >= 60 and totals[True] >= 60
-    assert hits[False] / totals[False] <= 0.07, hits
-    assert hits[True] / totals[True] >= 0.60, hits
+    assert hits[False] / totals[False] <= 0.05, hits
+    assert hits[True] / totals[True] >= 0.55, hits
 
 
 READ_ONLY_OPEN = """

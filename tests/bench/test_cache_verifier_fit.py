@@ -1,0 +1,39 @@
+"""Fitting the cache verifier: scaling folded into the weights, folds by seed question."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ctxproto.bench.cache_verifier import fit, out_of_fold, probability, seed_groups
+
+
+def _pairs() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.5).astype(np.float64)
+    signal = labels + rng.normal(0, 0.6, 400)
+    noise = rng.normal(0, 1, 400)
+    return np.column_stack([signal, noise]), labels
+
+
+def test_a_feature_on_another_scale_gets_the_same_probabilities() -> None:
+    """The penalty weighs standardized features, so units do not change the model."""
+    features, labels = _pairs()
+    rescaled = features * np.array([1000.0, 0.001])
+    plain = probability(features, *fit(features, labels))
+    scaled = probability(rescaled, *fit(rescaled, labels))
+    np.testing.assert_allclose(plain, scaled, atol=1e-6)
+    assert ((plain >= 0.5) == (labels == 1)).mean() > 0.75
+
+
+def test_pairs_that_share_a_question_share_a_fold() -> None:
+    rows = [
+        {"a": "How do I reset my password?", "b": "forgot my password"},
+        {"a": "forgot my password", "b": "How do I reset my colleague's password?"},
+        {"a": "Can dogs eat grapes?", "b": "are grapes bad for dogs"},
+    ]
+    groups = seed_groups(rows)
+    assert groups[0] == groups[1] != groups[2]
+    features, labels = _pairs()
+    held_out = out_of_fold(features, labels, [str(n % 40) for n in range(400)], 0)
+    assert held_out.shape == labels.shape and 0.0 < held_out.min() < held_out.max() < 1.0
