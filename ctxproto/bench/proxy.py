@@ -7,7 +7,8 @@
   figure. Measured for a model-free pipeline (a recency window) and for
   ``examples/pipelines/chatbot.yaml`` (retrieval, semantic cache, summary).
 - **Cache-hit throughput.** Concurrent clients asking a question the semantic
-  cache holds: answered requests per second, the upstream never called.
+  cache holds: answered requests per second, the upstream never called. The
+  clients run in a process of their own (``proxy_load.py``), as real ones do.
 - **Chat workload** (``proxy_chat.py``): ``bench chat``'s sessions sent by an
   OpenAI client through the proxy versus straight to the same upstream.
 """
@@ -15,10 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,6 +135,7 @@ def _overhead(upstream_url: str, pipeline: Pipeline, requests: int) -> dict[str,
 def _cache_hits(upstream_url: str, path: Path, clients: int, seconds: float) -> dict[str, float]:
     import httpx
 
+    from ctxproto.bench.proxy_load import post_concurrently
     from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
     from ctxproto.stages.semantic_cache import SemanticCacheLookup
 
@@ -147,31 +147,11 @@ def _cache_hits(upstream_url: str, path: Path, clients: int, seconds: float) -> 
     with ServerThread(create_app(state)) as proxy:
         url = f"{proxy.url}/chat/completions"
         httpx.post(url, json=body, timeout=60)  # the miss that fills the cache
-
-        async def client_loop(client: httpx.AsyncClient, deadline: float) -> tuple[int, int]:
-            answered = hits = 0
-            while time.perf_counter() < deadline:
-                response = await client.post(url, json=body)
-                answered += response.status_code == 200
-                hits += response.headers.get("x-ctxproto-cache") == "hit"
-            return answered, hits
-
-        async def everyone() -> list[tuple[int, int]]:
-            limits = httpx.Limits(max_connections=clients)
-            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                deadline = time.perf_counter() + seconds
-                return await asyncio.gather(
-                    *(client_loop(client, deadline) for _ in range(clients))
-                )
-
-        started = time.perf_counter()
-        counts = asyncio.run(everyone())
-        elapsed = time.perf_counter() - started
-    answered = sum(a for a, _ in counts)
+        load = post_concurrently(url, body, clients, seconds)
     return {
         "clients": clients,
-        "answered_per_s": round(answered / elapsed, 1),
-        "hit_share": round(sum(h for _, h in counts) / max(answered, 1), 3),
+        "answered_per_s": round(load.per_second, 1),
+        "hit_share": round(load.hits / max(load.answered, 1), 3),
     }
 
 

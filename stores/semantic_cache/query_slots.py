@@ -17,6 +17,7 @@ prefixes, negation parity), and scope quantifiers (all, every, whole...).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -214,6 +215,12 @@ class QuerySlots:
 
     @classmethod
     def of(cls, text: str) -> QuerySlots:
+        """The slots of ``text``; memoized, since a cache is asked the same questions again."""
+        return _slots_of(text)
+
+    @classmethod
+    def extract(cls, text: str) -> QuerySlots:
+        """The slots of ``text``, computed afresh (``of`` remembers them)."""
         raw = _TOKEN.findall(text)
         tokens = [t.lower().removesuffix("'s").strip("'") for t in raw]
         numbers: set[str] = set()
@@ -254,16 +261,24 @@ class QuerySlots:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _slots_of(text: str) -> QuerySlots:
+    return QuerySlots.extract(text)
+
+
 def slot_conflict(a: QuerySlots, b: QuerySlots) -> str | None:
     """The first slot (in ``SLOT_NAMES`` order) on which two questions differ, or ``None``."""
     conflicts = slot_conflicts(a, b)
     return next((name for name in SLOT_NAMES if name in conflicts), None)
 
 
+@functools.lru_cache(maxsize=4096)
 def slot_conflicts(
     a: QuerySlots, b: QuerySlots, *, names_in_any_case: bool = False
 ) -> frozenset[str]:
     """The names of every slot on which two questions differ (empty when they agree).
+
+    Memoized: slots are immutable, and a cache hit compares the same pair each time.
 
     With ``names_in_any_case`` an entity counts as present in the other question
     when its word is there in any case ("netflix" / "Netflix"): typed casually,

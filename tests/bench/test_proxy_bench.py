@@ -24,3 +24,16 @@ def test_chat_workload_through_the_proxy_reports_ratio_and_retention():
     result = run_chat_through_proxy(turns=6, sessions=1, max_new_tokens=2)
     assert result["logical_tokens"] > 0 and result["effective_tps_ratio"] > 0
     assert result["fact_retention"] == 1.0  # the chatbot pipeline keeps stated facts
+
+
+def test_load_clients_that_cannot_connect_are_a_backend_error():
+    import socket
+
+    from ctxproto.bench.proxy_load import post_concurrently
+    from ctxproto.errors import BackendError
+
+    with socket.socket() as probe:  # a port nobody listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(BackendError, match="load clients failed"):
+        post_concurrently(f"http://127.0.0.1:{port}/v1/chat/completions", {}, 1, 0.2)

@@ -243,3 +243,24 @@ def test_models_health_and_metrics(proxy):
         assert name in metrics
     missing = httpx.get(f"{proxy.base_url}/nowhere")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_building_the_app_leaves_the_process_logging_alone(proxy_state):
+    """The MCP SDK's constructor calls ``logging.basicConfig``; the app must not let it stick."""
+    import logging
+
+    from ctxproto.serve import create_app
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # pytest's capture handlers sit on the root logger, and basicConfig does nothing
+    # to a logger that has handlers: start from an unconfigured process.
+    root.handlers = []
+    root.setLevel(logging.WARNING)
+    try:
+        create_app(proxy_state)
+        assert root.handlers == []
+        assert root.level == logging.WARNING
+    finally:
+        root.handlers = handlers
+        root.setLevel(level)
