@@ -222,7 +222,7 @@ class PgVectorStore:
         query = _vector_literal(checked_vectors(vector.reshape(1, -1), self.dimension)[0])
         where, parameters = _filter_sql(filters) if filters else ("TRUE", [])
         sql = (
-            f"SELECT id, chunk_id, text, metadata, source, fields, embedding::real[],"
+            f"SELECT id, chunk_id, text, metadata, source, fields, embedding,"
             f" -(embedding <#> %s::vector) FROM {self.table} WHERE {where}"
             " ORDER BY embedding <#> %s::vector LIMIT %s"
         )
@@ -231,12 +231,12 @@ class PgVectorStore:
                 return []
             if k > HNSW_EF_SEARCH:  # the session default (see _open_pool) would cap k
                 conn.execute(f"SET LOCAL hnsw.ef_search = {min(k, 1000)}")
-            rows = conn.execute(sql, (query, *parameters, query, k)).fetchall()
+            rows = conn.execute(sql, (query, *parameters, query, k), binary=True).fetchall()
         if len(self._vectors) > _VECTOR_CACHE_LIMIT:
             self._vectors.clear()
         hits = []
         for slot, chunk_id, text, metadata, source, fields, embedding, score in rows:
-            self._vectors[slot] = np.asarray(embedding, dtype=np.float32)
+            self._vectors[slot] = _from_binary(embedding)
             if min_score is not None and score < min_score:
                 continue
             document = Document.model_validate(
@@ -251,11 +251,12 @@ class PgVectorStore:
         if missing:
             with self._reading() as conn:
                 rows = conn.execute(
-                    f"SELECT id, embedding::real[] FROM {self.table} WHERE id = ANY(%s)",
+                    f"SELECT id, embedding FROM {self.table} WHERE id = ANY(%s)",
                     (missing,),
+                    binary=True,
                 ).fetchall()
             for slot, embedding in rows:
-                self._vectors[slot] = np.asarray(embedding, dtype=np.float32)
+                self._vectors[slot] = _from_binary(embedding)
         if not slots:
             return np.empty((0, self.dimension), dtype=np.float32)
         try:
@@ -460,6 +461,14 @@ def _conninfo(url: str) -> str:
     parts = urlsplit(url)
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "table"]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def _from_binary(data: bytes) -> npt.NDArray[np.float32]:
+    """A ``vector`` in pgvector's binary form: dimension and a spare (two int16), then
+    big-endian float32s. Binary results skip printing and parsing 384 decimals per row,
+    which was 40% of a search's time at 30k chunks.
+    """
+    return np.frombuffer(data, dtype=">f4", offset=4).astype(np.float32)
 
 
 def _vector_literal(vector: npt.NDArray[np.float32]) -> str:
