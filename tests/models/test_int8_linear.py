@@ -44,11 +44,28 @@ def test_head_is_close_to_float_rows_are_independent_and_the_float_model_stays()
 
 
 @pytest.mark.models
-def test_the_model_keeps_most_greedy_choices(lm):
+def test_the_model_keeps_most_greedy_choices(lm, lm_tokenizer):
     quantized = quantize_int8(lm)
-    ids = torch.randint(100, 40_000, (1, 48), generator=torch.Generator().manual_seed(3))
+    text = (
+        "The router's warranty lasts two years from the date of purchase. To reset the "
+        "router, hold the button on the back for ten seconds until the light blinks, "
+        "then wait for it to turn solid green before you connect again."
+    )
+    ids = torch.tensor([lm_tokenizer(text)["input_ids"]])
     with torch.inference_mode():
         expected = lm(input_ids=ids).logits.argmax(-1)
         got = quantized(input_ids=ids).logits.argmax(-1)
     assert (got == expected).float().mean() > 0.8
     assert quantized.model.embed_tokens.weight is lm.model.embed_tokens.weight
+
+
+def test_head_rescores_its_best_candidates_in_float():
+    model = torch.nn.Module()
+    model.lm_head = torch.nn.Linear(64, 200, bias=True)
+    quantized = quantize_int8(model)
+    x = torch.randn(50, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected, got = model.lm_head(x), quantized.lm_head(x)
+    # The top logits are the float ones, not their int8 approximations.
+    torch.testing.assert_close(got.max(-1).values, expected.max(-1).values, rtol=0, atol=1e-5)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
