@@ -60,6 +60,10 @@ class BackendConfig(BaseModel):
     device: str = "cpu"
     prefix_cache: bool = True
     cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
+    quantize: Literal["none", "int8_head", "int8"] = Field(
+        default="none",
+        description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
+    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible server URL.")
     api_key: str | None = None
     timeout: float = Field(default=60.0, gt=0)
@@ -76,7 +80,11 @@ def build_backend(config: BackendConfig) -> Backend:
         return OpenAIBackend(
             config.base_url, model=config.model, api_key=config.api_key, timeout=config.timeout
         )
-    options: dict[str, Any] = {"device": config.device, "prefix_cache": config.prefix_cache}
+    options: dict[str, Any] = {
+        "device": config.device,
+        "prefix_cache": config.prefix_cache,
+        "quantize": config.quantize,
+    }
     if config.cache_bytes is not None:
         options["cache_bytes"] = config.cache_bytes
     return LocalBackend(Engine(config.model, **options))

@@ -19,6 +19,7 @@ from typing import Any
 from ctxproto._extras import require
 from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, CtxprotoError
 from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
@@ -29,16 +30,22 @@ from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 
-__all__ = ["Engine"]
+__all__ = ["QUANTIZE_MODES", "Engine", "engine_model"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
+
+QUANTIZE_MODES = ("none", "int8_head", "int8")
+"""``none``: float weights; ``int8_head``: an int8 LM head; ``int8``: every linear
+layer int8 (the int8 modes run on CPU only; docs/runtime.md reports their quality)."""
 
 
 class Engine:
     """Runs chat requests on one causal LM, reusing cached prefixes across requests.
 
     ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
-    is what the equality tests and the benchmark compare against.
+    is what the equality tests and the benchmark compare against. ``quantize``
+    (``QUANTIZE_MODES``) multiplies by int8 weights on CPU: faster decode and
+    prefill, answers that may differ from float32's (docs/runtime.md).
     """
 
     def __init__(
@@ -51,10 +58,16 @@ class Engine:
         prefix_cache: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         offload_bytes: int = 0,
+        quantize: str = "none",
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
-        self.model = split_over_cores(load_causal_lm(model, device, dtype))
+        if quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
+        if quantize != "none" and device != "cpu":
+            raise ConfigError("int8 weights run on the CPU only", key="quantize")
+        self.model = engine_model(load_causal_lm(model, device, dtype), quantize)
+        self.quantize = quantize
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
@@ -273,6 +286,18 @@ class Engine:
         for request in requests:
             self._release(request)
             request.fail(error)
+
+
+def engine_model(loaded: Any, quantize: str = "none") -> Any:
+    """The engine's copy of a loaded model: float layers split over the cores, or int8.
+
+    Shared with ``ctxproto bench decode``, which must time what the engine runs.
+    """
+    if quantize == "int8":
+        return quantize_int8(loaded)
+    if quantize == "int8_head":
+        return split_over_cores(quantize_int8(loaded, head_only=True), in_place=True)
+    return split_over_cores(loaded)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -1,19 +1,25 @@
 """``ctxproto bench decode [--json]``: where a decode step's time goes, and what we removed.
 
 A chat turn on CPU is mostly decode steps once the prefix cache has removed most of
-the prefill. This benchmark decodes greedily after a prompt of ``--context`` tokens
-four ways, on one model object, interleaved round by round so that load from other
-processes hits every variant alike:
+the prefill. This benchmark prefills a prompt of ``--context`` tokens and decodes
+greedily after it, several ways, on one loaded model, interleaved round by round so
+that load from other processes hits every variant alike:
 
 - ``transformers``: the model as loaded, with transformers' ``DynamicCache`` — what
   plain ``generate`` does on every step;
 - ``reserved_kv``: our KV layers, which append into spare room instead of copying
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
-- ``engine``: both, which is what ``Engine`` runs.
+- ``engine``: both, which is what ``Engine`` runs by default;
+- ``engine_int8_head`` and ``engine_int8``: the engine with ``quantize="int8_head"``
+  (an int8 LM head) and ``quantize="int8"`` (every linear layer int8).
 
 It reports the median milliseconds per step, each variant's speedup over
-``transformers``, and whether all four produced the same tokens.
+``transformers``, the cold prefill rate of the prompt, and whether the float
+variants produced the same tokens. The int8 variants may not, so for them it
+reports agreement with ``engine`` on real chat questions instead (``quality``):
+the share of the float answers' tokens the int8 model predicts given the same
+preceding tokens, and the share of answers that come out identical.
 """
 
 from __future__ import annotations
@@ -27,18 +33,23 @@ from collections.abc import Callable
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.bench.chat_workload import KB_QUESTIONS
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
-from ctxproto.runtime import load_causal_lm
+from ctxproto.runtime import load_causal_lm, load_tokenizer
+from ctxproto.runtime.chat_template import render_chat
+from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
+
+QUANTIZED = ("int8_head", "int8")
 
 __all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "decode", help="decode step: transformers vs our KV layers and core-split matmuls"
+        "decode", help="decode step and prefill: transformers vs the engine, float and int8"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -51,11 +62,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--rows", type=int_at_least(1), default=1, help="sequences decoded together"
     )
+    parser.add_argument(
+        "--answers",
+        type=int_at_least(0),
+        default=len(KB_QUESTIONS) * 2,
+        help="chat questions answered to compare int8 with float32 (0: skip)",
+    )
     parser.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
-    figures = run(args.context, args.steps, args.rounds, args.rows)
+    figures = run(args.context, args.steps, args.rounds, args.rows, args.answers)
     if args.json:
         json.dump(figures, sys.stdout)
         sys.stdout.write("\n")
@@ -65,12 +82,14 @@ def _handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
+def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) -> dict[str, Any]:
     for key, value in (("--context", context), ("--steps", steps), ("--rounds", rounds)):
         if value < 1:
             raise ConfigError(f"must be at least 1, got {value}", key=key)
     if rows < 1:
         raise ConfigError(f"must be at least 1, got {rows}", key="--rows")
+    if answers < 0:
+        raise ConfigError(f"must be at least 0, got {answers}", key="--answers")
     torch = require("torch", extra="runtime")
     transformers = require("transformers", extra="runtime")
     model = load_causal_lm()
@@ -81,17 +100,22 @@ def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
         "split_cores": (split, transformers.DynamicCache),
         "engine": (split, new_cache),
     }
+    for mode in QUANTIZED:
+        variants[f"engine_{mode}"] = (engine_model(model, mode), new_cache)
     generator = torch.Generator().manual_seed(context)
     prompt = torch.randint(100, 40_000, (rows, context), generator=generator)
     step_ms: dict[str, list[float]] = {name: [] for name in variants}
+    prefill_s: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, list[int]] = {}
     with torch.inference_mode():
         for _ in range(rounds):
             for name, (lm, make_cache) in variants.items():
-                per_step, produced = _decode(torch, lm, make_cache(), prompt, steps)
+                prefill, per_step, produced = _decode(torch, lm, make_cache(), prompt, steps)
+                prefill_s[name].append(prefill)
                 step_ms[name].append(per_step)
                 tokens[name] = produced
     medians = {name: statistics.median(values) for name, values in step_ms.items()}
+    floats = [name for name in variants if not name.startswith("engine_int8")]
     return {
         "context_tokens": context,
         "rows": rows,
@@ -102,14 +126,75 @@ def run(context: int, steps: int, rounds: int, rows: int = 1) -> dict[str, Any]:
         "speedup_vs_transformers": {
             name: round(medians["transformers"] / value, 2) for name, value in medians.items()
         },
-        "same_tokens": all(produced == tokens["transformers"] for produced in tokens.values()),
+        "prefill_tokens_per_s": {
+            name: round(rows * context / statistics.median(values))
+            for name, values in prefill_s.items()
+        },
+        "same_tokens": all(tokens[name] == tokens["transformers"] for name in floats),
+        "quality": {
+            f"engine_{mode}": _agreement(
+                variants["engine"][0], variants[f"engine_{mode}"][0], answers
+            )
+            for mode in QUANTIZED
+        }
+        if answers
+        else {},
     }
 
 
-def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[float, list[int]]:
-    """Prefill ``prompt``, then time ``steps`` greedy steps; ms per step and the tokens."""
-    rows, length = prompt.shape
+def _agreement(reference: Any, candidate: Any, answers: int) -> dict[str, Any]:
+    """How often ``candidate`` answers the chat questions as ``reference`` does, greedily."""
+    torch = require("torch", extra="runtime")
+    tokenizer = load_tokenizer()
+    questions = [text for pair in KB_QUESTIONS for text in pair]
+    questions = [questions[i % len(questions)] for i in range(answers)]
+    matched = total = identical = 0
+    with torch.inference_mode():
+        for question in questions:
+            prompt = torch.tensor([render_chat(tokenizer, [{"role": "user", "content": question}])])
+            expected = _answer(torch, reference, prompt, tokenizer.eos_token_id)
+            got = _answer(torch, candidate, prompt, tokenizer.eos_token_id)
+            identical += got == expected
+            # Given the reference's tokens so far, does the candidate pick the same next one?
+            sequence = torch.cat([prompt, torch.tensor([expected])], dim=1)
+            logits = candidate(input_ids=sequence).logits[0, prompt.size(1) - 1 : -1]
+            matched += int((logits.argmax(-1) == sequence[0, prompt.size(1) :]).sum())
+            total += len(expected)
+    return {
+        "answers": answers,
+        "token_agreement": round(matched / total, 3),
+        "identical_answers": round(identical / answers, 3),
+    }
+
+
+def _answer(torch: Any, lm: Any, prompt: Any, eos: int, limit: int = 48) -> list[int]:
+    """The greedy answer to ``prompt`` (``[1, length]``), up to ``limit`` tokens."""
+    cache = new_cache()
     out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
+    produced: list[int] = []
+    while True:
+        token = int(out.logits[0, -1].argmax())
+        produced.append(token)
+        if token == eos or len(produced) == limit:
+            return produced
+        position = torch.tensor([[prompt.size(1) + len(produced) - 1]])
+        out = lm(
+            input_ids=torch.tensor([[token]]),
+            position_ids=position,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+
+def _decode(
+    torch: Any, lm: Any, cache: Any, prompt: Any, steps: int
+) -> tuple[float, float, list[int]]:
+    """Prefill ``prompt``, then ``steps`` greedy steps: prefill seconds, ms per step, tokens."""
+    rows, length = prompt.shape
+    start = time.perf_counter()
+    out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
+    prefill = time.perf_counter() - start
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     produced = [token[:, 0].tolist()]
     start = time.perf_counter()
@@ -125,4 +210,4 @@ def _decode(torch: Any, lm: Any, cache: Any, prompt: Any, steps: int) -> tuple[f
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         produced.append(token[:, 0].tolist())
     per_step = (time.perf_counter() - start) * 1000.0 / steps
-    return per_step, [t for row in zip(*produced, strict=True) for t in row]
+    return prefill, per_step, [t for row in zip(*produced, strict=True) for t in row]

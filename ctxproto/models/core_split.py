@@ -19,11 +19,11 @@ split in place.
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.linear_swap import swap_linear_layers
 
 __all__ = ["split_over_cores"]
 
@@ -41,17 +41,13 @@ def split_over_cores(model: Any, parts: int | None = None, *, in_place: bool = F
     if parts < 2 or first is None or first.device.type != "cpu":
         return model
     layer_class = _split_linear()
-    twin = model
-    if not in_place:
-        shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
-        twin = copy.deepcopy(model, shared)
-    replaced = 0
-    for parent in list(twin.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear) and child.out_features % parts == 0:
-                setattr(parent, name, layer_class(child, parts))
-                replaced += 1
-    return twin if replaced else model
+    return swap_linear_layers(
+        model,
+        lambda _name, linear: (
+            layer_class(linear, parts) if linear.out_features % parts == 0 else None
+        ),
+        in_place=in_place,
+    )
 
 
 @functools.cache

@@ -44,6 +44,10 @@ class LocalUpstreamConfig(_Section):
     prefix_cache: bool = True
     cache_bytes: int | None = Field(default=None, gt=0)
     max_batch_size: int = Field(default=8, ge=1)
+    quantize: Literal["none", "int8_head", "int8"] = Field(
+        default="none",
+        description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
+    )
 
 
 class RemoteUpstreamConfig(_Section):

@@ -100,6 +100,7 @@ def _build_upstream(config: ServeConfig) -> Upstream:
             "device": spec.device,
             "prefix_cache": spec.prefix_cache,
             "max_batch_size": spec.max_batch_size,
+            "quantize": spec.quantize,
         }
         if spec.cache_bytes is not None:
             options["cache_bytes"] = spec.cache_bytes

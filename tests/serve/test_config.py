@@ -39,6 +39,7 @@ def write(tmp_path: Path, text: str) -> str:
         ("upstream: {type: openai, base_url: 'http://x/v1'}\n", "model"),
         ("tenants: [{id: a}]\n", "tenants[0]"),
         ("sessions: {mode: sometimes}\n", "sessions.mode"),
+        ("upstream: {type: local, quantize: int4}\n", "upstream.local.quantize"),
         ("limits: {max_body_bytes: 0}\n", "limits.max_body_bytes"),
         ("pipeline: {stages: [{type: nope}]}\n", "stages[0].type"),
         ("tenants: [{id: a, key_env: CTXPROTO_TEST_UNSET_KEY}]\n", "tenants[0].key_env"),
@@ -50,6 +51,11 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
     assert main(["serve", path]) == 2
     err = capsys.readouterr().err
     assert path in err.replace("\n", "") and key in err
+
+
+def test_local_upstream_takes_the_quantize_mode(tmp_path):
+    config = load_serve_config(write(tmp_path, "upstream: {type: local, quantize: int8_head}\n"))
+    assert config.upstream.quantize == "int8_head"
 
 
 def test_keys_never_appear_in_errors(tmp_path):

@@ -1,0 +1,161 @@
+"""Linear layers with int8 weights: a CPU decode step that reads a quarter of the bytes.
+
+A decode step multiplies one row per request by every weight matrix, so on CPU it is
+bound by streaming the weights from memory: 540 MB per step for SmolLM2-135M in
+float32, a fifth of it the 49k-row LM head. Stored as int8 the same weights take a
+quarter of that, and the products run on the CPU's int8 dot-product instructions
+(AVX512-VNNI here), which also makes a many-row prefill several times faster.
+
+The scheme is the usual W8A8 "per-channel weights, per-token activations"
+(LLM.int8(), SmoothQuant's per-token variant): each weight row is rounded to int8
+with its own scale, and at each call each input row is rounded to int8 with its own
+scale; the integer products are summed exactly in int32 and rescaled to float.
+Per-token (not per-call) activation scales keep a row's numbers independent of
+the rows next to it (in a prefill and in a batched decode step); torch's dynamic
+quantisation, with one scale per call, let an outlier token coarsen every other
+row and wrecked answers.
+
+The body layers multiply with ``torch._int_mm``. The LM head, whose one-row product
+``_int_mm`` runs slowly at 49k columns, uses fbgemm's dynamic-quantisation kernel
+once per row (with one row, its per-call scale is a per-token scale), then rescores
+its best candidates in float (``Int8Head``). It is tied to the embedding: only the
+head's product is quantised; the lookup keeps the float table.
+
+Rounding the body's inputs changes the numbers, so answers can differ from
+float32's, and a last-bit difference between two paths (a cached and a full
+prefill) can cross a rounding step: docs/runtime.md reports greedy agreement
+with float32 (``ctxproto bench decode``) and what each engine mode guarantees.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+from ctxproto._extras import require
+from ctxproto.models.linear_swap import swap_linear_layers
+
+__all__ = ["quantize_int8"]
+
+_INT8_MAX = 127
+
+_RESCORED = 64
+"""LM-head candidates per token whose logits are recomputed in float (``Int8Head``)."""
+
+
+def quantize_int8(model: Any, *, head_only: bool = False, in_place: bool = False) -> Any:
+    """``model`` with its linear layers multiplying by int8 weights (CPU only).
+
+    The layer named ``lm_head`` gets the per-row head kernel; all others the
+    batched one, unless ``head_only`` keeps them float. Without ``in_place``, a copy
+    sharing the untouched weights (the embedding, the norms) is returned and
+    ``model`` keeps its float layers.
+    """
+    body, head = _int8_linear(), _int8_head()
+
+    def replace(name: str, linear: Any) -> Any:
+        if name.split(".")[-1] == "lm_head":
+            return head(linear)
+        return None if head_only else body(linear)
+
+    return swap_linear_layers(model, replace, in_place=in_place)
+
+
+def _rowwise_int8(tensor: Any) -> tuple[Any, Any]:
+    """Symmetric int8 rounding of each row, and the float scale of each row."""
+    torch = require("torch", extra="runtime")
+    scale = tensor.abs().amax(-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    scale = scale.float().div_(_INT8_MAX)
+    return torch.round(tensor.float() / scale).to(torch.int8), scale
+
+
+@functools.cache
+def _int8_linear() -> type[Any]:
+    torch = require("torch", extra="runtime")
+    module: Any = torch.nn.Module
+
+    class Int8Linear(module):  # type: ignore[misc]
+        """``x @ W.T + b`` as an exact int32 product of per-token int8 ``x`` and int8 ``W``."""
+
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            weight, scale = _rowwise_int8(linear.weight.detach())
+            # [in, out]: the layout _int_mm multiplies fastest, as a view of the rows.
+            self.register_buffer("weight_t", weight.t())
+            self.register_buffer("weight_scale", scale.view(1, -1))
+            self.bias = linear.bias
+            self.in_features = linear.in_features
+            self.out_features = linear.out_features
+
+        def forward(self, x: Any) -> Any:
+            rows, scale = _rowwise_int8(x.reshape(-1, self.in_features))
+            out = torch._int_mm(rows, self.weight_t).float().mul_(scale * self.weight_scale)
+            if self.bias is not None:
+                out.add_(self.bias)
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+    return Int8Linear
+
+
+@functools.cache
+def _int8_head() -> type[Any]:
+    torch = require("torch", extra="runtime")
+    module: Any = torch.nn.Module
+
+    class Int8Head(module):  # type: ignore[misc]
+        """The LM head on fbgemm's int8 kernel, with its top candidates rescored in float.
+
+        int8 logits rank the vocabulary almost as float32 does, but near-ties at the
+        top flip (about one greedy token in twenty on chat answers). So the
+        ``_RESCORED`` best int8 candidates of each row are recomputed from the
+        float weight, which the head shares with the embedding: the winner, and the
+        probabilities that sampling draws from, come from float32 logits whenever
+        the float32 winner is among them, for 64 dot products more per row.
+        """
+
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            self.weight = linear.weight
+            self.bias = linear.bias
+            weight = linear.weight.detach().float()
+            _, scale = _rowwise_int8(weight)
+            zero_points = torch.zeros(weight.size(0), dtype=torch.long)
+            with warnings.catch_warnings():
+                # torch 2.13 deprecates creating quantized tensors; fbgemm's packed
+                # weight is still built from one (torch is pinned, pyproject.toml).
+                warnings.filterwarnings("ignore", message=".*quantize_per_channel.*")
+                quantized = torch.quantize_per_channel(
+                    weight, scale.view(-1).double(), zero_points, 0, torch.qint8
+                )
+                bias = None if linear.bias is None else linear.bias.detach().float()
+                self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
+            # Without VNNI, fbgemm's uint8 x int8 products can saturate 16-bit sums
+            # unless activations use 7 bits; VNNI sums in 32 bits and uses all 8.
+            self.reduce_range = not torch.cpu._is_vnni_supported()
+            self.in_features = linear.in_features
+            self.out_features = linear.out_features
+
+        def forward(self, x: Any) -> Any:
+            rows = x.reshape(-1, self.in_features).float()
+            # fbgemm's activation scale is per call: one row per call keeps it per token.
+            out = torch.cat(
+                [
+                    torch.ops.quantized.linear_dynamic(row, self.packed, self.reduce_range)
+                    for row in rows.split(1)
+                ]
+            )
+            best = out.topk(min(_RESCORED, self.out_features), dim=-1).indices
+            exact = torch.einsum("rd,rkd->rk", rows, self.weight[best].float())
+            if self.bias is not None:
+                exact += self.bias[best]
+            out.scatter_(-1, best, exact)
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+    return Int8Head
