@@ -16,6 +16,7 @@ import pytest
 from ctxproto.cli.main import main
 from ctxproto.errors import ConfigError
 from ctxproto.serve import load_serve_config
+from ctxproto.serve.config import LocalUpstreamConfig
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "serve"
 
@@ -55,6 +56,7 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
 
 def test_local_upstream_takes_the_quantize_mode(tmp_path):
     config = load_serve_config(write(tmp_path, "upstream: {type: local, quantize: int8_head}\n"))
+    assert isinstance(config.upstream, LocalUpstreamConfig)
     assert config.upstream.quantize == "int8_head"
 
 
