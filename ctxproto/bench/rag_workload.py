@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RETRIEVED_CHUNKS", "build_rag_index", "build_rag_workload", "knowledge_setup"]
 
-RETRIEVED_CHUNKS = 6
-"""Chunks retrieved per turn: about 1.5k tokens of 256-token chunks."""
+RETRIEVED_CHUNKS = 8
+"""Chunks retrieved per turn: about 1.5k tokens of 192-token chunks."""
 _FETCH_K = 24
-_CHUNK_TOKENS = 256
+_CHUNK_TOKENS = 192
+"""Small enough that the embedder (256 word pieces at most) sees a whole chunk."""
 _KEEP_RATE = 0.3
 """Share of the retrieved tokens ctxproto's relevance filter keeps (whole sentences)."""
 

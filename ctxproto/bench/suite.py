@@ -85,15 +85,16 @@ WORKLOADS: tuple[Workload, ...] = (
         "rag",
         "rag",
         Size(2, 20, window_tokens=_MODEL_WINDOW_TOKENS),
-        Size(1, 4, window_tokens=3000, essays=4),
+        Size(1, 3, window_tokens=3000, essays=4),
     ),
     Workload(
         "concurrent",
         "support",
-        # 16 histories of about 2k tokens each against room for 8 of them; a slot
-        # of llama.cpp holds 4k, so the window only guards against overflow.
-        Size(16, 12, window_tokens=4096 - 64, kv_budget_tokens=16384, llama_parallel=4),
-        Size(8, 3, window_tokens=2048 - 32, kv_budget_tokens=4096, llama_parallel=2),
+        # The 1.1k-token system prompt is one shared prefix; the 16 histories (about
+        # 1.1k tokens each by the last round) share the rest of the budget, a third of
+        # what they need. A llama.cpp slot holds 4k, so the window only guards overflow.
+        Size(16, 12, window_tokens=4096 - 64, kv_budget_tokens=8192, llama_parallel=2),
+        Size(8, 6, window_tokens=2048 - 64, kv_budget_tokens=2048, llama_parallel=1),
         round_robin=True,
         paths=tuple(p for p in PATHS if p != "generate"),
     ),
