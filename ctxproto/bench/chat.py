@@ -48,6 +48,7 @@ __all__ = [
     "PATHS",
     "Serving",
     "compare_paths",
+    "parse_paths",
     "print_comparison",
     "register",
     "run_chat_benchmark",
@@ -96,16 +97,7 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from ctxproto.errors import ConfigError
-
-    paths = tuple(p for p in args.paths.split(",") if p)
-    unknown = sorted(set(paths) - set(PATHS))
-    if unknown or "generate" not in paths or "ctxproto" not in paths:
-        raise ConfigError(
-            f"--paths must name generate, ctxproto and any of {', '.join(PATHS)}; "
-            f"unknown: {', '.join(unknown) or 'none'}",
-            key="paths",
-        )
+    paths = parse_paths(args.paths)
     with Progress(transient=True, disable=args.json) as progress:
         result = run_chat_benchmark(
             args.turns,
@@ -123,6 +115,19 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print_comparison(summary)
     return 0
+
+
+def parse_paths(text: str) -> tuple[str, ...]:
+    """``--paths``: known paths, ``ctxproto`` and at least one full-history peer among them."""
+    paths = tuple(p for p in text.split(",") if p)
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or "ctxproto" not in paths or not set(paths) & set(FULL_HISTORY_PATHS):
+        raise ConfigError(
+            f"--paths must name ctxproto, at least one of {', '.join(FULL_HISTORY_PATHS)} "
+            f"and any of {', '.join(PATHS)}; unknown: {', '.join(unknown) or 'none'}",
+            key="paths",
+        )
+    return paths
 
 
 def run_chat_benchmark(

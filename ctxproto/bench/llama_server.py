@@ -50,7 +50,7 @@ _INSTALL_HINT = (
 
 def llama_server_binaries() -> list[Path]:
     """Every ``llama-server`` executable found, the ones built for this CPU first."""
-    found = [_built_here(), _built_elsewhere(), _beside_python(_PREBUILT)]
+    found = [_built_here() or _built_elsewhere(), _beside_python(_PREBUILT)]
     which = shutil.which(_PREBUILT)
     found.append(Path(which) if which else None)
     unique: list[Path] = []
