@@ -98,7 +98,8 @@ def build_rag_workload(
     """Build the index at ``store`` and ``sessions`` scripts of ``turns`` RAG questions.
 
     Each session asks its own facts; the last turn asks the session's first fact
-    again, which ctxproto retrieves afresh and a windowed history may have lost.
+    again, as users do: every path retrieves it afresh, and ctxproto's semantic
+    cache may answer it without the model.
     """
     fresh = max(turns - 1, 1)
     facts = planted_facts(sessions * fresh, seed)
