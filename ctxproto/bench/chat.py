@@ -26,10 +26,12 @@ import argparse
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctxproto.bench.chat_paths import (
+    KnowledgeSetup,
     TurnRecord,
     ctxproto_turns,
     full_history_turns,
@@ -44,7 +46,9 @@ from ctxproto.tokens import TokenCounter, get_counter
 __all__ = [
     "FULL_HISTORY_PATHS",
     "PATHS",
+    "Serving",
     "compare_paths",
+    "parse_paths",
     "print_comparison",
     "register",
     "run_chat_benchmark",
@@ -55,6 +59,23 @@ __all__ = [
 FULL_HISTORY_PATHS = ("generate", "engine", "llama_cpp")
 CTXPROTO_PATHS = ("ctxproto", "ctxproto_llama_cpp")
 PATHS = FULL_HISTORY_PATHS + CTXPROTO_PATHS
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the paths serve a workload, beyond the conversations themselves.
+
+    ``kv_budget_tokens`` caps the KV memory each path may keep, in tokens of
+    the model: the engine's prefix cache gets that many tokens' bytes, and
+    llama.cpp that total context shared by ``llama_parallel`` slots, with its
+    host-memory prompt cache off, so neither keeps more than the other.
+    ``knowledge`` replaces the bundled knowledge base in ctxproto's pipeline.
+    """
+
+    round_robin: bool = False
+    kv_budget_tokens: int | None = None
+    llama_parallel: int = 1
+    knowledge: KnowledgeSetup | None = None
 
 
 def register(subparsers: Any) -> None:
@@ -76,16 +97,7 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from ctxproto.errors import ConfigError
-
-    paths = tuple(p for p in args.paths.split(",") if p)
-    unknown = sorted(set(paths) - set(PATHS))
-    if unknown or "generate" not in paths or "ctxproto" not in paths:
-        raise ConfigError(
-            f"--paths must name generate, ctxproto and any of {', '.join(PATHS)}; "
-            f"unknown: {', '.join(unknown) or 'none'}",
-            key="paths",
-        )
+    paths = parse_paths(args.paths)
     with Progress(transient=True, disable=args.json) as progress:
         result = run_chat_benchmark(
             args.turns,
@@ -103,6 +115,19 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print_comparison(summary)
     return 0
+
+
+def parse_paths(text: str) -> tuple[str, ...]:
+    """``--paths``: known paths, ``ctxproto`` and at least one full-history peer among them."""
+    paths = tuple(p for p in text.split(",") if p)
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or "ctxproto" not in paths or not set(paths) & set(FULL_HISTORY_PATHS):
+        raise ConfigError(
+            f"--paths must name ctxproto, at least one of {', '.join(FULL_HISTORY_PATHS)} "
+            f"and any of {', '.join(PATHS)}; unknown: {', '.join(unknown) or 'none'}",
+            key="paths",
+        )
+    return paths
 
 
 def run_chat_benchmark(
@@ -136,6 +161,7 @@ def run_paths(
     *,
     paths: Sequence[str] = PATHS,
     window_tokens: int | None = None,
+    serving: Serving = Serving(),
     progress: Any = None,
     on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
 ) -> dict[str, Any]:
@@ -154,7 +180,7 @@ def run_paths(
         served: dict[str, Iterator[TurnRecord]] = {}
         for path in paths:
             try:
-                backend = _backend(path, stack, engines, window_tokens)
+                backend = _backend(path, stack, engines, serving)
             except BackendError as exc:
                 unavailable[path] = str(exc)
                 continue
@@ -167,6 +193,7 @@ def run_paths(
                 counter,
                 window_tokens,
                 examples,
+                serving,
             )
         records: dict[str, list[TurnRecord]] = {path: [] for path in served}
         for row in zip(*served.values(), strict=True):
@@ -198,16 +225,17 @@ def _baseline(records: dict[str, list[TurnRecord]]) -> str:
     raise ConfigError("no full-history path ran", key="--paths", expected="generate or engine")
 
 
-def _backend(
-    path: str, stack: ExitStack, engines: dict[str, Any], window_tokens: int | None
-) -> Any:
+def _backend(path: str, stack: ExitStack, engines: dict[str, Any], serving: Serving) -> Any:
     """The backend ``path`` runs on: its own engine or its own llama.cpp server."""
     if path == "generate":
         return None
+    budget = serving.kv_budget_tokens
     if path in ("engine", "ctxproto"):
         from ctxproto.runtime import Engine, LocalBackend
+        from ctxproto.runtime.engine import DEFAULT_CACHE_BYTES
 
-        engine = stack.enter_context(Engine())
+        cache_bytes = DEFAULT_CACHE_BYTES if budget is None else budget * kv_bytes_per_token()
+        engine = stack.enter_context(Engine(cache_bytes=cache_bytes))
         engines[path] = engine
         return stack.enter_context(LocalBackend(engine))
     from ctxproto.bench.llama_server import LlamaServer
@@ -216,7 +244,12 @@ def _backend(
 
     model = resolve_lm()
     assert model.gguf_file is not None  # the bundled default is a GGUF file
-    server = LlamaServer(Path(model.location) / model.gguf_file, context_tokens=8192)
+    server = LlamaServer(
+        Path(model.location) / model.gguf_file,
+        context_tokens=8192 if budget is None else budget,
+        parallel=serving.llama_parallel,
+        prompt_cache_ram=budget is None,
+    )
     stack.enter_context(server)
     return stack.enter_context(OpenAIBackend(server.base_url, timeout=600.0))
 
@@ -230,16 +263,50 @@ def _turns(
     counter: TokenCounter,
     window_tokens: int | None,
     examples: Path,
+    serving: Serving,
 ) -> Iterator[TurnRecord]:
+    round_robin = serving.round_robin
     if path == "generate":
         return generate_turns(
-            scripts, system_prompt, max_new_tokens, counter, window_tokens=window_tokens
+            scripts,
+            system_prompt,
+            max_new_tokens,
+            counter,
+            window_tokens=window_tokens,
+            round_robin=round_robin,
         )
     if path in FULL_HISTORY_PATHS:
         return full_history_turns(
-            scripts, system_prompt, max_new_tokens, backend, counter, window_tokens=window_tokens
+            scripts,
+            system_prompt,
+            max_new_tokens,
+            backend,
+            counter,
+            window_tokens=window_tokens,
+            round_robin=round_robin,
         )
-    return ctxproto_turns(scripts, system_prompt, max_new_tokens, examples, backend)
+    return ctxproto_turns(
+        scripts,
+        system_prompt,
+        max_new_tokens,
+        examples,
+        backend,
+        round_robin=serving.round_robin,
+        knowledge=serving.knowledge,
+    )
+
+
+def kv_bytes_per_token() -> int:
+    """Bytes of keys and values one token holds in the bundled model, all layers."""
+    from ctxproto.models.loader import load_causal_lm
+
+    model = load_causal_lm()
+    config = model.config
+    heads = int(getattr(config, "num_key_value_heads", config.num_attention_heads))
+    head_dim = int(
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    )
+    return 2 * int(config.num_hidden_layers) * heads * head_dim * int(model.dtype.itemsize)
 
 
 def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:

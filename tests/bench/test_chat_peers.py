@@ -4,11 +4,11 @@ from typing import Any
 
 import pytest
 
-from ctxproto.bench.chat import compare_paths, run_paths
+from ctxproto.bench.chat import compare_paths, parse_paths, run_paths
 from ctxproto.bench.chat_paths import TurnRecord
 from ctxproto.bench.chat_workload import ChatTurn, SessionScript
 from ctxproto.bench.llama_server import LlamaServer
-from ctxproto.errors import BackendError
+from ctxproto.errors import BackendError, ConfigError
 from ctxproto.eval.facts import Fact
 
 
@@ -72,3 +72,15 @@ def test_full_history_peers_drop_the_oldest_turns_to_fit_the_window():
     assert figures["engine"]["fact_retention"] == 0.0
     assert figures["ctxproto"]["fact_retention"] == 1.0
     assert set(result["ratios"]) == {"ctxproto/engine"}
+
+
+def test_paths_need_ctxproto_and_one_full_history_peer_not_generate_itself():
+    assert parse_paths("engine,llama_cpp,ctxproto,ctxproto_llama_cpp") == (
+        "engine",
+        "llama_cpp",
+        "ctxproto",
+        "ctxproto_llama_cpp",
+    )
+    for bad in ("engine,llama_cpp", "ctxproto,ctxproto_llama_cpp", "engine,ctxproto,vllm"):
+        with pytest.raises(ConfigError, match="--paths must name ctxproto"):
+            parse_paths(bad)

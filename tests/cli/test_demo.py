@@ -73,6 +73,13 @@ RESULT = {
     "effective_tps_ctxproto": 163.3,
     "effective_tps_ratio": 4.1,
     "fact_retention": 1.0,
+    "paths": {
+        "generate": {"effective_tps": 40.3},
+        "engine": {"effective_tps": 120.5},
+        "ctxproto": {"effective_tps": 163.3},
+    },
+    "headline": {"best_full_history_peer": "engine", "ratio": 1.355},
+    "unavailable": {"llama_cpp": "llama-server not found; make bench-peers builds it"},
 }
 
 
@@ -141,3 +148,11 @@ def test_summary_keeps_the_ratio_against_the_baseline():
     assert "baseline 14,338, ctxproto 2,392 (11,946 saved" in text
     assert "→ 4.1x" in text
     assert "baseline 29.6 s, ctxproto 1.7 s" in text
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_summary_gives_the_ratio_against_the_best_peer_and_names_those_not_run(width):
+    _, output = render(width)
+    text = " ".join(" ".join(output).split())
+    assert "vs the best peer engine + prefix cache 120.5, ctxproto 163.3 tokens/s → 1.4x" in text
+    assert "llama.cpp + prompt cache not run: llama-server not found" in text

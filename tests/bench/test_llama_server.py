@@ -1,0 +1,83 @@
+"""Starting llama.cpp's server: the flags it gets, and falling over binaries that cannot run."""
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxproto.bench.llama_server import LlamaServer, llama_server_binaries
+from ctxproto.errors import BackendError
+
+
+def executable(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_the_command_is_what_a_user_tuning_for_cpu_chat_would_run(tmp_path):
+    server = LlamaServer(tmp_path / "m.gguf", context_tokens=16384, parallel=4, threads=2)
+    command = server.command(Path("llama-server"), 8123)
+    flags = " ".join(command)
+    assert "-c 16384 --parallel 4" in flags
+    assert "-t 2" in flags
+    assert "--cache-reuse 256" in flags
+    assert "--cache-ram" not in flags  # llama.cpp's own default: its host prompt cache on
+    fixed = LlamaServer(tmp_path / "m.gguf", prompt_cache_ram=False).command(Path("x"), 1)
+    assert fixed[-2:] == ["--cache-ram", "0"]
+
+
+def test_threads_default_to_one_per_core(tmp_path):
+    assert LlamaServer(tmp_path / "m.gguf").threads == os.cpu_count()
+
+
+def test_a_binary_that_dies_on_this_cpu_is_passed_over_and_every_failure_is_named(tmp_path):
+    illegal = executable(tmp_path, "prebuilt-server", "kill -ILL $$")
+    broken = executable(tmp_path, "built-server", "exit 3")
+    server = LlamaServer(tmp_path / "m.gguf", binaries=[illegal, broken], startup_timeout_s=30)
+    with pytest.raises(BackendError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert f"{illegal}: exited while loading: illegal instruction (SIGILL)" in message
+    assert f"{broken}: exited while loading: exit status 3" in message
+    assert server._process is None and server.binary is None
+
+
+HEALTHY = """
+import http.server, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def test_the_first_binary_that_loads_is_kept(tmp_path):
+    illegal = executable(tmp_path, "prebuilt-server", "kill -ILL $$")
+    script = tmp_path / "health.py"
+    script.write_text(HEALTHY, encoding="utf-8")
+    healthy = executable(tmp_path, "built-server", f'exec {sys.executable} {script} "$@"')
+    with LlamaServer(tmp_path / "m.gguf", binaries=[illegal, healthy]) as server:
+        assert server.binary == healthy
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        process = server._process
+        assert process is not None and process.poll() is None
+    assert process.poll() is not None  # stopped by its PID
+
+
+def test_no_binary_at_all_says_how_to_build_one(tmp_path):
+    with pytest.raises(BackendError, match="make bench-peers"):
+        LlamaServer(tmp_path / "m.gguf", binaries=[]).start()
+
+
+def test_found_binaries_are_files_and_listed_once():
+    found = llama_server_binaries()
+    assert all(path.is_file() for path in found)
+    assert len(found) == len(set(found))
