@@ -45,6 +45,13 @@ class Summarizer(Stage):
     APC) keeps hitting; a summary rewritten every turn (LangChain's
     ``ConversationSummaryBufferMemory``) would invalidate it every turn.
 
+    A checkpoint is what costs: the summary and every turn after it are
+    computed again. ``max_history_tokens`` lets checkpoints be rare: with a
+    large ``checkpoint_every``, turns are folded when the verbatim history
+    outgrows that many tokens — everything outside the window at once — so the
+    prompt grows append-only for as long as the budget allows, and no turn is
+    left for the assembler to drop unsummarized.
+
     Folding is abstractive with ``model`` (the bundled LM by default), or
     extractive — the most central sentences by embedding similarity, kept
     verbatim — when ``model`` is null, or as the fallback when the LM's summary
@@ -70,6 +77,9 @@ class Summarizer(Stage):
     keep_turns: int = Field(default=6, ge=0, description="Newest blocks kept verbatim.")
     checkpoint_every: int = Field(default=4, ge=1, description="Blocks folded per rewrite.")
     max_summary_tokens: int = Field(default=256, ge=8)
+    max_history_tokens: int | None = Field(
+        default=None, ge=1, description="Fold all blocks outside the window past this."
+    )
     model: str | None = "default"
     embedder: str = "default"
     device: str = "auto"
@@ -102,17 +112,23 @@ class Summarizer(Stage):
         outside = max(len(blocks) - self.keep_turns, 0)
         foldable = [i for i in range(outside) if not any(m.pinned for m in blocks[i])]
         ready = len(foldable) // self.checkpoint_every * self.checkpoint_every
-        if ready == 0:
+        if not foldable or (ready == 0 and self.max_history_tokens is None):
             return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
         assert self._store is not None  # Stage.run warmed it up
         session = context.session_id or "anonymous-" + _fingerprint(blocks[:1])
         state = self._store.get(context.tenant_id, session)
-        folded, summary = _resume(state, [blocks[i] for i in foldable[:ready]])
+        folded, summary = _resume(state, [blocks[i] for i in foldable])
+        ready = max(ready, folded)
+        if self._history_outgrown(blocks, set(foldable[:ready]), counter):
+            ready = len(foldable)
+        if ready == 0:
+            return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
         counters: dict[str, int | float] = {"checkpoints": 0, "abstractive": 0, "fallbacks": 0}
         while folded < ready:
-            chunk = [blocks[i] for i in foldable[folded : folded + self.checkpoint_every]]
+            end = min(folded + self.checkpoint_every, ready)
+            chunk = [blocks[i] for i in foldable[folded:end]]
             summary = self._fold(summary, flatten(chunk), counter, counters)
-            folded += self.checkpoint_every
+            folded = end
             counters["checkpoints"] += 1
             self._store.put(
                 context.tenant_id,
@@ -132,6 +148,15 @@ class Summarizer(Stage):
         return Transformed(
             context.model_copy(update={"history": history, "summary": merged}), counters
         )
+
+    def _history_outgrown(
+        self, blocks: list[list[Message]], folded: set[int], counter: TokenCounter
+    ) -> bool:
+        """Whether the blocks left verbatim exceed ``max_history_tokens``."""
+        if self.max_history_tokens is None:
+            return False
+        verbatim = (m for i, b in enumerate(blocks) if i not in folded for m in b)
+        return sum(counter.count_message(m) for m in verbatim) > self.max_history_tokens
 
     def _fold(
         self,
@@ -286,14 +311,14 @@ def _fingerprint(blocks: list[list[Message]]) -> str:
     return digest.hexdigest()
 
 
-def _resume(state: dict[str, Any] | None, ready_blocks: list[list[Message]]) -> tuple[int, str]:
+def _resume(state: dict[str, Any] | None, foldable: list[list[Message]]) -> tuple[int, str]:
     """Blocks already folded and the summary, if ``state`` matches this history; else none."""
     if not state or state.get("version") != _STATE_VERSION:
         return 0, ""
     folded = state.get("folded")
     summary = state.get("summary")
-    if not isinstance(folded, int) or not isinstance(summary, str) or folded > len(ready_blocks):
+    if not isinstance(folded, int) or not isinstance(summary, str) or folded > len(foldable):
         return 0, ""
-    if state.get("fingerprint") != _fingerprint(ready_blocks[:folded]):
+    if state.get("fingerprint") != _fingerprint(foldable[:folded]):
         return 0, ""
     return folded, summary

@@ -1,3 +1,4 @@
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,63 @@ def test_prompt_prefix_is_byte_identical_between_checkpoints(tmp_path, counter):
             stable += 1
     assert stable >= 5
     assert len(set(summaries)) >= 3  # it does get rewritten at checkpoints
+
+
+def test_history_past_max_history_tokens_is_folded_at_once(tmp_path, counter):
+    history = chat(14)
+    bound = sum(counter.count_message(m) for m in history) - 1
+    stage = extractive(tmp_path, checkpoint_every=100, max_history_tokens=bound)
+    result = stage.run(ctx(history), counter)
+    # No checkpoint of 100 is complete, but the history is over the bound:
+    # everything outside the window of 4 is folded, facts kept verbatim.
+    assert result.report.counters["folded_turns"] == 10
+    assert result.context.history == history[10:]
+    assert FACT in (result.context.summary or "")
+    under = extractive(tmp_path, checkpoint_every=100, max_history_tokens=bound + 1)
+    assert under.run(ctx(history, session="s2"), counter).report.counters["folded_turns"] == 0
+
+
+def test_turns_folded_early_stay_folded_on_the_next_turn(tmp_path, counter):
+    history = chat(14)
+    bound = sum(counter.count_message(m) for m in history) - 1
+    first = extractive(tmp_path, checkpoint_every=100, max_history_tokens=bound)
+    folded = first.run(ctx(history), counter).context
+    # A new process, same store: the next turn is far under the bound and no
+    # checkpoint is due, yet the 10 folded blocks are not brought back.
+    again = extractive(tmp_path, checkpoint_every=100, max_history_tokens=bound)
+    result = again.run(ctx(chat(16)), counter)
+    assert result.report.counters["checkpoints"] == 0
+    assert result.context.history == chat(16)[10:]
+    assert result.context.summary == folded.summary
+
+
+def test_prompt_grows_append_only_until_the_history_outgrows_its_bound(tmp_path, counter):
+    """Turn N+1's prompt is turn N's prompt plus its answer, except at the one fold.
+
+    With checkpoints every few turns (``checkpoint_every=4`` here) the summary
+    is rewritten, and the prompt changes below its system message, every other
+    turn; folding only when the history outgrows ``max_history_tokens`` keeps
+    the prompt append-only in between, so a prefix-KV cache computes only the
+    new turn.
+    """
+    history = chat(40)
+    stage = extractive(tmp_path, checkpoint_every=100, max_history_tokens=700)
+    pipeline = Pipeline([stage], render="text")
+    query_part = "User: What is my order number?"
+    prompts = []
+    for turns in range(2, 40, 2):
+        result = pipeline.run(ctx(history[:turns]))
+        assert result.prompt is not None
+        prompts.append(result.prompt.text)
+    rewrites = [
+        i
+        for i, (before, after) in enumerate(pairwise(prompts))
+        if not after.startswith(before[: before.rindex(query_part)])
+    ]
+    assert len(rewrites) == 1
+    fold = rewrites[0]
+    assert counter.count(prompts[fold + 1]) < counter.count(prompts[fold]) - 300
+    assert FACT in prompts[-1]
 
 
 def test_state_survives_restart_and_is_resumed(tmp_path, counter):
