@@ -31,7 +31,10 @@ def test_a_location_is_a_path_unless_it_names_a_server_scheme(location: str, kin
         ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
         ("postgresql://u@db/ctx", "postgresql://u@db/ctx"),
         ("postgresql://u:secret@[::1", "<unparsable store URL>"),
-        ("postgresql://u@db/ctx?password=s3cret&table=kb", "postgresql://u@db/ctx?password=***&table=kb"),
+        (
+            "postgresql://u@db/ctx?password=s3cret&table=kb",
+            "postgresql://u@db/ctx?password=***&table=kb",
+        ),
         ("redis://cache:6379/0?Password=s3cret", "redis://cache:6379/0?Password=***"),
         ("postgresql://u:a@db/ctx?sslpassword=b", "postgresql://u:***@db/ctx?sslpassword=***"),
     ],
