@@ -167,7 +167,7 @@ def run_paths(
 ) -> dict[str, Any]:
     """Serve ``scripts`` on every path in ``paths``, interleaved turn by turn; the figures."""
     if "ctxproto" not in paths:
-        raise ConfigError("the ctxproto path must be among them", key="--paths")
+        raise ConfigError("the ctxproto path must be among them", key="paths")
     examples = examples_dir()
     system_prompt = (examples / "system_prompt.md").read_text(encoding="utf-8")
     counter = get_counter("hf:default")
