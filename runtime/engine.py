@@ -296,7 +296,9 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
     if quantize == "int8":
         return quantize_int8(loaded)
     if quantize == "int8_head":
-        return split_over_cores(quantize_int8(loaded, head_only=True), in_place=True)
+        head_quantized = quantize_int8(loaded, head_only=True)
+        # A model with no ``lm_head`` comes back as itself: never split the caller's model.
+        return split_over_cores(head_quantized, in_place=head_quantized is not loaded)
     return split_over_cores(loaded)
 
 

@@ -401,7 +401,17 @@ def _open_pool(
             _conninfo(url),
             min_size=1,
             max_size=max(1, size),
-            kwargs={"connect_timeout": timeout_seconds, "options": options.strip()},
+            kwargs={
+                "connect_timeout": timeout_seconds,
+                "options": options.strip(),
+                # A server lost to the network (no FIN, no RST) frees the connection
+                # after this long, instead of after the kernel's minutes of retries.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": round((query_timeout + connect_timeout) * 1000),
+            },
             timeout=connect_timeout,
             check=pool_module.ConnectionPool.check_connection,
             open=False,

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.store_url import redact_url
+from ctxproto.stores.store_url import redact_url, url_secrets
 
 __all__ = ["RedisConnection", "key_part"]
 
@@ -33,7 +33,7 @@ class RedisConnection:
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.name = redact_url(url)
-        self._secret = _password(url)
+        self._secrets = url_secrets(url)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 url,
@@ -64,15 +64,9 @@ class RedisConnection:
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        return text.replace(self._secret, "***") if self._secret else text
-
-
-def _password(url: str) -> str | None:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def key_part(identifier: str) -> str:

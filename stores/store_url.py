@@ -9,9 +9,9 @@ to a person goes through ``redact_url`` first.
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["StoreLocation", "redact_url", "store_location"]
+__all__ = ["StoreLocation", "redact_url", "store_location", "url_secrets"]
 
 StoreLocation = Literal["path", "postgresql", "redis"]
 
@@ -31,15 +31,42 @@ def store_location(location: str) -> StoreLocation:
     return _SCHEMES.get(scheme.lower(), "path")
 
 
+# Query parameters that carry a secret: libpq and redis-py both read a password there.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for messages and logs."""
+    """``url`` with every password replaced by ``***``, fit for messages and logs.
+
+    A password may sit in the user part (``user:secret@host``) or in the query
+    (``?password=secret``); both are masked.
+    """
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable store URL>"
-    if not password:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secret_in_query = any(key.lower() in _SECRET_PARAMETERS for key, _ in query)
+    if not password and not secret_in_query:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if secret_in_query:
+        masked = [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every password ``url`` carries, decoded, so error texts can be scrubbed of them."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [unquote(password)] if password else []
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMETERS and v]
+    return found

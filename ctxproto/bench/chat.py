@@ -167,7 +167,7 @@ def run_paths(
 ) -> dict[str, Any]:
     """Serve ``scripts`` on every path in ``paths``, interleaved turn by turn; the figures."""
     if "ctxproto" not in paths:
-        raise ConfigError("the ctxproto path must be among them", key="--paths")
+        raise ConfigError("the ctxproto path must be among them", key="paths")
     examples = examples_dir()
     system_prompt = (examples / "system_prompt.md").read_text(encoding="utf-8")
     counter = get_counter("hf:default")
@@ -195,6 +195,9 @@ def run_paths(
                 examples,
                 serving,
             )
+        if not set(served) & set(FULL_HISTORY_PATHS):
+            reasons = "; ".join(f"{path}: {why}" for path, why in unavailable.items())
+            raise BackendError(f"no full-history peer could be started ({reasons})")
         records: dict[str, list[TurnRecord]] = {path: [] for path in served}
         for row in zip(*served.values(), strict=True):
             for path, record in zip(served, row, strict=True):
@@ -222,7 +225,7 @@ def _baseline(records: dict[str, list[TurnRecord]]) -> str:
     for path in FULL_HISTORY_PATHS:
         if path in records:
             return path
-    raise ConfigError("no full-history path ran", key="--paths", expected="generate or engine")
+    raise BackendError("no full-history path ran")  # run_paths checks this before serving
 
 
 def _backend(path: str, stack: ExitStack, engines: dict[str, Any], serving: Serving) -> Any:

@@ -167,12 +167,15 @@ class LlamaServer:
 
     def _start(self, binary: Path) -> LlamaServer:
         self.port = _free_port()
-        self._process = subprocess.Popen(
-            self.command(binary, self.port),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            self._process = subprocess.Popen(
+                self.command(binary, self.port),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:  # not executable, gone, wrong format: try the next binary
+            raise BackendError(f"cannot be started: {exc.strerror or exc}") from None
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             code = self._process.poll()

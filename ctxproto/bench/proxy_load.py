@@ -47,18 +47,22 @@ def post_concurrently(url: str, body: dict[str, Any], clients: int, seconds: flo
     """
     job = {"url": url, "body": body, "clients": clients, "seconds": seconds}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", "ctxproto.bench.proxy_load"],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=seconds + 120,
-        check=False,
-    )
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ctxproto.bench.proxy_load"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 120,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"the load clients did not finish in {seconds + 120:.0f} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
         raise BackendError(f"the load clients failed: {done.stderr.strip()[-2000:]}")
-    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    counts = json.loads(lines[-1])
     return LoadResult(int(counts["answered"]), int(counts["hits"]), float(counts["seconds"]))
 
 

@@ -35,7 +35,7 @@ from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
 from ctxproto.serve.body import parse_body, parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
 from ctxproto.serve.flow import Turn
-from ctxproto.serve.health import OK, store_health
+from ctxproto.serve.health import OK, STORE_TIMEOUT_S, store_health
 from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -149,7 +149,7 @@ async def _health(request: Request) -> JSONResponse:
     """200 when the upstream and every store answer; else 503 with each reason."""
     state = _state(request)
     upstream, stores = await asyncio.gather(
-        state.upstream.ready(), store_health(state.flow.store_checks())
+        _upstream_ready(state), store_health(state.flow.store_checks())
     )
     problems = [upstream] if upstream is not None else []
     problems += [f"{name}: {why}" for name, why in stores.items() if why != OK]
@@ -161,6 +161,13 @@ async def _health(request: Request) -> JSONResponse:
     if problems:
         body["reason"] = "; ".join(problems)
     return JSONResponse(body, status_code=503 if problems else 200)
+
+
+async def _upstream_ready(state: ProxyState) -> str | None:
+    """The upstream's readiness, within the same bound as each store's check."""
+    with anyio.move_on_after(STORE_TIMEOUT_S):
+        return await state.upstream.ready()
+    return f"upstream: no answer within {STORE_TIMEOUT_S:g} s"
 
 
 async def _invalidate(request: Request) -> JSONResponse:

@@ -38,6 +38,8 @@ async def store_health(
             await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
         except CtxprotoError as exc:
             states[name] = str(exc)
+        except Exception as exc:  # a driver error we did not wrap: still a 503, not a 500
+            states[name] = f"check failed: {type(exc).__name__}: {exc}"
         else:
             states[name] = OK
 

@@ -10,6 +10,7 @@ has not written it) is read again on later syncs for ``PENDING_SECONDS``.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -68,9 +69,15 @@ class _Scope:
 
 
 class CacheMirror:
-    """Vectors by (namespace, context fingerprint), plus the sync position."""
+    """Vectors by (namespace, context fingerprint), plus the sync position.
+
+    One mirror serves every thread of a process (the proxy's workers, its MCP
+    endpoint, an invalidation route), and a FAISS index must not be searched
+    while another thread removes from it: each method holds the mirror's lock.
+    """
 
     def __init__(self, dimension: int) -> None:
+        self._lock = threading.Lock()
         self.dimension = dimension
         self.synced = 0
         self._scopes: dict[tuple[str, str], _Scope] = {}
@@ -79,46 +86,50 @@ class CacheMirror:
 
     def pending(self, latest: int) -> list[str]:
         """Keys to read: new ones up to ``latest`` and recent ones not found before."""
-        now = time.monotonic()
-        for number in range(self.synced + 1, latest + 1):
-            self._pending[str(number)] = now
-        self.synced = max(self.synced, latest)
-        for key, since in list(self._pending.items()):
-            if now - since > PENDING_SECONDS:
-                del self._pending[key]
-        return list(self._pending)
+        with self._lock:
+            now = time.monotonic()
+            for number in range(self.synced + 1, latest + 1):
+                self._pending[str(number)] = now
+            self.synced = max(self.synced, latest)
+            for key, since in list(self._pending.items()):
+                if now - since > PENDING_SECONDS:
+                    del self._pending[key]
+            return list(self._pending)
 
     def add(self, entries: list[MirrorEntry]) -> None:
         """Mirror entries read from disk (batched: one FAISS add per scope)."""
-        grouped: dict[tuple[str, str], list[MirrorEntry]] = {}
-        for entry in entries:
-            self._pending.pop(entry.key, None)
-            if entry.key not in self._where:
-                grouped.setdefault((entry.namespace, entry.context), []).append(entry)
-        for scope_key, group in grouped.items():
-            scope = self._scopes.get(scope_key)
-            if scope is None:
-                scope = self._scopes[scope_key] = _Scope(VectorIndex(self.dimension))
-            slots = scope.index.add(np.stack([e.vector for e in group]))
-            for entry, slot in zip(group, slots.tolist(), strict=True):
-                scope.keys.append(entry.key)
-                scope.slots.append(entry.slots)
-                self._where[entry.key] = (scope, slot)
+        with self._lock:
+            grouped: dict[tuple[str, str], list[MirrorEntry]] = {}
+            for entry in entries:
+                self._pending.pop(entry.key, None)
+                if entry.key not in self._where:
+                    grouped.setdefault((entry.namespace, entry.context), []).append(entry)
+            for scope_key, group in grouped.items():
+                scope = self._scopes.get(scope_key)
+                if scope is None:
+                    scope = self._scopes[scope_key] = _Scope(VectorIndex(self.dimension))
+                slots = scope.index.add(np.stack([e.vector for e in group]))
+                for entry, slot in zip(group, slots.tolist(), strict=True):
+                    scope.keys.append(entry.key)
+                    scope.slots.append(entry.slots)
+                    self._where[entry.key] = (scope, slot)
 
     def forget(self, key: str) -> None:
-        self._pending.pop(key, None)
-        found = self._where.pop(key, None)
-        if found is not None:
-            scope, slot = found
-            scope.index.remove(np.asarray([slot], dtype=np.int64))
+        with self._lock:
+            self._pending.pop(key, None)
+            found = self._where.pop(key, None)
+            if found is not None:
+                scope, slot = found
+                scope.index.remove(np.asarray([slot], dtype=np.int64))
 
     def search(self, namespace: str, context: str, vector: Vector, k: int) -> list[Candidate]:
         """The ``k`` most similar entries of one namespace and context, best first."""
-        scope = self._scopes.get((namespace, context))
-        if scope is None:
-            return []
-        hits = scope.index.search(vector, k)
-        return [
-            Candidate(scope.keys[slot], score, scope.slots[slot])
-            for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True)
-        ]
+        with self._lock:
+            scope = self._scopes.get((namespace, context))
+            if scope is None:
+                return []
+            hits = scope.index.search(vector, k)
+            return [
+                Candidate(scope.keys[slot], score, scope.slots[slot])
+                for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True)
+            ]

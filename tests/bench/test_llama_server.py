@@ -37,12 +37,16 @@ def test_threads_default_to_one_per_core(tmp_path):
 def test_a_binary_that_dies_on_this_cpu_is_passed_over_and_every_failure_is_named(tmp_path):
     illegal = executable(tmp_path, "prebuilt-server", "kill -ILL $$")
     broken = executable(tmp_path, "built-server", "exit 3")
-    server = LlamaServer(tmp_path / "m.gguf", binaries=[illegal, broken], startup_timeout_s=30)
+    unrunnable = tmp_path / "not-executable-server"
+    unrunnable.write_text("not a program", encoding="utf-8")
+    binaries = [illegal, broken, unrunnable]
+    server = LlamaServer(tmp_path / "m.gguf", binaries=binaries, startup_timeout_s=30)
     with pytest.raises(BackendError) as caught:
         server.start()
     message = str(caught.value)
     assert f"{illegal}: exited while loading: illegal instruction (SIGILL)" in message
     assert f"{broken}: exited while loading: exit status 3" in message
+    assert f"{unrunnable}: cannot be started: Permission denied" in message
     assert server._process is None and server.binary is None
 
 
@@ -79,5 +83,7 @@ def test_no_binary_at_all_says_how_to_build_one(tmp_path):
 
 def test_found_binaries_are_files_and_listed_once():
     found = llama_server_binaries()
+    if not found:
+        pytest.skip("no llama-server on this machine (make bench-peers builds one)")
     assert all(path.is_file() for path in found)
     assert len(found) == len(set(found))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import statistics
 import time
 
 from starlette.applications import Starlette
@@ -24,7 +23,7 @@ def test_keep_alive_requests_do_not_wait_for_a_delayed_ack():
     app = Starlette(routes=[Route("/ping", _pong)])
     with ServerThread(app) as server, socket.create_connection((server.host, server.port)) as conn:
         times = []
-        for _ in range(6):
+        for _ in range(10):
             started = time.perf_counter()
             conn.sendall(b"GET /ping HTTP/1.1\r\nhost: test\r\n\r\n")
             received = b""
@@ -33,4 +32,6 @@ def test_keep_alive_requests_do_not_wait_for_a_delayed_ack():
                 assert chunk, "the server closed the connection"
                 received += chunk
             times.append((time.perf_counter() - started) * 1000)
-    assert statistics.median(times[1:]) < 30  # ms; 40+ with the delay
+    # With the delay every request after the first takes 40+ ms; a loaded machine
+    # slows some requests down, but not the fastest of nine.
+    assert min(times[1:]) < 30  # ms

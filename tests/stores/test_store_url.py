@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctxproto.stores.store_url import redact_url, store_location
+from ctxproto.stores.store_url import redact_url, store_location, url_secrets
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,19 @@ def test_a_location_is_a_path_unless_it_names_a_server_scheme(location: str, kin
         ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
         ("postgresql://u@db/ctx", "postgresql://u@db/ctx"),
         ("postgresql://u:secret@[::1", "<unparsable store URL>"),
+        (
+            "postgresql://u@db/ctx?password=s3cret&table=kb",
+            "postgresql://u@db/ctx?password=***&table=kb",
+        ),
+        ("redis://cache:6379/0?Password=s3cret", "redis://cache:6379/0?Password=***"),
+        ("postgresql://u:a@db/ctx?sslpassword=b", "postgresql://u:***@db/ctx?sslpassword=***"),
     ],
 )
 def test_a_password_never_survives_redaction(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_every_secret_of_a_url_is_listed_for_scrubbing() -> None:
+    url = "postgresql://u:p%40ss@db/ctx?sslpassword=key&password=s3cret&table=kb"
+    assert sorted(url_secrets(url)) == ["key", "p@ss", "s3cret"]
+    assert url_secrets("redis://cache:6379/0") == []
