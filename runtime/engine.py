@@ -50,9 +50,10 @@ class Engine:
     is what the equality tests and the benchmark compare against. ``quantize``
     (``QUANTIZE_MODES``) multiplies by int8 weights on CPU: faster decode and
     prefill, answers that may differ from float32's (docs/runtime.md).
-    ``speculate`` (on by default) lets a greedy request decoding alone check
-    several tokens drafted from its prompt per forward pass; its tokens are those
-    of the one-token steps (docs/runtime.md, "Speculative decoding").
+    ``speculate`` (on by default; float weights only) lets a greedy request that
+    decodes alone check several tokens drafted from its prompt per forward pass;
+    its tokens are those of one-token steps (docs/runtime.md, "Speculative
+    prompt-lookup decoding").
     """
 
     def __init__(
@@ -266,7 +267,7 @@ class Engine:
                 request.finish_reason = "cancelled"
             else:
                 request.add_token(sample_next(logits[row], request.params, request.generator))
-            request.forward_passes += 1
+                request.forward_passes += 1
             if request.finish_reason is None:
                 keep.append(row)
             else:
