@@ -7,6 +7,8 @@ Rows have different lengths, so the KV is left-padded to a common length and the
 padding is masked out; positions are passed per row, so a row's numbers do not
 depend on its neighbours (the usual transformers batched-generation layout).
 A batch of one, or of equal lengths, runs with no mask — exactly the plain path.
+A batch of one may instead verify a speculative draft: several tokens in one
+call, then a rewind of the KV to the tokens kept (engine.py, speculation.py).
 """
 
 from __future__ import annotations
@@ -95,14 +97,17 @@ class DecodeBatch:
         device = self._model.device
         fed = [self.requests[0].output[-1], *draft]
         start = self.lengths[0]
-        hidden = self._model.model(
+        hidden = self._model.get_decoder()(
             input_ids=torch.tensor([fed], device=device),
             position_ids=torch.arange(start, start + len(fed), device=device).unsqueeze(0),
             cache=self._cache,
             use_cache=True,
         ).last_hidden_state[0]
         self.lengths = [start + len(fed)]
-        logits = torch.mm(self._model.lm_head.weight, hidden.T)
+        head = self._model.get_output_embeddings()
+        logits = torch.mm(head.weight, hidden.T)
+        if getattr(head, "bias", None) is not None:
+            logits += head.bias.unsqueeze(1)
         return [int(choice) for choice in logits.argmax(0).tolist()]
 
     def rewind(self, length: int) -> None:

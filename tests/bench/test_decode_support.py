@@ -5,7 +5,7 @@ import pytest
 from ctxproto.bench.decode_support import support_figures
 from ctxproto.bench.llama_server import llama_server_binaries
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.slow]
 
 ENGINES = {"engine", "engine_one_token"}
 
