@@ -247,3 +247,12 @@ def test_bad_generation_setting_names_file_and_key(tmp_path):
         ChatSession.from_yaml(config)
     assert info.value.file == str(config)
     assert info.value.key == "generation.max_new_tokens"
+
+
+@pytest.mark.models
+def test_backend_section_switches_speculation(lm):
+    from ctxproto.session import BackendConfig, build_backend
+
+    for speculate in (True, False):
+        with build_backend(BackendConfig(speculate=speculate)) as backend:
+            assert backend.engine.speculate is speculate  # type: ignore[attr-defined]
