@@ -64,6 +64,10 @@ class BackendConfig(BaseModel):
         default="none",
         description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
     )
+    speculate: bool = Field(
+        default=True,
+        description="Check tokens drafted from the prompt in one forward pass (same answers).",
+    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible server URL.")
     api_key: str | None = None
     timeout: float = Field(default=60.0, gt=0)
@@ -84,6 +88,7 @@ def build_backend(config: BackendConfig) -> Backend:
         "device": config.device,
         "prefix_cache": config.prefix_cache,
         "quantize": config.quantize,
+        "speculate": config.speculate,
     }
     if config.cache_bytes is not None:
         options["cache_bytes"] = config.cache_bytes

@@ -7,6 +7,8 @@ Rows have different lengths, so the KV is left-padded to a common length and the
 padding is masked out; positions are passed per row, so a row's numbers do not
 depend on its neighbours (the usual transformers batched-generation layout).
 A batch of one, or of equal lengths, runs with no mask — exactly the plain path.
+A batch of one may instead verify a speculative draft: several tokens in one
+call, then a rewind of the KV to the tokens kept (engine.py, speculation.py).
 """
 
 from __future__ import annotations
@@ -81,6 +83,43 @@ class DecodeBatch:
         )
         self.lengths = [n + 1 for n in self.lengths]
         return out.logits[:, -1, :]
+
+    def verify(self, draft: list[int]) -> list[int]:
+        """Feed the one running row its last token and ``draft`` in one forward pass.
+
+        Returns the greedy choice after each fed token (``len(draft) + 1`` ids). The
+        KV of every fed token is kept; ``rewind`` drops what the caller rejects.
+        The LM head is applied as ``weight @ hidden.T``: for a few rows that product
+        streams the 49k x 576 weight once, where ``linear`` took twice as long for
+        two rows as for one (docs/runtime.md).
+        """
+        torch = require("torch", extra="runtime")
+        device = self._model.device
+        fed = [self.requests[0].output[-1], *draft]
+        start = self.lengths[0]
+        hidden = self._model.get_decoder()(
+            input_ids=torch.tensor([fed], device=device),
+            position_ids=torch.arange(start, start + len(fed), device=device).unsqueeze(0),
+            cache=self._cache,
+            use_cache=True,
+        ).last_hidden_state[0]
+        self.lengths = [start + len(fed)]
+        head = self._model.get_output_embeddings()
+        logits = torch.mm(head.weight, hidden.T)
+        if getattr(head, "bias", None) is not None:
+            logits += head.bias.unsqueeze(1)
+        return [int(choice) for choice in logits.argmax(0).tolist()]
+
+    def rewind(self, length: int) -> None:
+        """Keep the KV of the one row's first ``length`` tokens only.
+
+        The in-place layers keep their store, so the next step writes over what was
+        dropped instead of allocating (kv_layout.py).
+        """
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+        self.lengths = [length]
 
     def kv_of(self, row: int) -> KVSlice:
         """The row's KV by token position (padding skipped), for inserting into the cache."""

@@ -5,7 +5,9 @@ loop it admits waiting requests — longest cached prefix first, SGLang's
 "longest prefix match" policy — prefilling only the tokens the cache does not
 hold, inserts each prompt's KV right after its prefill (so requests admitted in
 the same round already share it), then decodes every running request by one
-token. A finished request inserts prompt + answer, so the next chat turn reuses
+token — or, for a greedy request running alone, by as many tokens as one forward
+pass confirms of a draft looked up in its prompt (``speculation.py``). A finished
+request inserts prompt + answer, so the next chat turn reuses
 the previous answer too. Callers on any thread submit requests and read text
 deltas or the final completion from their handle.
 """
@@ -21,6 +23,7 @@ from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, 
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
+from ctxproto.runtime.attention import use_gqa_sdpa
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
@@ -29,6 +32,7 @@ from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
+from ctxproto.runtime.speculation import PromptLookup
 
 __all__ = ["QUANTIZE_MODES", "Engine", "engine_model"]
 
@@ -46,6 +50,10 @@ class Engine:
     is what the equality tests and the benchmark compare against. ``quantize``
     (``QUANTIZE_MODES``) multiplies by int8 weights on CPU: faster decode and
     prefill, answers that may differ from float32's (docs/runtime.md).
+    ``speculate`` (on by default; float weights only) lets a greedy request that
+    decodes alone check several tokens drafted from its prompt per forward pass;
+    its tokens are those of one-token steps (docs/runtime.md, "Speculative
+    prompt-lookup decoding").
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class Engine:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         offload_bytes: int = 0,
         quantize: str = "none",
+        speculate: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
@@ -71,6 +80,7 @@ class Engine:
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
+        self.speculate = speculate and quantize == "none"
         self.cache = RadixKVCache(
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,
@@ -117,6 +127,7 @@ class Engine:
             eos_ids=self._eos_ids,
             generator=request_generator(params, self.model.device),
             namespace=cache_namespace,
+            drafts=PromptLookup() if self.speculate and params.greedy else None,
         )
         with self._wake:
             if self._closed:
@@ -243,9 +254,12 @@ class Engine:
             kv = row_kv_slice(past, 0, 0)
             self._relock(request, self.cache.insert(prompt, kv, request.namespace))
         request.add_token(sample_next(out.logits[0, -1], request.params, request.generator))
+        request.forward_passes += 1
         return past
 
     def _decode(self) -> None:
+        if len(self._batch) == 1 and self._decode_speculatively(self._batch.requests[0]):
+            return
         logits = self._batch.step()
         keep = []
         for row, request in enumerate(self._batch.requests):
@@ -253,11 +267,50 @@ class Engine:
                 request.finish_reason = "cancelled"
             else:
                 request.add_token(sample_next(logits[row], request.params, request.generator))
+                request.forward_passes += 1
             if request.finish_reason is None:
                 keep.append(row)
             else:
                 self._finish(request, self._batch.kv_of(row), self._batch.lengths[row])
         self._batch.keep(keep)
+
+    def _decode_speculatively(self, request: Request) -> bool:
+        """Decode the batch's one greedy request by a verified draft; False: no draft.
+
+        The draft's tokens are fed after the last token in one forward pass; the
+        greedy choice after each fed token is what one-token steps would have
+        produced, so the longest prefix of the draft equal to those choices, plus
+        the choice after it, is emitted one token at a time (a stop token, stop
+        string or the token limit ends it exactly where the plain path would).
+        The KV kept is that of the emitted tokens before the last: the invariant of
+        the plain path, so the radix cache only ever receives KV of emitted tokens.
+        """
+        drafts = request.drafts
+        if drafts is None or request.cancelled.is_set():
+            return False
+        # Leave room for the token the model adds after the draft.
+        room = request.max_new_tokens - len(request.output) - 1
+        draft = drafts.draft(request.prompt + request.output, room)
+        if not draft:
+            return False
+        start = self._batch.lengths[0]
+        choices = self._batch.verify(draft)
+        request.forward_passes += 1
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == choices[accepted]:
+            accepted += 1
+        drafts.record(len(draft), accepted)
+        emitted = 0
+        for token in choices[: accepted + 1]:
+            request.add_token(token)
+            emitted += 1
+            if request.finish_reason is not None:
+                break
+        self._batch.rewind(start + emitted)
+        if request.finish_reason is not None:
+            self._finish(request, self._batch.kv_of(0), self._batch.lengths[0])
+            self._batch.keep([])
+        return True
 
     def _finish(self, request: Request, kv: KVSlice | None, kv_length: int) -> None:
         """Cache prompt + answer (the tokens whose KV exists), release, and reply."""
@@ -299,7 +352,10 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         head_quantized = quantize_int8(loaded, head_only=True)
         # A model with no ``lm_head`` comes back as itself: never split the caller's model.
         return split_over_cores(head_quantized, in_place=head_quantized is not loaded)
-    return split_over_cores(loaded)
+    split = split_over_cores(loaded)
+    if split is not loaded:  # our own copy: its attention may change
+        use_gqa_sdpa(split)
+    return split
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -19,6 +19,7 @@ from ctxproto.errors import BackendError, CtxprotoError
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 from ctxproto.runtime.radix_cache import TreeNode
+from ctxproto.runtime.speculation import PromptLookup
 
 __all__ = ["Request", "RequestHandle"]
 
@@ -36,12 +37,16 @@ class Request:
     eos_ids: frozenset[int]
     generator: Any = None
     namespace: str = ""
+    drafts: PromptLookup | None = None
+    """Draft source of speculative decoding (greedy requests of a speculating engine)."""
     events: queue.Queue[_Event] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float = 0.0
     output: list[int] = field(default_factory=list)
     cached_tokens: int = 0
+    forward_passes: int = 0
+    """Model calls that produced output tokens (the prefill's included)."""
     locked_node: TreeNode | None = None
     finish_reason: str | None = None
 
@@ -131,6 +136,12 @@ class RequestHandle:
         except asyncio.CancelledError:
             self.cancel()
             raise
+
+    @property
+    def forward_passes(self) -> int:
+        """Model calls that produced the output: fewer than its tokens when drafts
+        were accepted (complete once ``result()`` returned)."""
+        return self._request.forward_passes
 
     @property
     def token_ids(self) -> list[int]:

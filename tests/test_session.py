@@ -297,3 +297,12 @@ def test_chatbot_example_prompt_only_grows_between_its_rare_folds(tmp_path):
         previous = result
     assert folds <= 1
     assert rewrites <= 4
+
+
+@pytest.mark.models
+def test_backend_section_switches_speculation(lm):
+    from ctxproto.session import BackendConfig, build_backend
+
+    for speculate in (True, False):
+        with build_backend(BackendConfig(speculate=speculate)) as backend:
+            assert backend.engine.speculate is speculate  # type: ignore[attr-defined]

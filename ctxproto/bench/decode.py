@@ -20,6 +20,11 @@ variants produced the same tokens. The int8 variants may not, so for them it
 reports agreement with ``engine`` on real chat questions instead (``quality``):
 the share of the float answers' tokens the int8 model predicts given the same
 preceding tokens, and the share of answers that come out identical.
+
+``support`` then answers questions over the support knowledge base with
+speculative decoding on and off, and asks llama.cpp's server the same
+(``decode_support.py``): decode and cold prefill tokens/s of each, and the tokens
+each forward pass produced.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.bench.chat_workload import KB_QUESTIONS
+from ctxproto.bench.decode_support import support_figures
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
@@ -68,11 +74,27 @@ def register(subparsers: Any) -> None:
         default=len(KB_QUESTIONS) * 2,
         help="chat questions answered to compare int8 with float32 (0: skip)",
     )
+    parser.add_argument(
+        "--support",
+        type=int_at_least(0),
+        default=4,
+        help="support questions answered with speculation on and off and by llama.cpp (0: skip)",
+    )
+    parser.add_argument(
+        "--support-tokens", type=int_at_least(1), default=32, help="tokens per support answer"
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="do not start llama.cpp's server for --support"
+    )
     parser.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
     figures = run(args.context, args.steps, args.rounds, args.rows, args.answers)
+    if args.support:
+        figures["support"] = support_figures(
+            args.support, args.support_tokens, peer=not args.no_peer
+        )
     if args.json:
         json.dump(figures, sys.stdout)
         sys.stdout.write("\n")

@@ -48,6 +48,10 @@ class LocalUpstreamConfig(_Section):
         default="none",
         description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
     )
+    speculate: bool = Field(
+        default=True,
+        description="Check tokens drafted from the prompt in one forward pass (same answers).",
+    )
 
 
 class RemoteUpstreamConfig(_Section):

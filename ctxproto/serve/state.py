@@ -101,6 +101,7 @@ def _build_upstream(config: ServeConfig) -> Upstream:
             "prefix_cache": spec.prefix_cache,
             "max_batch_size": spec.max_batch_size,
             "quantize": spec.quantize,
+            "speculate": spec.speculate,
         }
         if spec.cache_bytes is not None:
             options["cache_bytes"] = spec.cache_bytes

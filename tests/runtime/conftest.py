@@ -28,6 +28,7 @@ def engine(lm) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def plain_engine(lm) -> Iterator[Engine]:
-    """No prefix cache, one request at a time: the reference every answer must equal."""
-    with Engine(prefix_cache=False, max_batch_size=1) as running:
+    """No prefix cache, one request at a time, one token per forward: the reference
+    every answer must equal."""
+    with Engine(prefix_cache=False, max_batch_size=1, speculate=False) as running:
         yield running

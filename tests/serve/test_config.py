@@ -60,6 +60,14 @@ def test_local_upstream_takes_the_quantize_mode(tmp_path):
     assert config.upstream.quantize == "int8_head"
 
 
+def test_local_upstream_speculates_unless_switched_off(tmp_path):
+    default = load_serve_config(write(tmp_path, "upstream: {type: local}\n"))
+    off = load_serve_config(write(tmp_path, "upstream: {type: local, speculate: false}\n"))
+    assert isinstance(default.upstream, LocalUpstreamConfig)
+    assert isinstance(off.upstream, LocalUpstreamConfig)
+    assert default.upstream.speculate and not off.upstream.speculate
+
+
 def test_keys_never_appear_in_errors(tmp_path):
     path = write(tmp_path, "tenants: [{id: a, key: s3cret-key}, {id: b, key: s3cret-key}]\n")
     config = load_serve_config(path)

@@ -1,0 +1,32 @@
+"""Support answers of ``ctxproto bench decode``: speculation on and off, and llama.cpp's server."""
+
+import pytest
+
+from ctxproto.bench.decode_support import support_figures
+from ctxproto.bench.llama_server import llama_server_binaries
+
+pytestmark = [pytest.mark.models, pytest.mark.slow]
+
+ENGINES = {"engine", "engine_one_token"}
+
+
+def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
+    figures = support_figures(1, 6)
+    assert figures["answers"] == 1
+    assert figures["prompt_tokens"] > 3000  # system prompt and the whole knowledge base
+    assert figures["same_tokens"] is True
+    assert figures["tokens_per_forward"] >= 1.0
+    peers = {"llama_server"} if llama_server_binaries() else set()
+    assert figures["llama_server"].startswith("ran" if peers else "not run")
+    for kind in ("decode", "prefill"):
+        rates = figures[f"{kind}_tokens_per_s"]
+        assert set(rates) == ENGINES | peers
+        assert all(rate > 0 for rate in rates.values())
+        assert (f"{kind}_vs_llama_server" in figures) == bool(peers)
+
+
+def test_without_the_peer_reports_ours_alone(lm):
+    figures = support_figures(1, 2, peer=False)
+    assert figures["llama_server"] == "not run (--no-peer)"
+    assert set(figures["decode_tokens_per_s"]) == ENGINES
+    assert "decode_vs_llama_server" not in figures
