@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         "--pairs", default=str(FIXTURES), help="folder holding cache_pairs/ and the older pairs"
     )
     parser.add_argument(
-        "--guard", choices=GUARDS, default="rules", help="the guard the speed figures run with"
+        "--guard", choices=GUARDS, default="learned", help="the guard the speed figures run with"
     )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
@@ -60,7 +60,7 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(*, entries: int, pairs: Path, guard: Guard = "rules") -> dict[str, Any]:
+def run(*, entries: int, pairs: Path, guard: Guard = "learned") -> dict[str, Any]:
     from ctxproto.models.embedder import get_embedder
 
     splits = {
@@ -125,7 +125,7 @@ def speed(
     entries: int,
     location: str | None = None,
     *,
-    guard: Guard = "rules",
+    guard: Guard = "learned",
 ) -> dict[str, Any]:
     """Lookup latency with ``entries`` entries in a cache at ``location`` (a temporary
     folder), verification by ``guard`` included."""
