@@ -8,7 +8,10 @@
   asked, through the real ``SemanticCache``. Side by side in the same run: the
   rules guard, the learned guard and plain cosine at 0.8 (GPTCache's default
   similarity threshold). Per category: hit rate (recall for paraphrases and
-  near-repeats, false-hit rate for near misses).
+  near-repeats, false-hit rate for near misses). ``test_other_questions``
+  pairs every two different seed questions of one domain in the test split
+  ("cancel my subscription" / "delete my account"): every pair should miss,
+  and a guard fitted on near misses alone can read them as rewordings.
 - ``speed``: lookup latency with ``--entries`` entries in one namespace (the
   worst case: one scope holds them all). Filler entries carry random normalized
   vectors (stated as such) so filling does not embed 100k texts; real questions
@@ -61,13 +64,16 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def run(*, entries: int, pairs: Path, guard: Guard = "learned") -> dict[str, Any]:
+    from ctxproto.bench.cache_verifier import other_question_pairs
     from ctxproto.models.embedder import get_embedder
 
+    test = _read(pairs / "cache_pairs" / "test.jsonl")
     splits = {
-        "test": _read(pairs / "cache_pairs" / "test.jsonl"),
+        "test": test,
         "old_test": [
             r for r in _read(pairs / "semantic_cache_pairs.jsonl") if r["split"] == "test"
         ],
+        "test_other_questions": other_question_pairs(test),
     }
     rows = [r for split in splits.values() for r in split]
     get_embedder().embed([r["a"] for r in rows] + [r["b"] for r in rows])

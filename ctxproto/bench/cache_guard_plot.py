@@ -21,7 +21,7 @@ from ctxproto.bench.cache_pairs import load_pairs
 from ctxproto.bench.cache_verifier import (
     CUTS,
     design,
-    dev_rows,
+    fitting_table,
     out_of_fold,
     pair_table,
     probability,
@@ -48,8 +48,11 @@ def main() -> None:
     weights = np.concatenate([verifier.weights, verifier.interaction_weights])
     figure, panels = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for panel, split in zip(panels, ("dev", "test"), strict=True):
-        rows = dev_rows() if split == "dev" else load_pairs("test")
-        features, similarity, interactions = pair_table(rows)
+        if split == "dev":
+            rows, features, similarity, interactions = fitting_table()
+        else:
+            rows = load_pairs("test")
+            features, similarity, interactions = pair_table(rows)
         if split == "dev":
             labels = np.array([float(bool(r["hit"])) for r in rows])
             inputs = design(features, interactions, probe_basis(interactions))

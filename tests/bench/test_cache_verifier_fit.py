@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ctxproto.bench.cache_verifier import fit, out_of_fold, probability, seed_groups
+from ctxproto.bench.cache_verifier import (
+    design,
+    fit,
+    fold_probe,
+    out_of_fold,
+    probability,
+    probe_basis,
+    seed_groups,
+)
 
 
 def _pairs() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -37,3 +45,28 @@ def test_pairs_that_share_a_question_share_a_fold() -> None:
     features, labels = _pairs()
     held_out = out_of_fold(features, labels, [str(n % 40) for n in range(400)], 0)
     assert held_out.shape == labels.shape and 0.0 < held_out.min() < held_out.max() < 1.0
+
+
+def test_the_probe_folded_into_one_weight_per_value_scores_as_fitted() -> None:
+    """The shipped model multiplies raw interactions by one vector; it must give the
+    probabilities of the model fitted on their principal components."""
+    features, labels = _pairs()
+    rng = np.random.default_rng(1)
+    interactions = rng.normal(0, 1, (400, 12)) + labels[:, None] * rng.normal(0, 1, 12)
+    basis = probe_basis(interactions, components=3)
+    inputs = design(features, interactions, basis)
+    assert inputs.shape == (400, 2 + 3)
+    weights, bias = fit(inputs, labels, l2=1.0)
+    lexical, per_value, folded_bias = fold_probe(weights, bias, 2, basis)
+    assert per_value.shape == (12,)
+    folded = probability(
+        np.hstack([features, interactions]), np.concatenate([lexical, per_value]), folded_bias
+    )
+    np.testing.assert_allclose(folded, probability(inputs, weights, bias), atol=1e-9)
+
+
+def test_a_larger_penalty_shrinks_the_weights() -> None:
+    features, labels = _pairs()
+    loose, _ = fit(features, labels, l2=0.01)
+    tight, _ = fit(features, labels, l2=100.0)
+    assert abs(tight[0]) < abs(loose[0])
