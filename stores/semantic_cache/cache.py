@@ -15,7 +15,7 @@ Three rules keep it honest, each from a known failure of embedding caches:
   entities, polarity, scope; see ``query_slots``) equal the query's;
   ``guard="off"`` trusts the cosine alone. The learned guard is the default
   because it lies least: on held-out near misses the rules let about one in
-  seven through, the verifier about one in sixty (docs/retrieval.md).
+  seven through, the verifier under one in fifty (docs/retrieval.md).
 - **Namespaces never cross.** Each tenant has its own namespace; a lookup only
   ever searches and returns its own namespace's entries.
 
