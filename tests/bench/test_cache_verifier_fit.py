@@ -9,9 +9,11 @@ from ctxproto.bench.cache_verifier import (
     design,
     fit,
     fold_probe,
+    other_question_pairs,
     out_of_fold,
     probability,
     probe_basis,
+    rates,
     seed_groups,
 )
 
@@ -70,3 +72,40 @@ def test_a_larger_penalty_shrinks_the_weights() -> None:
     loose, _ = fit(features, labels, l2=0.01)
     tight, _ = fit(features, labels, l2=100.0)
     assert abs(tight[0]) < abs(loose[0])
+
+
+def _row(category: str, a: str, b: str, domain: str) -> dict[str, object]:
+    hit = category in ("paraphrase", "near_repeat")
+    return {
+        "category": category,
+        "a": a,
+        "b": b,
+        "hit": hit,
+        "domain": domain,
+        "register": "written",
+    }
+
+
+def test_other_question_pairs_join_two_seeds_of_one_domain_only() -> None:
+    rows = [
+        _row("paraphrase", "How do I reset my password?", "forgot my password", "account"),
+        _row("negation", "How do I reset my password?", "How do I keep my password?", "account"),
+        _row("paraphrase", "How do I delete my account?", "remove my account", "account"),
+        _row("paraphrase", "Can dogs eat grapes?", "are grapes bad for dogs", "pets"),
+    ]
+    pairs = other_question_pairs(rows)
+    assert [(p["a"], p["b"]) for p in pairs] == [
+        ("How do I reset my password?", "How do I delete my account?")
+    ]
+    assert pairs[0]["category"] == "other_question" and pairs[0]["hit"] is False
+
+
+def test_other_questions_are_bound_per_category_but_not_in_the_near_miss_rate() -> None:
+    rows = [
+        _row("paraphrase", "q", "p", "d"),
+        _row("negation", "q", "n", "d"),
+        _row("other_question", "q", "o", "d"),
+    ]
+    found = rates(np.array([True, False, True]), rows)
+    assert found["false_hits"] == 0.0
+    assert found["worst_category"] == 1.0
