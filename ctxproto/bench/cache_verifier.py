@@ -24,8 +24,9 @@ questions: 1% on dev, two standard errors under 2% for the ~470 dev near
 misses (a target of 1.5% landed above 2% on held-out seeds). The point is
 the highest mean recall (paraphrases and near-repeats) whose mean false hits
 stay within ``MAX_FALSE_HITS`` overall and ``MAX_CATEGORY_FALSE_HITS`` in
-every negative category. Writes the weights as JSON beside the verifier. Neither test split
-is ever read here (``ctxproto.bench.cache_guard_plot`` draws the curves).
+every negative category. Writes the weights as JSON beside the verifier.
+Neither test split is ever read here (``ctxproto.bench.cache_guard_plot``
+draws the curves).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ __all__ = [
     "ProbeBasis",
     "design",
     "fit",
+    "fitting_table",
     "fold_probe",
     "main",
+    "operating_point",
+    "other_question_pairs",
     "out_of_fold",
     "pair_table",
     "probe_basis",
