@@ -8,7 +8,10 @@
   asked, through the real ``SemanticCache``. Side by side in the same run: the
   rules guard, the learned guard and plain cosine at 0.8 (GPTCache's default
   similarity threshold). Per category: hit rate (recall for paraphrases and
-  near-repeats, false-hit rate for near misses).
+  near-repeats, false-hit rate for near misses). ``test_other_questions``
+  pairs every two different seed questions of one domain in the test split
+  ("cancel my subscription" / "delete my account"): every pair should miss,
+  and a guard fitted on near misses alone can read them as rewordings.
 - ``speed``: lookup latency with ``--entries`` entries in one namespace (the
   worst case: one scope holds them all). Filler entries carry random normalized
   vectors (stated as such) so filling does not embed 100k texts; real questions
@@ -48,7 +51,7 @@ def register(subparsers: Any) -> None:
         "--pairs", default=str(FIXTURES), help="folder holding cache_pairs/ and the older pairs"
     )
     parser.add_argument(
-        "--guard", choices=GUARDS, default="rules", help="the guard the speed figures run with"
+        "--guard", choices=GUARDS, default="learned", help="the guard the speed figures run with"
     )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
@@ -60,14 +63,17 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(*, entries: int, pairs: Path, guard: Guard = "rules") -> dict[str, Any]:
+def run(*, entries: int, pairs: Path, guard: Guard = "learned") -> dict[str, Any]:
+    from ctxproto.bench.cache_verifier import other_question_pairs
     from ctxproto.models.embedder import get_embedder
 
+    test = _read(pairs / "cache_pairs" / "test.jsonl")
     splits = {
-        "test": _read(pairs / "cache_pairs" / "test.jsonl"),
+        "test": test,
         "old_test": [
             r for r in _read(pairs / "semantic_cache_pairs.jsonl") if r["split"] == "test"
         ],
+        "test_other_questions": other_question_pairs(test),
     }
     rows = [r for split in splits.values() for r in split]
     get_embedder().embed([r["a"] for r in rows] + [r["b"] for r in rows])
@@ -125,7 +131,7 @@ def speed(
     entries: int,
     location: str | None = None,
     *,
-    guard: Guard = "rules",
+    guard: Guard = "learned",
 ) -> dict[str, Any]:
     """Lookup latency with ``entries`` entries in a cache at ``location`` (a temporary
     folder), verification by ``guard`` included."""

@@ -20,10 +20,12 @@ import numpy.typing as npt
 from ctxproto.bench.cache_pairs import load_pairs
 from ctxproto.bench.cache_verifier import (
     CUTS,
-    dev_rows,
+    design,
+    fitting_table,
     out_of_fold,
     pair_table,
     probability,
+    probe_basis,
     rates,
     seed_groups,
 )
@@ -43,16 +45,21 @@ def main() -> None:
     from ctxproto.stores.semantic_cache.verifier import HitVerifier
 
     verifier = HitVerifier.load()
-    weights = np.asarray(verifier.weights)
+    weights = np.concatenate([verifier.weights, verifier.interaction_weights])
     figure, panels = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for panel, split in zip(panels, ("dev", "test"), strict=True):
-        rows = dev_rows() if split == "dev" else load_pairs("test")
-        features, similarity = pair_table(rows)
+        if split == "dev":
+            rows, features, similarity, interactions = fitting_table()
+        else:
+            rows = load_pairs("test")
+            features, similarity, interactions = pair_table(rows)
         if split == "dev":
             labels = np.array([float(bool(r["hit"])) for r in rows])
-            learned = out_of_fold(features, labels, seed_groups(rows), 0)
+            inputs = design(features, interactions, probe_basis(interactions))
+            learned = out_of_fold(inputs, labels, seed_groups(rows), 0, verifier.l2)
         else:
-            learned = probability(features, weights, verifier.bias)
+            inputs = np.hstack([features, interactions])
+            learned = probability(inputs, weights, verifier.bias)
         floor = similarity >= verifier.min_similarity
         _curve(panel, rows, [floor & (learned >= c) for c in CUTS], "learned verifier", "C0")
         no_conflict = _no_rule_conflict(rows)

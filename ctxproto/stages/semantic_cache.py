@@ -65,7 +65,8 @@ class SemanticCacheLookup(Stage):
         default=None,
         ge=-1.0,
         le=1.0,
-        description="Cosine a candidate needs; by default 0.7, or the learned guard's own floor.",
+        description="Cosine a candidate needs; by default the learned guard's own floor, "
+        "or 0.7 under 'rules' and 'off'.",
     )
     ttl: float | None = Field(default=None, gt=0, description="Seconds an answer stays valid.")
     scope: Scope = "conversation"
@@ -73,9 +74,9 @@ class SemanticCacheLookup(Stage):
     max_entries: int | None = Field(default=None, gt=0)
     max_bytes: int = Field(default=1 << 30, gt=0)
     guard: Guard = Field(
-        default="rules",
-        description="How a near question is judged the same: 'rules' (exact slots), "
-        "'learned' (the fitted verifier) or 'off' (cosine only); true/false mean rules/off.",
+        default="learned",
+        description="How a near question is judged the same: 'learned' (the fitted "
+        "verifier), 'rules' (exact slots) or 'off' (cosine only); true/false mean rules/off.",
     )
     personal_in_session: bool = True
     embedder: str = "default"

@@ -59,6 +59,8 @@ class Candidate:
     key: str
     similarity: float
     slots: QuerySlots
+    vector: Vector
+    """The entry's normalized vector (a view of the index's copy: read it, never write)."""
 
 
 @dataclass
@@ -130,6 +132,6 @@ class CacheMirror:
                 return []
             hits = scope.index.search(vector, k)
             return [
-                Candidate(scope.keys[slot], score, scope.slots[slot])
+                Candidate(scope.keys[slot], score, scope.slots[slot], scope.index.vectors[slot])
                 for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True)
             ]

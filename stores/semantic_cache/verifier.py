@@ -21,6 +21,14 @@ generalise beyond word lists:
   ratio. A near miss is one edit in an otherwise identical question; a
   paraphrase is several.
 
+- **the interaction of the two embeddings**: the elementwise product and
+  absolute difference of the query's and the cached question's vectors (the
+  pair features of Sentence-BERT's classifier, Reimers & Gurevych 2019), read
+  through a linear probe. The cosine sums the product into one number; the
+  probe weighs the dimensions that move when a question is reworded apart
+  from those that move when its meaning changes. It costs one dot product
+  over vectors the cache already holds: no model call per candidate.
+
 The weights are fitted on the dev split of the labelled pairs by
 ``python -m ctxproto.bench.cache_verifier`` and shipped as JSON (never
 pickled), with the operating point chosen on dev's out-of-fold
@@ -49,7 +57,7 @@ from ctxproto.stores.semantic_cache.query_slots import (
     slot_conflicts,
 )
 
-__all__ = ["FEATURE_NAMES", "WEIGHTS", "HitVerifier", "align", "pair_features"]
+__all__ = ["FEATURE_NAMES", "WEIGHTS", "HitVerifier", "align", "interaction", "pair_features"]
 
 WEIGHTS = Path(__file__).with_name("verifier_weights.json")
 FEATURE_NAMES = (
@@ -163,6 +171,15 @@ def pair_features(
     )
 
 
+def interaction(
+    query_vector: npt.NDArray[np.float32], cached_vector: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float64]:
+    """The elementwise product and absolute difference of two normalized vectors."""
+    query = np.asarray(query_vector, dtype=np.float64)
+    cached = np.asarray(cached_vector, dtype=np.float64)
+    return np.concatenate([query * cached, np.abs(query - cached)])
+
+
 def _edit_shape(
     query: tuple[str, ...], cached: tuple[str, ...], similarity: float
 ) -> tuple[float, float, float, float]:
@@ -231,28 +248,53 @@ def _buckets(count: int) -> tuple[float, float, float]:
     return float(count == 1), float(count == 2), float(count >= 3)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HitVerifier:
-    """A logistic regression over ``pair_features`` and the probability it must reach."""
+    """A logistic regression over ``pair_features`` and ``interaction``, and the
+    probability it must reach."""
 
     weights: tuple[float, ...]
+    interaction_weights: npt.NDArray[np.float64]
+    """One weight per ``interaction`` value: the fitted probe folded into one vector."""
     bias: float
     min_probability: float
     min_similarity: float
+    embedder: str
+    """The embedder whose vectors the weights were fitted on; no other's fit them."""
+    l2: float
+    """The penalty the weights were fitted with (chosen out-of-fold; refits reuse it)."""
 
     @classmethod
     def load(cls, path: Path = WEIGHTS) -> HitVerifier:
         return _load(path)
 
-    def probability(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> float:
-        features = pair_features(query, cached, similarity)
-        score = float(features @ np.asarray(self.weights)) + self.bias
+    def probability(
+        self,
+        query: QuerySlots,
+        cached: QuerySlots,
+        similarity: float,
+        query_vector: npt.NDArray[np.float32],
+        cached_vector: npt.NDArray[np.float32],
+    ) -> float:
+        score = (
+            float(pair_features(query, cached, similarity) @ np.asarray(self.weights))
+            + float(interaction(query_vector, cached_vector) @ self.interaction_weights)
+            + self.bias
+        )
         return 1.0 / (1.0 + float(np.exp(-score)))
 
-    def accepts(self, query: QuerySlots, cached: QuerySlots, similarity: float) -> bool:
+    def accepts(
+        self,
+        query: QuerySlots,
+        cached: QuerySlots,
+        similarity: float,
+        query_vector: npt.NDArray[np.float32],
+        cached_vector: npt.NDArray[np.float32],
+    ) -> bool:
         if similarity < self.min_similarity:
             return False
-        return self.probability(query, cached, similarity) >= self.min_probability
+        probability = self.probability(query, cached, similarity, query_vector, cached_vector)
+        return probability >= self.min_probability
 
 
 @cache
@@ -260,11 +302,17 @@ def _load(path: Path) -> HitVerifier:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         weights = tuple(float(data["weights"][name]) for name in FEATURE_NAMES)
+        interaction_weights = np.asarray(data["interaction_weights"], dtype=np.float64)
+        if interaction_weights.ndim != 1:
+            raise ValueError("interaction_weights must be a list of numbers")
         return HitVerifier(
             weights,
+            interaction_weights,
             float(data["bias"]),
             float(data["min_probability"]),
             float(data["min_similarity"]),
+            str(data["embedder"]),
+            float(data["l2"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise StoreError(f"cannot read the cache verifier's weights at {path}: {error}") from error

@@ -153,9 +153,9 @@ def test_a_second_instance_sees_entries_and_deletions_of_the_first(
     reader = SemanticCache(location, embedder=embedder)
     assert reader.get("How do I export my contacts?") is None
     writer.put("How do I export my contacts?", "Settings > Export")
-    assert reader.get("What's the way to export my contact list?") is not None
+    assert reader.get("How can I export my contacts?") is not None
     writer.invalidate(key="1")
-    assert reader.get("What's the way to export my contact list?") is None
+    assert reader.get("How can I export my contacts?") is None
 
 
 def test_a_clear_elsewhere_never_makes_an_old_question_hit_a_new_entry(
@@ -283,6 +283,8 @@ def test_a_cache_of_another_embedder_is_refused(location: str, embedder: Any) ->
         dimension = 768
 
     with pytest.raises(StoreError, match="another-model"):
+        SemanticCache(location, guard="off", embedder=OtherEmbedder())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"guard.*fitted on the embedder 'all-minilm-l6-v2'"):
         SemanticCache(location, embedder=OtherEmbedder())  # type: ignore[arg-type]
 
 
@@ -344,16 +346,21 @@ def _evaluate(cache: SemanticCache, split: str) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_hard_negative_set_false_hits_at_most_2_percent_with_recall_at_least_80(
-    cache: SemanticCache, split: str
+@pytest.mark.parametrize(("guard", "min_recall"), [("rules", 0.80), ("learned", 0.50)])
+def test_older_hard_negatives_false_hits_at_most_2_percent(
+    location: str, embedder: Any, split: str, guard: str, min_recall: float
 ) -> None:
+    """The older hand-written pairs: both guards refuse their near misses. The rules
+    recall more of them (their slots were written for this set); the learned guard
+    trades that recall for refusing the newer set's near misses (docs/retrieval.md)."""
+    cache = SemanticCache(beside(location, guard), guard=guard, embedder=embedder)  # type: ignore[arg-type]
     result = _evaluate(cache, split)
     recall = result["paraphrase"][0] / result["paraphrase"][1]
     negatives = [v for c, v in result.items() if c != "paraphrase"]
     false_hits = sum(h for h, _ in negatives) / sum(n for _, n in negatives)
     assert set(result) == {"paraphrase", "negation", "entity", "number", "date", "scope"}
     assert sum(n for _, n in negatives) >= 60
-    assert recall >= 0.80, result
+    assert recall >= min_recall, result
     assert false_hits <= 0.02, result
 
 
@@ -374,9 +381,10 @@ def test_guard_names_the_old_switch_and_its_thresholds(tmp_path: Path, embedder:
 
     assert SemanticCache(tmp_path / "a", guard=True, embedder=embedder).guard == "rules"
     assert SemanticCache(tmp_path / "b", guard=False, embedder=embedder).guard == "off"
-    assert SemanticCache(tmp_path / "c", embedder=embedder).threshold == 0.7
-    learned = SemanticCache(tmp_path / "d", guard="learned", embedder=embedder)
-    assert learned.threshold == HitVerifier.load().min_similarity
+    default = SemanticCache(tmp_path / "c", embedder=embedder)
+    assert default.guard == "learned"
+    assert default.threshold == HitVerifier.load().min_similarity
+    assert SemanticCache(tmp_path / "d", guard="rules", embedder=embedder).threshold == 0.7
     pinned = SemanticCache(tmp_path / "e", guard="learned", threshold=0.8, embedder=embedder)
     assert pinned.threshold == 0.8
     with pytest.raises(ConfigError, match="guard"):
@@ -386,8 +394,8 @@ def test_guard_names_the_old_switch_and_its_thresholds(tmp_path: Path, embedder:
 def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedder: Any) -> None:
     """A smoke test on every sixth test-split pair (the full figures: ``bench cache``).
 
-    On this sample it measures 45/71 hits and 1/63 false hits (its operating
-    point is chosen out-of-fold at <= 1.5% false hits); the bounds leave margin
+    On this sample it measures 46/71 hits and 0/63 false hits (its operating
+    point is chosen out-of-fold at <= 1% false hits); the bounds leave margin
     for embedder noise, not for a verifier that stopped telling pairs apart.
     """
     from ctxproto.bench.cache_pairs import load_pairs
