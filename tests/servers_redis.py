@@ -10,19 +10,32 @@ cache name (``RedisServer.namespace``), never by flushing the server.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from ctxproto.bench.redis_server import RedisServer, free_port
 
-__all__ = ["RedisServer", "free_port", "redis_server"]
+__all__ = ["RedisServer", "free_port", "redis_server", "running_redis"]
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("valkey"))
+@contextmanager
+def running_redis(folder: Path) -> Iterator[RedisServer]:
+    """A server keeping its data in ``folder``, stopped however the block ends.
+
+    For a test module that stops or freezes its server, which the session's
+    ``redis_server`` must not be.
+    """
+    server = RedisServer(folder)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("valkey")) as server:
+        yield server

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxproto.bench.chat_workload import ChatTurn, SessionScript
+from ctxproto.bench.chat_workload import SessionScript
 from ctxproto.eval.metrics import best_subspan_em
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline
@@ -145,11 +145,8 @@ def generate_turns(
     from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(), load_tokenizer()
-    histories = [_History(system_prompt, counter, window_tokens) for _ in scripts]
-    for s, index in serving_order(scripts, round_robin):
-        script, history = scripts[s], histories[s]
-        turn = script.turns[index]
-        messages = history.messages(turn.user_message)
+
+    def serve(messages: list[dict[str, str]]) -> _Served:
         start = time.perf_counter()
         ids = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -167,11 +164,7 @@ def generate_turns(
         answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
         end = time.perf_counter()
         prompt = int(ids.shape[1])
-        yield _record(
-            script,
-            index,
-            turn,
-            messages,
+        return _Served(
             answer,
             prompt_tokens=prompt,
             prefill_tokens=prompt,
@@ -179,7 +172,8 @@ def generate_turns(
             ttft_ms=((clock.first or end) - start) * 1000.0,
             seconds=end - start,
         )
-        history.add(turn.user_message, answer)
+
+    return _full_history(scripts, system_prompt, counter, serve, window_tokens, round_robin)
 
 
 def full_history_turns(
@@ -196,52 +190,70 @@ def full_history_turns(
     from ctxproto.runtime import GenerationParams
 
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    histories = [_History(system_prompt, counter, window_tokens) for _ in scripts]
-    for s, index in serving_order(scripts, round_robin):
-        script, history = scripts[s], histories[s]
-        turn = script.turns[index]
-        messages = history.messages(turn.user_message)
+
+    def serve(messages: list[dict[str, str]]) -> _Served:
         start = time.perf_counter()
         completion = backend.generate(messages, params)
         seconds = time.perf_counter() - start
         metrics = completion.metrics
-        answer = completion.text.strip()
-        yield _record(
-            script,
-            index,
-            turn,
-            messages,
-            answer,
+        return _Served(
+            completion.text.strip(),
             prompt_tokens=metrics.prompt_tokens,
             prefill_tokens=metrics.prompt_tokens - metrics.cached_tokens,
             output_tokens=metrics.output_tokens,
             ttft_ms=metrics.ttft_ms,
             seconds=seconds,
         )
-        history.add(turn.user_message, answer)
+
+    return _full_history(scripts, system_prompt, counter, serve, window_tokens, round_robin)
 
 
-def _record(
-    script: SessionScript,
-    index: int,
-    turn: ChatTurn,
-    messages: list[dict[str, str]],
-    answer: str,
-    **measured: Any,
-) -> TurnRecord:
-    fact_in_prompt = None
-    if turn.asks is not None:
-        fact_in_prompt = any(turn.asks.answer in m["content"] for m in messages)
-    return TurnRecord(
-        session=script.id,
-        turn=index + 1,
-        kind=turn.kind,
-        fact_in_prompt=fact_in_prompt,
-        fact_answered=_answered(answer, turn.asks),
-        question=turn.text,
-        answer=answer,
-        **measured,
-    )
+@dataclass
+class _Served:
+    """What one full-history path measured serving one turn."""
+
+    answer: str
+    prompt_tokens: int
+    prefill_tokens: int
+    output_tokens: int
+    ttft_ms: float
+    seconds: float
+
+
+def _full_history(
+    scripts: list[SessionScript],
+    system_prompt: str,
+    counter: TokenCounter,
+    serve: Callable[[list[dict[str, str]]], _Served],
+    window_tokens: int | None,
+    round_robin: bool,
+) -> Iterator[TurnRecord]:
+    """The turn loop both full-history paths share: each turn's prompt is the session's
+    history (windowed), and its answer joins that history; ``serve`` answers one prompt."""
+    histories = [_History(system_prompt, counter, window_tokens) for _ in scripts]
+    for s, index in serving_order(scripts, round_robin):
+        script, history = scripts[s], histories[s]
+        turn = script.turns[index]
+        messages = history.messages(turn.user_message)
+        served = serve(messages)
+        fact_in_prompt = None
+        if turn.asks is not None:
+            fact_in_prompt = any(turn.asks.answer in m["content"] for m in messages)
+        yield TurnRecord(
+            session=script.id,
+            turn=index + 1,
+            kind=turn.kind,
+            prompt_tokens=served.prompt_tokens,
+            prefill_tokens=served.prefill_tokens,
+            output_tokens=served.output_tokens,
+            ttft_ms=served.ttft_ms,
+            seconds=served.seconds,
+            fact_in_prompt=fact_in_prompt,
+            fact_answered=_answered(served.answer, turn.asks),
+            question=turn.text,
+            answer=served.answer,
+        )
+        history.add(turn.user_message, served.answer)
 
 
 # Where each stage of examples/pipelines/chatbot.yaml keeps its state.

@@ -19,6 +19,11 @@ turn:
   sits this one out. Its figures are throughput (effective TPS), TTFT p50 and
   p95, and the engines' prefix-cache evictions.
 
+``--paths`` narrows every workload to those of its paths that are named (a
+long workload can skip ``generate``); each must keep ``ctxproto`` and a
+full-history peer. The suite says on stderr when each workload starts and how
+long it took, as a full run takes hours.
+
 ``--quick`` shrinks every workload (and the windows and budgets with it, so
 they are still exceeded) to finish in minutes on two cores: for checking the
 machinery, not for figures.
@@ -29,15 +34,25 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ctxproto.bench.chat import PATHS, Serving, print_comparison, run_paths
+from ctxproto.bench.chat import (
+    FULL_HISTORY_PATHS,
+    PATHS,
+    Serving,
+    parse_paths,
+    print_comparison,
+    run_paths,
+)
 from ctxproto.bench.chat_workload import SessionScript, build_workload
+from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
 
-__all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite"]
+__all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite", "select_workloads"]
 
 # SmolLM2's context window, less room for the answer: what a chat app fits into.
 _MODEL_WINDOW_TOKENS = 8192 - 256
@@ -109,6 +124,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--workloads", default=",".join(w.name for w in WORKLOADS), help="comma-separated"
     )
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)}, for every workload",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -116,26 +136,21 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.progress import Progress
 
-    from ctxproto.errors import ConfigError
-
-    names = [n for n in args.workloads.split(",") if n]
-    known = {w.name: w for w in WORKLOADS}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(
-            f"unknown workload {', '.join(unknown)}; choose from {', '.join(known)}",
-            key="workloads",
-        )
+    workloads = select_workloads(args.workloads, args.paths)
     max_new_tokens = min(args.max_new_tokens, 8) if args.quick else args.max_new_tokens
-    with Progress(transient=True, disable=args.json) as progress:
+    # Progress goes to stderr, so that it shows with --json too and stdout stays one object.
+    console = Console(stderr=True, highlight=False)
+    with Progress(console=console, transient=True, disable=args.json) as progress:
         results = run_suite(
-            [known[n] for n in names],
+            workloads,
             quick=args.quick,
             max_new_tokens=max_new_tokens,
             seed=args.seed,
             progress=progress,
+            log=lambda line: console.print(line, markup=False),
         )
     if args.json:
         print(json.dumps(results))
@@ -146,18 +161,57 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
+def select_workloads(names: str, paths: str) -> list[Workload]:
+    """``--workloads`` and ``--paths``: the named workloads, each on its named paths.
+
+    A workload keeps those of its own paths that ``paths`` names; each must keep a
+    full-history peer to compare against (``concurrent`` has no ``generate``), which
+    is checked here, before hours of serving, not when that workload's turn comes.
+    """
+    known = {w.name: w for w in WORKLOADS}
+    chosen = [n for n in names.split(",") if n]
+    unknown = [n for n in chosen if n not in known]
+    if unknown or not chosen:
+        raise ConfigError(
+            f"unknown workload {', '.join(unknown) or '(none named)'}; "
+            f"choose from {', '.join(known)}",
+            key="workloads",
+        )
+    asked = parse_paths(paths)
+    workloads = []
+    for name in chosen:
+        workload = known[name]
+        kept = tuple(p for p in workload.paths if p in asked)
+        if not set(kept) & set(FULL_HISTORY_PATHS):
+            raise ConfigError(
+                f"--paths leaves the {name} workload no full-history peer; "
+                f"it serves {', '.join(workload.paths)}",
+                key="paths",
+            )
+        workloads.append(replace(workload, paths=kept))
+    return workloads
+
+
 def run_suite(
-    workloads: list[Workload],
+    workloads: Sequence[Workload],
     *,
     quick: bool,
     max_new_tokens: int,
     seed: int,
     progress: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Each workload through its paths; per workload the figures of ``bench chat``."""
+    """Each workload through its paths; per workload the figures of ``bench chat``.
+
+    ``log`` is told when each workload starts and how long it took.
+    """
     results: dict[str, Any] = {}
-    for workload in workloads:
+    for number, workload in enumerate(workloads, 1):
         size = workload.quick if quick else workload.full
+        step = f"workload {number}/{len(workloads)} {workload.name}"
+        if log is not None:
+            log(f"{step}: {size.sessions} x {size.turns} turns on {', '.join(workload.paths)}")
+        start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
             scripts, serving = _conversations(workload, size, Path(tmp), seed)
             result = run_paths(
@@ -168,6 +222,8 @@ def run_suite(
                 serving=serving,
                 progress=progress,
             )
+        if log is not None:
+            log(f"{step}: done in {time.monotonic() - start:.0f} s")
         result.pop("turns")
         result.pop("by_turns")
         result["evictions"] = {
@@ -181,6 +237,7 @@ def run_suite(
             "kv_budget_tokens": size.kv_budget_tokens,
             "llama_parallel": size.llama_parallel,
             "round_robin": workload.round_robin,
+            "paths": list(workload.paths),
         }
         results[workload.name] = result
     return {"quick": quick, "workloads": results}

@@ -5,7 +5,9 @@ It shares the proxy's ``ProxyState``: the same pipeline and stores (through its
 answered 401 before it reaches the MCP session layer, and each tool call
 resolves its tenant from the key again, so a session can never act for
 another tenant. The session manager needs a running task group, which the
-app's lifespan provides (``McpEndpoint.lifespan``).
+app's lifespan provides (``McpEndpoint.lifespan``). The stores the endpoint
+opens itself (``mcp.cache``, ``mcp.knowledge``) are on the app's ``/health``
+beside the pipeline's (``ContextService.store_checks``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class McpEndpoint:
 def mcp_endpoint(state: ProxyState) -> McpEndpoint:
     """The MCP endpoint over ``state``'s flow, tenants and ``mcp`` settings."""
     service = ContextService(state.flow, state.mcp)
+    service.warm_up()
     server = create_mcp_server(service, tenants=state.tenants)
     # With no keys the proxy listens on loopback only (unless told otherwise), and a
     # browser page must not reach it through DNS rebinding; with keys, the key decides.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from ctxproto.serve.flow import ContextFlow
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.stores.semantic_cache import SemanticCache
+from ctxproto.stores.store_url import redact_url
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["ContextService"]
@@ -67,6 +69,8 @@ class ContextService:
         self.usage = UsageStats(flow.store)
         self._compressor: TokenCompressor | None = None
         self._cache: SemanticCache | None = None
+        self._own_cache = False
+        """Whether ``_cache`` is ``mcp.cache``, opened (and closed) here, not the pipeline's."""
         self._knowledge: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
         self._compress_lock = threading.Lock()
@@ -278,6 +282,7 @@ class ContextService:
                     self._cache = SemanticCache(
                         self.config.cache, threshold=self.config.cache_threshold
                     )
+                    self._own_cache = True
                 else:
                     raise ConfigError("no semantic cache is configured", key="mcp.cache")
             return self._cache
@@ -300,5 +305,43 @@ class ContextService:
         hit = answer is not None
         self.usage.record(tenant, session, original, prompt, hit=hit, miss=lookup and not hit)
 
+    # -- the stores of /health ----------------------------------------------
+
+    def warm_up(self) -> None:
+        """Open ``mcp.cache`` now, as the pipeline's stages open theirs at start.
+
+        So a replica whose cache server is down fails at start naming it, and
+        ``/health`` checks the cache before the first tool call, not after.
+        With a ``semantic_cache`` stage in the pipeline, that stage's cache is the
+        one used: the flow opens and reports it.
+        """
+        if self.config.cache is not None:
+            self._semantic_cache()
+
+    def store_checks(self) -> dict[str, Callable[[], None]]:
+        """The stores this service opened itself, for ``/health`` beside the flow's.
+
+        ``mcp.cache`` by its redacted location; ``mcp.knowledge`` by its configured
+        folder, ``{tenant}`` left as written (``/health`` answers anyone, so it does
+        not list tenants), its check reaching every tenant's store opened so far.
+        """
+        checks: dict[str, Callable[[], None]] = {}
+        if self.config.knowledge is not None:
+            checks[f"mcp.knowledge {self.config.knowledge}"] = self._ping_knowledge
+        with self._lock:
+            if self._own_cache and self._cache is not None and self.config.cache is not None:
+                checks[f"mcp.cache {redact_url(self.config.cache)}"] = self._cache.ping
+        return checks
+
+    def _ping_knowledge(self) -> None:
+        with self._lock:
+            opened = list(self._knowledge.values())
+        for knowledge in opened:
+            knowledge.store.ping()
+
     def close(self) -> None:
         self.memory.close()
+        with self._lock:
+            if self._own_cache and self._cache is not None:
+                self._cache.close()
+                self._cache, self._own_cache = None, False

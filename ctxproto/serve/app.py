@@ -99,6 +99,7 @@ def create_app(
         },
     )
     app.state.proxy = state
+    app.state.mcp = mcp
     return app
 
 
@@ -146,11 +147,17 @@ async def _models(request: Request) -> JSONResponse:
 
 
 async def _health(request: Request) -> JSONResponse:
-    """200 when the upstream and every store answer; else 503 with each reason."""
+    """200 when the upstream and every store answer; else 503 with each reason.
+
+    The stores are the flow's (sessions, the pipeline's) and those the MCP
+    endpoint opened itself.
+    """
     state = _state(request)
-    upstream, stores = await asyncio.gather(
-        _upstream_ready(state), store_health(state.flow.store_checks())
-    )
+    checks = state.flow.store_checks()
+    mcp: McpEndpoint | None = request.app.state.mcp
+    if mcp is not None:
+        checks.update(mcp.service.store_checks())
+    upstream, stores = await asyncio.gather(_upstream_ready(state), store_health(checks))
     problems = [upstream] if upstream is not None else []
     problems += [f"{name}: {why}" for name, why in stores.items() if why != OK]
     body: dict[str, Any] = {

@@ -1,10 +1,13 @@
-"""``ctxproto bench suite``: the workloads' sizes, and serving under a KV budget."""
+"""``ctxproto bench suite``: the workloads' sizes, the paths asked for, and serving under
+a KV budget."""
 
 import pytest
 
 from ctxproto.bench.chat import Serving, kv_bytes_per_token, run_paths
 from ctxproto.bench.chat_workload import ChatTurn, SessionScript
-from ctxproto.bench.suite import WORKLOADS
+from ctxproto.bench.suite import WORKLOADS, select_workloads
+from ctxproto.cli.main import main
+from ctxproto.errors import ConfigError
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.name)
@@ -24,6 +27,37 @@ def test_the_concurrent_workload_serves_round_robin_under_a_budget_without_gener
     assert concurrent.round_robin and concurrent.full.sessions == 16
     assert concurrent.full.kv_budget_tokens is not None
     assert "generate" not in concurrent.paths
+
+
+def test_paths_narrow_every_workload_to_the_named_ones_it_serves():
+    workloads = select_workloads("long,concurrent", "engine,llama_cpp,ctxproto")
+    assert [w.name for w in workloads] == ["long", "concurrent"]
+    assert [w.paths for w in workloads] == [("engine", "llama_cpp", "ctxproto")] * 2
+    everything = select_workloads("support,concurrent", ",".join(WORKLOADS[0].paths))
+    assert everything[0].paths == WORKLOADS[0].paths
+    assert "generate" not in everything[1].paths  # the concurrent workload still sits it out
+
+
+@pytest.mark.parametrize(
+    ("workloads", "paths", "key", "says"),
+    [
+        ("long", "engine,ctxproto,beam", "paths", "unknown: beam"),
+        ("long", "engine,llama_cpp", "paths", "must name ctxproto"),
+        ("long", "ctxproto,ctxproto_llama_cpp", "paths", "at least one of generate"),
+        ("support,concurrent", "generate,ctxproto", "paths", "the concurrent workload"),
+        ("long,short", "engine,ctxproto", "workloads", "unknown workload short"),
+    ],
+)
+def test_bad_paths_or_workloads_are_a_config_error_naming_the_key(workloads, paths, key, says):
+    with pytest.raises(ConfigError, match=says) as raised:
+        select_workloads(workloads, paths)
+    assert raised.value.key == key
+
+
+def test_the_cli_refuses_bad_paths_with_exit_2_before_serving_anything(capsys):
+    assert main(["bench", "suite", "--quick", "--paths", "generate,ctxproto,nope"]) == 2
+    error = capsys.readouterr().err.replace("\n", "")
+    assert "paths" in error and "unknown: nope" in error
 
 
 @pytest.mark.models

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sys
+import warnings
+from typing import Any
+
 import pytest
 from llama_index.core import Document as LlamaDocument
 from llama_index.core import VectorStoreIndex
@@ -248,3 +254,21 @@ def test_llm_streams_a_completion_through_the_backend():
     responses = list(llm.stream_complete("count"))
     assert responses[-1].text == "one two three"
     assert "".join(r.delta or "" for r in responses) == "one two three"
+
+
+def test_a_synchronous_llamaindex_call_leaves_no_unclosed_event_loop_behind():
+    """llama-index estimates tokens through ``asyncio_run`` on the thread's event loop
+    (conftest's ``own_event_loop``); once another ``asyncio.run`` has replaced that
+    loop, collecting garbage must find no loop or socket left open."""
+    assert from_message(Message(role="user", content="How many tokens?")).estimate_tokens() >= 0
+    asyncio.run(asyncio.sleep(0))  # as a later test would: the thread's loop is replaced
+    unclosed: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = unclosed.append  # ResourceWarnings raised in __del__ land here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert [str(u.exc_value) for u in unclosed] == []

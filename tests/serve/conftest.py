@@ -25,9 +25,17 @@ from ctxproto.stages.recency_window import RecencyWindow
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStateStore
+from tests.serve.clients import close_clients
 from tests.serve.scripted_upstream import ScriptedUpstream
 
 KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c", "key-ops": "ops"}
+
+
+@pytest.fixture(autouse=True)
+def clients_closed() -> Iterator[None]:
+    """Every client ``clients.openai_client`` made during the test, closed after it."""
+    yield
+    close_clients()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 A proxy with its sessions, summaries and semantic cache on a Redis server of
 this module's own (so it can be stopped and frozen without disturbing other
 tests) and its retrieval store on the session's PostgreSQL. Both URLs carry a
-password, which no answer may show.
+password, which no answer may show. A second proxy, with no pipeline, has the
+stores its MCP endpoint opens itself: ``mcp.cache`` on that Redis server and
+``mcp.knowledge`` folders.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from ctxproto.retrieval import KnowledgeBase
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig
 from ctxproto.serve.health import STORE_TIMEOUT_S
+from tests.servers_redis import running_redis
 
 pytestmark = pytest.mark.models
 
@@ -34,12 +37,8 @@ PASSWORD = "hunter2"
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("valkey-health"))
-    server.start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("valkey-health")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def with_password(url: str, user: str) -> str:
@@ -85,6 +84,17 @@ def health(server: ServerThread) -> tuple[httpx.Response, float]:
     return answer, time.monotonic() - start
 
 
+def health_while(
+    server: ServerThread, stop: Callable[[], None], restart: Callable[[], None]
+) -> tuple[httpx.Response, float]:
+    """``health(server)`` between ``stop()`` and ``restart()`` of a store's server."""
+    stop()
+    try:
+        return health(server)
+    finally:
+        restart()
+
+
 def recovers(server: ServerThread) -> None:
     deadline = time.monotonic() + 30
     while health(server)[0].status_code != 200:
@@ -108,11 +118,7 @@ def test_every_store_is_listed_by_its_url_without_the_password(proxy):
 
 
 def test_a_stopped_redis_is_a_503_naming_it_at_once(proxy, redis: RedisServer):
-    redis.stop()  # nothing listens on its port now
-    try:
-        answer, took = health(proxy)
-    finally:
-        redis.start()
+    answer, took = health_while(proxy, redis.stop, redis.start)  # nothing listens on its port
     assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
     body = answer.json()
     down = {name.split()[0] for name, state in body["stores"].items() if state != "ok"}
@@ -124,11 +130,13 @@ def test_a_stopped_redis_is_a_503_naming_it_at_once(proxy, redis: RedisServer):
 
 def test_a_frozen_redis_is_reported_within_the_bound_not_waited_for(proxy, redis: RedisServer):
     assert redis.process is not None
-    redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
-    try:
-        answer, took = health(proxy)
-    finally:
-        redis.process.send_signal(signal.SIGCONT)
+    process = redis.process
+    # Frozen, it accepts connections and never answers.
+    answer, took = health_while(
+        proxy,
+        lambda: process.send_signal(signal.SIGSTOP),
+        lambda: process.send_signal(signal.SIGCONT),
+    )
     assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
     assert f"no answer within {STORE_TIMEOUT_S:g} s" in answer.json()["reason"]
     assert answer.json()["stores"][next(iter(answer.json()["stores"]))] != "ok"
@@ -136,11 +144,7 @@ def test_a_frozen_redis_is_reported_within_the_bound_not_waited_for(proxy, redis
 
 
 def test_a_stopped_postgres_is_a_503_naming_it(proxy, postgres: EmbeddedPostgres):
-    postgres.stop()
-    try:
-        answer, took = health(proxy)
-    finally:
-        postgres.start()
+    answer, took = health_while(proxy, postgres.stop, postgres.start)
     assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
     retriever = next(v for k, v in answer.json()["stores"].items() if k.startswith("retriever"))
     assert retriever.startswith("PostgreSQL at postgresql://postgres:***@127.0.0.1")
@@ -168,3 +172,42 @@ def test_an_upstream_that_never_answers_is_reported_within_the_bound(tmp_path: P
         silent.close()
     assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
     assert answer.json()["upstream"] == f"upstream: no answer within {STORE_TIMEOUT_S:g} s"
+
+
+@pytest.fixture(scope="module")
+def mcp_proxy(
+    redis: RedisServer, scripted: Any, embedder: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    folder = tmp_path_factory.mktemp("mcp-stores")
+    config = ServeConfig.model_validate(
+        {
+            "upstream": {"type": "openai", "base_url": scripted.url, "model": "scripted"},
+            "sessions": {"store": str(folder / "sessions")},
+            "mcp": {
+                "cache": f"{with_password(redis.url, 'default')}#mcp",
+                "knowledge": str(folder / "knowledge-{tenant}"),
+            },
+        }
+    )
+    with ServerThread(create_app(ProxyState.from_config(config))) as server:
+        yield server
+
+
+def test_the_mcp_endpoints_own_stores_are_checked_and_a_stopped_one_is_named(
+    mcp_proxy, redis: RedisServer
+):
+    answer, _ = health(mcp_proxy)
+    assert answer.status_code == 200, answer.text
+    stores = answer.json()["stores"]
+    cache = f"redis://default:***@127.0.0.1:{redis.port}/0#mcp"
+    assert [name.split()[0] for name in stores] == ["sessions", "mcp.knowledge", "mcp.cache"]
+    assert f"mcp.cache {cache}" in stores and set(stores.values()) == {"ok"}
+    assert next(n for n in stores if n.startswith("mcp.knowledge")).endswith("-{tenant}")
+    answer, took = health_while(mcp_proxy, redis.stop, redis.start)
+    assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
+    body = answer.json()
+    assert [name for name, state in body["stores"].items() if state != "ok"] == [
+        f"mcp.cache {cache}"
+    ]
+    assert f"mcp.cache {cache}: " in body["reason"] and PASSWORD not in answer.text
+    recovers(mcp_proxy)

@@ -38,6 +38,7 @@ from ctxproto.bench.embedded_postgres import EmbeddedPostgres
 from ctxproto.documents import Document
 from ctxproto.retrieval import KnowledgeBase
 from ctxproto.stores import open_session_store
+from tests.serve.replicated_config import replicated_config
 from tests.servers_redis import RedisServer, free_port
 
 pytestmark = pytest.mark.models
@@ -77,33 +78,6 @@ class Deployment:
     tenant: str
     cache: str
     """The semantic cache's location: the Redis URL and the cache's name."""
-
-
-def _config(redis: str, cache: str, knowledge: str, upstream: str, tenant: str) -> dict[str, Any]:
-    return {
-        "pipeline": {
-            "stages": [
-                {"type": "retriever", "init_parameters": {"store": knowledge, "k": 2}},
-                {
-                    "type": "semantic_cache",
-                    "init_parameters": {"path": cache, "scope": "documents"},
-                },
-                {
-                    "type": "summarizer",
-                    "init_parameters": {
-                        "keep_turns": 2,
-                        "checkpoint_every": 2,
-                        "model": None,
-                        "state_path": redis,
-                    },
-                },
-            ],
-            "budget": {"max_prompt_tokens": 1500},
-        },
-        "upstream": {"type": "openai", "base_url": upstream, "model": "scripted"},
-        "tenants": [{"id": tenant, "key": KEY, "admin": True}],
-        "sessions": {"mode": "stateful", "store": redis},
-    }
 
 
 def _start(config: Path, log: Path) -> Replica:
@@ -164,9 +138,15 @@ def deployment(
     tenant = redis_server.namespace()  # a tenant no other test has on the shared server
     cache = f"{redis_server.url}#{tenant}"
     config = folder / "proxy.yaml"
-    config.write_text(
-        yaml.safe_dump(_config(redis_server.url, cache, knowledge, scripted.url, tenant))
+    settings = replicated_config(
+        redis_server.url,
+        cache=cache,
+        upstream=scripted.url,
+        tenant={"id": tenant, "key": KEY, "admin": True},
+        scope="documents",
+        knowledge=knowledge,
     )
+    config.write_text(yaml.safe_dump(settings))
     replicas = [_start(config, folder / f"replica-{n}.log") for n in range(2)]
     try:
         deadline = time.monotonic() + START_SECONDS
@@ -190,6 +170,16 @@ def _say(
         return client.chat.completions.with_raw_response.create(
             model="ctxproto", messages=[{"role": "user", "content": text}], extra_headers=headers
         )
+
+
+def _alternate(deployment: Deployment, session: str, texts: list[str]) -> list[tuple[str, str]]:
+    """Send ``texts`` as turns of ``session``, alternating replicas, pipeline off; the
+    acknowledged conversation as (role, content) pairs."""
+    acknowledged = []
+    for turn, text in enumerate(texts):
+        reply = _say(deployment.replicas[turn % 2], session, text, pipeline=False)
+        acknowledged += [("user", text), ("assistant", reply.parse().choices[0].message.content)]
+    return acknowledged
 
 
 def _forwarded(scripted: Any) -> list[tuple[str, str]]:
@@ -282,13 +272,7 @@ def test_restarted_servers_lose_nothing_acknowledged(
     """Redis killed (only its append-only file is left) and PostgreSQL crashed, under
     running replicas: history and cached answers are all there once they reconnect."""
     first, second = deployment.replicas
-    acknowledged = []
-    for turn in range(3):
-        reply = _say(deployment.replicas[turn % 2], "durable", f"durable {turn}", pipeline=False)
-        acknowledged += [
-            ("user", f"durable {turn}"),
-            ("assistant", reply.parse().choices[0].message.content),
-        ]
+    acknowledged = _alternate(deployment, "durable", [f"durable {turn}" for turn in range(3)])
     question = "How long do I have to return an order?"
     assert _say(first, "durable-cache", question, cache=True).headers["x-ctxproto-cache"] == "miss"
     redis_server.restart(signal.SIGKILL)
@@ -308,13 +292,7 @@ def test_a_replica_killed_mid_turn_loses_no_acknowledged_turn(
 ) -> None:
     """Last in the module: it leaves one replica dead."""
     first, second = deployment.replicas
-    acknowledged = []
-    for turn in range(4):
-        reply = _say(deployment.replicas[turn % 2], "killed", f"fact {turn}", pipeline=False)
-        acknowledged += [
-            ("user", f"fact {turn}"),
-            ("assistant", reply.parse().choices[0].message.content),
-        ]
+    acknowledged = _alternate(deployment, "killed", [f"fact {turn}" for turn in range(4)])
     with first.client() as client:
         stream = client.chat.completions.create(
             model="ctxproto",

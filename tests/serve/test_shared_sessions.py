@@ -20,47 +20,28 @@ from ctxproto.pipeline import Pipeline
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig, load_serve_config
 from ctxproto.stores import open_session_store
+from tests.serve.replicated_config import replicated_config
 from tests.servers_redis import RedisServer, free_port
 
 pytestmark = pytest.mark.models
-
-
-def _config(url: str, namespace: str, upstream: str) -> ServeConfig:
-    """A serve config whose summaries and session histories live at ``url``."""
-    return ServeConfig.model_validate(
-        {
-            "pipeline": {
-                "stages": [
-                    {
-                        "type": "semantic_cache",
-                        "init_parameters": {"path": f"{url}#{namespace}", "scope": "query"},
-                    },
-                    {
-                        "type": "summarizer",
-                        "init_parameters": {
-                            "keep_turns": 2,
-                            "checkpoint_every": 2,
-                            "model": None,
-                            "state_path": url,
-                        },
-                    },
-                ],
-                "budget": {"max_prompt_tokens": 1500},
-            },
-            "upstream": {"type": "openai", "base_url": upstream, "model": "scripted"},
-            "tenants": [{"id": namespace, "key": "key-shared"}],
-            "sessions": {"mode": "stateful", "store": url},
-        }
-    )
 
 
 @pytest.fixture(scope="session")
 def replicas(redis_server: RedisServer, scripted: Any, embedder: Any) -> Iterator[list[Any]]:
     """Two proxies built from one config: answers, summaries and histories on the shared server."""
     tenant = redis_server.namespace()  # a tenant no other test uses on the shared server
+    config = ServeConfig.model_validate(
+        replicated_config(
+            redis_server.url,
+            cache=f"{redis_server.url}#{tenant}",
+            upstream=scripted.url,
+            tenant={"id": tenant, "key": "key-shared"},
+            scope="query",
+        )
+    )
     servers = []
     for _ in range(2):
-        state = ProxyState.from_config(_config(redis_server.url, tenant, scripted.url))
+        state = ProxyState.from_config(config)
         state.flow.warm_up()
         app = create_app(state, routes=[Route("/test/close", _closer(state), methods=["POST"])])
         servers.append((ServerThread(app).start(), state, tenant))

@@ -14,20 +14,17 @@ import pytest
 
 from ctxproto.serve.tenancy import session_id
 from ctxproto.stores.session_state import SessionStateStore
+from tests.serve.clients import openai_client
 
 pytestmark = pytest.mark.models
-
-
-def client(proxy, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url, api_key=key, max_retries=0)
 
 
 def test_same_question_never_hits_another_tenants_cache(proxy, scripted):
     question = [
         {"role": "user", "content": f"What does plan {uuid.uuid4().hex[:6]} cost per month?"}
     ]
-    a = client(proxy, "key-a").chat.completions.with_raw_response
-    b = client(proxy, "key-b").chat.completions.with_raw_response
+    a = openai_client(proxy, "key-a").chat.completions.with_raw_response
+    b = openai_client(proxy, "key-b").chat.completions.with_raw_response
     assert a.create(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "miss"
     assert a.create(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "hit"
     posts = len(scripted.bodies)
@@ -43,7 +40,7 @@ def test_summaries_stay_with_their_tenant(proxy, scripted, state_dir):
     messages: list[Any] = []
     for text in turns:
         messages.append({"role": "user", "content": text})
-        answer = client(proxy, "key-a").chat.completions.create(
+        answer = openai_client(proxy, "key-a").chat.completions.create(
             model="ctxproto", messages=messages, extra_headers={"x-session-id": session}
         )
         messages.append({"role": "assistant", "content": answer.choices[0].message.content})
@@ -51,7 +48,7 @@ def test_summaries_stay_with_their_tenant(proxy, scripted, state_dir):
     summaries = SessionStateStore(state_dir / "summaries")
     assert summaries.get("tenant-a", session) is not None
     other = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}] * 4
-    client(proxy, "key-b").chat.completions.create(
+    openai_client(proxy, "key-b").chat.completions.create(
         model="ctxproto",
         messages=[*other, {"role": "user", "content": "what is my code?"}],
         extra_headers={"x-session-id": session},
@@ -65,10 +62,10 @@ def test_summaries_stay_with_their_tenant(proxy, scripted, state_dir):
 def test_stateful_sessions_are_per_tenant(proxy):
     session = f"s-{uuid.uuid4().hex[:8]}"
     headers = {"x-session-id": session, "x-ctxproto-session-mode": "stateful"}
-    client(proxy, "key-a").chat.completions.create(
+    openai_client(proxy, "key-a").chat.completions.create(
         model="ctxproto", messages=[{"role": "user", "content": "alpha"}], extra_headers=headers
     )
-    answer = client(proxy, "key-b").chat.completions.create(
+    answer = openai_client(proxy, "key-b").chat.completions.create(
         model="ctxproto", messages=[{"role": "user", "content": "beta"}], extra_headers=headers
     )
     assert answer.choices[0].message.content == "beta | beta"  # nothing of tenant a's "alpha"
@@ -78,7 +75,7 @@ def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
     results: list[object] = []
 
     def slow() -> None:
-        stream = client(proxy, "key-c").chat.completions.create(
+        stream = openai_client(proxy, "key-c").chat.completions.create(
             model="ctxproto",
             messages=[{"role": "user", "content": "SLOW 0.2 a b c d e"}],
             stream=True,
@@ -91,14 +88,14 @@ def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
 
     time.sleep(0.4)
     with pytest.raises(openai.RateLimitError) as raised:
-        client(proxy, "key-c").chat.completions.create(
+        openai_client(proxy, "key-c").chat.completions.create(
             model="ctxproto", messages=[{"role": "user", "content": "second"}]
         )
     assert raised.value.response.headers["retry-after"] == "1"
     worker.join()
     assert (
         results
-        and client(proxy, "key-c")
+        and openai_client(proxy, "key-c")
         .chat.completions.create(model="ctxproto", messages=[{"role": "user", "content": "after"}])
         .choices
     )
@@ -112,8 +109,8 @@ def test_a_refused_request_frees_its_tenant_slot(proxy):
     ]
     for _ in range(2):  # a leaked slot would make the second one a 429
         with pytest.raises(openai.BadRequestError):
-            client(proxy, "key-c").chat.completions.create(model="ctxproto", messages=broken)
-    answer = client(proxy, "key-c").chat.completions.create(
+            openai_client(proxy, "key-c").chat.completions.create(model="ctxproto", messages=broken)
+    answer = openai_client(proxy, "key-c").chat.completions.create(
         model="ctxproto", messages=[{"role": "user", "content": "fine"}]
     )
     assert answer.choices[0].message.content == "fine | fine"
@@ -136,7 +133,7 @@ def test_a_stream_left_at_once_frees_its_tenant_slot(proxy):
     deadline = time.monotonic() + 5
     while True:
         try:
-            answer = client(proxy, "key-c").chat.completions.create(
+            answer = openai_client(proxy, "key-c").chat.completions.create(
                 model="ctxproto", messages=[{"role": "user", "content": "again"}]
             )
             break

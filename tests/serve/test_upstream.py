@@ -12,16 +12,13 @@ import openai
 import pytest
 
 from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
+from tests.serve.clients import openai_client
 
 pytestmark = pytest.mark.models
 
 
-def client(proxy) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url, api_key="key-a", max_retries=0)
-
-
 def ask(proxy, text: str, **options):
-    return client(proxy).chat.completions.create(
+    return openai_client(proxy, "key-a").chat.completions.create(
         model="ctxproto", messages=[{"role": "user", "content": text}], **options
     )
 
