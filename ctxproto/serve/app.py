@@ -35,7 +35,7 @@ from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
 from ctxproto.serve.body import parse_body, parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
 from ctxproto.serve.flow import Turn
-from ctxproto.serve.health import OK, STORE_TIMEOUT_S, store_health
+from ctxproto.serve.health import OK, STORE_TIMEOUT_S, StoreHealth
 from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -100,6 +100,7 @@ def create_app(
     )
     app.state.proxy = state
     app.state.mcp = mcp
+    app.state.store_health = StoreHealth()
     return app
 
 
@@ -157,7 +158,8 @@ async def _health(request: Request) -> JSONResponse:
     mcp: McpEndpoint | None = request.app.state.mcp
     if mcp is not None:
         checks.update(mcp.service.store_checks())
-    upstream, stores = await asyncio.gather(_upstream_ready(state), store_health(checks))
+    store_health: StoreHealth = request.app.state.store_health
+    upstream, stores = await asyncio.gather(_upstream_ready(state), store_health.check(checks))
     problems = [upstream] if upstream is not None else []
     problems += [f"{name}: {why}" for name, why in stores.items() if why != OK]
     body: dict[str, Any] = {

@@ -27,7 +27,7 @@ from ctxproto.documents import Document
 from ctxproto.retrieval import KnowledgeBase
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig
-from ctxproto.serve.health import STORE_TIMEOUT_S
+from ctxproto.serve.health import STILL_RUNNING, STORE_TIMEOUT_S
 from tests.servers_redis import running_redis
 
 pytestmark = pytest.mark.models
@@ -140,6 +140,25 @@ def test_a_frozen_redis_is_reported_within_the_bound_not_waited_for(proxy, redis
     assert answer.status_code == 503 and took < STORE_TIMEOUT_S + 3
     assert f"no answer within {STORE_TIMEOUT_S:g} s" in answer.json()["reason"]
     assert answer.json()["stores"][next(iter(answer.json()["stores"]))] != "ok"
+    recovers(proxy)
+
+
+def test_a_hung_store_gets_no_second_check_while_its_first_still_waits(proxy, redis: RedisServer):
+    """A poll every second against a hung server must not pile up threads and connections."""
+    assert redis.process is not None
+    process = redis.process
+    process.send_signal(signal.SIGSTOP)
+    try:
+        first, _ = health(proxy)
+        second, took = health(proxy)  # the first poll's Redis checks are still waiting
+    finally:
+        process.send_signal(signal.SIGCONT)
+    hung = {name for name, state in first.json()["stores"].items() if state != "ok"}
+    assert hung and first.status_code == 503
+    assert {name: second.json()["stores"][name] for name in hung} == dict.fromkeys(
+        hung, STILL_RUNNING
+    )
+    assert took < STORE_TIMEOUT_S  # nothing waited for: the answer is known
     recovers(proxy)
 
 
