@@ -30,6 +30,7 @@ from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt
+from ctxproto.runtime.engine import QuantizeMode
 from ctxproto.stages.base import StageReport
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.session_state import SessionStore, open_session_store
@@ -60,9 +61,9 @@ class BackendConfig(BaseModel):
     device: str = "cpu"
     prefix_cache: bool = True
     cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
-    quantize: Literal["none", "int8_head", "int8"] = Field(
+    quantize: QuantizeMode = Field(
         default="none",
-        description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
+        description="int8 (LM head, or all) or bf16 weights on CPU: faster; answers may differ.",
     )
     speculate: bool = Field(
         default=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.bf16_linear import is_bf16_head
 from ctxproto.runtime.kv_layout import row_kv_slice
 from ctxproto.runtime.radix_cache import KVSlice
 from ctxproto.runtime.request import Request
@@ -105,6 +106,8 @@ class DecodeBatch:
         ).last_hidden_state[0]
         self.lengths = [start + len(fed)]
         head = self._model.get_output_embeddings()
+        if is_bf16_head(head):  # one-token steps rank with its rescoring: so must this
+            return [int(choice) for choice in head(hidden).argmax(-1).tolist()]
         logits = torch.mm(head.weight, hidden.T)
         if getattr(head, "bias", None) is not None:
             logits += head.bias.unsqueeze(1)

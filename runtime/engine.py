@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ctxproto._extras import require
 from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, CtxprotoError
+from ctxproto.models.bf16_linear import to_bf16
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
@@ -34,13 +35,17 @@ from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
 
-__all__ = ["QUANTIZE_MODES", "Engine", "engine_model"]
+__all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
-QUANTIZE_MODES = ("none", "int8_head", "int8")
+QuantizeMode = Literal["none", "int8_head", "int8", "bf16"]
 """``none``: float weights; ``int8_head``: an int8 LM head; ``int8``: every linear
-layer int8 (the int8 modes run on CPU only; docs/runtime.md reports their quality)."""
+layer int8; ``bf16``: every linear layer's weights and inputs bfloat16. The
+rounded modes run on CPU only; docs/runtime.md reports their quality. The
+session's and the server's config accept exactly these."""
+
+QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
 
 
 class Engine:
@@ -48,9 +53,9 @@ class Engine:
 
     ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
     is what the equality tests and the benchmark compare against. ``quantize``
-    (``QUANTIZE_MODES``) multiplies by int8 weights on CPU: faster decode and
-    prefill, answers that may differ from float32's (docs/runtime.md).
-    ``speculate`` (on by default; float weights only) lets a greedy request that
+    (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU: faster
+    decode and prefill, answers that may differ from float32's (docs/runtime.md).
+    ``speculate`` (on by default; float32 and bf16 weights) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
     prompt-lookup decoding").
@@ -74,13 +79,14 @@ class Engine:
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
         if quantize != "none" and device != "cpu":
-            raise ConfigError("int8 weights run on the CPU only", key="quantize")
+            raise ConfigError("int8 and bf16 weights run on the CPU only", key="quantize")
         self.model = engine_model(load_causal_lm(model, device, dtype), quantize)
         self.quantize = quantize
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
-        self.speculate = speculate and quantize == "none"
+        # The modes whose verifying forward is tested to give the one-token steps' tokens.
+        self.speculate = speculate and quantize in ("none", "bf16")
         self.cache = RadixKVCache(
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,
@@ -342,7 +348,7 @@ class Engine:
 
 
 def engine_model(loaded: Any, quantize: str = "none") -> Any:
-    """The engine's copy of a loaded model: float layers split over the cores, or int8.
+    """The engine's copy of a loaded model: float layers split over the cores, int8 or bf16.
 
     Shared with ``ctxproto bench decode``, which must time what the engine runs.
     """
@@ -352,7 +358,8 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         head_quantized = quantize_int8(loaded, head_only=True)
         # A model with no ``lm_head`` comes back as itself: never split the caller's model.
         return split_over_cores(head_quantized, in_place=head_quantized is not loaded)
-    split = split_over_cores(loaded)
+    # bfloat16 products are threaded by oneDNN; splitting them over the cores is no faster.
+    split = to_bf16(loaded) if quantize == "bf16" else split_over_cores(loaded)
     if split is not loaded:  # our own copy: its attention may change
         use_gqa_sdpa(split)
     return split

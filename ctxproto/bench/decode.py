@@ -11,18 +11,20 @@ that load from other processes hits every variant alike:
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
 - ``engine``: both, which is what ``Engine`` runs by default;
-- ``engine_int8_head`` and ``engine_int8``: the engine with ``quantize="int8_head"``
-  (an int8 LM head) and ``quantize="int8"`` (every linear layer int8).
+- ``engine_int8_head``, ``engine_int8`` and ``engine_bf16``: the engine with
+  ``quantize="int8_head"`` (an int8 LM head), ``quantize="int8"`` (every linear
+  layer int8) and ``quantize="bf16"`` (every linear layer bfloat16).
 
 It reports the median milliseconds per step, each variant's speedup over
 ``transformers``, the cold prefill rate of the prompt, and whether the float
-variants produced the same tokens. The int8 variants may not, so for them it
+variants produced the same tokens. The rounded variants may not, so for them it
 reports agreement with ``engine`` on real chat questions instead (``quality``):
-the share of the float answers' tokens the int8 model predicts given the same
+the share of the float answers' tokens the rounded model predicts given the same
 preceding tokens, and the share of answers that come out identical.
 
 ``support`` then answers questions over the support knowledge base with
-speculative decoding on and off, and asks llama.cpp's server the same
+speculative decoding on and off, in float32 and bf16, and asks llama.cpp's
+server the same
 (``decode_support.py``): decode and cold prefill tokens/s of each, and the tokens
 each forward pass produced.
 """
@@ -48,14 +50,14 @@ from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
 
-QUANTIZED = ("int8_head", "int8")
+QUANTIZED = ("int8_head", "int8", "bf16")
 
 __all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "decode", help="decode step and prefill: transformers vs the engine, float and int8"
+        "decode", help="decode step and prefill: transformers vs the engine, float, int8 and bf16"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -72,7 +74,7 @@ def register(subparsers: Any) -> None:
         "--answers",
         type=int_at_least(0),
         default=len(KB_QUESTIONS) * 2,
-        help="chat questions answered to compare int8 with float32 (0: skip)",
+        help="chat questions answered to compare int8 and bf16 with float32 (0: skip)",
     )
     parser.add_argument(
         "--support",
@@ -137,7 +139,7 @@ def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) 
                 step_ms[name].append(per_step)
                 tokens[name] = produced
     medians = {name: statistics.median(values) for name, values in step_ms.items()}
-    floats = [name for name in variants if not name.startswith("engine_int8")]
+    floats = [name for name in variants if name.removeprefix("engine_") not in QUANTIZED]
     return {
         "context_tokens": context,
         "rows": rows,

@@ -9,6 +9,7 @@ greedily by:
 - ``engine``: the engine as configured by default (speculative prompt-lookup
   decoding, docs/runtime.md);
 - ``engine_one_token``: the engine with ``speculate=False``, one token per forward;
+- ``engine_bf16``: the engine with ``quantize="bf16"`` (speculating too);
 - ``llama_server``: llama.cpp's server on the same GGUF file, sent the same token
   ids on ``/completion`` with ``cache_prompt`` off; its own ``timings`` give the
   rates (``prompt_per_second``, ``predicted_per_second``).
@@ -60,10 +61,12 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
     engines = {
         "engine": Engine(prefix_cache=False, max_batch_size=1),
         "engine_one_token": Engine(prefix_cache=False, max_batch_size=1, speculate=False),
+        "engine_bf16": Engine(prefix_cache=False, max_batch_size=1, quantize="bf16"),
     }
     rates: dict[str, dict[str, list[float]]] = {}
     passes = tokens = 0
     same = True
+    bf16_identical = 0
     server, peer_note = _start_peer() if peer else (None, "not run (--no-peer)")
     try:
         prompts = support_prompts(engines["engine"], count)
@@ -82,6 +85,7 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
                     passes += handle.forward_passes - 1
                     tokens += len(handle.token_ids) - 1
             same = same and answers["engine"] == answers["engine_one_token"]
+            bf16_identical += answers["engine_bf16"] == answers["engine"]
             if server is not None:
                 timings = _llama_completion(server, prompt, max_new_tokens)
                 _add(rates, "llama_server", timings["prompt_per_second"], "prefill")
@@ -99,12 +103,14 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
         "prefill_tokens_per_s": _medians(rates, "prefill"),
         "tokens_per_forward": round(tokens / passes, 2) if passes else None,
         "same_tokens": same,
+        "bf16_identical_answers": round(bf16_identical / count, 3) if count else None,
         "llama_server": peer_note,
     }
     for kind in ("decode", "prefill"):
         rate = figures[f"{kind}_tokens_per_s"]
-        if "llama_server" in rate and "engine" in rate:
-            figures[f"{kind}_vs_llama_server"] = round(rate["engine"] / rate["llama_server"], 2)
+        for name, key in (("engine", kind), ("engine_bf16", f"bf16_{kind}")):
+            if "llama_server" in rate and name in rate:
+                figures[f"{key}_vs_llama_server"] = round(rate[name] / rate["llama_server"], 2)
     return figures
 
 

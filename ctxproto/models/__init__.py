@@ -1,6 +1,6 @@
 """Everything that finds, loads or runs a model: offline resolution, loading (with the
 GGUF conversion cached), device selection, the shared embedder, the self-information
-scorer and the linear layers split over the CPU cores.
+scorer, and the engine's linear layers: split over the CPU cores, int8 or bfloat16.
 
 The runtime and the stages both build on this layer; it imports neither.
 """

@@ -34,14 +34,12 @@ import warnings
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.head_rescoring import rescore_best
 from ctxproto.models.linear_swap import swap_linear_layers
 
 __all__ = ["quantize_int8"]
 
 _INT8_MAX = 127
-
-_RESCORED = 64
-"""LM-head candidates per token whose logits are recomputed in float (``Int8Head``)."""
 
 
 def quantize_int8(model: Any, *, head_only: bool = False, in_place: bool = False) -> Any:
@@ -111,7 +109,7 @@ def _int8_head() -> type[Any]:
 
         int8 logits rank the vocabulary almost as float32 does, but near-ties at the
         top flip (about one greedy token in twenty on chat answers). So the
-        ``_RESCORED`` best int8 candidates of each row are recomputed from the
+        ``head_rescoring.RESCORED`` best int8 candidates of each row are recomputed from the
         float weight, which the head shares with the embedding: the winner, and the
         probabilities that sampling draws from, come from float32 logits whenever
         the float32 winner is among them, for 64 dot products more per row.
@@ -148,11 +146,7 @@ def _int8_head() -> type[Any]:
                     for row in rows.split(1)
                 ]
             )
-            best = out.topk(min(_RESCORED, self.out_features), dim=-1).indices
-            exact = torch.einsum("rd,rkd->rk", rows, self.weight[best].float())
-            if self.bias is not None:
-                exact += self.bias[best]
-            out.scatter_(-1, best, exact)
+            rescore_best(out, rows, self.weight, self.bias)
             return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
         def extra_repr(self) -> str:

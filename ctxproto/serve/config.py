@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.errors import ConfigError
+from ctxproto.runtime.engine import QuantizeMode
 from ctxproto.stages.folders import FolderOrRedisURL
 
 __all__ = [
@@ -44,9 +45,9 @@ class LocalUpstreamConfig(_Section):
     prefix_cache: bool = True
     cache_bytes: int | None = Field(default=None, gt=0)
     max_batch_size: int = Field(default=8, ge=1)
-    quantize: Literal["none", "int8_head", "int8"] = Field(
+    quantize: QuantizeMode = Field(
         default="none",
-        description="int8 weights on CPU (LM head, or all): faster; answers may differ.",
+        description="int8 (LM head, or all) or bf16 weights on CPU: faster; answers may differ.",
     )
     speculate: bool = Field(
         default=True,

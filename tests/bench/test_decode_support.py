@@ -1,4 +1,4 @@
-"""Support answers of ``ctxproto bench decode``: speculation on and off, and llama.cpp's server."""
+"""Support answers of ``ctxproto bench decode``: speculation, bf16, and llama.cpp's server."""
 
 import pytest
 
@@ -7,7 +7,7 @@ from ctxproto.bench.llama_server import llama_server_binaries
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
-ENGINES = {"engine", "engine_one_token"}
+ENGINES = {"engine", "engine_one_token", "engine_bf16"}
 
 
 def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
@@ -23,6 +23,8 @@ def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
         assert set(rates) == ENGINES | peers
         assert all(rate > 0 for rate in rates.values())
         assert (f"{kind}_vs_llama_server" in figures) == bool(peers)
+        assert (f"bf16_{kind}_vs_llama_server" in figures) == bool(peers)
+    assert 0.0 <= figures["bf16_identical_answers"] <= 1.0
 
 
 def test_without_the_peer_reports_ours_alone(lm):

@@ -15,8 +15,10 @@ import pytest
 
 from ctxproto.cli.main import main
 from ctxproto.errors import ConfigError
+from ctxproto.runtime.engine import QUANTIZE_MODES
 from ctxproto.serve import load_serve_config
 from ctxproto.serve.config import LocalUpstreamConfig
+from ctxproto.session import BackendConfig
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "serve"
 
@@ -54,10 +56,12 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
     assert path in err.replace("\n", "") and key in err
 
 
-def test_local_upstream_takes_the_quantize_mode(tmp_path):
-    config = load_serve_config(write(tmp_path, "upstream: {type: local, quantize: int8_head}\n"))
+@pytest.mark.parametrize("mode", QUANTIZE_MODES)
+def test_local_upstream_and_the_session_take_every_engine_quantize_mode(tmp_path, mode):
+    config = load_serve_config(write(tmp_path, f"upstream: {{type: local, quantize: {mode}}}\n"))
     assert isinstance(config.upstream, LocalUpstreamConfig)
-    assert config.upstream.quantize == "int8_head"
+    assert config.upstream.quantize == mode
+    assert BackendConfig(quantize=mode).quantize == mode
 
 
 def test_local_upstream_speculates_unless_switched_off(tmp_path):
