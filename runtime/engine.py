@@ -24,6 +24,7 @@ from ctxproto.models.bf16_linear import to_bf16
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
+from ctxproto.models.openmp import release_thread_pool
 from ctxproto.runtime.attention import use_gqa_sdpa
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
@@ -99,6 +100,9 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        # Decode steps run on the scheduler thread; see models/openmp.py for why the
+        # thread that loaded the model must not keep OpenMP workers of its own.
+        release_thread_pool()
 
     # ----- entry points -------------------------------------------------------------------
 
@@ -200,6 +204,8 @@ class Engine:
 
     def _next_round(self) -> bool:
         with self._wake:
+            if not self._closed and not self._waiting and not len(self._batch):
+                release_thread_pool()  # idle: other threads' OpenMP workers may spin
             while not self._closed and not self._waiting and not len(self._batch):
                 self._wake.wait()
             return not self._closed

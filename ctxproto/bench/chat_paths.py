@@ -31,6 +31,7 @@ from typing import Any
 from ctxproto.bench.chat_workload import SessionScript
 from ctxproto.eval.metrics import best_subspan_em
 from ctxproto.messages import Message
+from ctxproto.models.openmp import releasing_thread_pool
 from ctxproto.pipeline import Pipeline
 from ctxproto.session import ChatSession
 from ctxproto.tokens import TokenCounter
@@ -152,7 +153,7 @@ def generate_turns(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"]
         clock = _FirstTokenClock()
-        with torch.no_grad():
+        with torch.no_grad(), releasing_thread_pool():  # idle workers slow the engines
             out = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),

@@ -19,6 +19,7 @@ from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.messages import Message
+from ctxproto.models.openmp import releasing_thread_pool
 
 __all__ = ["DEFAULT_LOGPROB_MAX_TOKENS", "AnswerLogprobScorer"]
 
@@ -76,7 +77,7 @@ class AnswerLogprobScorer:
         if not target or len(prompt) + len(target) > self.max_tokens:
             return None
         ids = torch.tensor([prompt + target], dtype=torch.long, device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), releasing_thread_pool():  # ctxproto/models/openmp.py
             logits = self.model(input_ids=ids, logits_to_keep=len(target) + 1).logits[0, :-1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         picked = logprobs.gather(1, ids[0, len(prompt) :].unsqueeze(1))

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
 from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.openmp import release_thread_pool, releasing_thread_pool
 from ctxproto.models.resolver import resolve_embedder
 
 __all__ = ["Embedder", "get_embedder"]
@@ -49,6 +50,7 @@ class Embedder:
             resolved.location, device=device, local_files_only=True
         )
         split_over_cores(self._model, in_place=True)  # small batches on every CPU core
+        release_thread_pool()  # models/openmp.py: no idle workers left on this thread
         self.name = resolved.name
         dimension = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension  # sentence-transformers < 5
@@ -92,13 +94,14 @@ class Embedder:
 
     def encode_uncached(self, texts: Sequence[str]) -> Vectors:
         """Run the model on ``texts`` (batched), bypassing the memo."""
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with releasing_thread_pool():  # models/openmp.py
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         result: Vectors = np.asarray(vectors, dtype=np.float32)
         return result
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.models.device import resolve_device
+from ctxproto.models.openmp import releasing_thread_pool
 
 __all__ = ["SelfInformationScorer", "TokenScore"]
 
@@ -101,7 +102,7 @@ class SelfInformationScorer:
             ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
             mask[i, : len(sequence)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), releasing_thread_pool():  # models/openmp.py
             logits = self._model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             targets = ids[:, 1:].unsqueeze(-1)
             values = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets).squeeze(-1)
