@@ -40,9 +40,10 @@ __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
-QuantizeMode = Literal["none", "int8_head", "int8", "bf16"]
+QuantizeMode = Literal["none", "int8_head", "int8", "int8_weights", "bf16"]
 """``none``: float weights; ``int8_head``: an int8 LM head; ``int8``: every linear
-layer int8; ``bf16``: every linear layer's weights and inputs bfloat16. The
+layer int8; ``int8_weights``: every linear layer's weights int8, its inputs only
+rounded to bfloat16; ``bf16``: every linear layer's weights and inputs bfloat16. The
 rounded modes run on CPU only; docs/runtime.md reports their quality. The
 session's and the server's config accept exactly these."""
 
@@ -87,7 +88,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         # The modes whose verifying forward is tested to give the one-token steps' tokens.
-        self.speculate = speculate and quantize in ("none", "bf16")
+        self.speculate = speculate and quantize in ("none", "int8_weights", "bf16")
         self.cache = RadixKVCache(
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,
@@ -360,6 +361,10 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
     """
     if quantize == "int8":
         return quantize_int8(loaded)
+    if quantize == "int8_weights":  # the kernel threads each product itself
+        weights_int8 = quantize_int8(loaded, weights_only=True)
+        use_gqa_sdpa(weights_int8)
+        return weights_int8
     if quantize == "int8_head":
         head_quantized = quantize_int8(loaded, head_only=True)
         # A model with no ``lm_head`` comes back as itself: never split the caller's model.

@@ -11,9 +11,11 @@ that load from other processes hits every variant alike:
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
 - ``engine``: both, which is what ``Engine`` runs by default;
-- ``engine_int8_head``, ``engine_int8`` and ``engine_bf16``: the engine with
-  ``quantize="int8_head"`` (an int8 LM head), ``quantize="int8"`` (every linear
-  layer int8) and ``quantize="bf16"`` (every linear layer bfloat16).
+- ``engine_int8_head``, ``engine_int8``, ``engine_int8_weights`` and
+  ``engine_bf16``: the engine with ``quantize="int8_head"`` (an int8 LM head),
+  ``quantize="int8"`` (every linear layer int8), ``quantize="int8_weights"``
+  (int8 weights, bfloat16 inputs) and ``quantize="bf16"`` (every linear layer
+  bfloat16).
 
 It reports the median milliseconds per step, each variant's speedup over
 ``transformers``, the cold prefill rate of the prompt, and whether the float
@@ -23,10 +25,9 @@ the share of the float answers' tokens the rounded model predicts given the same
 preceding tokens, and the share of answers that come out identical.
 
 ``support`` then answers questions over the support knowledge base with
-speculative decoding on and off, in float32 and bf16, and asks llama.cpp's
-server the same
-(``decode_support.py``): decode and cold prefill tokens/s of each, and the tokens
-each forward pass produced.
+speculative decoding on and off, in float32, bf16 and int8_weights, and asks
+llama.cpp's server the same (``decode_support.py``): decode and cold prefill
+tokens/s of each, and the tokens each forward pass produced.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
 
-QUANTIZED = ("int8_head", "int8", "bf16")
+QUANTIZED = ("int8_head", "int8", "int8_weights", "bf16")
 
 __all__ = ["register", "run"]
 

@@ -9,7 +9,8 @@ greedily by:
 - ``engine``: the engine as configured by default (speculative prompt-lookup
   decoding, docs/runtime.md);
 - ``engine_one_token``: the engine with ``speculate=False``, one token per forward;
-- ``engine_bf16``: the engine with ``quantize="bf16"`` (speculating too);
+- ``engine_bf16``, ``engine_int8_weights``: the engine with ``quantize="bf16"``
+  and ``quantize="int8_weights"`` (speculating too);
 - ``llama_server``: llama.cpp's server on the same GGUF file, sent the same token
   ids on ``/completion`` with ``cache_prompt`` off; its own ``timings`` give the
   rates (``prompt_per_second``, ``predicted_per_second``).
@@ -34,6 +35,9 @@ from ctxproto.errors import BackendError
 from ctxproto.runtime import Engine, GenerationParams
 
 __all__ = ["support_figures", "support_prompts"]
+
+ROUNDED = ("bf16", "int8_weights")
+"""Rounded modes answering beside float32: their rates, and how many answers match."""
 
 
 def support_prompts(engine: Engine, count: int) -> list[list[int]]:
@@ -61,12 +65,15 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
     engines = {
         "engine": Engine(prefix_cache=False, max_batch_size=1),
         "engine_one_token": Engine(prefix_cache=False, max_batch_size=1, speculate=False),
-        "engine_bf16": Engine(prefix_cache=False, max_batch_size=1, quantize="bf16"),
+        **{
+            f"engine_{mode}": Engine(prefix_cache=False, max_batch_size=1, quantize=mode)
+            for mode in ROUNDED
+        },
     }
     rates: dict[str, dict[str, list[float]]] = {}
     passes = tokens = 0
     same = True
-    bf16_identical = 0
+    identical = dict.fromkeys(ROUNDED, 0)
     server, peer_note = _start_peer() if peer else (None, "not run (--no-peer)")
     try:
         prompts = support_prompts(engines["engine"], count)
@@ -85,7 +92,8 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
                     passes += handle.forward_passes - 1
                     tokens += len(handle.token_ids) - 1
             same = same and answers["engine"] == answers["engine_one_token"]
-            bf16_identical += answers["engine_bf16"] == answers["engine"]
+            for mode in ROUNDED:
+                identical[mode] += answers[f"engine_{mode}"] == answers["engine"]
             if server is not None:
                 timings = _llama_completion(server, prompt, max_new_tokens)
                 _add(rates, "llama_server", timings["prompt_per_second"], "prefill")
@@ -103,12 +111,16 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
         "prefill_tokens_per_s": _medians(rates, "prefill"),
         "tokens_per_forward": round(tokens / passes, 2) if passes else None,
         "same_tokens": same,
-        "bf16_identical_answers": round(bf16_identical / count, 3) if count else None,
+        **{
+            f"{mode}_identical_answers": round(identical[mode] / count, 3) if count else None
+            for mode in ROUNDED
+        },
         "llama_server": peer_note,
     }
     for kind in ("decode", "prefill"):
         rate = figures[f"{kind}_tokens_per_s"]
-        for name, key in (("engine", kind), ("engine_bf16", f"bf16_{kind}")):
+        names = [("engine", kind)] + [(f"engine_{m}", f"{m}_{kind}") for m in ROUNDED]
+        for name, key in names:
             if "llama_server" in rate and name in rate:
                 figures[f"{key}_vs_llama_server"] = round(rate[name] / rate["llama_server"], 2)
     return figures

@@ -1,13 +1,14 @@
-"""Support answers of ``ctxproto bench decode``: speculation, bf16, and llama.cpp's server."""
+"""Support answers of ``ctxproto bench decode``: speculation, rounded weights, llama.cpp."""
 
 import pytest
 
-from ctxproto.bench.decode_support import support_figures
+from ctxproto.bench.decode_support import ROUNDED, support_figures
 from ctxproto.bench.llama_server import llama_server_binaries
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
-ENGINES = {"engine", "engine_one_token", "engine_bf16"}
+
+ENGINES = {"engine", "engine_one_token"} | {f"engine_{mode}" for mode in ROUNDED}
 
 
 def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
@@ -30,8 +31,10 @@ def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
         assert set(rates) == ENGINES | peers
         assert all(rate > 0 for rate in rates.values())
         assert (f"{kind}_vs_llama_server" in figures) == bool(peers)
-        assert (f"bf16_{kind}_vs_llama_server" in figures) == bool(peers)
-    assert 0.0 <= figures["bf16_identical_answers"] <= 1.0
+        for mode in ROUNDED:
+            assert (f"{mode}_{kind}_vs_llama_server" in figures) == bool(peers)
+    for mode in ROUNDED:
+        assert 0.0 <= figures[f"{mode}_identical_answers"] <= 1.0
 
 
 def test_without_the_peer_reports_ours_alone(lm):

@@ -1,0 +1,97 @@
+"""Engines with rounded weights that keep the float engine's promises about the cache.
+
+``bf16`` (bfloat16 weights) and ``int8_weights`` (int8 weights) round the linear
+layers' inputs to bfloat16 only, with no per-call scale, and their LM heads rank
+with float32 logits; greedy output stays token for token the same with the prefix
+cache on and off, batched or not, and speculative decoding emits the tokens of
+one-token steps.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from ctxproto.errors import ConfigError
+from ctxproto.runtime import Engine, GenerationParams
+from tests.runtime.conftest import chat
+from tests.runtime.test_engine import QUESTIONS, run
+from tests.runtime.test_engine_speculation import COPYING, NOT_COPYING, answer
+
+pytestmark = pytest.mark.models
+
+
+LAYERS = {"bf16": ("Bf16Head", "Bf16Linear"), "int8_weights": ("Int8WeightLinear",) * 2}
+"""Each mode's LM head and body layer classes."""
+
+
+@pytest.fixture(scope="module", params=sorted(LAYERS))
+def mode(request) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def rounded_engine(lm, mode) -> Iterator[Engine]:
+    with Engine(quantize=mode, speculate=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def rounded_plain_engine(lm, mode) -> Iterator[Engine]:
+    with Engine(quantize=mode, prefix_cache=False, max_batch_size=1, speculate=False) as running:
+        yield running
+
+
+def test_only_the_engines_copy_is_rounded(lm, rounded_engine, mode):
+    model = rounded_engine.model
+    head, body = LAYERS[mode]
+    assert type(model.lm_head).__name__ == head
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == body
+    assert type(lm.lm_head) is torch.nn.Linear
+    assert type(lm.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_cached_prefixes_and_answers_give_the_plain_tokens(rounded_engine, rounded_plain_engine):
+    first = chat(QUESTIONS[0])
+    for messages in (first, chat(QUESTIONS[1]), first):  # split span, then a full hit
+        assert run(rounded_engine, messages)[0] == run(rounded_plain_engine, messages)[0]
+    _, answer_one = run(rounded_engine, first)
+    second = [
+        *first,
+        {"role": "assistant", "content": answer_one.text},
+        {"role": "user", "content": "And the M2?"},
+    ]
+    ids, follow_up = run(rounded_engine, second)
+    # The previous answer's KV came from decode steps; the plain engine prefills it.
+    assert follow_up.metrics.cached_tokens > len(rounded_engine.encode_chat(first))
+    assert ids == run(rounded_plain_engine, second)[0]
+
+
+def test_batched_rows_give_the_plain_tokens(rounded_engine, rounded_plain_engine):
+    params = [GenerationParams(max_new_tokens=n) for n in (4, 12, 8, 12)]
+    handles = [
+        rounded_engine.submit(rounded_engine.encode_chat(chat(q)), p)
+        for q, p in zip(QUESTIONS, params, strict=True)
+    ]
+    for question, p, handle in zip(QUESTIONS, params, handles, strict=True):
+        handle.result()
+        assert handle.token_ids == run(rounded_plain_engine, chat(question), p)[0]
+
+
+def test_speculation_is_on_and_keeps_the_one_token_steps(rounded_plain_engine, mode):
+    with Engine(quantize=mode) as speculating:
+        assert speculating.speculate
+        passes = tokens = 0
+        for messages in COPYING + NOT_COPYING:
+            ids, text, reason, forwards = answer(speculating, messages)
+            assert (ids, text, reason) == answer(rounded_plain_engine, messages)[:3]
+            passes, tokens = passes + forwards, tokens + len(ids)
+    assert passes < tokens  # drafts were accepted: fewer forwards than tokens
+
+
+def test_int8_turns_speculation_off_and_a_gpu_is_refused(lm):
+    with Engine(quantize="int8_head") as engine:
+        assert not engine.speculate
+    with pytest.raises(ConfigError, match="CPU only"):
+        Engine(device="cuda", quantize="bf16")
