@@ -30,7 +30,7 @@ from ctxproto.bench.rag_workload import (
     asked_facts,
     build_rag_index,
     knowledge_setup,
-    planted_facts,
+    workload_facts,
 )
 from ctxproto.cli.arguments import int_at_least, non_negative_float
 from ctxproto.context import Context
@@ -87,7 +87,7 @@ def run(
         store = Path(tmp) / "index"
         pipeline = _retrieval_pipeline(store, lexical_weight)  # bad parameters fail here
         start = time.perf_counter()
-        facts = planted_facts(sessions * max(turns - 1, 1), seed)
+        facts = workload_facts(sessions, turns, seed)
         base = build_rag_index(store, facts, essays=essays, seed=seed)
         index_seconds = time.perf_counter() - start
         pipeline.warm_up()

@@ -47,6 +47,7 @@ __all__ = [
     "build_rag_index",
     "build_rag_workload",
     "knowledge_setup",
+    "workload_facts",
 ]
 
 RETRIEVED_CHUNKS = 8
@@ -118,7 +119,7 @@ def build_rag_workload(
     again, as users do: every path retrieves it afresh, and ctxproto's semantic
     cache may answer it without the model.
     """
-    facts = planted_facts(sessions * _fresh_per_session(turns), seed)
+    facts = workload_facts(sessions, turns, seed)
     base = build_rag_index(store, facts, essays=essays, seed=seed)
     scripts = []
     for s, (mine, asked) in enumerate(asked_facts(facts, sessions, turns)):
@@ -133,6 +134,11 @@ def build_rag_workload(
         )
         scripts.append(SessionScript(f"session-{s}", script, tuple(mine)))
     return scripts
+
+
+def workload_facts(sessions: int, turns: int, seed: int) -> list[Fact]:
+    """The facts ``build_rag_workload`` plants: one per turn of each session but its last."""
+    return planted_facts(sessions * _fresh_per_session(turns), seed)
 
 
 def asked_facts(

@@ -8,8 +8,8 @@ good as reciprocal rank fusion). Ranks would throw away the margin that
 matters most here: a chunk that alone holds the question's rarest word has a
 BM25 score far above the rest, while reciprocal rank fusion (LangChain's
 ``EnsembleRetriever``, Haystack's ``DocumentJoiner``) scores it 1/61 when it is
-first in one list and absent from the other, below every chunk that sits in
-the middle of both. On the RAG chat workload that cost 3 of 40 answers.
+first in one list and absent from the other, below every chunk found by
+both searches. On the RAG chat workload that cost 3 of 40 answers.
 """
 
 from __future__ import annotations
