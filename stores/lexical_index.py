@@ -43,7 +43,7 @@ class LexicalIndex:
 
     def __init__(self, texts: Sequence[str | None]) -> None:
         self.size = len(texts)
-        self._postings: dict[str, tuple[list[int], list[int]]] = {}
+        postings: dict[str, tuple[list[int], list[int]]] = {}
         lengths = np.zeros(self.size, dtype=np.float32)
         for slot, text in enumerate(texts):
             if text is None:
@@ -51,12 +51,16 @@ class LexicalIndex:
             counts = Counter(_words(text))
             lengths[slot] = sum(counts.values())
             for word, count in counts.items():
-                slots, frequencies = self._postings.setdefault(word, ([], []))
+                slots, frequencies = postings.setdefault(word, ([], []))
                 slots.append(slot)
                 frequencies.append(count)
-        live = sum(1 for t in texts if t is not None)
-        self._live = live
-        average = float(lengths.sum()) / live if live else 1.0
+        self._postings = {
+            word: (np.asarray(slots, dtype=np.int64), np.asarray(counts, dtype=np.float32))
+            for word, (slots, counts) in postings.items()
+        }
+        """Per word, the slots that hold it and how often it occurs in each."""
+        self._live = sum(1 for t in texts if t is not None)
+        average = float(lengths.sum()) / self._live if self._live else 1.0
         self._norm = K1 * (1.0 - B + B * lengths / max(average, 1e-9))
 
     def scores(self, query: str) -> npt.NDArray[np.float32]:
@@ -66,8 +70,7 @@ class LexicalIndex:
             posting = self._postings.get(word)
             if posting is None:
                 continue
-            slots = np.asarray(posting[0], dtype=np.int64)
-            frequencies = np.asarray(posting[1], dtype=np.float32)
+            slots, frequencies = posting
             found = len(slots)
             idf = math.log(1.0 + (self._live - found + 0.5) / (found + 0.5))
             total[slots] += idf * frequencies * (K1 + 1.0) / (frequencies + self._norm[slots])
