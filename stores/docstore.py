@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.lexical_index import LexicalIndex
 
 __all__ = ["DocStore", "MetadataFilter", "filter_key"]
 
@@ -37,6 +38,7 @@ class DocStore:
         self.doc_ids: list[str | None] = []
         self.slots_by_doc: dict[str, list[int]] = {}
         self._filter_masks: dict[FilterKey, npt.NDArray[np.bool_]] = {}
+        self._lexical: LexicalIndex | None = None
 
     def __len__(self) -> int:
         return len(self.slots_by_doc)
@@ -48,7 +50,7 @@ class DocStore:
             slots.append(len(self.records))
             self.records.append(chunk)
             self.doc_ids.append(doc_id)
-        self._filter_masks.clear()
+        self._forget_derived()
 
     def pop_document(self, doc_id: str) -> list[int]:
         """Forget ``doc_id``; returns the slots it held (empty when unknown)."""
@@ -56,7 +58,7 @@ class DocStore:
         for slot in slots:
             self.records[slot] = None
             self.doc_ids[slot] = None
-        self._filter_masks.clear()
+        self._forget_derived()
         return slots
 
     def remap(self, mapping: npt.NDArray[np.int64]) -> None:
@@ -68,7 +70,19 @@ class DocStore:
         for slot, doc_id in enumerate(self.doc_ids):
             if doc_id is not None:
                 self.slots_by_doc.setdefault(doc_id, []).append(slot)
+        self._forget_derived()
+
+    def lexical_index(self) -> LexicalIndex:
+        """A BM25 index of the chunk texts by slot (built on first use until the store changes)."""
+        if self._lexical is None:
+            self._lexical = LexicalIndex(
+                [None if record is None else record.text for record in self.records]
+            )
+        return self._lexical
+
+    def _forget_derived(self) -> None:
         self._filter_masks.clear()
+        self._lexical = None
 
     def filter_mask(self, filters: MetadataFilter) -> npt.NDArray[np.bool_]:
         """Slots whose metadata matches ``filters`` (memoized until the store changes)."""

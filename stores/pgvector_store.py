@@ -245,6 +245,17 @@ class PgVectorStore:
             hits.append(StoreHit(document, float(score), slot))
         return hits
 
+    def lexical_search(
+        self, text: str, k: int, *, filters: MetadataFilter | None = None
+    ) -> list[StoreHit]:
+        """Not offered: PostgreSQL's text ranking is not BM25, and a BM25 index kept
+        in each replica's memory would go stale as the others write."""
+        raise ConfigError(
+            f"hybrid retrieval needs a folder store; {self.url} is searched by vector only",
+            key="lexical_weight",
+            expected="0 with a postgresql:// store",
+        )
+
     def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
         """The vectors of ``slots``; a slot's vector never changes, so recent hits are cached."""
         missing = [slot for slot in slots if slot not in self._vectors]

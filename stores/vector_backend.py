@@ -58,6 +58,12 @@ class VectorBackend(Protocol):
         filters: MetadataFilter | None = None,
     ) -> list[StoreHit]: ...
 
+    def lexical_search(
+        self, text: str, k: int, *, filters: MetadataFilter | None = None
+    ) -> list[StoreHit]:
+        """The ``k`` best chunks for ``text`` by BM25, best first (hybrid retrieval)."""
+        ...
+
     def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]: ...
 
     def save(self) -> None:

@@ -215,6 +215,26 @@ class VectorStore:
             out.append(StoreHit(record, score, slot))
         return out
 
+    def lexical_search(
+        self, text: str, k: int, *, filters: MetadataFilter | None = None
+    ) -> list[StoreHit]:
+        """The ``k`` chunks with the best BM25 score for ``text`` that match ``filters``.
+
+        Only chunks that share a word with ``text`` are returned; the index is
+        built from the docstore on the first call after a change.
+        """
+        scores = self.docstore.lexical_index().scores(text)
+        if filters:
+            scores[~self.docstore.filter_mask(filters)] = 0.0
+        found = int(np.count_nonzero(scores > 0))
+        best = np.argsort(-scores, kind="stable")[: min(k, found)]
+        hits = []
+        for slot in best.tolist():
+            record = self.docstore.records[slot]
+            if record is not None:
+                hits.append(StoreHit(record, float(scores[slot]), slot))
+        return hits
+
     def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
         return self.index.vectors[np.asarray(slots, dtype=np.int64)]
 

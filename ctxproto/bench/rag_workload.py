@@ -6,6 +6,13 @@ sentence end of a random essay), chunked by ``ctxproto.retrieval.chunking`` and
 indexed once, before any clock starts. Every turn asks one fact, so every turn
 retrieves chunks no earlier turn brought.
 
+Every path retrieves the same way (``RETRIEVAL``): hybrid search, the 24
+nearest chunks and the 24 best by BM25 ranked by their fused scores, then MMR
+down to 8. Dense retrieval alone missed 9 of 40 answers: a question differs
+from its neighbours' only by a rare word ("Eastwick", "saffron-badger"), which
+barely moves the embedding of a 192-token chunk, so chunks that hold another
+island's lighthouse keeper outranked the answer (``docs/retrieval.md``).
+
 A naive RAG chat puts the retrieved chunks in the user message as they are
 and keeps them in its history: the script carries them on each turn
 (``ChatTurn.documents``, retrieved here, outside every path's clock), and the
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ctxproto.bench.chat_paths import KnowledgeSetup
 from ctxproto.bench.chat_workload import ChatTurn, SessionScript
@@ -33,11 +40,22 @@ from ctxproto.eval.needle import essays_dir
 if TYPE_CHECKING:
     from ctxproto.retrieval import KnowledgeBase
 
-__all__ = ["RETRIEVED_CHUNKS", "build_rag_index", "build_rag_workload", "knowledge_setup"]
+__all__ = [
+    "RETRIEVAL",
+    "RETRIEVED_CHUNKS",
+    "asked_facts",
+    "build_rag_index",
+    "build_rag_workload",
+    "knowledge_setup",
+    "workload_facts",
+]
 
 RETRIEVED_CHUNKS = 8
 """Chunks retrieved per turn: about 1.5k tokens of 192-token chunks."""
-_FETCH_K = 24
+RETRIEVAL: dict[str, Any] = {"k": RETRIEVED_CHUNKS, "fetch_k": 24, "lexical_weight": 0.5}
+"""How every path retrieves: ``KnowledgeBase.query`` and retriever stage parameters.
+
+BM25 and cosine weigh the same; neither is tuned to this workload."""
 _CHUNK_TOKENS = 192
 """Small enough that the embedder (256 word pieces at most) sees a whole chunk."""
 _KEEP_RATE = 0.3
@@ -101,21 +119,16 @@ def build_rag_workload(
     again, as users do: every path retrieves it afresh, and ctxproto's semantic
     cache may answer it without the model.
     """
-    fresh = max(turns - 1, 1)
-    facts = planted_facts(sessions * fresh, seed)
+    facts = workload_facts(sessions, turns, seed)
     base = build_rag_index(store, facts, essays=essays, seed=seed)
     scripts = []
-    for s in range(sessions):
-        mine = facts[s * fresh : (s + 1) * fresh]
-        asked = [*mine, mine[0]][:turns] if turns > 1 else mine
+    for s, (mine, asked) in enumerate(asked_facts(facts, sessions, turns)):
         script = tuple(
             ChatTurn(
                 fact.question,
                 "rag",
                 fact,
-                documents=tuple(
-                    d.text for d in base.query(fact.question, k=RETRIEVED_CHUNKS, fetch_k=_FETCH_K)
-                ),
+                documents=tuple(d.text for d in base.query(fact.question, **RETRIEVAL)),
             )
             for fact in asked
         )
@@ -123,21 +136,37 @@ def build_rag_workload(
     return scripts
 
 
+def workload_facts(sessions: int, turns: int, seed: int) -> list[Fact]:
+    """The facts ``build_rag_workload`` plants: one per turn of each session but its last."""
+    return planted_facts(sessions * _fresh_per_session(turns), seed)
+
+
+def asked_facts(
+    facts: list[Fact], sessions: int, turns: int
+) -> list[tuple[list[Fact], list[Fact]]]:
+    """Per session: its own facts, and the facts its turns ask in order."""
+    fresh = _fresh_per_session(turns)
+    out = []
+    for s in range(sessions):
+        mine = facts[s * fresh : (s + 1) * fresh]
+        out.append((mine, [*mine, mine[0]][:turns] if turns > 1 else mine))
+    return out
+
+
+def _fresh_per_session(turns: int) -> int:
+    return max(turns - 1, 1)
+
+
 def knowledge_setup(store: Path) -> KnowledgeSetup:
     """How ctxproto's chatbot pipeline retrieves from the RAG index.
 
-    The retriever fetches what the naive chat gets (same ``k``, ``fetch_k`` and
-    MMR, no score floor), then a relevance filter keeps the sentences closest to
-    the question: the compression ``examples/pipelines/compress.yaml`` starts with.
+    The retriever fetches what the naive chat gets (``RETRIEVAL``, no score
+    floor, no token budget), then a relevance filter keeps the sentences closest
+    to the question: the compression ``examples/pipelines/compress.yaml`` starts with.
     """
     return KnowledgeSetup(
         store=store,
-        retriever={
-            "k": RETRIEVED_CHUNKS,
-            "fetch_k": _FETCH_K,
-            "max_tokens": None,
-            "min_score": None,
-        },
+        retriever={**RETRIEVAL, "max_tokens": None, "min_score": None},
         after_retriever=(
             {
                 "type": "relevance_filter",

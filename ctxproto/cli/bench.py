@@ -20,6 +20,7 @@ BENCHMARKS: tuple[str, ...] = (
     "chat",
     "suite",
     "retrieval",
+    "rag_retention",
     "cache",
     "proxy",
     "stores",

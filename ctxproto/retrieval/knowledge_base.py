@@ -10,17 +10,22 @@ every replica shares (``ctxproto.stores.vector_backend``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.retrieval.chunking import chunk_document
+from ctxproto.retrieval.fusion import relative_score_fusion
 from ctxproto.retrieval.mmr import mmr_select
 from ctxproto.stores.docstore import MetadataFilter
 from ctxproto.stores.vector_backend import VectorBackend, open_vector_store
 from ctxproto.stores.vector_index import IndexKind
+from ctxproto.stores.vector_store import StoreHit
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["KnowledgeBase"]
@@ -95,18 +100,65 @@ class KnowledgeBase:
         diversity: float = 0.3,
         min_score: float | None = None,
         filters: MetadataFilter | None = None,
+        lexical_weight: float = 0.0,
     ) -> list[Document]:
-        """The ``k`` best chunks for ``text`` (MMR over ``fetch_k`` candidates), best first."""
+        """The ``k`` best chunks for ``text`` (MMR over ``fetch_k`` candidates), best first.
+
+        With ``lexical_weight`` above 0 the search is hybrid: the ``fetch_k``
+        nearest chunks and the ``fetch_k`` best by BM25 are the candidates,
+        ranked by ``relative_score_fusion`` of their cosine and BM25 scores, and
+        each returned chunk's ``score`` is that fused score. ``min_score`` is a
+        cosine floor either way.
+        """
+        if not 0.0 <= lexical_weight <= 1.0:
+            raise ConfigError(
+                f"must be between 0 and 1, got {lexical_weight}", key="lexical_weight"
+            )
         vector = self.embedder.embed_one(text)
-        hits = self.store.search(vector, max(k, fetch_k), min_score=min_score, filters=filters)
+        wanted = max(k, fetch_k)
+        hits = self.store.search(vector, wanted, min_score=min_score, filters=filters)
+        if lexical_weight > 0:
+            lexical = self.store.lexical_search(text, wanted, filters=filters)
+            hits, relevance = self._fuse(vector, hits, lexical, lexical_weight, min_score)
+        else:
+            relevance = np.asarray([h.score for h in hits], dtype=np.float32)
         if not hits:
             return []
-        relevance = np.asarray([h.score for h in hits], dtype=np.float32)
-        order = (
-            mmr_select(
-                relevance, self.store.vectors_of([h.slot for h in hits]), k, diversity=diversity
-            )
-            if diversity > 0
-            else list(range(min(k, len(hits))))
+        if diversity > 0:
+            vectors = self.store.vectors_of([h.slot for h in hits])
+            order = mmr_select(relevance, vectors, k, diversity=diversity)
+        else:
+            order = [int(i) for i in np.argsort(-relevance, kind="stable")[:k]]
+        return [hits[i].document.model_copy(update={"score": float(relevance[i])}) for i in order]
+
+    def _fuse(
+        self,
+        vector: npt.NDArray[np.float32],
+        dense: list[StoreHit],
+        lexical: list[StoreHit],
+        lexical_weight: float,
+        min_score: float | None,
+    ) -> tuple[list[StoreHit], npt.NDArray[np.float32]]:
+        """Both searches' candidates, each once, and their fused scores.
+
+        A chunk found by BM25 alone gets its true cosine (one dot product) and
+        meets the same ``min_score``; a chunk found by the vectors alone gets a
+        BM25 score of 0, as Weaviate's hybrid search does for a result missing
+        from one of the two searches.
+        """
+        seen = {h.slot for h in dense}
+        extra = [h for h in lexical if h.slot not in seen]
+        if extra:
+            cosines = self.store.vectors_of([h.slot for h in extra]) @ vector
+            extra = [
+                replace(h, score=float(c))
+                for h, c in zip(extra, cosines.tolist(), strict=True)
+                if min_score is None or c >= min_score
+            ]
+        candidates = dense + extra
+        bm25 = {h.slot: h.score for h in lexical}
+        return candidates, relative_score_fusion(
+            np.asarray([h.score for h in candidates], dtype=np.float32),
+            np.asarray([bm25.get(h.slot, 0.0) for h in candidates], dtype=np.float32),
+            lexical_weight,
         )
-        return [hits[i].document.model_copy(update={"score": hits[i].score}) for i in order]

@@ -26,7 +26,11 @@ class Retriever(Stage):
     """Queries the store at ``store`` with the current user query.
 
     Top ``fetch_k`` by cosine, then MMR down to ``k`` (``diversity`` 0 turns it
-    off), dropped below ``min_score``, restricted by metadata ``filters``; then
+    off), dropped below ``min_score``, restricted by metadata ``filters``. With
+    ``lexical_weight`` above 0 the search is hybrid: the top ``fetch_k`` by BM25
+    join the candidates, ranked by their cosine and BM25 scores fused with that
+    weight (``ctxproto.retrieval.fusion``), so a rare word of the question (a
+    name, a code) finds the one chunk that holds it. Then the chunks are
     packed into ``max_tokens`` (most relevant per token first) and, with
     ``reorder``, laid out best-at-both-ends for long contexts. Retrieved chunks
     are appended after documents the request already carried.
@@ -43,12 +47,25 @@ class Retriever(Stage):
     max_tokens: int | None = Field(default=None, ge=0, description="Token budget for chunks.")
     reorder: bool = False
     embedder: str = "default"
+    lexical_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of BM25 in the fused score (0: vectors only; folder stores).",
+    )
 
     _knowledge_base: KnowledgeBase | None = PrivateAttr(default=None)
 
     def warm_up(self) -> None:
         if self._knowledge_base is None:
             _require_store(self.store)
+            if self.lexical_weight > 0 and store_location(self.store) == "postgresql":
+                raise ConfigError(
+                    "hybrid retrieval needs a folder store; a postgresql:// store is "
+                    "searched by vector only",
+                    key="lexical_weight",
+                    expected="0 with a postgresql:// store",
+                )
             self._knowledge_base = KnowledgeBase(self.store, embedder=get_embedder(self.embedder))
 
     def store_checks(self) -> dict[str, Callable[[], None]]:
@@ -68,6 +85,7 @@ class Retriever(Stage):
             diversity=self.diversity,
             min_score=self.min_score,
             filters=self.filters or None,
+            lexical_weight=self.lexical_weight,
         )
         present = {d.id for d in context.documents}
         fresh = [d for d in found if d.id not in present]

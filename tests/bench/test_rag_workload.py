@@ -7,6 +7,7 @@ import pytest
 from ctxproto.bench.chat_paths import build_chat_pipeline, ctxproto_turns
 from ctxproto.bench.chat_workload import examples_dir
 from ctxproto.bench.rag_workload import (
+    RETRIEVAL,
     RETRIEVED_CHUNKS,
     build_rag_workload,
     essays_with_facts,
@@ -72,4 +73,7 @@ def test_a_knowledge_setup_points_the_retriever_at_its_store(tmp_path: Path):
     retriever = stages[kinds.index("retriever")]["init_parameters"]
     assert retriever["store"] == str(tmp_path / "kb")
     assert retriever["k"] == RETRIEVED_CHUNKS
+    # the peers' chunks come from the same query (build_rag_workload): both hybrid
+    assert {key: retriever[key] for key in RETRIEVAL} == RETRIEVAL
+    assert RETRIEVAL["lexical_weight"] > 0
     assert not (tmp_path / "retriever").exists()  # the bundled index is not built

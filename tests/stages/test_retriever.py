@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ctxproto.bench.rag_workload import essays_with_facts, planted_facts
 from ctxproto.cli.main import main
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -164,3 +165,85 @@ def test_a_store_that_is_not_there_fails_before_any_stage_runs(tmp_path: Path, k
     assert message.startswith("rag.yaml")
     assert "stages[1].init_parameters.store" in message and "no store at" in message
     assert store.is_file() if kind == "file" else not (store / "manifest.json").exists()
+
+
+def test_hybrid_retrieval_finds_answers_that_vectors_alone_rank_below_their_lookalikes(
+    tmp_path: Path, embedder: Any, counter: Any
+) -> None:
+    # Regression (RAG chat workload, 77.5% retention): twelve facts of four forms
+    # planted in three essays. Their questions differ from each other by one
+    # rare word (the island, the colour), which dense search weighs too little.
+    facts = planted_facts(12, seed=0)
+    knowledge_base = KnowledgeBase(tmp_path / "kb", embedder=embedder, chunk_tokens=192)
+    knowledge_base.add_documents(essays_with_facts(facts, essays=3, seed=0))
+    knowledge_base.save()
+
+    def answered(**parameters: Any) -> int:
+        stage = Retriever(store=str(tmp_path / "kb"), k=3, fetch_k=6, **parameters)
+        found = 0
+        for fact in facts:
+            context = Context(query=Message(role="user", content=fact.question))
+            documents = stage.run(context, counter).context.documents
+            found += any(fact.answer in d.text for d in documents)
+        return found
+
+    assert answered() < 12  # vectors only: some answers lose to same-phrased chunks
+    assert answered(lexical_weight=0.5) == 12
+
+
+def test_hybrid_scores_are_fused_and_floors_still_apply(store_path: str, embedder: Any) -> None:
+    knowledge_base = KnowledgeBase(store_path, embedder=embedder)
+    if store_path.startswith("postgresql"):
+        with pytest.raises(ConfigError, match="lexical_weight"):
+            knowledge_base.query("Berlin", k=2, lexical_weight=0.5)
+        return
+    found = knowledge_base.query("Which city do orders ship from? Berlin", k=4, lexical_weight=0.5)
+    assert found[0].metadata["doc_id"] == "shipping"
+    scores = [d.score or 0.0 for d in found]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] == max(scores)
+    assert knowledge_base.query("Berlin", k=4, lexical_weight=1.0, min_score=0.99) == []
+    with pytest.raises(ConfigError, match="lexical_weight"):
+        knowledge_base.query("Berlin", lexical_weight=1.5)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, "half"])
+def test_a_bad_lexical_weight_is_a_config_error_naming_the_key(
+    tmp_path: Path, weight: object
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_dict(
+            {
+                "stages": [
+                    {
+                        "type": "retriever",
+                        "init_parameters": {"store": str(tmp_path), "lexical_weight": weight},
+                    }
+                ]
+            },
+            source="rag.yaml",
+        )
+    message = str(info.value)
+    assert message.startswith("rag.yaml") and "lexical_weight" in message
+
+
+def test_hybrid_retrieval_on_a_postgresql_store_fails_when_the_stage_warms_up(
+    store_path: str,
+) -> None:
+    pipeline = Pipeline.from_dict(
+        {
+            "stages": [
+                {
+                    "type": "retriever",
+                    "init_parameters": {"store": store_path, "lexical_weight": 0.5},
+                }
+            ]
+        },
+        source="rag.yaml",
+    )
+    query = Context(query=Message(role="user", content="Can I bring my dogs to the office?"))
+    if not store_path.startswith("postgresql"):
+        assert pipeline.run(query).context.documents[0].id.startswith("pets#")
+        return
+    with pytest.raises(ConfigError) as info:
+        pipeline.run(query)
+    assert "stages[0].init_parameters.lexical_weight" in str(info.value)
