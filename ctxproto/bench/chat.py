@@ -70,12 +70,27 @@ class Serving:
     llama.cpp that total context shared by ``llama_parallel`` slots, with its
     host-memory prompt cache off, so neither keeps more than the other.
     ``knowledge`` replaces the bundled knowledge base in ctxproto's pipeline.
+    ``quantize`` is the engine mode of both paths on our engine (``engine`` and
+    ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs.
     """
 
     round_robin: bool = False
     kv_budget_tokens: int | None = None
     llama_parallel: int = 1
     knowledge: KnowledgeSetup | None = None
+    quantize: str = "none"
+
+
+def add_quantize_argument(parser: Any) -> None:
+    """``--quantize``: the engine mode of the paths on our engine (``Serving.quantize``)."""
+    from ctxproto.runtime.engine import QUANTIZE_MODES
+
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="weights of our engine on the engine and ctxproto paths (docs/runtime.md)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -89,6 +104,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}"
     )
+    add_quantize_argument(parser)
     parser.add_argument("--plot", type=Path, help="write the by-turns plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
@@ -106,6 +122,7 @@ def handle(args: argparse.Namespace) -> int:
             args.seed,
             progress=progress,
             paths=paths,
+            serving=Serving(quantize=args.quantize),
         )
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
@@ -139,6 +156,7 @@ def run_chat_benchmark(
     progress: Any = None,
     on_turn: Callable[[TurnRecord, TurnRecord], None] | None = None,
     paths: Sequence[str] = ("generate", "ctxproto"),
+    serving: Serving = Serving(),
 ) -> dict[str, Any]:
     """The support-chat workload on ``paths``; ``on_turn(generate, ctxproto)`` per turn."""
     for key, value in (
@@ -150,7 +168,9 @@ def run_chat_benchmark(
             raise ConfigError(f"must be at least 1, got {value}", key=key)
     counter = get_counter()
     scripts = build_workload(sessions, turns, counter, seed=seed)
-    result = run_paths(scripts, max_new_tokens, paths=paths, progress=progress, on_turn=on_turn)
+    result = run_paths(
+        scripts, max_new_tokens, paths=paths, serving=serving, progress=progress, on_turn=on_turn
+    )
     result["workload"] = {"sessions": sessions, "turns": turns, "max_new_tokens": max_new_tokens}
     return result
 
@@ -214,6 +234,7 @@ def run_paths(
         prefix_cache=cache_stats.get("ctxproto", {}),
         prefix_cache_by_path=cache_stats,
         window_tokens=window_tokens,
+        quantize=serving.quantize,
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )
@@ -238,7 +259,7 @@ def _backend(path: str, stack: ExitStack, engines: dict[str, Any], serving: Serv
         from ctxproto.runtime.engine import DEFAULT_CACHE_BYTES
 
         cache_bytes = DEFAULT_CACHE_BYTES if budget is None else budget * kv_bytes_per_token()
-        engine = stack.enter_context(Engine(cache_bytes=cache_bytes))
+        engine = stack.enter_context(Engine(cache_bytes=cache_bytes, quantize=serving.quantize))
         engines[path] = engine
         return stack.enter_context(LocalBackend(engine))
     from ctxproto.bench.llama_server import LlamaServer

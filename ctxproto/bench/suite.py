@@ -44,6 +44,7 @@ from ctxproto.bench.chat import (
     FULL_HISTORY_PATHS,
     PATHS,
     Serving,
+    add_quantize_argument,
     parse_paths,
     print_comparison,
     run_paths,
@@ -131,6 +132,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    add_quantize_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
@@ -149,6 +151,7 @@ def handle(args: argparse.Namespace) -> int:
             quick=args.quick,
             max_new_tokens=max_new_tokens,
             seed=args.seed,
+            quantize=args.quantize,
             progress=progress,
             log=lambda line: console.print(line, markup=False),
         )
@@ -198,12 +201,14 @@ def run_suite(
     quick: bool,
     max_new_tokens: int,
     seed: int,
+    quantize: str = "none",
     progress: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Each workload through its paths; per workload the figures of ``bench chat``.
 
-    ``log`` is told when each workload starts and how long it took.
+    ``quantize`` is our engine's mode (``Serving.quantize``); ``log`` is told when
+    each workload starts and how long it took.
     """
     results: dict[str, Any] = {}
     for number, workload in enumerate(workloads, 1):
@@ -214,6 +219,7 @@ def run_suite(
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
             scripts, serving = _conversations(workload, size, Path(tmp), seed)
+            serving = replace(serving, quantize=quantize)
             result = run_paths(
                 scripts,
                 max_new_tokens,
