@@ -63,7 +63,7 @@ class BackendConfig(BaseModel):
     cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
     quantize: QuantizeMode = Field(
         default="none",
-        description="int8 (LM head, or all) or bf16 weights on CPU: faster; answers may differ.",
+        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; answers may differ.",
     )
     speculate: bool = Field(
         default=True,

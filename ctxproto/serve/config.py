@@ -47,7 +47,7 @@ class LocalUpstreamConfig(_Section):
     max_batch_size: int = Field(default=8, ge=1)
     quantize: QuantizeMode = Field(
         default="none",
-        description="int8 (LM head, or all) or bf16 weights on CPU: faster; answers may differ.",
+        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; answers may differ.",
     )
     speculate: bool = Field(
         default=True,
