@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.models.bf16_linear import is_bf16_head
+from ctxproto.models.head_rescoring import rescores_in_float
 from ctxproto.runtime.kv_layout import row_kv_slice
 from ctxproto.runtime.radix_cache import KVSlice
 from ctxproto.runtime.request import Request
@@ -90,9 +90,10 @@ class DecodeBatch:
 
         Returns the greedy choice after each fed token (``len(draft) + 1`` ids). The
         KV of every fed token is kept; ``rewind`` drops what the caller rejects.
-        The LM head is applied as ``weight @ hidden.T``: for a few rows that product
-        streams the 49k x 576 weight once, where ``linear`` took twice as long for
-        two rows as for one (docs/runtime.md).
+        A float LM head is applied as ``weight @ hidden.T``: for a few rows that
+        product streams the 49k x 576 weight once, where ``linear`` took twice as
+        long for two rows as for one (docs/runtime.md). A rounded head that rescores
+        its best candidates is called as it is, so the choices are a step's.
         """
         torch = require("torch", extra="runtime")
         device = self._model.device
@@ -106,7 +107,7 @@ class DecodeBatch:
         ).last_hidden_state[0]
         self.lengths = [start + len(fed)]
         head = self._model.get_output_embeddings()
-        if is_bf16_head(head):  # one-token steps rank with its rescoring: so must this
+        if rescores_in_float(head):  # one-token steps rank with its rescoring: so must this
             return [int(choice) for choice in head(hidden).argmax(-1).tolist()]
         logits = torch.mm(head.weight, hidden.T)
         if getattr(head, "bias", None) is not None:

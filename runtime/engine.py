@@ -57,7 +57,7 @@ class Engine:
     is what the equality tests and the benchmark compare against. ``quantize``
     (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU: faster
     decode and prefill, answers that may differ from float32's (docs/runtime.md).
-    ``speculate`` (on by default; float32 and bf16 weights) lets a greedy request that
+    ``speculate`` (on by default; float32, bf16 and int8_weights) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
     prompt-lookup decoding").
@@ -363,7 +363,8 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         return quantize_int8(loaded)
     if quantize == "int8_weights":  # the kernel threads each product itself
         weights_int8 = quantize_int8(loaded, weights_only=True)
-        use_gqa_sdpa(weights_int8)
+        if weights_int8 is not loaded:
+            use_gqa_sdpa(weights_int8)
         return weights_int8
     if quantize == "int8_head":
         head_quantized = quantize_int8(loaded, head_only=True)

@@ -8,6 +8,7 @@ loaded without running code.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,9 @@ class DocStore:
         self.slots_by_doc: dict[str, list[int]] = {}
         self._filter_masks: dict[FilterKey, npt.NDArray[np.bool_]] = {}
         self._lexical: LexicalIndex | None = None
+        self._lexical_lock = threading.Lock()
+        self._version = 0
+        """Bumped by every change: an index built across a change is not kept."""
 
     def __len__(self) -> int:
         return len(self.slots_by_doc)
@@ -73,16 +77,26 @@ class DocStore:
         self._forget_derived()
 
     def lexical_index(self) -> LexicalIndex:
-        """A BM25 index of the chunk texts by slot (built on first use until the store changes)."""
-        if self._lexical is None:
-            self._lexical = LexicalIndex(
-                [None if record is None else record.text for record in self.records]
-            )
-        return self._lexical
+        """A BM25 index of the chunk texts by slot (built on first use until the store changes).
+
+        Concurrent first queries build it once; a change made while it was being
+        built leaves it unkept, so no query uses an index of an older store.
+        """
+        with self._lexical_lock:
+            if self._lexical is None:
+                version = self._version
+                index = LexicalIndex(
+                    [None if record is None else record.text for record in self.records]
+                )
+                if version != self._version:
+                    return index
+                self._lexical = index
+            return self._lexical
 
     def _forget_derived(self) -> None:
         self._filter_masks.clear()
         self._lexical = None
+        self._version += 1
 
     def filter_mask(self, filters: MetadataFilter) -> npt.NDArray[np.bool_]:
         """Slots whose metadata matches ``filters`` (memoized until the store changes)."""

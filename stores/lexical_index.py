@@ -59,19 +59,41 @@ class LexicalIndex:
             for word, (slots, counts) in postings.items()
         }
         """Per word, the slots that hold it and how often it occurs in each."""
-        self._live = sum(1 for t in texts if t is not None)
-        average = float(lengths.sum()) / self._live if self._live else 1.0
-        self._norm = K1 * (1.0 - B + B * lengths / max(average, 1e-9))
+        self._lengths = lengths
+        self._alive = np.asarray([t is not None for t in texts], dtype=np.bool_)
+        self._norm = self._length_norm(self._alive)
 
-    def scores(self, query: str) -> npt.NDArray[np.float32]:
-        """The BM25 score of every slot for ``query`` (0 where no word is shared)."""
+    def _length_norm(self, alive: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+        """BM25's per-slot length term, against the average length of ``alive`` slots."""
+        count = int(alive.sum())
+        average = float(self._lengths[alive].sum()) / count if count else 1.0
+        norm: npt.NDArray[np.float32] = K1 * (1.0 - B + B * self._lengths / max(average, 1e-9))
+        return norm
+
+    def scores(
+        self, query: str, within: npt.NDArray[np.bool_] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The BM25 score of every slot for ``query`` (0 where no word is shared).
+
+        ``within`` (a mask of slots, one tenant's chunks) scores those slots only,
+        with the word rarity and the average length counted over them alone, so
+        one tenant's ranking never depends on what other tenants stored.
+        """
         total = np.zeros(self.size, dtype=np.float32)
+        alive = self._alive if within is None else self._alive & within
+        live = int(alive.sum())
+        norm = self._norm if within is None else self._length_norm(alive)
         for word in set(_words(query)):
             posting = self._postings.get(word)
             if posting is None:
                 continue
             slots, frequencies = posting
+            if within is not None:
+                kept = alive[slots]
+                slots, frequencies = slots[kept], frequencies[kept]
             found = len(slots)
-            idf = math.log(1.0 + (self._live - found + 0.5) / (found + 0.5))
-            total[slots] += idf * frequencies * (K1 + 1.0) / (frequencies + self._norm[slots])
+            if not found:
+                continue
+            idf = math.log(1.0 + (live - found + 0.5) / (found + 0.5))
+            total[slots] += idf * frequencies * (K1 + 1.0) / (frequencies + norm[slots])
         return total

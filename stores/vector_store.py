@@ -223,9 +223,8 @@ class VectorStore:
         Only chunks that share a word with ``text`` are returned; the index is
         built from the docstore on the first call after a change.
         """
-        scores = self.docstore.lexical_index().scores(text)
-        if filters:
-            scores[~self.docstore.filter_mask(filters)] = 0.0
+        within = self.docstore.filter_mask(filters) if filters else None
+        scores = self.docstore.lexical_index().scores(text, within)
         found = int(np.count_nonzero(scores > 0))
         best = np.argsort(-scores, kind="stable")[: min(k, found)]
         hits = []

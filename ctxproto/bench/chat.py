@@ -89,7 +89,8 @@ def add_quantize_argument(parser: Any) -> None:
         "--quantize",
         choices=QUANTIZE_MODES,
         default="none",
-        help="weights of our engine on the engine and ctxproto paths (docs/runtime.md)",
+        help="weights of our engine on the engine and ctxproto paths (docs/runtime.md); "
+        "the generate path stays float32",
     )
 
 

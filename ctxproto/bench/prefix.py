@@ -27,6 +27,7 @@ from rich.table import Table
 from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.eval.needle import essays_dir
+from ctxproto.models.openmp import releasing_thread_pool
 from ctxproto.runtime import Engine, GenerationParams, load_causal_lm, load_tokenizer
 
 __all__ = ["register"]
@@ -164,7 +165,8 @@ def _generate_sequential(
 ) -> tuple[list[list[int]], float]:
     torch = require("torch", extra="runtime")
     outputs, start = [], time.perf_counter()
-    with torch.inference_mode():
+    # Idle workers left on this thread would slow the engine it alternates with.
+    with torch.inference_mode(), releasing_thread_pool():
         for prompt in prompts:
             ids = torch.tensor([prompt], device=model.device)
             out = model.generate(
@@ -190,7 +192,8 @@ def _generate_batch(
     )
     start = time.perf_counter()
     # generate_batch runs its own thread and must not be called under inference_mode.
-    results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    with releasing_thread_pool():
+        results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
     seconds = time.perf_counter() - start
     return [list(results[f"req_{i}"].generated_tokens) for i in range(len(prompts))], seconds
 

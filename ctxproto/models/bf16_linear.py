@@ -31,7 +31,7 @@ from ctxproto._extras import require
 from ctxproto.models.head_rescoring import rescore_best
 from ctxproto.models.linear_swap import swap_linear_layers
 
-__all__ = ["is_bf16_head", "to_bf16"]
+__all__ = ["to_bf16"]
 
 
 def to_bf16(model: Any, *, in_place: bool = False) -> Any:
@@ -47,11 +47,6 @@ def to_bf16(model: Any, *, in_place: bool = False) -> Any:
         return head(linear) if name.split(".")[-1] == "lm_head" else body(linear)
 
     return swap_linear_layers(model, replace, in_place=in_place)
-
-
-def is_bf16_head(module: Any) -> bool:
-    """Whether ``module`` is an LM head that ``to_bf16`` made."""
-    return isinstance(module, _bf16_head())
 
 
 @functools.cache
@@ -92,6 +87,8 @@ def _bf16_head() -> type[Any]:
         ``weight`` stays the float (tied) weight, so code that reads the head's
         weight sees the model's own; the product reads the bfloat16 copy.
         """
+
+        rescores_best = True  # head_rescoring.rescores_in_float
 
         def __init__(self, linear: Any) -> None:
             super().__init__()

@@ -14,7 +14,7 @@ from typing import Any
 
 from ctxproto._extras import require
 
-__all__ = ["RESCORED", "rescore_best"]
+__all__ = ["RESCORED", "rescore_best", "rescores_in_float"]
 
 RESCORED = 64
 """LM-head candidates per row whose logits are recomputed in float."""
@@ -32,3 +32,13 @@ def rescore_best(logits: Any, rows: Any, weight: Any, bias: Any | None) -> Any:
     if bias is not None:
         exact += bias[best]
     return logits.scatter_(-1, best, exact)
+
+
+def rescores_in_float(head: Any) -> bool:
+    """Whether ``head`` is a rounded LM head that rescores its best candidates.
+
+    Code that ranks the vocabulary outside the head (a verifying forward of
+    speculative decoding) must then call the head itself, so that its choices
+    are the ones one-token steps make. Such heads say so with ``rescores_best``.
+    """
+    return getattr(head, "rescores_best", False) is True

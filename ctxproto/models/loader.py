@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxproto._extras import quiet_transformers, require
+from ctxproto.models.openmp import release_thread_pool
 from ctxproto.models.resolver import ResolvedModel, resolve_lm
 
 __all__ = ["cache_dir", "converted_model_dir", "load_causal_lm", "load_tokenizer"]
@@ -102,4 +103,5 @@ def load_causal_lm(name: str = "default", device: str = "cpu", dtype: str = "aut
     )
     model.to(device)
     model.eval()
+    release_thread_pool()  # the loading thread keeps no idle workers (models/openmp.py)
     return model

@@ -22,6 +22,12 @@ start per worker (tens of microseconds), nothing against a model call.
 Torch work in the application's own threads is not ours to release; an
 application that runs it next to the engine can call ``release_thread_pool``
 itself (docs/runtime.md, "OpenMP worker threads").
+
+Only GNU libgomp is released, every copy of it mapped into the process (torch,
+FAISS and scikit-learn each bring their own, and each counts its own threads).
+libgomp's pause frees the calling thread's pool alone; LLVM's and Intel's
+runtimes shut down for every thread on a hard pause, which the engine's
+scheduler could be inside of, so they are left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,19 +45,20 @@ __all__ = ["release_thread_pool", "releasing_thread_pool"]
 _OMP_PAUSE_HARD = 2
 """``omp_pause_hard`` of ``omp_pause_resource_t``: free the threads, not only idle them."""
 
-_OPENMP_LIBRARY = re.compile(r"/lib(?:g|i)?omp[^/]*\.so[^/]*$")
-"""libgomp (GNU), libomp (LLVM) or libiomp5 (Intel), as mapped into this process."""
+_LIBGOMP = re.compile(r"/libgomp[^/]*\.so[^/]*$")
+"""GNU libgomp as mapped into this process: torch's own copy, FAISS's, scikit-learn's."""
 
 
 def release_thread_pool() -> bool:
     """Free the calling thread's OpenMP worker threads; False where that is not possible.
 
-    Not possible: no OpenMP runtime is loaded (torch not imported yet, or a build
-    without OpenMP), the runtime predates OpenMP 5.0, or the caller is inside a
-    parallel region.
+    Not possible: no libgomp is loaded (torch not imported yet, another OpenMP
+    runtime, or a platform without ``/proc/self/maps``), or the caller is inside
+    a parallel region.
     """
-    pause = _pause_function()
-    return pause is not None and pause(_OMP_PAUSE_HARD) == 0
+    pauses = [_pause_function(path) for path in _loaded_libgomps(len(sys.modules))]
+    results = [pause(_OMP_PAUSE_HARD) == 0 for pause in pauses if pause is not None]
+    return bool(results) and all(results)
 
 
 @contextmanager
@@ -63,30 +71,28 @@ def releasing_thread_pool() -> Iterator[None]:
 
 
 @functools.cache
-def _pause_function() -> ctypes._NamedFuncPointer | None:
-    library = _loaded_openmp_library()
-    if library is None:
-        return None
+def _pause_function(path: str) -> ctypes._NamedFuncPointer | None:
     try:
-        pause = ctypes.CDLL(library).omp_pause_resource_all
-    except (OSError, AttributeError):
+        pause = ctypes.CDLL(path).omp_pause_resource_all
+    except (OSError, AttributeError):  # not loadable, or older than OpenMP 5.0
         return None
     pause.argtypes = [ctypes.c_int]
     pause.restype = ctypes.c_int
     return pause
 
 
-def _loaded_openmp_library() -> str | None:
-    """The OpenMP runtime torch loaded, from this process's memory map (Linux only)."""
-    try:
-        import torch  # noqa: F401  (maps the runtime torch links against)
-    except ImportError:
-        return None
+@functools.lru_cache(maxsize=1)
+def _loaded_libgomps(modules: int) -> tuple[str, ...]:
+    """Paths of the libgomp copies this process has mapped (Linux only).
+
+    Reading the memory map takes milliseconds; a new copy comes with an import,
+    so the answer is kept until the number of imported modules changes.
+    """
     maps = Path("/proc/self/maps")
-    if not maps.exists():
-        return None
-    for line in maps.read_text(encoding="utf-8", errors="replace").splitlines():
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if _OPENMP_LIBRARY.search(path):
-            return path
-    return None
+    try:
+        lines = maps.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ()
+    fields = (line.split(maxsplit=5) for line in lines)
+    paths = {parts[5] for parts in fields if len(parts) == 6}  # the rest map no file
+    return tuple(sorted(path for path in paths if _LIBGOMP.search(path)))

@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr
 from ctxproto.context import Context
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
+from ctxproto.models.openmp import releasing_thread_pool
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stages.registry import register_stage
@@ -233,13 +234,14 @@ class Summarizer(Stage):
         )
         if not hasattr(ids, "shape"):  # newer tokenizers return a BatchEncoding
             ids = ids["input_ids"]
-        output = self._lm.generate(
-            ids.to(self._lm.device),
-            attention_mask=ids.new_ones(ids.shape).to(self._lm.device),
-            max_new_tokens=self.max_summary_tokens,
-            do_sample=False,
-            pad_token_id=self._tokenizer.eos_token_id,
-        )
+        with releasing_thread_pool():  # ctxproto/models/openmp.py
+            output = self._lm.generate(
+                ids.to(self._lm.device),
+                attention_mask=ids.new_ones(ids.shape).to(self._lm.device),
+                max_new_tokens=self.max_summary_tokens,
+                do_sample=False,
+                pad_token_id=self._tokenizer.eos_token_id,
+            )
         text: str = self._tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
         return text.strip()
 

@@ -86,3 +86,20 @@ def _unit_vector() -> np.ndarray:
     vector = np.ones((1, DIM), dtype=np.float32)
     normalized: np.ndarray = vector / np.linalg.norm(vector)
     return normalized
+
+
+def test_a_tenants_scores_do_not_depend_on_other_tenants_chunks() -> None:
+    """Word rarity and average length are counted within the tenant's own chunks."""
+    mine = [_keeper("Eastwick"), "Our returns policy allows thirty days."]
+    others_a = ["Eastwick " * 40, "returns returns returns"]
+    others_b = ["Nothing in common here at all."]
+    within_a = np.array([True, True, False, False])
+    within_b = np.array([True, True, False])
+    query = "What is the returns policy on Eastwick?"
+    scores_a = LexicalIndex(mine + others_a).scores(query, within_a)
+    scores_b = LexicalIndex(mine + others_b).scores(query, within_b)
+    np.testing.assert_allclose(scores_a[:2], scores_b[:2], rtol=1e-6)
+    assert not scores_a[2:].any()
+    # Without the mask, the other tenant's chunks change the tenant's scores.
+    unmasked = LexicalIndex(mine + others_a).scores(query)
+    assert not np.allclose(unmasked[:2], scores_b[:2])
