@@ -331,6 +331,9 @@ def ctxproto_turns(
             )
             for script in scripts
         ]
+        # A semantic-cache hit sends no prompt: it replays an answer the model wrote
+        # earlier, so it keeps the fact exactly when that answer's prompt did.
+        retained_by_answer: dict[str, bool] = {}
         for s, index in serving_order(scripts, round_robin):
             script, turn = scripts[s], scripts[s].turns[index]
             start = time.perf_counter()
@@ -338,9 +341,13 @@ def ctxproto_turns(
             seconds = time.perf_counter() - start
             report = result.report
             fact_in_prompt = None
-            if turn.asks is not None:
-                seen = result.prompt.text if result.prompt is not None else result.answer
-                fact_in_prompt = turn.asks.answer in seen
+            if turn.asks is not None and result.prompt is not None:
+                fact_in_prompt = turn.asks.answer in result.prompt.text
+                retained_by_answer[result.answer] = fact_in_prompt
+            elif turn.asks is not None:
+                fact_in_prompt = retained_by_answer.get(
+                    result.answer, turn.asks.answer in result.answer
+                )
             yield TurnRecord(
                 session=script.id,
                 turn=index + 1,

@@ -22,7 +22,8 @@ same top chunks, cut to their sentences closest to the question by a relevance
 filter, placed with the question and never kept in the history.
 
 Retention is reader-free, like the facts metric of ``bench chat``: the share of
-asks whose answer span is in the prompt sent.
+asks whose answer span is in the prompt sent (for an answer replayed by the
+semantic cache, the prompt that wrote it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""How the chat paths serve scripts: round robin, and RAG documents kept in the history."""
+"""How the chat paths serve scripts: round robin, RAG documents kept in the history, and
+what counts as a fact kept."""
 
-from ctxproto.bench.chat_paths import full_history_turns, serving_order
-from ctxproto.bench.chat_workload import ChatTurn, SessionScript
+import pytest
+
+from ctxproto.bench.chat_paths import ctxproto_turns, full_history_turns, serving_order
+from ctxproto.bench.chat_workload import ChatTurn, SessionScript, examples_dir
 from ctxproto.eval.facts import Fact
 from ctxproto.runtime import ScriptedBackend
 from ctxproto.tokens import get_counter
@@ -69,3 +72,20 @@ def test_a_rag_turn_sends_its_documents_and_the_history_keeps_them_until_the_win
     assert "The code is QX-1." in second  # kept in the history, as a naive RAG chat does
     third = " ".join(m["content"] for m in backend.requests[2].messages)
     assert "The code is QX-1." not in third  # dropped once the window is full
+
+
+@pytest.mark.models
+def test_a_cache_hit_keeps_a_fact_when_the_answer_it_replays_was_written_with_it():
+    """The model misreads the fact; its answer, replayed from the semantic cache, is
+    still an answer written with the fact in the prompt: retention is not reading."""
+    question = "How do I factory-reset a Lumen bulb?"  # answered by the bundled knowledge
+    fact = Fact("kb", "", question, "off and on five times")
+    turns = (ChatTurn(question, "ask", fact), ChatTurn(question, "ask", fact))
+    backend = ScriptedBackend(lambda messages: "Switch it off and on three times.")
+    records = list(
+        ctxproto_turns([SessionScript("s", turns, (fact,))], "sys", 8, examples_dir(), backend)
+    )
+    asked, replayed = records
+    assert not asked.semantic_hit and asked.fact_in_prompt is True
+    assert replayed.semantic_hit and replayed.answer == asked.answer
+    assert replayed.fact_in_prompt is True
