@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxproto.bench.chat_paths import (
     KnowledgeSetup,
@@ -42,6 +42,9 @@ from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import BackendError, ConfigError
 from ctxproto.eval.metrics import percentile
 from ctxproto.tokens import TokenCounter, get_counter
+
+if TYPE_CHECKING:
+    from ctxproto.runtime.engine import QuantizeMode
 
 __all__ = [
     "FULL_HISTORY_PATHS",
@@ -78,7 +81,7 @@ class Serving:
     kv_budget_tokens: int | None = None
     llama_parallel: int = 1
     knowledge: KnowledgeSetup | None = None
-    quantize: str = "none"
+    quantize: QuantizeMode = "none"
 
 
 def add_quantize_argument(parser: Any) -> None:

@@ -34,7 +34,7 @@ from ctxproto.bench.llama_server import LlamaServer
 from ctxproto.errors import BackendError
 from ctxproto.runtime import Engine, GenerationParams
 
-__all__ = ["support_figures", "support_prompts"]
+__all__ = ["ROUNDED", "support_figures", "support_prompts"]
 
 ROUNDED = ("bf16", "int8_weights")
 """Rounded modes answering beside float32: their rates, and how many answers match."""

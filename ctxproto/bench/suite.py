@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ctxproto.bench.chat import (
     FULL_HISTORY_PATHS,
@@ -52,6 +52,9 @@ from ctxproto.bench.chat import (
 from ctxproto.bench.chat_workload import SessionScript, build_workload
 from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
+
+if TYPE_CHECKING:
+    from ctxproto.runtime.engine import QuantizeMode
 
 __all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite", "select_workloads"]
 
@@ -201,7 +204,7 @@ def run_suite(
     quick: bool,
     max_new_tokens: int,
     seed: int,
-    quantize: str = "none",
+    quantize: QuantizeMode = "none",
     progress: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
