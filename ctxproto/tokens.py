@@ -16,6 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import Any
 
 from ctxproto.errors import ConfigError, ModelNotAvailableError
@@ -112,6 +113,7 @@ class HuggingFaceCounter(TokenCounter):
         super().__init__()
         self.tokenizer = tokenizer
         self.name = name
+        self._overheads: dict[str, int] = {}
 
     @classmethod
     def for_model(cls, model: str = "default") -> HuggingFaceCounter:
@@ -128,6 +130,65 @@ class HuggingFaceCounter(TokenCounter):
         def render(messages: list[dict[str, Any]]) -> str:
             text: str = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
+            )
+            return text
+
+        return render
+
+    def count_message(self, message: Message) -> int:
+        """Tokens one chat message costs under the model's own chat template."""
+        return self.count(message.text) + self.message_overhead(message.role)
+
+    def count_messages(self, messages: Sequence[Message]) -> int:
+        return sum(self.count_message(m) for m in messages) + self.reply_priming
+
+    def message_overhead(self, role: str) -> int:
+        """Tokens the chat template wraps around one message's text, for ``role``.
+
+        OpenAI's 3 undercounts most open models: ChatML (SmolLM2, Qwen) spends 5
+        around a user turn and 6 around an assistant turn ("assistant" is two
+        tokens), so a history windowed to 7.9k tokens by the OpenAI rule
+        overflowed an 8k context by 300 tokens at 160 messages. Measured once
+        per role by rendering.
+        """
+        overhead = self._overheads.get(role)
+        if overhead is None:
+            overhead = self._overheads[role] = self._measure_overhead(role)
+        return overhead
+
+    def _measure_overhead(self, role: str) -> int:
+        render = self._plain_template()
+        if render is None:
+            return MESSAGE_OVERHEAD_TOKENS
+        text = "overhead"
+        message = {"role": role, "content": text}
+        try:
+            if role == "system":
+                return max(0, self.count(render([message])) - self.count(text))
+            system = {"role": "system", "content": "s"}
+            alone = self.count(render([system]))
+            return max(0, self.count(render([system, message])) - alone - self.count(text))
+        except Exception:
+            # a template that refuses this role (jinja's ``raise_exception``)
+            return MESSAGE_OVERHEAD_TOKENS
+
+    @cached_property
+    def reply_priming(self) -> int:
+        """Tokens of the template's generation prompt (``<|im_start|>assistant``)."""
+        render, plain = self.chat_template(), self._plain_template()
+        if render is None or plain is None:
+            return REPLY_PRIMING_TOKENS
+        messages = [{"role": "user", "content": "x"}]
+        return max(0, self.count(render(messages)) - self.count(plain(messages)))
+
+    def _plain_template(self) -> Callable[[list[dict[str, Any]]], str] | None:
+        """The chat template without the generation prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+
+        def render(messages: list[dict[str, Any]]) -> str:
+            text: str = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=False
             )
             return text
 
