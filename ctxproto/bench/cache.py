@@ -3,9 +3,11 @@
 - ``accuracy``: the held-out test split of ``tests/fixtures/cache_pairs/``
   (paraphrases, near-repeats and near misses by category; see
   ``ctxproto.bench.cache_pairs``) and the test split of the older hand-written
-  pairs (``tests/fixtures/semantic_cache_pairs.jsonl``); the learned verifier
-  never saw either. For each pair the first question is cached and the second
-  asked, through the real ``SemanticCache``. Side by side in the same run: the
+  pairs (``tests/fixtures/semantic_cache_pairs.jsonl``), and ``independent``:
+  pairs written later by other writers, in the same categories but not the
+  same hand; the learned verifier never saw any of them. For each pair the
+  first question is cached and the second asked, through the real
+  ``SemanticCache``. Side by side in the same run: the
   rules guard, the learned guard and plain cosine at 0.8 (GPTCache's default
   similarity threshold). Per category: hit rate (recall for paraphrases and
   near-repeats, false-hit rate for near misses). ``test_other_questions``
@@ -70,6 +72,7 @@ def run(*, entries: int, pairs: Path, guard: Guard = "learned") -> dict[str, Any
     test = _read(pairs / "cache_pairs" / "test.jsonl")
     splits = {
         "test": test,
+        "independent": _read(pairs / "cache_pairs" / "independent.jsonl"),
         "old_test": [
             r for r in _read(pairs / "semantic_cache_pairs.jsonl") if r["split"] == "test"
         ],

@@ -132,9 +132,11 @@ for _axis, _positive, _negative in (
     ),
     (
         "amount",
-        "increase raise more high higher gain add plus up",
-        "decrease lower less low loss lose remove minus down reduce",
+        "increase raise more high higher highest maximum max most gain add plus up",
+        "decrease lower lowest less least low minimum min loss lose remove minus down reduce",
     ),
+    ("inclusion", "include included includes including", "exclude excluded excludes excluding"),
+    ("validity", "valid active", "invalid expired inactive"),
     ("transfer", "upload import buy send login", "download export sell receive logout"),
     ("consume", "eat drink take try have", "avoid skip quit"),
     ("quality", "good best better advantages pros benefits", "bad worst worse disadvantages cons"),
@@ -296,8 +298,7 @@ def slot_conflicts(
         entity_differs = set(a.entities) != set(b.entities)
     if entity_differs:
         found.add("entity")
-    a_directions, b_directions = _directions(a), _directions(b)
-    if any(a_directions[p] != b_directions[p] for p in a_directions.keys() & b_directions.keys()):
+    if _direction_conflict(a, b):
         found.add("direction")
     if a.negated != b.negated:
         found.add("negation")
@@ -313,8 +314,21 @@ def slot_conflicts(
     return frozenset(found)
 
 
+def _direction_conflict(a: QuerySlots, b: QuerySlots) -> bool:
+    """One end of a movement differs (London→Paris / London→Rome), or one name or
+    number sits at the other end ("a transfer to Germany" / "from Germany",
+    "from 4 to 6 people" / "from 6 to 4")."""
+    a_ends, b_ends = _directions(a), _directions(b)
+    if any(a_ends[p] != b_ends[p] for p in a_ends.keys() & b_ends.keys()):
+        return True
+    a_roles = {end: p for p, end in a_ends.items()}
+    b_roles = {end: p for p, end in b_ends.items()}
+    return any(a_roles[end] != b_roles[end] for end in a_roles.keys() & b_roles.keys())
+
+
 def _directions(slots: QuerySlots) -> dict[str, str]:
-    """Which entity follows "from", "to" or "into": London→Paris is not Paris→London."""
+    """Which name or number follows "from", "to" or "into": London→Paris is not
+    Paris→London."""
     tokens = slots.tokens
     out: dict[str, str] = {}
     for i, token in enumerate(tokens[:-1]):
@@ -324,7 +338,7 @@ def _directions(slots: QuerySlots) -> dict[str, str]:
                 if tokens[i + 1] in ("the", "a", "an") and i + 2 < len(tokens)
                 else tokens[i + 1]
             )
-            if following in slots.entities:
+            if following in slots.entities or _number(following) is not None:
                 out["to" if token == "into" else token] = following
     return out
 

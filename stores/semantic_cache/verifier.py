@@ -111,7 +111,9 @@ _FILLER = frozenset(
     ]
 )
 """Openers, closers and politeness that chatty questions add without changing them."""
-_RELATIONS = frozenset(["to", "from", "into", "than", "vs", "versus", "before", "after"])
+_RELATIONS = frozenset(
+    ["to", "from", "into", "than", "vs", "versus", "before", "after", "instead", "rather", "over"]
+)
 """Words whose two sides a reordering swaps: the order of the rest then matters."""
 _QUALIFIER_LEADS = frozenset(
     ["as", "for", "with", "without", "during", "under", "over", "per", "while", "abroad"]
@@ -145,7 +147,7 @@ def pair_features(
     union = query_content | cached_content
     query_sequence = _content_sequence(aligned.tokens)
     cached_sequence = _content_sequence(cached.tokens)
-    reordered = _reordered(aligned, cached, query_sequence, cached_sequence)
+    reordered = _reordered(aligned, cached, _slot_sequence(aligned), _slot_sequence(cached))
     return np.array(
         [
             similarity,
@@ -222,7 +224,8 @@ def _reordered(
     query_sequence: tuple[str, ...],
     cached_sequence: tuple[str, ...],
 ) -> bool:
-    """The same content words in another order around a relation ("list to string").
+    """The same content words and numbers in another order around a relation
+    ("list to string" / "string to list", "from 4 to 6" / "from 6 to 4").
 
     Without a relation word a new order is only rewording ("price match Amazon" /
     "match Amazon's price"), so it does not count.
@@ -324,6 +327,16 @@ def _content_sequence(tokens: tuple[str, ...]) -> tuple[str, ...]:
         t
         for t in tokens
         if t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalpha() for c in t)
+    )
+
+
+def _slot_sequence(slots: QuerySlots) -> tuple[str, ...]:
+    """The content words and numbers in order: what a swap around a relation moves
+    ("a refund instead of a replacement", "from 4 to 6 people")."""
+    return tuple(
+        t
+        for t in slots.tokens
+        if t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalnum() for c in t)
     )
 
 

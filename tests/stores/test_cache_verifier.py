@@ -67,6 +67,14 @@ def test_a_new_word_order_counts_only_around_a_relation() -> None:
         "reordered"
     ]
     assert _features("convert a string to a list", "convert a list to a string")["reordered"]
+    # numbers are moved around a relation too, and "instead of" is one
+    assert _features(
+        "Why was I charged £15.99 instead of £9.99?", "Why was I charged £9.99 instead of £15.99?"
+    )["reordered"]
+    assert _features(
+        "Can I get a replacement instead of a refund?",
+        "Can I get a refund instead of a replacement?",
+    )["reordered"]
 
 
 def test_an_added_qualifier_is_told_from_an_added_clause() -> None:

@@ -20,3 +20,37 @@ def test_remembered_conflicts_are_the_ones_computed_afresh() -> None:
     assert slot_conflicts(on, off, names_in_any_case=True) == slot_conflicts.__wrapped__(
         on, off, names_in_any_case=True
     )
+
+
+def test_a_name_or_number_moved_to_the_other_end_of_a_movement_conflicts() -> None:
+    """Both ends compared: the same place after "to" in one and "from" in the other,
+    and numbers at the ends of a change, not only names after the same preposition."""
+
+    def conflicts(a: str, b: str) -> frozenset[str]:
+        return slot_conflicts(QuerySlots.of(a), QuerySlots.of(b))
+
+    to_germany = "How long does an international transfer to Germany take?"
+    assert "direction" in conflicts(to_germany, to_germany.replace(" to ", " from "))
+    assert "direction" in conflicts(
+        "Can I change my booking from 4 to 6 people?", "Can I change my booking from 6 to 4 people?"
+    )
+    assert "direction" in conflicts("flights from London to Paris", "flights from London to Rome")
+    assert "direction" not in conflicts(
+        "flights from London to Paris", "flights to Paris from London"
+    )
+
+
+def test_extremes_inclusion_and_validity_are_polarity_axes() -> None:
+    def conflicts(a: str, b: str) -> frozenset[str]:
+        return slot_conflicts(QuerySlots.of(a), QuerySlots.of(b))
+
+    assert "polarity" in conflicts(
+        "What's the maximum daily dose of paracetamol?",
+        "What's the lowest daily dose of paracetamol?",
+    )
+    assert "polarity" in conflicts(
+        "Are TVs included in the price match?", "Are TVs excluded from the price match?"
+    )
+    assert "polarity" in conflicts(
+        "Do I need an ESTA with a valid US visa?", "Do I need an ESTA with an expired US visa?"
+    )
