@@ -1,12 +1,13 @@
 """``python -m ctxproto.bench.cache_guard_plot``: the cache guards' recall against false hits.
 
 Draws ``docs/img/cache-guard-pr.png``: for the dev split (out-of-fold
-probabilities, as the operating point is chosen) and the test split (the
-shipped weights), the learned verifier's curve over its probability cut at
-its cosine floor, the rules guard over the cosine threshold, and plain cosine
-(GPTCache) over the threshold, with the shipped operating point and
-GPTCache's default 0.8 marked. Kept apart from fitting so that fitting never
-reads the test split.
+probabilities, as the operating point is chosen), the test split and the
+independent split by other writers (the shipped weights), the learned
+verifier's curve over its probability cut at its cosine floor, the rules
+guard over the cosine threshold, and plain cosine (GPTCache) over the
+threshold, with the shipped operating point and GPTCache's default 0.8
+marked. Kept apart from fitting so that fitting never
+reads a held-out split.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ def main() -> None:
 
     verifier = HitVerifier.load()
     weights = np.concatenate([verifier.weights, verifier.interaction_weights])
-    figure, panels = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for panel, split in zip(panels, ("dev", "test"), strict=True):
+    splits = ("dev", "test", "independent")
+    figure, panels = plt.subplots(1, len(splits), figsize=(17, 5), sharey=True)
+    for panel, split in zip(panels, splits, strict=True):
         if split == "dev":
             rows, features, similarity, interactions = fitting_table()
         else:
-            rows = load_pairs("test")
+            rows = load_pairs(split)
             features, similarity, interactions = pair_table(rows)
         if split == "dev":
             labels = np.array([float(bool(r["hit"])) for r in rows])
@@ -76,7 +78,7 @@ def main() -> None:
         panel.set_ylim(0, 1)
         panel.grid(alpha=0.3)
     panels[0].set_ylabel("recall on paraphrases + near-repeats")
-    panels[1].legend(fontsize=8, loc="lower right")
+    panels[-1].legend(fontsize=8, loc="lower right")
     figure.suptitle("Semantic cache guards: recall against false hits")
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(PLOT, dpi=100, bbox_inches="tight")
