@@ -140,37 +140,24 @@ class HuggingFaceCounter(TokenCounter):
         return self.count(message.text) + self.message_overhead(message.role)
 
     def count_messages(self, messages: Sequence[Message]) -> int:
-        return sum(self.count_message(m) for m in messages) + self.reply_priming
+        """Tokens a whole chat costs: the messages, the reply priming, and the system
+        prompt the template adds by itself when the chat opens without one."""
+        implicit = self.implicit_system if not messages or messages[0].role != "system" else 0
+        return sum(self.count_message(m) for m in messages) + self.reply_priming + implicit
 
     def message_overhead(self, role: str) -> int:
         """Tokens the chat template wraps around one message's text, for ``role``.
 
         OpenAI's 3 undercounts most open models: ChatML (SmolLM2, Qwen) spends 5
         around a user turn and 6 around an assistant turn ("assistant" is two
-        tokens), so a history windowed to 7.9k tokens by the OpenAI rule
-        overflowed an 8k context by 300 tokens at 160 messages. Measured once
-        per role by rendering.
+        tokens). Counted at 3, a history windowed to 7,936 tokens reached an
+        8,219-token request, past an 8,192-token context, at about turn 70.
+        Measured once per role by rendering.
         """
         overhead = self._overheads.get(role)
         if overhead is None:
             overhead = self._overheads[role] = self._measure_overhead(role)
         return overhead
-
-    def _measure_overhead(self, role: str) -> int:
-        render = self._plain_template()
-        if render is None:
-            return MESSAGE_OVERHEAD_TOKENS
-        text = "overhead"
-        message = {"role": role, "content": text}
-        try:
-            if role == "system":
-                return max(0, self.count(render([message])) - self.count(text))
-            system = {"role": "system", "content": "s"}
-            alone = self.count(render([system]))
-            return max(0, self.count(render([system, message])) - alone - self.count(text))
-        except Exception:
-            # a template that refuses this role (jinja's ``raise_exception``)
-            return MESSAGE_OVERHEAD_TOKENS
 
     @cached_property
     def reply_priming(self) -> int:
@@ -179,7 +166,57 @@ class HuggingFaceCounter(TokenCounter):
         if render is None or plain is None:
             return REPLY_PRIMING_TOKENS
         messages = [{"role": "user", "content": "x"}]
-        return max(0, self.count(render(messages)) - self.count(plain(messages)))
+        measured = self._rendered_difference(render, plain, messages, messages)
+        return REPLY_PRIMING_TOKENS if measured is None else measured
+
+    @cached_property
+    def implicit_system(self) -> int:
+        """Tokens of the system prompt the template inserts when a chat has none
+        (SmolLM2 and Qwen name the assistant in one); 0 when it inserts none."""
+        plain = self._plain_template()
+        if plain is None:
+            return 0
+        text = "overhead"
+        alone = self._rendered_difference(plain, plain, [{"role": "user", "content": text}], [])
+        if alone is None:
+            return 0
+        return max(0, alone - self.count(text) - self.message_overhead("user"))
+
+    def _measure_overhead(self, role: str) -> int:
+        plain = self._plain_template()
+        if plain is None:
+            return MESSAGE_OVERHEAD_TOKENS
+        text = "overhead"
+        message = {"role": role, "content": text}
+        # After a system message where the template has one; after a user turn where
+        # it refuses system messages (Gemma) or wants turns to alternate (Mistral).
+        contexts: list[list[dict[str, Any]]] = [
+            [{"role": "system", "content": "s"}],
+            [{"role": "user", "content": "u"}],
+        ]
+        for context in [[]] if role == "system" else contexts:
+            measured = self._rendered_difference(plain, plain, [*context, message], context)
+            if measured is not None:
+                return max(0, measured - self.count(text))
+        return MESSAGE_OVERHEAD_TOKENS
+
+    def _rendered_difference(
+        self,
+        render: Callable[[list[dict[str, Any]]], str],
+        base: Callable[[list[dict[str, Any]]], str],
+        messages: list[dict[str, Any]],
+        base_messages: list[dict[str, Any]],
+    ) -> int | None:
+        """``render(messages)`` less ``base(base_messages)`` in tokens, or ``None``
+        when the template refuses either chat (jinja's ``raise_exception``)."""
+        from jinja2.exceptions import TemplateError
+
+        try:
+            full = self.count(render(messages))
+            start = self.count(base(base_messages)) if base_messages else 0
+        except TemplateError:
+            return None
+        return max(0, full - start)
 
     def _plain_template(self) -> Callable[[list[dict[str, Any]]], str] | None:
         """The chat template without the generation prompt."""

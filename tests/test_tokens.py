@@ -50,8 +50,9 @@ def test_huggingface_counter_uses_the_model_tokenizer(lm_tokenizer):
 
 @pytest.mark.models
 def test_huggingface_counter_counts_the_model_chat_template(lm_tokenizer):
-    """A history windowed by these counts must fit the model's context: the OpenAI
-    overhead of 3 per message undercounted ChatML's 5 and 6 by 300 tokens at 160 messages."""
+    """A history windowed by these counts must fit the model's context: counted at
+    OpenAI's 3 per message, a 7,936-token window sent 8,219 tokens to an 8,192-token
+    context at about turn 70 (ChatML spends 5 around a user turn, 6 around a reply)."""
     counter = HuggingFaceCounter(lm_tokenizer)
     messages = [Message(role="system", content="You help with orders.")]
     for n in range(80):
@@ -64,6 +65,53 @@ def test_huggingface_counter_counts_the_model_chat_template(lm_tokenizer):
     )
     assert (counter.message_overhead("user"), counter.message_overhead("assistant")) == (5, 6)
     assert abs(counter.count_messages(messages) - counter.count(rendered)) <= 2
+    # without a system message SmolLM2's template inserts its own ("You are a helpful
+    # AI assistant named SmolLM..."): counted too
+    untold = messages[1:]
+    rendered_untold = lm_tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in untold],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert counter.implicit_system > 10
+    assert abs(counter.count_messages(untold) - counter.count(rendered_untold)) <= 2
+
+
+class _TurnTemplateTokenizer:
+    """A whitespace tokenizer whose chat template, as Gemma's, refuses system messages."""
+
+    chat_template = "turns"
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        return text.split()
+
+    def decode(self, ids: list[str]) -> str:
+        return " ".join(ids)
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool
+    ) -> str:
+        from jinja2.exceptions import TemplateError
+
+        turns = []
+        for message in messages:
+            if message["role"] == "system":
+                raise TemplateError("System role not supported")
+            turns.append(f"<turn> {message['role']} {message['content']} <end>")
+        return " ".join(["<bos>", *turns, *(["<turn> model"] if add_generation_prompt else [])])
+
+
+def test_a_template_that_refuses_system_messages_is_measured_after_a_user_turn():
+    counter = HuggingFaceCounter(_TurnTemplateTokenizer())
+    assert counter.message_overhead("user") == counter.message_overhead("assistant") == 3
+    assert counter.message_overhead("system") == MESSAGE_OVERHEAD_TOKENS  # refused: the default
+    assert counter.reply_priming == 2
+    assert counter.implicit_system == 1  # its <bos>
+    chat = [Message(role="user", content="where is my parcel")]
+    rendered = _TurnTemplateTokenizer().apply_chat_template(
+        [{"role": "user", "content": "where is my parcel"}], False, True
+    )
+    assert counter.count_messages(chat) == len(rendered.split()) == 10
 
 
 @pytest.mark.parametrize("config_json", [None, '{"model_type": "llama"}'])

@@ -132,8 +132,8 @@ for _axis, _positive, _negative in (
     ),
     (
         "amount",
-        "increase raise more high higher highest maximum max most gain add plus up",
-        "decrease lower lowest less least low minimum min loss lose remove minus down reduce",
+        "increase raise more high higher highest maximum gain add plus up",
+        "decrease lower lowest less low minimum loss lose remove minus down reduce",
     ),
     ("inclusion", "include included includes including", "exclude excluded excludes excluding"),
     ("validity", "valid active", "invalid expired inactive"),

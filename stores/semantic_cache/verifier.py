@@ -112,7 +112,7 @@ _FILLER = frozenset(
 )
 """Openers, closers and politeness that chatty questions add without changing them."""
 _RELATIONS = frozenset(
-    ["to", "from", "into", "than", "vs", "versus", "before", "after", "instead", "rather", "over"]
+    ["to", "from", "into", "than", "vs", "versus", "before", "after", "instead", "rather"]
 )
 """Words whose two sides a reordering swaps: the order of the rest then matters."""
 _QUALIFIER_LEADS = frozenset(
@@ -147,7 +147,7 @@ def pair_features(
     union = query_content | cached_content
     query_sequence = _content_sequence(aligned.tokens)
     cached_sequence = _content_sequence(cached.tokens)
-    reordered = _reordered(aligned, cached, _slot_sequence(aligned), _slot_sequence(cached))
+    reordered = _reordered(aligned, cached)
     return np.array(
         [
             similarity,
@@ -218,21 +218,36 @@ def _trigrams(words: frozenset[str]) -> set[str]:
     return {word[i : i + 3] for word in padded for i in range(len(word) - 2)}
 
 
-def _reordered(
-    query: QuerySlots,
-    cached: QuerySlots,
-    query_sequence: tuple[str, ...],
-    cached_sequence: tuple[str, ...],
-) -> bool:
-    """The same content words and numbers in another order around a relation
-    ("list to string" / "string to list", "from 4 to 6" / "from 6 to 4").
+def _reordered(query: QuerySlots, cached: QuerySlots) -> bool:
+    """The words on the two sides of a relation swapped, the rest the same
+    ("a string to a list" / "a list to a string", "a refund instead of a
+    replacement" / the reverse, "from 4 to 6" / "from 6 to 4").
 
-    Without a relation word a new order is only rewording ("price match Amazon" /
-    "match Amazon's price"), so it does not count.
+    Moving a whole phrase is only rewording ("Instead of a refund, can I have
+    a replacement?"), and so is a new order with no relation in it ("price
+    match Amazon" / "match Amazon's price").
     """
-    if set(query_sequence) != set(cached_sequence) or query_sequence == cached_sequence:
+    query_sequence, cached_sequence = _slot_sequence(query), _slot_sequence(cached)
+    query_words = [t for t in query_sequence if t not in _RELATIONS]
+    cached_words = [t for t in cached_sequence if t not in _RELATIONS]
+    if set(query_words) != set(cached_words) or query_words == cached_words:
         return False
-    return bool(query.words & cached.words & _RELATIONS)
+    cached_sides = _sides(cached_sequence)
+    return any((r, after, before) in cached_sides for r, before, after in _sides(query_sequence))
+
+
+def _sides(sequence: tuple[str, ...]) -> set[tuple[str, str, str]]:
+    """(relation, nearest word before, nearest word after) for every relation word
+    in ``sequence``: "the cheapest way to get from London to Paris" has two "to"s."""
+    out: set[tuple[str, str, str]] = set()
+    for at, relation in enumerate(sequence):
+        if relation not in _RELATIONS:
+            continue
+        before = [t for t in sequence[:at] if t not in _RELATIONS]
+        after = [t for t in sequence[at + 1 :] if t not in _RELATIONS]
+        if before and after:
+            out.add((relation, before[-1], after[0]))
+    return out
 
 
 def _qualifies(tokens: tuple[str, ...], unmatched: list[str]) -> bool:
@@ -331,12 +346,13 @@ def _content_sequence(tokens: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _slot_sequence(slots: QuerySlots) -> tuple[str, ...]:
-    """The content words and numbers in order: what a swap around a relation moves
-    ("a refund instead of a replacement", "from 4 to 6 people")."""
+    """The content words, numbers and relation words in order: what a swap around
+    a relation moves ("a refund instead of a replacement", "from 4 to 6 people")."""
     return tuple(
         t
         for t in slots.tokens
-        if t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalnum() for c in t)
+        if t in _RELATIONS
+        or (t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalnum() for c in t))
     )
 
 

@@ -75,6 +75,14 @@ def test_a_new_word_order_counts_only_around_a_relation() -> None:
         "Can I get a replacement instead of a refund?",
         "Can I get a refund instead of a replacement?",
     )["reordered"]
+    # a phrase moved whole keeps its sides: rewording, not a swap
+    assert not _features(
+        "Can I get a replacement instead of a refund?",
+        "Instead of a refund, can I get a replacement?",
+    )["reordered"]
+    assert not _features(
+        "Is delivery free on orders over £50?", "Do orders over £50 get free delivery?"
+    )["reordered"]
 
 
 def test_an_added_qualifier_is_told_from_an_added_clause() -> None:
@@ -217,3 +225,11 @@ def test_weights_are_read_as_json_and_a_pickle_is_never_loaded(tmp_path: Path) -
     shipped = json.loads(WEIGHTS.read_text(encoding="utf-8"))
     assert set(shipped["weights"]) == set(FEATURE_NAMES)
     assert len(shipped["interaction_weights"]) == 2 * 384
+
+
+def test_a_swap_around_the_second_of_two_relation_words_is_seen() -> None:
+    """ "way to get from London to Paris": the first "to" is no relation."""
+    assert _features(
+        "What is the cheapest way to get from London to Paris?",
+        "What is the cheapest way to get from Paris to London?",
+    )["reordered"]

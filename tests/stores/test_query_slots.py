@@ -54,3 +54,18 @@ def test_extremes_inclusion_and_validity_are_polarity_axes() -> None:
     assert "polarity" in conflicts(
         "Do I need an ESTA with a valid US visa?", "Do I need an ESTA with an expired US visa?"
     )
+
+
+def test_bounds_minutes_and_product_names_are_not_amount_polarity() -> None:
+    """ "min" is minutes as often as minimum, "Max" names products, and "at least" /
+    "or more" state one bound two ways."""
+
+    def conflicts(a: str, b: str) -> frozenset[str]:
+        return slot_conflicts(QuerySlots.of(a), QuerySlots.of(b))
+
+    assert "polarity" not in conflicts(
+        "Is there a cheaper HBO Max plan?", "Is there an HBO Max plan at a lower price?"
+    )
+    assert "polarity" not in conflicts(
+        "Can I bring at least 2 bags?", "Can I bring 2 or more bags?"
+    )
