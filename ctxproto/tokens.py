@@ -124,16 +124,7 @@ class HuggingFaceCounter(TokenCounter):
 
     def chat_template(self) -> Callable[[list[dict[str, Any]]], str] | None:
         """The model's chat template as a renderer, or ``None`` when it has none."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            return None
-
-        def render(messages: list[dict[str, Any]]) -> str:
-            text: str = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return text
-
-        return render
+        return self._renderer(generation_prompt=True)
 
     def count_message(self, message: Message) -> int:
         """Tokens one chat message costs under the model's own chat template."""
@@ -220,12 +211,15 @@ class HuggingFaceCounter(TokenCounter):
 
     def _plain_template(self) -> Callable[[list[dict[str, Any]]], str] | None:
         """The chat template without the generation prompt."""
+        return self._renderer(generation_prompt=False)
+
+    def _renderer(self, *, generation_prompt: bool) -> Callable[[list[dict[str, Any]]], str] | None:
         if not getattr(self.tokenizer, "chat_template", None):
             return None
 
         def render(messages: list[dict[str, Any]]) -> str:
             text: str = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=False
+                messages, tokenize=False, add_generation_prompt=generation_prompt
             )
             return text
 
