@@ -62,8 +62,9 @@ class BackendConfig(BaseModel):
     prefix_cache: bool = True
     cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
     quantize: QuantizeMode = Field(
-        default="none",
-        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; answers may differ.",
+        default="auto",
+        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; past the LM "
+        "head (auto: int8_head on CPU), answers may differ.",
     )
     speculate: bool = Field(
         default=True,

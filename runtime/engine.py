@@ -29,25 +29,39 @@ from ctxproto.runtime.attention import use_gqa_sdpa
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
-from ctxproto.runtime.kv_layout import cache_from_spans, new_cache, row_kv_slice
+from ctxproto.runtime.kv_layout import KVStorePool, cache_from_spans, new_cache, row_kv_slice
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
 
-__all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model"]
+__all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_quantize"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
-QuantizeMode = Literal["none", "int8_head", "int8", "int8_weights", "bf16"]
-"""``none``: float weights; ``int8_head``: an int8 LM head; ``int8``: every linear
-layer int8; ``int8_weights``: every linear layer's weights int8, its inputs only
-rounded to bfloat16; ``bf16``: every linear layer's weights and inputs bfloat16. The
-rounded modes run on CPU only; docs/runtime.md reports their quality. The
-session's and the server's config accept exactly these."""
+QuantizeMode = Literal["auto", "none", "int8_head", "int8", "int8_weights", "bf16"]
+"""``auto`` (the default): ``int8_head`` on CPU, ``none`` elsewhere; ``none``: float
+weights; ``int8_head``: an int8 LM head whose best candidates are rescored in float,
+so greedy answers stay float32's; ``int8``: every linear layer int8;
+``int8_weights``: every linear layer's weights int8, its inputs only rounded to
+bfloat16; ``bf16``: every linear layer's weights and inputs bfloat16. The rounded
+modes run on CPU only; docs/runtime.md reports their quality. The session's and the
+server's config accept exactly these."""
 
 QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
+
+
+def resolve_quantize(quantize: str, device: str) -> str:
+    """The mode ``auto`` stands for on ``device``; any other mode as it is.
+
+    On CPU a decode step streams every weight from memory, and the float32 LM head
+    is a fifth of them: the int8 head reads a quarter of its bytes and rescores its
+    best candidates in float32, so greedy answers are float32's (docs/runtime.md).
+    """
+    if quantize != "auto":
+        return quantize
+    return "int8_head" if device == "cpu" else "none"
 
 
 class Engine:
@@ -56,8 +70,9 @@ class Engine:
     ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
     is what the equality tests and the benchmark compare against. ``quantize``
     (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU: faster
-    decode and prefill, answers that may differ from float32's (docs/runtime.md).
-    ``speculate`` (on by default; float32, bf16 and int8_weights) lets a greedy request that
+    decode and prefill; past the LM head (``auto``'s ``int8_head``), answers that may
+    differ from float32's (docs/runtime.md); ``self.quantize`` is the mode resolved.
+    ``speculate`` (on by default; all but ``int8``) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
     prompt-lookup decoding").
@@ -73,13 +88,14 @@ class Engine:
         prefix_cache: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         offload_bytes: int = 0,
-        quantize: str = "none",
+        quantize: str = "auto",
         speculate: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
+        quantize = resolve_quantize(quantize, device)
         if quantize != "none" and device != "cpu":
             raise ConfigError("int8 and bf16 weights run on the CPU only", key="quantize")
         self.model = engine_model(load_causal_lm(model, device, dtype), quantize)
@@ -88,7 +104,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         # The modes whose verifying forward is tested to give the one-token steps' tokens.
-        self.speculate = speculate and quantize in ("none", "int8_weights", "bf16")
+        self.speculate = speculate and quantize in ("none", "int8_head", "int8_weights", "bf16")
         self.cache = RadixKVCache(
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,
@@ -97,6 +113,7 @@ class Engine:
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._eos_ids = _eos_ids(self.model, self.tokenizer)
         self._batch = DecodeBatch(self.model)
+        self._stores = KVStorePool()
         self._waiting: list[Request] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -251,7 +268,9 @@ class Engine:
             request.locked_node = match.node
             if match.length:
                 rest = len(prompt) - match.length
-                past = cache_from_spans(match.spans, device=self.model.device, append=rest)
+                past = cache_from_spans(
+                    match.spans, device=self.model.device, append=rest, pool=self._stores
+                )
                 reused = match.length
         request.cached_tokens = reused
         self.cache.count_request(cached=reused, computed=len(prompt) - reused)
@@ -369,9 +388,11 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
     if quantize == "int8_head":
         head_quantized = quantize_int8(loaded, head_only=True)
         # A model with no ``lm_head`` comes back as itself: never split the caller's model.
-        return split_over_cores(head_quantized, in_place=head_quantized is not loaded)
-    # bfloat16 products are threaded by oneDNN; splitting them over the cores is no faster.
-    split = to_bf16(loaded) if quantize == "bf16" else split_over_cores(loaded)
+        split = split_over_cores(head_quantized, in_place=head_quantized is not loaded)
+    elif quantize == "bf16":  # threaded by oneDNN; splitting them over the cores is no faster
+        split = to_bf16(loaded)
+    else:
+        split = split_over_cores(loaded)
     if split is not loaded:  # our own copy: its attention may change
         use_gqa_sdpa(split)
     return split

@@ -81,7 +81,7 @@ class Serving:
     kv_budget_tokens: int | None = None
     llama_parallel: int = 1
     knowledge: KnowledgeSetup | None = None
-    quantize: QuantizeMode = "none"
+    quantize: QuantizeMode = "auto"
 
 
 def add_quantize_argument(parser: Any) -> None:
@@ -91,7 +91,7 @@ def add_quantize_argument(parser: Any) -> None:
     parser.add_argument(
         "--quantize",
         choices=QUANTIZE_MODES,
-        default="none",
+        default="auto",
         help="weights of our engine on the engine and ctxproto paths (docs/runtime.md); "
         "the generate path stays float32",
     )

@@ -6,11 +6,13 @@ the bundled system prompt and the whole knowledge base (about 3.2k tokens) in fr
 of it, cold (no prefix cache, so every prompt is prefilled in full), and answered
 greedily by:
 
-- ``engine``: the engine as configured by default (speculative prompt-lookup
-  decoding, docs/runtime.md);
+- ``engine``: the engine as configured by default (on CPU an int8 LM head that
+  rescores its best candidates in float32; speculative prompt-lookup decoding,
+  docs/runtime.md);
 - ``engine_one_token``: the engine with ``speculate=False``, one token per forward;
-- ``engine_bf16``, ``engine_int8_weights``: the engine with ``quantize="bf16"``
-  and ``quantize="int8_weights"`` (speculating too);
+- ``engine_none``, ``engine_bf16``, ``engine_int8_weights``: the engine with
+  ``quantize="none"`` (float32 throughout), ``"bf16"`` and ``"int8_weights"``
+  (speculating too);
 - ``llama_server``: llama.cpp's server on the same GGUF file, sent the same token
   ids on ``/completion`` with ``cache_prompt`` off; its own ``timings`` give the
   rates (``prompt_per_second``, ``predicted_per_second``).
@@ -34,10 +36,12 @@ from ctxproto.bench.llama_server import LlamaServer
 from ctxproto.errors import BackendError
 from ctxproto.runtime import Engine, GenerationParams
 
-__all__ = ["ROUNDED", "support_figures", "support_prompts"]
+__all__ = ["OTHER_MODES", "support_figures", "support_prompts"]
 
-ROUNDED = ("bf16", "int8_weights")
-"""Rounded modes answering beside float32: their rates, and how many answers match."""
+OTHER_MODES = ("none", "bf16", "int8_weights")
+"""Engine modes answering beside the default (``auto``): their rates, and how many
+answers match the default's (``none``: float32 throughout, against ``auto``'s int8
+LM head on CPU)."""
 
 
 def support_prompts(engine: Engine, count: int) -> list[list[int]]:
@@ -67,13 +71,13 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
         "engine_one_token": Engine(prefix_cache=False, max_batch_size=1, speculate=False),
         **{
             f"engine_{mode}": Engine(prefix_cache=False, max_batch_size=1, quantize=mode)
-            for mode in ROUNDED
+            for mode in OTHER_MODES
         },
     }
     rates: dict[str, dict[str, list[float]]] = {}
     passes = tokens = 0
     same = True
-    identical = dict.fromkeys(ROUNDED, 0)
+    identical = dict.fromkeys(OTHER_MODES, 0)
     server, peer_note = _start_peer() if peer else (None, "not run (--no-peer)")
     try:
         prompts = support_prompts(engines["engine"], count)
@@ -92,7 +96,7 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
                     passes += handle.forward_passes - 1
                     tokens += len(handle.token_ids) - 1
             same = same and answers["engine"] == answers["engine_one_token"]
-            for mode in ROUNDED:
+            for mode in OTHER_MODES:
                 identical[mode] += answers[f"engine_{mode}"] == answers["engine"]
             if server is not None:
                 timings = _llama_completion(server, prompt, max_new_tokens)
@@ -113,13 +117,13 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
         "same_tokens": same,
         **{
             f"{mode}_identical_answers": round(identical[mode] / count, 3) if count else None
-            for mode in ROUNDED
+            for mode in OTHER_MODES
         },
         "llama_server": peer_note,
     }
     for kind in ("decode", "prefill"):
         rate = figures[f"{kind}_tokens_per_s"]
-        names = [("engine", kind)] + [(f"engine_{m}", f"{m}_{kind}") for m in ROUNDED]
+        names = [("engine", kind)] + [(f"engine_{m}", f"{m}_{kind}") for m in OTHER_MODES]
         for name, key in names:
             if "llama_server" in rate and name in rate:
                 figures[f"{key}_vs_llama_server"] = round(rate[name] / rate["llama_server"], 2)

@@ -204,7 +204,7 @@ def run_suite(
     quick: bool,
     max_new_tokens: int,
     seed: int,
-    quantize: QuantizeMode = "none",
+    quantize: QuantizeMode = "auto",
     progress: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -46,8 +46,9 @@ class LocalUpstreamConfig(_Section):
     cache_bytes: int | None = Field(default=None, gt=0)
     max_batch_size: int = Field(default=8, ge=1)
     quantize: QuantizeMode = Field(
-        default="none",
-        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; answers may differ.",
+        default="auto",
+        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; past the LM "
+        "head (auto: int8_head on CPU), answers may differ.",
     )
     speculate: bool = Field(
         default=True,

@@ -2,13 +2,13 @@
 
 import pytest
 
-from ctxproto.bench.decode_support import ROUNDED, support_figures
+from ctxproto.bench.decode_support import OTHER_MODES, support_figures
 from ctxproto.bench.llama_server import llama_server_binaries
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
 
-ENGINES = {"engine", "engine_one_token"} | {f"engine_{mode}" for mode in ROUNDED}
+ENGINES = {"engine", "engine_one_token"} | {f"engine_{mode}" for mode in OTHER_MODES}
 
 
 def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
@@ -31,9 +31,9 @@ def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
         assert set(rates) == ENGINES | peers
         assert all(rate > 0 for rate in rates.values())
         assert (f"{kind}_vs_llama_server" in figures) == bool(peers)
-        for mode in ROUNDED:
+        for mode in OTHER_MODES:
             assert (f"{mode}_{kind}_vs_llama_server" in figures) == bool(peers)
-    for mode in ROUNDED:
+    for mode in OTHER_MODES:
         assert 0.0 <= figures[f"{mode}_identical_answers"] <= 1.0
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ctxproto.runtime import Engine, GenerationParams
+from ctxproto.runtime.engine import resolve_quantize
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import QUESTIONS, run
 from tests.runtime.test_engine_speculation import COPYING, NOT_COPYING, answer
@@ -85,9 +86,6 @@ def test_batched_rows_give_the_plain_tokens(rounded_engine, rounded_plain_engine
 
 def test_speculation_is_on_and_keeps_the_one_token_steps(rounded_plain_engine, mode):
     with Engine(quantize=mode) as speculating:
-        if mode == "int8_head":  # its verifying forward is not tested: speculation stays off
-            assert not speculating.speculate
-            return
         assert speculating.speculate
         passes = tokens = 0
         for messages in COPYING + NOT_COPYING:
@@ -95,3 +93,15 @@ def test_speculation_is_on_and_keeps_the_one_token_steps(rounded_plain_engine, m
             assert (ids, text, reason) == answer(rounded_plain_engine, messages)[:3]
             passes, tokens = passes + forwards, tokens + len(ids)
     assert passes < tokens  # drafts were accepted: fewer forwards than tokens
+
+
+def test_the_default_on_cpu_is_the_int8_head_with_float32_answers(lm):
+    assert resolve_quantize("auto", "cpu") == "int8_head"
+    assert resolve_quantize("auto", "cuda") == "none"
+    assert resolve_quantize("bf16", "cpu") == "bf16"
+    params = GenerationParams(max_new_tokens=24)
+    with Engine() as default, Engine(quantize="none") as float32:
+        assert default.quantize == "int8_head"
+        assert type(default.model.lm_head).__name__ == "Int8Head"
+        for messages in [chat(q) for q in QUESTIONS] + COPYING:
+            assert run(default, messages, params)[0] == run(float32, messages, params)[0]

@@ -8,7 +8,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctxproto.runtime import RadixKVCache
-from ctxproto.runtime.kv_layout import cache_from_spans, new_cache, row_kv_slice
+from ctxproto.runtime.kv_layout import KVStorePool, cache_from_spans, new_cache, row_kv_slice
 
 
 def _decode(lm: Any, cache: Any, ids: Any, steps: int) -> tuple[list[int], Any, list[int]]:
@@ -93,3 +93,30 @@ def test_a_prefix_hit_copies_the_prefix_kv_once():
     keys = torch.stack([layer.keys[0] for layer in past.layers])
     torch.testing.assert_close(keys, torch.cat([full[:, 0], suffix[:, 0, 0]], dim=2))
     assert torch.equal(torch.cat(match.spans, dim=3), full)  # the tree's spans are intact
+
+
+def _spans(length: int) -> list[Any]:
+    return [torch.randn(3, 2, 2, length, 4)]
+
+
+def test_the_pool_lends_a_store_again_only_once_no_cache_holds_it():
+    pool = KVStorePool()
+    first = cache_from_spans(_spans(40), device="cpu", append=5, pool=pool)
+    held = first.layers[0].keys
+    kept = held.clone()
+    second = cache_from_spans(_spans(40), device="cpu", append=5, pool=pool)
+    # The first cache is alive: the second gets memory of its own, the first is intact.
+    assert second.layers[0].keys.data_ptr() != held.data_ptr()
+    assert torch.equal(held, kept)
+    address = held.data_ptr()
+    del first, held, second
+    shorter = cache_from_spans(_spans(30), device="cpu", append=5, pool=pool)
+    assert shorter.layers[0].keys.data_ptr() == address  # reused, no new pages
+    assert shorter.get_seq_length() == 30
+    del shorter
+    # Longer than the pooled store and its headroom: a new store, pooled in its place.
+    longer = cache_from_spans(_spans(400), device="cpu", append=5, pool=pool)
+    address = longer.layers[0].keys.data_ptr()
+    del longer
+    again = cache_from_spans(_spans(400), device="cpu", append=5, pool=pool)
+    assert again.layers[0].keys.data_ptr() == address
