@@ -61,7 +61,11 @@ def resolve_quantize(quantize: str, device: str) -> str:
     """
     if quantize != "auto":
         return quantize
-    return "int8_head" if device == "cpu" else "none"
+    return "int8_head" if _on_cpu(device) else "none"
+
+
+def _on_cpu(device: str) -> bool:
+    return str(device).split(":")[0] == "cpu"
 
 
 class Engine:
@@ -95,10 +99,19 @@ class Engine:
             raise ConfigError("must be at least 1", key="max_batch_size")
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
-        quantize = resolve_quantize(quantize, device)
-        if quantize != "none" and device != "cpu":
+        requested, quantize = quantize, resolve_quantize(quantize, device)
+        if quantize != "none" and not _on_cpu(device):
             raise ConfigError("int8 and bf16 weights run on the CPU only", key="quantize")
-        self.model = engine_model(load_causal_lm(model, device, dtype), quantize)
+        loaded = load_causal_lm(model, device, dtype)
+        try:
+            self.model = engine_model(loaded, quantize)
+        except RuntimeError:
+            if requested != "auto":
+                raise
+            # This torch build has no int8 kernel for the head (quantized engines
+            # differ by platform): the default falls back to float32.
+            quantize = "none"
+            self.model = engine_model(loaded, quantize)
         self.quantize = quantize
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
@@ -113,7 +126,8 @@ class Engine:
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._eos_ids = _eos_ids(self.model, self.tokenizer)
         self._batch = DecodeBatch(self.model)
-        self._stores = KVStorePool()
+        # On a GPU the caching allocator already reuses freed memory: no pool there.
+        self._stores = KVStorePool() if self.model.device.type == "cpu" else None
         self._waiting: list[Request] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -378,6 +392,7 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
 
     Shared with ``ctxproto bench decode``, which must time what the engine runs.
     """
+    quantize = resolve_quantize(quantize, loaded.device.type)
     if quantize == "int8":
         return quantize_int8(loaded)
     if quantize == "int8_weights":  # the kernel threads each product itself

@@ -125,6 +125,8 @@ class KVStorePool:
     A pooled store is lent again only when torch counts no tensor but the pool's
     own on its memory, so a cache still alive (a request in the batch, a caller's
     view) is never written to; without that count (another torch) it never reuses.
+    Only tensors count: code that kept a bare ``untyped_storage()`` of a store
+    would not be seen, and nothing here does.
     """
 
     def __init__(self) -> None:

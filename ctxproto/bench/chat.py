@@ -231,6 +231,8 @@ def run_paths(
             if task is not None:
                 progress.advance(task)
         cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
+    from ctxproto.runtime.engine import resolve_quantize
+
     result = summarize(records[_baseline(records)], records["ctxproto"])
     result.update(compare_paths(records))
     result.update(
@@ -238,7 +240,7 @@ def run_paths(
         prefix_cache=cache_stats.get("ctxproto", {}),
         prefix_cache_by_path=cache_stats,
         window_tokens=window_tokens,
-        quantize=serving.quantize,
+        quantize=resolve_quantize(serving.quantize, "cpu"),
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )

@@ -10,7 +10,8 @@ that load from other processes hits every variant alike:
 - ``reserved_kv``: our KV layers, which append into spare room instead of copying
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
-- ``engine``: both, which is what ``Engine`` runs by default;
+- ``engine``: both, which is what ``Engine(quantize="none")`` runs (float32; the
+  CPU default ``auto`` adds the int8 head of ``engine_int8_head``);
 - ``engine_int8_head``, ``engine_int8``, ``engine_int8_weights`` and
   ``engine_bf16``: the engine with ``quantize="int8_head"`` (an int8 LM head),
   ``quantize="int8"`` (every linear layer int8), ``quantize="int8_weights"``
@@ -25,7 +26,8 @@ the share of the float answers' tokens the rounded model predicts given the same
 preceding tokens, and the share of answers that come out identical.
 
 ``support`` then answers questions over the support knowledge base with
-speculative decoding on and off, in float32, bf16 and int8_weights, and asks
+speculative decoding on and off, in the default mode, float32, bf16 and
+int8_weights, and asks
 llama.cpp's server the same (``decode_support.py``): decode and cold prefill
 tokens/s of each, and the tokens each forward pass produced.
 """

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ctxproto.runtime import Engine, GenerationParams
+from ctxproto.runtime import engine as engine_module
 from ctxproto.runtime.engine import resolve_quantize
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import QUESTIONS, run
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.models
 
 
 LAYERS = {
+    "none": ("SplitLinear", None),
     "bf16": ("Bf16Head", "Bf16Linear"),
     "int8_weights": ("Int8WeightLinear", "Int8WeightLinear"),
     "int8_head": ("Int8Head", None),
@@ -105,3 +107,15 @@ def test_the_default_on_cpu_is_the_int8_head_with_float32_answers(lm):
         assert type(default.model.lm_head).__name__ == "Int8Head"
         for messages in [chat(q) for q in QUESTIONS] + COPYING:
             assert run(default, messages, params)[0] == run(float32, messages, params)[0]
+
+
+def test_the_default_falls_back_to_float32_where_torch_has_no_int8_kernel(lm, monkeypatch):
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack")
+
+    monkeypatch.setattr(engine_module, "quantize_int8", no_kernel)
+    with Engine() as default:
+        assert default.quantize == "none"
+        assert type(default.model.lm_head).__name__ == "SplitLinear"
+    with pytest.raises(RuntimeError, match="linear_prepack"):
+        Engine(quantize="int8_head")  # asked for by name: no silent fallback
