@@ -45,9 +45,12 @@ def test_a_layer_with_bias_matches_linear_and_follows_its_weight():
     linear = torch.nn.Linear(12, 8)
     model = torch.nn.Sequential(linear)
     split = split_over_cores(model, parts=2)
-    x = torch.randn(1, 12, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        torch.testing.assert_close(split(x), model(x), rtol=0, atol=1e-6)
+        # Up to 4 rows multiply weight-first, more rows input-first: both must match.
+        for shape in [(1, 12), (3, 12), (2, 2, 12), (2, 5, 12)]:
+            x = torch.randn(*shape, generator=generator)
+            torch.testing.assert_close(split(x), model(x), rtol=0, atol=1e-6)
         split64 = split_over_cores(torch.nn.Sequential(torch.nn.Linear(12, 8)), parts=2).double()
         assert split64(x.double()).dtype == torch.float64
 
