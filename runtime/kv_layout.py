@@ -15,6 +15,7 @@ the same values through a view.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,9 +136,7 @@ class KVStorePool:
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
         """An uninitialized tensor of ``shape``: pooled memory when free and large enough."""
         torch = require("torch", extra="runtime")
-        numel = 1
-        for size in shape:
-            numel *= size
+        numel = math.prod(shape)
         base = self._base
         if base is not None and _unshared(torch, base):
             fits = base.numel() >= numel and base.dtype == dtype

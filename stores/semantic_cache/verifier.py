@@ -39,6 +39,7 @@ costs a model call.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -338,22 +339,18 @@ def _load(path: Path) -> HitVerifier:
 
 def _content_sequence(tokens: tuple[str, ...]) -> tuple[str, ...]:
     """The content words in order: no function words, fillers, numbers or punctuation."""
-    return tuple(
-        t
-        for t in tokens
-        if t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalpha() for c in t)
-    )
+    return tuple(t for t in tokens if _is_content(t, str.isalpha))
 
 
 def _slot_sequence(slots: QuerySlots) -> tuple[str, ...]:
     """The content words, numbers and relation words in order: what a swap around
     a relation moves ("a refund instead of a replacement", "from 4 to 6 people")."""
-    return tuple(
-        t
-        for t in slots.tokens
-        if t in _RELATIONS
-        or (t not in FUNCTION_WORDS and t not in _FILLER and any(c.isalnum() for c in t))
-    )
+    return tuple(t for t in slots.tokens if t in _RELATIONS or _is_content(t, str.isalnum))
+
+
+def _is_content(token: str, character: Callable[[str], bool]) -> bool:
+    """Not a function word or filler, and with a ``character`` (a letter, or a digit too)."""
+    return token not in FUNCTION_WORDS and token not in _FILLER and any(map(character, token))
 
 
 def _content(tokens: tuple[str, ...]) -> frozenset[str]:
