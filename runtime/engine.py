@@ -25,6 +25,7 @@ from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
 from ctxproto.models.openmp import release_thread_pool
+from ctxproto.models.packed_linear import pack_linear_layers
 from ctxproto.runtime.attention import use_gqa_sdpa
 from ctxproto.runtime.batch import DecodeBatch
 from ctxproto.runtime.chat_template import render_chat
@@ -400,14 +401,14 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         if weights_int8 is not loaded:
             use_gqa_sdpa(weights_int8)
         return weights_int8
-    if quantize == "int8_head":
-        head_quantized = quantize_int8(loaded, head_only=True)
-        # A model with no ``lm_head`` comes back as itself: never split the caller's model.
-        split = split_over_cores(head_quantized, in_place=head_quantized is not loaded)
-    elif quantize == "bf16":  # threaded by oneDNN; splitting them over the cores is no faster
+    if quantize == "bf16":  # threaded by oneDNN; splitting them over the cores is no faster
         split = to_bf16(loaded)
     else:
-        split = split_over_cores(loaded)
+        # Each step returns the model itself when it changes nothing: never change the
+        # caller's model, only a copy of our own.
+        copy = quantize_int8(loaded, head_only=True) if quantize == "int8_head" else loaded
+        copy = pack_linear_layers(copy, in_place=copy is not loaded)
+        split = split_over_cores(copy, in_place=copy is not loaded)
     if split is not loaded:  # our own copy: its attention may change
         use_gqa_sdpa(split)
     return split

@@ -23,12 +23,13 @@ pytestmark = pytest.mark.models
 
 
 LAYERS = {
-    "none": ("SplitLinear", None),
+    "none": ("PackedLinear", "PackedLinear"),
     "bf16": ("Bf16Head", "Bf16Linear"),
     "int8_weights": ("Int8WeightLinear", "Int8WeightLinear"),
-    "int8_head": ("Int8Head", None),
+    "int8_head": ("Int8Head", "PackedLinear"),
 }
-"""Each mode's LM head and body layer classes (``None``: the float layer)."""
+"""Each mode's LM head and body layer classes. The float modes multiply by the GGUF
+file's own blocks (``packed_linear``); ``None``: the float layer."""
 
 
 @pytest.fixture(scope="module", params=sorted(LAYERS))
@@ -116,6 +117,6 @@ def test_the_default_falls_back_to_float32_where_torch_has_no_int8_kernel(lm, mo
     monkeypatch.setattr(engine_module, "quantize_int8", no_kernel)
     with Engine() as default:
         assert default.quantize == "none"
-        assert type(default.model.lm_head).__name__ == "SplitLinear"
+        assert type(default.model.lm_head).__name__ == LAYERS["none"][0]
     with pytest.raises(RuntimeError, match="linear_prepack"):
         Engine(quantize="int8_head")  # asked for by name: no silent fallback

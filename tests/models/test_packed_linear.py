@@ -1,0 +1,136 @@
+"""Layers that multiply by a GGUF model's own Q4_1 and Q8_0 blocks: found only where the
+float weights are blocks bit for bit, the same weights as the float layer, a row's
+result independent of its neighbours and of the thread count, and the caller's model
+untouched."""
+
+import warnings
+
+import pytest
+import torch
+import torch.utils.cpp_extension
+
+from ctxproto.models import kernels
+from ctxproto.models.packed_linear import PACKED_ROWS, find_q4_1, find_q8_0, pack_linear_layers
+
+
+def gguf_q4_1(rows: int, columns: int) -> torch.Tensor:
+    """A float32 weight dequantised from random Q4_1 blocks, as the GGUF loader does."""
+    generator = torch.Generator().manual_seed(0)
+    blocks = rows * columns // 32
+    scale = (torch.rand(blocks, 1, generator=generator) * 0.01).half().float()
+    offset = (torch.randn(blocks, 1, generator=generator) * 0.05).half().float()
+    q = torch.randint(0, 16, (blocks, 32), generator=generator).float()
+    q[:, 0], q[:, 1] = 0, 15  # the least and the greatest weight of each block, as GGUF's
+    return (scale * q + offset).reshape(rows, columns)
+
+
+def gguf_q8_0(rows: int, columns: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    blocks = rows * columns // 32
+    scale = (torch.rand(blocks, 1, generator=generator) * 0.001).half().float()
+    q = torch.randint(-127, 128, (blocks, 32), generator=generator).float()
+    q[:, 0] = 127
+    return (scale * q).reshape(rows, columns)
+
+
+def packed(weight: torch.Tensor, bias: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+    linear = torch.nn.Linear(weight.size(1), weight.size(0), bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    model = torch.nn.Sequential(linear)
+    return model, pack_linear_layers(model)
+
+
+def test_blocks_rebuild_the_float_weights_bit_for_bit():
+    weight = gguf_q4_1(96, 128)
+    qs, scale, offset = find_q4_1(weight)
+    assert qs.dtype == torch.uint8 and qs.shape == (96, 64) and scale.shape == (96, 4)
+    # Byte j of a block holds weights j (low nibble) and j + 16 (high nibble).
+    blocks = qs.view(96, 4, 16)
+    q = torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).float()
+    rebuilt = (scale.unsqueeze(-1) * q + offset.unsqueeze(-1)).reshape(96, 128)
+    assert torch.equal(rebuilt, weight)
+    q8, scale8 = find_q8_0(gguf_q8_0(64, 96))
+    assert q8.dtype == torch.int8
+    assert torch.equal(scale8.repeat_interleave(32, dim=1) * q8.float(), gguf_q8_0(64, 96))
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [
+        torch.randn(64, 128),  # float weights that were never blocks
+        gguf_q4_1(64, 128).add_(1e-3),  # offsets off float16
+        torch.randn(64, 100),  # rows that are not whole blocks
+    ],
+)
+def test_other_weights_are_left_as_they_are(weight):
+    assert find_q4_1(weight) is None
+    assert find_q8_0(weight) is None
+    model, same = packed(weight)
+    assert same is model
+
+
+@pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_layer_multiplies_by_the_same_weights(make, bias):
+    model, copy = packed(make(160, 192), bias)
+    layer = copy[0]
+    assert type(layer).__name__ == "PackedLinear"
+    assert type(model[0]) is torch.nn.Linear  # the caller's model keeps its layer
+    assert layer.weight is model[0].weight
+    x = torch.randn(2, 5, 192)
+    with torch.no_grad():
+        expected = model(x)
+        out = copy(x)
+    assert out.shape == expected.shape
+    # Only the order of the sums differs.
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
+    _, copy = packed(gguf_q4_1(256, 576))
+    x = torch.randn(13, 576)
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        together = copy(x)
+        alone = torch.cat([copy(row) for row in x.split(1)])
+        torch.set_num_threads(1)
+        try:
+            one_thread = copy(x)
+        finally:
+            torch.set_num_threads(threads)
+    assert torch.equal(together, alone)
+    assert torch.equal(together, one_thread)
+
+
+def test_long_inputs_go_through_the_float_layer():
+    model, copy = packed(gguf_q4_1(64, 128))
+    x = torch.randn(PACKED_ROWS + 1, 128)
+    with torch.no_grad():
+        assert torch.equal(copy(x), model(x))
+
+
+def test_the_bundled_model_is_blocks_throughout(lm):
+    copy = pack_linear_layers(lm)
+    layers = [module for module in copy.modules() if type(module).__name__ == "PackedLinear"]
+    assert len(layers) == 7 * lm.config.num_hidden_layers + 1
+    assert copy.lm_head.format == "q8_0"
+    assert copy.model.layers[0].mlp.down_proj.format == "q4_1"
+    assert type(lm.lm_head) is torch.nn.Linear
+
+
+def test_without_kernels_the_model_stays_float(monkeypatch):
+    def fail(**_kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    kernels.load_kernels.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels.load_kernels() is False
+        assert "could not be built (no compiler)" in str(caught[0].message)
+        model, same = packed(gguf_q4_1(32, 64))
+        assert same is model
+    finally:
+        kernels.load_kernels.cache_clear()
