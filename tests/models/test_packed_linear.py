@@ -4,6 +4,7 @@ result independent of its neighbours and of the thread count, and the caller's m
 untouched."""
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def gguf_q8_0(rows: int, columns: int) -> torch.Tensor:
     return (scale * q).reshape(rows, columns)
 
 
-def packed(weight: torch.Tensor, bias: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+def packed(weight: torch.Tensor, bias: bool = False) -> tuple[Any, Any]:
     linear = torch.nn.Linear(weight.size(1), weight.size(0), bias=bias)
     with torch.no_grad():
         linear.weight.copy_(weight)
@@ -43,14 +44,18 @@ def packed(weight: torch.Tensor, bias: bool = False) -> tuple[torch.nn.Module, t
 
 def test_blocks_rebuild_the_float_weights_bit_for_bit():
     weight = gguf_q4_1(96, 128)
-    qs, scale, offset = find_q4_1(weight)
+    found = find_q4_1(weight)
+    assert found is not None
+    qs, scale, offset = found
     assert qs.dtype == torch.uint8 and qs.shape == (96, 64) and scale.shape == (96, 4)
     # Byte j of a block holds weights j (low nibble) and j + 16 (high nibble).
     blocks = qs.view(96, 4, 16)
     q = torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).float()
     rebuilt = (scale.unsqueeze(-1) * q + offset.unsqueeze(-1)).reshape(96, 128)
     assert torch.equal(rebuilt, weight)
-    q8, scale8 = find_q8_0(gguf_q8_0(64, 96))
+    found8 = find_q8_0(gguf_q8_0(64, 96))
+    assert found8 is not None
+    q8, scale8 = found8
     assert q8.dtype == torch.int8
     assert torch.equal(scale8.repeat_interleave(32, dim=1) * q8.float(), gguf_q8_0(64, 96))
 
@@ -93,7 +98,7 @@ def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     threads = torch.get_num_threads()
     with torch.no_grad():
         together = copy(x)
-        alone = torch.cat([copy(row) for row in x.split(1)])
+        alone = torch.cat([copy(x[row : row + 1]) for row in range(len(x))])
         torch.set_num_threads(1)
         try:
             one_thread = copy(x)
