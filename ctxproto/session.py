@@ -63,8 +63,8 @@ class BackendConfig(BaseModel):
     cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
     quantize: QuantizeMode = Field(
         default="auto",
-        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; past the LM "
-        "head (auto: int8_head on CPU), answers may differ.",
+        description="int8 or bf16 weights on CPU (docs/runtime.md); past the LM head, "
+        "answers may differ (auto: float32).",
     )
     speculate: bool = Field(
         default=True,

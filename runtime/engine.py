@@ -42,8 +42,9 @@ __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_
 DEFAULT_CACHE_BYTES = 1 << 30
 
 QuantizeMode = Literal["auto", "none", "int8_head", "int8", "int8_weights", "bf16"]
-"""``auto`` (the default): ``int8_head`` on CPU, ``none`` elsewhere; ``none``: float
-weights; ``int8_head``: an int8 LM head whose best candidates are rescored in float,
+"""``auto`` (the default): ``none``; ``none``: float weights (on CPU multiplied from
+the GGUF file's own blocks where the weights are blocks, ``packed_linear``; the same
+float32 weights); ``int8_head``: an int8 LM head whose best candidates are rescored in float,
 so greedy answers stay float32's; ``int8``: every linear layer int8;
 ``int8_weights``: every linear layer's weights int8, its inputs only rounded to
 bfloat16; ``bf16``: every linear layer's weights and inputs bfloat16. The rounded
@@ -53,16 +54,15 @@ server's config accept exactly these."""
 QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
 
 
-def resolve_quantize(quantize: str, device: str) -> str:
-    """The mode ``auto`` stands for on ``device``; any other mode as it is.
+def resolve_quantize(quantize: str) -> str:
+    """The mode ``auto`` stands for; any other mode as it is.
 
-    On CPU a decode step streams every weight from memory, and the float32 LM head
-    is a fifth of them: the int8 head reads a quarter of its bytes and rescores its
-    best candidates in float32, so greedy answers are float32's (docs/runtime.md).
+    ``auto`` is float32 everywhere. On CPU it was the int8 head (a quarter of the
+    head's bytes, its best candidates rescored in float32) until the float layers
+    multiplied from the GGUF file's Q8_0 blocks, which read about as few bytes with
+    exact float32 weights: both decoded at about the same rate (docs/runtime.md).
     """
-    if quantize != "auto":
-        return quantize
-    return "int8_head" if _on_cpu(device) else "none"
+    return "none" if quantize == "auto" else quantize
 
 
 def _on_cpu(device: str) -> bool:
@@ -75,7 +75,7 @@ class Engine:
     ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
     is what the equality tests and the benchmark compare against. ``quantize``
     (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU: faster
-    decode and prefill; past the LM head (``auto``'s ``int8_head``), answers that may
+    decode and prefill; past the LM head (``int8_head``), answers that may
     differ from float32's (docs/runtime.md); ``self.quantize`` is the mode resolved.
     ``speculate`` (on by default; all but ``int8``) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
@@ -100,19 +100,10 @@ class Engine:
             raise ConfigError("must be at least 1", key="max_batch_size")
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
-        requested, quantize = quantize, resolve_quantize(quantize, device)
+        quantize = resolve_quantize(quantize)
         if quantize != "none" and not _on_cpu(device):
             raise ConfigError("int8 and bf16 weights run on the CPU only", key="quantize")
-        loaded = load_causal_lm(model, device, dtype)
-        try:
-            self.model = engine_model(loaded, quantize)
-        except RuntimeError:
-            if requested != "auto":
-                raise
-            # This torch build has no int8 kernel for the head (quantized engines
-            # differ by platform): the default falls back to float32.
-            quantize = "none"
-            self.model = engine_model(loaded, quantize)
+        self.model = engine_model(load_causal_lm(model, device, dtype), quantize)
         self.quantize = quantize
         self.tokenizer = load_tokenizer(model)
         self.max_batch_size = max_batch_size
@@ -393,7 +384,7 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
 
     Shared with ``ctxproto bench decode``, which must time what the engine runs.
     """
-    quantize = resolve_quantize(quantize, loaded.device.type)
+    quantize = resolve_quantize(quantize)
     if quantize == "int8":
         return quantize_int8(loaded)
     if quantize == "int8_weights":  # the kernel threads each product itself

@@ -240,7 +240,7 @@ def run_paths(
         prefix_cache=cache_stats.get("ctxproto", {}),
         prefix_cache_by_path=cache_stats,
         window_tokens=window_tokens,
-        quantize=resolve_quantize(serving.quantize, "cpu"),
+        quantize=resolve_quantize(serving.quantize),
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )

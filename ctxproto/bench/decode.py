@@ -10,8 +10,9 @@ that load from other processes hits every variant alike:
 - ``reserved_kv``: our KV layers, which append into spare room instead of copying
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
-- ``engine``: both, which is what ``Engine(quantize="none")`` runs (float32; the
-  CPU default ``auto`` adds the int8 head of ``engine_int8_head``);
+- ``engine``: what ``Engine()`` runs (``quantize="none"``, float32): our KV layers,
+  and the linear layers multiplying from the GGUF file's own blocks (``packed_linear``;
+  the same float32 weights), longer inputs split over the cores;
 - ``engine_int8_head``, ``engine_int8``, ``engine_int8_weights`` and
   ``engine_bf16``: the engine with ``quantize="int8_head"`` (an int8 LM head),
   ``quantize="int8"`` (every linear layer int8), ``quantize="int8_weights"``
@@ -125,7 +126,7 @@ def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) 
         "transformers": (model, transformers.DynamicCache),
         "reserved_kv": (model, new_cache),
         "split_cores": (split, transformers.DynamicCache),
-        "engine": (split, new_cache),
+        "engine": (engine_model(model, "none"), new_cache),
     }
     for mode in QUANTIZED:
         variants[f"engine_{mode}"] = (engine_model(model, mode), new_cache)

@@ -6,13 +6,13 @@ the bundled system prompt and the whole knowledge base (about 3.2k tokens) in fr
 of it, cold (no prefix cache, so every prompt is prefilled in full), and answered
 greedily by:
 
-- ``engine``: the engine as configured by default (on CPU an int8 LM head that
-  rescores its best candidates in float32; speculative prompt-lookup decoding,
+- ``engine``: the engine as configured by default (float32 weights, on CPU
+  multiplied from the GGUF file's blocks; speculative prompt-lookup decoding,
   docs/runtime.md);
 - ``engine_one_token``: the engine with ``speculate=False``, one token per forward;
-- ``engine_none``, ``engine_bf16``, ``engine_int8_weights``: the engine with
-  ``quantize="none"`` (float32 throughout), ``"bf16"`` and ``"int8_weights"``
-  (speculating too);
+- ``engine_int8_head``, ``engine_bf16``, ``engine_int8_weights``: the engine with
+  ``quantize="int8_head"`` (an int8 LM head rescored in float32), ``"bf16"`` and
+  ``"int8_weights"`` (speculating too);
 - ``llama_server``: llama.cpp's server on the same GGUF file, sent the same token
   ids on ``/completion`` with ``cache_prompt`` off; its own ``timings`` give the
   rates (``prompt_per_second``, ``predicted_per_second``).
@@ -38,10 +38,9 @@ from ctxproto.runtime import Engine, GenerationParams
 
 __all__ = ["OTHER_MODES", "support_figures", "support_prompts"]
 
-OTHER_MODES = ("none", "bf16", "int8_weights")
-"""Engine modes answering beside the default (``auto``): their rates, and how many
-answers match the default's (``none``: float32 throughout, against ``auto``'s int8
-LM head on CPU)."""
+OTHER_MODES = ("int8_head", "bf16", "int8_weights")
+"""Engine modes answering beside the default (``auto``, float32): their rates, and how
+many answers match the default's."""
 
 
 def support_prompts(engine: Engine, count: int) -> list[list[int]]:

@@ -47,8 +47,8 @@ class LocalUpstreamConfig(_Section):
     max_batch_size: int = Field(default=8, ge=1)
     quantize: QuantizeMode = Field(
         default="auto",
-        description="int8 or bf16 weights on CPU (docs/runtime.md): faster; past the LM "
-        "head (auto: int8_head on CPU), answers may differ.",
+        description="int8 or bf16 weights on CPU (docs/runtime.md); past the LM head, "
+        "answers may differ (auto: float32).",
     )
     speculate: bool = Field(
         default=True,

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ctxproto.runtime import Engine, GenerationParams
-from ctxproto.runtime import engine as engine_module
 from ctxproto.runtime.engine import resolve_quantize
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import QUESTIONS, run
@@ -98,25 +97,12 @@ def test_speculation_is_on_and_keeps_the_one_token_steps(rounded_plain_engine, m
     assert passes < tokens  # drafts were accepted: fewer forwards than tokens
 
 
-def test_the_default_on_cpu_is_the_int8_head_with_float32_answers(lm):
-    assert resolve_quantize("auto", "cpu") == "int8_head"
-    assert resolve_quantize("auto", "cuda") == "none"
-    assert resolve_quantize("bf16", "cpu") == "bf16"
+def test_the_default_is_float32_and_the_int8_head_keeps_its_answers(lm):
+    assert resolve_quantize("auto") == "none"
+    assert resolve_quantize("bf16") == "bf16"
     params = GenerationParams(max_new_tokens=24)
-    with Engine() as default, Engine(quantize="none") as float32:
-        assert default.quantize == "int8_head"
-        assert type(default.model.lm_head).__name__ == "Int8Head"
-        for messages in [chat(q) for q in QUESTIONS] + COPYING:
-            assert run(default, messages, params)[0] == run(float32, messages, params)[0]
-
-
-def test_the_default_falls_back_to_float32_where_torch_has_no_int8_kernel(lm, monkeypatch):
-    def no_kernel(*args, **kwargs):
-        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack")
-
-    monkeypatch.setattr(engine_module, "quantize_int8", no_kernel)
-    with Engine() as default:
+    with Engine() as default, Engine(quantize="int8_head") as int8_head:
         assert default.quantize == "none"
         assert type(default.model.lm_head).__name__ == LAYERS["none"][0]
-    with pytest.raises(RuntimeError, match="linear_prepack"):
-        Engine(quantize="int8_head")  # asked for by name: no silent fallback
+        for messages in [chat(q) for q in QUESTIONS] + COPYING:
+            assert run(int8_head, messages, params)[0] == run(default, messages, params)[0]
