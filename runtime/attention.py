@@ -13,6 +13,14 @@ attention over 9 copied heads took three times as long as over 3 shared ones.
 ``scaled_dot_product_attention`` on CPU takes the mask and ``enable_gqa``
 together, so on CPU this calls it that way; anywhere else it is transformers'
 function unchanged. The engine selects it by name on its own copy of the model.
+
+A one-token decode step without a mask (one sequence decoding) goes to ctxproto's
+own kernel (``ctxproto/models/csrc/decode_attention.cpp``) instead. torch's CPU
+kernel split the work by head, leaving one of two cores idle over 3 KV heads, and
+took 7.0 ms for the 30 layers at a 1.8k-token context; the kernel splits the KV
+into chunks of 256 tokens, reads each key once for the 3 query heads that share
+it, and took 2.7 ms (11.9 against 5.4 ms at 3.1k). It sums in another order than
+SDPA (within 1e-5 of it in the tests), fixed by the chunking, not by the threads.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import functools
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.kernels import load_kernels
 
 __all__ = ["GQA_SDPA", "use_gqa_sdpa"]
 
@@ -53,6 +62,10 @@ def _register() -> None:
         scaling: float | None = None,
         **kwargs: Any,
     ) -> tuple[Any, None]:
+        if attention_mask is None and _decodes_alone(query, key, value, dropout, kwargs):
+            scale = query.size(-1) ** -0.5 if scaling is None else scaling
+            output = torch.ops.ctxproto.decode_attention(query.contiguous(), key, value, scale)
+            return output, None
         grouped = getattr(module, "num_key_value_groups", 1) > 1
         if attention_mask is None or not grouped or query.device.type != "cpu":
             return sdpa.sdpa_attention_forward(  # type: ignore[no-any-return]
@@ -65,3 +78,26 @@ def _register() -> None:
 
     modeling.AttentionInterface.register(GQA_SDPA, attention)
     masking.AttentionMaskInterface.register(GQA_SDPA, masking.sdpa_mask)
+
+
+def _decodes_alone(
+    query: Any, key: Any, value: Any, dropout: float, options: dict[str, Any]
+) -> bool:
+    """Whether ``csrc/decode_attention.cpp`` can run: one float32 query token on CPU,
+    head dimension 64 or 128, at most 8 query heads per KV head, no dropout, window
+    or soft cap, and the kernels built."""
+    torch = require("torch", extra="runtime")
+    heads, kv_heads = query.size(1), key.size(1)
+    return bool(
+        query.device.type == "cpu"
+        and query.size(2) == 1
+        and query.dtype == key.dtype == value.dtype == torch.float32
+        and query.size(-1) in (64, 128)
+        and heads % kv_heads == 0
+        and heads // kv_heads <= 8
+        and key.stride(-1) == value.stride(-1) == 1
+        and not dropout
+        and options.get("sliding_window") is None
+        and options.get("softcap") is None
+        and load_kernels()
+    )

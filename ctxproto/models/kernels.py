@@ -1,7 +1,8 @@
 """ctxproto's own CPU kernels: C++ torch operators built on this machine at first use.
 
-torch has no kernel for what ``packed_linear`` needs (float32 rows times weights
-kept as 4-bit GGUF blocks), so ctxproto ships the C++ source
+torch has no kernel for float32 rows times weights kept as 4-bit GGUF blocks
+(``packed_linear``), and its attention kernels leave a core idle on a decode step
+over 3 KV heads (``runtime/attention.py``), so ctxproto ships the C++ source
 (``ctxproto/models/csrc/*.cpp``) and builds it with torch's extension builder
 the first time a model could use it: a few seconds, once per machine and torch
 version, into ``cache_dir()/kernels``. The build targets this CPU
