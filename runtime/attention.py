@@ -41,6 +41,8 @@ def use_gqa_sdpa(model: Any) -> None:
     """Switch ``model`` (an SDPA model the caller owns) to this attention."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return
+    if model.device.type == "cpu":
+        load_kernels()  # built now, not inside the first request
     _register()
     model.config._attn_implementation = GQA_SDPA
 
@@ -62,7 +64,7 @@ def _register() -> None:
         scaling: float | None = None,
         **kwargs: Any,
     ) -> tuple[Any, None]:
-        if attention_mask is None and _decodes_alone(query, key, value, dropout, kwargs):
+        if _kernel_attends(query, key, value, attention_mask, dropout, kwargs):
             scale = query.size(-1) ** -0.5 if scaling is None else scaling
             output = torch.ops.ctxproto.decode_attention(query.contiguous(), key, value, scale)
             return output, None
@@ -80,24 +82,60 @@ def _register() -> None:
     masking.AttentionMaskInterface.register(GQA_SDPA, masking.sdpa_mask)
 
 
-def _decodes_alone(
-    query: Any, key: Any, value: Any, dropout: float, options: dict[str, Any]
+KERNEL_TOKENS = 64
+"""The most new tokens of one sequence the kernel attends for at once: a decode step
+(1), a verifying forward of speculative decoding (up to 7), a short prefill after a
+prefix-cache hit. Over 1.8k tokens of KV and 30 layers it took 3.8 ms against SDPA's
+12.9 for 2 tokens, 10.3 against 19.2 for 8, 69.9 against 87.8 for 64."""
+
+_OPTIONS_IT_IGNORES = ("sliding_window", "softcap", "position_bias", "s_aux")
+
+
+def _kernel_attends(
+    query: Any, key: Any, value: Any, mask: Any, dropout: float, options: dict[str, Any]
 ) -> bool:
-    """Whether ``csrc/decode_attention.cpp`` can run: one float32 query token on CPU,
-    head dimension 64 or 128, at most 8 query heads per KV head, no dropout, window
-    or soft cap, and the kernels built."""
+    """Whether ``csrc/decode_attention.cpp`` computes this attention: float32 on CPU,
+    head dimension 64 or 128, at most 8 query heads per KV head, nothing it ignores
+    (dropout, a window, a soft cap, a position bias, sinks), and either one token
+    with no mask or a few tokens of one sequence under the causal mask aligned to
+    the end of the KV; and the kernels built."""
     torch = require("torch", extra="runtime")
+    tokens, length = query.size(2), key.size(2)
     heads, kv_heads = query.size(1), key.size(1)
+    if query.device.type != "cpu" or not 1 <= tokens <= min(KERNEL_TOKENS, length):
+        return False
+    if mask is None:
+        masked_right = tokens == 1
+    else:
+        masked_right = query.size(0) == 1 and _causal_at_end(torch, mask, tokens, length)
     return bool(
-        query.device.type == "cpu"
-        and query.size(2) == 1
+        masked_right
         and query.dtype == key.dtype == value.dtype == torch.float32
         and query.size(-1) in (64, 128)
+        and key.shape == value.shape
+        and key.size(0) == query.size(0)
         and heads % kv_heads == 0
         and heads // kv_heads <= 8
         and key.stride(-1) == value.stride(-1) == 1
         and not dropout
-        and options.get("sliding_window") is None
-        and options.get("softcap") is None
+        and all(options.get(name) is None for name in _OPTIONS_IT_IGNORES)
         and load_kernels()
     )
+
+
+_last_mask: list[Any] = [None, False]
+"""The last mask checked and the answer: every layer of a forward gets the same one."""
+
+
+def _causal_at_end(torch: Any, mask: Any, tokens: int, length: int) -> bool:
+    """Whether ``mask`` lets new token ``i`` see exactly keys ``0 .. length - tokens + i``."""
+    checked, answer = _last_mask
+    if mask is checked:
+        return bool(answer)
+    answer = mask.dtype == torch.bool and tuple(mask.shape) == (1, 1, tokens, length)
+    if answer:
+        positions = torch.arange(length, device=mask.device)
+        last_seen = torch.arange(length - tokens, length, device=mask.device).unsqueeze(1)
+        answer = torch.equal(mask[0, 0], positions <= last_seen)
+    _last_mask[:] = [mask, answer]
+    return bool(answer)

@@ -74,9 +74,10 @@ class Engine:
 
     ``prefix_cache=False`` turns reuse off (every prompt is computed in full), which
     is what the equality tests and the benchmark compare against. ``quantize``
-    (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU: faster
-    decode and prefill; past the LM head (``int8_head``), answers that may
-    differ from float32's (docs/runtime.md); ``self.quantize`` is the mode resolved.
+    (``QUANTIZE_MODES``) multiplies by int8 or bfloat16 weights on CPU; past the
+    LM head (``int8_head``), answers may differ from float32's, and the default,
+    float32 from the GGUF file's blocks, decodes as fast (docs/runtime.md);
+    ``self.quantize`` is the mode resolved.
     ``speculate`` (on by default; all but ``int8``) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
@@ -380,7 +381,8 @@ class Engine:
 
 
 def engine_model(loaded: Any, quantize: str = "none") -> Any:
-    """The engine's copy of a loaded model: float layers split over the cores, int8 or bf16.
+    """The engine's copy of a loaded model: float layers from GGUF blocks and split over
+    the cores, int8 or bf16.
 
     Shared with ``ctxproto bench decode``, which must time what the engine runs.
     """

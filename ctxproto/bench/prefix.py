@@ -86,7 +86,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     distinct = _distinct_prompts(tokenizer, essays, args.distinct_prompts, args.distinct_tokens)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     # float32 throughout, as the figures in docs/benchmarks.md were measured against
-    # generate; the int8 head of the CPU default is timed by `bench decode`.
+    # generate; the other modes are timed by `bench decode`.
     engine_kwargs = {
         "model": args.model,
         "device": args.device,

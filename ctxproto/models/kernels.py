@@ -6,12 +6,14 @@ over 3 KV heads (``runtime/attention.py``), so ctxproto ships the C++ source
 (``ctxproto/models/csrc/*.cpp``) and builds it with torch's extension builder
 the first time a model could use it: a few seconds, once per machine and torch
 version, into ``cache_dir()/kernels``. The build targets this CPU
-(``-march=native``), so the folder is keyed by the CPU's feature flags as well:
-a cache shared between machines never hands one CPU another's instructions.
+(``-march=native``), so the folder is keyed by the CPU's model and features as
+well: a cache shared between machines does not hand one CPU another's
+instructions.
 
-Building needs a C++ compiler and ninja (the ``runtime`` extra installs ninja).
-Without them, or when the build fails, ``load_kernels`` says why once, in a
-warning, and returns False: every caller then keeps torch's own float layers.
+Building needs a C++ compiler with OpenMP and ninja (the ``runtime`` extra
+installs ninja), and the kernels pay only with AVX-512. Without them, or when
+the build fails, ``load_kernels`` says why once, in a warning, and returns
+False: every caller then keeps torch's own layers and attention.
 The operators are threaded with torch's ``at::parallel_for``, so they run on
 torch's OpenMP workers (``openmp.py``) rather than a pool of their own.
 """
@@ -22,10 +24,13 @@ import functools
 import hashlib
 import importlib
 import os
+import platform
+import shutil
+import threading
+import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.models.loader import cache_dir
@@ -37,58 +42,83 @@ _NAME = "ctxproto_kernels"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 """``-ffp-contract=off``: a product and a sum the kernels keep apart must not fuse."""
 
+_STALE_LOCK_S = 600
+"""A build lock older than this was left by a build that was killed: torch's builder
+would wait for it forever."""
+
+_building = threading.Lock()
+
 
 @functools.cache
 def load_kernels() -> bool:
-    """Build (first time) and load the ``torch.ops.ctxproto`` operators; False if not possible."""
-    torch = require("torch", extra="runtime")
+    """Build (first time) and load the ``torch.ops.ctxproto`` operators; False if not possible.
+
+    False also where they were built without AVX-512: their plain loops are slower
+    than torch's own kernels, which the callers then keep.
+    """
+    with _building:
+        torch = require("torch", extra="runtime")
+        try:
+            _build_and_load(torch)
+        except (OSError, RuntimeError, ImportError) as exc:
+            return _decline(f"could not be built ({exc})")
+        if torch.ops.ctxproto.vector_width() == 0:
+            return _decline("were built without AVX-512 for this CPU")
+        return True
+
+
+def _build_and_load(torch: Any) -> None:
+    if hasattr(torch.ops.ctxproto, "vector_width"):  # loaded before, in this process
+        return
     sources = sorted(str(path) for path in _SOURCES.glob("*.cpp"))
+    if not sources:
+        raise OSError(f"no C++ sources in {_SOURCES}")
     build = cache_dir() / "kernels" / f"torch{torch.__version__}-{_cpu_tag()}"
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-        cpp_extension = require("torch.utils.cpp_extension", extra="runtime")
-        with _ninja_on_path():
-            cpp_extension.load(
-                name=_NAME,
-                sources=sources,
-                extra_cflags=_FLAGS,
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build),
-                is_python_module=False,
-                verbose=False,
-            )
-    except (OSError, RuntimeError, ImportError) as exc:
-        warnings.warn(
-            f"ctxproto's CPU kernels could not be built ({exc}); "
-            "models keep torch's float layers, which decode slower",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
-    return True
+    build.mkdir(parents=True, exist_ok=True)
+    lock = build / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+    _put_ninja_on_path()
+    cpp_extension = require("torch.utils.cpp_extension", extra="runtime")
+    cpp_extension.load(
+        name=_NAME,
+        sources=sources,
+        extra_cflags=_FLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def _decline(why: str) -> bool:
+    warnings.warn(
+        f"ctxproto's CPU kernels {why}; models keep torch's kernels, which decode slower",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 def _cpu_tag() -> str:
-    """A short digest of this CPU's model and feature flags (Linux); ``generic`` elsewhere."""
+    """A short digest of this machine's architecture, CPU model and features."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return "generic"
-    lines = [line for line in text.splitlines() if line.startswith(("flags", "model name"))]
-    return hashlib.sha256("\n".join(sorted(set(lines))).encode()).hexdigest()[:12]
+        text = ""
+    keys = ("flags", "model name", "Features", "CPU part", "CPU implementer")
+    lines = {line for line in text.splitlines() if line.startswith(keys)}
+    described = "\n".join([platform.machine(), platform.processor(), *sorted(lines)])
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
-@contextmanager
-def _ninja_on_path() -> Iterator[None]:
-    """The ``ninja`` package's binary on ``PATH`` while building (a venv's bin is often not)."""
+def _put_ninja_on_path() -> None:
+    """The ``ninja`` package's binary on ``PATH`` when no ninja is there (a venv's bin
+    often is not); torch's builder runs ``ninja`` by name."""
+    if shutil.which("ninja"):
+        return
     try:
         ninja = importlib.import_module("ninja")
-    except ImportError:  # a system ninja may still be there
-        yield
+    except ImportError:  # the build will say that ninja is missing
         return
-    previous = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join([str(ninja.BIN_DIR), previous])
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = previous
+    os.environ["PATH"] = os.pathsep.join([str(ninja.BIN_DIR), os.environ.get("PATH", "")])

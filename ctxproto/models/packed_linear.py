@@ -67,15 +67,18 @@ def pack_linear_layers(model: Any, *, in_place: bool = False) -> Any:
 
 def _blocks(weight: Any) -> tuple[Any, ...] | None:
     found_before = _found_blocks()
-    if weight in found_before:
-        return found_before[weight]  # type: ignore[no-any-return]
+    # An in-place change of the weight (``load_state_dict``, ``.data`` swapped)
+    # bumps its version or moves its data: the blocks are found again.
+    state = (weight._version, weight.data_ptr())
+    if weight in found_before and found_before[weight][0] == state:
+        return found_before[weight][1]  # type: ignore[no-any-return]
     found = None
     for find in (find_q4_1, find_q8_0):
         # One row first: a matrix of other weights is turned down in microseconds.
         if find(weight.detach()[:1]) is not None:
             found = find(weight.detach())
             break
-    found_before[weight] = found
+    found_before[weight] = (state, found)
     return found
 
 
@@ -159,7 +162,9 @@ def _rebuild(blocks: Any, offset: Any | None, q_max: int, span: Any) -> tuple[An
         shifted = blocks if offset is None else blocks - offset
         q = torch.round(shifted / divisor).clamp_(-q_max if offset is None else 0, q_max)
         product = scale * q
-        ok = ((product if offset is None else product + offset) == blocks).all(-1, keepdim=True)
+        rebuilt = product if offset is None else product + offset
+        # Bit for bit: == would take -0.0 for 0.0.
+        ok = (rebuilt.view(torch.int32) == blocks.view(torch.int32)).all(-1, keepdim=True)
         new = ok & ~found
         q_found = torch.where(new, q, q_found)
         scale_found = torch.where(new, scale, scale_found)

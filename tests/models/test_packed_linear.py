@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.utils.cpp_extension
 
 from ctxproto.models import kernels
 from ctxproto.models.packed_linear import PACKED_ROWS, find_q4_1, find_q8_0, pack_linear_layers
@@ -60,12 +59,24 @@ def test_blocks_rebuild_the_float_weights_bit_for_bit():
     assert torch.equal(scale8.repeat_interleave(32, dim=1) * q8.float(), gguf_q8_0(64, 96))
 
 
+def one_off(weight: torch.Tensor, value: float | None = None) -> torch.Tensor:
+    """``weight`` with its element [3, 5] one float32 step up, or set to ``value``."""
+    changed = weight.clone()
+    bumped = torch.nextafter(changed[3, 5], torch.tensor(float("inf")))
+    changed[3, 5] = bumped if value is None else value
+    return changed
+
+
 @pytest.mark.parametrize(
     "weight",
     [
         torch.randn(64, 128),  # float weights that were never blocks
         gguf_q4_1(64, 128).add_(1e-3),  # offsets off float16
         torch.randn(64, 100),  # rows that are not whole blocks
+        one_off(gguf_q4_1(64, 128)),  # one weight a bit off
+        one_off(gguf_q8_0(64, 128)),
+        one_off(gguf_q4_1(64, 128), float("nan")),
+        one_off(gguf_q8_0(64, 128), float("inf")),
     ],
 )
 def test_other_weights_are_left_as_they_are(weight):
@@ -92,10 +103,31 @@ def test_packed_layer_multiplies_by_the_same_weights(make, bias):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
+def test_the_kernel_multiplies_by_each_weight_exactly(make):
+    weight = make(96, 128)
+    _, copy = packed(weight)
+    # One-hot rows pick single weights out: nothing is summed, so any rounding
+    # of the rebuilt weight (a fused multiply-add, a wrong nibble) shows.
+    with torch.no_grad():
+        picked = copy(torch.eye(128)[:64])
+    assert torch.equal(picked, weight.T[:64])
+
+
+def test_a_weight_changed_in_place_is_found_again():
+    weight = gguf_q4_1(64, 128)
+    model, first = packed(weight)
+    assert first is not model
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(64, 128))
+    assert pack_linear_layers(model) is model
+
+
 def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     _, copy = packed(gguf_q4_1(256, 576))
     x = torch.randn(13, 576)
     threads = torch.get_num_threads()
+    torch.set_num_threads(4)
     with torch.no_grad():
         together = copy(x)
         alone = torch.cat([copy(x[row : row + 1]) for row in range(len(x))])
@@ -125,10 +157,10 @@ def test_the_bundled_model_is_blocks_throughout(lm):
 
 
 def test_without_kernels_the_model_stays_float(monkeypatch):
-    def fail(**_kwargs):
+    def fail(_torch):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    monkeypatch.setattr(kernels, "_build_and_load", fail)
     kernels.load_kernels.cache_clear()
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -1,16 +1,33 @@
-"""The engine's attention: a decode step's kernel agrees with torch's SDPA on every
-shape it takes, does not depend on the thread count, and other shapes go to SDPA."""
+"""The engine's attention: the kernel for a few new tokens agrees with torch's SDPA on
+every shape it takes, does not depend on the thread count, runs in the engine's
+decode steps with transformers' answers, and other shapes go to SDPA."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from ctxproto.models.kernels import load_kernels
-from ctxproto.runtime import attention
+from ctxproto.runtime import GenerationParams, attention
+from tests.runtime.conftest import chat
+from tests.runtime.test_engine import run
+
+
+def causal_at_end(tokens: int, length: int) -> torch.Tensor:
+    """The mask transformers builds for new tokens after cached KV: token i sees
+    keys up to ``length - tokens + i``."""
+    positions = torch.arange(length)
+    return (positions <= torch.arange(length - tokens, length).unsqueeze(1))[None, None]
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, scale=query.size(-1) ** -0.5, enable_gqa=True
+        query,
+        key,
+        value,
+        attn_mask=causal_at_end(query.size(2), key.size(2)),
+        scale=query.size(-1) ** -0.5,
+        enable_gqa=True,
     )
     return out.transpose(1, 2)
 
@@ -22,31 +39,47 @@ def kv_views(batch: int, heads: int, length: int, dim: int) -> tuple[torch.Tenso
 
 
 @pytest.mark.parametrize(
-    ("batch", "query_heads", "kv_heads", "length", "dim"),
+    ("batch", "query_heads", "kv_heads", "tokens", "length", "dim"),
     [
-        (1, 9, 3, 1, 64),
-        (1, 9, 3, 255, 64),
-        (1, 9, 3, 257, 64),  # one token past a chunk
-        (2, 9, 3, 1800, 64),
-        (1, 4, 4, 300, 128),  # no grouping
-        (1, 16, 2, 513, 128),
+        (1, 9, 3, 1, 1, 64),
+        (1, 9, 3, 1, 255, 64),
+        (1, 9, 3, 1, 257, 64),  # one token past a chunk
+        (2, 9, 3, 1, 1800, 64),
+        (1, 4, 4, 1, 300, 128),  # no grouping
+        (1, 16, 2, 1, 513, 128),
+        (1, 9, 3, 2, 2, 64),  # a prefill of two tokens
+        (1, 9, 3, 7, 260, 64),  # a verify whose first tokens see only the first chunk
+        (2, 9, 3, 5, 1800, 64),
+        (1, 16, 2, 8, 513, 128),
     ],
 )
-def test_decode_kernel_agrees_with_sdpa(batch, query_heads, kv_heads, length, dim):
+def test_kernel_agrees_with_sdpa(batch, query_heads, kv_heads, tokens, length, dim):
     assert load_kernels()
     torch.manual_seed(length)
-    query = torch.randn(batch, query_heads, 1, dim)
+    query = torch.randn(batch, query_heads, tokens, dim)
     key, value = kv_views(batch, kv_heads, length, dim)
     out = torch.ops.ctxproto.decode_attention(query, key, value, dim**-0.5)
-    assert out.shape == (batch, 1, query_heads, dim)
+    assert out.shape == (batch, tokens, query_heads, dim)
     torch.testing.assert_close(out, sdpa(query, key, value), rtol=1e-5, atol=1e-6)
 
 
-def test_decode_kernel_sums_in_one_order_whatever_the_threads():
+def test_a_tokens_result_does_not_depend_on_the_tokens_after_it():
+    torch.manual_seed(1)
+    query = torch.randn(1, 9, 6, 64)
+    key, value = kv_views(1, 3, 600, 64)
+    together = torch.ops.ctxproto.decode_attention(query, key, value, 0.125)
+    first_three = torch.ops.ctxproto.decode_attention(
+        query[:, :, :3].contiguous(), key[:, :, :597], value[:, :, :597], 0.125
+    )
+    assert torch.equal(together[:, :3], first_three)
+
+
+def test_kernel_sums_in_one_order_whatever_the_threads():
     torch.manual_seed(0)
-    query = torch.randn(1, 9, 1, 64)
+    query = torch.randn(1, 9, 3, 64)
     key, value = kv_views(1, 3, 1000, 64)
     threads = torch.get_num_threads()
+    torch.set_num_threads(4)
     together = torch.ops.ctxproto.decode_attention(query, key, value, 0.125)
     torch.set_num_threads(1)
     try:
@@ -59,10 +92,47 @@ def test_decode_kernel_sums_in_one_order_whatever_the_threads():
 def test_other_shapes_go_to_sdpa():
     query = torch.randn(1, 9, 1, 64)
     key, value = kv_views(1, 3, 40, 64)
-    assert attention._decodes_alone(query, key, value, 0.0, {})
-    several = torch.randn(1, 9, 2, 64)
-    assert not attention._decodes_alone(several, key, value, 0.0, {})
+    attends = attention._kernel_attends
+    assert attends(query, key, value, None, 0.0, {})
+    several = torch.randn(1, 9, 3, 64)
+    assert attends(several, key, value, causal_at_end(3, 40), 0.0, {})
+    assert not attends(several, key, value, None, 0.0, {})  # causal from the start
+    assert not attends(several, key, value, causal_at_end(3, 40).logical_not(), 0.0, {})
+    assert not attends(several, key, value, causal_at_end(3, 40).float(), 0.0, {})
+    too_many = torch.randn(1, 9, attention.KERNEL_TOKENS + 1, 64)
+    long_key, long_value = kv_views(1, 3, 2 * attention.KERNEL_TOKENS, 64)
+    mask = causal_at_end(too_many.size(2), long_key.size(2))
+    assert not attends(too_many, long_key, long_value, mask, 0.0, {})
+    batch = torch.randn(2, 9, 3, 64)
+    keys2, values2 = kv_views(2, 3, 40, 64)
+    assert not attends(batch, keys2, values2, causal_at_end(3, 40).expand(2, 1, 3, 40), 0.0, {})
     half = query.bfloat16()
-    assert not attention._decodes_alone(half, key.bfloat16(), value.bfloat16(), 0.0, {})
-    assert not attention._decodes_alone(query, key, value, 0.0, {"sliding_window": 16})
-    assert not attention._decodes_alone(torch.randn(1, 9, 1, 80), *kv_views(1, 3, 40, 80), 0.0, {})
+    assert not attends(half, key.bfloat16(), value.bfloat16(), None, 0.0, {})
+    for option in ("sliding_window", "softcap", "position_bias", "s_aux"):
+        assert not attends(query, key, value, None, 0.0, {option: 16})
+    assert not attends(query, key, value, None, 0.1, {})
+    assert not attends(torch.randn(1, 9, 1, 80), *kv_views(1, 3, 40, 80), None, 0.0, {})
+
+
+KNOWLEDGE = Path(__file__).parents[2] / "examples" / "knowledge"
+
+
+def test_engine_decodes_on_the_kernel_with_transformers_answers(lm, engine, monkeypatch):
+    kernel = torch.ops.ctxproto.decode_attention
+    tokens_attended: list[int] = []
+
+    def spy(query, key, value, scale):
+        tokens_attended.append(query.size(2))
+        return kernel(query, key, value, scale)
+
+    monkeypatch.setattr(torch.ops.ctxproto, "decode_attention", spy)
+    system = "\n\n".join(path.read_text() for path in sorted(KNOWLEDGE.glob("*.md")))
+    messages = chat("How long is the warranty on the R7 router?", system)
+    prompt = engine.encode_chat(messages)
+    assert len(prompt) > 2 * 256  # the KV spans several chunks
+    answer, _ = run(engine, messages, GenerationParams(max_new_tokens=24))
+    with torch.no_grad():
+        generated = lm.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
+    assert answer == generated[0, len(prompt) :].tolist()[: len(answer)]
+    assert len(answer) > 4
+    assert tokens_attended and min(tokens_attended) == 1

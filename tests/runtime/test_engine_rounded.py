@@ -28,7 +28,7 @@ LAYERS = {
     "int8_head": ("Int8Head", "PackedLinear"),
 }
 """Each mode's LM head and body layer classes. The float modes multiply by the GGUF
-file's own blocks (``packed_linear``); ``None``: the float layer."""
+file's own blocks (``packed_linear``)."""
 
 
 @pytest.fixture(scope="module", params=sorted(LAYERS))
@@ -53,7 +53,7 @@ def test_only_the_engines_copy_is_rounded(lm, rounded_engine, mode):
     head, body = LAYERS[mode]
     assert type(model.lm_head).__name__ == head
     layer = type(model.model.layers[0].mlp.up_proj).__name__
-    assert layer == body if body else layer in ("Linear", "SplitLinear")
+    assert layer == body
     assert type(lm.lm_head) is torch.nn.Linear
     assert type(lm.model.layers[0].mlp.up_proj) is torch.nn.Linear
     assert model.model.embed_tokens.weight.dtype == torch.float32

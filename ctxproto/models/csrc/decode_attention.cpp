@@ -1,5 +1,7 @@
-// One decode step's attention over the whole KV, in float32: one query token per
-// sequence, grouped-query heads sharing their KV head, no mask.
+// Attention of a few new tokens over the whole KV, in float32: grouped-query heads
+// sharing their KV head, each new token seeing the KV up to its own position (the
+// causal mask of a decode step, of a verifying forward of speculative decoding, and
+// of a short prefill after a prefix-cache hit, all aligned to the end of the KV).
 //
 // torch's CPU kernels spend about 2.5 times the time it takes to stream the KV
 // from memory on this shape (runtime/attention.py gives the figures), and split
@@ -10,7 +12,7 @@
 // summed in registers; the chunks' partial results are merged with their
 // maxima. exp is a degree-6 polynomial after range reduction (relative error
 // about 2e-7). The order of the sums is fixed by the chunking alone, never by
-// the number of threads.
+// the number of threads, and a token's result never depends on the tokens after it.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -45,7 +47,8 @@ struct KV {
 #if defined(__AVX512F__)
 inline __m512 exp_ps(__m512 x) {
   // exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2.
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  // max returns its second operand when either is NaN: a NaN score stays NaN.
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -65,15 +68,16 @@ inline __m512 exp_ps(__m512 x) {
 // head; writes per head V * 16 unnormalised outputs, then the chunk's maximum
 // score and its sum of exponentials.
 template <int G, int V>
-void attend_chunk(const float* q, const KV& keys, const KV& values, int64_t b, int64_t h,
-                  int64_t begin, int64_t length, float scale, float* partial) {
+void attend_chunk(const float* q, int64_t q_stride, const KV& keys, const KV& values, int64_t b,
+                  int64_t h, int64_t begin, int64_t length, float scale, float* partial) {
   constexpr int64_t kDim = V * kLanes;
   float scores[G][kChunk];
 #if defined(__AVX512F__)
   __m512 query[G][V];
   for (int g = 0; g < G; ++g) {
     for (int j = 0; j < V; ++j) {
-      query[g][j] = _mm512_mul_ps(_mm512_loadu_ps(q + g * kDim + j * kLanes), _mm512_set1_ps(scale));
+      query[g][j] =
+          _mm512_mul_ps(_mm512_loadu_ps(q + g * q_stride + j * kLanes), _mm512_set1_ps(scale));
     }
   }
   for (int64_t t = 0; t < length; ++t) {
@@ -125,7 +129,7 @@ void attend_chunk(const float* q, const KV& keys, const KV& values, int64_t b, i
     const float* key = keys.at(b, h, begin + t);
     for (int g = 0; g < G; ++g) {
       float dot = 0.0f;
-      for (int64_t d = 0; d < kDim; ++d) dot += q[g * kDim + d] * scale * key[d];
+      for (int64_t d = 0; d < kDim; ++d) dot += q[g * q_stride + d] * scale * key[d];
       scores[g][t] = dot;
     }
   }
@@ -146,8 +150,8 @@ void attend_chunk(const float* q, const KV& keys, const KV& values, int64_t b, i
 #endif
 }
 
-using ChunkFn = void (*)(const float*, const KV&, const KV&, int64_t, int64_t, int64_t, int64_t,
-                         float, float*);
+using ChunkFn = void (*)(const float*, int64_t, const KV&, const KV&, int64_t, int64_t, int64_t,
+                         int64_t, float, float*);
 
 template <int V>
 ChunkFn chunk_function(int64_t groups) {
@@ -168,23 +172,26 @@ KV kv_view(const at::Tensor& tensor) {
   return {tensor.data_ptr<float>(), tensor.stride(0), tensor.stride(1), tensor.stride(2)};
 }
 
-// query [B, Hq, 1, D], key and value [B, Hkv, L, D] (any strides but the last);
-// returns [B, 1, Hq, D], the layout attention layers reshape into their output.
+// query [B, Hq, N, D], key and value [B, Hkv, L, D] (any strides but the last), N <= L:
+// query token i sees keys 0 .. L - N + i. Returns [B, N, Hq, D], the layout attention
+// layers reshape into their output.
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
                             const at::Tensor& value, double scale) {
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4, "4-d query, key, value");
   TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
                   value.scalar_type() == at::kFloat,
               "float32 query, key, value");
-  TORCH_CHECK(query.is_contiguous() && query.size(2) == 1, "one contiguous query token");
+  TORCH_CHECK(query.is_contiguous(), "a contiguous query");
   TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1, "contiguous head dimension");
   TORCH_CHECK(key.sizes() == value.sizes(), "key and value of one shape");
   const int64_t batch = query.size(0);
   const int64_t query_heads = query.size(1);
+  const int64_t tokens = query.size(2);
   const int64_t dim = query.size(3);
   const int64_t kv_heads = key.size(1);
   const int64_t length = key.size(2);
-  TORCH_CHECK(key.size(0) == batch && key.size(3) == dim && length >= 1, "matching shapes");
+  TORCH_CHECK(key.size(0) == batch && key.size(3) == dim, "matching shapes");
+  TORCH_CHECK(tokens >= 1 && tokens <= length, "1 to L query tokens");
   TORCH_CHECK(query_heads % kv_heads == 0, "query heads in whole groups");
   const int64_t groups = query_heads / kv_heads;
   ChunkFn attend = dim == 64 ? chunk_function<4>(groups)
@@ -194,7 +201,8 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
 
   const int64_t chunks = (length + kChunk - 1) / kChunk;
   const int64_t row = dim + 2;
-  at::Tensor partial = at::empty({batch, kv_heads, chunks, groups, row}, query.options());
+  // [B, Hkv, chunks, N, G, D + 2]: per chunk and token, each head's partial result.
+  at::Tensor partial = at::empty({batch, kv_heads, chunks, tokens, groups, row}, query.options());
   const KV keys = kv_view(key);
   const KV values = kv_view(value);
   const float* q = query.data_ptr<float>();
@@ -206,29 +214,46 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
       const int64_t h = (task / chunks) % kv_heads;
       const int64_t b = task / (chunks * kv_heads);
       const int64_t begin = chunk * kChunk;
-      attend(q + (b * query_heads + h * groups) * dim, keys, values, b, h, begin,
-             std::min(kChunk, length - begin), factor, p + task * groups * row);
+      for (int64_t i = 0; i < tokens; ++i) {
+        float* target = p + (task * tokens + i) * groups * row;
+        const int64_t visible = std::min(kChunk, length - tokens + i + 1 - begin);
+        if (visible <= 0) {  // the whole chunk is after this token
+          for (int64_t g = 0; g < groups; ++g) {
+            std::fill(target + g * row, target + g * row + dim, 0.0f);
+            target[g * row + dim] = -std::numeric_limits<float>::infinity();
+            target[g * row + dim + 1] = 0.0f;
+          }
+          continue;
+        }
+        const float* first_query = q + ((b * query_heads + h * groups) * tokens + i) * dim;
+        attend(first_query, tokens * dim, keys, values, b, h, begin, visible, factor, target);
+      }
     }
   });
 
-  at::Tensor out = at::empty({batch, 1, query_heads, dim}, query.options());
+  at::Tensor out = at::empty({batch, tokens, query_heads, dim}, query.options());
   float* o = out.data_ptr<float>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < kv_heads; ++h) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const float* first = p + ((b * kv_heads + h) * chunks * groups + g) * row;
-        float maximum = -std::numeric_limits<float>::infinity();
-        for (int64_t c = 0; c < chunks; ++c) maximum = std::max(maximum, first[c * groups * row + dim]);
-        float* target = o + (b * query_heads + h * groups + g) * dim;
-        std::fill(target, target + dim, 0.0f);
-        float total = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c) {
-          const float* part = first + c * groups * row;
-          const float weight = std::exp(part[dim] - maximum);
-          total += weight * part[dim + 1];
-          for (int64_t d = 0; d < dim; ++d) target[d] += weight * part[d];
+      for (int64_t i = 0; i < tokens; ++i) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t chunk_stride = tokens * groups * row;
+          const float* first = p + (((b * kv_heads + h) * chunks * tokens + i) * groups + g) * row;
+          float maximum = -std::numeric_limits<float>::infinity();
+          for (int64_t c = 0; c < chunks; ++c) {
+            maximum = std::max(maximum, first[c * chunk_stride + dim]);
+          }
+          float* result = o + ((b * tokens + i) * query_heads + h * groups + g) * dim;
+          std::fill(result, result + dim, 0.0f);
+          float total = 0.0f;
+          for (int64_t c = 0; c < chunks; ++c) {
+            const float* part = first + c * chunk_stride;
+            const float weight = std::exp(part[dim] - maximum);
+            total += weight * part[dim + 1];
+            for (int64_t d = 0; d < dim; ++d) result[d] += weight * part[d];
+          }
+          for (int64_t d = 0; d < dim; ++d) result[d] /= total;
         }
-        for (int64_t d = 0; d < dim; ++d) target[d] /= total;
       }
     }
   }

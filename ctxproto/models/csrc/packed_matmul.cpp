@@ -168,9 +168,20 @@ at::Tensor q8_0_matmul(const at::Tensor& x, const at::Tensor& qs, const at::Tens
   return rows_times(format, x, qs.size(0));
 }
 
+// 16 where the kernels were built with AVX-512; 0 where they fell back to scalar loops,
+// slower than torch's own kernels, which callers then keep (kernels.py).
+int64_t vector_width() {
+#if defined(__AVX512F__)
+  return 16;
+#else
+  return 0;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(ctxproto, library) {
+  library.def("vector_width() -> int", &vector_width);
   library.def("q4_1_matmul(Tensor x, Tensor qs, Tensor d, Tensor m) -> Tensor");
   library.def("q8_0_matmul(Tensor x, Tensor qs, Tensor d) -> Tensor");
 }
