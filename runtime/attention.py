@@ -14,13 +14,16 @@ attention over 9 copied heads took three times as long as over 3 shared ones.
 together, so on CPU this calls it that way; anywhere else it is transformers'
 function unchanged. The engine selects it by name on its own copy of the model.
 
-A one-token decode step without a mask (one sequence decoding) goes to ctxproto's
-own kernel (``ctxproto/models/csrc/decode_attention.cpp``) instead. torch's CPU
-kernel split the work by head, leaving one of two cores idle over 3 KV heads, and
-took 7.0 ms for the 30 layers at a 1.8k-token context; the kernel splits the KV
-into chunks of 256 tokens, reads each key once for the 3 query heads that share
-it, and took 2.7 ms (11.9 against 5.4 ms at 3.1k). It sums in another order than
-SDPA (within 1e-5 of it in the tests), fixed by the chunking, not by the threads.
+A one-token decode step without a mask, and up to ``KERNEL_TOKENS`` new tokens of
+one sequence under the causal mask aligned to the end of the KV (a verifying
+forward, a short prefill after a prefix hit), go to ctxproto's own kernel
+(``ctxproto/models/csrc/decode_attention.cpp``) instead. torch's CPU kernel split
+a decode step by head, leaving one of two cores idle over 3 KV heads, and took
+7.0 ms for the 30 layers at a 1.8k-token context; the kernel splits the KV into
+chunks of 256 tokens, reads each key once per new token for the 3 query heads that
+share it, and took 2.7 ms (11.9 against 5.4 ms at 3.1k). It sums in another order
+than SDPA (within 1e-5 of it in the tests), fixed by the chunking, not by the
+threads; a token's result is the same bits whatever tokens come after it.
 """
 
 from __future__ import annotations
@@ -104,13 +107,8 @@ def _kernel_attends(
     heads, kv_heads = query.size(1), key.size(1)
     if query.device.type != "cpu" or not 1 <= tokens <= min(KERNEL_TOKENS, length):
         return False
-    if mask is None:
-        masked_right = tokens == 1
-    else:
-        masked_right = query.size(0) == 1 and _causal_at_end(torch, mask, tokens, length)
-    return bool(
-        masked_right
-        and query.dtype == key.dtype == value.dtype == torch.float32
+    fits = bool(
+        query.dtype == key.dtype == value.dtype == torch.float32
         and query.size(-1) in (64, 128)
         and key.shape == value.shape
         and key.size(0) == query.size(0)
@@ -121,21 +119,27 @@ def _kernel_attends(
         and all(options.get(name) is None for name in _OPTIONS_IT_IGNORES)
         and load_kernels()
     )
+    if not fits or mask is None:
+        return fits and tokens == 1
+    return query.size(0) == 1 and _causal_at_end(torch, mask, tokens, length)
 
 
-_last_mask: list[Any] = [None, False]
-"""The last mask checked and the answer: every layer of a forward gets the same one."""
+_last_checked: tuple[Any, ...] = (None,)
+"""The last mask checked, what it was checked for, and the answer: every layer of a
+forward gets the same mask. Holding it keeps its identity from being reused."""
 
 
 def _causal_at_end(torch: Any, mask: Any, tokens: int, length: int) -> bool:
     """Whether ``mask`` lets new token ``i`` see exactly keys ``0 .. length - tokens + i``."""
-    checked, answer = _last_mask
-    if mask is checked:
-        return bool(answer)
+    global _last_checked
+    question = (mask, mask._version, tokens, length)
+    last = _last_checked
+    if len(last) == 5 and last[0] is mask and last[1:4] == question[1:]:
+        return bool(last[4])
     answer = mask.dtype == torch.bool and tuple(mask.shape) == (1, 1, tokens, length)
     if answer:
         positions = torch.arange(length, device=mask.device)
         last_seen = torch.arange(length - tokens, length, device=mask.device).unsqueeze(1)
         answer = torch.equal(mask[0, 0], positions <= last_seen)
-    _last_mask[:] = [mask, answer]
+    _last_checked = (*question, answer)
     return bool(answer)

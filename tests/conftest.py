@@ -21,6 +21,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def has_avx512() -> bool:
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+needs_avx512 = pytest.mark.skipif(
+    not has_avx512(), reason="ctxproto's CPU kernels run on AVX-512 CPUs only"
+)
+"""For tests of the kernels (``ctxproto/models/kernels.py``). Where the CPU has
+AVX-512 they must build and load, so a broken build fails the tests there."""
+
+
 @pytest.fixture(scope="session")
 def counter() -> Any:
     from ctxproto.tokens import get_counter

@@ -20,6 +20,7 @@ torch's OpenMP workers (``openmp.py``) rather than a pool of their own.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -27,7 +28,6 @@ import os
 import platform
 import shutil
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,6 @@ _NAME = "ctxproto_kernels"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 """``-ffp-contract=off``: a product and a sum the kernels keep apart must not fuse."""
 
-_STALE_LOCK_S = 600
-"""A build lock older than this was left by a build that was killed: torch's builder
-would wait for it forever."""
-
 _building = threading.Lock()
 
 
@@ -56,7 +52,7 @@ def load_kernels() -> bool:
     False also where they were built without AVX-512: their plain loops are slower
     than torch's own kernels, which the callers then keep.
     """
-    with _building:
+    with _building:  # a second thread waits here, then finds the operators loaded
         torch = require("torch", extra="runtime")
         try:
             _build_and_load(torch)
@@ -75,20 +71,24 @@ def _build_and_load(torch: Any) -> None:
         raise OSError(f"no C++ sources in {_SOURCES}")
     build = cache_dir() / "kernels" / f"torch{torch.__version__}-{_cpu_tag()}"
     build.mkdir(parents=True, exist_ok=True)
-    lock = build / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-        lock.unlink(missing_ok=True)
     _put_ninja_on_path()
     cpp_extension = require("torch.utils.cpp_extension", extra="runtime")
-    cpp_extension.load(
-        name=_NAME,
-        sources=sources,
-        extra_cflags=_FLAGS,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
-        is_python_module=False,
-        verbose=False,
-    )
+    # torch's builder guards the folder with a lock file that a killed build leaves
+    # behind, and then waits for it forever. Our own lock is an flock, which the
+    # system releases when its holder dies: whoever holds it is the only builder,
+    # so a torch lock found then is stale.
+    with (build / "ctxproto.lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        (build / "lock").unlink(missing_ok=True)
+        cpp_extension.load(
+            name=_NAME,
+            sources=sources,
+            extra_cflags=_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
 
 
 def _decline(why: str) -> bool:

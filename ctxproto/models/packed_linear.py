@@ -67,8 +67,9 @@ def pack_linear_layers(model: Any, *, in_place: bool = False) -> Any:
 
 def _blocks(weight: Any) -> tuple[Any, ...] | None:
     found_before = _found_blocks()
-    # An in-place change of the weight (``load_state_dict``, ``.data`` swapped)
-    # bumps its version or moves its data: the blocks are found again.
+    # An in-place change through the weight (``load_state_dict``, ``copy_``) bumps
+    # its version, a new ``.data`` moves it: the blocks are found again. A write
+    # through ``.data`` itself goes unseen, and layers already packed keep theirs.
     state = (weight._version, weight.data_ptr())
     if weight in found_before and found_before[weight][0] == state:
         return found_before[weight][1]  # type: ignore[no-any-return]

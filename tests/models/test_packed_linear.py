@@ -11,6 +11,7 @@ import torch
 
 from ctxproto.models import kernels
 from ctxproto.models.packed_linear import PACKED_ROWS, find_q4_1, find_q8_0, pack_linear_layers
+from tests.conftest import needs_avx512
 
 
 def gguf_q4_1(rows: int, columns: int) -> torch.Tensor:
@@ -67,6 +68,7 @@ def one_off(weight: torch.Tensor, value: float | None = None) -> torch.Tensor:
     return changed
 
 
+@needs_avx512
 @pytest.mark.parametrize(
     "weight",
     [
@@ -86,6 +88,7 @@ def test_other_weights_are_left_as_they_are(weight):
     assert same is model
 
 
+@needs_avx512
 @pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_layer_multiplies_by_the_same_weights(make, bias):
@@ -103,6 +106,7 @@ def test_packed_layer_multiplies_by_the_same_weights(make, bias):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_avx512
 @pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
 def test_the_kernel_multiplies_by_each_weight_exactly(make):
     weight = make(96, 128)
@@ -114,6 +118,7 @@ def test_the_kernel_multiplies_by_each_weight_exactly(make):
     assert torch.equal(picked, weight.T[:64])
 
 
+@needs_avx512
 def test_a_weight_changed_in_place_is_found_again():
     weight = gguf_q4_1(64, 128)
     model, first = packed(weight)
@@ -123,6 +128,7 @@ def test_a_weight_changed_in_place_is_found_again():
     assert pack_linear_layers(model) is model
 
 
+@needs_avx512
 def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     _, copy = packed(gguf_q4_1(256, 576))
     x = torch.randn(13, 576)
@@ -140,6 +146,7 @@ def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     assert torch.equal(together, one_thread)
 
 
+@needs_avx512
 def test_long_inputs_go_through_the_float_layer():
     model, copy = packed(gguf_q4_1(64, 128))
     x = torch.randn(PACKED_ROWS + 1, 128)
@@ -147,6 +154,7 @@ def test_long_inputs_go_through_the_float_layer():
         assert torch.equal(copy(x), model(x))
 
 
+@needs_avx512
 def test_the_bundled_model_is_blocks_throughout(lm):
     copy = pack_linear_layers(lm)
     layers = [module for module in copy.modules() if type(module).__name__ == "PackedLinear"]

@@ -9,8 +9,11 @@ import torch
 
 from ctxproto.models.kernels import load_kernels
 from ctxproto.runtime import GenerationParams, attention
+from tests.conftest import needs_avx512
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import run
+
+pytestmark = needs_avx512
 
 
 def causal_at_end(tokens: int, length: int) -> torch.Tensor:
@@ -89,6 +92,21 @@ def test_kernel_sums_in_one_order_whatever_the_threads():
     assert torch.equal(together, alone)
 
 
+@pytest.mark.parametrize(("tokens", "length"), [(1, 40), (3, 40), (7, 300), (64, 64)])
+def test_transformers_masks_after_cached_kv_are_recognised(tokens, length):
+    from transformers.masking_utils import sdpa_mask
+
+    mask = sdpa_mask(
+        batch_size=1,
+        q_length=tokens,
+        kv_length=length,
+        q_offset=length - tokens,
+        allow_is_causal_skip=False,
+    )
+    assert attention._causal_at_end(torch, mask, tokens, length)
+    assert not attention._causal_at_end(torch, mask, tokens, length + 1)
+
+
 def test_other_shapes_go_to_sdpa():
     query = torch.randn(1, 9, 1, 64)
     key, value = kv_views(1, 3, 40, 64)
@@ -136,3 +154,10 @@ def test_engine_decodes_on_the_kernel_with_transformers_answers(lm, engine, monk
     assert answer == generated[0, len(prompt) :].tolist()[: len(answer)]
     assert len(answer) > 4
     assert tokens_attended and min(tokens_attended) == 1
+    # The next turn's prompt extends the cached one by a few tokens: a short
+    # prefill under transformers' own end-aligned mask, on the kernel too.
+    tokens_attended.clear()
+    follow_up = [*messages, {"role": "assistant", "content": "It is two years."}]
+    follow_up.append({"role": "user", "content": "Thanks!"})
+    run(engine, follow_up, GenerationParams(max_new_tokens=2))
+    assert max(tokens_attended) > 1

@@ -192,7 +192,7 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
   const int64_t length = key.size(2);
   TORCH_CHECK(key.size(0) == batch && key.size(3) == dim, "matching shapes");
   TORCH_CHECK(tokens >= 1 && tokens <= length, "1 to L query tokens");
-  TORCH_CHECK(query_heads % kv_heads == 0, "query heads in whole groups");
+  TORCH_CHECK(kv_heads >= 1 && query_heads % kv_heads == 0, "query heads in whole groups");
   const int64_t groups = query_heads / kv_heads;
   ChunkFn attend = dim == 64 ? chunk_function<4>(groups)
                    : dim == 128 ? chunk_function<8>(groups)
