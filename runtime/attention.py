@@ -132,7 +132,9 @@ forward gets the same mask. Holding it keeps its identity from being reused."""
 def _causal_at_end(torch: Any, mask: Any, tokens: int, length: int) -> bool:
     """Whether ``mask`` lets new token ``i`` see exactly keys ``0 .. length - tokens + i``."""
     global _last_checked
-    question = (mask, mask._version, tokens, length)
+    # Inference tensors keep no version (and cannot change outside inference mode).
+    version = None if mask.is_inference() else mask._version
+    question = (mask, version, tokens, length)
     last = _last_checked
     if len(last) == 5 and last[0] is mask and last[1:4] == question[1:]:
         return bool(last[4])
