@@ -124,7 +124,7 @@ def _kernel_attends(
     return query.size(0) == 1 and _causal_at_end(torch, mask, tokens, length)
 
 
-_last_checked: tuple[Any, ...] = (None,)
+_last_checked: tuple[Any, ...] = (None, None, 0, 0, False)
 """The last mask checked, what it was checked for, and the answer: every layer of a
 forward gets the same mask. Holding it keeps its identity from being reused."""
 
@@ -136,7 +136,7 @@ def _causal_at_end(torch: Any, mask: Any, tokens: int, length: int) -> bool:
     version = None if mask.is_inference() else mask._version
     question = (mask, version, tokens, length)
     last = _last_checked
-    if len(last) == 5 and last[0] is mask and last[1:4] == question[1:]:
+    if last[0] is mask and last[1:4] == question[1:]:
         return bool(last[4])
     answer = mask.dtype == torch.bool and tuple(mask.shape) == (1, 1, tokens, length)
     if answer:

@@ -399,9 +399,9 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
     else:
         # Each step returns the model itself when it changes nothing: never change the
         # caller's model, only a copy of our own.
-        copy = quantize_int8(loaded, head_only=True) if quantize == "int8_head" else loaded
-        copy = pack_linear_layers(copy, in_place=copy is not loaded)
-        split = split_over_cores(copy, in_place=copy is not loaded)
+        ours = quantize_int8(loaded, head_only=True) if quantize == "int8_head" else loaded
+        ours = pack_linear_layers(ours, in_place=ours is not loaded)
+        split = split_over_cores(ours, in_place=ours is not loaded)
     if split is not loaded:  # our own copy: its attention may change
         use_gqa_sdpa(split)
     return split

@@ -51,8 +51,9 @@ def pack_linear_layers(model: Any, *, in_place: bool = False) -> Any:
     no weight is made of blocks; otherwise a copy sharing the weights (or
     ``model``, changed, with ``in_place``).
     """
+    torch = require("torch", extra="runtime")
     first = next(model.parameters(), None)
-    if first is None or first.device.type != "cpu" or first.dtype != _float32():
+    if first is None or first.device.type != "cpu" or first.dtype != torch.float32:
         return model
     if not load_kernels():
         return model
@@ -153,6 +154,7 @@ def _rebuild(blocks: Any, offset: Any | None, q_max: int, span: Any) -> tuple[An
     found = torch.zeros(blocks.size(0), 1, dtype=torch.bool)
     q_found = torch.zeros_like(blocks)
     scale_found = torch.zeros_like(span)
+    shifted = blocks if offset is None else blocks - offset
     for step in (0, 1, -1):
         scale = (
             (nearest.view(torch.int16) + step).view(torch.float16).float()
@@ -160,7 +162,6 @@ def _rebuild(blocks: Any, offset: Any | None, q_max: int, span: Any) -> tuple[An
             else nearest.float()
         )
         divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
-        shifted = blocks if offset is None else blocks - offset
         q = torch.round(shifted / divisor).clamp_(-q_max if offset is None else 0, q_max)
         product = scale * q
         rebuilt = product if offset is None else product + offset
@@ -173,11 +174,6 @@ def _rebuild(blocks: Any, offset: Any | None, q_max: int, span: Any) -> tuple[An
         if bool(found.all()):
             return q_found, scale_found
     return None
-
-
-@functools.cache
-def _float32() -> Any:
-    return require("torch", extra="runtime").float32
 
 
 @functools.cache
