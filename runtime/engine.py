@@ -22,6 +22,7 @@ from ctxproto._extras import require
 from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, CtxprotoError
 from ctxproto.models.bf16_linear import to_bf16
 from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.fused_decoder import fuse_decoder_layers
 from ctxproto.models.int8_linear import quantize_int8
 from ctxproto.models.loader import load_causal_lm, load_tokenizer
 from ctxproto.models.openmp import release_thread_pool
@@ -402,6 +403,8 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         ours = quantize_int8(loaded, head_only=True) if quantize == "int8_head" else loaded
         ours = pack_linear_layers(ours, in_place=ours is not loaded)
         split = split_over_cores(ours, in_place=ours is not loaded)
+        if split is not loaded:
+            fuse_decoder_layers(split)
     if split is not loaded:  # our own copy: its attention may change
         use_gqa_sdpa(split)
     return split

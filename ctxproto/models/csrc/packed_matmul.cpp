@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "packed_matmul.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -147,8 +149,8 @@ void check_rows(const at::Tensor& x, const at::Tensor& d, int64_t out_features) 
               "one contiguous float32 scale per block");
 }
 
-at::Tensor q4_1_matmul(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
-                       const at::Tensor& m) {
+at::Tensor q4_1_rows(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                     const at::Tensor& m) {
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous(),
               "qs must be a contiguous uint8 matrix");
   check_rows(x, d, qs.size(0));
@@ -180,6 +182,11 @@ int64_t vector_width() {
 
 }  // namespace
 
+at::Tensor ctxproto::q4_1_matmul(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                                 const at::Tensor& m) {
+  return q4_1_rows(x, qs, d, m);
+}
+
 TORCH_LIBRARY(ctxproto, library) {
   library.def("vector_width() -> int", &vector_width);
   library.def("q4_1_matmul(Tensor x, Tensor qs, Tensor d, Tensor m) -> Tensor");
@@ -187,6 +194,6 @@ TORCH_LIBRARY(ctxproto, library) {
 }
 
 TORCH_LIBRARY_IMPL(ctxproto, CPU, library) {
-  library.impl("q4_1_matmul", &q4_1_matmul);
+  library.impl("q4_1_matmul", &ctxproto::q4_1_matmul);
   library.impl("q8_0_matmul", &q8_0_matmul);
 }
