@@ -5,14 +5,15 @@ of SmolLM2-135M at a 1.8k-token context spent about a third of its 18.5 ms neith
 multiplying nor attending but calling: some 45 operators per layer (two RMS
 norms, seven products, the rotary embedding, SiLU, two residual sums, views),
 each from Python through transformers' modules, 30 layers a step. A
-``FusedDecoderLayer`` makes the same ATen calls in the same order from C++
-(``csrc/decoder_layer.cpp``): one call from the input norm to the rotary
-embedding, one from the output product to the MLP's residual sum, with the q, k
-and v products as one product over their stacked blocks and the gate and up
-products as another. The cache update and the attention stay in Python between
-the two, as transformers calls them. Each output of a product is the same dot
-product in the same order however many rows are stacked, and every other call
-is the one transformers makes, so the layer's output is the same bits
+``FusedDecoderLayer`` does the same arithmetic in C++ (``csrc/decoder_layer.cpp``):
+one call from the input norm to the rotary embedding, one from the output
+product to the MLP's residual sum, with the q, k and v products as one product
+over their stacked blocks and the gate and up products as another. The cache
+update and the attention stay in Python between the two, as transformers calls
+them. Each output of a product is the same dot product in the same order however
+many rows are stacked; each norm's mean and SiLU are torch's own operators; every
+other step is one IEEE operation per element, rounded alone as torch's kernels
+round it. So the layer's output is the same bits
 (``tests/models/test_fused_decoder.py`` compares them).
 
 A layer is fused when its seven products are Q4_1-packed, and runs fused for up

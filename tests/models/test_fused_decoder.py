@@ -99,3 +99,23 @@ def test_a_model_without_packed_products_is_left_alone():
     assert fuse_decoder_layers(model) == 0
     assert {type(layer).__name__ for layer in model.model.layers} == {"LlamaDecoderLayer"}
     assert fuse_decoder_layers(torch.nn.Linear(4, 4)) == 0
+
+
+@needs_avx512
+def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
+    """Two sequences side by side (a batched decode), the shorter one left-padded."""
+    ids = torch.randint(100, 40000, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0
+
+    def run(model: Any) -> list[torch.Tensor]:
+        cache = new_cache()
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+            step = out.logits[:, -1:].argmax(-1)
+            grown = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+            after = model(input_ids=step, attention_mask=grown, cache=cache, use_cache=True)
+        return [out.logits, after.logits]
+
+    for fused_logits, plain_logits in zip(run(fused), run(unfused), strict=True):
+        assert torch.equal(fused_logits, plain_logits)
