@@ -382,8 +382,8 @@ class Engine:
 
 
 def engine_model(loaded: Any, quantize: str = "none") -> Any:
-    """The engine's copy of a loaded model: float layers from GGUF blocks and split over
-    the cores, int8 or bf16.
+    """The engine's copy of a loaded model: float layers from GGUF blocks (their decoder
+    layers fused) and split over the cores, int8 or bf16.
 
     Shared with ``ctxproto bench decode``, which must time what the engine runs.
     """
@@ -403,10 +403,9 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         ours = quantize_int8(loaded, head_only=True) if quantize == "int8_head" else loaded
         ours = pack_linear_layers(ours, in_place=ours is not loaded)
         split = split_over_cores(ours, in_place=ours is not loaded)
-        if split is not loaded:
-            fuse_decoder_layers(split)
-    if split is not loaded:  # our own copy: its attention may change
+    if split is not loaded:  # our own copy: its attention and layers may change
         use_gqa_sdpa(split)
+        fuse_decoder_layers(split)  # packed Llama layers only: none under bf16
     return split
 
 

@@ -58,6 +58,13 @@ def test_the_wheel_contains_the_runtime_and_the_stores(wheel_names: set[str]) ->
         assert expected in wheel_names
 
 
+def test_the_wheel_carries_every_kernel_source(wheel_names: set[str]) -> None:
+    """The kernels are built from source at first use: a missing header fails them all."""
+    sources = ROOT / "ctxproto" / "models" / "csrc"
+    shipped = {f"ctxproto/models/csrc/{path.name}" for path in sources.iterdir() if path.is_file()}
+    assert shipped and shipped <= wheel_names, shipped - wheel_names
+
+
 def test_the_wheel_installs_no_top_level_runtime_or_stores(wheel_names: set[str]) -> None:
     top_level = {name.split("/")[0] for name in wheel_names}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"ctxproto"}

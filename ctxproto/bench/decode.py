@@ -11,8 +11,10 @@ that load from other processes hits every variant alike:
   the whole cache with ``torch.cat`` each step;
 - ``split_cores``: the linear layers split over every CPU core;
 - ``engine``: what ``Engine()`` runs (``quantize="none"``, float32): our KV layers,
-  and the linear layers multiplying from the GGUF file's own blocks (``packed_linear``;
-  the same float32 weights), longer inputs split over the cores;
+  the linear layers multiplying from the GGUF file's own blocks (``packed_linear``;
+  the same float32 weights), longer inputs split over the cores, and each decoder
+  layer's work around its attention in two C++ calls (``fused_decoder``; the same
+  bits);
 - ``engine_int8_head``, ``engine_int8``, ``engine_int8_weights`` and
   ``engine_bf16``: the engine with ``quantize="int8_head"`` (an int8 LM head),
   ``quantize="int8"`` (every linear layer int8), ``quantize="int8_weights"``

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctxproto.models.fused_decoder import fuse_decoder_layers
-from ctxproto.models.packed_linear import PACKED_ROWS
+from ctxproto.models.packed_linear import PACKED_ROWS, pack_linear_layers
 from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
 from tests.conftest import needs_avx512
@@ -103,7 +103,8 @@ def test_a_model_without_packed_products_is_left_alone():
 
 @needs_avx512
 def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
-    """Two sequences side by side (a batched decode), the shorter one left-padded."""
+    """Two sequences side by side, the shorter one left-padded, then a decode step with
+    each row's own position, as ``runtime/batch.py`` passes them."""
     ids = torch.randint(100, 40000, (2, 12), generator=torch.Generator().manual_seed(4))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, :3] = 0
@@ -114,8 +115,78 @@ def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
             out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
             step = out.logits[:, -1:].argmax(-1)
             grown = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-            after = model(input_ids=step, attention_mask=grown, cache=cache, use_cache=True)
+            positions = torch.tensor([[12], [9]])
+            after = model(
+                input_ids=step,
+                attention_mask=grown,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
         return [out.logits, after.logits]
 
     for fused_logits, plain_logits in zip(run(fused), run(unfused), strict=True):
         assert torch.equal(fused_logits, plain_logits)
+
+
+@needs_avx512
+def test_collected_hidden_states_and_cacheless_forwards_match(fused, unfused):
+    ids = torch.randint(100, 40000, (1, 9), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        mine = fused(input_ids=ids, output_hidden_states=True)
+        theirs = unfused(input_ids=ids, output_hidden_states=True)
+        plain = fused(input_ids=ids, use_cache=False)
+    # Collecting runs the wrapped layers, whose hooks record every layer's output.
+    assert len(mine.hidden_states) == len(fused.model.layers) + 1
+    for a, b in zip(mine.hidden_states, theirs.hidden_states, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(plain.logits, theirs.logits)
+
+
+def tiny(kind: str) -> Any:
+    """A two-layer model of ``kind`` whose linear weights are Q4_1 blocks (unpacked)."""
+    transformers = pytest.importorskip("transformers")
+    from tests.models.test_packed_linear import gguf_q4_1
+
+    config_class = getattr(transformers, f"{kind}Config")
+    model_class = getattr(transformers, f"{kind}ForCausalLM")
+    config = config_class(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=False,
+    )
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for linear in model.model.modules():
+            if isinstance(linear, torch.nn.Linear):
+                linear.weight.copy_(gguf_q4_1(linear.out_features, linear.in_features))
+    return model
+
+
+@needs_avx512
+def test_other_sizes_compute_the_same_bits():
+    """Head size 32 and 128 intermediate features, against the same layers unfused."""
+    model = tiny("Llama")
+    fused_model, plain_model = pack_linear_layers(model), pack_linear_layers(model)
+    assert fuse_decoder_layers(fused_model) == 2
+    assert fuse_decoder_layers(fused_model) == 0  # already fused: left as they are
+    ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(6))
+    for model_ids in (ids, ids[:, :1]):
+        with torch.inference_mode():
+            assert torch.equal(
+                fused_model(input_ids=model_ids).logits, plain_model(input_ids=model_ids).logits
+            )
+
+
+@needs_avx512
+def test_layers_that_only_look_like_llamas_are_left_alone():
+    """Qwen3 normalises q and k per head: same attribute names, other arithmetic."""
+    pytest.importorskip("transformers.models.qwen3")
+    model = pack_linear_layers(tiny("Qwen3"))
+    assert model.model.layers[0].mlp.down_proj.format == "q4_1"
+    assert fuse_decoder_layers(model) == 0

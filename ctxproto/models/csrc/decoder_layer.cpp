@@ -25,14 +25,17 @@
 
 namespace {
 
-float* floats(at::Tensor& tensor) { return tensor.data_ptr<float>(); }
-const float* floats(const at::Tensor& tensor) { return tensor.data_ptr<float>(); }
+float* floats(at::Tensor& tensor) { return tensor.mutable_data_ptr<float>(); }
+const float* floats(const at::Tensor& tensor) { return tensor.const_data_ptr<float>(); }
 
 // LlamaRMSNorm.forward on float32 rows: weight * (x * rsqrt(mean(x ** 2) + eps)).
 // The mean is torch's (its order of summing); every other step is one IEEE
 // operation per element, rounded alone (-ffp-contract=off), as torch's kernels
 // round them.
 at::Tensor rms_norm(const at::Tensor& hidden, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(hidden.size(-1) > 0 && weight.dim() == 1 && weight.numel() == hidden.size(-1) &&
+                  weight.scalar_type() == at::kFloat && weight.is_contiguous(),
+              "the norm weight must be one contiguous float32 value per feature");
   const at::Tensor states = hidden.contiguous();
   const at::Tensor variance = states.pow(2).mean(-1, /*keepdim=*/true);
   at::Tensor out = at::empty_like(states);
@@ -54,6 +57,9 @@ at::Tensor rms_norm(const at::Tensor& hidden, const at::Tensor& weight, double e
 
 // a + b for two float32 tensors of one shape.
 at::Tensor sum(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.sizes() == b.sizes() && a.scalar_type() == at::kFloat &&
+                  b.scalar_type() == at::kFloat,
+              "a residual sum needs two float32 tensors of one shape");
   const at::Tensor left = a.contiguous();
   const at::Tensor right = b.contiguous();
   at::Tensor out = at::empty_like(left);
@@ -117,6 +123,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_attention_inputs(
   TORCH_CHECK(hidden.dim() == 3 && hidden.scalar_type() == at::kFloat,
               "hidden states must be float32 [batch, tokens, features]");
   TORCH_CHECK(qs.size(0) == query_features + 2 * kv_features, "q, k and v rows stacked");
+  TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0 && query_features % head_dim == 0 &&
+                  kv_features % head_dim == 0,
+              "q, k and v must be whole heads of an even head_dim");
   const int64_t batch = hidden.size(0);
   const int64_t tokens = hidden.size(1);
   TORCH_CHECK(cos.dim() == 3 && cos.size(1) == tokens && cos.size(2) == head_dim &&
@@ -151,9 +160,13 @@ at::Tensor decoder_output(const at::Tensor& attention, const at::Tensor& residua
   const at::Tensor hidden = sum(residual, packed(merged, o_qs, o_d, o_m));
   const at::Tensor gate_up =
       packed(rms_norm(hidden, norm_weight, eps), gate_up_qs, gate_up_d, gate_up_m);
+  TORCH_CHECK(gate_up.size(-1) % 2 == 0, "gate and up rows stacked");
   const int64_t intermediate = gate_up.size(-1) / 2;
-  // SiLU is torch's own (its exp); the product with up is one rounding per element.
-  const at::Tensor gate = at::silu(gate_up.narrow(-1, 0, intermediate)).contiguous();
+  // SiLU is torch's own (its exp), on a contiguous gate as transformers gives it:
+  // torch's loop computes some elements with a scalar exp and the rest with a
+  // vector one, split by the layout, which can differ in the last bit. The
+  // product with up is one rounding per element.
+  const at::Tensor gate = at::silu(gate_up.narrow(-1, 0, intermediate).contiguous());
   at::Tensor activated = at::empty_like(gate);
   const float* g = floats(gate);
   const float* gu = floats(gate_up);
