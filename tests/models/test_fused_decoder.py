@@ -85,22 +85,6 @@ def test_only_inputs_the_calls_take_run_fused(fused, monkeypatch):
     assert calls == [PACKED_ROWS + 1]  # the decode step and the 64 rows ran fused
 
 
-def test_a_model_without_packed_products_is_left_alone():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    assert fuse_decoder_layers(model) == 0
-    assert {type(layer).__name__ for layer in model.model.layers} == {"LlamaDecoderLayer"}
-    assert fuse_decoder_layers(torch.nn.Linear(4, 4)) == 0
-
-
 @needs_avx512
 def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
     """Two sequences side by side, the shorter one left-padded, then a decode step with
@@ -190,3 +174,10 @@ def test_layers_that_only_look_like_llamas_are_left_alone():
     model = pack_linear_layers(tiny("Qwen3"))
     assert model.model.layers[0].mlp.down_proj.format == "q4_1"
     assert fuse_decoder_layers(model) == 0
+
+
+def test_a_model_without_packed_products_is_left_alone():
+    model = tiny("Llama")  # Q4_1 weights, but in transformers' own float layers
+    assert fuse_decoder_layers(model) == 0
+    assert {type(layer).__name__ for layer in model.model.layers} == {"LlamaDecoderLayer"}
+    assert fuse_decoder_layers(torch.nn.Linear(4, 4)) == 0
