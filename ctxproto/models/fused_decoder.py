@@ -36,8 +36,8 @@ from ctxproto.models.packed_linear import PACKED_ROWS
 
 __all__ = ["fuse_decoder_layers"]
 
-_LLAMA_CLASSES = {
-    "layer": "LlamaDecoderLayer",
+_LLAMA_LAYER = "LlamaDecoderLayer"
+_LLAMA_PARTS = {
     "self_attn": "LlamaAttention",
     "mlp": "LlamaMLP",
     "input_layernorm": "LlamaRMSNorm",
@@ -61,7 +61,7 @@ def fuse_decoder_layers(model: Any) -> int:
     fused_class = _fused_layer()
     fused = 0
     for index, layer in enumerate(layers):
-        blocks = None if isinstance(layer, fused_class) else _stacked_blocks(layer)
+        blocks = _stacked_blocks(layer)  # None for a layer fused before: not a Llama class
         if blocks is not None:
             layers[index] = fused_class(layer, *blocks)
             fused += 1
@@ -72,11 +72,10 @@ def _stacked_blocks(layer: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]] | Non
     """The q, k and v blocks stacked, and the gate and up blocks stacked; None unless
     ``layer`` is transformers' Llama decoder layer over Q4_1-packed products."""
     torch = require("torch", extra="runtime")
-    if type(layer).__name__ != _LLAMA_CLASSES["layer"]:
+    if type(layer).__name__ != _LLAMA_LAYER or any(
+        type(getattr(layer, name, None)).__name__ != part for name, part in _LLAMA_PARTS.items()
+    ):
         return None
-    for name, class_name in _LLAMA_CLASSES.items():
-        if name != "layer" and type(getattr(layer, name, None)).__name__ != class_name:
-            return None
     attention, mlp = layer.self_attn, layer.mlp
     if type(getattr(mlp, "act_fn", None)).__name__ not in _SILU:
         return None
