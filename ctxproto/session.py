@@ -202,7 +202,8 @@ class ChatSession:
         result = self.pipeline.run(self._context(question, documents))
         if result.answer is not None:
             return self._finish(question, result.answer, result, start, first_token=None)
-        completion = self.backend.generate(self._messages(result), self.generation)
+        messages = self._messages(result)
+        completion = self.backend.generate(messages, self._generation(messages, question))
         metrics = completion.metrics
         return self._finish(
             question,
@@ -226,7 +227,8 @@ class ChatSession:
             return
         first_token: float | None = None
         parts: list[str] = []
-        deltas = self.backend.stream(self._messages(result), self.generation)
+        messages = self._messages(result)
+        deltas = self.backend.stream(messages, self._generation(messages, question))
         try:
             for delta in deltas:
                 if first_token is None:
@@ -267,6 +269,24 @@ class ChatSession:
             session_id=self.session_id,
             tenant_id=self.tenant_id,
         )
+
+    def _generation(self, messages: list[dict[str, Any]], question: str) -> GenerationParams | None:
+        """The turn's parameters; unless they say otherwise, the prefix cache keeps only
+        the messages the next turn repeats.
+
+        The next turn sends the history again with this question as the user wrote
+        it. When the pipeline put more in its message (documents retrieved for it),
+        that message and the answer after it are never sent again in this form, and
+        their KV would only push other sessions' prefixes out of a full cache.
+        """
+        if messages[-1].get("content") == question:
+            return self.generation
+        if self.generation is not None and self.generation.cache_messages is not None:
+            return self.generation
+        from ctxproto.runtime.params import GenerationParams
+
+        base = self.generation or GenerationParams()
+        return base.model_copy(update={"cache_messages": len(messages) - 1})
 
     @staticmethod
     def _messages(result: PipelineResult) -> list[dict[str, Any]]:

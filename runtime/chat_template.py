@@ -18,8 +18,8 @@ from ctxproto.messages import Message
 __all__ = ["render_chat"]
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """Token ids of ``messages`` followed by the opening of the assistant's reply."""
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool = True) -> list[int]:
+    """Token ids of ``messages``, then (with ``reply``) the opening of the assistant's reply."""
     if not isinstance(messages, list) or not messages:
         raise ConfigError("a request needs at least one message", key="messages")
     try:
@@ -29,9 +29,9 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
         raise ConfigError(f"invalid message: {first['msg']}", key="messages") from None
     if getattr(tokenizer, "chat_template", None):
         wire = [m.to_openai() for m in validated]
-        text = tokenizer.apply_chat_template(wire, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(wire, add_generation_prompt=reply, tokenize=False)
     else:
         lines = [f"{m.role}: {m.text}" for m in validated]
-        text = "\n".join([*lines, "assistant: "])
+        text = "\n".join([*lines, "assistant: "] if reply else lines)
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids

@@ -135,18 +135,43 @@ class Engine:
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return render_chat(self.tokenizer, messages)
 
+    def submit_chat(
+        self,
+        messages: list[dict[str, Any]],
+        params: GenerationParams | None = None,
+        *,
+        cache_namespace: str = "",
+    ) -> RequestHandle:
+        """``submit`` on chat messages, keeping cached only the tokens of the first
+        ``params.cache_messages`` of them (all when it is ``None``)."""
+        prompt = self.encode_chat(messages)
+        keep = params.cache_messages if params is not None else None
+        cache_tokens = None
+        if keep is not None and keep < len(messages):
+            head = render_chat(self.tokenizer, messages[:keep], reply=False) if keep else []
+            cache_tokens = _common_length(head, prompt)
+        return self.submit(
+            prompt, params, cache_namespace=cache_namespace, cache_tokens=cache_tokens
+        )
+
     def submit(
         self,
         prompt: list[int],
         params: GenerationParams | None = None,
         *,
         cache_namespace: str = "",
+        cache_tokens: int | None = None,
     ) -> RequestHandle:
         """Queue one request on prompt token ids; returns at once.
 
         Requests share cached prefixes only within one ``cache_namespace`` (a tenant).
+        ``cache_tokens`` caps what the request leaves in the prefix cache to that
+        many leading tokens (``None``: its prompt and answer), for a caller that
+        knows the rest will not be sent again.
         """
         params = params or GenerationParams()
+        if cache_tokens is not None and cache_tokens < 0:
+            raise ConfigError("must not be negative", key="cache_tokens")
         if not prompt:
             raise ConfigError("the prompt is empty", key="messages")
         if len(prompt) >= self.context_window:
@@ -163,6 +188,7 @@ class Engine:
             eos_ids=self._eos_ids,
             generator=request_generator(params, self.model.device),
             namespace=cache_namespace,
+            cache_tokens=cache_tokens,
             drafts=PromptLookup() if self.speculate and params.greedy else None,
         )
         with self._wake:
@@ -179,17 +205,17 @@ class Engine:
     def generate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> Completion:
-        return self.submit(self.encode_chat(messages), params).result()
+        return self.submit_chat(messages, params).result()
 
     def stream(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> Iterator[str]:
-        return self.submit(self.encode_chat(messages), params).deltas()
+        return self.submit_chat(messages, params).deltas()
 
     async def agenerate(
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> Completion:
-        return await self.submit(self.encode_chat(messages), params).aresult()
+        return await self.submit_chat(messages, params).aresult()
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
@@ -292,7 +318,8 @@ class Engine:
         )
         if self.prefix_cache:
             kv = row_kv_slice(past, 0, 0)
-            self._relock(request, self.cache.insert(prompt, kv, request.namespace))
+            kept = request.cacheable(prompt)
+            self._relock(request, self.cache.insert(kept, kv, request.namespace))
         request.add_token(sample_next(out.logits[0, -1], request.params, request.generator))
         request.forward_passes += 1
         return past
@@ -355,7 +382,7 @@ class Engine:
     def _finish(self, request: Request, kv: KVSlice | None, kv_length: int) -> None:
         """Cache prompt + answer (the tokens whose KV exists), release, and reply."""
         if self.prefix_cache and kv is not None and kv_length:
-            tokens = (request.prompt + request.output)[:kv_length]
+            tokens = request.cacheable((request.prompt + request.output)[:kv_length])
             self._relock(request, self.cache.insert(tokens, kv, request.namespace))
         self._release(request)
         request.finish()
@@ -414,3 +441,12 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(i for i in ids if i is not None)
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length

@@ -31,6 +31,12 @@ class GenerationParams(BaseModel):
     """Strings that end the answer; the matched string is not part of the text."""
     seed: int | None = None
     """Seed of the request's own random generator, for reproducible sampling."""
+    cache_messages: int | None = Field(default=None, ge=0)
+    """How many leading messages the next request will send again: the prefix cache
+    keeps the KV of those only, not of the rest of the prompt nor of the answer.
+    ``None`` keeps all of it. A pipeline that places documents retrieved for one
+    question in that question's message sets it (``ChatSession`` does), so the KV of
+    text it will never send again does not push out the prefixes it will."""
 
     def __init__(self, **data: Any) -> None:
         try:

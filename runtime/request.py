@@ -37,6 +37,8 @@ class Request:
     eos_ids: frozenset[int]
     generator: Any = None
     namespace: str = ""
+    cache_tokens: int | None = None
+    """Leading tokens the prefix cache may keep (``None``: all, prompt and answer)."""
     drafts: PromptLookup | None = None
     """Draft source of speculative decoding (greedy requests of a speculating engine)."""
     events: queue.Queue[_Event] = field(default_factory=queue.Queue)
@@ -49,6 +51,10 @@ class Request:
     """Model calls that produced output tokens (the prefill's included)."""
     locked_node: TreeNode | None = None
     finish_reason: str | None = None
+
+    def cacheable(self, tokens: list[int]) -> list[int]:
+        """The part of ``tokens`` (a prefix of prompt + output) the cache may keep."""
+        return tokens if self.cache_tokens is None else tokens[: self.cache_tokens]
 
     def add_token(self, token: int) -> None:
         """Record one sampled token and decide whether the request is done."""

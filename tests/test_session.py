@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import ClassVar
 
@@ -297,6 +298,41 @@ def test_chatbot_example_prompt_only_grows_between_its_rare_folds(tmp_path):
         previous = result
     assert folds <= 1
     assert rewrites <= 4
+
+
+def test_the_prefix_cache_keeps_only_what_the_next_turn_repeats(tmp_path):
+    """A turn whose documents were placed with its question asks the backend to cache
+    the messages before that question only; each of them is sent again next turn."""
+    from ctxproto.bench.chat_paths import build_chat_pipeline
+    from ctxproto.bench.chat_workload import build_workload
+    from ctxproto.tokens import get_counter
+
+    backend = ScriptedBackend(lambda _messages: "Restart the device, then pair it again.")
+    session = ChatSession(
+        build_chat_pipeline(tmp_path, EXAMPLES),
+        backend,
+        system_prompt=(EXAMPLES / "system_prompt.md").read_text(encoding="utf-8"),
+        generation=GenerationParams(max_new_tokens=32),
+    )
+    for turn in build_workload(1, 12, get_counter(), seed=0)[0].turns:
+        session.ask(turn.text)
+    requests = list(backend.requests)
+    hinted = [r for r in requests if r.params.cache_messages is not None]
+    assert 0 < len(hinted) < len(requests)
+    for request, following in itertools.pairwise(requests):
+        keep = request.params.cache_messages
+        documents = "## Reference documents" in request.messages[-1]["content"]
+        assert (keep is not None) == documents
+        if keep is not None:
+            assert keep == len(request.messages) - 1
+            folded = following.messages[0] != request.messages[0]
+            assert folded or following.messages[:keep] == request.messages[:keep]
+    # A setting of the caller's own is left as it is.
+    fixed = GenerationParams(max_new_tokens=32, cache_messages=0)
+    session.generation = fixed
+    session.ask("Which routers do you sell? Please list them.")
+    assert len(backend.requests) == len(requests) + 1
+    assert backend.requests[-1].params == fixed
 
 
 @pytest.mark.models

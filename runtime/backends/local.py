@@ -44,8 +44,7 @@ class LocalBackend(Backend):
     def _submit(
         self, messages: list[dict[str, Any]], params: GenerationParams | None
     ) -> RequestHandle:
-        prompt = self.engine.encode_chat(messages)
-        return self.engine.submit(prompt, params, cache_namespace=self.cache_namespace)
+        return self.engine.submit_chat(messages, params, cache_namespace=self.cache_namespace)
 
     def close(self) -> None:
         if self._owned:

@@ -8,9 +8,10 @@ takes the same path as with the engine (``generate``, ``stream`` with its
 Text is measured in words, each with the whitespace after it, so a reply cut
 by ``max_new_tokens`` ends on a word boundary and token counts are easy to
 reason about. Prompts are measured the same way over ``role: content`` lines,
-and ``cached_tokens`` is the longest prefix shared with an earlier prompt, as a
-prefix cache that never evicts would report it (short of the whole prompt: an
-engine computes at least the last token).
+and ``cached_tokens`` is the longest prefix shared with an earlier prompt (its
+first ``cache_messages`` messages when it set them), as a prefix cache that
+never evicts would report it (short of the whole prompt: an engine computes at
+least the last token).
 """
 
 from __future__ import annotations
@@ -102,12 +103,17 @@ class ScriptedBackend(Backend):
     ) -> tuple[str, str, int, int]:
         """The reply cut to ``params``, its finish reason, prompt and cached prompt tokens."""
         params = params or GenerationParams()
-        prompt = _tokens("".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in messages))
+        prompt = _transcript(messages)
+        kept = (
+            prompt
+            if params.cache_messages is None
+            else _transcript(messages[: params.cache_messages])
+        )
         with self._lock:
             self.requests.append(ScriptedRequest(copy.deepcopy(messages), params))
             shared = max((_shared_prefix(prompt, seen) for seen in self._prompts), default=0)
             cached = min(shared, max(len(prompt) - 1, 0))  # the last token is always computed
-            self._prompts.append(prompt)
+            self._prompts.append(kept)
             if self._respond is None:
                 if not self._replies:
                     raise BackendError(
@@ -133,6 +139,10 @@ def _cut(reply: str, params: GenerationParams) -> tuple[str, str]:
     if len(tokens) > params.max_new_tokens:
         return "".join(tokens[: params.max_new_tokens]).rstrip(), "length"
     return text, "stop"
+
+
+def _transcript(messages: list[dict[str, Any]]) -> list[str]:
+    return _tokens("".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in messages))
 
 
 def _tokens(text: str) -> list[str]:

@@ -4,6 +4,7 @@ import pytest
 
 from ctxproto.errors import ConfigError
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
+from ctxproto.runtime.chat_template import render_chat
 from tests.runtime.conftest import SYSTEM, chat
 
 pytestmark = pytest.mark.models
@@ -83,6 +84,35 @@ def test_next_turn_reuses_the_previous_answer(engine):
     ]
     _, follow_up = run(engine, second_turn)
     assert follow_up.metrics.cached_tokens > prompt_one
+
+
+def test_cache_messages_keeps_only_the_messages_sent_again(engine, plain_engine):
+    """Documents placed with a question are not cached for a next turn that drops them."""
+    messages = [
+        {"role": "system", "content": "Rule: answer from the reference documents only."},
+        {
+            "role": "user",
+            "content": "## Reference documents\n[kb] The R7 router has four ports.\n\n"
+            "## Question\nHow many ports does the R7 have?",
+        },
+    ]
+    backend = LocalBackend(engine, cache_namespace="cache-messages")
+    hinted = backend.generate(messages, GenerationParams(max_new_tokens=12, cache_messages=1))
+    assert hinted.text == plain_engine.generate(messages, GREEDY).text
+    system_tokens = len(render_chat(engine.tokenizer, messages[:1], reply=False))
+    # Only the system message stayed: the documents and the answer are computed again.
+    again = backend.generate(messages, GREEDY)
+    assert again.metrics.cached_tokens == system_tokens
+    assert again.text == hinted.text
+    # Without the hint, prompt and answer stay.
+    assert (
+        backend.generate(messages, GREEDY).metrics.cached_tokens
+        == len(engine.encode_chat(messages)) - 1
+    )
+    with pytest.raises(ConfigError, match="cache_messages"):
+        GenerationParams(cache_messages=-1)
+    with pytest.raises(ConfigError, match="negative"):
+        engine.submit(engine.encode_chat(messages), GREEDY, cache_tokens=-1)
 
 
 def test_stream_deltas_join_to_the_completion(engine):
