@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ctxproto.messages import Message
 
-__all__ = ["AssembledPrompt", "Section", "SectionKind", "Stability"]
+__all__ = ["AssembledPrompt", "Section", "SectionKind", "Stability", "messages_sent_again"]
 
 
 class Stability(IntEnum):
@@ -45,6 +45,21 @@ class Section(BaseModel):
     message: Message | None = Field(
         default=None, description="The source message, kept so tool calls render faithfully."
     )
+
+
+def messages_sent_again(messages: list[dict[str, Any]], written: Any) -> int | None:
+    """How many leading ``messages`` of an assembled prompt the next turn sends again.
+
+    The next turn sends the history with the last user message as it was
+    ``written``. ``None`` (all of them) when the prompt's last message is that;
+    all but the last when the pipeline added to it (documents placed with the
+    question): that message, and the answer after it, are never sent again in
+    this form, so a prefix cache gains nothing by keeping them
+    (``GenerationParams.cache_messages``).
+    """
+    if not messages or messages[-1].get("content") == written:
+        return None
+    return len(messages) - 1
 
 
 class AssembledPrompt(BaseModel):

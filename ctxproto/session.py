@@ -29,15 +29,15 @@ from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
-from ctxproto.prompt import AssembledPrompt
+from ctxproto.prompt import AssembledPrompt, messages_sent_again
 from ctxproto.runtime.engine import QuantizeMode
+from ctxproto.runtime.params import GenerationParams
 from ctxproto.stages.base import StageReport
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.session_state import SessionStore, open_session_store
 
 if TYPE_CHECKING:
     from ctxproto.runtime.backends.base import Backend
-    from ctxproto.runtime.params import GenerationParams
 
 __all__ = [
     "BackendConfig",
@@ -167,8 +167,6 @@ class ChatSession:
         backend: Backend | None = None,
     ) -> ChatSession:
         """A session from a chatbot config; ``backend`` overrides the file's ``backend:``."""
-        from ctxproto.runtime import GenerationParams
-
         source = str(path)
         pipeline_data, settings = load_chatbot_config(path)
         pipeline = Pipeline.from_dict(pipeline_data, source=source)
@@ -272,21 +270,14 @@ class ChatSession:
 
     def _generation(self, messages: list[dict[str, Any]], question: str) -> GenerationParams | None:
         """The turn's parameters; unless they say otherwise, the prefix cache keeps only
-        the messages the next turn repeats.
-
-        The next turn sends the history again with this question as the user wrote
-        it. When the pipeline put more in its message (documents retrieved for it),
-        that message and the answer after it are never sent again in this form, and
-        their KV would only push other sessions' prefixes out of a full cache.
-        """
-        if messages[-1].get("content") == question:
+        the messages the next turn sends again (``messages_sent_again``)."""
+        keep = messages_sent_again(messages, question)
+        if keep is None or (
+            self.generation is not None and self.generation.cache_messages is not None
+        ):
             return self.generation
-        if self.generation is not None and self.generation.cache_messages is not None:
-            return self.generation
-        from ctxproto.runtime.params import GenerationParams
-
         base = self.generation or GenerationParams()
-        return base.model_copy(update={"cache_messages": len(messages) - 1})
+        return base.model_copy(update={"cache_messages": keep})
 
     @staticmethod
     def _messages(result: PipelineResult) -> list[dict[str, Any]]:

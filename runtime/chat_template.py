@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
 
-__all__ = ["render_chat"]
+__all__ = ["render_chat", "render_head"]
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool = True) -> list[int]:
@@ -35,3 +35,20 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
         text = "\n".join([*lines, "assistant: "] if reply else lines)
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def render_head(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int] | None:
+    """Token ids of ``messages`` as a longer conversation renders them; ``None`` when the
+    template will not render them alone.
+
+    They are rendered before an empty user message, not as the end of the
+    conversation: templates render the last message differently (Qwen3 gives a
+    final assistant message an empty think block) and some refuse a conversation
+    with no user message. A caller takes the common prefix with the whole prompt,
+    so a template that still renders the head otherwise only makes it shorter.
+    """
+    conversation = [*messages, {"role": "user", "content": ""}]
+    try:
+        return render_chat(tokenizer, conversation, reply=False)
+    except Exception:  # a template's own refusal (roles that must alternate, say)
+        return None

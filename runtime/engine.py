@@ -29,11 +29,11 @@ from ctxproto.models.openmp import release_thread_pool
 from ctxproto.models.packed_linear import pack_linear_layers
 from ctxproto.runtime.attention import use_gqa_sdpa
 from ctxproto.runtime.batch import DecodeBatch
-from ctxproto.runtime.chat_template import render_chat
+from ctxproto.runtime.chat_template import render_chat, render_head
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
 from ctxproto.runtime.kv_layout import KVStorePool, cache_from_spans, new_cache, row_kv_slice
 from ctxproto.runtime.params import Completion, GenerationParams
-from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache
+from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache, common_prefix_length
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
@@ -147,9 +147,9 @@ class Engine:
         prompt = self.encode_chat(messages)
         keep = params.cache_messages if params is not None else None
         cache_tokens = None
-        if keep is not None and keep < len(messages):
-            head = render_chat(self.tokenizer, messages[:keep], reply=False) if keep else []
-            cache_tokens = _common_length(head, prompt)
+        if keep is not None:
+            head = render_head(self.tokenizer, messages[:keep]) if keep else []
+            cache_tokens = None if head is None else common_prefix_length(head, prompt)
         return self.submit(
             prompt, params, cache_namespace=cache_namespace, cache_tokens=cache_tokens
         )
@@ -441,12 +441,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(i for i in ids if i is not None)
-
-
-def _common_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        length += 1
-    return length

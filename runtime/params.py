@@ -34,9 +34,9 @@ class GenerationParams(BaseModel):
     cache_messages: int | None = Field(default=None, ge=0)
     """How many leading messages the next request will send again: the prefix cache
     keeps the KV of those only, not of the rest of the prompt nor of the answer.
-    ``None`` keeps all of it. A pipeline that places documents retrieved for one
-    question in that question's message sets it (``ChatSession`` does), so the KV of
-    text it will never send again does not push out the prefixes it will."""
+    ``None`` keeps all of it. ``ChatSession`` and the proxy set it when the pipeline
+    changed the last message (documents placed with the question, say), so the KV of
+    text they will never send again does not push out the prefixes they will."""
 
     def __init__(self, **data: Any) -> None:
         try:

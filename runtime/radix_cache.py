@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from ctxproto.errors import ConfigError, UsageError
 
-__all__ = ["CacheStats", "PrefixMatch", "RadixKVCache", "TreeNode"]
+__all__ = ["CacheStats", "PrefixMatch", "RadixKVCache", "TreeNode", "common_prefix_length"]
 
 SEQ_DIM = 3
 """Token axis of a node tensor ``[layers, 2, kv_heads, span, head_dim]``."""
@@ -180,7 +180,7 @@ class RadixKVCache:
         node, matched = self.root(namespace), 0
         while matched < len(tokens) and tokens[matched] in node.children:
             child = node.children[tokens[matched]]
-            common = _common_length(child.key, tokens, matched)
+            common = common_prefix_length(child.key, tokens, matched)
             matched += common
             if common < len(child.key):
                 break
@@ -198,7 +198,7 @@ class RadixKVCache:
         node, matched, path = self.root(namespace), 0, []
         while matched < len(tokens) and tokens[matched] in node.children:
             child = node.children[tokens[matched]]
-            common = _common_length(child.key, tokens, matched)
+            common = common_prefix_length(child.key, tokens, matched)
             if common < len(child.key):
                 child = self._split(child, common)
             self._touch(child)
@@ -428,7 +428,8 @@ class RadixKVCache:
         self._host_leaves.file(node, free and node.on_host and not node.children)
 
 
-def _common_length(key: Sequence[int], tokens: Sequence[int], offset: int) -> int:
+def common_prefix_length(key: Sequence[int], tokens: Sequence[int], offset: int = 0) -> int:
+    """How many leading tokens of ``key`` equal ``tokens`` from ``offset`` on."""
     limit = min(len(key), len(tokens) - offset)
     if list(key[:limit]) == list(tokens[offset : offset + limit]):  # the usual, whole-span match
         return limit

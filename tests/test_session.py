@@ -11,6 +11,7 @@ import pytest
 from pydantic import PrivateAttr
 
 from ctxproto import Budget, ConfigError, Context, Pipeline, RecencyWindow, Stage
+from ctxproto.documents import Document
 from ctxproto.runtime import GenerationParams, ScriptedBackend
 from ctxproto.session import ChatSession, TurnResult
 from ctxproto.stages import Transformed
@@ -316,23 +317,47 @@ def test_the_prefix_cache_keeps_only_what_the_next_turn_repeats(tmp_path):
     )
     for turn in build_workload(1, 12, get_counter(), seed=0)[0].turns:
         session.ask(turn.text)
-    requests = list(backend.requests)
+    requests = backend.requests
     hinted = [r for r in requests if r.params.cache_messages is not None]
     assert 0 < len(hinted) < len(requests)
-    for request, following in itertools.pairwise(requests):
+    for request in requests:
         keep = request.params.cache_messages
         documents = "## Reference documents" in request.messages[-1]["content"]
-        assert (keep is not None) == documents
-        if keep is not None:
-            assert keep == len(request.messages) - 1
-            folded = following.messages[0] != request.messages[0]
-            assert folded or following.messages[:keep] == request.messages[:keep]
-    # A setting of the caller's own is left as it is.
-    fixed = GenerationParams(max_new_tokens=32, cache_messages=0)
-    session.generation = fixed
-    session.ask("Which routers do you sell? Please list them.")
-    assert len(backend.requests) == len(requests) + 1
-    assert backend.requests[-1].params == fixed
+        assert keep == (len(request.messages) - 1 if documents else None)
+    for request, following in itertools.pairwise(requests):
+        keep = request.params.cache_messages
+        folded = following.messages[0] != request.messages[0]
+        if keep is not None and not folded:
+            assert following.messages[:keep] == request.messages[:keep]
+
+
+class PlacedManual(Stage):
+    """Places one manual page with every question, as a retriever does."""
+
+    type_name: ClassVar[str] = "placed_manual"
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        page = Document(id="manual", text="Hold the reset button for 10 seconds.")
+        return Transformed(context.model_copy(update={"documents": [page]}))
+
+
+@pytest.mark.parametrize(
+    ("stages", "generation", "expected"),
+    [
+        ([PlacedManual()], None, 1),
+        ([PlacedManual()], GenerationParams(max_new_tokens=8), 1),
+        ([PlacedManual()], GenerationParams(cache_messages=0), 0),  # the caller's own
+        ([], None, None),  # the question as written: everything may stay
+    ],
+)
+def test_cache_messages_is_set_only_when_the_question_was_changed(stages, generation, expected):
+    backend = ScriptedBackend(["Hold it for 10 seconds."])
+    pipeline = Pipeline(stages, documents_position="query")
+    session = ChatSession(pipeline, backend, system_prompt="Be brief.", generation=generation)
+    session.ask("How do I reset it?")
+    assert backend.requests[-1].params.cache_messages == expected
+    if generation is not None:
+        assert backend.requests[-1].params.max_new_tokens == generation.max_new_tokens
 
 
 @pytest.mark.models

@@ -32,15 +32,17 @@ class _Recorder(Upstream):
         self.model = inner.model
         self.last_messages: list[dict[str, Any]] = []
 
-    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
+    async def complete(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> ChatCompletionResponse:
         self.last_messages = body["messages"]
-        return await self.inner.complete(body, tenant=tenant)
+        return await self.inner.complete(body, tenant=tenant, cache_messages=cache_messages)
 
     async def stream(
-        self, body: dict[str, Any], *, tenant: str
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         self.last_messages = body["messages"]
-        return await self.inner.stream(body, tenant=tenant)
+        return await self.inner.stream(body, tenant=tenant, cache_messages=cache_messages)
 
     async def ready(self) -> str | None:
         return await self.inner.ready()

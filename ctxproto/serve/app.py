@@ -269,7 +269,10 @@ async def _answer(
     else:
         started = time.perf_counter()
         response = await _unless_disconnected(
-            request, state.upstream.complete(forward, tenant=turn.tenant)
+            request,
+            state.upstream.complete(
+                forward, tenant=turn.tenant, cache_messages=turn.cache_messages
+            ),
         )
         if response is None:
             return None
@@ -327,7 +330,9 @@ async def _open_stream(
         response = _cached_response(state, turn, model)
         source = replay_chunks(response.choices[0].message.content or "", response.usage)
     else:
-        source = await state.upstream.stream(forward, tenant=turn.tenant)
+        source = await state.upstream.stream(
+            forward, tenant=turn.tenant, cache_messages=turn.cache_messages
+        )
         await _count(state, turn)
     return _restamped(state, turn, source, model, include_usage)
 

@@ -29,6 +29,7 @@ from ctxproto.budget import Budget
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
 from ctxproto.pipeline import Pipeline, PipelineResult
+from ctxproto.prompt import messages_sent_again
 from ctxproto.serve.config import ServeConfig
 from ctxproto.stages.base import Stage
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
@@ -58,6 +59,8 @@ class Turn:
     """Set on a semantic-cache hit: no upstream call is needed."""
     result: PipelineResult | None = None
     stateful_history: list[dict[str, Any]] | None = None
+    cache_messages: int | None = None
+    """Leading messages the next turn sends again, when not all (``messages_sent_again``)."""
     lock: asyncio.Lock | None = field(default=None, repr=False)
     """The session's lock while this turn holds it (stateful mode)."""
 
@@ -142,7 +145,9 @@ class ContextFlow:
         if result.answer is not None:
             turn.cache, turn.answer = "hit", result.answer
         elif result.prompt is not None:
+            written = turn.messages[-1].get("content") if turn.messages else None
             turn.messages = result.prompt.messages
+            turn.cache_messages = messages_sent_again(turn.messages, written)
 
     async def finish(self, turn: Turn, answer: dict[str, Any] | None) -> None:
         """File the upstream's answer (an assistant message) and release the session."""

@@ -45,8 +45,10 @@ class LocalUpstream(Upstream):
         vocabulary = engine.tokenizer.get_vocab()
         self._max_token_bytes = max((len(token) for token in vocabulary), default=1) or 1
 
-    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
-        handle = await self._submit(body, tenant)
+    async def complete(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> ChatCompletionResponse:
+        handle = await self._submit(body, tenant, cache_messages)
         try:
             completion = await anyio.to_thread.run_sync(handle.result, abandon_on_cancel=True)
         finally:
@@ -63,9 +65,9 @@ class LocalUpstream(Upstream):
         )
 
     async def stream(
-        self, body: dict[str, Any], *, tenant: str
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
-        handle = await self._submit(body, tenant)
+        handle = await self._submit(body, tenant, cache_messages)
         return self._chunks(handle)
 
     async def ready(self) -> str | None:
@@ -91,9 +93,13 @@ class LocalUpstream(Upstream):
         finally:
             handle.cancel()
 
-    async def _submit(self, body: dict[str, Any], tenant: str) -> RequestHandle:
+    async def _submit(
+        self, body: dict[str, Any], tenant: str, cache_messages: int | None
+    ) -> RequestHandle:
         messages = body["messages"]
         params = generation_params(body)
+        if cache_messages is not None:
+            params = params.model_copy(update={"cache_messages": cache_messages})
         size = len(json.dumps(messages, ensure_ascii=False).encode("utf-8"))
         if size > self.engine.context_window * self._max_token_bytes:
             raise ConfigError(
@@ -101,8 +107,10 @@ class LocalUpstream(Upstream):
                 f"{self.engine.context_window} tokens",
                 key="messages",
             )
-        prompt = await anyio.to_thread.run_sync(self.engine.encode_chat, messages)
-        return self.engine.submit(prompt, params, cache_namespace=_namespace(tenant, body))
+        namespace = _namespace(tenant, body)
+        return await anyio.to_thread.run_sync(
+            lambda: self.engine.submit_chat(messages, params, cache_namespace=namespace)
+        )
 
 
 def generation_params(body: dict[str, Any]) -> GenerationParams:

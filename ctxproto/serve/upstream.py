@@ -39,12 +39,19 @@ class Upstream(ABC):
     model: str
 
     @abstractmethod
-    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
-        """The whole answer to ``body`` (``stream`` is false)."""
+    async def complete(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> ChatCompletionResponse:
+        """The whole answer to ``body`` (``stream`` is false).
+
+        ``cache_messages`` is how many leading messages the next turn sends again
+        (``GenerationParams.cache_messages``): a hint for an upstream that can keep
+        less in its prefix cache, which an HTTP server has no field to be told.
+        """
 
     @abstractmethod
     async def stream(
-        self, body: dict[str, Any], *, tenant: str
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Chunks of the answer, usage last; raises before returning if refused."""
 
@@ -82,7 +89,9 @@ class RemoteUpstream(Upstream):
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
 
-    async def complete(self, body: dict[str, Any], *, tenant: str) -> ChatCompletionResponse:
+    async def complete(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> ChatCompletionResponse:
         response = await self._send(self._body(body, tenant, stream=False))
         try:
             data = json.loads(await response.aread())
@@ -95,7 +104,7 @@ class RemoteUpstream(Upstream):
             await response.aclose()
 
     async def stream(
-        self, body: dict[str, Any], *, tenant: str
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         response = await self._send(self._body(body, tenant, stream=True))
         return _read_events(response)

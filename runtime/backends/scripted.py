@@ -142,6 +142,7 @@ def _cut(reply: str, params: GenerationParams) -> tuple[str, str]:
 
 
 def _transcript(messages: list[dict[str, Any]]) -> list[str]:
+    """Prompt tokens as this backend counts them: words of ``role: content`` lines."""
     return _tokens("".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in messages))
 
 

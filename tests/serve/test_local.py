@@ -7,10 +7,16 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from typing import ClassVar
 
 import httpx
 import openai
 import pytest
+
+from ctxproto.context import Context
+from ctxproto.documents import Document
+from ctxproto.stages import Stage, Transformed
+from ctxproto.tokens import TokenCounter
 
 pytestmark = pytest.mark.models
 
@@ -99,3 +105,47 @@ def test_non_streaming_disconnect_stops_decoding(local_proxy, engine):
             time.sleep(0.02)
         assert len(engine._batch)  # decoding started
     assert _idle(engine, within_s=5.0)
+
+
+class _Manual(Stage):
+    """Retrieves the same manual page for every question, as a retriever would."""
+
+    type_name: ClassVar[str] = "test_manual"
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        page = Document(id="manual", text="The R7 router has four LAN ports and one WAN port.")
+        return Transformed(context.model_copy(update={"documents": [page]}))
+
+
+def test_documents_placed_with_the_question_are_not_left_in_the_cache(engine):
+    """The next turn does not send them again: only the system message stays cached."""
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.runtime.radix_cache import common_prefix_length
+    from ctxproto.serve import ContextFlow, ProxyState, ServerThread, create_app
+    from ctxproto.serve.local_upstream import LocalUpstream
+
+    state = ProxyState(
+        flow=ContextFlow(Pipeline([_Manual()], documents_position="query")),
+        upstream=LocalUpstream(engine, model="default"),
+        models=["default"],
+    )
+    system = {"role": "system", "content": "Answer from the reference documents."}
+    body = {
+        "messages": [system, {"role": "user", "content": "How many ports does the R7 have?"}],
+        "max_tokens": 4,
+        "temperature": 0,
+        "cache_salt": uuid.uuid4().hex,  # a namespace of its own
+    }
+    with ServerThread(create_app(state)) as proxy:
+        first, again = (
+            httpx.post(f"{proxy.url}/chat/completions", json=body, timeout=120).json()
+            for _ in range(2)
+        )
+    # What stayed is what the client's next turn repeats: the system message.
+    sent = engine.encode_chat(
+        [system, {"role": "user", "content": "Reference: the manual.\nHow many ports?"}]
+    )
+    repeated = common_prefix_length(engine.encode_chat(body["messages"]), sent)
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": repeated}
+    assert again["choices"][0]["message"] == first["choices"][0]["message"]
