@@ -39,7 +39,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
 
 def render_head(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int] | None:
     """Token ids of ``messages`` as a longer conversation renders them; ``None`` when the
-    template will not render them alone.
+    template refuses them.
 
     They are rendered before an empty user message, not as the end of the
     conversation: templates render the last message differently (Qwen3 gives a
