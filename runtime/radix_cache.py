@@ -428,7 +428,7 @@ class RadixKVCache:
         self._host_leaves.file(node, free and node.on_host and not node.children)
 
 
-def common_prefix_length(key: Sequence[int], tokens: Sequence[int], offset: int = 0) -> int:
+def common_prefix_length(key: Sequence[object], tokens: Sequence[object], offset: int = 0) -> int:
     """How many leading tokens of ``key`` equal ``tokens`` from ``offset`` on."""
     limit = min(len(key), len(tokens) - offset)
     if list(key[:limit]) == list(tokens[offset : offset + limit]):  # the usual, whole-span match

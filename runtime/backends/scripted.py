@@ -27,6 +27,7 @@ from typing import Any
 from ctxproto.errors import BackendError
 from ctxproto.runtime.backends.base import Backend, CompletionStream
 from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
+from ctxproto.runtime.radix_cache import common_prefix_length
 
 __all__ = ["Responder", "ScriptedBackend", "ScriptedRequest"]
 
@@ -111,7 +112,7 @@ class ScriptedBackend(Backend):
         )
         with self._lock:
             self.requests.append(ScriptedRequest(copy.deepcopy(messages), params))
-            shared = max((_shared_prefix(prompt, seen) for seen in self._prompts), default=0)
+            shared = max((common_prefix_length(seen, prompt) for seen in self._prompts), default=0)
             cached = min(shared, max(len(prompt) - 1, 0))  # the last token is always computed
             self._prompts.append(kept)
             if self._respond is None:
@@ -148,15 +149,6 @@ def _transcript(messages: list[dict[str, Any]]) -> list[str]:
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
-
-
-def _shared_prefix(a: list[str], b: list[str]) -> int:
-    shared = 0
-    for left, right in zip(a, b, strict=False):
-        if left != right:
-            break
-        shared += 1
-    return shared
 
 
 def _metrics(
