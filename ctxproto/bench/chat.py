@@ -38,6 +38,7 @@ from ctxproto.bench.chat_paths import (
     generate_turns,
 )
 from ctxproto.bench.chat_workload import SessionScript, build_workload, examples_dir
+from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import BackendError, ConfigError
 from ctxproto.eval.metrics import percentile
@@ -131,6 +132,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
     summary = {k: v for k, v in result.items() if k != "turns"}
+    summary["machine"] = describe_machine()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -408,6 +410,8 @@ def print_comparison(result: dict[str, Any]) -> None:
     )
     for path, reason in result.get("unavailable", {}).items():
         console.print(f"[yellow]{path} not run[/]: {reason}")
+    if "machine" in result:
+        console.print(f"machine: {machine_line(result['machine'])}", markup=False)
 
 
 def summarize(baseline: Sequence[TurnRecord], ours: Sequence[TurnRecord]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from typing import Any
 from ctxproto._extras import require
 from ctxproto.bench.chat_workload import KB_QUESTIONS
 from ctxproto.bench.decode_support import support_figures
+from ctxproto.bench.machine import describe_machine
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
@@ -103,6 +104,7 @@ def _handle(args: argparse.Namespace) -> int:
         figures["support"] = support_figures(
             args.support, args.support_tokens, peer=not args.no_peer
         )
+    figures["machine"] = describe_machine()
     if args.json:
         json.dump(figures, sys.stdout)
         sys.stdout.write("\n")

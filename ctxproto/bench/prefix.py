@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxproto._extras import require
+from ctxproto.bench.machine import describe_machine
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.eval.needle import essays_dir
 from ctxproto.models.openmp import releasing_thread_pool
@@ -66,6 +67,7 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     result = measure(args)
     if args.json:
+        result["machine"] = describe_machine()
         print(json.dumps(result))
     else:
         table = Table(title="ctxproto bench prefix")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxproto.bench.machine import describe_machine
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.budget import Budget
 from ctxproto.pipeline import Pipeline
@@ -63,6 +64,7 @@ def handle(args: argparse.Namespace) -> int:
         result["chat"] = run_chat_through_proxy(
             args.chat_turns, args.chat_sessions, args.max_new_tokens
         )
+    result["machine"] = describe_machine()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

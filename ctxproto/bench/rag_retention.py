@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxproto.bench.chat_workload import examples_dir
+from ctxproto.bench.machine import describe_machine
 from ctxproto.bench.rag_workload import (
     RETRIEVAL,
     asked_facts,
@@ -69,6 +70,7 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed,
         lexical_weight=args.lexical_weight,
     )
+    result["machine"] = describe_machine()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

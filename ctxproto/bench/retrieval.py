@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ctxproto.bench.machine import describe_machine
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.documents import Document
@@ -49,6 +50,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     result = run(chunks=args.chunks, queries=args.queries, essays=args.essays)
+    result["machine"] = describe_machine()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

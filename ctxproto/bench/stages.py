@@ -20,6 +20,7 @@ import random
 import time
 from typing import Any
 
+from ctxproto.bench.machine import describe_machine
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -56,6 +57,7 @@ def register(subparsers: Any) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     figures = run(args.turns, args.compress_tokens, args.samples, args.repeats)
+    figures["machine"] = describe_machine()
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

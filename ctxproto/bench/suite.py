@@ -50,6 +50,7 @@ from ctxproto.bench.chat import (
     run_paths,
 )
 from ctxproto.bench.chat_workload import SessionScript, build_workload
+from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
 
@@ -158,12 +159,14 @@ def handle(args: argparse.Namespace) -> int:
             progress=progress,
             log=lambda line: console.print(line, markup=False),
         )
+    results["machine"] = describe_machine()
     if args.json:
         print(json.dumps(results))
         return 0
     for name, result in results["workloads"].items():
         print(f"\n== {name}: {json.dumps(result['workload'])}")
         print_comparison(result)
+    print(f"\nmachine: {machine_line(results['machine'])}")
     return 0
 
 
