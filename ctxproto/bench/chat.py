@@ -45,6 +45,7 @@ from ctxproto.eval.metrics import percentile
 from ctxproto.tokens import TokenCounter, get_counter
 
 if TYPE_CHECKING:
+    from ctxproto.bench.llama_server import LlamaServer
     from ctxproto.runtime.engine import QuantizeMode
 
 __all__ = [
@@ -202,11 +203,12 @@ def run_paths(
     _warm_up()
     with ExitStack() as stack:
         engines: dict[str, Any] = {}
+        servers: dict[str, LlamaServer] = {}
         unavailable: dict[str, str] = {}
         served: dict[str, Iterator[TurnRecord]] = {}
         for path in paths:
             try:
-                backend = _backend(path, stack, engines, serving)
+                backend = _backend(path, stack, engines, servers, serving)
             except BackendError as exc:
                 unavailable[path] = str(exc)
                 continue
@@ -233,6 +235,7 @@ def run_paths(
             if task is not None:
                 progress.advance(task)
         cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
+        binaries = {path: str(server.binary) for path, server in servers.items()}
     from ctxproto.runtime.engine import resolve_quantize
 
     result = summarize(records[_baseline(records)], records["ctxproto"])
@@ -241,6 +244,9 @@ def run_paths(
         unavailable=unavailable,
         prefix_cache=cache_stats.get("ctxproto", {}),
         prefix_cache_by_path=cache_stats,
+        # Which llama-server build served each llama.cpp path: one built from source
+        # for this CPU (`make bench-peers`) or the prebuilt one (AVX-512 and AVX-VNNI).
+        llama_server_by_path=binaries,
         window_tokens=window_tokens,
         quantize=resolve_quantize(serving.quantize),
         device="cpu",
@@ -257,8 +263,15 @@ def _baseline(records: dict[str, list[TurnRecord]]) -> str:
     raise BackendError("no full-history path ran")  # run_paths checks this before serving
 
 
-def _backend(path: str, stack: ExitStack, engines: dict[str, Any], serving: Serving) -> Any:
-    """The backend ``path`` runs on: its own engine or its own llama.cpp server."""
+def _backend(
+    path: str,
+    stack: ExitStack,
+    engines: dict[str, Any],
+    servers: dict[str, LlamaServer],
+    serving: Serving,
+) -> Any:
+    """The backend ``path`` runs on: its own engine or its own llama.cpp server (noted
+    in ``engines`` or ``servers``)."""
     if path == "generate":
         return None
     budget = serving.kv_budget_tokens
@@ -283,6 +296,7 @@ def _backend(path: str, stack: ExitStack, engines: dict[str, Any], serving: Serv
         prompt_cache_ram=budget is None,
     )
     stack.enter_context(server)
+    servers[path] = server
     return stack.enter_context(OpenAIBackend(server.base_url, timeout=600.0))
 
 
@@ -382,7 +396,8 @@ def _path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
 
 
 def print_comparison(result: dict[str, Any]) -> None:
-    """The per-path table and the ratios, in 80 columns."""
+    """The per-path table and the ratios in 80 columns, then the machine and the
+    llama-server builds."""
     from rich.console import Console
     from rich.table import Table
 
@@ -410,6 +425,8 @@ def print_comparison(result: dict[str, Any]) -> None:
     )
     for path, reason in result.get("unavailable", {}).items():
         console.print(f"[yellow]{path} not run[/]: {reason}")
+    for path, binary in result.get("llama_server_by_path", {}).items():
+        console.print(f"{path} served by {binary}", markup=False)
     if "machine" in result:
         console.print(f"machine: {machine_line(result['machine'])}", markup=False)
 

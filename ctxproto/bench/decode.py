@@ -48,7 +48,7 @@ from typing import Any
 from ctxproto._extras import require
 from ctxproto.bench.chat_workload import KB_QUESTIONS
 from ctxproto.bench.decode_support import support_figures
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
@@ -110,7 +110,8 @@ def _handle(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         for name, value in figures.items():
-            print(f"{name:32s} {value}")
+            shown = machine_line(value) if name == "machine" else value
+            print(f"{name:32s} {shown}")
     return 0
 
 

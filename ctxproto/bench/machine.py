@@ -2,10 +2,10 @@
 
 A ratio of two paths moves with the CPU: with the same code, the support chat's
 ctxproto-to-engine ratio was 0.88x on an AMD EPYC with AVX-512 and 1.15x on an
-Intel Xeon with AMX (``docs/benchmarks.md``). Every ``ctxproto bench`` command
-therefore prints the processor, its core count and the vector extensions the
-kernels can use next to its figures, so that a figure copied into the docs
-carries the machine it was measured on.
+Intel Xeon with AMX (``docs/benchmarks.md``, ninth round). Every ``ctxproto
+bench`` command therefore prints the processor, its core count and the vector
+extensions the kernels can use next to its figures, so that a figure copied
+into the docs carries the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
-__all__ = ["CPU_FEATURES", "describe_machine", "machine_line"]
+from ctxproto.models.cpu_info import CPUINFO, cpu_features, read_cpuinfo
+
+__all__ = ["CPU_FEATURES", "Machine", "describe_machine", "machine_line"]
 
 CPU_FEATURES: tuple[str, ...] = (
     "avx2",
@@ -27,49 +29,80 @@ CPU_FEATURES: tuple[str, ...] = (
     "avx_vnni",
     "amx_bf16",
     "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
 )
-"""The extensions that decide which kernels run fast (``/proc/cpuinfo`` flag names)."""
+"""The extensions that decide which kernels run fast (x86 ``flags`` and arm64
+``Features`` names in ``/proc/cpuinfo``)."""
 
 
-def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+class Machine(TypedDict):
+    """What ``describe_machine`` reports (a JSON object in every benchmark's output)."""
+
+    cpu: str
+    cpu_id: str | None
+    """x86: vendor, family and model; arm64: implementer and part. A virtual
+    machine's model name is often generic ("Intel Xeon Processor"); these are not."""
+    logical_cores: int | None
+    usable_cores: int | None
+    """The cores this process may run on (its CPU affinity); a cgroup quota is not seen."""
+    cpu_features: list[str] | None
+    """Those of ``CPU_FEATURES`` the CPU has; None where the system does not list them."""
+    os: str
+    python: str
+    torch: str | None
+    gpu: str | None
+    """The first CUDA device, when the benchmark imported torch (the models' runs)."""
+
+
+def describe_machine(cpuinfo: Path = CPUINFO) -> Machine:
     """The processor, cores, vector extensions, and the versions that set the kernels."""
-    info = _read_cpuinfo(cpuinfo)
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        # A virtual machine's model name is often generic; family and model are not.
-        "cpu_id": " ".join(
-            f"{label} {info[key]}".strip()
-            for key, label in (("vendor_id", ""), ("cpu family", "family"), ("model", "model"))
-            if key in info
-        )
-        or None,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_features": [f for f in CPU_FEATURES if f in flags],
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "gpu": _gpu(),
-    }
+    fields = read_cpuinfo(cpuinfo)
+    features = cpu_features(fields)
+    return Machine(
+        cpu=fields.get("model name") or platform.processor() or platform.machine(),
+        cpu_id=_cpu_id(fields),
+        logical_cores=os.cpu_count(),
+        usable_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        cpu_features=None if features is None else [f for f in CPU_FEATURES if f in features],
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        torch=_version("torch"),
+        gpu=_gpu(),
+    )
 
 
-def _read_cpuinfo(path: Path) -> dict[str, str]:
-    """The first processor's fields (``model name``, ``flags``...); none without the file."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the end of the first processor's block
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), " ".join(value.split()))
-    return fields
+def machine_line(machine: Machine) -> str:
+    """``describe_machine``'s answer in one line, for the human-readable reports."""
+    cpu_id = f" ({machine['cpu_id']})" if machine["cpu_id"] else ""
+    cores = machine["usable_cores"] or machine["logical_cores"]
+    listed = machine["cpu_features"]
+    if listed is None:
+        features = "extensions unknown"
+    else:
+        features = ", ".join(listed) or "none of " + ", ".join(CPU_FEATURES[:2])
+    gpu = f"; {machine['gpu']}" if machine["gpu"] else ""
+    return f"{machine['cpu']}{cpu_id}, {cores or '?'} cores ({features}){gpu}"
+
+
+def _cpu_id(fields: dict[str, str]) -> str | None:
+    labelled = (
+        ("vendor_id", ""),
+        ("cpu family", "family "),
+        ("model", "model "),
+        ("CPU implementer", "implementer "),
+        ("CPU part", "part "),
+    )
+    parts = [f"{label}{fields[key]}" for key, label in labelled if key in fields]
+    return " ".join(parts) or None
 
 
 def _version(package: str) -> str | None:
+    """The installed distribution's version; None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -82,12 +115,3 @@ def _gpu() -> str | None:
     if torch is None or not torch.cuda.is_available():
         return None
     return str(torch.cuda.get_device_name(0))
-
-
-def machine_line(machine: dict[str, Any]) -> str:
-    """``describe_machine``'s answer in one line, for the human-readable reports."""
-    features = ", ".join(machine["cpu_features"]) or "no AVX2"
-    cores = machine["usable_cores"] or machine["logical_cores"]
-    gpu = f"; {machine['gpu']}" if machine["gpu"] else ""
-    cpu_id = f" ({machine['cpu_id']})" if machine["cpu_id"] else ""
-    return f"{machine['cpu']}{cpu_id}, {cores} cores ({features}){gpu}"

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxproto._extras import require
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.eval.needle import essays_dir
 from ctxproto.models.openmp import releasing_thread_pool
@@ -66,9 +66,9 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     result = measure(args)
+    machine = describe_machine()
     if args.json:
-        result["machine"] = describe_machine()
-        print(json.dumps(result))
+        print(json.dumps({**result, "machine": machine}))
     else:
         table = Table(title="ctxproto bench prefix")
         table.add_column("figure")
@@ -76,6 +76,7 @@ def handle(args: argparse.Namespace) -> int:
         for key, value in result.items():
             table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
         Console().print(table)
+        print(f"machine: {machine_line(machine)}")
     return 0
 
 

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -57,12 +57,12 @@ def register(subparsers: Any) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     figures = run(args.turns, args.compress_tokens, args.samples, args.repeats)
-    figures["machine"] = describe_machine()
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
         for key, value in figures.items():
-            print(f"{key:45s} {value}")
+            shown = machine_line(value) if key == "machine" else value
+            print(f"{key:45s} {shown}")
     return 0
 
 
@@ -81,7 +81,7 @@ def _sentences(limit_tokens: int, seed: int) -> list[str]:
 
 
 def run(turns: int, compress_tokens: int, samples: int, repeats: int) -> dict[str, Any]:
-    figures: dict[str, Any] = {"machine": "this host, CPU threads as torch sees them"}
+    figures: dict[str, Any] = {"machine": describe_machine()}
     figures.update(_relevance(turns, repeats))
     figures.update(_compressor_speed(compress_tokens))
     figures.update(_retention(samples))

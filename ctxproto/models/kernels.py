@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxproto._extras import require
+from ctxproto.models.cpu_info import read_cpuinfo
 from ctxproto.models.loader import cache_dir
 
 __all__ = ["load_kernels"]
@@ -102,13 +103,10 @@ def _decline(why: str) -> bool:
 
 def _cpu_tag() -> str:
     """A short digest of this machine's architecture, CPU model and features."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
     keys = ("flags", "model name", "Features", "CPU part", "CPU implementer")
-    lines = {line for line in text.splitlines() if line.startswith(keys)}
-    described = "\n".join([platform.machine(), platform.processor(), *sorted(lines)])
+    fields = read_cpuinfo()
+    lines = [f"{key}: {fields[key]}" for key in keys if key in fields]
+    described = "\n".join([platform.machine(), platform.processor(), *lines])
     return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from ctxproto.bench.machine import describe_machine, machine_line
-from ctxproto.cli.main import main
+from ctxproto.models.cpu_info import cpu_features, read_cpuinfo
 
 # Two processors of a virtual machine, as Linux lists them: only the first is read.
-CPUINFO = """processor	: 0
+X86 = """processor	: 0
 vendor_id	: AuthenticAMD
 cpu family	: 25
 model		: 17
@@ -25,33 +21,51 @@ model name	: something else
 flags		: amx_bf16 amx_int8
 """
 
+ARM64 = """
+processor	: 0
+BogoMIPS	: 2100.00
+Features	: fp asimd evtstrm aes crc32 asimddp sve i8mm bf16
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU part	: 0xd4f
+"""
 
-def test_the_first_processor_names_the_cpu_and_the_extensions_the_kernels_use(
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_first_x86_processor_names_the_cpu_and_the_extensions_the_kernels_use(
     tmp_path: Path,
 ) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(CPUINFO, encoding="utf-8")
-    machine = describe_machine(cpuinfo)
+    machine = describe_machine(write(tmp_path, X86))
     assert machine["cpu"] == "AMD EPYC 9R14 96-Core Processor"
     assert machine["cpu_id"] == "AuthenticAMD family 25 model 17"
-    # listed flags only, in CPU_FEATURES' order; the second processor's AMX is not this one's
+    # listed extensions only, in CPU_FEATURES' order; the second processor's AMX is not this one's
     assert machine["cpu_features"] == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
-    assert machine["logical_cores"] >= 1
+    assert machine["logical_cores"] is not None and machine["logical_cores"] >= 1
     line = machine_line(machine)
-    assert line.startswith("AMD EPYC 9R14 96-Core Processor (AuthenticAMD family 25 model 17)")
+    assert line.startswith("AMD EPYC 9R14 96-Core Processor (AuthenticAMD family 25 model 17), ")
     assert "avx512_bf16" in line and "amx" not in line
 
 
-def test_without_cpuinfo_the_platform_still_names_a_cpu(tmp_path: Path) -> None:
-    machine = describe_machine(tmp_path / "absent")
-    assert machine["cpu"]
-    assert machine["cpu_id"] is None
-    assert machine["cpu_features"] == []
-    assert "no AVX2" in machine_line(machine)
+def test_an_arm64_core_is_named_by_implementer_and_part_with_its_features(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, ARM64)
+    assert read_cpuinfo(path)["CPU part"] == "0xd4f"  # a leading blank line is skipped
+    machine = describe_machine(path)
+    assert machine["cpu_id"] == "implementer 0x41 part 0xd4f"
+    assert machine["cpu_features"] == ["asimd", "asimddp", "i8mm", "bf16", "sve"]
 
 
-@pytest.mark.models
-def test_a_benchmark_prints_the_machine_with_its_figures(capsys: Any) -> None:
-    assert main(["bench", "rag-retention", "--sessions", "1", "--turns", "2", "--essays", "2"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["machine"] == describe_machine()
+def test_without_cpuinfo_the_extensions_are_unknown_not_absent(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    assert read_cpuinfo(missing) == {}
+    assert cpu_features({}) is None
+    machine = describe_machine(missing)
+    assert machine["cpu"]  # the platform's name for it
+    assert machine["cpu_id"] is None and machine["cpu_features"] is None
+    assert "extensions unknown" in machine_line(machine)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ctxproto.bench.machine import describe_machine
 from ctxproto.cli.main import main
 
 
@@ -20,6 +21,7 @@ def test_every_ask_of_a_small_workload_keeps_its_answer_and_the_peers_chunks(
     assert result["lexical_weight"] == 0.5
     assert result["retrieved"] == result["placed"] == result["same_chunks"] == 1.0
     assert result["misses"] == []
+    assert result["machine"] == describe_machine()  # as every benchmark's figures
     # the relevance filter keeps about 30% of what the peers get
     assert 0.2 < result["placed_tokens_per_ask"] / result["retrieved_tokens_per_ask"] < 0.4
 

@@ -82,5 +82,6 @@ def test_under_a_kv_budget_round_robin_sessions_evict_one_another():
     engine = result["prefix_cache_by_path"]["engine"]
     assert engine["max_bytes"] == budget * kv_bytes_per_token()
     assert engine["evictions"] > 0
+    assert result["llama_server_by_path"] == {}  # no llama.cpp path was asked for
     order = [(t["session"], t["turn"]) for t in result["turns"]]
     assert order == [("s0", 1), ("s1", 1), ("s2", 1), ("s0", 2), ("s1", 2), ("s2", 2)]
