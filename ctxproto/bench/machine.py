@@ -1,11 +1,12 @@
 """The machine a benchmark ran on, printed with its figures.
 
-A ratio of two paths moves with the CPU: with the same code, the support chat's
-ctxproto-to-engine ratio was 0.88x on an AMD EPYC with AVX-512 and 1.15x on an
-Intel Xeon with AMX (``docs/benchmarks.md``, ninth round). Every ``ctxproto
-bench`` command therefore prints the processor, its core count and the vector
-extensions the kernels can use next to its figures, so that a figure copied
-into the docs carries the machine it was measured on.
+A ratio of two paths moves with the CPU: the development machine's two cores
+have been an AMD EPYC without AMX and an Intel Xeon with it, and the support
+chat's headline ratio was 0.88x in the seventh round and 1.15x on the Xeon in
+the ninth (``docs/benchmarks.md``). Every ``ctxproto bench`` command therefore
+prints the processor, its core count and the vector extensions the kernels can
+use next to its figures, so that a figure copied into the docs carries the
+machine it was measured on.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Machine(TypedDict):
     usable_cores: int | None
     """The cores this process may run on (its CPU affinity); a cgroup quota is not seen."""
     cpu_features: list[str] | None
-    """Those of ``CPU_FEATURES`` the CPU has; None where the system does not list them."""
+    """Those of ``CPU_FEATURES`` the CPU lists; None where the system does not list them.
+    A virtual machine may list one it does not enable: AMX, on the ninth round's."""
     os: str
     python: str
     torch: str | None
