@@ -1,9 +1,9 @@
 """The machine a benchmark ran on, printed with its figures.
 
 A ratio of two paths moves with the CPU: the development machine's two cores
-have been an AMD EPYC without AMX and an Intel Xeon with it, and the support
-chat's headline ratio was 0.88x in the seventh round and 1.15x on the Xeon in
-the ninth (``docs/benchmarks.md``). Every ``ctxproto bench`` command therefore
+have been an AMD EPYC and an Intel Xeon, and the support chat's headline ratio
+was 0.88x in the seventh round and 1.15x on the Xeon in the ninth
+(``docs/benchmarks.md``). Every ``ctxproto bench`` command therefore
 prints the processor, its core count and the vector extensions the kernels can
 use next to its figures, so that a figure copied into the docs carries the
 machine it was measured on.
