@@ -79,7 +79,7 @@ class Engine:
     LM head (``int8_head``), answers may differ from float32's, and the default,
     float32 from the GGUF file's blocks, decodes as fast (docs/runtime.md);
     ``self.quantize`` is the mode resolved.
-    ``speculate`` (on by default; all but ``int8``) lets a greedy request that
+    ``speculate`` (on by default; all but ``int8`` and ``bf16``) lets a greedy request that
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
     prompt-lookup decoding").
@@ -111,7 +111,10 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         # The modes whose verifying forward is tested to give the one-token steps' tokens.
-        self.speculate = speculate and quantize in ("none", "int8_head", "int8_weights", "bf16")
+        # bf16: oneDNN may sum a product of several rows in another order than one
+        # row's (an Intel Xeon with AVX512-BF16 did), so a verify could disagree with
+        # a one-token step (docs/runtime.md).
+        self.speculate = speculate and quantize in ("none", "int8_head", "int8_weights")
         self.cache = RadixKVCache(
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,

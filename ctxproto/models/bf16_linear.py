@@ -9,7 +9,10 @@ Only the products change: each linear layer rounds its input rows to bfloat16,
 multiplies, and returns float32 rounded from bfloat16 (torch's CPU kernels have no
 float32 output for bfloat16 inputs); the bias is added in float32. The residual
 stream, the norms, attention and softmax stay float32, and there is no per-call
-scale, so a row's numbers never depend on the rows next to it. bfloat16 keeps
+scale. oneDNN may still sum several rows' products in another order than one
+row's (an Intel Xeon with AVX512-BF16 did, where the AMD EPYC did not), so a
+row's output can depend on how many rows are multiplied with it: the engine
+does not verify speculative drafts in this mode. bfloat16 keeps
 eight significant bits where int8 with a per-token scale keeps about seven, and
 never saturates, so answers drift from float32's less than with ``int8``
 (docs/runtime.md has the measured agreement).

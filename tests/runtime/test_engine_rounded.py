@@ -4,7 +4,8 @@
 layers' inputs to bfloat16 only, with no per-call scale; ``int8_head`` rounds the
 LM head alone. Their heads rank with float32 logits, so greedy output stays token
 for token the same with the prefix cache on and off, batched or not, and
-speculative decoding (where the mode runs it) emits the tokens of one-token steps.
+speculative decoding (where the mode runs it: not ``bf16``) emits the tokens of
+one-token steps.
 """
 
 from collections.abc import Iterator
@@ -88,6 +89,13 @@ def test_batched_rows_give_the_plain_tokens(rounded_engine, rounded_plain_engine
 
 
 def test_speculation_is_on_and_keeps_the_one_token_steps(rounded_plain_engine, mode):
+    if mode == "bf16":
+        # A verify multiplies several rows, which oneDNN may sum in another order than
+        # one row: an Intel Xeon with AVX512-BF16 emitted other tokens than one-token
+        # steps. So bf16 does not speculate.
+        with Engine(quantize=mode) as bf16:
+            assert not bf16.speculate
+        return
     with Engine(quantize=mode) as speculating:
         assert speculating.speculate
         passes = tokens = 0
