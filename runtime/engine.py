@@ -33,6 +33,7 @@ from ctxproto.runtime.chat_template import render_chat, render_head
 from ctxproto.runtime.detokenizer import IncrementalDetokenizer
 from ctxproto.runtime.kv_layout import KVStorePool, cache_from_spans, new_cache, row_kv_slice
 from ctxproto.runtime.params import Completion, GenerationParams
+from ctxproto.runtime.prefill import prefill
 from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache, common_prefix_length
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
@@ -297,7 +298,7 @@ class Engine:
     def _prefill(self, request: Request) -> Any:
         torch = require("torch", extra="runtime")
         prompt = request.prompt
-        past, reused = new_cache(), 0
+        past, reused = new_cache(room=len(prompt)), 0
         if self.prefix_cache:
             # The last prompt token is always computed: its logits give the first token.
             match = self.cache.match_prefix(prompt[:-1], request.namespace)
@@ -311,13 +312,11 @@ class Engine:
                 reused = match.length
         request.cached_tokens = reused
         self.cache.count_request(cached=reused, computed=len(prompt) - reused)
-        device = self.model.device
-        out = self.model(
-            input_ids=torch.tensor([prompt[reused:]], device=device),
-            position_ids=torch.arange(reused, len(prompt), device=device).unsqueeze(0),
-            cache=past,
-            use_cache=True,
-            logits_to_keep=1,
+        out = prefill(
+            self.model,
+            torch.tensor([prompt[reused:]], device=self.model.device),
+            past,
+            start=reused,
         )
         if self.prefix_cache:
             kv = row_kv_slice(past, 0, 0)

@@ -46,10 +46,11 @@ def _reserved_layer() -> type[Any]:
         a new store first: we only ever write into memory allocated for this layer.
         """
 
-        def __init__(self) -> None:
+        def __init__(self, room: int = 0) -> None:
             super().__init__()
             self._key_store: Any = None
             self._value_store: Any = None
+            self._room = room
 
         def update(
             self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any
@@ -92,7 +93,7 @@ def _reserved_layer() -> type[Any]:
 
         def _grow(self, key_states: Any, value_states: Any, length: int, end: int) -> None:
             batch, heads, _, dim = key_states.shape
-            shape = (batch, heads, end + _RESERVE, dim)
+            shape = (batch, heads, max(end, self._room) + _RESERVE, dim)
             self._key_store = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
             self._value_store = torch.empty(
                 shape, dtype=value_states.dtype, device=value_states.device
@@ -104,11 +105,17 @@ def _reserved_layer() -> type[Any]:
     return ReservedLayer
 
 
-def new_cache() -> Any:
-    """An empty ``DynamicCache`` whose layers append in place."""
+def new_cache(room: int = 0) -> Any:
+    """An empty ``DynamicCache`` whose layers append in place.
+
+    ``room``: tokens the layers are known to receive (a prompt prefilled in
+    pieces): their first store holds that many, where growing ``_RESERVE``
+    tokens at a time would copy the KV again every ``_RESERVE`` tokens.
+    """
     transformers = require("transformers", extra="runtime")
     cache_object = transformers.DynamicCache()
-    cache_object.layer_class_to_replicate = _reserved_layer()
+    layer_class = _reserved_layer()
+    cache_object.layer_class_to_replicate = lambda: layer_class(room)
     return cache_object
 
 

@@ -59,6 +59,42 @@ def lm() -> Any:
 
 
 @pytest.fixture(scope="session")
+def fused(lm) -> Any:
+    """The engine's copy of ``lm``: packed products, fused decoder layers (with AVX-512)."""
+    from ctxproto.runtime.engine import engine_model
+
+    return engine_model(lm, "none")
+
+
+@pytest.fixture(scope="session")
+def unfused(lm) -> Any:
+    """The engine's copy of ``lm`` with transformers' decoder layers back in place."""
+    from ctxproto.runtime.engine import engine_model
+
+    model = engine_model(lm, "none")
+    layers = model.model.layers
+    for index, layer in enumerate(layers):
+        layers[index] = getattr(layer, "layer", layer)
+    return model
+
+
+def record_unfused_rows(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each forward that model's first decoder layer runs through
+    transformers' own layer (the one a fused layer wraps), from now on."""
+    first = model.model.layers[0]
+    wrapped = getattr(first, "layer", first)
+    original = wrapped.forward
+    rows: list[int] = []
+
+    def recording(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+        rows.append(hidden_states.shape[1])
+        return original(hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(wrapped, "forward", recording)
+    return rows
+
+
+@pytest.fixture(scope="session")
 def lm_tokenizer() -> Any:
     from ctxproto.models.loader import load_tokenizer
 

@@ -22,7 +22,8 @@ that load from other processes hits every variant alike:
   bfloat16).
 
 It reports the median milliseconds per step, each variant's speedup over
-``transformers``, the cold prefill rate of the prompt, and whether the float
+``transformers``, the cold prefill rate of the prompt (fed as the engine feeds it:
+in pieces to a model with fused layers, ``runtime/prefill.py``), and whether the float
 variants produced the same tokens. The rounded variants may not, so for them it
 reports agreement with ``engine`` on real chat questions instead (``quality``):
 the share of the float answers' tokens the rounded model predicts given the same
@@ -56,6 +57,7 @@ from ctxproto.runtime import load_causal_lm, load_tokenizer
 from ctxproto.runtime.chat_template import render_chat
 from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
+from ctxproto.runtime.prefill import prefill
 
 QUANTIZED = ("int8_head", "int8", "int8_weights", "bf16")
 
@@ -127,14 +129,18 @@ def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) 
     transformers = require("transformers", extra="runtime")
     model = load_causal_lm()
     split = split_over_cores(model)
+
+    def our_cache() -> Any:  # room for the prompt, as the engine's cold prefill has
+        return new_cache(room=context)
+
     variants: dict[str, tuple[Any, Callable[[], Any]]] = {
         "transformers": (model, transformers.DynamicCache),
-        "reserved_kv": (model, new_cache),
+        "reserved_kv": (model, our_cache),
         "split_cores": (split, transformers.DynamicCache),
-        "engine": (engine_model(model, "none"), new_cache),
+        "engine": (engine_model(model, "none"), our_cache),
     }
     for mode in QUANTIZED:
-        variants[f"engine_{mode}"] = (engine_model(model, mode), new_cache)
+        variants[f"engine_{mode}"] = (engine_model(model, mode), our_cache)
     generator = torch.Generator().manual_seed(context)
     prompt = torch.randint(100, 40_000, (rows, context), generator=generator)
     step_ms: dict[str, list[float]] = {name: [] for name in variants}
@@ -143,8 +149,8 @@ def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) 
     with torch.inference_mode():
         for _ in range(rounds):
             for name, (lm, make_cache) in variants.items():
-                prefill, per_step, produced = _decode(torch, lm, make_cache(), prompt, steps)
-                prefill_s[name].append(prefill)
+                seconds, per_step, produced = _decode(torch, lm, make_cache(), prompt, steps)
+                prefill_s[name].append(seconds)
                 step_ms[name].append(per_step)
                 tokens[name] = produced
     medians = {name: statistics.median(values) for name, values in step_ms.items()}
@@ -202,8 +208,8 @@ def _agreement(reference: Any, candidate: Any, answers: int) -> dict[str, Any]:
 
 def _answer(torch: Any, lm: Any, prompt: Any, eos: int, limit: int = 48) -> list[int]:
     """The greedy answer to ``prompt`` (``[1, length]``), up to ``limit`` tokens."""
-    cache = new_cache()
-    out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
+    cache = new_cache(room=prompt.size(1))
+    out = prefill(lm, prompt, cache)
     produced: list[int] = []
     while True:
         token = int(out.logits[0, -1].argmax())
@@ -226,8 +232,8 @@ def _decode(
     """Prefill ``prompt``, then ``steps`` greedy steps: prefill seconds, ms per step, tokens."""
     rows, length = prompt.shape
     start = time.perf_counter()
-    out = lm(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
-    prefill = time.perf_counter() - start
+    out = prefill(lm, prompt, cache)
+    seconds = time.perf_counter() - start
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     produced = [token[:, 0].tolist()]
     start = time.perf_counter()
@@ -243,4 +249,4 @@ def _decode(
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         produced.append(token[:, 0].tolist())
     per_step = (time.perf_counter() - start) * 1000.0 / steps
-    return prefill, per_step, [t for row in zip(*produced, strict=True) for t in row]
+    return seconds, per_step, [t for row in zip(*produced, strict=True) for t in row]

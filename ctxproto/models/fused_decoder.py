@@ -34,7 +34,7 @@ from typing import Any
 from ctxproto._extras import require
 from ctxproto.models.packed_linear import PACKED_ROWS
 
-__all__ = ["fuse_decoder_layers"]
+__all__ = ["fuse_decoder_layers", "fused_rows"]
 
 _LLAMA_LAYER = "LlamaDecoderLayer"
 _LLAMA_PARTS = {
@@ -66,6 +66,24 @@ def fuse_decoder_layers(model: Any) -> int:
             layers[index] = fused_class(layer, *blocks)
             fused += 1
     return fused
+
+
+def fused_rows(model: Any) -> int | None:
+    """The most rows a forward of ``model`` runs through its fused layers; None when
+    none of its layers is fused.
+
+    A longer prefill is faster cut into pieces of this size than run whole: the
+    whole one goes through the wrapped layers' float32 products and torch's
+    attention, the pieces through the packed kernels (``docs/runtime.md``,
+    "Prefill in pieces").
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    first = next(model.parameters(), None)
+    if layers is None or first is None or first.device.type != "cpu":
+        return None
+    if not any(isinstance(layer, _fused_layer()) for layer in layers):
+        return None
+    return PACKED_ROWS
 
 
 def _stacked_blocks(layer: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:

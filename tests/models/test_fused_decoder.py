@@ -10,23 +10,8 @@ import torch
 
 from ctxproto.models.fused_decoder import fuse_decoder_layers
 from ctxproto.models.packed_linear import PACKED_ROWS, pack_linear_layers
-from ctxproto.runtime.engine import engine_model
 from ctxproto.runtime.kv_layout import new_cache
-from tests.conftest import needs_avx512
-
-
-@pytest.fixture(scope="module")
-def fused(lm) -> Any:
-    return engine_model(lm, "none")
-
-
-@pytest.fixture(scope="module")
-def unfused(lm) -> Any:
-    model = engine_model(lm, "none")
-    layers = model.model.layers
-    for index, layer in enumerate(layers):
-        layers[index] = getattr(layer, "layer", layer)
-    return model
+from tests.conftest import needs_avx512, record_unfused_rows
 
 
 def forwards(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
@@ -69,15 +54,7 @@ def test_fused_layers_compute_the_same_bits(fused, unfused):
 
 @needs_avx512
 def test_only_inputs_the_calls_take_run_fused(fused, monkeypatch):
-    wrapped = fused.model.layers[0].layer
-    calls: list[int] = []
-    original = wrapped.forward
-
-    def counting(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        calls.append(hidden_states.shape[1])
-        return original(hidden_states, *args, **kwargs)
-
-    monkeypatch.setattr(wrapped, "forward", counting)
+    calls = record_unfused_rows(fused, monkeypatch)
     cache = new_cache()
     with torch.inference_mode():
         for length in (PACKED_ROWS + 1, 1, PACKED_ROWS):

@@ -3,8 +3,10 @@ import asyncio
 import pytest
 
 from ctxproto.errors import ConfigError
+from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
 from ctxproto.runtime.radix_cache import common_prefix_length
+from tests.conftest import needs_avx512, record_unfused_rows
 from tests.runtime.conftest import SYSTEM, chat
 
 pytestmark = pytest.mark.models
@@ -115,6 +117,33 @@ def test_cache_messages_keeps_only_the_messages_sent_again(engine, plain_engine)
         GenerationParams(cache_messages=-1)
     with pytest.raises(ConfigError, match="negative"):
         engine.submit(engine.encode_chat(messages), GREEDY, cache_tokens=-1)
+
+
+@needs_avx512
+def test_a_long_prefill_runs_in_pieces_through_the_fused_layers(engine, plain_engine, monkeypatch):
+    """A prompt several times longer than the fused layers take is prefilled piece by
+    piece through them (docs/runtime.md, "Prefill in pieces"), with or without a
+    cached prefix, and answers as the reference engine does."""
+    rows = fused_rows(engine.model)
+    assert rows is not None and fused_rows(plain_engine.model) == rows
+    unfused = record_unfused_rows(engine.model, monkeypatch)
+
+    def notes(first: int) -> str:
+        return " ".join(
+            f"Ticket {n} was closed on day {n % 28 + 1}." for n in range(first, first + 40)
+        )
+
+    long_system = f"{SYSTEM} Past tickets: {notes(0)}"
+    computed = []
+    for question in ("Which ticket was closed last?", f"New tickets: {notes(100)} Any open?"):
+        messages = chat(question, system=long_system)
+        ids, completion = run(engine, messages)
+        computed.append(completion.metrics.prompt_tokens - completion.metrics.cached_tokens)
+        assert ids == run(plain_engine, messages)[0]
+    # The first computed all but what an earlier test left cached, the second reused
+    # the system prompt and computed its question: each several pieces long.
+    assert min(computed) > 3 * rows and completion.metrics.cached_tokens > 3 * rows
+    assert unfused == []
 
 
 def test_stream_deltas_join_to_the_completion(engine):

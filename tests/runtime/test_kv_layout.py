@@ -1,5 +1,6 @@
 """KV layers append in place, and never write into tensors they were handed."""
 
+import itertools
 from typing import Any
 
 import pytest
@@ -35,6 +36,22 @@ def test_appends_in_place_with_the_same_numbers_as_dynamic_cache(lm):
     assert tokens == reference
     torch.testing.assert_close(logits, reference_logits, rtol=0, atol=1e-5)
     assert len(set(pointers)) == 1  # every step wrote into the same store
+
+
+def test_room_for_a_prompt_fed_in_pieces_is_allocated_once():
+    """Without ``room`` a layer grows 256 tokens past its length and copies its KV
+    again each time; with it, pieces of a 1,200-token prompt fill one store."""
+    stores = {}
+    for room in (0, 1200):
+        cache = new_cache(room=room)
+        pointers = []
+        for _ in range(20):
+            piece = torch.randn(1, 3, 60, 64)
+            cache.update(piece, piece, 0)
+            pointers.append(cache.layers[0].keys.data_ptr())
+        assert cache.get_seq_length() == 1200
+        stores[room] = 1 + sum(a != b for a, b in itertools.pairwise(pointers))
+    assert stores == {0: 4, 1200: 1}
 
 
 @pytest.mark.models
