@@ -32,6 +32,7 @@ from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt, messages_sent_again
 from ctxproto.runtime.engine import QuantizeMode
 from ctxproto.runtime.params import GenerationParams
+from ctxproto.runtime.radix_cache import Eviction
 from ctxproto.stages.base import StageReport
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.session_state import SessionStore, open_session_store
@@ -70,6 +71,11 @@ class BackendConfig(BaseModel):
         default=True,
         description="Check tokens drafted from the prompt in one forward pass (same answers).",
     )
+    eviction: Eviction = Field(
+        default="reuse",
+        description="Which cached span makes room: reuse (conversations that come back "
+        "stay) or lru (docs/runtime.md).",
+    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible server URL.")
     api_key: str | None = None
     timeout: float = Field(default=60.0, gt=0)
@@ -91,6 +97,7 @@ def build_backend(config: BackendConfig) -> Backend:
         "prefix_cache": config.prefix_cache,
         "quantize": config.quantize,
         "speculate": config.speculate,
+        "eviction": config.eviction,
     }
     if config.cache_bytes is not None:
         options["cache_bytes"] = config.cache_bytes

@@ -34,7 +34,14 @@ from ctxproto.runtime.detokenizer import IncrementalDetokenizer
 from ctxproto.runtime.kv_layout import KVStorePool, cache_from_spans, new_cache, row_kv_slice
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.prefill import prefill
-from ctxproto.runtime.radix_cache import CacheStats, KVSlice, RadixKVCache, common_prefix_length
+from ctxproto.runtime.radix_cache import (
+    EVICTIONS,
+    CacheStats,
+    Eviction,
+    KVSlice,
+    RadixKVCache,
+    common_prefix_length,
+)
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
@@ -84,6 +91,9 @@ class Engine:
     decodes alone check several tokens drafted from its prompt per forward pass;
     its tokens are those of one-token steps (docs/runtime.md, "Speculative
     prompt-lookup decoding").
+    ``eviction`` picks which cached span makes room when the cache is full
+    (``RadixKVCache``): ``reuse`` keeps conversations that come back ahead of
+    those that do not; ``lru`` is plain least recently used.
     """
 
     def __init__(
@@ -98,9 +108,12 @@ class Engine:
         offload_bytes: int = 0,
         quantize: str = "auto",
         speculate: bool = True,
+        eviction: Eviction = "reuse",
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
+        if eviction not in EVICTIONS:
+            raise ConfigError(f"must be one of {', '.join(EVICTIONS)}", key="eviction")
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")
         quantize = resolve_quantize(quantize)
@@ -120,6 +133,7 @@ class Engine:
             cache_bytes if prefix_cache else 0,
             offload_max_bytes=offload_bytes if prefix_cache else 0,
             device=self.model.device,
+            eviction=eviction,
         )
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._eos_ids = _eos_ids(self.model, self.tokenizer)

@@ -8,37 +8,55 @@ memory is reclaimed by evicting the least recently used unreferenced leaves.
 
 Differences that suit a transformers engine: a node owns one tensor
 ``[layers, 2 (key/value), kv_heads, span, head_dim]`` instead of indices into a
-paged pool, and the byte cap is enforced on insert — a span that does not fit after
-eviction is truncated, so the cap is never exceeded. With ``offload_max_bytes`` a
+paged pool; the byte cap is enforced on insert — a span that does not fit after
+eviction is truncated, so the cap is never exceeded; with ``offload_max_bytes`` a
 node evicted from the device moves to host memory first (SGLang's HiCache idea) and
-is brought back when a lookup reaches it.
+is brought back when a lookup reaches it; and the victim is not always the least
+recently used leaf: a conversation that keeps coming back keeps its history ahead of
+one that does not (``eviction="reuse"``, the default; see ``RadixKVCache``).
 
 Eviction never walks the tree. As in SGLang, the nodes that may be evicted now
 (unreferenced leaves of each tier) are kept in a set updated wherever a reference
 count, a residency or a child changes, and victims come off a heap keyed by last
-access, whose stale entries are skipped when they reach the top (lazy deletion):
+rank, whose stale entries are skipped when they reach the top (lazy deletion):
 evicting ``k`` spans from a tree of ``n`` nodes costs O(k log n), and ``stats()``
 reads counters kept up to date the same way.
 
 Each ``namespace`` (a tenant, say) has its own tree: requests never share KV
 across namespaces, so the time to first token cannot reveal whether another
 tenant sent the same prefix (the prompt-leakage channel that vLLM's ``cache_salt``
-closes). All namespaces share one byte cap and one LRU order.
+closes). All namespaces share one byte cap and one eviction order.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from ctxproto.errors import ConfigError, UsageError
 
-__all__ = ["CacheStats", "PrefixMatch", "RadixKVCache", "TreeNode", "common_prefix_length"]
+__all__ = [
+    "CacheStats",
+    "Eviction",
+    "PrefixMatch",
+    "RadixKVCache",
+    "TreeNode",
+    "common_prefix_length",
+]
+
+Eviction = Literal["reuse", "lru"]
+EVICTIONS: tuple[Eviction, ...] = ("reuse", "lru")
+
+REUSE_SAMPLES = 256
+"""How many of the latest reuse intervals the head start is taken from."""
+REUSE_QUANTILE = 0.9
+"""The head start is this quantile of those intervals."""
 
 SEQ_DIM = 3
 """Token axis of a node tensor ``[layers, 2, kv_heads, span, head_dim]``."""
@@ -60,6 +78,14 @@ class TreeNode:
     last_access: int = 0
     """The cache's access count when a lookup last passed here: a count, not a clock,
     so two accesses never tie and the LRU order does not depend on timer resolution."""
+    born: int = 0
+    """The request count when this span was stored."""
+    last_request: int = 0
+    """The request count when a lookup last passed here."""
+    reused: bool = False
+    """A request after the one that stored this span has read it."""
+    rank: int = 0
+    """Eviction order, lowest first: ``last_request``, plus the head start if reused."""
     device_children: int = 0
     """Children on the device; a device node with none is a leaf of the device tier."""
 
@@ -96,10 +122,15 @@ class CacheStats(BaseModel):
     nodes: int
 
 
-class _LeafQueue:
-    """The evictable leaves of one tier, least recently used first.
+def eviction_key(node: TreeNode) -> tuple[int, int]:
+    """Where ``node`` stands in the eviction order: lowest goes first."""
+    return node.rank, node.last_access
 
-    A set holds the nodes evictable now; a heap of ``(last_access, push order, node)``
+
+class _LeafQueue:
+    """The evictable leaves of one tier, lowest ``eviction_key`` first.
+
+    A set holds the nodes evictable now; a heap of ``(key, push order, node)``
     orders them. An entry goes stale when its node leaves the set or is accessed
     again (a fresh entry is pushed then); stale entries are dropped when they reach
     the top, so every change costs O(log n) and no eviction scans the tree.
@@ -107,7 +138,7 @@ class _LeafQueue:
 
     def __init__(self) -> None:
         self._members: set[TreeNode] = set()
-        self._heap: list[tuple[int, int, TreeNode]] = []
+        self._heap: list[tuple[tuple[int, int], int, TreeNode]] = []
         self._order = itertools.count()
 
     def file(self, node: TreeNode, evictable: bool) -> None:
@@ -123,29 +154,54 @@ class _LeafQueue:
         if node in self._members:
             self._push(node)
 
-    def pop_lru(self) -> TreeNode | None:
-        """Remove and return the least recently used evictable node, if any."""
+    def pop(self) -> TreeNode | None:
+        """Remove and return the evictable node to evict first, if any."""
         while self._heap:
-            access, _, node = heapq.heappop(self._heap)
-            if node in self._members and node.last_access == access:
+            key, _, node = heapq.heappop(self._heap)
+            if node in self._members and eviction_key(node) == key:
                 self._members.discard(node)
                 return node
         return None
 
     def _push(self, node: TreeNode) -> None:
         if len(self._heap) > 2 * len(self._members) + 64:  # mostly stale: rebuild, amortized O(1)
-            self._heap = [(n.last_access, next(self._order), n) for n in self._members]
+            self._heap = [(eviction_key(n), next(self._order), n) for n in self._members]
             heapq.heapify(self._heap)
             return  # the rebuild holds node's current entry
-        heapq.heappush(self._heap, (node.last_access, next(self._order), node))
+        heapq.heappush(self._heap, (eviction_key(node), next(self._order), node))
 
 
 class RadixKVCache:
-    """Prefix-KV store shared by all requests of one engine (not thread-safe: one scheduler)."""
+    """Prefix-KV store shared by all requests of one engine (not thread-safe: one scheduler).
 
-    def __init__(self, max_bytes: int, *, offload_max_bytes: int = 0, device: Any = "cpu") -> None:
+    ``eviction="lru"`` evicts the least recently used unreferenced leaf, as SGLang
+    and vLLM do. When conversations take turns (many sessions served round robin,
+    each back after the others), LRU evicts exactly the history asked for next, and
+    once the histories outgrow the cap every turn recomputes its whole history.
+
+    ``eviction="reuse"`` (the default) ranks a span that a later request has read
+    again ahead of one that no request has: its rank is its last use plus a head
+    start, the interval within which 90% of the latest 256 conversations that came
+    back did (counted in requests). Under round robin the sessions that fit keep
+    their histories, and only the others recompute. A conversation that stops
+    coming back loses its head start after that long and goes like any other span;
+    until a span has been read again the order is LRU's. Each request starts with
+    one ``match_prefix``: that is what counts requests.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        offload_max_bytes: int = 0,
+        device: Any = "cpu",
+        eviction: Eviction = "reuse",
+    ) -> None:
         if max_bytes < 0 or offload_max_bytes < 0:
             raise ConfigError("cache sizes must be >= 0 bytes", key="max_bytes")
+        if eviction not in EVICTIONS:
+            raise ConfigError(f"must be one of {', '.join(EVICTIONS)}", key="eviction")
+        self.eviction = eviction
         self.max_bytes = max_bytes
         self.offload_max_bytes = offload_max_bytes
         self.device = device
@@ -158,6 +214,10 @@ class RadixKVCache:
         self._host_leaves = _LeafQueue()
         """Host nodes with no child and no reference: dropped when the host tier is full."""
         self._accesses = 0
+        self._requests = 0
+        self._reuse_intervals: deque[int] = deque(maxlen=REUSE_SAMPLES)
+        self.head_start = 0
+        """Requests a span read again ranks ahead of its last use (0 under ``lru``)."""
         self.node_count = 0
         self.device_bytes = 0
         self.host_bytes = 0
@@ -188,10 +248,11 @@ class RadixKVCache:
         return matched
 
     def _descend(
-        self, tokens: Sequence[int], namespace: str
+        self, tokens: Sequence[int], namespace: str, *, new_request: bool = False
     ) -> tuple[TreeNode, int, list[TreeNode]]:
         """Walk down the longest cached prefix of ``tokens``, splitting a node where it ends
-        inside one (as SGLang's ``_match_prefix_helper``) and touching each node for LRU.
+        inside one (as SGLang's ``_match_prefix_helper``) and touching each node.
+        ``new_request``: this is a request's first lookup.
 
         Returns the deepest node, the matched length and the nodes on the path.
         """
@@ -201,10 +262,15 @@ class RadixKVCache:
             common = common_prefix_length(child.key, tokens, matched)
             if common < len(child.key):
                 child = self._split(child, common)
-            self._touch(child)
             path.append(child)
             matched += common
             node = child
+        if new_request and path and len(node.children) <= 1:
+            # The tip of one conversation read again (not a prefix many share, which
+            # every request reads): how long conversations take to come back.
+            self._note_reuse(self._requests - node.last_request)
+        for visited in path:
+            self._touch(visited)
         return node, matched, path
 
     def match_prefix(self, tokens: Sequence[int], namespace: str = "") -> PrefixMatch:
@@ -213,7 +279,8 @@ class RadixKVCache:
         The spans are handed over uncopied: the one copy a request needs is made by
         whoever writes after them (``kv_layout.cache_from_spans``), not here as well.
         """
-        node, matched, path = self._descend(tokens, namespace)
+        self._requests += 1
+        node, matched, path = self._descend(tokens, namespace, new_request=True)
         if not path:
             return PrefixMatch(0, node)
         self.lock(node)  # keeps the path resident while host spans come back
@@ -281,7 +348,12 @@ class RadixKVCache:
         if take <= 0:
             return node
         value = kv(matched, matched + take).to(self.device).contiguous()
-        child = TreeNode(key=list(tokens[matched : matched + take]), value=value, parent=node)
+        child = TreeNode(
+            key=list(tokens[matched : matched + take]),
+            value=value,
+            parent=node,
+            born=self._requests,
+        )
         node.children[child.key[0]] = child
         node.device_children += 1
         self._touch(child)
@@ -298,7 +370,7 @@ class RadixKVCache:
         """Free at least ``num_bytes`` of device memory if unreferenced spans allow it."""
         freed = 0
         while freed < num_bytes:
-            victim = self._device_leaves.pop_lru()
+            victim = self._device_leaves.pop()
             if victim is None:
                 break
             freed += victim.nbytes
@@ -334,7 +406,7 @@ class RadixKVCache:
         if node.nbytes > self.offload_max_bytes:
             return False
         while self.host_bytes + node.nbytes > self.offload_max_bytes:
-            victim = self._host_leaves.pop_lru()
+            victim = self._host_leaves.pop()
             if victim is None:
                 return False
             self._delete(victim)
@@ -399,6 +471,10 @@ class RadixKVCache:
             lock_ref=child.lock_ref,
             on_host=child.on_host,
             last_access=child.last_access,
+            born=child.born,
+            last_request=child.last_request,
+            reused=child.reused,
+            rank=child.rank,
             device_children=0 if child.on_host else 1,
         )
         rest = child.value.size(SEQ_DIM) - length
@@ -411,12 +487,24 @@ class RadixKVCache:
         return upper
 
     def _touch(self, node: TreeNode) -> None:
-        """Mark ``node`` as the most recently used; nodes along one lookup get increasing
-        counts, so of two leaves on one path the ancestor is older."""
+        """Mark ``node`` as the most recently used and rank it; nodes along one lookup get
+        increasing counts, so of two leaves on one path the ancestor is older."""
         self._accesses += 1
         node.last_access = self._accesses
+        node.last_request = self._requests
+        node.reused = node.reused or node.born < self._requests
+        node.rank = self._requests
+        if node.reused:
+            node.rank += self.head_start
         self._device_leaves.touched(node)
         self._host_leaves.touched(node)
+
+    def _note_reuse(self, interval: int) -> None:
+        if self.eviction != "reuse":
+            return
+        self._reuse_intervals.append(interval)
+        ordered = sorted(self._reuse_intervals)
+        self.head_start = ordered[int(REUSE_QUANTILE * (len(ordered) - 1))]
 
     def _refile(self, node: TreeNode) -> None:
         """Re-file ``node`` in the eviction queues after its references, residency or

@@ -367,3 +367,13 @@ def test_backend_section_switches_speculation(lm):
     for speculate in (True, False):
         with build_backend(BackendConfig(speculate=speculate)) as backend:
             assert backend.engine.speculate is speculate  # type: ignore[attr-defined]
+
+
+@pytest.mark.models
+def test_backend_section_picks_the_eviction_order(lm):
+    from ctxproto.session import BackendConfig, build_backend
+
+    for eviction in ("lru", "reuse"):
+        config = BackendConfig.model_validate({"eviction": eviction})
+        with build_backend(config) as backend:
+            assert backend.engine.cache.eviction == eviction  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ BENCHMARKS: tuple[str, ...] = (
     "retrieval",
     "rag_retention",
     "cache",
+    "eviction",
     "proxy",
     "stores",
 )

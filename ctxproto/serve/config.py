@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.errors import ConfigError
 from ctxproto.runtime.engine import QuantizeMode
+from ctxproto.runtime.radix_cache import Eviction
 from ctxproto.stages.folders import FolderOrRedisURL
 
 __all__ = [
@@ -53,6 +54,11 @@ class LocalUpstreamConfig(_Section):
     speculate: bool = Field(
         default=True,
         description="Check tokens drafted from the prompt in one forward pass (same answers).",
+    )
+    eviction: Eviction = Field(
+        default="reuse",
+        description="Which cached span makes room: reuse (conversations that come back "
+        "stay) or lru (docs/runtime.md).",
     )
 
 

@@ -102,6 +102,7 @@ def _build_upstream(config: ServeConfig) -> Upstream:
             "max_batch_size": spec.max_batch_size,
             "quantize": spec.quantize,
             "speculate": spec.speculate,
+            "eviction": spec.eviction,
         }
         if spec.cache_bytes is not None:
             options["cache_bytes"] = spec.cache_bytes

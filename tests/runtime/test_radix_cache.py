@@ -7,7 +7,13 @@ import torch
 
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.runtime import RadixKVCache
-from ctxproto.runtime.radix_cache import PrefixMatch, TreeNode
+from ctxproto.runtime.radix_cache import (
+    EVICTIONS,
+    Eviction,
+    PrefixMatch,
+    TreeNode,
+    eviction_key,
+)
 
 LAYERS, HEADS, DIM = 2, 1, 2
 TOKEN_BYTES = LAYERS * 2 * HEADS * DIM * 4  # float32
@@ -191,7 +197,7 @@ class ScanningLeaves:
     def touched(self, node: TreeNode) -> None:
         pass
 
-    def pop_lru(self) -> TreeNode | None:
+    def pop(self) -> TreeNode | None:
         nodes = walk(self.cache, self.namespaces)
         if self.host:
             leaves = [n for n in nodes if n.on_host and not n.children and n.lock_ref == 0]
@@ -204,7 +210,7 @@ class ScanningLeaves:
                 and n.lock_ref == 0
                 and all(c.on_host for c in n.children.values())
             ]
-        return min(leaves, key=lambda n: n.last_access, default=None)
+        return min(leaves, key=eviction_key, default=None)
 
 
 def random_ops(seed: int, count: int) -> list[Op]:
@@ -251,13 +257,14 @@ def snapshot(cache: RadixKVCache) -> list[Row]:
     return sorted(rows)
 
 
-def small_cache() -> RadixKVCache:
-    return RadixKVCache(24 * TOKEN_BYTES, offload_max_bytes=16 * TOKEN_BYTES)
+def small_cache(eviction: Eviction = "reuse") -> RadixKVCache:
+    return RadixKVCache(24 * TOKEN_BYTES, offload_max_bytes=16 * TOKEN_BYTES, eviction=eviction)
 
 
+@pytest.mark.parametrize("eviction", EVICTIONS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_heap_eviction_picks_the_same_victims_as_a_full_scan(seed):
-    cache, reference = small_cache(), small_cache()
+def test_heap_eviction_picks_the_same_victims_as_a_full_scan(seed, eviction):
+    cache, reference = small_cache(eviction), small_cache(eviction)
     reference._device_leaves = ScanningLeaves(reference, ["", "b"], host=False)  # type: ignore[assignment]
     reference._host_leaves = ScanningLeaves(reference, ["", "b"], host=True)  # type: ignore[assignment]
     held: list[TreeNode] = []
@@ -348,7 +355,7 @@ def test_offloading_into_a_full_host_tier_does_not_depend_on_its_size():
 def test_many_lookups_keep_the_lru_order_and_a_bounded_heap():
     """Every lookup of an evictable leaf pushes a heap entry; the stale ones must neither
     change the order nor pile up while nothing is evicted."""
-    cache = RadixKVCache(1 << 20)
+    cache = RadixKVCache(1 << 20, eviction="lru")
     leaves = spans(10)
     for tokens in leaves:
         insert(cache, tokens)
@@ -366,3 +373,106 @@ def test_many_lookups_keep_the_lru_order_and_a_bounded_heap():
         assert len(gone) == 1
         evicted += gone
     assert evicted == sorted(range(10), key=last_use.__getitem__)
+
+
+# ----- which span makes room ----------------------------------------------------------------
+
+SYSTEM = [1, 2, 3, 4]
+
+
+def serve_turn(cache: RadixKVCache, history: list[int], new: list[int]) -> int:
+    """One request as the engine makes it: look the prompt up, hold it while it runs,
+    store prompt and answer, release. Returns the prompt tokens computed."""
+    prompt = history + new
+    match = cache.match_prefix(prompt[:-1])
+    cache.lock(match.node)
+    stored = cache.insert(prompt, kv_of(prompt))
+    cache.lock(stored)
+    cache.unlock(match.node)
+    cache.unlock(stored)
+    return len(prompt) - match.length
+
+
+def round_robin(eviction: Eviction, sessions: int, rounds: int) -> list[list[int]]:
+    """``sessions`` conversations taking turns, four new tokens each per turn, under a cap
+    that holds the shared system prompt and about five of the final histories."""
+    cache = RadixKVCache((len(SYSTEM) + 5 * 4 * rounds) * TOKEN_BYTES, eviction=eviction)
+    histories = [list(SYSTEM) for _ in range(sessions)]
+    computed = []
+    for turn in range(rounds):
+        row = []
+        for s in range(sessions):
+            new = [100 * (s + 1) + turn, 7, 8, 9]
+            row.append(serve_turn(cache, histories[s], new))
+            histories[s] = histories[s] + new
+        computed.append(row)
+    return computed
+
+
+def test_round_robin_under_lru_recomputes_every_history():
+    """The failure the reuse order exists for: LRU evicts the history asked for next."""
+    computed = round_robin("lru", sessions=8, rounds=12)
+    last = computed[-1]
+    assert all(c >= 4 * 11 for c in last)  # each turn computed (nearly) its whole history
+
+
+def test_round_robin_under_reuse_recomputes_only_the_newest_turns():
+    """Read histories outrank the spans just stored, so what goes is each conversation's
+    newest turns, not its whole history."""
+    lru, reuse = round_robin("lru", 8, 12), round_robin("reuse", 8, 12)
+    assert max(reuse[-1]) < 0.6 * min(lru[-1]), reuse[-1]
+    assert sum(map(sum, reuse)) < 0.6 * sum(map(sum, lru))
+
+
+def take_turns(cache: RadixKVCache, histories: dict[str, list[int]], rounds: int) -> None:
+    for _ in range(rounds):
+        for name, history in histories.items():
+            new = [ord(name), len(history), 7, 8]
+            serve_turn(cache, history, new)
+            histories[name] = history + new
+
+
+def victims(cache: RadixKVCache, histories: dict[str, list[int]], count: int) -> list[str]:
+    """Which conversation loses cached tokens at each of ``count`` one-span evictions."""
+    lost = []
+    for _ in range(count):
+        before = {name: cache.match_length(h) for name, h in histories.items()}
+        cache.evict(1)
+        lost += [name for name, h in histories.items() if cache.match_length(h) < before[name]]
+    return lost
+
+
+def test_a_conversation_that_stops_coming_back_loses_its_head_start():
+    """Conversations back every 4 requests: a read history outranks the spans stored in
+    the 4 requests after its last use, and no longer."""
+    caches = []
+    for later_rounds in (0, 2):
+        cache = RadixKVCache(1 << 20)
+        histories = {name: list(SYSTEM) for name in "abcd"}
+        take_turns(cache, histories, rounds=6)
+        assert cache.head_start == 4
+        others = {name: histories[name] for name in "bcd"}  # "a" stops coming back
+        take_turns(cache, others, rounds=later_rounds)
+        histories.update(others)
+        caches.append((cache, histories))
+    (soon, soon_histories), (late, late_histories) = caches
+    # First "a"'s newest turn, which no request read: the oldest unread span either way.
+    # Right after, "a"'s history still outranks the others' newest turns; 6 requests
+    # later it does not.
+    assert victims(soon, soon_histories, 2) == ["a", "b"]
+    assert victims(late, late_histories, 2) == ["a", "a"]
+
+
+def test_lru_eviction_has_no_head_start():
+    cache = RadixKVCache(1 << 20, eviction="lru")
+    history = list(SYSTEM)
+    for turn in range(4):
+        serve_turn(cache, history, [9, turn])
+        history = [*history, 9, turn]
+    assert cache.head_start == 0
+
+
+def test_unknown_eviction_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        RadixKVCache(1 << 20, eviction="mru")  # type: ignore[arg-type]
+    assert caught.value.key == "eviction"

@@ -72,6 +72,17 @@ def test_local_upstream_speculates_unless_switched_off(tmp_path):
     assert default.upstream.speculate and not off.upstream.speculate
 
 
+def test_local_upstream_eviction_is_checked(tmp_path):
+    default = load_serve_config(write(tmp_path, "upstream: {type: local}\n"))
+    lru = load_serve_config(write(tmp_path, "upstream: {type: local, eviction: lru}\n"))
+    assert isinstance(default.upstream, LocalUpstreamConfig)
+    assert isinstance(lru.upstream, LocalUpstreamConfig)
+    assert (default.upstream.eviction, lru.upstream.eviction) == ("reuse", "lru")
+    with pytest.raises(ConfigError) as raised:
+        load_serve_config(write(tmp_path, "upstream: {type: local, eviction: mru}\n"))
+    assert raised.value.key is not None and "eviction" in raised.value.key
+
+
 def test_keys_never_appear_in_errors(tmp_path):
     path = write(tmp_path, "tenants: [{id: a, key: s3cret-key}, {id: b, key: s3cret-key}]\n")
     config = load_serve_config(path)
