@@ -112,7 +112,7 @@ class Engine:
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
-        if eviction not in EVICTIONS:
+        if eviction not in EVICTIONS:  # the cache checks too, but only after the model loads
             raise ConfigError(f"must be one of {', '.join(EVICTIONS)}", key="eviction")
         if quantize not in QUANTIZE_MODES:
             raise ConfigError(f"must be one of {', '.join(QUANTIZE_MODES)}", key="quantize")

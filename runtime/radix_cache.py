@@ -17,8 +17,8 @@ one that does not (``eviction="reuse"``, the default; see ``RadixKVCache``).
 
 Eviction never walks the tree. As in SGLang, the nodes that may be evicted now
 (unreferenced leaves of each tier) are kept in a set updated wherever a reference
-count, a residency or a child changes, and victims come off a heap keyed by last
-rank, whose stale entries are skipped when they reach the top (lazy deletion):
+count, a residency or a child changes, and victims come off a heap keyed by rank,
+then last access, whose stale entries are skipped when they reach the top (lazy deletion):
 evicting ``k`` spans from a tree of ``n`` nodes costs O(k log n), and ``stats()``
 reads counters kept up to date the same way.
 
@@ -35,7 +35,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -51,12 +51,14 @@ __all__ = [
 ]
 
 Eviction = Literal["reuse", "lru"]
-EVICTIONS: tuple[Eviction, ...] = ("reuse", "lru")
+EVICTIONS: tuple[Eviction, ...] = get_args(Eviction)
 
 REUSE_SAMPLES = 256
-"""How many of the latest reuse intervals the head start is taken from."""
+"""How many of the latest reuse intervals (one per request that read a conversation's
+tip again) the head start is taken from."""
 REUSE_QUANTILE = 0.9
-"""The head start is this quantile of those intervals."""
+"""The head start is this quantile of those intervals (the sample at 90% of the way
+from the shortest to the longest)."""
 
 SEQ_DIM = 3
 """Token axis of a node tensor ``[layers, 2, kv_heads, span, head_dim]``."""
@@ -78,12 +80,11 @@ class TreeNode:
     last_access: int = 0
     """The cache's access count when a lookup last passed here: a count, not a clock,
     so two accesses never tie and the LRU order does not depend on timer resolution."""
-    born: int = 0
-    """The request count when this span was stored."""
     last_request: int = 0
     """The request count when a lookup last passed here."""
     reused: bool = False
-    """A request after the one that stored this span has read it."""
+    """A request's first lookup has read this span: one after the request that stored
+    it, since a request looks its prompt up before it stores anything."""
     rank: int = 0
     """Eviction order, lowest first: ``last_request``, plus the head start if reused."""
     device_children: int = 0
@@ -150,7 +151,7 @@ class _LeafQueue:
             self._push(node)
 
     def touched(self, node: TreeNode) -> None:
-        """``node.last_access`` changed: its old heap entry is stale now."""
+        """``node``'s eviction key changed: its old heap entry is stale now."""
         if node in self._members:
             self._push(node)
 
@@ -181,12 +182,15 @@ class RadixKVCache:
 
     ``eviction="reuse"`` (the default) ranks a span that a later request has read
     again ahead of one that no request has: its rank is its last use plus a head
-    start, the interval within which 90% of the latest 256 conversations that came
-    back did (counted in requests). Under round robin the sessions that fit keep
-    their histories, and only the others recompute. A conversation that stops
-    coming back loses its head start after that long and goes like any other span;
-    until a span has been read again the order is LRU's. Each request starts with
-    one ``match_prefix``: that is what counts requests.
+    start, the interval within which 90% of the latest 256 returns of a
+    conversation came (counted in requests). Under round robin the sessions keep
+    their histories and lose their newest, unread turns first. A conversation
+    that stops coming back loses its head start after that long and goes like any
+    other span; until a span has been read again the order is LRU's. Only returns
+    to a conversation the cache still held part of are sampled, so the head start
+    stays within how long the cache keeps one. Each request starts with one ``match_prefix``:
+    that is what counts requests and marks spans read again. The count and the
+    head start are shared by all namespaces, as the byte cap is.
     """
 
     def __init__(
@@ -270,6 +274,7 @@ class RadixKVCache:
             # every request reads): how long conversations take to come back.
             self._note_reuse(self._requests - node.last_request)
         for visited in path:
+            visited.reused = visited.reused or new_request
             self._touch(visited)
         return node, matched, path
 
@@ -348,12 +353,7 @@ class RadixKVCache:
         if take <= 0:
             return node
         value = kv(matched, matched + take).to(self.device).contiguous()
-        child = TreeNode(
-            key=list(tokens[matched : matched + take]),
-            value=value,
-            parent=node,
-            born=self._requests,
-        )
+        child = TreeNode(key=list(tokens[matched : matched + take]), value=value, parent=node)
         node.children[child.key[0]] = child
         node.device_children += 1
         self._touch(child)
@@ -471,7 +471,6 @@ class RadixKVCache:
             lock_ref=child.lock_ref,
             on_host=child.on_host,
             last_access=child.last_access,
-            born=child.born,
             last_request=child.last_request,
             reused=child.reused,
             rank=child.rank,
@@ -492,7 +491,6 @@ class RadixKVCache:
         self._accesses += 1
         node.last_access = self._accesses
         node.last_request = self._requests
-        node.reused = node.reused or node.born < self._requests
         node.rank = self._requests
         if node.reused:
             node.rank += self.head_start
@@ -500,6 +498,7 @@ class RadixKVCache:
         self._host_leaves.touched(node)
 
     def _note_reuse(self, interval: int) -> None:
+        """Sample how many requests a conversation took to come back; set the head start."""
         if self.eviction != "reuse":
             return
         self._reuse_intervals.append(interval)

@@ -14,16 +14,19 @@ each order and several caps, and counts the prompt tokens computed:
   from 6 conversations picked at random.
 
 Every conversation starts after a shared 200-token system prompt; a turn adds a
-30-token question and a 30-token answer. Three seeds each. The concurrent
-workload of ``bench suite`` measures the same on the real engine, timed.
+30-token question and a 30-token answer. Three seeds each. Requests run one at a
+time, and four at a time as a batch does: each looks up and stores its prompt
+in turn (the prefills), then each stores prompt and answer (the finishes). The
+concurrent workload of ``bench suite`` measures the same on the real engine, timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -39,6 +42,8 @@ SYSTEM_TOKENS, QUESTION_TOKENS, ANSWER_TOKENS = 200, 30, 30
 CAPS = (1500, 3000, 6000)
 """Cache caps in tokens: below, around and above what the live conversations hold."""
 SEEDS = (0, 1, 2)
+IN_FLIGHT = (1, 4)
+"""Requests served together."""
 
 Request = tuple[list[int], list[int]]
 """A prompt and the answer stored after it."""
@@ -128,13 +133,16 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def run_eviction_benchmark() -> dict[str, Any]:
-    """Prompt tokens computed per scenario, cap and eviction order, summed over the seeds."""
+    """Prompt tokens computed per scenario, requests in flight, cap and eviction order,
+    summed over the seeds."""
     rows = []
     for name, scenario in SCENARIOS.items():
-        for cap in CAPS:
+        for in_flight, cap in itertools.product(IN_FLIGHT, CAPS):
             computed = {
                 eviction: sum(
-                    _computed(scenario(_Conversations(random.Random(seed))), cap, eviction)
+                    _computed(
+                        scenario(_Conversations(random.Random(seed))), cap, eviction, in_flight
+                    )
                     for seed in SEEDS
                 )
                 for eviction in EVICTIONS
@@ -142,30 +150,46 @@ def run_eviction_benchmark() -> dict[str, Any]:
             rows.append(
                 {
                     "scenario": name,
+                    "in_flight": in_flight,
                     "cap_tokens": cap,
                     "computed_tokens": computed,
-                    "lru_over_reuse": round(computed["lru"] / computed["reuse"], 3),
+                    "lru_over_reuse": computed["lru"] / computed["reuse"],
                 }
             )
     return {"seeds": len(SEEDS), "rows": rows}
 
 
-def _computed(requests: Iterator[Request], cap_tokens: int, eviction: Eviction) -> int:
+def _computed(
+    requests: Iterable[Request], cap_tokens: int, eviction: Eviction, in_flight: int
+) -> int:
     """Replay ``requests`` as the engine makes them; the prompt tokens not found cached."""
     torch = require("torch", extra="runtime")
     token = torch.zeros(1, 1, 1, 1, 1)  # one float32 per token: the cap counts tokens
     cache = RadixKVCache(cap_tokens * token.element_size(), eviction=eviction)
     computed = 0
-    for prompt, answer in requests:
-        match = cache.match_prefix(prompt[:-1])  # the last prompt token is always computed
-        cache.lock(match.node)
-        computed += len(prompt) - match.length
-        stored = prompt + answer
-        node = cache.insert(stored, _token_values(token, len(stored)))
-        cache.lock(node)
-        cache.unlock(match.node)
-        cache.unlock(node)
+    for batch in _batches(requests, in_flight):
+        held = []
+        for prompt, _ in batch:  # the prefills
+            match = cache.match_prefix(prompt[:-1])  # the last prompt token is always computed
+            cache.lock(match.node)
+            computed += len(prompt) - match.length
+            node = cache.insert(prompt, _token_values(token, len(prompt)))
+            cache.lock(node)
+            cache.unlock(match.node)
+            held.append(node)
+        for (prompt, answer), node in zip(batch, held, strict=True):  # the finishes
+            stored = prompt + answer
+            finished = cache.insert(stored, _token_values(token, len(stored)))
+            cache.lock(finished)
+            cache.unlock(node)
+            cache.unlock(finished)
     return computed
+
+
+def _batches(requests: Iterable[Request], size: int) -> Iterator[list[Request]]:
+    iterator = iter(requests)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _token_values(token: Any, count: int) -> Callable[[int, int], Any]:
@@ -174,12 +198,13 @@ def _token_values(token: Any, count: int) -> Callable[[int, int], Any]:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    table = Table(title="prompt tokens computed, summed over seeds")
-    for column in ("scenario", "cap (tokens)", *EVICTIONS, "lru / reuse"):
+    table = Table(title=f"prompt tokens computed (caps in tokens; {result['seeds']} seeds)")
+    for column in ("scenario", "in flight", "cap", *EVICTIONS, "lru / reuse"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for row in result["rows"]:
         table.add_row(
             row["scenario"],
+            str(row["in_flight"]),
             f"{row['cap_tokens']:,}",
             *(f"{row['computed_tokens'][e]:,}" for e in EVICTIONS),
             f"{row['lru_over_reuse']:.2f}x",

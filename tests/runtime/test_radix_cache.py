@@ -185,8 +185,8 @@ def walk(cache: RadixKVCache, namespaces: list[str]) -> list[TreeNode]:
 
 
 class ScanningLeaves:
-    """Reference victim choice: scan the whole tree for the least recently used leaf of a
-    tier, as the cache did before it kept its leaves in a heap."""
+    """Reference victim choice: scan the whole tree for the leaf of a tier with the lowest
+    eviction key, as the cache did before it kept its leaves in a heap."""
 
     def __init__(self, cache: RadixKVCache, namespaces: list[str], host: bool) -> None:
         self.cache, self.namespaces, self.host = cache, namespaces, host
@@ -382,7 +382,8 @@ SYSTEM = [1, 2, 3, 4]
 
 def serve_turn(cache: RadixKVCache, history: list[int], new: list[int]) -> int:
     """One request as the engine makes it: look the prompt up, hold it while it runs,
-    store prompt and answer, release. Returns the prompt tokens computed."""
+    store it (``new`` stands for question and answer), release. Returns the prompt
+    tokens computed."""
     prompt = history + new
     match = cache.match_prefix(prompt[:-1])
     cache.lock(match.node)
@@ -475,4 +476,35 @@ def test_lru_eviction_has_no_head_start():
 def test_unknown_eviction_is_a_config_error():
     with pytest.raises(ConfigError) as caught:
         RadixKVCache(1 << 20, eviction="mru")  # type: ignore[arg-type]
+    assert caught.value.key == "eviction"
+
+
+def test_a_request_in_a_batch_never_counts_its_own_spans_as_read_again():
+    """Requests overlap in a batch: a later request's lookup must not make the first
+    one's own inserts count as a second reader."""
+    cache = RadixKVCache(1 << 20)
+    prompt_a, prompt_b = [*SYSTEM, 10, 11], [*SYSTEM, 20, 21]
+    match_a = cache.match_prefix(prompt_a[:-1])
+    cache.lock(match_a.node)
+    stored_a = cache.insert(prompt_a, kv_of(prompt_a))  # a's prefill
+    match_b = cache.match_prefix(prompt_b[:-1])  # b joins the batch
+    cache.lock(match_b.node)
+    answered = [*prompt_a, 12, 13]
+    finished_a = cache.insert(answered, kv_of(answered))  # a finishes
+    assert not stored_a.reused and not finished_a.reused
+    cache.unlock(match_a.node)
+    cache.unlock(match_b.node)
+    again = cache.match_prefix(answered)  # a's conversation comes back
+    assert again.node.reused and stored_a.reused
+
+
+def test_engine_refuses_an_unknown_eviction_before_loading_a_model(monkeypatch):
+    from ctxproto.runtime import engine
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(engine, "load_causal_lm", never)
+    with pytest.raises(ConfigError) as caught:
+        engine.Engine(eviction="mru")  # type: ignore[arg-type]
     assert caught.value.key == "eviction"
