@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(
-    r"\$?\d[\d,]*(?:\.\d+)?%?(?:st|nd|rd|th|am|pm|k)?|[\w][\w.+#-]*(?:'\w+)?|'[^']+'"
+    r"\$?\d[\d,]*(?:\.\d+)?+%?(?:st|nd|rd|th|am|pm|k)?(?![^\W\d]*\d)|[\w][\w.+#-]*(?:'\w+)?|'[^']+'"
 )
 _NUMBER_WORDS = {
     "zero": 0,

@@ -69,3 +69,25 @@ def test_bounds_minutes_and_product_names_are_not_amount_polarity() -> None:
     assert "polarity" not in conflicts(
         "Can I bring at least 2 bags?", "Can I bring 2 or more bags?"
     )
+
+
+def test_an_identifier_with_digits_after_its_letters_is_one_name() -> None:
+    """Read as a number and a word, two hex ids made a pair look like a small rewording
+    (tests/stores/test_semantic_cache.py); whole, they are two different names."""
+    slots = QuerySlots.extract("Show the logs of request 9b7ec13952ad and parcel 1Z999AA1")
+    assert slots.numbers == frozenset()
+    assert {"9b7ec13952ad", "1z999aa1"} <= set(slots.entities)
+    other = QuerySlots.extract("Show the logs of request 9c01aa77e2f0 and parcel 1Z999AA1")
+    assert slot_conflict(slots, other) == "entity"
+    # Amounts, ordinals and a number that ends a sentence stay numbers.
+    amounts = QuerySlots.extract("on the 1st, for $1,200.50 or 10k")
+    assert amounts.numbers == {"1", "1200.5", "10000"}
+    assert QuerySlots.extract("It closes at 5.").numbers == {"5"}
+    # Dotted groups stay numbers too: versions and addresses differ in a number slot.
+    assert QuerySlots.extract("Python 3.11.2").numbers == {"3.11", "2"}
+    assert (
+        slot_conflict(
+            QuerySlots.extract("ping 192.168.1.10"), QuerySlots.extract("ping 192.168.1.11")
+        )
+        == "number"
+    )

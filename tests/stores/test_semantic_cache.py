@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -69,6 +70,33 @@ def test_hard_negatives_do_not_hit(cache: SemanticCache, cached: str, asked: str
     cache.put(cached, "answer")
     assert cache.get(asked) is None
     assert cache.get(cached) is not None
+
+
+def test_requests_that_differ_in_a_number_and_a_hex_id_never_hit(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """A hex id that starts with digits was read as a number and a word, and the pairs
+    below looked like a small rewording (probability 0.97 against the 0.96 cut); read
+    whole, the ids are a one-word swap of their own."""
+    cache = SemanticCache(tmp_path / "cache", embedder=embedder)
+    rng = random.Random(0)
+
+    def hex_id() -> str:
+        return "".join(rng.choice("0123456789abcdef") for _ in range(32))
+
+    pairs = [
+        (
+            "FAIL 503 2 9a94fe0a4d09552de4da4b522736f60c",
+            "FAIL 503 9 a8b8e19ed7f0ca6b955863bc4985c025",
+        ),
+        (
+            "FAIL 503 2 9b7ec13952ad4c4d8ff02c42d3796da7",
+            "FAIL 503 9 51499befd7ef45a492962ab35d3abf5f",
+        ),
+    ] + [(f"FAIL 503 2 {hex_id()}", f"FAIL 503 9 {hex_id()}") for _ in range(40)]
+    for i, (cached, asked) in enumerate(pairs):
+        cache.put(cached, "answer", namespace=f"n{i}")
+        assert cache.get(asked, namespace=f"n{i}") is None, (cached, asked)
 
 
 def test_context_fingerprint_separates_conversations(cache: SemanticCache) -> None:
