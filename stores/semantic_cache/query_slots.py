@@ -20,6 +20,7 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 __all__ = [
     "FUNCTION_WORDS",
@@ -194,6 +195,9 @@ SLOT_NAMES = (
     "substitution",
 )
 """What ``slot_conflicts`` can name, in the order ``slot_conflict`` checks them."""
+IDENTIFIER_DIGITS = 4
+"""A number of this many digits, or a name this long holding a digit, is an identifier."""
+
 MAX_SWAP_TOKENS = 3
 """A one-span edit of at most this many tokens per side, everything else identical, is a slot
 swap ("refund policy for digital / physical products"), not a rewording."""
@@ -210,6 +214,11 @@ class QuerySlots:
     negated: bool
     scope: frozenset[str]
     tokens: tuple[str, ...]
+    identifiers: frozenset[str] = frozenset()
+    """Numbers written with at least ``IDENTIFIER_DIGITS`` digits (as their value) and
+    codes mixing letters with at least two digits, five characters or more: order,
+    ticket and tracking numbers, prices, reference codes. One of them changed is
+    another question, however small the edit."""
 
     @property
     def words(self) -> frozenset[str]:
@@ -260,6 +269,7 @@ class QuerySlots:
             negated=negations % 2 == 1,
             scope=frozenset(t for t in tokens if t in _SCOPE_WORDS),
             tokens=tuple(tokens),
+            identifiers=frozenset(filter(None, map(_identifier, tokens))),
         )
 
 
@@ -393,13 +403,24 @@ def _polarity_of(tokens: list[str], i: int) -> tuple[str, int] | None:
 
 def _number(token: str) -> str | None:
     if token in _NUMBER_WORDS:
-        return f"{_NUMBER_WORDS[token]:g}"
+        return f"{Decimal(_NUMBER_WORDS[token]).normalize():f}"
     match = re.fullmatch(r"\$?(\d[\d,]*(?:\.\d+)?)(%|st|nd|rd|th|k)?", token)
     if match is None or re.fullmatch(r"(1[89]|20)\d\d", token):
         return None
-    value = float(match.group(1).replace(",", ""))
+    # Exact, not a float: order 3622531882 is not order 3622531880.
+    value = Decimal(match.group(1).replace(",", ""))
     suffix = match.group(2)
-    return f"{value * 1000 if suffix == 'k' else value:g}{'%' if suffix == '%' else ''}"
+    value = value * 1000 if suffix == "k" else value
+    return f"{value.normalize():f}{'%' if suffix == '%' else ''}"
+
+
+def _identifier(token: str) -> str | None:
+    digits = sum(c.isdigit() for c in token)
+    number = _number(token)
+    if number is not None:
+        return number if digits >= IDENTIFIER_DIGITS else None
+    code = digits >= 2 and len(token) >= 5 and any(c.isalpha() for c in token)
+    return token if code else None
 
 
 def _is_entity(original: str, *, first: bool) -> bool:

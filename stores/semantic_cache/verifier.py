@@ -310,8 +310,8 @@ class HitVerifier:
         query_vector: npt.NDArray[np.float32],
         cached_vector: npt.NDArray[np.float32],
     ) -> bool:
-        if similarity < self.min_similarity:
-            return False
+        if similarity < self.min_similarity or query.identifiers != cached.identifiers:
+            return False  # identifiers are keys: the weights saw too few to learn that
         probability = self.probability(query, cached, similarity, query_vector, cached_vector)
         return probability >= self.min_probability
 

@@ -91,3 +91,26 @@ def test_an_identifier_with_digits_after_its_letters_is_one_name() -> None:
         )
         == "number"
     )
+
+
+def test_long_numbers_are_read_exactly() -> None:
+    """Read as floats of six significant digits, two order numbers were one number."""
+    order = QuerySlots.extract("Where is order 3622531882?")
+    other = QuerySlots.extract("Where is order 3622531880?")
+    assert order.numbers == {"3622531882"}
+    assert slot_conflict(order, other) == "number"
+    assert QuerySlots.extract("10,000 steps").numbers == QuerySlots.extract("10000 steps").numbers
+
+
+def test_identifiers_are_long_numbers_and_codes_with_digits() -> None:
+    def identifiers(text: str) -> frozenset[str]:
+        return QuerySlots.extract(text).identifiers
+
+    assert identifiers("Where is order 5NZ8VP, parcel 1Z999AA1 or ticket #4521?") == {
+        "5nz8vp",
+        "1z999aa1",
+        "4521",
+    }
+    assert identifiers("10,000 steps") == identifiers("10000 steps") == {"10000"}
+    # Short numbers, amounts written short, product names and plain words are not.
+    assert identifiers("a 4kg cat, 4k video, the 2-for-1 offer, 128GB, A19, BR30, 2FA") == set()

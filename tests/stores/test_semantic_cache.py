@@ -99,6 +99,27 @@ def test_requests_that_differ_in_a_number_and_a_hex_id_never_hit(
         assert cache.get(asked, namespace=f"n{i}") is None, (cached, asked)
 
 
+def test_a_question_about_another_order_or_code_never_hits(tmp_path: Path, embedder: Any) -> None:
+    """One digit of an order number or one character of a code changed: the learned guard
+    took most of these for a typo-sized rewording before identifiers were keys."""
+    cache = SemanticCache(tmp_path / "cache", embedder=embedder)
+    rng = random.Random(1)
+    pairs = [
+        ("When will order #3622531882 arrive?", "When will order #3622531880 arrive?"),
+        ("Where is my order 5NZ8VP?", "Where is my order 5NZ8V0?"),
+        ("Has refund 9284195158 been processed?", "Has refund 9284195157 been processed?"),
+        ("Can you cancel booking 427615953?", "Can you cancel booking 427615952?"),
+    ]
+    for _ in range(30):
+        number = "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 11)))
+        at = rng.randrange(len(number))
+        changed = number[:at] + str((int(number[at]) + 1) % 10) + number[at + 1 :]
+        pairs.append((f"Where is my order {number}?", f"Where is my order {changed}?"))
+    for i, (cached, asked) in enumerate(pairs):
+        cache.put(cached, "answer", namespace=f"n{i}")
+        assert cache.get(asked, namespace=f"n{i}") is None, (cached, asked)
+
+
 def test_context_fingerprint_separates_conversations(cache: SemanticCache) -> None:
     """GPTCache issue #8: the same follow-up about two different people."""
     cache.put("How old is he?", "Bob is 41.", context="user: Tell me about Bob Dylan's early years")
