@@ -20,7 +20,7 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 __all__ = [
     "FUNCTION_WORDS",
@@ -196,7 +196,12 @@ SLOT_NAMES = (
 )
 """What ``slot_conflicts`` can name, in the order ``slot_conflict`` checks them."""
 IDENTIFIER_DIGITS = 4
-"""A number of this many digits, or a name this long holding a digit, is an identifier."""
+"""A number written with this many digits or more is an identifier."""
+CODE_LENGTH = 5
+"""A code (letters and at least two digits) this long or longer is an identifier."""
+
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
+"""Decimal arithmetic that never rounds, whatever context the application set."""
 
 MAX_SWAP_TOKENS = 3
 """A one-span edit of at most this many tokens per side, everything else identical, is a slot
@@ -215,10 +220,11 @@ class QuerySlots:
     scope: frozenset[str]
     tokens: tuple[str, ...]
     identifiers: frozenset[str] = frozenset()
-    """Numbers written with at least ``IDENTIFIER_DIGITS`` digits (as their value) and
-    codes mixing letters with at least two digits, five characters or more: order,
-    ticket and tracking numbers, prices, reference codes. One of them changed is
-    another question, however small the edit."""
+    """Numbers written with at least ``IDENTIFIER_DIGITS`` digits (by value; not years)
+    and codes of ``CODE_LENGTH`` letters and digits or more with at least two digits
+    (without punctuation): order, ticket and tracking numbers, prices written out,
+    reference codes. Two questions that both name some and not the same ones ask
+    about different things, however small the edit."""
 
     @property
     def words(self) -> frozenset[str]:
@@ -403,24 +409,29 @@ def _polarity_of(tokens: list[str], i: int) -> tuple[str, int] | None:
 
 def _number(token: str) -> str | None:
     if token in _NUMBER_WORDS:
-        return f"{Decimal(_NUMBER_WORDS[token]).normalize():f}"
+        return f"{Decimal(_NUMBER_WORDS[token]).normalize(_EXACT):f}"
     match = re.fullmatch(r"\$?(\d[\d,]*(?:\.\d+)?)(%|st|nd|rd|th|k)?", token)
     if match is None or re.fullmatch(r"(1[89]|20)\d\d", token):
         return None
     # Exact, not a float: order 3622531882 is not order 3622531880.
     value = Decimal(match.group(1).replace(",", ""))
     suffix = match.group(2)
-    value = value * 1000 if suffix == "k" else value
-    return f"{value.normalize():f}{'%' if suffix == '%' else ''}"
+    value = _EXACT.multiply(value, 1000) if suffix == "k" else value
+    return f"{value.normalize(_EXACT):f}{'%' if suffix == '%' else ''}"
 
 
 def _identifier(token: str) -> str | None:
+    """``token`` as an identifier: a number by its value, a code without its punctuation
+    ("AB-1234." is "ab1234"); None if it is neither, or a year."""
+    if re.fullmatch(r"(1[89]|20)\d\d", token.rstrip(",")):
+        return None
     digits = sum(c.isdigit() for c in token)
     number = _number(token)
     if number is not None:
         return number if digits >= IDENTIFIER_DIGITS else None
-    code = digits >= 2 and len(token) >= 5 and any(c.isalpha() for c in token)
-    return token if code else None
+    code = re.sub(r"[^0-9a-z]", "", token)
+    is_code = digits >= 2 and len(code) >= CODE_LENGTH and any(c.isalpha() for c in code)
+    return code if is_code else None
 
 
 def _is_entity(original: str, *, first: bool) -> bool:

@@ -310,10 +310,27 @@ class HitVerifier:
         query_vector: npt.NDArray[np.float32],
         cached_vector: npt.NDArray[np.float32],
     ) -> bool:
-        if similarity < self.min_similarity or query.identifiers != cached.identifiers:
-            return False  # identifiers are keys: the weights saw too few to learn that
+        if similarity < self.min_similarity or _other_identifiers(query, cached):
+            return False
         probability = self.probability(query, cached, similarity, query_vector, cached_vector)
         return probability >= self.min_probability
+
+
+def _other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
+    """Both name identifiers, and one of them has no counterpart on the other side (equal,
+    or one written inside the other: "RTX 4090" / "RTX4090"): another order, ticket or
+    code. A hard rule, not a weight: the labelled pairs hold too few identifiers to learn
+    it from."""
+    if not (query.identifiers and cached.identifiers):
+        return False
+
+    def matched(one: str, others: frozenset[str]) -> bool:
+        return any(one in other or other in one for other in others)
+
+    return not (
+        all(matched(q, cached.identifiers) for q in query.identifiers)
+        and all(matched(c, query.identifiers) for c in cached.identifiers)
+    )
 
 
 @cache

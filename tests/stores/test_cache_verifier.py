@@ -233,3 +233,17 @@ def test_a_swap_around_the_second_of_two_relation_words_is_seen() -> None:
         "What is the cheapest way to get from London to Paris?",
         "What is the cheapest way to get from Paris to London?",
     )["reordered"]
+
+
+def test_identifiers_refuse_only_when_both_questions_name_some() -> None:
+    from ctxproto.stores.semantic_cache.verifier import _other_identifiers
+
+    def pair(a: str, b: str) -> bool:
+        return _other_identifiers(QuerySlots.extract(a), QuerySlots.extract(b))
+
+    assert pair("Where is order 3622531882?", "Where is order 3622531880?")
+    assert pair("Where is my order 5NZ8VP?", "Where is my order 5NZ8V0?")
+    assert not pair("Where is order 3622531882?", "where's order #3622531882")
+    # One side names none: the slots and the weights decide, as for any other word.
+    assert not pair("Can I walk 10,000 steps a day?", "Is 10k steps a day OK?")
+    assert not pair("Is the RTX4090 in stock?", "Is the RTX 4090 in stock?")

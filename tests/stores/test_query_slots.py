@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict, slot_conflicts
 
 
@@ -112,5 +114,15 @@ def test_identifiers_are_long_numbers_and_codes_with_digits() -> None:
         "4521",
     }
     assert identifiers("10,000 steps") == identifiers("10000 steps") == {"10000"}
-    # Short numbers, amounts written short, product names and plain words are not.
-    assert identifiers("a 4kg cat, 4k video, the 2-for-1 offer, 128GB, A19, BR30, 2FA") == set()
+    # Short numbers, amounts written short, years, product names and plain words are not.
+    assert identifiers("a 4kg cat, 4k video, 128GB, A19, BR30, 2FA, in 2024, as of 1999") == set()
+    # A code is compared without its punctuation, as people write it either way.
+    assert identifiers("Track order AB-1234.") == identifiers("track order AB1234") == {"ab1234"}
+
+
+def test_numbers_stay_exact_whatever_decimal_context_the_application_set() -> None:
+    with decimal.localcontext() as context:
+        context.prec = 6
+        context.traps[decimal.Inexact] = True
+        slots = QuerySlots.extract("Where is order 3622531882, or 10k of them?")
+    assert slots.numbers == {"3622531882", "10000"}
