@@ -200,6 +200,9 @@ IDENTIFIER_DIGITS = 4
 CODE_LENGTH = 5
 """A code (letters and at least two digits) this long or longer is an identifier."""
 
+_YEAR = re.compile(r"(1[89]|20)\d\d")
+"""A year: a date, not a number or an identifier."""
+
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
 """Decimal arithmetic that never rounds, whatever context the application set."""
 
@@ -244,8 +247,8 @@ class QuerySlots:
         dates: set[str] = set()
         polarity: set[tuple[str, int]] = set()
         negations = 0
-        for i, token in enumerate(tokens):
-            number = _number(token)
+        values = [_number(token) for token in tokens]
+        for i, (token, number) in enumerate(zip(tokens, values, strict=True)):
             if number is not None:
                 numbers.add(number)
             previous = tokens[i - 1] if i else ""
@@ -255,7 +258,7 @@ class QuerySlots:
                 dates.add(month)
             elif token in _DATE_WORDS or re.fullmatch(r"\d{1,2}(?::\d\d)?(?:am|pm)", token):
                 dates.add(f"{previous}:{token}" if previous in _DATE_MODIFIERS else token)
-            elif re.fullmatch(r"(1[89]|20)\d\d", token):
+            elif _YEAR.fullmatch(token):
                 dates.add(token)
             if token in _NEGATIONS or token.endswith("n't"):
                 negations += 1
@@ -264,8 +267,8 @@ class QuerySlots:
                 polarity.add(axis)
         entities = tuple(
             token
-            for i, (token, original) in enumerate(zip(tokens, raw, strict=True))
-            if _is_entity(original, first=i == 0) and _number(token) is None and token not in dates
+            for i, (token, original, number) in enumerate(zip(tokens, raw, values, strict=True))
+            if _is_entity(original, first=i == 0) and number is None and token not in dates
         )
         return cls(
             numbers=frozenset(numbers),
@@ -275,7 +278,7 @@ class QuerySlots:
             negated=negations % 2 == 1,
             scope=frozenset(t for t in tokens if t in _SCOPE_WORDS),
             tokens=tuple(tokens),
-            identifiers=frozenset(filter(None, map(_identifier, tokens))),
+            identifiers=frozenset(filter(None, map(_identifier, tokens, values))),
         )
 
 
@@ -411,7 +414,7 @@ def _number(token: str) -> str | None:
     if token in _NUMBER_WORDS:
         return f"{Decimal(_NUMBER_WORDS[token]).normalize(_EXACT):f}"
     match = re.fullmatch(r"\$?(\d[\d,]*(?:\.\d+)?)(%|st|nd|rd|th|k)?", token)
-    if match is None or re.fullmatch(r"(1[89]|20)\d\d", token):
+    if match is None or _YEAR.fullmatch(token):
         return None
     # Exact, not a float: order 3622531882 is not order 3622531880.
     value = Decimal(match.group(1).replace(",", ""))
@@ -420,13 +423,13 @@ def _number(token: str) -> str | None:
     return f"{value.normalize(_EXACT):f}{'%' if suffix == '%' else ''}"
 
 
-def _identifier(token: str) -> str | None:
-    """``token`` as an identifier: a number by its value, a code without its punctuation
-    ("AB-1234." is "ab1234"); None if it is neither, or a year."""
-    if re.fullmatch(r"(1[89]|20)\d\d", token.rstrip(",")):
+def _identifier(token: str, number: str | None) -> str | None:
+    """``token`` (whose value as a number is ``number``) as an identifier: a number by its
+    value, a code without its punctuation ("AB-1234." is "ab1234"); None if it is
+    neither, or a year."""
+    if _YEAR.fullmatch(token.rstrip(",")):
         return None
     digits = sum(c.isdigit() for c in token)
-    number = _number(token)
     if number is not None:
         return number if digits >= IDENTIFIER_DIGITS else None
     code = re.sub(r"[^0-9a-z]", "", token)
