@@ -52,6 +52,8 @@ __all__ = [
     "FULL_HISTORY_PATHS",
     "PATHS",
     "Serving",
+    "cache_answerable",
+    "ceiling",
     "compare_paths",
     "parse_paths",
     "print_comparison",
@@ -64,6 +66,10 @@ __all__ = [
 FULL_HISTORY_PATHS = ("generate", "engine", "llama_cpp")
 CTXPROTO_PATHS = ("ctxproto", "ctxproto_llama_cpp")
 PATHS = FULL_HISTORY_PATHS + CTXPROTO_PATHS
+KNOWLEDGE_KINDS = ("kb", "kb_repeat")
+"""Turn kinds that ask about the shared knowledge base, the same for every session."""
+WARM_PREFILL_TOKENS = 64
+"""A turn that computed at most this many prompt tokens was served from a warm cache."""
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,8 @@ def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
 
     Every path is credited with the full-history baseline's logical tokens; a
     ratio is the peer's seconds over ctxproto's. The headline compares the
-    ``ctxproto`` path with the fastest full-history peer.
+    ``ctxproto`` path with the fastest full-history peer; ``ceiling`` says, per
+    full-history peer, how high any ratio against it could go on this workload.
     """
     logical = sum(r.prompt_tokens + r.output_tokens for r in records[_baseline(records)])
     figures = {path: _path_figures(rows, logical) for path, rows in records.items()}
@@ -376,7 +383,61 @@ def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
         "paths": figures,
         "ratios": ratios,
         "headline": {"best_full_history_peer": best, "ratio": ratios[f"ctxproto/{best}"]},
+        "ceiling": {peer: ceiling(records[peer]) for peer in peers},
     }
+
+
+def ceiling(peer: Sequence[TurnRecord]) -> dict[str, Any]:
+    """The most any context management could gain over ``peer`` on this workload.
+
+    Measured on the peer's own turns, so it bounds the headline from above: decode
+    costs the same on both sides, and only a turn that never reaches the model
+    saves it. Two bounds, each the peer's seconds over an ideal path's:
+
+    - ``same_work``: the ideal path answers every turn that repeats an earlier
+      question (``cache_answerable``) from a cache at no cost and takes the
+      peer's own time on every other turn: no pipeline, no extra prompt token;
+    - ``new_tokens_only``: as ``same_work``, and on every other turn it computes
+      only the turn's new tokens: the peer's decode time plus the peer's median
+      time to first token over the turns it served from its prefix cache but for
+      at most ``WARM_PREFILL_TOKENS`` (its fastest time to first token when none did).
+
+    A turn repeats an earlier one when it is a reworded knowledge question
+    (``kb_repeat``), when its session asked the same text before, or when it is a
+    knowledge question another session asked before. Personal questions ("what is
+    my order number?") repeat only within their own session.
+    """
+    answerable = cache_answerable(peer)
+    rest = [r for r, hit in zip(peer, answerable, strict=True) if not hit]
+    total = sum(r.seconds for r in peer)
+    warm = [r.ttft_ms for r in peer if r.prefill_tokens <= WARM_PREFILL_TOKENS]
+    first_token = percentile(warm, 50) if warm else percentile([r.ttft_ms for r in peer], 0)
+    same_work = sum(r.seconds for r in rest)
+    new_tokens_only = sum(r.seconds - (r.ttft_ms - (first_token or 0.0)) / 1000.0 for r in rest)
+    return {
+        "cache_answerable_turns": sum(answerable),
+        "same_work": round(total / same_work, 3) if same_work > 0 else None,
+        "new_tokens_only": round(total / new_tokens_only, 3) if new_tokens_only > 0 else None,
+    }
+
+
+def cache_answerable(turns: Sequence[TurnRecord]) -> list[bool]:
+    """Per turn, in serving order: whether it repeats an earlier question (``ceiling``)."""
+    asked: set[tuple[str, str]] = set()
+    out = []
+    for turn in turns:
+        shared = turn.kind in KNOWLEDGE_KINDS
+        mine = (turn.session, turn.question)
+        out.append(
+            turn.kind == "kb_repeat"
+            or (
+                bool(turn.question) and (mine in asked or (shared and ("", turn.question) in asked))
+            )
+        )
+        asked.add(mine)
+        if shared:
+            asked.add(("", turn.question))
+    return out
 
 
 def _path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
@@ -423,6 +484,13 @@ def print_comparison(result: dict[str, Any]) -> None:
         f"[bold]ctxproto vs the best full-history peer ({headline['best_full_history_peer']})"
         f": {headline['ratio']:.2f}x[/]"
     )
+    bound = result.get("ceiling", {}).get(headline["best_full_history_peer"])
+    if bound and bound["same_work"] is not None:
+        console.print(
+            f"at most {bound['same_work']:.2f}x on this workload: the "
+            f"{bound['cache_answerable_turns']} repeated questions free, the peer's time on"
+            f" the rest; {bound['new_tokens_only']:.2f}x if they computed only new tokens"
+        )
     for path, reason in result.get("unavailable", {}).items():
         console.print(f"[yellow]{path} not run[/]: {reason}")
     for path, binary in result.get("llama_server_by_path", {}).items():
