@@ -23,6 +23,7 @@ from ctxproto.bench.cache_verifier import (
     CUTS,
     design,
     fitting_table,
+    identifiers_clear,
     out_of_fold,
     pair_table,
     probability,
@@ -62,7 +63,8 @@ def main() -> None:
         else:
             inputs = np.hstack([features, interactions])
             learned = probability(inputs, weights, verifier.bias)
-        floor = similarity >= verifier.min_similarity
+        # What the verifier may accept: above its floor, no other order number or code.
+        floor = (similarity >= verifier.min_similarity) & identifiers_clear(rows)
         _curve(panel, rows, [floor & (learned >= c) for c in CUTS], "learned verifier", "C0")
         no_conflict = _no_rule_conflict(rows)
         _curve(panel, rows, [no_conflict & (similarity >= t) for t in THRESHOLDS], "rules", "C1")

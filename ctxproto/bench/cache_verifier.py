@@ -48,6 +48,7 @@ __all__ = [
     "fit",
     "fitting_table",
     "fold_probe",
+    "identifiers_clear",
     "main",
     "operating_point",
     "other_question_pairs",
@@ -242,15 +243,29 @@ def fitting_table() -> tuple[list[dict[str, Any]], Matrix, Matrix, Matrix]:
     return kept, features[keep], similarity[keep], interactions[keep]
 
 
+def identifiers_clear(rows: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
+    """Per pair, whether the identifier rule leaves the decision to the weights: the
+    verifier refuses a candidate outright when the two questions name different order
+    numbers or codes (``other_identifiers``), whatever its probability."""
+    from ctxproto.stores.semantic_cache.query_slots import QuerySlots
+    from ctxproto.stores.semantic_cache.verifier import other_identifiers
+
+    return np.array(
+        [not other_identifiers(QuerySlots.of(r["b"]), QuerySlots.of(r["a"])) for r in rows],
+        dtype=bool,
+    )
+
+
 def operating_point(
     held_out: list[Matrix], similarity: Matrix, rows: list[dict[str, Any]]
 ) -> tuple[float, float, float]:
     """(mean recall, floor, cut) of the best point within the false-hit bounds on
     out-of-fold probabilities; recall -1 when none is."""
     best: tuple[float, float, float] = (-1.0, 1.0, 1.0)
+    clear = identifiers_clear(rows)
     for floor in FLOORS:
         for cut in CUTS:
-            found = [rates((similarity >= floor) & (p >= cut), rows) for p in held_out]
+            found = [rates(clear & (similarity >= floor) & (p >= cut), rows) for p in held_out]
             mean = {k: float(np.mean([f[k] for f in found])) for k in found[0]}
             within = mean["false_hits"] <= MAX_FALSE_HITS
             if within and mean["worst_category"] <= MAX_CATEGORY_FALSE_HITS:

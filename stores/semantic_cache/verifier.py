@@ -58,7 +58,15 @@ from ctxproto.stores.semantic_cache.query_slots import (
     slot_conflicts,
 )
 
-__all__ = ["FEATURE_NAMES", "WEIGHTS", "HitVerifier", "align", "interaction", "pair_features"]
+__all__ = [
+    "FEATURE_NAMES",
+    "WEIGHTS",
+    "HitVerifier",
+    "align",
+    "interaction",
+    "other_identifiers",
+    "pair_features",
+]
 
 WEIGHTS = Path(__file__).with_name("verifier_weights.json")
 FEATURE_NAMES = (
@@ -310,13 +318,13 @@ class HitVerifier:
         query_vector: npt.NDArray[np.float32],
         cached_vector: npt.NDArray[np.float32],
     ) -> bool:
-        if similarity < self.min_similarity or _other_identifiers(query, cached):
+        if similarity < self.min_similarity or other_identifiers(query, cached):
             return False
         probability = self.probability(query, cached, similarity, query_vector, cached_vector)
         return probability >= self.min_probability
 
 
-def _other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
+def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
     """Both name identifiers, and one of them has no counterpart on the other side (equal,
     or one written inside the other: "RTX 4090" / "RTX4090"): another order, ticket or
     code. A hard rule, not a weight: the labelled pairs hold too few identifiers to learn
