@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctxproto.bench.chat_figures import cache_alone, path_figures, share, ttft_percentile
 from ctxproto.bench.chat_paths import (
     KnowledgeSetup,
     TurnRecord,
@@ -41,7 +42,6 @@ from ctxproto.bench.chat_workload import SessionScript, build_workload, examples
 from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import BackendError, ConfigError
-from ctxproto.eval.metrics import percentile
 from ctxproto.tokens import TokenCounter, get_counter
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ __all__ = [
     "FULL_HISTORY_PATHS",
     "PATHS",
     "Serving",
-    "cache_answerable",
-    "ceiling",
     "compare_paths",
     "parse_paths",
     "print_comparison",
@@ -66,10 +64,8 @@ __all__ = [
 FULL_HISTORY_PATHS = ("generate", "engine", "llama_cpp")
 CTXPROTO_PATHS = ("ctxproto", "ctxproto_llama_cpp")
 PATHS = FULL_HISTORY_PATHS + CTXPROTO_PATHS
-KNOWLEDGE_KINDS = ("kb", "kb_repeat")
-"""Turn kinds that ask about the shared knowledge base, the same for every session."""
-WARM_PREFILL_TOKENS = 64
-"""A turn that computed at most this many prompt tokens was served from a warm cache."""
+SAME_ENGINE = {"ctxproto": "engine", "ctxproto_llama_cpp": "llama_cpp"}
+"""Each ctxproto path and the full-history path on the same engine."""
 
 
 @dataclass(frozen=True)
@@ -366,11 +362,12 @@ def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
 
     Every path is credited with the full-history baseline's logical tokens; a
     ratio is the peer's seconds over ctxproto's. The headline compares the
-    ``ctxproto`` path with the fastest full-history peer; ``ceiling`` says, per
-    full-history peer, how high any ratio against it could go on this workload.
+    ``ctxproto`` path with the fastest full-history peer. ``cache_alone`` gives, for
+    each ctxproto path and the full-history peer on its engine, the ratio the cache
+    alone would reach (``chat_figures.cache_alone``).
     """
     logical = sum(r.prompt_tokens + r.output_tokens for r in records[_baseline(records)])
-    figures = {path: _path_figures(rows, logical) for path, rows in records.items()}
+    figures = {path: path_figures(rows, logical) for path, rows in records.items()}
     peers = [p for p in FULL_HISTORY_PATHS if p in records]
     ratios = {
         f"{ours}/{peer}": round(figures[peer]["seconds"] / figures[ours]["seconds"], 3)
@@ -383,76 +380,11 @@ def compare_paths(records: dict[str, list[TurnRecord]]) -> dict[str, Any]:
         "paths": figures,
         "ratios": ratios,
         "headline": {"best_full_history_peer": best, "ratio": ratios[f"ctxproto/{best}"]},
-        "ceiling": {peer: ceiling(records[peer]) for peer in peers},
-    }
-
-
-def ceiling(peer: Sequence[TurnRecord]) -> dict[str, Any]:
-    """The most any context management could gain over ``peer`` on this workload.
-
-    Measured on the peer's own turns, so it bounds the headline from above: decode
-    costs the same on both sides, and only a turn that never reaches the model
-    saves it. Two bounds, each the peer's seconds over an ideal path's:
-
-    - ``same_work``: the ideal path answers every turn that repeats an earlier
-      question (``cache_answerable``) from a cache at no cost and takes the
-      peer's own time on every other turn: no pipeline, no extra prompt token;
-    - ``new_tokens_only``: as ``same_work``, and on every other turn it computes
-      only the turn's new tokens: the peer's decode time plus the peer's median
-      time to first token over the turns it served from its prefix cache but for
-      at most ``WARM_PREFILL_TOKENS`` (its fastest time to first token when none did).
-
-    A turn repeats an earlier one when it is a reworded knowledge question
-    (``kb_repeat``), when its session asked the same text before, or when it is a
-    knowledge question another session asked before. Personal questions ("what is
-    my order number?") repeat only within their own session.
-    """
-    answerable = cache_answerable(peer)
-    rest = [r for r, hit in zip(peer, answerable, strict=True) if not hit]
-    total = sum(r.seconds for r in peer)
-    warm = [r.ttft_ms for r in peer if r.prefill_tokens <= WARM_PREFILL_TOKENS]
-    first_token = percentile(warm, 50) if warm else percentile([r.ttft_ms for r in peer], 0)
-    same_work = sum(r.seconds for r in rest)
-    new_tokens_only = sum(r.seconds - (r.ttft_ms - (first_token or 0.0)) / 1000.0 for r in rest)
-    return {
-        "cache_answerable_turns": sum(answerable),
-        "same_work": round(total / same_work, 3) if same_work > 0 else None,
-        "new_tokens_only": round(total / new_tokens_only, 3) if new_tokens_only > 0 else None,
-    }
-
-
-def cache_answerable(turns: Sequence[TurnRecord]) -> list[bool]:
-    """Per turn, in serving order: whether it repeats an earlier question (``ceiling``)."""
-    asked: set[tuple[str, str]] = set()
-    out = []
-    for turn in turns:
-        shared = turn.kind in KNOWLEDGE_KINDS
-        mine = (turn.session, turn.question)
-        out.append(
-            turn.kind == "kb_repeat"
-            or (
-                bool(turn.question) and (mine in asked or (shared and ("", turn.question) in asked))
-            )
-        )
-        asked.add(mine)
-        if shared:
-            asked.add(("", turn.question))
-    return out
-
-
-def _path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
-    seconds = sum(r.seconds for r in rows)
-    asks = [r for r in rows if r.fact_in_prompt is not None]
-    return {
-        "seconds": round(seconds, 3),
-        "effective_tps": round(logical / seconds, 2) if seconds else None,
-        "prompt_tokens": sum(r.prompt_tokens for r in rows),
-        "prefill_tokens": sum(r.prefill_tokens for r in rows),
-        "output_tokens": sum(r.output_tokens for r in rows),
-        "ttft_p50_ms": _p(rows, 50),
-        "ttft_p95_ms": _p(rows, 95),
-        "fact_retention": _share([r.fact_in_prompt for r in asks]),
-        "fact_accuracy_reader": _share([r.fact_answered for r in asks]),
+        "cache_alone": {
+            f"{ours}/{peer}": cache_alone(records[peer])
+            for ours, peer in SAME_ENGINE.items()
+            if ours in records and peer in records
+        },
     }
 
 
@@ -484,12 +416,18 @@ def print_comparison(result: dict[str, Any]) -> None:
         f"[bold]ctxproto vs the best full-history peer ({headline['best_full_history_peer']})"
         f": {headline['ratio']:.2f}x[/]"
     )
-    bound = result.get("ceiling", {}).get(headline["best_full_history_peer"])
-    if bound and bound["same_work"] is not None:
+    if result.get("cache_alone"):
+        console.print("with every repeated question from the cache, the rest as the peer:")
+    for pair, ratio in result.get("cache_alone", {}).items():
+        if ratio is not None:
+            console.print(f"  {pair:<32} {ratio:6.2f}x", markup=False)
+    console.print("decode after the first token; answers that begin as an earlier one:")
+    for path, row in result["paths"].items():
+        decode, repeated = row.get("decode_ms_per_token"), row.get("repeated_answers")
         console.print(
-            f"at most {bound['same_work']:.2f}x on this workload: the "
-            f"{bound['cache_answerable_turns']} repeated questions free, the peer's time on"
-            f" the rest; {bound['new_tokens_only']:.2f}x if they computed only new tokens"
+            f"  {path:<20} {'-' if decode is None else f'{decode:.2f}':>8} ms/token"
+            f"  {'-' if repeated is None else f'{repeated:.0%}':>5} repeated",
+            markup=False,
         )
     for path, reason in result.get("unavailable", {}).items():
         console.print(f"[yellow]{path} not run[/]: {reason}")
@@ -519,16 +457,22 @@ def summarize(baseline: Sequence[TurnRecord], ours: Sequence[TurnRecord]) -> dic
         "prefill_tokens_ctxproto": sum(r.prefill_tokens for r in served),
         "prompt_tokens_baseline": sum(r.prompt_tokens for r in baseline),
         "prompt_tokens_ctxproto": sent,
-        "ttft_p50_ms": {"baseline": _p(baseline, 50), "ctxproto": _p(ours, 50)},
-        "ttft_p95_ms": {"baseline": _p(baseline, 95), "ctxproto": _p(ours, 95)},
+        "ttft_p50_ms": {
+            "baseline": ttft_percentile(baseline, 50),
+            "ctxproto": ttft_percentile(ours, 50),
+        },
+        "ttft_p95_ms": {
+            "baseline": ttft_percentile(baseline, 95),
+            "ctxproto": ttft_percentile(ours, 95),
+        },
         "prefix_hit_rate": round(1 - sum(r.prefill_tokens for r in served) / sent, 4)
         if sent
         else 0.0,
         "semantic_cache_hit_rate": round(sum(r.semantic_hit for r in ours) / len(ours), 4),
-        "fact_retention": _share([r.fact_in_prompt for r in asks]),
+        "fact_retention": share([r.fact_in_prompt for r in asks]),
         "fact_accuracy_reader": {
-            "baseline": _share([r.fact_answered for r in base_asks]),
-            "ctxproto": _share([r.fact_answered for r in asks]),
+            "baseline": share([r.fact_answered for r in base_asks]),
+            "ctxproto": share([r.fact_answered for r in asks]),
         },
         "asks": [
             {
@@ -606,13 +550,3 @@ def _warm_up() -> None:
     load_tokenizer()
     get_embedder().embed(["warm up"])
     get_counter("hf:default")
-
-
-def _p(records: Sequence[TurnRecord], q: float) -> float | None:
-    value = percentile([r.ttft_ms for r in records], q)
-    return None if value is None else round(value, 1)
-
-
-def _share(values: Sequence[bool | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(sum(known) / len(known), 4) if known else None

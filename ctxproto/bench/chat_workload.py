@@ -19,7 +19,20 @@ from ctxproto.eval.conversations import sharegpt_conversations
 from ctxproto.eval.facts import Fact, user_fact
 from ctxproto.tokens import TokenCounter
 
-__all__ = ["KB_QUESTIONS", "ChatTurn", "SessionScript", "build_workload", "examples_dir"]
+__all__ = [
+    "KB_QUESTIONS",
+    "KNOWLEDGE_KINDS",
+    "QUESTION_KINDS",
+    "ChatTurn",
+    "SessionScript",
+    "build_workload",
+    "examples_dir",
+]
+
+KNOWLEDGE_KINDS = ("kb", "kb_repeat")
+"""Turn kinds that ask about the shared knowledge base: the same question in every session."""
+QUESTION_KINDS = (*KNOWLEDGE_KINDS, "ask", "rag")
+"""Turn kinds that ask a question whose answer does not hang on the turn before."""
 
 # (question, paraphrase): knowledge-base questions users ask, and ask again in other words.
 KB_QUESTIONS: tuple[tuple[str, str], ...] = (

@@ -173,14 +173,6 @@ def summary(result: dict[str, Any]) -> RenderableType:
             f"{_PEER_LABELS.get(peer, peer)} {tps:,.1f}, ctxproto {mine:,.1f} tokens/s → "
             f"[bold green]{headline['ratio']:.1f}x[/]",
         )
-        bound = result.get("ceiling", {}).get(peer)
-        if bound and bound["same_work"] is not None:
-            grid.add_row(
-                "ceiling here",
-                f"{bound['same_work']:.1f}x with the {bound['cache_answerable_turns']} repeated "
-                "questions answered free and the rest at the peer's cost; "
-                f"{bound['new_tokens_only']:.1f}x if the rest computed only their new tokens",
-            )
     for path, reason in result.get("unavailable", {}).items():
         grid.add_row("", f"[dim]{_PEER_LABELS.get(path, path)} not run: {reason}[/]")
     grid.add_row(

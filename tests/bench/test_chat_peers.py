@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from ctxproto.bench.chat import cache_answerable, ceiling, compare_paths, parse_paths, run_paths
+from ctxproto.bench.chat import compare_paths, parse_paths, run_paths
 from ctxproto.bench.chat_paths import TurnRecord
 from ctxproto.bench.chat_workload import ChatTurn, SessionScript
 from ctxproto.bench.llama_server import LlamaServer
@@ -38,34 +38,13 @@ def test_headline_is_against_the_fastest_full_history_peer():
     assert result["paths"]["engine"]["effective_tps"] == round(220 / 2.0, 2)
 
 
-def test_the_ceiling_frees_repeated_questions_and_keeps_the_peers_time_on_the_rest():
-    def turn(session: str, kind: str, question: str, ttft_ms: float, prefill: int) -> TurnRecord:
-        return TurnRecord(session, 1, kind, 1000, prefill, 10, ttft_ms, 1.0, question=question)
-
-    peer = [
-        turn("a", "kb", "How long is the warranty?", 200, 300),
-        turn("a", "chat", "hello", 100, 40),
-        turn("a", "kb_repeat", "What is the warranty period?", 100, 40),  # reworded: free
-        turn("a", "ask", "What is my order number?", 100, 40),
-        turn("a", "ask", "What is my order number?", 100, 40),  # its session's again: free
-        turn("b", "ask", "What is my order number?", 100, 40),  # another session's order
-        turn("b", "kb", "How long is the warranty?", 300, 500),  # the shared base: free
-        turn("b", "chat", "hello", 500, 400),  # chat is no shared knowledge
-        turn("b", "chat", "", 100, 40),  # no text: nothing to match
-        turn("b", "chat", "", 100, 40),
-    ]
-    assert cache_answerable(peer) == [False, False, True, False, True, False, True] + [False] * 3
-    bound = ceiling(peer)
-    assert bound["cache_answerable_turns"] == 3
-    assert bound["same_work"] == round(10 / 7, 3)
-    # The rest at the warm median of 100 ms to the first token: 0.1 s off the first
-    # turn, 0.4 s off the cold chat turn.
-    assert bound["new_tokens_only"] == round(10 / 6.5, 3)
-
-
-def test_compare_paths_gives_the_ceiling_against_every_full_history_peer():
-    records = {"engine": rows([1.0, 1.0]), "ctxproto": rows([0.5, 0.5])}
-    assert compare_paths(records)["ceiling"] == {"engine": ceiling(records["engine"])}
+def test_the_cache_alone_is_given_against_the_peer_on_the_same_engine_only():
+    records = {
+        "engine": rows([1.0, 1.0]),
+        "llama_cpp": rows([3.0, 3.0]),
+        "ctxproto": rows([0.5, 0.5]),
+    }
+    assert compare_paths(records)["cache_alone"] == {"ctxproto/engine": 1.0}  # nothing repeats
 
 
 def test_a_server_that_cannot_start_is_a_backend_error_and_leaves_no_process(tmp_path):
