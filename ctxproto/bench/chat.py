@@ -78,7 +78,9 @@ class Serving:
     host-memory prompt cache off, so neither keeps more than the other.
     ``knowledge`` replaces the bundled knowledge base in ctxproto's pipeline.
     ``quantize`` is the engine mode of both paths on our engine (``engine`` and
-    ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs.
+    ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs;
+    ``speculate`` turns their speculative decoding off, whose gain depends on what
+    the answers say (an answer that loops is confirmed several tokens a forward).
     """
 
     round_robin: bool = False
@@ -86,10 +88,12 @@ class Serving:
     llama_parallel: int = 1
     knowledge: KnowledgeSetup | None = None
     quantize: QuantizeMode = "auto"
+    speculate: bool = True
 
 
-def add_quantize_argument(parser: Any) -> None:
-    """``--quantize``: the engine mode of the paths on our engine (``Serving.quantize``)."""
+def add_engine_arguments(parser: Any) -> None:
+    """``--quantize`` and ``--no-speculate``: how our engine runs on the paths on it
+    (``Serving.quantize``, ``Serving.speculate``)."""
     from ctxproto.runtime.engine import QUANTIZE_MODES
 
     parser.add_argument(
@@ -98,6 +102,12 @@ def add_quantize_argument(parser: Any) -> None:
         default="auto",
         help="weights of our engine on the engine and ctxproto paths (docs/runtime.md); "
         "the generate path stays float32",
+    )
+    parser.add_argument(
+        "--no-speculate",
+        action="store_true",
+        help="our engine decodes one token per forward on the engine and ctxproto paths, so "
+        "the decode rate no longer depends on what the answers say (docs/benchmarks.md)",
     )
 
 
@@ -112,7 +122,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}"
     )
-    add_quantize_argument(parser)
+    add_engine_arguments(parser)
     parser.add_argument("--plot", type=Path, help="write the by-turns plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
@@ -130,7 +140,7 @@ def handle(args: argparse.Namespace) -> int:
             args.seed,
             progress=progress,
             paths=paths,
-            serving=Serving(quantize=args.quantize),
+            serving=Serving(quantize=args.quantize, speculate=not args.no_speculate),
         )
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
@@ -251,6 +261,7 @@ def run_paths(
         llama_server_by_path=binaries,
         window_tokens=window_tokens,
         quantize=resolve_quantize(serving.quantize),
+        speculate=serving.speculate,
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )
@@ -282,7 +293,9 @@ def _backend(
         from ctxproto.runtime.engine import DEFAULT_CACHE_BYTES
 
         cache_bytes = DEFAULT_CACHE_BYTES if budget is None else budget * kv_bytes_per_token()
-        engine = stack.enter_context(Engine(cache_bytes=cache_bytes, quantize=serving.quantize))
+        engine = stack.enter_context(
+            Engine(cache_bytes=cache_bytes, quantize=serving.quantize, speculate=serving.speculate)
+        )
         engines[path] = engine
         return stack.enter_context(LocalBackend(engine))
     from ctxproto.bench.llama_server import LlamaServer

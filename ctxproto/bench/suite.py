@@ -44,7 +44,7 @@ from ctxproto.bench.chat import (
     FULL_HISTORY_PATHS,
     PATHS,
     Serving,
-    add_quantize_argument,
+    add_engine_arguments,
     parse_paths,
     print_comparison,
     run_paths,
@@ -136,7 +136,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    add_quantize_argument(parser)
+    add_engine_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
@@ -156,6 +156,7 @@ def handle(args: argparse.Namespace) -> int:
             max_new_tokens=max_new_tokens,
             seed=args.seed,
             quantize=args.quantize,
+            speculate=not args.no_speculate,
             progress=progress,
             log=lambda line: console.print(line, markup=False),
         )
@@ -208,12 +209,13 @@ def run_suite(
     max_new_tokens: int,
     seed: int,
     quantize: QuantizeMode = "auto",
+    speculate: bool = True,
     progress: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Each workload through its paths; per workload the figures of ``bench chat``.
 
-    ``quantize`` is our engine's mode (``Serving.quantize``); ``log`` is told when
+    ``quantize`` and ``speculate`` say how our engine runs (``Serving``); ``log`` is told when
     each workload starts and how long it took.
     """
     results: dict[str, Any] = {}
@@ -225,7 +227,7 @@ def run_suite(
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
             scripts, serving = _conversations(workload, size, Path(tmp), seed)
-            serving = replace(serving, quantize=quantize)
+            serving = replace(serving, quantize=quantize, speculate=speculate)
             result = run_paths(
                 scripts,
                 max_new_tokens,

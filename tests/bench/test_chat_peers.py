@@ -93,3 +93,30 @@ def test_paths_need_ctxproto_and_one_full_history_peer_not_generate_itself():
     for bad in ("engine,llama_cpp", "ctxproto,ctxproto_llama_cpp", "engine,ctxproto,vllm"):
         with pytest.raises(ConfigError, match="--paths must name ctxproto"):
             parse_paths(bad)
+
+
+@pytest.mark.parametrize("command", ["chat", "suite"])
+def test_no_speculate_reaches_our_engine_on_both_of_its_paths(monkeypatch, command):
+    import contextlib
+    from contextlib import ExitStack
+
+    import ctxproto.runtime as runtime
+    from ctxproto.bench.chat import Serving, _backend
+    from ctxproto.cli.main import build_parser
+
+    made: list[dict[str, Any]] = []
+
+    class Recorded(contextlib.nullcontext):  # type: ignore[type-arg]
+        def __init__(self, **options: Any) -> None:
+            super().__init__()
+            made.append(options)
+
+    monkeypatch.setattr(runtime, "Engine", Recorded)
+    monkeypatch.setattr(runtime, "LocalBackend", contextlib.nullcontext)
+    args = build_parser().parse_args(["bench", command, "--no-speculate"])
+    serving = Serving(speculate=not args.no_speculate)
+    with ExitStack() as stack:
+        for path in ("engine", "ctxproto"):
+            _backend(path, stack, {}, {}, serving)
+    assert [m["speculate"] for m in made] == [False, False]
+    assert build_parser().parse_args(["bench", command]).no_speculate is False
