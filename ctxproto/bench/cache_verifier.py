@@ -24,7 +24,8 @@ questions: 1% on dev, two standard errors under 2% for the ~470 dev near
 misses (a target of 1.5% landed above 2% on held-out seeds). The point is
 the highest mean recall (paraphrases and near-repeats) whose mean false hits
 stay within ``MAX_FALSE_HITS`` overall and ``MAX_CATEGORY_FALSE_HITS`` in
-every negative category. Writes the weights as JSON beside the verifier.
+every negative category, with the identifier rule applied as the cache applies it.
+Writes the weights as JSON beside the verifier.
 Neither test split is ever read here (``ctxproto.bench.cache_guard_plot``
 draws the curves).
 """
@@ -260,7 +261,8 @@ def operating_point(
     held_out: list[Matrix], similarity: Matrix, rows: list[dict[str, Any]]
 ) -> tuple[float, float, float]:
     """(mean recall, floor, cut) of the best point within the false-hit bounds on
-    out-of-fold probabilities; recall -1 when none is."""
+    out-of-fold probabilities; recall -1 when none is. A pair the identifier rule
+    refuses (``identifiers_clear``) is refused at every point, as the cache refuses it."""
     best: tuple[float, float, float] = (-1.0, 1.0, 1.0)
     clear = identifiers_clear(rows)
     for floor in FLOORS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -9,6 +11,8 @@ from ctxproto.bench.cache_verifier import (
     design,
     fit,
     fold_probe,
+    identifiers_clear,
+    operating_point,
     other_question_pairs,
     out_of_fold,
     probability,
@@ -109,3 +113,24 @@ def test_other_questions_are_bound_per_category_but_not_in_the_near_miss_rate() 
     found = rates(np.array([True, False, True]), rows)
     assert found["false_hits"] == 0.0
     assert found["worst_category"] == 1.0
+
+
+def test_the_operating_point_leaves_out_what_the_identifier_rule_refuses() -> None:
+    """Fitting chooses its cut on the decisions the cache makes: a near miss about
+    another order is refused by the rule, whatever its probability."""
+    questions = [
+        {
+            "category": "paraphrase",
+            "a": "Where is order 3622531882?",
+            "b": "Where's order 3622531882?",
+        },
+        {
+            "category": "entity_swap",
+            "a": "Where is order 3622531882?",
+            "b": "Where is order 3622531880?",
+        },
+    ]
+    rows: list[dict[str, Any]] = [{**q, "hit": q["category"] == "paraphrase"} for q in questions]
+    assert identifiers_clear(rows).tolist() == [True, False]
+    recall, _, _ = operating_point([np.array([0.99, 0.99])], np.array([0.95, 0.99]), rows)
+    assert recall == 1.0  # counted as a hit, the near miss would leave no point within bounds
