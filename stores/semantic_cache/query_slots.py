@@ -425,13 +425,17 @@ def _number(token: str) -> str | None:
 
 def _identifier(token: str, number: str | None) -> str | None:
     """``token`` (whose value as a number is ``number``) as an identifier: a number by its
-    value, a code without its punctuation ("AB-1234." is "ab1234"); None if it is
-    neither, or a year."""
+    value and the zeros written before it, a code without its punctuation ("AB-1234." is
+    "ab1234"); None if it is neither, or a year."""
     if _YEAR.fullmatch(token.rstrip(",")):
         return None
     digits = sum(c.isdigit() for c in token)
     if number is not None:
-        return number if digits >= IDENTIFIER_DIGITS else None
+        if digits < IDENTIFIER_DIGITS:
+            return None
+        # Zero-padded numbering: order 0012345 is not order 12345.
+        zeros = re.match(r"\$?(0+)\d", token)
+        return (zeros.group(1) if zeros else "") + number
     code = re.sub(r"[^0-9a-z]", "", token)
     is_code = digits >= 2 and len(code) >= CODE_LENGTH and any(c.isalpha() for c in code)
     return code if is_code else None

@@ -39,6 +39,7 @@ costs a model call.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -325,20 +326,30 @@ class HitVerifier:
 
 
 def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
-    """Both name identifiers, and one of them has no counterpart on the other side (equal,
-    or one written inside the other: "RTX 4090" / "RTX4090"): another order, ticket or
-    code. A hard rule, not a weight: the labelled pairs hold too few identifiers to learn
-    it from."""
+    """Both name identifiers, and one of them has no counterpart on the other side: another
+    order, ticket or code. A counterpart is the same identifier, or a code that writes the
+    number as one of its runs of digits ("RTX 4090" / "RTX4090", "order 12345" /
+    "ORD-12345"); a number inside a longer one is another number (12345 / 123456). A hard
+    rule, not a weight: the labelled pairs hold too few identifiers to learn it from."""
     if not (query.identifiers and cached.identifiers):
         return False
 
     def matched(one: str, others: frozenset[str]) -> bool:
-        return any(one in other or other in one for other in others)
+        return any(
+            one == other or _digit_run_of(one, other) or _digit_run_of(other, one)
+            for other in others
+        )
 
     return not (
         all(matched(q, cached.identifiers) for q in query.identifiers)
         and all(matched(c, query.identifiers) for c in cached.identifiers)
     )
+
+
+def _digit_run_of(number: str, code: str) -> bool:
+    """Whether ``number`` is written whole in ``code``, between its letters ("4090" in
+    "rtx4090"; not "409" in it, nor "12345" in "123456")."""
+    return number.isdigit() and number in re.findall(r"\d+", code)
 
 
 @cache

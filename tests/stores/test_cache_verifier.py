@@ -247,3 +247,10 @@ def test_identifiers_refuse_only_when_both_questions_name_some() -> None:
     # One side names none: the slots and the weights decide, as for any other word.
     assert not pair("Can I walk 10,000 steps a day?", "Is 10k steps a day OK?")
     assert not pair("Is the RTX4090 in stock?", "Is the RTX 4090 in stock?")
+    assert not pair("Where is order ORD-12345?", "Where is my order 12345?")
+    # A number inside a longer one, or padded with zeros, is another number.
+    assert pair("Where is order 12345?", "Where is order 123456?")
+    assert pair("Where is order 0012345?", "Where is order 12345?")
+    assert pair("Where is parcel 1Z999AA1?", "Where is parcel 1Z999AA12?")
+    assert not pair("Is the RTX4090 in stock?", "Is the RTX 409 in stock?")  # 409: no id
+    assert pair("Is the RTX4090 in stock?", "Is the RTX 4080 in stock?")

@@ -118,6 +118,7 @@ def test_identifiers_are_long_numbers_and_codes_with_digits() -> None:
     assert identifiers("a 4kg cat, 4k video, 128GB, A19, BR30, 2FA, in 2024, as of 1999") == set()
     # A code is compared without its punctuation, as people write it either way.
     assert identifiers("Track order AB-1234.") == identifiers("track order AB1234") == {"ab1234"}
+    assert identifiers("order 0012345") == {"0012345"}  # zero-padded numbering stays padded
 
 
 def test_numbers_stay_exact_whatever_decimal_context_the_application_set() -> None:
