@@ -223,11 +223,12 @@ class QuerySlots:
     scope: frozenset[str]
     tokens: tuple[str, ...]
     identifiers: frozenset[str] = frozenset()
-    """Numbers written with at least ``IDENTIFIER_DIGITS`` digits (by value; not years)
-    and codes of ``CODE_LENGTH`` letters and digits or more with at least two digits
-    (without punctuation): order, ticket and tracking numbers, prices written out,
-    reference codes. Two questions that both name some and not the same ones ask
-    about different things, however small the edit."""
+    """Numbers written with at least ``IDENTIFIER_DIGITS`` digits (by value, after the
+    zeros written before it; not years) and codes of ``CODE_LENGTH`` letters and digits or
+    more with at least two digits (their groups of letters and digits joined by "-"):
+    order, ticket and tracking numbers, prices written out, reference codes. Two questions
+    that both name some, and not the same ones, ask about different things however small
+    the edit (``verifier.other_identifiers`` says which are the same)."""
 
     @property
     def words(self) -> frozenset[str]:
@@ -425,8 +426,9 @@ def _number(token: str) -> str | None:
 
 def _identifier(token: str, number: str | None) -> str | None:
     """``token`` (whose value as a number is ``number``) as an identifier: a number by its
-    value and the zeros written before it, a code without its punctuation ("AB-1234." is
-    "ab1234"); None if it is neither, or a year."""
+    value after the zeros written before it ("0,012,345" is "0012345"), a code as its
+    groups of letters and digits joined by "-" ("AB-1234." is "ab-1234", "AB12/3456" is
+    "ab12-3456"); None if it is neither, or a year."""
     if _YEAR.fullmatch(token.rstrip(",")):
         return None
     digits = sum(c.isdigit() for c in token)
@@ -434,11 +436,13 @@ def _identifier(token: str, number: str | None) -> str | None:
         if digits < IDENTIFIER_DIGITS:
             return None
         # Zero-padded numbering: order 0012345 is not order 12345.
-        zeros = re.match(r"\$?(0+)\d", token)
-        return (zeros.group(1) if zeros else "") + number
-    code = re.sub(r"[^0-9a-z]", "", token)
-    is_code = digits >= 2 and len(code) >= CODE_LENGTH and any(c.isalpha() for c in code)
-    return code if is_code else None
+        whole = re.sub(r"\D", "", token.split(".")[0])
+        zeros = min(len(whole) - len(whole.lstrip("0")), len(whole) - 1)
+        return "0" * max(zeros, 0) + number
+    groups = re.findall(r"[0-9a-z]+", token)
+    bare = "".join(groups)
+    is_code = digits >= 2 and len(bare) >= CODE_LENGTH and any(c.isalpha() for c in bare)
+    return "-".join(groups) if is_code else None
 
 
 def _is_entity(original: str, *, first: bool) -> bool:

@@ -51,6 +51,7 @@ import numpy.typing as npt
 from ctxproto.errors import StoreError
 from ctxproto.stores.semantic_cache.query_slots import (
     FUNCTION_WORDS,
+    IDENTIFIER_DIGITS,
     SLOT_NAMES,
     QuerySlots,
     edits,
@@ -327,16 +328,17 @@ class HitVerifier:
 
 def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
     """Both name identifiers, and one of them has no counterpart on the other side: another
-    order, ticket or code. A counterpart is the same identifier, or a code that writes the
-    number as one of its runs of digits ("RTX 4090" / "RTX4090", "order 12345" /
-    "ORD-12345"); a number inside a longer one is another number (12345 / 123456). A hard
+    order, ticket or code. A counterpart is the same identifier (codes compared without
+    their separators: "AB-1234" / "AB1234"), or a code whose one long run of digits is the
+    number ("RTX 4090" / "RTX4090", "order 12345" / "ORD-12345"). A number inside a longer
+    one is another number (12345 / 123456), and so is one of a code's two numbers. A hard
     rule, not a weight: the labelled pairs hold too few identifiers to learn it from."""
     if not (query.identifiers and cached.identifiers):
         return False
 
     def matched(one: str, others: frozenset[str]) -> bool:
         return any(
-            one == other or _digit_run_of(one, other) or _digit_run_of(other, one)
+            _bare(one) == _bare(other) or _sole_number_of(one, other) or _sole_number_of(other, one)
             for other in others
         )
 
@@ -346,10 +348,18 @@ def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
     )
 
 
-def _digit_run_of(number: str, code: str) -> bool:
-    """Whether ``number`` is written whole in ``code``, between its letters ("4090" in
-    "rtx4090"; not "409" in it, nor "12345" in "123456")."""
-    return number.isdigit() and number in re.findall(r"\d+", code)
+def _bare(identifier: str) -> str:
+    return identifier.replace("-", "")
+
+
+def _sole_number_of(number: str, code: str) -> bool:
+    """Whether ``number`` is the one run of ``IDENTIFIER_DIGITS`` digits or more that
+    ``code`` writes: "4090" of "rtx4090", "3456" of "ab12-3456"; not "409" of "rtx4090",
+    "123456" of "ab12-3456" (two runs joined), nor "1234" of "a1234b5678" (one of two)."""
+    if not number.isdigit() or not any(c.isalpha() for c in code):
+        return False
+    runs = [run for run in re.findall(r"\d+", code) if len(run) >= IDENTIFIER_DIGITS]
+    return runs == [number]
 
 
 @cache

@@ -254,3 +254,11 @@ def test_identifiers_refuse_only_when_both_questions_name_some() -> None:
     assert pair("Where is parcel 1Z999AA1?", "Where is parcel 1Z999AA12?")
     assert not pair("Is the RTX4090 in stock?", "Is the RTX 409 in stock?")  # 409: no id
     assert pair("Is the RTX4090 in stock?", "Is the RTX 4080 in stock?")
+    assert not pair("Where is order AB-1234X?", "Where is order AB1234X?")
+    # A code's runs of digits are read before its punctuation goes: "AB12-3456" writes
+    # 3456, not 123456; and a code that writes two numbers is not one of them.
+    assert not pair("Where is invoice AB12-3456?", "Where is invoice 3456?")
+    assert pair("Where is invoice AB12-3456?", "Where is invoice 123456?")
+    assert pair("Where is invoice INV-2024-00123?", "Where is invoice 00123?")
+    assert pair("Where is part A1234B5678?", "Where is part 1234?")
+    assert pair("Where is order 0,012,345?", "Where is order 12345?")

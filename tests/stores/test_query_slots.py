@@ -116,9 +116,12 @@ def test_identifiers_are_long_numbers_and_codes_with_digits() -> None:
     assert identifiers("10,000 steps") == identifiers("10000 steps") == {"10000"}
     # Short numbers, amounts written short, years, product names and plain words are not.
     assert identifiers("a 4kg cat, 4k video, 128GB, A19, BR30, 2FA, in 2024, as of 1999") == set()
-    # A code is compared without its punctuation, as people write it either way.
-    assert identifiers("Track order AB-1234.") == identifiers("track order AB1234") == {"ab1234"}
-    assert identifiers("order 0012345") == {"0012345"}  # zero-padded numbering stays padded
+    # A code keeps its groups apart (the verifier compares codes without the "-").
+    assert identifiers("Track order AB-1234.") == {"ab-1234"}
+    assert identifiers("track order AB1234") == {"ab1234"}
+    # Zero-padded numbering stays padded; a decimal's zero is no padding.
+    assert identifiers("order 0012345") == identifiers("order 0,012,345") == {"0012345"}
+    assert identifiers("a rate of 0.12345") == {"0.12345"}
 
 
 def test_numbers_stay_exact_whatever_decimal_context_the_application_set() -> None:
