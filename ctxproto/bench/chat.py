@@ -53,6 +53,8 @@ __all__ = [
     "PATHS",
     "Serving",
     "compare_paths",
+    "engine_options",
+    "engine_serving",
     "parse_paths",
     "print_comparison",
     "register",
@@ -111,6 +113,23 @@ def add_engine_arguments(parser: Any) -> None:
     )
 
 
+def engine_serving(args: argparse.Namespace) -> Serving:
+    """The ``Serving`` of the options ``add_engine_arguments`` added to a command."""
+    return Serving(quantize=args.quantize, speculate=not args.no_speculate)
+
+
+def engine_options(serving: Serving) -> dict[str, Any]:
+    """The ``Engine`` options of the paths on our engine under ``serving``."""
+    from ctxproto.runtime.engine import DEFAULT_CACHE_BYTES
+
+    budget = serving.kv_budget_tokens
+    return {
+        "cache_bytes": DEFAULT_CACHE_BYTES if budget is None else budget * kv_bytes_per_token(),
+        "quantize": serving.quantize,
+        "speculate": serving.speculate,
+    }
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "chat", help="effective TPS of a multi-session chat: ctxproto vs full-history peers"
@@ -140,7 +159,7 @@ def handle(args: argparse.Namespace) -> int:
             args.seed,
             progress=progress,
             paths=paths,
-            serving=Serving(quantize=args.quantize, speculate=not args.no_speculate),
+            serving=engine_serving(args),
         )
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
@@ -261,7 +280,8 @@ def run_paths(
         llama_server_by_path=binaries,
         window_tokens=window_tokens,
         quantize=resolve_quantize(serving.quantize),
-        speculate=serving.speculate,
+        # What ran: the engine turns speculation off itself in the int8 and bf16 modes.
+        speculate_by_path={path: engine.speculate for path, engine in engines.items()},
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )
@@ -290,12 +310,8 @@ def _backend(
     budget = serving.kv_budget_tokens
     if path in ("engine", "ctxproto"):
         from ctxproto.runtime import Engine, LocalBackend
-        from ctxproto.runtime.engine import DEFAULT_CACHE_BYTES
 
-        cache_bytes = DEFAULT_CACHE_BYTES if budget is None else budget * kv_bytes_per_token()
-        engine = stack.enter_context(
-            Engine(cache_bytes=cache_bytes, quantize=serving.quantize, speculate=serving.speculate)
-        )
+        engine = stack.enter_context(Engine(**engine_options(serving)))
         engines[path] = engine
         return stack.enter_context(LocalBackend(engine))
     from ctxproto.bench.llama_server import LlamaServer
@@ -429,11 +445,13 @@ def print_comparison(result: dict[str, Any]) -> None:
         f"[bold]ctxproto vs the best full-history peer ({headline['best_full_history_peer']})"
         f": {headline['ratio']:.2f}x[/]"
     )
-    if result.get("cache_alone"):
+    alone = {pair: ratio for pair, ratio in result.get("cache_alone", {}).items() if ratio}
+    if alone:
         console.print("with every repeated question from the cache, the rest as the peer:")
-    for pair, ratio in result.get("cache_alone", {}).items():
-        if ratio is not None:
-            console.print(f"  {pair:<32} {ratio:6.2f}x", markup=False)
+    for pair, ratio in alone.items():
+        console.print(f"  {pair:<32} {ratio:6.2f}x", markup=False)
+    if not any(result.get("speculate_by_path", {}).values()):
+        console.print("our engine decoded one token per forward (no speculation)")
     console.print("decode after the first token; answers that begin as an earlier one:")
     for path, row in result["paths"].items():
         decode, repeated = row.get("decode_ms_per_token"), row.get("repeated_answers")

@@ -2,14 +2,17 @@
 
 Beyond seconds and tokens, two figures say what else a path's time depends on:
 
-- ``decode_ms_per_token``: the mean time per output token after the first, over the
-  turns the model answered. Our engine decodes speculatively (``runtime/speculation.py``),
-  so this depends on what the answers say, not only on the prompt: an answer that
-  repeats text already in the prompt is confirmed several tokens per forward.
-- ``repeated_answers``: the share of those turns whose first sentence is one an
-  earlier answer of the same session began with. SmolLM2-135M falls into loops such
-  as "I'm here to assist you with any questions or issues you're facing." on chat
-  turns; a path whose answers loop decodes them faster, and its ratio says so.
+- ``decode_ms_per_token``: the mean over the turns the model answered with more than
+  one token of each turn's time after its first token per later token. On a ctxproto
+  path that time also holds the pipeline's work after the answer (the cache's put, the
+  history saved). Our engine decodes speculatively (``runtime/speculation.py``), so the
+  rate depends on what the answers say, not only on the prompt: an answer that repeats
+  text already in the prompt is confirmed in fewer forwards.
+- ``repeated_answers``: over the turns the model answered that do not repeat an earlier
+  question (``cache_answerable``), the share whose first sentence an earlier answer of
+  the same session began with. SmolLM2-135M falls into loops such as "I'm here to assist
+  you with any questions or issues you're facing." on chat turns; a path whose answers
+  loop decodes them faster, and its ratio says so.
 
 ``cache_alone`` is a reference for ctxproto's ratio against a peer on the same engine:
 the ratio a path would reach if it answered every repeated question from a cache and
@@ -61,18 +64,17 @@ def path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
 
 def repeated_answers(rows: Sequence[TurnRecord]) -> list[bool | None]:
     """Per turn, in serving order: whether the model's answer begins with a sentence an
-    earlier answer of its session began with (None for a cache hit or an empty answer)."""
+    earlier answer of its session began with. None for a cache hit, an empty answer, and
+    a turn that repeats an earlier question, whose answer may rightly repeat too."""
     seen: set[tuple[str, str]] = set()
     out: list[bool | None] = []
-    for row in rows:
+    for row, repeat in zip(rows, cache_answerable(rows), strict=True):
         match = _FIRST_SENTENCE.match(row.answer)
         first = " ".join((match.group(1) if match else row.answer).split())
-        if row.semantic_hit or not first:
-            out.append(None)
-            continue
         key = (row.session, first)
-        out.append(key in seen)
-        seen.add(key)
+        out.append(None if row.semantic_hit or repeat or not first else key in seen)
+        if first and not row.semantic_hit:
+            seen.add(key)
     return out
 
 
@@ -92,11 +94,11 @@ def cache_alone(peer: Sequence[TurnRecord]) -> float | None:
 def cache_answerable(turns: Sequence[TurnRecord]) -> list[bool]:
     """Per turn, in serving order: whether it repeats an earlier question.
 
-    A reworded knowledge question (``kb_repeat``) does; so does a question
-    (``QUESTION_KINDS``) its session asked before, and a knowledge question another
-    session asked before. A personal question ("what is my order number?") repeats
-    only within its own session, and a chat turn never does: "Tell me more." asks
-    about whatever came before it.
+    A knowledge question asked again, verbatim or reworded (``kb_repeat``), does; so does
+    a question (``QUESTION_KINDS``) its session asked before, and a knowledge question
+    another session asked before. A personal question ("what is my order number?")
+    repeats only within its own session, and a chat turn never does: "Tell me more."
+    asks about whatever came before it.
     """
     asked: set[tuple[str, str]] = set()
     out = []

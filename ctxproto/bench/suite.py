@@ -45,6 +45,7 @@ from ctxproto.bench.chat import (
     PATHS,
     Serving,
     add_engine_arguments,
+    engine_serving,
     parse_paths,
     print_comparison,
     run_paths,
@@ -55,7 +56,7 @@ from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
 
 if TYPE_CHECKING:
-    from ctxproto.runtime.engine import QuantizeMode
+    pass
 
 __all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite", "select_workloads"]
 
@@ -155,8 +156,7 @@ def handle(args: argparse.Namespace) -> int:
             quick=args.quick,
             max_new_tokens=max_new_tokens,
             seed=args.seed,
-            quantize=args.quantize,
-            speculate=not args.no_speculate,
+            engine=engine_serving(args),
             progress=progress,
             log=lambda line: console.print(line, markup=False),
         )
@@ -208,15 +208,14 @@ def run_suite(
     quick: bool,
     max_new_tokens: int,
     seed: int,
-    quantize: QuantizeMode = "auto",
-    speculate: bool = True,
+    engine: Serving | None = None,
     progress: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Each workload through its paths; per workload the figures of ``bench chat``.
 
-    ``quantize`` and ``speculate`` say how our engine runs (``Serving``); ``log`` is told when
-    each workload starts and how long it took.
+    ``engine`` says how our engine runs (its ``quantize`` and ``speculate``; the defaults
+    when None); ``log`` is told when each workload starts and how long it took.
     """
     results: dict[str, Any] = {}
     for number, workload in enumerate(workloads, 1):
@@ -227,7 +226,8 @@ def run_suite(
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
             scripts, serving = _conversations(workload, size, Path(tmp), seed)
-            serving = replace(serving, quantize=quantize, speculate=speculate)
+            options = engine or Serving()
+            serving = replace(serving, quantize=options.quantize, speculate=options.speculate)
             result = run_paths(
                 scripts,
                 max_new_tokens,

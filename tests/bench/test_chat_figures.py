@@ -60,6 +60,13 @@ def test_repeated_answers_are_first_sentences_seen_before_in_the_session():
         TurnRecord("a", 5, "chat", 10, 10, 5, 1.0, 1.0, answer=""),
     ]
     assert repeated_answers(rows) == [False, True, False, None, False, None]
+    # A repeated question may rightly get the same answer: not counted as a loop.
+    again = [
+        TurnRecord("a", 1, "kb", 10, 10, 5, 1.0, 1.0, question="Warranty?", answer=loop),
+        TurnRecord("a", 2, "kb_repeat", 10, 10, 5, 1.0, 1.0, question="Guarantee?", answer=loop),
+        TurnRecord("a", 3, "chat", 10, 10, 5, 1.0, 1.0, question="Hi", answer=loop),
+    ]
+    assert repeated_answers(again) == [False, None, True]
 
 
 def test_the_decode_rate_leaves_out_the_first_token_and_cache_hits():
@@ -67,6 +74,7 @@ def test_the_decode_rate_leaves_out_the_first_token_and_cache_hits():
         TurnRecord("a", 1, "chat", 100, 100, 11, 100.0, 0.2, answer="One."),  # 10 ms a token
         TurnRecord("a", 2, "chat", 100, 100, 11, 100.0, 0.4, answer="Two."),  # 30 ms a token
         TurnRecord("a", 3, "kb", 100, 0, 11, 0.0, 0.001, semantic_hit=True, answer="One."),
+        TurnRecord("a", 4, "chat", 100, 100, 1, 100.0, 5.0, answer="Ok"),  # no later token
     ]
     figures = path_figures(rows, logical=300)
     assert figures["decode_ms_per_token"] == 20.0

@@ -96,27 +96,30 @@ def test_paths_need_ctxproto_and_one_full_history_peer_not_generate_itself():
 
 
 @pytest.mark.parametrize("command", ["chat", "suite"])
-def test_no_speculate_reaches_our_engine_on_both_of_its_paths(monkeypatch, command):
-    import contextlib
-    from contextlib import ExitStack
-
-    import ctxproto.runtime as runtime
-    from ctxproto.bench.chat import Serving, _backend
+def test_no_speculate_reaches_the_engine_options_of_both_commands(command):
+    from ctxproto.bench.chat import engine_options, engine_serving
     from ctxproto.cli.main import build_parser
 
-    made: list[dict[str, Any]] = []
+    def options(*extra: str) -> dict[str, Any]:
+        return engine_options(engine_serving(build_parser().parse_args(["bench", command, *extra])))
 
-    class Recorded(contextlib.nullcontext):  # type: ignore[type-arg]
-        def __init__(self, **options: Any) -> None:
-            super().__init__()
-            made.append(options)
+    assert options("--no-speculate")["speculate"] is False
+    assert options()["speculate"] is True
+    assert options("--quantize", "int8")["quantize"] == "int8"
 
-    monkeypatch.setattr(runtime, "Engine", Recorded)
-    monkeypatch.setattr(runtime, "LocalBackend", contextlib.nullcontext)
-    args = build_parser().parse_args(["bench", command, "--no-speculate"])
-    serving = Serving(speculate=not args.no_speculate)
-    with ExitStack() as stack:
-        for path in ("engine", "ctxproto"):
-            _backend(path, stack, {}, {}, serving)
-    assert [m["speculate"] for m in made] == [False, False]
-    assert build_parser().parse_args(["bench", command]).no_speculate is False
+
+def test_the_comparison_fits_80_columns_and_says_when_our_engine_did_not_speculate(capsys):
+    from ctxproto.bench.chat import print_comparison
+
+    records = {"engine": rows([1.0, 1.0]), "ctxproto_llama_cpp": rows([0.5, 0.5])}
+    records["ctxproto"] = rows([0.5, 0.25])
+    result = compare_paths(records)
+    result["speculate_by_path"] = {"engine": False, "ctxproto": False}
+    print_comparison(result)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "no speculation" in out
+    assert "ms/token" in out
+    result["speculate_by_path"] = {"engine": True, "ctxproto": True}
+    print_comparison(result)
+    assert "no speculation" not in capsys.readouterr().out
