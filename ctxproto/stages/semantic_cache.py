@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from ctxproto.context import Context
 from ctxproto.errors import StoreError
+from ctxproto.messages import Message
 from ctxproto.models.embedder import get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.folders import FolderOrRedisURL
@@ -157,8 +158,15 @@ class SemanticCacheLookup(Stage):
         return Transformed(context=context.model_copy(update=update), counters=counters)
 
     def after_answer(self, context: Context, answer: str) -> None:
-        """Cache the model's answer to the query looked up in ``context``; empty ones are not."""
-        if answer.strip():
+        """Cache the model's answer to the query looked up in ``context``.
+
+        Not an empty answer, and not one the model already gave, word for word, to an
+        earlier message of this conversation: a model caught in a loop answers every
+        question alike ("I'm here to assist you with any questions..."), and cached, that
+        non-answer would be served to the next user who asks (docs/benchmarks.md,
+        "answers that loop"). ``store`` files whatever it is given.
+        """
+        if answer.strip() and not _said_before(answer, context.history):
             self.store(context, answer)
 
     def store(self, context: Context, answer: str) -> str | None:
@@ -184,3 +192,9 @@ class SemanticCacheLookup(Stage):
             namespace=context.tenant_id,
             sources=sources,
         )
+
+
+def _said_before(answer: str, history: list[Message]) -> bool:
+    """Whether an earlier assistant message of ``history`` is ``answer``, spacing aside."""
+    said = " ".join(answer.split())
+    return any(m.role == "assistant" and " ".join(m.text.split()) == said for m in history)

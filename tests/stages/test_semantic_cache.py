@@ -38,6 +38,25 @@ def test_miss_then_store_then_hit_ends_the_pipeline(tmp_path: Path) -> None:
     )
 
 
+def test_an_answer_the_model_already_gave_in_the_conversation_is_not_cached(
+    tmp_path: Path,
+) -> None:
+    """A model caught in a loop answers every question alike; cached, the non-answer would
+    reach the next user who asks."""
+    lookup = SemanticCacheLookup(path=str(tmp_path), scope="query")
+    pipeline = Pipeline([lookup])
+    loop = "I'm here to assist you with any questions or issues you're facing."
+    asked = pipeline.run(_chat("Hi there", loop, "How long does express shipping take?"))
+    pipeline.after_answer(asked, f" {loop}\n")
+    assert pipeline.run(_chat("How long does express shipping take?")).answer is None
+    pipeline.after_answer(asked, "Express shipping takes 1 to 2 business days.")
+    hit = pipeline.run(_chat("How long does express shipping take?"))
+    assert hit.answer == "Express shipping takes 1 to 2 business days."
+    # What the caller files explicitly is filed.
+    other = pipeline.run(_chat("Hi there", loop, "Do you ship to Canada?"))
+    assert lookup.store(other.context, loop) is not None
+
+
 def test_conversation_scope_keeps_follow_ups_apart(tmp_path: Path) -> None:
     """GPTCache issue #8: "how old is he?" after talking about two different people."""
     lookup = SemanticCacheLookup(path=str(tmp_path), scope="conversation", context_turns=2)
