@@ -81,8 +81,8 @@ class Serving:
     ``knowledge`` replaces the bundled knowledge base in ctxproto's pipeline.
     ``quantize`` is the engine mode of both paths on our engine (``engine`` and
     ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs;
-    ``speculate`` turns their speculative decoding off, whose gain depends on what
-    the answers say (an answer that loops is confirmed several tokens a forward).
+    ``speculate=False`` turns their speculative decoding off, whose gain depends on
+    what the answers say (an answer that loops is confirmed in fewer forwards).
     """
 
     round_robin: bool = False
@@ -450,7 +450,8 @@ def print_comparison(result: dict[str, Any]) -> None:
         console.print("with every repeated question from the cache, the rest as the peer:")
     for pair, ratio in alone.items():
         console.print(f"  {pair:<32} {ratio:6.2f}x", markup=False)
-    if not any(result.get("speculate_by_path", {}).values()):
+    speculated = result.get("speculate_by_path")
+    if speculated and not any(speculated.values()):
         console.print("our engine decoded one token per forward (no speculation)")
     console.print("decode after the first token; answers that begin as an earlier one:")
     for path, row in result["paths"].items():

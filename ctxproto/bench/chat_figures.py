@@ -64,8 +64,10 @@ def path_figures(rows: Sequence[TurnRecord], logical: int) -> dict[str, Any]:
 
 def repeated_answers(rows: Sequence[TurnRecord]) -> list[bool | None]:
     """Per turn, in serving order: whether the model's answer begins with a sentence an
-    earlier answer of its session began with. None for a cache hit, an empty answer, and
-    a turn that repeats an earlier question, whose answer may rightly repeat too."""
+    earlier answer the model wrote in its session began with. None for a cache hit, an
+    empty answer, and a turn that repeats an earlier question, whose answer may rightly
+    repeat too. A cache hit's answer is not the model's, so it is not counted against
+    later answers either, though the model sees it in its history."""
     seen: set[tuple[str, str]] = set()
     out: list[bool | None] = []
     for row, repeat in zip(rows, cache_answerable(rows), strict=True):

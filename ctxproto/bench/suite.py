@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ctxproto.bench.chat import (
     FULL_HISTORY_PATHS,
@@ -54,9 +54,6 @@ from ctxproto.bench.chat_workload import SessionScript, build_workload
 from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["WORKLOADS", "Size", "Workload", "register", "run_suite", "select_workloads"]
 
@@ -214,8 +211,9 @@ def run_suite(
 ) -> dict[str, Any]:
     """Each workload through its paths; per workload the figures of ``bench chat``.
 
-    ``engine`` says how our engine runs (its ``quantize`` and ``speculate``; the defaults
-    when None); ``log`` is told when each workload starts and how long it took.
+    Of ``engine`` only ``quantize`` and ``speculate`` are read: how our engine runs (the
+    defaults when None); each workload sets the rest of its own ``Serving``. ``log`` is
+    told when each workload starts and how long it took.
     """
     results: dict[str, Any] = {}
     for number, workload in enumerate(workloads, 1):

@@ -427,7 +427,7 @@ def _number(token: str) -> str | None:
 def _identifier(token: str, number: str | None) -> str | None:
     """``token`` (whose value as a number is ``number``) as an identifier: a number by its
     value after the zeros written before it ("0,012,345" is "0012345"), a code as its
-    groups of letters and digits joined by "-" ("AB-1234." is "ab-1234", "AB12/3456" is
+    groups of letters and digits joined by "-" ("AB-1234." is "ab-1234", "AB12-3456" is
     "ab12-3456"); None if it is neither, or a year."""
     if _YEAR.fullmatch(token.rstrip(",")):
         return None

@@ -329,7 +329,8 @@ class HitVerifier:
 def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
     """Both name identifiers, and one of them has no counterpart on the other side: another
     order, ticket or code. A counterpart is the same identifier (codes compared without
-    their separators: "AB-1234" / "AB1234"), or a code whose one long run of digits is the
+    their separators but with their runs of digits: "AB-1234" / "AB1234", not "AB12-3456" /
+    "AB1-23456"), or a code whose one long run of digits is the
     number ("RTX 4090" / "RTX4090", "order 12345" / "ORD-12345"). A number inside a longer
     one is another number (12345 / 123456), and so is one of a code's two numbers. A hard
     rule, not a weight: the labelled pairs hold too few identifiers to learn it from."""
@@ -338,7 +339,7 @@ def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
 
     def matched(one: str, others: frozenset[str]) -> bool:
         return any(
-            _bare(one) == _bare(other) or _sole_number_of(one, other) or _sole_number_of(other, one)
+            _same_code(one, other) or _sole_number_of(one, other) or _sole_number_of(other, one)
             for other in others
         )
 
@@ -348,8 +349,12 @@ def other_identifiers(query: QuerySlots, cached: QuerySlots) -> bool:
     )
 
 
-def _bare(identifier: str) -> str:
-    return identifier.replace("-", "")
+def _same_code(one: str, other: str) -> bool:
+    """The same characters and the same runs of digits: "ab-1234" is "ab1234", but
+    "ab12-3456" is not "ab1-23456"."""
+    return one.replace("-", "") == other.replace("-", "") and re.findall(r"\d+", one) == re.findall(
+        r"\d+", other
+    )
 
 
 def _sole_number_of(number: str, code: str) -> bool:

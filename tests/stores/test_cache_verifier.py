@@ -255,6 +255,7 @@ def test_identifiers_refuse_only_when_both_questions_name_some() -> None:
     assert not pair("Is the RTX4090 in stock?", "Is the RTX 409 in stock?")  # 409: no id
     assert pair("Is the RTX4090 in stock?", "Is the RTX 4080 in stock?")
     assert not pair("Where is order AB-1234X?", "Where is order AB1234X?")
+    assert pair("Where is invoice AB12-3456?", "Where is invoice AB1-23456?")
     # A code's runs of digits are read before its punctuation goes: "AB12-3456" writes
     # 3456, not 123456; and a code that writes two numbers is not one of them.
     assert not pair("Where is invoice AB12-3456?", "Where is invoice 3456?")
