@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import DatasetError
@@ -63,9 +63,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     result = run(entries=args.entries, pairs=Path(args.pairs), guard=args.guard)
-    result["machine"] = describe_machine()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return print_figures(result, as_json=args.json)
 
 
 def run(*, entries: int, pairs: Path, guard: Guard = "learned") -> dict[str, Any]:

@@ -23,7 +23,6 @@ one users would otherwise run; every ratio is reported. A peer that cannot run
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from ctxproto.bench.chat_paths import (
     generate_turns,
 )
 from ctxproto.bench.chat_workload import SessionScript, build_workload, examples_dir
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import machine_line, print_figures
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import BackendError, ConfigError
 from ctxproto.tokens import TokenCounter, get_counter
@@ -164,12 +163,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.plot:
         plot_by_turns(result["by_turns"], args.plot)
     summary = {k: v for k, v in result.items() if k != "turns"}
-    summary["machine"] = describe_machine()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print_comparison(summary)
-    return 0
+    return print_figures(summary, as_json=args.json, table=print_comparison)
 
 
 def parse_paths(text: str) -> tuple[str, ...]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxproto._extras import require
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.runtime.radix_cache import EVICTIONS, Eviction, RadixKVCache
 
 __all__ = ["SCENARIOS", "register", "run_eviction_benchmark"]
@@ -123,13 +122,7 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    result = run_eviction_benchmark()
-    result["machine"] = describe_machine()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_table(result)
-    return 0
+    return print_figures(run_eviction_benchmark(), as_json=args.json, table=_print_table)
 
 
 def run_eviction_benchmark() -> dict[str, Any]:

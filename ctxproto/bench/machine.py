@@ -11,16 +11,18 @@ machine it was measured on.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ctxproto.models.cpu_info import CPUINFO, cpu_features, read_cpuinfo
 
-__all__ = ["CPU_FEATURES", "Machine", "describe_machine", "machine_line"]
+__all__ = ["CPU_FEATURES", "Machine", "describe_machine", "machine_line", "print_figures"]
 
 CPU_FEATURES: tuple[str, ...] = (
     "avx2",
@@ -117,3 +119,20 @@ def _gpu() -> str | None:
     if torch is None or not torch.cuda.is_available():
         return None
     return str(torch.cuda.get_device_name(0))
+
+
+def print_figures(
+    figures: dict[str, Any],
+    *,
+    as_json: bool,
+    table: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Print a ``ctxproto bench`` command's figures with the machine they were measured on
+    (added under ``machine``): one JSON object with ``--json``; otherwise ``table``, or
+    the JSON indented where the command has no table. Returns the exit code, 0."""
+    figures["machine"] = describe_machine()
+    if as_json or table is None:
+        print(json.dumps(figures, indent=None if as_json else 2))
+    else:
+        table(figures)
+    return 0

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.budget import Budget
 from ctxproto.pipeline import Pipeline
@@ -64,9 +63,7 @@ def handle(args: argparse.Namespace) -> int:
         result["chat"] = run_chat_through_proxy(
             args.chat_turns, args.chat_sessions, args.max_new_tokens
         )
-    result["machine"] = describe_machine()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return print_figures(result, as_json=args.json)
 
 
 def run(*, requests: int, clients: int, seconds: float, chatbot: bool = True) -> dict[str, Any]:

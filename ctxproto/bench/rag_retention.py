@@ -18,14 +18,13 @@ measures dense retrieval alone.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ctxproto.bench.chat_workload import examples_dir
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.bench.rag_workload import (
     RETRIEVAL,
     asked_facts,
@@ -70,9 +69,7 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed,
         lexical_weight=args.lexical_weight,
     )
-    result["machine"] = describe_machine()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return print_figures(result, as_json=args.json)
 
 
 def run(

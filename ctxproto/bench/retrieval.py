@@ -17,7 +17,6 @@ Two parts, both stated in the output:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.documents import Document
@@ -50,9 +49,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     result = run(chunks=args.chunks, queries=args.queries, essays=args.essays)
-    result["machine"] = describe_machine()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return print_figures(result, as_json=args.json)
 
 
 def run(*, chunks: int, queries: int, essays: int) -> dict[str, Any]:

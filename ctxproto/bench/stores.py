@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto.bench.cache import FIXTURES, speed
-from ctxproto.bench.machine import describe_machine
+from ctxproto.bench.machine import print_figures
 from ctxproto.bench.retrieval import DIMENSION, clustered_vectors
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
@@ -99,9 +99,7 @@ def handle(args: argparse.Namespace) -> int:
         sessions=args.sessions,
         redis_url=args.redis,
     )
-    result["machine"] = describe_machine()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return print_figures(result, as_json=args.json)
 
 
 def run(

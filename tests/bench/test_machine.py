@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import describe_machine, machine_line, print_figures
 from ctxproto.models.cpu_info import cpu_features, read_cpuinfo
 
 # Two processors of a virtual machine, as Linux lists them: only the first is read.
@@ -69,3 +69,18 @@ def test_without_cpuinfo_the_extensions_are_unknown_not_absent(tmp_path: Path) -
     assert machine["cpu"]  # the platform's name for it
     assert machine["cpu_id"] is None and machine["cpu_features"] is None
     assert "extensions unknown" in machine_line(machine)
+
+
+def test_figures_print_with_the_machine_as_json_or_as_the_commands_table(capsys) -> None:
+    import json
+
+    tables: list[dict[str, object]] = []
+    assert print_figures({"ratio": 1.5}, as_json=True, table=tables.append) == 0
+    line = capsys.readouterr().out
+    assert json.loads(line) == {"ratio": 1.5, "machine": describe_machine()}
+    assert line.count("\n") == 1 and not tables  # one object, one line
+    print_figures({"ratio": 1.5}, as_json=False, table=tables.append)
+    assert tables == [{"ratio": 1.5, "machine": describe_machine()}]
+    assert capsys.readouterr().out == ""
+    print_figures({"ratio": 1.5}, as_json=False)  # no table: the JSON, indented
+    assert json.loads(capsys.readouterr().out)["ratio"] == 1.5
