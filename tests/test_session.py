@@ -230,6 +230,7 @@ def test_chatbot_yaml_loads_with_its_backend_section(tmp_path, monkeypatch):
     session = ChatSession.from_yaml(EXAMPLES / "pipelines" / "chatbot.yaml", backend=backend)
     assert [s.type_name for s in session.pipeline.stages] == [
         "retriever",
+        "relevance_filter",
         "semantic_cache",
         "summarizer",
     ]
@@ -305,6 +306,40 @@ def test_chatbot_example_prompt_only_grows_between_its_rare_folds(tmp_path):
         previous = result
     assert folds <= 1
     assert rewrites <= 4
+
+
+# What the answer to each knowledge question of the support chat must contain.
+KNOWLEDGE_ANSWERS = {
+    "How do I factory-reset a Lumen bulb?": "off and on five times",
+    "What does a solid amber light on the Hub 2 mean?": "no internet",
+    "How long is the warranty on the Thermo T3?": "3-year warranty",
+    "How many days do I have to return a device?": "within 30 days",
+    "Can I use the Plug Mini with a space heater?": "Never use it with space heaters",
+    "What does error E4 on the thermostat mean?": "E4: the C-wire is missing",
+    "How long does express shipping take?": "Express shipping takes 1 to 2 business days",
+    "How many days of clips does the Cam Indoor keep?": "7 days free",
+}
+
+
+@pytest.mark.models
+def test_chatbot_example_places_the_answer_it_retrieved_for_each_knowledge_question(tmp_path):
+    """``chatbot.yaml`` places half of what it retrieves: never the half without the answer.
+
+    The system prompt of the example states these answers too, so only the placed
+    documents are looked at.
+    """
+    from ctxproto.bench.chat_paths import build_chat_pipeline
+    from ctxproto.bench.chat_workload import KB_QUESTIONS
+    from ctxproto.messages import Message
+
+    pipeline = build_chat_pipeline(tmp_path, EXAMPLES)
+    assert set(KNOWLEDGE_ANSWERS) == {question for question, _ in KB_QUESTIONS}
+    for question, answer in KNOWLEDGE_ANSWERS.items():
+        result = pipeline.run(Context(query=Message(role="user", content=question)))
+        placed = [d.text for d in result.context.documents]
+        filtered = next(r for r in result.reports if r.name == "relevance_filter")
+        assert any(answer in text for text in placed), (question, placed)
+        assert filtered.tokens_out < filtered.tokens_in
 
 
 def test_the_prefix_cache_keeps_only_what_the_next_turn_repeats(tmp_path):

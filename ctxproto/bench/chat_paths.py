@@ -267,7 +267,8 @@ class KnowledgeSetup:
 
     ``retriever`` overrides the retriever's parameters of ``chatbot.yaml``;
     ``after_retriever`` are stage specs placed right after it (a relevance
-    filter that compresses what was retrieved, say).
+    filter that compresses what was retrieved, say), instead of the document
+    filters ``chatbot.yaml`` has there.
     """
 
     store: Path
@@ -289,6 +290,8 @@ def build_chat_pipeline(
     data, _ = load_chatbot_config(config)
     stages: list[dict[str, Any]] = []
     for spec in data.get("stages", []):
+        if knowledge is not None and _filters_documents(spec):
+            continue
         parameter = _STATE_PARAMETERS.get(spec.get("type"))
         if parameter:
             spec.setdefault("init_parameters", {})[parameter] = str(workdir / spec["type"])
@@ -303,6 +306,11 @@ def build_chat_pipeline(
         base.add_documents(read_documents(examples / "knowledge"))
         base.save()
     return pipeline
+
+
+def _filters_documents(spec: dict[str, Any]) -> bool:
+    targets = spec.get("init_parameters", {}).get("targets", ())
+    return spec.get("type") == "relevance_filter" and list(targets) == ["documents"]
 
 
 def ctxproto_turns(

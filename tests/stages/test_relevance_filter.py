@@ -161,3 +161,38 @@ def test_very_long_and_odd_inputs_do_not_crash(counter):
     result = RelevanceFilter(max_tokens=50, granularity="sentence").run(context, counter)
     kept = [d.text for d in result.context.documents]
     assert sum(counter.count(t) for t in kept) <= 50
+
+
+def test_a_sentence_naming_the_querys_code_outranks_a_likelier_looking_one(counter):
+    """MiniLM scores the E7 line above the E4 line for a question about E4; the
+    sentence that names the code the user asked about must be the one kept."""
+    codes = (
+        "- E4: the C-wire is missing or loose; check the wiring or install the adapter kit.\n"
+        "- E7: a remote temperature sensor is out of range; move it closer or replace its "
+        "battery.\n"
+        "- E9: the HVAC system did not respond for 30 minutes; check the breaker."
+    )
+    context = Context(
+        documents=[Document(id="errors", text=codes)],
+        query=Message(role="user", content="What is error code E4 on the Thermo T3?"),
+    )
+    one_line = counter.count(codes.splitlines()[1]) + 1
+
+    def kept(stage: RelevanceFilter) -> str:
+        return stage.run(context, counter).context.documents[0].text
+
+    by_cosine = RelevanceFilter(
+        max_tokens=one_line, granularity="sentence", targets=["documents"], fact_boost=0
+    )
+    assert "E7" in kept(by_cosine)
+    default = RelevanceFilter(max_tokens=one_line, granularity="sentence", targets=["documents"])
+    assert kept(default).startswith("- E4: the C-wire")
+
+
+def test_a_fact_every_piece_names_lifts_none_over_min_score(counter):
+    context = Context(
+        documents=[Document(id=f"d{i}", text=t + " Paris.") for i, t in enumerate(DOCS)],
+        query=Message(role="user", content="Which of these is about Paris?"),
+    )
+    stage = RelevanceFilter(min_score=0.9, targets=["documents"], fact_boost=5)
+    assert stage.run(context, counter).context.documents == []
