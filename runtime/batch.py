@@ -85,10 +85,11 @@ class DecodeBatch:
         self.lengths = [n + 1 for n in self.lengths]
         return out.logits[:, -1, :]
 
-    def verify(self, draft: list[int]) -> list[int]:
+    def verify(self, draft: list[int], banned: frozenset[int] = frozenset()) -> list[int]:
         """Feed the one running row its last token and ``draft`` in one forward pass.
 
-        Returns the greedy choice after each fed token (``len(draft) + 1`` ids). The
+        Returns the greedy choice after each fed token (``len(draft) + 1`` ids), never
+        one of ``banned``. The
         KV of every fed token is kept; ``rewind`` drops what the caller rejects.
         A float LM head is applied as ``weight @ hidden.T``: for a few rows that
         product streams the 49k x 576 weight once, where ``linear`` took twice as
@@ -108,10 +109,13 @@ class DecodeBatch:
         self.lengths = [start + len(fed)]
         head = self._model.get_output_embeddings()
         if rescores_in_float(head):  # one-token steps rank with its rescoring: so must this
-            return [int(choice) for choice in head(hidden).argmax(-1).tolist()]
-        logits = torch.mm(head.weight, hidden.T)
-        if getattr(head, "bias", None) is not None:
-            logits += head.bias.unsqueeze(1)
+            logits = head(hidden).T
+        else:
+            logits = torch.mm(head.weight, hidden.T)
+            if getattr(head, "bias", None) is not None:
+                logits += head.bias.unsqueeze(1)
+        if banned:
+            logits[list(banned)] = float("-inf")
         return [int(choice) for choice in logits.argmax(0).tolist()]
 
     def rewind(self, length: int) -> None:

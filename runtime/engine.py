@@ -203,7 +203,8 @@ class Engine:
             params=params,
             max_new_tokens=min(params.max_new_tokens, self.context_window - len(prompt)),
             text=IncrementalDetokenizer(self.tokenizer, params.stop),
-            eos_ids=self._eos_ids,
+            eos_ids=frozenset() if params.ignore_eos else self._eos_ids,
+            banned_ids=self._eos_ids if params.ignore_eos else frozenset(),
             generator=request_generator(params, self.model.device),
             namespace=cache_namespace,
             cache_tokens=cache_tokens,
@@ -336,7 +337,9 @@ class Engine:
             kv = row_kv_slice(past, 0, 0)
             kept = request.cacheable(prompt)
             self._relock(request, self.cache.insert(kept, kv, request.namespace))
-        request.add_token(sample_next(out.logits[0, -1], request.params, request.generator))
+        request.add_token(
+            sample_next(out.logits[0, -1], request.params, request.generator, request.banned_ids)
+        )
         request.forward_passes += 1
         return past
 
@@ -349,7 +352,9 @@ class Engine:
             if request.cancelled.is_set():
                 request.finish_reason = "cancelled"
             else:
-                request.add_token(sample_next(logits[row], request.params, request.generator))
+                request.add_token(
+                    sample_next(logits[row], request.params, request.generator, request.banned_ids)
+                )
                 request.forward_passes += 1
             if request.finish_reason is None:
                 keep.append(row)
@@ -377,7 +382,7 @@ class Engine:
         if not draft:
             return False
         start = self._batch.lengths[0]
-        choices = self._batch.verify(draft)
+        choices = self._batch.verify(draft, request.banned_ids)
         request.forward_passes += 1
         accepted = 0
         while accepted < len(draft) and draft[accepted] == choices[accepted]:

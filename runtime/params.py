@@ -31,6 +31,10 @@ class GenerationParams(BaseModel):
     """Strings that end the answer; the matched string is not part of the text."""
     seed: int | None = None
     """Seed of the request's own random generator, for reproducible sampling."""
+    ignore_eos: bool = False
+    """Generate ``max_new_tokens`` tokens whatever the model says: its end-of-sequence
+    token does not end the answer (a stop string still does). For benchmarks that
+    compare answers of one length; vLLM and llama.cpp's server take the same name."""
     cache_messages: int | None = Field(default=None, ge=0)
     """How many leading messages the next request will send again: the prefix cache
     keeps the KV of those only, not of the rest of the prompt nor of the answer.

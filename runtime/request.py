@@ -35,6 +35,10 @@ class Request:
     max_new_tokens: int
     text: IncrementalDetokenizer
     eos_ids: frozenset[int]
+    banned_ids: frozenset[int] = frozenset()
+    """Tokens never chosen: the end-of-sequence ones under ``ignore_eos``, so the answer
+    goes on as the model would continue it, as transformers' ``min_new_tokens`` and
+    llama.cpp's ``ignore_eos`` do."""
     generator: Any = None
     namespace: str = ""
     cache_tokens: int | None = None

@@ -29,9 +29,14 @@ def request_generator(params: GenerationParams, device: Any) -> Any:
     return generator
 
 
-def sample_next(logits: Any, params: GenerationParams, generator: Any) -> int:
-    """Next token id from one row of logits ``[vocab]``."""
+def sample_next(
+    logits: Any, params: GenerationParams, generator: Any, banned: frozenset[int] = frozenset()
+) -> int:
+    """Next token id from one row of logits ``[vocab]``, never one of ``banned``."""
     torch = require("torch", extra="runtime")
+    if banned:
+        logits = logits.clone()
+        logits[list(banned)] = float("-inf")
     if params.greedy:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)

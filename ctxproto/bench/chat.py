@@ -82,6 +82,9 @@ class Serving:
     ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs;
     ``speculate=False`` turns their speculative decoding off, whose gain depends on
     what the answers say (an answer that loops is confirmed in fewer forwards).
+    ``fixed_length`` makes every answer the model writes, on every path,
+    ``max_new_tokens`` long (its end-of-sequence token ignored), so that a path
+    whose answers happen to end early is not counted faster for it.
     """
 
     round_robin: bool = False
@@ -90,11 +93,13 @@ class Serving:
     knowledge: KnowledgeSetup | None = None
     quantize: QuantizeMode = "auto"
     speculate: bool = True
+    fixed_length: bool = False
 
 
 def add_engine_arguments(parser: Any) -> None:
     """``--quantize`` and ``--no-speculate``: how our engine runs on the paths on it
-    (``Serving.quantize``, ``Serving.speculate``)."""
+    (``Serving.quantize``, ``Serving.speculate``); ``--fixed-length``: how long every
+    path's answers are (``Serving.fixed_length``)."""
     from ctxproto.runtime.engine import QUANTIZE_MODES
 
     parser.add_argument(
@@ -110,11 +115,19 @@ def add_engine_arguments(parser: Any) -> None:
         help="our engine decodes one token per forward on the engine and ctxproto paths, so "
         "the decode rate no longer depends on what the answers say (docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="every answer on every path is --max-new-tokens long, the end-of-sequence token "
+        "ignored, so that answers ending early do not count as speed (docs/benchmarks.md)",
+    )
 
 
 def engine_serving(args: argparse.Namespace) -> Serving:
     """The ``Serving`` of the options ``add_engine_arguments`` added to a command."""
-    return Serving(quantize=args.quantize, speculate=not args.no_speculate)
+    return Serving(
+        quantize=args.quantize, speculate=not args.no_speculate, fixed_length=args.fixed_length
+    )
 
 
 def engine_options(serving: Serving) -> dict[str, Any]:
@@ -276,6 +289,7 @@ def run_paths(
         quantize=resolve_quantize(serving.quantize),
         # What ran: the engine turns speculation off itself in the int8 and bf16 modes.
         speculate_by_path={path: engine.speculate for path, engine in engines.items()},
+        fixed_length=serving.fixed_length,
         device="cpu",
         turns=[vars(r) for r in records["ctxproto"]],
     )
@@ -345,6 +359,7 @@ def _turns(
             counter,
             window_tokens=window_tokens,
             round_robin=round_robin,
+            fixed_length=serving.fixed_length,
         )
     if path in FULL_HISTORY_PATHS:
         return full_history_turns(
@@ -355,6 +370,7 @@ def _turns(
             counter,
             window_tokens=window_tokens,
             round_robin=round_robin,
+            fixed_length=serving.fixed_length,
         )
     return ctxproto_turns(
         scripts,
@@ -364,6 +380,7 @@ def _turns(
         backend,
         round_robin=serving.round_robin,
         knowledge=serving.knowledge,
+        fixed_length=serving.fixed_length,
     )
 
 

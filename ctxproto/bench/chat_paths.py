@@ -139,8 +139,11 @@ def generate_turns(
     *,
     window_tokens: int | None = None,
     round_robin: bool = False,
+    fixed_length: bool = False,
 ) -> Iterator[TurnRecord]:
-    """Full history, plain ``generate``, greedy: one record per turn as it is served."""
+    """Full history, plain ``generate``, greedy: one record per turn as it is served.
+
+    ``fixed_length``: every answer is ``max_new_tokens`` long, as on every path."""
     import torch
 
     from ctxproto.models.loader import load_causal_lm, load_tokenizer
@@ -158,6 +161,7 @@ def generate_turns(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if fixed_length else None,
                 do_sample=False,
                 streamer=clock,
                 pad_token_id=tokenizer.eos_token_id,
@@ -186,11 +190,12 @@ def full_history_turns(
     *,
     window_tokens: int | None = None,
     round_robin: bool = False,
+    fixed_length: bool = False,
 ) -> Iterator[TurnRecord]:
     """Full history through ``backend`` (its own prefix cache decides what is recomputed)."""
     from ctxproto.runtime import GenerationParams
 
-    params = GenerationParams(max_new_tokens=max_new_tokens)
+    params = GenerationParams(max_new_tokens=max_new_tokens, ignore_eos=fixed_length)
 
     def serve(messages: list[dict[str, str]]) -> _Served:
         start = time.perf_counter()
@@ -322,13 +327,14 @@ def ctxproto_turns(
     *,
     round_robin: bool = False,
     knowledge: KnowledgeSetup | None = None,
+    fixed_length: bool = False,
 ) -> Iterator[TurnRecord]:
     """Every session through one ``ChatSession`` pipeline in front of ``backend``."""
     from ctxproto.runtime import GenerationParams
 
     with tempfile.TemporaryDirectory(prefix="ctxproto-bench-") as tmp:
         pipeline = build_chat_pipeline(Path(tmp), examples, knowledge)
-        params = GenerationParams(max_new_tokens=max_new_tokens)
+        params = GenerationParams(max_new_tokens=max_new_tokens, ignore_eos=fixed_length)
         sessions = [
             ChatSession(
                 pipeline,

@@ -211,9 +211,10 @@ def run_suite(
 ) -> dict[str, Any]:
     """Each workload through its paths; per workload the figures of ``bench chat``.
 
-    Of ``engine`` only ``quantize`` and ``speculate`` are read: how our engine runs (the
-    defaults when None); each workload sets the rest of its own ``Serving``. ``log`` is
-    told when each workload starts and how long it took.
+    Of ``engine`` only ``quantize``, ``speculate`` and ``fixed_length`` are read: how
+    our engine runs and how long the answers are (the defaults when None); each
+    workload sets the rest of its own ``Serving``. ``log`` is told when each workload
+    starts and how long it took.
     """
     results: dict[str, Any] = {}
     for number, workload in enumerate(workloads, 1):
@@ -225,7 +226,12 @@ def run_suite(
         with tempfile.TemporaryDirectory(prefix="ctxproto-suite-") as tmp:
             scripts, serving = _conversations(workload, size, Path(tmp), seed)
             options = engine or Serving()
-            serving = replace(serving, quantize=options.quantize, speculate=options.speculate)
+            serving = replace(
+                serving,
+                quantize=options.quantize,
+                speculate=options.speculate,
+                fixed_length=options.fixed_length,
+            )
             result = run_paths(
                 scripts,
                 max_new_tokens,

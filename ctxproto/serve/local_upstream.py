@@ -123,6 +123,7 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
         "top_p": body.get("top_p"),
         "stop": [stop] if isinstance(stop, str) else stop,
         "seed": body.get("seed"),
+        "ignore_eos": body.get("ignore_eos"),
     }
     return GenerationParams(**{k: v for k, v in fields.items() if v is not None})
 

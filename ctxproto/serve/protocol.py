@@ -98,6 +98,9 @@ class ChatCompletionRequest(_Wire):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool | None = Field(
+        default=None, description="vLLM's and llama.cpp's: answer max_tokens tokens long."
+    )
     n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is served.")
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -98,6 +98,8 @@ class OpenAIBackend(Backend):
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.ignore_eos:
+            body["ignore_eos"] = True  # vLLM and llama.cpp's server; not OpenAI's API
         if self.cache_salt:
             body["cache_salt"] = self.cache_salt  # vLLM: no prefix sharing across salts
         data = json.dumps(body).encode()

@@ -145,3 +145,20 @@ def test_switched_off(lm):
     with Engine(speculate=False) as engine:
         ids, _, _, forwards = answer(engine, COPYING[2])
     assert forwards == len(ids)
+
+
+@pytest.mark.parametrize(("messages", "length"), [(NOT_COPYING[1], 48), (COPYING[0], 100)])
+def test_ignore_eos_goes_on_where_the_model_would_stop_with_or_without_drafts(
+    reference, speculating, messages, length
+):
+    """Under ``ignore_eos`` an answer is ``max_new_tokens`` long: the end-of-sequence
+    token is never chosen, by a one-token step or by a verified draft, and the
+    tokens before the point where the model would have stopped are its own."""
+    stopped, *_ = answer(reference, messages, GenerationParams(max_new_tokens=length))
+    assert len(stopped) < length
+    params = GenerationParams(max_new_tokens=length, ignore_eos=True)
+    ids, text, reason, _ = answer(speculating, messages, params)
+    assert (ids, text, reason) == answer(reference, messages, params)[:3]
+    assert len(ids) == length and reason == "length"
+    assert speculating.tokenizer.eos_token_id not in ids
+    assert ids[: len(stopped) - 1] == stopped[:-1]

@@ -79,6 +79,18 @@ def test_generate_over_http_equals_local(server, engine):
     assert 0 < remote.metrics.ttft_ms <= remote.metrics.latency_ms
 
 
+def test_ignore_eos_travels_over_http(server, engine):
+    """vLLM's and llama.cpp's ``ignore_eos``: the backend sends it, the server honours it."""
+    messages = chat("What is 17 times 23?")
+    plain = engine.generate(messages, GenerationParams(max_new_tokens=64))
+    assert plain.metrics.output_tokens < 64
+    fixed = GenerationParams(max_new_tokens=64, ignore_eos=True)
+    remote = OpenAIBackend(server.url).generate(messages, fixed)
+    assert remote.metrics.output_tokens == 64
+    assert remote.finish_reason == "length"
+    assert remote.text == engine.generate(messages, fixed).text
+
+
 def test_stream_and_async_over_http(server, engine):
     backend = OpenAIBackend(server.url)
     deltas = list(backend.stream(MESSAGES, GREEDY))
