@@ -132,7 +132,8 @@ class RelevanceFilter(Stage):
         return boosted
 
     def _boost_facts(self, scores: list[float], pieces: list[_Piece], query: str) -> list[float]:
-        facts = [f for f in fact_strings(query) if any(c.isupper() or c.isdigit() for c in f)]
+        # A lone digit or a lowercase word ("of", caught between two names) names little.
+        facts = [f for f in fact_strings(query) if len(f) > 1 and not (f.isalpha() and f.islower())]
         if not self.fact_boost or not facts:
             return scores
         boosted = list(scores)
@@ -155,9 +156,11 @@ class RelevanceFilter(Stage):
 
 
 def _naming(fact: str) -> re.Pattern[str]:
-    """Where a text names ``fact``: the same characters, any case, not inside a longer
-    word or number ("E4" is not in "E40")."""
-    return re.compile(rf"(?<![^\W_]){re.escape(fact)}(?![^\W_])", re.IGNORECASE)
+    """Where a text names ``fact``: the same characters, in any case only where the fact
+    has lowercase letters ("US" is not "us"), not inside a longer word or number ("E4"
+    is not in "E40", "Hub 2" not in "Hub 2.1")."""
+    flags = re.IGNORECASE if any(c.islower() for c in fact) else 0
+    return re.compile(rf"(?<![^\W_])(?<!\d[.,]){re.escape(fact)}(?![.,]\d)(?![^\W_])", flags)
 
 
 def _unit_texts(units: list[Unit], pieces: list[_Piece], keep: list[bool]) -> list[str | None]:

@@ -89,3 +89,20 @@ def test_a_cache_hit_keeps_a_fact_when_the_answer_it_replays_was_written_with_it
     assert not asked.semantic_hit and asked.fact_in_prompt is True
     assert replayed.semantic_hit and replayed.answer == asked.answer
     assert replayed.fact_in_prompt is True
+
+
+def test_a_knowledge_setup_replaces_the_chatbots_document_filter(tmp_path):
+    """The RAG workload compresses what it retrieves its own way (rate 0.3), instead of,
+    not on top of, ``chatbot.yaml``'s filter (rate 0.5)."""
+    from ctxproto.bench.chat_paths import KnowledgeSetup, build_chat_pipeline
+    from ctxproto.bench.rag_workload import knowledge_setup
+    from ctxproto.stages.relevance_filter import RelevanceFilter
+
+    plain = build_chat_pipeline(tmp_path / "plain", examples_dir())
+    own = [s for s in plain.stages if isinstance(s, RelevanceFilter)]
+    assert [f.rate for f in own] == [0.5]
+    setup: KnowledgeSetup = knowledge_setup(tmp_path / "store")
+    rag = build_chat_pipeline(tmp_path / "rag", examples_dir(), setup)
+    filters = [s for s in rag.stages if isinstance(s, RelevanceFilter)]
+    assert [f.rate for f in filters] == [0.3]
+    assert [s.type_name for s in rag.stages].index("relevance_filter") == 1

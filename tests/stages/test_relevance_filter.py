@@ -1,10 +1,11 @@
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctxproto import Context, Message
 from ctxproto.documents import Document
 from ctxproto.pipeline import Pipeline
-from ctxproto.stages.relevance_filter import RelevanceFilter
+from ctxproto.stages.relevance_filter import RelevanceFilter, _naming
 
 DOCS = [
     "Bananas are rich in potassium and grow in tropical climates.",
@@ -196,3 +197,25 @@ def test_a_fact_every_piece_names_lifts_none_over_min_score(counter):
     )
     stage = RelevanceFilter(min_score=0.9, targets=["documents"], fact_boost=5)
     assert stage.run(context, counter).context.documents == []
+    one_names_it = context.model_copy(
+        update={"documents": [Document(id=f"d{i}", text=t) for i, t in enumerate(DOCS)]}
+    )
+    kept = stage.run(one_names_it, counter).context.documents
+    assert [d.id for d in kept] == ["d1", "d3"]  # the two that name Paris
+
+
+@pytest.mark.parametrize(
+    ("fact", "text", "named"),
+    [
+        ("E4", "- E4: the C-wire is missing", True),
+        ("E4", "error E40 on the display", False),
+        ("US", "tell us about it", False),
+        ("US", "we ship within the US.", True),
+        ("Paris", "flights to paris", True),
+        ("Hub 2", "the Hub 2.1 firmware", False),
+        ("15", "supports 15 A loads", True),
+        ("15", "version 1.15", False),
+    ],
+)
+def test_a_fact_is_named_whole(fact, text, named):
+    assert bool(_naming(fact).search(text)) is named
