@@ -91,6 +91,7 @@ def test_a_cache_hit_keeps_a_fact_when_the_answer_it_replays_was_written_with_it
     assert replayed.fact_in_prompt is True
 
 
+@pytest.mark.models
 def test_a_knowledge_setup_replaces_the_chatbots_document_filter(tmp_path):
     """The RAG workload compresses what it retrieves its own way (rate 0.3), instead of,
     not on top of, ``chatbot.yaml``'s filter (rate 0.5)."""

@@ -106,6 +106,9 @@ def test_no_speculate_reaches_the_engine_options_of_both_commands(command):
     assert options("--no-speculate")["speculate"] is False
     assert options()["speculate"] is True
     assert options("--quantize", "int8")["quantize"] == "int8"
+    parsed = build_parser().parse_args(["bench", command, "--fixed-length"])
+    assert engine_serving(parsed).fixed_length is True
+    assert engine_serving(build_parser().parse_args(["bench", command])).fixed_length is False
 
 
 def test_the_comparison_fits_80_columns_and_says_when_our_engine_did_not_speculate(capsys):
