@@ -20,6 +20,12 @@ def doc_context(query: str = "Tell me about Paris, France.") -> Context:
     return Context(documents=documents, query=Message(role="user", content=query))
 
 
+def one_document(text: str, query: str) -> Context:
+    return Context(
+        documents=[Document(id="doc", text=text)], query=Message(role="user", content=query)
+    )
+
+
 def test_keeps_most_relevant_documents_in_original_order(counter):
     budget = counter.count(DOCS[1]) + counter.count(DOCS[3])
     result = RelevanceFilter(max_tokens=budget, targets=["documents"]).run(doc_context(), counter)
@@ -41,10 +47,7 @@ def test_sentence_granularity_keeps_the_needle_sentence(counter):
         "The access code for the cobalt vault is QX-4821-B. "
         "Investors like growth. Users want something they love."
     )
-    context = Context(
-        documents=[Document(id="essay", text=haystack)],
-        query=Message(role="user", content="What is the access code for the cobalt vault?"),
-    )
+    context = one_document(haystack, "What is the access code for the cobalt vault?")
     stage = RelevanceFilter(max_tokens=20, granularity="sentence", targets=["documents"])
     result = stage.run(context, counter)
     text = result.context.documents[0].text
@@ -173,10 +176,7 @@ def test_a_sentence_naming_the_querys_code_outranks_a_likelier_looking_one(count
         "battery.\n"
         "- E9: the HVAC system did not respond for 30 minutes; check the breaker."
     )
-    context = Context(
-        documents=[Document(id="errors", text=codes)],
-        query=Message(role="user", content="What is error code E4 on the Thermo T3?"),
-    )
+    context = one_document(codes, "What is error code E4 on the Thermo T3?")
     one_line = counter.count(codes.splitlines()[1]) + 1
 
     def kept(stage: RelevanceFilter) -> str:
