@@ -49,11 +49,11 @@ class RelevanceFilter(Stage):
     changes.
 
     ``fact_boost`` adds up to that much to a piece for each fact of the query it
-    names (a number, code or name, ``protected_spans.fact_strings``), less the
-    rarer the fact is among the pieces: a fact that every piece names tells
-    none apart. MiniLM embeds "E4" and "E7", or two order numbers, almost
-    alike: asked "What is error code E4 on the Thermo T3?", the sentence about
-    E7 outscored the one about E4, and the answer was cut.
+    names (a number, code or name, ``protected_spans.fact_strings``), the more
+    the fewer pieces name it: a fact that every piece names tells none apart.
+    MiniLM embeds "E4" and "E7", or two order numbers, almost alike: asked
+    "What is error code E4 on the Thermo T3?", the sentence about E7
+    outscored the one about E4, and the answer was cut.
     """
 
     max_tokens: int | None = Field(default=None, ge=0, description="Token budget for kept pieces.")
