@@ -217,7 +217,13 @@ async def _chat_completions(request: Request) -> Response:
             400, "stateful mode needs an x-session-id header or a 'user'", code="missing_session"
         )
     no_cache = "no-cache" in headers.get("cache-control", "").lower()
-    use_cache = not no_cache and headers.get("x-ctxproto-cache", "").lower() != "bypass"
+    # An ignore_eos answer is padded to max_tokens: neither an answer to file for
+    # other clients nor one a cached answer of natural length would satisfy.
+    use_cache = (
+        not no_cache
+        and not chat.ignore_eos
+        and headers.get("x-ctxproto-cache", "").lower() != "bypass"
+    )
     state.tenants.enter(tenant)
     turn: Turn | None = None
     streaming = False

@@ -132,8 +132,7 @@ class RelevanceFilter(Stage):
         return boosted
 
     def _boost_facts(self, scores: list[float], pieces: list[_Piece], query: str) -> list[float]:
-        # A lone digit or a lowercase word ("of", caught between two names) names little.
-        facts = [f for f in fact_strings(query) if len(f) > 1 and not (f.isalpha() and f.islower())]
+        facts = [f for f in fact_strings(query) if len(f) > 1]  # a lone digit names little
         if not self.fact_boost or not facts:
             return scores
         boosted = list(scores)

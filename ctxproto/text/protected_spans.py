@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 _NAME_WORD = r"[A-Z][a-z'’\-]+"
+_NAME_CONNECTORS = "of|de|da|van|von|del|la"
+"""Lower-case words inside a name ("Bank of America"), never at either end of one."""
 _BUILT_IN: dict[str, re.Pattern[str]] = {
     "code": re.compile(r"```.*?```|`[^`\n]+`", re.DOTALL),
     "url": re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)]"),
@@ -38,7 +40,7 @@ _BUILT_IN: dict[str, re.Pattern[str]] = {
         r"|\b[a-z]+[A-Z][A-Za-z0-9]*\b"  # camelCase
         r"|\b[A-Z]{2,}[A-Z0-9]*\b"  # ACRONYM
     ),
-    "name": re.compile(rf"\b{_NAME_WORD}(?:\s+(?:{_NAME_WORD}|of|de|da|van|von|del|la)\b)*"),
+    "name": re.compile(rf"\b{_NAME_WORD}(?:(?:\s+(?:{_NAME_CONNECTORS}))*\s+{_NAME_WORD})*"),
 }
 
 FACT_KINDS = ("number", "name", "identifier", "email", "url")
@@ -55,6 +57,7 @@ _STARTER_WORDS = """
     while who why will with would yes yet you your hi hello hey user assistant system tool
 """
 _SENTENCE_STARTERS = frozenset(_STARTER_WORDS.split())
+_CONNECTOR_WORDS = frozenset(_NAME_CONNECTORS.split("|"))
 
 
 @dataclass(frozen=True, order=True)
@@ -111,14 +114,18 @@ def fact_strings(text: str) -> set[str]:
 
 
 def _name_span(match: re.Match[str]) -> Span | None:
-    """A capitalized run, minus a leading sentence starter ("When Alice" -> "Alice")."""
+    """A capitalized run, minus a leading sentence starter and the connectors after it
+    ("When Alice" -> "Alice", "Which of Alice's" -> "Alice's")."""
     words = match.group().split()
-    start = match.start()
-    if words[0].lower() in _SENTENCE_STARTERS:
-        if len(words) == 1:
-            return None
-        start = match.start() + match.group().index(words[1], len(words[0]))
-    return Span(start, match.end())
+    if words[0].lower() not in _SENTENCE_STARTERS:
+        return Span(match.start(), match.end())
+    rest = 1
+    while rest < len(words) and words[rest] in _CONNECTOR_WORDS:
+        rest += 1
+    if rest == len(words):
+        return None
+    offset = match.group().index(words[rest], len(words[0]))
+    return Span(match.start() + offset, match.end())
 
 
 def merge_spans(spans: Iterable[Span]) -> list[Span]:

@@ -148,6 +148,25 @@ def test_cache_hit_is_replayed_as_a_stream(proxy, scripted):
     assert bypass.headers["x-ctxproto-cache"] == "bypass" and len(scripted.bodies) == posts + 1
 
 
+def test_an_answer_padded_past_its_end_is_neither_served_from_nor_filed_in_the_cache(
+    proxy, scripted
+):
+    question = [{"role": "user", "content": "How long does the K2 kettle take to boil?"}]
+    padded = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, extra_body={"ignore_eos": True}
+    )
+    assert padded.headers["x-ctxproto-cache"] == "bypass"
+    assert scripted.bodies[-1]["ignore_eos"] is True
+    first = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
+    assert first.headers["x-ctxproto-cache"] == "miss"  # the padded answer was not filed
+    again = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, extra_body={"ignore_eos": True}
+    )
+    assert again.headers["x-ctxproto-cache"] == "bypass"  # nor is the cached one served
+
+
 def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
     history = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 40}
