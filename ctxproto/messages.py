@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["FunctionCall", "Message", "Role", "ToolCall"]
+__all__ = ["FunctionCall", "Message", "Role", "ToolCall", "known_fields"]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -76,3 +76,22 @@ class Message(BaseModel):
     def to_openai(self) -> dict[str, Any]:
         """The wire form: OpenAI chat message fields only (no ``pinned``)."""
         return self.model_dump(exclude_none=True, exclude={"pinned"})
+
+
+_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+_CALL_FIELDS = ("id", "type", "function")
+
+
+def known_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message dict with only the fields ``Message`` models, set ones only.
+
+    What OpenAI returns carries more (an assistant message's ``refusal`` and
+    ``annotations``, a streamed tool call's ``index``); clients send it back as
+    history, and ``Message`` would refuse it.
+    """
+    plain = {k: message[k] for k in _FIELDS if message.get(k) is not None}
+    if plain.get("tool_calls"):
+        plain["tool_calls"] = [
+            {k: call[k] for k in _CALL_FIELDS if k in call} for call in plain["tool_calls"]
+        ]
+    return plain

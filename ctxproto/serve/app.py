@@ -49,7 +49,7 @@ from ctxproto.serve.protocol import (
     completion_id,
 )
 from ctxproto.serve.state import ProxyState
-from ctxproto.serve.tenancy import session_id
+from ctxproto.serve.tenancy import conversation_session, named_session
 
 if TYPE_CHECKING:
     from ctxproto.mcp.http import McpEndpoint
@@ -211,18 +211,25 @@ async def _chat_completions(request: Request) -> Response:
         )
     headers = request.headers
     stateful = headers.get("x-ctxproto-session-mode", state.session_mode) == "stateful"
-    session = session_id(headers, chat.user, [] if stateful else body["messages"])
-    if stateful and session.startswith("conv-"):
-        raise APIError(
-            400, "stateful mode needs an x-session-id header or a 'user'", code="missing_session"
-        )
+    session = named_session(headers, chat.user)
+    if session is None:
+        if stateful:
+            raise APIError(
+                400,
+                "stateful mode needs an x-session-id header or a 'user'",
+                code="missing_session",
+            )
+        session = conversation_session(body["messages"])
     no_cache = "no-cache" in headers.get("cache-control", "").lower()
-    # An ignore_eos answer is padded to max_tokens: neither an answer to file for
-    # other clients nor one a cached answer of natural length would satisfy.
     use_cache = (
         not no_cache
-        and not chat.ignore_eos
+        and not chat.answer_shapers
         and headers.get("x-ctxproto-cache", "").lower() != "bypass"
+    )
+    # The stages read text: a request with an image, audio or a file passes as sent,
+    # rather than reach the upstream with those parts dropped.
+    use_pipeline = (
+        headers.get("x-ctxproto-pipeline", "on").lower() != "off" and not chat.has_non_text_content
     )
     state.tenants.enter(tenant)
     turn: Turn | None = None
@@ -234,7 +241,7 @@ async def _chat_completions(request: Request) -> Response:
             session=session,
             stateful=stateful,
             use_cache=use_cache,
-            use_pipeline=headers.get("x-ctxproto-pipeline", "on").lower() != "off",
+            use_pipeline=use_pipeline,
         )
         model = chat.model or state.models[0]
         forward = {**body, "messages": turn.messages}
@@ -286,8 +293,9 @@ async def _answer(
         response.model = model
         await _count(state, turn)
     state.record(turn, response.usage)
-    message = response.choices[0].message if response.choices else None
-    await state.flow.finish(turn, message.model_dump(exclude_none=True) if message else None)
+    choice = response.choices[0] if response.choices else None
+    message = choice.message.model_dump(exclude_none=True) if choice else None
+    await state.flow.finish(turn, message, choice.finish_reason if choice else None)
     return response
 
 
@@ -372,7 +380,7 @@ async def _restamped(
     if turn.answer is None:
         state.metrics.upstream_latency.labels(stream="true").observe(time.perf_counter() - started)
     state.record(turn, usage)
-    await state.flow.finish(turn, answer.message())
+    await state.flow.finish(turn, answer.message(), answer.finish_reason)
 
 
 class _ReleasingStream(StreamingResponse):

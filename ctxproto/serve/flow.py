@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from ctxproto.budget import Budget
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
+from ctxproto.messages import known_fields
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import messages_sent_again
 from ctxproto.serve.config import ServeConfig
@@ -40,7 +41,6 @@ from ctxproto.tokens import TokenCounter
 __all__ = ["CacheStatus", "ContextFlow", "Turn"]
 
 CacheStatus = Literal["hit", "miss", "bypass"]
-_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
 _HISTORY_VERSION = 1
 
 
@@ -149,13 +149,21 @@ class ContextFlow:
             turn.messages = result.prompt.messages
             turn.cache_messages = messages_sent_again(turn.messages, written)
 
-    async def finish(self, turn: Turn, answer: dict[str, Any] | None) -> None:
-        """File the upstream's answer (an assistant message) and release the session."""
+    async def finish(
+        self, turn: Turn, answer: dict[str, Any] | None, finish_reason: str | None = "stop"
+    ) -> None:
+        """File the upstream's answer (an assistant message) and release the session.
+
+        Only an answer that ended of itself (``finish_reason`` "stop") is cached: one
+        cut at a client's ``max_tokens`` would be served whole to the next client.
+        """
         try:
             if answer is None:
                 return
             text = answer.get("content")
-            cacheable = turn.cache == "miss" and not answer.get("tool_calls")
+            cacheable = (
+                turn.cache == "miss" and finish_reason == "stop" and not answer.get("tool_calls")
+            )
             if turn.result is not None and cacheable and isinstance(text, str) and text:
                 await anyio.to_thread.run_sync(self._remember, turn.result, text)
             if turn.stateful_history is not None:
@@ -242,13 +250,7 @@ class ContextFlow:
 
 def _context(messages: list[dict[str, Any]], tenant: str, session: str) -> Context:
     """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
-    plain = [{k: m[k] for k in _MESSAGE_FIELDS if m.get(k) is not None} for m in messages]
-    for message in plain:
-        if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {k: call[k] for k in ("id", "type", "function") if k in call}
-                for call in message["tool_calls"]
-            ]
+    plain = [known_fields(m) for m in messages]
     try:
         request = ChatRequest.model_validate(
             {"messages": plain, "session_id": session, "tenant_id": tenant}

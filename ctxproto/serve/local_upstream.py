@@ -18,6 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from ctxproto.errors import ConfigError
+from ctxproto.messages import known_fields
 from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.request import RequestHandle
@@ -96,7 +97,7 @@ class LocalUpstream(Upstream):
     async def _submit(
         self, body: dict[str, Any], tenant: str, cache_messages: int | None
     ) -> RequestHandle:
-        messages = body["messages"]
+        messages = _text_messages(body["messages"])
         params = generation_params(body)
         if cache_messages is not None:
             params = params.model_copy(update={"cache_messages": cache_messages})
@@ -126,6 +127,21 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
         "ignore_eos": body.get("ignore_eos"),
     }
     return GenerationParams(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as the chat template reads them; a part it cannot read is a 400."""
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        parts = content if isinstance(content, list) else []
+        other = next((p.get("type") for p in parts if p.get("type") != "text"), None)
+        if other is not None:
+            raise ConfigError(
+                f"the bundled runtime's model reads text only, and message {index} "
+                f"has a '{other}' part",
+                key=f"messages[{index}].content",
+            )
+    return [known_fields(message) for message in messages]
 
 
 def _namespace(tenant: str, body: dict[str, Any]) -> str:

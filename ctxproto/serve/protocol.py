@@ -97,7 +97,7 @@ class ChatCompletionRequest(_Wire):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="An int64.")
     ignore_eos: bool | None = Field(
         default=None, description="vLLM's and llama.cpp's: answer max_tokens tokens long."
     )
@@ -114,6 +114,37 @@ class ChatCompletionRequest(_Wire):
     @property
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def answer_shapers(self) -> list[str]:
+        """The fields set that shape an answer beyond what it says, so the semantic
+        cache, which files plain answers to plain questions, must neither serve nor
+        file this request's answer: a tool call, a JSON format, an answer cut at a stop
+        string or padded past its end, log-probabilities a cached answer has not."""
+        extra = self.model_extra or {}
+        values = {name: getattr(self, name, None) or extra.get(name) for name in _ANSWER_SHAPERS}
+        return [name for name, value in values.items() if value]
+
+    @property
+    def has_non_text_content(self) -> bool:
+        """Whether a message carries a part that is not text (an image, audio, a file)."""
+        return any(
+            isinstance(message.content, list)
+            and any(part.get("type") != "text" for part in message.content)
+            for message in self.messages
+        )
+
+
+_ANSWER_SHAPERS = (
+    "tools",
+    "tool_choice",
+    "response_format",
+    "stop",
+    "ignore_eos",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+)
 
 
 class PromptTokensDetails(_Wire):

@@ -18,7 +18,7 @@ from typing import Any
 from ctxproto.serve.config import TenantConfig
 from ctxproto.serve.envelope import APIError
 
-__all__ = ["SESSION_HEADERS", "Tenants", "session_id"]
+__all__ = ["SESSION_HEADERS", "Tenants", "conversation_session", "named_session", "session_id"]
 
 SESSION_HEADERS = ("x-session-id", "x-litellm-session-id", "helicone-session-id")
 DEFAULT_TENANT = TenantConfig(id="default", key="unused")
@@ -64,12 +64,20 @@ class Tenants:
 
 def session_id(headers: Mapping[str, str], user: str | None, messages: list[Any]) -> str:
     """The session a stateless request belongs to (see the module docstring)."""
+    return named_session(headers, user) or conversation_session(messages)
+
+
+def named_session(headers: Mapping[str, str], user: str | None) -> str | None:
+    """The session the client named, by a session header or ``user``; ``None`` if neither."""
     for name in SESSION_HEADERS:
         value = headers.get(name)
         if value:
             return value[:200]
-    if user:
-        return f"user-{user[:200]}"
+    return f"user-{user[:200]}" if user else None
+
+
+def conversation_session(messages: list[Any]) -> str:
+    """A session for a client that names none: the hash of the conversation's opening."""
     opening: list[Any] = []
     for message in messages:
         opening.append(message)

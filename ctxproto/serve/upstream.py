@@ -94,7 +94,7 @@ class RemoteUpstream(Upstream):
     ) -> ChatCompletionResponse:
         response = await self._send(self._body(body, tenant, stream=False))
         try:
-            data = json.loads(await response.aread())
+            data = json.loads(await _read(response))
             return ChatCompletionResponse.model_validate(data)
         except ValueError as exc:
             raise APIError(
@@ -183,9 +183,26 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletion
         await response.aclose()
 
 
+async def _read(response: httpx.Response) -> bytes:
+    """The body of a response whose headers came; an upstream that stalls or breaks
+    while sending the rest is a 504 or a 502, as before the headers."""
+    try:
+        return await response.aread()
+    except httpx.TimeoutException:
+        raise APIError(
+            504, "the upstream stopped sending in time", code="upstream_timeout"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise APIError(
+            502, f"the upstream broke off its answer: {type(exc).__name__}", code="upstream_error"
+        ) from None
+
+
 async def _upstream_error(response: httpx.Response) -> APIError:
-    raw = await response.aread()
-    await response.aclose()
+    try:
+        raw = await _read(response)
+    finally:
+        await response.aclose()
     try:
         data: Any = json.loads(raw)
     except ValueError:
@@ -194,13 +211,28 @@ async def _upstream_error(response: httpx.Response) -> APIError:
 
 
 def _normalise(status: int, data: Any, retry_after: str | None) -> APIError:
-    """Any upstream error shape as an ``APIError``; 5xx become 502 (the upstream failed)."""
+    """Any upstream error shape as an ``APIError``.
+
+    A 5xx becomes a 502: the upstream failed. So do 401, 403 and 404, which are
+    about the proxy's own upstream key, model or URL, not the client's: passed on,
+    an SDK would tell the client its key is wrong. Other 4xx (a bad request, a
+    rate limit) are the client's to see and pass on as they are.
+    """
     info = data.get("error") if isinstance(data, dict) else None
     if not isinstance(info, dict):
         info = data if isinstance(data, dict) else {"message": str(data)}
     message = info.get("message") or info.get("detail") or json.dumps(info)[:500]
     code = info.get("code")
     param = info.get("param")
+    if status in (401, 403, 404):
+        # The upstream's words on the proxy's credentials are not the client's to read.
+        said = f": {message}" if status == 404 else ""
+        return APIError(
+            502,
+            f"the upstream refused the proxy's request ({status}{said}); "
+            "the proxy's upstream api_key, model or base_url needs fixing",
+            code=f"upstream_{status}",
+        )
     answered = status if status < 500 else 502
     return APIError(
         answered,

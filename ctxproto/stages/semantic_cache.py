@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -118,15 +119,23 @@ class SemanticCacheLookup(Stage):
         return {f"{self.type_name} {redact_url(self.path)}": self._cache.ping}
 
     def context_key(self, context: Context) -> CacheContext:
-        """What the answer to ``context.query`` depends on besides the query, per ``scope``."""
+        """What the answer to ``context.query`` depends on besides the query, per ``scope``.
+
+        Whatever the scope, the system prompt: an answer written under one set of
+        instructions ("answer in French", another product's assistant) is not an
+        answer under another, and a proxy's clients each send their own.
+        """
         personal = self.personal_in_session and bool(_PERSONAL.search(context.query_text))
-        session = [f"session:{context.session_id or ''}"] if personal else []
+        fixed = [f"session:{context.session_id or ''}"] if personal else []
+        if context.system_prompt:
+            digest = hashlib.sha256(context.system_prompt.encode()).hexdigest()[:32]
+            fixed.append(f"system:{digest}")
         if self.scope == "query":
-            return session[0] if session else None
+            return "\n".join(fixed) if fixed else None
         if self.scope == "documents":
-            return [d.id for d in context.documents] + session
+            return [d.id for d in context.documents] + fixed
         recent = context.history[-self.context_turns :] if self.context_turns else []
-        parts = [*session, context.summary or "", *(f"{m.role}: {m.text}" for m in recent)]
+        parts = [*fixed, context.summary or "", *(f"{m.role}: {m.text}" for m in recent)]
         return "\n".join(parts)
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:

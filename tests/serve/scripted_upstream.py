@@ -5,7 +5,10 @@ A real ASGI app on a real socket (no patched clients): it answers
 ``tools`` are given and the last message is the user's, and obeys commands in
 the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
-``SLOW <seconds>`` (wait between chunks). Every body it gets is recorded.
+``SLOW <seconds>`` (wait between chunks), ``STALL <seconds>`` (send the headers
+and the first bytes of a whole answer, then wait). An answer longer than
+``max_tokens`` words is cut there, with finish reason ``length``. Every body it
+gets is recorded.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ class ScriptedUpstream:
         body = await request.json()
         self.bodies.append(body)
         messages = body["messages"]
-        users = [m.get("content") or "" for m in messages if m["role"] == "user"]
+        users = [_text(m.get("content")) for m in messages if m["role"] == "user"]
         last = messages[-1]
-        command = (last.get("content") or "").split() if last["role"] == "user" else []
+        command = _text(last.get("content")).split() if last["role"] == "user" else []
         if command[:1] == ["FAIL"]:
             status, times, tag = int(command[1]), int(command[2]), command[3]
             if self.failures[tag] < times:
@@ -69,6 +72,10 @@ class ScriptedUpstream:
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        words = (message.get("content") or "").split(" ")
+        if limit and len(words) > limit:
+            message["content"], finish = " ".join(words[:limit]), "length"
         usage = {
             "prompt_tokens": 7,
             "completion_tokens": 3,
@@ -78,9 +85,10 @@ class ScriptedUpstream:
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             choice = {"index": 0, "message": message, "finish_reason": finish}
-            return JSONResponse(
-                {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            )
+            whole = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            if command[:1] == ["STALL"]:
+                return StreamingResponse(_stalled(json.dumps(whole), float(command[1])))
+            return JSONResponse(whole)
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
         return StreamingResponse(
             self._events(base, message, finish, usage, body, delay, command[:1] == ["MIDFAIL"]),
@@ -142,6 +150,19 @@ class ScriptedUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
+
+
+def _text(content: Any) -> str:
+    """A message's text: its string, or its text parts joined."""
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return content or ""
+
+
+async def _stalled(text: str, seconds: float) -> AsyncIterator[bytes]:
+    yield text[:10].encode()
+    await asyncio.sleep(seconds)
+    yield text[10:].encode()
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

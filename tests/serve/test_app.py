@@ -167,6 +167,76 @@ def test_an_answer_padded_past_its_end_is_neither_served_from_nor_filed_in_the_c
     assert again.headers["x-ctxproto-cache"] == "bypass"  # nor is the cached one served
 
 
+def test_an_answer_cut_at_max_tokens_is_not_cached(proxy, scripted):
+    question = [{"role": "user", "content": "Which fuse does the T9 heater take?"}]
+    cut = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, max_tokens=2
+    )
+    assert cut.parse().choices[0].finish_reason == "length"
+    whole = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
+    assert whole.headers["x-ctxproto-cache"] == "miss"  # the cut answer was not filed
+    again = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
+    assert again.headers["x-ctxproto-cache"] == "hit"
+    assert again.parse().choices[0].message.content == whole.parse().choices[0].message.content
+
+
+def test_an_answer_is_reused_only_under_the_same_system_prompt(proxy):
+    def ask(system: str):
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "How do I descale the K4 kettle?"},
+        ]
+        return client(proxy).chat.completions.with_raw_response.create(
+            model="ctxproto", messages=messages
+        )
+
+    assert ask("You answer for Kettle Co.").headers["x-ctxproto-cache"] == "miss"
+    assert ask("You answer in French.").headers["x-ctxproto-cache"] == "miss"
+    assert ask("You answer for Kettle Co.").headers["x-ctxproto-cache"] == "hit"
+
+
+@pytest.mark.parametrize(
+    "shaping",
+    [
+        {"response_format": {"type": "json_object"}},
+        {"stop": ["."]},
+        {"logprobs": True},
+        {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]},
+    ],
+    ids=["response_format", "stop", "logprobs", "tools"],
+)
+def test_a_request_that_shapes_its_answer_skips_the_cache(proxy, shaping):
+    question = [{"role": "user", "content": f"What is in the {next(iter(shaping))} box?"}]
+    assert (
+        client(proxy)
+        .chat.completions.with_raw_response.create(model="ctxproto", messages=question)
+        .headers["x-ctxproto-cache"]
+        == "miss"
+    )
+    shaped = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question, **shaping
+    )
+    assert shaped.headers["x-ctxproto-cache"] == "bypass"
+
+
+def test_a_message_with_an_image_is_forwarded_as_sent(proxy, scripted):
+    content = [
+        {"type": "text", "text": "What animal is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    messages = [*history, {"role": "user", "content": content}]
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=messages
+    )
+    assert scripted.bodies[-1]["messages"] == messages
+    assert raw.headers["x-ctxproto-cache"] == "bypass"
+
+
 def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
     history = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 40}
@@ -202,6 +272,11 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
             "stream_options",
         ),
         (b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}', 404, "model"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "seed": 18446744073709551616}',
+            400,
+            "seed",
+        ),
     ],
 )
 def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body, status, param):

@@ -62,6 +62,31 @@ def test_cached_tokens_zero_is_sent(local_proxy):
     assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
+def test_history_as_openai_returned_it_is_accepted(local_proxy):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "refusal": None, "annotations": []},
+        {"role": "user", "content": "Bye"},
+    ]
+    for pipeline in ("on", "off"):
+        answer = httpx.post(
+            f"{local_proxy.url}/chat/completions",
+            json={"messages": messages, "max_tokens": 1},
+            headers={"x-ctxproto-pipeline": pipeline},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text
+
+
+def test_an_image_for_the_text_only_model_is_a_400_naming_the_part(local_proxy):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What?"}, image]}]}
+    answer = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "messages[0].content"
+    assert "image_url" in answer.json()["error"]["message"]
+
+
 def _idle(engine, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

@@ -71,6 +71,16 @@ def test_stateful_sessions_are_per_tenant(proxy):
     assert answer.choices[0].message.content == "beta | beta"  # nothing of tenant a's "alpha"
 
 
+def test_a_stateful_session_may_be_named_like_a_derived_one(proxy):
+    session = f"conv-{uuid.uuid4().hex[:8]}"
+    headers = {"x-session-id": session, "x-ctxproto-session-mode": "stateful"}
+    for text in ("alpha", "beta"):
+        answer = openai_client(proxy, "key-a").chat.completions.create(
+            model="ctxproto", messages=[{"role": "user", "content": text}], extra_headers=headers
+        )
+    assert answer.choices[0].message.content == "alpha | beta"  # the stored history was used
+
+
 def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
     results: list[object] = []
 

@@ -54,6 +54,24 @@ def test_upstream_400_keeps_its_status_and_message(proxy):
     assert raised.value.body["code"] == "400"
 
 
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_upstream_refusing_the_proxys_credentials_is_a_502(proxy, status):
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f"FAIL {status} 9 {uuid.uuid4().hex}")
+    assert raised.value.status_code == 502  # not the client's key, model or URL
+    assert raised.value.body["code"] == f"upstream_{status}"
+
+
+def test_upstream_stalling_after_its_headers_is_a_504(scripted):
+    upstream = RemoteUpstream(scripted.url, model="scripted", timeout=0.5, retries=0)
+    state = ProxyState(flow=ContextFlow(None), upstream=upstream)
+    with ServerThread(create_app(state)) as server:
+        with pytest.raises(openai.APIStatusError) as raised:
+            ask(server, "STALL 3")
+        assert raised.value.status_code == 504
+        assert raised.value.body["code"] == "upstream_timeout"
+
+
 def test_failure_mid_stream_ends_the_stream_with_an_error_event(proxy):
     stream = ask(proxy, "MIDFAIL one two three four", stream=True)
     with pytest.raises(openai.APIError, match="scripted failure"):
