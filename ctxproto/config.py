@@ -80,9 +80,28 @@ class ConfigLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refusing a key written twice: YAML would keep the later value
+        silently, and what the earlier one said would be lost."""
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key '{key_node.value}' is written twice in one mapping",
+                        key_node.start_mark,
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
     def _refuse(self, problem: str) -> NoReturn:
         mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
         raise yaml.composer.ComposerError(None, None, problem, mark)
+
+
+_NOT_GIVEN: Any = object()
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -97,7 +116,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {_yaml_problem(exc)}", file=file) from exc
     if data is None:
-        data = {}
+        raise ConfigError("the config is empty", file=file, expected="key: value pairs")
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping", file=file, expected="key: value pairs")
     return data
@@ -113,16 +132,21 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def validation_error_to_config_error(
-    exc: Exception, *, file: str | None = None, prefix: str = ""
+    exc: Exception, *, file: str | None = None, prefix: str = "", data: Any = _NOT_GIVEN
 ) -> ConfigError:
-    """Turn pydantic's first error into a ``ConfigError`` naming the key and what it expected."""
+    """Turn pydantic's first error into a ``ConfigError`` naming the key and what it expected.
+
+    With ``data``, the mapping that was validated, the key is the path through it
+    as written in the file: pydantic's location also names the member of a union
+    it tried ("upstream.openai.base_url"), which is no key of the file.
+    """
     if not isinstance(exc, ValidationError):
         return ConfigError(str(exc), file=file)
     errors = exc.errors()
     # A misspelled key shows up twice: as unknown, and the intended key as missing.
     # The unknown one is what the user typed, so it is the one to name.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = _dotted(first["loc"])
+    key = _dotted(first["loc"], data)
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
     kind = first["type"]
@@ -137,11 +161,13 @@ def validation_error_to_config_error(
     # A whole mapping (a model-level check) or a whole file (invalid JSON, located by
     # line and column already) is not worth quoting; anything else is, in short.
     quoted = "input" in first and not isinstance(first["input"], dict)
+    # (Not when the message quotes it already: "/x is a file, not a folder".)
     if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
         given = first["input"]
         if isinstance(given, str) and "://" in given:
             given = redact_url(given)  # a store URL may carry a password
-        message += f", got {excerpt(given)}"
+        if str(given) not in message:
+            message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
 
 
@@ -150,11 +176,32 @@ def allowed_keys_hint(model: type[BaseModel]) -> str:
     return "one of: " + ", ".join(sorted(model.model_fields))
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
+def _dotted(loc: tuple[int | str, ...], data: Any = _NOT_GIVEN) -> str:
+    """``loc`` as the reader finds it: ``stages[0].init_parameters.max_tokens``.
+
+    ``[key]``, pydantic's mark of a bad mapping key, names nothing more than the
+    key before it. With ``data``, a part the data has no key or index for is a
+    union member's name and is left out, unless it is the last (a missing key).
+    """
+    parts = [part for part in loc if part != "[key]"]
     out = ""
-    for part in loc:
-        if isinstance(part, int):
+    node = data
+    for index, part in enumerate(parts):
+        parent = node
+        if data is not _NOT_GIVEN:
+            if _has(node, part):
+                node = node[part]
+            elif index < len(parts) - 1:
+                continue
+        if isinstance(part, int) and not isinstance(parent, dict):
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def _has(node: Any, part: int | str) -> bool:
+    """Whether ``node[part]`` is a key or index of the data as written."""
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)

@@ -106,6 +106,8 @@ class Pipeline:
         self.stages = list(stages)
         self.source: str | None = None
         """The config file this pipeline was loaded from, named by later ``ConfigError``s."""
+        self.config_key = ""
+        """Where in that file the pipeline sits ("pipeline" in a serve config; "": the top)."""
         self.documents_position = documents_position
         self.budget = budget
         self.name = name
@@ -133,7 +135,8 @@ class Pipeline:
             try:
                 stage.warm_up()
             except ConfigError as exc:
-                raise _located(exc, self.source, f"stages[{index}].init_parameters") from exc
+                where = f"stages[{index}].init_parameters"
+                raise _located(exc, self.source, _joined(self.config_key, where)) from exc
 
     def run(self, request: Context | ChatRequest) -> PipelineResult:
         """Run the stages, then assemble. Raises ``BudgetError`` if pinned content cannot fit.
@@ -204,12 +207,29 @@ class Pipeline:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> Pipeline:
-        """Validate a config mapping and build the pipeline; errors name ``source`` and the key."""
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str | None = None, key: str = ""
+    ) -> Pipeline:
+        """Validate a config mapping and build the pipeline; errors name ``source`` and the key.
+
+        ``key`` is where the mapping sits in ``source`` ("pipeline" in a serve config),
+        so that a key an error names is the one a reader finds in the file.
+        """
+        try:
+            pipeline = cls._from_dict(data, source)
+        except ConfigError as exc:
+            if not key:
+                raise
+            raise _located(exc, source, key) from exc
+        pipeline.config_key = key
+        return pipeline
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], source: str | None) -> Pipeline:
         try:
             config = PipelineConfig.model_validate(data)
         except ValidationError as exc:
-            error = validation_error_to_config_error(exc, file=source)
+            error = validation_error_to_config_error(exc, file=source, data=data)
             if error.detail == "unknown key" and error.key:
                 nested_in_budget = error.key.startswith("budget.")
                 model = Budget if nested_in_budget else PipelineConfig
@@ -257,7 +277,7 @@ def _build_stage(
         return stage_class.model_validate(parameters)
     except ValidationError as exc:
         error = validation_error_to_config_error(
-            exc, file=source, prefix=f"{location}.init_parameters"
+            exc, file=source, prefix=f"{location}.init_parameters", data=parameters
         )
         expected = error.expected
         if error.detail == "unknown key":
@@ -269,5 +289,10 @@ def _build_stage(
 
 def _located(error: ConfigError, source: str | None, prefix: str = "") -> ConfigError:
     """``error`` placed in the config file: ``source`` as its file, its key under ``prefix``."""
-    key = f"{prefix}.{error.key}" if prefix and error.key else error.key or prefix or None
+    key = _joined(prefix, error.key or "") or None
     return ConfigError(error.detail, file=error.file or source, key=key, expected=error.expected)
+
+
+def _joined(prefix: str, key: str) -> str:
+    """``key`` under ``prefix``: "pipeline" and "stages[0]" give "pipeline.stages[0]"."""
+    return f"{prefix}.{key}" if prefix and key else prefix or key

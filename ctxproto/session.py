@@ -362,7 +362,7 @@ def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSetti
     try:
         return data, _SessionSettings.model_validate(session)
     except ValidationError as exc:
-        raise validation_error_to_config_error(exc, file=str(path)) from exc
+        raise validation_error_to_config_error(exc, file=str(path), data=session) from exc
 
 
 def _read_text(path: Path, source: str, key: str) -> str:

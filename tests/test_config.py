@@ -103,3 +103,19 @@ def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path: Path) -> No
         load_yaml_mapping(config)
     assert "\n" not in str(info.value)
     assert "line 2" in str(info.value)
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text(
+        "name: a\nbudget: {max_prompt_tokens: 100}\nbudget: {reserve_answer_tokens: 9}\n"
+    )
+    with pytest.raises(ConfigError, match=r"line 3.*'budget' is written twice"):
+        load_yaml_mapping(config)
+
+
+def test_an_empty_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "empty.yaml"
+    config.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="the config is empty"):
+        load_yaml_mapping(config)

@@ -40,6 +40,12 @@ def test_online_encodings_are_refused():
         TiktokenCounter("cl100k_base")
 
 
+def test_an_unknown_encoding_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="no tiktoken encoding is named 'bogus'") as info:
+        TiktokenCounter("bogus")
+    assert info.value.key == "tokenizer"
+
+
 @pytest.mark.models
 def test_huggingface_counter_uses_the_model_tokenizer(lm_tokenizer):
     counter = HuggingFaceCounter(lm_tokenizer, name="smollm2")

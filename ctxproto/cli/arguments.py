@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "int_list", "non_negative_float"]
+__all__ = ["int_at_least", "int_between", "int_list", "non_negative_float"]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type`` accepting integers ``>= minimum``."""
+    return int_between(minimum, None)
+
+
+def int_between(minimum: int, maximum: int | None) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers from ``minimum`` to ``maximum``."""
 
     def parse(text: str) -> int:
         try:
@@ -23,6 +28,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse

@@ -76,7 +76,7 @@ def handle(args: argparse.Namespace) -> int:
             f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
         )
     # A missing extra is found before anything is written, the store folder included.
-    on_server = store_location(args.store) == "postgresql"
+    on_server = _on_server(args.store)
     require("sentence_transformers", extra="embed")
     if on_server:
         for module in ("psycopg", "psycopg_pool"):
@@ -152,3 +152,18 @@ def handle(args: argparse.Namespace) -> int:
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"
         )
     return 0
+
+
+def _on_server(store: str) -> bool:
+    """Whether ``--store`` names a PostgreSQL table; a folder otherwise, and nothing else."""
+    try:
+        kind = store_location(store)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, key="--store", expected=exc.expected) from None
+    if kind == "redis":
+        raise ConfigError(
+            "a Redis server holds caches and sessions, not retrieval stores",
+            key="--store",
+            expected="a folder or a postgresql:// URL",
+        )
+    return kind == "postgresql"

@@ -40,6 +40,7 @@ def handle(args: argparse.Namespace) -> int:
     flow = ContextFlow.from_config(config, source=args.config)
     flow.warm_up()
     service = ContextService(flow, config.mcp)
+    service.warm_up()  # a cache that cannot open fails now, not at the first tool call
     try:
         anyio.run(create_mcp_server(service).run_stdio_async)
     finally:

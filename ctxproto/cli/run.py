@@ -68,9 +68,10 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
         console.print(f"[yellow]request repaired:[/] {repair}", highlight=False)
     summary = result.summary()
     ratio = summary["compression_ratio"]
+    budget = summary["budget"] if summary["budget"] is not None else "none"
+    shrunk = f", {ratio:.2f}x smaller" if ratio and round(ratio, 2) != 1 else ", unchanged"
     console.print(
         f"original [bold]{result.original_tokens}[/] tokens -> prompt "
-        f"[bold]{result.prompt_tokens}[/] tokens (budget {summary['budget']}"
-        + (f", {ratio:.2f}x smaller" if ratio else "")
-        + f") in {result.ms:.1f} ms"
+        f"[bold]{result.prompt_tokens}[/] tokens (budget {budget}{shrunk}) "
+        f"in {result.ms:.1f} ms"
     )

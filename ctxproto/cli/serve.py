@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 from typing import Any
 
+from ctxproto.cli.arguments import int_between
 from ctxproto.errors import ConfigError
 
 __all__ = ["register"]
@@ -20,7 +21,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("config", help="serve config file (YAML)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int_between(0, 65535), default=8080)
     parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -37,7 +38,7 @@ def handle(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ctxproto.serve import ProxyState, create_app, load_serve_config
-    from ctxproto.serve.runner import uvicorn_config
+    from ctxproto.serve.runner import listening_socket, uvicorn_config
 
     config = load_serve_config(args.config)
     if not config.tenants and not _loopback(args.host) and not args.allow_unauthenticated:
@@ -49,10 +50,12 @@ def handle(args: argparse.Namespace) -> int:
         )
     state = ProxyState.from_config(config, source=args.config)
     state.flow.warm_up()
+    listener = listening_socket(args.host, args.port)
     server = uvicorn.Server(
         uvicorn_config(create_app(state), args.host, args.port, log_level="info")
     )
-    server.run()  # the app closes the upstream on shutdown
+    with listener:
+        server.run(sockets=[listener])  # the app closes the upstream on shutdown
     return 0
 
 

@@ -160,9 +160,10 @@ class McpConfig(_Section):
         default=None,
         description="Store folder built with `ctxproto index`; {tenant} is the tenant id.",
     )
-    cache: str | None = Field(
+    cache: FolderOrRedisURL | None = Field(
         default=None,
-        description="Semantic-cache folder, when the pipeline has no semantic_cache stage.",
+        description="Semantic-cache folder or redis:// URL, when the pipeline has no "
+        "semantic_cache stage.",
     )
     cache_threshold: float = Field(default=0.85, ge=-1.0, le=1.0)
 
@@ -222,4 +223,4 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as exc:
-        raise validation_error_to_config_error(exc, file=str(path)) from exc
+        raise validation_error_to_config_error(exc, file=str(path), data=data) from exc

@@ -86,7 +86,7 @@ class ContextFlow:
         """The pipeline and the session store a serve config describes."""
         pipeline = None
         if config.pipeline is not None:
-            pipeline = Pipeline.from_dict(config.pipeline, source=source)
+            pipeline = Pipeline.from_dict(config.pipeline, source=source, key="pipeline")
         store = None
         if config.sessions.store:
             store = open_session_store(config.sessions.store, namespace="sessions")

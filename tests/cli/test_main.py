@@ -76,6 +76,9 @@ def test_missing_extra_prints_the_install_hint_with_its_brackets(tmp_path: Path)
         (["bench", "retrieval", "--queries", "0"], "--queries"),
         (["bench", "cache", "--entries", "0"], "--entries"),
         (["demo", "--turns", "0"], "turns"),
+        (["serve", MINIMAL, "--port", "99999"], "--port"),
+        (["index", "docs", "--store", "redis://cache/0"], "--store"),
+        (["index", "docs", "--store", "s3://bucket/kb"], "--store"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(

@@ -38,13 +38,15 @@ def write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("upstream: {type: openai, base_url: 'ftp://x', model: m}\n", "base_url"),
+        ("upstream: {type: openai, base_url: 'ftp://x', model: m}\n", "'upstream.base_url'"),
         ("upstream: {type: openai, base_url: 'http://x/v1'}\n", "model"),
         ("tenants: [{id: a}]\n", "tenants[0]"),
         ("sessions: {mode: sometimes}\n", "sessions.mode"),
-        ("upstream: {type: local, quantize: int4}\n", "upstream.local.quantize"),
+        ("upstream: {type: local, quantize: int4}\n", "'upstream.quantize'"),
         ("limits: {max_body_bytes: 0}\n", "limits.max_body_bytes"),
-        ("pipeline: {stages: [{type: nope}]}\n", "stages[0].type"),
+        ("pipeline: {stages: [{type: nope}]}\n", "'pipeline.stages[0].type'"),
+        ("pipeline: {nmae: x}\n", "'pipeline.nmae'"),
+        ("mcp: {tool_output_tokens: {bogus_tool: 5}}\n", "'mcp.tool_output_tokens.bogus_tool'"),
         ("tenants: [{id: a, key_env: CTXPROTO_TEST_UNSET_KEY}]\n", "tenants[0].key_env"),
         ("tenants: [{id: a, key_file: missing.key}]\n", "tenants[0].key_file"),
     ],
@@ -54,6 +56,14 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
     assert main(["serve", path]) == 2
     err = capsys.readouterr().err
     assert path in err.replace("\n", "") and key in err
+
+
+def test_an_mcp_cache_that_is_a_file_is_refused_when_the_config_loads(tmp_path):
+    path = write(tmp_path, "")
+    Path(path).write_text(f"mcp: {{cache: '{path}'}}\n")
+    with pytest.raises(ConfigError, match="is a file, not a folder") as info:
+        load_serve_config(path)
+    assert info.value.key == "mcp.cache"
 
 
 @pytest.mark.parametrize("mode", QUANTIZE_MODES)

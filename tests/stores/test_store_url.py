@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ctxproto.errors import ConfigError
 from ctxproto.stores.store_url import redact_url, store_location, url_secrets
 
 
@@ -16,11 +17,16 @@ from ctxproto.stores.store_url import redact_url, store_location, url_secrets
         ("POSTGRES://db/ctx", "postgresql"),
         ("redis://cache:6379/0", "redis"),
         ("rediss://cache", "redis"),
-        ("file://kb", "path"),
     ],
 )
 def test_a_location_is_a_path_unless_it_names_a_server_scheme(location: str, kind: str) -> None:
     assert store_location(location) == kind
+
+
+@pytest.mark.parametrize("location", ["file://kb", "s3://bucket/kb", "mongodb://db"])
+def test_a_url_of_another_scheme_is_refused_not_read_as_a_folder(location: str) -> None:
+    with pytest.raises(ConfigError, match="no store lives at"):
+        store_location(location)
 
 
 @pytest.mark.parametrize(
