@@ -161,12 +161,12 @@ def validation_error_to_config_error(
     # A whole mapping (a model-level check) or a whole file (invalid JSON, located by
     # line and column already) is not worth quoting; anything else is, in short.
     quoted = "input" in first and not isinstance(first["input"], dict)
-    # (Not when the message quotes it already: "/x is a file, not a folder".)
+    # (Not when the message opens with it already: "/x is a file, not a folder".)
     if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
         given = first["input"]
         if isinstance(given, str) and "://" in given:
             given = redact_url(given)  # a store URL may carry a password
-        if str(given) not in message:
+        if not message.startswith(f"{given} "):
             message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
 

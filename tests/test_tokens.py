@@ -40,6 +40,12 @@ def test_online_encodings_are_refused():
         TiktokenCounter("cl100k_base")
 
 
+@pytest.mark.parametrize("encoding", ["p50k_edit", "o200k_harmony"])
+def test_every_encoding_tiktoken_downloads_is_refused(encoding):
+    with pytest.raises(ConfigError, match="downloads"):
+        TiktokenCounter(encoding)
+
+
 def test_an_unknown_encoding_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match="no tiktoken encoding is named 'bogus'") as info:
         TiktokenCounter("bogus")

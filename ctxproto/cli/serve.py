@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 
 from ctxproto.cli.arguments import int_between
-from ctxproto.errors import ConfigError
+from ctxproto.errors import BackendError, ConfigError
 
 __all__ = ["register"]
 
@@ -36,9 +36,10 @@ def handle(args: argparse.Namespace) -> int:
     for module in ("starlette", "uvicorn", "httpx", "prometheus_client"):
         require(module, extra="serve")
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from ctxproto.serve import ProxyState, create_app, load_serve_config
-    from ctxproto.serve.runner import listening_socket, uvicorn_config
+    from ctxproto.serve.runner import uvicorn_config
 
     config = load_serve_config(args.config)
     if not config.tenants and not _loopback(args.host) and not args.allow_unauthenticated:
@@ -50,12 +51,19 @@ def handle(args: argparse.Namespace) -> int:
         )
     state = ProxyState.from_config(config, source=args.config)
     state.flow.warm_up()
-    listener = listening_socket(args.host, args.port)
     server = uvicorn.Server(
         uvicorn_config(create_app(state), args.host, args.port, log_level="info")
     )
-    with listener:
-        server.run(sockets=[listener])  # the app closes the upstream on shutdown
+    try:
+        server.run()  # the app closes the upstream on shutdown
+    except SystemExit as exc:
+        # uvicorn logs why it could not start (a port in use, a host that is no
+        # address here), then exits with its own code 3; ours for a failure is 1.
+        if exc.code == STARTUP_FAILURE:
+            raise BackendError(
+                f"the proxy could not start on {args.host}:{args.port} (the reason is above)"
+            ) from None
+        raise
     return 0
 
 

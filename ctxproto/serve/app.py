@@ -226,11 +226,7 @@ async def _chat_completions(request: Request) -> Response:
         and not chat.answer_shapers
         and headers.get("x-ctxproto-cache", "").lower() != "bypass"
     )
-    # The stages read text: a request with an image, audio or a file passes as sent,
-    # rather than reach the upstream with those parts dropped.
-    use_pipeline = (
-        headers.get("x-ctxproto-pipeline", "on").lower() != "off" and not chat.has_non_text_content
-    )
+    use_pipeline = headers.get("x-ctxproto-pipeline", "on").lower() != "off"
     state.tenants.enter(tenant)
     turn: Turn | None = None
     streaming = False

@@ -72,7 +72,7 @@ def parse_body(model: type[WireModel], body: dict[str, Any]) -> WireModel:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        error = validation_error_to_config_error(exc)
+        error = validation_error_to_config_error(exc, data=body)
         raise APIError(
             400, f"invalid request: {error}", code="invalid_value", param=error.key
         ) from None

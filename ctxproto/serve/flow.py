@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from ctxproto.budget import Budget
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
-from ctxproto.messages import known_fields
+from ctxproto.messages import known_fields, non_text_part
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import messages_sent_again
 from ctxproto.serve.config import ServeConfig
@@ -134,7 +134,10 @@ class ContextFlow:
             turn.stateful_history = _merge(history, turn.messages)
             turn.messages = turn.stateful_history
         pipeline = self.pipeline if use_cache else self._uncached
-        if pipeline is None or not use_pipeline:
+        # The stages read text: a conversation with an image, audio or a file (in
+        # this request or in the stored history) passes as sent, rather than reach
+        # the upstream with those parts dropped.
+        if pipeline is None or not use_pipeline or non_text_part(turn.messages) is not None:
             return
         context = _context(turn.messages, turn.tenant, turn.session)
         result = await anyio.to_thread.run_sync(self._run, pipeline, context)

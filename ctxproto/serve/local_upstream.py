@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from ctxproto.errors import ConfigError
-from ctxproto.messages import known_fields
+from ctxproto.messages import known_fields, non_text_part
 from ctxproto.runtime.engine import Engine
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.runtime.request import RequestHandle
@@ -131,16 +131,13 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
 
 def _text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages as the chat template reads them; a part it cannot read is a 400."""
-    for index, message in enumerate(messages):
-        content = message.get("content")
-        parts = content if isinstance(content, list) else []
-        other = next((p.get("type") for p in parts if p.get("type") != "text"), None)
-        if other is not None:
-            raise ConfigError(
-                f"the bundled runtime's model reads text only, and message {index} "
-                f"has a '{other}' part",
-                key=f"messages[{index}].content",
-            )
+    found = non_text_part(messages)
+    if found is not None:
+        index, kind = found
+        raise ConfigError(
+            f"the bundled runtime's model reads text only, and message {index} has a '{kind}' part",
+            key=f"messages[{index}].content",
+        )
     return [known_fields(message) for message in messages]
 
 

@@ -120,24 +120,25 @@ class ChatCompletionRequest(_Wire):
         """The fields set that shape an answer beyond what it says, so the semantic
         cache, which files plain answers to plain questions, must neither serve nor
         file this request's answer: a tool call, a JSON format, an answer cut at a stop
-        string or padded past its end, log-probabilities a cached answer has not."""
+        string or padded past its end, log-probabilities a cached answer has not.
+
+        Values that ask for a plain answer shape nothing: ``tool_choice`` "none" or
+        with no tools, ``response_format`` of type "text", ``false`` and empty ones.
+        """
         extra = self.model_extra or {}
         values = {name: getattr(self, name, None) or extra.get(name) for name in _ANSWER_SHAPERS}
+        if values["tool_choice"] == "none" or not (values["tools"] or values["functions"]):
+            values["tool_choice"] = values["function_call"] = None
+        if isinstance(self.response_format, dict) and self.response_format.get("type") == "text":
+            values["response_format"] = None
         return [name for name, value in values.items() if value]
-
-    @property
-    def has_non_text_content(self) -> bool:
-        """Whether a message carries a part that is not text (an image, audio, a file)."""
-        return any(
-            isinstance(message.content, list)
-            and any(part.get("type") != "text" for part in message.content)
-            for message in self.messages
-        )
 
 
 _ANSWER_SHAPERS = (
     "tools",
     "tool_choice",
+    "functions",
+    "function_call",
     "response_format",
     "stop",
     "ignore_eos",

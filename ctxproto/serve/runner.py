@@ -13,9 +13,9 @@ from typing import Any
 
 import uvicorn
 
-from ctxproto.errors import BackendError, ConfigError
+from ctxproto.errors import BackendError
 
-__all__ = ["ServerThread", "listening_socket", "uvicorn_config"]
+__all__ = ["ServerThread", "uvicorn_config"]
 
 # A connection idle this long between requests is closed; bodies have their own
 # read timeout in the app (limits.read_timeout_s).
@@ -34,37 +34,17 @@ def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Co
     )
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` for uvicorn to serve on.
-
-    Bound here rather than by uvicorn, so that a host that is no address and a port
-    already taken are one clear error each, not a traceback or uvicorn's exit 3.
-    IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off
-    (TCP_NODELAY) only on connections of a socket that says it is TCP. With Nagle
-    on, a response written as headers then body waits for the client's delayed
-    ACK: 40 ms on every keep-alive request after the first.
-    """
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )[0]
-    except (socket.gaierror, OverflowError) as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(address)
-    except OSError as exc:
-        listener.close()
-        raise BackendError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return listener
-
-
 class ServerThread:
     """Serves ``app`` on ``host:port`` from a daemon thread."""
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._socket = listening_socket(host, port)
+        # IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off
+        # (TCP_NODELAY) only on connections of a socket that says it is TCP. With
+        # Nagle on, a response written as headers then body waits for the client's
+        # delayed ACK: 40 ms on every keep-alive request after the first.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
         self._server = uvicorn.Server(uvicorn_config(app, self.host, self.port))
         self._thread: threading.Thread | None = None

@@ -16,9 +16,10 @@ bodies of other shapes (older vLLM's ``{"object": "error", ...}``, FastAPI's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -163,39 +164,39 @@ class RemoteUpstream(Upstream):
 async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:
     """Chunks from a server-sent-events body; an error event becomes an ``APIError``."""
     try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[len("data:") :].strip()
-            if payload == "[DONE]":
-                return
-            data = json.loads(payload)
-            if isinstance(data, dict) and "error" in data:
-                raise _normalise(502, data, None)
-            yield ChatCompletionChunk.model_validate(data)
-    except httpx.TimeoutException:
-        raise APIError(
-            504, "the upstream stopped sending in time", code="upstream_timeout"
-        ) from None
-    except (httpx.HTTPError, ValueError) as exc:
-        raise APIError(502, f"broken upstream stream: {exc}", code="upstream_error") from None
+        with _body_failures():
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[len("data:") :].strip()
+                if payload == "[DONE]":
+                    return
+                data = json.loads(payload)
+                if isinstance(data, dict) and "error" in data:
+                    raise _normalise(502, data, None)
+                yield ChatCompletionChunk.model_validate(data)
     finally:
         await response.aclose()
 
 
 async def _read(response: httpx.Response) -> bytes:
-    """The body of a response whose headers came; an upstream that stalls or breaks
-    while sending the rest is a 504 or a 502, as before the headers."""
-    try:
+    """The body of a response whose headers came (see ``_body_failures``)."""
+    with _body_failures():
         return await response.aread()
+
+
+@contextlib.contextmanager
+def _body_failures() -> Iterator[None]:
+    """An upstream that stalls or breaks off after its headers, whole answer or
+    stream: a 504 or a 502, as before the headers."""
+    try:
+        yield
     except httpx.TimeoutException:
         raise APIError(
             504, "the upstream stopped sending in time", code="upstream_timeout"
         ) from None
-    except httpx.HTTPError as exc:
-        raise APIError(
-            502, f"the upstream broke off its answer: {type(exc).__name__}", code="upstream_error"
-        ) from None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise APIError(502, f"broken upstream answer: {exc}", code="upstream_error") from None
 
 
 async def _upstream_error(response: httpx.Response) -> APIError:

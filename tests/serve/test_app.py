@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -223,6 +224,23 @@ def test_a_request_that_shapes_its_answer_skips_the_cache(proxy, shaping):
     assert shaped.headers["x-ctxproto-cache"] == "bypass"
 
 
+def test_fields_that_ask_for_a_plain_answer_keep_the_cache(proxy):
+    question = [{"role": "user", "content": "Does the K7 kettle have a keep-warm mode?"}]
+    first = client(proxy).chat.completions.with_raw_response.create(
+        model="ctxproto", messages=question
+    )
+    assert first.headers["x-ctxproto-cache"] == "miss"
+    for plain in (
+        {"tool_choice": "none"},
+        {"response_format": {"type": "text"}},
+        {"logprobs": False, "stop": None},
+    ):
+        again = client(proxy).chat.completions.with_raw_response.create(
+            model="ctxproto", messages=question, **plain
+        )
+        assert again.headers["x-ctxproto-cache"] == "hit", plain
+
+
 def test_a_message_with_an_image_is_forwarded_as_sent(proxy, scripted):
     content = [
         {"type": "text", "text": "What animal is this?"},
@@ -235,6 +253,19 @@ def test_a_message_with_an_image_is_forwarded_as_sent(proxy, scripted):
     )
     assert scripted.bodies[-1]["messages"] == messages
     assert raw.headers["x-ctxproto-cache"] == "bypass"
+
+
+def test_an_image_in_a_stored_history_still_reaches_the_upstream(proxy, scripted):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    headers = {"x-session-id": f"img-{uuid.uuid4().hex[:8]}", "x-ctxproto-session-mode": "stateful"}
+    first = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    client(proxy).chat.completions.create(model="ctxproto", messages=first, extra_headers=headers)
+    client(proxy).chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "And its colour?"}],
+        extra_headers=headers,
+    )
+    assert scripted.bodies[-1]["messages"][0]["content"][1] == image
 
 
 def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):

@@ -64,6 +64,7 @@ def test_an_mcp_cache_that_is_a_file_is_refused_when_the_config_loads(tmp_path):
     with pytest.raises(ConfigError, match="is a file, not a folder") as info:
         load_serve_config(path)
     assert info.value.key == "mcp.cache"
+    assert ", got" not in str(info.value)  # the message names the path once
 
 
 @pytest.mark.parametrize("mode", QUANTIZE_MODES)
@@ -123,6 +124,19 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, capsys):
+    import socket
+
+    upstream = "upstream: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+    path = write(tmp_path, upstream)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", path, "--port", str(port)]) == 1
+    assert f"the proxy could not start on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_cli_serves_a_config(tmp_path, scripted: Any):
