@@ -6,6 +6,7 @@ what was expected, so that the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -161,12 +162,12 @@ def validation_error_to_config_error(
     # A whole mapping (a model-level check) or a whole file (invalid JSON, located by
     # line and column already) is not worth quoting; anything else is, in short.
     quoted = "input" in first and not isinstance(first["input"], dict)
-    # (Not when the message opens with it already: "/x is a file, not a folder".)
+    # (Not when the message names it already: "/x is a file, not a folder".)
     if quoted and kind not in ("extra_forbidden", "missing", "json_invalid"):
         given = first["input"]
         if isinstance(given, str) and "://" in given:
             given = redact_url(given)  # a store URL may carry a password
-        if not message.startswith(f"{given} "):
+        if not _names(message, str(given)):
             message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
 
@@ -205,3 +206,8 @@ def _has(node: Any, part: int | str) -> bool:
     if isinstance(node, dict):
         return part in node
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _names(message: str, value: str) -> bool:
+    """Whether ``message`` quotes ``value`` whole, as a word of its own."""
+    return re.search(rf"(?:^|\s){re.escape(value)}(?:[\s:,]|$)", message) is not None

@@ -90,8 +90,8 @@ class TiktokenCounter(TokenCounter):
 
         # tiktoken's own encodings download their vocabularies at first use; the
         # offline packages register theirs under names ending in "_offline".
-        if not encoding.endswith("_offline"):
-            known = encoding in tiktoken.list_encoding_names()
+        known = encoding in tiktoken.list_encoding_names() or encoding == DEFAULT_ENCODING
+        if not known or not encoding.endswith("_offline"):
             raise ConfigError(
                 f"tiktoken encoding '{encoding}' downloads its vocabulary at run time"
                 if known

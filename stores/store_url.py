@@ -36,10 +36,7 @@ def store_location(location: str) -> StoreLocation:
         return "path"
     kind = _SCHEMES.get(scheme.lower())
     if kind is None:
-        raise ConfigError(
-            f"no store lives at a '{scheme}://' URL",
-            expected="a folder, or a postgresql:// or redis:// URL",
-        )
+        raise ConfigError(f"no store lives at a '{scheme}://' URL")
     return kind
 
 

@@ -119,3 +119,19 @@ def test_an_empty_config_is_refused(tmp_path: Path) -> None:
     config.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match="the config is empty"):
         load_yaml_mapping(config)
+
+
+def test_a_bad_value_is_quoted_once(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    config.write_text(
+        f"stages:\n  - type: semantic_cache\n    init_parameters:\n      path: {blocked}/answers\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    assert str(info.value).count(f"{blocked}/answers") == 1
+    with pytest.raises(ConfigError, match=r"got 'many'"):
+        Pipeline.from_dict(
+            {"stages": [{"type": "recency_window", "init_parameters": {"max_turns": "many"}}]}
+        )

@@ -46,9 +46,10 @@ def test_every_encoding_tiktoken_downloads_is_refused(encoding):
         TiktokenCounter(encoding)
 
 
-def test_an_unknown_encoding_is_a_config_error_naming_the_key():
-    with pytest.raises(ConfigError, match="no tiktoken encoding is named 'bogus'") as info:
-        TiktokenCounter("bogus")
+@pytest.mark.parametrize("encoding", ["bogus", "cl100k_offline"])
+def test_an_unknown_encoding_is_a_config_error_naming_the_key(encoding):
+    with pytest.raises(ConfigError, match=f"no tiktoken encoding is named '{encoding}'") as info:
+        TiktokenCounter(encoding)
     assert info.value.key == "tokenizer"
 
 

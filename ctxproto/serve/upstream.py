@@ -196,7 +196,9 @@ def _body_failures() -> Iterator[None]:
             504, "the upstream stopped sending in time", code="upstream_timeout"
         ) from None
     except (httpx.HTTPError, ValueError) as exc:
-        raise APIError(502, f"broken upstream answer: {exc}", code="upstream_error") from None
+        raise APIError(
+            502, f"broken upstream answer: {exc or type(exc).__name__}", code="upstream_error"
+        ) from None
 
 
 async def _upstream_error(response: httpx.Response) -> APIError:

@@ -115,8 +115,13 @@ def _require_store(location: str) -> None:
     warms up, so a pipeline may be built before its index (the chat benchmark
     does so).
     """
-    if vector_store_exists(location):
-        return
+    try:
+        if vector_store_exists(location):
+            return
+    except ConfigError as exc:  # a URL of a scheme no store lives at
+        raise ConfigError(
+            exc.detail, key="store", expected="a folder or a postgresql:// URL"
+        ) from None
     if store_location(location) == "postgresql":
         found = "the database holds no such store table"
     elif not (folder := Path(location)).exists():

@@ -167,6 +167,16 @@ def test_a_store_that_is_not_there_fails_before_any_stage_runs(tmp_path: Path, k
     assert store.is_file() if kind == "file" else not (store / "manifest.json").exists()
 
 
+def test_a_store_url_of_another_scheme_is_named_at_its_key() -> None:
+    pipeline = Pipeline.from_dict(
+        {"stages": [{"type": "retriever", "init_parameters": {"store": "s3://bucket/kb"}}]},
+        source="rag.yaml",
+    )
+    with pytest.raises(ConfigError, match="no store lives at a 's3://' URL") as info:
+        pipeline.warm_up()
+    assert info.value.key == "stages[0].init_parameters.store"
+
+
 def test_hybrid_retrieval_finds_answers_that_vectors_alone_rank_below_their_lookalikes(
     tmp_path: Path, embedder: Any, counter: Any
 ) -> None:
