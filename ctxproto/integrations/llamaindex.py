@@ -24,9 +24,10 @@ tiktoken rank file, which must not happen at run time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ctxproto._extras import require
 
@@ -37,7 +38,10 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
     CompletionResponse,
+    CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
@@ -342,7 +346,7 @@ class CtxprotoEmbedding(BaseEmbedding):
         return self._embed([query])[0]
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
+        return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._embed([text])[0]
@@ -397,15 +401,66 @@ class CtxprotoLLM(CustomLLM):
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
-        deltas = self.backend.stream([{"role": "user", "content": prompt}], self.generation)
+        texts = self._texts([{"role": "user", "content": prompt}])
+        return (CompletionResponse(text=text, delta=delta) for text, delta in texts)
 
-        def generate() -> CompletionResponseGen:
-            text = ""
-            try:
-                for delta in deltas:
-                    text += delta
-                    yield CompletionResponse(text=text, delta=delta)
-            finally:  # the caller left early: stop the generation now
-                deltas.close()
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Streams the messages as chat messages, roles and all (``CustomLLM`` would
+        join them into one user prompt, and the model's chat template would be lost)."""
+        texts = self._texts([to_message(m).to_openai() for m in messages])
+        return (
+            ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+            for text, delta in texts
+        )
 
-        return generate()
+    # CustomLLM's async methods call the sync ones on the event loop, which then
+    # waits for the whole generation; these run it in a worker thread instead.
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        return _in_thread(self.stream_chat(messages, **kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return _in_thread(self.stream_complete(prompt, formatted, **kwargs))
+
+    def _texts(self, wire: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+        """(text so far, delta) for each delta of the backend's stream."""
+        deltas = self.backend.stream(wire, self.generation)
+        text = ""
+        try:
+            for delta in deltas:
+                text += delta
+                yield text, delta
+        finally:  # the caller left early: stop the generation now
+            deltas.close()
+
+
+_Item = TypeVar("_Item")
+_DONE = object()
+
+
+async def _in_thread(items: Iterator[_Item]) -> AsyncGenerator[_Item, None]:
+    """``items`` as an async iterator, each ``next`` in a worker thread."""
+    try:
+        while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

@@ -270,8 +270,9 @@ async def cached_answer(
     context: Annotated[
         str | None,
         Field(
+            max_length=10_000,
             description="What the answer depends on besides the question (a document "
-            "id, a version); answers stored with another context never match."
+            "id, a version); answers stored with another context never match.",
         ),
     ] = None,
 ) -> CacheLookup:
@@ -288,7 +289,9 @@ async def store_answer(
     question: Annotated[str, Field(min_length=1, max_length=10_000)],
     answer: LongText,
     ctx: Context[McpRuntime, Any],
-    context: Annotated[str | None, Field(description="As in cached_answer.")] = None,
+    context: Annotated[
+        str | None, Field(max_length=10_000, description="As in cached_answer.")
+    ] = None,
 ) -> StoredAnswer:
     """Store an answer for cached_answer to find next time the question is asked."""
     runtime = _runtime(ctx)

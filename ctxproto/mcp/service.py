@@ -44,7 +44,7 @@ from ctxproto.mcp.results import (
     StoredAnswer,
 )
 from ctxproto.mcp.stats import UsageStats
-from ctxproto.messages import Message
+from ctxproto.messages import Message, known_fields, non_text_part
 from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.retrieval.packing import pack_to_budget
 from ctxproto.serve.config import McpConfig
@@ -98,10 +98,16 @@ class ContextService:
                 f"{MAX_REQUEST_BYTES:,} a request may have",
                 key="messages",
             )
+        found = non_text_part(messages)
+        if found is not None:  # the stages keep text parts only: the part would be lost
+            raise ConfigError(
+                f"message {found[0]} has a '{found[1]}' part; assemble_context reads text only",
+                key=f"messages[{found[0]}].content",
+            )
         try:
             request = ChatRequest.model_validate(
                 {
-                    "messages": messages,
+                    "messages": [known_fields(m) for m in messages],
                     "documents": documents or [],
                     "session_id": session,
                     "tenant_id": tenant,
@@ -132,8 +138,8 @@ class ContextService:
         own = self.flow.pipeline.budget if self.flow.pipeline is not None else None
         if own is None:
             return Budget(max_prompt_tokens=limit)
-        if requested is None and own.max_prompt_tokens <= limit:
-            return None
+        if own.max_prompt_tokens <= limit:
+            return None  # the pipeline's own budget is the lowest already
         reserve = min(own.reserve_answer_tokens, limit)
         return own.model_copy(update={"max_prompt_tokens": limit, "reserve_answer_tokens": reserve})
 
@@ -266,6 +272,13 @@ class ContextService:
     def store_answer(
         self, tenant: str, session: str, question: str, answer: str, context: str | None
     ) -> StoredAnswer:
+        cap = self.config.cap("cached_answer")
+        if (tokens := self.counter.count(answer)) > cap:  # cached_answer would refuse it
+            raise ConfigError(
+                f"the answer has {tokens} tokens, over cached_answer's cap of {cap}: "
+                "it could never be served",
+                key="answer",
+            )
         key = self._semantic_cache().put(question, answer, context=context, namespace=tenant)
         return StoredAnswer(key=key)
 

@@ -17,11 +17,15 @@ def pack_to_budget(
 
     Greedy by ``score / tokens`` (the classic knapsack approximation): a short
     chunk that is almost as relevant as a long one buys more of the budget.
-    Chunks without a score count as score 0.
+    Chunks without a score count as score 0. Scores below 0 (a cross-encoder's
+    logits) are shifted to start at 0 first: divided as they are, a long weak
+    chunk would rank above a short strong one.
     """
     costs = [max(1, counter.count(d.text)) for d in documents]
+    scores = [d.score or 0.0 for d in documents]
+    shift = -min(scores, default=0.0) if min(scores, default=0.0) < 0 else 0.0
     order = sorted(
-        range(len(documents)), key=lambda i: (documents[i].score or 0.0) / costs[i], reverse=True
+        range(len(documents)), key=lambda i: (scores[i] + shift) / costs[i], reverse=True
     )
     picked: list[int] = []
     used = 0

@@ -256,6 +256,51 @@ def test_llm_streams_a_completion_through_the_backend():
     assert "".join(r.delta or "" for r in responses) == "one two three"
 
 
+def test_llm_streams_a_chat_as_chat_messages_roles_and_all():
+    backend = ScriptedBackend(["Hello there"])
+    llm = CtxprotoLLM(backend=backend)
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Be terse."),
+        ChatMessage(role=MessageRole.USER, content="Hi?"),
+    ]
+    responses = list(llm.stream_chat(messages))
+    assert responses[-1].message.content == "Hello there"
+    assert [(m["role"], m["content"]) for m in backend.requests[-1].messages] == [
+        ("system", "Be terse."),
+        ("user", "Hi?"),
+    ]
+
+
+def test_llm_async_calls_leave_the_event_loop_free():
+    import time
+
+    def slow(messages):
+        time.sleep(0.5)
+        return "done"
+
+    llm = CtxprotoLLM(backend=ScriptedBackend(slow))
+    question = [ChatMessage(role=MessageRole.USER, content="Hi?")]
+
+    async def run() -> tuple[str, int, list[str]]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        answer = await llm.achat(question)
+        streamed = [r.delta async for r in await llm.astream_chat(question)]
+        ticker.cancel()
+        return str(answer.message.content), ticks, streamed
+
+    answer, ticks, streamed = asyncio.run(run())
+    assert answer == "done" and "".join(streamed) == "done"
+    assert ticks >= 20  # the loop ran on while the backend worked
+
+
 def test_a_synchronous_llamaindex_call_leaves_no_unclosed_event_loop_behind():
     """llama-index estimates tokens through ``asyncio_run`` on the thread's event loop
     (conftest's ``own_event_loop``); once another ``asyncio.run`` has replaced that

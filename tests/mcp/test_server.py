@@ -101,6 +101,38 @@ def test_assemble_context_output_stays_within_the_budget_and_the_cap(mcp_folder:
         service.close()
 
 
+def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> None:
+    from ctxproto.budget import Budget
+    from ctxproto.mcp.service import ContextService as Service
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+    from ctxproto.stages.recency_window import RecencyWindow
+
+    flow = ContextFlow(Pipeline([RecencyWindow(max_turns=20)], Budget(max_prompt_tokens=100)))
+    service = Service(flow, McpConfig())
+    try:
+        asked = call(
+            service,
+            "assemble_context",
+            {"session_id": "b-1", "messages": conversation(6, 20), "budget": 3000},
+        )
+        assert asked.structured_content["prompt_tokens"] <= 100
+    finally:
+        service.close()
+
+
+def test_assemble_context_takes_messages_as_openai_returns_them(service: ContextService) -> None:
+    returned = {"role": "assistant", "content": "Hi!", "refusal": None, "annotations": []}
+    messages = [{"role": "user", "content": "Hello"}, returned, {"role": "user", "content": "Bye"}]
+    result = call(service, "assemble_context", {"session_id": "b-2", "messages": messages})
+    assert not result.is_error, text_of(result)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    pictured = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}]
+    refused = call(service, "assemble_context", {"session_id": "b-2", "messages": pictured})
+    assert refused.is_error and "image_url" in text_of(refused)
+
+
 def test_documents_and_query_reach_the_pipeline(service: ContextService) -> None:
     result = call(
         service,
@@ -245,6 +277,16 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
             "over the 16,777,216",
         ),
         ("nonexistent_tool", {"session_id": "x"}, "nonexistent_tool"),
+        (
+            "store_answer",
+            {"session_id": "x", "question": "Why?", "answer": "because " * 5000},
+            "could never be served",
+        ),
+        (
+            "cached_answer",
+            {"session_id": "x", "question": "Why?", "context": "c" * 10_001},
+            "context",
+        ),
     ],
 )
 def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(

@@ -32,6 +32,14 @@ def test_packing_prefers_relevance_per_token_and_respects_the_budget(counter: An
     assert pack_to_budget([long_doc], counter, 0) == []
 
 
+def test_packing_keeps_the_best_when_scores_are_below_zero(counter: Any) -> None:
+    # A cross-encoder's logits: the short chunk is the better one.
+    best = Document(id="best", text="The ferry leaves at 20:30.", score=-1.0)
+    worst = Document(id="worst", text="Ferries are boats. " * 15, score=-3.0)
+    room = counter.count(worst.text) + 2
+    assert [d.id for d in pack_to_budget([worst, best], counter, room)] == ["best"]
+
+
 def test_long_context_reorder_puts_the_best_at_both_ends() -> None:
     docs = [Document(id=str(i), text=str(i), score=1.0 - i / 10) for i in range(5)]
     assert [d.id for d in long_context_reorder(docs)] == ["0", "2", "4", "3", "1"]
