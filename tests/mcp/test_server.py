@@ -123,7 +123,12 @@ def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> 
 
 
 def test_assemble_context_takes_messages_as_openai_returns_them(service: ContextService) -> None:
-    returned = {"role": "assistant", "content": "Hi!", "refusal": None, "annotations": []}
+    returned: dict[str, Any] = {
+        "role": "assistant",
+        "content": "Hi!",
+        "refusal": None,
+        "annotations": [],
+    }
     messages = [{"role": "user", "content": "Hello"}, returned, {"role": "user", "content": "Bye"}]
     result = call(service, "assemble_context", {"session_id": "b-2", "messages": messages})
     assert not result.is_error, text_of(result)
