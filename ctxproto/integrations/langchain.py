@@ -56,7 +56,7 @@ from ctxproto.integrations._carried import (
 from ctxproto.integrations._history import load_history, save_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
-from ctxproto.runtime.params import GenerationParams
+from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import get_counter
 
@@ -338,16 +338,7 @@ class CtxprotoChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         completion = self.backend.generate(self._wire(messages), self._params(stop))
-        metrics = completion.metrics
-        message = AIMessage(
-            completion.text,
-            response_metadata={"finish_reason": completion.finish_reason},
-            usage_metadata={
-                "input_tokens": metrics.prompt_tokens,
-                "output_tokens": metrics.output_tokens,
-                "total_tokens": metrics.prompt_tokens + metrics.output_tokens,
-            },
-        )
+        message = AIMessage(completion.text, **_reported(completion))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -365,6 +356,10 @@ class CtxprotoChatModel(BaseChatModel):
                 yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
         finally:  # the caller left early: stop the generation now
             deltas.close()
+        if deltas.completion is not None:  # the finish reason and usage, as invoke has them
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", **_reported(deltas.completion))
+            )
 
     @staticmethod
     def _wire(messages: list[BaseMessage]) -> list[dict[str, Any]]:
@@ -373,3 +368,16 @@ class CtxprotoChatModel(BaseChatModel):
     def _params(self, stop: list[str] | None) -> GenerationParams:
         params = self.generation or GenerationParams()
         return params.model_copy(update={"stop": stop}) if stop else params
+
+
+def _reported(completion: Completion) -> dict[str, Any]:
+    """What a chat model's message reports besides its text: finish reason and usage."""
+    metrics = completion.metrics
+    return {
+        "response_metadata": {"finish_reason": completion.finish_reason},
+        "usage_metadata": {
+            "input_tokens": metrics.prompt_tokens,
+            "output_tokens": metrics.output_tokens,
+            "total_tokens": metrics.prompt_tokens + metrics.output_tokens,
+        },
+    }

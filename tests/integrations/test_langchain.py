@@ -160,6 +160,9 @@ def test_chat_model_streams_and_counts_tokens_offline():
     model = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
     chunks = list(model.stream([HumanMessage("count")]))
     assert "".join(str(c.content) for c in chunks) == "one two three"
+    whole = sum(chunks[1:], chunks[0])
+    assert whole.response_metadata["finish_reason"] == "stop"  # as invoke reports them
+    assert whole.usage_metadata is not None and whole.usage_metadata["output_tokens"] > 0
     assert model.get_num_tokens("hello world") == 2
     stopped = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
     assert stopped.invoke("count", stop=[" two"]).content == "one"
