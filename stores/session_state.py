@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,6 +172,27 @@ class SessionStateStore:
         text = encode_state(tenant_id, session_id, state)
         with self._writing():
             self._cache.set(key, text)
+
+    def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Replace this session's state with ``change(state)``, in one transaction.
+
+        A ``get`` then a ``put`` lets two writers (threads or processes) read the
+        same state, and the second write drops what the first added; here the
+        second waits for the first and changes what it wrote. ``change`` runs under
+        the store's write lock: keep it short. Returns the new state.
+        """
+        key = self._key(tenant_id, session_id)
+        where = f"session state of tenant '{tenant_id}' session '{session_id}' in {self.path}"
+        with self._writing(), self._cache.transact():
+            raw = self._cache.get(key)
+            state = change(None if raw is None else decode_state(raw, where))
+            self._cache.set(key, encode_state(tenant_id, session_id, state))
+        return state
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""

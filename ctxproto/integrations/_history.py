@@ -6,11 +6,13 @@ begun in one framework (or in ``ChatSession``) continues in another.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ctxproto.errors import StoreError
 from ctxproto.messages import Message
 from ctxproto.stores.session_state import SessionStateStore
 
-__all__ = ["load_history", "save_history"]
+__all__ = ["append_history", "load_history", "save_history"]
 
 HISTORY_VERSION = 1
 """The version of the history state ``ChatSession`` writes."""
@@ -18,12 +20,9 @@ HISTORY_VERSION = 1
 
 def load_history(store: SessionStateStore, tenant_id: str, session_id: str) -> list[Message]:
     """The session's messages, oldest first; ``StoreError`` when the state is not a history."""
-    state = store.get(tenant_id, session_id) or {}
-    where = f"session '{session_id}' of tenant '{tenant_id}' in {store.path}"
-    if state and state.get("version") != HISTORY_VERSION:
-        raise StoreError(f"{where} holds no chat history of version {HISTORY_VERSION}")
+    where = _where(store, tenant_id, session_id)
     try:
-        return [Message.model_validate(m) for m in state.get("history", [])]
+        return [Message.model_validate(m) for m in _stored(store.get(tenant_id, session_id), where)]
     except ValueError as exc:
         raise StoreError(f"{where} holds an invalid message: {exc}") from exc
 
@@ -32,11 +31,29 @@ def save_history(
     store: SessionStateStore, tenant_id: str, session_id: str, history: list[Message]
 ) -> None:
     """Replace the session's messages in one atomic store write."""
-    store.put(
-        tenant_id,
-        session_id,
-        {
-            "version": HISTORY_VERSION,
-            "history": [m.model_dump(exclude_none=True) for m in history],
-        },
-    )
+    store.put(tenant_id, session_id, _state([], history))
+
+
+def append_history(
+    store: SessionStateStore, tenant_id: str, session_id: str, messages: list[Message]
+) -> None:
+    """Add ``messages`` to the session's history in one transaction of the store, so
+    that two turns written at once both stay (a load then a save kept only the later)."""
+    where = _where(store, tenant_id, session_id)
+    store.update(tenant_id, session_id, lambda state: _state(_stored(state, where), messages))
+
+
+def _stored(state: dict[str, Any] | None, where: str) -> list[Any]:
+    """The stored messages of a history state, as JSON; none for no state."""
+    if state and state.get("version") != HISTORY_VERSION:
+        raise StoreError(f"{where} holds no chat history of version {HISTORY_VERSION}")
+    return list((state or {}).get("history", []))
+
+
+def _state(kept: list[Any], added: list[Message]) -> dict[str, Any]:
+    history = [*kept, *(m.model_dump(exclude_none=True) for m in added)]
+    return {"version": HISTORY_VERSION, "history": history}
+
+
+def _where(store: SessionStateStore, tenant_id: str, session_id: str) -> str:
+    return f"session '{session_id}' of tenant '{tenant_id}' in {store.path}"

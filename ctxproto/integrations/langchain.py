@@ -53,7 +53,7 @@ from ctxproto.integrations._carried import (
     parse_arguments,
     raw_arguments,
 )
-from ctxproto.integrations._history import load_history, save_history
+from ctxproto.integrations._history import append_history, load_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
 from ctxproto.runtime.params import Completion, GenerationParams
@@ -301,8 +301,7 @@ class SessionMessageHistory(BaseChatMessageHistory):
         return from_messages(load_history(self.store, self.tenant_id, self.session_id))
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        history = load_history(self.store, self.tenant_id, self.session_id)
-        save_history(self.store, self.tenant_id, self.session_id, history + to_messages(messages))
+        append_history(self.store, self.tenant_id, self.session_id, to_messages(messages))
 
     def clear(self) -> None:
         self.store.delete(self.tenant_id, self.session_id)

@@ -71,7 +71,7 @@ from ctxproto.integrations._carried import (
     parse_arguments,
     raw_arguments,
 )
-from ctxproto.integrations._history import load_history, save_history
+from ctxproto.integrations._history import append_history, load_history, save_history
 from ctxproto.messages import FunctionCall, Message, ToolCall
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.retrieval.packing import pack_to_budget
@@ -310,8 +310,8 @@ class SummaryChatMemory(BaseMemory):
         self.put_messages([message])
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
-        history = self._history() + [to_message(m) for m in messages]
-        save_history(self.store, self.tenant_id, self.session_id, history)
+        added = [to_message(m) for m in messages]
+        append_history(self.store, self.tenant_id, self.session_id, added)
 
     def set(self, messages: list[ChatMessage]) -> None:
         history = [to_message(m) for m in messages]

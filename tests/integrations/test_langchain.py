@@ -200,3 +200,24 @@ def test_history_refuses_state_that_is_not_a_chat_history(tmp_path):
         _ = SessionMessageHistory(store, "s1").messages
     with pytest.raises(ConfigError, match="session_id"):
         SessionMessageHistory(store, "")
+
+
+def test_turns_written_at_once_to_one_history_all_stay(tmp_path):
+    import threading
+
+    store = SessionStateStore(tmp_path / "history")
+
+    def write(worker: int) -> None:
+        history = SessionMessageHistory(store, "busy")
+        for turn in range(20):
+            history.add_messages([HumanMessage(f"{worker}-{turn}"), AIMessage("ok")])
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    messages = SessionMessageHistory(store, "busy").messages
+    assert len(messages) == 6 * 20 * 2  # a load then a save lost turns written between them
+    asked = [m.content for m in messages if isinstance(m, HumanMessage)]
+    assert sorted(asked) == sorted(f"{w}-{t}" for w in range(6) for t in range(20))
