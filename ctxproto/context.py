@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ctxproto.documents import Document
 from ctxproto.limits import MAX_REQUEST_BYTES, read_text_capped
-from ctxproto.messages import Message
+from ctxproto.messages import Message, known_fields
 from ctxproto.text.turns import pair_tool_calls
 
 __all__ = ["ChatRequest", "Context"]
@@ -108,6 +108,32 @@ class ChatRequest(BaseModel):
             tenant_id=self.tenant_id,
             repairs=repairs,
         )
+
+    @classmethod
+    def from_openai(
+        cls,
+        messages: list[dict[str, Any]],
+        *,
+        documents: list[dict[str, Any]] | None = None,
+        session_id: str | None = None,
+        tenant_id: str = "default",
+    ) -> ChatRequest:
+        """A request of messages as OpenAI clients send and receive them; fields the
+        SDK does not model (an assistant message's ``refusal``, ``annotations``) are
+        left out. Invalid messages are a ``ConfigError`` naming the field."""
+        from ctxproto.config import validation_error_to_config_error
+
+        try:
+            return cls.model_validate(
+                {
+                    "messages": [known_fields(m) for m in messages],
+                    "documents": documents or [],
+                    "session_id": session_id,
+                    "tenant_id": tenant_id,
+                }
+            )
+        except ValidationError as exc:
+            raise validation_error_to_config_error(exc) from None
 
     @classmethod
     def from_json_file(cls, path: str) -> ChatRequest:

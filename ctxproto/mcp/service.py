@@ -21,10 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ctxproto.budget import Budget
-from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
 from ctxproto.documents import Document
 from ctxproto.errors import BudgetError, ConfigError, StoreError
@@ -44,7 +41,7 @@ from ctxproto.mcp.results import (
     StoredAnswer,
 )
 from ctxproto.mcp.stats import UsageStats
-from ctxproto.messages import Message, known_fields, non_text_part
+from ctxproto.messages import Message, non_text_part
 from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.retrieval.packing import pack_to_budget
 from ctxproto.serve.config import McpConfig
@@ -104,17 +101,9 @@ class ContextService:
                 f"message {found[0]} has a '{found[1]}' part; assemble_context reads text only",
                 key=f"messages[{found[0]}].content",
             )
-        try:
-            request = ChatRequest.model_validate(
-                {
-                    "messages": [known_fields(m) for m in messages],
-                    "documents": documents or [],
-                    "session_id": session,
-                    "tenant_id": tenant,
-                }
-            )
-        except ValidationError as exc:
-            raise validation_error_to_config_error(exc) from None
+        request = ChatRequest.from_openai(
+            messages, documents=documents, session_id=session, tenant_id=tenant
+        )
         result = self.flow.run(request.to_context(), budget=self._budget(budget))
         prompt = result.prompt
         answer = result.answer

@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio.to_thread
-from pydantic import ValidationError
 
 from ctxproto.budget import Budget
-from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest, Context
-from ctxproto.messages import known_fields, non_text_part
+from ctxproto.messages import non_text_part
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import messages_sent_again
 from ctxproto.serve.config import ServeConfig
@@ -253,14 +251,7 @@ class ContextFlow:
 
 def _context(messages: list[dict[str, Any]], tenant: str, session: str) -> Context:
     """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
-    plain = [known_fields(m) for m in messages]
-    try:
-        request = ChatRequest.model_validate(
-            {"messages": plain, "session_id": session, "tenant_id": tenant}
-        )
-    except ValidationError as exc:
-        raise validation_error_to_config_error(exc) from None
-    return request.to_context()
+    return ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant).to_context()
 
 
 def _merge(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
