@@ -10,9 +10,13 @@ The semantics follow ``VectorStore``: ``add`` replaces a document, ``delete``
 removes documents, and neither is seen by other readers until ``save``, which
 commits them all at once. The changes are one open transaction on one pooled
 connection, so this store's own searches see them and a writer killed before
-``save`` leaves the table as it was. Replacing a document takes a transaction
-advisory lock on its id, so two writers of the same document serialise instead
-of both inserting it.
+``save`` leaves the table as it was. A writer takes its table's advisory lock
+with its first change and holds it until ``save``: writers of one table run
+one after another (the next waits, without a time limit, for the one before to
+save or roll back), so the first creates the table and no two build its index.
+Replacing a document also takes a lock on its id. The extension and the
+manifest table, which every store shares, are created once in a transaction
+of their own under a lock for the whole database.
 
 Past ``hnsw_threshold`` chunks ``save`` builds an HNSW index (inner product,
 the FAISS parameters) over the rows already loaded, which is far faster than
@@ -93,6 +97,7 @@ class PgVectorStore:
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
         self._table_seen = False
+        self._shared_schema_seen = False
         self._pool = _open_pool(
             url,
             self.url,
@@ -319,8 +324,7 @@ class PgVectorStore:
     def _table_exists(self, conn: Any) -> bool:
         """Asked until the table is there; a table dropped later fails its query instead."""
         if not self._table_seen:
-            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
-            self._table_seen = bool(row[0])
+            self._table_seen = _relation_exists(conn, self.table)
         return self._table_seen
 
     def _scalar(self, sql: str, parameters: Sequence[object] = ()) -> int:
@@ -345,6 +349,7 @@ class PgVectorStore:
         with _errors_named(self.url, losing_changes=self._writer is not None):
             try:
                 if self._writer is None:
+                    self._create_shared_schema()
                     self._writer = self._pool.getconn()
                     self._writer.execute("SET LOCAL statement_timeout = 0")
                     self._create_schema(self._writer)
@@ -357,6 +362,29 @@ class PgVectorStore:
                     self._table_seen = False  # it may have been created by what rolled back
                 raise
 
+    def _create_shared_schema(self) -> None:
+        """The extension and the manifest table every store's table shares, committed.
+
+        Created in a short transaction of their own under one lock for the
+        whole database: two writers of different tables on a new database
+        (each holding only its table's lock) both created them and the second
+        failed on a duplicate key in the catalogue.
+        """
+        if self._shared_schema_seen:
+            return
+        with self._pool.connection() as conn:  # commits on leaving
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("ctxproto-schema",)
+            )
+            if not _relation_exists(conn, MANIFEST_TABLE):
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {MANIFEST_TABLE} (table_name text PRIMARY KEY,"
+                    " format_version integer NOT NULL, embedder text NOT NULL,"
+                    " dimension integer NOT NULL)"
+                )
+        self._shared_schema_seen = True
+
     def _create_schema(self, conn: Any) -> None:
         """Table, index and manifest row, created by the first writer (others wait for it)."""
         conn.execute(
@@ -367,12 +395,6 @@ class PgVectorStore:
         if manifest is not None:
             self._check_embedder(*manifest)
             return
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {MANIFEST_TABLE} (table_name text PRIMARY KEY,"
-            " format_version integer NOT NULL, embedder text NOT NULL,"
-            " dimension integer NOT NULL)"
-        )
         conn.execute(
             f"CREATE TABLE {self.table} (id bigserial PRIMARY KEY, doc_id text NOT NULL,"
             " chunk_id text NOT NULL, text text NOT NULL, metadata jsonb NOT NULL,"
@@ -435,8 +457,25 @@ def _open_pool(
     return pool
 
 
+def _relation_exists(conn: Any, name: str) -> bool:
+    """Whether ``name`` is a table on the search path, as committed now.
+
+    Read from ``pg_class`` rather than with ``to_regclass``: the latter answers
+    from the connection's name cache, which waiting on an advisory lock does
+    not refresh, so a writer that waited for another to create the store's
+    tables was told they were still missing and failed to create them again
+    ("relation ... already exists").
+    """
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c"
+        " WHERE c.relname = %s AND pg_catalog.pg_table_is_visible(c.oid))",
+        (name,),
+    ).fetchone()
+    return bool(row[0])
+
+
 def _manifest_row(conn: Any, table: str) -> tuple[str, int] | None:
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MANIFEST_TABLE,)).fetchone()[0]:
+    if not _relation_exists(conn, MANIFEST_TABLE):
         return None
     row = conn.execute(
         f"SELECT format_version, embedder, dimension FROM {MANIFEST_TABLE} WHERE table_name = %s",

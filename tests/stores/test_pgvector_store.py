@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +20,7 @@ import pytest
 from ctxproto.bench.embedded_postgres import EmbeddedPostgres, free_port
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.pgvector_store import PgVectorStore
+from ctxproto.stores.pgvector_store import PgVectorStore, _relation_exists
 
 DIM = 16
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +102,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np
     from ctxproto.documents import Document
-    from ctxproto.stores.pgvector_store import PgVectorStore
+    from ctxproto.stores.pgvector_store import PgVectorStore, _relation_exists
 
     url, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(abs(hash(prefix)) % 1000)
@@ -139,11 +141,77 @@ def test_concurrent_writer_processes_lose_nothing(pg_url: str) -> None:
         assert store.chunk_count == 241
 
 
+def test_a_table_created_while_waiting_on_the_schema_lock_is_seen_after_it(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """The check the schema lock guards reads what was committed while it waited.
+
+    ``to_regclass`` answers from the connection's name cache, which a wait on
+    an advisory lock does not refresh: a writer that waited while another
+    created the store's tables was told they were missing, and failed
+    creating them again ("relation ... already exists").
+    """
+    psycopg = pytest.importorskip("psycopg")
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+    with psycopg.connect(postgres.url) as creator, psycopg.connect(postgres.url) as waiter:
+        assert not _relation_exists(waiter, table)  # now in its cache as missing
+        waiter.commit()
+        creator.execute(lock, (table,))
+        creator.execute(f"CREATE TABLE {table} (a int)")
+        seen: list[bool] = []
+
+        def wait_then_look() -> None:
+            waiter.execute(lock, (table,))
+            seen.append(_relation_exists(waiter, table))
+            waiter.rollback()
+
+        waiting = threading.Thread(target=wait_then_look)
+        waiting.start()
+        time.sleep(0.5)
+        creator.commit()
+        waiting.join(timeout=60)
+        assert seen == [True]
+
+
+def test_the_first_writers_of_two_tables_on_a_new_database_both_create_their_store(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """Both need the extension and the manifest table; each held only its table's lock."""
+    psycopg = pytest.importorskip("psycopg")
+    database = f"fresh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    url = postgres.url.rsplit("/", 1)[0] + f"/{database}?table="
+    vectors = _vectors(2)
+    with (
+        PgVectorStore(url + "first", embedder="e", dimension=DIM) as first,
+        PgVectorStore(url + "second", embedder="e", dimension=DIM) as second,
+    ):
+        first.add("a", [Document(id="a#0", text="a")], vectors[:1])  # a transaction left open
+        failures: list[BaseException] = []
+
+        def write_second() -> None:
+            try:
+                second.add("b", [Document(id="b#0", text="b")], vectors[1:])
+                second.save()
+            except BaseException as exc:
+                failures.append(exc)
+
+        writing = threading.Thread(target=write_second)
+        writing.start()
+        time.sleep(0.5)
+        first.save()
+        writing.join(timeout=60)
+        assert failures == []
+        assert first.count == 1 and second.count == 1
+
+
 KILLED_MID_TRANSACTION = textwrap.dedent(
     """
     import sys, time, numpy as np
     from ctxproto.documents import Document
-    from ctxproto.stores.pgvector_store import PgVectorStore
+    from ctxproto.stores.pgvector_store import PgVectorStore, _relation_exists
 
     store = PgVectorStore(sys.argv[1], embedder="test-embedder", dimension=16)
     v = np.eye(16, dtype=np.float32)
