@@ -51,6 +51,8 @@ class Turn:
     messages: list[dict[str, Any]]
     """The messages to forward: assembled by the pipeline, or as received."""
     cache: CacheStatus
+    answer_limit: int | None = None
+    """The client's ``max_tokens``: a cache keys answers by it (``Context.answer_limit``)."""
     original_tokens: int = 0
     prompt_tokens: int = 0
     answer: str | None = None
@@ -107,12 +109,20 @@ class ContextFlow:
         stateful: bool,
         use_cache: bool,
         use_pipeline: bool,
+        answer_limit: int | None = None,
     ) -> Turn:
         """Run the pipeline on a request's messages (with the stored history if stateful).
 
         In stateful mode the session stays locked until ``finish`` or ``release``.
+        ``answer_limit`` is the client's ``max_tokens`` (``Context.answer_limit``).
         """
-        turn = Turn(tenant=tenant, session=session, messages=messages, cache="bypass")
+        turn = Turn(
+            tenant=tenant,
+            session=session,
+            messages=messages,
+            cache="bypass",
+            answer_limit=answer_limit,
+        )
         if stateful:
             lock = self._session_lock(tenant, session)
             await lock.acquire()
@@ -137,7 +147,7 @@ class ContextFlow:
         # the upstream with those parts dropped.
         if pipeline is None or not use_pipeline or non_text_part(turn.messages) is not None:
             return
-        context = _context(turn.messages, turn.tenant, turn.session)
+        context = _context(turn.messages, turn.tenant, turn.session, turn.answer_limit)
         result = await anyio.to_thread.run_sync(self._run, pipeline, context)
         turn.result = result
         turn.original_tokens = result.original_tokens
@@ -155,18 +165,17 @@ class ContextFlow:
     ) -> None:
         """File the upstream's answer (an assistant message) and release the session.
 
-        Only an answer that ended of itself (``finish_reason`` "stop") is cached: one
-        cut at a client's ``max_tokens`` would be served whole to the next client.
+        What is cached follows ``Pipeline.after_answer``: an answer that ended of
+        itself, or one cut at the client's own ``max_tokens``, filed for that cap
+        only (never served whole to a client with a larger one). Tool calls are not.
         """
         try:
             if answer is None:
                 return
             text = answer.get("content")
-            cacheable = (
-                turn.cache == "miss" and finish_reason == "stop" and not answer.get("tool_calls")
-            )
+            cacheable = turn.cache == "miss" and not answer.get("tool_calls")
             if turn.result is not None and cacheable and isinstance(text, str) and text:
-                await anyio.to_thread.run_sync(self._remember, turn.result, text)
+                await anyio.to_thread.run_sync(self._remember, turn.result, text, finish_reason)
             if turn.stateful_history is not None:
                 history = [*turn.stateful_history, answer]
                 await anyio.to_thread.run_sync(
@@ -225,11 +234,11 @@ class ContextFlow:
         with self._run_lock:
             return pipeline.run(context)
 
-    def _remember(self, result: PipelineResult, answer: str) -> None:
+    def _remember(self, result: PipelineResult, answer: str, finish_reason: str | None) -> None:
         if self.pipeline is None:
             return
         with self._run_lock:
-            self.pipeline.after_answer(result, answer)
+            self.pipeline.after_answer(result, answer, finish_reason)
 
     def _session_lock(self, tenant: str, session: str) -> asyncio.Lock:
         key = (tenant, session)
@@ -249,9 +258,12 @@ class ContextFlow:
         self.store.put(tenant, f"proxy:{session}", state)
 
 
-def _context(messages: list[dict[str, Any]], tenant: str, session: str) -> Context:
+def _context(
+    messages: list[dict[str, Any]], tenant: str, session: str, answer_limit: int | None
+) -> Context:
     """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
-    return ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant).to_context()
+    request = ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant)
+    return request.to_context().model_copy(update={"answer_limit": answer_limit})
 
 
 def _merge(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
