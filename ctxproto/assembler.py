@@ -145,8 +145,9 @@ class Assembler:
                 messages.append(section.message.to_openai())
         if documents and with_query:
             query = messages[-1]
+            question = Message.model_validate(query).text  # content may be parts, or none
             query["content"] = (
-                DOCUMENTS_HEADING + "\n\n".join(documents) + QUESTION_HEADING + query["content"]
+                DOCUMENTS_HEADING + "\n\n".join(documents) + QUESTION_HEADING + question
             )
         return messages
 

@@ -9,6 +9,7 @@ remaining stages and the assembly are skipped.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,8 +249,7 @@ class Pipeline:
         except ValidationError as exc:
             error = validation_error_to_config_error(exc, file=source, data=data)
             if error.detail == "unknown key" and error.key:
-                nested_in_budget = error.key.startswith("budget.")
-                model = Budget if nested_in_budget else PipelineConfig
+                model = _schema_at(error.key)
                 error = ConfigError(
                     "unknown key", file=source, key=error.key, expected=allowed_keys_hint(model)
                 )
@@ -269,6 +269,15 @@ class Pipeline:
     def from_yaml(cls, path: str | Path) -> Pipeline:
         """Load a pipeline from a YAML config file (safe loader only)."""
         return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+
+def _schema_at(key: str) -> type[BaseModel]:
+    """The schema whose keys may stand where ``key`` (a dotted config key) stands."""
+    if key.startswith("budget."):
+        return Budget
+    if re.match(r"stages\[\d+\]\.[^.\[]+$", key):
+        return StageSpec
+    return PipelineConfig
 
 
 def _settings(source: Pipeline | PipelineConfig) -> dict[str, Any]:

@@ -21,7 +21,14 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
@@ -358,6 +365,14 @@ class _SessionSettings(BaseModel):
     system_prompt: str = ""
     system_prompt_file: str | None = None
     history_path: FolderOrRedisURL | None = None
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _one_system_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """With both, the file's prompt replaced the written one without a word."""
+        if value and info.data.get("system_prompt"):
+            raise ValueError("give system_prompt or system_prompt_file, not both")
+        return value
 
 
 def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSettings]:

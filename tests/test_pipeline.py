@@ -85,7 +85,11 @@ def write(tmp_path: Path, text: str) -> Path:
             "integer",
         ),
         ("stages:\n  - type: recency_windw\n", "stages[0].type", "recency_window"),
-        ("stages:\n  - type: recency_window\n    params: {}\n", "stages[0].params", None),
+        (
+            "stages:\n  - type: recency_window\n    params: {}\n",
+            "stages[0].params",
+            "expected one of: init_parameters, type",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, key, hint):

@@ -157,9 +157,7 @@ def test_a_cache_that_cannot_file_the_answer_loses_neither_answer_nor_turn(tmp_p
     assert turn.answer == "Hold the button for 10 s."
     assert [m.content for m in session.history] == ["How do I reset the bulb?", turn.answer]
     assert "failing_store did not keep the answer" in caplog.text
-    reopened = ChatSession(
-        Pipeline(), backend, session_id=session.session_id, history_store=store
-    )
+    reopened = ChatSession(Pipeline(), backend, session_id=session.session_id, history_store=store)
     assert len(reopened.history) == 2
 
 
@@ -299,6 +297,16 @@ def test_bad_session_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         ChatSession.from_yaml(config)
     assert "backend.devise" in str(info.value) and str(config) in str(info.value)
+
+
+def test_a_system_prompt_written_and_read_from_a_file_is_refused(tmp_path):
+    (tmp_path / "prompt.txt").write_text("From the file.")
+    config = tmp_path / "bot.yaml"
+    config.write_text("system_prompt: Written.\nsystem_prompt_file: prompt.txt\n")
+    with pytest.raises(ConfigError) as info:
+        ChatSession.from_yaml(config, backend=ScriptedBackend(["unused"]))
+    assert info.value.key == "system_prompt_file" and info.value.file == str(config)
+    assert "not both" in str(info.value)
 
 
 def test_bad_generation_setting_names_file_and_key(tmp_path):
