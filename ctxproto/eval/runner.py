@@ -100,7 +100,13 @@ class Evaluator:
         try:
             result = pipeline.run(item.context)
         except CtxprotoError as exc:
+            # The pipeline gave no prompt: every score of the item is lost, not left
+            # out, or a pipeline failing on its hard items would score higher.
             row.update(error=f"{type(exc).__name__}: {exc}", answer_retained=0.0)
+            if self.scorer is not None:
+                row["logprob_retained"] = 0.0
+            if self.reader is not None:
+                row.update(reader_em=0.0, reader_f1=0.0)
             return row
         messages = result.prompt.messages if result.prompt is not None else []
         row.update(
