@@ -158,6 +158,18 @@ def test_documents_join_a_query_of_text_parts_or_of_no_content(counter, query, q
     )
 
 
+def test_a_budget_cut_never_leaves_a_reply_without_its_question(counter):
+    context = chat(4, words=3)
+    full = Assembler(counter=counter).assemble(context).prompt_tokens
+    cuts = 0
+    for limit in range(full - 60, full + 1):
+        prompt = Assembler(Budget(max_prompt_tokens=limit), counter=counter).assemble(context)
+        roles = [m["role"] for m in prompt.messages[1:]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"], limit
+        cuts += len(roles) < 9
+    assert cuts > 0
+
+
 def test_plain_text_rendering_is_counted_exactly(counter):
     prompt = Assembler(Budget(max_prompt_tokens=300), counter=counter, render="text").assemble(
         chat(6)
