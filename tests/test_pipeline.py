@@ -30,7 +30,12 @@ def test_minimal_example_fits_budget_and_saves_tokens():
 def test_yaml_round_trip(tmp_path):
     pipeline = Pipeline(
         [RecencyWindow(max_turns=6, start_on_user=False)],
-        Budget(max_prompt_tokens=1800, reserve_answer_tokens=100, section_caps={"history": 400}),
+        Budget(
+            max_prompt_tokens=1800,
+            context_window=8192,
+            reserve_answer_tokens=100,
+            section_caps={"history": 400},
+        ),
         name="roundtrip",
         render="text",
     )
