@@ -62,9 +62,18 @@ class Evaluator:
     ) -> None:
         if not pipelines:
             raise ConfigError("evaluate at least one pipeline", key="pipelines")
+        # The baseline lays the prompt out as the first pipeline does (tokens,
+        # rendering, where documents go), so the stages alone separate the two.
         first = pipelines[0]
         self.baseline = Pipeline(
-            [], None, name=BASELINE, tokenizer=first.tokenizer, render=first.render
+            [],
+            None,
+            name=BASELINE,
+            tokenizer=first.tokenizer,
+            render=first.render,
+            counter=first.counter,
+            chat_template=first.assembler.chat_template,
+            documents_position=first.documents_position,
         )
         self.systems: dict[str, Pipeline] = {BASELINE: self.baseline}
         self.systems.update(zip(unique_names(pipelines), pipelines, strict=True))

@@ -45,6 +45,15 @@ def test_a_pipeline_that_fails_an_item_scores_zero_on_it_with_the_reader_too() -
     assert tiny["errors"] == 2 and tiny["reader_em"] == 0.0 and tiny["reader_items"] == 2
 
 
+def test_the_baseline_places_documents_where_the_pipeline_does() -> None:
+    dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[50]))
+    unchanged = Pipeline([], Budget(max_prompt_tokens=5000), documents_position="query")
+    report = evaluate([unchanged], dataset)
+    assert report.summary()["pipelines"]["pipeline"]["compression_ratio"] == 1.0
+    baseline, pipeline = report.rows_of(BASELINE)[0], report.rows_of("pipeline")[0]
+    assert baseline["prompt_tokens"] == pipeline["prompt_tokens"]
+
+
 def test_names_are_unique_and_never_the_baseline() -> None:
     pipelines = [Pipeline([], name="p"), Pipeline([], name="p"), Pipeline([], name=BASELINE)]
     assert unique_names(pipelines) == ["p", "p-2", "baseline-pipeline"]
