@@ -59,6 +59,9 @@ class Turn:
     """Set on a semantic-cache hit: no upstream call is needed."""
     result: PipelineResult | None = None
     stateful_history: list[dict[str, Any]] | None = None
+    """The stored conversation with this request's messages (stateful mode)."""
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    """The messages the client sent, before any stored history joined them."""
     cache_messages: int | None = None
     """Leading messages the next turn sends again, when not all (``messages_sent_again``)."""
     lock: asyncio.Lock | None = field(default=None, repr=False)
@@ -139,6 +142,7 @@ class ContextFlow:
     ) -> None:
         if stateful:
             history = await anyio.to_thread.run_sync(self._load_history, turn.tenant, turn.session)
+            turn.sent = turn.messages
             turn.stateful_history = _merge(history, turn.messages)
             turn.messages = turn.stateful_history
         pipeline = self.pipeline if use_cache else self._uncached
@@ -177,9 +181,8 @@ class ContextFlow:
             if turn.result is not None and cacheable and isinstance(text, str) and text:
                 await anyio.to_thread.run_sync(self._remember, turn.result, text, finish_reason)
             if turn.stateful_history is not None:
-                history = [*turn.stateful_history, answer]
                 await anyio.to_thread.run_sync(
-                    self._save_history, turn.tenant, turn.session, history
+                    self._append_turn, turn.tenant, turn.session, [*turn.sent, answer]
                 )
         finally:
             self.release(turn)
@@ -249,13 +252,25 @@ class ContextFlow:
         return lock
 
     def _load_history(self, tenant: str, session: str) -> list[dict[str, Any]]:
-        state = self.store.get(tenant, f"proxy:{session}") or {}
-        history = state.get("messages", [])
-        return list(history) if isinstance(history, list) else []
+        return _stored_messages(self.store.get(tenant, f"proxy:{session}"))
 
-    def _save_history(self, tenant: str, session: str, history: list[dict[str, Any]]) -> None:
-        state = {"version": _HISTORY_VERSION, "messages": history}
-        self.store.put(tenant, f"proxy:{session}", state)
+    def _append_turn(self, tenant: str, session: str, turn: list[dict[str, Any]]) -> None:
+        """Add a turn to the stored conversation as it is now, in one store update.
+
+        Not the conversation as this turn read it: another replica may have added
+        a turn of the same session since, and a write of what was read would drop it.
+        """
+
+        def appended(state: dict[str, Any] | None) -> dict[str, Any]:
+            messages = _merge(_stored_messages(state), turn)
+            return {"version": _HISTORY_VERSION, "messages": messages}
+
+        self.store.update(tenant, f"proxy:{session}", appended)
+
+
+def _stored_messages(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    history = (state or {}).get("messages", [])
+    return list(history) if isinstance(history, list) else []
 
 
 def _context(
