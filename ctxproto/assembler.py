@@ -145,8 +145,9 @@ class Assembler:
                 messages.append(section.message.to_openai())
         if documents and with_query:
             query = messages[-1]
+            question = Message.model_validate(query).text  # content may be parts, or none
             query["content"] = (
-                DOCUMENTS_HEADING + "\n\n".join(documents) + QUESTION_HEADING + query["content"]
+                DOCUMENTS_HEADING + "\n\n".join(documents) + QUESTION_HEADING + question
             )
         return messages
 
@@ -266,17 +267,28 @@ def _next_victim(sections: list[Section]) -> list[Section] | None:
 def _victims_of_kind(sections: list[Section], kind: str) -> list[Section] | None:
     """The next unpinned unit of ``kind`` to drop, as a list kept or dropped together.
 
-    History goes oldest block first (a tool call with its results); documents go
-    last-listed first, since retrievers list the best first.
+    History goes oldest block first (a tool call with its results), with the
+    replies that follow it up to the next user message: a reply left without its
+    question reads as the model speaking unprompted, and chat templates that
+    require roles to alternate refuse it. Documents go last-listed first, since
+    retrievers list the best first.
     """
     of_kind = [s for s in sections if s.kind == kind]
     if kind == "history":
         by_message = {id(s.message): s for s in of_kind}
-        blocks = group_blocks([s.message for s in of_kind if s.message is not None])
-        for block in blocks:
-            members = [by_message[id(m)] for m in block]
-            if not any(s.pinned for s in members):
-                return members
+        blocks = [
+            [by_message[id(m)] for m in block]
+            for block in group_blocks([s.message for s in of_kind if s.message is not None])
+        ]
+        for index, block in enumerate(blocks):
+            if any(s.pinned for s in block):
+                continue
+            victim = list(block)
+            for reply in blocks[index + 1 :]:
+                if reply[0].role == "user" or any(s.pinned for s in reply):
+                    break
+                victim += reply
+            return victim
         return None
     for section in reversed(of_kind):
         if not section.pinned:

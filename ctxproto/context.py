@@ -41,6 +41,10 @@ class Context(BaseModel):
     tenant_id: str = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
     answer: str | None = None
+    answer_limit: int | None = Field(default=None, ge=1)
+    """The most tokens the answer may have, when the caller caps it. A cache keys its
+    answers by it: an answer cut at one cap is not whole under another, and a whole
+    answer may be longer than a smaller cap allows."""
     repairs: list[str] = Field(default_factory=list)
     """What request validation changed or flagged in the messages' structure
     (``ChatRequest.to_context``), e.g. "dropped 1 tool result that answered no call"."""

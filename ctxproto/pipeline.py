@@ -8,6 +8,8 @@ remaining stages and the assembly are skipped.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +28,15 @@ from ctxproto.config import (
     validation_error_to_config_error,
 )
 from ctxproto.context import ChatRequest, Context
-from ctxproto.errors import ConfigError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
 from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
 __all__ = ["Pipeline", "PipelineResult"]
+
+log = logging.getLogger("ctxproto.pipeline")
 
 
 class PipelineResult(BaseModel):
@@ -164,15 +168,29 @@ class Pipeline:
             ms=(time.perf_counter() - start) * 1000.0,
         )
 
-    def after_answer(self, result: PipelineResult, answer: str) -> None:
+    def after_answer(
+        self, result: PipelineResult, answer: str, finish_reason: str | None = "stop"
+    ) -> None:
         """Hand the model's answer to every stage (a cache files it); see ``Stage.after_answer``.
 
-        Nothing happens when a stage answered the turn itself: the model was never asked.
+        Only an answer that is what the same request would get again: one that
+        ended of itself (``finish_reason`` "stop"), or one cut at the answer cap the
+        request set (``Context.answer_limit``, which a cache keys answers by). Cut
+        at a cap the request did not set (an upstream's default), or ended another
+        way (tool calls, a filter, a client gone), it is not filed. Nothing happens
+        either when a stage answered the turn itself: the model was never asked.
+
+        A stage that fails to keep the answer (a cache whose store is down) is
+        logged and skipped: the answer was given, and the turn goes on without it.
         """
-        if result.prompt is None:
+        cut_at_the_cap = finish_reason == "length" and result.context.answer_limit is not None
+        if result.prompt is None or not (finish_reason == "stop" or cut_at_the_cap):
             return
         for stage in self.stages:
-            stage.after_answer(result.context, answer)
+            try:
+                stage.after_answer(result.context, answer)
+            except StoreError as exc:
+                log.warning("stage %s did not keep the answer: %s", stage.type_name, exc)
 
     def run_messages(
         self, messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None = None
@@ -231,8 +249,7 @@ class Pipeline:
         except ValidationError as exc:
             error = validation_error_to_config_error(exc, file=source, data=data)
             if error.detail == "unknown key" and error.key:
-                nested_in_budget = error.key.startswith("budget.")
-                model = Budget if nested_in_budget else PipelineConfig
+                model = _schema_at(error.key)
                 error = ConfigError(
                     "unknown key", file=source, key=error.key, expected=allowed_keys_hint(model)
                 )
@@ -252,6 +269,15 @@ class Pipeline:
     def from_yaml(cls, path: str | Path) -> Pipeline:
         """Load a pipeline from a YAML config file (safe loader only)."""
         return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+
+def _schema_at(key: str) -> type[BaseModel]:
+    """The schema whose keys may stand where ``key`` (a dotted config key) stands."""
+    if key.startswith("budget."):
+        return Budget
+    if re.match(r"stages\[\d+\]\.[^.\[]+$", key):
+        return StageSpec
+    return PipelineConfig
 
 
 def _settings(source: Pipeline | PipelineConfig) -> dict[str, Any]:

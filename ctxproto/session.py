@@ -21,7 +21,14 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
@@ -216,6 +223,7 @@ class ChatSession:
             result,
             start,
             first_token=start + (result.ms + metrics.ttft_ms) / 1000.0,
+            finish_reason=completion.finish_reason,
             cached=metrics.cached_tokens,
             output_tokens=metrics.output_tokens,
         )
@@ -242,13 +250,15 @@ class ChatSession:
                 yield delta
         finally:  # the caller left early: stop the generation now, not at garbage collection
             deltas.close()
-        metrics = deltas.completion.metrics if deltas.completion is not None else None
+        completion = deltas.completion
+        metrics = completion.metrics if completion is not None else None
         self._finish(
             question,
             "".join(parts),
             result,
             start,
             first_token=first_token,
+            finish_reason=completion.finish_reason if completion is not None else None,
             cached=metrics.cached_tokens if metrics is not None else 0,
             output_tokens=metrics.output_tokens if metrics is not None else None,
         )
@@ -273,6 +283,7 @@ class ChatSession:
             documents=list(documents or []),
             session_id=self.session_id,
             tenant_id=self.tenant_id,
+            answer_limit=(self.generation or GenerationParams()).max_new_tokens,
         )
 
     def _generation(self, messages: list[dict[str, Any]], question: str) -> GenerationParams | None:
@@ -299,16 +310,17 @@ class ChatSession:
         start: float,
         *,
         first_token: float | None,
+        finish_reason: str | None = "stop",
         cached: int = 0,
         output_tokens: int | None = None,
     ) -> TurnResult:
         hit = result.prompt is None
-        self.pipeline.after_answer(result, answer)
         self.history += [
             Message(role="user", content=question),
             Message(role="assistant", content=answer),
         ]
         self._save_history()
+        self.pipeline.after_answer(result, answer, finish_reason)
         end = time.perf_counter()
         counter = self.pipeline.counter
         report = TurnReport(
@@ -353,6 +365,14 @@ class _SessionSettings(BaseModel):
     system_prompt: str = ""
     system_prompt_file: str | None = None
     history_path: FolderOrRedisURL | None = None
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _one_system_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """With both, the file's prompt replaced the written one without a word."""
+        if value and info.data.get("system_prompt"):
+            raise ValueError("give system_prompt or system_prompt_file, not both")
+        return value
 
 
 def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSettings]:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 MESSAGE_OVERHEAD_TOKENS = 3
-"""Tokens a chat format adds around each message (role markers), as OpenAI counts them."""
+"""Tokens a chat format adds around each message besides its role, as OpenAI counts them."""
 REPLY_PRIMING_TOKENS = 3
 """Tokens that open the assistant's reply at the end of a chat prompt."""
 
@@ -69,8 +69,12 @@ class TokenCounter(ABC):
         return n
 
     def count_message(self, message: Message) -> int:
-        """Tokens one chat message costs, its role overhead included."""
-        return self.count(message.text) + MESSAGE_OVERHEAD_TOKENS
+        """Tokens one chat message costs as OpenAI counts them: its text, its role, its
+        name (and one more) when it has one, and the format's markers around them."""
+        tokens = self.count(message.text) + self.count(message.role) + MESSAGE_OVERHEAD_TOKENS
+        if message.name:
+            tokens += self.count(message.name) + 1
+        return tokens
 
     def count_messages(self, messages: Sequence[Message]) -> int:
         """Tokens a whole chat costs, reply priming included."""

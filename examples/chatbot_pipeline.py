@@ -13,7 +13,7 @@ from ctxproto import Budget, Context, Message, Pipeline, RecencyWindow
 
 pipeline = Pipeline(
     [RecencyWindow(max_tokens=400)],
-    Budget(max_prompt_tokens=800, reserve_answer_tokens=200),
+    Budget(max_prompt_tokens=800, context_window=8192, reserve_answer_tokens=200),
 )
 
 history: list[Message] = []

@@ -12,14 +12,20 @@ matches another tenant's ids by pattern.
 
 A ``put`` or ``delete`` changes the value and the set in one ``MULTI``/``EXEC``
 transaction: a reader sees both or neither, and a replica killed mid-write
-leaves the previous state. What ``EXEC`` acknowledged is as durable as the
-server is configured to make it (``appendonly yes`` with ``appendfsync
-always`` loses nothing acknowledged; see docs/deploy.md).
+leaves the previous state. An ``update`` reads under ``WATCH`` and writes in
+that transaction, again from the start if another replica wrote the key in
+between, so two replicas appending to one session both keep their turn. What
+``EXEC`` acknowledged is as durable as the server is configured to make it
+(``appendonly yes`` with ``appendfsync always`` loses nothing acknowledged;
+see docs/deploy.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from ctxproto.stores.redis_connection import RedisConnection, key_part
 from ctxproto.stores.session_state import check_ids, decode_state, encode_state
@@ -70,6 +76,41 @@ class RedisSessionStateStore:
             pipe.set(key, text.encode("utf-8"))
             pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
             pipe.execute()
+
+    def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Replace this session's state with ``change(state)``, with no write between.
+
+        A ``get`` then a ``put`` lets two replicas read the same state, and the
+        second write drops what the first added. ``change`` may run more than
+        once (once more per write it lost to): keep it a pure function of the
+        state. Returns the new state.
+        """
+        key = self.key(tenant_id, session_id)
+        where = f"session state of tenant '{tenant_id}' session '{session_id}'"
+        with (
+            self._connection.reporting(f"cannot write {where}"),
+            self._redis.pipeline(transaction=True) as pipe,
+        ):
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(key)
+                    state = change(
+                        None if raw is None else decode_state(raw, f"{where} at {self.url}")
+                    )
+                    text = encode_state(tenant_id, session_id, state)
+                    pipe.multi()
+                    pipe.set(key, text.encode("utf-8"))
+                    pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+                    pipe.execute()
+                    return state
+                except redis.WatchError:
+                    continue
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""

@@ -61,6 +61,15 @@ class SessionStore(Protocol):
 
     def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None: ...
 
+    def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Replace the state with ``change(state)`` so that no other write falls between."""
+        ...
+
     def delete(self, tenant_id: str, session_id: str) -> bool: ...
 
     def sessions(self, tenant_id: str) -> list[str]: ...

@@ -141,6 +141,35 @@ def test_documents_with_the_query_keep_the_history_prefix(counter):
     assert cut.messages[-1]["content"].endswith("How do I reset?")
 
 
+@pytest.mark.parametrize(
+    ("query", "question"),
+    [
+        ({"role": "user", "content": [{"type": "text", "text": "Which fuse?"}]}, "Which fuse?"),
+        ({"role": "user"}, ""),
+    ],
+)
+def test_documents_join_a_query_of_text_parts_or_of_no_content(counter, query, question):
+    request = ChatRequest.model_validate(
+        {"messages": [query], "documents": [{"id": "kb", "text": "The T9 takes a 13 A fuse."}]}
+    )
+    prompt = Assembler(counter=counter, documents_position="query").assemble(request.to_context())
+    assert prompt.messages[-1]["content"] == (
+        "## Reference documents\n[kb] The T9 takes a 13 A fuse.\n\n## Question\n" + question
+    )
+
+
+def test_a_budget_cut_never_leaves_a_reply_without_its_question(counter):
+    context = chat(4, words=3)
+    full = Assembler(counter=counter).assemble(context).prompt_tokens
+    cuts = 0
+    for limit in range(full - 60, full + 1):
+        prompt = Assembler(Budget(max_prompt_tokens=limit), counter=counter).assemble(context)
+        roles = [m["role"] for m in prompt.messages[1:]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"], limit
+        cuts += len(roles) < 9
+    assert cuts > 0
+
+
 def test_plain_text_rendering_is_counted_exactly(counter):
     prompt = Assembler(Budget(max_prompt_tokens=300), counter=counter, render="text").assemble(
         chat(6)

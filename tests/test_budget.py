@@ -24,14 +24,33 @@ def test_invalid_budgets_are_rejected(kwargs):
         Budget(**kwargs)
 
 
-def test_a_reserve_above_the_prompt_cap_is_a_config_error_naming_the_key(tmp_path):
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ("max_prompt_tokens: 256\n  reserve_answer_tokens: 128\n", "without context_window"),
+        (
+            "max_prompt_tokens: 256\n  context_window: 1024\n  reserve_answer_tokens: 1500\n",
+            "smaller than context_window (1024)",
+        ),
+    ],
+)
+def test_a_reserve_with_no_window_to_come_out_of_is_a_config_error_naming_the_key(
+    tmp_path, budget, says
+):
     from ctxproto import ConfigError, Pipeline
 
-    config = tmp_path / "swapped.yaml"
-    config.write_text("budget:\n  max_prompt_tokens: 256\n  reserve_answer_tokens: 1500\n")
+    config = tmp_path / "budget.yaml"
+    config.write_text("budget:\n  " + budget)
     with pytest.raises(ConfigError) as info:
         Pipeline.from_yaml(config)
     message = str(info.value)
     assert str(config) in message
-    assert "budget.reserve_answer_tokens" in message and "max_prompt_tokens (256)" in message
-    assert Budget(max_prompt_tokens=256, reserve_answer_tokens=256).prompt_limit == 256
+    assert info.value.key == "budget.reserve_answer_tokens" and says in message
+
+
+def test_the_reserve_and_the_prompt_share_the_window_not_the_prompt_cap():
+    # a short prompt and a long answer
+    budget = Budget(max_prompt_tokens=1000, context_window=128_000, reserve_answer_tokens=2000)
+    assert budget.prompt_limit == 1000
+    # an engine refuses a prompt that fills its window: one token is always left
+    assert Budget(max_prompt_tokens=4096, context_window=4096).prompt_limit == 4095

@@ -30,7 +30,12 @@ def test_minimal_example_fits_budget_and_saves_tokens():
 def test_yaml_round_trip(tmp_path):
     pipeline = Pipeline(
         [RecencyWindow(max_turns=6, start_on_user=False)],
-        Budget(max_prompt_tokens=1800, reserve_answer_tokens=100, section_caps={"history": 400}),
+        Budget(
+            max_prompt_tokens=1800,
+            context_window=8192,
+            reserve_answer_tokens=100,
+            section_caps={"history": 400},
+        ),
         name="roundtrip",
         render="text",
     )
@@ -85,7 +90,11 @@ def write(tmp_path: Path, text: str) -> Path:
             "integer",
         ),
         ("stages:\n  - type: recency_windw\n", "stages[0].type", "recency_window"),
-        ("stages:\n  - type: recency_window\n    params: {}\n", "stages[0].params", None),
+        (
+            "stages:\n  - type: recency_window\n    params: {}\n",
+            "stages[0].params",
+            "expected one of: init_parameters, type",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, key, hint):

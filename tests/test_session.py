@@ -12,10 +12,11 @@ from pydantic import PrivateAttr
 
 from ctxproto import Budget, ConfigError, Context, Pipeline, RecencyWindow, Stage
 from ctxproto.documents import Document
+from ctxproto.errors import StoreError
 from ctxproto.runtime import GenerationParams, ScriptedBackend
 from ctxproto.session import ChatSession, TurnResult
 from ctxproto.stages import Transformed
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStateStore, open_session_store
 from ctxproto.tokens import TokenCounter
 
 SYSTEM = "You are a helpful assistant for Lumen Home smart devices. Answer briefly."
@@ -108,6 +109,56 @@ def test_repeated_question_is_answered_from_the_semantic_cache(tmp_path):
     again = session.ask("How do I set up a Lumen plug?")
     assert not again.report.semantic_cache_hit and again.answer == "Unplug it twice."
     assert backend.calls == 3
+
+
+@pytest.mark.models
+def test_an_answer_cut_at_max_new_tokens_is_served_only_under_that_cap(tmp_path):
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+    def session(max_new_tokens: int, backend: ScriptedBackend) -> ChatSession:
+        cache = SemanticCacheLookup(path=str(tmp_path / "answers"), scope="query")
+        return ChatSession(
+            Pipeline([cache], Budget(max_prompt_tokens=1024)),
+            backend,
+            generation=GenerationParams(max_new_tokens=max_new_tokens),
+        )
+
+    question = "Which fuse does the T9 heater take?"
+    reply = "It takes a 13 A fuse, the one in the plug."
+    short = ScriptedBackend([reply, reply])
+    cut = session(3, short).ask(question)
+    assert cut.answer == "It takes a" and not cut.report.semantic_cache_hit
+    again = session(3, short).ask(question)  # another conversation, the same cap
+    assert again.report.semantic_cache_hit and again.answer == "It takes a"
+    longer = ScriptedBackend([reply])
+    whole = session(300, longer).ask(question)
+    assert not whole.report.semantic_cache_hit and whole.answer == reply
+    assert short.calls == 1 and longer.calls == 1
+
+
+class FailingStore(Stage):
+    """A cache whose store is down when it files an answer."""
+
+    type_name: ClassVar[str] = "failing_store"
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        return Transformed(context)
+
+    def after_answer(self, context: Context, answer: str) -> None:
+        raise StoreError("redis://cache:6379 failed: connection refused")
+
+
+def test_a_cache_that_cannot_file_the_answer_loses_neither_answer_nor_turn(tmp_path, caplog):
+    store = open_session_store(str(tmp_path / "history"), namespace="history")
+    backend = ScriptedBackend(["Hold the button for 10 s."])
+    session = ChatSession(Pipeline([FailingStore()]), backend, history_store=store)
+    with caplog.at_level("WARNING", logger="ctxproto.pipeline"):
+        turn = session.ask("How do I reset the bulb?")
+    assert turn.answer == "Hold the button for 10 s."
+    assert [m.content for m in session.history] == ["How do I reset the bulb?", turn.answer]
+    assert "failing_store did not keep the answer" in caplog.text
+    reopened = ChatSession(Pipeline(), backend, session_id=session.session_id, history_store=store)
+    assert len(reopened.history) == 2
 
 
 class AnswerRecorder(Stage):
@@ -246,6 +297,16 @@ def test_bad_session_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         ChatSession.from_yaml(config)
     assert "backend.devise" in str(info.value) and str(config) in str(info.value)
+
+
+def test_a_system_prompt_written_and_read_from_a_file_is_refused(tmp_path):
+    (tmp_path / "prompt.txt").write_text("From the file.")
+    config = tmp_path / "bot.yaml"
+    config.write_text("system_prompt: Written.\nsystem_prompt_file: prompt.txt\n")
+    with pytest.raises(ConfigError) as info:
+        ChatSession.from_yaml(config, backend=ScriptedBackend(["unused"]))
+    assert info.value.key == "system_prompt_file" and info.value.file == str(config)
+    assert "not both" in str(info.value)
 
 
 def test_bad_generation_setting_names_file_and_key(tmp_path):

@@ -30,9 +30,13 @@ def test_special_token_text_is_counted_not_rejected(counter):
     assert counter.count("<|endoftext|>") > 1
 
 
-def test_message_overhead(counter):
+def test_a_message_costs_what_openai_counts(counter):
+    # text, role ("user": one token) and 3 for the format; a name costs one more
     message = Message(role="user", content="hello world")
-    assert counter.count_message(message) == 2 + MESSAGE_OVERHEAD_TOKENS
+    assert counter.count_message(message) == 2 + 1 + MESSAGE_OVERHEAD_TOKENS
+    named = Message(role="user", name="example_user", content="hello world")
+    name = counter.count("example_user")
+    assert counter.count_message(named) == 2 + 1 + MESSAGE_OVERHEAD_TOKENS + name + 1
 
 
 def test_online_encodings_are_refused():

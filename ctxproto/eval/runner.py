@@ -62,9 +62,18 @@ class Evaluator:
     ) -> None:
         if not pipelines:
             raise ConfigError("evaluate at least one pipeline", key="pipelines")
+        # The baseline lays the prompt out as the first pipeline does (tokens,
+        # rendering, where documents go), so the stages alone separate the two.
         first = pipelines[0]
         self.baseline = Pipeline(
-            [], None, name=BASELINE, tokenizer=first.tokenizer, render=first.render
+            [],
+            None,
+            name=BASELINE,
+            tokenizer=first.tokenizer,
+            render=first.render,
+            counter=first.counter,
+            chat_template=first.assembler.chat_template,
+            documents_position=first.documents_position,
         )
         self.systems: dict[str, Pipeline] = {BASELINE: self.baseline}
         self.systems.update(zip(unique_names(pipelines), pipelines, strict=True))
@@ -100,7 +109,13 @@ class Evaluator:
         try:
             result = pipeline.run(item.context)
         except CtxprotoError as exc:
+            # The pipeline gave no prompt: every score of the item is lost, not left
+            # out, or a pipeline failing on its hard items would score higher.
             row.update(error=f"{type(exc).__name__}: {exc}", answer_retained=0.0)
+            if self.scorer is not None:
+                row["logprob_retained"] = 0.0
+            if self.reader is not None:
+                row.update(reader_em=0.0, reader_f1=0.0)
             return row
         messages = result.prompt.messages if result.prompt is not None else []
         row.update(

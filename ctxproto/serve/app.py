@@ -238,6 +238,7 @@ async def _chat_completions(request: Request) -> Response:
             stateful=stateful,
             use_cache=use_cache,
             use_pipeline=use_pipeline,
+            answer_limit=chat.answer_tokens,
         )
         model = chat.model or state.models[0]
         forward = {**body, "messages": turn.messages}

@@ -51,12 +51,17 @@ class Turn:
     messages: list[dict[str, Any]]
     """The messages to forward: assembled by the pipeline, or as received."""
     cache: CacheStatus
+    answer_limit: int | None = None
+    """The client's ``max_tokens``: a cache keys answers by it (``Context.answer_limit``)."""
     original_tokens: int = 0
     prompt_tokens: int = 0
     answer: str | None = None
     """Set on a semantic-cache hit: no upstream call is needed."""
     result: PipelineResult | None = None
     stateful_history: list[dict[str, Any]] | None = None
+    """The stored conversation with this request's messages (stateful mode)."""
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    """The messages the client sent, before any stored history joined them."""
     cache_messages: int | None = None
     """Leading messages the next turn sends again, when not all (``messages_sent_again``)."""
     lock: asyncio.Lock | None = field(default=None, repr=False)
@@ -107,12 +112,20 @@ class ContextFlow:
         stateful: bool,
         use_cache: bool,
         use_pipeline: bool,
+        answer_limit: int | None = None,
     ) -> Turn:
         """Run the pipeline on a request's messages (with the stored history if stateful).
 
         In stateful mode the session stays locked until ``finish`` or ``release``.
+        ``answer_limit`` is the client's ``max_tokens`` (``Context.answer_limit``).
         """
-        turn = Turn(tenant=tenant, session=session, messages=messages, cache="bypass")
+        turn = Turn(
+            tenant=tenant,
+            session=session,
+            messages=messages,
+            cache="bypass",
+            answer_limit=answer_limit,
+        )
         if stateful:
             lock = self._session_lock(tenant, session)
             await lock.acquire()
@@ -129,6 +142,7 @@ class ContextFlow:
     ) -> None:
         if stateful:
             history = await anyio.to_thread.run_sync(self._load_history, turn.tenant, turn.session)
+            turn.sent = turn.messages
             turn.stateful_history = _merge(history, turn.messages)
             turn.messages = turn.stateful_history
         pipeline = self.pipeline if use_cache else self._uncached
@@ -137,7 +151,7 @@ class ContextFlow:
         # the upstream with those parts dropped.
         if pipeline is None or not use_pipeline or non_text_part(turn.messages) is not None:
             return
-        context = _context(turn.messages, turn.tenant, turn.session)
+        context = _context(turn.messages, turn.tenant, turn.session, turn.answer_limit)
         result = await anyio.to_thread.run_sync(self._run, pipeline, context)
         turn.result = result
         turn.original_tokens = result.original_tokens
@@ -155,22 +169,20 @@ class ContextFlow:
     ) -> None:
         """File the upstream's answer (an assistant message) and release the session.
 
-        Only an answer that ended of itself (``finish_reason`` "stop") is cached: one
-        cut at a client's ``max_tokens`` would be served whole to the next client.
+        What is cached follows ``Pipeline.after_answer``: an answer that ended of
+        itself, or one cut at the client's own ``max_tokens``, filed for that cap
+        only (never served whole to a client with a larger one). Tool calls are not.
         """
         try:
             if answer is None:
                 return
             text = answer.get("content")
-            cacheable = (
-                turn.cache == "miss" and finish_reason == "stop" and not answer.get("tool_calls")
-            )
+            cacheable = turn.cache == "miss" and not answer.get("tool_calls")
             if turn.result is not None and cacheable and isinstance(text, str) and text:
-                await anyio.to_thread.run_sync(self._remember, turn.result, text)
+                await anyio.to_thread.run_sync(self._remember, turn.result, text, finish_reason)
             if turn.stateful_history is not None:
-                history = [*turn.stateful_history, answer]
                 await anyio.to_thread.run_sync(
-                    self._save_history, turn.tenant, turn.session, history
+                    self._append_turn, turn.tenant, turn.session, [*turn.sent, answer]
                 )
         finally:
             self.release(turn)
@@ -225,11 +237,11 @@ class ContextFlow:
         with self._run_lock:
             return pipeline.run(context)
 
-    def _remember(self, result: PipelineResult, answer: str) -> None:
+    def _remember(self, result: PipelineResult, answer: str, finish_reason: str | None) -> None:
         if self.pipeline is None:
             return
         with self._run_lock:
-            self.pipeline.after_answer(result, answer)
+            self.pipeline.after_answer(result, answer, finish_reason)
 
     def _session_lock(self, tenant: str, session: str) -> asyncio.Lock:
         key = (tenant, session)
@@ -240,18 +252,33 @@ class ContextFlow:
         return lock
 
     def _load_history(self, tenant: str, session: str) -> list[dict[str, Any]]:
-        state = self.store.get(tenant, f"proxy:{session}") or {}
-        history = state.get("messages", [])
-        return list(history) if isinstance(history, list) else []
+        return _stored_messages(self.store.get(tenant, f"proxy:{session}"))
 
-    def _save_history(self, tenant: str, session: str, history: list[dict[str, Any]]) -> None:
-        state = {"version": _HISTORY_VERSION, "messages": history}
-        self.store.put(tenant, f"proxy:{session}", state)
+    def _append_turn(self, tenant: str, session: str, turn: list[dict[str, Any]]) -> None:
+        """Add a turn to the stored conversation as it is now, in one store update.
+
+        Not the conversation as this turn read it: another replica may have added
+        a turn of the same session since, and a write of what was read would drop it.
+        """
+
+        def appended(state: dict[str, Any] | None) -> dict[str, Any]:
+            messages = _merge(_stored_messages(state), turn)
+            return {"version": _HISTORY_VERSION, "messages": messages}
+
+        self.store.update(tenant, f"proxy:{session}", appended)
 
 
-def _context(messages: list[dict[str, Any]], tenant: str, session: str) -> Context:
+def _stored_messages(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    history = (state or {}).get("messages", [])
+    return list(history) if isinstance(history, list) else []
+
+
+def _context(
+    messages: list[dict[str, Any]], tenant: str, session: str, answer_limit: int | None
+) -> Context:
     """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
-    return ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant).to_context()
+    request = ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant)
+    return request.to_context().model_copy(update={"answer_limit": answer_limit})
 
 
 def _merge(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.base import Stage, Transformed
 from ctxproto.stages.registry import register_stage
 from ctxproto.text.protected_spans import fact_strings
-from ctxproto.text.units import Target, context_units, rebuild_context
+from ctxproto.text.turns import group_blocks
+from ctxproto.text.units import Target, Unit, context_units, rebuild_context
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["Dedup"]
@@ -22,7 +23,7 @@ _SPACES = re.compile(r"\s+")
 
 @register_stage("dedup")
 class Dedup(Stage):
-    """Removes repeated content: the same chunk retrieved twice, a question asked again.
+    """Removes repeated content: the same chunk retrieved twice, a turn pasted again.
 
     Exact duplicates are found by their normalized text (Unicode NFKC, case and
     whitespace folded); near duplicates by the cosine similarity of their
@@ -30,9 +31,11 @@ class Dedup(Stage):
     unless the later one states a fact the earlier one does not ("locker 1042"
     vs "locker 1043" embed almost alike but are not duplicates).
     The first occurrence wins, so the oldest turn and the best-ranked document
-    stay. Documents and history are deduplicated separately. A pinned piece is
-    never dropped, but a later copy of it is. With ``near: false`` no model is
-    loaded.
+    stay. Documents and history are deduplicated separately; history by whole
+    turns (a user message with the replies that follow it), so a second "Yes."
+    that confirms something else stays, and no reply loses its question. A
+    pinned piece is never dropped, but a later copy of it is. With ``near:
+    false`` no model is loaded.
     """
 
     threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine for near duplicates.")
@@ -51,22 +54,27 @@ class Dedup(Stage):
         texts: list[str | None] = [u.text for u in units]
         exact = near = 0
         for kind in ("documents", "history"):
-            members = [i for i, u in enumerate(units) if u.kind == kind and u.text.strip()]
+            pieces = [
+                piece
+                for piece in _pieces(context, units, kind)
+                if any(units[i].text.strip() for i in piece)
+            ]
+            text_of = {id(piece): "\n".join(units[i].text for i in piece) for piece in pieces}
             seen: set[str] = set()
-            survivors: list[int] = []
-            for i in members:
-                key = _normalized(units[i].text)
-                if key in seen and not units[i].pinned:
-                    texts[i] = None
+            survivors: list[list[int]] = []
+            for piece in pieces:
+                key = _normalized(text_of[id(piece)])
+                if key in seen and not any(units[i].pinned for i in piece):
+                    _drop(piece, texts)
                     exact += 1
                 else:
                     seen.add(key)
-                    survivors.append(i)
+                    survivors.append(piece)
             if self.near and len(survivors) > 1:
                 near += self._drop_near(
                     survivors,
-                    units_text=[units[i].text for i in survivors],
-                    pinned=[units[i].pinned for i in survivors],
+                    units_text=[text_of[id(piece)] for piece in survivors],
+                    pinned=[any(units[i].pinned for i in piece) for piece in survivors],
                     texts=texts,
                 )
         return Transformed(
@@ -76,7 +84,7 @@ class Dedup(Stage):
 
     def _drop_near(
         self,
-        survivors: list[int],
+        survivors: list[list[int]],
         *,
         units_text: list[str],
         pinned: list[bool],
@@ -92,11 +100,32 @@ class Dedup(Stage):
         for j in range(len(survivors)):
             twins = [k for k in kept if similarity[j, k] >= self.threshold and facts[j] <= facts[k]]
             if twins and not pinned[j]:
-                texts[survivors[j]] = None
+                _drop(survivors[j], texts)
                 dropped += 1
             else:
                 kept.append(j)
         return dropped
+
+
+def _pieces(context: Context, units: list[Unit], kind: str) -> list[list[int]]:
+    """The units of ``kind`` compared as one: a document each; in history, a turn each
+    (a block starting with a user message and the blocks after it up to the next)."""
+    members = [i for i, unit in enumerate(units) if unit.kind == kind]
+    if kind == "documents":
+        return [[i] for i in members]
+    blocks = group_blocks(context.history)
+    turns: list[list[int]] = []
+    for i in members:
+        if blocks[units[i].index][0].role == "user" or not turns:
+            turns.append([i])
+        else:
+            turns[-1].append(i)
+    return turns
+
+
+def _drop(piece: list[int], texts: list[str | None]) -> None:
+    for i in piece:
+        texts[i] = None
 
 
 def _normalized(text: str) -> str:

@@ -123,13 +123,16 @@ class SemanticCacheLookup(Stage):
 
         Whatever the scope, the system prompt: an answer written under one set of
         instructions ("answer in French", another product's assistant) is not an
-        answer under another, and a proxy's clients each send their own.
+        answer under another, and a proxy's clients each send their own. And the
+        answer's token cap (``context.answer_limit``) when the caller set one.
         """
         personal = self.personal_in_session and bool(_PERSONAL.search(context.query_text))
         fixed = [f"session:{context.session_id or ''}"] if personal else []
         if context.system_prompt:
             digest = hashlib.sha256(context.system_prompt.encode()).hexdigest()[:32]
             fixed.append(f"system:{digest}")
+        if context.answer_limit is not None:
+            fixed.append(f"answer_limit:{context.answer_limit}")
         if self.scope == "query":
             return "\n".join(fixed) if fixed else None
         if self.scope == "documents":

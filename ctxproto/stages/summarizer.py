@@ -124,7 +124,12 @@ class Summarizer(Stage):
             ready = len(foldable)
         if ready == 0:
             return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
-        counters: dict[str, int | float] = {"checkpoints": 0, "abstractive": 0, "fallbacks": 0}
+        counters: dict[str, int | float] = {
+            "checkpoints": 0,
+            "abstractive": 0,
+            "fallbacks": 0,
+            "facts_dropped": 0,
+        }
         while folded < ready:
             end = min(folded + self.checkpoint_every, ready)
             chunk = [blocks[i] for i in foldable[folded:end]]
@@ -182,15 +187,23 @@ class Summarizer(Stage):
                 counters["abstractive"] += 1
                 return candidate
             counters["fallbacks"] += 1
-        return self._extractive(summary, messages, counter)
+        return self._extractive(summary, messages, counter, counters)
 
-    def _extractive(self, summary: str, messages: list[Message], counter: TokenCounter) -> str:
+    def _extractive(
+        self,
+        summary: str,
+        messages: list[Message],
+        counter: TokenCounter,
+        counters: dict[str, int | float],
+    ) -> str:
         """User-stated facts pinned, then central sentences within the budget, all verbatim.
 
         Lines already in the summary are re-read with the same rules, so a fact
         once kept is forced again on every rewrite. Facts are forced oldest
-        first while they fit ``max_summary_tokens``; the rest of the budget goes
-        by tier (``_tier``), then embedding centrality within each tier.
+        first while they fit ``max_summary_tokens``; those that no longer fit are
+        counted in ``facts_dropped`` (raise ``max_summary_tokens`` when it is not
+        zero). The rest of the budget goes by tier (``_tier``), then embedding
+        centrality within each tier.
         """
         assert self._embedder is not None
         lines: list[str] = []
@@ -218,6 +231,8 @@ class Summarizer(Stage):
             if costs[i] <= room:
                 forced[i] = True
                 room -= costs[i]
+            else:
+                counters["facts_dropped"] += 1
         scores = centrality(self._embedder.embed(lines))
         keep = select_within_budget(
             [score + tier for score, tier in zip(scores, tiers, strict=True)],

@@ -31,6 +31,29 @@ def test_a_failing_pipeline_is_counted_not_fatal() -> None:
     assert report.systems == [BASELINE, "tiny", "roomy"]
 
 
+def test_a_pipeline_that_fails_an_item_scores_zero_on_it_with_the_reader_too() -> None:
+    from ctxproto.eval.readers import Reader
+    from ctxproto.runtime import ScriptedBackend
+
+    dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[0, 100]))
+    answers = [item.answers[0] for item in dataset.items()]
+    reader = Reader(ScriptedBackend(lambda _messages: " ".join(answers)), "scripted")
+    too_small = Pipeline([], Budget(max_prompt_tokens=10), name="tiny")
+    summary = evaluate([too_small], dataset, reader=reader).summary()
+    assert summary["baseline"]["reader_em"] == 1.0
+    tiny = summary["pipelines"]["tiny"]
+    assert tiny["errors"] == 2 and tiny["reader_em"] == 0.0 and tiny["reader_items"] == 2
+
+
+def test_the_baseline_places_documents_where_the_pipeline_does() -> None:
+    dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[50]))
+    unchanged = Pipeline([], Budget(max_prompt_tokens=5000), documents_position="query")
+    report = evaluate([unchanged], dataset)
+    assert report.summary()["pipelines"]["pipeline"]["compression_ratio"] == 1.0
+    baseline, pipeline = report.rows_of(BASELINE)[0], report.rows_of("pipeline")[0]
+    assert baseline["prompt_tokens"] == pipeline["prompt_tokens"]
+
+
 def test_names_are_unique_and_never_the_baseline() -> None:
     pipelines = [Pipeline([], name="p"), Pipeline([], name="p"), Pipeline([], name=BASELINE)]
     assert unique_names(pipelines) == ["p", "p-2", "baseline-pipeline"]

@@ -168,19 +168,23 @@ def test_an_answer_padded_past_its_end_is_neither_served_from_nor_filed_in_the_c
     assert again.headers["x-ctxproto-cache"] == "bypass"  # nor is the cached one served
 
 
-def test_an_answer_cut_at_max_tokens_is_not_cached(proxy, scripted):
+def test_an_answer_cut_at_max_tokens_is_served_only_under_that_cap(proxy, scripted):
     question = [{"role": "user", "content": "Which fuse does the T9 heater take?"}]
-    cut = client(proxy).chat.completions.with_raw_response.create(
-        model="ctxproto", messages=question, max_tokens=2
-    )
+
+    def ask(**cap: int) -> Any:
+        return client(proxy).chat.completions.with_raw_response.create(
+            model="ctxproto", messages=question, **cap
+        )
+
+    cut = ask(max_tokens=2)
     assert cut.parse().choices[0].finish_reason == "length"
-    whole = client(proxy).chat.completions.with_raw_response.create(
-        model="ctxproto", messages=question
-    )
-    assert whole.headers["x-ctxproto-cache"] == "miss"  # the cut answer was not filed
-    again = client(proxy).chat.completions.with_raw_response.create(
-        model="ctxproto", messages=question
-    )
+    whole = ask()
+    assert whole.headers["x-ctxproto-cache"] == "miss"  # the cut answer is not served whole
+    assert ask(max_tokens=3).headers["x-ctxproto-cache"] == "miss"
+    same_cap = ask(max_tokens=2)
+    assert same_cap.headers["x-ctxproto-cache"] == "hit"
+    assert same_cap.parse().choices[0].message.content == cut.parse().choices[0].message.content
+    again = ask()
     assert again.headers["x-ctxproto-cache"] == "hit"
     assert again.parse().choices[0].message.content == whole.parse().choices[0].message.content
 

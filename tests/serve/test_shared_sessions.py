@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -90,6 +91,27 @@ def test_turns_alternating_between_replicas_keep_history_and_summary(replicas, r
     summaries.close()
     assert state is not None and state["folded"] == 8
     assert "turn 0" in state["summary"] and "turn 3" in state["summary"]
+
+
+def test_turns_of_one_session_answered_at_once_by_both_replicas_both_stay(replicas):
+    tenant = replicas[0][2]
+
+    def ask(server: ServerThread, text: str) -> str:
+        with openai.OpenAI(base_url=server.url, api_key="key-shared") as client:
+            stream = client.chat.completions.create(
+                model="ctxproto",
+                messages=[{"role": "user", "content": text}],
+                stream=True,
+                extra_headers={"x-session-id": "at-once"},
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    asked = ["SLOW 0.05 through the first", "SLOW 0.05 through the second"]
+    with ThreadPoolExecutor(2) as pool:  # each answer streams for about half a second
+        answers = list(pool.map(ask, [server for server, _, _ in replicas], asked))
+    history = replicas[0][1].flow.history(tenant, "at-once")
+    assert sorted(m["content"] for m in history if m["role"] == "user") == asked
+    assert sorted(m["content"] for m in history if m["role"] == "assistant") == sorted(answers)
 
 
 def test_an_answer_cached_through_one_replica_is_served_by_the_other(replicas, scripted):

@@ -42,16 +42,32 @@ def test_pinned_is_never_dropped_but_its_later_copy_is(counter):
     assert [d.id for d in result.context.documents] == ["d0", "d1"]
 
 
-def test_history_duplicates_and_tool_blocks(counter):
+def test_history_duplicates_are_whole_turns_with_their_tool_blocks(counter):
     call = {"id": "c1", "function": {"name": "lookup", "arguments": "{}"}}
-    history = [
+    turn = [
         Message(role="user", content="What is the status of my order?"),
         Message(role="assistant", tool_calls=[call]),
         Message(role="tool", tool_call_id="c1", content="shipped"),
-        Message(role="user", content="what is the status of my order?"),
+        Message(role="assistant", content="It has shipped."),
+    ]
+    pasted_again = [m.model_copy() for m in turn]
+    pasted_again[0] = Message(role="user", content="what is the status of my  order?")
+    result = Dedup().run(Context(history=[*turn, *pasted_again]), counter)
+    assert result.context.history == turn
+    assert result.report.counters["exact_duplicates"] == 1
+
+
+def test_a_short_reply_repeated_to_other_questions_stays_with_its_question(counter):
+    history = [
+        Message(role="user", content="Is parking free?"),
+        Message(role="assistant", content="Yes."),
+        Message(role="user", content="Do you deliver on Sundays?"),
+        Message(role="assistant", content="Yes."),
+        Message(role="user", content="Is parking free?"),
+        Message(role="assistant", content="No, it is 2 pounds an hour since May."),
     ]
     result = Dedup().run(Context(history=history), counter)
-    assert [m.role for m in result.context.history] == ["user", "assistant", "tool"]
+    assert result.context.history == history
 
 
 @settings(

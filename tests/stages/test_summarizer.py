@@ -59,6 +59,21 @@ def test_folds_only_whole_checkpoints_and_keeps_facts_verbatim(tmp_path, counter
     assert counter.count(result.context.summary) <= 80
 
 
+def test_facts_past_the_summary_budget_are_counted_as_dropped(tmp_path, counter):
+    history = []
+    for i in range(12):
+        history.append(Message(role="user", content=f"My locker number is {1000 + i}."))
+        history.append(Message(role="assistant", content="Noted."))
+    stage = extractive(tmp_path, keep_turns=2, checkpoint_every=2, max_summary_tokens=40)
+    result = stage.run(ctx(history), counter)
+    summary = result.context.summary or ""
+    kept = sum(f"locker number is {1000 + i}" in summary for i in range(12))
+    assert 0 < kept < 10  # of the 10 folded
+    assert result.report.counters["facts_dropped"] > 0
+    roomy = extractive(tmp_path / "roomy", keep_turns=2, checkpoint_every=2, max_summary_tokens=400)
+    assert roomy.run(ctx(history), counter).report.counters["facts_dropped"] == 0
+
+
 def test_nothing_to_fold_is_a_no_op(tmp_path, counter):
     context = ctx(chat(6))
     assert extractive(tmp_path).run(context, counter).context == context

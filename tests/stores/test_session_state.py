@@ -1,8 +1,11 @@
+import functools
 import multiprocessing
 import pathlib
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import diskcache
 import pytest
@@ -95,6 +98,28 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(open_store: Opener):
         store.put("t", "bad \udc80 id", {"ok": False})
     assert store.get("t", "s") == {"ok": True}
     assert store.sessions("t") == ["s"]
+
+
+def _appended(state: dict[str, Any] | None, *, item: list[int]) -> dict[str, Any]:
+    return {"items": [*(state or {}).get("items", []), item]}
+
+
+def test_updates_written_at_once_all_stay(open_store: Opener):
+    """Six writers, each with a connection of its own, append 20 items to one state."""
+    stores = [open_store("shared") for _ in range(6)]
+
+    def append(store: SessionStore, writer: int) -> None:
+        for i in range(20):
+            store.update("acme", "s1", functools.partial(_appended, item=[writer, i]))
+
+    threads = [threading.Thread(target=append, args=(s, w)) for w, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    state = stores[0].get("acme", "s1")
+    assert state is not None and len(state["items"]) == 120
+    assert stores[0].sessions("acme") == ["s1"]
 
 
 def test_corrupt_value_is_reported_not_unpickled(tmp_path: Path):
