@@ -108,16 +108,19 @@ class VectorIndex:
             capacity = max(end, 2 * len(self._vectors), 64)
             self._vectors = np.resize(self._vectors, (capacity, self.dimension))
             self._alive = np.resize(self._alive, capacity)
+        # Rows past ``_size`` are invisible: a build that raises (an IVF index with
+        # too few vectors to train) leaves the index as it was, and the size is
+        # committed only once the FAISS index holds the new vectors too.
         self._vectors[start:end] = vectors
-        self._alive[start:end] = True
-        self._size = end
-        wanted = self._wanted_kind()
+        wanted = self._wanted_kind(end)
         if wanted != self.kind or not self._index.is_trained:
-            self._rebuild(wanted)
+            self.kind, self._index = wanted, self._built(wanted, self._vectors[:end])
         else:
             self._index.add(vectors)
+        self._alive[start:end] = True
+        self._size = end
         self._gpu_index = None
-        return np.arange(start, start + len(vectors), dtype=np.int64)
+        return np.arange(start, end, dtype=np.int64)
 
     def remove(self, slots: Slots) -> None:
         """Mark ``slots`` dead; they are never returned again."""
@@ -127,10 +130,12 @@ class VectorIndex:
         """Drop dead slots and rebuild; returns, for each old slot, its new slot or -1."""
         mapping = np.full(self.slot_count, -1, dtype=np.int64)
         mapping[self.alive] = np.arange(int(self.alive.sum()), dtype=np.int64)
-        self._vectors = np.ascontiguousarray(self.vectors[self.alive])
-        self._size = len(self._vectors)
+        vectors = np.ascontiguousarray(self.vectors[self.alive])
+        kind = self._wanted_kind(len(vectors))
+        index = self._built(kind, vectors)  # may raise: nothing has changed yet
+        self._vectors, self._size = vectors, len(vectors)
         self._alive = np.ones(self._size, dtype=bool)
-        self._rebuild(self._wanted_kind())
+        self.kind, self._index, self._gpu_index = kind, index, None
         return mapping
 
     def search(
@@ -156,7 +161,12 @@ class VectorIndex:
         return SearchHits(scores[0][found], slots[0][found].astype(np.int64))
 
     def to_bytes(self) -> bytes:
-        """The FAISS index serialized by FAISS itself (no pickle)."""
+        """The FAISS index serialized by FAISS itself (no pickle); ``StoreError`` when it
+        does not hold every slot, since ``restore`` would refuse it."""
+        if self._index.ntotal != self._size:
+            raise StoreError(
+                f"the FAISS index holds {self._index.ntotal} vectors for {self._size} slots"
+            )
         return bytes(self.faiss.serialize_index(self._index).tobytes())
 
     @classmethod
@@ -185,10 +195,10 @@ class VectorIndex:
     def _checked(self, vectors: Vectors) -> Vectors:
         return checked_vectors(vectors, self.dimension)
 
-    def _wanted_kind(self) -> str:
+    def _wanted_kind(self, size: int) -> str:
         if self.requested_kind != "auto":
             return self.requested_kind
-        return "hnsw" if self.slot_count >= self.hnsw_threshold else "flat"
+        return "hnsw" if size >= self.hnsw_threshold else "flat"
 
     def _new_index(self, kind: str, size: int) -> Any:
         faiss = self.faiss
@@ -207,15 +217,16 @@ class VectorIndex:
             return index
         raise ConfigError(f"unknown index kind '{kind}'", key="kind")
 
-    def _rebuild(self, kind: str) -> None:
-        index = self._new_index(kind, self.slot_count)
-        if kind == "ivf" and self.slot_count:
-            if self.slot_count < index.nlist:
+    def _built(self, kind: str, vectors: Vectors) -> Any:
+        """A new index of ``kind`` holding ``vectors``; changes nothing on this object."""
+        index = self._new_index(kind, len(vectors))
+        if kind == "ivf" and len(vectors):
+            if len(vectors) < index.nlist:
                 raise StoreError(f"an IVF index needs at least {index.nlist} vectors to train")
-            index.train(self.vectors)
-        if self.slot_count:
-            index.add(self.vectors)
-        self.kind, self._index, self._gpu_index = kind, index, None
+            index.train(vectors)
+        if len(vectors):
+            index.add(vectors)
+        return index
 
     def _filtered_ef_search(self, live: int, k: int) -> int:
         """efSearch for a graph walk in which only ``live`` of the slots may be returned.
