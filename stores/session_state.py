@@ -22,9 +22,12 @@ cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,13 +134,16 @@ class SessionStateStore:
     """JSON state per ``(tenant_id, session_id)`` in a diskcache folder.
 
     ``path=None`` makes a store in a fresh temporary folder: state then lasts as
-    long as the process, which is what a pipeline without configured
-    persistence gets.
+    long as the store, which is what a pipeline without configured persistence
+    gets. That folder is removed by ``close``, or when the store is garbage
+    collected or the process exits (as ``tempfile.TemporaryDirectory`` does), so
+    a proxy or summarizer that never closes its store leaves nothing behind.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.read_only = False
         self._cache: Any
+        self._remove_temporary: weakref.finalize[Any, SessionStateStore] | None = None
         try:
             self._cache = diskcache.Cache(None if path is None else str(path), disk=PlainDisk)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -148,6 +154,10 @@ class SessionStateStore:
             self.path = Path(path)
         else:
             self.path = Path(self._cache.directory)
+            if path is None:
+                self._remove_temporary = weakref.finalize(
+                    self, _remove_temporary_store, self._cache, self.path, os.getpid()
+                )
 
     @property
     def location(self) -> str:
@@ -217,7 +227,10 @@ class SessionStateStore:
             self._cache.get("ping")
 
     def close(self) -> None:
+        """Close the cache; a temporary store's folder is removed with it."""
         self._cache.close()
+        if self._remove_temporary is not None:
+            self._remove_temporary()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -236,3 +249,16 @@ class SessionStateStore:
             raise StoreError(f"{where}: {exc}") from exc
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise StoreError(f"{where}: {exc}") from exc
+
+
+def _remove_temporary_store(cache: Any, folder: Path, creator_pid: int) -> None:
+    """Close ``cache`` and delete the temporary ``folder`` it lives in.
+
+    Only in the process that made it: a forked worker inherits this finalizer,
+    and its exit must not take the folder from the parent still using it. A
+    folder already gone (a tmp cleaner got there first) is what was wanted.
+    """
+    cache.close()
+    if os.getpid() == creator_pid:
+        with suppress(FileNotFoundError):
+            shutil.rmtree(folder)

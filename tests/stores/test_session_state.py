@@ -1,3 +1,4 @@
+import gc
 import multiprocessing
 import pathlib
 import textwrap
@@ -245,3 +246,30 @@ def test_a_corrupt_value_on_the_server_is_reported(redis_server: RedisServer):
             store.get("t", "s")
     raw.close()
     store.close()
+
+
+def test_a_temporary_store_removes_its_folder_when_closed():
+    store = SessionStateStore()
+    store.put("t", "s", {"v": 1})
+    folder = store.path
+    assert folder.is_dir()
+    store.close()
+    assert not folder.exists()
+    store.close()  # a second close is harmless
+
+
+def test_a_temporary_store_nobody_closes_removes_its_folder_when_dropped():
+    """A proxy without a configured store never closes it: collection (or exit) does."""
+    store = SessionStateStore()
+    store.put("t", "s", {"v": 1})
+    folder = store.path
+    del store
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_closing_a_store_in_a_given_folder_keeps_the_folder(tmp_path: Path):
+    store = SessionStateStore(tmp_path / "state")
+    store.put("t", "s", {"v": 1})
+    store.close()
+    assert SessionStateStore(tmp_path / "state").get("t", "s") == {"v": 1}
