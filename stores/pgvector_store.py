@@ -262,8 +262,18 @@ class PgVectorStore:
         )
 
     def vectors_of(self, slots: Sequence[int]) -> npt.NDArray[np.float32]:
-        """The vectors of ``slots``; a slot's vector never changes, so recent hits are cached."""
-        missing = [slot for slot in slots if slot not in self._vectors]
+        """The vectors of ``slots``; a slot's vector never changes, so recent hits are cached.
+
+        The result is built from what this call found, never read back from the
+        cache: a concurrent ``search`` may clear it at any moment, and a chunk
+        that is still stored must not be reported gone.
+        """
+        found: dict[int, npt.NDArray[np.float32]] = {}
+        for slot in slots:
+            cached = self._vectors.get(slot)
+            if cached is not None:
+                found[slot] = cached
+        missing = [slot for slot in slots if slot not in found]
         if missing:
             with self._reading() as conn:
                 rows = conn.execute(
@@ -272,11 +282,11 @@ class PgVectorStore:
                     binary=True,
                 ).fetchall()
             for slot, embedding in rows:
-                self._vectors[slot] = _from_binary(embedding)
+                found[slot] = self._vectors[slot] = _from_binary(embedding)
         if not slots:
             return np.empty((0, self.dimension), dtype=np.float32)
         try:
-            return np.stack([self._vectors[slot] for slot in slots])
+            return np.stack([found[slot] for slot in slots])
         except KeyError as exc:
             raise StoreError(f"chunk {exc.args[0]} is no longer in {self.url}") from exc
 

@@ -3,10 +3,12 @@
 A chat server restarts, runs several worker processes, and serves many tenants.
 The state a stage keeps between turns of one conversation therefore lives on
 disk in diskcache (SQLite transactions: a write is atomic and safe across
-processes), keyed by tenant id and session id, so a lookup can never reach
-another tenant's session. Values are JSON text, never pickles: the cache is
-opened with ``PlainDisk``, which refuses to load a pickled row, so a store file
-that someone else wrote cannot run code when it is read.
+processes), keyed by namespace, tenant id and session id, so a lookup can never
+reach another tenant's session, nor another user's state of the same session
+(the summarizer's summaries and a chatbot's histories may share one folder).
+Values are JSON text, never pickles: the cache is opened with ``PlainDisk``,
+which refuses to load a pickled row, so a store file that someone else wrote
+cannot run code when it is read.
 
 A folder this process cannot write to (a read-only mount, another user's
 folder) is opened read-only: reads work, writes raise ``StoreError``.
@@ -22,9 +24,12 @@ cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,16 +89,16 @@ class SessionStore(Protocol):
 def open_session_store(location: str | Path | None, *, namespace: str) -> SessionStore:
     """The store at ``location``: a ``redis://`` URL, a folder, or ``None`` for a temporary one.
 
-    ``namespace`` keeps the users of one server apart (the proxy's histories and
-    the summarizer's summaries may name the same session); a folder is already
-    private to its user, so it ignores it.
+    ``namespace`` keeps the users of one store apart: the proxy's histories, the
+    summarizer's summaries and a chatbot's histories may name the same session,
+    on one server or in one folder.
     """
     if isinstance(location, str) and store_location(location) == "redis":
         require("redis", extra="redis")
         from ctxproto.stores.redis_session_state import RedisSessionStateStore
 
         return RedisSessionStateStore(str(location), namespace=namespace)
-    return SessionStateStore(location)
+    return SessionStateStore(location, namespace=namespace)
 
 
 def check_ids(tenant_id: str, session_id: str) -> None:
@@ -137,16 +142,32 @@ def decode_state(raw: object, where: str) -> dict[str, Any]:
 
 
 class SessionStateStore:
-    """JSON state per ``(tenant_id, session_id)`` in a diskcache folder.
+    """JSON state per ``(tenant_id, session_id)`` in a diskcache folder, within ``namespace``.
+
+    Keys are ``["session", namespace, tenant, session]`` as JSON, as the Redis
+    store's are ``ctxproto:{namespace}:state:{tenant}:{session}``. The default
+    namespace, ``history``, is the one ``ChatSession`` opens its
+    ``history_path`` with, so the LangChain and LlamaIndex histories built on a
+    store of this class continue its conversations.
+
+    Stores before namespaces keyed state by ``["session", tenant, session]`` in
+    every namespace. Such a row is still read (and listed) while the session has
+    no row of its own in this namespace, and ``delete`` removes it. A write goes
+    to the namespaced key, which is read from then on, and leaves the old row:
+    in a folder that users shared, it may hold another namespace's state.
 
     ``path=None`` makes a store in a fresh temporary folder: state then lasts as
-    long as the process, which is what a pipeline without configured
-    persistence gets.
+    long as the store, which is what a pipeline without configured persistence
+    gets. That folder is removed by ``close``, or when the store is garbage
+    collected or the process exits (as ``tempfile.TemporaryDirectory`` does), so
+    a proxy or summarizer that never closes its store leaves nothing behind.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, namespace: str = "history") -> None:
+        self.namespace = namespace
         self.read_only = False
         self._cache: Any
+        self._remove_temporary: weakref.finalize[Any, SessionStateStore] | None = None
         try:
             self._cache = diskcache.Cache(None if path is None else str(path), disk=PlainDisk)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -157,22 +178,35 @@ class SessionStateStore:
             self.path = Path(path)
         else:
             self.path = Path(self._cache.directory)
+            if path is None:
+                self._remove_temporary = weakref.finalize(
+                    self, _remove_temporary_store, self._cache, self.path, os.getpid()
+                )
 
     @property
     def location(self) -> str:
         return str(self.path)
 
-    @staticmethod
-    def _key(tenant_id: str, session_id: str) -> str:
+    def _key(self, tenant_id: str, session_id: str) -> str:
         check_ids(tenant_id, session_id)
+        return json.dumps(["session", self.namespace, tenant_id, session_id])
+
+    @staticmethod
+    def _key_before_namespaces(tenant_id: str, session_id: str) -> str:
         return json.dumps(["session", tenant_id, session_id])
+
+    def _read(self, tenant_id: str, session_id: str) -> Any:
+        """The raw value of the session: its namespaced row, else a row from before namespaces."""
+        raw = self._cache.get(self._key(tenant_id, session_id))
+        if raw is None:
+            raw = self._cache.get(self._key_before_namespaces(tenant_id, session_id))
+        return raw
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         """The state stored for this tenant's session, or ``None``."""
-        key = self._key(tenant_id, session_id)
         where = f"session state of tenant '{tenant_id}' session '{session_id}' in {self.path}"
         with self._reporting(where):
-            raw = self._cache.get(key)
+            raw = self._read(tenant_id, session_id)
         return None if raw is None else decode_state(raw, where)
 
     def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
@@ -198,27 +232,38 @@ class SessionStateStore:
         key = self._key(tenant_id, session_id)
         where = f"session state of tenant '{tenant_id}' session '{session_id}' in {self.path}"
         with self._writing(), self._cache.transact():
-            raw = self._cache.get(key)
+            raw = self._read(tenant_id, session_id)
             state = change(None if raw is None else decode_state(raw, where))
             self._cache.set(key, encode_state(tenant_id, session_id, state))
         return state
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
-        """Forget a session; ``True`` when it existed."""
-        key = self._key(tenant_id, session_id)
-        with self._writing():
-            return bool(self._cache.delete(key))
+        """Forget a session (and its row from before namespaces); ``True`` when it existed."""
+        keys = (
+            self._key(tenant_id, session_id),
+            self._key_before_namespaces(tenant_id, session_id),
+        )
+        with self._writing(), self._cache.transact():
+            removed = [bool(self._cache.delete(key)) for key in keys]
+        return any(removed)
 
     def sessions(self, tenant_id: str) -> list[str]:
-        """The session ids this tenant has state for."""
-        ids = []
+        """The session ids this tenant has state for in this namespace."""
+        ids = set()
         with self._reporting(f"the session-state store at {self.path}"):
             keys = list(self._cache.iterkeys())
         for key in keys:
-            if isinstance(key, str) and key.startswith('["session"'):
-                _, tenant, session = json.loads(key)
-                if tenant == tenant_id:
-                    ids.append(session)
+            if not (isinstance(key, str) and key.startswith('["session"')):
+                continue
+            parts = json.loads(key)
+            if len(parts) == 4 and parts[1] == self.namespace:
+                tenant, session = parts[2:]
+            elif len(parts) == 3:  # a row from before namespaces
+                tenant, session = parts[1:]
+            else:
+                continue
+            if tenant == tenant_id:
+                ids.add(session)
         return sorted(ids)
 
     def ping(self) -> None:
@@ -226,7 +271,10 @@ class SessionStateStore:
             self._cache.get("ping")
 
     def close(self) -> None:
+        """Close the cache; a temporary store's folder is removed with it."""
         self._cache.close()
+        if self._remove_temporary is not None:
+            self._remove_temporary()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -245,3 +293,16 @@ class SessionStateStore:
             raise StoreError(f"{where}: {exc}") from exc
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise StoreError(f"{where}: {exc}") from exc
+
+
+def _remove_temporary_store(cache: Any, folder: Path, creator_pid: int) -> None:
+    """Close ``cache`` and delete the temporary ``folder`` it lives in.
+
+    Only in the process that made it: a forked worker inherits this finalizer,
+    and its exit must not take the folder from the parent still using it. A
+    folder already gone (a tmp cleaner got there first) is what was wanted.
+    """
+    cache.close()
+    if os.getpid() == creator_pid:
+        with suppress(FileNotFoundError):
+            shutil.rmtree(folder)

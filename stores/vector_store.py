@@ -184,8 +184,13 @@ class VectorStore:
     def _add(
         self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
     ) -> None:
-        self._delete([doc_id])
+        """The index first: when it refuses the vectors, the document it replaces is kept.
+
+        The new slots follow the last record whether or not old ones were freed
+        (deleted slots stay until ``compact``), so the docstore appends in step.
+        """
         self.index.add(vectors)
+        self._delete([doc_id])
         self.docstore.append(doc_id, chunks)
 
     def _delete(self, doc_ids: Sequence[str]) -> int:
@@ -248,6 +253,12 @@ class VectorStore:
                 1, self.index.slot_count
             ):
                 self.docstore.remap(self.index.compact())
+            records, slots = len(self.docstore.records), self.index.slot_count
+            if records != slots:  # such a generation would never open again
+                raise StoreError(
+                    f"the store at {self.path} holds {records} chunk records for {slots} "
+                    "vectors; refusing to save it"
+                )
             previous = self._latest_generation()
             generation = previous + 1
             files = self._files(generation)

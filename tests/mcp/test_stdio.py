@@ -58,7 +58,7 @@ def test_stdio_server_serves_the_configured_tenant(tmp_path: Path) -> None:
 
     from ctxproto.stores.session_state import SessionStateStore
 
-    store = SessionStateStore(tmp_path / "sessions")
+    store = SessionStateStore(tmp_path / "sessions", namespace="sessions")
     assert any(s.startswith("mcp-memory/s1/") for s in store.sessions("desk"))
     store.close()
 

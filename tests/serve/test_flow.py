@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,12 @@ def test_release_never_frees_the_next_turns_hold():
     asyncio.run(scenario())
     contents = [m["content"] for m in flow.history("t", "s")]
     assert contents == ["one", "first answer", "two", "second answer"]
+
+
+def test_a_flow_without_a_configured_store_leaves_no_folder_behind():
+    flow = ContextFlow(None)
+    folder = Path(flow.store.location)
+    assert folder.is_dir()
+    del flow
+    gc.collect()
+    assert not folder.exists()

@@ -45,7 +45,7 @@ def test_summaries_stay_with_their_tenant(proxy, scripted, state_dir):
         )
         messages.append({"role": "assistant", "content": answer.choices[0].message.content})
     assert any(secret in m["content"] for m in scripted.bodies[-1]["messages"])  # summary kept it
-    summaries = SessionStateStore(state_dir / "summaries")
+    summaries = SessionStateStore(state_dir / "summaries", namespace="summaries")
     assert summaries.get("tenant-a", session) is not None
     other = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}] * 4
     openai_client(proxy, "key-b").chat.completions.create(

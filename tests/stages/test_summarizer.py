@@ -171,7 +171,7 @@ def test_state_survives_restart_and_is_resumed(tmp_path, counter):
 
 def test_tenants_are_isolated(tmp_path, counter):
     extractive(tmp_path).run(ctx(chat(14), tenant="acme"), counter)
-    store = SessionStateStore(tmp_path / "state")
+    store = SessionStateStore(tmp_path / "state", namespace="summaries")
     assert store.get("acme", "s1") is not None
     assert store.get("globex", "s1") is None
     other = extractive(tmp_path).run(ctx(chat(14, fact_at=2), tenant="globex"), counter)

@@ -20,6 +20,7 @@ import pytest
 from ctxproto.bench.embedded_postgres import EmbeddedPostgres, free_port
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores import pgvector_store
 from ctxproto.stores.pgvector_store import PgVectorStore, _relation_exists
 
 DIM = 16
@@ -297,3 +298,33 @@ def test_vectors_come_back_exactly_and_a_parallel_hnsw_build_serves_them(pg_url:
         found = reader.vectors_of([hit.slot for hit in hits])
     ids = [int(hit.document.id[1:]) for hit in hits]
     assert np.array_equal(found, vectors[ids])
+
+
+def test_vectors_of_a_stored_chunk_survive_a_search_clearing_the_cache(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each search clears the hit cache (a limit of -1 makes every search do so): one
+    that finished while ``vectors_of`` fetched reported a cached chunk gone."""
+    monkeypatch.setattr(pgvector_store, "_VECTOR_CACHE_LIMIT", -1)
+    vectors = _vectors(200, seed=5)
+    with PgVectorStore(pg_url, embedder="e", dimension=DIM) as store:
+        store.add("all", [Document(id=f"c{i}", text="") for i in range(200)], vectors)
+        store.save()
+        # Searches with disjoint hits: each one's clear drops the others' vectors.
+        first = store.search(vectors[0], 1)[0].slot
+        never_hit = store.search(vectors[2], 1)[0].slot
+        stored = store.vectors_of([first])[0]
+
+        def search_in_turns() -> None:
+            for _ in range(100):
+                store.search(vectors[0], 1)
+                store.search(vectors[1], 1)
+
+        searcher = threading.Thread(target=search_in_turns)
+        searcher.start()
+        try:
+            while searcher.is_alive():
+                both = store.vectors_of([first, never_hit])
+                assert np.array_equal(both[0], stored)
+        finally:
+            searcher.join()

@@ -1,4 +1,5 @@
 import functools
+import gc
 import multiprocessing
 import pathlib
 import textwrap
@@ -13,6 +14,7 @@ import redis
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores import SessionStateStore, SessionStore, open_session_store
+from ctxproto.stores.json_disk import PlainDisk
 from ctxproto.stores.redis_session_state import RedisSessionStateStore
 from tests.conftest import Unprivileged
 from tests.servers_redis import RedisServer
@@ -55,6 +57,46 @@ def test_round_trip_and_restart(open_store: Opener):
     reopened = open_store("state")
     assert reopened.get("acme", "s1") == {"summary": "User: my code is 42", "folded": 4}
     assert reopened.get("acme", "s2") is None
+
+
+def test_namespaces_at_one_location_never_share_a_session(backend: str):
+    """A chatbot whose history_path is its summarizer's state_path, or a proxy whose
+    summarizer shares its session store: one key each overwrote the other's state,
+    and a client naming its session ``proxy:X`` reached the history of session X."""
+    if backend.startswith("redis://"):
+        url, prefix = backend.split("#")
+        location: str | Path = url
+        names = [f"{prefix}-sessions", f"{prefix}-summaries"]
+    else:
+        location, names = Path(backend) / "shared", ["sessions", "summaries"]
+    histories, summaries = (open_session_store(location, namespace=name) for name in names)
+    histories.put("acme", "proxy:X", {"messages": ["the history of X"]})
+    assert summaries.get("acme", "proxy:X") is None
+    summaries.put("acme", "proxy:X", {"summary": "a checkpoint"})
+    assert histories.get("acme", "proxy:X") == {"messages": ["the history of X"]}
+    assert summaries.sessions("acme") == ["proxy:X"] == histories.sessions("acme")
+    assert summaries.delete("acme", "proxy:X")
+    assert histories.get("acme", "proxy:X") == {"messages": ["the history of X"]}
+    for store in (histories, summaries):
+        store.close()
+
+
+def test_state_written_before_namespaces_is_read_until_replaced(tmp_path: Path):
+    old = diskcache.Cache(str(tmp_path), disk=PlainDisk)
+    old.set('["session", "acme", "s1"]', '{"history": ["kept"]}')
+    old.close()
+    store = SessionStateStore(tmp_path)
+    assert store.get("acme", "s1") == {"history": ["kept"]}
+    assert store.sessions("acme") == ["s1"]
+
+    def add_turn(state: dict[str, Any] | None) -> dict[str, Any]:
+        assert state is not None
+        return {"history": [*state["history"], "new"]}
+
+    assert store.update("acme", "s1", add_turn) == {"history": ["kept", "new"]}
+    assert store.get("acme", "s1") == {"history": ["kept", "new"]}
+    assert store.delete("acme", "s1")
+    assert store.get("acme", "s1") is None and store.sessions("acme") == []
 
 
 def test_tenants_never_see_each_other(open_store: Opener):
@@ -126,7 +168,7 @@ def test_corrupt_value_is_reported_not_unpickled(tmp_path: Path):
     store = SessionStateStore(tmp_path)
     store.put("t", "s", {"ok": True})
     raw = diskcache.Cache(str(tmp_path))
-    raw.set('["session", "t", "s"]', "not json {")
+    raw.set('["session", "history", "t", "s"]', "not json {")
     raw.close()
     with pytest.raises(StoreError, match="not a JSON object"):
         store.get("t", "s")
@@ -270,3 +312,30 @@ def test_a_corrupt_value_on_the_server_is_reported(redis_server: RedisServer):
             store.get("t", "s")
     raw.close()
     store.close()
+
+
+def test_a_temporary_store_removes_its_folder_when_closed():
+    store = SessionStateStore()
+    store.put("t", "s", {"v": 1})
+    folder = store.path
+    assert folder.is_dir()
+    store.close()
+    assert not folder.exists()
+    store.close()  # a second close is harmless
+
+
+def test_a_temporary_store_nobody_closes_removes_its_folder_when_dropped():
+    """A proxy without a configured store never closes it: collection (or exit) does."""
+    store = SessionStateStore()
+    store.put("t", "s", {"v": 1})
+    folder = store.path
+    del store
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_closing_a_store_in_a_given_folder_keeps_the_folder(tmp_path: Path):
+    store = SessionStateStore(tmp_path / "state")
+    store.put("t", "s", {"v": 1})
+    store.close()
+    assert SessionStateStore(tmp_path / "state").get("t", "s") == {"v": 1}

@@ -192,7 +192,7 @@ def test_another_embedder_or_dimension_is_a_clear_error(open_store: Opener) -> N
 
 def test_bad_vectors_are_rejected_and_change_nothing(open_store: Opener) -> None:
     store = open_store()
-    _fill(store, 3)
+    vectors = _fill(store, 3)
     with pytest.raises(StoreError, match="dimension"):
         store.add("bad", [Document(id="b", text="x")], np.ones((1, DIM + 1), dtype=np.float32))
     nan = np.full((1, DIM), np.nan, dtype=np.float32)
@@ -200,7 +200,37 @@ def test_bad_vectors_are_rejected_and_change_nothing(open_store: Opener) -> None
         store.add("bad", [Document(id="b", text="x")], nan)
     with pytest.raises(StoreError, match="no chunks"):
         store.add("empty", [], np.empty((0, DIM), dtype=np.float32))
+    with pytest.raises(StoreError, match="NaN"):
+        store.add("d1", [Document(id="d1#new", text="x")], nan)  # would replace d1
     assert store.count == 3 and store.chunk_count == 6
+    assert store.search(vectors[2], 1)[0].document.id == "d1#0"
+
+
+def test_an_index_that_cannot_build_leaves_index_and_docstore_in_step(tmp_path: Path) -> None:
+    """Five vectors cannot train IVF's lists: the refused add must leave no vectors behind,
+    or every later slot would name the wrong chunk and the saved store would not open."""
+    store = _store(tmp_path, kind="ivf")
+    few = [Document(id=f"few#{i}", text="x") for i in range(5)]
+    with pytest.raises(StoreError, match="IVF"):
+        store.add("few", few, _vectors(5, seed=1))
+    assert store.count == 0 and store.index.slot_count == 0
+    vectors = _vectors(40)
+    store.add("d", [Document(id=f"d#{i}", text=f"chunk {i}") for i in range(40)], vectors)
+    assert store.search(vectors[7], 1)[0].document.id == "d#7"
+    store.save()
+    reopened = _store(tmp_path, kind="ivf")
+    assert reopened.chunk_count == 40
+    assert reopened.search(vectors[7], 1)[0].document.id == "d#7"
+
+
+def test_a_store_whose_records_and_vectors_differ_is_not_saved(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 2)
+    store.save()
+    store.docstore.append("orphan", [Document(id="orphan#0", text="no vector")])
+    with pytest.raises(StoreError, match="5 chunk records for 4 vectors"):
+        store.save()
+    assert _store(tmp_path).chunk_count == 4
 
 
 def test_a_corrupt_manifest_or_index_is_a_store_error(tmp_path: Path) -> None:
