@@ -309,6 +309,10 @@ class PgVectorStore:
         self._pool.putconn(self._writer)
         self._writer = None
 
+    def refresh(self) -> bool:
+        """Nothing to do: every search reads the table as last committed."""
+        return False
+
     def ping(self) -> None:
         """One ``SELECT 1`` on a pooled connection (``/health``).
 

@@ -70,6 +70,10 @@ class VectorBackend(Protocol):
         """Make every change since the last save visible to other readers, atomically."""
         ...
 
+    def refresh(self) -> bool:
+        """See what other writers saved since this store was opened; ``True`` if it changed."""
+        ...
+
     def ping(self) -> None:
         """A ``StoreError`` when the store cannot answer now; one cheap round trip."""
         ...

@@ -8,10 +8,12 @@ generations before the one it replaced. A writer killed at any point leaves the
 previous manifest pointing at complete files, so the previous index stays
 loadable (``docs/durability.md``).
 
-Readers take no lock: they read the manifest once and load exactly the
-generation it names. The generation a save replaces is kept until the next
-save, and a reader that still finds a file gone (two saves while it loaded)
-re-reads the manifest and loads the newer generation.
+Readers take no lock: they read the manifest and load exactly the generation
+it names. The generation a save replaces is kept until the next save, and a
+reader that still finds a file gone (two saves while it loaded) re-reads the
+manifest and loads the newer generation. A long-lived reader (the proxy's
+retriever) calls ``refresh`` before it searches: one ``stat`` of the manifest,
+and a load only when another process saved since.
 
 Writers serialise on an ``flock`` of ``.lock`` in the folder, held across a
 read-modify-write: a save first reloads a generation another writer saved since
@@ -95,6 +97,7 @@ class VectorStore:
         self.path = Path(path)
         self.embedder = embedder
         self.generation = 0
+        self._manifest_seen: tuple[int, int, int] | None = None
         self._unsaved: list[Callable[[], object]] = []
         for _ in range(LOAD_ATTEMPTS):
             manifest = self.read_manifest(self.path)
@@ -150,6 +153,39 @@ class VectorStore:
                 f"this ctxproto reads version {FORMAT_VERSION}"
             )
         return manifest
+
+    def refresh(self) -> bool:
+        """Load the generation another process saved since this one loaded; ``True`` if so.
+
+        Without it a reader kept serving the documents it opened with until it was
+        restarted, deleted ones included. Costs one ``stat`` when nothing changed.
+        A store with unsaved changes of its own is left alone: ``save`` rebases
+        them onto the newer generation.
+        """
+        if self._unsaved:
+            return False
+        try:
+            stat = (self.path / "manifest.json").stat()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"the store at {self.path} is unreadable: {exc.strerror}") from exc
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen == self._manifest_seen:
+            return False
+        for _ in range(LOAD_ATTEMPTS):
+            manifest = self.read_manifest(self.path)
+            if manifest is None or manifest.generation == self.generation:
+                self._manifest_seen = seen
+                return False
+            self._check_embedder(manifest)
+            if self._load(manifest):
+                self._manifest_seen = seen
+                return True
+        raise StoreError(
+            f"the store at {self.path} changed {LOAD_ATTEMPTS} times while it was being "
+            "reloaded; try again when its writers are done"
+        )
 
     @property
     def count(self) -> int:

@@ -114,6 +114,7 @@ class KnowledgeBase:
             raise ConfigError(
                 f"must be between 0 and 1, got {lexical_weight}", key="lexical_weight"
             )
+        self.store.refresh()  # a re-index by another process is searched at once
         vector = self.embedder.embed_one(text)
         wanted = max(k, fetch_k)
         hits = self.store.search(vector, wanted, min_score=min_score, filters=filters)

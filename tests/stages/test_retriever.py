@@ -257,3 +257,24 @@ def test_hybrid_retrieval_on_a_postgresql_store_fails_when_the_stage_warms_up(
     with pytest.raises(ConfigError) as info:
         pipeline.run(query)
     assert "stages[0].init_parameters.lexical_weight" in str(info.value)
+
+
+def test_a_running_retriever_searches_what_another_process_indexed_since(
+    tmp_path: Path, embedder: Any, counter: Any
+) -> None:
+    """A folder store's reader reloads the generation saved since (pgvector reads the table)."""
+    store = str(tmp_path / "kb")
+    first = KnowledgeBase(store, embedder=embedder)
+    first.add_documents(DOCS[:1])
+    first.save()
+    stage = Retriever(store=store, k=2)
+    asked = "How do I turn on two-factor authentication?"
+    question = Context(query=Message(role="user", content=asked))
+    assert "security#0" not in [d.id for d in stage.run(question, counter).context.documents]
+    indexer = KnowledgeBase(store, embedder=embedder)  # the indexing run, apart from the reader
+    indexer.add_documents(DOCS)
+    indexer.save()
+    assert "security#0" in [d.id for d in stage.run(question, counter).context.documents]
+    indexer.store.delete(["security"])
+    indexer.save()
+    assert "security#0" not in [d.id for d in stage.run(question, counter).context.documents]
