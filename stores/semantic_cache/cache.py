@@ -294,19 +294,25 @@ class SemanticCache:
         return all(self._generation(s) == g for s, g in sources.items())
 
     def _sync(self) -> None:
-        """Bring the in-memory mirror up to the shared sequence counter."""
+        """Bring the in-memory mirror up to the shared sequence counter.
+
+        Only keys above the last sync are read, each once: a key whose entry is gone
+        by then was evicted, expired or invalidated, never still being written.
+        """
         latest = self._entries.latest_key()
-        if latest < self._mirror.synced:  # the folder was deleted and recreated under us
-            self._mirror = CacheMirror(self.embedder.dimension)
+        mirror = self._mirror
+        if latest < mirror.synced:  # the folder was deleted and recreated under us
+            mirror = self._mirror = CacheMirror(self.embedder.dimension)
+        if latest == mirror.synced:
+            return
         found = []
-        for key in self._mirror.pending(latest):
+        for key in self._entries.keys_between(mirror.synced, latest):
             entry = self._entries.get(key)
             if entry is not None:
                 vector = decode_vector(entry["vector"], self.embedder.dimension)
                 slots = QuerySlots.of(entry["query"])
                 found.append(MirrorEntry(key, entry["namespace"], entry["context"], vector, slots))
-        if found:
-            self._mirror.add(found)
+        mirror.add(found, synced=latest)
 
     def _evict_over_limit(self) -> None:
         """Oldest-first eviction down to ``max_entries`` (diskcache itself enforces bytes)."""

@@ -4,9 +4,9 @@ The layout follows the diskcache storage rule for rule, in Redis types (all
 keys under ``ctxproto:cache:{name}``, ``name`` from the URL's fragment,
 ``redis://host/0#answers``, default ``semantic-cache``):
 
-- ``seq``: the key counter (``INCR``), never reset, so a key is never reused
-  and each process's in-memory mirror catches up by reading the numbers above
-  the last one it saw (``mirror.py``);
+- ``seq``: the key counter, never reset, so a key is never reused and each
+  process's in-memory mirror catches up by reading the keys above the last one
+  it saw (``mirror.py``);
 - ``entry:{key}``: the entry as JSON text, with a ``PX`` expiry when the cache
   has a TTL, so the server itself drops expired answers;
 - ``order``: a sorted set of live keys scored by key number, oldest first, for
@@ -14,8 +14,10 @@ keys under ``ctxproto:cache:{name}``, ``name`` from the URL's fragment,
 - ``src:{source}``: a set of the keys built on a source, ``gen:{source}`` its
   generation counter, for invalidation.
 
-An entry, its place in ``order`` and its source sets are written in one
-``MULTI``/``EXEC``, so no reader sees an entry that is half written. The byte
+An entry, its place in ``order``, its source sets and the counter's step to
+its key are written in one ``MULTI``/``EXEC`` (with ``WATCH`` on the counter),
+so no reader sees an entry that is half written, nor a key whose entry is
+still to come. The byte
 limit is the server's ``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``),
 not ours: see docs/deploy.md.
 """
@@ -74,21 +76,32 @@ class RedisCacheStorage:
         return bool(removed)
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        text = json.dumps(entry, ensure_ascii=False, allow_nan=False)
-        with self._reporting("cannot store an entry"):
-            key = str(self._redis.incr(self._seq))
-            pipe = self._redis.pipeline(transaction=True)
-            expiry = None if ttl is None else max(int(ttl * 1000), 1)
-            pipe.set(self._entry(key), text.encode("utf-8"), px=expiry)
+        data = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        expiry = None if ttl is None else max(int(ttl * 1000), 1)
+
+        def write(pipe: Any) -> str:
+            """Runs again from the start when another writer moved the counter first."""
+            key = str(int(pipe.get(self._seq) or 0) + 1)
+            pipe.multi()
+            pipe.incr(self._seq)
+            pipe.set(self._entry(key), data, px=expiry)
             pipe.zadd(self._order, {key: int(key)})
             for source in sources:
                 pipe.sadd(self._source(source), key)
-            pipe.execute()
+            return key
+
+        with self._reporting("cannot store an entry"):
+            key: str = self._redis.transaction(write, self._seq, value_from_callable=True)
         return key
 
     def latest_key(self) -> int:
         with self._reporting("cannot read the key counter"):
             return int(self._redis.get(self._seq) or 0)
+
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        with self._reporting("cannot list entries"):
+            found = self._redis.zrangebyscore(self._order, f"({after}", latest)
+        return [key.decode() for key in found]
 
     def generation(self, source: str) -> int:
         with self._reporting(f"cannot read the generation of source '{source}'"):

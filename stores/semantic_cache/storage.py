@@ -40,10 +40,19 @@ class CacheStorage(Protocol):
     def delete(self, key: str) -> bool: ...
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        """Store ``entry`` under a fresh key, listed under each source; returns the key."""
+        """Store ``entry`` under a fresh key, listed under each source; returns the key.
+
+        Taking the key and writing the entry is one step for readers: once
+        ``latest_key`` reaches a key, its entry is there unless it was removed since,
+        so a reader reads each key at most once.
+        """
 
     def latest_key(self) -> int:
         """The highest key handed out so far (keys are ``1, 2, ...`` as strings)."""
+
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        """Keys in ``(after, latest]`` that may hold an entry, at most as many as there
+        are entries: a process that starts on a long history reads only what is left."""
 
     def generation(self, source: str) -> int: ...
 
@@ -108,16 +117,23 @@ class DiskCacheStorage:
         return bool(self._entries.delete(key))
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        key = str(self._meta.incr("seq"))
-        self._entries.set(key, entry, expire=ttl)
-        for source in sources:
-            with self._meta.transact():
+        # The counter's transaction commits after the entry is written, so no reader
+        # sees the new key before its entry (see ``CacheStorage.add``).
+        with self._meta.transact():
+            key = str(self._meta.incr("seq"))
+            self._entries.set(key, entry, expire=ttl)
+            for source in sources:
                 keys = json.loads(self._meta.get(f"src:{source}", "[]"))
                 self._meta.set(f"src:{source}", json.dumps([*keys, key]))
         return key
 
     def latest_key(self) -> int:
         return int(self._meta.get("seq", 0))
+
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        if latest - after <= len(self._entries):
+            return [str(number) for number in range(after + 1, latest + 1)]
+        return [key for key in self._entries.iterkeys() if after < int(key) <= latest]
 
     def generation(self, source: str) -> int:
         return int(self._meta.get(f"gen:{source}", 0))
