@@ -57,7 +57,12 @@ class CacheStorage(Protocol):
     def generation(self, source: str) -> int: ...
 
     def drop_source(self, source: str) -> list[str]:
-        """Bump the source's generation, then take (and forget) the keys listed under it."""
+        """Bump the source's generation, then take (and forget) the keys listed under it.
+
+        A source lists the keys of its entries from the oldest live entry of the
+        cache on: ``add`` drops the older ones, whose entries the entry limit, the
+        TTL or an invalidation removed.
+        """
 
     def evict_over(self, max_entries: int) -> list[str]:
         """Delete the oldest entries beyond ``max_entries``; returns their keys."""
@@ -86,8 +91,21 @@ def open_cache_storage(location: str | Path, *, max_bytes: int) -> CacheStorage:
     return DiskCacheStorage(Path(location), max_bytes=max_bytes)
 
 
+PRUNED_PER_ADD = 64
+"""At most this many keys of removed entries leave a source's list per ``add``, so that
+one ``add`` stays short after many entries expired at once; they still leave faster
+than keys arrive."""
+
+
 class DiskCacheStorage:
-    """Entries in one diskcache (JSON only, byte limit), counters and source lists in another."""
+    """Entries in one diskcache (JSON only, byte limit), counters and source lists in another.
+
+    A source's list is one row per key, ``listed:{n}:{source}`` for ``n`` from
+    ``listed-first:{source}`` up to ``listed-end:{source}``, so an ``add`` writes one
+    row and drops the oldest rows whose entries are gone, instead of rewriting the
+    list. Keys enter lists in key order (under the counter's transaction), and
+    entries leave oldest first, so the rows to drop are at the front.
+    """
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
         self.where = str(path)
@@ -122,9 +140,9 @@ class DiskCacheStorage:
         with self._meta.transact():
             key = str(self._meta.incr("seq"))
             self._entries.set(key, entry, expire=ttl)
+            oldest = self._oldest_key(default=int(key)) if sources else 0
             for source in sources:
-                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
-                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
+                self._list_under(source, key, oldest)
         return key
 
     def latest_key(self) -> int:
@@ -140,8 +158,13 @@ class DiskCacheStorage:
 
     def drop_source(self, source: str) -> list[str]:
         self._meta.incr(f"gen:{source}")
-        keys: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
-        return keys
+        with self._meta.transact():
+            first = int(self._meta.pop(f"listed-first:{source}", default=0))
+            end = int(self._meta.pop(f"listed-end:{source}", default=0))
+            keys: list[str] = [self._meta.pop(f"listed:{n}:{source}") for n in range(first, end)]
+            # A list written before lists were rows: one JSON array.
+            older: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
+        return older + keys
 
     def evict_over(self, max_entries: int) -> list[str]:
         evicted = []
@@ -157,12 +180,31 @@ class DiskCacheStorage:
     def clear(self) -> None:
         self._entries.clear()
         for name in list(self._meta.iterkeys()):
-            if name.startswith("src:"):
+            if name.startswith(("listed", "src:")):
                 self._meta.delete(name)
 
     def bind_embedder(self, signature: str) -> str:
         self._meta.add("embedder", signature)
         return str(self._meta.get("embedder"))
+
+    def _oldest_key(self, *, default: int) -> int:
+        """The key of the oldest live entry (stored first), or ``default`` when none is."""
+        try:
+            oldest, _ = self._entries.peekitem(last=False)
+        except KeyError:
+            return default
+        return int(oldest)
+
+    def _list_under(self, source: str, key: str, oldest: int) -> None:
+        """Append ``key`` to the source's list, dropping listed keys below ``oldest``."""
+        end = int(self._meta.incr(f"listed-end:{source}"))
+        self._meta.set(f"listed:{end - 1}:{source}", key)
+        first = int(self._meta.get(f"listed-first:{source}", 0))
+        stop = min(end - 1, first + PRUNED_PER_ADD)
+        while first < stop and int(self._meta.get(f"listed:{first}:{source}")) < oldest:
+            self._meta.delete(f"listed:{first}:{source}")
+            first += 1
+        self._meta.set(f"listed-first:{source}", first)
 
     def ping(self) -> None:
         try:

@@ -24,6 +24,7 @@ import redis
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.semantic_cache.cache import context_fingerprint
+from ctxproto.stores.semantic_cache.storage import open_cache_storage
 from tests.servers_redis import RedisServer
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
@@ -179,6 +180,44 @@ def test_invalidation_by_source_and_by_key(cache: SemanticCache) -> None:
     assert cache.invalidate(key=key) == 1
     assert cache.get("Do you accept PayPal?") is None
     assert cache.invalidate(source="never-used.md") == 0
+
+
+def test_a_source_lists_no_key_older_than_the_oldest_live_entry(
+    location: str, embedder: Any
+) -> None:
+    """Regression: the keys of entries that the entry limit or the TTL removed stayed
+    listed under their source for good."""
+    limited = SemanticCache(beside(location, "limited"), max_entries=5, embedder=embedder)
+    expiring = SemanticCache(beside(location, "expiring"), ttl=0.5, embedder=embedder)
+    vectors = np.random.default_rng(0).standard_normal((60, embedder.dimension))
+    for i, vector in enumerate(vectors.astype(np.float32)):
+        cache = limited if i < 50 else expiring
+        cache.put_embedded(f"What does section {i} say?", vector, "answer", sources=["policy.md"])
+    time.sleep(0.7)
+    expiring.put_embedded(
+        "What does it say?", vectors[0].astype(np.float32), "a", sources=["policy.md"]
+    )
+    for cache, newest in ((limited, ["46", "47", "48", "49", "50"]), (expiring, ["11"])):
+        storage = open_cache_storage(cache.path, max_bytes=1 << 30)
+        listed = storage.drop_source("policy.md")
+        assert set(newest) <= set(listed) and len(listed) <= len(newest) + 1, listed
+
+
+def test_a_source_list_of_the_former_layout_is_still_invalidated(
+    location: str, embedder: Any, request: pytest.FixtureRequest
+) -> None:
+    """A cache written before lists were pruned kept one JSON array (diskcache) or one
+    set (Redis) per source: an invalidation still drops the entries listed there."""
+    cache = SemanticCache(location, embedder=embedder)
+    key = cache.put("What is the return policy?", "30 days")
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        name = location.partition("#")[2]
+        redis.Redis.from_url(server.url).sadd(f"ctxproto:cache:{name}:src:policy.md", key)
+    else:
+        diskcache.Cache(str(Path(location) / "meta")).set("src:policy.md", json.dumps([key]))
+    assert cache.invalidate(source="policy.md") == 1
+    assert cache.get("What is the return policy?") is None
 
 
 def test_ttl_expires_entries(location: str, embedder: Any) -> None:
