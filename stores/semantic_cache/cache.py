@@ -179,9 +179,10 @@ class SemanticCache:
         """``put`` for a caller that already holds the query's normalized embedding."""
         _check_entry(query, answer, namespace)
         if np.shape(vector) != (self.embedder.dimension,):
-            raise StoreError(
+            raise ConfigError(
                 f"a query vector of shape {np.shape(vector)} does not fit this cache's "
-                f"embedder (dimension {self.embedder.dimension})"
+                f"embedder (dimension {self.embedder.dimension})",
+                key="vector",
             )
         return self._store(query, vector, answer, context, namespace, sources)
 
@@ -236,7 +237,7 @@ class SemanticCache:
     def invalidate(self, *, source: str | None = None, key: str | None = None) -> int:
         """Drop the entries built on ``source`` and/or the entry ``key``; returns how many."""
         if source is None and key is None:
-            raise StoreError("invalidate needs a source or a key")
+            raise ConfigError("invalidate needs a source or a key")
         keys = [key] if key is not None else []
         if source is not None:
             # The generation moves before the list is read: see the module docstring.
@@ -334,13 +335,17 @@ def resolve_guard(guard: Guard | bool) -> Guard:
 
 
 def _check_entry(query: object, answer: object, namespace: object) -> None:
-    """The checks of ``put`` and ``put_embedded``, before anything is embedded or written."""
+    """The checks of ``put`` and ``put_embedded``, before anything is embedded or written.
+
+    These are the caller's mistakes, so a ``ConfigError`` naming the argument (the
+    proxy answers 400), never the ``StoreError`` of a store that failed.
+    """
     _check_text(query, "query")
     if not isinstance(answer, str):
-        raise StoreError(f"a cached answer must be a string, got {type(answer).__name__}")
+        raise ConfigError(f"must be a string, got {type(answer).__name__}", key="answer")
     _check_text(namespace, "namespace")
 
 
-def _check_text(text: object, what: str) -> None:
+def _check_text(text: object, argument: str) -> None:
     if not isinstance(text, str) or not text.strip():
-        raise StoreError(f"the {what} must be a non-empty string, got {text!r}")
+        raise ConfigError(f"must be a non-empty string, got {text!r}", key=argument)

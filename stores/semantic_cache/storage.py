@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,6 +92,10 @@ def open_cache_storage(location: str | Path, *, max_bytes: int) -> CacheStorage:
     return DiskCacheStorage(Path(location), max_bytes=max_bytes)
 
 
+DISKCACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+"""What diskcache raises when its folder cannot be used: a ``StoreError`` here, as the
+Redis storage's failures are, so the proxy answers a store error, not its own bug."""
+
 PRUNED_PER_ADD = 64
 """At most this many keys of removed entries leave a source's list per ``add``, so that
 one ``add`` stays short after many entries expired at once; they still leave faster
@@ -117,7 +122,7 @@ class DiskCacheStorage:
                 eviction_policy="least-recently-stored",
             )
             self._meta: Any = diskcache.Cache(str(path / "meta"), disk=PlainDisk)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        except DISKCACHE_ERRORS as exc:
             # diskcache writes its settings on open, so even a reader needs write access.
             raise StoreError(
                 f"cannot open the semantic cache at {path}: it must be a folder this "
@@ -125,19 +130,22 @@ class DiskCacheStorage:
             ) from exc
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._reporting("cannot count entries"):
+            return len(self._entries)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = self._entries.get(key)
+        with self._reporting(f"cannot read entry {key}"):
+            entry: dict[str, Any] | None = self._entries.get(key)
         return entry
 
     def delete(self, key: str) -> bool:
-        return bool(self._entries.delete(key))
+        with self._reporting(f"cannot delete entry {key}"):
+            return bool(self._entries.delete(key))
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
         # The counter's transaction commits after the entry is written, so no reader
         # sees the new key before its entry (see ``CacheStorage.add``).
-        with self._meta.transact():
+        with self._reporting("cannot store an entry"), self._meta.transact():
             key = str(self._meta.incr("seq"))
             self._entries.set(key, entry, expire=ttl)
             oldest = self._oldest_key(default=int(key)) if sources else 0
@@ -146,46 +154,54 @@ class DiskCacheStorage:
         return key
 
     def latest_key(self) -> int:
-        return int(self._meta.get("seq", 0))
+        with self._reporting("cannot read the key counter"):
+            return int(self._meta.get("seq", 0))
 
     def keys_between(self, after: int, latest: int) -> list[str]:
-        if latest - after <= len(self._entries):
-            return [str(number) for number in range(after + 1, latest + 1)]
-        return [key for key in self._entries.iterkeys() if after < int(key) <= latest]
+        with self._reporting("cannot list entries"):
+            if latest - after <= len(self._entries):
+                return [str(number) for number in range(after + 1, latest + 1)]
+            return [key for key in self._entries.iterkeys() if after < int(key) <= latest]
 
     def generation(self, source: str) -> int:
-        return int(self._meta.get(f"gen:{source}", 0))
+        with self._reporting(f"cannot read the generation of source '{source}'"):
+            return int(self._meta.get(f"gen:{source}", 0))
 
     def drop_source(self, source: str) -> list[str]:
-        self._meta.incr(f"gen:{source}")
-        with self._meta.transact():
-            first = int(self._meta.pop(f"listed-first:{source}", default=0))
-            end = int(self._meta.pop(f"listed-end:{source}", default=0))
-            keys: list[str] = [self._meta.pop(f"listed:{n}:{source}") for n in range(first, end)]
-            # A list written before lists were rows: one JSON array.
-            older: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
+        with self._reporting(f"cannot invalidate source '{source}'"):
+            self._meta.incr(f"gen:{source}")
+            with self._meta.transact():
+                first = int(self._meta.pop(f"listed-first:{source}", default=0))
+                end = int(self._meta.pop(f"listed-end:{source}", default=0))
+                rows = [f"listed:{n}:{source}" for n in range(first, end)]
+                keys: list[str] = [self._meta.pop(row) for row in rows]
+                # A list written before lists were rows: one JSON array.
+                older: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
         return older + keys
 
     def evict_over(self, max_entries: int) -> list[str]:
         evicted = []
-        while len(self._entries) > max_entries:
-            try:
-                oldest, _ = self._entries.peekitem(last=False)
-            except KeyError:
-                break
-            self._entries.delete(oldest)
-            evicted.append(oldest)
+        with self._reporting("cannot evict entries"):
+            while len(self._entries) > max_entries:
+                try:
+                    oldest, _ = self._entries.peekitem(last=False)
+                except KeyError:
+                    break
+                self._entries.delete(oldest)
+                evicted.append(oldest)
         return evicted
 
     def clear(self) -> None:
-        self._entries.clear()
-        for name in list(self._meta.iterkeys()):
-            if name.startswith(("listed", "src:")):
-                self._meta.delete(name)
+        with self._reporting("cannot clear the cache"):
+            self._entries.clear()
+            for name in list(self._meta.iterkeys()):
+                if name.startswith(("listed", "src:")):
+                    self._meta.delete(name)
 
     def bind_embedder(self, signature: str) -> str:
-        self._meta.add("embedder", signature)
-        return str(self._meta.get("embedder"))
+        with self._reporting("cannot read the cache's embedder"):
+            self._meta.add("embedder", signature)
+            return str(self._meta.get("embedder"))
 
     def _oldest_key(self, *, default: int) -> int:
         """The key of the oldest live entry (stored first), or ``default`` when none is."""
@@ -207,11 +223,17 @@ class DiskCacheStorage:
         self._meta.set(f"listed-first:{source}", first)
 
     def ping(self) -> None:
-        try:
+        with self._reporting("cannot read the key counter"):
             self._meta.get("seq")
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise StoreError(f"cannot read the semantic cache at {self.where}: {exc}") from exc
 
     def close(self) -> None:
         self._entries.close()
         self._meta.close()
+
+    @contextmanager
+    def _reporting(self, what: str) -> Iterator[None]:
+        """diskcache's failures inside the block as a ``StoreError`` naming the folder."""
+        try:
+            yield
+        except DISKCACHE_ERRORS as exc:
+            raise StoreError(f"{what} of the semantic cache at {self.where}: {exc}") from exc

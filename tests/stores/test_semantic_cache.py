@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import os
 import random
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -377,18 +380,20 @@ def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
 
 
 def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embedder: Any) -> None:
+    """The caller's mistakes are ``ConfigError`` naming the argument (a 400 from the proxy);
+    they were ``StoreError``, the class of a store that failed (a 500)."""
     for bad in ("", "   "):
-        with pytest.raises(StoreError, match="query"):
+        with pytest.raises(ConfigError, match="query"):
             cache.put(bad, "answer")
-        with pytest.raises(StoreError, match="query"):
+        with pytest.raises(ConfigError, match="query"):
             cache.get(bad)
-    with pytest.raises(StoreError, match="answer"):
+    with pytest.raises(ConfigError, match="answer"):
         cache.put("question?", None)  # type: ignore[arg-type]
-    with pytest.raises(StoreError, match="namespace"):
+    with pytest.raises(ConfigError, match="namespace"):
         cache.put("question?", "a", namespace="")
-    with pytest.raises(StoreError, match="source or a key"):
+    with pytest.raises(ConfigError, match="source or a key"):
         cache.invalidate()
-    with pytest.raises(StoreError, match="dimension"):
+    with pytest.raises(ConfigError, match="dimension"):
         cache.put_embedded("question?", np.ones(7, dtype=np.float32), "a")
     with pytest.raises(ConfigError, match="threshold"):
         SemanticCache(tmp_path / "x", threshold=2.0, embedder=embedder)
@@ -399,9 +404,9 @@ def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> No
     """Every check of an entry runs before its question is embedded or anything written."""
     before = embedder.memo_entries
     question = "Is this question embedded when its entry is refused?"
-    with pytest.raises(StoreError, match="answer"):
+    with pytest.raises(ConfigError, match="answer"):
         cache.put(question, None)  # type: ignore[arg-type]
-    with pytest.raises(StoreError, match="namespace"):
+    with pytest.raises(ConfigError, match="namespace"):
         cache.put(question, "answer", namespace=" ")
     assert embedder.memo_entries == before
     assert len(cache) == 0
@@ -544,6 +549,33 @@ def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedde
     assert totals[False] >= 60 and totals[True] >= 60
     assert hits[False] / totals[False] <= 0.05, hits
     assert hits[True] / totals[True] >= 0.55, hits
+
+
+def test_a_cache_folder_that_went_away_is_a_store_error_naming_it(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Regression: diskcache's own errors (``sqlite3.OperationalError``, ``OSError``)
+    came through as they were, and the proxy answered them as its own bug."""
+    folder = tmp_path / "cache"
+    cache = SemanticCache(folder, embedder=embedder)
+    key = cache.put("What is the plan?", "plan")
+    embedder.embed(["What is the long plan?"])
+    for part in ("entries", "meta"):
+        shutil.rmtree(folder / part)
+        (folder / part).write_text("")
+    with pytest.raises(StoreError, match=re.escape(str(folder))):  # written as a file
+        cache.put("What is the long plan?", os.urandom(40_000).hex())
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get("What is the plan?"),
+        lambda: cache.put("What is the plan?", "plan"),
+        lambda: cache.invalidate(key=key),
+        lambda: cache.invalidate(source="plan.md"),
+        lambda: len(cache),
+    ]
+    with ThreadPoolExecutor(1) as thread:  # a new thread opens its own connections
+        for call in calls:
+            with pytest.raises(StoreError, match=re.escape(str(folder))):
+                thread.submit(call).result()
 
 
 READ_ONLY_OPEN = """
