@@ -11,7 +11,13 @@ Kinds: ``flat`` (exact inner product) below ``hnsw_threshold`` vectors, ``hnsw``
 above it (graph search, sub-millisecond on 100k vectors), ``ivf`` on request.
 ``auto`` switches from flat to HNSW when the collection grows past the threshold.
 A GPU copy of a flat index is used for unfiltered searches when a faiss GPU build
-and a GPU are present.
+and a GPU are present; every index of the process shares one set of GPU resources
+(each ``StandardGpuResources`` reserves its own scratch memory and streams, and a
+semantic cache holds an index per conversation), and since FAISS does not allow
+two threads to use one set at a time, GPU searches take turns.
+
+Storage grows by doubling from the first batch's size, not from a fixed minimum:
+most indexes of a semantic cache hold one or two vectors.
 
 HNSW parameters (M=32, efConstruction=80, efSearch=96): with 100k random
 vectors around real questions, M=16/efConstruction=40 put the true neighbour
@@ -30,6 +36,8 @@ iterative scans solve the same problem there.
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +59,9 @@ IVF_PROBES = 16
 EXACT_SEARCH_ROWS = 4096
 """Allowed sets up to this size are always scored exactly: a few thousand inner
 products take well under a millisecond, less than a filtered graph walk."""
+
+_gpu_lock = threading.Lock()
+"""Held while a GPU copy is made or searched: see the module docstring."""
 
 
 class SearchHits:
@@ -81,7 +92,6 @@ class VectorIndex:
         self.kind: str = "flat" if kind == "auto" else kind
         self._index: Any = self._new_index(self.kind, 0)
         self._gpu_index: Any = None
-        self._gpu_resources: Any = None
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -105,7 +115,7 @@ class VectorIndex:
         vectors = self._checked(vectors)
         start, end = self._size, self._size + len(vectors)
         if end > len(self._vectors):
-            capacity = max(end, 2 * len(self._vectors), 64)
+            capacity = max(end, 2 * len(self._vectors))
             self._vectors = np.resize(self._vectors, (capacity, self.dimension))
             self._alive = np.resize(self._alive, capacity)
         # Rows past ``_size`` are invisible: a build that raises (an IVF index with
@@ -149,7 +159,7 @@ class VectorIndex:
         if k <= 0:
             return SearchHits(np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64))
         if live == self.slot_count:
-            scores, slots = self._search_index().search(query, k)
+            scores, slots = self._search_all(query, k)
         elif self._scores_exactly(live, k):
             return self._exact_search(query[0], k, mask)
         else:
@@ -269,17 +279,25 @@ class VectorIndex:
         params.sel = selector
         return params
 
-    def _search_index(self) -> Any:
-        """The GPU copy of a flat index when a GPU faiss build can hold one, else the index."""
+    def _search_all(self, query: Vectors, k: int) -> tuple[Any, Any]:
+        """An unfiltered search, on the GPU copy of a flat index when a GPU faiss build has one."""
         faiss = self.faiss
-        if self.kind != "flat" or not hasattr(faiss, "StandardGpuResources"):
-            return self._index
-        if faiss.get_num_gpus() == 0:
-            return self._index
-        if self._gpu_index is None:
-            self._gpu_resources = self._gpu_resources or faiss.StandardGpuResources()
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index)
-        return self._gpu_index
+        on_gpu = self.kind == "flat" and hasattr(faiss, "StandardGpuResources")
+        if not on_gpu or faiss.get_num_gpus() == 0:
+            scores, slots = self._index.search(query, k)
+            return scores, slots
+        with _gpu_lock:
+            if self._gpu_index is None:
+                resources = _shared_gpu_resources(faiss)
+                self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
+            scores, slots = self._gpu_index.search(query, k)
+            return scores, slots
+
+
+@functools.cache
+def _shared_gpu_resources(faiss: Any) -> Any:
+    """The process's one ``StandardGpuResources``; called under ``_gpu_lock``."""
+    return faiss.StandardGpuResources()
 
 
 def _kind_of(faiss: Any, index: Any) -> str:

@@ -179,9 +179,10 @@ class SemanticCache:
         """``put`` for a caller that already holds the query's normalized embedding."""
         _check_entry(query, answer, namespace)
         if np.shape(vector) != (self.embedder.dimension,):
-            raise StoreError(
+            raise ConfigError(
                 f"a query vector of shape {np.shape(vector)} does not fit this cache's "
-                f"embedder (dimension {self.embedder.dimension})"
+                f"embedder (dimension {self.embedder.dimension})",
+                key="vector",
             )
         return self._store(query, vector, answer, context, namespace, sources)
 
@@ -236,7 +237,7 @@ class SemanticCache:
     def invalidate(self, *, source: str | None = None, key: str | None = None) -> int:
         """Drop the entries built on ``source`` and/or the entry ``key``; returns how many."""
         if source is None and key is None:
-            raise StoreError("invalidate needs a source or a key")
+            raise ConfigError("invalidate needs a source or a key")
         keys = [key] if key is not None else []
         if source is not None:
             # The generation moves before the list is read: see the module docstring.
@@ -294,19 +295,25 @@ class SemanticCache:
         return all(self._generation(s) == g for s, g in sources.items())
 
     def _sync(self) -> None:
-        """Bring the in-memory mirror up to the shared sequence counter."""
+        """Bring the in-memory mirror up to the shared sequence counter.
+
+        Only keys above the last sync are read, each once: a key whose entry is gone
+        by then was evicted, expired or invalidated, never still being written.
+        """
         latest = self._entries.latest_key()
-        if latest < self._mirror.synced:  # the folder was deleted and recreated under us
-            self._mirror = CacheMirror(self.embedder.dimension)
+        mirror = self._mirror
+        if latest < mirror.synced:  # the folder was deleted and recreated under us
+            mirror = self._mirror = CacheMirror(self.embedder.dimension)
+        if latest == mirror.synced:
+            return
         found = []
-        for key in self._mirror.pending(latest):
+        for key in self._entries.keys_between(mirror.synced, latest):
             entry = self._entries.get(key)
             if entry is not None:
                 vector = decode_vector(entry["vector"], self.embedder.dimension)
                 slots = QuerySlots.of(entry["query"])
                 found.append(MirrorEntry(key, entry["namespace"], entry["context"], vector, slots))
-        if found:
-            self._mirror.add(found)
+        mirror.add(found, synced=latest)
 
     def _evict_over_limit(self) -> None:
         """Oldest-first eviction down to ``max_entries`` (diskcache itself enforces bytes)."""
@@ -328,13 +335,17 @@ def resolve_guard(guard: Guard | bool) -> Guard:
 
 
 def _check_entry(query: object, answer: object, namespace: object) -> None:
-    """The checks of ``put`` and ``put_embedded``, before anything is embedded or written."""
+    """The checks of ``put`` and ``put_embedded``, before anything is embedded or written.
+
+    These are the caller's mistakes, so a ``ConfigError`` naming the argument (the
+    proxy answers 400), never the ``StoreError`` of a store that failed.
+    """
     _check_text(query, "query")
     if not isinstance(answer, str):
-        raise StoreError(f"a cached answer must be a string, got {type(answer).__name__}")
+        raise ConfigError(f"must be a string, got {type(answer).__name__}", key="answer")
     _check_text(namespace, "namespace")
 
 
-def _check_text(text: object, what: str) -> None:
+def _check_text(text: object, argument: str) -> None:
     if not isinstance(text, str) or not text.strip():
-        raise StoreError(f"the {what} must be a non-empty string, got {text!r}")
+        raise ConfigError(f"must be a non-empty string, got {text!r}", key=argument)

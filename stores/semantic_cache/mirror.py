@@ -3,15 +3,21 @@
 Entries are written to diskcache by any process; each process mirrors their
 vectors here to search them in well under a millisecond. Entry keys are numbers
 from a shared counter, so catching up means reading the keys above the last one
-seen. A key whose entry is not there yet (another process took the number but
-has not written it) is read again on later syncs for ``PENDING_SECONDS``.
+seen. A key's entry is written in the same step as the counter reaches it
+(``CacheStorage.add``), so a key at or below the counter whose entry is missing
+is gone for good: each key is read once.
+
+With the default ``conversation`` scope nearly every answer is a scope of its
+own, so a scope must cost about one vector and must go away with its last
+entry: a scope is dropped once it holds no live entry, and its index is
+compacted once dead slots outnumber live ones (each entry's slot stays dead
+until then, as ``VectorIndex`` never reuses one).
 """
 
 from __future__ import annotations
 
 import base64
 import threading
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +28,6 @@ from ctxproto.stores.semantic_cache.query_slots import QuerySlots
 from ctxproto.stores.vector_index import VectorIndex
 
 __all__ = ["CacheMirror", "Candidate", "MirrorEntry", "decode_vector", "encode_vector"]
-
-PENDING_SECONDS = 30.0
 
 Vector = npt.NDArray[np.float32]
 
@@ -65,9 +69,13 @@ class Candidate:
 
 @dataclass
 class _Scope:
+    name: tuple[str, str]
+    """(namespace, context fingerprint)."""
     index: VectorIndex
     keys: list[str] = field(default_factory=list)
+    """Entry keys by slot, dead slots included."""
     slots: list[QuerySlots] = field(default_factory=list)
+    live: int = 0
 
 
 class CacheMirror:
@@ -82,47 +90,43 @@ class CacheMirror:
         self._lock = threading.Lock()
         self.dimension = dimension
         self.synced = 0
+        """The key counter up to which every entry has been read."""
         self._scopes: dict[tuple[str, str], _Scope] = {}
         self._where: dict[str, tuple[_Scope, int]] = {}
-        self._pending: dict[str, float] = {}
 
-    def pending(self, latest: int) -> list[str]:
-        """Keys to read: new ones up to ``latest`` and recent ones not found before."""
-        with self._lock:
-            now = time.monotonic()
-            for number in range(self.synced + 1, latest + 1):
-                self._pending[str(number)] = now
-            self.synced = max(self.synced, latest)
-            for key, since in list(self._pending.items()):
-                if now - since > PENDING_SECONDS:
-                    del self._pending[key]
-            return list(self._pending)
-
-    def add(self, entries: list[MirrorEntry]) -> None:
-        """Mirror entries read from disk (batched: one FAISS add per scope)."""
+    def add(self, entries: list[MirrorEntry], *, synced: int = 0) -> None:
+        """Mirror entries read from storage (one FAISS add per scope), then record that
+        every key up to ``synced`` has been read."""
         with self._lock:
             grouped: dict[tuple[str, str], list[MirrorEntry]] = {}
             for entry in entries:
-                self._pending.pop(entry.key, None)
                 if entry.key not in self._where:
                     grouped.setdefault((entry.namespace, entry.context), []).append(entry)
-            for scope_key, group in grouped.items():
-                scope = self._scopes.get(scope_key)
+            for name, group in grouped.items():
+                scope = self._scopes.get(name)
                 if scope is None:
-                    scope = self._scopes[scope_key] = _Scope(VectorIndex(self.dimension))
+                    scope = self._scopes[name] = _Scope(name, VectorIndex(self.dimension))
                 slots = scope.index.add(np.stack([e.vector for e in group]))
                 for entry, slot in zip(group, slots.tolist(), strict=True):
                     scope.keys.append(entry.key)
                     scope.slots.append(entry.slots)
                     self._where[entry.key] = (scope, slot)
+                scope.live += len(group)
+            self.synced = max(self.synced, synced)
 
     def forget(self, key: str) -> None:
+        """Stop returning ``key``; frees its scope when it was the last live entry there."""
         with self._lock:
-            self._pending.pop(key, None)
             found = self._where.pop(key, None)
-            if found is not None:
-                scope, slot = found
-                scope.index.remove(np.asarray([slot], dtype=np.int64))
+            if found is None:
+                return
+            scope, slot = found
+            scope.index.remove(np.asarray([slot], dtype=np.int64))
+            scope.live -= 1
+            if scope.live == 0:
+                del self._scopes[scope.name]
+            elif scope.index.slot_count - scope.live > scope.live:
+                self._compact(scope)
 
     def search(self, namespace: str, context: str, vector: Vector, k: int) -> list[Candidate]:
         """The ``k`` most similar entries of one namespace and context, best first."""
@@ -135,3 +139,12 @@ class CacheMirror:
                 Candidate(scope.keys[slot], score, scope.slots[slot], scope.index.vectors[slot])
                 for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True)
             ]
+
+    def _compact(self, scope: _Scope) -> None:
+        """Drop the scope's dead slots; its live entries take new, dense slots."""
+        alive = scope.index.alive.tolist()
+        scope.index.compact()
+        scope.keys = [key for key, live in zip(scope.keys, alive, strict=True) if live]
+        scope.slots = [slots for slots, live in zip(scope.slots, alive, strict=True) if live]
+        for slot, key in enumerate(scope.keys):
+            self._where[key] = (scope, slot)

@@ -4,18 +4,23 @@ The layout follows the diskcache storage rule for rule, in Redis types (all
 keys under ``ctxproto:cache:{name}``, ``name`` from the URL's fragment,
 ``redis://host/0#answers``, default ``semantic-cache``):
 
-- ``seq``: the key counter (``INCR``), never reset, so a key is never reused
-  and each process's in-memory mirror catches up by reading the numbers above
-  the last one it saw (``mirror.py``);
+- ``seq``: the key counter, never reset, so a key is never reused and each
+  process's in-memory mirror catches up by reading the keys above the last one
+  it saw (``mirror.py``);
 - ``entry:{key}``: the entry as JSON text, with a ``PX`` expiry when the cache
   has a TTL, so the server itself drops expired answers;
 - ``order``: a sorted set of live keys scored by key number, oldest first, for
   the entry limit (``ZPOPMIN``);
-- ``src:{source}``: a set of the keys built on a source, ``gen:{source}`` its
-  generation counter, for invalidation.
+- ``listed:{source}``: a sorted set of the keys built on a source, scored by key
+  number, ``gen:{source}`` its generation counter, for invalidation. Each ``add``
+  drops the keys below the oldest live entry's, so the keys of entries that the
+  entry limit or the TTL removed do not pile up (``src:{source}``, a plain set,
+  is the list of a cache written before that, read once by an invalidation).
 
-An entry, its place in ``order`` and its source sets are written in one
-``MULTI``/``EXEC``, so no reader sees an entry that is half written. The byte
+An entry, its place in ``order``, its source lists and the counter's step to
+its key are written in one ``MULTI``/``EXEC`` (with ``WATCH`` on the counter),
+so no reader sees an entry that is half written, nor a key whose entry is
+still to come. The byte
 limit is the server's ``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``),
 not ours: see docs/deploy.md.
 """
@@ -49,7 +54,7 @@ class RedisCacheStorage:
 
     def __len__(self) -> int:
         with self._reporting("cannot count entries"):
-            self._drop_expired_from_order()
+            self._oldest_live_key()  # drops expired keys from ``order``
             return int(self._redis.zcard(self._order))
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -74,21 +79,37 @@ class RedisCacheStorage:
         return bool(removed)
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        text = json.dumps(entry, ensure_ascii=False, allow_nan=False)
+        data = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        expiry = None if ttl is None else max(int(ttl * 1000), 1)
         with self._reporting("cannot store an entry"):
-            key = str(self._redis.incr(self._seq))
-            pipe = self._redis.pipeline(transaction=True)
-            expiry = None if ttl is None else max(int(ttl * 1000), 1)
-            pipe.set(self._entry(key), text.encode("utf-8"), px=expiry)
-            pipe.zadd(self._order, {key: int(key)})
-            for source in sources:
-                pipe.sadd(self._source(source), key)
-            pipe.execute()
+            # Keys only grow, so an oldest key read before the transaction is low enough.
+            oldest = self._oldest_live_key() if sources else None
+
+            def write(pipe: Any) -> str:
+                """Runs again from the start when another writer moved the counter first."""
+                number = int(pipe.get(self._seq) or 0) + 1
+                key = str(number)
+                pipe.multi()
+                pipe.incr(self._seq)
+                pipe.set(self._entry(key), data, px=expiry)
+                pipe.zadd(self._order, {key: number})
+                below = number if oldest is None else oldest
+                for source in sources:
+                    pipe.zadd(self._listed(source), {key: number})
+                    pipe.zremrangebyscore(self._listed(source), "-inf", f"({below}")
+                return key
+
+            key: str = self._redis.transaction(write, self._seq, value_from_callable=True)
         return key
 
     def latest_key(self) -> int:
         with self._reporting("cannot read the key counter"):
             return int(self._redis.get(self._seq) or 0)
+
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        with self._reporting("cannot list entries"):
+            found = self._redis.zrangebyscore(self._order, f"({after}", latest)
+        return [key.decode() for key in found]
 
     def generation(self, source: str) -> int:
         with self._reporting(f"cannot read the generation of source '{source}'"):
@@ -97,15 +118,17 @@ class RedisCacheStorage:
     def drop_source(self, source: str) -> list[str]:
         with self._reporting(f"cannot invalidate source '{source}'"):
             self._redis.incr(f"{self._prefix}:gen:{key_part(source)}")
+            older = f"{self._prefix}:src:{key_part(source)}"  # see the module docstring
             pipe = self._redis.pipeline(transaction=True)
-            pipe.smembers(self._source(source))
-            pipe.delete(self._source(source))
-            members, _ = pipe.execute()
-        return sorted((m.decode() for m in members), key=int)
+            pipe.zrange(self._listed(source), 0, -1)
+            pipe.smembers(older)
+            pipe.delete(self._listed(source), older)
+            listed, listed_before, _ = pipe.execute()
+        return sorted({m.decode() for m in (*listed, *listed_before)}, key=int)
 
     def evict_over(self, max_entries: int) -> list[str]:
         with self._reporting("cannot evict entries"):
-            self._drop_expired_from_order()
+            self._oldest_live_key()  # drops expired keys from ``order``
             excess = int(self._redis.zcard(self._order)) - max_entries
             if excess <= 0:
                 return []
@@ -117,7 +140,8 @@ class RedisCacheStorage:
 
     def clear(self) -> None:
         with self._reporting("cannot clear the cache"):
-            for pattern in (f"{self._prefix}:entry:*", f"{self._prefix}:src:*"):
+            for part in ("entry", "listed", "src"):
+                pattern = f"{self._prefix}:{part}:*"
                 batch = list(self._redis.scan_iter(match=_glob_escaped(pattern), count=1000))
                 for start in range(0, len(batch), 1000):
                     self._redis.delete(*batch[start : start + 1000])
@@ -146,22 +170,25 @@ class RedisCacheStorage:
     def _entry(self, key: str) -> str:
         return f"{self._prefix}:entry:{key}"
 
-    def _source(self, source: str) -> str:
-        return f"{self._prefix}:src:{key_part(source)}"
+    def _listed(self, source: str) -> str:
+        return f"{self._prefix}:listed:{key_part(source)}"
 
-    def _drop_expired_from_order(self) -> None:
-        """Forget keys whose entries the server expired, oldest first, as far as they go."""
+    def _oldest_live_key(self) -> int | None:
+        """The oldest key in ``order`` whose entry the server still holds, or ``None``;
+        the keys of expired entries met on the way leave ``order``."""
         while True:
-            oldest = self._redis.zrange(self._order, 0, 63)
+            oldest = [key.decode() for key in self._redis.zrange(self._order, 0, 63)]
             if not oldest:
-                return
-            alive = self._redis.exists(*(self._entry(k.decode()) for k in oldest))
-            if alive == len(oldest):
-                return
-            gone = [k for k in oldest if not self._redis.exists(self._entry(k.decode()))]
-            self._redis.zrem(self._order, *gone)
+                return None
+            pipe = self._redis.pipeline(transaction=False)
+            for key in oldest:
+                pipe.exists(self._entry(key))
+            present = dict(zip(oldest, pipe.execute(), strict=True))
+            gone = [key for key in oldest if not present[key]]
+            if gone:
+                self._redis.zrem(self._order, *gone)
             if len(gone) < len(oldest):
-                return
+                return next(int(key) for key in oldest if present[key])
 
     def _reporting(self, what: str) -> AbstractContextManager[None]:
         return self._connection.reporting(f"{what} of the semantic cache")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,15 +41,29 @@ class CacheStorage(Protocol):
     def delete(self, key: str) -> bool: ...
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        """Store ``entry`` under a fresh key, listed under each source; returns the key."""
+        """Store ``entry`` under a fresh key, listed under each source; returns the key.
+
+        Taking the key and writing the entry is one step for readers: once
+        ``latest_key`` reaches a key, its entry is there unless it was removed since,
+        so a reader reads each key at most once.
+        """
 
     def latest_key(self) -> int:
         """The highest key handed out so far (keys are ``1, 2, ...`` as strings)."""
 
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        """Keys in ``(after, latest]`` that may hold an entry, at most as many as there
+        are entries: a process that starts on a long history reads only what is left."""
+
     def generation(self, source: str) -> int: ...
 
     def drop_source(self, source: str) -> list[str]:
-        """Bump the source's generation, then take (and forget) the keys listed under it."""
+        """Bump the source's generation, then take (and forget) the keys listed under it.
+
+        A source lists the keys of its entries from the oldest live entry of the
+        cache on: ``add`` drops the older ones, whose entries the entry limit, the
+        TTL or an invalidation removed.
+        """
 
     def evict_over(self, max_entries: int) -> list[str]:
         """Delete the oldest entries beyond ``max_entries``; returns their keys."""
@@ -77,8 +92,25 @@ def open_cache_storage(location: str | Path, *, max_bytes: int) -> CacheStorage:
     return DiskCacheStorage(Path(location), max_bytes=max_bytes)
 
 
+DISKCACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+"""What diskcache raises when its folder cannot be used: a ``StoreError`` here, as the
+Redis storage's failures are, so the proxy answers a store error, not its own bug."""
+
+PRUNED_PER_ADD = 64
+"""At most this many keys of removed entries leave a source's list per ``add``, so that
+one ``add`` stays short after many entries expired at once; they still leave faster
+than keys arrive."""
+
+
 class DiskCacheStorage:
-    """Entries in one diskcache (JSON only, byte limit), counters and source lists in another."""
+    """Entries in one diskcache (JSON only, byte limit), counters and source lists in another.
+
+    A source's list is one row per key, ``listed:{n}:{source}`` for ``n`` from
+    ``listed-first:{source}`` up to ``listed-end:{source}``, so an ``add`` writes one
+    row and drops the oldest rows whose entries are gone, instead of rewriting the
+    list. Keys enter lists in key order (under the counter's transaction), and
+    entries leave oldest first, so the rows to drop are at the front.
+    """
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
         self.where = str(path)
@@ -90,7 +122,7 @@ class DiskCacheStorage:
                 eviction_policy="least-recently-stored",
             )
             self._meta: Any = diskcache.Cache(str(path / "meta"), disk=PlainDisk)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        except DISKCACHE_ERRORS as exc:
             # diskcache writes its settings on open, so even a reader needs write access.
             raise StoreError(
                 f"cannot open the semantic cache at {path}: it must be a folder this "
@@ -98,62 +130,110 @@ class DiskCacheStorage:
             ) from exc
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._reporting("cannot count entries"):
+            return len(self._entries)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = self._entries.get(key)
+        with self._reporting(f"cannot read entry {key}"):
+            entry: dict[str, Any] | None = self._entries.get(key)
         return entry
 
     def delete(self, key: str) -> bool:
-        return bool(self._entries.delete(key))
+        with self._reporting(f"cannot delete entry {key}"):
+            return bool(self._entries.delete(key))
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        key = str(self._meta.incr("seq"))
-        self._entries.set(key, entry, expire=ttl)
-        for source in sources:
-            with self._meta.transact():
-                keys = json.loads(self._meta.get(f"src:{source}", "[]"))
-                self._meta.set(f"src:{source}", json.dumps([*keys, key]))
+        # The counter's transaction commits after the entry is written, so no reader
+        # sees the new key before its entry (see ``CacheStorage.add``).
+        with self._reporting("cannot store an entry"), self._meta.transact():
+            key = str(self._meta.incr("seq"))
+            self._entries.set(key, entry, expire=ttl)
+            oldest = self._oldest_key(default=int(key)) if sources else 0
+            for source in sources:
+                self._list_under(source, key, oldest)
         return key
 
     def latest_key(self) -> int:
-        return int(self._meta.get("seq", 0))
+        with self._reporting("cannot read the key counter"):
+            return int(self._meta.get("seq", 0))
+
+    def keys_between(self, after: int, latest: int) -> list[str]:
+        with self._reporting("cannot list entries"):
+            if latest - after <= len(self._entries):
+                return [str(number) for number in range(after + 1, latest + 1)]
+            return [key for key in self._entries.iterkeys() if after < int(key) <= latest]
 
     def generation(self, source: str) -> int:
-        return int(self._meta.get(f"gen:{source}", 0))
+        with self._reporting(f"cannot read the generation of source '{source}'"):
+            return int(self._meta.get(f"gen:{source}", 0))
 
     def drop_source(self, source: str) -> list[str]:
-        self._meta.incr(f"gen:{source}")
-        keys: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
-        return keys
+        with self._reporting(f"cannot invalidate source '{source}'"):
+            self._meta.incr(f"gen:{source}")
+            with self._meta.transact():
+                first = int(self._meta.pop(f"listed-first:{source}", default=0))
+                end = int(self._meta.pop(f"listed-end:{source}", default=0))
+                rows = [f"listed:{n}:{source}" for n in range(first, end)]
+                keys: list[str] = [self._meta.pop(row) for row in rows]
+                # A list written before lists were rows: one JSON array.
+                older: list[str] = json.loads(self._meta.pop(f"src:{source}", default="[]"))
+        return older + keys
 
     def evict_over(self, max_entries: int) -> list[str]:
         evicted = []
-        while len(self._entries) > max_entries:
-            try:
-                oldest, _ = self._entries.peekitem(last=False)
-            except KeyError:
-                break
-            self._entries.delete(oldest)
-            evicted.append(oldest)
+        with self._reporting("cannot evict entries"):
+            while len(self._entries) > max_entries:
+                try:
+                    oldest, _ = self._entries.peekitem(last=False)
+                except KeyError:
+                    break
+                self._entries.delete(oldest)
+                evicted.append(oldest)
         return evicted
 
     def clear(self) -> None:
-        self._entries.clear()
-        for name in list(self._meta.iterkeys()):
-            if name.startswith("src:"):
-                self._meta.delete(name)
+        with self._reporting("cannot clear the cache"):
+            self._entries.clear()
+            for name in list(self._meta.iterkeys()):
+                if name.startswith(("listed", "src:")):
+                    self._meta.delete(name)
 
     def bind_embedder(self, signature: str) -> str:
-        self._meta.add("embedder", signature)
-        return str(self._meta.get("embedder"))
+        with self._reporting("cannot read the cache's embedder"):
+            self._meta.add("embedder", signature)
+            return str(self._meta.get("embedder"))
+
+    def _oldest_key(self, *, default: int) -> int:
+        """The key of the oldest live entry (stored first), or ``default`` when none is."""
+        try:
+            oldest, _ = self._entries.peekitem(last=False)
+        except KeyError:
+            return default
+        return int(oldest)
+
+    def _list_under(self, source: str, key: str, oldest: int) -> None:
+        """Append ``key`` to the source's list, dropping listed keys below ``oldest``."""
+        end = int(self._meta.incr(f"listed-end:{source}"))
+        self._meta.set(f"listed:{end - 1}:{source}", key)
+        first = int(self._meta.get(f"listed-first:{source}", 0))
+        stop = min(end - 1, first + PRUNED_PER_ADD)
+        while first < stop and int(self._meta.get(f"listed:{first}:{source}")) < oldest:
+            self._meta.delete(f"listed:{first}:{source}")
+            first += 1
+        self._meta.set(f"listed-first:{source}", first)
 
     def ping(self) -> None:
-        try:
+        with self._reporting("cannot read the key counter"):
             self._meta.get("seq")
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise StoreError(f"cannot read the semantic cache at {self.where}: {exc}") from exc
 
     def close(self) -> None:
         self._entries.close()
         self._meta.close()
+
+    @contextmanager
+    def _reporting(self, what: str) -> Iterator[None]:
+        """diskcache's failures inside the block as a ``StoreError`` naming the folder."""
+        try:
+            yield
+        except DISKCACHE_ERRORS as exc:
+            raise StoreError(f"{what} of the semantic cache at {self.where}: {exc}") from exc

@@ -6,21 +6,28 @@ import json
 import multiprocessing
 import os
 import random
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import numpy as np
 import pytest
+import redis
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.semantic_cache.cache import context_fingerprint
+from ctxproto.stores.semantic_cache.storage import open_cache_storage
 from tests.servers_redis import RedisServer
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
@@ -38,6 +45,19 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def beside(location: str, name: str) -> str:
     """Another cache next to the one at ``location``."""
     return f"{location}-{name}" if "://" in location else str(Path(location) / name)
+
+
+def entry_reads(location: str, request: pytest.FixtureRequest) -> Callable[[], int]:
+    """How many reads the storage at ``location`` has answered so far: diskcache's hit
+    and miss counts (switched on here, so open the cache after this), or the server's
+    ``GET`` count."""
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        return lambda: int(client.info("commandstats")["cmdstat_get"]["calls"])
+    entries = diskcache.Cache(str(Path(location) / "entries"))
+    entries.stats(enable=True)
+    return lambda: sum(entries.stats())
 
 
 @pytest.fixture
@@ -165,6 +185,44 @@ def test_invalidation_by_source_and_by_key(cache: SemanticCache) -> None:
     assert cache.invalidate(source="never-used.md") == 0
 
 
+def test_a_source_lists_no_key_older_than_the_oldest_live_entry(
+    location: str, embedder: Any
+) -> None:
+    """Regression: the keys of entries that the entry limit or the TTL removed stayed
+    listed under their source for good."""
+    limited = SemanticCache(beside(location, "limited"), max_entries=5, embedder=embedder)
+    expiring = SemanticCache(beside(location, "expiring"), ttl=0.5, embedder=embedder)
+    vectors = np.random.default_rng(0).standard_normal((60, embedder.dimension))
+    for i, vector in enumerate(vectors.astype(np.float32)):
+        cache = limited if i < 50 else expiring
+        cache.put_embedded(f"What does section {i} say?", vector, "answer", sources=["policy.md"])
+    time.sleep(0.7)
+    expiring.put_embedded(
+        "What does it say?", vectors[0].astype(np.float32), "a", sources=["policy.md"]
+    )
+    for cache, newest in ((limited, ["46", "47", "48", "49", "50"]), (expiring, ["11"])):
+        storage = open_cache_storage(cache.path, max_bytes=1 << 30)
+        listed = storage.drop_source("policy.md")
+        assert set(newest) <= set(listed) and len(listed) <= len(newest) + 1, listed
+
+
+def test_a_source_list_of_the_former_layout_is_still_invalidated(
+    location: str, embedder: Any, request: pytest.FixtureRequest
+) -> None:
+    """A cache written before lists were pruned kept one JSON array (diskcache) or one
+    set (Redis) per source: an invalidation still drops the entries listed there."""
+    cache = SemanticCache(location, embedder=embedder)
+    key = cache.put("What is the return policy?", "30 days")
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        name = location.partition("#")[2]
+        redis.Redis.from_url(server.url).sadd(f"ctxproto:cache:{name}:src:policy.md", key)
+    else:
+        diskcache.Cache(str(Path(location) / "meta")).set("src:policy.md", json.dumps([key]))
+    assert cache.invalidate(source="policy.md") == 1
+    assert cache.get("What is the return policy?") is None
+
+
 def test_ttl_expires_entries(location: str, embedder: Any) -> None:
     cache = SemanticCache(location, ttl=0.5, embedder=embedder)
     cache.put("What time do you open?", "9am")
@@ -246,6 +304,34 @@ def test_a_clear_in_another_process_never_makes_an_old_question_hit(
     assert long_lived.get("How do I reset my password?") is None
 
 
+def test_a_lookup_reads_each_entry_key_at_most_once(
+    location: str, embedder: Any, request: pytest.FixtureRequest
+) -> None:
+    """Regression: a key whose entry was missing was read again on every lookup for
+    30 s, in case its writer had not written it yet; under an entry limit, after a
+    ``clear()`` or in a process that had just started, that was nearly every key ever
+    handed out (2,990 reads per lookup after 3,000 puts with ``max_entries=10``)."""
+    reads = entry_reads(location, request)
+    writer = SemanticCache(location, max_entries=10, guard="off", embedder=embedder)
+    vectors = np.random.default_rng(0).standard_normal((300, embedder.dimension))
+    for i, vector in enumerate(vectors.astype(np.float32)):
+        writer.put_embedded(f"What is item {i} made of?", vector, f"material {i}")
+    embedder.embed(["What is item 1 made of?", "What is item 2 made of?"])
+    started = SemanticCache(location, guard="off", embedder=embedder)
+    for cache in (writer, started):
+        before = reads()
+        cache.get("What is item 1 made of?")  # mirrors the 10 live entries
+        cache.get("What is item 2 made of?")
+        assert reads() - before < 40
+    writer.clear()
+    writer.put("What is item 1 made of?", "wood")
+    before = reads()
+    for cache in (writer, started):
+        hit = cache.get("What is item 1 made of?")
+        assert hit is not None and hit.answer == "wood"
+    assert reads() - before < 20
+
+
 def _put_many(path: str, worker: int, vectors: Any, questions: list[str]) -> None:
     cache = SemanticCache(path)
     for question, vector in zip(questions, vectors, strict=True):
@@ -294,18 +380,20 @@ def test_an_entry_put_while_its_source_is_invalidated_is_never_served(
 
 
 def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embedder: Any) -> None:
+    """The caller's mistakes are ``ConfigError`` naming the argument (a 400 from the proxy);
+    they were ``StoreError``, the class of a store that failed (a 500)."""
     for bad in ("", "   "):
-        with pytest.raises(StoreError, match="query"):
+        with pytest.raises(ConfigError, match="query"):
             cache.put(bad, "answer")
-        with pytest.raises(StoreError, match="query"):
+        with pytest.raises(ConfigError, match="query"):
             cache.get(bad)
-    with pytest.raises(StoreError, match="answer"):
+    with pytest.raises(ConfigError, match="answer"):
         cache.put("question?", None)  # type: ignore[arg-type]
-    with pytest.raises(StoreError, match="namespace"):
+    with pytest.raises(ConfigError, match="namespace"):
         cache.put("question?", "a", namespace="")
-    with pytest.raises(StoreError, match="source or a key"):
+    with pytest.raises(ConfigError, match="source or a key"):
         cache.invalidate()
-    with pytest.raises(StoreError, match="dimension"):
+    with pytest.raises(ConfigError, match="dimension"):
         cache.put_embedded("question?", np.ones(7, dtype=np.float32), "a")
     with pytest.raises(ConfigError, match="threshold"):
         SemanticCache(tmp_path / "x", threshold=2.0, embedder=embedder)
@@ -316,9 +404,9 @@ def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> No
     """Every check of an entry runs before its question is embedded or anything written."""
     before = embedder.memo_entries
     question = "Is this question embedded when its entry is refused?"
-    with pytest.raises(StoreError, match="answer"):
+    with pytest.raises(ConfigError, match="answer"):
         cache.put(question, None)  # type: ignore[arg-type]
-    with pytest.raises(StoreError, match="namespace"):
+    with pytest.raises(ConfigError, match="namespace"):
         cache.put(question, "answer", namespace=" ")
     assert embedder.memo_entries == before
     assert len(cache) == 0
@@ -461,6 +549,33 @@ def test_the_learned_guard_on_a_sample_of_held_out_pairs(tmp_path: Path, embedde
     assert totals[False] >= 60 and totals[True] >= 60
     assert hits[False] / totals[False] <= 0.05, hits
     assert hits[True] / totals[True] >= 0.55, hits
+
+
+def test_a_cache_folder_that_went_away_is_a_store_error_naming_it(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Regression: diskcache's own errors (``sqlite3.OperationalError``, ``OSError``)
+    came through as they were, and the proxy answered them as its own bug."""
+    folder = tmp_path / "cache"
+    cache = SemanticCache(folder, embedder=embedder)
+    key = cache.put("What is the plan?", "plan")
+    embedder.embed(["What is the long plan?"])
+    for part in ("entries", "meta"):
+        shutil.rmtree(folder / part)
+        (folder / part).write_text("")
+    with pytest.raises(StoreError, match=re.escape(str(folder))):  # written as a file
+        cache.put("What is the long plan?", os.urandom(40_000).hex())
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get("What is the plan?"),
+        lambda: cache.put("What is the plan?", "plan"),
+        lambda: cache.invalidate(key=key),
+        lambda: cache.invalidate(source="plan.md"),
+        lambda: len(cache),
+    ]
+    with ThreadPoolExecutor(1) as thread:  # a new thread opens its own connections
+        for call in calls:
+            with pytest.raises(StoreError, match=re.escape(str(folder))):
+                thread.submit(call).result()
 
 
 READ_ONLY_OPEN = """
