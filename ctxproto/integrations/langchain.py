@@ -57,6 +57,7 @@ from ctxproto.integrations._history import append_history, load_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
 from ctxproto.runtime.params import Completion, GenerationParams
+from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import get_counter
 
@@ -235,6 +236,15 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
     def __init__(
         self, pipeline: Pipeline, *, session_id: str | None = None, tenant_id: str = "default"
     ) -> None:
+        # Refused now rather than at its first hit, when a chain that passed its
+        # tests (an empty cache answers nothing) would start failing.
+        answering = [s.type_name for s in pipeline.stages if isinstance(s, SemanticCacheLookup)]
+        if answering:
+            raise UsageError(
+                f"a PipelineRunnable only trims messages, and a {answering[0]} stage answers "
+                "requests by itself: use ChatSession (or CtxprotoChatModel) to serve cached "
+                "answers, or leave the stage out"
+            )
         self.pipeline = pipeline
         self.session_id = session_id
         self.tenant_id = tenant_id

