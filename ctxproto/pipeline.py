@@ -34,7 +34,10 @@ from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
 from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
-__all__ = ["Pipeline", "PipelineResult"]
+__all__ = ["CHATBOT_KEYS", "Pipeline", "PipelineResult"]
+
+CHATBOT_KEYS = ("backend", "generation", "system_prompt", "system_prompt_file", "history_path")
+"""The keys a chatbot config adds to a pipeline's (``ChatSession.from_yaml``)."""
 
 log = logging.getLogger("ctxproto.pipeline")
 
@@ -248,7 +251,15 @@ class Pipeline:
             config = PipelineConfig.model_validate(data)
         except ValidationError as exc:
             error = validation_error_to_config_error(exc, file=source, data=data)
-            if error.detail == "unknown key" and error.key:
+            if error.detail == "unknown key" and error.key in CHATBOT_KEYS:
+                error = ConfigError(
+                    "a chatbot config's key (load the file with ChatSession.from_yaml); "
+                    "a pipeline config has no such key",
+                    file=source,
+                    key=error.key,
+                    expected=allowed_keys_hint(PipelineConfig),
+                )
+            elif error.detail == "unknown key" and error.key:
                 model = _schema_at(error.key)
                 error = ConfigError(
                     "unknown key", file=source, key=error.key, expected=allowed_keys_hint(model)

@@ -309,6 +309,16 @@ def test_a_system_prompt_written_and_read_from_a_file_is_refused(tmp_path):
     assert "not both" in str(info.value)
 
 
+def test_a_chatbot_config_read_as_a_pipeline_says_how_to_load_it():
+    from ctxproto.pipeline import CHATBOT_KEYS
+    from ctxproto.session import _SessionSettings
+
+    assert set(CHATBOT_KEYS) == set(_SessionSettings.model_fields)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(EXAMPLES / "pipelines" / "chatbot.yaml")
+    assert info.value.key == "backend" and "ChatSession.from_yaml" in str(info.value)
+
+
 def test_bad_generation_setting_names_file_and_key(tmp_path):
     config = tmp_path / "bot.yaml"
     config.write_text("budget:\n  max_prompt_tokens: 100\ngeneration:\n  max_new_tokens: -3\n")
