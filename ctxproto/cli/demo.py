@@ -30,6 +30,8 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from ctxproto.cli.arguments import int_at_least
+
 if TYPE_CHECKING:
     from ctxproto.bench.chat_paths import TurnRecord
 
@@ -55,10 +57,20 @@ _FIGURES = 2 + (_TOKENS + 3 + _TOKENS) + 2 + (_SECONDS + 3 + _SECONDS)
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="a short chat served plainly and through ctxproto, turn by turn"
+        "demo",
+        help="a short chat served plainly and through ctxproto, turn by turn",
+        description="One support chat, served by our engine with its prefix cache and "
+        "full history, and through ctxproto, turn by turn, with the ratio at the end.",
     )
-    parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--turns", type=int_at_least(1), default=10, help="user turns (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(1),
+        default=24,
+        help="tokens per answer at most (default: %(default)s)",
+    )
     parser.set_defaults(handler=handle)
 
 

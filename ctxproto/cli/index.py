@@ -49,8 +49,18 @@ def register(subparsers: Any) -> None:
         required=True,
         help="store folder or postgresql://USER@HOST/DB?table=NAME (created or updated)",
     )
-    parser.add_argument("--chunk-tokens", type=int_at_least(1), default=256)
-    parser.add_argument("--overlap-tokens", type=int_at_least(0), default=32)
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int_at_least(1),
+        default=256,
+        help="tokens per chunk at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overlap-tokens",
+        type=int_at_least(0),
+        default=32,
+        help="tokens a chunk repeats from the one before (default: %(default)s)",
+    )
     parser.add_argument(
         "--index",
         choices=("auto", "flat", "hnsw", "ivf"),

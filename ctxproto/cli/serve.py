@@ -20,8 +20,15 @@ def register(subparsers: Any) -> None:
         "POST /v1/chat/completions, GET /v1/models, /health and /metrics.",
     )
     parser.add_argument("config", help="serve config file (YAML)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int_between(0, 65535), default=8080)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int_between(0, 65535),
+        default=8080,
+        help="port to listen on (default: %(default)s)",
+    )
     parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
