@@ -136,18 +136,13 @@ def handle(args: argparse.Namespace) -> int:
 def _print_summary(console: Console, report: EvalReport) -> None:
     from rich.table import Table
 
+    from ctxproto.eval.report import TERMINAL_COLUMNS
+
     table = Table(title=f"ctxproto eval: {escape(str(report.dataset.get('name')))}")
-    columns = {
-        "compression_ratio": "ratio",
-        "answer_retention": "answer ret.",
-        "logprob_retention": "logprob ret.",
-        "reader_em": "reader EM",
-        "p50_ms": "p50 ms",
-    }
+    titles, rows = report.cells(TERMINAL_COLUMNS)
     table.add_column("system")
-    for title in columns.values():
+    for title in titles:
         table.add_column(title, justify="right")
-    for system, values in report.aggregates().items():
-        cells = ["–" if values.get(k) is None else f"{values[k]:.3g}" for k in columns]
+    for system, cells in rows.items():
         table.add_row(escape(system), *cells)
     console.print(table)

@@ -37,6 +37,16 @@ _COLUMNS = (
 )
 
 
+TERMINAL_COLUMNS = (
+    "compression_ratio",
+    "answer_retention",
+    "logprob_retention",
+    "reader_em",
+    "p50_ms",
+)
+"""The columns ``ctxproto eval`` prints; report.md has all of ``_COLUMNS``."""
+
+
 class EvalReport:
     """Rows of one evaluation run, with their aggregates per system."""
 
@@ -81,6 +91,16 @@ class EvalReport:
             plots.append(heatmap)
         atomic_write_text(written[1], self.markdown([p.name for p in plots]))
         return written + plots
+
+    def cells(self, keys: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """Column titles and each system's cells for ``keys``, formatted as in report.md."""
+        spec = {key: (title, fmt) for key, title, fmt in _COLUMNS}
+        titles = [spec[key][0] for key in keys]
+        rows = {
+            system: [_cell(values.get(key), spec[key][1]) for key in keys]
+            for system, values in self.aggregates().items()
+        }
+        return titles, rows
 
     def markdown(self, plots: Sequence[str] = ()) -> str:
         """The aggregate table, the retention grid per system, the dataset's problems."""
