@@ -14,9 +14,11 @@ become tool errors the model can read; the server keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -27,6 +29,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from ctxproto import __version__
 from ctxproto.errors import CtxprotoError
 from ctxproto.mcp.results import (
     AssembledContext,
@@ -99,9 +102,10 @@ def create_mcp_server(
         # Per connection; the service outlives them all and its owner closes it.
         yield runtime
 
-    server: MCPServer[McpRuntime] = MCPServer(
-        "ctxproto", instructions=INSTRUCTIONS, lifespan=lifespan
-    )
+    with _root_logger_kept():
+        server: MCPServer[McpRuntime] = MCPServer(
+            "ctxproto", instructions=INSTRUCTIONS, version=__version__, lifespan=lifespan
+        )
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
     for tool, hints in (
@@ -385,3 +389,25 @@ async def _resource(function: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(functools.partial(function, *args))
     except CtxprotoError as exc:
         raise ResourceError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """Undo what the block does to the root logger's handlers and level.
+
+    The MCP SDK's server constructor calls ``logging.basicConfig`` (a rich
+    handler at INFO): in a process that had not configured logging, every
+    library's INFO record would then be written, on every request (httpx logs
+    each upstream request; over stdio, every failed tool call and faiss's
+    loader reached the host's stderr). How the host process logs is its own
+    choice, not a side effect of building a server.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)

@@ -19,7 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -110,29 +110,7 @@ def _mcp_endpoint(state: ProxyState) -> McpEndpoint | None:
         return None
     from ctxproto.mcp.http import mcp_endpoint
 
-    with _root_logger_kept():
-        return mcp_endpoint(state)
-
-
-@contextlib.contextmanager
-def _root_logger_kept() -> Iterator[None]:
-    """Undo what the block does to the root logger's handlers and level.
-
-    The MCP SDK's server constructor calls ``logging.basicConfig`` (a rich
-    handler at INFO): in a process that had not configured logging, every
-    library's INFO record (httpx logs each upstream request) would then be
-    formatted and written, on every request. How the host process logs is
-    its own choice, not a side effect of building an app.
-    """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
+    return mcp_endpoint(state)
 
 
 def _state(request: Request) -> ProxyState:

@@ -406,3 +406,29 @@ def test_stats_add_up_across_processes_and_survive_a_restart(tmp_path: Path) -> 
         assert again["session"] == one.model_dump() and again["sessions"] == 1
     finally:
         restarted.close()
+
+
+def test_building_the_server_leaves_logging_alone_and_names_its_version(
+    service: ContextService,
+) -> None:
+    """Over stdio too: the SDK's ``basicConfig`` put every INFO record on the host's stderr."""
+    import logging
+
+    from ctxproto import __version__
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.handlers = []  # an unconfigured process (pytest's capture handlers hide the effect)
+    root.setLevel(logging.WARNING)
+    try:
+        server = create_mcp_server(service)
+        assert root.handlers == [] and root.level == logging.WARNING
+    finally:
+        root.handlers = handlers
+        root.setLevel(level)
+
+    async def run() -> None:
+        async with Client(server) as client:
+            assert client.server_info.version == __version__
+
+    anyio.run(run)
