@@ -25,6 +25,7 @@ neither is returned as a finished answer with the text so far.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -148,6 +149,11 @@ class OpenAIBackend(Backend):
             except OSError as exc:
                 # The server closed or reset the connection before answering.
                 raise BackendUnavailableError(f"{url} dropped the connection: {exc}") from None
+            except http.client.InvalidURL as exc:
+                raise ConfigError(str(exc), key="base_url") from None
+            except http.client.HTTPException as exc:
+                # Not HTTP: a garbled status line, a body cut short. urllib wraps none of them.
+                raise BackendUnavailableError(f"{url} broke the HTTP exchange: {exc!r}") from None
 
 
 class _Stream:
@@ -189,8 +195,8 @@ class _Stream:
                 )
         except TimeoutError:
             raise BackendTimeoutError("the server stopped sending within the timeout") from None
-        except OSError as exc:
-            raise BackendUnavailableError(f"the connection broke mid-answer: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise BackendUnavailableError(f"the connection broke mid-answer: {exc!r}") from None
         except ValueError as exc:
             raise BackendError(f"broken response stream: {exc}") from None
         finally:
@@ -255,7 +261,7 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(exc.read().decode("utf-8"))
         return str(body.get("error", {}).get("message") or body)
-    except (ValueError, AttributeError, OSError):
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
         return exc.reason if isinstance(exc.reason, str) else str(exc)
 
 

@@ -304,3 +304,21 @@ def test_a_stream_ends_with_a_finish_reason_or_done():
         served.close()
     assert (completion.text, completion.finish_reason) == ("Partial ans", "length")
     assert generate_from(sse(STARTED, "[DONE]")) == "Partial ans"
+
+
+def test_a_broken_http_exchange_is_a_backend_unavailable_error():
+    with pytest.raises(BackendUnavailableError, match="BadStatusLine"):
+        generate_from(b"not http at all\r\n\r\n")
+    cut_in_a_chunk = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'40\r\ndata: {"cho'
+    )
+    with pytest.raises(BackendUnavailableError, match="IncompleteRead"):
+        generate_from(cut_in_a_chunk)
+
+
+def test_a_base_url_with_a_bad_port_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        OpenAIBackend("http://127.0.0.1:port/v1", max_retries=0).generate(MESSAGES, GREEDY)
+    assert caught.value.key == "base_url"
