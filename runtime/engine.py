@@ -141,8 +141,12 @@ class Engine:
         # On a GPU the caching allocator already reuses freed memory: no pool there.
         self._stores = KVStorePool() if self.model.device.type == "cpu" else None
         self._waiting: list[Request] = []
+        self._joining: list[tuple[Request, Any]] = []
+        """Requests prefilled this round that have not joined the batch yet."""
         self._wake = threading.Condition()
         self._closed = False
+        self._failure: BackendError | None = None
+        """Why the scheduler thread stopped, if something escaped it: no request is served after."""
         self._thread: threading.Thread | None = None
         # Decode steps run on the scheduler thread; see models/openmp.py for why the
         # thread that loaded the model must not keep OpenMP workers of its own.
@@ -213,6 +217,8 @@ class Engine:
         with self._wake:
             if self._closed:
                 raise BackendUnavailableError("the engine is closed")
+            if self._failure is not None:
+                raise BackendUnavailableError(f"the engine stopped: {self._failure}")
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ctxproto-engine")
@@ -257,6 +263,21 @@ class Engine:
     # ----- scheduler thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        """The scheduler thread's body.
+
+        A request's own failure (its prefill, its caching, a decode step) fails the
+        requests it touched and the loop goes on. Anything else escaping the loop is a
+        fault of the scheduler itself: every request queued or running fails with the
+        cause, and later submits are refused at once, as vLLM's ``EngineDeadError``
+        does, rather than waiting on a thread that is gone or trusting the cache's state
+        after it. A caller that wants to go on creates a new engine.
+        """
+        try:
+            self._schedule()
+        except Exception as exc:
+            self._stop_after(exc)
+
+    def _schedule(self) -> None:
         torch = require("torch", extra="runtime")
         with torch.inference_mode():
             while self._next_round():
@@ -273,6 +294,17 @@ class Engine:
         self._abort([*pending, *self._batch.requests], closed)
         self._batch.keep([])
 
+    def _stop_after(self, fault: Exception) -> None:
+        """Fail every request the engine still owes an answer, and refuse new ones."""
+        error = BackendError(f"the engine's scheduler failed: {fault!r}")
+        error.__cause__ = fault
+        with self._wake:
+            self._failure = error
+            pending, self._waiting = self._waiting, []
+        joining = [request for request, _ in self._joining]
+        for request in [*pending, *joining, *self._batch.requests]:
+            request.fail(error)
+
     def _next_round(self) -> bool:
         with self._wake:
             if not self._closed and not self._waiting and not len(self._batch):
@@ -283,29 +315,30 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill waiting requests into the batch, longest cached prefix first."""
-        joining: list[tuple[Request, Any]] = []
+        joining = self._joining = []
         while len(self._batch) + len(joining) < self.max_batch_size:
             with self._wake:
                 if not self._waiting:
                     break
                 best = max(self._waiting, key=self._cached_length)
                 self._waiting.remove(best)
-            if best.cancelled.is_set():
-                self._finish(best, None, 0)
-                continue
             try:
+                if best.cancelled.is_set():
+                    self._finish(best, None, 0)
+                    continue
                 cache = self._prefill(best)
+                if best.finish_reason is not None:  # its first token ended it
+                    self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
+                    continue
             except Exception as exc:  # fail this request only; the others keep running
                 self._abort([best], exc)
                 continue
-            if best.finish_reason is None:
-                joining.append((best, cache))
-            else:
-                self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
+            joining.append((best, cache))
         try:
             self._batch.add(joining)
         except Exception as exc:  # fail the joiners (e.g. out of memory), keep the batch
             self._abort([request for request, _ in joining], exc)
+        self._joining = []
 
     def _cached_length(self, request: Request) -> int:
         return self.cache.match_length(request.prompt[:-1], request.namespace)

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError
 from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
 from ctxproto.runtime.radix_cache import common_prefix_length
@@ -240,3 +240,46 @@ def test_tenants_do_not_share_cached_prefixes(engine):
     tenant_a.generate(messages, params)
     assert tenant_b.generate(messages, params).metrics.cached_tokens == 0
     assert tenant_a.generate(messages, params).metrics.cached_tokens > 0
+
+
+def test_a_failure_caching_an_answer_ended_at_prefill_fails_that_request_only(engine, monkeypatch):
+    """A request whose first token ends it is cached and answered in the admission step:
+    a failure there must fail it like a failed prefill, not stop the scheduler."""
+    insert = engine.cache.insert
+    inserts = 0
+
+    def insert_failing_the_second_time(tokens, kv, namespace=""):
+        nonlocal inserts
+        inserts += 1
+        if inserts == 2:  # the prefill stored the prompt; this stores prompt and answer
+            raise RuntimeError("out of device memory")
+        return insert(tokens, kv, namespace)
+
+    monkeypatch.setattr(engine.cache, "insert", insert_failing_the_second_time)
+    one_token = GenerationParams(max_new_tokens=1)
+    handle = engine.submit(engine.encode_chat(chat(QUESTIONS[3])), one_token)
+    with pytest.raises(BackendError, match="out of device memory"):
+        handle.result(timeout=20)
+    assert inserts == 2
+    monkeypatch.undo()
+    assert engine.generate(chat(QUESTIONS[3]), one_token).finish_reason == "length"
+
+
+def test_a_scheduler_fault_fails_every_request_and_later_submits_at_once(lm, monkeypatch):
+    """Whatever escapes the scheduler loop, no caller waits forever on the thread it stopped."""
+    with Engine(max_batch_size=2) as engine:
+        prompt = engine.encode_chat(chat("Write a long story."))
+        running = engine.submit(prompt, GenerationParams(max_new_tokens=200, ignore_eos=True))
+        deltas = running.deltas()
+        next(deltas)  # it is decoding now (and kept: closing the stream would cancel it)
+
+        def fault(request: object) -> int:
+            raise RuntimeError("scheduler fault")
+
+        monkeypatch.setattr(engine, "_cached_length", fault)
+        waiting = engine.submit(prompt, GREEDY)
+        for handle in (running, waiting):
+            with pytest.raises(BackendError, match="scheduler fault"):
+                handle.result(timeout=20)
+        with pytest.raises(BackendUnavailableError, match="scheduler fault"):
+            engine.submit(prompt, GREEDY)
