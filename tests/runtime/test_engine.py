@@ -2,7 +2,12 @@ import asyncio
 
 import pytest
 
-from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError
+from ctxproto.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigError,
+)
 from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
 from ctxproto.runtime.radix_cache import common_prefix_length
@@ -283,3 +288,14 @@ def test_a_scheduler_fault_fails_every_request_and_later_submits_at_once(lm, mon
                 handle.result(timeout=20)
         with pytest.raises(BackendUnavailableError, match="scheduler fault"):
             engine.submit(prompt, GREEDY)
+
+
+def test_a_result_not_awaited_past_its_timeout_is_cancelled(engine):
+    """The caller stopped waiting: a timeout error, and the request stops at its next step."""
+    long = GenerationParams(max_new_tokens=200, ignore_eos=True)
+    handle = engine.submit(engine.encode_chat(chat("Write a long story.")), long)
+    with pytest.raises(BackendTimeoutError, match="no answer within"):
+        handle.result(timeout=0.01)
+    completion = handle.result(timeout=20)
+    assert completion.finish_reason == "cancelled"
+    assert completion.metrics.output_tokens < 200
