@@ -214,9 +214,19 @@ class RadixKVCache:
         self.max_bytes = max_bytes
         self.offload_max_bytes = offload_max_bytes
         self.device = device
-        self.reset()
+        self._clear()
 
     def reset(self) -> None:
+        """Drop every span and zero the counters (a benchmark's cold start, say).
+
+        Refused while a request holds a span: its unlock would walk a tree that is gone
+        and count its bytes off the new one's.
+        """
+        if any(root.lock_ref > 1 for root in self._roots.values()):
+            raise UsageError("cannot reset the prefix cache while requests hold cached spans")
+        self._clear()
+
+    def _clear(self) -> None:
         self._roots: dict[str, TreeNode] = {}
         self._device_leaves = _LeafQueue()
         """Device nodes with no device child and no reference: offloaded or dropped first."""

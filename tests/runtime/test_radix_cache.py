@@ -120,6 +120,21 @@ def test_unlock_below_zero_is_an_error():
         cache.unlock(node)
 
 
+def test_reset_while_a_request_holds_a_span_is_refused():
+    cache = RadixKVCache(1 << 20)
+    node = insert(cache, [1, 2, 3])
+    cache.lock(node)
+    with pytest.raises(UsageError, match="requests hold cached spans"):
+        cache.reset()
+    cache.unlock(node)
+    stats = cache.stats()
+    assert stats.bytes_in_use == stats.evictable_bytes == 3 * TOKEN_BYTES
+    cache.reset()
+    stats = cache.stats()
+    assert (stats.nodes, stats.bytes_in_use, stats.evictable_bytes) == (0, 0, 0)
+    assert cache.match_length([1, 2, 3]) == 0
+
+
 def test_offload_keeps_evicted_spans_reachable_from_host():
     cache = RadixKVCache(4 * TOKEN_BYTES, offload_max_bytes=6 * TOKEN_BYTES)
     insert(cache, [1, 2, 3])
