@@ -136,6 +136,7 @@ class Engine:
             eviction=eviction,
         )
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._vocab_size = int(self.model.config.vocab_size)
         self._eos_ids = _eos_ids(self.model, self.tokenizer)
         self._batch = DecodeBatch(self.model)
         # On a GPU the caching allocator already reuses freed memory: no pool there.
@@ -196,6 +197,14 @@ class Engine:
             raise ConfigError("must not be negative", key="cache_tokens")
         if not prompt:
             raise ConfigError("the prompt is empty", key="messages")
+        lowest, highest = min(prompt), max(prompt)
+        if lowest < 0 or highest >= self._vocab_size:
+            # Checked here: the model would fail on it later, and report it as its own failure.
+            raise ConfigError(
+                f"token id {lowest if lowest < 0 else highest} is not in the model's vocabulary",
+                key="prompt",
+                expected=f"ids from 0 to {self._vocab_size - 1}",
+            )
         if len(prompt) >= self.context_window:
             raise ConfigError(
                 f"the prompt has {len(prompt)} tokens; the model's context window is "

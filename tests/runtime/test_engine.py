@@ -227,6 +227,16 @@ def test_bad_inputs_fail_clearly(engine):
         engine.generate([{"role": "robot", "content": "hi"}])
 
 
+def test_token_ids_outside_the_vocabulary_are_a_config_error(engine):
+    vocabulary = engine.model.config.vocab_size
+    for outside in (-5, vocabulary, 10**7):
+        with pytest.raises(ConfigError, match=f"token id {outside} ") as caught:
+            engine.submit([1, 2, outside], GREEDY)
+        assert caught.value.key == "prompt"
+    last = engine.submit([1, 2, vocabulary - 1], GenerationParams(max_new_tokens=1)).result()
+    assert last.metrics.prompt_tokens == 3
+
+
 def test_local_backend_serves_the_interface(engine):
     backend = LocalBackend(engine)
     messages = chat(QUESTIONS[1], system=SYSTEM)
