@@ -368,13 +368,13 @@ class Engine:
                 )
                 reused = match.length
         request.cached_tokens = reused
-        self.cache.count_request(cached=reused, computed=len(prompt) - reused)
         out = prefill(
             self.model,
             torch.tensor([prompt[reused:]], device=self.model.device),
             past,
             start=reused,
         )
+        self.cache.count_request(cached=reused, computed=len(prompt) - reused)
         if self.prefix_cache:
             kv = row_kv_slice(past, 0, 0)
             kept = request.cacheable(prompt)

@@ -10,6 +10,7 @@ from ctxproto.errors import (
 )
 from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
+from ctxproto.runtime import engine as engine_module
 from ctxproto.runtime.radix_cache import common_prefix_length
 from tests.conftest import needs_avx512, record_unfused_rows
 from tests.runtime.conftest import SYSTEM, chat
@@ -309,3 +310,21 @@ def test_a_result_not_awaited_past_its_timeout_is_cancelled(engine):
     completion = handle.result(timeout=20)
     assert completion.finish_reason == "cancelled"
     assert completion.metrics.output_tokens < 200
+
+
+def test_a_failed_prefill_counts_no_prompt_tokens(engine, monkeypatch):
+    """The hit rate is over prompts the engine computed or reused, not ones it failed on."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(engine_module, "prefill", out_of_memory)
+    before = engine.stats()
+    handle = engine.submit(engine.encode_chat(chat(QUESTIONS[0])), GREEDY)
+    with pytest.raises(BackendError, match="out of device memory"):
+        handle.result(timeout=20)
+    after = engine.stats()
+    assert (after.cached_tokens, after.computed_tokens) == (
+        before.cached_tokens,
+        before.computed_tokens,
+    )
