@@ -32,12 +32,12 @@ class GenerationParams(BaseModel):
     """0 means greedy decoding (deterministic, and what the prefix-cache tests compare);
     so does any temperature below ``GREEDY_BELOW`` (1e-5)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass; used only when ``temperature > 0``."""
+    """Nucleus sampling mass; used only when sampling (``greedy`` is false)."""
     stop: list[str] = Field(default_factory=list)
     """Strings that end the answer; the matched string is not part of the text."""
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     """Seed of the request's own random generator, for reproducible sampling: an int64,
-    as the proxy's protocol takes it (torch's generators refuse larger ones)."""
+    the range the proxy's protocol accepts (torch's generators fail past 64 bits)."""
     ignore_eos: bool = False
     """Generate ``max_new_tokens`` tokens whatever the model says: its end-of-sequence
     token does not end the answer (a stop string still does). For benchmarks that
