@@ -136,13 +136,18 @@ class Engine:
             eviction=eviction,
         )
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._vocab_size = int(self.model.config.vocab_size)
         self._eos_ids = _eos_ids(self.model, self.tokenizer)
         self._batch = DecodeBatch(self.model)
         # On a GPU the caching allocator already reuses freed memory: no pool there.
         self._stores = KVStorePool() if self.model.device.type == "cpu" else None
         self._waiting: list[Request] = []
+        self._joining: list[tuple[Request, Any]] = []
+        """Requests prefilled this round that have not joined the batch yet."""
         self._wake = threading.Condition()
         self._closed = False
+        self._failure: BackendError | None = None
+        """Why the scheduler thread stopped, if something escaped it: no request is served after."""
         self._thread: threading.Thread | None = None
         # Decode steps run on the scheduler thread; see models/openmp.py for why the
         # thread that loaded the model must not keep OpenMP workers of its own.
@@ -192,6 +197,14 @@ class Engine:
             raise ConfigError("must not be negative", key="cache_tokens")
         if not prompt:
             raise ConfigError("the prompt is empty", key="messages")
+        lowest, highest = min(prompt), max(prompt)
+        if lowest < 0 or highest >= self._vocab_size:
+            # Checked here: the model would fail on it later, and report it as its own failure.
+            raise ConfigError(
+                f"token id {lowest if lowest < 0 else highest} is not in the model's vocabulary",
+                key="prompt",
+                expected=f"ids from 0 to {self._vocab_size - 1}",
+            )
         if len(prompt) >= self.context_window:
             raise ConfigError(
                 f"the prompt has {len(prompt)} tokens; the model's context window is "
@@ -213,6 +226,8 @@ class Engine:
         with self._wake:
             if self._closed:
                 raise BackendUnavailableError("the engine is closed")
+            if self._failure is not None:
+                raise BackendUnavailableError(f"the engine stopped: {self._failure}")
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ctxproto-engine")
@@ -257,6 +272,21 @@ class Engine:
     # ----- scheduler thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        """The scheduler thread's body.
+
+        A request's own failure (its prefill, its caching, a decode step) fails the
+        requests it touched and the loop goes on. Anything else escaping the loop is a
+        fault of the scheduler itself: every request queued or running fails with the
+        cause, and later submits are refused at once, as vLLM's ``EngineDeadError``
+        does, rather than waiting on a thread that is gone or trusting the cache's state
+        after it. A caller that wants to go on creates a new engine.
+        """
+        try:
+            self._schedule()
+        except Exception as exc:
+            self._stop_after(exc)
+
+    def _schedule(self) -> None:
         torch = require("torch", extra="runtime")
         with torch.inference_mode():
             while self._next_round():
@@ -273,6 +303,17 @@ class Engine:
         self._abort([*pending, *self._batch.requests], closed)
         self._batch.keep([])
 
+    def _stop_after(self, fault: Exception) -> None:
+        """Fail every request the engine still owes an answer, and refuse new ones."""
+        error = BackendError(f"the engine's scheduler failed: {fault!r}")
+        error.__cause__ = fault
+        with self._wake:
+            self._failure = error
+            pending, self._waiting = self._waiting, []
+        joining = [request for request, _ in self._joining]
+        for request in [*pending, *joining, *self._batch.requests]:
+            request.fail(error)
+
     def _next_round(self) -> bool:
         with self._wake:
             if not self._closed and not self._waiting and not len(self._batch):
@@ -283,29 +324,30 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill waiting requests into the batch, longest cached prefix first."""
-        joining: list[tuple[Request, Any]] = []
+        joining = self._joining = []
         while len(self._batch) + len(joining) < self.max_batch_size:
             with self._wake:
                 if not self._waiting:
                     break
                 best = max(self._waiting, key=self._cached_length)
                 self._waiting.remove(best)
-            if best.cancelled.is_set():
-                self._finish(best, None, 0)
-                continue
             try:
+                if best.cancelled.is_set():
+                    self._finish(best, None, 0)
+                    continue
                 cache = self._prefill(best)
+                if best.finish_reason is not None:  # its first token ended it
+                    self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
+                    continue
             except Exception as exc:  # fail this request only; the others keep running
                 self._abort([best], exc)
                 continue
-            if best.finish_reason is None:
-                joining.append((best, cache))
-            else:
-                self._finish(best, row_kv_slice(cache, 0, 0), len(best.prompt))
+            joining.append((best, cache))
         try:
             self._batch.add(joining)
         except Exception as exc:  # fail the joiners (e.g. out of memory), keep the batch
             self._abort([request for request, _ in joining], exc)
+        self._joining = []
 
     def _cached_length(self, request: Request) -> int:
         return self.cache.match_length(request.prompt[:-1], request.namespace)
@@ -326,13 +368,13 @@ class Engine:
                 )
                 reused = match.length
         request.cached_tokens = reused
-        self.cache.count_request(cached=reused, computed=len(prompt) - reused)
         out = prefill(
             self.model,
             torch.tensor([prompt[reused:]], device=self.model.device),
             past,
             start=reused,
         )
+        self.cache.count_request(cached=reused, computed=len(prompt) - reused)
         if self.prefix_cache:
             kv = row_kv_slice(past, 0, 0)
             kept = request.cacheable(prompt)

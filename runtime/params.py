@@ -13,7 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ctxproto.errors import ConfigError
 
-__all__ = ["Completion", "GenerationParams", "RequestMetrics"]
+__all__ = ["GREEDY_BELOW", "Completion", "GenerationParams", "RequestMetrics"]
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily: logits divided by much less overflow float32
+to infinity (1e-38 does) and the sampling probabilities become NaN, while the greedy
+token is what sampling tends to as the temperature falls."""
 
 
 class GenerationParams(BaseModel):
@@ -24,13 +29,15 @@ class GenerationParams(BaseModel):
     max_new_tokens: int = Field(default=256, ge=1)
     """Upper bound on generated tokens; the model's context window may lower it."""
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    """0 means greedy decoding (deterministic, and what the prefix-cache tests compare)."""
+    """0 means greedy decoding (deterministic, and what the prefix-cache tests compare);
+    so does any temperature below ``GREEDY_BELOW`` (1e-5)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass; used only when ``temperature > 0``."""
+    """Nucleus sampling mass; used only when sampling (``greedy`` is false)."""
     stop: list[str] = Field(default_factory=list)
     """Strings that end the answer; the matched string is not part of the text."""
-    seed: int | None = None
-    """Seed of the request's own random generator, for reproducible sampling."""
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    """Seed of the request's own random generator, for reproducible sampling: an int64,
+    the range the proxy's protocol accepts (torch's generators fail past 64 bits)."""
     ignore_eos: bool = False
     """Generate ``max_new_tokens`` tokens whatever the model says: its end-of-sequence
     token does not end the answer (a stop string still does). For benchmarks that
@@ -52,7 +59,7 @@ class GenerationParams(BaseModel):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -25,7 +25,10 @@ reads counters kept up to date the same way.
 Each ``namespace`` (a tenant, say) has its own tree: requests never share KV
 across namespaces, so the time to first token cannot reveal whether another
 tenant sent the same prefix (the prompt-leakage channel that vLLM's ``cache_salt``
-closes). All namespaces share one byte cap and one eviction order.
+closes). All namespaces share one byte cap and one eviction order. Clients choose
+namespaces (the proxy narrows a tenant's by the request's ``cache_salt``), so a
+namespace costs nothing while it holds no span: a lookup never plants a root, and a
+root goes once its last span is evicted and no request holds it.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class TreeNode:
     """Eviction order, lowest first: ``last_request``, plus the head start if reused."""
     device_children: int = 0
     """Children on the device; a device node with none is a leaf of the device tier."""
+    namespace: str = ""
+    """On a root, the namespace whose tree it roots (to forget the root once it is empty)."""
 
     @property
     def nbytes(self) -> int:
@@ -209,9 +214,19 @@ class RadixKVCache:
         self.max_bytes = max_bytes
         self.offload_max_bytes = offload_max_bytes
         self.device = device
-        self.reset()
+        self._clear()
 
     def reset(self) -> None:
+        """Drop every span and zero the counters (a benchmark's cold start, say).
+
+        Refused while a request holds a span: its unlock would walk a tree that is gone
+        and count its bytes off the new one's.
+        """
+        if any(root.lock_ref > 1 for root in self._roots.values()):
+            raise UsageError("cannot reset the prefix cache while requests hold cached spans")
+        self._clear()
+
+    def _clear(self) -> None:
         self._roots: dict[str, TreeNode] = {}
         self._device_leaves = _LeafQueue()
         """Device nodes with no device child and no reference: offloaded or dropped first."""
@@ -231,17 +246,30 @@ class RadixKVCache:
         self.cached_tokens = 0
         self.computed_tokens = 0
 
-    def root(self, namespace: str = "") -> TreeNode:
-        """The (empty-span, always referenced) root of ``namespace``'s tree."""
-        if namespace not in self._roots:
-            self._roots[namespace] = TreeNode(key=[], lock_ref=1)
-        return self._roots[namespace]
+    def root(self, namespace: str = "") -> TreeNode | None:
+        """The (empty-span, always referenced) root of ``namespace``'s tree; ``None`` while
+        the namespace holds no span and no request holds its root."""
+        return self._roots.get(namespace)
+
+    def _root_or_new(self, namespace: str) -> TreeNode:
+        """``namespace``'s root, or a new one outside the tree, which ``insert`` plants with
+        its first span; until then a request may lock and unlock it like any node."""
+        root = self._roots.get(namespace)
+        return root if root is not None else TreeNode(key=[], lock_ref=1, namespace=namespace)
+
+    def _forget_if_empty(self, node: TreeNode) -> None:
+        """Drop ``node`` from the roots if it is one with no span under it and no lock."""
+        empty = node.parent is None and not node.children and node.lock_ref == 1
+        if empty and self._roots.get(node.namespace) is node:
+            del self._roots[node.namespace]
 
     # ----- lookup -------------------------------------------------------------------------
 
     def match_length(self, tokens: Sequence[int], namespace: str = "") -> int:
         """Length of the longest cached prefix, without touching the tree (for scheduling)."""
         node, matched = self.root(namespace), 0
+        if node is None:
+            return 0
         while matched < len(tokens) and tokens[matched] in node.children:
             child = node.children[tokens[matched]]
             common = common_prefix_length(child.key, tokens, matched)
@@ -252,15 +280,15 @@ class RadixKVCache:
         return matched
 
     def _descend(
-        self, tokens: Sequence[int], namespace: str, *, new_request: bool = False
+        self, root: TreeNode, tokens: Sequence[int], *, new_request: bool = False
     ) -> tuple[TreeNode, int, list[TreeNode]]:
-        """Walk down the longest cached prefix of ``tokens``, splitting a node where it ends
-        inside one (as SGLang's ``_match_prefix_helper``) and touching each node.
-        ``new_request``: this is a request's first lookup.
+        """Walk down from ``root`` the longest cached prefix of ``tokens``, splitting a node
+        where it ends inside one (as SGLang's ``_match_prefix_helper``) and touching each
+        node. ``new_request``: this is a request's first lookup.
 
         Returns the deepest node, the matched length and the nodes on the path.
         """
-        node, matched, path = self.root(namespace), 0, []
+        node, matched, path = root, 0, []
         while matched < len(tokens) and tokens[matched] in node.children:
             child = node.children[tokens[matched]]
             common = common_prefix_length(child.key, tokens, matched)
@@ -285,7 +313,8 @@ class RadixKVCache:
         whoever writes after them (``kv_layout.cache_from_spans``), not here as well.
         """
         self._requests += 1
-        node, matched, path = self._descend(tokens, namespace, new_request=True)
+        root = self._root_or_new(namespace)
+        node, matched, path = self._descend(root, tokens, new_request=True)
         if not path:
             return PrefixMatch(0, node)
         self.lock(node)  # keeps the path resident while host spans come back
@@ -315,13 +344,15 @@ class RadixKVCache:
 
     def unlock(self, node: TreeNode) -> None:
         current: TreeNode | None = node
+        top = node
         while current is not None:
             if current.lock_ref <= 0:
                 raise UsageError("unlock without a matching lock: reference count below zero")
             current.lock_ref -= 1
             if current.lock_ref == 0:
                 self._account_reference(current, +1)
-            current = current.parent
+            top, current = current, current.parent
+        self._forget_if_empty(top)  # held by a request that matched nothing, its spans gone since
 
     def _account_reference(self, node: TreeNode, sign: int) -> None:
         """``node`` just became referenced (``sign=-1``) or unreferenced (``+1``)."""
@@ -339,7 +370,8 @@ class RadixKVCache:
         (possibly to nothing), so a caller must lock the returned node, not assume
         that all of ``tokens`` is cached.
         """
-        node, matched, _ = self._descend(tokens, namespace)
+        root = self._root_or_new(namespace)
+        node, matched, _ = self._descend(root, tokens)
         if matched == len(tokens):
             return node
         first = kv(matched, matched + 1)
@@ -356,6 +388,8 @@ class RadixKVCache:
         child = TreeNode(key=list(tokens[matched : matched + take]), value=value, parent=node)
         node.children[child.key[0]] = child
         node.device_children += 1
+        # Plants a new root, or again one that making room above left empty and dropped.
+        self._roots[namespace] = root
         self._touch(child)
         self.node_count += 1
         self.device_bytes += child.nbytes
@@ -456,6 +490,7 @@ class RadixKVCache:
         self._device_leaves.file(node, False)
         self._host_leaves.file(node, False)
         self._refile(node.parent)
+        self._forget_if_empty(node.parent)
 
     def _split(self, child: TreeNode, length: int) -> TreeNode:
         """Cut ``child`` after ``length`` tokens; returns the upper part (SGLang _split_node).

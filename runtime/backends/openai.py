@@ -14,10 +14,18 @@ answer (or a stalled stream) within ``timeout`` seconds is a
 remains is an ``UpstreamStatusError`` carrying the status code and the server's
 message. A 400 or 422 is the caller's mistake and raises ``ConfigError`` with the
 server's message, like the local engine would.
+
+A stream counts as an answer only if it ends as the protocol says: with a finish
+reason or ``data: [DONE]``. An error event in the stream (a server cannot change the
+status once it has sent the headers, so ctxproto's proxy, vLLM and SGLang report a
+failure mid-answer that way) fails the call with the server's message, and a stream
+that just stops (the server died, a proxy cut it) is a ``BackendUnavailableError``:
+neither is returned as a finished answer with the text so far.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -40,6 +48,17 @@ __all__ = ["OpenAIBackend"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.25
 BACKOFF_MAX_S = 8.0
+
+_STATUS_OF_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "timeout_error": 408,
+    "rate_limit_error": 429,
+}
+"""The HTTP status an OpenAI error ``type`` stands for, for an error event that names
+no numeric ``code`` (ctxproto's proxy sends string codes; vLLM sends the status)."""
 
 
 class OpenAIBackend(Backend):
@@ -130,6 +149,11 @@ class OpenAIBackend(Backend):
             except OSError as exc:
                 # The server closed or reset the connection before answering.
                 raise BackendUnavailableError(f"{url} dropped the connection: {exc}") from None
+            except http.client.InvalidURL as exc:
+                raise ConfigError(str(exc), key="base_url") from None
+            except http.client.HTTPException as exc:
+                # Not HTTP: a garbled status line, a body cut short. urllib wraps none of them.
+                raise BackendUnavailableError(f"{url} broke the HTTP exchange: {exc!r}") from None
 
 
 class _Stream:
@@ -139,7 +163,7 @@ class _Stream:
         self._response = response
         self._start = time.perf_counter()
         self._first: float | None = None
-        self._finish_reason = "stop"
+        self._finish_reason: str | None = None
         self._usage: dict[str, Any] = {}
 
     def __iter__(self) -> Iterator[str]:
@@ -152,6 +176,9 @@ class _Stream:
                 if payload == "[DONE]":
                     return
                 chunk = json.loads(payload)
+                failure = _stream_failure(chunk)
+                if failure is not None:
+                    raise failure
                 if chunk.get("usage"):
                     self._usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -162,10 +189,14 @@ class _Stream:
                         if self._first is None:
                             self._first = time.perf_counter()
                         yield text
+            if self._finish_reason is None:
+                raise BackendUnavailableError(
+                    "the stream ended early: the server sent neither a finish reason nor [DONE]"
+                )
         except TimeoutError:
             raise BackendTimeoutError("the server stopped sending within the timeout") from None
-        except OSError as exc:
-            raise BackendUnavailableError(f"the connection broke mid-answer: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise BackendUnavailableError(f"the connection broke mid-answer: {exc!r}") from None
         except ValueError as exc:
             raise BackendError(f"broken response stream: {exc}") from None
         finally:
@@ -183,7 +214,38 @@ class _Stream:
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens", 0)),
         )
-        return Completion(text=text, finish_reason=self._finish_reason, metrics=metrics)
+        # A server that closed the stream with [DONE] but named no reason ended the answer
+        # itself, which OpenAI calls "stop"; a stream cut short never gets here.
+        finish_reason = self._finish_reason or "stop"
+        return Completion(text=text, finish_reason=finish_reason, metrics=metrics)
+
+
+def _stream_failure(chunk: dict[str, Any]) -> BackendError | None:
+    """The failure an error event reports, or ``None`` for an ordinary chunk.
+
+    The event is ``{"error": {"message", "type", "code"}}`` (OpenAI's envelope: ctxproto's
+    proxy, vLLM, SGLang) or, from older vLLM, those fields at the top level with
+    ``"object": "error"``. It is a ``BackendError`` whatever its code: vLLM labels any
+    failure after the stream began a 400 "BadRequestError", and a request the server
+    accepted and started answering was not the caller's mistake.
+    """
+    error = chunk.get("error")
+    if not isinstance(error, dict):
+        if chunk.get("object") != "error":
+            return None
+        error = chunk
+    message = str(error.get("message") or error)
+    code = error.get("code")
+    status = (
+        code if isinstance(code, int) else _STATUS_OF_ERROR_TYPE.get(str(error.get("type")), 500)
+    )
+    if status in (408, 504):
+        return BackendTimeoutError(f"the server timed out mid-answer: {message}")
+    return UpstreamStatusError(
+        f"the server failed mid-answer (status {status}): {message}",
+        status_code=status,
+        upstream_message=message,
+    )
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
@@ -199,7 +261,7 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(exc.read().decode("utf-8"))
         return str(body.get("error", {}).get("message") or body)
-    except (ValueError, AttributeError, OSError):
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
         return exc.reason if isinstance(exc.reason, str) else str(exc)
 
 

@@ -2,9 +2,15 @@ import asyncio
 
 import pytest
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigError,
+)
 from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.runtime import Completion, Engine, GenerationParams, LocalBackend
+from ctxproto.runtime import engine as engine_module
 from ctxproto.runtime.radix_cache import common_prefix_length
 from tests.conftest import needs_avx512, record_unfused_rows
 from tests.runtime.conftest import SYSTEM, chat
@@ -222,6 +228,16 @@ def test_bad_inputs_fail_clearly(engine):
         engine.generate([{"role": "robot", "content": "hi"}])
 
 
+def test_token_ids_outside_the_vocabulary_are_a_config_error(engine):
+    vocabulary = engine.model.config.vocab_size
+    for outside in (-5, vocabulary, 10**7):
+        with pytest.raises(ConfigError, match=f"token id {outside} ") as caught:
+            engine.submit([1, 2, outside], GREEDY)
+        assert caught.value.key == "prompt"
+    last = engine.submit([1, 2, vocabulary - 1], GenerationParams(max_new_tokens=1)).result()
+    assert last.metrics.prompt_tokens == 3
+
+
 def test_local_backend_serves_the_interface(engine):
     backend = LocalBackend(engine)
     messages = chat(QUESTIONS[1], system=SYSTEM)
@@ -240,3 +256,75 @@ def test_tenants_do_not_share_cached_prefixes(engine):
     tenant_a.generate(messages, params)
     assert tenant_b.generate(messages, params).metrics.cached_tokens == 0
     assert tenant_a.generate(messages, params).metrics.cached_tokens > 0
+
+
+def test_a_failure_caching_an_answer_ended_at_prefill_fails_that_request_only(engine, monkeypatch):
+    """A request whose first token ends it is cached and answered in the admission step:
+    a failure there must fail it like a failed prefill, not stop the scheduler."""
+    insert = engine.cache.insert
+    inserts = 0
+
+    def insert_failing_the_second_time(tokens, kv, namespace=""):
+        nonlocal inserts
+        inserts += 1
+        if inserts == 2:  # the prefill stored the prompt; this stores prompt and answer
+            raise RuntimeError("out of device memory")
+        return insert(tokens, kv, namespace)
+
+    monkeypatch.setattr(engine.cache, "insert", insert_failing_the_second_time)
+    one_token = GenerationParams(max_new_tokens=1)
+    handle = engine.submit(engine.encode_chat(chat(QUESTIONS[3])), one_token)
+    with pytest.raises(BackendError, match="out of device memory"):
+        handle.result(timeout=20)
+    assert inserts == 2
+    monkeypatch.undo()
+    assert engine.generate(chat(QUESTIONS[3]), one_token).finish_reason == "length"
+
+
+def test_a_scheduler_fault_fails_every_request_and_later_submits_at_once(lm, monkeypatch):
+    """Whatever escapes the scheduler loop, no caller waits forever on the thread it stopped."""
+    with Engine(max_batch_size=2) as engine:
+        prompt = engine.encode_chat(chat("Write a long story."))
+        running = engine.submit(prompt, GenerationParams(max_new_tokens=200, ignore_eos=True))
+        deltas = running.deltas()
+        next(deltas)  # it is decoding now (and kept: closing the stream would cancel it)
+
+        def fault(request: object) -> int:
+            raise RuntimeError("scheduler fault")
+
+        monkeypatch.setattr(engine, "_cached_length", fault)
+        waiting = engine.submit(prompt, GREEDY)
+        for handle in (running, waiting):
+            with pytest.raises(BackendError, match="scheduler fault"):
+                handle.result(timeout=20)
+        with pytest.raises(BackendUnavailableError, match="scheduler fault"):
+            engine.submit(prompt, GREEDY)
+
+
+def test_a_result_not_awaited_past_its_timeout_is_cancelled(engine):
+    """The caller stopped waiting: a timeout error, and the request stops at its next step."""
+    long = GenerationParams(max_new_tokens=200, ignore_eos=True)
+    handle = engine.submit(engine.encode_chat(chat("Write a long story.")), long)
+    with pytest.raises(BackendTimeoutError, match="no answer within"):
+        handle.result(timeout=0.01)
+    completion = handle.result(timeout=20)
+    assert completion.finish_reason == "cancelled"
+    assert completion.metrics.output_tokens < 200
+
+
+def test_a_failed_prefill_counts_no_prompt_tokens(engine, monkeypatch):
+    """The hit rate is over prompts the engine computed or reused, not ones it failed on."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(engine_module, "prefill", out_of_memory)
+    before = engine.stats()
+    handle = engine.submit(engine.encode_chat(chat(QUESTIONS[0])), GREEDY)
+    with pytest.raises(BackendError, match="out of device memory"):
+        handle.result(timeout=20)
+    after = engine.stats()
+    assert (after.cached_tokens, after.computed_tokens) == (
+        before.cached_tokens,
+        before.computed_tokens,
+    )

@@ -10,9 +10,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ctxproto.errors import BackendError, ConfigError
+from ctxproto.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigError,
+    CtxprotoError,
+    UpstreamStatusError,
+)
 from ctxproto.runtime import GenerationParams, OpenAIBackend
 from ctxproto.serve import OpenAIServer
+from ctxproto.serve.envelope import error_payload, to_api_error
 from tests.runtime.conftest import chat
 
 pytestmark = pytest.mark.models
@@ -27,7 +35,21 @@ def server(engine):
         yield running
 
 
-class FlakyFront:
+class LocalServer:
+    """A real HTTP server on a free port of 127.0.0.1, answering in a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+class FlakyFront(LocalServer):
     """A real HTTP server that answers 503 a few times, then forwards to ``target``."""
 
     def __init__(self, target: str, failures: int, delay_s: float = 0.0) -> None:
@@ -58,14 +80,24 @@ class FlakyFront:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        super().__init__(Handler)
 
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+
+class RawServer(LocalServer):
+    """A real HTTP server that answers every POST with ``raw`` as written (status line,
+    headers, body) and closes the connection: what a failing or broken server sends."""
+
+    def __init__(self, raw: bytes) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.wfile.write(raw)
+                self.close_connection = True
+
+        super().__init__(Handler)
 
 
 def test_generate_over_http_equals_local(server, engine):
@@ -182,3 +214,111 @@ def test_stream_ends_with_the_completion_and_its_metrics(server, engine):
     assert stream.completion.text == text
     assert stream.completion.metrics.prompt_tokens == len(engine.encode_chat(MESSAGES))
     assert stream.completion.metrics.output_tokens > 0
+
+
+# ----- streams that end without an answer -------------------------------------------------
+
+STARTED = '{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Partial ans"}}]}'
+
+
+def sse(*events: str) -> bytes:
+    """A 200 event stream with ``events``; the body ends where the connection closes."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    return head + b"".join(f"data: {event}\n\n".encode() for event in events)
+
+
+def generate_from(raw: bytes) -> str:
+    """The text ``OpenAIBackend.generate`` returns from a server that answers ``raw``."""
+    served = RawServer(raw)
+    try:
+        backend = OpenAIBackend(served.url, timeout=5, max_retries=0)
+        return backend.generate(MESSAGES, GREEDY).text
+    finally:
+        served.close()
+
+
+def proxy_error_event(failure: CtxprotoError) -> str:
+    """The error event ctxproto's proxy sends when ``failure`` stops an answer mid-stream."""
+    return error_payload(to_api_error(failure)).model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("event", "expected", "status"),
+    [
+        (  # ctxproto's proxy: type "server_error", a string code
+            proxy_error_event(BackendUnavailableError("the engine was closed")),
+            UpstreamStatusError,
+            500,
+        ),
+        (  # vLLM: any failure after the stream began
+            '{"error": {"message": "the engine was closed", "type": "BadRequestError",'
+            ' "param": null, "code": 400}}',
+            UpstreamStatusError,
+            400,
+        ),
+        (  # older vLLM: the fields at the top level
+            '{"object": "error", "message": "the engine was closed", "type": "InternalServerError",'
+            ' "code": 500}',
+            UpstreamStatusError,
+            500,
+        ),
+        (
+            '{"error": {"message": "the engine was closed", "type": "timeout_error"}}',
+            BackendTimeoutError,
+            None,
+        ),
+    ],
+    ids=["ctxproto-proxy", "vllm", "vllm-top-level", "timeout-type"],
+)
+def test_an_error_event_mid_stream_fails_with_the_servers_message(event, expected, status):
+    with pytest.raises(expected, match="the engine was closed") as caught:
+        generate_from(sse(STARTED, event, "[DONE]"))
+    if status is not None:
+        assert caught.value.status_code == status
+        assert "the engine was closed" in caught.value.upstream_message
+
+
+def test_an_error_event_ends_a_stream_without_a_completion():
+    served = RawServer(sse(STARTED, proxy_error_event(BackendError("the model failed"))))
+    try:
+        stream = OpenAIBackend(served.url, timeout=5, max_retries=0).stream(MESSAGES, GREEDY)
+        assert next(stream) == "Partial ans"
+        with pytest.raises(BackendError, match="the model failed"):
+            next(stream)
+    finally:
+        served.close()
+    assert stream.completion is None
+
+
+def test_a_stream_that_just_stops_is_no_answer():
+    with pytest.raises(BackendUnavailableError, match="ended early"):
+        generate_from(sse(STARTED))
+
+
+def test_a_stream_ends_with_a_finish_reason_or_done():
+    finished = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}'
+    served = RawServer(sse(STARTED, finished))  # no [DONE]: the finish reason is enough
+    try:
+        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
+    finally:
+        served.close()
+    assert (completion.text, completion.finish_reason) == ("Partial ans", "length")
+    assert generate_from(sse(STARTED, "[DONE]")) == "Partial ans"
+
+
+def test_a_broken_http_exchange_is_a_backend_unavailable_error():
+    with pytest.raises(BackendUnavailableError, match="BadStatusLine"):
+        generate_from(b"not http at all\r\n\r\n")
+    cut_in_a_chunk = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'40\r\ndata: {"cho'
+    )
+    with pytest.raises(BackendUnavailableError, match="IncompleteRead"):
+        generate_from(cut_in_a_chunk)
+
+
+def test_a_base_url_with_a_bad_port_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        OpenAIBackend("http://127.0.0.1:port/v1", max_retries=0).generate(MESSAGES, GREEDY)
+    assert caught.value.key == "base_url"

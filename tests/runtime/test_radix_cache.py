@@ -120,6 +120,21 @@ def test_unlock_below_zero_is_an_error():
         cache.unlock(node)
 
 
+def test_reset_while_a_request_holds_a_span_is_refused():
+    cache = RadixKVCache(1 << 20)
+    node = insert(cache, [1, 2, 3])
+    cache.lock(node)
+    with pytest.raises(UsageError, match="requests hold cached spans"):
+        cache.reset()
+    cache.unlock(node)
+    stats = cache.stats()
+    assert stats.bytes_in_use == stats.evictable_bytes == 3 * TOKEN_BYTES
+    cache.reset()
+    stats = cache.stats()
+    assert (stats.nodes, stats.bytes_in_use, stats.evictable_bytes) == (0, 0, 0)
+    assert cache.match_length([1, 2, 3]) == 0
+
+
 def test_offload_keeps_evicted_spans_reachable_from_host():
     cache = RadixKVCache(4 * TOKEN_BYTES, offload_max_bytes=6 * TOKEN_BYTES)
     insert(cache, [1, 2, 3])
@@ -169,6 +184,39 @@ def test_namespaces_never_share_prefixes():
     assert cache.stats().nodes == 1
 
 
+def test_a_namespace_costs_nothing_once_it_holds_no_span():
+    """Clients choose namespaces (the proxy's ``cache_salt``): lookups in new ones plant
+    no root, and a root goes with its last span once no request holds it."""
+    cache = RadixKVCache(1 << 20)
+    for salt in range(1000):
+        namespace = f"tenant\x1fsalt-{salt}"
+        assert cache.match_length([1, 2, 3], namespace) == 0
+        match = cache.match_prefix([1, 2, 3], namespace)
+        assert match.length == 0
+        cache.lock(match.node)  # a request that found nothing, as the engine runs one
+        cache.unlock(match.node)
+    assert cache._roots == {}
+
+    tokens = [1, 2, 3]
+    first = cache.match_prefix(tokens, "tenant")  # outside the tree until the insert
+    cache.lock(first.node)
+    stored = cache.insert(tokens, kv_of(tokens), "tenant")
+    cache.lock(stored)
+    cache.unlock(first.node)
+    assert cache.match_length(tokens, "tenant") == 3
+    assert cache.evict(1 << 20) == 0  # held
+    cache.unlock(stored)
+    found_nothing = cache.match_prefix([9], "tenant")  # holds the root alone
+    cache.lock(found_nothing.node)
+    assert cache.evict(1 << 20) == 3 * TOKEN_BYTES
+    assert cache.root("tenant") is not None
+    cache.unlock(found_nothing.node)
+    assert cache.root("tenant") is None
+    stats = cache.stats()
+    assert (stats.nodes, stats.bytes_in_use, stats.evictable_bytes) == (0, 0, 0)
+    assert cache.match_length(tokens, "tenant") == 0
+
+
 # ----- eviction without walking the tree --------------------------------------------------
 
 Op = tuple[str, str, list[int]]
@@ -176,7 +224,8 @@ Op = tuple[str, str, list[int]]
 
 def walk(cache: RadixKVCache, namespaces: list[str]) -> list[TreeNode]:
     """Every node under the given namespaces' roots (test-only: the cache never walks)."""
-    found, stack = [], [cache.root(ns) for ns in namespaces]
+    found: list[TreeNode] = []
+    stack = [root for root in map(cache.root, namespaces) if root is not None]
     while stack:
         node = stack.pop()
         found.append(node)
