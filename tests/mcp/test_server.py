@@ -429,6 +429,7 @@ def test_building_the_server_leaves_logging_alone_and_names_its_version(
 
     async def run() -> None:
         async with Client(server) as client:
-            assert client.server_info.version == __version__
+            info = client.server_info
+            assert info is not None and info.version == __version__
 
     anyio.run(run)
