@@ -14,7 +14,9 @@ deltas or the final completion from their handle.
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
@@ -47,6 +49,23 @@ from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
 
 __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_quantize"]
+
+_running: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Engines whose scheduler thread was started: closed when the interpreter exits."""
+
+
+@atexit.register
+def _close_running_engines() -> None:
+    """Stop every engine a program left open before the interpreter tears down.
+
+    The scheduler is a daemon thread; left running into the interpreter's
+    shutdown, it could be inside torch when the runtime's threads are torn
+    down, and the process died with "terminate called without an active
+    exception" (exit 134) after a script had printed its answer.
+    """
+    for engine in list(_running):
+        engine.close()
+
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -233,6 +252,7 @@ class Engine:
                 self._thread = threading.Thread(target=self._run, name="ctxproto-engine")
                 self._thread.daemon = True
                 self._thread.start()
+                _running.add(self)
             self._wake.notify()
         return RequestHandle(request)
 

@@ -328,3 +328,39 @@ def test_a_failed_prefill_counts_no_prompt_tokens(engine, monkeypatch):
         before.cached_tokens,
         before.computed_tokens,
     )
+
+
+ENGINE_LEFT_OPEN = """
+import atexit, threading
+
+def report():  # registered first, so it runs after the engine module's own exit hook
+    running = any(t.name == "ctxproto-engine" and t.is_alive() for t in threading.enumerate())
+    print("running" if running else "stopped", flush=True)
+
+atexit.register(report)
+from ctxproto.runtime import Engine, GenerationParams
+engine = Engine()
+engine.generate([{"role": "user", "content": "Hi"}], GenerationParams(max_new_tokens=2))
+"""
+
+
+@pytest.mark.models
+def test_an_engine_left_open_is_stopped_before_the_interpreter_exits():
+    """Left running into shutdown, its daemon thread could be inside torch when the
+    runtime's threads were torn down: "terminate called without an active exception"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_LEFT_OPEN],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "stopped"
