@@ -172,21 +172,27 @@ class Pipeline:
         )
 
     def after_answer(
-        self, result: PipelineResult, answer: str, finish_reason: str | None = "stop"
+        self,
+        result: PipelineResult,
+        answer: str,
+        finish_reason: str | None = "stop",
+        output_tokens: int | None = None,
     ) -> None:
         """Hand the model's answer to every stage (a cache files it); see ``Stage.after_answer``.
 
         Only an answer that is what the same request would get again: one that
         ended of itself (``finish_reason`` "stop"), or one cut at the answer cap the
-        request set (``Context.answer_limit``, which a cache keys answers by). Cut
-        at a cap the request did not set (an upstream's default), or ended another
-        way (tool calls, a filter, a client gone), it is not filed. Nothing happens
-        either when a stage answered the turn itself: the model was never asked.
+        request set (``Context.answer_limit``, which a cache keys answers by), as
+        ``output_tokens`` shows (it is that cap). Cut anywhere else (an upstream's
+        default, the end of the model's window: both are "length" too), or ended
+        another way (tool calls, a filter, a client gone), it is not filed. Nothing
+        happens either when a stage answered the turn itself: the model was never asked.
 
         A stage that fails to keep the answer (a cache whose store is down) is
         logged and skipped: the answer was given, and the turn goes on without it.
         """
-        cut_at_the_cap = finish_reason == "length" and result.context.answer_limit is not None
+        cap = result.context.answer_limit
+        cut_at_the_cap = finish_reason == "length" and cap is not None and output_tokens == cap
         if result.prompt is None or not (finish_reason == "stop" or cut_at_the_cap):
             return
         for stage in self.stages:

@@ -320,7 +320,7 @@ class ChatSession:
             Message(role="assistant", content=answer),
         ]
         self._save_history()
-        self.pipeline.after_answer(result, answer, finish_reason)
+        self.pipeline.after_answer(result, answer, finish_reason, output_tokens)
         end = time.perf_counter()
         counter = self.pipeline.counter
         report = TurnReport(

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import PrivateAttr
 
-from ctxproto import Budget, ConfigError, Context, Pipeline, RecencyWindow, Stage
+from ctxproto import Budget, ConfigError, Context, Message, Pipeline, RecencyWindow, Stage
 from ctxproto.documents import Document
 from ctxproto.errors import StoreError
 from ctxproto.runtime import GenerationParams, ScriptedBackend
@@ -134,6 +134,22 @@ def test_an_answer_cut_at_max_new_tokens_is_served_only_under_that_cap(tmp_path)
     whole = session(300, longer).ask(question)
     assert not whole.report.semantic_cache_hit and whole.answer == reply
     assert short.calls == 1 and longer.calls == 1
+
+
+@pytest.mark.models
+def test_an_answer_cut_short_of_its_cap_is_not_filed(tmp_path):
+    """ "length" also ends an answer at the model's window: only the cap itself counts."""
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+    pipeline = Pipeline([SemanticCacheLookup(path=str(tmp_path / "a"), scope="query")])
+    context = Context(query=Message(role="user", content="Which fuse?"), answer_limit=32)
+
+    def filed(output_tokens: int) -> bool:
+        pipeline.after_answer(pipeline.run(context), "It takes a", "length", output_tokens)
+        return pipeline.run(context).answer is not None
+
+    assert not filed(20)  # the window ran out after 20 of the 32 tokens allowed
+    assert filed(32)
 
 
 class FailingStore(Stage):

@@ -242,8 +242,8 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
         if answering:
             raise UsageError(
                 f"a PipelineRunnable only trims messages, and a {answering[0]} stage answers "
-                "requests by itself: use ChatSession (or CtxprotoChatModel) to serve cached "
-                "answers, or leave the stage out"
+                "requests by itself: use ChatSession to serve cached answers, or leave the "
+                "stage out"
             )
         self.pipeline = pipeline
         self.session_id = session_id

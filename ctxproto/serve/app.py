@@ -270,7 +270,12 @@ async def _answer(
     state.record(turn, response.usage)
     choice = response.choices[0] if response.choices else None
     message = choice.message.model_dump(exclude_none=True) if choice else None
-    await state.flow.finish(turn, message, choice.finish_reason if choice else None)
+    await state.flow.finish(
+        turn,
+        message,
+        choice.finish_reason if choice else None,
+        response.usage.completion_tokens if response.usage else None,
+    )
     return response
 
 
@@ -355,7 +360,9 @@ async def _restamped(
     if turn.answer is None:
         state.metrics.upstream_latency.labels(stream="true").observe(time.perf_counter() - started)
     state.record(turn, usage)
-    await state.flow.finish(turn, answer.message(), answer.finish_reason)
+    await state.flow.finish(
+        turn, answer.message(), answer.finish_reason, usage.completion_tokens or None
+    )
 
 
 class _ReleasingStream(StreamingResponse):

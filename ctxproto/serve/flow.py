@@ -165,7 +165,11 @@ class ContextFlow:
             turn.cache_messages = messages_sent_again(turn.messages, written)
 
     async def finish(
-        self, turn: Turn, answer: dict[str, Any] | None, finish_reason: str | None = "stop"
+        self,
+        turn: Turn,
+        answer: dict[str, Any] | None,
+        finish_reason: str | None = "stop",
+        output_tokens: int | None = None,
     ) -> None:
         """File the upstream's answer (an assistant message) and release the session.
 
@@ -179,7 +183,9 @@ class ContextFlow:
             text = answer.get("content")
             cacheable = turn.cache == "miss" and not answer.get("tool_calls")
             if turn.result is not None and cacheable and isinstance(text, str) and text:
-                await anyio.to_thread.run_sync(self._remember, turn.result, text, finish_reason)
+                await anyio.to_thread.run_sync(
+                    self._remember, turn.result, text, finish_reason, output_tokens
+                )
             if turn.stateful_history is not None:
                 await anyio.to_thread.run_sync(
                     self._append_turn, turn.tenant, turn.session, [*turn.sent, answer]
@@ -237,11 +243,17 @@ class ContextFlow:
         with self._run_lock:
             return pipeline.run(context)
 
-    def _remember(self, result: PipelineResult, answer: str, finish_reason: str | None) -> None:
+    def _remember(
+        self,
+        result: PipelineResult,
+        answer: str,
+        finish_reason: str | None,
+        output_tokens: int | None,
+    ) -> None:
         if self.pipeline is None:
             return
         with self._run_lock:
-            self.pipeline.after_answer(result, answer, finish_reason)
+            self.pipeline.after_answer(result, answer, finish_reason, output_tokens)
 
     def _session_lock(self, tenant: str, session: str) -> asyncio.Lock:
         key = (tenant, session)

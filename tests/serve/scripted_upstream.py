@@ -76,10 +76,11 @@ class ScriptedUpstream:
         words = (message.get("content") or "").split(" ")
         if limit and len(words) > limit:
             message["content"], finish = " ".join(words[:limit]), "length"
+        answered = len((message.get("content") or "").split())  # its tokens are words
         usage = {
             "prompt_tokens": 7,
-            "completion_tokens": 3,
-            "total_tokens": 10,
+            "completion_tokens": answered,
+            "total_tokens": 7 + answered,
             "prompt_tokens_details": {"cached_tokens": 2},
         }
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
