@@ -82,8 +82,14 @@ class RedisCacheStorage:
         data = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
         expiry = None if ttl is None else max(int(ttl * 1000), 1)
         with self._reporting("cannot store an entry"):
-            # Keys only grow, so an oldest key read before the transaction is low enough.
-            oldest = self._oldest_live_key() if sources else None
+            # Keys only grow, so a floor read before the transaction is low enough: the
+            # oldest live key, or with none live, past every key numbered when looked.
+            # (Not the new key's own number: keys other writers add meanwhile are live.)
+            below = 0
+            if sources:
+                numbered = int(self._redis.get(self._seq) or 0)
+                oldest = self._oldest_live_key()
+                below = numbered + 1 if oldest is None else oldest
 
             def write(pipe: Any) -> str:
                 """Runs again from the start when another writer moved the counter first."""
@@ -93,7 +99,6 @@ class RedisCacheStorage:
                 pipe.incr(self._seq)
                 pipe.set(self._entry(key), data, px=expiry)
                 pipe.zadd(self._order, {key: number})
-                below = number if oldest is None else oldest
                 for source in sources:
                     pipe.zadd(self._listed(source), {key: number})
                     pipe.zremrangebyscore(self._listed(source), "-inf", f"({below}")

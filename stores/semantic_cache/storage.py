@@ -194,9 +194,10 @@ class DiskCacheStorage:
     def clear(self) -> None:
         with self._reporting("cannot clear the cache"):
             self._entries.clear()
-            for name in list(self._meta.iterkeys()):
-                if name.startswith(("listed", "src:")):
-                    self._meta.delete(name)
+            with self._meta.transact():  # a put never sees half the lists gone
+                for name in list(self._meta.iterkeys()):
+                    if name.startswith(("listed", "src:")):
+                        self._meta.delete(name)
 
     def bind_embedder(self, signature: str) -> str:
         with self._reporting("cannot read the cache's embedder"):

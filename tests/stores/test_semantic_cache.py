@@ -206,6 +206,28 @@ def test_a_source_lists_no_key_older_than_the_oldest_live_entry(
         assert set(newest) <= set(listed) and len(listed) <= len(newest) + 1, listed
 
 
+def test_an_entry_another_replica_lists_meanwhile_stays_on_its_source_list(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put reads the oldest live key before its transaction: with none live, the new
+    key's own number was the floor, and a key another replica listed in between went."""
+    from ctxproto.stores.semantic_cache.redis_storage import RedisCacheStorage
+
+    location = f"{redis_server.url}#{redis_server.namespace()}"
+    ours, theirs = RedisCacheStorage(location), RedisCacheStorage(location)
+    entry = {"namespace": "default", "query": "q", "answer": "a"}
+    looked_up = ours._oldest_live_key
+
+    def while_looking() -> int | None:
+        oldest = looked_up()  # none live yet
+        theirs.add(entry, None, ["policy.md"])
+        return oldest
+
+    monkeypatch.setattr(ours, "_oldest_live_key", while_looking)
+    ours.add(entry, None, ["policy.md"])
+    assert sorted(ours.drop_source("policy.md")) == ["1", "2"]
+
+
 def test_a_source_list_of_the_former_layout_is_still_invalidated(
     location: str, embedder: Any, request: pytest.FixtureRequest
 ) -> None:
