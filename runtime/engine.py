@@ -50,6 +50,9 @@ from ctxproto.runtime.speculation import PromptLookup
 
 __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_quantize"]
 
+EXIT_WAIT_S = 10.0
+"""How long the interpreter's exit waits for a running engine's step to end."""
+
 _running: weakref.WeakSet[Engine] = weakref.WeakSet()
 """Engines whose scheduler thread was started: closed when the interpreter exits."""
 
@@ -64,7 +67,7 @@ def _close_running_engines() -> None:
     exception" (exit 134) after a script had printed its answer.
     """
     for engine in list(_running):
-        engine.close()
+        engine.close(timeout=EXIT_WAIT_S)  # past it, the daemon thread is left as before
 
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -274,14 +277,15 @@ class Engine:
     def stats(self) -> CacheStats:
         return self.cache.stats()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the scheduler; requests still queued or running fail with
-        ``BackendUnavailableError``."""
+        ``BackendUnavailableError``. Waits up to ``timeout`` seconds (``None``: until
+        it stopped) for the step it is in, a prefill or a decode step."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def __enter__(self) -> Engine:
         return self
@@ -347,7 +351,7 @@ class Engine:
         joining = self._joining = []
         while len(self._batch) + len(joining) < self.max_batch_size:
             with self._wake:
-                if not self._waiting:
+                if not self._waiting or self._closed:  # closing: the loop fails the rest
                     break
                 best = max(self._waiting, key=self._cached_length)
                 self._waiting.remove(best)

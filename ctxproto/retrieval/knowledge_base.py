@@ -9,6 +9,7 @@ every replica shares (``ctxproto.stores.vector_backend``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,9 @@ class KnowledgeBase:
         self.store: VectorBackend = open_vector_store(
             path, embedder=self.embedder.name, dimension=self.embedder.dimension, kind=kind
         )
+        self._searching = threading.Lock()
+        """Held from the store's refresh to the last read of its slots: a refresh by
+        another thread's query swaps the index and the chunk records."""
 
     def add_documents(
         self,
@@ -114,8 +118,24 @@ class KnowledgeBase:
             raise ConfigError(
                 f"must be between 0 and 1, got {lexical_weight}", key="lexical_weight"
             )
-        self.store.refresh()  # a re-index by another process is searched at once
         vector = self.embedder.embed_one(text)
+        with self._searching:
+            self.store.refresh()  # a re-index by another process is searched at once
+            return self._query(
+                text, vector, k, fetch_k, diversity, min_score, filters, lexical_weight
+            )
+
+    def _query(
+        self,
+        text: str,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        fetch_k: int,
+        diversity: float,
+        min_score: float | None,
+        filters: MetadataFilter | None,
+        lexical_weight: float,
+    ) -> list[Document]:
         wanted = max(k, fetch_k)
         hits = self.store.search(vector, wanted, min_score=min_score, filters=filters)
         if lexical_weight > 0:
