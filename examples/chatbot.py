@@ -52,11 +52,19 @@ def main() -> int:
         turn = session.last_turn
         assert turn is not None
         r = turn.report
+        # Retrieved documents can make a prompt longer than the chat it came from.
+        change = (
+            f"{r.tokens_saved} saved"
+            if r.tokens_saved >= 0
+            else f"{-r.tokens_saved} more, for the documents retrieved"
+        )
         console.print(
-            f"[dim]sent {r.prompt_tokens} of {r.original_tokens} tokens"
-            f" (saved {r.tokens_saved}), prefix reused {r.cached_prefix_tokens},"
-            f" cache {'hit' if r.semantic_cache_hit else 'miss'},"
-            f" TTFT {r.ttft_ms:.0f} ms, {r.latency_ms:.0f} ms total[/]"
+            f"[dim]sent {r.prompt_tokens} tokens for a chat of {r.original_tokens} ({change})[/]"
+        )
+        console.print(
+            f"[dim]prefix reused {r.cached_prefix_tokens}, cache"
+            f" {'hit' if r.semantic_cache_hit else 'miss'}, TTFT {r.ttft_ms:.0f} ms,"
+            f" {r.latency_ms:.0f} ms in all[/]"
         )
     return 0
 

@@ -156,9 +156,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        Console().print(
-            f"indexed {len(documents)} documents ({chunks} chunks) into {escape(shown)} "
-            f"in {seconds:.1f} s; the store holds {summary['store_documents']} documents, "
+        console = Console()  # one line each, so none wraps mid-figure at 80 columns
+        console.print(f"indexed {len(documents)} documents ({chunks} chunks) in {seconds:.1f} s")
+        console.print(f"into {escape(shown)}")
+        console.print(
+            f"the store holds {summary['store_documents']} documents, "
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"
         )
     return 0

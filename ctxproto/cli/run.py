@@ -69,9 +69,10 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
     summary = result.summary()
     ratio = summary["compression_ratio"]
     budget = summary["budget"] if summary["budget"] is not None else "none"
-    shrunk = f", {ratio:.2f}x smaller" if ratio and round(ratio, 2) != 1 else ", unchanged"
+    shrunk = f"{ratio:.2f}x smaller" if ratio and round(ratio, 2) != 1 else "unchanged"
+    # Two short lines rather than one that wraps mid-figure in an 80-column terminal.
     console.print(
         f"original [bold]{result.original_tokens}[/] tokens -> prompt "
-        f"[bold]{result.prompt_tokens}[/] tokens (budget {budget}{shrunk}) "
-        f"in {result.ms:.1f} ms"
+        f"[bold]{result.prompt_tokens}[/] tokens ({shrunk})"
     )
+    console.print(f"budget {budget}, {result.ms:.1f} ms", style="dim")
