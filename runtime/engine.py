@@ -277,6 +277,15 @@ class Engine:
     def stats(self) -> CacheStats:
         return self.cache.stats()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine takes no more requests (closed, or its scheduler failed), or
+        ``None`` while it serves: what a health check reports."""
+        with self._wake:
+            if self._failure is not None:
+                return str(self._failure)
+            return "the engine is closed" if self._closed else None
+
     def close(self, timeout: float | None = None) -> None:
         """Stop the scheduler; requests still queued or running fail with
         ``BackendUnavailableError``. Waits up to ``timeout`` seconds (``None``: until

@@ -72,7 +72,10 @@ class LocalUpstream(Upstream):
         return self._chunks(handle)
 
     async def ready(self) -> str | None:
-        return None
+        """The engine's failure, once it takes no more requests: ``/health`` turns 503
+        rather than a load balancer sending it requests that fail at once."""
+        failure = self.engine.failure
+        return None if failure is None else f"upstream: {failure}"
 
     async def aclose(self) -> None:
         if self._owned:

@@ -174,3 +174,23 @@ def test_documents_placed_with_the_question_are_not_left_in_the_cache(engine):
     assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": repeated}
     assert again["choices"][0]["message"] == first["choices"][0]["message"]
+
+
+def test_health_is_503_once_the_engine_takes_no_more_requests(engine, monkeypatch):
+    """A scheduler fault fails every later request at once; the proxy must say so."""
+    from ctxproto.errors import BackendError
+    from ctxproto.serve import ContextFlow, ProxyState, ServerThread, create_app
+    from ctxproto.serve.local_upstream import LocalUpstream
+
+    state = ProxyState(
+        flow=ContextFlow(None),
+        upstream=LocalUpstream(engine, model="default"),
+        models=["default"],
+    )
+    with ServerThread(create_app(state)) as proxy:
+        assert httpx.get(f"{proxy.base_url}/health", timeout=30).status_code == 200
+        fault = BackendError("the engine's scheduler failed: RuntimeError('out of memory')")
+        monkeypatch.setattr(engine, "_failure", fault)
+        down = httpx.get(f"{proxy.base_url}/health", timeout=30)
+    assert down.status_code == 503
+    assert "out of memory" in down.json()["upstream"]
