@@ -53,10 +53,17 @@ class DecodeBatch:
         caches = ([self._cache] if self.requests else []) + [cache for _, cache in entries]
         width = max([self.width] + [c.get_seq_length() for _, c in entries])
         merged = caches[0]
-        for index, layer in enumerate(merged.layers):
-            keys = [_pad_left(c.layers[index].keys, width) for c in caches]
-            values = [_pad_left(c.layers[index].values, width) for c in caches]
-            layer.keys, layer.values = torch.cat(keys), torch.cat(values)
+        # Every layer's tensors first, then all assigned: a copy that fails partway (out
+        # of memory) leaves the running batch's cache as it was, not half of it merged.
+        joined = [
+            (
+                torch.cat([_pad_left(c.layers[index].keys, width) for c in caches]),
+                torch.cat([_pad_left(c.layers[index].values, width) for c in caches]),
+            )
+            for index in range(len(merged.layers))
+        ]
+        for layer, (keys, values) in zip(merged.layers, joined, strict=True):
+            layer.keys, layer.values = keys, values
         self._cache = merged
         for request, cache in entries:
             self.requests.append(request)

@@ -281,6 +281,34 @@ def test_a_failure_caching_an_answer_ended_at_prefill_fails_that_request_only(en
     assert engine.generate(chat(QUESTIONS[3]), one_token).finish_reason == "length"
 
 
+def test_a_request_that_cannot_join_the_batch_leaves_the_running_one_intact(engine, monkeypatch):
+    """The join's copy failing at a later layer (out of memory) failed the joiner and left
+    the running request decoding over a cache half merged with it."""
+    from ctxproto.runtime import batch as batch_module
+
+    params = GenerationParams(max_new_tokens=24, ignore_eos=True)
+    alone = engine.generate(chat(QUESTIONS[0]), params).text
+    pad_left = batch_module._pad_left
+    calls = 0
+
+    def failing_at_the_sixth_layer(tensor, width):
+        nonlocal calls
+        calls += 1
+        if calls == 21:  # 2 caches x keys and values x 5 layers done
+            raise RuntimeError("out of memory")
+        return pad_left(tensor, width)
+
+    running = engine.submit_chat(chat(QUESTIONS[0]), params)
+    deltas = running.deltas()
+    first = next(deltas) + next(deltas)  # the second token is a decode step's: in the batch
+    monkeypatch.setattr(batch_module, "_pad_left", failing_at_the_sixth_layer)
+    joiner = engine.submit_chat(chat(QUESTIONS[1]), params)
+    with pytest.raises(BackendError, match="out of memory"):
+        joiner.result(timeout=60)
+    assert first + "".join(deltas) == alone
+    assert calls >= 21
+
+
 def test_a_scheduler_fault_fails_every_request_and_later_submits_at_once(lm, monkeypatch):
     """Whatever escapes the scheduler loop, no caller waits forever on the thread it stopped."""
     with Engine(max_batch_size=2) as engine:
