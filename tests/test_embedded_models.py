@@ -83,3 +83,19 @@ def test_core_split_embedder_matches_the_plain_model(embedder):
         split = [m for m in embedder._model.modules() if type(m).__name__ == "SplitLinear"]
         assert split, "the CPU embedder should run its matmuls split over the cores"
     assert np.min(np.sum(got * expected, axis=1)) > 0.9999
+
+
+@pytest.mark.models
+def test_work_remembered_in_an_own_memo_stays_there(embedder) -> None:
+    """Two benchmark paths of one process each embed their turns themselves."""
+    from collections import OrderedDict
+
+    text = "A sentence only this test embeds, 7f3c."
+    before = embedder.memo_entries
+    own: OrderedDict[bytes, object] = OrderedDict()
+    with embedder.own_memo(own):
+        embedder.embed_one(text)
+        assert embedder.memo_entries == 1
+    assert len(own) == 1 and embedder.memo_entries == before
+    embedder.embed_one(text)  # not found in the shared memo: embedded again
+    assert embedder.memo_entries == before + 1

@@ -76,7 +76,9 @@ class Serving:
     ``kv_budget_tokens`` caps the KV memory each path may keep, in tokens of
     the model: the engine's prefix cache gets that many tokens' bytes, and
     llama.cpp that total context shared by ``llama_parallel`` slots, with its
-    host-memory prompt cache off, so neither keeps more than the other.
+    host-memory prompt cache off, so neither keeps more than the other; with
+    ``llama_kv_unified`` the slots share one KV buffer of that size, as the
+    engine's sessions share its cache, rather than each owning an equal part.
     ``knowledge`` replaces the bundled knowledge base in ctxproto's pipeline.
     ``quantize`` is the engine mode of both paths on our engine (``engine`` and
     ``ctxproto``), so the full-history peer on our engine runs what ctxproto runs;
@@ -90,6 +92,7 @@ class Serving:
     round_robin: bool = False
     kv_budget_tokens: int | None = None
     llama_parallel: int = 1
+    llama_kv_unified: bool = False
     knowledge: KnowledgeSetup | None = None
     quantize: QuantizeMode = "auto"
     speculate: bool = True
@@ -274,17 +277,23 @@ def run_paths(
                 progress.advance(task)
         cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
         binaries = {path: str(server.binary) for path, server in servers.items()}
+        threads = {path: server.threads for path, server in servers.items()}
     from ctxproto.runtime.engine import resolve_quantize
 
     result = summarize(records[_baseline(records)], records["ctxproto"])
     result.update(compare_paths(records))
     result.update(
+        # the path the classic fields above (baseline_seconds, effective_tps_ratio,
+        # by_turns...) compare against: `generate` when it ran; the headline against
+        # the best full-history peer is in `ratios`
+        baseline_path=_baseline(records),
         unavailable=unavailable,
         prefix_cache=cache_stats.get("ctxproto", {}),
         prefix_cache_by_path=cache_stats,
         # Which llama-server build served each llama.cpp path: one built from source
         # for this CPU (`make bench-peers`) or the prebuilt one (AVX-512 and AVX-VNNI).
         llama_server_by_path=binaries,
+        llama_server_threads_by_path=threads,
         window_tokens=window_tokens,
         quantize=resolve_quantize(serving.quantize),
         # What ran: the engine turns speculation off itself in the int8 and bf16 modes.
@@ -332,6 +341,7 @@ def _backend(
         Path(model.location) / model.gguf_file,
         context_tokens=8192 if budget is None else budget,
         parallel=serving.llama_parallel,
+        kv_unified=serving.llama_kv_unified,
         prompt_cache_ram=budget is None,
     )
     stack.enter_context(server)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 from ctxproto.bench.chat_workload import SessionScript
 from ctxproto.eval.metrics import best_subspan_em
 from ctxproto.messages import Message
+from ctxproto.models.embedder import get_embedder
 from ctxproto.models.openmp import releasing_thread_pool
 from ctxproto.pipeline import Pipeline
 from ctxproto.session import ChatSession
@@ -348,10 +350,14 @@ def ctxproto_turns(
         # A semantic-cache hit sends no prompt: it replays an answer the model wrote
         # earlier, so it keeps the fact exactly when that answer's prompt did.
         retained_by_answer: dict[str, bool] = {}
+        # The embedder is one per process: this path remembers its own embeddings, or
+        # a second ctxproto path would find each turn's already made by the first.
+        embedder, memo = get_embedder(), OrderedDict[bytes, Any]()
         for s, index in serving_order(scripts, round_robin):
             script, turn = scripts[s], scripts[s].turns[index]
             start = time.perf_counter()
-            result = sessions[s].ask(turn.text)
+            with embedder.own_memo(memo):
+                result = sessions[s].ask(turn.text)
             seconds = time.perf_counter() - start
             report = result.report
             fact_in_prompt = None

@@ -122,6 +122,7 @@ class LlamaServer:
         *,
         context_tokens: int = 8192,
         parallel: int = 1,
+        kv_unified: bool = False,
         threads: int | None = None,
         prompt_cache_ram: bool = True,
         binaries: Sequence[Path] | None = None,
@@ -130,7 +131,9 @@ class LlamaServer:
         self.model_path = model_path
         self.context_tokens = context_tokens
         self.parallel = parallel
-        self.threads = threads or max(os.cpu_count() or 1, 1)
+        self.kv_unified = kv_unified
+        # the cores this process may run on (affinity), as torch's own count goes
+        self.threads = threads or max(len(os.sched_getaffinity(0)), 1)
         self.prompt_cache_ram = prompt_cache_ram
         self.binaries = None if binaries is None else list(binaries)
         self.startup_timeout_s = startup_timeout_s
@@ -168,6 +171,8 @@ class LlamaServer:
         ]
         if not self.prompt_cache_ram:
             command += ["--cache-ram", "0"]
+        if self.kv_unified:  # the slots share one buffer of the whole context
+            command += ["--kv-unified"]
         return command
 
     def _start(self, binary: Path) -> LlamaServer:

@@ -283,8 +283,9 @@ def _distinct_prompts(tokenizer: Any, essays: str, count: int, tokens: int) -> l
 def _common_prefix(prompts: list[list[int]]) -> int:
     first, length = prompts[0], len(prompts[0])
     for prompt in prompts[1:]:
-        length = next(
+        differs = next(
             (i for i, (a, b) in enumerate(zip(first, prompt, strict=False)) if a != b),
-            min(length, len(prompt)),
+            min(len(first), len(prompt)),
         )
+        length = min(length, differs)  # the prefix all of them share
     return length

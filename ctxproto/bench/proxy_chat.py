@@ -73,6 +73,9 @@ def run_chat_through_proxy(
     system = (examples / "system_prompt.md").read_text(encoding="utf-8")
     scripts = build_workload(sessions, turns, get_counter(), seed=seed)
     seconds = {"direct": 0.0, "proxy": 0.0}
+    # Answers are not made one length here (ignore_eos would skip the proxy's cache, as
+    # any field shaping an answer does): each path's answer tokens are printed instead.
+    answered = {"direct": 0, "proxy": 0}
     logical = hits = 0
     retained: list[bool] = []
     with (
@@ -110,6 +113,8 @@ def run_chat_through_proxy(
                         seconds[path] += time.perf_counter() - start
                         answer = raw.parse()
                         text = answer.choices[0].message.content or ""
+                        if answer.usage is not None:
+                            answered[path] += answer.usage.completion_tokens
                         if path == "direct" and answer.usage is not None:
                             logical += answer.usage.prompt_tokens + answer.usage.completion_tokens
                         if path == "proxy":
@@ -128,6 +133,8 @@ def run_chat_through_proxy(
         "direct_seconds": round(seconds["direct"], 3),
         "proxy_seconds": round(seconds["proxy"], 3),
         "logical_tokens": logical,
+        "output_tokens_direct": answered["direct"],
+        "output_tokens_proxy": answered["proxy"],
         "effective_tps_direct": round(logical / seconds["direct"], 2),
         "effective_tps_proxy": round(logical / seconds["proxy"], 2),
         "effective_tps_ratio": round(seconds["direct"] / seconds["proxy"], 3),

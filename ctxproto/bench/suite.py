@@ -74,6 +74,7 @@ class Size:
     window_tokens: int | None = None
     kv_budget_tokens: int | None = None
     llama_parallel: int = 1
+    llama_kv_unified: bool = False
     essays: int | None = None
 
 
@@ -110,8 +111,17 @@ WORKLOADS: tuple[Workload, ...] = (
         "support",
         # The 1.1k-token system prompt is one shared prefix; the 16 histories (about
         # 1.1k tokens each by the last round) share the rest of the budget, a third of
-        # what they need. A llama.cpp slot holds 4k, so the window only guards overflow.
-        Size(16, 12, window_tokens=4096 - 64, kv_budget_tokens=8192, llama_parallel=2),
+        # what they need. llama.cpp gets a slot per session, all sharing one 8k buffer
+        # (--kv-unified), as the engine's sessions share its cache: two slots owning
+        # 4k each kept only the last two sessions served. The window guards overflow.
+        Size(
+            16,
+            12,
+            window_tokens=4096 - 64,
+            kv_budget_tokens=8192,
+            llama_parallel=16,
+            llama_kv_unified=True,
+        ),
         Size(8, 6, window_tokens=2048 - 64, kv_budget_tokens=2048, llama_parallel=1),
         round_robin=True,
         paths=tuple(p for p in PATHS if p != "generate"),
@@ -254,6 +264,7 @@ def run_suite(
             "window_tokens": size.window_tokens,
             "kv_budget_tokens": size.kv_budget_tokens,
             "llama_parallel": size.llama_parallel,
+            "llama_kv_unified": size.llama_kv_unified,
             "round_robin": workload.round_robin,
             "paths": list(workload.paths),
         }
@@ -269,6 +280,7 @@ def _conversations(
         round_robin=workload.round_robin,
         kv_budget_tokens=size.kv_budget_tokens,
         llama_parallel=size.llama_parallel,
+        llama_kv_unified=size.llama_kv_unified,
     )
     if workload.conversations == "support":
         scripts = build_workload(

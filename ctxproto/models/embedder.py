@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -108,6 +109,22 @@ class Embedder:
     @property
     def memo_entries(self) -> int:
         return len(self._memo)
+
+    @contextmanager
+    def own_memo(self, memo: OrderedDict[bytes, Vectors]) -> Iterator[None]:
+        """Remember in ``memo`` instead of the shared one for the block.
+
+        For callers of one process that must not share work: two benchmark paths
+        that each run the same pipeline on the same turns would otherwise find the
+        second's embeddings already made by the first.
+        """
+        with self._lock:
+            shared, self._memo = self._memo, memo
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._memo = shared
 
 
 def get_embedder(model: str = "default") -> Embedder:
