@@ -25,8 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from ctxproto.stores.redis_connection import RedisConnection, key_part
 from ctxproto.stores.session_state import check_ids, decode_state, encode_state
 from ctxproto.stores.store_url import redact_url
@@ -92,25 +90,21 @@ class RedisSessionStateStore:
         """
         key = self.key(tenant_id, session_id)
         where = f"session state of tenant '{tenant_id}' session '{session_id}'"
-        with (
-            self._connection.reporting(f"cannot write {where}"),
-            self._redis.pipeline(transaction=True) as pipe,
-        ):
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(key)
-                    state = change(
-                        None if raw is None else decode_state(raw, f"{where} at {self.url}")
-                    )
-                    text = encode_state(tenant_id, session_id, state)
-                    pipe.multi()
-                    pipe.set(key, text.encode("utf-8"))
-                    pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
-                    pipe.execute()
-                    return state
-                except redis.WatchError:
-                    continue
+
+        def write(pipe: Any) -> dict[str, Any]:
+            """Runs again from the start when another writer changed ``key`` first."""
+            raw = pipe.get(key)
+            state = change(None if raw is None else decode_state(raw, f"{where} at {self.url}"))
+            text = encode_state(tenant_id, session_id, state)
+            pipe.multi()
+            pipe.set(key, text.encode("utf-8"))
+            pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+            return state
+
+        client: Any = self._redis  # redis-py types the callable as returning nothing
+        with self._connection.reporting(f"cannot write {where}"):
+            new: dict[str, Any] = client.transaction(write, key, value_from_callable=True)
+        return new
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""

@@ -121,36 +121,22 @@ class KnowledgeBase:
         vector = self.embedder.embed_one(text)
         with self._searching:
             self.store.refresh()  # a re-index by another process is searched at once
-            return self._query(
-                text, vector, k, fetch_k, diversity, min_score, filters, lexical_weight
-            )
-
-    def _query(
-        self,
-        text: str,
-        vector: npt.NDArray[np.float32],
-        k: int,
-        fetch_k: int,
-        diversity: float,
-        min_score: float | None,
-        filters: MetadataFilter | None,
-        lexical_weight: float,
-    ) -> list[Document]:
-        wanted = max(k, fetch_k)
-        hits = self.store.search(vector, wanted, min_score=min_score, filters=filters)
-        if lexical_weight > 0:
-            lexical = self.store.lexical_search(text, wanted, filters=filters)
-            hits, relevance = self._fuse(vector, hits, lexical, lexical_weight, min_score)
-        else:
-            relevance = np.asarray([h.score for h in hits], dtype=np.float32)
-        if not hits:
-            return []
-        if diversity > 0:
-            vectors = self.store.vectors_of([h.slot for h in hits])
-            order = mmr_select(relevance, vectors, k, diversity=diversity)
-        else:
-            order = [int(i) for i in np.argsort(-relevance, kind="stable")[:k]]
-        return [hits[i].document.model_copy(update={"score": float(relevance[i])}) for i in order]
+            wanted = max(k, fetch_k)
+            hits = self.store.search(vector, wanted, min_score=min_score, filters=filters)
+            if lexical_weight > 0:
+                lexical = self.store.lexical_search(text, wanted, filters=filters)
+                hits, relevance = self._fuse(vector, hits, lexical, lexical_weight, min_score)
+            else:
+                relevance = np.asarray([h.score for h in hits], dtype=np.float32)
+            if not hits:
+                return []
+            if diversity > 0:
+                vectors = self.store.vectors_of([h.slot for h in hits])
+                order = mmr_select(relevance, vectors, k, diversity=diversity)
+            else:
+                order = [int(i) for i in np.argsort(-relevance, kind="stable")[:k]]
+            scored = [(hits[i].document, float(relevance[i])) for i in order]
+        return [document.model_copy(update={"score": score}) for document, score in scored]
 
     def _fuse(
         self,

@@ -55,26 +55,26 @@ class Dedup(Stage):
         exact = near = 0
         for kind in ("documents", "history"):
             pieces = [
-                piece
+                (piece, "\n".join(units[i].text for i in piece))
                 for piece in _pieces(context, units, kind)
-                if any(units[i].text.strip() for i in piece)
             ]
-            text_of = {id(piece): "\n".join(units[i].text for i in piece) for piece in pieces}
             seen: set[str] = set()
-            survivors: list[list[int]] = []
-            for piece in pieces:
-                key = _normalized(text_of[id(piece)])
+            survivors: list[tuple[list[int], str]] = []
+            for piece, text in pieces:
+                if not text.strip():
+                    continue
+                key = _normalized(text)
                 if key in seen and not any(units[i].pinned for i in piece):
                     _drop(piece, texts)
                     exact += 1
                 else:
                     seen.add(key)
-                    survivors.append(piece)
+                    survivors.append((piece, text))
             if self.near and len(survivors) > 1:
                 near += self._drop_near(
-                    survivors,
-                    units_text=[text_of[id(piece)] for piece in survivors],
-                    pinned=[any(units[i].pinned for i in piece) for piece in survivors],
+                    [piece for piece, _ in survivors],
+                    units_text=[text for _, text in survivors],
+                    pinned=[any(units[i].pinned for i in piece) for piece, _ in survivors],
                     texts=texts,
                 )
         return Transformed(
