@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 _OPENAI_ROLE_KEY = "__openai_role__"  # how langchain-openai marks a developer message
+_CALL_BLOCKS = ("tool_use", "tool_call", "invalid_tool_call")
+"""Content blocks that carry a tool call the message's ``tool_calls`` hold too."""
 _CHAT_ROLES: dict[str, Role] = {
     "system": "system",
     "developer": "developer",
@@ -84,7 +86,8 @@ _CHAT_ROLES: dict[str, Role] = {
 
 
 def to_message(message: BaseMessage) -> Message:
-    """A LangChain message as a ctxproto ``Message``; anything but text is refused.
+    """A LangChain message as a ctxproto ``Message``; anything but text and tool calls
+    is refused.
 
     Tool-call arguments keep the exact JSON string kept in
     ``additional_kwargs["tool_calls"]`` (where ``from_message`` and
@@ -171,14 +174,20 @@ def from_messages(messages: Sequence[Message]) -> list[BaseMessage]:
 
 
 def _text(message: BaseMessage) -> str:
+    """The message's text. In an AI message, content blocks that repeat one of its
+    tool calls (Anthropic's ``tool_use``, the standard ``tool_call``) are skipped:
+    the call converts from ``tool_calls``."""
     if isinstance(message.content, str):
         return message.content
+    calls = _call_ids(message) if isinstance(message, AIMessage) else set()
     parts: list[str] = []
     for part in message.content:
         if isinstance(part, str):
             parts.append(part)
         elif part.get("type") == "text":
             parts.append(str(part.get("text", "")))
+        elif part.get("type") in _CALL_BLOCKS and part.get("id") in calls:
+            continue
         else:
             raise ConfigError(
                 f"a {type(message).__name__} holds a '{part.get('type')}' content block",
@@ -186,6 +195,12 @@ def _text(message: BaseMessage) -> str:
                 expected="text content only",
             )
     return "\n".join(parts)
+
+
+def _call_ids(message: AIMessage) -> set[str]:
+    ids = [call["id"] for call in message.tool_calls]
+    ids += [call["id"] for call in message.invalid_tool_calls]
+    return {i for i in ids if i}
 
 
 def _tool_calls(message: AIMessage) -> list[ToolCall]:

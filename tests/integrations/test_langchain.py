@@ -104,6 +104,29 @@ def test_non_text_content_is_refused_by_name():
         to_message(anonymous)
 
 
+def test_content_blocks_repeating_tool_calls_convert_from_the_tool_calls():
+    call = {"id": "t1", "name": "orders", "args": {"id": 7}}
+    anthropic = AIMessage(
+        [
+            {"type": "text", "text": "Let me look."},
+            {"type": "tool_use", "id": "t1", "name": "orders", "input": {"id": 7}},
+        ],
+        tool_calls=[call],
+    )
+    standard = AIMessage(
+        [{"type": "tool_call", "id": "t1", "name": "orders", "args": {"id": 7}}],
+        tool_calls=[call],
+    )
+    expected = [ToolCall(id="t1", function=FunctionCall(name="orders", arguments='{"id": 7}'))]
+    assert to_message(anthropic).content == "Let me look."
+    assert to_message(anthropic).tool_calls == expected
+    assert to_message(standard).content is None
+    assert to_message(standard).tool_calls == expected
+    unmatched = AIMessage([{"type": "tool_use", "id": "t9", "name": "orders", "input": {}}])
+    with pytest.raises(ConfigError, match="'tool_use' content block"):
+        to_message(unmatched)  # a call that tool_calls does not hold is not dropped silently
+
+
 def _conversation(turns: int) -> list[BaseMessage]:
     messages: list[BaseMessage] = [SystemMessage("You are a helpful assistant.")]
     for i in range(turns):
