@@ -354,6 +354,15 @@ class CtxprotoEmbedding(BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return self._embed(texts)
 
+    # BaseEmbedding's async text methods call the sync ones on the event loop,
+    # one text at a time; these run the model in a worker thread, a batch at once.
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
 
 class CtxprotoLLM(CustomLLM):
     """A LlamaIndex LLM answering through a ctxproto ``Backend``.

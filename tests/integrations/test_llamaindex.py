@@ -301,6 +301,29 @@ def test_llm_async_calls_leave_the_event_loop_free():
     assert ticks >= 20  # the loop ran on while the backend worked
 
 
+def test_embedding_async_text_methods_run_in_a_worker_thread_a_batch_at_once():
+    import threading
+
+    import numpy as np
+
+    calls: list[tuple[int, bool]] = []
+
+    class Recording:
+        def embed(self, texts: Any) -> Any:
+            calls.append((len(texts), threading.current_thread() is threading.main_thread()))
+            return np.zeros((len(texts), 3))
+
+    embedding = CtxprotoEmbedding()
+    embedding._model = Recording()  # type: ignore[assignment]
+
+    async def run() -> None:
+        await embedding.aget_text_embedding("one")
+        await embedding.aget_text_embedding_batch(["a", "b", "c"])
+
+    asyncio.run(run())
+    assert calls == [(1, False), (3, False)]
+
+
 def test_a_synchronous_llamaindex_call_leaves_no_unclosed_event_loop_behind():
     """llama-index estimates tokens through ``asyncio_run`` on the thread's event loop
     (conftest's ``own_event_loop``); once another ``asyncio.run`` has replaced that
