@@ -25,6 +25,7 @@ tiktoken rank file, which must not happen at run time.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -465,11 +466,54 @@ _DONE = object()
 
 
 async def _in_thread(items: Iterator[_Item]) -> AsyncGenerator[_Item, None]:
-    """``items`` as an async iterator, each ``next`` in a worker thread."""
+    """``items`` as an async iterator, each ``next`` in a worker thread.
+
+    A caller cancelled while a ``next`` runs (a client gone mid-answer) gets its
+    ``CancelledError`` at once, and ``items`` is closed as soon as that ``next``
+    returns: closing a generator while another thread runs it raised
+    ``ValueError: generator already executing`` in place of the cancellation,
+    and left the generation running.
+    """
+    steps = _Steps(items)
     try:
-        while (item := await asyncio.to_thread(next, items, _DONE)) is not _DONE:
+        while (item := await asyncio.to_thread(steps.next)) is not _DONE:
             yield item  # type: ignore[misc]
     finally:
-        close = getattr(items, "close", None)
+        steps.close()
+
+
+class _Steps:
+    """``next`` and ``close`` of an iterator, from any thread: a close asked while a
+    ``next`` runs happens when that ``next`` returns, and ends the iteration."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self._items = items
+        self._lock = threading.Lock()
+        self._running = False
+        self._closing = False
+
+    def next(self) -> object:
+        with self._lock:
+            if self._closing:
+                return _DONE
+            self._running = True
+        try:
+            return next(self._items, _DONE)
+        finally:
+            with self._lock:
+                self._running = False
+                closing = self._closing
+            if closing:
+                self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if self._running:
+                return  # the running next closes it
+        self._close()
+
+    def _close(self) -> None:
+        close = getattr(self._items, "close", None)
         if close is not None:
             close()

@@ -301,6 +301,31 @@ def test_llm_async_calls_leave_the_event_loop_free():
     assert ticks >= 20  # the loop ran on while the backend worked
 
 
+def test_llm_stream_cancelled_mid_token_is_cancelled_and_stops_the_backend():
+    import time
+
+    def slow(messages):
+        time.sleep(0.3)
+        return "late answer"
+
+    backend = ScriptedBackend(slow)
+    llm = CtxprotoLLM(backend=backend)
+
+    async def run() -> None:
+        async def consume() -> None:
+            async for _ in await llm.astream_chat([ChatMessage(role="user", content="Hi?")]):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.05)  # the first token is still being made in a worker thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())  # waits for the worker thread, which closes the stream on its way out
+    assert backend.cancelled == 1
+
+
 def test_embedding_async_text_methods_run_in_a_worker_thread_a_batch_at_once():
     import threading
 
