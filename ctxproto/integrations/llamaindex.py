@@ -61,7 +61,7 @@ from llama_index.core.schema import (
     RelatedNodeInfo,
     TextNode,
 )
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -73,7 +73,7 @@ from ctxproto.integrations._carried import (
     raw_arguments,
 )
 from ctxproto.integrations._history import append_history, load_history, save_history
-from ctxproto.messages import FunctionCall, Message, ToolCall
+from ctxproto.messages import FunctionCall, Message, ToolCall, known_fields
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.retrieval.packing import pack_to_budget
 from ctxproto.runtime.params import Completion, GenerationParams
@@ -122,7 +122,7 @@ def to_message(message: ChatMessage) -> Message:
                 expected="text and tool-call blocks only",
             )
     if not calls and extra.get("tool_calls"):  # the older form: in additional_kwargs only
-        calls = [ToolCall.model_validate(call) for call in extra["tool_calls"]]
+        calls = _older_tool_calls(extra["tool_calls"])
     role = message.role.value
     if role not in ("system", "developer", "user", "assistant", "tool"):
         raise ConfigError(
@@ -138,6 +138,26 @@ def to_message(message: ChatMessage) -> Message:
         tool_call_id=extra.get("tool_call_id"),
         pinned=bool(extra.get(PINNED_KEY, False)),
     )
+
+
+def _older_tool_calls(calls: Any) -> list[ToolCall]:
+    """Tool calls in ``additional_kwargs["tool_calls"]``, the OpenAI form.
+
+    llama-index's OpenAI LLM kept the openai client's objects there, which a chat
+    store saves as their dumps; a streamed call's carries an ``index`` that
+    ``ToolCall`` has no field for, and is dropped as ``known_fields`` drops it.
+    """
+    try:
+        dumped = [c.model_dump() if isinstance(c, BaseModel) else c for c in calls]
+        return [
+            ToolCall.model_validate(c) for c in known_fields({"tool_calls": dumped})["tool_calls"]
+        ]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"a chat message's additional_kwargs['tool_calls'] is not a list of tool calls: {exc}",
+            key="messages",
+            expected="tool calls in the OpenAI form",
+        ) from exc
 
 
 def from_message(message: Message) -> ChatMessage:

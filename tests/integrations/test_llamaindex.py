@@ -86,6 +86,35 @@ def test_llamaindex_messages_survive_ctxproto_and_back():
     ]
 
 
+def test_older_tool_calls_convert_as_a_chat_store_saved_them():
+    from pydantic import BaseModel
+
+    class Function(BaseModel):  # the openai client's objects, as its streaming returned them
+        name: str
+        arguments: str
+
+    class StreamedCall(BaseModel):
+        index: int
+        id: str
+        type: str
+        function: Function
+
+    expected = [ToolCall(id="t2", function=FunctionCall(name="f", arguments='{"a": 1}'))]
+    streamed = StreamedCall(
+        index=0, id="t2", type="function", function=Function(name="f", arguments='{"a": 1}')
+    )
+    for calls in ([streamed], [streamed.model_dump()]):  # as held, and as a chat store saved it
+        message = ChatMessage(
+            role=MessageRole.ASSISTANT, content="", additional_kwargs={"tool_calls": calls}
+        )
+        assert to_message(message).tool_calls == expected
+    broken = ChatMessage(
+        role=MessageRole.ASSISTANT, additional_kwargs={"tool_calls": [{"id": "t3"}]}
+    )
+    with pytest.raises(ConfigError, match="not a list of tool calls"):
+        to_message(broken)
+
+
 def test_non_text_blocks_are_refused_by_name():
     image = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/x.png")])
     with pytest.raises(ConfigError, match="'image' block"):
