@@ -121,16 +121,20 @@ class ContextService:
         )
 
     def _budget(self, requested: int | None) -> Budget | None:
-        """The pipeline's budget, lowered to the request's and to the tool's cap."""
+        """The pipeline's budget, lowered to the request's and to the tool's cap.
+
+        Compared by ``prompt_limit``, what the assembler enforces: a context window
+        less its answer reserve may be below ``max_prompt_tokens``. The reserve is
+        kept as configured, so the prompt still leaves the answer its room.
+        """
         cap = self.config.cap("assemble_context")
         limit = min(requested, cap) if requested is not None else cap
         own = self.flow.pipeline.budget if self.flow.pipeline is not None else None
         if own is None:
             return Budget(max_prompt_tokens=limit)
-        if own.max_prompt_tokens <= limit:
+        if own.prompt_limit <= limit:
             return None  # the pipeline's own budget is the lowest already
-        reserve = min(own.reserve_answer_tokens, limit)
-        return own.model_copy(update={"max_prompt_tokens": limit, "reserve_answer_tokens": reserve})
+        return own.model_copy(update={"max_prompt_tokens": limit})
 
     # -- compress_text -------------------------------------------------------
 

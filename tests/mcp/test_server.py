@@ -122,6 +122,38 @@ def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> 
         service.close()
 
 
+def test_the_cap_keeps_the_pipelines_answer_reserve(mcp_folder: Path) -> None:
+    from ctxproto.budget import Budget
+    from ctxproto.mcp.service import ContextService as Service
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+    from ctxproto.stages.recency_window import RecencyWindow
+
+    # An 8k window with 6k kept for the answer: prompts of at most 2,192 tokens.
+    own = Budget(max_prompt_tokens=8192, context_window=8192, reserve_answer_tokens=6000)
+    flow = ContextFlow(Pipeline([RecencyWindow(max_turns=100)], own))
+    service = Service(flow, McpConfig())  # the default cap, 4,000, is above that limit
+    try:
+        asked = call(
+            service,
+            "assemble_context",
+            {"session_id": "b-2", "messages": conversation(30, 100)},
+        )
+        out = asked.structured_content
+        assert out["original_tokens"] > 4000
+        assert out["budget"] == own.prompt_limit
+        assert out["prompt_tokens"] <= own.prompt_limit
+        smaller = call(
+            service,
+            "assemble_context",
+            {"session_id": "b-2", "messages": conversation(30, 100), "budget": 1000},
+        )
+        assert smaller.structured_content["prompt_tokens"] <= 1000
+    finally:
+        service.close()
+
+
 def test_assemble_context_takes_messages_as_openai_returns_them(service: ContextService) -> None:
     returned: dict[str, Any] = {
         "role": "assistant",
