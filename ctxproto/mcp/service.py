@@ -247,7 +247,8 @@ class ContextService:
     def cached_answer(
         self, tenant: str, session: str, question: str, context: str | None
     ) -> CacheLookup:
-        hit = self._semantic_cache().get(question, context=context, namespace=tenant)
+        cache = self._semantic_cache()
+        hit = cache.get(question, context=context, namespace=_cache_namespace(tenant))
         self._record(tenant, session, 0, 0, hit.answer if hit else None, lookup=True)
         if hit is None:
             return CacheLookup(hit=False)
@@ -272,7 +273,8 @@ class ContextService:
                 "it could never be served",
                 key="answer",
             )
-        key = self._semantic_cache().put(question, answer, context=context, namespace=tenant)
+        cache = self._semantic_cache()
+        key = cache.put(question, answer, context=context, namespace=_cache_namespace(tenant))
         return StoredAnswer(key=key)
 
     def _semantic_cache(self) -> SemanticCache:
@@ -351,3 +353,15 @@ class ContextService:
             if self._own_cache and self._cache is not None:
                 self._cache.close()
                 self._cache, self._own_cache = None, False
+
+
+def _cache_namespace(tenant: str) -> str:
+    """The tenant's namespace for the answers of ``cached_answer`` and ``store_answer``.
+
+    Not the tenant id, which the pipeline's ``semantic_cache`` stage files under:
+    its key for a chat with no system prompt (scope ``query``) is no context, as is
+    an agent's lookup without one, so an answer an agent stored would be served to
+    the proxy's chat users, and a chat's answer to agents. A ``:`` is never in a
+    tenant id the config accepts, so no tenant's own namespace is this one.
+    """
+    return f"mcp:{tenant}"

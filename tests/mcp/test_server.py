@@ -298,6 +298,48 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     anyio.run(run)
 
 
+def test_agent_answers_and_the_pipelines_answers_stay_apart(tmp_path: Path) -> None:
+    from ctxproto.context import ChatRequest
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+    # Scope "query" and no system prompt: the pipeline keys a chat's answer by no context.
+    stage = SemanticCacheLookup(path=str(tmp_path / "cache"), scope="query")
+    flow = ContextFlow(Pipeline([stage]))
+    service = ContextService(flow, McpConfig())
+
+    def chat(question: str) -> Any:
+        request = ChatRequest.from_openai(
+            [{"role": "user", "content": question}], session_id="chat", tenant_id="default"
+        )
+        return flow.run(request.to_context())
+
+    try:
+        stored = call(
+            service,
+            "store_answer",
+            {"session_id": "s", "question": "What is the refund window?", "answer": "Agent note."},
+        )
+        assert not stored.is_error
+        assert chat("What is the refund window?").answer is None
+        filed = chat("Where is the head office?")
+        stage.store(filed.context, "In Lisbon.")
+        assert chat("Where is the head office?").answer == "In Lisbon."
+        lookup = call(
+            service, "cached_answer", {"session_id": "s", "question": "Where is the head office?"}
+        )
+        assert lookup.structured_content["hit"] is False
+        again = call(
+            service, "cached_answer", {"session_id": "s", "question": "What is the refund window?"}
+        )
+        assert again.structured_content["answer"] == "Agent note."
+    finally:
+        service.close()
+        flow.store.close()
+
+
 @pytest.mark.parametrize(
     ("name", "arguments", "message"),
     [
