@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ctxproto.budget import Budget
@@ -50,6 +49,7 @@ from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.store_url import redact_url
+from ctxproto.stores.vector_backend import vector_store_exists
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["ContextService"]
@@ -227,19 +227,24 @@ class ContextService:
         )
 
     def _knowledge_base(self, tenant: str) -> KnowledgeBase:
-        """The tenant's store: ``{tenant}`` in the configured folder keeps tenants apart."""
+        """The tenant's store: ``{tenant}`` in the configured location keeps tenants apart.
+
+        A folder or a ``postgresql://`` URL, as the ``retriever`` stage's. Only a
+        store ``ctxproto index`` built is opened: ``KnowledgeBase`` starts an empty
+        one where there is none, which would answer every search with nothing.
+        """
         if self.config.knowledge is None:
             raise ConfigError("no knowledge store is configured", key="mcp.knowledge")
-        path = Path(self.config.knowledge.replace("{tenant}", tenant))
+        location = self.config.knowledge.replace("{tenant}", tenant)
         with self._lock:
-            knowledge = self._knowledge.get(str(path))
+            knowledge = self._knowledge.get(location)
             if knowledge is None:
-                if not path.is_dir():
+                if not vector_store_exists(location):
                     raise StoreError(
                         "this tenant has no knowledge store (build one: ctxproto index)"
                     )
-                knowledge = KnowledgeBase(path, counter=self.counter)
-                self._knowledge[str(path)] = knowledge
+                knowledge = KnowledgeBase(location, counter=self.counter)
+                self._knowledge[location] = knowledge
             return knowledge
 
     # -- cached_answer / store_answer ----------------------------------------
@@ -335,7 +340,7 @@ class ContextService:
         """
         checks: dict[str, Callable[[], None]] = {}
         if self.config.knowledge is not None:
-            checks[f"mcp.knowledge {self.config.knowledge}"] = self._ping_knowledge
+            checks[f"mcp.knowledge {redact_url(self.config.knowledge)}"] = self._ping_knowledge
         with self._lock:
             if self._own_cache and self._cache is not None and self.config.cache is not None:
                 checks[f"mcp.cache {redact_url(self.config.cache)}"] = self._cache.ping

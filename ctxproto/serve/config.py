@@ -158,7 +158,8 @@ class McpConfig(_Section):
     page_size: int = Field(default=50, ge=1, le=1000, description="History entries per page.")
     knowledge: str | None = Field(
         default=None,
-        description="Store folder built with `ctxproto index`; {tenant} is the tenant id.",
+        description="Store folder or postgresql:// URL built with `ctxproto index`; "
+        "{tenant} is the tenant id.",
     )
     cache: FolderOrRedisURL | None = Field(
         default=None,

@@ -264,6 +264,42 @@ def test_search_knowledge_packs_chunks_into_the_cap(service: ContextService) -> 
     assert len(capped.structured_content["chunks"]) < len(chunks)
 
 
+def test_a_folder_without_a_built_store_is_no_knowledge_store(tmp_path: Path) -> None:
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+
+    (tmp_path / "kb" / "default").mkdir(parents=True)  # made, never indexed
+    knowledge = str(tmp_path / "kb" / "{tenant}")
+    service = ContextService(ContextFlow(None), McpConfig(knowledge=knowledge))
+    try:
+        found = call(service, "search_knowledge", {"session_id": "k-2", "query": "deploy"})
+        assert found.is_error and "no knowledge store" in text_of(found)
+        assert list((tmp_path / "kb" / "default").iterdir()) == []  # nothing was started
+    finally:
+        service.close()
+
+
+def test_search_knowledge_reads_a_postgresql_store(pg_url: str, embedder: Any) -> None:
+    from ctxproto.documents import Document
+    from ctxproto.retrieval.knowledge_base import KnowledgeBase
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+
+    built = KnowledgeBase(pg_url, embedder=embedder)
+    built.add_documents([Document(id="deploy", text="Deploy with `make release`; B-7781.")])
+    built.save()
+    service = ContextService(ContextFlow(None), McpConfig(knowledge=pg_url))
+    try:
+        found = call(service, "search_knowledge", {"session_id": "k-3", "query": "deploy"})
+        assert not found.is_error, text_of(found)
+        assert "B-7781" in found.structured_content["chunks"][0]["text"]
+    finally:
+        service.close()
+    secret = McpConfig(knowledge="postgresql://kb:s3cret@db/ctx?table=kb_{tenant}")
+    (name,) = ContextService(ContextFlow(None), secret).store_checks()  # what /health shows
+    assert name == "mcp.knowledge postgresql://kb:***@db/ctx?table=kb_{tenant}"
+
+
 def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
