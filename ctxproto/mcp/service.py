@@ -45,7 +45,7 @@ from ctxproto.retrieval.knowledge_base import KnowledgeBase
 from ctxproto.retrieval.packing import pack_to_budget
 from ctxproto.serve.config import McpConfig
 from ctxproto.serve.flow import ContextFlow
-from ctxproto.stages.semantic_cache import SemanticCacheLookup
+from ctxproto.stages.semantic_cache import METADATA_KEY, SemanticCacheLookup
 from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.store_url import redact_url
@@ -108,7 +108,8 @@ class ContextService:
         prompt = result.prompt
         answer = result.answer
         prompt_tokens = prompt.prompt_tokens if prompt is not None else 0
-        self._record(tenant, session, result.original_tokens, prompt_tokens, answer)
+        lookup = _looked_up(result.context)
+        self._record(tenant, session, result.original_tokens, prompt_tokens, answer, lookup=lookup)
         return AssembledContext(
             messages=prompt.messages if prompt is not None else [],
             original_tokens=result.original_tokens,
@@ -370,3 +371,14 @@ def _cache_namespace(tenant: str) -> str:
     tenant id the config accepts, so no tenant's own namespace is this one.
     """
     return f"mcp:{tenant}"
+
+
+def _looked_up(context: Context) -> bool:
+    """Whether the pipeline's ``semantic_cache`` stage looked the query up.
+
+    So a miss of ``assemble_context`` counts as one, as a hit does: counting hits
+    alone made every hit rate of ``context_stats`` 100%. A lookup the stage
+    skipped (no query) is neither.
+    """
+    record = context.metadata.get(METADATA_KEY)
+    return isinstance(record, dict) and "hit" in record

@@ -10,6 +10,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from ctxproto.context import ChatRequest
 from ctxproto.mcp import ContextService, create_mcp_server
 from tests.mcp.conftest import make_service, text_of
 
@@ -335,7 +336,6 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
 
 
 def test_agent_answers_and_the_pipelines_answers_stay_apart(tmp_path: Path) -> None:
-    from ctxproto.context import ChatRequest
     from ctxproto.pipeline import Pipeline
     from ctxproto.serve.config import McpConfig
     from ctxproto.serve.flow import ContextFlow
@@ -371,6 +371,31 @@ def test_agent_answers_and_the_pipelines_answers_stay_apart(tmp_path: Path) -> N
             service, "cached_answer", {"session_id": "s", "question": "What is the refund window?"}
         )
         assert again.structured_content["answer"] == "Agent note."
+    finally:
+        service.close()
+        flow.store.close()
+
+
+def test_assemble_context_counts_the_pipelines_cache_misses(tmp_path: Path) -> None:
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+    from ctxproto.stages.semantic_cache import SemanticCacheLookup
+
+    stage = SemanticCacheLookup(path=str(tmp_path / "cache"), scope="query")
+    flow = ContextFlow(Pipeline([stage]))
+    service = ContextService(flow, McpConfig())
+    messages = [{"role": "user", "content": "Where is the head office?"}]
+    try:
+        first = service.assemble("default", "m-1", messages)
+        assert first.cached_answer is None
+        request = ChatRequest.from_openai(messages, session_id="m-1", tenant_id="default")
+        stage.store(flow.run(request.to_context()).context, "In Lisbon.")
+        again = call(service, "assemble_context", {"session_id": "m-1", "messages": messages})
+        assert again.structured_content["cached_answer"] == "In Lisbon."
+        stats = call(service, "context_stats", {"session_id": "m-1"})
+        session = stats.structured_content["session"]
+        assert (session["calls"], session["cache_hits"], session["cache_misses"]) == (2, 1, 1)
     finally:
         service.close()
         flow.store.close()
