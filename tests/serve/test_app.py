@@ -360,6 +360,8 @@ def test_models_health_and_metrics(proxy):
         "summarizer",
     ]
     assert set(health["stores"].values()) == {"ok"}
+    # A labelled histogram has no series before its first request: make one.
+    client(proxy).chat.completions.create(model="ctxproto", messages=USER)
     metrics = httpx.get(f"{proxy.base_url}/metrics").text
     for name in (
         "ctxproto_requests_total",
