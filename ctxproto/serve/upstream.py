@@ -162,7 +162,13 @@ class RemoteUpstream(Upstream):
 
 
 async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:
-    """Chunks from a server-sent-events body; an error event becomes an ``APIError``."""
+    """Chunks from a server-sent-events body; an error event becomes an ``APIError``.
+
+    So does a body that ends before ``[DONE]`` and before any finish reason: the
+    upstream broke off mid-answer (closing its body cleanly, so no transport
+    error tells), and passed on as a whole answer the client would keep half of it.
+    """
+    finished = False
     try:
         with _body_failures():
             async for line in response.aiter_lines():
@@ -174,7 +180,13 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletion
                 data = json.loads(payload)
                 if isinstance(data, dict) and "error" in data:
                     raise _normalise(502, data, None)
-                yield ChatCompletionChunk.model_validate(data)
+                chunk = ChatCompletionChunk.model_validate(data)
+                finished = finished or any(c.finish_reason for c in chunk.choices)
+                yield chunk
+        if not finished:
+            raise APIError(
+                502, "the upstream's stream ended before its answer did", code="upstream_error"
+            )
     finally:
         await response.aclose()
 

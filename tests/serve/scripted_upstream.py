@@ -5,6 +5,7 @@ A real ASGI app on a real socket (no patched clients): it answers
 ``tools`` are given and the last message is the user's, and obeys commands in
 the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
+``CUT`` (end the stream mid-answer, cleanly but with no finish reason nor ``[DONE]``),
 ``SLOW <seconds>`` (wait between chunks), ``STALL <seconds>`` (send the headers
 and the first bytes of a whole answer, then wait). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
@@ -92,7 +93,7 @@ class ScriptedUpstream:
             return JSONResponse(whole)
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
         return StreamingResponse(
-            self._events(base, message, finish, usage, body, delay, command[:1] == ["MIDFAIL"]),
+            self._events(base, message, finish, usage, body, delay, command[:1]),
             media_type="text/event-stream",
         )
 
@@ -104,7 +105,7 @@ class ScriptedUpstream:
         usage: dict[str, Any],
         body: dict[str, Any],
         delay: float,
-        midfail: bool,
+        command: list[str],
     ) -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
             return {
@@ -141,8 +142,10 @@ class ScriptedUpstream:
             )
         else:
             for index, word in enumerate(message["content"].split(" ")):
-                if midfail and index == 2:
+                if command == ["MIDFAIL"] and index == 2:
                     yield _sse({"error": {"message": "scripted failure", "type": "server_error"}})
+                    return
+                if command == ["CUT"] and index == 2:
                     return
                 await asyncio.sleep(delay)
                 self.chunks_sent += 1

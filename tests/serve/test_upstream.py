@@ -80,6 +80,18 @@ def test_failure_mid_stream_ends_the_stream_with_an_error_event(proxy):
     assert ask(proxy, "still serving").choices
 
 
+def test_a_stream_the_upstream_ends_mid_answer_ends_with_an_error_event(proxy):
+    # The upstream closed its body cleanly, but with no finish reason nor [DONE]:
+    # the answer is cut, and a client told it was whole would keep half of it.
+    stream = ask(proxy, "CUT one two three four", stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="ended before"):
+        for chunk in stream:
+            received += [c.delta.content for c in chunk.choices if c.delta.content]
+    assert "".join(received) == "CUT one"
+    assert ask(proxy, "still serving").choices
+
+
 def _dead_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
