@@ -52,7 +52,7 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
             code="request_timeout",
         ) from None
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
     except ValueError as exc:
@@ -78,6 +78,12 @@ def parse_body(model: type[WireModel], body: dict[str, Any]) -> WireModel:
         ) from None
     except RecursionError:
         raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
+
+
+def _not_json(constant: str) -> float:
+    """``NaN`` and ``Infinity``, which Python's ``json`` reads but JSON has not: the
+    body would be forwarded as JSON no upstream reads (a 500, not the client's 400)."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _too_large(limits: LimitsConfig) -> APIError:

@@ -312,6 +312,9 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
             400,
             "seed",
         ),
+        # Python's json reads these, but they are not JSON: no upstream would take them.
+        (b'{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": NaN}}', 400, None),
+        (b'{"messages": [{"role": "user", "content": "x"}], "top_k": -Infinity}', 400, None),
     ],
 )
 def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body, status, param):
