@@ -3,8 +3,8 @@
 Everything that can be refused is refused before any model or tokenizer runs:
 a non-JSON content type (415), a declared or actual size over the limit (413,
 counted while reading, so a chunked or lying body never gets past it), a client
-that stalls (408), malformed or absurdly nested JSON and wrong field types
-(400 naming the field).
+that stalls (408) or leaves (499, answered to no one), malformed or absurdly
+nested JSON and wrong field types (400 naming the field).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.serve.config import LimitsConfig
@@ -50,6 +50,12 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
             408,
             f"the body did not arrive within {limits.read_timeout_s:g} s",
             code="request_timeout",
+        ) from None
+    except ClientDisconnect:
+        # The client's doing, not the server's: no 500 logged with a traceback and
+        # counted as an internal error for every client that gives up mid-upload.
+        raise APIError(
+            499, "the client left before its body arrived", code="client_closed_request"
         ) from None
     try:
         body = json.loads(raw, parse_constant=_not_json)

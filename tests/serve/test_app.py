@@ -345,6 +345,27 @@ def test_oversized_and_non_json_bodies(proxy, proxy_state):
     assert text.status_code == 415 and text.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_a_client_that_leaves_mid_body_is_no_internal_error(proxy, proxy_state, caplog):
+    import socket
+    import time
+
+    errors = proxy_state.metrics.errors
+    before = errors.labels(code="internal_error")._value.get()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+        raw.sendall(head + b'{"messages"')
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while not errors.labels(code="client_closed_request")._value.get():
+        assert time.monotonic() < deadline, "the disconnect was not counted as the client's"
+        time.sleep(0.05)
+    assert errors.labels(code="internal_error")._value.get() == before
+    assert "unexpected error" not in caplog.text
+
+
 def test_unknown_key_is_401_in_the_envelope(proxy):
     with pytest.raises(openai.AuthenticationError) as raised:
         client(proxy, key="wrong").chat.completions.create(model="ctxproto", messages=USER)
