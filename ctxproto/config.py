@@ -147,7 +147,7 @@ def validation_error_to_config_error(
     # A misspelled key shows up twice: as unknown, and the intended key as missing.
     # The unknown one is what the user typed, so it is the one to name.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = _dotted(first["loc"], data)
+    key = _dotted(first["loc"], data, missing=first["type"] == "missing")
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
     kind = first["type"]
@@ -177,12 +177,14 @@ def allowed_keys_hint(model: type[BaseModel]) -> str:
     return "one of: " + ", ".join(sorted(model.model_fields))
 
 
-def _dotted(loc: tuple[int | str, ...], data: Any = _NOT_GIVEN) -> str:
+def _dotted(loc: tuple[int | str, ...], data: Any = _NOT_GIVEN, *, missing: bool = False) -> str:
     """``loc`` as the reader finds it: ``stages[0].init_parameters.max_tokens``.
 
     ``[key]``, pydantic's mark of a bad mapping key, names nothing more than the
     key before it. With ``data``, a part the data has no key or index for is a
-    union member's name and is left out, unless it is the last (a missing key).
+    union member's name and is left out, unless it is the last of a ``missing``
+    error (the missing key). A value of the wrong type for a union (``stop: 5``)
+    ends in the member tried (``stop.str``), which no one wrote.
     """
     parts = [part for part in loc if part != "[key]"]
     out = ""
@@ -192,7 +194,7 @@ def _dotted(loc: tuple[int | str, ...], data: Any = _NOT_GIVEN) -> str:
         if data is not _NOT_GIVEN:
             if _has(node, part):
                 node = node[part]
-            elif index < len(parts) - 1:
+            elif index < len(parts) - 1 or not missing:
                 continue
         if isinstance(part, int) and not isinstance(parent, dict):
             out += f"[{part}]"

@@ -312,6 +312,9 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
             400,
             "seed",
         ),
+        # A field of several types is named as sent, not with the type pydantic tried.
+        (b'{"messages": [{"role": "user", "content": 5}]}', 400, "messages[0].content"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stop": 5}', 400, "stop"),
         # Python's json reads these, but they are not JSON: no upstream would take them.
         (b'{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": NaN}}', 400, None),
         (b'{"messages": [{"role": "user", "content": "x"}], "top_k": -Infinity}', 400, None),
