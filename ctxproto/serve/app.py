@@ -188,7 +188,7 @@ async def _chat_completions(request: Request) -> Response:
             404, f"the model '{chat.model}' does not exist", code="model_not_found", param="model"
         )
     headers = request.headers
-    stateful = headers.get("x-ctxproto-session-mode", state.session_mode) == "stateful"
+    stateful = _stateful(headers.get("x-ctxproto-session-mode", state.session_mode))
     session = named_session(headers, chat.user)
     if session is None:
         if stateful:
@@ -245,6 +245,20 @@ async def _chat_completions(request: Request) -> Response:
             if turn is not None:
                 state.flow.release(turn)
             state.tenants.leave(tenant)
+
+
+def _stateful(mode: str) -> bool:
+    """The session mode a request asks for: any other value is a 400, not stateless,
+    which would forward the new messages alone, the history silently left out."""
+    mode = mode.strip().lower()
+    if mode not in ("stateless", "stateful"):
+        raise APIError(
+            400,
+            f"x-ctxproto-session-mode must be 'stateless' or 'stateful', not '{mode[:50]}'",
+            code="invalid_value",
+            param="x-ctxproto-session-mode",
+        )
+    return mode == "stateful"
 
 
 async def _answer(

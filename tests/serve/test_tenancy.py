@@ -81,6 +81,24 @@ def test_a_stateful_session_may_be_named_like_a_derived_one(proxy):
     assert answer.choices[0].message.content == "alpha | beta"  # the stored history was used
 
 
+def test_the_session_mode_header_is_read_as_the_other_headers_are(proxy):
+    # Case-insensitive, as x-ctxproto-cache and x-ctxproto-pipeline are: read as
+    # stateless, the history would be left out without a word.
+    headers = {"x-session-id": f"s-{uuid.uuid4().hex[:8]}", "x-ctxproto-session-mode": "Stateful"}
+    for text in ("alpha", "beta"):
+        answer = openai_client(proxy, "key-a").chat.completions.create(
+            model="ctxproto", messages=[{"role": "user", "content": text}], extra_headers=headers
+        )
+    assert answer.choices[0].message.content == "alpha | beta"
+    with pytest.raises(openai.BadRequestError) as raised:
+        openai_client(proxy, "key-a").chat.completions.create(
+            model="ctxproto",
+            messages=[{"role": "user", "content": "gamma"}],
+            extra_headers={**headers, "x-ctxproto-session-mode": "statefull"},
+        )
+    assert raised.value.body["param"] == "x-ctxproto-session-mode"
+
+
 def test_tenant_concurrency_limit_is_429_with_retry_after(proxy):
     results: list[object] = []
 
