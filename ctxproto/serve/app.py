@@ -438,7 +438,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         f"{request.method} {request.url.path}: {exc.detail}",
         code=codes.get(exc.status_code, "http_error"),
     )
-    return _answer_error(request, error)
+    # Starlette's own headers stay: a 405 must say which methods are allowed.
+    return _answer_error(request, error, headers=dict(exc.headers or {}))
 
 
 async def _ctxproto_error(request: Request, exc: Exception) -> Response:
@@ -451,7 +452,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return _answer_error(request, APIError(500, "internal error", code="internal_error"))
 
 
-def _answer_error(request: Request, exc: CtxprotoError) -> Response:
+def _answer_error(
+    request: Request, exc: CtxprotoError, *, headers: dict[str, str] | None = None
+) -> Response:
     error = to_api_error(exc)
     _state(request).metrics.errors.labels(code=error.code).inc()
-    return error_response(error)
+    return error_response(error, headers)

@@ -403,6 +403,13 @@ def test_models_health_and_metrics(proxy):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+def test_a_wrong_method_is_405_saying_which_are_allowed(proxy):
+    answer = httpx.get(f"{proxy.url}/chat/completions")
+    assert answer.status_code == 405
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+    assert answer.headers["allow"] == "POST"
+
+
 def test_building_the_app_leaves_the_process_logging_alone(proxy_state):
     """The MCP SDK's constructor calls ``logging.basicConfig``; the app must not let it stick."""
     import logging
