@@ -111,11 +111,16 @@ class RemoteUpstream(Upstream):
         return _read_events(response)
 
     async def ready(self) -> str | None:
+        """Unready when down, and when it refuses the proxy's key (401, 403): every
+        request would then be a 502. A 404 is a server with no ``/models`` route."""
         try:
             response = await self._client.get(f"{self.base_url}/models", timeout=5.0)
         except httpx.HTTPError as exc:
             return f"upstream unreachable: {type(exc).__name__}"
-        return None if response.status_code < 500 else f"upstream answered {response.status_code}"
+        status = response.status_code
+        if status in (401, 403):
+            return f"upstream refused the proxy's api_key ({status})"
+        return None if status < 500 else f"upstream answered {status}"
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -114,6 +114,31 @@ def test_unreachable_upstream_is_502_and_unready(scripted):
         assert httpx.get(f"{server.base_url}/health").status_code == 503
 
 
+@pytest.mark.parametrize(
+    ("status", "ready"), [(200, True), (404, True), (401, False), (403, False)]
+)
+def test_an_upstream_refusing_the_proxys_key_is_unready(status, ready):
+    # Every request would be a 502 upstream_401: no replica to send traffic to. A 404
+    # is a server without /models, which may serve chat completions all the same.
+    import asyncio
+
+    import httpx
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, json={}))
+    upstream = RemoteUpstream("http://upstream/v1", model="m", transport=transport)
+
+    async def check() -> str | None:
+        try:
+            return await upstream.ready()
+        finally:
+            await upstream.aclose()
+
+    reason = asyncio.run(check())
+    assert (reason is None) == ready
+    if not ready:
+        assert reason is not None and str(status) in reason
+
+
 def test_slow_upstream_is_504(scripted):
     state = ProxyState(
         flow=ContextFlow(None),
