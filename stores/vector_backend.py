@@ -78,6 +78,10 @@ class VectorBackend(Protocol):
         """A ``StoreError`` when the store cannot answer now; one cheap round trip."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the store holds open (a PostgreSQL store's connections)."""
+        ...
+
 
 def open_vector_store(
     location: str | Path,

@@ -281,6 +281,9 @@ class VectorStore:
     def ping(self) -> None:
         """Searches run on the index in memory: there is no server to reach."""
 
+    def close(self) -> None:
+        """Nothing stays open: each load and save opens its files and closes them."""
+
     def save(self) -> None:
         """Write a new generation atomically, then the manifest, then drop old generations."""
         with self._writer_lock():

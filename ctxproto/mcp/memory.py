@@ -180,7 +180,9 @@ class SessionMemory:
         return HistoryPage(entries=entries, next_cursor=entries[-1].id if more else None)
 
     def close(self) -> None:
+        """Finish the background work, then close the summarizer's store it opened."""
         self._background.shutdown(wait=True)
+        self._summarizer.close()
 
     # -- internals -----------------------------------------------------------
 

@@ -354,11 +354,19 @@ class ContextService:
             knowledge.store.ping()
 
     def close(self) -> None:
+        """Close what this service opened: memory, each tenant's knowledge store, ``mcp.cache``.
+
+        The flow's stores are the flow's owner's to close. A knowledge store on
+        PostgreSQL holds a pool of connections per tenant until closed here.
+        """
         self.memory.close()
         with self._lock:
+            opened, self._knowledge = list(self._knowledge.values()), {}
             if self._own_cache and self._cache is not None:
                 self._cache.close()
                 self._cache, self._own_cache = None, False
+        for knowledge in opened:
+            knowledge.close()
 
 
 def _cache_namespace(tenant: str) -> str:

@@ -95,6 +95,10 @@ class KnowledgeBase:
     def save(self) -> None:
         self.store.save()
 
+    def close(self) -> None:
+        """Close the store: a PostgreSQL store holds a pool of connections until then."""
+        self.store.close()
+
     def query(
         self,
         text: str,

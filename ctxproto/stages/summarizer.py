@@ -103,6 +103,15 @@ class Summarizer(Stage):
             self._tokenizer = load_tokenizer(self.model)
             self._lm = load_causal_lm(self.model, resolve_device(self.device))
 
+    def close(self) -> None:
+        """Close the state store ``warm_up`` opened; a Redis one holds connections until then.
+
+        A later run opens it again.
+        """
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def store_checks(self) -> dict[str, Callable[[], None]]:
         if self._store is None:
             return {}

@@ -301,6 +301,62 @@ def test_search_knowledge_reads_a_postgresql_store(pg_url: str, embedder: Any) -
     assert name == "mcp.knowledge postgresql://kb:***@db/ctx?table=kb_{tenant}"
 
 
+def test_close_closes_every_store_the_service_opened_once(
+    pg_url: str, redis_server: Any, embedder: Any
+) -> None:
+    """The tenant's PostgreSQL pool and the summarizer's Redis connection end with close."""
+    import time
+
+    import psycopg
+    import redis
+
+    from ctxproto.documents import Document
+    from ctxproto.pipeline import Pipeline
+    from ctxproto.retrieval.knowledge_base import KnowledgeBase
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+    from ctxproto.stages.recency_window import RecencyWindow
+    from ctxproto.stores.redis_session_state import RedisSessionStateStore
+
+    built = KnowledgeBase(pg_url, embedder=embedder)
+    built.add_documents([Document(id="deploy", text="Deploy with `make release`; B-7781.")])
+    built.save()
+    built.store.close()
+    server = psycopg.connect(pg_url.split("?")[0], autocommit=True)
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    def opened() -> tuple[int, int]:
+        row = server.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), len(watcher.client_list())
+
+    sessions = RedisSessionStateStore(redis_server.url, namespace=redis_server.namespace())
+    flow = ContextFlow(Pipeline([RecencyWindow(max_turns=2)]), store=sessions)
+    service = ContextService(flow, McpConfig(knowledge=pg_url))
+    try:
+        before = opened()
+        found = call(service, "search_knowledge", {"session_id": "cl", "query": "deploy"})
+        assert not found.is_error, text_of(found)
+        call(service, "remember", {"session_id": "cl", "kind": "turn", "text": "Hi."})
+        call(service, "recall", {"session_id": "cl"})  # the summarizer's fold has run
+        during = opened()
+        assert during[0] > before[0] and during[1] > before[1]
+        service.close()
+        service.close()  # a second close has nothing left to close
+        deadline = time.monotonic() + 10
+        while opened() != before and time.monotonic() < deadline:
+            time.sleep(0.1)  # a server lets a closed connection go soon after
+        assert opened() == before
+    finally:
+        service.close()
+        sessions.close()
+        watcher.close()
+        server.close()
+
+
 def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:

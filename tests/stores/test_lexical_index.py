@@ -79,7 +79,7 @@ def test_a_postgresql_store_refuses_lexical_search_by_the_key_that_asks_for_it(
             store.lexical_search("Eastwick", 3)
         assert info.value.key == "lexical_weight"
     finally:
-        store.close()  # type: ignore[attr-defined]
+        store.close()
 
 
 def _unit_vector() -> np.ndarray:
