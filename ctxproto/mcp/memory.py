@@ -114,7 +114,13 @@ class SessionMemory:
         self, tenant: str, session: str, query: str | None, cap: int, counter: TokenCounter
     ) -> Recalled:
         """The summary, then the entries most relevant to ``query`` (the latest without
-        one) that fit ``cap`` tokens, returned oldest first."""
+        one) that fit ``cap`` tokens, returned oldest first.
+
+        The most relevant entry, when it alone is over the cap, comes back cut to
+        the room the summary leaves and marked ``truncated``, as a history page
+        returns it: skipped, it could never be recalled, and the result would not
+        say why.
+        """
         self._require(tenant, session)
         self._wait(tenant, session)
         rows = self._entries(tenant, session)
@@ -130,13 +136,19 @@ class SessionMemory:
             scores = self._relevance(query, candidates)
             if scores is not None:
                 order = sorted(order, key=lambda i: scores[i], reverse=True)
-        picked: list[int] = []
-        for i in order:
-            cost = counter.count(candidates[i][0].text)
-            if used + cost <= cap:
-                picked.append(i)
+        picked: dict[int, MemoryEntry] = {}
+        for rank, i in enumerate(order):
+            entry = candidates[i][0]
+            cost = counter.count(entry.text)
+            cut = rank == 0 and cost > cap and used < cap
+            if cut:  # alone over the cap: its start, marked as cut
+                text = _cut(entry.text, cap - used, counter)
+                entry = entry.model_copy(update={"text": text, "truncated": True})
+                cost = counter.count(text)
+            if cut or used + cost <= cap:
+                picked[i] = entry
                 used += cost
-        entries = [candidates[i][0] for i in sorted(picked)]
+        entries = [picked[i] for i in sorted(picked)]
         return Recalled(
             session_id=session,
             summary=summary,

@@ -556,6 +556,34 @@ def test_a_history_entry_over_the_cap_comes_back_cut_and_marked(
     anyio.run(run)
 
 
+def test_recall_cuts_and_marks_the_first_entry_when_it_alone_is_over_the_cap(
+    service: ContextService, counter: Any
+) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            await client.call_tool("remember", {"session_id": "huge", "text": "word " * 1000})
+            got = await client.call_tool("recall", {"session_id": "huge"})
+            out = got.structured_content
+            assert out["total_entries"] == 1
+            (entry,) = out["entries"]
+            assert entry["truncated"] is True and entry["text"].startswith("word word")
+            assert out["tokens"] == counter.count(entry["text"]) <= 200
+            await client.call_tool("remember", {"session_id": "huge", "text": "a short note"})
+            await client.call_tool(
+                "remember", {"session_id": "huge", "kind": "summary", "text": "Words, mostly."}
+            )
+            older = await client.call_tool(
+                "recall", {"session_id": "huge", "query": "word word word", "max_tokens": 50}
+            )
+            out = older.structured_content
+            (entry,) = out["entries"]  # the most relevant, cut to the room the summary leaves
+            assert entry["truncated"] is True and entry["text"].startswith("word word")
+            assert out["tokens"] == counter.count(out["summary"]) + counter.count(entry["text"])
+            assert out["tokens"] <= 50
+
+    anyio.run(run)
+
+
 def test_older_turns_fold_into_a_summary_in_the_background(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
