@@ -253,17 +253,23 @@ class ContextService:
     def cached_answer(
         self, tenant: str, session: str, question: str, context: str | None
     ) -> CacheLookup:
+        """The cached answer to ``question``, if one is stored and fits the cap.
+
+        Stats count what was served: an answer over the cap (stored before the
+        cap was lowered) is refused and counts as a miss, never as a hit.
+        """
         cache = self._semantic_cache()
         hit = cache.get(question, context=context, namespace=_cache_namespace(tenant))
-        self._record(tenant, session, 0, 0, hit.answer if hit else None, lookup=True)
+        cap = self.config.cap("cached_answer")
+        tokens = self.counter.count(hit.answer) if hit is not None else 0
+        served = hit.answer if hit is not None and tokens <= cap else None
+        self._record(tenant, session, 0, 0, served, lookup=True)
         if hit is None:
             return CacheLookup(hit=False)
-        tokens = self.counter.count(hit.answer)
-        if tokens > self.config.cap("cached_answer"):
+        if served is None:
             raise BudgetError(
-                f"the cached answer has {tokens} tokens, over this tool's cap of "
-                f"{self.config.cap('cached_answer')}",
-                overflow_tokens=tokens - self.config.cap("cached_answer"),
+                f"the cached answer has {tokens} tokens, over this tool's cap of {cap}",
+                overflow_tokens=tokens - cap,
             )
         return CacheLookup(
             hit=True, answer=hit.answer, similarity=hit.similarity, cached_question=hit.query

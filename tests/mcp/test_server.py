@@ -391,6 +391,27 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     anyio.run(run)
 
 
+def test_a_cached_answer_over_the_cap_is_refused_and_counted_as_a_miss(tmp_path: Path) -> None:
+    question, answer = "How do refunds work?", "Refunds take five days. " * 20
+    before = make_service(tmp_path)  # the cap was 4,000 when the answer was stored
+    try:
+        stored = call(
+            before, "store_answer", {"session_id": "c-2", "question": question, "answer": answer}
+        )
+        assert not stored.is_error, text_of(stored)
+    finally:
+        before.close()
+    lowered = make_service(tmp_path, tool_output_tokens={"cached_answer": 20})
+    try:
+        got = call(lowered, "cached_answer", {"session_id": "c-2", "question": question})
+        assert got.is_error and "over this tool's cap of 20" in text_of(got)
+        stats = call(lowered, "context_stats", {"session_id": "c-2"}).structured_content
+        session = stats["session"]
+        assert (session["cache_hits"], session["cache_misses"]) == (0, 1)  # nothing was served
+    finally:
+        lowered.close()
+
+
 def test_agent_answers_and_the_pipelines_answers_stay_apart(tmp_path: Path) -> None:
     from ctxproto.pipeline import Pipeline
     from ctxproto.serve.config import McpConfig
