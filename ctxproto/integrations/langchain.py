@@ -243,8 +243,10 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
     does); a merged or compressed one is a new message. Stages
     that keep state per session (the summarizer) use ``session_id`` and
     ``tenant_id``, which ``config["configurable"]`` may override per call, as
-    ``RunnableWithMessageHistory`` passes them. A stage that answers by itself
-    (the semantic cache) has no place here, since the chat model answers: use
+    ``RunnableWithMessageHistory`` passes them. No messages in is no messages
+    out, as with ``trim_messages``: a chain whose history starts empty goes
+    on, and the pipeline does not run. A stage that answers by itself (the
+    semantic cache) has no place here, since the chat model answers: use
     ``ChatSession`` for that.
     """
 
@@ -279,6 +281,8 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
         self, input: Sequence[BaseMessage] | PromptValue, configurable: dict[str, Any]
     ) -> list[BaseMessage]:
         messages = convert_to_messages(input)
+        if not messages:  # nothing to trim: no messages, as ``trim_messages([])`` returns
+            return []
         converted = to_messages(messages)
         request = ChatRequest(
             messages=converted,

@@ -187,6 +187,15 @@ def test_runnable_returns_the_messages_it_kept_as_they_came():
     assert lean[1] is messages[5]
 
 
+def test_runnable_returns_no_messages_for_none_as_trim_messages_does():
+    from langchain_core.messages import trim_messages
+
+    trimmer = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2)]))
+    assert trimmer.invoke([]) == [] == trim_messages([], max_tokens=10, token_counter=len)
+    prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history")])
+    assert (prompt | trimmer).invoke({"history": []}) == []
+
+
 def test_chat_model_streams_and_counts_tokens_offline():
     model = CtxprotoChatModel(backend=ScriptedBackend(["one two three"]))
     chunks = list(model.stream([HumanMessage("count")]))
