@@ -225,7 +225,8 @@ class CtxprotoNodePostprocessor(BaseNodePostprocessor):
     """Relevance filter, then token compression, then packing into ``max_tokens``.
 
     Each step is optional. The nodes that come out are the retrieved nodes
-    with their scores; a compressed node is a copy with the compressed text.
+    with their scores (a node retrieved twice, each time with its own score);
+    a compressed node is a copy with the compressed text.
     Pinned nodes (metadata ``ctxproto_pinned``) pass every step untouched and
     come first; their tokens count against ``max_tokens``, and the rest follow
     as ``pack_to_budget`` orders them (best relevance first) or, without a
@@ -246,9 +247,13 @@ class CtxprotoNodePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         counter = get_counter(self.tokenizer)
         query = query_bundle.query_str if query_bundle is not None else ""
+        # Each document's id is its node's position, not the node id: a node
+        # retrieved twice (by two fused retrievers) keeps each retrieval's score.
         context = Context(
             query=Message(role="user", content=query) if query else None,
-            documents=[to_document(node) for node in nodes],
+            documents=[
+                to_document(node).model_copy(update={"id": str(i)}) for i, node in enumerate(nodes)
+            ],
         )
         for stage in (self.relevance_filter, self.token_compressor):
             if stage is not None:
@@ -259,10 +264,9 @@ class CtxprotoNodePostprocessor(BaseNodePostprocessor):
             room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
             rest = [d for d in kept if not d.pinned]
             kept = pinned + pack_to_budget(rest, counter, max(room, 0))
-        by_id = {node.node.node_id: node for node in nodes}
         out = []
         for document in kept:
-            original = by_id[document.id]
+            original = nodes[int(document.id)]
             node = original.node
             if document.text != node.get_content(MetadataMode.NONE):
                 node = node.model_copy(deep=True)

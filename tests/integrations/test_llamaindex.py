@@ -190,6 +190,21 @@ def test_packing_keeps_pinned_nodes_and_fills_the_rest_by_relevance(counter):
     assert out[1] is not nodes[1] and out[1].node is nodes[1].node  # unchanged text: same node
 
 
+def test_a_node_retrieved_twice_keeps_each_retrievals_score(counter):
+    node = TextNode(id_="n0", text=FACTS[0])
+    other = TextNode(id_="n1", text=FACTS[2])
+    nodes = [
+        NodeWithScore(node=node, score=0.9),
+        NodeWithScore(node=other, score=0.5),
+        NodeWithScore(node=node, score=0.2),  # the same node again, from another retriever
+    ]
+    out = CtxprotoNodePostprocessor().postprocess_nodes(nodes)
+    assert [(n.node.node_id, n.score) for n in out] == [("n0", 0.9), ("n1", 0.5), ("n0", 0.2)]
+    budget = counter.count(FACTS[0]) + 1  # room for one of them: the best
+    packed = CtxprotoNodePostprocessor(max_tokens=budget).postprocess_nodes(nodes)
+    assert [(n.node.node_id, n.score) for n in packed] == [("n0", 0.9)]
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_postprocessor_compresses_nodes_and_keeps_their_facts(embedder):
