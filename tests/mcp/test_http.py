@@ -4,6 +4,7 @@ client, bearer-key tenants, and the same stores as the proxy."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ctxproto.serve import ProxyState, ServerThread, create_app, load_serve_config
+from ctxproto.serve.envelope import APIError
 from tests.mcp.conftest import build_knowledge, text_of
 
 
@@ -103,7 +105,16 @@ def test_calls_count_against_the_tenants_concurrency_limit(server: ServerThread)
             assert (await client.list_tools()).tools
 
     anyio.run(run)
-    tenants.enter(tenant_c)  # the slot is free again: every call left
+    # The slot is free again once every call left: the client's closing request (the
+    # session's DELETE) may still be finishing on the server's thread when it returns.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            tenants.enter(tenant_c)
+            break
+        except APIError:
+            assert time.monotonic() < deadline, "a call of tenant-c never left"
+            time.sleep(0.05)
     tenants.leave(tenant_c)
 
 
