@@ -243,7 +243,7 @@ class Engine:
             generator=request_generator(params, self.model.device),
             namespace=cache_namespace,
             cache_tokens=cache_tokens,
-            drafts=PromptLookup() if self.speculate and params.greedy else None,
+            drafts=self._drafts(params, len(prompt)),
         )
         with self._wake:
             if self._closed:
@@ -436,6 +436,15 @@ class Engine:
             else:
                 self._finish(request, self._batch.kv_of(row), self._batch.lengths[row])
         self._batch.keep(keep)
+
+    def _drafts(self, params: GenerationParams, prompt_length: int) -> PromptLookup | None:
+        """The draft source of a greedy request on a speculating engine, with its prediction."""
+        if not (self.speculate and params.greedy):
+            return None
+        prediction = ()
+        if params.prediction:
+            prediction = self.tokenizer.encode(params.prediction, add_special_tokens=False)
+        return PromptLookup(prediction=prediction, answer_start=prompt_length)
 
     def _decode_speculatively(self, request: Request) -> bool:
         """Decode the batch's one greedy request by a verified draft; False: no draft.

@@ -42,6 +42,11 @@ class GenerationParams(BaseModel):
     """Generate ``max_new_tokens`` tokens whatever the model says: its end-of-sequence
     token does not end the answer (a stop string still does). For benchmarks that
     compare answers of one length; vLLM and llama.cpp's server take the same name."""
+    prediction: str | None = None
+    """Text the answer is expected to repeat, as OpenAI's Predicted Outputs: the text an
+    edit rewrites, a template, an earlier answer. A greedy request on an engine that
+    speculates drafts from it first (``speculation.py``); the answer's tokens are the
+    model's own either way. Sampling requests ignore it."""
     cache_messages: int | None = Field(default=None, ge=0)
     """How many leading messages the next request will send again: the prefix cache
     keeps the KV of those only, not of the rest of the prompt nor of the answer.
@@ -84,6 +89,10 @@ class RequestMetrics(BaseModel):
     """Prompt tokens whose KV came from the prefix cache instead of being computed."""
     output_tokens: int
     output_tokens_per_s: float
+    accepted_prediction_tokens: int = 0
+    """Tokens of the request's ``prediction`` the answer repeated in drafts confirmed."""
+    rejected_prediction_tokens: int = 0
+    """Tokens of the request's ``prediction`` drafted and not confirmed (OpenAI's names)."""
 
     @classmethod
     def from_times(
@@ -95,6 +104,8 @@ class RequestMetrics(BaseModel):
         prompt_tokens: int,
         cached_tokens: int,
         output_tokens: int,
+        accepted_prediction_tokens: int = 0,
+        rejected_prediction_tokens: int = 0,
     ) -> RequestMetrics:
         latency = max(finished - arrival, 0.0)
         ttft = max(first_token - arrival, 0.0)
@@ -107,6 +118,8 @@ class RequestMetrics(BaseModel):
             cached_tokens=cached_tokens,
             output_tokens=output_tokens,
             output_tokens_per_s=output_tokens / latency if latency > 0 else 0.0,
+            accepted_prediction_tokens=accepted_prediction_tokens,
+            rejected_prediction_tokens=rejected_prediction_tokens,
         )
 
 

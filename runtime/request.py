@@ -90,6 +90,8 @@ class Request:
             prompt_tokens=len(self.prompt),
             cached_tokens=self.cached_tokens,
             output_tokens=len(self.output),
+            accepted_prediction_tokens=self.drafts.accepted_prediction_tokens if self.drafts else 0,
+            rejected_prediction_tokens=self.drafts.rejected_prediction_tokens if self.drafts else 0,
         )
         self.events.put(
             Completion(text=self.text.text, finish_reason=self.finish_reason, metrics=metrics)

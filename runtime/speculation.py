@@ -11,16 +11,28 @@ changes the answer's tokens: on CPU a decode step is bound by streaming the
 weights, which a forward of a few tokens reads once.
 
 No draft model is involved; a miss costs nothing (the plain one-token step runs).
+
+A caller may also say what it expects the answer to be (OpenAI's Predicted Outputs,
+``GenerationParams.prediction``): the text being edited, a template, an answer given
+to a similar question before. Drafts then follow that text from the answer's first
+token, and pick it up again after the answer departs from it and comes back (a
+3-gram of the answer found in the prediction), before any lookup in the prompt.
+The answer's tokens are still the model's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MAX_DRAFT_TOKENS", "PromptLookup"]
+__all__ = ["MAX_DRAFT_TOKENS", "MAX_PREDICTED_TOKENS", "PromptLookup"]
 
 MAX_DRAFT_TOKENS = 6
 """The most tokens one verifying forward checks (docs/runtime.md has the measured costs)."""
+
+MAX_PREDICTED_TOKENS = 12
+"""The most tokens of a draft taken from a caller's prediction: an answer that follows
+one goes on for long runs, and a longer verify costs less than the steps it saves
+(docs/runtime.md, "Predicted outputs")."""
 
 _NGRAM_SIZES = (3,)
 """Match lengths tried, longest first. On support answers the token after a 3-gram
@@ -40,14 +52,38 @@ class PromptLookup:
     the answer has stopped copying.
     """
 
-    def __init__(self, max_tokens: int = MAX_DRAFT_TOKENS) -> None:
+    def __init__(
+        self,
+        max_tokens: int = MAX_DRAFT_TOKENS,
+        *,
+        prediction: Sequence[int] = (),
+        answer_start: int = 0,
+    ) -> None:
         self.max_tokens = max_tokens
-        self.draft_tokens = max_tokens
+        """The most tokens of a draft looked up in the prompt and answer."""
+        self.prediction = list(prediction)
+        self._longest = max(max_tokens, MAX_PREDICTED_TOKENS) if self.prediction else max_tokens
+        self.draft_tokens = self._longest
         """How many tokens the next draft may have (adapted to acceptance)."""
         self._latest: dict[tuple[int, ...], int] = {}
         """n-gram -> end of its latest occurrence, for n-grams ending before the last token."""
         self._indexed = 0
         """Sequence length up to which n-grams ending before the last token are indexed."""
+        self._predicted_at: dict[tuple[int, ...], int] = {}
+        """n-gram -> end of its first occurrence in the prediction."""
+        for end in range(len(self.prediction) + 1):
+            for n in _NGRAM_SIZES:
+                if n <= end:
+                    self._predicted_at.setdefault(tuple(self.prediction[end - n : end]), end)
+        self._cursor: int | None = 0 if self.prediction else None
+        """Where the answer goes on in the prediction, while it follows it."""
+        self._followed = answer_start
+        """Sequence length up to which the cursor has followed the answer."""
+        self._last_from_prediction = False
+        self.accepted_prediction_tokens = 0
+        """Drafted tokens taken from the prediction that the model confirmed."""
+        self.rejected_prediction_tokens = 0
+        """Drafted tokens taken from the prediction that the model did not produce."""
 
     def draft(self, sequence: Sequence[int], limit: int) -> list[int]:
         """Up to ``min(limit, draft_tokens)`` tokens guessed to follow ``sequence``.
@@ -56,8 +92,15 @@ class PromptLookup:
         """
         self._index(sequence)
         size = min(limit, self.draft_tokens)
+        self._last_from_prediction = False
         if size < 1:
             return []
+        if self.prediction:
+            self._follow(sequence)
+            if self._cursor is not None and self._cursor < len(self.prediction):
+                self._last_from_prediction = True
+                return self.prediction[self._cursor : self._cursor + size]
+        size = min(size, self.max_tokens)
         for n in _NGRAM_SIZES:
             if n < len(sequence):
                 end = self._latest.get(tuple(sequence[-n:]))
@@ -67,10 +110,33 @@ class PromptLookup:
 
     def record(self, drafted: int, accepted: int) -> None:
         """Adapt the draft length to how many of ``drafted`` tokens were accepted."""
+        if self._last_from_prediction:
+            self.accepted_prediction_tokens += accepted
+            self.rejected_prediction_tokens += drafted - accepted
         if accepted == drafted:
-            self.draft_tokens = min(self.draft_tokens + 2, self.max_tokens)
+            self.draft_tokens = min(self.draft_tokens + 2, self._longest)
         else:
             self.draft_tokens = max(self.draft_tokens - 1, 1)
+
+    def _follow(self, sequence: Sequence[int]) -> None:
+        """Move the cursor over the answer's tokens since the last draft.
+
+        While the answer repeats the prediction the cursor steps along; once it
+        departs, the cursor is lost until the answer's last n tokens are found in
+        the prediction again (an edit rewrote a word, then the text goes on).
+        """
+        for token in sequence[self._followed :]:
+            if self._cursor is not None and self._cursor < len(self.prediction):
+                self._cursor = self._cursor + 1 if self.prediction[self._cursor] == token else None
+            else:
+                self._cursor = None
+        self._followed = len(sequence)
+        if self._cursor is None:
+            for n in _NGRAM_SIZES:
+                if n <= len(sequence):
+                    self._cursor = self._predicted_at.get(tuple(sequence[-n:]))
+                    if self._cursor is not None:
+                        break
 
     def _index(self, sequence: Sequence[int]) -> None:
         # n-grams ending at the last token are left out: they would match themselves.

@@ -28,6 +28,7 @@ from ctxproto.serve.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    Prediction,
     ResponseMessage,
     Usage,
 )
@@ -128,6 +129,9 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
         "stop": [stop] if isinstance(stop, str) else stop,
         "seed": body.get("seed"),
         "ignore_eos": body.get("ignore_eos"),
+        "prediction": Prediction.model_validate(body["prediction"]).text
+        if body.get("prediction")
+        else None,
     }
     return GenerationParams(**{k: v for k, v in fields.items() if v is not None})
 
@@ -161,4 +165,10 @@ def _finish_reason(completion: Completion) -> str:
 
 def _usage(completion: Completion) -> Usage:
     metrics = completion.metrics
-    return Usage.of(metrics.prompt_tokens, metrics.output_tokens, metrics.cached_tokens)
+    return Usage.of(
+        metrics.prompt_tokens,
+        metrics.output_tokens,
+        metrics.cached_tokens,
+        accepted_prediction=metrics.accepted_prediction_tokens,
+        rejected_prediction=metrics.rejected_prediction_tokens,
+    )

@@ -22,6 +22,7 @@ __all__ = [
     "ChatMessageParam",
     "Choice",
     "ChunkChoice",
+    "CompletionTokensDetails",
     "DeltaMessage",
     "ErrorInfo",
     "ErrorResponse",
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidationResponse",
     "ModelCard",
     "ModelList",
+    "Prediction",
     "PromptTokensDetails",
     "ResponseMessage",
     "StreamOptions",
@@ -83,6 +85,22 @@ class StreamOptions(_Wire):
     include_usage: bool = False
 
 
+class Prediction(_Wire):
+    """OpenAI's Predicted Outputs: text most of the answer is expected to repeat."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["content"]
+    content: str | list[dict[str, Any]]
+
+    @property
+    def text(self) -> str:
+        """The content as one string; content parts are text parts, as OpenAI allows."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(part.get("text", "")) for part in self.content)
+
+
 class ChatCompletionRequest(_Wire):
     """``POST /v1/chat/completions``. ``model`` may be left out: the served model answers."""
 
@@ -105,6 +123,9 @@ class ChatCompletionRequest(_Wire):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    prediction: Prediction | None = Field(
+        default=None, description="Drafts for the bundled engine; forwarded to others."
+    )
     user: str | None = None
 
     @property
@@ -152,19 +173,39 @@ class PromptTokensDetails(_Wire):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(_Wire):
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+
+
 class Usage(_Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(
+        default_factory=CompletionTokensDetails
+    )
 
     @classmethod
-    def of(cls, prompt: int, completion: int, cached: int = 0) -> Usage:
+    def of(
+        cls,
+        prompt: int,
+        completion: int,
+        cached: int = 0,
+        *,
+        accepted_prediction: int = 0,
+        rejected_prediction: int = 0,
+    ) -> Usage:
         return cls(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+            completion_tokens_details=CompletionTokensDetails(
+                accepted_prediction_tokens=accepted_prediction,
+                rejected_prediction_tokens=rejected_prediction,
+            ),
         )
 
 

@@ -119,6 +119,8 @@ class OpenAIBackend(Backend):
             body["seed"] = params.seed
         if params.ignore_eos:
             body["ignore_eos"] = True  # vLLM and llama.cpp's server; not OpenAI's API
+        if params.prediction:
+            body["prediction"] = {"type": "content", "content": params.prediction}
         if self.cache_salt:
             body["cache_salt"] = self.cache_salt  # vLLM: no prefix sharing across salts
         data = json.dumps(body).encode()
@@ -206,6 +208,7 @@ class _Stream:
         finished = time.perf_counter()
         usage = self._usage
         details = usage.get("prompt_tokens_details") or {}
+        answer_details = usage.get("completion_tokens_details") or {}
         metrics = RequestMetrics.from_times(
             arrival=self._start,
             first_token=self._first or finished,
@@ -213,6 +216,8 @@ class _Stream:
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens", 0)),
+            accepted_prediction_tokens=int(answer_details.get("accepted_prediction_tokens") or 0),
+            rejected_prediction_tokens=int(answer_details.get("rejected_prediction_tokens") or 0),
         )
         # A server that closed the stream with [DONE] but named no reason ended the answer
         # itself, which OpenAI calls "stop"; a stream cut short never gets here.

@@ -162,3 +162,26 @@ def test_ignore_eos_goes_on_where_the_model_would_stop_with_or_without_drafts(
     assert len(ids) == length and reason == "length"
     assert speculating.tokenizer.eos_token_id not in ids
     assert ids[: len(stopped) - 1] == stopped[:-1]
+
+
+def test_a_prediction_keeps_the_tokens_and_drafts_what_the_prompt_cannot(reference, speculating):
+    """A haiku copies nothing from its prompt; predicted (OpenAI's Predicted Outputs), it
+    decodes in a few forwards, and a wrong prediction changes no token either."""
+    ids, text, reason, _ = answer(reference, NOT_COPYING[0])
+    prompt = speculating.encode_chat(NOT_COPYING[0])
+    # Wrong after its first word: drafted from there, and rejected.
+    wrong = text.split()[0] + " roses are red, violets are blue, and so on and on."
+    for prediction, right in ((text, True), (wrong, False)):
+        handle = speculating.submit(prompt, GREEDY.model_copy(update={"prediction": prediction}))
+        completion = handle.result()
+        assert (handle.token_ids, completion.text, completion.finish_reason) == (ids, text, reason)
+        metrics = completion.metrics
+        if right:
+            assert handle.forward_passes <= len(ids) // 3
+            # Every token but each forward's own choice was a predicted one.
+            assert metrics.accepted_prediction_tokens + handle.forward_passes == len(ids)
+            assert metrics.rejected_prediction_tokens <= 1
+        else:
+            assert metrics.accepted_prediction_tokens == 0 < metrics.rejected_prediction_tokens
+    plain = speculating.submit(prompt, GREEDY).result().metrics
+    assert plain.accepted_prediction_tokens == plain.rejected_prediction_tokens == 0

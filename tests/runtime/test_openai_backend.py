@@ -123,6 +123,16 @@ def test_ignore_eos_travels_over_http(server, engine):
     assert remote.text == engine.generate(messages, fixed).text
 
 
+def test_a_prediction_travels_over_http_and_its_counts_come_back(server, engine):
+    """OpenAI's Predicted Outputs: sent as its content object, counted by the server."""
+    messages = chat("Write a haiku about the sea.")
+    expected = engine.generate(messages, GREEDY).text
+    predicted = GREEDY.model_copy(update={"prediction": expected})
+    remote = OpenAIBackend(server.url).generate(messages, predicted)
+    assert remote.text == expected
+    assert remote.metrics.accepted_prediction_tokens >= remote.metrics.output_tokens // 2
+
+
 def test_stream_and_async_over_http(server, engine):
     backend = OpenAIBackend(server.url)
     deltas = list(backend.stream(MESSAGES, GREEDY))

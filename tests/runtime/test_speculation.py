@@ -1,4 +1,4 @@
-from ctxproto.runtime.speculation import MAX_DRAFT_TOKENS, PromptLookup
+from ctxproto.runtime.speculation import MAX_DRAFT_TOKENS, MAX_PREDICTED_TOKENS, PromptLookup
 
 
 def test_drafts_what_followed_the_latest_earlier_occurrence():
@@ -35,3 +35,45 @@ def test_draft_length_adapts_to_acceptance():
     for _ in range(MAX_DRAFT_TOKENS):
         lookup.record(drafted=3, accepted=3)
     assert lookup.draft_tokens == MAX_DRAFT_TOKENS
+
+
+def test_a_prediction_is_drafted_from_the_answers_first_token():
+    lookup = PromptLookup(prediction=[7, 8, 9], answer_start=4)
+    assert lookup.draft([1, 2, 3, 4], 8) == [7, 8, 9]
+    assert lookup.draft([1, 2, 3, 4, 7], 8) == [8, 9]  # it follows the answer
+
+
+def test_a_prediction_is_picked_up_again_after_the_answer_departs_from_it():
+    prediction = [20, 21, 22, 23, 24, 25, 26, 27]
+    lookup = PromptLookup(prediction=prediction, answer_start=1)
+    # The answer rewrote 22 as 99 and no prompt n-gram matches: no draft...
+    assert lookup.draft([0, 20, 21, 99], 8) == []
+    # ...until its last three tokens are found in the prediction again.
+    assert lookup.draft([0, 20, 21, 99, 23, 24, 25], 8) == [26, 27]
+
+
+def test_a_prediction_spent_falls_back_to_the_prompt():
+    lookup = PromptLookup(prediction=[5], answer_start=7)
+    sequence = [1, 2, 3, 4, 1, 2, 3]
+    assert lookup.draft(sequence, 8) == [5]
+    assert lookup.draft([*sequence, 5], 8) == []  # spent, and "2 3 5" is new
+    assert lookup.draft([*sequence, 5, 1, 2, 3], 8) == [5, 1, 2, 3]  # from prompt + answer
+
+
+def test_prediction_drafts_are_longer_and_counted_as_openai_counts_them():
+    prediction = list(range(100, 140))
+    lookup = PromptLookup(prediction=prediction, answer_start=0)
+    assert len(lookup.draft([], 100)) == MAX_PREDICTED_TOKENS
+    lookup.record(drafted=MAX_PREDICTED_TOKENS, accepted=5)
+    assert lookup.draft(prediction[:6], 100)[:1] == [106]
+    lookup.record(drafted=3, accepted=3)
+    assert (lookup.accepted_prediction_tokens, lookup.rejected_prediction_tokens) == (
+        8,
+        MAX_PREDICTED_TOKENS - 5,
+    )
+    # Drafts from the prompt stay at most MAX_DRAFT_TOKENS long, and are not counted.
+    other = PromptLookup(prediction=[1], answer_start=0)
+    sequence = [1, *range(10, 30), 7, 8, 9, *range(40, 60), 7, 8, 9]
+    assert len(other.draft(sequence, 100)) == MAX_DRAFT_TOKENS
+    other.record(drafted=MAX_DRAFT_TOKENS, accepted=0)
+    assert other.rejected_prediction_tokens == 0

@@ -194,3 +194,26 @@ def test_health_is_503_once_the_engine_takes_no_more_requests(engine, monkeypatc
         down = httpx.get(f"{proxy.base_url}/health", timeout=30)
     assert down.status_code == 503
     assert "out of memory" in down.json()["upstream"]
+
+
+def test_a_prediction_keeps_the_answer_and_reports_its_tokens_as_openai_does(any_proxy):
+    messages = [{"role": "user", "content": "Write a haiku about the sea."}]
+    client = openai.OpenAI(base_url=any_proxy.url, api_key="none", max_retries=0)
+    options = {"model": "default", "messages": messages, "max_tokens": 24, "temperature": 0}
+    plain = client.chat.completions.create(**options)
+    expected = plain.choices[0].message.content
+    assert plain.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    predicted = client.chat.completions.create(
+        **options, prediction={"type": "content", "content": [{"type": "text", "text": expected}]}
+    )
+    assert predicted.choices[0].message.content == expected
+    details = predicted.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens >= plain.usage.completion_tokens // 2
+    assert details.rejected_prediction_tokens <= 1
+
+
+def test_a_prediction_of_another_type_is_a_400_naming_it(local_proxy):
+    body = {"messages": question(), "max_tokens": 1, "prediction": {"type": "code", "content": "x"}}
+    response = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].startswith("prediction")
