@@ -34,6 +34,10 @@ speculative decoding on and off, in the default mode, float32, bf16 and
 int8_weights, and asks
 llama.cpp's server the same (``decode_support.py``): decode and cold prefill
 tokens/s of each, and the tokens each forward pass produced.
+
+``predicted`` answers edits and reworded questions with a prediction (OpenAI's
+Predicted Outputs) and without, and asks llama.cpp's server the same
+(``decode_predicted.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 
 from ctxproto._extras import require
 from ctxproto.bench.chat_workload import KB_QUESTIONS
+from ctxproto.bench.decode_predicted import predicted_figures
 from ctxproto.bench.decode_support import support_figures
 from ctxproto.bench.machine import describe_machine, machine_line
 from ctxproto.cli.arguments import int_at_least
@@ -95,7 +100,19 @@ def register(subparsers: Any) -> None:
         "--support-tokens", type=int_at_least(1), default=32, help="tokens per support answer"
     )
     parser.add_argument(
-        "--no-peer", action="store_true", help="do not start llama.cpp's server for --support"
+        "--predicted",
+        type=int_at_least(0),
+        default=4,
+        help="edits and reworded questions answered with a prediction, without, and by "
+        "llama.cpp (0: skip)",
+    )
+    parser.add_argument(
+        "--predicted-tokens", type=int_at_least(1), default=96, help="tokens per such answer"
+    )
+    parser.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="do not start llama.cpp's server for --support and --predicted",
     )
     parser.set_defaults(handler=_handle)
 
@@ -105,6 +122,10 @@ def _handle(args: argparse.Namespace) -> int:
     if args.support:
         figures["support"] = support_figures(
             args.support, args.support_tokens, peer=not args.no_peer
+        )
+    if args.predicted:
+        figures["predicted"] = predicted_figures(
+            args.predicted, args.predicted_tokens, peer=not args.no_peer
         )
     figures["machine"] = describe_machine()
     if args.json:

@@ -36,7 +36,13 @@ from ctxproto.bench.llama_server import LlamaServer
 from ctxproto.errors import BackendError
 from ctxproto.runtime import Engine, GenerationParams
 
-__all__ = ["OTHER_MODES", "support_figures", "support_prompts"]
+__all__ = [
+    "OTHER_MODES",
+    "llama_completion",
+    "start_peer",
+    "support_figures",
+    "support_prompts",
+]
 
 OTHER_MODES = ("int8_head", "bf16", "int8_weights")
 """Engine modes answering beside the default (``auto``, float32): their rates, and how
@@ -77,7 +83,7 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
     passes = tokens = 0
     same = True
     identical = dict.fromkeys(OTHER_MODES, 0)
-    server, peer_note = _start_peer() if peer else (None, "not run (--no-peer)")
+    server, peer_note = start_peer() if peer else (None, "not run (--no-peer)")
     try:
         prompts = support_prompts(engines["engine"], count)
         params = GenerationParams(max_new_tokens=max_new_tokens)
@@ -98,7 +104,7 @@ def support_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> di
             for mode in OTHER_MODES:
                 identical[mode] += answers[f"engine_{mode}"] == answers["engine"]
             if server is not None:
-                timings = _llama_completion(server, prompt, max_new_tokens)
+                timings = llama_completion(server, prompt, max_new_tokens)
                 _add(rates, "llama_server", timings["prompt_per_second"], "prefill")
                 _add(rates, "llama_server", timings["predicted_per_second"], "decode")
     finally:
@@ -137,7 +143,7 @@ def _medians(rates: dict[str, dict[str, list[float]]], kind: str) -> dict[str, f
     return {name: round(statistics.median(v), 1) for name, v in rates.get(kind, {}).items()}
 
 
-def _start_peer() -> tuple[LlamaServer | None, str]:
+def start_peer() -> tuple[LlamaServer | None, str]:
     """llama.cpp's server on the bundled model's GGUF file, or why it could not run."""
     from ctxproto.models.resolver import resolve_lm
 
@@ -152,7 +158,7 @@ def _start_peer() -> tuple[LlamaServer | None, str]:
     return server, f"ran: {server.binary}"
 
 
-def _llama_completion(server: LlamaServer, prompt: list[int], max_new_tokens: int) -> Any:
+def llama_completion(server: LlamaServer, prompt: list[int], max_new_tokens: int) -> Any:
     """``timings`` of one greedy, uncached ``/completion`` on ``prompt``'s token ids."""
     body = {
         "prompt": prompt,
