@@ -123,8 +123,8 @@ def generation_params(body: dict[str, Any]) -> GenerationParams:
     stop = body.get("stop") or []
     fields: dict[str, Any] = {
         "max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
-        # OpenAI's default is 1.0, not the SDK's greedy 0.0.
-        "temperature": body.get("temperature", 1.0),
+        # OpenAI's default is 1.0, not the SDK's greedy 0.0; a null asks for the default.
+        "temperature": 1.0 if body.get("temperature") is None else body["temperature"],
         "top_p": body.get("top_p"),
         "stop": [stop] if isinstance(stop, str) else stop,
         "seed": body.get("seed"),

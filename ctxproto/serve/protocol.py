@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "ChatCompletionChunk",
@@ -127,6 +127,17 @@ class ChatCompletionRequest(_Wire):
         default=None, description="Drafts for the bundled engine; forwarded to others."
     )
     user: str | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_a_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        # OpenAI answers stream_options without stream with a 400: the client expects
+        # usage in a stream chunk that a plain response never has.
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when 'stream' is true")
+        return value
 
     @property
     def include_usage(self) -> bool:

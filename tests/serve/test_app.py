@@ -306,6 +306,12 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
             400,
             "stream_options",
         ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], '
+            b'"stream_options": {"include_usage": true}}',
+            400,
+            "stream_options",
+        ),
         (b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}', 404, "model"),
         (
             b'{"messages": [{"role": "user", "content": "x"}], "seed": 18446744073709551616}',

@@ -217,3 +217,11 @@ def test_a_prediction_of_another_type_is_a_400_naming_it(local_proxy):
     response = httpx.post(f"{local_proxy.url}/chat/completions", json=body, timeout=120)
     assert response.status_code == 400
     assert response.json()["error"]["param"].startswith("prediction")
+
+
+def test_a_null_temperature_samples_at_openais_default():
+    from ctxproto.serve.local_upstream import generation_params
+
+    assert generation_params({"temperature": None}).temperature == 1.0
+    assert generation_params({}).temperature == 1.0
+    assert generation_params({"temperature": 0}).greedy
