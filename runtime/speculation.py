@@ -29,10 +29,11 @@ __all__ = ["MAX_DRAFT_TOKENS", "MAX_PREDICTED_TOKENS", "PromptLookup"]
 MAX_DRAFT_TOKENS = 6
 """The most tokens one verifying forward checks (docs/runtime.md has the measured costs)."""
 
-MAX_PREDICTED_TOKENS = 12
-"""The most tokens of a draft taken from a caller's prediction: an answer that follows
-one goes on for long runs, and a longer verify costs less than the steps it saves
-(docs/runtime.md, "Predicted outputs")."""
+MAX_PREDICTED_TOKENS = 24
+"""The most tokens a draft taken from a caller's prediction grows to (it starts at
+``MAX_DRAFT_TOKENS``): an answer that follows a prediction goes on for long runs, and a
+verify of many tokens, though it costs several steps, costs less than the steps it
+saves once nearly all of them hold (docs/runtime.md, "Predicted outputs")."""
 
 _NGRAM_SIZES = (3,)
 """Match lengths tried, longest first. On support answers the token after a 3-gram
@@ -49,7 +50,8 @@ class PromptLookup:
     The draft length adapts as transformers' assisted generation does (two more
     after a fully accepted draft, one fewer otherwise), because a verifying
     forward of many tokens costs more than one of few, and repeated misses mean
-    the answer has stopped copying.
+    the answer has stopped copying. Drafts from a prediction may grow to
+    ``MAX_PREDICTED_TOKENS`` and are halved when one misses.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class PromptLookup:
         """The most tokens of a draft looked up in the prompt and answer."""
         self.prediction = list(prediction)
         self._longest = max(max_tokens, MAX_PREDICTED_TOKENS) if self.prediction else max_tokens
-        self.draft_tokens = self._longest
+        self.draft_tokens = max_tokens
         """How many tokens the next draft may have (adapted to acceptance)."""
         self._latest: dict[tuple[int, ...], int] = {}
         """n-gram -> end of its latest occurrence, for n-grams ending before the last token."""
@@ -116,7 +118,12 @@ class PromptLookup:
         if accepted == drafted:
             self.draft_tokens = min(self.draft_tokens + 2, self._longest)
         else:
-            self.draft_tokens = max(self.draft_tokens - 1, 1)
+            # A prediction that stopped holding is halved away: a long rejected draft
+            # costs several steps.
+            shorter = (
+                self.draft_tokens // 2 if self._last_from_prediction else self.draft_tokens - 1
+            )
+            self.draft_tokens = max(shorter, 1)
 
     def _follow(self, sequence: Sequence[int]) -> None:
         """Move the cursor over the answer's tokens since the last draft.

@@ -13,6 +13,9 @@ Two kinds of request where a client can say what most of the answer will be
   of both); the prediction is the first wording's answer, as a semantic cache
   that declined to serve it could offer it. The answer does not copy it unless
   the model answers the two alike.
+- ``repeated``: the reworded questions again, each predicted by its own earlier
+  answer (a client regenerating or retrying an answer it has): what a prediction
+  that holds all along buys, the upper bound.
 
 Each is answered greedily by ``engine`` (the default engine: prompt-lookup
 drafts), ``engine_predicted`` (the same engine, sent the prediction) and
@@ -45,9 +48,12 @@ def predicted_figures(count: int, max_new_tokens: int, *, peer: bool = True) -> 
     params = GenerationParams(max_new_tokens=max_new_tokens)
     figures: dict[str, Any] = {"requests": count, "max_new_tokens": max_new_tokens}
     try:
+        reworded = _reworded(engine, count, params)
+        repeated = [(prompt, engine.submit(prompt, params).result().text) for prompt, _ in reworded]
         for kind, requests in (
             ("edit", _edits(engine, count)),
-            ("reworded", _reworded(engine, count, params)),
+            ("reworded", reworded),
+            ("repeated", repeated),
         ):
             figures[kind] = _serve(engine, server, requests, params)
     finally:

@@ -60,20 +60,26 @@ def test_a_prediction_spent_falls_back_to_the_prompt():
     assert lookup.draft([*sequence, 5, 1, 2, 3], 8) == [5, 1, 2, 3]  # from prompt + answer
 
 
-def test_prediction_drafts_are_longer_and_counted_as_openai_counts_them():
-    prediction = list(range(100, 140))
+def test_prediction_drafts_grow_long_are_halved_on_a_miss_and_are_counted():
+    prediction = list(range(100, 400))
     lookup = PromptLookup(prediction=prediction, answer_start=0)
-    assert len(lookup.draft([], 100)) == MAX_PREDICTED_TOKENS
-    lookup.record(drafted=MAX_PREDICTED_TOKENS, accepted=5)
-    assert lookup.draft(prediction[:6], 100)[:1] == [106]
-    lookup.record(drafted=3, accepted=3)
-    assert (lookup.accepted_prediction_tokens, lookup.rejected_prediction_tokens) == (
-        8,
-        MAX_PREDICTED_TOKENS - 5,
-    )
+    done: list[int] = []
+    sizes: list[int] = []
+    while len(sizes) < 12:  # an answer that follows the prediction all along
+        draft = lookup.draft(done, 1000)
+        sizes.append(len(draft))
+        lookup.record(drafted=len(draft), accepted=len(draft))
+        done = prediction[: len(done) + len(draft) + 1]
+    assert sizes[0] == MAX_DRAFT_TOKENS and max(sizes) == MAX_PREDICTED_TOKENS
+    accepted = sum(sizes)
+    lookup.record(drafted=MAX_PREDICTED_TOKENS, accepted=3)  # then it departs
+    assert lookup.draft_tokens == MAX_PREDICTED_TOKENS // 2
+    assert lookup.accepted_prediction_tokens == accepted + 3
+    assert lookup.rejected_prediction_tokens == MAX_PREDICTED_TOKENS - 3
     # Drafts from the prompt stay at most MAX_DRAFT_TOKENS long, and are not counted.
     other = PromptLookup(prediction=[1], answer_start=0)
     sequence = [1, *range(10, 30), 7, 8, 9, *range(40, 60), 7, 8, 9]
+    other.draft_tokens = MAX_PREDICTED_TOKENS
     assert len(other.draft(sequence, 100)) == MAX_DRAFT_TOKENS
     other.record(drafted=MAX_DRAFT_TOKENS, accepted=0)
     assert other.rejected_prediction_tokens == 0
