@@ -102,16 +102,22 @@ def test_assemble_context_output_stays_within_the_budget_and_the_cap(mcp_folder:
         service.close()
 
 
-def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> None:
-    from ctxproto.budget import Budget
-    from ctxproto.mcp.service import ContextService as Service
+def recency_service(max_turns: int, budget: Any) -> ContextService:
+    """A service over a pipeline of one recency window and ``budget``, the default config."""
     from ctxproto.pipeline import Pipeline
     from ctxproto.serve.config import McpConfig
     from ctxproto.serve.flow import ContextFlow
     from ctxproto.stages.recency_window import RecencyWindow
 
-    flow = ContextFlow(Pipeline([RecencyWindow(max_turns=20)], Budget(max_prompt_tokens=100)))
-    service = Service(flow, McpConfig())
+    return ContextService(
+        ContextFlow(Pipeline([RecencyWindow(max_turns=max_turns)], budget)), McpConfig()
+    )
+
+
+def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> None:
+    from ctxproto.budget import Budget
+
+    service = recency_service(20, Budget(max_prompt_tokens=100))
     try:
         asked = call(
             service,
@@ -125,16 +131,10 @@ def test_a_requested_budget_never_raises_the_pipelines_own(mcp_folder: Path) -> 
 
 def test_the_cap_keeps_the_pipelines_answer_reserve(mcp_folder: Path) -> None:
     from ctxproto.budget import Budget
-    from ctxproto.mcp.service import ContextService as Service
-    from ctxproto.pipeline import Pipeline
-    from ctxproto.serve.config import McpConfig
-    from ctxproto.serve.flow import ContextFlow
-    from ctxproto.stages.recency_window import RecencyWindow
 
     # An 8k window with 6k kept for the answer: prompts of at most 2,192 tokens.
     own = Budget(max_prompt_tokens=8192, context_window=8192, reserve_answer_tokens=6000)
-    flow = ContextFlow(Pipeline([RecencyWindow(max_turns=100)], own))
-    service = Service(flow, McpConfig())  # the default cap, 4,000, is above that limit
+    service = recency_service(100, own)  # the default cap, 4,000, is above that limit
     try:
         asked = call(
             service,
