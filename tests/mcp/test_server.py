@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,11 @@ def test_close_closes_every_store_the_service_opened_once(
     from ctxproto.stages.recency_window import RecencyWindow
     from ctxproto.stores.redis_session_state import RedisSessionStateStore
 
+    # Connections named for this test: other tests' stores may open and close theirs
+    # (a pool collected with its store) while this one runs.
+    name = f"close-test-{uuid.uuid4().hex[:8]}"
+    pg_named = f"{pg_url}{'&' if '?' in pg_url else '?'}application_name={name}"
+    redis_named = f"{redis_server.url}{'&' if '?' in redis_server.url else '?'}client_name={name}"
     built = KnowledgeBase(pg_url, embedder=embedder)
     built.add_documents([Document(id="deploy", text="Deploy with `make release`; B-7781.")])
     built.save()
@@ -327,15 +333,14 @@ def test_close_closes_every_store_the_service_opened_once(
 
     def opened() -> tuple[int, int]:
         row = server.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
         ).fetchone()
         assert row is not None
-        return int(row[0]), len(watcher.client_list())
+        return int(row[0]), sum(c.get("name") == name for c in watcher.client_list())
 
-    sessions = RedisSessionStateStore(redis_server.url, namespace=redis_server.namespace())
+    sessions = RedisSessionStateStore(redis_named, namespace=redis_server.namespace())
     flow = ContextFlow(Pipeline([RecencyWindow(max_turns=2)]), store=sessions)
-    service = ContextService(flow, McpConfig(knowledge=pg_url))
+    service = ContextService(flow, McpConfig(knowledge=pg_named))
     try:
         before = opened()
         found = call(service, "search_knowledge", {"session_id": "cl", "query": "deploy"})
