@@ -471,13 +471,14 @@ class Engine:
         accepted = 0
         while accepted < len(draft) and draft[accepted] == choices[accepted]:
             accepted += 1
-        drafts.record(len(draft), accepted)
         emitted = 0
         for token in choices[: accepted + 1]:
             request.add_token(token)
             emitted += 1
             if request.finish_reason is not None:
                 break
+        # What a stop string cut off was never part of the answer: not accepted either.
+        drafts.record(len(draft), min(accepted, emitted))
         self._batch.rewind(start + emitted)
         if request.finish_reason is not None:
             self._finish(request, self._batch.kv_of(0), self._batch.lengths[0])

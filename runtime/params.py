@@ -90,9 +90,9 @@ class RequestMetrics(BaseModel):
     output_tokens: int
     output_tokens_per_s: float
     accepted_prediction_tokens: int = 0
-    """Tokens of the request's ``prediction`` the answer repeated in drafts confirmed."""
+    """Tokens of the request's ``prediction`` the answer repeated, in its order."""
     rejected_prediction_tokens: int = 0
-    """Tokens of the request's ``prediction`` drafted and not confirmed (OpenAI's names)."""
+    """The prediction's other tokens, which the answer did not repeat (OpenAI's names)."""
 
     @classmethod
     def from_times(

@@ -83,6 +83,8 @@ class Request:
         tail = self.text.flush()
         if tail:
             self.events.put(tail)
+        if self.drafts is not None:
+            self.drafts.settle(self.prompt + self.output)
         metrics = RequestMetrics.from_times(
             arrival=self.arrival,
             first_token=self.first_token_time or time.perf_counter(),

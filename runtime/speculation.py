@@ -63,10 +63,12 @@ class PromptLookup:
     ) -> None:
         self.max_tokens = max_tokens
         """The most tokens of a draft looked up in the prompt and answer."""
-        self.prediction = list(prediction)
-        self._longest = max(max_tokens, MAX_PREDICTED_TOKENS) if self.prediction else max_tokens
         self.draft_tokens = max_tokens
-        """How many tokens the next draft may have (adapted to acceptance)."""
+        """How many tokens the next draft from the prompt may have (adapted to acceptance)."""
+        self.prediction = list(prediction)
+        self.predicted_tokens = max_tokens
+        """How many tokens the next draft from the prediction may have: it starts where
+        prompt drafts do, grows to ``MAX_PREDICTED_TOKENS`` and is halved on a miss."""
         self._latest: dict[tuple[int, ...], int] = {}
         """n-gram -> end of its latest occurrence, for n-grams ending before the last token."""
         self._indexed = 0
@@ -82,10 +84,8 @@ class PromptLookup:
         self._followed = answer_start
         """Sequence length up to which the cursor has followed the answer."""
         self._last_from_prediction = False
-        self.accepted_prediction_tokens = 0
-        """Drafted tokens taken from the prediction that the model confirmed."""
-        self.rejected_prediction_tokens = 0
-        """Drafted tokens taken from the prediction that the model did not produce."""
+        self._matched = 0
+        """Answer tokens that repeated the prediction where the answer followed it."""
 
     def draft(self, sequence: Sequence[int], limit: int) -> list[int]:
         """Up to ``min(limit, draft_tokens)`` tokens guessed to follow ``sequence``.
@@ -93,16 +93,16 @@ class PromptLookup:
         ``sequence`` must extend the one of the previous call (prompt + answer so far).
         """
         self._index(sequence)
-        size = min(limit, self.draft_tokens)
         self._last_from_prediction = False
-        if size < 1:
+        if limit < 1:
             return []
         if self.prediction:
             self._follow(sequence)
             if self._cursor is not None and self._cursor < len(self.prediction):
                 self._last_from_prediction = True
+                size = min(limit, self.predicted_tokens)
                 return self.prediction[self._cursor : self._cursor + size]
-        size = min(size, self.max_tokens)
+        size = min(limit, self.draft_tokens)
         for n in _NGRAM_SIZES:
             if n < len(sequence):
                 end = self._latest.get(tuple(sequence[-n:]))
@@ -113,17 +113,32 @@ class PromptLookup:
     def record(self, drafted: int, accepted: int) -> None:
         """Adapt the draft length to how many of ``drafted`` tokens were accepted."""
         if self._last_from_prediction:
-            self.accepted_prediction_tokens += accepted
-            self.rejected_prediction_tokens += drafted - accepted
-        if accepted == drafted:
-            self.draft_tokens = min(self.draft_tokens + 2, self._longest)
-        else:
             # A prediction that stopped holding is halved away: a long rejected draft
             # costs several steps.
-            shorter = (
-                self.draft_tokens // 2 if self._last_from_prediction else self.draft_tokens - 1
-            )
-            self.draft_tokens = max(shorter, 1)
+            if accepted == drafted:
+                self.predicted_tokens = min(self.predicted_tokens + 2, MAX_PREDICTED_TOKENS)
+            else:
+                self.predicted_tokens = max(self.predicted_tokens // 2, 1)
+        elif accepted == drafted:
+            self.draft_tokens = min(self.draft_tokens + 2, self.max_tokens)
+        else:
+            self.draft_tokens = max(self.draft_tokens - 1, 1)
+
+    def settle(self, sequence: Sequence[int]) -> None:
+        """Follow the answer's last tokens (those after the last draft) for the counts."""
+        if self.prediction:
+            self._follow(sequence)
+
+    @property
+    def accepted_prediction_tokens(self) -> int:
+        """Tokens of the prediction the answer repeated, in the prediction's order."""
+        return min(self._matched, len(self.prediction))
+
+    @property
+    def rejected_prediction_tokens(self) -> int:
+        """Tokens of the prediction the answer did not repeat: OpenAI's names, whose
+        rejected tokens are the prediction's that did not appear in the completion."""
+        return len(self.prediction) - self.accepted_prediction_tokens
 
     def _follow(self, sequence: Sequence[int]) -> None:
         """Move the cursor over the answer's tokens since the last draft.
@@ -133,8 +148,14 @@ class PromptLookup:
         the prediction again (an edit rewrote a word, then the text goes on).
         """
         for token in sequence[self._followed :]:
-            if self._cursor is not None and self._cursor < len(self.prediction):
-                self._cursor = self._cursor + 1 if self.prediction[self._cursor] == token else None
+            cursor = self._cursor
+            if (
+                cursor is not None
+                and cursor < len(self.prediction)
+                and self.prediction[cursor] == token
+            ):
+                self._cursor = cursor + 1
+                self._matched += 1
             else:
                 self._cursor = None
         self._followed = len(sequence)

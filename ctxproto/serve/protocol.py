@@ -193,8 +193,9 @@ class Usage(_Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
-    completion_tokens_details: CompletionTokensDetails = Field(
+    # null from an upstream that serializes the openai SDK's own usage objects
+    prompt_tokens_details: PromptTokensDetails | None = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails | None = Field(
         default_factory=CompletionTokensDetails
     )
 

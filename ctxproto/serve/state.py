@@ -68,7 +68,8 @@ class ProxyState:
         m.tokens_original.inc(turn.original_tokens)
         m.tokens_sent.inc(turn.prompt_tokens)
         m.tokens_saved.inc(turn.saved_tokens)
-        m.cached_prefix_tokens.inc(usage.prompt_tokens_details.cached_tokens)
+        if usage.prompt_tokens_details is not None:
+            m.cached_prefix_tokens.inc(usage.prompt_tokens_details.cached_tokens)
 
     def count_messages(self, messages: list[dict[str, Any]]) -> int:
         """Tokens of messages the pipeline did not see, with the pipeline's counter."""

@@ -71,15 +71,25 @@ def test_prediction_drafts_grow_long_are_halved_on_a_miss_and_are_counted():
         lookup.record(drafted=len(draft), accepted=len(draft))
         done = prediction[: len(done) + len(draft) + 1]
     assert sizes[0] == MAX_DRAFT_TOKENS and max(sizes) == MAX_PREDICTED_TOKENS
-    accepted = sum(sizes)
     lookup.record(drafted=MAX_PREDICTED_TOKENS, accepted=3)  # then it departs
-    assert lookup.draft_tokens == MAX_PREDICTED_TOKENS // 2
-    assert lookup.accepted_prediction_tokens == accepted + 3
-    assert lookup.rejected_prediction_tokens == MAX_PREDICTED_TOKENS - 3
-    # Drafts from the prompt stay at most MAX_DRAFT_TOKENS long, and are not counted.
-    other = PromptLookup(prediction=[1], answer_start=0)
-    sequence = [1, *range(10, 30), 7, 8, 9, *range(40, 60), 7, 8, 9]
-    other.draft_tokens = MAX_PREDICTED_TOKENS
-    assert len(other.draft(sequence, 100)) == MAX_DRAFT_TOKENS
-    other.record(drafted=MAX_DRAFT_TOKENS, accepted=0)
-    assert other.rejected_prediction_tokens == 0
+    assert lookup.predicted_tokens == MAX_PREDICTED_TOKENS // 2
+    # OpenAI's counts: the prediction's tokens the answer repeated, and the rest of it.
+    answer = [*done, *prediction[len(done) : len(done) + 3], 7, 7]
+    lookup.settle(answer)
+    assert lookup.accepted_prediction_tokens == len(done) + 3
+    assert lookup.rejected_prediction_tokens == len(prediction) - len(done) - 3
+
+
+def test_prompt_drafts_and_prediction_drafts_adapt_apart():
+    prediction = [50, 51, 52, 53, 54, 55, 56, 57]
+    prompt = [*range(10, 40), 1, 2, 3, *range(60, 90)]
+    lookup = PromptLookup(prediction=prediction, answer_start=len(prompt))
+    sequence = [*prompt, 99, 1, 2, 3]  # the answer left the prediction at once
+    for _ in range(10):  # fully confirmed drafts from the prompt...
+        assert 0 < len(lookup.draft(sequence, 100)) <= MAX_DRAFT_TOKENS
+        lookup.record(drafted=2, accepted=2)
+    assert lookup.draft_tokens == MAX_DRAFT_TOKENS
+    # ...leave the prediction's drafts where they start, and count none of it accepted.
+    assert lookup.predicted_tokens == MAX_DRAFT_TOKENS
+    assert lookup.draft([*sequence, 50, 51, 52], 100) == prediction[3 : 3 + MAX_DRAFT_TOKENS]
+    assert (lookup.accepted_prediction_tokens, lookup.rejected_prediction_tokens) == (0, 8)

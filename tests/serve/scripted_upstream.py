@@ -7,7 +7,8 @@ the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
 ``CUT`` (end the stream mid-answer, cleanly but with no finish reason nor ``[DONE]``),
 ``SLOW <seconds>`` (wait between chunks), ``STALL <seconds>`` (send the headers
-and the first bytes of a whole answer, then wait). An answer longer than
+and the first bytes of a whole answer, then wait), ``NULLDETAILS`` (usage details
+null, as a server dumping the openai SDK's own usage objects sends them). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
 gets is recorded.
 """
@@ -84,6 +85,8 @@ class ScriptedUpstream:
             "total_tokens": 7 + answered,
             "prompt_tokens_details": {"cached_tokens": 2},
         }
+        if command[:1] == ["NULLDETAILS"]:
+            usage.update(prompt_tokens_details=None, completion_tokens_details=None)
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             choice = {"index": 0, "message": message, "finish_reason": finish}

@@ -209,7 +209,7 @@ def test_a_prediction_keeps_the_answer_and_reports_its_tokens_as_openai_does(any
     assert predicted.choices[0].message.content == expected
     details = predicted.usage.completion_tokens_details
     assert details.accepted_prediction_tokens >= plain.usage.completion_tokens // 2
-    assert details.rejected_prediction_tokens <= 1
+    assert details.rejected_prediction_tokens < details.accepted_prediction_tokens
 
 
 def test_a_prediction_of_another_type_is_a_400_naming_it(local_proxy):

@@ -92,6 +92,16 @@ def test_a_stream_the_upstream_ends_mid_answer_ends_with_an_error_event(proxy):
     assert ask(proxy, "still serving").choices
 
 
+def test_usage_details_sent_as_null_pass_through(proxy):
+    """The openai SDK's own usage objects dump absent details as null: not a 502."""
+    plain = ask(proxy, f"NULLDETAILS {uuid.uuid4().hex}")
+    assert plain.usage.prompt_tokens == 7 and plain.usage.prompt_tokens_details is None
+    streamed = f"NULLDETAILS {uuid.uuid4().hex}"
+    chunks = list(ask(proxy, streamed, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).endswith(streamed)
+    assert chunks[-1].usage.prompt_tokens == 7
+
+
 def _dead_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
