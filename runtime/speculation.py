@@ -88,7 +88,9 @@ class PromptLookup:
         """Answer tokens that repeated the prediction where the answer followed it."""
 
     def draft(self, sequence: Sequence[int], limit: int) -> list[int]:
-        """Up to ``min(limit, draft_tokens)`` tokens guessed to follow ``sequence``.
+        """Up to ``limit`` tokens guessed to follow ``sequence``: the prediction's next
+        ones while the answer follows it (at most ``predicted_tokens``), else what
+        followed the last n-gram in prompt + answer (at most ``draft_tokens``).
 
         ``sequence`` must extend the one of the previous call (prompt + answer so far).
         """
