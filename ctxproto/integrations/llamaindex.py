@@ -416,8 +416,56 @@ class CtxprotoLLM(CustomLLM):
             model_name="ctxproto",
         )
 
+    # Each public method is wrapped once by LlamaIndex's callback decorator; the async
+    # ones run the undecorated bodies, so a handler sees one LLM event per call, not
+    # one from the async method and another from the sync one it runs.
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(messages)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete(prompt)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        return self._stream_complete(prompt)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Streams the messages as chat messages, roles and all (``CustomLLM`` would
+        join them into one user prompt, and the model's chat template would be lost)."""
+        return self._stream_chat(messages)
+
+    # CustomLLM's async methods call the sync ones on the event loop, which then
+    # waits for the whole generation; these run it in a worker thread instead.
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self._chat, messages)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        return await asyncio.to_thread(self._complete, prompt)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        return _in_thread(self._stream_chat(messages))
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return _in_thread(self._stream_complete(prompt))
+
+    def _chat(self, messages: Sequence[ChatMessage]) -> ChatResponse:
         wire = [to_message(m).to_openai() for m in messages]
         completion: Completion = self.backend.generate(wire, self.generation)
         return ChatResponse(
@@ -425,53 +473,20 @@ class CtxprotoLLM(CustomLLM):
             raw={"finish_reason": completion.finish_reason},
         )
 
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        wire = [{"role": "user", "content": prompt}]
-        completion: Completion = self.backend.generate(wire, self.generation)
+    def _complete(self, prompt: str) -> CompletionResponse:
+        completion: Completion = self.backend.generate(_as_user(prompt), self.generation)
         return CompletionResponse(text=completion.text)
 
-    @llm_completion_callback()
-    def stream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseGen:
-        texts = self._texts([{"role": "user", "content": prompt}])
-        return (CompletionResponse(text=text, delta=delta) for text, delta in texts)
-
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Streams the messages as chat messages, roles and all (``CustomLLM`` would
-        join them into one user prompt, and the model's chat template would be lost)."""
+    def _stream_chat(self, messages: Sequence[ChatMessage]) -> ChatResponseGen:
         texts = self._texts([to_message(m).to_openai() for m in messages])
         return (
             ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
             for text, delta in texts
         )
 
-    # CustomLLM's async methods call the sync ones on the event loop, which then
-    # waits for the whole generation; these run it in a worker thread instead.
-
-    @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await asyncio.to_thread(self.chat, messages, **kwargs)
-
-    @llm_completion_callback()
-    async def acomplete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponse:
-        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
-
-    @llm_chat_callback()
-    async def astream_chat(
-        self, messages: Sequence[ChatMessage], **kwargs: Any
-    ) -> ChatResponseAsyncGen:
-        return _in_thread(self.stream_chat(messages, **kwargs))
-
-    @llm_completion_callback()
-    async def astream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseAsyncGen:
-        return _in_thread(self.stream_complete(prompt, formatted, **kwargs))
+    def _stream_complete(self, prompt: str) -> CompletionResponseGen:
+        texts = self._texts(_as_user(prompt))
+        return (CompletionResponse(text=text, delta=delta) for text, delta in texts)
 
     def _texts(self, wire: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
         """(text so far, delta) for each delta of the backend's stream."""
@@ -487,6 +502,11 @@ class CtxprotoLLM(CustomLLM):
 
 _Item = TypeVar("_Item")
 _DONE = object()
+
+
+def _as_user(prompt: str) -> list[dict[str, Any]]:
+    """A completion prompt as the one user message a chat backend takes."""
+    return [{"role": "user", "content": prompt}]
 
 
 async def _in_thread(items: Iterator[_Item]) -> AsyncGenerator[_Item, None]:

@@ -409,3 +409,46 @@ def test_a_synchronous_llamaindex_call_leaves_no_unclosed_event_loop_behind():
     finally:
         sys.unraisablehook = hook
     assert [str(u.exc_value) for u in unclosed] == []
+
+
+def test_each_llm_call_reaches_callback_handlers_once():
+    from llama_index.core.callbacks import CallbackManager, CBEventType
+    from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+
+    class Starts(BaseCallbackHandler):
+        def __init__(self) -> None:
+            super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+            self.llm = 0
+
+        def on_event_start(self, event_type, payload=None, event_id="", parent_id="", **kw):
+            self.llm += event_type == CBEventType.LLM
+            return event_id
+
+        def on_event_end(self, event_type, payload=None, event_id="", **kw) -> None:
+            pass
+
+        def start_trace(self, trace_id=None) -> None:
+            pass
+
+        def end_trace(self, trace_id=None, trace_map=None) -> None:
+            pass
+
+    starts = Starts()
+    llm = CtxprotoLLM(
+        backend=ScriptedBackend(lambda messages: "ok"),
+        callback_manager=CallbackManager([starts]),
+    )
+    question = [ChatMessage(role=MessageRole.USER, content="Hi?")]
+
+    async def run_async() -> None:
+        await llm.achat(question)
+        await llm.acomplete("Hi?")
+        [r async for r in await llm.astream_chat(question)]
+        [r async for r in await llm.astream_complete("Hi?")]
+
+    llm.chat(question)
+    llm.complete("Hi?")
+    list(llm.stream_chat(question))
+    list(llm.stream_complete("Hi?"))
+    asyncio.run(run_async())
+    assert starts.llm == 8  # one event per call: the async ones once, not twice
