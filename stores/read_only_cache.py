@@ -53,8 +53,30 @@ class ReadOnlyCache:
         for key, raw in rows:
             yield self._disk.get(key, bool(raw))
 
+    def execute(self, statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only SQL statement over the folder's database."""
+        with self._lock:
+            return self._connection.execute(statement, parameters).fetchall()
+
     def close(self) -> None:
         self._connection.close()
+
+
+def text_keys_from(cache: Any, start: str) -> list[str]:
+    """The text keys of ``cache`` (a ``diskcache.Cache`` or a ``ReadOnlyCache``) that
+    start with ``start``, in order, read through the table's key index.
+
+    diskcache lists keys only whole (``iterkeys`` reads every row); one range of
+    the index reads only the keys wanted. Text compares as UTF-8 bytes, and no
+    character's bytes sort after U+10FFFF's, so the range ends there.
+    """
+    statement = "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
+    parameters = (start, start + "\U0010ffff")
+    if isinstance(cache, ReadOnlyCache):
+        rows = cache.execute(statement, parameters)
+    else:  # diskcache runs it on this thread's connection, retrying while a writer holds it
+        rows = cache._sql(statement, parameters).fetchall()
+    return [key for (key,) in rows if isinstance(key, str)]
 
 
 def _connect_read_only(database: Path) -> sqlite3.Connection:

@@ -116,15 +116,26 @@ class RedisSessionStateStore:
             removed, _ = pipe.execute()
         return bool(removed)
 
-    def sessions(self, tenant_id: str) -> list[str]:
-        """The session ids this tenant has state for."""
+    def sessions(self, tenant_id: str, prefix: str = "") -> list[str]:
+        """The session ids this tenant has state for that start with ``prefix``.
+
+        The server matches them in the tenant's index set (``SSCAN ... MATCH``),
+        so only the ids wanted cross the network.
+        """
         check_ids(tenant_id, "listing")
+        pattern = _glob_escape(prefix).encode("utf-8") + b"*"
+        index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
-            members = self._redis.smembers(self._index(tenant_id))
-        return sorted(m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members)
+            members = list(self._redis.sscan_iter(index, match=pattern, count=1000))
+        return sorted({m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members})
 
     def ping(self) -> None:
         self._connection.ping()
 
     def close(self) -> None:
         self._connection.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

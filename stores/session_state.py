@@ -38,7 +38,7 @@ import diskcache
 from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
-from ctxproto.stores.read_only_cache import ReadOnlyCache
+from ctxproto.stores.read_only_cache import ReadOnlyCache, text_keys_from
 from ctxproto.stores.store_url import store_location
 
 __all__ = [
@@ -77,7 +77,13 @@ class SessionStore(Protocol):
 
     def delete(self, tenant_id: str, session_id: str) -> bool: ...
 
-    def sessions(self, tenant_id: str) -> list[str]: ...
+    def sessions(self, tenant_id: str, prefix: str = "") -> list[str]:
+        """The session ids this tenant has state for that start with ``prefix``, sorted.
+
+        A store finds them through its index of session ids: the cost grows with
+        what matches, not with every session of every tenant in the store.
+        """
+        ...
 
     def ping(self) -> None:
         """A ``StoreError`` when the store cannot answer now; one cheap read (``/health``)."""
@@ -247,23 +253,27 @@ class SessionStateStore:
             removed = [bool(self._cache.delete(key)) for key in keys]
         return any(removed)
 
-    def sessions(self, tenant_id: str) -> list[str]:
-        """The session ids this tenant has state for in this namespace."""
+    def sessions(self, tenant_id: str, prefix: str = "") -> list[str]:
+        """This tenant's session ids in this namespace that start with ``prefix``, sorted.
+
+        Read as two ranges of the key index (keys are JSON lists, so the JSON of
+        a list ending in ``prefix``, without its closing quote and bracket, starts
+        every key whose session id starts with ``prefix``): one for this
+        namespace, one for rows from before namespaces.
+        """
+        check_ids(tenant_id, "listing")
+        starts = (
+            json.dumps(["session", self.namespace, tenant_id, prefix])[:-2],
+            json.dumps(["session", tenant_id, prefix])[:-2],
+        )
         ids = set()
         with self._reporting(f"the session-state store at {self.path}"):
-            keys = list(self._cache.iterkeys())
+            keys = [key for start in starts for key in text_keys_from(self._cache, start)]
         for key in keys:
-            if not (isinstance(key, str) and key.startswith('["session"')):
-                continue
             parts = json.loads(key)
-            if len(parts) == 4 and parts[1] == self.namespace:
-                tenant, session = parts[2:]
-            elif len(parts) == 3:  # a row from before namespaces
-                tenant, session = parts[1:]
-            else:
-                continue
-            if tenant == tenant_id:
-                ids.add(session)
+            namespaced = len(parts) == 4 and parts[1] == self.namespace
+            if (namespaced or len(parts) == 3) and parts[-2] == tenant_id:
+                ids.add(parts[-1])  # not a namespace named like the tenant, in the second range
         return sorted(ids)
 
     def ping(self) -> None:

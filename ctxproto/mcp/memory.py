@@ -206,7 +206,7 @@ class SessionMemory:
 
     def _ids(self, tenant: str, session: str) -> list[str]:
         prefix = f"{_ROW_PREFIX}/{session}/"
-        return sorted(s[len(prefix) :] for s in self.store.sessions(tenant) if s.startswith(prefix))
+        return [s[len(prefix) :] for s in self.store.sessions(tenant, prefix)]
 
     def _entries(self, tenant: str, session: str) -> list[tuple[MemoryEntry, list[float] | None]]:
         loaded = (self._load(tenant, session, i) for i in self._ids(tenant, session))

@@ -56,9 +56,7 @@ class UsageStats:
         prefix = f"{_ROW_PREFIX}/"
         overall, chosen = SessionStats(), SessionStats()
         sessions: set[str] = set()
-        for row_id in self.store.sessions(tenant):
-            if not row_id.startswith(prefix):
-                continue
+        for row_id in self.store.sessions(tenant, prefix):
             name = row_id[len(prefix) :].rsplit("/", 1)[0]
             counts = SessionStats.model_validate(self.store.get(tenant, row_id) or {})
             sessions.add(name)

@@ -13,6 +13,7 @@ from mcp import Client
 
 from ctxproto.context import ChatRequest
 from ctxproto.mcp import ContextService, create_mcp_server
+from ctxproto.stores.session_state import SessionStateStore
 from tests.mcp.conftest import make_service, text_of
 
 TOOLS = {
@@ -678,3 +679,27 @@ def test_building_the_server_leaves_logging_alone_and_names_its_version(
             assert info is not None and info.version == __version__
 
     anyio.run(run)
+
+
+def test_memory_and_stats_read_one_sessions_rows_not_the_whole_store(tmp_path: Path) -> None:
+    service = make_service(tmp_path)
+    try:
+        for i in range(30):
+            service.remember("default", "busy", f"note {i}", "note", None)
+        service.remember("default", "mine", "the one note here", "note", None)
+        service.remember("default", "mine", "and a second", "note", None)
+        store = service.memory.store
+        assert isinstance(store, SessionStateStore)
+
+        def every_key() -> None:
+            raise AssertionError("listed every key of the store")
+
+        store._cache.iterkeys = every_key  # what listing one session must not do
+        recalled = service.recall("default", "mine", None, None)
+        assert [e.text for e in recalled.entries] == ["the one note here", "and a second"]
+        assert recalled.total_entries == 2
+        page = service.history("default", "mine", None)
+        assert [e.text for e in page.entries] == ["the one note here", "and a second"]
+        assert service.stats("default", "mine").sessions == 0
+    finally:
+        service.close()

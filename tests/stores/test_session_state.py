@@ -15,6 +15,7 @@ import redis
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores import SessionStateStore, SessionStore, open_session_store
 from ctxproto.stores.json_disk import PlainDisk
+from ctxproto.stores.read_only_cache import ReadOnlyCache, text_keys_from
 from ctxproto.stores.redis_session_state import RedisSessionStateStore
 from tests.conftest import Unprivileged
 from tests.servers_redis import RedisServer
@@ -127,6 +128,35 @@ def test_ids_that_could_collide_stay_apart(open_store: Opener):
     assert store.sessions("a?") == []
 
 
+def test_sessions_by_prefix_list_only_the_ids_that_start_with_it(open_store: Opener):
+    store = open_store("state")
+    ids = ["mem/a/1", "mem/a/2", "mem/ab/1", "mem/a*/1", "mem/[a]/1", "other", "mem/\u00e9/1"]
+    for session in ids:
+        store.put("acme", session, {"s": session})
+    store.put("globex", "mem/a/3", {"s": "not acme's"})
+    assert store.sessions("acme", "mem/a/") == ["mem/a/1", "mem/a/2"]
+    assert store.sessions("acme", "mem/a*/") == ["mem/a*/1"]  # read as text, not a pattern
+    assert store.sessions("acme", "mem/[a]/") == ["mem/[a]/1"]
+    assert store.sessions("acme", "mem/\u00e9/") == ["mem/\u00e9/1"]
+    assert store.sessions("acme", "nothing") == []
+    assert store.sessions("acme") == sorted(ids)
+
+
+def test_sessions_by_prefix_in_a_folder_from_before_namespaces_and_read_only(tmp_path: Path):
+    old = diskcache.Cache(str(tmp_path), disk=PlainDisk)
+    old.set('["session", "acme", "mem/a/0"]', "{}")  # before namespaces
+    old.set('["session", "acme", "globex", "mem/a/9"]', "{}")  # namespace acme, tenant globex
+    old.close()
+    store = SessionStateStore(tmp_path, namespace="mcp")
+    store.put("acme", "mem/a/1", {})
+    assert store.sessions("acme", "mem/a/") == ["mem/a/0", "mem/a/1"]
+    store.close()
+    reader = ReadOnlyCache(tmp_path, PlainDisk)  # what a folder this process cannot write opens
+    start = '["session", "mcp", "acme", "mem/'
+    assert text_keys_from(reader, start) == ['["session", "mcp", "acme", "mem/a/1"]']
+    reader.close()
+
+
 def test_bad_input_is_a_clear_error_and_changes_nothing(open_store: Opener):
     store = open_store("state")
     store.put("t", "s", {"ok": True})
@@ -197,17 +227,21 @@ def test_a_pickled_value_is_refused_without_running_it(tmp_path: Path):
     assert not marker.exists()
 
 
-def test_a_pickled_key_is_refused_without_running_it(tmp_path: Path):
+def test_a_pickled_key_is_never_run(tmp_path: Path):
     folder, marker = tmp_path / "state", tmp_path / "ran"
     store = SessionStateStore(folder)
     store.put("t", "s", {"ok": True})
     planted = diskcache.Cache(str(folder))
     planted.set(_TouchOnUnpickle(marker), "{}")
     planted.close()
-    with pytest.raises(StoreError, match="pickled key"):
-        store.sessions("t")
+    assert store.sessions("t") == ["s"]  # listing reads text keys only: the pickle stays unread
     assert not marker.exists()
     assert store.get("t", "s") == {"ok": True}
+    whole = diskcache.Cache(str(folder), disk=PlainDisk)
+    with pytest.raises(StoreError, match="pickled key"):  # and read whole, it is refused
+        list(whole.iterkeys())
+    whole.close()
+    assert not marker.exists()
 
 
 def test_a_lone_surrogate_is_a_store_error_naming_the_session(open_store: Opener):
