@@ -15,7 +15,8 @@ remains is an ``UpstreamStatusError`` carrying the status code and the server's
 message. A 400 or 422 is the caller's mistake and raises ``ConfigError`` with the
 server's message, like the local engine would.
 
-A stream counts as an answer only if it ends as the protocol says: with a finish
+A server that ignores ``stream`` and answers with one JSON chat completion is read
+as that answer. A stream counts as an answer only if it ends as the protocol says: with a finish
 reason or ``data: [DONE]``. An error event in the stream (a server cannot change the
 status once it has sent the headers, so ctxproto's proxy, vLLM and SGLang report a
 failure mid-answer that way) fails the call with the server's message, and a stream
@@ -25,8 +26,11 @@ neither is returned as a finished answer with the text so far.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import http.client
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -167,14 +171,19 @@ class _Stream:
         self._first: float | None = None
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] = {}
+        self._events = 0
 
     def __iter__(self) -> Iterator[str]:
         try:
+            if _content_type(self._response) == "application/json":
+                yield from self._whole_answer()
+                return
             for raw in self._response:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
                     continue
                 payload = line[len("data:") :].strip()
+                self._events += 1
                 if payload == "[DONE]":
                     return
                 chunk = json.loads(payload)
@@ -191,6 +200,11 @@ class _Stream:
                         if self._first is None:
                             self._first = time.perf_counter()
                         yield text
+            if not self._events:
+                raise BackendError(
+                    f"the answer is not an event stream (Content-Type "
+                    f"{_content_type(self._response)}): is base_url the API's /v1?"
+                )
             if self._finish_reason is None:
                 raise BackendUnavailableError(
                     "the stream ended early: the server sent neither a finish reason nor [DONE]"
@@ -204,6 +218,28 @@ class _Stream:
         finally:
             self._response.close()
 
+    def _whole_answer(self) -> Iterator[str]:
+        """The answer of a server that ignored ``stream`` and sent one chat completion.
+
+        Some OpenAI-compatible servers do not stream; their whole answer is as good
+        as a stream of it, and an error envelope in it fails the call the same way.
+        """
+        answer = json.loads(self._response.read())
+        if not isinstance(answer, dict):
+            raise ValueError("the answer is not a JSON object")
+        failure = _stream_failure(answer)
+        if failure is not None:
+            raise failure
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ValueError("the answer holds no choices")
+        self._usage = answer.get("usage") or {}
+        self._finish_reason = choices[0].get("finish_reason") or "stop"
+        text = (choices[0].get("message") or {}).get("content")
+        if isinstance(text, str) and text:
+            self._first = time.perf_counter()
+            yield text
+
     def completion(self, text: str) -> Completion:
         finished = time.perf_counter()
         usage = self._usage
@@ -213,9 +249,9 @@ class _Stream:
             arrival=self._start,
             first_token=self._first or finished,
             finished=finished,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens") or 0),
             accepted_prediction_tokens=int(answer_details.get("accepted_prediction_tokens") or 0),
             rejected_prediction_tokens=int(answer_details.get("rejected_prediction_tokens") or 0),
         )
@@ -254,12 +290,31 @@ def _stream_failure(chunk: dict[str, Any]) -> BackendError | None:
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after is not None:
+    """Seconds to wait before retry ``attempt``: the server's ``Retry-After`` (seconds or
+    an HTTP date) when it gives a usable one, else exponential; never over the maximum."""
+    wait = _retry_after_s(retry_after) if retry_after is not None else None
+    if wait is None:
+        wait = BACKOFF_BASE_S * 2**attempt
+    return float(min(max(wait, 0.0), BACKOFF_MAX_S))
+
+
+def _retry_after_s(value: str) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
         try:
-            return min(float(retry_after), BACKOFF_MAX_S)
-        except ValueError:
-            pass
-    return float(min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S))
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is in GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp() - time.time()
+    return seconds if math.isfinite(seconds) else None
+
+
+def _content_type(response: Any) -> str:
+    headers = getattr(response, "headers", None)
+    return headers.get_content_type() if headers is not None else "text/event-stream"
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

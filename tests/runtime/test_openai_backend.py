@@ -332,3 +332,81 @@ def test_a_base_url_with_a_bad_port_is_a_config_error():
     with pytest.raises(ConfigError) as caught:
         OpenAIBackend("http://127.0.0.1:port/v1", max_retries=0).generate(MESSAGES, GREEDY)
     assert caught.value.key == "base_url"
+
+
+def test_a_server_that_does_not_stream_answers_with_its_json_completion():
+    answer = {
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Two years."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": None},
+    }
+    body = json.dumps(answer).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    raw = head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    served = RawServer(raw)
+    try:
+        backend = OpenAIBackend(served.url, timeout=5, max_retries=0)
+        completion = backend.generate(MESSAGES, GREEDY)
+        assert list(backend.stream(MESSAGES, GREEDY)) == ["Two years."]
+    finally:
+        served.close()
+    assert (completion.text, completion.finish_reason) == ("Two years.", "stop")
+    assert (completion.metrics.prompt_tokens, completion.metrics.output_tokens) == (12, 3)
+    failed = json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
+    with pytest.raises(UpstreamStatusError, match="model overloaded"):
+        generate_from(head + f"Content-Length: {len(failed)}\r\n\r\n".encode() + failed)
+
+
+def test_an_answer_that_is_no_event_stream_says_so():
+    page = b"<html>welcome</html>"
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n" + page
+    with pytest.raises(BackendError, match=r"not an event stream.*text/html"):
+        generate_from(raw)
+
+
+def test_usage_numbers_sent_as_null_count_as_zero():
+    finished = (
+        '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],'
+        ' "usage": {"prompt_tokens": null, "completion_tokens": null}}'
+    )
+    served = RawServer(sse(STARTED, finished, "[DONE]"))
+    try:
+        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
+    finally:
+        served.close()
+    assert completion.text == "Partial ans"
+    assert (completion.metrics.prompt_tokens, completion.metrics.output_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [
+        ("2", 2.0, 2.0),
+        ("-5", 0.0, 0.0),  # never a negative sleep
+        ("nan", 0.25, 0.25),  # unusable: exponential
+        ("inf", 0.25, 0.25),
+        ("3600", 8.0, 8.0),  # capped
+        ("soon", 0.25, 0.25),
+    ],
+)
+def test_retry_after_is_read_safely(retry_after, low, high):
+    from ctxproto.runtime.backends.openai import _backoff
+
+    assert low <= _backoff(0, retry_after) <= high
+
+
+def test_retry_after_as_an_http_date():
+    import email.utils
+
+    from ctxproto.runtime.backends.openai import _backoff
+
+    in_three = email.utils.formatdate(time.time() + 3, usegmt=True)
+    assert 1.0 <= _backoff(0, in_three) <= 3.0
+    past = email.utils.formatdate(time.time() - 60, usegmt=True)
+    assert _backoff(0, past) == 0.0
