@@ -14,6 +14,7 @@ own force-keep regexes.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,28 @@ __all__ = [
     "protected_spans",
 ]
 
-_NAME_WORD = r"[A-Z][a-z'’\-]+"
+
+def _character_class(categories: frozenset[str]) -> str:
+    """The characters of the Basic Multilingual Plane in Unicode ``categories``, as the
+    ranges of a regex character class (``re`` has no ``\\p{Lu}``)."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x10000):
+        if unicodedata.category(chr(code)) in categories:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return "".join(
+        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges
+    )
+
+
+_UPPER = _character_class(frozenset({"Lu", "Lt"}))
+_LOWER = _character_class(frozenset({"Ll", "Mn", "Mc"}))
+"""Lower-case letters, and the combining marks of decomposed text ("Jose\\u0301")."""
+_NAME_WORD = rf"[{_UPPER}][{_LOWER}'’\-]+"
+"""A capitalized word in any cased script: "Zoë", "Łódź" and "Ångström" are whole names,
+as "Alice" is (with ASCII letters only, "Zoë" was the fact "Zo" and "Łódź" no fact)."""
 _NAME_CONNECTORS = "of|de|da|van|von|del|la"
 """Lower-case words inside a name ("Bank of America"), never at either end of one."""
 _BUILT_IN: dict[str, re.Pattern[str]] = {

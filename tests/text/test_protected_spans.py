@@ -22,3 +22,23 @@ from ctxproto.text.protected_spans import fact_strings
 )
 def test_a_name_neither_starts_nor_ends_with_a_connector(text: str, facts: set[str]) -> None:
     assert fact_strings(text) == facts
+
+
+@pytest.mark.parametrize(
+    ("text", "facts"),
+    [
+        ("My name is Zoë Ångström.", {"Zoë Ångström"}),
+        ("I live in Łódź.", {"Łódź"}),
+        ("I moved to São Paulo in 2019.", {"São Paulo", "2019"}),
+        ("I asked Jose\u0301 about it.", {"Jose\u0301"}),  # decomposed: a combining accent
+        ("When Émile met Ürsula", {"Émile", "Ürsula"}),
+    ],
+)
+def test_a_name_with_letters_beyond_ascii_is_a_whole_fact(text: str, facts: set[str]) -> None:
+    """Names spelled with accents or other scripts' capitals are facts as ASCII ones are.
+
+    With ASCII letters only, "Zoë" was the fact "Zo" (a summary saying "Zoey" kept
+    it), "Łódź" no fact at all (a user saying they live there was not pinned),
+    and the compressor could drop "Ångström".
+    """
+    assert fact_strings(text) == facts
