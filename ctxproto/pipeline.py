@@ -204,9 +204,13 @@ class Pipeline:
     def run_messages(
         self, messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None = None
     ) -> PipelineResult:
-        """Run on plain OpenAI-style message dicts (and optional document dicts)."""
-        request = ChatRequest.model_validate({"messages": messages, "documents": documents or []})
-        return self.run(request)
+        """Run on plain OpenAI-style message dicts (and optional document dicts).
+
+        Messages as OpenAI returns them are taken (``ChatRequest.from_openai``: an
+        assistant message's ``refusal`` and ``annotations`` are left out), and invalid
+        ones are a ``ConfigError`` naming the field, as for every other request reader.
+        """
+        return self.run(ChatRequest.from_openai(messages, documents=documents))
 
     def original_tokens(self, context: Context) -> int:
         """Tokens of the request with no stages and no budget: the uncompressed baseline."""

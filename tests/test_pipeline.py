@@ -141,3 +141,28 @@ def test_a_stage_that_answers_stops_the_pipeline():
     assert result.prompt is None
     assert [r.name for r in result.reports] == ["test_answering_stage"]
     assert "test_answering_stage" in available_stages()
+
+
+def test_run_messages_takes_messages_as_openai_returns_them():
+    """An assistant message fed back as the OpenAI SDK gives it (``refusal``,
+    ``annotations``) used to be refused by pydantic's own error."""
+    result = Pipeline().run_messages(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!", "refusal": None, "annotations": []},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert result.prompt is not None
+    assert [m["content"] for m in result.prompt.messages] == ["Hi", "Hello!", "Bye"]
+
+
+def test_run_messages_refuses_an_invalid_request_as_a_usage_error():
+    """The caller's mistake is a ``ConfigError`` naming the message, not a bare
+    ``ValidationError`` outside the exception tree."""
+    unanswered = {
+        "role": "assistant",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}],
+    }
+    with pytest.raises(ConfigError, match=r"messages\[1\]"):
+        Pipeline().run_messages([{"role": "user", "content": "Hi"}, unanswered])
