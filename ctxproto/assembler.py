@@ -9,7 +9,9 @@ automatic prefix caching) reuse it.
 The budget guarantee is checked on the rendered output itself, not on an
 estimate: the prompt handed to the backend never exceeds ``budget.prompt_limit``
 tokens, and pinned content (system prompt, current query, anything marked
-pinned) is never dropped.
+pinned) is never dropped. A request that ends on a tool result has no query; the
+question its results answer (``Context.open_question``) is pinned in its place, so
+a tight budget never leaves the model the system prompt alone.
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ class Assembler:
         ]
         if self.documents_position == "system":
             sections += documents
+        question = context.open_question  # pinned as a query is: what the model answers
         for message in context.history:
+            if message is question:
+                message = message.model_copy(update={"pinned": True})
             sections.append(_message_section(message, "history", Stability.HISTORY, self.counter))
         if self.documents_position == "query":
             sections += documents

@@ -54,6 +54,20 @@ class Context(BaseModel):
         """The current query's text, or an empty string when there is none."""
         return self.query.content or "" if self.query is not None else ""
 
+    @property
+    def open_question(self) -> Message | None:
+        """The question the model must answer when there is no separate ``query``.
+
+        A request that ends on a tool result has no query (``ChatRequest.to_context``):
+        the last user message of the history is then what the newest results answer,
+        and the recency window and the assembler keep it as they keep a query. Without
+        it the model was sent the tool results alone, or nothing. ``None`` when there
+        is a query, or no user message at all.
+        """
+        if self.query is not None:
+            return None
+        return next((m for m in reversed(self.history) if m.role == "user"), None)
+
 
 class ChatRequest(BaseModel):
     """An OpenAI-style chat request: ``{"messages": [...]}`` plus optional ``documents``.

@@ -170,6 +170,33 @@ def test_a_budget_cut_never_leaves_a_reply_without_its_question(counter):
     assert cuts > 0
 
 
+def tool_result_request(result_words: int) -> Context:
+    """A request that ends on a tool result: no query, the question is in the history."""
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    return ChatRequest.from_openai(
+        [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "Is it cold in Oslo? " * 20},
+            {"role": "assistant", "content": "It is."},
+            {"role": "user", "content": "And in Paris?"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "Paris: 21C " * result_words},
+        ]
+    ).to_context()
+
+
+def test_a_request_ending_on_a_tool_result_keeps_its_question_within_the_budget(counter):
+    """The open question is pinned as a query is: a tight budget used to drop every
+    turn and send the system prompt alone, and the model answered nothing asked."""
+    context = tool_result_request(30)
+    assert context.query is None
+    prompt = Assembler(Budget(max_prompt_tokens=100), counter=counter).assemble(context)
+    assert [m.get("content") for m in prompt.messages] == ["You are helpful.", "And in Paris?"]
+    assert prompt.dropped == {"history": 4}
+    with pytest.raises(BudgetError):
+        Assembler(Budget(max_prompt_tokens=12), counter=counter).assemble(context)
+
+
 def test_plain_text_rendering_is_counted_exactly(counter):
     prompt = Assembler(Budget(max_prompt_tokens=300), counter=counter, render="text").assemble(
         chat(6)

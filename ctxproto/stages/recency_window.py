@@ -22,7 +22,10 @@ class RecencyWindow(Stage):
     - an assistant tool call is never separated from its tool results;
     - pinned messages always stay, outside the limits;
     - with ``start_on_user`` the kept window begins at a user turn, so the model
-      never sees an answer without its question.
+      never sees an answer without its question;
+    - with no query (a request that ends on a tool result), its open question
+      (``Context.open_question``) stays, outside the limits, as a query would;
+      without it ``start_on_user`` emptied the history.
 
     ``max_tokens`` and ``max_turns`` (a turn is one message block) may be
     combined; the stricter wins.
@@ -34,11 +37,13 @@ class RecencyWindow(Stage):
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         blocks = group_blocks(context.history)
+        question = context.open_question
+        always = [_pinned(block) or block[0] is question for block in blocks]
         keep = [False] * len(blocks)
         used_tokens = used_turns = 0
         full = False
         for i in reversed(range(len(blocks))):
-            if _pinned(blocks[i]):
+            if always[i]:
                 keep[i] = True
                 continue
             if full:
@@ -54,9 +59,9 @@ class RecencyWindow(Stage):
             used_turns += 1
         if self.start_on_user:
             for i, block in enumerate(blocks):
-                if keep[i] and not _pinned(block):
-                    if block[0].role == "user":
-                        break
+                if keep[i] and block[0].role == "user":
+                    break
+                if keep[i] and not always[i]:
                     keep[i] = False
         history = flatten([block for block, kept in zip(blocks, keep, strict=True) if kept])
         return Transformed(

@@ -73,3 +73,26 @@ def test_pinned_messages_outside_the_window_survive():
 def test_no_limits_keeps_everything():
     context = conversation(4)
     assert RecencyWindow().run(context).context.history == context.history
+
+
+def test_a_request_ending_on_a_tool_result_keeps_the_question_it_answers():
+    """With no query, the window used to start on the tool call, and ``start_on_user``
+    then dropped it too: the model got an empty history and nothing to answer."""
+    context = ChatRequest.from_openai(
+        [
+            {"role": "user", "content": "Is it cold in Oslo?"},
+            {"role": "assistant", "content": "It is."},
+            {"role": "user", "content": "And in Paris?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "function": {"name": "weather", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "Paris: 21C"},
+        ]
+    ).to_context()
+    assert context.query is None
+    history = RecencyWindow(max_turns=1).run(context).context.history
+    assert [m.content for m in history] == ["And in Paris?", None, "Paris: 21C"]
+    # Outside the limits, as a query would be: with no room, the question alone stays.
+    alone = RecencyWindow(max_turns=0).run(context).context.history
+    assert [m.content for m in alone] == ["And in Paris?"]
