@@ -58,10 +58,11 @@ class RecencyWindow(Stage):
             used_tokens += cost
             used_turns += 1
         if self.start_on_user:
+            # A reply goes when what came just before it went: the window's leading
+            # answers, and one after a pinned block the window does not reach.
             for i, block in enumerate(blocks):
-                if keep[i] and block[0].role == "user":
-                    break
-                if keep[i] and not always[i]:
+                orphaned = i == 0 or not keep[i - 1]
+                if keep[i] and not always[i] and block[0].role != "user" and orphaned:
                     keep[i] = False
         history = flatten([block for block, kept in zip(blocks, keep, strict=True) if kept])
         return Transformed(

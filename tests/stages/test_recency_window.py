@@ -96,3 +96,14 @@ def test_a_request_ending_on_a_tool_result_keeps_the_question_it_answers():
     # Outside the limits, as a query would be: with no room, the question alone stays.
     alone = RecencyWindow(max_turns=0).run(context).context.history
     assert [m.content for m in alone] == ["And in Paris?"]
+
+
+def test_a_pinned_question_inside_the_window_keeps_its_answer():
+    context = conversation(3)
+    history = list(context.history)
+    history[2] = history[2].model_copy(update={"pinned": True})  # q1
+    pinned = context.model_copy(update={"history": history})
+    kept = RecencyWindow(max_turns=3).run(pinned).context.history
+    assert [m.content for m in kept] == ["q1", "a1", "q2", "a2"]
+    # Out of the window's reach, the answer goes and the pinned question stays alone.
+    assert [m.content for m in RecencyWindow(max_turns=1).run(pinned).context.history] == ["q1"]
