@@ -131,6 +131,7 @@ class Summarizer(Stage):
         ready = max(ready, folded)
         if self._history_outgrown(blocks, set(foldable[:ready]), counter):
             ready = len(foldable)
+        ready = _before_a_question(blocks, foldable, ready, folded)
         if ready == 0:
             return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
         counters: dict[str, int | float] = {
@@ -318,6 +319,28 @@ def _states_user_fact(sentence: str) -> bool:
     if not _FIRST_PERSON_SUBJECT.search(sentence):
         return False
     return bool(fact_strings(sentence)) or bool(_SELF_DISCLOSURE.search(sentence))
+
+
+def _before_a_question(
+    blocks: list[list[Message]], foldable: list[int], ready: int, folded: int
+) -> int:
+    """How many of ``foldable`` to fold: ``ready`` or fewer, so that what stays verbatim
+    starts at a user message.
+
+    Blocks are counted one per message or tool call, so a group of
+    ``checkpoint_every`` (or the window) can end inside a turn; folding up to there
+    left the history opening on a tool call or an answer whose question was folded
+    away, which the model reads as speaking unprompted and which chat templates
+    that require roles to alternate refuse. A fold ends before the next user
+    message instead, short of ``ready``; only when no user message comes between
+    what is already folded and ``ready`` (one turn longer than the whole group)
+    does it end inside the turn.
+    """
+    for end in range(ready, folded, -1):
+        after = foldable[end - 1] + 1
+        if after == len(blocks) or blocks[after][0].role == "user":
+            return end
+    return ready
 
 
 def _echoes_prompt(candidate: str) -> bool:

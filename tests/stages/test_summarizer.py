@@ -303,3 +303,26 @@ def test_a_fact_the_user_stated_early_survives_a_long_chat_of_requests(tmp_path,
 )
 def test_user_facts_are_recognised_by_form(sentence, pinned):
     assert _states_user_fact(sentence) is pinned
+
+
+def test_a_fold_never_leaves_a_tool_call_or_answer_without_its_question(tmp_path, counter):
+    """A group of blocks can end inside a turn (a tool call is a block of its own);
+    the verbatim history used to open on the call whose question was folded."""
+    from ctxproto.messages import FunctionCall, ToolCall
+
+    history = []
+    for i in range(6):
+        call = ToolCall(id=f"c{i}", function=FunctionCall(name="weather"))
+        history += [
+            Message(role="user", content=f"What is the weather in city {i}?"),
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", tool_call_id=f"c{i}", content=f"{10 + i} degrees"),
+            Message(role="assistant", content=f"It is {10 + i} degrees in city {i}."),
+        ]
+    stage = extractive(tmp_path, keep_turns=6, checkpoint_every=4, max_summary_tokens=200)
+    folded = 0
+    for end in range(4, len(history) + 1, 4):  # the chat as it grows, turn by turn
+        result = stage.run(ctx(history[:end]), counter)
+        folded = max(folded, int(result.report.counters["folded_turns"]))
+        assert result.context.history[0].role == "user", end
+    assert folded > 0
