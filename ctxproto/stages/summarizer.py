@@ -209,7 +209,10 @@ class Summarizer(Stage):
         """User-stated facts pinned, then central sentences within the budget, all verbatim.
 
         Lines already in the summary are re-read with the same rules, so a fact
-        once kept is forced again on every rewrite. Facts are forced oldest
+        once kept is forced again on every rewrite; prose an abstractive fold wrote
+        (no role label) is split into sentences, and each one carrying a fact is
+        forced too, since that summary was checked to hold every fact the user
+        stated, and a fallback must not lose what it kept. Facts are forced oldest
         first while they fit ``max_summary_tokens``; those that no longer fit are
         counted in ``facts_dropped`` (raise ``max_summary_tokens`` when it is not
         zero). The rest of the budget goes by tier (``_tier``), then embedding
@@ -220,11 +223,19 @@ class Summarizer(Stage):
         tiers: list[float] = []
         pinned: list[bool] = []
         for line in summary.splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            if _ROLE_LABEL.match(line):  # written by an extractive fold
                 user = line.startswith("User: ")
                 lines.append(line.strip())
                 tiers.append(_tier(line, user=user))
                 pinned.append(user and _states_user_fact(line.removeprefix("User: ")))
+                continue
+            for sentence in split_sentences(line):  # an abstractive fold's prose
+                if sentence.strip():
+                    lines.append(sentence.strip())
+                    tiers.append(_tier(sentence, user=False))
+                    pinned.append(bool(fact_strings(sentence)))
         for message in messages:
             for sentence in split_sentences(message.text):
                 if sentence.strip():
@@ -271,6 +282,8 @@ class Summarizer(Stage):
         return text.strip()
 
 
+_ROLE_LABEL = re.compile(r"(?:System|Developer|User|Assistant|Tool): ")
+"""How an extractive summary starts each line it keeps (``_extractive``)."""
 _FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|my|mine|me|we|our|us)\b", re.IGNORECASE)
 _SELF_DISCLOSURE = re.compile(
     r"\b(?:my|our)\s+(?:[\w'’-]+\s+){0,3}(?:is|are|was|were)\b", re.IGNORECASE

@@ -326,3 +326,35 @@ def test_a_fold_never_leaves_a_tool_call_or_answer_without_its_question(tmp_path
         folded = max(folded, int(result.report.counters["folded_turns"]))
         assert result.context.history[0].role == "user", end
     assert folded > 0
+
+
+def test_facts_of_an_abstractive_summary_survive_an_extractive_fallback(
+    tmp_path, counter, monkeypatch
+):
+    """A summary the LM wrote carries every fact the user stated (it is checked for
+    them); when a later fold falls back to extraction, those facts are pinned there
+    as the user's own sentences are. They used to rank as plain lines, and a fold
+    with many new facts pushed them out, without counting them as dropped."""
+    written = iter(["Marta Lindqvist flies on LH 2231 from Oslo. She likes tea.", ""])
+    stage = Summarizer(
+        keep_turns=2, checkpoint_every=2, max_summary_tokens=60, state_path=str(tmp_path)
+    )
+    stage._lm = object()  # an LM is loaded; what it writes comes from ``written``
+    monkeypatch.setattr(Summarizer, "_abstractive", lambda self, summary, messages: next(written))
+    history = [
+        Message(role="user", content="I am Marta Lindqvist; my flight is LH 2231 from Oslo."),
+        Message(role="assistant", content="Nice to meet you, Marta. I will keep that in mind."),
+    ]
+    lockers = " ".join(f"My locker number is {4100 + i} at Gate {20 + i}." for i in range(3))
+    history += [
+        Message(role="user", content=lockers),
+        Message(role="assistant", content="Noted, thank you."),
+        Message(role="user", content="Thanks."),
+        Message(role="assistant", content="You are welcome."),
+    ]
+    first = stage.run(ctx(history[:4]), counter).report.counters
+    assert first["abstractive"] == 1
+    result = stage.run(ctx(history), counter)
+    assert result.report.counters["fallbacks"] == 1
+    summary = result.context.summary or ""
+    assert "LH 2231" in summary and "Marta Lindqvist" in summary
