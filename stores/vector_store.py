@@ -13,7 +13,11 @@ it names. The generation a save replaces is kept until the next save, and a
 reader that still finds a file gone (two saves while it loaded) re-reads the
 manifest and loads the newer generation. A long-lived reader (the proxy's
 retriever) calls ``refresh`` before it searches: one ``stat`` of the manifest,
-and a load only when another process saved since.
+and a load only when another process saved since. A save is told from the file
+the manifest is (device, inode, mtime and size), not from its generation
+number: a store deleted and built again, or a folder swapped for another,
+starts over at generation 1, and a reader that compared numbers kept serving
+the old store's chunks.
 
 Writers serialise on an ``flock`` of ``.lock`` in the folder, held across a
 read-modify-write: a save first reloads a generation another writer saved since
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +56,9 @@ __all__ = ["FORMAT_VERSION", "StoreHit", "StoreManifest", "VectorStore"]
 FORMAT_VERSION = 1
 COMPACT_DEAD_FRACTION = 0.25
 LOAD_ATTEMPTS = 5  # a reader retries when saves keep replacing the generation it read
+ManifestFile = tuple[int, int, int, int]
+"""Which manifest file a store loaded: device, inode, mtime (ns) and size. Every
+save replaces the file (a new inode), so this changes whenever anyone saves."""
 
 
 class StoreManifest(BaseModel):
@@ -97,16 +105,17 @@ class VectorStore:
         self.path = Path(path)
         self.embedder = embedder
         self.generation = 0
-        self._manifest_seen: tuple[int, int, int] | None = None
+        self._loaded_file: ManifestFile | None = None
+        """The manifest file whose generation is in memory (``None``: none was)."""
         self._unsaved: list[Callable[[], object]] = []
         for _ in range(LOAD_ATTEMPTS):
-            manifest = self.read_manifest(self.path)
-            if manifest is None:
+            found = self._read_manifest_file(self.path)
+            if found is None:
                 self.index = VectorIndex(dimension, kind=kind, hnsw_threshold=hnsw_threshold)
                 self.docstore = DocStore()
                 return
-            self._check_embedder(manifest, dimension)
-            if self._load(manifest):
+            self._check_embedder(found[0], dimension)
+            if self._load(*found):
                 return
         raise StoreError(
             f"the store at {self.path} changed {LOAD_ATTEMPTS} times while it was being "
@@ -139,12 +148,25 @@ class VectorStore:
     @staticmethod
     def read_manifest(path: Path) -> StoreManifest | None:
         """The manifest at ``path``, ``None`` when there is no store, ``StoreError`` if corrupt."""
+        found = VectorStore._read_manifest_file(path)
+        return None if found is None else found[0]
+
+    @staticmethod
+    def _read_manifest_file(path: Path) -> tuple[StoreManifest, ManifestFile] | None:
+        """``read_manifest``, and which file it read (taken from the open file, so the
+        two always agree even when a save replaces the manifest meanwhile)."""
         file = path / "manifest.json"
-        if not file.exists():
-            return None
         try:
-            manifest = StoreManifest.model_validate_json(file.read_bytes())
-        except (ValidationError, OSError) as exc:
+            with file.open("rb") as handle:
+                identity = _identity(os.fstat(handle.fileno()))
+                data = handle.read()
+        except (FileNotFoundError, NotADirectoryError):  # no store (``path`` may be a file)
+            return None
+        except OSError as exc:
+            raise StoreError(f"{file} is not a readable ctxproto store manifest") from exc
+        try:
+            manifest = StoreManifest.model_validate_json(data)
+        except ValidationError as exc:
             # the path, never the contents: a manifest may be a link to any file
             raise StoreError(f"{file} is not a readable ctxproto store manifest") from exc
         if manifest.format_version != FORMAT_VERSION:
@@ -152,7 +174,7 @@ class VectorStore:
                 f"{file} has format version {manifest.format_version}; "
                 f"this ctxproto reads version {FORMAT_VERSION}"
             )
-        return manifest
+        return manifest, identity
 
     def refresh(self) -> bool:
         """Load the generation another process saved since this one loaded; ``True`` if so.
@@ -160,27 +182,25 @@ class VectorStore:
         Without it a reader kept serving the documents it opened with until it was
         restarted, deleted ones included. Costs one ``stat`` when nothing changed.
         A store with unsaved changes of its own is left alone: ``save`` rebases
-        them onto the newer generation.
+        them onto the newer generation. A store whose manifest is gone (deleted
+        for a rebuild) keeps serving what it loaded until a new one is saved.
         """
         if self._unsaved:
             return False
         try:
-            stat = (self.path / "manifest.json").stat()
+            current = _identity((self.path / "manifest.json").stat())
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise StoreError(f"the store at {self.path} is unreadable: {exc.strerror}") from exc
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if seen == self._manifest_seen:
+        if current == self._loaded_file:
             return False
         for _ in range(LOAD_ATTEMPTS):
-            manifest = self.read_manifest(self.path)
-            if manifest is None or manifest.generation == self.generation:
-                self._manifest_seen = seen
+            found = self._read_manifest_file(self.path)
+            if found is None or found[1] == self._loaded_file:
                 return False
-            self._check_embedder(manifest)
-            if self._load(manifest):
-                self._manifest_seen = seen
+            self._check_embedder(found[0])
+            if self._load(*found):
                 return True
         raise StoreError(
             f"the store at {self.path} changed {LOAD_ATTEMPTS} times while it was being "
@@ -317,6 +337,7 @@ class VectorStore:
             )
             atomic_write_text(self.path / "manifest.json", manifest.model_dump_json(indent=2))
             self.generation = generation
+            self._loaded_file = _identity((self.path / "manifest.json").stat())  # under the lock
             self._unsaved.clear()
             self._drop_generations_except(generation, previous)
 
@@ -325,20 +346,23 @@ class VectorStore:
 
         Two writers that opened the same generation would otherwise each save
         their own changes over it, and the second save would silently drop the
-        first one's documents. Called under the writer lock, so the reload,
-        the replay and the save are one read-modify-write.
+        first one's documents; a store built again from scratch meanwhile (at a
+        generation number this one may hold too) would be overwritten by the
+        deleted one. Called under the writer lock, so the reload, the replay and
+        the save are one read-modify-write.
         """
-        manifest = self.read_manifest(self.path)
-        if manifest is None or manifest.generation == self.generation:
+        found = self._read_manifest_file(self.path)
+        if found is None or found[1] == self._loaded_file:
             return
-        self._check_embedder(manifest)
-        if not self._load(manifest):
+        self._check_embedder(found[0])
+        if not self._load(*found):
             raise StoreError(f"the store at {self.path} changed while its writer lock was held")
         for change in self._unsaved:
             change()
 
-    def _load(self, manifest: StoreManifest) -> bool:
-        """Load the generation ``manifest`` names; ``False`` when a newer save removed it."""
+    def _load(self, manifest: StoreManifest, manifest_file: ManifestFile) -> bool:
+        """Load the generation ``manifest`` (read from ``manifest_file``) names; ``False``
+        when a newer save removed it."""
         files = self._files(manifest.generation)
         try:
             vectors = np.load(files["vectors"], allow_pickle=False)
@@ -376,6 +400,7 @@ class VectorStore:
         )
         self.docstore = docstore
         self.generation = manifest.generation
+        self._loaded_file = manifest_file
         return True
 
     def _files(self, generation: int) -> dict[str, Path]:
@@ -414,6 +439,10 @@ class VectorStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _identity(stat: os.stat_result) -> ManifestFile:
+    return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def _npy(array: npt.NDArray[np.generic]) -> bytes:

@@ -4,6 +4,7 @@ index kinds, crash safety and generations of the FAISS folder."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -404,3 +405,25 @@ def test_a_store_error_names_files_but_never_quotes_them(tmp_path: Path, part: s
         _store(tmp_path / "store")
     assert "SECRET" not in str(raised.value)
     assert str(tmp_path / "store") in str(raised.value)
+
+
+def test_a_store_built_again_from_scratch_is_seen_by_readers_and_kept_by_writers(
+    tmp_path: Path,
+) -> None:
+    """A rebuild starts over at generation 1, which the running reader and writer also
+    hold: they must tell the new store from the one they loaded all the same."""
+    folder = tmp_path / "kb"
+    first = _store(folder)
+    first.add("old", [Document(id="old#0", text="old")], _vectors(1, seed=1))
+    first.save()
+    reader, writer = _store(folder), _store(folder)
+    shutil.rmtree(folder)
+    rebuilt = _store(folder)
+    rebuilt.add("new", [Document(id="new#0", text="new")], _vectors(1, seed=2))
+    rebuilt.save()
+    assert rebuilt.generation == reader.generation == 1
+    assert reader.refresh()
+    assert [h.document.id for h in reader.search(_vectors(1, seed=1)[0], 5)] == ["new#0"]
+    writer.add("mine", [Document(id="mine#0", text="mine")], _vectors(1, seed=3))
+    writer.save()
+    assert sorted(_store(folder).docstore.slots_by_doc) == ["mine", "new"]
