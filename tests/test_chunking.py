@@ -52,6 +52,24 @@ def test_an_overlong_sentence_is_cut_by_tokens(counter: Any) -> None:
     assert len(chunks) >= 6 and all(counter.count(c.text) <= 50 for c in chunks)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ภาษาไทยเป็นภาษาที่มีระดับเสียงของคำแน่นอนหรือวรรณยุกต์เช่นเดียวกับภาษาจีน " * 12,
+        "हिन्दी विश्व की एक प्रमुख भाषा है एवं भारत की राजभाषा है " * 12,
+        "한국어는 대한민국과 조선민주주의인민공화국의 공용어이다 " * 12,
+        "😀🎉👍" * 40,
+    ],
+    ids=["thai", "hindi", "korean", "emoji"],
+)
+def test_an_overlong_sentence_is_never_cut_inside_a_character(counter: Any, text: str) -> None:
+    """Several tokens make one character here: a cut between them lost it to U+FFFD."""
+    chunks = chunk_text(text, counter, max_tokens=17, overlap_tokens=0)
+    assert len(chunks) > 4 and all(counter.count(c.text) <= 17 for c in chunks)
+    assert not any("\ufffd" in c.text for c in chunks)
+    assert "".join(c.text for c in chunks).replace(" ", "") == text.replace(" ", "")
+
+
 def test_documents_get_ids_source_and_metadata(counter: Any) -> None:
     doc = Document(id="guide.md", text=MARKDOWN, metadata={"lang": "en"})
     chunks = chunk_document(doc, counter, max_tokens=20, overlap_tokens=4)

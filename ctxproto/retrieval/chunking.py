@@ -22,6 +22,10 @@ __all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text"]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_CUT_BACKTRACK = 8
+"""Tokens a cut inside an over-long sentence may move back to land between two
+characters: UTF-8 takes at most 4 bytes a character, and BPE merges may straddle
+one boundary more."""
 
 
 @dataclass(frozen=True)
@@ -134,15 +138,43 @@ def _sentences(
         sentence = raw.strip()
         if not sentence:
             continue
-        ids = counter.encode(sentence)
-        for start in range(0, len(ids), max_tokens):
-            piece = (
-                counter.decode(ids[start : start + max_tokens])
-                if len(ids) > max_tokens
-                else sentence
-            )
-            units.append(_Unit(piece, min(len(ids) - start, max_tokens), headings, not units))
+        for piece, tokens in _token_windows(sentence, counter, max_tokens):
+            units.append(_Unit(piece, tokens, headings, not units))
     return units
+
+
+def _token_windows(sentence: str, counter: TokenCounter, max_tokens: int) -> list[tuple[str, int]]:
+    """``sentence`` in pieces of at most ``max_tokens`` tokens, with their token counts.
+
+    A byte-level tokenizer spends several tokens on one character of Thai,
+    Devanagari, Hangul, rarer CJK or an emoji, and a window cut between them
+    decodes to U+FFFD on both sides: the character is lost from both chunks.
+    Each cut is therefore moved back, by at most ``_CUT_BACKTRACK``
+    tokens, to the first one after which the window decodes to the sentence's
+    own text. A counter whose decoding does not give the text back (one that
+    normalizes it) keeps the plain cuts.
+    """
+    ids = counter.encode(sentence)
+    if len(ids) <= max_tokens:
+        return [(sentence, len(ids))]
+    pieces: list[tuple[str, int]] = []
+    start = 0
+    position: int | None = 0  # where the next piece starts in ``sentence``, while known
+    while start < len(ids):
+        end = min(start + max_tokens, len(ids))
+        piece = counter.decode(ids[start:end])
+        if position is not None:
+            for cut in range(end, max(start, end - _CUT_BACKTRACK), -1):
+                decoded = piece if cut == end else counter.decode(ids[start:cut])
+                if sentence.startswith(decoded, position):
+                    end, piece = cut, decoded
+                    position += len(decoded)
+                    break
+            else:
+                position = None
+        pieces.append((piece, end - start))
+        start = end
+    return pieces
 
 
 def _overlap(units: list[_Unit], overlap_tokens: int, room: int) -> list[_Unit]:
