@@ -9,10 +9,15 @@ Symbolic links never take the reader out of the folder unless asked: a link
 into a store that others query. A link whose target lies outside the folder,
 a broken link and a link to a folder (never descended into) are skipped and
 reported; ``follow_symlinks=True`` reads linked files wherever they point.
+
+A UTF-8 byte order mark (Notepad and many Windows tools write one) is dropped:
+kept, it hid the first markdown heading of a file (``\ufeff# Title`` is no
+heading) and made the first line of a JSONL file invalid JSON.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,6 +48,8 @@ def read_documents(
     elif source.is_file():
         with source.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
+                if number == 1:
+                    line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield _jsonl_document(line, source, number)
     else:
@@ -72,7 +79,7 @@ def _folder_files(
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise StoreError(f"'{path}' is not UTF-8 text (binary?): {exc.reason}") from exc
     except OSError as exc:
