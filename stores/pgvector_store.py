@@ -565,7 +565,9 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     """``filters`` as JSONB containment, which keeps types apart as the FAISS filter does.
 
     ``{"k": "1"}`` and ``{"k": 1}`` are different documents to ``@>``; a ``None``
-    value also matches chunks without the key, as ``dict.get`` does.
+    value also matches chunks without the key, as ``dict.get`` does. An empty
+    list of values matches nothing (an empty ``OR`` was a syntax error, which
+    rolled back a writer's unsaved changes).
     """
     jsonb = require("psycopg.types.json", extra="postgres").Jsonb
     clauses: list[str] = []
@@ -578,5 +580,5 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
             if value is None:
                 alternatives.append("NOT metadata ? %s")
                 parameters.append(name)
-        clauses.append("(" + " OR ".join(alternatives) + ")")
+        clauses.append("(" + (" OR ".join(alternatives) or "FALSE") + ")")
     return " AND ".join(clauses) or "TRUE", parameters

@@ -99,6 +99,16 @@ def test_filters_that_print_alike_do_not_share_results(open_store: Opener) -> No
     assert store.search(vectors[0], 5, filters={"tenant": 1}) == []
 
 
+def test_an_empty_list_of_allowed_values_matches_nothing(open_store: Opener) -> None:
+    """A user in no team asks with ``{"team": []}``: no chunk, on either store, and a
+    writer's unsaved documents stay (a failed search rolled them back on PostgreSQL)."""
+    store = open_store()
+    vectors = _fill(store, 4)
+    assert store.search(vectors[0], 5, filters={"lang": []}) == []
+    assert store.search(vectors[0], 5, filters={"lang": "en", "other": set()}) == []
+    assert store.count == 4
+
+
 @pytest.mark.parametrize("value", [{"nested": "dict"}, object(), [["acme"]], b"acme"])
 def test_a_filter_value_of_an_unsupported_type_is_a_config_error(
     open_store: Opener, value: object
