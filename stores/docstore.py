@@ -107,7 +107,9 @@ class DocStore:
             mask = np.fromiter(
                 (
                     record is not None
-                    and all(record.metadata.get(k) in values for k, values in wanted.items())
+                    and all(
+                        _matches(record.metadata.get(k), values) for k, values in wanted.items()
+                    )
                     for record in self.records
                 ),
                 dtype=bool,
@@ -143,6 +145,19 @@ class DocStore:
             # the line number, never the contents: a store file may be a link to any file
             raise StoreError(f"the docstore is corrupt at line {number}") from exc
         return store
+
+
+def _matches(value: Any, allowed: Sequence[Any]) -> bool:
+    """Whether a chunk's metadata ``value`` is one of the ``allowed`` filter values.
+
+    A boolean equals only a boolean: with Python's ``True == 1`` a filter
+    ``{"public": True}`` also returned chunks marked ``"public": 1``, which the
+    PostgreSQL store (JSON ``true`` is not ``1``) does not. Numbers compare by
+    value (``1`` matches ``1.0``) on both.
+    """
+    return any(
+        value == item and isinstance(value, bool) == isinstance(item, bool) for item in allowed
+    )
 
 
 def filter_key(filters: MetadataFilter) -> FilterKey:

@@ -99,6 +99,24 @@ def test_filters_that_print_alike_do_not_share_results(open_store: Opener) -> No
     assert store.search(vectors[0], 5, filters={"tenant": 1}) == []
 
 
+def test_a_boolean_filter_never_matches_a_number_nor_a_number_a_boolean(
+    open_store: Opener,
+) -> None:
+    """Python's ``True == 1`` made the folder store answer what PostgreSQL does not."""
+    store = open_store()
+    vectors = _vectors(3)
+    for n, value in enumerate([True, 1, 1.0]):
+        chunk = Document(id=f"d{n}#0", text="x", metadata={"public": value})
+        store.add(f"d{n}", [chunk], vectors[n : n + 1])
+
+    def found(value: object) -> list[str]:
+        return sorted(h.document.id for h in store.search(vectors[0], 5, filters={"public": value}))
+
+    assert found(True) == ["d0#0"]
+    assert found(1) == found(1.0) == ["d1#0", "d2#0"]
+    assert found([False, 0]) == []
+
+
 def test_an_empty_list_of_allowed_values_matches_nothing(open_store: Opener) -> None:
     """A user in no team asks with ``{"team": []}``: no chunk, on either store, and a
     writer's unsaved documents stay (a failed search rolled them back on PostgreSQL)."""
