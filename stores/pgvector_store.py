@@ -237,6 +237,10 @@ class PgVectorStore:
             if k > HNSW_EF_SEARCH:  # the session default (see _open_pool) would cap k
                 conn.execute(f"SET LOCAL hnsw.ef_search = {min(k, 1000)}")
             rows = conn.execute(sql, (query, *parameters, query, k), binary=True).fetchall()
+        # Equal scores oldest row first, as in the folder store. The table returns them
+        # in physical order, where VACUUM puts a new row in a deleted one's space; an
+        # ``ORDER BY ..., id`` would keep the HNSW index from serving the query.
+        rows.sort(key=lambda row: (-row[7], row[0]))
         if len(self._vectors) > _VECTOR_CACHE_LIMIT:
             self._vectors.clear()
         hits = []

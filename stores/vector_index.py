@@ -151,7 +151,13 @@ class VectorIndex:
     def search(
         self, query: Vectors, k: int, *, allowed: npt.NDArray[np.bool_] | None = None
     ) -> SearchHits:
-        """The ``k`` best live slots for ``query`` (one vector), optionally within ``allowed``."""
+        """The ``k`` best live slots for ``query`` (one vector), optionally within ``allowed``.
+
+        Equal scores come lowest slot (oldest vector) first, whichever search ran:
+        FAISS's flat search returned them newest first and the exact search
+        oldest first, so a duplicated chunk's document flipped once anything was
+        deleted, and differed from the PostgreSQL store's.
+        """
         query = self._checked(query.reshape(1, -1))
         mask = self.alive if allowed is None else (self.alive & allowed)
         live = int(mask.sum())
@@ -168,7 +174,7 @@ class VectorIndex:
             params = self._search_parameters(selector, live, k)
             scores, slots = self._index.search(query, k, params=params)
         found = slots[0] >= 0
-        return SearchHits(scores[0][found], slots[0][found].astype(np.int64))
+        return _best_first(scores[0][found], slots[0][found].astype(np.int64))
 
     def to_bytes(self) -> bytes:
         """The FAISS index serialized by FAISS itself (no pickle); ``StoreError`` when it
@@ -263,8 +269,7 @@ class VectorIndex:
         allowed = np.flatnonzero(mask)
         scores = self.vectors[allowed] @ query
         best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return SearchHits(scores[best], allowed[best].astype(np.int64))
+        return _best_first(scores[best], allowed[best].astype(np.int64))
 
     def _search_parameters(self, selector: Any, live: int, k: int) -> Any:
         faiss = self.faiss
@@ -292,6 +297,12 @@ class VectorIndex:
                 self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
             scores, slots = self._gpu_index.search(query, k)
             return scores, slots
+
+
+def _best_first(scores: npt.NDArray[np.float32], slots: Slots) -> SearchHits:
+    """Hits by descending score, equal scores by ascending slot."""
+    order = np.lexsort((slots, -scores))
+    return SearchHits(scores[order], slots[order])
 
 
 @functools.cache

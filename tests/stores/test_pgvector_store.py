@@ -328,3 +328,22 @@ def test_vectors_of_a_stored_chunk_survive_a_search_clearing_the_cache(
                 assert np.array_equal(both[0], stored)
         finally:
             searcher.join()
+
+
+def test_equal_scores_come_back_oldest_first_after_vacuum_reuses_the_space(
+    store: PgVectorStore, pg_url: str
+) -> None:
+    """Ties came back in the table's physical order, and VACUUM puts a newer row in the
+    space of a deleted one: the newest duplicate came first, unlike the folder store."""
+    psycopg = pytest.importorskip("psycopg")
+    vector = _vectors(1)
+    for n in range(4):
+        store.add(f"d{n}", [Document(id=f"d{n}#0", text="footer " * 200)], vector)
+    store.save()
+    store.delete(["d0"])
+    store.save()
+    with psycopg.connect(pg_url.partition("?")[0], autocommit=True) as admin:
+        admin.execute(f"VACUUM {store.table}")
+    store.add("d4", [Document(id="d4#0", text="footer " * 200)], vector)
+    store.save()
+    assert [h.document.id for h in store.search(vector[0], 10)] == ["d1#0", "d2#0", "d3#0", "d4#0"]

@@ -117,6 +117,24 @@ def test_a_boolean_filter_never_matches_a_number_nor_a_number_a_boolean(
     assert found([False, 0]) == []
 
 
+def test_equal_scores_come_back_oldest_first_on_both_stores(open_store: Opener) -> None:
+    """The same chunk in several documents (a footer, a copied answer) ties: which one
+    is shown must not depend on the store, nor on whether anything was ever deleted."""
+    store = open_store()
+    vector = _vectors(1)
+    for n in range(5):
+        chunk = Document(id=f"d{n}#0", text="footer", metadata={"odd": n % 2 == 1})
+        store.add(f"d{n}", [chunk], vector)
+
+    def ids(**kwargs: object) -> list[str]:
+        return [h.document.id for h in store.search(vector[0], 10, **kwargs)]  # type: ignore[arg-type]
+
+    assert ids() == ["d0#0", "d1#0", "d2#0", "d3#0", "d4#0"]
+    assert ids(filters={"odd": False}) == ["d0#0", "d2#0", "d4#0"]
+    store.delete(["d1"])
+    assert ids() == ["d0#0", "d2#0", "d3#0", "d4#0"]
+
+
 def test_an_empty_list_of_allowed_values_matches_nothing(open_store: Opener) -> None:
     """A user in no team asks with ``{"team": []}``: no chunk, on either store, and a
     writer's unsaved documents stay (a failed search rolled them back on PostgreSQL)."""
