@@ -117,11 +117,17 @@ class KnowledgeBase:
         ranked by ``relative_score_fusion`` of their cosine and BM25 scores, and
         each returned chunk's ``score`` is that fused score. ``min_score`` is a
         cosine floor either way.
+
+        The sizes and weights are checked as the ``retriever`` stage checks its
+        parameters: unchecked, ``k=-1`` returned all candidates but one and a
+        ``diversity`` above 1 ranked the least relevant chunks first.
         """
-        if not 0.0 <= lexical_weight <= 1.0:
-            raise ConfigError(
-                f"must be between 0 and 1, got {lexical_weight}", key="lexical_weight"
-            )
+        for key, size in (("k", k), ("fetch_k", fetch_k)):
+            if size < 1:
+                raise ConfigError(f"must be at least 1, got {size}", key=key)
+        for key, weight in (("diversity", diversity), ("lexical_weight", lexical_weight)):
+            if not 0.0 <= weight <= 1.0:
+                raise ConfigError(f"must be between 0 and 1, got {weight}", key=key)
         vector = self.embedder.embed_one(text)
         with self._searching:
             self.store.refresh()  # a re-index by another process is searched at once

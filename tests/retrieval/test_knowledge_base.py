@@ -1,0 +1,37 @@
+"""``KnowledgeBase`` from Python, on a folder store and the real embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.documents import Document
+from ctxproto.errors import ConfigError
+from ctxproto.retrieval import KnowledgeBase
+
+
+@pytest.mark.parametrize(
+    ("arguments", "key"),
+    [
+        ({"k": 0}, "k"),
+        ({"k": -1, "diversity": 0.0}, "k"),
+        ({"fetch_k": 0}, "fetch_k"),
+        ({"diversity": 1.5}, "diversity"),
+        ({"diversity": -0.1}, "diversity"),
+        ({"lexical_weight": 2.0}, "lexical_weight"),
+    ],
+)
+def test_sizes_and_weights_out_of_range_are_config_errors_naming_the_key(
+    tmp_path: Path, embedder: Any, arguments: dict[str, Any], key: str
+) -> None:
+    """As the ``retriever`` stage refuses them: ``k=-1`` returned every candidate but
+    one, and ``diversity=1.5`` the least relevant chunks first."""
+    knowledge_base = KnowledgeBase(tmp_path / "kb", embedder=embedder)
+    knowledge_base.add_documents(
+        [Document(id=f"d{n}", text=f"Fact number {n} is about topic {n}.") for n in range(6)]
+    )
+    with pytest.raises(ConfigError) as info:
+        knowledge_base.query("Which fact is about topic 3?", **arguments)
+    assert info.value.key == key
