@@ -204,6 +204,14 @@ class PgVectorStore:
         with self._writing() as conn:
             return self._delete_locked(conn, doc_ids)
 
+    def document_ids(self) -> list[str]:
+        """The ids of the documents in the store, sorted, unsaved changes included."""
+        with self._reading() as conn:
+            if not self._table_exists(conn):
+                return []
+            rows = conn.execute(f"SELECT DISTINCT doc_id FROM {self.table}").fetchall()
+        return sorted(str(row[0]) for row in rows)
+
     def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
         removed = 0
         for doc_id in sorted(set(doc_ids)):  # one order for every writer: no lock cycles

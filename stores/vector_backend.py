@@ -49,6 +49,10 @@ class VectorBackend(Protocol):
 
     def delete(self, doc_ids: Sequence[str]) -> int: ...
 
+    def document_ids(self) -> list[str]:
+        """The ids of the documents in the store, sorted, unsaved changes included."""
+        ...
+
     def search(
         self,
         vector: npt.NDArray[np.float32],

@@ -237,6 +237,10 @@ class VectorStore:
         self._unsaved.append(partial(self._delete, list(doc_ids)))
         return removed
 
+    def document_ids(self) -> list[str]:
+        """The ids of the documents in the store, sorted, unsaved changes included."""
+        return sorted(self.docstore.slots_by_doc)
+
     def _add(
         self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
     ) -> None:

@@ -12,7 +12,8 @@ same time all keep their documents (the store's writers serialise). A
 is shown without its password.
 
 Links that lead out of the source folder are skipped and listed unless
-``--follow-symlinks`` is given.
+``--follow-symlinks`` is given. ``--prune`` deletes the stored documents the
+source no longer holds (a file removed from the folder), in the same save.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def register(subparsers: Any) -> None:
         "--follow-symlinks",
         action="store_true",
         help="read linked files that point outside the source folder (skipped by default)",
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete stored documents the source no longer holds (a store of this source alone)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
     parser.set_defaults(handler=handle)
@@ -139,6 +145,7 @@ def handle(args: argparse.Namespace) -> int:
         chunks = knowledge_base.add_documents(
             documents, on_progress=lambda n: progress.advance(task, n)
         )
+    pruned = knowledge_base.prune({d.id for d in documents}) if args.prune else []
     knowledge_base.save()
     seconds = time.perf_counter() - start
     shown = redact_url(args.store)
@@ -152,6 +159,7 @@ def handle(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
         "skipped_links": skipped_links,
+        "pruned": pruned,
     }
     if args.json:
         print(json.dumps(summary))
@@ -159,6 +167,8 @@ def handle(args: argparse.Namespace) -> int:
         console = Console()  # one line each, so none wraps mid-figure at 80 columns
         console.print(f"indexed {len(documents)} documents ({chunks} chunks) in {seconds:.1f} s")
         console.print(f"into {escape(shown)}")
+        if pruned:
+            console.print(f"deleted {len(pruned)} documents the source no longer holds")
         console.print(
             f"the store holds {summary['store_documents']} documents, "
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"

@@ -10,7 +10,7 @@ every replica shares (``ctxproto.stores.vector_backend``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +91,17 @@ class KnowledgeBase:
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents by id; returns the chunks removed."""
         return self.store.delete(doc_ids)
+
+    def prune(self, keep: Collection[str]) -> list[str]:
+        """Delete every document whose id is not in ``keep``; returns the ids deleted.
+
+        Re-indexing a source only adds and replaces, so a file deleted from the
+        source folder kept being retrieved; pruning to the ids the source still
+        holds makes the store mirror it (at ``save``, with the new documents).
+        """
+        stale = [doc_id for doc_id in self.store.document_ids() if doc_id not in keep]
+        self.store.delete(stale)
+        return stale
 
     def save(self) -> None:
         self.store.save()

@@ -143,3 +143,26 @@ def test_a_pipeline_naming_a_postgresql_store_that_was_never_built_is_a_config_e
     with pytest.raises(ConfigError, match="no store at postgresql://postgres:\\*\\*\\*@") as info:
         pipeline.run(Context(query=Message(role="user", content="anything")))
     assert "pw-not-shown" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "pgvector"])
+def test_prune_deletes_what_the_source_no_longer_holds(
+    tmp_path: Path, request: pytest.FixtureRequest, capsys: Any, embedder: Any, backend: str
+) -> None:
+    """A file deleted from the folder kept being retrieved after every re-index."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store") if backend == "faiss" else request.getfixturevalue("pg_url")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    (folder / "volcanoes.md").unlink()
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["store_documents"] == 2 and summary["pruned"] == []
+    assert main(["index", str(folder), "--store", store, "--prune", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["store_documents"] == 1 and summary["pruned"] == ["volcanoes.md"]
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        found = knowledge_base.query("Tell me about volcanoes", k=5)
+        assert [d.metadata["doc_id"] for d in found] == ["apples.md"]
+    finally:
+        knowledge_base.close()
