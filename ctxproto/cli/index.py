@@ -13,7 +13,9 @@ is shown without its password.
 
 Links that lead out of the source folder are skipped and listed unless
 ``--follow-symlinks`` is given. ``--prune`` deletes the stored documents the
-source no longer holds (a file removed from the folder), in the same save.
+source no longer holds (a file removed from the folder), in the same save. An
+empty file (or JSONL text) is skipped and listed, and its document, if stored,
+is deleted: a file being emptied must not stop every other file from indexing.
 """
 
 from __future__ import annotations
@@ -118,6 +120,14 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no documents found", file=args.source, expected="a .txt/.md file or JSONL"
         )
+    # An empty file is a document with nothing to retrieve, not a broken input: it is
+    # skipped, and what it held before is deleted, as a document replaced by nothing.
+    emptied = [d.id for d in documents if not d.text.strip()]
+    documents = [d for d in documents if d.text.strip()]
+    for doc_id in emptied:
+        console.print(
+            f"skipped {doc_id}: it holds no text (what it held before is deleted)", markup=False
+        )
     if not on_server:
         try:
             VectorStore.ensure_writable(Path(args.store))
@@ -145,6 +155,7 @@ def handle(args: argparse.Namespace) -> int:
         chunks = knowledge_base.add_documents(
             documents, on_progress=lambda n: progress.advance(task, n)
         )
+    knowledge_base.delete(emptied)
     pruned = knowledge_base.prune({d.id for d in documents}) if args.prune else []
     knowledge_base.save()
     seconds = time.perf_counter() - start
@@ -159,6 +170,7 @@ def handle(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
         "skipped_links": skipped_links,
+        "skipped_empty": emptied,
         "pruned": pruned,
     }
     if args.json:

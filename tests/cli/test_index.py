@@ -166,3 +166,27 @@ def test_prune_deletes_what_the_source_no_longer_holds(
         assert [d.metadata["doc_id"] for d in found] == ["apples.md"]
     finally:
         knowledge_base.close()
+
+
+def test_an_emptied_file_is_skipped_and_its_old_chunks_deleted(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """One empty file (a placeholder, a file being rewritten) stopped every file indexing."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    (folder / "volcanoes.md").write_text("  \n")
+    (folder / "comets.md").write_text("# comets\n\nNotes about comets and nothing else.")
+    capsys.readouterr()
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["skipped_empty"] == ["volcanoes.md"] and summary["documents"] == 2
+    assert summary["store_documents"] == 2  # apples and comets
+    assert "skipped volcanoes.md" in captured.err
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        found = {d.metadata["doc_id"] for d in knowledge_base.query("volcanoes", k=5)}
+        assert found == {"apples.md", "comets.md"}
+    finally:
+        knowledge_base.close()
