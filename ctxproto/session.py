@@ -276,6 +276,8 @@ class ChatSession:
     # -- internals ----------------------------------------------------------
 
     def _context(self, question: str, documents: list[Document] | None) -> Context:
+        if not question.strip():  # a model answers anything, and the history would keep it
+            raise ConfigError("must hold text; an empty question is no turn", key="question")
         return Context(
             system_prompt=self.system_prompt,
             history=list(self.history),

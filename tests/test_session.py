@@ -505,3 +505,14 @@ def test_backend_section_picks_the_eviction_order(lm):
         config = BackendConfig.model_validate({"eviction": eviction})
         with build_backend(config) as backend:
             assert backend.engine.cache.eviction == eviction  # type: ignore[attr-defined]
+
+
+def test_an_empty_question_is_refused_and_no_turn_is_kept():
+    backend = ScriptedBackend(["An answer to nothing."])
+    session = ChatSession(Pipeline([RecencyWindow(max_turns=4)]), backend, system_prompt=SYSTEM)
+    for question in ("", "  \n"):
+        with pytest.raises(ConfigError, match="question"):
+            session.ask(question)
+        with pytest.raises(ConfigError, match="question"):
+            "".join(session.stream(question))
+    assert backend.calls == 0 and session.history == []
