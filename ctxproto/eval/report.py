@@ -17,7 +17,15 @@ from ctxproto.eval.aggregate import aggregate, grid
 from ctxproto.eval.runner import BASELINE
 from ctxproto.stores.atomic import atomic_write_text
 
-__all__ = ["EvalReport"]
+__all__ = ["REPORT_FILES", "EvalReport"]
+
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "quality_vs_compression.png",
+    "retention_heatmap.png",
+)
+"""Every file ``EvalReport.write`` may write: what a rerun into the folder replaces."""
 
 Row = dict[str, Any]
 
@@ -76,21 +84,31 @@ class EvalReport:
         }
 
     def write(self, folder: Path) -> list[Path]:
-        """Write report.json, report.md and the plots; the paths written."""
+        """Write report.json, report.md and the plots; the paths written.
+
+        The files of an earlier run in ``folder`` are removed first, and
+        report.json, the record the other files are drawn from, is written last.
+        A plot this run does not draw (the heatmap of a needle run, rerun on a
+        JSONL file) is thus never left behind to pass for this run's, and a run
+        stopped while writing leaves no report.json rather than a new one next to
+        an older run's report.md and plots.
+        """
         from ctxproto.eval.plots import plot_quality_vs_compression, plot_retention_heatmap
 
         folder.mkdir(parents=True, exist_ok=True)
-        written = [folder / "report.json", folder / "report.md"]
-        atomic_write_text(
-            written[0],
-            json.dumps({**self.summary(), "items": self.rows}, indent=2, ensure_ascii=False),
-        )
+        for name in REPORT_FILES:
+            (folder / name).unlink(missing_ok=True)
+        report_json, report_md = folder / "report.json", folder / "report.md"
         plots = [plot_quality_vs_compression(self, folder / "quality_vs_compression.png")]
         heatmap = plot_retention_heatmap(self, folder / "retention_heatmap.png")
         if heatmap is not None:
             plots.append(heatmap)
-        atomic_write_text(written[1], self.markdown([p.name for p in plots]))
-        return written + plots
+        atomic_write_text(report_md, self.markdown([p.name for p in plots]))
+        atomic_write_text(
+            report_json,
+            json.dumps({**self.summary(), "items": self.rows}, indent=2, ensure_ascii=False),
+        )
+        return [report_json, report_md, *plots]
 
     def cells(self, keys: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
         """Column titles and each system's cells for ``keys``, formatted as in report.md."""

@@ -1,0 +1,62 @@
+"""The report folder: what a rerun replaces, and what a run stopped while writing leaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.eval import BASELINE, EvalReport
+
+Row = dict[str, Any]
+
+
+def row(system: str, item: str, **extra: Any) -> Row:
+    return {
+        "item_id": item,
+        "system": system,
+        "original_tokens": 100,
+        "prompt_tokens": 50 if system != BASELINE else 100,
+        "compression_ratio": 2.0 if system != BASELINE else 1.0,
+        "ms": 1.5,
+        "answer_retained": 1.0,
+        **extra,
+    }
+
+
+def needle_report() -> EvalReport:
+    cells = {"depth_percent": 50, "context_length": 600}
+    rows = [row(BASELINE, "n-0", **cells), row("small", "n-0", **cells)]
+    return EvalReport(rows, dataset={"name": "needle"}, settings={"seed": 0})
+
+
+def jsonl_report() -> EvalReport:
+    rows = [row(BASELINE, "q1"), row("small", "q1")]
+    return EvalReport(rows, dataset={"name": "items.jsonl"}, settings={"seed": 0})
+
+
+def test_a_rerun_leaves_no_plot_of_the_earlier_run(tmp_path: Path) -> None:
+    assert (tmp_path / "retention_heatmap.png") in needle_report().write(tmp_path)
+    written = jsonl_report().write(tmp_path)
+    # The JSONL set has no depths: the needle run's heatmap must not stay next to it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+    assert not (tmp_path / "retention_heatmap.png").exists()
+    assert "retention_heatmap" not in (tmp_path / "report.md").read_text("utf-8")
+
+
+def test_a_run_stopped_while_writing_leaves_no_report_json_beside_older_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needle_report().write(tmp_path)
+
+    def interrupted(*_args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ctxproto.eval.plots.plot_retention_heatmap", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        jsonl_report().write(tmp_path)
+    # Not the earlier run's report.json or report.md, nor this run's json beside them.
+    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "report.md").exists()
+    assert not (tmp_path / "retention_heatmap.png").exists()
