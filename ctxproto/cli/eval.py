@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ def handle(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True, highlight=False)
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
+    _check_writable(args.out)
     overrides = {
         key: getattr(args, key)
         for key in ("context_lengths", "depths", "turns")
@@ -131,6 +133,28 @@ def handle(args: argparse.Namespace) -> int:
         _print_summary(Console(), report)
         err.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return 0
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and check that files can be written there, before any work.
+
+    The reports are written after the whole evaluation, so an ``--out`` that is a
+    file or a folder this user cannot write would otherwise end a long run in a
+    traceback, with every result lost.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"{folder} is not a folder", key="--out", expected="a folder for the reports"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the reports to {folder}: {exc.strerror}",
+            key="--out",
+            expected="a folder this user can write",
+        ) from None
 
 
 def _print_summary(console: Console, report: EvalReport) -> None:

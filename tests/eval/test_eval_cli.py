@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,23 @@ def test_bad_arguments_exit_2_with_one_line(
     )
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_an_out_that_cannot_hold_the_reports_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the evaluation ran although its reports could not be written")
+
+    # (The package re-exports the function under the module's name: patch the module.)
+    monkeypatch.setattr(importlib.import_module("ctxproto.eval.evaluate"), "evaluate", never)
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder", "utf-8")
+    for out, problem in ((taken, "is not a folder"), (taken / "sub", "Not a directory")):
+        code, _, err = run_eval(
+            capsys, str(pipeline), "--dataset", "needle", "--out", str(out), "--no-logprob"
+        )
+        assert code == 2, err
+        assert "--out" in err and problem in " ".join(err.split())
+        assert "Traceback" not in err
