@@ -126,6 +126,8 @@ def handle(args: argparse.Namespace) -> int:
     finally:
         if reader is not None:
             reader.close()
+    for line in report.failures():
+        err.print(line, style="yellow", markup=False, soft_wrap=True)
     written = report.write(args.out)
     if args.json:
         print(json.dumps(report.summary(), ensure_ascii=False))

@@ -83,6 +83,25 @@ class EvalReport:
             "pipelines": {k: v for k, v in aggregates.items() if k != BASELINE},
         }
 
+    def failures(self) -> list[str]:
+        """One line per system whose pipeline or reader failed on items, with the first error.
+
+        The tables show a failed item only as lost quality: a pipeline whose budget
+        is smaller than its system prompt read as 0 % retention, and a reader whose
+        server was down as an empty reader column, with no word of why.
+        """
+        lines = []
+        for system in self.systems:
+            rows = self.rows_of(system)
+            for key, what in (("error", "the pipeline"), ("reader_error", "the reader")):
+                failed = [row[key] for row in rows if key in row]
+                if failed:
+                    lines.append(
+                        f"{system}: {what} failed on {len(failed)} of {len(rows)} items "
+                        f"(first: {failed[0]})"
+                    )
+        return lines
+
     def write(self, folder: Path) -> list[Path]:
         """Write report.json, report.md and the plots; the paths written.
 
@@ -143,6 +162,9 @@ class EvalReport:
         ]
         for system in self.systems:
             lines += _grid_table(system, self.rows_of(system))
+        failures = self.failures()
+        if failures:
+            lines += ["", "## Failures", ""] + [f"- {line}" for line in failures]
         problems = self.dataset.get("problems") or []
         if problems:
             lines += ["", "## Dataset problems (skipped)", ""]

@@ -141,3 +141,20 @@ def test_an_out_that_cannot_hold_the_reports_is_refused_before_the_run(
         assert code == 2, err
         assert "--out" in err and problem in " ".join(err.split())
         assert "Traceback" not in err
+
+
+def test_a_pipeline_that_fails_its_items_says_so_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 20}, name="tiny")
+    out = tmp_path / "out"
+    code, summary, err = run_eval(
+        capsys, str(pipeline), "--dataset", "needle", "--context-lengths", "600",
+        "--depths", "0,50", "--out", str(out), "--no-logprob", "--json",
+    )  # fmt: skip
+    assert code == 0 and summary["pipelines"]["tiny"]["errors"] == 2
+    # Not only "0 % retained": the user is told the pipeline failed, and with what.
+    err = " ".join(err.split())
+    assert "tiny: the pipeline failed on 2 of 2 items (first: BudgetError:" in err
+    markdown = (out / "report.md").read_text("utf-8")
+    assert "## Failures" in markdown and "BudgetError" in markdown

@@ -60,3 +60,19 @@ def test_a_run_stopped_while_writing_leaves_no_report_json_beside_older_files(
     assert not (tmp_path / "report.json").exists()
     assert not (tmp_path / "report.md").exists()
     assert not (tmp_path / "retention_heatmap.png").exists()
+
+
+def test_failures_name_the_system_the_count_and_the_first_error() -> None:
+    down = "BackendUnavailableError: connection refused"
+    rows = [
+        row(BASELINE, "q1", reader_error=down),
+        row(BASELINE, "q2", reader_error=down),
+        row("small", "q1", reader_em=1.0),
+        {"item_id": "q2", "system": "small", "error": "BudgetError: too small"},
+    ]
+    report = EvalReport(rows, dataset={"name": "items.jsonl"}, settings={})
+    assert report.failures() == [
+        f"baseline: the reader failed on 2 of 2 items (first: {down})",
+        "small: the pipeline failed on 1 of 2 items (first: BudgetError: too small)",
+    ]
+    assert f"- baseline: the reader failed on 2 of 2 items (first: {down})" in report.markdown()
