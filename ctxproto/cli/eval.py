@@ -166,7 +166,7 @@ def _print_summary(console: Console, report: EvalReport) -> None:
 
     table = Table(title=f"ctxproto eval: {escape(str(report.dataset.get('name')))}")
     titles, rows = report.cells(TERMINAL_COLUMNS)
-    table.add_column("system")
+    table.add_column("system", overflow="fold")  # never cut: "name" and "name-2" must differ
     for title in titles:
         table.add_column(title, justify="right")
     for system, cells in rows.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,24 @@ def test_a_pipeline_that_fails_its_items_says_so_and_why(
     assert "tiny: the pipeline failed on 2 of 2 items (first: BudgetError:" in err
     markdown = (out / "report.md").read_text("utf-8")
     assert "## Failures" in markdown and "BudgetError" in markdown
+
+
+def test_the_terminal_table_keeps_whole_system_names_in_80_columns() -> None:
+    from rich.console import Console
+
+    from ctxproto.cli.eval import _print_summary
+    from ctxproto.eval import EvalReport
+
+    name = "recency-window-for-long-support-chats"
+    rows = [
+        {"item_id": "q1", "system": system, "original_tokens": 10, "prompt_tokens": 5,
+         "ms": 1.0, "answer_retained": 1.0}
+        for system in ("baseline", name, f"{name}-2")
+    ]  # fmt: skip
+    console = Console(width=80, file=io.StringIO())
+    _print_summary(console, EvalReport(rows, dataset={"name": "x"}, settings={}))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert max(len(line) for line in lines) <= 80
+    # The first column, read down: both names whole, never cut to the same "recency-…".
+    column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
+    assert column == f"baseline{name}{name}-2"
