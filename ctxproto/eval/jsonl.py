@@ -76,7 +76,9 @@ class JsonlDataset(Dataset):
         items: list[EvalItem] = []
         seen: set[str] = set()
         try:
-            with open(self.path, encoding="utf-8", errors="strict") as handle:
+            # utf-8-sig: a byte order mark (Windows editors, spreadsheet exports) would
+            # otherwise make the first line invalid JSON and drop its item.
+            with open(self.path, encoding="utf-8-sig", errors="strict") as handle:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue

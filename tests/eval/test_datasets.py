@@ -177,6 +177,24 @@ def test_jsonl_reports_bad_lines_by_number_and_keeps_the_good_ones(tmp_path: Pat
     assert [m.content for m in b.history] == ["It is 42."]
 
 
+def test_jsonl_saved_with_a_byte_order_mark_keeps_its_first_line(tmp_path: Path) -> None:
+    """Windows editors and spreadsheet exports start UTF-8 files with a BOM."""
+    items = [
+        {
+            "id": f"q{i}",
+            "question": "Who?",
+            "answers": ["Ann"],
+            "documents": [{"id": "d", "text": "Ann did."}],
+        }
+        for i in range(2)
+    ]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(item) for item in items) + "\n", "utf-8-sig")
+    dataset = JsonlDataset(path)
+    assert [item.id for item in dataset.items()] == ["q0", "q1"]
+    assert dataset.problems == []
+
+
 def test_jsonl_with_no_valid_item_and_missing_dataset_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("[1, 2]\n", "utf-8")
