@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,20 @@ from ctxproto.stores.atomic import atomic_write_bytes
 if TYPE_CHECKING:
     from ctxproto.eval.report import EvalReport
 
-__all__ = ["plot_quality_vs_compression", "plot_retention_heatmap"]
+__all__ = [
+    "heatmap_figure",
+    "plot_quality_vs_compression",
+    "plot_retention_heatmap",
+    "quality_figure",
+]
 
 _METRICS = (
     ("answer_retention", "answer retention", "o"),
     ("logprob_retention", "log-prob retention", "s"),
     ("reader_em", "reader EM", "^"),
 )
+_TITLE_CHARS = 28
+"""Characters of a heatmap panel's title per line."""
 
 
 def _figure(width: float, height: float) -> Any:
@@ -34,7 +42,9 @@ def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=110)
+    # Constrained layout makes room for the suptitle, the panel titles and the
+    # colorbar; with fixed margins they overprinted each other on small grids.
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -48,9 +58,20 @@ def _save(figure: Any, path: Path) -> Path:
 
 def plot_quality_vs_compression(report: EvalReport, path: Path) -> Path:
     """Each metric against compression ratio, one labelled point per system."""
+    return _save(quality_figure(report), path)
+
+
+def quality_figure(report: EvalReport) -> Any:
+    """The figure ``plot_quality_vs_compression`` saves.
+
+    Each system is named once, at its first point; systems whose points coincide
+    (a pipeline that changed nothing sits on the baseline) share one label, where
+    separate labels printed over each other into one illegible word.
+    """
     figure = _figure(7.0, 4.5)
     axes = figure.add_subplot()
     aggregates = report.aggregates()
+    labels: dict[tuple[float, float], list[str]] = {}
     labelled: set[str] = set()
     for index, (key, label, marker) in enumerate(_METRICS):
         points = [
@@ -74,7 +95,9 @@ def plot_quality_vs_compression(report: EvalReport, path: Path) -> Path:
         for ratio, value, system in points:
             if system not in labelled:
                 labelled.add(system)
-                axes.annotate(system, (ratio, value), textcoords="offset points", xytext=(8, 6))
+                labels.setdefault((ratio, value), []).append(system)
+    for (ratio, value), systems in labels.items():
+        axes.annotate(", ".join(systems), (ratio, value), textcoords="offset points", xytext=(8, 6))
     axes.set_xlabel("compression ratio (original / prompt tokens)")
     axes.set_ylabel("quality (share of items)")
     axes.set_ylim(-0.05, 1.1)
@@ -82,11 +105,17 @@ def plot_quality_vs_compression(report: EvalReport, path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
     axes.set_title(f"Quality vs compression: {report.dataset.get('name')}")
-    return _save(figure, path)
+    return figure
 
 
 def plot_retention_heatmap(report: EvalReport, path: Path) -> Path | None:
     """Answer retention by depth (rows) x context length (columns), a panel per system."""
+    figure = heatmap_figure(report)
+    return None if figure is None else _save(figure, path)
+
+
+def heatmap_figure(report: EvalReport) -> Any | None:
+    """The figure ``plot_retention_heatmap`` saves; ``None`` without needle-style rows."""
     grids = {system: grid(report.rows_of(system)) for system in report.systems}
     if not any(grids.values()):
         return None
@@ -101,7 +130,8 @@ def plot_retention_heatmap(report: EvalReport, path: Path) -> Path | None:
         axes.set_xticks(range(len(lengths)), [str(n) for n in lengths])
         axes.set_yticks(range(len(depths)), [f"{d}%" for d in depths] if axes is panels[0] else [])
         axes.set_xlabel("context length (tokens)")
-        axes.set_title(system)
+        # A panel is ~3 inches: a long name goes on several lines, not over its neighbour's.
+        axes.set_title(textwrap.fill(system, _TITLE_CHARS), fontsize=10)
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
                 if value == value:  # not NaN
@@ -109,4 +139,4 @@ def plot_retention_heatmap(report: EvalReport, path: Path) -> Path | None:
     panels[0].set_ylabel("needle depth")
     figure.colorbar(image, ax=list(panels), label="answer retention")
     figure.suptitle(f"Answer retention by depth x length: {report.dataset.get('name')}")
-    return _save(figure, path)
+    return figure

@@ -76,3 +76,33 @@ def test_failures_name_the_system_the_count_and_the_first_error() -> None:
         "small: the pipeline failed on 1 of 2 items (first: BudgetError: too small)",
     ]
     assert f"- baseline: the reader failed on 2 of 2 items (first: {down})" in report.markdown()
+
+
+def test_systems_on_the_same_point_share_one_label() -> None:
+    from ctxproto.eval.plots import quality_figure
+
+    unchanged = {"prompt_tokens": 100, "compression_ratio": 1.0}
+    rows = [row(BASELINE, "q1"), row("noop", "q1", **unchanged), row("small", "q1")]
+    report = EvalReport(rows, dataset={"name": "items.jsonl"}, settings={})
+    labels = sorted(text.get_text() for text in quality_figure(report).axes[0].texts)
+    # Two labels printed at one spot read as one illegible word.
+    assert labels == ["baseline, noop", "small"]
+
+
+def test_heatmap_titles_overlap_neither_each_other_nor_the_figure_title() -> None:
+    from ctxproto.eval.plots import heatmap_figure
+
+    long_name = "recency-window-for-long-support-chats"
+    cells = {"depth_percent": 50, "context_length": 600}
+    rows = [row(system, "n-0", **cells) for system in (BASELINE, long_name, f"{long_name}-2")]
+    figure = heatmap_figure(EvalReport(rows, dataset={"name": "needle"}, settings={}))
+    assert figure is not None
+    figure.canvas.draw()  # lays the figure out
+    renderer = figure.canvas.get_renderer()
+    boxes = [figure._suptitle.get_window_extent(renderer)] + [
+        axes.title.get_window_extent(renderer) for axes in figure.axes if axes.get_title()
+    ]
+    assert len(boxes) == 4
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1 :]:
+            assert not first.overlaps(second)
