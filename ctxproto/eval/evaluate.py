@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ctxproto.errors import DatasetError
 from ctxproto.eval.dataset import Dataset
 from ctxproto.eval.logprob import AnswerLogprobScorer
 from ctxproto.eval.readers import Reader
@@ -32,13 +33,17 @@ def evaluate(
     """Run ``dataset`` through the baseline and ``pipelines``; the report of every row.
 
     ``report.write(folder)`` writes report.json, report.md and the plots;
-    ``report.summary()`` is the aggregate mapping ``--json`` prints.
+    ``report.summary()`` is the aggregate mapping ``--json`` prints. A dataset
+    that yields no item is a ``DatasetError``.
     """
     evaluator = Evaluator(
         pipelines, scorer=scorer, reader=reader, logprob_tolerance=logprob_tolerance
     )
     evaluator.warm_up()
     items = list(dataset.items(limit))
+    if not items:
+        # Else an empty report: no row, so no system, not even the pipelines asked for.
+        raise DatasetError(f"dataset '{dataset.name}' has no item to evaluate")
     total = len(items) * len(evaluator.systems)
     done = 0
 

@@ -76,3 +76,19 @@ def test_aggregate_known_rows() -> None:
 def test_no_pipeline_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="at least one pipeline"):
         Evaluator([])
+
+
+def test_a_dataset_without_items_is_a_dataset_error_not_an_empty_report() -> None:
+    from collections.abc import Iterator
+
+    from ctxproto.errors import DatasetError
+    from ctxproto.eval import Dataset, EvalItem
+
+    class Empty(Dataset):
+        name = "empty"
+
+        def items(self, limit: int | None = None) -> Iterator[EvalItem]:
+            return iter(())
+
+    with pytest.raises(DatasetError, match="'empty' has no item"):
+        evaluate([Pipeline([], name="p")], Empty())
