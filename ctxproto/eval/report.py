@@ -153,12 +153,10 @@ class EvalReport:
         for system, values in aggregates.items():
             cells = [_cell(values.get(key), fmt) for key, _, fmt in _COLUMNS]
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
-        logprob_items = aggregates.get(BASELINE, {}).get("logprob_items", 0)
         lines += [
             "",
-            f"Items: {len(self.rows_of(BASELINE))}; log-probability scored on {logprob_items} "
-            "(prompts within the scoring limit). Compression ratio = total original tokens "
-            "/ total prompt tokens.",
+            f"Items: {len(self.rows_of(BASELINE))}; {self._logprob_note(aggregates)}. "
+            "Compression ratio = total original tokens / total prompt tokens.",
         ]
         for system in self.systems:
             lines += _grid_table(system, self.rows_of(system))
@@ -172,6 +170,18 @@ class EvalReport:
         if plots:
             lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
         return "\n".join(lines) + "\n"
+
+    def _logprob_note(self, aggregates: dict[str, dict[str, Any]]) -> str:
+        """How many items the log-probability was scored on, or that it was not scored.
+
+        A run without the scorer (``--no-logprob``, no ``runtime`` extra) has no
+        ``logprob`` in any row; "scored on 0 (prompts within the scoring limit)"
+        told its reader that every prompt had been too long.
+        """
+        if not any("logprob" in row for row in self.rows):
+            return "log-probability not scored"
+        scored = aggregates.get(BASELINE, {}).get("logprob_items", 0)
+        return f"log-probability scored on {scored} (prompts within the scoring limit)"
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -106,3 +106,12 @@ def test_heatmap_titles_overlap_neither_each_other_nor_the_figure_title() -> Non
     for i, first in enumerate(boxes):
         for second in boxes[i + 1 :]:
             assert not first.overlaps(second)
+
+
+def test_the_markdown_says_whether_the_log_probability_was_scored() -> None:
+    unscored = jsonl_report().markdown()
+    assert "log-probability not scored" in unscored and "scored on 0" not in unscored
+    too_long = {"logprob": None}  # scorer ran, the prompt was over its limit
+    rows = [row(BASELINE, "q1", **too_long), row("small", "q1", **too_long)]
+    report = EvalReport(rows, dataset={"name": "items.jsonl"}, settings={})
+    assert "log-probability scored on 0 (prompts within the scoring limit)" in report.markdown()
