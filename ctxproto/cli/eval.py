@@ -23,6 +23,8 @@ from ctxproto.config import validation_error_to_config_error
 from ctxproto.errors import ConfigError, ModelNotAvailableError
 
 if TYPE_CHECKING:
+    from ctxproto.eval.logprob import AnswerLogprobScorer
+    from ctxproto.eval.readers import Reader
     from ctxproto.eval.report import EvalReport
 
 __all__ = ["register"]
@@ -81,7 +83,6 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from ctxproto.eval.dataset import DatasetOptions, load_dataset
     from ctxproto.eval.evaluate import evaluate
-    from ctxproto.eval.logprob import AnswerLogprobScorer
     from ctxproto.eval.readers import reader_from_spec
     from ctxproto.pipeline import Pipeline
 
@@ -102,16 +103,16 @@ def handle(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, options)
     for problem in dataset.problems:
         err.print(f"[yellow]skipped[/] {escape(str(problem))}", soft_wrap=True)
-    scorer = None
-    if args.logprob:
-        try:
-            scorer = AnswerLogprobScorer(max_tokens=args.logprob_max_tokens)
-        except ModelNotAvailableError as exc:
-            err.print(f"[yellow]log-prob retention off:[/] {escape(str(exc))}", soft_wrap=True)
-    reader = reader_from_spec(args.reader)
+    reader: Reader | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=args.json) as bar:
+            # The reader's and the scorer's models take seconds to load: show it.
+            loads = args.logprob or args.reader != "none"
+            loading = bar.add_task("loading models", total=1, visible=loads)
+            reader = reader_from_spec(args.reader)
+            scorer = _load_scorer(args, err) if args.logprob else None
+            bar.update(loading, completed=1)
             task = bar.add_task(f"eval {escape(dataset.name)}", total=None)
             report = evaluate(
                 pipelines,
@@ -135,6 +136,17 @@ def handle(args: argparse.Namespace) -> int:
         _print_summary(Console(), report)
         err.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return 0
+
+
+def _load_scorer(args: argparse.Namespace, err: Console) -> AnswerLogprobScorer | None:
+    """The log-prob scorer, or ``None`` (said on stderr) when its extra is missing."""
+    from ctxproto.eval.logprob import AnswerLogprobScorer
+
+    try:
+        return AnswerLogprobScorer(max_tokens=args.logprob_max_tokens)
+    except ModelNotAvailableError as exc:
+        err.print(f"[yellow]log-prob retention off:[/] {escape(str(exc))}", soft_wrap=True)
+        return None
 
 
 def _check_writable(folder: Path) -> None:

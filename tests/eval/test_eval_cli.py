@@ -180,3 +180,25 @@ def test_the_terminal_table_keeps_whole_system_names_in_80_columns() -> None:
     # The first column, read down: both names whole, never cut to the same "recency-…".
     column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
     assert column == f"baseline{name}{name}-2"
+
+
+def test_loading_the_scoring_model_shows_on_the_progress_display(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Scorer:  # stands in for the LM, which takes seconds to load
+        def __init__(self, *, max_tokens: int) -> None:
+            self.max_tokens = max_tokens
+
+        def score(self, _messages: Any, _answer: str) -> None:
+            return None
+
+    monkeypatch.setattr(
+        importlib.import_module("ctxproto.eval.logprob"), "AnswerLogprobScorer", Scorer
+    )
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    code, _, err = run_eval(
+        capsys, str(pipeline), "--dataset", "needle", "--context-lengths", "600",
+        "--depths", "0", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0
+    assert "loading models" in err and "eval needle" in err
