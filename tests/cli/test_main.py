@@ -100,3 +100,16 @@ def test_main_returns_the_exit_code_of_an_argument_error(
 ) -> None:
     assert main(["index", "docs", "--store", "s", "--chunk-tokens", "0"]) == 2
     assert "argument --chunk-tokens: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_python_dash_m_ctxproto_runs_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ctxproto", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ctxproto ")
