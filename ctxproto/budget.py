@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = ["Budget"]
 
@@ -25,7 +25,11 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_prompt_tokens: int = Field(gt=0, description="Hard cap on the rendered prompt.")
-    context_window: int | None = Field(default=None, gt=0, description="The model's window.")
+    context_window: int | None = Field(
+        default=None,
+        ge=2,
+        description="The model's window: at least one prompt token and one answer token.",
+    )
     reserve_answer_tokens: int = Field(
         default=0, ge=0, description="Kept free for the answer in context_window."
     )
@@ -49,16 +53,18 @@ class Budget(BaseModel):
             raise ValueError(f"must be smaller than context_window ({window})")
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> Budget:
-        for kind, cap in self.section_caps.items():
+    @field_validator("section_caps")
+    @classmethod
+    def _known_sections(cls, caps: dict[str, int]) -> dict[str, int]:
+        # A field validator, so that an error names budget.section_caps, not budget.
+        for kind, cap in caps.items():
             if kind not in SECTION_KINDS:
                 raise ValueError(
-                    f"unknown section '{kind}' in section_caps; expected one of {SECTION_KINDS}"
+                    f"unknown section '{kind}'; expected one of {', '.join(SECTION_KINDS)}"
                 )
             if cap < 0:
-                raise ValueError(f"section cap for '{kind}' must be >= 0")
-        return self
+                raise ValueError(f"the cap of '{kind}' must be >= 0, got {cap}")
+        return caps
 
     @property
     def prompt_limit(self) -> int:

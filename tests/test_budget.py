@@ -54,3 +54,36 @@ def test_the_reserve_and_the_prompt_share_the_window_not_the_prompt_cap():
     assert budget.prompt_limit == 1000
     # an engine refuses a prompt that fills its window: one token is always left
     assert Budget(max_prompt_tokens=4096, context_window=4096).prompt_limit == 4095
+
+
+@pytest.mark.parametrize(
+    ("budget", "key", "says"),
+    [
+        (
+            "max_prompt_tokens: 256\n  context_window: 1\n",
+            "budget.context_window",
+            "greater than or equal to 2",
+        ),
+        (
+            "max_prompt_tokens: 256\n  section_caps: {docs: 100}\n",
+            "budget.section_caps",
+            "unknown section 'docs'; expected one of memory, documents, history",
+        ),
+        (
+            "max_prompt_tokens: 256\n  section_caps: {history: -5}\n",
+            "budget.section_caps",
+            "the cap of 'history' must be >= 0, got -5",
+        ),
+    ],
+)
+def test_a_budget_no_prompt_could_meet_or_a_bad_section_cap_names_its_key(
+    tmp_path, budget, key, says
+):
+    """A one-token window left no token for a prompt: every request was a BudgetError."""
+    from ctxproto import ConfigError, Pipeline
+
+    config = tmp_path / "budget.yaml"
+    config.write_text("budget:\n  " + budget)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    assert info.value.key == key and says in str(info.value)
