@@ -74,8 +74,16 @@ class Message(BaseModel):
         return text
 
     def to_openai(self) -> dict[str, Any]:
-        """The wire form: OpenAI chat message fields only (no ``pinned``)."""
-        return self.model_dump(exclude_none=True, exclude={"pinned"})
+        """The wire form: OpenAI chat message fields only (no ``pinned``).
+
+        ``content`` is left out only where OpenAI allows it, an assistant message
+        that calls tools; elsewhere a message without text is sent with empty
+        text, since a server refuses a user, system or tool message without it.
+        """
+        wire = self.model_dump(exclude_none=True, exclude={"pinned"})
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            wire["content"] = ""
+        return wire
 
 
 _FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")

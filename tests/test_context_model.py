@@ -5,6 +5,7 @@ import pytest
 
 from ctxproto import ChatRequest, Context, Document, Message
 from ctxproto.errors import ConfigError
+from ctxproto.messages import FunctionCall, ToolCall
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "requests" / "support_chat.json"
 
@@ -207,3 +208,11 @@ def test_a_well_formed_tool_exchange_needs_no_repair():
     context = ChatRequest.model_validate({"messages": tool_exchange()}).to_context()
     assert context.repairs == []
     assert [m.role for m in context.history] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_message_without_text_goes_on_the_wire_with_empty_text_where_openai_needs_it():
+    call = ToolCall(id="c1", function=FunctionCall(name="f", arguments="{}"))
+    assert Message(role="user").to_openai() == {"role": "user", "content": ""}
+    assert Message(role="tool", tool_call_id="c1").to_openai()["content"] == ""
+    assert Message(role="assistant").to_openai()["content"] == ""
+    assert "content" not in Message(role="assistant", tool_calls=[call]).to_openai()
