@@ -156,8 +156,12 @@ class Pipeline:
         start = time.perf_counter()
         original_tokens = self.original_tokens(context)
         reports: list[StageReport] = []
-        for stage in self.stages:
-            result = stage.run(context, self.counter)
+        for index, stage in enumerate(self.stages):
+            try:
+                result = stage.run(context, self.counter)
+            except Exception as exc:  # the same exception, saying which stage raised it
+                exc.add_note(f"raised by stages[{index}] ({stage.type_name}) of '{self.name}'")
+                raise
             context = result.context
             reports.append(result.report)
             if context.answer is not None:

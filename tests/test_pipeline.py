@@ -1,11 +1,13 @@
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 
-from ctxproto import Budget, ChatRequest, ConfigError, Pipeline, RecencyWindow
+from ctxproto import Budget, ChatRequest, ConfigError, Context, Message, Pipeline, RecencyWindow
 from ctxproto.config import PipelineConfig
 from ctxproto.stages import Stage, Transformed, available_stages, register_stage
+from ctxproto.tokens import TokenCounter
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -166,3 +168,16 @@ def test_run_messages_refuses_an_invalid_request_as_a_usage_error():
     }
     with pytest.raises(ConfigError, match=r"messages\[1\]"):
         Pipeline().run_messages([{"role": "user", "content": "Hi"}, unanswered])
+
+
+def test_a_failing_stage_is_named_on_its_exception():
+    class Broken(Stage):
+        type_name: ClassVar[str] = "broken_for_test"
+
+        def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+            raise RuntimeError("tensor shapes do not match")
+
+    pipeline = Pipeline([RecencyWindow(max_turns=2), Broken()], name="support")
+    with pytest.raises(RuntimeError, match="tensor shapes") as raised:
+        pipeline.run(Context(query=Message(role="user", content="Hi?")))
+    assert raised.value.__notes__ == ["raised by stages[1] (broken_for_test) of 'support'"]
