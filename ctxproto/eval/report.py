@@ -105,12 +105,12 @@ class EvalReport:
     def write(self, folder: Path) -> list[Path]:
         """Write report.json, report.md and the plots; the paths written.
 
-        The files of an earlier run in ``folder`` are removed first, and
-        report.json, the record the other files are drawn from, is written last.
-        A plot this run does not draw (the heatmap of a needle run, rerun on a
-        JSONL file) is thus never left behind to pass for this run's, and a run
-        stopped while writing leaves no report.json rather than a new one next to
-        an older run's report.md and plots.
+        The files of an earlier run in ``folder`` are removed first, so a plot this
+        run does not draw (the heatmap of a needle run, rerun on a JSONL file) is
+        never left behind to pass for this run's. Then report.json, the record the
+        other files are drawn from, is written before them: a plot that cannot be
+        drawn (no matplotlib) or a run stopped while writing still leaves this
+        run's results, and never beside an earlier run's files.
         """
         from ctxproto.eval.plots import plot_quality_vs_compression, plot_retention_heatmap
 
@@ -118,15 +118,15 @@ class EvalReport:
         for name in REPORT_FILES:
             (folder / name).unlink(missing_ok=True)
         report_json, report_md = folder / "report.json", folder / "report.md"
+        atomic_write_text(
+            report_json,
+            json.dumps({**self.summary(), "items": self.rows}, indent=2, ensure_ascii=False),
+        )
         plots = [plot_quality_vs_compression(self, folder / "quality_vs_compression.png")]
         heatmap = plot_retention_heatmap(self, folder / "retention_heatmap.png")
         if heatmap is not None:
             plots.append(heatmap)
         atomic_write_text(report_md, self.markdown([p.name for p in plots]))
-        atomic_write_text(
-            report_json,
-            json.dumps({**self.summary(), "items": self.rows}, indent=2, ensure_ascii=False),
-        )
         return [report_json, report_md, *plots]
 
     def cells(self, keys: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ctxproto.errors import ModelNotAvailableError
 from ctxproto.eval import BASELINE, EvalReport
 
 Row = dict[str, Any]
@@ -45,21 +47,24 @@ def test_a_rerun_leaves_no_plot_of_the_earlier_run(tmp_path: Path) -> None:
     assert "retention_heatmap" not in (tmp_path / "report.md").read_text("utf-8")
 
 
-def test_a_run_stopped_while_writing_leaves_no_report_json_beside_older_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failure", [KeyboardInterrupt, ModelNotAvailableError("matplotlib is missing")]
+)
+def test_a_run_stopped_while_writing_keeps_its_results_and_nothing_of_the_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
 ) -> None:
     needle_report().write(tmp_path)
 
     def interrupted(*_args: Any) -> None:
-        raise KeyboardInterrupt
+        raise failure
 
-    monkeypatch.setattr("ctxproto.eval.plots.plot_retention_heatmap", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr("ctxproto.eval.plots.plot_quality_vs_compression", interrupted)
+    with pytest.raises(type(failure) if isinstance(failure, BaseException) else failure):
         jsonl_report().write(tmp_path)
-    # Not the earlier run's report.json or report.md, nor this run's json beside them.
-    assert not (tmp_path / "report.json").exists()
-    assert not (tmp_path / "report.md").exists()
-    assert not (tmp_path / "retention_heatmap.png").exists()
+    # This run's record, after a whole evaluation, is kept; no file of the earlier run is.
+    kept = json.loads((tmp_path / "report.json").read_text("utf-8"))
+    assert kept["dataset"] == {"name": "items.jsonl"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
 def test_failures_name_the_system_the_count_and_the_first_error() -> None:
