@@ -23,6 +23,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_session_store",
+    "sessions_with_prefix",
 ]
 
 
@@ -90,6 +92,17 @@ class SessionStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def sessions_with_prefix(store: SessionStore, tenant_id: str, prefix: str) -> list[str]:
+    """``store.sessions(tenant_id, prefix)``, sorted.
+
+    A store written to this protocol before ``sessions`` took a prefix is still
+    served: it lists every session of the tenant, and the ids are filtered here.
+    """
+    if "prefix" in inspect.signature(store.sessions).parameters:
+        return store.sessions(tenant_id, prefix)
+    return sorted(s for s in store.sessions(tenant_id) if s.startswith(prefix))
 
 
 def open_session_store(location: str | Path | None, *, namespace: str) -> SessionStore:
@@ -262,18 +275,22 @@ class SessionStateStore:
         namespace, one for rows from before namespaces.
         """
         check_ids(tenant_id, "listing")
-        starts = (
-            json.dumps(["session", self.namespace, tenant_id, prefix])[:-2],
-            json.dumps(["session", tenant_id, prefix])[:-2],
+        ranges = (  # the start of each range, and how many parts its keys have
+            (json.dumps(["session", self.namespace, tenant_id, prefix])[:-2], 4),
+            (json.dumps(["session", tenant_id, prefix])[:-2], 3),
         )
         ids = set()
         with self._reporting(f"the session-state store at {self.path}"):
-            keys = [key for start in starts for key in text_keys_from(self._cache, start)]
-        for key in keys:
+            found = [
+                (key, size) for start, size in ranges for key in text_keys_from(self._cache, start)
+            ]
+        for key, size in found:
             parts = json.loads(key)
-            namespaced = len(parts) == 4 and parts[1] == self.namespace
-            if (namespaced or len(parts) == 3) and parts[-2] == tenant_id:
-                ids.add(parts[-1])  # not a namespace named like the tenant, in the second range
+            # A range may hold keys of the other kind: with a namespace named like the
+            # tenant, rows of this namespace start like rows from before namespaces.
+            ours = size == 3 or parts[1] == self.namespace
+            if len(parts) == size and ours and parts[-2] == tenant_id:
+                ids.add(parts[-1])
         return sorted(ids)
 
     def ping(self) -> None:

@@ -38,7 +38,7 @@ from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.summarizer import Summarizer
-from ctxproto.stores.session_state import SessionStore
+from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
@@ -206,7 +206,7 @@ class SessionMemory:
 
     def _ids(self, tenant: str, session: str) -> list[str]:
         prefix = f"{_ROW_PREFIX}/{session}/"
-        return [s[len(prefix) :] for s in self.store.sessions(tenant, prefix)]
+        return [s[len(prefix) :] for s in sessions_with_prefix(self.store, tenant, prefix)]
 
     def _entries(self, tenant: str, session: str) -> list[tuple[MemoryEntry, list[float] | None]]:
         loaded = (self._load(tenant, session, i) for i in self._ids(tenant, session))

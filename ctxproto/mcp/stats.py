@@ -13,7 +13,7 @@ import threading
 import uuid
 
 from ctxproto.mcp.results import SessionStats, Stats
-from ctxproto.stores.session_state import SessionStore
+from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
 
 __all__ = ["UsageStats"]
 
@@ -56,7 +56,7 @@ class UsageStats:
         prefix = f"{_ROW_PREFIX}/"
         overall, chosen = SessionStats(), SessionStats()
         sessions: set[str] = set()
-        for row_id in self.store.sessions(tenant, prefix):
+        for row_id in sessions_with_prefix(self.store, tenant, prefix):
             name = row_id[len(prefix) :].rsplit("/", 1)[0]
             counts = SessionStats.model_validate(self.store.get(tenant, row_id) or {})
             sessions.add(name)

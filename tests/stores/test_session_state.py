@@ -17,6 +17,7 @@ from ctxproto.stores import SessionStateStore, SessionStore, open_session_store
 from ctxproto.stores.json_disk import PlainDisk
 from ctxproto.stores.read_only_cache import ReadOnlyCache, text_keys_from
 from ctxproto.stores.redis_session_state import RedisSessionStateStore
+from ctxproto.stores.session_state import sessions_with_prefix
 from tests.conftest import Unprivileged
 from tests.servers_redis import RedisServer
 
@@ -155,6 +156,15 @@ def test_sessions_by_prefix_in_a_folder_from_before_namespaces_and_read_only(tmp
     start = '["session", "mcp", "acme", "mem/'
     assert text_keys_from(reader, start) == ['["session", "mcp", "acme", "mem/a/1"]']
     reader.close()
+
+
+def test_sessions_by_prefix_in_a_namespace_named_like_the_tenant(tmp_path: Path):
+    store = SessionStateStore(tmp_path, namespace="alice")
+    store.put("alice", "zzz", {})
+    store.put("alice", "alpha", {})
+    assert store.sessions("alice", "al") == ["alpha"]  # "zzz" read as an old row of "alice"
+    assert store.sessions("alice") == ["alpha", "zzz"]
+    store.close()
 
 
 def test_bad_input_is_a_clear_error_and_changes_nothing(open_store: Opener):
@@ -373,3 +383,21 @@ def test_closing_a_store_in_a_given_folder_keeps_the_folder(tmp_path: Path):
     store.put("t", "s", {"v": 1})
     store.close()
     assert SessionStateStore(tmp_path / "state").get("t", "s") == {"v": 1}
+
+
+def test_a_store_written_before_listing_took_a_prefix_is_still_listed_by_prefix(tmp_path: Path):
+    class OlderStore:
+        """A custom store with the one-argument ``sessions`` of the earlier protocol."""
+
+        def __init__(self) -> None:
+            self.inner = SessionStateStore(tmp_path)
+
+        def sessions(self, tenant_id: str) -> list[str]:
+            return self.inner.sessions(tenant_id)
+
+    older = OlderStore()
+    for session in ("mem/a/2", "mem/a/1", "mem/b/1"):
+        older.inner.put("t", session, {})
+    assert sessions_with_prefix(older, "t", "mem/a/") == ["mem/a/1", "mem/a/2"]  # type: ignore[arg-type]
+    assert sessions_with_prefix(older.inner, "t", "mem/b/") == ["mem/b/1"]
+    older.inner.close()
