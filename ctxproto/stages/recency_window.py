@@ -58,11 +58,16 @@ class RecencyWindow(Stage):
             used_tokens += cost
             used_turns += 1
         if self.start_on_user:
-            # A reply goes when what came just before it went: the window's leading
-            # answers, and one after a pinned block the window does not reach.
+            # A reply goes when the question it follows went: the window's leading
+            # answers. One that follows a question kept outside the window (pinned,
+            # or the open question of a request ending on tool results) stays, even
+            # when an earlier reply to it went: the newest tool results are what
+            # such a request is sent to answer.
+            asked = False
             for i, block in enumerate(blocks):
-                orphaned = i == 0 or not keep[i - 1]
-                if keep[i] and not always[i] and block[0].role != "user" and orphaned:
+                if block[0].role == "user":
+                    asked = keep[i]
+                elif keep[i] and not always[i] and not asked:
                     keep[i] = False
         history = flatten([block for block, kept in zip(blocks, keep, strict=True) if kept])
         return Transformed(

@@ -98,6 +98,23 @@ def test_a_request_ending_on_a_tool_result_keeps_the_question_it_answers():
     assert [m.content for m in alone] == ["And in Paris?"]
 
 
+def test_the_newest_tool_results_stay_with_their_question_when_an_earlier_call_goes():
+    call = {"name": "weather", "arguments": "{}"}
+    context = ChatRequest.from_openai(
+        [
+            {"role": "user", "content": "Is it cold in Oslo?"},
+            {"role": "assistant", "content": "It is."},
+            {"role": "user", "content": "And in Paris and Rome?"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "function": call}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "Paris: 21C"},
+            {"role": "assistant", "tool_calls": [{"id": "c2", "function": call}]},
+            {"role": "tool", "tool_call_id": "c2", "content": "Rome: 25C"},
+        ]
+    ).to_context()
+    history = RecencyWindow(max_turns=1).run(context).context.history
+    assert [m.content for m in history] == ["And in Paris and Rome?", None, "Rome: 25C"]
+
+
 def test_a_pinned_question_inside_the_window_keeps_its_answer():
     context = conversation(3)
     history = list(context.history)
