@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -103,13 +104,11 @@ class DocStore:
         key = filter_key(filters)
         mask = self._filter_masks.get(key)
         if mask is None:
-            wanted = {k: [value for _, value in values] for k, values in key}
+            wanted = {k: _Allowed.of(value for _, value in values) for k, values in key}
             mask = np.fromiter(
                 (
                     record is not None
-                    and all(
-                        _matches(record.metadata.get(k), values) for k, values in wanted.items()
-                    )
+                    and all(record.metadata.get(k) in allowed for k, allowed in wanted.items())
                     for record in self.records
                 ),
                 dtype=bool,
@@ -147,17 +146,36 @@ class DocStore:
         return store
 
 
-def _matches(value: Any, allowed: Sequence[Any]) -> bool:
-    """Whether a chunk's metadata ``value`` is one of the ``allowed`` filter values.
+@dataclass(frozen=True)
+class _Allowed:
+    """The values a filter allows for one key, tested by hash, not one by one.
 
     A boolean equals only a boolean: with Python's ``True == 1`` a filter
     ``{"public": True}`` also returned chunks marked ``"public": 1``, which the
     PostgreSQL store (JSON ``true`` is not ``1``) does not. Numbers compare by
-    value (``1`` matches ``1.0``) on both.
+    value (``1`` matches ``1.0``) on both. A filter mask tests every record, so
+    each test is a set lookup (100k records against 50 values: a comparison
+    with each value took three times as long).
     """
-    return any(
-        value == item and isinstance(value, bool) == isinstance(item, bool) for item in allowed
-    )
+
+    flags: frozenset[bool]
+    others: frozenset[Any]
+
+    @classmethod
+    def of(cls, values: Iterable[Any]) -> _Allowed:
+        listed = list(values)
+        return cls(
+            frozenset(v for v in listed if isinstance(v, bool)),
+            frozenset(v for v in listed if not isinstance(v, bool)),
+        )
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value in self.flags
+        try:
+            return value in self.others
+        except TypeError:  # a list or an object in the metadata equals no filter value
+            return False
 
 
 def filter_key(filters: MetadataFilter) -> FilterKey:
