@@ -156,7 +156,9 @@ class VectorIndex:
         Equal scores come lowest slot (oldest vector) first, whichever search ran:
         FAISS's flat search returned them newest first and the exact search
         oldest first, so a duplicated chunk's document flipped once anything was
-        deleted, and differed from the PostgreSQL store's.
+        deleted, and differed from the PostgreSQL store's. Which of several
+        vectors tied at the ``k``-th score make the cut is the oldest ones on the
+        exact search; FAISS's own search picks among them as it finds them.
         """
         query = self._checked(query.reshape(1, -1))
         mask = self.alive if allowed is None else (self.alive & allowed)
@@ -268,8 +270,13 @@ class VectorIndex:
         """The true ``k`` best slots within ``mask``, by inner product with every allowed vector."""
         allowed = np.flatnonzero(mask)
         scores = self.vectors[allowed] @ query
-        best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        return _best_first(scores[best], allowed[best].astype(np.int64))
+        if k < len(scores):  # every score tied with the k-th too, so the oldest of them win
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            best = np.flatnonzero(scores >= kth)
+        else:
+            best = np.arange(len(scores))
+        hits = _best_first(scores[best], allowed[best].astype(np.int64))
+        return SearchHits(hits.scores[:k], hits.slots[:k])
 
     def _search_parameters(self, selector: Any, live: int, k: int) -> Any:
         faiss = self.faiss

@@ -64,3 +64,17 @@ def test_a_broad_filter_on_hnsw_still_recalls_the_top_k(hnsw_index: VectorIndex)
         assert all(allowed[hits])
         found += len(set(hits) & set(_true_best(hnsw_index, query, allowed, 10)))
     assert found >= 0.95 * 10 * len(queries)
+
+
+def test_vectors_tied_at_the_kth_score_make_the_cut_oldest_first_on_the_exact_search():
+    index = VectorIndex(4)
+    best = np.asarray([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    tied = np.asarray([[0.6, 0.8, 0.0, 0.0]], dtype=np.float32)
+    other = np.asarray([[0.0, 0.0, 1.0, 0.0]], dtype=np.float32)
+    index.add(other)  # slot 0, removed below: searches run exactly from then on
+    index.add(np.repeat(tied, 6, axis=0))  # slots 1 to 6, all at the same score
+    index.add(best)  # slot 7
+    index.remove(np.asarray([0]))
+    for _ in range(20):  # partitioning picks among ties as it likes; the cut must not
+        hits = index.search(best[0], 3)
+        assert hits.slots.tolist() == [7, 1, 2]
