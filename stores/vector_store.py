@@ -197,7 +197,7 @@ class VectorStore:
             return False
         for _ in range(LOAD_ATTEMPTS):
             found = self._read_manifest_file(self.path)
-            if found is None or found[1] == self._loaded_file:
+            if found is None or self._is_loaded(*found):
                 return False
             self._check_embedder(found[0])
             if self._load(*found):
@@ -356,13 +356,20 @@ class VectorStore:
         the save are one read-modify-write.
         """
         found = self._read_manifest_file(self.path)
-        if found is None or found[1] == self._loaded_file:
+        if found is None or self._is_loaded(*found):
             return
         self._check_embedder(found[0])
         if not self._load(*found):
             raise StoreError(f"the store at {self.path} changed while its writer lock was held")
         for change in self._unsaved:
             change()
+
+    def _is_loaded(self, manifest: StoreManifest, manifest_file: ManifestFile) -> bool:
+        """Whether ``manifest`` is the generation in memory: the same file and the same
+        generation number. The file tells a store built again from scratch (at a
+        number this one may hold too); the number tells a save whose new manifest
+        reused the old one's inode, size and timestamp tick."""
+        return manifest_file == self._loaded_file and manifest.generation == self.generation
 
     def _load(self, manifest: StoreManifest, manifest_file: ManifestFile) -> bool:
         """Load the generation ``manifest`` (read from ``manifest_file``) names; ``False``

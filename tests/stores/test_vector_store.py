@@ -473,3 +473,21 @@ def test_a_store_built_again_from_scratch_is_seen_by_readers_and_kept_by_writers
     writer.add("mine", [Document(id="mine#0", text="mine")], _vectors(1, seed=3))
     writer.save()
     assert sorted(_store(folder).docstore.slots_by_doc) == ["mine", "new"]
+
+
+def test_a_save_whose_manifest_looks_like_the_old_file_is_still_rebased_onto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new manifest can reuse the old one's inode, size and timestamp tick: the
+    generation number must still tell a writer that another process saved since."""
+    monkeypatch.setattr("ctxproto.stores.vector_store._identity", lambda stat: (1, 1, 1, 1))
+    folder = tmp_path / "kb"
+    first = _store(folder)
+    first.add("a", [Document(id="a#0", text="a")], _vectors(1, seed=1))
+    first.save()
+    other = _store(folder)  # loads generation 1
+    first.add("b", [Document(id="b#0", text="b")], _vectors(1, seed=2))
+    first.save()  # generation 2, a manifest that looks like the first one
+    other.add("c", [Document(id="c#0", text="c")], _vectors(1, seed=3))
+    other.save()
+    assert sorted(_store(folder).docstore.slots_by_doc) == ["a", "b", "c"]
