@@ -28,24 +28,30 @@ __all__ = [
 ]
 
 
-def _character_class(categories: frozenset[str]) -> str:
-    """The characters of the Basic Multilingual Plane in Unicode ``categories``, as the
-    ranges of a regex character class (``re`` has no ``\\p{Lu}``)."""
-    ranges: list[tuple[int, int]] = []
-    for code in range(0x10000):
-        if unicodedata.category(chr(code)) in categories:
+def _character_classes(*groups: frozenset[str]) -> list[str]:
+    """For each group of Unicode categories, the characters of the Basic Multilingual
+    Plane in them as the ranges of a regex character class (``re`` has no ``\\p{Lu}``).
+
+    One pass over the plane serves every group: this runs at import.
+    """
+    categories = [unicodedata.category(chr(code)) for code in range(0x10000)]
+    classes = []
+    for group in groups:
+        ranges: list[tuple[int, int]] = []
+        for code in (code for code, category in enumerate(categories) if category in group):
             if ranges and ranges[-1][1] == code - 1:
                 ranges[-1] = (ranges[-1][0], code)
             else:
                 ranges.append((code, code))
-    return "".join(
-        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges
-    )
+        classes.append(
+            "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+        )
+    return classes
 
 
-_UPPER = _character_class(frozenset({"Lu", "Lt"}))
-_LOWER = _character_class(frozenset({"Ll", "Mn", "Mc"}))
-"""Lower-case letters, and the combining marks of decomposed text ("Jose\\u0301")."""
+_UPPER, _LOWER = _character_classes(frozenset({"Lu", "Lt"}), frozenset({"Ll", "Mn", "Mc"}))
+"""Capitals; and lower-case letters with the combining marks of decomposed text
+("Jose\\u0301")."""
 _NAME_WORD = rf"[{_UPPER}][{_LOWER}'’\-]+"
 """A capitalized word in any cased script: "Zoë", "Łódź" and "Ångström" are whole names,
 as "Alice" is (with ASCII letters only, "Zoë" was the fact "Zo" and "Łódź" no fact)."""
