@@ -115,6 +115,7 @@ def handle(args: argparse.Namespace) -> int:
             f"skipped link {link}: it leads out of the folder, is broken or names a folder "
             "(--follow-symlinks reads linked files)",
             markup=False,
+            soft_wrap=True,  # one line, however long the path: a line a script can read
         )
     if not documents:
         raise ConfigError(
@@ -124,10 +125,6 @@ def handle(args: argparse.Namespace) -> int:
     # skipped, and what it held before is deleted, as a document replaced by nothing.
     emptied = [d.id for d in documents if not d.text.strip()]
     documents = [d for d in documents if d.text.strip()]
-    for doc_id in emptied:
-        console.print(
-            f"skipped {doc_id}: it holds no text (what it held before is deleted)", markup=False
-        )
     if not on_server:
         try:
             VectorStore.ensure_writable(Path(args.store))
@@ -135,6 +132,12 @@ def handle(args: argparse.Namespace) -> int:
             raise ConfigError(
                 str(exc), key="--store", expected="a folder this user can write"
             ) from exc
+    for doc_id in emptied:  # said once the store is known to take the deletion
+        console.print(
+            f"skipped {doc_id}: it holds no text (what it held before is deleted)",
+            markup=False,
+            soft_wrap=True,
+        )
     knowledge_base = KnowledgeBase(
         args.store,
         embedder=get_embedder(args.embedder),
