@@ -5,12 +5,18 @@ with code 2 and one line on stderr, never a traceback; operational failures
 (``OperationalError``: a missing extra, a corrupt store, a backend down) exit 1.
 Messages are printed as plain text, never as Rich markup: an install hint such as
 ``pip install 'ctxproto[embed]'`` must reach the user with its brackets.
+
+Output is for pipes as much as for terminals: a reader that stops early
+(``ctxproto bench ... --json | head -c1``) ends the command quietly, as it ends
+any Unix filter.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +32,9 @@ COMMANDS = ("run", "demo", "bench", "eval", "index", "serve", "mcp")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# What a shell reports for a writer whose reader left: killed by SIGPIPE (13), as
+# `seq 1 1000000 | head -1` is. Python ignores that signal, so it is said by hand.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or a child's pipe: a failure, not a reader gone
+        # The reader stopped early: say nothing, and point stdout at /dev/null so
+        # that the interpreter's last flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -67,6 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no stdout fd
+        return True
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
 
 
 if __name__ == "__main__":

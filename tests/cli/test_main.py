@@ -113,3 +113,45 @@ def test_python_dash_m_ctxproto_runs_the_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ctxproto ")
+
+
+def into_closed_pipe(args: list[str], *, unbuffered: bool) -> subprocess.CompletedProcess[str]:
+    """Run ``ctxproto ARGS`` with stdout a pipe whose reader has already gone."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "ctxproto", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["bench", "--help"],
+        ["run", MINIMAL, "--request", str(ROOT / "examples/requests/support_chat.json"), "--json"],
+    ],
+    ids=["help", "bench-help", "run-json"],
+)
+def test_a_reader_that_stops_early_ends_the_command_quietly(
+    args: list[str], unbuffered: bool
+) -> None:
+    proc = into_closed_pipe(args, unbuffered=unbuffered)
+    assert proc.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+    assert proc.returncode in (0, 141)  # as a Unix filter killed by SIGPIPE reports it
