@@ -43,9 +43,7 @@ Predicted Outputs) and without, and asks llama.cpp's server the same
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +52,7 @@ from ctxproto._extras import require
 from ctxproto.bench.chat_workload import KB_QUESTIONS
 from ctxproto.bench.decode_predicted import predicted_figures
 from ctxproto.bench.decode_support import support_figures
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import print_figures
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
@@ -127,15 +125,7 @@ def _handle(args: argparse.Namespace) -> int:
         figures["predicted"] = predicted_figures(
             args.predicted, args.predicted_tokens, peer=not args.no_peer
         )
-    figures["machine"] = describe_machine()
-    if args.json:
-        json.dump(figures, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        for name, value in figures.items():
-            shown = machine_line(value) if name == "machine" else value
-            print(f"{name:32s} {shown}")
-    return 0
+    return print_figures(figures, as_json=args.json)
 
 
 def run(context: int, steps: int, rounds: int, rows: int = 1, answers: int = 0) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,18 @@ from typing import Any, TypedDict
 
 from ctxproto.models.cpu_info import CPUINFO, cpu_features, read_cpuinfo
 
-__all__ = ["CPU_FEATURES", "Machine", "describe_machine", "machine_line", "print_figures"]
+__all__ = [
+    "CPU_FEATURES",
+    "TERMINAL_COLUMNS",
+    "Machine",
+    "describe_machine",
+    "machine_line",
+    "print_figures",
+    "print_wrapped",
+]
+
+TERMINAL_COLUMNS = 80
+"""The width the human-readable reports fit: a terminal's default, and a pasted log's."""
 
 CPU_FEATURES: tuple[str, ...] = (
     "avx2",
@@ -129,10 +141,31 @@ def print_figures(
 ) -> int:
     """Print a ``ctxproto bench`` command's figures with the machine they were measured on
     (added under ``machine``): one JSON object with ``--json``; otherwise ``table``, or
-    the JSON indented where the command has no table. Returns the exit code, 0."""
+    the JSON indented where the command has no table. Returns the exit code, 0.
+
+    The JSON is strict (``print_json``): a figure that could not be measured, a NaN
+    or an infinity, is ``null``."""
+    from ctxproto.cli.main import print_json
+
     figures["machine"] = describe_machine()
-    if as_json or table is None:
-        print(json.dumps(figures, indent=None if as_json else 2))
+    if as_json:
+        print_json(figures)
+    elif table is None:
+        print(json.dumps(figures, indent=2))
     else:
         table(figures)
     return 0
+
+
+def print_wrapped(text: str) -> None:
+    """One line of a human-readable report, folded at spaces to ``TERMINAL_COLUMNS``
+    with the continuation indented, so that a long CPU name or path stays readable."""
+    print(
+        textwrap.fill(
+            text,
+            width=TERMINAL_COLUMNS,
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )

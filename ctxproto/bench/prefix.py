@@ -15,7 +15,6 @@ times on a shared CPU are context only.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxproto._extras import require
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import TERMINAL_COLUMNS, machine_line, print_figures, print_wrapped
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.eval.needle import essays_dir
 from ctxproto.models.openmp import releasing_thread_pool
@@ -65,19 +64,18 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    result = measure(args)
-    machine = describe_machine()
-    if args.json:
-        print(json.dumps({**result, "machine": machine}))
-    else:
-        table = Table(title="ctxproto bench prefix")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        for key, value in result.items():
+    return print_figures(measure(args), as_json=args.json, table=_print_table)
+
+
+def _print_table(figures: dict[str, Any]) -> None:
+    table = Table(title="ctxproto bench prefix")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        if key != "machine":
             table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-        Console().print(table)
-        print(f"machine: {machine_line(machine)}")
-    return 0
+    Console(width=TERMINAL_COLUMNS).print(table)
+    print_wrapped(f"machine: {machine_line(figures['machine'])}")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from typing import Any
 
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import describe_machine, print_figures
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -57,13 +56,7 @@ def register(subparsers: Any) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     figures = run(args.turns, args.compress_tokens, args.samples, args.repeats)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for key, value in figures.items():
-            shown = machine_line(value) if key == "machine" else value
-            print(f"{key:45s} {shown}")
-    return 0
+    return print_figures(figures, as_json=args.json)
 
 
 def _sentences(limit_tokens: int, seed: int) -> list[str]:

@@ -51,7 +51,7 @@ from ctxproto.bench.chat import (
     run_paths,
 )
 from ctxproto.bench.chat_workload import SessionScript, build_workload
-from ctxproto.bench.machine import describe_machine, machine_line
+from ctxproto.bench.machine import machine_line, print_figures, print_wrapped
 from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
 
@@ -167,15 +167,17 @@ def handle(args: argparse.Namespace) -> int:
             progress=progress,
             log=lambda line: console.print(line, markup=False),
         )
-    results["machine"] = describe_machine()
-    if args.json:
-        print(json.dumps(results))
-        return 0
+    return print_figures(results, as_json=args.json, table=_print_tables)
+
+
+def _print_tables(results: dict[str, Any]) -> None:
+    """Each workload's comparison under a line saying its size, then the machine."""
     for name, result in results["workloads"].items():
-        print(f"\n== {name}: {json.dumps(result['workload'])}")
+        print()
+        print_wrapped(f"== {name}: {json.dumps(result['workload'])}")
         print_comparison(result)
-    print(f"\nmachine: {machine_line(results['machine'])}")
-    return 0
+    print()
+    print_wrapped(f"machine: {machine_line(results['machine'])}")
 
 
 def select_workloads(names: str, paths: str) -> list[Workload]:

@@ -8,7 +8,6 @@ stderr, so ``--json`` output on stdout stays machine-readable.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
+from ctxproto.cli.main import print_json
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.errors import ConfigError, ModelNotAvailableError
 
@@ -131,7 +131,7 @@ def handle(args: argparse.Namespace) -> int:
         err.print(line, style="yellow", markup=False, soft_wrap=True)
     written = report.write(args.out)
     if args.json:
-        print(json.dumps(report.summary(), ensure_ascii=False))
+        print_json(report.summary())
     else:
         _print_summary(Console(), report)
         err.print("wrote " + ", ".join(str(p) for p in written), markup=False)

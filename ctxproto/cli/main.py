@@ -6,26 +6,30 @@ with code 2 and one line on stderr, never a traceback; operational failures
 Messages are printed as plain text, never as Rich markup: an install hint such as
 ``pip install 'ctxproto[embed]'`` must reach the user with its brackets.
 
-Output is for pipes as much as for terminals: a reader that stops early
-(``ctxproto bench ... --json | head -c1``) ends the command quietly, as it ends
-any Unix filter.
+Output is for pipes as much as for terminals: ``--json`` prints one strict JSON
+document (``print_json``), and a reader that stops early (``ctxproto bench ...
+--json | head -c1``) ends the command quietly, as it ends any Unix filter.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
+import math
 import os
 import select
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from ctxproto.errors import CtxprotoError, UsageError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "print_json"]
 
 # Sub-command modules under ctxproto.cli; each defines register(subparsers).
 COMMANDS = ("run", "demo", "bench", "eval", "index", "serve", "mcp")
@@ -61,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a socket or a child's pipe: a failure, not a reader gone
         # The reader stopped early: say nothing, and point stdout at /dev/null so
         # that the interpreter's last flush at exit does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     return code
 
@@ -101,6 +106,27 @@ def _stdout_closed() -> bool:
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or no stdout fd
         return True
     return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
+def print_json(document: Any) -> None:
+    """Print ``document`` as the one strict JSON document a ``--json`` command prints.
+
+    Python's ``json`` writes a float NaN or infinity as ``NaN`` or ``Infinity``,
+    which no strict JSON reader (``jq``, JavaScript, Go) accepts: a figure that
+    could not be measured is printed as ``null`` instead, as a missing one is.
+    """
+    print(json.dumps(_finite(document), ensure_ascii=False, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float, however deeply nested, made ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":

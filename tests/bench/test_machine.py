@@ -84,3 +84,14 @@ def test_figures_print_with_the_machine_as_json_or_as_the_commands_table(capsys)
     assert capsys.readouterr().out == ""
     print_figures({"ratio": 1.5}, as_json=False)  # no table: the JSON, indented
     assert json.loads(capsys.readouterr().out)["ratio"] == 1.5
+
+
+def test_a_figure_not_measured_is_null_in_the_json_not_nan(capsys) -> None:
+    import json
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    print_figures({"ratio": float("nan"), "p95_ms": {"engine": float("inf")}}, as_json=True)
+    figures = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert figures["ratio"] is None and figures["p95_ms"] == {"engine": None}

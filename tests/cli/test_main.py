@@ -155,3 +155,24 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
     proc = into_closed_pipe(args, unbuffered=unbuffered)
     assert proc.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
     assert proc.returncode in (0, 141)  # as a Unix filter killed by SIGPIPE reports it
+
+
+def test_json_output_is_strict_json_with_null_for_a_figure_not_measured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from ctxproto.cli.main import print_json
+
+    print_json({"ratio": float("nan"), "rates": [1.5, float("inf")], "name": "ü"})
+    out = capsys.readouterr().out
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(out, parse_constant=refuse) == {
+        "ratio": None,
+        "rates": [1.5, None],
+        "name": "ü",
+    }
+    assert out.count("\n") == 1
