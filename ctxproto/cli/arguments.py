@@ -47,10 +47,11 @@ def non_negative_float(text: str) -> float:
 
 
 def int_list(text: str) -> list[int]:
-    """Comma-separated integers, e.g. ``1000,2000,4000``."""
+    """Comma-separated integers, e.g. ``1000,2000,4000``; at least one."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got '{text}'"
-        ) from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
+    return values

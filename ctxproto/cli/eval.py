@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+GENERATED_OPTIONS: dict[str, str] = {
+    "context_lengths": "needle",
+    "depths": "needle",
+    "turns": "chat-needle",
+}
+"""The options that shape one generated dataset, and that dataset: given with any
+other ``--dataset``, they would be silently ignored."""
+
 
 def register(subparsers: Any) -> None:
     from ctxproto.eval.logprob import DEFAULT_LOGPROB_MAX_TOKENS
@@ -46,7 +54,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--limit", type=int_at_least(1), help="evaluate at most N items")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument(
-        "--reader", default="none", help="none (default), bundled, or openai:URL of a server"
+        "--reader",
+        type=_reader_spec,
+        default="none",
+        help="none (default), bundled, or openai:URL of a server",
     )
     parser.add_argument(
         "--logprob",
@@ -86,6 +97,7 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.eval.readers import reader_from_spec
     from ctxproto.pipeline import Pipeline
 
+    _check_dataset_options(args)
     err = Console(stderr=True, highlight=False)
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
     _check_writable(args.out)
@@ -147,6 +159,30 @@ def _load_scorer(args: argparse.Namespace, err: Console) -> AnswerLogprobScorer 
     except ModelNotAvailableError as exc:
         err.print(f"[yellow]log-prob retention off:[/] {escape(str(exc))}", soft_wrap=True)
         return None
+
+
+def _reader_spec(text: str) -> str:
+    """``--reader``, checked for its form when the command line is read.
+
+    ``reader_from_spec`` loads the bundled model as it builds the reader, after
+    the dataset: a misspelt reader would otherwise be refused only after the
+    dataset had loaded (a minute for ``chat-needle``).
+    """
+    if text in ("none", "bundled") or (text.startswith("openai:") and text != "openai:"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown reader '{text}' (expected none, bundled or openai:URL)"
+    )
+
+
+def _check_dataset_options(args: argparse.Namespace) -> None:
+    """Refuse an option of one generated dataset given with another ``--dataset``."""
+    for key, dataset in GENERATED_OPTIONS.items():
+        if getattr(args, key) is not None and args.dataset != dataset:
+            raise ConfigError(
+                f"applies to --dataset {dataset} only, not {args.dataset}",
+                key="--" + key.replace("_", "-"),
+            )
 
 
 def _check_writable(folder: Path) -> None:
