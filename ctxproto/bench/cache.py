@@ -38,7 +38,7 @@ import numpy as np
 from ctxproto.bench.machine import print_figures
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.cli.arguments import int_at_least
-from ctxproto.errors import DatasetError
+from ctxproto.errors import ConfigError, DatasetError
 from ctxproto.stores.semantic_cache.cache import GUARDS, Guard
 
 __all__ = ["register", "run"]
@@ -62,7 +62,14 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    result = run(entries=args.entries, pairs=Path(args.pairs), guard=args.guard)
+    pairs = Path(args.pairs)
+    if not pairs.is_dir():
+        raise ConfigError(
+            f"{pairs} is not a folder",
+            key="--pairs",
+            expected="the folder holding cache_pairs/ and semantic_cache_pairs.jsonl",
+        )
+    result = run(entries=args.entries, pairs=pairs, guard=args.guard)
     return print_figures(result, as_json=args.json)
 
 

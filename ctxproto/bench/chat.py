@@ -190,7 +190,7 @@ def parse_paths(text: str) -> tuple[str, ...]:
         raise ConfigError(
             f"--paths must name ctxproto, at least one of {', '.join(FULL_HISTORY_PATHS)} "
             f"and any of {', '.join(PATHS)}; unknown: {', '.join(unknown) or 'none'}",
-            key="paths",
+            key="--paths",
         )
     return paths
 

@@ -42,6 +42,8 @@ QUESTIONS = [
     "How does the author define a startup?",
     "What would the author tell a student?",
 ]
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The weights' types ``--dtype`` takes; ``auto``: float32 on CPU, bfloat16 on CUDA."""
 SYSTEM = "You are a research assistant. Answer briefly, using only the documents below.\n\n"
 
 
@@ -58,9 +60,27 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--distinct-tokens", type=int_at_least(1), default=256)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
     parser.set_defaults(handler=handle)
+
+
+def _device(text: str) -> str:
+    """``--device``, checked as the command line is read: a misspelt device or a CUDA
+    device on a machine without one would otherwise fail after the model loaded."""
+    try:
+        import torch
+    except ImportError:  # the run says which extra to install
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}' (expected cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"'{text}' asked for, but torch sees no CUDA device")
+    return text
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 from ctxproto.bench.machine import print_figures
 from ctxproto.bench.timing import call_times_ms
 from ctxproto.budget import Budget
+from ctxproto.cli.arguments import int_at_least, positive_float
 from ctxproto.pipeline import Pipeline
 
 __all__ = ["register", "run"]
@@ -37,15 +38,22 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "proxy", help="the proxy's added latency and its cache-hit throughput"
     )
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per path")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent cache-hit clients")
-    parser.add_argument("--seconds", type=float, default=5.0, help="cache-hit run length")
+    parser.add_argument(
+        "--requests", type=int_at_least(1), default=200, help="timed requests per path"
+    )
+    parser.add_argument(
+        "--clients", type=int_at_least(1), default=16, help="concurrent cache-hit clients"
+    )
+    parser.add_argument("--seconds", type=positive_float, default=5.0, help="cache-hit run length")
     parser.add_argument("--skip-chatbot", action="store_true", help="no chatbot.yaml overhead")
     parser.add_argument(
-        "--chat-turns", type=int, default=10, help="turns of the chat workload (0: skip it)"
+        "--chat-turns",
+        type=int_at_least(0),
+        default=10,
+        help="turns of the chat workload (0: skip it)",
     )
-    parser.add_argument("--chat-sessions", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--chat-sessions", type=int_at_least(1), default=1)
+    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 

@@ -89,7 +89,8 @@ def handle(args: argparse.Namespace) -> int:
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
-        raise ConfigError(f"unknown part(s) {unknown}", key="--parts", expected=", ".join(PARTS))
+        named = f"unknown part(s) {', '.join(unknown)}" if unknown else "no part named"
+        raise ConfigError(named, key="--parts", expected=", ".join(PARTS))
     result = run(
         parts=parts,
         chunks=args.chunks,

@@ -52,6 +52,7 @@ from ctxproto.bench.chat import (
 )
 from ctxproto.bench.chat_workload import SessionScript, build_workload
 from ctxproto.bench.machine import machine_line, print_figures, print_wrapped
+from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import ConfigError
 from ctxproto.tokens import get_counter
 
@@ -142,7 +143,7 @@ def register(subparsers: Any) -> None:
         default=",".join(PATHS),
         help=f"comma-separated subset of {','.join(PATHS)}, for every workload",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     add_engine_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -194,7 +195,7 @@ def select_workloads(names: str, paths: str) -> list[Workload]:
         raise ConfigError(
             f"unknown workload {', '.join(unknown) or '(none named)'}; "
             f"choose from {', '.join(known)}",
-            key="workloads",
+            key="--workloads",
         )
     asked = parse_paths(paths)
     workloads = []
@@ -205,7 +206,7 @@ def select_workloads(names: str, paths: str) -> list[Workload]:
             raise ConfigError(
                 f"--paths leaves the {name} workload no full-history peer; "
                 f"it serves {', '.join(workload.paths)}",
-                key="paths",
+                key="--paths",
             )
         workloads.append(replace(workload, paths=kept))
     return workloads

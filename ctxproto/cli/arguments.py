@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "int_between", "int_list", "non_negative_float"]
+__all__ = ["int_at_least", "int_between", "int_list", "non_negative_float", "positive_float"]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -37,12 +37,24 @@ def int_between(minimum: int, maximum: int | None) -> Callable[[str], int]:
 
 def non_negative_float(text: str) -> float:
     """An argparse ``type`` accepting finite numbers ``>= 0``."""
+    return _finite_float(text, zero=True)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` accepting finite numbers ``> 0`` (a duration, a rate)."""
+    return _finite_float(text, zero=False)
+
+
+def _finite_float(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    low_enough = value >= 0 if zero else value > 0
+    if not (low_enough and value < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'>=' if zero else '>'} 0, got {text}"
+        )
     return value
 
 

@@ -43,11 +43,12 @@ def test_paths_narrow_every_workload_to_the_named_ones_it_serves():
 @pytest.mark.parametrize(
     ("workloads", "paths", "key", "says"),
     [
-        ("long", "engine,ctxproto,beam", "paths", "unknown: beam"),
-        ("long", "engine,llama_cpp", "paths", "must name ctxproto"),
-        ("long", "ctxproto,ctxproto_llama_cpp", "paths", "at least one of generate"),
-        ("support,concurrent", "generate,ctxproto", "paths", "the concurrent workload"),
-        ("long,short", "engine,ctxproto", "workloads", "unknown workload short"),
+        ("long", "engine,ctxproto,beam", "--paths", "unknown: beam"),
+        ("long", "engine,llama_cpp", "--paths", "must name ctxproto"),
+        ("long", "ctxproto,ctxproto_llama_cpp", "--paths", "at least one of generate"),
+        ("support,concurrent", "generate,ctxproto", "--paths", "the concurrent workload"),
+        ("long,short", "engine,ctxproto", "--workloads", "unknown workload short"),
+        ("", "engine,ctxproto", "--workloads", "none named"),
     ],
 )
 def test_bad_paths_or_workloads_are_a_config_error_naming_the_key(workloads, paths, key, says):
