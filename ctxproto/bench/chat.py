@@ -264,20 +264,28 @@ def run_paths(
                 examples,
                 serving,
             )
-        if not set(served) & set(FULL_HISTORY_PATHS):
-            reasons = "; ".join(f"{path}: {why}" for path, why in unavailable.items())
-            raise BackendError(f"no full-history peer could be started ({reasons})")
+        _check_peers(served, unavailable, "could be started")
         records: dict[str, list[TurnRecord]] = {path: [] for path in served}
-        for row in zip(*served.values(), strict=True):
-            for path, record in zip(served, row, strict=True):
-                records[path].append(record)
+        for _ in range(total):
+            for path in list(served):
+                try:
+                    records[path].append(next(served[path]))
+                except BackendError as exc:
+                    if path not in servers:
+                        raise  # our own engine failing is a failure of the run
+                    # llama.cpp's server died or stopped answering: the other paths
+                    # are still reported, this one is named with why it stopped.
+                    unavailable[path] = _stopped(servers[path], len(records[path]), exc)
+                    del served[path], records[path]
+            _check_peers(served, unavailable, "is left")
             if on_turn is not None:
                 on_turn(records[_baseline(records)][-1], records["ctxproto"][-1])
             if task is not None:
                 progress.advance(task)
         cache_stats = {path: engine.stats().model_dump() for path, engine in engines.items()}
-        binaries = {path: str(server.binary) for path, server in servers.items()}
-        threads = {path: server.threads for path, server in servers.items()}
+        kept = {path: server for path, server in servers.items() if path in records}
+        binaries = {path: str(server.binary) for path, server in kept.items()}
+        threads = {path: server.threads for path, server in kept.items()}
     from ctxproto.runtime.engine import resolve_quantize
 
     result = summarize(records[_baseline(records)], records["ctxproto"])
@@ -303,6 +311,20 @@ def run_paths(
         turns=[vars(r) for r in records["ctxproto"]],
     )
     return result
+
+
+def _check_peers(served: dict[str, Any], unavailable: dict[str, str], what: str) -> None:
+    """Fail when no full-history peer is left to compare with, saying why each is gone."""
+    if not set(served) & set(FULL_HISTORY_PATHS):
+        reasons = "; ".join(f"{path}: {why}" for path, why in unavailable.items())
+        raise BackendError(f"no full-history peer {what} ({reasons})")
+
+
+def _stopped(server: LlamaServer, turns: int, error: BackendError) -> str:
+    """Why a path on ``server`` stopped after serving ``turns`` turns."""
+    exited = server.exit_reason()
+    because = f"llama-server {exited}; " if exited else ""
+    return f"stopped after {turns} turn{'s' * (turns != 1)}: {because}{error}"
 
 
 def _baseline(records: dict[str, list[TurnRecord]]) -> str:
@@ -442,6 +464,7 @@ def print_comparison(result: dict[str, Any]) -> None:
     """The per-path table and the ratios in 80 columns, then the machine and the
     llama-server builds."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=80)
@@ -483,7 +506,7 @@ def print_comparison(result: dict[str, Any]) -> None:
             markup=False,
         )
     for path, reason in result.get("unavailable", {}).items():
-        console.print(f"[yellow]{path} not run[/]: {reason}")
+        console.print(f"[yellow]{path} left out[/]: {escape(reason)}")
     for path, binary in result.get("llama_server_by_path", {}).items():
         console.print(f"{path} served by {binary}", markup=False)
     if "machine" in result:

@@ -199,6 +199,11 @@ class LlamaServer:
         self.stop()
         raise BackendError(f"did not load the model in {self.startup_timeout_s:.0f} s")
 
+    def exit_reason(self) -> str | None:
+        """How the server's process ended, when it has (a crash mid-run); else None."""
+        code = None if self._process is None else self._process.poll()
+        return None if code is None else f"exited: {_exit_reason(code)}"
+
     def stop(self) -> None:
         """Terminate the process by its PID, then kill it if it does not exit."""
         process, self._process = self._process, None

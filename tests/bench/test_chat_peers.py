@@ -126,3 +126,51 @@ def test_the_comparison_fits_80_columns_and_says_when_our_engine_did_not_specula
     result["speculate_by_path"] = {"engine": True, "ctxproto": True}
     print_comparison(result)
     assert "no speculation" not in capsys.readouterr().out
+
+
+def test_a_peer_whose_server_dies_mid_run_is_named_with_why_and_the_others_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    """llama.cpp's server crashing at the third turn leaves its paths out, said why."""
+    import ctxproto.bench.chat as chat
+
+    class DeadServer:
+        binary, threads = tmp_path / "llama-server", 2
+
+        def exit_reason(self) -> str:
+            return "exited: killed by signal SIGKILL"
+
+    def backend(path, stack, engines, servers, serving):
+        if path in ("llama_cpp", "ctxproto_llama_cpp"):
+            servers[path] = DeadServer()
+        return path
+
+    def turns(path, scripts, *args):
+        for number, seconds in enumerate([1.0, 1.0, 1.0, 1.0], 1):
+            if path == "llama_cpp" and number == 3:
+                raise BackendError("cannot reach http://127.0.0.1:1/v1: connection refused")
+            yield rows([seconds / (2 if path == "ctxproto" else 1)])[0]
+
+    monkeypatch.setattr(chat, "_warm_up", lambda: None)
+    monkeypatch.setattr(chat, "get_counter", lambda *args: None)
+    monkeypatch.setattr(chat, "_backend", backend)
+    monkeypatch.setattr(chat, "_turns", turns)
+    script = SessionScript("s", tuple(ChatTurn(f"turn {i}", "chat") for i in range(4)))
+    result = run_paths([script], 4, paths=("engine", "llama_cpp", "ctxproto"))
+    reason = result["unavailable"]["llama_cpp"]
+    assert reason.startswith("stopped after 2 turns: llama-server exited: killed by signal")
+    assert "connection refused" in reason
+    assert set(result["paths"]) == {"engine", "ctxproto"}
+    assert result["ratios"] == {"ctxproto/engine": 2.0}
+    assert result["llama_server_by_path"] == {}
+
+
+def test_why_a_peer_was_left_out_is_printed_as_said(capsys):
+    from ctxproto.bench.chat import print_comparison
+
+    result = compare_paths({"engine": rows([1.0]), "ctxproto": rows([0.5])})
+    why = "llama-server not found; pip install 'ctxproto[bench]' [or build it]"
+    result["unavailable"] = {"llama_cpp": why}
+    print_comparison(result)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"llama_cpp left out: {why}" in out
