@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
 from ctxproto.cli.main import print_json
 from ctxproto.config import validation_error_to_config_error
@@ -98,6 +99,7 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.pipeline import Pipeline
 
     _check_dataset_options(args)
+    require("matplotlib", extra="eval")  # the plots are drawn after the whole evaluation
     err = Console(stderr=True, highlight=False)
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
     _check_writable(args.out)

@@ -191,3 +191,16 @@ def test_json_output_is_strict_json_with_null_for_a_figure_not_measured(
         "name": "ü",
     }
     assert out.count("\n") == 1
+
+
+def test_eval_without_its_extra_says_so_before_any_work(tmp_path: Path) -> None:
+    """The plots are drawn after the whole evaluation: without matplotlib a long run
+    ended in the missing extra, with nothing to show for it."""
+    program = WITHOUT_EMBED_EXTRA.replace('{"faiss", "sentence_transformers"}', '{"matplotlib"}')
+    proc = ctxproto(
+        "eval", MINIMAL, "--dataset", "needle", "--out", str(tmp_path / "out"), program=program
+    )
+    assert proc.returncode == 1
+    assert "pip install 'ctxproto[eval]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
