@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,11 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no documents found", file=args.source, expected="a .txt/.md file or JSONL"
         )
+    # One id twice in a JSONL source: the later line replaces the earlier one, as a
+    # document replaces its stored version, and counts once.
+    counts = Counter(d.id for d in documents)
+    repeated = sorted(doc_id for doc_id, count in counts.items() if count > 1)
+    documents = list({d.id: d for d in documents}.values())
     # An empty file is a document with nothing to retrieve, not a broken input: it is
     # skipped, and what it held before is deleted, as a document replaced by nothing.
     emptied = [d.id for d in documents if not d.text.strip()]
@@ -132,6 +138,12 @@ def handle(args: argparse.Namespace) -> int:
             raise ConfigError(
                 str(exc), key="--store", expected="a folder this user can write"
             ) from exc
+    for doc_id in repeated:
+        console.print(
+            f"{doc_id} appears {counts[doc_id]} times in the source: the last one is indexed",
+            markup=False,
+            soft_wrap=True,
+        )
     for doc_id in emptied:  # said once the store is known to take the deletion
         console.print(
             f"skipped {doc_id}: it holds no text (what it held before is deleted)",
@@ -174,6 +186,7 @@ def handle(args: argparse.Namespace) -> int:
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
         "skipped_links": skipped_links,
         "skipped_empty": emptied,
+        "repeated_ids": repeated,
         "pruned": pruned,
     }
     if args.json:

@@ -190,3 +190,29 @@ def test_an_emptied_file_is_skipped_and_its_old_chunks_deleted(
         assert found == {"apples.md", "comets.md"}
     finally:
         knowledge_base.close()
+
+
+def test_an_id_repeated_in_a_jsonl_source_is_indexed_once_as_its_last_line(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """The report counted both copies, while the store kept one."""
+    source = tmp_path / "docs.jsonl"
+    lines = [
+        {"id": "a", "text": "The old warranty lasts one year."},
+        {"id": "b", "text": "Volcanoes erupt molten rock."},
+        {"id": "a", "text": "The warranty lasts two years from delivery."},
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines), "utf-8")
+    store = str(tmp_path / "store")
+    assert main(["index", str(source), "--store", store, "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["documents"] == 2 == summary["store_documents"]
+    assert summary["chunks"] == summary["store_chunks"] == 2
+    assert summary["repeated_ids"] == ["a"] and "a appears 2 times" in captured.err
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        (hit,) = knowledge_base.query("how long is the warranty?", k=1)
+        assert hit.text == "The warranty lasts two years from delivery."
+    finally:
+        knowledge_base.close()
