@@ -25,6 +25,7 @@ prefill tokens/s is prompt tokens over the time to the first token.
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import urllib.request
@@ -172,5 +173,12 @@ def llama_completion(server: LlamaServer, prompt: list[int], max_new_tokens: int
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())["timings"]
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())["timings"]
+    except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+        # A server that died or answered no timings mid-run: a failure of the run,
+        # said with how the process ended, not a traceback from urllib.
+        exited = server.exit_reason()
+        because = f" (it {exited})" if exited else ""
+        raise BackendError(f"llama-server failed a completion{because}: {exc!r}") from None

