@@ -42,6 +42,7 @@ from ctxproto.runtime.params import GenerationParams
 from ctxproto.runtime.radix_cache import Eviction
 from ctxproto.stages.base import StageReport
 from ctxproto.stages.folders import FolderOrRedisURL
+from ctxproto.stores.chat_history import load_history, save_history
 from ctxproto.stores.session_state import SessionStore, open_session_store
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ __all__ = [
     "build_backend",
     "load_chatbot_config",
 ]
-
-_HISTORY_VERSION = 1
 
 
 class BackendConfig(BaseModel):
@@ -344,19 +343,11 @@ class ChatSession:
     def _load_history(self) -> list[Message]:
         if self.history_store is None:
             return []
-        state = self.history_store.get(self.tenant_id, self.session_id) or {}
-        return [Message.model_validate(m) for m in state.get("history", [])]
+        return load_history(self.history_store, self.tenant_id, self.session_id)
 
     def _save_history(self) -> None:
         if self.history_store is not None:
-            self.history_store.put(
-                self.tenant_id,
-                self.session_id,
-                {
-                    "version": _HISTORY_VERSION,
-                    "history": [m.model_dump(exclude_none=True) for m in self.history],
-                },
-            )
+            save_history(self.history_store, self.tenant_id, self.session_id, self.history)
 
 
 class _SessionSettings(BaseModel):

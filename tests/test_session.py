@@ -516,3 +516,25 @@ def test_an_empty_question_is_refused_and_no_turn_is_kept():
         with pytest.raises(ConfigError, match="question"):
             "".join(session.stream(question))
     assert backend.calls == 0 and session.history == []
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ({"version": 2, "history": []}, "no chat history of version 1"),
+        ({"version": 1, "history": [{"role": "wizard", "content": "hi"}]}, "invalid message"),
+    ],
+)
+def test_a_stored_history_that_is_not_one_is_a_store_error_naming_the_session(
+    tmp_path, state, says
+):
+    store = SessionStateStore(tmp_path, namespace="history")
+    store.put("default", "s1", state)
+    with pytest.raises(StoreError, match=says) as raised:
+        ChatSession(
+            Pipeline([RecencyWindow(max_turns=4)]),
+            ScriptedBackend(["unused"]),
+            session_id="s1",
+            history_store=store,
+        )
+    assert "session 's1'" in str(raised.value) and str(tmp_path) in str(raised.value)

@@ -53,11 +53,11 @@ from ctxproto.integrations._carried import (
     parse_arguments,
     raw_arguments,
 )
-from ctxproto.integrations._history import append_history, load_history
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
+from ctxproto.stores.chat_history import append_history, load_history
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import get_counter
 

@@ -72,7 +72,6 @@ from ctxproto.integrations._carried import (
     parse_arguments,
     raw_arguments,
 )
-from ctxproto.integrations._history import append_history, load_history, save_history
 from ctxproto.messages import FunctionCall, Message, ToolCall, known_fields
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.retrieval.packing import pack_to_budget
@@ -80,6 +79,7 @@ from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.stages.relevance_filter import RelevanceFilter
 from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stages.token_compressor import TokenCompressor
+from ctxproto.stores.chat_history import append_history, load_history, save_history
 from ctxproto.stores.session_state import SessionStateStore
 from ctxproto.tokens import get_counter
 

@@ -1,7 +1,10 @@
-"""A conversation in a ``SessionStateStore``, in the form ``ChatSession`` keeps it.
+"""A conversation in a session store, in the one form ``ChatSession`` and every
+framework adapter read and write, so a conversation begun in one continues in
+another.
 
-Every adapter's chat history reads and writes this one form, so a conversation
-begun in one framework (or in ``ChatSession``) continues in another.
+A state is ``{"version": 1, "history": [message, ...]}``. A state of another
+version, or a message that is not one, is a ``StoreError`` naming the session
+and the store (its URL without a password), never a history read wrongly.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from typing import Any
 
 from ctxproto.errors import StoreError
 from ctxproto.messages import Message
-from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.stores.session_state import SessionStore
+from ctxproto.stores.store_url import redact_url
 
-__all__ = ["append_history", "load_history", "save_history"]
+__all__ = ["HISTORY_VERSION", "append_history", "load_history", "save_history"]
 
 HISTORY_VERSION = 1
 """The version of the history state ``ChatSession`` writes."""
 
 
-def load_history(store: SessionStateStore, tenant_id: str, session_id: str) -> list[Message]:
+def load_history(store: SessionStore, tenant_id: str, session_id: str) -> list[Message]:
     """The session's messages, oldest first; ``StoreError`` when the state is not a history."""
     where = _where(store, tenant_id, session_id)
     try:
@@ -28,14 +32,14 @@ def load_history(store: SessionStateStore, tenant_id: str, session_id: str) -> l
 
 
 def save_history(
-    store: SessionStateStore, tenant_id: str, session_id: str, history: list[Message]
+    store: SessionStore, tenant_id: str, session_id: str, history: list[Message]
 ) -> None:
     """Replace the session's messages in one atomic store write."""
     store.put(tenant_id, session_id, _state([], history))
 
 
 def append_history(
-    store: SessionStateStore, tenant_id: str, session_id: str, messages: list[Message]
+    store: SessionStore, tenant_id: str, session_id: str, messages: list[Message]
 ) -> None:
     """Add ``messages`` to the session's history in one transaction of the store, so
     that two turns written at once both stay (a load then a save kept only the later)."""
@@ -55,5 +59,5 @@ def _state(kept: list[Any], added: list[Message]) -> dict[str, Any]:
     return {"version": HISTORY_VERSION, "history": history}
 
 
-def _where(store: SessionStateStore, tenant_id: str, session_id: str) -> str:
-    return f"session '{session_id}' of tenant '{tenant_id}' in {store.path}"
+def _where(store: SessionStore, tenant_id: str, session_id: str) -> str:
+    return f"session '{session_id}' of tenant '{tenant_id}' in {redact_url(store.location)}"
