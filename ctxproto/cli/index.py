@@ -187,6 +187,8 @@ def handle(args: argparse.Namespace) -> int:
         "skipped_links": skipped_links,
         "skipped_empty": emptied,
         "repeated_ids": repeated,
+        "chunks_past_embedder_window": knowledge_base.chunks_past_window,
+        "embedder_window_tokens": knowledge_base.embedder.window_tokens,
         "pruned": pruned,
     }
     if args.json:
@@ -197,6 +199,13 @@ def handle(args: argparse.Namespace) -> int:
         console.print(f"into {escape(shown)}")
         if pruned:
             console.print(f"deleted {len(pruned)} documents the source no longer holds")
+        if knowledge_base.chunks_past_window:
+            console.print(
+                f"{knowledge_base.chunks_past_window} of {chunks} chunks are longer than the "
+                f"embedder reads ({knowledge_base.embedder.window_tokens} of its tokens): "
+                "only their start is embedded; a smaller --chunk-tokens fits them",
+                markup=False,
+            )
         console.print(
             f"the store holds {summary['store_documents']} documents, "
             f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"

@@ -107,6 +107,23 @@ class Embedder:
         return result
 
     @property
+    def window_tokens(self) -> int:
+        """How many of its own tokens the model reads of a text, its markers included;
+        the rest of a longer text is cut off unread."""
+        return int(self._model.max_seq_length)
+
+    def past_window(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` run past ``window_tokens``: their ends are not embedded.
+
+        Chunks are sized in the pipeline's tokens, which are not the embedder's:
+        256 of one can be 300 of the other, and nothing said so.
+        """
+        if not texts:
+            return 0
+        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, verbose=False)
+        return sum(len(ids) > self.window_tokens for ids in encoded["input_ids"])
+
+    @property
     def memo_entries(self) -> int:
         return len(self._memo)
 

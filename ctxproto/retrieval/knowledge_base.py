@@ -52,6 +52,10 @@ class KnowledgeBase:
         self.store: VectorBackend = open_vector_store(
             path, embedder=self.embedder.name, dimension=self.embedder.dimension, kind=kind
         )
+        self.chunks_past_window = 0
+        """Chunks added through this object that run past the embedder's window
+        (``Embedder.window_tokens``): only their start is embedded, so a question
+        about their end may not find them. ``ctxproto index`` reports it."""
         self._searching = threading.Lock()
         """Held from the store's refresh to the last read of its slots: a refresh by
         another thread's query swaps the index and the chunk records."""
@@ -81,8 +85,10 @@ class KnowledgeBase:
         ]
         added = 0
         for doc_id, chunks in chunked:
-            vectors = self.embedder.embed([c.text for c in chunks])
+            texts = [c.text for c in chunks]
+            vectors = self.embedder.embed(texts)
             self.store.add(doc_id, chunks, vectors)
+            self.chunks_past_window += self.embedder.past_window(texts)
             added += len(chunks)
             if on_progress is not None:
                 on_progress(1)

@@ -216,3 +216,26 @@ def test_an_id_repeated_in_a_jsonl_source_is_indexed_once_as_its_last_line(
         assert hit.text == "The warranty lasts two years from delivery."
     finally:
         knowledge_base.close()
+
+
+def test_chunks_longer_than_the_embedder_reads_are_counted_and_said(
+    tmp_path: Path, capsys: Any
+) -> None:
+    """Chunks are sized in the pipeline's tokens; the embedder reads 256 of its own and
+    silently left the rest of a longer chunk unembedded."""
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "codes.md").write_text(  # identifiers: many more of the embedder's tokens
+        " ".join(f"ERR-{n:05d}-X{n % 7}Q" for n in range(200)) + "\n", "utf-8"
+    )
+    (folder / "short.md").write_text("Returns are accepted within 30 days.\n", "utf-8")
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["embedder_window_tokens"] == 256
+    assert 1 <= summary["chunks_past_embedder_window"] < summary["chunks"]
+    assert main(["index", str(folder), "--store", store, "--chunk-tokens", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "longer than the embedder reads" not in out  # small chunks fit
+    assert main(["index", str(folder), "--store", store]) == 0
+    assert "longer than the embedder reads (256 of its tokens)" in capsys.readouterr().out
