@@ -104,7 +104,7 @@ def _stdout_closed() -> bool:
         poller.register(sys.stdout.fileno(), select.POLLOUT)
         events = poller.poll(0)
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or no stdout fd
-        return True
+        return False  # unsure: the error is raised, never swallowed
     return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
 
 
@@ -115,7 +115,9 @@ def print_json(document: Any) -> None:
     which no strict JSON reader (``jq``, JavaScript, Go) accepts: a figure that
     could not be measured is printed as ``null`` instead, as a missing one is.
     """
-    print(json.dumps(_finite(document), ensure_ascii=False, allow_nan=False))
+    # ASCII escapes: a path or a name outside ASCII must not fail a terminal or a
+    # pipe whose encoding is not UTF-8, after a whole benchmark has run.
+    print(json.dumps(_finite(document), ensure_ascii=True, allow_nan=False))
 
 
 def _finite(value: Any) -> Any:

@@ -191,6 +191,27 @@ def test_json_output_is_strict_json_with_null_for_a_figure_not_measured(
         "name": "ü",
     }
     assert out.count("\n") == 1
+    assert out.isascii()  # escaped: a terminal or pipe that is not UTF-8 takes it too
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_not_a_quiet_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With stdout that has no descriptor (captured, embedded), a BrokenPipeError from a
+    socket or a child was taken for a reader gone and swallowed with exit 141."""
+    import argparse
+    import importlib
+
+    cli_main = importlib.import_module("ctxproto.cli.main")  # the module, not its function
+
+    def failing(args: argparse.Namespace) -> int:
+        raise BrokenPipeError("the child process went away")
+
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(handler=failing))
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    with pytest.raises(BrokenPipeError, match="child process"):
+        cli_main.main(["anything"])
 
 
 def test_eval_without_its_extra_says_so_before_any_work(tmp_path: Path) -> None:
@@ -204,3 +225,9 @@ def test_eval_without_its_extra_says_so_before_any_work(tmp_path: Path) -> None:
     assert "pip install 'ctxproto[eval]'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stages: [{type: no_such_stage}]\n", "utf-8")
+    proc = ctxproto(
+        "eval", str(broken), "--dataset", "needle", "--out", str(tmp_path / "o"), program=program
+    )
+    assert proc.returncode == 2 and "no_such_stage" in proc.stderr  # the file's error first
