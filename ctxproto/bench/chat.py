@@ -277,6 +277,7 @@ def run_paths(
                     # are still reported, this one is named with why it stopped.
                     unavailable[path] = _stopped(servers[path], len(records[path]), exc)
                     del served[path], records[path]
+                    servers[path].stop()  # one that hangs must not take CPU from the rest
             _check_peers(served, unavailable, "is left")
             if on_turn is not None:
                 on_turn(records[_baseline(records)][-1], records["ctxproto"][-1])

@@ -134,11 +134,16 @@ def test_a_peer_whose_server_dies_mid_run_is_named_with_why_and_the_others_repor
     """llama.cpp's server crashing at the third turn leaves its paths out, said why."""
     import ctxproto.bench.chat as chat
 
+    stopped: list[str] = []
+
     class DeadServer:
         binary, threads = tmp_path / "llama-server", 2
 
         def exit_reason(self) -> str:
             return "exited: killed by signal SIGKILL"
+
+        def stop(self) -> None:  # at once: a hung one must not take CPU from the rest
+            stopped.append("now")
 
     def backend(path, stack, engines, servers, serving):
         if path in ("llama_cpp", "ctxproto_llama_cpp"):
@@ -163,6 +168,7 @@ def test_a_peer_whose_server_dies_mid_run_is_named_with_why_and_the_others_repor
     assert set(result["paths"]) == {"engine", "ctxproto"}
     assert result["ratios"] == {"ctxproto/engine": 2.0}
     assert result["llama_server_by_path"] == {}
+    assert stopped == ["now"]
 
 
 def test_why_a_peer_was_left_out_is_printed_as_said(capsys):
