@@ -100,9 +100,19 @@ def sessions_with_prefix(store: SessionStore, tenant_id: str, prefix: str) -> li
     A store written to this protocol before ``sessions`` took a prefix is still
     served: it lists every session of the tenant, and the ids are filtered here.
     """
-    if "prefix" in inspect.signature(store.sessions).parameters:
+    if _takes_two(store.sessions):
         return store.sessions(tenant_id, prefix)
     return sorted(s for s in store.sessions(tenant_id) if s.startswith(prefix))
+
+
+def _takes_two(method: Callable[..., object]) -> bool:
+    """Whether ``method`` takes a second positional argument (whatever its name), as
+    ``sessions(tenant_id, prefix)`` passes one."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    return sum(p.kind in positional for p in parameters) >= 2
 
 
 def open_session_store(location: str | Path | None, *, namespace: str) -> SessionStore:

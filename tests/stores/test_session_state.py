@@ -395,9 +395,27 @@ def test_a_store_written_before_listing_took_a_prefix_is_still_listed_by_prefix(
         def sessions(self, tenant_id: str) -> list[str]:
             return self.inner.sessions(tenant_id)
 
+    class Wrapper:
+        """A store wrapping another, passing every argument on."""
+
+        def __init__(self, inner: SessionStateStore) -> None:
+            self.inner = inner
+
+        def sessions(self, *args: Any) -> list[str]:
+            return self.inner.sessions(*args)
+
+    class OtherName:
+        def __init__(self, inner: SessionStateStore) -> None:
+            self.inner = inner
+
+        def sessions(self, tenant_id: str, start: str) -> list[str]:
+            return self.inner.sessions(tenant_id, start)
+
     older = OlderStore()
     for session in ("mem/a/2", "mem/a/1", "mem/b/1"):
         older.inner.put("t", session, {})
     assert sessions_with_prefix(older, "t", "mem/a/") == ["mem/a/1", "mem/a/2"]  # type: ignore[arg-type]
     assert sessions_with_prefix(older.inner, "t", "mem/b/") == ["mem/b/1"]
+    for wrapped in (Wrapper(older.inner), OtherName(older.inner)):  # the prefix passed on
+        assert sessions_with_prefix(wrapped, "t", "mem/a/") == ["mem/a/1", "mem/a/2"]  # type: ignore[arg-type]
     older.inner.close()
