@@ -99,9 +99,9 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.pipeline import Pipeline
 
     _check_dataset_options(args)
-    require("matplotlib", extra="eval")  # the plots are drawn after the whole evaluation
     err = Console(stderr=True, highlight=False)
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
+    require("matplotlib", extra="eval")  # the plots are drawn after the whole evaluation
     _check_writable(args.out)
     overrides = {
         key: getattr(args, key)
