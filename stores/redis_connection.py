@@ -22,7 +22,7 @@ from redis.retry import Retry
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.store_url import redact_url, url_secrets
 
-__all__ = ["RedisConnection", "key_part"]
+__all__ = ["RedisConnection", "glob_escape", "key_part"]
 
 DEFAULT_TIMEOUT_S = 5.0
 """Connect and read timeout; a ``socket_timeout=`` query in the URL overrides it."""
@@ -72,3 +72,9 @@ class RedisConnection:
 def key_part(identifier: str) -> str:
     """``identifier`` percent-encoded for a key: no ``:`` survives, distinct ids stay distinct."""
     return quote(identifier, safe="")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis ``MATCH`` pattern (``SCAN``, ``SSCAN``):
+    ids may hold ``*``, ``?``, ``[`` and ``]``."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

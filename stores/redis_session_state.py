@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ctxproto.stores.redis_connection import RedisConnection, key_part
+from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
 from ctxproto.stores.session_state import check_ids, decode_state, encode_state
 from ctxproto.stores.store_url import redact_url
 
@@ -123,7 +123,7 @@ class RedisSessionStateStore:
         so only the ids wanted cross the network.
         """
         check_ids(tenant_id, "listing")
-        pattern = _glob_escape(prefix).encode("utf-8") + b"*"
+        pattern = glob_escape(prefix).encode("utf-8") + b"*"
         index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
             members = list(self._redis.sscan_iter(index, match=pattern, count=1000))
@@ -134,8 +134,3 @@ class RedisSessionStateStore:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a Redis glob pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -28,13 +28,12 @@ not ours: see docs/deploy.md.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from ctxproto.errors import StoreError
-from ctxproto.stores.redis_connection import RedisConnection, key_part
+from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
 
 __all__ = ["RedisCacheStorage"]
 
@@ -146,8 +145,8 @@ class RedisCacheStorage:
     def clear(self) -> None:
         with self._reporting("cannot clear the cache"):
             for part in ("entry", "listed", "src"):
-                pattern = f"{self._prefix}:{part}:*"
-                batch = list(self._redis.scan_iter(match=_glob_escaped(pattern), count=1000))
+                pattern = glob_escape(f"{self._prefix}:{part}:") + "*"
+                batch = list(self._redis.scan_iter(match=pattern, count=1000))
                 for start in range(0, len(batch), 1000):
                     self._redis.delete(*batch[start : start + 1000])
             self._redis.delete(self._order)
@@ -197,10 +196,3 @@ class RedisCacheStorage:
 
     def _reporting(self, what: str) -> AbstractContextManager[None]:
         return self._connection.reporting(f"{what} of the semantic cache")
-
-
-def _glob_escaped(pattern: str) -> str:
-    """``pattern`` with glob characters escaped, except a final ``*``."""
-    head = pattern[:-1] if pattern.endswith("*") else pattern
-    escaped = re.sub(r"([\\*?\[\]])", r"\\\1", head)
-    return escaped + ("*" if pattern.endswith("*") else "")
