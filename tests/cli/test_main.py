@@ -34,8 +34,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def ctxproto(*args: str, program: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, *(["-c", program] if program else ["-m", "ctxproto.cli"])]
+def ctxproto(
+    *args: str, program: str | None = None, module: str = "ctxproto.cli"
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, *(["-c", program] if program else ["-m", module])]
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, check=False, timeout=120
     )
@@ -118,14 +120,7 @@ def test_main_returns_the_exit_code_of_an_argument_error(
 
 
 def test_python_dash_m_ctxproto_runs_the_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ctxproto", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
+    result = ctxproto("--version", module="ctxproto")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ctxproto ")
 
