@@ -267,13 +267,11 @@ def _hugging_face_counter(spec: str) -> HuggingFaceCounter:
     model = spec[3:] or "default"
     try:
         return HuggingFaceCounter.for_model(model)
-    except ConfigError:
-        raise
-    except (OSError, ValueError) as exc:
-        # transformers' way of saying that a folder holds no tokenizer (``hf:/etc``).
+    except ConfigError as exc:
+        # A path that is no model (``hf:/etc``, ``hf:notes.txt``): placed at the key.
         # A model that is simply not installed is a ModelNotAvailableError instead.
         raise ConfigError(
-            f"'{model}' holds no tokenizer that loads ({type(exc).__name__})",
+            exc.detail,
             key="tokenizer",
             expected="'hf:<model folder, .gguf file or cached model id>' "
             "or an offline tiktoken encoding",

@@ -1,6 +1,7 @@
 """The embedded defaults load offline from installed packages and actually work."""
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -99,3 +100,66 @@ def test_work_remembered_in_an_own_memo_stays_there(embedder) -> None:
     assert len(own) == 1 and embedder.memo_entries == before
     embedder.embed_one(text)  # not found in the shared memo: embedded again
     assert embedder.memo_entries == before + 1
+
+
+@pytest.mark.parametrize("content", ["empty", "config only", "not gguf"])
+def test_a_path_that_holds_no_model_is_a_config_error_naming_it(tmp_path, content):
+    """transformers says ``Unrecognized model`` or ``no file named model.safetensors``
+    with a traceback; the path is the caller's to fix, so the error names it."""
+    from ctxproto.models.embedder import Embedder
+    from ctxproto.models.loader import load_causal_lm, load_tokenizer
+
+    path = tmp_path / "model"
+    if content == "not gguf":
+        path = tmp_path / "model.gguf"
+        path.write_text("not a GGUF file")
+    else:
+        path.mkdir()
+        if content == "config only":
+            (path / "config.json").write_text('{"model_type": "llama"}')
+    loaders: list[Callable[[str], object]] = [load_tokenizer, load_causal_lm]
+    if content != "not gguf":
+        loaders.append(Embedder)
+    for load in loaders:
+        with pytest.raises(ConfigError, match=r"holds no .* that loads") as info:
+            load(str(path))
+        assert str(path) in str(info.value)
+
+
+def test_a_gguf_file_is_no_embedder(tmp_path):
+    from ctxproto.models.embedder import Embedder
+
+    gguf = tmp_path / "lm.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="not a sentence-transformers model"):
+        Embedder(str(gguf))
+
+
+UNWRITABLE_CACHE_CHECK = """
+import os, sys
+os.environ["CTXPROTO_CACHE_DIR"] = sys.argv[1]
+from ctxproto import Pipeline
+from ctxproto.errors import ModelNotAvailableError
+from ctxproto.models.loader import load_causal_lm
+for load in (lambda: Pipeline.from_dict({"tokenizer": "hf:default"}), load_causal_lm):
+    try:
+        load()
+    except ModelNotAvailableError as exc:
+        print("refused", exc)
+"""
+
+
+def test_an_unwritable_cache_names_the_setting_that_fixes_it(unprivileged):
+    """The GGUF conversion is written to the cache folder; a read-only one was a raw
+    PermissionError from load_causal_lm and, for ``tokenizer: hf:default``, a
+    ConfigError blaming the config's tokenizer."""
+    locked = unprivileged.folder / "locked"
+    locked.mkdir()
+    unprivileged.make_read_only(locked)
+    result = unprivileged.run(UNWRITABLE_CACHE_CHECK, str(locked / "cache"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        assert line.startswith(f"refused cannot write the converted model under {locked}")
+        assert "CTXPROTO_CACHE_DIR" in line

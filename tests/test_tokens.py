@@ -145,3 +145,13 @@ def test_a_tokenizer_folder_without_a_tokenizer_is_a_config_error(tmp_path, conf
     message = str(info.value)
     assert message.startswith("pipe.yaml: key 'tokenizer'")
     assert str(folder) in message
+
+
+def test_a_tokenizer_file_that_is_no_model_is_placed_at_the_key(tmp_path):
+    from ctxproto import Pipeline
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(ConfigError, match=r"not a \.gguf model") as info:
+        Pipeline.from_dict({"tokenizer": f"hf:{notes}"}, source="pipe.yaml")
+    assert str(info.value).startswith("pipe.yaml: key 'tokenizer'")

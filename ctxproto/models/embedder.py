@@ -21,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
+from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.loader import loading_model
 from ctxproto.models.openmp import release_thread_pool, releasing_thread_pool
 from ctxproto.models.resolver import resolve_embedder
 
@@ -45,11 +47,17 @@ class Embedder:
         self.batch_size = batch_size
         self.memo_size = memo_size
         resolved = resolve_embedder(model)
+        if resolved.is_gguf:
+            raise ConfigError(
+                f"'{model}' is a GGUF causal LM, not a sentence-transformers model",
+                expected="a sentence-transformers model folder or cached model id",
+            )
         sentence_transformers = require("sentence_transformers", extra="embed")
         quiet_transformers()
-        self._model: Any = sentence_transformers.SentenceTransformer(
-            resolved.location, device=device, local_files_only=True
-        )
+        with loading_model(model, "sentence-transformers model", resolved.location):
+            self._model: Any = sentence_transformers.SentenceTransformer(
+                resolved.location, device=device, local_files_only=True
+            )
         split_over_cores(self._model, in_place=True)  # small batches on every CPU core
         release_thread_pool()  # models/openmp.py: no idle workers left on this thread
         self.name = resolved.name

@@ -6,6 +6,12 @@ keep the result as safetensors under the user cache folder
 (``$CTXPROTO_CACHE_DIR`` or ``~/.cache/ctxproto``), so later loads take about a
 second. The cache entry is written to a temporary folder and renamed into
 place, so a crash mid-conversion never leaves a half-written model behind.
+
+A folder or file the caller named that holds no model transformers can load is
+a ``ConfigError`` naming it (the fix is another path), and a cache folder that
+cannot be written a ``ModelNotAvailableError`` naming the folder and
+``CTXPROTO_CACHE_DIR``: transformers' own ``ValueError``/``OSError`` say neither
+which setting was wrong nor what to do.
 """
 
 from __future__ import annotations
@@ -13,15 +19,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ctxproto._extras import quiet_transformers, require
+from ctxproto.errors import ConfigError, ModelNotAvailableError
 from ctxproto.models.openmp import release_thread_pool
 from ctxproto.models.resolver import ResolvedModel, resolve_lm
 
-__all__ = ["cache_dir", "converted_model_dir", "load_causal_lm", "load_tokenizer"]
+__all__ = [
+    "cache_dir",
+    "converted_model_dir",
+    "load_causal_lm",
+    "load_tokenizer",
+    "loading_model",
+]
 
 
 def cache_dir() -> Path:
@@ -50,28 +65,69 @@ def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
     transformers = require("transformers", extra="runtime")
     require("gguf", extra="runtime")
     quiet_transformers()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        resolved.location, gguf_file=resolved.gguf_file
-    )
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        resolved.location, gguf_file=resolved.gguf_file
-    )
-    # The weights are de-quantized in memory; drop the GGUF marker so they can be saved.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # The staging folder first: an unwritable cache fails before a 20 s conversion.
+    with _writing_cache(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").exists():  # not another process winning the race
-                raise
+        with loading_model(str(Path(resolved.location) / str(resolved.gguf_file)), "GGUF model"):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                resolved.location, gguf_file=resolved.gguf_file, local_files_only=True
+            )
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                resolved.location, gguf_file=resolved.gguf_file, local_files_only=True
+            )
+        # The weights are de-quantized in memory; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with _writing_cache(target.parent):
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not (target / "config.json").exists():  # not another process winning the race
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _writing_cache(folder: Path) -> Iterator[None]:
+    """An ``OSError`` writing the cache (read-only, full) as the setting that fixes it."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"cannot write the converted model under {folder} ({exc.strerror or exc}); "
+            "point CTXPROTO_CACHE_DIR at a writable folder"
+        ) from exc
+
+
+_REASON_CHARS = 160
+"""Most of transformers' first line quoted: some of its messages run to a page."""
+
+
+@contextmanager
+def loading_model(name: str, what: str, location: str | None = None) -> Iterator[None]:
+    """transformers' ``OSError``/``ValueError`` while loading ``name`` as a ``ConfigError``.
+
+    The name was resolved to a path or cached id that exists, so a load that fails
+    means it holds no ``what`` that loads (an empty folder, a ``config.json``
+    without weights, a file that is not GGUF): a path to fix, said with the first
+    line of transformers' reason. ``location``, where it is not the name (a GGUF
+    model's conversion in the cache), is named too.
+    """
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:_REASON_CHARS]
+        where = f" ({location})" if location and location != name else ""
+        raise ConfigError(
+            f"'{name}'{where} holds no {what} that loads ({type(exc).__name__}: {reason})",
+            expected="a model folder, a .gguf file or a cached model id",
+        ) from exc
 
 
 def _model_location(name: str) -> str:
@@ -84,7 +140,9 @@ def load_tokenizer(name: str = "default") -> Any:
     """The tokenizer of a causal LM (shared per process)."""
     transformers = require("transformers", extra="runtime")
     quiet_transformers()
-    return transformers.AutoTokenizer.from_pretrained(_model_location(name), local_files_only=True)
+    location = _model_location(name)
+    with loading_model(name, "tokenizer", location):
+        return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
 
 
 @lru_cache(maxsize=4)
@@ -98,9 +156,11 @@ def load_causal_lm(name: str = "default", device: str = "cpu", dtype: str = "aut
     quiet_transformers()
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        _model_location(name), local_files_only=True, dtype=getattr(torch, dtype)
-    )
+    location = _model_location(name)
+    with loading_model(name, "causal LM", location):
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            location, local_files_only=True, dtype=getattr(torch, dtype)
+        )
     model.to(device)
     model.eval()
     release_thread_pool()  # the loading thread keeps no idle workers (models/openmp.py)
