@@ -29,6 +29,7 @@ __all__ = [
     "TiktokenCounter",
     "TokenCounter",
     "get_counter",
+    "well_formed",
 ]
 
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -37,6 +38,20 @@ REPLY_PRIMING_TOKENS = 3
 """Tokens that open the assistant's reply at the end of a chat prompt."""
 
 _MEMO_SIZE = 65_536
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD, as tiktoken does.
+
+    JSON may escape half a surrogate pair (``"\\ud83d"``), which Python decodes into
+    a ``str`` that has no UTF-8 form; Rust tokenizers then refuse the whole text with
+    a ``TypeError``. A pair written as two escapes is joined into its character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 class TokenCounter(ABC):
@@ -239,7 +254,7 @@ class HuggingFaceCounter(TokenCounter):
         return render
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        ids: list[int] = self.tokenizer.encode(well_formed(text), add_special_tokens=False)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -147,6 +147,19 @@ def test_a_tokenizer_folder_without_a_tokenizer_is_a_config_error(tmp_path, conf
     assert str(folder) in message
 
 
+@pytest.mark.models
+def test_a_lone_surrogate_is_counted_as_tiktoken_counts_it(counter, lm_tokenizer):
+    """JSON may escape half a surrogate pair ("\\ud83d"); the model's tokenizer raised
+    a TypeError on the whole request. Both counters count it as U+FFFD."""
+    hf = HuggingFaceCounter(lm_tokenizer)
+    for text in ["hi \ud83d there", "a\udc00b", "\ud83d\ude00 ok"]:
+        replaced = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        assert hf.count(text) == hf.count(replaced) > 0
+        assert counter.count(text) == counter.count(replaced)
+    chat = [Message(role="user", content="hi \ud83d there")]
+    assert hf.count_messages(chat) > hf.count("hi \ufffd there")
+
+
 def test_a_tokenizer_file_that_is_no_model_is_placed_at_the_key(tmp_path):
     from ctxproto import Pipeline
 
