@@ -27,6 +27,7 @@ import importlib
 import os
 import platform
 import shutil
+import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -57,7 +58,10 @@ def load_kernels() -> bool:
         torch = require("torch", extra="runtime")
         try:
             _build_and_load(torch)
-        except (OSError, RuntimeError, ImportError) as exc:
+        # SubprocessError: torch asks the compiler for its version itself, and a
+        # compiler that answers with an error (``CXX`` naming a broken wrapper)
+        # fails there, before the build that would turn it into a RuntimeError.
+        except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:
             return _decline(f"could not be built ({exc})")
         if torch.ops.ctxproto.vector_width() == 0:
             return _decline("were built without AVX-512 for this CPU")

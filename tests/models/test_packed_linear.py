@@ -179,3 +179,43 @@ def test_without_kernels_the_model_stays_float(monkeypatch):
         assert same is model
     finally:
         kernels.load_kernels.cache_clear()
+
+
+BROKEN_COMPILER_CHECK = """
+import warnings
+from ctxproto.models.kernels import load_kernels
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(load_kernels(), *[str(w.message) for w in caught], sep="\\n")
+"""
+
+
+def test_a_compiler_that_fails_is_a_warning_not_a_crash(tmp_path):
+    """torch asks ``$CXX --version`` before building; a compiler answering with an
+    error raised CalledProcessError out of load_kernels, and the engine with it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    false = shutil.which("false")
+    assert false is not None
+    environment = {
+        **os.environ,
+        "CXX": false,
+        "CTXPROTO_CACHE_DIR": str(tmp_path),  # nothing built there: the build must run
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_COMPILER_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    verdict, message = result.stdout.splitlines()[:2]
+    assert verdict == "False"
+    assert "could not be built" in message and "--version" in message
