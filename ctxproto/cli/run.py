@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ctxproto.cli.main import print_json
 from ctxproto.context import ChatRequest
 from ctxproto.pipeline import Pipeline, PipelineResult
 
@@ -33,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
     request = ChatRequest.from_json_file(args.request)
     result = pipeline.run(request)
     if args.json:
-        print(json.dumps(result.summary(), ensure_ascii=False))
+        print_json(result.summary())
     else:
         print_result(Console(), pipeline, result)
     return 0

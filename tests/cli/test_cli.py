@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,20 @@ def test_run_json_lists_the_repairs_made_to_the_request(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["repairs"] == ["dropped 1 tool result that answered no call"]
     assert [m["role"] for m in out["messages"]] == ["user", "user"]
+
+
+def test_run_json_takes_a_stdout_that_is_not_utf8(tmp_path):
+    """Non-ASCII text through a pipe or terminal that is not UTF-8 (a Windows redirect,
+    a C locale): the JSON ended in a UnicodeEncodeError traceback, exit 1."""
+    request = tmp_path / "unicode.json"
+    question = "Grüße — ¿mi pedido? 你好"
+    request.write_text(json.dumps({"messages": [{"role": "user", "content": question}]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxproto.cli", "run", MINIMAL, "--request", str(request), "--json"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+    assert json.loads(proc.stdout)["messages"][-1]["content"] == question
