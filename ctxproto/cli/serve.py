@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 from typing import Any
 
+from rich.console import Console
+
 from ctxproto.cli.arguments import int_between
 from ctxproto.errors import BackendError, ConfigError
 
@@ -56,6 +58,12 @@ def handle(args: argparse.Namespace) -> int:
             key="tenants",
             expected="API keys under tenants, or --allow-unauthenticated",
         )
+    # Loading the models (and, the first time on a machine, converting the bundled
+    # LM and building its CPU kernels) takes seconds to a minute before uvicorn
+    # says a word: say what the wait is, so a silent terminal is not taken for a hang.
+    Console(stderr=True, highlight=False).print(
+        f"loading {args.config} and its models ...", markup=False, soft_wrap=True
+    )
     state = ProxyState.from_config(config, source=args.config)
     state.flow.warm_up()
     server = uvicorn.Server(

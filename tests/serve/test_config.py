@@ -174,3 +174,5 @@ def test_cli_serves_a_config(tmp_path, scripted: Any):
         process.terminate()
         _, err = process.communicate(timeout=30)
     assert b"k-1" not in err  # keys are never logged
+    # Before the models load (a minute on a first start), one line says what the wait is.
+    assert err.index(f"loading {path} and its models".encode()) < err.index(b"Started server")
