@@ -241,3 +241,45 @@ def test_stage_parameters_in_the_stages_guide_exist() -> None:
                 problems.append(f"{name}.{key}: the guide says {stated}, the code {actual}")
     assert checked >= 10
     assert not problems, problems
+
+
+def test_readme_snippets_come_after_the_index_their_config_reads() -> None:
+    """A README code block that uses an example config whose retriever reads a store
+    comes after the `ctxproto index` command that builds that store: the chatbot
+    session snippet, run as written, failed with "no store at .ctxproto/knowledge-index"."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    problems, checked = [], 0
+    for block in re.finditer(r"^```\w*\n(.*?)^```", text, flags=re.M | re.S):
+        for config in sorted(set(re.findall(r"examples/pipelines/\w+\.yaml", block.group(1)))):
+            stages = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))["stages"]
+            for stage in stages:
+                if stage["type"] != "retriever":
+                    continue
+                checked += 1
+                store = stage["init_parameters"]["store"]
+                built = rf"ctxproto index \S+ --store {re.escape(store)}"
+                if not re.search(built, text[: block.start()]):
+                    problems.append(f"{config} reads {store}, not built before it is used")
+    assert checked >= 1
+    assert not problems, problems
+
+
+def test_mcp_client_configs_in_the_guides_start_no_example_config() -> None:
+    """A desktop client starts `ctxproto mcp` in a folder of its own (Claude Desktop on
+    macOS: `/`), where the example configs' relative store paths cannot be created, so
+    the server exited at once: the guides hand clients a config of the user's own."""
+    import json
+
+    named = []
+    for path in GUIDES:
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"^```json\n(.*?)^```", text, flags=re.M | re.S):
+            if '"mcpServers"' not in block:
+                continue  # other JSON: requests, JSONL lines
+            for server in json.loads(block)["mcpServers"].values():
+                args = server.get("args", [])
+                if args[:1] == ["mcp"]:
+                    named.append((path.name, args[1]))
+    assert named
+    examples = [(guide, config) for guide, config in named if "examples/" in config]
+    assert not examples, examples
