@@ -50,14 +50,16 @@ SHOULD_HIT = ("paraphrase", "near_repeat")
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("cache", help="semantic cache hard-negative accuracy and speed")
-    parser.add_argument("--entries", type=int_at_least(1), default=100_000)
+    parser.add_argument(
+        "--entries", type=int_at_least(1), default=100_000, help="cache entries the speed runs on"
+    )
     parser.add_argument(
         "--pairs", default=str(FIXTURES), help="folder holding cache_pairs/ and the older pairs"
     )
     parser.add_argument(
         "--guard", choices=GUARDS, default="learned", help="the guard the speed figures run with"
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
 

@@ -109,8 +109,9 @@ def add_engine_arguments(parser: Any) -> None:
         "--quantize",
         choices=QUANTIZE_MODES,
         default="auto",
-        help="weights of our engine on the engine and ctxproto paths (docs/runtime.md); "
-        "the generate path stays float32",
+        metavar="MODE",
+        help=f"{', '.join(QUANTIZE_MODES)}: weights of our engine on the engine and ctxproto "
+        "paths (docs/runtime.md); the generate path stays float32",
     )
     parser.add_argument(
         "--no-speculate",
@@ -150,11 +151,15 @@ def register(subparsers: Any) -> None:
         "chat", help="effective TPS of a multi-session chat: ctxproto vs full-history peers"
     )
     parser.add_argument("--turns", type=int_at_least(1), default=30, help="user turns per session")
-    parser.add_argument("--sessions", type=int_at_least(1), default=2)
-    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sessions", type=int_at_least(1), default=2, help="chat sessions")
     parser.add_argument(
-        "--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}"
+        "--max-new-tokens", type=int_at_least(1), default=32, help="tokens per answer at most"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated chats")
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
     )
     add_engine_arguments(parser)
     parser.add_argument("--plot", type=Path, help="write the by-turns plot (PNG) here")

@@ -78,7 +78,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--steps", type=int_at_least(1), default=32, help="tokens decoded per round"
     )
-    parser.add_argument("--rounds", type=int_at_least(1), default=3)
+    parser.add_argument(
+        "--rounds", type=int_at_least(1), default=3, help="timed rounds, the median reported"
+    )
     parser.add_argument(
         "--rows", type=int_at_least(1), default=1, help="sequences decoded together"
     )

@@ -52,16 +52,31 @@ def register(subparsers: Any) -> None:
         "prefix", help="prefix-KV cache: our engine vs transformers generate / generate_batch"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--prefix-tokens", type=int_at_least(1), default=2048)
-    parser.add_argument("--requests", type=int_at_least(1), default=8)
-    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=16)
+    parser.add_argument(
+        "--prefix-tokens", type=int_at_least(1), default=2048, help="tokens of the shared prefix"
+    )
+    parser.add_argument(
+        "--requests", type=int_at_least(1), default=8, help="questions after the shared prefix"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int_at_least(1), default=16, help="tokens per answer at most"
+    )
     parser.add_argument(
         "--distinct-prompts", type=int_at_least(1), default=4, help="zero-hit workload size"
     )
-    parser.add_argument("--distinct-tokens", type=int_at_least(1), default=256)
-    parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--distinct-tokens", type=int_at_least(1), default=256, help="tokens per zero-hit prompt"
+    )
+    parser.add_argument(
+        "--model", default="default", help="LM, a name or a path (default: the bundled one)"
+    )
     parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights' type; auto: float32 on CPU, bfloat16 on CUDA",
+    )
     parser.set_defaults(handler=handle)
 
 

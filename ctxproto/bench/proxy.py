@@ -52,8 +52,12 @@ def register(subparsers: Any) -> None:
         default=10,
         help="turns of the chat workload (0: skip it)",
     )
-    parser.add_argument("--chat-sessions", type=int_at_least(1), default=1)
-    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
+    parser.add_argument(
+        "--chat-sessions", type=int_at_least(1), default=1, help="sessions of the chat workload"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int_at_least(1), default=32, help="tokens per answer at most"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 

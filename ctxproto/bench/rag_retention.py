@@ -45,19 +45,19 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "rag-retention", help="answer retention of the RAG workload's retrieval, no model"
     )
-    parser.add_argument("--sessions", type=int_at_least(1), default=2)
-    parser.add_argument("--turns", type=int_at_least(1), default=20)
+    parser.add_argument("--sessions", type=int_at_least(1), default=2, help="chat sessions")
+    parser.add_argument("--turns", type=int_at_least(1), default=20, help="user turns per session")
     parser.add_argument(
         "--essays", type=int_at_least(1), default=None, help="essays indexed (default: all)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated chats")
     parser.add_argument(
         "--lexical-weight",
         type=non_negative_float,
         default=RETRIEVAL["lexical_weight"],
         help="the retriever's share of BM25 (0: vectors only)",
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
 

@@ -39,11 +39,11 @@ DIMENSION = 384
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("retrieval", help="vector store build and query speed")
     parser.add_argument("--chunks", type=int_at_least(1), default=100_000, help="synthetic vectors")
-    parser.add_argument("--queries", type=int_at_least(1), default=300)
+    parser.add_argument("--queries", type=int_at_least(1), default=300, help="timed queries")
     parser.add_argument(
         "--essays", type=int_at_least(0), default=20, help="real essays to embed (0 skips)"
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
 

@@ -72,16 +72,26 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "stores", help="embedded stores against PostgreSQL and Redis, side by side"
     )
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
-    parser.add_argument("--chunks", type=int_at_least(1), default=100_000)
-    parser.add_argument("--queries", type=int_at_least(1), default=300)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)} (default: all)"
+    )
+    parser.add_argument(
+        "--chunks", type=int_at_least(1), default=100_000, help="retrieval: vectors stored"
+    )
+    parser.add_argument(
+        "--queries", type=int_at_least(1), default=300, help="retrieval: timed queries"
+    )
     parser.add_argument(
         "--postgres", default=None, help="postgresql:// URL (default: start an embedded one)"
     )
-    parser.add_argument("--entries", type=int_at_least(1), default=100_000)
-    parser.add_argument("--sessions", type=int_at_least(1), default=2_000)
+    parser.add_argument(
+        "--entries", type=int_at_least(1), default=100_000, help="cache: entries looked up in"
+    )
+    parser.add_argument(
+        "--sessions", type=int_at_least(1), default=2_000, help="sessions: states put and got"
+    )
     parser.add_argument("--redis", default=None, help="redis:// URL (default: start one)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)
 
 

@@ -141,10 +141,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--paths",
         default=",".join(PATHS),
-        help=f"comma-separated subset of {','.join(PATHS)}, for every workload",
+        help=f"comma-separated subset of {','.join(PATHS)}, for every workload (default: all)",
     )
-    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-new-tokens", type=int_at_least(1), default=32, help="tokens per answer at most"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated chats")
     add_engine_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=handle)

@@ -1,16 +1,46 @@
-"""Argument types the sub-commands share.
+"""Argument types and the parser class the sub-commands share.
 
 A value out of range is refused by argparse itself, before anything loads: the
 user sees ``argument --chunk-tokens: must be at least 1`` and the command exits
-with code 2, like every other usage error.
+with code 2, like every other usage error. ``CommandParser`` is the parser of
+``ctxproto`` and of every sub-command under it, so each ``--help`` gives every
+option's default.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["int_at_least", "int_between", "int_list", "non_negative_float", "positive_float"]
+__all__ = [
+    "CommandParser",
+    "int_at_least",
+    "int_between",
+    "int_list",
+    "non_negative_float",
+    "positive_float",
+]
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: ...)`` to an option's help, unless the help already says its
+    default or there is none to say (``None``, or ``False`` for a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose ``--help`` gives defaults; sub-command parsers are of
+    the parser's own class, so one set at the top reaches every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

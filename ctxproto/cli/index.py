@@ -71,7 +71,11 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="FAISS index kind (a PostgreSQL store builds HNSW past 20k chunks)",
     )
-    parser.add_argument("--embedder", default="default", help="embedding model (name or path)")
+    parser.add_argument(
+        "--embedder",
+        default="default",
+        help="embedding model, a name or a path (default: the bundled all-MiniLM-L6-v2)",
+    )
     parser.add_argument(
         "--follow-symlinks",
         action="store_true",

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from ctxproto.cli.arguments import CommandParser
 from ctxproto.errors import CtxprotoError, UsageError
 
 __all__ = ["build_parser", "main", "print_json"]
@@ -44,7 +45,7 @@ EXIT_BROKEN_PIPE = 128 + 13
 def build_parser() -> argparse.ArgumentParser:
     from ctxproto import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ctxproto",
         description="Context-management middleware for LLM applications: lean, "
         "prefix-stable prompts inside a token budget.",
