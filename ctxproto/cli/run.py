@@ -76,4 +76,16 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
         f"original [bold]{result.original_tokens}[/] tokens -> prompt "
         f"[bold]{result.prompt_tokens}[/] tokens ({shrunk})"
     )
-    console.print(f"budget {budget}, {result.ms:.1f} ms", style="dim")
+    # What the budget dropped after the stages ran: without it the stage table's last
+    # count and the printed prompt disagree, with nothing to say why.
+    dropped = "".join(f", dropped {_count(n, kind)}" for kind, n in summary["dropped"].items())
+    console.print(f"budget {budget}{dropped}, {result.ms:.1f} ms", style="dim")
+
+
+_DROPPED_UNITS = {"history": "history message", "documents": "document", "memory": "memory section"}
+"""What one dropped section of each kind is, as ``print_result`` names it."""
+
+
+def _count(n: int, kind: str) -> str:
+    unit = _DROPPED_UNITS.get(kind, f"{kind} section")
+    return f"{n} {unit}{'s' * (n != 1)}"

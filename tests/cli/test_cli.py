@@ -140,3 +140,11 @@ def test_run_json_takes_a_stdout_that_is_not_utf8(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr.decode()[-500:]
     assert json.loads(proc.stdout)["messages"][-1]["content"] == question
+
+
+def test_run_says_what_the_budget_dropped(capsys):
+    """The stage table said recency_window kept 8 messages, the prompt printed 6, and
+    nothing said the budget had dropped the other 2 (`--json` had them as `dropped`)."""
+    assert main(["run", MINIMAL, "--request", REQUEST]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "budget 1500, dropped 2 history messages," in out
