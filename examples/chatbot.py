@@ -4,7 +4,9 @@
 
 It loads examples/pipelines/chatbot.yaml (retrieval, semantic cache, checkpointed
 summary, the bundled prefix-KV runtime), builds the knowledge-base index on first
-use, and prints a one-line report after every answer. Type /quit to leave.
+use, and prints a one-line report after every answer. State lives under .ctxproto/
+in the working directory, the conversation included: a new run continues it (and
+says so) until /reset. Type /quit to leave.
 """
 
 from __future__ import annotations
@@ -35,7 +37,20 @@ def main() -> int:
         session = ChatSession.from_yaml(
             EXAMPLES / "pipelines" / "chatbot.yaml", session_id="terminal"
         )
+    return chat(session, console)
+
+
+def chat(session: ChatSession, console: Console) -> int:
+    """The conversation loop: a question per line, the answer streamed, then its report."""
     console.print("[bold]Lumen Home support[/] (ctxproto demo bot). /quit to leave.")
+    earlier = sum(message.role == "user" for message in session.history)
+    if earlier:
+        # The history is stored, so a restarted bot would otherwise answer a first
+        # question with a prompt full of turns the user no longer sees.
+        console.print(
+            f"[dim]continuing an earlier run's conversation ({earlier} question"
+            f"{'s' * (earlier != 1)}); /reset starts anew[/]"
+        )
     while True:
         try:
             question = console.input("[bold cyan]you>[/] ").strip()
@@ -43,6 +58,10 @@ def main() -> int:
             break
         if question in ("/quit", "/exit"):
             break
+        if question == "/reset":
+            session.reset()
+            console.print("[dim]conversation forgotten; the next question starts a new one[/]")
+            continue
         if not question:
             continue
         console.print("[bold green]bot>[/] ", end="")
