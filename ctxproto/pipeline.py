@@ -34,10 +34,16 @@ from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
 from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
-__all__ = ["CHATBOT_KEYS", "Pipeline", "PipelineResult"]
+__all__ = ["CHATBOT_KEYS", "SERVE_KEYS", "Pipeline", "PipelineResult"]
 
 CHATBOT_KEYS = ("backend", "generation", "system_prompt", "system_prompt_file", "history_path")
 """The keys a chatbot config adds to a pipeline's (``ChatSession.from_yaml``)."""
+SERVE_KEYS = ("pipeline", "upstream", "served_model", "tenants", "sessions", "limits", "mcp")
+"""The keys of a serve config (``ServeConfig``), which holds a pipeline under ``pipeline``."""
+_OTHER_CONFIGS = dict.fromkeys(
+    CHATBOT_KEYS, "a chatbot config's key (load the file with ChatSession.from_yaml)"
+) | dict.fromkeys(SERVE_KEYS, "a serve config's key (start the file with ctxproto serve or mcp)")
+"""What a key of another config file says about the file: how it is loaded instead."""
 
 log = logging.getLogger("ctxproto.pipeline")
 
@@ -265,10 +271,9 @@ class Pipeline:
             config = PipelineConfig.model_validate(data)
         except ValidationError as exc:
             error = validation_error_to_config_error(exc, file=source, data=data)
-            if error.detail == "unknown key" and error.key in CHATBOT_KEYS:
+            if error.detail == "unknown key" and error.key in _OTHER_CONFIGS:
                 error = ConfigError(
-                    "a chatbot config's key (load the file with ChatSession.from_yaml); "
-                    "a pipeline config has no such key",
+                    f"{_OTHER_CONFIGS[error.key]}; a pipeline config has no such key",
                     file=source,
                     key=error.key,
                     expected=allowed_keys_hint(PipelineConfig),

@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
+from ctxproto.config import (
+    PipelineConfig,
+    allowed_keys_hint,
+    load_yaml_mapping,
+    validation_error_to_config_error,
+)
 from ctxproto.errors import ConfigError
 from ctxproto.runtime.engine import QuantizeMode
 from ctxproto.runtime.radix_cache import Eviction
@@ -224,4 +229,14 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as exc:
-        raise validation_error_to_config_error(exc, file=str(path), data=data) from exc
+        error = validation_error_to_config_error(exc, file=str(path), data=data)
+        if error.detail == "unknown key" and error.key in PipelineConfig.model_fields:
+            # A pipeline file given to `ctxproto serve`: "unknown key 'name'" said
+            # nothing of where the pipeline goes.
+            error = ConfigError(
+                "a pipeline config's key; a serve config holds the pipeline under 'pipeline:'",
+                file=str(path),
+                key=error.key,
+                expected=allowed_keys_hint(ServeConfig),
+            )
+        raise error from exc

@@ -176,3 +176,24 @@ def test_cli_serves_a_config(tmp_path, scripted: Any):
     assert b"k-1" not in err  # keys are never logged
     # Before the models load (a minute on a first start), one line says what the wait is.
     assert err.index(f"loading {path} and its models".encode()) < err.index(b"Started server")
+
+
+def test_a_pipeline_file_served_says_where_its_pipeline_goes():
+    """`ctxproto serve minimal.yaml` said only "key 'name': unknown key"."""
+    from ctxproto.pipeline import SERVE_KEYS
+    from ctxproto.serve.config import ServeConfig
+
+    assert set(SERVE_KEYS) == set(ServeConfig.model_fields)
+    minimal = EXAMPLES.parent / "pipelines" / "minimal.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(minimal)
+    assert info.value.key == "name" and info.value.file == str(minimal)
+    assert "under 'pipeline:'" in str(info.value)
+
+
+def test_a_serve_file_run_as_a_pipeline_says_how_to_start_it():
+    from ctxproto import Pipeline
+
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(EXAMPLES / "proxy.yaml")
+    assert info.value.key == "pipeline" and "ctxproto serve" in str(info.value)
