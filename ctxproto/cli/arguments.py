@@ -10,6 +10,7 @@ option's default.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,11 @@ __all__ = [
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds ``(default: ...)`` to an option's help, unless the help already says its
-    default or there is none to say (``None``, or ``False`` for a flag)."""
+    default or there is none to say (``None``, or ``False`` for a flag), and wraps
+    lines between words only: never "full-" at a line's end and "history" below."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

@@ -32,6 +32,8 @@ def test_help_fits_80_columns_and_gives_every_default(
     text = parser.format_help()
     wide = [line for line in text.splitlines() if len(line) > 80]
     assert not wide, f"{name} --help: lines past 80 columns: {wide}"
+    broken = [line for line in text.splitlines() if line.endswith("-")]
+    assert not broken, f"{name} --help: words broken at a hyphen: {broken}"
     options = [action for action in parser._actions if action.option_strings]
     unexplained = [action.option_strings[-1] for action in options if not action.help]
     assert not unexplained, f"{name} --help does not say what {unexplained} are"
