@@ -51,7 +51,10 @@ class DecodeBatch:
             return
         torch = require("torch", extra="runtime")
         caches = ([self._cache] if self.requests else []) + [cache for _, cache in entries]
-        width = max([self.width] + [c.get_seq_length() for _, c in entries])
+        # Read before the merge: into an empty batch the first joiner's cache object
+        # becomes the merged one, and its length would then read as the padded width.
+        lengths = [cache.get_seq_length() for _, cache in entries]
+        width = max([self.width, *lengths])
         merged = caches[0]
         # Every layer's tensors first, then all assigned: a copy that fails partway (out
         # of memory) leaves the running batch's cache as it was, not half of it merged.
@@ -65,9 +68,8 @@ class DecodeBatch:
         for layer, (keys, values) in zip(merged.layers, joined, strict=True):
             layer.keys, layer.values = keys, values
         self._cache = merged
-        for request, cache in entries:
-            self.requests.append(request)
-            self.lengths.append(cache.get_seq_length())
+        self.requests.extend(request for request, _ in entries)
+        self.lengths.extend(lengths)
 
     def step(self) -> Any:
         """Feed each row its last token; returns next-token logits ``[rows, vocab]``."""

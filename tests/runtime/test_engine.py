@@ -81,6 +81,22 @@ def test_equal_under_batching(engine, plain_engine):
         assert handle.token_ids == run(plain_engine, chat(question), p)[0]
 
 
+def test_requests_admitted_together_into_an_empty_batch_equal_alone(engine, plain_engine):
+    """The first request to join an empty batch lends it its cache object: its length was
+    read after the merge, as the padded width, so a shorter first joiner decoded unmasked
+    at wrong positions, and its answer was garbage."""
+    short, long = chat("Hi!", system="Be brief."), chat(QUESTIONS[0])
+    assert len(engine.encode_chat(short)) < len(engine.encode_chat(long))
+    with engine._wake:  # both queued before the scheduler's next round: admitted together
+        handles = [
+            engine.submit(engine.encode_chat(messages), GREEDY, cache_namespace="together")
+            for messages in (short, long)
+        ]
+    for messages, handle in zip((short, long), handles, strict=True):
+        handle.result(timeout=120)
+        assert handle.token_ids == run(plain_engine, messages)[0]
+
+
 def test_next_turn_reuses_the_previous_answer(engine):
     first_turn = chat("Tell me about the M2 mesh extender.")
     _, answer = run(engine, first_turn)
