@@ -3,7 +3,9 @@
 Messages are validated as ctxproto ``Message`` objects first (OpenAI roles, tool
 calls), so a malformed message fails with a ``ConfigError`` naming the problem
 before any model work. The model's own chat template renders them; a tokenizer
-without one gets a plain ``role: content`` transcript.
+without one gets a plain ``role: content`` transcript. A template that cannot
+render a message (jinja's errors, a template's ``raise_exception``) is a
+``ConfigError`` on the messages too, not the template engine's own exception.
 """
 
 from __future__ import annotations
@@ -27,14 +29,38 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"invalid message: {first['msg']}", key="messages") from None
-    if getattr(tokenizer, "chat_template", None):
-        wire = [m.to_openai() for m in validated]
-        text = tokenizer.apply_chat_template(wire, add_generation_prompt=reply, tokenize=False)
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        from jinja2.exceptions import TemplateError  # transformers' template engine: loaded by now
+
+        calls_rendered = "tool_calls" in str(template)
+        wire = [_template_message(m, calls_rendered) for m in validated]
+        try:
+            text = tokenizer.apply_chat_template(wire, add_generation_prompt=reply, tokenize=False)
+        except TemplateError as exc:
+            raise ConfigError(
+                f"the model's chat template cannot render these messages: {exc}", key="messages"
+            ) from exc
     else:
         lines = [f"{m.role}: {m.text}" for m in validated]
         text = "\n".join([*lines, "assistant: "] if reply else lines)
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def _template_message(message: Message, calls_rendered: bool) -> dict[str, Any]:
+    """``message`` as the chat template reads it: always with text content.
+
+    An assistant message that only calls tools has no content on the wire, and
+    templates that read ``message['content']`` (SmolLM2's) fail on it. A template
+    that never mentions ``tool_calls`` would also drop the calls, so the model
+    would not see what it asked for before the tool's answer; it gets the calls
+    serialized after the text instead, as the transcript without a template does
+    and as the token counters count the message.
+    """
+    wire = message.to_openai()
+    wire["content"] = (message.content or "") if calls_rendered else message.text
+    return wire
 
 
 def render_head(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int] | None:

@@ -1,9 +1,13 @@
-"""The head of a conversation as a longer one renders it (no model: a fake tokenizer)."""
+"""Rendering chat messages: the head of a conversation as a longer one renders it, tool
+calls and template errors (a fake tokenizer, and the bundled model's for its template)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from ctxproto.errors import ConfigError
 from ctxproto.runtime.chat_template import render_chat, render_head
 from ctxproto.runtime.radix_cache import common_prefix_length
 
@@ -73,3 +77,56 @@ def test_without_a_template_the_head_is_a_prefix():
     head = render_head(Plain(), [SYSTEM])
     assert head is not None
     assert common_prefix_length(head, prompt) == len("system: Be brief.\nuser: ")
+
+
+TOOL_TURN: list[dict[str, Any]] = [
+    {"role": "user", "content": "What is the R7's firmware version?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call-1",
+                "type": "function",
+                "function": {"name": "firmware_version", "arguments": '{"model": "R7"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call-1", "content": "4.2.1"},
+]
+
+
+def test_a_tool_call_without_text_renders_with_the_bundled_template(lm_tokenizer):
+    """SmolLM2's template reads every message's content: an assistant message that only
+    calls a tool failed with jinja's UndefinedError, and the template would drop the call."""
+    prompt = lm_tokenizer.decode(render_chat(lm_tokenizer, TOOL_TURN))
+    assert '"name":"firmware_version"' in prompt
+    assert prompt.index("firmware_version") < prompt.index("4.2.1")
+
+
+def test_a_template_that_renders_tool_calls_gets_them_as_they_are():
+    class ToolAware(CharTokenizer):
+        chat_template = "... message.tool_calls ..."
+
+        def apply_chat_template(
+            self, messages: Any, add_generation_prompt: bool, tokenize: bool
+        ) -> str:
+            assert messages[1]["content"] == ""
+            assert messages[1]["tool_calls"][0]["function"]["name"] == "firmware_version"
+            return super().apply_chat_template(messages, add_generation_prompt, tokenize)
+
+    assert render_chat(ToolAware(), TOOL_TURN)
+
+
+def test_a_template_error_is_a_config_error_on_the_messages():
+    from jinja2.exceptions import TemplateError
+
+    class Refusing(CharTokenizer):
+        def apply_chat_template(
+            self, messages: Any, add_generation_prompt: bool, tokenize: bool
+        ) -> str:
+            raise TemplateError("Conversation roles must alternate user/assistant")
+
+    with pytest.raises(ConfigError, match="roles must alternate") as caught:
+        render_chat(Refusing(), [SYSTEM, QUESTION])
+    assert caught.value.key == "messages"
