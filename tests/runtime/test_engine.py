@@ -374,6 +374,22 @@ def test_a_failed_prefill_counts_no_prompt_tokens(engine, monkeypatch):
     )
 
 
+def test_a_failed_request_raises_its_error_on_every_later_wait(engine, monkeypatch):
+    """The error event was read once: a second wait (a retry loop, ``result()`` after a
+    failed stream) blocked on a queue that gets nothing more, for ever without a timeout."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(engine_module, "prefill", out_of_memory)
+    handle = engine.submit(engine.encode_chat(chat(QUESTIONS[0])), GREEDY)
+    with pytest.raises(BackendError, match="out of device memory"):
+        list(handle.deltas())
+    for wait in (handle.result, handle.result, lambda timeout: list(handle.deltas())):
+        with pytest.raises(BackendError, match="out of device memory"):
+            wait(timeout=5)
+
+
 ENGINE_LEFT_OPEN = """
 import atexit, threading
 
