@@ -134,6 +134,9 @@ class Engine:
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError("must be at least 1", key="max_batch_size")
+        for key, size in (("cache_bytes", cache_bytes), ("offload_bytes", offload_bytes)):
+            if size < 0:  # the cache checks too, as its own max_bytes, after the model loads
+                raise ConfigError("must not be negative", key=key)
         if eviction not in EVICTIONS:  # the cache checks too, but only after the model loads
             raise ConfigError(f"must be one of {', '.join(EVICTIONS)}", key="eviction")
         if quantize not in QUANTIZE_MODES:

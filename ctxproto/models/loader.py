@@ -27,6 +27,7 @@ from typing import Any
 
 from ctxproto._extras import quiet_transformers, require
 from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.models.device import check_device
 from ctxproto.models.openmp import release_thread_pool
 from ctxproto.models.resolver import ResolvedModel, resolve_lm
 
@@ -149,17 +150,26 @@ def load_tokenizer(name: str = "default") -> Any:
 def load_causal_lm(name: str = "default", device: str = "cpu", dtype: str = "auto") -> Any:
     """A causal LM in eval mode on ``device`` (shared per process: load once, use everywhere).
 
-    ``dtype="auto"`` means float32 on CPU and bfloat16 on CUDA.
+    ``dtype="auto"`` means float32 on CPU and bfloat16 on CUDA. A device or dtype torch
+    does not have is a ``ConfigError`` naming it, before anything is read.
     """
     torch = require("torch", extra="runtime")
     transformers = require("transformers", extra="runtime")
-    quiet_transformers()
+    check_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    weights = getattr(torch, dtype, None)
+    if not isinstance(weights, torch.dtype):
+        raise ConfigError(
+            f"{dtype!r} is not a torch dtype",
+            key="dtype",
+            expected='"auto", "float32", "bfloat16" or "float16"',
+        )
+    quiet_transformers()
     location = _model_location(name)
     with loading_model(name, "causal LM", location):
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, local_files_only=True, dtype=getattr(torch, dtype)
+            location, local_files_only=True, dtype=weights
         )
     model.to(device)
     model.eval()

@@ -244,6 +244,25 @@ def test_bad_inputs_fail_clearly(engine):
         engine.generate([{"role": "robot", "content": "hi"}])
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("device", "gpu"),
+        ("device", "cuda:99"),  # no CUDA here, or not that many GPUs
+        ("dtype", "float33"),
+        ("cache_bytes", -1),
+        ("offload_bytes", -1),
+    ],
+)
+def test_bad_engine_settings_are_a_config_error_naming_them(setting, value):
+    """A device typo or a GPU the machine lacks raised torch's RuntimeError or
+    AssertionError, an unknown dtype an AttributeError, and a negative cache size was
+    named as the cache's own ``max_bytes``, once the model had loaded."""
+    with pytest.raises(ConfigError) as caught:
+        Engine(**{setting: value})
+    assert caught.value.key == setting
+
+
 def test_token_ids_outside_the_vocabulary_are_a_config_error(engine):
     vocabulary = engine.model.config.vocab_size
     for outside in (-5, vocabulary, 10**7):
