@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
+from ctxproto.tokens import well_formed
 
 __all__ = ["render_chat", "render_head"]
 
@@ -44,7 +45,8 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
     else:
         lines = [f"{m.role}: {m.text}" for m in validated]
         text = "\n".join([*lines, "assistant: "] if reply else lines)
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # JSON can carry half a surrogate pair, which Rust tokenizers refuse whole.
+    ids: list[int] = tokenizer(well_formed(text), add_special_tokens=False)["input_ids"]
     return ids
 
 

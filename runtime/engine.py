@@ -47,6 +47,7 @@ from ctxproto.runtime.radix_cache import (
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
+from ctxproto.tokens import well_formed
 
 __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_quantize"]
 
@@ -446,7 +447,9 @@ class Engine:
             return None
         prediction = ()
         if params.prediction:
-            prediction = self.tokenizer.encode(params.prediction, add_special_tokens=False)
+            prediction = self.tokenizer.encode(
+                well_formed(params.prediction), add_special_tokens=False
+            )
         return PromptLookup(prediction=prediction, answer_start=prompt_length)
 
     def _decode_speculatively(self, request: Request) -> bool:

@@ -130,3 +130,11 @@ def test_a_template_error_is_a_config_error_on_the_messages():
     with pytest.raises(ConfigError, match="roles must alternate") as caught:
         render_chat(Refusing(), [SYSTEM, QUESTION])
     assert caught.value.key == "messages"
+
+
+def test_half_a_surrogate_pair_renders_as_the_replacement_character(lm_tokenizer):
+    """JSON may escape half a pair ("\\ud83d"); the Rust tokenizer refused the whole
+    prompt with its own TypeError, where the counters read the half as U+FFFD."""
+    message = {"role": "user", "content": "hi \ud83d there"}
+    prompt = lm_tokenizer.decode(render_chat(lm_tokenizer, [message]))
+    assert "hi \ufffd there" in prompt

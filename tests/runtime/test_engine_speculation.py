@@ -200,3 +200,12 @@ def test_a_stop_string_in_a_predicted_answer_ends_it_and_its_count(reference, sp
     completion = handle.result()
     assert (handle.token_ids, completion.text, completion.finish_reason) == expected[:3]
     assert completion.metrics.accepted_prediction_tokens <= completion.metrics.output_tokens
+
+
+def test_a_prediction_with_half_a_surrogate_pair_is_read(speculating):
+    """A prediction arrives as JSON too; half a surrogate pair in it made the
+    tokenizer refuse it with its own TypeError and the request fail."""
+    prompt = speculating.encode_chat(NOT_COPYING[0])
+    params = GREEDY.model_copy(update={"prediction": "Roses \ud83d are red", "max_new_tokens": 4})
+    completion = speculating.submit(prompt, params).result()
+    assert completion.metrics.output_tokens == 4
