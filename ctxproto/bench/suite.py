@@ -112,9 +112,11 @@ WORKLOADS: tuple[Workload, ...] = (
         "support",
         # The 1.1k-token system prompt is one shared prefix; the 16 histories (about
         # 1.1k tokens each by the last round) share the rest of the budget, a third of
-        # what they need. llama.cpp gets a slot per session, all sharing one 8k buffer
-        # (--kv-unified), as the engine's sessions share its cache: two slots owning
-        # 4k each kept only the last two sessions served. The window guards overflow.
+        # what they need. llama.cpp gets sixteen slots sharing one 8k buffer
+        # (--kv-unified), as the engine's sessions share its cache (two slots owning
+        # 4k each kept only the last two sessions served); its server picks the slot
+        # whose prompt shares the longest prefix, the system prompt, so one slot serves
+        # every session (docs/benchmarks.md). The window guards overflow.
         Size(
             16,
             12,
