@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["FunctionCall", "Message", "Role", "ToolCall", "known_fields", "non_text_part"]
+__all__ = [
+    "FunctionCall",
+    "Message",
+    "Role",
+    "ToolCall",
+    "known_fields",
+    "non_text_part",
+    "well_formed",
+]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -115,3 +123,17 @@ def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
             if kind != "text":
                 return index, str(kind)
     return None
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD, as tiktoken does.
+
+    JSON may escape half a surrogate pair (``"\\ud83d"``), which Python decodes into
+    a ``str`` that has no UTF-8 form; Rust tokenizers then refuse the whole text with
+    a ``TypeError``. A pair written as two escapes is joined into its character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text

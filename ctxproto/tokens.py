@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from ctxproto.errors import ConfigError, ModelNotAvailableError
-from ctxproto.messages import Message
+from ctxproto.messages import Message, well_formed
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
@@ -38,20 +38,6 @@ REPLY_PRIMING_TOKENS = 3
 """Tokens that open the assistant's reply at the end of a chat prompt."""
 
 _MEMO_SIZE = 65_536
-
-
-def well_formed(text: str) -> str:
-    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD, as tiktoken does.
-
-    JSON may escape half a surrogate pair (``"\\ud83d"``), which Python decodes into
-    a ``str`` that has no UTF-8 form; Rust tokenizers then refuse the whole text with
-    a ``TypeError``. A pair written as two escapes is joined into its character.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
 
 
 class TokenCounter(ABC):

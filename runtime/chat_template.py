@@ -15,8 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ctxproto.errors import ConfigError
-from ctxproto.messages import Message
-from ctxproto.tokens import well_formed
+from ctxproto.messages import Message, well_formed
 
 __all__ = ["render_chat", "render_head"]
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 
 from ctxproto._extras import require
 from ctxproto.errors import BackendError, BackendUnavailableError, ConfigError, CtxprotoError
+from ctxproto.messages import well_formed
 from ctxproto.models.bf16_linear import to_bf16
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.fused_decoder import fuse_decoder_layers
@@ -47,7 +48,6 @@ from ctxproto.runtime.radix_cache import (
 from ctxproto.runtime.request import Request, RequestHandle
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
-from ctxproto.tokens import well_formed
 
 __all__ = ["QUANTIZE_MODES", "Engine", "QuantizeMode", "engine_model", "resolve_quantize"]
 
