@@ -55,13 +55,32 @@ class Transformed:
 
 
 class Stage(BaseModel, ABC):
-    """Base class of every stage. Subclasses set ``type_name`` and implement ``transform``."""
+    """Base class of every stage. Subclasses implement ``transform``.
+
+    ``type_name`` is the stage's name in config files and reports:
+    ``@register_stage("name")`` or an entry point sets it; a class that neither
+    registers nor sets it is named by its class name, so that it runs from Python
+    as it is.
+    """
 
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
     )
 
     type_name: ClassVar[str]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Name the class by itself until it is registered.
+
+        Without a name, running an unregistered stage failed in an
+        ``AttributeError`` on ``type_name``; and a subclass of a registered stage
+        would report, and write to config files, its parent's name, which loads
+        the parent back.
+        """
+        super().__pydantic_init_subclass__(**kwargs)
+        if "type_name" not in cls.__dict__:
+            cls.type_name = cls.__name__
 
     def warm_up(self) -> None:
         """Load heavy resources (models, stores). Called once before the first run."""
