@@ -6,7 +6,9 @@ before anything runs (Haystack 2's rule: cheap ``__init__`` that stores its
 arguments under their own names; heavy loading in ``warm_up``).
 
 Subclasses implement ``transform``; ``run`` wraps it with timing and token
-accounting so that every stage reports the same way.
+accounting so that every stage reports the same way, and checks what it
+returned, so that a stage written outside ctxproto that breaks the contract is
+named in a ``UsageError`` rather than failing later inside the pipeline.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ctxproto.config import StageSpec
 from ctxproto.context import Context
+from ctxproto.errors import UsageError
+from ctxproto.limits import excerpt
 from ctxproto.tokens import TokenCounter, get_counter
 
 __all__ = ["Stage", "StageReport", "StageResult", "context_tokens"]
@@ -83,11 +87,21 @@ class Stage(BaseModel, ABC):
             cls.type_name = cls.__name__
 
     def warm_up(self) -> None:
-        """Load heavy resources (models, stores). Called once before the first run."""
+        """Load heavy resources (models, stores) that are not loaded yet.
+
+        Called before every run (``Pipeline.warm_up``, then ``run``), so it must be
+        cheap once done: load into a private attribute only while it is ``None``,
+        as the built-in stages do.
+        """
 
     @abstractmethod
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
-        """Return the new context. Never mutate ``context``: copy it."""
+        """Return ``Transformed(new_context, counters)``; counters are numbers.
+
+        Never change ``context`` or anything in it (its messages and documents are
+        the caller's too, a ``ChatSession``'s history): build new ones with
+        ``model_copy(update=...)``, which copies only what it updates.
+        """
 
     def run(self, context: Context, counter: TokenCounter | None = None) -> StageResult:
         """Run the stage, timing it and counting the context's tokens before and after."""
@@ -95,16 +109,46 @@ class Stage(BaseModel, ABC):
         self.warm_up()
         tokens_in = context_tokens(context, counter)
         start = time.perf_counter()
-        out = self.transform(context, counter)
+        out = self._checked(self.transform(context, counter))
         ms = (time.perf_counter() - start) * 1000.0
-        report = StageReport(
-            name=self.type_name,
-            tokens_in=tokens_in,
-            tokens_out=context_tokens(out.context, counter),
-            ms=ms,
-            counters=out.counters,
-        )
+        try:
+            report = StageReport(
+                name=self.type_name,
+                tokens_in=tokens_in,
+                tokens_out=context_tokens(out.context, counter),
+                ms=ms,
+                counters=out.counters,
+            )
+        except ValidationError as exc:  # only the counters come from the stage
+            error = exc.errors()[0]
+            loc, given = error["loc"], excerpt(error.get("input"))
+            if len(loc) == 1:
+                problem = f"counters must be a dict of names to numbers, got {given}"
+            elif "[key]" in loc:
+                problem = f"counter names must be text, got {given}"
+            else:
+                problem = f"counter {excerpt(loc[1])} must be a number, got {given}"
+            raise UsageError(f"{self._named()}: {problem}") from exc
         return StageResult(context=out.context, report=report)
+
+    def _checked(self, out: object) -> Transformed:
+        """``transform``'s result, or a ``UsageError`` naming the stage and the rule it broke.
+
+        Unchecked, a stage that returned its context alone failed in an
+        ``AttributeError``, and one with a text counter in pydantic's error about
+        ``StageReport``: neither named the stage nor what it should return.
+        """
+        if not isinstance(out, Transformed) or not isinstance(out.context, Context):
+            got = type(out.context if isinstance(out, Transformed) else out).__name__
+            raise UsageError(
+                f"{self._named()}: transform must return Transformed(context, counters) "
+                f"with a Context, got {got}"
+            )
+        return out
+
+    def _named(self) -> str:
+        """The stage as an error names it: its name, and its class for whoever wrote it."""
+        return f"stage '{self.type_name}' ({type(self).__module__}.{type(self).__qualname__})"
 
     def after_answer(self, context: Context, answer: str) -> None:
         """Called once the backend has answered the prompt this context became.

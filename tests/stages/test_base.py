@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxproto import Context, Message, Pipeline, RecencyWindow
+import pytest
+
+from ctxproto import Context, Message, Pipeline, RecencyWindow, UsageError
 from ctxproto.stages import Stage, Transformed
 from ctxproto.tokens import TokenCounter
 
@@ -36,3 +38,53 @@ def test_a_subclass_of_a_registered_stage_is_not_named_as_its_parent():
     assert [r.name for r in ask(pipeline).reports] == ["NarrowWindow"]
     assert pipeline.to_dict()["stages"][0]["type"] == "NarrowWindow"
     assert RecencyWindow.type_name == "recency_window"
+
+
+class Returns(Stage):
+    """A stage whose ``transform`` returns whatever it is given, as a broken one would."""
+
+    value: Any = None
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        return self.value(context)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("result", "got"),
+    [
+        (lambda context: context, "got Context"),
+        (lambda context: (context, {}), "got tuple"),
+        (lambda context: Transformed(context.model_dump()), "got dict"),
+    ],
+    ids=["context alone", "tuple", "context as a dict"],
+)
+def test_a_result_that_is_not_transformed_names_the_stage_and_the_rule(result, got):
+    with pytest.raises(UsageError) as raised:
+        ask(Pipeline([Returns(value=result)]))
+    message = str(raised.value)
+    assert message.startswith(f"stage 'Returns' ({__name__}.Returns): ")
+    assert "transform must return Transformed(context, counters)" in message
+    assert message.endswith(got)
+
+
+@pytest.mark.parametrize(
+    ("counters", "problem"),
+    [
+        ({"note": "hello"}, "counter 'note' must be a number, got 'hello'"),
+        ({"kept": None}, "counter 'kept' must be a number, got None"),
+        ({3: 1}, "counter names must be text, got 3"),
+        ([1, 2], "counters must be a dict of names to numbers, got [1, 2]"),
+    ],
+    ids=["text", "none", "number as a name", "list"],
+)
+def test_counters_that_are_not_numbers_name_the_stage_and_the_counter(counters, problem):
+    stage = Returns(value=lambda context: Transformed(context, counters))
+    with pytest.raises(UsageError) as raised:
+        ask(Pipeline([stage]))
+    assert str(raised.value) == f"stage 'Returns' ({__name__}.Returns): {problem}"
+
+
+def test_counters_may_be_whole_or_fractional_numbers_and_flags():
+    counters = {"kept": 3, "ratio": 0.5, "target_met": True}
+    stage = Returns(value=lambda context: Transformed(context, counters))
+    assert ask(Pipeline([stage])).reports[0].counters == {"kept": 3, "ratio": 0.5, "target_met": 1}
