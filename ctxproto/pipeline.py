@@ -28,7 +28,8 @@ from ctxproto.config import (
     validation_error_to_config_error,
 )
 from ctxproto.context import ChatRequest, Context
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError, StoreError, UsageError
+from ctxproto.limits import excerpt
 from ctxproto.prompt import AssembledPrompt
 from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
@@ -116,7 +117,7 @@ class Pipeline:
         chat_template: ChatTemplate | None = None,
         documents_position: DocumentsPosition = "system",
     ) -> None:
-        self.stages = list(stages)
+        self.stages = _stage_list(stages)
         self.source: str | None = None
         """The config file this pipeline was loaded from, named by later ``ConfigError``s."""
         self.config_key = ""
@@ -299,6 +300,30 @@ class Pipeline:
     def from_yaml(cls, path: str | Path) -> Pipeline:
         """Load a pipeline from a YAML config file (safe loader only)."""
         return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+
+def _stage_list(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` as a list, refusing anything that is not a stage instance.
+
+    A stage class where its instance belongs (``Pipeline([RecencyWindow])``), or
+    one stage not in a list (a pydantic model iterates as its fields), otherwise
+    failed at the first run in a ``TypeError`` or ``AttributeError`` from
+    ``warm_up`` that named neither the stage nor the fix.
+    """
+    if isinstance(stages, Stage):
+        raise UsageError(
+            f"stages must be a list of stages: Pipeline([{type(stages).__name__}(...)])"
+        )
+    listed = list(stages)
+    for index, stage in enumerate(listed):
+        if isinstance(stage, type) and issubclass(stage, Stage):
+            raise UsageError(
+                f"stages[{index}] is the class {stage.__name__}, not a stage: "
+                f"give an instance, {stage.__name__}(...)"
+            )
+        if not isinstance(stage, Stage):
+            raise UsageError(f"stages[{index}] is {excerpt(stage)}, not a Stage")
+    return listed
 
 
 def _schema_at(key: str) -> type[BaseModel]:

@@ -4,7 +4,16 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from ctxproto import Budget, ChatRequest, ConfigError, Context, Message, Pipeline, RecencyWindow
+from ctxproto import (
+    Budget,
+    ChatRequest,
+    ConfigError,
+    Context,
+    Message,
+    Pipeline,
+    RecencyWindow,
+    UsageError,
+)
 from ctxproto.config import PipelineConfig
 from ctxproto.stages import Stage, Transformed, available_stages, register_stage
 from ctxproto.tokens import TokenCounter
@@ -181,3 +190,27 @@ def test_a_failing_stage_is_named_on_its_exception():
     with pytest.raises(RuntimeError, match="tensor shapes") as raised:
         pipeline.run(Context(query=Message(role="user", content="Hi?")))
     assert raised.value.__notes__ == ["raised by stages[1] (broken_for_test) of 'support'"]
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        (
+            [RecencyWindow(max_turns=2), RecencyWindow],
+            "stages[1] is the class RecencyWindow, not a stage: give an instance, "
+            "RecencyWindow(...)",
+        ),
+        (
+            RecencyWindow(max_turns=2),
+            "stages must be a list of stages: Pipeline([RecencyWindow(...)])",
+        ),
+        ([lambda context: context], "stages[0] is <function <lambda> at"),
+    ],
+    ids=["class", "one stage", "function"],
+)
+def test_what_is_not_a_stage_is_refused_when_the_pipeline_is_built(stages, message):
+    """It used to fail at the first run, in a ``TypeError`` or ``AttributeError``
+    from ``warm_up`` naming neither the stage nor the fix."""
+    with pytest.raises(UsageError) as raised:
+        Pipeline(stages)
+    assert str(raised.value).startswith(message)
