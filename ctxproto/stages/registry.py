@@ -5,7 +5,9 @@ decorated ``@register_stage("name")``: every module of the package is imported
 on the first lookup, so there is no list of stages to keep up to date.
 
 Third-party packages register through the ``ctxproto.stages`` entry-point group
-(``name = "package.module:StageClass"``). A name can mean one class only: an
+(``name = "package.module:StageClass"``). An entry point is loaded when a config
+names it (or when every stage is listed), so that one plugin that cannot be
+imported fails only the configs that use it. A name can mean one class only: an
 entry point that claims a name already taken by another class is a
 ``ConfigError`` naming both, rather than one of them silently winning.
 """
@@ -13,6 +15,7 @@ entry point that claims a name already taken by another class is a
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import sys
 from collections.abc import Callable
@@ -34,8 +37,10 @@ ENTRY_POINT_GROUP = "ctxproto.stages"
 
 _registered: dict[str, type[Stage]] = {}
 """Stages registered with ``@register_stage``: the built-ins and any imported on purpose."""
+_entry_points: dict[str, list[EntryPoint]] = {}
+"""The entry points of the group by stage name, as found on ``_plugins_path``."""
 _plugins: dict[str, type[Stage]] = {}
-"""Stages named by entry points, as found on ``_plugins_path``."""
+"""The entry-point stages loaded so far, by name."""
 _plugins_path: tuple[str, ...] | None = None
 """The ``sys.path`` the entry points were read from; a new one is read again."""
 _builtins_imported = False
@@ -47,6 +52,7 @@ def register_stage(name: str) -> Callable[[S], S]:
     """Class decorator registering a stage under ``name`` (also its ``type_name``)."""
 
     def decorate(cls: S) -> S:
+        _require_concrete(cls, f"@register_stage({name!r})", key=None)
         existing = _registered.get(name)
         if existing is not None and existing is not cls:
             raise ConfigError(
@@ -61,16 +67,19 @@ def register_stage(name: str) -> Callable[[S], S]:
 
 
 def get_stage_class(name: str) -> type[Stage]:
-    """The stage class registered as ``name``; unknown names list the known ones."""
-    stages = _all_stages()
-    try:
-        return stages[name]
-    except KeyError:
+    """The stage class registered as ``name``; unknown names list the known ones.
+
+    Only the entry points named ``name`` are loaded.
+    """
+    _import_builtins()
+    stage = _plugin(name) or _registered.get(name)
+    if stage is None:
         raise ConfigError(
             f"unknown stage '{name}'",
             key="type",
-            expected="one of " + ", ".join(sorted(stages)),
-        ) from None
+            expected="one of " + ", ".join(sorted({*_registered, *_named_entry_points()})),
+        )
+    return stage
 
 
 def available_stages() -> list[str]:
@@ -86,9 +95,10 @@ def builtin_stages() -> dict[str, type[Stage]]:
 
 
 def _all_stages() -> dict[str, type[Stage]]:
+    """Every stage, each entry point loaded (and so checked)."""
     _import_builtins()
-    _load_entry_points()
-    return {**_registered, **_plugins}
+    plugins = {name: _plugin(name) for name in _named_entry_points()}
+    return {**_registered, **{name: cls for name, cls in plugins.items() if cls is not None}}
 
 
 def _import_builtins() -> None:
@@ -103,30 +113,43 @@ def _import_builtins() -> None:
     _builtins_imported = True
 
 
-def _load_entry_points() -> None:
-    """Read the entry-point group again whenever ``sys.path`` changed since the last read.
+def _named_entry_points() -> dict[str, list[EntryPoint]]:
+    """The group's entry points by name, read again whenever ``sys.path`` changed.
 
     Distributions are found on ``sys.path``, so within one process that is what
-    changes the set of installed stages.
+    changes the set of installed stages; the stages loaded for the old path are
+    forgotten with it.
     """
-    global _plugins, _plugins_path
+    global _entry_points, _plugins, _plugins_path
     path = tuple(sys.path)
-    if path == _plugins_path:
-        return
-    found: dict[str, type[Stage]] = {}
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        cls = _load(entry_point)
-        taken = found.get(entry_point.name) or _registered.get(entry_point.name)
-        if taken is not None and taken is not cls:
+    if path != _plugins_path:
+        named: dict[str, list[EntryPoint]] = {}
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            named.setdefault(entry_point.name, []).append(entry_point)
+        _entry_points, _plugins, _plugins_path = named, {}, path
+    return _entry_points
+
+
+def _plugin(name: str) -> type[Stage] | None:
+    """The stage the entry points named ``name`` load, or ``None`` when none is named so."""
+    named = _named_entry_points().get(name)
+    if not named:
+        return None
+    if name in _plugins:
+        return _plugins[name]
+    loaded = [(entry_point, _load(entry_point)) for entry_point in named]
+    stage = _registered.get(name) or loaded[0][1]
+    for entry_point, cls in loaded:
+        if cls is not stage:
             raise ConfigError(
                 f"entry point {_describe(entry_point)} claims the stage name "
-                f"'{entry_point.name}', already taken by {_qualified(taken)}",
+                f"'{name}', already taken by {_qualified(stage)}",
                 key=ENTRY_POINT_GROUP,
                 expected="a stage name no other stage uses",
             )
-        cls.type_name = entry_point.name
-        found[entry_point.name] = cls
-    _plugins, _plugins_path = found, path
+    stage.type_name = name
+    _plugins[name] = stage
+    return stage
 
 
 def _load(entry_point: EntryPoint) -> type[Stage]:
@@ -141,7 +164,23 @@ def _load(entry_point: EntryPoint) -> type[Stage]:
             f"entry point {_describe(entry_point)} does not name a Stage subclass",
             key=ENTRY_POINT_GROUP,
         )
+    _require_concrete(cls, f"entry point {_describe(entry_point)}", key=ENTRY_POINT_GROUP)
     return cls
+
+
+def _require_concrete(cls: type[Stage], where: str, *, key: str | None) -> None:
+    """Refuse a stage class that cannot be built: it lacks an abstract method (``transform``).
+
+    Registered, it failed only when a config named it, in a ``TypeError`` from
+    pydantic's ``model_validate`` rather than an error naming the registration.
+    """
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise ConfigError(
+            f"{where}: {_qualified(cls)} does not implement {missing}, so it cannot be built",
+            key=key,
+            expected="a Stage subclass that implements transform",
+        )
 
 
 def _describe(entry_point: EntryPoint) -> str:

@@ -94,6 +94,59 @@ def test_entry_point_that_does_not_load_names_itself(tmp_path, monkeypatch):
         get_stage_class("loud")
 
 
+def test_an_entry_point_that_does_not_load_fails_only_the_configs_that_name_it(
+    tmp_path, monkeypatch
+):
+    """One broken plugin in the environment used to fail every config, those naming
+    built-in stages only included, with an error located at their ``stages[0].type``."""
+    install_distribution(
+        tmp_path,
+        monkeypatch,
+        "half_broken_stages",
+        SHOUTER,
+        "loud = half_broken_stages:Missing\nshout = half_broken_stages:Shouter",
+    )
+    pipeline = Pipeline.from_dict({"stages": [{"type": "recency_window"}, {"type": "shout"}]})
+    assert [stage.type_name for stage in pipeline.stages] == ["recency_window", "shout"]
+    with pytest.raises(ConfigError, match="'loud = half_broken_stages:Missing'"):
+        Pipeline.from_dict({"stages": [{"type": "loud"}]})
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        available_stages()  # listing loads every one, and so checks it
+    with pytest.raises(ConfigError) as unknown:
+        get_stage_class("no_such_stage")
+    assert "loud" in str(unknown.value)  # listed as known without being loaded
+
+
+ABSTRACT = """
+    from ctxproto.stages import Stage
+
+    class Unfinished(Stage):
+        suffix: str = "!"
+"""
+
+
+def test_an_entry_point_to_a_stage_without_transform_is_named(tmp_path, monkeypatch):
+    """It used to fail as pydantic's ``TypeError: Can't instantiate abstract class``."""
+    install_distribution(
+        tmp_path, monkeypatch, "unfinished_stages", ABSTRACT, "todo = unfinished_stages:Unfinished"
+    )
+    with pytest.raises(ConfigError) as raised:
+        Pipeline.from_dict({"stages": [{"type": "todo"}]}, source="chat.yaml")
+    message = str(raised.value)
+    assert "'todo = unfinished_stages:Unfinished' of distribution 'unfinished-stages'" in message
+    assert "unfinished_stages.Unfinished does not implement transform" in message
+
+
+def test_registering_a_stage_without_transform_is_refused():
+    with pytest.raises(ConfigError, match=r"Unfinished does not implement transform"):
+
+        @register_stage("test_registry_unfinished")
+        class Unfinished(Stage):
+            pass
+
+    assert "test_registry_unfinished" not in available_stages()
+
+
 def test_registry_forgets_a_distribution_no_longer_on_the_path(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         install_distribution(
