@@ -45,6 +45,12 @@ _plugins_path: tuple[str, ...] | None = None
 """The ``sys.path`` the entry points were read from; a new one is read again."""
 _builtins_imported = False
 
+_OWN_STAGES = (
+    "; a stage of your own is found once its module is imported, or through"
+    f" a '{ENTRY_POINT_GROUP}' entry point of an installed package"
+)
+"""What an unknown name adds: a config names a stage outside ctxproto only through these."""
+
 S = TypeVar("S", bound=type[Stage])
 
 
@@ -77,7 +83,9 @@ def get_stage_class(name: str) -> type[Stage]:
         raise ConfigError(
             f"unknown stage '{name}'",
             key="type",
-            expected="one of " + ", ".join(sorted({*_registered, *_named_entry_points()})),
+            expected="one of "
+            + ", ".join(sorted({*_registered, *_named_entry_points()}))
+            + _OWN_STAGES,
         )
     return stage
 

@@ -162,6 +162,15 @@ def test_unknown_stage_lists_known_ones():
     assert "recency_window" in str(info.value)
 
 
+def test_unknown_stage_says_how_a_stage_of_ones_own_is_found():
+    """A stage written in a file of one's own is unknown to ``ctxproto run`` until an
+    installed package names it; the error used to list the built-in names only."""
+    with pytest.raises(ConfigError) as info:
+        get_stage_class("no_such_stage")
+    assert "its module is imported" in str(info.value)
+    assert "'ctxproto.stages' entry point of an installed package" in str(info.value)
+
+
 def test_every_stage_module_registers_its_stages():
     """A stage module needs no import list: each concrete stage in it is registered."""
     registered = set(builtin_stages().values())
