@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from ctxproto import Context, Message, Pipeline, RecencyWindow, UsageError
+from ctxproto import ConfigError, Context, Message, Pipeline, RecencyWindow, UsageError
 from ctxproto.stages import Stage, Transformed
 from ctxproto.tokens import TokenCounter
 
@@ -88,3 +92,63 @@ def test_counters_may_be_whole_or_fractional_numbers_and_flags():
     counters = {"kept": 3, "ratio": 0.5, "target_met": True}
     stage = Returns(value=lambda context: Transformed(context, counters))
     assert ask(Pipeline([stage])).reports[0].counters == {"kept": 3, "ratio": 0.5, "target_met": 1}
+
+
+# -- the README's "Writing a stage", as a user follows it ---------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_blocks(language: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Writing a stage") :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(rf"^```{language}\n(.*?)^```", section, flags=re.M | re.S)
+
+
+@pytest.fixture(scope="module")
+def greetings() -> ModuleType:
+    """The README's stage, in the file ``greetings.py`` the README has the user write."""
+    module = ModuleType("greetings")
+    exec(readme_blocks("python")[0], module.__dict__)  # the README's own code, as written
+    return module
+
+
+def test_the_readme_stage_runs_from_python_and_from_a_config(greetings):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "How do I reset it?"},
+        {"role": "assistant", "content": "Hold the button."},
+        {"role": "user", "content": "Thanks"},
+    ]
+    in_python = Pipeline([greetings.GreetingDropper()]).run_messages(messages)
+    from_config = Pipeline.from_dict(
+        {"stages": [{"type": "drop_greetings", "init_parameters": {"words": ["hi"]}}]}
+    ).run_messages(messages)
+
+    assert in_python.summary()["stages"][0]["name"] == "drop_greetings"
+    assert in_python.summary()["stages"][0]["counters"] == {"dropped": 1}
+    assert [m["content"] for m in in_python.summary()["messages"]] == [
+        "How do I reset it?",
+        "Hold the button.",
+        "Thanks",
+    ]
+    assert from_config.reports[0].counters == {"dropped": 1}
+
+
+def test_a_bad_parameter_of_the_readme_stage_names_the_file_and_the_key(greetings):
+    with pytest.raises(ConfigError) as raised:
+        Pipeline.from_dict(
+            {"stages": [{"type": "drop_greetings", "init_parameters": {"word": ["hi"]}}]},
+            source="chat.yaml",
+        )
+    assert raised.value.file == "chat.yaml"
+    assert raised.value.key == "stages[0].init_parameters.word"
+
+
+def test_the_readme_packaging_names_the_readme_stage(greetings):
+    project = tomllib.loads(readme_blocks("toml")[0])
+    entry_points = project["project"]["entry-points"]["ctxproto.stages"]
+    assert project["tool"]["setuptools"]["py-modules"] == [greetings.__name__]
+    assert entry_points == {"drop_greetings": f"{greetings.__name__}:GreetingDropper"}
+    assert greetings.GreetingDropper.type_name == "drop_greetings"
