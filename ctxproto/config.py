@@ -19,6 +19,7 @@ from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, excerpt, read_text
 from ctxproto.stores.store_url import redact_url
 
 __all__ = [
+    "ConfigErrorModel",
     "ConfigLoader",
     "PipelineConfig",
     "StageSpec",
@@ -151,6 +152,11 @@ def validation_error_to_config_error(
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
     kind = first["type"]
+    nested = first.get("ctx", {}).get("error")
+    if kind == "value_error" and isinstance(nested, ConfigError) and nested.key:
+        # A nested model that checks itself (GenerationParams) named its own key: under ours.
+        key = f"{key}.{nested.key}" if key else nested.key
+        return ConfigError(nested.detail, file=file, key=key, expected=nested.expected)
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
@@ -170,6 +176,23 @@ def validation_error_to_config_error(
         if not _names(message, str(given)):
             message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
+
+
+class ConfigErrorModel(BaseModel):
+    """A base for pydantic models that users build in Python (the framework adapters).
+
+    A bad field is a ``ConfigError`` naming its key, as in a config file, not
+    pydantic's ``ValidationError``: a dict given for a nested model
+    (``generation={"max_tokens": 3}``) is validated by pydantic, so the model's
+    own ``ConfigError`` would otherwise reach the caller wrapped in one. Listed
+    before the framework's base class, so that it wraps that class's validation.
+    """
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise validation_error_to_config_error(exc, data=data) from None
 
 
 def allowed_keys_hint(model: type[BaseModel]) -> str:

@@ -45,6 +45,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 
+from ctxproto.config import ConfigErrorModel
 from ctxproto.context import ChatRequest
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.integrations._carried import (
@@ -336,11 +337,13 @@ class SessionMessageHistory(BaseChatMessageHistory):
         self.store.delete(self.tenant_id, self.session_id)
 
 
-class CtxprotoChatModel(BaseChatModel):
+class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
     """A LangChain chat model answering through a ctxproto ``Backend``.
 
     ``backend`` is anything with the ``Backend`` methods: ``LocalBackend`` over
     the bundled engine, ``OpenAIBackend``, or ``ScriptedBackend`` in tests.
+    ``generation`` takes ``GenerationParams`` or a dict of them; a bad one is a
+    ``ConfigError`` naming the key (``generation.max_new_tokens``).
     Token counts use ctxproto's offline counter, not LangChain's default
     (a GPT-2 tokenizer fetched from the network).
     """

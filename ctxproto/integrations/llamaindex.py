@@ -63,6 +63,7 @@ from llama_index.core.schema import (
 )
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from ctxproto.config import ConfigErrorModel
 from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
@@ -221,7 +222,7 @@ def from_document(document: Document) -> NodeWithScore:
     return NodeWithScore(node=node, score=document.score)
 
 
-class CtxprotoNodePostprocessor(BaseNodePostprocessor):
+class CtxprotoNodePostprocessor(ConfigErrorModel, BaseNodePostprocessor):
     """Relevance filter, then token compression, then packing into ``max_tokens``.
 
     Each step is optional. The nodes that come out are the retrieved nodes
@@ -275,7 +276,7 @@ class CtxprotoNodePostprocessor(BaseNodePostprocessor):
         return out
 
 
-class SummaryChatMemory(BaseMemory):
+class SummaryChatMemory(ConfigErrorModel, BaseMemory):
     """Chat memory: the whole conversation stored, a rolling summary plus recent turns read.
 
     ``put`` appends to the session's history in ``store`` (``ChatSession``'s
@@ -349,7 +350,7 @@ class SummaryChatMemory(BaseMemory):
         return load_history(self.store, self.tenant_id, self.session_id)
 
 
-class CtxprotoEmbedding(BaseEmbedding):
+class CtxprotoEmbedding(ConfigErrorModel, BaseEmbedding):
     """LlamaIndex embeddings from ctxproto's bundled embedder (all-MiniLM-L6-v2), offline."""
 
     embedder: str = "default"
@@ -389,7 +390,7 @@ class CtxprotoEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
 
-class CtxprotoLLM(CustomLLM):
+class CtxprotoLLM(ConfigErrorModel, CustomLLM):
     """A LlamaIndex LLM answering through a ctxproto ``Backend``.
 
     ``backend`` is anything with the ``Backend`` methods: ``LocalBackend`` over

@@ -208,6 +208,17 @@ def test_chat_model_streams_and_counts_tokens_offline():
     assert stopped.invoke("count", stop=[" two"]).content == "one"
 
 
+def test_a_bad_generation_dict_is_a_config_error_naming_its_key():
+    backend = ScriptedBackend(["one"])
+    assert CtxprotoChatModel(backend=backend, generation={"max_new_tokens": 3}).generation
+    with pytest.raises(ConfigError) as raised:
+        CtxprotoChatModel(backend=backend, generation={"max_tokens": 3})
+    assert raised.value.key == "generation.max_tokens"
+    with pytest.raises(ConfigError) as raised:
+        CtxprotoChatModel(backend=backend, generation={"stop": [""]})
+    assert raised.value.key == "generation.stop"
+
+
 def test_history_is_shared_with_chat_session_per_tenant(tmp_path):
     store = SessionStateStore(tmp_path / "history")
     history = SessionMessageHistory(store, "s1", tenant_id="acme")

@@ -293,6 +293,39 @@ def test_memory_refuses_a_summarizer_sharing_the_history_folder(tmp_path):
         )
 
 
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (
+            lambda tmp: CtxprotoLLM(backend=None, generation={"max_tokens": 3}),
+            "generation.max_tokens",
+        ),
+        (lambda tmp: CtxprotoLLM(backend=None, generation={"stop": [""]}), "generation.stop"),
+        (lambda tmp: CtxprotoLLM(backend=None, context_window=0), "context_window"),
+        (
+            lambda tmp: SummaryChatMemory(
+                store=SessionStateStore(tmp), session_id="s1", summarizer={"keep_turns": -1}
+            ),
+            "summarizer.keep_turns",
+        ),
+        (
+            lambda tmp: CtxprotoNodePostprocessor(relevance_filter={"bogus": 1}),
+            "relevance_filter.bogus",
+        ),
+    ],
+)
+def test_a_bad_setting_is_a_config_error_naming_its_key(tmp_path, build, key):
+    with pytest.raises(ConfigError) as raised:
+        build(tmp_path)
+    assert raised.value.key == key
+
+
+def test_a_generation_dict_is_read_as_generation_params():
+    backend = ScriptedBackend(lambda messages: "one two three")
+    llm = CtxprotoLLM(backend=backend, generation={"max_new_tokens": 2})
+    assert llm.complete("count").text == "one two"
+
+
 def test_llm_streams_a_completion_through_the_backend():
     llm = CtxprotoLLM(backend=ScriptedBackend(["one two three"]))
     responses = list(llm.stream_complete("count"))
