@@ -397,8 +397,13 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
         return [to_message(m).to_openai() for m in messages]
 
     def _params(self, stop: list[str] | None) -> GenerationParams:
+        """``generation`` with the call's stop strings (``invoke(..., stop=[...])``, ``bind``).
+
+        Built anew, not ``model_copy``'d: a copy skips validation, and an empty stop
+        string would end every answer before its first word.
+        """
         params = self.generation or GenerationParams()
-        return params.model_copy(update={"stop": stop}) if stop else params
+        return GenerationParams(**{**params.model_dump(), "stop": stop}) if stop else params
 
 
 def _reported(completion: Completion) -> dict[str, Any]:

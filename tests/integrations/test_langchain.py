@@ -219,6 +219,21 @@ def test_a_bad_generation_dict_is_a_config_error_naming_its_key():
     assert raised.value.key == "generation.stop"
 
 
+@pytest.mark.parametrize("generation", [None, {"max_new_tokens": 8}])
+def test_an_empty_stop_string_is_refused_not_an_empty_answer(generation):
+    backend = ScriptedBackend(lambda messages: "one two three")
+    model = CtxprotoChatModel(backend=backend, generation=generation)
+    for call in (
+        lambda: model.invoke("count", stop=[""]),
+        lambda: list(model.stream("count", stop=[" two", ""])),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            call()
+        assert raised.value.key == "stop"
+    assert backend.calls == 0
+    assert model.bind(stop=[" two"]).invoke("count").content == "one"
+
+
 def test_history_is_shared_with_chat_session_per_tenant(tmp_path):
     store = SessionStateStore(tmp_path / "history")
     history = SessionMessageHistory(store, "s1", tenant_id="acme")
