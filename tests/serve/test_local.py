@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -130,6 +131,89 @@ def test_non_streaming_disconnect_stops_decoding(local_proxy, engine):
             time.sleep(0.02)
         assert len(engine._batch)  # decoding started
     assert _idle(engine, within_s=5.0)
+
+
+SUPPORT = {"role": "system", "content": "You are the support assistant of Acme. Answer briefly."}
+TOGETHER: list[dict[str, Any]] = [
+    # The shortest first: the first joiner of an empty batch once decoded as if padded.
+    {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 10},
+    {
+        "messages": [SUPPORT, {"role": "user", "content": "How long is the R7's warranty?"}],
+        "max_tokens": 12,
+        "stream": True,
+    },
+    {
+        "messages": [SUPPORT, {"role": "user", "content": "Which products does Acme sell?"}],
+        "max_tokens": 16,
+        "stop": ["\n"],
+    },
+    {
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_completion_tokens": 6,
+        "stream": True,
+    },
+]
+
+
+async def _greedy(
+    client: openai.AsyncOpenAI, request: dict[str, Any], salt: str
+) -> tuple[str, str, int]:
+    """Text, finish reason and completion tokens of one greedy answer, streamed or not."""
+    options = {**request, "model": "default", "temperature": 0, "extra_body": {"cache_salt": salt}}
+    if not request.get("stream"):
+        answer = await client.chat.completions.create(**options)
+        choice = answer.choices[0]
+        return choice.message.content, choice.finish_reason, answer.usage.completion_tokens
+    stream = await client.chat.completions.create(**options, stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    return text, finish[-1], chunks[-1].usage.completion_tokens
+
+
+def test_clients_decoded_together_get_the_answers_they_get_alone(runtime_server):
+    """Requests admitted in one round share one decode batch; each client must get the
+    answer its request gets alone (each run in a cache namespace of its own)."""
+    # Its prefill keeps the engine busy while the others arrive, and its one token ends
+    # it there: they are then admitted together, into an empty batch.
+    gate = {"messages": [{"role": "user", "content": "Say: " + "lorem ipsum " * 400}]}
+
+    async def one_at_a_time() -> list[tuple[str, str, int]]:
+        async with openai.AsyncOpenAI(
+            base_url=runtime_server.url, api_key="none", max_retries=0
+        ) as client:
+            return [await _greedy(client, r, uuid.uuid4().hex) for r in TOGETHER]
+
+    async def at_once() -> list[tuple[str, str, int]]:
+        salt = uuid.uuid4().hex
+        async with openai.AsyncOpenAI(
+            base_url=runtime_server.url, api_key="none", max_retries=0
+        ) as client:
+            busy = asyncio.ensure_future(_greedy(client, {**gate, "max_tokens": 1}, salt))
+            await asyncio.sleep(0.3)
+            answers = await asyncio.gather(*(_greedy(client, r, salt) for r in TOGETHER))
+            await busy
+        return list(answers)
+
+    assert asyncio.run(at_once()) == asyncio.run(one_at_a_time())
+
+
+def test_a_client_leaving_mid_stream_stops_its_answer_not_the_others(runtime_server, engine):
+    client = openai.OpenAI(base_url=runtime_server.url, api_key="none", max_retries=0)
+    staying = {"model": "default", "messages": question(), "max_tokens": 16, "temperature": 0}
+    alone = client.chat.completions.create(**staying).choices[0].message.content
+    stays = client.chat.completions.create(**staying, stream=True)
+    text = [next(stays).choices[0].delta.content or ""]  # decoding, before the other joins
+    leaves = client.chat.completions.create(
+        model="default", messages=question(), max_tokens=400, temperature=0.8, stream=True
+    )
+    for index, _ in enumerate(leaves):
+        if index == 2:
+            break
+    leaves.close()
+    text += [c.choices[0].delta.content or "" for c in stays if c.choices]
+    assert "".join(text) == alone
+    assert _idle(engine, within_s=5.0)  # 400 tokens would take far longer on CPU
 
 
 class _Manual(Stage):
