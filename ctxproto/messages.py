@@ -14,6 +14,7 @@ __all__ = [
     "ToolCall",
     "known_fields",
     "non_text_part",
+    "template_message",
     "well_formed",
 ]
 
@@ -137,3 +138,19 @@ def well_formed(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def template_message(message: Message, *, calls_rendered: bool) -> dict[str, Any]:
+    """``message`` as the chat template reads it: always with text content.
+
+    An assistant message that only calls tools has no content on the wire, and
+    templates that read ``message['content']`` (SmolLM2's) fail on it. A template
+    that never mentions ``tool_calls`` would also drop the calls, so the model
+    would not see what it asked for before the tool's answer; it gets the calls
+    serialized after the text instead, as the transcript without a template does
+    and as the token counters count the message. The runtime renders its prompts
+    and the counters their budgets through this one form, so both count alike.
+    """
+    wire = message.to_openai()
+    wire["content"] = (message.content or "") if calls_rendered else message.text
+    return wire

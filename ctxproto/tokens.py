@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from ctxproto.errors import ConfigError, ModelNotAvailableError
-from ctxproto.messages import Message, well_formed
+from ctxproto.messages import Message, template_message, well_formed
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
@@ -29,7 +29,6 @@ __all__ = [
     "TiktokenCounter",
     "TokenCounter",
     "get_counter",
-    "well_formed",
 ]
 
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -231,9 +230,16 @@ class HuggingFaceCounter(TokenCounter):
         if not getattr(self.tokenizer, "chat_template", None):
             return None
 
+        calls_rendered = "tool_calls" in str(self.tokenizer.chat_template)
+
         def render(messages: list[dict[str, Any]]) -> str:
+            # As the runtime renders them: a tool call without text has content.
+            wire = [
+                template_message(Message.model_validate(m), calls_rendered=calls_rendered)
+                for m in messages
+            ]
             text: str = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
+                wire, tokenize=False, add_generation_prompt=generation_prompt
             )
             return text
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ctxproto.errors import ConfigError
-from ctxproto.messages import Message, well_formed
+from ctxproto.messages import Message, template_message, well_formed
 
 __all__ = ["render_chat", "render_head"]
 
@@ -34,7 +34,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
         from jinja2.exceptions import TemplateError  # transformers' template engine: loaded by now
 
         calls_rendered = "tool_calls" in str(template)
-        wire = [_template_message(m, calls_rendered) for m in validated]
+        wire = [template_message(m, calls_rendered=calls_rendered) for m in validated]
         try:
             text = tokenizer.apply_chat_template(wire, add_generation_prompt=reply, tokenize=False)
         except TemplateError as exc:
@@ -47,21 +47,6 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
     # JSON can carry half a surrogate pair, which Rust tokenizers refuse whole.
     ids: list[int] = tokenizer(well_formed(text), add_special_tokens=False)["input_ids"]
     return ids
-
-
-def _template_message(message: Message, calls_rendered: bool) -> dict[str, Any]:
-    """``message`` as the chat template reads it: always with text content.
-
-    An assistant message that only calls tools has no content on the wire, and
-    templates that read ``message['content']`` (SmolLM2's) fail on it. A template
-    that never mentions ``tool_calls`` would also drop the calls, so the model
-    would not see what it asked for before the tool's answer; it gets the calls
-    serialized after the text instead, as the transcript without a template does
-    and as the token counters count the message.
-    """
-    wire = message.to_openai()
-    wire["content"] = (message.content or "") if calls_rendered else message.text
-    return wire
 
 
 def render_head(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int] | None:
