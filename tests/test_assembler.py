@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -267,7 +269,6 @@ def test_pipeline_with_a_model_tokenizer_uses_its_chat_template(lm_tokenizer):
     assert result.prompt_tokens == len(lm_tokenizer.encode(result.prompt.text)) <= 300
 
 
-
 @pytest.mark.models
 def test_a_tool_call_without_text_renders_in_the_pipeline_as_the_runtime_renders_it(
     lm_tokenizer,
@@ -280,7 +281,7 @@ def test_a_tool_call_without_text_renders_in_the_pipeline_as_the_runtime_renders
 
     pipeline = Pipeline.from_dict({"tokenizer": "hf:default", "stages": []})
     call = {"id": "call-1", "type": "function", "function": {"name": "firmware_version"}}
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "Which firmware is my hub on?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call-1", "content": "4.2.1"},
@@ -290,6 +291,7 @@ def test_a_tool_call_without_text_renders_in_the_pipeline_as_the_runtime_renders
     assert "firmware_version" in result.prompt.text
     sent = render_chat(lm_tokenizer, result.prompt.messages)
     assert lm_tokenizer.decode(sent) == result.prompt.text
+
 
 roles = st.sampled_from(["user", "assistant"])
 texts = st.text(min_size=0, max_size=200)
