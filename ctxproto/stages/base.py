@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from weakref import WeakSet
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -62,9 +63,9 @@ class Stage(BaseModel, ABC):
     """Base class of every stage. Subclasses implement ``transform``.
 
     ``type_name`` is the stage's name in config files and reports:
-    ``@register_stage("name")`` or an entry point sets it; a class that neither
-    registers nor sets it is named by its class name, so that it runs from Python
-    as it is.
+    ``@register_stage("name")`` or an entry point sets it, and subclasses inherit
+    it; a class that inherits none is named by its class name, so that it runs
+    from Python as it is.
     """
 
     model_config = ConfigDict(
@@ -75,16 +76,19 @@ class Stage(BaseModel, ABC):
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        """Name the class by itself until it is registered.
+        """Name by its class a stage that inherits no name.
 
         Without a name, running an unregistered stage failed in an
-        ``AttributeError`` on ``type_name``; and a subclass of a registered stage
-        would report, and write to config files, its parent's name, which loads
-        the parent back.
+        ``AttributeError`` on ``type_name``. A subclass of a registered stage
+        keeps its parent's name: written to a config file under it, it loads
+        back as the parent, whose parameters it has. A class name is not
+        inherited, so each subclass of an unregistered base is named by itself.
         """
         super().__pydantic_init_subclass__(**kwargs)
-        if "type_name" not in cls.__dict__:
+        namer = next((c for c in cls.__mro__ if "type_name" in c.__dict__), None)
+        if namer is None or namer in _named_by_class:
             cls.type_name = cls.__name__
+            _named_by_class.add(cls)
 
     def warm_up(self) -> None:
         """Load heavy resources (models, stores) that are not loaded yet.
@@ -169,9 +173,26 @@ class Stage(BaseModel, ABC):
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"type": ..., "init_parameters": {...}}``: a config file's ``StageSpec``."""
-        spec = StageSpec(type=self.type_name, init_parameters=self.model_dump(mode="json"))
+        """``{"type": ..., "init_parameters": {...}}``: a config file's ``StageSpec``.
+
+        ``type`` is the name that loads this class back (``config_name``), not
+        ``type_name`` as it is: a class name loads nothing, and an entry-point
+        stage is named by its entry point only once a config has used it.
+        """
+        from ctxproto.stages.registry import config_name  # the registry imports this module
+
+        spec = StageSpec(type=config_name(type(self)), init_parameters=self.model_dump(mode="json"))
         return spec.model_dump()
+
+
+def name_stage(stage: type[Stage], name: str) -> None:
+    """Give ``stage`` its registered ``name``, which its subclasses then inherit."""
+    stage.type_name = name
+    _named_by_class.discard(stage)
+
+
+_named_by_class: WeakSet[type[Stage]] = WeakSet()
+"""The stages named by their class, a name their subclasses do not inherit."""
 
 
 def context_tokens(context: Context, counter: TokenCounter) -> int:

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
-from ctxproto.errors import ConfigError
-from ctxproto.stages.base import Stage
+from ctxproto.errors import ConfigError, UsageError
+from ctxproto.stages.base import Stage, name_stage
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "available_stages",
     "builtin_stages",
+    "config_name",
     "get_stage_class",
     "register_stage",
 ]
@@ -65,7 +66,7 @@ def register_stage(name: str) -> Callable[[S], S]:
                 f"{_qualified(cls)} cannot register the stage name '{name}': "
                 f"{_qualified(existing)} already has it"
             )
-        cls.type_name = name
+        name_stage(cls, name)
         _registered[name] = cls
         return cls
 
@@ -88,6 +89,35 @@ def get_stage_class(name: str) -> type[Stage]:
             + _OWN_STAGES,
         )
     return stage
+
+
+def config_name(stage: type[Stage]) -> str:
+    """The name under which a config file loads ``stage`` back; a ``UsageError`` if none does.
+
+    ``type_name`` alone is not enough: a class name loads nothing, and an
+    entry-point stage keeps its class name until a config names it. So the name
+    is the one registered for the class, else that of an entry point whose value
+    names the class (read without loading any other entry point); else, for a
+    subclass, its nearest ancestor's, which loads as that ancestor with the same
+    parameters.
+    """
+    _import_builtins()
+    entry_points_by_name = _named_entry_points()  # first, as it forgets stale plugins
+    for cls in stage.__mro__:
+        if not issubclass(cls, Stage) or cls is Stage:
+            continue
+        if (_plugins.get(cls.type_name) or _registered.get(cls.type_name)) is cls:
+            return cls.type_name
+        target = (cls.__module__, cls.__qualname__)
+        for name, named in entry_points_by_name.items():
+            if any((entry_point.module, entry_point.attr) == target for entry_point in named):
+                _plugin(name)  # checks that the name is this class's alone, and names it by it
+                return name
+    raise UsageError(
+        f"stage '{stage.type_name}' ({_qualified(stage)}) has no name a config file loads:"
+        f" register it with @register_stage(\"name\") or a '{ENTRY_POINT_GROUP}' entry point"
+        " to write it to a config"
+    )
 
 
 def available_stages() -> list[str]:
@@ -155,7 +185,7 @@ def _plugin(name: str) -> type[Stage] | None:
                 key=ENTRY_POINT_GROUP,
                 expected="a stage name no other stage uses",
             )
-    stage.type_name = name
+    name_stage(stage, name)
     _plugins[name] = stage
     return stage
 

@@ -31,17 +31,51 @@ def test_an_unregistered_stage_runs_under_its_class_name():
     assert [(r.name, r.counters) for r in result.reports] == [("Unregistered", {"seen": 1})]
 
 
-def test_a_subclass_of_a_registered_stage_is_not_named_as_its_parent():
-    """Named ``recency_window``, it would be written to a config file as the parent,
-    and load back as the parent."""
+def test_a_subclass_of_a_registered_stage_keeps_its_parents_name():
+    """Named by its class, it was written to a config file under a name that loads
+    nothing; under its parent's name it loads back as the parent, with its parameters."""
 
     class NarrowWindow(RecencyWindow):
         max_turns: int | None = 1
 
     pipeline = Pipeline([NarrowWindow()])
-    assert [r.name for r in ask(pipeline).reports] == ["NarrowWindow"]
-    assert pipeline.to_dict()["stages"][0]["type"] == "NarrowWindow"
+    assert [r.name for r in ask(pipeline).reports] == ["recency_window"]
+    assert pipeline.to_dict()["stages"][0]["type"] == "recency_window"
+    assert Pipeline.from_dict(pipeline.to_dict()).stages == [RecencyWindow(max_turns=1)]
     assert RecencyWindow.type_name == "recency_window"
+
+
+class UnregisteredBase(Stage):
+    """A base of one's own stages, registered by none."""
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        return Transformed(context)
+
+
+class FirstOfBase(UnregisteredBase):
+    pass
+
+
+class SecondOfBase(UnregisteredBase):
+    pass
+
+
+def test_a_class_name_is_not_inherited():
+    """Each subclass of an unregistered base reports itself, not the base."""
+    reports = ask(Pipeline([FirstOfBase(), SecondOfBase()])).reports
+    assert [r.name for r in reports] == ["FirstOfBase", "SecondOfBase"]
+
+
+def test_an_unregistered_stage_is_not_written_to_a_config():
+    """Its class name, written as its type, made a config file that did not load."""
+    pipeline = Pipeline([Unregistered()])
+    with pytest.raises(UsageError) as raised:
+        pipeline.to_yaml()
+    assert not isinstance(raised.value, ConfigError)  # no config file is involved
+    message = str(raised.value)
+    assert f"stage 'Unregistered' ({__name__}.Unregistered)" in message
+    assert '@register_stage("name")' in message
+    assert "'ctxproto.stages' entry point" in message
 
 
 class Returns(Stage):

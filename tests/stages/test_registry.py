@@ -67,6 +67,43 @@ def test_third_party_stage_registers_through_entry_point(tmp_path, monkeypatch):
     assert pipeline.to_dict()["stages"] == [{"type": "shout", "init_parameters": {"suffix": "?!"}}]
 
 
+def test_an_entry_point_stage_used_from_python_is_written_under_its_entry_point_name(
+    tmp_path, monkeypatch
+):
+    """Before a config named it, it was written under its class name, which loads
+    nothing; finding its name loads no other entry point, a broken one included."""
+    install_distribution(
+        tmp_path,
+        monkeypatch,
+        "python_only_stages",
+        SHOUTER,
+        "loud = python_only_stages:Missing\nshout = python_only_stages:Shouter",
+    )
+    shouter = importlib.import_module("python_only_stages").Shouter
+    pipeline = Pipeline([shouter(suffix="?!")])
+
+    text = pipeline.to_yaml()
+    assert yaml.safe_load(text)["stages"] == [
+        {"type": "shout", "init_parameters": {"suffix": "?!"}}
+    ]
+    assert Pipeline.from_dict(yaml.safe_load(text)).stages == pipeline.stages
+    assert [r.name for r in pipeline.run_messages([{"role": "user", "content": "hi"}]).reports] == [
+        "shout"
+    ]
+
+
+def test_a_subclass_of_an_entry_point_stage_is_written_as_its_parent(tmp_path, monkeypatch):
+    install_distribution(
+        tmp_path, monkeypatch, "parent_stages", SHOUTER, "shout = parent_stages:Shouter"
+    )
+
+    class LoudShouter(importlib.import_module("parent_stages").Shouter):  # type: ignore[misc]
+        suffix: str = "!!!"
+
+    stages = Pipeline([LoudShouter()]).to_dict()["stages"]
+    assert stages == [{"type": "shout", "init_parameters": {"suffix": "!!!"}}]
+
+
 def test_entry_point_named_like_a_builtin_is_an_error(tmp_path, monkeypatch):
     install_distribution(
         tmp_path,
