@@ -9,7 +9,8 @@ Third-party packages register through the ``ctxproto.stages`` entry-point group
 names it (or when every stage is listed), so that one plugin that cannot be
 imported fails only the configs that use it. A name can mean one class only: an
 entry point that claims a name already taken by another class is a
-``ConfigError`` naming both, rather than one of them silently winning.
+``ConfigError`` naming both, rather than one of them silently winning; so is, as
+a ``UsageError`` (no config is involved), ``@register_stage`` with a taken name.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ _plugins_path: tuple[str, ...] | None = None
 _builtins_imported = False
 
 _OWN_STAGES = (
-    "; a stage of your own is found once its module is imported, or through"
-    f" a '{ENTRY_POINT_GROUP}' entry point of an installed package"
+    '; a stage of your own is found once its module, with @register_stage("name"), is'
+    f" imported, or through a '{ENTRY_POINT_GROUP}' entry point of an installed package"
 )
 """What an unknown name adds: a config names a stage outside ctxproto only through these."""
 
@@ -59,10 +60,12 @@ def register_stage(name: str) -> Callable[[S], S]:
     """Class decorator registering a stage under ``name`` (also its ``type_name``)."""
 
     def decorate(cls: S) -> S:
-        _require_concrete(cls, f"@register_stage({name!r})", key=None)
+        missing = _unbuildable(cls)
+        if missing:
+            raise UsageError(f"@register_stage({name!r}): {missing}")
         existing = _registered.get(name)
         if existing is not None and existing is not cls:
-            raise ConfigError(
+            raise UsageError(
                 f"{_qualified(cls)} cannot register the stage name '{name}': "
                 f"{_qualified(existing)} already has it"
             )
@@ -202,23 +205,26 @@ def _load(entry_point: EntryPoint) -> type[Stage]:
             f"entry point {_describe(entry_point)} does not name a Stage subclass",
             key=ENTRY_POINT_GROUP,
         )
-    _require_concrete(cls, f"entry point {_describe(entry_point)}", key=ENTRY_POINT_GROUP)
+    missing = _unbuildable(cls)
+    if missing:
+        raise ConfigError(
+            f"entry point {_describe(entry_point)}: {missing}",
+            key=ENTRY_POINT_GROUP,
+            expected="a Stage subclass that implements transform",
+        )
     return cls
 
 
-def _require_concrete(cls: type[Stage], where: str, *, key: str | None) -> None:
-    """Refuse a stage class that cannot be built: it lacks an abstract method (``transform``).
+def _unbuildable(cls: type[Stage]) -> str | None:
+    """Why a stage class cannot be built (it lacks ``transform``), or ``None`` when it can.
 
-    Registered, it failed only when a config named it, in a ``TypeError`` from
-    pydantic's ``model_validate`` rather than an error naming the registration.
+    Registered, such a class failed only when a config named it, in a ``TypeError``
+    from pydantic's ``model_validate`` rather than an error naming the registration.
     """
-    if inspect.isabstract(cls):
-        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
-        raise ConfigError(
-            f"{where}: {_qualified(cls)} does not implement {missing}, so it cannot be built",
-            key=key,
-            expected="a Stage subclass that implements transform",
-        )
+    if not inspect.isabstract(cls):
+        return None
+    missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+    return f"{_qualified(cls)} does not implement {missing}, so it cannot be built"
 
 
 def _describe(entry_point: EntryPoint) -> str:

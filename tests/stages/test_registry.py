@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import ctxproto.stages
-from ctxproto import ConfigError, Context, Pipeline
+from ctxproto import ConfigError, Context, Pipeline, UsageError
 from ctxproto.stages import (
     Stage,
     Transformed,
@@ -172,14 +172,18 @@ def test_an_entry_point_to_a_stage_without_transform_is_named(tmp_path, monkeypa
     message = str(raised.value)
     assert "'todo = unfinished_stages:Unfinished' of distribution 'unfinished-stages'" in message
     assert "unfinished_stages.Unfinished does not implement transform" in message
+    assert (raised.value.file, raised.value.key) == ("chat.yaml", "stages[0].type")
 
 
 def test_registering_a_stage_without_transform_is_refused():
-    with pytest.raises(ConfigError, match=r"Unfinished does not implement transform"):
+    """A misuse of the Python API, no config involved: a ``UsageError``, not a ``ConfigError``."""
+    with pytest.raises(UsageError, match=r"Unfinished does not implement transform") as raised:
 
         @register_stage("test_registry_unfinished")
         class Unfinished(Stage):
             pass
+
+    assert not isinstance(raised.value, ConfigError)
 
     assert "test_registry_unfinished" not in available_stages()
 
@@ -204,7 +208,7 @@ def test_unknown_stage_says_how_a_stage_of_ones_own_is_found():
     installed package names it; the error used to list the built-in names only."""
     with pytest.raises(ConfigError) as info:
         get_stage_class("no_such_stage")
-    assert "its module is imported" in str(info.value)
+    assert 'once its module, with @register_stage("name"), is imported' in str(info.value)
     assert "'ctxproto.stages' entry point of an installed package" in str(info.value)
 
 
@@ -260,10 +264,12 @@ def test_two_classes_cannot_register_one_name():
         def transform(self, context: Context, counter: TokenCounter) -> Transformed:
             return Transformed(context)
 
-    with pytest.raises(ConfigError, match="First already has it"):
+    with pytest.raises(UsageError, match="First already has it") as raised:
 
         @register_stage("test_registry_once")
         class Second(First):
             pass
+
+    assert not isinstance(raised.value, ConfigError)  # no config file is involved
 
     assert get_stage_class("test_registry_once") is First
