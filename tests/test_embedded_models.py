@@ -1,12 +1,16 @@
 """The embedded defaults load offline from installed packages and actually work."""
 
+import errno
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.errors import ConfigError, ModelNotAvailableError, OperationalError
 from ctxproto.models.resolver import resolve_embedder, resolve_lm
 
 pytestmark = pytest.mark.models
@@ -103,12 +107,14 @@ def test_work_remembered_in_an_own_memo_stays_there(embedder) -> None:
 
 
 @pytest.mark.parametrize("content", ["empty", "config only", "not gguf"])
-def test_a_path_that_holds_no_model_is_a_config_error_naming_it(tmp_path, content):
+def test_a_path_that_holds_no_model_is_a_config_error_naming_it(tmp_path, monkeypatch, content):
     """transformers says ``Unrecognized model`` or ``no file named model.safetensors``
-    with a traceback; the path is the caller's to fix, so the error names it."""
+    with a traceback; the path is the caller's to fix, so the error names it, and
+    says what the loader takes: an embedder takes no GGUF file."""
     from ctxproto.models.embedder import Embedder
     from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
+    monkeypatch.setenv("CTXPROTO_CACHE_DIR", str(tmp_path / "cache"))  # the GGUF staging
     path = tmp_path / "model"
     if content == "not gguf":
         path = tmp_path / "model.gguf"
@@ -124,6 +130,74 @@ def test_a_path_that_holds_no_model_is_a_config_error_naming_it(tmp_path, conten
         with pytest.raises(ConfigError, match=r"holds no .* that loads") as info:
             load(str(path))
         assert str(path) in str(info.value)
+        assert info.value.expected == (
+            "a sentence-transformers model folder or cached model id"
+            if load is Embedder
+            else "a model folder, a .gguf file or a cached model id"
+        )
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.EACCES, errno.ENOSPC, errno.EIO])
+@pytest.mark.parametrize("remedy", [None, "reinstall it"])
+def test_a_failing_read_is_no_config_error(code, remedy):
+    """``OSError(24, "Too many open files")`` loading the bundled tokenizer was
+    "'default' holds no tokenizer that loads", exit 2 and a 400 no client retries:
+    the machine failed, whichever model was named, so no path is blamed."""
+    from ctxproto.models.loader import loading_model
+
+    failing = OSError(code, os.strerror(code))
+    with (
+        pytest.raises(OperationalError, match=os.strerror(code)) as info,
+        loading_model("default", "tokenizer", remedy=remedy),
+    ):
+        raise failing
+    assert not isinstance(info.value, (ConfigError, ModelNotAvailableError))
+
+
+HALF_DOWNLOADED_CHECK = """
+import os, sys
+from pathlib import Path
+entry = Path(sys.argv[1]) / "models--some-org--half-model"
+(entry / "refs").mkdir(parents=True)
+(entry / "refs" / "main").write_text("abc")
+(entry / "snapshots" / "abc").mkdir(parents=True)
+(entry / "snapshots" / "abc" / "config.json").write_text('{"model_type": "llama"}')
+os.environ["HF_HUB_CACHE"] = sys.argv[1]
+from ctxproto import Pipeline
+from ctxproto.errors import ModelNotAvailableError
+from ctxproto.models.embedder import Embedder
+from ctxproto.models.loader import load_causal_lm, load_tokenizer
+for load in (
+    load_tokenizer,
+    load_causal_lm,
+    Embedder,
+    lambda name: Pipeline.from_dict({"tokenizer": f"hf:{name}"}),
+):
+    try:
+        load("some-org/half-model")
+    except ModelNotAvailableError as exc:
+        print("refused", exc)
+"""
+
+
+def test_a_half_downloaded_cache_entry_says_to_download_it_again(tmp_path):
+    """A Hugging Face cache entry holding only ``config.json`` was a ConfigError blaming
+    the name (for ``tokenizer: hf:...``, the config's key), while an id not cached at
+    all was a ModelNotAvailableError: the name is right, its copy is not."""
+    result = subprocess.run(
+        [sys.executable, "-c", HALF_DOWNLOADED_CHECK, str(tmp_path / "hub")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout + result.stderr
+    for line in lines:
+        assert line.startswith("refused 'some-org/half-model' holds no ")
+        assert "hf download some-org/half-model" in line
 
 
 def test_a_gguf_file_is_no_embedder(tmp_path):

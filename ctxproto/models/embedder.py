@@ -31,6 +31,9 @@ __all__ = ["Embedder", "get_embedder"]
 
 Vectors = npt.NDArray[np.float32]
 
+_EXPECTED = "a sentence-transformers model folder or cached model id"
+"""What an embedder name may be (never a GGUF file), said when the caller's is none."""
+
 
 class Embedder:
     """A sentence-transformers model with a per-text memo (LRU, ``memo_size`` entries)."""
@@ -50,11 +53,17 @@ class Embedder:
         if resolved.is_gguf:
             raise ConfigError(
                 f"'{model}' is a GGUF causal LM, not a sentence-transformers model",
-                expected="a sentence-transformers model folder or cached model id",
+                expected=_EXPECTED,
             )
         sentence_transformers = require("sentence_transformers", extra="embed")
         quiet_transformers()
-        with loading_model(model, "sentence-transformers model", resolved.location):
+        with loading_model(
+            model,
+            "sentence-transformers model",
+            resolved.location,
+            remedy=resolved.remedy,
+            expected=_EXPECTED,
+        ):
             self._model: Any = sentence_transformers.SentenceTransformer(
                 resolved.location, device=device, local_files_only=True
             )

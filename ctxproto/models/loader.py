@@ -8,10 +8,11 @@ second. The cache entry is written to a temporary folder and renamed into
 place, so a crash mid-conversion never leaves a half-written model behind.
 
 A folder or file the caller named that holds no model transformers can load is
-a ``ConfigError`` naming it (the fix is another path), and a cache folder that
-cannot be written a ``ModelNotAvailableError`` naming the folder and
-``CTXPROTO_CACHE_DIR``: transformers' own ``ValueError``/``OSError`` say neither
-which setting was wrong nor what to do.
+a ``ConfigError`` naming it (the fix is another path); the bundled model, a
+Hugging Face cache entry or a converted copy that does not load is a
+``ModelNotAvailableError`` saying what repairs it, and a cache folder that cannot
+be written one naming the folder and ``CTXPROTO_CACHE_DIR``: transformers' own
+``ValueError``/``OSError`` say neither which setting was wrong nor what to do.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxproto._extras import quiet_transformers, require
-from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.errors import ConfigError, ModelNotAvailableError, OperationalError
 from ctxproto.models.device import check_device
 from ctxproto.models.openmp import release_thread_pool
 from ctxproto.models.resolver import ResolvedModel, resolve_lm
@@ -71,7 +72,8 @@ def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with loading_model(str(Path(resolved.location) / str(resolved.gguf_file)), "GGUF model"):
+        source = str(Path(resolved.location) / str(resolved.gguf_file))
+        with loading_model(source, "GGUF model", remedy=resolved.remedy):
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 resolved.location, gguf_file=resolved.gguf_file, local_files_only=True
             )
@@ -110,30 +112,59 @@ _REASON_CHARS = 160
 """Most of transformers' first line quoted: some of its messages run to a page."""
 
 
-@contextmanager
-def loading_model(name: str, what: str, location: str | None = None) -> Iterator[None]:
-    """transformers' ``OSError``/``ValueError`` while loading ``name`` as a ``ConfigError``.
+_LM_EXPECTED = "a model folder, a .gguf file or a cached model id"
+"""What a causal LM name may be, said when a path the caller gave holds none."""
 
-    The name was resolved to a path or cached id that exists, so a load that fails
-    means it holds no ``what`` that loads (an empty folder, a ``config.json``
-    without weights, a file that is not GGUF): a path to fix, said with the first
-    line of transformers' reason. ``location``, where it is not the name (a GGUF
-    model's conversion in the cache), is named too.
+
+@contextmanager
+def loading_model(
+    name: str,
+    what: str,
+    location: str | None = None,
+    *,
+    remedy: str | None = None,
+    expected: str = _LM_EXPECTED,
+) -> Iterator[None]:
+    """transformers' ``OSError``/``ValueError`` while loading ``name``, as the error it is.
+
+    ``name`` was resolved to files that exist, so a load that fails means they hold
+    no ``what`` that loads (an empty folder, a ``config.json`` without weights, a
+    file that is not GGUF). For a path the caller gave (``remedy`` is ``None``) that
+    is a ``ConfigError`` naming it and ``expected``: a path to fix. For files the
+    caller did not pick (the bundled model, a cache entry, a converted copy) it is a
+    ``ModelNotAvailableError`` ending with ``remedy``: another path would not help.
+    Either quotes the first line of transformers' reason; ``location``, where it is
+    not the name (a GGUF model's conversion in the cache), is named too.
+
+    An ``OSError`` with an ``errno`` (too many open files, permission denied, disk
+    full, I/O error) is this machine failing, not the files' contents: an
+    ``OperationalError``, whatever the name, so a server answers it as its own
+    failure and the caller is not told to change a path that is fine.
     """
     try:
         yield
     except (OSError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:_REASON_CHARS]
         where = f" ({location})" if location and location != name else ""
-        raise ConfigError(
-            f"'{name}'{where} holds no {what} that loads ({type(exc).__name__}: {reason})",
-            expected="a model folder, a .gguf file or a cached model id",
-        ) from exc
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OperationalError(f"reading '{name}'{where} failed: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0][:_REASON_CHARS]
+        problem = f"'{name}'{where} holds no {what} that loads ({type(exc).__name__}: {reason})"
+        if remedy is not None:
+            raise ModelNotAvailableError(f"{problem}; {remedy}") from exc
+        raise ConfigError(problem, expected=expected) from exc
 
 
-def _model_location(name: str) -> str:
+def _lm_files(name: str) -> tuple[str, str | None]:
+    """Where the causal LM ``name`` loads from, and the ``remedy`` if it does not load.
+
+    A GGUF model loads from its conversion, made from a file that loaded: whoever
+    named it, a copy that does not load is repaired by converting it again.
+    """
     resolved = resolve_lm(name)
-    return str(converted_model_dir(resolved)) if resolved.is_gguf else resolved.location
+    if not resolved.is_gguf:
+        return resolved.location, resolved.remedy
+    location = str(converted_model_dir(resolved))
+    return location, f"delete {location} to have it converted again"
 
 
 @lru_cache(maxsize=4)
@@ -141,8 +172,8 @@ def load_tokenizer(name: str = "default") -> Any:
     """The tokenizer of a causal LM (shared per process)."""
     transformers = require("transformers", extra="runtime")
     quiet_transformers()
-    location = _model_location(name)
-    with loading_model(name, "tokenizer", location):
+    location, remedy = _lm_files(name)
+    with loading_model(name, "tokenizer", location, remedy=remedy):
         return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
 
 
@@ -166,8 +197,8 @@ def load_causal_lm(name: str = "default", device: str = "cpu", dtype: str = "aut
             expected='"auto", "float32", "bfloat16" or "float16"',
         )
     quiet_transformers()
-    location = _model_location(name)
-    with loading_model(name, "causal LM", location):
+    location, remedy = _lm_files(name)
+    with loading_model(name, "causal LM", location, remedy=remedy):
         model = transformers.AutoModelForCausalLM.from_pretrained(
             location, local_files_only=True, dtype=weights
         )

@@ -44,6 +44,11 @@ class ResolvedModel:
     name: str
     location: str
     gguf_file: str | None = None
+    remedy: str | None = None
+    """What to do when the files do not load, for a model the caller did not name
+    by path (the bundled one, a Hugging Face cache entry): a damaged install or a
+    half-downloaded cache entry is not the caller's input to fix. ``None`` for a
+    folder or file the caller gave, which is theirs to fix."""
 
     @property
     def is_gguf(self) -> bool:
@@ -60,7 +65,9 @@ def resolve_lm(name: str = "default") -> ResolvedModel:
             raise ModelNotAvailableError(
                 f"no .gguf file in {folder}; reinstall: {_LM_PACKAGES[key][1]}"
             )
-        return ResolvedModel(DEFAULT_LM, str(folder), ggufs[0].name)
+        return ResolvedModel(
+            DEFAULT_LM, str(folder), ggufs[0].name, remedy=f"reinstall: {_LM_PACKAGES[key][1]}"
+        )
     return _resolve_path_or_hub(name)
 
 
@@ -73,7 +80,9 @@ def resolve_embedder(name: str = "default") -> ResolvedModel:
             raise ModelNotAvailableError(
                 f"{folder} has no model files; reinstall: {_EMBEDDER_PACKAGES[key][1]}"
             )
-        return ResolvedModel(DEFAULT_EMBEDDER, str(folder))
+        return ResolvedModel(
+            DEFAULT_EMBEDDER, str(folder), remedy=f"reinstall: {_EMBEDDER_PACKAGES[key][1]}"
+        )
     return _resolve_path_or_hub(name)
 
 
@@ -100,7 +109,12 @@ def _resolve_path_or_hub(name: str) -> ResolvedModel:
             return ResolvedModel(name, str(path), ggufs[0].name)
         return ResolvedModel(name, str(path))
     if _in_hub_cache(name):
-        return ResolvedModel(name, name)
+        return ResolvedModel(
+            name,
+            name,
+            remedy=f"download it again (hf download {name}) if its copy in the Hugging Face "
+            "cache is incomplete, or upgrade transformers if the model is newer",
+        )
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     raise ModelNotAvailableError(
         f"model '{name}' is neither a local path nor in the local Hugging Face cache"
