@@ -9,8 +9,10 @@ __all__ = ["check_device", "resolve_device"]
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` means the GPU when torch sees one, else the CPU."""
+    """``"auto"`` means the GPU when torch sees one, else the CPU; any other device is
+    checked (``check_device``), so a stage refuses it before its models load."""
     if device != "auto":
+        check_device(device)
         return device
     torch = require("torch", extra="runtime")
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from ctxproto._extras import quiet_transformers, require
 from ctxproto.errors import ConfigError
 from ctxproto.models.core_split import split_over_cores
+from ctxproto.models.device import check_device
 from ctxproto.models.loader import loading_model
 from ctxproto.models.openmp import release_thread_pool, releasing_thread_pool
 from ctxproto.models.resolver import resolve_embedder
@@ -49,13 +50,15 @@ class Embedder:
         self.model_name = model
         self.batch_size = batch_size
         self.memo_size = memo_size
+        sentence_transformers = require("sentence_transformers", extra="embed")
+        if device is not None:
+            check_device(device)  # before the model is read: "gpu" was torch's own error after
         resolved = resolve_embedder(model)
         if resolved.is_gguf:
             raise ConfigError(
                 f"'{model}' is a GGUF causal LM, not a sentence-transformers model",
                 expected=_EXPECTED,
             )
-        sentence_transformers = require("sentence_transformers", extra="embed")
         quiet_transformers()
         with loading_model(
             model,

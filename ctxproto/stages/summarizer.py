@@ -92,16 +92,19 @@ class Summarizer(Stage):
     _tokenizer: Any = PrivateAttr(default=None)
 
     def warm_up(self) -> None:
+        from ctxproto.models.device import resolve_device
+
+        # The device is only the LM's; a bad one refused before any model loads.
+        device = resolve_device(self.device) if self.model is not None else "cpu"
         if self._store is None:
             self._store = open_session_store(self.state_path, namespace="summaries")
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:
-            from ctxproto.models.device import resolve_device
             from ctxproto.models.loader import load_causal_lm, load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model)
-            self._lm = load_causal_lm(self.model, resolve_device(self.device))
+            self._lm = load_causal_lm(self.model, device)
 
     def close(self) -> None:
         """Close the state store ``warm_up`` opened; a Redis one holds connections until then.

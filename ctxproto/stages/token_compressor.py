@@ -11,6 +11,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from ctxproto.context import Context
 from ctxproto.errors import BudgetError
+from ctxproto.models.device import resolve_device
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.models.self_information import SelfInformationScorer
 from ctxproto.stages.base import Stage, Transformed
@@ -116,12 +117,13 @@ class TokenCompressor(Stage):
         return patterns
 
     def warm_up(self) -> None:
+        device = resolve_device(self.device)  # a bad one refused before any model loads
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self._scorer is None:
             self._scorer = SelfInformationScorer(
                 self.model,
-                device=self.device,
+                device=device,
                 window_tokens=self.window_tokens,
                 batch_size=self.batch_size,
             )
