@@ -31,7 +31,7 @@ from ctxproto.context import ChatRequest, Context
 from ctxproto.errors import ConfigError, StoreError, UsageError
 from ctxproto.limits import excerpt
 from ctxproto.prompt import AssembledPrompt
-from ctxproto.stages.base import Stage, StageReport
+from ctxproto.stages.base import Stage, StageReport, parameter_error
 from ctxproto.stages.registry import get_stage_class
 from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
@@ -357,14 +357,8 @@ def _build_stage(
     try:
         return stage_class.model_validate(parameters)
     except ValidationError as exc:
-        error = validation_error_to_config_error(
-            exc, file=source, prefix=f"{location}.init_parameters", data=parameters
-        )
-        expected = error.expected
-        if error.detail == "unknown key":
-            expected = f"a parameter of stage '{type_name}', " + allowed_keys_hint(stage_class)
-        raise ConfigError(
-            f"stage '{type_name}': {error.detail}", file=source, key=error.key, expected=expected
+        raise parameter_error(
+            stage_class, exc, parameters, file=source, prefix=f"{location}.init_parameters"
         ) from exc
 
 

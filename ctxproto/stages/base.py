@@ -22,9 +22,9 @@ from weakref import WeakSet
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ctxproto.config import StageSpec
+from ctxproto.config import StageSpec, allowed_keys_hint, validation_error_to_config_error
 from ctxproto.context import Context
-from ctxproto.errors import UsageError
+from ctxproto.errors import ConfigError, UsageError
 from ctxproto.limits import excerpt
 from ctxproto.tokens import TokenCounter, get_counter
 
@@ -73,6 +73,19 @@ class Stage(BaseModel, ABC):
     )
 
     type_name: ClassVar[str]
+
+    def __init__(self, **parameters: Any) -> None:
+        """A bad parameter is a ``ConfigError`` naming the stage and the key.
+
+        Built from Python (``Summarizer(keep_turns=-1)``), a stage raised pydantic's
+        own ``ValidationError``, outside the exception tree; a config file's
+        stages are validated apart (``Pipeline.from_dict``), which places the key
+        in the file.
+        """
+        try:
+            super().__init__(**parameters)
+        except ValidationError as exc:
+            raise parameter_error(type(self), exc, parameters) from None
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -183,6 +196,25 @@ class Stage(BaseModel, ABC):
 
         spec = StageSpec(type=config_name(type(self)), init_parameters=self.model_dump(mode="json"))
         return spec.model_dump()
+
+
+def parameter_error(
+    stage: type[Stage],
+    exc: ValidationError,
+    parameters: dict[str, Any],
+    *,
+    file: str | None = None,
+    prefix: str = "",
+) -> ConfigError:
+    """A stage's invalid parameters as a ``ConfigError`` naming the stage and the key
+    (under ``prefix`` in ``file``); an unknown key lists the stage's parameters."""
+    error = validation_error_to_config_error(exc, file=file, prefix=prefix, data=parameters)
+    expected = error.expected
+    if error.detail == "unknown key":
+        expected = f"a parameter of stage '{stage.type_name}', " + allowed_keys_hint(stage)
+    return ConfigError(
+        f"stage '{stage.type_name}': {error.detail}", file=file, key=error.key, expected=expected
+    )
 
 
 def name_stage(stage: type[Stage], name: str) -> None:

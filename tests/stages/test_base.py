@@ -186,3 +186,23 @@ def test_the_readme_packaging_names_the_readme_stage(greetings):
     assert project["tool"]["setuptools"]["py-modules"] == [greetings.__name__]
     assert entry_points == {"drop_greetings": f"{greetings.__name__}:GreetingDropper"}
     assert greetings.GreetingDropper.type_name == "drop_greetings"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "key", "says"),
+    [
+        ({"max_turns": -1}, "max_turns", "greater than or equal to 0"),
+        ({"max_turns": "x"}, "max_turns", "valid integer"),
+        ({"max_turn": 2}, "max_turn", "one of: max_tokens, max_turns, start_on_user"),
+    ],
+)
+def test_a_stage_built_from_python_with_a_bad_parameter_names_the_stage_and_the_key(
+    parameters: dict[str, Any], key: str, says: str
+) -> None:
+    """Built from Python, a stage raised pydantic's ValidationError, outside the
+    exception tree, where a config file gets a ConfigError naming the key."""
+    with pytest.raises(ConfigError) as caught:
+        RecencyWindow(**parameters)
+    assert caught.value.key == key
+    assert "stage 'recency_window'" in str(caught.value)
+    assert says in str(caught.value)
