@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from ctxproto.errors import BackendTimeoutError, CtxprotoError
@@ -112,6 +113,9 @@ class RequestHandle:
         self._error: CtxprotoError | None = None
         """The failure that ended the request, once read: raised again by every later
         wait, which would otherwise block on a queue that gets no more events."""
+        self._error_traceback: TracebackType | None = None
+        """Where the failure was raised: each raise again starts from it, so the
+        traceback does not grow by every earlier wait's frames."""
 
     def deltas(self) -> Iterator[str]:
         """Text as it is generated; closing the iterator early cancels the request."""
@@ -124,8 +128,7 @@ class RequestHandle:
                     continue
                 self._settle(event)
             finished = True
-            if self._error is not None:
-                raise self._error
+            self._raise_error()
         finally:
             if not finished:
                 self.cancel()
@@ -149,8 +152,7 @@ class RequestHandle:
                 raise BackendTimeoutError(f"no answer within {timeout} s") from None
             if not isinstance(event, str):
                 self._settle(event)
-        if self._error is not None:
-            raise self._error
+        self._raise_error()
         assert self._completion is not None
         return self._completion
 
@@ -165,9 +167,13 @@ class RequestHandle:
     def _settle(self, event: Completion | CtxprotoError) -> None:
         """Keep the request's final event: its completion or the error that ended it."""
         if isinstance(event, CtxprotoError):
-            self._error = event
+            self._error, self._error_traceback = event, event.__traceback__
         else:
             self._completion = event
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error.with_traceback(self._error_traceback)
 
     def _settled(self) -> bool:
         return self._completion is not None or self._error is not None

@@ -404,9 +404,13 @@ def test_a_failed_request_raises_its_error_on_every_later_wait(engine, monkeypat
     handle = engine.submit(engine.encode_chat(chat(QUESTIONS[0])), GREEDY)
     with pytest.raises(BackendError, match="out of device memory"):
         list(handle.deltas())
+    depths = []
     for wait in (handle.result, handle.result, lambda timeout: list(handle.deltas())):
-        with pytest.raises(BackendError, match="out of device memory"):
+        with pytest.raises(BackendError, match="out of device memory") as caught:
             wait(timeout=5)
+        depths.append(len(caught.traceback))
+    # Raised again from where it was raised, not atop every earlier wait's frames.
+    assert depths[0] == depths[1]
 
 
 ENGINE_LEFT_OPEN = """
