@@ -5,7 +5,8 @@ calls), so a malformed message fails with a ``ConfigError`` naming the problem
 before any model work. The model's own chat template renders them; a tokenizer
 without one gets a plain ``role: content`` transcript. A template that cannot
 render a message (jinja's errors, a template's ``raise_exception``) is a
-``ConfigError`` on the messages too, not the template engine's own exception.
+``ConfigError`` on the messages too, not the template engine's own exception; a
+template that does not parse is a ``BackendError``: no messages would render.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import BackendError, ConfigError
 from ctxproto.messages import Message, template_message, well_formed
 
 __all__ = ["render_chat", "render_head"]
@@ -31,12 +32,18 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], *, reply: bool =
         raise ConfigError(f"invalid message: {first['msg']}", key="messages") from None
     template = getattr(tokenizer, "chat_template", None)
     if template:
-        from jinja2.exceptions import TemplateError  # transformers' template engine: loaded by now
+        # transformers' template engine: loaded by now
+        from jinja2.exceptions import TemplateError, TemplateSyntaxError
 
         calls_rendered = "tool_calls" in str(template)
         wire = [template_message(m, calls_rendered=calls_rendered) for m in validated]
         try:
             text = tokenizer.apply_chat_template(wire, add_generation_prompt=reply, tokenize=False)
+        except TemplateSyntaxError as exc:  # the model's fault, whatever the messages
+            raise BackendError(
+                f"the model's chat template does not parse (line {exc.lineno}: {exc.message}):"
+                " no chat can be rendered for it"
+            ) from exc
         except TemplateError as exc:
             raise ConfigError(
                 f"the model's chat template cannot render these messages: {exc}", key="messages"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ctxproto.errors import ConfigError
+from ctxproto.errors import BackendError, ConfigError
 from ctxproto.runtime.chat_template import render_chat, render_head
 from ctxproto.runtime.radix_cache import common_prefix_length
 
@@ -138,3 +138,17 @@ def test_half_a_surrogate_pair_renders_as_the_replacement_character(lm_tokenizer
     message = {"role": "user", "content": "hi \ud83d there"}
     prompt = lm_tokenizer.decode(render_chat(lm_tokenizer, [message]))
     assert "hi \ufffd there" in prompt
+
+
+def test_a_template_that_does_not_parse_is_the_models_failure_not_the_messages():
+    from jinja2.exceptions import TemplateSyntaxError
+
+    class Broken(CharTokenizer):
+        def apply_chat_template(
+            self, messages: Any, add_generation_prompt: bool, tokenize: bool
+        ) -> str:
+            raise TemplateSyntaxError("unexpected '}'", lineno=3)
+
+    with pytest.raises(BackendError, match=r"does not parse \(line 3") as caught:
+        render_chat(Broken(), [SYSTEM, QUESTION])
+    assert not isinstance(caught.value, ConfigError)
