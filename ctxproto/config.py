@@ -179,20 +179,26 @@ def validation_error_to_config_error(
 
 
 class ConfigErrorModel(BaseModel):
-    """A base for pydantic models that users build in Python (the framework adapters).
+    """A base for pydantic models that users build in Python (stages, the framework
+    adapters).
 
     A bad field is a ``ConfigError`` naming its key, as in a config file, not
     pydantic's ``ValidationError``: a dict given for a nested model
     (``generation={"max_tokens": 3}``) is validated by pydantic, so the model's
     own ``ConfigError`` would otherwise reach the caller wrapped in one. Listed
-    before the framework's base class, so that it wraps that class's validation.
+    before a framework's base class, so that it wraps that class's validation.
     """
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise validation_error_to_config_error(exc, data=data) from None
+            raise self.config_error(exc, data) from None
+
+    @classmethod
+    def config_error(cls, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
+        """``exc`` as the ``ConfigError`` the caller gets; a subclass may name itself."""
+        return validation_error_to_config_error(exc, data=data)
 
 
 def allowed_keys_hint(model: type[BaseModel]) -> str:

@@ -22,7 +22,12 @@ from weakref import WeakSet
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ctxproto.config import StageSpec, allowed_keys_hint, validation_error_to_config_error
+from ctxproto.config import (
+    ConfigErrorModel,
+    StageSpec,
+    allowed_keys_hint,
+    validation_error_to_config_error,
+)
 from ctxproto.context import Context
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.limits import excerpt
@@ -59,7 +64,7 @@ class Transformed:
     counters: dict[str, int | float] = field(default_factory=dict)
 
 
-class Stage(BaseModel, ABC):
+class Stage(ConfigErrorModel, ABC):
     """Base class of every stage. Subclasses implement ``transform``.
 
     ``type_name`` is the stage's name in config files and reports:
@@ -74,18 +79,16 @@ class Stage(BaseModel, ABC):
 
     type_name: ClassVar[str]
 
-    def __init__(self, **parameters: Any) -> None:
-        """A bad parameter is a ``ConfigError`` naming the stage and the key.
+    @classmethod
+    def config_error(cls, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
+        """A bad parameter names the stage and the key.
 
         Built from Python (``Summarizer(keep_turns=-1)``), a stage raised pydantic's
         own ``ValidationError``, outside the exception tree; a config file's
         stages are validated apart (``Pipeline.from_dict``), which places the key
         in the file.
         """
-        try:
-            super().__init__(**parameters)
-        except ValidationError as exc:
-            raise parameter_error(type(self), exc, parameters) from None
+        return parameter_error(cls, exc, data)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
