@@ -32,7 +32,11 @@ Two rules make that re-read sufficient while other processes write:
 - **Keys are never reused.** They come from a counter that ``clear()`` keeps,
   so a key a process mirrored can only ever name the entry it mirrored: after
   another process clears and refills the cache, an old question cannot be
-  answered with a new entry that took its number.
+  answered with a new entry that took its number. A storage that loses the
+  counter itself (a Redis server restarted from an older snapshot or failed
+  over to a replica behind it, a flushed database, a folder made again) hands
+  keys out again, so a candidate is served only while its key still holds the
+  question the mirror matched; finding another one there rebuilds the mirror.
 - **Sources carry generations.** ``invalidate(source=...)`` first bumps the
   source's generation, then deletes the entries listed under it. An entry
   records each source's generation as ``put`` read it, and ``get`` serves it
@@ -225,6 +229,10 @@ class SemanticCache:
             if not self._guard_accepts(slots, vector, candidate):
                 continue
             entry = self._entries.get(candidate.key)
+            if entry is not None and entry["query"] != candidate.query:
+                # The key was handed out again: every mirrored key may name another entry.
+                self._mirror = CacheMirror(self.embedder.dimension)
+                entry = None
             if entry is not None and not self._sources_current(entry):
                 self._entries.delete(candidate.key)
                 entry = None
@@ -312,7 +320,11 @@ class SemanticCache:
             if entry is not None:
                 vector = decode_vector(entry["vector"], self.embedder.dimension)
                 slots = QuerySlots.of(entry["query"])
-                found.append(MirrorEntry(key, entry["namespace"], entry["context"], vector, slots))
+                found.append(
+                    MirrorEntry(
+                        key, entry["namespace"], entry["context"], entry["query"], vector, slots
+                    )
+                )
         mirror.add(found, synced=latest)
 
     def _evict_over_limit(self) -> None:

@@ -54,6 +54,8 @@ class MirrorEntry:
     key: str
     namespace: str
     context: str
+    query: str
+    """The entry's question: a candidate is served only while its key still holds it."""
     vector: Vector
     slots: QuerySlots
 
@@ -61,6 +63,7 @@ class MirrorEntry:
 @dataclass(frozen=True)
 class Candidate:
     key: str
+    query: str
     similarity: float
     slots: QuerySlots
     vector: Vector
@@ -74,6 +77,7 @@ class _Scope:
     index: VectorIndex
     keys: list[str] = field(default_factory=list)
     """Entry keys by slot, dead slots included."""
+    queries: list[str] = field(default_factory=list)
     slots: list[QuerySlots] = field(default_factory=list)
     live: int = 0
 
@@ -109,6 +113,7 @@ class CacheMirror:
                 slots = scope.index.add(np.stack([e.vector for e in group]))
                 for entry, slot in zip(group, slots.tolist(), strict=True):
                     scope.keys.append(entry.key)
+                    scope.queries.append(entry.query)
                     scope.slots.append(entry.slots)
                     self._where[entry.key] = (scope, slot)
                 scope.live += len(group)
@@ -136,7 +141,13 @@ class CacheMirror:
                 return []
             hits = scope.index.search(vector, k)
             return [
-                Candidate(scope.keys[slot], score, scope.slots[slot], scope.index.vectors[slot])
+                Candidate(
+                    scope.keys[slot],
+                    scope.queries[slot],
+                    score,
+                    scope.slots[slot],
+                    scope.index.vectors[slot],
+                )
                 for score, slot in zip(hits.scores.tolist(), hits.slots.tolist(), strict=True)
             ]
 
@@ -145,6 +156,7 @@ class CacheMirror:
         alive = scope.index.alive.tolist()
         scope.index.compact()
         scope.keys = [key for key, live in zip(scope.keys, alive, strict=True) if live]
+        scope.queries = [query for query, live in zip(scope.queries, alive, strict=True) if live]
         scope.slots = [slots for slots, live in zip(scope.slots, alive, strict=True) if live]
         for slot, key in enumerate(scope.keys):
             self._where[key] = (scope, slot)

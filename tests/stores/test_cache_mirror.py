@@ -50,7 +50,7 @@ def test_threads_may_search_while_others_add_and_forget() -> None:
         try:
             for number in range(rounds):
                 batch = range(number * 4, number * 4 + 4)
-                mirror.add([MirrorEntry(str(i), "t", "c", vectors[i], slots) for i in batch])
+                mirror.add([MirrorEntry(str(i), "t", "c", "q", vectors[i], slots) for i in batch])
                 mirror.forget(str(number * 4))
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
@@ -84,7 +84,7 @@ def test_a_scope_costs_about_its_vectors_and_nothing_once_forgotten() -> None:
     scopes = 500
     vectors = unit_vectors(scopes)
     slots = QuerySlots.of("How old is he?")
-    entries = [MirrorEntry(str(i), "t", f"chat {i}", vectors[i], slots) for i in range(scopes)]
+    entries = [MirrorEntry(str(i), "t", f"chat {i}", "q", vectors[i], slots) for i in range(scopes)]
     mirror = CacheMirror(DIMENSION)
     CacheMirror(DIMENSION).add(entries[:1])  # faiss is imported before anything is measured
 
@@ -103,7 +103,7 @@ def test_a_scope_mostly_forgotten_is_compacted_and_still_finds_the_rest() -> Non
     count = 1000
     vectors = unit_vectors(count)
     slots = QuerySlots.of("How do I reset my password?")
-    entries = [MirrorEntry(str(i), "t", "c", vectors[i], slots) for i in range(count)]
+    entries = [MirrorEntry(str(i), "t", "c", "q", vectors[i], slots) for i in range(count)]
     mirror = CacheMirror(DIMENSION)
     CacheMirror(DIMENSION).add(entries[:1])  # faiss is imported before anything is measured
 

@@ -326,6 +326,37 @@ def test_a_clear_in_another_process_never_makes_an_old_question_hit(
     assert long_lived.get("How do I reset my password?") is None
 
 
+def _lose_everything(location: str, request: pytest.FixtureRequest) -> None:
+    """What a storage that loses its data does to the cache: every entry and the key
+    counter gone (a Redis server restarted from an older snapshot, failed over to a
+    replica behind it, or flushed; a cache folder made again)."""
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        name = location.partition("#")[2]
+        client.delete(*client.keys(f"ctxproto:cache:{name}:*"))
+    else:
+        for part in ("entries", "meta"):
+            diskcache.Cache(str(Path(location) / part)).clear()
+
+
+def test_a_storage_that_lost_its_counter_never_makes_an_old_question_hit_a_new_entry(
+    location: str, embedder: Any, request: pytest.FixtureRequest
+) -> None:
+    """Regression: once the storage lost its key counter, the next entry took key 1
+    again; another replica whose mirror held key 1 for its old question served the
+    new entry's answer to it, reported as the same question at similarity 1.0."""
+    long_lived = SemanticCache(location, embedder=embedder)
+    long_lived.put("What is the refund policy?", "30 days", namespace="acme")
+    assert long_lived.get("What is the refund policy?", namespace="acme") is not None
+    _lose_everything(location, request)
+    other = SemanticCache(location, embedder=embedder)
+    other.put("How do I delete my account?", "Settings > Delete account", namespace="acme")
+    assert long_lived.get("What is the refund policy?", namespace="acme") is None
+    hit = long_lived.get("How do I delete my account?", namespace="acme")
+    assert hit is not None and hit.answer == "Settings > Delete account"
+
+
 def test_a_lookup_reads_each_entry_key_at_most_once(
     location: str, embedder: Any, request: pytest.FixtureRequest
 ) -> None:
