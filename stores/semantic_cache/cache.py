@@ -52,10 +52,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.models.embedder import Embedder, get_embedder
@@ -93,6 +94,30 @@ class CacheHit:
     similarity: float
     query: str
     key: str
+
+
+class StoredEntry(BaseModel):
+    """An entry as the storage keeps it (JSON), checked whenever it is read back.
+
+    The storage is shared: an entry written by another version of ctxproto, or
+    edited on the server, must be a ``StoreError`` that names its key, not a
+    ``KeyError`` from the middle of a lookup. Fields this version does not know
+    are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    namespace: str
+    context: str
+    """The context fingerprint (``context_fingerprint``)."""
+    query: str
+    answer: str
+    vector: str
+    """The query's embedding (``encode_vector``)."""
+    sources: dict[str, int] | list[str] = Field(default_factory=dict)
+    """Each source's generation when the entry was put; a list was written before
+    generations."""
+    created: float = 0.0
 
 
 def context_fingerprint(context: CacheContext) -> str:
@@ -201,16 +226,16 @@ class SemanticCache:
     ) -> str:
         """Write a checked entry and evict down to the limits."""
         generations = {source: self._generation(source) for source in sorted(set(sources))}
-        entry = {
-            "namespace": namespace,
-            "context": context_fingerprint(context),
-            "query": query,
-            "answer": answer,
-            "vector": encode_vector(vector),
-            "sources": generations,
-            "created": time.time(),
-        }
-        key = self._entries.add(entry, self.ttl, list(generations))
+        entry = StoredEntry(
+            namespace=namespace,
+            context=context_fingerprint(context),
+            query=query,
+            answer=answer,
+            vector=encode_vector(vector),
+            sources=generations,
+            created=time.time(),
+        )
+        key = self._entries.add(entry.model_dump(), self.ttl, list(generations))
         self._evict_over_limit()
         return key
 
@@ -228,18 +253,18 @@ class SemanticCache:
                 break
             if not self._guard_accepts(slots, vector, candidate):
                 continue
-            entry = self._entries.get(candidate.key)
-            if entry is not None and entry["query"] != candidate.query:
+            entry = self._read(candidate.key)
+            if entry is not None and entry.query != candidate.query:
                 # The key was handed out again: every mirrored key may name another entry.
                 self._mirror = CacheMirror(self.embedder.dimension)
                 entry = None
             if entry is not None and not self._sources_current(entry):
                 self._entries.delete(candidate.key)
                 entry = None
-            if entry is None or entry["namespace"] != namespace or entry["context"] != fingerprint:
+            if entry is None or entry.namespace != namespace or entry.context != fingerprint:
                 self._mirror.forget(candidate.key)
                 continue
-            return CacheHit(entry["answer"], candidate.similarity, entry["query"], candidate.key)
+            return CacheHit(entry.answer, candidate.similarity, entry.query, candidate.key)
         return None
 
     def invalidate(self, *, source: str | None = None, key: str | None = None) -> int:
@@ -295,12 +320,27 @@ class SemanticCache:
     def _generation(self, source: str) -> int:
         return self._entries.generation(source)
 
-    def _sources_current(self, entry: dict[str, Any]) -> bool:
+    def _sources_current(self, entry: StoredEntry) -> bool:
         """False when a source the entry was built on was invalidated after it was read."""
-        sources = entry.get("sources") or {}
+        sources = entry.sources
         if isinstance(sources, list):  # written before generations: no generation to compare
             sources = dict.fromkeys(sources, 0)
         return all(self._generation(s) == g for s, g in sources.items())
+
+    def _read(self, key: str) -> StoredEntry | None:
+        """The entry under ``key``, checked; ``None`` when it is gone."""
+        raw = self._entries.get(key)
+        if raw is None:
+            return None
+        try:
+            return StoredEntry.model_validate(raw)
+        except ValidationError as exc:  # the fields, never the contents
+            fields = sorted({".".join(map(str, e["loc"])) or "the entry" for e in exc.errors()})
+            raise StoreError(
+                f"entry {key} of the cache at {self._entries.where} is not one this version "
+                f"of ctxproto reads (check {', '.join(fields)}): drop it with "
+                f"invalidate(key='{key}'), or clear the cache"
+            ) from None
 
     def _sync(self) -> None:
         """Bring the in-memory mirror up to the shared sequence counter.
@@ -316,14 +356,16 @@ class SemanticCache:
             return
         found = []
         for key in self._entries.keys_between(mirror.synced, latest):
-            entry = self._entries.get(key)
+            entry = self._read(key)
             if entry is not None:
-                vector = decode_vector(entry["vector"], self.embedder.dimension)
-                slots = QuerySlots.of(entry["query"])
+                try:
+                    vector = decode_vector(entry.vector, self.embedder.dimension)
+                except StoreError as exc:
+                    where = f"entry {key} of the cache at {self._entries.where}"
+                    raise StoreError(f"{where}: {exc}") from exc
+                slots = QuerySlots.of(entry.query)
                 found.append(
-                    MirrorEntry(
-                        key, entry["namespace"], entry["context"], entry["query"], vector, slots
-                    )
+                    MirrorEntry(key, entry.namespace, entry.context, entry.query, vector, slots)
                 )
         mirror.add(found, synced=latest)
 

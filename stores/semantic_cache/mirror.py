@@ -38,7 +38,12 @@ def encode_vector(vector: Vector) -> str:
 
 
 def decode_vector(text: str, dimension: int) -> Vector:
-    vector = np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32)
+    """The normalized vector ``encode_vector`` wrote; a ``StoreError`` for anything else."""
+    try:
+        halves = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f2")
+    except ValueError:  # binascii.Error is one, as is a byte count that is not even
+        raise StoreError("a cache entry's vector is not float16 in base64") from None
+    vector = halves.astype(np.float32)
     if vector.shape != (dimension,):
         raise StoreError(
             f"a cache entry has a vector of dimension {vector.size}, expected {dimension}: "

@@ -25,6 +25,7 @@ import pytest
 import redis
 
 from ctxproto.errors import ConfigError, StoreError
+from ctxproto.stores.json_disk import JSONOnlyDisk
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.semantic_cache.cache import context_fingerprint
 from ctxproto.stores.semantic_cache.storage import open_cache_storage
@@ -487,6 +488,41 @@ def test_a_pickled_row_is_refused_not_loaded(tmp_path: Path, embedder: Any) -> N
     reopened = SemanticCache(tmp_path, embedder=embedder)
     with pytest.raises(StoreError, match="pickled"):
         reopened.get("What is the plan?")
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        {"answer": "30 days", "format": 9},  # another version's fields
+        {"namespace": "default", "context": "", "query": "q", "answer": "a", "vector": "!!"},
+    ],
+)
+def test_an_entry_this_version_cannot_read_is_a_store_error_naming_its_key(
+    location: str, embedder: Any, request: pytest.FixtureRequest, written: dict[str, Any]
+) -> None:
+    """Regression: an entry without the fields this version reads was a ``KeyError``
+    from the middle of every lookup, and one whose vector was not base64 read as an
+    empty vector, "filled with another embedder". Dropping it serves the rest again."""
+    cache = SemanticCache(location, embedder=embedder)
+    key = cache.put("What is the return policy?", "30 days")
+    cache.put("Where do you ship from?", "Berlin")
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        name = location.partition("#")[2]
+        redis.Redis.from_url(server.url).set(
+            f"ctxproto:cache:{name}:entry:{key}", json.dumps(written)
+        )
+    else:
+        diskcache.Cache(str(Path(location) / "entries"), disk=JSONOnlyDisk).set(key, written)
+    started = SemanticCache(location, embedder=embedder)
+    for lookup in (started, started, cache):
+        with pytest.raises(
+            StoreError, match=rf"entry {key} of the cache at .*{re.escape(location)}"
+        ):
+            lookup.get("What is the return policy?")
+    assert started.invalidate(key=key) == 1
+    hit = started.get("Where do you ship from?")
+    assert hit is not None and hit.answer == "Berlin"
 
 
 WRITER = textwrap.dedent(
