@@ -381,6 +381,14 @@ class VectorStore:
             index_bytes = files["index"].read_bytes()
             with files["docstore"].open(encoding="utf-8") as handle:
                 docstore = DocStore.from_jsonl(handle)
+            _check_parts(vectors, alive, len(docstore.records), manifest.dimension)
+            index = VectorIndex.restore(
+                vectors.astype(np.float32, copy=False),
+                alive,
+                index_bytes,
+                kind=manifest.requested_kind,
+                hnsw_threshold=manifest.hnsw_threshold,
+            )
         except FileNotFoundError as exc:
             current = self.read_manifest(self.path)
             if current is not None and current.generation != manifest.generation:
@@ -400,15 +408,7 @@ class VectorStore:
                 f"the store at {self.path} is corrupt: generation {manifest.generation} "
                 "does not hold valid vectors and chunk records"
             ) from exc
-        if len(docstore.records) != len(vectors):
-            raise StoreError(f"the store at {self.path} is corrupt: docstore and vectors differ")
-        self.index = VectorIndex.restore(
-            vectors.astype(np.float32, copy=False),
-            alive.astype(bool, copy=False),
-            index_bytes,
-            kind=manifest.requested_kind,
-            hnsw_threshold=manifest.hnsw_threshold,
-        )
+        self.index = index
         self.docstore = docstore
         self.generation = manifest.generation
         self._loaded_file = manifest_file
@@ -450,6 +450,21 @@ class VectorStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_parts(
+    vectors: npt.NDArray[np.generic], alive: npt.NDArray[np.generic], records: int, dimension: int
+) -> None:
+    """A ``ValueError`` unless a generation's parts are what ``save`` writes: a float
+    row of ``dimension`` and a live flag per slot, and a chunk record per slot. Files
+    of another shape or type (another program's, damaged ones) otherwise failed deep
+    inside the load with whatever numpy or FAISS raised."""
+    if vectors.ndim != 2 or vectors.shape[1] != dimension or vectors.dtype.kind != "f":
+        raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype}")
+    if alive.shape != (len(vectors),) or alive.dtype.kind != "b":
+        raise ValueError(f"live flags of shape {alive.shape} and type {alive.dtype}")
+    if records != len(vectors):
+        raise ValueError(f"{records} chunk records for {len(vectors)} vectors")
 
 
 def _identity(stat: os.stat_result) -> ManifestFile:

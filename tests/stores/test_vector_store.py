@@ -293,6 +293,30 @@ def test_a_corrupt_manifest_or_index_is_a_store_error(tmp_path: Path) -> None:
         _store(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("part", "array"),
+    [
+        ("vectors", np.zeros(8, dtype=np.float32)),  # one row, not a row per slot
+        ("vectors", np.float32(1.0)),  # a single number
+        ("vectors", np.full((8, DIM), "x")),  # text
+        ("vectors", np.zeros((8, DIM + 1), dtype=np.float32)),  # another dimension
+        ("alive", np.ones((8, 2), dtype=bool)),
+    ],
+)
+def test_an_array_of_another_shape_or_type_is_a_store_error_naming_the_store(
+    tmp_path: Path, part: str, array: np.ndarray
+) -> None:
+    """Regression: such a file (another program's, a damaged one) was an IndexError,
+    a TypeError or a ValueError from deep inside the load, naming nothing; live flags
+    of another shape even opened."""
+    store = _store(tmp_path)
+    _fill(store, 4)
+    store.save()
+    np.save(tmp_path / f"{part}.1.npy", array, allow_pickle=False)
+    with pytest.raises(StoreError, match=f"the store at {tmp_path} is corrupt"):
+        _store(tmp_path)
+
+
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
