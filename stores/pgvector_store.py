@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -175,6 +175,17 @@ class PgVectorStore:
         if len(chunks) != len(vectors):
             raise StoreError(f"{len(chunks)} chunks but {len(vectors)} vectors for '{doc_id}'")
         matrix = checked_vectors(vectors, self.dimension)
+        rows = []
+        for chunk in chunks:
+            fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
+            if _holds_nul((doc_id, chunk.id, chunk.text, chunk.source, chunk.metadata, fields)):
+                # Refused before the transaction is touched: a failed statement would roll
+                # back every document added since the last save, not just this one.
+                raise StoreError(
+                    f"document '{doc_id}' (chunk '{chunk.id}') holds a NUL character, which "
+                    f"PostgreSQL text cannot store; nothing of it was written to {self.url}"
+                )
+            rows.append((chunk, fields))
         jsonb = require("psycopg.types.json", extra="postgres").Jsonb
         with self._writing() as conn:
             self._delete_locked(conn, [doc_id])
@@ -185,8 +196,7 @@ class PgVectorStore:
                     " embedding) FROM STDIN"
                 ) as copy,
             ):
-                for chunk, vector in zip(chunks, matrix, strict=True):
-                    fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
+                for (chunk, fields), vector in zip(rows, matrix, strict=True):
                     copy.write_row(
                         (
                             doc_id,
@@ -214,7 +224,8 @@ class PgVectorStore:
 
     def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
         removed = 0
-        for doc_id in sorted(set(doc_ids)):  # one order for every writer: no lock cycles
+        storable = {doc_id for doc_id in doc_ids if not _holds_nul(doc_id)}  # the rest: no rows
+        for doc_id in sorted(storable):  # one order for every writer: no lock cycles
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                 (f"ctxproto-doc:{self.table}:{doc_id}",),
@@ -547,6 +558,18 @@ def _conninfo(url: str) -> str:
     parts = urlsplit(url)
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "table"]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def _holds_nul(value: object) -> bool:
+    """Whether a text anywhere in ``value`` (keys of mappings included) holds U+0000,
+    which neither a ``text`` column nor ``jsonb`` can store."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _from_binary(data: bytes) -> npt.NDArray[np.float32]:

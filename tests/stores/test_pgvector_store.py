@@ -99,6 +99,30 @@ def test_a_table_name_that_is_not_a_plain_identifier_is_a_config_error(
         PgVectorStore(f"{postgres.url}?table={table}", embedder="e", dimension=DIM)
 
 
+@pytest.mark.parametrize(
+    ("doc_id", "chunk"),
+    [
+        ("scraped", Document(id="scraped#0", text="t", metadata={"title": "Q3\x00report"})),
+        ("scraped", Document(id="scraped#0", text="t", metadata={"tags": [{"k\x00": 1}]})),
+        ("scr\x00ped", Document(id="scraped#0", text="t")),
+    ],
+)
+def test_a_document_postgresql_cannot_hold_is_refused_and_the_run_keeps_the_rest(
+    store: PgVectorStore, doc_id: str, chunk: Document
+) -> None:
+    """Regression: a NUL character anywhere in a chunk failed inside the transaction as
+    "unsupported Unicode escape sequence", which rolled back every document added
+    since the last save; deleting an id holding one did the same."""
+    vectors = _vectors(3)
+    store.add("a", [Document(id="a#0", text="a")], vectors[:1])
+    store.add("b", [Document(id="b#0", text="b")], vectors[1:2])
+    with pytest.raises(StoreError, match=r"document 'scr.*ped' .*NUL.*nothing of it was written"):
+        store.add(doc_id, [chunk], vectors[2:])
+    assert store.delete([doc_id]) == 0
+    store.save()
+    assert store.document_ids() == ["a", "b"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
