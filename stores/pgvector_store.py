@@ -51,7 +51,7 @@ from ctxproto._extras import require
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.docstore import MetadataFilter, filter_key
-from ctxproto.stores.store_url import redact_url
+from ctxproto.stores.store_url import redact_url, scrub_secrets, url_secrets
 from ctxproto.stores.vector_index import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
@@ -93,6 +93,7 @@ class PgVectorStore:
         """Parallel workers for the HNSW build; ``None`` keeps the server's
         ``max_parallel_maintenance_workers`` (2 by default)."""
         self.url = redact_url(url)
+        self._secrets = url_secrets(url)
         self.table = _table_of(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
@@ -100,7 +101,6 @@ class PgVectorStore:
         self._shared_schema_seen = False
         self._pool = _open_pool(
             url,
-            self.url,
             connect_timeout=connect_timeout,
             query_timeout=query_timeout,
             size=pool_size,
@@ -119,7 +119,7 @@ class PgVectorStore:
         psycopg = require("psycopg", extra="postgres")
         table = _table_of(url)
         with (
-            _errors_named(redact_url(url)),
+            _errors_named(redact_url(url), url_secrets(url)),
             psycopg.connect(_conninfo(url), connect_timeout=max(1, round(connect_timeout))) as conn,
         ):
             return _manifest_row(conn, table) is not None
@@ -343,7 +343,10 @@ class PgVectorStore:
         lend one, so a server that is down is reported by name within the time
         ``/health`` allows a check.
         """
-        with _errors_named(self.url), self._pool.connection(timeout=PING_TIMEOUT_S) as conn:
+        with (
+            _errors_named(self.url, self._secrets),
+            self._pool.connection(timeout=PING_TIMEOUT_S) as conn,
+        ):
             conn.execute("SELECT 1")
 
     def _check_embedder(self, embedder: str, dimension: int) -> None:
@@ -377,13 +380,13 @@ class PgVectorStore:
             with self._writing() as conn:
                 yield conn
             return
-        with _errors_named(self.url), self._pool.connection() as conn:
+        with _errors_named(self.url, self._secrets), self._pool.connection() as conn:
             yield conn
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:
         """The write transaction, begun on first use; a failure rolls it all back."""
-        with _errors_named(self.url, losing_changes=self._writer is not None):
+        with _errors_named(self.url, self._secrets, losing_changes=self._writer is not None):
             try:
                 if self._writer is None:
                     self._create_shared_schema()
@@ -448,9 +451,7 @@ class PgVectorStore:
         )
 
 
-def _open_pool(
-    url: str, shown: str, *, connect_timeout: float, query_timeout: float, size: int
-) -> Any:
+def _open_pool(url: str, *, connect_timeout: float, query_timeout: float, size: int) -> Any:
     """A pool of checked connections, opened after one direct connection succeeded.
 
     The direct connection is there for its error: a pool that cannot connect
@@ -459,7 +460,7 @@ def _open_pool(
     psycopg = require("psycopg", extra="postgres")
     pool_module = require("psycopg_pool", extra="postgres")
     timeout_seconds = max(1, round(connect_timeout))
-    with _errors_named(shown):
+    with _errors_named(redact_url(url), url_secrets(url)):
         psycopg.connect(_conninfo(url), connect_timeout=timeout_seconds).close()
         # session defaults, so a search needs no SET of its own; after the URL's options
         given = psycopg.conninfo.conninfo_to_dict(_conninfo(url)).get("options", "")
@@ -529,15 +530,19 @@ def _manifest_row(conn: Any, table: str) -> tuple[str, int] | None:
 
 
 @contextmanager
-def _errors_named(shown: str, *, losing_changes: bool = False) -> Iterator[None]:
-    """Driver and pool failures as a ``StoreError`` naming the redacted URL."""
+def _errors_named(
+    shown: str, secrets: Sequence[str], *, losing_changes: bool = False
+) -> Iterator[None]:
+    """Driver and pool failures as a ``StoreError`` naming the redacted URL ``shown``,
+    the URL's ``secrets`` scrubbed from the driver's message."""
     psycopg = require("psycopg", extra="postgres")
     pool_module = require("psycopg_pool", extra="postgres")
     try:
         yield
     except (psycopg.Error, pool_module.PoolTimeout) as exc:
         lost = "; the changes since the last save were rolled back" if losing_changes else ""
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = scrub_secrets(str(exc).strip(), secrets)
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise StoreError(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
 
 

@@ -20,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.store_url import redact_url, url_secrets
+from ctxproto.stores.store_url import redact_url, scrub_secrets, url_secrets
 
 __all__ = ["RedisConnection", "glob_escape", "key_part"]
 
@@ -63,10 +63,7 @@ class RedisConnection:
         self.client.close()
 
     def _scrub(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub_secrets(str(exc) or type(exc).__name__, self._secrets)
 
 
 def key_part(identifier: str) -> str:

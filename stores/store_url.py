@@ -8,12 +8,13 @@ to a person goes through ``redact_url`` first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ctxproto.errors import ConfigError
 
-__all__ = ["StoreLocation", "redact_url", "store_location", "url_secrets"]
+__all__ = ["StoreLocation", "redact_url", "scrub_secrets", "store_location", "url_secrets"]
 
 StoreLocation = Literal["path", "postgresql", "redis"]
 
@@ -79,3 +80,15 @@ def url_secrets(url: str) -> list[str]:
     found = [unquote(password)] if password else []
     found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMETERS and v]
     return found
+
+
+def scrub_secrets(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` (from ``url_secrets``) replaced by ``***``.
+
+    A driver's error may quote the password it was given: libpq's refusal of a
+    password with a stray ``%`` (``50%off``) reads ``invalid percent-encoded
+    token: "50%off"``.
+    """
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
