@@ -165,6 +165,17 @@ class ContextService:
             result = stage.run(context, self.counter)
         kept = result.context.documents
         out = kept[0].text if kept else ""
+        if text.strip() and not out.strip():
+            # The stage's last resort drops whole sentences and never cuts a number, URL
+            # or code block: a text made of such sentences can lose every one. An empty
+            # result would read as "nothing worth keeping" to the model that asked.
+            target = result.report.counters.get("target_tokens", limit)
+            raise ConfigError(
+                f"none of the text could be kept within {target} tokens: numbers, "
+                "identifiers, URLs, code and quotes are never cut, and the sentences holding "
+                "them take more; ask for more tokens (rate, target_tokens) or pass less text",
+                key="target_tokens" if target_tokens is not None else "rate",
+            )
         original, tokens = self.counter.count(text), self.counter.count(out)
         self._record(tenant, session, original, tokens, None)
         return CompressedText(

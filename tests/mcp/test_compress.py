@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxproto.mcp import ContextService
+from tests.mcp.conftest import text_of
 from tests.mcp.test_server import call
 
 FACTS = ["https://status.example.com/incidents/4821", "ERR-5531", "10.20.30.40:8443", "v2.14.3"]
@@ -44,3 +45,15 @@ def test_compress_text_meets_the_target_and_keeps_facts_byte_exact(
     for fact in FACTS:  # a fact is either whole or absent, never garbled
         stem = fact[: len(fact) // 2]
         assert (stem in out["text"]) <= (fact in out["text"]), fact
+
+
+def test_a_text_nothing_of_which_fits_is_a_tool_error_not_an_empty_text(
+    service: ContextService,
+) -> None:
+    # One code block, never cut, over half its tokens: the stage drops it whole.
+    code = "```\n" + "total = total + 1\n" * 30 + "```"
+    result = call(service, "compress_text", {"session_id": "z-2", "text": code})
+    assert result.is_error
+    assert "rate" in text_of(result) and "never cut" in text_of(result)
+    asked = call(service, "compress_text", {"session_id": "z-2", "text": code, "target_tokens": 50})
+    assert asked.is_error and "target_tokens" in text_of(asked) and "50 tokens" in text_of(asked)
