@@ -88,10 +88,10 @@ class ContextService:
         """The configured pipeline over ``messages``, fitted to the budget and the cap."""
         if query:
             messages = [*messages, {"role": "user", "content": query}]
-        size = len(json.dumps([messages, documents], ensure_ascii=False, default=str))
+        size = _request_bytes(messages, documents)
         if size > MAX_REQUEST_BYTES:
             raise ConfigError(
-                f"messages and documents hold {size:,} characters, over the "
+                f"messages and documents take {size:,} bytes as UTF-8 JSON, over the "
                 f"{MAX_REQUEST_BYTES:,} a request may have",
                 key="messages",
             )
@@ -396,6 +396,29 @@ def _cache_namespace(tenant: str) -> str:
     tenant id the config accepts, so no tenant's own namespace is this one.
     """
     return f"mcp:{tenant}"
+
+
+def _request_bytes(messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None) -> int:
+    """The bytes of ``messages`` and ``documents`` as a request file holding them, UTF-8 JSON.
+
+    Bytes, as ``MAX_REQUEST_BYTES`` counts a request file: counting characters let
+    text in a script of three bytes a character through at three times the cap.
+    Text no encoder can write (a lone surrogate, which a caller in this process can
+    pass) is refused naming the item, not met by an error with no detail when the
+    result is sent back.
+    """
+    size = 0
+    for key, items in (("messages", messages), ("documents", documents or [])):
+        for index, item in enumerate(items):
+            encoded = json.dumps(item, ensure_ascii=False, default=str)
+            try:
+                size += len(encoded.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ConfigError(
+                    "is not valid Unicode text (it holds a lone surrogate)",
+                    key=f"{key}[{index}]",
+                ) from None
+    return size
 
 
 def _looked_up(context: Context) -> bool:

@@ -504,6 +504,20 @@ def test_assemble_context_counts_the_pipelines_cache_misses(tmp_path: Path) -> N
             {"session_id": "x", "messages": [{"role": "user", "content": "w" * 9_000_000}] * 2},
             "over the 16,777,216",
         ),
+        (  # 6M characters, 18M bytes: the cap is a request file's, in bytes
+            "assemble_context",
+            {"session_id": "x", "messages": [{"role": "user", "content": "日" * 6_000_000}]},
+            "18,000,031 bytes",
+        ),
+        (  # a lone surrogate: only a caller in this process can pass one
+            "assemble_context",
+            {
+                "session_id": "x",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "documents": [{"id": "d", "text": "broken \ud800 text"}],
+            },
+            "key 'documents[0]': is not valid Unicode",
+        ),
         ("nonexistent_tool", {"session_id": "x"}, "nonexistent_tool"),
         (
             "store_answer",
