@@ -306,5 +306,13 @@ def _row(session: str, entry_id: str) -> str:
 
 
 def _cut(text: str, tokens: int, counter: TokenCounter) -> str:
-    """The start of ``text`` that fits ``tokens``."""
-    return counter.decode(counter.encode(text)[:tokens])
+    """The start of ``text`` that fits ``tokens``, ending on a whole character.
+
+    A token may hold part of a character's UTF-8 bytes (most CJK and emoji take
+    two or three), and decoding the part gives U+FFFD: a cut through a character
+    would end the entry in a replacement mark the text never had.
+    """
+    cut = counter.decode(counter.encode(text)[:tokens])
+    while cut.endswith("\ufffd") and not text.startswith(cut):
+        cut = cut[:-1]
+    return cut

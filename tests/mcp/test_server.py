@@ -630,6 +630,24 @@ def test_recall_cuts_and_marks_the_first_entry_when_it_alone_is_over_the_cap(
     anyio.run(run)
 
 
+def test_an_entry_cut_to_the_cap_ends_on_a_whole_character(service: ContextService) -> None:
+    # Emoji take several tokens each: the 200-token cap falls inside one.
+    text = "🙂🚀🧠 " * 400
+
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            await client.call_tool("remember", {"session_id": "emoji", "text": text})
+            got = await client.call_tool("recall", {"session_id": "emoji"})
+            (entry,) = got.structured_content["entries"]
+            read = await client.read_resource("ctxproto://sessions/emoji/history")
+            (paged,) = json.loads(read.contents[0].text)["entries"]  # type: ignore[union-attr]
+            for cut in (entry, paged):
+                assert cut["truncated"] is True and "\ufffd" not in cut["text"]
+                assert text.startswith(cut["text"]) and len(cut["text"]) > 100
+
+    anyio.run(run)
+
+
 def test_older_turns_fold_into_a_summary_in_the_background(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
