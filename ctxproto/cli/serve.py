@@ -8,10 +8,15 @@ from typing import Any
 
 from rich.console import Console
 
-from ctxproto.cli.arguments import int_between
+from ctxproto.cli.arguments import int_between, non_negative_float
 from ctxproto.errors import BackendError, ConfigError
 
 __all__ = ["register"]
+
+# Below the 30 s Kubernetes waits by default (terminationGracePeriodSeconds)
+# before it kills the process, with room for the cut requests to end (and for
+# uvicorn's own bound behind the cut, runner.CUTOFF_BACKSTOP_S).
+DEFAULT_SHUTDOWN_GRACE_S = 20.0
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +37,14 @@ def register(subparsers: Any) -> None:
         help="port to listen on (default: %(default)s)",
     )
     parser.add_argument(
+        "--shutdown-grace",
+        type=non_negative_float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help="on Ctrl-C or SIGTERM, how long requests in flight may run on; then a stream "
+        "ends with an error event and a plain request gets a 503 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
         help="listen beyond loopback although no tenants (API keys) are configured",
@@ -44,11 +57,10 @@ def handle(args: argparse.Namespace) -> int:
 
     for module in ("starlette", "uvicorn", "httpx", "prometheus_client"):
         require(module, extra="serve")
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
     from ctxproto.serve import ProxyState, create_app, load_serve_config
-    from ctxproto.serve.runner import uvicorn_config
+    from ctxproto.serve.runner import GracefulServer, uvicorn_config
 
     config = load_serve_config(args.config)
     if not config.tenants and not _loopback(args.host) and not args.allow_unauthenticated:
@@ -66,8 +78,10 @@ def handle(args: argparse.Namespace) -> int:
     )
     state = ProxyState.from_config(config, source=args.config)
     state.flow.warm_up()
-    server = uvicorn.Server(
-        uvicorn_config(create_app(state), args.host, args.port, log_level="info")
+    server = GracefulServer(
+        uvicorn_config(create_app(state), args.host, args.port, log_level="info"),
+        grace_s=args.shutdown_grace,
+        on_grace_over=state.cutoff.cut,
     )
     try:
         server.run()  # the app closes the upstream on shutdown

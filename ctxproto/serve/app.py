@@ -209,19 +209,21 @@ async def _chat_completions(request: Request) -> Response:
     turn: Turn | None = None
     streaming = False
     try:
-        turn = await state.flow.prepare(
-            body["messages"],
-            tenant=tenant.id,
-            session=session,
-            stateful=stateful,
-            use_cache=use_cache,
-            use_pipeline=use_pipeline,
-            answer_limit=chat.answer_tokens,
-        )
+        with state.cutoff.guard():
+            turn = await state.flow.prepare(
+                body["messages"],
+                tenant=tenant.id,
+                session=session,
+                stateful=stateful,
+                use_cache=use_cache,
+                use_pipeline=use_pipeline,
+                answer_limit=chat.answer_tokens,
+            )
         model = chat.model or state.models[0]
         forward = {**body, "messages": turn.messages}
         if chat.stream:
-            chunks = await _open_stream(state, turn, forward, model, chat.include_usage)
+            with state.cutoff.guard():
+                chunks = await _open_stream(state, turn, forward, model, chat.include_usage)
             streamed = turn
 
             def release() -> None:
@@ -270,12 +272,13 @@ async def _answer(
         response = _cached_response(state, turn, model)
     else:
         started = time.perf_counter()
-        response = await _unless_disconnected(
-            request,
-            state.upstream.complete(
-                forward, tenant=turn.tenant, cache_messages=turn.cache_messages
-            ),
-        )
+        with state.cutoff.guard():
+            response = await _unless_disconnected(
+                request,
+                state.upstream.complete(
+                    forward, tenant=turn.tenant, cache_messages=turn.cache_messages
+                ),
+            )
         if response is None:
             return None
         state.metrics.upstream_latency.labels(stream="false").observe(time.perf_counter() - started)
@@ -374,9 +377,12 @@ async def _restamped(
     if turn.answer is None:
         state.metrics.upstream_latency.labels(stream="true").observe(time.perf_counter() - started)
     state.record(turn, usage)
-    await state.flow.finish(
-        turn, answer.message(), answer.finish_reason, usage.completion_tokens or None
-    )
+    # The whole answer came: file it whole (cache, then history), whatever cancels
+    # the stream meanwhile (the client leaving, the shutdown cutoff), never half.
+    with anyio.CancelScope(shield=True):
+        await state.flow.finish(
+            turn, answer.message(), answer.finish_reason, usage.completion_tokens or None
+        )
 
 
 class _ReleasingStream(StreamingResponse):
@@ -402,9 +408,17 @@ class _ReleasingStream(StreamingResponse):
 async def _guarded(
     state: ProxyState, chunks: AsyncIterator[ChatCompletionChunk]
 ) -> AsyncIterator[bytes]:
-    """SSE bytes; a failure mid-stream is sent as an error event and ends the stream."""
+    """SSE bytes; a failure mid-stream is sent as an error event and ends the stream.
+
+    So is the server's shutdown cutoff (``ShutdownCutoff``): the wait for each
+    chunk is guarded, never the ``yield`` (a cancel scope must not span one).
+    """
     try:
-        async for chunk in chunks:
+        while True:
+            with state.cutoff.guard():
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                break
             yield chunk.sse()
         yield b"data: [DONE]\n\n"
     except CtxprotoError as exc:

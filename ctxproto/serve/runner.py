@@ -3,23 +3,31 @@
 ``ServerThread`` is how Python callers and tests serve an app without a
 subprocess: ``with ServerThread(app) as server: server.url``. It binds before
 returning (port 0 picks a free port) and stops uvicorn gracefully on close.
+``GracefulServer`` is the CLI's: told to stop, it gives requests in flight a
+bounded grace, then ends them in the app's own way (``ShutdownCutoff``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from ctxproto.errors import BackendError
 
-__all__ = ["ServerThread", "uvicorn_config"]
+__all__ = ["GracefulServer", "ServerThread", "uvicorn_config"]
 
 # A connection idle this long between requests is closed; bodies have their own
 # read timeout in the app (limits.read_timeout_s).
 KEEP_ALIVE_S = 5
+# How long uvicorn waits after the grace, for requests the cutoff could not end
+# (a client that reads nothing, a pipeline step that runs on in its thread),
+# before it cancels them itself.
+CUTOFF_BACKSTOP_S = 5.0
 
 
 def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
@@ -32,6 +40,32 @@ def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Co
         lifespan="on",  # the app closes its upstream and runs the /mcp sessions there
         **options,
     )
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server whose requests in flight get ``grace_s`` seconds to finish on stop.
+
+    Then ``on_grace_over`` ends them (``ShutdownCutoff.cut``: a stream with an
+    error event, a plain request with a 503 in the envelope). uvicorn alone waits
+    without a bound, or, bounded, cancels them from outside the app: a stream
+    breaks off with no error event and a plain request gets a plain-text 500.
+    Its own bound stays, ``CUTOFF_BACKSTOP_S`` later, for what the cut cannot end.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, grace_s: float, on_grace_over: Callable[[], None]
+    ) -> None:
+        config.timeout_graceful_shutdown = int(grace_s + CUTOFF_BACKSTOP_S + 0.999)
+        super().__init__(config)
+        self.grace_s = grace_s
+        self._on_grace_over = on_grace_over
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self.grace_s, self._on_grace_over)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
 
 class ServerThread:

@@ -16,6 +16,7 @@ from ctxproto.serve.config import LimitsConfig, LocalUpstreamConfig, McpConfig, 
 from ctxproto.serve.flow import ContextFlow, Turn
 from ctxproto.serve.metrics import ProxyMetrics
 from ctxproto.serve.protocol import Usage
+from ctxproto.serve.shutdown import ShutdownCutoff
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.serve.upstream import RemoteUpstream, Upstream
 from ctxproto.tokens import TokenCounter, get_counter
@@ -37,6 +38,8 @@ class ProxyState:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     mcp: McpConfig = field(default_factory=McpConfig)
     """The caps and stores of the MCP endpoint mounted at ``/mcp``."""
+    cutoff: ShutdownCutoff = field(default_factory=ShutdownCutoff)
+    """Ends the requests still running once a stopping server's grace is over."""
     _counter: TokenCounter | None = None
 
     @classmethod
