@@ -10,6 +10,7 @@ nested JSON and wrong field types (400 naming the field).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 import anyio
@@ -24,6 +25,9 @@ from ctxproto.serve.protocol import ChatCompletionRequest
 __all__ = ["parse_body", "parse_chat_request", "read_json_body"]
 
 WireModel = TypeVar("WireModel", bound=BaseModel)
+# Where a string may hold half a surrogate pair: only an escape can write one in
+# UTF-8 JSON, so bodies without such an escape are never walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, Any]:
@@ -65,6 +69,8 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
         raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_unpaired_surrogates(body)
     return body
 
 
@@ -90,6 +96,44 @@ def _not_json(constant: str) -> float:
     """``NaN`` and ``Infinity``, which Python's ``json`` reads but JSON has not: the
     body would be forwarded as JSON no upstream reads (a 500, not the client's 400)."""
     raise ValueError(f"{constant} is not a JSON value")
+
+
+def _refuse_unpaired_surrogates(body: dict[str, Any]) -> None:
+    """A 400 naming a string that holds half a UTF-16 surrogate pair (``"\\ud800"``).
+
+    JSON's syntax lets an escape name one, and Python's ``json`` reads it, but it
+    is no Unicode text: no UTF-8 encoder takes it, so the request failed later, as
+    a 500 from the upstream client's encoder or a store's, after the upstream ran.
+    """
+    stack: list[tuple[str | None, Any]] = [(None, body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            bad = not _is_unicode(value)
+        elif isinstance(value, dict):
+            bad = not all(_is_unicode(key) for key in value)
+            stack.extend((f"{path}.{key}" if path else key, item) for key, item in value.items())
+        elif isinstance(value, list):
+            bad = False
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+        else:
+            bad = False
+        if bad:  # a bad key is named by the object holding it: the key itself cannot be shown
+            where = f"'{path}'" if path else "a key of the body"
+            raise APIError(
+                400,
+                f"{where} is not Unicode text: it holds an unpaired surrogate escape",
+                code="invalid_value",
+                param=path,
+            )
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _too_large(limits: LimitsConfig) -> APIError:

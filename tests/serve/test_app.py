@@ -324,6 +324,14 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
         # Python's json reads these, but they are not JSON: no upstream would take them.
         (b'{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": NaN}}', 400, None),
         (b'{"messages": [{"role": "user", "content": "x"}], "top_k": -Infinity}', 400, None),
+        # JSON escapes of half a surrogate pair: Python reads them, no UTF-8 encoder takes them.
+        (b'{"messages": [{"role": "user", "content": "a \\ud800 b"}]}', 400, "messages[0].content"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"k": "\\udfff"}}',
+            400,
+            "metadata.k",
+        ),
+        (b'{"messages": [{"role": "user", "content": "x"}], "\\udc00": 1}', 400, None),
     ],
 )
 def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body, status, param):
@@ -339,6 +347,17 @@ def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body,
     assert error["param"] == param
     assert answer.headers["x-should-retry"] == "false"
     assert client(proxy).chat.completions.create(model="ctxproto", messages=USER).choices
+
+
+def test_a_surrogate_pair_written_as_escapes_is_text(proxy, scripted):
+    body = b'{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
+    answer = httpx.post(
+        f"{proxy.url}/chat/completions",
+        content=body,
+        headers={"authorization": "Bearer key-a", "content-type": "application/json"},
+    )
+    assert answer.status_code == 200
+    assert scripted.bodies[-1]["messages"][-1]["content"] == "smile \U0001f600"
 
 
 def test_oversized_and_non_json_bodies(proxy, proxy_state):
