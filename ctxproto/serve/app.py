@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 log = logging.getLogger("ctxproto.serve")
+
+# A session id comes from the body's ``user`` too, which may hold any text; a header
+# value holds printable ASCII: the rest (and "%") is percent-encoded as UTF-8, or a
+# "ユーザー" failed the answer with a 500 and a line break got no answer at all.
+_HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 
 
 def create_app(
@@ -440,7 +446,7 @@ def _turn_headers(turn: Turn) -> dict[str, str]:
         "x-ctxproto-original-tokens": str(turn.original_tokens),
         "x-ctxproto-prompt-tokens": str(turn.prompt_tokens),
         "x-ctxproto-saved-tokens": str(turn.saved_tokens),
-        "x-ctxproto-session": turn.session,
+        "x-ctxproto-session": quote(turn.session, safe=_HEADER_SAFE),
     }
 
 

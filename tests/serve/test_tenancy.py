@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import openai
@@ -169,6 +170,25 @@ def test_a_stream_left_at_once_frees_its_tenant_slot(proxy):
             assert time.monotonic() < deadline, "the left stream kept its tenant slot"
             time.sleep(0.1)
     assert answer.choices[0].message.content == "again | again"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_user_in_any_script_is_answered_and_its_turn_stored_once(proxy, proxy_state, stream):
+    # The session id went into a response header as it was: "ユーザー" made the
+    # answer a 500 after its turn was stored (a retry stored it twice), and a line
+    # break got the client no answer at all.
+    user = f"ユーザー {uuid.uuid4().hex[:6]}\r\nx-injected: 1"
+    body = {"messages": [{"role": "user", "content": "hello"}], "user": user, "stream": stream}
+    headers = {"authorization": "Bearer key-a", "x-ctxproto-session-mode": "stateful"}
+    answer = httpx.post(f"{proxy.url}/chat/completions", json=body, headers=headers)
+    assert answer.status_code == 200 and "x-injected" not in answer.headers
+    echoed = answer.headers["x-ctxproto-session"]
+    assert echoed.isascii() and unquote(echoed) == f"user-{user}"
+    history = proxy_state.flow.history("tenant-a", f"user-{user}")
+    assert history == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hello | hello"},
+    ]
 
 
 def test_session_id_sources_in_order():
