@@ -22,12 +22,12 @@ from ctxproto.serve.config import LimitsConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionRequest
 
-__all__ = ["parse_body", "parse_chat_request", "read_json_body"]
+__all__ = ["parse_body", "parse_chat_request", "read_json_body", "unpaired_surrogate"]
 
 WireModel = TypeVar("WireModel", bound=BaseModel)
-# Where a string may hold half a surrogate pair: only an escape can write one in
-# UTF-8 JSON, so bodies without such an escape are never walked.
+# A JSON escape of half a UTF-16 surrogate pair (``unpaired_surrogate``).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, Any]:
@@ -69,8 +69,15 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
         raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object", code="invalid_json")
-    if _SURROGATE_ESCAPE.search(raw):
-        _refuse_unpaired_surrogates(body)
+    path = unpaired_surrogate(raw, body)
+    if path is not None:
+        where = f"'{path}'" if path else "a key of the body"
+        raise APIError(
+            400,
+            f"{where} is not Unicode text: it holds an unpaired surrogate escape",
+            code="invalid_value",
+            param=path or None,
+        )
     return body
 
 
@@ -98,34 +105,35 @@ def _not_json(constant: str) -> float:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-def _refuse_unpaired_surrogates(body: dict[str, Any]) -> None:
-    """A 400 naming a string that holds half a UTF-16 surrogate pair (``"\\ud800"``).
+def unpaired_surrogate(raw: bytes | bytearray | str, data: Any) -> str | None:
+    """Where ``data``, parsed from the JSON text ``raw``, holds half a UTF-16 surrogate pair.
 
-    JSON's syntax lets an escape name one, and Python's ``json`` reads it, but it
-    is no Unicode text: no UTF-8 encoder takes it, so the request failed later, as
-    a 500 from the upstream client's encoder or a store's, after the upstream ran.
+    The path of that string (``messages[0].content``; ``""`` for a key of the top
+    object), or ``None`` when every string is text. JSON's syntax lets an escape
+    (``"\\ud800"``) name half a pair and Python's ``json`` reads it, but no UTF-8
+    encoder takes it: passed on, it fails later (forwarding it, storing it, sending
+    it back) as a 500, after the upstream ran. Only an escape can write one in UTF-8
+    JSON, so ``data`` is walked only when ``raw`` holds such an escape.
     """
-    stack: list[tuple[str | None, Any]] = [(None, body)]
+    found = (
+        _SURROGATE_ESCAPE_TEXT.search(raw)
+        if isinstance(raw, str)
+        else _SURROGATE_ESCAPE.search(raw)
+    )
+    if found is None:
+        return None
+    stack: list[tuple[str, Any]] = [("", data)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, str):
-            bad = not _is_unicode(value)
-        elif isinstance(value, dict):
-            bad = not all(_is_unicode(key) for key in value)
+        if isinstance(value, str) and not _is_unicode(value):
+            return path
+        if isinstance(value, dict):
+            if not all(_is_unicode(key) for key in value):
+                return path  # named by the object holding it: the key itself cannot be shown
             stack.extend((f"{path}.{key}" if path else key, item) for key, item in value.items())
         elif isinstance(value, list):
-            bad = False
             stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
-        else:
-            bad = False
-        if bad:  # a bad key is named by the object holding it: the key itself cannot be shown
-            where = f"'{path}'" if path else "a key of the body"
-            raise APIError(
-                400,
-                f"{where} is not Unicode text: it holds an unpaired surrogate escape",
-                code="invalid_value",
-                param=path,
-            )
+    return None
 
 
 def _is_unicode(text: str) -> bool:

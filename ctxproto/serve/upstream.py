@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from ctxproto.serve.body import unpaired_surrogate
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
 
@@ -95,8 +96,8 @@ class RemoteUpstream(Upstream):
     ) -> ChatCompletionResponse:
         response = await self._send(self._body(body, tenant, stream=False))
         try:
-            data = json.loads(await _read(response))
-            return ChatCompletionResponse.model_validate(data)
+            raw = await _read(response)
+            return ChatCompletionResponse.model_validate(_text_only(raw, json.loads(raw)))
         except ValueError as exc:
             raise APIError(
                 502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response"
@@ -182,7 +183,7 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletion
                 payload = line[len("data:") :].strip()
                 if payload == "[DONE]":
                     return
-                data = json.loads(payload)
+                data = _text_only(payload, json.loads(payload))
                 if isinstance(data, dict) and "error" in data:
                     raise _normalise(502, data, None)
                 chunk = ChatCompletionChunk.model_validate(data)
@@ -194,6 +195,23 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletion
             )
     finally:
         await response.aclose()
+
+
+def _text_only(raw: bytes | str, data: Any) -> Any:
+    """``data``, parsed from ``raw``, or a 502 when a string of it is not Unicode text.
+
+    Half a surrogate pair (an emoji split in two by a server that counts UTF-16
+    units) failed the proxy's own answer instead: a 500 after the upstream ran,
+    or a stream broken off with no error event.
+    """
+    path = unpaired_surrogate(raw, data)
+    if path is not None:
+        raise APIError(
+            502,
+            f"the upstream sent text that is not Unicode (an unpaired surrogate at '{path}')",
+            code="bad_upstream_response",
+        )
+    return data
 
 
 async def _read(response: httpx.Response) -> bytes:

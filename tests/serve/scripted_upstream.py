@@ -6,9 +6,11 @@ A real ASGI app on a real socket (no patched clients): it answers
 the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
 ``CUT`` (end the stream mid-answer, cleanly but with no finish reason nor ``[DONE]``),
-``SLOW <seconds>`` (wait between chunks), ``STALL <seconds>`` (send the headers
-and the first bytes of a whole answer, then wait), ``NULLDETAILS`` (usage details
-null, as a server dumping the openai SDK's own usage objects sends them). An answer longer than
+``SLOW <seconds>`` (wait between chunks), ``SURROGATE`` (end the answer with half
+a surrogate pair, as a server counting UTF-16 units may split an emoji),
+``STALL <seconds>`` (send the headers and the first bytes of a whole answer, then
+wait), ``NULLDETAILS`` (usage details null, as a server dumping the openai SDK's own
+usage objects sends them). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
 gets is recorded.
 """
@@ -74,6 +76,8 @@ class ScriptedUpstream:
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls"
+        if command[:1] == ["SURROGATE"]:
+            message["content"] += " \ud83d"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         words = (message.get("content") or "").split(" ")
         if limit and len(words) > limit:
@@ -93,7 +97,8 @@ class ScriptedUpstream:
             whole = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             if command[:1] == ["STALL"]:
                 return StreamingResponse(_stalled(json.dumps(whole), float(command[1])))
-            return JSONResponse(whole)
+            # json.dumps escapes what is not ASCII (half a surrogate pair too).
+            return Response(json.dumps(whole), media_type="application/json")
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
         return StreamingResponse(
             self._events(base, message, finish, usage, body, delay, command[:1]),

@@ -92,6 +92,18 @@ def test_a_stream_the_upstream_ends_mid_answer_ends_with_an_error_event(proxy):
     assert ask(proxy, "still serving").choices
 
 
+def test_half_a_surrogate_pair_from_the_upstream_is_a_502_in_the_envelope(proxy):
+    # Passed on, it failed the proxy's own JSON encoding: a 500 internal_error,
+    # or a stream cut off with no error event.
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f"SURROGATE {uuid.uuid4().hex}")
+    assert raised.value.status_code == 502
+    assert raised.value.body["code"] == "bad_upstream_response"
+    stream = ask(proxy, f"SURROGATE {uuid.uuid4().hex}", stream=True)
+    with pytest.raises(openai.APIError, match="not Unicode"):
+        list(stream)
+
+
 def test_usage_details_sent_as_null_pass_through(proxy):
     """The openai SDK's own usage objects dump absent details as null: not a 502."""
     plain = ask(proxy, f"NULLDETAILS {uuid.uuid4().hex}")
