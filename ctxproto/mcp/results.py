@@ -50,6 +50,12 @@ class AssembledContext(BaseModel):
     dropped: dict[str, int] = Field(
         default_factory=dict, description="Sections left out to fit the budget, by kind."
     )
+    repairs: list[str] = Field(
+        default_factory=list,
+        description="What reading the messages changed or flagged: a tool result that "
+        "answered no call, or a call that had no result, was dropped; a system message in "
+        "mid-history was kept in place. Empty: the messages were taken as they were.",
+    )
     cached_answer: str | None = Field(
         default=None, description="Set when the semantic cache already knows the answer."
     )

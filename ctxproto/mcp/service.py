@@ -117,6 +117,7 @@ class ContextService:
             saved_tokens=max(result.original_tokens - prompt_tokens, 0),
             budget=prompt.budget if prompt is not None else None,
             dropped=prompt.dropped if prompt is not None else {},
+            repairs=result.context.repairs,
             cached_answer=answer,
             stages=[StageSummary(**r.model_dump()) for r in result.reports],
         )

@@ -157,6 +157,26 @@ def test_the_cap_keeps_the_pipelines_answer_reserve(mcp_folder: Path) -> None:
         service.close()
 
 
+def test_assemble_context_reports_what_it_repaired(service: ContextService) -> None:
+    call_ = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Look it up."},
+        {"role": "tool", "tool_call_id": "gone", "content": "a result whose call was trimmed"},
+        {"role": "assistant", "content": None, "tool_calls": [call_]},
+        {"role": "user", "content": "Never mind."},
+    ]
+    result = call(service, "assemble_context", {"session_id": "r-1", "messages": messages})
+    assert not result.is_error, text_of(result)
+    out = result.structured_content
+    assert out["repairs"] == [
+        "dropped 1 tool result that answered no call",
+        "dropped 1 tool call that had no result",
+    ]
+    assert [m["role"] for m in out["messages"]] == ["user", "user"]
+    clean = call(service, "assemble_context", {"session_id": "r-1", "messages": messages[:1]})
+    assert clean.structured_content["repairs"] == []
+
+
 def test_assemble_context_takes_messages_as_openai_returns_them(service: ContextService) -> None:
     returned: dict[str, Any] = {
         "role": "assistant",
