@@ -1,4 +1,4 @@
-"""ctxproto over MCP: assemble, compress, remember, recall, search and cache as tools.
+"""ctxproto over MCP: assemble, compress, remember, recall, forget, search and cache as tools.
 
 ``ctxproto mcp CONFIG.yaml`` serves it over stdio; ``ctxproto serve`` mounts it
 at ``/mcp`` (streamable HTTP) when the ``mcp`` extra is installed. Needs the

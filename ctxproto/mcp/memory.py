@@ -17,10 +17,19 @@ Turns are also folded into a rolling summary in the background, by the
 user stated about themselves, kept verbatim), once enough have gathered beyond
 the newest ``SUMMARY_KEEP_TURNS``. ``recall`` returns the latest summary an agent
 stored (``kind="summary"``), else that one.
+
+``forget`` removes one entry, or every entry of a session, as the reference
+``memory`` server's ``delete_observations`` and mem0's ``delete_memories`` /
+``delete_all_memories`` do. Forgotten means forgotten: an automatic summary that
+folded a removed turn is dropped with the summarizer's state (both hold the
+turn's text) and folded again from the turns left. A summary row names the last
+turn it folded and how many, so one that a fold still running elsewhere writes
+after the forget is never returned: it covers a turn that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -34,14 +43,14 @@ import numpy as np
 
 from ctxproto.context import Context
 from ctxproto.errors import ConfigError, ModelNotAvailableError
-from ctxproto.mcp.results import HistoryPage, MemoryEntry, Recalled
+from ctxproto.mcp.results import Forgotten, HistoryPage, MemoryEntry, Recalled
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
 from ctxproto.tokens import TokenCounter
 
-__all__ = ["SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
+__all__ = ["ENTRY_ID", "SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
 
 EntryKind = Literal["turn", "note", "summary"]
 _ROW_PREFIX = "mcp-memory"
@@ -49,7 +58,8 @@ _SUMMARY_ROW = "mcp-summary"
 _SUMMARIZER_STATE = "mcp-summarizer"
 SUMMARY_KEEP_TURNS = 8
 """Newest turns never folded into the automatic summary."""
-_ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
+ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
+"""What an entry id looks like: the write's time in nanoseconds, then 12 random hex digits."""
 _VERSION = 1
 
 log = logging.getLogger("ctxproto.mcp")
@@ -75,6 +85,8 @@ class SessionMemory:
         self._pending: dict[tuple[str, str], set[Future[None]]] = {}
         self._summary_queued: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        """Held by a fold and by ``forget``: a fold reads the turns either before or after."""
 
     def add(
         self, tenant: str, session: str, kind: EntryKind, text: str, role: str | None = None
@@ -86,12 +98,42 @@ class SessionMemory:
         self.store.put(tenant, _row(session, entry_id), row)
         self._in_background(tenant, session, self._embed_row, row)
         if kind == "turn":
-            with self._lock:
-                queued = (tenant, session) in self._summary_queued
-                self._summary_queued.add((tenant, session))
-            if not queued:  # one queued fold per session covers every turn before it starts
-                self._in_background(tenant, session, self._summarize)
+            self._queue_fold(tenant, session)
         return entry
+
+    def forget(self, tenant: str, session: str, entry_id: str | None) -> Forgotten:
+        """Remove the entry ``entry_id``, or with ``None`` every entry of the session.
+
+        An id the session does not hold (for this tenant) removes nothing: a
+        deletion is asked again after a lost answer, and another tenant's id must
+        look no different from one never written. An automatic summary that
+        folded a removed turn is dropped, with the summarizer's state, and folded
+        again from the turns left; a summary an agent stored is an entry of its
+        own, forgotten by its id.
+        """
+        if entry_id is not None and not ENTRY_ID.match(entry_id):
+            raise ConfigError("is not an entry id this server returned", key="entry_id")
+        with self._fold_lock:
+            ids = self._ids(tenant, session) if entry_id is None else [entry_id]
+            gone = [loaded[0] for i in ids if (loaded := self._load(tenant, session, i))]
+            summary_row = self.store.get(tenant, _summary_row(session))
+            folded = entry_id is None or any(
+                e.kind == "turn" and _folded(e.id, summary_row) for e in gone
+            )
+            removed = sum(self.store.delete(tenant, _row(session, e.id)) for e in gone)
+            summary_dropped = False
+            if folded:
+                summary_dropped = self.store.delete(tenant, _summary_row(session))
+                self._summarizer.forget(tenant, f"{_SUMMARIZER_STATE}/{session}")
+        remaining = len(self._ids(tenant, session))
+        if summary_dropped and remaining:
+            self._queue_fold(tenant, session)
+        return Forgotten(
+            session_id=session,
+            removed=removed,
+            remaining=remaining,
+            summary_dropped=summary_dropped,
+        )
 
     def exists(self, tenant: str, session: str) -> bool:
         return bool(self._ids(tenant, session))
@@ -106,9 +148,11 @@ class SessionMemory:
         stored = [e.text for e in entries if e.kind == "summary"]
         if stored:
             return stored[-1]
-        row = self.store.get(tenant, f"{_SUMMARY_ROW}/{session}") or {}
+        row = self.store.get(tenant, _summary_row(session)) or {}
         text = row.get("summary")
-        return text if isinstance(text, str) and text else None
+        if not isinstance(text, str) or not text or not _still_held(row, entries):
+            return None
+        return text
 
     def recall(
         self, tenant: str, session: str, query: str | None, cap: int, counter: TokenCounter
@@ -168,7 +212,7 @@ class SessionMemory:
         counter: TokenCounter,
     ) -> HistoryPage:
         """Up to ``size`` entries after ``cursor`` (and within ``cap`` tokens), oldest first."""
-        if cursor is not None and not _ENTRY_ID.match(cursor):
+        if cursor is not None and not ENTRY_ID.match(cursor):
             raise ConfigError("is not a cursor this server returned", key="cursor")
         self._require(tenant, session)
         ids = [i for i in self._ids(tenant, session) if cursor is None or i > cursor]
@@ -247,12 +291,24 @@ class SessionMemory:
             self._pending.setdefault(key, set()).add(future)
         future.add_done_callback(lambda done: self._settle(key, done))
 
+    def _queue_fold(self, tenant: str, session: str) -> None:
+        """Fold the session's turns in the background, unless a fold is queued already."""
+        with self._lock:
+            queued = (tenant, session) in self._summary_queued
+            self._summary_queued.add((tenant, session))
+        if not queued:  # one queued fold per session covers every turn before it starts
+            self._in_background(tenant, session, self._summarize)
+
     def _summarize(self, tenant: str, session: str) -> None:
         """Fold the session's older turns into its rolling summary (a no-op until enough)."""
         with self._lock:
             self._summary_queued.discard((tenant, session))
         if self._embedder_or_none() is None:
             return
+        with self._fold_lock:
+            self._fold_turns(tenant, session)
+
+    def _fold_turns(self, tenant: str, session: str) -> None:
         turns = [e for e, _ in self._entries(tenant, session) if e.kind == "turn"]
         history = [
             Message(role=e.role if e.role in ("user", "assistant") else "user", content=e.text)
@@ -261,17 +317,37 @@ class SessionMemory:
         context = Context(
             history=history, session_id=f"{_SUMMARIZER_STATE}/{session}", tenant_id=tenant
         )
-        summary = self._summarizer.run(context).context.summary
-        if summary:
-            row = {"version": _VERSION, "summary": summary, "turns": len(turns)}
-            self.store.put(tenant, f"{_SUMMARY_ROW}/{session}", row)
+        result = self._summarizer.run(context)
+        summary = result.context.summary
+        # One block per turn (no tool calls here): the oldest ``folded`` turns are in it.
+        folded = int(result.report.counters.get("folded_turns", 0))
+        if summary and 0 < folded <= len(turns):
+            row = {
+                "version": _VERSION,
+                "summary": summary,
+                "turns": folded,
+                "through": turns[folded - 1].id,
+            }
+            self.store.put(tenant, _summary_row(session), row)
 
     def _embed_row(self, tenant: str, session: str, row: dict[str, Any]) -> None:
+        """Add the entry's vector to its row, unless the entry was forgotten meanwhile.
+
+        A plain write would bring a forgotten entry back (by another process too,
+        whose ``forget`` cannot wait for this one's background work).
+        """
         embedder = self._embedder_or_none()
         if embedder is None:
             return
-        vector = embedder.embed_one(row["text"])
-        self.store.put(tenant, _row(session, row["id"]), {**row, "vector": vector.tolist()})
+        vector = embedder.embed_one(row["text"]).tolist()
+
+        def with_vector(stored: dict[str, Any] | None) -> dict[str, Any]:
+            if stored is None:
+                raise _EntryGone
+            return {**stored, "vector": vector}
+
+        with contextlib.suppress(_EntryGone):  # the update wrote nothing
+            self.store.update(tenant, _row(session, row["id"]), with_vector)
 
     def _embedder_or_none(self) -> Embedder | None:
         """The embedder; without the ``embed`` extra recall falls back to recency."""
@@ -301,8 +377,43 @@ class SessionMemory:
                     del self._pending[key]
 
 
+class _EntryGone(Exception):
+    """Raised inside a store update to leave the row unwritten: its entry was forgotten."""
+
+
 def _row(session: str, entry_id: str) -> str:
     return f"{_ROW_PREFIX}/{session}/{entry_id}"
+
+
+def _summary_row(session: str) -> str:
+    return f"{_SUMMARY_ROW}/{session}"
+
+
+def _folded(entry_id: str, summary_row: dict[str, Any] | None) -> bool:
+    """Whether the automatic summary in ``summary_row`` folded the turn ``entry_id``.
+
+    A row from before rows named their last turn is taken to have folded it.
+    """
+    if summary_row is None:
+        return False
+    through = summary_row.get("through")
+    return not isinstance(through, str) or entry_id <= through
+
+
+def _still_held(summary_row: dict[str, Any], entries: list[MemoryEntry]) -> bool:
+    """Whether every turn the summary folded is still remembered.
+
+    A fold that read a turn before another process forgot it may write its summary
+    after the forget dropped the old one; it counts more turns up to its last than
+    are left, and is not returned. Turns written since (ids are increasing) do not
+    count against it. A row from before rows named their last turn is kept:
+    ``forget`` drops it.
+    """
+    through, turns = summary_row.get("through"), summary_row.get("turns")
+    if not isinstance(through, str):
+        return True
+    held = sum(1 for e in entries if e.kind == "turn" and e.id <= through)
+    return isinstance(turns, int) and held >= turns
 
 
 def _cut(text: str, tokens: int, counter: TokenCounter) -> str:

@@ -14,6 +14,7 @@ __all__ = [
     "AssembledContext",
     "CacheLookup",
     "CompressedText",
+    "Forgotten",
     "HistoryPage",
     "KnowledgeChunk",
     "KnowledgeResults",
@@ -89,6 +90,20 @@ class Remembered(BaseModel):
 
     session_id: str
     id: str
+
+
+class Forgotten(BaseModel):
+    """What was removed; it is no longer recalled, listed in history or summarized."""
+
+    session_id: str
+    removed: int = Field(
+        description="Entries removed: 0 when the session holds no entry with that id."
+    )
+    remaining: int = Field(description="Entries the session still holds.")
+    summary_dropped: bool = Field(
+        description="The automatic summary had folded a removed turn: it is gone, and "
+        "folded again from the turns left."
+    )
 
 
 class Recalled(BaseModel):

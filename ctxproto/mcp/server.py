@@ -31,10 +31,12 @@ from pydantic import Field
 
 from ctxproto import __version__
 from ctxproto.errors import CtxprotoError
+from ctxproto.mcp.memory import ENTRY_ID
 from ctxproto.mcp.results import (
     AssembledContext,
     CacheLookup,
     CompressedText,
+    Forgotten,
     KnowledgeResults,
     Recalled,
     Remembered,
@@ -65,8 +67,8 @@ Tokens = Annotated[int, Field(gt=0, le=1_000_000)]
 
 INSTRUCTIONS = (
     "ctxproto keeps prompts lean. Call assemble_context with the conversation before "
-    "sending it to a model and send the messages it returns; recall and remember keep "
-    "session memory; search_knowledge finds document chunks; cached_answer may already "
+    "sending it to a model and send the messages it returns; recall, remember and forget "
+    "keep session memory; search_knowledge finds document chunks; cached_answer may already "
     "know the answer. Outputs are capped in tokens; every tool takes your session_id."
 )
 
@@ -108,11 +110,15 @@ def create_mcp_server(
         )
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    deletes = ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+    )
     for tool, hints in (
         (assemble_context, reads),
         (compress_text, reads),
         (remember, writes),
         (recall, reads),
+        (forget, deletes),
         (search_knowledge, reads),
         (cached_answer, reads),
         (store_answer, writes),
@@ -251,6 +257,29 @@ async def recall(
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
     return await _tool(runtime.service.recall, tenant, session_id, query, max_tokens)
+
+
+async def forget(
+    session_id: SessionId,
+    ctx: Context[McpRuntime, Any],
+    entry_id: Annotated[
+        str | None,
+        Field(
+            pattern=ENTRY_ID.pattern,
+            description="The id remember returned (recall lists it) of the entry to remove.",
+        ),
+    ] = None,
+    all_entries: Annotated[
+        bool,
+        Field(description="Remove every entry of the session, its summary and its stats."),
+    ] = False,
+) -> Forgotten:
+    """Remove a remembered entry (entry_id), or everything the session remembers
+    (all_entries=true), when the user asks you to forget it. What is removed is no longer
+    recalled or summarized. An id the session does not hold removes nothing (removed: 0)."""
+    runtime = _runtime(ctx)
+    tenant = runtime.tenant_of(ctx)
+    return await _tool(runtime.service.forget, tenant, session_id, entry_id, all_entries)
 
 
 async def search_knowledge(

@@ -30,6 +30,7 @@ from ctxproto.mcp.results import (
     AssembledContext,
     CacheLookup,
     CompressedText,
+    Forgotten,
     HistoryPage,
     KnowledgeChunk,
     KnowledgeResults,
@@ -200,6 +201,23 @@ class ContextService:
     ) -> Remembered:
         entry = self.memory.add(tenant, session, kind, text, role)
         return Remembered(session_id=session, id=entry.id)
+
+    def forget(
+        self, tenant: str, session: str, entry_id: str | None, all_entries: bool
+    ) -> Forgotten:
+        """One entry, or with ``all_entries`` the whole session: its entries, its summary,
+        and its usage counts, which are kept under its id."""
+        if (entry_id is None) != all_entries:
+            raise ConfigError(
+                "give the id of one entry, or all_entries=true for the whole session"
+                if entry_id is None
+                else "give the id of one entry or all_entries=true, not both",
+                key="entry_id",
+            )
+        forgotten = self.memory.forget(tenant, session, entry_id)
+        if all_entries:
+            self.usage.forget(tenant, session)
+        return forgotten
 
     def recall(
         self, tenant: str, session: str, query: str | None, max_tokens: int | None

@@ -5,12 +5,16 @@ drawn at start), so no two writers ever share a row and none of them loses a
 count; reading sums every process's rows. Counts therefore survive restarts
 (a desktop client starts a stdio server per launch) and add up across the
 processes that share a store folder.
+
+A count is added to what its row holds, not written from a total kept in
+memory: when a session is forgotten (``forget``) its rows are deleted, and a
+process that wrote its total back on its next call would bring them back.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
+from typing import Any
 
 from ctxproto.mcp.results import SessionStats, Stats
 from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
@@ -26,8 +30,6 @@ class UsageStats:
     def __init__(self, store: SessionStore) -> None:
         self.store = store
         self._process = uuid.uuid4().hex[:12]
-        self._mine: dict[tuple[str, str], SessionStats] = {}
-        self._lock = threading.Lock()
 
     def record(
         self,
@@ -39,17 +41,28 @@ class UsageStats:
         hit: bool = False,
         miss: bool = False,
     ) -> None:
-        with self._lock:
-            one = self._mine.setdefault((tenant, session), SessionStats())
-            one.calls += 1
-            one.original_tokens += original
-            one.prompt_tokens += prompt
-            one.saved_tokens += max(original - prompt, 0)
-            one.cache_hits += int(hit)
-            one.cache_misses += int(miss)
-            if not self.store.read_only:  # a read-only store serves reads; counts are not kept
-                row = f"{_ROW_PREFIX}/{session}/{self._process}"
-                self.store.put(tenant, row, one.model_dump())
+        if self.store.read_only:  # a read-only store serves reads; counts are not kept
+            return
+        call = SessionStats(
+            calls=1,
+            original_tokens=original,
+            prompt_tokens=prompt,
+            saved_tokens=max(original - prompt, 0),
+            cache_hits=int(hit),
+            cache_misses=int(miss),
+        )
+
+        def added(row: dict[str, Any] | None) -> dict[str, Any]:
+            total = SessionStats.model_validate(row or {})
+            _add(total, call)
+            return total.model_dump()
+
+        self.store.update(tenant, f"{_ROW_PREFIX}/{session}/{self._process}", added)
+
+    def forget(self, tenant: str, session: str) -> None:
+        """Delete the session's counts, every process's rows: its id goes with them."""
+        for row_id in sessions_with_prefix(self.store, tenant, f"{_ROW_PREFIX}/{session}/"):
+            self.store.delete(tenant, row_id)
 
     def summary(self, tenant: str, session: str | None) -> Stats:
         """The tenant's totals, and ``session``'s when given."""

@@ -115,6 +115,17 @@ class Summarizer(Stage):
             self._store.close()
             self._store = None
 
+    def forget(self, tenant_id: str, session_id: str) -> None:
+        """Drop the summary kept for a session: its next run folds the history from the start.
+
+        For a deletion: the state holds the folded text itself, and a history
+        that changed is only re-summarized (and the state overwritten) by a
+        later run, which may never come. Opens the state store if no run has.
+        """
+        if self._store is None:
+            self._store = open_session_store(self.state_path, namespace="summaries")
+        self._store.delete(tenant_id, session_id)
+
     def store_checks(self) -> dict[str, Callable[[], None]]:
         if self._store is None:
             return {}

@@ -121,7 +121,10 @@ def test_calls_count_against_the_tenants_concurrency_limit(server: ServerThread)
 def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerThread) -> None:
     async def run() -> None:
         async with connect(server, "key-a") as a, connect(server, "key-b") as b:
-            await a.call_tool("remember", {"session_id": "shared-name", "text": "A's secret 1234"})
+            stored = await a.call_tool(
+                "remember", {"session_id": "shared-name", "text": "A's secret 1234"}
+            )
+            entry_id = stored.structured_content["id"]
             await a.call_tool(
                 "store_answer",
                 {"session_id": "x", "question": "What is the code name?", "answer": "Bluefin"},
@@ -131,6 +134,11 @@ def test_tenants_never_see_each_others_memory_cache_or_documents(server: ServerT
 
             theirs = await b.call_tool("recall", {"session_id": "shared-name"})
             assert theirs.is_error and "no session 'shared-name'" in text_of(theirs)
+            for forget in ({"entry_id": entry_id}, {"all_entries": True}):
+                erased = await b.call_tool("forget", {"session_id": "shared-name", **forget})
+                assert erased.structured_content["removed"] == 0
+            kept = await a.call_tool("recall", {"session_id": "shared-name"})
+            assert kept.structured_content["total_entries"] == 1
             cached = await b.call_tool(
                 "cached_answer", {"session_id": "x", "question": "What is the code name?"}
             )

@@ -21,6 +21,7 @@ TOOLS = {
     "compress_text",
     "remember",
     "recall",
+    "forget",
     "search_knowledge",
     "cached_answer",
     "store_answer",
@@ -53,8 +54,9 @@ def test_lists_tools_with_output_schemas_resources_and_prompts(service: ContextS
             for tool in tools:
                 assert tool.description and tool.output_schema is not None
                 assert tool.annotations is not None
-                writes = tool.name in ("remember", "store_answer")
+                writes = tool.name in ("remember", "store_answer", "forget")
                 assert tool.annotations.read_only_hint is not writes
+                assert bool(tool.annotations.destructive_hint) is (tool.name == "forget")
                 assert "session_id" in tool.input_schema["required"]
             templates = (await client.list_resource_templates()).resource_templates
             assert {t.uri_template for t in templates} == {

@@ -39,7 +39,7 @@ def test_stdio_server_serves_the_configured_tenant(tmp_path: Path) -> None:
 
     async def run() -> None:
         async with Client(server_parameters(config)) as client:
-            assert len((await client.list_tools()).tools) == 8
+            assert len((await client.list_tools()).tools) == 9
             wrote = await client.call_tool(
                 "remember", {"session_id": "s1", "text": "Deadline is 2026-12-01."}
             )
