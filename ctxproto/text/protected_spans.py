@@ -57,11 +57,37 @@ _NAME_WORD = rf"[{_UPPER}][{_LOWER}'’\-]+"
 as "Alice" is (with ASCII letters only, "Zoë" was the fact "Zo" and "Łódź" no fact)."""
 _NAME_CONNECTORS = "of|de|da|van|von|del|la"
 """Lower-case words inside a name ("Bank of America"), never at either end of one."""
+
+
+def _quotation(opening: str, closing: str) -> str:
+    """A quotation of any length within one paragraph, its marks hugging its text.
+
+    The opening mark is followed, and the closing one preceded, by a non-space, as
+    typeset quotes are: so a stray mark (the inch mark of 'a 27" iMac', a TeX-style
+    ``''``) opens nothing, instead of pairing with the next real quote and
+    protecting the prose between them while the real quote goes unprotected. No
+    length cap: a capped pattern left a long quote unprotected, to be cut inside and
+    lose its closing mark. A line break may fall inside (hard-wrapped text); a
+    blank line may not, so a mark that does pair wrongly protects at most the rest
+    of its paragraph.
+    """
+    text = rf"[^{closing}\n]*(?:\n(?![ \t\r]*\n)[^{closing}\n]*)*"
+    return rf"{opening}(?=[^\s{closing}]){text}(?<=[^\s{opening}]){closing}"
+
+
 _BUILT_IN: dict[str, re.Pattern[str]] = {
     "code": re.compile(r"```.*?```|`[^`\n]+`", re.DOTALL),
     "url": re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)]"),
     "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    "quote": re.compile(r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|(?<!\w)'[^'\n]{1,300}'(?!\w)"),
+    "quote": re.compile(
+        "|".join(
+            (
+                _quotation('"', '"'),
+                _quotation("“", "”"),
+                r"(?<!\w)" + _quotation("'", "'") + r"(?!\w)",  # not the apostrophes of "don't"
+            )
+        )
+    ),
     "number": re.compile(r"[A-Za-z0-9_$€£#.,:/+%\-]*\d(?:[A-Za-z0-9_.,:/%\-]*[A-Za-z0-9%])?"),
     "identifier": re.compile(
         r"\b[A-Za-z_][A-Za-z0-9]*(?:[_.][A-Za-z0-9]+)+\b"  # snake_case, dotted.path

@@ -156,3 +156,25 @@ def test_compress_example_pipeline_loads_and_round_trips():
     pipeline = Pipeline.from_yaml(root / "examples" / "pipelines" / "compress.yaml")
     assert [s.type_name for s in pipeline.stages] == ["relevance_filter", "token_compressor"]
     assert Pipeline.from_dict(pipeline.to_dict()).stages == pipeline.stages
+
+
+TOPICS = ["gardens", "rivers", "markets", "bridges", "libraries", "harvests", "ferries", "choirs"]
+PROSE = "".join(
+    f"The town {verb} its {topic} every season, and people talked about them for weeks. "
+    for verb in ("praised", "rebuilt", "visited", "counted")
+    for topic in TOPICS
+)
+QUOTE = '"' + " ".join(f"We will keep promise number {i} to every family." for i in range(40)) + '"'
+
+
+@pytest.mark.parametrize("query", [None, "What did the mayor promise?"])
+def test_a_long_quote_is_kept_whole_or_dropped_whole(counter, lm, query):
+    """A quote over 300 characters was compressed like prose: words and sentences
+    went from inside it, and with them, at times, its closing mark."""
+    text = f"{PROSE}The mayor said: {QUOTE} The crowd went home."
+    for rate in (0.5, 0.8):
+        out = TokenCompressor(rate=rate).run(context(text, query), counter).context
+        kept = out.documents[0].text
+        assert QUOTE in kept or '"' not in kept, rate
+        if rate == 0.8:  # room for the whole quote next to the prose's compressed words
+            assert QUOTE in kept

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctxproto.text.protected_spans import fact_strings
+from ctxproto.text.protected_spans import fact_strings, protected_spans
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,34 @@ def test_a_name_with_letters_beyond_ascii_is_a_whole_fact(text: str, facts: set[
     and the compressor could drop "Ångström".
     """
     assert fact_strings(text) == facts
+
+
+def quoted(text: str) -> list[str]:
+    return [text[s.start : s.end] for s in protected_spans(text, kinds=("quote",))]
+
+
+def test_a_quote_is_protected_whole_however_long() -> None:
+    """A quoted passage past 300 characters was not protected at all, so the
+    compressor cut words and sentences out of it and could drop its closing mark."""
+    passage = " ".join(f"The speaker made point number {i} at length." for i in range(60))
+    text = f'The mayor said: "{passage}" Then the meeting ended.'
+    assert len(passage) > 2000
+    assert quoted(text) == [f'"{passage}"']
+    wrapped = f"She wrote:\n“{passage[:900]}\n{passage[900:]}”\n\nNext paragraph."
+    assert quoted(wrapped) == [f"“{passage[:900]}\n{passage[900:]}”"]
+
+
+@pytest.mark.parametrize(
+    ("text", "quotes"),
+    [
+        ('A 27" iMac and a "great" deal.', ['"great"']),  # an inch mark opens nothing
+        ('He said "yes" and "no".', ['"yes"', '"no"']),
+        ("The users' data, 'as agreed', and don't.", ["'as agreed'"]),
+        ('"first paragraph\n\nsecond"', []),  # a quote never spans a blank line
+        ('An empty "" and a spaced " " pair.', []),
+    ],
+)
+def test_quote_marks_pair_only_around_text(text: str, quotes: list[str]) -> None:
+    """A stray mark must not pair with the next quote's opening mark: that
+    protected the prose between them and left the real quote unprotected."""
+    assert quoted(text) == quotes
