@@ -49,6 +49,16 @@ class _Sentence:
 
 
 @dataclass
+class _Candidate:
+    """A word the token pass may drop: how informative it is, and what dropping it saves."""
+
+    surprisal: float
+    word: _Word
+    sentence: _Sentence
+    saving: int
+
+
+@dataclass
 class _Plan:
     """Every target unit split into sentences and words, with what is kept so far."""
 
@@ -58,13 +68,13 @@ class _Plan:
     parseable: list[bool] = field(default_factory=list)
 
     def render(self, u: int) -> str:
-        text = self.texts[u]
-        out = []
-        for s in self.sentences:
-            if s.unit == u and s.kept:
-                out.append(text[s.start : s.words[0].start] if s.words else text[s.start : s.end])
-                out.extend(text[w.start : w.end] for w in s.words if not w.dropped)
-        return "".join(out)
+        return "".join(self.render_sentence(s) for s in self.sentences if s.unit == u and s.kept)
+
+    def render_sentence(self, s: _Sentence) -> str:
+        """The sentence as kept so far: its leading space, then its words not dropped."""
+        text = self.texts[s.unit]
+        lead = text[s.start : s.words[0].start] if s.words else text[s.start : s.end]
+        return lead + "".join(text[w.start : w.end] for w in s.words if not w.dropped)
 
     def cost(self, counter: TokenCounter) -> int:
         return sum(counter.count(self.render(u)) for u in range(len(self.units)))
@@ -141,10 +151,17 @@ class TokenCompressor(Stage):
         query = context.query_text.strip()
         if query:
             self._coarse(plan, query, math.ceil(target / self.fine_rate))
-        scored = self._fine(plan, query, target, counter)
-        kept = plan.cost(counter)
+        scored, candidates = self._fine(plan, query, target, counter)
+        kept = _drop_words(plan, candidates, target, counter)
+        fallback_dropped = 0
         if kept > target:
-            kept = self._drop_sentences(plan, target, counter)
+            # Words alone cannot meet the target: choose whole sentences by what they
+            # cost at the least, then give the kept ones back every word that fits.
+            fallback_dropped = self._drop_sentences(plan, target, counter)
+            for candidate in candidates:
+                candidate.word.dropped = False
+            kept_candidates = [c for c in candidates if c.sentence.kept]
+            kept = _drop_words(plan, kept_candidates, target, counter)
         if self.max_tokens is not None and kept > self.max_tokens:
             raise BudgetError(
                 f"token_compressor: force-kept content needs {kept} tokens, "
@@ -159,6 +176,7 @@ class TokenCompressor(Stage):
                 "kept_tokens": kept,
                 "target_met": int(kept <= target),
                 "sentences_dropped": sum(not s.kept for s in plan.sentences),
+                "fallback_sentences_dropped": fallback_dropped,
                 "words_dropped": sum(w.dropped for s in plan.sentences for w in s.words),
                 "lm_tokens_scored": scored,
                 "sentence_level_units": plan.parseable.count(False),
@@ -214,15 +232,20 @@ class TokenCompressor(Stage):
         for s, kept in zip(sentences, keep, strict=True):
             s.kept = kept
 
-    def _fine(self, plan: _Plan, query: str, target: int, counter: TokenCounter) -> int:
-        """Drop the least informative unprotected words until ``target``; returns LM tokens."""
+    def _fine(
+        self, plan: _Plan, query: str, target: int, counter: TokenCounter
+    ) -> tuple[int, list[_Candidate]]:
+        """Score the unprotected words of the kept sentences with the LM.
+
+        Returns the LM tokens scored and the droppable words, least informative first.
+        """
         assert self._scorer is not None
         units = [u for u in range(len(plan.units)) if plan.parseable[u]]
         if not units or plan.cost(counter) <= target:
-            return 0
+            return 0, []
         before = self._scorer.tokens_scored
         texts = [plan.render(u) for u in units]
-        candidates: list[tuple[float, _Word, int]] = []
+        candidates: list[_Candidate] = []
         for u, scores in zip(units, self._scorer.score(texts, query), strict=True):
             words: list[_Word] = []
             sentence_of: list[_Sentence] = []
@@ -247,37 +270,57 @@ class TokenCompressor(Stage):
             for w, s, t, n in zip(words, sentence_of, totals, counts, strict=True):
                 if not (w.protected or s.whole) and n:
                     piece = plan.texts[u][w.start : w.end]
-                    candidates.append((t / n, w, counter.count(piece)))
-        candidates.sort(key=lambda c: c[0])
-        cost, cursor = plan.cost(counter), 0
-        while cost > target and cursor < len(candidates):
-            deficit = cost - target
-            while deficit > 0 and cursor < len(candidates):
-                _, word, saving = candidates[cursor]
-                word.dropped = True
-                deficit -= saving
-                cursor += 1
-            cost = plan.cost(counter)
-        return self._scorer.tokens_scored - before
+                    candidates.append(_Candidate(t / n, w, s, counter.count(piece)))
+        candidates.sort(key=lambda c: c.surprisal)
+        return self._scorer.tokens_scored - before, candidates
 
     def _drop_sentences(self, plan: _Plan, target: int, counter: TokenCounter) -> int:
-        """Last resort: drop whole sentences, least relevant (or least central) first."""
+        """Last resort: keep the most relevant (or most central) whole sentences that fit.
+
+        Called with every droppable word dropped, so each sentence is measured at its
+        shortest. Sentences are taken most relevant first, each if it still fits
+        (``select_within_budget``), so one that cannot fit (a long quote or a list of
+        figures, never cut) leaves room for shorter ones instead of taking them with
+        it. Dropping the least relevant first until the target was met dropped a
+        short sentence that fitted before the long one that did not, and emptied
+        texts made of such sentences. Returns how many sentences it dropped.
+        """
         assert self._embedder is not None
-        kept = [s for s in plan.sentences if s.kept and not s.hard]
-        if not any(s.relevance for s in kept):
-            texts = [plan.texts[s.unit][s.start : s.end] for s in kept]
-            for s, score in zip(kept, centrality(self._embedder.embed(texts)), strict=True):
+        kept = [s for s in plan.sentences if s.kept]
+        movable = [s for s in kept if not s.hard]
+        if not any(s.relevance for s in movable):
+            texts = [plan.texts[s.unit][s.start : s.end] for s in movable]
+            for s, score in zip(movable, centrality(self._embedder.embed(texts)), strict=True):
                 s.relevance = score
+        keep = select_within_budget(
+            [s.relevance for s in kept],
+            [counter.count(plan.render_sentence(s)) for s in kept],
+            target,
+            forced=[s.hard for s in kept],
+        )
+        for s, keep_it in zip(kept, keep, strict=True):
+            s.kept = keep_it
+        # Sentence counts do not add up exactly to the text's: measure, and drop
+        # the least relevant kept sentence until the measure fits.
+        queue = sorted((s for s in movable if s.kept), key=lambda s: s.relevance)
+        while plan.cost(counter) > target and queue:
+            queue.pop(0).kept = False
+        return sum(not s.kept for s in kept)
+
+
+def _drop_words(
+    plan: _Plan, candidates: list[_Candidate], target: int, counter: TokenCounter
+) -> int:
+    """Drop ``candidates`` in order until the plan fits ``target``; returns its cost."""
+    cost, cursor = plan.cost(counter), 0
+    while cost > target and cursor < len(candidates):
+        deficit = cost - target
+        while deficit > 0 and cursor < len(candidates):  # estimate by word costs, then measure
+            candidates[cursor].word.dropped = True
+            deficit -= candidates[cursor].saving
+            cursor += 1
         cost = plan.cost(counter)
-        queue = sorted(kept, key=lambda s: s.relevance)
-        while cost > target and queue:
-            deficit = cost - target
-            while deficit > 0 and queue:  # estimate by sentence costs, then measure
-                sentence = queue.pop(0)
-                sentence.kept = False
-                deficit -= sentence.cost
-            cost = plan.cost(counter)
-        return cost
+    return cost
 
 
 def _overlaps(start: int, end: int, spans: list[Span], starts: list[int]) -> bool:

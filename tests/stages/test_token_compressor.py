@@ -178,3 +178,24 @@ def test_a_long_quote_is_kept_whole_or_dropped_whole(counter, lm, query):
         assert QUOTE in kept or '"' not in kept, rate
         if rate == 0.8:  # room for the whole quote next to the prose's compressed words
             assert QUOTE in kept
+
+
+def test_last_resort_keeps_the_sentences_that_fit(counter, lm):
+    """A short sentence before one too long to fit, both never cut: dropping the
+    least central first took the short one and then the long one, emptying the text."""
+    short = "Status: https://status.example.com/incidents/4821 ERR-5531. "
+    figures = "Readings: " + ", ".join(f"{i}.{i % 7}" for i in range(10, 70)) + "."
+    result = TokenCompressor(rate=0.5).run(context(short + figures), counter)
+    assert result.context.documents[0].text == short
+    assert result.report.counters["fallback_sentences_dropped"] == 1
+    assert result.report.counters["target_met"] == 1
+
+
+def test_last_resort_gives_kept_sentences_their_words_back(counter, lm):
+    """Once the sentence that could not fit is gone, the others fit verbatim: the
+    token pass had already cut them to their protected words ("Nobody")."""
+    plain = "The council then voted on the new budget for the parks. Nobody objected at all."
+    text = f"The mayor said: {QUOTE} {plain}"
+    result = TokenCompressor(rate=0.5).run(context(text), counter)
+    assert result.context.documents[0].text.strip() == plain
+    assert result.report.counters["words_dropped"] == 0
