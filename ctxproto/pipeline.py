@@ -31,7 +31,7 @@ from ctxproto.context import ChatRequest, Context
 from ctxproto.errors import ConfigError, StoreError, UsageError
 from ctxproto.limits import excerpt
 from ctxproto.prompt import AssembledPrompt
-from ctxproto.stages.base import Stage, StageReport, parameter_error
+from ctxproto.stages.base import Stage, StageReport
 from ctxproto.stages.registry import get_stage_class
 from ctxproto.tokens import HuggingFaceCounter, TokenCounter, get_counter
 
@@ -355,11 +355,11 @@ def _build_stage(
             exc.detail, file=source, key=f"{location}.type", expected=exc.expected
         ) from None
     try:
-        return stage_class.model_validate(parameters)
-    except ValidationError as exc:
-        raise parameter_error(
-            stage_class, exc, parameters, file=source, prefix=f"{location}.init_parameters"
-        ) from exc
+        # Built as from Python: the stage's own conversion names it and the key
+        # (``Stage.config_error``); here the key is placed in the file.
+        return stage_class(**parameters)
+    except ConfigError as exc:
+        raise _located(exc, source, f"{location}.init_parameters") from None
 
 
 def _located(error: ConfigError, source: str | None, prefix: str = "") -> ConfigError:

@@ -120,6 +120,14 @@ def test_bad_config_names_file_and_key(tmp_path, text, key, hint):
         assert hint in message
 
 
+@pytest.mark.parametrize("parameters", ["max_turns: -1", "max_tokns: 5"])
+def test_a_bad_stage_parameter_names_the_stage_once(tmp_path, parameters):
+    text = f"stages:\n  - type: recency_window\n    init_parameters:\n      {parameters}\n"
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(write(tmp_path, text))
+    assert str(info.value).count("stage 'recency_window':") == 1, str(info.value)
+
+
 def test_invalid_yaml_and_non_mapping(tmp_path):
     with pytest.raises(ConfigError, match="invalid YAML"):
         Pipeline.from_yaml(write(tmp_path, "stages: [unclosed\n"))
