@@ -19,6 +19,8 @@ with ``content=None``, as OpenAI sends it.
 from __future__ import annotations
 
 import json
+import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -56,6 +58,7 @@ from ctxproto.integrations._carried import (
 )
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
 from ctxproto.pipeline import Pipeline
+from ctxproto.runtime.backends.openai import OpenAIBackend
 from ctxproto.runtime.params import Completion, GenerationParams
 from ctxproto.stages.semantic_cache import SemanticCacheLookup
 from ctxproto.stores.chat_history import append_history, load_history
@@ -358,6 +361,14 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
     def _llm_type(self) -> str:
         return "ctxproto"
 
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        """What decides the answers: LangChain's LLM cache (``set_llm_cache``) keys
+        them by these, so two models over other backends or parameters never share
+        an answer (with none, every ``CtxprotoChatModel`` had one key)."""
+        generation = self.generation or GenerationParams()
+        return {"backend": _backend_key(self.backend), "generation": generation.model_dump()}
+
     def get_num_tokens(self, text: str) -> int:
         return get_counter(self.tokenizer).count(text)
 
@@ -404,6 +415,21 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
         """
         params = self.generation or GenerationParams()
         return GenerationParams(**{**params.model_dump(), "stop": stop}) if stop else params
+
+
+_BACKEND_KEYS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _backend_key(backend: Any) -> str:
+    """The backend as an LLM-cache key: its server and model for an ``OpenAIBackend``,
+    which answer alike in any process; for any other (an engine, a script), this very
+    object. A key of its own rather than ``id()``, which a later object may reuse."""
+    if isinstance(backend, OpenAIBackend):
+        return f"OpenAIBackend:{backend.base_url}:{backend.model}"
+    try:
+        return _BACKEND_KEYS.setdefault(backend, f"{type(backend).__qualname__}:{uuid.uuid4()}")
+    except TypeError:  # neither weakly referenceable nor hashable: kept for this call only
+        return f"{type(backend).__qualname__}:{uuid.uuid4()}"
 
 
 def _reported(completion: Completion) -> dict[str, Any]:

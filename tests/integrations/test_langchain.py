@@ -287,3 +287,27 @@ def test_turns_written_at_once_to_one_history_all_stay(tmp_path):
     assert len(messages) == 6 * 20 * 2  # a load then a save lost turns written between them
     asked = [m.content for m in messages if isinstance(m, HumanMessage)]
     assert sorted(asked) == sorted(f"{w}-{t}" for w in range(6) for t in range(20))
+
+
+def test_an_llm_cache_never_answers_one_model_with_anothers_reply():
+    from langchain_core.caches import InMemoryCache
+
+    from ctxproto.runtime import OpenAIBackend
+
+    cache = InMemoryCache()
+    paris = ScriptedBackend(lambda messages: "Paris is the capital.")
+    first = CtxprotoChatModel(backend=paris, cache=cache)
+    other_backend = CtxprotoChatModel(backend=ScriptedBackend(["Rome."]), cache=cache)
+    shorter = CtxprotoChatModel(backend=paris, generation={"max_new_tokens": 1}, cache=cache)
+    assert first.invoke("Capital?").content == "Paris is the capital."
+    assert first.invoke("Capital?").content == "Paris is the capital."
+    assert paris.calls == 1  # the second answer came from the cache
+    assert other_backend.invoke("Capital?").content == "Rome."
+    assert shorter.invoke("Capital?").content == "Paris"
+    server = OpenAIBackend("http://127.0.0.1:9", model="m")
+    same_server = OpenAIBackend("http://127.0.0.1:9", model="m")
+    assert (  # a server answers alike in any process, so a persistent cache may key by it
+        CtxprotoChatModel(backend=server)._get_llm_string()
+        == CtxprotoChatModel(backend=same_server)._get_llm_string()
+        != CtxprotoChatModel(backend=OpenAIBackend("http://127.0.0.1:9"))._get_llm_string()
+    )
