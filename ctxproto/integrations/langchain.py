@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ctxproto._extras import require
@@ -29,7 +29,7 @@ from ctxproto._extras import require
 require("langchain_core", extra="langchain")  # a missing extra named before the imports fail
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -45,6 +45,7 @@ from langchain_core.messages import ToolCall as LangChainToolCall
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
 from ctxproto.config import ConfigErrorModel
@@ -379,7 +380,7 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        completion = self.backend.generate(self._wire(messages), self._params(stop))
+        completion = self.backend.generate(self._wire(messages), self._params(stop, kwargs))
         message = AIMessage(completion.text, **_reported(completion))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -390,7 +391,7 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        deltas = self.backend.stream(self._wire(messages), self._params(stop))
+        deltas = self.backend.stream(self._wire(messages), self._params(stop, kwargs))
         try:
             for delta in deltas:
                 if run_manager is not None:
@@ -407,14 +408,36 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
     def _wire(messages: list[BaseMessage]) -> list[dict[str, Any]]:
         return [to_message(m).to_openai() for m in messages]
 
-    def _params(self, stop: list[str] | None) -> GenerationParams:
-        """``generation`` with the call's stop strings (``invoke(..., stop=[...])``, ``bind``).
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Refused: a ctxproto ``Backend`` answers in text and takes no tools, so this
+        model can neither call one nor answer ``with_structured_output``, which binds
+        its schema as a tool."""
+        raise UsageError(
+            "CtxprotoChatModel answers in text and cannot call tools (bind_tools, "
+            "with_structured_output): for tool calls, point langchain-openai's ChatOpenAI "
+            "at `ctxproto serve` in front of a server that supports them"
+        )
 
+    def _params(self, stop: list[str] | None, call: dict[str, Any]) -> GenerationParams:
+        """``generation`` with the call's own parameters: its stop strings
+        (``invoke(..., stop=[...])``, ``bind(stop=...)``) and any other field of
+        ``GenerationParams`` (``bind(max_new_tokens=64)``).
+
+        A key that is not such a field (``tools``, ``response_format``) is a
+        ``ConfigError`` naming it: ignored, it changed the answer without a word.
         Built anew, not ``model_copy``'d: a copy skips validation, and an empty stop
         string would end every answer before its first word.
         """
         params = self.generation or GenerationParams()
-        return GenerationParams(**{**params.model_dump(), "stop": stop}) if stop else params
+        if stop:
+            call = {**call, "stop": stop}
+        return GenerationParams(**{**params.model_dump(), **call}) if call else params
 
 
 _BACKEND_KEYS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()

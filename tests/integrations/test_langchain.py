@@ -311,3 +311,35 @@ def test_an_llm_cache_never_answers_one_model_with_anothers_reply():
         == CtxprotoChatModel(backend=same_server)._get_llm_string()
         != CtxprotoChatModel(backend=OpenAIBackend("http://127.0.0.1:9"))._get_llm_string()
     )
+
+
+def test_a_call_sets_generation_parameters_and_refuses_keys_it_cannot_honour():
+    backend = ScriptedBackend(lambda messages: "one two three")
+    model = CtxprotoChatModel(backend=backend, generation={"temperature": 0.5})
+    assert model.invoke("count", max_new_tokens=1).content == "one"
+    assert model.bind(max_new_tokens=2).invoke("count").content == "one two"
+    assert "".join(str(c.content) for c in model.stream("count", max_new_tokens=1)) == "one"
+    assert backend.requests[0].params.temperature == 0.5  # the model's own settings stay
+    asked = backend.calls
+    for call in (
+        lambda: model.bind(tools=[{"type": "function", "function": {"name": "f"}}]).invoke("x"),
+        lambda: model.invoke("count", response_format={"type": "json_object"}),
+        lambda: list(model.stream("count", max_tokens=1)),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            call()  # ignored, each changed the answer without a word
+        assert raised.value.key in ("tools", "response_format", "max_tokens")
+    assert backend.calls == asked
+
+
+def test_tools_and_structured_output_are_refused_with_a_usage_error():
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+
+    model = CtxprotoChatModel(backend=ScriptedBackend(["Oslo"]))
+    with pytest.raises(UsageError, match="cannot call tools"):
+        model.bind_tools([City])
+    with pytest.raises(UsageError, match="cannot call tools"):
+        model.with_structured_output(City)
