@@ -43,7 +43,6 @@ from langchain_core.messages import (
 )
 from langchain_core.messages import ToolCall as LangChainToolCall
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
@@ -233,13 +232,14 @@ def _tool_calls(message: AIMessage) -> list[ToolCall]:
     return calls
 
 
-class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMessage]]):
+class PipelineRunnable(Runnable[LanguageModelInput, list[BaseMessage]]):
     """A ``Pipeline`` as an LCEL step: messages in, the lean messages the pipeline assembled out.
 
     Use it where ``trim_messages`` goes, between a prompt and a chat model::
 
         chain = prompt | PipelineRunnable(pipeline) | chat_model
 
+    It reads its input as a chat model does (a string is one human message).
     Leading system messages become the system prompt, the last human message
     the query, the rest the history; the stages and the budget then apply as
     in any pipeline run (a tool call is never split from its result). A
@@ -273,7 +273,7 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
 
     def invoke(
         self,
-        input: Sequence[BaseMessage] | PromptValue,
+        input: LanguageModelInput,
         config: RunnableConfig | None = None,
         **kwargs: Any,
     ) -> list[BaseMessage]:
@@ -282,10 +282,10 @@ class PipelineRunnable(Runnable[Sequence[BaseMessage] | PromptValue, list[BaseMe
             lambda messages: self._trim(messages, configurable), input, config
         )
 
-    def _trim(
-        self, input: Sequence[BaseMessage] | PromptValue, configurable: dict[str, Any]
-    ) -> list[BaseMessage]:
-        messages = convert_to_messages(input)
+    def _trim(self, input: LanguageModelInput, configurable: dict[str, Any]) -> list[BaseMessage]:
+        # A string is one human message, as a chat model reads it: a sequence to
+        # convert_to_messages, it became one message per character.
+        messages = [HumanMessage(input)] if isinstance(input, str) else convert_to_messages(input)
         if not messages:  # nothing to trim: no messages, as ``trim_messages([])`` returns
             return []
         converted = to_messages(messages)

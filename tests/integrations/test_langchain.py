@@ -343,3 +343,13 @@ def test_tools_and_structured_output_are_refused_with_a_usage_error():
         model.bind_tools([City])
     with pytest.raises(UsageError, match="cannot call tools"):
         model.with_structured_output(City)
+
+
+def test_runnable_reads_a_string_as_one_human_message_as_a_chat_model_does():
+    backend = ScriptedBackend(lambda messages: "Hello.")
+    trimmer = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2)]))
+    assert [(type(m), m.content) for m in trimmer.invoke("Hi there")] == [
+        (HumanMessage, "Hi there")
+    ]
+    (trimmer | CtxprotoChatModel(backend=backend)).invoke("Hi there")
+    assert backend.requests[0].messages == [{"role": "user", "content": "Hi there"}]
