@@ -397,12 +397,20 @@ class CtxprotoLLM(ConfigErrorModel, CustomLLM):
     the bundled engine, ``OpenAIBackend``, or ``ScriptedBackend`` in tests.
     Chat messages go to the backend as chat messages; a completion prompt goes
     as one user message.
+
+    ``metadata`` tells LlamaIndex's prompt helper how much context fits:
+    ``context_window`` (the bundled model's by default; set another model's)
+    less the answer's room, ``num_output``, which is ``generation.max_new_tokens``
+    unless set. A fixed 256 let a query engine fill the room of a longer answer,
+    which the engine then cut short at the end of its window.
     """
 
     backend: Any = Field(description="A ctxproto Backend.")
     generation: GenerationParams | None = None
     context_window: int = Field(default=8192, ge=1)
-    num_output: int = Field(default=256, ge=1)
+    num_output: int | None = Field(
+        default=None, ge=1, description="The answer's room; generation.max_new_tokens if unset."
+    )
 
     @classmethod
     def class_name(cls) -> str:
@@ -410,9 +418,10 @@ class CtxprotoLLM(ConfigErrorModel, CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        answer = self.num_output or (self.generation or GenerationParams()).max_new_tokens
         return LLMMetadata(
             context_window=self.context_window,
-            num_output=self.num_output,
+            num_output=answer,
             is_chat_model=True,
             model_name="ctxproto",
         )

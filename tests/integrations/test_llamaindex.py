@@ -326,6 +326,18 @@ def test_a_generation_dict_is_read_as_generation_params():
     assert llm.complete("count").text == "one two"
 
 
+def test_llm_metadata_leaves_room_for_the_answer_generation_asks_for():
+    from llama_index.core.indices.prompt_helper import PromptHelper
+
+    backend = ScriptedBackend(lambda messages: "ok")
+    llm = CtxprotoLLM(backend=backend, generation={"max_new_tokens": 1024})
+    assert (llm.metadata.context_window, llm.metadata.num_output) == (8192, 1024)
+    assert PromptHelper.from_llm_metadata(llm.metadata).num_output == 1024
+    assert CtxprotoLLM(backend=backend).metadata.num_output == 256  # GenerationParams' default
+    assert CtxprotoLLM(backend=backend, num_output=64).metadata.num_output == 64
+    assert CtxprotoLLM(backend=backend).metadata.is_chat_model
+
+
 def test_llm_streams_a_completion_through_the_backend():
     llm = CtxprotoLLM(backend=ScriptedBackend(["one two three"]))
     responses = list(llm.stream_complete("count"))
