@@ -429,15 +429,38 @@ class CtxprotoChatModel(ConfigErrorModel, BaseChatModel):
         (``invoke(..., stop=[...])``, ``bind(stop=...)``) and any other field of
         ``GenerationParams`` (``bind(max_new_tokens=64)``).
 
+        LangChain's and OpenAI's names for the answer's length (``max_tokens``,
+        ``max_completion_tokens``) set ``max_new_tokens``, as the proxy reads them.
         A key that is not such a field (``tools``, ``response_format``) is a
         ``ConfigError`` naming it: ignored, it changed the answer without a word.
         Built anew, not ``model_copy``'d: a copy skips validation, and an empty stop
         string would end every answer before its first word.
         """
         params = self.generation or GenerationParams()
+        call = _length_as_max_new_tokens(call)
         if stop:
             call = {**call, "stop": stop}
         return GenerationParams(**{**params.model_dump(), **call}) if call else params
+
+
+_LENGTH_KEYS = ("max_tokens", "max_completion_tokens")
+
+
+def _length_as_max_new_tokens(call: dict[str, Any]) -> dict[str, Any]:
+    """``call`` with its answer length under ``max_new_tokens``; two lengths that
+    disagree are a ``ConfigError`` naming the second, rather than one picked."""
+    out = {k: v for k, v in call.items() if k not in _LENGTH_KEYS}
+    for key in _LENGTH_KEYS:
+        if call.get(key) is None:
+            continue
+        if out.get("max_new_tokens", call[key]) != call[key]:
+            raise ConfigError(
+                f"{call[key]} disagrees with max_new_tokens={out['max_new_tokens']}",
+                key=key,
+                expected="one answer length",
+            )
+        out["max_new_tokens"] = call[key]
+    return out
 
 
 _BACKEND_KEYS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()

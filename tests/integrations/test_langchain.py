@@ -324,12 +324,20 @@ def test_a_call_sets_generation_parameters_and_refuses_keys_it_cannot_honour():
     for call in (
         lambda: model.bind(tools=[{"type": "function", "function": {"name": "f"}}]).invoke("x"),
         lambda: model.invoke("count", response_format={"type": "json_object"}),
-        lambda: list(model.stream("count", max_tokens=1)),
+        lambda: list(model.stream("count", max_new_tokens=1, max_tokens=2)),
     ):
         with pytest.raises(ConfigError) as raised:
             call()  # ignored, each changed the answer without a word
         assert raised.value.key in ("tools", "response_format", "max_tokens")
     assert backend.calls == asked
+
+
+def test_a_call_s_max_tokens_is_the_answer_length_as_on_other_chat_models():
+    model = CtxprotoChatModel(backend=ScriptedBackend(lambda messages: "one two three"))
+    assert model.invoke("count", max_tokens=1).content == "one"
+    assert model.bind(max_completion_tokens=2).invoke("count").content == "one two"
+    assert "".join(str(c.content) for c in model.stream("count", max_tokens=1)) == "one"
+    assert model.invoke("count", max_tokens=2, max_new_tokens=2).content == "one two"
 
 
 def test_tools_and_structured_output_are_refused_with_a_usage_error():
