@@ -145,8 +145,8 @@ class TokenCompressor(Stage):
         target = math.ceil(total * self.rate)
         if self.max_tokens is not None:
             target = min(target, self.max_tokens)
-        if total <= target:
-            return Transformed(context, {"target_tokens": target, "kept_tokens": total})
+        if total <= target:  # nothing to drop: the same counters, as a report reader expects
+            return Transformed(context, {**dict.fromkeys(_COUNTERS, 0), **_met(target, total)})
         plan = self._plan(units, counter)
         query = context.query_text.strip()
         if query:
@@ -172,9 +172,7 @@ class TokenCompressor(Stage):
         return Transformed(
             rebuild_context(context, units, texts),
             {
-                "target_tokens": target,
-                "kept_tokens": kept,
-                "target_met": int(kept <= target),
+                **_met(target, kept),
                 "sentences_dropped": sum(not s.kept for s in plan.sentences),
                 "fallback_sentences_dropped": fallback_dropped,
                 "words_dropped": sum(w.dropped for s in plan.sentences for w in s.words),
@@ -336,3 +334,20 @@ def _parseable(text: str) -> bool:
     letters = [c for c in text if c.isalpha()]
     latin = sum(1 for c in letters if ord(c) < 0x250)
     return not letters or latin >= 0.9 * len(letters)
+
+
+_COUNTERS = (
+    "target_tokens",
+    "kept_tokens",
+    "target_met",
+    "sentences_dropped",
+    "fallback_sentences_dropped",
+    "words_dropped",
+    "lm_tokens_scored",
+    "sentence_level_units",
+)
+"""Every counter the stage reports, on every run."""
+
+
+def _met(target: int, kept: int) -> dict[str, int]:
+    return {"target_tokens": target, "kept_tokens": kept, "target_met": int(kept <= target)}

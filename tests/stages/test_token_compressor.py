@@ -98,6 +98,11 @@ def test_text_already_under_target_is_left_alone(counter):
     stage = TokenCompressor(rate=0.9)
     result = stage.run(context("Hi."), counter)
     assert result.context.documents[0].text == "Hi."
+    # the same counters as a run that compressed, so a report reader needs no special case
+    compressed = stage.run(context(TEXT), counter).report.counters
+    assert set(result.report.counters) == set(compressed)
+    assert result.report.counters["target_met"] == 1
+    assert result.report.counters["words_dropped"] == 0
 
 
 def test_pinned_documents_are_untouched(counter):
