@@ -45,11 +45,23 @@ class McpEndpoint:
 
     @asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
-        async with self.app.session_manager.run():
-            try:
+        """Runs the MCP sessions while the app serves; on stop, ends them, then closes the
+        service's stores.
+
+        In that order: a tool call runs in its session's task, not in the HTTP
+        request that asked for it, so a call whose client left (or whose request the
+        server's grace ended) may still be writing when the app stops. The requests
+        in flight have had the server's grace by then; stopping the session manager
+        cancels its tasks and waits for the work each runs in a worker thread, which
+        is never abandoned (``anyio.to_thread``), so nothing runs on the stores when
+        they close. Closed first, a ``remember`` wrote its row and then failed on the
+        stopped background worker, and a ``forget`` could stop half done.
+        """
+        try:
+            async with self.app.session_manager.run():
                 yield
-            finally:
-                self.service.close()
+        finally:
+            self.service.close()
 
 
 def mcp_endpoint(state: ProxyState) -> McpEndpoint:

@@ -4,9 +4,11 @@ client, bearer-key tenants, and the same stores as the proxy."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,8 +19,16 @@ import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from ctxproto.serve import ProxyState, ServerThread, create_app, load_serve_config
+from ctxproto.serve import (
+    ContextFlow,
+    ProxyState,
+    RemoteUpstream,
+    ServerThread,
+    create_app,
+    load_serve_config,
+)
 from ctxproto.serve.envelope import APIError
+from ctxproto.stores.session_state import SessionStateStore
 from tests.mcp.conftest import build_knowledge, text_of
 
 
@@ -189,11 +199,78 @@ def test_two_http_clients_writing_one_session_lose_nothing(server: ServerThread)
 
 
 def test_the_runtime_model_server_has_no_mcp_endpoint() -> None:
-    from ctxproto.serve import ContextFlow, RemoteUpstream
-
     state = ProxyState(
         flow=ContextFlow(None), upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m")
     )
     with_mcp = {getattr(r, "path", None) for r in create_app(state).routes}
     without = {getattr(r, "path", None) for r in create_app(state, mcp_server=False).routes}
     assert "/mcp" in with_mcp and "/mcp" not in without
+
+
+class _GatedStore(SessionStateStore):
+    """A session store whose writes, once armed, wait until the test lets them through."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.armed = False
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+        self.written: list[tuple[str, str]] = []
+
+    def put(self, tenant_id: str, session_id: str, state: dict[str, Any]) -> None:
+        if self.armed:
+            self.written.append((tenant_id, session_id))
+            self.writing.set()
+            self.go_on.wait(10)
+        super().put(tenant_id, session_id, state)
+
+
+def test_a_call_whose_client_left_finishes_before_the_stores_close(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Stopping the server closed the service's stores before the MCP sessions: a
+    ``remember`` still running (its client gone) wrote its row, then failed on the
+    stopped background worker, so the entry was never embedded."""
+    store = _GatedStore(tmp_path / "sessions")
+    state = ProxyState(
+        flow=ContextFlow(None, store=store),
+        upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m"),
+    )
+    server = ServerThread(create_app(state)).start()
+    url = f"{server.base_url}/mcp"
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2025-06-18",
+    }
+    try:
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
+        opened = httpx.post(
+            url,
+            headers=headers,
+            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        )
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        httpx.post(
+            url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+        )
+        store.armed = True
+        call = {"name": "remember", "arguments": {"session_id": "s", "text": "the code is 4711"}}
+        with pytest.raises(httpx.ReadTimeout):  # the client leaves while the row is written
+            httpx.post(
+                url,
+                headers=headers,
+                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+                timeout=httpx.Timeout(10, read=0.5),
+            )
+        assert store.writing.wait(10)
+    finally:
+        # The write goes on once the server is stopping: before, the stores closed under it.
+        threading.Timer(1.0, store.go_on.set).start()
+        server.close()
+        store.close()
+    ((tenant, row_id),) = store.written
+    reopened = SessionStateStore(tmp_path / "sessions")
+    row = reopened.get(tenant, row_id)
+    reopened.close()
+    assert row is not None and row["text"] == "the code is 4711"
+    assert row.get("vector"), "the work that follows the write did not run"
