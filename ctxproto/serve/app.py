@@ -19,7 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -27,14 +27,13 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
 from ctxproto.errors import CtxprotoError
-from ctxproto.serve.answer import AnswerAccumulator, replay_chunks
+from ctxproto.serve.answer import replay_chunks
 from ctxproto.serve.body import parse_body, parse_chat_request, read_json_body
-from ctxproto.serve.envelope import APIError, error_payload, error_response, to_api_error
+from ctxproto.serve.envelope import APIError, error_response, to_api_error
 from ctxproto.serve.flow import Turn
 from ctxproto.serve.health import OK, STORE_TIMEOUT_S, StoreHealth
 from ctxproto.serve.protocol import (
@@ -47,10 +46,10 @@ from ctxproto.serve.protocol import (
     ModelList,
     ResponseMessage,
     Usage,
-    completion_id,
 )
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import conversation_session, named_session
+from ctxproto.serve.turn_stream import TurnStream
 
 if TYPE_CHECKING:
     from ctxproto.mcp.http import McpEndpoint
@@ -229,17 +228,20 @@ async def _chat_completions(request: Request) -> Response:
         forward = {**body, "messages": turn.messages}
         if chat.stream:
             with state.cutoff.guard():
-                chunks = await _open_stream(state, turn, forward, model, chat.include_usage)
+                source = await _open_stream(state, turn, forward, model)
             streamed = turn
 
             def release() -> None:
                 state.flow.release(streamed)
                 state.tenants.leave(tenant)
 
-            response: Response = _ReleasingStream(
-                _guarded(state, chunks),
+            response: Response = TurnStream(
+                state,
+                turn,
+                source,
+                model=model,
+                include_usage=chat.include_usage,
                 release=release,
-                media_type="text/event-stream",
                 headers={**_turn_headers(turn), "cache-control": "no-cache"},
             )
             streaming = True  # the stream releases the session and the tenant slot
@@ -340,97 +342,17 @@ def _cached_response(state: ProxyState, turn: Turn, model: str) -> ChatCompletio
 
 
 async def _open_stream(
-    state: ProxyState, turn: Turn, forward: dict[str, Any], model: str, include_usage: bool
+    state: ProxyState, turn: Turn, forward: dict[str, Any], model: str
 ) -> AsyncIterator[ChatCompletionChunk]:
-    """Upstream chunks (or a replayed hit) restamped with one id, created time and model."""
+    """The upstream's chunks, or a semantic-cache hit replayed as a stream."""
     if turn.answer is not None:
         response = _cached_response(state, turn, model)
-        source = replay_chunks(response.choices[0].message.content or "", response.usage)
-    else:
-        source = await state.upstream.stream(
-            forward, tenant=turn.tenant, cache_messages=turn.cache_messages
-        )
-        await _count(state, turn)
-    return _restamped(state, turn, source, model, include_usage)
-
-
-async def _restamped(
-    state: ProxyState,
-    turn: Turn,
-    source: AsyncIterator[ChatCompletionChunk],
-    model: str,
-    include_usage: bool,
-) -> AsyncIterator[ChatCompletionChunk]:
-    chunk_id, created = completion_id(), int(time.time())
-    answer = AnswerAccumulator()
-    started = time.perf_counter()
-    usage = Usage()
-    try:
-        async for chunk in source:
-            chunk.id, chunk.created, chunk.model = chunk_id, created, model
-            answer.add(chunk)
-            if chunk.usage is not None:
-                usage = chunk.usage
-                if not include_usage:
-                    if not chunk.choices:
-                        continue
-                    chunk.usage = None
-            yield chunk
-    finally:
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    if turn.answer is None:
-        state.metrics.upstream_latency.labels(stream="true").observe(time.perf_counter() - started)
-    state.record(turn, usage)
-    # The whole answer came: file it whole (cache, then history), whatever cancels
-    # the stream meanwhile (the client leaving, the shutdown cutoff), never half.
-    with anyio.CancelScope(shield=True):
-        await state.flow.finish(
-            turn, answer.message(), answer.finish_reason, usage.completion_tokens or None
-        )
-
-
-class _ReleasingStream(StreamingResponse):
-    """A stream that frees its turn's session and tenant slot however it ends.
-
-    Done here rather than in the body generator: a client that disconnects before
-    the first chunk leaves the generator unstarted, and its ``finally`` never runs.
-    """
-
-    def __init__(
-        self, content: AsyncIterator[bytes], *, release: Callable[[], None], **options: Any
-    ) -> None:
-        super().__init__(content, **options)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
-
-
-async def _guarded(
-    state: ProxyState, chunks: AsyncIterator[ChatCompletionChunk]
-) -> AsyncIterator[bytes]:
-    """SSE bytes; a failure mid-stream is sent as an error event and ends the stream.
-
-    So is the server's shutdown cutoff (``ShutdownCutoff``): the wait for each
-    chunk is guarded, never the ``yield`` (a cancel scope must not span one).
-    """
-    try:
-        while True:
-            with state.cutoff.guard():
-                chunk = await anext(chunks, None)
-            if chunk is None:
-                break
-            yield chunk.sse()
-        yield b"data: [DONE]\n\n"
-    except CtxprotoError as exc:
-        error = to_api_error(exc)
-        state.metrics.errors.labels(code=error.code).inc()
-        yield b"data: " + error_payload(error).model_dump_json().encode() + b"\n\n"
+        return replay_chunks(response.choices[0].message.content or "", response.usage)
+    source = await state.upstream.stream(
+        forward, tenant=turn.tenant, cache_messages=turn.cache_messages
+    )
+    await _count(state, turn)
+    return source
 
 
 async def _count(state: ProxyState, turn: Turn) -> None:

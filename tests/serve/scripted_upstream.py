@@ -10,7 +10,9 @@ in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
 a surrogate pair, as a server counting UTF-16 units may split an emoji),
 ``STALL <seconds>`` (send the headers and the first bytes of a whole answer, then
 wait), ``NULLDETAILS`` (usage details null, as a server dumping the openai SDK's own
-usage objects sends them). An answer longer than
+usage objects sends them), ``LINGER <seconds>`` (wait after the chunk with the
+finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
+event after the finish reason, in place of ``[DONE]``). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
 gets is recorded.
 """
@@ -100,8 +102,9 @@ class ScriptedUpstream:
             # json.dumps escapes what is not ASCII (half a surrogate pair too).
             return Response(json.dumps(whole), media_type="application/json")
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
+        linger = float(command[1]) if command[:1] == ["LINGER"] else 0.0
         return StreamingResponse(
-            self._events(base, message, finish, usage, body, delay, command[:1]),
+            self._events(base, message, finish, usage, body, delay, linger, command[:1]),
             media_type="text/event-stream",
         )
 
@@ -113,6 +116,7 @@ class ScriptedUpstream:
         usage: dict[str, Any],
         body: dict[str, Any],
         delay: float,
+        linger: float,
         command: list[str],
     ) -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
@@ -159,6 +163,10 @@ class ScriptedUpstream:
                 self.chunks_sent += 1
                 yield _sse(chunk({"content": word if index == 0 else " " + word}))
         yield _sse(chunk({}, finish))
+        await asyncio.sleep(linger)
+        if command == ["LATEFAIL"]:
+            yield _sse({"error": {"message": "scripted failure", "type": "server_error"}})
+            return
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
