@@ -60,7 +60,7 @@ from ctxproto.stores.vector_index import (
 )
 from ctxproto.stores.vector_store import FORMAT_VERSION, StoreHit
 
-__all__ = ["DEFAULT_TABLE", "MANIFEST_TABLE", "PgVectorStore"]
+__all__ = ["DEFAULT_TABLE", "MANIFEST_TABLE", "PgVectorStore", "table_name"]
 
 DEFAULT_TABLE = "ctxproto_chunks"
 MANIFEST_TABLE = "ctxproto_vector_manifest"
@@ -94,7 +94,7 @@ class PgVectorStore:
         ``max_parallel_maintenance_workers`` (2 by default)."""
         self.url = redact_url(url)
         self._secrets = url_secrets(url)
-        self.table = _table_of(url)
+        self.table = table_name(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
         self._table_seen = False
@@ -117,7 +117,7 @@ class PgVectorStore:
     def exists(cls, url: str, *, connect_timeout: float = 5.0) -> bool:
         """Whether ``url`` names a store that ``save`` has written."""
         psycopg = require("psycopg", extra="postgres")
-        table = _table_of(url)
+        table = table_name(url)
         with (
             _errors_named(redact_url(url), url_secrets(url)),
             psycopg.connect(_conninfo(url), connect_timeout=max(1, round(connect_timeout))) as conn,
@@ -546,7 +546,7 @@ def _errors_named(
         raise StoreError(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
 
 
-def _table_of(url: str) -> str:
+def table_name(url: str) -> str:
     """The ``table`` query parameter of ``url`` (checked: it is spliced into SQL)."""
     table = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)).get("table", DEFAULT_TABLE)
     if not _TABLE_NAME.fullmatch(table) or table == MANIFEST_TABLE:

@@ -264,9 +264,7 @@ class ContextService:
         store ``ctxproto index`` built is opened: ``KnowledgeBase`` starts an empty
         one where there is none, which would answer every search with nothing.
         """
-        if self.config.knowledge is None:
-            raise ConfigError("no knowledge store is configured", key="mcp.knowledge")
-        location = self.config.knowledge.replace("{tenant}", tenant)
+        location = self.config.knowledge_location(tenant)
         with self._lock:
             knowledge = self._knowledge.get(location)
             if knowledge is None:

@@ -10,10 +10,20 @@ an error message.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ctxproto.config import (
     PipelineConfig,
@@ -25,6 +35,8 @@ from ctxproto.errors import ConfigError
 from ctxproto.runtime.engine import QuantizeMode
 from ctxproto.runtime.radix_cache import Eviction
 from ctxproto.stages.folders import FolderOrRedisURL
+from ctxproto.stores.pgvector_store import table_name
+from ctxproto.stores.store_url import store_location
 
 __all__ = [
     "LimitsConfig",
@@ -34,12 +46,37 @@ __all__ = [
     "ServeConfig",
     "SessionConfig",
     "TenantConfig",
+    "TenantId",
+    "check_tenant_id",
     "load_serve_config",
 ]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_TENANT_ID = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
+"""A tenant id: letters, digits, ``_``, ``-`` and ``.``, a dot neither first nor last.
+
+An id becomes a folder name (``mcp.knowledge: stores/{tenant}/kb``): ``..``
+would be the folder above every tenant's, ``.`` the folder of them all, and
+Windows drops a trailing dot, so ``acme.`` would be ``acme``'s folder. No
+``:``, so ``mcp:{tenant}`` (``ctxproto.mcp.service``) is never a tenant's own
+cache namespace."""
+
+_TENANT_ID_RULE = "letters, digits, '_', '-' and '.', with no '.' first or last"
+
+
+def check_tenant_id(value: str) -> str:
+    """``value`` unchanged when it matches ``_TENANT_ID``; else a ``ValueError`` saying why
+    (the config reader adds the value)."""
+    if not _TENANT_ID.fullmatch(value):
+        raise ValueError(f"not a tenant id ({_TENANT_ID_RULE})")
+    return value
+
+
+TenantId = Annotated[str, AfterValidator(check_tenant_id)]
 
 
 class LocalUpstreamConfig(_Section):
@@ -100,7 +137,7 @@ UpstreamConfig = Annotated[LocalUpstreamConfig | RemoteUpstreamConfig, Field(dis
 class TenantConfig(_Section):
     """One API key and the tenant it stands for; exactly one of the key fields."""
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: TenantId
     key: SecretStr | None = None
     key_env: str | None = None
     key_file: str | None = None
@@ -151,9 +188,8 @@ McpToolName = Literal[
 class McpConfig(_Section):
     """The MCP server (``ctxproto mcp``, and ``/mcp`` inside ``ctxproto serve``)."""
 
-    tenant: str = Field(
+    tenant: TenantId = Field(
         default="default",
-        pattern=r"^[A-Za-z0-9_.-]+$",
         description="The tenant of a stdio server; over HTTP the bearer key decides.",
     )
     output_tokens: int = Field(default=4000, gt=0, description="Default cap on a tool's output.")
@@ -177,6 +213,51 @@ class McpConfig(_Section):
         """The output cap of ``tool`` in tokens."""
         return self.tool_output_tokens.get(tool, self.output_tokens)
 
+    @field_validator("knowledge")
+    @classmethod
+    def _knowledge_store(cls, value: str | None) -> str | None:
+        """A location a knowledge store can be at, whichever tenant fills in ``{tenant}``."""
+        if value is not None:
+            _knowledge_store_of(value, "default")
+        return value
+
+    def knowledge_location(self, tenant: str) -> str:
+        """``knowledge`` with ``{tenant}`` filled in: the tenant's own store, never another's.
+
+        A ``ConfigError`` for a tenant id the config would refuse (``..`` made a
+        folder outside ``stores/``), or one that makes no usable table name.
+        """
+        if self.knowledge is None:
+            raise ConfigError("no knowledge store is configured", key="mcp.knowledge")
+        try:
+            check_tenant_id(tenant)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}, got {tenant!r}", key="tenant") from None
+        try:
+            return _knowledge_store_of(self.knowledge, tenant)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, key="mcp.knowledge", expected=exc.expected) from None
+
+
+def _knowledge_store_of(template: str, tenant: str) -> str:
+    """``template`` for ``tenant``, checked as a knowledge store's location.
+
+    A ``ConfigError`` without a key: the caller knows whether the template or
+    the tenant id is to blame.
+    """
+    location = template.replace("{tenant}", tenant)
+    kind = store_location(location)
+    if kind == "redis":
+        raise ConfigError(
+            "a knowledge store is a folder or a postgresql:// URL, not a Redis server"
+        )
+    if kind == "postgresql":
+        try:
+            table_name(location)
+        except ConfigError as exc:  # keyed 'store' there: the caller names the key
+            raise ConfigError(exc.detail, expected=exc.expected) from None
+    return location
+
 
 class ServeConfig(_Section):
     """The whole serve config file."""
@@ -190,6 +271,38 @@ class ServeConfig(_Section):
     sessions: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
+
+    @model_validator(mode="after")
+    def _tenants_keep_their_own_knowledge(self) -> ServeConfig:
+        """Each tenant id, put in ``mcp.knowledge``, names a store of that tenant alone.
+
+        Checked when the file loads, so an id the location cannot take is a
+        ``ConfigError`` naming it, not a failing tool call once that tenant asks.
+        """
+        template = self.mcp.knowledge
+        if template is None or "{tenant}" not in template:
+            return self
+        named = [(f"tenants[{i}].id", t.id) for i, t in enumerate(self.tenants)]
+        named.append(("mcp.tenant", self.mcp.tenant))
+        seen: dict[str, tuple[str, str]] = {}
+        for key, tenant in named:
+            try:
+                _knowledge_store_of(template, tenant)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"with this tenant id, mcp.knowledge is not usable: {exc.detail}",
+                    key=key,
+                    expected=exc.expected,
+                ) from None
+            other_key, other = seen.setdefault(tenant.casefold(), (key, tenant))
+            if other != tenant and store_location(template) == "path":
+                raise ConfigError(
+                    f"'{tenant}' differs from {other_key} '{other}' only in case: on a "
+                    "case-insensitive file system (macOS, Windows) both tenants would "
+                    "read one knowledge folder",
+                    key=key,
+                )
+        return self
 
     def tenant_keys(self, source: str | None = None) -> dict[str, TenantConfig]:
         """API key -> tenant; a missing env var or key file is a ``ConfigError``."""

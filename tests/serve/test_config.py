@@ -197,3 +197,64 @@ def test_a_serve_file_run_as_a_pipeline_says_how_to_start_it():
     with pytest.raises(ConfigError) as info:
         Pipeline.from_yaml(EXAMPLES / "proxy.yaml")
     assert info.value.key == "pipeline" and "ctxproto serve" in str(info.value)
+
+
+@pytest.mark.parametrize("tenant", [".", "..", ".hidden", "acme."])
+def test_a_tenant_id_that_names_no_folder_of_its_own_is_refused(tmp_path, tenant):
+    """With `knowledge: stores/{tenant}/kb`, tenant `..` read the folder above every tenant's."""
+    path = write(
+        tmp_path,
+        f"tenants: [{{id: a, key: k1}}, {{id: '{tenant}', key: k2}}]\n"
+        "mcp: {knowledge: 'stores/{tenant}/kb'}\n",
+    )
+    with pytest.raises(ConfigError, match="not a tenant id") as info:
+        load_serve_config(path)
+    assert info.value.key == "tenants[1].id" and info.value.file == path
+
+
+def test_the_stdio_tenant_is_checked_as_the_tenants_are(tmp_path):
+    path = write(tmp_path, "mcp: {tenant: '..', knowledge: 'stores/{tenant}/kb'}\n")
+    with pytest.raises(ConfigError, match="not a tenant id") as info:
+        load_serve_config(path)
+    assert info.value.key == "mcp.tenant"
+
+
+def test_a_tenant_reaches_its_own_knowledge_folder_only():
+    from ctxproto.serve.config import McpConfig
+
+    config = McpConfig(knowledge="stores/{tenant}/kb")
+    assert config.knowledge_location("acme.eu") == "stores/acme.eu/kb"
+    with pytest.raises(ConfigError, match="not a tenant id") as info:
+        config.knowledge_location("..")  # a tenant given by code, not by a config file
+    assert info.value.key == "tenant"
+
+
+def test_tenant_ids_one_case_apart_never_share_a_knowledge_folder(tmp_path):
+    """On macOS and Windows `stores/Acme/kb` is `stores/acme/kb`."""
+    text = "tenants: [{id: acme, key: k1}, {id: Acme, key: k2}]\n"
+    with pytest.raises(ConfigError, match="only in case") as info:
+        load_serve_config(write(tmp_path, text + "mcp: {knowledge: 'stores/{tenant}/kb'}\n"))
+    assert info.value.key == "tenants[1].id"
+    # With one store for every tenant, the ids may differ in case alone.
+    load_serve_config(write(tmp_path, text + "mcp: {knowledge: 'stores/kb'}\n"))
+
+
+def test_a_tenant_id_no_postgresql_table_can_be_named_by_is_refused(tmp_path):
+    """`?table=kb_{tenant}` with tenant `Acme-Corp` failed each search, not the start."""
+    knowledge = "postgresql://kb:s3cret@db/ctx?table=kb_{tenant}"
+    path = write(
+        tmp_path,
+        "tenants: [{id: acme_eu, key: k1}, {id: Acme-Corp, key: k2}]\n"
+        f"mcp: {{knowledge: '{knowledge}'}}\n",
+    )
+    with pytest.raises(ConfigError, match="'kb_Acme-Corp'") as info:
+        load_serve_config(path)
+    assert info.value.key == "tenants[1].id" and "s3cret" not in str(info.value)
+    assert "lowercase letters, digits and _" in str(info.value)
+
+
+def test_a_knowledge_table_no_tenant_can_fill_in_is_refused(tmp_path):
+    path = write(tmp_path, "mcp: {knowledge: 'postgresql://kb:s3cret@db/ctx?table=KB_{tenant}'}\n")
+    with pytest.raises(ConfigError, match="invalid table name") as info:
+        load_serve_config(path)
+    assert info.value.key == "mcp.knowledge" and "s3cret" not in str(info.value)
