@@ -51,7 +51,7 @@ from ctxproto._extras import require
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.docstore import MetadataFilter, filter_key
-from ctxproto.stores.store_url import redact_url, scrub_secrets, url_secrets
+from ctxproto.stores.store_url import check_credentials, redact_url, scrub_secrets, url_secrets
 from ctxproto.stores.vector_index import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
@@ -94,6 +94,7 @@ class PgVectorStore:
         ``max_parallel_maintenance_workers`` (2 by default)."""
         self.url = redact_url(url)
         self._secrets = url_secrets(url)
+        check_credentials(url)
         self.table = table_name(url)
         self._vectors: dict[int, npt.NDArray[np.float32]] = {}
         self._writer: Any = None
@@ -117,6 +118,7 @@ class PgVectorStore:
     def exists(cls, url: str, *, connect_timeout: float = 5.0) -> bool:
         """Whether ``url`` names a store that ``save`` has written."""
         psycopg = require("psycopg", extra="postgres")
+        check_credentials(url)
         table = table_name(url)
         with (
             _errors_named(redact_url(url), url_secrets(url)),

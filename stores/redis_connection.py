@@ -20,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.store_url import redact_url, scrub_secrets, url_secrets
+from ctxproto.stores.store_url import check_credentials, redact_url, scrub_secrets, url_secrets
 
 __all__ = ["RedisConnection", "glob_escape", "key_part"]
 
@@ -34,6 +34,7 @@ class RedisConnection:
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.name = redact_url(url)
         self._secrets = url_secrets(url)
+        check_credentials(url)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 url,

@@ -14,7 +14,14 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ctxproto.errors import ConfigError
 
-__all__ = ["StoreLocation", "redact_url", "scrub_secrets", "store_location", "url_secrets"]
+__all__ = [
+    "StoreLocation",
+    "check_credentials",
+    "redact_url",
+    "scrub_secrets",
+    "store_location",
+    "url_secrets",
+]
 
 StoreLocation = Literal["path", "postgresql", "redis"]
 
@@ -30,7 +37,8 @@ def store_location(location: str) -> StoreLocation:
     """``"postgresql"`` or ``"redis"`` for a server URL, ``"path"`` for a path.
 
     A URL of any other scheme is a ``ConfigError``: read as a path, ``s3://bucket``
-    would quietly become a local folder named ``s3:``.
+    would quietly become a local folder named ``s3:``. So is one whose password
+    is not percent-encoded (``check_credentials``).
     """
     scheme, separator, _ = location.partition("://")
     if not separator:
@@ -38,7 +46,58 @@ def store_location(location: str) -> StoreLocation:
     kind = _SCHEMES.get(scheme.lower())
     if kind is None:
         raise ConfigError(f"no store lives at a '{scheme}://' URL")
+    check_credentials(location)
     return kind
+
+
+def check_credentials(url: str) -> None:
+    """A ``ConfigError`` when ``url``'s user name or password holds an unencoded
+    ``/``, ``?``, ``#`` or ``@``, which makes the URL read otherwise.
+
+    Generated passwords often hold them (base64 has ``/``). ``redis://:s3cr/et@host/0``
+    reads as host ``""`` with port ``s3cr``, and the drivers then quote that
+    part of the password in their errors; a ``#`` also ended the URL where a
+    Redis cache's name begins. The message shows no part of the password.
+    """
+    if _credentials_cut(url):
+        raise ConfigError(
+            f"the user name or password in {redact_url(url)} holds a '/', '?', '#' or '@' "
+            "that is not percent-encoded, so the URL does not read as meant",
+            expected="them percent-encoded: / as %2F, ? as %3F, # as %23, @ as %40",
+        )
+
+
+def _credentials_cut(url: str) -> bool:
+    """Whether an unencoded character of the user part moved the URL's host.
+
+    Only a URL that reads as no valid server is taken to be cut: one with an
+    ``@`` in its path, in a query parameter's name or (PostgreSQL) in its
+    fragment, a host part that is no ``host:port``, or (PostgreSQL) two ``@``
+    in its host part, which libpq splits at the first, urllib at the last. An
+    ``@`` in a query value (``?user=me@server``) or a Redis cache name
+    (``#team@eu``) after a valid host is left as written.
+    """
+    scheme, _, rest = url.partition("://")
+    if "@" not in rest:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # shown as unparsable, never in part
+        return False
+    netloc = parts.netloc
+    postgresql = _SCHEMES.get(scheme.lower()) == "postgresql"
+    if "@" in netloc:
+        return postgresql and netloc.count("@") > 1
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        return True
+    return (
+        "@" in parts.path
+        or (":" in netloc and not parts.hostname)
+        or any("@" in item.partition("=")[0] for item in parts.query.split("&"))
+        or (postgresql and "@" in parts.fragment)
+    )
 
 
 # Query parameters that carry a secret: libpq and redis-py both read a password there.
@@ -49,13 +108,20 @@ def redact_url(url: str) -> str:
     """``url`` with every password replaced by ``***``, fit for messages and logs.
 
     A password may sit in the user part (``user:secret@host``) or in the query
-    (``?password=secret``); both are masked.
+    (``?password=secret``); both are masked. When an unencoded character cut
+    the user part short (``check_credentials``), all of it up to the last ``@``
+    is masked.
     """
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable store URL>"
+    if "@" not in parts.netloc and _credentials_cut(url):
+        scheme, _, rest = url.partition("://")
+        user = rest.partition(":")[0]
+        shown = "***" if any(c in user for c in "/?#@") else f"{user}:***"
+        return redact_url(f"{scheme}://{shown}@{rest.rpartition('@')[2]}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     secret_in_query = any(key.lower() in _SECRET_PARAMETERS for key, _ in query)
     if not password and not secret_in_query:
@@ -77,6 +143,8 @@ def url_secrets(url: str) -> list[str]:
         password = parts.password
     except ValueError:
         return []
+    if "@" not in parts.netloc and _credentials_cut(url):
+        password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
     found = [unquote(password)] if password else []
     found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMETERS and v]
     return found

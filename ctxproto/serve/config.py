@@ -218,6 +218,7 @@ class McpConfig(_Section):
     def _knowledge_store(cls, value: str | None) -> str | None:
         """A location a knowledge store can be at, whichever tenant fills in ``{tenant}``."""
         if value is not None:
+            store_location(value)  # a password cut short is named as written
             _knowledge_store_of(value, "default")
         return value
 

@@ -258,3 +258,18 @@ def test_a_knowledge_table_no_tenant_can_fill_in_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="invalid table name") as info:
         load_serve_config(path)
     assert info.value.key == "mcp.knowledge" and "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("sessions: {store: 'redis://:Zq9/Xw7@cache:6379/0'}\n", "sessions.store"),
+        ("mcp: {cache: 'redis://:Zq9#Xw7@cache:6379/0#answers'}\n", "mcp.cache"),
+        ("mcp: {knowledge: 'postgresql://kb:Zq9/Xw7@db/ctx?table=kb_{tenant}'}\n", "mcp.knowledge"),
+    ],
+)
+def test_a_store_url_with_an_unencoded_password_is_refused_without_showing_it(tmp_path, text, key):
+    with pytest.raises(ConfigError, match="percent-encoded") as info:
+        load_serve_config(write(tmp_path, text))
+    assert info.value.key == key
+    assert "Zq9" not in str(info.value) and "Xw7" not in str(info.value)

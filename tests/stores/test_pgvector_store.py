@@ -89,6 +89,23 @@ def test_a_password_the_driver_quotes_back_is_not_in_the_error() -> None:
     assert "50%off-pw" not in str(raised.value)
 
 
+def test_an_unencoded_password_is_refused_before_libpq_can_quote_it() -> None:
+    """libpq read `reader:Zq9/Xw7@…` as host `reader`, port `Zq9`, and said so."""
+    url = f"postgresql://reader:Zq9/Xw7@127.0.0.1:{free_port()}/kb"
+    with pytest.raises(ConfigError, match="percent-encoded") as raised:
+        PgVectorStore(url, embedder="e", dimension=DIM, connect_timeout=1)
+    assert "Zq9" not in str(raised.value) and "Xw7" not in str(raised.value)
+    with pytest.raises(ConfigError, match="percent-encoded") as raised:
+        PgVectorStore.exists(url, connect_timeout=1)
+    assert "Zq9" not in str(raised.value) and "Xw7" not in str(raised.value)
+
+
+def test_a_percent_encoded_password_reaches_the_server(pg_url: str) -> None:
+    url = pg_url.replace("postgres@", "postgres:Zq9%2FXw7@", 1)  # the server trusts it
+    with PgVectorStore(url, embedder="e", dimension=DIM) as store:
+        assert store.count == 0
+
+
 def test_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeout() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

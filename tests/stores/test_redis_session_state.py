@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ctxproto.errors import StoreError
+from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.redis_session_state import RedisSessionStateStore
 from tests.servers_redis import RedisServer, free_port
 
@@ -28,6 +28,20 @@ def test_a_refused_password_is_reported_without_it(redis_server: RedisServer):
     with pytest.raises(StoreError, match=r"redis://nobody:\*\*\*@") as raised:
         RedisSessionStateStore(url)
     assert "hunter2" not in str(raised.value)
+
+
+def test_an_unencoded_password_is_refused_without_it_and_an_encoded_one_is_sent(
+    redis_server: RedisServer,
+):
+    """`redis://nobody:Zq9/Xw7@…` was "not a usable Redis URL" with the password in it."""
+    raw = redis_server.url.replace("redis://", "redis://nobody:Zq9/Xw7@")
+    with pytest.raises(ConfigError, match="percent-encoded") as raised:
+        RedisSessionStateStore(raw)
+    assert "Zq9" not in str(raised.value) and "Xw7" not in str(raised.value)
+    encoded = redis_server.url.replace("redis://", "redis://nobody:Zq9%2FXw7@")
+    with pytest.raises(StoreError, match=r"redis://nobody:\*\*\*@") as refused:
+        RedisSessionStateStore(encoded)  # sent, and refused: the server has no such user
+    assert "Zq9" not in str(refused.value) and "Xw7" not in str(refused.value)
 
 
 def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server: RedisServer):

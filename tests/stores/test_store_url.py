@@ -53,3 +53,39 @@ def test_every_secret_of_a_url_is_listed_for_scrubbing() -> None:
     url = "postgresql://u:p%40ss@db/ctx?sslpassword=key&password=s3cret&table=kb"
     assert sorted(url_secrets(url)) == ["key", "p@ss", "s3cret"]
     assert url_secrets("redis://cache:6379/0") == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [  # generated passwords (base64 has '/') written as is
+        "redis://:Zq9/Xw7@cache:6379/0",
+        "redis://:123/Xw7@cache:6379/0",
+        "redis://:Zq9#Xw7@cache:6379/0#answers",  # the cache name began at the first '#'
+        "redis://:Zq9?Xw7@cache:6379/0",
+        "redis://app:12?Xw7@cache:6379/0",
+        "postgresql://reader:Zq9/Xw7@db/ctx?table=kb",
+        "postgresql://reader:Zq9?Xw7@db/ctx",
+        "postgresql://reader:Zq9#Xw7@db/ctx",
+        "postgresql://reader:Zq9@Xw7@db/ctx",  # libpq ends the user part at the first '@'
+    ],
+)
+def test_an_unencoded_password_is_a_config_error_that_never_shows_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="percent-encoded") as raised:
+        store_location(url)
+    for shown in (str(raised.value), redact_url(url)):
+        assert "Xw7" not in shown and "Zq9" not in shown, shown
+    assert any("Xw7" in secret for secret in url_secrets(url))  # scrubbed from driver errors
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://db:5432/ctx?user=reader@server",  # an Azure user name in the query
+        "postgresql:///ctx?host=/run/postgresql&user=reader@server",
+        "redis://cache:6379/0#team@eu",  # a cache name
+        "redis://:Zq9%2FXw7@cache:6379/0",
+        "redis://:Zq9@Xw7@cache:6379/0",  # redis-py reads the user part up to the last '@'
+    ],
+)
+def test_an_at_sign_where_a_url_may_hold_one_is_no_cut_password(url: str) -> None:
+    assert store_location(url) in ("postgresql", "redis")
