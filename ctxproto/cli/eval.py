@@ -2,7 +2,9 @@
 
 Evaluates each pipeline next to the uncompressed baseline on the same items and
 writes report.json, report.md and PNG plots to ``--out``. Progress goes to
-stderr, so ``--json`` output on stdout stays machine-readable.
+stderr, so ``--json`` output on stdout stays machine-readable. Each item's rows
+go to ``--out``/rows.jsonl as it finishes; Ctrl-C writes a partial report (exit
+130), and ``--resume`` continues a stopped run there.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
-from ctxproto.cli.main import print_json
+from ctxproto.cli.main import EXIT_INTERRUPTED, print_json
 from ctxproto.config import validation_error_to_config_error
-from ctxproto.errors import ConfigError, ModelNotAvailableError
+from ctxproto.errors import ConfigError, ModelNotAvailableError, UsageError
 
 if TYPE_CHECKING:
+    from ctxproto.eval.dataset import DatasetOptions
     from ctxproto.eval.logprob import AnswerLogprobScorer
     from ctxproto.eval.readers import Reader
     from ctxproto.eval.report import EvalReport
+    from ctxproto.eval.row_log import RowLog
+    from ctxproto.pipeline import Pipeline
 
 __all__ = ["register"]
 
@@ -88,18 +93,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--turns", type=int, help="chat-needle: turns per conversation (default 30)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run stopped in --out: items already done are not evaluated again "
+        "(same pipelines, dataset and options only)",
+    )
     parser.add_argument("--json", action="store_true", help="print the aggregate JSON to stdout")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ctxproto.eval.dataset import DatasetOptions, load_dataset
-    from ctxproto.eval.evaluate import evaluate
-    from ctxproto.eval.readers import reader_from_spec
+    from ctxproto.eval.dataset import DatasetOptions
     from ctxproto.pipeline import Pipeline
 
     _check_dataset_options(args)
-    err = Console(stderr=True, highlight=False)
     pipelines = [Pipeline.from_yaml(path) for path in args.pipelines]
     require("matplotlib", extra="eval")  # the plots are drawn after the whole evaluation
     _check_writable(args.out)
@@ -114,6 +122,22 @@ def handle(args: argparse.Namespace) -> int:
         error = validation_error_to_config_error(exc)
         option = "--" + (error.key or "").split(".")[0].replace("_", "-")
         raise ConfigError(error.detail, key=option) from None
+    with _row_log(args, pipelines, options) as rows:  # locked until the run ends
+        return _evaluate(args, pipelines, options, rows)
+
+
+def _evaluate(
+    args: argparse.Namespace, pipelines: list[Pipeline], options: DatasetOptions, rows: RowLog
+) -> int:
+    """The evaluation itself, once the arguments and ``--out`` are known to be good."""
+    from ctxproto.eval.dataset import load_dataset
+    from ctxproto.eval.evaluate import EvaluationInterrupted, evaluate
+    from ctxproto.eval.readers import reader_from_spec
+    from ctxproto.eval.row_log import items_done
+
+    err = Console(stderr=True, highlight=False)
+    if rows.done:
+        err.print(f"resuming {rows.path} ({items_done(rows.done)})", markup=False, soft_wrap=True)
     dataset = load_dataset(args.dataset, options)
     for problem in dataset.problems:
         err.print(f"[yellow]skipped[/] {escape(str(problem))}", soft_wrap=True)
@@ -137,7 +161,20 @@ def handle(args: argparse.Namespace) -> int:
                 logprob_tolerance=args.logprob_tolerance,
                 settings={"seed": args.seed, "logprob": scorer is not None},
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                rows=rows,
             )
+    except EvaluationInterrupted as stop:
+        return _stopped(stop.report, rows.path, args.out, err)
+    except Exception as exc:  # any failure, said by main (and re-raised): the hint is added
+        # (A UsageError comes before the first item: the run's settings did not match.)
+        if rows.done and not isinstance(exc, UsageError):
+            err.print(
+                f"the rows of the items finished are kept in {rows.path} "
+                f"({items_done(rows.done)}): the same command with --resume continues the run",
+                markup=False,
+                soft_wrap=True,
+            )
+        raise
     finally:
         if reader is not None:
             reader.close()
@@ -150,6 +187,52 @@ def handle(args: argparse.Namespace) -> int:
         _print_summary(Console(), report)
         err.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return 0
+
+
+def _row_log(
+    args: argparse.Namespace, pipelines: list[Pipeline], options: DatasetOptions
+) -> RowLog:
+    """The run's rows file, checked against ``--resume`` before the dataset and models load."""
+    from ctxproto.eval.row_log import (
+        RowLog,
+        RunRecord,
+        dataset_fingerprint,
+        pipeline_fingerprint,
+    )
+
+    run = RunRecord(
+        pipelines=[pipeline_fingerprint(pipeline) for pipeline in pipelines],
+        dataset=dataset_fingerprint(args.dataset),
+        seed=options.seed,
+        context_lengths=options.context_lengths,
+        depths=options.depths,
+        turns=options.turns,
+        limit=args.limit,
+        reader=args.reader,
+        logprob=args.logprob,
+        logprob_max_tokens=args.logprob_max_tokens,
+        logprob_tolerance=args.logprob_tolerance,
+    )
+    return RowLog(args.out, run, resume=args.resume)
+
+
+def _stopped(report: EvalReport, rows: Path, out: Path, err: Console) -> int:
+    """After Ctrl-C: the partial report of the items that finished, and how to go on."""
+    from ctxproto.eval.runner import BASELINE
+
+    finished = len(report.rows_of(BASELINE))
+    if finished:
+        report.write(out)
+        err.print(
+            f"interrupted after {finished} of {report.dataset['items']} items: their rows "
+            f"are in {rows}, a partial report in {out / 'report.md'}",
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        err.print("interrupted before the first item finished", markup=False)
+    err.print("the same command with --resume continues the run", markup=False)
+    return EXIT_INTERRUPTED
 
 
 def _load_scorer(args: argparse.Namespace, err: Console) -> AnswerLogprobScorer | None:

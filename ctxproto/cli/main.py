@@ -37,6 +37,7 @@ COMMANDS = ("run", "demo", "bench", "eval", "index", "serve", "mcp")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
 # What a shell reports for a writer whose reader left: killed by SIGPIPE (13), as
 # `seq 1 1000000 | head -1` is. Python ignores that signal, so it is said by hand.
 EXIT_BROKEN_PIPE = 128 + 13
@@ -95,7 +96,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         err.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _stdout_closed() -> bool:

@@ -8,7 +8,8 @@ latency); ``ctxproto eval`` is the same from the command line. See docs/eval.md.
 Modules: ``dataset`` (interface, ``load_dataset``), ``jsonl``, ``needle``,
 ``chat_needle`` (+ ``conversations``, ``json_stream``, ``facts``), ``metrics``,
 ``logprob``, ``readers``, ``runner``, ``aggregate``, ``report``, ``plots``,
-``evaluate``. Heavy parts (the LM, matplotlib) load on first use.
+``row_log`` (rows as items finish, for ``--resume``), ``evaluate``. Heavy parts
+(the LM, matplotlib) load on first use.
 """
 
 from ctxproto.eval.dataset import (
@@ -18,7 +19,7 @@ from ctxproto.eval.dataset import (
     EvalItem,
     load_dataset,
 )
-from ctxproto.eval.evaluate import evaluate
+from ctxproto.eval.evaluate import EvaluationInterrupted, evaluate
 from ctxproto.eval.logprob import AnswerLogprobScorer
 from ctxproto.eval.metrics import best_subspan_em, normalize_answer, token_f1
 from ctxproto.eval.readers import Reader, reader_from_spec
@@ -33,6 +34,7 @@ __all__ = [
     "DatasetProblem",
     "EvalItem",
     "EvalReport",
+    "EvaluationInterrupted",
     "Evaluator",
     "Reader",
     "best_subspan_em",

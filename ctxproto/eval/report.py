@@ -1,9 +1,10 @@
 """The evaluation report: ``report.json``, ``report.md`` and the plots, in one folder.
 
-``report.json`` holds ``dataset``, ``settings``, ``baseline`` (aggregates),
-``pipelines`` (name -> aggregates) and ``items`` (one row per item and system);
-``summary()`` is the same without the rows, which ``ctxproto eval --json``
-prints. Every file is written atomically.
+``report.json`` holds ``dataset``, ``settings``, ``partial``, ``baseline``
+(aggregates), ``pipelines`` (name -> aggregates) and ``items`` (one row per item
+and system); ``summary()`` is the same without the rows, which ``ctxproto eval
+--json`` prints. Every file is written atomically. A partial report is that of a
+run stopped early: its rows are those of the items that finished.
 """
 
 from __future__ import annotations
@@ -59,11 +60,18 @@ class EvalReport:
     """Rows of one evaluation run, with their aggregates per system."""
 
     def __init__(
-        self, rows: Sequence[Row], *, dataset: dict[str, Any], settings: dict[str, Any]
+        self,
+        rows: Sequence[Row],
+        *,
+        dataset: dict[str, Any],
+        settings: dict[str, Any],
+        partial: bool = False,
     ) -> None:
         self.rows = list(rows)
         self.dataset = dataset
         self.settings = settings
+        self.partial = partial
+        """Whether the run stopped before every item of ``dataset["items"]`` finished."""
         self.systems: list[str] = list(dict.fromkeys(row["system"] for row in self.rows))
 
     def rows_of(self, system: str) -> list[Row]:
@@ -79,6 +87,7 @@ class EvalReport:
         return {
             "dataset": self.dataset,
             "settings": self.settings,
+            "partial": self.partial,
             "baseline": aggregates.get(BASELINE),
             "pipelines": {k: v for k, v in aggregates.items() if k != BASELINE},
         }
@@ -142,9 +151,15 @@ class EvalReport:
     def markdown(self, plots: Sequence[str] = ()) -> str:
         """The aggregate table, the retention grid per system, the dataset's problems."""
         aggregates = self.aggregates()
-        lines = [
-            f"# ctxproto eval: {self.dataset.get('name')}",
-            "",
+        lines = [f"# ctxproto eval: {self.dataset.get('name')}", ""]
+        if self.partial:
+            lines += [
+                f"**Partial:** the run stopped after {len(self.rows_of(BASELINE))} of "
+                f"{self.dataset.get('items')} items; `ctxproto eval` with the same "
+                "options and `--resume` finishes it.",
+                "",
+            ]
+        lines += [
             "Settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
             "",
             "| system | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",

@@ -202,3 +202,175 @@ def test_loading_the_scoring_model_shows_on_the_progress_display(
     )  # fmt: skip
     assert code == 0
     assert "loading models" in err and "eval needle" in err
+
+
+# -- long runs: rows as they finish, Ctrl-C, --resume -------------------------------------
+
+MINIMAL = str(Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "minimal.yaml")
+NEEDLE = ["--dataset", "needle", "--context-lengths", "600,2000", "--depths", "0,50,100"]
+TIMINGS = {"ms", "p50_ms", "p95_ms", "tokens_per_s"}
+
+
+def untimed(value: Any) -> Any:
+    """``value`` without the wall times, which differ from run to run."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def interrupt_after(
+    monkeypatch: pytest.MonkeyPatch, items: int, out: Path, failure: Exception | None = None
+) -> list[str]:
+    """Ctrl-C (or ``failure``) in the item after ``items`` items, once its baseline ran.
+
+    Returns, once it has happened, the lines that ``out``/rows.jsonl then held on disk.
+    """
+    from ctxproto.eval.runner import Evaluator
+
+    evaluate, calls = Evaluator.evaluate, 0
+    on_disk: list[str] = []
+
+    def stopping(self: Evaluator, item: Any, on_step: Any = None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= items:
+            return evaluate(self, item, on_step)
+
+        def interrupt() -> None:
+            on_step()
+            on_disk.extend((out / "rows.jsonl").read_text("utf-8").splitlines())
+            raise failure or KeyboardInterrupt
+
+        return evaluate(self, item, interrupt)
+
+    monkeypatch.setattr(Evaluator, "evaluate", stopping)
+    return on_disk
+
+
+def test_a_run_stopped_by_ctrl_c_keeps_its_rows_and_resumes_to_the_same_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    args = [MINIMAL, *NEEDLE, "--no-logprob", "--json"]
+    assert run_eval(capsys, *args, "--out", str(whole))[0] == 0
+    with monkeypatch.context() as patch:
+        on_disk = interrupt_after(patch, 2, stopped)
+        code, _, err = run_eval(capsys, *args, "--out", str(stopped))
+    assert code == 130
+    # Each item's rows were on disk as soon as it finished, not only once the run ended.
+    assert [json.loads(line).get("item") for line in on_disk] == [None, 0, 1]
+    err = " ".join(err.split())
+    assert f"interrupted after 2 of 6 items: their rows are in {stopped / 'rows.jsonl'}" in err
+    assert "--resume continues" in err and "Traceback" not in err
+    partial = json.loads((stopped / "report.json").read_text("utf-8"))
+    assert partial["partial"] is True and partial["baseline"]["items"] == 2
+    assert "**Partial:** the run stopped after 2 of 6 items" in (stopped / "report.md").read_text(
+        "utf-8"
+    )
+    # A kill while the next line was being written tears it: it is not an item done.
+    with open(stopped / "rows.jsonl", "ab") as rows:
+        rows.write(b'{"item": 2, "rows": [{"item_id": "needle-00')
+    # From another folder: the pipeline is known by its contents, not its path.
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text(Path(MINIMAL).read_text("utf-8"), "utf-8")
+    code, summary, err = run_eval(
+        capsys, moved.as_posix(), *args[1:], "--out", str(stopped), "--resume"
+    )
+    assert code == 0, err
+    assert f"resuming {stopped / 'rows.jsonl'} (2 items done)" in err
+    assert summary["partial"] is False
+    resumed = json.loads((stopped / "report.json").read_text("utf-8"))
+    expected = json.loads((whole / "report.json").read_text("utf-8"))
+    assert untimed(resumed) == untimed(expected)
+    assert len(expected["items"]) == 12
+    lines = (stopped / "rows.jsonl").read_text("utf-8").splitlines()
+    assert [json.loads(line).get("item") for line in lines] == [None, 0, 1, 2, 3, 4, 5, None]
+
+
+@pytest.mark.parametrize(
+    ("change", "option", "how"),
+    [
+        (["--limit", "3"], "--limit", "none there, 3 here"),
+        (["--seed", "1"], "--seed", "0 there, 1 here"),
+        (["--depths", "0,50"], "--depths", "0,50,100 there, 0,50 here"),
+        (["--logprob"], "--logprob", "off there, on here"),
+        (["--reader", "openai:http://127.0.0.1:9/v1"], "--reader", "none there"),
+        (["--logprob-tolerance", "1"], "--logprob-tolerance", "0.69"),
+        (["--pipeline-edited"], "PIPELINE", "the config of pipeline 1 changed"),
+        (["--pipeline-added"], "PIPELINE", "1 there, 2 here"),
+        (["--dataset-edited"], "--dataset", "other data"),
+    ],
+)
+def test_resume_refuses_other_pipelines_data_or_options_naming_the_option(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: list[str],
+    option: str,
+    how: str,
+) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    items = tmp_path / "items.jsonl"
+    line = {"question": "Which locker?", "answers": ["4417"], "documents": [
+        {"id": "memo", "text": "Dana's locker is 4417."}]}  # fmt: skip
+    items.write_text("".join(json.dumps({"id": f"q{i}", **line}) + "\n" for i in range(3)))
+    dataset = ["--dataset", str(items)] if "--dataset-edited" in change else NEEDLE
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1, out)
+        code, _, _ = run_eval(capsys, str(pipeline), *dataset, "--out", str(out), "--no-logprob")
+    assert code == 130
+    if change == ["--pipeline-edited"]:
+        write_pipeline(pipeline, {"max_prompt_tokens": 451})
+    extra = [str(pipeline)] if change == ["--pipeline-added"] else []
+    if change == ["--dataset-edited"]:
+        items.write_text(items.read_text("utf-8").replace("4417", "4418"), "utf-8")
+    given = [arg for arg in change if not arg.endswith(("-edited", "-added"))]
+    if "--logprob" not in given:
+        given.append("--no-logprob")
+    code, _, err = run_eval(
+        capsys, str(pipeline), *extra, *dataset, *given, "--out", str(out), "--resume"
+    )
+    err = " ".join(err.split())
+    assert code == 2, err
+    assert f"key '{option}': differs from the run in {out}" in err and how in err
+    assert "Traceback" not in err
+    # Refused before anything ran: the rows of the stopped run are still there.
+    assert len((out / "rows.jsonl").read_text("utf-8").splitlines()) == 2
+
+
+def test_a_new_run_into_an_unfinished_one_is_refused_until_resumed_or_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    args = [MINIMAL, *NEEDLE, "--no-logprob", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1, out)
+        assert run_eval(capsys, *args)[0] == 130
+    # Hours of rows are not dropped because --resume was forgotten.
+    code, _, err = run_eval(capsys, *args)
+    err = " ".join(err.split())
+    assert code == 2 and "key '--resume'" in err and "unfinished run (1 item done)" in err
+    assert run_eval(capsys, *args, "--resume")[0] == 0
+    # A finished run is replaced by a new one, as its reports are.
+    assert run_eval(capsys, *args)[0] == 0
+
+
+def test_a_run_that_fails_midway_keeps_its_rows_and_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctxproto.errors import BackendUnavailableError
+
+    out = tmp_path / "out"
+    args = [MINIMAL, *NEEDLE, "--no-logprob", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3, out, BackendUnavailableError("connection refused"))
+        code, _, err = run_eval(capsys, *args)
+    err = " ".join(err.split())
+    assert code == 1 and "error: connection refused" in err
+    assert f"kept in {out / 'rows.jsonl'} (3 items done)" in err and "--resume" in err
+    code, _, err = run_eval(capsys, *args, "--resume", "--json")
+    assert code == 0 and "(3 items done)" in err
+    assert json.loads((out / "report.json").read_text("utf-8"))["baseline"]["items"] == 6

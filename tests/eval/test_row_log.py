@@ -1,0 +1,98 @@
+"""rows.jsonl: what a kill leaves is read back, what does not belong there is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctxproto.context import Context
+from ctxproto.errors import ConfigError, DatasetError, StoreError
+from ctxproto.eval import Dataset, EvalItem, evaluate
+from ctxproto.eval.row_log import ROWS_FILE, RowLog, RunRecord
+from ctxproto.messages import Message
+from ctxproto.pipeline import Pipeline
+
+RUN = RunRecord(
+    pipelines=["p"], dataset="needle", seed=0, context_lengths=[1000], depths=[0], turns=30,
+    limit=None, reader="none", logprob=False, logprob_max_tokens=2048, logprob_tolerance=0.5,
+)  # fmt: skip
+SETTINGS: dict[str, Any] = {"seed": 0, "logprob": False}
+
+
+def rows(item: str) -> list[dict[str, Any]]:
+    return [{"item_id": item, "system": "baseline", "answer_retained": 1.0}]
+
+
+def stopped_run(folder: Path, items: int, settings: dict[str, Any] = SETTINGS) -> Path:
+    with RowLog(folder, RUN, resume=False) as log:
+        log.start(settings)
+        for index in range(items):
+            log.append(index, rows(f"q{index}"))
+    return folder / ROWS_FILE
+
+
+def test_a_torn_last_line_is_not_an_item_and_is_cut_before_the_next(tmp_path: Path) -> None:
+    path = stopped_run(tmp_path, 2)
+    with open(path, "ab") as handle:
+        handle.write(b'{"item": 2, "rows": [{"item_id": "q')  # a kill, mid-line
+    with RowLog(tmp_path, RUN, resume=True) as log:
+        assert sorted(log.done) == [0, 1]
+        log.start(SETTINGS)
+        log.append(2, rows("q2"))
+    with RowLog(tmp_path, RUN, resume=True) as log:
+        assert sorted(log.done) == [0, 1, 2]
+
+
+def test_a_line_that_is_no_row_line_is_a_store_error_naming_it(tmp_path: Path) -> None:
+    path = stopped_run(tmp_path, 2)
+    lines = path.read_text("utf-8").splitlines()
+    lines[1] = '{"note": "edited by hand"}'
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    with pytest.raises(StoreError, match=rf"{ROWS_FILE}:2: not a line of ctxproto eval's rows"):
+        RowLog(tmp_path, RUN, resume=True)
+
+
+def test_settings_the_environment_changed_are_refused_naming_them(tmp_path: Path) -> None:
+    stopped_run(tmp_path, 1, {**SETTINGS, "logprob": True})
+    # Same options, but the log-prob scorer could not load this time (no runtime extra).
+    with (
+        RowLog(tmp_path, RUN, resume=True) as log,
+        pytest.raises(ConfigError, match=r"'--logprob'.*\(on there, off here\)"),
+    ):
+        log.start(SETTINGS)
+
+
+class Letters(Dataset):
+    """Items named by ``ids``, each a question with one document."""
+
+    name = "letters"
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__()
+        self.ids = ids
+
+    def items(self, limit: int | None = None) -> Iterator[EvalItem]:
+        for item_id in self.ids[:limit]:
+            context = Context(query=Message(role="user", content=f"Which is {item_id}?"))
+            yield EvalItem(item_id, context, [item_id])
+
+
+def test_rows_of_items_the_dataset_no_longer_yields_are_refused(tmp_path: Path) -> None:
+    stopped_run(tmp_path, 1)  # rows of "q0"
+    with (
+        RowLog(tmp_path, RUN, resume=True) as log,
+        pytest.raises(DatasetError, match="rows of q0 as item 1, where the dataset now has a"),
+    ):
+        evaluate([Pipeline([], name="p")], Letters(["a", "b"]), settings=SETTINGS, rows=log)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    with RowLog(tmp_path, RUN, resume=False) as first:
+        first.start(SETTINGS)
+        with pytest.raises(ConfigError, match=r"'--out': another ctxproto eval is writing"):
+            RowLog(tmp_path, RUN, resume=True)
+    with RowLog(tmp_path, RUN, resume=True):  # once the first run has ended
+        pass
