@@ -3,15 +3,21 @@
 Evaluates each pipeline next to the uncompressed baseline on the same items and
 writes report.json, report.md and PNG plots to ``--out``. Progress goes to
 stderr, so ``--json`` output on stdout stays machine-readable. Each item's rows
-go to ``--out``/rows.jsonl as it finishes; Ctrl-C writes a partial report (exit
-130), and ``--resume`` continues a stopped run there.
+go to ``--out``/rows.jsonl as it finishes; Ctrl-C (or SIGTERM, as a batch
+scheduler stops a job) writes a partial report (exit 130), and ``--resume``
+continues a stopped run there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -122,8 +128,33 @@ def handle(args: argparse.Namespace) -> int:
         error = validation_error_to_config_error(exc)
         option = "--" + (error.key or "").split(".")[0].replace("_", "-")
         raise ConfigError(error.detail, key=option) from None
-    with _row_log(args, pipelines, options) as rows:  # locked until the run ends
+    # The rows file stays locked until the run ends.
+    with _row_log(args, pipelines, options) as rows, _sigterm_as_ctrl_c():
         return _evaluate(args, pipelines, options, rows)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM read as Ctrl-C while the run lasts.
+
+    A batch scheduler or a container runtime stops a job with SIGTERM, and kills
+    it a grace period later; read as Ctrl-C, the items done get their partial
+    report and the ``--resume`` hint instead of a silent end. Signals can only be
+    handled on the main thread; elsewhere (``main`` called from a worker) SIGTERM
+    keeps its handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _evaluate(

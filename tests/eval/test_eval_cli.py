@@ -5,6 +5,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +292,32 @@ def test_a_run_stopped_by_ctrl_c_keeps_its_rows_and_resumes_to_the_same_report(
     assert len(expected["items"]) == 12
     lines = (stopped / "rows.jsonl").read_text("utf-8").splitlines()
     assert [json.loads(line).get("item") for line in lines] == [None, 0, 1, 2, 3, 4, 5, None]
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_partial_report(tmp_path: Path) -> None:
+    """A batch scheduler stops a job with SIGTERM: the items done keep their report."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ctxproto", "eval", MINIMAL, *NEEDLE, "--no-logprob"]
+    command += ["--limit", "3000", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(MINIMAL).parents[2])}
+    run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _lines(out / "rows.jsonl") < 3 and time.monotonic() < deadline:
+            assert run.poll() is None, run.stderr.read() if run.stderr else ""
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    assert "--resume continues" in " ".join(err.split()) and "Traceback" not in err
+    partial = json.loads((out / "report.json").read_text("utf-8"))
+    assert partial["partial"] is True and partial["baseline"]["items"] >= 2
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 @pytest.mark.parametrize(
