@@ -59,21 +59,31 @@ _NAME_CONNECTORS = "of|de|da|van|von|del|la"
 """Lower-case words inside a name ("Bank of America"), never at either end of one."""
 
 
-def _quotation(opening: str, closing: str) -> str:
-    """A quotation of any length within one paragraph, its marks hugging its text.
+def _quotation(opening: str, closing: str, *, max_chars: int | None = None) -> str:
+    """A quotation within one paragraph, its marks hugging its text.
 
     The opening mark is followed, and the closing one preceded, by a non-space, as
-    typeset quotes are: so a stray mark (the inch mark of 'a 27" iMac', a TeX-style
-    ``''``) opens nothing, instead of pairing with the next real quote and
-    protecting the prose between them while the real quote goes unprotected. No
-    length cap: a capped pattern left a long quote unprotected, to be cut inside and
-    lose its closing mark. A line break may fall inside (hard-wrapped text); a
-    blank line may not, so a mark that does pair wrongly protects at most the rest
-    of its paragraph.
-    """
-    text = rf"[^{closing}\n]*(?:\n(?![ \t\r]*\n)[^{closing}\n]*)*"
-    return rf"{opening}(?=[^\s{closing}]){text}(?<=[^\s{opening}]){closing}"
+    typeset quotes are: so a stray mark (a TeX-style ``''``) opens nothing, instead
+    of pairing with the next real quote and protecting the prose between them
+    while the real quote goes unprotected. A line break may fall inside
+    (hard-wrapped text); a blank line may not, so a mark that does pair wrongly
+    protects at most the rest of its paragraph. The text holds neither mark, so
+    each opening mark is read up to the next mark at most: linear however the
+    marks fall (German typesetting closes with "“", the English opening mark).
 
+    ``max_chars`` bounds the text, for a mark that is also an apostrophe: without
+    a bound "the '90s" pairs with "the employees' lounge" a paragraph later.
+    """
+    marks = opening if opening == closing else opening + closing
+    if max_chars is None:
+        text = rf"[^{marks}\n]*(?:\n(?![ \t\r]*\n)[^{marks}\n]*)*"
+    else:
+        text = rf"[^{marks}\n]{{0,{max_chars}}}"
+    return rf"{opening}(?=[^\s{marks}]){text}(?<=[^\s{marks}]){closing}"
+
+
+_STRAIGHT_QUOTE_CHARS = 300
+"""The longest quotation in straight single quotes, which are also apostrophes."""
 
 _BUILT_IN: dict[str, re.Pattern[str]] = {
     "code": re.compile(r"```.*?```|`[^`\n]+`", re.DOTALL),
@@ -82,9 +92,11 @@ _BUILT_IN: dict[str, re.Pattern[str]] = {
     "quote": re.compile(
         "|".join(
             (
-                _quotation('"', '"'),
+                # Straight marks open and close only next to a non-word: not the inch
+                # mark of 'a 27" iMac', not the apostrophes of "don't" and "Bob's".
+                r"(?<!\w)" + _quotation('"', '"') + r"(?!\w)",
                 _quotation("“", "”"),
-                r"(?<!\w)" + _quotation("'", "'") + r"(?!\w)",  # not the apostrophes of "don't"
+                r"(?<!\w)" + _quotation("'", "'", max_chars=_STRAIGHT_QUOTE_CHARS) + r"(?!\w)",
             )
         )
     ),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from ctxproto.text.protected_spans import fact_strings, protected_spans
@@ -44,6 +49,9 @@ def test_a_name_with_letters_beyond_ascii_is_a_whole_fact(text: str, facts: set[
     assert fact_strings(text) == facts
 
 
+FILLER = "The crew replaced the worn valves and flushed the line before testing it. " * 30
+
+
 def quoted(text: str) -> list[str]:
     return [text[s.start : s.end] for s in protected_spans(text, kinds=("quote",))]
 
@@ -67,9 +75,32 @@ def test_a_quote_is_protected_whole_however_long() -> None:
         ("The users' data, 'as agreed', and don't.", ["'as agreed'"]),
         ('"first paragraph\n\nsecond"', []),  # a quote never spans a blank line
         ('An empty "" and a spaced " " pair.', []),
+        # Stray marks a paragraph apart pair with nothing: an inch mark after a digit,
+        # an apostrophe that is no quote ("the '90s", "the drivers' union").
+        (f'Fit the 12"-pipe first. {FILLER}Then tighten the 3/4" fitting.', []),
+        (f"Sales rose in the '90s. {FILLER}The drivers' union agreed.", []),
     ],
 )
 def test_quote_marks_pair_only_around_text(text: str, quotes: list[str]) -> None:
     """A stray mark must not pair with the next quote's opening mark: that
     protected the prose between them and left the real quote unprotected."""
     assert quoted(text) == quotes
+
+
+def test_unbalanced_marks_are_read_in_linear_time() -> None:
+    """German typesetting closes a quote with the English opening mark ("„Ja“,"):
+    each stray opening mark once scanned to its paragraph's end, so the 2M
+    characters ``compress_text`` accepts took hours; now each stops at the next
+    mark. Read in a child process, so a regression fails instead of hanging."""
+    script = (
+        "from ctxproto.text.protected_spans import protected_spans\n"
+        "text = 'Er sagte „Ja“, und sie antwortete „Nein“. Dann gingen sie. ' * 34000\n"
+        "assert len(text) > 1_900_000\n"
+        "print(len(protected_spans(text, kinds=('quote',))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"  # each "“" is followed by punctuation: it hugs nothing
