@@ -22,7 +22,13 @@ from ctxproto.serve.config import LimitsConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionRequest
 
-__all__ = ["parse_body", "parse_chat_request", "read_json_body", "unpaired_surrogate"]
+__all__ = [
+    "parse_body",
+    "parse_chat_request",
+    "read_json_body",
+    "unpaired_surrogate",
+    "utf8_text",
+]
 
 WireModel = TypeVar("WireModel", bound=BaseModel)
 # A JSON escape of half a UTF-16 surrogate pair (``unpaired_surrogate``).
@@ -62,7 +68,7 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
             499, "the client left before its body arrived", code="client_closed_request"
         ) from None
     try:
-        body = json.loads(raw, parse_constant=_not_json)
+        body = json.loads(utf8_text(raw), parse_constant=_not_json)
     except RecursionError:
         raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
     except ValueError as exc:
@@ -99,6 +105,21 @@ def parse_body(model: type[WireModel], body: dict[str, Any]) -> WireModel:
         raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
 
 
+def utf8_text(raw: bytes | bytearray) -> str:
+    """``raw`` read as UTF-8 (a leading byte order mark allowed), as JSON between
+    systems must be (RFC 8259); else a ``ValueError`` saying where it is not.
+
+    Given bytes, Python's ``json`` also reads UTF-16 and UTF-32, and lets half a
+    surrogate pair through as raw bytes: text no UTF-8 encoder takes, which then
+    failed the request as a 500 after the upstream ran. Strict UTF-8 refuses both,
+    so an escape (``unpaired_surrogate``) is the only way left to write one.
+    """
+    try:
+        return bytes(raw).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def _not_json(constant: str) -> float:
     """``NaN`` and ``Infinity``, which Python's ``json`` reads but JSON has not: the
     body would be forwarded as JSON no upstream reads (a 500, not the client's 400)."""
@@ -113,7 +134,8 @@ def unpaired_surrogate(raw: bytes | bytearray | str, data: Any) -> str | None:
     (``"\\ud800"``) name half a pair and Python's ``json`` reads it, but no UTF-8
     encoder takes it: passed on, it fails later (forwarding it, storing it, sending
     it back) as a 500, after the upstream ran. Only an escape can write one in UTF-8
-    JSON, so ``data`` is walked only when ``raw`` holds such an escape.
+    JSON (``utf8_text`` refuses the rest), so ``data`` is walked only when ``raw``
+    holds such an escape.
     """
     found = (
         _SURROGATE_ESCAPE_TEXT.search(raw)

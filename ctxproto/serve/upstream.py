@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from ctxproto.serve.body import unpaired_surrogate
+from ctxproto.serve.body import unpaired_surrogate, utf8_text
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
 
@@ -96,8 +96,8 @@ class RemoteUpstream(Upstream):
     ) -> ChatCompletionResponse:
         response = await self._send(self._body(body, tenant, stream=False))
         try:
-            raw = await _read(response)
-            return ChatCompletionResponse.model_validate(_text_only(raw, json.loads(raw)))
+            text = utf8_text(await _read(response))
+            return ChatCompletionResponse.model_validate(_text_only(text, json.loads(text)))
         except ValueError as exc:
             raise APIError(
                 502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response"

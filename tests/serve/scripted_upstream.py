@@ -7,7 +7,8 @@ the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
 ``CUT`` (end the stream mid-answer, cleanly but with no finish reason nor ``[DONE]``),
 ``SLOW <seconds>`` (wait between chunks), ``SURROGATE`` (end the answer with half
-a surrogate pair, as a server counting UTF-16 units may split an emoji),
+a surrogate pair, as a server counting UTF-16 units may split an emoji;
+``RAWSURROGATE``: the same half written as raw bytes, not as an escape),
 ``STALL <seconds>`` (send the headers and the first bytes of a whole answer, then
 wait), ``NULLDETAILS`` (usage details null, as a server dumping the openai SDK's own
 usage objects sends them), ``LINGER <seconds>`` (wait after the chunk with the
@@ -78,7 +79,7 @@ class ScriptedUpstream:
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls"
-        if command[:1] == ["SURROGATE"]:
+        if command[:1] in (["SURROGATE"], ["RAWSURROGATE"]):
             message["content"] += " \ud83d"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         words = (message.get("content") or "").split(" ")
@@ -100,7 +101,8 @@ class ScriptedUpstream:
             if command[:1] == ["STALL"]:
                 return StreamingResponse(_stalled(json.dumps(whole), float(command[1])))
             # json.dumps escapes what is not ASCII (half a surrogate pair too).
-            return Response(json.dumps(whole), media_type="application/json")
+            text = json.dumps(whole, ensure_ascii=command[:1] != ["RAWSURROGATE"])
+            return Response(text.encode("utf-8", "surrogatepass"), media_type="application/json")
         delay = float(command[1]) if command[:1] == ["SLOW"] else 0.0
         linger = float(command[1]) if command[:1] == ["LINGER"] else 0.0
         return StreamingResponse(

@@ -332,6 +332,10 @@ def test_pipeline_off_forwards_the_messages_as_sent(proxy, scripted):
             "metadata.k",
         ),
         (b'{"messages": [{"role": "user", "content": "x"}], "\\udc00": 1}', 400, None),
+        # The same half written as raw bytes, or a body in UTF-16: Python's json reads
+        # both from bytes; JSON between systems is UTF-8 (RFC 8259).
+        (b'{"messages": [{"role": "user", "content": "a \xed\xa0\x80 b"}]}', 400, None),
+        ('{"messages": [{"role": "user", "content": "x"}]}'.encode("utf-16"), 400, None),
     ],
 )
 def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body, status, param):

@@ -102,6 +102,11 @@ def test_half_a_surrogate_pair_from_the_upstream_is_a_502_in_the_envelope(proxy)
     stream = ask(proxy, f"SURROGATE {uuid.uuid4().hex}", stream=True)
     with pytest.raises(openai.APIError, match="not Unicode"):
         list(stream)
+    # Written as raw bytes rather than an escape: not UTF-8, the same 502.
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f"RAWSURROGATE {uuid.uuid4().hex}")
+    assert raised.value.status_code == 502
+    assert raised.value.body["code"] == "bad_upstream_response"
 
 
 def test_usage_details_sent_as_null_pass_through(proxy):
