@@ -189,7 +189,7 @@ class ConfigErrorModel(BaseModel):
     before a framework's base class, so that it wraps that class's validation.
     """
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:

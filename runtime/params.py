@@ -54,7 +54,7 @@ class GenerationParams(BaseModel):
     changed the last message (documents placed with the question, say), so the KV of
     text they will never send again does not push out the prefixes they will."""
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:

