@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from ctxproto.errors import ConfigError
 
@@ -137,7 +137,9 @@ def redact_url(url: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """Every password ``url`` carries, decoded, so error texts can be scrubbed of them."""
+    """Every password ``url`` carries, as written and decoded, so error texts can be
+    scrubbed of them: a driver may quote either (libpq quotes a password it could
+    not decode as written, ``Tr0ub%40dor%zz``)."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -145,9 +147,14 @@ def url_secrets(url: str) -> list[str]:
         return []
     if "@" not in parts.netloc and _credentials_cut(url):
         password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
-    found = [unquote(password)] if password else []
-    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMETERS and v]
-    return found
+    written = [password] if password else []
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key).lower() in _SECRET_PARAMETERS and value:
+            written.append(value)
+    forms = (str, unquote, unquote_plus)  # a query value may write a space as "+"
+    found = {form(secret) for secret in written for form in forms}
+    return sorted(found, key=len, reverse=True)  # a longer one first: none left half-shown
 
 
 def scrub_secrets(text: str, secrets: Sequence[str]) -> str:
