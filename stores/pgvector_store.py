@@ -609,7 +609,9 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     ``{"k": "1"}`` and ``{"k": 1}`` are different documents to ``@>``; a ``None``
     value also matches chunks without the key, as ``dict.get`` does. An empty
     list of values matches nothing (an empty ``OR`` was a syntax error, which
-    rolled back a writer's unsaved changes).
+    rolled back a writer's unsaved changes); so does a name or value holding
+    U+0000, which no stored chunk holds (``add`` refuses it) and ``jsonb`` cannot
+    take as a parameter (the server's refusal rolled back the same changes).
     """
     jsonb = require("psycopg.types.json", extra="postgres").Jsonb
     clauses: list[str] = []
@@ -617,6 +619,8 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     for name, values in filter_key(filters):
         alternatives = []
         for _, value in values:
+            if _holds_nul((name, value)):
+                continue
             alternatives.append("metadata @> %s")
             parameters.append(jsonb({name: value}))
             if value is None:

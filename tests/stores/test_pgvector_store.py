@@ -154,6 +154,24 @@ def test_a_document_postgresql_cannot_hold_is_refused_and_the_run_keeps_the_rest
     assert store.document_ids() == ["a", "b"]
 
 
+def test_a_filter_holding_nul_matches_nothing_and_the_run_keeps_its_documents(
+    store: PgVectorStore,
+) -> None:
+    """Regression: searched inside a write run, a filter holding NUL was refused by
+    the server as a jsonb parameter, which rolled back every document added since
+    the last save."""
+    vectors = _vectors(2)
+    store.add("a", [Document(id="a#0", text="a", metadata={"t": "x"})], vectors[:1])
+    store.save()
+    store.add("b", [Document(id="b#0", text="b", metadata={"t": "x"})], vectors[1:])
+    assert store.search(vectors[0], 5, filters={"t": "x\x00"}) == []
+    assert store.search(vectors[0], 5, filters={"t\x00": "x"}) == []
+    found = store.search(vectors[0], 5, filters={"t": ["x\x00", "x"]})
+    assert sorted(hit.document.id for hit in found) == ["a#0", "b#0"]
+    store.save()
+    assert store.document_ids() == ["a", "b"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
