@@ -70,12 +70,15 @@ def check_credentials(url: str) -> None:
 def _credentials_cut(url: str) -> bool:
     """Whether an unencoded character of the user part moved the URL's host.
 
-    Only a URL that reads as no valid server is taken to be cut: one with an
-    ``@`` in its path, in a query parameter's name or (PostgreSQL) in its
-    fragment, a host part that is no ``host:port``, or (PostgreSQL) two ``@``
-    in its host part, which libpq splits at the first, urllib at the last. An
-    ``@`` in a query value (``?user=me@server``) or a Redis cache name
-    (``#team@eu``) after a valid host is left as written.
+    Only a URL that reads as no valid server is taken to be cut: a host part
+    that is no ``host:port`` (PostgreSQL: a comma-separated list of them, as
+    libpq reads several hosts), two ``@`` in the host part (PostgreSQL: libpq
+    splits at the first, urllib at the last), an ``@`` after the host part where
+    none can be (the path, a query parameter's name, a PostgreSQL fragment, a
+    Redis fragment that goes on with a ``/``). An ``@`` in a query value
+    (``?user=me@server``) or a Redis cache name (``#team@eu``) is left as
+    written. A database name holding ``@`` is refused with the rest: it cannot
+    be told from ``user:123/secret@db``, and libpq reads it percent-encoded.
     """
     scheme, _, rest = url.partition("://")
     if "@" not in rest:
@@ -86,18 +89,32 @@ def _credentials_cut(url: str) -> bool:
         return False
     netloc = parts.netloc
     postgresql = _SCHEMES.get(scheme.lower()) == "postgresql"
-    if "@" in netloc:
-        return postgresql and netloc.count("@") > 1
-    try:
-        parts.port  # noqa: B018  (parsing the port is the check)
-    except ValueError:
+    if postgresql and netloc.count("@") > 1:
         return True
+    hosts = netloc.rpartition("@")[2]
+    if not all(_is_host(host) for host in (hosts.split(",") if postgresql else [hosts])):
+        return True
+    cut_fragment = "@" in parts.fragment and (postgresql or "/" in parts.fragment)
     return (
         "@" in parts.path
-        or (":" in netloc and not parts.hostname)
+        or cut_fragment
         or any("@" in item.partition("=")[0] for item in parts.query.split("&"))
-        or (postgresql and "@" in parts.fragment)
     )
+
+
+def _is_host(host: str) -> bool:
+    """Whether ``host`` reads as ``host[:port]`` (empty: a socket or the default)."""
+    try:
+        parsed = urlsplit(f"//{host}")
+        parsed.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        return False
+    return not host or bool(parsed.hostname)
+
+
+def _user_part(url: str) -> str:
+    """The user part of a cut URL, up to its last ``@``: all that may be secret."""
+    return url.partition("://")[2].rpartition("@")[0]
 
 
 # Query parameters that carry a secret: libpq and redis-py both read a password there.
@@ -117,9 +134,9 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return "<unparsable store URL>"
-    if "@" not in parts.netloc and _credentials_cut(url):
+    if _credentials_cut(url):
         scheme, _, rest = url.partition("://")
-        user = rest.partition(":")[0]
+        user = _user_part(url).partition(":")[0]
         shown = "***" if any(c in user for c in "/?#@") else f"{user}:***"
         return redact_url(f"{scheme}://{shown}@{rest.rpartition('@')[2]}")
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -145,8 +162,8 @@ def url_secrets(url: str) -> list[str]:
         password = parts.password
     except ValueError:
         return []
-    if "@" not in parts.netloc and _credentials_cut(url):
-        password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    if _credentials_cut(url):
+        password = _user_part(url).partition(":")[2]
     written = [password] if password else []
     for pair in parts.query.split("&"):
         key, _, value = pair.partition("=")

@@ -67,13 +67,19 @@ def test_every_secret_of_a_url_is_listed_for_scrubbing() -> None:
         "postgresql://reader:Zq9?Xw7@db/ctx",
         "postgresql://reader:Zq9#Xw7@db/ctx",
         "postgresql://reader:Zq9@Xw7@db/ctx",  # libpq ends the user part at the first '@'
+        # An '@' and then a '/' or '#': every reader ends the host part at the first
+        # of them, and takes 'Xw7' for the host.
+        "redis://:Zq9@Xw7/Ab3@cache:6379/0",
+        "redis://:Zq9@Xw7#Ab3@cache:6379/0",
+        "postgresql://reader:Zq9@Xw7/Ab3@db/ctx",
+        "postgresql://reader:123/Xw7@db/ctx",  # '123' reads as a port
     ],
 )
 def test_an_unencoded_password_is_a_config_error_that_never_shows_it(url: str) -> None:
     with pytest.raises(ConfigError, match="percent-encoded") as raised:
         store_location(url)
     for shown in (str(raised.value), redact_url(url)):
-        assert "Xw7" not in shown and "Zq9" not in shown, shown
+        assert "Xw7" not in shown and "Zq9" not in shown and "Ab3" not in shown, shown
     assert any("Xw7" in secret for secret in url_secrets(url))  # scrubbed from driver errors
 
 
@@ -85,6 +91,7 @@ def test_an_unencoded_password_is_a_config_error_that_never_shows_it(url: str) -
         "redis://cache:6379/0#team@eu",  # a cache name
         "redis://:Zq9%2FXw7@cache:6379/0",
         "redis://:Zq9@Xw7@cache:6379/0",  # redis-py reads the user part up to the last '@'
+        "postgresql://h1:5432,h2:5433/ctx?user=reader@server",  # libpq's several hosts
     ],
 )
 def test_an_at_sign_where_a_url_may_hold_one_is_no_cut_password(url: str) -> None:
