@@ -65,6 +65,8 @@ __all__ = ["DEFAULT_TABLE", "MANIFEST_TABLE", "PgVectorStore", "table_name"]
 DEFAULT_TABLE = "ctxproto_chunks"
 MANIFEST_TABLE = "ctxproto_vector_manifest"
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
+_DERIVED_SUFFIXES = ("_doc_id", "_metadata", "_hnsw", "_pkey", "_id_seq")
+"""How the names of a table's indexes and sequence end (``{table}_doc_id``, ...)."""
 HNSW_BUILD_MEMORY = "512MB"
 PING_TIMEOUT_S = 1.0
 _VECTOR_CACHE_LIMIT = 10_000  # slots -> vectors of recent hits, for MMR after a search
@@ -556,6 +558,14 @@ def table_name(url: str) -> str:
             f"invalid table name {table!r} in the store URL",
             key="store",
             expected="postgresql://…?table=NAME with NAME of lowercase letters, digits and _",
+        )
+    if table.endswith(_DERIVED_SUFFIXES):
+        # Tables and indexes share one name space: table kb_a's index kb_a_doc_id
+        # would be the table of a tenant a_doc_id (?table=kb_{tenant}).
+        raise ConfigError(
+            f"table name {table!r} ends as the name of another table's index or sequence",
+            key="store",
+            expected=f"a name not ending in {', '.join(_DERIVED_SUFFIXES)}",
         )
     return table
 

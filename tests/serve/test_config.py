@@ -253,6 +253,20 @@ def test_a_tenant_id_no_postgresql_table_can_be_named_by_is_refused(tmp_path):
     assert "lowercase letters, digits and _" in str(info.value)
 
 
+def test_a_tenant_table_named_as_another_tenants_index_is_refused(tmp_path):
+    """Tables and indexes share one name space: tenant `a`'s index `kb_a_doc_id` was
+    tenant `a_doc_id`'s table, so whichever indexed second could not build a store."""
+    knowledge = "postgresql://kb:s3cret@db/ctx?table=kb_{tenant}"
+    path = write(
+        tmp_path,
+        "tenants: [{id: a, key: k1}, {id: a_doc_id, key: k2}]\n"
+        f"mcp: {{knowledge: '{knowledge}'}}\n",
+    )
+    with pytest.raises(ConfigError, match="'kb_a_doc_id'") as info:
+        load_serve_config(path)
+    assert info.value.key == "tenants[1].id" and "s3cret" not in str(info.value)
+
+
 def test_a_knowledge_table_no_tenant_can_fill_in_is_refused(tmp_path):
     path = write(tmp_path, "mcp: {knowledge: 'postgresql://kb:s3cret@db/ctx?table=KB_{tenant}'}\n")
     with pytest.raises(ConfigError, match="invalid table name") as info:
