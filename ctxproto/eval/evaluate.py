@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,7 +101,7 @@ def evaluate(
                 continue
             item_rows = evaluator.evaluate(item, on_step=step)
             if rows is not None:
-                rows.append(index, item_rows)
+                rows.append(index, item_rows, _item_fingerprint(item))
             finished[index] = item_rows
         if rows is not None:
             rows.finish()
@@ -122,3 +124,22 @@ def _check_items(items: Sequence[EvalItem], rows: RowLog) -> None:
                 f"{rows.path} holds rows of {', '.join(sorted(written))} as item {index + 1}, "
                 f"where the dataset now has {now}: the data changed since they were written"
             )
+        # Generated items are numbered by position: the same id, other data.
+        if rows.fingerprints.get(index) not in (None, _item_fingerprint(items[index])):
+            raise DatasetError(
+                f"{rows.path} holds rows of {now} as it was when they were written; the "
+                "dataset now gives another item under that id (an installed data package "
+                "or ctxproto itself changed): remove the file to start anew"
+            )
+
+
+def _item_fingerprint(item: EvalItem) -> str:
+    """A digest of everything an item holds, so a resumed run sees that it changed."""
+    content = {
+        "id": item.id,
+        "context": item.context.model_dump(mode="json"),
+        "answers": item.answers,
+        "metadata": item.metadata,
+    }
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

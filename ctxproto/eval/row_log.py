@@ -156,6 +156,8 @@ class _ItemLine(BaseModel):
 
     item: int
     rows: list[Row]
+    fingerprint: str | None = None
+    """``_item_fingerprint`` of the item the rows are of."""
 
 
 class _EndLine(BaseModel):
@@ -170,6 +172,7 @@ class _Written:
 
     header: _Header
     done: dict[int, list[Row]] = field(default_factory=dict)
+    fingerprints: dict[int, str | None] = field(default_factory=dict)
     finished: bool = False
     end: int = 0
     """Bytes up to the end of the last whole line: a torn line after it is cut off."""
@@ -200,6 +203,9 @@ class RowLog:
             raise
         self._continued = written if resume else None
         self.done: dict[int, list[Row]] = dict(self._continued.done) if self._continued else {}
+        self.fingerprints: dict[int, str | None] = (
+            dict(self._continued.fingerprints) if self._continued else {}
+        )
         """The rows of every item evaluated so far, by the item's position in the dataset."""
 
     def _check(self, written: _Written | None, resume: bool) -> _Written | None:
@@ -243,10 +249,12 @@ class RowLog:
         self._handle.truncate(continued.end)  # a torn last line
         self._started = True
 
-    def append(self, index: int, rows: list[Row]) -> None:
-        """Add the rows of the item at ``index``, flushed before this returns."""
-        self._write({"item": index, "rows": rows})
+    def append(self, index: int, rows: list[Row], fingerprint: str | None = None) -> None:
+        """Add the rows of the item at ``index`` (``fingerprint``: ``_item_fingerprint``
+        of it), flushed before this returns."""
+        self._write({"item": index, "rows": rows, "fingerprint": fingerprint})
         self.done[index] = rows
+        self.fingerprints[index] = fingerprint
 
     def finish(self) -> None:
         """Mark the run complete: a new run may then replace the file without ``--resume``."""
@@ -316,6 +324,7 @@ def _parse(path: Path, data: bytes) -> _Written | None:
         body = _parsed(_BODY, path, number, line)
         if isinstance(body, _ItemLine):
             written.done[body.item] = body.rows
+            written.fingerprints[body.item] = body.fingerprint
         else:
             written.finished = body.finished
         written.end += len(line) + 1

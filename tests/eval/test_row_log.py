@@ -89,6 +89,55 @@ def test_rows_of_items_the_dataset_no_longer_yields_are_refused(tmp_path: Path) 
         evaluate([Pipeline([], name="p")], Letters(["a", "b"]), settings=SETTINGS, rows=log)
 
 
+class Versioned(Letters):
+    """Letters whose questions depend on ``version``, as an upgraded data package's."""
+
+    def __init__(self, ids: list[str], version: int) -> None:
+        super().__init__(ids)
+        self.version = version
+
+    def items(self, limit: int | None = None) -> Iterator[EvalItem]:
+        for item in super().items(limit):
+            item.context.metadata["version"] = self.version
+            yield item
+
+
+def test_rows_of_an_item_that_changed_under_its_id_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generated items are numbered by position (``needle-0000``): an upgraded data
+    package gives other items under the same ids, and a resume mixed the two."""
+    from ctxproto.eval.runner import Evaluator
+
+    real = Evaluator.evaluate
+    calls = []
+
+    def stop_at_the_second(self: Evaluator, item: EvalItem, **kwargs: Any) -> Any:
+        calls.append(item.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, item, **kwargs)
+
+    pipelines = [Pipeline([], name="p")]
+    with monkeypatch.context() as patch, RowLog(tmp_path, RUN, resume=False) as log:
+        patch.setattr(Evaluator, "evaluate", stop_at_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(pipelines, Versioned(["a", "b"], 1), settings=SETTINGS, rows=log)
+    with RowLog(tmp_path, RUN, resume=True) as log:  # the same data: it resumes
+        report = evaluate(pipelines, Versioned(["a", "b"], 1), settings=SETTINGS, rows=log)
+    assert not report.partial
+    with monkeypatch.context() as patch, RowLog(tmp_path / "v", RUN, resume=False) as log:
+        patch.setattr(Evaluator, "evaluate", stop_at_the_second)
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(pipelines, Versioned(["a", "b"], 1), settings=SETTINGS, rows=log)
+    with (
+        RowLog(tmp_path / "v", RUN, resume=True) as log,
+        pytest.raises(DatasetError, match="another item under that id"),
+    ):
+        evaluate(pipelines, Versioned(["a", "b"], 2), settings=SETTINGS, rows=log)
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     with RowLog(tmp_path, RUN, resume=False) as first:
         first.start(SETTINGS)
