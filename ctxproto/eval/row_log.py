@@ -304,6 +304,11 @@ def _locked(path: Path) -> IO[bytes]:
             "(Ctrl-C ends it and keeps its rows), or choose another --out",
             key="--out",
         ) from None
+    except OSError as exc:  # a file system without locks (some network mounts)
+        handle.close()
+        raise StoreError(
+            f"{path}: cannot lock it ({exc.strerror}); choose an --out on a local disk"
+        ) from exc
     handle.seek(0)
     return handle
 

@@ -145,3 +145,18 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
             RowLog(tmp_path, RUN, resume=True)
     with RowLog(tmp_path, RUN, resume=True):  # once the first run has ended
         pass
+
+
+def test_a_folder_that_cannot_be_locked_is_a_store_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network mounts have no locks: a raw OSError traceback on every eval."""
+    import errno
+    import fcntl
+
+    def no_locks(*_args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(StoreError, match=r"rows.jsonl: cannot lock it \(No locks available\)"):
+        RowLog(tmp_path, RUN, resume=False)
