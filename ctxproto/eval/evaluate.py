@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +10,7 @@ from ctxproto.eval.dataset import Dataset, EvalItem
 from ctxproto.eval.logprob import AnswerLogprobScorer
 from ctxproto.eval.readers import Reader
 from ctxproto.eval.report import EvalReport
-from ctxproto.eval.row_log import RowLog
+from ctxproto.eval.row_log import RowLog, item_fingerprint
 from ctxproto.eval.runner import DEFAULT_LOGPROB_TOLERANCE, Evaluator
 from ctxproto.pipeline import Pipeline
 
@@ -101,7 +99,7 @@ def evaluate(
                 continue
             item_rows = evaluator.evaluate(item, on_step=step)
             if rows is not None:
-                rows.append(index, item_rows, _item_fingerprint(item))
+                rows.append(index, item_rows, item_fingerprint(item))
             finished[index] = item_rows
         if rows is not None:
             rows.finish()
@@ -125,21 +123,9 @@ def _check_items(items: Sequence[EvalItem], rows: RowLog) -> None:
                 f"where the dataset now has {now}: the data changed since they were written"
             )
         # Generated items are numbered by position: the same id, other data.
-        if rows.fingerprints.get(index) not in (None, _item_fingerprint(items[index])):
+        if rows.fingerprints.get(index) not in (None, item_fingerprint(items[index])):
             raise DatasetError(
                 f"{rows.path} holds rows of {now} as it was when they were written; the "
                 "dataset now gives another item under that id (an installed data package "
                 "or ctxproto itself changed): remove the file to start anew"
             )
-
-
-def _item_fingerprint(item: EvalItem) -> str:
-    """A digest of everything an item holds, so a resumed run sees that it changed."""
-    content = {
-        "id": item.id,
-        "context": item.context.model_dump(mode="json"),
-        "answers": item.answers,
-        "metadata": item.metadata,
-    }
-    text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

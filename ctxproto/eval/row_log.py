@@ -31,6 +31,7 @@ from typing import IO, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from ctxproto.errors import ConfigError, DatasetError, StoreError, UsageError
+from ctxproto.eval.dataset import EvalItem
 from ctxproto.pipeline import Pipeline
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RowLog",
     "RunRecord",
     "dataset_fingerprint",
+    "item_fingerprint",
     "items_done",
     "pipeline_fingerprint",
 ]
@@ -60,7 +62,24 @@ def pipeline_fingerprint(pipeline: Pipeline) -> str:
     The config's content, not its path: a config moved or copied elsewhere
     continues the run, an edited one does not (comments and key order aside).
     """
-    text = json.dumps(pipeline.to_dict(), sort_keys=True, ensure_ascii=False)
+    return _digest(pipeline.to_dict())
+
+
+def item_fingerprint(item: EvalItem) -> str:
+    """A digest of everything an item holds: generated items are numbered by
+    position, so an upgraded data package gives other items under the same ids."""
+    content = {
+        "id": item.id,
+        "context": item.context.model_dump(mode="json"),
+        "answers": item.answers,
+        "metadata": item.metadata,
+    }
+    return _digest(content)[:32]
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON (keys sorted)."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -157,7 +176,7 @@ class _ItemLine(BaseModel):
     item: int
     rows: list[Row]
     fingerprint: str | None = None
-    """``_item_fingerprint`` of the item the rows are of."""
+    """``item_fingerprint`` of the item the rows are of."""
 
 
 class _EndLine(BaseModel):
@@ -203,10 +222,11 @@ class RowLog:
             raise
         self._continued = written if resume else None
         self.done: dict[int, list[Row]] = dict(self._continued.done) if self._continued else {}
+        """The rows of every item evaluated so far, by the item's position in the dataset."""
         self.fingerprints: dict[int, str | None] = (
             dict(self._continued.fingerprints) if self._continued else {}
         )
-        """The rows of every item evaluated so far, by the item's position in the dataset."""
+        """``item_fingerprint`` of each of those items (``None``: written without one)."""
 
     def _check(self, written: _Written | None, resume: bool) -> _Written | None:
         """The run to continue, if any; a ``ConfigError`` when this run may not go on."""
@@ -250,7 +270,7 @@ class RowLog:
         self._started = True
 
     def append(self, index: int, rows: list[Row], fingerprint: str | None = None) -> None:
-        """Add the rows of the item at ``index`` (``fingerprint``: ``_item_fingerprint``
+        """Add the rows of the item at ``index`` (``fingerprint``: ``item_fingerprint``
         of it), flushed before this returns."""
         self._write({"item": index, "rows": rows, "fingerprint": fingerprint})
         self.done[index] = rows
