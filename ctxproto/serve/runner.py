@@ -2,9 +2,9 @@
 
 ``ServerThread`` is how Python callers and tests serve an app without a
 subprocess: ``with ServerThread(app) as server: server.url``. It binds before
-returning (port 0 picks a free port) and stops uvicorn gracefully on close.
-``GracefulServer`` is the CLI's: told to stop, it gives requests in flight a
-bounded grace, then ends them in the app's own way (``ShutdownCutoff``).
+returning (port 0 picks a free port). Both it and the CLI run a
+``GracefulServer``: told to stop, it gives requests in flight a bounded grace,
+then ends them in the app's own way (``ShutdownCutoff``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import uvicorn
 
-from ctxproto.errors import BackendError
+from ctxproto.cli.serve import DEFAULT_SHUTDOWN_GRACE_S
+from ctxproto.errors import BackendError, UsageError
+from ctxproto.serve.state import ProxyState
 
 __all__ = ["GracefulServer", "ServerThread", "uvicorn_config"]
 
@@ -28,6 +30,9 @@ KEEP_ALIVE_S = 5
 # (a client that reads nothing, a pipeline step that runs on in its thread),
 # before it cancels them itself.
 CUTOFF_BACKSTOP_S = 5.0
+# How long ``ServerThread.close`` waits, past uvicorn's own bound, for the app's
+# lifespan to end (the upstream's connections closed, the /mcp sessions stopped).
+LIFESPAN_SHUTDOWN_S = 10.0
 
 
 def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
@@ -69,9 +74,27 @@ class GracefulServer(uvicorn.Server):
 
 
 class ServerThread:
-    """Serves ``app`` on ``host:port`` from a daemon thread."""
+    """Serves ``app`` on ``host:port`` from a daemon thread.
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    On ``close`` the requests in flight get ``grace_s`` seconds to finish, as
+    under ``ctxproto serve --shutdown-grace`` (the same default): then a proxy
+    app (``create_app``) ends them with its ``ShutdownCutoff``, so a stream
+    ends with a ``server_shutting_down`` error event rather than breaking off,
+    and ``close`` returns. Without the bound, one slow stream held ``close``
+    until it gave up waiting and left the server running behind it. Other apps
+    have no cut: uvicorn cancels their requests ``CUTOFF_BACKSTOP_S`` later.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+    ) -> None:
+        if not grace_s >= 0:
+            raise UsageError(f"grace_s must be a number of seconds >= 0, not {grace_s}")
         # IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off
         # (TCP_NODELAY) only on connections of a socket that says it is TCP. With
         # Nagle on, a response written as headers then body waits for the client's
@@ -80,7 +103,11 @@ class ServerThread:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(uvicorn_config(app, self.host, self.port))
+        self._server = GracefulServer(
+            uvicorn_config(app, self.host, self.port),
+            grace_s=grace_s,
+            on_grace_over=_cutoff_of(app),
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -106,9 +133,11 @@ class ServerThread:
         raise BackendError(f"the server on {self.base_url} did not start")
 
     def close(self) -> None:
+        """Stop taking connections, give requests in flight the grace, then end them."""
         self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            bound = self._server.config.timeout_graceful_shutdown or 0
+            self._thread.join(timeout=bound + LIFESPAN_SHUTDOWN_S)
         self._socket.close()
 
     def __enter__(self) -> ServerThread:
@@ -116,3 +145,15 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cutoff_of(app: Any) -> Callable[[], None]:
+    """What ends a stopping ``app``'s requests once the grace is over: the proxy's cut."""
+    state = getattr(getattr(app, "state", None), "proxy", None)
+    if isinstance(state, ProxyState):
+        return state.cutoff.cut
+    return _nothing_to_cut
+
+
+def _nothing_to_cut() -> None:
+    """An app that is not the proxy has no cutoff; uvicorn's backstop ends its requests."""
