@@ -27,7 +27,7 @@ from ctxproto.mcp.server import create_mcp_server
 from ctxproto.mcp.service import ContextService
 from ctxproto.serve.envelope import APIError, error_response
 from ctxproto.serve.state import ProxyState
-from ctxproto.serve.tenancy import Tenants
+from ctxproto.serve.tenancy import Tenants, TenantSlot
 
 __all__ = ["MCP_PATH", "McpEndpoint", "mcp_endpoint"]
 
@@ -95,17 +95,20 @@ class _Authenticated:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Calls (POSTs) count against the tenant's max_concurrent_requests as proxy
-        # requests do; the long-lived GET event stream and DELETE do not.
+        # requests do; the long-lived GET event stream and DELETE do not. The slot
+        # goes with the request to the tool it calls (``TenantSlot``), which holds
+        # it until its work ends, whether or not its client is still there.
         counted = scope.get("method") == "POST"
         try:
             tenant = self.tenants.authenticate(Headers(scope=scope).get("authorization"))
-            if counted:
-                self.tenants.enter(tenant)
+            slot = TenantSlot(self.tenants, tenant) if counted else None
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        if slot is not None:
+            slot.attach(scope)
         try:
             await self.app(scope, receive, send)
         finally:
-            if counted:
-                self.tenants.leave(tenant)
+            if slot is not None:
+                slot.release()

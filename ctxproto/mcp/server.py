@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -45,7 +45,7 @@ from ctxproto.mcp.results import (
 )
 from ctxproto.mcp.service import ContextService
 from ctxproto.serve.envelope import APIError
-from ctxproto.serve.tenancy import Tenants
+from ctxproto.serve.tenancy import Tenants, TenantSlot
 
 __all__ = ["McpRuntime", "create_mcp_server"]
 
@@ -182,6 +182,7 @@ async def assemble_context(
     If cached_answer is set, that answer is already known and no model call is needed."""
     runtime = _runtime(ctx)
     return await _tool(
+        ctx,
         runtime.service.assemble,
         runtime.tenant_of(ctx),
         session_id,
@@ -210,6 +211,7 @@ async def compress_text(
     byte-exact; with a question, the sentences that answer it are kept first."""
     runtime = _runtime(ctx)
     return await _tool(
+        ctx,
         runtime.service.compress,
         runtime.tenant_of(ctx),
         session_id,
@@ -240,7 +242,7 @@ async def remember(
     entry is visible to the next recall."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.remember, tenant, session_id, text, kind, role)
+    return await _tool(ctx, runtime.service.remember, tenant, session_id, text, kind, role)
 
 
 async def recall(
@@ -256,7 +258,7 @@ async def recall(
     query, within a token cap, oldest first. Unknown sessions are an error."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.recall, tenant, session_id, query, max_tokens)
+    return await _tool(ctx, runtime.service.recall, tenant, session_id, query, max_tokens)
 
 
 async def forget(
@@ -279,7 +281,7 @@ async def forget(
     recalled or summarized. An id the session does not hold removes nothing (removed: 0)."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.forget, tenant, session_id, entry_id, all_entries)
+    return await _tool(ctx, runtime.service.forget, tenant, session_id, entry_id, all_entries)
 
 
 async def search_knowledge(
@@ -293,7 +295,7 @@ async def search_knowledge(
     the best chunks that fit the token cap, best first, with their sources."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.search, tenant, session_id, query, k, max_tokens)
+    return await _tool(ctx, runtime.service.search, tenant, session_id, query, k, max_tokens)
 
 
 async def cached_answer(
@@ -314,7 +316,7 @@ async def cached_answer(
     negation). On a hit, use the answer instead of calling a model."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.cached_answer, tenant, session_id, question, context)
+    return await _tool(ctx, runtime.service.cached_answer, tenant, session_id, question, context)
 
 
 async def store_answer(
@@ -329,7 +331,9 @@ async def store_answer(
     """Store an answer for cached_answer to find next time the question is asked."""
     runtime = _runtime(ctx)
     tenant = runtime.tenant_of(ctx)
-    return await _tool(runtime.service.store_answer, tenant, session_id, question, answer, context)
+    return await _tool(
+        ctx, runtime.service.store_answer, tenant, session_id, question, answer, context
+    )
 
 
 async def context_stats(
@@ -338,7 +342,7 @@ async def context_stats(
 ) -> Stats:
     """Tokens saved and cache hits and misses: for this session and for all of yours."""
     runtime = _runtime(ctx)
-    return await _tool(runtime.service.stats, runtime.tenant_of(ctx), session_id)
+    return await _tool(ctx, runtime.service.stats, runtime.tenant_of(ctx), session_id)
 
 
 # -- resources and prompts ---------------------------------------------------
@@ -347,7 +351,7 @@ async def context_stats(
 async def session_summary(session_id: str, ctx: Context[McpRuntime, Any]) -> str:
     runtime = _runtime(ctx)
     tenant = _resource_tenant(runtime, ctx, session_id)
-    summary = await _resource(runtime.service.summary, tenant, session_id)
+    summary = await _resource(ctx, runtime.service.summary, tenant, session_id)
     return summary or ""
 
 
@@ -356,14 +360,14 @@ async def session_history(
 ) -> str:
     runtime = _runtime(ctx)
     tenant = _resource_tenant(runtime, ctx, session_id)
-    page = await _resource(runtime.service.history, tenant, session_id, cursor)
+    page = await _resource(ctx, runtime.service.history, tenant, session_id, cursor)
     return page.model_dump_json()
 
 
 async def tenant_stats(ctx: Context[McpRuntime, Any], session_id: str | None = None) -> str:
     runtime = _runtime(ctx)
     tenant = _resource_tenant(runtime, ctx, session_id)
-    stats = await _resource(runtime.service.stats, tenant, session_id)
+    stats = await _resource(ctx, runtime.service.stats, tenant, session_id)
     return stats.model_dump_json()
 
 
@@ -405,19 +409,36 @@ def _resource_tenant(
         raise ResourceError(str(exc)) from None
 
 
-async def _tool(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _tool(
+    ctx: Context[McpRuntime, Any], function: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     """Run blocking service work in a thread; our errors reach the model as tool errors."""
     try:
-        return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+        return await _work(ctx, functools.partial(function, *args, **kwargs))
     except CtxprotoError as exc:
         raise ToolError(str(exc)) from exc
 
 
-async def _resource(function: Callable[..., T], *args: Any) -> T:
+async def _resource(ctx: Context[McpRuntime, Any], function: Callable[..., T], *args: Any) -> T:
     try:
-        return await anyio.to_thread.run_sync(functools.partial(function, *args))
+        return await _work(ctx, functools.partial(function, *args))
     except CtxprotoError as exc:
         raise ResourceError(str(exc)) from exc
+
+
+async def _work(ctx: Context[McpRuntime, Any], work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread, holding the tenant's slot its HTTP request took.
+
+    The call runs in its session's task: its client may hang up and end the
+    request meanwhile, and the work still counts against the tenant's limit
+    (``TenantSlot``); work that starts after its request ended takes the slot
+    anew, and over the limit fails as the tool's error (an ``APIError``, 429).
+    Over stdio no request holds a slot.
+    """
+    scope = getattr(ctx.request_context.request, "scope", None)
+    slot = TenantSlot.of(scope) if isinstance(scope, Mapping) else None
+    with slot.held() if slot is not None else contextlib.nullcontext():
+        return await anyio.to_thread.run_sync(work)
 
 
 @contextlib.contextmanager

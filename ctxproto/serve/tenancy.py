@@ -10,17 +10,28 @@ keeps one session turn after turn, so its summary checkpoints are reused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ctxproto.serve.config import TenantConfig
 from ctxproto.serve.envelope import APIError
 
-__all__ = ["SESSION_HEADERS", "Tenants", "conversation_session", "named_session", "session_id"]
+__all__ = [
+    "SESSION_HEADERS",
+    "TenantSlot",
+    "Tenants",
+    "conversation_session",
+    "named_session",
+    "session_id",
+]
 
 SESSION_HEADERS = ("x-session-id", "x-litellm-session-id", "helicone-session-id")
+# Where a request's TenantSlot waits for the work it starts: the ASGI scope's
+# "state", which Starlette's Request.state reads.
+_SLOT_STATE_KEY = "ctxproto_tenant_slot"
 DEFAULT_TENANT = TenantConfig(id="default", key="unused")
 
 
@@ -60,6 +71,56 @@ class Tenants:
 
     def leave(self, tenant: TenantConfig) -> None:
         self._in_flight[tenant.id] -= 1
+
+
+class TenantSlot:
+    """One of a tenant's ``max_concurrent_requests``, held by a request and by the work
+    it started, and free once the last of them ends.
+
+    An MCP tool call over HTTP runs in its session's task, not in the POST that
+    asked for it: a client that hangs up ends the POST while the call runs on,
+    and a slot held by the POST alone was free again, so a client that fired
+    calls and hung up ran any number at once. The work cannot be cancelled
+    instead: it runs in a worker thread, which nothing interrupts halfway (and
+    a ``forget`` stopped halfway would leave half its entries). Work that starts
+    after every holder left takes the slot anew, over the limit a 429.
+
+    Used on the event loop only, as ``Tenants`` is.
+    """
+
+    def __init__(self, tenants: Tenants, tenant: TenantConfig) -> None:
+        """Take the slot (``Tenants.enter``: over the limit, a 429 ``APIError``)."""
+        tenants.enter(tenant)
+        self._tenants = tenants
+        self._tenant = tenant
+        self._holders = 1
+
+    def attach(self, scope: MutableMapping[str, Any]) -> None:
+        """Leave the slot in an ASGI request's state, where the work it starts finds it."""
+        scope.setdefault("state", {})[_SLOT_STATE_KEY] = self
+
+    @staticmethod
+    def of(scope: Mapping[str, Any]) -> TenantSlot | None:
+        """The slot ``attach`` left in ``scope``, if any."""
+        slot = scope.get("state", {}).get(_SLOT_STATE_KEY)
+        return slot if isinstance(slot, TenantSlot) else None
+
+    def release(self) -> None:
+        """One holder is done; the last one frees the slot."""
+        self._holders -= 1
+        if self._holders == 0:
+            self._tenants.leave(self._tenant)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the slot while the block runs."""
+        if self._holders == 0:
+            self._tenants.enter(self._tenant)
+        self._holders += 1
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def session_id(headers: Mapping[str, str], user: str | None, messages: list[Any]) -> str:

@@ -27,7 +27,9 @@ from ctxproto.serve import (
     create_app,
     load_serve_config,
 )
+from ctxproto.serve.config import TenantConfig
 from ctxproto.serve.envelope import APIError
+from ctxproto.serve.tenancy import Tenants
 from ctxproto.stores.session_state import SessionStateStore
 from tests.mcp.conftest import build_knowledge, text_of
 
@@ -207,6 +209,36 @@ def test_the_runtime_model_server_has_no_mcp_endpoint() -> None:
     assert "/mcp" in with_mcp and "/mcp" not in without
 
 
+def _open_session(url: str, headers: dict[str, str]) -> dict[str, str]:
+    """The headers of a new MCP session opened over raw HTTP, ``headers`` among them."""
+    headers = {
+        **headers,
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2025-06-18",
+    }
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
+    opened = httpx.post(
+        url,
+        headers=headers,
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+    )
+    headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+    httpx.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return headers
+
+
+def _call_and_hang_up(url: str, headers: dict[str, str], text: str) -> None:
+    """Call ``remember`` and leave half a second later, as a client that times out does."""
+    call = {"name": "remember", "arguments": {"session_id": "s", "text": text}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            url,
+            headers=headers,
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+            timeout=httpx.Timeout(10, read=0.5),
+        )
+
+
 class _GatedStore(SessionStateStore):
     """A session store whose writes, once armed, wait until the test lets them through."""
 
@@ -238,30 +270,10 @@ def test_a_call_whose_client_left_finishes_before_the_stores_close(
     )
     server = ServerThread(create_app(state)).start()
     url = f"{server.base_url}/mcp"
-    headers = {
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2025-06-18",
-    }
     try:
-        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
-        opened = httpx.post(
-            url,
-            headers=headers,
-            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
-        )
-        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        httpx.post(
-            url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
-        )
+        headers = _open_session(url, {})
         store.armed = True
-        call = {"name": "remember", "arguments": {"session_id": "s", "text": "the code is 4711"}}
-        with pytest.raises(httpx.ReadTimeout):  # the client leaves while the row is written
-            httpx.post(
-                url,
-                headers=headers,
-                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
-                timeout=httpx.Timeout(10, read=0.5),
-            )
+        _call_and_hang_up(url, headers, "the code is 4711")
         assert store.writing.wait(10)
     finally:
         # The write goes on once the server is stopping: before, the stores closed under it.
@@ -274,3 +286,42 @@ def test_a_call_whose_client_left_finishes_before_the_stores_close(
     reopened.close()
     assert row is not None and row["text"] == "the code is 4711"
     assert row.get("vector"), "the work that follows the write did not run"
+
+
+def test_a_call_whose_client_hung_up_holds_its_tenants_slot_until_it_ends(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """A call counted against the tenant's max_concurrent_requests only while its POST
+    was open: once the client hung up the slot was free, while the call ran on in its
+    session, so a client that fired calls and hung up ran any number at once."""
+    store = _GatedStore(tmp_path / "sessions")
+    limited = TenantConfig(id="tenant-c", key="key-c", max_concurrent_requests=1)
+    state = ProxyState(
+        flow=ContextFlow(None, store=store),
+        upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m"),
+        tenants=Tenants({"key-c": limited}),
+    )
+    server = ServerThread(create_app(state), grace_s=0).start()
+    url = f"{server.base_url}/mcp"
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+    try:
+        headers = _open_session(url, {"authorization": "Bearer key-c"})
+        store.armed = True
+        _call_and_hang_up(url, headers, "a slow write")
+        assert store.writing.wait(10)
+        # The client is gone, its call is not: the tenant is at its limit throughout.
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            busy = httpx.post(url, headers=headers, json=listing)
+            assert busy.status_code == 429, "a call still running no longer counts"
+            time.sleep(0.05)
+        store.go_on.set()
+        # The call ends, and with it the slot is free.
+        deadline = time.monotonic() + 10
+        while httpx.post(url, headers=headers, json=listing).status_code == 429:
+            assert time.monotonic() < deadline, "the slot outlived the call"
+            time.sleep(0.05)
+    finally:
+        store.go_on.set()
+        server.close()
+        store.close()

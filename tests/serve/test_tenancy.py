@@ -13,7 +13,9 @@ import httpx
 import openai
 import pytest
 
-from ctxproto.serve.tenancy import session_id
+from ctxproto.serve.config import TenantConfig
+from ctxproto.serve.envelope import APIError
+from ctxproto.serve.tenancy import Tenants, TenantSlot, session_id
 from ctxproto.stores.session_state import SessionStateStore
 from tests.serve.clients import openai_client
 
@@ -189,6 +191,22 @@ def test_a_user_in_any_script_is_answered_and_its_turn_stored_once(proxy, proxy_
         {"role": "user", "content": "hello"},
         {"role": "assistant", "content": "hello | hello"},
     ]
+
+
+def test_a_slot_is_free_once_its_request_and_its_work_both_ended():
+    tenant = TenantConfig(id="t", key="k", max_concurrent_requests=1)
+    tenants = Tenants({"k": tenant})
+    slot = TenantSlot(tenants, tenant)  # the request
+    with slot.held():  # the work it started
+        slot.release()  # the client hung up; the work runs on
+        with pytest.raises(APIError):
+            TenantSlot(tenants, tenant)
+    other = TenantSlot(tenants, tenant)  # free once the work ended
+    # Work that starts after its request ended takes the slot anew: over the limit, refused.
+    with pytest.raises(APIError) as refused, slot.held():
+        pass
+    assert refused.value.status == 429
+    other.release()
 
 
 def test_session_id_sources_in_order():
