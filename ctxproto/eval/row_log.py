@@ -3,8 +3,9 @@
 An evaluation with a reader or log-prob scoring runs for hours on a CPU, and its
 report is written at the end: without this file a Ctrl-C, a crash or a killed
 job would lose every item already evaluated. So each item's rows (every
-system's) are appended as one JSON line, flushed when the item finishes, and
-``ctxproto eval --resume`` continues a stopped run from where it stopped::
+system's) are appended as one JSON line, written to disk (fsynced) when the item
+finishes, and ``ctxproto eval --resume`` continues a stopped run from where it
+stopped::
 
     {"ctxproto_eval_rows": 1, "run": {...RunRecord...}, "settings": {...}}
     {"item": 0, "rows": [{"item_id": "needle-0000", "system": "baseline", ...}, ...]}
@@ -16,6 +17,12 @@ pipelines, data or settings would mix two experiments in one report, so
 ``--resume`` compares them first and names the option that differs. A kill can
 tear the last line; it is ignored when the file is read, and cut off before the
 next line is appended.
+
+Flushed only, a line sat in the page cache: a power cut or a crash of the
+machine (not of the process) lost the items of the last seconds, or left a file
+whose size had grown over blocks never written. One fsync per item costs a few
+milliseconds (2 ms median on a virtual disk) against an item's seconds to
+minutes of model calls.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from ctxproto.errors import ConfigError, DatasetError, StoreError, UsageError
 from ctxproto.eval.dataset import EvalItem
 from ctxproto.pipeline import Pipeline
+from ctxproto.stores.atomic import fsync_directory
 
 __all__ = [
     "ROWS_FILE",
@@ -260,6 +269,7 @@ class RowLog:
             self._started = True
             header = _Header(ctxproto_eval_rows=ROWS_VERSION, run=self.run, settings=settings)
             self._write(header.model_dump(mode="json"))
+            fsync_directory(self.path.parent)  # the file's name, when it is new
             return
         then = continued.header.settings
         for key in sorted(set(settings) | set(then)):
@@ -271,7 +281,7 @@ class RowLog:
 
     def append(self, index: int, rows: list[Row], fingerprint: str | None = None) -> None:
         """Add the rows of the item at ``index`` (``fingerprint``: ``item_fingerprint``
-        of it), flushed before this returns."""
+        of it), on disk (fsynced) before this returns."""
         self._write({"item": index, "rows": rows, "fingerprint": fingerprint})
         self.done[index] = rows
         self.fingerprints[index] = fingerprint
@@ -298,6 +308,7 @@ class RowLog:
             raise UsageError("RowLog.start() must come before rows are written")
         self._handle.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
         self._handle.flush()
+        os.fsync(self._handle.fileno())
 
 
 def _mismatch(option: str, how: str, path: Path) -> ConfigError:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,34 @@ def test_a_torn_last_line_is_not_an_item_and_is_cut_before_the_next(tmp_path: Pa
         log.append(2, rows("q2"))
     with RowLog(tmp_path, RUN, resume=True) as log:
         assert sorted(log.done) == [0, 1, 2]
+
+
+def test_each_items_rows_are_on_disk_before_append_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flushed only, the rows sat in the page cache: a crash of the machine lost the
+    items of its last seconds, however long they had taken to evaluate."""
+    path = tmp_path / ROWS_FILE
+    synced: list[Any] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append("folder")
+        else:  # what the file holds when it is synced: the line just written, whole
+            last = json.loads(path.read_bytes().splitlines()[-1])
+            synced.append(last.get("item", sorted(last)[0]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with RowLog(tmp_path, RUN, resume=False) as log:
+        log.start(SETTINGS)
+        assert synced == ["ctxproto_eval_rows", "folder"]  # the header, the new file's name
+        for index in range(2):
+            log.append(index, rows(f"q{index}"))
+            assert synced[-1] == index
+        log.finish()
+    assert synced[2:] == [0, 1, "finished"]
 
 
 def test_a_line_that_is_no_row_line_is_a_store_error_naming_it(tmp_path: Path) -> None:
