@@ -123,7 +123,7 @@ class Pipeline:
         self.config_key = ""
         """Where in that file the pipeline sits ("pipeline" in a serve config; "": the top)."""
         self.documents_position = documents_position
-        self.budget = budget
+        self.budget = _budget(budget)
         self.name = name
         self.tokenizer = tokenizer
         self.render = render
@@ -158,6 +158,8 @@ class Pipeline:
         Every stage is warmed up first, so that a misconfigured one fails before
         any stage has done work (or written state).
         """
+        if not isinstance(request, Context | ChatRequest):
+            raise UsageError(_not_a_request(request))
         self.warm_up()
         context = request.to_context() if isinstance(request, ChatRequest) else request
         start = time.perf_counter()
@@ -324,6 +326,33 @@ def _stage_list(stages: Sequence[Stage]) -> list[Stage]:
         if not isinstance(stage, Stage):
             raise UsageError(f"stages[{index}] is {excerpt(stage)}, not a Stage")
     return listed
+
+
+def _budget(budget: Budget | None) -> Budget | None:
+    """``budget`` when it is one; a bare number of tokens is refused with the fix.
+
+    ``Pipeline(stages, 1500)`` was taken, then failed at the first run with an
+    ``AttributeError`` from the assembler that named neither the budget nor the fix.
+    """
+    if budget is None or isinstance(budget, Budget):
+        return budget
+    raise UsageError(
+        f"budget is {excerpt(budget)}, not a Budget: "
+        "give Budget(max_prompt_tokens=...), or None for no limit"
+    )
+
+
+def _not_a_request(request: object) -> str:
+    """Why ``request`` cannot be run, and the call that runs what it holds.
+
+    A message list or a request body is what callers have in hand, and passing it
+    straight to ``run`` failed with an ``AttributeError`` deep in the stages.
+    """
+    return (
+        f"Pipeline.run takes a ChatRequest or a Context, not {type(request).__name__}: "
+        "pipeline.run_messages(messages) runs on OpenAI message dicts, "
+        "pipeline.run(ChatRequest.model_validate(body)) on a request body"
+    )
 
 
 def _schema_at(key: str) -> type[BaseModel]:

@@ -187,6 +187,35 @@ def test_run_messages_refuses_an_invalid_request_as_a_usage_error():
         Pipeline().run_messages([{"role": "user", "content": "Hi"}, unanswered])
 
 
+@pytest.mark.parametrize(
+    ("request_", "kind"),
+    [
+        ([{"role": "user", "content": "Hi"}], "list"),
+        ({"messages": [{"role": "user", "content": "Hi"}]}, "dict"),
+    ],
+    ids=["message list", "request body"],
+)
+def test_run_refuses_what_is_not_a_request_with_the_call_that_runs_it(request_, kind):
+    """A message list or a request body passed to ``run`` failed with
+    ``AttributeError: 'list' object has no attribute 'system_prompt'``."""
+    with pytest.raises(UsageError) as raised:
+        Pipeline([RecencyWindow(max_turns=2)]).run(request_)
+    assert str(raised.value).startswith(
+        f"Pipeline.run takes a ChatRequest or a Context, not {kind}: "
+        "pipeline.run_messages(messages) runs on OpenAI message dicts"
+    )
+
+
+def test_a_budget_that_is_not_a_budget_is_refused_when_the_pipeline_is_built():
+    """``Pipeline(stages, 1500)`` was taken, then the first run failed with
+    ``AttributeError: 'int' object has no attribute 'section_caps'``."""
+    with pytest.raises(UsageError) as raised:
+        Pipeline([RecencyWindow(max_turns=2)], 1500)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "budget is 1500, not a Budget: give Budget(max_prompt_tokens=...), or None for no limit"
+    )
+
+
 def test_a_failing_stage_is_named_on_its_exception():
     class Broken(Stage):
         type_name: ClassVar[str] = "broken_for_test"
