@@ -1,7 +1,8 @@
 """``ctxproto index DIR_OR_JSONL --store PATH|URL``: build or update a retrieval store.
 
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
-path relative to the folder); a JSONL file contributes one document per line
+path relative to the folder), one such file given alone itself (id = its name);
+a JSONL file contributes one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``). Documents with
 an id already in the store replace it. Every input is read and checked before
 the store changes, and the store is saved atomically at the end, so a bad file
@@ -47,7 +48,9 @@ def register(subparsers: Any) -> None:
         help="build a retrieval store from a folder of text/markdown files or a JSONL file",
         description="Chunk, embed and store documents for the `retriever` stage.",
     )
-    parser.add_argument("source", help="folder of .txt/.md files, or a .jsonl of documents")
+    parser.add_argument(
+        "source", help="folder of .txt/.md files, one such file, or a .jsonl of documents"
+    )
     parser.add_argument(
         "--store",
         required=True,

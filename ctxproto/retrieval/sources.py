@@ -1,7 +1,10 @@
-"""Reading documents to index: a folder of text files, or a JSONL file of documents.
+"""Reading documents to index: a folder of text files, one text file, or a JSONL file.
 
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
-path relative to the folder); a JSONL file contributes one document per line
+path relative to the folder); one such file given alone is one document whose id
+is its name, the id a file at the top of a folder has when the folder is indexed,
+so that indexing one changed file of it replaces its document; any other file is
+read as JSONL, one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``).
 
 Symbolic links never take the reader out of the folder unless asked: a link
@@ -37,7 +40,8 @@ def read_documents(
     follow_symlinks: bool = False,
     on_skipped_link: Callable[[Path], None] | None = None,
 ) -> Iterator[Document]:
-    """Documents of a folder or a JSONL file; an unreadable one is a ``ConfigError`` naming it.
+    """Documents of a folder, a text file or a JSONL file; an unreadable one is a
+    ``ConfigError`` naming it.
 
     ``on_skipped_link`` is called with each link the folder reader did not follow.
     """
@@ -45,6 +49,9 @@ def read_documents(
         for path in _folder_files(source, follow_symlinks, on_skipped_link):
             relative = path.relative_to(source).as_posix()
             yield Document(id=relative, text=_read_text(path), source=relative)
+    elif source.is_file() and source.suffix.lower() in TEXT_SUFFIXES:
+        # Read as JSONL, a markdown file failed on its first line as "Invalid JSON".
+        yield Document(id=source.name, text=_read_text(source), source=source.name)
     elif source.is_file():
         with source.open("rb") as handle:
             for number, line in enumerate(handle, start=1):

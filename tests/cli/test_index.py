@@ -192,6 +192,28 @@ def test_an_emptied_file_is_skipped_and_its_old_chunks_deleted(
         knowledge_base.close()
 
 
+def test_one_markdown_file_is_indexed_as_its_folder_would_index_it(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """A ``.md`` file given alone was read as JSONL and refused as "Invalid JSON" on
+    its first line, although the error for an empty source asks for such a file."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    (folder / "volcanoes.md").write_text("# volcanoes\n\nEtna erupted in 2021.")
+    capsys.readouterr()
+    assert main(["index", str(folder / "volcanoes.md"), "--store", store, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["documents"] == 1
+    assert summary["store_documents"] == 2  # the folder's volcanoes.md, replaced
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        (found,) = knowledge_base.query("When did Etna erupt?", k=1)
+        assert found.metadata["doc_id"] == "volcanoes.md" and "2021" in found.text
+    finally:
+        knowledge_base.close()
+
+
 def test_an_id_repeated_in_a_jsonl_source_is_indexed_once_as_its_last_line(
     tmp_path: Path, capsys: Any, embedder: Any
 ) -> None:
