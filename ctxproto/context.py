@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ctxproto.documents import Document
 from ctxproto.limits import MAX_REQUEST_BYTES, read_text_capped
-from ctxproto.messages import Message, known_fields
+from ctxproto.messages import Message, known_fields, text_only
 from ctxproto.text.turns import pair_tool_calls
 
 __all__ = ["ChatRequest", "Context"]
@@ -74,7 +81,8 @@ class ChatRequest(BaseModel):
 
     Unknown top-level keys (``model``, ``temperature``...) are kept in
     ``extra`` and ignored by the stages, so a real chat-completions body can be
-    passed as it is.
+    passed as it is. A message with an image, audio or file part is refused
+    (``text_only``): the stages read text, and would send it on without that part.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -83,6 +91,11 @@ class ChatRequest(BaseModel):
     documents: list[Document] = Field(default_factory=list)
     session_id: str | None = None
     tenant_id: str = "default"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return text_only(data)
 
     @field_validator("messages")
     @classmethod

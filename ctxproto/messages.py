@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ctxproto.errors import ConfigError
+
 __all__ = [
     "FunctionCall",
     "Message",
@@ -15,6 +17,7 @@ __all__ = [
     "known_fields",
     "non_text_part",
     "template_message",
+    "text_only",
     "well_formed",
 ]
 
@@ -124,6 +127,27 @@ def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
             if kind != "text":
                 return index, str(kind)
     return None
+
+
+def text_only(data: Any) -> Any:
+    """``data``, a mapping about to be validated, as it is; a ``ConfigError`` naming the
+    first of its ``messages`` with an image, audio or file part.
+
+    ``Message`` keeps only the text parts, so a request holding an image ran, and
+    its prompt reached the model without the image, with nothing said. The proxy
+    passes such a conversation on unprocessed and the MCP tools refuse it; the
+    readers of requests and evaluation items refuse it through here.
+    """
+    messages = data.get("messages") if isinstance(data, dict) else None
+    for index, message in enumerate(messages if isinstance(messages, list) else []):
+        found = non_text_part([message]) if isinstance(message, dict) else None
+        if found is not None:
+            raise ConfigError(
+                f"holds a part of type '{found[1]}', which the stages (they read text) would drop",
+                key=f"messages[{index}].content",
+                expected="text parts only; send this conversation to the model as it is",
+            )
+    return data
 
 
 def well_formed(text: str) -> str:

@@ -71,6 +71,24 @@ def test_content_parts_are_joined_and_tool_calls_counted_as_text():
     assert "pinned" not in call.to_openai()
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def test_a_request_with_an_image_part_is_refused_naming_the_message(tmp_path):
+    """The image was dropped with the other non-text parts, and the lean prompt
+    reached the model without it, with nothing said."""
+    pictured = {"role": "user", "content": [{"type": "text", "text": "What is it?"}, IMAGE]}
+    path = tmp_path / "pictured.json"
+    path.write_text(json.dumps({"messages": [{"role": "system", "content": "Hi."}, pictured]}))
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_json_file(str(path))
+    assert str(info.value) == (
+        f"{path}: key 'messages[1].content': holds a part of type 'image_url', which the "
+        "stages (they read text) would drop (expected text parts only; send this "
+        "conversation to the model as it is)"
+    )
+
+
 def test_unknown_message_field_and_role_are_rejected():
     with pytest.raises(ValueError):
         Message.model_validate({"role": "user", "content": "x", "colour": "red"})

@@ -216,6 +216,14 @@ def test_a_budget_that_is_not_a_budget_is_refused_when_the_pipeline_is_built():
     )
 
 
+def test_run_messages_refuses_an_audio_part_rather_than_drop_it():
+    """``run_messages`` sent on a prompt without the audio, and said nothing."""
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    spoken = {"role": "user", "content": [{"type": "text", "text": "Transcribe:"}, audio]}
+    with pytest.raises(ConfigError, match=r"messages\[0\]\.content.*'input_audio'"):
+        Pipeline().run_messages([spoken])
+
+
 def test_a_failing_stage_is_named_on_its_exception():
     class Broken(Stage):
         type_name: ClassVar[str] = "broken_for_test"

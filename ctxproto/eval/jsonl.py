@@ -19,7 +19,7 @@ from ctxproto.context import ChatRequest
 from ctxproto.documents import Document
 from ctxproto.errors import DatasetError
 from ctxproto.eval.dataset import Dataset, DatasetProblem, EvalItem
-from ctxproto.messages import Message
+from ctxproto.messages import Message, text_only
 
 __all__ = ["JsonlDataset", "JsonlDocument", "JsonlItem"]
 
@@ -47,6 +47,11 @@ class JsonlItem(BaseModel):
     answers: list[str] = Field(min_length=1)
     documents: list[JsonlDocument] | None = None
     messages: list[Message] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return text_only(data)
 
     @model_validator(mode="after")
     def _has_context(self) -> JsonlItem:

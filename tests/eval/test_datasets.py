@@ -177,6 +177,21 @@ def test_jsonl_reports_bad_lines_by_number_and_keeps_the_good_ones(tmp_path: Pat
     assert [m.content for m in b.history] == ["It is 42."]
 
 
+def test_a_jsonl_item_with_an_image_part_is_a_bad_line(tmp_path: Path) -> None:
+    """Its image was dropped, and the item evaluated on the text alone."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    pictured = {
+        "id": "p",
+        "question": "What colour is it?",
+        "answers": ["red"],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Look."}, image]}],
+    }
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(pictured) + "\n", "utf-8")
+    with pytest.raises(DatasetError, match=r"items.jsonl:1: .*messages\[0\]\.content.*image_url"):
+        JsonlDataset(path)
+
+
 def test_jsonl_saved_with_a_byte_order_mark_keeps_its_first_line(tmp_path: Path) -> None:
     """Windows editors and spreadsheet exports start UTF-8 files with a BOM."""
     items = [
