@@ -42,12 +42,21 @@ Two rules make that re-read sufficient while other processes write:
   records each source's generation as ``put`` read it, and ``get`` serves it
   only while every one is still current, so an entry written while an
   invalidation ran (and missed by its list) is never answered.
+
+An entry this version cannot read (not JSON, fields it does not know how to
+read, a vector that is not the cache's: another version wrote it during a
+rolling upgrade, or someone edited it) is skipped as if it were not there, and
+a warning names its key once per process: a miss is always safe, failing
+every lookup that meets it is not. It stays stored, for the versions that read
+it; ``invalidate(key=...)`` drops it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -68,11 +77,13 @@ from ctxproto.stores.semantic_cache.mirror import (
     encode_vector,
 )
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
-from ctxproto.stores.semantic_cache.storage import open_cache_storage
+from ctxproto.stores.semantic_cache.storage import UnreadableEntryError, open_cache_storage
 from ctxproto.stores.semantic_cache.verifier import HitVerifier
 from ctxproto.stores.store_url import store_location
 
 __all__ = ["GUARDS", "CacheContext", "CacheHit", "Guard", "SemanticCache", "context_fingerprint"]
+
+log = logging.getLogger(__name__)
 
 Guard = Literal["rules", "learned", "off"]
 """How a candidate above the threshold is judged: see the module docstring."""
@@ -100,7 +111,7 @@ class StoredEntry(BaseModel):
     """An entry as the storage keeps it (JSON), checked whenever it is read back.
 
     The storage is shared: an entry written by another version of ctxproto, or
-    edited on the server, must be a ``StoreError`` that names its key, not a
+    edited on the server, is skipped with a warning that names its key, never a
     ``KeyError`` from the middle of a lookup. Fields this version does not know
     are ignored.
     """
@@ -328,19 +339,40 @@ class SemanticCache:
         return all(self._generation(s) == g for s, g in sources.items())
 
     def _read(self, key: str) -> StoredEntry | None:
-        """The entry under ``key``, checked; ``None`` when it is gone."""
-        raw = self._entries.get(key)
+        """The entry under ``key``, checked; ``None`` when it is gone or unreadable."""
+        try:
+            raw = self._entries.get(key)
+        except UnreadableEntryError as exc:
+            self._skip_unreadable(key, exc.reason)
+            return None
         if raw is None:
             return None
         try:
             return StoredEntry.model_validate(raw)
         except ValidationError as exc:  # the fields, never the contents
             fields = sorted({".".join(map(str, e["loc"])) or "the entry" for e in exc.errors()})
-            raise StoreError(
-                f"entry {key} of the cache at {self._entries.where} is not one this version "
-                f"of ctxproto reads (check {', '.join(fields)}): drop it with "
-                f"invalidate(key='{key}'), or clear the cache"
-            ) from None
+            self._skip_unreadable(key, f"is not one this version reads (check {', '.join(fields)})")
+            return None
+
+    def _skip_unreadable(self, key: str, reason: str) -> None:
+        """Treat the entry under ``key`` as missing, and say so once per key and process.
+
+        The entry stays: during a rolling upgrade the version that wrote it still
+        reads it. Dropping it is the operator's call, which the warning names.
+        """
+        marker = (self._entries.where, key)
+        with _REPORTED_LOCK:
+            if marker in _REPORTED_UNREADABLE:
+                return
+            _REPORTED_UNREADABLE.add(marker)
+        log.warning(
+            "entry %s of the cache at %s %s; lookups skip it: drop it with "
+            "invalidate(key='%s'), or clear the cache",
+            key,
+            self._entries.where,
+            reason,
+            key,
+        )
 
     def _sync(self) -> None:
         """Bring the in-memory mirror up to the shared sequence counter.
@@ -357,16 +389,17 @@ class SemanticCache:
         found = []
         for key in self._entries.keys_between(mirror.synced, latest):
             entry = self._read(key)
-            if entry is not None:
-                try:
-                    vector = decode_vector(entry.vector, self.embedder.dimension)
-                except StoreError as exc:
-                    where = f"entry {key} of the cache at {self._entries.where}"
-                    raise StoreError(f"{where}: {exc}") from exc
-                slots = QuerySlots.of(entry.query)
-                found.append(
-                    MirrorEntry(key, entry.namespace, entry.context, entry.query, vector, slots)
-                )
+            if entry is None:
+                continue
+            try:
+                vector = decode_vector(entry.vector, self.embedder.dimension)
+            except StoreError as exc:  # never mirrored, so never a candidate
+                self._skip_unreadable(key, f"has a vector this cache cannot use ({exc})")
+                continue
+            slots = QuerySlots.of(entry.query)
+            found.append(
+                MirrorEntry(key, entry.namespace, entry.context, entry.query, vector, slots)
+            )
         mirror.add(found, synced=latest)
 
     def _evict_over_limit(self) -> None:
@@ -375,6 +408,12 @@ class SemanticCache:
             return
         for oldest in self._entries.evict_over(self.max_entries):
             self._mirror.forget(oldest)
+
+
+_REPORTED_UNREADABLE: set[tuple[str, str]] = set()
+"""(storage, key) of the unreadable entries already warned about in this process: a
+lookup meets a skipped entry on every sync of a new mirror, the log only once."""
+_REPORTED_LOCK = threading.Lock()
 
 
 def resolve_guard(guard: Guard | bool) -> Guard:

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ctxproto.errors import StoreError
 from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
+from ctxproto.stores.semantic_cache.storage import UnreadableEntryError
 
 __all__ = ["RedisCacheStorage"]
 
@@ -66,7 +66,7 @@ class RedisCacheStorage:
         except (UnicodeDecodeError, json.JSONDecodeError):
             entry = None
         if not isinstance(entry, dict):
-            raise StoreError(f"entry {key} of the cache at {self.where} is not a JSON object")
+            raise UnreadableEntryError(key, "is not a JSON object")
         return entry
 
     def delete(self, key: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,22 @@ from ctxproto.errors import StoreError
 from ctxproto.stores.json_disk import JSONOnlyDisk, PlainDisk
 from ctxproto.stores.store_url import store_location
 
-__all__ = ["CacheStorage", "DiskCacheStorage", "open_cache_storage"]
+__all__ = ["CacheStorage", "DiskCacheStorage", "UnreadableEntryError", "open_cache_storage"]
+
+
+class UnreadableEntryError(StoreError):
+    """An entry whose stored bytes are not a JSON object: written by another program,
+    edited on the server, or damaged on disk.
+
+    ``SemanticCache`` catches it and skips the entry as a miss (a cache is an
+    optimisation, a miss is always safe), so it never leaves the cache. ``reason``
+    names what is wrong, never the contents.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"entry {key} {reason}")
 
 
 class CacheStorage(Protocol):
@@ -36,7 +52,8 @@ class CacheStorage(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The entry, or ``None`` when it expired, was evicted or never existed."""
+        """The entry, or ``None`` when it expired, was evicted or never existed;
+        an ``UnreadableEntryError`` when what is stored is not a JSON object."""
 
     def delete(self, key: str) -> bool: ...
 
@@ -96,6 +113,11 @@ DISKCACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 """What diskcache raises when its folder cannot be used: a ``StoreError`` here, as the
 Redis storage's failures are, so the proxy answers a store error, not its own bug."""
 
+UNDECODABLE = (zlib.error, ValueError, TypeError)
+"""What diskcache's JSON disk raises on a row that is not zlib-compressed JSON text:
+``zlib.error``, ``UnicodeDecodeError`` and ``JSONDecodeError`` (both ``ValueError``),
+and ``TypeError`` for a value another program stored as a number or plain text."""
+
 PRUNED_PER_ADD = 64
 """At most this many keys of removed entries leave a source's list per ``add``, so that
 one ``add`` stays short after many entries expired at once; they still leave faster
@@ -135,7 +157,13 @@ class DiskCacheStorage:
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._reporting(f"cannot read entry {key}"):
-            entry: dict[str, Any] | None = self._entries.get(key)
+            try:
+                entry: object = self._entries.get(key)
+            except UNDECODABLE as exc:
+                reason = f"is not zlib-compressed JSON ({type(exc).__name__})"
+                raise UnreadableEntryError(key, reason) from None
+        if entry is not None and not isinstance(entry, dict):
+            raise UnreadableEntryError(key, "is not a JSON object")
         return entry
 
     def delete(self, key: str) -> bool:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -490,39 +491,72 @@ def test_a_pickled_row_is_refused_not_loaded(tmp_path: Path, embedder: Any) -> N
         reopened.get("What is the plan?")
 
 
-@pytest.mark.parametrize(
-    "written",
-    [
-        {"answer": "30 days", "format": 9},  # another version's fields
-        {"namespace": "default", "context": "", "query": "q", "answer": "a", "vector": "!!"},
-    ],
-)
-def test_an_entry_this_version_cannot_read_is_a_store_error_naming_its_key(
-    location: str, embedder: Any, request: pytest.FixtureRequest, written: dict[str, Any]
+class RawValueDisk(JSONOnlyDisk):
+    """Keys as the cache writes them, values stored as the bytes given: a row that
+    another program or a damaged disk left."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        return diskcache.Disk.store(self, value, read, key=key)
+
+
+def overwrite_entry(
+    location: str, key: str, written: object, request: pytest.FixtureRequest
+) -> None:
+    """Put ``written`` under entry ``key``: JSON of a value, or bytes as they are."""
+    if "://" in location:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        data = written if isinstance(written, bytes) else json.dumps(written)
+        name = location.partition("#")[2]
+        redis.Redis.from_url(server.url).set(f"ctxproto:cache:{name}:entry:{key}", data)
+    else:
+        disk = RawValueDisk if isinstance(written, bytes) else JSONOnlyDisk
+        diskcache.Cache(str(Path(location) / "entries"), disk=disk).set(key, written)
+
+
+UNREADABLE = [
+    {"answer": "30 days", "format": 9},  # another version's fields
+    {"namespace": "default", "context": "", "query": "q", "answer": "a", "vector": "!!"},
+    [1, 2],  # JSON, not an object
+    b"\x78\x9c\x01 not zlib",  # on Redis: not UTF-8 either
+    zlib.compress(b'{"answer": "30 da'),  # on Redis: not UTF-8 either
+]
+
+
+@pytest.mark.parametrize("written", UNREADABLE)
+def test_an_entry_this_version_cannot_read_is_skipped_and_named_once(
+    location: str,
+    embedder: Any,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    written: object,
 ) -> None:
     """Regression: an entry without the fields this version reads was a ``KeyError``
-    from the middle of every lookup, and one whose vector was not base64 read as an
-    empty vector, "filled with another embedder". Dropping it serves the rest again."""
+    from the middle of every lookup, then a ``StoreError`` from every lookup that met
+    it (a 500 for each cached request during a rolling upgrade) until someone dropped
+    it. Now it is a miss: the lookup goes on to the next candidate, and one warning
+    per process names the key and how to drop it. The entry stays for the versions
+    that read it."""
     cache = SemanticCache(location, embedder=embedder)
     key = cache.put("What is the return policy?", "30 days")
     cache.put("Where do you ship from?", "Berlin")
-    if "://" in location:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        name = location.partition("#")[2]
-        redis.Redis.from_url(server.url).set(
-            f"ctxproto:cache:{name}:entry:{key}", json.dumps(written)
-        )
-    else:
-        diskcache.Cache(str(Path(location) / "entries"), disk=JSONOnlyDisk).set(key, written)
+    overwrite_entry(location, key, written, request)
     started = SemanticCache(location, embedder=embedder)
-    for lookup in (started, started, cache):
-        with pytest.raises(
-            StoreError, match=rf"entry {key} of the cache at .*{re.escape(location)}"
-        ):
-            lookup.get("What is the return policy?")
+    with caplog.at_level("WARNING", logger="ctxproto.stores.semantic_cache.cache"):
+        for lookup in (started, started, cache):
+            assert lookup.get("What is the return policy?") is None
+        hit = started.get("Where do you ship from?")
+        assert hit is not None and hit.answer == "Berlin"
+        newer = cache.put("What is the return policy?", "60 days")
+        hit = started.get("What is the return policy?")
+        assert hit is not None and (hit.key, hit.answer) == (newer, "60 days")
+    warnings = [r.getMessage() for r in caplog.records if f"entry {key} " in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert location in warnings[0]
+    assert f"invalidate(key='{key}')" in warnings[0]
+    assert "30 da" not in warnings[0]  # the fields, never the contents
+    assert len(started) == 3
     assert started.invalidate(key=key) == 1
-    hit = started.get("Where do you ship from?")
-    assert hit is not None and hit.answer == "Berlin"
+    assert len(started) == 2
 
 
 WRITER = textwrap.dedent(
