@@ -20,7 +20,12 @@ keys under ``ctxproto:cache:{name}``, ``name`` from the URL's fragment,
 An entry, its place in ``order``, its source lists and the counter's step to
 its key are written in one ``MULTI``/``EXEC`` (with ``WATCH`` on the counter),
 so no reader sees an entry that is half written, nor a key whose entry is
-still to come. The byte
+still to come. Eviction and ``clear()`` take keys out of ``order`` and delete
+their entries in one Lua script each, which the server runs as one step: a
+replica killed, or cut off, in the middle can neither leave an entry that
+``order`` no longer counts (and so that nothing ever evicts, while mirrors
+still serve it) nor count entries that are gone, and two replicas evicting at
+once never both pop the same excess. The byte
 limit is the server's ``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``),
 not ours: see docs/deploy.md.
 """
@@ -39,6 +44,38 @@ __all__ = ["RedisCacheStorage"]
 
 DEFAULT_NAME = "semantic-cache"
 
+EVICT_OVER = """
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then
+    return {}
+end
+local popped = redis.call('ZPOPMIN', KEYS[1], excess)
+local keys = {}
+for i = 1, #popped, 2 do
+    keys[#keys + 1] = popped[i]
+    redis.call('DEL', ARGV[2] .. popped[i])
+end
+return keys
+"""
+"""Pops the oldest keys beyond ``ARGV[1]`` from ``order`` (``KEYS[1]``) and deletes their
+entries (named ``ARGV[2]`` + key), as one step; returns the keys."""
+
+CLEAR_ENTRIES = """
+local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
+for start = 1, #keys, 1000 do
+    local names = {}
+    for i = start, math.min(start + 999, #keys) do
+        names[#names + 1] = ARGV[1] .. keys[i]
+    end
+    redis.call('DEL', unpack(names))
+end
+redis.call('DEL', KEYS[1])
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
+"""Deletes every entry ``order`` (``KEYS[1]``) lists, and ``order``, as one step (in
+batches: Lua's ``unpack`` takes a few thousand values at most); returns the key
+counter (``KEYS[2]``) as it stood, above which every key is a later ``add``'s."""
+
 
 class RedisCacheStorage:
     """The ``CacheStorage`` of one semantic cache on the server at ``url``."""
@@ -50,6 +87,8 @@ class RedisCacheStorage:
         self._redis: Any = self._connection.client
         self.where = f"{self._connection.name}#{name or DEFAULT_NAME}"
         self._prefix = f"ctxproto:cache:{key_part(name or DEFAULT_NAME)}"
+        self._evict_over = self._redis.register_script(EVICT_OVER)
+        self._clear_entries = self._redis.register_script(CLEAR_ENTRIES)
 
     def __len__(self) -> int:
         with self._reporting("cannot count entries"):
@@ -133,23 +172,27 @@ class RedisCacheStorage:
     def evict_over(self, max_entries: int) -> list[str]:
         with self._reporting("cannot evict entries"):
             self._oldest_live_key()  # drops expired keys from ``order``
-            excess = int(self._redis.zcard(self._order)) - max_entries
-            if excess <= 0:
-                return []
-            popped = self._redis.zpopmin(self._order, excess)
-            keys = [member.decode() for member, _ in popped]
-            if keys:
-                self._redis.delete(*(self._entry(k) for k in keys))
-        return keys
+            popped = self._evict_over(keys=[self._order], args=[max_entries, self._entry("")])
+        return [key.decode() for key in popped]
 
     def clear(self) -> None:
+        """Entries and ``order`` go in one step (``CLEAR_ENTRIES``); then what ``order``
+        does not list: the source lists, down to the keys ``add`` listed since, the
+        lists of the former layout, and entries an eviction cut off before it was one
+        step left outside ``order``. Stopping in between leaves lists naming deleted
+        keys, which every reader already takes as gone."""
         with self._reporting("cannot clear the cache"):
-            for part in ("entry", "listed", "src"):
-                pattern = glob_escape(f"{self._prefix}:{part}:") + "*"
-                batch = list(self._redis.scan_iter(match=pattern, count=1000))
-                for start in range(0, len(batch), 1000):
-                    self._redis.delete(*batch[start : start + 1000])
-            self._redis.delete(self._order)
+            cleared = int(
+                self._clear_entries(keys=[self._order, self._seq], args=[self._entry("")])
+            )
+            pipe = self._redis.pipeline(transaction=False)
+            for listed in self._scan("listed"):
+                pipe.zremrangebyscore(listed, "-inf", cleared)
+            pipe.execute()
+            strays = [name for name in self._scan("entry") if _numbered_up_to(name, cleared)]
+            names = strays + self._scan("src")
+            for start in range(0, len(names), 1000):
+                self._redis.delete(*names[start : start + 1000])
 
     def bind_embedder(self, signature: str) -> str:
         with self._reporting("cannot read the cache's embedder"):
@@ -177,6 +220,11 @@ class RedisCacheStorage:
     def _listed(self, source: str) -> str:
         return f"{self._prefix}:listed:{key_part(source)}"
 
+    def _scan(self, part: str) -> list[bytes]:
+        """The names of every key under ``{prefix}:{part}:``."""
+        pattern = glob_escape(f"{self._prefix}:{part}:") + "*"
+        return list(self._redis.scan_iter(match=pattern, count=1000))
+
     def _oldest_live_key(self) -> int | None:
         """The oldest key in ``order`` whose entry the server still holds, or ``None``;
         the keys of expired entries met on the way leave ``order``."""
@@ -196,3 +244,9 @@ class RedisCacheStorage:
 
     def _reporting(self, what: str) -> AbstractContextManager[None]:
         return self._connection.reporting(f"{what} of the semantic cache")
+
+
+def _numbered_up_to(name: bytes, latest: int) -> bool:
+    """Whether the entry named ``name`` has a key no later than ``latest`` (or no number)."""
+    number = name.rpartition(b":")[2]
+    return not number.isdigit() or int(number) <= latest

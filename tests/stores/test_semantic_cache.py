@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -228,6 +229,88 @@ def test_an_entry_another_replica_lists_meanwhile_stays_on_its_source_list(
     monkeypatch.setattr(ours, "_oldest_live_key", while_looking)
     ours.add(entry, None, ["policy.md"])
     assert sorted(ours.drop_source("policy.md")) == ["1", "2"]
+
+
+WRITES = {"ZPOPMIN", "ZREM", "ZREMRANGEBYSCORE", "DEL", "UNLINK", "EVALSHA", "EVAL"}
+"""The commands by which ``evict_over`` and ``clear()`` take entries away."""
+
+
+class StoredKeys:
+    """What the server holds for one cache: the keys ``order`` lists, and the keys
+    whose entries are there."""
+
+    def __init__(self, server: RedisServer, location: str) -> None:
+        self._client: Any = redis.Redis.from_url(server.url)
+        self._prefix = f"ctxproto:cache:{location.partition('#')[2]}"
+
+    def listed(self) -> set[str]:
+        return {m.decode() for m in self._client.zrange(f"{self._prefix}:order", 0, -1)}
+
+    def present(self) -> set[str]:
+        names = self._client.scan_iter(match=f"{self._prefix}:entry:*", count=1000)
+        return {name.decode().rpartition(":")[2] for name in names}
+
+
+@pytest.mark.parametrize(
+    "interrupted",
+    [lambda storage: storage.evict_over(2), lambda storage: storage.clear()],
+    ids=["evict_over", "clear"],
+)
+def test_a_replica_cut_off_while_evicting_or_clearing_leaves_order_and_entries_agreeing(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    interrupted: Callable[[Any], object],
+) -> None:
+    """Regression: eviction popped keys from ``order`` and then deleted their entries,
+    and ``clear()`` deleted entries in batches and ``order`` last. A replica whose
+    connection dropped (or that was killed) after the first step left entries that
+    nothing counted or ever evicted, still served by mirrors that held them, or
+    counted entries that were gone. Each is now one step on the server."""
+    from ctxproto.stores.semantic_cache.redis_storage import RedisCacheStorage
+
+    location = f"{redis_server.url}#{redis_server.namespace()}"
+    storage = RedisCacheStorage(location)
+    for _ in range(6):
+        storage.add({"namespace": "default", "query": "q", "answer": "a"}, None, ["policy.md"])
+    stored = StoredKeys(redis_server, location)
+    assert stored.listed() == stored.present() == {"1", "2", "3", "4", "5", "6"}
+    send = storage._redis.execute_command
+    changed = False
+
+    def cut_off_after_the_first_change(*args: Any, **options: Any) -> Any:
+        nonlocal changed
+        if changed:
+            raise redis.ConnectionError("Connection closed by server.")
+        reply = send(*args, **options)
+        changed = str(args[0]).upper() in WRITES
+        return reply
+
+    monkeypatch.setattr(storage._redis, "execute_command", cut_off_after_the_first_change)
+    with contextlib.suppress(StoreError):  # the call may fail; what it left must agree
+        interrupted(storage)
+    assert stored.listed() == stored.present()
+    assert len(stored.present()) in (0, 2)
+
+
+def test_clear_drops_an_entry_an_interrupted_eviction_left_outside_order(
+    redis_server: RedisServer,
+) -> None:
+    """An eviction cut off before this version left an entry ``order`` no longer lists;
+    ``clear()`` still drops it, and keeps what an ``add`` lists after it."""
+    from ctxproto.stores.semantic_cache.redis_storage import RedisCacheStorage
+
+    location = f"{redis_server.url}#{redis_server.namespace()}"
+    storage = RedisCacheStorage(location)
+    entry = {"namespace": "default", "query": "q", "answer": "a"}
+    for _ in range(3):
+        storage.add(entry, None, ["policy.md"])
+    stored = StoredKeys(redis_server, location)
+    storage._redis.zrem(f"ctxproto:cache:{location.partition('#')[2]}:order", "1")
+    storage.clear()
+    assert stored.listed() == stored.present() == set()
+    assert storage.add(entry, None, ["policy.md"]) == "4"
+    assert storage.drop_source("policy.md") == ["4"]
+    assert len(storage) == 1
 
 
 def test_a_source_list_of_the_former_layout_is_still_invalidated(
