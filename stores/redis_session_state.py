@@ -18,10 +18,21 @@ between, so two replicas appending to one session both keep their turn. What
 ``EXEC`` acknowledged is as durable as the server is configured to make it
 (``appendonly yes`` with ``appendfsync always`` loses nothing acknowledged;
 see docs/deploy.md).
+
+An ``update`` is applied once even when the connection drops after the
+server ran its ``EXEC`` and before the reply arrived: redis-py reports that
+as a ``WatchError`` (the key was watched), and ``transaction()`` would run
+the change again on a state that already holds it, appending a turn twice.
+Each ``update`` writes a random token to the session's list of recent
+updates (``ctxproto:{namespace}:updates:{tenant}:{session}``, the last
+``RECENT_UPDATES``) in its transaction, and a run after the first that finds
+its token there returns what the applied run wrote instead of applying the
+change again.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +41,11 @@ from ctxproto.stores.session_state import check_ids, decode_state, encode_state
 from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RedisSessionStateStore"]
+
+RECENT_UPDATES = 32
+"""How many of a session's latest updates are remembered: an update whose reply was
+lost is recognised while fewer other updates of the session ran before its retry,
+which comes within a second."""
 
 
 class RedisSessionStateStore:
@@ -55,6 +71,10 @@ class RedisSessionStateStore:
 
     def _index(self, tenant_id: str) -> str:
         return f"{self._prefix}:sessions:{key_part(tenant_id)}"
+
+    def _updates(self, tenant_id: str, session_id: str) -> str:
+        """The tokens of this session's latest updates (see the module docstring)."""
+        return f"{self._prefix}:updates:{key_part(tenant_id)}:{key_part(session_id)}"
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         """The state stored for this tenant's session, or ``None``."""
@@ -89,16 +109,26 @@ class RedisSessionStateStore:
         state. Returns the new state.
         """
         key = self.key(tenant_id, session_id)
+        updates = self._updates(tenant_id, session_id)
+        token = uuid.uuid4().hex.encode("ascii")
         where = f"session state of tenant '{tenant_id}' session '{session_id}'"
+        written: list[dict[str, Any]] = []
 
         def write(pipe: Any) -> dict[str, Any]:
-            """Runs again from the start when another writer changed ``key`` first."""
+            """Runs again from the start when another writer changed ``key`` first, or
+            when the connection dropped around ``EXEC``: then this update may be in."""
             raw = pipe.get(key)
+            if written and token in pipe.lrange(updates, 0, -1):
+                pipe.multi()  # already applied: an empty transaction
+                return written[-1]
             state = change(None if raw is None else decode_state(raw, f"{where} at {self.url}"))
             text = encode_state(tenant_id, session_id, state)
             pipe.multi()
             pipe.set(key, text.encode("utf-8"))
             pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+            pipe.lpush(updates, token)
+            pipe.ltrim(updates, 0, RECENT_UPDATES - 1)
+            written.append(state)
             return state
 
         client: Any = self._redis  # redis-py types the callable as returning nothing
@@ -112,8 +142,9 @@ class RedisSessionStateStore:
         with self._connection.reporting(f"cannot delete session '{session_id}'"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(key)
+            pipe.delete(self._updates(tenant_id, session_id))
             pipe.srem(self._index(tenant_id), session_id.encode("utf-8"))
-            removed, _ = pipe.execute()
+            removed, _, _ = pipe.execute()
         return bool(removed)
 
     def sessions(self, tenant_id: str, prefix: str = "") -> list[str]:

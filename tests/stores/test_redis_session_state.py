@@ -6,8 +6,10 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
+import redis
 
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.redis_session_state import RedisSessionStateStore
@@ -112,4 +114,37 @@ def test_a_writer_killed_mid_write_leaves_whole_acknowledged_state(
     state = store.get("tenant", "s")
     assert state is not None and state["turn"] >= acknowledged
     assert state["history"] == [f"turn {state['turn']}"] * (state["turn"] % 40 + 1)
+    store.close()
+
+
+def test_an_update_whose_exec_reply_is_lost_is_applied_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: when the connection dropped after the server ran an update's
+    ``EXEC`` but before its reply arrived, redis-py turned the error into a
+    ``WatchError`` (the key was watched) and ``transaction()`` ran the update again
+    on the state that already held it: the turn was appended twice."""
+    namespace = redis_server.namespace()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    store.put("t", "s", {"turns": ["hello"]})
+    parse: Any = redis.client.Pipeline.parse_response
+    lost: list[object] = []
+
+    def losing_the_exec_reply(self: Any, connection: Any, command: Any, **options: Any) -> Any:
+        reply = parse(self, connection, command, **options)
+        if command == "_" and isinstance(reply, list) and not lost:  # EXEC's, once
+            lost.append(reply)
+            raise redis.ConnectionError("Connection closed by server.")
+        return reply
+
+    monkeypatch.setattr(redis.client.Pipeline, "parse_response", losing_the_exec_reply)
+    new = store.update("t", "s", lambda state: {"turns": [*(state or {})["turns"], "hi"]})
+    assert lost, "the reply was never lost: the test no longer reaches the retry"
+    assert new == store.get("t", "s") == {"turns": ["hello", "hi"]}
+    monkeypatch.undo()
+    assert store.update("t", "s", lambda state: {"turns": ["again"]}) == {"turns": ["again"]}
+    assert store.delete("t", "s")
+    client = redis.Redis.from_url(redis_server.url)
+    assert list(client.scan_iter(match=f"ctxproto:{namespace}:*")) == []  # nothing left
+    client.close()
     store.close()
