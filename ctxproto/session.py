@@ -37,9 +37,8 @@ from ctxproto.errors import ConfigError
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt, messages_sent_again
-from ctxproto.runtime.engine import QuantizeMode
+from ctxproto.runtime.engine_settings import EngineSettings
 from ctxproto.runtime.params import GenerationParams
-from ctxproto.runtime.radix_cache import Eviction
 from ctxproto.stages.base import StageReport
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.chat_history import load_history, save_history
@@ -58,30 +57,11 @@ __all__ = [
 ]
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(EngineSettings):
     """The ``backend:`` section of a chatbot config."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["local", "openai"] = "local"
     model: str = Field(default="default", description="Local model name/path, or remote model.")
-    device: str = "cpu"
-    prefix_cache: bool = True
-    cache_bytes: int | None = Field(default=None, gt=0, description="Prefix-KV cache cap.")
-    quantize: QuantizeMode = Field(
-        default="auto",
-        description="int8 or bf16 weights on CPU (docs/runtime.md); past the LM head, "
-        "answers may differ (auto: float32).",
-    )
-    speculate: bool = Field(
-        default=True,
-        description="Check tokens drafted from the prompt in one forward pass (same answers).",
-    )
-    eviction: Eviction = Field(
-        default="reuse",
-        description="Which cached span makes room: reuse (conversations that come back "
-        "stay) or lru (docs/runtime.md).",
-    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible server URL.")
     api_key: str | None = None
     timeout: float = Field(default=60.0, gt=0)
@@ -90,7 +70,7 @@ class BackendConfig(BaseModel):
 def build_backend(config: BackendConfig) -> Backend:
     """A ``Backend`` from its config: the local engine or an OpenAI-compatible client."""
     from ctxproto.errors import ConfigError
-    from ctxproto.runtime import Engine, LocalBackend, OpenAIBackend
+    from ctxproto.runtime import LocalBackend, OpenAIBackend
 
     if config.type == "openai":
         if not config.base_url:
@@ -98,16 +78,7 @@ def build_backend(config: BackendConfig) -> Backend:
         return OpenAIBackend(
             config.base_url, model=config.model, api_key=config.api_key, timeout=config.timeout
         )
-    options: dict[str, Any] = {
-        "device": config.device,
-        "prefix_cache": config.prefix_cache,
-        "quantize": config.quantize,
-        "speculate": config.speculate,
-        "eviction": config.eviction,
-    }
-    if config.cache_bytes is not None:
-        options["cache_bytes"] = config.cache_bytes
-    return LocalBackend(Engine(config.model, **options))
+    return LocalBackend(config.load_engine())
 
 
 class TurnReport(BaseModel):

@@ -32,8 +32,7 @@ from ctxproto.config import (
     validation_error_to_config_error,
 )
 from ctxproto.errors import ConfigError
-from ctxproto.runtime.engine import QuantizeMode
-from ctxproto.runtime.radix_cache import Eviction
+from ctxproto.runtime.engine_settings import EngineSettings
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.pgvector_store import table_name
 from ctxproto.stores.store_url import store_location
@@ -79,29 +78,11 @@ def check_tenant_id(value: str) -> str:
 TenantId = Annotated[str, AfterValidator(check_tenant_id)]
 
 
-class LocalUpstreamConfig(_Section):
+class LocalUpstreamConfig(EngineSettings):
     """The bundled runtime, in this process."""
 
     type: Literal["local"] = "local"
-    model: str = "default"
-    device: str = "cpu"
-    prefix_cache: bool = True
-    cache_bytes: int | None = Field(default=None, gt=0)
     max_batch_size: int = Field(default=8, ge=1)
-    quantize: QuantizeMode = Field(
-        default="auto",
-        description="int8 or bf16 weights on CPU (docs/runtime.md); past the LM head, "
-        "answers may differ (auto: float32).",
-    )
-    speculate: bool = Field(
-        default=True,
-        description="Check tokens drafted from the prompt in one forward pass (same answers).",
-    )
-    eviction: Eviction = Field(
-        default="reuse",
-        description="Which cached span makes room: reuse (conversations that come back "
-        "stay) or lru (docs/runtime.md).",
-    )
 
 
 class RemoteUpstreamConfig(_Section):

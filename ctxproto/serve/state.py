@@ -97,20 +97,10 @@ def _text(message: dict[str, Any]) -> str:
 def _build_upstream(config: ServeConfig) -> Upstream:
     spec = config.upstream
     if isinstance(spec, LocalUpstreamConfig):
-        from ctxproto.runtime.engine import Engine
         from ctxproto.serve.local_upstream import LocalUpstream
 
-        options: dict[str, Any] = {
-            "device": spec.device,
-            "prefix_cache": spec.prefix_cache,
-            "max_batch_size": spec.max_batch_size,
-            "quantize": spec.quantize,
-            "speculate": spec.speculate,
-            "eviction": spec.eviction,
-        }
-        if spec.cache_bytes is not None:
-            options["cache_bytes"] = spec.cache_bytes
-        return LocalUpstream(Engine(spec.model, **options), model=spec.model, owned=True)
+        engine = spec.load_engine(max_batch_size=spec.max_batch_size)
+        return LocalUpstream(engine, model=spec.model, owned=True)
     return RemoteUpstream(
         spec.base_url,
         model=spec.model,
