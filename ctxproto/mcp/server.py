@@ -21,7 +21,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
@@ -50,6 +50,7 @@ from ctxproto.serve.tenancy import Tenants, TenantSlot
 __all__ = ["McpRuntime", "create_mcp_server"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 MAX_TEXT_CHARS = 2_000_000
 """Longer inputs are refused before any work (about 500k tokens)."""
@@ -180,11 +181,9 @@ async def assemble_context(
     trimmed, summarized or compressed by the configured pipeline; the prefix stays stable
     turn after turn so the model's prompt cache keeps working. Reports tokens saved.
     If cached_answer is set, that answer is already known and no model call is needed."""
-    runtime = _runtime(ctx)
     return await _tool(
         ctx,
-        runtime.service.assemble,
-        runtime.tenant_of(ctx),
+        _runtime(ctx).service.assemble,
         session_id,
         messages,
         documents=documents,
@@ -209,11 +208,9 @@ async def compress_text(
     """Shorten a long text (a log, a page, a tool result) to a share of its tokens or a
     token count. Numbers, identifiers, URLs, e-mails, code and quotes are kept
     byte-exact; with a question, the sentences that answer it are kept first."""
-    runtime = _runtime(ctx)
     return await _tool(
         ctx,
-        runtime.service.compress,
-        runtime.tenant_of(ctx),
+        _runtime(ctx).service.compress,
         session_id,
         text,
         question=question,
@@ -240,9 +237,7 @@ async def remember(
 ) -> Remembered:
     """Store a turn, a note or a summary in the session's memory. Returns at once; the
     entry is visible to the next recall."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
-    return await _tool(ctx, runtime.service.remember, tenant, session_id, text, kind, role)
+    return await _tool(ctx, _runtime(ctx).service.remember, session_id, text, kind, role)
 
 
 async def recall(
@@ -256,9 +251,7 @@ async def recall(
 ) -> Recalled:
     """The session's summary plus its remembered turns and notes most relevant to the
     query, within a token cap, oldest first. Unknown sessions are an error."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
-    return await _tool(ctx, runtime.service.recall, tenant, session_id, query, max_tokens)
+    return await _tool(ctx, _runtime(ctx).service.recall, session_id, query, max_tokens)
 
 
 async def forget(
@@ -279,9 +272,7 @@ async def forget(
     """Remove a remembered entry (entry_id), or everything the session remembers
     (all_entries=true), when the user asks you to forget it. What is removed is no longer
     recalled or summarized. An id the session does not hold removes nothing (removed: 0)."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
-    return await _tool(ctx, runtime.service.forget, tenant, session_id, entry_id, all_entries)
+    return await _tool(ctx, _runtime(ctx).service.forget, session_id, entry_id, all_entries)
 
 
 async def search_knowledge(
@@ -293,9 +284,7 @@ async def search_knowledge(
 ) -> KnowledgeResults:
     """Search the knowledge base (documents indexed with `ctxproto index`) and return
     the best chunks that fit the token cap, best first, with their sources."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
-    return await _tool(ctx, runtime.service.search, tenant, session_id, query, k, max_tokens)
+    return await _tool(ctx, _runtime(ctx).service.search, session_id, query, k, max_tokens)
 
 
 async def cached_answer(
@@ -314,9 +303,7 @@ async def cached_answer(
     """Look up an answer given before to a question that means the same thing. The
     cache refuses near matches that ask something else (other numbers, names, or
     negation). On a hit, use the answer instead of calling a model."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
-    return await _tool(ctx, runtime.service.cached_answer, tenant, session_id, question, context)
+    return await _tool(ctx, _runtime(ctx).service.cached_answer, session_id, question, context)
 
 
 async def store_answer(
@@ -329,10 +316,8 @@ async def store_answer(
     ] = None,
 ) -> StoredAnswer:
     """Store an answer for cached_answer to find next time the question is asked."""
-    runtime = _runtime(ctx)
-    tenant = runtime.tenant_of(ctx)
     return await _tool(
-        ctx, runtime.service.store_answer, tenant, session_id, question, answer, context
+        ctx, _runtime(ctx).service.store_answer, session_id, question, answer, context
     )
 
 
@@ -341,8 +326,7 @@ async def context_stats(
     ctx: Context[McpRuntime, Any],
 ) -> Stats:
     """Tokens saved and cache hits and misses: for this session and for all of yours."""
-    runtime = _runtime(ctx)
-    return await _tool(ctx, runtime.service.stats, runtime.tenant_of(ctx), session_id)
+    return await _tool(ctx, _runtime(ctx).service.stats, session_id)
 
 
 # -- resources and prompts ---------------------------------------------------
@@ -410,11 +394,17 @@ def _resource_tenant(
 
 
 async def _tool(
-    ctx: Context[McpRuntime, Any], function: Callable[..., T], *args: Any, **kwargs: Any
+    ctx: Context[McpRuntime, Any],
+    method: Callable[Concatenate[str, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> T:
-    """Run blocking service work in a thread; our errors reach the model as tool errors."""
+    """Run a service method for the caller's tenant in a thread; our errors reach the
+    model as tool errors. The tenant is resolved here, once for every tool, from the
+    transport (``McpRuntime.tenant_of``), and passed first, before the tool's arguments."""
+    tenant = _runtime(ctx).tenant_of(ctx)
     try:
-        return await _work(ctx, functools.partial(function, *args, **kwargs))
+        return await _work(ctx, functools.partial(method, tenant, *args, **kwargs))
     except CtxprotoError as exc:
         raise ToolError(str(exc)) from exc
 
