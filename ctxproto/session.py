@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,7 +33,8 @@ from pydantic import (
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError
+from ctxproto.errors import ConfigError, UsageError
+from ctxproto.limits import excerpt
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt, messages_sent_again
@@ -114,7 +115,9 @@ class ChatSession:
     generated (its report is in ``last_turn`` once the stream ends); ``aask``
     is the async form. Build one from Python objects or from a chatbot YAML
     (``ChatSession.from_yaml``), which holds the pipeline and a ``backend:``
-    and ``generation:`` section.
+    and ``generation:`` section; ``generation`` in Python is ``GenerationParams``
+    or, as in the file, a dict of its fields. An argument of the wrong kind is a
+    ``UsageError`` (``ConfigError`` for a value) naming it, before any turn.
     """
 
     def __init__(
@@ -125,15 +128,20 @@ class ChatSession:
         system_prompt: str = "",
         session_id: str | None = None,
         tenant_id: str = "default",
-        generation: GenerationParams | None = None,
+        generation: GenerationParams | Mapping[str, Any] | None = None,
         history_store: SessionStore | None = None,
     ) -> None:
+        _check_parts(pipeline, backend)
+        if not isinstance(system_prompt, str):
+            raise ConfigError(
+                f"is {excerpt(system_prompt)}, not text", key="system_prompt", expected="a str"
+            )
         self.pipeline = pipeline
         self.backend = backend
         self.system_prompt = system_prompt
         self.session_id = session_id or uuid.uuid4().hex
         self.tenant_id = tenant_id
-        self.generation = generation
+        self.generation = _generation_params(generation)
         self.history_store = history_store
         self.last_turn: TurnResult | None = None
         self.history: list[Message] = self._load_history()
@@ -154,11 +162,7 @@ class ChatSession:
         source = str(path)
         pipeline_data, settings = load_chatbot_config(path)
         pipeline = Pipeline.from_dict(pipeline_data, source=source)
-        try:
-            generation = GenerationParams(**settings.generation)
-        except ConfigError as exc:
-            key = f"generation.{exc.key}" if exc.key else "generation"
-            raise ConfigError(exc.detail, file=source, key=key) from exc
+        generation = _generation_params(settings.generation, file=source)
         system_prompt = settings.system_prompt
         if settings.system_prompt_file:
             prompt_path = Path(source).parent / settings.system_prompt_file
@@ -246,17 +250,28 @@ class ChatSession:
     # -- internals ----------------------------------------------------------
 
     def _context(self, question: str, documents: list[Document] | None) -> Context:
+        if not isinstance(question, str):  # a message dict: the session adds the role itself
+            raise ConfigError(
+                f"is {excerpt(question)}, not text",
+                key="question",
+                expected="a str: the user's text alone, as the session keeps the history",
+            )
         if not question.strip():  # a model answers anything, and the history would keep it
             raise ConfigError("must hold text; an empty question is no turn", key="question")
-        return Context(
-            system_prompt=self.system_prompt,
-            history=list(self.history),
-            query=Message(role="user", content=question),
-            documents=list(documents or []),
-            session_id=self.session_id,
-            tenant_id=self.tenant_id,
-            answer_limit=(self.generation or GenerationParams()).max_new_tokens,
-        )
+        given = documents if documents is not None else []
+        try:
+            return Context(
+                system_prompt=self.system_prompt,
+                history=list(self.history),
+                query=Message(role="user", content=question),
+                documents=given,
+                session_id=self.session_id,
+                tenant_id=self.tenant_id,
+                answer_limit=(self.generation or GenerationParams()).max_new_tokens,
+            )
+        except ValidationError as exc:  # only the documents come unchecked
+            error = validation_error_to_config_error(exc, data={"documents": given})
+            raise ConfigError(error.detail, key=error.key, expected=_DOCUMENT) from None
 
     def _generation(self, messages: list[dict[str, Any]], question: str) -> GenerationParams | None:
         """The turn's parameters; unless they say otherwise, the prefix cache keeps only
@@ -319,6 +334,61 @@ class ChatSession:
     def _save_history(self) -> None:
         if self.history_store is not None:
             save_history(self.history_store, self.tenant_id, self.session_id, self.history)
+
+
+_DOCUMENT = 'Document(id=..., text=...) or {"id": ..., "text": ...} for each document'
+"""What ``documents`` holds: ids name documents in reports and cache scopes, so a bare
+string, with no id, is not taken as one."""
+
+
+def _generation_params(
+    generation: GenerationParams | Mapping[str, Any] | None, *, file: str | None = None
+) -> GenerationParams | None:
+    """``generation`` as ``GenerationParams``: a mapping (as a config file holds) is
+    validated into one, its bad key named under ``generation``.
+
+    A dict given in Python failed at the first turn with an ``AttributeError``, although
+    the same keys are taken from a chatbot config's ``generation:`` section.
+    """
+    if generation is None or isinstance(generation, GenerationParams):
+        return generation
+    if not isinstance(generation, Mapping):
+        raise ConfigError(
+            f"is {excerpt(generation)}",
+            file=file,
+            key="generation",
+            expected="GenerationParams(max_new_tokens=...) or a dict of its fields",
+        )
+    try:
+        return GenerationParams(**generation)
+    except ConfigError as exc:
+        key = f"generation.{exc.key}" if exc.key else "generation"
+        raise ConfigError(exc.detail, file=file, key=key) from exc
+
+
+def _check_parts(pipeline: object, backend: object) -> None:
+    """Refuse a session whose pipeline or backend is not one, saying what to pass.
+
+    Each failed later, deep inside, as an ``AttributeError`` (``warm_up``, ``generate``)
+    that named neither argument. A backend is a protocol, so it is recognised by its
+    two methods rather than by its class.
+    """
+    is_backend = callable(getattr(backend, "generate", None)) and callable(
+        getattr(backend, "stream", None)
+    )
+    if isinstance(backend, Pipeline) and not isinstance(pipeline, Pipeline):
+        raise UsageError("ChatSession takes the pipeline first: ChatSession(pipeline, backend)")
+    if not isinstance(pipeline, Pipeline):
+        raise UsageError(
+            f"pipeline is {excerpt(pipeline)}, not a Pipeline: "
+            "give Pipeline([...]) or Pipeline.from_yaml(path)"
+        )
+    if not is_backend:
+        raise UsageError(
+            f"backend is {excerpt(backend)}, not a Backend: give one such as "
+            "LocalBackend(Engine()), or build_backend(BackendConfig(type=...)) "
+            "for a config's backend section"
+        )
 
 
 class _SessionSettings(BaseModel):

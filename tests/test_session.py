@@ -538,3 +538,76 @@ def test_a_stored_history_that_is_not_one_is_a_store_error_naming_the_session(
             history_store=store,
         )
     assert "session 's1'" in str(raised.value) and str(tmp_path) in str(raised.value)
+
+
+def test_a_question_that_is_not_text_is_refused_naming_it():
+    """A message dict or None failed with "AttributeError: ... no attribute 'strip'"."""
+    backend = ScriptedBackend(["unused"])
+    session = ChatSession(Pipeline([RecencyWindow(max_turns=4)]), backend)
+    for question in ({"role": "user", "content": "hi"}, None):
+        with pytest.raises(ConfigError, match="the user's text alone") as raised:
+            session.ask(question)  # type: ignore[arg-type]
+        assert raised.value.key == "question"
+        with pytest.raises(ConfigError, match="the user's text alone"):
+            "".join(session.stream(question))  # type: ignore[arg-type]
+    assert backend.calls == 0 and session.history == []
+
+
+def test_documents_without_an_id_are_refused_naming_the_document():
+    """A bare string reached the caller as pydantic's ValidationError for ``Context``;
+    a dict with an id and text is a document, as in a request body."""
+    backend = ScriptedBackend(["From the manual."])
+    session = ChatSession(Pipeline([RecencyWindow(max_turns=4)]), backend)
+    with pytest.raises(ConfigError, match=r"Document\(id=\.\.\., text=\.\.\.\)") as raised:
+        session.ask("hi", documents=["the manual"])  # type: ignore[list-item]
+    assert raised.value.key == "documents[0]"
+    assert backend.calls == 0 and session.history == []
+    turn = session.ask("hi", documents=[{"id": "manual", "text": "the manual"}])  # type: ignore[list-item]
+    assert turn.answer == "From the manual."
+    assert any("the manual" in m["content"] for m in backend.requests[0].messages)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (lambda p, b: (b, p), r"pipeline first: ChatSession\(pipeline, backend\)"),
+        (lambda p, b: (p, "local"), r"backend is 'local', not a Backend: .*build_backend"),
+        (lambda p, b: ("chat.yaml", b), r"not a Pipeline: .*Pipeline.from_yaml\(path\)"),
+    ],
+    ids=["swapped", "backend-named", "pipeline-path"],
+)
+def test_a_pipeline_or_backend_of_the_wrong_kind_is_refused_saying_what_to_pass(arguments, says):
+    """Each failed as an AttributeError ('warm_up', 'generate') naming neither argument."""
+    from ctxproto.errors import UsageError
+
+    pipeline, backend = arguments(Pipeline([RecencyWindow(max_turns=4)]), ScriptedBackend([]))
+    with pytest.raises(UsageError, match=says):
+        ChatSession(pipeline, backend)
+
+
+def test_generation_given_as_a_dict_is_validated_as_generation_params():
+    """A dict failed at the first turn with an AttributeError; a chatbot config's
+    ``generation:`` section takes the same keys, so Python takes them too."""
+    backend = ScriptedBackend(["one two three four five six seven"])
+    pipeline = Pipeline([RecencyWindow(max_turns=4)])
+    session = ChatSession(pipeline, backend, generation={"max_new_tokens": 5})
+    assert session.generation == GenerationParams(max_new_tokens=5)
+    turn = session.ask("Count to seven.")
+    assert turn.answer == "one two three four five" and turn.report.output_tokens == 5
+    with pytest.raises(ConfigError) as raised:
+        ChatSession(pipeline, backend, generation={"max_tokens": 5})
+    assert raised.value.key == "generation.max_tokens"
+    with pytest.raises(ConfigError, match="GenerationParams") as raised:
+        ChatSession(pipeline, backend, generation=5)  # type: ignore[arg-type]
+    assert raised.value.key == "generation"
+
+
+def test_a_system_prompt_that_is_not_text_is_refused_when_the_session_is_built():
+    """A list reached the caller at the first turn, as pydantic's ValidationError."""
+    with pytest.raises(ConfigError, match=r"is \['x'\], not text") as raised:
+        ChatSession(
+            Pipeline([RecencyWindow(max_turns=4)]),
+            ScriptedBackend([]),
+            system_prompt=["x"],  # type: ignore[arg-type]
+        )
+    assert raised.value.key == "system_prompt"
