@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError
 
 __all__ = ["TEXT_SUFFIXES", "read_documents"]
 
@@ -85,12 +85,24 @@ def _folder_files(
 
 
 def _read_text(path: Path) -> str:
+    """The text of ``path``; one not in UTF-8 is a ``ConfigError`` naming it.
+
+    A Latin-1 or UTF-16 file is input to fix, not a broken store: it was a
+    ``StoreError`` (exit 1), as if retrying could help. It is found while the
+    sources are read, before the store is touched.
+    """
     try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise StoreError(f"'{path}' is not UTF-8 text (binary?): {exc.reason}") from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            file=str(path),
+            expected="UTF-8: save the file as UTF-8, or leave it out of the source",
+        ) from None
 
 
 def _jsonl_document(line: bytes, source: Path, number: int) -> Document:

@@ -261,3 +261,27 @@ def test_chunks_longer_than_the_embedder_reads_are_counted_and_said(
     assert "longer than the embedder reads" not in out  # small chunks fit
     assert main(["index", str(folder), "--store", store]) == 0
     assert "longer than the embedder reads (256 of its tokens)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("latin1.txt", "Café notes.".encode("latin-1")), ("utf16.md", "Notes.".encode("utf-16"))],
+    ids=["latin-1", "utf-16"],
+)
+def test_a_file_not_in_utf8_exits_2_naming_it_and_leaves_the_store_as_it_was(
+    tmp_path: Path, capsys: Any, embedder: Any, name: str, data: bytes
+) -> None:
+    """It was a StoreError (exit 1), as if the store were broken, for input to fix."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    before = {path.name: path.read_bytes() for path in store.iterdir()}
+    (folder / name).write_bytes(data)
+    capsys.readouterr()
+    for source, into in ((folder, store), (folder / name, tmp_path / "new-store")):
+        code = main(["index", str(source), "--store", str(into), "--embedder", MISSING_EMBEDDER])
+        assert code == 2
+        err = capsys.readouterr().err.replace("\n", "")
+        assert f"{folder / name}: not UTF-8 text" in err and "save the file as UTF-8" in err
+    assert {path.name: path.read_bytes() for path in store.iterdir()} == before
+    assert not (tmp_path / "new-store").exists()
