@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
+from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import read_documents
 from ctxproto.stores.store_url import redact_url, store_location
@@ -118,10 +119,17 @@ def handle(args: argparse.Namespace) -> int:
         )
     )
     console = Console(stderr=True, highlight=False)
+    # Followed, links are skipped only when broken or naming a folder: the option that
+    # reads links out of the folder is no fix then, and it is offered only without it.
+    why = (
+        "it is broken or names a folder"
+        if args.follow_symlinks
+        else "it leads out of the folder, is broken or names a folder "
+        "(--follow-symlinks reads linked files)"
+    )
     for link in skipped_links:
         console.print(
-            f"skipped link {link}: it leads out of the folder, is broken or names a folder "
-            "(--follow-symlinks reads linked files)",
+            f"skipped link {link}: {why}",
             markup=False,
             soft_wrap=True,  # one line, however long the path: a line a script can read
         )
@@ -202,20 +210,25 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         console = Console()  # one line each, so none wraps mid-figure at 80 columns
-        console.print(f"indexed {len(documents)} documents ({chunks} chunks) in {seconds:.1f} s")
+        console.print(
+            f"indexed {counted(len(documents), 'document')} ({counted(chunks, 'chunk')}) "
+            f"in {seconds:.1f} s"
+        )
         console.print(f"into {escape(shown)}")
         if pruned:
-            console.print(f"deleted {len(pruned)} documents the source no longer holds")
+            console.print(f"deleted {counted(len(pruned), 'document')} the source no longer holds")
         if knowledge_base.chunks_past_window:
+            past = knowledge_base.chunks_past_window
+            verb = "is" if past == 1 else "are"
             console.print(
-                f"{knowledge_base.chunks_past_window} of {chunks} chunks are longer than the "
+                f"{past} of {counted(chunks, 'chunk')} {verb} longer than the "
                 f"embedder reads ({knowledge_base.embedder.window_tokens} of its tokens): "
                 "only their start is embedded; a smaller --chunk-tokens fits them",
                 markup=False,
             )
         console.print(
-            f"the store holds {summary['store_documents']} documents, "
-            f"{summary['store_chunks']} chunks ({summary['index_kind']} index)"
+            f"the store holds {counted(knowledge_base.store.count, 'document')}, "
+            f"{counted(knowledge_base.store.chunk_count, 'chunk')} ({summary['index_kind']} index)"
         )
     return 0
 

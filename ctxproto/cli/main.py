@@ -30,7 +30,7 @@ from rich.markup import escape
 from ctxproto.cli.arguments import CommandParser
 from ctxproto.errors import CtxprotoError, UsageError
 
-__all__ = ["build_parser", "main", "print_json"]
+__all__ = ["build_parser", "counted", "main", "print_json"]
 
 # Sub-command modules under ctxproto.cli; each defines register(subparsers).
 COMMANDS = ("run", "demo", "bench", "eval", "index", "serve", "mcp")
@@ -120,6 +120,11 @@ def print_json(document: Any) -> None:
     # ASCII escapes: a path or a name outside ASCII must not fail a terminal or a
     # pipe whose encoding is not UTF-8, after a whole benchmark has run.
     print(json.dumps(_finite(document), ensure_ascii=True, allow_nan=False))
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 document", "2 documents"."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _finite(value: Any) -> Any:

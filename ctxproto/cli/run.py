@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ctxproto.cli.main import print_json
+from ctxproto.cli.main import counted, print_json
 from ctxproto.context import ChatRequest
 from ctxproto.pipeline import Pipeline, PipelineResult
 
@@ -87,5 +87,4 @@ _DROPPED_UNITS = {"history": "history message", "documents": "document", "memory
 
 
 def _count(n: int, kind: str) -> str:
-    unit = _DROPPED_UNITS.get(kind, f"{kind} section")
-    return f"{n} {unit}{'s' * (n != 1)}"
+    return counted(n, _DROPPED_UNITS.get(kind, f"{kind} section"))

@@ -285,3 +285,23 @@ def test_a_file_not_in_utf8_exits_2_naming_it_and_leaves_the_store_as_it_was(
         assert f"{folder / name}: not UTF-8 text" in err and "save the file as UTF-8" in err
     assert {path.name: path.read_bytes() for path in store.iterdir()} == before
     assert not (tmp_path / "new-store").exists()
+
+
+def test_the_summary_counts_one_document_as_one_and_a_followed_link_is_not_offered_the_option(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """One file printed "indexed 1 documents (1 chunks)", and a broken link skipped
+    with --follow-symlinks given still ended "(--follow-symlinks reads linked files)"."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    (folder / "broken.md").symlink_to(tmp_path / "gone.md")
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--follow-symlinks"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.replace("\n", "")
+    assert f"skipped link {folder / 'broken.md'}: it is broken or names a folder" in err
+    assert "--follow-symlinks reads" not in err
+    out = " ".join(captured.out.split())
+    assert "indexed 1 document (1 chunk) in" in out
+    assert "the store holds 1 document, 1 chunk (flat index)" in out
+    assert main(["index", str(folder), "--store", store]) == 0
+    assert "(--follow-symlinks reads linked files)" in capsys.readouterr().err.replace("\n", "")
