@@ -334,4 +334,31 @@ def load_serve_config(path: str | Path) -> ServeConfig:
                 key=error.key,
                 expected=allowed_keys_hint(ServeConfig),
             )
+        elif error.detail == "unknown key" and error.key:
+            section = _section_at(error.key, data)
+            if section is not None:  # as a pipeline config lists them (Pipeline.from_dict)
+                hint = allowed_keys_hint(section)
+                error = ConfigError("unknown key", file=str(path), key=error.key, expected=hint)
         raise error from exc
+
+
+def _section_at(key: str, data: dict[str, Any]) -> type[BaseModel] | None:
+    """The section whose keys may stand where ``key`` (a dotted serve-config key) stands.
+
+    ``None`` below a section (a map of names such as ``mcp.tool_output_tokens``),
+    where the keys are not a schema's fields. ``upstream`` is the section its
+    ``type`` names.
+    """
+    section, _, _ = re.sub(r"\[\d+\]", "", key).rpartition(".")
+    if section == "upstream":
+        upstream = data.get("upstream")
+        kind = upstream.get("type") if isinstance(upstream, dict) else None
+        return RemoteUpstreamConfig if kind == "openai" else LocalUpstreamConfig
+    sections: dict[str, type[BaseModel]] = {
+        "": ServeConfig,
+        "tenants": TenantConfig,
+        "sessions": SessionConfig,
+        "limits": LimitsConfig,
+        "mcp": McpConfig,
+    }
+    return sections.get(section)

@@ -58,6 +58,30 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
     assert path in err.replace("\n", "") and key in err
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "listed"),
+    [
+        ("upstrem: {type: local}\n", "upstrem", "pipeline, served_model, sessions, tenants"),
+        ("sessions: {mod: stateful}\n", "sessions.mod", "one of: mode, store"),
+        ("upstream: {type: local, modle: x}\n", "upstream.modle", "device, eviction"),
+        (
+            "upstream: {type: openai, base_url: 'http://x/v1', model: m, bse_url: y}\n",
+            "upstream.bse_url",
+            "api_key_env, base_url, cache_salt",
+        ),
+        ("tenants: [{id: a, key: k, admn: true}]\n", "tenants[0].admn", "admin, id, key"),
+        ("limits: {max_body: 1}\n", "limits.max_body", "max_body_bytes, read_timeout_s"),
+        ("mcp: {tenat: a}\n", "mcp.tenat", "tenant, tool_output_tokens"),
+    ],
+)
+def test_a_misspelled_key_lists_the_keys_its_section_takes(tmp_path, text, key, listed):
+    """It said only "key 'upstrem': unknown key", where a pipeline config lists its keys."""
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(write(tmp_path, text))
+    assert info.value.key == key and info.value.detail == "unknown key"
+    assert info.value.expected is not None and listed in info.value.expected
+
+
 def test_an_mcp_cache_that_is_a_file_is_refused_when_the_config_loads(tmp_path):
     path = write(tmp_path, "")
     Path(path).write_text(f"mcp: {{cache: '{path}'}}\n")
