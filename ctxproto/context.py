@@ -102,6 +102,10 @@ class ChatRequest(BaseModel):
     def _well_formed(cls, messages: list[Message]) -> list[Message]:
         if not messages:
             raise ValueError("a chat request needs at least one message")
+        if not any(m.role == "user" for m in messages):
+            # Nothing to answer: the stages kept none of it, and the model was sent
+            # no messages at all (OpenAI refuses that, as an empty array).
+            raise ValueError("a chat request needs a user message, the question to answer")
         pair_tool_calls(messages)  # refuses a request ending in unanswered tool calls
         return messages
 

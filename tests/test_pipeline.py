@@ -187,6 +187,15 @@ def test_run_messages_refuses_an_invalid_request_as_a_usage_error():
         Pipeline().run_messages([{"role": "user", "content": "Hi"}, unanswered])
 
 
+def test_run_messages_refuses_messages_with_no_user_message():
+    """An assistant message alone gave a prompt of no messages, and no error."""
+    with pytest.raises(ConfigError, match="needs a user message") as raised:
+        Pipeline([RecencyWindow(max_turns=4)]).run_messages(
+            [{"role": "assistant", "content": "Hello, how can I help?"}]
+        )
+    assert raised.value.key == "messages"
+
+
 @pytest.mark.parametrize(
     ("request_", "kind"),
     [

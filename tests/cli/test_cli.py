@@ -111,6 +111,25 @@ def test_bad_input_files_exit_2_naming_file_and_key_without_traceback(tmp_path):
         assert proc.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "assistant", "content": "Hello, how can I help?"}],
+        [{"role": "system", "content": "Be brief."}],
+    ],
+    ids=["assistant", "system"],
+)
+def test_run_refuses_a_request_with_no_user_message_as_the_proxy_does(tmp_path, capsys, messages):
+    """It ran with exit 0 and printed ``"messages": []``: nothing to answer, and an
+    empty chat that an OpenAI server refuses. The proxy answers the same body 400."""
+    request = tmp_path / "no-question.json"
+    request.write_text(json.dumps({"messages": messages}))
+    assert main(["run", MINIMAL, "--request", str(request), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{request}: key 'messages': a chat request needs a user message" in captured.err
+
+
 def test_run_json_lists_the_repairs_made_to_the_request(tmp_path, capsys):
     request = tmp_path / "orphan.json"
     messages = [

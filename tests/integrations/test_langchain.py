@@ -176,6 +176,14 @@ def test_a_runnable_with_a_semantic_cache_is_refused_when_built(tmp_path):
         PipelineRunnable(Pipeline([cache, RecencyWindow(max_turns=2)]))
 
 
+def test_a_runnable_given_no_human_message_says_so_naming_the_messages():
+    """A request needs a question to answer; pydantic's own error left the tree."""
+    runnable = PipelineRunnable(Pipeline([RecencyWindow(max_turns=2)]))
+    with pytest.raises(ConfigError, match="needs a user message") as raised:
+        runnable.invoke([AIMessage("Hello, how can I help?")])
+    assert raised.value.key == "messages"
+
+
 def test_runnable_returns_the_messages_it_kept_as_they_came():
     messages = _conversation(3)
     for i, message in enumerate(messages):

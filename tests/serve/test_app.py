@@ -353,6 +353,21 @@ def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body,
     assert client(proxy).chat.completions.create(model="ctxproto", messages=USER).choices
 
 
+def test_a_request_with_no_user_message_is_a_400_and_never_reaches_the_upstream(proxy, scripted):
+    """The pipeline kept none of an assistant message alone, and the proxy forwarded
+    ``"messages": []`` (retried, then a 502), a body OpenAI refuses with a 400."""
+    sent = len(scripted.bodies)
+    answer = httpx.post(
+        f"{proxy.url}/chat/completions",
+        json={"model": "ctxproto", "messages": [{"role": "assistant", "content": "Hello!"}]},
+        headers={"authorization": "Bearer key-a"},
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "messages" and "needs a user message" in error["message"]
+    assert len(scripted.bodies) == sent
+
+
 def test_a_surrogate_pair_written_as_escapes_is_text(proxy, scripted):
     body = b'{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
     answer = httpx.post(
