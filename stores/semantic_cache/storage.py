@@ -211,9 +211,8 @@ class DiskCacheStorage:
         evicted = []
         with self._reporting("cannot evict entries"):
             while len(self._entries) > max_entries:
-                try:
-                    oldest, _ = self._entries.peekitem(last=False)
-                except KeyError:
+                oldest = self._oldest_stored()
+                if oldest is None:
                     break
                 self._entries.delete(oldest)
                 evicted.append(oldest)
@@ -233,12 +232,19 @@ class DiskCacheStorage:
             return str(self._meta.get("embedder"))
 
     def _oldest_key(self, *, default: int) -> int:
-        """The key of the oldest live entry (stored first), or ``default`` when none is."""
-        try:
-            oldest, _ = self._entries.peekitem(last=False)
-        except KeyError:
-            return default
-        return int(oldest)
+        """The key of the oldest entry (stored first), or ``default`` when none is."""
+        oldest = self._oldest_stored()
+        return default if oldest is None else int(oldest)
+
+    def _oldest_stored(self) -> str | None:
+        """The key of the entry stored first (expired or not), or ``None`` when none is.
+
+        Read from the keys alone, in the order diskcache stored them: its
+        ``peekitem`` decodes the value too, so one unreadable oldest entry (which
+        lookups skip, see ``UnreadableEntryError``) would fail every ``add`` with
+        sources and every eviction instead of being evicted like any other.
+        """
+        return next(iter(self._entries), None)
 
     def _list_under(self, source: str, key: str, oldest: int) -> None:
         """Append ``key`` to the source's list, dropping listed keys below ``oldest``."""

@@ -642,6 +642,31 @@ def test_an_entry_this_version_cannot_read_is_skipped_and_named_once(
     assert len(started) == 2
 
 
+@pytest.mark.parametrize("written", UNREADABLE)
+def test_an_unreadable_oldest_entry_fails_no_put_and_is_evicted_like_any_other(
+    location: str, embedder: Any, request: pytest.FixtureRequest, written: object
+) -> None:
+    """Regression: in a folder, a put with sources and an eviction over
+    ``max_entries`` decoded the oldest entry to learn its key, so an unreadable
+    oldest entry (one lookups skip) failed every such put with a raw
+    ``JSONDecodeError`` or ``zlib.error``: in the proxy a 500 after the upstream
+    answered. Now the put is stored, and eviction drops that entry first."""
+    cache = SemanticCache(location, embedder=embedder)
+    key = cache.put("What is the return policy?", "30 days", sources=["policy.md"])
+    cache.put("Where do you ship from?", "Berlin", sources=["policy.md"])
+    overwrite_entry(location, key, written, request)
+    listed = cache.put("How long is shipping?", "3 days", sources=["policy.md"])
+    limited = SemanticCache(location, embedder=embedder, max_entries=3)
+    newest = limited.put("Do you ship abroad?", "yes")
+    assert len(limited) == 3
+    assert limited.invalidate(key=key) == 0  # evicted, the oldest
+    hit = limited.get("How long is shipping?")
+    assert hit is not None and (hit.key, hit.answer) == (listed, "3 days")
+    hit = limited.get("Do you ship abroad?")
+    assert hit is not None and hit.key == newest
+    assert limited.invalidate(source="policy.md") == 2
+
+
 WRITER = textwrap.dedent(
     """
     import sys
