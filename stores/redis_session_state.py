@@ -27,7 +27,10 @@ Each ``update`` writes a random token to the session's list of recent
 updates (``ctxproto:{namespace}:updates:{tenant}:{session}``, the last
 ``RECENT_UPDATES``) in its transaction, and a run after the first that finds
 its token there returns what the applied run wrote instead of applying the
-change again.
+change again. The list expires ``UPDATES_TTL_MS`` after the session's last
+update: a retry comes within a second, and a list kept for ever would hold
+about a kilobyte per session that ``maxmemory-policy volatile-ttl`` cannot
+evict.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ RECENT_UPDATES = 32
 """How many of a session's latest updates are remembered: an update whose reply was
 lost is recognised while fewer other updates of the session ran before its retry,
 which comes within a second."""
+
+UPDATES_TTL_MS = 60_000
+"""How long a session's list of recent updates outlives its last update: far longer
+than a retry takes (a second), short enough that idle sessions hold none."""
 
 
 class RedisSessionStateStore:
@@ -128,6 +135,7 @@ class RedisSessionStateStore:
             pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
             pipe.lpush(updates, token)
             pipe.ltrim(updates, 0, RECENT_UPDATES - 1)
+            pipe.pexpire(updates, UPDATES_TTL_MS)
             written.append(state)
             return state
 

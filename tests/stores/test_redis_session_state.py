@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.stores.redis_session_state import RedisSessionStateStore
+from ctxproto.stores.redis_session_state import UPDATES_TTL_MS, RedisSessionStateStore
 from tests.servers_redis import RedisServer, free_port
 
 
@@ -83,7 +83,7 @@ def test_a_killed_and_restarted_server_loses_nothing_acknowledged(redis_server: 
 
 WRITER = """
 import sys
-from ctxproto.stores.redis_session_state import RedisSessionStateStore
+from ctxproto.stores.redis_session_state import UPDATES_TTL_MS, RedisSessionStateStore
 
 store = RedisSessionStateStore(sys.argv[1], namespace=sys.argv[2])
 turn = 0
@@ -146,5 +146,25 @@ def test_an_update_whose_exec_reply_is_lost_is_applied_once(
     assert store.delete("t", "s")
     client = redis.Redis.from_url(redis_server.url)
     assert list(client.scan_iter(match=f"ctxproto:{namespace}:*")) == []  # nothing left
+    client.close()
+    store.close()
+
+
+def test_the_list_of_recent_updates_expires_and_the_state_stays(
+    redis_server: RedisServer,
+) -> None:
+    """Regression: the list of a session's recent update tokens had no expiry, so
+    about a kilobyte per session that was ever updated stayed on the server for
+    ever, and ``maxmemory-policy volatile-ttl`` could not evict it. It is only
+    read by a retry, which comes within a second."""
+    namespace = redis_server.namespace()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    client = redis.Redis.from_url(redis_server.url)
+    for turn in range(2):
+        store.update("t", "s", lambda state: {"turns": [*(state or {}).get("turns", []), "hi"]})
+        ttl = client.pttl(f"ctxproto:{namespace}:updates:t:s")
+        assert 0 < ttl <= UPDATES_TTL_MS, (turn, ttl)
+    assert client.pttl(store.key("t", "s")) == -1  # the state itself never expires
+    assert store.get("t", "s") == {"turns": ["hi", "hi"]}
     client.close()
     store.close()
