@@ -21,13 +21,17 @@ An entry, its place in ``order``, its source lists and the counter's step to
 its key are written in one ``MULTI``/``EXEC`` (with ``WATCH`` on the counter),
 so no reader sees an entry that is half written, nor a key whose entry is
 still to come. Eviction and ``clear()`` take keys out of ``order`` and delete
-their entries in one Lua script each, which the server runs as one step: a
+their entries in ``MULTI``/``EXEC`` transactions of at most ``BATCH`` keys: a
 replica killed, or cut off, in the middle can neither leave an entry that
 ``order`` no longer counts (and so that nothing ever evicts, while mirrors
-still serve it) nor count entries that are gone, and two replicas evicting at
-once never both pop the same excess. The byte
-limit is the server's ``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``),
-not ours: see docs/deploy.md.
+still serve it) nor count entries that are gone. Eviction counts the excess
+under ``WATCH`` on ``order``, so two replicas evicting at once never both take
+the same excess. No step holds the server for long (one script over a million
+entries kept every other client waiting for seconds, and past the script time
+limit could not be stopped), and every key a step touches is one the client
+names, as proxies that route by key require. The byte limit is the server's
+``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``), not ours: see
+docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -44,37 +48,9 @@ __all__ = ["RedisCacheStorage"]
 
 DEFAULT_NAME = "semantic-cache"
 
-EVICT_OVER = """
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
-if excess <= 0 then
-    return {}
-end
-local popped = redis.call('ZPOPMIN', KEYS[1], excess)
-local keys = {}
-for i = 1, #popped, 2 do
-    keys[#keys + 1] = popped[i]
-    redis.call('DEL', ARGV[2] .. popped[i])
-end
-return keys
-"""
-"""Pops the oldest keys beyond ``ARGV[1]`` from ``order`` (``KEYS[1]``) and deletes their
-entries (named ``ARGV[2]`` + key), as one step; returns the keys."""
-
-CLEAR_ENTRIES = """
-local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
-for start = 1, #keys, 1000 do
-    local names = {}
-    for i = start, math.min(start + 999, #keys) do
-        names[#names + 1] = ARGV[1] .. keys[i]
-    end
-    redis.call('DEL', unpack(names))
-end
-redis.call('DEL', KEYS[1])
-return tonumber(redis.call('GET', KEYS[2]) or '0')
-"""
-"""Deletes every entry ``order`` (``KEYS[1]``) lists, and ``order``, as one step (in
-batches: Lua's ``unpack`` takes a few thousand values at most); returns the key
-counter (``KEYS[2]``) as it stood, above which every key is a later ``add``'s."""
+BATCH = 1000
+"""Most keys one eviction or clearing transaction takes out: a step of about a
+millisecond on the server, however large the cache."""
 
 
 class RedisCacheStorage:
@@ -87,8 +63,6 @@ class RedisCacheStorage:
         self._redis: Any = self._connection.client
         self.where = f"{self._connection.name}#{name or DEFAULT_NAME}"
         self._prefix = f"ctxproto:cache:{key_part(name or DEFAULT_NAME)}"
-        self._evict_over = self._redis.register_script(EVICT_OVER)
-        self._clear_entries = self._redis.register_script(CLEAR_ENTRIES)
 
     def __len__(self) -> int:
         with self._reporting("cannot count entries"):
@@ -170,21 +144,40 @@ class RedisCacheStorage:
         return sorted({m.decode() for m in (*listed, *listed_before)}, key=int)
 
     def evict_over(self, max_entries: int) -> list[str]:
+        def take_oldest(pipe: Any) -> list[bytes]:
+            """Runs again from the start when ``order`` changed since it was counted."""
+            excess = min(int(pipe.zcard(self._order)) - max_entries, BATCH)
+            keys: list[bytes] = pipe.zrange(self._order, 0, excess - 1) if excess > 0 else []
+            pipe.multi()
+            self._take_out(pipe, keys)
+            return keys
+
+        evicted: list[str] = []
         with self._reporting("cannot evict entries"):
             self._oldest_live_key()  # drops expired keys from ``order``
-            popped = self._evict_over(keys=[self._order], args=[max_entries, self._entry("")])
-        return [key.decode() for key in popped]
+            while True:
+                taken = self._redis.transaction(take_oldest, self._order, value_from_callable=True)
+                evicted += [key.decode() for key in taken]
+                if len(taken) < BATCH:
+                    return evicted
 
     def clear(self) -> None:
-        """Entries and ``order`` go in one step (``CLEAR_ENTRIES``); then what ``order``
-        does not list: the source lists, down to the keys ``add`` listed since, the
-        lists of the former layout, and entries an eviction cut off before it was one
-        step left outside ``order``. Stopping in between leaves lists naming deleted
-        keys, which every reader already takes as gone."""
+        """Entries and their keys in ``order`` go in transactions of ``BATCH`` keys, up to
+        the key counter as it stood when clearing began: keys above it are later
+        ``add``'s, which stay (and so clearing ends while others add). Each batch
+        names its keys, so no ``WATCH`` is needed: whatever else changed them
+        meanwhile, a batch leaves each of its keys gone from both.
+
+        Then what ``order`` does not list: the source lists, down to the keys ``add``
+        listed since, the lists of the former layout, and entries an eviction cut off
+        before it was one step left outside ``order``. Stopping in between leaves
+        lists naming deleted keys, which every reader already takes as gone."""
         with self._reporting("cannot clear the cache"):
-            cleared = int(
-                self._clear_entries(keys=[self._order, self._seq], args=[self._entry("")])
-            )
+            cleared = int(self._redis.get(self._seq) or 0)
+            while keys := self._redis.zrangebyscore(self._order, "-inf", cleared, 0, BATCH):
+                pipe = self._redis.pipeline(transaction=True)
+                self._take_out(pipe, keys)
+                pipe.execute()
             pipe = self._redis.pipeline(transaction=False)
             for listed in self._scan("listed"):
                 pipe.zremrangebyscore(listed, "-inf", cleared)
@@ -219,6 +212,13 @@ class RedisCacheStorage:
 
     def _listed(self, source: str) -> str:
         return f"{self._prefix}:listed:{key_part(source)}"
+
+    def _take_out(self, pipe: Any, keys: Sequence[bytes]) -> None:
+        """Queue taking ``keys`` out of ``order`` and deleting their entries, in the
+        transaction of ``pipe``: both happen, or neither."""
+        if keys:
+            pipe.zrem(self._order, *keys)
+            pipe.delete(*(self._entry(key.decode()) for key in keys))
 
     def _scan(self, part: str) -> list[bytes]:
         """The names of every key under ``{prefix}:{part}:``."""

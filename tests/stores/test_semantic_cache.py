@@ -292,6 +292,62 @@ def test_a_replica_cut_off_while_evicting_or_clearing_leaves_order_and_entries_a
     assert len(stored.present()) in (0, 2)
 
 
+def test_evicting_and_clearing_a_large_cache_are_short_transactions_naming_their_keys(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``clear()`` deleted every entry in one Lua script, which holds the
+    whole server while it runs: behind a million entries another client waited over
+    two seconds, and past about two million it ran over the script time limit, where
+    it can no longer be stopped. Both scripts also deleted entries they built from
+    arguments instead of declaring them, which proxies that route by key refuse.
+    Now each step is a transaction of at most ``BATCH`` keys that it names, and a
+    replica cut off between two leaves ``order`` and the entries agreeing."""
+    from ctxproto.stores.semantic_cache.redis_storage import BATCH, RedisCacheStorage
+
+    location = f"{redis_server.url}#{redis_server.namespace()}"
+    storage = RedisCacheStorage(location)
+    for _ in range(5000):
+        storage.add({"namespace": "default", "query": "q", "answer": "a"}, None, [])
+    stored = StoredKeys(redis_server, location)
+    send = storage._redis.execute_command
+    sent: list[str] = []
+
+    def recording(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return send(*args, **options)
+
+    execute: Any = redis.client.Pipeline.execute
+    taken: list[int] = []  # how many keys each transaction took out of ``order``
+    cut_off_after: list[int] = []
+
+    def counting(pipe: Any, *args: Any, **options: Any) -> Any:
+        removes = [c for c, _ in pipe.command_stack if str(c[0]).upper() == "ZREM"]
+        sent.extend(str(c[0]).upper() for c, _ in pipe.command_stack)
+        if removes and cut_off_after and len(taken) == cut_off_after[0]:
+            raise redis.ConnectionError("Connection closed by server.")
+        reply = execute(pipe, *args, **options)
+        taken.extend(len(c) - 2 for c in removes)
+        return reply
+
+    monkeypatch.setattr(storage._redis, "execute_command", recording)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    evicted = storage.evict_over(1500)
+    assert evicted == [str(n) for n in range(1, 3501)]
+    assert taken == [BATCH, BATCH, BATCH, 500]
+    assert stored.listed() == stored.present() == {str(n) for n in range(3501, 5001)}
+
+    cut_off_after.append(len(taken) + 1)  # the second batch never reaches the server
+    with pytest.raises(StoreError, match="cannot clear"):
+        storage.clear()
+    assert stored.listed() == stored.present() == {str(n) for n in range(4501, 5001)}
+    cut_off_after.clear()
+    storage.clear()
+    assert taken == [BATCH, BATCH, BATCH, 500, BATCH, 500]
+    assert stored.listed() == stored.present() == set()
+    assert not {"EVAL", "EVALSHA", "SCRIPT"} & set(sent), set(sent)
+    assert storage.add({"namespace": "default", "query": "q", "answer": "a"}, None, []) == "5001"
+
+
 def test_clear_drops_an_entry_an_interrupted_eviction_left_outside_order(
     redis_server: RedisServer,
 ) -> None:
