@@ -16,6 +16,7 @@ __all__ = [
     "ToolCall",
     "known_fields",
     "non_text_part",
+    "part_text",
     "template_message",
     "text_only",
     "well_formed",
@@ -62,15 +63,10 @@ class Message(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _join_text_parts(cls, value: Any) -> Any:
-        """Accept OpenAI content-part lists by joining their text parts."""
+        """Accept OpenAI content-part lists by joining their texts (``part_text``):
+        text parts, and an assistant's refusal, which is what it said."""
         if isinstance(value, list):
-            texts = []
-            for part in value:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    texts.append(str(part.get("text", "")))
-                elif isinstance(part, str):
-                    texts.append(part)
-            return "\n".join(texts)
+            return "\n".join(t for t in map(part_text, value) if t)
         return value
 
     @property
@@ -117,15 +113,50 @@ def known_fields(message: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
+_TEXT_PARTS = ("text", "refusal")
+
+
+def part_text(part: Any) -> str | None:
+    """The text of one OpenAI content part, or ``None`` for a part that carries media.
+
+    In the chat-completions schema a part holds text when its type is ``text``, or
+    ``refusal`` (what an assistant said instead of answering); ``image_url``,
+    ``input_audio`` and ``file`` carry media, as do the types other servers add
+    (vLLM's ``video_url``, ``image_embeds``...): any type but those two is media.
+    A bare string is its own text; a non-part (a number) holds none.
+    """
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        return ""
+    kind = _part_type(part)
+    if kind not in _TEXT_PARTS:
+        return None
+    value = part.get(kind)
+    return "" if value is None else str(value)
+
+
+def _part_type(part: dict[str, Any]) -> str:
+    """A part's ``type``; for a part without one, the key that holds its payload.
+
+    A part without a type was read as text, and still is when it holds ``text``
+    (or nothing); vLLM also takes a media part by its key alone
+    (``{"image_url": "https://..."}``), which is named by that key.
+    """
+    if part.get("type") is not None:
+        return str(part["type"])
+    keys = [k for k in _TEXT_PARTS if k in part] or list(part) or ["text"]
+    return str(keys[0])
+
+
 def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
-    """The index and type of the first content part that is not text (an image,
-    audio, a file), or ``None``: ``Message`` keeps text parts only."""
+    """The index and type of the first content part that carries media (an image,
+    audio, a file: ``part_text``), or ``None``: ``Message`` keeps text only."""
     for index, message in enumerate(messages):
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
-            kind = part.get("type") if isinstance(part, dict) else "text"
-            if kind != "text":
-                return index, str(kind)
+            if part_text(part) is None:
+                return index, _part_type(part)
     return None
 
 

@@ -89,6 +89,24 @@ def test_a_request_with_an_image_part_is_refused_naming_the_message(tmp_path):
     )
 
 
+def test_a_refusal_part_and_a_part_without_a_type_are_text_and_media_is_refused():
+    """Every part whose type was not "text" was refused as if it were an image,
+    an assistant's refusal among them (which ``Message`` had dropped before)."""
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]}
+    untyped = {"role": "user", "content": [{"text": "Why not?"}]}
+    request = ChatRequest.from_openai([refused, untyped])
+    assert [m.content for m in request.messages] == ["I can't.", "Why not?"]
+    for media in (
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-1"}},
+        {"type": "image_embeds", "image_embeds": "AAAA"},  # a string, yet no text
+        {"image_url": "https://example.com/cat.png"},  # vLLM's part without a type
+    ):
+        kind = media.get("type") or "image_url"
+        with pytest.raises(ConfigError, match=f"holds a part of type '{kind}'"):
+            ChatRequest.from_openai([{"role": "user", "content": [media]}])
+
+
 def test_unknown_message_field_and_role_are_rejected():
     with pytest.raises(ValueError):
         Message.model_validate({"role": "user", "content": "x", "colour": "red"})
