@@ -146,10 +146,7 @@ class ContextFlow:
             turn.stateful_history = _merge(history, turn.messages)
             turn.messages = turn.stateful_history
         pipeline = self.pipeline if use_cache else self._uncached
-        # The stages read text: a conversation with an image, audio or a file (in
-        # this request or in the stored history) passes as sent, rather than reach
-        # the upstream with those parts dropped.
-        if pipeline is None or not use_pipeline or non_text_part(turn.messages) is not None:
+        if pipeline is None or not use_pipeline or not _pipeline_reads(turn.messages):
             return
         context = _context(turn.messages, turn.tenant, turn.session, turn.answer_limit)
         result = await anyio.to_thread.run_sync(self._run, pipeline, context)
@@ -291,6 +288,19 @@ def _context(
     """The SDK's context of OpenAI messages; fields the SDK does not model are left out."""
     request = ChatRequest.from_openai(messages, session_id=session, tenant_id=tenant)
     return request.to_context().model_copy(update={"answer_limit": answer_limit})
+
+
+def _pipeline_reads(messages: list[dict[str, Any]]) -> bool:
+    """Whether the stages can work on ``messages`` (this request's, or a stateful
+    session's stored history with them); when not, they pass to the upstream as sent.
+
+    The stages read text: a conversation with an image, audio or a file would reach
+    the upstream with those parts dropped. And they answer a user: without a user
+    message (a system prompt alone, an assistant's turn) ``ChatRequest`` refuses
+    the chat, for the SDK has nothing to answer, yet OpenAI's API takes it, and a
+    proxy between the two should not refuse what its upstream would answer.
+    """
+    return non_text_part(messages) is None and any(m.get("role") == "user" for m in messages)
 
 
 def _merge(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -66,7 +66,8 @@ class ScriptedUpstream:
                     "code": status,
                 }
                 return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
-        message: dict[str, Any] = {"role": "assistant", "content": f"{users[0]} | {users[-1]}"}
+        said = f"{users[0]} | {users[-1]}" if users else "(no user message)"  # as OpenAI answers
+        message: dict[str, Any] = {"role": "assistant", "content": said}
         finish = "stop"
         if last["role"] == "tool":
             message["content"] = f"tool said: {last['content']}"

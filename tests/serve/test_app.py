@@ -353,19 +353,32 @@ def test_bad_requests_get_the_envelope_and_the_server_keeps_serving(proxy, body,
     assert client(proxy).chat.completions.create(model="ctxproto", messages=USER).choices
 
 
-def test_a_request_with_no_user_message_is_a_400_and_never_reaches_the_upstream(proxy, scripted):
-    """The pipeline kept none of an assistant message alone, and the proxy forwarded
-    ``"messages": []`` (retried, then a 502), a body OpenAI refuses with a 400."""
-    sent = len(scripted.bodies)
-    answer = httpx.post(
-        f"{proxy.url}/chat/completions",
-        json={"model": "ctxproto", "messages": [{"role": "assistant", "content": "Hello!"}]},
-        headers={"authorization": "Bearer key-a"},
+def test_a_request_with_no_user_message_reaches_the_upstream_as_sent(proxy, scripted):
+    """OpenAI answers a system prompt alone or an assistant's turn; the proxy answered
+    400 (the pipeline has nothing to answer), and before that forwarded ``[]``."""
+    for messages in (
+        [{"role": "system", "content": "Greet the user."}],
+        [{"role": "assistant", "content": "Hello!"}],
+    ):
+        raw = client(proxy).chat.completions.with_raw_response.create(
+            model="ctxproto", messages=messages
+        )
+        assert scripted.bodies[-1]["messages"] == messages
+        assert raw.headers["x-ctxproto-cache"] == "bypass"
+
+
+def test_a_stateful_session_with_no_user_message_sends_its_history_as_sent(proxy, scripted):
+    session = f"greet-{uuid.uuid4().hex[:8]}"
+    headers = {"x-session-id": session, "x-ctxproto-session-mode": "stateful"}
+    greet = [{"role": "system", "content": "Greet the user."}]
+    answer = client(proxy).chat.completions.create(
+        model="ctxproto", messages=greet, extra_headers=headers
     )
-    assert answer.status_code == 400
-    error = answer.json()["error"]
-    assert error["param"] == "messages" and "needs a user message" in error["message"]
-    assert len(scripted.bodies) == sent
+    assert scripted.bodies[-1]["messages"] == greet
+    again = [{"role": "assistant", "content": "Anything else?"}]
+    client(proxy).chat.completions.create(model="ctxproto", messages=again, extra_headers=headers)
+    reply = {"role": "assistant", "content": answer.choices[0].message.content}
+    assert scripted.bodies[-1]["messages"] == [*greet, reply, *again]
 
 
 def test_a_surrogate_pair_written_as_escapes_is_text(proxy, scripted):
