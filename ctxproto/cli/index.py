@@ -1,7 +1,8 @@
 """``ctxproto index DIR_OR_JSONL --store PATH|URL``: build or update a retrieval store.
 
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
-path relative to the folder), one such file given alone itself (id = its name);
+path relative to the folder), one such file given alone itself (id = its name, or
+``--id``: a file in a subfolder has its path there, ``sub/deep.md``, as id);
 a JSONL file contributes one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``). Documents with
 an id already in the store replace it. Every input is read and checked before
@@ -14,7 +15,8 @@ is shown without its password.
 
 Links that lead out of the source folder are skipped and listed unless
 ``--follow-symlinks`` is given. ``--prune`` deletes the stored documents the
-source no longer holds (a file removed from the folder), in the same save. An
+source no longer holds (a file removed from the folder), in the same save; it
+is refused with one file, which would delete every other document. An
 empty file (or JSONL text) is skipped and listed, and its document, if stored,
 is deleted: a file being emptied must not stop every other file from indexing.
 """
@@ -36,7 +38,7 @@ from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.retrieval import read_documents
+from ctxproto.retrieval import is_text_file, read_documents
 from ctxproto.stores.store_url import redact_url, store_location
 from ctxproto.stores.vector_store import VectorStore
 
@@ -86,9 +88,17 @@ def register(subparsers: Any) -> None:
         help="read linked files that point outside the source folder (skipped by default)",
     )
     parser.add_argument(
+        "--id",
+        dest="file_id",
+        metavar="ID",
+        help="the document id of one .txt/.md file (default: its name); to replace a file "
+        "indexed with its folder, its path there, e.g. sub/deep.md",
+    )
+    parser.add_argument(
         "--prune",
         action="store_true",
-        help="delete stored documents the source no longer holds (a store of this source alone)",
+        help="delete stored documents the source no longer holds (a store of this source "
+        "alone; not with one file)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
     parser.set_defaults(handler=handle)
@@ -101,6 +111,19 @@ def handle(args: argparse.Namespace) -> int:
     if args.overlap_tokens >= args.chunk_tokens:
         raise ConfigError(
             f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
+        )
+    single = is_text_file(Path(args.source))
+    if args.prune and single:
+        raise ConfigError(
+            "with one file, it would delete every other stored document",
+            key="--prune",
+            expected="the folder the file is in, to prune what the folder no longer holds",
+        )
+    if args.file_id is not None and not (single and args.file_id.strip()):
+        raise ConfigError(
+            "names the document of one .txt/.md file; a folder or JSONL file gives its ids",
+            key="--id",
+            expected="a source that is one .txt/.md file, and an id that is not blank",
         )
     # A missing extra is found before anything is written, the store folder included.
     on_server = _on_server(args.store)
@@ -116,6 +139,7 @@ def handle(args: argparse.Namespace) -> int:
             Path(args.source),
             follow_symlinks=args.follow_symlinks,
             on_skipped_link=lambda path: skipped_links.append(str(path)),
+            file_id=args.file_id,
         )
     )
     console = Console(stderr=True, highlight=False)

@@ -3,8 +3,10 @@
 A folder contributes its ``.txt``, ``.md`` and ``.markdown`` files (document id =
 path relative to the folder); one such file given alone is one document whose id
 is its name, the id a file at the top of a folder has when the folder is indexed,
-so that indexing one changed file of it replaces its document; any other file is
-read as JSONL, one document per line
+so that indexing one changed file of it replaces its document. A file deeper in
+the folder has its path there as id (``sub/deep.md``), which its name alone is
+not: ``file_id`` gives it, else the file would be stored again beside its old
+version. Any other file is read as JSONL, one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``).
 
 Symbolic links never take the reader out of the folder unless asked: a link
@@ -29,9 +31,14 @@ from pydantic import ValidationError
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
 
-__all__ = ["TEXT_SUFFIXES", "read_documents"]
+__all__ = ["TEXT_SUFFIXES", "is_text_file", "read_documents"]
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+
+
+def is_text_file(source: Path) -> bool:
+    """Whether ``source`` is one text file, read whole as one document."""
+    return source.is_file() and source.suffix.lower() in TEXT_SUFFIXES
 
 
 def read_documents(
@@ -39,19 +46,23 @@ def read_documents(
     *,
     follow_symlinks: bool = False,
     on_skipped_link: Callable[[Path], None] | None = None,
+    file_id: str | None = None,
 ) -> Iterator[Document]:
     """Documents of a folder, a text file or a JSONL file; an unreadable one is a
     ``ConfigError`` naming it.
 
     ``on_skipped_link`` is called with each link the folder reader did not follow.
+    ``file_id`` is the id of a text file given alone (default: its name), ignored
+    for a folder or a JSONL file.
     """
     if source.is_dir():
         for path in _folder_files(source, follow_symlinks, on_skipped_link):
             relative = path.relative_to(source).as_posix()
             yield Document(id=relative, text=_read_text(path), source=relative)
-    elif source.is_file() and source.suffix.lower() in TEXT_SUFFIXES:
+    elif is_text_file(source):
         # Read as JSONL, a markdown file failed on its first line as "Invalid JSON".
-        yield Document(id=source.name, text=_read_text(source), source=source.name)
+        doc_id = source.name if file_id is None else file_id
+        yield Document(id=doc_id, text=_read_text(source), source=doc_id)
     elif source.is_file():
         with source.open("rb") as handle:
             for number, line in enumerate(handle, start=1):

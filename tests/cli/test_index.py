@@ -214,6 +214,46 @@ def test_one_markdown_file_is_indexed_as_its_folder_would_index_it(
         knowledge_base.close()
 
 
+def test_prune_with_one_file_exits_2_naming_it_and_leaves_the_store_as_it_was(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """The one file was the whole source, so every other document was deleted."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    before = {path.name: path.read_bytes() for path in store.iterdir()}
+    capsys.readouterr()
+    code = main(["index", str(folder / "apples.md"), "--store", str(store), "--prune"])
+    assert code == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "--prune" in err and "would delete every other stored document" in err
+    assert {path.name: path.read_bytes() for path in store.iterdir()} == before
+
+
+def test_a_nested_file_given_alone_with_its_folder_path_as_id_replaces_its_document(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """Given alone, sub/volcanoes.md was stored as "volcanoes.md" beside the folder's
+    "sub/volcanoes.md", and its old text kept being retrieved."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    _folder(folder / "sub", ["volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    nested = folder / "sub" / "volcanoes.md"
+    nested.write_text("# volcanoes\n\nEtna erupted in 2021.")
+    capsys.readouterr()
+    assert main(["index", str(nested), "--store", store, "--id", "sub/volcanoes.md"]) == 0
+    assert main(["index", str(folder), "--store", store, "--id", "x.md"]) == 2  # not a file
+    assert "--id" in capsys.readouterr().err
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        assert knowledge_base.store.count == 2
+        (found,) = knowledge_base.query("When did Etna erupt?", k=1)
+        assert found.metadata["doc_id"] == "sub/volcanoes.md" and "2021" in found.text
+    finally:
+        knowledge_base.close()
+
+
 def test_an_id_repeated_in_a_jsonl_source_is_indexed_once_as_its_last_line(
     tmp_path: Path, capsys: Any, embedder: Any
 ) -> None:
