@@ -171,6 +171,21 @@ class ChatRequest(BaseModel):
             raise validation_error_to_config_error(exc) from None
 
     @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ChatRequest:
+        """A request of a chat-completions body (``{"messages": [...], ...}``) as a dict;
+        an invalid one is a ``ConfigError`` naming the key, as from a request file.
+
+        ``model_validate`` reads the same body, but raises pydantic's
+        ``ValidationError``, which a caller catching the SDK's errors lets through.
+        """
+        from ctxproto.config import validation_error_to_config_error
+
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error_to_config_error(exc, data=body) from None
+
+    @classmethod
     def from_json_file(cls, path: str) -> ChatRequest:
         """Read a request file; an unreadable, oversized or invalid one is a ``ConfigError``.
 

@@ -351,7 +351,7 @@ def _not_a_request(request: object) -> str:
     return (
         f"Pipeline.run takes a ChatRequest or a Context, not {type(request).__name__}: "
         "pipeline.run_messages(messages) runs on OpenAI message dicts, "
-        "pipeline.run(ChatRequest.model_validate(body)) on a request body"
+        "pipeline.run(ChatRequest.from_dict(body)) on a request body"
     )
 
 

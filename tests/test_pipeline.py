@@ -215,6 +215,20 @@ def test_run_refuses_what_is_not_a_request_with_the_call_that_runs_it(request_, 
     )
 
 
+def test_the_call_named_for_a_request_body_refuses_a_bad_one_with_a_config_error():
+    """It named ``ChatRequest.model_validate(body)``, which raises pydantic's
+    ``ValidationError``, not the ``ConfigError`` the SDK promises for a bad request."""
+    body = {"messages": [{"role": "user", "contnet": "Hi"}], "model": "any"}
+    with pytest.raises(UsageError) as raised:
+        Pipeline([RecencyWindow(max_turns=2)]).run(body)  # type: ignore[arg-type]
+    assert "pipeline.run(ChatRequest.from_dict(body)) on a request body" in str(raised.value)
+    with pytest.raises(ConfigError) as refused:
+        ChatRequest.from_dict(body)
+    assert refused.value.key == "messages[0].contnet"
+    good = ChatRequest.from_dict({**body, "messages": [{"role": "user", "content": "Hi"}]})
+    assert good.messages[0].content == "Hi" and good.model_extra == {"model": "any"}
+
+
 def test_a_budget_that_is_not_a_budget_is_refused_when_the_pipeline_is_built():
     """``Pipeline(stages, 1500)`` was taken, then the first run failed with
     ``AttributeError: 'int' object has no attribute 'section_caps'``."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ctxproto.config import validation_error_to_config_error
 from ctxproto.context import ChatRequest
 from ctxproto.documents import Document
 from ctxproto.errors import DatasetError
@@ -114,10 +115,8 @@ class JsonlDataset(Dataset):
             return None
         try:
             return JsonlItem.model_validate(raw).to_item()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            self._problem(number, f"{where + ': ' if where else ''}{first['msg']}")
+        except ValidationError as exc:  # said as a request file's: key, no "Value error, "
+            self._problem(number, str(validation_error_to_config_error(exc, data=raw)))
             return None
 
     def _problem(self, number: int, message: str) -> None:

@@ -192,6 +192,33 @@ def test_a_jsonl_item_with_an_image_part_is_a_bad_line(tmp_path: Path) -> None:
         JsonlDataset(path)
 
 
+def test_a_bad_jsonl_line_is_said_as_a_request_files_key_without_pydantics_prefix(
+    tmp_path: Path,
+) -> None:
+    """Its problem read "Value error, an item needs ...", and an image part's
+    "messages.0.content: Value error, key 'messages[0].content': ..."."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    lines = [
+        {"id": "a", "question": "q", "answers": ["x"], "documents": [{"id": "d", "text": "x"}]},
+        {"id": "b", "question": "q", "answers": ["x"]},
+        {
+            "id": "c",
+            "question": "q",
+            "answers": ["x"],
+            "messages": [{"role": "user", "content": [image]}],
+        },
+    ]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", "utf-8")
+    dataset = JsonlDataset(path)
+    assert [p.message for p in dataset.problems] == [
+        "an item needs 'documents' or 'messages' (or both)",
+        "key 'messages[0].content': holds a part of type 'image_url', which the stages "
+        "(they read text) would drop (expected text parts only; send this conversation "
+        "to the model as it is)",
+    ]
+
+
 def test_jsonl_saved_with_a_byte_order_mark_keeps_its_first_line(tmp_path: Path) -> None:
     """Windows editors and spreadsheet exports start UTF-8 files with a BOM."""
     items = [
