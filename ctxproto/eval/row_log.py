@@ -20,9 +20,9 @@ next line is appended.
 
 Flushed only, a line sat in the page cache: a power cut or a crash of the
 machine (not of the process) lost the items of the last seconds, or left a file
-whose size had grown over blocks never written. One fsync per item costs a few
-milliseconds (2 ms median on a virtual disk) against an item's seconds to
-minutes of model calls.
+whose size had grown over blocks never written. One fsync per item costs 2-4 ms
+(median, on a virtual disk): little against an item's seconds to minutes of
+model calls, about as long as an item of a run with no model takes.
 """
 
 from __future__ import annotations
