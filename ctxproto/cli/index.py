@@ -17,8 +17,9 @@ Links that lead out of the source folder are skipped and listed unless
 ``--follow-symlinks`` is given. ``--prune`` deletes the stored documents the
 source no longer holds (a file removed from the folder), in the same save; it
 is refused with one file, which would delete every other document. An
-empty file (or JSONL text) is skipped and listed, and its document, if stored,
-is deleted: a file being emptied must not stop every other file from indexing.
+empty file (or JSONL text), or one of markdown headings alone, is skipped and
+listed, and its document, if stored, is deleted: a file being emptied must not
+stop every other file from indexing; a source with nothing else is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ctxproto.cli.arguments import int_at_least
 from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import is_text_file, read_documents
+from ctxproto.retrieval.chunking import holds_text
 from ctxproto.stores.store_url import redact_url, store_location
 from ctxproto.stores.vector_store import VectorStore
 
@@ -166,10 +168,19 @@ def handle(args: argparse.Namespace) -> int:
     counts = Counter(d.id for d in documents)
     repeated = sorted(doc_id for doc_id, count in counts.items() if count > 1)
     documents = list({d.id: d for d in documents}.values())
-    # An empty file is a document with nothing to retrieve, not a broken input: it is
-    # skipped, and what it held before is deleted, as a document replaced by nothing.
-    emptied = [d.id for d in documents if not d.text.strip()]
-    documents = [d for d in documents if d.text.strip()]
+    # An empty file, or one of headings alone (they are the metadata of the chunks
+    # under them, so no chunk holds them), is a document with nothing to retrieve, not
+    # a broken input: it is skipped, and what it held before is deleted, as a document
+    # replaced by nothing. A source with nothing else is refused before the store changes.
+    emptied = [d.id for d in documents if not holds_text(d.text)]
+    headings_only = {d.id for d in documents if d.text.strip() and not holds_text(d.text)}
+    documents = [d for d in documents if holds_text(d.text)]
+    if not documents:
+        raise ConfigError(
+            "no document holds text to index (only empty files or headings)",
+            file=args.source,
+            expected="a .txt/.md file or JSONL with text besides headings",
+        )
     if not on_server:
         try:
             VectorStore.ensure_writable(Path(args.store))
@@ -184,8 +195,9 @@ def handle(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
     for doc_id in emptied:  # said once the store is known to take the deletion
+        held = "only headings, no text under them" if doc_id in headings_only else "no text"
         console.print(
-            f"skipped {doc_id}: it holds no text (what it held before is deleted)",
+            f"skipped {doc_id}: it holds {held} (what it held before is deleted)",
             markup=False,
             soft_wrap=True,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ctxproto.documents import Document
@@ -18,7 +19,7 @@ from ctxproto.errors import ConfigError, StoreError
 from ctxproto.text.sentences import split_sentences
 from ctxproto.tokens import TokenCounter
 
-__all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text"]
+__all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text", "holds_text"]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -107,9 +108,26 @@ def chunk_document(
     ]
 
 
+def holds_text(text: str) -> bool:
+    """Whether ``text`` yields any chunk: it holds a line that is neither blank nor a heading.
+
+    Headings are kept as the metadata of the chunks under them, never as chunk
+    text, so a markdown file of headings alone (a stub, ``# Roadmap``) has no
+    chunk to embed; ``ctxproto index`` skips it as it skips an empty file.
+    """
+    return any(part.strip() for part, _ in _sections(text))
+
+
 def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
     """Sentences (or token windows of over-long ones) with their heading path."""
     units: list[_Unit] = []
+    for part, stack in _sections(text):
+        units += _sentences(part, counter, max_tokens, stack)
+    return units
+
+
+def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, str]]]]:
+    """Each paragraph's lines, joined and cut at headings, with the heading stack above them."""
     stack: list[tuple[int, str]] = []
     for block in _PARAGRAPH_BREAK.split(text):
         lines: list[str] = []
@@ -119,14 +137,13 @@ def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
                 lines.append(line)
                 continue
             if lines:
-                units += _sentences(" ".join(lines), counter, max_tokens, stack)
+                yield " ".join(lines), stack
                 lines = []
             level = len(match.group(1))
             stack = [(lvl, title) for lvl, title in stack if lvl < level] + [
                 (level, match.group(2))
             ]
-        units += _sentences(" ".join(lines), counter, max_tokens, stack)
-    return units
+        yield " ".join(lines), stack
 
 
 def _sentences(

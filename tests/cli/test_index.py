@@ -192,6 +192,48 @@ def test_an_emptied_file_is_skipped_and_its_old_chunks_deleted(
         knowledge_base.close()
 
 
+def test_a_file_of_headings_alone_is_skipped_and_the_others_indexed(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """A stub ``# one`` yields no chunk (headings are the metadata of the text under
+    them), and the whole run failed with "document has no chunks to add", exit 1."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    (folder / "volcanoes.md").write_text("# volcanoes\n\n## Etna\n")
+    (folder / "one.md").write_text("# one")
+    capsys.readouterr()
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["skipped_empty"] == ["one.md", "volcanoes.md"] and summary["documents"] == 1
+    assert summary["store_documents"] == 1  # apples; volcanoes' old chunks are deleted
+    err = captured.err.replace("\n", "")
+    assert "skipped one.md: it holds only headings, no text under them" in err
+
+
+def test_a_source_with_nothing_to_index_exits_2_naming_it_and_leaves_the_store_as_it_was(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """One file of headings alone failed with a StoreError (exit 1), as if the store
+    were broken; a folder of empty files indexed nothing and said "indexed 0 documents"."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    before = {path.name: path.read_bytes() for path in store.iterdir()}
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "one.md").write_text("# one")
+    (stubs / "blank.txt").write_text("\n")
+    capsys.readouterr()
+    for source in (stubs / "one.md", stubs):
+        code = main(["index", str(source), "--store", str(store), "--embedder", MISSING_EMBEDDER])
+        assert code == 2
+        err = capsys.readouterr().err.replace("\n", "")
+        assert f"{source}: no document holds text to index" in err
+    assert {path.name: path.read_bytes() for path in store.iterdir()} == before
+
+
 def test_one_markdown_file_is_indexed_as_its_folder_would_index_it(
     tmp_path: Path, capsys: Any, embedder: Any
 ) -> None:
