@@ -348,11 +348,13 @@ def _generation_params(
     validated into one, its bad key named under ``generation``.
 
     A dict given in Python failed at the first turn with an ``AttributeError``, although
-    the same keys are taken from a chatbot config's ``generation:`` section.
+    the same keys are taken from a chatbot config's ``generation:`` section. A key
+    that is not a string (``{1: 2}``) is refused here too: passed on as keywords, it
+    raised a bare ``TypeError``.
     """
     if generation is None or isinstance(generation, GenerationParams):
         return generation
-    if not isinstance(generation, Mapping):
+    if not isinstance(generation, Mapping) or not all(isinstance(k, str) for k in generation):
         raise ConfigError(
             f"is {excerpt(generation)}",
             file=file,

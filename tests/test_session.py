@@ -600,6 +600,9 @@ def test_generation_given_as_a_dict_is_validated_as_generation_params():
     with pytest.raises(ConfigError, match="GenerationParams") as raised:
         ChatSession(pipeline, backend, generation=5)  # type: ignore[arg-type]
     assert raised.value.key == "generation"
+    with pytest.raises(ConfigError, match="GenerationParams") as raised:  # a TypeError
+        ChatSession(pipeline, backend, generation={1: 2})  # type: ignore[dict-item]
+    assert raised.value.key == "generation"
 
 
 def test_a_system_prompt_that_is_not_text_is_refused_when_the_session_is_built():
