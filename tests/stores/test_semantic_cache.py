@@ -274,7 +274,13 @@ def test_a_replica_cut_off_while_evicting_or_clearing_leaves_order_and_entries_a
         storage.add({"namespace": "default", "query": "q", "answer": "a"}, None, ["policy.md"])
     stored = StoredKeys(redis_server, location)
     assert stored.listed() == stored.present() == {"1", "2", "3", "4", "5", "6"}
-    send = storage._redis.execute_command
+    # Eviction and clear() run as MULTI/EXEC transactions, which do not go through the
+    # client's execute_command: the cut is made on every way a command leaves, alone,
+    # queued in a pipeline or transaction, or sent while a transaction watches its keys.
+    client = storage._redis
+    send = client.execute_command
+    execute: Any = redis.client.Pipeline.execute
+    watched: Any = redis.client.Pipeline.immediate_execute_command
     changed = False
 
     def cut_off_after_the_first_change(*args: Any, **options: Any) -> Any:
@@ -285,9 +291,30 @@ def test_a_replica_cut_off_while_evicting_or_clearing_leaves_order_and_entries_a
         changed = str(args[0]).upper() in WRITES
         return reply
 
-    monkeypatch.setattr(storage._redis, "execute_command", cut_off_after_the_first_change)
+    def pipeline_cut_off_after_the_first_change(pipe: Any, *args: Any, **options: Any) -> Any:
+        nonlocal changed
+        if pipe.connection_pool is not client.connection_pool:
+            return execute(pipe, *args, **options)
+        if changed:
+            raise redis.ConnectionError("Connection closed by server.")
+        queued = {str(command[0]).upper() for command, _ in pipe.command_stack}
+        reply = execute(pipe, *args, **options)
+        changed = bool(queued & WRITES)
+        return reply
+
+    def watched_cut_off_after_the_first_change(pipe: Any, *args: Any, **options: Any) -> Any:
+        if changed and pipe.connection_pool is client.connection_pool:
+            raise redis.ConnectionError("Connection closed by server.")
+        return watched(pipe, *args, **options)
+
+    monkeypatch.setattr(client, "execute_command", cut_off_after_the_first_change)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", pipeline_cut_off_after_the_first_change)
+    monkeypatch.setattr(
+        redis.client.Pipeline, "immediate_execute_command", watched_cut_off_after_the_first_change
+    )
     with contextlib.suppress(StoreError):  # the call may fail; what it left must agree
         interrupted(storage)
+    assert changed, "no change went through a patched path: nothing was cut"
     assert stored.listed() == stored.present()
     assert len(stored.present()) in (0, 2)
 
