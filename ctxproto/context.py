@@ -154,8 +154,9 @@ class ChatRequest(BaseModel):
         tenant_id: str = "default",
     ) -> ChatRequest:
         """A request of messages as OpenAI clients send and receive them; fields the
-        SDK does not model (an assistant message's ``refusal``, ``annotations``) are
-        left out. Invalid messages are a ``ConfigError`` naming the field."""
+        SDK does not model (an assistant message's ``annotations``) are left out,
+        and a ``refusal`` beside no content is the message's text. Invalid messages
+        are a ``ConfigError`` naming the field."""
         from ctxproto.config import validation_error_to_config_error
 
         try:

@@ -103,9 +103,15 @@ def known_fields(message: dict[str, Any]) -> dict[str, Any]:
 
     What OpenAI returns carries more (an assistant message's ``refusal`` and
     ``annotations``, a streamed tool call's ``index``); clients send it back as
-    history, and ``Message`` would refuse it.
+    history, and ``Message`` would refuse it. A ``refusal`` beside no content
+    (``"content": null``, as OpenAI returns one) is what the assistant said, as a
+    refusal part of a content list is (``part_text``), so it becomes the content:
+    dropped, it left a turn with nothing said in the history.
     """
     plain = {k: message[k] for k in _FIELDS if message.get(k) is not None}
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal and not plain.get("content"):
+        plain["content"] = part_text({"type": "refusal", "refusal": refusal})
     if plain.get("tool_calls"):
         plain["tool_calls"] = [
             {k: call[k] for k in _CALL_FIELDS if k in call} for call in plain["tool_calls"]

@@ -107,6 +107,28 @@ def test_a_refusal_part_and_a_part_without_a_type_are_text_and_media_is_refused(
             ChatRequest.from_openai([{"role": "user", "content": [media]}])
 
 
+def test_an_assistant_refusal_beside_no_content_is_kept_as_its_text():
+    """OpenAI returns a refusal as ``"content": null, "refusal": "..."``; the field was
+    dropped with the others ``Message`` does not model, leaving a turn with no text."""
+    refused = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    answered: dict[str, object] = {
+        "role": "assistant",
+        "content": "Hello!",
+        "refusal": None,
+        "annotations": [],
+    }
+    question = {"role": "user", "content": "Why not?"}
+    request = ChatRequest.from_openai([refused, answered, question])
+    assert [m.content for m in request.messages] == [
+        "I can't help with that.",
+        "Hello!",
+        "Why not?",
+    ]
+    part = {"type": "refusal", "refusal": "I can't help with that."}  # the same, as a part
+    as_part = ChatRequest.from_openai([{"role": "assistant", "content": [part]}, question])
+    assert as_part.messages == request.messages[:1] + request.messages[2:]
+
+
 def test_unknown_message_field_and_role_are_rejected():
     with pytest.raises(ValueError):
         Message.model_validate({"role": "user", "content": "x", "colour": "red"})
