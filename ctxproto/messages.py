@@ -146,13 +146,18 @@ def _part_type(part: dict[str, Any]) -> str:
     """A part's ``type``; for a part without one, the key that holds its payload.
 
     A part without a type was read as text, and still is when it holds ``text``
-    (or nothing); vLLM also takes a media part by its key alone
-    (``{"image_url": "https://..."}``), which is named by that key.
+    or ``refusal`` and nothing else (or nothing at all); vLLM also takes a media
+    part by its key alone (``{"image_url": "https://..."}``), and reads a part
+    holding both text and an image as the image: any other key names the part,
+    so ``{"text": "What is this?", "image_url": ...}`` is media, never the
+    question with its image dropped.
     """
     if part.get("type") is not None:
         return str(part["type"])
-    keys = [k for k in _TEXT_PARTS if k in part] or list(part) or ["text"]
-    return str(keys[0])
+    other = [k for k in part if k not in _TEXT_PARTS]
+    if other:
+        return str(other[0])
+    return next((k for k in _TEXT_PARTS if k in part), "text")
 
 
 def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:

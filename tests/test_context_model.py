@@ -5,7 +5,7 @@ import pytest
 
 from ctxproto import ChatRequest, Context, Document, Message
 from ctxproto.errors import ConfigError
-from ctxproto.messages import FunctionCall, ToolCall
+from ctxproto.messages import FunctionCall, ToolCall, non_text_part
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "requests" / "support_chat.json"
 
@@ -105,6 +105,18 @@ def test_a_refusal_part_and_a_part_without_a_type_are_text_and_media_is_refused(
         kind = media.get("type") or "image_url"
         with pytest.raises(ConfigError, match=f"holds a part of type '{kind}'"):
             ChatRequest.from_openai([{"role": "user", "content": [media]}])
+
+
+def test_a_part_without_a_type_holding_text_and_an_image_is_media_not_its_text():
+    """vLLM reads an untyped part by its payload, an image before text; read as its
+    text, the question went on to the model with its picture dropped, unsaid."""
+    both = {"text": "What is in this picture?", "image_url": "https://example.com/cat.png"}
+    message = {"role": "user", "content": [both]}
+    assert non_text_part([message]) == (0, "image_url")
+    with pytest.raises(ConfigError, match="holds a part of type 'image_url'"):
+        ChatRequest.from_openai([message])
+    reworded = {"role": "user", "content": [{"refusal": "No."}, {"text": "Why?"}, {}]}
+    assert non_text_part([reworded]) is None
 
 
 def test_an_assistant_refusal_beside_no_content_is_kept_as_its_text():
