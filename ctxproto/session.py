@@ -136,6 +136,7 @@ class ChatSession:
             raise ConfigError(
                 f"is {excerpt(system_prompt)}, not text", key="system_prompt", expected="a str"
             )
+        _check_ids(session_id, tenant_id)
         self.pipeline = pipeline
         self.backend = backend
         self.system_prompt = system_prompt
@@ -258,19 +259,23 @@ class ChatSession:
             )
         if not question.strip():  # a model answers anything, and the history would keep it
             raise ConfigError("must hold text; an empty question is no turn", key="question")
-        given = documents if documents is not None else []
+        fields: dict[str, Any] = {
+            "system_prompt": self.system_prompt,
+            "history": list(self.history),
+            "query": Message(role="user", content=question),
+            "documents": documents if documents is not None else [],
+            "session_id": self.session_id,
+            "tenant_id": self.tenant_id,
+            "answer_limit": (self.generation or GenerationParams()).max_new_tokens,
+        }
         try:
-            return Context(
-                system_prompt=self.system_prompt,
-                history=list(self.history),
-                query=Message(role="user", content=question),
-                documents=given,
-                session_id=self.session_id,
-                tenant_id=self.tenant_id,
-                answer_limit=(self.generation or GenerationParams()).max_new_tokens,
-            )
-        except ValidationError as exc:  # only the documents come unchecked
-            error = validation_error_to_config_error(exc, data={"documents": given})
+            return Context(**fields)
+        except ValidationError as exc:
+            # Only the documents come unchecked, but the error is named by its own
+            # location: a field checked elsewhere must never be blamed on the documents.
+            error = validation_error_to_config_error(exc, data=fields)
+            if error.key is None or not error.key.startswith("documents"):
+                raise error from None
             raise ConfigError(error.detail, key=error.key, expected=_DOCUMENT) from None
 
     def _generation(self, messages: list[dict[str, Any]], question: str) -> GenerationParams | None:
@@ -366,6 +371,22 @@ def _generation_params(
     except ConfigError as exc:
         key = f"generation.{exc.key}" if exc.key else "generation"
         raise ConfigError(exc.detail, file=file, key=key) from exc
+
+
+def _check_ids(session_id: object, tenant_id: object) -> None:
+    """Refuse a session or tenant id that is not text, naming it.
+
+    Either reached the first turn's ``Context``, whose error was then taken for
+    one in the documents ("got 5 (expected Document(id=..., text=...) ...)").
+    """
+    if session_id is not None and not isinstance(session_id, str):
+        raise ConfigError(
+            f"is {excerpt(session_id)}, not text",
+            key="session_id",
+            expected="a str, or None for a new id",
+        )
+    if not isinstance(tenant_id, str):
+        raise ConfigError(f"is {excerpt(tenant_id)}, not text", key="tenant_id", expected="a str")
 
 
 def _check_parts(pipeline: object, backend: object) -> None:

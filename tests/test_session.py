@@ -614,3 +614,28 @@ def test_a_system_prompt_that_is_not_text_is_refused_when_the_session_is_built()
             system_prompt=["x"],  # type: ignore[arg-type]
         )
     assert raised.value.key == "system_prompt"
+
+
+@pytest.mark.parametrize(
+    ("given", "key"),
+    [({"session_id": 5}, "session_id"), ({"tenant_id": None}, "tenant_id")],
+    ids=["session-id-int", "tenant-id-none"],
+)
+def test_a_session_or_tenant_id_that_is_not_text_is_refused_when_the_session_is_built(given, key):
+    """Either reached the first turn, where the error was blamed on the documents:
+    "Input should be a valid string, got 5 (expected Document(id=..., text=...) ...)"."""
+    with pytest.raises(ConfigError, match="not text") as raised:
+        ChatSession(Pipeline([RecencyWindow(max_turns=4)]), ScriptedBackend([]), **given)
+    assert raised.value.key == key
+
+
+def test_a_turn_error_outside_the_documents_is_not_blamed_on_them():
+    """The documents' error path named whichever field failed as a document."""
+    backend = ScriptedBackend(["unused"])
+    session = ChatSession(Pipeline([RecencyWindow(max_turns=4)]), backend)
+    session.tenant_id = 5  # type: ignore[assignment]  # set after the checks in __init__
+    with pytest.raises(ConfigError) as raised:
+        session.ask("hi", documents=[Document(id="manual", text="the manual")])
+    assert raised.value.key == "tenant_id"
+    assert "Document(" not in str(raised.value)
+    assert backend.calls == 0
