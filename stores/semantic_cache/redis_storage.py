@@ -26,7 +26,10 @@ replica killed, or cut off, in the middle can neither leave an entry that
 ``order`` no longer counts (and so that nothing ever evicts, while mirrors
 still serve it) nor count entries that are gone. Eviction counts the excess
 under ``WATCH`` on ``order``, so two replicas evicting at once never both take
-the same excess. No step holds the server for long (one script over a million
+the same excess; as every other replica's ``add`` cancels that watch, a batch is
+tried at most ``EVICT_ATTEMPTS`` times and what is left goes at the next
+``put``, so the cache may hold a few entries over ``max_entries`` for a moment.
+No step holds the server for long (one script over a million
 entries kept every other client waiting for seconds, and past the script time
 limit could not be stopped), and every key a step touches is one the client
 names, as proxies that route by key require. The byte limit is the server's
@@ -41,6 +44,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import redis
+
 from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
 from ctxproto.stores.semantic_cache.storage import UnreadableEntryError
 
@@ -51,6 +56,10 @@ DEFAULT_NAME = "semantic-cache"
 BATCH = 1000
 """Most keys one eviction or clearing transaction takes out: a step of about a
 millisecond on the server, however large the cache."""
+
+EVICT_ATTEMPTS = 8
+"""Most tries of one eviction batch whose ``WATCH`` on ``order`` another replica's
+write cancelled; what is then left over goes at the next ``put``."""
 
 
 class RedisCacheStorage:
@@ -144,19 +153,22 @@ class RedisCacheStorage:
         return sorted({m.decode() for m in (*listed, *listed_before)}, key=int)
 
     def evict_over(self, max_entries: int) -> list[str]:
-        def take_oldest(pipe: Any) -> list[bytes]:
-            """Runs again from the start when ``order`` changed since it was counted."""
-            excess = min(int(pipe.zcard(self._order)) - max_entries, BATCH)
-            keys: list[bytes] = pipe.zrange(self._order, 0, excess - 1) if excess > 0 else []
-            pipe.multi()
-            self._take_out(pipe, keys)
-            return keys
+        """Take out the oldest entries beyond ``max_entries``, in batches of ``BATCH``.
 
+        Each batch is counted under ``WATCH`` on ``order`` and tried at most
+        ``EVICT_ATTEMPTS`` times: every other replica's ``add`` cancels the watch,
+        and with a few adding at once an uncapped retry took dozens of attempts.
+        A batch still cancelled after that is left to the next ``put``'s
+        eviction, which counts the excess afresh; meanwhile the cache holds a few
+        entries over ``max_entries``.
+        """
         evicted: list[str] = []
         with self._reporting("cannot evict entries"):
             self._oldest_live_key()  # drops expired keys from ``order``
             while True:
-                taken = self._redis.transaction(take_oldest, self._order, value_from_callable=True)
+                taken = self._take_oldest(max_entries)
+                if taken is None:
+                    return evicted
                 evicted += [key.decode() for key in taken]
                 if len(taken) < BATCH:
                     return evicted
@@ -212,6 +224,26 @@ class RedisCacheStorage:
 
     def _listed(self, source: str) -> str:
         return f"{self._prefix}:listed:{key_part(source)}"
+
+    def _take_oldest(self, max_entries: int) -> list[bytes] | None:
+        """One batch of the oldest keys beyond ``max_entries``, taken out; ``None`` when
+        ``order`` changed between counting and ``EXEC`` on each of ``EVICT_ATTEMPTS``
+        tries (then nothing was taken: a cancelled ``EXEC`` runs nothing)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(EVICT_ATTEMPTS):
+                try:
+                    pipe.watch(self._order)
+                    excess = min(int(pipe.zcard(self._order)) - max_entries, BATCH)
+                    if excess <= 0:  # a write since is another put's, which evicts in turn
+                        return []
+                    keys: list[bytes] = pipe.zrange(self._order, 0, excess - 1)
+                    pipe.multi()
+                    self._take_out(pipe, keys)
+                    pipe.execute()
+                    return keys
+                except redis.WatchError:
+                    pipe.reset()
+        return None
 
     def _take_out(self, pipe: Any, keys: Sequence[bytes]) -> None:
         """Queue taking ``keys`` out of ``order`` and deleting their entries, in the
