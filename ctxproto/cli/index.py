@@ -39,7 +39,7 @@ from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.retrieval import is_text_file, read_documents
+from ctxproto.retrieval import folder_document_id, is_text_file, read_documents
 from ctxproto.retrieval.chunking import holds_text
 from ctxproto.stores.store_url import redact_url, store_location
 from ctxproto.stores.vector_store import VectorStore
@@ -114,6 +114,8 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"must be smaller than --chunk-tokens ({args.chunk_tokens})", key="--overlap-tokens"
         )
+    if not Path(args.source).exists():  # before the checks that read what it is
+        raise ConfigError("no such file or folder", file=args.source)
     single = is_text_file(Path(args.source))
     if args.prune and single:
         raise ConfigError(
@@ -127,6 +129,8 @@ def handle(args: argparse.Namespace) -> int:
             key="--id",
             expected="a source that is one .txt/.md file, and an id that is not blank",
         )
+    if args.file_id is not None:
+        args.file_id = folder_document_id(args.file_id, key="--id")
     # A missing extra is found before anything is written, the store folder included.
     on_server = _on_server(args.store)
     require("sentence_transformers", extra="embed")

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from pydantic import ValidationError
 
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
 
-__all__ = ["TEXT_SUFFIXES", "is_text_file", "read_documents"]
+__all__ = ["TEXT_SUFFIXES", "folder_document_id", "is_text_file", "read_documents"]
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 
@@ -39,6 +39,30 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 def is_text_file(source: Path) -> bool:
     """Whether ``source`` is one text file, read whole as one document."""
     return source.is_file() and source.suffix.lower() in TEXT_SUFFIXES
+
+
+def folder_document_id(given: str, *, key: str = "file_id") -> str:
+    """``given``, a path inside a folder, as the id indexing the folder gives its file.
+
+    A folder's ids are relative paths with forward slashes and nothing before
+    the first name (``_relative_id``): ``./sub/deep.md`` and ``sub\\deep.md``
+    given as they are named the same file with another id, stored beside its
+    old version. A path with ``..`` or from the root names no file of a folder,
+    and is a ``ConfigError`` under ``key``.
+    """
+    path = PureWindowsPath(given)  # reads both separators, and a drive
+    if path.anchor or PurePosixPath(given).is_absolute() or ".." in path.parts or not path.parts:
+        raise ConfigError(
+            f"'{given}' is no path inside a folder",
+            key=key,
+            expected="the file's path in its folder, e.g. sub/deep.md, without '..'",
+        )
+    return _relative_id(PurePosixPath(*path.parts))
+
+
+def _relative_id(relative: PurePath) -> str:
+    """The id of a folder's file at ``relative``: its path there, with forward slashes."""
+    return relative.as_posix()
 
 
 def read_documents(
@@ -52,16 +76,17 @@ def read_documents(
     ``ConfigError`` naming it.
 
     ``on_skipped_link`` is called with each link the folder reader did not follow.
-    ``file_id`` is the id of a text file given alone (default: its name), ignored
-    for a folder or a JSONL file.
+    ``file_id`` is the id of a text file given alone (default: its name), its path
+    in its folder written as the folder's ids are (``folder_document_id``);
+    ignored for a folder or a JSONL file.
     """
     if source.is_dir():
         for path in _folder_files(source, follow_symlinks, on_skipped_link):
-            relative = path.relative_to(source).as_posix()
+            relative = _relative_id(path.relative_to(source))
             yield Document(id=relative, text=_read_text(path), source=relative)
     elif is_text_file(source):
         # Read as JSONL, a markdown file failed on its first line as "Invalid JSON".
-        doc_id = source.name if file_id is None else file_id
+        doc_id = source.name if file_id is None else folder_document_id(file_id)
         yield Document(id=doc_id, text=_read_text(source), source=doc_id)
     elif source.is_file():
         with source.open("rb") as handle:

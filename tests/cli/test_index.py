@@ -296,6 +296,48 @@ def test_a_nested_file_given_alone_with_its_folder_path_as_id_replaces_its_docum
         knowledge_base.close()
 
 
+@pytest.mark.parametrize("given", ["./sub/volcanoes.md", "sub\\volcanoes.md"])
+def test_an_id_is_written_as_the_folder_writes_its_ids(
+    tmp_path: Path, capsys: Any, embedder: Any, given: str
+) -> None:
+    """``./sub/volcanoes.md`` or ``sub\\volcanoes.md`` was stored as it was written,
+    beside the folder's ``sub/volcanoes.md``, whose old text kept being retrieved."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    _folder(folder / "sub", ["volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    nested = folder / "sub" / "volcanoes.md"
+    nested.write_text("# volcanoes\n\nEtna erupted in 2021.")
+    assert main(["index", str(nested), "--store", store, "--id", given]) == 0
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        assert knowledge_base.store.count == 2
+        (found,) = knowledge_base.query("When did Etna erupt?", k=1)
+        assert found.metadata["doc_id"] == "sub/volcanoes.md" and "2021" in found.text
+    finally:
+        knowledge_base.close()
+
+
+@pytest.mark.parametrize("given", ["../volcanoes.md", "sub/../../x.md", "/etc/volcanoes.md"])
+def test_an_id_out_of_the_folder_is_refused(tmp_path: Path, capsys: Any, given: str) -> None:
+    """Stored as written, it was an id no folder gives a file."""
+    nested = _folder(tmp_path / "kb", ["volcanoes"]) / "volcanoes.md"
+    store = tmp_path / "store"
+    capsys.readouterr()
+    assert main(["index", str(nested), "--store", str(store), "--id", given]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "--id" in err and "no path inside a folder" in err
+    assert not store.exists()
+
+
+def test_a_missing_file_with_an_id_is_said_to_be_missing(tmp_path: Path, capsys: Any) -> None:
+    """It was refused as "a folder or JSONL file gives its ids", as if it were one."""
+    missing = tmp_path / "missing.md"
+    assert main(["index", str(missing), "--store", str(tmp_path / "s"), "--id", "x.md"]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "no such file or folder" in err and "gives its ids" not in err
+
+
 def test_an_id_repeated_in_a_jsonl_source_is_indexed_once_as_its_last_line(
     tmp_path: Path, capsys: Any, embedder: Any
 ) -> None:
