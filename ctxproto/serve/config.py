@@ -335,30 +335,43 @@ def load_serve_config(path: str | Path) -> ServeConfig:
                 expected=allowed_keys_hint(ServeConfig),
             )
         elif error.detail == "unknown key" and error.key:
-            section = _section_at(error.key, data)
+            # The error's own location, not its dotted key: a key may hold a dot itself.
+            unknown = next(e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden")
+            section = _section_at(unknown, data)
             if section is not None:  # as a pipeline config lists them (Pipeline.from_dict)
                 hint = allowed_keys_hint(section)
                 error = ConfigError("unknown key", file=str(path), key=error.key, expected=hint)
         raise error from exc
 
 
-def _section_at(key: str, data: dict[str, Any]) -> type[BaseModel] | None:
-    """The section whose keys may stand where ``key`` (a dotted serve-config key) stands.
+def _section_at(loc: tuple[int | str, ...], data: dict[str, Any]) -> type[BaseModel] | None:
+    """The section whose keys may stand where the unknown key at ``loc`` (pydantic's
+    location of the error) stands.
 
-    ``None`` below a section (a map of names such as ``mcp.tool_output_tokens``),
-    where the keys are not a schema's fields. ``upstream`` is the section its
-    ``type`` names.
+    Split from the dotted key, a top-level key ``sessions.mod`` was taken for a key
+    of ``sessions``. Only the keys of ``data`` count: a tenant's index and the
+    upstream type pydantic tried name no section. ``None`` below a section (a map
+    of names such as ``mcp.tool_output_tokens``), where the keys are not a schema's
+    fields. ``upstream`` is the section its ``type`` names.
     """
-    section, _, _ = re.sub(r"\[\d+\]", "", key).rpartition(".")
-    if section == "upstream":
+    names: list[str] = []
+    node: Any = data
+    for part in loc[:-1]:
+        if isinstance(node, dict) and part in node:
+            names.append(str(part))
+        elif not (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            continue
+        node = node[part]
+    section = tuple(names)
+    if section == ("upstream",):
         upstream = data.get("upstream")
         kind = upstream.get("type") if isinstance(upstream, dict) else None
         return RemoteUpstreamConfig if kind == "openai" else LocalUpstreamConfig
-    sections: dict[str, type[BaseModel]] = {
-        "": ServeConfig,
-        "tenants": TenantConfig,
-        "sessions": SessionConfig,
-        "limits": LimitsConfig,
-        "mcp": McpConfig,
+    sections: dict[tuple[str, ...], type[BaseModel]] = {
+        (): ServeConfig,
+        ("tenants",): TenantConfig,
+        ("sessions",): SessionConfig,
+        ("limits",): LimitsConfig,
+        ("mcp",): McpConfig,
     }
     return sections.get(section)
