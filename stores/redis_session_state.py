@@ -29,8 +29,11 @@ updates (``ctxproto:{namespace}:updates:{tenant}:{session}``, the last
 its token there returns what the applied run wrote instead of applying the
 change again. The list expires ``UPDATES_TTL_MS`` after the session's last
 update: a retry comes within a second, and a list kept for ever would hold
-about a kilobyte per session that ``maxmemory-policy volatile-ttl`` cannot
-evict.
+about a kilobyte per session that a ``volatile-*`` ``maxmemory-policy`` cannot
+evict. With the shortest TTL of all, the list is the first key ``volatile-ttl``
+evicts under memory pressure, and a retry would then apply its update twice:
+docs/deploy.md asks for ``volatile-lru``, under which a list a retry is about to
+read, written a moment ago, is the last to go.
 """
 
 from __future__ import annotations

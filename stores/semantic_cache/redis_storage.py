@@ -32,9 +32,10 @@ tried at most ``EVICT_ATTEMPTS`` times and what is left goes at the next
 No step holds the server for long (one script over a million
 entries kept every other client waiting for seconds, and past the script time
 limit could not be stopped), and every key a step touches is one the client
-names, as proxies that route by key require. The byte limit is the server's
-``maxmemory`` (with ``volatile-ttl`` or ``allkeys-lru``), not ours: see
-docs/deploy.md.
+names, as proxies that route by key require, except in ``clear()``, which finds
+the source lists and stray entries with ``SCAN MATCH``. The byte limit is the
+server's ``maxmemory`` (with ``volatile-lru``, or ``allkeys-lru`` on a server
+of the cache's own), not ours: see docs/deploy.md.
 """
 
 from __future__ import annotations
