@@ -157,6 +157,26 @@ def validation_error_to_config_error(
         # A nested model that checks itself (GenerationParams) named its own key: under ours.
         key = f"{key}.{nested.key}" if key else nested.key
         return ConfigError(nested.detail, file=file, key=key, expected=nested.expected)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        # A section whose ``type`` picks its kind: name that key, not the section,
+        # in the file's words rather than pydantic's "Unable to extract tag".
+        context = first.get("ctx", {})
+        tag_key = str(context.get("discriminator", "type")).strip("'")
+        key = f"{key}.{tag_key}" if key else tag_key
+        expected = context.get("expected_tags")
+        if kind == "union_tag_not_found":
+            return ConfigError(
+                "required key is missing: it says which kind of section this is",
+                file=file,
+                key=key,
+                expected=f"one of {expected}" if expected else None,
+            )
+        return ConfigError(
+            f"unknown kind {context.get('tag')!r}",
+            file=file,
+            key=key,
+            expected=f"one of {expected}" if expected else None,
+        )
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":

@@ -84,6 +84,21 @@ def test_a_misspelled_key_lists_the_keys_its_section_takes(tmp_path, text, key, 
     assert info.value.expected is not None and listed in info.value.expected
 
 
+def test_an_upstream_of_an_unknown_or_unsaid_kind_names_its_type_key(tmp_path):
+    """pydantic's words for a discriminated union ("Input tag 'OpenAI' found using
+    'type' does not match...", "Unable to extract tag using discriminator") named
+    the section, not the key to fix."""
+    with pytest.raises(ConfigError) as wrong:
+        load_serve_config(write(tmp_path, "upstream: {type: OpenAI, base_url: x}\n"))
+    assert wrong.value.key == "upstream.type"
+    assert wrong.value.detail == "unknown kind 'OpenAI'"
+    assert wrong.value.expected == "one of 'local', 'openai'"
+    with pytest.raises(ConfigError) as unsaid:
+        load_serve_config(write(tmp_path, "upstream: {model: x}\n"))
+    assert unsaid.value.key == "upstream.type"
+    assert unsaid.value.detail.startswith("required key is missing")
+
+
 def test_an_mcp_cache_that_is_a_file_is_refused_when_the_config_loads(tmp_path):
     path = write(tmp_path, "")
     Path(path).write_text(f"mcp: {{cache: '{path}'}}\n")
