@@ -110,7 +110,8 @@ def known_fields(message: dict[str, Any]) -> dict[str, Any]:
     """
     plain = {k: message[k] for k in _FIELDS if message.get(k) is not None}
     refusal = message.get("refusal")
-    if isinstance(refusal, str) and refusal and not plain.get("content"):
+    said = message.get("role") == "assistant" and isinstance(refusal, str) and refusal
+    if said and _holds_nothing(plain.get("content")):
         plain["content"] = part_text({"type": "refusal", "refusal": refusal})
     if plain.get("tool_calls"):
         plain["tool_calls"] = [
@@ -145,19 +146,28 @@ def part_text(part: Any) -> str | None:
 def _part_type(part: dict[str, Any]) -> str:
     """A part's ``type``; for a part without one, the key that holds its payload.
 
-    A part without a type was read as text, and still is when it holds ``text``
-    or ``refusal`` and nothing else (or nothing at all); vLLM also takes a media
-    part by its key alone (``{"image_url": "https://..."}``), and reads a part
-    holding both text and an image as the image: any other key names the part,
-    so ``{"text": "What is this?", "image_url": ...}`` is media, never the
-    question with its image dropped.
+    A part without a type was read as text, and still is unless it holds media;
+    vLLM also takes a media part by its key alone (``{"image_url": "https://..."}``),
+    and reads a part holding both text and an image as the image, so such a part
+    is named by its media key (never the question with its image dropped). Other
+    keys (``cache_control``, an image set to ``None``) carry nothing to drop.
     """
     if part.get("type") is not None:
         return str(part["type"])
-    other = [k for k in part if k not in _TEXT_PARTS]
-    if other:
-        return str(other[0])
-    return next((k for k in _TEXT_PARTS if k in part), "text")
+    media = next((k for k in _MEDIA_KEYS if part.get(k) is not None), None)
+    return media or next((k for k in _TEXT_PARTS if k in part), "text")
+
+
+_MEDIA_KEYS = ("image_url", "image_embeds", "input_audio", "audio_url", "video_url", "file")
+"""The keys that carry media in a part without a type (OpenAI's part types, and the
+ones vLLM adds)."""
+
+
+def _holds_nothing(content: Any) -> bool:
+    """Whether a message's content says nothing: absent, empty, or parts of empty text."""
+    if isinstance(content, list):
+        return all(part_text(part) == "" for part in content)
+    return not content
 
 
 def non_text_part(messages: list[dict[str, Any]]) -> tuple[int, str] | None:

@@ -119,6 +119,31 @@ def test_a_part_without_a_type_holding_text_and_an_image_is_media_not_its_text()
     assert non_text_part([reworded]) is None
 
 
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": None, "text": "hi"},
+        {"text": "hi", "cache_control": {"type": "ephemeral"}},
+        {"text": "hi", "image_url": None},  # vLLM reads no image from None
+    ],
+)
+def test_a_part_without_a_type_and_no_media_is_its_text(part):
+    """Any key besides text and refusal made an untyped part media: a 400 from the
+    bundled runtime, a refusal from the SDK naming a type ('type', 'cache_control')."""
+    request = ChatRequest.from_openai([{"role": "user", "content": [part]}])
+    assert [m.content for m in request.messages] == ["hi"]
+
+
+def test_a_refusal_is_an_assistants_text_only_when_it_said_nothing_else():
+    """A ``refusal`` key on a user or tool message became that message's text, and an
+    assistant's refusal beside empty text parts was dropped."""
+    question = {"role": "user", "content": "Why not?"}
+    empty_parts = {"role": "assistant", "content": [{"type": "text", "text": ""}], "refusal": "No."}
+    foreign = {"role": "user", "content": "", "refusal": "leak"}
+    request = ChatRequest.from_openai([question, empty_parts, foreign, question])
+    assert [m.content for m in request.messages] == ["Why not?", "No.", "", "Why not?"]
+
+
 def test_an_assistant_refusal_beside_no_content_is_kept_as_its_text():
     """OpenAI returns a refusal as ``"content": null, "refusal": "..."``; the field was
     dropped with the others ``Message`` does not model, leaving a turn with no text."""
