@@ -175,11 +175,12 @@ def handle(args: argparse.Namespace) -> int:
     # An empty file, or one of headings alone (they are the metadata of the chunks
     # under them, so no chunk holds them), is a document with nothing to retrieve, not
     # a broken input: it is skipped, and what it held before is deleted, as a document
-    # replaced by nothing. A source with nothing else is refused before the store changes.
+    # replaced by nothing. A folder or JSONL source with nothing else is refused before
+    # the store changes; one file emptied is how its stored document is taken out.
     emptied = [d.id for d in documents if not holds_text(d.text)]
     headings_only = {d.id for d in documents if d.text.strip() and not holds_text(d.text)}
     documents = [d for d in documents if holds_text(d.text)]
-    if not documents:
+    if not documents and not single:
         raise ConfigError(
             "no document holds text to index (only empty files or headings)",
             file=args.source,

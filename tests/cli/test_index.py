@@ -215,8 +215,9 @@ def test_a_file_of_headings_alone_is_skipped_and_the_others_indexed(
 def test_a_source_with_nothing_to_index_exits_2_naming_it_and_leaves_the_store_as_it_was(
     tmp_path: Path, capsys: Any, embedder: Any
 ) -> None:
-    """One file of headings alone failed with a StoreError (exit 1), as if the store
-    were broken; a folder of empty files indexed nothing and said "indexed 0 documents"."""
+    """A folder of files of headings alone failed with a StoreError (exit 1), as if the
+    store were broken; a folder of empty files indexed nothing and said "indexed 0
+    documents"."""
     folder = _folder(tmp_path / "kb", ["apples"])
     store = tmp_path / "store"
     assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
@@ -226,12 +227,27 @@ def test_a_source_with_nothing_to_index_exits_2_naming_it_and_leaves_the_store_a
     (stubs / "one.md").write_text("# one")
     (stubs / "blank.txt").write_text("\n")
     capsys.readouterr()
-    for source in (stubs / "one.md", stubs):
-        code = main(["index", str(source), "--store", str(store), "--embedder", MISSING_EMBEDDER])
-        assert code == 2
-        err = capsys.readouterr().err.replace("\n", "")
-        assert f"{source}: no document holds text to index" in err
+    code = main(["index", str(stubs), "--store", str(store), "--embedder", MISSING_EMBEDDER])
+    assert code == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"{stubs}: no document holds text to index" in err
     assert {path.name: path.read_bytes() for path in store.iterdir()} == before
+
+
+def test_one_file_emptied_and_indexed_alone_takes_its_document_out_of_the_store(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """Indexing one changed file replaces its document; emptied (or cut to headings),
+    it was refused with exit 2, and the store kept serving what it used to say."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    (folder / "volcanoes.md").write_text("# volcanoes\n")
+    capsys.readouterr()
+    assert main(["index", str(folder / "volcanoes.md"), "--store", store, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_empty"] == ["volcanoes.md"]
+    assert summary["documents"] == 0 and summary["store_documents"] == 1
 
 
 def test_one_markdown_file_is_indexed_as_its_folder_would_index_it(
