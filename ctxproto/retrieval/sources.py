@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from pydantic import ValidationError
 
@@ -45,13 +45,15 @@ def folder_document_id(given: str, *, key: str = "file_id") -> str:
     """``given``, a path inside a folder, as the id indexing the folder gives its file.
 
     A folder's ids are relative paths with forward slashes and nothing before
-    the first name (``_relative_id``): ``./sub/deep.md`` and ``sub\\deep.md``
-    given as they are named the same file with another id, stored beside its
-    old version. A path with ``..`` or from the root names no file of a folder,
-    and is a ``ConfigError`` under ``key``.
+    the first name (``_relative_id``): ``./sub/deep.md`` given as it is named the
+    same file with another id, stored beside its old version. The path is read
+    as this system reads paths, as the folder's were: ``sub\\deep.md`` is that
+    folder's file on Windows, and a file of that name on POSIX, where ``\\`` and
+    ``:`` are characters of a name. A path with ``..`` or from the root names no
+    file of a folder, and is a ``ConfigError`` under ``key``.
     """
-    path = PureWindowsPath(given)  # reads both separators, and a drive
-    if path.anchor or PurePosixPath(given).is_absolute() or ".." in path.parts or not path.parts:
+    path = PurePath(given)
+    if path.anchor or ".." in path.parts or not path.parts:
         raise ConfigError(
             f"'{given}' is no path inside a folder",
             key=key,

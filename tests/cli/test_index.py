@@ -312,12 +312,16 @@ def test_a_nested_file_given_alone_with_its_folder_path_as_id_replaces_its_docum
         knowledge_base.close()
 
 
-@pytest.mark.parametrize("given", ["./sub/volcanoes.md", "sub\\volcanoes.md"])
+SEPARATED = ["./sub/volcanoes.md", "sub//volcanoes.md", "sub/./volcanoes.md"]
+
+
+@pytest.mark.parametrize("given", SEPARATED + (["sub\\volcanoes.md"] if os.name == "nt" else []))
 def test_an_id_is_written_as_the_folder_writes_its_ids(
     tmp_path: Path, capsys: Any, embedder: Any, given: str
 ) -> None:
-    """``./sub/volcanoes.md`` or ``sub\\volcanoes.md`` was stored as it was written,
-    beside the folder's ``sub/volcanoes.md``, whose old text kept being retrieved."""
+    """``./sub/volcanoes.md`` (or ``sub\\volcanoes.md`` on Windows) was stored as it was
+    written, beside the folder's ``sub/volcanoes.md``, whose old text kept being
+    retrieved."""
     folder = _folder(tmp_path / "kb", ["apples"])
     _folder(folder / "sub", ["volcanoes"])
     store = str(tmp_path / "store")
@@ -330,6 +334,29 @@ def test_an_id_is_written_as_the_folder_writes_its_ids(
         assert knowledge_base.store.count == 2
         (found,) = knowledge_base.query("When did Etna erupt?", k=1)
         assert found.metadata["doc_id"] == "sub/volcanoes.md" and "2021" in found.text
+    finally:
+        knowledge_base.close()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a backslash separates names on Windows")
+def test_a_file_named_with_a_backslash_keeps_the_id_its_folder_gives_it(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """On POSIX ``a\\b.md`` and ``c:d.md`` are names of files; ``--id`` read them as a
+    folder and a file, and as a drive, unlike the folder that holds them."""
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    for name in ("a\\b.md", "c:d.md"):
+        (folder / name).write_text("Rivers flow to the sea.")
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    for name in ("a\\b.md", "c:d.md"):
+        (folder / name).write_text("Etna erupted in 2021.")
+        assert main(["index", str(folder / name), "--store", store, "--id", name]) == 0
+    capsys.readouterr()
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        assert knowledge_base.store.count == 2
     finally:
         knowledge_base.close()
 
