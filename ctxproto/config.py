@@ -164,7 +164,10 @@ def validation_error_to_config_error(
         tag_key = str(context.get("discriminator", "type")).strip("'")
         key = f"{key}.{tag_key}" if key else tag_key
         expected = context.get("expected_tags")
-        if kind == "union_tag_not_found":
+        given = first.get("input")
+        if kind == "union_tag_not_found" or (
+            isinstance(given, dict) and given.get(tag_key) is None
+        ):
             return ConfigError(
                 "required key is missing: it says which kind of section this is",
                 file=file,

@@ -93,10 +93,11 @@ def test_an_upstream_of_an_unknown_or_unsaid_kind_names_its_type_key(tmp_path):
     assert wrong.value.key == "upstream.type"
     assert wrong.value.detail == "unknown kind 'OpenAI'"
     assert wrong.value.expected == "one of 'local', 'openai'"
-    with pytest.raises(ConfigError) as unsaid:
-        load_serve_config(write(tmp_path, "upstream: {model: x}\n"))
-    assert unsaid.value.key == "upstream.type"
-    assert unsaid.value.detail.startswith("required key is missing")
+    for text in ("upstream: {model: x}\n", "upstream: {type: null, model: x}\n"):
+        with pytest.raises(ConfigError) as unsaid:
+            load_serve_config(write(tmp_path, text))
+        assert unsaid.value.key == "upstream.type"
+        assert unsaid.value.detail.startswith("required key is missing")
 
 
 def test_an_mcp_cache_that_is_a_file_is_refused_when_the_config_loads(tmp_path):
