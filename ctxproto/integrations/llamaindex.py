@@ -259,12 +259,14 @@ class CtxprotoNodePostprocessor(ConfigErrorModel, BaseNodePostprocessor):
         for stage in (self.relevance_filter, self.token_compressor):
             if stage is not None:
                 context = stage.run(context, counter).context
-        kept = context.documents
+        # Pinned nodes come first with a budget or without one: a prompt built from
+        # the nodes then opens with what the caller pinned, wherever it was retrieved.
+        pinned = [d for d in context.documents if d.pinned]
+        rest = [d for d in context.documents if not d.pinned]
         if self.max_tokens is not None:
-            pinned = [d for d in kept if d.pinned]
             room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
-            rest = [d for d in kept if not d.pinned]
-            kept = pinned + pack_to_budget(rest, counter, max(room, 0))
+            rest = pack_to_budget(rest, counter, max(room, 0))
+        kept = pinned + rest
         out = []
         for document in kept:
             original = nodes[int(document.id)]

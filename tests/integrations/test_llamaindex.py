@@ -190,6 +190,13 @@ def test_packing_keeps_pinned_nodes_and_fills_the_rest_by_relevance(counter):
     assert out[1] is not nodes[1] and out[1].node is nodes[1].node  # unchanged text: same node
 
 
+def test_pinned_nodes_come_first_without_a_budget_too():
+    pinned = from_document(Document(id="p", text=FACTS[1], pinned=True, score=0.0))
+    nodes = [NodeWithScore(node=TextNode(id_=f"n{i}", text=FACTS[i]), score=0.9) for i in (0, 2)]
+    out = CtxprotoNodePostprocessor().postprocess_nodes([*nodes, pinned], QueryBundle("ferry"))
+    assert [n.node.node_id for n in out] == ["p", "n0", "n2"]  # the rest in their order in
+
+
 def test_a_node_retrieved_twice_keeps_each_retrievals_score(counter):
     node = TextNode(id_="n0", text=FACTS[0])
     other = TextNode(id_="n1", text=FACTS[2])
