@@ -151,8 +151,15 @@ class TokenCompressor(Stage):
         query = context.query_text.strip()
         if query:
             self._coarse(plan, query, math.ceil(target / self.fine_rate))
-        scored, candidates = self._fine(plan, query, target, counter)
+        scored, candidates, reserve = self._fine(plan, query, target, counter)
         kept = _drop_words(plan, candidates, target, counter)
+        # The most relevant sentences keep every word while the others' words meet the
+        # target; when they cannot, those sentences give words too before any goes
+        # whole: kept whole, one too long for the target was dropped by the last
+        # resort, and the text lost the very sentence that answers the query.
+        if kept > target and reserve:
+            kept = _drop_words(plan, reserve, target, counter)
+        candidates += reserve
         fallback_dropped = 0
         if kept > target:
             # Words alone cannot meet the target: choose whole sentences by what they
@@ -232,18 +239,20 @@ class TokenCompressor(Stage):
 
     def _fine(
         self, plan: _Plan, query: str, target: int, counter: TokenCounter
-    ) -> tuple[int, list[_Candidate]]:
+    ) -> tuple[int, list[_Candidate], list[_Candidate]]:
         """Score the unprotected words of the kept sentences with the LM.
 
-        Returns the LM tokens scored and the droppable words, least informative first.
+        Returns the LM tokens scored, the droppable words, and the words of the
+        sentences kept verbatim (``whole``), each least informative first.
         """
         assert self._scorer is not None
         units = [u for u in range(len(plan.units)) if plan.parseable[u]]
         if not units or plan.cost(counter) <= target:
-            return 0, []
+            return 0, [], []
         before = self._scorer.tokens_scored
         texts = [plan.render(u) for u in units]
         candidates: list[_Candidate] = []
+        reserve: list[_Candidate] = []
         for u, scores in zip(units, self._scorer.score(texts, query), strict=True):
             words: list[_Word] = []
             sentence_of: list[_Sentence] = []
@@ -266,11 +275,13 @@ class TokenCompressor(Stage):
                     totals[index] += token.surprisal
                     counts[index] += 1
             for w, s, t, n in zip(words, sentence_of, totals, counts, strict=True):
-                if not (w.protected or s.whole) and n:
+                if not w.protected and n:
                     piece = plan.texts[u][w.start : w.end]
-                    candidates.append(_Candidate(t / n, w, s, counter.count(piece)))
+                    into = reserve if s.whole else candidates
+                    into.append(_Candidate(t / n, w, s, counter.count(piece)))
         candidates.sort(key=lambda c: c.surprisal)
-        return self._scorer.tokens_scored - before, candidates
+        reserve.sort(key=lambda c: c.surprisal)
+        return self._scorer.tokens_scored - before, candidates, reserve
 
     def _drop_sentences(self, plan: _Plan, target: int, counter: TokenCounter) -> int:
         """Last resort: keep the most relevant (or most central) whole sentences that fit.

@@ -204,3 +204,16 @@ def test_last_resort_gives_kept_sentences_their_words_back(counter, lm):
     result = TokenCompressor(rate=0.5).run(context(text), counter)
     assert result.context.documents[0].text.strip() == plain
     assert result.report.counters["words_dropped"] == 0
+
+
+def test_the_sentence_that_answers_gives_words_before_it_goes_whole(counter, lm):
+    """Kept verbatim as the most relevant, the ferry sentence was one token over the
+    target alone: the last resort dropped it, and both documents came out empty, the
+    report saying the target was met."""
+    ferry = Document(id="ferry", text="The ferry leaves Bergen at 20:30.")
+    berries = Document(id="berries", text="Cloudberries ripen in late July.")
+    query = Message(role="user", content="When does the ferry leave?")
+    result = TokenCompressor(rate=0.5).run(Context(documents=[ferry, berries], query=query))
+    (kept,) = result.context.documents
+    assert kept.id == "ferry" and "20:30" in kept.text and "Bergen" in kept.text
+    assert 0 < result.report.counters["kept_tokens"] <= result.report.counters["target_tokens"]
