@@ -163,23 +163,17 @@ def validation_error_to_config_error(
         context = first.get("ctx", {})
         tag_key = str(context.get("discriminator", "type")).strip("'")
         key = f"{key}.{tag_key}" if key else tag_key
-        expected = context.get("expected_tags")
+        tags = context.get("expected_tags")
         given = first.get("input")
-        if kind == "union_tag_not_found" or (
+        missing = kind == "union_tag_not_found" or (
             isinstance(given, dict) and given.get(tag_key) is None
-        ):
-            return ConfigError(
-                "required key is missing: it says which kind of section this is",
-                file=file,
-                key=key,
-                expected=f"one of {expected}" if expected else None,
-            )
-        return ConfigError(
-            f"unknown kind {context.get('tag')!r}",
-            file=file,
-            key=key,
-            expected=f"one of {expected}" if expected else None,
         )
+        message = (
+            "required key is missing: it says which kind of section this is"
+            if missing
+            else f"unknown kind {context.get('tag')!r}"
+        )
+        return ConfigError(message, file=file, key=key, expected=f"one of {tags}" if tags else None)
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":

@@ -132,11 +132,12 @@ class ChatSession:
         history_store: SessionStore | None = None,
     ) -> None:
         _check_parts(pipeline, backend)
-        if not isinstance(system_prompt, str):
-            raise ConfigError(
-                f"is {excerpt(system_prompt)}, not text", key="system_prompt", expected="a str"
-            )
-        _check_ids(session_id, tenant_id)
+        _check_text("system_prompt", system_prompt, "a str")
+        # An id of another type reached the first turn's Context, whose error was then
+        # taken for one in the documents ("got 5 (expected Document(id=...) ...)").
+        if session_id is not None:
+            _check_text("session_id", session_id, "a str, or None for a new id")
+        _check_text("tenant_id", tenant_id, "a str")
         self.pipeline = pipeline
         self.backend = backend
         self.system_prompt = system_prompt
@@ -251,12 +252,10 @@ class ChatSession:
     # -- internals ----------------------------------------------------------
 
     def _context(self, question: str, documents: list[Document] | None) -> Context:
-        if not isinstance(question, str):  # a message dict: the session adds the role itself
-            raise ConfigError(
-                f"is {excerpt(question)}, not text",
-                key="question",
-                expected="a str: the user's text alone, as the session keeps the history",
-            )
+        # A message dict: the session adds the role itself.
+        _check_text(
+            "question", question, "a str: the user's text alone, as the session keeps the history"
+        )
         if not question.strip():  # a model answers anything, and the history would keep it
             raise ConfigError("must hold text; an empty question is no turn", key="question")
         fields: dict[str, Any] = {
@@ -373,20 +372,10 @@ def _generation_params(
         raise ConfigError(exc.detail, file=file, key=key) from exc
 
 
-def _check_ids(session_id: object, tenant_id: object) -> None:
-    """Refuse a session or tenant id that is not text, naming it.
-
-    Either reached the first turn's ``Context``, whose error was then taken for
-    one in the documents ("got 5 (expected Document(id=..., text=...) ...)").
-    """
-    if session_id is not None and not isinstance(session_id, str):
-        raise ConfigError(
-            f"is {excerpt(session_id)}, not text",
-            key="session_id",
-            expected="a str, or None for a new id",
-        )
-    if not isinstance(tenant_id, str):
-        raise ConfigError(f"is {excerpt(tenant_id)}, not text", key="tenant_id", expected="a str")
+def _check_text(name: str, value: object, expected: str) -> None:
+    """Refuse ``value``, the argument ``name``, unless it is text, saying what to pass."""
+    if not isinstance(value, str):
+        raise ConfigError(f"is {excerpt(value)}, not text", key=name, expected=expected)
 
 
 def _check_parts(pipeline: object, backend: object) -> None:

@@ -45,9 +45,9 @@ from langchain_core.messages import ToolCall as LangChainToolCall
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from ctxproto.config import ConfigErrorModel, validation_error_to_config_error
+from ctxproto.config import ConfigErrorModel
 from ctxproto.context import ChatRequest
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.integrations._carried import (
@@ -289,14 +289,14 @@ class PipelineRunnable(Runnable[LanguageModelInput, list[BaseMessage]]):
         if not messages:  # nothing to trim: no messages, as ``trim_messages([])`` returns
             return []
         converted = to_messages(messages)
-        try:
-            request = ChatRequest(
-                messages=converted,
-                session_id=configurable.get("session_id", self.session_id),
-                tenant_id=configurable.get("tenant_id", self.tenant_id),
-            )
-        except ValidationError as exc:  # no human message, a tool call with no result
-            raise validation_error_to_config_error(exc) from None
+        # No human message, or a tool call with no result: a ConfigError naming the key.
+        request = ChatRequest.from_dict(
+            {
+                "messages": converted,
+                "session_id": configurable.get("session_id", self.session_id),
+                "tenant_id": configurable.get("tenant_id", self.tenant_id),
+            }
+        )
         result = self.pipeline.run(request)
         if result.prompt is None:
             raise UsageError(
