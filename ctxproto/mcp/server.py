@@ -45,7 +45,7 @@ from ctxproto.mcp.results import (
 )
 from ctxproto.mcp.service import ContextService
 from ctxproto.serve.envelope import APIError
-from ctxproto.serve.tenancy import Tenants, TenantSlot
+from ctxproto.serve.tenancy import MAX_SESSION_ID_CHARS, Tenants, TenantSlot
 
 __all__ = ["McpRuntime", "create_mcp_server"]
 
@@ -55,7 +55,7 @@ P = ParamSpec("P")
 MAX_TEXT_CHARS = 2_000_000
 """Longer inputs are refused before any work (about 500k tokens)."""
 
-SESSION_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
+SESSION_PATTERN = re.compile(rf"^[A-Za-z0-9_.:@-]{{1,{MAX_SESSION_ID_CHARS}}}$")
 SessionId = Annotated[
     str,
     Field(
@@ -386,7 +386,9 @@ def _resource_tenant(
 ) -> str:
     """The caller's tenant; a resource URI's session id is checked as a tool argument is."""
     if session_id is not None and not SESSION_PATTERN.fullmatch(session_id):
-        raise ResourceError("session_id: letters, digits and _.:@- only, at most 200")
+        raise ResourceError(
+            f"session_id: letters, digits and _.:@- only, at most {MAX_SESSION_ID_CHARS}"
+        )
     try:
         return runtime.tenant_of(ctx)
     except ToolError as exc:

@@ -6,6 +6,9 @@ whichever key matches. The session id comes from a header (``x-session-id``,
 or the names LiteLLM and Helicone use), else the body's ``user``, else a hash of
 the conversation's opening messages: a client that sends nothing special still
 keeps one session turn after turn, so its summary checkpoints are reused.
+A named id longer than ``MAX_SESSION_ID_CHARS`` is refused, not cut: two ids
+that differ only past the cut would be one session, and one user's history
+would be sent with another's turn.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ctxproto.serve.config import TenantConfig
 from ctxproto.serve.envelope import APIError
 
 __all__ = [
+    "MAX_SESSION_ID_CHARS",
     "SESSION_HEADERS",
     "TenantSlot",
     "Tenants",
@@ -29,6 +33,8 @@ __all__ = [
 ]
 
 SESSION_HEADERS = ("x-session-id", "x-litellm-session-id", "helicone-session-id")
+MAX_SESSION_ID_CHARS = 200
+"""Longest session id a client may name (a session header, ``user``, an MCP ``session_id``)."""
 # Where a request's TenantSlot waits for the work it starts: the ASGI scope's
 # "state", which Starlette's Request.state reads.
 _SLOT_STATE_KEY = "ctxproto_tenant_slot"
@@ -129,12 +135,32 @@ def session_id(headers: Mapping[str, str], user: str | None, messages: list[Any]
 
 
 def named_session(headers: Mapping[str, str], user: str | None) -> str | None:
-    """The session the client named, by a session header or ``user``; ``None`` if neither."""
+    """The session the client named, by a session header or ``user``; ``None`` if neither.
+
+    An id over ``MAX_SESSION_ID_CHARS`` is a 400 naming where it came from.
+    """
     for name in SESSION_HEADERS:
         value = headers.get(name)
         if value:
-            return value[:200]
-    return f"user-{user[:200]}" if user else None
+            return _checked_session(value, name)
+    return f"user-{_checked_session(user, 'user')}" if user else None
+
+
+def _checked_session(value: str, param: str) -> str:
+    """``value`` unchanged, or a 400 when it is longer than ``MAX_SESSION_ID_CHARS``.
+
+    Not cut to the cap: ids that differ only past it would name one session, whose
+    history, summary and cached answers the other's turns would then read.
+    """
+    if len(value) > MAX_SESSION_ID_CHARS:
+        raise APIError(
+            400,
+            f"the session id in '{param}' is {len(value)} characters long; "
+            f"at most {MAX_SESSION_ID_CHARS} are allowed",
+            code="invalid_value",
+            param=param,
+        )
+    return value
 
 
 def conversation_session(messages: list[Any]) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from ctxproto.serve.config import TenantConfig
 from ctxproto.serve.envelope import APIError
-from ctxproto.serve.tenancy import Tenants, TenantSlot, session_id
+from ctxproto.serve.tenancy import MAX_SESSION_ID_CHARS, Tenants, TenantSlot, session_id
 from ctxproto.stores.session_state import SessionStateStore
 from tests.serve.clients import openai_client
 
@@ -82,6 +82,38 @@ def test_a_stateful_session_may_be_named_like_a_derived_one(proxy):
             model="ctxproto", messages=[{"role": "user", "content": text}], extra_headers=headers
         )
     assert answer.choices[0].message.content == "alpha | beta"  # the stored history was used
+
+
+@pytest.mark.parametrize("named_by", ["x-session-id", "user"])
+def test_session_ids_that_differ_past_the_cap_are_never_one_session(proxy, named_by):
+    # Both were cut to their first 200 characters: the second user's turn went
+    # upstream with the first user's stored conversation before it.
+    shared = f"s-{uuid.uuid4().hex}".ljust(MAX_SESSION_ID_CHARS, "x")
+    client = openai_client(proxy, "key-a")
+    for user in ("alice", "bob"):
+        name = f"{shared}-{user}"
+        named: dict[str, str] = {}
+        headers = {"x-ctxproto-session-mode": "stateful"}
+        if named_by == "user":
+            named = {"user": name}
+        else:
+            headers[named_by] = name
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="ctxproto",
+                messages=[{"role": "user", "content": f"{user}'s secret"}],
+                extra_headers=headers,
+                **named,
+            )
+        error = refused.value.body
+        assert error["param"] == named_by and error["code"] == "invalid_value"
+        assert str(MAX_SESSION_ID_CHARS) in error["message"]
+    at_cap = openai_client(proxy, "key-a").chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"x-session-id": shared, "x-ctxproto-session-mode": "stateful"},
+    )
+    assert at_cap.choices[0].message.content == "hello | hello"
 
 
 def test_the_session_mode_header_is_read_as_the_other_headers_are(proxy):
