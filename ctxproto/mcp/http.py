@@ -20,11 +20,14 @@ from typing import Any
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ctxproto.mcp.server import create_mcp_server
 from ctxproto.mcp.service import ContextService
+from ctxproto.serve.body import read_body
+from ctxproto.serve.config import LimitsConfig
 from ctxproto.serve.envelope import APIError, error_response
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import Tenants, TenantSlot
@@ -81,17 +84,27 @@ def mcp_endpoint(state: ProxyState) -> McpEndpoint:
         transport_security=security, max_request_body_size=state.limits.max_body_bytes
     )
     app = StreamableHTTPASGIApp(server.session_manager)
-    route = Route(MCP_PATH, _Authenticated(app, state.tenants))
+    route = Route(MCP_PATH, _Authenticated(app, state.tenants, state.limits))
     return McpEndpoint(route=route, service=service, app=app)
 
 
 class _Authenticated:
     """401 for a missing or unknown bearer key, 429 over the tenant's limit, in the
-    proxy's error envelope."""
+    proxy's error envelope; a POST's body read within the proxy's ``limits``.
 
-    def __init__(self, app: StreamableHTTPASGIApp, tenants: Tenants) -> None:
+    The MCP transport reads a body with no time bound: a client whose upload
+    stalled (a dead link, a half-sent request) held its connection, and the
+    tenant's slot taken for the call, for as long as the socket stayed open, so
+    a tenant limited to one request at a time got 429s on every route. The body
+    is therefore read here first, as the proxy's routes read theirs (408 past
+    ``read_timeout_s``, 413 past ``max_body_bytes``), and the slot taken only
+    once it has arrived.
+    """
+
+    def __init__(self, app: StreamableHTTPASGIApp, tenants: Tenants, limits: LimitsConfig) -> None:
         self.app = app
         self.tenants = tenants
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Calls (POSTs) count against the tenant's max_concurrent_requests as proxy
@@ -101,6 +114,8 @@ class _Authenticated:
         counted = scope.get("method") == "POST"
         try:
             tenant = self.tenants.authenticate(Headers(scope=scope).get("authorization"))
+            if counted:
+                receive = _replaying(await read_body(Request(scope, receive), self.limits), receive)
             slot = TenantSlot(self.tenants, tenant) if counted else None
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
@@ -112,3 +127,16 @@ class _Authenticated:
         finally:
             if slot is not None:
                 slot.release()
+
+
+def _replaying(body: bytes | bytearray, receive: Receive) -> Receive:
+    """``receive`` that first gives the body already read, whole, then waits on the
+    client as before (the transport learns of a disconnect from it)."""
+    pending = [bytes(body)]
+
+    async def replay() -> Message:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await receive()
+
+    return replay

@@ -25,6 +25,7 @@ from ctxproto.serve.protocol import ChatCompletionRequest
 __all__ = [
     "parse_body",
     "parse_chat_request",
+    "read_body",
     "read_json_body",
     "unpaired_surrogate",
     "utf8_text",
@@ -45,6 +46,34 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
             f"the body must be application/json, not {media_type}",
             code="unsupported_media_type",
         )
+    raw = await read_body(request, limits)
+    try:
+        body = json.loads(utf8_text(raw), parse_constant=_not_json)
+    except RecursionError:
+        raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:
+        raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object", code="invalid_json")
+    path = unpaired_surrogate(raw, body)
+    if path is not None:
+        where = f"'{path}'" if path else "a key of the body"
+        raise APIError(
+            400,
+            f"{where} is not Unicode text: it holds an unpaired surrogate escape",
+            code="invalid_value",
+            param=path or None,
+        )
+    return body
+
+
+async def read_body(request: Request, limits: LimitsConfig) -> bytearray:
+    """The whole body, within ``max_body_bytes`` (413) and ``read_timeout_s`` (408).
+
+    A client that leaves mid-upload is a 499. The ``/mcp`` endpoint reads its
+    bodies here too, before the MCP transport sees them, so a stalled upload is
+    bounded there as on the proxy's routes.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise _too_large(limits)
@@ -67,24 +96,7 @@ async def read_json_body(request: Request, limits: LimitsConfig) -> dict[str, An
         raise APIError(
             499, "the client left before its body arrived", code="client_closed_request"
         ) from None
-    try:
-        body = json.loads(utf8_text(raw), parse_constant=_not_json)
-    except RecursionError:
-        raise APIError(400, "the JSON body is nested too deeply", code="invalid_json") from None
-    except ValueError as exc:
-        raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "the body must be a JSON object", code="invalid_json")
-    path = unpaired_surrogate(raw, body)
-    if path is not None:
-        where = f"'{path}'" if path else "a key of the body"
-        raise APIError(
-            400,
-            f"{where} is not Unicode text: it holds an unpaired surrogate escape",
-            code="invalid_value",
-            param=path or None,
-        )
-    return body
+    return raw
 
 
 def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:

@@ -4,6 +4,7 @@ client, bearer-key tenants, and the same stores as the proxy."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,7 +28,7 @@ from ctxproto.serve import (
     create_app,
     load_serve_config,
 )
-from ctxproto.serve.config import TenantConfig
+from ctxproto.serve.config import LimitsConfig, TenantConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.stores.session_state import SessionStateStore
@@ -325,3 +326,46 @@ def test_a_call_whose_client_hung_up_holds_its_tenants_slot_until_it_ends(
         store.go_on.set()
         server.close()
         store.close()
+
+
+def test_a_stalled_upload_is_a_408_and_holds_no_tenant_slot(tmp_path: Path) -> None:
+    """The MCP transport read a body with no time bound, under the tenant's slot: a
+    client whose upload stalled kept its connection, and a tenant limited to one
+    request at a time was answered 429 everywhere, for as long as the socket stayed."""
+    limited = TenantConfig(id="tenant-c", key="key-c", max_concurrent_requests=1)
+    state = ProxyState(
+        flow=ContextFlow(None, store=SessionStateStore(tmp_path / "sessions")),
+        upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m"),
+        tenants=Tenants({"key-c": limited}),
+        limits=LimitsConfig(read_timeout_s=2),
+    )
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
+    head = (
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer key-c\r\n"
+        b"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    with (
+        ServerThread(create_app(state)) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as stalled,
+    ):
+        stalled.sendall(head + b'{"jsonrpc"')
+        time.sleep(0.2)  # the upload has begun, and stops
+        other = httpx.post(
+            f"{server.base_url}/mcp",
+            headers={
+                "authorization": "Bearer key-c",
+                "accept": "application/json, text/event-stream",
+            },
+            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        )
+        assert other.status_code == 200, other.text  # no slot held by the stalled upload
+        stalled.settimeout(10)
+        started = time.monotonic()
+        answer = stalled.recv(4096)
+        assert time.monotonic() - started < 5, "the stalled upload was not cut off in time"
+        while not answer.endswith(b"}}") and (more := stalled.recv(4096)):
+            answer += more  # the body may follow the headers
+    assert answer.startswith(b"HTTP/1.1 408")
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "request_timeout"
