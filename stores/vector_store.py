@@ -36,7 +36,7 @@ import fcntl
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -309,7 +309,22 @@ class VectorStore:
         """Nothing stays open: each load and save opens its files and closes them."""
 
     def save(self) -> None:
-        """Write a new generation atomically, then the manifest, then drop old generations."""
+        """Write a new generation atomically, then the manifest, then drop old generations.
+
+        A save the file system refuses (a full disk, a folder made read-only, a
+        directory where a file goes) is a ``StoreError`` naming the folder, and
+        takes back what it wrote of the new generation: the store opens as it was,
+        a full disk is left no fuller than before, and the changes stay in memory
+        for a ``save`` once there is room. Raised as it was, the ``OSError`` ended
+        ``ctxproto index`` in a traceback and left the partial generation on a
+        disk with no room for the next try.
+        """
+        try:
+            self._save()
+        except OSError as exc:
+            raise StoreError(f"cannot save the store at {self.path}: {exc.strerror}") from exc
+
+    def _save(self) -> None:
         with self._writer_lock():
             self._catch_up()
             if self.index.slot_count - len(self.index) > COMPACT_DEAD_FRACTION * max(
@@ -324,26 +339,52 @@ class VectorStore:
                 )
             previous = self._latest_generation()
             generation = previous + 1
-            files = self._files(generation)
-            atomic_write_bytes(files["index"], self.index.to_bytes())
-            atomic_write_bytes(files["vectors"], _npy(self.index.vectors))
-            atomic_write_bytes(files["alive"], _npy(self.index.alive))
-            atomic_write_bytes(files["docstore"], self.docstore.to_jsonl())
-            manifest = StoreManifest(
-                embedder=self.embedder,
-                dimension=self.index.dimension,
-                count=self.count,
-                chunks=self.chunk_count,
-                index_kind=self.index.kind,
-                requested_kind=self.index.requested_kind,
-                hnsw_threshold=self.index.hnsw_threshold,
-                generation=generation,
-            )
-            atomic_write_text(self.path / "manifest.json", manifest.model_dump_json(indent=2))
+            try:
+                self._write_generation(generation)
+            except OSError:
+                self._discard_unnamed(generation)
+                raise
             self.generation = generation
             self._loaded_file = _identity((self.path / "manifest.json").stat())  # under the lock
             self._unsaved.clear()
             self._drop_generations_except(generation, previous)
+
+    def _write_generation(self, generation: int) -> None:
+        """The parts of ``generation``, then the manifest that names it."""
+        files = self._files(generation)
+        atomic_write_bytes(files["index"], self.index.to_bytes())
+        atomic_write_bytes(files["vectors"], _npy(self.index.vectors))
+        atomic_write_bytes(files["alive"], _npy(self.index.alive))
+        atomic_write_bytes(files["docstore"], self.docstore.to_jsonl())
+        manifest = StoreManifest(
+            embedder=self.embedder,
+            dimension=self.index.dimension,
+            count=self.count,
+            chunks=self.chunk_count,
+            index_kind=self.index.kind,
+            requested_kind=self.index.requested_kind,
+            hnsw_threshold=self.index.hnsw_threshold,
+            generation=generation,
+        )
+        atomic_write_text(self.path / "manifest.json", manifest.model_dump_json(indent=2))
+
+    def _discard_unnamed(self, generation: int) -> None:
+        """Remove the files of ``generation``, whose save failed, unless the manifest
+        names it: its rename went through and only the folder's sync failed.
+
+        Called under the writer lock, so no other writer is writing ``generation``,
+        and no reader loads it while no manifest names it. Best effort: the save's
+        own error is the one to report, and the next save removes what is left.
+        """
+        try:
+            current = self.read_manifest(self.path)
+        except StoreError:
+            return  # unsure which generation the manifest names: keep the files
+        if current is not None and current.generation == generation:
+            return
+        for file in self._files(generation).values():
+            with suppress(OSError):
+                file.unlink(missing_ok=True)
 
     def _catch_up(self) -> None:
         """Rebase this store's unsaved changes onto a generation another writer saved.

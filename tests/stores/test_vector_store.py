@@ -515,3 +515,63 @@ def test_a_save_whose_manifest_looks_like_the_old_file_is_still_rebased_onto(
     other.add("c", [Document(id="c#0", text="c")], _vectors(1, seed=3))
     other.save()
     assert sorted(_store(folder).docstore.slots_by_doc) == ["a", "b", "c"]
+
+
+SAVE_PAST_A_SIZE_LIMIT = textwrap.dedent(
+    """
+    import resource, sys, numpy as np
+    from ctxproto.documents import Document
+    from ctxproto.errors import StoreError
+    from ctxproto.stores.vector_store import VectorStore
+
+    store = VectorStore(sys.argv[1], embedder="test-embedder", dimension=16)
+    v = np.zeros((1, 16), dtype=np.float32)
+    v[0, 0] = 1.0
+    # A chunk whose text alone outgrows the limit: the index, the vectors and the live
+    # flags of the new generation fit, its docstore does not.
+    store.add("big", [Document(id="big#0", text="word " * 40_000)], v)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # as a disk that is full
+    try:
+        store.save()
+    except StoreError as exc:
+        print("refused", exc, flush=True)
+    sys.stdin.readline()  # the test looks at the folder meanwhile
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again
+    store.save()
+    print("saved", store.count, flush=True)
+    """
+)
+
+
+def test_a_save_the_disk_refuses_is_a_store_error_and_takes_back_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """A full disk in the middle of a save: a ``StoreError`` naming the folder, not a
+    bare ``OSError``; the new generation's parts already written are removed, so they
+    do not keep the disk full; the store opens as it was; and the same store saves
+    its changes once there is room."""
+    folder = tmp_path / "kb"
+    store = _store(folder)
+    vectors = _fill(store, 2)
+    store.save()
+    before = sorted(p.name for p in folder.iterdir())
+    with subprocess.Popen(
+        [sys.executable, "-c", SAVE_PAST_A_SIZE_LIMIT, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        assert writer.stdin is not None and writer.stdout is not None
+        refused = writer.stdout.readline()
+        assert refused.startswith(f"refused cannot save the store at {folder}: "), refused
+        assert "Traceback" not in refused
+        assert sorted(p.name for p in folder.iterdir()) == before
+        survivor = _store(folder)
+        assert (survivor.count, survivor.generation) == (2, 1)
+        assert survivor.search(vectors[0], 1)[0].document.id == "d0#0"
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "saved 3\n"
+        assert writer.wait(timeout=60) == 0
+    assert sorted(_store(folder).docstore.slots_by_doc) == ["big", "d0", "d1"]
