@@ -31,7 +31,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
@@ -265,18 +266,21 @@ class RowLog:
             raise UsageError("this RowLog is closed")
         continued = self._continued
         if continued is None:
-            self._handle.truncate(0)  # opened to append: each write goes to the end
+            with self._reporting():
+                self._handle.truncate(0)  # opened to append: each write goes to the end
             self._started = True
             header = _Header(ctxproto_eval_rows=ROWS_VERSION, run=self.run, settings=settings)
             self._write(header.model_dump(mode="json"))
-            fsync_directory(self.path.parent)  # the file's name, when it is new
+            with self._reporting():
+                fsync_directory(self.path.parent)  # the file's name, when it is new
             return
         then = continued.header.settings
         for key in sorted(set(settings) | set(then)):
             if then.get(key) != settings.get(key):
                 how = f"{_shown(then.get(key))} there, {_shown(settings.get(key))} here"
                 raise _mismatch("--" + key.replace("_", "-"), how, self.path)
-        self._handle.truncate(continued.end)  # a torn last line
+        with self._reporting():
+            self._handle.truncate(continued.end)  # a torn last line
         self._started = True
 
     def append(self, index: int, rows: list[Row], fingerprint: str | None = None) -> None:
@@ -304,11 +308,35 @@ class RowLog:
         self.close()
 
     def _write(self, line: dict[str, Any]) -> None:
+        """Append ``line``, or a ``StoreError`` with the file as it was.
+
+        A full disk cuts a line short: it is cut off at once, so that the file
+        holds whole lines and a later append starts a line of its own. The file is
+        unbuffered, so nothing of a failed line is left to be written at ``close``.
+        """
         if self._handle is None or not self._started:
             raise UsageError("RowLog.start() must come before rows are written")
-        self._handle.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        data = memoryview((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        with self._reporting():
+            end = os.fstat(self._handle.fileno()).st_size
+            try:
+                while data:
+                    data = data[self._handle.write(data) :]  # a write may take part of it
+                os.fsync(self._handle.fileno())
+            except OSError:
+                with suppress(OSError):  # the write's error is the one to report
+                    self._handle.truncate(end)
+                raise
+
+    @contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """The file system's refusals (a full disk, a read-only mount) as a ``StoreError``
+        naming the file: raised as they were, they ended ``ctxproto eval`` in a
+        traceback rather than its error line and the ``--resume`` hint."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
 
 
 def _mismatch(option: str, how: str, path: Path) -> ConfigError:
@@ -323,7 +351,8 @@ def _locked(path: Path) -> IO[bytes]:
     """``path`` opened to append (created if need be) and read, under an exclusive ``flock``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+b")  # noqa: SIM115 - the RowLog's, closed by its close()
+        # Unbuffered: ``_write`` knows what reached the file when a write fails.
+        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - closed by RowLog.close()
     except OSError as exc:
         raise StoreError(f"{path}: cannot open: {exc.strerror}") from exc
     try:

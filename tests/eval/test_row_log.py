@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +194,45 @@ def test_a_folder_that_cannot_be_locked_is_a_store_error_naming_it(
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(StoreError, match=r"rows.jsonl: cannot lock it \(No locks available\)"):
         RowLog(tmp_path, RUN, resume=False)
+
+
+APPEND_PAST_A_SIZE_LIMIT = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from ctxproto.errors import StoreError
+    from ctxproto.eval.row_log import RowLog
+    from tests.eval.test_row_log import RUN, SETTINGS, rows
+
+    with RowLog(Path(sys.argv[1]), RUN, resume=False) as log:
+        log.start(SETTINGS)
+        log.append(0, rows("q0"))
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # as a disk that is full
+        try:
+            log.append(1, rows("q1" * 4096))
+        except StoreError as exc:
+            print("refused", exc, flush=True)
+        log.append(2, rows("q2"))
+    print("closed", flush=True)
+    """
+)
+
+
+def test_a_full_disk_is_a_store_error_and_leaves_whole_lines(tmp_path: Path) -> None:
+    """A full disk in the middle of an item's line: a ``StoreError`` naming the file,
+    not an ``OSError`` raised again when the file closes; the part of the line that
+    reached the disk is cut off, so the items after it are read back."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", APPEND_PAST_A_SIZE_LIMIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / ROWS_FILE
+    assert done.stdout.splitlines() == [f"refused {path}: cannot write: File too large", "closed"]
+    with RowLog(tmp_path, RUN, resume=True) as log:
+        assert sorted(log.done) == [0, 2]
