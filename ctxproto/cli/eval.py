@@ -29,7 +29,7 @@ from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
 from ctxproto.cli.main import EXIT_INTERRUPTED, print_json
 from ctxproto.config import validation_error_to_config_error
-from ctxproto.errors import ConfigError, ModelNotAvailableError, UsageError
+from ctxproto.errors import ConfigError, ModelNotAvailableError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from ctxproto.eval.dataset import DatasetOptions
@@ -211,7 +211,16 @@ def _evaluate(
             reader.close()
     for line in report.failures():
         err.print(line, style="yellow", markup=False, soft_wrap=True)
-    written = report.write(args.out)
+    try:
+        written = report.write(args.out)
+    except StoreError:
+        err.print(
+            f"the rows of every item are kept in {rows.path}: the same command with --resume "
+            "writes the report without evaluating them again",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise
     if args.json:
         print_json(report.summary())
     else:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ctxproto.errors import StoreError
 from ctxproto.eval.aggregate import aggregate, grid
 from ctxproto.eval.runner import BASELINE
 from ctxproto.stores.atomic import atomic_write_text
@@ -119,8 +120,16 @@ class EvalReport:
         never left behind to pass for this run's. Then report.json, the record the
         other files are drawn from, is written before them: a plot that cannot be
         drawn (no matplotlib) or a run stopped while writing still leaves this
-        run's results, and never beside an earlier run's files.
+        run's results, and never beside an earlier run's files. A folder that
+        refuses them (a full disk, a directory where a file goes) is a
+        ``StoreError`` naming it.
         """
+        try:
+            return self._write(folder)
+        except OSError as exc:  # a full disk, a folder in a file's place: said, not a traceback
+            raise StoreError(f"cannot write the report to {folder}: {exc.strerror}") from exc
+
+    def _write(self, folder: Path) -> list[Path]:
         from ctxproto.eval.plots import plot_quality_vs_compression, plot_retention_heatmap
 
         folder.mkdir(parents=True, exist_ok=True)

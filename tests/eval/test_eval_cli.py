@@ -405,3 +405,25 @@ def test_a_run_that_fails_midway_keeps_its_rows_and_says_how_to_resume(
     code, _, err = run_eval(capsys, *args, "--resume", "--json")
     assert code == 0 and "(3 items done)" in err
     assert json.loads((out / "report.json").read_text("utf-8"))["baseline"]["items"] == 6
+
+
+def test_a_report_the_folder_refuses_is_an_error_and_resume_writes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every item evaluated, then the report cannot be written (a full disk, here a
+    folder where report.md goes): an error line and how to get the report, not a
+    traceback; ``--resume`` writes it from the rows, evaluating nothing again."""
+    out = tmp_path / "out"
+    args = [MINIMAL, *NEEDLE, "--no-logprob", "--json", "--out", str(out)]
+    (out / "report.md").mkdir(parents=True)
+    code, _, err = run_eval(capsys, *args)
+    err = " ".join(err.split())
+    assert code == 1, err
+    assert f"error: cannot write the report to {out}: Is a directory" in err
+    assert f"the rows of every item are kept in {out / 'rows.jsonl'}" in err
+    assert "--resume writes the report" in err
+    (out / "report.md").rmdir()
+    code, summary, err = run_eval(capsys, *args, "--resume")
+    assert code == 0, err
+    assert "resuming" in err and "(6 items done)" in err
+    assert summary["baseline"]["items"] == 6 and (out / "report.md").is_file()
