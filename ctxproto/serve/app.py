@@ -248,6 +248,7 @@ async def _chat_completions(request: Request) -> Response:
             return response
         answer = await _answer(request, state, turn, forward, model)
         if answer is None:  # the client left; nobody reads this
+            state.metrics.client_left()
             return Response(status_code=499)
         return JSONResponse(answer.model_dump(exclude_none=False), headers=_turn_headers(turn))
     finally:

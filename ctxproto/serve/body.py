@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.serve.config import LimitsConfig
 from ctxproto.serve.envelope import APIError
+from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
 from ctxproto.serve.protocol import ChatCompletionRequest
 
 __all__ = [
@@ -94,7 +95,7 @@ async def read_body(request: Request, limits: LimitsConfig) -> bytearray:
         # The client's doing, not the server's: no 500 logged with a traceback and
         # counted as an internal error for every client that gives up mid-upload.
         raise APIError(
-            499, "the client left before its body arrived", code="client_closed_request"
+            499, "the client left before its body arrived", code=CLIENT_CLOSED_REQUEST
         ) from None
     return raw
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["ProxyMetrics"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "ProxyMetrics"]
+
+# The error code of a request whose client left before it was answered (nginx's 499):
+# one code for every place a client can leave, so a dashboard sees them all.
+CLIENT_CLOSED_REQUEST = "client_closed_request"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -45,6 +49,15 @@ class ProxyMetrics:
             registry=r,
         )
         self.errors = Counter("ctxproto_errors", "Errors answered, by code.", ["code"], registry=r)
+
+    def client_left(self) -> None:
+        """Count a request whose client hung up before its answer was whole.
+
+        Its body half sent, its plain answer still coming, or its stream cut
+        mid-answer: no answer reached anyone, and counted nowhere such requests
+        would look to an operator as if they never came.
+        """
+        self.errors.labels(code=CLIENT_CLOSED_REQUEST).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -84,6 +84,8 @@ class TurnStream(StreamingResponse):
                     await self._events.aclose()
                     await _close(self._source)
                     await self._file()
+                    if not (self._filed or self._failed):  # the client left mid-answer
+                        self._state.metrics.client_left()
                 except CtxprotoError as exc:  # the client is gone: only the log can tell
                     log.warning(
                         "a streamed turn of tenant %s was not stored: %s", self._turn.tenant, exc
