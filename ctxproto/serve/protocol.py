@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ChatCompletionChunk",
@@ -180,19 +188,30 @@ _ANSWER_SHAPERS = (
 )
 
 
+def _zero_if_null(value: Any) -> Any:
+    return 0 if value is None else value
+
+
+_Count = Annotated[int, BeforeValidator(_zero_if_null)]
+"""A token count an upstream may send as null: the openai SDK's usage objects dump
+every count they were not given so (``CompletionTokensDetails(reasoning_tokens=0)``
+dumps ``"accepted_prediction_tokens": null``), and a server that builds its usage
+with them failed every answer it gave as invalid (a 502). Read as none counted."""
+
+
 class PromptTokensDetails(_Wire):
-    cached_tokens: int = 0
+    cached_tokens: _Count = 0
 
 
 class CompletionTokensDetails(_Wire):
-    accepted_prediction_tokens: int = 0
-    rejected_prediction_tokens: int = 0
+    accepted_prediction_tokens: _Count = 0
+    rejected_prediction_tokens: _Count = 0
 
 
 class Usage(_Wire):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: _Count = 0
+    completion_tokens: _Count = 0
+    total_tokens: _Count = 0
     # null from an upstream that serializes the openai SDK's own usage objects
     prompt_tokens_details: PromptTokensDetails | None = Field(default_factory=PromptTokensDetails)
     completion_tokens_details: CompletionTokensDetails | None = Field(
@@ -221,6 +240,10 @@ class Usage(_Wire):
         )
 
 
+def _empty_usage_if_null(value: Any) -> Any:
+    return Usage() if value is None else value
+
+
 class ResponseMessage(_Wire):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -240,7 +263,8 @@ class ChatCompletionResponse(_Wire):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str = ""
     choices: list[Choice]
-    usage: Usage = Field(default_factory=Usage)
+    usage: Annotated[Usage, BeforeValidator(_empty_usage_if_null)] = Field(default_factory=Usage)
+    """Null from a server that dumps the openai SDK's ``ChatCompletion`` made without one."""
 
 
 class DeltaMessage(_Wire):

@@ -11,7 +11,9 @@ a surrogate pair, as a server counting UTF-16 units may split an emoji;
 ``RAWSURROGATE``: the same half written as raw bytes, not as an escape),
 ``STALL <seconds>`` (send the headers and the first bytes of a whole answer, then
 wait), ``NULLDETAILS`` (usage details null, as a server dumping the openai SDK's own
-usage objects sends them), ``LINGER <seconds>`` (wait after the chunk with the
+usage objects sends them; ``SDKUSAGE``: the usage the openai SDK's own objects dump,
+details there and their counts null; ``NOUSAGE``: a whole answer's usage null),
+``LINGER <seconds>`` (wait after the chunk with the
 finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
 event after the finish reason, in place of ``[DONE]``). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
@@ -27,6 +29,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from openai.types.completion_usage import (
+    CompletionTokensDetails,
+    CompletionUsage,
+    PromptTokensDetails,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -95,10 +102,20 @@ class ScriptedUpstream:
         }
         if command[:1] == ["NULLDETAILS"]:
             usage.update(prompt_tokens_details=None, completion_tokens_details=None)
+        if command[:1] == ["SDKUSAGE"]:
+            usage = CompletionUsage(
+                prompt_tokens=7,
+                completion_tokens=answered,
+                total_tokens=7 + answered,
+                prompt_tokens_details=PromptTokensDetails(audio_tokens=0),
+                completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
+            ).model_dump()
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             choice = {"index": 0, "message": message, "finish_reason": finish}
             whole = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            if command[:1] == ["NOUSAGE"]:
+                whole["usage"] = None
             if command[:1] == ["STALL"]:
                 return StreamingResponse(_stalled(json.dumps(whole), float(command[1])))
             # json.dumps escapes what is not ASCII (half a surrogate pair too).

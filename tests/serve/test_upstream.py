@@ -119,6 +119,22 @@ def test_usage_details_sent_as_null_pass_through(proxy):
     assert chunks[-1].usage.prompt_tokens == 7
 
 
+def test_usage_as_the_openai_sdk_dumps_it_passes_through(proxy):
+    """Details there with their counts null (``cached_tokens``, the prediction counts),
+    as the SDK's usage objects dump what they were not given, were a 502 "invalid
+    answer" for every request, plain or streamed; so was a whole answer's null usage."""
+    plain = ask(proxy, f"SDKUSAGE {uuid.uuid4().hex}")
+    assert plain.usage.prompt_tokens == 7
+    assert plain.usage.prompt_tokens_details.cached_tokens == 0
+    streamed = f"SDKUSAGE {uuid.uuid4().hex}"
+    chunks = list(ask(proxy, streamed, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).endswith(streamed)
+    assert chunks[-1].usage.prompt_tokens == 7
+    assert chunks[-1].usage.completion_tokens_details.accepted_prediction_tokens == 0
+    unsaid = f"NOUSAGE {uuid.uuid4().hex}"
+    assert ask(proxy, unsaid).choices[0].message.content.endswith(unsaid)
+
+
 def _dead_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
