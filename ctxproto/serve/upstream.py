@@ -27,6 +27,7 @@ import httpx
 from ctxproto.serve.body import unpaired_surrogate, utf8_text
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
+from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RemoteUpstream", "Upstream"]
 
@@ -80,6 +81,9 @@ class RemoteUpstream(Upstream):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # What errors, which tenants read, say of the URL: basic-auth credentials in
+        # it (https://user:secret@host/v1) are the proxy's, never a client's to see.
+        self._shown_url = redact_url(self.base_url)
         self.model = model
         self.retries = retries
         self.cache_salt = cache_salt
@@ -139,6 +143,7 @@ class RemoteUpstream(Upstream):
     async def _send(self, body: dict[str, Any]) -> httpx.Response:
         """POST with retries; returns a response with a 2xx status, its body unread."""
         url = f"{self.base_url}/chat/completions"
+        shown = f"{self._shown_url}/chat/completions"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
@@ -146,13 +151,13 @@ class RemoteUpstream(Upstream):
                 response = await self._client.send(request, stream=True)
             except httpx.TimeoutException:
                 raise APIError(
-                    504, f"the upstream did not answer in time ({url})", code="upstream_timeout"
+                    504, f"the upstream did not answer in time ({shown})", code="upstream_timeout"
                 ) from None
             except httpx.TransportError as exc:
                 if last:
                     raise APIError(
                         502,
-                        f"cannot reach the upstream {url}: {type(exc).__name__}",
+                        f"cannot reach the upstream {shown}: {type(exc).__name__}",
                         code="upstream_unavailable",
                     ) from None
                 await asyncio.sleep(_backoff(attempt, None))

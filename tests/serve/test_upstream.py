@@ -157,6 +157,25 @@ def test_unreachable_upstream_is_502_and_unready(scripted):
         assert httpx.get(f"{server.base_url}/health").status_code == 503
 
 
+def test_the_upstreams_url_reaches_a_client_without_its_password():
+    """A base_url with credentials (``https://user:secret@host/v1``, basic auth) was
+    quoted whole in the 502 of an upstream down and the 504 of one that never
+    answered: any tenant read the upstream's password."""
+    with socket.socket() as silent:  # takes connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent_url = f"http://ops:s3cret@127.0.0.1:{silent.getsockname()[1]}/v1"
+        down_url = _dead_url().replace("//", "//ops:s3cret@")
+        for url, status in ((down_url, 502), (silent_url, 504)):
+            upstream = RemoteUpstream(url, model="m", retries=0, timeout=0.5)
+            app = create_app(ProxyState(flow=ContextFlow(None), upstream=upstream))
+            with ServerThread(app) as server, pytest.raises(openai.APIStatusError) as raised:
+                ask(server, "hello")
+            assert raised.value.status_code == status
+            message = raised.value.body["message"]
+            assert "s3cret" not in message and "ops:***@127.0.0.1" in message
+
+
 @pytest.mark.parametrize(
     ("status", "ready"), [(200, True), (404, True), (401, False), (403, False)]
 )
