@@ -269,7 +269,7 @@ class VectorIndex:
     def _exact_search(self, query: Vectors, k: int, mask: npt.NDArray[np.bool_]) -> SearchHits:
         """The true ``k`` best slots within ``mask``, by inner product with every allowed vector."""
         allowed = np.flatnonzero(mask)
-        scores = self.vectors[allowed] @ query
+        scores = _inner_products(self.vectors[allowed], query)
         if k < len(scores):  # every score tied with the k-th too, so the oldest of them win
             kth = np.partition(scores, len(scores) - k)[len(scores) - k]
             best = np.flatnonzero(scores >= kth)
@@ -324,6 +324,21 @@ def _kind_of(faiss: Any, index: Any) -> str:
     if isinstance(index, faiss.IndexIVFFlat):
         return "ivf"
     return "flat"
+
+
+def _inner_products(vectors: Vectors, query: Vectors) -> npt.NDArray[np.float32]:
+    """The inner product of each row of ``vectors`` with ``query``, each row summed alike.
+
+    A matrix-vector product (``vectors @ query``) goes to BLAS, whose kernels sum
+    rows in blocks of several and the rest one by one, so two copies of one
+    vector (a footer, a chunk copied into several documents) scored a few ulps
+    apart by where they fell: the equal scores that are to come oldest first,
+    as FAISS's and PostgreSQL's searches give them, came in the order of that
+    noise, and a newer copy could make the cut at the ``k``-th place.
+    ``einsum`` sums every row with the same loop.
+    """
+    scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", vectors, query)
+    return scores
 
 
 def checked_vectors(vectors: Vectors, dimension: int) -> Vectors:
