@@ -9,7 +9,7 @@ import pytest
 
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
-from ctxproto.retrieval.chunking import check_text, chunk_document, chunk_text
+from ctxproto.retrieval.chunking import check_text, chunk_document, chunk_text, holds_text
 
 MARKDOWN = """# Guide
 
@@ -35,6 +35,38 @@ def test_chunks_fit_the_size_end_on_sentences_and_keep_headings(counter: Any) ->
     assert all("Homebrew" not in c.text for c in linux), "a chunk never spans two sections"
     assert any(c.headings == ("Guide", "On macOS") for c in chunks)
     assert all("#" not in c.text for c in chunks)
+
+
+CODE = """# Install
+
+Run this first:
+
+```bash
+# install the extras
+pip install 'ctxproto[embed]'
+
+# check it
+ctxproto --version
+```
+
+    # an indented comment
+    make test
+
+## Next
+
+Done.
+"""
+
+
+def test_a_comment_in_a_code_block_is_code_not_a_heading(counter: Any) -> None:
+    """Read as headings, the comments left the chunk text, and the code under them
+    became sections of their own, filed under the comments' words."""
+    chunks = chunk_text(CODE, counter, max_tokens=64, overlap_tokens=0)
+    assert [c.headings for c in chunks] == [("Install",), ("Install", "Next")]
+    for comment in ("# install the extras", "# check it", "# an indented comment"):
+        assert comment in chunks[0].text
+    assert holds_text("```python\n# a comment alone\n```")
+    assert not holds_text("# Roadmap\n\n   ## Later")
 
 
 def test_overlap_repeats_whole_trailing_sentences(counter: Any) -> None:

@@ -5,6 +5,12 @@ size, and never spans two markdown sections: the heading path of its section
 (``["Install", "On Linux"]``) is kept as metadata, since a chunk torn from its
 heading loses what it is about. The overlap repeats whole trailing sentences of
 the previous chunk, so a fact on a boundary is whole in at least one chunk.
+
+A heading is a markdown heading as CommonMark reads one: at most three spaces
+before its ``#``, and never inside a fenced code block. A shell or Python
+comment (``# install the extras``) in a code block is code: read as a heading,
+it was taken out of the chunk text and made the code below it a section of
+its own, under the comment's words.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from ctxproto.tokens import TokenCounter
 
 __all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text", "holds_text"]
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _CUT_BACKTRACK = 8
 """Tokens a cut inside an over-long sentence may move back to land between two
@@ -129,10 +136,13 @@ def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
 def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, str]]]]:
     """Each paragraph's lines, joined and cut at headings, with the heading stack above them."""
     stack: list[tuple[int, str]] = []
+    fence: str | None = None  # the fence of the code block the line is in, if any
     for block in _PARAGRAPH_BREAK.split(text):
         lines: list[str] = []
         for line in block.splitlines():
-            match = _HEADING.match(line.strip())
+            in_code = fence is not None
+            fence = _fence_after(line, fence)
+            match = None if in_code or fence is not None else _HEADING.match(line.rstrip())
             if match is None:
                 lines.append(line)
                 continue
@@ -144,6 +154,21 @@ def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, str]]]]:
                 (level, match.group(2))
             ]
         yield " ".join(lines), stack
+
+
+def _fence_after(line: str, fence: str | None) -> str | None:
+    """The code fence open after ``line``, given the one open before it (CommonMark).
+
+    A fence opens with three or more backticks or tildes and closes with a line
+    of the same character, at least as many of them, and nothing else.
+    """
+    if fence is None:
+        opening = _FENCE.match(line)
+        return None if opening is None else opening.group(1)
+    closing = line.strip()
+    if len(closing) >= len(fence) and closing == fence[0] * len(closing):
+        return None
+    return fence
 
 
 def _sentences(
