@@ -69,6 +69,19 @@ def test_a_comment_in_a_code_block_is_code_not_a_heading(counter: Any) -> None:
     assert not holds_text("# Roadmap\n\n   ## Later")
 
 
+def test_a_byte_order_mark_read_from_python_does_not_hide_the_first_heading(
+    counter: Any,
+) -> None:
+    """``open(path).read()`` keeps the mark a Windows editor wrote; ``ctxproto index``
+    drops it, and the knowledge base filled from Python must chunk alike."""
+    text = "\ufeff# Refunds\n\nRefunds take fourteen days."
+    chunks = chunk_document(Document(id="faq.md", text=text), counter)
+    assert [(c.text, c.metadata["headings"]) for c in chunks] == [
+        ("Refunds take fourteen days.", ["Refunds"])
+    ]
+    assert not holds_text("\ufeff# Roadmap\n")
+
+
 def test_overlap_repeats_whole_trailing_sentences(counter: Any) -> None:
     text = " ".join(f"Sentence number {i} is here." for i in range(12))
     chunks = chunk_text(text, counter, max_tokens=24, overlap_tokens=8)

@@ -134,7 +134,13 @@ def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
 
 
 def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, str]]]]:
-    """Each paragraph's lines, joined and cut at headings, with the heading stack above them."""
+    """Each paragraph's lines, joined and cut at headings, with the heading stack above them.
+
+    A leading byte order mark is dropped, as ``ctxproto index`` drops it from a
+    file: a text read in Python with ``open(path).read()`` keeps the one Windows
+    tools write, and ``\ufeff# Title`` hid the title in the first chunk's text.
+    """
+    text = text.removeprefix("\ufeff")
     stack: list[tuple[int, str]] = []
     fence: str | None = None  # the fence of the code block the line is in, if any
     for block in _PARAGRAPH_BREAK.split(text):
