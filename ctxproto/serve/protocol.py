@@ -192,11 +192,21 @@ def _zero_if_null(value: Any) -> Any:
     return 0 if value is None else value
 
 
-_Count = Annotated[int, BeforeValidator(_zero_if_null)]
+_MAX_TOKEN_COUNT = 2**53 - 1
+"""The largest usage count read: the largest integer a float (a Prometheus counter's
+value, a JavaScript client's number) holds exactly, far above any real answer's."""
+
+_Count = Annotated[int, BeforeValidator(_zero_if_null), Field(ge=0, le=_MAX_TOKEN_COUNT)]
 """A token count an upstream may send as null: the openai SDK's usage objects dump
 every count they were not given so (``CompletionTokensDetails(reasoning_tokens=0)``
 dumps ``"accepted_prediction_tokens": null``), and a server that builds its usage
-with them failed every answer it gave as invalid (a 502). Read as none counted."""
+with them failed every answer it gave as invalid (a 502). Read as none counted.
+
+A negative count, or one past ``_MAX_TOKEN_COUNT``, is no count at all: the answer
+is invalid, a 502 as any malformed answer (a stream's error event). Read as is, it
+failed the metrics' update after the answer came (a Prometheus counter only goes
+up, and holds a float), a 500 for the upstream's fault, and passed on it would
+give clients a usage their billing cannot take."""
 
 
 class PromptTokensDetails(_Wire):

@@ -12,7 +12,9 @@ a surrogate pair, as a server counting UTF-16 units may split an emoji;
 ``STALL <seconds>`` (send the headers and the first bytes of a whole answer, then
 wait), ``NULLDETAILS`` (usage details null, as a server dumping the openai SDK's own
 usage objects sends them; ``SDKUSAGE``: the usage the openai SDK's own objects dump,
-details there and their counts null; ``NOUSAGE``: a whole answer's usage null),
+details there and their counts null; ``NOUSAGE``: a whole answer's usage null;
+``BADUSAGE <count> <json>``: the usage count named, ``cached_tokens`` included, set to
+the JSON value given, such as ``-1`` or ``"7"``),
 ``LINGER <seconds>`` (wait after the chunk with the
 finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
 event after the finish reason, in place of ``[DONE]``). An answer longer than
@@ -94,7 +96,7 @@ class ScriptedUpstream:
         if limit and len(words) > limit:
             message["content"], finish = " ".join(words[:limit]), "length"
         answered = len((message.get("content") or "").split())  # its tokens are words
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": 7,
             "completion_tokens": answered,
             "total_tokens": 7 + answered,
@@ -102,6 +104,10 @@ class ScriptedUpstream:
         }
         if command[:1] == ["NULLDETAILS"]:
             usage.update(prompt_tokens_details=None, completion_tokens_details=None)
+        if command[:1] == ["BADUSAGE"]:
+            count, value = command[1], json.loads(command[2])
+            counts = usage["prompt_tokens_details"] if count == "cached_tokens" else usage
+            counts[count] = value
         if command[:1] == ["SDKUSAGE"]:
             usage = CompletionUsage(
                 prompt_tokens=7,

@@ -135,6 +135,32 @@ def test_usage_as_the_openai_sdk_dumps_it_passes_through(proxy):
     assert ask(proxy, unsaid).choices[0].message.content.endswith(unsaid)
 
 
+@pytest.mark.parametrize(
+    "count, value",
+    [("cached_tokens", "-1"), ("prompt_tokens", "-5"), ("completion_tokens", str(10**400))],
+)
+def test_a_token_count_no_server_counts_is_a_502_plain_or_streamed(proxy, count, value):
+    """A negative count failed the metrics' update after the answer came (prometheus
+    counters only go up), and a count too large for a float: a 500 internal_error
+    for the upstream's answer, and a stream cut off with no error event."""
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f"BADUSAGE {count} {value} {uuid.uuid4().hex}")
+    assert raised.value.status_code == 502
+    assert raised.value.body["code"] == "bad_upstream_response"
+    options = {"stream": True, "stream_options": {"include_usage": True}}
+    with pytest.raises(openai.APIError, match="broken upstream answer"):
+        list(ask(proxy, f"BADUSAGE {count} {value} {uuid.uuid4().hex}", **options))
+    assert ask(proxy, "still serving").choices
+
+
+def test_a_token_count_sent_as_a_numeric_string_is_read_as_its_number(proxy):
+    """Lax as pydantic reads numbers: ``"7"`` is 7; ``"seven"`` is a 502, not a 500."""
+    assert ask(proxy, f'BADUSAGE prompt_tokens "7" {uuid.uuid4().hex}').usage.prompt_tokens == 7
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(proxy, f'BADUSAGE prompt_tokens "seven" {uuid.uuid4().hex}')
+    assert raised.value.status_code == 502
+
+
 def _dead_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
