@@ -65,6 +65,20 @@ _VERSION = 1
 log = logging.getLogger("ctxproto.mcp")
 
 
+class _MemorySummarizer(Summarizer):
+    """The summarizer of MCP sessions, its state in a namespace no pipeline's reaches.
+
+    In the pipelines' ``summaries`` namespace, on a store the proxy's summarizer
+    shares (one ``redis://`` URL for replicas, as ``docs/deploy.md`` advises), a
+    proxy client of the same tenant sending ``x-session-id: mcp-summarizer/<s>``
+    resumed from MCP session ``<s>``'s checkpoint and overwrote it, as the
+    memory's folds overwrote that proxy session's. A proxy session id may be any
+    text, so no key prefix keeps the two apart; a namespace does.
+    """
+
+    state_namespace = "mcp-summaries"
+
+
 class SessionMemory:
     """Remember and recall entries per ``(tenant, session)``."""
 
@@ -73,7 +87,7 @@ class SessionMemory:
         self._embedder_name = embedder
         self._embedder: Embedder | None = None
         self._embedder_missing = False
-        self._summarizer = Summarizer(
+        self._summarizer = _MemorySummarizer(
             model=None,
             embedder=embedder,
             keep_turns=SUMMARY_KEEP_TURNS,
@@ -81,6 +95,10 @@ class SessionMemory:
             max_summary_tokens=300,
             state_path=store.location,
         )
+        self._legacy_summaries = Summarizer(model=None, state_path=store.location)
+        """Only to drop, on ``forget``, the state versions before ``_MemorySummarizer`` kept
+        in the pipelines' namespace (it holds the folded turns' text); its store opens on
+        the first such drop."""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
         self._pending: dict[tuple[str, str], set[Future[None]]] = {}
         self._summary_queued: set[tuple[str, str]] = set()
@@ -125,6 +143,7 @@ class SessionMemory:
             if folded:
                 summary_dropped = self.store.delete(tenant, _summary_row(session))
                 self._summarizer.forget(tenant, f"{_SUMMARIZER_STATE}/{session}")
+                self._legacy_summaries.forget(tenant, f"{_SUMMARIZER_STATE}/{session}")
         remaining = len(self._ids(tenant, session))
         if summary_dropped and remaining:
             self._queue_fold(tenant, session)
@@ -239,6 +258,7 @@ class SessionMemory:
         """Finish the background work, then close the summarizer's store it opened."""
         self._background.shutdown(wait=True)
         self._summarizer.close()
+        self._legacy_summaries.close()
 
     # -- internals -----------------------------------------------------------
 

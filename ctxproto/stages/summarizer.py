@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
@@ -86,6 +86,10 @@ class Summarizer(Stage):
     device: str = "auto"
     state_path: FolderOrRedisURL | None = None
 
+    state_namespace: ClassVar[str] = "summaries"
+    """The store namespace of the state: a subclass whose sessions are named by others
+    than its own callers keeps its state apart (``ctxproto.mcp.memory``)."""
+
     _store: SessionStore | None = PrivateAttr(default=None)
     _embedder: Embedder | None = PrivateAttr(default=None)
     _lm: Any = PrivateAttr(default=None)
@@ -97,7 +101,7 @@ class Summarizer(Stage):
         # The device is only the LM's; a bad one refused before any model loads.
         device = resolve_device(self.device) if self.model is not None else "cpu"
         if self._store is None:
-            self._store = open_session_store(self.state_path, namespace="summaries")
+            self._store = open_session_store(self.state_path, namespace=self.state_namespace)
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:
@@ -123,7 +127,7 @@ class Summarizer(Stage):
         later run, which may never come. Opens the state store if no run has.
         """
         if self._store is None:
-            self._store = open_session_store(self.state_path, namespace="summaries")
+            self._store = open_session_store(self.state_path, namespace=self.state_namespace)
         self._store.delete(tenant_id, session_id)
 
     def store_checks(self) -> dict[str, Callable[[], None]]:

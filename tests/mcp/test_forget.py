@@ -58,12 +58,17 @@ async def _history(client: Client, session: str) -> list[str]:
 
 
 def _rows_holding(store: SessionStore, tenant: str, text: str) -> list[str]:
-    """Every row of ``tenant``, in the memory's namespace and the summarizer's, holding ``text``.
+    """Every row of ``tenant``, in the memory's namespace and the summarizer's (and the
+    pipelines' summarizer's, where an older version kept it), holding ``text``.
 
     An entry's embedding (``vector``) is left out: its floats are no text, and
     written out they may hold any run of digits ("keep me"'s held "4821")."""
     found = []
-    for namespace_store in (store, open_session_store(store.location, namespace="summaries")):
+    summaries = [
+        open_session_store(store.location, namespace=namespace)
+        for namespace in ("mcp-summaries", "summaries")
+    ]
+    for namespace_store in (store, *summaries):
         for row_id in namespace_store.sessions(tenant):
             row = namespace_store.get(tenant, row_id) or {}
             if text in json.dumps({k: v for k, v in row.items() if k != "vector"}):
