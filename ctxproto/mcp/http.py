@@ -7,17 +7,23 @@ resolves its tenant from the key again, so a session can never act for
 another tenant. The session manager needs a running task group, which the
 app's lifespan provides (``McpEndpoint.lifespan``). The stores the endpoint
 opens itself (``mcp.cache``, ``mcp.knowledge``) are on the app's ``/health``
-beside the pipeline's (``ContextService.store_checks``).
+beside the pipeline's (``ContextService.store_checks``). How many sessions are
+open at once is bounded per tenant and overall (``_SessionLimit``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.streamable_http_manager import (
+    StreamableHTTPASGIApp,
+    StreamableHTTPSessionManager,
+)
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -27,7 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ctxproto.mcp.server import create_mcp_server
 from ctxproto.mcp.service import ContextService
 from ctxproto.serve.body import read_body
-from ctxproto.serve.config import LimitsConfig
+from ctxproto.serve.config import LimitsConfig, McpConfig, TenantConfig
 from ctxproto.serve.envelope import APIError, error_response
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import Tenants, TenantSlot
@@ -79,18 +85,85 @@ def mcp_endpoint(state: ProxyState) -> McpEndpoint:
         allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
         allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
     )
-    # Builds the session manager; bodies are bounded as the proxy's are.
+    # Builds the session manager; bodies are bounded as the proxy's are. Its own
+    # session cap is a backstop behind _SessionLimit's, which answers first.
     server.streamable_http_app(
-        transport_security=security, max_request_body_size=state.limits.max_body_bytes
+        transport_security=security,
+        max_request_body_size=state.limits.max_body_bytes,
+        session_idle_timeout=state.mcp.session_idle_s,
+        max_sessions=state.mcp.max_sessions,
     )
     app = StreamableHTTPASGIApp(server.session_manager)
-    route = Route(MCP_PATH, _Authenticated(app, state.tenants, state.limits))
+    sessions = _SessionLimit(server.session_manager, state.mcp)
+    route = Route(MCP_PATH, _Authenticated(app, state.tenants, state.limits, sessions))
     return McpEndpoint(route=route, service=service, app=app)
 
 
+class _SessionLimit:
+    """How many MCP sessions each tenant, and all tenants together, hold open.
+
+    A session lives until its client deletes it or it has been idle for
+    ``mcp.session_idle_s``, and holds its transport, streams and task meanwhile:
+    a client opening sessions in a loop grew the server's memory for half an
+    hour per session, and the SDK's own cap (one number for everyone, answered
+    as a bare JSON-RPC error) let one tenant take every session there was.
+
+    Over the tenant's ``max_sessions_per_tenant`` a new session is a 429: that
+    client holds too many, and closing one (or letting it idle out) makes room.
+    Over ``max_sessions`` it is a 503: the server is full through no fault of
+    this client, and a retry later, or at another replica, may succeed. Both in
+    the proxy's error envelope. Requests of sessions already open are never
+    refused here.
+
+    The SDK ends a session on a DELETE, on its idle timeout and on a crash, and
+    tells nobody: a session counts for as long as the session manager still
+    tracks it (its ``_server_instances``, read at each opening; no public API
+    says which sessions are open). Used on the event loop only, as ``Tenants``.
+    """
+
+    def __init__(self, manager: StreamableHTTPSessionManager, config: McpConfig) -> None:
+        self._manager = manager
+        self._per_tenant = config.max_sessions_per_tenant
+        self._overall = config.max_sessions
+        self._owners: dict[str, str] = {}
+        """Session id -> tenant id, of the sessions opened and perhaps still open."""
+        self._opening: Counter[str] = Counter()
+        """Per tenant, openings under way: each may become a session."""
+
+    def admit(self, tenant: TenantConfig) -> None:
+        """Count one opening of ``tenant``'s; over a limit an ``APIError`` (429, 503)."""
+        live = self._manager._server_instances
+        self._owners = {sid: owner for sid, owner in self._owners.items() if sid in live}
+        held = Counter(self._owners.values()) + self._opening
+        if held[tenant.id] >= self._per_tenant:
+            raise APIError(
+                429,
+                f"tenant '{tenant.id}' has {held[tenant.id]} MCP sessions open "
+                f"(limit {self._per_tenant}); end one (DELETE) before opening another",
+                code="too_many_sessions",
+            )
+        if held.total() >= self._overall:
+            raise APIError(
+                503,
+                f"the server has {held.total()} MCP sessions open (limit {self._overall})",
+                code="too_many_sessions",
+                retry_after=1.0,
+            )
+        self._opening[tenant.id] += 1
+
+    def opened(self, tenant: TenantConfig, session_id: str | None) -> None:
+        """The opening ``admit`` counted is over: a session ``session_id``, or none."""
+        self._opening[tenant.id] -= 1
+        if self._opening[tenant.id] == 0:
+            del self._opening[tenant.id]
+        if session_id is not None:
+            self._owners[session_id] = tenant.id
+
+
 class _Authenticated:
-    """401 for a missing or unknown bearer key, 429 over the tenant's limit, in the
-    proxy's error envelope; a POST's body read within the proxy's ``limits``.
+    """401 for a missing or unknown bearer key, 429 over the tenant's limit, 429 or 503
+    for a session past ``_SessionLimit``'s, in the proxy's error envelope; a POST's
+    body read within the proxy's ``limits``.
 
     The MCP transport reads a body with no time bound: a client whose upload
     stalled (a dead link, a half-sent request) held its connection, and the
@@ -101,10 +174,17 @@ class _Authenticated:
     once it has arrived.
     """
 
-    def __init__(self, app: StreamableHTTPASGIApp, tenants: Tenants, limits: LimitsConfig) -> None:
+    def __init__(
+        self,
+        app: StreamableHTTPASGIApp,
+        tenants: Tenants,
+        limits: LimitsConfig,
+        sessions: _SessionLimit,
+    ) -> None:
         self.app = app
         self.tenants = tenants
         self.limits = limits
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Calls (POSTs) count against the tenant's max_concurrent_requests as proxy
@@ -112,21 +192,59 @@ class _Authenticated:
         # goes with the request to the tool it calls (``TenantSlot``), which holds
         # it until its work ends, whether or not its client is still there.
         counted = scope.get("method") == "POST"
+        headers = Headers(scope=scope)
         try:
-            tenant = self.tenants.authenticate(Headers(scope=scope).get("authorization"))
+            tenant = self.tenants.authenticate(headers.get("authorization"))
             if counted:
                 receive = _replaying(await read_body(Request(scope, receive), self.limits), receive)
-            slot = TenantSlot(self.tenants, tenant) if counted else None
+            # A request naming no session may open one: the SDK opens it for any
+            # such request, and keeps it when it answers below 400.
+            opening = None
+            if MCP_SESSION_ID_HEADER not in headers:
+                opening = _Opening(self.sessions, tenant, send)
+            try:
+                slot = TenantSlot(self.tenants, tenant) if counted else None
+            except APIError:
+                if opening is not None:
+                    opening.end(None)
+                raise
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
         if slot is not None:
             slot.attach(scope)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send if opening is None else opening.send)
         finally:
             if slot is not None:
                 slot.release()
+            if opening is not None:
+                opening.end(None)
+
+
+class _Opening:
+    """A request that may open a session, counted by ``_SessionLimit.admit`` until its
+    answer starts: with a status below 400 and a session id, that session counts on."""
+
+    def __init__(self, sessions: _SessionLimit, tenant: TenantConfig, send: Send) -> None:
+        """Count the opening (over a limit, a 429 or 503 ``APIError``)."""
+        sessions.admit(tenant)
+        self._sessions = sessions
+        self._tenant = tenant
+        self._send = send
+        self._ended = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            opened = Headers(raw=message.get("headers", [])).get(MCP_SESSION_ID_HEADER)
+            self.end(opened if message["status"] < 400 else None)
+        await self._send(message)
+
+    def end(self, session_id: str | None) -> None:
+        """The opening is over, as session ``session_id`` or none; later calls do nothing."""
+        if not self._ended:
+            self._ended = True
+            self._sessions.opened(self._tenant, session_id)
 
 
 def _replaying(body: bytes | bytearray, receive: Receive) -> Receive:

@@ -189,6 +189,24 @@ class McpConfig(_Section):
         "semantic_cache stage.",
     )
     cache_threshold: float = Field(default=0.85, ge=-1.0, le=1.0)
+    max_sessions: int = Field(
+        default=1000,
+        ge=1,
+        description="MCP sessions open at once over HTTP (/mcp), all tenants together; "
+        "a client opening one more is answered 503.",
+    )
+    max_sessions_per_tenant: int = Field(
+        default=100,
+        ge=1,
+        description="MCP sessions one tenant holds open at once over HTTP; "
+        "one more is answered 429.",
+    )
+    session_idle_s: float = Field(
+        default=1800.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="An MCP session over HTTP with no request for this long is closed.",
+    )
 
     def cap(self, tool: McpToolName) -> int:
         """The output cap of ``tool`` in tokens."""

@@ -28,7 +28,7 @@ from ctxproto.serve import (
     create_app,
     load_serve_config,
 )
-from ctxproto.serve.config import LimitsConfig, TenantConfig
+from ctxproto.serve.config import LimitsConfig, McpConfig, TenantConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.tenancy import Tenants
 from ctxproto.stores.session_state import SessionStateStore
@@ -210,20 +210,25 @@ def test_the_runtime_model_server_has_no_mcp_endpoint() -> None:
     assert "/mcp" in with_mcp and "/mcp" not in without
 
 
-def _open_session(url: str, headers: dict[str, str]) -> dict[str, str]:
-    """The headers of a new MCP session opened over raw HTTP, ``headers`` among them."""
-    headers = {
-        **headers,
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2025-06-18",
-    }
-    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
-    opened = httpx.post(
+_RAW_MCP = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
+"""The headers an MCP client sends with every request over raw HTTP."""
+
+
+def _initialize(url: str, headers: dict[str, str]) -> httpx.Response:
+    """The answer to an ``initialize`` over raw HTTP, which opens a session when it may."""
+    client = {"name": "t", "version": "0"}
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
+    return httpx.post(
         url,
-        headers=headers,
+        headers={**headers, **_RAW_MCP},
         json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
     )
-    headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+
+
+def _open_session(url: str, headers: dict[str, str]) -> dict[str, str]:
+    """The headers of a new MCP session opened over raw HTTP, ``headers`` among them."""
+    opened = _initialize(url, headers)
+    headers = {**headers, **_RAW_MCP, "mcp-session-id": opened.headers["mcp-session-id"]}
     httpx.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     return headers
 
@@ -369,3 +374,56 @@ def test_a_stalled_upload_is_a_408_and_holds_no_tenant_slot(tmp_path: Path) -> N
     assert answer.startswith(b"HTTP/1.1 408")
     error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
     assert error["code"] == "request_timeout"
+
+
+def _limited_server(tmp_path: Path, mcp: McpConfig) -> ServerThread:
+    """A proxy of tenants ``tenant-a`` and ``tenant-b`` (``key-a``, ``key-b``) with ``mcp``."""
+    keys = {k: TenantConfig(id=f"tenant-{k[-1]}", key=k) for k in ("key-a", "key-b")}
+    state = ProxyState(
+        flow=ContextFlow(None, store=SessionStateStore(tmp_path / "sessions")),
+        upstream=RemoteUpstream("http://127.0.0.1:9/v1", model="m"),
+        tenants=Tenants(keys),
+        mcp=mcp,
+    )
+    return ServerThread(create_app(state))
+
+
+def test_sessions_past_a_tenants_limit_are_429_and_past_the_servers_503(tmp_path: Path) -> None:
+    """Sessions had no bound but the SDK's 10,000 for everyone, each kept half an hour
+    after its last request: a client opening them in a loop grew the server's memory,
+    and one tenant could take every session there was."""
+    limits = McpConfig(max_sessions_per_tenant=2, max_sessions=3)
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with _limited_server(tmp_path, limits) as server:
+        url = f"{server.base_url}/mcp"
+        key_a, key_b = {"authorization": "Bearer key-a"}, {"authorization": "Bearer key-b"}
+        sessions_a = [_open_session(url, key_a) for _ in range(2)]
+        refused = _initialize(url, key_a)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_sessions"
+        assert "mcp-session-id" not in refused.headers
+        for headers in sessions_a:  # the sessions open keep working
+            assert httpx.post(url, headers=headers, json=listing).status_code == 200
+        _open_session(url, key_b)  # another tenant's first: the server's third
+        full = _initialize(url, key_b)
+        assert full.status_code == 503 and full.headers["retry-after"]
+        assert full.json()["error"]["code"] == "too_many_sessions"
+        # A session the client ends makes room for its tenant again.
+        assert httpx.delete(url, headers=sessions_a[0]).status_code == 200
+        assert _initialize(url, key_a).status_code == 200
+
+
+def test_a_session_idle_past_session_idle_s_is_closed_and_makes_room(tmp_path: Path) -> None:
+    limits = McpConfig(max_sessions_per_tenant=1, session_idle_s=0.5)
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with _limited_server(tmp_path, limits) as server:
+        url = f"{server.base_url}/mcp"
+        key_a = {"authorization": "Bearer key-a"}
+        idle = _open_session(url, key_a)
+        assert _initialize(url, key_a).status_code == 429
+        deadline = time.monotonic() + 10
+        while (opened := _initialize(url, key_a)).status_code == 429:
+            assert time.monotonic() < deadline, "the idle session was never closed"
+            time.sleep(0.1)
+        assert opened.status_code == 200
+        assert httpx.post(url, headers=idle, json=listing).status_code == 404
