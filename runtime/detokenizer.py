@@ -1,7 +1,8 @@
 """Turning generated token ids into streamed text, with stop strings.
 
 Two things make this more than ``tokenizer.decode``: a byte-level BPE token can end
-in the middle of a UTF-8 character (held back until the character completes), and
+in the middle of a UTF-8 character (held back until the character completes, and
+dropped if the answer ends first), and
 a stop string can arrive split over several tokens, so text that might be the start
 of a stop string is held back too — a streaming client never receives text that the
 final answer does not contain (the rule vLLM's detokenizer follows).
@@ -37,15 +38,27 @@ class IncrementalDetokenizer:
             self.text, self.stopped = text[:cut], True
             return self._release(cut)
         self.text = text
-        safe = len(text)
-        while safe > self._emitted and text[safe - 1] == _INCOMPLETE:
-            safe -= 1
+        safe = self._complete_end(len(text))
         safe -= _partial_stop_length(text[:safe], self._stop)
         return self._release(max(safe, self._emitted))
 
     def flush(self) -> str:
-        """At the end of generation: whatever was held back (no stop string can follow)."""
+        """At the end of generation: whatever was held back (no stop string can follow).
+
+        A character the last tokens only began (the token limit or the end of turn cut
+        an emoji's bytes) never completes: its replacement character is dropped from
+        the text, not streamed as the answer's last character, as vLLM's detokenizer
+        never releases it either.
+        """
+        self.text = self.text[: self._complete_end(len(self.text))]
         return self._release(len(self.text))
+
+    def _complete_end(self, end: int) -> int:
+        """``end`` moved back over the replacement characters of bytes still incomplete
+        there; never into text already streamed."""
+        while end > self._emitted and self.text[end - 1] == _INCOMPLETE:
+            end -= 1
+        return end
 
     def _release(self, end: int) -> str:
         delta = self.text[self._emitted : end]

@@ -31,3 +31,14 @@ def test_text_that_only_starts_like_a_stop_string_is_released(lm_tokenizer):
     stream, deltas = feed(lm_tokenizer, "an ENDless road", ["END OF"])
     assert not stream.stopped
     assert "".join(deltas) == "an ENDless road"
+
+
+def test_a_character_the_answer_ends_inside_is_dropped_not_half_shown(lm_tokenizer):
+    # " 🎉" is three tokens; an answer cut after the first two (the token limit, an end
+    # of turn) holds two of the emoji's four bytes, which decode as U+FFFD.
+    ids = lm_tokenizer("Ok 🎉", add_special_tokens=False)["input_ids"]
+    stream = IncrementalDetokenizer(lm_tokenizer, [])
+    deltas = [stream.push(token) for token in ids[:-1]]
+    deltas.append(stream.flush())
+    assert stream.text == "Ok "
+    assert "".join(deltas) == "Ok "
