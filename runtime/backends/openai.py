@@ -266,15 +266,14 @@ def _stream_failure(chunk: dict[str, Any]) -> BackendError | None:
 
     The event is ``{"error": {"message", "type", "code"}}`` (OpenAI's envelope: ctxproto's
     proxy, vLLM, SGLang) or, from older vLLM, those fields at the top level with
-    ``"object": "error"``. It is a ``BackendError`` whatever its code: vLLM labels any
+    ``"object": "error"``, or Hugging Face TGI's ``{"error": "...", "error_type": ...}``.
+    It is a ``BackendError`` whatever its code: vLLM labels any
     failure after the stream began a 400 "BadRequestError", and a request the server
     accepted and started answering was not the caller's mistake.
     """
-    error = chunk.get("error")
-    if not isinstance(error, dict):
-        if chunk.get("object") != "error":
-            return None
-        error = chunk
+    error = _error_object(chunk)
+    if error is None:
+        return None
     message = str(error.get("message") or error)
     code = error.get("code")
     status = (
@@ -287,6 +286,23 @@ def _stream_failure(chunk: dict[str, Any]) -> BackendError | None:
         status_code=status,
         upstream_message=message,
     )
+
+
+def _error_object(body: Any) -> dict[str, Any] | None:
+    """The error an answer body reports, as OpenAI's error object, or ``None``.
+
+    OpenAI, ctxproto's proxy, vLLM and SGLang nest it (``{"error": {"message", ...}}``);
+    older vLLM puts its fields at the top level with ``"object": "error"``; TGI sends
+    the message itself as ``error``, its kind as ``error_type``.
+    """
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error, "type": body.get("error_type")}
+    return body if body.get("object") == "error" else None
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
@@ -320,9 +336,10 @@ def _content_type(response: Any) -> str:
 def _error_message(exc: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(exc.read().decode("utf-8"))
-        return str(body.get("error", {}).get("message") or body)
-    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+    except (ValueError, OSError, http.client.HTTPException):
         return exc.reason if isinstance(exc.reason, str) else str(exc)
+    error = _error_object(body)
+    return str((error or {}).get("message") or body)
 
 
 def _connection_error(url: str, reason: object, timeout: float) -> BackendError:

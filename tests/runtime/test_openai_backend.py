@@ -277,8 +277,13 @@ def proxy_error_event(failure: CtxprotoError) -> str:
             BackendTimeoutError,
             None,
         ),
+        (  # Hugging Face TGI: the message itself as "error"
+            '{"error": "the engine was closed", "error_type": "generation"}',
+            UpstreamStatusError,
+            500,
+        ),
     ],
-    ids=["ctxproto-proxy", "vllm", "vllm-top-level", "timeout-type"],
+    ids=["ctxproto-proxy", "vllm", "vllm-top-level", "timeout-type", "tgi"],
 )
 def test_an_error_event_mid_stream_fails_with_the_servers_message(event, expected, status):
     with pytest.raises(expected, match="the engine was closed") as caught:
@@ -361,6 +366,25 @@ def test_a_server_that_does_not_stream_answers_with_its_json_completion():
     failed = json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
     with pytest.raises(UpstreamStatusError, match="model overloaded"):
         generate_from(head + f"Content-Length: {len(failed)}\r\n\r\n".encode() + failed)
+
+
+def json_answer(status: str, body: object) -> bytes:
+    """An answer with status line ``status`` and ``body`` as JSON, then the connection closes."""
+    data = json.dumps(body).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    return head.encode() + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+def test_an_error_given_as_a_string_keeps_the_servers_message():
+    # TGI's envelope, on a status and in a whole answer: the message, not the reason phrase.
+    tgi = {"error": "Input validation error: inputs too long", "error_type": "validation"}
+    with pytest.raises(ConfigError, match="inputs too long"):
+        generate_from(json_answer("422 Unprocessable Entity", tgi))
+    with pytest.raises(UpstreamStatusError, match="inputs too long") as caught:
+        generate_from(json_answer("500 Internal Server Error", tgi))
+    assert caught.value.upstream_message == tgi["error"]
+    with pytest.raises(UpstreamStatusError, match="inputs too long"):
+        generate_from(json_answer("200 OK", tgi))
 
 
 def test_an_answer_that_is_no_event_stream_says_so():
