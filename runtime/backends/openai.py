@@ -178,7 +178,13 @@ class _Stream:
             if _content_type(self._response) == "application/json":
                 yield from self._whole_answer()
                 return
+            cut = False
             for raw in self._response:
+                if not raw.endswith(b"\n") and raw.strip() != b"data: [DONE]":
+                    # The connection closed inside a line: an event cut short is dropped,
+                    # as SSE drops it, so the stream ended early unless it had finished.
+                    cut = raw.lstrip().startswith(b"data:")
+                    break
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
                     continue
@@ -200,7 +206,7 @@ class _Stream:
                         if self._first is None:
                             self._first = time.perf_counter()
                         yield text
-            if not self._events:
+            if not self._events and not cut:
                 raise BackendError(
                     f"the answer is not an event stream (Content-Type "
                     f"{_content_type(self._response)}): is base_url the API's /v1?"

@@ -310,6 +310,17 @@ def test_a_stream_that_just_stops_is_no_answer():
         generate_from(sse(STARTED))
 
 
+def test_a_stream_cut_inside_an_event_ended_early():
+    # The connection closed in the middle of a data line (no chunked framing to tell):
+    # the cut event is no broken answer of the server's, it is a stream that stopped.
+    for cut in (b'data: {"choices": [{"ind', b'data: {"choices": [{"delta": {"content": "caf\xc3'):
+        with pytest.raises(BackendUnavailableError, match="ended early"):
+            generate_from(sse(STARTED) + cut)
+        with pytest.raises(BackendUnavailableError, match="ended early"):
+            generate_from(sse() + cut)
+    assert generate_from(sse(STARTED) + b"data: [DONE]") == "Partial ans"
+
+
 def test_a_stream_ends_with_a_finish_reason_or_done():
     finished = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}'
     served = RawServer(sse(STARTED, finished))  # no [DONE]: the finish reason is enough
