@@ -170,7 +170,8 @@ class _Stream:
         self._start = time.perf_counter()
         self._first: float | None = None
         self._finish_reason: str | None = None
-        self._usage: dict[str, Any] = {}
+        self._usage = _usage_counts({})
+        """The usage counts the server sent, by ``RequestMetrics`` field (none: 0)."""
         self._events = 0
 
     def __iter__(self) -> Iterator[str]:
@@ -192,16 +193,20 @@ class _Stream:
                 self._events += 1
                 if payload == "[DONE]":
                     return
-                chunk = json.loads(payload)
+                chunk = _json_object(json.loads(payload), "an event")
                 failure = _stream_failure(chunk)
                 if failure is not None:
                     raise failure
-                if chunk.get("usage"):
-                    self._usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
+                usage = _json_object(chunk.get("usage"), "usage")
+                if usage:
+                    self._usage = _usage_counts(usage)
+                for choice in _json_list(chunk.get("choices"), "choices"):
+                    choice = _json_object(choice, "a choice")
                     if choice.get("finish_reason"):
                         self._finish_reason = choice["finish_reason"]
-                    text = (choice.get("delta") or {}).get("content")
+                    text = _json_object(choice.get("delta"), "a delta").get("content")
+                    if text is not None and not isinstance(text, str):
+                        raise ValueError("a delta's content is not text")
                     if text:
                         if self._first is None:
                             self._first = time.perf_counter()
@@ -239,32 +244,64 @@ class _Stream:
         choices = answer.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ValueError("the answer holds no choices")
-        self._usage = answer.get("usage") or {}
+        self._usage = _usage_counts(_json_object(answer.get("usage"), "usage"))
         self._finish_reason = choices[0].get("finish_reason") or "stop"
-        text = (choices[0].get("message") or {}).get("content")
+        text = _json_object(choices[0].get("message"), "the message").get("content")
         if isinstance(text, str) and text:
             self._first = time.perf_counter()
             yield text
 
     def completion(self, text: str) -> Completion:
         finished = time.perf_counter()
-        usage = self._usage
-        details = usage.get("prompt_tokens_details") or {}
-        answer_details = usage.get("completion_tokens_details") or {}
         metrics = RequestMetrics.from_times(
             arrival=self._start,
             first_token=self._first or finished,
             finished=finished,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-            accepted_prediction_tokens=int(answer_details.get("accepted_prediction_tokens") or 0),
-            rejected_prediction_tokens=int(answer_details.get("rejected_prediction_tokens") or 0),
+            **self._usage,
         )
         # A server that closed the stream with [DONE] but named no reason ended the answer
         # itself, which OpenAI calls "stop"; a stream cut short never gets here.
         finish_reason = self._finish_reason or "stop"
         return Completion(text=text, finish_reason=finish_reason, metrics=metrics)
+
+
+def _json_object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, ``{}`` for null (a field left out); anything else
+    is a ``ValueError``, read as a broken stream, never an ``AttributeError`` escaping
+    the backend's errors."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a JSON object: {json.dumps(value)[:80]}")
+    return value
+
+
+def _json_list(value: Any, what: str) -> list[Any]:
+    """``value`` if it is a JSON array, ``[]`` for null; anything else a ``ValueError``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is not a JSON array: {json.dumps(value)[:80]}")
+    return value
+
+
+def _usage_counts(usage: dict[str, Any]) -> dict[str, int]:
+    """The token counts of a ``usage`` object, by ``RequestMetrics`` field; a count sent as
+    null (as servers dumping the openai SDK's objects send them) or left out is 0."""
+    details = _json_object(usage.get("prompt_tokens_details"), "prompt_tokens_details")
+    answer = _json_object(usage.get("completion_tokens_details"), "completion_tokens_details")
+    counts = {
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "cached_tokens": details.get("cached_tokens"),
+        "output_tokens": usage.get("completion_tokens"),
+        "accepted_prediction_tokens": answer.get("accepted_prediction_tokens"),
+        "rejected_prediction_tokens": answer.get("rejected_prediction_tokens"),
+    }
+    for name, count in counts.items():
+        number = isinstance(count, int | float) and not isinstance(count, bool)
+        if count is not None and not (number and math.isfinite(count)):
+            raise ValueError(f"usage count {name} is not a number: {json.dumps(count)[:80]}")
+    return {name: int(count or 0) for name, count in counts.items()}
 
 
 def _stream_failure(chunk: dict[str, Any]) -> BackendError | None:

@@ -321,6 +321,28 @@ def test_a_stream_cut_inside_an_event_ended_early():
     assert generate_from(sse(STARTED) + b"data: [DONE]") == "Partial ans"
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        "[1, 2]",
+        '"keep-alive"',
+        '{"choices": "none"}',
+        '{"choices": ["x"]}',
+        '{"choices": [{"index": 0, "delta": "x"}]}',
+        '{"choices": [{"index": 0, "delta": {"content": 5}}]}',
+        '{"choices": [], "usage": "none"}',
+        '{"choices": [], "usage": {"prompt_tokens": "many"}}',
+        '{"choices": [], "usage": {"prompt_tokens_details": []}}',
+    ],
+)
+def test_an_event_of_the_wrong_shape_is_a_broken_stream(event):
+    # A BackendError like any other failure of the server, never an AttributeError or
+    # TypeError escaping past callers that catch BackendError.
+    finished = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+    with pytest.raises(BackendError, match="broken response stream"):
+        generate_from(sse(STARTED, event, finished, "[DONE]"))
+
+
 def test_a_stream_ends_with_a_finish_reason_or_done():
     finished = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}'
     served = RawServer(sse(STARTED, finished))  # no [DONE]: the finish reason is enough
