@@ -145,11 +145,10 @@ def test_cutting_thousands_of_small_pieces_to_a_small_budget_is_linear(counter, 
     to a small budget took 17 s, 6,000 history messages 7 s. Counted in work done,
     not in seconds: the history is grouped a fixed number of times and no section
     is compared with another, however many pieces go."""
-    import ctxproto.assembler as assembler_module
     from ctxproto.prompt import Section
+    from ctxproto.text.turns import group_blocks
 
     groupings = comparisons = 0
-    group_blocks = assembler_module.group_blocks
     section_eq = Section.__eq__
 
     def counted_group_blocks(messages):
@@ -162,7 +161,7 @@ def test_cutting_thousands_of_small_pieces_to_a_small_budget_is_linear(counter, 
         comparisons += 1
         return section_eq(self, other)
 
-    monkeypatch.setattr(assembler_module, "group_blocks", counted_group_blocks)
+    monkeypatch.setattr("ctxproto.assembler.group_blocks", counted_group_blocks)
     monkeypatch.setattr(Section, "__eq__", counted_eq)
     documents = [Document(id=f"d{i}", text=f"note {i}") for i in range(1500)]
     context = chat(750, words=0).model_copy(update={"documents": documents})
