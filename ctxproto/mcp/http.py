@@ -19,12 +19,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import (
     StreamableHTTPASGIApp,
     StreamableHTTPSessionManager,
 )
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.routing import Route
@@ -112,8 +115,9 @@ class _SessionLimit:
     client holds too many, and closing one (or letting it idle out) makes room.
     Over ``max_sessions`` it is a 503: the server is full through no fault of
     this client, and a retry later, or at another replica, may succeed. Both in
-    the proxy's error envelope. Requests of sessions already open are never
-    refused here.
+    the proxy's error envelope. Only a request that can open a session is
+    counted (``_opens_session``): requests of sessions already open, and calls
+    of the sessionless protocol (2026-07-28 on), are never refused here.
 
     The SDK ends a session on a DELETE, on its idle timeout and on a crash, and
     tells nobody: a session counts for as long as the session manager still
@@ -195,13 +199,12 @@ class _Authenticated:
         headers = Headers(scope=scope)
         try:
             tenant = self.tenants.authenticate(headers.get("authorization"))
-            if counted:
-                receive = _replaying(await read_body(Request(scope, receive), self.limits), receive)
-            # A request naming no session may open one: the SDK opens it for any
-            # such request, and keeps it when it answers below 400.
             opening = None
-            if MCP_SESSION_ID_HEADER not in headers:
-                opening = _Opening(self.sessions, tenant, send)
+            if counted:
+                body = await read_body(Request(scope, receive), self.limits)
+                receive = _replaying(body, receive)
+                if _opens_session(headers, body):
+                    opening = _Opening(self.sessions, tenant, send)
             try:
                 slot = TenantSlot(self.tenants, tenant) if counted else None
             except APIError:
@@ -222,9 +225,34 @@ class _Authenticated:
                 opening.end(None)
 
 
+def _opens_session(headers: Headers, body: bytes | bytearray) -> bool:
+    """Whether the SDK may keep a session for this POST: an ``initialize`` naming no session,
+    in a protocol version of the handshake.
+
+    Nothing else opens one, and counting anything else refused real work: from
+    protocol 2026-07-28 on every call is a POST with no session id, which the SDK
+    serves without a session (its default client speaks it), and a GET or DELETE
+    with none is the SDK's 400. The body is parsed as the SDK's transport parses
+    it (``pydantic_core.from_json``), so no text reads as an ``initialize`` to one
+    and not to the other; a batch or a body that is no JSON opens nothing, and the
+    SDK answers it as it does.
+    """
+    if MCP_SESSION_ID_HEADER in headers:
+        return False
+    version = headers.get(MCP_PROTOCOL_VERSION_HEADER)
+    if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return False  # the SDK routes it to its sessionless entry
+    try:
+        message = pydantic_core.from_json(bytes(body))
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize"
+
+
 class _Opening:
-    """A request that may open a session, counted by ``_SessionLimit.admit`` until its
-    answer starts: with a status below 400 and a session id, that session counts on."""
+    """An ``initialize`` that may open a session (``_opens_session``), counted by
+    ``_SessionLimit.admit`` until its answer starts: with a status below 400 and a
+    session id, that session counts on."""
 
     def __init__(self, sessions: _SessionLimit, tenant: TenantConfig, send: Send) -> None:
         """Count the opening (over a limit, a 429 or 503 ``APIError``)."""

@@ -427,3 +427,56 @@ def test_a_session_idle_past_session_idle_s_is_closed_and_makes_room(tmp_path: P
             time.sleep(0.1)
         assert opened.status_code == 200
         assert httpx.post(url, headers=idle, json=listing).status_code == 404
+
+
+async def _list_tools_at_once(
+    url: str, key: str, mode: str, calls: int, statuses: list[int]
+) -> list[int]:
+    """How many tools each of ``calls`` concurrent listings of the SDK's client in ``mode``
+    saw; the status of each answer its requests got goes to ``statuses``."""
+
+    async def record(response: httpx2.Response) -> None:
+        statuses.append(response.status_code)
+
+    headers = {"Authorization": f"Bearer {key}"}
+    hooks = {"response": [record]}
+    async with httpx2.AsyncClient(headers=headers, timeout=30, event_hooks=hooks) as http:
+        transport = streamable_http_client(url, http_client=http)
+        async with Client(transport, mode=mode) as client:
+            seen: list[int] = []
+
+            async def list_tools() -> None:
+                seen.append(len((await client.list_tools()).tools))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(calls):
+                    group.start_soon(list_tools)
+            return seen
+
+
+def test_only_an_initialize_counts_against_the_session_limits(tmp_path: Path) -> None:
+    """Every request naming no session counted as an opening: the SDK's default client,
+    whose calls (protocol 2026-07-28) are POSTs without a session that open none, got
+    429s past max_sessions_per_tenant concurrent calls, and a GET or DELETE naming no
+    session was a 429 instead of the SDK's 400."""
+    limits = McpConfig(max_sessions_per_tenant=1, max_sessions=2)
+    with _limited_server(tmp_path, limits) as server:
+        url = f"{server.base_url}/mcp"
+        key_a = {"authorization": "Bearer key-a"}
+        _open_session(url, key_a)  # tenant-a holds all the sessions it may
+        statuses: list[int] = []
+        tools = anyio.run(_list_tools_at_once, url, "key-a", "auto", 4, statuses)
+        assert len(tools) == 4 and min(tools) > 0
+        assert statuses and set(statuses) == {200}
+        for method in ("GET", "DELETE"):
+            answer = httpx.request(method, url, headers={**key_a, **_RAW_MCP})
+            assert answer.status_code == 400, (method, answer.text)
+        # The session mode still opens a session per client, within the limits.
+        statuses.clear()
+        tools = anyio.run(_list_tools_at_once, url, "key-b", "legacy", 4, statuses)
+        assert len(tools) == 4 and min(tools) > 0
+        assert statuses and max(statuses) < 400
+        statuses.clear()
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's client wraps the 429 in groups
+            anyio.run(_list_tools_at_once, url, "key-a", "legacy", 1, statuses)
+        assert statuses == [429]
