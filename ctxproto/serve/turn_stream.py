@@ -72,6 +72,8 @@ class TurnStream(StreamingResponse):
         """The client was sent an error event (or the stream broke off on a fault of ours)."""
         self._filed = False
         """Filed before ``[DONE]``, or (the client gone first) once the response is over."""
+        self._ended = False
+        """``[DONE]`` was sent: the client read the stream to its end."""
         self._events = self._sse()
         super().__init__(self._events, media_type="text/event-stream", headers=headers)
 
@@ -84,7 +86,10 @@ class TurnStream(StreamingResponse):
                     await self._events.aclose()
                     await _close(self._source)
                     await self._file()
-                    if not (self._filed or self._failed):  # the client left mid-answer
+                    # The client left mid-answer. Not one that read to [DONE] an answer
+                    # the upstream sent no finish reason for: that is never filed, and
+                    # the client stayed to the end.
+                    if not (self._filed or self._failed or self._ended):
                         self._state.metrics.client_left()
                 except CtxprotoError as exc:  # the client is gone: only the log can tell
                     log.warning(
@@ -151,6 +156,7 @@ class TurnStream(StreamingResponse):
             yield b"data: " + error_payload(error).model_dump_json().encode() + b"\n\n"
             return
         yield b"data: [DONE]\n\n"
+        self._ended = True  # resumed only once [DONE] was sent
 
 
 async def _close(source: AsyncIterator[Any]) -> None:

@@ -6,6 +6,7 @@ A real ASGI app on a real socket (no patched clients): it answers
 the last user message: ``FAIL <status> <times> <tag>`` (fail that many times,
 in older vLLM's ``{"object": "error"}`` shape), ``MIDFAIL`` (fail mid-stream),
 ``CUT`` (end the stream mid-answer, cleanly but with no finish reason nor ``[DONE]``),
+``NOFINISH`` (the whole answer and ``[DONE]``, but no chunk with a finish reason),
 ``SLOW <seconds>`` (wait between chunks), ``SURROGATE`` (end the answer with half
 a surrogate pair, as a server counting UTF-16 units may split an emoji;
 ``RAWSURROGATE``: the same half written as raw bytes, not as an escape),
@@ -188,7 +189,8 @@ class ScriptedUpstream:
                 await asyncio.sleep(delay)
                 self.chunks_sent += 1
                 yield _sse(chunk({"content": word if index == 0 else " " + word}))
-        yield _sse(chunk({}, finish))
+        if command != ["NOFINISH"]:
+            yield _sse(chunk({}, finish))
         await asyncio.sleep(linger)
         if command == ["LATEFAIL"]:
             yield _sse({"error": {"message": "scripted failure", "type": "server_error"}})

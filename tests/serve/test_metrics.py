@@ -103,3 +103,19 @@ def test_a_whole_answer_is_no_client_cut(server: ServerThread) -> None:
     assert list(answer)
     time.sleep(1.5)
     assert _client_left(server) == before
+
+
+def test_a_stream_read_to_its_end_with_no_finish_reason_is_no_client_cut(
+    server: ServerThread,
+) -> None:
+    """An upstream that sends no finish reason leaves its answer unfiled, and a client
+    that read it to ``[DONE]`` was counted as ``client_closed_request`` all the same."""
+    before = _client_left(server)
+    stream = openai_client(server, "unused").chat.completions.create(
+        model="ctxproto",
+        messages=[{"role": "user", "content": f"NOFINISH {uuid.uuid4().hex}"}],
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    time.sleep(1.0)
+    assert _client_left(server) == before
