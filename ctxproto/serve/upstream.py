@@ -80,10 +80,14 @@ class RemoteUpstream(Upstream):
         cache_salt: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        # What errors, which tenants read, say of the URL: basic-auth credentials in
-        # it (https://user:secret@host/v1) are the proxy's, never a client's to see.
-        self._shown_url = redact_url(self.base_url)
+        url = httpx.URL(base_url.rstrip("/"))
+        # Credentials in the URL (https://user:secret@host/v1, or a token as the user
+        # part, https://TOKEN@host/v1) go to the upstream as basic auth, as httpx sent
+        # them, but are kept out of the URL: httpx logs each request's URL at INFO,
+        # and the errors tenants read quote it, with ***@ where they were.
+        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+        self.base_url = str(url.copy_with(username=None, password=None))
+        self._shown_url = redact_url(str(url.copy_with(userinfo=b"***")) if auth else self.base_url)
         self.model = model
         self.retries = retries
         self.cache_salt = cache_salt
@@ -91,6 +95,7 @@ class RemoteUpstream(Upstream):
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers=headers,
+            auth=auth,
             transport=transport,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )

@@ -183,15 +183,18 @@ def test_unreachable_upstream_is_502_and_unready(scripted):
         assert httpx.get(f"{server.base_url}/health").status_code == 503
 
 
-def test_the_upstreams_url_reaches_a_client_without_its_password():
+@pytest.mark.parametrize("userinfo", ["ops:s3cret", "sk-live-s3cret"])
+def test_the_upstreams_url_reaches_a_client_without_its_credentials(userinfo):
     """A base_url with credentials (``https://user:secret@host/v1``, basic auth) was
     quoted whole in the 502 of an upstream down and the 504 of one that never
-    answered: any tenant read the upstream's password."""
+    answered: any tenant read the upstream's password. Then only a password was
+    masked, and a token written as the user part (``https://TOKEN@host/v1``) was
+    still quoted whole."""
     with socket.socket() as silent:  # takes connections (the backlog), never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        silent_url = f"http://ops:s3cret@127.0.0.1:{silent.getsockname()[1]}/v1"
-        down_url = _dead_url().replace("//", "//ops:s3cret@")
+        silent_url = f"http://{userinfo}@127.0.0.1:{silent.getsockname()[1]}/v1"
+        down_url = _dead_url().replace("//", f"//{userinfo}@")
         for url, status in ((down_url, 502), (silent_url, 504)):
             upstream = RemoteUpstream(url, model="m", retries=0, timeout=0.5)
             app = create_app(ProxyState(flow=ContextFlow(None), upstream=upstream))
@@ -199,7 +202,39 @@ def test_the_upstreams_url_reaches_a_client_without_its_password():
                 ask(server, "hello")
             assert raised.value.status_code == status
             message = raised.value.body["message"]
-            assert "s3cret" not in message and "ops:***@127.0.0.1" in message
+            assert "s3cret" not in message and "//***@127.0.0.1" in message
+
+
+def test_the_upstreams_credentials_go_as_basic_auth_and_never_into_a_log(caplog):
+    """httpx logs every request's URL at INFO: a URL carrying the upstream's
+    credentials put them in the proxy's log."""
+    import asyncio
+    import base64
+
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    transport = httpx.MockTransport(answer)
+    upstream = RemoteUpstream("http://sk-live-s3cret@upstream/v1", model="m", transport=transport)
+
+    async def check() -> str | None:
+        try:
+            return await upstream.ready()
+        finally:
+            await upstream.aclose()
+
+    with caplog.at_level("INFO", logger="httpx"):
+        assert asyncio.run(check()) is None
+    assert "upstream/v1/models" in caplog.text and "s3cret" not in caplog.text
+    (request,) = seen
+    basic = base64.b64encode(b"sk-live-s3cret:").decode()
+    assert request.headers["authorization"] == f"Basic {basic}"
+    assert "s3cret" not in str(request.url)
 
 
 @pytest.mark.parametrize(
