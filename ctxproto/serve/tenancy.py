@@ -6,9 +6,9 @@ whichever key matches. The session id comes from a header (``x-session-id``,
 or the names LiteLLM and Helicone use), else the body's ``user``, else a hash of
 the conversation's opening messages: a client that sends nothing special still
 keeps one session turn after turn, so its summary checkpoints are reused.
-A named id longer than ``MAX_SESSION_ID_CHARS`` is refused, not cut: two ids
-that differ only past the cut would be one session, and one user's history
-would be sent with another's turn.
+A named id longer than ``MAX_SESSION_ID_CHARS`` stands for the digest of all of
+it, not cut: two ids that differ only past the cut would be one session, and one
+user's history would be sent with another's turn.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ __all__ = [
 
 SESSION_HEADERS = ("x-session-id", "x-litellm-session-id", "helicone-session-id")
 MAX_SESSION_ID_CHARS = 200
-"""Longest session id a client may name (a session header, ``user``, an MCP ``session_id``)."""
+"""Longest session id kept as a client names it (a session header, ``user``); a longer
+one stands for its digest. An MCP tool's ``session_id`` longer than this is refused."""
 # Where a request's TenantSlot waits for the work it starts: the ASGI scope's
 # "state", which Starlette's Request.state reads.
 _SLOT_STATE_KEY = "ctxproto_tenant_slot"
@@ -137,30 +138,27 @@ def session_id(headers: Mapping[str, str], user: str | None, messages: list[Any]
 def named_session(headers: Mapping[str, str], user: str | None) -> str | None:
     """The session the client named, by a session header or ``user``; ``None`` if neither.
 
-    An id over ``MAX_SESSION_ID_CHARS`` is a 400 naming where it came from.
+    An id over ``MAX_SESSION_ID_CHARS`` becomes a fixed-length one (``_bounded_session``).
     """
     for name in SESSION_HEADERS:
         value = headers.get(name)
         if value:
-            return _checked_session(value, name)
-    return f"user-{_checked_session(user, 'user')}" if user else None
+            return _bounded_session(value)
+    return f"user-{_bounded_session(user)}" if user else None
 
 
-def _checked_session(value: str, param: str) -> str:
-    """``value`` unchanged, or a 400 when it is longer than ``MAX_SESSION_ID_CHARS``.
+def _bounded_session(value: str) -> str:
+    """``value`` unchanged, or, longer than ``MAX_SESSION_ID_CHARS``, ``sha256-`` and the
+    digest of all of it.
 
     Not cut to the cap: ids that differ only past it would name one session, whose
-    history, summary and cached answers the other's turns would then read.
+    history, summary and cached answers the other's turns would then read. Nor
+    refused: OpenAI clients send ``user`` freely (an email, an id, at times a long
+    one), and such requests were served before ids were bounded.
     """
-    if len(value) > MAX_SESSION_ID_CHARS:
-        raise APIError(
-            400,
-            f"the session id in '{param}' is {len(value)} characters long; "
-            f"at most {MAX_SESSION_ID_CHARS} are allowed",
-            code="invalid_value",
-            param=param,
-        )
-    return value
+    if len(value) <= MAX_SESSION_ID_CHARS:
+        return value
+    return "sha256-" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def conversation_session(messages: list[Any]) -> str:
