@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -52,6 +53,8 @@ from ctxproto.stores.docstore import DocStore, MetadataFilter
 from ctxproto.stores.vector_index import IndexKind, VectorIndex
 
 __all__ = ["FORMAT_VERSION", "StoreHit", "StoreManifest", "VectorStore"]
+
+log = logging.getLogger("ctxproto.stores")
 
 FORMAT_VERSION = 1
 COMPACT_DEAD_FRACTION = 0.25
@@ -317,7 +320,8 @@ class VectorStore:
         a full disk is left no fuller than before, and the changes stay in memory
         for a ``save`` once there is room. Raised as it was, the ``OSError`` ended
         ``ctxproto index`` in a traceback and left the partial generation on a
-        disk with no room for the next try.
+        disk with no room for the next try. Once the manifest names the new
+        generation the save is done: old files it cannot remove are a warning.
         """
         try:
             self._save()
@@ -347,7 +351,18 @@ class VectorStore:
             self.generation = generation
             self._loaded_file = _identity((self.path / "manifest.json").stat())  # under the lock
             self._unsaved.clear()
-            self._drop_generations_except(generation, previous)
+            # The save went through once the manifest names the new generation: old
+            # files left behind are only disk space, which the next save takes back,
+            # not a failure to report (its caller would retry a save that was done).
+            try:
+                self._drop_generations_except(generation, previous)
+            except OSError as exc:
+                log.warning(
+                    "saved the store at %s, but could not remove its old files (%s); "
+                    "the next save removes them",
+                    self.path,
+                    exc.strerror,
+                )
 
     def _write_generation(self, generation: int) -> None:
         """The parts of ``generation``, then the manifest that names it."""

@@ -597,3 +597,34 @@ def test_a_save_the_disk_refuses_is_a_store_error_and_takes_back_what_it_wrote(
         assert writer.stdout.readline() == "saved 3\n"
         assert writer.wait(timeout=60) == 0
     assert sorted(_store(folder).docstore.slots_by_doc) == ["big", "d0", "d1"]
+
+
+def test_old_files_a_save_cannot_remove_are_a_warning_not_a_failed_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removing old generations failed after the new manifest was in place, and the
+    save reported "cannot save" although it had gone through."""
+    store = _store(tmp_path)
+    _fill(store, 2)
+    store.save()
+    store.delete(["d1"])
+    store.save()
+
+    def refuse(path: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    store.delete(["d0"])
+    with caplog.at_level("WARNING", logger="ctxproto.stores"):
+        store.save()
+    assert f"saved the store at {tmp_path}" in caplog.text
+    assert "index.1.faiss" in {p.name for p in tmp_path.iterdir()}  # left for the next save
+    monkeypatch.undo()
+    reopened = _store(tmp_path)
+    assert (reopened.generation, reopened.count) == (3, 0)
+    _fill(reopened, 1, seed=1)
+    reopened.save()
+    assert sorted(p.name for p in tmp_path.glob("index.*.faiss")) == [
+        "index.3.faiss",
+        "index.4.faiss",
+    ]
