@@ -69,6 +69,19 @@ def test_a_comment_in_a_code_block_is_code_not_a_heading(counter: Any) -> None:
     assert not holds_text("# Roadmap\n\n   ## Later")
 
 
+def test_only_a_line_commonmark_reads_as_a_fence_opens_or_closes_one(counter: Any) -> None:
+    """A line opening on inline code (```` ```bash``` runs ````) opened a code block that
+    swallowed every heading after it, and a closing fence indented four spaces (code
+    inside the block) closed it, so the code after it read as headings."""
+    inline = "# Install\n\n```bash``` runs the shell.\n\n# Usage\n\nCall the API.\n"
+    chunks = chunk_text(inline, counter, max_tokens=50, overlap_tokens=0)
+    assert [c.headings for c in chunks] == [("Install",), ("Usage",)]
+    indented = "# A\n\n```\ncode\n    ```\n# not a heading\n```\n\n# B\n\ntext under B\n"
+    chunks = chunk_text(indented, counter, max_tokens=50, overlap_tokens=0)
+    assert [c.headings for c in chunks] == [("A",), ("B",)]
+    assert "# not a heading" in chunks[0].text
+
+
 def test_a_byte_order_mark_read_from_python_does_not_hide_the_first_heading(
     counter: Any,
 ) -> None:

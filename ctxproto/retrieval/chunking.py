@@ -28,7 +28,8 @@ from ctxproto.tokens import TokenCounter
 __all__ = ["TextChunk", "check_text", "chunk_document", "chunk_text", "holds_text"]
 
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)")
+_CLOSING_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})$")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _CUT_BACKTRACK = 8
 """Tokens a cut inside an over-long sentence may move back to land between two
@@ -165,16 +166,20 @@ def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, str]]]]:
 def _fence_after(line: str, fence: str | None) -> str | None:
     """The code fence open after ``line``, given the one open before it (CommonMark).
 
-    A fence opens with three or more backticks or tildes and closes with a line
-    of the same character, at least as many of them, and nothing else.
+    A fence opens with three or more backticks or tildes, indented at most three
+    spaces; a backtick fence's info string holds no backtick, so a line opening
+    on inline code (```` ```bash``` runs the shell ````) opens none. It closes with
+    a line of the same character, at least as many of them, indented at most
+    three spaces and with nothing else: one indented four is code inside it.
     """
     if fence is None:
         opening = _FENCE.match(line)
-        return None if opening is None else opening.group(1)
-    closing = line.strip()
-    if len(closing) >= len(fence) and closing == fence[0] * len(closing):
-        return None
-    return fence
+        if opening is None or (opening.group(1)[0] == "`" and "`" in opening.group(2)):
+            return None
+        return opening.group(1)
+    closing = _CLOSING_FENCE.match(line.rstrip())
+    marks = "" if closing is None else closing.group(1)
+    return None if marks[:1] == fence[0] and len(marks) >= len(fence) else fence
 
 
 def _sentences(
