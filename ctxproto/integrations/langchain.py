@@ -43,7 +43,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages import ToolCall as LangChainToolCall
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
@@ -248,9 +248,10 @@ class PipelineRunnable(Runnable[LanguageModelInput, list[BaseMessage]]):
     does); a merged or compressed one is a new message. Stages
     that keep state per session (the summarizer) use ``session_id`` and
     ``tenant_id``, which ``config["configurable"]`` may override per call, as
-    ``RunnableWithMessageHistory`` passes them. No messages in is no messages
-    out, as with ``trim_messages``: a chain whose history starts empty goes
-    on, and the pipeline does not run. A stage that answers by itself (the
+    ``RunnableWithMessageHistory`` passes them, or as LangChain hands them on
+    to a runnable invoked inside another with no config. No messages in is no
+    messages out, as with ``trim_messages``: a chain whose history starts empty
+    goes on, and the pipeline does not run. A stage that answers by itself (the
     semantic cache) has no place here, since the chat model answers: use
     ``ChatSession`` for that.
     """
@@ -277,7 +278,11 @@ class PipelineRunnable(Runnable[LanguageModelInput, list[BaseMessage]]):
         config: RunnableConfig | None = None,
         **kwargs: Any,
     ) -> list[BaseMessage]:
-        configurable = (config or {}).get("configurable", {})
+        # ensure_config merges the call's config with the one LangChain hands on to a
+        # runnable invoked inside another (a RunnableLambda, a LangGraph node, a tool)
+        # with no config passed: read from the call's alone, such a run lost its
+        # session, and session state (the summarizer's) went to an anonymous one.
+        configurable = ensure_config(config).get("configurable", {})
         return self._call_with_config(
             lambda messages: self._trim(messages, configurable), input, config
         )

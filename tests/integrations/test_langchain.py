@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import ClassVar
+
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+from pydantic import PrivateAttr
 
-from ctxproto import Budget, ConfigError, Message, Pipeline, RecencyWindow, StoreError, UsageError
+from ctxproto import (
+    Budget,
+    ConfigError,
+    Context,
+    Message,
+    Pipeline,
+    RecencyWindow,
+    Stage,
+    StoreError,
+    UsageError,
+)
 from ctxproto.integrations.langchain import (
     CtxprotoChatModel,
     PipelineRunnable,
@@ -17,7 +32,9 @@ from ctxproto.integrations.langchain import (
 from ctxproto.messages import FunctionCall, ToolCall
 from ctxproto.runtime import ScriptedBackend
 from ctxproto.session import ChatSession
+from ctxproto.stages import Transformed
 from ctxproto.stores.session_state import SessionStateStore
+from ctxproto.tokens import TokenCounter
 
 MESSAGES = [
     Message(role="system", content="You are terse.", pinned=True),
@@ -193,6 +210,42 @@ def test_runnable_returns_the_messages_it_kept_as_they_came():
     )
     assert [m.id for m in lean] == ["m0", "m5", "m6", "q"]
     assert lean[1] is messages[5]
+
+
+class SessionRecorder(Stage):
+    """Records the tenant and session each run's context carries, as a summarizer keys its state."""
+
+    type_name: ClassVar[str] = "session_recorder"
+
+    _seen: list[tuple[str, str | None]] = PrivateAttr(default_factory=list)
+
+    @property
+    def seen(self) -> list[tuple[str, str | None]]:
+        return self._seen
+
+    def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+        self._seen.append((context.tenant_id, context.session_id))
+        return Transformed(context)
+
+
+def test_runnable_inside_another_runnable_reads_the_session_langchain_propagates():
+    """Invoked with no config inside a RunnableLambda (a LangGraph node, a tool), the
+    runnable gets its caller's config from LangChain; it ran as an anonymous session."""
+    recorder = SessionRecorder()
+    trimmer = PipelineRunnable(Pipeline([recorder]))
+    config: RunnableConfig = {"configurable": {"session_id": "s2", "tenant_id": "acme"}}
+
+    def in_node(messages: list[BaseMessage]) -> list[BaseMessage]:
+        return trimmer.invoke(messages)
+
+    async def in_async_node(messages: list[BaseMessage]) -> list[BaseMessage]:
+        return await trimmer.ainvoke(messages)
+
+    RunnableLambda(in_node).invoke([HumanMessage("Hi")], config)
+    asyncio.run(RunnableLambda(in_async_node).ainvoke([HumanMessage("Hi")], config))
+    trimmer.invoke([HumanMessage("Hi")])  # outside any run: the runnable's own
+
+    assert recorder.seen == [("acme", "s2"), ("acme", "s2"), ("default", None)]
 
 
 def test_runnable_returns_no_messages_for_none_as_trim_messages_does():
