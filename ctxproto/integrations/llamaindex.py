@@ -231,7 +231,8 @@ class CtxprotoNodePostprocessor(ConfigErrorModel, BaseNodePostprocessor):
     Pinned nodes (metadata ``ctxproto_pinned``) pass every step untouched and
     come first; their tokens count against ``max_tokens``, and the rest follow
     as ``pack_to_budget`` orders them (best relevance first) or, without a
-    budget, in their order in.
+    budget, in their order in. A node's tokens are those it puts in a prompt:
+    its text with the metadata the LLM reads (``MetadataMode.LLM``).
     """
 
     relevance_filter: RelevanceFilter | None = None
@@ -259,23 +260,33 @@ class CtxprotoNodePostprocessor(ConfigErrorModel, BaseNodePostprocessor):
         for stage in (self.relevance_filter, self.token_compressor):
             if stage is not None:
                 context = stage.run(context, counter).context
+        out = {d.id: _with_text(nodes[int(d.id)], d.text) for d in context.documents}
+        # Each node costs what it puts in the prompt: its text with the metadata the
+        # LLM reads (MetadataMode.LLM, as response synthesizers write nodes into a
+        # prompt and llama-index's splitters count metadata against chunk_size).
+        # Counted on the text alone, nodes carrying a file's name and path took
+        # twice the budget and more.
+        as_read = [
+            d.model_copy(update={"text": out[d.id].node.get_content(MetadataMode.LLM)})
+            for d in context.documents
+        ]
         # Pinned nodes come first with a budget or without one: a prompt built from
         # the nodes then opens with what the caller pinned, wherever it was retrieved.
-        pinned = [d for d in context.documents if d.pinned]
-        rest = [d for d in context.documents if not d.pinned]
+        pinned = [d for d in as_read if d.pinned]
+        rest = [d for d in as_read if not d.pinned]
         if self.max_tokens is not None:
             room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
             rest = pack_to_budget(rest, counter, max(room, 0))
-        kept = pinned + rest
-        out = []
-        for document in kept:
-            original = nodes[int(document.id)]
-            node = original.node
-            if document.text != node.get_content(MetadataMode.NONE):
-                node = node.model_copy(deep=True)
-                node.set_content(document.text)
-            out.append(NodeWithScore(node=node, score=original.score))
-        return out
+        return [out[d.id] for d in pinned + rest]
+
+
+def _with_text(retrieved: NodeWithScore, text: str) -> NodeWithScore:
+    """The retrieved node with its score; a copy carrying ``text`` when a stage changed it."""
+    node = retrieved.node
+    if text != node.get_content(MetadataMode.NONE):
+        node = node.model_copy(deep=True)
+        node.set_content(text)
+    return NodeWithScore(node=node, score=retrieved.score)
 
 
 class SummaryChatMemory(ConfigErrorModel, BaseMemory):

@@ -12,7 +12,7 @@ import pytest
 from llama_index.core import Document as LlamaDocument
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, ToolCallBlock
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from ctxproto import ConfigError, Document, Message
 from ctxproto.integrations.llamaindex import (
@@ -188,6 +188,29 @@ def test_packing_keeps_pinned_nodes_and_fills_the_rest_by_relevance(counter):
     )
     assert [n.node.node_id for n in out] == ["p", "n1"]
     assert out[1] is not nodes[1] and out[1].node is nodes[1].node  # unchanged text: same node
+
+
+def test_packing_counts_the_metadata_the_llm_reads_with_each_node(counter):
+    """A file's name and path go into the prompt with its node (MetadataMode.LLM, as a
+    response synthesizer writes nodes): counted on the text alone, the nodes packed
+    into 70 tokens put 147 in the prompt."""
+
+    def node(i: int, fact: str) -> TextNode:
+        path = f"/srv/knowledge/norway/fact_{i}.md"
+        return TextNode(
+            id_=f"n{i}", text=fact, metadata={"file_name": f"fact_{i}.md", "file_path": path}
+        )
+
+    nodes = [NodeWithScore(node=node(i, f), score=1.0 - i / 10) for i, f in enumerate(FACTS)]
+    pinned = from_document(
+        Document(id="p", text=FACTS[1], pinned=True, metadata={"file_name": "pin.md"})
+    )
+    budget = 70
+
+    out = CtxprotoNodePostprocessor(max_tokens=budget).postprocess_nodes([*nodes, pinned])
+
+    assert [n.node.node_id for n in out][:2] == ["p", "n0"]
+    assert sum(counter.count(n.node.get_content(MetadataMode.LLM)) for n in out) <= budget
 
 
 def test_pinned_nodes_come_first_without_a_budget_too():
