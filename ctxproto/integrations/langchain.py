@@ -119,8 +119,13 @@ def to_message(message: BaseMessage) -> Message:
         return Message(role="tool", tool_call_id=message.tool_call_id or None, **fields)
     if isinstance(message, ChatMessage) and message.role in _CHAT_ROLES:
         return Message(role=_CHAT_ROLES[message.role], **fields)
+    # A ChatMessage's role named, as LlamaIndex's adapter names one: "a ChatMessage"
+    # alone did not say which of the roles it may carry was refused.
+    kind = type(message).__name__
+    if isinstance(message, ChatMessage):
+        kind += f" with role '{message.role}'"
     raise ConfigError(
-        f"cannot convert a {type(message).__name__} to a ctxproto message",
+        f"cannot convert a {kind} to a ctxproto message",
         key="messages",
         expected="a system, human, AI or tool message",
     )

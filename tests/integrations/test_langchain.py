@@ -6,7 +6,14 @@ import asyncio
 from typing import ClassVar
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from pydantic import PrivateAttr
@@ -119,6 +126,8 @@ def test_non_text_content_is_refused_by_name():
     anonymous = AIMessage("", tool_calls=[{"id": None, "name": "lookup", "args": {}}])
     with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
         to_message(anonymous)
+    with pytest.raises(ConfigError, match="ChatMessage with role 'critic'"):
+        to_message(ChatMessage(content="Too long.", role="critic"))
 
 
 def test_content_blocks_repeating_tool_calls_convert_from_the_tool_calls():
