@@ -186,17 +186,27 @@ class LlamaServer:
             )
         except OSError as exc:  # not executable, gone, wrong format: try the next binary
             raise BackendError(f"cannot be started: {exc.strerror or exc}") from None
+        try:
+            self._wait_until_loaded(self._process)
+        except BaseException:
+            # Ctrl-C or SIGTERM while the model loads, or a server that never loads:
+            # nobody holds this process yet (``__enter__`` has not returned), so it is
+            # stopped here, or it would run on after the benchmark ends.
+            self.stop()
+            raise
+        self.binary = binary
+        return self
+
+    def _wait_until_loaded(self, process: subprocess.Popen[bytes]) -> None:
+        assert self.port is not None  # set by _start before the process is
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
-                self._process = None
                 raise BackendError(f"exited while loading: {_exit_reason(code)}")
             if _healthy(self.port):
-                self.binary = binary
-                return self
+                return
             time.sleep(0.25)
-        self.stop()
         raise BackendError(f"did not load the model in {self.startup_timeout_s:.0f} s")
 
     def exit_reason(self) -> str | None:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -75,6 +76,29 @@ def test_the_first_binary_that_loads_is_kept(tmp_path):
         process = server._process
         assert process is not None and process.poll() is None
     assert process.poll() is not None  # stopped by its PID
+
+
+def test_ctrl_c_while_the_model_loads_stops_the_server(tmp_path):
+    """Ctrl-C (or SIGTERM read as it) before the server answers: ``__enter__`` never
+    returns, so no context manager stops it; ``start`` must, or it outlives the run."""
+    pid_file = tmp_path / "pid"
+    loading = executable(tmp_path, "slow-server", f"echo $$ > {pid_file}; exec sleep 60")
+    server = LlamaServer(tmp_path / "m.gguf", binaries=[loading], startup_timeout_s=30)
+
+    def ctrl_c(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt), server:
+            pytest.fail("the server never loads, so the body never runs")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped, not left running
+    assert server._process is None
 
 
 def test_no_binary_at_all_says_how_to_build_one(tmp_path):
