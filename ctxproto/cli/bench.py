@@ -3,6 +3,12 @@
 Each benchmark is one module under ``ctxproto.bench`` exposing
 ``register(subparsers)``; list it in ``BENCHMARKS``. Figures go to
 ``docs/benchmarks.md`` with the command that reproduced them.
+
+Every benchmark runs with SIGTERM read as Ctrl-C (``stoppable``): Python's
+default SIGTERM action ends the process with no ``finally`` run, so the servers
+a benchmark started (llama.cpp's, PostgreSQL, valkey-server) ran on, orphaned,
+with their temporary folders, after ``kill`` or ``timeout`` ended it. Read as
+Ctrl-C, they are stopped by their PIDs and the folders removed.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 from typing import Any
+
+from ctxproto.cli.interrupt import stoppable
 
 __all__ = ["register"]
 
@@ -33,6 +41,8 @@ def register(subparsers: Any) -> None:
     inner = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name in BENCHMARKS:
         importlib.import_module(f"ctxproto.bench.{name}").register(inner)
+    for benchmark in inner.choices.values():
+        benchmark.set_defaults(handler=stoppable(benchmark.get_default("handler")))
     parser.set_defaults(handler=_usage(parser))
 
 

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ctxproto.cli.arguments import int_at_least
+from ctxproto.cli.interrupt import stoppable
 
 if TYPE_CHECKING:
     from ctxproto.bench.chat_paths import TurnRecord
@@ -71,7 +72,9 @@ def register(subparsers: Any) -> None:
         default=24,
         help="tokens per answer at most (default: %(default)s)",
     )
-    parser.set_defaults(handler=handle)
+    # SIGTERM read as Ctrl-C, as for `ctxproto bench`: the llama.cpp server the demo
+    # started is stopped, not left running, when the demo is stopped with kill.
+    parser.set_defaults(handler=stoppable(handle))
 
 
 def handle(args: argparse.Namespace) -> int:

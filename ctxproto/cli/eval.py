@@ -11,13 +11,8 @@ continues a stopped run there.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -27,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ctxproto._extras import require
 from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
+from ctxproto.cli.interrupt import sigterm_as_ctrl_c
 from ctxproto.cli.main import EXIT_INTERRUPTED, print_json
 from ctxproto.config import validation_error_to_config_error
 from ctxproto.errors import ConfigError, ModelNotAvailableError, StoreError, UsageError
@@ -128,33 +124,11 @@ def handle(args: argparse.Namespace) -> int:
         error = validation_error_to_config_error(exc)
         option = "--" + (error.key or "").split(".")[0].replace("_", "-")
         raise ConfigError(error.detail, key=option) from None
-    # The rows file stays locked until the run ends.
-    with _row_log(args, pipelines, options) as rows, _sigterm_as_ctrl_c():
+    # The rows file stays locked until the run ends. SIGTERM, how a batch scheduler
+    # stops a job before it kills it, ends the run as Ctrl-C does: the items done get
+    # their partial report and the --resume hint instead of a silent end.
+    with _row_log(args, pipelines, options) as rows, sigterm_as_ctrl_c():
         return _evaluate(args, pipelines, options, rows)
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM read as Ctrl-C while the run lasts.
-
-    A batch scheduler or a container runtime stops a job with SIGTERM, and kills
-    it a grace period later; read as Ctrl-C, the items done get their partial
-    report and the ``--resume`` hint instead of a silent end. Signals can only be
-    handled on the main thread; elsewhere (``main`` called from a worker) SIGTERM
-    keeps its handler.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _evaluate(

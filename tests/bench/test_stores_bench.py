@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +91,42 @@ def test_stores_bench_starts_and_stops_its_own_server():
     result = run(parts=REDIS_PARTS, entries=20, sessions=5)
     assert result["redis_server"].startswith("valkey-server")
     assert result["cache"]["redis"]["entries"] > 20
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_mid_run_stops_the_server_it_started_and_removes_its_folders(tmp_path):
+    """``kill`` or ``timeout`` ends a benchmark with SIGTERM, whose default action ends
+    Python with no cleanup: valkey-server ran on, orphaned, with its folder."""
+    folders = tmp_path / "tmp"
+    folders.mkdir()
+    command = [sys.executable, "-m", "ctxproto", "bench", "stores", "--parts", "sessions"]
+    command += ["--sessions", "10000000", "--json"]
+    env = {**os.environ, "TMPDIR": str(folders), "PYTHONPATH": str(Path(__file__).parents[2])}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    servers: list[int] = []
+    try:
+        assert run.stderr is not None
+        assert b"sessions:" in run.stderr.readline()  # the server is up: timing has begun
+        servers = _children(run.pid)
+        assert len(servers) == 1
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        for pid in servers:  # one left running must not outlive the test either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 130, err
+    assert err.decode().splitlines() == ["interrupted"] and out == b""
+    assert not Path(f"/proc/{servers[0]}").exists()  # stopped and reaped
+    assert list(folders.iterdir()) == []

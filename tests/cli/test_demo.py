@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +161,21 @@ def test_summary_gives_the_ratio_against_the_best_peer_and_names_those_not_run(w
     text = " ".join(" ".join(output).split())
     assert "vs the best peer engine + prefix cache 120.5, ctxproto 163.3 tokens/s → 1.4x" in text
     assert "llama.cpp + prompt cache not run: llama-server not found" in text
+
+
+def test_sigterm_ends_the_demo_as_ctrl_c_does(tmp_path):
+    """``kill`` read as Ctrl-C: the run's cleanup stops the llama.cpp server it started
+    (Python's default SIGTERM action ended it with none, the server left running).
+    Sent as soon as the title is out, before any model loads, so the test is quick."""
+    command = [sys.executable, "-m", "ctxproto", "demo", "--turns", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "80"}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert run.stdout is not None
+        assert b"ctxproto demo" in run.stdout.readline()
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    assert err.decode().splitlines() == ["interrupted"]
