@@ -123,29 +123,38 @@ class EmbeddedPostgres:
         pid = self.pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid)
+        _kill(pid)
         deadline = time.monotonic() + STOP_SECONDS  # its children exit once they notice
         while time.monotonic() < deadline and _port_open(self.port):
             time.sleep(0.1)
         time.sleep(0.5)
 
     def stop(self) -> None:
+        """``pg_ctl stop -m fast``, then ``SIGKILL`` if the server outlasts it.
+
+        A fast shutdown takes a second or two, long enough for a Ctrl-C or a
+        SIGTERM to land in it (a second press, or a benchmark stopped as it ends):
+        the server is then killed at once, as nothing would stop it later.
+        """
         pid = self.pid()
         if pid is None:
             return
-        with contextlib.suppress(StoreError, subprocess.TimeoutExpired):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        if not _wait_gone(pid, STOP_SECONDS):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid)
+        try:
+            with contextlib.suppress(StoreError, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            stopped = _wait_gone(pid, STOP_SECONDS)
+        except BaseException:
+            _kill(pid)
+            raise
+        if not stopped:
+            _kill(pid)
 
     def close(self) -> None:
-        """Stop the server and remove its folder."""
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop the server and remove its folder, also when the stop is interrupted."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     @staticmethod
     def _nobody_can_run(bin_folder: Path) -> bool:
@@ -183,6 +192,13 @@ class EmbeddedPostgres:
             log = self.folder / "log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise StoreError(f"embedded PostgreSQL: {program} failed: {done.stderr}\n{tail}")
+
+
+def _kill(pid: int) -> None:
+    """``SIGKILL`` the postmaster and wait until it is gone; its children follow it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
 
 
 def _wait_gone(pid: int, seconds: float = STOP_SECONDS) -> bool:
