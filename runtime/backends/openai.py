@@ -181,19 +181,26 @@ class _Stream:
                 return
             cut = False
             for raw in self._response:
-                if not raw.endswith(b"\n") and raw.strip() != b"data: [DONE]":
-                    # The connection closed inside a line: an event cut short is dropped,
-                    # as SSE drops it, so the stream ended early unless it had finished.
-                    cut = raw.lstrip().startswith(b"data:")
+                try:
+                    line = raw.decode("utf-8").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[len("data:") :].strip()
+                    event = None if payload == "[DONE]" else json.loads(payload)
+                except ValueError:
+                    if raw.endswith(b"\n"):
+                        raise
+                    # The connection closed inside the last line, and what came of it is no
+                    # event: one cut short is dropped, as SSE drops it, so the stream ended
+                    # early unless it had finished. A last line that is whole JSON (or
+                    # [DONE]) only lacks its newline, as servers that close right after
+                    # the final event send it, and is read as the event it is.
+                    cut = True
                     break
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[len("data:") :].strip()
                 self._events += 1
-                if payload == "[DONE]":
+                if event is None:
                     return
-                chunk = _json_object(json.loads(payload), "an event")
+                chunk = _json_object(event, "an event")
                 failure = _stream_failure(chunk)
                 if failure is not None:
                     raise failure

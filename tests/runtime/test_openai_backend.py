@@ -321,6 +321,23 @@ def test_a_stream_cut_inside_an_event_ended_early():
     assert generate_from(sse(STARTED) + b"data: [DONE]") == "Partial ans"
 
 
+def test_a_last_event_the_connection_closed_right_after_is_read():
+    """A server that closes the connection after its final event may leave out the event's
+    newline; a last line that is whole JSON was taken for one cut short, and the answer
+    finished by it failed as a stream that ended early, its usage counts lost."""
+    finished = '{"choices": [{"index": 0, "delta": {"content": "wer"}, "finish_reason": "stop"}]}'
+    assert generate_from(sse(STARTED) + f"data: {finished}".encode()) == "Partial answer"
+    usage = '{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}'
+    served = RawServer(sse(STARTED, finished) + f"data:{usage}".encode())
+    try:
+        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
+    finally:
+        served.close()
+    assert completion.text == "Partial answer"
+    assert (completion.metrics.prompt_tokens, completion.metrics.output_tokens) == (7, 2)
+    assert generate_from(sse(STARTED, finished) + b"data:[DONE]") == "Partial answer"
+
+
 @pytest.mark.parametrize(
     "event",
     [
