@@ -10,11 +10,17 @@ final answer does not contain (the rule vLLM's detokenizer follows).
 
 from __future__ import annotations
 
+import codecs
+import re
+from functools import cache
 from typing import Any
+
+from tokenizers.decoders import ByteLevel
 
 __all__ = ["IncrementalDetokenizer"]
 
-_INCOMPLETE = "\ufffd"
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+"""A byte-fallback token (SentencePiece, as Llama 2's and Mistral's tokenizers have)."""
 
 
 class IncrementalDetokenizer:
@@ -23,6 +29,9 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, stop: list[str]) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
+        self._special = set(tokenizer.all_special_ids)
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = isinstance(decoder, ByteLevel)
         self._ids: list[int] = []
         self._emitted = 0
         self.text = ""
@@ -54,16 +63,63 @@ class IncrementalDetokenizer:
         return self._release(len(self.text))
 
     def _complete_end(self, end: int) -> int:
-        """``end`` moved back over the replacement characters of bytes still incomplete
-        there; never into text already streamed."""
-        while end > self._emitted and self.text[end - 1] == _INCOMPLETE:
-            end -= 1
-        return end
+        """``end`` (the text's end) moved back over the replacement characters of a UTF-8
+        character the last tokens only began; never into text already streamed.
+
+        Read from the tokens' bytes, not from the text ending in U+FFFD: a model may
+        write U+FFFD itself (its bytes EF BF BD, a complete character), and that one
+        is part of the answer.
+        """
+        return max(end - self._incomplete_characters(), self._emitted)
+
+    def _incomplete_characters(self) -> int:
+        """How many characters at the end of the decoded text stand for the bytes of an
+        unfinished UTF-8 character: one U+FFFD for them all, as a byte-level decoder
+        (``String::from_utf8_lossy``) writes them; one per byte of the run of byte
+        tokens they end, as byte fallback writes a run that is not UTF-8 yet."""
+        tail: list[bytes] = []  # the last tokens' bytes, newest first
+        run = 0  # how many of them are byte-fallback tokens in a row
+        ids = (i for i in reversed(self._ids) if i not in self._special)
+        for token in (self._tokenizer.convert_ids_to_tokens(i) for i in ids):
+            byte = _BYTE_TOKEN.fullmatch(token)
+            if byte is not None and run == len(tail):
+                run += 1
+            if byte is not None:
+                tail.append(bytes([int(byte.group(1), 16)]))
+            elif self._byte_level:
+                tail.append(_byte_level_bytes(token))
+            else:
+                tail.append(token.encode("utf-8"))  # text: whole characters
+            if sum(map(len, tail)) >= 4 and run < len(tail):  # a character's most bytes
+                break
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        decoder.decode(b"".join(reversed(tail)))
+        pending: bytes = decoder.getstate()[0]
+        if not pending:
+            return 0
+        return run if run >= len(pending) else 1
 
     def _release(self, end: int) -> str:
         delta = self.text[self._emitted : end]
         self._emitted = max(end, self._emitted)
         return delta
+
+
+@cache
+def _byte_alphabet() -> dict[str, int]:
+    """The byte each character of a byte-level BPE token stands for (GPT-2's table)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    table: dict[int, str] = bytes_to_unicode()  # type: ignore[no-untyped-call]
+    return {char: byte for byte, char in table.items()}
+
+
+def _byte_level_bytes(token: str) -> bytes:
+    """The bytes a byte-level BPE token stands for."""
+    alphabet = _byte_alphabet()
+    return b"".join(
+        bytes([alphabet[char]]) if char in alphabet else char.encode("utf-8") for char in token
+    )
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:

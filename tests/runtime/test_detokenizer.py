@@ -42,3 +42,17 @@ def test_a_character_the_answer_ends_inside_is_dropped_not_half_shown(lm_tokeniz
     deltas.append(stream.flush())
     assert stream.text == "Ok "
     assert "".join(deltas) == "Ok "
+
+
+def test_a_replacement_character_the_model_wrote_is_kept_at_the_end(lm_tokenizer):
+    # U+FFFD as a character of its own (bytes EF BF BD, complete) ends the answer: it is
+    # the model's text, not a character the token limit cut, and was dropped as one.
+    text = "The file has a bad byte, shown as \ufffd"
+    stream, deltas = feed(lm_tokenizer, text, [])
+    assert stream.text == "".join(deltas) == text
+    # One the model wrote just before a character it only began: that one is dropped.
+    ids = lm_tokenizer("shown as \ufffd🎉", add_special_tokens=False)["input_ids"]
+    stream = IncrementalDetokenizer(lm_tokenizer, [])
+    deltas = [stream.push(token) for token in ids[:-1]]
+    deltas.append(stream.flush())
+    assert stream.text == "".join(deltas) == "shown as \ufffd"
