@@ -86,11 +86,13 @@ class TurnStream(StreamingResponse):
                     await self._events.aclose()
                     await _close(self._source)
                     await self._file()
-                    # The client left mid-answer. Not one that read to [DONE] an answer
-                    # the upstream sent no finish reason for: that is never filed, and
-                    # the client stayed to the end.
-                    if not (self._filed or self._failed or self._ended):
-                        self._state.metrics.client_left()
+                    if not (self._filed or self._failed):
+                        if self._ended:
+                            # Read to [DONE], an answer the upstream sent no finish
+                            # reason for: never filed, but answered all the same.
+                            self._state.record(self._turn, self._usage)
+                        else:  # the client left mid-answer
+                            self._state.metrics.client_left()
                 except CtxprotoError as exc:  # the client is gone: only the log can tell
                     log.warning(
                         "a streamed turn of tenant %s was not stored: %s", self._turn.tenant, exc

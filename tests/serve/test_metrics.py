@@ -109,8 +109,10 @@ def test_a_stream_read_to_its_end_with_no_finish_reason_is_no_client_cut(
     server: ServerThread,
 ) -> None:
     """An upstream that sends no finish reason leaves its answer unfiled, and a client
-    that read it to ``[DONE]`` was counted as ``client_closed_request`` all the same."""
+    that read it to ``[DONE]`` was counted as ``client_closed_request`` all the same;
+    it is an answered request, counted as one."""
     before = _client_left(server)
+    answered = _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass")
     stream = openai_client(server, "unused").chat.completions.create(
         model="ctxproto",
         messages=[{"role": "user", "content": f"NOFINISH {uuid.uuid4().hex}"}],
@@ -119,3 +121,6 @@ def test_a_stream_read_to_its_end_with_no_finish_reason_is_no_client_cut(
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     time.sleep(1.0)
     assert _client_left(server) == before
+    assert _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass") == (
+        answered + 1
+    )
