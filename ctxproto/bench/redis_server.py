@@ -46,9 +46,19 @@ class RedisServer:
         args += ["--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", self.fsync]
         args += ["--save", "", "--daemonize", "no", "--logfile", str(self.folder / "log")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_answering(self.process)
+        except BaseException:
+            # Ctrl-C or SIGTERM while it starts, or a server that never answers: nobody
+            # holds this process yet (its owner's cleanup starts once this returns), so
+            # it is stopped here, or it would run on after the benchmark ends.
+            self.stop()
+            raise
+
+    def _wait_until_answering(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise StoreError(f"valkey-server exited: {self._log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
@@ -58,7 +68,6 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.05)
-        self.stop()
         raise StoreError(f"valkey-server did not answer on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -130,3 +130,28 @@ def test_sigterm_mid_run_stops_the_server_it_started_and_removes_its_folders(tmp
     assert err.decode().splitlines() == ["interrupted"] and out == b""
     assert not Path(f"/proc/{servers[0]}").exists()  # stopped and reaped
     assert list(folders.iterdir()) == []
+
+
+def test_ctrl_c_while_the_server_starts_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C (or SIGTERM read as it) before the server answered its first PING: no
+    owner held the process yet, and it ran on, orphaned, after the benchmark ended."""
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ctxproto.bench.redis_server.socket.create_connection", interrupted)
+    server = RedisServer(tmp_path)
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+
+    def recording(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr("ctxproto.bench.redis_server.subprocess.Popen", recording)
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert len(started) == 1
+    assert started[0].poll() is not None  # stopped and reaped
+    assert server.process is None
