@@ -85,7 +85,7 @@ class RemoteUpstream(Upstream):
         # part, https://TOKEN@host/v1) go to the upstream as basic auth, as httpx sent
         # them, but are kept out of the URL: httpx logs each request's URL at INFO,
         # and the errors tenants read quote it, with ***@ where they were.
-        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+        auth = httpx.BasicAuth(url.username, url.password) if url.username or url.password else None
         self.base_url = str(url.copy_with(username=None, password=None))
         self._shown_url = redact_url(str(url.copy_with(userinfo=b"***")) if auth else self.base_url)
         self.model = model

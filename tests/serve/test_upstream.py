@@ -237,6 +237,34 @@ def test_the_upstreams_credentials_go_as_basic_auth_and_never_into_a_log(caplog)
     assert "s3cret" not in str(request.url)
 
 
+def test_an_empty_userinfo_leaves_the_api_key_as_the_bearer():
+    """``http://:@host`` names no credentials: httpx sent the api_key's bearer for it,
+    and reading the bare ``:@`` as credentials replaced it with an empty basic auth."""
+    import asyncio
+
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    upstream = RemoteUpstream(
+        "http://:@upstream/v1", model="m", api_key="KEY", transport=httpx.MockTransport(answer)
+    )
+
+    async def check() -> str | None:
+        try:
+            return await upstream.ready()
+        finally:
+            await upstream.aclose()
+
+    assert asyncio.run(check()) is None
+    (request,) = seen
+    assert request.headers["authorization"] == "Bearer KEY"
+
+
 @pytest.mark.parametrize(
     ("status", "ready"), [(200, True), (404, True), (401, False), (403, False)]
 )
