@@ -146,7 +146,10 @@ class Summarizer(Stage):
         session = context.session_id or "anonymous-" + _fingerprint(blocks[:1])
         state = self._store.get(context.tenant_id, session)
         folded, summary = _resume(state, [blocks[i] for i in foldable])
-        ready = self._fold_end(blocks, foldable, max(ready, folded), folded, counter)
+        ready = max(ready, folded)
+        if self._history_outgrown(blocks, set(foldable[:ready]), counter):
+            ready = len(foldable)
+        ready = _before_a_question(blocks, foldable, ready, folded)
         if ready == 0:
             return Transformed(context, {"folded_turns": 0, "checkpoints": 0})
         counters: dict[str, int | float] = {
@@ -179,46 +182,6 @@ class Summarizer(Stage):
         return Transformed(
             context.model_copy(update={"history": history, "summary": merged}), counters
         )
-
-    def _fold_end(
-        self,
-        blocks: list[list[Message]],
-        foldable: list[int],
-        due: int,
-        folded: int,
-        counter: TokenCounter,
-    ) -> int:
-        """How many of ``foldable`` to fold: ``due`` (whole groups) or a little fewer,
-        so that what stays verbatim starts at a user message; more when the history
-        outgrew ``max_history_tokens``.
-
-        Blocks are counted one per message or tool call, so a group (or the window)
-        can end inside a turn; folding up to there left the history opening on a tool
-        call or an answer whose question was folded away, which the model reads as
-        speaking unprompted and which chat templates that require roles to alternate
-        refuse. The fold ends before the last question within the group instead;
-        only a turn longer than a group (an agent's question followed by many tool
-        calls) is cut inside. Where the fold ends is decided by the history alone,
-        never by where the last run stopped: the same request folds the same, and a
-        fold that stopped before a question stays there until the next group is
-        due. A history that outgrew ``max_history_tokens`` is folded to its last
-        question if that is enough, else everything outside the window, inside a
-        turn or not: an agent turn grows without another question, and left
-        unfolded the assembler would drop it whole. Never fewer than ``folded``,
-        which the summary already covers.
-        """
-        ready = _last_end_before_a_question(
-            blocks, foldable, range(due, max(due - self.checkpoint_every, 0), -1)
-        )
-        ready = max(due if ready is None else ready, folded)
-        if not self._history_outgrown(blocks, set(foldable[:ready]), counter):
-            return ready
-        question = _last_end_before_a_question(blocks, foldable, range(len(foldable), ready, -1))
-        if question is not None and not self._history_outgrown(
-            blocks, set(foldable[:question]), counter
-        ):
-            return question
-        return len(foldable)
 
     def _history_outgrown(
         self, blocks: list[list[Message]], folded: set[int], counter: TokenCounter
@@ -389,16 +352,36 @@ def _states_user_fact(sentence: str) -> bool:
     return bool(fact_strings(sentence)) or bool(_SELF_DISCLOSURE.search(sentence))
 
 
-def _last_end_before_a_question(
-    blocks: list[list[Message]], foldable: list[int], ends: range
-) -> int | None:
-    """The first of ``ends`` (counts of ``foldable`` folded, newest first) after which
-    what stays verbatim opens on a user message or nothing; ``None`` if none does."""
-    for end in ends:
+def _before_a_question(
+    blocks: list[list[Message]], foldable: list[int], ready: int, folded: int
+) -> int:
+    """How many of ``foldable`` to fold: ``ready`` or fewer, so that what stays verbatim
+    starts at a user message.
+
+    Blocks are counted one per message or tool call, so a group of
+    ``checkpoint_every`` (or the window) can end inside a turn; folding up to there
+    left the history opening on a tool call or an answer whose question was folded
+    away, which the model reads as speaking unprompted and which chat templates
+    that require roles to alternate refuse. A fold ends before the next user
+    message instead, short of ``ready``; only when no user message comes between
+    what is already folded and ``ready`` (one turn longer than the whole group)
+    does it end inside the turn. A fold that already ended before a question
+    ends there until a later one can: completed to its group's end on the next
+    run, it cut inside a turn, so the same request run again (or the chat's next
+    message) opened the history on an answer whose question was folded, and
+    folded otherwise than a fold from the start would.
+    """
+
+    def before_a_question(end: int) -> bool:
         after = foldable[end - 1] + 1
-        if after == len(blocks) or blocks[after][0].role == "user":
+        return after == len(blocks) or blocks[after][0].role == "user"
+
+    for end in range(ready, folded, -1):
+        if before_a_question(end):
             return end
-    return None
+    if folded and before_a_question(folded):
+        return folded
+    return ready
 
 
 def _echoes_prompt(candidate: str) -> bool:

@@ -356,55 +356,6 @@ def test_a_fold_that_stopped_before_a_question_is_not_topped_up_inside_the_next_
     assert following.context.summary == first.context.summary
 
 
-def agent_turn(calls: int) -> list[Message]:
-    """Three short exchanges, then one request an agent answers with ``calls`` tool calls."""
-    from ctxproto.messages import FunctionCall, ToolCall
-
-    history = []
-    for i in range(3):
-        history.append(Message(role="user", content=f"Question {i} about my garden."))
-        history.append(Message(role="assistant", content=f"Answer {i}: water the basil."))
-    history.append(Message(role="user", content="Find flights to Oslo and book the cheapest."))
-    for i in range(calls):
-        call = ToolCall(id=f"c{i}", function=FunctionCall(name="search", arguments="{}"))
-        history.append(Message(role="assistant", tool_calls=[call]))
-        result = f"Flight SK{100 + i}: {200 + i} EUR."
-        history.append(Message(role="tool", tool_call_id=f"c{i}", content=result))
-    return history
-
-
-def test_an_agent_turn_longer_than_a_group_is_folded_inside(tmp_path, counter):
-    """A fold that stopped before an agent's request stayed there while the request's
-    tool calls went on, no other question coming to end a fold at: the history grew
-    verbatim without bound. A turn longer than a group is cut at the group's end,
-    the same whether the chat was folded as it grew or all at once."""
-    history = agent_turn(12)  # blocks: 6 of the exchanges, the request, 12 calls
-    stage = extractive(tmp_path, keep_turns=4, checkpoint_every=4, max_summary_tokens=200)
-    for end in range(9, len(history) + 1, 2):  # the agent's loop, one call at a time
-        grown = stage.run(ctx(history[:end]), counter)
-    # 19 blocks, 4 kept: 15 outside, 12 in whole groups; the third group (blocks 9-12)
-    # holds no question to stop before, so the fold ends at its end, inside the turn.
-    assert grown.report.counters["folded_turns"] == 12
-    assert grown.context.history == history[17:]
-    at_once = extractive(tmp_path, keep_turns=4, checkpoint_every=4, max_summary_tokens=200)
-    assert at_once.run(ctx(history, session="s2"), counter).context.history == history[17:]
-
-
-def test_an_agent_turn_past_max_history_tokens_is_folded_inside(tmp_path, counter):
-    """An agent's request followed by many tool calls outgrew ``max_history_tokens``,
-    yet nothing past its question was folded, so the assembler dropped the whole
-    loop. Folding to the last question is not enough here: everything outside the
-    window is folded, inside the turn."""
-    history = agent_turn(30)
-    stage = extractive(tmp_path, keep_turns=4, checkpoint_every=100, max_history_tokens=300)
-    for end in range(9, len(history) + 1, 2):
-        result = stage.run(ctx(history[:end]), counter)
-        verbatim = sum(counter.count_message(m) for m in result.context.history)
-        assert verbatim <= 300, end
-    assert result.context.history[-2:] == history[-2:]
-    assert result.report.counters["folded_turns"] > 7
-
-
 def test_facts_of_an_abstractive_summary_survive_an_extractive_fallback(
     tmp_path, counter, monkeypatch
 ):
