@@ -365,22 +365,12 @@ def _before_a_question(
     that require roles to alternate refuse. A fold ends before the next user
     message instead, short of ``ready``; only when no user message comes between
     what is already folded and ``ready`` (one turn longer than the whole group)
-    does it end inside the turn. A fold that already ended before a question
-    ends there until a later one can: completed to its group's end on the next
-    run, it cut inside a turn, so the same request run again (or the chat's next
-    message) opened the history on an answer whose question was folded, and
-    folded otherwise than a fold from the start would.
+    does it end inside the turn.
     """
-
-    def before_a_question(end: int) -> bool:
-        after = foldable[end - 1] + 1
-        return after == len(blocks) or blocks[after][0].role == "user"
-
     for end in range(ready, folded, -1):
-        if before_a_question(end):
+        after = foldable[end - 1] + 1
+        if after == len(blocks) or blocks[after][0].role == "user":
             return end
-    if folded and before_a_question(folded):
-        return folded
     return ready
 
 

@@ -328,34 +328,6 @@ def test_a_fold_never_leaves_a_tool_call_or_answer_without_its_question(tmp_path
     assert folded > 0
 
 
-def test_a_fold_that_stopped_before_a_question_is_not_topped_up_inside_the_next_turn(
-    tmp_path, counter
-):
-    """A fold that stopped short of its group, before a question, was completed to the
-    group's end by the next run: the same request run again, or the chat's next
-    message, opened the history on an answer whose question had been folded."""
-    from ctxproto.messages import FunctionCall, ToolCall
-
-    history = []
-    for i in range(4):
-        history.append(Message(role="user", content=f"What is the weather in city {i}?"))
-        if i % 2:  # a tool call is a block of its own: turns of 2 and 3 blocks
-            call = ToolCall(id=f"c{i}", function=FunctionCall(name="weather"))
-            history.append(Message(role="assistant", tool_calls=[call]))
-            history.append(Message(role="tool", tool_call_id=f"c{i}", content=f"{10 + i} C"))
-        history.append(Message(role="assistant", content=f"It is {10 + i} degrees."))
-    stage = extractive(tmp_path, keep_turns=2, checkpoint_every=4, max_summary_tokens=200)
-    # Blocks u, a, u, call+result, a, u; 2 kept: 4 are due, the fold stops before the
-    # second question, since the fourth block is the call that question made.
-    first = stage.run(ctx(history[:7]), counter)
-    assert first.report.counters["folded_turns"] == 2
-    again = stage.run(ctx(history[:7]), counter)
-    assert again.context == first.context
-    following = stage.run(ctx(history[:8]), counter)  # one message more, 4 blocks still due
-    assert following.context.history == history[2:8]
-    assert following.context.summary == first.context.summary
-
-
 def test_facts_of_an_abstractive_summary_survive_an_extractive_fallback(
     tmp_path, counter, monkeypatch
 ):
