@@ -29,7 +29,15 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, stop: list[str]) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
-        self._special = set(tokenizer.all_special_ids)
+        # What decode(skip_special_tokens=True) leaves out: the named special tokens and
+        # the added ones marked special (SmolLM2's <file_sep>, <filename>, ...). One of
+        # those read as text between an emoji's bytes hid the unfinished character, and
+        # its replacement character was streamed.
+        self._special = set(tokenizer.all_special_ids) | {
+            i
+            for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items()
+            if added.special
+        }
         decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
         self._byte_level = isinstance(decoder, ByteLevel)
         self._ids: list[int] = []

@@ -56,3 +56,23 @@ def test_a_replacement_character_the_model_wrote_is_kept_at_the_end(lm_tokenizer
     deltas = [stream.push(token) for token in ids[:-1]]
     deltas.append(stream.flush())
     assert stream.text == "".join(deltas) == "shown as \ufffd"
+
+
+def test_an_added_special_token_inside_a_character_does_not_release_it_half_done(lm_tokenizer):
+    """decode(skip_special_tokens=True) skips the added special tokens too (SmolLM2's
+    <file_sep> and the like): read as text, one between an emoji's bytes hid the
+    unfinished character, and its replacement character was streamed."""
+    added = [
+        i
+        for i, token in lm_tokenizer.added_tokens_decoder.items()
+        if token.special and i not in lm_tokenizer.all_special_ids
+    ]
+    assert added
+    emoji = lm_tokenizer("🎉", add_special_tokens=False)["input_ids"]
+    assert len(emoji) > 1
+    ids = lm_tokenizer("Party ", add_special_tokens=False)["input_ids"]
+    ids += [*emoji[:-1], added[0], *emoji[-1:]]
+    detokenizer = IncrementalDetokenizer(lm_tokenizer, [])
+    streamed = "".join(detokenizer.push(i) for i in ids) + detokenizer.flush()
+    assert streamed == detokenizer.text == lm_tokenizer.decode(ids, skip_special_tokens=True)
+    assert "\ufffd" not in streamed
