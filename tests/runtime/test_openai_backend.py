@@ -18,7 +18,7 @@ from ctxproto.errors import (
     CtxprotoError,
     UpstreamStatusError,
 )
-from ctxproto.runtime import GenerationParams, OpenAIBackend
+from ctxproto.runtime import Completion, GenerationParams, OpenAIBackend
 from ctxproto.serve import OpenAIServer
 from ctxproto.serve.envelope import error_payload, to_api_error
 from tests.runtime.conftest import chat
@@ -237,14 +237,18 @@ def sse(*events: str) -> bytes:
     return head + b"".join(f"data: {event}\n\n".encode() for event in events)
 
 
-def generate_from(raw: bytes) -> str:
-    """The text ``OpenAIBackend.generate`` returns from a server that answers ``raw``."""
+def completion_from(raw: bytes) -> Completion:
+    """What ``OpenAIBackend.generate`` returns from a server that answers ``raw``."""
     served = RawServer(raw)
     try:
-        backend = OpenAIBackend(served.url, timeout=5, max_retries=0)
-        return backend.generate(MESSAGES, GREEDY).text
+        return OpenAIBackend(served.url, timeout=5, max_retries=0).generate(MESSAGES, GREEDY)
     finally:
         served.close()
+
+
+def generate_from(raw: bytes) -> str:
+    """The text ``OpenAIBackend.generate`` returns from a server that answers ``raw``."""
+    return completion_from(raw).text
 
 
 def proxy_error_event(failure: CtxprotoError) -> str:
@@ -328,11 +332,7 @@ def test_a_last_event_the_connection_closed_right_after_is_read():
     finished = '{"choices": [{"index": 0, "delta": {"content": "wer"}, "finish_reason": "stop"}]}'
     assert generate_from(sse(STARTED) + f"data: {finished}".encode()) == "Partial answer"
     usage = '{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}'
-    served = RawServer(sse(STARTED, finished) + f"data:{usage}".encode())
-    try:
-        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
-    finally:
-        served.close()
+    completion = completion_from(sse(STARTED, finished) + f"data:{usage}".encode())
     assert completion.text == "Partial answer"
     assert (completion.metrics.prompt_tokens, completion.metrics.output_tokens) == (7, 2)
     assert generate_from(sse(STARTED, finished) + b"data:[DONE]") == "Partial answer"
@@ -362,11 +362,7 @@ def test_an_event_of_the_wrong_shape_is_a_broken_stream(event):
 
 def test_a_stream_ends_with_a_finish_reason_or_done():
     finished = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}'
-    served = RawServer(sse(STARTED, finished))  # no [DONE]: the finish reason is enough
-    try:
-        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
-    finally:
-        served.close()
+    completion = completion_from(sse(STARTED, finished))  # no [DONE]: the finish reason is enough
     assert (completion.text, completion.finish_reason) == ("Partial ans", "length")
     assert generate_from(sse(STARTED, "[DONE]")) == "Partial ans"
 
@@ -449,11 +445,7 @@ def test_usage_numbers_sent_as_null_count_as_zero():
         '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],'
         ' "usage": {"prompt_tokens": null, "completion_tokens": null}}'
     )
-    served = RawServer(sse(STARTED, finished, "[DONE]"))
-    try:
-        completion = OpenAIBackend(served.url, max_retries=0).generate(MESSAGES, GREEDY)
-    finally:
-        served.close()
+    completion = completion_from(sse(STARTED, finished, "[DONE]"))
     assert completion.text == "Partial ans"
     assert (completion.metrics.prompt_tokens, completion.metrics.output_tokens) == (0, 0)
 
