@@ -112,7 +112,7 @@ def known_fields(message: dict[str, Any]) -> dict[str, Any]:
     refusal = message.get("refusal")
     said = message.get("role") == "assistant" and isinstance(refusal, str) and refusal
     if said and _holds_nothing(plain.get("content")):
-        plain["content"] = part_text({"type": "refusal", "refusal": refusal})
+        plain["content"] = refusal
     if plain.get("tool_calls"):
         plain["tool_calls"] = [
             {k: call[k] for k in _CALL_FIELDS if k in call} for call in plain["tool_calls"]

@@ -177,9 +177,10 @@ def handle(args: argparse.Namespace) -> int:
     # a broken input: it is skipped, and what it held before is deleted, as a document
     # replaced by nothing. A folder or JSONL source with nothing else is refused before
     # the store changes; one file emptied is how its stored document is taken out.
-    emptied = [d.id for d in documents if not holds_text(d.text)]
-    headings_only = {d.id for d in documents if d.text.strip() and not holds_text(d.text)}
-    documents = [d for d in documents if holds_text(d.text)]
+    hollow = {d.id: d for d in documents if not holds_text(d.text)}
+    emptied = list(hollow)
+    headings_only = {doc_id for doc_id, d in hollow.items() if d.text.strip()}
+    documents = [d for d in documents if d.id not in hollow]
     if not documents and not single:
         raise ConfigError(
             "no document holds text to index (only empty files or headings)",

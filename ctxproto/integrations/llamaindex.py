@@ -261,22 +261,22 @@ class CtxprotoNodePostprocessor(ConfigErrorModel, BaseNodePostprocessor):
             if stage is not None:
                 context = stage.run(context, counter).context
         out = {d.id: _with_text(nodes[int(d.id)], d.text) for d in context.documents}
-        # Each node costs what it puts in the prompt: its text with the metadata the
-        # LLM reads (MetadataMode.LLM, as response synthesizers write nodes into a
-        # prompt and llama-index's splitters count metadata against chunk_size).
-        # Counted on the text alone, nodes carrying a file's name and path took
-        # twice the budget and more.
-        as_read = [
-            d.model_copy(update={"text": out[d.id].node.get_content(MetadataMode.LLM)})
-            for d in context.documents
-        ]
         # Pinned nodes come first with a budget or without one: a prompt built from
         # the nodes then opens with what the caller pinned, wherever it was retrieved.
-        pinned = [d for d in as_read if d.pinned]
-        rest = [d for d in as_read if not d.pinned]
+        pinned = [d for d in context.documents if d.pinned]
+        rest = [d for d in context.documents if not d.pinned]
         if self.max_tokens is not None:
-            room = self.max_tokens - sum(counter.count(d.text) for d in pinned)
-            rest = pack_to_budget(rest, counter, max(room, 0))
+            # Each node costs what it puts in the prompt: its text with the metadata
+            # the LLM reads (MetadataMode.LLM, as response synthesizers write nodes
+            # into a prompt and llama-index's splitters count metadata against
+            # chunk_size). Counted on the text alone, nodes carrying a file's name
+            # and path took twice the budget and more.
+            def as_read(document: Document) -> Document:
+                text = out[document.id].node.get_content(MetadataMode.LLM)
+                return document.model_copy(update={"text": text})
+
+            room = self.max_tokens - sum(counter.count(as_read(d).text) for d in pinned)
+            rest = pack_to_budget([as_read(d) for d in rest], counter, max(room, 0))
         return [out[d.id] for d in pinned + rest]
 
 

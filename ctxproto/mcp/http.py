@@ -201,7 +201,7 @@ class _Authenticated:
             tenant = self.tenants.authenticate(headers.get("authorization"))
             opening = None
             if counted:
-                body = await read_body(Request(scope, receive), self.limits)
+                body = bytes(await read_body(Request(scope, receive), self.limits))
                 receive = _replaying(body, receive)
                 if _opens_session(headers, body):
                     opening = _Opening(self.sessions, tenant, send)
@@ -225,7 +225,7 @@ class _Authenticated:
                 opening.end(None)
 
 
-def _opens_session(headers: Headers, body: bytes | bytearray) -> bool:
+def _opens_session(headers: Headers, body: bytes) -> bool:
     """Whether the SDK may keep a session for this POST: an ``initialize`` naming no session,
     in a protocol version of the handshake.
 
@@ -243,7 +243,7 @@ def _opens_session(headers: Headers, body: bytes | bytearray) -> bool:
     if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return False  # the SDK routes it to its sessionless entry
     try:
-        message = pydantic_core.from_json(bytes(body))
+        message = pydantic_core.from_json(body)
     except ValueError:
         return False
     return isinstance(message, dict) and message.get("method") == "initialize"
@@ -275,10 +275,10 @@ class _Opening:
             self._sessions.opened(self._tenant, session_id)
 
 
-def _replaying(body: bytes | bytearray, receive: Receive) -> Receive:
+def _replaying(body: bytes, receive: Receive) -> Receive:
     """``receive`` that first gives the body already read, whole, then waits on the
     client as before (the transport learns of a disconnect from it)."""
-    pending = [bytes(body)]
+    pending = [body]
 
     async def replay() -> Message:
         if pending:
