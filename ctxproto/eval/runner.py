@@ -112,7 +112,9 @@ class Evaluator:
             # The pipeline gave no prompt: every score of the item is lost, not left
             # out, or a pipeline failing on its hard items would score higher.
             row.update(error=f"{type(exc).__name__}: {exc}", answer_retained=0.0)
-            if self.scorer is not None:
+            # Only on an item the baseline was scored on: the log-prob shares compare
+            # systems over the same items, those within the scorer's limit.
+            if full is not None and full.get("logprob") is not None:
                 row["logprob_retained"] = 0.0
             if self.reader is not None:
                 row.update(reader_em=0.0, reader_f1=0.0)

@@ -45,6 +45,25 @@ def test_a_pipeline_that_fails_an_item_scores_zero_on_it_with_the_reader_too() -
     assert tiny["errors"] == 2 and tiny["reader_em"] == 0.0 and tiny["reader_items"] == 2
 
 
+@pytest.mark.models
+def test_a_failed_item_counts_under_the_log_prob_only_where_the_baseline_was_scored(
+    lm: Any,
+) -> None:
+    """The 1200-token item is longer than the scorer takes: no system is scored on it.
+    A pipeline failing it counted it as a log-prob loss all the same, so its share was
+    over other items than the baseline's (2 scored where the baseline had 1)."""
+    from ctxproto.eval.logprob import AnswerLogprobScorer
+
+    dataset = load_dataset("needle", DatasetOptions(context_lengths=[300, 1200], depths=[50]))
+    too_small = Pipeline([], Budget(max_prompt_tokens=10), name="tiny")
+    scorer = AnswerLogprobScorer(max_tokens=600)
+    summary = evaluate([too_small], dataset, scorer=scorer).summary()
+    assert summary["baseline"]["logprob_items"] == 1
+    tiny = summary["pipelines"]["tiny"]
+    assert tiny["errors"] == 2 and tiny["logprob_items"] == 1
+    assert tiny["logprob_retention"] == 0.0
+
+
 def test_the_baseline_places_documents_where_the_pipeline_does() -> None:
     dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[50]))
     unchanged = Pipeline([], Budget(max_prompt_tokens=5000), documents_position="query")
