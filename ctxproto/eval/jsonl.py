@@ -20,6 +20,7 @@ from ctxproto.context import ChatRequest
 from ctxproto.documents import Document
 from ctxproto.errors import DatasetError
 from ctxproto.eval.dataset import Dataset, DatasetProblem, EvalItem
+from ctxproto.eval.metrics import normalize_answer
 from ctxproto.messages import Message, text_only
 
 __all__ = ["JsonlDataset", "JsonlDocument", "JsonlItem"]
@@ -60,6 +61,14 @@ class JsonlItem(BaseModel):
             raise ValueError("an item needs 'documents' or 'messages' (or both)")
         if any(not answer.strip() for answer in self.answers):
             raise ValueError("'answers' must not contain empty strings")
+        for answer in self.answers:
+            # Matched after SQuAD normalization: an answer it empties ("A", "...") is
+            # found in no prompt, the full one included, and read as lost by every system.
+            if not normalize_answer(answer):
+                raise ValueError(
+                    f"answer '{answer}' is empty once normalized (lower case, no "
+                    "punctuation, no a/an/the), so no text could contain it"
+                )
         return self
 
     def to_item(self) -> EvalItem:

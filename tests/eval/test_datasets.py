@@ -177,6 +177,27 @@ def test_jsonl_reports_bad_lines_by_number_and_keeps_the_good_ones(tmp_path: Pat
     assert [m.content for m in b.history] == ["It is 42."]
 
 
+def test_a_jsonl_answer_that_normalizes_to_nothing_is_a_bad_line(tmp_path: Path) -> None:
+    """ "A" (a multiple-choice letter) is an article to SQuAD normalization: it was
+    never found, not even in the full prompt, and read as the baseline losing it."""
+    documents = [{"id": "d", "text": "The answer is A, not B."}]
+    lines = [
+        {"id": "letter", "question": "Which?", "answers": ["A"], "documents": documents},
+        {"id": "dots", "question": "Which?", "answers": ["B", "..."], "documents": documents},
+        {"id": "ok", "question": "Which?", "answers": ["not B"], "documents": documents},
+    ]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", "utf-8")
+    dataset = JsonlDataset(path)
+    assert [item.id for item in dataset.items()] == ["ok"]
+    assert [str(p) for p in dataset.problems] == [
+        "items.jsonl:1: answer 'A' is empty once normalized (lower case, no punctuation, "
+        "no a/an/the), so no text could contain it",
+        "items.jsonl:2: answer '...' is empty once normalized (lower case, no punctuation, "
+        "no a/an/the), so no text could contain it",
+    ]
+
+
 def test_a_jsonl_item_with_an_image_part_is_a_bad_line(tmp_path: Path) -> None:
     """Its image was dropped, and the item evaluated on the text alone."""
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
