@@ -21,6 +21,7 @@ from ctxproto.documents import Document
 from ctxproto.errors import DatasetError
 from ctxproto.eval.dataset import Dataset, DatasetProblem, EvalItem
 from ctxproto.eval.metrics import normalize_answer
+from ctxproto.limits import excerpt
 from ctxproto.messages import Message, text_only
 
 __all__ = ["JsonlDataset", "JsonlDocument", "JsonlItem"]
@@ -66,7 +67,7 @@ class JsonlItem(BaseModel):
             # found in no prompt, the full one included, and read as lost by every system.
             if not normalize_answer(answer):
                 raise ValueError(
-                    f"answer '{answer}' is empty once normalized (lower case, no "
+                    f"answer {excerpt(answer)} is empty once normalized (lower case, no "
                     "punctuation, no a/an/the), so no text could contain it"
                 )
         return self
