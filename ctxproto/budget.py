@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from ctxproto._config_model import ConfigModel
 
 __all__ = ["Budget"]
 
 SECTION_KINDS = ("memory", "documents", "history")
 
 
-class Budget(BaseModel):
+class Budget(ConfigModel):
     """A prompt budget.
 
     ``prompt_limit`` is what the assembler enforces: ``max_prompt_tokens``, further

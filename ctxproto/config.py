@@ -13,6 +13,7 @@ from typing import Any, Literal, NoReturn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ctxproto._config_model import ConfigModel
 from ctxproto.budget import Budget
 from ctxproto.errors import ConfigError
 from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, excerpt, read_text_capped
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-class StageSpec(BaseModel):
+class StageSpec(ConfigModel):
     """One stage in a config file: its registered name and its parameters."""
 
     model_config = ConfigDict(extra="forbid")
@@ -37,7 +38,7 @@ class StageSpec(BaseModel):
     init_parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(ConfigModel):
     """The schema of a pipeline YAML file."""
 
     model_config = ConfigDict(extra="forbid")
@@ -195,7 +196,7 @@ def validation_error_to_config_error(
     return ConfigError(message, file=file, key=key or None)
 
 
-class ConfigErrorModel(BaseModel):
+class ConfigErrorModel(ConfigModel):
     """A base for pydantic models that users build in Python (stages, the framework
     adapters).
 

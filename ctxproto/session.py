@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from ctxproto._config_model import ConfigModel
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class BackendConfig(EngineSettings):
+class BackendConfig(ConfigModel, EngineSettings):
     """The ``backend:`` section of a chatbot config."""
 
     type: Literal["local", "openai"] = "local"
@@ -403,7 +404,7 @@ def _check_parts(pipeline: object, backend: object) -> None:
         )
 
 
-class _SessionSettings(BaseModel):
+class _SessionSettings(ConfigModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: BackendConfig = Field(default_factory=BackendConfig)

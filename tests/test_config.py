@@ -135,3 +135,70 @@ def test_a_bad_value_is_quoted_once(tmp_path: Path) -> None:
         Pipeline.from_dict(
             {"stages": [{"type": "recency_window", "init_parameters": {"max_turns": "many"}}]}
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("budget:\n  max_prompt_tokens: true\n", "budget.max_prompt_tokens"),
+        (
+            "budget:\n  max_prompt_tokens: 99\n  section_caps: {history: yes}\n",
+            "budget.section_caps.history",
+        ),
+        (
+            "stages:\n  - type: recency_window\n    init_parameters: {max_tokens: true}\n",
+            "stages[0].init_parameters.max_tokens",
+        ),
+        (
+            "stages:\n  - type: relevance_filter\n"
+            "    init_parameters: {rate: 0.5, fact_boost: on}\n",
+            "stages[0].init_parameters.fact_boost",
+        ),
+    ],
+    ids=["budget", "section-cap", "stage-int", "stage-float"],
+)
+def test_a_boolean_where_a_number_belongs_is_refused_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    """pydantic's lax mode read ``true`` as 1: a one-token budget, a one-token window."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="not a boolean") as info:
+        Pipeline.from_yaml(config)
+    assert info.value.file == str(config)
+    assert info.value.key == key
+
+
+def test_booleans_still_set_flags_and_quoted_numbers_still_read(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "stages:\n  - type: recency_window\n"
+        "    init_parameters: {max_tokens: '500', start_on_user: false}\n"
+    )
+    stage = Pipeline.from_yaml(config).stages[0]
+    assert stage.model_dump() == {"max_tokens": 500, "max_turns": None, "start_on_user": False}
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            "stages:\n  - type: relevance_filter\n"
+            "    init_parameters: {rate: 0.5, recency_boost: .inf}\n",
+            "stages[0].init_parameters.recency_boost",
+        ),
+        (
+            "stages:\n  - type: semantic_cache\n"
+            "    init_parameters: {path: {tmp}/answers, ttl: .inf}\n",
+            "stages[0].init_parameters.ttl",
+        ),
+    ],
+    ids=["boost", "ttl"],
+)
+def test_an_infinite_number_is_refused_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    """``.inf`` passes a ``ge=0`` or ``gt=0`` check; no setting means it (``ttl`` has null)."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(text.replace("{tmp}", str(tmp_path)))
+    with pytest.raises(ConfigError, match="finite number") as info:
+        Pipeline.from_yaml(config)
+    assert info.value.key == key

@@ -639,3 +639,14 @@ def test_a_turn_error_outside_the_documents_is_not_blamed_on_them():
     assert raised.value.key == "tenant_id"
     assert "Document(" not in str(raised.value)
     assert backend.calls == 0
+
+
+def test_an_infinite_backend_timeout_is_refused_when_the_config_loads(tmp_path):
+    """It loaded, and the first turn ended in an OverflowError from the socket."""
+    config = tmp_path / "bot.yaml"
+    config.write_text(
+        "backend:\n  type: openai\n  base_url: http://127.0.0.1:9/v1\n  timeout: .inf\n"
+    )
+    with pytest.raises(ConfigError, match="finite number") as info:
+        ChatSession.from_yaml(config)
+    assert info.value.key == "backend.timeout" and info.value.file == str(config)

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from ctxproto._config_model import ConfigModel
 from ctxproto.config import (
     PipelineConfig,
     allowed_keys_hint,
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class _Section(BaseModel):
+class _Section(ConfigModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -78,7 +79,7 @@ def check_tenant_id(value: str) -> str:
 TenantId = Annotated[str, AfterValidator(check_tenant_id)]
 
 
-class LocalUpstreamConfig(EngineSettings):
+class LocalUpstreamConfig(ConfigModel, EngineSettings):
     """The bundled runtime, in this process."""
 
     type: Literal["local"] = "local"

@@ -58,6 +58,17 @@ def test_misspelled_key_exits_2_naming_the_key_without_traceback(tmp_path):
     assert proc.stdout == ""
 
 
+def test_a_boolean_budget_exits_2_naming_the_key(tmp_path, capsys):
+    """Read as a one-token budget, it failed each request with exit 1, naming no key."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("budget:\n  max_prompt_tokens: true\n")
+    assert main(["run", str(config), "--request", REQUEST, "--json"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.replace("\n", "")
+    assert "budget.max_prompt_tokens" in err and str(config) in err
+    assert captured.out == ""
+
+
 def test_bad_request_exits_2(tmp_path, capsys):
     request = tmp_path / "r.json"
     request.write_text("{not json")

@@ -332,3 +332,31 @@ def test_a_store_url_with_an_unencoded_password_is_refused_without_showing_it(tm
         load_serve_config(write(tmp_path, text))
     assert info.value.key == key
     assert "Zq9" not in str(info.value) and "Xw7" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("limits: {max_body_bytes: true}\n", "limits.max_body_bytes", "not a boolean"),
+        ("upstream: {type: local, max_batch_size: yes}\n", "upstream.max_batch_size", "boolean"),
+        (
+            "tenants: [{id: a, key: k, max_concurrent_requests: on}]\n",
+            "tenants[0].max_concurrent_requests",
+            "boolean",
+        ),
+        ("mcp: {tool_output_tokens: {recall: true}}\n", "mcp.tool_output_tokens.recall", "boolean"),
+        ("limits: {read_timeout_s: .inf}\n", "limits.read_timeout_s", "finite number"),
+        (
+            "upstream: {type: openai, base_url: 'http://x/v1', model: m, timeout: .inf}\n",
+            "upstream.timeout",
+            "finite number",
+        ),
+    ],
+)
+def test_a_boolean_or_infinite_number_is_refused_naming_the_key(tmp_path, text, key, problem):
+    """Read as 1, ``max_body_bytes: true`` answered every request 413; an infinite
+    ``read_timeout_s`` is no limit on a stalled body."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_serve_config(path)
+    assert info.value.key == key and info.value.file == path
