@@ -6,7 +6,9 @@ what was expected, so that the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -25,6 +27,7 @@ __all__ = [
     "PipelineConfig",
     "StageSpec",
     "load_yaml_mapping",
+    "nearest_hint",
     "validation_error_to_config_error",
 ]
 
@@ -219,9 +222,22 @@ class ConfigErrorModel(ConfigModel):
         return validation_error_to_config_error(exc, data=data)
 
 
-def allowed_keys_hint(model: type[BaseModel]) -> str:
-    """The keys a model accepts, for messages about unknown keys."""
-    return "one of: " + ", ".join(sorted(model.model_fields))
+def allowed_keys_hint(model: type[BaseModel], given: str | None = None) -> str:
+    """The keys a model accepts, for messages about unknown keys, and the one nearest
+    ``given``, the key written, when it looks like a typo of it."""
+    return (
+        "one of: " + ", ".join(sorted(model.model_fields)) + nearest_hint(given, model.model_fields)
+    )
+
+
+def nearest_hint(given: str | None, names: Iterable[str]) -> str:
+    """``"; did you mean 'name'?"`` for the one of ``names`` closest to ``given``, or ``""``.
+
+    In a list of ten keys, ``max_token`` beside ``max_tokens`` is easy to miss, and a
+    typo is the usual reason a key is unknown.
+    """
+    close = difflib.get_close_matches(given, list(names), n=1) if given else []
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _dotted(loc: tuple[int | str, ...], data: Any = _NOT_GIVEN, *, missing: bool = False) -> str:

@@ -283,9 +283,8 @@ class Pipeline:
                 )
             elif error.detail == "unknown key" and error.key:
                 model = _schema_at(error.key)
-                error = ConfigError(
-                    "unknown key", file=source, key=error.key, expected=allowed_keys_hint(model)
-                )
+                hint = allowed_keys_hint(model, error.key.rsplit(".", 1)[-1])
+                error = ConfigError("unknown key", file=source, key=error.key, expected=hint)
             raise error from exc
         stages = [
             _build_stage(spec.type, spec.init_parameters, index, source)

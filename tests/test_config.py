@@ -202,3 +202,37 @@ def test_an_infinite_number_is_refused_naming_the_key(tmp_path: Path, text: str,
     with pytest.raises(ConfigError, match="finite number") as info:
         Pipeline.from_yaml(config)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "nearest"),
+    [
+        ("nmae: x\n", "nmae", "name"),
+        ("budget: {max_prompt_token: 5}\n", "budget.max_prompt_token", "max_prompt_tokens"),
+        (
+            "stages:\n  - type: recency_window\n    init_parameters: {max_token: 5}\n",
+            "stages[0].init_parameters.max_token",
+            "max_tokens",
+        ),
+        ("stages:\n  - type: recency_windw\n", "stages[0].type", "recency_window"),
+    ],
+    ids=["top", "budget", "stage-parameter", "stage"],
+)
+def test_a_misspelt_key_or_stage_suggests_the_nearest(
+    tmp_path: Path, text: str, key: str, nearest: str
+) -> None:
+    """The full list was given, and a typo one letter from a key was easy to miss in it."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    assert info.value.key == key
+    assert f"did you mean '{nearest}'?" in str(info.value)
+
+
+def test_an_unknown_key_like_none_suggests_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("colour: blue\n")
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_yaml(config)
+    assert "did you mean" not in str(info.value)

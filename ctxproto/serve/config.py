@@ -358,7 +358,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
             unknown = next(e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden")
             section = _section_at(unknown, data)
             if section is not None:  # as a pipeline config lists them (Pipeline.from_dict)
-                hint = allowed_keys_hint(section)
+                hint = allowed_keys_hint(section, str(unknown[-1]))
                 error = ConfigError("unknown key", file=str(path), key=error.key, expected=hint)
         raise error from exc
 

@@ -214,7 +214,8 @@ def parameter_error(
     error = validation_error_to_config_error(exc, file=file, prefix=prefix, data=parameters)
     expected = error.expected
     if error.detail == "unknown key":
-        expected = f"a parameter of stage '{stage.type_name}', " + allowed_keys_hint(stage)
+        given = error.key.rsplit(".", 1)[-1] if error.key else None
+        expected = f"a parameter of stage '{stage.type_name}', " + allowed_keys_hint(stage, given)
     return ConfigError(
         f"stage '{stage.type_name}': {error.detail}", file=file, key=error.key, expected=expected
     )

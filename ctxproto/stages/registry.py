@@ -23,6 +23,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
+from ctxproto.config import nearest_hint
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.stages.base import Stage, name_stage
 
@@ -84,12 +85,11 @@ def get_stage_class(name: str) -> type[Stage]:
     _import_builtins()
     stage = _plugin(name) or _registered.get(name)
     if stage is None:
+        known = sorted({*_registered, *_named_entry_points()})
         raise ConfigError(
-            f"unknown stage '{name}'",
+            f"unknown stage '{name}'{nearest_hint(name, known)}",
             key="type",
-            expected="one of "
-            + ", ".join(sorted({*_registered, *_named_entry_points()}))
-            + _OWN_STAGES,
+            expected="one of " + ", ".join(known) + _OWN_STAGES,
         )
     return stage
 

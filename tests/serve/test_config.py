@@ -87,6 +87,21 @@ def test_a_misspelled_key_lists_the_keys_its_section_takes(tmp_path, text, key, 
     assert info.value.expected is not None and listed in info.value.expected
 
 
+@pytest.mark.parametrize(
+    ("text", "nearest"),
+    [
+        ("sesions: {mode: stateful}\n", "sessions"),
+        ("mcp: {page_sise: 10}\n", "page_size"),
+        ("upstream: {type: local, max_batch_sise: 4}\n", "max_batch_size"),
+    ],
+)
+def test_a_misspelt_key_suggests_the_nearest_of_its_section(tmp_path, text, nearest):
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(write(tmp_path, text))
+    assert info.value.expected is not None
+    assert info.value.expected.endswith(f"did you mean '{nearest}'?")
+
+
 def test_an_upstream_of_an_unknown_or_unsaid_kind_names_its_type_key(tmp_path):
     """pydantic's words for a discriminated union ("Input tag 'OpenAI' found using
     'type' does not match...", "Unable to extract tag using discriminator") named
