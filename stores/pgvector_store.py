@@ -182,12 +182,13 @@ class PgVectorStore:
         rows = []
         for chunk in chunks:
             fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
-            if _holds_nul((doc_id, chunk.id, chunk.text, chunk.source, chunk.metadata, fields)):
+            if _unstorable((doc_id, chunk.id, chunk.text, chunk.source, chunk.metadata, fields)):
                 # Refused before the transaction is touched: a failed statement would roll
                 # back every document added since the last save, not just this one.
                 raise StoreError(
-                    f"document '{doc_id}' (chunk '{chunk.id}') holds a NUL character, which "
-                    f"PostgreSQL text cannot store; nothing of it was written to {self.url}"
+                    f"document {doc_id!r} (chunk {chunk.id!r}) holds a NUL character or a "
+                    "lone surrogate (not UTF-8), which PostgreSQL text cannot store; nothing "
+                    f"of it was written to {self.url}"
                 )
             rows.append((chunk, fields))
         jsonb = require("psycopg.types.json", extra="postgres").Jsonb
@@ -228,7 +229,7 @@ class PgVectorStore:
 
     def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
         removed = 0
-        storable = {doc_id for doc_id in doc_ids if not _holds_nul(doc_id)}  # the rest: no rows
+        storable = {doc_id for doc_id in doc_ids if not _unstorable(doc_id)}  # the rest: no rows
         for doc_id in sorted(storable):  # one order for every writer: no lock cycles
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
@@ -577,15 +578,27 @@ def _conninfo(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
-def _holds_nul(value: object) -> bool:
-    """Whether a text anywhere in ``value`` (keys of mappings included) holds U+0000,
-    which neither a ``text`` column nor ``jsonb`` can store."""
+def _unstorable(value: object) -> bool:
+    """Whether a text anywhere in ``value`` (keys of mappings included) holds U+0000 or
+    a lone surrogate, which neither a ``text`` column nor ``jsonb`` can store.
+
+    A surrogate is what Python makes of a file name that is not UTF-8
+    (``caf\\udce9.md``), so a folder indexed as it is may hand one over in an id or
+    a source. The driver cannot even encode it, and its ``UnicodeEncodeError`` inside
+    the write transaction rolled back the whole run, as a NUL did on the server.
+    """
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
     if isinstance(value, Mapping):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+        return any(_unstorable(key) or _unstorable(item) for key, item in value.items())
     if isinstance(value, list | tuple):
-        return any(_holds_nul(item) for item in value)
+        return any(_unstorable(item) for item in value)
     return False
 
 
@@ -620,8 +633,9 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     value also matches chunks without the key, as ``dict.get`` does. An empty
     list of values matches nothing (an empty ``OR`` was a syntax error, which
     rolled back a writer's unsaved changes); so does a name or value holding
-    U+0000, which no stored chunk holds (``add`` refuses it) and ``jsonb`` cannot
-    take as a parameter (the server's refusal rolled back the same changes).
+    U+0000 or a lone surrogate, which no stored chunk holds (``add`` refuses it)
+    and ``jsonb`` cannot take as a parameter (the server's refusal, or the
+    driver's, rolled back the same changes).
     """
     jsonb = require("psycopg.types.json", extra="postgres").Jsonb
     clauses: list[str] = []
@@ -629,7 +643,7 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     for name, values in filter_key(filters):
         alternatives = []
         for _, value in values:
-            if _holds_nul((name, value)):
+            if _unstorable((name, value)):
                 continue
             alternatives.append("metadata @> %s")
             parameters.append(jsonb({name: value}))

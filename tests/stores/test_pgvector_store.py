@@ -172,6 +172,33 @@ def test_a_filter_holding_nul_matches_nothing_and_the_run_keeps_its_documents(
     assert store.document_ids() == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    ("doc_id", "chunk"),
+    [
+        ("caf\udce9.md", Document(id="caf\udce9.md#0", text="t", source="caf\udce9.md")),
+        ("scraped", Document(id="scraped#0", text="half an emoji \ud83d")),
+        ("scraped", Document(id="scraped#0", text="t", metadata={"title": "\udce9"})),
+    ],
+)
+def test_a_lone_surrogate_is_refused_and_the_run_keeps_the_rest(
+    store: PgVectorStore, doc_id: str, chunk: Document
+) -> None:
+    """Regression: a lone surrogate (what Python reads from a file name that is not
+    UTF-8) raised the driver's UnicodeEncodeError inside the write transaction, which
+    rolled back every document added since the last save; so did deleting such an id,
+    and a filter holding one."""
+    vectors = _vectors(3)
+    store.add("a", [Document(id="a#0", text="a", metadata={"t": "x"})], vectors[:1])
+    with pytest.raises(StoreError, match=r"lone surrogate.*nothing of it was written"):
+        store.add(doc_id, [chunk], vectors[2:])
+    store.add("b", [Document(id="b#0", text="b", metadata={"t": "x"})], vectors[1:2])
+    assert store.delete(["caf\udce9.md"]) == 0
+    assert store.search(vectors[0], 5, filters={"t": "\udce9"}) == []
+    assert store.search(vectors[0], 5, filters={"\udce9": None, "t": "x"}) == []
+    store.save()
+    assert store.document_ids() == ["a", "b"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
