@@ -31,15 +31,25 @@ after ``connect_timeout`` seconds; the pool checks a connection before lending
 it, so a restarted server is reconnected to rather than reported broken. A
 search or count that the server does not finish within ``query_timeout``
 seconds (a table locked by a migration, an overloaded server) is a
-``StoreError`` too: the proxy answers without waiting forever. Writes have no
-such limit, since a writer may wait for another writer's documents.
+``StoreError`` too: the proxy answers without waiting forever. A server that
+stops answering altogether (frozen, stuck on its disk) enforces no
+``statement_timeout``, so a read, and the pool's check of a connection it
+lends, is also given up by the client after ``query_timeout + connect_timeout``
+seconds (``_answered_within``). Writes have no such limit, since a writer may
+wait for another writer's documents.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -102,6 +112,9 @@ class PgVectorStore:
         self._writer: Any = None
         self._table_seen = False
         self._shared_schema_seen = False
+        self._answer_limit = query_timeout + connect_timeout
+        """How long a read waits for a reply before its connection is cut: past the
+        server's own ``statement_timeout``, by the time a connection may take."""
         self._pool = _open_pool(
             url,
             connect_timeout=connect_timeout,
@@ -351,6 +364,7 @@ class PgVectorStore:
         with (
             _errors_named(self.url, self._secrets),
             self._pool.connection(timeout=PING_TIMEOUT_S) as conn,
+            _answered_within(conn, self._answer_limit),
         ):
             conn.execute("SELECT 1")
 
@@ -385,7 +399,11 @@ class PgVectorStore:
             with self._writing() as conn:
                 yield conn
             return
-        with _errors_named(self.url, self._secrets), self._pool.connection() as conn:
+        with (
+            _errors_named(self.url, self._secrets),
+            self._pool.connection() as conn,
+            _answered_within(conn, self._answer_limit),
+        ):
             yield conn
 
     @contextmanager
@@ -489,7 +507,7 @@ def _open_pool(url: str, *, connect_timeout: float, query_timeout: float, size: 
                 "tcp_user_timeout": round((query_timeout + connect_timeout) * 1000),
             },
             timeout=connect_timeout,
-            check=pool_module.ConnectionPool.check_connection,
+            check=functools.partial(_check_answering, seconds=connect_timeout),
             open=False,
         )
         try:
@@ -498,6 +516,110 @@ def _open_pool(url: str, *, connect_timeout: float, query_timeout: float, size: 
             pool.close()
             raise
     return pool
+
+
+def _check_answering(conn: Any, *, seconds: float) -> None:
+    """The pool's check of a connection before it lends it, given up after ``seconds``.
+
+    The check is one empty query: on a connection whose server stopped answering
+    it waited for ever, in the caller's thread, before the search had even begun.
+    """
+    pool_module = require("psycopg_pool", extra="postgres")
+    with _answered_within(conn, seconds):
+        pool_module.ConnectionPool.check_connection(conn)
+
+
+@contextmanager
+def _answered_within(conn: Any, seconds: float) -> Iterator[None]:
+    """The block, with ``conn`` cut off if it has not ended within ``seconds``.
+
+    ``statement_timeout`` is the server's: a server that stopped answering (frozen,
+    swapped out, stuck on its disk) never enforces it, and its kernel still
+    acknowledges what is sent, so neither ``tcp_user_timeout`` nor keepalives
+    notice, and libpq waits for the reply for ever. Shutting the socket down wakes
+    libpq with the connection closed, which the block's driver error then reports
+    as no answer in time; the pool discards the closed connection.
+    """
+    psycopg = require("psycopg", extra="postgres")
+
+    def cut_off() -> None:
+        try:
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):  # closed already: nothing left to wait on
+            pass
+
+    deadline = _WATCHDOG.start(seconds, cut_off)
+    try:
+        yield
+    except psycopg.Error as exc:
+        if deadline.expired:
+            raise psycopg.OperationalError(
+                f"no answer within {seconds:g} s; the connection was dropped"
+            ) from exc
+        raise
+    finally:
+        deadline.end()
+
+
+class _Deadline:
+    """One block's deadline: ``cut_off`` runs when it expires before the block ends."""
+
+    def __init__(self, cut_off: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._cut_off: Callable[[], None] | None = cut_off
+        self.expired = False
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._cut_off is not None:
+                self.expired = True
+                self._cut_off()
+
+    def end(self) -> None:
+        """The block ended: no cut from now on (and the connection is not held on to)."""
+        with self._lock:
+            self._cut_off = None
+
+
+class _Watchdog:
+    """One thread that expires the ``_Deadline`` of every read, in deadline order.
+
+    A ``threading.Timer`` per read started a thread for each search and each pool
+    check, which made a search of a small table three to four times slower. A
+    deadline that ended in time stays in the heap, inert, until it comes due.
+    """
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()  # equal times never compare the deadlines
+        self._thread: threading.Thread | None = None
+
+    def start(self, seconds: float, cut_off: Callable[[], None]) -> _Deadline:
+        deadline = _Deadline(cut_off)
+        due = time.monotonic() + seconds
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+                self._thread = threading.Thread(
+                    target=self._run, name="ctxproto-pgvector-deadlines", daemon=True
+                )
+                self._thread.start()
+            if not self._due or due < self._due[0][0]:
+                self._wake.notify()  # the thread sleeps until the earliest due time
+            heapq.heappush(self._due, (due, next(self._order), deadline))
+        return deadline
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                deadline = heapq.heappop(self._due)[2]
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _relation_exists(conn: Any, name: str) -> bool:

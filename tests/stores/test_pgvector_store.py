@@ -3,6 +3,8 @@ down or hangs, concurrent writer processes, and a server that crashes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -381,6 +384,76 @@ def test_a_search_the_server_does_not_answer_in_time_is_a_store_error(pg_url: st
                 store.search(vectors[0], 1)
             assert time.monotonic() - start < 5
         assert store.search(vectors[0], 1)[0].document.id == "d#0"  # the lock is gone
+
+
+def test_a_search_on_a_server_that_stopped_answering_is_a_store_error_not_a_hang(
+    postgres: EmbeddedPostgres, pg_url: str
+) -> None:
+    """Regression: a frozen server enforces no ``statement_timeout`` and its kernel
+    acknowledges every byte, so the pool's check of an idle connection before it lent
+    it, and a search already waiting on the server, waited for ever. The store's
+    backends and the postmaster are stopped with SIGSTOP: first with the store idle,
+    then while a search waits on a migration's lock."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"frozen-{uuid.uuid4().hex[:8]}"
+    vectors = _vectors(1)
+    with (
+        PgVectorStore(
+            f"{pg_url}&application_name={name}",
+            embedder="test-embedder",
+            dimension=DIM,
+            connect_timeout=1,
+            query_timeout=2,
+        ) as store,
+        psycopg.connect(postgres.url, autocommit=True) as admin,
+        psycopg.connect(pg_url.partition("?")[0]) as migration,
+    ):
+        store.add("d", [Document(id="d#0", text="d")], vectors)
+        store.save()
+        outcome: dict[str, object] = {}
+        backends = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+
+        def search() -> threading.Thread:
+            """A search in a thread that leaves its error in ``outcome``."""
+            outcome.clear()
+
+            def run() -> None:
+                with pytest.raises(StoreError) as raised:
+                    store.search(vectors[0], 1)
+                outcome["error"] = str(raised.value)
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            return thread
+
+        @contextmanager
+        def frozen() -> Iterator[None]:
+            """The postmaster and the store's backends stopped inside the block."""
+            pids = [postgres.pid(), *(row[0] for row in admin.execute(backends, (name,)))]
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                yield
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+
+        with frozen():
+            search().join(15)
+            assert outcome, "the pool's check of an idle connection waited on the server"
+            assert "127.0.0.1" in str(outcome["error"])
+        assert store.search(vectors[0], 1)[0].document.id == "d#0"
+
+        migration.execute(f"LOCK TABLE {store.table} IN ACCESS EXCLUSIVE MODE")
+        searching = search()
+        while not admin.execute(f"{backends} AND wait_event_type = 'Lock'", (name,)).fetchall():
+            time.sleep(0.05)
+        with frozen():
+            searching.join(15)
+            assert outcome, "the search waited on the frozen server"
+            assert "no answer within 3 s" in str(outcome["error"])
+        migration.rollback()
+        assert store.search(vectors[0], 1)[0].document.id == "d#0"
 
 
 def test_vectors_come_back_exactly_and_a_parallel_hnsw_build_serves_them(pg_url: str) -> None:
