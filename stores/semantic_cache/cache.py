@@ -91,6 +91,9 @@ GUARDS: tuple[Guard, ...] = ("rules", "learned", "off")
 RULES_THRESHOLD = 0.7
 """The cosine a candidate needs under ``rules`` or ``off`` unless told otherwise; the
 learned guard brings its own floor (fitted with it), as it also weighs the cosine."""
+MIRROR_FLOOR = 256
+"""Mirrored entries up to which the mirror is never compared with the storage
+(``SemanticCache._drop_gone``)."""
 
 CacheContext = str | Sequence[str] | None
 """What an answer depended on besides the query: a text (a conversation summary) or a
@@ -187,6 +190,8 @@ class SemanticCache:
             )
         self._entries = open_cache_storage(path, max_bytes=max_bytes)
         self._mirror = CacheMirror(self.embedder.dimension)
+        self._check_mirror_over = MIRROR_FLOOR
+        """The mirror's size past which ``_drop_gone`` next compares it with the storage."""
         self._check_embedder()
 
     def __len__(self) -> int:
@@ -401,6 +406,28 @@ class SemanticCache:
                 MirrorEntry(key, entry.namespace, entry.context, entry.query, vector, slots)
             )
         mirror.add(found, synced=latest)
+        self._drop_gone(mirror)
+
+    def _drop_gone(self, mirror: CacheMirror) -> None:
+        """Forget the mirrored entries the storage no longer holds, once the mirror holds
+        over twice as many entries as the storage.
+
+        Entries leave the storage without this process knowing: their TTL ran out,
+        the byte limit culled them, another replica evicted them over its entry
+        limit. A mirrored entry was forgotten only when a lookup met it as a
+        candidate, and with the ``conversation`` scope nearly every entry is a scope
+        no lookup asks again: with a TTL of 0.2 s the storage held 600 entries and
+        the mirror every one of the 3,000 ever put, one vector each, for as long as
+        the process ran. Compared only when the mirror has doubled since the last
+        comparison, so lookups pay one listing of the stored keys per doubling.
+        """
+        size = len(mirror)
+        if size <= self._check_mirror_over:
+            return
+        if size > 2 * len(self._entries):
+            through = mirror.synced
+            mirror.retain(set(self._entries.keys_between(0, through)), through=through)
+        self._check_mirror_over = max(2 * len(mirror), MIRROR_FLOOR)
 
     def _evict_over_limit(self) -> None:
         """Oldest-first eviction down to ``max_entries`` (diskcache itself enforces bytes)."""

@@ -11,13 +11,15 @@ With the default ``conversation`` scope nearly every answer is a scope of its
 own, so a scope must cost about one vector and must go away with its last
 entry: a scope is dropped once it holds no live entry, and its index is
 compacted once dead slots outnumber live ones (each entry's slot stays dead
-until then, as ``VectorIndex`` never reuses one).
+until then, as ``VectorIndex`` never reuses one). Entries that left the storage
+unseen (expired, culled, evicted by another process) are dropped by ``retain``.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +105,11 @@ class CacheMirror:
         self._scopes: dict[tuple[str, str], _Scope] = {}
         self._where: dict[str, tuple[_Scope, int]] = {}
 
+    def __len__(self) -> int:
+        """How many entries are mirrored."""
+        with self._lock:
+            return len(self._where)
+
     def add(self, entries: list[MirrorEntry], *, synced: int = 0) -> None:
         """Mirror entries read from storage (one FAISS add per scope), then record that
         every key up to ``synced`` has been read."""
@@ -137,6 +144,19 @@ class CacheMirror:
                 del self._scopes[scope.name]
             elif scope.index.slot_count - scope.live > scope.live:
                 self._compact(scope)
+
+    def retain(self, stored: Collection[str], *, through: int) -> int:
+        """Forget every mirrored key up to ``through`` that is not in ``stored``; returns
+        how many were forgotten.
+
+        Keys above ``through`` stay: another thread may have mirrored them after
+        ``stored`` was listed, and a key is read only once (see the module docstring).
+        """
+        with self._lock:
+            gone = [key for key in self._where if int(key) <= through and key not in stored]
+        for key in gone:
+            self.forget(key)
+        return len(gone)
 
     def search(self, namespace: str, context: str, vector: Vector, k: int) -> list[Candidate]:
         """The ``k`` most similar entries of one namespace and context, best first."""

@@ -29,7 +29,7 @@ import redis
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import JSONOnlyDisk
 from ctxproto.stores.semantic_cache import SemanticCache
-from ctxproto.stores.semantic_cache.cache import context_fingerprint
+from ctxproto.stores.semantic_cache.cache import MIRROR_FLOOR, context_fingerprint
 from ctxproto.stores.semantic_cache.storage import open_cache_storage
 from tests.servers_redis import RedisServer
 
@@ -551,6 +551,26 @@ def test_a_lookup_reads_each_entry_key_at_most_once(
         hit = cache.get("What is item 1 made of?")
         assert hit is not None and hit.answer == "wood"
     assert reads() - before < 20
+
+
+def test_entries_gone_from_the_storage_leave_the_mirror(location: str, embedder: Any) -> None:
+    """Regression: an entry that left the storage unseen (a TTL, the byte limit, another
+    replica's entry limit) stayed in every mirror until a lookup met it as a candidate,
+    which in a conversation-scoped cache no lookup does: a reader beside a writer
+    limited to 50 entries mirrored all 2,000 the writer ever put, one vector each."""
+    writer = SemanticCache(location, max_entries=50, guard="off", embedder=embedder)
+    reader = SemanticCache(location, guard="off", embedder=embedder)
+    vectors = np.random.default_rng(0).standard_normal((2000, embedder.dimension))
+    question = "Which cable fits the router?"
+    for i, vector in enumerate(vectors.astype(np.float32)):
+        writer.put_embedded(f"Question {i}?", vector, f"answer {i}", context=f"chat {i}")
+        if i % 50 == 49:
+            reader.get(question)  # mirrors the 50 entries the writer holds now
+    assert len(writer) == 50
+    assert len(reader._mirror) <= MIRROR_FLOOR + 50
+    writer.put(question, "the blue one", context="chat x")
+    hit = reader.get(question, context="chat x")  # what is still stored is still found
+    assert hit is not None and hit.answer == "the blue one"
 
 
 def _put_many(path: str, worker: int, vectors: Any, questions: list[str]) -> None:
