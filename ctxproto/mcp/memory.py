@@ -10,7 +10,10 @@ A write returns as soon as the row is on disk. Embedding the entry for
 relevance recall runs on a background thread (mem0's ``add_memories`` blocks
 the client for the whole extraction); ``recall`` waits for this process's
 pending work on the session, so a write is always visible to the next recall,
-and embeds on the spot any entry another process has not embedded yet.
+and embeds on the spot any entry another process has not embedded yet. At most
+``MAX_BACKGROUND_JOBS`` wait for the background thread; a write past them
+waits for room, so a client writing faster than entries are embedded is slowed
+down rather than piling up their text in memory.
 
 Turns are also folded into a rolling summary in the background, by the
 ``summarizer`` stage (extractive: the most central sentences, and every fact a
@@ -50,7 +53,7 @@ from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
 from ctxproto.tokens import TokenCounter
 
-__all__ = ["ENTRY_ID", "SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
+__all__ = ["ENTRY_ID", "MAX_BACKGROUND_JOBS", "SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
 
 EntryKind = Literal["turn", "note", "summary"]
 _ROW_PREFIX = "mcp-memory"
@@ -61,6 +64,14 @@ SUMMARY_KEEP_TURNS = 8
 ENTRY_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{12}$")
 """What an entry id looks like: the write's time in nanoseconds, then 12 random hex digits."""
 _VERSION = 1
+MAX_BACKGROUND_JOBS = 32
+"""Embeddings and folds queued or running at once; a write past them waits for room.
+
+Each queued embedding holds its entry's text (up to two million characters), and
+writes are far quicker than embeddings: 150 entries of 200,000 characters were
+written in half a second and queued 300 jobs, which took four times as long to
+run. Unbounded, a client writing in a loop grew the server's memory for as long
+as it kept writing."""
 
 log = logging.getLogger("ctxproto.mcp")
 
@@ -100,6 +111,8 @@ class SessionMemory:
         in the pipelines' namespace (it holds the folded turns' text); its store opens on
         the first such drop."""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxproto-memory")
+        self._room = threading.BoundedSemaphore(MAX_BACKGROUND_JOBS)
+        """One per background job queued or running (``MAX_BACKGROUND_JOBS``)."""
         self._pending: dict[tuple[str, str], set[Future[None]]] = {}
         self._summary_queued: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -305,7 +318,17 @@ class SessionMemory:
     def _in_background(
         self, tenant: str, session: str, work: Callable[..., None], *args: Any
     ) -> None:
-        future = self._background.submit(work, tenant, session, *args)
+        """Queue ``work`` once fewer than ``MAX_BACKGROUND_JOBS`` are queued or running.
+
+        Called from tool calls' worker threads, never from the background thread
+        itself, which would wait on its own queue.
+        """
+        self._room.acquire()
+        try:
+            future = self._background.submit(work, tenant, session, *args)
+        except BaseException:
+            self._room.release()
+            raise
         key = (tenant, session)
         with self._lock:
             self._pending.setdefault(key, set()).add(future)
@@ -385,6 +408,7 @@ class SessionMemory:
         wait(pending)
 
     def _settle(self, key: tuple[str, str], future: Future[None]) -> None:
+        self._room.release()
         error = future.exception()
         if error is not None:
             # The entry itself is stored; recall embeds it on the spot instead.

@@ -1,9 +1,10 @@
 """MCP session memory beside the proxy's own summarizer, on one session store: the
 summary checkpoints of an MCP session and of a proxy session never meet, whatever
-the proxy's client names its session."""
+the proxy's client names its session. And its background work stays bounded."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from ctxproto.context import Context
-from ctxproto.mcp.memory import SessionMemory
+from ctxproto.mcp.memory import MAX_BACKGROUND_JOBS, SessionMemory
 from ctxproto.messages import Message
 from ctxproto.stages.summarizer import Summarizer
 from ctxproto.stores.session_state import SessionStateStore, open_session_store
@@ -89,3 +90,30 @@ def test_forget_drops_the_summary_state_an_older_version_kept(
         assert legacy.get("t", CLAIMED) is None
     finally:
         legacy.close()
+
+
+def test_writes_faster_than_the_background_wait_for_room_instead_of_piling_up(
+    memory: SessionMemory,
+) -> None:
+    """Regression: every write queued its embedding (holding the entry's text) and a
+    fold with no bound, and writes are far quicker than embeddings, so a client
+    writing in a loop grew the server's memory for as long as it wrote. Here the
+    background is held up (a ``forget`` holds the fold lock too) while a client
+    writes to many sessions: the jobs queued or running never pass the bound."""
+    writes = MAX_BACKGROUND_JOBS + 20
+    most = 0
+
+    def write() -> None:
+        nonlocal most
+        for i in range(writes):
+            memory.add("t", f"busy-{i}", "turn", f"Turn {i}: the parcel went out.", "user")
+            with memory._lock:
+                most = max(most, sum(len(jobs) for jobs in memory._pending.values()))
+
+    writer = threading.Thread(target=write)
+    with memory._fold_lock:  # the first fold waits here, and every later job behind it
+        writer.start()
+        writer.join(timeout=5)  # without a bound every write returns at once
+    writer.join()
+    assert most <= MAX_BACKGROUND_JOBS
+    assert all(memory.exists("t", f"busy-{i}") for i in range(writes))
