@@ -14,7 +14,9 @@ same time all keep their documents (the store's writers serialise). A
 is shown without its password.
 
 Links that lead out of the source folder are skipped and listed unless
-``--follow-symlinks`` is given. ``--prune`` deletes the stored documents the
+``--follow-symlinks`` is given; hidden files and folders (``.git``, ``.venv``,
+``.pytest_cache``) are skipped, and listed when they hold a text file, unless
+``--include-hidden`` is given. ``--prune`` deletes the stored documents the
 source no longer holds (a file removed from the folder), in the same save; it
 is refused with one file, which would delete every other document. An
 empty file (or JSONL text), or one of markdown headings alone, is skipped and
@@ -90,6 +92,11 @@ def register(subparsers: Any) -> None:
         help="read linked files that point outside the source folder (skipped by default)",
     )
     parser.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="read hidden files and folders (.name), skipped by default",
+    )
+    parser.add_argument(
         "--id",
         dest="file_id",
         metavar="ID",
@@ -140,12 +147,15 @@ def handle(args: argparse.Namespace) -> int:
     else:
         require("faiss", extra="embed")
     skipped_links: list[str] = []
+    skipped_hidden: list[str] = []
     documents = list(
         read_documents(
             Path(args.source),
             follow_symlinks=args.follow_symlinks,
             on_skipped_link=lambda path: skipped_links.append(str(path)),
             file_id=args.file_id,
+            include_hidden=args.include_hidden,
+            on_skipped_hidden=lambda path: skipped_hidden.append(str(path)),
         )
     )
     console = Console(stderr=True, highlight=False)
@@ -162,6 +172,12 @@ def handle(args: argparse.Namespace) -> int:
             f"skipped link {link}: {why}",
             markup=False,
             soft_wrap=True,  # one line, however long the path: a line a script can read
+        )
+    for hidden in skipped_hidden:
+        console.print(
+            f"skipped hidden {hidden}: --include-hidden reads hidden files and folders",
+            markup=False,
+            soft_wrap=True,
         )
     if not documents:
         raise ConfigError(
@@ -242,6 +258,7 @@ def handle(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
         "chunks_per_second": round(chunks / seconds, 1) if seconds > 0 else None,
         "skipped_links": skipped_links,
+        "skipped_hidden": skipped_hidden,
         "skipped_empty": emptied,
         "repeated_ids": repeated,
         "chunks_past_embedder_window": knowledge_base.chunks_past_window,

@@ -15,6 +15,13 @@ into a store that others query. A link whose target lies outside the folder,
 a broken link and a link to a folder (never descended into) are skipped and
 reported; ``follow_symlinks=True`` reads linked files wherever they point.
 
+Hidden files and folders (a name starting with a dot) are skipped unless
+``include_hidden=True``, as ripgrep and LlamaIndex's ``SimpleDirectoryReader``
+skip them: a project folder's ``.pytest_cache/README.md``, ``.github/`` templates,
+a ``.venv``'s licence files and ``.env.txt`` were indexed beside its documents
+and retrieved as answers. A hidden file or folder that holds a text file is
+reported once (``.venv``, not each file in it).
+
 A UTF-8 byte order mark (Notepad and many Windows tools write one) is dropped:
 kept, it hid the first markdown heading of a file (``\ufeff# Title`` is no
 heading) and made the first line of a JSONL file invalid JSON.
@@ -73,17 +80,24 @@ def read_documents(
     follow_symlinks: bool = False,
     on_skipped_link: Callable[[Path], None] | None = None,
     file_id: str | None = None,
+    include_hidden: bool = False,
+    on_skipped_hidden: Callable[[Path], None] | None = None,
 ) -> Iterator[Document]:
     """Documents of a folder, a text file or a JSONL file; an unreadable one is a
     ``ConfigError`` naming it.
 
-    ``on_skipped_link`` is called with each link the folder reader did not follow.
+    ``on_skipped_link`` is called with each link the folder reader did not follow,
+    ``on_skipped_hidden`` with each hidden file or folder holding a text file that
+    it left out (a folder once); ``include_hidden`` reads them.
     ``file_id`` is the id of a text file given alone (default: its name), its path
     in its folder written as the folder's ids are (``folder_document_id``);
     ignored for a folder or a JSONL file.
     """
     if source.is_dir():
-        for path in _folder_files(source, follow_symlinks, on_skipped_link):
+        files = _folder_files(
+            source, follow_symlinks, include_hidden, on_skipped_link, on_skipped_hidden
+        )
+        for path in files:
             relative = _relative_id(path.relative_to(source))
             yield Document(id=relative, text=_read_text(path), source=relative)
     elif is_text_file(source):
@@ -102,10 +116,23 @@ def read_documents(
 
 
 def _folder_files(
-    source: Path, follow_symlinks: bool, on_skipped_link: Callable[[Path], None] | None
+    source: Path,
+    follow_symlinks: bool,
+    include_hidden: bool,
+    on_skipped_link: Callable[[Path], None] | None,
+    on_skipped_hidden: Callable[[Path], None] | None,
 ) -> Iterator[Path]:
     root = source.resolve()
+    hidden_told: set[Path] = set()
     for path in sorted(source.rglob("*")):
+        if not include_hidden and (top := _hidden_top(path, source)) is not None:
+            # Told once per hidden name, and only for one that held a text file: a
+            # .git folder of objects is no document anyone meant to index.
+            if path.suffix.lower() in TEXT_SUFFIXES and top not in hidden_told:
+                hidden_told.add(top)
+                if on_skipped_hidden is not None:
+                    on_skipped_hidden(top)
+            continue
         if not path.is_symlink():
             if path.suffix.lower() in TEXT_SUFFIXES and path.is_file():
                 yield path
@@ -120,6 +147,15 @@ def _folder_files(
                 yield path
         elif on_skipped_link is not None:
             on_skipped_link(path)
+
+
+def _hidden_top(path: Path, source: Path) -> Path | None:
+    """The first hidden file or folder on the way from ``source`` down to ``path``."""
+    parts = path.relative_to(source).parts
+    for depth, part in enumerate(parts, start=1):
+        if part.startswith("."):
+            return source.joinpath(*parts[:depth])
+    return None
 
 
 def _read_text(path: Path) -> str:

@@ -472,3 +472,33 @@ def test_the_summary_counts_one_document_as_one_and_a_followed_link_is_not_offer
     assert "the store holds 1 document, 1 chunk (flat index)" in out
     assert main(["index", str(folder), "--store", store]) == 0
     assert "(--follow-symlinks reads linked files)" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_hidden_files_and_folders_are_skipped_and_listed_unless_asked_for(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """A project folder's .pytest_cache/README.md, a .venv's licence files and
+    .env.txt were indexed beside its documents, and retrieved as answers."""
+    folder = _folder(tmp_path / "kb", ["apples"])
+    (folder / ".pytest_cache").mkdir()
+    (folder / ".pytest_cache" / "README.md").write_text("This directory holds pytest's cache.")
+    (folder / ".venv" / "lib").mkdir(parents=True)
+    (folder / ".venv" / "lib" / "LICENSE.txt").write_text("Permission is hereby granted.")
+    (folder / ".venv" / "lib64").symlink_to(tmp_path)  # a link no one meant to index either
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main")  # no text file: not listed
+    (folder / ".env.txt").write_text("API_KEY=SECRET-VALUE")
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["store_documents"] == 1 and summary["skipped_links"] == []
+    assert summary["skipped_hidden"] == [
+        str(folder / name) for name in (".env.txt", ".pytest_cache", ".venv")
+    ]
+    assert f"skipped hidden {folder / '.venv'}: --include-hidden reads" in captured.err
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    assert not any("SECRET" in d.text for d in knowledge_base.query("API key", k=5))
+    assert main(["index", str(folder), "--store", store, "--include-hidden", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["store_documents"] == 4 and summary["skipped_hidden"] == []
