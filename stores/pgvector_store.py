@@ -240,6 +240,20 @@ class PgVectorStore:
             rows = conn.execute(f"SELECT DISTINCT doc_id FROM {self.table}").fetchall()
         return sorted(str(row[0]) for row in rows)
 
+    def chunks_of(self, doc_id: str) -> list[Document]:
+        """The chunks stored for ``doc_id``, in the order they were added."""
+        if _unstorable(doc_id):  # no such row can exist, and the query would be refused
+            return []
+        with self._reading() as conn:
+            if not self._table_exists(conn):
+                return []
+            rows = conn.execute(
+                f"SELECT chunk_id, text, metadata, source, fields FROM {self.table}"
+                " WHERE doc_id = %s ORDER BY id",
+                (doc_id,),
+            ).fetchall()
+        return [_chunk(*row) for row in rows]
+
     def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
         removed = 0
         storable = {doc_id for doc_id in doc_ids if not _unstorable(doc_id)}  # the rest: no rows
@@ -285,9 +299,7 @@ class PgVectorStore:
             self._vectors[slot] = _from_binary(embedding)
             if min_score is not None and score < min_score:
                 continue
-            document = Document.model_validate(
-                {**fields, "id": chunk_id, "text": text, "metadata": metadata, "source": source}
-            )
+            document = _chunk(chunk_id, text, metadata, source, fields)
             hits.append(StoreHit(document, float(score), slot))
         return hits
 
@@ -698,6 +710,15 @@ def _conninfo(url: str) -> str:
     parts = urlsplit(url)
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "table"]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def _chunk(
+    chunk_id: str, text: str, metadata: dict[str, Any], source: str | None, fields: dict[str, Any]
+) -> Document:
+    """A chunk as its row's columns hold it."""
+    return Document.model_validate(
+        {**fields, "id": chunk_id, "text": text, "metadata": metadata, "source": source}
+    )
 
 
 def _unstorable(value: object) -> bool:

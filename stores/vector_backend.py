@@ -53,6 +53,11 @@ class VectorBackend(Protocol):
         """The ids of the documents in the store, sorted, unsaved changes included."""
         ...
 
+    def chunks_of(self, doc_id: str) -> list[Document]:
+        """The chunks stored for ``doc_id``, in order, unsaved changes included (none
+        when it is not stored)."""
+        ...
+
     def search(
         self,
         vector: npt.NDArray[np.float32],

@@ -244,6 +244,11 @@ class VectorStore:
         """The ids of the documents in the store, sorted, unsaved changes included."""
         return sorted(self.docstore.slots_by_doc)
 
+    def chunks_of(self, doc_id: str) -> list[Document]:
+        """The chunks stored for ``doc_id``, in order, unsaved changes included."""
+        records = self.docstore.records
+        return [r for s in self.docstore.slots_by_doc.get(doc_id, []) if (r := records[s])]
+
     def _add(
         self, doc_id: str, chunks: Sequence[Document], vectors: npt.NDArray[np.float32]
     ) -> None:

@@ -5,7 +5,8 @@ path relative to the folder), one such file given alone itself (id = its name, o
 ``--id``: a file in a subfolder has its path there, ``sub/deep.md``, as id);
 a JSONL file contributes one document per line
 (``{"id": ..., "text": ..., "metadata": {...}, "source": ...}``). Documents with
-an id already in the store replace it. Every input is read and checked before
+an id already in the store replace it; one stored already as it is now is not
+embedded again. Every input is read and checked before
 the store changes, and the store is saved atomically at the end, so a bad file
 or an interrupted run leaves the previous store as it was. The store folder is
 checked for writing before any embedding starts. Runs into one store at the
@@ -252,6 +253,7 @@ def handle(args: argparse.Namespace) -> int:
         "store": shown,
         "documents": len(documents),
         "chunks": chunks,
+        "unchanged_documents": knowledge_base.unchanged_documents,
         "store_documents": knowledge_base.store.count,
         "store_chunks": knowledge_base.store.chunk_count,
         "index_kind": knowledge_base.store.index_kind,
@@ -274,6 +276,9 @@ def handle(args: argparse.Namespace) -> int:
             f"in {seconds:.1f} s"
         )
         console.print(f"into {escape(shown)}")
+        if knowledge_base.unchanged_documents:
+            unchanged = knowledge_base.unchanged_documents
+            console.print(f"{unchanged} of them unchanged since stored: not embedded again")
         if pruned:
             console.print(f"deleted {counted(len(pruned), 'document')} the source no longer holds")
         if knowledge_base.chunks_past_window:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,9 @@ class KnowledgeBase:
         """Chunks added through this object that run past the embedder's window
         (``Embedder.window_tokens``): only their start is embedded, so a question
         about their end may not find them. ``ctxproto index`` reports it."""
+        self.unchanged_documents = 0
+        """Documents given to ``add_documents`` that were stored already as they are:
+        not embedded again (``ctxproto index`` reports them)."""
         self._searching = threading.Lock()
         """Held from the store's refresh to the last read of its slots: a refresh by
         another thread's query swaps the index and the chunk records."""
@@ -69,7 +73,13 @@ class KnowledgeBase:
         """Chunk, embed and add (or replace) documents; returns the chunks added.
 
         Every document is chunked and checked before the store changes, so a bad
-        one (empty, binary, garbled) raises ``StoreError`` and adds nothing.
+        one (empty, binary, garbled) raises ``StoreError`` and adds nothing. A
+        document whose chunks are stored already, each as it is now (same text,
+        metadata and source, chunked the same way), is left as stored and counted
+        in ``unchanged_documents``: embedding is nearly all of an index run's time,
+        and re-indexing a folder after one file changed embedded every file again.
+        The store's embedder is the one it was built with (its manifest is
+        checked), so the stored vectors are the ones a new embedding would give.
         """
         chunked = [
             (
@@ -85,6 +95,11 @@ class KnowledgeBase:
         ]
         added = 0
         for doc_id, chunks in chunked:
+            if _as_stored(chunks) == _as_stored(self.store.chunks_of(doc_id)):
+                self.unchanged_documents += 1
+                if on_progress is not None:
+                    on_progress(1)
+                continue
             texts = [c.text for c in chunks]
             vectors = self.embedder.embed(texts)
             self.store.add(doc_id, chunks, vectors)
@@ -196,3 +211,9 @@ class KnowledgeBase:
             np.asarray([bm25.get(h.slot, 0.0) for h in candidates], dtype=np.float32),
             lexical_weight,
         )
+
+
+def _as_stored(chunks: Sequence[Document]) -> list[dict[str, Any]]:
+    """``chunks`` as a store keeps them (JSON values: a tuple in the metadata is read
+    back as a list), so a document is compared with its stored chunks field by field."""
+    return [chunk.model_dump(mode="json") for chunk in chunks]

@@ -502,3 +502,30 @@ def test_hidden_files_and_folders_are_skipped_and_listed_unless_asked_for(
     assert main(["index", str(folder), "--store", store, "--include-hidden", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["store_documents"] == 4 and summary["skipped_hidden"] == []
+
+
+@pytest.mark.parametrize("backend", ["faiss", "pgvector"])
+def test_a_document_stored_as_it_is_is_not_embedded_again(
+    tmp_path: Path, request: pytest.FixtureRequest, capsys: Any, embedder: Any, backend: str
+) -> None:
+    """Re-indexing a folder after one file changed embedded every file again: the
+    whole run's time, for one file's chunks."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    store = str(tmp_path / "store") if backend == "faiss" else request.getfixturevalue("pg_url")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["chunks"] == 2 and first["unchanged_documents"] == 0
+    (folder / "volcanoes.md").write_text("# volcanoes\n\nVolcanoes erupt molten basalt.")
+    assert main(["index", str(folder), "--store", store]) == 0
+    assert "1 of them unchanged since stored: not embedded again" in capsys.readouterr().out
+    assert main(["index", str(folder), "--store", store, "--overlap-tokens", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # the chunks differ in nothing: none embedded
+    assert summary["chunks"] == 0 and summary["unchanged_documents"] == 2
+    assert summary["documents"] == summary["store_documents"] == 2
+    assert summary["store_chunks"] == 2
+    knowledge_base = KnowledgeBase(store, embedder=embedder)
+    try:
+        (found,) = knowledge_base.query("What do volcanoes erupt?", k=1)
+        assert found.text == "Volcanoes erupt molten basalt."
+    finally:
+        knowledge_base.close()
