@@ -18,7 +18,7 @@ from typing import Any
 
 from ctxproto.errors import StoreError
 
-__all__ = ["ReadOnlyCache"]
+__all__ = ["ReadOnlyCache", "select_rows", "text_keys_from"]
 
 DATABASE = "cache.db"  # diskcache's file name inside its folder
 
@@ -62,21 +62,32 @@ class ReadOnlyCache:
         self._connection.close()
 
 
-def text_keys_from(cache: Any, start: str) -> list[str]:
+def text_keys_from(cache: Any, start: str, *, stored_after: float | None = None) -> list[str]:
     """The text keys of ``cache`` (a ``diskcache.Cache`` or a ``ReadOnlyCache``) that
-    start with ``start``, in order, read through the table's key index.
+    start with ``start``, in order, read through the table's key index; with
+    ``stored_after``, only the rows written after that time (``time.time()``).
 
     diskcache lists keys only whole (``iterkeys`` reads every row); one range of
     the index reads only the keys wanted. Text compares as UTF-8 bytes, and no
     character's bytes sort after U+10FFFF's, so the range ends there.
     """
-    statement = "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
-    parameters = (start, start + "\U0010ffff")
-    if isinstance(cache, ReadOnlyCache):
-        rows = cache.execute(statement, parameters)
-    else:  # diskcache runs it on this thread's connection, retrying while a writer holds it
-        rows = cache._sql(statement, parameters).fetchall()
+    statement = "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1"
+    parameters: tuple[Any, ...] = (start, start + "\U0010ffff")
+    if stored_after is not None:
+        statement += " AND store_time > ?"
+        parameters += (stored_after,)
+    rows = select_rows(cache, statement + " ORDER BY key", parameters)
     return [key for (key,) in rows if isinstance(key, str)]
+
+
+def select_rows(cache: Any, statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of one SQL statement over the table of ``cache`` (a ``diskcache.Cache`` or
+    a ``ReadOnlyCache``): what diskcache's API does not ask, such as when a row was stored."""
+    if isinstance(cache, ReadOnlyCache):
+        return cache.execute(statement, parameters)
+    # diskcache runs it on this thread's connection, retrying while a writer holds it
+    rows: list[tuple[Any, ...]] = cache._sql(statement, parameters).fetchall()
+    return rows
 
 
 def _connect_read_only(database: Path) -> sqlite3.Connection:

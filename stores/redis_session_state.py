@@ -34,16 +34,28 @@ evict. With the shortest TTL of all, the list is the first key ``volatile-ttl``
 evicts under memory pressure, and a retry would then apply its update twice:
 docs/deploy.md asks for ``volatile-lru``, under which a list a retry is about to
 read, written a moment ago, is the last to go.
+
+With ``idle_ttl_s``, each write sets the session's keys to expire that long
+after it (``PX`` on the state, ``PEXPIRE`` on its list of recent updates, never
+outliving the state, and on the tenant's set of session ids, which so lives as
+long as the tenant's latest session) in the same transaction, so a session
+idle past the TTL is gone from the server with nothing left behind. The set
+still names the sessions that expired while the tenant stayed busy: a listing
+returns, and a write samples, ids whose state is gone and removes them from
+the set (``_LIVE_IDS``, one script, so a write of that session in between is
+never undone), as Redis samples keys to expire; a tenant sending a new session
+id per request keeps its set to about as many ids again as it has live sessions.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
-from ctxproto.stores.session_state import check_ids, decode_state, encode_state
+from ctxproto.stores.session_state import check_idle_ttl, check_ids, decode_state, encode_state
 from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RedisSessionStateStore"]
@@ -58,11 +70,47 @@ UPDATES_TTL_MS = 60_000
 than a retry takes (a second), short enough that idle sessions hold none."""
 
 
+SAMPLED_IDS = 3
+"""Ids of the tenant's set each write checks (with an idle TTL), removing those whose
+state expired: more than the one id a write adds, so the expired ones cannot pile up."""
+
+_LIVE_IDS = """
+-- KEYS[1]: a tenant's set of session ids; ARGV[1]: the prefix of its state keys;
+-- ARGV[2]: how many ids to sample from the set, or 0 to check ARGV[3], ARGV[4], ...
+-- Removes the checked ids whose state key is gone; returns the others.
+local ids
+if tonumber(ARGV[2]) > 0 then
+  ids = redis.call('SRANDMEMBER', KEYS[1], ARGV[2])
+else
+  ids = {unpack(ARGV, 3)}
+end
+local live = {}
+for _, id in ipairs(ids) do
+  -- key_part: percent-encoded as Python's quote(id, safe='') does
+  local part = (string.gsub(id, '[^%w_.~-]', function(c)
+    return string.format('%%%02X', string.byte(c))
+  end))
+  if redis.call('EXISTS', ARGV[1] .. part) == 1 then
+    live[#live + 1] = id
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return live
+"""
+
+
 class RedisSessionStateStore:
     """JSON state per ``(tenant_id, session_id)`` on the server at ``url``."""
 
-    def __init__(self, url: str, *, namespace: str = "sessions") -> None:
+    def __init__(
+        self, url: str, *, namespace: str = "sessions", idle_ttl_s: float | None = None
+    ) -> None:
         self.url = redact_url(url)
+        self.idle_ttl_s = check_idle_ttl(idle_ttl_s)
+        self._ttl_ms = (
+            None if self.idle_ttl_s is None else max(math.ceil(self.idle_ttl_s * 1000), 1)
+        )
         self.read_only = False
         self._location = url
         self.namespace = namespace
@@ -77,7 +125,10 @@ class RedisSessionStateStore:
     def key(self, tenant_id: str, session_id: str) -> str:
         """Where this session's state lives on the server."""
         check_ids(tenant_id, session_id)
-        return f"{self._prefix}:state:{key_part(tenant_id)}:{key_part(session_id)}"
+        return f"{self._state_prefix(tenant_id)}{key_part(session_id)}"
+
+    def _state_prefix(self, tenant_id: str) -> str:
+        return f"{self._prefix}:state:{key_part(tenant_id)}:"
 
     def _index(self, tenant_id: str) -> str:
         return f"{self._prefix}:sessions:{key_part(tenant_id)}"
@@ -101,8 +152,8 @@ class RedisSessionStateStore:
         where = f"session state of tenant '{tenant_id}' session '{session_id}'"
         with self._connection.reporting(f"cannot write {where}"):
             pipe = self._redis.pipeline(transaction=True)
-            pipe.set(key, text.encode("utf-8"))
-            pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+            pipe.set(key, text.encode("utf-8"), px=self._ttl_ms)
+            self._index_written(pipe, tenant_id, session_id)
             pipe.execute()
 
     def update(
@@ -134,11 +185,11 @@ class RedisSessionStateStore:
             state = change(None if raw is None else decode_state(raw, f"{where} at {self.url}"))
             text = encode_state(tenant_id, session_id, state)
             pipe.multi()
-            pipe.set(key, text.encode("utf-8"))
-            pipe.sadd(self._index(tenant_id), session_id.encode("utf-8"))
+            pipe.set(key, text.encode("utf-8"), px=self._ttl_ms)
+            self._index_written(pipe, tenant_id, session_id)
             pipe.lpush(updates, token)
             pipe.ltrim(updates, 0, RECENT_UPDATES - 1)
-            pipe.pexpire(updates, UPDATES_TTL_MS)
+            pipe.pexpire(updates, min(UPDATES_TTL_MS, self._ttl_ms or UPDATES_TTL_MS))
             written.append(state)
             return state
 
@@ -146,6 +197,15 @@ class RedisSessionStateStore:
         with self._connection.reporting(f"cannot write {where}"):
             new: dict[str, Any] = client.transaction(write, key, value_from_callable=True)
         return new
+
+    def _index_written(self, pipe: Any, tenant_id: str, session_id: str) -> None:
+        """Queue, in the write's transaction after its state, the tenant's set naming the
+        session; with a TTL, its expiry renewed and a sample of its expired ids dropped."""
+        index = self._index(tenant_id)
+        pipe.sadd(index, session_id.encode("utf-8"))
+        if self._ttl_ms is not None:
+            pipe.pexpire(index, self._ttl_ms)
+            pipe.eval(_LIVE_IDS, 1, index, self._state_prefix(tenant_id), SAMPLED_IDS)
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""
@@ -169,6 +229,19 @@ class RedisSessionStateStore:
         index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
             members = list(self._redis.sscan_iter(index, match=pattern, count=1000))
+            if self._ttl_ms is not None:  # ids whose state expired go, from the set too
+                members = [
+                    live
+                    for first in range(0, len(members), 1000)
+                    for live in self._redis.eval(
+                        _LIVE_IDS,
+                        1,
+                        index,
+                        self._state_prefix(tenant_id),
+                        0,
+                        *members[first : first + 1000],
+                    )
+                ]
         return sorted({m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members})
 
     def ping(self) -> None:

@@ -19,15 +19,27 @@ class or a ``redis://`` URL for ``RedisSessionStateStore``. Both satisfy the
 ``SessionStore`` protocol that the proxy, ``ChatSession`` and the summarizer
 use, and share the id checks and the JSON encoding below, so their semantics
 cannot drift apart.
+
+State is kept for ever unless the store is opened with ``idle_ttl_s``: then a
+session that no ``put`` or ``update`` touched for that long reads as absent and
+is removed, as LangChain's ``RedisChatMessageHistory(ttl=...)`` and Redis-backed
+memories do with ``EXPIRE``. A proxy serving for months, or a client sending a
+new session id per request, otherwise grows the store without bound. A read
+never extends a session's life: only a write says the conversation goes on.
+Here a row is written with diskcache's ``expire`` and ``remove_expired`` (the
+server's sweep, ``ctxproto.serve.session_sweeper``) deletes the rows past it;
+the Redis store has the server expire its keys.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shutil
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -39,16 +51,19 @@ import diskcache
 from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
-from ctxproto.stores.read_only_cache import ReadOnlyCache, text_keys_from
+from ctxproto.stores.read_only_cache import ReadOnlyCache, select_rows, text_keys_from
 from ctxproto.stores.store_url import store_location
 
 __all__ = [
     "SessionStateStore",
     "SessionStore",
+    "check_idle_ttl",
     "check_ids",
     "decode_state",
     "encode_state",
+    "idle_ttl_of",
     "open_session_store",
+    "remove_expired_sessions",
     "sessions_with_prefix",
 ]
 
@@ -115,19 +130,54 @@ def _takes_two(method: Callable[..., object]) -> bool:
     return sum(p.kind in positional for p in parameters) >= 2
 
 
-def open_session_store(location: str | Path | None, *, namespace: str) -> SessionStore:
+def remove_expired_sessions(store: SessionStore) -> int:
+    """Delete the sessions of ``store`` idle past its ``idle_ttl_s``; how many rows went.
+
+    Only a store that keeps its expired state until swept has this to do (a
+    folder); a Redis server expires its keys itself, and a store written to
+    this protocol without ``remove_expired`` is left as it is.
+    """
+    remove = getattr(store, "remove_expired", None)
+    return int(remove()) if callable(remove) else 0
+
+
+def idle_ttl_of(store: SessionStore) -> float | None:
+    """The idle TTL ``store`` was opened with; ``None`` (kept for ever) for a store
+    written to this protocol without one."""
+    ttl = getattr(store, "idle_ttl_s", None)
+    return float(ttl) if isinstance(ttl, (int, float)) else None
+
+
+def check_idle_ttl(idle_ttl_s: float | None) -> float | None:
+    """``idle_ttl_s`` when it is ``None`` or a positive, finite number of seconds; else a
+    ``ConfigError`` naming it (a boolean is no number, and a TTL of zero would keep nothing)."""
+    if idle_ttl_s is None:
+        return None
+    ok = isinstance(idle_ttl_s, (int, float)) and not isinstance(idle_ttl_s, bool)
+    if not ok or not math.isfinite(idle_ttl_s) or idle_ttl_s <= 0:
+        raise ConfigError(
+            f"must be a positive, finite number of seconds or null, got {idle_ttl_s!r}",
+            key="idle_ttl_s",
+        )
+    return float(idle_ttl_s)
+
+
+def open_session_store(
+    location: str | Path | None, *, namespace: str, idle_ttl_s: float | None = None
+) -> SessionStore:
     """The store at ``location``: a ``redis://`` URL, a folder, or ``None`` for a temporary one.
 
     ``namespace`` keeps the users of one store apart: the proxy's histories, the
     summarizer's summaries and a chatbot's histories may name the same session,
-    on one server or in one folder.
+    on one server or in one folder. ``idle_ttl_s``: a session no write touched for
+    that long is gone (``None``: kept for ever).
     """
     if isinstance(location, str) and store_location(location) == "redis":
         require("redis", extra="redis")
         from ctxproto.stores.redis_session_state import RedisSessionStateStore
 
-        return RedisSessionStateStore(str(location), namespace=namespace)
-    return SessionStateStore(location, namespace=namespace)
+        return RedisSessionStateStore(str(location), namespace=namespace, idle_ttl_s=idle_ttl_s)
+    return SessionStateStore(location, namespace=namespace, idle_ttl_s=idle_ttl_s)
 
 
 def check_ids(tenant_id: str, session_id: str) -> None:
@@ -190,10 +240,25 @@ class SessionStateStore:
     gets. That folder is removed by ``close``, or when the store is garbage
     collected or the process exits (as ``tempfile.TemporaryDirectory`` does), so
     a proxy or summarizer that never closes its store leaves nothing behind.
+
+    With ``idle_ttl_s``, each write gives its row diskcache's ``expire``, so
+    diskcache's reads skip it once that passes and ``remove_expired`` deletes
+    it. A row written without one (before the TTL was configured, or from before
+    namespaces) reads as absent once it was stored longer ago than the TTL, and
+    ``remove_expired`` gives this namespace's rows their deadline, so a TTL
+    configured later, or shortened, applies to what is already stored.
     """
 
-    def __init__(self, path: str | Path | None = None, *, namespace: str = "history") -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        namespace: str = "history",
+        idle_ttl_s: float | None = None,
+    ) -> None:
         self.namespace = namespace
+        self.idle_ttl_s = check_idle_ttl(idle_ttl_s)
+        self._deadlines_given = False
         self.read_only = False
         self._cache: Any
         self._remove_temporary: weakref.finalize[Any, SessionStateStore] | None = None
@@ -225,11 +290,41 @@ class SessionStateStore:
         return json.dumps(["session", tenant_id, session_id])
 
     def _read(self, tenant_id: str, session_id: str) -> Any:
-        """The raw value of the session: its namespaced row, else a row from before namespaces."""
-        raw = self._cache.get(self._key(tenant_id, session_id))
-        if raw is None:
-            raw = self._cache.get(self._key_before_namespaces(tenant_id, session_id))
-        return raw
+        """The raw value of the session: its namespaced row, else a row from before
+        namespaces; a row stored longer ago than the idle TTL is none."""
+        for key in (
+            self._key(tenant_id, session_id),
+            self._key_before_namespaces(tenant_id, session_id),
+        ):
+            raw = self._cache.get(key)
+            if raw is not None and self._fresh(key):
+                return raw
+            if raw is not None or self._stored(key):
+                # An expired namespaced row hides the older row from before namespaces,
+                # which would otherwise come back as the session's state.
+                return None
+        return None
+
+    def _stored_after(self) -> float | None:
+        """The time a row must have been written after to be live; ``None``: any."""
+        return None if self.idle_ttl_s is None else time.time() - self.idle_ttl_s
+
+    def _fresh(self, key: str) -> bool:
+        """Whether the row of ``key`` (read a moment ago) was written within the idle TTL."""
+        after = self._stored_after()
+        if after is None:
+            return True
+        rows = select_rows(
+            self._cache, "SELECT store_time FROM Cache WHERE key = ? AND raw = 1", (key,)
+        )
+        return bool(rows) and rows[0][0] is not None and rows[0][0] > after
+
+    def _stored(self, key: str) -> bool:
+        """Whether a row of ``key`` is stored, live or not (only a TTL leaves an expired one)."""
+        if self.idle_ttl_s is None:
+            return False
+        rows = select_rows(self._cache, "SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,))
+        return bool(rows)
 
     def get(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         """The state stored for this tenant's session, or ``None``."""
@@ -243,7 +338,7 @@ class SessionStateStore:
         key = self._key(tenant_id, session_id)
         text = encode_state(tenant_id, session_id, state)
         with self._writing():
-            self._cache.set(key, text)
+            self._cache.set(key, text, expire=self.idle_ttl_s)
 
     def update(
         self,
@@ -263,7 +358,7 @@ class SessionStateStore:
         with self._writing(), self._cache.transact():
             raw = self._read(tenant_id, session_id)
             state = change(None if raw is None else decode_state(raw, where))
-            self._cache.set(key, encode_state(tenant_id, session_id, state))
+            self._cache.set(key, encode_state(tenant_id, session_id, state), expire=self.idle_ttl_s)
         return state
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
@@ -290,9 +385,12 @@ class SessionStateStore:
             (json.dumps(["session", tenant_id, prefix])[:-2], 3),
         )
         ids = set()
+        after = self._stored_after()
         with self._reporting(f"the session-state store at {self.path}"):
             found = [
-                (key, size) for start, size in ranges for key in text_keys_from(self._cache, start)
+                (key, size)
+                for start, size in ranges
+                for key in text_keys_from(self._cache, start, stored_after=after)
             ]
         for key, size in found:
             parts = json.loads(key)
@@ -302,6 +400,46 @@ class SessionStateStore:
             if len(parts) == size and ours and parts[-2] == tenant_id:
                 ids.add(parts[-1])
         return sorted(ids)
+
+    def remove_expired(self) -> int:
+        """Delete the rows idle past the TTL (a sweep); how many went. Nothing without a TTL.
+
+        The first sweep gives this namespace's rows the deadline their store time
+        and the TTL make, where they have none or a later one (written before the
+        TTL was configured, or under a longer one). Each sweep then has
+        diskcache's ``expire`` delete every row of the folder past its deadline,
+        selecting and deleting each batch in one transaction: a write that
+        renews a row commits before the batch is selected, and the row is then
+        not past its deadline, or after it, and writes the row anew. A sweep
+        never loses a fresh write. Rows from before namespaces are left: another
+        namespace, kept for ever, may read them.
+        """
+        if self.idle_ttl_s is None or self.read_only:
+            return 0
+        with self._writing():
+            if not self._deadlines_given:
+                self._give_deadlines(self.idle_ttl_s)
+                self._deadlines_given = True
+            return int(self._cache.expire())
+
+    def _give_deadlines(self, ttl: float) -> None:
+        """Give this namespace's rows without a deadline, or with one past ``ttl``, theirs."""
+        start = json.dumps(["session", self.namespace])[:-1] + ", "
+        with self._cache.transact():
+            rows = self._cache._sql(
+                "SELECT rowid, key FROM Cache WHERE key >= ? AND key < ? AND raw = 1"
+                " AND (expire_time IS NULL OR expire_time > store_time + ?)",
+                (start, start + "\U0010ffff", ttl),
+            ).fetchall()
+            # A row from before namespaces of a tenant named like this namespace
+            # falls in the range too: its key has three parts.
+            ours = [rowid for rowid, key in rows if len(json.loads(key)) == 4]
+            for first in range(0, len(ours), 500):
+                batch = ",".join(str(int(rowid)) for rowid in ours[first : first + 500])
+                self._cache._sql(
+                    f"UPDATE Cache SET expire_time = store_time + ? WHERE rowid IN ({batch})",
+                    (ttl,),
+                )
 
     def ping(self) -> None:
         with self._reporting(f"the session-state store at {self.path}"):

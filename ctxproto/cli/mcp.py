@@ -35,14 +35,18 @@ def handle(args: argparse.Namespace) -> int:
     from ctxproto.mcp import ContextService, create_mcp_server
     from ctxproto.serve.config import load_serve_config
     from ctxproto.serve.flow import ContextFlow
+    from ctxproto.serve.session_sweeper import SessionSweeper
 
     config = load_serve_config(args.config)
     flow = ContextFlow.from_config(config, source=args.config)
     flow.warm_up()
     service = ContextService(flow, config.mcp)
     service.warm_up()  # a cache that cannot open fails now, not at the first tool call
+    sweeper = SessionSweeper(flow.store)  # sessions idle past sessions.idle_ttl_s
     try:
+        sweeper.start()
         anyio.run(create_mcp_server(service).run_stdio_async)
     finally:
+        sweeper.stop()
         service.close()
     return 0

@@ -28,6 +28,12 @@ folded a removed turn is dropped with the summarizer's state (both hold the
 turn's text) and folded again from the turns left. A summary row names the last
 turn it folded and how many, so one that a fold still running elsewhere writes
 after the forget is never returned: it covers a turn that is gone.
+
+On a store opened with an idle TTL (``sessions.idle_ttl_s``), each entry and the
+automatic summary expire that long after their own write, as whole sessions do
+in the proxy: rewriting every entry of a session on each ``remember`` to keep it
+alive would undo the one-row-per-entry design above. An entry older than the
+TTL is forgotten even while the session gets newer ones.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from ctxproto.mcp.results import Forgotten, HistoryPage, MemoryEntry, Recalled
 from ctxproto.messages import Message
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.stages.summarizer import Summarizer
-from ctxproto.stores.session_state import SessionStore, sessions_with_prefix
+from ctxproto.stores.session_state import SessionStore, idle_ttl_of, sessions_with_prefix
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["ENTRY_ID", "MAX_BACKGROUND_JOBS", "SUMMARY_KEEP_TURNS", "EntryKind", "SessionMemory"]
@@ -105,6 +111,7 @@ class SessionMemory:
             checkpoint_every=4,
             max_summary_tokens=300,
             state_path=store.location,
+            state_idle_ttl_s=idle_ttl_of(store),
         )
         self._legacy_summaries = Summarizer(model=None, state_path=store.location)
         """Only to drop, on ``forget``, the state versions before ``_MemorySummarizer`` kept

@@ -47,6 +47,7 @@ from ctxproto.serve.protocol import (
     ResponseMessage,
     Usage,
 )
+from ctxproto.serve.session_sweeper import SessionSweeper
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import conversation_session, named_session
 from ctxproto.serve.turn_stream import TurnStream
@@ -77,13 +78,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The upstream's connections belong to the server's event loop: close them
         # there, when the server stops, not from another loop afterwards.
+        sweeper = SessionSweeper(state.flow.store)  # sessions idle past sessions.idle_ttl_s
         try:
+            sweeper.start()
             if mcp is None:
                 yield
             else:
                 async with mcp.lifespan(app):
                     yield
         finally:
+            sweeper.stop()
             await state.aclose()
 
     app = Starlette(

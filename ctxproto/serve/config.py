@@ -150,6 +150,12 @@ class SessionConfig(_Section):
         description="Session store (history in stateful mode): a folder, or a redis:// URL "
         "that replicas share.",
     )
+    idle_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A session no turn or write touched for this long is deleted, with "
+        "its MCP memory and counts (null: kept for ever).",
+    )
 
 
 class LimitsConfig(_Section):

@@ -91,8 +91,11 @@ class ContextFlow:
         if config.pipeline is not None:
             pipeline = Pipeline.from_dict(config.pipeline, source=source, key="pipeline")
         store = None
-        if config.sessions.store:
-            store = open_session_store(config.sessions.store, namespace="sessions")
+        sessions = config.sessions
+        if sessions.store or sessions.idle_ttl_s is not None:
+            store = open_session_store(
+                sessions.store, namespace="sessions", idle_ttl_s=sessions.idle_ttl_s
+            )
         return cls(pipeline, store=store)
 
     @property

@@ -85,6 +85,12 @@ class Summarizer(Stage):
     embedder: str = "default"
     device: str = "auto"
     state_path: FolderOrRedisURL | None = None
+    state_idle_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A session's summary no fold wrote for this long is dropped "
+        "(null: kept for ever); its next turn folds the history from the start.",
+    )
 
     state_namespace: ClassVar[str] = "summaries"
     """The store namespace of the state: a subclass whose sessions are named by others
@@ -101,7 +107,7 @@ class Summarizer(Stage):
         # The device is only the LM's; a bad one refused before any model loads.
         device = resolve_device(self.device) if self.model is not None else "cpu"
         if self._store is None:
-            self._store = open_session_store(self.state_path, namespace=self.state_namespace)
+            self._store = self._open_store()
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:
@@ -109,6 +115,11 @@ class Summarizer(Stage):
 
             self._tokenizer = load_tokenizer(self.model)
             self._lm = load_causal_lm(self.model, device)
+
+    def _open_store(self) -> SessionStore:
+        return open_session_store(
+            self.state_path, namespace=self.state_namespace, idle_ttl_s=self.state_idle_ttl_s
+        )
 
     def close(self) -> None:
         """Close the state store ``warm_up`` opened; a Redis one holds connections until then.
@@ -127,7 +138,7 @@ class Summarizer(Stage):
         later run, which may never come. Opens the state store if no run has.
         """
         if self._store is None:
-            self._store = open_session_store(self.state_path, namespace=self.state_namespace)
+            self._store = self._open_store()
         self._store.delete(tenant_id, session_id)
 
     def store_checks(self) -> dict[str, Callable[[], None]]:

@@ -65,7 +65,7 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, text, key):
     ("text", "key", "listed"),
     [
         ("upstrem: {type: local}\n", "upstrem", "pipeline, served_model, sessions, tenants"),
-        ("sessions: {mod: stateful}\n", "sessions.mod", "one of: mode, store"),
+        ("sessions: {mod: stateful}\n", "sessions.mod", "one of: idle_ttl_s, mode, store"),
         # A top-level key holding a dot is no key of the section its first part names.
         ('"sessions.mod": stateful\n', "sessions.mod", "pipeline, served_model, sessions"),
         ("upstream: {type: local, modle: x}\n", "upstream.modle", "device, eviction"),

@@ -1,0 +1,66 @@
+"""Deleting the sessions idle past the session store's TTL, while a server runs.
+
+A folder store skips an expired session on read but keeps its row until it is
+deleted; diskcache removes a few expired rows per write, not all of them, so
+a server that took many sessions once and few later would keep their rows. The
+proxy (``ctxproto serve``) and the stdio MCP server (``ctxproto mcp``) sweep
+their store when they start, then every half TTL (at least a second apart, at
+most ten minutes), on a thread of their own: each sweep is one indexed delete
+of the rows past their deadline, in diskcache's transactions, so it costs what
+it removes and never loses a write that renews a session
+(``SessionStateStore.remove_expired``). A Redis store needs no sweep: the
+server expires its keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ctxproto.errors import StoreError
+from ctxproto.stores.session_state import SessionStore, idle_ttl_of, remove_expired_sessions
+
+__all__ = ["SessionSweeper"]
+
+log = logging.getLogger("ctxproto.serve")
+
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 600.0
+
+
+class SessionSweeper:
+    """Sweeps ``store`` at ``start`` and then periodically until ``stop``; a store without
+    an idle TTL is never swept."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        ttl = idle_ttl_of(store)
+        self.interval_s = None if ttl is None else min(max(ttl / 2, MIN_INTERVAL_S), MAX_INTERVAL_S)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Sweep once now (a store that cannot be swept fails the start), then keep
+        sweeping in the background."""
+        if self.interval_s is None:
+            return
+        remove_expired_sessions(self.store)
+        self._thread = threading.Thread(
+            target=self._run, name="ctxproto-session-sweeper", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the background sweeps; a sweep under way finishes first."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        assert self.interval_s is not None
+        while not self._stop.wait(self.interval_s):
+            try:
+                remove_expired_sessions(self.store)
+            except StoreError as exc:  # a full disk, a locked database: the next sweep retries
+                log.warning("sweeping expired sessions failed: %s", exc)

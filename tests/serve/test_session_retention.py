@@ -1,0 +1,75 @@
+"""``sessions.idle_ttl_s``: the proxy forgets a stateful session idle past it, and sweeps
+its rows without a request; a TTL that is no positive finite number exits 2."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ctxproto.cli import main
+from ctxproto.serve import ProxyState, ServerThread, create_app
+from ctxproto.serve.config import ServeConfig
+
+TTL = 1.0
+
+
+def rows(folder: Path) -> int:
+    with sqlite3.connect(folder / "cache.db") as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM Cache").fetchone()
+    return int(count)
+
+
+def ask(server: ServerThread, session: str, text: str) -> str:
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "scripted", "messages": [{"role": "user", "content": text}]},
+        headers={"x-session-id": session},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def test_a_stateful_session_idle_past_the_ttl_starts_afresh_and_its_rows_are_swept(
+    tmp_path: Path, scripted: Any
+):
+    folder = tmp_path / "sessions"
+    config = ServeConfig.model_validate(
+        {
+            "upstream": {"type": "openai", "base_url": scripted.url, "model": "scripted"},
+            "sessions": {"mode": "stateful", "store": str(folder), "idle_ttl_s": TTL},
+        }
+    )
+    state = ProxyState.from_config(config)
+    with ServerThread(create_app(state)) as server:
+        assert ask(server, "kept", "first") == "first | first"
+        assert ask(server, "kept", "second") == "first | second"  # the history is kept
+        ask(server, "idle", "hello")
+        assert rows(folder) == 2
+        time.sleep(TTL + 0.3)
+        assert state.flow.store.get("default", "idle") is None
+        assert ask(server, "kept", "third") == "third | third"  # idle past it: forgotten
+        deadline = time.monotonic() + 10  # the sweeper runs every second at least
+        while rows(folder) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rows(folder) == 1  # "idle" swept with no request naming it
+    state.flow.store.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", ".inf", "true", "'soon'"])
+def test_an_idle_ttl_that_is_no_positive_finite_number_exits_2_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+):
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"sessions: {{idle_ttl_s: {value}}}\n")
+    assert main(["serve", str(path)]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert str(path) in err and "sessions.idle_ttl_s" in err
+    assert main(["mcp", str(path)]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert str(path) in err and "sessions.idle_ttl_s" in err
