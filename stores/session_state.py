@@ -263,7 +263,11 @@ class SessionStateStore:
         self._cache: Any
         self._remove_temporary: weakref.finalize[Any, SessionStateStore] | None = None
         try:
-            self._cache = diskcache.Cache(None if path is None else str(path), disk=PlainDisk)
+            # diskcache caps a folder at 1 GiB by default and then drops the rows stored
+            # first: session state is kept until deleted, or until its idle TTL.
+            self._cache = diskcache.Cache(
+                None if path is None else str(path), disk=PlainDisk, eviction_policy="none"
+            )
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             if path is None or not Path(path).is_dir():
                 raise StoreError(f"cannot open session-state store at {path}: {exc}") from exc

@@ -143,7 +143,11 @@ class DiskCacheStorage:
                 size_limit=max_bytes,
                 eviction_policy="least-recently-stored",
             )
-            self._meta: Any = diskcache.Cache(str(path / "meta"), disk=PlainDisk)
+            # The key counter and the sources' lists: never culled at diskcache's
+            # default 1 GiB cap, as the entries are at ``max_bytes``.
+            self._meta: Any = diskcache.Cache(
+                str(path / "meta"), disk=PlainDisk, eviction_policy="none"
+            )
         except DISKCACHE_ERRORS as exc:
             # diskcache writes its settings on open, so even a reader needs write access.
             raise StoreError(

@@ -30,7 +30,7 @@ from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import JSONOnlyDisk
 from ctxproto.stores.semantic_cache import SemanticCache
 from ctxproto.stores.semantic_cache.cache import MIRROR_FLOOR, context_fingerprint
-from ctxproto.stores.semantic_cache.storage import open_cache_storage
+from ctxproto.stores.semantic_cache.storage import DiskCacheStorage, open_cache_storage
 from tests.servers_redis import RedisServer
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "semantic_cache_pairs.jsonl"
@@ -441,6 +441,25 @@ def test_byte_limit_evicts_oldest_first(tmp_path: Path, embedder: Any) -> None:
         sized.put(question, os.urandom(20_000).hex())
     assert len(sized) < 25
     assert sized.get(questions[-1]) is not None
+
+
+def test_a_folder_past_diskcache_s_size_limit_keeps_every_source_list(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Regression: the folder of key counters and source lists had diskcache's default
+    1 GiB cap, past which it dropped the rows stored first: a source's list lost
+    keys, and invalidating the source left their answers served. The cap is
+    lowered here to what a few rows already take, standing in for a gigabyte."""
+    cache = SemanticCache(tmp_path / "c", embedder=embedder)
+    storage = cache._entries
+    assert isinstance(storage, DiskCacheStorage)
+    storage._meta.reset("size_limit", 1)
+    questions = [f"What does clause {i} of the policy say?" for i in range(30)]
+    embedder.embed(questions)
+    for question in questions:
+        cache.put(question, "as the policy says", sources=["policy.md"])
+    assert cache.invalidate(source="policy.md") == 30
+    assert len(cache) == 0
 
 
 def test_a_second_instance_sees_entries_and_deletions_of_the_first(

@@ -419,3 +419,15 @@ def test_a_store_written_before_listing_took_a_prefix_is_still_listed_by_prefix(
     for wrapped in (Wrapper(older.inner), OtherName(older.inner)):  # the prefix passed on
         assert sessions_with_prefix(wrapped, "t", "mem/a/") == ["mem/a/1", "mem/a/2"]  # type: ignore[arg-type]
     older.inner.close()
+
+
+def test_a_folder_past_diskcache_s_size_limit_loses_no_session(tmp_path: Path):
+    # diskcache caps a folder at 1 GiB by default and then drops the rows stored
+    # first: a proxy's oldest sessions went, without a word, from a store the
+    # docs say keeps state until it is deleted. The cap is lowered here to what a
+    # folder of a few rows already holds, standing in for a gigabyte of sessions.
+    store = SessionStateStore(tmp_path / "s")
+    store._cache.reset("size_limit", 1)
+    for n in range(40):
+        store.put("t", f"s{n}", {"turn": n})
+    assert [store.get("t", f"s{n}") for n in range(40)] == [{"turn": n} for n in range(40)]
