@@ -49,7 +49,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -61,6 +61,7 @@ from ctxproto._extras import require
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.docstore import MetadataFilter, filter_key
+from ctxproto.stores.storable_text import unstorable
 from ctxproto.stores.store_url import check_credentials, redact_url, scrub_secrets, url_secrets
 from ctxproto.stores.vector_index import (
     HNSW_EF_CONSTRUCTION,
@@ -195,7 +196,9 @@ class PgVectorStore:
         rows = []
         for chunk in chunks:
             fields = chunk.model_dump(mode="json", exclude=set(_DOCUMENT_COLUMNS))
-            if _unstorable((doc_id, chunk.id, chunk.text, chunk.source, chunk.metadata, fields)):
+            if unstorable(
+                (doc_id, chunk.id, chunk.text, chunk.source, chunk.metadata, fields), nul=True
+            ):
                 # Refused before the transaction is touched: a failed statement would roll
                 # back every document added since the last save, not just this one.
                 raise StoreError(
@@ -242,7 +245,7 @@ class PgVectorStore:
 
     def chunks_of(self, doc_id: str) -> list[Document]:
         """The chunks stored for ``doc_id``, in the order they were added."""
-        if _unstorable(doc_id):  # no such row can exist, and the query would be refused
+        if unstorable(doc_id, nul=True):  # no such row can exist, and the query would be refused
             return []
         with self._reading() as conn:
             if not self._table_exists(conn):
@@ -256,7 +259,8 @@ class PgVectorStore:
 
     def _delete_locked(self, conn: Any, doc_ids: Sequence[str]) -> int:
         removed = 0
-        storable = {doc_id for doc_id in doc_ids if not _unstorable(doc_id)}  # the rest: no rows
+        # The rest have no rows: ``add`` refuses them.
+        storable = {doc_id for doc_id in doc_ids if not unstorable(doc_id, nul=True)}
         for doc_id in sorted(storable):  # one order for every writer: no lock cycles
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
@@ -721,30 +725,6 @@ def _chunk(
     )
 
 
-def _unstorable(value: object) -> bool:
-    """Whether a text anywhere in ``value`` (keys of mappings included) holds U+0000 or
-    a lone surrogate, which neither a ``text`` column nor ``jsonb`` can store.
-
-    A surrogate is what Python makes of a file name that is not UTF-8
-    (``caf\\udce9.md``), so a folder indexed as it is may hand one over in an id or
-    a source. The driver cannot even encode it, and its ``UnicodeEncodeError`` inside
-    the write transaction rolled back the whole run, as a NUL did on the server.
-    """
-    if isinstance(value, str):
-        if "\x00" in value:
-            return True
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, Mapping):
-        return any(_unstorable(key) or _unstorable(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_unstorable(item) for item in value)
-    return False
-
-
 def _from_binary(data: bytes) -> npt.NDArray[np.float32]:
     """A ``vector`` in pgvector's binary form: dimension and a spare (two int16), then
     big-endian float32s. Binary results skip printing and parsing 384 decimals per row,
@@ -786,7 +766,7 @@ def _filter_sql(filters: MetadataFilter) -> tuple[str, list[object]]:
     for name, values in filter_key(filters):
         alternatives = []
         for _, value in values:
-            if _unstorable((name, value)):
+            if unstorable((name, value), nul=True):
                 continue
             alternatives.append("metadata @> %s")
             parameters.append(jsonb({name: value}))

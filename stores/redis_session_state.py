@@ -56,6 +56,7 @@ from typing import Any
 
 from ctxproto.stores.redis_connection import RedisConnection, glob_escape, key_part
 from ctxproto.stores.session_state import check_idle_ttl, check_ids, decode_state, encode_state
+from ctxproto.stores.storable_text import unstorable
 from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RedisSessionStateStore"]
@@ -222,9 +223,14 @@ class RedisSessionStateStore:
         """The session ids this tenant has state for that start with ``prefix``.
 
         The server matches them in the tenant's index set (``SSCAN ... MATCH``),
-        so only the ids wanted cross the network.
+        so only the ids wanted cross the network. A ``prefix`` that is not valid
+        Unicode (a lone surrogate) starts no id, as ``check_ids`` refuses every
+        such id: none, as the diskcache store finds, where encoding it for the
+        pattern raised a bare ``UnicodeEncodeError``.
         """
         check_ids(tenant_id, "listing")
+        if unstorable(prefix):
+            return []
         pattern = glob_escape(prefix).encode("utf-8") + b"*"
         index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):

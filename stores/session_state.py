@@ -52,6 +52,7 @@ from ctxproto._extras import require
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.stores.json_disk import PlainDisk
 from ctxproto.stores.read_only_cache import ReadOnlyCache, select_rows, text_keys_from
+from ctxproto.stores.storable_text import unstorable
 from ctxproto.stores.store_url import store_location
 
 __all__ = [
@@ -185,10 +186,8 @@ def check_ids(tenant_id: str, session_id: str) -> None:
     for key, value in (("tenant_id", tenant_id), ("session_id", session_id)):
         if not isinstance(value, str) or not value:
             raise ConfigError("must be a non-empty string", key=key)
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError("must be valid Unicode text", key=key) from None
+        if unstorable(value):
+            raise ConfigError("must be valid Unicode text", key=key)
 
 
 def encode_state(tenant_id: str, session_id: str, state: dict[str, Any]) -> str:

@@ -79,6 +79,7 @@ from ctxproto.stores.semantic_cache.mirror import (
 from ctxproto.stores.semantic_cache.query_slots import QuerySlots, slot_conflict
 from ctxproto.stores.semantic_cache.storage import UnreadableEntryError, open_cache_storage
 from ctxproto.stores.semantic_cache.verifier import HitVerifier
+from ctxproto.stores.storable_text import unstorable
 from ctxproto.stores.store_url import store_location
 
 __all__ = ["GUARDS", "CacheContext", "CacheHit", "Guard", "SemanticCache", "context_fingerprint"]
@@ -240,8 +241,23 @@ class SemanticCache:
         namespace: str,
         sources: Iterable[str],
     ) -> str:
-        """Write a checked entry and evict down to the limits."""
-        generations = {source: self._generation(source) for source in sorted(set(sources))}
+        """Write a checked entry and evict down to the limits.
+
+        A source that is not valid Unicode (a lone surrogate: a file name that is
+        not UTF-8) is refused before anything is written: no storage can key a list
+        by it, and the answer cached without it would outlive its invalidation. A
+        ``StoreError``, not the caller's ``ConfigError``: the source is the
+        knowledge base's, and a pipeline keeps the answer it gave (``after_answer``).
+        """
+        listed = sorted(set(sources))
+        for source in listed:
+            if unstorable(source):
+                raise StoreError(
+                    f"source {source!r} is not valid Unicode text (a lone surrogate, as a "
+                    f"file name that is not UTF-8 gives); the answer was not cached in "
+                    f"{self._entries.where}"
+                )
+        generations = {source: self._generation(source) for source in listed}
         entry = StoredEntry(
             namespace=namespace,
             context=context_fingerprint(context),
@@ -288,7 +304,7 @@ class SemanticCache:
         if source is None and key is None:
             raise ConfigError("invalidate needs a source or a key")
         keys = [key] if key is not None else []
-        if source is not None:
+        if source is not None and not unstorable(source):  # else nothing was built on it
             # The generation moves before the list is read: see the module docstring.
             keys += self._entries.drop_source(source)
         dropped = 0

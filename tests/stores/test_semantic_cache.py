@@ -188,6 +188,24 @@ def test_invalidation_by_source_and_by_key(cache: SemanticCache) -> None:
     assert cache.invalidate(source="never-used.md") == 0
 
 
+def test_a_source_that_is_not_unicode_is_refused_and_invalidates_nothing(
+    cache: SemanticCache,
+) -> None:
+    """A lone surrogate, what Python makes of a file name that is not UTF-8, raised a
+    bare UnicodeEncodeError from both storages (a key no encoder takes), which a
+    pipeline filing its answer did not catch. Now ``put`` refuses it with a
+    ``StoreError`` before writing, and invalidating it drops nothing."""
+    kept = cache.put("Where do you ship from?", "Berlin", sources=["shipping.md"])
+    with pytest.raises(StoreError, match=r"source 'caf\\udce9\.md' is not valid Unicode"):
+        cache.put("What is the return policy?", "30 days", sources=["caf\udce9.md", "x.md"])
+    assert cache.get("What is the return policy?") is None
+    assert len(cache) == 1
+    assert cache.invalidate(source="caf\udce9.md") == 0
+    assert cache.invalidate(source="caf\udce9.md", key=kept) == 1
+    assert cache.put("What is the return policy?", "30 days", sources=["caf\u00e9.md"])
+    assert cache.invalidate(source="caf\u00e9.md") == 1
+
+
 def test_a_source_lists_no_key_older_than_the_oldest_live_entry(
     location: str, embedder: Any
 ) -> None:

@@ -143,6 +143,16 @@ def test_sessions_by_prefix_list_only_the_ids_that_start_with_it(open_store: Ope
     assert store.sessions("acme") == sorted(ids)
 
 
+def test_a_prefix_that_is_not_unicode_starts_no_session_id(open_store: Opener):
+    """A lone surrogate (a file name that is not UTF-8) starts no stored id, since
+    ``check_ids`` refuses such ids: the Redis store raised a bare UnicodeEncodeError
+    encoding it for its pattern, where the diskcache store listed none."""
+    store = open_store("state")
+    store.put("acme", "caf\u00e9/1", {"s": 1})
+    assert store.sessions("acme", "caf\udce9") == []
+    assert store.sessions("acme", "caf") == ["caf\u00e9/1"]
+
+
 def test_sessions_by_prefix_in_a_folder_from_before_namespaces_and_read_only(tmp_path: Path):
     old = diskcache.Cache(str(tmp_path), disk=PlainDisk)
     old.set('["session", "acme", "mem/a/0"]', "{}")  # before namespaces
