@@ -18,6 +18,7 @@ from ctxproto.errors import (
     ModelNotAvailableError,
     OperationalError,
     StoreError,
+    StoreUnavailableError,
     UpstreamStatusError,
     UsageError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "StageReport",
     "StageResult",
     "StoreError",
+    "StoreUnavailableError",
     "TiktokenCounter",
     "TokenCounter",
     "ToolCall",

@@ -13,6 +13,7 @@ and pydantic-ai do::
         ├── BudgetError            pinned content alone exceeds the token budget
         ├── ModelNotAvailableError a model or optional extra is missing: names the fix
         ├── StoreError             a persistent store is unreadable, mismatched or corrupt
+        │   └── StoreUnavailableError    unreachable or no answer in time: server down
         └── BackendError           the LLM backend failed to produce an answer
             ├── BackendTimeoutError      no answer within the timeout (retry may help)
             ├── BackendUnavailableError  refused connection, unknown host: server down
@@ -20,6 +21,10 @@ and pydantic-ai do::
 
 Catch ``UsageError`` to report bad input to the person who gave it, and
 ``OperationalError`` (or one of its branches) to retry, fall back or alert. A
+retry may help a ``StoreUnavailableError`` (the store's server is down,
+restarting or frozen), not another ``StoreError`` (a mismatched, corrupt or
+refused store fails the same way again): the proxy answers the first 503 with
+``retry-after``, which load balancers and OpenAI clients retry, the second 500. A
 ``DatasetError`` is a usage error because the dataset is named by the caller:
 the fix is to point at a readable file, not to retry.
 
@@ -47,6 +52,7 @@ __all__ = [
     "ModelNotAvailableError",
     "OperationalError",
     "StoreError",
+    "StoreUnavailableError",
     "UpstreamStatusError",
     "UsageError",
 ]
@@ -113,6 +119,12 @@ class ModelNotAvailableError(OperationalError, ImportError):
 
 class StoreError(OperationalError):
     """A persistent store cannot be used as asked (mismatch, corruption, unreadable file)."""
+
+
+class StoreUnavailableError(StoreError):
+    """A store's server cannot be reached or did not answer in time: connection refused
+    or reset, a timeout, a pool with no connection to lend. The same call may succeed
+    once the server is back, which no other ``StoreError`` promises."""
 
 
 class BackendError(OperationalError):

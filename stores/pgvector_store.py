@@ -26,17 +26,18 @@ the graph, and ``build_workers`` parallel workers when given. A filtered HNSW se
 ``ef_search`` candidates and silently returns fewer than ``k`` rows under a
 selective filter (pgvector 0.8 added iterative scans for this).
 
-A server that is down is a ``StoreError`` naming the URL without its password
-after ``connect_timeout`` seconds; the pool checks a connection before lending
-it, so a restarted server is reconnected to rather than reported broken. A
-search or count that the server does not finish within ``query_timeout``
-seconds (a table locked by a migration, an overloaded server) is a
-``StoreError`` too: the proxy answers without waiting forever. A server that
-stops answering altogether (frozen, stuck on its disk) enforces no
-``statement_timeout``, so a read, and the pool's check of a connection it
-lends, is also given up by the client after ``query_timeout + connect_timeout``
-seconds (``_answered_within``). Writes have no such limit, since a writer may
-wait for another writer's documents.
+A server that is down is a ``StoreUnavailableError`` naming the URL without
+its password after ``connect_timeout`` seconds; the pool checks a connection
+before lending it, so a restarted server is reconnected to rather than reported
+broken. A search or count that the server does not finish within
+``query_timeout`` seconds (a table locked by a migration, an overloaded server)
+is a ``StoreUnavailableError`` too: the proxy answers without waiting forever,
+and a retry may succeed (``_unreachable``; a refused password or a mismatched
+store stays a plain ``StoreError``). A server that stops answering altogether
+(frozen, stuck on its disk) enforces no ``statement_timeout``, so a read, and
+the pool's check of a connection it lends, is also given up by the client after
+``query_timeout + connect_timeout`` seconds (``_answered_within``). Writes have
+no such limit, since a writer may wait for another writer's documents.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import numpy.typing as npt
 
 from ctxproto._extras import require
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
 from ctxproto.stores.docstore import MetadataFilter, filter_key
 from ctxproto.stores.storable_text import unstorable
 from ctxproto.stores.store_url import check_credentials, redact_url, scrub_secrets, url_secrets
@@ -686,7 +687,36 @@ def _errors_named(
         lost = "; the changes since the last save were rolled back" if losing_changes else ""
         text = scrub_secrets(str(exc).strip(), secrets)
         reason = text.splitlines()[0] if text else type(exc).__name__
-        raise StoreError(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
+        error = StoreUnavailableError if _unreachable(exc) else StoreError
+        raise error(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
+
+
+_NO_ANSWER_STATES = ("57014", "57P01", "57P02", "57P03", "53300")
+"""Server-reported states a retry outlives: a statement past ``statement_timeout``, a
+server shutting down, crashed, starting up, or out of connection slots (with class
+``08``, connection exceptions)."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the server could not be reached or did not answer in time.
+
+    The pool's timeout (no connection to lend: the server is down or restarting),
+    the driver's own connection failures (refused, reset, closed mid-reply, cut off
+    by ``_answered_within``), which carry no SQLSTATE, and the states above. A
+    connection the server itself refused (a wrong password, a database or role that
+    does not exist) carries no SQLSTATE either, only the server's ``FATAL:`` in its
+    message, and fails the same way again: that stays a plain ``StoreError``.
+    """
+    psycopg = require("psycopg", extra="postgres")
+    pool_module = require("psycopg_pool", extra="postgres")
+    if isinstance(exc, pool_module.PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return "FATAL:" not in str(exc)
+    return state.startswith("08") or state in _NO_ANSWER_STATES
 
 
 def table_name(url: str) -> str:

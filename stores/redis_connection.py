@@ -3,7 +3,11 @@
 A proxy must never hang on a store: every socket operation has a timeout, a
 dropped connection is retried twice with a short backoff (the pool reconnects),
 and whatever still fails becomes a ``StoreError`` that names the server by its
-URL with the password redacted. The first ``PING`` happens when the store is
+URL with the password redacted: a ``StoreUnavailableError`` when the server
+could not be reached or did not answer in time (refused, reset, timed out,
+still loading its data), which a retry may clear, and a plain ``StoreError``
+when it answered with a refusal (wrong password, a command it rejects), which
+a retry would meet again. The first ``PING`` happens when the store is
 opened, so a wrong URL or a server that is down fails at start-up, not on the
 first request. Works with Redis and with Valkey and other servers that speak
 its protocol.
@@ -19,13 +23,19 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
 from ctxproto.stores.store_url import check_credentials, redact_url, scrub_secrets, url_secrets
 
 __all__ = ["RedisConnection", "glob_escape", "key_part"]
 
 DEFAULT_TIMEOUT_S = 5.0
 """Connect and read timeout; a ``socket_timeout=`` query in the URL overrides it."""
+
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+"""What redis-py raises when the server is down, gone mid-reply, slow or still loading
+(``BusyLoadingError`` is a ``ConnectionError``), and the socket errors it lets through."""
+_REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+"""``ConnectionError``s that are the server's answer, not its absence: the credentials."""
 
 
 class RedisConnection:
@@ -54,11 +64,14 @@ class RedisConnection:
 
     @contextmanager
     def reporting(self, what: str) -> Iterator[None]:
-        """Redis and socket errors inside the block as a ``StoreError``: ``{what} at {url}``."""
+        """Redis and socket errors inside the block as a ``StoreError``: ``{what} at {url}``,
+        a ``StoreUnavailableError`` when the server was not there to answer."""
         try:
             yield
         except (redis.RedisError, OSError) as exc:
-            raise StoreError(f"{what} at {self.name}: {self._scrub(exc)}") from None
+            unreachable = isinstance(exc, _UNREACHABLE) and not isinstance(exc, _REFUSED)
+            error = StoreUnavailableError if unreachable else StoreError
+            raise error(f"{what} at {self.name}: {self._scrub(exc)}") from None
 
     def close(self) -> None:
         self.client.close()

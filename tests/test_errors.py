@@ -27,6 +27,7 @@ from ctxproto.errors import (
     ModelNotAvailableError,
     OperationalError,
     StoreError,
+    StoreUnavailableError,
     UpstreamStatusError,
     UsageError,
 )
@@ -45,6 +46,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
         (BudgetError, OperationalError),
         (ModelNotAvailableError, OperationalError),
         (StoreError, OperationalError),
+        (StoreUnavailableError, StoreError),
         (BackendError, OperationalError),
         (BackendTimeoutError, BackendError),
         (BackendUnavailableError, BackendError),

@@ -30,7 +30,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from ctxproto import __version__
-from ctxproto.errors import CtxprotoError
+from ctxproto.errors import CtxprotoError, StoreUnavailableError
 from ctxproto.mcp.memory import ENTRY_ID
 from ctxproto.mcp.results import (
     AssembledContext,
@@ -408,14 +408,23 @@ async def _tool(
     try:
         return await _work(ctx, functools.partial(method, tenant, *args, **kwargs))
     except CtxprotoError as exc:
-        raise ToolError(str(exc)) from exc
+        raise ToolError(_told(exc)) from exc
 
 
 async def _resource(ctx: Context[McpRuntime, Any], function: Callable[..., T], *args: Any) -> T:
     try:
         return await _work(ctx, functools.partial(function, *args))
     except CtxprotoError as exc:
-        raise ResourceError(str(exc)) from exc
+        raise ResourceError(_told(exc)) from exc
+
+
+def _told(exc: CtxprotoError) -> str:
+    """What a tool or resource error says: a store that did not answer is said to be
+    temporary, as the proxy's 503 says it with ``retry-after``, so a model calls again
+    later rather than giving the tool up as broken."""
+    if isinstance(exc, StoreUnavailableError):
+        return f"temporarily unavailable, try again in a few seconds: {exc}"
+    return str(exc)
 
 
 async def _work(ctx: Context[McpRuntime, Any], work: Callable[[], T]) -> T:

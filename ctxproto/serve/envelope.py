@@ -5,18 +5,32 @@
 502/504); ``error_response`` turns it, or any ctxproto error, into the JSON
 body ``{"error": {"message", "type", "param", "code"}}`` with ``code`` a string,
 and sets ``x-should-retry`` so clients do not retry what a retry cannot fix.
+
+A store that is down or not answering (``StoreUnavailableError``) is a 503 with
+``retry-after``, which load balancers and OpenAI clients retry; any other
+``StoreError`` (a corrupt or mismatched store, data it refused) a 500.
 """
 
 from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from ctxproto.errors import BackendError, BudgetError, ConfigError, CtxprotoError, StoreError
+from ctxproto.errors import (
+    BackendError,
+    BudgetError,
+    ConfigError,
+    CtxprotoError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ctxproto.serve.protocol import ErrorInfo, ErrorResponse
 
 __all__ = ["APIError", "error_payload", "error_response", "to_api_error"]
 
 _RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+_STORE_RETRY_AFTER_S = 1.0
+"""The ``retry-after`` of a store that did not answer, as of a tenant at its limit: a
+store's restart or failover takes seconds, over which a client's retries spread."""
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -70,6 +84,13 @@ def to_api_error(exc: CtxprotoError) -> APIError:
         return APIError(400, str(exc), code="context_length_exceeded", param="messages")
     if isinstance(exc, BackendError):
         return APIError(502, f"upstream failed: {exc}", code="upstream_error")
+    if isinstance(exc, StoreUnavailableError):
+        return APIError(
+            503,
+            f"a store is unavailable: {exc}",
+            code="store_unavailable",
+            retry_after=_STORE_RETRY_AFTER_S,
+        )
     if isinstance(exc, StoreError):
         return APIError(500, f"a store failed: {exc}", code="store_error")
     return APIError(500, str(exc), code="internal_error")

@@ -390,6 +390,32 @@ def test_close_closes_every_store_the_service_opened_once(
         server.close()
 
 
+def test_a_store_that_is_down_is_a_tool_error_saying_it_is_temporary(redis_server: Any) -> None:
+    """A server that is down is said to be temporary, so a model calls again later;
+    it read as any failure, as if the tool were broken."""
+    from ctxproto.serve.config import McpConfig
+    from ctxproto.serve.flow import ContextFlow
+
+    cache = f"{redis_server.url}#{redis_server.namespace()}"
+    service = ContextService(ContextFlow(None), McpConfig(cache=cache))
+    question = {"session_id": "down", "question": "How long do refunds take?"}
+    try:
+        stored = call(service, "store_answer", {**question, "answer": "Five days."})
+        assert not stored.is_error, text_of(stored)
+        redis_server.stop()
+        try:
+            failed = call(service, "cached_answer", question)
+        finally:
+            redis_server.start()
+        assert failed.is_error
+        assert "temporarily unavailable, try again in a few seconds" in text_of(failed)
+        assert f"127.0.0.1:{redis_server.port}" in text_of(failed)
+        again = call(service, "cached_answer", question)
+        assert not again.is_error and again.structured_content["answer"] == "Five days."
+    finally:
+        service.close()
+
+
 def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:

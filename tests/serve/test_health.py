@@ -6,12 +6,17 @@ tests) and its retrieval store on the session's PostgreSQL. Both URLs carry a
 password, which no answer may show. A second proxy, with no pipeline, has the
 stores its MCP endpoint opens itself: ``mcp.cache`` on that Redis server and
 ``mcp.knowledge`` folders.
+
+A chat request while a store is down is a 503 with ``retry-after`` (code
+``store_unavailable``), which the real OpenAI client sees as a status error it
+may retry, and answered again once the store is back.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from ctxproto.bench.embedded_postgres import EmbeddedPostgres
 from ctxproto.bench.redis_server import RedisServer
@@ -28,6 +35,8 @@ from ctxproto.retrieval import KnowledgeBase
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig
 from ctxproto.serve.health import STILL_RUNNING, STORE_TIMEOUT_S
+from tests.serve.clients import openai_client
+from tests.serve.scraped import metric
 from tests.servers_redis import running_redis
 
 pytestmark = pytest.mark.models
@@ -169,6 +178,78 @@ def test_a_stopped_postgres_is_a_503_naming_it(proxy, postgres: EmbeddedPostgres
     assert retriever.startswith("PostgreSQL at postgresql://postgres:***@127.0.0.1")
     assert PASSWORD not in answer.text
     recovers(proxy)  # the pool reconnects in the background, with a backoff
+
+
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "When does the shop open?"}
+]
+
+
+def unavailable(server: ServerThread, **request: Any) -> openai.APIStatusError:
+    """The error the OpenAI client (no retries of its own) gets for one chat request."""
+    client = openai_client(server, "any-key")
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="ctxproto", messages=QUESTION, **request)
+    return raised.value
+
+
+def test_a_chat_while_redis_is_down_is_a_503_the_client_retries_after_it_is_back(
+    proxy, redis: RedisServer
+):
+    """Was a 500 ``store_error``, as for a corrupt store: load balancers and the OpenAI
+    client retry 502/503/504 (honouring ``retry-after``), not 500."""
+    failed = metric(proxy, "ctxproto_errors_total", code="store_unavailable")
+    redis.stop()
+    try:
+        plain = unavailable(proxy, extra_headers={"x-session-id": "outage"})
+        streamed = unavailable(proxy, stream=True, extra_headers={"x-session-id": "outage"})
+    finally:
+        redis.start()
+    for error in (plain, streamed):
+        assert error.status_code == 503 and error.code == "store_unavailable", error.body
+        assert error.response.headers["retry-after"] == "1"
+        assert error.response.headers["x-should-retry"] == "true"
+        assert f"redis://default:***@127.0.0.1:{redis.port}/0" in error.message
+        assert PASSWORD not in error.response.text
+    assert metric(proxy, "ctxproto_errors_total", code="store_unavailable") == failed + 2
+    client = openai_client(proxy, "any-key")
+    answer = client.chat.completions.create(
+        model="ctxproto", messages=QUESTION, extra_headers={"x-session-id": "outage"}
+    )
+    assert answer.choices[0].message.content
+
+    # A client that retries, as the OpenAI client does by default, rides the outage out.
+    redis.stop()
+    back = threading.Timer(0.5, redis.start)
+    back.start()
+    try:
+        with openai.OpenAI(base_url=proxy.url, api_key="any-key", max_retries=5) as retrying:
+            answer = retrying.chat.completions.create(
+                model="ctxproto", messages=QUESTION, extra_headers={"x-session-id": "outage"}
+            )
+    finally:
+        back.join()
+    assert answer.choices[0].message.content
+    assert metric(proxy, "ctxproto_errors_total", code="store_unavailable") > failed + 2
+
+
+def test_a_chat_while_postgres_is_down_is_a_503_and_answered_once_it_is_back(
+    proxy, postgres: EmbeddedPostgres
+):
+    """The retriever's pool has no connection to lend (``PoolTimeout``): a 503 too."""
+    postgres.stop()
+    try:
+        error = unavailable(proxy)
+    finally:
+        postgres.start()
+    assert error.status_code == 503 and error.code == "store_unavailable", error.body
+    assert error.response.headers["retry-after"] == "1"
+    assert "PostgreSQL at postgresql://postgres:***@127.0.0.1" in error.message
+    recovers(proxy)
+    answer = openai_client(proxy, "any-key").chat.completions.create(
+        model="ctxproto", messages=QUESTION
+    )
+    assert answer.choices[0].message.content
 
 
 def test_an_upstream_that_never_answers_is_reported_within_the_bound(tmp_path: Path):

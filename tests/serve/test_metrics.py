@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ctxproto.budget import Budget
 from ctxproto.pipeline import Pipeline
 from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
 from ctxproto.stages.recency_window import RecencyWindow
 from tests.serve.clients import openai_client
+from tests.serve.scraped import metric
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +32,8 @@ def server(scripted: Any) -> Iterator[ServerThread]:
         yield running
 
 
-def _sample(server: ServerThread, name: str, **labels: str) -> float:
-    """One sample of ``/metrics`` as Prometheus reads it; 0 when it has no series yet."""
-    text = httpx.get(f"{server.base_url}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
-
-
 def _client_left(server: ServerThread) -> float:
-    return _sample(server, "ctxproto_errors_total", code="client_closed_request")
+    return metric(server, "ctxproto_errors_total", code="client_closed_request")
 
 
 def _counted_by_then(server: ServerThread, before: float) -> float:
@@ -58,7 +48,7 @@ def test_a_stream_the_client_cuts_short_is_counted_as_the_clients(server: Server
     """It was counted nowhere: not answered, no error, as if it never came, while a
     client that left mid-body was counted as ``client_closed_request``."""
     before = _client_left(server)
-    answered = _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass")
+    answered = metric(server, "ctxproto_requests_total", tenant="default", cache="bypass")
     stream = openai_client(server, "unused").chat.completions.create(
         model="ctxproto",
         messages=[{"role": "user", "content": f"SLOW 0.2 {uuid.uuid4().hex} " + "w " * 20}],
@@ -70,7 +60,7 @@ def test_a_stream_the_client_cuts_short_is_counted_as_the_clients(server: Server
     stream.close()
     assert _counted_by_then(server, before) == before + 1
     # Not an answered request, and not counted twice.
-    assert _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass") == answered
+    assert metric(server, "ctxproto_requests_total", tenant="default", cache="bypass") == answered
     time.sleep(0.3)
     assert _client_left(server) == before + 1
 
@@ -112,7 +102,7 @@ def test_a_stream_read_to_its_end_with_no_finish_reason_is_no_client_cut(
     that read it to ``[DONE]`` was counted as ``client_closed_request`` all the same;
     it is an answered request, counted as one."""
     before = _client_left(server)
-    answered = _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass")
+    answered = metric(server, "ctxproto_requests_total", tenant="default", cache="bypass")
     stream = openai_client(server, "unused").chat.completions.create(
         model="ctxproto",
         messages=[{"role": "user", "content": f"NOFINISH {uuid.uuid4().hex}"}],
@@ -121,6 +111,6 @@ def test_a_stream_read_to_its_end_with_no_finish_reason_is_no_client_cut(
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     time.sleep(1.0)
     assert _client_left(server) == before
-    assert _sample(server, "ctxproto_requests_total", tenant="default", cache="bypass") == (
+    assert metric(server, "ctxproto_requests_total", tenant="default", cache="bypass") == (
         answered + 1
     )

@@ -189,7 +189,8 @@ def test_health_reports_a_store_that_went_down(replicas, redis_server: RedisServ
         assert time.monotonic() - start < 20
     finally:
         redis_server.start()
-    assert chat.status_code == 500 and chat.json()["error"]["code"] == "store_error"
+    assert chat.status_code == 503 and chat.json()["error"]["code"] == "store_unavailable"
+    assert chat.headers["retry-after"] == "1"
     assert answer.status_code == 503, answer.text
     assert redis_server.url.rsplit("/", 1)[0] in answer.json()["reason"]
     assert httpx.get(f"{server.base_url}/health").status_code == 200

@@ -22,7 +22,7 @@ import pytest
 
 from ctxproto.bench.embedded_postgres import EmbeddedPostgres, free_port
 from ctxproto.documents import Document
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
 from ctxproto.stores import pgvector_store
 from ctxproto.stores.pgvector_store import PgVectorStore, _relation_exists
 
@@ -73,11 +73,29 @@ def test_a_selective_filter_on_an_hnsw_index_still_returns_k_rows(pg_url: str) -
 
 def test_an_unreachable_server_is_a_store_error_naming_the_url_without_its_password() -> None:
     url = f"postgresql://reader:s3cret-pw@127.0.0.1:{free_port()}/kb?table=docs"
-    with pytest.raises(StoreError) as raised:
+    with pytest.raises(StoreUnavailableError) as raised:
         PgVectorStore(url, embedder="e", dimension=DIM, connect_timeout=1)
     message = str(raised.value)
     assert "s3cret-pw" not in message
     assert f"postgresql://reader:***@127.0.0.1:{url.split(':')[3]}" in message
+
+
+def test_a_refused_connection_or_a_mismatched_store_is_not_an_outage(
+    postgres: EmbeddedPostgres, pg_url: str
+) -> None:
+    """The server's own refusal fails the same way again: a plain ``StoreError`` (the
+    proxy's 500), never the ``StoreUnavailableError`` of a server that is down (503,
+    retried). Both carry no SQLSTATE from libpq; the refusal holds the server's FATAL."""
+    missing = f"{postgres.url.rpartition('/')[0]}/no_such_database?table=docs"
+    with pytest.raises(StoreError, match="no_such_database") as refused:
+        PgVectorStore(missing, embedder="e", dimension=DIM, connect_timeout=1)
+    assert not isinstance(refused.value, StoreUnavailableError)
+    with PgVectorStore(pg_url, embedder="e", dimension=DIM) as store:
+        store.add("d", [Document(id="d#0", text="d")], _vectors(1))
+        store.save()
+    with pytest.raises(StoreError, match="embedder") as mismatched:
+        PgVectorStore(pg_url, embedder="another", dimension=DIM)
+    assert not isinstance(mismatched.value, StoreUnavailableError)
 
 
 @pytest.mark.parametrize("password", ["50%off-pw", "Tr0ub%40dor%zz"])
@@ -117,7 +135,7 @@ def test_a_server_that_accepts_but_never_answers_fails_within_the_connect_timeou
         silent.listen(8)  # the kernel completes the handshake; nobody ever answers
         port = silent.getsockname()[1]
         start = time.monotonic()
-        with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+        with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}"):
             PgVectorStore(
                 f"postgresql://u:pw@127.0.0.1:{port}/db", embedder="e", dimension=4,
                 connect_timeout=1,
@@ -357,9 +375,9 @@ def test_a_crashed_server_loses_nothing_saved_and_the_store_reconnects(
         store.save()
         store.add("unsaved", [Document(id="unsaved#0", text="u")], vectors[:1])
         postgres.crash()
-        with pytest.raises(StoreError, match=r"127\.0\.0\.1.*rolled back"):
+        with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1.*rolled back"):
             store.search(vectors[0], 1)
-        with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
+        with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1"):
             store.search(vectors[0], 1)
         postgres.start()
         assert store.search(vectors[7], 1)[0].document.id == "d7#0"
@@ -380,7 +398,7 @@ def test_a_search_the_server_does_not_answer_in_time_is_a_store_error(pg_url: st
         with psycopg.connect(pg_url.partition("?")[0]) as migration:
             migration.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             start = time.monotonic()
-            with pytest.raises(StoreError, match="statement timeout"):
+            with pytest.raises(StoreUnavailableError, match="statement timeout"):
                 store.search(vectors[0], 1)
             assert time.monotonic() - start < 5
         assert store.search(vectors[0], 1)[0].document.id == "d#0"  # the lock is gone
@@ -418,7 +436,7 @@ def test_a_search_on_a_server_that_stopped_answering_is_a_store_error_not_a_hang
             outcome.clear()
 
             def run() -> None:
-                with pytest.raises(StoreError) as raised:
+                with pytest.raises(StoreUnavailableError) as raised:
                     store.search(vectors[0], 1)
                 outcome["error"] = str(raised.value)
 

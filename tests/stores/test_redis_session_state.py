@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from ctxproto.errors import ConfigError, StoreError
+from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
 from ctxproto.stores.redis_session_state import UPDATES_TTL_MS, RedisSessionStateStore
 from tests.servers_redis import RedisServer, free_port
 
@@ -61,6 +61,42 @@ def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server:
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     assert store.get("t", "s") == {"v": 1}
+    store.close()
+
+
+def test_a_server_down_or_not_answering_is_unavailable_and_a_refusal_is_not(
+    redis_server: RedisServer,
+):
+    """``StoreUnavailableError`` (the proxy's 503, retried) only where a retry may help:
+    a frozen server, a stopped one; a server that answered with a refusal (a key of
+    another type, a password it does not take) stays a plain ``StoreError`` (500)."""
+    store = RedisSessionStateStore(
+        f"{redis_server.url}?socket_timeout=0.5", namespace=redis_server.namespace()
+    )
+    store.put("t", "s", {"v": 1})
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailableError, match=r"session 's'.*127\.0\.0\.1"):
+            store.get("t", "s")
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    redis_server.stop()
+    try:
+        with pytest.raises(StoreUnavailableError, match=r"cannot write .*127\.0\.0\.1"):
+            store.put("t", "s", {"v": 2})
+    finally:
+        redis_server.start()
+    assert store.get("t", "s") == {"v": 1}
+    client = redis.Redis.from_url(redis_server.url)
+    client.rpush(store.key("t", "a-list"), b"not a state")
+    client.close()
+    with pytest.raises(StoreError, match="WRONGTYPE") as refused:
+        store.get("t", "a-list")
+    assert not isinstance(refused.value, StoreUnavailableError)
+    with pytest.raises(StoreError) as refused:
+        RedisSessionStateStore(redis_server.url.replace("redis://", "redis://nobody:hunter2@"))
+    assert not isinstance(refused.value, StoreUnavailableError)
     store.close()
 
 
