@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from ctxproto.errors import CtxprotoError
 from ctxproto.serve.answer import replay_chunks
@@ -36,6 +36,7 @@ from ctxproto.serve.body import parse_body, parse_chat_request, read_json_body
 from ctxproto.serve.envelope import APIError, error_response, to_api_error
 from ctxproto.serve.flow import Turn
 from ctxproto.serve.health import OK, STORE_TIMEOUT_S, StoreHealth
+from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
 from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -47,6 +48,7 @@ from ctxproto.serve.protocol import (
     ResponseMessage,
     Usage,
 )
+from ctxproto.serve.request_id import RequestIdMiddleware, note_error, request_log
 from ctxproto.serve.session_sweeper import SessionSweeper
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import conversation_session, named_session
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app"]
 
-log = logging.getLogger("ctxproto.serve")
+log = request_log
 
 # A session id comes from the body's ``user`` too, which may hold any text; a header
 # value holds printable ASCII: the rest (and "%") is percent-encoded as UTF-8, or a
@@ -90,7 +92,7 @@ def create_app(
             sweeper.stop()
             await state.aclose()
 
-    app = Starlette(
+    app = _ProxyApp(
         lifespan=lifespan,
         routes=[
             *([mcp.route] if mcp is not None else []),
@@ -111,6 +113,18 @@ def create_app(
     app.state.mcp = mcp
     app.state.store_health = StoreHealth()
     return app
+
+
+class _ProxyApp(Starlette):
+    """Starlette with ``RequestIdMiddleware`` outside all of Starlette's own middleware.
+
+    Outside ``ServerErrorMiddleware`` too, which answers an unexpected exception with
+    the 500: as a user middleware (inside it), that 500 went out with no request id
+    and the traceback's log line named none.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
 
 
 def _mcp_endpoint(state: ProxyState) -> McpEndpoint | None:
@@ -253,6 +267,7 @@ async def _chat_completions(request: Request) -> Response:
         answer = await _answer(request, state, turn, forward, model)
         if answer is None:  # the client left; nobody reads this
             state.metrics.client_left()
+            note_error(499, CLIENT_CLOSED_REQUEST, "the client left before its answer came")
             return Response(status_code=499)
         return JSONResponse(answer.model_dump(exclude_none=False), headers=_turn_headers(turn))
     finally:

@@ -24,6 +24,7 @@ from ctxproto.errors import (
     StoreUnavailableError,
 )
 from ctxproto.serve.protocol import ErrorInfo, ErrorResponse
+from ctxproto.serve.request_id import note_error
 
 __all__ = ["APIError", "error_payload", "error_response", "to_api_error"]
 
@@ -102,7 +103,9 @@ def error_payload(error: APIError) -> ErrorResponse:
 
 
 def error_response(exc: CtxprotoError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error's answer; it is noted for the request's log line (``request_id``)."""
     error = to_api_error(exc)
+    note_error(error.status, error.code, error.message)
     out = dict(headers or {})
     out["x-should-retry"] = "true" if error.status in _RETRYABLE else "false"
     if error.retry_after is not None:

@@ -20,7 +20,6 @@ turn sees it, and shielded, so the server's stop does not cut it halfway.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -33,12 +32,14 @@ from ctxproto.errors import CtxprotoError
 from ctxproto.serve.answer import AnswerAccumulator
 from ctxproto.serve.envelope import error_payload, to_api_error
 from ctxproto.serve.flow import Turn
+from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
 from ctxproto.serve.protocol import ChatCompletionChunk, Usage, completion_id
+from ctxproto.serve.request_id import note_error, request_log
 from ctxproto.serve.state import ProxyState
 
 __all__ = ["TurnStream"]
 
-log = logging.getLogger("ctxproto.serve")
+log = request_log
 
 
 class TurnStream(StreamingResponse):
@@ -93,6 +94,7 @@ class TurnStream(StreamingResponse):
                             self._state.record(self._turn, self._usage)
                         else:  # the client left mid-answer
                             self._state.metrics.client_left()
+                            note_error(499, CLIENT_CLOSED_REQUEST, "the client left mid-answer")
                 except CtxprotoError as exc:  # the client is gone: only the log can tell
                     log.warning(
                         "a streamed turn of tenant %s was not stored: %s", self._turn.tenant, exc
@@ -155,6 +157,7 @@ class TurnStream(StreamingResponse):
                 raise
             error = to_api_error(exc)
             state.metrics.errors.labels(code=error.code).inc()
+            note_error(error.status, error.code, error.message)
             yield b"data: " + error_payload(error).model_dump_json().encode() + b"\n\n"
             return
         yield b"data: [DONE]\n\n"

@@ -11,6 +11,9 @@ closing that iterator cancels the upstream request.
 byte (exponential backoff, honouring ``Retry-After``) and normalises error
 bodies of other shapes (older vLLM's ``{"object": "error", ...}``, FastAPI's
 ``{"detail": ...}``, plain text) into an ``APIError`` with the status to answer.
+It sends the request's id as ``x-request-id``, so the upstream's log names the
+same request, and keeps the upstream's own id for the proxy's log line
+(``request_id``), never passing it on as the proxy's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import httpx
 from ctxproto.serve.body import unpaired_surrogate, utf8_text
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
+from ctxproto.serve.request_id import REQUEST_ID_HEADER, current_request, sane_request_id
 from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RemoteUpstream", "Upstream"]
@@ -124,7 +128,9 @@ class RemoteUpstream(Upstream):
         """Unready when down, and when it refuses the proxy's key (401, 403): every
         request would then be a 502. A 404 is a server with no ``/models`` route."""
         try:
-            response = await self._client.get(f"{self.base_url}/models", timeout=5.0)
+            response = await self._client.get(
+                f"{self.base_url}/models", headers=_request_id_header(), timeout=5.0
+            )
         except httpx.HTTPError as exc:
             return f"upstream unreachable: {type(exc).__name__}"
         status = response.status_code
@@ -149,10 +155,12 @@ class RemoteUpstream(Upstream):
         """POST with retries; returns a response with a 2xx status, its body unread."""
         url = f"{self.base_url}/chat/completions"
         shown = f"{self._shown_url}/chat/completions"
+        record = current_request()
+        headers = _request_id_header()
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                request = self._client.build_request("POST", url, json=body)
+                request = self._client.build_request("POST", url, json=body, headers=headers)
                 response = await self._client.send(request, stream=True)
             except httpx.TimeoutException:
                 raise APIError(
@@ -167,6 +175,8 @@ class RemoteUpstream(Upstream):
                     ) from None
                 await asyncio.sleep(_backoff(attempt, None))
                 continue
+            if record is not None:
+                record.upstream_id = sane_request_id(response.headers.get(REQUEST_ID_HEADER))
             if response.status_code < 300:
                 return response
             error = await _upstream_error(response)
@@ -175,6 +185,12 @@ class RemoteUpstream(Upstream):
                 continue
             raise error
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _request_id_header() -> dict[str, str]:
+    """The request's own id for the upstream (retries send the same), if one is answered."""
+    record = current_request()
+    return {REQUEST_ID_HEADER: record.id} if record is not None else {}
 
 
 async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:

@@ -20,7 +20,8 @@ the JSON value given, such as ``-1`` or ``"7"``),
 finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
 event after the finish reason, in place of ``[DONE]``). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
-gets is recorded.
+gets is recorded, and the ``x-request-id`` it came with; it answers each request
+with its own ``x-request-id`` (``scripted-<n>``, as OpenAI's API names its own).
 """
 
 from __future__ import annotations
@@ -38,21 +39,26 @@ from openai.types.completion_usage import (
     PromptTokensDetails,
 )
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.request_ids: list[str | None] = []
+        """The ``x-request-id`` each chat request came with, in order."""
         self.failures: Counter[str] = Counter()
         self.chunks_sent = 0
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
-            ]
+            ],
+            middleware=[Middleware(_OwnRequestIds)],
         )
 
     async def _models(self, request: Request) -> Response:
@@ -61,6 +67,7 @@ class ScriptedUpstream:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.bodies.append(body)
+        self.request_ids.append(request.headers.get("x-request-id"))
         messages = body["messages"]
         users = [_text(m.get("content")) for m in messages if m["role"] == "user"]
         last = messages[-1]
@@ -198,6 +205,25 @@ class ScriptedUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
+
+
+class _OwnRequestIds:
+    """Answers every request with an ``x-request-id`` of the upstream's own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.answered = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.answered += 1
+        own = (b"x-request-id", f"scripted-{self.answered}".encode())
+
+        async def send_own(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), own]}
+            await send(message)
+
+        await self.app(scope, receive, send_own)
 
 
 def _text(content: Any) -> str:
