@@ -56,6 +56,14 @@ class RequestRecord:
     """One request, as its log lines tell it."""
 
     id: str
+    sent_upstream: str = ""
+    """The id the upstream gets: ``id`` when this server chose it; a client's own with a
+    random suffix, unique per request, since vLLM takes ``x-request-id`` as its engine's
+    request id, and two requests in flight under one id fail there (or, in older
+    versions, stop the engine for every tenant)."""
+    upstream_asked: bool = False
+    """A remote upstream was sent the request (its line then names ``sent_upstream``
+    where that differs from ``id``)."""
     upstream_id: str | None = None
     """The upstream's own ``x-request-id`` on its (last) answer, when sane."""
     error: str | None = None
@@ -98,7 +106,8 @@ class _RequestLog(logging.LoggerAdapter[logging.Logger]):
         if record is None:
             return msg, kwargs
         kwargs["extra"] = {**(kwargs.get("extra") or {}), "request_id": record.id}
-        return f"request {record.id}: {msg}", kwargs
+        # Doubled: the line is a format string, and a client's id may hold a ``%``.
+        return f"request {record.id.replace('%', '%%')}: {msg}", kwargs
 
 
 request_log = _RequestLog(logging.getLogger("ctxproto.serve"), {})
@@ -121,7 +130,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = RequestRecord(_client_id(scope["headers"]) or secrets.token_hex(16))
+        theirs = _client_id(scope["headers"])
+        if theirs is None:
+            fresh = secrets.token_hex(16)
+            record = RequestRecord(fresh, sent_upstream=fresh)
+        else:
+            record = RequestRecord(theirs, sent_upstream=f"{theirs}-{secrets.token_hex(4)}")
         header = (_HEADER, record.id.encode("ascii"))
         status = 0
         started = time.perf_counter()
@@ -162,11 +176,14 @@ def _log_answered(
     answered = str(status) if status else "nothing (the client left first)"
     request_log.log(
         level,
-        "%s %s answered %s in %.3f s%s%s",
+        "%s %s answered %s in %.3f s%s%s%s",
         scope["method"],
         quote(scope.get("root_path", "") + scope["path"]),
         answered,
         seconds,
         f", error {record.error}" if record.error else "",
+        f", sent upstream as {record.sent_upstream}"
+        if record.upstream_asked and record.sent_upstream != record.id
+        else "",
         f", upstream request {record.upstream_id}" if record.upstream_id else "",
     )

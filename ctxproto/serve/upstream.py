@@ -157,6 +157,8 @@ class RemoteUpstream(Upstream):
         shown = f"{self._shown_url}/chat/completions"
         record = current_request()
         headers = _request_id_header()
+        if record is not None:
+            record.upstream_asked = True
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
@@ -188,9 +190,9 @@ class RemoteUpstream(Upstream):
 
 
 def _request_id_header() -> dict[str, str]:
-    """The request's own id for the upstream (retries send the same), if one is answered."""
+    """The request's id for the upstream (retries send the same), if one is answered."""
     record = current_request()
-    return {REQUEST_ID_HEADER: record.id} if record is not None else {}
+    return {REQUEST_ID_HEADER: record.sent_upstream} if record is not None else {}
 
 
 async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:

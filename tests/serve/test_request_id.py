@@ -91,15 +91,43 @@ def test_a_completion_and_a_stream_carry_a_fresh_id_the_upstream_got_too(proxy, 
     assert scripted.request_ids[-1] == streamed
 
 
-def test_the_clients_own_id_is_answered_and_sent_upstream(proxy, scripted):
+def test_the_clients_own_id_is_answered_and_sent_upstream_made_unique(proxy, scripted, caplog):
+    # vLLM takes x-request-id as its engine's request id, and two requests in flight
+    # under one id fail there: a client reusing its id (a gateway's retry does) must
+    # not hand the upstream one id twice.
+    caplog.set_level(logging.INFO, logger="ctxproto.serve")
     mine = "trace-4bf92f35:span/00f067aa.01"
+    sent = []
+    for _ in range(2):
+        answer = openai_client(proxy, "key-a").chat.completions.create(
+            model="ctxproto",
+            messages=ask("keep my id"),
+            extra_headers={**NO_CACHE, "x-request-id": mine},
+        )
+        assert answer._request_id == mine
+        sent.append(scripted.request_ids[-1])
+    assert all(re.fullmatch(re.escape(mine) + r"-[0-9a-f]{8}", s) for s in sent), sent
+    assert sent[0] != sent[1]
+    said = [line.getMessage() for line in lines_about(caplog, mine, servers=2)]
+    assert [f"sent upstream as {s}" in line for s, line in zip(sent, said, strict=True)] == [
+        True,
+        True,
+    ]
+
+
+def test_a_client_id_holding_a_percent_sign_is_still_logged(proxy, scripted, caplog):
+    # The id goes into the line's format string: a bare %s took the line's arguments
+    # and the line was lost to a logging error.
+    caplog.set_level(logging.INFO, logger="ctxproto.serve")
+    mine = "%s%d%(x)s-100%"
     answer = openai_client(proxy, "key-a").chat.completions.create(
         model="ctxproto",
-        messages=ask("keep my id"),
+        messages=ask("log my odd id"),
         extra_headers={**NO_CACHE, "x-request-id": mine},
     )
     assert answer._request_id == mine
-    assert scripted.request_ids[-1] == mine
+    said = line_about(caplog, mine).getMessage()
+    assert said.startswith(f"request {mine}: POST /v1/chat/completions answered 200 in ")
 
 
 @pytest.mark.parametrize(
