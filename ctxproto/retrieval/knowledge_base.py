@@ -9,11 +9,11 @@ every replica shares (``ctxproto.stores.vector_backend``).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -213,7 +213,9 @@ class KnowledgeBase:
         )
 
 
-def _as_stored(chunks: Sequence[Document]) -> list[dict[str, Any]]:
-    """``chunks`` as a store keeps them (JSON values: a tuple in the metadata is read
-    back as a list), so a document is compared with its stored chunks field by field."""
-    return [chunk.model_dump(mode="json") for chunk in chunks]
+def _as_stored(chunks: Sequence[Document]) -> str:
+    """``chunks`` as a store keeps them, as JSON text: a tuple in the metadata is read
+    back as a list, and ``true`` is not ``1`` (Python's ``True == 1`` took a document
+    re-added with ``public: True`` over a stored ``public: 1`` as unchanged, and the
+    stores' filters keep the two apart)."""
+    return json.dumps([chunk.model_dump(mode="json") for chunk in chunks], sort_keys=True)

@@ -35,3 +35,18 @@ def test_sizes_and_weights_out_of_range_are_config_errors_naming_the_key(
     with pytest.raises(ConfigError) as info:
         knowledge_base.query("Which fact is about topic 3?", **arguments)
     assert info.value.key == key
+
+
+def test_metadata_changed_from_a_number_to_a_boolean_is_a_change(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """Python's equality holds ``True == 1``, and a document re-added with ``public:
+    True`` where ``public: 1`` was stored was taken as unchanged and kept its old
+    metadata, which a filter on ``True`` does not match (the stores keep them apart)."""
+    knowledge_base = KnowledgeBase(tmp_path / "kb", embedder=embedder)
+    text = "Refunds are paid within 14 days."
+    knowledge_base.add_documents([Document(id="d", text=text, metadata={"public": 1})])
+    knowledge_base.add_documents([Document(id="d", text=text, metadata={"public": True})])
+    assert knowledge_base.unchanged_documents == 0
+    (found,) = knowledge_base.query("refunds", k=1, filters={"public": True})
+    assert found.metadata["public"] is True
