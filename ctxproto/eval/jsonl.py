@@ -62,14 +62,16 @@ class JsonlItem(BaseModel):
             raise ValueError("an item needs 'documents' or 'messages' (or both)")
         if any(not answer.strip() for answer in self.answers):
             raise ValueError("'answers' must not contain empty strings")
-        for answer in self.answers:
-            # Matched after SQuAD normalization: an answer it empties ("A", "...") is
-            # found in no prompt, the full one included, and read as lost by every system.
-            if not normalize_answer(answer):
-                raise ValueError(
-                    f"answer {excerpt(answer)} is empty once normalized (lower case, no "
-                    "punctuation, no a/an/the), so no text could contain it"
-                )
+        # Matched after SQuAD normalization: an item whose every answer it empties
+        # ("A", "...") is found in no prompt, the full one included, and read as lost by
+        # every system. One such alias beside a real answer is skipped when scoring.
+        if not any(normalize_answer(answer) for answer in self.answers):
+            shown = excerpt(self.answers[0]) if len(self.answers) == 1 else "every answer"
+            raise ValueError(
+                f"{'answer ' if len(self.answers) == 1 else ''}{shown} is empty once "
+                "normalized (lower case, no punctuation, no a/an/the), so no text could "
+                "contain it"
+            )
         return self
 
     def to_item(self) -> EvalItem:

@@ -13,6 +13,7 @@ from ctxproto.eval.conversations import chitchat_conversations, sharegpt_convers
 from ctxproto.eval.dataset import DatasetOptions, load_dataset
 from ctxproto.eval.json_stream import StreamEnd, iter_json_records
 from ctxproto.eval.jsonl import JsonlDataset
+from ctxproto.eval.metrics import best_subspan_em
 from ctxproto.eval.needle import NeedleDataset, insert_at_depth
 from ctxproto.pipeline import Pipeline
 
@@ -183,17 +184,21 @@ def test_a_jsonl_answer_that_normalizes_to_nothing_is_a_bad_line(tmp_path: Path)
     documents = [{"id": "d", "text": "The answer is A, not B."}]
     lines = [
         {"id": "letter", "question": "Which?", "answers": ["A"], "documents": documents},
-        {"id": "dots", "question": "Which?", "answers": ["B", "..."], "documents": documents},
+        {"id": "dots", "question": "Which?", "answers": ["...", "The"], "documents": documents},
         {"id": "ok", "question": "Which?", "answers": ["not B"], "documents": documents},
+        # An alias normalization empties, beside a real answer: scored on the real one.
+        {"id": "alias", "question": "Which?", "answers": ["...", "not B"], "documents": documents},
     ]
     path = tmp_path / "items.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", "utf-8")
     dataset = JsonlDataset(path)
-    assert [item.id for item in dataset.items()] == ["ok"]
+    items = list(dataset.items())
+    assert [item.id for item in items] == ["ok", "alias"]
+    assert best_subspan_em("The answer is A, not B.", items[1].answers) == 1.0
     assert [str(p) for p in dataset.problems] == [
         "items.jsonl:1: answer 'A' is empty once normalized (lower case, no punctuation, "
         "no a/an/the), so no text could contain it",
-        "items.jsonl:2: answer '...' is empty once normalized (lower case, no punctuation, "
+        "items.jsonl:2: every answer is empty once normalized (lower case, no punctuation, "
         "no a/an/the), so no text could contain it",
     ]
 
