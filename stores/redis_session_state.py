@@ -45,6 +45,17 @@ returns, and a write samples, ids whose state is gone and removes them from
 the set (``_LIVE_IDS``, one script, so a write of that session in between is
 never undone), as Redis samples keys to expire; a tenant sending a new session
 id per request keeps its set to about as many ids again as it has live sessions.
+
+The set may expire only when none of its sessions outlives it. Keys written
+without a TTL (before one was configured) have no expiry, and the first write
+with the TTL gave their tenant's set one: the set went when the tenant idled,
+and the old sessions, still read, were left out of every listing for good. So a
+store opened with a TTL first gives each of its namespace's state keys and sets
+that has no expiry one TTL from then (``_EXPIRE_PERSISTENT``, one key at a time,
+checked and set atomically, so a write in between keeps its own expiry); and a
+write without a TTL clears the set's expiry (``PERSIST``) in its transaction, as
+its state never expires. A store opened without a TTL still lists only the ids
+whose state exists: sessions written under a TTL before it was turned off expire.
 """
 
 from __future__ import annotations
@@ -101,6 +112,15 @@ return live
 """
 
 
+_EXPIRE_PERSISTENT = """
+-- KEYS[1]: a key; ARGV[1]: milliseconds. Gives the key that expiry if it has none.
+if redis.call('PTTL', KEYS[1]) == -1 then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
 class RedisSessionStateStore:
     """JSON state per ``(tenant_id, session_id)`` on the server at ``url``."""
 
@@ -118,6 +138,8 @@ class RedisSessionStateStore:
         self._prefix = f"ctxproto:{key_part(namespace)}"
         self._connection = RedisConnection(url)
         self._redis = self._connection.client
+        if self._ttl_ms is not None:
+            self._expire_persistent(self._ttl_ms)
 
     @property
     def location(self) -> str:
@@ -201,12 +223,28 @@ class RedisSessionStateStore:
 
     def _index_written(self, pipe: Any, tenant_id: str, session_id: str) -> None:
         """Queue, in the write's transaction after its state, the tenant's set naming the
-        session; with a TTL, its expiry renewed and a sample of its expired ids dropped."""
+        session; with a TTL, its expiry renewed and a sample of its expired ids dropped;
+        without, its expiry cleared, since this session's state now never expires."""
         index = self._index(tenant_id)
         pipe.sadd(index, session_id.encode("utf-8"))
-        if self._ttl_ms is not None:
+        if self._ttl_ms is None:
+            pipe.persist(index)
+        else:
             pipe.pexpire(index, self._ttl_ms)
             pipe.eval(_LIVE_IDS, 1, index, self._state_prefix(tenant_id), SAMPLED_IDS)
+
+    def _expire_persistent(self, ttl_ms: int) -> None:
+        """Give this namespace's state keys and sets that have no expiry ``ttl_ms`` (see
+        the module docstring). One ``SCAN`` of the server, once per store opened."""
+        pipe = self._redis.pipeline(transaction=False)
+        with self._connection.reporting("cannot give stored sessions the idle TTL"):
+            for kind in ("state", "sessions"):
+                pattern = f"{glob_escape(self._prefix)}:{kind}:*"
+                for key in self._redis.scan_iter(match=pattern, count=1000):
+                    pipe.eval(_EXPIRE_PERSISTENT, 1, key, ttl_ms)
+                    if len(pipe) >= 1000:
+                        pipe.execute()
+            pipe.execute()
 
     def delete(self, tenant_id: str, session_id: str) -> bool:
         """Forget a session; ``True`` when it existed."""
@@ -235,19 +273,20 @@ class RedisSessionStateStore:
         index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
             members = list(self._redis.sscan_iter(index, match=pattern, count=1000))
-            if self._ttl_ms is not None:  # ids whose state expired go, from the set too
-                members = [
-                    live
-                    for first in range(0, len(members), 1000)
-                    for live in self._redis.eval(
-                        _LIVE_IDS,
-                        1,
-                        index,
-                        self._state_prefix(tenant_id),
-                        0,
-                        *members[first : first + 1000],
-                    )
-                ]
+            # Ids whose state expired go, from the set too: with a TTL, and after one
+            # was turned off, for the sessions written under it.
+            members = [
+                live
+                for first in range(0, len(members), 1000)
+                for live in self._redis.eval(
+                    _LIVE_IDS,
+                    1,
+                    index,
+                    self._state_prefix(tenant_id),
+                    0,
+                    *members[first : first + 1000],
+                )
+            ]
         return sorted({m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members})
 
     def ping(self) -> None:

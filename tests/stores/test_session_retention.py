@@ -211,3 +211,43 @@ def test_an_id_the_listing_checks_is_encoded_as_its_key_is(redis_server: RedisSe
 def test_a_ttl_that_keeps_nothing_or_is_no_number_is_refused(tmp_path: Path, ttl: object):
     with pytest.raises(ConfigError, match="idle_ttl_s"):
         SessionStateStore(tmp_path, idle_ttl_s=ttl)  # type: ignore[arg-type]
+
+
+def listed_as_read(store: SessionStore, tenant: str, sessions: list[str]) -> bool:
+    """Whether the tenant's listing names exactly those of ``sessions`` that ``get`` reads."""
+    return store.sessions(tenant) == sorted(s for s in sessions if store.get(tenant, s))
+
+
+def test_turning_a_ttl_on_never_hides_a_session_stored_before_it(redis_server: RedisServer):
+    """A session stored without a TTL gets one when a store opens with it: it goes with
+    the tenant's set, where the set expired and the session lived on, read but unlisted."""
+    namespace = redis_server.namespace()
+    forever = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    forever.put("acme", "old", {"v": 1})
+    forever.close()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace, idle_ttl_s=TTL)
+    store.put("acme", "new", {"v": 2})
+    assert listed_as_read(store, "acme", ["old", "new"]) and store.sessions("acme") == [
+        "new",
+        "old",
+    ]
+    time.sleep(TTL + 0.3)
+    assert store.get("acme", "old") is None
+    assert listed_as_read(store, "acme", ["old", "new"])
+    assert left_behind(redis_server.url, namespace) == []
+    store.close()
+
+
+def test_turning_a_ttl_off_keeps_new_sessions_listed(redis_server: RedisServer):
+    """A write without a TTL clears the expiry of the tenant's set, which otherwise
+    expired with the last write under the TTL and took the new session's id with it."""
+    namespace = redis_server.namespace()
+    with_ttl = RedisSessionStateStore(redis_server.url, namespace=namespace, idle_ttl_s=TTL)
+    with_ttl.put("acme", "under-the-ttl", {"v": 1})
+    with_ttl.close()
+    store = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    store.put("acme", "kept", {"v": 2})
+    time.sleep(TTL + 0.3)
+    assert store.get("acme", "kept") == {"v": 2} and store.get("acme", "under-the-ttl") is None
+    assert store.sessions("acme") == ["kept"]
+    store.close()
