@@ -62,21 +62,23 @@ class ReadOnlyCache:
         self._connection.close()
 
 
-def text_keys_from(cache: Any, start: str, *, stored_after: float | None = None) -> list[str]:
+def text_keys_from(
+    cache: Any, start: str, *, where: str = "", parameters: tuple[Any, ...] = ()
+) -> list[str]:
     """The text keys of ``cache`` (a ``diskcache.Cache`` or a ``ReadOnlyCache``) that
     start with ``start``, in order, read through the table's key index; with
-    ``stored_after``, only the rows written after that time (``time.time()``).
+    ``where``, only the rows that SQL condition (with ``parameters``) holds for.
 
     diskcache lists keys only whole (``iterkeys`` reads every row); one range of
     the index reads only the keys wanted. Text compares as UTF-8 bytes, and no
     character's bytes sort after U+10FFFF's, so the range ends there.
     """
     statement = "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1"
-    parameters: tuple[Any, ...] = (start, start + "\U0010ffff")
-    if stored_after is not None:
-        statement += " AND store_time > ?"
-        parameters += (stored_after,)
-    rows = select_rows(cache, statement + " ORDER BY key", parameters)
+    if where:
+        statement += f" AND ({where})"
+    rows = select_rows(
+        cache, statement + " ORDER BY key", (start, start + "\U0010ffff", *parameters)
+    )
     return [key for (key,) in rows if isinstance(key, str)]
 
 

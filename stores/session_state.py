@@ -229,10 +229,14 @@ class SessionStateStore:
     store of this class continue its conversations.
 
     Stores before namespaces keyed state by ``["session", tenant, session]`` in
-    every namespace. Such a row is still read (and listed) while the session has
-    no row of its own in this namespace, and ``delete`` removes it. A write goes
-    to the namespaced key, which is read from then on, and leaves the old row:
-    in a folder that users shared, it may hold another namespace's state.
+    every namespace. Such a row is still read (and listed) by a store without an
+    idle TTL while the session has no row of its own in this namespace, and
+    ``delete`` removes it. A write goes to the namespaced key, which is read from
+    then on, and leaves the old row: in a folder that users shared, it may hold
+    another namespace's state. A store with an idle TTL never reads it: once the
+    sweep deleted the session's expired namespaced row, nothing would say that
+    one existed, and the older row, within a TTL since lengthened, came back as
+    the session's state.
 
     ``path=None`` makes a store in a fresh temporary folder: state then lasts as
     long as the store, which is what a pipeline without configured persistence
@@ -242,10 +246,13 @@ class SessionStateStore:
 
     With ``idle_ttl_s``, each write gives its row diskcache's ``expire``, so
     diskcache's reads skip it once that passes and ``remove_expired`` deletes
-    it. A row written without one (before the TTL was configured, or from before
-    namespaces) reads as absent once it was stored longer ago than the TTL, and
-    ``remove_expired`` gives this namespace's rows their deadline, so a TTL
-    configured later, or shortened, applies to what is already stored.
+    it. A row is live while it is within its own deadline, if it has one, and
+    was stored within the TTL (``_liveness``, the one rule of ``get`` and
+    ``sessions``): a row written before the TTL was configured reads as absent
+    once stored longer ago than the TTL, one written under a shorter TTL stays
+    expired when the TTL is lengthened, and ``remove_expired`` gives this
+    namespace's rows their deadline, so a TTL configured later, or shortened,
+    applies to what is already stored.
     """
 
     def __init__(
@@ -293,39 +300,48 @@ class SessionStateStore:
         return json.dumps(["session", tenant_id, session_id])
 
     def _read(self, tenant_id: str, session_id: str) -> Any:
-        """The raw value of the session: its namespaced row, else a row from before
-        namespaces; a row stored longer ago than the idle TTL is none."""
-        for key in (
-            self._key(tenant_id, session_id),
-            self._key_before_namespaces(tenant_id, session_id),
-        ):
-            raw = self._cache.get(key)
-            if raw is not None and self._fresh(key):
-                return raw
-            if raw is not None or self._stored(key):
-                # An expired namespaced row hides the older row from before namespaces,
-                # which would otherwise come back as the session's state.
-                return None
-        return None
+        """The raw value of the session if live: its namespaced row, else (with no idle
+        TTL, and no namespaced row at all) a row from before namespaces."""
+        key = self._key(tenant_id, session_id)
+        raw = self._cache.get(key)
+        if raw is not None and self._live(key):
+            return raw
+        if raw is not None or self.idle_ttl_s is not None or self._stored(key):
+            # An expired namespaced row hides the older row from before namespaces,
+            # which would otherwise come back as the session's state; with a TTL, the
+            # namespaced row may have been swept already (see the class docstring).
+            return None
+        old = self._key_before_namespaces(tenant_id, session_id)
+        raw = self._cache.get(old)
+        return raw if raw is not None and self._live(old) else None
 
-    def _stored_after(self) -> float | None:
-        """The time a row must have been written after to be live; ``None``: any."""
-        return None if self.idle_ttl_s is None else time.time() - self.idle_ttl_s
+    def _liveness(self) -> tuple[str, tuple[float, ...]]:
+        """The SQL condition a live row meets now, and its parameters: within its own
+        deadline, if it has one, and stored within the idle TTL, if there is one.
 
-    def _fresh(self, key: str) -> bool:
-        """Whether the row of ``key`` (read a moment ago) was written within the idle TTL."""
-        after = self._stored_after()
-        if after is None:
-            return True
+        ``get`` and ``sessions`` both judge by it, so a listing names exactly the
+        sessions that read back. Both bounds hold: a row written under a shorter
+        TTL stays expired when the TTL is lengthened, and a TTL shortened (or
+        configured after the row was written) applies to it at once.
+        """
+        now = time.time()
+        condition = "(expire_time IS NULL OR expire_time > ?)"
+        if self.idle_ttl_s is None:
+            return condition, (now,)
+        return condition + " AND store_time > ?", (now, now - self.idle_ttl_s)
+
+    def _live(self, key: str) -> bool:
+        """Whether the row of ``key`` (read a moment ago) is live (``_liveness``)."""
+        condition, parameters = self._liveness()
         rows = select_rows(
-            self._cache, "SELECT store_time FROM Cache WHERE key = ? AND raw = 1", (key,)
+            self._cache,
+            f"SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND {condition}",
+            (key, *parameters),
         )
-        return bool(rows) and rows[0][0] is not None and rows[0][0] > after
+        return bool(rows)
 
     def _stored(self, key: str) -> bool:
-        """Whether a row of ``key`` is stored, live or not (only a TTL leaves an expired one)."""
-        if self.idle_ttl_s is None:
-            return False
+        """Whether a row of ``key`` is stored, live or not."""
         rows = select_rows(self._cache, "SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,))
         return bool(rows)
 
@@ -377,32 +393,42 @@ class SessionStateStore:
     def sessions(self, tenant_id: str, prefix: str = "") -> list[str]:
         """This tenant's session ids in this namespace that start with ``prefix``, sorted.
 
-        Read as two ranges of the key index (keys are JSON lists, so the JSON of
-        a list ending in ``prefix``, without its closing quote and bracket, starts
-        every key whose session id starts with ``prefix``): one for this
-        namespace, one for rows from before namespaces.
+        Read as ranges of the key index (keys are JSON lists, so the JSON of a
+        list ending in ``prefix``, without its closing quote and bracket, starts
+        every key whose session id starts with ``prefix``): this namespace's live
+        rows; with no idle TTL, also the live rows from before namespaces of the
+        sessions with no row of this namespace, live or not, as ``get`` reads them.
         """
         check_ids(tenant_id, "listing")
-        ranges = (  # the start of each range, and how many parts its keys have
-            (json.dumps(["session", self.namespace, tenant_id, prefix])[:-2], 4),
-            (json.dumps(["session", tenant_id, prefix])[:-2], 3),
-        )
-        ids = set()
-        after = self._stored_after()
+        ours = json.dumps(["session", self.namespace, tenant_id, prefix])[:-2]
+        old = json.dumps(["session", tenant_id, prefix])[:-2]
+        live = self._liveness()
         with self._reporting(f"the session-state store at {self.path}"):
-            found = [
-                (key, size)
-                for start, size in ranges
-                for key in text_keys_from(self._cache, start, stored_after=after)
-            ]
-        for key, size in found:
+            ids = self._ids(ours, 4, tenant_id, *live)
+            if self.idle_ttl_s is None:
+                hidden = self._ids(ours, 4, tenant_id)  # expired rows hide older ones too
+                ids |= self._ids(old, 3, tenant_id, *live) - hidden
+        return sorted(ids)
+
+    def _ids(
+        self,
+        start: str,
+        size: int,
+        tenant_id: str,
+        where: str = "",
+        parameters: tuple[float, ...] = (),
+    ) -> set[str]:
+        """The session ids of ``tenant_id`` in the keys from ``start`` that have ``size``
+        parts (4: this namespace's, 3: from before namespaces) and meet ``where``."""
+        ids = set()
+        for key in text_keys_from(self._cache, start, where=where, parameters=parameters):
             parts = json.loads(key)
             # A range may hold keys of the other kind: with a namespace named like the
             # tenant, rows of this namespace start like rows from before namespaces.
             ours = size == 3 or parts[1] == self.namespace
             if len(parts) == size and ours and parts[-2] == tenant_id:
                 ids.add(parts[-1])
-        return sorted(ids)
+        return ids
 
     def remove_expired(self) -> int:
         """Delete the rows idle past the TTL (a sweep); how many went. Nothing without a TTL.

@@ -157,14 +157,45 @@ def test_an_expired_session_does_not_bring_back_its_row_from_before_namespaces(t
     folder = tmp_path / "sessions"
     with diskcache.Cache(str(folder), disk=PlainDisk) as cache:
         cache.set(json.dumps(["session", "acme", "s"]), json.dumps({"v": "before namespaces"}))
+    assert SessionStateStore(folder, namespace="sessions").get("acme", "s") == {
+        "v": "before namespaces"
+    }
     store = SessionStateStore(folder, namespace="sessions", idle_ttl_s=TTL)
-    assert store.get("acme", "s") == {"v": "before namespaces"}
+    assert store.get("acme", "s") is None  # a store with a TTL never reads it
     store.put("acme", "s", {"v": "now"})
     time.sleep(TTL + 0.3)
     assert store.get("acme", "s") is None
     store.remove_expired()
     assert store.get("acme", "s") is None and store.sessions("acme") == []
     store.close()
+
+
+def test_a_longer_ttl_brings_back_no_expired_session_and_lists_what_reads_back(
+    tmp_path: Path,
+):
+    """Under a TTL raised after a session expired, neither its expired row (listed while
+    ``get`` said absent) nor, once swept, its row from before namespaces (read back as
+    its state) counts as the session."""
+    import diskcache
+
+    from ctxproto.stores.json_disk import PlainDisk
+
+    folder = tmp_path / "sessions"
+    with diskcache.Cache(str(folder), disk=PlainDisk) as cache:
+        cache.set(json.dumps(["session", "acme", "s"]), json.dumps({"v": "before namespaces"}))
+    short = SessionStateStore(folder, namespace="sessions", idle_ttl_s=TTL)
+    short.put("acme", "s", {"v": "expired"})
+    short.put("acme", "t", {"v": "expired"})
+    short.close()
+    time.sleep(TTL + 0.3)
+    longer = SessionStateStore(folder, namespace="sessions", idle_ttl_s=60 * TTL)
+    assert longer.get("acme", "s") is None and longer.get("acme", "t") is None
+    assert longer.sessions("acme") == [] and longer.sessions("acme", "t") == []
+    assert longer.remove_expired() == 2
+    assert longer.get("acme", "s") is None and longer.sessions("acme") == []
+    longer.put("acme", "t", {"v": "new"})
+    assert longer.get("acme", "t") == {"v": "new"} and longer.sessions("acme") == ["t"]
+    longer.close()
 
 
 def test_a_store_without_a_ttl_keeps_state_for_ever(location: str, namespace: str):
