@@ -42,7 +42,8 @@ def handle(args: argparse.Namespace) -> int:
     flow.warm_up()
     service = ContextService(flow, config.mcp)
     service.warm_up()  # a cache that cannot open fails now, not at the first tool call
-    sweeper = SessionSweeper(flow.store)  # sessions idle past sessions.idle_ttl_s
+    # sessions idle past sessions.idle_ttl_s, a summarizer's state_idle_ttl_s
+    sweeper = SessionSweeper(flow.session_stores() + service.session_stores())
     try:
         sweeper.start()
         anyio.run(create_mcp_server(service).run_stdio_async)

@@ -274,6 +274,11 @@ class SessionMemory:
         more = bool(entries) and entries[-1].id != ids[-1]
         return HistoryPage(entries=entries, next_cursor=entries[-1].id if more else None)
 
+    def session_stores(self) -> list[SessionStore]:
+        """The session stores this memory opened itself (its summarizer's state), for the
+        server's sweep; its entries are in the store it was given, which its owner sweeps."""
+        return self._summarizer.session_stores()
+
     def close(self) -> None:
         """Finish the background work, then close the summarizer's store it opened."""
         self._background.shutdown(wait=True)

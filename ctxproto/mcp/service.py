@@ -49,6 +49,7 @@ from ctxproto.serve.flow import ContextFlow
 from ctxproto.stages.semantic_cache import METADATA_KEY, SemanticCacheLookup
 from ctxproto.stages.token_compressor import TokenCompressor
 from ctxproto.stores.semantic_cache import SemanticCache
+from ctxproto.stores.session_state import SessionStore
 from ctxproto.stores.store_url import redact_url
 from ctxproto.stores.vector_backend import vector_store_exists
 from ctxproto.tokens import TokenCounter, get_counter
@@ -380,6 +381,11 @@ class ContextService:
             if self._own_cache and self._cache is not None and self.config.cache is not None:
                 checks[f"mcp.cache {redact_url(self.config.cache)}"] = self._cache.ping
         return checks
+
+    def session_stores(self) -> list[SessionStore]:
+        """The session stores this service opened itself, for the server's sweep beside
+        the flow's (``SessionSweeper``)."""
+        return self.memory.session_stores()
 
     def _ping_knowledge(self) -> None:
         with self._lock:

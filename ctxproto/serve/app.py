@@ -80,16 +80,18 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The upstream's connections belong to the server's event loop: close them
         # there, when the server stops, not from another loop afterwards.
-        sweeper = SessionSweeper(state.flow.store)  # sessions idle past sessions.idle_ttl_s
         try:
-            sweeper.start()
-            if mcp is None:
+            async with contextlib.AsyncExitStack() as running:
+                if mcp is not None:
+                    await running.enter_async_context(mcp.lifespan(app))
+                # Every session store with an idle TTL: the sessions', each summarizer's
+                # and the MCP memory's. Stopped before the MCP service closes its own.
+                stores = state.flow.session_stores()
+                sweeper = SessionSweeper(stores + (mcp.service.session_stores() if mcp else []))
+                sweeper.start()
+                running.callback(sweeper.stop)
                 yield
-            else:
-                async with mcp.lifespan(app):
-                    yield
         finally:
-            sweeper.stop()
             await state.aclose()
 
     app = _ProxyApp(

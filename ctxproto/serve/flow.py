@@ -219,6 +219,12 @@ class ContextFlow:
             checks.update(stage.store_checks())
         return checks
 
+    def session_stores(self) -> list[SessionStore]:
+        """The session store and every session store the pipeline's stages keep, for the
+        server's sweep (``SessionSweeper``)."""
+        stages = self.pipeline.stages if self.pipeline is not None else []
+        return [self.store, *(store for stage in stages for store in stage.session_stores())]
+
     def invalidate(self, source: str) -> int:
         """Drop every cached answer built on ``source``, in every semantic cache of the pipeline.
 

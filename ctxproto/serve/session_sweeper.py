@@ -1,11 +1,13 @@
-"""Deleting the sessions idle past the session store's TTL, while a server runs.
+"""Deleting the sessions idle past their session store's TTL, while a server runs.
 
 A folder store skips an expired session on read but keeps its row until it is
 deleted; diskcache removes a few expired rows per write, not all of them, so
 a server that took many sessions once and few later would keep their rows. The
 proxy (``ctxproto serve``) and the stdio MCP server (``ctxproto mcp``) sweep
-their store when they start, then every half TTL (at least a second apart, at
-most ten minutes), on a thread of their own: each sweep is one indexed delete
+every session store they keep (``ContextFlow.session_stores``: the sessions',
+the summarizer's; ``ContextService.session_stores``: the MCP memory's
+summarizer's) when they start, then every half of the shortest TTL (at least a
+second apart, at most ten minutes), on a thread of their own: each sweep is one indexed delete
 of the rows past their deadline, in diskcache's transactions, so it costs what
 it removes and never loses a write that renews a session
 (``SessionStateStore.remove_expired``). A Redis store needs no sweep: the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 from ctxproto.errors import StoreError
 from ctxproto.stores.session_state import SessionStore, idle_ttl_of, remove_expired_sessions
@@ -29,13 +32,13 @@ MAX_INTERVAL_S = 600.0
 
 
 class SessionSweeper:
-    """Sweeps ``store`` at ``start`` and then periodically until ``stop``; a store without
+    """Sweeps ``stores`` at ``start`` and then periodically until ``stop``; a store without
     an idle TTL is never swept."""
 
-    def __init__(self, store: SessionStore) -> None:
-        self.store = store
-        ttl = idle_ttl_of(store)
-        self.interval_s = None if ttl is None else min(max(ttl / 2, MIN_INTERVAL_S), MAX_INTERVAL_S)
+    def __init__(self, stores: Sequence[SessionStore]) -> None:
+        self.stores = [store for store in stores if idle_ttl_of(store) is not None]
+        ttls = [ttl for store in self.stores if (ttl := idle_ttl_of(store)) is not None]
+        self.interval_s = min(max(min(ttls) / 2, MIN_INTERVAL_S), MAX_INTERVAL_S) if ttls else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,7 +47,7 @@ class SessionSweeper:
         sweeping in the background."""
         if self.interval_s is None:
             return
-        remove_expired_sessions(self.store)
+        self._sweep()
         self._thread = threading.Thread(
             target=self._run, name="ctxproto-session-sweeper", daemon=True
         )
@@ -61,6 +64,10 @@ class SessionSweeper:
         assert self.interval_s is not None
         while not self._stop.wait(self.interval_s):
             try:
-                remove_expired_sessions(self.store)
+                self._sweep()
             except StoreError as exc:  # a full disk, a locked database: the next sweep retries
                 log.warning("sweeping expired sessions failed: %s", exc)
+
+    def _sweep(self) -> None:
+        for store in self.stores:
+            remove_expired_sessions(store)

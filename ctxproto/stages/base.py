@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from weakref import WeakSet
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -32,6 +32,9 @@ from ctxproto.context import Context
 from ctxproto.errors import ConfigError, UsageError
 from ctxproto.limits import excerpt
 from ctxproto.tokens import TokenCounter, get_counter
+
+if TYPE_CHECKING:
+    from ctxproto.stores.session_state import SessionStore
 
 __all__ = ["Stage", "StageReport", "StageResult", "context_tokens"]
 
@@ -187,6 +190,16 @@ class Stage(ConfigErrorModel, ABC):
         it depends on. A stage that keeps no store, or was not warmed up, has none.
         """
         return {}
+
+    def session_stores(self) -> list[SessionStore]:
+        """The session stores this stage keeps state in, for the server's sweep of the
+        sessions idle past a store's TTL (``ctxproto.serve.session_sweeper``).
+
+        A folder store keeps an expired session's rows until swept, so a store
+        left out here keeps them for ever. A stage that keeps no session state
+        has none.
+        """
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": ..., "init_parameters": {...}}``: a config file's ``StageSpec``.

@@ -137,9 +137,15 @@ class Summarizer(Stage):
         that changed is only re-summarized (and the state overwritten) by a
         later run, which may never come. Opens the state store if no run has.
         """
+        (store,) = self.session_stores()
+        store.delete(tenant_id, session_id)
+
+    def session_stores(self) -> list[SessionStore]:
+        """The state store, opened now if no run has (without loading the models), so a
+        server sweeps what it holds from before this process ran."""
         if self._store is None:
             self._store = self._open_store()
-        self._store.delete(tenant_id, session_id)
+        return [self._store]
 
     def store_checks(self) -> dict[str, Callable[[], None]]:
         if self._store is None:

@@ -3,6 +3,7 @@ its rows without a request; a TTL that is no positive finite number exits 2."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from ctxproto.cli import main
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig
+from ctxproto.stores.session_state import SessionStateStore
 
 TTL = 1.0
 
@@ -58,6 +60,40 @@ def test_a_stateful_session_idle_past_the_ttl_starts_afresh_and_its_rows_are_swe
         while rows(folder) > 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert rows(folder) == 1  # "idle" swept with no request naming it
+    state.flow.store.close()
+
+
+def namespaced_rows(folder: Path, namespace: str) -> int:
+    with sqlite3.connect(folder / "cache.db") as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM Cache WHERE raw = 1")]
+    return sum(json.loads(key)[1] == namespace for key in keys)
+
+
+def test_the_summarizers_state_written_before_the_ttl_is_swept_at_start(
+    tmp_path: Path, scripted: Any
+):
+    """The pipeline summarizer's folder and the MCP memory's summaries are swept as the
+    sessions are: only the sessions' store was, and their rows stayed for ever."""
+    sessions, summaries = tmp_path / "sessions", tmp_path / "summaries"
+    for folder, namespace in ((summaries, "summaries"), (sessions, "mcp-summaries")):
+        before = SessionStateStore(folder, namespace=namespace)  # before the TTL
+        before.put("default", "old", {"summary": "kept for ever"})
+        before.close()
+    time.sleep(TTL + 0.3)
+    summarizer = {"model": None, "state_path": str(summaries), "state_idle_ttl_s": TTL}
+    config = ServeConfig.model_validate(
+        {
+            "pipeline": {"stages": [{"type": "summarizer", "init_parameters": summarizer}]},
+            "upstream": {"type": "openai", "base_url": scripted.url, "model": "scripted"},
+            "sessions": {"store": str(sessions), "idle_ttl_s": TTL},
+        }
+    )
+    state = ProxyState.from_config(config)
+    app = create_app(state)
+    assert app.state.mcp is not None  # the MCP memory's summaries are in the sessions' folder
+    with ServerThread(app):
+        assert namespaced_rows(summaries, "summaries") == 0
+        assert namespaced_rows(sessions, "mcp-summaries") == 0
     state.flow.store.close()
 
 
