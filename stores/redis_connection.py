@@ -5,7 +5,10 @@ dropped connection is retried twice with a short backoff (the pool reconnects),
 and whatever still fails becomes a ``StoreError`` that names the server by its
 URL with the password redacted: a ``StoreUnavailableError`` when the server
 could not be reached or did not answer in time (refused, reset, timed out,
-still loading its data), which a retry may clear, and a plain ``StoreError``
+still loading its data) or answered that it cannot serve for now (``BUSY``
+running a long script, ``READONLY`` as a primary demoted in a failover,
+``MASTERDOWN`` as a replica that lost its primary), which a retry may clear,
+and a plain ``StoreError``
 when it answered with a refusal (wrong password, a command it rejects), which
 a retry would meet again. The first ``PING`` happens when the store is
 opened, so a wrong URL or a server that is down fails at start-up, not on the
@@ -15,6 +18,7 @@ its protocol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -33,9 +37,18 @@ DEFAULT_TIMEOUT_S = 5.0
 
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 """What redis-py raises when the server is down, gone mid-reply, slow or still loading
-(``BusyLoadingError`` is a ``ConnectionError``), and the socket errors it lets through."""
+(``BusyLoadingError``, the ``LOADING`` reply, is a ``ConnectionError``), and the socket
+errors it lets through."""
 _REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 """``ConnectionError``s that are the server's answer, not its absence: the credentials."""
+_NOT_SERVING_NOW = (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
+"""Replies a retry outlives: ``READONLY`` from a primary demoted to a replica while a
+failover promotes another (the client reconnects to the new one), ``MASTERDOWN`` from
+a replica that lost its primary and serves no stale data."""
+_BUSY_REPLY = re.compile(r"(?:^|of pipeline caused error: )BUSY\b")
+"""``BUSY``: a script has run past ``busy-reply-threshold`` and the server answers nothing
+else until it ends. redis-py has no class for it, only the plain ``ResponseError`` whose
+text begins with the reply's code, after its own prefix when a pipeline's command met it."""
 
 
 class RedisConnection:
@@ -69,8 +82,7 @@ class RedisConnection:
         try:
             yield
         except (redis.RedisError, OSError) as exc:
-            unreachable = isinstance(exc, _UNREACHABLE) and not isinstance(exc, _REFUSED)
-            error = StoreUnavailableError if unreachable else StoreError
+            error = StoreUnavailableError if _unavailable(exc) else StoreError
             raise error(f"{what} at {self.name}: {self._scrub(exc)}") from None
 
     def close(self) -> None:
@@ -78,6 +90,16 @@ class RedisConnection:
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_secrets(str(exc) or type(exc).__name__, self._secrets)
+
+
+def _unavailable(exc: redis.RedisError | OSError) -> bool:
+    """Whether a retry may clear ``exc``: the server was not there to answer, or said it
+    cannot serve for now; a refusal of the credentials or of the command is for good."""
+    if isinstance(exc, _REFUSED):
+        return False
+    if isinstance(exc, (*_UNREACHABLE, *_NOT_SERVING_NOW)):
+        return True
+    return isinstance(exc, redis.ResponseError) and _BUSY_REPLY.search(str(exc)) is not None
 
 
 def key_part(identifier: str) -> str:

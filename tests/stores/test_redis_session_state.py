@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import redis
 
 from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
 from ctxproto.stores.redis_session_state import UPDATES_TTL_MS, RedisSessionStateStore
-from tests.servers_redis import RedisServer, free_port
+from tests.servers_redis import RedisServer, free_port, running_redis
 
 
 def test_a_server_that_is_down_is_a_quick_store_error_without_the_password():
@@ -98,6 +100,56 @@ def test_a_server_down_or_not_answering_is_unavailable_and_a_refusal_is_not(
         RedisSessionStateStore(redis_server.url.replace("redis://", "redis://nobody:hunter2@"))
     assert not isinstance(refused.value, StoreUnavailableError)
     store.close()
+
+
+def _run_script_until_killed(url: str) -> None:
+    """A script spinning for a minute of CPU, ended by ``SCRIPT KILL``."""
+    client = redis.Redis.from_url(url)
+    spin = "local t = os.clock() while os.clock() - t < 60 do end return 1"
+    try:
+        client.eval(spin, 0)
+    except redis.ResponseError:
+        pass  # "Script killed by user with SCRIPT KILL"
+    finally:
+        client.close()
+
+
+def test_a_busy_or_demoted_server_is_unavailable_not_a_failure(tmp_path: Path):
+    """Replies a retry outlives are the proxy's 503, not the 500 of a refusal: ``BUSY``
+    (a script running past ``busy-reply-threshold``), ``READONLY`` (a primary demoted
+    to a replica in a failover) and ``MASTERDOWN`` (a replica that lost its primary)."""
+    with running_redis(tmp_path) as server:
+        store = RedisSessionStateStore(server.url, namespace=server.namespace())
+        store.put("t", "s", {"v": 1})
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("busy-reply-threshold", 50)
+        script = threading.Thread(target=_run_script_until_killed, args=(server.url,))
+        script.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    admin.ping()
+                except redis.ResponseError:
+                    break  # BUSY
+                time.sleep(0.02)
+            with pytest.raises(StoreUnavailableError, match=r"session 's'.*BUSY"):
+                store.get("t", "s")
+            with pytest.raises(StoreUnavailableError, match=r"cannot write .*BUSY"):
+                store.put("t", "s", {"v": 2})  # a transaction: redis-py prefixes the reply
+        finally:
+            admin.script_kill()
+            script.join()
+        admin.replicaof("127.0.0.1", free_port())  # a primary that never answers
+        with pytest.raises(StoreUnavailableError, match="read only replica"):
+            store.put("t", "s", {"v": 2})
+        admin.config_set("replica-serve-stale-data", "no")
+        with pytest.raises(StoreUnavailableError, match="Link with MASTER is down"):
+            store.get("t", "s")
+        admin.replicaof("NO", "ONE")
+        assert store.get("t", "s") == {"v": 1}
+        admin.close()
+        store.close()
 
 
 def test_a_killed_and_restarted_server_loses_nothing_acknowledged(redis_server: RedisServer):
