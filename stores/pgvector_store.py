@@ -29,7 +29,11 @@ selective filter (pgvector 0.8 added iterative scans for this).
 A server that is down is a ``StoreUnavailableError`` naming the URL without
 its password after ``connect_timeout`` seconds; the pool checks a connection
 before lending it, so a restarted server is reconnected to rather than reported
-broken. A search or count that the server does not finish within
+broken. A pool that has no connection to lend is judged, and named, by its last
+failure to connect (``_last_failure_connection_class``): a server that refuses
+the login once the store is open (a password rotated, a role set ``NOLOGIN``, a
+database dropped) is a plain ``StoreError`` saying so, not an outage retried for
+ever. A search or count that the server does not finish within
 ``query_timeout`` seconds (a table locked by a migration, an overloaded server)
 is a ``StoreUnavailableError`` too: the proxy answers without waiting forever,
 and a retry may succeed (``_unreachable``; a refused password or a mismatched
@@ -52,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -379,7 +383,7 @@ class PgVectorStore:
         ``/health`` allows a check.
         """
         with (
-            _errors_named(self.url, self._secrets),
+            _errors_named(self.url, self._secrets, pool=self._pool),
             self._pool.connection(timeout=PING_TIMEOUT_S) as conn,
             _answered_within(conn, self._answer_limit),
         ):
@@ -417,7 +421,7 @@ class PgVectorStore:
                 yield conn
             return
         with (
-            _errors_named(self.url, self._secrets),
+            _errors_named(self.url, self._secrets, pool=self._pool),
             self._pool.connection() as conn,
             _answered_within(conn, self._answer_limit),
         ):
@@ -426,7 +430,9 @@ class PgVectorStore:
     @contextmanager
     def _writing(self) -> Iterator[Any]:
         """The write transaction, begun on first use; a failure rolls it all back."""
-        with _errors_named(self.url, self._secrets, losing_changes=self._writer is not None):
+        with _errors_named(
+            self.url, self._secrets, losing_changes=self._writer is not None, pool=self._pool
+        ):
             try:
                 if self._writer is None:
                     self._create_shared_schema()
@@ -523,6 +529,7 @@ def _open_pool(url: str, *, connect_timeout: float, query_timeout: float, size: 
                 "keepalives_count": 3,
                 "tcp_user_timeout": round((query_timeout + connect_timeout) * 1000),
             },
+            connection_class=_last_failure_connection_class(),
             timeout=connect_timeout,
             check=functools.partial(_check_answering, seconds=connect_timeout),
             open=False,
@@ -533,6 +540,35 @@ def _open_pool(url: str, *, connect_timeout: float, query_timeout: float, size: 
             pool.close()
             raise
     return pool
+
+
+def _last_failure_connection_class() -> type[Any]:
+    """A connection class of one pool's own, which keeps the pool's last failure to connect.
+
+    psycopg_pool (3.3) reconnects in its own threads and only logs why it failed: a
+    caller waiting for a connection gets "couldn't get a connection after 5.00 sec",
+    the same for a server that is down and one that refuses the login. The class is
+    the pool's ``connection_class``, through which it makes every connection, so the
+    failure is the pool's own, current until a connection succeeds; a class per
+    pool, so one tenant's store is never judged by another's.
+    """
+    require("psycopg", extra="postgres")
+    from psycopg import Connection, Error
+
+    class LastFailureConnection(Connection[Any]):
+        last_failure: ClassVar[Error | None] = None
+
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except Error as exc:
+                cls.last_failure = exc
+                raise
+            cls.last_failure = None
+            return conn
+
+    return LastFailureConnection
 
 
 def _check_answering(conn: Any, *, seconds: float) -> None:
@@ -675,37 +711,68 @@ def _manifest_row(conn: Any, table: str) -> tuple[str, int] | None:
 
 @contextmanager
 def _errors_named(
-    shown: str, secrets: Sequence[str], *, losing_changes: bool = False
+    shown: str, secrets: Sequence[str], *, losing_changes: bool = False, pool: Any = None
 ) -> Iterator[None]:
     """Driver and pool failures as a ``StoreError`` naming the redacted URL ``shown``,
-    the URL's ``secrets`` scrubbed from the driver's message."""
+    the URL's ``secrets`` scrubbed from the driver's message.
+
+    A ``pool`` that timed out is judged by its last failure to connect, which the
+    message names after the timeout; with none, its connections were all in use or
+    failed their check, which a retry may outlive.
+    """
     psycopg = require("psycopg", extra="postgres")
     pool_module = require("psycopg_pool", extra="postgres")
     try:
         yield
     except (psycopg.Error, pool_module.PoolTimeout) as exc:
         lost = "; the changes since the last save were rolled back" if losing_changes else ""
-        text = scrub_secrets(str(exc).strip(), secrets)
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        error = StoreUnavailableError if _unreachable(exc) else StoreError
+        cause: BaseException = exc
+        reason = _first_line(exc, secrets)
+        failure = pool.connection_class.last_failure if pool is not None else None
+        if isinstance(exc, pool_module.PoolTimeout) and failure is not None:
+            cause = failure
+            reason = f"{reason}: {_first_line(failure, secrets)}"
+        error = StoreUnavailableError if _unreachable(cause) else StoreError
         raise error(f"PostgreSQL at {shown} failed: {reason}{lost}") from exc
+
+
+def _first_line(exc: BaseException, secrets: Sequence[str]) -> str:
+    """The driver's message without the URL's ``secrets``; libpq's detail lines dropped."""
+    text = scrub_secrets(str(exc).strip(), secrets)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _NO_ANSWER_STATES = ("57014", "57P01", "57P02", "57P03", "53300")
 """Server-reported states a retry outlives: a statement past ``statement_timeout``, a
 server shutting down, crashed, starting up, or out of connection slots (with class
 ``08``, connection exceptions)."""
+_NOT_ACCEPTING_NOW = (
+    "too many clients already",  # 53300: max_connections
+    "remaining connection slots are reserved",  # 53300: the rest are for superusers
+    "too many connections for",  # 53300: a role's or a database's CONNECTION LIMIT
+    "the database system is starting up",  # 57P03
+    "the database system is shutting down",  # 57P03
+    "the database system is in recovery mode",  # 57P03: restarting after a crash
+    "the database system is not yet accepting connections",  # 57P03: recovering
+    "the database system is not accepting connections",  # 57P03: a standby, no hot standby
+)
+"""The server's texts for the states above when it refuses a connection: libpq keeps
+no SQLSTATE for a failed connect, only the server's ``FATAL:`` message, in English
+unless the server's ``lc_messages`` says otherwise. Every other ``FATAL:`` at connect
+(a wrong password, a role not permitted to log in, a database or role that does not
+exist) is the server's refusal, which a retry meets again."""
 
 
 def _unreachable(exc: BaseException) -> bool:
     """Whether the server could not be reached or did not answer in time.
 
-    The pool's timeout (no connection to lend: the server is down or restarting),
-    the driver's own connection failures (refused, reset, closed mid-reply, cut off
-    by ``_answered_within``), which carry no SQLSTATE, and the states above. A
-    connection the server itself refused (a wrong password, a database or role that
-    does not exist) carries no SQLSTATE either, only the server's ``FATAL:`` in its
-    message, and fails the same way again: that stays a plain ``StoreError``.
+    The pool's timeout with no failure to connect behind it (every connection in
+    use, or failing its check), the driver's own connection failures (refused,
+    reset, closed mid-reply, cut off by ``_answered_within``), which carry no
+    SQLSTATE, and the states above, whose refusals of a connection carry none
+    either and are known by their text. A connection the server refused for good (a
+    wrong password, a database or role that does not exist) fails the same way
+    again: that stays a plain ``StoreError``.
     """
     psycopg = require("psycopg", extra="postgres")
     pool_module = require("psycopg_pool", extra="postgres")
@@ -715,7 +782,8 @@ def _unreachable(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     if state is None:
-        return "FATAL:" not in str(exc)
+        text = str(exc)
+        return "FATAL:" not in text or any(reason in text for reason in _NOT_ACCEPTING_NOW)
     return state.startswith("08") or state in _NO_ANSWER_STATES
 
 

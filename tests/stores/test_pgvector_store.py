@@ -98,6 +98,71 @@ def test_a_refused_connection_or_a_mismatched_store_is_not_an_outage(
     assert not isinstance(mismatched.value, StoreUnavailableError)
 
 
+def test_a_login_refused_after_the_store_opened_is_not_an_outage(
+    postgres: EmbeddedPostgres, pg_url: str
+) -> None:
+    """Regression: once the pool had to reconnect and the server refused the login (a
+    role set NOLOGIN, a password rotated), every request was the pool's "couldn't get a
+    connection after 1.00 sec", a ``StoreUnavailableError`` (503) that clients retry
+    for ever, naming no cause. The server's refusal is a ``StoreError`` (500) naming it;
+    the store serves again once the login is allowed."""
+    psycopg = pytest.importorskip("psycopg")
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    url = pg_url.replace("postgres@", f"{role}@", 1)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+        try:
+            with PgVectorStore(url, embedder="e", dimension=DIM, connect_timeout=1) as store:
+                assert store.count == 0
+                admin.execute(f"ALTER ROLE {role} NOLOGIN")
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (role,),
+                )  # the pool must reconnect
+                with pytest.raises(StoreError, match=f'role "{role}" is not permitted') as refused:
+                    store.search(_vectors(1)[0], 3)
+                assert not isinstance(refused.value, StoreUnavailableError)
+                admin.execute(f"ALTER ROLE {role} LOGIN")
+                deadline = time.monotonic() + 20  # the pool's next attempt, after its backoff
+                while True:
+                    try:
+                        assert store.count == 0
+                        break
+                    except StoreError:
+                        if time.monotonic() > deadline:
+                            raise
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_server_out_of_connection_slots_is_an_outage_naming_the_cause(
+    postgres: EmbeddedPostgres, pg_url: str
+) -> None:
+    """Regression: the server refuses a connection past its limits (53300, and 57P03 as
+    it starts or stops) with a FATAL and libpq keeps no SQLSTATE for it, so opening a
+    store, or ``exists`` (the MCP server's per-tenant open), was a plain ``StoreError``
+    (500) that no client retries, where a connection freed elsewhere lets it through."""
+    psycopg = pytest.importorskip("psycopg")
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    url = pg_url.replace("postgres@", f"{role}@", 1)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        # not a superuser, whom no CONNECTION LIMIT applies to
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1 IN ROLE pg_read_all_data")
+        try:
+            with psycopg.connect(url.partition("?")[0]):  # the role's one connection
+                with pytest.raises(StoreUnavailableError, match="too many connections"):
+                    PgVectorStore.exists(url, connect_timeout=1)
+                with pytest.raises(StoreUnavailableError, match="too many connections"):
+                    PgVectorStore(url, embedder="e", dimension=DIM, connect_timeout=1)
+            assert not PgVectorStore.exists(url, connect_timeout=1)
+        finally:
+            admin.execute(f"DROP ROLE {role}")
+
+
 @pytest.mark.parametrize("password", ["50%off-pw", "Tr0ub%40dor%zz"])
 def test_a_password_the_driver_quotes_back_is_not_in_the_error(password: str) -> None:
     """Regression: a password with a stray ``%`` (written as is, not as ``%25``) was
