@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
-from ctxproto.serve.upstream import Upstream
+from ctxproto.serve.protocol import ChatCompletionResponse
+from ctxproto.serve.upstream import Upstream, UpstreamStream
 
 __all__ = ["run_chat_through_proxy"]
 
@@ -40,7 +39,7 @@ class _Recorder(Upstream):
 
     async def stream(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> UpstreamStream:
         self.last_messages = body["messages"]
         return await self.inner.stream(body, tenant=tenant, cache_messages=cache_messages)
 

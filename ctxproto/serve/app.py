@@ -366,14 +366,25 @@ def _cached_response(state: ProxyState, turn: Turn, model: str) -> ChatCompletio
 async def _open_stream(
     state: ProxyState, turn: Turn, forward: dict[str, Any], model: str
 ) -> AsyncIterator[ChatCompletionChunk]:
-    """The upstream's chunks, or a semantic-cache hit replayed as a stream."""
+    """The upstream's chunks, or a semantic-cache hit replayed as a stream.
+
+    The prompt is counted once the upstream has accepted the request, while it
+    computes its first token rather than before asking it; a count that fails
+    (or the server's cutoff) closes the stream it opened, which no response
+    will own.
+    """
     if turn.answer is not None:
         response = _cached_response(state, turn, model)
         return replay_chunks(response.choices[0].message.content or "", response.usage)
     source = await state.upstream.stream(
         forward, tenant=turn.tenant, cache_messages=turn.cache_messages
     )
-    await _count(state, turn)
+    try:
+        await _count(state, turn)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await source.aclose()
+        raise
     return source
 
 

@@ -4,15 +4,15 @@ Requests are validated and bounded before the engine sees them: a prompt whose
 UTF-8 size alone proves it cannot fit the context window is refused without
 tokenizing it (a token never covers more bytes than the longest vocabulary
 entry), so a 14 MB body costs microseconds, not seconds. Tokenizing runs in a
-worker thread, never on the event loop. Closing a stream, or cancelling a
-non-streaming request (its client left), cancels the engine request: decoding
-stops at the next step.
+worker thread, never on the event loop. Closing a stream (read or not), or
+cancelling a non-streaming request (its client left), cancels the engine
+request: decoding stops at the next step.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import anyio.to_thread
@@ -32,7 +32,7 @@ from ctxproto.serve.protocol import (
     ResponseMessage,
     Usage,
 )
-from ctxproto.serve.upstream import Upstream
+from ctxproto.serve.upstream import Upstream, UpstreamStream
 
 __all__ = ["LocalUpstream", "generation_params"]
 
@@ -68,9 +68,13 @@ class LocalUpstream(Upstream):
 
     async def stream(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> UpstreamStream:
         handle = await self._submit(body, tenant, cache_messages)
-        return self._chunks(handle)
+
+        async def cancel() -> None:
+            handle.cancel()  # a no-op once finished; else decoding stops at the next step
+
+        return UpstreamStream(self._chunks(handle), cancel)
 
     async def ready(self) -> str | None:
         """The engine's failure, once it takes no more requests: ``/health`` turns 503
@@ -82,21 +86,17 @@ class LocalUpstream(Upstream):
         if self._owned:
             await anyio.to_thread.run_sync(self.engine.close)
 
-    async def _chunks(self, handle: RequestHandle) -> AsyncIterator[ChatCompletionChunk]:
+    async def _chunks(self, handle: RequestHandle) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The answer's chunks; the ``UpstreamStream`` they go out in cancels ``handle``."""
         deltas: Iterator[str] = handle.deltas()
-        try:
-            yield ChatCompletionChunk(
-                choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))]
-            )
-            while (text := await anyio.to_thread.run_sync(next, deltas, None)) is not None:
-                yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content=text))])
-            completion = handle.result()
-            yield ChatCompletionChunk(
-                choices=[ChunkChoice(finish_reason=_finish_reason(completion))]
-            )
-            yield ChatCompletionChunk(usage=_usage(completion))
-        finally:
-            handle.cancel()
+        yield ChatCompletionChunk(
+            choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))]
+        )
+        while (text := await anyio.to_thread.run_sync(next, deltas, None)) is not None:
+            yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content=text))])
+        completion = handle.result()
+        yield ChatCompletionChunk(choices=[ChunkChoice(finish_reason=_finish_reason(completion))])
+        yield ChatCompletionChunk(usage=_usage(completion))
 
     async def _submit(
         self, body: dict[str, Any], tenant: str, cache_messages: int | None

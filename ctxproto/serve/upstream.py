@@ -4,8 +4,9 @@ An ``Upstream`` speaks the chat-completions wire format, not the SDK's
 ``Backend`` interface, because a proxy must pass through what a backend never
 sees (``tools``, ``response_format``, unknown fields) and return tool calls.
 ``complete`` answers a body; ``stream`` returns the chunks once the upstream
-has accepted the request (so a refusal is still a plain JSON error), and
-closing that iterator cancels the upstream request.
+has accepted the request (so a refusal is still a plain JSON error), as an
+``UpstreamStream``: closing it ends the upstream request, whether or not a
+chunk was read.
 
 ``RemoteUpstream`` retries 429, 5xx and refused connections before the first
 byte (exponential backoff, honouring ``Retry-After``) and normalises error
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -33,11 +34,43 @@ from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
 from ctxproto.serve.request_id import REQUEST_ID_HEADER, current_request, sane_request_id
 from ctxproto.stores.store_url import redact_url
 
-__all__ = ["RemoteUpstream", "Upstream"]
+__all__ = ["RemoteUpstream", "Upstream", "UpstreamStream"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 8.0
+
+
+class UpstreamStream(AsyncIterator[ChatCompletionChunk]):
+    """The chunks of one streamed answer; ``aclose`` ends the upstream request they
+    come from (closes the HTTP response, cancels the engine's decoding), read or not.
+
+    Not the bare async generator that reads them: closing a generator that never
+    started runs none of its body, its ``finally`` included. A stream is closed
+    unread when its client hangs up before ``http.response.start`` is sent (ASGI
+    2.4's ``send`` raises then; under 2.3 a ``send`` that waits is cancelled
+    there), or when the proxy fails between asking the upstream and answering:
+    the HTTP response then stayed lent out of the connection pool for good, and
+    the engine decoded the whole answer for nobody.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[ChatCompletionChunk, None],
+        end: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._chunks = chunks
+        self._end = end
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        """Stop reading and end the upstream request; again, a no-op."""
+        try:
+            await self._chunks.aclose()
+        finally:
+            await self._end()
 
 
 class Upstream(ABC):
@@ -59,8 +92,11 @@ class Upstream(ABC):
     @abstractmethod
     async def stream(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """Chunks of the answer, usage last; raises before returning if refused."""
+    ) -> UpstreamStream:
+        """Chunks of the answer, usage last; raises before returning if refused.
+
+        The caller closes the stream however its response ends, read or not.
+        """
 
     @abstractmethod
     async def ready(self) -> str | None:
@@ -120,9 +156,9 @@ class RemoteUpstream(Upstream):
 
     async def stream(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> UpstreamStream:
         response = await self._send(self._body(body, tenant, stream=True))
-        return _read_events(response)
+        return UpstreamStream(_read_events(response), response.aclose)
 
     async def ready(self) -> str | None:
         """Unready when down, and when it refuses the proxy's key (401, 403): every
@@ -195,34 +231,32 @@ def _request_id_header() -> dict[str, str]:
     return {REQUEST_ID_HEADER: record.sent_upstream} if record is not None else {}
 
 
-async def _read_events(response: httpx.Response) -> AsyncIterator[ChatCompletionChunk]:
+async def _read_events(response: httpx.Response) -> AsyncGenerator[ChatCompletionChunk, None]:
     """Chunks from a server-sent-events body; an error event becomes an ``APIError``.
 
     So does a body that ends before ``[DONE]`` and before any finish reason: the
     upstream broke off mid-answer (closing its body cleanly, so no transport
     error tells), and passed on as a whole answer the client would keep half of it.
+    The response is closed by the ``UpstreamStream`` these chunks go out in.
     """
     finished = False
-    try:
-        with _body_failures():
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[len("data:") :].strip()
-                if payload == "[DONE]":
-                    return
-                data = _text_only(payload, json.loads(payload))
-                if isinstance(data, dict) and "error" in data:
-                    raise _normalise(502, data, None)
-                chunk = ChatCompletionChunk.model_validate(data)
-                finished = finished or any(c.finish_reason for c in chunk.choices)
-                yield chunk
-        if not finished:
-            raise APIError(
-                502, "the upstream's stream ended before its answer did", code="upstream_error"
-            )
-    finally:
-        await response.aclose()
+    with _body_failures():
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[len("data:") :].strip()
+            if payload == "[DONE]":
+                return
+            data = _text_only(payload, json.loads(payload))
+            if isinstance(data, dict) and "error" in data:
+                raise _normalise(502, data, None)
+            chunk = ChatCompletionChunk.model_validate(data)
+            finished = finished or any(c.finish_reason for c in chunk.choices)
+            yield chunk
+    if not finished:
+        raise APIError(
+            502, "the upstream's stream ended before its answer did", code="upstream_error"
+        )
 
 
 def _text_only(raw: bytes | str, data: Any) -> Any:

@@ -18,6 +18,7 @@ from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.stages import Stage, Transformed
 from ctxproto.tokens import TokenCounter
+from tests.serve.hung_up import post_and_hang_up
 
 pytestmark = pytest.mark.models
 
@@ -309,3 +310,31 @@ def test_a_null_temperature_samples_at_openais_default():
     assert generation_params({"temperature": None}).temperature == 1.0
     assert generation_params({}).temperature == 1.0
     assert generation_params({"temperature": 0}).greedy
+
+
+def _decoding_for_nobody(engine, within_s: float = 2.0) -> int:
+    """Requests the engine holds (queued, joining or decoding) that nobody cancelled, once
+    it holds any: one being prefilled is in none of its lists."""
+    deadline = time.monotonic() + within_s
+    while True:
+        held = [*engine._waiting, *(r for r, _ in engine._joining), *engine._batch.requests]
+        if held or time.monotonic() > deadline:
+            return sum(not request.cancelled.is_set() for request in held)
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+def test_a_client_gone_before_the_stream_started_cancels_its_decoding(engine, spec_version):
+    """The stream's body was never started, so the generator whose ``finally`` cancels
+    the engine's request never ran: the engine decoded the whole answer for nobody."""
+    from ctxproto.serve import ContextFlow, ProxyState, create_app
+    from ctxproto.serve.local_upstream import LocalUpstream
+
+    state = ProxyState(flow=ContextFlow(None), upstream=LocalUpstream(engine, model="default"))
+    body = {"messages": question(), "max_tokens": 128, "ignore_eos": True, "stream": True}
+    assert _idle(engine, within_s=60.0)
+    asyncio.run(post_and_hang_up(create_app(state), body, spec_version=spec_version))
+    left = _decoding_for_nobody(engine)
+    assert _idle(engine, within_s=60.0)  # the next test finds the engine as it was
+    assert left == 0
+    assert state.tenants._in_flight == {"default": 0}

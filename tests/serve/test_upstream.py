@@ -4,15 +4,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from ctxproto.errors import BackendError
+from ctxproto.pipeline import Pipeline
 from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
+from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
+from ctxproto.tokens import TokenCounter
 from tests.serve.clients import openai_client
+from tests.serve.hung_up import post_and_hang_up
 
 pytestmark = pytest.mark.models
 
@@ -313,3 +322,78 @@ def test_disconnect_closes_the_upstream_request(proxy, scripted):
     time.sleep(0.5)
     assert scripted.chunks_sent == sent  # the upstream stopped sending
     assert sent - before < 30
+
+
+def _connections_in_use(transport: httpx.AsyncHTTPTransport) -> int:
+    """Connections of the upstream's pool lent to a response nobody closed."""
+    return sum(not connection.is_idle() for connection in transport._pool.connections)
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+def test_a_client_gone_before_the_stream_started_leaves_no_upstream_connection(
+    scripted, spec_version
+):
+    """The stream's body was never started, so the generator whose ``finally`` closes
+    the upstream's response never ran: its connection stayed lent out of the pool,
+    one more for every client that hung up while the upstream was being asked."""
+    transport = httpx.AsyncHTTPTransport()
+    state = ProxyState(
+        flow=ContextFlow(None),
+        upstream=RemoteUpstream(scripted.url, model="m", retries=0, transport=transport),
+    )
+    body = {"stream": True, "messages": [{"role": "user", "content": "SLOW 0.2 a b c d"}]}
+
+    async def hang_up() -> tuple[list[Any], int]:
+        try:
+            sent = await post_and_hang_up(create_app(state), body, spec_version=spec_version)
+            return sent, _connections_in_use(transport)
+        finally:
+            await state.aclose()
+
+    sent, in_use = asyncio.run(hang_up())
+    assert not [m for m in sent if m["type"] == "http.response.body" and m["body"]]
+    assert in_use == 0
+    assert state.tenants._in_flight == {"default": 0}
+    assert state.metrics.errors.labels(code=CLIENT_CLOSED_REQUEST)._value.get() == 1
+
+
+class _BrokenCounter(TokenCounter):
+    """A tokenizer that fails on every text."""
+
+    name = "broken"
+
+    def encode(self, text: str) -> list[int]:
+        raise BackendError("the tokenizer failed")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise BackendError("the tokenizer failed")
+
+
+def test_a_failure_once_the_stream_is_open_closes_it(scripted):
+    """The prompt is counted after the upstream accepted the request; a count that
+    failed answered an error and left the stream it had opened to nobody, its
+    connection lent out of the pool for good."""
+    transport = httpx.AsyncHTTPTransport()
+    state = ProxyState(
+        flow=ContextFlow(Pipeline(counter=_BrokenCounter())),
+        upstream=RemoteUpstream(scripted.url, model="m", retries=0, transport=transport),
+    )
+    body = {"stream": True, "messages": [{"role": "user", "content": "SLOW 0.2 a b c d"}]}
+
+    async def ask_unpipelined() -> tuple[httpx.Response, int]:
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(create_app(state)), base_url="http://proxy"
+            ) as client:
+                answer = await client.post(
+                    "/v1/chat/completions", json=body, headers={"x-ctxproto-pipeline": "off"}
+                )
+            return answer, _connections_in_use(transport)
+        finally:
+            await state.aclose()
+
+    answer, in_use = asyncio.run(ask_unpipelined())
+    assert answer.status_code == 502
+    assert "the tokenizer failed" in answer.json()["error"]["message"]
+    assert in_use == 0
+    assert state.tenants._in_flight == {"default": 0}

@@ -1,0 +1,68 @@
+"""A chat request whose client hangs up before the answer starts, sent to an ASGI app
+directly, as a server reports it.
+
+Under ASGI spec 2.3 (uvicorn's) the server's ``receive`` answers
+``http.disconnect`` once the client is gone; Starlette's ``StreamingResponse``
+listens for it beside the stream, and one already there cancels the stream at
+its first wait: with a ``send`` that waits (a server writing to its socket), at
+``http.response.start``, before the body is read. Under 2.4 the server's
+``send`` raises an ``OSError`` instead, at ``http.response.start``: the body is
+never read either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import anyio.lowlevel
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message
+
+
+async def post_and_hang_up(
+    app: ASGIApp,
+    body: dict[str, Any],
+    *,
+    spec_version: str = "2.3",
+    headers: dict[str, str] | None = None,
+) -> list[Message]:
+    """POST ``body`` to ``/v1/chat/completions`` as a client gone once its body is sent;
+    what the app sent (under 2.4, nothing: each send raises)."""
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    pending = [{"type": "http.request", "body": raw, "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if spec_version >= "2.4":
+            raise OSError("the client is gone")
+        await anyio.lowlevel.checkpoint()  # the socket's write
+        sent.append(message)
+
+    # Under 2.4 Starlette's response raises ClientDisconnect, which the server takes.
+    with contextlib.suppress(ClientDisconnect):
+        await app(scope, receive, send)
+    return sent
