@@ -9,7 +9,9 @@ an id already in the store replace it; one stored already as it is now is not
 embedded again. Every input is read and checked before
 the store changes, and the store is saved atomically at the end, so a bad file
 or an interrupted run leaves the previous store as it was. The store folder is
-checked for writing before any embedding starts. Runs into one store at the
+checked for writing before any embedding starts; a run that changes nothing
+(no document added, changed, emptied or pruned) saves nothing, so the store's
+readers have no new generation to load. Runs into one store at the
 same time all keep their documents (the store's writers serialise). A
 ``postgresql://…`` store is a pgvector table shared by every replica; its URL
 is shown without its password.
@@ -244,9 +246,13 @@ def handle(args: argparse.Namespace) -> int:
         chunks = knowledge_base.add_documents(
             documents, on_progress=lambda n: progress.advance(task, n)
         )
-    knowledge_base.delete(emptied)
+    removed = knowledge_base.delete(emptied)
     pruned = knowledge_base.prune({d.id for d in documents}) if args.prune else []
-    knowledge_base.save()
+    # A run that changed nothing writes nothing: a save makes a new generation, and
+    # every running reader (a proxy's retriever) then loads the whole store again.
+    saved = bool(chunks or removed or pruned)
+    if saved:
+        knowledge_base.save()
     seconds = time.perf_counter() - start
     shown = redact_url(args.store)
     summary = {
@@ -266,6 +272,7 @@ def handle(args: argparse.Namespace) -> int:
         "chunks_past_embedder_window": knowledge_base.chunks_past_window,
         "embedder_window_tokens": knowledge_base.embedder.window_tokens,
         "pruned": pruned,
+        "saved": saved,
     }
     if args.json:
         print(json.dumps(summary))
@@ -281,6 +288,8 @@ def handle(args: argparse.Namespace) -> int:
             console.print(f"{unchanged} of them unchanged since stored: not embedded again")
         if pruned:
             console.print(f"deleted {counted(len(pruned), 'document')} the source no longer holds")
+        if not saved:
+            console.print("nothing changed: the store was left as it was, not saved again")
         if knowledge_base.chunks_past_window:
             past = knowledge_base.chunks_past_window
             verb = "is" if past == 1 else "are"

@@ -110,8 +110,12 @@ class KnowledgeBase:
         return added
 
     def delete(self, doc_ids: Sequence[str]) -> int:
-        """Remove documents by id; returns the chunks removed."""
-        return self.store.delete(doc_ids)
+        """Remove documents by id; returns the chunks removed.
+
+        No ids, no call: a PostgreSQL store begins its write transaction (and takes
+        the table's writer lock) on a change, even one that removes nothing.
+        """
+        return self.store.delete(doc_ids) if doc_ids else 0
 
     def prune(self, keep: Collection[str]) -> list[str]:
         """Delete every document whose id is not in ``keep``; returns the ids deleted.
@@ -121,7 +125,7 @@ class KnowledgeBase:
         holds makes the store mirror it (at ``save``, with the new documents).
         """
         stale = [doc_id for doc_id in self.store.document_ids() if doc_id not in keep]
-        self.store.delete(stale)
+        self.delete(stale)
         return stale
 
     def save(self) -> None:

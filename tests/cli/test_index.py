@@ -529,3 +529,28 @@ def test_a_document_stored_as_it_is_is_not_embedded_again(
         assert found.text == "Volcanoes erupt molten basalt."
     finally:
         knowledge_base.close()
+
+
+def test_a_run_that_changes_nothing_saves_nothing(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """Every run saved a new generation, unchanged documents and all, and every running
+    reader (a proxy's retriever) then loaded the whole store again."""
+    folder = _folder(tmp_path / "kb", ["apples", "volcanoes"])
+    (folder / "empty.md").write_text("")
+    store = tmp_path / "store"
+    assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["saved"] is True
+    manifest = store / "manifest.json"
+    before = (manifest.read_bytes(), manifest.stat().st_mtime_ns, sorted(os.listdir(store)))
+    assert main(["index", str(folder), "--store", str(store), "--prune", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["saved"] is False and summary["unchanged_documents"] == 2
+    assert main(["index", str(folder), "--store", str(store)]) == 0
+    assert "nothing changed: the store was left as it was" in capsys.readouterr().out
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns, sorted(os.listdir(store))) == before
+    (folder / "apples.md").unlink()
+    assert main(["index", str(folder), "--store", str(store), "--prune", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["saved"] is True and summary["pruned"] == ["apples.md"]
+    assert manifest.read_bytes() != before[0]
