@@ -112,6 +112,12 @@ def register(subparsers: Any) -> None:
         help="delete stored documents the source no longer holds (a store of this source "
         "alone; not with one file)",
     )
+    parser.add_argument(
+        "--reembed",
+        action="store_true",
+        help="embed every document again, stored unchanged or not (after the embedding "
+        "model's weights changed under the same name)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
     parser.set_defaults(handler=handle)
 
@@ -244,7 +250,7 @@ def handle(args: argparse.Namespace) -> int:
     ) as progress:
         task = progress.add_task("documents", total=len(documents))
         chunks = knowledge_base.add_documents(
-            documents, on_progress=lambda n: progress.advance(task, n)
+            documents, on_progress=lambda n: progress.advance(task, n), reembed=args.reembed
         )
     removed = knowledge_base.delete(emptied)
     pruned = knowledge_base.prune({d.id for d in documents}) if args.prune else []

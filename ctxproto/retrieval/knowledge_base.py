@@ -69,6 +69,7 @@ class KnowledgeBase:
         documents: Iterable[Document],
         *,
         on_progress: Callable[[int], None] | None = None,
+        reembed: bool = False,
     ) -> int:
         """Chunk, embed and add (or replace) documents; returns the chunks added.
 
@@ -78,8 +79,10 @@ class KnowledgeBase:
         metadata and source, chunked the same way), is left as stored and counted
         in ``unchanged_documents``: embedding is nearly all of an index run's time,
         and re-indexing a folder after one file changed embedded every file again.
-        The store's embedder is the one it was built with (its manifest is
-        checked), so the stored vectors are the ones a new embedding would give.
+        The store's embedder is the one it was built with (its manifest names it),
+        so the stored vectors are the ones a new embedding would give, unless the
+        model's weights changed under the same name (a local folder retrained in
+        place): ``reembed=True`` then embeds every document again.
         """
         chunked = [
             (
@@ -95,7 +98,7 @@ class KnowledgeBase:
         ]
         added = 0
         for doc_id, chunks in chunked:
-            if _as_stored(chunks) == _as_stored(self.store.chunks_of(doc_id)):
+            if not reembed and _as_stored(chunks) == _as_stored(self.store.chunks_of(doc_id)):
                 self.unchanged_documents += 1
                 if on_progress is not None:
                     on_progress(1)

@@ -523,6 +523,11 @@ def test_a_document_stored_as_it_is_is_not_embedded_again(
     assert summary["chunks"] == 0 and summary["unchanged_documents"] == 2
     assert summary["documents"] == summary["store_documents"] == 2
     assert summary["store_chunks"] == 2
+    # Weights changed under the same model name: --reembed embeds them all again.
+    assert main(["index", str(folder), "--store", store, "--reembed", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["chunks"] == 2 and summary["unchanged_documents"] == 0
+    assert summary["store_chunks"] == 2
     knowledge_base = KnowledgeBase(store, embedder=embedder)
     try:
         (found,) = knowledge_base.query("What do volcanoes erupt?", k=1)
