@@ -52,7 +52,7 @@ from ctxproto.serve.request_id import RequestIdMiddleware, note_error, request_l
 from ctxproto.serve.session_sweeper import SessionSweeper
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import conversation_session, named_session
-from ctxproto.serve.turn_stream import TurnStream
+from ctxproto.serve.turn_stream import TurnStream, close_source
 
 if TYPE_CHECKING:
     from ctxproto.mcp.http import McpEndpoint
@@ -383,7 +383,7 @@ async def _open_stream(
         await _count(state, turn)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await source.aclose()
+            await close_source(source)
         raise
     return source
 

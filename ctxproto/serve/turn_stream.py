@@ -37,7 +37,7 @@ from ctxproto.serve.protocol import ChatCompletionChunk, Usage, completion_id
 from ctxproto.serve.request_id import note_error, request_log
 from ctxproto.serve.state import ProxyState
 
-__all__ = ["TurnStream"]
+__all__ = ["TurnStream", "close_source"]
 
 log = request_log
 
@@ -85,7 +85,7 @@ class TurnStream(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 try:
                     await self._events.aclose()
-                    await _close(self._source)
+                    await close_source(self._source)
                     await self._file()
                     if not (self._filed or self._failed):
                         if self._ended:
@@ -164,7 +164,7 @@ class TurnStream(StreamingResponse):
         self._ended = True  # resumed only once [DONE] was sent
 
 
-async def _close(source: AsyncIterator[Any]) -> None:
+async def close_source(source: AsyncIterator[Any]) -> None:
     """Close the upstream's stream: a client gone mid-answer stops its decoding."""
     aclose = getattr(source, "aclose", None)
     if aclose is not None:

@@ -397,3 +397,47 @@ def test_a_failure_once_the_stream_is_open_closes_it(scripted):
     assert "the tokenizer failed" in answer.json()["error"]["message"]
     assert in_use == 0
     assert state.tenants._in_flight == {"default": 0}
+
+
+class _ChunksAlone:
+    """An async iterator with no ``aclose``, as an upstream written before streams had
+    to be closeable may return."""
+
+    def __aiter__(self) -> _ChunksAlone:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+
+class _PlainIteratorUpstream(RemoteUpstream):
+    async def stream(  # type: ignore[override]
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> _ChunksAlone:
+        return _ChunksAlone()
+
+
+def test_a_failed_count_after_a_stream_without_aclose_is_still_the_502(scripted):
+    """The failure path closed the stream with ``source.aclose()`` where the rest of the
+    proxy asks whether it has one: an upstream's plain iterator turned the 502 naming
+    the failure into an AttributeError's 500."""
+    state = ProxyState(
+        flow=ContextFlow(Pipeline(counter=_BrokenCounter())),
+        upstream=_PlainIteratorUpstream(scripted.url, model="m", retries=0),
+    )
+    body = {"stream": True, "messages": [{"role": "user", "content": "hello"}]}
+
+    async def ask_unpipelined() -> httpx.Response:
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(create_app(state)), base_url="http://proxy"
+            ) as client:
+                return await client.post(
+                    "/v1/chat/completions", json=body, headers={"x-ctxproto-pipeline": "off"}
+                )
+        finally:
+            await state.aclose()
+
+    answer = asyncio.run(ask_unpipelined())
+    assert answer.status_code == 502
+    assert "the tokenizer failed" in answer.json()["error"]["message"]
