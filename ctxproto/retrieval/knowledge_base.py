@@ -9,11 +9,12 @@ every replica shares (``ctxproto.stores.vector_backend``).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -220,9 +221,25 @@ class KnowledgeBase:
         )
 
 
-def _as_stored(chunks: Sequence[Document]) -> str:
-    """``chunks`` as a store keeps them, as JSON text: a tuple in the metadata is read
-    back as a list, and ``true`` is not ``1`` (Python's ``True == 1`` took a document
-    re-added with ``public: True`` over a stored ``public: 1`` as unchanged, and the
-    stores' filters keep the two apart)."""
-    return json.dumps([chunk.model_dump(mode="json") for chunk in chunks], sort_keys=True)
+def _as_stored(chunks: Sequence[Document]) -> list[Any]:
+    """``chunks`` as a store keeps them, to compare with what it gives back: JSON values
+    (a tuple in the metadata is read back as a list), ``true`` never ``1`` (Python's
+    ``True == 1`` took ``public: True`` over a stored ``public: 1`` as unchanged, and
+    the stores' filters keep the two apart), and a number by its value as
+    PostgreSQL's ``numeric`` keeps it (``1e20`` comes back as the integer
+    ``100000000000000000000``, ``-0.0`` as ``0``), or a document with such metadata
+    never counted as unchanged on pgvector."""
+    return [_canonical(chunk.model_dump(mode="json")) for chunk in chunks]
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with each number a ``Decimal`` and each boolean tagged, compared by ``==``."""
+    if isinstance(value, bool):
+        return ("bool", value)  # no JSON value is a tuple: never equal to a number or list
+    if isinstance(value, int | float):
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value

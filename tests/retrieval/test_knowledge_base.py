@@ -50,3 +50,30 @@ def test_metadata_changed_from_a_number_to_a_boolean_is_a_change(
     assert knowledge_base.unchanged_documents == 0
     (found,) = knowledge_base.query("refunds", k=1, filters={"public": True})
     assert found.metadata["public"] is True
+
+
+@pytest.mark.parametrize("backend", ["faiss", "pgvector"])
+def test_numbers_a_store_gives_back_in_another_form_are_unchanged(
+    tmp_path: Path, request: pytest.FixtureRequest, embedder: Any, backend: str
+) -> None:
+    """PostgreSQL's ``numeric`` gives ``1e20`` back as the integer 10^20 and ``-0.0`` as
+    0: compared as written, such a document was never unchanged on pgvector, and
+    every run embedded it again and saved."""
+    location = str(tmp_path / "kb") if backend == "faiss" else request.getfixturevalue("pg_url")
+    document = Document(
+        id="d",
+        text="Uploads are capped by max_bytes.",
+        metadata={"max_bytes": 1e20, "offset": -0.0, "ratio": 0.1, "flag": True},
+    )
+    first = KnowledgeBase(location, embedder=embedder)
+    try:
+        first.add_documents([document])
+        first.save()
+    finally:
+        first.close()
+    again = KnowledgeBase(location, embedder=embedder)
+    try:
+        assert again.add_documents([document]) == 0
+        assert again.unchanged_documents == 1
+    finally:
+        again.close()
