@@ -41,10 +41,11 @@ outliving the state, and on the tenant's set of session ids, which so lives as
 long as the tenant's latest session) in the same transaction, so a session
 idle past the TTL is gone from the server with nothing left behind. The set
 still names the sessions that expired while the tenant stayed busy: a listing
-returns, and a write samples, ids whose state is gone and removes them from
-the set (``_LIVE_IDS``, one script, so a write of that session in between is
-never undone), as Redis samples keys to expire; a tenant sending a new session
-id per request keeps its set to about as many ids again as it has live sessions.
+leaves out, and removes from the set, the ids whose state is gone, and so does a
+write for a sample of the set's ids (``_LIVE_IDS``, one script, so a write of
+that session in between is never undone), as Redis samples keys to expire; a
+tenant sending a new session id per request keeps its set to about as many ids
+again as it has live sessions.
 
 The set may expire only when none of its sessions outlives it. Keys written
 without a TTL (before one was configured) have no expiry, and the first write
@@ -55,7 +56,9 @@ that has no expiry one TTL from then (``_EXPIRE_PERSISTENT``, one key at a time,
 checked and set atomically, so a write in between keeps its own expiry); and a
 write without a TTL clears the set's expiry (``PERSIST``) in its transaction, as
 its state never expires. A store opened without a TTL still lists only the ids
-whose state exists: sessions written under a TTL before it was turned off expire.
+whose state exists (sessions written under a TTL before it was turned off
+expire), checking them with ``EXISTS`` and running no script: a server or ACL
+user without scripting serves a store without a TTL, as it did before TTLs.
 """
 
 from __future__ import annotations
@@ -272,22 +275,37 @@ class RedisSessionStateStore:
         pattern = glob_escape(prefix).encode("utf-8") + b"*"
         index = self._index(tenant_id)
         with self._connection.reporting(f"cannot list the sessions of tenant '{tenant_id}'"):
-            members = list(self._redis.sscan_iter(index, match=pattern, count=1000))
-            # Ids whose state expired go, from the set too: with a TTL, and after one
-            # was turned off, for the sessions written under it.
             members = [
-                live
-                for first in range(0, len(members), 1000)
-                for live in self._redis.eval(
-                    _LIVE_IDS,
-                    1,
-                    index,
-                    self._state_prefix(tenant_id),
-                    0,
-                    *members[first : first + 1000],
-                )
+                m.decode("utf-8") if isinstance(m, bytes) else str(m)
+                for m in self._redis.sscan_iter(index, match=pattern, count=1000)
             ]
-        return sorted({m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in members})
+            live = self._live_ids(tenant_id, members)
+        return sorted(set(live))
+
+    def _live_ids(self, tenant_id: str, ids: list[str]) -> list[str]:
+        """Those of the tenant's ``ids`` whose state exists: with a TTL, and after one was
+        turned off, the set still names the sessions that expired under it.
+
+        With a TTL, the expired ids go from the set too (``_LIVE_IDS``). Without one,
+        the listing only reads (``EXISTS``, pipelined): it ran that script on every
+        listing, so a server or ACL user without scripting (``-@scripting``), which a
+        store without a TTL never needed, failed every ``sessions`` call. The ids it
+        skips stay in the set until a write under a TTL samples them.
+        """
+        live: list[str] = []
+        for first in range(0, len(ids), 1000):
+            batch = ids[first : first + 1000]
+            if self._ttl_ms is not None:
+                found = self._redis.eval(
+                    _LIVE_IDS, 1, self._index(tenant_id), self._state_prefix(tenant_id), 0, *batch
+                )
+                live += [m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in found]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for session_id in batch:
+                    pipe.exists(f"{self._state_prefix(tenant_id)}{key_part(session_id)}")
+                live += [i for i, exists in zip(batch, pipe.execute(), strict=True) if exists]
+        return live
 
     def ping(self) -> None:
         self._connection.ping()

@@ -282,3 +282,33 @@ def test_turning_a_ttl_off_keeps_new_sessions_listed(redis_server: RedisServer):
     assert store.get("acme", "kept") == {"v": 2} and store.get("acme", "under-the-ttl") is None
     assert store.sessions("acme") == ["kept"]
     store.close()
+
+
+def test_a_store_without_a_ttl_needs_no_scripting_on_the_server(redis_server: RedisServer):
+    """Listing ran the script that drops expired ids with or without a TTL: an ACL user
+    without scripting, enough for a store before TTLs, failed every ``sessions`` call
+    (MCP recall, history, exists) with "no permissions to run the 'eval' command"."""
+    namespace = redis_server.namespace()
+    admin = redis.Redis.from_url(redis_server.url)
+    user = f"noscript-{namespace}"
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"ctxproto:{namespace}:*"],
+        commands=["+@all", "-@scripting"],
+    )
+    url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+    store = RedisSessionStateStore(url, namespace=namespace)
+    try:
+        store.put("acme", "a", {"v": 1})
+        store.update("acme", "b", lambda state: {"v": 2})
+        store.put("acme", "expired", {"v": 3})
+        admin.delete(store.key("acme", "expired"))  # as if written under a TTL, and gone
+        assert store.get("acme", "a") == {"v": 1}
+        assert store.sessions("acme") == ["a", "b"] and store.sessions("acme", "b") == ["b"]
+        assert store.delete("acme", "a") and store.sessions("acme") == ["b"]
+    finally:
+        store.close()
+        admin.acl_deluser(user)
+        admin.close()
