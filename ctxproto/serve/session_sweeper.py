@@ -10,8 +10,10 @@ summarizer's) when they start, then every half of the shortest TTL (at least a
 second apart, at most ten minutes), on a thread of their own: each sweep is one indexed delete
 of the rows past their deadline, in diskcache's transactions, so it costs what
 it removes and never loses a write that renews a session
-(``SessionStateStore.remove_expired``). A Redis store needs no sweep: the
-server expires its keys.
+(``SessionStateStore.remove_expired``). A store whose sweep fails in the
+background (a full disk) is logged on ``ctxproto.serve`` and tried again at the
+next sweep, and the other stores are swept all the same. A Redis store needs no
+sweep: the server expires its keys.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 from ctxproto.errors import StoreError
 from ctxproto.stores.session_state import SessionStore, idle_ttl_of, remove_expired_sessions
+from ctxproto.stores.store_url import redact_url
 
 __all__ = ["SessionSweeper"]
 
@@ -63,11 +66,25 @@ class SessionSweeper:
     def _run(self) -> None:
         assert self.interval_s is not None
         while not self._stop.wait(self.interval_s):
-            try:
-                self._sweep()
-            except StoreError as exc:  # a full disk, a locked database: the next sweep retries
-                log.warning("sweeping expired sessions failed: %s", exc)
+            for store in self.stores:
+                self._sweep_logged(store)
 
     def _sweep(self) -> None:
         for store in self.stores:
             remove_expired_sessions(store)
+
+    @staticmethod
+    def _sweep_logged(store: SessionStore) -> None:
+        """Sweep ``store``, logging a failure: the next sweep retries, and the other stores
+        are swept still. One store's failure skipped the stores after it, and any other
+        exception than a ``StoreError`` ended the thread (with Python's default report of
+        an uncaught exception in a thread), and with it every sweep while the server ran."""
+        try:
+            remove_expired_sessions(store)
+        except StoreError as exc:  # a full disk, a locked database
+            log.warning("sweeping expired sessions failed: %s", exc)
+        except Exception:  # a defect: its traceback, and the thread sweeps on
+            log.exception(
+                "sweeping expired sessions of the store at %s failed",
+                redact_url(store.location),
+            )
