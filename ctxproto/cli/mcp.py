@@ -45,6 +45,7 @@ def handle(args: argparse.Namespace) -> int:
     # sessions idle past sessions.idle_ttl_s, a summarizer's state_idle_ttl_s
     sweeper = SessionSweeper(flow.session_stores() + service.session_stores())
     try:
+        sweeper.sweep()
         sweeper.start()
         anyio.run(create_mcp_server(service).run_stdio_async)
     finally:

@@ -73,8 +73,16 @@ def create_app(
     """The proxy's ASGI app over ``state``; ``routes`` mount next to the built-in ones.
 
     ``mcp_server=False`` leaves out ``/mcp`` (the runtime's plain model server).
+    The session stores with an idle TTL are swept once here, so a store that cannot
+    be opened or swept raises its ``StoreError`` before a server runs the app.
     """
     mcp = _mcp_endpoint(state) if mcp_server else None
+    try:
+        sweeper = _swept_session_stores(state, mcp)
+    except BaseException:
+        if mcp is not None:
+            mcp.service.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -84,10 +92,7 @@ def create_app(
             async with contextlib.AsyncExitStack() as running:
                 if mcp is not None:
                     await running.enter_async_context(mcp.lifespan(app))
-                # Every session store with an idle TTL: the sessions', each summarizer's
-                # and the MCP memory's. Stopped before the MCP service closes its own.
-                stores = state.flow.session_stores()
-                sweeper = SessionSweeper(stores + (mcp.service.session_stores() if mcp else []))
+                # Stopped before the MCP service closes its own stores.
                 sweeper.start()
                 running.callback(sweeper.stop)
                 yield
@@ -127,6 +132,22 @@ class _ProxyApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestIdMiddleware(super().build_middleware_stack())
+
+
+def _swept_session_stores(state: ProxyState, mcp: McpEndpoint | None) -> SessionSweeper:
+    """The sweeper of every session store with an idle TTL (the sessions', each
+    summarizer's, the MCP memory's), which has swept them once.
+
+    Here, before a server runs the app, not in its lifespan: collecting the stores
+    opens the MCP memory summarizer's, and opening or sweeping a store can fail. In
+    the lifespan, uvicorn printed that failure as its own traceback and ``ctxproto
+    serve`` then said the proxy could not start on its address, where every other
+    store failing at start is one line naming the store.
+    """
+    stores = state.flow.session_stores()
+    sweeper = SessionSweeper(stores + (mcp.service.session_stores() if mcp else []))
+    sweeper.sweep()
+    return sweeper
 
 
 def _mcp_endpoint(state: ProxyState) -> McpEndpoint | None:

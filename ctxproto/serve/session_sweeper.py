@@ -35,8 +35,8 @@ MAX_INTERVAL_S = 600.0
 
 
 class SessionSweeper:
-    """Sweeps ``stores`` at ``start`` and then periodically until ``stop``; a store without
-    an idle TTL is never swept."""
+    """Sweeps ``stores`` at ``sweep`` and, from ``start``, periodically until ``stop``; a
+    store without an idle TTL is never swept."""
 
     def __init__(self, stores: Sequence[SessionStore]) -> None:
         self.stores = [store for store in stores if idle_ttl_of(store) is not None]
@@ -45,12 +45,19 @@ class SessionSweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def sweep(self) -> None:
+        """Sweep every store once, now; a store that cannot be swept raises its error.
+
+        The first sweep, run by a server before it serves, so a store that cannot be
+        swept fails the start with the store's own error.
+        """
+        for store in self.stores:
+            remove_expired_sessions(store)
+
     def start(self) -> None:
-        """Sweep once now (a store that cannot be swept fails the start), then keep
-        sweeping in the background."""
+        """Keep sweeping in the background, every ``interval_s``, until ``stop``."""
         if self.interval_s is None:
             return
-        self._sweep()
         self._thread = threading.Thread(
             target=self._run, name="ctxproto-session-sweeper", daemon=True
         )
@@ -68,10 +75,6 @@ class SessionSweeper:
         while not self._stop.wait(self.interval_s):
             for store in self.stores:
                 self._sweep_logged(store)
-
-    def _sweep(self) -> None:
-        for store in self.stores:
-            remove_expired_sessions(store)
 
     @staticmethod
     def _sweep_logged(store: SessionStore) -> None:

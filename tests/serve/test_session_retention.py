@@ -16,6 +16,7 @@ from ctxproto.cli import main
 from ctxproto.serve import ProxyState, ServerThread, create_app
 from ctxproto.serve.config import ServeConfig
 from ctxproto.stores.session_state import SessionStateStore
+from tests.servers_redis import free_port
 
 TTL = 1.0
 
@@ -109,3 +110,36 @@ def test_an_idle_ttl_that_is_no_positive_finite_number_exits_2_naming_file_and_k
     assert main(["mcp", str(path)]) == 2
     err = capsys.readouterr().err.replace("\n", "")
     assert str(path) in err and "sessions.idle_ttl_s" in err
+
+
+@pytest.mark.parametrize("command", ["serve", "mcp"])
+def test_a_store_that_cannot_be_swept_at_start_fails_it_with_one_line_naming_the_store(
+    tmp_path: Path, scripted: Any, capsys: pytest.CaptureFixture[str], command: str
+):
+    """The proxy's first sweep ran in the app's lifespan, after uvicorn started: its
+    failure was uvicorn's traceback, then "the proxy could not start on HOST:PORT",
+    blaming the address. Now it is the one line any store failing at start is."""
+    folder = tmp_path / "sessions"
+    before = SessionStateStore(folder, namespace="sessions")  # before the TTL
+    before.put("default", "old", {"v": 1})
+    before.close()
+    with sqlite3.connect(folder / "cache.db") as db:  # refuses the sweep's write
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON Cache"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    path = tmp_path / "serve.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "upstream": {"type": "openai", "base_url": scripted.url, "model": "scripted"},
+                "sessions": {"store": str(folder), "idle_ttl_s": TTL},
+            }
+        )
+    )
+    port = ["--port", str(free_port())] if command == "serve" else []
+    assert main([command, str(path), *port]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err and "could not start" not in err
+    assert str(folder) in err.replace("\n", "") and "database or disk is full" in errors[0]
