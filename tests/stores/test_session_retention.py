@@ -312,3 +312,35 @@ def test_a_store_without_a_ttl_needs_no_scripting_on_the_server(redis_server: Re
         store.close()
         admin.acl_deluser(user)
         admin.close()
+
+
+def scans(client: redis.Redis) -> int:
+    """How many ``SCAN`` commands the server has run."""
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_a_store_opened_with_a_ttl_scans_the_server_once(redis_server: RedisServer):
+    """Opening gave the namespace's keys without an expiry the TTL in two full ``SCAN``\\s
+    of the server (one for state keys, one for sets): each walks every key the server
+    holds, 0.4 s per million, for each of a proxy's three stores. One does it."""
+    namespace = redis_server.namespace()
+    client = redis.Redis.from_url(redis_server.url)
+    unrelated = [f"ctxproto:cache:{namespace}:entry:{i}" for i in range(3000)]
+    client.mset(dict.fromkeys(unrelated, b"x"))
+    forever = RedisSessionStateStore(redis_server.url, namespace=namespace)
+    forever.put("acme", "old", {"v": 1})
+    forever.close()
+    try:
+        before = scans(client)
+        list(client.scan_iter(match="nothing:*", count=1000))
+        full_scan = scans(client) - before
+        before = scans(client)
+        store = RedisSessionStateStore(redis_server.url, namespace=namespace, idle_ttl_s=60)
+        assert scans(client) - before < 2 * full_scan
+        state_key, index = store.key("acme", "old"), f"ctxproto:{namespace}:sessions:acme"
+        assert 0 < client.pttl(state_key) <= 60_000 and 0 < client.pttl(index) <= 60_000
+        store.close()
+    finally:
+        client.delete(*unrelated)
+        client.close()
