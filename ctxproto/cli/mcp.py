@@ -43,8 +43,9 @@ def handle(args: argparse.Namespace) -> int:
     service = ContextService(flow, config.mcp)
     service.warm_up()  # a cache that cannot open fails now, not at the first tool call
     # sessions idle past sessions.idle_ttl_s, a summarizer's state_idle_ttl_s
-    sweeper = SessionSweeper(flow.session_stores() + service.session_stores())
+    sweeper = SessionSweeper([])
     try:
+        sweeper = SessionSweeper(flow.session_stores() + service.session_stores())
         sweeper.sweep()
         sweeper.start()
         anyio.run(create_mcp_server(service).run_stdio_async)

@@ -106,8 +106,7 @@ class Summarizer(Stage):
 
         # The device is only the LM's; a bad one refused before any model loads.
         device = resolve_device(self.device) if self.model is not None else "cpu"
-        if self._store is None:
-            self._store = self._open_store()
+        self._state_store()
         if self._embedder is None:
             self._embedder = get_embedder(self.embedder)
         if self.model is not None and self._lm is None:
@@ -137,15 +136,21 @@ class Summarizer(Stage):
         that changed is only re-summarized (and the state overwritten) by a
         later run, which may never come. Opens the state store if no run has.
         """
-        (store,) = self.session_stores()
-        store.delete(tenant_id, session_id)
+        self._state_store().delete(tenant_id, session_id)
 
     def session_stores(self) -> list[SessionStore]:
         """The state store, opened now if no run has (without loading the models), so a
-        server sweeps what it holds from before this process ran."""
+        server sweeps what it holds from before this process ran; with no idle TTL
+        there is nothing to sweep, and the store opens at its first use, as before."""
+        if self._store is None and self.state_idle_ttl_s is None:
+            return []
+        return [self._state_store()]
+
+    def _state_store(self) -> SessionStore:
+        """The state store, opened if no run has (without loading the models)."""
         if self._store is None:
             self._store = self._open_store()
-        return [self._store]
+        return self._store
 
     def store_checks(self) -> dict[str, Callable[[], None]]:
         if self._store is None:

@@ -358,3 +358,18 @@ def test_facts_of_an_abstractive_summary_survive_an_extractive_fallback(
     assert result.report.counters["fallbacks"] == 1
     summary = result.context.summary or ""
     assert "LH 2231" in summary and "Marta Lindqvist" in summary
+
+
+def test_a_store_with_no_idle_ttl_is_not_opened_for_the_sweep(tmp_path: Path) -> None:
+    """The server asks each stage for the stores to sweep when it starts: a store with
+    no TTL has nothing to sweep, and opening it there held a Redis pool (or a folder)
+    from the start that used to open at the first summary."""
+    idle = Summarizer(model=None, state_path=str(tmp_path / "kept"))
+    assert idle.session_stores() == []
+    assert not (tmp_path / "kept").exists()
+    expiring = Summarizer(model=None, state_path=str(tmp_path / "ttl"), state_idle_ttl_s=60)
+    try:
+        assert len(expiring.session_stores()) == 1
+        assert (tmp_path / "ttl").is_dir()
+    finally:
+        expiring.close()
