@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +50,33 @@ def test_an_unencoded_password_is_refused_without_it_and_an_encoded_one_is_sent(
     assert "Zq9" not in str(refused.value) and "Xw7" not in str(refused.value)
 
 
-def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server: RedisServer):
+def _stored_one(redis_server: RedisServer) -> RedisSessionStateStore:
+    """A store that gives up on the server after half a second, holding session ``s``."""
     store = RedisSessionStateStore(
         f"{redis_server.url}?socket_timeout=0.5", namespace=redis_server.namespace()
     )
     store.put("t", "s", {"v": 1})
+    return store
+
+
+@contextlib.contextmanager
+def _frozen(redis_server: RedisServer) -> Iterator[None]:
+    """The server stopped (SIGSTOP: connections open, nothing answered) for the block."""
     assert redis_server.process is not None
     redis_server.process.send_signal(signal.SIGSTOP)
     try:
+        yield
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
+def test_a_server_that_stops_answering_is_a_store_error_not_a_hang(redis_server: RedisServer):
+    store = _stored_one(redis_server)
+    with _frozen(redis_server):
         start = time.monotonic()
         with pytest.raises(StoreError, match=r"session 's'.*127\.0\.0\.1"):
             store.get("t", "s")
         assert time.monotonic() - start < 5
-    finally:
-        redis_server.process.send_signal(signal.SIGCONT)
     assert store.get("t", "s") == {"v": 1}
     store.close()
 
@@ -72,17 +87,12 @@ def test_a_server_down_or_not_answering_is_unavailable_and_a_refusal_is_not(
     """``StoreUnavailableError`` (the proxy's 503, retried) only where a retry may help:
     a frozen server, a stopped one; a server that answered with a refusal (a key of
     another type, a password it does not take) stays a plain ``StoreError`` (500)."""
-    store = RedisSessionStateStore(
-        f"{redis_server.url}?socket_timeout=0.5", namespace=redis_server.namespace()
-    )
-    store.put("t", "s", {"v": 1})
-    assert redis_server.process is not None
-    redis_server.process.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(StoreUnavailableError, match=r"session 's'.*127\.0\.0\.1"):
-            store.get("t", "s")
-    finally:
-        redis_server.process.send_signal(signal.SIGCONT)
+    store = _stored_one(redis_server)
+    with (
+        _frozen(redis_server),
+        pytest.raises(StoreUnavailableError, match=r"session 's'.*127\.0\.0\.1"),
+    ):
+        store.get("t", "s")
     redis_server.stop()
     try:
         with pytest.raises(StoreUnavailableError, match=r"cannot write .*127\.0\.0\.1"):
