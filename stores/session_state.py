@@ -331,7 +331,13 @@ class SessionStateStore:
         return condition + " AND store_time > ?", (now, now - self.idle_ttl_s)
 
     def _live(self, key: str) -> bool:
-        """Whether the row of ``key`` (read a moment ago) is live (``_liveness``)."""
+        """Whether the row of ``key`` (read a moment ago) is live (``_liveness``).
+
+        With no idle TTL the only bound is the row's own deadline, which diskcache's
+        ``get`` has just checked: no second query on every read.
+        """
+        if self.idle_ttl_s is None:
+            return True
         condition, parameters = self._liveness()
         rows = select_rows(
             self._cache,
