@@ -11,9 +11,12 @@ well: a cache shared between machines does not hand one CPU another's
 instructions.
 
 Building needs a C++ compiler with OpenMP and ninja (the ``runtime`` extra
-installs ninja), and the kernels pay only with AVX-512. Without them, or when
-the build fails, ``load_kernels`` says why once, in a warning, and returns
-False: every caller then keeps torch's own layers and attention.
+installs ninja), and the kernels pay only with AVX-512. When the build fails,
+``load_kernels`` says why once, in a warning (a compiler can be installed), and
+returns False; on a CPU without AVX-512, nothing can be done about it, so it
+says so once in the log at INFO rather than in a warning that a test suite or
+an application running with warnings as errors would fail on. Either way every
+caller then keeps torch's own layers and attention.
 The operators are threaded with torch's ``at::parallel_for``, so they run on
 torch's OpenMP workers (``openmp.py``) rather than a pool of their own.
 """
@@ -24,6 +27,7 @@ import fcntl
 import functools
 import hashlib
 import importlib
+import logging
 import os
 import platform
 import shutil
@@ -45,6 +49,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 """``-ffp-contract=off``: a product and a sum the kernels keep apart must not fuse."""
 
 _building = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -63,9 +68,18 @@ def load_kernels() -> bool:
         # fails there, before the build that would turn it into a RuntimeError.
         except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:
             return _decline(f"could not be built ({exc})")
-        if torch.ops.ctxproto.vector_width() == 0:
-            return _decline("were built without AVX-512 for this CPU")
+        if _vector_width(torch) == 0:
+            _log.info(
+                "ctxproto's CPU kernels need AVX-512, which this CPU lacks; models keep "
+                "torch's kernels, which decode slower"
+            )
+            return False
         return True
+
+
+def _vector_width(torch: Any) -> int:
+    """Floats per vector the loaded kernels were compiled for; 0 for their plain loops."""
+    return int(torch.ops.ctxproto.vector_width())
 
 
 def _build_and_load(torch: Any) -> None:

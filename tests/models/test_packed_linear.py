@@ -181,6 +181,23 @@ def test_without_kernels_the_model_stays_float(monkeypatch):
         kernels.load_kernels.cache_clear()
 
 
+def test_a_cpu_without_avx512_is_a_log_line_not_a_warning(monkeypatch, caplog):
+    """Most CPUs lack AVX-512 and nothing can be done about it: a RuntimeWarning there
+    failed every engine start under warnings-as-errors (this suite, many apps)."""
+    monkeypatch.setattr(kernels, "_build_and_load", lambda _torch: None)
+    monkeypatch.setattr(kernels, "_vector_width", lambda _torch: 0)
+    kernels.load_kernels.cache_clear()
+    try:
+        with warnings.catch_warnings(), caplog.at_level("INFO", logger=kernels.__name__):
+            warnings.simplefilter("error")
+            assert kernels.load_kernels() is False
+        assert "need AVX-512, which this CPU lacks" in caplog.text
+        model, same = packed(gguf_q4_1(32, 64))
+        assert same is model
+    finally:
+        kernels.load_kernels.cache_clear()
+
+
 BROKEN_COMPILER_CHECK = """
 import warnings
 from ctxproto.models.kernels import load_kernels
