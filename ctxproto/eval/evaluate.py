@@ -98,9 +98,11 @@ def evaluate(
             if index in finished:
                 continue
             item_rows = evaluator.evaluate(item, on_step=step)
+            # Kept before it is saved: a Ctrl-C or SIGTERM arriving between the two
+            # otherwise left the partial report one item short of the rows on disk.
+            finished[index] = item_rows
             if rows is not None:
                 rows.append(index, item_rows, item_fingerprint(item))
-            finished[index] = item_rows
         if rows is not None:
             rows.finish()
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import pytest
 from ctxproto.context import Context
 from ctxproto.errors import ConfigError, DatasetError, StoreError
 from ctxproto.eval import Dataset, EvalItem, evaluate
+from ctxproto.eval.evaluate import EvaluationInterrupted
 from ctxproto.eval.row_log import ROWS_FILE, RowLog, RunRecord
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline
@@ -121,6 +122,29 @@ def test_rows_of_items_the_dataset_no_longer_yields_are_refused(tmp_path: Path) 
         pytest.raises(DatasetError, match="rows of q0 as item 1, where the dataset now has a"),
     ):
         evaluate([Pipeline([], name="p")], Letters(["a", "b"]), settings=SETTINGS, rows=log)
+
+
+def test_a_stop_right_after_an_item_is_saved_keeps_it_in_the_partial_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM lands between any two bytecodes: once it came just after an item's rows
+    were saved, and the partial report counted one item fewer than the file held."""
+    real_append = RowLog.append
+
+    def append_then_stop(self: RowLog, index: int, *args: Any, **kwargs: Any) -> None:
+        real_append(self, index, *args, **kwargs)
+        if index == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RowLog, "append", append_then_stop)
+    with (
+        RowLog(tmp_path, RUN, resume=False) as log,
+        pytest.raises(EvaluationInterrupted) as stopped,
+    ):
+        evaluate([Pipeline([], name="p")], Letters(["a", "b", "c"]), settings=SETTINGS, rows=log)
+    with RowLog(tmp_path, RUN, resume=True) as log:
+        assert sorted(log.done) == [0, 1]
+    assert sorted({row["item_id"] for row in stopped.value.report.rows}) == ["a", "b"]
 
 
 class Versioned(Letters):
