@@ -25,6 +25,14 @@ is refused with one file, which would delete every other document. An
 empty file (or JSONL text), or one of markdown headings alone, is skipped and
 listed, and its document, if stored, is deleted: a file being emptied must not
 stop every other file from indexing; a source with nothing else is refused.
+
+Text files are read as UTF-8, or as ``--encoding`` says. A folder's file that
+cannot be read as text (another encoding, a binary file with a text suffix, one
+deleted or made unreadable while the run went on) is skipped, and its stored
+document kept as it was (``--prune`` keeps it too): one such file among
+thousands stopped the whole run. Such files are listed last, each with its
+reason, and counted in the summary's last line; the run still succeeds (exit 0)
+when it indexed the rest. A file given alone that cannot be read is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import folder_document_id, is_text_file, read_documents
 from ctxproto.retrieval.chunking import holds_text
+from ctxproto.retrieval.sources import UnreadableFile, check_encoding
 from ctxproto.stores.store_url import redact_url, store_location
 from ctxproto.stores.vector_store import VectorStore
 
@@ -100,6 +109,12 @@ def register(subparsers: Any) -> None:
         help="read hidden files and folders (.name), skipped by default",
     )
     parser.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="the encoding of the .txt/.md files, e.g. latin-1, cp1252, utf-16 "
+        "(default: utf-8; JSONL is always UTF-8)",
+    )
+    parser.add_argument(
         "--id",
         dest="file_id",
         metavar="ID",
@@ -147,6 +162,14 @@ def handle(args: argparse.Namespace) -> int:
         )
     if args.file_id is not None:
         args.file_id = folder_document_id(args.file_id, key="--id")
+    if args.encoding is not None:
+        check_encoding(args.encoding, key="--encoding")
+        if not (single or Path(args.source).is_dir()):
+            raise ConfigError(
+                "names the encoding of .txt/.md files; JSONL is UTF-8, as JSON is",
+                key="--encoding",
+                expected="a folder or one .txt/.md file as the source",
+            )
     # A missing extra is found before anything is written, the store folder included.
     on_server = _on_server(args.store)
     require("sentence_transformers", extra="embed")
@@ -157,6 +180,7 @@ def handle(args: argparse.Namespace) -> int:
         require("faiss", extra="embed")
     skipped_links: list[str] = []
     skipped_hidden: list[str] = []
+    unreadable: list[UnreadableFile] = []
     documents = list(
         read_documents(
             Path(args.source),
@@ -165,6 +189,8 @@ def handle(args: argparse.Namespace) -> int:
             file_id=args.file_id,
             include_hidden=args.include_hidden,
             on_skipped_hidden=lambda path: skipped_hidden.append(str(path)),
+            encoding=args.encoding or "utf-8",
+            on_unreadable=unreadable.append,
         )
     )
     console = Console(stderr=True, highlight=False)
@@ -189,6 +215,7 @@ def handle(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
     if not documents:
+        _tell_unreadable(console, unreadable)
         raise ConfigError(
             "no documents found", file=args.source, expected="a .txt/.md file or JSONL"
         )
@@ -207,6 +234,7 @@ def handle(args: argparse.Namespace) -> int:
     headings_only = {doc_id for doc_id, d in hollow.items() if d.text.strip()}
     documents = [d for d in documents if d.id not in hollow]
     if not documents and not single:
+        _tell_unreadable(console, unreadable)
         raise ConfigError(
             "no document holds text to index (only empty files or headings)",
             file=args.source,
@@ -253,7 +281,9 @@ def handle(args: argparse.Namespace) -> int:
             documents, on_progress=lambda n: progress.advance(task, n), reembed=args.reembed
         )
     removed = knowledge_base.delete(emptied)
-    pruned = knowledge_base.prune({d.id for d in documents}) if args.prune else []
+    # A file skipped as unreadable is still in the source: its document stays stored.
+    kept = {d.id for d in documents} | {skipped.id for skipped in unreadable}
+    pruned = knowledge_base.prune(kept) if args.prune else []
     # A run that changed nothing writes nothing: a save makes a new generation, and
     # every running reader (a proxy's retriever) then loads the whole store again.
     saved = bool(chunks or removed or pruned)
@@ -274,6 +304,9 @@ def handle(args: argparse.Namespace) -> int:
         "skipped_links": skipped_links,
         "skipped_hidden": skipped_hidden,
         "skipped_empty": emptied,
+        "skipped_unreadable": [
+            {"path": str(skipped.path), "reason": skipped.reason} for skipped in unreadable
+        ],
         "repeated_ids": repeated,
         "chunks_past_embedder_window": knowledge_base.chunks_past_window,
         "embedder_window_tokens": knowledge_base.embedder.window_tokens,
@@ -296,6 +329,11 @@ def handle(args: argparse.Namespace) -> int:
             console.print(f"deleted {counted(len(pruned), 'document')} the source no longer holds")
         if not saved:
             console.print("nothing changed: the store was left as it was, not saved again")
+        if unreadable:
+            console.print(
+                f"skipped {counted(len(unreadable), 'file')} not readable as text "
+                "(listed on stderr)"
+            )
         if knowledge_base.chunks_past_window:
             past = knowledge_base.chunks_past_window
             verb = "is" if past == 1 else "are"
@@ -309,7 +347,25 @@ def handle(args: argparse.Namespace) -> int:
             f"the store holds {counted(knowledge_base.store.count, 'document')}, "
             f"{counted(knowledge_base.store.chunk_count, 'chunk')} ({summary['index_kind']} index)"
         )
+    _tell_unreadable(Console(stderr=True, highlight=False), unreadable)
     return 0
+
+
+def _tell_unreadable(console: Console, unreadable: list[UnreadableFile]) -> None:
+    """The files skipped as unreadable, last, so that no progress bar or summary hides
+    them: one line each, then one line counting them and saying what reads them."""
+    if not unreadable:
+        return
+    for skipped in unreadable:
+        console.print(
+            f"skipped unreadable {skipped.path}: {skipped.reason}", markup=False, soft_wrap=True
+        )
+    console.print(
+        f"{counted(len(unreadable), 'file')} not indexed, listed above: not readable as text "
+        "(their stored documents are kept); --encoding NAME reads another encoding",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _on_server(store: str) -> bool:

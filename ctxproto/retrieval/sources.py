@@ -25,12 +25,24 @@ reported once (``.venv``, not each file in it).
 A UTF-8 byte order mark (Notepad and many Windows tools write one) is dropped:
 kept, it hid the first markdown heading of a file (``\ufeff# Title`` is no
 heading) and made the first line of a JSONL file invalid JSON.
+
+Text files are read as UTF-8 unless ``encoding`` names another codec (as
+Haystack's ``TextFileToDocument`` and LangChain's ``TextLoader`` take one); JSONL
+is always UTF-8, as JSON between systems must be (RFC 8259). A folder's file that
+cannot be read as text (another encoding, a binary file with a text suffix, one
+deleted or made unreadable after the folder was listed) is skipped and given to
+``on_unreadable``, with its id and the reason: one such file among thousands
+stopped the whole run. A file holding a NUL is taken for binary: no text file
+has one, and a UTF-16 file without its byte order mark is valid UTF-8 full of
+them. Without ``on_unreadable``, and for a file given alone (the whole source),
+it is a ``ConfigError`` naming the file.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 
 from pydantic import ValidationError
@@ -38,9 +50,27 @@ from pydantic import ValidationError
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError
 
-__all__ = ["TEXT_SUFFIXES", "folder_document_id", "is_text_file", "read_documents"]
+__all__ = [
+    "TEXT_SUFFIXES",
+    "UnreadableFile",
+    "check_encoding",
+    "folder_document_id",
+    "is_text_file",
+    "read_documents",
+]
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """A folder's text file that was skipped: it could not be read as text."""
+
+    path: Path
+    id: str
+    """The id its document has in the store, kept there (a ``prune`` must not take it)."""
+    reason: str
+    """Why, e.g. ``not UTF-8 text at byte 4 (0xe9)`` or ``cannot read: Permission denied``."""
 
 
 def is_text_file(source: Path) -> bool:
@@ -82,28 +112,43 @@ def read_documents(
     file_id: str | None = None,
     include_hidden: bool = False,
     on_skipped_hidden: Callable[[Path], None] | None = None,
+    encoding: str = "utf-8",
+    on_unreadable: Callable[[UnreadableFile], None] | None = None,
 ) -> Iterator[Document]:
     """Documents of a folder, a text file or a JSONL file; an unreadable one is a
-    ``ConfigError`` naming it.
+    ``ConfigError`` naming it, unless a folder's and ``on_unreadable`` is given.
 
     ``on_skipped_link`` is called with each link the folder reader did not follow,
     ``on_skipped_hidden`` with each hidden file or folder holding a text file that
-    it left out (a folder once); ``include_hidden`` reads them.
+    it left out (a folder once); ``include_hidden`` reads them. ``on_unreadable``
+    is called with each of the folder's text files that could not be read as text
+    in ``encoding`` (``check_encoding``), which is then skipped.
     ``file_id`` is the id of a text file given alone (default: its name), its path
     in its folder written as the folder's ids are (``folder_document_id``);
     ignored for a folder or a JSONL file.
     """
     if source.is_dir():
-        files = _folder_files(
-            source, follow_symlinks, include_hidden, on_skipped_link, on_skipped_hidden
+        # Listed whole before any file is read: a file that goes, or turns unreadable,
+        # while the others are read is skipped and told as such, whenever it happens.
+        files = list(
+            _folder_files(
+                source, follow_symlinks, include_hidden, on_skipped_link, on_skipped_hidden
+            )
         )
         for path in files:
             relative = _relative_id(path.relative_to(source))
-            yield Document(id=relative, text=_read_text(path), source=relative)
+            try:
+                text = _read_text(path, encoding)
+            except ConfigError as exc:
+                if on_unreadable is None:
+                    raise
+                on_unreadable(UnreadableFile(path, relative, exc.detail))
+                continue
+            yield Document(id=relative, text=text, source=relative)
     elif is_text_file(source):
         # Read as JSONL, a markdown file failed on its first line as "Invalid JSON".
         doc_id = source.name if file_id is None else folder_document_id(file_id)
-        yield Document(id=doc_id, text=_read_text(source), source=doc_id)
+        yield Document(id=doc_id, text=_read_text(source, encoding), source=doc_id)
     elif source.is_file():
         with source.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
@@ -158,8 +203,23 @@ def _hidden_top(path: Path, source: Path) -> Path | None:
     return None
 
 
-def _read_text(path: Path) -> str:
-    """The text of ``path``; one not in UTF-8 is a ``ConfigError`` naming it.
+def check_encoding(encoding: str, *, key: str = "encoding") -> str:
+    """``encoding`` when Python has a text codec of that name, else a ``ConfigError``."""
+    try:
+        codecs.lookup(encoding)
+        "".encode(encoding)  # a LookupError for a codec of bytes to bytes, such as base64
+    except LookupError:
+        raise ConfigError(
+            f"'{encoding}' is no text encoding Python knows",
+            key=key,
+            expected="a codec name such as utf-8, latin-1, cp1252 or utf-16",
+        ) from None
+    return encoding
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    """The text of ``path`` in ``encoding``; one that is not such text is a
+    ``ConfigError`` naming it, and saying where.
 
     A Latin-1 or UTF-16 file is input to fix, not a broken store: it was a
     ``StoreError`` (exit 1), as if retrying could help. It is found while the
@@ -167,16 +227,32 @@ def _read_text(path: Path) -> str:
     """
     try:
         data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    except OSError as exc:  # gone, made unreadable or a folder since it was listed
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    name = "UTF-8" if utf8 else encoding
+    expected = (
+        "UTF-8: save the file as UTF-8, or name its encoding with --encoding"
+        if utf8
+        else f"{encoding} text, as --encoding says"
+    )
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig" if utf8 else encoding)
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            f"not {name} text at byte {exc.start} (0x{data[exc.start]:02x})",
             file=str(path),
-            expected="UTF-8: save the file as UTF-8, or leave it out of the source",
+            expected=expected,
         ) from None
+    if "\x00" in text:
+        where = f"byte {data.index(0)}" if utf8 else f"character {text.index(chr(0))}"
+        raise ConfigError(
+            f"binary, not text: a NUL at {where}",
+            file=str(path),
+            expected="a text file (a UTF-16 file without a byte order mark reads "
+            "with --encoding utf-16-le)",
+        )
+    return text
 
 
 def _jsonl_document(line: bytes, source: Path, number: int) -> Document:

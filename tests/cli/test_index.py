@@ -435,23 +435,89 @@ def test_chunks_longer_than_the_embedder_reads_are_counted_and_said(
     [("latin1.txt", "Café notes.".encode("latin-1")), ("utf16.md", "Notes.".encode("utf-16"))],
     ids=["latin-1", "utf-16"],
 )
-def test_a_file_not_in_utf8_exits_2_naming_it_and_leaves_the_store_as_it_was(
+def test_a_file_not_in_utf8_given_alone_exits_2_naming_it_and_leaves_the_store_as_it_was(
     tmp_path: Path, capsys: Any, embedder: Any, name: str, data: bytes
 ) -> None:
-    """It was a StoreError (exit 1), as if the store were broken, for input to fix."""
+    """It was a StoreError (exit 1), as if the store were broken, for input to fix.
+    In a folder it is skipped and listed (the next test); given alone it is the whole
+    source, and refused."""
     folder = _folder(tmp_path / "kb", ["apples"])
     store = tmp_path / "store"
     assert main(["index", str(folder), "--store", str(store), "--json"]) == 0
     before = {path.name: path.read_bytes() for path in store.iterdir()}
     (folder / name).write_bytes(data)
     capsys.readouterr()
-    for source, into in ((folder, store), (folder / name, tmp_path / "new-store")):
-        code = main(["index", str(source), "--store", str(into), "--embedder", MISSING_EMBEDDER])
+    for into in (store, tmp_path / "new-store"):
+        code = main(
+            ["index", str(folder / name), "--store", str(into), "--embedder", MISSING_EMBEDDER]
+        )
         assert code == 2
         err = capsys.readouterr().err.replace("\n", "")
-        assert f"{folder / name}: not UTF-8 text" in err and "save the file as UTF-8" in err
+        assert (
+            f"{folder / name}: not UTF-8 text at byte " in err and "save the file as UTF-8" in err
+        )
     assert {path.name: path.read_bytes() for path in store.iterdir()} == before
     assert not (tmp_path / "new-store").exists()
+
+
+def test_a_folders_file_that_is_no_utf8_text_is_skipped_and_listed_last_and_kept_stored(
+    tmp_path: Path, capsys: Any, embedder: Any
+) -> None:
+    """One Latin-1 file among thousands stopped the whole run (exit 2, nothing indexed).
+    Now each file that is not text is skipped with its reason, listed after everything
+    else, its stored document kept (by --prune too), and the run succeeds."""
+    folder = _folder(tmp_path / "kb", ["apples", "menu"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    capsys.readouterr()
+    (folder / "menu.md").write_bytes("# menu\n\nCafé crème and croissants.".encode("latin-1"))
+    (folder / "logo.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")  # binary
+    (folder / "wide.txt").write_bytes("Notes in UTF-16.".encode("utf-16-le"))  # no BOM
+    (folder / "volcanoes.md").write_text("# volcanoes\n\nVolcanoes erupt molten basalt.")
+    assert main(["index", str(folder), "--store", store, "--prune", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["skipped_unreadable"] == [
+        {"path": str(folder / "logo.md"), "reason": "not UTF-8 text at byte 0 (0x89)"},
+        {"path": str(folder / "menu.md"), "reason": "not UTF-8 text at byte 11 (0xe9)"},
+        {"path": str(folder / "wide.txt"), "reason": "binary, not text: a NUL at byte 1"},
+    ]
+    # volcanoes.md indexed; menu.md's stored version neither pruned nor replaced.
+    assert summary["documents"] == 2 and summary["pruned"] == []
+    assert summary["store_documents"] == 3
+    last = captured.err.strip().splitlines()[-4:]
+    assert last == [
+        f"skipped unreadable {folder / 'logo.md'}: not UTF-8 text at byte 0 (0x89)",
+        f"skipped unreadable {folder / 'menu.md'}: not UTF-8 text at byte 11 (0xe9)",
+        f"skipped unreadable {folder / 'wide.txt'}: binary, not text: a NUL at byte 1",
+        "3 files not indexed, listed above: not readable as text (their stored documents "
+        "are kept); --encoding NAME reads another encoding",
+    ]
+    # Read as Latin-1, menu.md is text; the others are still no text in it.
+    assert main(["index", str(folder), "--store", store, "--encoding", "latin-1"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 files not readable as text (listed on stderr)" in captured.out
+    assert "binary, not text: a NUL at character 8" in captured.err  # logo.md
+    (found,) = KnowledgeBase(store, embedder=embedder).query("café crème", k=1)
+    assert found.source == "menu.md" and "Café crème" in found.text
+
+
+def test_the_encoding_option_is_checked_before_any_work(tmp_path: Path, capsys: Any) -> None:
+    folder = _folder(tmp_path / "kb", ["apples"])
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"id": "a", "text": "One."}\n')
+    for source, encoding, said in (
+        (folder, "klingon", "'klingon' is no text encoding"),
+        (folder, "base64", "'base64' is no text encoding"),
+        (jsonl, "latin-1", "JSONL is UTF-8, as JSON is"),
+    ):
+        store = str(tmp_path / "store")
+        arguments = ["--store", store, "--encoding", encoding, "--embedder", MISSING_EMBEDDER]
+        code = main(["index", str(source), *arguments])
+        assert code == 2
+        err = capsys.readouterr().err.replace("\n", "")
+        assert "--encoding" in err and said in err
+    assert not (tmp_path / "store").exists()
 
 
 def test_the_summary_counts_one_document_as_one_and_a_followed_link_is_not_offered_the_option(
