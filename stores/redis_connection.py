@@ -7,7 +7,8 @@ URL with the password redacted: a ``StoreUnavailableError`` when the server
 could not be reached or did not answer in time (refused, reset, timed out,
 still loading its data) or answered that it cannot serve for now (``BUSY``
 running a long script, ``READONLY`` as a primary demoted in a failover,
-``MASTERDOWN`` as a replica that lost its primary), which a retry may clear,
+``MASTERDOWN`` as a replica that lost its primary, ``CLUSTERDOWN`` and
+``TRYAGAIN`` from a cluster failing over or resharding), which a retry may clear,
 and a plain ``StoreError``
 when it answered with a refusal (wrong password, a command it rejects), which
 a retry would meet again. The first ``PING`` happens when the store is
@@ -41,10 +42,19 @@ _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 errors it lets through."""
 _REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 """``ConnectionError``s that are the server's answer, not its absence: the credentials."""
-_NOT_SERVING_NOW = (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
+_NOT_SERVING_NOW = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
 """Replies a retry outlives: ``READONLY`` from a primary demoted to a replica while a
 failover promotes another (the client reconnects to the new one), ``MASTERDOWN`` from
-a replica that lost its primary and serves no stale data."""
+a replica that lost its primary and serves no stale data, ``CLUSTERDOWN`` from a
+cluster node while a slot has no reachable primary (a failover under way), and
+``TRYAGAIN`` from one moving a slot to another node (resharding), where a
+multi-key command finds its keys split. redis-py's parser gives each its class
+(``MasterDownError`` is a ``ClusterDownError``), a pipeline's too."""
 _BUSY_REPLY = re.compile(r"(?:^|of pipeline caused error: )BUSY\b")
 """``BUSY``: a script has run past ``busy-reply-threshold`` and the server answers nothing
 else until it ends. redis-py has no class for it, only the plain ``ResponseError`` whose

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -160,6 +161,56 @@ def test_a_busy_or_demoted_server_is_unavailable_not_a_failure(tmp_path: Path):
         assert store.get("t", "s") == {"v": 1}
         admin.close()
         store.close()
+
+
+class _ClusterNodeReplying(socketserver.StreamRequestHandler):
+    """A Redis cluster node that answers every key command with ``server.reply``:
+    ``CLUSTERDOWN`` while a slot's primary fails over, ``TRYAGAIN`` while a slot moves.
+    A real server in a real failover or resharding gives these only for a moment."""
+
+    server: Any
+
+    def handle(self) -> None:
+        while header := self.rfile.readline():  # *N, then $len and the bytes, N times
+            words = []
+            for _ in range(int(header[1:])):
+                length = int(self.rfile.readline()[1:])
+                words.append(self.rfile.read(length + 2)[:-2].decode().upper())
+            if words[0] == "HELLO":  # redis-py asks for RESP3: a map with its version
+                answer = b"%1\r\n+proto\r\n:3"
+            elif words[0] == "PING":
+                answer = b"+PONG"
+            elif words[0] in ("CLIENT", "SELECT", "MULTI", "DISCARD"):
+                answer = b"+OK"
+            elif words[0] == "EXEC":  # a transaction with a refused command is aborted
+                answer = b"-EXECABORT Transaction discarded because of previous errors."
+            else:
+                answer = b"-" + self.server.reply.encode()
+            self.wfile.write(answer + b"\r\n")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["CLUSTERDOWN The cluster is down", "TRYAGAIN Multiple keys request during rehashing of slot"],
+    ids=["clusterdown", "tryagain"],
+)
+def test_a_cluster_failing_over_or_resharding_is_unavailable_not_a_failure(reply: str):
+    """They were the 500 ``store_error`` of a refusal, which clients do not retry, for
+    replies that a retry a moment later outlives: the 503 ``store_unavailable``."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClusterNodeReplying) as node:
+        node.daemon_threads = True
+        node.reply = reply  # type: ignore[attr-defined]
+        threading.Thread(target=node.serve_forever, daemon=True).start()
+        store = RedisSessionStateStore(f"redis://127.0.0.1:{node.server_address[1]}/0")
+        said = reply.split(maxsplit=1)[1]  # redis-py keeps the text, its class the code
+        try:
+            with pytest.raises(StoreUnavailableError, match=rf"session 's'.*{said}"):
+                store.get("t", "s")
+            with pytest.raises(StoreUnavailableError, match=rf"cannot write .*{said}"):
+                store.put("t", "s", {"v": 1})  # a transaction: the queued command's reply
+        finally:
+            store.close()
+            node.shutdown()
 
 
 def test_a_killed_and_restarted_server_loses_nothing_acknowledged(redis_server: RedisServer):
