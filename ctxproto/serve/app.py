@@ -25,7 +25,7 @@ from urllib.parse import quote
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
@@ -48,7 +48,12 @@ from ctxproto.serve.protocol import (
     ResponseMessage,
     Usage,
 )
-from ctxproto.serve.request_id import RequestIdMiddleware, note_error, request_log
+from ctxproto.serve.request_id import (
+    RequestIdMiddleware,
+    current_request,
+    note_error,
+    request_log,
+)
 from ctxproto.serve.session_sweeper import SessionSweeper
 from ctxproto.serve.state import ProxyState
 from ctxproto.serve.tenancy import conversation_session, named_session
@@ -444,6 +449,15 @@ async def _ctxproto_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    record = current_request()
+    if isinstance(exc, (OSError, ClientDisconnect)) and record is not None and record.client_gone:
+        # The server's send raised (ASGI 2.4): the client hung up as its answer was
+        # written. Its doing, not ours: counted and logged as a 499 (once: the route
+        # may have seen it leave first), no traceback.
+        if record.error_status != 499:
+            _state(request).metrics.client_left()
+            note_error(499, CLIENT_CLOSED_REQUEST, "the client left as its answer was sent")
+        return Response(status_code=499)  # sent to no one: the client is gone
     log.exception("unexpected error answering %s %s", request.method, request.url.path)
     return _answer_error(request, APIError(500, "internal error", code="internal_error"))
 

@@ -16,6 +16,14 @@ the tasks and threads a request starts find it. When the answer is over it write
 one line about the request to the ``ctxproto.serve`` logger: at INFO, or at WARNING
 for a 5xx (a stream's error event included), with the status, the time taken, the
 error answered and the upstream's own request id.
+
+A client that hangs up is the client's doing, not a server fault: one line, no
+traceback. Under ASGI 2.3 (uvicorn) the server says so with ``http.disconnect``;
+under 2.4 its ``send`` raises ``OSError`` (Starlette's streamed response turns
+it into ``ClientDisconnect``). That error, raised out of the app once the client
+is gone, is the end of the request: the server is not handed it, which it would
+report as an exception in the application with its traceback. A request that
+sent nothing before its client left is answered 499, as nginx names it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -70,6 +79,11 @@ class RequestRecord:
     """The error answered (status, code, message), a stream's error event too."""
     severe: bool = False
     """That error was a 5xx: the line about the request is a warning."""
+    error_status: int | None = None
+    """The status of that error (499: the client left, and was counted as such)."""
+    client_gone: bool = False
+    """The server's ``send`` raised (ASGI 2.4): the client hung up as its answer was
+    written."""
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("ctxproto_request", default=None)
@@ -85,6 +99,7 @@ def note_error(status: int, code: str, message: str) -> None:
     record = _current.get()
     if record is not None:
         record.error = f"{status} {code} {message!r}"  # repr: a line break stays \n
+        record.error_status = status
         record.severe = status >= 500
 
 
@@ -142,15 +157,26 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            starting = message["type"] == "http.response.start"
+            if starting:
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != _HEADER]
                 message = {**message, "headers": [*headers, header]}
-            await send(message)
+            try:
+                await send(message)
+            except OSError:  # ASGI 2.4: the client is gone
+                record.client_gone = True
+                raise
+            if starting:
+                status = message["status"]
 
         token = _current.set(record)
         try:
             await self.app(scope, receive, send_with_id)
+        except (OSError, ClientDisconnect):
+            if not record.client_gone:
+                raise
+            # The client hung up as its answer was written: its line below says so,
+            # and the server has nothing left to do for it.
         finally:
             _log_answered(scope, record, status, time.perf_counter() - started)
             _current.reset(token)
@@ -173,7 +199,7 @@ def _log_answered(
         return
     # The path percent-encoded, as uvicorn's access log shows it: a client's bytes
     # never reach the log as they are.
-    answered = str(status) if status else "nothing (the client left first)"
+    answered = str(status) if status else "499 (nothing sent: the client left first)"
     request_log.log(
         level,
         "%s %s answered %s in %.3f s%s%s%s",

@@ -1,23 +1,22 @@
-"""A chat request whose client hangs up before the answer starts, sent to an ASGI app
-directly, as a server reports it.
+"""A chat request whose client hangs up before the answer starts (or after
+``answer_messages`` of it), sent to an ASGI app directly, as a server reports it.
 
 Under ASGI spec 2.3 (uvicorn's) the server's ``receive`` answers
 ``http.disconnect`` once the client is gone; Starlette's ``StreamingResponse``
 listens for it beside the stream, and one already there cancels the stream at
 its first wait: with a ``send`` that waits (a server writing to its socket), at
 ``http.response.start``, before the body is read. Under 2.4 the server's
-``send`` raises an ``OSError`` instead, at ``http.response.start``: the body is
-never read either.
+``send`` raises an ``OSError`` instead, at ``http.response.start`` (or at the
+first message past ``answer_messages``): the app must end the request there,
+raising nothing to the server, which would log it as the app's failure.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 import anyio.lowlevel
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message
 
 
@@ -27,9 +26,10 @@ async def post_and_hang_up(
     *,
     spec_version: str = "2.3",
     headers: dict[str, str] | None = None,
+    answer_messages: int = 0,
 ) -> list[Message]:
-    """POST ``body`` to ``/v1/chat/completions`` as a client gone once its body is sent;
-    what the app sent (under 2.4, nothing: each send raises)."""
+    """POST ``body`` to ``/v1/chat/completions`` as a client gone once its body is sent
+    (under 2.4, once ``answer_messages`` of the answer were sent); what the app sent."""
     raw = json.dumps(body).encode()
     scope = {
         "type": "http",
@@ -57,12 +57,10 @@ async def post_and_hang_up(
         return pending.pop(0) if pending else {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        if spec_version >= "2.4":
+        if spec_version >= "2.4" and len(sent) >= answer_messages:
             raise OSError("the client is gone")
         await anyio.lowlevel.checkpoint()  # the socket's write
         sent.append(message)
 
-    # Under 2.4 Starlette's response raises ClientDisconnect, which the server takes.
-    with contextlib.suppress(ClientDisconnect):
-        await app(scope, receive, send)
+    await app(scope, receive, send)
     return sent

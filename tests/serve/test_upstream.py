@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 import uuid
@@ -355,6 +356,55 @@ def test_a_client_gone_before_the_stream_started_leaves_no_upstream_connection(
     assert in_use == 0
     assert state.tenants._in_flight == {"default": 0}
     assert state.metrics.errors.labels(code=CLIENT_CLOSED_REQUEST)._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    ("stream", "answer_messages"),
+    [(False, 0), (True, 0), (True, 3)],
+    ids=["plain", "stream-unstarted", "mid-stream"],
+)
+def test_a_client_gone_as_its_answer_is_written_is_one_line_and_no_traceback(
+    scripted: Any, caplog: pytest.LogCaptureFixture, stream: bool, answer_messages: int
+) -> None:
+    """Under ASGI 2.4 the server's send raises once the client is gone (Starlette's
+    stream makes it a ClientDisconnect): it was logged as an unexpected error with its
+    traceback, counted as an internal_error, and raised to the server, which logs the
+    app's failure once more. It is the client's 499: one INFO line, no traceback."""
+    caplog.set_level(logging.INFO)
+    transport = httpx.AsyncHTTPTransport()
+    state = ProxyState(
+        flow=ContextFlow(None),
+        upstream=RemoteUpstream(scripted.url, model="m", retries=0, transport=transport),
+    )
+    content = f"SLOW 0.05 a b c d e f g h {uuid.uuid4().hex}"
+    body = {"stream": stream, "messages": [{"role": "user", "content": content}]}
+
+    async def hang_up() -> tuple[list[Any], int]:
+        try:
+            sent = await post_and_hang_up(
+                create_app(state, mcp_server=False),
+                body,
+                spec_version="2.4",
+                answer_messages=answer_messages,
+            )
+            return sent, _connections_in_use(transport)
+        finally:
+            await state.aclose()
+
+    sent, in_use = asyncio.run(hang_up())  # raises nothing to the server
+    assert len(sent) == answer_messages and in_use == 0  # the upstream's stream closed
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    (line,) = [r for r in caplog.records if "POST /v1/chat/completions answered" in r.message]
+    assert line.levelno == logging.INFO
+    assert ("answered 200" if answer_messages else "answered 499 (nothing sent") in line.message
+    assert "error 499 client_closed_request" in line.message
+    counted = {
+        sample.labels["code"]: sample.value
+        for sample in state.metrics.errors.collect()[0].samples
+        if sample.name.endswith("_total")
+    }
+    assert counted == {CLIENT_CLOSED_REQUEST: 1.0}
+    assert state.tenants._in_flight == {"default": 0}
 
 
 class _BrokenCounter(TokenCounter):
