@@ -208,7 +208,7 @@ def check_encoding(encoding: str, *, key: str = "encoding") -> str:
     try:
         codecs.lookup(encoding)
         "".encode(encoding)  # a LookupError for a codec of bytes to bytes, such as base64
-    except LookupError:
+    except (LookupError, UnicodeError):  # UnicodeError: 'undefined', which refuses all text
         raise ConfigError(
             f"'{encoding}' is no text encoding Python knows",
             key=key,

@@ -509,6 +509,7 @@ def test_the_encoding_option_is_checked_before_any_work(tmp_path: Path, capsys: 
     for source, encoding, said in (
         (folder, "klingon", "'klingon' is no text encoding"),
         (folder, "base64", "'base64' is no text encoding"),
+        (folder, "undefined", "'undefined' is no text encoding"),  # a codec that refuses all
         (jsonl, "latin-1", "JSONL is UTF-8, as JSON is"),
     ):
         store = str(tmp_path / "store")
