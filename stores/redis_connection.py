@@ -53,12 +53,18 @@ failover promotes another (the client reconnects to the new one), ``MASTERDOWN``
 a replica that lost its primary and serves no stale data, ``CLUSTERDOWN`` from a
 cluster node while a slot has no reachable primary (a failover under way), and
 ``TRYAGAIN`` from one moving a slot to another node (resharding), where a
-multi-key command finds its keys split. redis-py's parser gives each its class
-(``MasterDownError`` is a ``ClusterDownError``), a pipeline's too."""
-_BUSY_REPLY = re.compile(r"(?:^|of pipeline caused error: )BUSY\b")
-"""``BUSY``: a script has run past ``busy-reply-threshold`` and the server answers nothing
-else until it ends. redis-py has no class for it, only the plain ``ResponseError`` whose
-text begins with the reply's code, after its own prefix when a pipeline's command met it."""
+multi-key command finds its keys split. redis-py 6 and later parse each into its class
+(``MasterDownError`` is a ``ClusterDownError``), a pipeline's too; redis-py 5 parses
+only ``READONLY`` so, the rest are the plain ``ResponseError`` of ``_NOT_SERVING_REPLY``."""
+_NOT_SERVING_REPLY = re.compile(
+    r"(?:^|of pipeline caused error: )(?:BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN)\b"
+)
+"""The replies a retry outlives that redis-py leaves a plain ``ResponseError`` whose text
+begins with the reply's code, after its own prefix when a pipeline's command met it:
+``BUSY`` (a script has run past ``busy-reply-threshold`` and the server answers nothing
+else until it ends) in every version, and the cluster's in redis-py 5, which
+``pyproject.toml`` allows. Matched by their text, as the server sent them, these stay
+a ``StoreUnavailableError`` whichever version parsed them."""
 
 
 class RedisConnection:
@@ -109,7 +115,7 @@ def _unavailable(exc: redis.RedisError | OSError) -> bool:
         return False
     if isinstance(exc, (*_UNREACHABLE, *_NOT_SERVING_NOW)):
         return True
-    return isinstance(exc, redis.ResponseError) and _BUSY_REPLY.search(str(exc)) is not None
+    return isinstance(exc, redis.ResponseError) and _NOT_SERVING_REPLY.search(str(exc)) is not None
 
 
 def key_part(identifier: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from ctxproto.errors import ConfigError, StoreError, StoreUnavailableError
+from ctxproto.stores.redis_connection import RedisConnection
 from ctxproto.stores.redis_session_state import UPDATES_TTL_MS, RedisSessionStateStore
 from tests.servers_redis import RedisServer, free_port, running_redis
 
@@ -211,6 +212,41 @@ def test_a_cluster_failing_over_or_resharding_is_unavailable_not_a_failure(reply
         finally:
             store.close()
             node.shutdown()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "CLUSTERDOWN The cluster is down",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "Command # 1 (GET k) of pipeline caused error: TRYAGAIN Multiple keys request",
+    ],
+    ids=["clusterdown", "tryagain", "masterdown", "pipeline"],
+)
+def test_a_reply_redis_py_5_has_no_class_for_is_unavailable_too(
+    redis_server: RedisServer, reply: str
+) -> None:
+    """redis-py 5 (``pyproject.toml`` allows it) parses none of these into the classes
+    6 has: each is a plain ``ResponseError`` whose text begins with the server's code,
+    after the pipeline's prefix for a transaction. They were the 500 ``store_error`` of
+    a refusal there, where redis-py 6 made them the 503 a retry outlives."""
+    connection = RedisConnection(redis_server.url)
+    try:
+        with (
+            pytest.raises(StoreUnavailableError, match=r"cannot read at redis://"),
+            connection.reporting("cannot read"),
+        ):
+            raise redis.ResponseError(reply)  # as redis-py 5's parser gives the reply
+        with (
+            pytest.raises(StoreError) as refused,
+            connection.reporting("cannot read"),
+        ):
+            # A refusal naming the code, not beginning with it, stays one.
+            raise redis.ResponseError("unknown command 'CLUSTERDOWN', with args beginning with:")
+        assert not isinstance(refused.value, StoreUnavailableError)
+    finally:
+        connection.close()
 
 
 def test_a_killed_and_restarted_server_loses_nothing_acknowledged(redis_server: RedisServer):
