@@ -35,7 +35,7 @@ from ctxproto.serve.envelope import error_payload, to_api_error
 from ctxproto.serve.flow import Turn
 from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
 from ctxproto.serve.protocol import ChatCompletionChunk, Usage, completion_id
-from ctxproto.serve.request_id import note_error, request_log
+from ctxproto.serve.request_id import current_request, note_error, request_log
 from ctxproto.serve.state import ProxyState
 
 __all__ = ["TurnStream", "close_source"]
@@ -82,11 +82,18 @@ class TurnStream(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except ClientDisconnect:
-            # ASGI 2.4: the server's send raised, the client gone mid-answer, as 2.3's
+        except ClientDisconnect as exc:
+            record = current_request()
+            if record is None or not record.client_gone:
+                # Starlette under ASGI 2.4 makes any OSError out of the stream a
+                # ClientDisconnect, one the chunks raised too (a full disk, a broken
+                # socket to a store) while the client still reads: a fault of ours,
+                # raised as itself for its traceback and its 500 (internal_error).
+                fault = exc.__context__
+                raise (fault if isinstance(fault, OSError) else exc) from None
+            # The server's send raised: the client gone mid-answer, as 2.3's
             # http.disconnect says it. Counted and noted as that below (a 499), never
             # a server error with a traceback.
-            pass
         finally:
             with anyio.CancelScope(shield=True):
                 try:

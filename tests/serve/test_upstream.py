@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import httpx
@@ -20,6 +21,13 @@ from ctxproto.errors import BackendError
 from ctxproto.pipeline import Pipeline
 from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
 from ctxproto.serve.metrics import CLIENT_CLOSED_REQUEST
+from ctxproto.serve.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChunkChoice,
+    DeltaMessage,
+)
+from ctxproto.serve.upstream import Upstream, UpstreamStream
 from ctxproto.tokens import TokenCounter
 from tests.serve.clients import openai_client
 from tests.serve.hung_up import post_and_hang_up
@@ -404,6 +412,57 @@ def test_a_client_gone_as_its_answer_is_written_is_one_line_and_no_traceback(
         if sample.name.endswith("_total")
     }
     assert counted == {CLIENT_CLOSED_REQUEST: 1.0}
+    assert state.tenants._in_flight == {"default": 0}
+
+
+class _DiskFullUpstream(Upstream):
+    """Streams one chunk, then fails as a full disk does: an ``OSError`` of the proxy's
+    own side, raised while its client still reads."""
+
+    model = "m"
+
+    async def complete(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> ChatCompletionResponse:
+        raise NotImplementedError("streams only")
+
+    async def stream(
+        self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
+    ) -> UpstreamStream:
+        async def chunks() -> AsyncGenerator[ChatCompletionChunk, None]:
+            yield ChatCompletionChunk(choices=[ChunkChoice(delta=DeltaMessage(content="half"))])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        async def end() -> None:
+            """Nothing to end: no request was sent anywhere."""
+
+        return UpstreamStream(chunks(), end)
+
+    async def ready(self) -> str | None:
+        return None
+
+
+def test_an_oserror_of_ours_mid_stream_is_a_server_fault_not_a_hang_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under ASGI 2.4 Starlette makes any OSError out of a stream a ClientDisconnect,
+    the chunks' own too: taken for the client's hang-up, a fault of ours was one INFO
+    line and a stream cut short with no error counted. The client is still there."""
+    caplog.set_level(logging.INFO)
+    state = ProxyState(flow=ContextFlow(None), upstream=_DiskFullUpstream())
+    body = {"stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    app = create_app(state, mcp_server=False)
+    with pytest.raises(OSError, match="No space left"):  # to the server, as itself
+        # A client that reads on: no send raises.
+        asyncio.run(post_and_hang_up(app, body, spec_version="2.4", answer_messages=1000))
+    [fault] = [r for r in caplog.records if r.exc_info]
+    assert fault.levelno == logging.ERROR and isinstance(fault.exc_info[1], OSError)
+    counted = {
+        sample.labels["code"]: sample.value
+        for sample in state.metrics.errors.collect()[0].samples
+        if sample.name.endswith("_total")
+    }
+    assert counted == {"internal_error": 1.0}
     assert state.tenants._in_flight == {"default": 0}
 
 
