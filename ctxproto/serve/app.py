@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -297,7 +298,11 @@ async def _chat_completions(request: Request) -> Response:
             state.metrics.client_left()
             note_error(499, CLIENT_CLOSED_REQUEST, "the client left before its answer came")
             return Response(status_code=499)
-        return JSONResponse(answer.model_dump(exclude_none=False), headers=_turn_headers(turn))
+        return JSONResponse(
+            answer.model_dump(exclude_none=False),
+            headers=_turn_headers(turn),
+            background=BackgroundTask(_record, state, turn, answer.usage),
+        )
     finally:
         if not streaming:
             if turn is not None:
@@ -340,7 +345,6 @@ async def _answer(
         state.metrics.upstream_latency.labels(stream="false").observe(time.perf_counter() - started)
         response.model = model
         await _count(state, turn)
-    state.record(turn, response.usage)
     choice = response.choices[0] if response.choices else None
     message = choice.message.model_dump(exclude_none=True) if choice else None
     await state.flow.finish(
@@ -350,6 +354,15 @@ async def _answer(
         response.usage.completion_tokens if response.usage else None,
     )
     return response
+
+
+async def _record(state: ProxyState, turn: Turn, usage: Usage) -> None:
+    """Count a plain answer as answered once it is sent: a client gone as it was written
+    did not get it, and is counted as that instead (``_unexpected_error``), not twice.
+
+    A coroutine, so that Starlette's background task runs it on the event loop rather
+    than in a worker thread the pipeline's work may be queued for."""
+    state.record(turn, usage)
 
 
 async def _unless_disconnected(

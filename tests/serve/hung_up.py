@@ -7,7 +7,8 @@ listens for it beside the stream, and one already there cancels the stream at
 its first wait: with a ``send`` that waits (a server writing to its socket), at
 ``http.response.start``, before the body is read. Under 2.4 the server's
 ``send`` raises an ``OSError`` instead, at ``http.response.start`` (or at the
-first message past ``answer_messages``): the app must end the request there,
+first message past ``answer_messages``), and ``receive`` waits till then: a plain
+answer is computed, and its sending fails. The app must end the request there,
 raising nothing to the server, which would log it as the app's failure.
 """
 
@@ -29,7 +30,9 @@ async def post_and_hang_up(
     answer_messages: int = 0,
 ) -> list[Message]:
     """POST ``body`` to ``/v1/chat/completions`` as a client gone once its body is sent
-    (under 2.4, once ``answer_messages`` of the answer were sent); what the app sent."""
+    (under 2.4, as the message after ``answer_messages`` of the answer is sent: till
+    then ``receive`` waits, as a server's does while its client stays); what the app
+    sent."""
     raw = json.dumps(body).encode()
     scope = {
         "type": "http",
@@ -53,11 +56,18 @@ async def post_and_hang_up(
     pending = [{"type": "http.request", "body": raw, "more_body": False}]
     sent: list[Message] = []
 
+    gone = anyio.Event()
+
     async def receive() -> Message:
-        return pending.pop(0) if pending else {"type": "http.disconnect"}
+        if pending:
+            return pending.pop(0)
+        if spec_version >= "2.4":
+            await gone.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         if spec_version >= "2.4" and len(sent) >= answer_messages:
+            gone.set()
             raise OSError("the client is gone")
         await anyio.lowlevel.checkpoint()  # the socket's write
         sent.append(message)

@@ -368,8 +368,8 @@ def test_a_client_gone_before_the_stream_started_leaves_no_upstream_connection(
 
 @pytest.mark.parametrize(
     ("stream", "answer_messages"),
-    [(False, 0), (True, 0), (True, 3)],
-    ids=["plain", "stream-unstarted", "mid-stream"],
+    [(False, 0), (False, 1), (True, 0), (True, 3)],
+    ids=["plain", "plain-started", "stream-unstarted", "mid-stream"],
 )
 def test_a_client_gone_as_its_answer_is_written_is_one_line_and_no_traceback(
     scripted: Any, caplog: pytest.LogCaptureFixture, stream: bool, answer_messages: int
@@ -412,6 +412,9 @@ def test_a_client_gone_as_its_answer_is_written_is_one_line_and_no_traceback(
         if sample.name.endswith("_total")
     }
     assert counted == {CLIENT_CLOSED_REQUEST: 1.0}
+    # Not answered too: a plain answer is counted as answered once it is sent.
+    samples = state.metrics.requests.collect()[0].samples
+    assert [s for s in samples if s.name == "ctxproto_requests_total"] == []
     assert state.tenants._in_flight == {"default": 0}
 
 
