@@ -5,6 +5,7 @@
 use the same pipeline, stores and upstream::
 
     POST /v1/chat/completions   the proxy (plain JSON or server-sent events)
+    POST /v1/embeddings         forwarded to the upstream as it came
     GET  /v1/models             the served model name
     GET  /health                readiness: the upstream and every store answer
     GET  /metrics               Prometheus text
@@ -18,8 +19,9 @@ import asyncio
 import contextlib
 import importlib.util
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -42,6 +44,7 @@ from ctxproto.serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     Choice,
+    EmbeddingRequest,
     InvalidationRequest,
     InvalidationResponse,
     ModelCard,
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 log = request_log
+Answer = TypeVar("Answer")
 
 # A session id comes from the body's ``user`` too, which may hold any text; a header
 # value holds printable ASCII: the rest (and "%") is percent-encoded as UTF-8, or a
@@ -110,6 +114,7 @@ def create_app(
         routes=[
             *([mcp.route] if mcp is not None else []),
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", _embeddings, methods=["POST"]),
             Route("/v1/models", _models, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
@@ -294,20 +299,56 @@ async def _chat_completions(request: Request) -> Response:
             streaming = True  # the stream releases the session and the tenant slot
             return response
         answer = await _answer(request, state, turn, forward, model)
-        if answer is None:  # the client left; nobody reads this
-            state.metrics.client_left()
-            note_error(499, CLIENT_CLOSED_REQUEST, "the client left before its answer came")
-            return Response(status_code=499)
+        if answer is None:
+            return _client_gone(state)
         return JSONResponse(
             answer.model_dump(exclude_none=False),
             headers=_turn_headers(turn),
-            background=BackgroundTask(_record, state, turn, answer.usage),
+            background=BackgroundTask(_once_sent, partial(state.record, turn, answer.usage)),
         )
     finally:
         if not streaming:
             if turn is not None:
                 state.flow.release(turn)
             state.tenants.leave(tenant)
+
+
+async def _embeddings(request: Request) -> Response:
+    """Embeddings forwarded as they came, so a RAG app keeps one client for the proxy.
+
+    No pipeline, session or cache: a text to embed is no conversation. The tenant's
+    key, its limits and the body's bounds are the chat route's; the upstream gets
+    its own key (``RemoteUpstream``), the client's ``model`` as it named it, and
+    the answer goes back as the upstream sent it.
+    """
+    state = _state(request)
+    tenant = state.tenants.authenticate(request.headers.get("authorization"))
+    body = await read_json_body(request, state.limits)
+    parse_body(EmbeddingRequest, body)
+    state.tenants.enter(tenant)
+    try:
+        started = time.perf_counter()
+        with state.cutoff.guard():
+            answer = await _unless_disconnected(request, state.upstream.embeddings(body))
+        if answer is None:
+            return _client_gone(state)
+        seconds = time.perf_counter() - started
+        return Response(
+            answer,
+            media_type="application/json",
+            background=BackgroundTask(
+                _once_sent, partial(state.metrics.forwarded, "embeddings", tenant.id, seconds)
+            ),
+        )
+    finally:
+        state.tenants.leave(tenant)
+
+
+def _client_gone(state: ProxyState) -> Response:
+    """The answer to a client that left before its answer came; nobody reads it."""
+    state.metrics.client_left()
+    note_error(499, CLIENT_CLOSED_REQUEST, "the client left before its answer came")
+    return Response(status_code=499)
 
 
 def _stateful(mode: str) -> bool:
@@ -342,7 +383,9 @@ async def _answer(
             )
         if response is None:
             return None
-        state.metrics.upstream_latency.labels(stream="false").observe(time.perf_counter() - started)
+        state.metrics.upstream_latency.labels(route="chat_completions", stream="false").observe(
+            time.perf_counter() - started
+        )
         response.model = model
         await _count(state, turn)
     choice = response.choices[0] if response.choices else None
@@ -356,18 +399,18 @@ async def _answer(
     return response
 
 
-async def _record(state: ProxyState, turn: Turn, usage: Usage) -> None:
+async def _once_sent(count: Callable[[], None]) -> None:
     """Count a plain answer as answered once it is sent: a client gone as it was written
     did not get it, and is counted as that instead (``_unexpected_error``), not twice.
 
     A coroutine, so that Starlette's background task runs it on the event loop rather
     than in a worker thread the pipeline's work may be queued for."""
-    state.record(turn, usage)
+    count()
 
 
 async def _unless_disconnected(
-    request: Request, work: Coroutine[Any, Any, ChatCompletionResponse]
-) -> ChatCompletionResponse | None:
+    request: Request, work: Coroutine[Any, Any, Answer]
+) -> Answer | None:
     """``work``'s result, or ``None`` once the client has gone (``work`` is cancelled)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))

@@ -32,7 +32,7 @@ from ctxproto.serve.protocol import (
     ResponseMessage,
     Usage,
 )
-from ctxproto.serve.upstream import Upstream, UpstreamStream
+from ctxproto.serve.upstream import Upstream, UpstreamStream, embeddings_not_served
 
 __all__ = ["LocalUpstream", "generation_params"]
 
@@ -75,6 +75,10 @@ class LocalUpstream(Upstream):
             handle.cancel()  # a no-op once finished; else decoding stops at the next step
 
         return UpstreamStream(self._chunks(handle), cancel)
+
+    async def embeddings(self, body: dict[str, Any]) -> bytes:
+        """Refused: the engine runs a chat model, which has no embeddings to give."""
+        raise embeddings_not_served("the bundled runtime")
 
     async def ready(self) -> str | None:
         """The engine's failure, once it takes no more requests: ``/health`` turns 503

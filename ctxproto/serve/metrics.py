@@ -6,13 +6,19 @@ one process (tests, the runtime's server next to a proxy) never collide.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "ProxyMetrics"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "ProxyMetrics", "Route"]
 
 # The error code of a request whose client left before it was answered (nginx's 499):
 # one code for every place a client can leave, so a dashboard sees them all.
 CLIENT_CLOSED_REQUEST = "client_closed_request"
+
+Route = Literal["chat_completions", "embeddings"]
+"""The ``route`` label: the routes that forward to the upstream, a fixed set. Never the
+request's path, which a client chooses: each path it sent would be a series for ever."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -24,7 +30,10 @@ class ProxyMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "ctxproto_requests", "Chat requests answered.", ["tenant", "cache"], registry=r
+            "ctxproto_requests",
+            "Requests answered, by route.",
+            ["route", "tenant", "cache"],
+            registry=r,
         )
         self.cache_hits = Counter(
             "ctxproto_cache_hits", "Requests answered from the semantic cache.", registry=r
@@ -44,11 +53,17 @@ class ProxyMetrics:
         self.upstream_latency = Histogram(
             "ctxproto_upstream_latency_seconds",
             "Time from forwarding a request to its last byte.",
-            ["stream"],
+            ["route", "stream"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.errors = Counter("ctxproto_errors", "Errors answered, by code.", ["code"], registry=r)
+
+    def forwarded(self, route: Route, tenant: str, seconds: float) -> None:
+        """Count a request forwarded as it came (no pipeline, no cache: ``bypass``) and
+        the ``seconds`` its upstream took, in the chat route's metrics, by ``route``."""
+        self.requests.labels(route=route, tenant=tenant, cache="bypass").inc()
+        self.upstream_latency.labels(route=route, stream="false").observe(seconds)
 
     def client_left(self) -> None:
         """Count a request whose client hung up before its answer was whole.

@@ -32,6 +32,7 @@ __all__ = [
     "ChunkChoice",
     "CompletionTokensDetails",
     "DeltaMessage",
+    "EmbeddingRequest",
     "ErrorInfo",
     "ErrorResponse",
     "InvalidationRequest",
@@ -302,6 +303,19 @@ class ChatCompletionChunk(_Wire):
         """One server-sent event; ``usage`` appears only on the chunk that carries it."""
         payload = self.model_dump_json(exclude={"usage"} if self.usage is None else None)
         return b"data: " + payload.encode() + b"\n\n"
+
+
+class EmbeddingRequest(_Wire):
+    """``POST /v1/embeddings``, checked only for what forwarding it needs.
+
+    The rest (``encoding_format``, ``dimensions``, what ``input`` holds) is the
+    upstream's to judge, in its own words, as OpenAI's API would.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    input: str | list[Any] = Field(description="A text, or a list of texts or token ids.")
 
 
 class ErrorInfo(BaseModel):

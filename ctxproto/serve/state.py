@@ -63,9 +63,9 @@ class ProxyState:
         )
 
     def record(self, turn: Turn, usage: Usage) -> None:
-        """Count one answered request in the metrics."""
+        """Count one answered chat request in the metrics."""
         m = self.metrics
-        m.requests.labels(tenant=turn.tenant, cache=turn.cache).inc()
+        m.requests.labels(route="chat_completions", tenant=turn.tenant, cache=turn.cache).inc()
         if turn.cache == "hit":
             m.cache_hits.inc()
         m.tokens_original.inc(turn.original_tokens)

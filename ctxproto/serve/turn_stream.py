@@ -157,9 +157,9 @@ class TurnStream(StreamingResponse):
                         chunk.usage = None
                 yield chunk.sse()
             if self._turn.answer is None:
-                state.metrics.upstream_latency.labels(stream="true").observe(
-                    time.perf_counter() - started
-                )
+                state.metrics.upstream_latency.labels(
+                    route="chat_completions", stream="true"
+                ).observe(time.perf_counter() - started)
             # Before [DONE]: a client that has it finds the turn in the session's history.
             await self._file()
         except Exception as exc:

@@ -6,7 +6,9 @@ sees (``tools``, ``response_format``, unknown fields) and return tool calls.
 ``complete`` answers a body; ``stream`` returns the chunks once the upstream
 has accepted the request (so a refusal is still a plain JSON error), as an
 ``UpstreamStream``: closing it ends the upstream request, whether or not a
-chunk was read.
+chunk was read. ``embeddings`` forwards an embeddings body and returns the
+answer's bytes as they came; an upstream that serves chat only (the bundled
+runtime) refuses it with a 404.
 
 ``RemoteUpstream`` retries 429, 5xx and refused connections before the first
 byte (exponential backoff, honouring ``Retry-After``) and normalises error
@@ -34,7 +36,7 @@ from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
 from ctxproto.serve.request_id import REQUEST_ID_HEADER, current_request, sane_request_id
 from ctxproto.stores.store_url import redact_url
 
-__all__ = ["RemoteUpstream", "Upstream", "UpstreamStream"]
+__all__ = ["RemoteUpstream", "Upstream", "UpstreamStream", "embeddings_not_served"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.1
@@ -102,8 +104,32 @@ class Upstream(ABC):
     async def ready(self) -> str | None:
         """``None`` when requests can be served, else why not."""
 
+    async def embeddings(self, body: dict[str, Any]) -> bytes:
+        """The upstream's answer to an embeddings ``body``, its bytes as they came.
+
+        Not abstract: an upstream written before this route (a wrapper, say) refuses,
+        as one that serves chat completions only does.
+        """
+        raise embeddings_not_served("this server's upstream")
+
     async def aclose(self) -> None:  # noqa: B027 - not every upstream holds anything
         """Release connections and threads."""
+
+
+def embeddings_not_served(upstream: str) -> APIError:
+    """The answer to an embeddings request for ``upstream``, which serves chat only.
+
+    A 404, not a 501: OpenAI's clients raise ``NotFoundError`` for it and never
+    retry it, as for a route OpenAI's API does not serve, where a 501 is an
+    ``InternalServerError`` that clients without ``x-should-retry`` (other SDKs,
+    gateways) retry as a passing failure, and that reads as the server broken.
+    """
+    return APIError(
+        404,
+        f"{upstream} serves chat completions only, not embeddings (POST /v1/embeddings): "
+        "they need an upstream of type openai, a server that serves them",
+        code="embeddings_not_served",
+    )
 
 
 class RemoteUpstream(Upstream):
@@ -143,7 +169,7 @@ class RemoteUpstream(Upstream):
     async def complete(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> ChatCompletionResponse:
-        response = await self._send(self._body(body, tenant, stream=False))
+        response = await self._send("/chat/completions", self._body(body, tenant, stream=False))
         try:
             text = utf8_text(await _read(response))
             return ChatCompletionResponse.model_validate(_text_only(text, json.loads(text)))
@@ -157,8 +183,20 @@ class RemoteUpstream(Upstream):
     async def stream(
         self, body: dict[str, Any], *, tenant: str, cache_messages: int | None = None
     ) -> UpstreamStream:
-        response = await self._send(self._body(body, tenant, stream=True))
+        response = await self._send("/chat/completions", self._body(body, tenant, stream=True))
         return UpstreamStream(_read_events(response), response.aclose)
+
+    async def embeddings(self, body: dict[str, Any]) -> bytes:
+        """The answer passed back unread: its vectors (floats, or base64 as the openai
+        client asks by default) are the client's, and parsing megabytes of them here
+        would hold the event loop for nothing. ``model`` goes as the client named it:
+        ``served_model`` and the upstream's ``model`` name the chat model, and an
+        embeddings model is another one, which only the client knows."""
+        response = await self._send("/embeddings", body, clients_model=True)
+        try:
+            return await _read(response)
+        finally:
+            await response.aclose()
 
     async def ready(self) -> str | None:
         """Unready when down, and when it refuses the proxy's key (401, 403): every
@@ -187,10 +225,14 @@ class RemoteUpstream(Upstream):
             out["cache_salt"] = f"ctxproto-tenant-{tenant}"  # vLLM: no prefix shared across salts
         return out
 
-    async def _send(self, body: dict[str, Any]) -> httpx.Response:
-        """POST with retries; returns a response with a 2xx status, its body unread."""
-        url = f"{self.base_url}/chat/completions"
-        shown = f"{self._shown_url}/chat/completions"
+    async def _send(
+        self, path: str, body: dict[str, Any], *, clients_model: bool = False
+    ) -> httpx.Response:
+        """POST to ``path`` with retries; returns a response with a 2xx status, its body
+        unread. ``clients_model``: the body names the client's model, not the proxy's
+        (``_normalise``)."""
+        url = f"{self.base_url}{path}"
+        shown = f"{self._shown_url}{path}"
         record = current_request()
         headers = _request_id_header()
         if record is not None:
@@ -217,7 +259,7 @@ class RemoteUpstream(Upstream):
                 record.upstream_id = sane_request_id(response.headers.get(REQUEST_ID_HEADER))
             if response.status_code < 300:
                 return response
-            error = await _upstream_error(response)
+            error = await _upstream_error(response, clients_model=clients_model)
             if response.status_code in RETRY_STATUSES and not last:
                 await asyncio.sleep(_backoff(attempt, error.retry_after))
                 continue
@@ -298,7 +340,7 @@ def _body_failures() -> Iterator[None]:
         ) from None
 
 
-async def _upstream_error(response: httpx.Response) -> APIError:
+async def _upstream_error(response: httpx.Response, *, clients_model: bool) -> APIError:
     try:
         raw = await _read(response)
     finally:
@@ -307,16 +349,25 @@ async def _upstream_error(response: httpx.Response) -> APIError:
         data: Any = json.loads(raw)
     except ValueError:
         data = raw.decode("utf-8", "replace")[:500]
-    return _normalise(response.status_code, data, response.headers.get("retry-after"))
+    return _normalise(
+        response.status_code,
+        data,
+        response.headers.get("retry-after"),
+        clients_model=clients_model,
+    )
 
 
-def _normalise(status: int, data: Any, retry_after: str | None) -> APIError:
+def _normalise(
+    status: int, data: Any, retry_after: str | None, *, clients_model: bool = False
+) -> APIError:
     """Any upstream error shape as an ``APIError``.
 
     A 5xx becomes a 502: the upstream failed. So do 401, 403 and 404, which are
     about the proxy's own upstream key, model or URL, not the client's: passed on,
     an SDK would tell the client its key is wrong. Other 4xx (a bad request, a
-    rate limit) are the client's to see and pass on as they are.
+    rate limit) are the client's to see and pass on as they are, and so is a 404
+    for a body naming the client's own model (``clients_model``: embeddings),
+    which is the upstream saying it has no such model.
     """
     info = data.get("error") if isinstance(data, dict) else None
     if not isinstance(info, dict):
@@ -324,7 +375,7 @@ def _normalise(status: int, data: Any, retry_after: str | None) -> APIError:
     message = info.get("message") or info.get("detail") or json.dumps(info)[:500]
     code = info.get("code")
     param = info.get("param")
-    if status in (401, 403, 404):
+    if status in (401, 403) or (status == 404 and not clients_model):
         # The upstream's words on the proxy's credentials are not the client's to read.
         said = f": {message}" if status == 404 else ""
         return APIError(

@@ -22,15 +22,24 @@ event after the finish reason, in place of ``[DONE]``). An answer longer than
 ``max_tokens`` words is cut there, with finish reason ``length``. Every body it
 gets is recorded, and the ``x-request-id`` it came with; it answers each request
 with its own ``x-request-id`` (``scripted-<n>``, as OpenAI's API names its own).
+
+``/v1/embeddings`` embeds each input as ``[characters, index, 0.5]`` (base64 when
+asked, as the openai client asks by default) and obeys ``FAIL`` and ``SLOW <seconds>``
+(wait before answering) in its first input;
+``embedded`` keeps each request it got (body, ``authorization``, ``x-request-id``)
+and the bytes it answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from openai.types.completion_usage import (
@@ -46,6 +55,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+@dataclass
+class Embedded:
+    """One embeddings request as the upstream got it, and what it answered."""
+
+    body: dict[str, Any]
+    authorization: str | None
+    request_id: str | None
+    answer: bytes = b""
+
+
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -53,9 +72,11 @@ class ScriptedUpstream:
         """The ``x-request-id`` each chat request came with, in order."""
         self.failures: Counter[str] = Counter()
         self.chunks_sent = 0
+        self.embedded: list[Embedded] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ],
             middleware=[Middleware(_OwnRequestIds)],
@@ -72,17 +93,9 @@ class ScriptedUpstream:
         users = [_text(m.get("content")) for m in messages if m["role"] == "user"]
         last = messages[-1]
         command = _text(last.get("content")).split() if last["role"] == "user" else []
-        if command[:1] == ["FAIL"]:
-            status, times, tag = int(command[1]), int(command[2]), command[3]
-            if self.failures[tag] < times:
-                self.failures[tag] += 1
-                error = {
-                    "object": "error",
-                    "message": f"scripted {status}",
-                    "type": "x",
-                    "code": status,
-                }
-                return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
+        failure = self._failure(command)
+        if failure is not None:
+            return failure
         said = f"{users[0]} | {users[-1]}" if users else "(no user message)"  # as OpenAI answers
         message: dict[str, Any] = {"role": "assistant", "content": said}
         finish = "stop"
@@ -141,6 +154,48 @@ class ScriptedUpstream:
             self._events(base, message, finish, usage, body, delay, linger, command[:1]),
             media_type="text/event-stream",
         )
+
+    def _failure(self, command: list[str]) -> Response | None:
+        """The failure ``FAIL <status> <times> <tag>`` asks for, while it has times left."""
+        if command[:1] != ["FAIL"]:
+            return None
+        status, times, tag = int(command[1]), int(command[2]), command[3]
+        if self.failures[tag] >= times:
+            return None
+        self.failures[tag] += 1
+        error = {"object": "error", "message": f"scripted {status}", "type": "x", "code": status}
+        return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        got = Embedded(
+            body, request.headers.get("authorization"), request.headers.get("x-request-id")
+        )
+        self.embedded.append(got)
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        command = str(texts[0]).split()
+        failure = self._failure(command)
+        if failure is not None:
+            return failure
+        if command[:1] == ["SLOW"]:
+            await asyncio.sleep(float(command[1]))
+        data = []
+        for index, text in enumerate(texts):
+            vector = [float(len(text)), float(index), 0.5]
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                embedding = base64.b64encode(packed).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(str(text).split()) for text in texts)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        got.answer = json.dumps(answer).encode()
+        return Response(got.answer, media_type="application/json")
 
     async def _events(
         self,
