@@ -194,9 +194,19 @@ class RemoteUpstream(Upstream):
         embeddings model is another one, which only the client knows."""
         response = await self._send("/embeddings", body, clients_model=True)
         try:
-            return await _read(response)
+            answer = await _read(response)
         finally:
             await response.aclose()
+        if not _json_object(answer):
+            # A login page, a proxy's error page with a 200: passed on as JSON, the
+            # client failed to parse it, blaming the proxy's answer.
+            kind = response.headers.get("content-type", "no content-type")
+            raise APIError(
+                502,
+                f"the upstream sent an answer that is not JSON ({kind[:100]})",
+                code="bad_upstream_response",
+            )
+        return answer
 
     async def ready(self) -> str | None:
         """Unready when down, and when it refuses the proxy's key (401, 403): every
@@ -366,8 +376,10 @@ def _normalise(
     about the proxy's own upstream key, model or URL, not the client's: passed on,
     an SDK would tell the client its key is wrong. Other 4xx (a bad request, a
     rate limit) are the client's to see and pass on as they are, and so is a 404
-    for a body naming the client's own model (``clients_model``: embeddings),
-    which is the upstream saying it has no such model.
+    for a body naming the client's own model (``clients_model``: embeddings) that
+    is an error in OpenAI's JSON shape: the upstream saying it has no such model.
+    Any other 404 (a web server's page, FastAPI's ``{"detail": "Not Found"}``) is a
+    server with no such route: a wrong ``base_url``, the proxy's to fix.
     """
     info = data.get("error") if isinstance(data, dict) else None
     if not isinstance(info, dict):
@@ -375,9 +387,10 @@ def _normalise(
     message = info.get("message") or info.get("detail") or json.dumps(info)[:500]
     code = info.get("code")
     param = info.get("param")
-    if status in (401, 403) or (status == 404 and not clients_model):
-        # The upstream's words on the proxy's credentials are not the client's to read.
-        said = f": {message}" if status == 404 else ""
+    if status in (401, 403) or (status == 404 and not (clients_model and _api_error(data))):
+        # The upstream's words on the proxy's credentials are not the client's to read;
+        # nor is a page that is not JSON (an HTML 404 may name internal hosts).
+        said = f": {message}" if status == 404 and not isinstance(data, str) else ""
         return APIError(
             502,
             f"the upstream refused the proxy's request ({status}{said}); "
@@ -392,6 +405,24 @@ def _normalise(
         param=str(param) if param is not None else None,
         retry_after=_seconds(retry_after),
     )
+
+
+def _api_error(data: Any) -> bool:
+    """Whether an error body is in OpenAI's JSON shape, ``{"error": {"message": ...}}``
+    or older vLLM's ``{"object": "error", "message": ...}``: a model server's answer."""
+    if not isinstance(data, dict):
+        return False
+    info = data.get("error") if data.get("object") != "error" else data
+    return isinstance(info, dict) and isinstance(info.get("message"), str)
+
+
+def _json_object(answer: bytes) -> bool:
+    """Whether ``answer`` is, at its ends, a JSON object, as every OpenAI answer is.
+
+    Its ends only: parsing megabytes of vectors would hold the event loop for a
+    check the client makes anyway; a page or a text is told from its first byte.
+    """
+    return answer[:64].lstrip()[:1] == b"{" and answer[-64:].rstrip()[-1:] == b"}"
 
 
 def _seconds(value: str | None) -> float | None:

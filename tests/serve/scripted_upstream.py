@@ -24,8 +24,9 @@ gets is recorded, and the ``x-request-id`` it came with; it answers each request
 with its own ``x-request-id`` (``scripted-<n>``, as OpenAI's API names its own).
 
 ``/v1/embeddings`` embeds each input as ``[characters, index, 0.5]`` (base64 when
-asked, as the openai client asks by default) and obeys ``FAIL`` and ``SLOW <seconds>``
-(wait before answering) in its first input;
+asked, as the openai client asks by default) and obeys ``FAIL``, ``SLOW <seconds>``
+(wait before answering) and ``PAGE <status>`` (an HTML page with that status, naming
+an internal host, as a web server in front of a model server answers) in its first input;
 ``embedded`` keeps each request it got (body, ``authorization``, ``x-request-id``)
 and the bytes it answered.
 """
@@ -50,7 +51,7 @@ from openai.types.completion_usage import (
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -179,6 +180,9 @@ class ScriptedUpstream:
             return failure
         if command[:1] == ["SLOW"]:
             await asyncio.sleep(float(command[1]))
+        if command[:1] == ["PAGE"]:
+            page = "<html><body><h1>Not here</h1>nginx at internal-host-10.0.3.7</body></html>"
+            return HTMLResponse(page, status_code=int(command[1]))
         data = []
         for index, text in enumerate(texts):
             vector = [float(len(text)), float(index), 0.5]

@@ -15,6 +15,7 @@ import pytest
 
 from ctxproto.serve import ContextFlow, ProxyState, RemoteUpstream, ServerThread, create_app
 from ctxproto.serve.config import LimitsConfig, TenantConfig
+from ctxproto.serve.envelope import APIError
 from ctxproto.serve.tenancy import Tenants
 from tests.serve.clients import openai_client
 from tests.serve.scraped import metric
@@ -76,6 +77,8 @@ def test_an_embedding_passes_through_with_the_upstreams_key_not_the_tenants(
     assert got.body["dimensions"] == 3 and got.body["encoding_format"] == "base64"
     assert raw.http_response.content == got.answer  # byte for byte
     assert raw.headers["x-request-id"] == "rag-7"
+    # No pipeline, session or cache ran: none of the chat answer's x-ctxproto-* headers.
+    assert not [name for name in raw.headers if name.startswith("x-ctxproto")]
     assert got.request_id is not None and got.request_id.startswith("rag-7-")
     assert _answered(server) == answered + 1
 
@@ -110,6 +113,47 @@ def test_an_upstream_refusal_is_answered_in_the_envelope_as_for_chat(
     if status != 401:
         assert body["message"] == f"scripted {status}"  # older vLLM's shape, normalised
     assert len(_got(scripted, text)) == 1  # a 4xx is not retried
+
+
+def test_a_404_page_is_a_502_for_the_proxy_to_fix_its_text_not_passed_on(
+    server: ServerThread, scripted: ScriptedUpstream
+) -> None:
+    # Not an error in OpenAI's JSON shape, so no model's: a web server with no such
+    # route, whose page (naming an internal host) is not the tenant's to read.
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai_client(server, "key-a").embeddings.create(
+            model="text-embedder", input=[f"PAGE 404 {uuid.uuid4().hex}"]
+        )
+    assert raised.value.status_code == 502
+    body = raised.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_404"
+    assert "base_url needs fixing" in body["message"]
+    assert "internal-host" not in raised.value.response.text
+
+
+def test_an_upstream_with_no_embeddings_route_is_a_502(scripted: Any) -> None:
+    # A wrong base_url: the server answers its own plain-text 404 for every path.
+    upstream = RemoteUpstream(f"{scripted.url}/nowhere", model="scripted", retries=0)
+    state = ProxyState(flow=ContextFlow(None), upstream=upstream)
+    with (
+        ServerThread(create_app(state, mcp_server=False)) as wrong,
+        pytest.raises(openai.APIStatusError) as raised,
+    ):
+        openai_client(wrong, "unused").embeddings.create(model="text-embedder", input=["x"])
+    assert raised.value.status_code == 502
+    assert raised.value.body["code"] == "upstream_404"  # type: ignore[index]
+
+
+def test_an_answer_that_is_not_json_is_a_502(server: ServerThread) -> None:
+    # A 200 login page, passed on as application/json, failed the client's parsing.
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai_client(server, "key-a").embeddings.create(
+            model="text-embedder", input=[f"PAGE 200 {uuid.uuid4().hex}"]
+        )
+    assert raised.value.status_code == 502
+    body = raised.value.body
+    assert isinstance(body, dict) and body["code"] == "bad_upstream_response"
+    assert "text/html" in body["message"] and "internal-host" not in body["message"]
 
 
 def test_a_503_is_retried_before_the_first_byte(
@@ -164,6 +208,87 @@ def test_a_tenant_over_its_limit_is_a_429_until_its_request_ends(
         openai_client(server, "key-c").embeddings.create(model="text-embedder", input=["more"])
     first.join()
     assert openai_client(server, "key-c").embeddings.create(model="text-embedder", input=["more"])
+
+
+def _limited(scripted: Any) -> ProxyState:
+    """A proxy's state of its own: tenant ``key-c``, one request at a time."""
+    tenants = {"key-c": TenantConfig(id="tenant-c", key="key-c", max_concurrent_requests=1)}
+    upstream = RemoteUpstream(scripted.url, model="scripted", retries=0)
+    return ProxyState(flow=ContextFlow(None), upstream=upstream, tenants=Tenants(tenants))
+
+
+def _slot_free(state: ProxyState) -> bool:
+    """Whether tenant ``key-c``'s one slot is free (``enter`` refuses it with a 429)."""
+    tenant = state.tenants.authenticate("Bearer key-c")
+    try:
+        state.tenants.enter(tenant)
+    except APIError:
+        return False
+    state.tenants.leave(tenant)
+    return True
+
+
+def test_a_client_gone_while_it_waits_frees_its_slot_and_is_counted_once(
+    scripted: ScriptedUpstream,
+) -> None:
+    state = _limited(scripted)
+    text = f"SLOW 3 {uuid.uuid4().hex}"
+    with ServerThread(create_app(state, mcp_server=False), grace_s=0.1) as server:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up, closing its socket
+            httpx.post(
+                f"{server.url}/embeddings",
+                json={"model": "text-embedder", "input": [text]},
+                headers={"authorization": "Bearer key-c"},
+                timeout=0.5,
+            )
+        assert _got(scripted, text)
+        deadline = time.monotonic() + 2  # before the upstream's answer, 3 s in
+        while not _slot_free(state) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The next request is served: no 429 for a slot the gone client held.
+        assert openai_client(server, "key-c").embeddings.create(model="text-embedder", input=["x"])
+        counted = {
+            "gone": metric(server, "ctxproto_errors_total", code="client_closed_request"),
+            "answered": metric(
+                server,
+                "ctxproto_requests_total",
+                route="embeddings",
+                tenant="tenant-c",
+                cache="bypass",
+            ),
+        }
+    assert counted == {"gone": 1.0, "answered": 1.0}
+
+
+def test_a_shutdown_ends_a_waiting_request_with_a_503_and_frees_its_slot(
+    scripted: ScriptedUpstream,
+) -> None:
+    state = _limited(scripted)
+    text = f"SLOW 3 {uuid.uuid4().hex}"
+    answers: list[httpx.Response] = []
+    server = ServerThread(create_app(state, mcp_server=False), grace_s=0.1).start()
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{server.url}/embeddings",
+                json={"model": "text-embedder", "input": [text]},
+                headers={"authorization": "Bearer key-c"},
+                timeout=10,
+            )
+        )
+    )
+    asking.start()
+    deadline = time.monotonic() + 5
+    while not _got(scripted, text) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.close()  # the grace is over before the upstream answers: the cut ends it
+    asking.join(timeout=5)
+    [answer] = answers
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "server_shutting_down"
+    assert _slot_free(state)
+    shut = {"code": "server_shutting_down"}
+    assert state.metrics.registry.get_sample_value("ctxproto_errors_total", shut) == 1.0
 
 
 @pytest.mark.models
