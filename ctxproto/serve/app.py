@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import importlib.util
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 

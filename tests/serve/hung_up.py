@@ -28,8 +28,9 @@ async def post_and_hang_up(
     spec_version: str = "2.3",
     headers: dict[str, str] | None = None,
     answer_messages: int = 0,
+    path: str = "/v1/chat/completions",
 ) -> list[Message]:
-    """POST ``body`` to ``/v1/chat/completions`` as a client gone once its body is sent
+    """POST ``body`` to ``path`` as a client gone once its body is sent
     (under 2.4, as the message after ``answer_messages`` of the answer is sent: till
     then ``receive`` waits, as a server's does while its client stays); what the app
     sent."""
@@ -40,8 +41,8 @@ async def post_and_hang_up(
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
         "headers": [

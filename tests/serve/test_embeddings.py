@@ -3,6 +3,7 @@ key checked and the upstream's own sent; refused by the bundled runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from ctxproto.serve.config import LimitsConfig, TenantConfig
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.tenancy import Tenants
 from tests.serve.clients import openai_client
+from tests.serve.hung_up import post_and_hang_up
 from tests.serve.scraped import metric
 from tests.serve.scripted_upstream import Embedded, ScriptedUpstream
 
@@ -289,6 +291,34 @@ def test_a_shutdown_ends_a_waiting_request_with_a_503_and_frees_its_slot(
     assert _slot_free(state)
     shut = {"code": "server_shutting_down"}
     assert state.metrics.registry.get_sample_value("ctxproto_errors_total", shut) == 1.0
+
+
+def test_a_client_gone_as_its_answer_is_sent_is_counted_once(scripted: ScriptedUpstream) -> None:
+    """Under ASGI 2.4 the server's send raises once the client is gone: counted as
+    answered before the answer was sent, such a request was answered and a 499 both."""
+    state = _limited(scripted)
+    body = {"model": "text-embedder", "input": [f"gone {uuid.uuid4().hex}"]}
+
+    async def hang_up() -> list[Any]:
+        try:
+            return await post_and_hang_up(
+                create_app(state, mcp_server=False),
+                body,
+                spec_version="2.4",
+                headers={"authorization": "Bearer key-c"},
+                answer_messages=1,
+                path="/v1/embeddings",
+            )
+        finally:
+            await state.aclose()
+
+    sent = asyncio.run(hang_up())
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    gone = {"code": "client_closed_request"}
+    assert state.metrics.registry.get_sample_value("ctxproto_errors_total", gone) == 1.0
+    answered = {"route": "embeddings", "tenant": "tenant-c", "cache": "bypass"}
+    assert state.metrics.registry.get_sample_value("ctxproto_requests_total", answered) is None
+    assert _slot_free(state)
 
 
 @pytest.mark.models
