@@ -14,10 +14,11 @@ restart and tenants never see each other's conversations.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import functools
 import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import AsyncGenerator, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +32,8 @@ from pydantic import (
 )
 
 from ctxproto._config_model import ConfigModel
+from ctxproto._in_thread import call_in_thread, iterate_in_thread
+from ctxproto._turn_lock import TurnLock
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -114,7 +117,14 @@ class ChatSession:
 
     ``ask`` answers one user turn; ``stream`` yields the answer as it is
     generated (its report is in ``last_turn`` once the stream ends); ``aask``
-    is the async form. Build one from Python objects or from a chatbot YAML
+    and ``astream`` are their async forms, which run the turn in worker threads.
+
+    A session's turns run one at a time, in the order asked, from any threads or
+    tasks: each holds the session from its start (for a stream, the first delta
+    asked for) to its end (a stream exhausted or closed), so it reads the history
+    the turn before it wrote. Different sessions' turns run at the same time.
+
+    Build one from Python objects or from a chatbot YAML
     (``ChatSession.from_yaml``), which holds the pipeline and a ``backend:``
     and ``generation:`` section; ``generation`` in Python is ``GenerationParams``
     or, as in the file, a dict of its fields. An argument of the wrong kind is a
@@ -148,6 +158,7 @@ class ChatSession:
         self.history_store = history_store
         self.last_turn: TurnResult | None = None
         self.history: list[Message] = self._load_history()
+        self._turn = TurnLock()
         pipeline.warm_up()
 
     # -- construction -------------------------------------------------------
@@ -186,7 +197,58 @@ class ChatSession:
     # -- turns --------------------------------------------------------------
 
     def ask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
-        """Answer one user turn."""
+        """Answer one user turn, once the session's turn before it has ended."""
+        with self._turn:
+            return self._ask(question, documents)
+
+    def stream(
+        self, question: str, *, documents: list[Document] | None = None
+    ) -> Generator[str, None, None]:
+        """Yield the answer as text deltas; the turn's report is ``last_turn`` afterwards.
+
+        The turn holds the session from the first delta asked for until the stream
+        ends or is closed: a turn asked meanwhile from the thread consuming the
+        stream would wait for ever, so finish or close the stream first.
+        """
+        with self._turn:
+            yield from self._stream(question, documents)
+
+    async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
+        """``ask`` without blocking the event loop.
+
+        Waiting for the session's turn before it holds no worker thread. Once its
+        turn has started, the turn runs to its end in its thread, and is kept in
+        the history, even if the caller is cancelled.
+        """
+        await self._turn.acquire_async()
+        return await call_in_thread(
+            functools.partial(self._ask, question, documents), then=self._turn.release
+        )
+
+    async def astream(
+        self, question: str, *, documents: list[Document] | None = None
+    ) -> AsyncGenerator[str, None]:
+        """``stream`` without blocking the event loop: each delta is made in a worker thread.
+
+        Closing it early (``aclose()``, leaving an ``async for``, a cancelled task)
+        stops the generation and keeps no half turn, as closing ``stream`` does; a
+        delta being made then is finished first, and the session is free after.
+        """
+        await self._turn.acquire_async()
+        deltas = iterate_in_thread(self._stream(question, documents), then=self._turn.release)
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                yield delta
+
+    def reset(self) -> None:
+        """Forget this session's history (and its stored copy)."""
+        self.history = []
+        if self.history_store is not None:
+            self.history_store.delete(self.tenant_id, self.session_id)
+
+    # -- internals ----------------------------------------------------------
+
+    def _ask(self, question: str, documents: list[Document] | None) -> TurnResult:
         start = time.perf_counter()
         result = self.pipeline.run(self._context(question, documents))
         if result.answer is not None:
@@ -205,10 +267,9 @@ class ChatSession:
             output_tokens=metrics.output_tokens,
         )
 
-    def stream(
-        self, question: str, *, documents: list[Document] | None = None
+    def _stream(
+        self, question: str, documents: list[Document] | None
     ) -> Generator[str, None, None]:
-        """Yield the answer as text deltas; the turn's report is ``last_turn`` afterwards."""
         start = time.perf_counter()
         result = self.pipeline.run(self._context(question, documents))
         if result.answer is not None:
@@ -239,18 +300,6 @@ class ChatSession:
             cached=metrics.cached_tokens if metrics is not None else 0,
             output_tokens=metrics.output_tokens if metrics is not None else None,
         )
-
-    async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
-        """``ask`` without blocking the event loop."""
-        return await asyncio.to_thread(self.ask, question, documents=documents)
-
-    def reset(self) -> None:
-        """Forget this session's history (and its stored copy)."""
-        self.history = []
-        if self.history_store is not None:
-            self.history_store.delete(self.tenant_id, self.session_id)
-
-    # -- internals ----------------------------------------------------------
 
     def _context(self, question: str, documents: list[Document] | None) -> Context:
         # A message dict: the session adds the role itself.

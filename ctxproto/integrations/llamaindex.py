@@ -25,12 +25,12 @@ tiktoken rank file, which must not happen at run time.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ctxproto._extras import require
+from ctxproto._in_thread import iterate_in_thread
 
 require("llama_index.core", extra="llamaindex")  # a missing extra named before the imports fail
 
@@ -480,13 +480,13 @@ class CtxprotoLLM(ConfigErrorModel, CustomLLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        return _in_thread(self._stream_chat(messages))
+        return iterate_in_thread(self._stream_chat(messages))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return _in_thread(self._stream_complete(prompt))
+        return iterate_in_thread(self._stream_complete(prompt))
 
     def _chat(self, messages: Sequence[ChatMessage]) -> ChatResponse:
         wire = [to_message(m).to_openai() for m in messages]
@@ -523,64 +523,6 @@ class CtxprotoLLM(ConfigErrorModel, CustomLLM):
             deltas.close()
 
 
-_Item = TypeVar("_Item")
-_DONE = object()
-
-
 def _as_user(prompt: str) -> list[dict[str, Any]]:
     """A completion prompt as the one user message a chat backend takes."""
     return [{"role": "user", "content": prompt}]
-
-
-async def _in_thread(items: Iterator[_Item]) -> AsyncGenerator[_Item, None]:
-    """``items`` as an async iterator, each ``next`` in a worker thread.
-
-    A caller cancelled while a ``next`` runs (a client gone mid-answer) gets its
-    ``CancelledError`` at once, and ``items`` is closed as soon as that ``next``
-    returns: closing a generator while another thread runs it raised
-    ``ValueError: generator already executing`` in place of the cancellation,
-    and left the generation running.
-    """
-    steps = _Steps(items)
-    try:
-        while (item := await asyncio.to_thread(steps.next)) is not _DONE:
-            yield item  # type: ignore[misc]
-    finally:
-        steps.close()
-
-
-class _Steps:
-    """``next`` and ``close`` of an iterator, from any thread: a close asked while a
-    ``next`` runs happens when that ``next`` returns, and ends the iteration."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self._items = items
-        self._lock = threading.Lock()
-        self._running = False
-        self._closing = False
-
-    def next(self) -> object:
-        with self._lock:
-            if self._closing:
-                return _DONE
-            self._running = True
-        try:
-            return next(self._items, _DONE)
-        finally:
-            with self._lock:
-                self._running = False
-                closing = self._closing
-            if closing:
-                self._close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            if self._running:
-                return  # the running next closes it
-        self._close()
-
-    def _close(self) -> None:
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
