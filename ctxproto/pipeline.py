@@ -8,6 +8,7 @@ remaining stages and the assembly are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -183,6 +184,14 @@ class Pipeline:
             original_tokens=original_tokens,
             ms=(time.perf_counter() - start) * 1000.0,
         )
+
+    async def arun(self, request: Context | ChatRequest) -> PipelineResult:
+        """``run`` in a worker thread, without blocking the event loop.
+
+        Its stages may load models, embed texts or wait on stores: on the loop, a
+        run held up every other request the loop was serving until it ended.
+        """
+        return await asyncio.to_thread(self.run, request)
 
     def after_answer(
         self,

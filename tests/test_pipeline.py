@@ -1,3 +1,5 @@
+import asyncio
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -258,6 +260,30 @@ def test_a_failing_stage_is_named_on_its_exception():
     with pytest.raises(RuntimeError, match="tensor shapes") as raised:
         pipeline.run(Context(query=Message(role="user", content="Hi?")))
     assert raised.value.__notes__ == ["raised by stages[1] (broken_for_test) of 'support'"]
+
+
+def test_arun_runs_the_stages_without_blocking_the_event_loop():
+    """The stage waits for a callback the loop runs next: a run on the loop held it up."""
+    loop_ran = threading.Event()
+
+    class WaitsForTheLoop(Stage):
+        type_name: ClassVar[str] = "waits_for_the_loop_for_test"
+
+        def transform(self, context: Context, counter: TokenCounter) -> Transformed:
+            if not loop_ran.wait(timeout=5):
+                raise TimeoutError("the event loop ran nothing while the pipeline ran")
+            return Transformed(context)
+
+    pipeline = Pipeline([WaitsForTheLoop(), RecencyWindow(max_turns=2)])
+    request = ChatRequest.from_openai([{"role": "user", "content": "Hi?"}])
+
+    async def run() -> list[str]:
+        asyncio.get_running_loop().call_soon(loop_ran.set)
+        result = await pipeline.arun(request)
+        assert result.prompt is not None
+        return [report.name for report in result.reports]
+
+    assert asyncio.run(run()) == ["waits_for_the_loop_for_test", "recency_window"]
 
 
 @pytest.mark.parametrize(
