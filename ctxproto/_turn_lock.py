@@ -12,6 +12,11 @@ async caller on a future of its own loop, so a queued turn holds no thread.
 ``release`` hands the lock to the oldest waiter, so turns run in the order they were
 asked; it may be called from any thread (a turn an async caller starts ends in a
 worker thread).
+
+A blocking ``acquire`` on an event loop's thread would wait for ever behind a holder
+or waiter of that same loop: the loop, blocked, never runs the async waiter the lock
+is handed to, nor reads the next delta of the stream holding it. Such an acquire
+is a ``UsageError`` at once; one behind threads or other loops only waits.
 """
 
 from __future__ import annotations
@@ -20,8 +25,18 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
+
+from ctxproto.errors import UsageError
 
 __all__ = ["TurnLock"]
+
+
+class _Waiter(NamedTuple):
+    wake: Callable[[], None]
+    """Hands the lock to the waiter."""
+    loop: asyncio.AbstractEventLoop | None
+    """The event loop running in the waiter's thread, which it may need to go on."""
 
 
 class TurnLock:
@@ -30,24 +45,41 @@ class TurnLock:
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._held = False
-        self._waiters: deque[Callable[[], None]] = deque()
-        """How to wake each waiter, oldest first; the lock is theirs when woken."""
+        self._holder_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop running in the holder's thread when it took the lock."""
+        self._waiters: deque[_Waiter] = deque()
+        """The waiters, oldest first; the lock is theirs when woken."""
 
     def acquire(self) -> None:
-        """Wait, blocking this thread, until the lock is the caller's."""
+        """Wait, blocking this thread, until the lock is the caller's.
+
+        ``UsageError`` when this thread runs an event loop that the holder or a
+        waiter is on: blocking the loop, the wait would never end.
+        """
+        loop = _running_loop()
         with self._mutex:
             if not self._held:
-                self._held = True
+                self._held, self._holder_loop = True, loop
                 return
+            if loop is not None and (
+                self._holder_loop is loop or any(w.loop is loop for w in self._waiters)
+            ):
+                raise UsageError(
+                    "a blocking turn (ask, stream) asked on an event loop's thread while "
+                    "a turn of that loop holds or waits for the session would wait for "
+                    "ever, as the loop it blocks is what that turn needs to go on: "
+                    "use aask or astream there"
+                )
             granted = threading.Event()
-            self._waiters.append(granted.set)
+            waiter = _Waiter(granted.set, loop)
+            self._waiters.append(waiter)
         try:
             granted.wait()
         except BaseException:  # Ctrl-C while waiting: leave the queue, or pass the lock on
             with self._mutex:
-                queued = granted.set in self._waiters
+                queued = waiter in self._waiters
                 if queued:
-                    self._waiters.remove(granted.set)
+                    self._waiters.remove(waiter)
             if not queued:
                 self.release()
             raise
@@ -61,7 +93,7 @@ class TurnLock:
         loop = asyncio.get_running_loop()
         with self._mutex:
             if not self._held:
-                self._held = True
+                self._held, self._holder_loop = True, loop
                 return
             granted: asyncio.Future[None] = loop.create_future()
 
@@ -71,14 +103,15 @@ class TurnLock:
                 except RuntimeError:  # the waiter's loop is closed: nobody waits there
                     self.release()
 
-            self._waiters.append(wake)
+            waiter = _Waiter(wake, loop)
+            self._waiters.append(waiter)
         try:
             await granted
         except BaseException:
             with self._mutex:
-                queued = wake in self._waiters
+                queued = waiter in self._waiters
                 if queued:
-                    self._waiters.remove(wake)
+                    self._waiters.remove(waiter)
             if not queued:
                 if granted.done() and not granted.cancelled():
                     self.release()  # granted just before the cancellation arrived
@@ -92,10 +125,11 @@ class TurnLock:
             if not self._held:
                 raise RuntimeError("release of a TurnLock that is not held")
             if not self._waiters:
-                self._held = False
+                self._held, self._holder_loop = False, None
                 return
-            wake = self._waiters.popleft()
-        wake()
+            waiter = self._waiters.popleft()
+            self._holder_loop = waiter.loop
+        waiter.wake()
 
     def __enter__(self) -> None:
         self.acquire()
@@ -109,3 +143,11 @@ class TurnLock:
             self.release()
         else:
             granted.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -34,6 +34,7 @@ from pydantic import (
 from ctxproto._config_model import ConfigModel
 from ctxproto._in_thread import call_in_thread, iterate_in_thread
 from ctxproto._turn_lock import TurnLock
+from ctxproto._turn_stream import AsyncTurnStream, TurnStream
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -53,10 +54,12 @@ if TYPE_CHECKING:
     from ctxproto.runtime.backends.base import Backend
 
 __all__ = [
+    "AsyncTurnStream",
     "BackendConfig",
     "ChatSession",
     "TurnReport",
     "TurnResult",
+    "TurnStream",
     "build_backend",
     "load_chatbot_config",
 ]
@@ -116,13 +119,16 @@ class ChatSession:
     """A conversation: a pipeline in front of a backend, with persistent history.
 
     ``ask`` answers one user turn; ``stream`` yields the answer as it is
-    generated (its report is in ``last_turn`` once the stream ends); ``aask``
-    and ``astream`` are their async forms, which run the turn in worker threads.
+    generated (the stream's ``turn`` holds the turn's result once it ends);
+    ``aask`` and ``astream`` are their async forms, which run the turn in worker
+    threads. ``last_turn`` is the newest turn's result, whoever asked it.
 
-    A session's turns run one at a time, in the order asked, from any threads or
-    tasks: each holds the session from its start (for a stream, the first delta
-    asked for) to its end (a stream exhausted or closed), so it reads the history
-    the turn before it wrote. Different sessions' turns run at the same time.
+    The turns of one ``ChatSession`` object run one at a time, in the order asked,
+    from any threads or tasks: each holds the session from its start (for a
+    stream, the first delta asked for) to its end (a stream exhausted or closed),
+    so it reads the history the turn before it wrote. Different objects' turns run
+    at the same time, even with one session id and store: each object reads the
+    stored history once, when built, and rewrites it after each of its turns.
 
     Build one from Python objects or from a chatbot YAML
     (``ChatSession.from_yaml``), which holds the pipeline and a ``backend:``
@@ -197,21 +203,26 @@ class ChatSession:
     # -- turns --------------------------------------------------------------
 
     def ask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
-        """Answer one user turn, once the session's turn before it has ended."""
+        """Answer one user turn, once the session's turn before it has ended.
+
+        ``UsageError`` on an event loop's thread while an ``aask`` or ``astream`` of
+        that loop holds or waits for the session: waiting would block the loop that
+        turn needs to end.
+        """
         with self._turn:
             return self._ask(question, documents)
 
-    def stream(
-        self, question: str, *, documents: list[Document] | None = None
-    ) -> Generator[str, None, None]:
-        """Yield the answer as text deltas; the turn's report is ``last_turn`` afterwards.
+    def stream(self, question: str, *, documents: list[Document] | None = None) -> TurnStream:
+        """The answer as text deltas; the stream's ``turn`` is the turn's result once it
+        has ended (``last_turn`` too, until the session's next turn).
 
         The turn holds the session from the first delta asked for until the stream
-        ends or is closed: a turn asked meanwhile from the thread consuming the
-        stream would wait for ever, so finish or close the stream first.
+        ends or is closed (``close()``, or leaving a ``with`` block over it): a turn
+        asked meanwhile from the thread consuming the stream would wait for ever, so
+        finish or close the stream first. On an event loop's thread, the first delta
+        is refused as ``ask`` is.
         """
-        with self._turn:
-            yield from self._stream(question, documents)
+        return TurnStream(self._stream_in_turn(question, documents))
 
     async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
         """``ask`` without blocking the event loop.
@@ -225,20 +236,18 @@ class ChatSession:
             functools.partial(self._ask, question, documents), then=self._turn.release
         )
 
-    async def astream(
-        self, question: str, *, documents: list[Document] | None = None
-    ) -> AsyncGenerator[str, None]:
-        """``stream`` without blocking the event loop: each delta is made in a worker thread.
+    def astream(self, question: str, *, documents: list[Document] | None = None) -> AsyncTurnStream:
+        """``stream`` without blocking the event loop: each delta is made in a worker
+        thread, and waiting for the session holds none.
 
-        Closing it early (``aclose()``, leaving an ``async for``, a cancelled task)
-        stops the generation and keeps no half turn, as closing ``stream`` does; a
-        delta being made then is finished first, and the session is free after.
+        ``aclose()``, leaving an ``async with`` block over it or cancelling the task
+        that reads it stops the generation and keeps no half turn, as closing
+        ``stream`` does; a delta being made then is finished first, and the session
+        is free after. Leaving an ``async for`` early closes it only once nothing
+        refers to it.
         """
-        await self._turn.acquire_async()
-        deltas = iterate_in_thread(self._stream(question, documents), then=self._turn.release)
-        async with contextlib.aclosing(deltas):
-            async for delta in deltas:
-                yield delta
+        deltas = TurnStream(self._stream(question, documents))
+        return AsyncTurnStream(self._astream(deltas), deltas)
 
     def reset(self) -> None:
         """Forget this session's history (and its stored copy)."""
@@ -267,15 +276,27 @@ class ChatSession:
             output_tokens=metrics.output_tokens,
         )
 
+    def _stream_in_turn(
+        self, question: str, documents: list[Document] | None
+    ) -> Generator[str, None, TurnResult]:
+        with self._turn:
+            return (yield from self._stream(question, documents))
+
+    async def _astream(self, deltas: TurnStream) -> AsyncGenerator[str, None]:
+        await self._turn.acquire_async()
+        steps = iterate_in_thread(deltas, then=self._turn.release)
+        async with contextlib.aclosing(steps):
+            async for delta in steps:
+                yield delta
+
     def _stream(
         self, question: str, documents: list[Document] | None
-    ) -> Generator[str, None, None]:
+    ) -> Generator[str, None, TurnResult]:
         start = time.perf_counter()
         result = self.pipeline.run(self._context(question, documents))
         if result.answer is not None:
             yield result.answer
-            self._finish(question, result.answer, result, start, first_token=None)
-            return
+            return self._finish(question, result.answer, result, start, first_token=None)
         first_token: float | None = None
         parts: list[str] = []
         messages = self._messages(result)
@@ -290,7 +311,7 @@ class ChatSession:
             deltas.close()
         completion = deltas.completion
         metrics = completion.metrics if completion is not None else None
-        self._finish(
+        return self._finish(
             question,
             "".join(parts),
             result,
