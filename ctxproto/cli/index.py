@@ -29,7 +29,8 @@ stop every other file from indexing; a source with nothing else is refused.
 Text files are read as UTF-8, or as ``--encoding`` says. A folder's file that
 cannot be read as text (another encoding, a binary file with a text suffix, one
 deleted or made unreadable while the run went on) is skipped, and its stored
-document kept as it was (``--prune`` keeps it too): one such file among
+document kept as it was (``--prune`` keeps it too), as is every file of a folder
+that cannot be listed (its documents kept too): one such file among
 thousands stopped the whole run. Such files are listed last, each with its
 reason, and counted in the summary's last line; the run still succeeds (exit 0)
 when it indexed the rest. A file given alone that cannot be read is refused.
@@ -282,8 +283,9 @@ def handle(args: argparse.Namespace) -> int:
         )
     removed = knowledge_base.delete(emptied)
     # A file skipped as unreadable is still in the source: its document stays stored.
-    kept = {d.id for d in documents} | {skipped.id for skipped in unreadable}
-    pruned = knowledge_base.prune(kept) if args.prune else []
+    kept = {d.id for d in documents} | {s.id for s in unreadable if not s.folder}
+    unlisted = [skipped.id for skipped in unreadable if skipped.folder]
+    pruned = knowledge_base.prune(kept, keep_under=unlisted) if args.prune else []
     # A run that changed nothing writes nothing: a save makes a new generation, and
     # every running reader (a proxy's retriever) then loads the whole store again.
     saved = bool(chunks or removed or pruned)
@@ -330,10 +332,8 @@ def handle(args: argparse.Namespace) -> int:
         if not saved:
             console.print("nothing changed: the store was left as it was, not saved again")
         if unreadable:
-            console.print(
-                f"skipped {counted(len(unreadable), 'file')} not readable as text "
-                "(listed on stderr)"
-            )
+            what, why = _unreadable(unreadable)
+            console.print(f"skipped {what} {why} (listed on stderr)")
         if knowledge_base.chunks_past_window:
             past = knowledge_base.chunks_past_window
             verb = "is" if past == 1 else "are"
@@ -351,17 +351,27 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unreadable(unreadable: list[UnreadableFile]) -> tuple[str, str]:
+    """What was skipped and why: ``("2 files", "not readable as text")``, or with a
+    folder that could not be listed (its files counted in it) ``"... not readable"``."""
+    folders = sum(skipped.folder for skipped in unreadable)
+    parts = ((len(unreadable) - folders, "file"), (folders, "folder"))
+    what = " and ".join(counted(n, noun) for n, noun in parts if n)
+    return what, "not readable" if folders else "not readable as text"
+
+
 def _tell_unreadable(console: Console, unreadable: list[UnreadableFile]) -> None:
     """The files skipped as unreadable, last, so that no progress bar or summary hides
     them: one line each, then one line counting them and saying what reads them."""
     if not unreadable:
         return
+    what, why = _unreadable(unreadable)
     for skipped in unreadable:
         console.print(
             f"skipped unreadable {skipped.path}: {skipped.reason}", markup=False, soft_wrap=True
         )
     console.print(
-        f"{counted(len(unreadable), 'file')} not indexed, listed above: not readable as text "
+        f"{what} not indexed, listed above: {why} "
         "(their stored documents are kept); --encoding NAME reads another encoding",
         markup=False,
         soft_wrap=True,

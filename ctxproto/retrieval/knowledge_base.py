@@ -121,14 +121,21 @@ class KnowledgeBase:
         """
         return self.store.delete(doc_ids) if doc_ids else 0
 
-    def prune(self, keep: Collection[str]) -> list[str]:
-        """Delete every document whose id is not in ``keep``; returns the ids deleted.
+    def prune(self, keep: Collection[str], *, keep_under: Collection[str] = ()) -> list[str]:
+        """Delete every document whose id is not in ``keep`` nor under a folder id of
+        ``keep_under`` (``"a/b"`` keeps ``"a/b/c.md"``); returns the ids deleted.
 
         Re-indexing a source only adds and replaces, so a file deleted from the
         source folder kept being retrieved; pruning to the ids the source still
         holds makes the store mirror it (at ``save``, with the new documents).
+        A folder that could not be listed is no folder emptied: ``keep_under``.
         """
-        stale = [doc_id for doc_id in self.store.document_ids() if doc_id not in keep]
+        prefixes = tuple(f"{folder}/" for folder in keep_under)
+        stale = [
+            doc_id
+            for doc_id in self.store.document_ids()
+            if doc_id not in keep and not doc_id.startswith(prefixes)
+        ]
         self.delete(stale)
         return stale
 

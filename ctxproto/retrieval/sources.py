@@ -41,6 +41,7 @@ it is a ``ConfigError`` naming the file.
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
@@ -64,13 +65,16 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 
 @dataclass(frozen=True)
 class UnreadableFile:
-    """A folder's text file that was skipped: it could not be read as text."""
+    """A folder's text file that was skipped: it could not be read as text; or, with
+    ``folder``, a folder inside it that could not be listed, every file in it skipped."""
 
     path: Path
     id: str
-    """The id its document has in the store, kept there (a ``prune`` must not take it)."""
+    """The id its document has in the store, kept there (a ``prune`` must not take it);
+    for a folder, the prefix (before ``/``) of the ids of every document under it."""
     reason: str
     """Why, e.g. ``not UTF-8 text at byte 4 (0xe9)`` or ``cannot read: Permission denied``."""
+    folder: bool = False
 
 
 def is_text_file(source: Path) -> bool:
@@ -130,11 +134,25 @@ def read_documents(
     if source.is_dir():
         # Listed whole before any file is read: a file that goes, or turns unreadable,
         # while the others are read is skipped and told as such, whenever it happens.
+        unlisted: list[OSError] = []
         files = list(
             _folder_files(
-                source, follow_symlinks, include_hidden, on_skipped_link, on_skipped_hidden
+                source,
+                follow_symlinks,
+                include_hidden,
+                on_skipped_link,
+                on_skipped_hidden,
+                unlisted.append,
             )
         )
+        for error in unlisted:
+            # Left out silently, its files read as deleted, and --prune deleted them.
+            folder = Path(error.filename)
+            why = f"cannot list the folder: {error.strerror or error}"
+            if on_unreadable is None or folder == source:
+                raise ConfigError(why, file=str(folder))
+            relative = _relative_id(folder.relative_to(source))
+            on_unreadable(UnreadableFile(folder, relative, why, folder=True))
         for path in files:
             relative = _relative_id(path.relative_to(source))
             try:
@@ -166,10 +184,11 @@ def _folder_files(
     include_hidden: bool,
     on_skipped_link: Callable[[Path], None] | None,
     on_skipped_hidden: Callable[[Path], None] | None,
+    on_unlisted: Callable[[OSError], None],
 ) -> Iterator[Path]:
     root = source.resolve()
     hidden_told: set[Path] = set()
-    for path in sorted(source.rglob("*")):
+    for path in sorted(_entries(source, on_unlisted)):
         if not include_hidden and (top := _hidden_top(path, source)) is not None:
             # Told once per hidden name, and only for one that held a text file: a
             # .git folder of objects is no document anyone meant to index.
@@ -192,6 +211,15 @@ def _folder_files(
                 yield path
         elif on_skipped_link is not None:
             on_skipped_link(path)
+
+
+def _entries(source: Path, on_unlisted: Callable[[OSError], None]) -> Iterator[Path]:
+    """Every file, folder and link under ``source``, as ``rglob("*")`` gives them (links
+    to folders listed, never descended into), and each folder that cannot be listed
+    told to ``on_unlisted``, where ``rglob`` passes over it without a word."""
+    for folder, folders, files in os.walk(source, onerror=on_unlisted):
+        for name in (*folders, *files):
+            yield Path(folder, name)
 
 
 def _hidden_top(path: Path, source: Path) -> Path | None:

@@ -502,6 +502,42 @@ def test_a_folders_file_that_is_no_utf8_text_is_skipped_and_listed_last_and_kept
     assert found.source == "menu.md" and "Café crème" in found.text
 
 
+def test_a_folder_that_cannot_be_listed_is_skipped_and_its_documents_kept_by_prune(
+    tmp_path: Path, capsys: Any, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing passed over a folder it was not allowed to read without a word, so
+    its files looked deleted and --prune deleted their stored documents."""
+    import os
+
+    folder = _folder(tmp_path / "kb", ["apples"])
+    _folder(folder / "team", ["rota", "holidays"])
+    store = str(tmp_path / "store")
+    assert main(["index", str(folder), "--store", store, "--json"]) == 0
+    capsys.readouterr()
+    real_walk = os.walk
+
+    def walk_denying_team(top: Any, onerror: Any = None, **kwargs: Any) -> Any:
+        """``os.walk`` as it goes for a user who may not list ``team``."""
+        for entry in real_walk(top, onerror=onerror, **kwargs):
+            if Path(entry[0]).name == "team":
+                onerror(PermissionError(13, "Permission denied", entry[0]))
+                continue
+            yield entry
+
+    monkeypatch.setattr(os, "walk", walk_denying_team)
+    assert main(["index", str(folder), "--store", store, "--prune", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["pruned"] == [] and summary["store_documents"] == 3
+    assert summary["skipped_unreadable"] == [
+        {"path": str(folder / "team"), "reason": "cannot list the folder: Permission denied"}
+    ]
+    assert captured.err.strip().splitlines()[-1] == (
+        "1 folder not indexed, listed above: not readable (their stored documents are "
+        "kept); --encoding NAME reads another encoding"
+    )
+
+
 def test_the_encoding_option_is_checked_before_any_work(tmp_path: Path, capsys: Any) -> None:
     folder = _folder(tmp_path / "kb", ["apples"])
     jsonl = tmp_path / "docs.jsonl"

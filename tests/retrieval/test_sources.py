@@ -67,7 +67,7 @@ from ctxproto.retrieval import read_documents
 
 skipped = []
 ids = [d.id for d in read_documents(Path(sys.argv[1]), on_unreadable=skipped.append)]
-print(json.dumps({"ids": ids, "skipped": [[s.id, s.reason] for s in skipped]}))
+print(json.dumps({"ids": ids, "skipped": [[s.id, s.reason, s.folder] for s in skipped]}))
 """
 
 
@@ -81,5 +81,22 @@ def test_a_file_this_user_may_not_read_is_skipped_not_fatal(unprivileged: Unpriv
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "ids": ["open.md"],
-        "skipped": [["secret.md", "cannot read: Permission denied"]],
+        "skipped": [["secret.md", "cannot read: Permission denied", False]],
+    }
+
+
+def test_a_folder_this_user_may_not_list_is_told_not_passed_over(
+    unprivileged: Unprivileged,
+) -> None:
+    """``rglob`` passed over it without a word: its files read as deleted ones."""
+    folder = unprivileged.folder / "docs"
+    (folder / "private").mkdir(parents=True)
+    (folder / "open.md").write_text("Anyone may read this.")
+    (folder / "private" / "plans.md").write_text("Only its owner may list this folder.")
+    (folder / "private").chmod(0o700)
+    result = unprivileged.run(READ_AS_NOBODY, str(folder))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "ids": ["open.md"],
+        "skipped": [["private", "cannot list the folder: Permission denied", True]],
     }
