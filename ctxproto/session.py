@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Generator, Mapping
@@ -33,8 +34,6 @@ from pydantic import (
 
 from ctxproto._config_model import ConfigModel
 from ctxproto._in_thread import call_in_thread, iterate_in_thread
-from ctxproto._turn_lock import TurnLock
-from ctxproto._turn_stream import AsyncTurnStream, TurnStream
 from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
@@ -54,12 +53,10 @@ if TYPE_CHECKING:
     from ctxproto.runtime.backends.base import Backend
 
 __all__ = [
-    "AsyncTurnStream",
     "BackendConfig",
     "ChatSession",
     "TurnReport",
     "TurnResult",
-    "TurnStream",
     "build_backend",
     "load_chatbot_config",
 ]
@@ -119,16 +116,19 @@ class ChatSession:
     """A conversation: a pipeline in front of a backend, with persistent history.
 
     ``ask`` answers one user turn; ``stream`` yields the answer as it is
-    generated (the stream's ``turn`` holds the turn's result once it ends);
-    ``aask`` and ``astream`` are their async forms, which run the turn in worker
-    threads. ``last_turn`` is the newest turn's result, whoever asked it.
+    generated; ``aask`` and ``astream`` are their async forms, which run the turn
+    in worker threads. ``last_turn`` is the newest turn's result: a streamed
+    turn's once its stream has ended, until the caller starts another turn.
 
-    The turns of one ``ChatSession`` object run one at a time, in the order asked,
-    from any threads or tasks: each holds the session from its start (for a
-    stream, the first delta asked for) to its end (a stream exhausted or closed),
-    so it reads the history the turn before it wrote. Different objects' turns run
-    at the same time, even with one session id and store: each object reads the
-    stored history once, when built, and rewrites it after each of its turns.
+    A session runs one turn at a time, and a turn asked while another of its turns
+    is in progress is a ``UsageError`` at once, never a wait (as a thread with an
+    active run refuses new runs in OpenAI's Assistants API): a turn that waited
+    could wait for ever on the very code that holds the session, such as the loop
+    reading an unfinished stream. A turn is in progress from its start to its end,
+    a stream's from its first delta to its last or to its close. Different
+    ``ChatSession`` objects run their turns at the same time, even with one session
+    id and store: each reads the stored history once, when built, and rewrites it
+    after each of its turns.
 
     Build one from Python objects or from a chatbot YAML
     (``ChatSession.from_yaml``), which holds the pipeline and a ``backend:``
@@ -164,7 +164,8 @@ class ChatSession:
         self.history_store = history_store
         self.last_turn: TurnResult | None = None
         self.history: list[Message] = self._load_history()
-        self._turn = TurnLock()
+        self._busy = threading.Lock()
+        """Held while one of the session's turns is in progress."""
         pipeline.warm_up()
 
     # -- construction -------------------------------------------------------
@@ -203,51 +204,61 @@ class ChatSession:
     # -- turns --------------------------------------------------------------
 
     def ask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
-        """Answer one user turn, once the session's turn before it has ended.
-
-        ``UsageError`` on an event loop's thread while an ``aask`` or ``astream`` of
-        that loop holds or waits for the session: waiting would block the loop that
-        turn needs to end.
-        """
-        with self._turn:
+        """Answer one user turn; ``UsageError`` while another turn is in progress."""
+        self._claim()
+        try:
             return self._ask(question, documents)
+        finally:
+            self._busy.release()
 
-    def stream(self, question: str, *, documents: list[Document] | None = None) -> TurnStream:
-        """The answer as text deltas; the stream's ``turn`` is the turn's result once it
-        has ended (``last_turn`` too, until the session's next turn).
+    def stream(
+        self, question: str, *, documents: list[Document] | None = None
+    ) -> Generator[str, None, None]:
+        """Yield the answer as text deltas; the turn's result is ``last_turn`` once the
+        stream has ended, until the caller starts another turn.
 
-        The turn holds the session from the first delta asked for until the stream
-        ends or is closed (``close()``, or leaving a ``with`` block over it): a turn
-        asked meanwhile from the thread consuming the stream would wait for ever, so
-        finish or close the stream first. On an event loop's thread, the first delta
-        is refused as ``ask`` is.
+        The turn is in progress from the first delta asked for until the stream ends
+        or is closed: ``close()`` stops the generation and keeps no half turn. A
+        ``for`` loop left early over a stream nothing else refers to closes it at
+        once (CPython frees the generator then); one kept in a variable and left
+        unfinished makes the next turn a ``UsageError`` until it is finished or
+        closed.
         """
-        return TurnStream(self._stream_in_turn(question, documents))
+        self._claim()
+        try:
+            yield from self._stream(question, documents)
+        finally:
+            self._busy.release()
 
     async def aask(self, question: str, *, documents: list[Document] | None = None) -> TurnResult:
-        """``ask`` without blocking the event loop.
+        """``ask`` without blocking the event loop: the turn runs in a worker thread.
 
-        Waiting for the session's turn before it holds no worker thread. Once its
-        turn has started, the turn runs to its end in its thread, and is kept in
-        the history, even if the caller is cancelled.
+        Refused at once, as ``ask`` is, while another turn is in progress. Once
+        started, the turn runs to its end and is kept in the history even if the
+        caller is cancelled; the session is free once it has ended.
         """
-        await self._turn.acquire_async()
+        self._claim()  # on the loop's thread: of two aask at once, the second is refused
         return await call_in_thread(
-            functools.partial(self._ask, question, documents), then=self._turn.release
+            functools.partial(self._ask, question, documents), then=self._busy.release
         )
 
-    def astream(self, question: str, *, documents: list[Document] | None = None) -> AsyncTurnStream:
+    async def astream(
+        self, question: str, *, documents: list[Document] | None = None
+    ) -> AsyncGenerator[str, None]:
         """``stream`` without blocking the event loop: each delta is made in a worker
-        thread, and waiting for the session holds none.
+        thread.
 
-        ``aclose()``, leaving an ``async with`` block over it or cancelling the task
-        that reads it stops the generation and keeps no half turn, as closing
-        ``stream`` does; a delta being made then is finished first, and the session
-        is free after. Leaving an ``async for`` early closes it only once nothing
-        refers to it.
+        ``aclose()`` (or ``contextlib.aclosing`` around it), or cancelling the task
+        that reads it, stops the generation and keeps no half turn; a delta being
+        made then is finished first, and the session is free after. An ``async
+        for`` left early closes it only when the event loop finalizes it, a step
+        or two later if nothing else refers to it (PEP 525).
         """
-        deltas = TurnStream(self._stream(question, documents))
-        return AsyncTurnStream(self._astream(deltas), deltas)
+        self._claim()
+        steps = iterate_in_thread(self._stream(question, documents), then=self._busy.release)
+        async with contextlib.aclosing(steps):
+            async for delta in steps:
+                yield delta
 
     def reset(self) -> None:
         """Forget this session's history (and its stored copy)."""
@@ -256,6 +267,16 @@ class ChatSession:
             self.history_store.delete(self.tenant_id, self.session_id)
 
     # -- internals ----------------------------------------------------------
+
+    def _claim(self) -> None:
+        """Take the session for a turn, or refuse the turn: never wait for it."""
+        if not self._busy.acquire(blocking=False):
+            raise UsageError(
+                f"session {self.session_id!r} is already answering a turn, and runs one "
+                "at a time: wait for that turn to end, finish or close its stream "
+                "(stream.close()) before the next turn, or use one ChatSession per "
+                "conversation that runs at the same time"
+            )
 
     def _ask(self, question: str, documents: list[Document] | None) -> TurnResult:
         start = time.perf_counter()
@@ -276,27 +297,15 @@ class ChatSession:
             output_tokens=metrics.output_tokens,
         )
 
-    def _stream_in_turn(
-        self, question: str, documents: list[Document] | None
-    ) -> Generator[str, None, TurnResult]:
-        with self._turn:
-            return (yield from self._stream(question, documents))
-
-    async def _astream(self, deltas: TurnStream) -> AsyncGenerator[str, None]:
-        await self._turn.acquire_async()
-        steps = iterate_in_thread(deltas, then=self._turn.release)
-        async with contextlib.aclosing(steps):
-            async for delta in steps:
-                yield delta
-
     def _stream(
         self, question: str, documents: list[Document] | None
-    ) -> Generator[str, None, TurnResult]:
+    ) -> Generator[str, None, None]:
         start = time.perf_counter()
         result = self.pipeline.run(self._context(question, documents))
         if result.answer is not None:
             yield result.answer
-            return self._finish(question, result.answer, result, start, first_token=None)
+            self._finish(question, result.answer, result, start, first_token=None)
+            return
         first_token: float | None = None
         parts: list[str] = []
         messages = self._messages(result)
@@ -311,7 +320,7 @@ class ChatSession:
             deltas.close()
         completion = deltas.completion
         metrics = completion.metrics if completion is not None else None
-        return self._finish(
+        self._finish(
             question,
             "".join(parts),
             result,
