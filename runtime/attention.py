@@ -23,7 +23,12 @@ a decode step by head, leaving one of two cores idle over 3 KV heads, and took
 chunks of 256 tokens, reads each key once per new token for the 3 query heads that
 share it, and took 2.7 ms (11.9 against 5.4 ms at 3.1k). It sums in another order
 than SDPA (within 1e-5 of it in the tests), fixed by the chunking, not by the
-threads; a token's result is the same bits whatever tokens come after it.
+threads; a token's result is the same bits whatever tokens come after it. A
+decode step of a batch of rows of different lengths, whose KV is left-padded
+(``batch.py``), runs on it too: each row's chunks start at its first key, so a
+row's result is the same bits as alone, where SDPA under the padding mask summed
+in another order than the kernel a row alone ran on, and a mode that rounds the
+layers' inputs (``int8_weights``) could then pick another token batched.
 """
 
 from __future__ import annotations
@@ -67,9 +72,12 @@ def _register() -> None:
         scaling: float | None = None,
         **kwargs: Any,
     ) -> tuple[Any, None]:
-        if _kernel_attends(query, key, value, attention_mask, dropout, kwargs):
+        starts = _kernel_attends(query, key, value, attention_mask, dropout, kwargs)
+        if starts is not None:
             scale = query.size(-1) ** -0.5 if scaling is None else scaling
-            output = torch.ops.ctxproto.decode_attention(query.contiguous(), key, value, scale)
+            output = torch.ops.ctxproto.decode_attention(
+                query.contiguous(), key, value, scale, starts
+            )
             return output, None
         grouped = getattr(module, "num_key_value_groups", 1) > 1
         if attention_mask is None or not grouped or query.device.type != "cpu":
@@ -96,17 +104,18 @@ _OPTIONS_IT_IGNORES = ("sliding_window", "softcap", "position_bias", "s_aux")
 
 def _kernel_attends(
     query: Any, key: Any, value: Any, mask: Any, dropout: float, options: dict[str, Any]
-) -> bool:
-    """Whether ``csrc/decode_attention.cpp`` computes this attention: float32 on CPU,
-    head dimension 64 or 128, at most 8 query heads per KV head, nothing it ignores
-    (dropout, a window, a soft cap, a position bias, sinks), and either one token
-    with no mask or a few tokens of one sequence under the causal mask aligned to
-    the end of the KV; and the kernels built."""
+) -> list[int] | None:
+    """Each row's first visible key where ``csrc/decode_attention.cpp`` computes this
+    attention, else None: float32 on CPU, head dimension 64 or 128, at most 8 query
+    heads per KV head, nothing it ignores (dropout, a window, a soft cap, a position
+    bias, sinks), and either one token a row with no mask or the left padding of a
+    batch, or a few tokens of one sequence under the causal mask aligned to the end
+    of the KV; and the kernels built."""
     torch = require("torch", extra="runtime")
     tokens, length = query.size(2), key.size(2)
     heads, kv_heads = query.size(1), key.size(1)
     if query.device.type != "cpu" or not 1 <= tokens <= min(KERNEL_TOKENS, length):
-        return False
+        return None
     fits = bool(
         query.dtype == key.dtype == value.dtype == torch.float32
         and query.size(-1) in (64, 128)
@@ -119,29 +128,37 @@ def _kernel_attends(
         and all(options.get(name) is None for name in _OPTIONS_IT_IGNORES)
         and load_kernels()
     )
-    if not fits or mask is None:
-        return fits and tokens == 1
-    return query.size(0) == 1 and _causal_at_end(torch, mask, tokens, length)
+    if not fits or (tokens > 1 and (mask is None or query.size(0) != 1)):
+        return None  # several tokens with no mask are causal from the start of the KV
+    if mask is None:
+        return [0] * query.size(0)
+    return _visible_from(torch, mask, query.size(0), tokens, length)
 
 
-_last_checked: tuple[Any, ...] = (None, None, 0, 0, False)
+_last_checked: tuple[Any, ...] = (None, None, 0, 0, 0, None)
 """The last mask checked, what it was checked for, and the answer: every layer of a
 forward gets the same mask. Holding it keeps its identity from being reused."""
 
 
-def _causal_at_end(torch: Any, mask: Any, tokens: int, length: int) -> bool:
-    """Whether ``mask`` lets new token ``i`` see exactly keys ``0 .. length - tokens + i``."""
+def _visible_from(torch: Any, mask: Any, rows: int, tokens: int, length: int) -> list[int] | None:
+    """The first key each row sees, where ``mask`` lets new token ``i`` of row ``b`` see
+    exactly keys ``start[b] .. length - tokens + i``: the causal mask aligned to the end
+    of the KV, after the left padding of a batch of rows of different lengths (the
+    padding mask of ``runtime/batch.py``); else None."""
     global _last_checked
     # Inference tensors keep no version (and cannot change outside inference mode).
     version = None if mask.is_inference() else mask._version
-    question = (mask, version, tokens, length)
+    question = (mask, version, rows, tokens, length)
     last = _last_checked
-    if last[0] is mask and last[1:4] == question[1:]:
-        return bool(last[4])
-    answer = mask.dtype == torch.bool and tuple(mask.shape) == (1, 1, tokens, length)
-    if answer:
+    if last[0] is mask and last[1:5] == question[1:]:
+        return last[5]  # type: ignore[no-any-return]
+    starts = None
+    if mask.dtype == torch.bool and tuple(mask.shape) == (rows, 1, tokens, length):
+        first = length - mask[:, 0, -1].sum(-1)  # the last token sees its row's whole KV
         positions = torch.arange(length, device=mask.device)
         last_seen = torch.arange(length - tokens, length, device=mask.device).unsqueeze(1)
-        answer = torch.equal(mask[0, 0], positions <= last_seen)
-    _last_checked = (*question, answer)
-    return bool(answer)
+        seen = (positions >= first.view(-1, 1, 1)) & (positions <= last_seen)
+        if torch.equal(mask[:, 0], seen) and int(first.max()) <= length - tokens:
+            starts = [int(start) for start in first.tolist()]
+    _last_checked = (*question, starts)
+    return starts

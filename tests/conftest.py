@@ -21,18 +21,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def has_avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
+def cpu_runs_kernels() -> bool:
+    """Whether this CPU has the vector instructions ctxproto's CPU kernels are written
+    for (``ctxproto/models/csrc/simd.h``): AVX-512, or AVX2 with FMA."""
+    from ctxproto.models.cpu_info import cpu_features, read_cpuinfo
+
+    features = cpu_features(read_cpuinfo()) or set()
+    return "avx512f" in features or {"avx2", "fma"} <= features
 
 
-needs_avx512 = pytest.mark.skipif(
-    not has_avx512(), reason="ctxproto's CPU kernels run on AVX-512 CPUs only"
+needs_kernel_cpu = pytest.mark.skipif(
+    not cpu_runs_kernels(),
+    reason="ctxproto's CPU kernels run on CPUs with AVX-512, or AVX2 and FMA, only",
 )
 """For tests of the kernels (``ctxproto/models/kernels.py``). Where the CPU has
-AVX-512 they must build and load, so a broken build fails the tests there."""
+the instructions they must build and load, so a broken build fails the tests there."""
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +63,7 @@ def lm() -> Any:
 
 @pytest.fixture(scope="session")
 def fused(lm) -> Any:
-    """The engine's copy of ``lm``: packed products, fused decoder layers (with AVX-512)."""
+    """The engine's copy of ``lm``: packed products, fused decoder layers (with the kernels)."""
     from ctxproto.runtime.engine import engine_model
 
     return engine_model(lm, "none")

@@ -11,12 +11,13 @@ well: a cache shared between machines does not hand one CPU another's
 instructions.
 
 Building needs a C++ compiler with OpenMP and ninja (the ``runtime`` extra
-installs ninja), and the kernels pay only with AVX-512. When the build fails,
-``load_kernels`` says why once, in a warning (a compiler can be installed), and
-returns False; on a CPU without AVX-512, nothing can be done about it, so it
-says so once in the log at INFO rather than in a warning that a test suite or
-an application running with warnings as errors would fail on. Either way every
-caller then keeps torch's own layers and attention.
+installs ninja), and the kernels pay only with vector instructions: AVX-512, or
+AVX2 with FMA (``csrc/simd.h``). When the build fails, ``load_kernels`` says why
+once, in a warning (a compiler can be installed), and returns False; on a CPU
+with neither, nothing can be done about it, so it says so once in the log at
+INFO rather than in a warning that a test suite or an application running with
+warnings as errors would fail on. Either way every caller then keeps torch's own
+layers and attention.
 The operators are threaded with torch's ``at::parallel_for``, so they run on
 torch's OpenMP workers (``openmp.py``) rather than a pool of their own.
 """
@@ -56,8 +57,8 @@ _log = logging.getLogger(__name__)
 def load_kernels() -> bool:
     """Build (first time) and load the ``torch.ops.ctxproto`` operators; False if not possible.
 
-    False also where they were built without AVX-512: their plain loops are slower
-    than torch's own kernels, which the callers then keep.
+    False also where they were built with neither AVX-512 nor AVX2 and FMA: their
+    plain loops are slower than torch's own kernels, which the callers then keep.
     """
     with _building:  # a second thread waits here, then finds the operators loaded
         torch = require("torch", extra="runtime")
@@ -70,15 +71,16 @@ def load_kernels() -> bool:
             return _decline(f"could not be built ({exc})")
         if _vector_width(torch) == 0:
             _log.info(
-                "ctxproto's CPU kernels need AVX-512, which this CPU lacks; models keep "
-                "torch's kernels, which decode slower"
+                "ctxproto's CPU kernels need AVX2 (with FMA) or AVX-512, which this CPU "
+                "lacks; models keep torch's kernels, which decode slower"
             )
             return False
         return True
 
 
 def _vector_width(torch: Any) -> int:
-    """Floats per vector the loaded kernels were compiled for; 0 for their plain loops."""
+    """Floats per vector the loaded kernels were compiled for: 16 (AVX-512), 8 (AVX2
+    and FMA), or 0 for their plain loops."""
     return int(torch.ops.ctxproto.vector_width())
 
 

@@ -11,7 +11,7 @@ import torch
 from ctxproto.models.fused_decoder import fuse_decoder_layers
 from ctxproto.models.packed_linear import PACKED_ROWS, pack_linear_layers
 from ctxproto.runtime.kv_layout import new_cache
-from tests.conftest import needs_avx512, record_unfused_rows
+from tests.conftest import needs_kernel_cpu, record_unfused_rows
 
 
 def forwards(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
@@ -33,7 +33,7 @@ def forwards(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
     return logits, cache
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_every_layer_of_the_bundled_model_is_fused(fused, lm):
     assert {type(layer).__name__ for layer in fused.model.layers} == {"FusedDecoderLayer"}
     assert {type(layer).__name__ for layer in lm.model.layers} == {"LlamaDecoderLayer"}
@@ -41,7 +41,7 @@ def test_every_layer_of_the_bundled_model_is_fused(fused, lm):
     assert fused.model.layers[0].mlp.down_proj.format == "q4_1"
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_fused_layers_compute_the_same_bits(fused, unfused):
     ids = torch.randint(100, 40000, (1, 200), generator=torch.Generator().manual_seed(3))
     got, got_cache = forwards(fused, ids)
@@ -52,7 +52,7 @@ def test_fused_layers_compute_the_same_bits(fused, unfused):
         assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_only_inputs_the_calls_take_run_fused(fused, monkeypatch):
     calls = record_unfused_rows(fused, monkeypatch)
     cache = new_cache()
@@ -62,7 +62,7 @@ def test_only_inputs_the_calls_take_run_fused(fused, monkeypatch):
     assert calls == [PACKED_ROWS + 1]  # the decode step and the 64 rows ran fused
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
     """Two sequences side by side, the shorter one left-padded, then a decode step with
     each row's own position, as ``runtime/batch.py`` passes them."""
@@ -90,7 +90,7 @@ def test_a_batch_of_rows_computes_the_same_bits(fused, unfused):
         assert torch.equal(fused_logits, plain_logits)
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_collected_hidden_states_and_cacheless_forwards_match(fused, unfused):
     ids = torch.randint(100, 40000, (1, 9), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
@@ -129,7 +129,7 @@ def tiny(kind: str) -> Any:
     return model
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_other_sizes_compute_the_same_bits():
     """Head size 32 and 128 intermediate features, against the same layers unfused."""
     model = tiny("Llama")
@@ -144,7 +144,7 @@ def test_other_sizes_compute_the_same_bits():
             )
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_layers_that_only_look_like_llamas_are_left_alone():
     """Qwen3 normalises q and k per head: same attribute names, other arithmetic."""
     pytest.importorskip("transformers.models.qwen3")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ctxproto.models import kernels
+from ctxproto.models.cpu_info import cpu_features, read_cpuinfo
 from ctxproto.models.packed_linear import PACKED_ROWS, find_q4_1, find_q8_0, pack_linear_layers
-from tests.conftest import needs_avx512
+from tests.conftest import needs_kernel_cpu
 
 
 def gguf_q4_1(rows: int, columns: int) -> torch.Tensor:
@@ -68,7 +69,7 @@ def one_off(weight: torch.Tensor, value: float | None = None) -> torch.Tensor:
     return changed
 
 
-@needs_avx512
+@needs_kernel_cpu
 @pytest.mark.parametrize(
     "weight",
     [
@@ -88,7 +89,7 @@ def test_other_weights_are_left_as_they_are(weight):
     assert same is model
 
 
-@needs_avx512
+@needs_kernel_cpu
 @pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_layer_multiplies_by_the_same_weights(make, bias):
@@ -106,7 +107,7 @@ def test_packed_layer_multiplies_by_the_same_weights(make, bias):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@needs_avx512
+@needs_kernel_cpu
 @pytest.mark.parametrize("make", [gguf_q4_1, gguf_q8_0])
 def test_the_kernel_multiplies_by_each_weight_exactly(make):
     weight = make(96, 128)
@@ -118,7 +119,16 @@ def test_the_kernel_multiplies_by_each_weight_exactly(make):
     assert torch.equal(picked, weight.T[:64])
 
 
-@needs_avx512
+@needs_kernel_cpu
+def test_the_kernels_use_the_widest_vectors_of_this_cpu():
+    """AVX-512 CPUs run 16 floats a vector, AVX2 ones (most AMD Zen 2 and 3, many
+    Intel CPUs) 8: before their own code paths those kept torch's slower kernels."""
+    assert kernels.load_kernels()
+    features = cpu_features(read_cpuinfo()) or set()
+    assert kernels._vector_width(torch) == (16 if "avx512f" in features else 8)
+
+
+@needs_kernel_cpu
 def test_a_weight_changed_in_place_is_found_again():
     weight = gguf_q4_1(64, 128)
     model, first = packed(weight)
@@ -128,7 +138,7 @@ def test_a_weight_changed_in_place_is_found_again():
     assert pack_linear_layers(model) is model
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     _, copy = packed(gguf_q4_1(256, 576))
     x = torch.randn(13, 576)
@@ -146,7 +156,7 @@ def test_a_rows_result_depends_on_neither_its_neighbours_nor_the_threads():
     assert torch.equal(together, one_thread)
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_long_inputs_go_through_the_float_layer():
     model, copy = packed(gguf_q4_1(64, 128))
     x = torch.randn(PACKED_ROWS + 1, 128)
@@ -154,7 +164,7 @@ def test_long_inputs_go_through_the_float_layer():
         assert torch.equal(copy(x), model(x))
 
 
-@needs_avx512
+@needs_kernel_cpu
 def test_the_bundled_model_is_blocks_throughout(lm):
     copy = pack_linear_layers(lm)
     layers = [module for module in copy.modules() if type(module).__name__ == "PackedLinear"]
@@ -181,8 +191,8 @@ def test_without_kernels_the_model_stays_float(monkeypatch):
         kernels.load_kernels.cache_clear()
 
 
-def test_a_cpu_without_avx512_is_a_log_line_not_a_warning(monkeypatch, caplog):
-    """Most CPUs lack AVX-512 and nothing can be done about it: a RuntimeWarning there
+def test_a_cpu_without_vector_instructions_is_a_log_line_not_a_warning(monkeypatch, caplog):
+    """Nothing can be done about a CPU without AVX2 or AVX-512: a RuntimeWarning there
     failed every engine start under warnings-as-errors (this suite, many apps)."""
     monkeypatch.setattr(kernels, "_build_and_load", lambda _torch: None)
     monkeypatch.setattr(kernels, "_vector_width", lambda _torch: 0)
@@ -191,7 +201,7 @@ def test_a_cpu_without_avx512_is_a_log_line_not_a_warning(monkeypatch, caplog):
         with warnings.catch_warnings(), caplog.at_level("INFO", logger=kernels.__name__):
             warnings.simplefilter("error")
             assert kernels.load_kernels() is False
-        assert "need AVX-512, which this CPU lacks" in caplog.text
+        assert "need AVX2 (with FMA) or AVX-512, which this CPU lacks" in caplog.text
         model, same = packed(gguf_q4_1(32, 64))
         assert same is model
     finally:

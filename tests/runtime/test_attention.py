@@ -9,11 +9,11 @@ import torch
 
 from ctxproto.models.kernels import load_kernels
 from ctxproto.runtime import GenerationParams, attention
-from tests.conftest import needs_avx512
+from tests.conftest import needs_kernel_cpu
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import run
 
-pytestmark = needs_avx512
+pytestmark = needs_kernel_cpu
 
 
 def causal_at_end(tokens: int, length: int) -> torch.Tensor:
@@ -66,6 +66,24 @@ def test_kernel_agrees_with_sdpa(batch, query_heads, kv_heads, tokens, length, d
     torch.testing.assert_close(out, sdpa(query, key, value), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("length", [8, 77, 300])
+def test_kernel_agrees_with_sdpa_where_most_weights_underflow(length):
+    """Scores up to hundreds apart, so exp runs down to its clamp (2^-126, built in
+    the exponent bits where the CPU has no scalef) and up to 1, in whole vectors and
+    in a chunk's last few scores. Small integers make every score exact, so only
+    exp and the order of the sums can differ from SDPA."""
+    assert load_kernels()
+    generator = torch.Generator().manual_seed(length)
+    query = torch.randint(-3, 4, (1, 9, 2, 64), generator=generator).float()
+    key = torch.randint(-3, 4, (1, 3, length, 64), generator=generator).float()
+    _, value = kv_views(1, 3, length, 64)
+    out = torch.ops.ctxproto.decode_attention(query, key, value, 1.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=causal_at_end(2, length), scale=1.0, enable_gqa=True
+    )
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
 def test_a_tokens_result_does_not_depend_on_the_tokens_after_it():
     torch.manual_seed(1)
     query = torch.randn(1, 9, 6, 64)
@@ -75,6 +93,52 @@ def test_a_tokens_result_does_not_depend_on_the_tokens_after_it():
         query[:, :, :3].contiguous(), key[:, :, :597], value[:, :, :597], 0.125
     )
     assert torch.equal(together[:, :3], first_three)
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+def test_a_left_padded_rows_result_is_its_result_alone(dim):
+    """A decode step of rows of different lengths, left-padded to one KV (batch.py):
+    each row's chunks start at its own first key, so it gets the bits it gets alone."""
+    assert load_kernels()
+    torch.manual_seed(dim)
+    starts = [0, 1, 200, 300, 555]  # chunk edges of the padded KV fall mid-row
+    query = torch.randn(len(starts), 2 * dim // 16, 1, dim)
+    key, value = kv_views(len(starts), dim // 32, 600, dim)
+    together = torch.ops.ctxproto.decode_attention(query, key, value, 0.125, starts)
+    for row, start in enumerate(starts):
+        alone = torch.ops.ctxproto.decode_attention(
+            query[row : row + 1],
+            key[row : row + 1, :, start:],
+            value[row : row + 1, :, start:],
+            0.125,
+        )
+        assert torch.equal(together[row : row + 1], alone)
+    with pytest.raises(RuntimeError, match="first token"):
+        torch.ops.ctxproto.decode_attention(query, key, value, 0.125, [0, 0, 0, 0, 600])
+
+
+def test_the_padding_mask_of_a_batched_step_is_recognised():
+    from transformers.masking_utils import sdpa_mask
+
+    padding = torch.tensor([[0] * 30 + [1] * 10, [1] * 40, [0] * 39 + [1]])
+    mask = sdpa_mask(
+        batch_size=3,
+        q_length=1,
+        kv_length=40,
+        q_offset=39,
+        attention_mask=padding.bool(),
+        allow_is_causal_skip=False,
+    )
+    assert mask is not None
+    query = torch.randn(3, 9, 1, 64)
+    key, value = kv_views(3, 3, 40, 64)
+    assert attention._kernel_attends(query, key, value, mask, 0.0, {}) == [30, 0, 39]
+    holed = mask.clone()
+    holed[0, 0, 0, 35] = False
+    assert attention._kernel_attends(query, key, value, holed, 0.0, {}) is None
+    nothing_seen = mask.clone()
+    nothing_seen[2] = False
+    assert attention._kernel_attends(query, key, value, nothing_seen, 0.0, {}) is None
 
 
 def test_kernel_sums_in_one_order_whatever_the_threads():
@@ -103,8 +167,8 @@ def test_transformers_masks_after_cached_kv_are_recognised(tokens, length):
         q_offset=length - tokens,
         allow_is_causal_skip=False,
     )
-    assert attention._causal_at_end(torch, mask, tokens, length)
-    assert not attention._causal_at_end(torch, mask, tokens, length + 1)
+    assert attention._visible_from(torch, mask, 1, tokens, length) == [0]
+    assert attention._visible_from(torch, mask, 1, tokens, length + 1) is None
 
 
 def test_other_shapes_go_to_sdpa():
@@ -139,9 +203,9 @@ def test_engine_decodes_on_the_kernel_with_transformers_answers(lm, engine, monk
     kernel = torch.ops.ctxproto.decode_attention
     tokens_attended: list[int] = []
 
-    def spy(query, key, value, scale):
+    def spy(query, key, value, scale, starts):
         tokens_attended.append(query.size(2))
-        return kernel(query, key, value, scale)
+        return kernel(query, key, value, scale, starts)
 
     monkeypatch.setattr(torch.ops.ctxproto, "decode_attention", spy)
     system = "\n\n".join(path.read_text() for path in sorted(KNOWLEDGE.glob("*.md")))

@@ -15,7 +15,7 @@ import torch
 
 from ctxproto.runtime import Engine, GenerationParams
 from ctxproto.runtime.engine import resolve_quantize
-from tests.conftest import has_avx512
+from tests.conftest import cpu_runs_kernels
 from tests.runtime.conftest import chat
 from tests.runtime.test_engine import QUESTIONS, run
 from tests.runtime.test_engine_speculation import COPYING, NOT_COPYING, answer
@@ -55,7 +55,7 @@ def test_only_the_engines_copy_is_rounded(lm, rounded_engine, mode):
     head, body = LAYERS[mode]
     assert type(model.lm_head).__name__ == head
     layer = type(model.model.layers[0].mlp.up_proj).__name__
-    assert layer == body if has_avx512() else layer in ("Linear", "SplitLinear")
+    assert layer == body if cpu_runs_kernels() else layer in ("Linear", "SplitLinear")
     assert type(lm.lm_head) is torch.nn.Linear
     assert type(lm.model.layers[0].mlp.up_proj) is torch.nn.Linear
     assert model.model.embed_tokens.weight.dtype == torch.float32
@@ -112,7 +112,7 @@ def test_the_default_is_float32_and_the_int8_head_keeps_its_answers(lm):
     params = GenerationParams(max_new_tokens=24)
     with Engine() as default, Engine(quantize="int8_head") as int8_head:
         assert default.quantize == "none"
-        if has_avx512():
+        if cpu_runs_kernels():
             assert type(default.model.lm_head).__name__ == LAYERS["none"][0]
         for messages in [chat(q) for q in QUESTIONS] + COPYING:
             assert run(int8_head, messages, params)[0] == run(default, messages, params)[0]

@@ -11,9 +11,9 @@ from ctxproto.models.fused_decoder import fused_rows
 from ctxproto.models.packed_linear import PACKED_ROWS
 from ctxproto.runtime.kv_layout import new_cache
 from ctxproto.runtime.prefill import prefill
-from tests.conftest import needs_avx512, record_unfused_rows
+from tests.conftest import needs_kernel_cpu, record_unfused_rows
 
-pytestmark = needs_avx512
+pytestmark = needs_kernel_cpu
 
 
 def tokens(rows: int, length: int, seed: int) -> torch.Tensor:

@@ -11,8 +11,9 @@
 // group is scored against each key read once, then softmax-weighted values are
 // summed in registers; the chunks' partial results are merged with their
 // maxima. exp is a degree-6 polynomial after range reduction (relative error
-// about 2e-7). The order of the sums is fixed by the chunking alone, never by
-// the number of threads, and a token's result never depends on the tokens after it.
+// about 2e-7). The order of the sums is fixed by the chunking and the vector width
+// alone (16 floats with AVX-512, 8 with AVX2 and FMA: simd.h), never by the number
+// of threads, and a token's result never depends on the tokens after it.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,14 +25,14 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace {
 
 constexpr int64_t kChunk = 256;
-constexpr int64_t kLanes = 16;
+// Floats per vector; the scalar loops keep the AVX-512 template arguments.
+constexpr int64_t kLanes = ctxproto::kVectorWidth > 0 ? ctxproto::kVectorWidth : 16;
+static_assert(64 % kLanes == 0 && kChunk % kLanes == 0, "whole vectors per head and chunk");
 
 struct KV {
   const float* data;
@@ -44,7 +45,7 @@ struct KV {
   }
 };
 
-#if defined(__AVX512F__)
+#if defined(CTXPROTO_AVX512)
 inline __m512 exp_ps(__m512 x) {
   // exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2.
   // max returns its second operand when either is NaN: a NaN score stays NaN.
@@ -62,17 +63,45 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
+#elif defined(CTXPROTO_AVX2)
+inline __m256 exp_ps(__m256 x) {
+  // The AVX-512 exp_ps with the same constants; 2^n is built in the exponent bits,
+  // as AVX2 has no scalef. n >= -126 after the clamp, so 2^n is a normal float.
+  // max returns its second operand when either is NaN: a NaN score stays NaN
+  // (its n converts to INT_MIN, whose bits make 2^n = 1).
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+}
+
+// Lanes below ``live`` all ones, the rest zero: a mask for a chunk's last scores.
+inline __m256i first_lanes(int64_t live) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(live)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 #endif
 
 // Scores, softmax and weighted values of G query heads over one chunk of one KV
-// head; writes per head V * 16 unnormalised outputs, then the chunk's maximum
+// head; writes per head V * kLanes unnormalised outputs, then the chunk's maximum
 // score and its sum of exponentials.
 template <int G, int V>
 void attend_chunk(const float* q, int64_t q_stride, const KV& keys, const KV& values, int64_t b,
                   int64_t h, int64_t begin, int64_t length, float scale, float* partial) {
   constexpr int64_t kDim = V * kLanes;
   float scores[G][kChunk];
-#if defined(__AVX512F__)
+#if defined(CTXPROTO_AVX512)
   __m512 query[G][V];
   for (int g = 0; g < G; ++g) {
     for (int j = 0; j < V; ++j) {
@@ -121,6 +150,59 @@ void attend_chunk(const float* q, int64_t q_stride, const KV& keys, const KV& va
   for (int g = 0; g < G; ++g) {
     float* row = partial + g * (kDim + 2);
     for (int j = 0; j < V; ++j) _mm512_storeu_ps(row + j * kLanes, out[g][j]);
+    row[kDim] = maximum[g];
+    row[kDim + 1] = total[g];
+  }
+#elif defined(CTXPROTO_AVX2)
+  __m256 query[G][V];
+  for (int g = 0; g < G; ++g) {
+    for (int j = 0; j < V; ++j) {
+      query[g][j] =
+          _mm256_mul_ps(_mm256_loadu_ps(q + g * q_stride + j * kLanes), _mm256_set1_ps(scale));
+    }
+  }
+  for (int64_t t = 0; t < length; ++t) {
+    const float* key = keys.at(b, h, begin + t);
+    __m256 k[V];
+    for (int j = 0; j < V; ++j) k[j] = _mm256_loadu_ps(key + j * kLanes);
+    for (int g = 0; g < G; ++g) {
+      __m256 dot = _mm256_mul_ps(query[g][0], k[0]);
+      for (int j = 1; j < V; ++j) dot = _mm256_fmadd_ps(query[g][j], k[j], dot);
+      scores[g][t] = ctxproto::sum_lanes(dot);
+    }
+  }
+  float maximum[G];
+  float total[G];
+  for (int g = 0; g < G; ++g) {
+    maximum[g] = *std::max_element(scores[g], scores[g] + length);
+    const __m256 shift = _mm256_set1_ps(maximum[g]);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t t = 0; t < length; t += kLanes) {
+      const __m256i live = first_lanes(length - t);
+      const __m256 x = _mm256_maskload_ps(scores[g] + t, live);
+      const __m256 e =
+          _mm256_and_ps(_mm256_castsi256_ps(live), exp_ps(_mm256_sub_ps(x, shift)));
+      _mm256_maskstore_ps(scores[g] + t, live, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    total[g] = ctxproto::sum_lanes(sum);
+  }
+  __m256 out[G][V];
+  for (int g = 0; g < G; ++g) {
+    for (int j = 0; j < V; ++j) out[g][j] = _mm256_setzero_ps();
+  }
+  for (int64_t t = 0; t < length; ++t) {
+    const float* value = values.at(b, h, begin + t);
+    __m256 v[V];
+    for (int j = 0; j < V; ++j) v[j] = _mm256_loadu_ps(value + j * kLanes);
+    for (int g = 0; g < G; ++g) {
+      const __m256 weight = _mm256_set1_ps(scores[g][t]);
+      for (int j = 0; j < V; ++j) out[g][j] = _mm256_fmadd_ps(weight, v[j], out[g][j]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float* row = partial + g * (kDim + 2);
+    for (int j = 0; j < V; ++j) _mm256_storeu_ps(row + j * kLanes, out[g][j]);
     row[kDim] = maximum[g];
     row[kDim + 1] = total[g];
   }
@@ -173,10 +255,13 @@ KV kv_view(const at::Tensor& tensor) {
 }
 
 // query [B, Hq, N, D], key and value [B, Hkv, L, D] (any strides but the last), N <= L:
-// query token i sees keys 0 .. L - N + i. Returns [B, N, Hq, D], the layout attention
-// layers reshape into their output.
+// query token i of row b sees keys starts[b] .. L - N + i (starts empty: all 0, else one
+// per row, the left padding of a batch of rows of different lengths). Returns
+// [B, N, Hq, D], the layout attention layers reshape into their output. A row's chunks
+// begin at its own start, and a padded row merges empty chunks after its own, which
+// add zeros: each row gets the same bits as alone, unpadded.
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, double scale) {
+                            const at::Tensor& value, double scale, at::IntArrayRef starts) {
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4, "4-d query, key, value");
   TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
                   value.scalar_type() == at::kFloat,
@@ -193,9 +278,15 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
   TORCH_CHECK(key.size(0) == batch && key.size(3) == dim, "matching shapes");
   TORCH_CHECK(tokens >= 1 && tokens <= length, "1 to L query tokens");
   TORCH_CHECK(kv_heads >= 1 && query_heads % kv_heads == 0, "query heads in whole groups");
+  TORCH_CHECK(starts.empty() || static_cast<int64_t>(starts.size()) == batch,
+              "no starts, or one per row");
+  for (const int64_t start : starts) {
+    TORCH_CHECK(start >= 0 && start <= length - tokens, "each row sees its first token's key");
+  }
+  const auto start_of = [&](int64_t b) { return starts.empty() ? 0 : starts[b]; };
   const int64_t groups = query_heads / kv_heads;
-  ChunkFn attend = dim == 64 ? chunk_function<4>(groups)
-                   : dim == 128 ? chunk_function<8>(groups)
+  ChunkFn attend = dim == 64 ? chunk_function<64 / kLanes>(groups)
+                   : dim == 128 ? chunk_function<128 / kLanes>(groups)
                                 : nullptr;
   TORCH_CHECK(attend != nullptr, "head dimension 64 or 128, at most 8 query heads per KV head");
 
@@ -213,11 +304,11 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
       const int64_t chunk = task % chunks;
       const int64_t h = (task / chunks) % kv_heads;
       const int64_t b = task / (chunks * kv_heads);
-      const int64_t begin = chunk * kChunk;
+      const int64_t begin = start_of(b) + chunk * kChunk;
       for (int64_t i = 0; i < tokens; ++i) {
         float* target = p + (task * tokens + i) * groups * row;
         const int64_t visible = std::min(kChunk, length - tokens + i + 1 - begin);
-        if (visible <= 0) {  // the whole chunk is after this token
+        if (visible <= 0) {  // the whole chunk is after this token (or the row's last key)
           for (int64_t g = 0; g < groups; ++g) {
             std::fill(target + g * row, target + g * row + dim, 0.0f);
             target[g * row + dim] = -std::numeric_limits<float>::infinity();
@@ -263,7 +354,9 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ctxproto, library) {
-  library.def("decode_attention(Tensor query, Tensor key, Tensor value, float scale) -> Tensor");
+  library.def(
+      "decode_attention(Tensor query, Tensor key, Tensor value, float scale, int[] starts=[]) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ctxproto, CPU, library) {

@@ -8,6 +8,11 @@
 // every product is against the very float32 weight of the float layer; only the
 // order of the sums differs from torch's. Each output is summed by one thread in
 // one fixed order, whatever the number of threads or of rows beside it.
+//
+// Built with AVX-512, a block is two vectors of 16 weights; with AVX2 and FMA
+// (most AMD Zen 2/3 and many Intel CPUs), four vectors of 8, each with its own
+// accumulator per row, added in one fixed order at the end. Any other CPU gets
+// plain loops, slower than torch's own kernels (vector_width says which).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -18,17 +23,20 @@
 #include <cstdint>
 
 #include "packed_matmul.h"
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace {
 
 constexpr int64_t kBlock = 32;
 constexpr int64_t kHalf = kBlock / 2;
-// Rows that share each rebuilt weight; more rows go in groups of this many.
+// Rows that share each rebuilt weight; more rows go in groups of this many. The
+// grouping changes no sum's order. AVX2's 16 registers hold the 4 accumulators of
+// 3 rows and the 4 rebuilt weights.
+#if defined(CTXPROTO_AVX2)
+constexpr int64_t kMaxRows = 3;
+#else
 constexpr int64_t kMaxRows = 8;
+#endif
 
 struct Q4_1 {
   const uint8_t* qs;  // [out, in / 2]: byte j of a block holds q[j] (low) and q[j + 16]
@@ -40,7 +48,7 @@ struct Q4_1 {
     const float q = static_cast<float>(j < kHalf ? byte & 0x0F : byte >> 4);
     return d[block] * q + m[block];
   }
-#if defined(__AVX512F__)
+#if defined(CTXPROTO_AVX512)
   void weights(int64_t block, __m512& low, __m512& high) const {
     const __m512i packed = _mm512_cvtepu8_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + block * kHalf)));
@@ -50,6 +58,22 @@ struct Q4_1 {
     const __m512 q_high = _mm512_cvtepi32_ps(_mm512_srli_epi32(packed, 4));
     low = _mm512_add_ps(_mm512_mul_ps(scale, q_low), offset);
     high = _mm512_add_ps(_mm512_mul_ps(scale, q_high), offset);
+  }
+#elif defined(CTXPROTO_AVX2)
+  // w[0..7], w[8..15] from the low nibbles, w[16..23], w[24..31] from the high ones.
+  void weights(int64_t block, __m256 (&w)[4]) const {
+    const uint8_t* bytes = qs + block * kHalf;
+    const __m256 scale = _mm256_set1_ps(d[block]);
+    const __m256 offset = _mm256_set1_ps(m[block]);
+    const __m256i nibble = _mm256_set1_epi32(0x0F);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i packed = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + half * 8)));
+      const __m256 q_low = _mm256_cvtepi32_ps(_mm256_and_si256(packed, nibble));
+      const __m256 q_high = _mm256_cvtepi32_ps(_mm256_srli_epi32(packed, 4));
+      w[half] = _mm256_add_ps(_mm256_mul_ps(scale, q_low), offset);
+      w[half + 2] = _mm256_add_ps(_mm256_mul_ps(scale, q_high), offset);
+    }
   }
 #endif
 };
@@ -61,7 +85,7 @@ struct Q8_0 {
   float weight(int64_t block, int64_t j) const {
     return d[block] * static_cast<float>(qs[block * kBlock + j]);
   }
-#if defined(__AVX512F__)
+#if defined(CTXPROTO_AVX512)
   void weights(int64_t block, __m512& low, __m512& high) const {
     const int8_t* q = qs + block * kBlock;
     const __m512 scale = _mm512_set1_ps(d[block]);
@@ -69,6 +93,16 @@ struct Q8_0 {
                                    _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))));
     high = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kHalf)))));
+  }
+#elif defined(CTXPROTO_AVX2)
+  void weights(int64_t block, __m256 (&w)[4]) const {
+    const int8_t* q = qs + block * kBlock;
+    const __m256 scale = _mm256_set1_ps(d[block]);
+    for (int part = 0; part < 4; ++part) {
+      const __m256i wide = _mm256_cvtepi8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + part * 8)));
+      w[part] = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(wide));
+    }
   }
 #endif
 };
@@ -79,7 +113,7 @@ void rows_times_blocks(const Format& format, const float* x, int64_t in_features
                        int64_t out_features, int64_t begin, int64_t end) {
   const int64_t blocks = in_features / kBlock;
   for (int64_t o = begin; o < end; ++o) {
-#if defined(__AVX512F__)
+#if defined(CTXPROTO_AVX512)
     __m512 sum_low[Rows];
     __m512 sum_high[Rows];
     for (int r = 0; r < Rows; ++r) {
@@ -98,6 +132,26 @@ void rows_times_blocks(const Format& format, const float* x, int64_t in_features
     }
     for (int r = 0; r < Rows; ++r) {
       out[r * out_features + o] = _mm512_reduce_add_ps(_mm512_add_ps(sum_low[r], sum_high[r]));
+    }
+#elif defined(CTXPROTO_AVX2)
+    __m256 sum[Rows][4];
+    for (int r = 0; r < Rows; ++r) {
+      for (int part = 0; part < 4; ++part) sum[r][part] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m256 w[4];
+      format.weights(o * blocks + b, w);
+      for (int r = 0; r < Rows; ++r) {
+        const float* xr = x + r * in_features + b * kBlock;
+        for (int part = 0; part < 4; ++part) {
+          sum[r][part] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + part * 8), w[part], sum[r][part]);
+        }
+      }
+    }
+    for (int r = 0; r < Rows; ++r) {
+      const __m256 low = _mm256_add_ps(sum[r][0], sum[r][1]);
+      const __m256 high = _mm256_add_ps(sum[r][2], sum[r][3]);
+      out[r * out_features + o] = ctxproto::sum_lanes(_mm256_add_ps(low, high));
     }
 #else
     for (int r = 0; r < Rows; ++r) {
@@ -170,15 +224,10 @@ at::Tensor q8_0_matmul(const at::Tensor& x, const at::Tensor& qs, const at::Tens
   return rows_times(format, x, qs.size(0));
 }
 
-// 16 where the kernels were built with AVX-512; 0 where they fell back to scalar loops,
-// slower than torch's own kernels, which callers then keep (kernels.py).
-int64_t vector_width() {
-#if defined(__AVX512F__)
-  return 16;
-#else
-  return 0;
-#endif
-}
+// Floats per vector of every kernel of this library: 16 where they were built with
+// AVX-512, 8 with AVX2 and FMA; 0 where they fell back to scalar loops, slower than
+// torch's own kernels, which callers then keep (kernels.py).
+int64_t vector_width() { return ctxproto::kVectorWidth; }
 
 }  // namespace
 
