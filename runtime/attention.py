@@ -14,7 +14,7 @@ attention over 9 copied heads took three times as long as over 3 shared ones.
 together, so on CPU this calls it that way; anywhere else it is transformers'
 function unchanged. The engine selects it by name on its own copy of the model.
 
-A one-token decode step without a mask, and up to ``KERNEL_TOKENS`` new tokens of
+A one-token decode step without a mask, and up to ``kernel_tokens()`` new tokens of
 one sequence under the causal mask aligned to the end of the KV (a verifying
 forward, a short prefill after a prefix hit), go to ctxproto's own kernel
 (``ctxproto/models/csrc/decode_attention.cpp``) instead. torch's CPU kernel split
@@ -37,7 +37,7 @@ import functools
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.models.kernels import load_kernels
+from ctxproto.models.kernels import kernel_lanes, load_kernels
 
 __all__ = ["GQA_SDPA", "use_gqa_sdpa"]
 
@@ -94,10 +94,20 @@ def _register() -> None:
 
 
 KERNEL_TOKENS = 64
-"""The most new tokens of one sequence the kernel attends for at once: a decode step
-(1), a verifying forward of speculative decoding (up to 7), a short prefill after a
-prefix-cache hit. Over 1.8k tokens of KV and 30 layers it took 3.8 ms against SDPA's
-12.9 for 2 tokens, 10.3 against 19.2 for 8, 69.9 against 87.8 for 64."""
+"""The most new tokens of one sequence the kernel attends for at once with AVX-512: a
+decode step (1), a verifying forward of speculative decoding (up to 7), a short
+prefill after a prefix-cache hit. Over 1.8k tokens of KV and 30 layers it took 3.8 ms
+against SDPA's 12.9 for 2 tokens, 10.3 against 19.2 for 8, 69.9 against 87.8 for 64."""
+
+KERNEL_TOKENS_AVX2 = 8
+"""The same with AVX2, as many as the packed products take there (``PACKED_ROWS_AVX2``):
+at 64 tokens the kernel took 112 ms against SDPA's 91 on an AMD EPYC (Zen 3)."""
+
+
+def kernel_tokens() -> int:
+    """The most new tokens the kernel attends for at once on this CPU."""
+    return KERNEL_TOKENS if kernel_lanes() >= 16 else KERNEL_TOKENS_AVX2
+
 
 _OPTIONS_IT_IGNORES = ("sliding_window", "softcap", "position_bias", "s_aux")
 
@@ -114,7 +124,7 @@ def _kernel_attends(
     torch = require("torch", extra="runtime")
     tokens, length = query.size(2), key.size(2)
     heads, kv_heads = query.size(1), key.size(1)
-    if query.device.type != "cpu" or not 1 <= tokens <= min(KERNEL_TOKENS, length):
+    if query.device.type != "cpu" or not 1 <= tokens <= min(kernel_tokens(), length):
         return None
     fits = bool(
         query.dtype == key.dtype == value.dtype == torch.float32

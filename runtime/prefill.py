@@ -1,6 +1,6 @@
 """Prefill in pieces that the model's fused layers take whole.
 
-On the CPU the engine's copy of the model runs a forward of up to ``PACKED_ROWS``
+On the CPU the engine's copy of the model runs a forward of up to ``packed_rows()``
 rows through its fused decoder layers: the products multiply the GGUF blocks in
 ctxproto's kernel, and the attention is ctxproto's kernel too. A longer forward
 falls back to the wrapped layers, whose float32 products are torch's BLAS and
@@ -14,7 +14,9 @@ it would in one forward; only the order of some sums differs.
 Pieces before the last need no logits: only the decoder runs on them. A model
 without fused layers (on a GPU, in the bf16, int8 and int8_weights modes, another
 architecture), or a batch of so many rows that a piece would be a few tokens, is
-fed in one forward, as before.
+fed in one forward, as before; so is every prefill with AVX2 kernels, whose pieces
+(``PACKED_ROWS_AVX2``, 8 rows) would be a few tokens: there torch's float32 products
+and attention are the faster ones past that.
 """
 
 from __future__ import annotations

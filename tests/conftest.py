@@ -24,10 +24,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def cpu_runs_kernels() -> bool:
     """Whether this CPU has the vector instructions ctxproto's CPU kernels are written
     for (``ctxproto/models/csrc/simd.h``): AVX-512, or AVX2 with FMA."""
+    features = _cpu_features()
+    return "avx512f" in features or {"avx2", "fma"} <= features
+
+
+def _cpu_features() -> set[str]:
     from ctxproto.models.cpu_info import cpu_features, read_cpuinfo
 
-    features = cpu_features(read_cpuinfo()) or set()
-    return "avx512f" in features or {"avx2", "fma"} <= features
+    return set(cpu_features(read_cpuinfo()) or ())
 
 
 needs_kernel_cpu = pytest.mark.skipif(
@@ -36,6 +40,12 @@ needs_kernel_cpu = pytest.mark.skipif(
 )
 """For tests of the kernels (``ctxproto/models/kernels.py``). Where the CPU has
 the instructions they must build and load, so a broken build fails the tests there."""
+
+needs_avx512 = pytest.mark.skipif(
+    not cpu_runs_kernels() or "avx512f" not in _cpu_features(),
+    reason="ctxproto's kernels take prefills in pieces with AVX-512 only",
+)
+"""For what the kernels do with 16 floats a vector only (``PACKED_ROWS``)."""
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ same bits (``tests/models/test_fused_decoder.py`` compares them).
 Only transformers' own Llama layer is fused (by class, not by attribute names:
 Qwen3's q/k norms, Granite's residual multiplier or SmolLM3's layers without
 rotary look alike from outside and compute something else), when its seven
-products are Q4_1-packed. It runs fused for up to ``PACKED_ROWS`` float32 rows
+products are Q4_1-packed. It runs fused for up to ``packed_rows()`` float32 rows
 on the CPU under inference (a decode step, a verifying forward, a short
 prefill); longer inputs, gradients, and a forward whose hidden states or
 attention weights transformers is collecting go through the layer it wraps,
@@ -32,7 +32,7 @@ import functools
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.models.packed_linear import PACKED_ROWS
+from ctxproto.models.packed_linear import packed_rows
 
 __all__ = ["fuse_decoder_layers", "fused_rows"]
 
@@ -83,7 +83,7 @@ def fused_rows(model: Any) -> int | None:
         return None
     if not any(isinstance(layer, _fused_layer()) for layer in layers):
         return None
-    return PACKED_ROWS
+    return packed_rows()
 
 
 def _stacked_blocks(layer: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
@@ -226,7 +226,7 @@ def _fused_layer() -> type[Any]:
             and attention weights.
             """
             return bool(
-                hidden_states.shape[0] * hidden_states.shape[1] <= PACKED_ROWS
+                hidden_states.shape[0] * hidden_states.shape[1] <= packed_rows()
                 and hidden_states.dtype == torch.float32
                 and hidden_states.device.type == "cpu"
                 and position_embeddings is not None

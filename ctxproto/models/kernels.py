@@ -42,7 +42,7 @@ from ctxproto._extras import require
 from ctxproto.models.cpu_info import read_cpuinfo
 from ctxproto.models.loader import cache_dir
 
-__all__ = ["load_kernels"]
+__all__ = ["kernel_lanes", "load_kernels"]
 
 _SOURCES = Path(__file__).with_name("csrc")
 _NAME = "ctxproto_kernels"
@@ -76,6 +76,15 @@ def load_kernels() -> bool:
             )
             return False
         return True
+
+
+@functools.cache
+def kernel_lanes() -> int:
+    """Floats per vector of the loaded kernels: 16 (AVX-512), 8 (AVX2 and FMA), or 0
+    where they are not used. How many rows they beat torch's kernels on depends on it."""
+    if not load_kernels():
+        return 0
+    return _vector_width(require("torch", extra="runtime"))
 
 
 def _vector_width(torch: Any) -> int:

@@ -20,7 +20,7 @@ a matrix is packed only if every block rebuilds bit for bit. So whatever file or
 name mapping a model came through (llama's q and k rows are permuted on load),
 its weights are packed when they are blocks, and any other model is left as it is.
 
-Up to ``PACKED_ROWS`` rows go through the kernel; longer prefills, where the
+Up to ``packed_rows()`` rows go through the kernel; longer prefills, where the
 float product was as fast, go through the float layer it wraps.
 """
 
@@ -30,14 +30,33 @@ import functools
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.models.kernels import load_kernels
+from ctxproto.models.kernels import kernel_lanes, load_kernels
 from ctxproto.models.linear_swap import swap_linear_layers
 
-__all__ = ["PACKED_ROWS", "find_q4_1", "find_q8_0", "pack_linear_layers"]
+__all__ = [
+    "PACKED_ROWS",
+    "PACKED_ROWS_AVX2",
+    "find_q4_1",
+    "find_q8_0",
+    "pack_linear_layers",
+    "packed_rows",
+]
 
 PACKED_ROWS = 64
-"""Rows up to which the kernel multiplies: it beat the float32 product at 64 rows
-(96.8 against 120.1 ms over the 210 body matrices) and was even at 128."""
+"""Rows up to which the kernel multiplies with AVX-512: it beat the float32 product
+at 64 rows (96.8 against 120.1 ms over the 210 body matrices) and was even at 128."""
+
+PACKED_ROWS_AVX2 = 8
+"""The same with AVX2 (8 floats a vector), where torch's float32 product wins sooner:
+on an AMD EPYC (Zen 3), 576 by 1536, 0.23 against 0.30 ms at 8 rows, 0.48 against
+0.38 at 16, 1.77 against 1.01 at 64. Prefills then go to torch (``runtime/prefill.py``)."""
+
+
+def packed_rows() -> int:
+    """Rows up to which the kernel multiplies on this CPU (``PACKED_ROWS``,
+    ``PACKED_ROWS_AVX2``)."""
+    return PACKED_ROWS if kernel_lanes() >= 16 else PACKED_ROWS_AVX2
+
 
 _BLOCK = 32
 _Q4_1_MAX = 15
@@ -182,7 +201,7 @@ def _packed_linear() -> type[Any]:
     module: Any = torch.nn.Module
 
     class PackedLinear(module):  # type: ignore[misc]
-        """A linear layer multiplying up to ``PACKED_ROWS`` rows by its weight's blocks.
+        """A linear layer multiplying up to ``packed_rows()`` rows by its weight's blocks.
 
         ``float_layer`` (the layer it replaced, which the engine may split over
         the cores) multiplies longer inputs and keeps ``weight`` for whoever reads it.
@@ -197,6 +216,7 @@ def _packed_linear() -> type[Any]:
             for name, tensor in zip(("qs", "d", "m"), blocks, strict=False):
                 self.register_buffer(name, tensor, persistent=False)
             self._matmul = getattr(torch.ops.ctxproto, f"{self.format}_matmul")
+            self._rows = packed_rows()
 
         @property
         def weight(self) -> Any:
@@ -208,7 +228,7 @@ def _packed_linear() -> type[Any]:
 
         def forward(self, x: Any) -> Any:
             flat = x.reshape(-1, self.in_features)
-            if flat.size(0) > PACKED_ROWS or x.dtype != torch.float32:
+            if flat.size(0) > self._rows or x.dtype != torch.float32:
                 return self.float_layer(x)
             blocks = (self.qs, self.d, self.m) if self.format == "q4_1" else (self.qs, self.d)
             out = self._matmul(flat.contiguous(), *blocks)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctxproto.models.fused_decoder import fuse_decoder_layers
-from ctxproto.models.packed_linear import PACKED_ROWS, pack_linear_layers
+from ctxproto.models.packed_linear import pack_linear_layers, packed_rows
 from ctxproto.runtime.kv_layout import new_cache
 from tests.conftest import needs_kernel_cpu, record_unfused_rows
 
@@ -20,7 +20,7 @@ def forwards(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
     cache = new_cache()
     logits = []
     with torch.inference_mode():
-        out = model(input_ids=ids[:, : PACKED_ROWS + 36], cache=cache, use_cache=True)
+        out = model(input_ids=ids[:, : packed_rows() + 36], cache=cache, use_cache=True)
         logits.append(out.logits)
         token = out.logits[:, -1:].argmax(-1)
         for _ in range(3):
@@ -57,9 +57,9 @@ def test_only_inputs_the_calls_take_run_fused(fused, monkeypatch):
     calls = record_unfused_rows(fused, monkeypatch)
     cache = new_cache()
     with torch.inference_mode():
-        for length in (PACKED_ROWS + 1, 1, PACKED_ROWS):
+        for length in (packed_rows() + 1, 1, packed_rows()):
             fused(input_ids=torch.ones(1, length, dtype=torch.long), cache=cache)
-    assert calls == [PACKED_ROWS + 1]  # the decode step and the 64 rows ran fused
+    assert calls == [packed_rows() + 1]  # the decode step and the 64 (8) rows ran fused
 
 
 @needs_kernel_cpu

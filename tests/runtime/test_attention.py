@@ -181,8 +181,8 @@ def test_other_shapes_go_to_sdpa():
     assert not attends(several, key, value, None, 0.0, {})  # causal from the start
     assert not attends(several, key, value, causal_at_end(3, 40).logical_not(), 0.0, {})
     assert not attends(several, key, value, causal_at_end(3, 40).float(), 0.0, {})
-    too_many = torch.randn(1, 9, attention.KERNEL_TOKENS + 1, 64)
-    long_key, long_value = kv_views(1, 3, 2 * attention.KERNEL_TOKENS, 64)
+    too_many = torch.randn(1, 9, attention.kernel_tokens() + 1, 64)
+    long_key, long_value = kv_views(1, 3, 2 * attention.kernel_tokens(), 64)
     mask = causal_at_end(too_many.size(2), long_key.size(2))
     assert not attends(too_many, long_key, long_value, mask, 0.0, {})
     batch = torch.randn(2, 9, 3, 64)
@@ -224,4 +224,8 @@ def test_engine_decodes_on_the_kernel_with_transformers_answers(lm, engine, monk
     follow_up = [*messages, {"role": "assistant", "content": "It is two years."}]
     follow_up.append({"role": "user", "content": "Thanks!"})
     run(engine, follow_up, GenerationParams(max_new_tokens=2))
-    assert max(tokens_attended) > 1
+    suffix = len(engine.encode_chat(follow_up)) - len(prompt)  # past the cached prompt
+    if suffix <= attention.kernel_tokens():  # with AVX2 (8 tokens), SDPA's are faster
+        assert max(tokens_attended) > 1
+    else:
+        assert max(tokens_attended) == 1
