@@ -180,6 +180,7 @@ def test_without_kernels_the_model_stays_float(monkeypatch):
 
     monkeypatch.setattr(kernels, "_build_and_load", fail)
     kernels.load_kernels.cache_clear()
+    kernels.kernel_lanes.cache_clear()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -189,6 +190,7 @@ def test_without_kernels_the_model_stays_float(monkeypatch):
         assert same is model
     finally:
         kernels.load_kernels.cache_clear()
+        kernels.kernel_lanes.cache_clear()
 
 
 def test_a_cpu_without_vector_instructions_is_a_log_line_not_a_warning(monkeypatch, caplog):
@@ -197,6 +199,7 @@ def test_a_cpu_without_vector_instructions_is_a_log_line_not_a_warning(monkeypat
     monkeypatch.setattr(kernels, "_build_and_load", lambda _torch: None)
     monkeypatch.setattr(kernels, "_vector_width", lambda _torch: 0)
     kernels.load_kernels.cache_clear()
+    kernels.kernel_lanes.cache_clear()
     try:
         with warnings.catch_warnings(), caplog.at_level("INFO", logger=kernels.__name__):
             warnings.simplefilter("error")
@@ -206,6 +209,7 @@ def test_a_cpu_without_vector_instructions_is_a_log_line_not_a_warning(monkeypat
         assert same is model
     finally:
         kernels.load_kernels.cache_clear()
+        kernels.kernel_lanes.cache_clear()
 
 
 BROKEN_COMPILER_CHECK = """
