@@ -138,7 +138,10 @@ def test_index_command_builds_a_store_from_a_folder_and_jsonl(tmp_path: Path, ca
     assert main(["index", str(jsonl), "--store", str(store)]) == 2
     assert "text" in capsys.readouterr().err
     (folder / "c.md").write_bytes(b"\xff\xfe\x00garbage")
-    assert main(["index", str(folder), "--store", str(store)]) == 2  # input to fix
+    # In a folder, a file that is no UTF-8 text is skipped and listed; alone, refused.
+    assert main(["index", str(folder), "--store", str(store)]) == 0
+    assert "skipped unreadable" in capsys.readouterr().err
+    assert main(["index", str(folder / "c.md"), "--store", str(store)]) == 2  # input to fix
     assert "UTF-8" in capsys.readouterr().err
     assert KnowledgeBase(store).store.count == 3
 
