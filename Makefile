@@ -45,8 +45,15 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The suite runs in one worker process per core (pytest-xdist, at most 4: each loads
+# the models and starts its own servers on free ports), tests handed out one at a time
+# as workers free up. OpenMP's threads wait passively: spinning ones take the core the
+# other worker's threads need (on 2 cores that made the run slower than one worker).
+# One test alone: $(OFFLINE) .venv/bin/pytest tests/PATH::NAME
+TEST_WORKERS ?= auto
 test: lint typecheck
-	$(OFFLINE) $(VENV)/bin/pytest -q
+	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --maxprocesses 4 \
+		--dist worksteal --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

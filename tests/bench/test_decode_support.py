@@ -37,8 +37,17 @@ def test_reports_both_engines_with_the_same_tokens_and_the_peer_beside_them(lm):
         assert 0.0 <= figures[f"{mode}_identical_answers"] <= 1.0
 
 
-def test_without_the_peer_reports_ours_alone(lm):
+def test_without_the_peer_reports_ours_alone(lm, monkeypatch):
+    # The whole knowledge base is the test above's; here a short question does, which
+    # spares five cold 3.2k-token prefills.
+    from ctxproto.bench import decode_support
+
+    def short_prompts(engine, count):
+        return [engine.encode_chat([{"role": "user", "content": "Say hi."}])] * count
+
+    monkeypatch.setattr(decode_support, "support_prompts", short_prompts)
     figures = support_figures(1, 2, peer=False)
+    assert figures["prompt_tokens"] < 100
     assert figures["llama_server"] == "not run (--no-peer)"
     assert set(figures["decode_tokens_per_s"]) == ENGINES
     assert "decode_vs_llama_server" not in figures
