@@ -261,20 +261,28 @@ class ChatSession:
                 yield delta
 
     def reset(self) -> None:
-        """Forget this session's history (and its stored copy)."""
-        self.history = []
-        if self.history_store is not None:
-            self.history_store.delete(self.tenant_id, self.session_id)
+        """Forget this session's history (and its stored copy).
+
+        A ``UsageError`` while a turn is in progress, as a second turn is: that turn
+        was asked with the old history and would store its exchange after the reset.
+        """
+        self._claim("a reset")
+        try:
+            self.history = []
+            if self.history_store is not None:
+                self.history_store.delete(self.tenant_id, self.session_id)
+        finally:
+            self._busy.release()
 
     # -- internals ----------------------------------------------------------
 
-    def _claim(self) -> None:
+    def _claim(self, what: str = "the next turn") -> None:
         """Take the session for a turn, or refuse the turn: never wait for it."""
         if not self._busy.acquire(blocking=False):
             raise UsageError(
                 f"session {self.session_id!r} is already answering a turn, and runs one "
                 "at a time: wait for that turn to end, finish or close its stream "
-                "(stream.close()) before the next turn, or use one ChatSession per "
+                f"(stream.close()) before {what}, or use one ChatSession per "
                 "conversation that runs at the same time"
             )
 

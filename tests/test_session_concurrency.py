@@ -145,6 +145,32 @@ def test_a_turn_asked_while_another_runs_is_refused_and_the_running_turn_is_kept
     ]
 
 
+def test_a_reset_while_a_turn_runs_is_refused_and_a_reset_after_it_forgets_it(tmp_path):
+    """The turn in progress was asked with the old history and stores its exchange when
+    it ends: a reset in between was undone by it, the session keeping a turn whose
+    question the forgotten history explained."""
+    backend, entered, go_on = _blocks_on("two?")
+    store = SessionStateStore(tmp_path / "history", namespace="history")
+    session = _session(backend, store)
+    session.ask("one?")
+    thread, ended = _in_thread(lambda: session.ask("two?"))
+    assert entered.wait(timeout=5)
+    with pytest.raises(UsageError, match="before a reset"):
+        session.reset()
+    go_on.set()
+    thread.join(timeout=5)
+    assert getattr(ended[0], "answer", None) == "answer to two?"
+    assert [m.content for m in load_history(store, "default", "s1")] == [
+        "one?",
+        "answer to one?",
+        "two?",
+        "answer to two?",
+    ]
+    session.reset()  # the session is free again
+    assert session.history == []
+    assert load_history(store, "default", "s1") == []
+
+
 def test_turns_of_two_sessions_run_at_the_same_time():
     """Each request waits for the other one to arrive: turns kept one at a time
     across sessions (or an async form blocking the loop) would break the barrier."""
