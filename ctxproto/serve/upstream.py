@@ -33,7 +33,12 @@ import httpx
 from ctxproto.serve.body import unpaired_surrogate, utf8_text
 from ctxproto.serve.envelope import APIError
 from ctxproto.serve.protocol import ChatCompletionChunk, ChatCompletionResponse
-from ctxproto.serve.request_id import REQUEST_ID_HEADER, current_request, sane_request_id
+from ctxproto.serve.request_id import (
+    REQUEST_ID_HEADER,
+    current_request,
+    request_log,
+    sane_request_id,
+)
 from ctxproto.stores.store_url import redact_url
 
 __all__ = ["RemoteUpstream", "Upstream", "UpstreamStream", "embeddings_not_served"]
@@ -358,7 +363,17 @@ async def _upstream_error(response: httpx.Response, *, clients_model: bool) -> A
     try:
         data: Any = json.loads(raw)
     except ValueError:
-        data = raw.decode("utf-8", "replace")[:500]
+        # A page, not a model server's words (a gateway's 502 or 504, a web server's
+        # 404): it may name internal hosts, so the tenant is told its status and type,
+        # and the operator's log has an excerpt.
+        status, kind = response.status_code, response.headers.get("content-type", "none")
+        request_log.warning(
+            "the upstream answered %d with a body that is not JSON (%s): %r",
+            status,
+            kind[:100],
+            raw[:500].decode("utf-8", "replace"),
+        )
+        data = f"HTTP {status} with a body that is not JSON ({kind[:100]}), not quoted"
     return _normalise(
         response.status_code,
         data,

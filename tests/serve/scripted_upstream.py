@@ -18,9 +18,9 @@ details there and their counts null; ``NOUSAGE``: a whole answer's usage null;
 the JSON value given, such as ``-1`` or ``"7"``),
 ``LINGER <seconds>`` (wait after the chunk with the
 finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
-event after the finish reason, in place of ``[DONE]``). An answer longer than
-``max_tokens`` words is cut there, with finish reason ``length``. Every body it
-gets is recorded, and the ``x-request-id`` it came with; it answers each request
+event after the finish reason, in place of ``[DONE]``), ``PAGE <status>`` (as below).
+An answer longer than ``max_tokens`` words is cut there, with finish reason ``length``.
+Every body it gets is recorded, and the ``x-request-id`` it came with; it answers each request
 with its own ``x-request-id`` (``scripted-<n>``, as OpenAI's API names its own).
 
 ``/v1/embeddings`` embeds each input as ``[characters, index, 0.5]`` (base64 when
@@ -66,6 +66,10 @@ class Embedded:
     answer: bytes = b""
 
 
+ERROR_PAGE = "<html><body><h1>Not here</h1>nginx at internal-host-10.0.3.7</body></html>"
+"""What ``PAGE <status>`` answers: a web server's page that names an internal host."""
+
+
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -97,6 +101,8 @@ class ScriptedUpstream:
         failure = self._failure(command)
         if failure is not None:
             return failure
+        if command[:1] == ["PAGE"]:  # PAGE <status>: a web server's or gateway's page
+            return HTMLResponse(ERROR_PAGE, status_code=int(command[1]))
         said = f"{users[0]} | {users[-1]}" if users else "(no user message)"  # as OpenAI answers
         message: dict[str, Any] = {"role": "assistant", "content": said}
         finish = "stop"
@@ -181,8 +187,7 @@ class ScriptedUpstream:
         if command[:1] == ["SLOW"]:
             await asyncio.sleep(float(command[1]))
         if command[:1] == ["PAGE"]:
-            page = "<html><body><h1>Not here</h1>nginx at internal-host-10.0.3.7</body></html>"
-            return HTMLResponse(page, status_code=int(command[1]))
+            return HTMLResponse(ERROR_PAGE, status_code=int(command[1]))
         data = []
         for index, text in enumerate(texts):
             vector = [float(len(text)), float(index), 0.5]

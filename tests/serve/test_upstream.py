@@ -72,6 +72,23 @@ def test_upstream_400_keeps_its_status_and_message(proxy):
     assert raised.value.body["code"] == "400"
 
 
+@pytest.mark.parametrize(("status", "answered"), [(504, 502), (429, 429)])
+def test_an_error_page_is_not_quoted_to_the_tenant_and_is_logged(proxy, caplog, status, answered):
+    # A gateway's 504 or a web server's 429 in front of the model server: a page that
+    # may name internal hosts, quoted to the tenant in the message it read.
+    with (
+        caplog.at_level(logging.WARNING, logger="ctxproto.serve"),
+        pytest.raises(openai.APIStatusError) as raised,
+    ):
+        ask(proxy, f"PAGE {status} {uuid.uuid4().hex}")
+    assert raised.value.status_code == answered
+    assert raised.value.body["code"] == f"upstream_{status}"
+    message = raised.value.body["message"]
+    assert f"HTTP {status}" in message and "text/html" in message and "not quoted" in message
+    assert "internal-host" not in raised.value.response.text
+    assert any("internal-host" in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_upstream_refusing_the_proxys_credentials_is_a_502(proxy, status):
     with pytest.raises(openai.APIStatusError) as raised:
