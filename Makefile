@@ -45,14 +45,15 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# The suite runs in one worker process per core (pytest-xdist, at most 4: each loads
-# the models and starts its own servers on free ports), tests handed out one at a time
-# as workers free up. OpenMP's threads wait passively: spinning ones take the core the
-# other worker's threads need (on 2 cores that made the run slower than one worker).
+# The suite runs in one worker process per CPU this process may use (pytest-xdist, at
+# most 4: each loads the models and starts its own servers on free ports). The tests
+# are split evenly, and a worker that runs out takes half of another's queue.
+# OpenMP's threads wait passively: spinning ones take the core the other worker's
+# threads need (on 2 cores that made the run slower than one worker).
 # One test alone: $(OFFLINE) .venv/bin/pytest tests/PATH::NAME
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
 test: lint typecheck
-	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --maxprocesses 4 \
+	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(TEST_WORKERS) \
 		--dist worksteal --durations=15
 
 clean:

@@ -7,8 +7,9 @@ Each replica is a real ``python -m ctxproto.cli serve CONFIG`` process on a free
 sessions, summaries and semantic cache are on the test session's valkey
 server, their retrieval store on its PostgreSQL, and their upstream is the
 scripted one (``scripted_upstream.py``), so no language model is loaded.
-The tests run in file order: the restart test restarts both servers under
-the running replicas, and the last test kills one replica.
+The restart test restarts both servers under the running replicas, and the
+last test kills one replica; a parallel run may hand a worker this module's
+tests out of file order, so a replica found dead before a test is started again.
 
 A source is invalidated through one replica's ``POST /v1/ctxproto/invalidate``
 (the tenant's key is an admin key), as an indexing job would after changing a
@@ -78,6 +79,7 @@ class Deployment:
     tenant: str
     cache: str
     """The semantic cache's location: the Redis URL and the cache's name."""
+    config: Path
 
 
 def _start(config: Path, log: Path) -> Replica:
@@ -152,10 +154,20 @@ def deployment(
         deadline = time.monotonic() + START_SECONDS
         for replica in replicas:
             _wait_ready(replica, deadline)
-        yield Deployment(replicas, redis_server.url, tenant, cache)
+        yield Deployment(replicas, redis_server.url, tenant, cache, config)
     finally:
-        for replica in replicas:
+        for replica in replicas:  # the list the tests restart replicas in
             replica.stop()
+
+
+@pytest.fixture(autouse=True)
+def _replicas_alive(deployment: Deployment) -> None:
+    """A replica the kill test left dead is started again, should a test follow it."""
+    for index, replica in enumerate(deployment.replicas):
+        if replica.process.poll() is not None:
+            log = replica.log.with_name(f"{replica.log.stem}-again.log")
+            deployment.replicas[index] = _start(deployment.config, log)
+            _wait_ready(deployment.replicas[index], time.monotonic() + START_SECONDS)
 
 
 def _say(
@@ -290,7 +302,7 @@ def test_restarted_servers_lose_nothing_acknowledged(
 def test_a_replica_killed_mid_turn_loses_no_acknowledged_turn(
     deployment: Deployment, scripted: Any
 ) -> None:
-    """Last in the module: it leaves one replica dead."""
+    """It leaves one replica dead (started again should a test follow)."""
     first, second = deployment.replicas
     acknowledged = _alternate(deployment, "killed", [f"fact {turn}" for turn in range(4)])
     with first.client() as client:
