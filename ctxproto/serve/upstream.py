@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -44,6 +45,7 @@ from ctxproto.stores.store_url import redact_url
 __all__ = ["RemoteUpstream", "Upstream", "UpstreamStream", "embeddings_not_served"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,63}", re.ASCII)
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 8.0
 
@@ -205,10 +207,9 @@ class RemoteUpstream(Upstream):
         if not _json_object(answer):
             # A login page, a proxy's error page with a 200: passed on as JSON, the
             # client failed to parse it, blaming the proxy's answer.
-            kind = response.headers.get("content-type", "no content-type")
             raise APIError(
                 502,
-                f"the upstream sent an answer that is not JSON ({kind[:100]})",
+                f"the upstream sent an answer that is not JSON ({_media_type(response)})",
                 code="bad_upstream_response",
             )
         return answer
@@ -366,20 +367,31 @@ async def _upstream_error(response: httpx.Response, *, clients_model: bool) -> A
         # A page, not a model server's words (a gateway's 502 or 504, a web server's
         # 404): it may name internal hosts, so the tenant is told its status and type,
         # and the operator's log has an excerpt.
-        status, kind = response.status_code, response.headers.get("content-type", "none")
+        status, kind = response.status_code, _media_type(response)
         request_log.warning(
             "the upstream answered %d with a body that is not JSON (%s): %r",
             status,
-            kind[:100],
+            kind,
             raw[:500].decode("utf-8", "replace"),
         )
-        data = f"HTTP {status} with a body that is not JSON ({kind[:100]}), not quoted"
+        data = f"HTTP {status} with a body that is not JSON ({kind}), not quoted"
     return _normalise(
         response.status_code,
         data,
         response.headers.get("retry-after"),
         clients_model=clients_model,
     )
+
+
+def _media_type(response: httpx.Response) -> str:
+    """The answer's media type (``text/html``) to name in a message and a log line, or
+    what stands in for it: the header's raw bytes may hold control characters (a
+    terminal's escapes, line breaks a log reader splits on), which h11 lets through."""
+    value = response.headers.get("content-type")
+    if value is None:
+        return "no content-type"
+    media = value.split(";")[0].strip()
+    return media if _MEDIA_TYPE.fullmatch(media) else "an unreadable content-type"
 
 
 def _normalise(

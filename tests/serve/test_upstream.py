@@ -89,6 +89,32 @@ def test_an_error_page_is_not_quoted_to_the_tenant_and_is_logged(proxy, caplog, 
     assert any("internal-host" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("text/html; charset=utf-8", "(text/html)"),
+        ("text/html\x1b[2K\x1b[1G\x1c\x85FORGED line", "(an unreadable content-type)"),
+        (None, "(no content-type)"),
+    ],
+)
+def test_an_error_pages_content_type_is_named_only_when_it_reads_as_one(
+    caplog, content_type, named
+):
+    # h11 passes a header's control characters on: a terminal's escapes, and what a
+    # log reader splits lines on, went into the tenant's message and the log line.
+    from ctxproto.serve.upstream import _upstream_error
+
+    headers = [(b"content-type", content_type.encode("latin-1"))] if content_type else []
+    page = httpx.Response(429, headers=headers, content=b"<html>busy</html>")
+    with caplog.at_level(logging.WARNING, logger="ctxproto.serve"):
+        error = asyncio.run(_upstream_error(page, clients_model=False))
+    assert error.status == 429
+    assert error.message == f"HTTP 429 with a body that is not JSON {named}, not quoted"
+    [line] = [record.getMessage() for record in caplog.records]
+    assert named in line and "busy" in line
+    assert line.isprintable()
+
+
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_upstream_refusing_the_proxys_credentials_is_a_502(proxy, status):
     with pytest.raises(openai.APIStatusError) as raised:
