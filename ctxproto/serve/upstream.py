@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from ctxproto.serve.body import unpaired_surrogate, utf8_text
 from ctxproto.serve.envelope import APIError
@@ -182,7 +183,9 @@ class RemoteUpstream(Upstream):
             return ChatCompletionResponse.model_validate(_text_only(text, json.loads(text)))
         except ValueError as exc:
             raise APIError(
-                502, f"the upstream sent an invalid answer: {exc}", code="bad_upstream_response"
+                502,
+                f"the upstream sent an invalid answer: {_described(exc)}",
+                code="bad_upstream_response",
             ) from None
         finally:
             await response.aclose()
@@ -352,8 +355,29 @@ def _body_failures() -> Iterator[None]:
         ) from None
     except (httpx.HTTPError, ValueError) as exc:
         raise APIError(
-            502, f"broken upstream answer: {exc or type(exc).__name__}", code="upstream_error"
+            502,
+            f"broken upstream answer: {_described(exc) or type(exc).__name__}",
+            code="upstream_error",
         ) from None
+
+
+def _described(exc: Exception) -> str:
+    """What was wrong with an upstream's answer, in words that quote none of it.
+
+    pydantic's message quotes the value it refused (``input_value='...'``): a
+    misconfigured upstream's 200 (``{"detail": "db-7.internal refused user
+    admin"}``) reached the tenant through it. The tenant reads where and what
+    ("usage.prompt_tokens: Input should be a valid integer"); the operator's log
+    has the whole error.
+    """
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    request_log.warning("the upstream's answer is not of the expected shape: %r", str(exc))
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the answer"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 async def _upstream_error(response: httpx.Response, *, clients_model: bool) -> APIError:

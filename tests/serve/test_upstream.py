@@ -222,6 +222,30 @@ def test_a_token_count_sent_as_a_numeric_string_is_read_as_its_number(proxy):
     assert raised.value.status_code == 502
 
 
+def test_an_answer_of_the_wrong_shape_is_described_not_quoted(proxy, caplog):
+    """pydantic's message quotes the value it refused: a misconfigured upstream's
+    words (an internal host, a user name) reached the tenant inside the 502, and
+    the streamed error event, with a link to pydantic's pages."""
+    secret = f'"db-7.internal:{uuid.uuid4().hex}"'
+    with (
+        caplog.at_level(logging.WARNING, logger="ctxproto.serve"),
+        pytest.raises(openai.APIStatusError) as raised,
+    ):
+        ask(proxy, f"BADUSAGE prompt_tokens {secret} {uuid.uuid4().hex}")
+    assert raised.value.status_code == 502
+    message = raised.value.body["message"]
+    assert message == (
+        "the upstream sent an invalid answer: usage.prompt_tokens: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
+    assert "db-7" not in raised.value.response.text
+    assert any("db-7.internal" in record.getMessage() for record in caplog.records)
+    options = {"stream": True, "stream_options": {"include_usage": True}}
+    with pytest.raises(openai.APIError, match="broken upstream answer: usage") as streamed:
+        list(ask(proxy, f"BADUSAGE prompt_tokens {secret} {uuid.uuid4().hex}", **options))
+    assert "db-7" not in str(streamed.value)
+
+
 def _dead_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
