@@ -67,6 +67,15 @@ def test_unknown_model_fails_at_once_naming_the_fix(tmp_path):
         resolve_embedder(str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("name", ["/no-such-model", "../no-such-model", "~/no-such-model"])
+def test_a_missing_path_with_one_slash_is_no_traceback(name):
+    """A path with one slash was taken for a hub id, which the hub's validator refused
+    with its own exception, outside the tree: a traceback from ``ctxproto run``."""
+    for resolve in (resolve_lm, resolve_embedder):
+        with pytest.raises(ModelNotAvailableError, match="neither a local path"):
+            resolve(name)
+
+
 def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
     not_a_model = tmp_path / "passwd"
     not_a_model.write_text("root:x:0:0")

@@ -130,5 +130,11 @@ def _in_hub_cache(repo_id: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    found = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:
+        # Not a valid hub id ("/models", "../model", "~/model"): a path that does not
+        # exist, with one slash. The hub's ``HFValidationError`` ended a run in a
+        # traceback; such a name is simply not in the cache.
+        return False
     return isinstance(found, str)
