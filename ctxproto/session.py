@@ -38,7 +38,7 @@ from ctxproto.config import load_yaml_mapping, validation_error_to_config_error
 from ctxproto.context import Context
 from ctxproto.documents import Document
 from ctxproto.errors import ConfigError, UsageError
-from ctxproto.limits import excerpt
+from ctxproto.limits import MAX_CONFIG_BYTES, excerpt, read_text_capped
 from ctxproto.messages import Message
 from ctxproto.pipeline import Pipeline, PipelineResult
 from ctxproto.prompt import AssembledPrompt, messages_sent_again
@@ -520,9 +520,12 @@ def load_chatbot_config(path: str | Path) -> tuple[dict[str, Any], _SessionSetti
 
 
 def _read_text(path: Path, source: str, key: str) -> str:
-    from ctxproto.errors import ConfigError
+    """The UTF-8 text of ``path``, a file the config ``source`` names at ``key``.
 
+    Read as a config is (``read_text_capped``): a file that is not UTF-8 ended
+    ``from_yaml`` in a bare ``UnicodeDecodeError``, and ``/dev/zero`` never ended.
+    """
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", file=source, key=key) from exc
+        return read_text_capped(path, limit=MAX_CONFIG_BYTES, what=f"file {path}")
+    except ConfigError as exc:  # placed in the config that names the file
+        raise ConfigError(exc.detail, file=source, key=key) from None

@@ -325,6 +325,23 @@ def test_a_system_prompt_written_and_read_from_a_file_is_refused(tmp_path):
     assert "not both" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"\xff\xfe a prompt", "is not UTF-8 text"), (None, "cannot read file")],
+)
+def test_an_unreadable_system_prompt_file_names_the_config_and_key(tmp_path, content, problem):
+    """A prompt file that is not UTF-8 ended ``from_yaml`` in a bare ``UnicodeDecodeError``."""
+    prompt = tmp_path / "prompt.txt"
+    if content is not None:
+        prompt.write_bytes(content)
+    config = tmp_path / "bot.yaml"
+    config.write_text("system_prompt_file: prompt.txt\n")
+    with pytest.raises(ConfigError) as info:
+        ChatSession.from_yaml(config, backend=ScriptedBackend(["unused"]))
+    assert info.value.key == "system_prompt_file" and info.value.file == str(config)
+    assert problem in str(info.value) and str(prompt) in str(info.value)
+
+
 def test_a_chatbot_config_read_as_a_pipeline_says_how_to_load_it():
     from ctxproto.pipeline import CHATBOT_KEYS
     from ctxproto.session import _SessionSettings
