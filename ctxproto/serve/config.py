@@ -337,6 +337,12 @@ class ServeConfig(_Section):
                         file=source,
                         key=f"{where}.key_file",
                     ) from None
+                except UnicodeDecodeError:  # a bare traceback otherwise; no byte of it quoted
+                    raise ConfigError(
+                        "the key file is not UTF-8 text",
+                        file=source,
+                        key=f"{where}.key_file",
+                    ) from None
             if not key or key in keys:
                 raise ConfigError("empty or repeated API key", file=source, key=where)
             keys[key] = tenant

@@ -172,6 +172,15 @@ def test_key_file_and_env(tmp_path, monkeypatch):
     assert {k: t.id for k, t in keys.items()} == {"key-from-env": "a", "key-from-file": "b"}
 
 
+def test_a_key_file_that_is_not_text_names_the_key(tmp_path):
+    """A key file that is not UTF-8 ended ``tenant_keys`` in a bare ``UnicodeDecodeError``."""
+    (tmp_path / "b.key").write_bytes(b"\xffkey")
+    path = write(tmp_path, "tenants: [{id: b, key_file: b.key}]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_serve_config(path).tenant_keys(path)
+    assert raised.value.key == "tenants[0].key_file" and "not UTF-8" in str(raised.value)
+
+
 def test_no_tenants_means_loopback_only(tmp_path, capsys):
     path = write(
         tmp_path, "upstream: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
