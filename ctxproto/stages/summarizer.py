@@ -160,6 +160,12 @@ class Summarizer(Stage):
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         blocks = group_blocks(context.history)
         outside = max(len(blocks) - self.keep_turns, 0)
+        question = context.open_question
+        if question is not None:
+            # A request that ends on tool results has no query: its question and the
+            # calls and results after it are what the model answers, and stay verbatim
+            # as a query does. Folded (``keep_turns: 0``), the prompt held neither.
+            outside = min(outside, next(i for i, b in enumerate(blocks) if b[0] is question))
         foldable = [i for i in range(outside) if not any(m.pinned for m in blocks[i])]
         ready = len(foldable) // self.checkpoint_every * self.checkpoint_every
         if not foldable or (ready == 0 and self.max_history_tokens is None):

@@ -328,6 +328,30 @@ def test_a_fold_never_leaves_a_tool_call_or_answer_without_its_question(tmp_path
     assert folded > 0
 
 
+@pytest.mark.parametrize("keep_turns", [0, 1])
+def test_the_open_question_of_a_request_ending_on_tool_results_is_never_folded(
+    tmp_path, counter, keep_turns
+):
+    """With no query, the last user message and the tool calls and results after it
+    are what the model answers; ``keep_turns: 0`` folded them all, and the prompt
+    asked nothing."""
+    from ctxproto.messages import FunctionCall, ToolCall
+
+    call = ToolCall(id="c1", function=FunctionCall(name="weather", arguments='{"city": "Oslo"}'))
+    asked = [
+        Message(role="user", content="What is the weather in Oslo today?"),
+        Message(role="assistant", tool_calls=[call]),
+        Message(role="tool", tool_call_id="c1", content="Rain, 7 degrees."),
+        Message(role="assistant", tool_calls=[call.model_copy(update={"id": "c2"})]),
+        Message(role="tool", tool_call_id="c2", content="Rain, 8 degrees."),
+    ]
+    context = ctx([*chat(4), *asked]).model_copy(update={"query": None})
+    stage = extractive(tmp_path, keep_turns=keep_turns, checkpoint_every=1)
+    result = stage.run(context, counter)
+    assert result.report.counters["folded_turns"] == 4
+    assert result.context.history == asked
+
+
 def test_facts_of_an_abstractive_summary_survive_an_extractive_fallback(
     tmp_path, counter, monkeypatch
 ):
