@@ -110,6 +110,28 @@ def test_pinned_documents_are_untouched(counter):
     assert TokenCompressor(rate=0.1).run(pinned, counter).context == pinned
 
 
+def test_the_open_question_of_a_request_ending_on_tool_results_is_untouched(counter):
+    """With no query, the last user message is the question the tool results answer;
+    it was compressed as any turn, to "Could you please lovely old Oslo"."""
+    from ctxproto.messages import FunctionCall, ToolCall
+
+    asked = Context(
+        history=[
+            Message(
+                role="user",
+                content="Could you please tell me what the weather will be like in the "
+                "lovely old city of Oslo this afternoon?",
+            ),
+            Message(
+                role="assistant", tool_calls=[ToolCall(id="c1", function=FunctionCall(name="w"))]
+            ),
+            Message(role="tool", tool_call_id="c1", content="Rain, 7 C."),
+        ]
+    )
+    result = TokenCompressor(targets=("history",), rate=0.3).run(asked, counter)
+    assert result.context == asked
+
+
 def test_bad_force_keep_regex_is_a_config_error():
     spec = {
         "stages": [{"type": "token_compressor", "init_parameters": {"force_keep": ["(unclosed"]}}]
