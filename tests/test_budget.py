@@ -25,6 +25,25 @@ def test_invalid_budgets_are_rejected(kwargs):
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+        ({"max_prompt_tokens": 10, "section_caps": {"query": 5}}, "section_caps"),
+        ({"max_prompt_tokens": 10, "context_window": 1}, "context_window"),
+        ({"max_prompt_tokens": 10, "max_tokens": 5}, "max_tokens"),
+    ],
+)
+def test_a_budget_built_in_python_is_a_config_error_naming_the_key(kwargs, key):
+    """Built in Python, a bad budget raised pydantic's ``ValidationError``, outside the
+    exception tree that a stage's bad parameter already reached."""
+    from ctxproto import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Budget(**kwargs)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
     ("budget", "says"),
     [
         ("max_prompt_tokens: 256\n  reserve_answer_tokens: 128\n", "without context_window"),
