@@ -159,10 +159,15 @@ class ChatRequest(BaseModel):
         are a ``ConfigError`` naming the field."""
         from ctxproto.config import validation_error_to_config_error
 
+        # Only a list of dicts is trimmed to the known fields; anything else is left for
+        # validation to name ("messages[0]"), where ``known_fields`` raised a bare
+        # ``AttributeError`` (``run_messages("hi")``, a list of ``Message`` objects).
+        if isinstance(messages, list):
+            messages = [known_fields(m) if isinstance(m, dict) else m for m in messages]
         try:
             return cls.model_validate(
                 {
-                    "messages": [known_fields(m) for m in messages],
+                    "messages": messages,
                     "documents": documents or [],
                     "session_id": session_id,
                     "tenant_id": tenant_id,

@@ -311,3 +311,14 @@ def test_a_message_without_text_goes_on_the_wire_with_empty_text_where_openai_ne
     assert Message(role="tool", tool_call_id="c1").to_openai()["content"] == ""
     assert Message(role="assistant").to_openai()["content"] == ""
     assert "content" not in Message(role="assistant", tool_calls=[call]).to_openai()
+
+
+@pytest.mark.parametrize(
+    ("messages", "key"),
+    [("What is 2+2?", "messages"), (["What is 2+2?"], "messages[0]"), ([None], "messages[0]")],
+)
+def test_messages_that_are_not_message_dicts_are_a_config_error(messages, key):
+    """A string, or a list of anything but dicts, raised a bare ``AttributeError``."""
+    with pytest.raises(ConfigError) as info:
+        ChatRequest.from_openai(messages)
+    assert info.value.key == key
