@@ -11,7 +11,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -118,7 +118,15 @@ class RequestHandle:
         traceback does not grow by every earlier wait's frames."""
 
     def deltas(self) -> Iterator[str]:
-        """Text as it is generated; closing the iterator early cancels the request."""
+        """Text as it is generated; closing the iterator early cancels the request.
+
+        So does closing or dropping it before its first delta: the request is queued
+        already, and a generator closed before it started runs none of its code, so
+        such a request went on decoding to ``max_new_tokens`` for nobody.
+        """
+        return _Deltas(self, self._deltas())
+
+    def _deltas(self) -> Generator[str, None, None]:
         finished = False
         try:
             while not self._settled():
@@ -192,3 +200,23 @@ class RequestHandle:
     def cancel(self) -> None:
         """Stop generating at the next step; the tokens so far are kept and cached."""
         self._request.cancelled.set()
+
+
+class _Deltas(Iterator[str]):
+    """``RequestHandle.deltas()``: its generator, and a ``close`` (also on garbage
+    collection) that cancels an unfinished request even before the first delta."""
+
+    def __init__(self, handle: RequestHandle, source: Generator[str, None, None]) -> None:
+        self._handle = handle
+        self._source = source
+
+    def __next__(self) -> str:
+        return next(self._source)
+
+    def close(self) -> None:
+        self._source.close()  # a started generator cancels in its own ``finally``
+        if not self._handle._settled():
+            self._handle.cancel()
+
+    def __del__(self) -> None:
+        self.close()

@@ -186,6 +186,23 @@ def test_cancel_stops_generation_and_engine_keeps_serving(engine):
     assert engine.generate(chat("Hi!"), GenerationParams(max_new_tokens=2)).text
 
 
+def test_a_stream_closed_or_dropped_before_its_first_delta_cancels(engine):
+    """The request is queued when the stream is made: a generator closed before it
+    started ran none of its code, so the answer went on to ``max_new_tokens``."""
+    long = GenerationParams(max_new_tokens=200, ignore_eos=True)
+    handle = engine.submit(engine.encode_chat(chat("Write a long story.")), long)
+    handle.deltas().close()
+    dropped = engine.submit(engine.encode_chat(chat("Write a long poem.")), long)
+    dropped.deltas()  # never read, and garbage at once
+    for left in (handle, dropped):
+        completion = left.result()
+        assert completion.finish_reason == "cancelled"
+        assert completion.metrics.output_tokens < 200
+    stream = engine.stream(chat("Write a long song."), long)
+    stream.close()  # Engine.stream's iterator too
+    assert engine.generate(chat("Hi!"), GenerationParams(max_new_tokens=2)).text
+
+
 def test_stop_string_ends_the_answer(engine):
     messages = chat(QUESTIONS[2])
     full = engine.generate(messages, GREEDY).text
