@@ -15,6 +15,7 @@ deltas or the final completion from their handle.
 from __future__ import annotations
 
 import atexit
+import operator
 import threading
 import weakref
 from collections.abc import Iterator
@@ -221,6 +222,7 @@ class Engine:
         params = params or GenerationParams()
         if cache_tokens is not None and cache_tokens < 0:
             raise ConfigError("must not be negative", key="cache_tokens")
+        prompt = _token_ids(prompt)
         if not prompt:
             raise ConfigError("the prompt is empty", key="messages")
         lowest, highest = min(prompt), max(prompt)
@@ -546,6 +548,22 @@ def engine_model(loaded: Any, quantize: str = "none") -> Any:
         use_gqa_sdpa(split)
         fuse_decoder_layers(split)  # packed Llama layers only: none under bf16
     return split
+
+
+def _token_ids(prompt: Any) -> list[int]:
+    """``prompt`` as a list of ints; ``ConfigError`` when it is not a flat sequence of them.
+
+    Integer types of numpy and torch are read as the ids they hold (a 1-D tensor of
+    ids, say). Anything else failed later as a bare ``TypeError`` (a string, a nested
+    list), a ``RuntimeError`` (a 2-D tensor, as a tokenizer returns one) or, for float
+    ids, as the model's own failure, a ``BackendError``.
+    """
+    try:
+        return [operator.index(token) for token in prompt]
+    except TypeError:
+        raise ConfigError(
+            "token ids must be integers", key="prompt", expected="a flat list of token ids"
+        ) from None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

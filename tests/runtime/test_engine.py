@@ -290,6 +290,20 @@ def test_token_ids_outside_the_vocabulary_are_a_config_error(engine):
     assert last.metrics.prompt_tokens == 3
 
 
+def test_a_prompt_that_is_not_token_ids_is_a_config_error(engine):
+    """A string or a nested list was a bare TypeError, a 2-D tensor (what a tokenizer
+    returns) a RuntimeError, and float ids failed in the model as a BackendError."""
+    torch = pytest.importorskip("torch")
+    for prompt in ("Hello", [[1, 2, 3]], [1.0, 2.0], torch.tensor([[1, 2, 3]]), 7):
+        with pytest.raises(ConfigError, match="integers") as caught:
+            engine.submit(prompt, GREEDY)
+        assert caught.value.key == "prompt"
+    one = GenerationParams(max_new_tokens=1)
+    ids = engine.encode_chat(chat("Hi!"))
+    expected = engine.submit(ids, one).result().text
+    assert engine.submit(torch.tensor(ids), one).result().text == expected  # ints of torch's
+
+
 def test_local_backend_serves_the_interface(engine):
     backend = LocalBackend(engine)
     messages = chat(QUESTIONS[1], system=SYSTEM)
