@@ -104,7 +104,9 @@ class OpenAIBackend(Backend):
         self, messages: list[dict[str, Any]], params: GenerationParams | None = None
     ) -> CompletionStream:
         stream = _Stream(self._open(messages, params or GenerationParams()))
-        return CompletionStream(iter(stream), stream.completion)
+        # Closed before its first delta, the generator would run none of its code, and
+        # the open answer would go on streaming until the stream was garbage collected.
+        return CompletionStream(iter(stream), stream.completion, stream.close)
 
     def _open(self, messages: list[dict[str, Any]], params: GenerationParams) -> Any:
         """POST the request, retrying 429/5xx with backoff; returns the open response."""
@@ -235,6 +237,10 @@ class _Stream:
             raise BackendError(f"broken response stream: {exc}") from None
         finally:
             self._response.close()
+
+    def close(self) -> None:
+        """Hang up: the server stops generating the answer (closing twice is harmless)."""
+        self._response.close()
 
     def _whole_answer(self) -> Iterator[str]:
         """The answer of a server that ignored ``stream`` and sent one chat completion.

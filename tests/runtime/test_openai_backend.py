@@ -309,6 +309,38 @@ def test_an_error_event_ends_a_stream_without_a_completion():
     assert stream.completion is None
 
 
+def test_a_stream_closed_before_its_first_delta_closes_the_connection():
+    """The request is sent when the stream is made; closing it unread left the answer's
+    connection open, so the server went on generating for as long as the caller held
+    the stream: a generator closed before it started runs none of its code."""
+    hung_up = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.wfile.write(sse(STARTED))  # and more to come, until the client leaves
+            self.wfile.flush()
+            self.connection.settimeout(5)
+            try:
+                if self.connection.recv(1) == b"":
+                    hung_up.set()
+            except OSError:
+                pass
+            self.close_connection = True
+
+    served = LocalServer(Handler)
+    try:
+        stream = OpenAIBackend(served.url, timeout=5, max_retries=0).stream(MESSAGES, GREEDY)
+        stream.close()
+        assert hung_up.wait(4)
+    finally:
+        served.close()
+    assert stream.completion is None
+
+
 def test_a_stream_that_just_stops_is_no_answer():
     with pytest.raises(BackendUnavailableError, match="ended early"):
         generate_from(sse(STARTED))
