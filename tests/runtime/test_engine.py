@@ -1,4 +1,5 @@
 import asyncio
+import math
 
 import pytest
 
@@ -404,6 +405,13 @@ def test_a_result_not_awaited_past_its_timeout_is_cancelled(engine):
     completion = handle.result(timeout=20)
     assert completion.finish_reason == "cancelled"
     assert completion.metrics.output_tokens < 200
+
+
+def test_a_result_with_an_infinite_timeout_waits_for_the_answer(engine):
+    """A timeout past what a lock can wait (``math.inf``, 1e10 s) was an OverflowError."""
+    for timeout in (math.inf, 1e10):
+        handle = engine.submit(engine.encode_chat(chat("Hi!")), GenerationParams(max_new_tokens=2))
+        assert handle.result(timeout=timeout).metrics.output_tokens > 0
 
 
 def test_a_failed_prefill_counts_no_prompt_tokens(engine, monkeypatch):
