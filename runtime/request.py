@@ -219,9 +219,11 @@ class _Deltas(Iterator[str]):
         return next(self._source)
 
     def close(self) -> None:
-        self._source.close()  # a started generator cancels in its own ``finally``
+        # Cancelled first: closing a generator another thread is running raises
+        # ValueError, and the request must stop whichever way the close goes.
         if not self._handle._settled():
             self._handle.cancel()
+        self._source.close()  # a started generator also cancels in its own ``finally``
 
     def __del__(self) -> None:
         self.close()
