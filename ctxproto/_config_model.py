@@ -12,6 +12,8 @@ an ``OverflowError`` from the socket, and an infinite ``read_timeout_s`` is no
 limit at all.
 
 Kept apart from ``ctxproto.config``, which imports ``Budget``, a model built on it.
+``ConfigErrorModel`` lives here for the same reason (``Budget`` is one, and so is
+every stage), and reaches ``ctxproto.config``'s error formatting when it raises.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from __future__ import annotations
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ctxproto.errors import ConfigError
 
-__all__ = ["ConfigModel"]
+__all__ = ["ConfigErrorModel", "ConfigModel"]
 
 
 class ConfigModel(BaseModel):
@@ -50,6 +52,31 @@ class ConfigModel(BaseModel):
                     key=f"{name}{key}",
                 )
         return data
+
+
+class ConfigErrorModel(ConfigModel):
+    """A base for pydantic models that users build in Python (stages, the budget, the
+    framework adapters).
+
+    A bad field is a ``ConfigError`` naming its key, as in a config file, not
+    pydantic's ``ValidationError``: a dict given for a nested model
+    (``generation={"max_tokens": 3}``) is validated by pydantic, so the model's
+    own ``ConfigError`` would otherwise reach the caller wrapped in one. Listed
+    before a framework's base class, so that it wraps that class's validation.
+    """
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise self.config_error(exc, data) from None
+
+    @classmethod
+    def config_error(cls, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
+        """``exc`` as the ``ConfigError`` the caller gets; a subclass may name itself."""
+        from ctxproto.config import validation_error_to_config_error  # imports this module
+
+        return validation_error_to_config_error(exc, data=data)
 
 
 def _boolean_for_a_number(value: Any, annotation: Any) -> tuple[str, bool] | None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-
-from ctxproto._config_model import ConfigModel
+from ctxproto._config_model import ConfigErrorModel
 
 __all__ = ["Budget"]
 
 SECTION_KINDS = ("memory", "documents", "history")
 
 
-class Budget(ConfigModel):
+class Budget(ConfigErrorModel):
     """A prompt budget.
 
     ``prompt_limit`` is what the assembler enforces: ``max_prompt_tokens``, further
@@ -38,19 +36,6 @@ class Budget(ConfigModel):
         default=0, ge=0, description="Kept free for the answer in context_window."
     )
     section_caps: dict[str, int] = Field(default_factory=dict)
-
-    def __init__(self, /, **data: Any) -> None:
-        """Built in Python, a bad value is a ``ConfigError`` naming its key, as a stage's is
-        (``ConfigErrorModel``); ``Budget(max_prompt_tokens=0)`` raised pydantic's own
-        ``ValidationError``, outside the exception tree. In a config file the budget is
-        validated with the file, which names it under ``budget``."""
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            # Imported here: ``ctxproto.config`` imports this module for its schema.
-            from ctxproto.config import validation_error_to_config_error
-
-            raise validation_error_to_config_error(exc, data=data) from None
 
     @field_validator("reserve_answer_tokens")
     @classmethod

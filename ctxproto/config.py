@@ -15,7 +15,7 @@ from typing import Any, Literal, NoReturn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ctxproto._config_model import ConfigModel
+from ctxproto._config_model import ConfigErrorModel, ConfigModel
 from ctxproto.budget import Budget
 from ctxproto.errors import ConfigError
 from ctxproto.limits import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, excerpt, read_text_capped
@@ -197,29 +197,6 @@ def validation_error_to_config_error(
         if not _names(message, str(given)):
             message += f", got {excerpt(given)}"
     return ConfigError(message, file=file, key=key or None)
-
-
-class ConfigErrorModel(ConfigModel):
-    """A base for pydantic models that users build in Python (stages, the framework
-    adapters).
-
-    A bad field is a ``ConfigError`` naming its key, as in a config file, not
-    pydantic's ``ValidationError``: a dict given for a nested model
-    (``generation={"max_tokens": 3}``) is validated by pydantic, so the model's
-    own ``ConfigError`` would otherwise reach the caller wrapped in one. Listed
-    before a framework's base class, so that it wraps that class's validation.
-    """
-
-    def __init__(self, /, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise self.config_error(exc, data) from None
-
-    @classmethod
-    def config_error(cls, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
-        """``exc`` as the ``ConfigError`` the caller gets; a subclass may name itself."""
-        return validation_error_to_config_error(exc, data=data)
 
 
 def allowed_keys_hint(model: type[BaseModel], given: str | None = None) -> str:

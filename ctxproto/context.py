@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import (
@@ -147,7 +148,7 @@ class ChatRequest(BaseModel):
     @classmethod
     def from_openai(
         cls,
-        messages: list[dict[str, Any]],
+        messages: Iterable[dict[str, Any]],
         *,
         documents: list[dict[str, Any]] | None = None,
         session_id: str | None = None,
@@ -159,10 +160,11 @@ class ChatRequest(BaseModel):
         are a ``ConfigError`` naming the field."""
         from ctxproto.config import validation_error_to_config_error
 
-        # Only a list of dicts is trimmed to the known fields; anything else is left for
-        # validation to name ("messages[0]"), where ``known_fields`` raised a bare
-        # ``AttributeError`` (``run_messages("hi")``, a list of ``Message`` objects).
-        if isinstance(messages, list):
+        # Only the dicts of a sequence (a list, a tuple, a generator) are trimmed to the
+        # known fields; anything else is left for validation to name ("messages",
+        # "messages[0]"), where ``known_fields`` raised a bare ``AttributeError``
+        # (``run_messages("hi")``, a list of ``Message`` objects).
+        if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping)):
             messages = [known_fields(m) if isinstance(m, dict) else m for m in messages]
         try:
             return cls.model_validate(

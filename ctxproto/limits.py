@@ -18,6 +18,7 @@ from ctxproto.errors import ConfigError
 __all__ = [
     "EXCERPT_CHARS",
     "MAX_CONFIG_BYTES",
+    "MAX_KEY_FILE_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_YAML_DEPTH",
     "excerpt",
@@ -29,6 +30,9 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 MAX_CONFIG_BYTES = 1024 * 1024
 """Largest YAML config file read (pipeline and chatbot configs)."""
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+"""Largest API key file read (the proxy's ``tenants[i].key_file``): it holds one key."""
 
 MAX_YAML_DEPTH = 64
 """Deepest nesting of mappings and sequences a YAML config may have."""

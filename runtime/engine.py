@@ -300,7 +300,8 @@ class Engine:
             self._closed = True
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            # ``math.inf`` waits as ``None`` does; a wait past TIMEOUT_MAX raised OverflowError.
+            self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
 
     def __enter__(self) -> Engine:
         return self
@@ -559,6 +560,8 @@ def _token_ids(prompt: Any) -> list[int]:
     ids, as the model's own failure, a ``BackendError``.
     """
     try:
+        if isinstance(prompt, (str, bytes, bytearray)) or getattr(prompt, "ndim", 1) != 1:
+            raise TypeError  # bytes iterate as ints, and a [[5]] row reads as the id 5
         return [operator.index(token) for token in prompt]
     except TypeError:
         raise ConfigError(

@@ -8,6 +8,7 @@ set the cancel flag. Nothing else is shared, so no lock is needed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import threading
 import time
@@ -223,7 +224,13 @@ class _Deltas(Iterator[str]):
         # ValueError, and the request must stop whichever way the close goes.
         if not self._handle._settled():
             self._handle.cancel()
-        self._source.close()  # a started generator also cancels in its own ``finally``
+        try:
+            self._source.close()  # a started generator also cancels in its own ``finally``
+        except ValueError:
+            # "generator already executing": another thread waits in ``next`` for a
+            # delta; the cancel above ends the request, and that ``next`` with it.
+            if inspect.getgeneratorstate(self._source) != inspect.GEN_RUNNING:
+                raise
 
     def __del__(self) -> None:
         self.close()

@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -322,3 +323,14 @@ def test_messages_that_are_not_message_dicts_are_a_config_error(messages, key):
     with pytest.raises(ConfigError) as info:
         ChatRequest.from_openai(messages)
     assert info.value.key == key
+
+
+def test_a_tuple_or_generator_of_openai_messages_is_trimmed_as_a_list_is():
+    """Only a list was trimmed to the known fields once strings were refused: a tuple
+    of messages as the openai client returns them (``annotations``) was refused."""
+    said: dict[str, Any] = {"role": "assistant", "content": "Hi.", "annotations": []}
+    said["refusal"] = None
+    asked = {"role": "user", "content": "Hello"}
+    for messages in ((asked, said), (m for m in [asked, said])):
+        request = ChatRequest.from_openai(messages)
+        assert [m.content for m in request.messages] == ["Hello", "Hi."]

@@ -33,6 +33,7 @@ from ctxproto.config import (
     validation_error_to_config_error,
 )
 from ctxproto.errors import ConfigError
+from ctxproto.limits import MAX_KEY_FILE_BYTES
 from ctxproto.runtime.engine_settings import EngineSettings
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.pgvector_store import table_name
@@ -329,24 +330,32 @@ class ServeConfig(_Section):
                     )
             else:
                 assert tenant.key_file is not None
-                try:
-                    key = (base / tenant.key_file).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot read the key file: {exc.strerror}",
-                        file=source,
-                        key=f"{where}.key_file",
-                    ) from None
-                except UnicodeDecodeError:  # a bare traceback otherwise; no byte of it quoted
-                    raise ConfigError(
-                        "the key file is not UTF-8 text",
-                        file=source,
-                        key=f"{where}.key_file",
-                    ) from None
+                key = _key_file_text(base / tenant.key_file, source, f"{where}.key_file")
             if not key or key in keys:
                 raise ConfigError("empty or repeated API key", file=source, key=where)
             keys[key] = tenant
         return keys
+
+
+def _key_file_text(path: Path, source: str | None, key: str) -> str:
+    """The key in ``path``, stripped; a ``ConfigError`` at ``key`` that quotes no byte
+    of it when the file cannot be read, is larger than a key file, or is not UTF-8."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        detail = f"cannot read the key file: {exc.strerror}"
+        raise ConfigError(detail, file=source, key=key) from None
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(
+            f"the key file is larger than {MAX_KEY_FILE_BYTES >> 10} KiB: it holds one key",
+            file=source,
+            key=key,
+        )
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError("the key file is not UTF-8 text", file=source, key=key) from None
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

@@ -21,7 +21,7 @@ from ctxproto.stores.store_url import redact_url
 from ctxproto.text.protected_spans import fact_strings
 from ctxproto.text.selection import centrality, select_within_budget
 from ctxproto.text.sentences import split_sentences
-from ctxproto.text.turns import flatten, group_blocks
+from ctxproto.text.turns import block_of, flatten, group_blocks
 from ctxproto.tokens import TokenCounter
 
 __all__ = ["Summarizer"]
@@ -160,12 +160,12 @@ class Summarizer(Stage):
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         blocks = group_blocks(context.history)
         outside = max(len(blocks) - self.keep_turns, 0)
-        question = context.open_question
-        if question is not None:
+        asked = block_of(blocks, context.open_question)
+        if asked is not None:
             # A request that ends on tool results has no query: its question and the
             # calls and results after it are what the model answers, and stay verbatim
             # as a query does. Folded (``keep_turns: 0``), the prompt held neither.
-            outside = min(outside, next(i for i, b in enumerate(blocks) if b[0] is question))
+            outside = min(outside, asked)
         foldable = [i for i in range(outside) if not any(m.pinned for m in blocks[i])]
         ready = len(foldable) // self.checkpoint_every * self.checkpoint_every
         if not foldable or (ready == 0 and self.max_history_tokens is None):

@@ -19,7 +19,7 @@ from ctxproto.stages.registry import register_stage
 from ctxproto.text.protected_spans import Span, compile_patterns, protected_spans
 from ctxproto.text.selection import centrality, select_within_budget
 from ctxproto.text.sentences import sentence_spans
-from ctxproto.text.turns import group_blocks
+from ctxproto.text.turns import block_of, group_blocks
 from ctxproto.text.units import Target, Unit, context_units, rebuild_context
 from ctxproto.tokens import TokenCounter
 
@@ -141,7 +141,9 @@ class TokenCompressor(Stage):
 
     def transform(self, context: Context, counter: TokenCounter) -> Transformed:
         units = context_units(context, self.targets)
-        asked = _open_question_block(context)
+        # The question a request that ends on tool results asks stands in for the query
+        # and, like it, is never cut (it was, to "Could you please lovely old Oslo").
+        asked = block_of(group_blocks(context.history), context.open_question)
         units = [
             u
             for u in units
@@ -367,16 +369,6 @@ _COUNTERS = (
     "sentence_level_units",
 )
 """Every counter the stage reports, on every run."""
-
-
-def _open_question_block(context: Context) -> int | None:
-    """The history block of ``context.open_question``: the question a request that ends
-    on tool results asks, which stands in for the query and, like it, is never cut
-    (it was compressed as any turn, to "Could you please lovely old Oslo")."""
-    question = context.open_question
-    if question is None:
-        return None
-    return next(i for i, block in enumerate(group_blocks(context.history)) if block[0] is question)
 
 
 def _met(target: int, kept: int) -> dict[str, int]:

@@ -39,6 +39,13 @@ def _accepts_tool_result(block: list[Message]) -> bool:
     return head.role == "assistant" and bool(head.tool_calls)
 
 
+def block_of(blocks: Sequence[Sequence[Message]], message: Message | None) -> int | None:
+    """The index of the block ``message`` starts (the same object), or ``None``."""
+    if message is None:
+        return None
+    return next((i for i, block in enumerate(blocks) if block[0] is message), None)
+
+
 def flatten(blocks: Sequence[Sequence[Message]]) -> list[Message]:
     """The messages of ``blocks`` in order."""
     return [message for block in blocks for message in block]

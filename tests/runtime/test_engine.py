@@ -1,5 +1,7 @@
 import asyncio
 import math
+import threading
+import time
 
 import pytest
 
@@ -204,6 +206,34 @@ def test_a_stream_closed_or_dropped_before_its_first_delta_cancels(engine):
     assert engine.generate(chat("Hi!"), GenerationParams(max_new_tokens=2)).text
 
 
+def test_a_stream_closed_while_another_thread_reads_it_cancels_and_does_not_raise(engine):
+    """A close racing the thread that waits in ``next`` (as the proxy reads deltas in
+    a worker thread) raised "generator already executing" to the closer."""
+    long = GenerationParams(max_new_tokens=200, ignore_eos=True)
+    handle = engine.submit(engine.encode_chat(chat("Write a long story.")), long)
+    deltas = handle.deltas()
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.extend(deltas))
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not deltas._source.gi_running and time.monotonic() < deadline:
+        time.sleep(0.001)
+    deltas.close()
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    completion = handle.result()
+    assert completion.finish_reason == "cancelled"
+    assert completion.metrics.output_tokens < 200
+
+
+def test_closing_with_an_infinite_timeout_waits_for_the_scheduler(lm):
+    """``close(timeout=math.inf)`` raised ``OverflowError`` from ``Thread.join``."""
+    extra = Engine()
+    assert extra.generate(chat("Hi!"), GenerationParams(max_new_tokens=1)).text is not None
+    extra.close(timeout=math.inf)
+    assert extra._thread is not None and not extra._thread.is_alive()
+
+
 def test_stop_string_ends_the_answer(engine):
     messages = chat(QUESTIONS[2])
     full = engine.generate(messages, GREEDY).text
@@ -295,7 +325,8 @@ def test_a_prompt_that_is_not_token_ids_is_a_config_error(engine):
     """A string or a nested list was a bare TypeError, a 2-D tensor (what a tokenizer
     returns) a RuntimeError, and float ids failed in the model as a BackendError."""
     torch = pytest.importorskip("torch")
-    for prompt in ("Hello", [[1, 2, 3]], [1.0, 2.0], torch.tensor([[1, 2, 3]]), 7):
+    shapes = (torch.tensor([[1, 2, 3]]), torch.tensor([[5]]), torch.tensor(5))
+    for prompt in ("Hello", b"Hello", [[1, 2, 3]], [1.0, 2.0], *shapes, 7):
         with pytest.raises(ConfigError, match="integers") as caught:
             engine.submit(prompt, GREEDY)
         assert caught.value.key == "prompt"

@@ -181,6 +181,14 @@ def test_a_key_file_that_is_not_text_names_the_key(tmp_path):
     assert raised.value.key == "tenants[0].key_file" and "not UTF-8" in str(raised.value)
 
 
+def test_a_key_file_that_never_ends_is_refused(tmp_path):
+    """``key_file: /dev/zero`` read for ever, where a system prompt file is capped."""
+    path = write(tmp_path, "tenants: [{id: b, key_file: /dev/zero}]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_serve_config(path).tenant_keys(path)
+    assert raised.value.key == "tenants[0].key_file" and "64 KiB" in str(raised.value)
+
+
 def test_no_tenants_means_loopback_only(tmp_path, capsys):
     path = write(
         tmp_path, "upstream: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
