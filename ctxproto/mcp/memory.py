@@ -199,10 +199,12 @@ class SessionMemory:
         """The summary, then the entries most relevant to ``query`` (the latest without
         one) that fit ``cap`` tokens, returned oldest first.
 
-        The most relevant entry, when it alone is over the cap, comes back cut to
-        the room the summary leaves and marked ``truncated``, as a history page
-        returns it: skipped, it could never be recalled, and the result would not
-        say why.
+        The most relevant entry (the latest without a query) comes back whenever
+        the summary leaves room: whole if it fits, else cut to that room and marked
+        ``truncated``, as a history page returns an entry over the cap. Left out,
+        it could never be recalled, and the result would not say why; cut only
+        when alone over the cap, one that fitted the cap but not the room the
+        summary left gave way to older, smaller entries.
         """
         self._require(tenant, session)
         self._wait(tenant, session)
@@ -223,8 +225,8 @@ class SessionMemory:
         for rank, i in enumerate(order):
             entry = candidates[i][0]
             cost = counter.count(entry.text)
-            cut = rank == 0 and cost > cap and used < cap
-            if cut:  # alone over the cap: its start, marked as cut
+            cut = rank == 0 and used + cost > cap and used < cap
+            if cut:  # over the room the summary leaves: its start, marked as cut
                 text = _cut(entry.text, cap - used, counter)
                 entry = entry.model_copy(update={"text": text, "truncated": True})
                 cost = counter.count(text)

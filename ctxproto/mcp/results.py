@@ -81,7 +81,9 @@ class MemoryEntry(BaseModel):
     text: str
     created: float = Field(description="Unix time of the write.")
     truncated: bool = Field(
-        default=False, description="Only its start is shown: it alone is over the cap."
+        default=False,
+        description="Only its start is shown: it is over the cap (in recall, over the "
+        "room the summary leaves).",
     )
 
 

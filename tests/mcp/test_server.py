@@ -678,6 +678,30 @@ def test_recall_cuts_and_marks_the_first_entry_when_it_alone_is_over_the_cap(
     anyio.run(run)
 
 
+def test_recall_cuts_the_latest_entry_to_the_room_the_summary_leaves_not_an_older_one(
+    service: ContextService, counter: Any
+) -> None:
+    summary = "We went over the release plan and agreed on every step of it. " * 10
+    latest = "The deploy id is D-991; it ships on Friday once review is done. " * 6
+
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            session = {"session_id": "room"}
+            await client.call_tool("remember", {**session, "text": "The cat is grey."})
+            await client.call_tool("remember", {**session, "kind": "summary", "text": summary})
+            await client.call_tool("remember", {**session, "text": latest})
+            # Under the cap of 200 alone, over the room the summary leaves.
+            assert counter.count(latest) < 200 < counter.count(summary) + counter.count(latest)
+            got = await client.call_tool("recall", session)
+            out = got.structured_content
+            assert out["summary"] == summary and out["total_entries"] == 3
+            (entry,) = out["entries"]  # the latest, not the older note that would fit whole
+            assert entry["truncated"] is True and entry["text"].startswith("The deploy id is D-991")
+            assert out["tokens"] == counter.count(summary) + counter.count(entry["text"]) <= 200
+
+    anyio.run(run)
+
+
 def test_an_entry_cut_to_the_cap_ends_on_a_whole_character(service: ContextService) -> None:
     # Emoji take several tokens each: the 200-token cap falls inside one.
     text = "🙂🚀🧠 " * 400
