@@ -296,7 +296,7 @@ async def cached_answer(
         Field(
             max_length=10_000,
             description="What the answer depends on besides the question (a document "
-            "id, a version); answers stored with another context never match.",
+            "id, a version); answers stored with another context never match. Empty: none.",
         ),
     ] = None,
 ) -> CacheLookup:

@@ -288,7 +288,7 @@ class ContextService:
         cap was lowered) is refused and counts as a miss, never as a hit.
         """
         cache = self._semantic_cache()
-        hit = cache.get(question, context=context, namespace=_cache_namespace(tenant))
+        hit = cache.get(question, context=_context_key(context), namespace=_cache_namespace(tenant))
         cap = self.config.cap("cached_answer")
         tokens = self.counter.count(hit.answer) if hit is not None else 0
         served = hit.answer if hit is not None and tokens <= cap else None
@@ -315,7 +315,9 @@ class ContextService:
                 key="answer",
             )
         cache = self._semantic_cache()
-        key = cache.put(question, answer, context=context, namespace=_cache_namespace(tenant))
+        key = cache.put(
+            question, answer, context=_context_key(context), namespace=_cache_namespace(tenant)
+        )
         return StoredAnswer(key=key)
 
     def _semantic_cache(self) -> SemanticCache:
@@ -419,6 +421,16 @@ def _cache_namespace(tenant: str) -> str:
     tenant id the config accepts, so no tenant's own namespace is this one.
     """
     return f"mcp:{tenant}"
+
+
+def _context_key(context: str | None) -> str | None:
+    """The cache's context for the tools' ``context``: an empty or blank one is none.
+
+    Models fill an optional string argument with ``""`` as often as they leave it
+    out, and the cache keys ``""`` apart from no context: an answer stored with
+    ``context=""`` was never found by a lookup without one, nor the other way round.
+    """
+    return context if context is not None and context.strip() else None
 
 
 def _request_bytes(messages: list[dict[str, Any]], documents: list[dict[str, Any]] | None) -> int:

@@ -450,6 +450,32 @@ def test_semantic_cache_round_trip_and_stats(service: ContextService) -> None:
     anyio.run(run)
 
 
+def test_an_empty_cache_context_is_no_context(service: ContextService) -> None:
+    async def run() -> None:
+        async with Client(create_mcp_server(service)) as client:
+            for stored, asked in (
+                ({"context": ""}, {}),
+                ({}, {"context": " "}),
+                ({"context": "v2"}, {"context": "v2"}),
+            ):
+                question = f"Which port does the {len(stored)}{len(asked)} staging db use?"
+                await client.call_tool(
+                    "store_answer",
+                    {"session_id": "ctx", "question": question, "answer": "6543", **stored},
+                )
+                got = await client.call_tool(
+                    "cached_answer", {"session_id": "ctx", "question": question, **asked}
+                )
+                assert got.structured_content["answer"] == "6543", (stored, asked)
+            other = await client.call_tool(
+                "cached_answer",
+                {"session_id": "ctx", "question": "Which port does the 11 staging db use?"},
+            )
+            assert other.structured_content["hit"] is False  # a context still keys apart
+
+    anyio.run(run)
+
+
 def test_a_cached_answer_over_the_cap_is_refused_and_counted_as_a_miss(tmp_path: Path) -> None:
     question, answer = "How do refunds work?", "Refunds take five days. " * 20
     before = make_service(tmp_path)  # the cap was 4,000 when the answer was stored
