@@ -1,14 +1,15 @@
 """A user's own evaluation set: one JSON item per line (schema in docs/eval.md).
 
-A bad line — invalid JSON, a missing field, a wrong type, neither documents nor
-messages — is recorded with its line number and skipped; the rest of the file is
-still evaluated, and the CLI prints every problem. A file with no valid line at
-all is a ``DatasetError``.
+A bad line — bytes that are not UTF-8, invalid JSON, a missing field, a wrong
+type, neither documents nor messages — is recorded with its line number and
+skipped; the rest of the file is still evaluated, and the CLI prints every
+problem. A file with no valid line at all is a ``DatasetError``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from ctxproto.limits import excerpt
 from ctxproto.messages import Message, text_only
 
 __all__ = ["JsonlDataset", "JsonlDocument", "JsonlItem"]
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+"""A byte that is not UTF-8, as the ``surrogateescape`` error handler reads it."""
 
 
 class JsonlDocument(BaseModel):
@@ -95,8 +99,10 @@ class JsonlDataset(Dataset):
         seen: set[str] = set()
         try:
             # utf-8-sig: a byte order mark (Windows editors, spreadsheet exports) would
-            # otherwise make the first line invalid JSON and drop its item.
-            with open(self.path, encoding="utf-8-sig", errors="strict") as handle:
+            # otherwise make the first line invalid JSON and drop its item. Bytes that
+            # are not UTF-8 come through as lone surrogates, so that they make a bad
+            # line of their own: a strict decode refused the whole file, naming no line.
+            with open(self.path, encoding="utf-8-sig", errors="surrogateescape") as handle:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
@@ -104,12 +110,10 @@ class JsonlDataset(Dataset):
                     if item is None:
                         continue
                     if item.id in seen:
-                        self._problem(number, f"duplicate id '{item.id}'")
+                        self._problem(number, f"duplicate id {excerpt(item.id)}")
                         continue
                     seen.add(item.id)
                     items.append(item)
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.path}: not UTF-8 text ({exc.reason})") from exc
         except OSError as exc:
             raise DatasetError(f"{self.path}: cannot read: {exc.strerror}") from exc
         if not items:
@@ -120,10 +124,21 @@ class JsonlDataset(Dataset):
         return items
 
     def _parse(self, number: int, line: str) -> EvalItem | None:
+        undecoded = _UNDECODED.search(line)
+        if undecoded is not None:
+            byte = ord(undecoded.group()) - 0xDC00  # surrogateescape's code for the byte
+            column = undecoded.start() + 1
+            self._problem(number, f"not UTF-8 text (byte 0x{byte:02x} at column {column})")
+            return None
         try:
-            raw: Any = json.loads(line)
+            # Without its line end: in a string left open, json saw the newline and said
+            # "Invalid control character" at the end of the line, not where the string began.
+            raw: Any = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            self._problem(number, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            # Some of json's messages end in "at" ("Invalid control character at"):
+            # said as they are, the line read "... at at column 12".
+            reason = exc.msg.removesuffix(" at")
+            self._problem(number, f"invalid JSON: {reason} at column {exc.colno}")
             return None
         try:
             return JsonlItem.model_validate(raw).to_item()

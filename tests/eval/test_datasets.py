@@ -263,6 +263,46 @@ def test_jsonl_saved_with_a_byte_order_mark_keeps_its_first_line(tmp_path: Path)
     assert dataset.problems == []
 
 
+def test_a_jsonl_line_that_is_not_utf8_is_a_bad_line_named_by_number(tmp_path: Path) -> None:
+    """One Latin-1 byte refused the whole file ("not UTF-8 text (invalid
+    continuation byte)"), naming no line, where every other line was good."""
+    good = {"id": "a", "question": "Où?", "answers": ["près"], "documents": [
+        {"id": "d", "text": "C'est près de la gare, 日本語."}]}  # fmt: skip
+    latin = b'{"id": "b", "question": "caf\xe9?", "answers": ["x"], "documents": []}\n'
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(json.dumps(good, ensure_ascii=False).encode("utf-8") + b"\n" + latin)
+    dataset = JsonlDataset(path)
+    assert [(item.id, item.answers) for item in dataset.items()] == [("a", ["près"])]
+    assert [str(p) for p in dataset.problems] == [
+        "items.jsonl:2: not UTF-8 text (byte 0xe9 at column 29)"
+    ]
+
+
+def test_jsonl_problems_read_well_for_json_errors_and_long_duplicate_ids(
+    tmp_path: Path,
+) -> None:
+    """json's "Invalid control character at" read "... at at column 12", and a
+    duplicate id was quoted whole, however long (a 100,000-character line of stderr)."""
+    long_id = "x" * 100_000
+    item = {"question": "q", "answers": ["y"], "documents": [{"id": "d", "text": "y"}]}
+    lines = [
+        json.dumps({"id": long_id, **item}),
+        json.dumps({"id": long_id, **item}),
+        '{"id": "tab", "question": "a\tb"}',
+        '{"id": "cut", "question": "never closed',
+    ]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    dataset = JsonlDataset(path)
+    messages = [p.message for p in dataset.problems]
+    assert messages[0].startswith("duplicate id 'xxxx") and len(messages[0]) < 200
+    assert "100000 chars" in messages[0]
+    assert messages[1:] == [
+        "invalid JSON: Invalid control character at column 29",
+        "invalid JSON: Unterminated string starting at column 27",
+    ]
+
+
 def test_jsonl_with_no_valid_item_and_missing_dataset_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("[1, 2]\n", "utf-8")
