@@ -44,6 +44,8 @@ GENERATED_OPTIONS: dict[str, str] = {
 }
 """The options that shape one generated dataset, and that dataset: given with any
 other ``--dataset``, they would be silently ignored."""
+GENERATED_DATASETS = ("needle", "chat-needle")
+"""The datasets ``--seed`` draws: a JSONL file has no random part to seed."""
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +62,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dataset", required=True, help="needle, chat-needle or a .jsonl path")
     parser.add_argument("--out", required=True, type=Path, help="folder for the reports")
     parser.add_argument("--limit", type=int_at_least(1), help="evaluate at most N items")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument(
+        "--seed", type=int, help="needle, chat-needle: seed of the generated data (default 0)"
+    )
     parser.add_argument(
         "--reader",
         type=_reader_spec,
@@ -115,11 +119,11 @@ def handle(args: argparse.Namespace) -> int:
     _check_writable(args.out)
     overrides = {
         key: getattr(args, key)
-        for key in ("context_lengths", "depths", "turns")
+        for key in ("seed", "context_lengths", "depths", "turns")
         if getattr(args, key) is not None
     }
     try:
-        options = DatasetOptions(seed=args.seed, **overrides)
+        options = DatasetOptions(**overrides)
     except ValidationError as exc:
         error = validation_error_to_config_error(exc)
         option = "--" + (error.key or "").split(".")[0].replace("_", "-")
@@ -164,7 +168,7 @@ def _evaluate(
                 scorer=scorer,
                 reader=reader,
                 logprob_tolerance=args.logprob_tolerance,
-                settings={"seed": args.seed, "logprob": scorer is not None},
+                settings={"seed": options.seed, "logprob": scorer is not None},
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 rows=rows,
             )
@@ -282,6 +286,13 @@ def _check_dataset_options(args: argparse.Namespace) -> None:
                 f"applies to --dataset {dataset} only, not {args.dataset}",
                 key="--" + key.replace("_", "-"),
             )
+    # Accepted with a JSONL file, it changed nothing, yet a --resume with another
+    # seed was refused for it.
+    if args.seed is not None and args.dataset not in GENERATED_DATASETS:
+        raise ConfigError(
+            f"applies to --dataset {' and '.join(GENERATED_DATASETS)} only, not {args.dataset}",
+            key="--seed",
+        )
 
 
 def _check_writable(folder: Path) -> None:

@@ -116,6 +116,8 @@ def test_jsonl_eval_reports_bad_lines_and_scores_logprob(
         (["--dataset", "needle", "--reader", "gpt"], "unknown reader"),
         (["--dataset", "needle", "--limit", "0"], "--limit"),
         (["--dataset", "needle", "--depths", "0,150"], "percentages"),
+        # A JSONL file has nothing to seed: --seed was accepted and changed nothing.
+        (["--dataset", "items.jsonl", "--seed", "3"], "key '--seed': applies to --dataset"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
