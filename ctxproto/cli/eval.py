@@ -203,7 +203,9 @@ def _evaluate(
         print_json(report.summary())
     else:
         _print_summary(Console(), report)
-        err.print("wrote " + ", ".join(str(p) for p in written), markup=False)
+        # Unwrapped, as every other line here: wrapped at 80 columns, a long --out was cut
+        # in the middle of its paths, which then could not be copied.
+        err.print("wrote " + ", ".join(str(p) for p in written), markup=False, soft_wrap=True)
     return 0
 
 

@@ -189,6 +189,22 @@ def test_the_terminal_table_keeps_whole_system_names_in_80_columns() -> None:
     assert column == f"baseline{name}{name}-2"
 
 
+def test_the_files_written_are_named_whole_however_long_the_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 80 columns the "wrote" line was wrapped in the middle of its paths."""
+    pipeline = write_pipeline(tmp_path / "p.yaml", {"max_prompt_tokens": 450})
+    out = tmp_path / "reports-of-the-quarterly-evaluation" / "needle-with-the-windowed-pipeline"
+    code, _, err = run_eval(
+        capsys, str(pipeline), "--dataset", "needle", "--context-lengths", "600",
+        "--depths", "0", "--out", str(out), "--no-logprob",
+    )  # fmt: skip
+    assert code == 0
+    lines = err.splitlines()
+    for name in ("report.json", "report.md", "quality_vs_compression.png"):
+        assert any(str(out / name) in line for line in lines), err
+
+
 def test_loading_the_scoring_model_shows_on_the_progress_display(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
