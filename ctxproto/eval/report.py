@@ -176,7 +176,7 @@ class EvalReport:
         ]
         for system, values in aggregates.items():
             cells = [_cell(values.get(key), fmt) for key, _, fmt in _COLUMNS]
-            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_table_text(system)} | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"Items: {len(self.rows_of(BASELINE))}; {self._logprob_note(aggregates)}. "
@@ -206,6 +206,16 @@ class EvalReport:
             return "log-probability not scored"
         scored = aggregates.get(BASELINE, {}).get("logprob_items", 0)
         return f"log-probability scored on {scored} (prompts within the scoring limit)"
+
+
+def _table_text(text: str) -> str:
+    """``text`` as one cell of a Markdown table.
+
+    A pipeline's name is free text: a ``|`` in it ("bm25 | top-5") split its row
+    into one cell too many, shifting every figure after it under the wrong
+    column, and a line break ended the row.
+    """
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _cell(value: Any, fmt: str) -> str:

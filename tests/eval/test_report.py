@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,15 @@ def test_the_markdown_says_whether_the_log_probability_was_scored() -> None:
     rows = [row(BASELINE, "q1", **too_long), row("small", "q1", **too_long)]
     report = EvalReport(rows, dataset={"name": "items.jsonl"}, settings={})
     assert "log-probability scored on 0 (prompts within the scoring limit)" in report.markdown()
+
+
+def test_a_pipeline_name_with_a_bar_keeps_its_figures_under_their_columns() -> None:
+    """ "bm25 | top-5" split its row of report.md's table into one cell too many."""
+    rows = [row(BASELINE, "q1"), row("bm25 | top-5\nv2", "q1")]
+    markdown = EvalReport(rows, dataset={"name": "items.jsonl"}, settings={}).markdown()
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| system |"))
+    named = next(line for line in lines if line.startswith("| bm25"))
+    cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", named)[1:-1]]
+    assert len(cells) == header.count("|") - 1
+    assert cells[0] == "bm25 \\| top-5 v2" and cells[1] == "2.00x"
