@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ctxproto.errors import DatasetError
+from ctxproto.errors import ConfigError, DatasetError
 from ctxproto.eval.dataset import Dataset, EvalItem
 from ctxproto.eval.logprob import AnswerLogprobScorer
 from ctxproto.eval.readers import Reader
@@ -49,11 +49,16 @@ def evaluate(
 
     ``report.write(folder)`` writes report.json, report.md and the plots;
     ``report.summary()`` is the aggregate mapping ``--json`` prints. A dataset
-    that yields no item is a ``DatasetError``. With ``rows``, each item's rows are
-    written there as the item finishes, and the items it already holds are not
-    evaluated again. Ctrl-C raises ``EvaluationInterrupted`` with the report of
-    the items that finished.
+    that yields no item is a ``DatasetError``, a ``limit`` under 1 a
+    ``ConfigError``. With ``rows``, each item's rows are written there as the
+    item finishes, and the items it already holds are not evaluated again.
+    Ctrl-C raises ``EvaluationInterrupted`` with the report of the items that
+    finished.
     """
+    if limit is not None and limit < 1:
+        # A negative limit reached the datasets as a slice end: a JSONL file's or
+        # chat-needle's last item was left out without a word.
+        raise ConfigError(f"must be at least 1, got {limit}", key="limit")
     evaluator = Evaluator(
         pipelines, scorer=scorer, reader=reader, logprob_tolerance=logprob_tolerance
     )

@@ -111,3 +111,15 @@ def test_a_dataset_without_items_is_a_dataset_error_not_an_empty_report() -> Non
 
     with pytest.raises(DatasetError, match="'empty' has no item"):
         evaluate([Pipeline([], name="p")], Empty())
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_under_one_is_a_config_error_not_a_shorter_run(tmp_path: Any, limit: int) -> None:
+    """limit=-1 reached the JSONL dataset as a slice end: its last item was left out."""
+    import json
+
+    item = {"question": "Who?", "answers": ["Ann"], "documents": [{"id": "d", "text": "Ann."}]}
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", **item}) + "\n" for i in range(3)))
+    with pytest.raises(ConfigError, match="at least 1"):
+        evaluate([Pipeline([], name="p")], load_dataset(str(path)), limit=limit)
