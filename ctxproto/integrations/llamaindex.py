@@ -25,6 +25,7 @@ tiktoken rank file, which must not happen at run time.
 from __future__ import annotations
 
 import asyncio
+import reprlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,11 +135,27 @@ def to_message(message: ChatMessage) -> Message:
     return Message(
         role=role,
         content="\n".join(texts) if texts else None,
-        name=extra.get("name"),
+        name=_text_field(extra, "name"),
         tool_calls=calls or None,
-        tool_call_id=extra.get("tool_call_id"),
+        tool_call_id=_text_field(extra, "tool_call_id"),
         pinned=bool(extra.get(PINNED_KEY, False)),
     )
+
+
+def _text_field(extra: dict[str, Any], key: str) -> str | None:
+    """``extra[key]``, a string or absent; anything else is a ``ConfigError`` naming it.
+
+    ``additional_kwargs`` holds any value: passed on, a number was refused by
+    ``Message`` as a pydantic ``ValidationError``, outside ctxproto's errors.
+    """
+    value = extra.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(
+            f"a chat message's additional_kwargs['{key}'] is {reprlib.repr(value)}, not a string",
+            key="messages",
+            expected=f"a string {key}",
+        )
+    return value
 
 
 def _older_tool_calls(calls: Any) -> list[ToolCall]:

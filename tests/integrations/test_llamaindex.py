@@ -115,6 +115,13 @@ def test_older_tool_calls_convert_as_a_chat_store_saved_them():
         to_message(broken)
 
 
+@pytest.mark.parametrize("key", ["name", "tool_call_id"])
+def test_a_name_or_tool_call_id_that_is_no_string_is_a_config_error_naming_it(key):
+    message = ChatMessage(role=MessageRole.TOOL, content="4 C", additional_kwargs={key: 7})
+    with pytest.raises(ConfigError, match=rf"additional_kwargs\['{key}'\] is 7, not a string"):
+        to_message(message)
+
+
 def test_non_text_blocks_are_refused_by_name():
     image = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/x.png")])
     with pytest.raises(ConfigError, match="'image' block"):
