@@ -7,18 +7,43 @@
   ``additional_kwargs["tool_calls"]`` (where langchain-openai and llama-index's
   OpenAI LLM keep it too) and take the raw string back when it still parses
   to the framework's arguments.
+
+A framework keeps any value in its extras, so the pinned flag read back is
+checked: ``True`` or ``False`` (``pinned_flag``).
 """
 
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PINNED_KEY", "arguments_string", "parse_arguments", "raw_arguments"]
+from ctxproto.errors import ConfigError
+
+__all__ = ["PINNED_KEY", "arguments_string", "parse_arguments", "pinned_flag", "raw_arguments"]
 
 PINNED_KEY = "ctxproto_pinned"
 """Where ``pinned`` travels: a message's ``additional_kwargs``, a node's metadata."""
+
+
+def pinned_flag(extra: Mapping[str, Any], where: str, *, key: str) -> bool:
+    """``extra[PINNED_KEY]``: absent is ``False``; a value that is not a boolean is a
+    ``ConfigError`` naming ``where`` it was read, under ``key``.
+
+    Read by its truth, the string ``"false"`` (from a store or a form that keeps its
+    values as strings) pinned the message; read as ``is True``, ``"true"`` would
+    quietly leave unpinned what was meant to be kept. Either way a slip ran silently
+    wrong, so it is refused, as a boolean given where a number belongs is in a config.
+    """
+    value = extra.get(PINNED_KEY, False)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{where}['{PINNED_KEY}'] is {reprlib.repr(value)}, not a boolean",
+            key=key,
+            expected="true or false",
+        )
+    return value
 
 
 def parse_arguments(arguments: str) -> dict[str, Any] | None:

@@ -54,6 +54,7 @@ from ctxproto.integrations._carried import (
     PINNED_KEY,
     arguments_string,
     parse_arguments,
+    pinned_flag,
     raw_arguments,
 )
 from ctxproto.messages import FunctionCall, Message, Role, ToolCall
@@ -103,7 +104,7 @@ def to_message(message: BaseMessage) -> Message:
     fields: dict[str, Any] = {
         "content": _text(message),
         "name": message.name,
-        "pinned": bool(extra.get(PINNED_KEY, False)),
+        "pinned": pinned_flag(extra, "a message's additional_kwargs", key="messages"),
     }
     if isinstance(message, SystemMessage):
         developer = extra.get(_OPENAI_ROLE_KEY) == "developer"

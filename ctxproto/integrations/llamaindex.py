@@ -72,6 +72,7 @@ from ctxproto.integrations._carried import (
     PINNED_KEY,
     arguments_string,
     parse_arguments,
+    pinned_flag,
     raw_arguments,
 )
 from ctxproto.messages import FunctionCall, Message, ToolCall, known_fields
@@ -138,7 +139,7 @@ def to_message(message: ChatMessage) -> Message:
         name=_text_field(extra, "name"),
         tool_calls=calls or None,
         tool_call_id=_text_field(extra, "tool_call_id"),
-        pinned=bool(extra.get(PINNED_KEY, False)),
+        pinned=pinned_flag(extra, "a chat message's additional_kwargs", key="messages"),
     )
 
 
@@ -205,7 +206,8 @@ def from_message(message: Message) -> ChatMessage:
 def to_document(node: NodeWithScore) -> Document:
     """A retrieved node as a ctxproto ``Document``: id, text, metadata, score, source document."""
     metadata = dict(node.node.metadata)
-    pinned = bool(metadata.pop(PINNED_KEY, False))
+    pinned = pinned_flag(metadata, "a node's metadata", key="nodes")
+    metadata.pop(PINNED_KEY, None)
     return Document(
         id=node.node.node_id,
         text=node.node.get_content(MetadataMode.NONE),

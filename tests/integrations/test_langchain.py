@@ -130,6 +130,17 @@ def test_non_text_content_is_refused_by_name():
         to_message(ChatMessage(content="Too long.", role="critic"))
 
 
+def test_the_pinned_flag_is_a_boolean_and_anything_else_is_refused():
+    def pinned(value: object) -> bool:
+        return to_message(HumanMessage("Hi.", additional_kwargs={"ctxproto_pinned": value})).pinned
+
+    assert (pinned(True), pinned(False)) == (True, False)
+    assert to_message(HumanMessage("Hi.")).pinned is False
+    for value in ("false", "true", 1, None):  # "false" read by its truth pinned the message
+        with pytest.raises(ConfigError, match=r"\['ctxproto_pinned'\] is .*, not a boolean"):
+            pinned(value)
+
+
 def test_content_blocks_repeating_tool_calls_convert_from_the_tool_calls():
     call = {"id": "t1", "name": "orders", "args": {"id": 7}}
     anthropic = AIMessage(

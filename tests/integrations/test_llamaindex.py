@@ -122,6 +122,22 @@ def test_a_name_or_tool_call_id_that_is_no_string_is_a_config_error_naming_it(ke
         to_message(message)
 
 
+def test_the_pinned_flag_of_a_message_or_a_node_is_a_boolean_and_anything_else_is_refused():
+    def message(value: object) -> ChatMessage:
+        return ChatMessage(role="user", content="Hi.", additional_kwargs={"ctxproto_pinned": value})
+
+    def node(value: object) -> NodeWithScore:
+        return NodeWithScore(node=TextNode(text="t", metadata={"ctxproto_pinned": value}))
+
+    assert [to_message(message(v)).pinned for v in (True, False)] == [True, False]
+    assert [to_document(node(v)).pinned for v in (True, False)] == [True, False]
+    for value in ("false", "true", 1, None):  # "false" read by its truth pinned it
+        with pytest.raises(ConfigError, match=r"additional_kwargs\['ctxproto_pinned'\] is"):
+            to_message(message(value))
+        with pytest.raises(ConfigError, match=r"metadata\['ctxproto_pinned'\] is .*, not a bool"):
+            to_document(node(value))
+
+
 def test_non_text_blocks_are_refused_by_name():
     image = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/x.png")])
     with pytest.raises(ConfigError, match="'image' block"):
