@@ -9,7 +9,8 @@
   to the framework's arguments.
 
 A framework keeps any value in its extras, so the pinned flag read back is
-checked: ``True`` or ``False`` (``pinned_flag``).
+checked: ``True`` or ``False`` (``pinned_flag``). Both adapters refuse a tool
+call with no id alike (``call_id``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any
 
 from ctxproto.errors import ConfigError
 
-__all__ = ["PINNED_KEY", "arguments_string", "parse_arguments", "pinned_flag", "raw_arguments"]
+__all__ = [
+    "PINNED_KEY",
+    "arguments_string",
+    "call_id",
+    "parse_arguments",
+    "pinned_flag",
+    "raw_arguments",
+]
 
 PINNED_KEY = "ctxproto_pinned"
 """Where ``pinned`` travels: a message's ``additional_kwargs``, a node's metadata."""
@@ -42,6 +50,16 @@ def pinned_flag(extra: Mapping[str, Any], where: str, *, key: str) -> bool:
             f"{where}['{PINNED_KEY}'] is {reprlib.repr(value)}, not a boolean",
             key=key,
             expected="true or false",
+        )
+    return value
+
+
+def call_id(value: str | None, name: str | None) -> str:
+    """A tool call's id; none, or an empty one, is a ``ConfigError``: a tool result
+    answers its call by id, so no result could ever be matched to the call."""
+    if not value:
+        raise ConfigError(
+            f"tool call '{name or ''}' has no id", key="messages", expected="a tool-call id"
         )
     return value
 

@@ -53,6 +53,7 @@ from ctxproto.errors import ConfigError, UsageError
 from ctxproto.integrations._carried import (
     PINNED_KEY,
     arguments_string,
+    call_id,
     parse_arguments,
     pinned_flag,
     raw_arguments,
@@ -217,19 +218,15 @@ def _tool_calls(message: AIMessage) -> list[ToolCall]:
     raw = raw_arguments(message.additional_kwargs)
     calls = []
     for call in message.tool_calls:
-        call_id = call.get("id")
-        if not call_id:  # a result could never be matched to it
-            raise ConfigError(
-                f"tool call '{call['name']}' has no id", key="messages", expected="a tool-call id"
-            )
-        arguments = arguments_string(call["args"], raw.get(call_id))
+        ident = call_id(call.get("id"), call["name"])  # a result could never be matched to it
+        arguments = arguments_string(call["args"], raw.get(ident))
         calls.append(
-            ToolCall(id=call_id, function=FunctionCall(name=call["name"], arguments=arguments))
+            ToolCall(id=ident, function=FunctionCall(name=call["name"], arguments=arguments))
         )
-    for invalid in message.invalid_tool_calls:
+    for invalid in message.invalid_tool_calls:  # no more matchable without an id
         calls.append(
             ToolCall(
-                id=invalid.get("id") or "",
+                id=call_id(invalid.get("id"), invalid.get("name")),
                 function=FunctionCall(
                     name=invalid.get("name") or "", arguments=invalid.get("args") or ""
                 ),

@@ -71,6 +71,7 @@ from ctxproto.errors import ConfigError
 from ctxproto.integrations._carried import (
     PINNED_KEY,
     arguments_string,
+    call_id,
     parse_arguments,
     pinned_flag,
     raw_arguments,
@@ -111,12 +112,12 @@ def to_message(message: ChatMessage) -> Message:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolCallBlock):
-            arguments = arguments_string(block.tool_kwargs, raw.get(block.tool_call_id or ""))
+            # Refused as the LangChain adapter refuses it: it converted to id "", and
+            # no tool result could ever be matched to it.
+            ident = call_id(block.tool_call_id, block.tool_name)
+            arguments = arguments_string(block.tool_kwargs, raw.get(ident))
             calls.append(
-                ToolCall(
-                    id=block.tool_call_id or "",
-                    function=FunctionCall(name=block.tool_name, arguments=arguments),
-                )
+                ToolCall(id=ident, function=FunctionCall(name=block.tool_name, arguments=arguments))
             )
         else:
             raise ConfigError(
@@ -168,7 +169,7 @@ def _older_tool_calls(calls: Any) -> list[ToolCall]:
     """
     try:
         dumped = [c.model_dump() if isinstance(c, BaseModel) else c for c in calls]
-        return [
+        converted = [
             ToolCall.model_validate(c) for c in known_fields({"tool_calls": dumped})["tool_calls"]
         ]
     except (TypeError, ValueError) as exc:
@@ -177,6 +178,9 @@ def _older_tool_calls(calls: Any) -> list[ToolCall]:
             key="messages",
             expected="tool calls in the OpenAI form",
         ) from exc
+    for call in converted:  # an empty id, as a block's
+        call_id(call.id, call.function.name)
+    return converted
 
 
 def from_message(message: Message) -> ChatMessage:

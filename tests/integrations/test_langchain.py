@@ -126,6 +126,10 @@ def test_non_text_content_is_refused_by_name():
     anonymous = AIMessage("", tool_calls=[{"id": None, "name": "lookup", "args": {}}])
     with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
         to_message(anonymous)
+    unparsable = {"id": None, "name": "lookup", "args": "{", "error": None}
+    anonymous = AIMessage("", invalid_tool_calls=[unparsable])  # converted to id ''
+    with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+        to_message(anonymous)
     with pytest.raises(ConfigError, match="ChatMessage with role 'critic'"):
         to_message(ChatMessage(content="Too long.", role="critic"))
 

@@ -138,6 +138,18 @@ def test_the_pinned_flag_of_a_message_or_a_node_is_a_boolean_and_anything_else_i
             to_document(node(value))
 
 
+def test_a_tool_call_with_no_id_is_refused_as_in_the_langchain_adapter():
+    """No tool result could ever be matched to it; it converted to id ''."""
+    for tool_call_id in (None, ""):
+        block = ToolCallBlock(tool_call_id=tool_call_id, tool_name="lookup", tool_kwargs={})
+        with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+            to_message(ChatMessage(role=MessageRole.ASSISTANT, blocks=[block]))
+    older = {"id": "", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    message = ChatMessage(role=MessageRole.ASSISTANT, additional_kwargs={"tool_calls": [older]})
+    with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+        to_message(message)
+
+
 def test_non_text_blocks_are_refused_by_name():
     image = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/x.png")])
     with pytest.raises(ConfigError, match="'image' block"):
