@@ -75,8 +75,11 @@ def parse_arguments(arguments: str) -> dict[str, Any] | None:
 
 def raw_arguments(extra: Mapping[str, Any]) -> dict[str, str]:
     """Argument strings by tool-call id, from the OpenAI form in ``extra["tool_calls"]``."""
-    raw = {}
-    for call in extra.get("tool_calls", []):
+    raw: dict[str, str] = {}
+    calls = extra.get("tool_calls")
+    # Only a lookup of exact strings, which anything but a list or tuple of calls holds
+    # none of (as a malformed call is skipped below), not a TypeError from iterating it.
+    for call in calls if isinstance(calls, list | tuple) else []:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             arguments = call["function"].get("arguments")
             if isinstance(call.get("id"), str) and isinstance(arguments, str):

@@ -119,6 +119,16 @@ def test_edited_tool_call_args_win_over_the_stored_raw_string():
     assert call.function.arguments == '{"city": "Tromsø"}'
 
 
+def test_stored_tool_calls_that_are_no_list_hold_no_raw_arguments():
+    """They raised a bare TypeError; the arguments come from ``args`` instead."""
+    call = {"id": "t1", "name": "orders", "args": {"id": 7}}
+    for stored in (5, "t1", {"t1": "{}"}):
+        ai = AIMessage("", tool_calls=[call], additional_kwargs={"tool_calls": stored})
+        assert to_message(ai).tool_calls == [
+            ToolCall(id="t1", function=FunctionCall(name="orders", arguments='{"id": 7}'))
+        ]
+
+
 def test_non_text_content_is_refused_by_name():
     image = HumanMessage([{"type": "image_url", "image_url": {"url": "data:,"}}])
     with pytest.raises(ConfigError, match="'image_url' content block"):

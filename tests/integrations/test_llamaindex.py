@@ -113,6 +113,17 @@ def test_older_tool_calls_convert_as_a_chat_store_saved_them():
     )
     with pytest.raises(ConfigError, match="not a list of tool calls"):
         to_message(broken)
+    block = ToolCallBlock(tool_call_id="t1", tool_name="orders", tool_kwargs={"id": 7})
+    for stored in (5, None, True):  # a bare TypeError from reading them for raw arguments
+        with_block = ChatMessage(
+            role=MessageRole.ASSISTANT, blocks=[block], additional_kwargs={"tool_calls": stored}
+        )
+        assert to_message(with_block).tool_calls == [
+            ToolCall(id="t1", function=FunctionCall(name="orders", arguments='{"id": 7}'))
+        ]
+    without = ChatMessage(role=MessageRole.ASSISTANT, additional_kwargs={"tool_calls": 5})
+    with pytest.raises(ConfigError, match="not a list of tool calls"):
+        to_message(without)
 
 
 @pytest.mark.parametrize("key", ["name", "tool_call_id"])
