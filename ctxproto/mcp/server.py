@@ -27,7 +27,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from ctxproto import __version__
 from ctxproto.errors import CtxprotoError, StoreUnavailableError
@@ -63,8 +63,24 @@ SessionId = Annotated[
         description="Your conversation's id: letters, digits and _.:@- only.",
     ),
 ]
+
+
+def _no_boolean(value: Any) -> Any:
+    """``value``, unless a boolean: pydantic's lax mode reads ``true`` as 1 where a
+    number belongs, and ``budget: true`` was a one-token budget (``ctxproto._config_model``
+    refuses it in configs for the same reason)."""
+    if isinstance(value, bool):
+        raise ValueError(f"Input should be a number, not a boolean, got {value}")
+    return value
+
+
+NoBoolean = BeforeValidator(_no_boolean)
+"""On every numeric tool argument, after its bounds: it wraps what comes before it,
+so it runs first, and the bounds stay JSON Schema's ``exclusiveMinimum``/``maximum``
+(given after a validator, they were listed as pydantic's ``gt``/``le``)."""
 LongText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
-Tokens = Annotated[int, Field(gt=0, le=1_000_000)]
+Tokens = Annotated[int, Field(gt=0, le=1_000_000), NoBoolean]
+Share = Annotated[float, Field(gt=0, le=1), NoBoolean]
 
 INSTRUCTIONS = (
     "ctxproto keeps prompts lean. Call assemble_context with the conversation before "
@@ -200,9 +216,7 @@ async def compress_text(
         str | None,
         Field(max_length=MAX_TEXT_CHARS, description="Keep what answers this question."),
     ] = None,
-    rate: Annotated[
-        float | None, Field(gt=0, le=1, description="Share of tokens to keep, e.g. 0.3.")
-    ] = None,
+    rate: Annotated[Share | None, Field(description="Share of tokens to keep, e.g. 0.3.")] = None,
     target_tokens: Annotated[Tokens | None, Field(description="Most tokens to keep.")] = None,
 ) -> CompressedText:
     """Shorten a long text (a log, a page, a tool result) to a share of its tokens or a
@@ -279,7 +293,7 @@ async def search_knowledge(
     session_id: SessionId,
     query: Annotated[str, Field(min_length=1, max_length=10_000)],
     ctx: Context[McpRuntime, Any],
-    k: Annotated[int, Field(ge=1, le=100, description="Most chunks to return.")] = 5,
+    k: Annotated[int, Field(ge=1, le=100, description="Most chunks to return."), NoBoolean] = 5,
     max_tokens: Annotated[Tokens | None, Field(description="Most tokens to return.")] = None,
 ) -> KnowledgeResults:
     """Search the knowledge base (documents indexed with `ctxproto index`) and return

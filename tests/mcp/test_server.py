@@ -618,6 +618,37 @@ def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(
     anyio.run(run)
 
 
+@pytest.mark.parametrize(
+    ("name", "arguments", "key"),
+    [
+        ("assemble_context", {"messages": [{"role": "user", "content": "Hi"}]}, "budget"),
+        ("compress_text", {"text": "Invoice 4471 is due."}, "target_tokens"),
+        ("compress_text", {"text": "Invoice 4471 is due."}, "rate"),
+        ("recall", {}, "max_tokens"),
+        ("search_knowledge", {"query": "refunds"}, "k"),
+        ("search_knowledge", {"query": "refunds"}, "max_tokens"),
+    ],
+)
+def test_a_boolean_for_a_number_is_a_tool_error_naming_the_argument(
+    service: ContextService, name: str, arguments: dict[str, Any], key: str
+) -> None:
+    """``true`` was read as 1 (``budget: true`` a one-token budget), as a config refuses it.
+    The argument's schema keeps its bounds in JSON Schema's words."""
+    for value in (True, False):
+        got = call(service, name, {"session_id": "x", **arguments, key: value})
+        assert got.is_error and key in text_of(got)
+        assert "a number, not a boolean" in text_of(got)
+
+    async def schema() -> dict[str, Any]:
+        async with Client(create_mcp_server(service)) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            found: dict[str, Any] = tools[name].input_schema["properties"][key]
+            return found
+
+    bounds = json.dumps(anyio.run(schema))
+    assert "maximum" in bounds and '"le"' not in bounds and '"gt"' not in bounds
+
+
 def test_unknown_session_resource_is_a_resource_error(service: ContextService) -> None:
     async def run() -> None:
         async with Client(create_mcp_server(service)) as client:
