@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _run(argv)
-        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        # Here, where a closed pipe can still be caught. A command started with its
+        # stdout closed (`>&-`, a daemon's closed descriptors) has none to flush.
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         if not _stdout_closed():
             raise  # a socket or a child's pipe: a failure, not a reader gone
@@ -69,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # that the interpreter's last flush at exit does not complain either.
         with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except SystemExit as exc:
+        # Rich's Console ends the process itself when its reader has gone: it points
+        # stdout at /dev/null and raises SystemExit(1) while handling the
+        # BrokenPipeError (Console.on_broken_pipe). Exit 1 says a failure; the same
+        # quiet end as a plain print's is meant (`ctxproto run ... | head -1`).
+        if not isinstance(exc.__context__, BrokenPipeError):
+            raise
         return EXIT_BROKEN_PIPE
     return code
 

@@ -156,8 +156,10 @@ def into_closed_pipe(args: list[str], *, unbuffered: bool) -> subprocess.Complet
         ["--help"],
         ["bench", "--help"],
         ["run", MINIMAL, "--request", str(ROOT / "examples/requests/support_chat.json"), "--json"],
+        # Printed by Rich, whose Console exited 1 by itself when its reader had gone.
+        ["run", MINIMAL, "--request", str(ROOT / "examples/requests/support_chat.json")],
     ],
-    ids=["help", "bench-help", "run-json"],
+    ids=["help", "bench-help", "run-json", "run-table"],
 )
 def test_a_reader_that_stops_early_ends_the_command_quietly(
     args: list[str], unbuffered: bool
@@ -165,6 +167,33 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
     proc = into_closed_pipe(args, unbuffered=unbuffered)
     assert proc.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
     assert proc.returncode in (0, 141)  # as a Unix filter killed by SIGPIPE reports it
+
+
+def test_a_command_started_with_stdout_closed_ends_without_a_traceback() -> None:
+    """Started with its stdout closed (`>&-`, a daemon's closed descriptors), Python has
+    no sys.stdout: the flush at the end of every command raised AttributeError."""
+    import os
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctxproto",
+            "run",
+            MINIMAL,
+            "--request",
+            str(ROOT / "examples/requests/support_chat.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+        preexec_fn=lambda: os.close(1),  # the child starts with descriptor 1 closed
+    )
+    assert proc.stderr == ""
+    assert proc.returncode == 0
 
 
 def test_json_output_is_strict_json_with_null_for_a_figure_not_measured(
