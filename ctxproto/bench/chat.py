@@ -23,6 +23,7 @@ one users would otherwise run; every ratio is reported. A peer that cannot run
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from ctxproto.bench.chat_workload import SessionScript, build_workload, examples
 from ctxproto.bench.machine import machine_line, print_figures
 from ctxproto.cli.arguments import int_at_least
 from ctxproto.errors import BackendError, ConfigError
+from ctxproto.stores.atomic import atomic_write_bytes
 from ctxproto.tokens import TokenCounter, get_counter
 
 if TYPE_CHECKING:
@@ -171,6 +173,8 @@ def handle(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     paths = parse_paths(args.paths)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     with Progress(transient=True, disable=args.json) as progress:
         result = run_chat_benchmark(
             args.turns,
@@ -185,6 +189,30 @@ def handle(args: argparse.Namespace) -> int:
         plot_by_turns(result["by_turns"], args.plot)
     summary = {k: v for k, v in result.items() if k != "turns"}
     return print_figures(summary, as_json=args.json, table=print_comparison)
+
+
+def check_plot_path(path: Path) -> None:
+    """``--plot``, checked before the benchmark runs: it is drawn after the whole run,
+    so a missing extra or a path that cannot be written would otherwise end minutes
+    of work in a traceback, with every figure lost."""
+    import tempfile
+
+    from ctxproto._extras import require
+
+    require("matplotlib", extra="eval")
+    if path.is_dir() or not path.name:
+        raise ConfigError(
+            f"{path} is a folder", key="--plot", expected="the path of the PNG file to write"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the plot to {path}: {exc.strerror}",
+            key="--plot",
+            expected="a file in a folder this user can write",
+        ) from None
 
 
 def parse_paths(text: str) -> tuple[str, ...]:
@@ -618,9 +646,12 @@ def plot_by_turns(rows: list[dict[str, Any]], path: Path) -> None:
     right.set_title("Tokens per turn")
     right.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # PNG at exactly ``path``, whatever its suffix (savefig would add ".png" to a name
+    # without one), written whole or not at all.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _warm_up() -> None:

@@ -1,4 +1,7 @@
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ctxproto.bench.chat import summarize
 from ctxproto.bench.chat_paths import TurnRecord
@@ -54,3 +57,45 @@ def test_workload_plants_facts_repeats_questions_and_is_deterministic(counter):
         for fact in script.facts:
             assert any(fact.answer in t.text for t in script.turns[:2])
     assert scripts[0].facts != scripts[1].facts
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_a_plot_path_that_cannot_be_written_is_refused_before_the_benchmark_runs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    """The plot is drawn after the whole run: a --plot naming a folder, or a file where
+    its folder should be, ended minutes of benchmark in a traceback, the figures lost."""
+    from ctxproto.bench import chat
+    from ctxproto.cli.main import main
+
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(chat, "run_chat_benchmark", run)
+    (tmp_path / "notes.txt").write_text("x", "utf-8")
+    plot = tmp_path if where == "folder" else tmp_path / "notes.txt" / "plot.png"
+    assert main(["bench", "chat", "--plot", str(plot)]) == 2
+    err = capsys.readouterr().err
+    assert "'--plot'" in err and "Traceback" not in err
+
+
+def test_the_plot_is_written_as_png_at_exactly_the_path_given(tmp_path: Path) -> None:
+    """Given a name without a suffix, the plot went to that name plus ".png"."""
+    from ctxproto.bench.chat import plot_by_turns
+
+    rows = [
+        {
+            "turn": turn,
+            "effective_tps_ratio": 1.0 + turn / 10,
+            "baseline_prompt_tokens": 100 * turn,
+            "ctxproto_prompt_tokens": 60 * turn,
+            "ctxproto_prefill_tokens": 20 * turn,
+        }
+        for turn in (1, 2, 3)
+    ]
+    plot_by_turns(rows, tmp_path / "by-turns")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-turns"]
+    assert (tmp_path / "by-turns").read_bytes().startswith(b"\x89PNG")
