@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "int_at_least",
     "int_between",
     "int_list",
+    "non_blank",
+    "non_blank_path",
     "non_negative_float",
     "positive_float",
 ]
@@ -102,3 +105,19 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
     return values
+
+
+def non_blank(text: str) -> str:
+    """An argparse ``type`` refusing an empty or blank value.
+
+    As a path, ``""`` is the working directory: ``--store "$STORE"`` with the
+    variable unset wrote a store's files among whatever the folder held.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def non_blank_path(text: str) -> Path:
+    """``non_blank``, as a ``Path``."""
+    return Path(non_blank(text))

@@ -21,7 +21,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxproto._extras import require
-from ctxproto.cli.arguments import int_at_least, int_list, non_negative_float
+from ctxproto.cli.arguments import (
+    int_at_least,
+    int_list,
+    non_blank_path,
+    non_negative_float,
+)
 from ctxproto.cli.interrupt import sigterm_as_ctrl_c
 from ctxproto.cli.main import EXIT_INTERRUPTED, print_json
 from ctxproto.config import validation_error_to_config_error
@@ -60,7 +65,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="pipeline YAML files")
     parser.add_argument("--dataset", required=True, help="needle, chat-needle or a .jsonl path")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the reports")
+    parser.add_argument("--out", required=True, type=non_blank_path, help="folder for the reports")
     parser.add_argument("--limit", type=int_at_least(1), help="evaluate at most N items")
     parser.add_argument(
         "--seed", type=int, help="needle, chat-needle: seed of the generated data (default 0)"

@@ -50,7 +50,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ctxproto._extras import require
-from ctxproto.cli.arguments import int_at_least
+from ctxproto.cli.arguments import int_at_least, non_blank
 from ctxproto.cli.main import counted
 from ctxproto.errors import ConfigError, StoreError
 from ctxproto.retrieval import folder_document_id, is_text_file, read_documents
@@ -74,6 +74,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--store",
         required=True,
+        type=non_blank,
         help="store folder or postgresql://USER@HOST/DB?table=NAME (created or updated)",
     )
     parser.add_argument(

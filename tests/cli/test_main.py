@@ -97,6 +97,10 @@ def test_missing_extra_prints_the_install_hint_with_its_brackets(tmp_path: Path)
         (["serve", MINIMAL, "--port", "99999"], "--port"),
         (["index", "docs", "--store", "redis://cache/0"], "--store"),
         (["index", "docs", "--store", "s3://bucket/kb"], "--store"),
+        # Blank, as an unset variable gives it: read as a path, the working directory.
+        (["index", "docs", "--store", ""], "argument --store: must not be empty"),
+        (["index", "docs", "--store", " "], "argument --store: must not be empty"),
+        (["eval", MINIMAL, "--dataset", "needle", "--out", ""], "argument --out: must not"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(
