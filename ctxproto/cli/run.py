@@ -54,7 +54,8 @@ def print_result(console: Console, pipeline: Pipeline, result: PipelineResult) -
     table.add_column("tokens in", justify="right")
     table.add_column("tokens out", justify="right")
     table.add_column("ms", justify="right")
-    table.add_column("counters")
+    # Folded, never cut: "fallback_sentences_dropped=0" lost its end at 80 columns.
+    table.add_column("counters", overflow="fold")
     for report in result.reports:
         counters = ", ".join(f"{k}={v:g}" for k, v in report.counters.items())
         table.add_row(

@@ -178,3 +178,16 @@ def test_run_says_what_the_budget_dropped(capsys):
     assert main(["run", MINIMAL, "--request", REQUEST]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "budget 1500, dropped 2 history messages," in out
+
+
+def test_run_table_cuts_no_stage_counter_at_80_columns(capsys, monkeypatch):
+    """The counters column cut a name too long for it: "fallback_sentences_droppe…",
+    its value lost with it."""
+    monkeypatch.setenv("COLUMNS", "80")
+    compress = str(ROOT / "examples" / "pipelines" / "compress.yaml")
+    assert main(["run", compress, "--request", REQUEST]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    cells = "".join(line.split("│")[-2].strip() for line in out.splitlines() if "│" in line)
+    assert "fallback_sentences_dropped=0" in cells
