@@ -56,6 +56,11 @@ HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 96
 IVF_PROBES = 16
+IVF_MIN_VECTORS = 16
+"""The fewest vectors IVF's 4·√n lists can be trained on (n ≥ 4·√n from n = 16).
+Below it an ``ivf`` index is flat, searched exactly, and it becomes IVF once it
+holds this many: refused, a store's first document (``ctxproto index`` adds one
+document at a time) and a save that compacted to fewer vectors both failed."""
 EXACT_SEARCH_ROWS = 4096
 """Allowed sets up to this size are always scored exactly: a few thousand inner
 products take well under a millisecond, less than a filtered graph walk."""
@@ -118,9 +123,9 @@ class VectorIndex:
             capacity = max(end, 2 * len(self._vectors))
             self._vectors = np.resize(self._vectors, (capacity, self.dimension))
             self._alive = np.resize(self._alive, capacity)
-        # Rows past ``_size`` are invisible: a build that raises (an IVF index with
-        # too few vectors to train) leaves the index as it was, and the size is
-        # committed only once the FAISS index holds the new vectors too.
+        # Rows past ``_size`` are invisible: a build that raises leaves the index as
+        # it was, and the size is committed only once the FAISS index holds the new
+        # vectors too.
         self._vectors[start:end] = vectors
         wanted = self._wanted_kind(end)
         if wanted != self.kind or not self._index.is_trained:
@@ -214,6 +219,8 @@ class VectorIndex:
         return checked_vectors(vectors, self.dimension)
 
     def _wanted_kind(self, size: int) -> str:
+        if self.requested_kind == "ivf":
+            return "ivf" if size >= IVF_MIN_VECTORS else "flat"
         if self.requested_kind != "auto":
             return self.requested_kind
         return "hnsw" if size >= self.hnsw_threshold else "flat"

@@ -275,21 +275,37 @@ def test_bad_vectors_are_rejected_and_change_nothing(open_store: Opener) -> None
     assert store.search(vectors[2], 1)[0].document.id == "d1#0"
 
 
-def test_an_index_that_cannot_build_leaves_index_and_docstore_in_step(tmp_path: Path) -> None:
-    """Five vectors cannot train IVF's lists: the refused add must leave no vectors behind,
-    or every later slot would name the wrong chunk and the saved store would not open."""
+def test_an_ivf_store_holds_its_first_few_vectors_and_a_refused_add_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    """Five vectors cannot train IVF's lists, and the store refused them: the first
+    document of an IVF store (``ctxproto index`` adds one at a time), and a save that
+    compacted it below that size, failed. It is flat until it can be trained. A
+    refused add must leave no vectors behind, or every later slot would name the
+    wrong chunk and the saved store would not open."""
     store = _store(tmp_path, kind="ivf")
     few = [Document(id=f"few#{i}", text="x") for i in range(5)]
-    with pytest.raises(StoreError, match="IVF"):
-        store.add("few", few, _vectors(5, seed=1))
+    broken = _vectors(5, seed=1)
+    broken[2, 0] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        store.add("few", few, broken)
     assert store.count == 0 and store.index.slot_count == 0
+    store.add("few", few, _vectors(5, seed=1))
+    assert store.index_kind == "flat"
+    assert store.search(_vectors(5, seed=1)[3], 1)[0].document.id == "few#3"
     vectors = _vectors(40)
     store.add("d", [Document(id=f"d#{i}", text=f"chunk {i}") for i in range(40)], vectors)
+    assert store.index_kind == "ivf"
     assert store.search(vectors[7], 1)[0].document.id == "d#7"
     store.save()
     reopened = _store(tmp_path, kind="ivf")
-    assert reopened.chunk_count == 40
+    assert reopened.chunk_count == 45
     assert reopened.search(vectors[7], 1)[0].document.id == "d#7"
+    reopened.delete(["d"])
+    reopened.save()  # compacted to five vectors: flat again
+    again = _store(tmp_path, kind="ivf")
+    assert again.chunk_count == 5 and again.index_kind == "flat"
+    assert again.search(_vectors(5, seed=1)[3], 1)[0].document.id == "few#3"
 
 
 def test_a_store_whose_records_and_vectors_differ_is_not_saved(tmp_path: Path) -> None:
