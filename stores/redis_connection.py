@@ -19,10 +19,11 @@ its protocol.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -74,6 +75,7 @@ class RedisConnection:
         self.name = redact_url(url)
         self._secrets = url_secrets(url)
         check_credentials(url)
+        _check_database(url, self.name)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 url,
@@ -84,6 +86,14 @@ class RedisConnection:
             )
         except ValueError as exc:
             raise ConfigError(f"not a usable Redis URL {self.name}: {self._scrub(exc)}") from None
+        unknown = _unknown_options(self.client.connection_pool)
+        if unknown:
+            self.client.close()
+            raise ConfigError(
+                f"the Redis URL {self.name} has the query parameter "
+                f"{', '.join(repr(name) for name in unknown)}, which is no connection option",
+                expected="redis-py's connection options, such as ?socket_timeout=2",
+            )
         self.ping()
 
     def ping(self) -> None:
@@ -106,6 +116,46 @@ class RedisConnection:
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_secrets(str(exc) or type(exc).__name__, self._secrets)
+
+
+_DATABASE_PATH = re.compile(r"/?(?:\d+/?)?")
+"""The path of a Redis URL: none, or a database number (``/0``, ``/1``)."""
+
+
+def _check_database(url: str, shown: str) -> None:
+    """A ``ConfigError`` naming ``shown`` when the URL's path is not a database number.
+
+    redis-py reads a path it cannot read as a number (``/staging``, ``/tenant-a``) as
+    database 0, so two deployments kept apart by such paths shared one database, and
+    each one's sessions and cache entries were the other's. A URL ``urlsplit``
+    cannot read is left to ``from_url``, whose ``ValueError`` is reported.
+    """
+    try:
+        path = unquote(urlsplit(url).path)
+    except ValueError:
+        return
+    if not _DATABASE_PATH.fullmatch(path):
+        raise ConfigError(
+            f"the path of the Redis URL {shown} is not a database number",
+            expected="redis://host:port/N with N a database number, or no path",
+        )
+
+
+def _unknown_options(pool: redis.ConnectionPool) -> list[str]:
+    """The options a URL's query gave ``pool`` that its connections do not take.
+
+    redis-py hands every query parameter it does not know to the connection, which
+    refuses it with a bare ``TypeError`` when the first one is made (``?timeout=2``,
+    a misspelt ``?socket_timout=2``): a traceback at start-up instead of the URL
+    named. The connection class's parameters are read from its signatures, so this
+    follows the installed redis-py.
+    """
+    accepted: set[str] = set()
+    for cls in pool.connection_class.__mro__:
+        init = vars(cls).get("__init__")
+        if cls is not object and init is not None:
+            accepted |= set(inspect.signature(init).parameters)
+    return sorted(set(pool.connection_kwargs) - accepted)
 
 
 def _unavailable(exc: redis.RedisError | OSError) -> bool:
