@@ -101,7 +101,7 @@ class RedisCacheStorage:
         return bool(removed)
 
     def add(self, entry: dict[str, Any], ttl: float | None, sources: Sequence[str]) -> str:
-        data = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        data = _entry_bytes(entry)
         expiry = None if ttl is None else max(int(ttl * 1000), 1)
         with self._reporting("cannot store an entry"):
             # Keys only grow, so a floor read before the transaction is low enough: the
@@ -277,6 +277,21 @@ class RedisCacheStorage:
 
     def _reporting(self, what: str) -> AbstractContextManager[None]:
         return self._connection.reporting(f"{what} of the semantic cache")
+
+
+def _entry_bytes(entry: dict[str, Any]) -> bytes:
+    """``entry`` as UTF-8 JSON; text holding a lone surrogate as JSON's ``\\u`` escapes.
+
+    No UTF-8 encoder takes a lone surrogate (what Python makes of a byte that is
+    not UTF-8, ``caf\\udce9``), and an answer or a namespace holding one failed the
+    ``put`` with a bare ``UnicodeEncodeError``, where the folder's JSON disk, which
+    escapes everything that is not ASCII, stores it. Escaped, it is ASCII JSON that
+    reads back as the same text; every other entry keeps the shorter UTF-8.
+    """
+    try:
+        return json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(entry, allow_nan=False).encode("ascii")
 
 
 def _numbered_up_to(name: bytes, latest: int) -> bool:

@@ -206,6 +206,24 @@ def test_a_source_that_is_not_unicode_is_refused_and_invalidates_nothing(
     assert cache.invalidate(source="caf\u00e9.md") == 1
 
 
+def test_an_answer_or_namespace_that_is_not_unicode_is_stored_by_every_storage(
+    cache: SemanticCache,
+) -> None:
+    """A lone surrogate in the answer or the namespace (a file name that is not UTF-8,
+    quoted) raised a bare UnicodeEncodeError from the Redis storage's ``put``, where
+    the folder's JSON disk stores the entry: both store it now, and serve it back as
+    the same text, in its namespace only."""
+    question = "Where is the file cafe.md kept?"
+    answer = "In the folder r\udce9sum\udce9s"
+    key = cache.put(question, answer, namespace="t\udce9")
+    hit = cache.get(question, namespace="t\udce9")
+    assert hit is not None
+    assert (hit.answer, hit.query, hit.key) == (answer, question, key)
+    assert cache.get(question, namespace="t\u00e9") is None
+    assert cache.get(question) is None
+    assert cache.invalidate(key=key) == 1
+
+
 def test_a_source_lists_no_key_older_than_the_oldest_live_entry(
     location: str, embedder: Any
 ) -> None:
