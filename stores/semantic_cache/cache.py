@@ -56,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -170,10 +171,16 @@ class SemanticCache:
             threshold = RULES_THRESHOLD if self._verifier is None else self._verifier.min_similarity
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"must be a cosine in [-1, 1], got {threshold}", key="threshold")
-        if ttl is not None and ttl <= 0:
-            raise ConfigError(f"must be positive seconds or None, got {ttl}", key="ttl")
+        # Not finite, a TTL is no number of seconds: the folder kept such entries for
+        # ever, and every put to a Redis server failed on a bare OverflowError or ValueError.
+        if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+            raise ConfigError(f"must be positive, finite seconds or None, got {ttl}", key="ttl")
         if max_entries is not None and max_entries <= 0:
             raise ConfigError(f"must be positive or None, got {max_entries}", key="max_entries")
+        if max_bytes <= 0:  # diskcache culled every entry as it was put
+            raise ConfigError(f"must be positive, got {max_bytes}", key="max_bytes")
+        if candidates <= 0:  # no candidate was ever searched: nothing hit, silently
+            raise ConfigError(f"must be at least 1, got {candidates}", key="candidates")
         on_server = isinstance(path, str) and store_location(path) == "redis"
         self.path = path if on_server else Path(path)
         """The folder, or the ``redis://`` URL (as given) of a server replicas share."""

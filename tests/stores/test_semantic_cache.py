@@ -696,6 +696,27 @@ def test_bad_inputs_are_clear_errors(cache: SemanticCache, tmp_path: Path, embed
     assert len(cache) == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("ttl", float("inf")),
+        ("ttl", float("nan")),
+        ("max_bytes", 0),
+        ("candidates", 0),
+        ("candidates", -1),
+    ],
+)
+def test_options_no_cache_can_keep_are_config_errors_naming_them(
+    location: str, embedder: Any, option: str, value: float
+) -> None:
+    """An infinite or NaN TTL failed every ``put`` to a Redis server with a bare
+    OverflowError or ValueError (the folder kept the entries for ever); a byte limit
+    of 0 culled every entry as it was put, and no candidate at all made every
+    lookup miss, both silently. Each is refused when the cache is opened."""
+    with pytest.raises(ConfigError, match=f"key '{option}'"):
+        SemanticCache(beside(location, "options"), embedder=embedder, **{option: value})
+
+
 def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> None:
     """Every check of an entry runs before its question is embedded or anything written."""
     before = embedder.memo_entries
