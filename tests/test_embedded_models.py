@@ -115,6 +115,18 @@ def test_work_remembered_in_an_own_memo_stays_there(embedder) -> None:
     assert embedder.memo_entries == before + 1
 
 
+@pytest.mark.models
+def test_a_text_with_a_lone_surrogate_is_embedded_as_its_replacement(embedder) -> None:
+    """A file name read with surrogateescape, half an escaped pair: the tokenizer
+    refused the whole batch with a bare ``TypeError`` (a semantic cache lookup, a
+    retriever's query, an index of such a file)."""
+    broken = "reset the router \udc80 now"
+    vector = embedder.embed([broken, "plain text"])[0]
+    expected = embedder.encode_uncached(["reset the router \ufffd now"])[0]
+    assert float(vector @ expected) > 0.9999
+    assert embedder.past_window([broken]) == 0
+
+
 @pytest.mark.parametrize("content", ["empty", "config only", "not gguf"])
 def test_a_path_that_holds_no_model_is_a_config_error_naming_it(tmp_path, monkeypatch, content):
     """transformers says ``Unrecognized model`` or ``no file named model.safetensors``

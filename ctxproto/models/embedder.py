@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
 from ctxproto.errors import ConfigError
+from ctxproto.messages import well_formed
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.device import check_device
 from ctxproto.models.loader import loading_model
@@ -117,7 +118,9 @@ class Embedder:
         """Run the model on ``texts`` (batched), bypassing the memo."""
         with releasing_thread_pool():  # models/openmp.py
             vectors = self._model.encode(
-                list(texts),
+                # A lone surrogate (a file name read with surrogateescape, half an
+                # escaped pair) made the tokenizer refuse the batch with a TypeError.
+                [well_formed(text) for text in texts],
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
@@ -140,7 +143,9 @@ class Embedder:
         """
         if not texts:
             return 0
-        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, verbose=False)
+        encoded = self._model.tokenizer(
+            [well_formed(text) for text in texts], add_special_tokens=True, verbose=False
+        )
         return sum(len(ids) > self.window_tokens for ids in encoded["input_ids"])
 
     @property
