@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctxproto.errors import ConfigError
+from ctxproto.models.tokenizer_input import well_formed
 
 __all__ = [
     "FunctionCall",
@@ -200,20 +201,6 @@ def text_only(data: Any) -> Any:
                 expected="text parts only; send this conversation to the model as it is",
             )
     return data
-
-
-def well_formed(text: str) -> str:
-    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD, as tiktoken does.
-
-    JSON may escape half a surrogate pair (``"\\ud83d"``), which Python decodes into
-    a ``str`` that has no UTF-8 form; Rust tokenizers then refuse the whole text with
-    a ``TypeError``. A pair written as two escapes is joined into its character.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
 
 
 def template_message(message: Message, *, calls_rendered: bool) -> dict[str, Any]:

@@ -22,12 +22,12 @@ import numpy.typing as npt
 
 from ctxproto._extras import quiet_transformers, require
 from ctxproto.errors import ConfigError
-from ctxproto.messages import well_formed
 from ctxproto.models.core_split import split_over_cores
 from ctxproto.models.device import check_device
 from ctxproto.models.loader import loading_model
 from ctxproto.models.openmp import release_thread_pool, releasing_thread_pool
 from ctxproto.models.resolver import resolve_embedder
+from ctxproto.models.tokenizer_input import well_formed
 
 __all__ = ["Embedder", "get_embedder"]
 

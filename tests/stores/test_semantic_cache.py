@@ -713,8 +713,9 @@ def test_options_no_cache_can_keep_are_config_errors_naming_them(
     OverflowError or ValueError (the folder kept the entries for ever); a byte limit
     of 0 culled every entry as it was put, and no candidate at all made every
     lookup miss, both silently. Each is refused when the cache is opened."""
+    options: dict[str, Any] = {option: value}
     with pytest.raises(ConfigError, match=f"key '{option}'"):
-        SemanticCache(beside(location, "options"), embedder=embedder, **{option: value})
+        SemanticCache(beside(location, "options"), embedder=embedder, **options)
 
 
 def test_a_refused_put_embeds_nothing(cache: SemanticCache, embedder: Any) -> None:
