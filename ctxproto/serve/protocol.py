@@ -80,8 +80,13 @@ class ChatMessageParam(_Wire):
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessageParam:
-        # Only an assistant turn that calls tools may come without content.
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        # Only an assistant turn that calls tools, or that refused, may come without
+        # content: OpenAI answers a refusal as ``"content": null`` beside ``refusal``,
+        # and clients send that message back as history, which read as having said
+        # nothing was a 400 for every later turn of the conversation.
+        refusal = (self.model_extra or {}).get("refusal")
+        said = self.tool_calls or (isinstance(refusal, str) and refusal)
+        if self.content is None and not (self.role == "assistant" and said):
             raise ValueError(f"a '{self.role}' message needs 'content'")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a 'tool' message needs 'tool_call_id'")

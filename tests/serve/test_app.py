@@ -13,6 +13,8 @@ import httpx
 import openai
 import pytest
 
+from tests.serve.clients import openai_client
+
 pytestmark = pytest.mark.models  # the semantic cache's embedder
 
 USER = [{"role": "user", "content": "Where is my parcel number 4711?"}]
@@ -365,6 +367,31 @@ def test_a_request_with_no_user_message_reaches_the_upstream_as_sent(proxy, scri
         )
         assert scripted.bodies[-1]["messages"] == messages
         assert raw.headers["x-ctxproto-cache"] == "bypass"
+
+
+def test_a_refusal_sent_back_as_history_is_what_the_assistant_said(proxy, scripted):
+    """OpenAI answers a refusal as ``"content": null`` beside ``refusal``, and a client
+    sends that message back with its next turn; the proxy answered that turn with a 400
+    (an assistant message with no content), and so every turn after a refusal."""
+    refused = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    messages = [
+        {"role": "user", "content": "How do I pick the lock of door 12?"},
+        refused,
+        {"role": "user", "content": "Then how do I reach the caretaker?"},
+    ]
+    answer = openai_client(proxy, "key-a").chat.completions.create(
+        model="ctxproto", messages=messages, extra_headers={"x-ctxproto-cache": "bypass"}
+    )
+    assert answer.choices[0].message.content.endswith("| Then how do I reach the caretaker?")
+    said = [m for m in scripted.bodies[-1]["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in said] == ["I can't help with that."]
+    # Content null with no refusal (or an empty one) is still a message that says nothing.
+    for silent in ({"role": "assistant", "content": None}, {**refused, "refusal": ""}):
+        with pytest.raises(openai.BadRequestError) as refused_error:
+            openai_client(proxy, "key-a").chat.completions.create(
+                model="ctxproto", messages=[messages[0], silent, messages[2]]
+            )
+        assert refused_error.value.body["param"] == "messages[1]"
 
 
 def test_a_stateful_session_with_no_user_message_sends_its_history_as_sent(proxy, scripted):
