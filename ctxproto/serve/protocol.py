@@ -168,15 +168,21 @@ class ChatCompletionRequest(_Wire):
         file this request's answer: a tool call, a JSON format, an answer cut at a stop
         string or padded past its end, log-probabilities a cached answer has not.
 
+        So do model servers' own fields that do the same (``_SERVER_SHAPERS``).
+
         Values that ask for a plain answer shape nothing: ``tool_choice`` "none" or
-        with no tools, ``response_format`` of type "text", ``false`` and empty ones.
+        with no tools, ``response_format`` of type "text", ``modalities`` of text
+        alone, ``false`` and empty ones.
         """
         extra = self.model_extra or {}
-        values = {name: getattr(self, name, None) or extra.get(name) for name in _ANSWER_SHAPERS}
+        names = (*_ANSWER_SHAPERS, *_SERVER_SHAPERS)
+        values = {name: getattr(self, name, None) or extra.get(name) for name in names}
         if values["tool_choice"] == "none" or not (values["tools"] or values["functions"]):
             values["tool_choice"] = values["function_call"] = None
         if isinstance(self.response_format, dict) and self.response_format.get("type") == "text":
             values["response_format"] = None
+        if values["modalities"] == ["text"]:
+            values["modalities"] = None
         return [name for name, value in values.items() if value]
 
 
@@ -191,7 +197,35 @@ _ANSWER_SHAPERS = (
     "logprobs",
     "top_logprobs",
     "logit_bias",
+    "modalities",
+    "audio",
 )
+"""OpenAI's fields that shape an answer (``answer_shapers``); ``modalities`` and
+``audio`` ask for a spoken answer, which a cached one is not."""
+
+_SERVER_SHAPERS = (
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "structural_tag",
+    "grammar",
+    "json_schema",
+    "regex",
+    "ebnf",
+    "min_tokens",
+    "stop_token_ids",
+    "prompt_logprobs",
+)
+"""Model servers' fields that shape an answer as OpenAI's do, forwarded as unknown
+fields: guided decoding (vLLM's ``guided_*``, ``structured_outputs`` and
+``structural_tag``, llama.cpp's ``grammar`` and ``json_schema``, SGLang's ``regex``,
+``ebnf`` and ``json_schema``) constrains it as ``response_format`` does; vLLM's
+``min_tokens`` holds it past its end as ``ignore_eos`` does, ``stop_token_ids`` cuts
+it as ``stop`` does, and ``prompt_logprobs`` asks what a cached answer has not. Not
+skipping them, the cache served a plain answer to a request that allows two words
+(an answer outside ``guided_choice``), and filed those two words for plain questions."""
 
 
 def _zero_if_null(value: Any) -> Any:

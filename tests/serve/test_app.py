@@ -230,6 +230,52 @@ def test_a_request_that_shapes_its_answer_skips_the_cache(proxy, shaping):
     assert shaped.headers["x-ctxproto-cache"] == "bypass"
 
 
+@pytest.mark.parametrize(
+    ("shaping", "asked"),
+    [
+        ({"guided_choice": ["yes", "no"]}, "Can the P3 printer print on both sides?"),
+        ({"guided_json": {"type": "object"}}, "Which colours does the V5 vase come in?"),
+        ({"guided_regex": "[0-9]+"}, "How many watts does the H8 hair dryer draw?"),
+        ({"guided_grammar": 'root ::= "yes" | "no"'}, "Is the L2 lamp dimmable?"),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, "Does the B6 bike fold?"),
+        ({"structural_tag": '{"type": "structural_tag"}'}, "What size is the S1 sofa?"),
+        ({"grammar": 'root ::= "yes" | "no"'}, "Can the D4 drone fly in rain?"),
+        ({"json_schema": {"type": "object"}}, "What does the M2 mixer weigh?"),
+        ({"regex": "[0-9]+"}, "How many pages does the N7 notebook have?"),
+        ({"ebnf": 'root ::= "yes" | "no"'}, "Is the G9 grill safe on a balcony?"),
+        ({"min_tokens": 50}, "Why does my W1 watch strap itch?"),
+        ({"stop_token_ids": [13]}, "Where is the reset pin of the R3 radio?"),
+        ({"prompt_logprobs": 1}, "When was the C8 camera first sold?"),
+        (
+            {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+            "Who designed the T6 tent?",
+        ),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_a_model_server_s_own_field_that_shapes_the_answer_skips_the_cache(
+    proxy, scripted, shaping, asked
+):
+    """vLLM's, SGLang's and llama.cpp's guided decoding constrain an answer as
+    ``response_format`` does (to a choice, a regex, a grammar, a schema), ``min_tokens``
+    holds it past its end as ``ignore_eos`` does, ``stop_token_ids`` cuts it as ``stop``
+    does, ``prompt_logprobs`` asks what a cached answer has not, and an audio answer is
+    no text: the cache served such a request a plain answer (one outside the choice
+    given), and filed its constrained answer for plain questions."""
+    field = next(iter(shaping))
+    question = [{"role": "user", "content": asked}]
+    ask = openai_client(proxy, "key-b").chat.completions.with_raw_response.create
+    assert ask(model="ctxproto", messages=question).headers["x-ctxproto-cache"] == "miss"
+    posts = len(scripted.bodies)
+    shaped = ask(model="ctxproto", messages=question, extra_body=shaping)
+    assert shaped.headers["x-ctxproto-cache"] == "bypass"
+    assert len(scripted.bodies) == posts + 1 and scripted.bodies[-1][field] == shaping[field]
+    # Plain values ask for a plain answer, as for OpenAI's own fields: the cache serves.
+    plain = {"modalities": ["text"]} if field == "modalities" else {field: None}
+    again = ask(model="ctxproto", messages=question, extra_body=plain)
+    assert again.headers["x-ctxproto-cache"] == "hit"
+
+
 def test_fields_that_ask_for_a_plain_answer_keep_the_cache(proxy):
     question = [{"role": "user", "content": "Does the K7 kettle have a keep-warm mode?"}]
     first = client(proxy).chat.completions.with_raw_response.create(
