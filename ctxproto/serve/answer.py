@@ -1,7 +1,7 @@
 """Answers as streams and streams as answers.
 
-``AnswerAccumulator`` rebuilds the assistant message a stream carried (text and
-tool calls merged by index, as OpenAI's SDK does), so a streamed answer is
+``AnswerAccumulator`` rebuilds the assistant message a stream carried (text, a
+refusal, and tool calls merged by index, as OpenAI's SDK does), so a streamed answer is
 cached and stored in a session exactly like a plain one. ``replay_chunks``
 turns a semantic-cache hit into a proper stream: role first, the text, the
 finish reason, then usage.
@@ -25,6 +25,7 @@ class AnswerAccumulator:
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._refusal: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
 
@@ -35,6 +36,11 @@ class AnswerAccumulator:
             delta = choice.delta
             if delta.content:
                 self._text.append(delta.content)
+            # OpenAI streams a refusal as ``refusal`` deltas, its content null: left out,
+            # a stateful session stored a turn in which the assistant said nothing.
+            refusal = (delta.model_extra or {}).get("refusal")
+            if isinstance(refusal, str):
+                self._refusal.append(refusal)
             for call in delta.tool_calls or []:
                 slot = self._calls.setdefault(
                     call.index or 0,
@@ -51,6 +57,8 @@ class AnswerAccumulator:
         if self.finish_reason is None:
             return None
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text) or None}
+        if self._refusal:
+            message["refusal"] = "".join(self._refusal)
         if self._calls:
             message["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
         return message

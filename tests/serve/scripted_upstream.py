@@ -16,7 +16,8 @@ usage objects sends them; ``SDKUSAGE``: the usage the openai SDK's own objects d
 details there and their counts null; ``NOUSAGE``: a whole answer's usage null;
 ``BADUSAGE <count> <json>``: the usage count named, ``cached_tokens`` included, set to
 the JSON value given, such as ``-1`` or ``"7"``),
-``LINGER <seconds>`` (wait after the chunk with the
+``REFUSE`` (a refusal, as OpenAI answers one: ``"content": null`` beside ``refusal``,
+streamed as ``refusal`` deltas), ``LINGER <seconds>`` (wait after the chunk with the
 finish reason, before the usage chunk and ``[DONE]``), ``LATEFAIL`` (an error
 event after the finish reason, in place of ``[DONE]``), ``PAGE <status>`` (as below).
 An answer longer than ``max_tokens`` words is cut there, with finish reason ``length``.
@@ -65,6 +66,9 @@ class Embedded:
     request_id: str | None
     answer: bytes = b""
 
+
+REFUSAL = "I can't help with that."
+"""What ``REFUSE`` answers."""
 
 ERROR_PAGE = "<html><body><h1>Not here</h1>nginx at internal-host-10.0.3.7</body></html>"
 """What ``PAGE <status>`` answers: a web server's page that names an internal host."""
@@ -117,6 +121,8 @@ class ScriptedUpstream:
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls"
+        if command[:1] == ["REFUSE"]:
+            message = {"role": "assistant", "content": None, "refusal": REFUSAL}
         if command[:1] in (["SURROGATE"], ["RAWSURROGATE"]):
             message["content"] += " \ud83d"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -250,6 +256,9 @@ class ScriptedUpstream:
                     }
                 )
             )
+        elif message.get("refusal"):
+            for index, word in enumerate(message["refusal"].split(" ")):
+                yield _sse(chunk({"refusal": word if index == 0 else " " + word}))
         else:
             for index, word in enumerate(message["content"].split(" ")):
                 if command == ["MIDFAIL"] and index == 2:

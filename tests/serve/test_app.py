@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.serve.clients import openai_client
+from tests.serve.scripted_upstream import REFUSAL
 
 pytestmark = pytest.mark.models  # the semantic cache's embedder
 
@@ -438,6 +439,36 @@ def test_a_refusal_sent_back_as_history_is_what_the_assistant_said(proxy, script
                 model="ctxproto", messages=[messages[0], silent, messages[2]]
             )
         assert refused_error.value.body["param"] == "messages[1]"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_refusal_is_kept_in_a_stateful_session_s_history(proxy, scripted, stream):
+    """A refusal comes as ``refusal`` beside ``"content": null``, streamed as
+    ``refusal`` deltas; a streamed one was stored as a turn in which the assistant
+    said nothing, and the session's next turn went upstream without it."""
+    headers = {
+        "x-session-id": f"refuse-{uuid.uuid4().hex[:8]}",
+        "x-ctxproto-session-mode": "stateful",
+    }
+    ask = openai_client(proxy, "key-a").chat.completions.create
+    answer = ask(
+        model="ctxproto",
+        messages=[{"role": "user", "content": "REFUSE"}],
+        stream=stream,
+        extra_headers=headers,
+    )
+    if stream:
+        refused = "".join(c.choices[0].delta.refusal or "" for c in answer if c.choices)
+    else:
+        refused = answer.choices[0].message.refusal
+    assert refused == REFUSAL
+    uncached = {**headers, "x-ctxproto-cache": "bypass"}
+    ask(
+        model="ctxproto", messages=[{"role": "user", "content": "Why not?"}], extra_headers=uncached
+    )
+    forwarded = scripted.bodies[-1]["messages"]
+    assert [m["role"] for m in forwarded] == ["user", "assistant", "user"]
+    assert forwarded[1]["content"] == REFUSAL
 
 
 def test_a_stateful_session_with_no_user_message_sends_its_history_as_sent(proxy, scripted):
