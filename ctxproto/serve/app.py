@@ -7,6 +7,7 @@ use the same pipeline, stores and upstream::
     POST /v1/chat/completions   the proxy (plain JSON or server-sent events)
     POST /v1/embeddings         forwarded to the upstream as it came
     GET  /v1/models             the served model name
+    GET  /v1/models/{model}     one of them (the openai client's ``models.retrieve``)
     GET  /health                readiness: the upstream and every store answer
     GET  /metrics               Prometheus text
     POST /v1/ctxproto/invalidate drop the cached answers built on a source (admin keys)
@@ -116,6 +117,8 @@ def create_app(
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
             Route("/v1/embeddings", _embeddings, methods=["POST"]),
             Route("/v1/models", _models, methods=["GET"]),
+            # :path, as a model's name holds a "/" (Qwen/Qwen2.5-7B-Instruct).
+            Route("/v1/models/{model:path}", _model, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
             Route("/v1/ctxproto/invalidate", _invalidate, methods=["POST"]),
@@ -180,6 +183,20 @@ async def _models(request: Request) -> JSONResponse:
     state.tenants.authenticate(request.headers.get("authorization"))
     cards = [ModelCard(id=name) for name in state.models]
     return JSONResponse(ModelList(data=cards).model_dump())
+
+
+async def _model(request: Request) -> JSONResponse:
+    """One model's card, as OpenAI's API answers ``GET /v1/models/{model}``: the openai
+    client's ``models.retrieve`` got a 404 for the route, for a model the list names.
+    A name clients may not use is the chat route's 404 ``model_not_found``."""
+    state = _state(request)
+    state.tenants.authenticate(request.headers.get("authorization"))
+    name: str = request.path_params["model"]
+    if name not in state.models:
+        raise APIError(
+            404, f"the model '{name}' does not exist", code="model_not_found", param="model"
+        )
+    return JSONResponse(ModelCard(id=name).model_dump())
 
 
 async def _health(request: Request) -> JSONResponse:

@@ -537,6 +537,22 @@ def test_unknown_key_is_401_in_the_envelope(proxy):
     assert raised.value.body["code"] == "invalid_api_key"
 
 
+def test_a_model_is_retrieved_by_its_name(proxy):
+    """``client.models.retrieve`` asks ``GET /v1/models/{model}``, which was a 404 for
+    the route, even for the names ``GET /v1/models`` lists."""
+    models = openai_client(proxy, "key-a").models
+    for name in ("ctxproto", "scripted"):
+        card = models.retrieve(name)
+        assert card.id == name and card.object == "model"
+    for unknown in ("gpt-4o", "Qwen/Qwen2.5-7B-Instruct"):  # a name may hold a "/"
+        with pytest.raises(openai.NotFoundError) as raised:
+            models.retrieve(unknown)
+        assert raised.value.body["code"] == "model_not_found"
+        assert unknown in raised.value.body["message"]
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(proxy, "wrong").models.retrieve("ctxproto")
+
+
 def test_models_health_and_metrics(proxy):
     assert [m.id for m in client(proxy).models.list()] == ["ctxproto", "scripted"]
     health = httpx.get(f"{proxy.base_url}/health").json()
