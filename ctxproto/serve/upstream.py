@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -477,10 +478,17 @@ def _json_object(answer: bytes) -> bool:
 
 
 def _seconds(value: str | None) -> float | None:
+    """An upstream's ``Retry-After`` in seconds, or ``None`` when it names no wait.
+
+    An HTTP date, and what reads as a float but is no wait: ``inf`` and ``nan``
+    slept the retry ``nan`` or failed the envelope's ``int(inf)`` (a 500 outside
+    it, for an upstream's 429), and a negative one is no time to wait for.
+    """
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

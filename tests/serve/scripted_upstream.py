@@ -169,15 +169,17 @@ class ScriptedUpstream:
         )
 
     def _failure(self, command: list[str]) -> Response | None:
-        """The failure ``FAIL <status> <times> <tag>`` asks for, while it has times left."""
+        """The failure ``FAIL <status> <times> <tag> [<retry-after>]`` asks for, while it
+        has times left (``retry-after: 0`` unless given)."""
         if command[:1] != ["FAIL"]:
             return None
         status, times, tag = int(command[1]), int(command[2]), command[3]
+        retry_after = command[4] if len(command) > 4 else "0"
         if self.failures[tag] >= times:
             return None
         self.failures[tag] += 1
         error = {"object": "error", "message": f"scripted {status}", "type": "x", "code": status}
-        return JSONResponse(error, status_code=status, headers={"retry-after": "0"})
+        return JSONResponse(error, status_code=status, headers={"retry-after": retry_after})
 
     async def _embeddings(self, request: Request) -> Response:
         body = await request.json()

@@ -65,6 +65,16 @@ def test_upstream_429_is_passed_on_with_retry_after(proxy):
     assert raised.value.body["type"] == "rate_limit_error"
 
 
+@pytest.mark.parametrize("sent", ["inf", "nan", "-5", "1e400"])
+def test_a_retry_after_that_is_no_wait_is_not_passed_on(proxy, sent):
+    """``inf`` and ``nan`` read as floats: the retry slept ``nan`` or the envelope's
+    ``int(inf)`` failed, a 500 outside the envelope in place of the upstream's 429."""
+    with pytest.raises(openai.RateLimitError) as raised:
+        ask(proxy, f"FAIL 429 9 {uuid.uuid4().hex} {sent}")
+    assert "retry-after" not in raised.value.response.headers
+    assert raised.value.body["type"] == "rate_limit_error"
+
+
 def test_upstream_400_keeps_its_status_and_message(proxy):
     with pytest.raises(openai.BadRequestError) as raised:
         ask(proxy, f"FAIL 400 9 {uuid.uuid4().hex}")
