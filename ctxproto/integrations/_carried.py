@@ -20,6 +20,8 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from ctxproto.errors import ConfigError
 
 __all__ = [
@@ -36,7 +38,7 @@ PINNED_KEY = "ctxproto_pinned"
 
 
 def pinned_flag(extra: Mapping[str, Any], where: str, *, key: str) -> bool:
-    """``extra[PINNED_KEY]``: absent is ``False``; a value that is not a boolean is a
+    """``extra[PINNED_KEY]``: absent or null is ``False``; a value that is not a boolean is a
     ``ConfigError`` naming ``where`` it was read, under ``key``.
 
     Read by its truth, the string ``"false"`` (from a store or a form that keeps its
@@ -44,7 +46,11 @@ def pinned_flag(extra: Mapping[str, Any], where: str, *, key: str) -> bool:
     quietly leave unpinned what was meant to be kept. Either way a slip ran silently
     wrong, so it is refused, as a boolean given where a number belongs is in a config.
     """
-    value = extra.get(PINNED_KEY, False)
+    value = extra.get(PINNED_KEY)
+    if value is None:  # absent, or a column store's null for a node without the key
+        return False
+    if isinstance(value, np.bool_):  # read back from an array-backed store
+        return bool(value)
     if not isinstance(value, bool):
         raise ConfigError(
             f"{where}['{PINNED_KEY}'] is {reprlib.repr(value)}, not a boolean",
@@ -55,9 +61,12 @@ def pinned_flag(extra: Mapping[str, Any], where: str, *, key: str) -> bool:
 
 
 def call_id(value: str | None, name: str | None) -> str:
-    """A tool call's id; none, or an empty one, is a ``ConfigError``: a tool result
-    answers its call by id, so no result could ever be matched to the call."""
-    if not value:
+    """A tool call's id; none at all is a ``ConfigError``: a tool result answers its
+    call by id, so no result could ever be matched to the call. An empty id is an
+    id: a result with ``tool_call_id=""`` answers it, the SDK's messages take it,
+    and histories written by earlier versions hold it (a LlamaIndex call with no id
+    was stored as ``""``), so refused, they could no longer be read back."""
+    if value is None:
         raise ConfigError(
             f"tool call '{name or ''}' has no id", key="messages", expected="a tool-call id"
         )

@@ -178,8 +178,6 @@ def _older_tool_calls(calls: Any) -> list[ToolCall]:
             key="messages",
             expected="tool calls in the OpenAI form",
         ) from exc
-    for call in converted:  # an empty id, as a block's
-        call_id(call.id, call.function.name)
     return converted
 
 

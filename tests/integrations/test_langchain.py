@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
+import numpy as np
 import pytest
 from langchain_core.messages import (
     AIMessage,
@@ -150,7 +151,8 @@ def test_the_pinned_flag_is_a_boolean_and_anything_else_is_refused():
 
     assert (pinned(True), pinned(False)) == (True, False)
     assert to_message(HumanMessage("Hi.")).pinned is False
-    for value in ("false", "true", 1, None):  # "false" read by its truth pinned the message
+    assert (pinned(None), pinned(np.bool_(True))) == (False, True)  # a store's null, numpy's
+    for value in ("false", "true", 1):  # "false" read by its truth pinned the message
         with pytest.raises(ConfigError, match=r"\['ctxproto_pinned'\] is .*, not a boolean"):
             pinned(value)
 

@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 from llama_index.core import Document as LlamaDocument
 from llama_index.core import VectorStoreIndex
@@ -140,9 +141,10 @@ def test_the_pinned_flag_of_a_message_or_a_node_is_a_boolean_and_anything_else_i
     def node(value: object) -> NodeWithScore:
         return NodeWithScore(node=TextNode(text="t", metadata={"ctxproto_pinned": value}))
 
-    assert [to_message(message(v)).pinned for v in (True, False)] == [True, False]
-    assert [to_document(node(v)).pinned for v in (True, False)] == [True, False]
-    for value in ("false", "true", 1, None):  # "false" read by its truth pinned it
+    assert [to_message(message(v)).pinned for v in (True, False, None)] == [True, False, False]
+    assert [to_document(node(v)).pinned for v in (True, False, None)] == [True, False, False]
+    assert to_document(node(np.bool_(True))).pinned is True  # read back from an array store
+    for value in ("false", "true", 1):  # "false" read by its truth pinned it
         with pytest.raises(ConfigError, match=r"additional_kwargs\['ctxproto_pinned'\] is"):
             to_message(message(value))
         with pytest.raises(ConfigError, match=r"metadata\['ctxproto_pinned'\] is .*, not a bool"):
@@ -150,15 +152,19 @@ def test_the_pinned_flag_of_a_message_or_a_node_is_a_boolean_and_anything_else_i
 
 
 def test_a_tool_call_with_no_id_is_refused_as_in_the_langchain_adapter():
-    """No tool result could ever be matched to it; it converted to id ''."""
-    for tool_call_id in (None, ""):
-        block = ToolCallBlock(tool_call_id=tool_call_id, tool_name="lookup", tool_kwargs={})
-        with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
-            to_message(ChatMessage(role=MessageRole.ASSISTANT, blocks=[block]))
-    older = {"id": "", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-    message = ChatMessage(role=MessageRole.ASSISTANT, additional_kwargs={"tool_calls": [older]})
+    """No tool result could ever be matched to it; it converted to id ''. An empty id
+    is kept: it round-trips, as histories of earlier versions hold it."""
+    block = ToolCallBlock(tool_call_id=None, tool_name="lookup", tool_kwargs={})
     with pytest.raises(ConfigError, match="tool call 'lookup' has no id"):
+        to_message(ChatMessage(role=MessageRole.ASSISTANT, blocks=[block]))
+    older = {"id": None, "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    message = ChatMessage(role=MessageRole.ASSISTANT, additional_kwargs={"tool_calls": [older]})
+    with pytest.raises(ConfigError, match=r"additional_kwargs\['tool_calls'\] is not a list"):
         to_message(message)
+    empty = ToolCallBlock(tool_call_id="", tool_name="lookup", tool_kwargs={})
+    converted = to_message(ChatMessage(role=MessageRole.ASSISTANT, blocks=[empty]))
+    assert [call.id for call in converted.tool_calls] == [""]
+    assert to_message(from_message(converted)).tool_calls == converted.tool_calls
 
 
 def test_non_text_blocks_are_refused_by_name():
