@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxproto._extras import require
-from ctxproto.messages import Message
+from ctxproto.messages import Message, well_formed
 from ctxproto.models.openmp import releasing_thread_pool
 
 __all__ = ["DEFAULT_LOGPROB_MAX_TOKENS", "AnswerLogprobScorer"]
@@ -66,14 +66,16 @@ class AnswerLogprobScorer:
             )
         else:
             text = "\n\n".join(f"{m['role']}: {m['content']}" for m in plain) + "\n\nassistant: "
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self.tokenizer(well_formed(text), add_special_tokens=False)["input_ids"]
         return ids
 
     def score(self, messages: list[dict[str, Any]], answer: str) -> float | None:
         """Summed log-probability of ``answer``, or ``None`` when the prompt is too long."""
         torch = require("torch", extra="runtime")
         prompt = self.prompt_ids(messages)
-        target: list[int] = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        target: list[int] = self.tokenizer(well_formed(answer), add_special_tokens=False)[
+            "input_ids"
+        ]
         if not target or len(prompt) + len(target) > self.max_tokens:
             return None
         ids = torch.tensor([prompt + target], dtype=torch.long, device=self.device)

@@ -19,6 +19,7 @@ from typing import Any
 from ctxproto._extras import require
 from ctxproto.models.device import resolve_device
 from ctxproto.models.openmp import releasing_thread_pool
+from ctxproto.models.tokenizer_input import well_formed
 
 __all__ = ["SelfInformationScorer", "TokenScore"]
 
@@ -66,13 +67,16 @@ class SelfInformationScorer:
         prefix: list[int] = []
         if condition.strip():
             encoded = self._tokenizer(
-                f"Question: {condition.strip()}\n\n", add_special_tokens=False
+                well_formed(f"Question: {condition.strip()}\n\n"), add_special_tokens=False
             )
             prefix = list(encoded["input_ids"])[-self.condition_tokens :]
         rows: list[tuple[int, int, list[int]]] = []  # (text index, first token, window ids)
         offsets: list[list[tuple[int, int]]] = []
         for t, text in enumerate(texts):
-            encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            # A lone surrogate made the tokenizer refuse the text (a bare TypeError);
+            # replaced in place, the offsets still point into ``text``.
+            clean = well_formed(text, keep_length=True)
+            encoded = self._tokenizer(clean, add_special_tokens=False, return_offsets_mapping=True)
             ids = list(encoded["input_ids"])
             offsets.append([(int(a), int(b)) for a, b in encoded["offset_mapping"]])
             for first in range(0, len(ids), self.window_tokens):

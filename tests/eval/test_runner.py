@@ -64,6 +64,18 @@ def test_a_failed_item_counts_under_the_log_prob_only_where_the_baseline_was_sco
     assert tiny["logprob_retention"] == 0.0
 
 
+@pytest.mark.models
+def test_a_lone_surrogate_in_an_item_is_scored_as_its_replacement(lm: Any) -> None:
+    """Half an escaped pair in a JSONL item's messages or answer: the scorer's
+    tokenizer refused the text with a bare TypeError."""
+    from ctxproto.eval.logprob import AnswerLogprobScorer
+
+    scorer = AnswerLogprobScorer(max_tokens=600)
+    broken = scorer.score([{"role": "user", "content": "Where is \ud83d it?"}], "Here \udc80.")
+    replaced = scorer.score([{"role": "user", "content": "Where is \ufffd it?"}], "Here \ufffd.")
+    assert broken is not None and broken == pytest.approx(replaced)
+
+
 def test_the_baseline_places_documents_where_the_pipeline_does() -> None:
     dataset = load_dataset("needle", DatasetOptions(context_lengths=[600], depths=[50]))
     unchanged = Pipeline([], Budget(max_prompt_tokens=5000), documents_position="query")

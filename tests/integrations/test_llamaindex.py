@@ -163,7 +163,7 @@ def test_a_tool_call_with_no_id_is_refused_as_in_the_langchain_adapter():
         to_message(message)
     empty = ToolCallBlock(tool_call_id="", tool_name="lookup", tool_kwargs={})
     converted = to_message(ChatMessage(role=MessageRole.ASSISTANT, blocks=[empty]))
-    assert [call.id for call in converted.tool_calls] == [""]
+    assert [call.id for call in converted.tool_calls or []] == [""]
     assert to_message(from_message(converted)).tool_calls == converted.tool_calls
 
 

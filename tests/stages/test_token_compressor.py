@@ -48,6 +48,17 @@ def half(lm):
     return TokenCompressor(rate=0.5, force_keep=[r"storm"]).run(context())
 
 
+def test_a_text_with_a_lone_surrogate_is_compressed(counter, lm):
+    """A file name read with surrogateescape in a document, half an escaped pair in the
+    question: the scorer's tokenizer refused the text with a bare TypeError."""
+    text = TEXT.replace("storm", "st\udc80orm", 1)
+    assert text != TEXT
+    result = TokenCompressor(rate=0.5).run(context(text, query="Why \ud83d the delay?"))
+    assert result.report.counters["target_met"] == 1
+    source = iter(text.split())
+    assert all(word in source for word in result.context.documents[0].text.split())
+
+
 def test_rate_is_met(counter, half):
     assert half.report.counters["target_met"] == 1
     assert counter.count(half.context.documents[0].text) <= math.ceil(counter.count(TEXT) * 0.5)
