@@ -200,7 +200,13 @@ def check_plot_path(path: Path) -> None:
     from ctxproto._extras import require
 
     require("matplotlib", extra="eval")
-    if path.is_dir() or not path.name:
+    try:
+        folder = path.is_dir() or not path.name  # a name too long raises here
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the plot to {path}: {exc.strerror}", key="--plot"
+        ) from None
+    if folder:
         raise ConfigError(
             f"{path} is a folder", key="--plot", expected="the path of the PNG file to write"
         )

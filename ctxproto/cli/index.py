@@ -69,7 +69,9 @@ def register(subparsers: Any) -> None:
         description="Chunk, embed and store documents for the `retriever` stage.",
     )
     parser.add_argument(
-        "source", help="folder of .txt/.md files, one such file, or a .jsonl of documents"
+        "source",
+        type=non_blank,  # "" is the working directory: --prune would empty the store
+        help="folder of .txt/.md files, one such file, or a .jsonl of documents",
     )
     parser.add_argument(
         "--store",

@@ -59,7 +59,7 @@ def test_workload_plants_facts_repeats_questions_and_is_deterministic(counter):
     assert scripts[0].facts != scripts[1].facts
 
 
-@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+@pytest.mark.parametrize("where", ["folder", "under-a-file", "name-too-long"])
 def test_a_plot_path_that_cannot_be_written_is_refused_before_the_benchmark_runs(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -76,7 +76,11 @@ def test_a_plot_path_that_cannot_be_written_is_refused_before_the_benchmark_runs
 
     monkeypatch.setattr(chat, "run_chat_benchmark", run)
     (tmp_path / "notes.txt").write_text("x", "utf-8")
-    plot = tmp_path if where == "folder" else tmp_path / "notes.txt" / "plot.png"
+    plot = {
+        "folder": tmp_path,
+        "under-a-file": tmp_path / "notes.txt" / "plot.png",
+        "name-too-long": tmp_path / ("x" * 300 + ".png"),  # is_dir() raised OSError
+    }[where]
     assert main(["bench", "chat", "--plot", str(plot)]) == 2
     err = capsys.readouterr().err
     assert "'--plot'" in err and "Traceback" not in err

@@ -101,6 +101,7 @@ def test_missing_extra_prints_the_install_hint_with_its_brackets(tmp_path: Path)
         (["index", "docs", "--store", ""], "argument --store: must not be empty"),
         (["index", "docs", "--store", " "], "argument --store: must not be empty"),
         (["eval", MINIMAL, "--dataset", "needle", "--out", ""], "argument --out: must not"),
+        (["index", "", "--store", "s", "--prune"], "argument source: must not be empty"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(
