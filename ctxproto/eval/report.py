@@ -209,7 +209,7 @@ class EvalReport:
 
 
 def _table_text(text: str) -> str:
-    """``text`` as one cell of a Markdown table.
+    """``text`` as one cell of a Markdown table, or on one heading line.
 
     A pipeline's name is free text: a ``|`` in it ("bm25 | top-5") split its row
     into one cell too many, shifting every figure after it under the wrong
@@ -230,7 +230,7 @@ def _grid_table(system: str, rows: Sequence[Row]) -> list[str]:
     lengths = sorted({length for _, length in cells})
     lines = [
         "",
-        f"### Answer retention by needle depth x context length: {system}",
+        f"### Answer retention by needle depth x context length: {_table_text(system)}",
         "",
         "| depth \\ length | " + " | ".join(str(n) for n in lengths) + " |",
         "|---|" + "---:|" * len(lengths),

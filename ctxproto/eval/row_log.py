@@ -136,6 +136,12 @@ class RunRecord(BaseModel):
     logprob_max_tokens: int
     logprob_tolerance: float
 
+    def unseeded(self, option: str) -> bool:
+        """Whether ``option`` is the seed of a data file, which has no random part: a run
+        recorded with a ``--seed`` for one (accepted then, refused now) could
+        otherwise never be resumed."""
+        return option == "seed" and self.dataset.startswith("sha256:")
+
     def difference(self, other: RunRecord) -> tuple[str, str] | None:
         """The first option ``other`` sets otherwise, and how; ``None`` when they match.
 
@@ -144,7 +150,7 @@ class RunRecord(BaseModel):
         """
         for name in type(self).model_fields:
             there, here = getattr(self, name), getattr(other, name)
-            if there == here:
+            if there == here or self.unseeded(name):
                 continue
             if name == "pipelines":
                 return "PIPELINE", _changed_pipelines(there, here)
@@ -276,7 +282,7 @@ class RowLog:
             return
         then = continued.header.settings
         for key in sorted(set(settings) | set(then)):
-            if then.get(key) != settings.get(key):
+            if then.get(key) != settings.get(key) and not self.run.unseeded(key):
                 how = f"{_shown(then.get(key))} there, {_shown(settings.get(key))} here"
                 raise _mismatch("--" + key.replace("_", "-"), how, self.path)
         with self._reporting():

@@ -133,3 +133,12 @@ def test_a_pipeline_name_with_a_bar_keeps_its_figures_under_their_columns() -> N
     cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", named)[1:-1]]
     assert len(cells) == header.count("|") - 1
     assert cells[0] == "bm25 \\| top-5 v2" and cells[1] == "2.00x"
+
+
+def test_a_pipeline_name_with_a_line_break_keeps_its_depth_table_heading_whole() -> None:
+    """The heading of a pipeline's depth x length table took its name as written: a
+    line break ended the heading and left the rest of the name as a stray line."""
+    cells = {"depth_percent": 50, "context_length": 600}
+    rows = [row(BASELINE, "n-0", **cells), row("bm25\ntop-5", "n-0", **cells)]
+    markdown = EvalReport(rows, dataset={"name": "needle"}, settings={"seed": 0}).markdown()
+    assert "length: bm25 top-5" in markdown and "\ntop-5" not in markdown

@@ -260,3 +260,18 @@ def test_a_full_disk_is_a_store_error_and_leaves_whole_lines(tmp_path: Path) -> 
     assert done.stdout.splitlines() == [f"refused {path}: cannot write: File too large", "closed"]
     with RowLog(tmp_path, RUN, resume=True) as log:
         assert sorted(log.done) == [0, 2]
+
+
+def test_a_data_files_run_recorded_with_a_seed_resumes_without_one(tmp_path: Path) -> None:
+    """``--seed`` was accepted with a JSONL file and recorded; now refused for one, the
+    run could never be resumed ("3 there, 0 here")."""
+    seeded = RUN.model_copy(update={"dataset": "sha256:ab", "seed": 3})
+    with RowLog(tmp_path, seeded, resume=False) as log:
+        log.start({"seed": 3, "logprob": False})
+        log.append(0, rows("q0"))
+    plain = RUN.model_copy(update={"dataset": "sha256:ab"})
+    with RowLog(tmp_path, plain, resume=True) as log:
+        log.start({"seed": 0, "logprob": False})
+        assert list(log.done) == [0]
+    generated = RUN.model_copy(update={"seed": 3})
+    assert RUN.difference(generated) == ("--seed", "0 there, 3 here")
