@@ -128,7 +128,7 @@ class VectorIndex:
         # vectors too.
         self._vectors[start:end] = vectors
         wanted = self._wanted_kind(end)
-        if wanted != self.kind or not self._index.is_trained:
+        if wanted != self.kind or not self._index.is_trained or self._lists_outgrown(end):
             self.kind, self._index = wanted, self._built(wanted, self._vectors[:end])
         else:
             self._index.add(vectors)
@@ -225,6 +225,14 @@ class VectorIndex:
             return self.requested_kind
         return "hnsw" if size >= self.hnsw_threshold else "flat"
 
+    def _lists_outgrown(self, size: int) -> bool:
+        """Whether an IVF index, trained when it was smaller, has half the lists its
+        size now asks for: it is trained again then, at each fourfold growth, so the
+        rebuilds cost O(n) over all adds. Trained once, a store indexed a document
+        at a time kept the 16 lists of its first 16 vectors, each search probing
+        every one of them."""
+        return self.kind == "ivf" and _ivf_lists(size) >= 2 * self._index.nlist
+
     def _new_index(self, kind: str, size: int) -> Any:
         faiss = self.faiss
         if kind == "flat":
@@ -235,8 +243,8 @@ class VectorIndex:
             index.hnsw.efSearch = HNSW_EF_SEARCH
             return index
         if kind == "ivf":
-            lists = max(1, min(4096, int(4 * np.sqrt(max(size, 1)))))
             quantizer = faiss.IndexFlatIP(self.dimension)
+            lists = _ivf_lists(size)
             index = faiss.IndexIVFFlat(quantizer, self.dimension, lists, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = IVF_PROBES
             return index
@@ -311,6 +319,11 @@ class VectorIndex:
                 self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
             scores, slots = self._gpu_index.search(query, k)
             return scores, slots
+
+
+def _ivf_lists(size: int) -> int:
+    """IVF's list count for ``size`` vectors: 4·√n, at most 4,096."""
+    return max(1, min(4096, int(4 * np.sqrt(max(size, 1)))))
 
 
 def _best_first(scores: npt.NDArray[np.float32], slots: Slots) -> SearchHits:
