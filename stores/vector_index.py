@@ -94,7 +94,7 @@ class VectorIndex:
         self._vectors: Vectors = np.empty((0, dimension), dtype=np.float32)
         self._alive: npt.NDArray[np.bool_] = np.empty(0, dtype=bool)
         self._size = 0
-        self.kind: str = "flat" if kind == "auto" else kind
+        self.kind: str = self._wanted_kind(0)  # an ivf index is flat until it can train
         self._index: Any = self._new_index(self.kind, 0)
         self._gpu_index: Any = None
 

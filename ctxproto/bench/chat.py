@@ -212,7 +212,11 @@ def check_plot_path(path: Path) -> None:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
+        # The temporary file the atomic write makes, whose name is 14 characters
+        # longer than the plot's: a name the folder takes but not that one failed
+        # only once the benchmark had run.
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent):
+            pass
     except OSError as exc:
         raise ConfigError(
             f"cannot write the plot to {path}: {exc.strerror}",

@@ -118,7 +118,8 @@ def to_message(message: BaseMessage) -> Message:
             fields["content"] = None
         return Message(role="assistant", tool_calls=calls or None, **fields)
     if isinstance(message, ToolMessage):
-        return Message(role="tool", tool_call_id=message.tool_call_id or None, **fields)
+        # An empty id is an id: it answers the call of id "" (see ``call_id``).
+        return Message(role="tool", tool_call_id=message.tool_call_id, **fields)
     if isinstance(message, ChatMessage) and message.role in _CHAT_ROLES:
         return Message(role=_CHAT_ROLES[message.role], **fields)
     # A ChatMessage's role named, as LlamaIndex's adapter names one: "a ChatMessage"
@@ -211,7 +212,7 @@ def _text(message: BaseMessage) -> str:
 def _call_ids(message: AIMessage) -> set[str]:
     ids = [call["id"] for call in message.tool_calls]
     ids += [call["id"] for call in message.invalid_tool_calls]
-    return {i for i in ids if i}
+    return {i for i in ids if i is not None}
 
 
 def _tool_calls(message: AIMessage) -> list[ToolCall]:

@@ -112,8 +112,8 @@ def to_message(message: ChatMessage) -> Message:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolCallBlock):
-            # Refused as the LangChain adapter refuses it: it converted to id "", and
-            # no tool result could ever be matched to it.
+            # One with no id is refused as the LangChain adapter refuses it: no tool
+            # result could ever be matched to it.
             ident = call_id(block.tool_call_id, block.tool_name)
             arguments = arguments_string(block.tool_kwargs, raw.get(ident))
             calls.append(

@@ -189,14 +189,20 @@ async def _model(request: Request) -> JSONResponse:
     """One model's card, as OpenAI's API answers ``GET /v1/models/{model}``: the openai
     client's ``models.retrieve`` got a 404 for the route, for a model the list names.
     A name clients may not use is the chat route's 404 ``model_not_found``."""
+    name: str = request.path_params["model"]
+    if not name:  # /v1/models/, which the list answered before this route
+        return await _models(request)
     state = _state(request)
     state.tenants.authenticate(request.headers.get("authorization"))
-    name: str = request.path_params["model"]
     if name not in state.models:
-        raise APIError(
-            404, f"the model '{name}' does not exist", code="model_not_found", param="model"
-        )
+        raise _unknown_model(name)
     return JSONResponse(ModelCard(id=name).model_dump())
+
+
+def _unknown_model(name: str) -> APIError:
+    return APIError(
+        404, f"the model '{name}' does not exist", code="model_not_found", param="model"
+    )
 
 
 async def _health(request: Request) -> JSONResponse:
@@ -258,9 +264,7 @@ async def _chat_completions(request: Request) -> Response:
     body = await read_json_body(request, state.limits)
     chat = parse_chat_request(body)
     if chat.model is not None and chat.model not in state.models:
-        raise APIError(
-            404, f"the model '{chat.model}' does not exist", code="model_not_found", param="model"
-        )
+        raise _unknown_model(chat.model)
     headers = request.headers
     stateful = _stateful(headers.get("x-ctxproto-session-mode", state.session_mode))
     session = named_session(headers, chat.user)

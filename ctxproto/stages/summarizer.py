@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr
 
 from ctxproto.context import Context
-from ctxproto.messages import Message
+from ctxproto.messages import Message, well_formed
 from ctxproto.models.embedder import Embedder, get_embedder
 from ctxproto.models.openmp import releasing_thread_pool
 from ctxproto.stages.base import Stage, Transformed
@@ -312,7 +312,9 @@ class Summarizer(Stage):
     def _abstractive(self, summary: str, messages: list[Message]) -> str:
         prompt = _INSTRUCTION.format(summary=summary or "(empty)", transcript=_transcript(messages))
         ids = self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+            [{"role": "user", "content": well_formed(prompt)}],
+            add_generation_prompt=True,
+            return_tensors="pt",
         )
         if not hasattr(ids, "shape"):  # newer tokenizers return a BatchEncoding
             ids = ids["input_ids"]

@@ -59,7 +59,9 @@ def test_workload_plants_facts_repeats_questions_and_is_deterministic(counter):
     assert scripts[0].facts != scripts[1].facts
 
 
-@pytest.mark.parametrize("where", ["folder", "under-a-file", "name-too-long"])
+@pytest.mark.parametrize(
+    "where", ["folder", "under-a-file", "name-too-long", "its-temporary-name-too-long"]
+)
 def test_a_plot_path_that_cannot_be_written_is_refused_before_the_benchmark_runs(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -80,6 +82,8 @@ def test_a_plot_path_that_cannot_be_written_is_refused_before_the_benchmark_runs
         "folder": tmp_path,
         "under-a-file": tmp_path / "notes.txt" / "plot.png",
         "name-too-long": tmp_path / ("x" * 300 + ".png"),  # is_dir() raised OSError
+        # 249 characters: a file name the folder takes, the atomic write's not.
+        "its-temporary-name-too-long": tmp_path / ("x" * 245 + ".png"),
     }[where]
     assert main(["bench", "chat", "--plot", str(plot)]) == 2
     err = capsys.readouterr().err

@@ -458,3 +458,15 @@ def test_runnable_reads_a_string_as_one_human_message_as_a_chat_model_does():
     ]
     (trimmer | CtxprotoChatModel(backend=backend)).invoke("Hi there")
     assert backend.requests[0].messages == [{"role": "user", "content": "Hi there"}]
+
+
+def test_a_tool_call_and_its_result_with_an_empty_id_round_trip():
+    """An empty id is an id: the call kept it, but its result came back with none, so the
+    pair no longer matched and a request ending on it was refused."""
+    call = ToolCall(id="", function=FunctionCall(name="lookup", arguments="{}"))
+    messages = [
+        Message(role="user", content="Order 7?"),
+        Message(role="assistant", content=None, tool_calls=[call]),
+        Message(role="tool", content="shipped", tool_call_id=""),
+    ]
+    assert [to_message(from_message(m)) for m in messages] == messages

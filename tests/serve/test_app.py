@@ -551,6 +551,8 @@ def test_a_model_is_retrieved_by_its_name(proxy):
         assert unknown in raised.value.body["message"]
     with pytest.raises(openai.AuthenticationError):
         openai_client(proxy, "wrong").models.retrieve("ctxproto")
+    listed = httpx.get(f"{proxy.url}/models/", headers={"authorization": "Bearer key-a"})
+    assert [m["id"] for m in listed.json()["data"]] == ["ctxproto", "scripted"]  # the list
 
 
 def test_models_health_and_metrics(proxy):

@@ -195,6 +195,16 @@ def test_pinned_turns_are_never_folded(tmp_path, counter):
 
 
 @pytest.mark.models
+def test_an_abstractive_fold_of_a_lone_surrogate_reaches_the_model(tmp_path, lm):
+    """A file name read with surrogateescape in a turn: the chat template's tokenizer
+    refused the transcript with a bare TypeError."""
+    stage = Summarizer(max_summary_tokens=8, state_path=str(tmp_path))
+    stage.warm_up()
+    said = [Message(role="user", content="My file is r\udc80port.txt, can you read it?")]
+    assert isinstance(stage._abstractive("", said), str)
+
+
+@pytest.mark.models
 @pytest.mark.slow
 def test_abstractive_keeps_facts_or_falls_back(tmp_path, counter, lm):
     stage = Summarizer(

@@ -92,3 +92,11 @@ def test_an_ivf_index_grown_one_batch_at_a_time_is_trained_again_as_it_grows() -
     assert index._index.ntotal == 300
     hits = index.search(vectors[123], 1)
     assert hits.slots.tolist() == [123]
+
+
+def test_an_empty_ivf_index_is_flat_as_it_is_until_it_can_train() -> None:
+    """It said "ivf" while empty, "flat" after its first few vectors, "ivf" at 16."""
+    index = VectorIndex(DIM, kind="ivf")
+    assert index.kind == "flat"
+    index.add(_unit(16, seed=6))
+    assert index.kind == "ivf"
