@@ -68,12 +68,15 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def read_text_capped(path: str | Path, *, limit: int, what: str, key: str | None = None) -> str:
+def read_text_capped(
+    path: str | Path, *, limit: int, what: str, key: str | None = None, secret: bool = False
+) -> str:
     """The UTF-8 text of ``path``, refused with a ``ConfigError`` when larger than ``limit`` bytes.
 
     ``what`` names the file's role in messages ("request", "config"). At most
     ``limit + 1`` bytes are read, so an endless file (``/dev/zero``) is refused
-    as quickly as a large one.
+    as quickly as a large one. A ``secret`` file (an API key) is refused without
+    quoting the byte that is not UTF-8.
     """
     file = str(path)
     try:
@@ -90,11 +93,8 @@ def read_text_capped(path: str | Path, *, limit: int, what: str, key: str | None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"the {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-            file=file,
-            key=key,
-        ) from None
+        where = "" if secret else f" (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        raise ConfigError(f"the {what} is not UTF-8 text{where}", file=file, key=key) from None
 
 
 def _size(n: int) -> str:

@@ -33,7 +33,7 @@ from ctxproto.config import (
     validation_error_to_config_error,
 )
 from ctxproto.errors import ConfigError
-from ctxproto.limits import MAX_KEY_FILE_BYTES
+from ctxproto.limits import MAX_KEY_FILE_BYTES, read_text_capped
 from ctxproto.runtime.engine_settings import EngineSettings
 from ctxproto.stages.folders import FolderOrRedisURL
 from ctxproto.stores.pgvector_store import table_name
@@ -338,24 +338,13 @@ class ServeConfig(_Section):
 
 
 def _key_file_text(path: Path, source: str | None, key: str) -> str:
-    """The key in ``path``, stripped; a ``ConfigError`` at ``key`` that quotes no byte
-    of it when the file cannot be read, is larger than a key file, or is not UTF-8."""
+    """The key in ``path``, stripped, read as a capped file whose bytes are never quoted;
+    a ``ConfigError`` names the config ``source`` and ``key`` that point at it."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        detail = f"cannot read the key file: {exc.strerror}"
-        raise ConfigError(detail, file=source, key=key) from None
-    if len(raw) > MAX_KEY_FILE_BYTES:
-        raise ConfigError(
-            f"the key file is larger than {MAX_KEY_FILE_BYTES >> 10} KiB: it holds one key",
-            file=source,
-            key=key,
-        )
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError("the key file is not UTF-8 text", file=source, key=key) from None
+        text = read_text_capped(path, limit=MAX_KEY_FILE_BYTES, what="key file", secret=True)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, file=source, key=key) from None
+    return text.strip()
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

@@ -179,6 +179,7 @@ def test_a_key_file_that_is_not_text_names_the_key(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_serve_config(path).tenant_keys(path)
     assert raised.value.key == "tenants[0].key_file" and "not UTF-8" in str(raised.value)
+    assert "0xff" not in str(raised.value)  # no byte of a key is quoted
 
 
 def test_a_key_file_that_never_ends_is_refused(tmp_path):
