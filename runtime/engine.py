@@ -46,7 +46,7 @@ from ctxproto.runtime.radix_cache import (
     RadixKVCache,
     common_prefix_length,
 )
-from ctxproto.runtime.request import Request, RequestHandle
+from ctxproto.runtime.request import Request, RequestHandle, thread_wait
 from ctxproto.runtime.sampling import request_generator, sample_next
 from ctxproto.runtime.speculation import PromptLookup
 
@@ -300,8 +300,7 @@ class Engine:
             self._closed = True
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
-            # ``math.inf`` waits as ``None`` does; a wait past TIMEOUT_MAX raised OverflowError.
-            self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
+            self._thread.join(thread_wait(timeout))  # ``math.inf`` waits as ``None`` does
 
     def __enter__(self) -> Engine:
         return self

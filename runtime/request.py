@@ -23,7 +23,7 @@ from ctxproto.runtime.params import Completion, GenerationParams, RequestMetrics
 from ctxproto.runtime.radix_cache import TreeNode
 from ctxproto.runtime.speculation import PromptLookup
 
-__all__ = ["Request", "RequestHandle"]
+__all__ = ["Request", "RequestHandle", "thread_wait"]
 
 _Event = str | Completion | CtxprotoError
 
@@ -155,12 +155,8 @@ class RequestHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._settled():
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if left is not None:
-                # A wait past TIMEOUT_MAX (``math.inf``: no limit) raised OverflowError,
-                # and left the request decoding; this one only ends 292 years on.
-                left = min(left, threading.TIMEOUT_MAX)
             try:
-                event = self._request.events.get(timeout=left)
+                event = self._request.events.get(timeout=thread_wait(left))
             except queue.Empty:
                 self.cancel()
                 raise BackendTimeoutError(f"no answer within {timeout} s") from None
@@ -206,6 +202,13 @@ class RequestHandle:
     def cancel(self) -> None:
         """Stop generating at the next step; the tokens so far are kept and cached."""
         self._request.cancelled.set()
+
+
+def thread_wait(seconds: float | None) -> float | None:
+    """``seconds`` as a timeout that ``threading`` and ``queue`` take: a wait past
+    ``TIMEOUT_MAX`` (``math.inf``, no limit) raised ``OverflowError``; this one ends
+    292 years on."""
+    return None if seconds is None else min(seconds, threading.TIMEOUT_MAX)
 
 
 class _Deltas(Iterator[str]):
